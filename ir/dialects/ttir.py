@@ -1,0 +1,300 @@
+"""The `ttir` dialect: tensor-level ops with logical shapes, as imported from ONNX.
+
+Binary elementwise ops broadcast numpy-style. `fold` hooks evaluate an op on constants at compile
+time (canonicalize uses them); the emulated device never does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from ttc.ir.core import Operation
+from ttc.ir.dialect import (
+    REQUIRED,
+    AnyTensor,
+    Attr,
+    BoolAttr,
+    ConstantAttr,
+    Dialect,
+    FloatAttr,
+    IntArrayAttr,
+    IntAttr,
+    OpDef,
+    Operand,
+    Result,
+    Trait,
+    VerifyError,
+)
+from ttc.ir.types import TensorType
+
+PURE = frozenset({Trait.PURE})
+ELEMENTWISE = frozenset({Trait.PURE, Trait.ELEMENTWISE})
+BROADCAST = ELEMENTWISE | {Trait.BROADCASTABLE}
+
+
+def tensor(value_type: object) -> TensorType:
+    assert isinstance(value_type, TensorType)
+    return value_type
+
+
+def broadcast_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
+    """Numpy-style broadcast of two shapes, or None when they are incompatible."""
+    try:
+        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
+        return None
+
+
+def matmul_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...] | None:
+    """The result shape of numpy's matmul (1-D operands promoted and the added dim removed)."""
+    if not a or not b:
+        return None
+    a2 = (1, *a) if len(a) == 1 else tuple(a)
+    b2 = (*b, 1) if len(b) == 1 else tuple(b)
+    if a2[-1] != b2[-2]:
+        return None
+    batch = broadcast_shape(a2[:-2], b2[:-2])
+    if batch is None:
+        return None
+    shape = (*batch, a2[-2], b2[-1])
+    if len(a) == 1:
+        shape = shape[:-2] + shape[-1:]
+    if len(b) == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise VerifyError(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def _expect_shape(op: Operation, shape: Sequence[int] | None, what: str) -> None:
+    result = tensor(op.result.type)
+    if shape is None:
+        raise VerifyError(what)
+    if tuple(shape) != result.shape:
+        raise VerifyError(f"result shape {_dims(result.shape)} should be {_dims(shape)} ({what})")
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
+
+
+def _same_element_types(op: Operation) -> None:
+    types = {tensor(v.type).element_type for v in (*op.operands, *op.results)}
+    if len(types) > 1:
+        raise VerifyError(f"operand and result element types differ: {', '.join(sorted(map(str, types)))}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifiers
+
+
+def verify_unary(op: Operation) -> None:
+    _same_element_types(op)
+    _expect_shape(op, tensor(op.operands[0].type).shape, "same shape as the operand")
+
+
+def verify_binary(op: Operation) -> None:
+    _same_element_types(op)
+    lhs, rhs = (tensor(v.type).shape for v in op.operands)
+    shape = broadcast_shape(lhs, rhs)
+    _expect_shape(op, shape, f"operand shapes {_dims(lhs)} and {_dims(rhs)} do not broadcast")
+
+
+def verify_matmul(op: Operation) -> None:
+    _same_element_types(op)
+    a, b = (list(tensor(v.type).shape) for v in op.operands)
+    if op.attr("transpose_a") and len(a) >= 2:
+        a[-1], a[-2] = a[-2], a[-1]
+    if op.attr("transpose_b") and len(b) >= 2:
+        b[-1], b[-2] = b[-2], b[-1]
+    _expect_shape(op, matmul_shape(a, b), f"matmul of {_dims(a)} by {_dims(b)} has mismatched inner dims")
+
+
+def verify_gemm(op: Operation) -> None:
+    _same_element_types(op)
+    a, b = (tensor(v.type).shape for v in op.operands[:2])
+    if len(a) != 2 or len(b) != 2:
+        raise VerifyError(f"gemm operands must be 2-D, got {_dims(a)} and {_dims(b)}")
+    m, k = a[::-1] if op.attr("transpose_a") else a
+    k2, n = b[::-1] if op.attr("transpose_b") else b
+    if k != k2:
+        raise VerifyError(f"gemm inner dimensions differ: {k} and {k2}")
+    if len(op.operands) == 3 and broadcast_shape(tensor(op.operands[2].type).shape, (m, n)) != (m, n):
+        raise VerifyError(f"gemm bias of shape {_dims(tensor(op.operands[2].type).shape)} "
+                          f"does not broadcast to {m}x{n}")
+    _expect_shape(op, (m, n), "gemm result")
+
+
+def verify_axis_op(op: Operation) -> None:
+    verify_unary(op)
+    normalize_axis(op.attr("axis"), tensor(op.operands[0].type).rank)
+
+
+def verify_layer_norm(op: Operation) -> None:
+    _same_element_types(op)
+    x = tensor(op.operands[0].type)
+    axis = normalize_axis(op.attr("axis"), x.rank)
+    norm_shape = x.shape[axis:]
+    for value in op.operands[1:]:
+        shape = tensor(value.type).shape
+        if broadcast_shape(shape, norm_shape) != tuple(norm_shape):
+            raise VerifyError(f"scale/bias shape {_dims(shape)} does not broadcast to {_dims(norm_shape)}")
+    _expect_shape(op, x.shape, "same shape as the input")
+
+
+def verify_transpose(op: Operation) -> None:
+    _same_element_types(op)
+    shape = tensor(op.operands[0].type).shape
+    perm = op.attr("perm")
+    if sorted(perm) != list(range(len(shape))):
+        raise VerifyError(f"perm {list(perm)} is not a permutation of {len(shape)} dimensions")
+    _expect_shape(op, tuple(shape[p] for p in perm), "operand shape permuted by perm")
+
+
+def verify_reshape(op: Operation) -> None:
+    _same_element_types(op)
+    source, result = tensor(op.operands[0].type), tensor(op.result.type)
+    if source.num_elements != result.num_elements:
+        raise VerifyError(f"reshape from {_dims(source.shape)} to {_dims(result.shape)} "
+                          "changes the number of elements")
+
+
+def verify_constant(op: Operation) -> None:
+    from ttc.ir.attributes import DenseAttr
+
+    value = op.attributes.get("value")
+    result = tensor(op.result.type)
+    if isinstance(value, DenseAttr) and (value.type.shape, value.type.element_type) != \
+            (result.shape, result.element_type):
+        raise VerifyError(f"dense value of type {value.type} does not match the result type {result}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile-time folding (constants only)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _elementwise_fold(fn: Callable[..., np.ndarray]):
+    def fold(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+        dtype = tensor(op.result.type).element_type.numpy_dtype()
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(*(a.astype(np.float64) if a.dtype.kind == "f" else a for a in arrays)),
+                              dtype=dtype)
+    return fold
+
+
+def _fold_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        return np.trunc(np.divide(a, b)).astype(a.dtype)  # ONNX integer Div truncates
+    return a / b
+
+
+def _fold_matmul(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    a, b = arrays
+    if op.attr("transpose_a"):
+        a = np.swapaxes(a, -1, -2)
+    if op.attr("transpose_b"):
+        b = np.swapaxes(b, -1, -2)
+    return np.matmul(a, b).astype(tensor(op.result.type).element_type.numpy_dtype())
+
+
+def _fold_transpose(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return np.transpose(arrays[0], op.attr("perm"))
+
+
+def _fold_reshape(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return arrays[0].reshape(tensor(op.result.type).shape)
+
+
+def _fold_softmax(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    dtype = tensor(op.result.type).element_type.numpy_dtype()
+    return _softmax(arrays[0].astype(np.float64), op.attr("axis")).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Op declarations
+
+
+def unary(name: str, summary: str, fn: Callable[[np.ndarray], np.ndarray]) -> OpDef:
+    return OpDef(f"ttir.{name}", summary, operands=(Operand("input"),), traits=ELEMENTWISE,
+                 verify=verify_unary, fold=_elementwise_fold(fn))
+
+
+def binary(name: str, summary: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+           *traits: Trait) -> OpDef:
+    return OpDef(f"ttir.{name}", summary, operands=(Operand("lhs"), Operand("rhs")),
+                 traits=BROADCAST | set(traits), verify=verify_binary, fold=_elementwise_fold(fn))
+
+
+CONSTANT = OpDef("ttir.constant", "A constant: inline dense<...> for small values, #tt.weight<...> otherwise.",
+                 operands=(), attributes=(Attr("value", ConstantAttr),),
+                 traits=frozenset({Trait.PURE, Trait.CONSTANT_LIKE}), verify=verify_constant)
+
+ADD = binary("add", "Elementwise sum", np.add, Trait.COMMUTATIVE)
+SUB = binary("sub", "Elementwise difference", np.subtract)
+MUL = binary("mul", "Elementwise product", np.multiply, Trait.COMMUTATIVE)
+DIV = binary("div", "Elementwise quotient (integer division truncates, as ONNX)", _fold_div)
+POW = binary("pow", "Elementwise power", np.power)
+MAXIMUM = binary("maximum", "Elementwise maximum", np.maximum, Trait.COMMUTATIVE)
+MINIMUM = binary("minimum", "Elementwise minimum", np.minimum, Trait.COMMUTATIVE)
+
+RELU = unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0))
+SIGMOID = unary("sigmoid", "1 / (1 + exp(-x))", lambda x: 1.0 / (1.0 + np.exp(-x)))
+TANH = unary("tanh", "Hyperbolic tangent", np.tanh)
+EXP = unary("exp", "e^x", np.exp)
+ERF = unary("erf", "Gauss error function", _erf)
+SQRT = unary("sqrt", "Square root", np.sqrt)
+RSQRT = unary("rsqrt", "1 / sqrt(x)", lambda x: 1.0 / np.sqrt(x))
+NEG = unary("neg", "-x", np.negative)
+RECIPROCAL = unary("reciprocal", "1 / x", lambda x: 1.0 / x)
+GELU = unary("gelu", "x * Phi(x) (erf form)", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))))
+
+MATMUL = OpDef(
+    "ttir.matmul", "Matrix product with numpy batching; optional transposes of the last two dims",
+    operands=(Operand("a"), Operand("b")),
+    attributes=(Attr("transpose_a", BoolAttr, False), Attr("transpose_b", BoolAttr, False)),
+    traits=PURE, verify=verify_matmul, fold=_fold_matmul,
+)
+GEMM = OpDef(
+    "ttir.gemm", "alpha * op(a) @ op(b) + beta * c (ONNX Gemm); `decompose` splits it",
+    operands=(Operand("a"), Operand("b"), Operand("c", optional=True)),
+    attributes=(Attr("transpose_a", BoolAttr, False), Attr("transpose_b", BoolAttr, False),
+                Attr("alpha", FloatAttr, 1.0), Attr("beta", FloatAttr, 1.0)),
+    traits=PURE, verify=verify_gemm,
+)
+SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` (a named op: the device has a kernel for it)",
+                operands=(Operand("input"),), attributes=(Attr("axis", IntAttr, -1),),
+                traits=PURE, verify=verify_axis_op, fold=_fold_softmax)
+LAYER_NORM = OpDef(
+    "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device)",
+    operands=(Operand("input"), Operand("scale"), Operand("bias", optional=True)),
+    attributes=(Attr("axis", IntAttr, -1), Attr("epsilon", FloatAttr, 1e-05)),
+    traits=PURE, verify=verify_layer_norm,
+)
+TRANSPOSE = OpDef("ttir.transpose", "Permute dimensions", operands=(Operand("input"),),
+                  attributes=(Attr("perm", IntArrayAttr, REQUIRED),), traits=PURE,
+                  verify=verify_transpose, fold=_fold_transpose)
+RESHAPE = OpDef("ttir.reshape", "Same elements, new shape (the result type gives it)",
+                operands=(Operand("input"),), results=(Result("result", AnyTensor),), traits=PURE,
+                verify=verify_reshape, fold=_fold_reshape)
+
+TTIR = Dialect(
+    "ttir", "Tensor-level ops with logical shapes.",
+    ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, ERF, SQRT, RSQRT,
+         NEG, RECIPROCAL, GELU, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE],
+).register()

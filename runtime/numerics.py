@@ -1,0 +1,306 @@
+"""The compute numerics model ttc uses for the emulated Grayskull (pure numpy, vectorised over tiles).
+
+GRAYSKULL.md "The numerics model ttc uses" fixes the rules; this module is their single implementation:
+- Dst holds bfloat16.  A matmul adds one MVMUL (16 elements of K) at a time:
+  ``Dst = bf16_rne(Dst + partial)``, partial = the float32 value of the sum of that chunk's products
+  over the math-fidelity passes.  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
+  and gets the 5-bit split, SrcB holds rows of in0 (M x K) and gets the 7-bit split.
+- Eltwise FPU add/sub/mul: bf16 operands, result rounded once to bf16 (RNE).
+- SFPU: computed in float32 then rounded to bf16 on write-back.  The Grayskull SFPU really works on
+  19-bit floats (1+8+10); ttc deliberately models it as float32-then-bf16.
+
+Exactness.  Every rounding above is a single round-to-nearest-even of the exact value:
+- the products of two bf16 values (8-bit significands) are exact in float64, and so are their sums
+  whenever one chunk's products span less than about 2**30 in magnitude (all practical data); the
+  sum is then rounded once to float32 (numpy's float64 -> float32 cast is RNE);
+- ``Dst + partial`` is formed in float64 and rounded once to bf16 via round-to-odd at float32 precision
+  (``_f64_to_bf16``).  ml_dtypes' own float64 -> bfloat16 cast rounds twice (through float32), which
+  differs, e.g. 257 + 2**-20 -> 256 instead of 258.
+Because a chunk's sum is exact, adding the fidelity passes in any order or grouping gives the same
+value, so the passes are grouped into at most two matrix products (see _fidelity_terms), and the same
+matmul computed over different tile blocks (same K order) gives identical bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+import ml_dtypes
+import numpy as np
+
+TILE = 32
+MVMUL_K = 16  # K elements consumed by one MVMUL
+
+_bf16 = ml_dtypes.bfloat16
+
+# float32 bit masks keeping sign + exponent + the mantissa bits one multiplier pass sees.
+_MASK_A = np.uint32(0xFFF80000)  # SrcA: hidden 1 + top 4 mantissa bits
+_MASK_B = np.uint32(0xFFFE0000)  # SrcB: hidden 1 + top 6 mantissa bits
+
+
+class MathFidelity(IntEnum):
+    """Math fidelity; the value is the number of multiplier passes (phases)."""
+
+    LOFI = 1
+    HIFI2 = 2
+    HIFI3 = 3
+    HIFI4 = 4
+
+    @classmethod
+    def parse(cls, value: str | int | MathFidelity) -> MathFidelity:
+        """Accept the enum, its phase count, or a name like "lofi" / "HiFi4"."""
+        if isinstance(value, str):
+            return cls[value.strip().upper()]
+        return cls(value)
+
+    @property
+    def phases(self) -> int:
+        return int(self)
+
+
+# --------------------------------------------------------------------------- rounding
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """float32 values of x rounded to bfloat16 (RNE), returned as float32."""
+    return np.asarray(x, dtype=np.float32).astype(_bf16).astype(np.float32)
+
+
+def _f64_to_bf16(v: np.ndarray) -> np.ndarray:
+    """Round float64 v once to bf16 (RNE), as float32.
+
+    Rounds to float32 with round-to-odd first (truncate toward zero, set the last bit if inexact):
+    with 16 spare bits this makes the following float32 -> bf16 RNE equal a direct rounding.
+    """
+    with np.errstate(over="ignore"):
+        f = v.astype(np.float32)
+    f = np.where(np.abs(f.astype(np.float64)) > np.abs(v), np.nextafter(f, np.float32(0)), f)
+    sticky = (f.astype(np.float64) != v).astype(np.uint32)
+    return (f.view(np.uint32) | sticky).view(np.float32).astype(_bf16).astype(np.float32)
+
+
+def _split(x: np.ndarray, mask: np.uint32) -> tuple[np.ndarray, np.ndarray]:
+    hi = (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) & mask).view(np.float32)
+    return hi, x - hi  # exact: lo is the masked-off low bits of a bf16 value
+
+
+def split_operand_a(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SrcA split of bf16(x): hi = sign, exponent, hidden 1 + top 4 mantissa bits; lo = x - hi (3 bits)."""
+    return _split(bf16_round(x), _MASK_A)
+
+
+def split_operand_b(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SrcB split of bf16(x): hi = sign, exponent, hidden 1 + top 6 mantissa bits; lo = x - hi (last bit)."""
+    return _split(bf16_round(x), _MASK_B)
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+def _fidelity_terms(
+    in0: np.ndarray, in1: np.ndarray, fidelity: MathFidelity
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(left, right) float64 operand pairs whose products sum to the fidelity passes.
+
+    in0 sits in SrcB (7-bit split), in1 in SrcA (5-bit split).  Passes: 0 A_hi*B_hi, 1 A_lo*B_hi,
+    2 A_hi*B_lo, 3 A_lo*B_lo; so passes 0+1 = A*B_hi and 0..3 = A*B exactly.
+    """
+    b_hi, b_lo = _split(in0, _MASK_B)
+    a_hi, _ = _split(in1, _MASK_A)
+    f64 = np.float64
+    if fidelity is MathFidelity.LOFI:
+        return [(b_hi.astype(f64), a_hi.astype(f64))]
+    if fidelity is MathFidelity.HIFI2:
+        return [(b_hi.astype(f64), in1.astype(f64))]
+    if fidelity is MathFidelity.HIFI3:
+        return [(b_hi.astype(f64), in1.astype(f64)), (b_lo.astype(f64), a_hi.astype(f64))]
+    return [(in0.astype(f64), in1.astype(f64))]
+
+
+def _matmul_accumulate(
+    dst: np.ndarray, in0: np.ndarray, in1: np.ndarray, fidelity: MathFidelity | str | int
+) -> np.ndarray:
+    """Matrices dst [..., M, N] += in0 [..., M, K] @ in1 [..., K, N], one K chunk of 16 at a time."""
+    fidelity = MathFidelity.parse(fidelity)
+    k = in0.shape[-1]
+    if k % MVMUL_K or in1.shape[-2] != k:
+        raise ValueError(f"K mismatch or not a multiple of {MVMUL_K}: {in0.shape} @ {in1.shape}")
+    terms = _fidelity_terms(bf16_round(in0), bf16_round(in1), fidelity)
+    out = np.asarray(dst, dtype=np.float32)
+    for c in range(0, k, MVMUL_K):
+        partial = sum(left[..., c : c + MVMUL_K] @ right[..., c : c + MVMUL_K, :] for left, right in terms)
+        out = _f64_to_bf16(out + partial.astype(np.float32).astype(np.float64))
+    return out
+
+
+def matmul_tiles_accumulate(
+    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4
+) -> np.ndarray:
+    """matmul_tiles: Dst tiles [..., 32, 32] += a [..., 32, 32] (in0, M x K) @ b (in1, K x N).
+
+    Leading dims broadcast.  Returns the new Dst tiles (bf16 values in float32); dst is not modified.
+    """
+    return _matmul_accumulate(dst, np.asarray(a), np.asarray(b), fidelity)
+
+
+def matmul_block_accumulate(
+    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4
+) -> np.ndarray:
+    """A block of matmul_tiles calls, K tiles in order: dst [..., Mt, Nt, 32, 32] +=
+    a [..., Mt, Kt, 32, 32] @ b [..., Kt, Nt, 32, 32].
+
+    Bit-identical to calling matmul_tiles_accumulate for k = 0..Kt-1, but computed as one matrix
+    product per 16-element K chunk (fast for the emulator's in0_block_w x subblock loops).
+    """
+    dst, a, b = np.asarray(dst), np.asarray(a), np.asarray(b)
+
+    def to_matrix(t: np.ndarray) -> np.ndarray:
+        rows, cols = t.shape[-4:-2]
+        return t.swapaxes(-3, -2).reshape(*t.shape[:-4], rows * TILE, cols * TILE)
+
+    mt, nt = dst.shape[-4:-2]
+    out = _matmul_accumulate(to_matrix(dst), to_matrix(a), to_matrix(b), fidelity)
+    return out.reshape(*out.shape[:-2], mt, TILE, nt, TILE).swapaxes(-3, -2)
+
+
+# --------------------------------------------------------------------------- eltwise FPU
+
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+}
+
+
+def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
+    """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16."""
+    fn = _BINARY[op]
+    return _f64_to_bf16(fn(bf16_round(a).astype(np.float64), bf16_round(b).astype(np.float64)))
+
+
+# --------------------------------------------------------------------------- SFPU
+
+_SQRT1_2 = 0.7071067811865476
+_SQRT_2_PI = 0.7978845608028654  # sqrt(2/pi)
+_TWO_SQRT_PI = 1.1283791670955126  # 2/sqrt(pi)
+
+
+def _erfc_pos_large(z: np.ndarray) -> np.ndarray:
+    """erfc(z) for z >= 2.5 by its continued fraction, evaluated backwards (60 terms)."""
+    k = z.copy()
+    for n in range(60, 0, -1):
+        k = z + (n / 2.0) / k
+    return np.exp(-z * z) / (np.sqrt(np.pi) * k)
+
+
+def _erf_erfc(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(erf(x), erfc(x)) in float64, accurate far beyond float32; Taylor below 2.5, else fraction."""
+    z = np.abs(x)
+    small = z < 2.5
+    zs = np.where(small, z, 0.0)
+    term, total, z2 = zs.copy(), zs.copy(), zs * zs
+    for n in range(1, 60):
+        term = term * (-z2 / n)
+        total = total + term / (2 * n + 1)
+    erf_small = _TWO_SQRT_PI * total
+    tail = _erfc_pos_large(np.where(small, 2.5, z))
+    erfc_pos = np.where(small, 1.0 - erf_small, tail)
+    erf_pos = np.where(small, erf_small, 1.0 - tail)
+    neg = x < 0
+    return np.where(neg, -erf_pos, erf_pos), np.where(neg, 2.0 - erfc_pos, erfc_pos)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """erf in float64 (numpy has none)."""
+    return _erf_erfc(np.asarray(x, dtype=np.float64))[0]
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * _erf_erfc(-x * _SQRT1_2)[1]  # erfc(-x/sqrt2) = 1 + erf(x/sqrt2), no cancellation
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_PI * (x + 0.044715 * x**3)))
+
+
+SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exp": np.exp,
+    "recip": lambda x: 1.0 / x,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
+    "erf": erf,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "neg": np.negative,
+    "log": np.log,
+    "square": np.square,
+    "abs": np.abs,
+}
+
+
+def sfpu_unary(x: np.ndarray, fn_name: str) -> np.ndarray:
+    """SFPU op on bf16(x): evaluated in float64, rounded to the float32 result, then to bf16 (RNE).
+
+    Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
+    """
+    fn = SFPU_FUNCTIONS[fn_name]
+    with np.errstate(all="ignore"):
+        y = fn(bf16_round(x).astype(np.float64))
+    return bf16_round(np.asarray(y).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- reduce
+
+
+def _scaler_row(scaler: float) -> np.ndarray:
+    """The SrcB tile of a reduce: scaler in row 0, zeros elsewhere."""
+    tile = np.zeros((TILE, TILE), dtype=np.float32)
+    tile[0, :] = scaler
+    return tile
+
+
+def reduce_tiles(
+    dst: np.ndarray,
+    x: np.ndarray,
+    dim: str,
+    kind: str = "sum",
+    scaler: float = 1.0,
+    fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+) -> np.ndarray:
+    """reduce_tile: accumulate the reduction of tiles x [..., 32, 32] into Dst tiles; returns new Dst.
+
+    dim follows tt-metal: "row" (REDUCE_ROW) reduces each row into column 0, "col" (REDUCE_COL)
+    each column into row 0, "scalar" everything into [0, 0].  Other Dst entries are left unchanged.
+    kind "sum" goes through the matmul path with x in SrcA and a scaler tile in SrcB (bf16 per
+    16-element chunk, fidelity applies): col = S @ x, row = (S @ x^T)^T, scalar = col of row with the
+    scaler applied once, in the row step.  kind "max": Dst = max(Dst, max of bf16(x * scaler)); start
+    Dst at -inf for a plain max.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    out = np.array(np.broadcast_to(dst, np.broadcast_shapes(np.shape(dst), x.shape)), dtype=np.float32)
+    if kind == "max":
+        vals = eltwise_binary(x, np.float32(scaler), "mul")
+        if dim == "row":
+            out[..., :, 0] = np.maximum(out[..., :, 0], vals.max(axis=-1))
+        elif dim == "col":
+            out[..., 0, :] = np.maximum(out[..., 0, :], vals.max(axis=-2))
+        elif dim == "scalar":
+            out[..., 0, 0] = np.maximum(out[..., 0, 0], vals.max(axis=(-2, -1)))
+        else:
+            raise ValueError(f"unknown reduce dim {dim!r}")
+        return out
+    if kind != "sum":
+        raise ValueError(f"unknown reduce kind {kind!r}")
+    s = _scaler_row(scaler)
+    if dim == "col":
+        return matmul_tiles_accumulate(out, s, x, fidelity)
+    if dim == "row":
+        return matmul_tiles_accumulate(out.swapaxes(-1, -2), s, x.swapaxes(-1, -2), fidelity).swapaxes(-1, -2)
+    if dim == "scalar":
+        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity)
+        return matmul_tiles_accumulate(out, _scaler_row(1.0), rows, fidelity)
+    raise ValueError(f"unknown reduce dim {dim!r}")
