@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -332,7 +333,9 @@ RESERVED_WORDS = frozenset({
 
 def key_text(key: str) -> str:
     """Attribute names print bare when they are identifiers (dots allowed), else quoted."""
-    if key and key not in RESERVED_WORDS and (key[0].isalpha() or key[0] == "_") \
-            and all(c.isalnum() or c in "_.$" for c in key):
+    if key not in RESERVED_WORDS and _BARE_KEY.fullmatch(key):
         return key
     return quote(key)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_$.]*")

@@ -245,6 +245,9 @@ class IRBuilderTransformer(Transformer):
         return children
 
     def region(self, children: list[Block]) -> Region:
+        entry, *labeled = children
+        if labeled and not entry.ops:  # the entry block carried a label: `{ ^bb0(...): ... }`
+            return Region(labeled)
         return Region(children)
 
     def entry_block(self, children: list[Operation]) -> Block:

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from ttc.runtime import formats as F
 from ttc.runtime.formats import DataFormat
 
@@ -176,13 +175,11 @@ def test_bf16_pack_is_rne_upper_half_little_endian():
     assert packed[0] == 0x80 and packed[1] == 0x3F
 
 
-bf16_values = st.integers(0, 0xFFFF).filter(lambda b: (b & 0x7F80) != 0x7F80 or not (b & 0x7F))
-
-
 @settings(max_examples=100, deadline=None)
-@given(arrays(np.uint16, (32, 32), elements=bf16_values))
+@given(arrays(np.uint16, (32, 32)))
 def test_bf16_pack_unpack_exact_for_bf16_values(raw):
     x = raw.view(ml_dtypes.bfloat16).astype(np.float32)
+    x[np.isnan(x)] = 0.0  # every other bit pattern, incl. +-inf, subnormals and -0.0
     packed = F.pack_tiles(x, "bf16")
     assert packed.shape == (2048,)
     assert np.array_equal(bits(F.unpack_tiles(packed, "bf16")), bits(x))

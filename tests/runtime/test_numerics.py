@@ -1,0 +1,266 @@
+"""Tests for ttc.runtime.numerics: bf16 rounding, fidelity splits, Dst accumulation, eltwise, SFPU, reduce."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from ttc.runtime import numerics as N
+from ttc.runtime.numerics import MathFidelity
+
+RNG = np.random.default_rng(0)
+BIG = float(np.float32(3.3e38))  # below bf16 max + half an ulp, so RNE never overflows
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+def rand_bf16(*shape: int, scale: float = 1.0) -> np.ndarray:
+    return N.bf16_round(RNG.standard_normal(shape) * scale)
+
+
+def ref_bf16(v: np.ndarray) -> np.ndarray:
+    """Independent RNE of float64 values to bf16: nearest of the neighbouring bf16 values, ties to even."""
+    v = np.asarray(v, dtype=np.float64)
+    hi = (v.astype(np.float32).view(np.uint32) >> 16).astype(np.int64)
+    cands = np.stack([hi - 1, hi, hi + 1])
+    vals = ((cands & 0xFFFF).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    dist = np.nan_to_num(np.abs(vals - v), nan=np.inf)
+    best = dist.min(axis=0)
+    tie_ok = (dist == best) & ((cands & 1) == 0)
+    pick = np.where(tie_ok.any(axis=0), np.argmax(tie_ok, axis=0), np.argmin(dist, axis=0))
+    return np.take_along_axis(vals, pick[None], axis=0)[0].astype(np.float32)
+
+
+# --- rounding ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float32, 64, elements=st.floats(-BIG, BIG, width=32)))
+def test_bf16_round_is_rne(x):
+    assert np.array_equal(bits(N.bf16_round(x)), bits(ref_bf16(x)))
+
+
+def test_f64_to_bf16_rounds_once():
+    v = np.array([257 + 2**-20, 257.0, 259.0, -(257 + 2**-30), 1.0 + 2**-8 + 2**-40])
+    assert N._f64_to_bf16(v).tolist() == [258.0, 256.0, 260.0, -258.0, 1.0078125]
+    w = RNG.standard_normal(10000) * 10.0 ** RNG.integers(-5, 5, 10000)
+    assert np.array_equal(bits(N._f64_to_bf16(w)), bits(ref_bf16(w)))
+
+
+# --- operand splits ------------------------------------------------------------------------------
+
+
+def test_operand_splits():
+    x = rand_bf16(1000)
+    for split, kept in ((N.split_operand_a, 4), (N.split_operand_b, 6)):
+        hi, lo = split(x)
+        assert np.array_equal(hi + lo, x)
+        assert not (bits(hi) & ((1 << (23 - kept)) - 1)).any()
+        assert np.array_equal(np.sign(hi), np.sign(x))
+        # lo holds only the bf16 mantissa bits below the kept ones
+        assert (np.abs(lo) < np.ldexp(1.0, np.frexp(x)[1] - 1 - kept)).all()
+    assert N.split_operand_a(np.float32(1.9921875))[0] == 1.9375  # 1.1111111b -> 1.1111b
+    assert N.split_operand_b(np.float32(1.9921875))[0] == 1.984375  # -> 1.111111b
+
+
+# --- matmul --------------------------------------------------------------------------------------
+
+
+def reference_matmul(dst, a, b, fidelity):
+    """The model spelled out: per 16-chunk, sum of the four passes' products, f32 partial, one bf16 RNE."""
+    b_hi, b_lo = N.split_operand_b(a)  # in0 sits in SrcB
+    a_hi, a_lo = N.split_operand_a(b)  # in1 sits in SrcA
+    passes = [(b_hi, a_hi), (b_hi, a_lo), (b_lo, a_hi), (b_lo, a_lo)][: int(fidelity)]
+    out = dst.astype(np.float32)
+    for c in (0, 16):
+        partial = np.zeros(out.shape, np.float64)
+        for left, right in passes:
+            partial += np.einsum(
+                "...mk,...kn->...mn",
+                left[..., c : c + 16].astype(float),
+                right[..., c : c + 16, :].astype(float),
+            )
+        out = ref_bf16(out.astype(np.float64) + partial.astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_matmul_matches_spelled_out_model(fidelity):
+    dst, a, b = rand_bf16(6, 32, 32), rand_bf16(6, 32, 32), rand_bf16(6, 32, 32)
+    got = N.matmul_tiles_accumulate(dst, a, b, fidelity)
+    assert np.array_equal(bits(got), bits(reference_matmul(dst, a, b, fidelity)))
+    assert np.array_equal(bits(dst), bits(N.bf16_round(dst)))  # input untouched
+
+
+def test_srca_holds_in1():
+    """in1 (SrcA) keeps 4 mantissa bits at LoFi, in0 (SrcB) keeps 6."""
+    four = N.split_operand_a(rand_bf16(32, 32))[0]
+    six = N.split_operand_b(rand_bf16(32, 32))[0]
+    zero = np.zeros((32, 32), np.float32)
+    exact = N.matmul_tiles_accumulate(zero, six, four, "hifi4")
+    assert np.array_equal(N.matmul_tiles_accumulate(zero, six, four, "lofi"), exact)
+    swapped = N.matmul_tiles_accumulate(zero, four.T.copy(), six.T.copy(), "hifi4")
+    assert not np.array_equal(N.matmul_tiles_accumulate(zero, four.T.copy(), six.T.copy(), "lofi"), swapped)
+
+
+def test_bf16_stagnation_at_256():
+    """Each MVMUL adds 0.5 (half an ulp of 256 in bf16): Dst stays 256.0 over 8 K tiles."""
+    dst = np.full((1, 1, 32, 32), 256.0, np.float32)
+    a = np.full((1, 8, 32, 32), 1 / 32, np.float32)  # 16 * (1/32) * 1 = 0.5 per chunk
+    b = np.ones((8, 1, 32, 32), np.float32)
+    out = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI4)
+    assert (out == 256.0).all()
+    exact = 256.0 + np.einsum("mkij,knjl->mnil", a.astype(float), b.astype(float))
+    assert (exact == 264.0).all()  # float32 accumulation would have reached 264
+
+
+def test_dst_plus_partial_rounds_once():
+    a = np.zeros((32, 32), np.float32)
+    a[:, 0], a[:, 1] = 1.0, 2.0**-20
+    b = np.ones((32, 32), np.float32)
+    out = N.matmul_tiles_accumulate(np.full((32, 32), 256.0, np.float32), a, b)
+    assert (out == 258.0).all()  # 257 + 2**-20 -> 258; rounding through float32 would give 256
+
+
+def test_lofi_and_hifi4_differ_and_hifi4_is_closer():
+    a, b = rand_bf16(4, 32, 32), rand_bf16(4, 32, 32)
+    zero = np.zeros((4, 32, 32), np.float32)
+    ref = np.einsum("tmk,tkn->tmn", a.astype(float), b.astype(float))
+    results = {f: N.matmul_tiles_accumulate(zero, a, b, f) for f in MathFidelity}
+    assert not np.array_equal(bits(results[MathFidelity.LOFI]), bits(results[MathFidelity.HIFI4]))
+    errors = {f: np.abs(r - ref).mean() for f, r in results.items()}
+    assert errors[MathFidelity.HIFI4] < errors[MathFidelity.HIFI2] < errors[MathFidelity.LOFI]
+    assert errors[MathFidelity.HIFI4] <= errors[MathFidelity.HIFI3]
+
+
+@pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI4])
+def test_same_matmul_over_different_blocks_gives_same_bits(fidelity):
+    mt, kt, nt = 4, 5, 6
+    a, b = rand_bf16(mt, kt, 32, 32), rand_bf16(kt, nt, 32, 32)
+    whole = N.matmul_block_accumulate(np.zeros((mt, nt, 32, 32), np.float32), a, b, fidelity)
+
+    # 2 x 3 grid of cores, each a 2 x 2 output block, K fed 2 tiles then 3 tiles (in0_block_w varies)
+    grid = np.zeros_like(whole)
+    for i in range(0, mt, 2):
+        for j in range(0, nt, 2):
+            acc = np.zeros((2, 2, 32, 32), np.float32)
+            for k0, k1 in ((0, 2), (2, 5)):
+                acc = N.matmul_block_accumulate(acc, a[i : i + 2, k0:k1], b[k0:k1, j : j + 2], fidelity)
+            grid[i : i + 2, j : j + 2] = acc
+
+    # one matmul_tiles call per (m, n, k), vectorised over all output tiles
+    tiles = np.zeros_like(whole)
+    for k in range(kt):
+        tiles = N.matmul_tiles_accumulate(tiles, a[:, k, None], b[None, k], fidelity)
+
+    assert np.array_equal(bits(grid), bits(whole))
+    assert np.array_equal(bits(tiles), bits(whole))
+
+
+# --- eltwise and SFPU ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("op", "fn"), [("add", np.add), ("sub", np.subtract), ("mul", np.multiply)])
+def test_eltwise_binary_rounds_exact_result_once(op, fn):
+    a, b = rand_bf16(8, 32, 32), rand_bf16(8, 32, 32, scale=0.01)
+    got = N.eltwise_binary(a, b, op)
+    assert np.array_equal(bits(got), bits(ref_bf16(fn(a.astype(float), b.astype(float)))))
+
+
+REFERENCE = {
+    "exp": np.exp,
+    "recip": lambda x: 1 / x,
+    "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1 / np.sqrt(x),
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "tanh": np.tanh,
+    "gelu": lambda x: np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.ravel()]).reshape(x.shape),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "erf": lambda x: np.array([math.erf(v) for v in x.ravel()]).reshape(x.shape),
+    "relu": lambda x: np.maximum(x, 0),
+    "neg": np.negative,
+    "log": np.log,
+    "square": np.square,
+    "abs": np.abs,
+}
+
+
+@pytest.mark.parametrize("name", sorted(N.SFPU_FUNCTIONS))
+def test_sfpu_close_to_reference_and_bf16(name):
+    x = rand_bf16(2, 32, 32, scale=2.0)
+    if name in ("sqrt", "rsqrt", "log"):
+        x = N.bf16_round(np.abs(x) + 0.125)
+    got = N.sfpu_unary(x, name)
+    assert np.array_equal(bits(got), bits(N.bf16_round(got)))
+    ref = REFERENCE[name](x.astype(np.float64))
+    assert np.allclose(got, ref, rtol=2**-8, atol=1e-30)
+    assert np.array_equal(bits(got), bits(N.bf16_round(ref.astype(np.float32))))
+
+
+def test_erf_accuracy():
+    x = np.linspace(-8, 8, 4001)
+    ref = np.array([math.erf(v) for v in x])
+    assert np.abs(N.erf(x) - ref).max() < 1e-13
+
+
+def test_sfpu_edge_values():
+    x = np.array([0.0, -1.0, np.inf], np.float32)
+    assert np.isinf(N.sfpu_unary(x, "log")[0])
+    assert np.isnan(N.sfpu_unary(x, "sqrt")[1])
+    assert N.sfpu_unary(x, "recip")[2] == 0.0
+    assert N.sfpu_unary(np.float32(300.0), "exp") == np.inf
+    assert N.sfpu_unary(np.float32(-30.0), "gelu") == 0.0
+
+
+# --- reduce --------------------------------------------------------------------------------------
+
+
+def test_reduce_sum_positions_and_exactness():
+    x = RNG.integers(-1, 2, (3, 32, 32)).astype(np.float32)  # all partial sums exact in bf16
+    dst = np.full((3, 32, 32), 7.0, np.float32)
+    row = N.reduce_tiles(dst, x, "row", "sum")
+    col = N.reduce_tiles(dst, x, "col", "sum")
+    scalar = N.reduce_tiles(dst, x, "scalar", "sum")
+    assert np.array_equal(row[..., :, 0], 7 + x.sum(-1))
+    assert np.array_equal(row[..., :, 1:], dst[..., :, 1:])
+    assert np.array_equal(col[..., 0, :], 7 + x.sum(-2))
+    assert np.array_equal(col[..., 1:, :], dst[..., 1:, :])
+    assert np.array_equal(scalar[..., 0, 0], 7 + x.sum((-2, -1)))
+    assert np.array_equal(scalar[..., 0, 1:], dst[..., 0, 1:])
+
+
+def test_reduce_sum_goes_through_matmul():
+    x = rand_bf16(2, 32, 32)
+    scaler_tile = np.zeros((32, 32), np.float32)
+    scaler_tile[0] = 1 / 3
+    zero = np.zeros((2, 32, 32), np.float32)
+    for fidelity in ("lofi", "hifi4"):
+        col = N.reduce_tiles(zero, x, "col", "sum", 1 / 3, fidelity)
+        assert np.array_equal(col, N.matmul_tiles_accumulate(zero, scaler_tile, x, fidelity))
+        row = N.reduce_tiles(zero, x, "row", "sum", 1 / 3, fidelity)
+        expect = N.matmul_tiles_accumulate(zero, scaler_tile, x.swapaxes(1, 2), fidelity).swapaxes(1, 2)
+        assert np.array_equal(row, expect)
+    mean = N.reduce_tiles(zero, x, "row", "sum", 1 / 32)[..., 0]
+    assert np.allclose(mean, x.mean(-1), atol=2**-7)
+
+
+def test_reduce_max():
+    x = rand_bf16(2, 32, 32)
+    start = np.full((2, 32, 32), -np.inf, np.float32)
+    assert np.array_equal(N.reduce_tiles(start, x, "row", "max")[..., 0], x.max(-1))
+    assert np.array_equal(N.reduce_tiles(start, x, "col", "max")[..., 0, :], x.max(-2))
+    assert np.array_equal(N.reduce_tiles(start, x, "scalar", "max")[..., 0, 0], x.max((-2, -1)))
+    big = np.full((2, 32, 32), 100.0, np.float32)
+    assert (N.reduce_tiles(big, x, "scalar", "max")[..., 0, 0] == 100.0).all()
+    with pytest.raises(ValueError):
+        N.reduce_tiles(start, x, "diag", "max")
+
+
+def test_fidelity_parse():
+    assert MathFidelity.parse("HiFi2") is MathFidelity.HIFI2
+    assert MathFidelity.parse(1) is MathFidelity.LOFI
+    assert MathFidelity.HIFI4.phases == 4
