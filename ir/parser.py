@@ -478,15 +478,18 @@ _TOKEN_NAMES = {
 def _syntax_message(exc: lark.exceptions.UnexpectedInput, lines: list[str], filename: str) -> str:
     line = getattr(exc, "line", None)
     column = getattr(exc, "column", None)
-    if isinstance(exc, lark.exceptions.UnexpectedEOF) or line is None or line < 1:
-        line = len(lines)
-        column = len(lines[-1]) + 1 if lines else 1
-        return render_diagnostic("unexpected end of input", span=_span(lines, filename, line, column))
     expected = sorted(getattr(exc, "expected", None) or getattr(exc, "allowed", None) or [])
     names = sorted({_TOKEN_NAMES.get(e, e.lower() if e.isupper() else repr(e)) for e in expected})
-    if isinstance(exc, lark.exceptions.UnexpectedToken):
-        found = f"'{exc.token}'" if exc.token.type != "$END" else "end of input"
-        message = f"unexpected {found}"
+    at_end = isinstance(exc, lark.exceptions.UnexpectedEOF) or (
+        isinstance(exc, lark.exceptions.UnexpectedToken) and exc.token.type == "$END")
+    if at_end or line is None or line < 1:
+        while lines and not lines[-1].strip():
+            lines = lines[:-1]
+        line = max(len(lines), 1)
+        column = len(lines[-1]) + 1 if lines else 1
+        message = "unexpected end of input"
+    elif isinstance(exc, lark.exceptions.UnexpectedToken):
+        message = f"unexpected '{exc.token}'"
     else:
         message = f"unexpected character {lines[line - 1][column - 1]!r}" if line <= len(lines) else "bad input"
     if names and len(names) <= 8:

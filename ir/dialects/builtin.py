@@ -38,7 +38,6 @@ def verify_func(op: Operation) -> None:
         attrs = op.attributes.get(key)
         if attrs is not None and (len(attrs) != count or not all(isinstance(a, dict) for a in attrs)):
             raise VerifyError(f"{key} must hold one dictionary per {'argument' if key == 'arg_attrs' else 'result'}")
-    func.return_op  # noqa: B018  (raises when the terminator is missing)
 
 
 def verify_return(op: Operation) -> None:

@@ -1,0 +1,126 @@
+"""Parse and verifier errors name line:col, quote the text with a caret, and carry the op's loc."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttc.ir import IRError, Module, Operation, TensorType, parse_module, verify
+from ttc.ir.attributes import NameLoc
+from ttc.ir.core import Function
+from ttc.ir.types import f32
+
+GOOD = """module {
+  func.func @main(%arg0: tensor<4x8xf32>) -> tensor<4x8xf32> {
+    %0 = "ttir.relu"(%arg0) : (tensor<4x8xf32>) -> tensor<4x8xf32> loc("/relu/Relu")
+    func.return %0 : tensor<4x8xf32> loc("ret")
+  }
+}
+"""
+
+
+def error_of(text: str, *, check: bool = True) -> str:
+    with pytest.raises(IRError) as info:
+        module = parse_module(text, "m.mlir")
+        if check:
+            verify(module)
+    return str(info.value)
+
+
+def test_good_module_verifies() -> None:
+    verify(parse_module(GOOD, "m.mlir"))
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('"ttir.relu"(%arg0)', '"ttir.relu"(%arg7)', "m.mlir:3:22: error: use of undefined value %arg7"),
+    ("-> tensor<4x8xf32> loc(\"/relu", "-> tensor<4x8xf32 loc(\"/relu", "m.mlir:3:67: error: unexpected 'loc'"),
+    ("func.return %0 :", "func.return %0, %0 :", "m.mlir:4:5: error: func.return lists 2 values but 1 types"),
+    ("%0 = \"ttir.relu\"", "%0:2 = \"ttir.relu\"", "m.mlir:3:5: error: 2 result names but 'ttir.relu' returns 1"),
+    ('loc("ret")', 'loc("ret"', "m.mlir:5:3: error: unexpected '}'"),
+    ("(tensor<4x8xf32>) -> tensor<4x8xf32> loc", "(tensor<4x8xf16>) -> tensor<4x8xf32> loc",
+     "m.mlir:3:22: error: %arg0 has type tensor<4x8xf32> but is used as tensor<4x8xf16>"),
+    ('{\n    %0', '{\n    %0 = "ttir.relu"(%arg0) : (tensor<4x8xf32>) -> tensor<4x8xf32> loc("x")\n    %0',
+     "m.mlir:4:5: error: redefinition of value %0"),
+    ("func.return", "func.retrun", "m.mlir:4:5: error: unexpected 'func.retrun'"),
+])
+def test_parse_errors_point_at_the_text(old: str, new: str, expected: str) -> None:
+    assert old in GOOD
+    message = error_of(GOOD.replace(old, new), check=False)
+    assert message.startswith(expected), message
+    lines = message.splitlines()
+    assert len(lines) == 3 and lines[2].strip() == "^", message
+    column = int(expected.split(":")[2])
+    assert lines[2].index("^") == column - 1
+
+
+def test_unexpected_end_of_input() -> None:
+    message = error_of(GOOD[:-2], check=False)
+    assert message.startswith("m.mlir:5:4: error: unexpected end of input"), message
+
+
+def test_bad_dialect_attribute_is_a_parse_error() -> None:
+    text = GOOD.replace("{\n    %0", "attributes {x = #tt.grid<3>} {\n    %0")
+    assert "invalid #tt.grid" in error_of(text, check=False)
+    text = GOOD.replace("{\n    %0", "attributes {x = #tt.nothing<3>} {\n    %0")
+    assert "unknown attribute #tt.nothing" in error_of(text, check=False)
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    ('"ttir.relu"(%arg0) :', '"ttir.transpose"(%arg0) {perm = [1, 0]} :',
+     "m.mlir:3:5: error: 'ttir.transpose' result shape 4x8 should be 8x4 (operand shape permuted by perm)"),
+    ('"ttir.relu"', '"ttir.frobnicate"', "m.mlir:3:5: error: unregistered operation 'ttir.frobnicate'"),
+    ('"ttir.relu"(%arg0) :', '"ttir.relu"(%arg0) {axis = 1} :', "m.mlir:3:5: error: 'ttir.relu' has no attribute 'axis'"),
+    ('"ttir.relu"(%arg0) : (tensor<4x8xf32>)', '"ttir.relu"(%arg0, %arg0) : (tensor<4x8xf32>, tensor<4x8xf32>)',
+     "m.mlir:3:5: error: 'ttir.relu' takes 1 operands, got 2"),
+    ('"ttir.relu"(%arg0) :', '"ttir.softmax"(%arg0) {axis = 5} :',
+     "m.mlir:3:5: error: 'ttir.softmax' axis 5 is out of range for rank 2"),
+])
+def test_verifier_errors_point_at_the_op(old: str, new: str, expected: str) -> None:
+    message = error_of(GOOD.replace(old, new))
+    assert message.startswith(expected), message
+    assert message.splitlines()[-1].strip() == "^"
+
+
+def test_verifier_errors_name_the_loc_of_built_ops() -> None:
+    module = Module()
+    t = TensorType((4, 8), f32)
+    func = Function.create("main", [t], [t])
+    module.body.append(func.op)
+    bad = Operation("ttir.add", [func.args[0], func.args[0]], [TensorType((4, 9), f32)], loc=NameLoc("/add/Add"))
+    func.body.append(bad)
+    func.body.append(Operation("func.return", [func.args[0]]))
+    with pytest.raises(IRError) as info:
+        verify(module)
+    message = str(info.value)
+    assert message.startswith('loc("/add/Add"): error: \'ttir.add\' result shape 4x9 should be 4x8')
+    assert '"ttir.add"(%arg0, %arg0)' in message
+
+
+def test_verifier_catches_use_before_definition_and_missing_return() -> None:
+    text = GOOD.replace('func.return %0 : tensor<4x8xf32> loc("ret")\n', "")
+    assert "function body must end with func.return" in error_of(text)
+    module = parse_module(GOOD, "m.mlir")
+    body = module.function().body
+    body.ops[0], body.ops[1] = body.ops[1], body.ops[0]
+    message = error_of_module(module)
+    assert "not defined before this use" in message
+
+
+def error_of_module(module: Module) -> str:
+    with pytest.raises(IRError) as info:
+        verify(module)
+    return str(info.value)
+
+
+def test_weights_are_checked_when_present() -> None:
+    import numpy as np
+
+    text = GOOD.replace(
+        '    %0 = "ttir.relu"(%arg0)',
+        '    %w = "ttir.constant"() {value = #tt.weight<"w">} : () -> tensor<4x8xf32> loc("w")\n'
+        '    %0 = "ttir.relu"(%arg0)')
+    module = parse_module(text, "m.mlir", weights={"w": np.zeros((4, 8), np.float32)})
+    verify(module)
+    module.weights = {"w": np.zeros((2, 8), np.float32)}
+    assert "weight 'w' has shape [2, 8]" in error_of_module(module)
+    module.weights = {"other": np.zeros((2, 8), np.float32)}
+    assert "weight 'w' is not in the module's weights" in error_of_module(module)
