@@ -1,0 +1,18 @@
+"""Passes over the IR and the machinery that runs them: the pass manager, the pipeline syntax and the
+pattern rewriter. Importing this package registers every pass."""
+
+from ttc.passes import canonicalize, decompose
+from ttc.passes.manager import (
+    Pass,
+    PassManager,
+    parse_pipeline,
+    pipeline_text,
+    register_pass,
+    registered_passes,
+)
+from ttc.passes.rewriter import PatternRewriter, RewriteError, RewritePattern, apply_patterns_greedily
+
+__all__ = [
+    "Pass", "PassManager", "PatternRewriter", "RewriteError", "RewritePattern", "apply_patterns_greedily",
+    "canonicalize", "decompose", "parse_pipeline", "pipeline_text", "register_pass", "registered_passes",
+]

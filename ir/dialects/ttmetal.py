@@ -1,15 +1,121 @@
-"""The `ttmetal` dialect: the host schedule (buffers and program dispatch).
+"""The `ttmetal` dialect: the host schedule that drives the device.
 
-Declared so far: buffer management; program dispatch arrives with the backend.
+Device buffers are SSA values of tensor type whose encoding is a `#tt.layout` (the element type is
+the data format); host tensors have no encoding. The schedule creates buffers, writes inputs and
+constants, enqueues one program per device op, reads outputs back and frees buffers:
+
+    %b = "ttmetal.create_buffer"() {address = 0} : () -> tensor<32x64xbf16, #tt.layout<tile, dram, interleaved>>
+    "ttmetal.write_buffer"(%arg0, %b) : (tensor<32x64xf32>, tensor<32x64xbf16, #...>) -> ()
+    "ttmetal.enqueue_program"(%b, %c) ({reader}, {compute}, {writer}) {grid = #tt.grid<2x1>, cbs = [...],
+        runtime_args = [[[...], [...]], [[...], [...]], [[...], [...]]]} : (...) -> ()
+    %r = "ttmetal.read_buffer"(%c) : (tensor<32x64xbf16, #...>) -> tensor<32x64xf32>
+    "ttmetal.deallocate"(%b) : (...) -> ()
+
+`write_buffer` pads to tiles, tilizes and converts to the buffer's format on the host (the
+host<->device edge); `read_buffer` converts back and crops to the logical shape.
 """
 
 from __future__ import annotations
 
-from ttc.ir.dialect import AnyTensor, Attr, Dialect, IntAttr, OpDef, Operand, Result, enum_attr
+from dataclasses import dataclass
 
-CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer for a tensor",
-                      results=(Result("buffer", AnyTensor),),
-                      attributes=(Attr("address", IntAttr, 0), Attr("memory", enum_attr("dram", "l1"), "dram")))
-DEALLOCATE = OpDef("ttmetal.deallocate", "Free a device buffer", operands=(Operand("buffer"),), results=())
+from ttc.ir.attributes import DialectAttribute, TypeAttr, WeightAttr, dialect_attribute, positional
+from ttc.ir.core import Operation
+from ttc.ir.dialect import (
+    ArrayAttr,
+    Attr,
+    Dialect,
+    IntAttr,
+    OpDef,
+    Operand,
+    Result,
+    StrAttr,
+    TypeConstraint,
+    VerifyError,
+    attr_of,
+)
+from ttc.ir.dialects.tt import GridAttr, LayoutAttr
+from ttc.ir.types import TensorType
 
-TTMETAL = Dialect("ttmetal", "Host-side dispatch.", ops=[CREATE_BUFFER, DEALLOCATE]).register()
+
+@dialect_attribute("ttmetal", "cb")
+@dataclass(frozen=True)
+class CBConfigAttr(DialectAttribute):
+    """A circular buffer of a program: `#ttmetal.cb<0, page_size = 2048, pages = 4, format = bf16>`;
+    `address` (in every core's L1) is set by the allocate pass."""
+
+    index: int = positional()
+    page_size: int = 0
+    pages: int = 0
+    format: TypeAttr | None = None
+    address: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.page_size * self.pages
+
+
+def _is_device_tensor(t: object) -> bool:
+    return isinstance(t, TensorType) and isinstance(t.encoding, LayoutAttr)
+
+
+def _is_host_tensor(t: object) -> bool:
+    return isinstance(t, TensorType) and t.encoding is None
+
+
+DeviceTensor = TypeConstraint("a device tensor (with #tt.layout)", _is_device_tensor)
+HostTensor = TypeConstraint("a host tensor (no encoding)", _is_host_tensor)
+
+
+def verify_write(op: Operation) -> None:
+    host, device = (v.type for v in op.operands)
+    if host.shape != device.shape:
+        raise VerifyError(f"host tensor {host} and buffer {device} have different shapes")
+
+
+def verify_read(op: Operation) -> None:
+    if op.operands[0].type.shape != op.result.type.shape:
+        raise VerifyError("read_buffer must keep the logical shape")
+
+
+def verify_program(op: Operation) -> None:
+    grid: GridAttr = op.attr("grid")
+    args = op.attr("runtime_args")
+    if len(op.regions) != 3:
+        raise VerifyError("a program has three kernels: reader, compute, writer")
+    if len(args) != 3 or any(len(per_kernel) != grid.num_cores for per_kernel in args):
+        raise VerifyError(f"runtime_args must hold, for each of the 3 kernels, one tuple per core of the "
+                          f"{grid.x}x{grid.y} grid")
+    seen = set()
+    for cb in op.attr("cbs"):
+        if not isinstance(cb, CBConfigAttr):
+            raise VerifyError("cbs must be #ttmetal.cb<...> attributes")
+        if cb.index in seen:
+            raise VerifyError(f"circular buffer {cb.index} is configured twice")
+        seen.add(cb.index)
+
+
+CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (address set by `allocate`)",
+                      results=(Result("buffer", DeviceTensor),), attributes=(Attr("address", IntAttr, None),))
+WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (pad, tilize, convert format)",
+                     operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
+                     verify=verify_write)
+WRITE_CONSTANT = OpDef("ttmetal.write_constant", "Fill a buffer with a weight already in device format",
+                       operands=(Operand("buffer", DeviceTensor),), results=(),
+                       attributes=(Attr("value", attr_of(WeightAttr)),))
+ENQUEUE_PROGRAM = OpDef(
+    "ttmetal.enqueue_program", "Run reader/compute/writer kernels on every core of `grid`",
+    operands=(Operand("buffers", DeviceTensor, variadic=True),), results=(), regions=3,
+    attributes=(Attr("grid", attr_of(GridAttr)), Attr("cbs", ArrayAttr), Attr("runtime_args", ArrayAttr),
+                Attr("kind", StrAttr, "")),
+    verify=verify_program,
+)
+READ_BUFFER = OpDef("ttmetal.read_buffer", "Device buffer -> host tensor (untilize, crop, convert)",
+                    operands=(Operand("buffer", DeviceTensor),), results=(Result("host", HostTensor),),
+                    verify=verify_read)
+DEALLOCATE = OpDef("ttmetal.deallocate", "Free a device buffer", operands=(Operand("buffer", DeviceTensor),),
+                   results=())
+
+TTMETAL = Dialect("ttmetal", "Host-side schedule: buffers and program dispatch.",
+                  ops=[CREATE_BUFFER, WRITE_BUFFER, WRITE_CONSTANT, ENQUEUE_PROGRAM, READ_BUFFER, DEALLOCATE]
+                  ).register()

@@ -1,0 +1,299 @@
+"""Import a loaded ONNX model into a `ttir` module: one `func.func @main`, weights beside the IR.
+
+The graph walk: graph inputs become function arguments, initializers and Constant nodes become
+`ttir.constant` ops (placed at the top of the function, in graph order, only when used), every other
+node goes through its converter (`converters.py`), graph outputs are returned. Unsupported ops are
+all reported in one error before anything is converted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from ttc.frontend.converters import find_converter, supported_op_types
+from ttc.frontend.loader import (
+    DEFAULT_DOMAINS,
+    TARGET_OPSET,
+    InputShapes,
+    ModelSource,
+    default_opset,
+    graph_inputs,
+    prepare_model,
+    read_model,
+)
+from ttc.ir import (
+    Builder,
+    DenseAttr,
+    Function,
+    FunctionType,
+    Location,
+    Module,
+    NameLoc,
+    Operation,
+    ScalarType,
+    TensorType,
+    UserError,
+    Value,
+    WeightAttr,
+)
+from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, DeviceAttr, device_for
+
+INLINE_MAX_ELEMENTS = 16  # constants up to this size are inline dense<...>; bigger ones are weights
+NAME_ATTR = "ttir.name"  # the ONNX name of a function argument or result
+
+ELEMENT_TYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.BFLOAT16: "bf16",
+    onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.INT64: "i64", onnx.TensorProto.INT32: "i32",
+    onnx.TensorProto.INT16: "i16", onnx.TensorProto.INT8: "i8", onnx.TensorProto.UINT8: "ui8",
+    onnx.TensorProto.UINT16: "ui16", onnx.TensorProto.UINT32: "ui32", onnx.TensorProto.UINT64: "ui64",
+    onnx.TensorProto.BOOL: "i1",
+}
+
+
+def import_model(source: ModelSource, input_shapes: InputShapes | None = None, arch: str = "e150") -> Module:
+    """Load, check, convert and shape-infer an ONNX model (path or ModelProto) and import it."""
+    device = _device(arch)
+    model, path = read_model(source)
+    check_supported(model)
+    model = prepare_model(model, path, input_shapes)
+    return GraphImporter(model, device).run()
+
+
+def _device(arch: str) -> DeviceAttr:
+    try:
+        return device_for(arch)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def node_name(node: onnx.NodeProto, index: int) -> str:
+    """The node's name, or `OpType_index` for an unnamed node."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """One UserError listing every unsupported op type with the names of its nodes."""
+    supported = set(supported_op_types())
+    unsupported: dict[str, list[str]] = {}
+    for index, node in enumerate(model.graph.node):
+        if node.domain in DEFAULT_DOMAINS and node.op_type in supported:
+            continue
+        op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
+        unsupported.setdefault(op, []).append(node_name(node, index))
+    if not unsupported:
+        return
+    count = sum(len(names) for names in unsupported.values())
+    parts = [f"{op} ({'node' if len(names) == 1 else 'nodes'}: {', '.join(names)})"
+             for op, names in unsupported.items()]
+    raise UserError(f"unsupported ONNX ops ({count} {'node' if count == 1 else 'nodes'}): {', '.join(parts)}")
+
+
+def element_type(onnx_type: int, where: str, value: str) -> ScalarType:
+    name = ELEMENT_TYPES.get(onnx_type)
+    if name is None:
+        known = onnx_type in onnx.TensorProto.DataType.values()
+        type_name = onnx.TensorProto.DataType.Name(onnx_type) if known else str(onnx_type)
+        raise UserError(f"{where}: value '{value}' has element type {type_name}, which ttc does not support")
+    return ScalarType(name)
+
+
+@functools.cache
+def attribute_default(op_type: str, opset: int, name: str) -> Any:
+    """The default of an attribute from onnx's op schema; None when it has none (or no such attribute)."""
+    attr = onnx.defs.get_schema(op_type, opset).attributes.get(name)
+    if attr is None or attr.default_value.type == onnx.AttributeProto.UNDEFINED:
+        return None
+    return attribute_value(attr.default_value)
+
+
+def attribute_value(attr: onnx.AttributeProto) -> Any:
+    """An attribute as a Python value: lists become tuples, floats the shortest decimal of their
+    float32 (so epsilon=1e-5 reads back as 1e-05, not 9.999999747378752e-06)."""
+    value = helper.get_attribute_value(attr)
+    if attr.type == onnx.AttributeProto.FLOAT:
+        return float(str(np.float32(value)))
+    if attr.type == onnx.AttributeProto.FLOATS:
+        return tuple(float(str(np.float32(v))) for v in value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+@dataclass
+class PendingConstant:
+    """A `ttir.constant` not yet in the function: placed (and its weight stored) only if used."""
+
+    op: Operation
+    weight_name: str
+    tensor: onnx.TensorProto | None = None  # an initializer, read only when needed
+    data: np.ndarray | None = None
+
+    def array(self) -> np.ndarray:
+        if self.data is None:
+            assert self.tensor is not None
+            self.data = numpy_helper.to_array(self.tensor)
+        return self.data
+
+
+class GraphImporter:
+    """Walks one shape-inferred ONNX graph and builds the `ttir` module."""
+
+    def __init__(self, model: onnx.ModelProto, device: DeviceAttr) -> None:
+        self.graph = model.graph
+        self.opset = default_opset(model) or TARGET_OPSET
+        self.types = {v.name: v.type for v in (*self.graph.input, *self.graph.value_info, *self.graph.output)}
+        self.used = {name for node in self.graph.node for name in node.input if name}
+        self.used.update(output.name for output in self.graph.output)
+        self.module = Module()
+        self.module.attributes[DEVICE_ATTR_NAME] = device
+        inputs = graph_inputs(model)
+        self.arg_types = [self.input_type(v.name) for v in inputs]
+        self.func = Function.create("main", self.arg_types, [], arg_attrs=[{NAME_ATTR: v.name} for v in inputs])
+        self.module.body.append(self.func.op)
+        self.block = self.func.body
+        self.values: dict[str, Value] = {v.name: arg for v, arg in zip(inputs, self.func.args, strict=True)}
+        self.constants: list[PendingConstant] = []  # in graph order
+        self.constant_of: dict[Value, PendingConstant] = {}
+
+    def run(self) -> Module:
+        for tensor in self.graph.initializer:
+            where = f"initializer '{tensor.name}'"
+            ttype = TensorType(tuple(tensor.dims), element_type(tensor.data_type, where, tensor.name))
+            self.values[tensor.name] = self.add_constant(ttype, tensor.name, NameLoc(tensor.name), tensor=tensor)
+        for index, node in enumerate(self.graph.node):
+            self.convert(node, index)
+        results = [self.value(output.name, "graph output") for output in self.graph.output]
+        Builder.at_end(self.block).create("func.return", results)
+        self.func.set_type(FunctionType(tuple(self.arg_types), tuple(v.type for v in results)))
+        self.func.op.attributes["res_attrs"] = tuple({NAME_ATTR: output.name} for output in self.graph.output)
+        self.place_constants()
+        return self.module
+
+    def convert(self, node: onnx.NodeProto, index: int) -> None:
+        ctx = NodeContext(self, node, node_name(node, index))
+        convert = find_converter(node.op_type, self.opset)
+        if convert is None:
+            raise ctx.error(f"no converter for {node.op_type} at opset {self.opset}")
+        outputs = convert(ctx)
+        outputs = [outputs] if isinstance(outputs, Value) else list(outputs)
+        for name, value in zip(node.output, outputs, strict=False):
+            if not name:
+                continue
+            inferred = self.inferred_shape(name)
+            if inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred:
+                raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
+                                   f"shape inference says {inferred}")
+            self.values[name] = value
+
+    # -- values and types -----------------------------------------------------------------------
+
+    def value(self, name: str, where: str) -> Value:
+        value = self.values.get(name)
+        if value is None:
+            raise UserError(f"{where}: value '{name}' is not defined by any earlier node, input or initializer")
+        return value
+
+    def input_type(self, name: str) -> TensorType:
+        """A graph input's static tensor type (the loader has fixed every input's shape)."""
+        where = "graph input"
+        type_proto = self.types[name]
+        if not type_proto.HasField("tensor_type"):
+            raise UserError(f"{where}: value '{name}' is not a tensor (ttc imports tensors only)")
+        shape = self.inferred_shape(name)
+        if shape is None:
+            raise UserError(f"{where}: value '{name}' has no static shape")
+        return TensorType(shape, element_type(type_proto.tensor_type.elem_type, where, name))
+
+    def inferred_shape(self, name: str) -> tuple[int, ...] | None:
+        """The static shape shape inference gave `name`, None when unknown or not static."""
+        type_proto = self.types.get(name)
+        if type_proto is None or not type_proto.tensor_type.HasField("shape"):
+            return None
+        dims = type_proto.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            return None
+        return tuple(d.dim_value for d in dims)
+
+    # -- constants ------------------------------------------------------------------------------
+
+    def add_constant(self, ttype: TensorType, weight_name: str, loc: Location,
+                     tensor: onnx.TensorProto | None = None, data: np.ndarray | None = None) -> Value:
+        """A constant value; its op joins the function in `place_constants` if something uses it."""
+        op = Operation("ttir.constant", result_types=[ttype], loc=loc)
+        pending = PendingConstant(op, weight_name, tensor, data)
+        self.constants.append(pending)
+        self.constant_of[op.result] = pending
+        return op.result
+
+    def place_constants(self) -> None:
+        """Put the used constants at the top of the function in graph order; weights get stored."""
+        used = [c for c in self.constants if c.op.result.has_uses]
+        for position, pending in enumerate(used):
+            pending.op.attributes["value"] = self.constant_attr(pending)
+            self.block.insert(position, pending.op)
+
+    def constant_attr(self, pending: PendingConstant) -> DenseAttr | WeightAttr:
+        ttype = pending.op.result.type
+        assert isinstance(ttype, TensorType)
+        array = pending.array()
+        if array.size <= INLINE_MAX_ELEMENTS:
+            return DenseAttr(ttype, array)
+        return WeightAttr(self.module.add_weight(pending.weight_name, np.ascontiguousarray(array)))
+
+
+class NodeContext:
+    """What a converter sees of one ONNX node: inputs as IR values, inferred output shapes,
+    attributes with their schema defaults, and ops created at the node's location."""
+
+    def __init__(self, importer: GraphImporter, node: onnx.NodeProto, name: str) -> None:
+        self.importer = importer
+        self.node = node
+        self.name = name
+        self.loc = NameLoc(name)
+        self.where = f"node '{name}' ({node.op_type})"
+
+    def error(self, message: str) -> UserError:
+        return UserError(f"{self.where}: {message}")
+
+    def attr(self, name: str) -> Any:
+        """The node's attribute, else the schema default at the model's opset (None if neither)."""
+        for attr in self.node.attribute:
+            if attr.name == name:
+                return attribute_value(attr)
+        return attribute_default(self.node.op_type, self.importer.opset, name)
+
+    def has_input(self, index: int) -> bool:
+        return index < len(self.node.input) and self.node.input[index] != ""
+
+    def input(self, index: int) -> Value:
+        if not self.has_input(index):
+            raise self.error(f"input {index} is missing")
+        return self.importer.value(self.node.input[index], self.where)
+
+    def input_constant(self, index: int) -> np.ndarray | None:
+        """The value of a constant input (initializer, Constant, Shape), None if it is computed."""
+        pending = self.importer.constant_of.get(self.input(index))
+        return None if pending is None else pending.array()
+
+    def inferred_shape(self, index: int) -> tuple[int, ...] | None:
+        """The static shape inference gave output `index`, or None."""
+        return self.importer.inferred_shape(self.node.output[index])
+
+    def output_used(self, index: int) -> bool:
+        return index < len(self.node.output) and self.node.output[index] in self.importer.used
+
+    def create(self, op_name: str, operands: Sequence[Value], result_type: Any,
+               attributes: dict[str, Any] | None = None) -> Value:
+        """A new op at the end of the function, located at this node."""
+        op = Builder.at_end(self.importer.block).create(op_name, operands, [result_type], attributes, self.loc)
+        return op.result
+
+    def constant(self, array: np.ndarray) -> Value:
+        """A constant output (weight named after the output when large)."""
+        onnx_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        ttype = TensorType(array.shape, element_type(onnx_type, self.where, self.node.output[0]))
+        return self.importer.add_constant(ttype, self.node.output[0], self.loc, data=array)

@@ -1,0 +1,267 @@
+"""Load an ONNX model for import: read it (external data confined to the model's folder), check it,
+fix its dynamic input dimensions, convert old opsets and infer static shapes.
+
+Every failure is a UserError naming the file, tensor, input or node at fault; onnx's own message is
+quoted. Large models work: the file is read by path, the checker runs on the path, and big external
+tensors are loaded only after the steps that serialize the model (checker, converter, inference).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+
+import onnx
+from onnx import external_data_helper
+from ttc.ir import UserError
+
+MIN_OPSET = 13  # the oldest default-domain opset the converters are written for
+TARGET_OPSET = 17  # what models below MIN_OPSET are converted to
+DEFAULT_DOMAINS = ("", "ai.onnx")
+# External tensors up to this many elements are loaded before shape inference, which reads the
+# values of shape-like constants (Reshape targets); bigger ones (weights) are loaded last.
+SHAPE_TENSOR_MAX_ELEMENTS = 1024
+
+ModelSource = str | os.PathLike[str] | onnx.ModelProto
+InputShapes = Mapping[str, Sequence[int]]
+
+
+def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> onnx.ModelProto:
+    """The model checked, with static input shapes, at an opset >= MIN_OPSET, shape-inferred and
+    with its external data loaded. A ModelProto given by the caller is copied, never changed."""
+    model, path = read_model(source)
+    return prepare_model(model, path, input_shapes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_model(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
+    """Parse the model (without external data, whose locations are checked) and return it with its
+    path (None for a ModelProto)."""
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        for tensor in external_tensors(model):
+            raise UserError(f"tensor '{tensor.name}' keeps its data in the external file "
+                            f"'{_location(tensor)}'; give the model by its path so the file can be found")
+        return model, None
+    path = os.fspath(source)
+    model = _parse_file(path)
+    check_external_locations(model, path)
+    return model, path
+
+
+def _parse_file(path: str) -> onnx.ModelProto:
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not an ONNX model file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except Exception as exc:  # protobuf's DecodeError and the like
+        raise UserError(f"{path}: not an ONNX model (the bytes are not an ONNX protobuf: {exc})") from None
+    if not model.HasField("graph"):
+        raise UserError(f"{path}: not an ONNX model (it holds no graph)")
+    return model
+
+
+def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model (initializers, attributes, subgraphs) whose data is in a file."""
+    return (t for t in _graph_tensors(model.graph) if external_data_helper.uses_external_data(t))
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for subgraph in attr.graphs:
+                yield from _graph_tensors(subgraph)
+
+
+def _location(tensor: onnx.TensorProto) -> str:
+    return external_data_helper.ExternalDataInfo(tensor).location
+
+
+def check_external_locations(model: onnx.ModelProto, path: str) -> None:
+    """Every external data file must exist and resolve (symlinks followed) inside the model's folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    root = os.path.realpath(folder)
+    for tensor in external_tensors(model):
+        location = _location(tensor)
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([root, target]) != root:
+            raise UserError(f"{path}: tensor '{tensor.name}' has external data location '{location}', "
+                            f"which resolves to {target}, outside the model's folder {root}")
+        if not os.path.isfile(target):
+            raise UserError(f"{path}: external data file '{location}' of tensor '{tensor.name}' "
+                            f"not found (looked for {target})")
+
+
+def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | None = None) -> None:
+    """Load external tensors (those with at most `max_elements` elements, if given) into the model."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for tensor in list(external_tensors(model)):
+        if max_elements is not None and math.prod(tensor.dims) > max_elements:
+            continue
+        try:
+            external_data_helper.load_external_data_for_tensor(tensor, folder)
+        except Exception as exc:
+            raise UserError(f"{path}: cannot load the external data of tensor '{tensor.name}' "
+                            f"from '{_location(tensor)}': {exc}") from None
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking, input shapes, opset conversion, shape inference
+
+
+def prepare_model(model: onnx.ModelProto, path: str | None,
+                  input_shapes: InputShapes | None = None) -> onnx.ModelProto:
+    """Check, fix input shapes, convert and infer; `model` is changed in place and must not be reused."""
+    check_model(model, path)
+    apply_input_shapes(model, input_shapes or {})
+    model = convert_opset(model)
+    if path is not None:
+        load_external_data(model, path, SHAPE_TENSOR_MAX_ELEMENTS)
+    model = infer_shapes(model)
+    if path is not None:
+        load_external_data(model, path)
+    return model
+
+
+def check_model(model: onnx.ModelProto, path: str | None) -> None:
+    """onnx's checker; by path when there is one, so the model is never serialized in memory."""
+    try:
+        onnx.checker.check_model(path if path is not None else model)
+    except Exception as exc:
+        raise UserError(f"{path or 'model'}: the ONNX checker rejected the model: {exc}") from None
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The model's default-domain (ai.onnx) opset version, None when it imports none."""
+    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    return max(versions) if versions else None
+
+
+def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Models below MIN_OPSET are converted to TARGET_OPSET; the others are left as they are."""
+    opset = default_opset(model)
+    if opset is None or opset >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, TARGET_OPSET)
+    except Exception as exc:
+        raise UserError(f"cannot convert the model from opset {opset} to opset {TARGET_OPSET} "
+                        f"(ttc imports opset {MIN_OPSET} and newer): {exc}") from None
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise UserError(f"ONNX shape inference failed: {exc}") from None
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph inputs the caller feeds (inputs that are also initializers are weights)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in weights]
+
+
+def apply_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes) -> None:
+    """Fix the shapes of the graph inputs; every input must end up with static dimensions."""
+    inputs = {value.name: value for value in graph_inputs(model)}
+    unknown = [name for name in input_shapes if name not in inputs]
+    if unknown:
+        raise UserError(f"--input-shape names no graph input: {', '.join(unknown)} "
+                        f"(the inputs are: {', '.join(inputs) or 'none'})")
+    missing = []
+    for name, value in inputs.items():
+        if name in input_shapes:
+            _set_input_shape(value, tuple(input_shapes[name]))
+        elif not _is_static(value):
+            missing.append(_missing_shape_message(value))
+    if missing:
+        raise UserError("\n".join(missing))
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
+    """Static dims as ints, named ones as their dim_param, unknown ones as None (None: unknown rank)."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    kinds = [dim.WhichOneof("value") for dim in tensor_type.shape.dim]
+    return [dim.dim_value if kind == "dim_value" else dim.dim_param or None
+            for dim, kind in zip(tensor_type.shape.dim, kinds, strict=True)]
+
+
+def _is_static(value: onnx.ValueInfoProto) -> bool:
+    """True when the input's rank and every dimension are known (non-tensors pass: the importer
+    rejects them with a better message)."""
+    if not value.type.HasField("tensor_type"):
+        return True
+    dims = _dims(value)
+    return dims is not None and all(isinstance(d, int) for d in dims)
+
+
+def _missing_shape_message(value: onnx.ValueInfoProto) -> str:
+    dims = _dims(value)
+    if dims is None:
+        return f"input '{value.name}' has an unknown rank; give its shape with --input-shape {value.name}=DIMS"
+    dynamic = [f"{i} ('{d}')" if d else f"{i} (unnamed)" for i, d in enumerate(dims) if not isinstance(d, int)]
+    what = f"a dynamic dimension {dynamic[0]}" if len(dynamic) == 1 else f"dynamic dimensions {', '.join(dynamic)}"
+    suggestion = "x".join(str(d) if isinstance(d, int) else "1" for d in dims)
+    return f"input '{value.name}' has {what}; give its shape with --input-shape {value.name}={suggestion}"
+
+
+def _set_input_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
+    given = f"--input-shape {value.name}={shape_text(shape)}"
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        raise UserError(f"{given}: dimensions must be positive integers")
+    if not value.type.HasField("tensor_type"):
+        raise UserError(f"{given}: input '{value.name}' is not a tensor")
+    dims = _dims(value)
+    if dims is None:  # unknown rank: any shape will do
+        dims = [None] * len(shape)
+    if len(dims) != len(shape):
+        raise UserError(f"{given}: input '{value.name}' has rank {len(dims)} "
+                        f"({shape_text(dims)}), not {len(shape)}")
+    for index, (declared, wanted) in enumerate(zip(dims, shape, strict=True)):
+        if isinstance(declared, int) and declared != wanted:
+            raise UserError(f"{given}: dimension {index} of input '{value.name}' is fixed to {declared} "
+                            f"by the model ({shape_text(dims)})")
+    onnx_shape = value.type.tensor_type.shape
+    onnx_shape.Clear()
+    for d in shape:
+        onnx_shape.dim.add().dim_value = d
+
+
+def shape_text(dims: Sequence[int | str | None]) -> str:
+    """`1x128`, with named dims by name and unknown ones as `?`."""
+    return "x".join("?" if d is None else str(d) for d in dims)
+
+
+_INPUT_SHAPE = re.compile(r"(?P<name>.+)=(?P<dims>\d+(?:x\d+)*)")
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """`"input_ids=1x128"` -> `("input_ids", (1, 128))`, for the `--input-shape` flag."""
+    match = _INPUT_SHAPE.fullmatch(text)
+    if match is None:
+        raise UserError(f"bad --input-shape '{text}': expected NAME=DIMS, e.g. input_ids=1x128")
+    shape = tuple(int(d) for d in match["dims"].split("x"))
+    if 0 in shape:
+        raise UserError(f"bad --input-shape '{text}': dimensions must be positive")
+    return match["name"], shape

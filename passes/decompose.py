@@ -1,0 +1,204 @@
+"""`decompose`: rewrite ttir ops into the ones the device has kernels for.
+
+- Gemm -> matmul (transpose_a/transpose_b kept) * alpha (only if alpha != 1) + beta * C (only with C;
+  the beta scale only if beta != 1; `canonicalize` later folds beta * C when C is a constant).
+  `decompose{keep-gemm=true}` leaves Gemm alone.
+- pow(x, 2) -> x * x; pow(x, 0.5) -> sqrt(x) (splat exponents, float for sqrt).
+- x / c -> x * (1 / c) for an inline float constant c (differs from the division by at most an ulp).
+- The erf form of GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, with the 0.5 applied to x, to the product
+  or to the (1 + erf) factor and `x / 1.4142` or `x * 0.7071` inside, becomes `ttir.gelu` with the
+  locations of all matched ops fused.
+
+`ttir.softmax` and `ttir.layer_norm` stay as they are: the device has kernels for both, which beat
+their decompositions (fewer passes over the data, a numerically stable reduction).
+Every op created here carries the location of the op it replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from ttc.ir.attributes import DenseAttr, fuse_locations
+from ttc.ir.core import Module, Operation, Value
+from ttc.ir.types import TensorType
+from ttc.passes.canonicalize import constant_attr, splat_value
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
+
+
+def is_float(value: Value) -> bool:
+    return isinstance(value.type, TensorType) and value.type.element_type.is_float
+
+
+def scalar_constant(rewriter: PatternRewriter, before: Operation, like: Value, number: float) -> Value:
+    """A rank-0 `ttir.constant` of `like`'s element type, created before `before` with its location."""
+    assert isinstance(like.type, TensorType)
+    scalar_type = TensorType((), like.type.element_type)
+    attr = DenseAttr(scalar_type, number)
+    return rewriter.create_before(before, "ttir.constant", [], [scalar_type], {"value": attr}).result
+
+
+class DecomposeGemm(RewritePattern):
+    """alpha * op(a) @ op(b) + beta * c -> matmul, then mul and add only where they do something."""
+
+    root = "ttir.gemm"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        alpha, beta = op.attr("alpha"), op.attr("beta")
+        if not is_float(op.result) and (alpha != 1.0 or beta != 1.0):
+            return rewriter.notify_match_failure(op, "alpha/beta scale an integer gemm")
+        a, b, c = op.operand("a"), op.operand("b"), op.operand("c")
+        result_type = op.result.type
+        attributes = {"transpose_a": op.attr("transpose_a"), "transpose_b": op.attr("transpose_b")}
+        value = rewriter.create_before(op, "ttir.matmul", [a, b], [result_type], attributes).result
+        if alpha != 1.0:
+            scale = scalar_constant(rewriter, op, value, alpha)
+            value = rewriter.create_before(op, "ttir.mul", [value, scale], [result_type]).result
+        if c is not None:
+            if beta != 1.0:
+                scale = scalar_constant(rewriter, op, c, beta)
+                c = rewriter.create_before(op, "ttir.mul", [c, scale], [c.type]).result
+            value = rewriter.create_before(op, "ttir.add", [value, c], [result_type]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
+class PowBySplat(RewritePattern):
+    """pow(x, 2) -> x * x and pow(x, 0.5) -> sqrt(x), when the exponent does not broadcast x."""
+
+    root = "ttir.pow"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x, exponent = op.operands
+        power = splat_value(exponent)
+        if x.type != op.result.type:
+            return rewriter.notify_match_failure(op, "the exponent broadcasts the base to a new shape")
+        if power == 2:
+            new = rewriter.create_before(op, "ttir.mul", [x, x], [op.result.type])
+        elif power == 0.5 and is_float(x):
+            new = rewriter.create_before(op, "ttir.sqrt", [x], [op.result.type])
+        else:
+            return rewriter.notify_match_failure(op, "exponent is not a splat 2, or 0.5 on floats")
+        rewriter.replace_op(op, [new.result])
+        return True
+
+
+class DivByConstant(RewritePattern):
+    """x / c -> x * (1 / c) for an inline float constant c."""
+
+    root = "ttir.div"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x, divisor = op.operands
+        attr = constant_attr(divisor)
+        if not isinstance(attr, DenseAttr) or not is_float(divisor):
+            return rewriter.notify_match_failure(op, "divisor is not an inline float constant")
+        with np.errstate(divide="ignore"):
+            reciprocal = DenseAttr(attr.type, 1.0 / attr.values.astype(np.float64))
+        constant = rewriter.create_before(op, "ttir.constant", [], [divisor.type], {"value": reciprocal})
+        mul = rewriter.create_before(op, "ttir.mul", [x, constant.result], [op.result.type])
+        rewriter.replace_op(op, [mul.result])
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# GELU
+
+
+def _is_splat_near(value: Value, target: float, rel_tol: float = 1e-6) -> bool:
+    number = splat_value(value)
+    return number is not None and math.isclose(float(number), target, rel_tol=rel_tol)
+
+
+def _mul_by(value: Value, target: float, rel_tol: float = 1e-6) -> tuple[Value, Operation] | None:
+    """(x, the mul) when `value` is `x * c` or `c * x` with a splat c close to `target`."""
+    op = defining_op(value, "ttir.mul")
+    if op is None:
+        return None
+    lhs, rhs = op.operands
+    if _is_splat_near(rhs, target, rel_tol):
+        return lhs, op
+    if _is_splat_near(lhs, target, rel_tol):
+        return rhs, op
+    return None
+
+
+def _erf_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops) when `value` is `1 + erf(x / sqrt(2))` (either add order; / 1.4142 or * 0.7071)."""
+    add = defining_op(value, "ttir.add")
+    if add is None:
+        return None
+    lhs, rhs = add.operands
+    erf_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
+    erf = defining_op(erf_value, "ttir.erf") if erf_value is not None else None
+    if erf is None:
+        return None
+    scaled = erf.operands[0]
+    div = defining_op(scaled, "ttir.div")
+    if div is not None and _is_splat_near(div.operands[1], math.sqrt(2.0), rel_tol=1e-4):
+        return div.operands[0], [div, erf, add]
+    by_mul = _mul_by(scaled, 1.0 / math.sqrt(2.0), rel_tol=1e-4)
+    if by_mul is not None:
+        return by_mul[0], [by_mul[1], erf, add]
+    return None
+
+
+def _match_gelu(op: Operation) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops in data-flow order) when the mul `op` computes erf-GELU of x."""
+    lhs, rhs = op.operands
+    for half_side, other in ((lhs, rhs), (rhs, lhs)):
+        # (x * 0.5) * (1 + erf(x / sqrt2))
+        half_x = _mul_by(half_side, 0.5)
+        core = _erf_plus_one(other)
+        if half_x is not None and core is not None and half_x[0] is core[0]:
+            return core[0], [*core[1], half_x[1], op]
+        # (x * (1 + erf(x / sqrt2))) * 0.5
+        product = defining_op(other, "ttir.mul")
+        if _is_splat_near(half_side, 0.5) and product is not None:
+            for x, factor in (product.operands, product.operands[::-1]):
+                core = _erf_plus_one(factor)
+                if core is not None and core[0] is x:
+                    return x, [*core[1], product, op]
+        # x * ((1 + erf(x / sqrt2)) * 0.5)
+        half_factor = _mul_by(other, 0.5)
+        if half_factor is not None:
+            core = _erf_plus_one(half_factor[0])
+            if core is not None and core[0] is half_side:
+                return half_side, [*core[1], half_factor[1], op]
+    return None
+
+
+class FuseErfGelu(RewritePattern):
+    """x * 0.5 * (1 + erf(x / sqrt(2))) in its common arrangements -> gelu(x)."""
+
+    root = "ttir.mul"
+    benefit = 2  # before anything else rewrites the muls and divs inside it
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        match = _match_gelu(op)
+        if match is None:
+            return rewriter.notify_match_failure(op, "not the erf form of GELU")
+        x, ops = match
+        if x.type != op.result.type or not is_float(x):
+            return rewriter.notify_match_failure(op, "GELU pattern broadcasts x or is not float")
+        loc = fuse_locations(*(matched.loc for matched in ops))
+        gelu = rewriter.create_before(op, "ttir.gelu", [x], [op.result.type], loc=loc)
+        rewriter.replace_op(op, [gelu.result])
+        return True
+
+
+@register_pass
+@dataclass
+class Decompose(Pass):
+    """Split Gemm, Pow, Div by constants into device ops; recognise erf-GELU."""
+
+    name = "decompose"
+    keep_gemm: bool = False
+
+    def run(self, module: Module) -> None:
+        patterns: list[RewritePattern] = [FuseErfGelu(), PowBySplat(), DivByConstant()]
+        if not self.keep_gemm:
+            patterns.append(DecomposeGemm())
+        apply_patterns_greedily(module, patterns)
