@@ -174,7 +174,6 @@ class FuseErfGelu(RewritePattern):
     """x * 0.5 * (1 + erf(x / sqrt(2))) in its common arrangements -> gelu(x)."""
 
     root = "ttir.mul"
-    benefit = 2  # before anything else rewrites the muls and divs inside it
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         match = _match_gelu(op)

@@ -291,7 +291,8 @@ class PassManager:
             if self.print_ir_after_all or p.name in self.print_ir_after:
                 stream.write(f"{_dump_header(p)}\n{print_module(module)}\n")
         if self.timing:
-            rows.append(("Verifier", verifier_seconds))
+            if self.verify:
+                rows.append(("Verifier", verifier_seconds))
             stream.write(timing_report(rows, time.perf_counter() - start))
 
     def _verify_after(self, p: Pass, module: Module, stream: TextIO) -> None:

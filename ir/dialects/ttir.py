@@ -24,6 +24,7 @@ from ttc.ir.dialect import (
     OpDef,
     Operand,
     Result,
+    StrAttr,
     Trait,
     VerifyError,
 )
@@ -85,9 +86,16 @@ def _dims(shape: Sequence[int]) -> str:
 
 
 def _same_element_types(op: Operation) -> None:
-    types = {tensor(v.type).element_type for v in (*op.operands, *op.results)}
-    if len(types) > 1:
-        raise VerifyError(f"operand and result element types differ: {', '.join(sorted(map(str, types)))}")
+    """Operands and results share one element type; on the device (tensors with a layout encoding)
+    float data formats may mix, since the unpacker and packer convert between them."""
+    values = [tensor(v.type) for v in (*op.operands, *op.results)]
+    types = {t.element_type for t in values}
+    if len(types) <= 1:
+        return
+    on_device = all(t.encoding is not None for t in values)
+    if on_device and all(t.is_float for t in types):
+        return
+    raise VerifyError(f"operand and result element types differ: {', '.join(sorted(map(str, types)))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,8 +301,65 @@ RESHAPE = OpDef("ttir.reshape", "Same elements, new shape (the result type gives
                 operands=(Operand("input"),), results=(Result("result", AnyTensor),), traits=PURE,
                 verify=verify_reshape, fold=_fold_reshape)
 
+
+
+def verify_to_layout(op: Operation) -> None:
+    source, result = tensor(op.operands[0].type), tensor(op.result.type)
+    if source.shape != result.shape:
+        raise VerifyError(f"to_layout keeps the shape: {_dims(source.shape)} vs {_dims(result.shape)}")
+    if source.encoding is None and result.encoding is None:
+        raise VerifyError("to_layout needs a layout encoding on one side")
+
+
+def verify_linear(op: Operation) -> None:
+    a, b = (tensor(v.type).shape for v in op.operands[:2])
+    b_shape = list(b)
+    if op.attr("transpose_b") and len(b_shape) >= 2:
+        b_shape[-1], b_shape[-2] = b_shape[-2], b_shape[-1]
+    shape = matmul_shape(a, b_shape)
+    if shape is None:
+        raise VerifyError(f"linear of {_dims(a)} by {_dims(b)} has mismatched inner dims")
+    if len(op.operands) == 3 and broadcast_shape(tensor(op.operands[2].type).shape, shape) != shape:
+        raise VerifyError(f"bias {_dims(tensor(op.operands[2].type).shape)} does not broadcast to {_dims(shape)}")
+    _expect_shape(op, shape, "matmul result")
+
+
+def verify_eltwise(op: Operation) -> None:
+    block = op.regions[0].blocks[0] if op.regions and op.regions[0].blocks else None
+    if block is None or len(block.args) != len(op.operands):
+        raise VerifyError("the body has one block with one argument per operand")
+    for arg, value in zip(block.args, op.operands, strict=True):
+        if tensor(arg.type).shape != tensor(value.type).shape:
+            raise VerifyError("body arguments must have the operands' shapes")
+    term = block.terminator
+    if term is None or term.name != "ttir.yield" or len(term.operands) != 1:
+        raise VerifyError("the body ends with ttir.yield of one value")
+    if tensor(term.operands[0].type).shape != tensor(op.result.type).shape:
+        raise VerifyError("the yielded value must have the result's shape")
+    for inner in block.ops[:-1]:
+        opdef = inner.opdef
+        if opdef is None or not (opdef.has(Trait.ELEMENTWISE) or opdef.has(Trait.CONSTANT_LIKE)):
+            raise VerifyError(f"'{inner.name}' is not elementwise and cannot be fused")
+
+
+TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges",
+                  operands=(Operand("input"),), traits=PURE, verify=verify_to_layout)
+LINEAR = OpDef(
+    "ttir.linear", "activation(a @ b + bias): a matmul with its epilogue fused (one device op)",
+    operands=(Operand("a"), Operand("b"), Operand("bias", optional=True)),
+    attributes=(Attr("transpose_b", BoolAttr, False), Attr("activation", StrAttr, "none")),
+    traits=PURE, verify=verify_linear,
+)
+ELTWISE = OpDef(
+    "ttir.eltwise", "A fused chain of elementwise ops (the body) run as one device op",
+    operands=(Operand("inputs", variadic=True),), regions=1, traits=PURE, verify=verify_eltwise,
+)
+YIELD = OpDef("ttir.yield", "The value a fused body produces", operands=(Operand("value"),), results=(),
+              traits=frozenset({Trait.TERMINATOR}))
+
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, ERF, SQRT, RSQRT,
-         NEG, RECIPROCAL, GELU, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE],
+         NEG, RECIPROCAL, GELU, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, TO_LAYOUT, LINEAR,
+         ELTWISE, YIELD],
 ).register()

@@ -12,7 +12,12 @@ from ttc.passes import PassManager, manager
 
 
 class IRHarness:
-    """Helpers used as `ir.run(...)`, `ir.body(...)` and `ir.check(...)` in tests."""
+    """Helpers used as `ir.module(...)`, `ir.run(...)`, `ir.body(...)` and `ir.check(...)` in tests."""
+
+    def module(self, args: str, result: str, *ops: str) -> str:
+        """The text of a one-function module `@main(args) -> result`; `ops` include its func.return."""
+        body = "\n    ".join(ops)
+        return f"module {{\n  func.func @main({args}) -> {result} {{\n    {body}\n  }}\n}}\n"
 
     def run(self, pipeline: str, text: str, weights: dict[str, np.ndarray] | None = None) -> Module:
         """Parse `text`, run `pipeline` on it with verification, return the module."""

@@ -13,14 +13,8 @@ if TYPE_CHECKING:
 T = "tensor<2x3xf32>"
 
 
-def main(args: str, result: str, *ops: str) -> str:
-    """A one-function module; `ops` are the body lines including func.return."""
-    body = "\n    ".join(ops)
-    return f"module {{\n  func.func @main({args}) -> {result} {{\n    {body}\n  }}\n}}\n"
-
-
 def test_dead_code_is_erased_including_constants(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.constant"() {{value = dense<2.0> : {T}}} : () -> {T} loc("c")',
         f'%1 = "ttir.mul"(%arg0, %0) : ({T}, {T}) -> {T} loc("unused")',
@@ -35,7 +29,7 @@ def test_dead_code_is_erased_including_constants(ir: IRHarness) -> None:
 
 
 def test_reshape_to_the_same_type_disappears(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.reshape"(%arg0) : ({T}) -> {T} loc("r")',
         f'func.return %0 : {T} loc("ret")'))
@@ -43,7 +37,7 @@ def test_reshape_to_the_same_type_disappears(ir: IRHarness) -> None:
 
 
 def test_reshape_of_reshape_becomes_one_reshape(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", "tensor<3x2xf32>",
         f'%0 = "ttir.reshape"(%arg0) : ({T}) -> tensor<6xf32> loc("r1")',
         '%1 = "ttir.reshape"(%0) : (tensor<6xf32>) -> tensor<3x2xf32> loc("r2")',
@@ -53,7 +47,7 @@ def test_reshape_of_reshape_becomes_one_reshape(ir: IRHarness) -> None:
 
 
 def test_reshape_there_and_back_disappears(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.reshape"(%arg0) : ({T}) -> tensor<6xf32> loc("r1")',
         f'%1 = "ttir.reshape"(%0) : (tensor<6xf32>) -> {T} loc("r2")',
@@ -62,7 +56,7 @@ def test_reshape_there_and_back_disappears(ir: IRHarness) -> None:
 
 
 def test_identity_transpose_disappears(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.transpose"(%arg0) {{perm = [0, 1]}} : ({T}) -> {T} loc("t")',
         f'func.return %0 : {T} loc("ret")'))
@@ -70,7 +64,7 @@ def test_identity_transpose_disappears(ir: IRHarness) -> None:
 
 
 def test_transpose_of_transpose_composes_the_permutations(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         "%arg0: tensor<2x3x4xf32>", "tensor<3x2x4xf32>",
         '%0 = "ttir.transpose"(%arg0) {perm = [1, 2, 0]} : (tensor<2x3x4xf32>) -> tensor<3x4x2xf32> loc("t1")',
         '%1 = "ttir.transpose"(%0) {perm = [0, 2, 1]} : (tensor<3x4x2xf32>) -> tensor<3x2x4xf32> loc("t2")',
@@ -81,7 +75,7 @@ def test_transpose_of_transpose_composes_the_permutations(ir: IRHarness) -> None
 
 
 def test_inverse_transposes_cancel(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.transpose"(%arg0) {{perm = [1, 0]}} : ({T}) -> tensor<3x2xf32> loc("t1")',
         f'%1 = "ttir.transpose"(%0) {{perm = [1, 0]}} : (tensor<3x2xf32>) -> {T} loc("t2")',
@@ -91,7 +85,7 @@ def test_inverse_transposes_cancel(ir: IRHarness) -> None:
 
 def test_non_identity_transpose_stays(ir: IRHarness) -> None:
     op = f'%0 = "ttir.transpose"(%arg0) {{perm = [1, 0]}} : ({T}) -> tensor<3x2xf32> loc("t")'
-    out = ir.run_body("canonicalize", main(f"%arg0: {T}", "tensor<3x2xf32>", op,
+    out = ir.run_body("canonicalize", ir.module(f"%arg0: {T}", "tensor<3x2xf32>", op,
                                            'func.return %0 : tensor<3x2xf32> loc("ret")'))
     assert out.splitlines()[0] == op
 
@@ -112,7 +106,7 @@ def test_non_identity_transpose_stays(ir: IRHarness) -> None:
 ])
 def test_binary_identity_folds_to_x(ir: IRHarness, op: str, constant: str, operands: str) -> None:
     types = ", ".join({"%arg0": T, "%0": "tensor<f32>"}[name] for name in operands.split(", "))
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         f'%0 = "ttir.constant"() {{value = dense<{constant}> : tensor<f32>}} : () -> tensor<f32> loc("c")',
         f'%1 = "ttir.{op}"({operands}) : ({types}) -> {T} loc("op")',
@@ -121,7 +115,7 @@ def test_binary_identity_folds_to_x(ir: IRHarness, op: str, constant: str, opera
 
 
 def test_integer_identities_fold_too(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         "%arg0: tensor<4xi32>", "tensor<4xi32>",
         '%0 = "ttir.constant"() {value = dense<1> : tensor<4xi32>} : () -> tensor<4xi32> loc("one")',
         '%1 = "ttir.div"(%arg0, %0) : (tensor<4xi32>, tensor<4xi32>) -> tensor<4xi32> loc("div")',
@@ -151,7 +145,7 @@ def test_integer_identities_fold_too(ir: IRHarness) -> None:
 ])
 def test_ops_that_are_not_identities_stay(ir: IRHarness, ops: list[str]) -> None:
     result = ops[1].split("-> ")[-1].split(" loc")[0]
-    text = main("%arg0: tensor<3xf32>", result, *ops, f'func.return %1 : {result} loc("ret")')
+    text = ir.module("%arg0: tensor<3xf32>", result, *ops, f'func.return %1 : {result} loc("ret")')
     assert ir.run_body("canonicalize", text) == ir.body(ir.run("", text))
 
 
@@ -160,7 +154,7 @@ def test_ops_that_are_not_identities_stay(ir: IRHarness, ops: list[str]) -> None
 
 
 def test_small_results_fold_to_an_inline_constant_with_fused_location(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         "", "tensor<2x2xf32>",
         '%0 = "ttir.constant"() {value = dense<[[1.0, 2.0], [3.0, 4.0]]> : tensor<2x2xf32>} : () -> tensor<2x2xf32> loc("a")',
         '%1 = "ttir.constant"() {value = dense<10.0> : tensor<f32>} : () -> tensor<f32> loc("b")',
@@ -174,7 +168,7 @@ def test_small_results_fold_to_an_inline_constant_with_fused_location(ir: IRHarn
 
 
 def test_integer_division_folds_truncating(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         "", "tensor<2xi64>",
         '%0 = "ttir.constant"() {value = dense<[7, -7]> : tensor<2xi64>} : () -> tensor<2xi64> loc("a")',
         '%1 = "ttir.constant"() {value = dense<2> : tensor<2xi64>} : () -> tensor<2xi64> loc("b")',
@@ -185,7 +179,7 @@ def test_integer_division_folds_truncating(ir: IRHarness) -> None:
 
 def test_large_splat_results_fold_inline(ir: IRHarness) -> None:
     big = "tensor<64x64xf32>"
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         "", big,
         f'%0 = "ttir.constant"() {{value = dense<1.5> : {big}}} : () -> {big} loc("a")',
         f'%1 = "ttir.exp"(%0) : ({big}) -> {big} loc("exp")',
@@ -195,12 +189,16 @@ def test_large_splat_results_fold_inline(ir: IRHarness) -> None:
                                    'loc(fused["a", "exp", "neg"])')
 
 
-WEIGHT_MODULE = main(
-    "%arg0: tensor<4x8xf32>", "tensor<4x4xf32>",
-    '%0 = "ttir.constant"() {value = #tt.weight<"fc.weight">} : () -> tensor<4x8xf32> loc("fc.weight")',
-    '%1 = "ttir.transpose"(%0) {perm = [1, 0]} : (tensor<4x8xf32>) -> tensor<8x4xf32> loc("fc/Transpose")',
-    '%2 = "ttir.matmul"(%arg0, %1) : (tensor<4x8xf32>, tensor<8x4xf32>) -> tensor<4x4xf32> loc("fc/MatMul")',
-    'func.return %2 : tensor<4x4xf32> loc("ret")')
+WEIGHT_MODULE = """
+module {
+  func.func @main(%arg0: tensor<4x8xf32>) -> tensor<4x4xf32> {
+    %0 = "ttir.constant"() {value = #tt.weight<"fc.weight">} : () -> tensor<4x8xf32> loc("fc.weight")
+    %1 = "ttir.transpose"(%0) {perm = [1, 0]} : (tensor<4x8xf32>) -> tensor<8x4xf32> loc("fc/Transpose")
+    %2 = "ttir.matmul"(%arg0, %1) : (tensor<4x8xf32>, tensor<8x4xf32>) -> tensor<4x4xf32> loc("fc/MatMul")
+    func.return %2 : tensor<4x4xf32> loc("ret")
+  }
+}
+"""
 
 
 def weights() -> dict[str, np.ndarray]:
@@ -228,7 +226,7 @@ def test_weights_without_data_are_not_folded(ir: IRHarness) -> None:
 
 
 def test_weight_chains_fold_to_one_weight(ir: IRHarness) -> None:
-    text = main(
+    text = ir.module(
         "", "tensor<32xf32>",
         '%0 = "ttir.constant"() {value = #tt.weight<"w">} : () -> tensor<4x8xf32> loc("w")',
         '%1 = "ttir.transpose"(%0) {perm = [1, 0]} : (tensor<4x8xf32>) -> tensor<8x4xf32> loc("t")',
@@ -252,7 +250,7 @@ def test_unrelated_unused_weights_are_kept(ir: IRHarness) -> None:
 
 
 def test_identical_constants_are_merged(ir: IRHarness) -> None:
-    out = ir.run_body("canonicalize", main(
+    out = ir.run_body("canonicalize", ir.module(
         f"%arg0: {T}", T,
         '%0 = "ttir.constant"() {value = dense<2.0> : tensor<f32>} : () -> tensor<f32> loc("c1")',
         f'%1 = "ttir.mul"(%arg0, %0) : ({T}, tensor<f32>) -> {T} loc("m1")',

@@ -12,6 +12,7 @@ from ttc.ir.types import TensorType, f32
 from ttc.passes import Pass, PassManager, parse_pipeline, pipeline_text, register_pass, registered_passes
 from ttc.passes.canonicalize import Canonicalize
 from ttc.passes.decompose import Decompose
+from ttc.passes.manager import timing_report
 
 SOURCE = """
 module {
@@ -238,6 +239,27 @@ def test_timing_prints_a_table_of_passes_verifier_and_total() -> None:
     names = [re.fullmatch(r" +\d+\.\d{4} \( *\d+\.\d%\)  (\w+)", line).group(1) for line in lines[6:]]
     assert names == ["Canonicalize", "Decompose", "Verifier", "Total"]
     assert lines[-1].split("(")[1].startswith("100.0%)")
+
+
+def test_timing_report_layout() -> None:
+    rule = "===" + "-" * 73 + "==="
+    assert timing_report([("Canonicalize", 0.25), ("Verifier", 0.5)], 1.0) == "\n".join([
+        rule,
+        "                         ... Execution time report ...",
+        rule,
+        "  Total Execution Time: 1.0000 seconds",
+        "",
+        "  ----Wall Time----  ----Name----",
+        "    0.2500 ( 25.0%)  Canonicalize",
+        "    0.5000 ( 50.0%)  Verifier",
+        "    1.0000 (100.0%)  Total",
+        ""])
+
+
+def test_timing_without_verification_has_no_verifier_row() -> None:
+    stream = io.StringIO()
+    PassManager("canonicalize", verify=False, timing=True, stream=stream).run(module())
+    assert [line.split()[-1] for line in stream.getvalue().splitlines()[6:]] == ["Canonicalize", "Total"]
 
 
 def test_invalid_input_is_reported_before_any_pass_runs() -> None:
