@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import numpy_helper
+
 from ttc.ir import TensorType
 from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape
 

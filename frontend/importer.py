@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,

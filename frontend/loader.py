@@ -9,12 +9,14 @@ tensors are loaded only after the steps that serialize the model (checker, conve
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
 import onnx
 from onnx import external_data_helper
+
 from ttc.ir import UserError
 
 MIN_OPSET = 13  # the oldest default-domain opset the converters are written for
@@ -168,6 +170,7 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx's strict shape inference, propagating constant shape values (Reshape targets)."""
     try:
         return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
@@ -202,9 +205,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
     tensor_type = value.type.tensor_type
     if not tensor_type.HasField("shape"):
         return None
-    kinds = [dim.WhichOneof("value") for dim in tensor_type.shape.dim]
-    return [dim.dim_value if kind == "dim_value" else dim.dim_param or None
-            for dim, kind in zip(tensor_type.shape.dim, kinds, strict=True)]
+    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param or None for dim in tensor_type.shape.dim]
 
 
 def _is_static(value: onnx.ValueInfoProto) -> bool:
@@ -228,8 +229,9 @@ def _missing_shape_message(value: onnx.ValueInfoProto) -> str:
 
 def _set_input_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
     given = f"--input-shape {value.name}={shape_text(shape)}"
-    if not all(isinstance(d, int) and d > 0 for d in shape):
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in shape):
         raise UserError(f"{given}: dimensions must be positive integers")
+    shape = tuple(int(d) for d in shape)
     if not value.type.HasField("tensor_type"):
         raise UserError(f"{given}: input '{value.name}' is not a tensor")
     dims = _dims(value)

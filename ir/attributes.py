@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
 from ttc.ir.types import ScalarType, TensorType, Type
 
 # ----------------------------------------------------------------------------------------------

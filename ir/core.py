@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from ttc.ir.attributes import Location, UnknownLoc
 from ttc.ir.types import FunctionType, Type
 
@@ -241,10 +242,10 @@ class Block:
         self.insert(self.index_of(anchor) + 1, op)
 
     def index_of(self, op: Operation) -> int:
-        for i, candidate in enumerate(self.ops):
-            if candidate is op:
-                return i
-        raise ValueError(f"'{op.name}' is not in this block")
+        try:
+            return self.ops.index(op)  # identity comparison: Operation defines no __eq__
+        except ValueError:
+            raise ValueError(f"'{op.name}' is not in this block") from None
 
     def remove(self, op: Operation) -> None:
         del self.ops[self.index_of(op)]

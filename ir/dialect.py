@@ -15,6 +15,7 @@ from ttc.ir.types import DialectType, ScalarType, TensorType, Type
 
 if TYPE_CHECKING:
     import numpy as np
+
     from ttc.ir.core import Operation, Value
 
 

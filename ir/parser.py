@@ -12,6 +12,7 @@ from typing import Any
 
 import lark
 from lark import Token, Transformer
+
 from ttc.ir.attributes import (
     DenseAttr,
     Dims,

@@ -8,6 +8,7 @@ else its location (the ONNX node) and the printed op.
 from __future__ import annotations
 
 import numpy as np
+
 from ttc.ir.attributes import WeightAttr
 from ttc.ir.core import FUNC_OP, Block, Module, Operation
 from ttc.ir.diagnostics import IRError, SourceSpan, render_diagnostic

@@ -5,9 +5,10 @@
   transpose of transpose, and x+0, x-0, x*1, x/1, pow(x, 1) with a splat constant when the result type
   is x's own (a broadcasting constant that changes the shape keeps the op).
 - Constant folding: an op with a `fold` hook whose operands are all `ttir.constant` is evaluated at
-  compile time when its result is small (at most 16 elements, or a splat) and becomes an inline
-  `dense<...>`; with `fold-weights` (the default) a large result computed from weights becomes a new
-  weight (`#tt.weight<"w.transpose">`). The constant's location fuses those of the folded ops.
+  compile time when its result is small (at most 16 elements, or a splat computed from splats) and
+  becomes an inline `dense<...>`; with `fold-weights` (the default) a large result computed from
+  weights becomes a new weight (`#tt.weight<"w.transpose">`), and weights no longer used are dropped
+  from the module. The constant's location fuses those of the folded ops and their constants.
 - Identical inline constants in a block are merged into the first one, as MLIR's CSE does.
 
 Adding 0 is treated as an identity also for floats, where IEEE would turn -0.0 into +0.0.
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ttc.ir.attributes import DenseAttr, WeightAttr, fuse_locations
 from ttc.ir.core import Block, Module, Operation, Value
 from ttc.ir.types import TensorType
@@ -170,10 +172,11 @@ class FoldConstantOperands(RewritePattern):
         array = np.asarray(folded, dtype=result_type.element_type.numpy_dtype())
         if array.shape != result_type.shape:
             return rewriter.notify_match_failure(op, f"fold gave shape {array.shape}, expected {result_type.shape}")
-        value: DenseAttr | WeightAttr = DenseAttr(result_type, array)
-        if not (small or value.is_splat):
-            if not weights:
-                return rewriter.notify_match_failure(op, "result too large to inline and not computed from weights")
+        if small or not weights:
+            value: DenseAttr | WeightAttr = DenseAttr(result_type, array)
+            if not (small or value.is_splat):
+                return rewriter.notify_match_failure(op, "result too large to inline")
+        else:
             value = WeightAttr(self.module.add_weight(f"{weights[0]}.{op.name.split('.', 1)[1]}", array))
         producers = [defining_op(v) for v in op.operands]
         loc = fuse_locations(*(p.loc for p in producers if p is not None), op.loc)
@@ -228,4 +231,4 @@ class Canonicalize(Pass):
         # Weights this pass folded away (or created and folded again) leave the module.
         created = set(module.weights) - weights_before
         for name in (in_use_before | created) - referenced_weights(module):
-            del module.weights[name]
+            module.weights.pop(name, None)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from ttc.ir.attributes import DenseAttr, fuse_locations
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.types import TensorType

@@ -55,6 +55,8 @@ class RewritePattern:
 
 @dataclass(frozen=True)
 class MatchFailure:
+    """Why a pattern did not apply to an op (for the debug log and for tests)."""
+
     pattern: str
     op: str
     reason: str

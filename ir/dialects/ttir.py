@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
 from ttc.ir.core import Operation
 from ttc.ir.dialect import (
     REQUIRED,

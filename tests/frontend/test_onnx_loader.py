@@ -117,6 +117,8 @@ def test_external_data_happy_path(tmp_path: Path) -> None:
     model = zoo.mlp(sizes=(20, 8, 3))
     path = save_external(model, tmp_path)
     assert (tmp_path / "w.bin").is_file()
+    loaded = load_model(path)
+    assert all(t.data_location == TensorProto.DEFAULT and t.raw_data for t in loaded.graph.initializer)
     module = import_model(path)
     expected = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     assert sorted(module.weights) == ["fc1.weight", "fc2.weight"]
@@ -198,8 +200,9 @@ def test_every_dynamic_dimension_is_named() -> None:
         import_model(relu_model(["batch", 8, None]))
 
 
-def test_input_shape_makes_the_model_static() -> None:
-    module = import_model(relu_model(["batch", "sequence"]), input_shapes={"input_ids": (2, 128)})
+@pytest.mark.parametrize("shape", [(2, 128), np.array([2, 128])])
+def test_input_shape_makes_the_model_static(shape: object) -> None:
+    module = import_model(relu_model(["batch", "sequence"]), input_shapes={"input_ids": shape})
     func = module.function("main")
     assert [str(t) for t in func.type.inputs] == ["tensor<2x128xf32>"]
     assert [str(t) for t in func.type.results] == ["tensor<2x128xf32>"]

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import pytest
+
 from ttc.ir import Module, parse_module, print_module
 from ttc.passes import PassManager, manager
 

@@ -239,6 +239,16 @@ def test_weight_chains_fold_to_one_weight(ir: IRHarness) -> None:
     assert list(module.weights) == ["w.transpose.reshape"]
 
 
+def test_dead_weight_constants_go_with_their_data(ir: IRHarness) -> None:
+    text = ir.module(
+        "%arg0: tensor<4x8xf32>", "tensor<4x8xf32>",
+        '%0 = "ttir.constant"() {value = #tt.weight<"fc.weight">} : () -> tensor<4x8xf32> loc("fc.weight")',
+        'func.return %arg0 : tensor<4x8xf32> loc("ret")')
+    assert ir.run_body("canonicalize", text) == 'func.return %arg0 : tensor<4x8xf32> loc("ret")'
+    assert ir.run("canonicalize", text, weights()).weights == {}
+    assert ir.run("canonicalize", text).weights == {}  # also when the data was never loaded
+
+
 def test_unrelated_unused_weights_are_kept(ir: IRHarness) -> None:
     data = {**weights(), "spare": np.zeros(3, np.float32)}
     module = ir.run("canonicalize", WEIGHT_MODULE, data)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
+
 from ttc.ir import IRError, Module, UserError, parse_module
 from ttc.ir.types import TensorType, f32
 from ttc.passes import Pass, PassManager, parse_pipeline, pipeline_text, register_pass, registered_passes

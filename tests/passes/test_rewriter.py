@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from ttc.ir import Module, Operation, parse_module, print_module, verify
 from ttc.passes import PatternRewriter, RewriteError, RewritePattern, apply_patterns_greedily
 from ttc.passes.rewriter import defining_op

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from ttc.runtime import formats as F
 from ttc.runtime.formats import DataFormat
 

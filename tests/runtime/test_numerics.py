@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from ttc.runtime import numerics as N
 from ttc.runtime.numerics import MathFidelity
 
