@@ -45,7 +45,9 @@ from ttc.ir import (
 )
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, DeviceAttr, device_for
 
-INLINE_MAX_ELEMENTS = 16  # constants up to this size are inline dense<...>; bigger ones are weights
+# Constants up to this size are inline dense<...> (shapes, scalars); bigger ones, and every float
+# initializer of more than one element (a learned parameter), are weights beside the IR.
+INLINE_MAX_ELEMENTS = 16
 NAME_ATTR = "ttir.name"  # the ONNX name of a function argument or result
 
 ELEMENT_TYPES: dict[int, str] = {
@@ -241,7 +243,8 @@ class GraphImporter:
         ttype = pending.op.result.type
         assert isinstance(ttype, TensorType)
         array = pending.array()
-        if array.size <= INLINE_MAX_ELEMENTS:
+        is_float_initializer = pending.tensor is not None and array.dtype.kind == "f" and array.size > 1
+        if array.size <= INLINE_MAX_ELEMENTS and not is_float_initializer:
             return DenseAttr(ttype, array)
         return WeightAttr(self.module.add_weight(pending.weight_name, np.ascontiguousarray(array)))
 

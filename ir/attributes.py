@@ -238,6 +238,8 @@ def dialect_attribute(dialect: str, mnemonic: str):
 
 
 def lookup_dialect_attribute(full_name: str) -> type[DialectAttribute] | None:
+    import ttc.ir.dialects  # noqa: F401  (registers every dialect's attributes)
+
     return _DIALECT_ATTRIBUTES.get(full_name)
 
 

@@ -68,11 +68,12 @@ def test_zoo_model_imports_verifies_and_round_trips(name: str) -> None:
 def test_zoo_weights_are_the_large_initializers(name: str) -> None:
     model = ZOO[name][0]()
     module = import_model(model)
-    large = {t.name for t in model.graph.initializer if np.prod(t.dims) > 16}
-    assert set(module.weights) == large
+    # Learned parameters (float initializers of more than one element) are always weights.
+    params = {t.name for t in model.graph.initializer
+              if np.prod(t.dims) > 1 and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    assert set(module.weights) == params
     for op in main_ops(module):
         if op.name == "ttir.constant" and isinstance(op.attributes["value"], WeightAttr):
-            assert op.result.type.num_elements > 16
             assert module.weights[op.attributes["value"].name].shape == op.result.type.shape
 
 
@@ -97,10 +98,9 @@ def test_small_mlp_text() -> None:
     assert lines[1] == ('  func.func @main(%arg0: tensor<2x20xf32> {ttir.name = "input"}) -> '
                         '(tensor<2x3xf32> {ttir.name = "logits"}) {')
     assert lines[2] == '    %0 = "ttir.constant"() {value = #tt.weight<"fc1.weight">} : () -> tensor<8x20xf32> loc("fc1.weight")'
-    assert re.fullmatch(r'    %1 = "ttir.constant"\(\) \{value = dense<\[[-0-9.e, ]+\]> : tensor<8xf32>\} '
-                        r': \(\) -> tensor<8xf32> loc\("fc1.bias"\)', lines[3])
+    assert lines[3] == '    %1 = "ttir.constant"() {value = #tt.weight<"fc1.bias">} : () -> tensor<8xf32> loc("fc1.bias")'
     assert lines[4] == '    %2 = "ttir.constant"() {value = #tt.weight<"fc2.weight">} : () -> tensor<3x8xf32> loc("fc2.weight")'
-    assert lines[5].startswith('    %3 = "ttir.constant"() {value = dense<[')
+    assert lines[5].startswith('    %3 = "ttir.constant"() {value = #tt.weight<"fc2.bias">}')
     assert lines[5].endswith('> : tensor<3xf32>} : () -> tensor<3xf32> loc("fc2.bias")')
     assert lines[6] == ('    %4 = "ttir.gemm"(%arg0, %0, %1) {alpha = 1.0, beta = 1.0, transpose_a = false, '
                         'transpose_b = true} : (tensor<2x20xf32>, tensor<8x20xf32>, tensor<8xf32>) -> '
@@ -186,9 +186,9 @@ def test_constants_once_at_the_top_in_graph_order_only_if_used() -> None:
         ("ttir.constant", NameLoc("/k/Constant")),
     ]
     assert op_names(module).count("ttir.constant") == 3
-    assert module.weights.keys() == {"big"}
+    assert module.weights.keys() == {"small", "big"}
     assert ops[1].attributes["value"] == WeightAttr("big")
-    assert isinstance(ops[0].attributes["value"], DenseAttr)
+    assert ops[0].attributes["value"] == WeightAttr("small")
     assert str(ops[2].attributes["value"]) == "dense<2.0> : tensor<f32>"
 
 

@@ -121,7 +121,7 @@ def test_external_data_happy_path(tmp_path: Path) -> None:
     assert all(t.data_location == TensorProto.DEFAULT and t.raw_data for t in loaded.graph.initializer)
     module = import_model(path)
     expected = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    assert sorted(module.weights) == ["fc1.weight", "fc2.weight"]
+    assert sorted(module.weights) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     for name, data in module.weights.items():
         np.testing.assert_array_equal(data, expected[name])
     feeds = random_feeds(model)
