@@ -115,30 +115,41 @@ def mlp(batch: int = 1, sizes: Sequence[int] = (784, 256, 10), seed: int = 0) ->
 
 
 def encoder_block(
-    seq: int = 128, hidden: int = 256, heads: int = 4, ffn: int = 1024, seed: int = 0, batch: int = 1
+    seq: int = 128, hidden: int = 256, heads: int = 4, ffn: int = 1024, seed: int = 0, batch: int = 1,
+    layers: int = 1,
 ) -> onnx.ModelProto:
-    """A post-norm transformer encoder block (BERT style), "hidden_states" -> "output", both [batch, seq, hidden].
+    """Post-norm transformer encoder blocks (BERT style), "hidden_states" -> "output", both [batch, seq, hidden].
 
-    Self-attention (Q/K/V MatMul + bias, split heads, scaled scores, Softmax, merge heads, output
-    projection), residual + LayerNormalization, then an erf-GELU MLP, residual + LayerNormalization.
-    Weights are normal / sqrt(fan_in) and biases small, so activations and attention scores stay O(1).
+    Each layer: self-attention (Q/K/V MatMul + bias, split heads, scaled scores, Softmax, merge heads,
+    output projection), residual + LayerNormalization, then an erf-GELU MLP, residual +
+    LayerNormalization. Weights are normal / sqrt(fan_in) and biases small, so activations and
+    attention scores stay O(1). `layers=12, hidden=768, heads=12, ffn=3072` is BERT-base sized.
     """
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
-    head_dim = hidden // heads
     b = _Builder(seed)
-    p = "/layer0"
     x = "hidden_states"
+    for index in range(layers):
+        last = index == layers - 1
+        x = _encoder_layer(b, x, f"layer{index}", seq, hidden, heads, ffn, batch, "output" if last else None)
+    shape = (batch, seq, hidden)
+    return b.model("encoder_block", [("hidden_states", shape)], [("output", shape)])
+
+
+def _encoder_layer(b: _Builder, x: str, name: str, seq: int, hidden: int, heads: int, ffn: int, batch: int,
+                   output: str | None) -> str:
+    head_dim = hidden // heads
+    p = f"/{name}"
 
     def linear(inp: str, scope: str, param: str, fan_in: int, fan_out: int) -> str:
-        w = b.init(f"layer0.{param}.weight", b.normal((fan_in, fan_out), 1.0 / math.sqrt(fan_in)))
-        bias = b.init(f"layer0.{param}.bias", b.normal((fan_out,), 0.02))
+        w = b.init(f"{name}.{param}.weight", b.normal((fan_in, fan_out), 1.0 / math.sqrt(fan_in)))
+        bias = b.init(f"{name}.{param}.bias", b.normal((fan_out,), 0.02))
         y = b.op("MatMul", [inp, w], f"{p}/{scope}/MatMul")
         return b.op("Add", [y, bias], f"{p}/{scope}/Add")
 
     def layer_norm(inp: str, scope: str, param: str, output: str | None = None) -> str:
-        scale = b.init(f"layer0.{param}.weight", 1.0 + b.normal((hidden,), 0.1))
-        bias = b.init(f"layer0.{param}.bias", b.normal((hidden,), 0.1))
+        scale = b.init(f"{name}.{param}.weight", 1.0 + b.normal((hidden,), 0.1))
+        bias = b.init(f"{name}.{param}.bias", b.normal((hidden,), 0.1))
         return b.op(
             "LayerNormalization", [inp, scale, bias], f"{p}/{scope}/LayerNormalization",
             output=output, axis=-1, epsilon=1e-5,
@@ -176,10 +187,7 @@ def encoder_block(
     t = b.op("Mul", [t, b.const(f"{p}/mlp/gelu/half/Constant", 0.5)], f"{p}/mlp/gelu/half/Mul")
     y = linear(t, "mlp/fc2", "mlp.fc2", ffn, hidden)
     h = b.op("Add", [h, y], f"{p}/mlp/residual/Add")
-    layer_norm(h, "mlp_norm", "mlp_norm", output="output")
-
-    shape = (batch, seq, hidden)
-    return b.model("encoder_block", [("hidden_states", shape)], [("output", shape)])
+    return layer_norm(h, "mlp_norm", "mlp_norm", output=output)
 
 
 def odd_shapes(seed: int = 0) -> onnx.ModelProto:
