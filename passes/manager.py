@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TextIO
 
 from ttc.ir.core import Module
@@ -257,8 +257,10 @@ class PassManager:
     """
 
     def __init__(self, passes: Sequence[Pass] | str, verify: bool = True, print_ir_after_all: bool = False,
-                 print_ir_after: Iterable[str] = (), timing: bool = False, stream: TextIO | None = None) -> None:
+                 print_ir_after: Iterable[str] = (), timing: bool = False, stream: TextIO | None = None,
+                 after_pass: Callable[[int, Pass, Module], None] | None = None) -> None:
         self.passes = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
+        self.after_pass = after_pass  # called with (1-based index, pass, module) after each verified pass
         self.verify = verify
         self.print_ir_after_all = print_ir_after_all
         self.print_ir_after = frozenset(print_ir_after)
@@ -290,6 +292,8 @@ class PassManager:
                 verifier_seconds += time.perf_counter() - verify_start
             if self.print_ir_after_all or p.name in self.print_ir_after:
                 stream.write(f"{_dump_header(p)}\n{print_module(module)}\n")
+            if self.after_pass is not None:
+                self.after_pass(len(rows), p, module)
         if self.timing:
             if self.verify:
                 rows.append(("Verifier", verifier_seconds))

@@ -3,6 +3,9 @@
     ttc import MODEL.onnx [-o OUT.mlir] [--input-shape NAME=1x128 ...] [--arch e150|e75]
     ttc opt FILE.mlir [--pipeline SPEC] [--print-ir-after-all] [--print-ir-after PASS] [--timing]
                       [--no-verify] [-o OUT.mlir]
+    ttc compile MODEL.onnx [-o OUT.ttc] [compile options] [--dump-ir DIR]
+    ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N]
+                      [--golden [--model M.onnx]] [--json FILE] [-o OUT.npz]
 
 Diagnostics go to stderr, requested output to stdout or -o. Exit codes: 0 success, 1 golden check
 failed, 2 user error, 3 device fault, 4 internal error (the only case that prints a traceback).
@@ -15,6 +18,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from ttc.ir.diagnostics import EXIT_INTERNAL_ERROR, EXIT_OK, TtcError, UserError
 
@@ -71,7 +76,55 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here and its weights beside it")
     _add_pass_options(opt)
     opt.set_defaults(handler=cmd_opt)
+
+    comp = commands.add_parser("compile", help="compile an ONNX model to a .ttc artifact",
+                               description="Compile an ONNX model for the emulated Grayskull into a .ttc artifact.")
+    comp.add_argument("model", metavar="MODEL.onnx")
+    comp.add_argument("-o", "--output", metavar="OUT.ttc", help="artifact path (default: MODEL.ttc beside the model)")
+    _add_compile_options(comp)
+    comp.set_defaults(handler=cmd_compile)
+
+    run = commands.add_parser("run", help="run a model on the emulated device (optionally against onnxruntime)",
+                              description="Run a .ttc artifact, or compile and run an .onnx model, on the "
+                                          "emulated Grayskull.")
+    run.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
+    _add_compile_options(run)
+    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                     help="an input from a .npy file; missing inputs are random (--seed); repeatable")
+    run.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    run.add_argument("--golden", action="store_true", help="compare every output with onnxruntime")
+    run.add_argument("--model", dest="golden_model", metavar="M.onnx",
+                     help="the ONNX model to compare with (default: the artifact's source model)")
+    run.add_argument("--pcc", type=float, default=0.99, help="golden PCC threshold (default 0.99)")
+    run.add_argument("--rel-l2", type=float, default=0.05, help="golden relative L2 error threshold (default 0.05)")
+    run.add_argument("--json", metavar="FILE", help="write a JSON report (outputs, timings, memory)")
+    run.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
+    run.set_defaults(handler=cmd_run)
     return parser
+
+
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input-shape", action="append", metavar="NAME=1x128",
+                        help="static shape for an input with dynamic dimensions; repeatable")
+    parser.add_argument("--arch", choices=ARCHES, default="e150", help="target card (default e150)")
+    parser.add_argument("--dtype", choices=("bf16", "bfp8_b"), default="bf16",
+                        help="data format of matmul weights (activations stay bf16; default bf16)")
+    parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default="hifi4",
+                        help="matmul math fidelity (default hifi4)")
+    parser.add_argument("--pipeline", metavar="SPEC", help="override the pass pipeline")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write NN-passname.mlir after every pass, plus weights")
+    _add_pass_options(parser)
+
+
+def _compile(args: argparse.Namespace):
+    from ttc.compiler import CompileOptions, Diagnostics, compile_model
+
+    options = CompileOptions(arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
+                             pipeline=args.pipeline, input_shapes=_input_shapes(args.input_shape))
+    diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
+                              dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
+                              stream=sys.stderr)
+    return compile_model(args.model, options, diagnostics)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -108,6 +161,81 @@ def cmd_opt(args: argparse.Namespace) -> int:
         verify(module)
     _emit(module, args.output)
     return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    compiled = _compile(args)
+    output = Path(args.output) if args.output else Path(args.model).with_suffix(".ttc")
+    compiled.save(output)
+    memory = compiled.manifest["memory"]
+    print(f"wrote {output}: {compiled.manifest['programs']} programs, host ops {compiled.manifest['host_ops']}, "
+          f"DRAM {memory['dram_bytes'] / 2**20:.2f} MiB, peak L1 {memory['l1_peak_bytes'] / 1024:.1f} KiB per core, "
+          f"compiled in {compiled.compile_s:.2f} s", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    import onnx
+
+    from ttc import evaluate
+    from ttc.fileio import atomic_output
+    from ttc.golden import format_report
+    from ttc.ir.diagnostics import EXIT_GOLDEN_FAILED
+
+    is_artifact = args.model.endswith(".ttc")
+    if is_artifact:
+        from ttc.artifact import read_artifact
+
+        compiled = read_artifact(args.model)
+        compile_s = None
+    else:
+        compiled = _compile(args)
+        compile_s = compiled.compile_s
+    golden_path = None
+    if args.golden:
+        golden_path = evaluate.source_model_path(compiled, args.golden_model) if is_artifact \
+            else Path(args.golden_model or args.model)
+    model_proto = onnx.load(str(golden_path or args.model), load_external_data=False) \
+        if (golden_path or not is_artifact) else None
+    feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
+    outputs = compiled.run(feeds)
+    if args.output:
+        with atomic_output(args.output) as handle:
+            np.savez(handle, **outputs)
+    report: dict = {"outputs": [], "passed": True, "host_ops": compiled.manifest["host_ops"],
+                    "memory": compiled.manifest["memory"]}
+    timings = {"compile_s": compile_s, "run_s": None, "ort_s": None}
+    if args.golden or args.json:
+        timings["run_s"] = evaluate.median_seconds(lambda: compiled.run(feeds))
+    if args.golden:
+        reference = evaluate.reference_outputs(golden_path, feeds, compiled.output_names)
+        comparisons = evaluate.golden_compare(outputs, reference, compiled.manifest["options"]["dtype"],
+                                              args.pcc, args.rel_l2)
+        timings["ort_s"] = evaluate.time_reference(golden_path, feeds)
+        report["outputs"] = [c.to_json() for c in comparisons]
+        report["passed"] = all(c.passed for c in comparisons)
+        print(format_report(comparisons))
+    else:
+        for name, value in outputs.items():
+            print(f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.6g}, max {value.max():.6g}, "
+                  f"mean {value.mean():.6g}")
+    report["timings"] = timings
+    _print_timings(timings)
+    if args.json:
+        from ttc.fileio import write_text
+
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return EXIT_OK if report["passed"] else EXIT_GOLDEN_FAILED
+
+
+def _print_timings(timings: dict) -> None:
+    parts = [f"{k} {v:.4f}" for k, v in timings.items() if v is not None]
+    if timings.get("run_s") and timings.get("ort_s"):
+        parts.append(f"run/ort {timings['run_s'] / timings['ort_s']:.1f}x")
+    if parts:
+        print("timings: " + ", ".join(parts), file=sys.stderr)
 
 
 def _emit(module: object, output: str | None) -> None:

@@ -1,0 +1,240 @@
+"""The compile driver: ONNX model -> verified pipeline of passes -> a `CompiledModel` that runs on the
+emulated device, saves as a `.ttc` artifact and reloads with `ttc.load`.
+
+This is the one place that knows every stage: frontend, passes, backend and runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import onnx
+
+from ttc.ir.core import Module
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import DEVICES
+from ttc.ir.types import TensorType
+
+ARCHES = tuple(DEVICES)
+DTYPES = ("bf16", "bfp8_b")
+FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
+
+
+def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4") -> str:
+    """The passes from imported ttir down to allocated kernel programs."""
+    return (f"decompose,canonicalize,tilize,fuse,canonicalize,layout{{dtype={dtype}}},"
+            f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    arch: str = "e150"
+    dtype: str = "bf16"
+    math_fidelity: str = "hifi4"
+    pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity)
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for value, choices, what in ((self.arch, ARCHES, "arch"), (self.dtype, DTYPES, "dtype"),
+                                     (self.math_fidelity, FIDELITIES, "math fidelity")):
+            if value not in choices:
+                raise UserError(f"unknown {what} '{value}' (choose from {', '.join(choices)})")
+
+    @property
+    def pipeline_spec(self) -> str:
+        return self.pipeline or default_pipeline(self.dtype, self.math_fidelity)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shapes"] = {k: list(v) for k, v in sorted(self.input_shapes.items())}
+        data["pipeline"] = self.pipeline_spec
+        return data
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What the user asked to see while compiling (all of it goes to `stream`)."""
+
+    print_ir_after_all: bool = False
+    print_ir_after: Sequence[str] = ()
+    dump_ir: str | None = None
+    timing: bool = False
+    verify: bool = True
+    stream: TextIO | None = None
+
+
+def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions | None = None,
+                  diagnostics: Diagnostics | None = None) -> CompiledModel:
+    """Import, run the pipeline and package the result. Raises UserError for bad input."""
+    from ttc.frontend import import_model
+    from ttc.passes import PassManager, parse_pipeline
+
+    options = options or CompileOptions()
+    diagnostics = diagnostics or Diagnostics()
+    start = time.perf_counter()
+    source = _source_info(model)
+    module = import_model(model, input_shapes=dict(options.input_shapes), arch=options.arch)
+    passes = parse_pipeline(options.pipeline_spec)
+    stream = diagnostics.stream or sys.stderr
+    dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None
+    manager = PassManager(passes, verify=diagnostics.verify, print_ir_after_all=diagnostics.print_ir_after_all,
+                          print_ir_after=tuple(diagnostics.print_ir_after), timing=diagnostics.timing,
+                          stream=stream, after_pass=dumper.dump if dumper else None)
+    manager.run(module)
+    _check_lowered(module)
+    device_weights = pack_device_weights(module)
+    compile_s = time.perf_counter() - start
+    manifest = build_manifest(module, options, source)
+    return CompiledModel(module, device_weights, manifest, compile_s=compile_s)
+
+
+class _IRDumper:
+    """`--dump-ir DIR`: NN-passname.mlir after each pass, plus the weights (.npz) once."""
+
+    def __init__(self, folder: str, module: Module) -> None:
+        from ttc.fileio import write_text
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(self.folder / "00-import.mlir", str(module))
+
+    def dump(self, index: int, p: Any, module: Module) -> None:
+        from ttc.fileio import write_text, write_weights
+
+        write_text(self.folder / f"{index:02d}-{p.name}.mlir", str(module))
+        write_weights(self.folder / "weights.npz", module.weights)
+
+
+def _check_lowered(module: Module) -> None:
+    """The pipeline must end in an allocated host schedule; anything else cannot run."""
+    main = module.function("main")
+    leftovers = sorted({op.name for op in main.body.ops if not op.name.startswith(("ttmetal.", "func."))})
+    if leftovers:
+        raise UserError("the pipeline did not lower these ops to device programs: " + ", ".join(leftovers)
+                        + " (does --pipeline end with lower-to-kernels,allocate?)")
+
+
+def pack_device_weights(module: Module) -> dict[str, np.ndarray]:
+    """Every weight a `ttmetal.write_constant` uses, packed into device pages of its buffer's format."""
+    from ttc.ir.dialects.tt import LayoutAttr
+    from ttc.runtime.layout import tensor_to_pages
+
+    packed: dict[str, np.ndarray] = {}
+    for op in module.walk():
+        if op.name != "ttmetal.write_constant":
+            continue
+        name = op.attributes["value"].name
+        buffer_type = op.operands[0].type
+        assert isinstance(buffer_type, TensorType) and isinstance(buffer_type.encoding, LayoutAttr)
+        data = module.weights[name]
+        packed[name] = tensor_to_pages(np.asarray(data).reshape(buffer_type.shape), buffer_type.element_type,
+                                       str(buffer_type.encoding.tensor_layout))
+    return packed
+
+
+def _source_info(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    if isinstance(model, onnx.ModelProto):
+        return {"path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
+    path = Path(model)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file")
+    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tensor_entries(func_types: Sequence[Any], attrs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    entries = []
+    for t, a in zip(func_types, attrs, strict=True):
+        assert isinstance(t, TensorType)
+        entries.append({"name": a.get("ttir.name", ""), "shape": list(t.shape),
+                        "dtype": str(t.element_type.numpy_dtype())})
+    return entries
+
+
+def build_manifest(module: Module, options: CompileOptions, source: dict[str, Any]) -> dict[str, Any]:
+    from ttc import __version__
+
+    main = module.function("main")
+    ftype = main.type
+    inputs = _tensor_entries(ftype.inputs, [main.arg_attrs(i) for i in range(len(ftype.inputs))])
+    outputs = _tensor_entries(ftype.results, [main.res_attrs(i) for i in range(len(ftype.results))])
+    return {
+        "format": "ttc-artifact",
+        "format_version": 1,
+        "ttc_version": __version__,
+        "arch": options.arch,
+        "options": options.to_json(),
+        "inputs": inputs,
+        "outputs": outputs,
+        "source_model": source,
+        "host_ops": count_host_ops(module),
+        "memory": memory_summary(module),
+        "programs": sum(1 for op in module.walk() if op.name == "ttmetal.enqueue_program"),
+    }
+
+
+def count_host_ops(module: Module) -> int:
+    """Ops that compute on the host between the inputs' write_buffer and the outputs' read_buffer."""
+    return sum(1 for op in module.function("main").body.ops if op.name == "ttmetal.host_op")
+
+
+def memory_summary(module: Module) -> dict[str, int]:
+    return {"dram_bytes": int(module.attributes.get("tt.dram_peak_bytes", 0)),
+            "l1_peak_bytes": int(module.attributes.get("tt.l1_peak_bytes", 0))}
+
+
+class CompiledModel:
+    """A model compiled for the emulated Grayskull: `.run(feeds)`, `.save(path)`."""
+
+    def __init__(self, module: Module, device_weights: dict[str, np.ndarray], manifest: dict[str, Any],
+                 compile_s: float = 0.0) -> None:
+        self.module = module
+        self.device_weights = device_weights
+        self.manifest = manifest
+        self.compile_s = compile_s
+        self._executor: Any = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [entry["name"] for entry in self.manifest["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [entry["name"] for entry in self.manifest["outputs"]]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on the emulated device; outputs come back as float32 or their original integer dtype."""
+        if self._executor is None:
+            from ttc.runtime.executor import Executor
+
+            self._executor = Executor(self.module, self.device_weights)
+        outputs = self._executor.run(dict(feeds))
+        result = {}
+        for entry in self.manifest["outputs"]:
+            value = np.asarray(outputs[entry["name"]])
+            dtype = np.dtype(entry["dtype"])
+            result[entry["name"]] = value.astype(np.float32 if dtype.kind == "f" else dtype, copy=False)
+        return result
+
+    @property
+    def profile(self) -> list[Any]:
+        return list(self._executor.profile) if self._executor is not None else []
+
+    def save(self, path: str | Path) -> None:
+        from ttc.artifact import write_artifact
+
+        write_artifact(path, self)

@@ -1,0 +1,113 @@
+"""Running a compiled model the way `ttc run` does: inputs (given or seeded random), the golden check
+against onnxruntime, and warm timings of both."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ttc.compiler import CompiledModel, file_sha256
+from ttc.golden import OutputComparison, compare, run_onnxruntime, time_onnxruntime
+from ttc.ir.diagnostics import UserError
+
+TIMING_REPEATS = 3
+
+
+def load_input_files(specs: Sequence[str]) -> dict[str, np.ndarray]:
+    """`NAME=FILE.npy` pairs from the command line."""
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        if not sep or not name or not file:
+            raise UserError(f"--input expects NAME=FILE.npy, got '{spec}'")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--input {name}: cannot read {file}: {exc}") from None
+    return feeds
+
+
+def index_bounds(model: onnx.ModelProto | None) -> dict[str, int]:
+    """For integer graph inputs used as Gather indices: the size of the gathered axis."""
+    if model is None:
+        return {}
+    sizes = {init.name: list(init.dims) for init in model.graph.initializer}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in sizes:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        dims = sizes[node.input[0]]
+        bounds[node.input[1]] = min(bounds.get(node.input[1], dims[axis]), dims[axis])
+    return bounds
+
+
+def make_inputs(compiled: CompiledModel, given: Mapping[str, np.ndarray], seed: int,
+                model: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+    """The given inputs (checked against the signature) plus seeded random ones for the rest: floats
+    standard normal, integers in [0, table size) when they index a table, else in [0, 2)."""
+    rng = np.random.default_rng(seed)
+    bounds = index_bounds(model)
+    known = {entry["name"]: entry for entry in compiled.manifest["inputs"]}
+    for name in given:
+        if name not in known:
+            raise UserError(f"--input {name}: the model has no input of that name (inputs: {', '.join(known)})")
+    feeds: dict[str, np.ndarray] = {}
+    for name, entry in known.items():
+        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
+        if name in given:
+            value = np.asarray(given[name])
+            if value.shape != shape:
+                raise UserError(f"--input {name}: shape {list(value.shape)} does not match the model's {list(shape)}")
+            feeds[name] = value.astype(dtype, copy=False)
+        elif dtype.kind == "f":
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[name] = rng.integers(0, bounds.get(name, 2), shape).astype(dtype)
+    return feeds
+
+
+def source_model_path(compiled: CompiledModel, override: str | None) -> Path:
+    """The ONNX model to compare with: --model, else the manifest's source, whose sha256 must match."""
+    source = compiled.manifest.get("source_model", {})
+    path = Path(override) if override else (Path(source["path"]) if source.get("path") else None)
+    if path is None:
+        raise UserError("--golden needs the source model: this artifact does not name one; pass --model M.onnx")
+    if not path.is_file():
+        raise UserError(f"--golden: the source model {path} is missing; pass --model M.onnx")
+    if source.get("sha256") and file_sha256(path) != source["sha256"]:
+        raise UserError(f"--golden: {path} is not the model this artifact was compiled from (sha256 differs)")
+    return path
+
+
+def median_seconds(fn: Any, repeats: int = TIMING_REPEATS) -> float:
+    """Warm median: one untimed run, then the median of `repeats` timed runs."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def golden_compare(outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], data_format: str,
+                   pcc_threshold: float, rel_l2_threshold: float) -> list[OutputComparison]:
+    return [compare(name, outputs[name], reference[name], data_format=data_format, pcc_threshold=pcc_threshold,
+                    rel_l2_threshold=rel_l2_threshold) for name in reference]
+
+
+def reference_outputs(model_path: Path, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    return run_onnxruntime(str(model_path), feeds, list(names))
+
+
+def time_reference(model_path: Path, feeds: Mapping[str, np.ndarray]) -> float:
+    return time_onnxruntime(str(model_path), feeds, repeats=TIMING_REPEATS)
