@@ -1,7 +1,7 @@
 """Passes over the IR and the machinery that runs them: the pass manager, the pipeline syntax and the
 pattern rewriter. Importing this package registers every pass."""
 
-from ttc.passes import canonicalize, decompose
+from ttc.passes import allocate, canonicalize, decompose, fuse, grid, layout, tilize
 from ttc.passes.manager import (
     Pass,
     PassManager,
@@ -13,6 +13,25 @@ from ttc.passes.manager import (
 from ttc.passes.rewriter import PatternRewriter, RewriteError, RewritePattern, apply_patterns_greedily
 
 __all__ = [
-    "Pass", "PassManager", "PatternRewriter", "RewriteError", "RewritePattern", "apply_patterns_greedily",
-    "canonicalize", "decompose", "parse_pipeline", "pipeline_text", "register_pass", "registered_passes",
+    "Pass",
+    "PassManager",
+    "PatternRewriter",
+    "RewriteError",
+    "RewritePattern",
+    "allocate",
+    "apply_patterns_greedily",
+    "canonicalize",
+    "decompose",
+    "fuse",
+    "grid",
+    "layout",
+    "parse_pipeline",
+    "pipeline_text",
+    "register_pass",
+    "registered_passes",
+    "tilize",
 ]
+
+# The backend's `lower-to-kernels` pass lives with the kernel builders it drives; importing it here keeps
+# "importing ttc.passes registers every pass" true for pipelines that reach the device.
+from ttc import backend as _backend  # noqa: F401

@@ -4,6 +4,9 @@
   the beta scale only if beta != 1; `canonicalize` later folds beta * C when C is a constant).
   `decompose{keep-gemm=true}` leaves Gemm alone.
 - pow(x, 2) -> x * x; pow(x, 0.5) -> sqrt(x) (splat exponents, float for sqrt).
+- pow(x, y) with an exponent y that is not a splat -> exp(log(x) * y) (floats; the device has no
+  tensor power, its SFPU has log and exp). A negative base gives NaN, where ONNX gives a real value
+  for an integral exponent.
 - x / c -> x * (1 / c) for an inline float constant c (differs from the division by at most an ulp).
 - The erf form of GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, with the 0.5 applied to x, to the product
   or to the (1 + erf) factor and `x / 1.4142` or `x * 0.7071` inside, becomes `ttir.gelu` with the
@@ -12,6 +15,10 @@
 `ttir.softmax` and `ttir.layer_norm` stay as they are: the device has kernels for both, which beat
 their decompositions (fewer passes over the data, a numerically stable reduction).
 Every op created here carries the location of the op it replaces.
+
+`DivByTensor` (x / y -> x * reciprocal(y) for any other float y) is defined here but not run by this
+pass, which keeps a division by a variable: `tilize` applies it, folding the reciprocal of a weight
+into a new weight (`#tt.weight<"w.reciprocal">`).
 """
 
 from __future__ import annotations
@@ -104,6 +111,37 @@ class DivByConstant(RewritePattern):
         return True
 
 
+class PowByTensor(RewritePattern):
+    """pow(x, y) -> exp(log(x) * y) for a float exponent that is not a splat constant."""
+
+    root = "ttir.pow"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x, exponent = op.operands
+        if splat_value(exponent) is not None or not is_float(op.result):
+            return rewriter.notify_match_failure(op, "exponent is a splat constant, or not float")
+        log = rewriter.create_before(op, "ttir.log", [x], [x.type])
+        product = rewriter.create_before(op, "ttir.mul", [log.result, exponent], [op.result.type])
+        exp = rewriter.create_before(op, "ttir.exp", [product.result], [op.result.type])
+        rewriter.replace_op(op, [exp.result])
+        return True
+
+
+class DivByTensor(RewritePattern):
+    """x / y -> x * reciprocal(y) for a float divisor that is not an inline constant."""
+
+    root = "ttir.div"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x, divisor = op.operands
+        if isinstance(constant_attr(divisor), DenseAttr) or not is_float(op.result):
+            return rewriter.notify_match_failure(op, "divisor is an inline constant, or not float")
+        reciprocal = rewriter.create_before(op, "ttir.reciprocal", [divisor], [divisor.type])
+        mul = rewriter.create_before(op, "ttir.mul", [x, reciprocal.result], [op.result.type])
+        rewriter.replace_op(op, [mul.result])
+        return True
+
+
 # ----------------------------------------------------------------------------------------------
 # GELU
 
@@ -192,13 +230,13 @@ class FuseErfGelu(RewritePattern):
 @register_pass
 @dataclass
 class Decompose(Pass):
-    """Split Gemm, Pow, Div by constants into device ops; recognise erf-GELU."""
+    """Split Gemm, Pow and Div into device ops; recognise erf-GELU."""
 
     name = "decompose"
     keep_gemm: bool = False
 
     def run(self, module: Module) -> None:
-        patterns: list[RewritePattern] = [FuseErfGelu(), PowBySplat(), DivByConstant()]
+        patterns: list[RewritePattern] = [FuseErfGelu(), PowBySplat(), PowByTensor(), DivByConstant()]
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())
         apply_patterns_greedily(module, patterns)

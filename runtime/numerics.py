@@ -106,9 +106,11 @@ def _fidelity_terms(
     in0 sits in SrcB (7-bit split), in1 in SrcA (5-bit split).  Passes: 0 A_hi*B_hi, 1 A_lo*B_hi,
     2 A_hi*B_lo, 3 A_lo*B_lo; so passes 0+1 = A*B_hi and 0..3 = A*B exactly.
     """
+    f64 = np.float64
+    if fidelity is MathFidelity.HIFI4:
+        return [(in0.astype(f64), in1.astype(f64))]
     b_hi, b_lo = _split(in0, _MASK_B)
     a_hi, _ = _split(in1, _MASK_A)
-    f64 = np.float64
     if fidelity is MathFidelity.LOFI:
         return [(b_hi.astype(f64), a_hi.astype(f64))]
     if fidelity is MathFidelity.HIFI2:
@@ -248,14 +250,28 @@ SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def sfpu_unary(x: np.ndarray, fn_name: str) -> np.ndarray:
+# The *_scalar forms take a parameter p; they compute in float32 (x is bf16, p is rounded to float32).
+SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]] = {
+    "add_scalar": lambda x, p: x + p,
+    "mul_scalar": lambda x, p: x * p,
+    "sub_from_scalar": lambda x, p: p - x,
+    "pow_scalar": np.power,
+    "max_scalar": np.maximum,
+}
+
+
+def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0) -> np.ndarray:
     """SFPU op on bf16(x): evaluated in float64, rounded to the float32 result, then to bf16 (RNE).
 
+    The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic.
     Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
     """
-    fn = SFPU_FUNCTIONS[fn_name]
     with np.errstate(all="ignore"):
-        y = np.asarray(fn(bf16_round(x).astype(np.float64))).astype(np.float32)
+        if fn_name in SFPU_SCALAR_FUNCTIONS:
+            y = SFPU_SCALAR_FUNCTIONS[fn_name](bf16_round(x), np.float32(param))
+        else:
+            y = SFPU_FUNCTIONS[fn_name](bf16_round(x).astype(np.float64))
+        y = np.asarray(y).astype(np.float32)
     return bf16_round(y)
 
 
@@ -309,4 +325,44 @@ def reduce_tiles(
     if dim == "scalar":
         rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity)
         return matmul_tiles_accumulate(out, _scaler_row(1.0), rows, fidelity)
+    raise ValueError(f"unknown reduce dim {dim!r}")
+
+
+def reduce_block(
+    dst: np.ndarray,
+    x: np.ndarray,
+    dim: str,
+    kind: str = "sum",
+    scaler: float = 1.0,
+    fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+) -> np.ndarray:
+    """reduce_tiles over a block: Dst tiles [..., 32, 32] accumulate tiles x [..., n, 32, 32] in order.
+
+    Bit-identical to n successive reduce_tiles calls (t = 0..n-1) but vectorised: a sum of n tiles
+    is one matrix product whose K runs over the tiles in order (n scaler tiles side by side times
+    the n tiles stacked), so the 16-element chunks are added to Dst in the same order.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    dst = np.asarray(dst, dtype=np.float32)
+    n = x.shape[-3]
+    if kind == "max":
+        # max is order-free: the elementwise max over the tiles, then one tile's reduce (x * 1 is exact)
+        vals = eltwise_binary(x, np.float32(scaler), "mul")
+        return reduce_tiles(dst, vals.max(axis=-3), dim, "max")
+    if kind != "sum":
+        raise ValueError(f"unknown reduce kind {kind!r}")
+
+    def stacked(tiles: np.ndarray) -> np.ndarray:  # [..., n, 32, 32] -> [..., n*32, 32]
+        return tiles.reshape(*tiles.shape[:-3], n * TILE, TILE)
+
+    out = np.array(np.broadcast_to(dst, np.broadcast_shapes(dst.shape, (*x.shape[:-3], TILE, TILE))))
+    if dim == "col":
+        return _matmul_accumulate(out, np.tile(_scaler_row(scaler), n), stacked(x), fidelity)
+    if dim == "row":
+        flipped = _matmul_accumulate(out.swapaxes(-1, -2), np.tile(_scaler_row(scaler), n),
+                                     stacked(x.swapaxes(-1, -2)), fidelity)
+        return flipped.swapaxes(-1, -2)
+    if dim == "scalar":
+        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity)
+        return _matmul_accumulate(out, np.tile(_scaler_row(1.0), n), stacked(rows), fidelity)
     raise ValueError(f"unknown reduce dim {dim!r}")

@@ -223,7 +223,7 @@ def _fold_matmul(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
 
 
 def _fold_transpose(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
-    return np.transpose(arrays[0], op.attr("perm"))
+    return np.ascontiguousarray(np.transpose(arrays[0], op.attr("perm")))  # DenseAttr needs contiguous data
 
 
 def _fold_reshape(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
@@ -266,6 +266,7 @@ RELU = unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0))
 SIGMOID = unary("sigmoid", "1 / (1 + exp(-x))", lambda x: 1.0 / (1.0 + np.exp(-x)))
 TANH = unary("tanh", "Hyperbolic tangent", np.tanh)
 EXP = unary("exp", "e^x", np.exp)
+LOG = unary("log", "Natural logarithm (the SFPU log; decompose uses it for pow by a tensor)", np.log)
 ERF = unary("erf", "Gauss error function", _erf)
 SQRT = unary("sqrt", "Square root", np.sqrt)
 RSQRT = unary("rsqrt", "1 / sqrt(x)", lambda x: 1.0 / np.sqrt(x))
@@ -360,7 +361,7 @@ YIELD = OpDef("ttir.yield", "The value a fused body produces", operands=(Operand
 
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
-    ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, ERF, SQRT, RSQRT,
+    ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
          NEG, RECIPROCAL, GELU, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, TO_LAYOUT, LINEAR,
          ELTWISE, YIELD],
 ).register()

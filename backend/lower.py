@@ -1,0 +1,184 @@
+"""`lower-to-kernels`: turn @main's device ops into kernel programs and a `ttmetal` host schedule.
+
+    to_layout host -> device    create_buffer + write_buffer
+    weight constant             create_buffer + write_constant (same weight name), before its first use
+    device op                   create_buffer (result) + enqueue_program(inputs..., tables..., result)
+                                with reader / compute / writer kernels, CB configs (footprint's plan),
+                                per-core runtime args, kind and the op's location
+    to_layout device -> host    read_buffer
+    (every buffer)              deallocate after its last use
+
+Transposes/reshapes folded into a following one (`footprint.is_folded`) produce no buffer: the chain's
+last op gathers from the chain's input. Addresses are left to `allocate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ttc.backend.data_movement import lower_gather
+from ttc.backend.eltwise import lower_eltwise
+from ttc.backend.matmul import lower_matmul
+from ttc.backend.normalization import lower_row_op
+from ttc.backend.program import Program
+from ttc.ir.attributes import WeightAttr, fuse_locations
+from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import LayoutAttr
+from ttc.ir.types import TensorType
+from ttc.passes.footprint import is_folded, movement_chain, node_names, op_kind, program_operands
+from ttc.passes.grid import GRID
+from ttc.passes.manager import Pass, register_pass
+
+LOWERINGS: dict[str, Callable[[Operation, Module], Program]] = {
+    "matmul": lambda op, module: lower_matmul(op),
+    "eltwise": lambda op, module: lower_eltwise(op),
+    "softmax": lambda op, module: lower_row_op(op),
+    "layer_norm": lambda op, module: lower_row_op(op),
+    "data_movement": lower_gather,
+}
+
+
+def is_device(value: Value) -> bool:
+    return isinstance(value.type, TensorType) and isinstance(value.type.encoding, LayoutAttr)
+
+
+class ScheduleBuilder:
+    """The new body of one function: host ops in order, with the ttir value -> buffer map."""
+
+    def __init__(self, module: Module, func: Function) -> None:
+        self.module = module
+        self.func = func
+        self.ops: list[Operation] = []
+        self.values: dict[int, Value] = {}  # ttir value -> buffer (device) or host value
+        self.weights: dict[int, Operation] = {}  # ttir constant result -> its op, placed at first use
+
+    def emit(self, name: str, operands: Sequence[Value], result_types: Sequence[Any], op: Operation,
+             attributes: dict[str, Any] | None = None, regions: Sequence[Any] = (), loc: Any = None) -> Operation:
+        new = Operation(name, operands, result_types, attributes, regions, loc if loc is not None else op.loc)
+        self.ops.append(new)
+        return new
+
+    def value(self, value: Value) -> Value:
+        """The new value standing for `value`, placing a weight buffer on its first use."""
+        if id(value) in self.weights:
+            constant = self.weights.pop(id(value))
+            buffer = self.emit("ttmetal.create_buffer", [], [value.type], constant).result
+            self.emit("ttmetal.write_constant", [buffer], [], constant, {"value": constant.attributes["value"]})
+            self.values[id(value)] = buffer
+        if id(value) in self.values:
+            return self.values[id(value)]
+        if value.owner is self.func.body:
+            return value  # a host argument
+        raise UserError(f"'{value}' is used on the device but was never placed there")
+
+    # -- ops ----------------------------------------------------------------------------------------
+
+    def lower(self, op: Operation) -> None:
+        if op.name == "ttir.to_layout":
+            self.to_layout(op)
+        elif op.name == "ttir.constant":
+            self.constant(op)
+        elif op.name == RETURN_OP:
+            self.emit(RETURN_OP, [self.value(v) for v in op.operands], [], op, dict(op.attributes))
+        elif is_folded(op):
+            return
+        elif op_kind(op) is not None:
+            self.program(op)
+        else:
+            raise UserError(f"node {node_names(op)}: '{op.name}' has no device kernel (lower-to-kernels runs "
+                            "after tilize, fuse, layout and grid)")
+
+    def to_layout(self, op: Operation) -> None:
+        source = op.operands[0]
+        if not is_device(source) and is_device(op.result):
+            buffer = self.emit("ttmetal.create_buffer", [], [op.result.type], op).result
+            self.emit("ttmetal.write_buffer", [self.value(source), buffer], [], op)
+            self.values[id(op.result)] = buffer
+        elif is_device(source) and not is_device(op.result):
+            read = self.emit("ttmetal.read_buffer", [self.value(source)], [op.result.type], op)
+            self.values[id(op.result)] = read.result
+        else:
+            raise UserError(f"node {node_names(op)}: to_layout from {source.type} to {op.result.type} is not a "
+                            "host <-> device transfer")
+
+    def constant(self, op: Operation) -> None:
+        if not op.result.uses:
+            return
+        if isinstance(op.attributes.get("value"), WeightAttr) and is_device(op.result):
+            self.weights[id(op.result)] = op
+            return
+        raise UserError(f"node {node_names(op)}: constant {op.result.type} is used outside a fused body but "
+                        "is not a device weight")
+
+    def program(self, op: Operation) -> None:
+        if GRID not in op.attributes:
+            raise UserError(f"node {node_names(op)}: '{op.name}' has no tt.grid (run the grid pass first)")
+        program = LOWERINGS[op_kind(op) or ""](op, self.module)
+        inputs = [self.value(v) for v in program_operands(op)]
+        constants = []
+        for table in program.constants:
+            buffer = self.emit("ttmetal.create_buffer", [], [table.type], op).result
+            self.emit("ttmetal.write_constant", [buffer], [], op, {"value": WeightAttr(table.name)})
+            constants.append(buffer)
+        output = self.emit("ttmetal.create_buffer", [], [op.result.type], op).result
+        self.values[id(op.result)] = output
+        attributes = {"grid": program.grid, "cbs": tuple(program.cbs), "runtime_args": program.runtime_args,
+                      "kind": program.kind}
+        loc = fuse_locations(*(o.loc for o in movement_chain(op))) if op_kind(op) == "data_movement" else op.loc
+        self.emit("ttmetal.enqueue_program", [*inputs, *constants, output], [], op, attributes,
+                  list(program.kernels), loc=loc)
+
+    # -- deallocation ---------------------------------------------------------------------------------
+
+    def with_deallocations(self) -> list[Operation]:
+        """The ops with a deallocate after each buffer's last use."""
+        last_use: dict[int, int] = {}
+        buffers: dict[int, Operation] = {}
+        for index, op in enumerate(self.ops):
+            if op.name == "ttmetal.create_buffer":
+                buffers[id(op.result)] = op
+                last_use[id(op.result)] = index
+            for value in op.operands:
+                if id(value) in buffers:
+                    last_use[id(value)] = index
+        frees: dict[int, list[Operation]] = {}
+        for key, creator in buffers.items():
+            frees.setdefault(last_use[key], []).append(creator)
+        result: list[Operation] = []
+        for index, op in enumerate(self.ops):
+            if op.name == RETURN_OP:
+                result += self._deallocate(frees.pop(index, []))
+            result.append(op)
+            result += self._deallocate(frees.get(index, []))
+        return result
+
+    @staticmethod
+    def _deallocate(creators: list[Operation]) -> list[Operation]:
+        return [Operation("ttmetal.deallocate", [c.result], [], {}, loc=c.loc) for c in creators]
+
+
+def lower_function(module: Module, func: Function) -> None:
+    builder = ScheduleBuilder(module, func)
+    for op in list(func.body.ops):
+        builder.lower(op)
+    ops = builder.with_deallocations()
+    func.body.drop_all()
+    for op in ops:
+        func.body.append(op)
+
+
+@register_pass
+@dataclass
+class LowerToKernels(Pass):
+    """Lower device ops to reader/compute/writer kernel programs and a ttmetal host schedule."""
+
+    name = "lower-to-kernels"
+
+    def run(self, module: Module) -> None:
+        for func in module.functions:
+            if any(op.name.startswith("ttmetal.") for op in func.body.ops):
+                continue  # lowered already
+            lower_function(module, func)

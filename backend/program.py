@@ -1,0 +1,79 @@
+"""What lowering one device op produces: a `Program` (kernels, CBs, runtime arguments, extra buffers),
+and the helpers every kernel generator shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttc.ir.core import Operation, Region, Value
+from ttc.ir.dialects.tt import GridAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.types import TensorType
+from ttc.passes.footprint import circular_buffers
+from ttc.passes.grid import BLOCKING, FIDELITY, GRID, core_units
+
+KINDS = ("reader", "compute", "writer")
+
+
+@dataclass(frozen=True)
+class ConstantBuffer:
+    """A buffer the program needs besides its operands (an index table): a new weight."""
+
+    name: str
+    type: TensorType
+    data: np.ndarray
+
+
+@dataclass
+class Program:
+    """One `ttmetal.enqueue_program`: buffers are the op's inputs, then constants, then its output."""
+
+    kind: str
+    grid: GridAttr
+    cbs: list[CBConfigAttr]
+    kernels: tuple[Region, Region, Region]
+    runtime_args: tuple[tuple[tuple[int, ...], ...], ...]  # [kernel][core][i]
+    inputs: list[Value]
+    constants: list[ConstantBuffer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An op's grid, blocking and fidelity as the grid pass recorded them."""
+
+    grid: GridAttr
+    blocking: dict[str, int]
+    fidelity: str
+    units: tuple[int, ...]
+
+    @property
+    def cores(self) -> int:
+        return self.grid.num_cores
+
+    def unit(self, core: int) -> tuple[int, ...]:
+        """The work unit (coordinates over `units`, row-major) of core #core."""
+        return tuple(int(i) for i in np.unravel_index(core, self.units))
+
+    def args(self, fn: Callable[[tuple[int, ...]], Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+        """Per-core runtime arguments, cores in row-major order (core = y * grid.x + x)."""
+        return tuple(tuple(int(a) for a in fn(self.unit(core))) for core in range(self.cores))
+
+
+def schedule_of(op: Operation) -> Schedule:
+    blocking = dict(op.attributes[BLOCKING])
+    grid = op.attributes[GRID]
+    units = core_units(op, blocking)
+    assert int(np.prod(units)) == grid.num_cores, f"{op.name}: blocking does not match {grid}"
+    return Schedule(grid, blocking, op.attributes.get(FIDELITY, "hifi4"), units)
+
+
+def cbs_of(op: Operation, schedule: Schedule) -> list[CBConfigAttr]:
+    """The op's CB plan: the same function the grid and allocate passes measure."""
+    return circular_buffers(op, schedule.blocking)
+
+
+def no_args(schedule: Schedule) -> tuple[tuple[int, ...], ...]:
+    return tuple(() for _ in range(schedule.cores))

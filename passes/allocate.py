@@ -1,0 +1,170 @@
+"""`allocate`: addresses for every device buffer and circular buffer of the host schedule.
+
+- DRAM buffers bottom-up, in lockstep across the channels: a buffer takes the same address range in
+  every bank, ceil(pages / channels) x page_size bytes (32 B aligned).
+- L1 buffers top-down, per-bank share over the compute cores (32 B aligned), never below l1_reserved.
+- Both by liveness (create_buffer .. deallocate), reusing freed ranges first fit.
+- The CBs of each program from l1_reserved upward (32 B aligned, in index order); together
+  (`footprint.cb_bytes`) they must end below every L1 buffer live during the program.
+
+Running out of DRAM or L1, or CBs overlapping live L1 buffers, is a UserError naming the bytes needed
+and available and the ONNX node. The module records `tt.dram_peak_bytes` (the high-water mark of one
+bank times the channels) and `tt.l1_peak_bytes` (per core: the largest CBs + live L1 buffers of any
+program).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ttc.ir.core import Function, Module, Operation
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import DeviceAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.passes.footprint import (
+    ALIGNMENT,
+    align,
+    bank_share,
+    cb_bytes,
+    layout,
+    module_device,
+    node_names,
+    tensor,
+)
+from ttc.passes.manager import Pass, register_pass
+
+DRAM_PEAK = "tt.dram_peak_bytes"
+L1_PEAK = "tt.l1_peak_bytes"
+
+
+class Heap:
+    """Address ranges of one memory (same in every bank), allocated first fit from the bottom or top."""
+
+    def __init__(self, name: str, low: int, high: int, top_down: bool) -> None:
+        self.name = name
+        self.low = low
+        self.high = high
+        self.top_down = top_down
+        self.used: dict[int, int] = {}  # address -> size
+        self.high_water = low
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Free (start, end) ranges in address order."""
+        gaps, cursor = [], self.low
+        for start in sorted(self.used):
+            if start > cursor:
+                gaps.append((cursor, start))
+            cursor = max(cursor, start + self.used[start])
+        if cursor < self.high:
+            gaps.append((cursor, self.high))
+        return gaps
+
+    def allocate(self, size: int) -> int | None:
+        """First fit: the lowest gap bottom-up, the highest gap top-down; None when nothing fits."""
+        gaps = self.gaps()
+        for start, end in reversed(gaps) if self.top_down else gaps:
+            address = (end - size) // ALIGNMENT * ALIGNMENT if self.top_down else align(start)
+            if start <= address and address + size <= end:
+                self.used[address] = size
+                self.high_water = max(self.high_water, address + size)
+                return address
+        return None
+
+    def free(self, address: int) -> None:
+        del self.used[address]
+
+    @property
+    def lowest(self) -> int:
+        """The lowest allocated address (the top when nothing is allocated)."""
+        return min(self.used, default=self.high)
+
+    @property
+    def live_bytes(self) -> int:
+        return sum(self.used.values())
+
+    def largest_gap(self) -> int:
+        return max((e - s for s, e in self.gaps()), default=0)
+
+
+@dataclass
+class Allocator:
+    device: DeviceAttr
+    dram: Heap
+    l1: Heap
+    l1_peak: int = 0
+
+    @classmethod
+    def for_device(cls, device: DeviceAttr) -> Allocator:
+        return cls(device, Heap("DRAM", 0, device.dram_channel_size, top_down=False),
+                   Heap("L1", align(device.l1_reserved), device.l1_size, top_down=True))
+
+    def heap(self, space: str) -> Heap:
+        return self.l1 if space == "l1" else self.dram
+
+    def create(self, op: Operation) -> None:
+        t = tensor(op.result)
+        space = str(layout(t).memory_space)
+        banks = self.device.compute_cores if space == "l1" else self.device.dram_channels
+        size = bank_share(t, banks)
+        heap = self.heap(space)
+        address = heap.allocate(size)
+        if address is None:
+            hint = "layout{l1-intermediates=false}" if space == "l1" else "layout{dtype=bfp8_b} or a smaller batch"
+            raise UserError(f"node {node_names(op)}: {heap.name} is full: buffer {t} needs {size} bytes per bank, "
+                            f"the largest free range is {heap.largest_gap()} bytes ({heap.live_bytes} bytes per "
+                            f"bank in use); try {hint}")
+        op.attributes["address"] = address
+
+    def free(self, op: Operation) -> None:
+        creator = op.operands[0].owner
+        assert isinstance(creator, Operation) and creator.name == "ttmetal.create_buffer"
+        space = str(layout(tensor(op.operands[0])).memory_space)
+        self.heap(space).free(creator.attributes["address"])
+
+    def place_cbs(self, op: Operation) -> None:
+        """CBs from l1_reserved upward; they must end below the live L1 buffers."""
+        cbs: tuple[CBConfigAttr, ...] = op.attr("cbs")
+        needed = cb_bytes(cbs)
+        start = align(self.device.l1_reserved)
+        limit = self.l1.lowest
+        if start + needed > limit:
+            raise UserError(f"node {node_names(op)}: the {op.attr('kind')} program's circular buffers need {needed} "
+                            f"bytes of L1 per core from {start:#x}, but only {limit - start} bytes are free below "
+                            f"the L1 buffers live during it ({self.l1.live_bytes} bytes per core); try "
+                            "layout{l1-intermediates=false}")
+        placed, address = [], start
+        for cb in sorted(cbs, key=lambda c: c.index):
+            placed.append(dataclasses.replace(cb, address=address))
+            address += align(cb.page_size * cb.pages)
+        op.attributes["cbs"] = tuple(placed)
+        self.l1_peak = max(self.l1_peak, needed + self.l1.live_bytes)
+
+
+def allocate_function(func: Function, allocator: Allocator) -> None:
+    for op in func.body.ops:
+        if op.name == "ttmetal.create_buffer":
+            allocator.create(op)
+        elif op.name == "ttmetal.deallocate":
+            allocator.free(op)
+        elif op.name == "ttmetal.enqueue_program":
+            allocator.place_cbs(op)
+
+
+@register_pass
+@dataclass
+class Allocate(Pass):
+    """Give device buffers and circular buffers their addresses by liveness; record peak usage."""
+
+    name = "allocate"
+
+    def run(self, module: Module) -> None:
+        device = module_device(module)
+        dram_peak, l1_peak = 0, 0
+        for func in module.functions:
+            allocator = Allocator.for_device(device)
+            allocate_function(func, allocator)
+            dram_peak = max(dram_peak, allocator.dram.high_water * device.dram_channels)
+            l1_peak = max(l1_peak, allocator.l1_peak)
+        module.attributes[DRAM_PEAK] = dram_peak
+        module.attributes[L1_PEAK] = l1_peak

@@ -1,0 +1,757 @@
+"""What a device op needs in L1: its circular buffers and its share of L1-resident tensors.
+
+`circular_buffers(op, blocking)` is the one plan of an op's CBs (index, page size, pages, format);
+the kernel generator emits exactly these configs, and `l1_footprint(op, device, blocking)` adds their
+sizes to the per-core share of the op's L1 tensors. The layout, grid and allocate passes and the
+lowering all go through these two functions, so they can never disagree about what fits.
+
+The module also holds the geometry every stage shares: tile shapes, page sizes, op kinds, the data
+movement chains lowered as one gather, and the eltwise body plan (which value lives in which CB),
+since the CB plan of a fused elementwise op follows from it.
+
+Blockings are dicts of ints, by op kind:
+- matmul (`ttir.linear`, `ttir.matmul`): batches (per core), per_core_m, per_core_n, in0_block_w,
+  out_subblock_h, out_subblock_w;
+- eltwise, softmax, layer_norm: batches, rows, cols (output tiles per core: batch x tile rows x tile
+  columns) and block_w (tiles per compute block, <= 8);
+- data_movement: tiles (output tiles per core) and block (tiles per gather step, <= 8).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttc.ir.attributes import DenseAttr, TypeAttr
+from ttc.ir.core import Module, Operation, OpResult, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.types import ScalarType, TensorType
+
+TILE = 32
+ALIGNMENT = 32  # allocations in L1 and DRAM
+HALF_DST = 8  # Dst tiles one tile_regs_acquire owns
+INDEX_ROW = 8  # int32 entries per index-table page (32 bytes)
+TILE_BYTES = {"f32": 4096, "bf16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4096}
+ELEMENT_BYTES = {"f32": 4, "bf16": 2, "i32": 4}
+
+MATMUL_OPS = frozenset({"ttir.linear", "ttir.matmul"})
+MOVEMENT_OPS = frozenset({"ttir.transpose", "ttir.reshape"})
+KINDS = {"ttir.linear": "matmul", "ttir.matmul": "matmul", "ttir.eltwise": "eltwise", "ttir.softmax": "softmax",
+         "ttir.layer_norm": "layer_norm", "ttir.transpose": "data_movement", "ttir.reshape": "data_movement"}
+
+# CB indices (tt-metal's c_in0.., c_out0, c_intermed0.. naming)
+CB_IN0, CB_IN1, CB_BIAS = 0, 1, 2
+CB_INDEX = 8
+CB_OUT = 16
+CB_FIRST_INTERM = 17
+CB_PARTIALS, CB_BIASED = 24, 25
+# softmax / layer norm intermediates
+CB_GAMMA, CB_BETA = 1, 2
+CB_MASKED, CB_STAT, CB_WIDE, CB_WIDE2, CB_STAT2, CB_TMP, CB_TMP2 = 17, 18, 19, 20, 21, 22, 23
+
+
+def align(size: int, alignment: int = ALIGNMENT) -> int:
+    return -(-size // alignment) * alignment
+
+
+def node_names(op: Operation) -> str:
+    """The ONNX node(s) of an op for messages."""
+    return ", ".join(f'"{n}"' for n in op.loc.names()) or str(op.loc)
+
+
+def module_device(module: Module) -> DeviceAttr:
+    """The module's device descriptor (`tt.device`), e150 when the module names none."""
+    device = module.attributes.get(DEVICE_ATTR_NAME)
+    return device if isinstance(device, DeviceAttr) else E150
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors in tile layout
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """A tensor as tile layout sees it: batch dims, then a rows x cols matrix padded to tiles."""
+
+    batch: tuple[int, ...]
+    rows: int
+    cols: int
+
+    @property
+    def rt(self) -> int:
+        return -(-self.rows // TILE)
+
+    @property
+    def ct(self) -> int:
+        return -(-self.cols // TILE)
+
+    @property
+    def batches(self) -> int:
+        return math.prod(self.batch)
+
+    @property
+    def matrix_tiles(self) -> int:
+        return self.rt * self.ct
+
+    @property
+    def tiles(self) -> int:
+        return self.batches * self.matrix_tiles
+
+
+def tile_shape(shape: Sequence[int]) -> TileShape:
+    """Rank 0 is [1, 1] and rank 1 [N] is [1, N], as the runtime's tile layout."""
+    shape = tuple(shape)
+    if not shape:
+        return TileShape((), 1, 1)
+    if len(shape) == 1:
+        return TileShape((), 1, shape[0])
+    return TileShape(shape[:-2], shape[-2], shape[-1])
+
+
+def tensor(value: Value) -> TensorType:
+    assert isinstance(value.type, TensorType), f"{value.type} is not a tensor"
+    return value.type
+
+
+def layout(t: TensorType) -> LayoutAttr:
+    assert isinstance(t.encoding, LayoutAttr), f"{t} has no #tt.layout"
+    return t.encoding
+
+
+def format_attr(element_type: ScalarType) -> TypeAttr:
+    return TypeAttr(element_type)
+
+
+def tile_bytes(element_type: ScalarType) -> int:
+    try:
+        return TILE_BYTES[element_type.name]
+    except KeyError:
+        raise UserError(f"'{element_type}' is not a device data format") from None
+
+
+def page_size(t: TensorType) -> int:
+    """Bytes per page: a tile, or one row of the last dim for row-major buffers."""
+    if layout(t).tensor_layout == "row_major":
+        return (t.shape[-1] if t.shape else 1) * ELEMENT_BYTES[t.element_type.name]
+    return tile_bytes(t.element_type)
+
+
+def num_pages(t: TensorType) -> int:
+    if layout(t).tensor_layout == "row_major":
+        return math.prod(t.shape[:-1]) if len(t.shape) > 1 else 1
+    return tile_shape(t.shape).tiles
+
+
+def bank_share(t: TensorType, banks: int) -> int:
+    """Bytes per bank of an interleaved buffer over `banks` banks (32 B aligned)."""
+    return align(-(-num_pages(t) // banks) * page_size(t))
+
+
+def in_l1(t: object) -> bool:
+    return isinstance(t, TensorType) and isinstance(t.encoding, LayoutAttr) and t.encoding.memory_space == "l1"
+
+
+def l1_share(t: TensorType, device: DeviceAttr) -> int:
+    """Per-core bytes of an L1-interleaved tensor (its pages spread over every compute core)."""
+    return bank_share(t, device.compute_cores) if in_l1(t) else 0
+
+
+def batch_offsets(source: Sequence[int], result: Sequence[int]) -> np.ndarray:
+    """For each flat batch index of `result`, the first tile of the matching matrix of `source`
+    (numpy broadcasting of the batch dims; a broadcast dim repeats the same matrix)."""
+    src, out = tile_shape(source), tile_shape(result)
+    rank = max(len(src.batch), len(out.batch))
+    batch = (1,) * (rank - len(src.batch)) + src.batch
+    index = np.arange(src.batches, dtype=np.int64).reshape(batch)
+    return np.broadcast_to(index, (1,) * (rank - len(out.batch)) + out.batch).ravel() * src.matrix_tiles
+
+
+def affine_step(offsets: np.ndarray, group: int) -> int | None:
+    """The constant step of `offsets` inside consecutive groups of `group` (None if not affine)."""
+    if group == 1:
+        return 0
+    steps = np.diff(offsets.reshape(-1, group), axis=1)
+    return int(steps.flat[0]) if (steps == steps.flat[0]).all() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Op kinds and data movement chains
+
+
+def op_kind(op: Operation) -> str | None:
+    """"matmul", "eltwise", "softmax", "layer_norm", "data_movement" or None (not a device program)."""
+    return KINDS.get(op.name)
+
+
+def is_folded(op: Operation) -> bool:
+    """A transpose/reshape whose only user is another one: the chain is lowered as one gather at its end."""
+    if op.name not in MOVEMENT_OPS or len(op.result.uses) != 1:
+        return False
+    return op.result.uses[0][0].name in MOVEMENT_OPS
+
+
+def movement_chain(op: Operation) -> list[Operation]:
+    """The folded transposes/reshapes feeding `op` and `op` itself, in program order."""
+    chain = [op]
+    while isinstance(chain[0].operands[0], OpResult) and is_folded(chain[0].operands[0].op):
+        chain.insert(0, chain[0].operands[0].op)
+    return chain
+
+
+def program_operands(op: Operation) -> list[Value]:
+    """The device values a program reads: a gather reads the input of its whole chain."""
+    if op.name in MOVEMENT_OPS:
+        return [movement_chain(op)[0].operands[0]]
+    return list(op.operands)
+
+
+def chain_steps(chain: Sequence[Operation]) -> tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]:
+    """(input shape, steps) of a data movement chain, hashable for caching its gather map."""
+    steps = []
+    for op in chain:
+        if op.name == "ttir.transpose":
+            steps.append(("transpose", tuple(op.attr("perm"))))
+        else:
+            steps.append(("reshape", tensor(op.result).shape))
+    return tensor(chain[0].operands[0]).shape, tuple(steps)
+
+
+@dataclass(frozen=True)
+class Gather:
+    """A tile-granular data movement: output tile t comes from input tile `source[t]`."""
+
+    source: np.ndarray  # int64 [output tiles]
+    transposed: bool  # every tile is transposed (last two dims swapped) rather than copied
+
+
+@functools.lru_cache(maxsize=64)
+def gather_map(in_shape: tuple[int, ...], steps: tuple[tuple[str, tuple[int, ...]], ...]) -> Gather | str:
+    """The tile gather doing `steps` on a tensor of `in_shape`, or why it is not tile-granular.
+
+    Each output element's source element is computed with numpy; the map is tile-granular when every
+    output tile takes all its data from one input tile, at the same in-tile positions (copy) or at
+    swapped ones (transpose), and both tiles hold the same number of real elements (so the padding
+    of one is the padding of the other, and stays zero).
+    """
+    flat = np.arange(math.prod(in_shape), dtype=np.int64).reshape(in_shape)
+    for kind, arg in steps:
+        flat = np.transpose(flat, arg) if kind == "transpose" else flat.reshape(arg)
+    src, out = tile_shape(in_shape), tile_shape(flat.shape)
+    matrix = flat.reshape(out.batches, out.rows, out.cols)
+    padded = np.full((out.batches, out.rt * TILE, out.ct * TILE), -1, dtype=np.int64)
+    padded[:, : out.rows, : out.cols] = matrix
+    tiles = padded.reshape(out.batches, out.rt, TILE, out.ct, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
+    real = tiles >= 0
+    b, rc = np.divmod(np.where(real, tiles, 0), src.rows * src.cols)
+    r, c = np.divmod(rc, src.cols)
+    tile_id = (b * src.rt + r // TILE) * src.ct + c // TILE
+    lo = np.where(real, tile_id, np.iinfo(np.int64).max).min(axis=(1, 2))
+    hi = np.where(real, tile_id, -1).max(axis=(1, 2))
+    if (lo != hi).any():
+        return "an output tile takes data from several input tiles"
+    i, j = np.arange(TILE)[:, None], np.arange(TILE)[None, :]
+    copied = ((r % TILE == i) & (c % TILE == j)) | ~real
+    swapped = ((r % TILE == j) & (c % TILE == i)) | ~real
+    if copied.all():
+        transposed = False
+    elif swapped.all():
+        transposed = True
+    else:
+        return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
+    src_rt, src_ct = lo // src.ct % src.rt, lo % src.ct
+    src_real = np.minimum(src.rows - src_rt * TILE, TILE) * np.minimum(src.cols - src_ct * TILE, TILE)
+    if (real.sum(axis=(1, 2)) != src_real).any():
+        return "an output tile would carry real data into its padding"
+    return Gather(lo, transposed)
+
+
+def gather_of(op: Operation) -> Gather:
+    """The gather of the chain ending at `op`; a UserError naming the nodes when not tile-granular."""
+    chain = movement_chain(op)
+    in_shape, steps = chain_steps(chain)
+    result = gather_map(in_shape, steps)
+    if isinstance(result, Gather):
+        return result
+    names = ", ".join(node_names(o) for o in chain)
+    what = " then ".join(f"{o.name.split('.')[1]} to {list(tensor(o.result).shape)}" for o in chain)
+    raise UserError(f"node {names}: {what} from {list(in_shape)} is not a tile-granular data movement "
+                    f"({result}); only gathers of whole 32x32 tiles are supported (e.g. permutations that "
+                    "keep the last two dims last, or regroup dims that are multiples of 32)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Matmul geometry
+
+
+@dataclass(frozen=True)
+class MatmulShape:
+    """[batch..., M, K] @ [batch..., K, N] in tiles, with per-batch tile offsets of a, b and out."""
+
+    mt: int
+    kt: int
+    nt: int
+    batches: int
+    a_offsets: np.ndarray = field(compare=False)
+    b_offsets: np.ndarray = field(compare=False)
+    rows: int  # logical M and N, for masking
+    cols: int
+
+
+def matmul_shape(op: Operation) -> MatmulShape:
+    a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
+    if op.attributes.get("transpose_b") or op.attributes.get("transpose_a"):
+        raise UserError(f"node {node_names(op)}: '{op.name}' with a transposed operand reached the backend "
+                        "(tilize materialises transposes)")
+    if b.rank < 2 or (a.rank == 1 and b.rank > 2):
+        raise UserError(f"node {node_names(op)}: matmul of {list(a.shape)} by {list(b.shape)} is not supported "
+                        "on the device (the second operand must be a matrix or a batch of matrices)")
+    return _matmul_geometry(a.shape, b.shape, out.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]) -> MatmulShape:
+    ta, tb, to = tile_shape(a), tile_shape(b), tile_shape(out)
+    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, batch_offsets(a, out), batch_offsets(b, out),
+                       to.rows, to.cols)
+
+
+def matmul_masks(op: Operation) -> tuple[bool, bool]:
+    """(rows, cols): which padding of a matmul's result its epilogue makes non-zero and must re-mask.
+    The product of zero-padded operands has zero padding; a bias row fills the padding rows, an
+    activation with f(0) != 0 (sigmoid) all of it."""
+    shape = matmul_shape(op)
+    activation = op.attributes.get("activation", "none")
+    moves_zero = activation != "none" and not keeps_zero(activation, 0.0)
+    rows = shape.rows % TILE != 0 and (len(op.operands) > 2 or moves_zero)
+    return rows, shape.cols % TILE != 0 and moves_zero
+
+
+def sub_blocks(blocking: dict[str, int]) -> tuple[int, int]:
+    """(SH, SW): out subblocks per core along M and N."""
+    return (blocking["per_core_m"] // blocking["out_subblock_h"],
+            blocking["per_core_n"] // blocking["out_subblock_w"])
+
+
+def double(pages: int, pushes: int) -> int:
+    """Double-buffer a CB that is filled more than once, so the producer can run ahead."""
+    return pages * 2 if pushes > 1 else pages
+
+
+def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    shape = matmul_shape(op)
+    h, w, width = blocking["out_subblock_h"], blocking["out_subblock_w"], blocking["in0_block_w"]
+    sh, sw = sub_blocks(blocking)
+    k_blocks = shape.kt // width
+    in0_pushes = blocking["batches"] * k_blocks * sh
+    a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
+    cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes)),
+           cb(CB_IN1, b.element_type, double(width * w, in0_pushes * sw)),
+           cb(CB_OUT, out.element_type, double(h * w, blocking["batches"] * sh * sw))]
+    if len(op.operands) > 2:
+        cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
+        cbs.append(cb(CB_BIASED, out.element_type, h * w))
+    if k_blocks > 1:
+        cbs.append(cb(CB_PARTIALS, out.element_type, blocking["per_core_m"] * blocking["per_core_n"]))
+    return sorted(cbs, key=lambda c: c.index)
+
+
+def cb(index: int, element_type: ScalarType, pages: int, page: int | None = None) -> CBConfigAttr:
+    size = page if page is not None else tile_bytes(element_type)
+    return CBConfigAttr(index, page_size=size, pages=pages, format=format_attr(element_type))
+
+
+# ----------------------------------------------------------------------------------------------
+# Eltwise body plan
+
+
+UNARY_SFPU = {"ttir.relu": "relu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh", "ttir.exp": "exp",
+              "ttir.erf": "erf", "ttir.sqrt": "sqrt", "ttir.rsqrt": "rsqrt", "ttir.neg": "neg",
+              "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log"}
+FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
+ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "mul_scalar", "square", "abs"})
+
+
+def keeps_zero(fn: str, param: float) -> bool:
+    """f(0) == 0, so an SFPU op leaves zero padding zero."""
+    if fn in ZERO_PRESERVING:
+        return True
+    return (fn == "pow_scalar" and param > 0) or (fn == "max_scalar" and param <= 0) or \
+        (fn in ("add_scalar", "sub_from_scalar") and param == 0)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One Dst round of an eltwise block: an entry op filling Dst (copy from a CB, or an FPU binary
+    op of two CBs with B broadcast per `bcast`), SFPU ops in place, then a pack into `out_cb`.
+
+    `a_full` / `b_full` / `full`: the operand / result has block_w tiles per block (else 1 tile: a
+    value broadcast along the columns, read with column stride 0).
+    """
+
+    op: str  # "copy", "add", "sub", "mul"
+    a_cb: int
+    a_full: bool
+    out_cb: int
+    full: bool
+    b_cb: int = -1
+    b_full: bool = True
+    bcast: str = "none"
+    sfpu: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class EltwisePlan:
+    """Which CB holds which value of an eltwise body, and the phases computing one block."""
+
+    inputs: tuple[bool, ...]  # per input (CB i): full (block_w tiles) or one tile per block
+    input_bcast: tuple[tuple[bool, bool], ...]  # per input: (broadcast along rows, along columns)
+    phases: tuple[Phase, ...]
+    interms: tuple[tuple[int, bool], ...]  # (cb, full)
+    zero_cb: int | None  # a CB holding one zero tile (for expanding a broadcast operand)
+    mask_rows: bool
+    mask_cols: bool
+
+
+@dataclass
+class _Value:
+    row_b: bool  # broadcast along rows (one row) relative to the result
+    col_b: bool
+    zero_rows: bool  # padding rows are zero
+    zero_cols: bool
+    cb: int | None = None
+    uses: int = 0
+
+    @property
+    def full(self) -> bool:
+        return not self.col_b
+
+
+class _EltwisePlanner:
+    """Turns an eltwise body into phases: values used by an FPU op or used twice go through CBs,
+    single-use chains of unary and scalar ops stay in Dst."""
+
+    def __init__(self, op: Operation) -> None:
+        self.op = op
+        out = tile_shape(tensor(op.result).shape)
+        self.out = out
+        self.values: dict[int, _Value] = {}
+        self.phases: list[Phase] = []
+        self.interms: list[tuple[int, bool]] = []
+        self.zero_cb: int | None = None
+        self.open: dict | None = None  # the phase being built; its value is in Dst
+        self.open_value: int | None = None
+
+    def kind(self, value: Value) -> tuple[bool, bool]:
+        shape = tile_shape(tensor(value).shape)
+        return shape.rows == 1 and self.out.rows > 1, shape.cols == 1 and self.out.cols > 1
+
+    def fresh_cb(self) -> int:
+        index = CB_FIRST_INTERM + len(self.interms) + (self.zero_cb is not None)
+        if index >= 32:
+            raise UserError(f"node {node_names(self.op)}: the fused elementwise body needs more than "
+                            f"{32 - CB_FIRST_INTERM} intermediate circular buffers")
+        return index
+
+    def plan(self) -> EltwisePlan:
+        block = self.op.regions[0].block
+        if len(block.args) > CB_OUT:
+            raise UserError(f"node {node_names(self.op)}: an eltwise op with {len(block.args)} inputs "
+                            f"(at most {CB_OUT})")
+        for i, arg in enumerate(block.args):
+            row_b, col_b = self.kind(arg)
+            self.values[id(arg)] = _Value(row_b, col_b, True, True, cb=i)
+        instructions = self.instructions(block.ops)
+        for _, operands, _, _ in instructions:
+            for v in operands:
+                self.values[v].uses += 1
+        for name, operands, result, param in instructions:
+            if name == "yield":
+                return self.finish(operands[0])
+            if len(operands) == 1:
+                self.unary(name, param, operands[0], result)
+            else:
+                self.binary(name, operands[0], operands[1], result)
+        raise AssertionError("eltwise body without ttir.yield")
+
+    # -- the body as instructions on value ids ---------------------------------------------------
+
+    def instructions(self, ops: Sequence[Operation]) -> list[tuple[str, tuple[int, ...], int, float]]:
+        """(name, operand ids, result id, param): SFPU function names for unary and scalar ops,
+        add/sub/mul for FPU binary ops; tensor maximum/minimum are rewritten with relu."""
+        scalars: dict[int, float] = {}
+        out: list[tuple[str, tuple[int, ...], int, float]] = []
+        counter = iter(range(1 << 30))
+
+        def temp(kind_of: int) -> int:
+            new = -1 - next(counter)
+            self.values[new] = _Value(*self.values_kind(kind_of))
+            return new
+
+        for inner in ops:
+            ids = tuple(id(v) for v in inner.operands)
+            if inner.name == "ttir.constant":
+                scalars[id(inner.result)] = self.splat(inner)
+                continue
+            if inner.name == "ttir.yield":
+                out.append(("yield", ids, 0, 0.0))
+                continue
+            result = id(inner.result)
+            row_b, col_b = self.kind(inner.result)
+            self.values[result] = _Value(row_b, col_b, True, True)
+            if inner.name in UNARY_SFPU:
+                out.append((UNARY_SFPU[inner.name], ids, result, 0.0))
+            elif len(ids) == 2 and (ids[0] in scalars or ids[1] in scalars):
+                out.extend(self.scalar_form(inner, ids, scalars, result, temp))
+            elif inner.name in FPU_BINARY:
+                out.append((FPU_BINARY[inner.name], ids, result, 0.0))
+            elif inner.name in ("ttir.maximum", "ttir.minimum"):
+                a, b = ids
+                diff, rect = temp(result), temp(result)
+                first = (b, a) if inner.name == "ttir.maximum" else (a, b)
+                out += [("sub", first, diff, 0.0), ("relu", (diff,), rect, 0.0),
+                        ("add" if inner.name == "ttir.maximum" else "sub", (a, rect), result, 0.0)]
+            else:
+                raise UserError(f"node {node_names(inner)}: '{inner.name}' cannot run in a fused "
+                                "elementwise kernel")
+        return out
+
+    def values_kind(self, value_id: int) -> tuple[bool, bool, bool, bool]:
+        v = self.values[value_id]
+        return v.row_b, v.col_b, True, True
+
+    def splat(self, constant: Operation) -> float:
+        value = constant.attributes.get("value")
+        if not isinstance(value, DenseAttr) or not value.is_splat:
+            raise UserError(f"node {node_names(constant)}: only splat scalar constants can sit in a fused body")
+        return float(value.values)
+
+    def scalar_form(self, inner: Operation, ids: tuple[int, ...], scalars: dict[int, float], result: int,
+                    temp) -> list[tuple[str, tuple[int, ...], int, float]]:
+        left_scalar = ids[0] in scalars
+        c = scalars[ids[0] if left_scalar else ids[1]]
+        x = ids[1] if left_scalar else ids[0]
+        name = inner.name
+        if name == "ttir.add":
+            return [("add_scalar", (x,), result, c)]
+        if name == "ttir.mul":
+            return [("mul_scalar", (x,), result, c)]
+        if name == "ttir.sub":
+            return [("sub_from_scalar", (x,), result, c)] if left_scalar else [("add_scalar", (x,), result, -c)]
+        if name == "ttir.maximum":
+            return [("max_scalar", (x,), result, c)]
+        if name == "ttir.minimum":
+            t1, t2 = temp(result), temp(result)
+            return [("neg", (x,), t1, 0.0), ("max_scalar", (t1,), t2, -c), ("neg", (t2,), result, 0.0)]
+        if name == "ttir.pow" and not left_scalar:
+            return [("pow_scalar", (x,), result, c)]
+        raise UserError(f"node {node_names(inner)}: '{name}' with a scalar {'base' if left_scalar else 'operand'} "
+                        "cannot run in a fused elementwise kernel")
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Pack the value in Dst into a fresh intermediate CB (it has later uses)."""
+        if self.open is None:
+            return
+        value = self.values[self.open_value]
+        index = self.fresh_cb()
+        self.interms.append((index, value.full))
+        self.phases.append(Phase(out_cb=index, full=value.full, **self.open))
+        value.cb = index
+        self.open, self.open_value = None, None
+
+    def unary(self, fn: str, param: float, x: int, result: int) -> None:
+        source, target = self.values[x], self.values[result]
+        if not (self.open_value == x and source.uses == 1):
+            self.close()
+            self.open = {"op": "copy", "a_cb": source.cb, "a_full": source.full, "sfpu": ()}
+        self.open["sfpu"] = (*self.open["sfpu"], (fn, param))
+        self.open_value = result
+        source.uses -= 1
+        zero = keeps_zero(fn, param)
+        target.zero_rows, target.zero_cols = source.zero_rows and zero, source.zero_cols and zero
+
+    def binary(self, fn: str, a_id: int, b_id: int, result: int) -> None:
+        self.close()
+        a, b, target = self.values[a_id], self.values[b_id], self.values[result]
+        a.uses -= 1
+        b.uses -= 1
+        negate = False
+        if not self.covers(a, b):
+            if self.covers(b, a):
+                a, b = b, a
+                negate = fn == "sub"
+            else:
+                a = self.expand(a)
+        bcast = _bcast(b.row_b and not a.row_b, b.col_b and not a.col_b)
+        b_rows = b.zero_rows and bcast not in ("row", "scalar")
+        b_cols = b.zero_cols and bcast not in ("col", "scalar")
+        self.open = {"op": fn, "a_cb": a.cb, "a_full": a.full, "b_cb": b.cb, "b_full": b.full, "bcast": bcast,
+                     "sfpu": (("neg", 0.0),) if negate else ()}
+        self.open_value = result
+        target.zero_rows = a.zero_rows and b_rows
+        target.zero_cols = a.zero_cols and b_cols
+
+    @staticmethod
+    def covers(a: _Value, b: _Value) -> bool:
+        """a is broadcast along no dim that b is not: b can be the (broadcast) B operand."""
+        return (b.row_b or not a.row_b) and (b.col_b or not a.col_b)
+
+    def expand(self, value: _Value) -> _Value:
+        """A full copy of a broadcast value: zero tile + value broadcast, into an intermediate CB."""
+        if self.zero_cb is None:
+            self.zero_cb = self.fresh_cb()
+        index = self.fresh_cb()
+        bcast = _bcast(value.row_b, value.col_b)
+        self.interms.append((index, True))
+        self.phases.append(Phase("add", self.zero_cb, False, index, True, value.cb, value.full, bcast))
+        return _Value(False, False, value.zero_rows and not value.row_b, value.zero_cols and not value.col_b,
+                      cb=index)
+
+    def finish(self, value_id: int) -> EltwisePlan:
+        value = self.values[value_id]
+        if self.open_value != value_id:
+            self.close()
+            self.open = {"op": "copy", "a_cb": value.cb, "a_full": value.full, "sfpu": ()}
+        self.phases.append(Phase(out_cb=CB_OUT, full=True, **self.open))
+        inputs = [self.values[id(arg)] for arg in self.op.regions[0].block.args]
+        return EltwisePlan(
+            inputs=tuple(v.full for v in inputs), input_bcast=tuple((v.row_b, v.col_b) for v in inputs),
+            phases=tuple(self.phases), interms=tuple(self.interms), zero_cb=self.zero_cb,
+            mask_rows=self.out.rows % TILE != 0 and not value.zero_rows,
+            mask_cols=self.out.cols % TILE != 0 and not value.zero_cols)
+
+
+def _bcast(rows: bool, cols: bool) -> str:
+    return "scalar" if rows and cols else "row" if rows else "col" if cols else "none"
+
+
+def eltwise_plan(op: Operation) -> EltwisePlan:
+    """The phases and CBs of a `ttir.eltwise` (independent of the blocking)."""
+    return _EltwisePlanner(op).plan()
+
+
+def eltwise_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    plan = eltwise_plan(op)
+    width = blocking["block_w"]
+    blocks = blocking["batches"] * blocking["rows"] * (blocking["cols"] // width)
+    out_type = tensor(op.result).element_type
+    cbs = [cb(i, tensor(value).element_type, double(width if full else 1, blocks))
+           for i, (value, full) in enumerate(zip(op.operands, plan.inputs, strict=True))]
+    cbs.append(cb(CB_OUT, out_type, double(width, blocks)))
+    cbs += [cb(index, out_type, width if full else 1) for index, full in plan.interms]
+    if plan.zero_cb is not None:
+        cbs.append(cb(plan.zero_cb, out_type, 1))
+    return sorted(cbs, key=lambda c: c.index)
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax, layer norm, data movement
+
+
+def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """Softmax / layer norm keep a whole row of tiles (ct) per step in L1."""
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    ct, width = tile_shape(x.shape).ct, blocking["block_w"]
+    fmt = out.element_type
+    rows = blocking["batches"] * blocking["rows"]
+    cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
+    if op.name == "ttir.softmax":
+        cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
+        return sorted(cbs, key=lambda c: c.index)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
+            cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_WIDE2, fmt, ct), cb(CB_STAT2, fmt, 1),
+            cb(CB_TMP, fmt, width)]
+    if len(op.operands) > 2:
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, rows * (ct // width))),
+                cb(CB_TMP2, fmt, width)]
+    return sorted(cbs, key=lambda c: c.index)
+
+
+def gather_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    gather = gather_of(op)
+    fmt = tensor(op.result).element_type
+    steps = blocking["tiles"] // blocking["block"]
+    cbs = [cb(CB_IN0, tensor(program_operands(op)[0]).element_type, double(blocking["block"], steps)),
+           cb(CB_INDEX, ScalarType("i32"), 1, page=INDEX_ROW * 4)]
+    if gather.transposed:
+        cbs.append(cb(CB_OUT, fmt, double(blocking["block"], steps)))
+    return cbs
+
+
+_CB_PLANS = {"matmul": matmul_cbs, "eltwise": eltwise_cbs, "softmax": row_op_cbs, "layer_norm": row_op_cbs,
+             "data_movement": gather_cbs}
+
+
+def circular_buffers(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """The CB configs (no addresses) of `op`'s program under `blocking`."""
+    kind = op_kind(op)
+    if kind is None:
+        raise ValueError(f"'{op.name}' is not a device program")
+    return _CB_PLANS[kind](op, blocking)
+
+
+def cb_bytes(cbs: Sequence[CBConfigAttr]) -> int:
+    """L1 bytes per core of these CBs, each aligned as the allocator places them."""
+    return sum(align(c.page_size * c.pages) for c in cbs)
+
+
+def op_l1_tensor_bytes(op: Operation, device: DeviceAttr) -> int:
+    """Per-core share of the L1-resident tensors the op's program reads or writes."""
+    values = {id(v): v for v in (*program_operands(op), *op.results)}
+    return sum(l1_share(tensor(v), device) for v in values.values())
+
+
+def l1_footprint(op: Operation, device: DeviceAttr, blocking: dict[str, int]) -> int:
+    """Per-core L1 bytes of `op` under `blocking`: its circular buffers plus its L1 tensors' shares."""
+    return cb_bytes(circular_buffers(op, blocking)) + op_l1_tensor_bytes(op, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Liveness of device values (shared by layout and grid)
+
+
+def chain_end(op: Operation) -> Operation:
+    """The op that actually reads a value consumed by `op`: the end of a folded movement chain."""
+    while is_folded(op):
+        op = op.result.uses[0][0]
+    return op
+
+
+@dataclass(frozen=True)
+class LiveRange:
+    """A value produced by the op at `start` and last read by the op at `end` (body positions)."""
+
+    value: Value
+    start: int
+    end: int
+
+
+def live_ranges(ops: Sequence[Operation]) -> list[LiveRange]:
+    """Live ranges of the device tensors the ops of one block produce (folded values excluded)."""
+    position = {id(op): i for i, op in enumerate(ops)}
+    ranges = []
+    for i, op in enumerate(ops):
+        if is_folded(op):
+            continue
+        for result in op.results:
+            ends = [position[id(chain_end(user))] for user, _ in result.uses if id(chain_end(user)) in position]
+            ranges.append(LiveRange(result, i, max(ends, default=i)))
+    return ranges
+
+
+def other_l1_bytes(ops: Sequence[Operation], device: DeviceAttr) -> dict[int, int]:
+    """Per op (by id): per-core bytes of the L1 tensors live across it that its program does not touch."""
+    ranges = [r for r in live_ranges(ops) if in_l1(r.value.type)]
+    result: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        touched = {id(v) for v in (*program_operands(op), *op.results)} if op_kind(op) else set()
+        result[id(op)] = sum(l1_share(tensor(r.value), device) for r in ranges
+                             if r.start <= i <= r.end and id(r.value) not in touched)
+    return result

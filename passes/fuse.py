@@ -1,0 +1,189 @@
+"""`fuse`: make each device op do as much as it can in one pass over its data.
+
+- Every `ttir.matmul` becomes a `ttir.linear(a, b, bias?) {activation, transpose_b}`: the bias is a
+  following `add` of a row ([N] or [1, N], N the last result dim), the activation a following relu,
+  gelu, sigmoid or tanh. An op joins only when the value before it has no other use.
+- Every maximal chain of elementwise ops (a single op too) becomes one `ttir.eltwise(inputs...)`.
+  The body's block arguments mirror the inputs (each distinct value once); the body holds the
+  original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
+  ends with `ttir.yield`. Inputs broadcast numpy-style to the result, as the ops did. A chain is a
+  tree: an op joins its user's chain only when its result has that single use, so a value also used
+  elsewhere stays the result of its own fused op.
+- Divisions become products first (`x * reciprocal(y)`, or `x * (1 / c)` for a constant c): `tilize`
+  already did this; here it guarantees that no division reaches a fused body.
+
+Locations: a fused op's location fuses those of the ops it contains in program order, each name at
+its last occurrence, so the last ONNX node of the chain (the one whose value it computes) comes last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ttc.ir.attributes import DenseAttr, FusedLoc, Location, fuse_locations
+from ttc.ir.builder import Builder
+from ttc.ir.core import FUNC_OP, Block, Module, Operation, Region, Value
+from ttc.ir.dialect import Trait
+from ttc.ir.types import TensorType
+from ttc.passes.decompose import DivByConstant, DivByTensor
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
+
+ACTIVATIONS = {"ttir.relu": "relu", "ttir.gelu": "gelu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh"}
+
+
+def in_function_body(op: Operation) -> bool:
+    parent = op.parent_op
+    return parent is not None and parent.name == FUNC_OP
+
+
+def sole_user(value: Value) -> Operation | None:
+    """The op using `value`, when that is its only use."""
+    return value.uses[0][0] if len(value.uses) == 1 else None
+
+
+def ordered_loc(ops: Sequence[Operation]) -> Location:
+    """The fused location of `ops` (in program order) with each name at its last occurrence."""
+    items: list[Location] = []
+    for op in ops:
+        for item in op.loc.locations if isinstance(op.loc, FusedLoc) else (op.loc,):
+            if item in items:
+                items.remove(item)
+            items.append(item)
+    return fuse_locations(*items)
+
+
+# ----------------------------------------------------------------------------------------------
+# Matmul epilogues
+
+
+def is_bias_row(value: Value, result: TensorType) -> bool:
+    """A [N] or [1, N] row, N the last dim of the matmul result."""
+    if not result.shape or not isinstance(value.type, TensorType):
+        return False
+    n = result.shape[-1]
+    return value.type.shape in ((n,), (1, n))
+
+
+class FuseLinear(RewritePattern):
+    """matmul [-> add of a bias row] [-> relu/gelu/sigmoid/tanh] -> one ttir.linear."""
+
+    root = "ttir.matmul"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if not in_function_body(op) or op.attr("transpose_a"):
+            return rewriter.notify_match_failure(op, "not in a function body, or a transposed a")
+        group, value, bias, activation = [op], op.result, None, "none"
+        assert isinstance(value.type, TensorType)
+        add = sole_user(value)
+        if add is not None and add.name == "ttir.add" and add.result.type == value.type:
+            other = add.operands[1] if add.operands[0] is value else add.operands[0]
+            if is_bias_row(other, value.type):
+                group, value, bias = [*group, add], add.result, other
+        act = sole_user(value)
+        if act is not None and act.name in ACTIVATIONS and act.result.type == value.type:
+            group, value, activation = [*group, act], act.result, ACTIVATIONS[act.name]
+        operands = [*op.operands, bias] if bias is not None else list(op.operands)
+        attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
+        linear = rewriter.create_before(group[-1], "ttir.linear", operands, [value.type], attributes,
+                                        loc=ordered_loc(group))
+        rewriter.replace_op(group[-1], [linear.result])
+        for fused in reversed(group[:-1]):
+            rewriter.erase_op(fused)
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise chains
+
+
+def is_fusible(op: Operation) -> bool:
+    """An elementwise op on float tensors at function level (not yet inside a fused body)."""
+    opdef = op.opdef
+    if opdef is None or not opdef.has(Trait.ELEMENTWISE) or len(op.results) != 1:
+        return False
+    t = op.result.type
+    return isinstance(t, TensorType) and t.element_type.is_float and in_function_body(op)
+
+
+def is_body_constant(value: Value) -> bool:
+    """A host scalar splat constant: it moves into the fused body instead of being an input."""
+    op = defining_op(value, "ttir.constant")
+    attr = op.attributes.get("value") if op is not None else None
+    return isinstance(attr, DenseAttr) and attr.is_splat and isinstance(value.type, TensorType) and \
+        value.type.encoding is None and value.type.rank == 0
+
+
+def chain_of(root: Operation) -> list[Operation]:
+    """`root` and the fusible ops feeding it whose results have no other use, in program order."""
+    members: list[Operation] = []
+    stack = [root]
+    while stack:
+        op = stack.pop()
+        members.append(op)
+        for value in op.operands:
+            producer = defining_op(value)
+            if producer is not None and len(value.uses) == 1 and is_fusible(producer):
+                stack.append(producer)
+    block = root.parent
+    assert block is not None
+    return sorted(members, key=block.index_of)
+
+
+def build_body(members: Sequence[Operation]) -> tuple[list[Value], Block]:
+    """The eltwise inputs and a body block computing the chain from them."""
+    inside = {id(op.result) for op in members}
+    inputs: list[Value] = []
+    constants: list[Operation] = []
+    for op in members:
+        for value in op.operands:
+            if id(value) in inside:
+                continue
+            producer = defining_op(value)
+            if is_body_constant(value) and producer is not None:
+                if producer not in constants:
+                    constants.append(producer)
+            elif value not in inputs:
+                inputs.append(value)
+    block = Block([v.type for v in inputs])
+    mapping: dict[int, Value] = {id(v): arg for v, arg in zip(inputs, block.args, strict=True)}
+    builder = Builder.at_end(block)
+    for op in [*constants, *members]:
+        clone = builder.create(op.name, [mapping[id(v)] for v in op.operands], op.result_types,
+                               dict(op.attributes), op.loc)
+        mapping[id(op.result)] = clone.result
+    builder.create("ttir.yield", [mapping[id(members[-1].result)]], loc=members[-1].loc)
+    return inputs, block
+
+
+class FuseEltwise(RewritePattern):
+    """A maximal chain of elementwise ops ending at this op -> one ttir.eltwise with the chain as body."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if not is_fusible(op):
+            return False
+        user = sole_user(op.result)
+        if user is not None and is_fusible(user):
+            return rewriter.notify_match_failure(op, "joins the chain of its only user")
+        members = chain_of(op)
+        inputs, body = build_body(members)
+        eltwise = rewriter.create_before(op, "ttir.eltwise", inputs, [op.result.type], loc=ordered_loc(members))
+        eltwise.add_region(Region([body]))
+        rewriter.replace_op(op, [eltwise.result])
+        for fused in reversed(members[:-1]):
+            rewriter.erase_op(fused)
+        return True
+
+
+@register_pass
+@dataclass
+class Fuse(Pass):
+    """Fuse matmul epilogues into ttir.linear and elementwise chains into ttir.eltwise."""
+
+    name = "fuse"
+
+    def run(self, module: Module) -> None:
+        apply_patterns_greedily(module, [DivByConstant(), DivByTensor()])
+        apply_patterns_greedily(module, [FuseLinear()])
+        apply_patterns_greedily(module, [FuseEltwise()])

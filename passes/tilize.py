@@ -1,0 +1,306 @@
+"""`tilize`: move the computation onto the device, as tile-layout tensors in DRAM.
+
+What it does, per function:
+- Function arguments and results stay host tensors. Each argument used by device ops goes through one
+  `ttir.to_layout` to `#tt.layout<tile, dram, interleaved>` (located by the argument's name); each
+  returned device value comes back through a `ttir.to_layout` to the function's result type. These
+  are the host<->device edges, where data is tilized and untilized.
+- Every other tensor gets that encoding; element types stay (`layout` later picks data formats). The
+  type keeps the logical shape: the tile padding (last two dims rounded up to 32, a rank-1 tensor
+  taken as [1, N]) is derived from it, never stored.
+- Weights (`#tt.weight<...>` constants) get device types. A dense splat constant used by a binary
+  elementwise op whose other operand already has the result's shape becomes a host `tensor<f32>`
+  scalar (`fuse` moves it into the fused body); any other inline constant used on the device becomes
+  a weight with a device type.
+- Device forms are materialised: matmul transposes become `ttir.transpose` ops (folded into a new
+  weight `w.transpose` when the operand is a constant); `x / y` becomes `x * reciprocal(y)` (the
+  reciprocal of a constant folded, as `decompose` does for inline ones); softmax along another axis than the last is wrapped in transposes
+  moving that axis last and back; layer norm over several trailing dims reshapes them into one.
+  Reshape and transpose chains that cancel out are folded.
+- Integer and boolean tensors cannot run on the device yet: an op computing on them is a UserError
+  naming its ONNX node.
+- A function that already has `ttir.to_layout` ops is tilized: it is left alone.
+
+Masking: the device keeps the tile padding of every tensor at zero. Kernels that could make padding
+non-zero (an exp, a bias add, a reciprocal) re-mask it before writing, and reductions over a padded
+dim (softmax, layer norm, the K dim of a matmul) mask the padding so it does not enter the result.
+So tilize's job is only the edges and the encodings: no pad or mask op appears in the IR.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from ttc.ir.attributes import DenseAttr, NameLoc, UnknownLoc, WeightAttr
+from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialect import Trait
+from ttc.ir.dialects.tt import LayoutAttr
+from ttc.ir.dialects.ttir import normalize_axis
+from ttc.ir.types import TensorType
+from ttc.passes.canonicalize import (
+    FoldConstantOperands,
+    IdentityTranspose,
+    ReshapeOfReshape,
+    ReshapeToSameType,
+    TransposeOfTranspose,
+    referenced_weights,
+)
+from ttc.passes.decompose import DivByConstant, DivByTensor
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
+
+DEVICE_LAYOUT = LayoutAttr("tile", "dram", "interleaved")
+CONSTANT = "ttir.constant"
+TO_LAYOUT = "ttir.to_layout"
+
+
+def device_type(type: TensorType) -> TensorType:
+    """`type` as a device tensor: same shape and element type, tile layout in DRAM."""
+    return type.with_encoding(DEVICE_LAYOUT)
+
+
+def is_host_float(value: Value) -> bool:
+    """A float tensor without a layout: a value tilize moves to the device."""
+    t = value.type
+    return isinstance(t, TensorType) and t.encoding is None and t.element_type.is_float
+
+
+def node_name(op: Operation) -> str:
+    """The ONNX node(s) an op comes from, for error messages."""
+    return ", ".join(op.loc.names()) or str(op.loc)
+
+
+def swap_perm(rank: int, axis: int) -> tuple[int, ...]:
+    """The permutation exchanging `axis` and the last dim (its own inverse)."""
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    return tuple(perm)
+
+
+def permuted(type: TensorType, perm: tuple[int, ...]) -> TensorType:
+    return type.with_shape(tuple(type.shape[p] for p in perm))
+
+
+# ----------------------------------------------------------------------------------------------
+# Device forms
+
+
+class MaterializeMatmulTranspose(RewritePattern):
+    """matmul {transpose_a/b = true} -> an explicit ttir.transpose of that operand, flags false."""
+
+    root = "ttir.matmul"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        flags = (op.attr("transpose_a"), op.attr("transpose_b"))
+        if not any(flags):
+            return rewriter.notify_match_failure(op, "no transposed operand")
+        operands = list(op.operands)
+        for index, flag in enumerate(flags):
+            t = operands[index].type
+            assert isinstance(t, TensorType)
+            if flag and t.rank >= 2:
+                perm = swap_perm(t.rank, t.rank - 2)
+                operands[index] = rewriter.create_before(
+                    op, "ttir.transpose", [operands[index]], [permuted(t, perm)], {"perm": perm}).result
+        with rewriter.modify_op(op):
+            op.set_operands(operands)
+            op.attributes.update(transpose_a=False, transpose_b=False)
+        return True
+
+
+class SoftmaxToLastAxis(RewritePattern):
+    """softmax along axis k -> transpose(k <-> last), softmax along the last axis, transpose back."""
+
+    root = "ttir.softmax"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x = op.operands[0]
+        assert isinstance(x.type, TensorType)
+        rank = x.type.rank
+        axis = normalize_axis(op.attr("axis"), rank)
+        if axis >= rank - 1:
+            return rewriter.notify_match_failure(op, "already along the last axis")
+        perm = swap_perm(rank, axis)
+        moved = rewriter.create_before(op, "ttir.transpose", [x], [permuted(x.type, perm)], {"perm": perm})
+        softmax = rewriter.create_before(op, "ttir.softmax", [moved.result], [moved.result.type],
+                                         {"axis": rank - 1})
+        back = rewriter.create_before(op, "ttir.transpose", [softmax.result], [op.result.type], {"perm": perm})
+        rewriter.replace_op(op, [back.result])
+        return True
+
+
+class LayerNormToLastAxis(RewritePattern):
+    """layer norm over dims [k, rank) -> reshape them into one dim, layer norm over it, reshape back."""
+
+    root = "ttir.layer_norm"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x = op.operands[0]
+        assert isinstance(x.type, TensorType)
+        rank = x.type.rank
+        axis = normalize_axis(op.attr("axis"), rank)
+        if axis >= rank - 1:
+            return rewriter.notify_match_failure(op, "already along the last axis")
+        size = math.prod(x.type.shape[axis:])
+        for param in op.operands[1:]:
+            assert isinstance(param.type, TensorType)
+            if param.type.num_elements != size:
+                raise UserError(f"node '{node_name(op)}': layer norm over dims {axis}..{rank - 1} with a scale "
+                                f"or bias of shape {list(param.type.shape)} that broadcasts is not supported")
+        flat = [rewriter.create_before(op, "ttir.reshape", [x], [x.type.with_shape((*x.type.shape[:axis], size))])]
+        for param in op.operands[1:]:
+            assert isinstance(param.type, TensorType)
+            flat.append(rewriter.create_before(op, "ttir.reshape", [param], [param.type.with_shape((size,))]))
+        attributes = {**op.attributes, "axis": axis}
+        norm = rewriter.create_before(op, "ttir.layer_norm", [f.result for f in flat], [flat[0].result.type],
+                                      attributes)
+        back = rewriter.create_before(op, "ttir.reshape", [norm.result], [op.result.type])
+        rewriter.replace_op(op, [back.result])
+        return True
+
+
+class FoldConstantMovement(FoldConstantOperands):
+    """Fold the transposes, reshapes and reciprocals tilize makes of constants (into new weights)."""
+
+    FOLDED = frozenset({"ttir.transpose", "ttir.reshape", "ttir.reciprocal"})
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if op.name not in self.FOLDED:
+            return False
+        return super().match_and_rewrite(op, rewriter)
+
+
+def device_form_patterns(module: Module) -> list[RewritePattern]:
+    return [FoldConstantMovement(module), MaterializeMatmulTranspose(), SoftmaxToLastAxis(),
+            LayerNormToLastAxis(), DivByConstant(), DivByTensor(), ReshapeToSameType(), ReshapeOfReshape(),
+            IdentityTranspose(), TransposeOfTranspose()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Types, constants and edges
+
+
+def reject_non_float(func: Function) -> None:
+    """UserError for the first op computing on integer or boolean tensors."""
+    for op in func.body.ops:
+        if op.name in (RETURN_OP, CONSTANT):
+            continue
+        for value in (*op.operands, *op.results):
+            t = value.type
+            if isinstance(t, TensorType) and not t.element_type.is_float:
+                raise UserError(f"node '{node_name(op)}': '{op.name}' computes on {t}; integer and boolean "
+                                "tensors cannot run on the device yet")
+
+
+def takes_scalar(user: Operation, index: int) -> bool:
+    """Whether operand `index` of `user` may be a host scalar: a binary elementwise op whose other
+    operand is a computed value of the result's shape (so the scalar does not decide the shape)."""
+    opdef = user.opdef
+    if opdef is None or not opdef.has(Trait.BROADCASTABLE) or len(user.operands) != 2:
+        return False
+    other = user.operands[1 - index]
+    return defining_op(other, CONSTANT) is None and other.type == user.result.type
+
+
+def weight_name(op: Operation) -> str:
+    """A weight name from the constant's ONNX name: "/half/Constant" -> "half.Constant"."""
+    names = op.loc.names()
+    return re.sub(r"[^A-Za-z0-9_.]+", ".", names[0]).strip(".") if names else "constant"
+
+
+def place_constant(module: Module, op: Operation, rewriter: PatternRewriter) -> None:
+    """Give a float constant its device form: host scalars for the uses that take one, a weight with
+    a device type for the others."""
+    value, result = op.attributes["value"], op.result
+    assert isinstance(result.type, TensorType)
+    splat = isinstance(value, DenseAttr) and value.is_splat
+    scalar_uses = [(user, i) for user, i in result.uses if splat and takes_scalar(user, i)]
+    if result.type.rank == 0 and len(scalar_uses) == len(result.uses):
+        return  # a host scalar already
+    if scalar_uses:
+        assert isinstance(value, DenseAttr)
+        scalar_type = TensorType((), result.type.element_type)
+        scalar = rewriter.create_before(op, CONSTANT, [], [scalar_type], {"value": DenseAttr(scalar_type, value.values)})
+        for user, i in scalar_uses:
+            with rewriter.modify_op(user):
+                user.set_operand(i, scalar.result)
+    if not result.uses:
+        rewriter.erase_op(op)
+        return
+    with rewriter.modify_op(op):
+        if isinstance(value, DenseAttr):
+            op.attributes["value"] = WeightAttr(module.add_weight(weight_name(op), value.to_array()))
+        result.type = device_type(result.type)
+
+
+def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
+    """Every float tensor computed in the body (constants aside: they are placed already) goes on the device."""
+    for op in func.body.ops:
+        if op.name in (RETURN_OP, CONSTANT, TO_LAYOUT):
+            continue
+        changed = False
+        for result in op.results:
+            if is_host_float(result):
+                assert isinstance(result.type, TensorType)
+                result.type = device_type(result.type)
+                changed = True
+        if changed:
+            rewriter.notify_op_modified(op)
+
+
+def add_edges(func: Function, rewriter: PatternRewriter) -> None:
+    """to_layout host -> device after each used argument, device -> host before the return."""
+    anchor = func.body.ops[0]
+    for index, arg in enumerate(func.args):
+        uses = [(user, i) for user, i in arg.uses if user.name != RETURN_OP]
+        if not uses or not is_host_float(arg):
+            continue
+        assert isinstance(arg.type, TensorType)
+        name = func.arg_attrs(index).get("ttir.name")
+        loc = NameLoc(name) if isinstance(name, str) else UnknownLoc()
+        to_device = rewriter.create_before(anchor, TO_LAYOUT, [arg], [device_type(arg.type)], loc=loc)
+        for user, i in uses:
+            with rewriter.modify_op(user):
+                user.set_operand(i, to_device.result)
+    ret = func.return_op
+    to_host: dict[int, Value] = {}
+    for index, value in enumerate(ret.operands):
+        t = value.type
+        if not isinstance(t, TensorType) or t.encoding is None:
+            continue
+        if id(value) not in to_host:
+            name = func.res_attrs(index).get("ttir.name")
+            producer = defining_op(value)
+            loc = NameLoc(name) if isinstance(name, str) else producer.loc if producer else UnknownLoc()
+            host = func.type.results[index]
+            to_host[id(value)] = rewriter.create_before(ret, TO_LAYOUT, [value], [host], loc=loc).result
+        with rewriter.modify_op(ret):
+            ret.set_operand(index, to_host[id(value)])
+
+
+@register_pass
+@dataclass
+class Tilize(Pass):
+    """Put tensors on the device (tile layout, DRAM) with host<->device edges; materialise device forms."""
+
+    name = "tilize"
+
+    def run(self, module: Module) -> None:
+        functions = [f for f in module.functions if not any(op.name == TO_LAYOUT for op in f.body.ops)]
+        for func in functions:
+            reject_non_float(func)
+        in_use_before = referenced_weights(module)
+        rewriter = PatternRewriter()
+        for func in functions:
+            apply_patterns_greedily(func.op, device_form_patterns(module), rewriter=rewriter)
+        for name in in_use_before - referenced_weights(module):
+            module.weights.pop(name, None)  # weights folded into new ones (w -> w.transpose)
+        for func in functions:
+            for op in list(func.body.ops):
+                if op.name == CONSTANT and is_host_float(op.result):
+                    place_constant(module, op, rewriter)
+            add_encodings(func, rewriter)
+            add_edges(func, rewriter)

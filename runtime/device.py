@@ -1,0 +1,249 @@
+"""The emulated Grayskull's memories: 8 DRAM channels and the L1 of every compute core.
+
+Both are *banked* byte arrays `[banks, capacity]` with one allocation table each. Allocation is in
+lockstep: a buffer at `address` owns [address, address + size) in every bank. Interleaved buffers put
+page i in bank i % banks at address + (i // banks) * page_size; the DRAM banks are the 8 channels,
+the L1 banks are the compute cores in row-major order (bank b = core (b % grid_x, b // grid_x)).
+
+Every NoC or host access goes through `Memory.locate`, which checks each page against the buffer
+table: an address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. Circular
+buffers are per-core L1 regions the running program reserves (`reserve`), so a CB can overlap
+neither another CB nor a live L1 buffer.
+
+DRAM grows to the highest allocated address (a model never touches 8 GiB); L1 is allocated once with
+np.zeros, whose untouched pages the OS never makes resident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ttc.ir.dialects.tt import DeviceAttr
+
+_DRAM_GROWTH = 1 << 20  # grow DRAM banks in MiB steps (at least doubling)
+
+
+class Fault(Exception):
+    """A device fault before context is added: what happened, and which cores (bool mask) did it.
+
+    The interpreter and the executor turn it into a `DeviceFault` naming core, kernel, op and node.
+    """
+
+    def __init__(self, what: str, cores: np.ndarray | None = None, cb: int | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.cores = cores
+        self.cb = cb
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """`size` bytes at `address` in every bank: an interleaved buffer, or a CB region (no pages)."""
+
+    address: int
+    size: int
+    label: str
+    page_size: int = 0
+    num_pages: int = 0
+    is_cb: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+def interleaved_size(num_pages: int, page_size: int, banks: int, alignment: int) -> int:
+    """Bytes per bank of an interleaved buffer (pages rounded up to whole rows, then aligned)."""
+    size = -(-num_pages // banks) * page_size
+    return -(-size // alignment) * alignment
+
+
+class Memory:
+    """A banked memory with an allocation table; all reads and writes are vectorised over pages."""
+
+    def __init__(self, name: str, banks: int, bank_size: int, alignment: int, floor: int = 0,
+                 grow: bool = False) -> None:
+        self.name = name
+        self.banks = banks
+        self.bank_size = bank_size
+        self.alignment = alignment
+        self.floor = floor  # lowest allocatable address (firmware below it in L1)
+        self.grow = grow
+        self.data = np.zeros((banks, 0 if grow else bank_size), dtype=np.uint8)
+        self.allocations: dict[int, Allocation] = {}
+        self._table: tuple[np.ndarray, ...] = ()
+        self._watch: dict[str, tuple[int, int]] = {}  # ranges whose contents someone relies on
+        self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
+        self.dirty: set[str] = set()
+        self._refresh()
+
+    # -- allocation table ---------------------------------------------------------------------
+
+    def allocate(self, address: int, page_size: int, num_pages: int, label: str) -> Allocation:
+        """Register an interleaved buffer of `num_pages` pages at `address` (in every bank)."""
+        size = interleaved_size(num_pages, page_size, self.banks, self.alignment)
+        return self._add(Allocation(address, size, label, page_size, num_pages))
+
+    def reserve(self, address: int, size: int, label: str) -> Allocation:
+        """Register a per-core region (a circular buffer) at `address`."""
+        self.touch(address, address + size)  # the program will write it
+        return self._add(Allocation(address, size, label, is_cb=True))
+
+    def _add(self, alloc: Allocation) -> Allocation:
+        what = f"{alloc.label} at {alloc.address:#x} ({alloc.size} bytes per bank)"
+        if alloc.address % self.alignment:
+            raise Fault(f"{what} is not aligned to {self.alignment} bytes in {self.name}")
+        if alloc.address < self.floor:
+            raise Fault(f"{what} is below the first free {self.name} byte {self.floor:#x} (firmware reserved)")
+        if alloc.end > self.bank_size:
+            raise Fault(f"{what} overflows {self.name}: it ends at {alloc.end:#x}, beyond the "
+                        f"{self.bank_size:#x} bytes of a bank")
+        for other in self.allocations.values():
+            if alloc.address < other.end and other.address < alloc.end:
+                raise Fault(f"{what} overlaps {other.label} at {other.address:#x}..{other.end:#x} in {self.name}")
+        self._ensure_capacity(alloc.end)
+        self.allocations[alloc.address] = alloc
+        self._refresh()
+        return alloc
+
+    def free(self, address: int) -> None:
+        if address not in self.allocations:
+            raise Fault(f"free of {address:#x}: no {self.name} allocation starts there")
+        del self.allocations[address]
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Sorted arrays of the interleaved buffers, for vectorised lookups."""
+        buffers = sorted((a for a in self.allocations.values() if not a.is_cb), key=lambda a: a.address)
+        self._table = tuple(np.array([getattr(a, key) for a in buffers], dtype=np.int64)
+                            for key in ("address", "end", "page_size", "num_pages"))
+
+    def _ensure_capacity(self, end: int) -> None:
+        if end <= self.data.shape[1]:
+            return
+        capacity = min(max(end, 2 * self.data.shape[1]), self.bank_size)
+        capacity = min(-(-capacity // _DRAM_GROWTH) * _DRAM_GROWTH, self.bank_size)
+        grown = np.zeros((self.banks, capacity), dtype=np.uint8)
+        grown[:, : self.data.shape[1]] = self.data
+        self.data = grown
+
+    # -- page addressing ----------------------------------------------------------------------
+
+    def locate(self, base: int | np.ndarray, pages: np.ndarray, page_size: int,
+               access: str = "access") -> tuple[np.ndarray, np.ndarray]:
+        """(bank, byte offset) of interleaved pages [cores, n] of the buffer at `base` (int or [cores]).
+
+        Raises Fault (with the offending cores) when a page is not inside a buffer's real pages.
+        """
+        pages = np.asarray(pages, dtype=np.int64)
+        base_col = np.asarray(base, dtype=np.int64).reshape(-1, *([1] * (pages.ndim - 1)))
+        base_col = np.broadcast_to(base_col, pages.shape)
+        bank = pages % self.banks
+        offset = base_col + (pages // self.banks) * page_size
+        starts, ends, sizes, counts = self._table
+        slot = np.searchsorted(starts, base_col, side="right") - 1
+        found = slot >= 0
+        slot = np.maximum(slot, 0)
+        if len(starts):
+            found &= base_col < ends[slot]
+            pages_in_bank = (counts[slot] - bank + self.banks - 1) // self.banks
+            limit = starts[slot] + pages_in_bank * sizes[slot]
+        else:
+            limit = offset
+        bad = ~found | (pages < 0) | (offset + page_size > limit)
+        if bad.any():
+            raise self._access_fault(access, base_col, pages, page_size, bad, found)
+        return bank, offset
+
+    def _access_fault(self, access: str, base: np.ndarray, pages: np.ndarray, page_size: int,
+                      bad: np.ndarray, found: np.ndarray) -> Fault:
+        first = tuple(int(i[0]) for i in np.nonzero(bad))
+        address, page = int(base[first]), int(pages[first])
+        head = f"out-of-bounds {self.name} {access}: page {page} of {page_size} bytes at base {address:#x}"
+        if not found[first]:
+            reason = f"{address:#x} is not inside any allocated {self.name} buffer"
+        else:
+            alloc = next(a for a in self.allocations.values() if a.address <= address < a.end and not a.is_cb)
+            reason = f"{alloc.label} at {alloc.address:#x} has {alloc.num_pages} pages of {alloc.page_size} bytes"
+        cores = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad
+        return Fault(f"{head}: {reason}", cores=cores)
+
+    def buffer_pages(self, alloc: Allocation) -> tuple[np.ndarray, np.ndarray]:
+        """(bank, offset) of every page of a buffer, for host reads and writes."""
+        return self.locate(alloc.address, np.arange(alloc.num_pages)[None], alloc.page_size)
+
+    # -- bytes ----------------------------------------------------------------------------------
+
+    def read(self, bank: np.ndarray, offset: np.ndarray, size: int) -> np.ndarray:
+        """Bytes [..., size] at (bank, offset) pairs of any shape (already located)."""
+        rows, index = self._rows(bank, offset, size)
+        return rows[index].reshape(*np.shape(offset), size)
+
+    def write(self, bank: np.ndarray, offset: np.ndarray, data: np.ndarray) -> None:
+        """Write data [..., size] at (bank, offset) pairs (already located)."""
+        size = data.shape[-1]
+        if np.size(offset):
+            self.touch(int(np.min(offset)), int(np.max(offset)) + size)
+        rows, index = self._rows(bank, offset, size)
+        rows[index] = data.reshape(*np.shape(offset), -1, rows.shape[-1])
+
+    def _rows(self, bank: np.ndarray, offset: np.ndarray, size: int) -> tuple[np.ndarray, tuple]:
+        """The memory as [banks, capacity / g, g] rows and the row index of every page's chunks.
+
+        g is the largest granule dividing the page size and every offset, so a bf16 tile at an
+        aligned address is a handful of 64-byte rows rather than 2048 single bytes.
+        """
+        capacity = self.data.shape[1]
+        offset = np.asarray(offset, dtype=np.int64)
+        granule = next(g for g in (size, 256, 64, 16, 4, 1)
+                       if size % g == 0 and capacity % g == 0 and not (offset % g).any())
+        rows = self.data.reshape(self.banks, capacity // granule, granule)
+        chunk = offset[..., None] // granule + np.arange(size // granule)
+        return rows, (np.asarray(bank)[..., None], chunk)
+
+    # -- contents other code relies on (constants written once) ---------------------------------
+
+    def watch(self, key: str, start: int, end: int) -> None:
+        """Remember that [start, end) holds `key`; any later write into it marks `key` dirty."""
+        self._watch[key] = (start, end)
+        self.dirty.discard(key)
+        self._watch_ranges = np.array(list(self._watch.values()), dtype=np.int64).reshape(-1, 2)
+
+    def touch(self, start: int, end: int) -> None:
+        """Bytes [start, end) of some bank may change: every watched range they meet is dirty."""
+        if not self._watch:
+            return
+        hit = (start < self._watch_ranges[:, 1]) & (self._watch_ranges[:, 0] < end)
+        if hit.any():
+            keys = list(self._watch)
+            self.dirty.update(keys[i] for i in np.nonzero(hit)[0])
+
+    def is_clean(self, key: str, start: int, end: int) -> bool:
+        return self._watch.get(key) == (start, end) and key not in self.dirty
+
+
+class Device:
+    """One Grayskull card: DRAM channels and the compute cores' L1, as the descriptor says."""
+
+    def __init__(self, desc: DeviceAttr) -> None:
+        self.desc = desc
+        self.grid_x, self.grid_y = desc.compute_grid
+        self.dram = Memory("DRAM", desc.dram_channels, desc.dram_channel_size, desc.dram_alignment, grow=True)
+        self.l1 = Memory("L1", desc.compute_cores, desc.l1_size, desc.l1_alignment, floor=desc.l1_reserved)
+
+    def memory(self, space: str) -> Memory:
+        if space == "dram":
+            return self.dram
+        if space == "l1":
+            return self.l1
+        raise Fault(f"memory space '{space}' is not on the device (dram or l1)")
+
+    def core_ids(self, grid_x: int, grid_y: int) -> np.ndarray:
+        """L1 bank (device core) of each core of a program grid placed at (0, 0), row-major."""
+        if grid_x > self.grid_x or grid_y > self.grid_y:
+            raise Fault(f"program grid {grid_x}x{grid_y} exceeds the device compute grid "
+                        f"{self.grid_x}x{self.grid_y}")
+        y, x = np.divmod(np.arange(grid_x * grid_y), grid_x)
+        return y * self.grid_x + x

@@ -1,0 +1,245 @@
+"""Runs a compiled module's host schedule (`func.func @main` of ttmetal ops) on the emulated device.
+
+    executor = Executor(module, device_weights)      # device_weights: name -> packed uint8 pages
+    outputs = executor.run({"input": array})         # names from the "ttir.name" arg/res attributes
+    executor.profile                                  # one ProgramProfile per program of the last run
+
+The device lives as long as the executor: constants (`write_constant`) are written on the first run
+and rewritten later only if something wrote over them, as weights stay resident in DRAM. Every
+buffer still allocated when a run ends is freed, so the next run can allocate the same addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ttc.ir.core import Module, Operation, Value
+from ttc.ir.diagnostics import DeviceFault, UserError
+from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
+from ttc.ir.types import TensorType
+from ttc.runtime.device import Allocation, Device, Fault, Memory
+from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramProfile
+from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages
+
+
+@dataclass(frozen=True)
+class DeviceBuffer:
+    """A live device buffer: its tensor type (logical shape, format, layout) and its allocation."""
+
+    type: TensorType
+    layout: LayoutAttr
+    memory: Memory
+    alloc: Allocation
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.memory.name, self.alloc.address
+
+    @property
+    def tensor_layout(self) -> str:
+        return str(self.layout.tensor_layout)
+
+    def pages(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bank, offset) of every page, checked against the allocation table."""
+        return self.memory.buffer_pages(self.alloc)
+
+
+HostOp = Callable[["Executor", Operation, dict[Value, Any]], None]
+HOST_OPS: dict[str, HostOp] = {}
+
+
+def host_op(name: str) -> Callable[[HostOp], HostOp]:
+    def register(fn: HostOp) -> HostOp:
+        HOST_OPS[name] = fn
+        return fn
+
+    return register
+
+
+class Executor:
+    """Executes `@main` of an allocated module on one emulated device."""
+
+    def __init__(self, module: Module, device_weights: Mapping[str, np.ndarray], desc: DeviceAttr | None = None,
+                 step_budget: int = DEFAULT_STEP_BUDGET) -> None:
+        try:
+            self.main = module.function("main")
+        except KeyError:
+            raise UserError("the module has no func.func @main to run") from None
+        self.module = module
+        self.desc = desc or module.attributes.get(DEVICE_ATTR_NAME) or E150
+        self.device = Device(self.desc)
+        self.device_weights = dict(device_weights)
+        self.step_budget = step_budget
+        self.profile: list[ProgramProfile] = []
+        self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run @main on host inputs named by "ttir.name"; returns the named outputs."""
+        values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
+        self.profile = []
+        try:
+            for op in self.main.body.ops:
+                if op.name == "func.return":
+                    return self._outputs(op, values)
+                run = HOST_OPS.get(op.name)
+                if run is None:
+                    raise UserError(f"cannot execute '{op.name}' in @main: the host schedule holds only "
+                                    f"{', '.join(sorted(HOST_OPS))} and func.return")
+                try:
+                    run(self, op, values)
+                except Fault as fault:
+                    raise _host_fault(fault, op) from None
+        finally:
+            self._free_all()
+        raise UserError("@main does not end with func.return")
+
+    def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        names = [self.main.arg_attrs(i).get("ttir.name", f"arg{i}") for i in range(len(self.main.args))]
+        missing = [name for name in names if name not in inputs]
+        if missing:
+            raise UserError(f"missing input(s) {', '.join(repr(n) for n in missing)} "
+                            f"(the model takes {', '.join(repr(n) for n in names)})")
+        arrays = []
+        for name, arg in zip(names, self.main.args, strict=True):
+            array = np.asarray(inputs[name])
+            assert isinstance(arg.type, TensorType)
+            if array.shape != arg.type.shape:
+                raise UserError(f"input '{name}' has shape {list(array.shape)}, the model expects "
+                                f"{list(arg.type.shape)}")
+            arrays.append(array)
+        return arrays
+
+    def _outputs(self, op: Operation, values: dict[Value, Any]) -> dict[str, np.ndarray]:
+        outputs = {}
+        for i, value in enumerate(op.operands):
+            name = self.main.res_attrs(i).get("ttir.name", f"result{i}")
+            result = values[value]
+            if isinstance(result, DeviceBuffer):
+                raise UserError(f"output '{name}' is a device buffer: the schedule must read_buffer it first")
+            outputs[name] = result
+        return outputs
+
+    def _free_all(self) -> None:
+        for buffer in self._live.values():
+            buffer.memory.free(buffer.alloc.address)
+        self._live = {}
+
+    def buffer(self, values: dict[Value, Any], value: Value) -> DeviceBuffer:
+        buffer = values.get(value)
+        if not isinstance(buffer, DeviceBuffer) or self._live.get(buffer.key) is not buffer:
+            raise Fault("the buffer operand is not a live device buffer (deallocated or never created)")
+        return buffer
+
+
+def _host_fault(fault: Fault, op: Operation) -> DeviceFault:
+    names = op.loc.names()
+    nodes = ", ".join(f'"{n}"' for n in names) if names else "unknown"
+    return DeviceFault(f"device fault: {fault.what}\n  in host op {op.name}, ONNX node(s) {nodes}")
+
+
+def _layout(value: Value) -> tuple[TensorType, LayoutAttr]:
+    ttype = value.type
+    if not isinstance(ttype, TensorType) or not isinstance(ttype.encoding, LayoutAttr):
+        raise UserError(f"{ttype} is not a device buffer type (a tensor with #tt.layout)")
+    return ttype, ttype.encoding
+
+
+def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
+    """Device values (float32 or int32) -> the host result's element type (float32, ints or bool)."""
+    element = ttype.element_type
+    if element.is_float:
+        return array.astype(np.float32)
+    if element.name == "i1":
+        return array != 0
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    return array.astype(element.numpy_dtype())
+
+
+# ----------------------------------------------------------------------------------------------
+# Host ops
+
+
+@host_op("ttmetal.create_buffer")
+def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """Register the buffer at its allocated address (interleaved pages in DRAM or L1)."""
+    ttype, layout = _layout(op.results[0])
+    address = op.attributes.get("address")
+    if address is None:
+        raise Fault(f"create_buffer of {ttype} has no address: the program was not allocated "
+                    "(run the allocate pass)")
+    if layout.memory_layout != "interleaved":
+        raise UserError(f"the emulator supports interleaved buffers only, not {layout.memory_layout} ({ttype})")
+    memory = ex.device.memory(str(layout.memory_space))
+    try:
+        pages = num_pages(ttype.shape, str(layout.tensor_layout))
+        size = page_size(ttype.shape, ttype.element_type, str(layout.tensor_layout))
+    except ValueError as exc:
+        raise UserError(f"cannot place {ttype} on the device: {exc}") from None
+    alloc = memory.allocate(address, size, pages, f"buffer {ttype}")
+    buffer = DeviceBuffer(ttype, layout, memory, alloc)
+    ex._live[buffer.key] = buffer
+    values[op.results[0]] = buffer
+
+
+@host_op("ttmetal.write_buffer")
+def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """Host tensor -> buffer pages (pad to tiles, tilize, convert to the buffer's format)."""
+    host, buffer = values[op.operands[0]], ex.buffer(values, op.operands[1])
+    pages = tensor_to_pages(np.asarray(host).reshape(buffer.type.shape), buffer.type.element_type,
+                            buffer.tensor_layout)
+    bank, offset = buffer.pages()
+    buffer.memory.write(bank, offset, pages[None])
+
+
+@host_op("ttmetal.write_constant")
+def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """A weight, already packed into pages, -> the buffer; skipped when it is still resident."""
+    buffer = ex.buffer(values, op.operands[0])
+    name = op.attr("value").name
+    data = ex.device_weights.get(name)
+    if data is None:
+        raise UserError(f"weight '{name}' is not among the device weights")
+    expected = (buffer.alloc.num_pages, buffer.alloc.page_size)
+    if np.shape(data) != expected or np.asarray(data).dtype != np.uint8:
+        raise UserError(f"weight '{name}' is {np.asarray(data).dtype} {list(np.shape(data))}, but its buffer "
+                        f"{buffer.type} needs uint8 pages {list(expected)}")
+    start, end = buffer.alloc.address, buffer.alloc.end
+    key = f"constant {name} at {start:#x}"
+    if buffer.memory.is_clean(key, start, end):
+        return
+    bank, offset = buffer.pages()
+    buffer.memory.write(bank, offset, np.asarray(data)[None])
+    buffer.memory.watch(key, start, end)
+
+
+@host_op("ttmetal.enqueue_program")
+def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """Run the program's kernels on its grid; record its profile."""
+    addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
+    ex.profile.append(Program(ex.device, op, addresses, ex.step_budget).run())
+
+
+@host_op("ttmetal.read_buffer")
+def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
+    buffer = ex.buffer(values, op.operands[0])
+    bank, offset = buffer.pages()
+    pages = buffer.memory.read(bank, offset, buffer.alloc.page_size)[0]
+    array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout)
+    result = op.results[0].type
+    assert isinstance(result, TensorType)
+    values[op.results[0]] = _to_host(array, result)
+
+
+@host_op("ttmetal.deallocate")
+def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    buffer = ex.buffer(values, op.operands[0])
+    buffer.memory.free(buffer.alloc.address)
+    del ex._live[buffer.key]

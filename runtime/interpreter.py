@@ -1,0 +1,797 @@
+"""Executes one `ttmetal.enqueue_program`: reader, compute and writer kernels on every core of its grid.
+
+How it runs
+- Lockstep cores. All cores of the grid run the same kernels with static trip counts, so they run
+  together: an `index` value is a Python int (the same on every core) or an int64 array with one
+  entry per core (from `ttkernel.get_arg`); every tile op gathers/scatters the blocks of all cores in
+  one numpy operation. CB counts and pointers and the Dst protocol state depend only on op attributes,
+  so they are the same on every core and are kept once; the data (L1, Dst) is per core.
+- Kernels are cooperative coroutines (generators). An op that cannot proceed (cb_reserve_back with
+  too few free pages, cb_wait_front with too few filled pages) returns a `Blocked` and the kernel
+  yields; the scheduler resumes kernels round-robin until all finish. A round in which no kernel
+  executes an op is a deadlock; a step budget on executed kernel ops catches runaway programs.
+- One handler per ttkernel op in `HANDLERS`; reading a handler tells what the op means.
+
+Conventions fixed here where the dialect is silent
+- Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN,
+  so a kernel that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
+  Acquires alternate between the two halves of Dst (half-sync); one acquire addresses slots 0..7.
+- Unpacking a CB tile into Dst converts to the Dst format, bf16 (RNE): exact for bf16 and block
+  floats, rounding for f32, and int -> float -> bf16 for i32. Packing to an i32 CB truncates.
+- A NoC transfer copies `addrgen.page_size` bytes per page to/from a CB page; the addrgen's format
+  must equal the CB's, and its page must fit in a CB page. Data lands when the op is issued, but a
+  CB with un-barriered reads into it cannot be pushed, and a CB with un-barriered writes out of it
+  cannot be popped (the NoC may still be reading those pages); a kernel may not end with either.
+- `noc_read_tiles_indexed` takes its int32 indices from the first waited page of `index_cb`.
+- Cycles (per core, the same on every core): each compute op costs the descriptor's per-tile cycles
+  (binary add/sub/mul; copy, transpose, fill and mask "datacopy"; reduce-max "add"; SFPU functions
+  by name, see SFPU_COST_KEYS); matmul and reduce-sum cost matmul_cycles_per_phase x fidelity
+  phases per tile-MAC; pack is part of the op costs. NoC bytes per core over noc_bytes_per_cycle;
+  DRAM bytes of all cores over the chip's DRAM bandwidth. A program takes the max of the three.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ttc.ir.attributes import TypeAttr
+from ttc.ir.core import Block, Operation
+from ttc.ir.diagnostics import DeviceFault
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.runtime import numerics
+from ttc.runtime.device import Device, Fault, Memory
+from ttc.runtime.formats import TILE, DataFormat, pack_tiles, unpack_tiles
+from ttc.runtime.layout import data_format
+
+DEFAULT_STEP_BUDGET = 5_000_000
+KERNELS = ("reader", "compute", "writer")
+HALF_DST = 8  # Dst tiles one acquire may use (half-sync double buffering)
+_FOR = "ttkernel.for"
+
+# SFPU functions without their own entry in the descriptor's tile_op_cycles cost like these.
+SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu",
+                  "pow_scalar": "exp"}
+_DEFAULT_SFPU_COST_KEY = "mul"  # one simple SFPU pass (relu, neg, abs, square, *_scalar)
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+
+
+@dataclass
+class CircularBuffer:
+    """One CB: a ring of `pages` slots of `page_size` bytes at `address` in every core's L1.
+
+    `slots` is a view [device cores, pages, page_size] into L1. The counts and pointers are the same
+    on every core (lockstep): `filled` pages were pushed and not popped; the producer has `reserved`
+    pages at the back (from slot `back`), the consumer `waited` pages at the front (from `front`).
+    """
+
+    index: int
+    address: int
+    page_size: int
+    pages: int
+    format: DataFormat | None
+    slots: np.ndarray
+    filled: int = 0
+    reserved: int = 0
+    waited: int = 0
+    front: int = 0
+    back: int = 0
+
+
+@dataclass(frozen=True)
+class AddrGen:
+    """An interleaved address generator: page i of the buffer at `base` in `memory`."""
+
+    base: int | np.ndarray
+    page_size: int
+    memory: Memory
+    format: DataFormat | None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """Why a kernel cannot proceed: it waits in `op` for `want` pages of CB `cb`."""
+
+    op: Operation
+    cb: int
+    want: int
+    what: str  # "free" or "filled"
+
+
+@dataclass
+class Kernel:
+    """One kernel of the program, run on every core: its values, NoC transfers in flight, and state."""
+
+    name: str
+    args: Sequence[Sequence[int]]  # per core, row-major over the grid
+    env: dict[Any, Any] = field(default_factory=dict)
+    op: Operation | None = None  # the op being executed, for fault messages
+    blocked: Blocked | None = None
+    pending_reads: set[int] = field(default_factory=set)  # CBs with un-barriered NoC reads into them
+    pending_writes: set[int] = field(default_factory=set)  # CBs un-barriered NoC writes read from
+
+
+@dataclass(frozen=True)
+class ProgramProfile:
+    """The cost model's record of one program (cycles are per core; DRAM bytes are for all cores)."""
+
+    kind: str
+    nodes: tuple[str, ...]
+    cores: int
+    compute_cycles: int
+    dram_bytes: int
+    noc_bytes: int  # per core
+    dram_cycles: float
+    noc_cycles: float
+    cycles: float
+    bound: str  # "compute", "dram" or "noc"
+    time_us: float
+
+
+Handler = Callable[["Program", Kernel, Operation, dict[str, Any]], Blocked | None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[f"ttkernel.{name}"] = fn
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------------------------
+# The program
+
+
+class Program:
+    """One enqueue_program on a device: set up CBs, run the kernels, account cycles."""
+
+    def __init__(self, device: Device, op: Operation, buffer_addresses: Sequence[int],
+                 step_budget: int = DEFAULT_STEP_BUDGET) -> None:
+        self.device = device
+        self.desc = device.desc
+        self.op = op
+        self.buffer_addresses = list(buffer_addresses)
+        self.step_budget = step_budget
+        self.grid = op.attr("grid")
+        self.cores = self.grid.num_cores
+        self.steps = 0
+        self.compute_cycles = 0
+        self.noc_bytes = 0
+        self.dram_bytes = 0
+        self.cbs: dict[int, CircularBuffer] = {}
+        self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
+        self.dst_state = "released"
+        self.dst_half = 1
+        self.attrs = {inner: _full_attrs(inner) for region in op.regions for inner in _walk(region.blocks[0])}
+        self._arg_cache: dict[tuple[str, int], int | np.ndarray] = {}
+        self.core_index: slice | np.ndarray = slice(0, 0)  # program cores in L1: a slice, or a column
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self) -> ProgramProfile:
+        """Execute the program; raises DeviceFault naming core, kernel, CB, op and ONNX node."""
+        try:
+            self._launch()
+            self._schedule()
+        except Fault as fault:  # a launch fault: kernel faults are already DeviceFaults
+            raise self._device_fault(fault) from None
+        finally:
+            self._release_cbs()
+        return self.profile()
+
+    def _launch(self) -> None:
+        """Place the grid on the device and reserve the CBs in every core's L1 (L1 overflow checks)."""
+        runtime_args = self.op.attr("runtime_args")
+        if len(self.op.regions) != len(KERNELS) or len(runtime_args) != len(KERNELS) \
+                or any(len(per_kernel) != self.cores for per_kernel in runtime_args):
+            raise Fault("a program needs 3 kernels (reader, compute, writer) and runtime_args with one tuple "
+                        "per core of its grid for each of them")
+        ids = self.device.core_ids(self.grid.x, self.grid.y)
+        lo = int(ids[0])
+        contiguous = np.array_equal(ids, np.arange(lo, lo + len(ids)))
+        self.core_index = slice(lo, lo + len(ids)) if contiguous else ids[:, None]
+        self._configure_cbs(self.op.attr("cbs"))
+
+    def _schedule(self) -> None:
+        """Round-robin over the kernels until all finish; a round without progress is a deadlock."""
+        runtime_args = self.op.attr("runtime_args")
+        kernels = [Kernel(name, runtime_args[i]) for i, name in enumerate(KERNELS)]
+        running = {k.name: self._run_block(k, self.op.regions[i].blocks[0]) for i, k in enumerate(kernels)}
+        live = list(kernels)
+        while live:
+            steps, progressed = self.steps, False
+            for kernel in list(live):
+                try:
+                    kernel.blocked = next(running[kernel.name], None)
+                    if kernel.blocked is None:  # the kernel ran to its end
+                        live.remove(kernel)
+                        progressed = True
+                        self._finish(kernel)
+                except Fault as fault:
+                    raise self._device_fault(fault, kernel, kernel.op) from None
+            if live and not progressed and self.steps == steps:
+                raise self._deadlock(live)
+
+    def _run_block(self, kernel: Kernel, block: Block) -> Iterator[Blocked]:
+        """Run a block's ops; yields while an op is blocked (the op is retried on resume)."""
+        for op in block.ops:
+            kernel.op = op
+            self.steps += 1
+            if self.steps > self.step_budget:
+                raise Fault(f"runaway program: more than {self.step_budget} kernel ops executed "
+                            f"(the step budget)")
+            attrs = self.attrs[op]
+            if op.name == _FOR:
+                body = op.regions[0].blocks[0]
+                for iv in range(attrs["lower"], attrs["upper"], attrs["step"]):
+                    kernel.env[body.args[0]] = iv
+                    yield from self._run_block(kernel, body)
+                continue
+            run = HANDLERS.get(op.name)
+            if run is None:
+                raise Fault(f"'{op.name}' is not a kernel op the device can execute")
+            while (blocked := run(self, kernel, op, attrs)) is not None:
+                yield blocked
+                kernel.op = op
+
+    def _finish(self, kernel: Kernel) -> None:
+        """A kernel ended: its NoC writes must have completed and Dst must be released."""
+        kernel.op = None
+        if kernel.pending_writes:
+            cb = min(kernel.pending_writes)
+            raise Fault(f"the kernel ended with NoC writes from CB {cb} not completed "
+                        "(missing noc_write_barrier)", cb=cb)
+        if kernel.name == "compute" and self.dst_state != "released":
+            raise Fault(f"the kernel ended with Dst {self.dst_state} (missing tile_regs_release)")
+
+    # -- circular buffers ---------------------------------------------------------------------
+
+    def _configure_cbs(self, configs: Sequence[CBConfigAttr]) -> None:
+        l1 = self.device.l1
+        for config in configs:
+            index = config.index
+            if not 0 <= index < self.desc.num_cbs:
+                raise Fault(f"CB index {index} is outside 0..{self.desc.num_cbs - 1}", cb=index)
+            if index in self.cbs:
+                raise Fault(f"CB {index} is configured twice", cb=index)
+            if config.address is None:
+                raise Fault(f"L1 overflow: CB {index} has no address (the program was not allocated)", cb=index)
+            if config.page_size <= 0 or config.pages <= 0:
+                raise Fault(f"CB {index} has {config.pages} pages of {config.page_size} bytes", cb=index)
+            fmt = _format_of(config.format)
+            try:
+                l1.reserve(config.address, config.size, f"CB {index}")
+            except Fault as fault:
+                raise Fault(f"L1 overflow: {fault.what}", cb=index) from None
+            view = l1.data[:, config.address: config.address + config.size]
+            slots = view.reshape(l1.banks, config.pages, config.page_size)
+            self.cbs[index] = CircularBuffer(index, config.address, config.page_size, config.pages, fmt, slots)
+
+    def _release_cbs(self) -> None:
+        for cb in self.cbs.values():
+            self.device.l1.free(cb.address)
+        self.cbs = {}
+
+    def cb(self, index: int) -> CircularBuffer:
+        cb = self.cbs.get(index)
+        if cb is None:
+            raise Fault(f"CB {index} is not configured by the program", cb=index)
+        return cb
+
+    def front_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+        """Ring slots of pages `offsets` in the consumer's waited window."""
+        _check_window(cb, offsets, cb.waited, "waited at the front")
+        return (cb.front + offsets) % cb.pages
+
+    def back_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+        """Ring slots of pages `offsets` in the producer's reserved window."""
+        _check_window(cb, offsets, cb.reserved, "reserved at the back")
+        return (cb.back + offsets) % cb.pages
+
+    def get_pages(self, cb: CircularBuffer, slots: np.ndarray) -> np.ndarray:
+        """Bytes [cores, n, page_size] of CB slots on every core of the program."""
+        return cb.slots[self._cb_index(slots)]
+
+    def put_pages(self, cb: CircularBuffer, slots: np.ndarray, data: np.ndarray) -> None:
+        """Write data [cores, n, m <= page_size] into the first m bytes of CB slots."""
+        cb.slots[(*self._cb_index(slots), slice(0, data.shape[-1]))] = data
+
+    def _cb_index(self, slots: np.ndarray) -> tuple[slice | np.ndarray, slice | np.ndarray]:
+        """Index of (program cores, CB slots): slices where possible, so reads are views."""
+        if isinstance(self.core_index, slice):
+            return self.core_index, _compact(slots)
+        return self.core_index, slots  # cores [C, 1] broadcast against slots [n]
+
+    def unpack_front(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+        """Tiles [cores, n, 32, 32] at waited-window offsets, unpacked to Dst values (bf16)."""
+        fmt = _tile_format(cb)
+        tiles = unpack_tiles(self.get_pages(cb, self.front_slots(cb, offsets)), fmt)
+        if fmt in (DataFormat.FLOAT32, DataFormat.INT32):
+            return numerics.bf16_round(tiles)
+        return tiles
+
+    # -- Dst ------------------------------------------------------------------------------------
+
+    def math_slots(self, first: int, count: int) -> slice:
+        """Dst tiles first..first+count-1 of the current acquire, for a math op."""
+        if self.dst_state != "acquired":
+            raise Fault(f"a math op writes Dst while Dst is {self.dst_state} "
+                        "(math runs between tile_regs_acquire and tile_regs_commit)")
+        return self.dst_slots(first, count)
+
+    def dst_slots(self, first: int, count: int) -> slice:
+        if first < 0 or first + count > HALF_DST:
+            raise Fault(f"Dst slots {first}..{first + count - 1} are outside the {HALF_DST} tiles one "
+                        f"acquire owns (0..{HALF_DST - 1})")
+        base = self.dst_half * HALF_DST
+        return slice(base + first, base + first + count)
+
+    def dst_transition(self, expected: str, new: str, op: str) -> None:
+        if self.dst_state != expected:
+            raise Fault(f"Dst protocol violation: {op} while Dst is {self.dst_state} (expected {expected})")
+        self.dst_state = new
+
+    # -- runtime arguments and accounting -----------------------------------------------------
+
+    def runtime_arg(self, kernel: Kernel, index: int) -> int | np.ndarray:
+        key = (kernel.name, index)
+        if key not in self._arg_cache:
+            short = np.array([len(args) <= index for args in kernel.args])
+            if short.any():
+                raise Fault(f"runtime argument {index} is missing", cores=short)
+            values = np.array([args[index] for args in kernel.args], dtype=np.int64)
+            self._arg_cache[key] = int(values[0]) if (values == values[0]).all() else values
+        return self._arg_cache[key]
+
+    def count_compute(self, key: str, tiles: int) -> None:
+        self.compute_cycles += self.desc.tile_op_cycles[key] * tiles
+
+    def count_matmul(self, tile_macs: int, fidelity: str) -> None:
+        phases = numerics.MathFidelity.parse(fidelity).phases
+        self.compute_cycles += self.desc.matmul_cycles_per_phase * phases * tile_macs
+
+    def count_noc(self, gen: AddrGen, pages: int) -> None:
+        nbytes = pages * gen.page_size
+        self.noc_bytes += nbytes
+        if gen.memory is self.device.dram:
+            self.dram_bytes += nbytes * self.cores
+
+    def profile(self) -> ProgramProfile:
+        dram = self.dram_bytes / self.desc.dram_bytes_per_cycle
+        noc = self.noc_bytes / self.desc.noc_bytes_per_cycle
+        costs = {"compute": float(self.compute_cycles), "dram": dram, "noc": noc}
+        bound = max(costs, key=lambda k: costs[k])
+        return ProgramProfile(self.op.attr("kind"), self.op.loc.names(), self.cores, self.compute_cycles,
+                              self.dram_bytes, self.noc_bytes, dram, noc, costs[bound], bound,
+                              costs[bound] / self.desc.clock_mhz)
+
+    # -- faults ---------------------------------------------------------------------------------
+
+    def _device_fault(self, fault: Fault, kernel: Kernel | None = None, op: Operation | None = None) -> DeviceFault:
+        where = [f"core {self._cores_text(fault.cores)}"]
+        if kernel is not None:
+            where.append(f"{kernel.name} kernel")
+        if fault.cb is not None:
+            where.append(f"CB {fault.cb}")
+        if op is not None:
+            where.append(f"op {op.name}")
+        return DeviceFault(f"device fault: {fault.what}\n  at {', '.join(where)}\n  in {self._program_text()}")
+
+    def _deadlock(self, live: list[Kernel]) -> DeviceFault:
+        lines = []
+        for kernel in live:
+            blocked = kernel.blocked
+            assert blocked is not None
+            cb = self.cbs[blocked.cb]
+            lines.append(f"  {kernel.name} kernel on core {self._cores_text(None)}: {blocked.op.name} waits for "
+                         f"{blocked.want} {blocked.what} page(s) of CB {blocked.cb} ({cb.filled} of "
+                         f"{cb.pages} filled)")
+        return DeviceFault("device fault: deadlock: no kernel on any core can make progress\n"
+                           + "\n".join(lines) + f"\n  in {self._program_text()}")
+
+    def _cores_text(self, cores: np.ndarray | None) -> str:
+        mask = np.ones(self.cores, dtype=bool) if cores is None else np.asarray(cores, dtype=bool)
+        first = int(np.argmax(mask))
+        more = int(mask.sum()) - 1
+        text = f"({first % self.grid.x},{first // self.grid.x})"
+        return text + (f" and {more} more cores" if more > 1 else " and 1 more core" if more == 1 else "")
+
+    def _program_text(self) -> str:
+        names = self.op.loc.names()
+        kind = self.op.attr("kind")
+        nodes = ", ".join(f'"{n}"' for n in names) if names else "unknown"
+        return f"program {kind + ' ' if kind else ''}on a {self.grid.x}x{self.grid.y} grid, ONNX node(s) {nodes}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _walk(block: Block) -> Iterator[Operation]:
+    for op in block.ops:
+        yield from op.walk()
+
+
+def _full_attrs(op: Operation) -> dict[str, Any]:
+    """The op's attributes with the declared defaults filled in (looked up once per op)."""
+    opdef = op.opdef
+    attrs = {d.name: d.default for d in opdef.attributes if not d.required} if opdef else {}
+    attrs.update(op.attributes)
+    return attrs
+
+
+def _format_of(attr: TypeAttr | None) -> DataFormat | None:
+    if attr is None:
+        return None
+    try:
+        return data_format(attr.type)
+    except ValueError as exc:
+        raise Fault(str(exc)) from None
+
+
+def _tile_format(cb: CircularBuffer) -> DataFormat:
+    """The CB's format, checked to hold whole tiles (compute ops work on tiles)."""
+    if cb.format is None:
+        raise Fault(f"CB {cb.index} has no data format", cb=cb.index)
+    if cb.page_size != cb.format.tile_bytes:
+        raise Fault(f"CB {cb.index} pages are {cb.page_size} bytes, not {cb.format} tiles "
+                    f"({cb.format.tile_bytes} bytes)", cb=cb.index)
+    return cb.format
+
+
+def _check_window(cb: CircularBuffer, offsets: np.ndarray, window: int, what: str) -> None:
+    bad = (offsets < 0) | (offsets >= window)
+    if bad.any():
+        raise Fault(f"page offset {int(offsets[np.argmax(bad)])} of CB {cb.index} is outside the {window} "
+                    f"page(s) {what}", cb=cb.index)
+
+
+def _compact(slots: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive slots as a slice (a view, no copy); anything else as is."""
+    n = len(slots)
+    if n and slots[-1] - slots[0] == n - 1 and (n < 3 or (np.diff(slots) == 1).all()):
+        return slice(int(slots[0]), int(slots[0]) + n)
+    return slots
+
+
+def tile_block(offset: int, rows: int, cols: int, row_stride: int, col_stride: int) -> np.ndarray:
+    """tile(r, c) = offset + r * row_stride + c * col_stride, row-major over the block."""
+    return (offset + np.arange(rows)[:, None] * row_stride + np.arange(cols)[None, :] * col_stride).ravel()
+
+
+def _per_core(program: Program, start: int | np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """Pages [cores, n]: each core's start (int or per-core) plus relative page numbers."""
+    pages = np.asarray(start, dtype=np.int64).reshape(-1, 1) + relative[None, :]
+    return np.broadcast_to(pages, (program.cores, len(relative)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scalars
+
+
+@handler("get_arg")
+def get_arg(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """This core's runtime argument #index: runtime_args[kernel][core][index]."""
+    k.env[op.results[0]] = p.runtime_arg(k, a["index"])
+
+
+@handler("constant")
+def constant(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.env[op.results[0]] = a["value"]
+
+
+@handler("buffer_address")
+def buffer_address(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """The allocated address of the program's buffer operand #operand."""
+    index = a["operand"]
+    if not 0 <= index < len(p.buffer_addresses):
+        raise Fault(f"buffer operand #{index} does not exist (the program has {len(p.buffer_addresses)})")
+    k.env[op.results[0]] = p.buffer_addresses[index]
+
+
+@handler("addi")
+def addi(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.env[op.results[0]] = k.env[op.operands[0]] + k.env[op.operands[1]]
+
+
+@handler("muli")
+def muli(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.env[op.results[0]] = k.env[op.operands[0]] * k.env[op.operands[1]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Circular buffers
+
+
+@handler("cb_reserve_back")
+def cb_reserve_back(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Blocked | None:
+    """Producer: wait for `pages` free pages at the back; they become the reserved window."""
+    cb, n = p.cb(a["cb"]), a["pages"]
+    if n > cb.pages:
+        raise Fault(f"cb_reserve_back of {n} pages: CB {cb.index} has only {cb.pages} pages", cb=cb.index)
+    if cb.pages - cb.filled < n:
+        return Blocked(op, cb.index, n, "free")
+    cb.reserved = max(cb.reserved, n)
+    return None
+
+
+@handler("cb_push_back")
+def cb_push_back(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Producer: hand `pages` pages from the reserved window to the consumer."""
+    cb, n = p.cb(a["cb"]), a["pages"]
+    if n > cb.reserved:
+        raise Fault(f"cb_push_back of {n} pages but only {cb.reserved} are reserved", cb=cb.index)
+    if cb.index in k.pending_reads:
+        raise Fault(f"cb_push_back of CB {cb.index} while NoC reads into it have not completed "
+                    "(missing noc_read_barrier)", cb=cb.index)
+    cb.filled += n
+    cb.reserved -= n
+    cb.back = (cb.back + n) % cb.pages
+
+
+@handler("cb_wait_front")
+def cb_wait_front(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Blocked | None:
+    """Consumer: wait for `pages` filled pages at the front; they become the waited window."""
+    cb, n = p.cb(a["cb"]), a["pages"]
+    if n > cb.pages:
+        raise Fault(f"cb_wait_front for {n} pages: CB {cb.index} has only {cb.pages} pages", cb=cb.index)
+    if cb.filled < n:
+        return Blocked(op, cb.index, n, "filled")
+    cb.waited = max(cb.waited, n)
+    return None
+
+
+@handler("cb_pop_front")
+def cb_pop_front(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Consumer: free `pages` pages from the front of the waited window."""
+    cb, n = p.cb(a["cb"]), a["pages"]
+    if n > cb.waited:
+        raise Fault(f"cb_pop_front of {n} pages but only {cb.waited} were waited for", cb=cb.index)
+    if cb.index in k.pending_writes:
+        raise Fault(f"cb_pop_front of CB {cb.index} while NoC writes from it have not completed "
+                    "(missing noc_write_barrier)", cb=cb.index)
+    cb.filled -= n
+    cb.waited -= n
+    cb.front = (cb.front + n) % cb.pages
+
+
+# ----------------------------------------------------------------------------------------------
+# Data movement
+
+
+@handler("addrgen")
+def addrgen(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    memory = p.device.memory(a["memory"])
+    k.env[op.results[0]] = AddrGen(k.env[op.operands[0]], a["page_size"], memory, _format_of(a["format"]))
+
+
+def _check_noc(gen: AddrGen, cb: CircularBuffer) -> None:
+    if gen.format is not None and cb.format is not None and gen.format != cb.format:
+        raise Fault(f"the buffer's format {gen.format} differs from CB {cb.index}'s format {cb.format}",
+                    cb=cb.index)
+    if gen.page_size > cb.page_size:
+        raise Fault(f"buffer pages of {gen.page_size} bytes do not fit CB {cb.index}'s "
+                    f"{cb.page_size}-byte pages", cb=cb.index)
+
+
+def _locate(gen: AddrGen, pages: np.ndarray, access: str, cb: CircularBuffer) -> tuple[np.ndarray, np.ndarray]:
+    """(bank, offset) of buffer pages [cores, n]; an out-of-bounds page is a fault naming the CB."""
+    try:
+        return gen.memory.locate(gen.base, pages, gen.page_size, access)
+    except Fault as fault:
+        fault.cb = cb.index
+        raise
+
+
+def _read_into_cb(p: Program, k: Kernel, gen: AddrGen, pages: np.ndarray, cb: CircularBuffer,
+                  cb_offset: int) -> None:
+    """NoC read of buffer pages [cores, n] into the reserved back of cb from page cb_offset."""
+    slots = p.back_slots(cb, cb_offset + np.arange(pages.shape[1]))
+    _check_noc(gen, cb)
+    bank, offset = _locate(gen, pages, "read", cb)
+    p.put_pages(cb, slots, gen.memory.read(bank, offset, gen.page_size))
+    k.pending_reads.add(cb.index)
+    p.count_noc(gen, pages.shape[1])
+
+
+@handler("noc_read_tiles")
+def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Tiles tile(r, c) (from `start`) of the buffer -> reserved back pages of cb, row-major."""
+    gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
+    tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
+    _read_into_cb(p, k, gen, _per_core(p, start, tiles), p.cb(a["cb"]), a["cb_offset"])
+
+
+@handler("noc_read_pages")
+def noc_read_pages(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Whole pages start..start+count-1 (e.g. rows of an index table) -> reserved back pages of cb."""
+    gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
+    _read_into_cb(p, k, gen, _per_core(p, start, np.arange(a["count"])), p.cb(a["cb"]), a["cb_offset"])
+
+
+@handler("noc_read_tiles_indexed")
+def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Gather tiles whose indices are int32 values in the first waited page of index_cb (-1 - i: tile i)."""
+    gen = k.env[op.operands[0]]
+    index_cb, first, count = p.cb(a["index_cb"]), a["index_offset"], a["count"]
+    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    if first < 0 or (first + count) * 4 > index_cb.page_size:
+        raise Fault(f"indices {first}..{first + count - 1} are outside the {index_cb.page_size // 4} int32 "
+                    f"values of a page of CB {index_cb.index}", cb=index_cb.index)
+    indices = np.ascontiguousarray(page[:, first * 4: (first + count) * 4]).view("<i4").astype(np.int64)
+    _read_into_cb(p, k, gen, np.where(indices < 0, -1 - indices, indices), p.cb(a["cb"]), a["cb_offset"])
+
+
+@handler("noc_write_tiles")
+def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Waited front pages of cb (from cb_offset, row-major) -> tiles tile(r, c) of the buffer."""
+    gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
+    cb = p.cb(a["cb"])
+    tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
+    slots = p.front_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    _check_noc(gen, cb)
+    bank, offset = _locate(gen, _per_core(p, start, tiles), "write", cb)
+    gen.memory.write(bank, offset, p.get_pages(cb, slots)[..., : gen.page_size])
+    k.pending_writes.add(cb.index)
+    p.count_noc(gen, len(tiles))
+
+
+@handler("noc_read_barrier")
+def noc_read_barrier(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.pending_reads.clear()
+
+
+@handler("noc_write_barrier")
+def noc_write_barrier(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.pending_writes.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Dst ownership
+
+
+@handler("tile_regs_acquire")
+def tile_regs_acquire(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Math takes the other half of Dst; its contents are undefined (NaN here)."""
+    p.dst_transition("released", "acquired", "tile_regs_acquire")
+    p.dst_half ^= 1
+    p.dst[:, p.dst_slots(0, HALF_DST)] = np.nan
+
+
+@handler("tile_regs_commit")
+def tile_regs_commit(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    p.dst_transition("acquired", "committed", "tile_regs_commit")
+
+
+@handler("tile_regs_wait")
+def tile_regs_wait(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    p.dst_transition("committed", "waited", "tile_regs_wait")
+
+
+@handler("tile_regs_release")
+def tile_regs_release(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    p.dst_transition("waited", "released", "tile_regs_release")
+
+
+# ----------------------------------------------------------------------------------------------
+# Compute
+
+
+def _operand_tiles(p: Program, a: dict[str, Any], cb_key: str, prefix: str) -> np.ndarray:
+    """The block of tiles [cores, rows*cols, 32, 32] an op reads from a CB's waited window."""
+    tiles = tile_block(a[f"{prefix}offset"], a["rows"], a["cols"], a[f"{prefix}row_stride"],
+                       a[f"{prefix}col_stride"])
+    return p.unpack_front(p.cb(a[cb_key]), tiles)
+
+
+@handler("copy_tiles")
+def copy_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot(r, c) = tile(r, c) of cb (unpack + datacopy)."""
+    slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
+    p.dst[:, slots] = _operand_tiles(p, a, "cb", "")
+    p.count_compute("datacopy", a["rows"] * a["cols"])
+
+
+@handler("transpose_tiles")
+def transpose_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot(r, c) = tile(r, c) of cb transposed within the tile."""
+    slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
+    p.dst[:, slots] = _operand_tiles(p, a, "cb", "").swapaxes(-1, -2)
+    p.count_compute("datacopy", a["rows"] * a["cols"])
+
+
+_BROADCAST = {"none": np.s_[...], "row": np.s_[..., 0:1, :], "col": np.s_[..., :, 0:1],
+              "scalar": np.s_[..., 0:1, 0:1]}
+
+
+@handler("binary_tiles")
+def binary_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot(r, c) = A(r, c) op B(r, c) on the FPU (bf16), B broadcast inside its tile per bcast."""
+    slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
+    lhs = _operand_tiles(p, a, "cb_a", "a_")
+    rhs = _operand_tiles(p, a, "cb_b", "b_")[_BROADCAST[a["bcast"]]]
+    p.dst[:, slots] = numerics.eltwise_binary(lhs, rhs, a["op"])
+    p.count_compute(a["op"], a["rows"] * a["cols"])
+
+
+@handler("matmul_tiles")
+def matmul_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot(r, c) += sum over k of A(r, k) @ B(k, c), accumulating in the 16-bit Dst."""
+    rows, cols, inner = a["rows"], a["cols"], a["inner"]
+    slots = p.math_slots(a["dst"], rows * cols)
+    lhs = p.unpack_front(p.cb(a["cb_a"]), tile_block(a["a_offset"], rows, inner, a["a_row_stride"], 1))
+    rhs = p.unpack_front(p.cb(a["cb_b"]), tile_block(a["b_offset"], inner, cols, a["b_row_stride"], 1))
+    acc = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
+    out = numerics.matmul_block_accumulate(acc, lhs.reshape(p.cores, rows, inner, TILE, TILE),
+                                           rhs.reshape(p.cores, inner, cols, TILE, TILE), a["fidelity"])
+    p.dst[:, slots] = out.reshape(p.cores, rows * cols, TILE, TILE)
+    p.count_matmul(rows * cols * inner, a["fidelity"])
+
+
+@handler("reduce_tiles")
+def reduce_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot dst accumulates the reduction (sum via the matmul unit, or max) of the block's tiles."""
+    slot = p.math_slots(a["dst"], 1)
+    tiles = _operand_tiles(p, a, "cb", "")
+    p.dst[:, slot] = numerics.reduce_block(p.dst[:, slot][:, 0], tiles, a["dim"], a["kind"], a["scaler"],
+                                           a["fidelity"])[:, None]
+    if a["kind"] == "sum":
+        p.count_matmul(tiles.shape[1], a["fidelity"])
+    else:
+        p.count_compute("add", tiles.shape[1])
+
+
+@handler("sfpu_tiles")
+def sfpu_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slots dst.. = fn(slot) in place (float32 math, rounded to bf16)."""
+    slots = p.math_slots(a["dst"], a["count"])
+    p.dst[:, slots] = numerics.sfpu_unary(p.dst[:, slots], a["fn"], a["param"])
+    cost = a["fn"] if a["fn"] in p.desc.tile_op_cycles else SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY)
+    p.count_compute(cost, a["count"])
+
+
+@handler("fill_tiles")
+def fill_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slots dst.. = value (as bf16)."""
+    slots = p.math_slots(a["dst"], a["count"])
+    p.dst[:, slots] = numerics.bf16_round(np.float32(a["value"]))
+    p.count_compute("datacopy", a["count"])
+
+
+@handler("mask_tiles")
+def mask_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Padding elements (tensor row >= valid_rows or column >= valid_cols) of Dst slot(r, c) = fill.
+
+    A select, not a multiply: padding becomes `fill` even where the data is NaN or inf.
+    """
+    rows, cols = a["rows"], a["cols"]
+    slots = p.math_slots(a["dst"], rows * cols)
+    row_tile = np.asarray(k.env[op.operands[0]], dtype=np.int64).reshape(-1, 1, 1, 1, 1)
+    col_tile = np.asarray(k.env[op.operands[1]], dtype=np.int64).reshape(-1, 1, 1, 1, 1)
+    row = (row_tile + np.arange(rows).reshape(1, rows, 1, 1, 1)) * TILE + np.arange(TILE).reshape(1, 1, 1, TILE, 1)
+    col = (col_tile + np.arange(cols).reshape(1, 1, cols, 1, 1)) * TILE + np.arange(TILE).reshape(1, 1, 1, 1, TILE)
+    padding = (row >= a["valid_rows"]) | (col >= a["valid_cols"])
+    block = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
+    fill = numerics.bf16_round(np.float32(a["fill"]))
+    p.dst[:, slots] = np.where(padding, fill, block).reshape(p.cores, rows * cols, TILE, TILE)
+    p.count_compute("datacopy", rows * cols)
+
+
+@handler("pack_tiles")
+def pack_tiles_(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slots dst.. -> reserved back pages of cb from cb_offset, converted to the CB's format."""
+    if p.dst_state != "waited":
+        raise Fault(f"pack_tiles while Dst is {p.dst_state} (pack runs between tile_regs_wait and "
+                    "tile_regs_release)")
+    cb, count = p.cb(a["cb"]), a["count"]
+    slots = p.dst_slots(a["dst"], count)
+    pages = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    p.put_pages(cb, pages, pack_tiles(p.dst[:, slots], _tile_format(cb)))

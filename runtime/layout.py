@@ -1,0 +1,115 @@
+"""Host <-> device tensor conversion: a logical tensor to the pages of a device buffer and back.
+
+The compiler packs weights with `tensor_to_pages`; the executor uses both directions at the
+host<->device edge (`ttmetal.write_buffer` / `read_buffer`).
+
+Tile layout: the last two dims are zero-padded to multiples of 32 (rank 1 `[N]` is `[1, N]`, rank 0
+is `[1, 1]`); leading dims are batch. Pages are tiles in row-major order over (batch..., row tiles,
+col tiles), each packed in face order by `formats.pack_tiles` (bf16, bfp8_b, bfp4_b, f32, i32).
+
+Row-major layout (int32 index tables): one page per row of the last dim, the row's values packed
+little-endian back to back (page size = row length x element bytes, unpadded); rank 0 and rank 1
+tensors are a single page.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from ttc.ir.types import ScalarType
+from ttc.runtime.formats import TILE, DataFormat, pack_tiles, tilize, to_bfloat16, unpack_tiles, untilize
+
+TENSOR_LAYOUTS = ("tile", "row_major")
+_ROW_MAJOR_DTYPES = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", DataFormat.INT32: "<i4"}
+
+
+def data_format(element_type: ScalarType | str) -> DataFormat:
+    """The device data format of an element type (f32, bf16, bfp8_b, bfp4_b, i32)."""
+    name = element_type.name if isinstance(element_type, ScalarType) else str(element_type)
+    try:
+        return DataFormat.parse(name)
+    except ValueError:
+        raise ValueError(f"'{name}' is not a device data format "
+                         f"(one of {', '.join(f.value for f in DataFormat)})") from None
+
+
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int, int]:
+    """(batch dims, rows, cols) of a tensor in tile layout."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return (), 1, 1
+    if len(shape) == 1:
+        return (), 1, shape[0]
+    return shape[:-2], shape[-2], shape[-1]
+
+
+def _check_layout(tensor_layout: str) -> None:
+    if tensor_layout not in TENSOR_LAYOUTS:
+        raise ValueError(f"unknown tensor layout '{tensor_layout}' (one of {', '.join(TENSOR_LAYOUTS)})")
+
+
+def num_pages(shape: tuple[int, ...], tensor_layout: str = "tile") -> int:
+    """Pages of a buffer holding a tensor of logical `shape`: tiles, or rows for row-major."""
+    _check_layout(tensor_layout)
+    if tensor_layout == "row_major":
+        return prod(shape[:-1]) if len(shape) > 1 else 1
+    batch, rows, cols = _matrix_shape(shape)
+    return prod(batch) * -(-rows // TILE) * -(-cols // TILE)
+
+
+def page_size(shape: tuple[int, ...], element_type: ScalarType | str, tensor_layout: str = "tile") -> int:
+    """Bytes per page: one tile in the data format, or one row for row-major."""
+    _check_layout(tensor_layout)
+    fmt = data_format(element_type)
+    if tensor_layout == "tile":
+        return fmt.tile_bytes
+    if fmt not in _ROW_MAJOR_DTYPES:
+        raise ValueError(f"{fmt} has no row-major layout (block floats exist only as tiles)")
+    row = shape[-1] if shape else 1
+    return row * np.dtype(_ROW_MAJOR_DTYPES[fmt]).itemsize
+
+
+def _host_values(array: np.ndarray, fmt: DataFormat) -> np.ndarray:
+    """Cast to what the format stores: int32 for i32, float32 otherwise."""
+    return np.asarray(array).astype(np.int32 if fmt is DataFormat.INT32 else np.float32)
+
+
+def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
+                    tensor_layout: str = "tile") -> np.ndarray:
+    """A host tensor -> uint8 [num_pages, page_size], the bytes of its device buffer."""
+    _check_layout(tensor_layout)
+    fmt = data_format(element_type)
+    values = _host_values(array, fmt)
+    shape = values.shape
+    size = page_size(shape, element_type, tensor_layout)
+    if tensor_layout == "row_major":
+        raw = to_bfloat16(values).view(np.uint16) if fmt is DataFormat.BFLOAT16 else values
+        raw = np.ascontiguousarray(raw.astype(_ROW_MAJOR_DTYPES[fmt]))
+        return raw.view(np.uint8).reshape(num_pages(shape, tensor_layout), size)
+    batch, rows, cols = _matrix_shape(shape)
+    tiles = tilize(values.reshape(*batch, rows, cols), pad_value=0)
+    return pack_tiles(tiles.reshape(-1, TILE, TILE), fmt).reshape(-1, size)
+
+
+def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: ScalarType | str,
+                    tensor_layout: str = "tile") -> np.ndarray:
+    """uint8 pages of a device buffer -> the logical tensor (float32, or int32 for i32)."""
+    _check_layout(tensor_layout)
+    fmt = data_format(element_type)
+    shape = tuple(shape)
+    expected = (num_pages(shape, tensor_layout), page_size(shape, element_type, tensor_layout))
+    pages = np.asarray(pages, dtype=np.uint8)
+    if pages.shape != expected:
+        raise ValueError(f"pages of shape {pages.shape} do not hold a {fmt} tensor {list(shape)} "
+                         f"in {tensor_layout} layout ({expected[0]} pages of {expected[1]} bytes)")
+    if tensor_layout == "row_major":
+        raw = np.ascontiguousarray(pages).view(_ROW_MAJOR_DTYPES[fmt])
+        if fmt is DataFormat.BFLOAT16:
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        out = raw.astype(np.int32 if fmt is DataFormat.INT32 else np.float32)
+        return out.reshape(shape)
+    batch, rows, cols = _matrix_shape(shape)
+    tiles = unpack_tiles(pages, fmt).reshape(*batch, -(-rows // TILE), -(-cols // TILE), TILE, TILE)
+    return untilize(tiles, shape=(rows, cols)).reshape(shape)

@@ -1,0 +1,88 @@
+"""allocate: DRAM bottom-up in lockstep, L1 top-down, reuse by liveness, CBs from l1_reserved, peaks,
+and the capacity errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+
+import numpy as np
+import pytest
+from backend_helpers import Graph, compile_graph, dev, programs, run
+
+from ttc.ir import UserError
+from ttc.ir.dialects.tt import E150
+from ttc.passes import PassManager
+from ttc.passes.allocate import DRAM_PEAK, L1_PEAK
+from ttc.passes.footprint import align, bank_share, cb_bytes, in_l1, tensor
+
+EXP = ['%0 = "ttir.exp"(%b0) : ({d}) -> {d} loc("e")', '"ttir.yield"(%0) : ({d}) -> () loc("e")']
+
+
+def chain(shape: tuple[int, ...], length: int, loc: str = "e") -> Graph:
+    g = Graph()
+    value = g.input("x", shape)
+    body = [line.format(d=dev(shape)) for line in EXP]
+    for i in range(length):
+        value = g.op("ttir.eltwise", [value], shape, loc=f"{loc}{i}", body=body)
+    g.output(value, "y")
+    return g
+
+
+def buffers(module) -> list:
+    return [op for op in module.function().body.ops if op.name == "ttmetal.create_buffer"]
+
+
+def test_addresses_liveness_and_peaks() -> None:
+    module = compile_graph(chain((256, 256), 3), pipeline="layout{l1-intermediates=false},grid,lower-to-kernels,"
+                                                          "allocate")
+    created = buffers(module)
+    sizes = [bank_share(tensor(op.result), E150.dram_channels) for op in created]
+    assert sizes == [16384] * 4  # 64 tiles over 8 banks, 2048 bytes each
+    # x at 0, e0 above it; x is freed after e0, so e1 reuses 0; e1 -> e2 reuses e0's range.
+    assert [op.attributes["address"] for op in created] == [0, 16384, 0, 16384]
+    assert module.attributes[DRAM_PEAK] == 2 * 16384 * 8
+    for program in programs(module):
+        cbs = program.attributes["cbs"]
+        assert cbs[0].address == E150.l1_reserved
+        for before, after in itertools.pairwise(cbs):
+            assert after.address == before.address + align(before.size)
+    assert module.attributes[L1_PEAK] == max(cb_bytes(p.attributes["cbs"]) for p in programs(module))
+    assert f"{DRAM_PEAK} = 262144" in str(module)
+
+
+def test_l1_buffers_are_placed_top_down() -> None:
+    module = compile_graph(chain((256, 256), 3))
+    l1 = [op for op in buffers(module) if in_l1(op.result.type)]
+    assert len(l1) == 2
+    share = bank_share(tensor(l1[0].result), E150.compute_cores)
+    assert [op.attributes["address"] for op in l1] == [E150.l1_size - share, E150.l1_size - 2 * share]
+    biggest = max(cb_bytes(p.attributes["cbs"]) for p in programs(module))
+    assert module.attributes[L1_PEAK] == biggest + 2 * share
+    x = np.random.default_rng(0).uniform(-1.0, 0.5, (256, 256)).astype(np.float32)
+    np.testing.assert_allclose(run(module, {"x": x})["y"], np.exp(np.exp(np.exp(x))), rtol=0.05)
+
+
+def allocate_on(module, device) -> None:
+    module.attributes["tt.device"] = device
+    PassManager("allocate", stream=io.StringIO()).run(module)
+
+
+def test_dram_exhaustion_names_bytes_and_node() -> None:
+    module = compile_graph(chain((512, 512), 2), pipeline="layout{l1-intermediates=false},grid,lower-to-kernels")
+    small = dataclasses.replace(E150, dram_channel_size=96 * 1024)
+    with pytest.raises(UserError, match=r'node "e0": DRAM is full: buffer tensor<512x512xbf16, #tt.layout<tile, dram, '
+                                        r"interleaved>> needs 65536 bytes per bank, the largest free range is "
+                                        r"32768 bytes \(65536 bytes per bank in use\); try layout\{dtype=bfp8_b\}"):
+        allocate_on(module, small)
+
+
+def test_cbs_overlapping_live_l1_buffers_are_an_error() -> None:
+    module = compile_graph(chain((256, 256), 2), pipeline="layout,grid,lower-to-kernels")
+    share = bank_share(tensor(next(op for op in buffers(module) if in_l1(op.result.type)).result), E150.compute_cores)
+    tight = dataclasses.replace(E150, l1_size=E150.l1_reserved + share + 4096)
+    with pytest.raises(UserError, match=r'node "e0": the eltwise program\'s circular buffers need \d+ bytes of L1 '
+                                        r"per core from 0x2a580, but only 4096 bytes are free below the L1 buffers "
+                                        rf"live during it \({share} bytes per core\)"):
+        allocate_on(module, tight)
