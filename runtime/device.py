@@ -23,6 +23,7 @@ import numpy as np
 from ttc.ir.dialects.tt import DeviceAttr
 
 _DRAM_GROWTH = 1 << 20  # grow DRAM banks in MiB steps (at least doubling)
+POISON = 0xFF  # the byte a fresh buffer holds until something writes it (NaN in bf16, float32 and bfp)
 
 
 class Fault(Exception):
@@ -107,6 +108,12 @@ class Memory:
         self.allocations[alloc.address] = alloc
         self._refresh()
         return alloc
+
+    def poison(self, alloc: Allocation) -> None:
+        """Fill a new buffer with POISON bytes, so a kernel that reads a page nobody wrote gets NaNs (bf16
+        0xFFFF) and fails the golden check instead of silently reading a previous run's values or zeros."""
+        self.touch(alloc.address, alloc.end)
+        self.data[:, alloc.address:alloc.end] = POISON
 
     def free(self, address: int) -> None:
         if address not in self.allocations:

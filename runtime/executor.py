@@ -183,6 +183,8 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
     except ValueError as exc:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
     alloc = memory.allocate(address, size, pages, f"buffer {ttype}")
+    if not any(user.name == "ttmetal.write_constant" for user in op.results[0].users):
+        memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
     buffer = DeviceBuffer(ttype, layout, memory, alloc)
     ex._live[buffer.key] = buffer
     values[op.results[0]] = buffer

@@ -219,6 +219,18 @@ class Program:
                     raise self._device_fault(fault, kernel, kernel.op) from None
             if live and not progressed and self.steps == steps:
                 raise self._deadlock(live)
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        """At program end every CB is empty: a page pushed and never popped (or reserved and never pushed)
+        is a protocol error, as the next program on these cores would start from a CB in a stale state."""
+        for index in sorted(self.cbs):
+            cb = self.cbs[index]
+            if cb.filled or cb.reserved:
+                left = f"{cb.filled} page(s) pushed and never popped" if cb.filled \
+                    else f"{cb.reserved} page(s) reserved and never pushed"
+                raise Fault(f"CB protocol: the program ended with {left} in CB {index} "
+                            "(a missing cb_pop_front / cb_push_back)", cb=index)
 
     def _run_block(self, kernel: Kernel, block: Block) -> Iterator[Blocked]:
         """Run a block's ops; yields while an op is blocked (the op is retried on resume)."""

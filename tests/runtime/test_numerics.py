@@ -128,14 +128,18 @@ def test_dst_plus_partial_rounds_once():
 
 
 def test_lofi_and_hifi4_differ_and_hifi4_is_closer():
-    a, b = rand_bf16(4, 32, 32), rand_bf16(4, 32, 32)
-    zero = np.zeros((4, 32, 32), np.float32)
+    """More phases, less error: LoFi >> HiFi2 > HiFi3 ~ HiFi4 (the fourth phase only adds the product of
+    the two low mantissa halves, whose effect is below bf16 rounding noise). Own RNG: the module's shared
+    one would make the inputs depend on which tests ran before on the same worker."""
+    rng = np.random.default_rng(7)
+    a, b = (N.bf16_round(rng.standard_normal((16, 32, 32))) for _ in range(2))
+    zero = np.zeros((16, 32, 32), np.float32)
     ref = np.einsum("tmk,tkn->tmn", a.astype(float), b.astype(float))
     results = {f: N.matmul_tiles_accumulate(zero, a, b, f) for f in MathFidelity}
     assert not np.array_equal(bits(results[MathFidelity.LOFI]), bits(results[MathFidelity.HIFI4]))
     errors = {f: np.abs(r - ref).mean() for f, r in results.items()}
-    assert errors[MathFidelity.HIFI4] < errors[MathFidelity.HIFI2] < errors[MathFidelity.LOFI]
-    assert errors[MathFidelity.HIFI4] <= errors[MathFidelity.HIFI3]
+    assert errors[MathFidelity.HIFI3] < errors[MathFidelity.HIFI2] / 2 < errors[MathFidelity.LOFI] / 10
+    assert errors[MathFidelity.HIFI4] == pytest.approx(errors[MathFidelity.HIFI3], rel=0.02)
 
 
 @pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI4])

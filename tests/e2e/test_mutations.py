@@ -1,0 +1,150 @@
+"""Mutation tests: the emulator runs the program it is given, not the model behind it.
+
+Each test compiles a real model, damages the kernel program in one way a compiler bug could, and checks
+that the result is a device fault (exit code 3 from the CLI) or a failed golden check, never a pass.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+import pytest
+
+import ttc
+from ttc import zoo
+from ttc.artifact import write_artifact
+from ttc.cli import main
+from ttc.compiler import CompiledModel
+from ttc.golden import compare, run_onnxruntime
+from ttc.ir.core import Module, Operation
+from ttc.ir.diagnostics import EXIT_DEVICE_FAULT, EXIT_GOLDEN_FAILED, DeviceFault
+from ttc.ir.parser import parse_module
+
+Mutation = Callable[[Module], None]
+
+
+@pytest.fixture(scope="module")
+def mlp() -> tuple[onnx.ModelProto, CompiledModel]:
+    model = zoo.mlp(batch=32)
+    return model, ttc.compile(model)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> tuple[onnx.ModelProto, CompiledModel]:
+    model = zoo.encoder_block()
+    return model, ttc.compile(model)
+
+
+def programs(module: Module) -> list[Operation]:
+    return [op for op in module.walk() if op.name == "ttmetal.enqueue_program"]
+
+
+def mutated(compiled: CompiledModel, mutate: Mutation) -> CompiledModel:
+    """A fresh copy of the compiled program (through its text), changed by `mutate`."""
+    module = parse_module(str(compiled.module))
+    mutate(module)
+    return CompiledModel(module, compiled.device_weights, compiled.manifest)
+
+
+def outcome(model: onnx.ModelProto, compiled: CompiledModel) -> str:
+    """'fault', 'golden-failed' or 'passed'."""
+    feeds = zoo.random_inputs(model, seed=0)
+    try:
+        outputs = compiled.run(feeds)
+    except DeviceFault:
+        return "fault"
+    reference = run_onnxruntime(model, feeds)
+    return "passed" if all(compare(n, outputs[n], reference[n]).passed for n in reference) else "golden-failed"
+
+
+def delete_pop(index: int) -> Mutation:
+    def mutate(module: Module) -> None:
+        pops = [op for op in module.walk() if op.name == "ttkernel.cb_pop_front"]
+        pops[index].erase()
+    return mutate
+
+
+def count_pops(compiled: CompiledModel) -> int:
+    return sum(op.name == "ttkernel.cb_pop_front" for op in compiled.module.walk())
+
+
+def test_the_unmutated_programs_pass(mlp, encoder) -> None:
+    for model, compiled in (mlp, encoder):
+        assert outcome(model, compiled) == "passed"
+
+
+def test_deleting_any_cb_pop_front_never_passes(mlp) -> None:
+    model, compiled = mlp
+    pops = count_pops(compiled)
+    assert pops >= 8
+    for index in range(pops):
+        assert outcome(model, mutated(compiled, delete_pop(index))) != "passed", f"pop #{index} deleted"
+
+
+def test_deleting_a_cb_pop_front_in_the_encoder_never_passes(encoder) -> None:
+    model, compiled = encoder
+    for index in random.Random(0).sample(range(count_pops(compiled)), 6):
+        assert outcome(model, mutated(compiled, delete_pop(index))) != "passed", f"pop #{index} deleted"
+
+
+def shift_core_range(program_index: int, kernels: tuple[int, ...]) -> Mutation:
+    """Core 1 gets core 2's runtime arguments in the given kernels: its tile range moves by one core."""
+    def mutate(module: Module) -> None:
+        program = [p for p in programs(module) if len(p.attr("runtime_args")[0]) > 2][program_index]
+        args = [list(per_kernel) for per_kernel in program.attributes["runtime_args"]]
+        for kernel in kernels:
+            assert args[kernel][1] != args[kernel][2]
+            args[kernel][1] = args[kernel][2]
+        program.attributes["runtime_args"] = tuple(tuple(per_kernel) for per_kernel in args)
+    return mutate
+
+
+@pytest.mark.parametrize("kernels", [(0, 1, 2), (2,), (0,)], ids=["all-kernels", "writer", "reader"])
+def test_shifting_one_cores_tile_range_never_passes(mlp, encoder, kernels) -> None:
+    for model, compiled in (mlp, encoder):
+        assert outcome(model, mutated(compiled, shift_core_range(0, kernels))) != "passed"
+
+
+def swap_reader_cbs(module: Module) -> None:
+    """The reader of the first matmul fills in1's CB with in0's tiles and in0's with in1's."""
+    program = next(p for p in programs(module) if p.attr("kind") == "matmul")
+    for op in program.regions[0].block.ops:
+        if "cb" in op.attributes and op.attributes["cb"] in (0, 1):
+            op.attributes["cb"] = 1 - op.attributes["cb"]
+
+
+def swap_compute_operands(module: Module) -> None:
+    """The compute kernel of the first matmul multiplies in1 by in0."""
+    program = next(p for p in programs(module) if p.attr("kind") == "matmul")
+    for op in program.walk():
+        if op.name == "ttkernel.matmul_tiles":
+            op.attributes["cb_a"], op.attributes["cb_b"] = op.attributes["cb_b"], op.attributes["cb_a"]
+
+
+@pytest.mark.parametrize("mutate", [swap_reader_cbs, swap_compute_operands])
+def test_swapping_two_cb_indices_never_passes(mlp, encoder, mutate) -> None:
+    for model, compiled in (mlp, encoder):
+        assert outcome(model, mutated(compiled, mutate)) != "passed"
+
+
+def test_cli_reports_a_mutated_artifact_as_a_device_fault_or_a_golden_failure(
+        mlp, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model, _compiled = mlp
+    source = tmp_path / "mlp.onnx"
+    zoo.save(model, source)
+    good = ttc.compile(str(source))
+    codes = []
+    for name, mutate in [("pop", delete_pop(0)), ("shift", shift_core_range(0, (0, 1, 2))),
+                         ("swap", swap_reader_cbs)]:
+        path = tmp_path / f"{name}.ttc"
+        write_artifact(path, mutated(good, mutate))
+        codes.append(main(["run", str(path), "--golden"]))
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        if codes[-1] == EXIT_DEVICE_FAULT:
+            assert "device fault" in err and "core (" in err
+    assert set(codes) <= {EXIT_DEVICE_FAULT, EXIT_GOLDEN_FAILED}
+    assert EXIT_DEVICE_FAULT in codes
