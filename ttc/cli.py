@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the ONNX model to compare with (default: the artifact's source model)")
     run.add_argument("--pcc", type=float, default=0.99, help="golden PCC threshold (default 0.99)")
     run.add_argument("--rel-l2", type=float, default=0.05, help="golden relative L2 error threshold (default 0.05)")
+    run.add_argument("--per-op", action="store_true",
+                     help="with --golden: compare every device program with its last ONNX node and name the "
+                          "first one below the thresholds")
     run.add_argument("--json", metavar="FILE", help="write a JSON report (outputs, timings, memory)")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
     run.set_defaults(handler=cmd_run)
@@ -184,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ttc.golden import format_report
     from ttc.ir.diagnostics import EXIT_GOLDEN_FAILED
 
+    if args.per_op and not args.golden:
+        raise UserError("--per-op compares with onnxruntime: it needs --golden")
     is_artifact = args.model.endswith(".ttc")
     if is_artifact:
         from ttc.artifact import read_artifact
@@ -217,6 +222,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         report["outputs"] = [c.to_json() for c in comparisons]
         report["passed"] = all(c.passed for c in comparisons)
         print(format_report(comparisons))
+        if args.per_op:
+            from ttc.per_op import check_per_op, first_failure, format_per_op
+
+            checks = check_per_op(compiled, golden_path, feeds, args.pcc, args.rel_l2)
+            print(format_per_op(checks))
+            failed = first_failure(checks)
+            report["per_op"] = {"checks": [c.to_json() for c in checks],
+                                "first_failure": failed.node if failed else None}
     else:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.6g}, max {value.max():.6g}, "

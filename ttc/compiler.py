@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 import onnx
 
+from ttc.fit import check_model_fits
 from ttc.ir.core import Module
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DEVICES
@@ -80,6 +81,7 @@ def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions |
     diagnostics = diagnostics or Diagnostics()
     start = time.perf_counter()
     source = _source_info(model)
+    check_model_fits(model, options.arch, options.dtype)
     module = import_model(model, input_shapes=dict(options.input_shapes), arch=options.arch)
     passes = parse_pipeline(options.pipeline_spec)
     stream = diagnostics.stream or sys.stderr

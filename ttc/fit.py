@@ -1,0 +1,91 @@
+"""Does the model fit the card? A check that runs before any weight is read.
+
+The exact DRAM and L1 plan comes later (the `allocate` pass records peaks and fails on exhaustion), but by
+then the importer has read every weight into memory. For a model far too big for the card that is minutes
+of I/O and gigabytes of RAM spent on an answer the graph's metadata already gives. This check reads only
+the ONNX protobuf (external data stays on disk) and adds up what the weights alone will occupy in device
+DRAM: tile-padded, in the data format the layout pass will give them. Weights alone are a lower bound of
+the real need, so a model that fails here can never fit; one that passes may still fail in `allocate`,
+with the exact figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import onnx
+
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import DEVICES
+
+TILE = 32
+BF16_TILE_BYTES = 2048
+BFP8_TILE_BYTES = 1088
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+_ELEMENT_BYTES = {onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.BOOL: 1,
+                  onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
+
+
+def _tiles(dims: list[int]) -> int:
+    """Tiles of a tensor in tile layout: the last two dims padded to 32, the rest multiplied out."""
+    if not dims:
+        return 1
+    rows = dims[-2] if len(dims) >= 2 else 1
+    batch = math.prod(dims[:-2]) if len(dims) > 2 else 1
+    return batch * math.ceil(rows / TILE) * math.ceil(dims[-1] / TILE)
+
+
+def tensor_device_bytes(tensor: onnx.TensorProto, dtype: str) -> int:
+    """DRAM bytes of one constant on the device. Float weights of matrix shape (both last dims at least a
+    tile) become bfp8_b with dtype=bfp8_b; everything else float is bf16. Integer constants are counted at
+    their host size (they are small index tables or folded away)."""
+    dims = list(tensor.dims)
+    if tensor.data_type in _FLOAT_TYPES:
+        matrix = len(dims) >= 2 and dims[-1] >= TILE and dims[-2] >= TILE
+        per_tile = BFP8_TILE_BYTES if dtype == "bfp8_b" and matrix else BF16_TILE_BYTES
+        return _tiles(dims) * per_tile
+    return math.prod(dims) * _ELEMENT_BYTES.get(tensor.data_type, 4)
+
+
+def _constants(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        if node.op_type == "Constant":
+            yield from (attr.t for attr in node.attribute if attr.HasField("t"))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str, dtype: str) -> int:
+    """Raise UserError when the weights alone exceed the card's DRAM; returns the weight bytes."""
+    if isinstance(model, onnx.ModelProto):
+        proto, where = model, "the model"
+    else:
+        try:
+            proto = onnx.load(os.fspath(model), load_external_data=False)
+        except Exception:
+            return 0  # unreadable: the loader reports it with the full story
+        where = os.fspath(model)
+    tensors = list(_constants(proto.graph))
+    needed = sum(tensor_device_bytes(t, dtype) for t in tensors)
+    device = DEVICES[arch]
+    available = device.dram_size
+    if needed <= available:
+        return needed
+    biggest = max(tensors, key=lambda t: tensor_device_bytes(t, dtype))
+    hints = []
+    if dtype != "bfp8_b":
+        smaller = sum(tensor_device_bytes(t, "bfp8_b") for t in tensors)
+        verdict = "would fit" if smaller <= available else "would still not fit"
+        hints.append(f"--dtype bfp8_b stores matrix weights in about half the bytes ({_gib(smaller)}: "
+                     f"{verdict})")
+    hints.append("a smaller model or a shorter sequence (--input-shape) for tables sized by it")
+    raise UserError(
+        f"{where} does not fit the {arch}: its weights alone need {_gib(needed)} ({needed} bytes) of device "
+        f"DRAM in {dtype}, tile-padded, but the card has {_gib(available)} ({available} bytes); the largest "
+        f"is '{biggest.name}' {list(biggest.dims)} ({_gib(tensor_device_bytes(biggest, dtype))}). "
+        f"Checked before reading any weight. Try: " + "; ".join(hints))

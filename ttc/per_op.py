@@ -1,0 +1,150 @@
+"""Per-op golden checks (`ttc run --golden --per-op`): where does the device first go wrong?
+
+Both sides expose their intermediate values without changing what they compute:
+
+- the device side is a program transformation: after every `ttmetal.enqueue_program` of a copy of the
+  compiled schedule, a `ttmetal.read_buffer` of the program's result buffer becomes an extra output of
+  @main, so the emulator runs exactly the kernels it always runs, only reading more back;
+- the onnxruntime side adds the matching ONNX node outputs to the graph's outputs.
+
+Each device program carries the ONNX nodes it implements in its location. A fused program (matmul + bias
++ GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
+program's result. Values whose element count differs from the node's (a program whose result was
+re-shaped by a decomposition) are reported as not comparable rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ttc.compiler import CompiledModel
+from ttc.golden import compare, run_onnxruntime
+from ttc.ir.core import Module, Operation
+from ttc.ir.parser import parse_module
+from ttc.ir.types import FunctionType, TensorType, f32
+
+PROBE_PREFIX = "ttc.probe."
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """One device program compared at its last ONNX node."""
+
+    index: int  # program number in schedule order
+    node: str  # the ONNX node compared (the last of the program's nodes)
+    op_type: str
+    fused: tuple[str, ...]  # every ONNX node of the program
+    value: str  # the ONNX tensor compared
+    pcc: float | None
+    rel_l2_err: float | None
+    passed: bool | None  # None: not comparable
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"program": self.index, "node": self.node, "op_type": self.op_type, "fused": list(self.fused),
+                "value": self.value, "pcc": self.pcc, "rel_l2_err": self.rel_l2_err, "passed": self.passed,
+                "note": self.note}
+
+
+def instrument(compiled: CompiledModel) -> tuple[Module, list[tuple[str, tuple[str, ...]]]]:
+    """A copy of the compiled schedule whose @main also returns every program's result, named
+    PROBE_PREFIX + number; with the (probe name, ONNX node names) of each."""
+    module = parse_module(str(compiled.module))
+    main = module.function("main")
+    probes: list[tuple[str, tuple[str, ...]]] = []
+    values = []
+    for op in list(main.body.ops):
+        if op.name != "ttmetal.enqueue_program" or not op.operands:
+            continue
+        result = op.operands[-1]  # enqueue_program(inputs..., tables..., result)
+        ttype = result.type
+        assert isinstance(ttype, TensorType)
+        host = TensorType(ttype.shape, ttype.element_type if ttype.element_type.is_integer else f32)
+        read = Operation("ttmetal.read_buffer", [result], [host], loc=op.loc)
+        main.body.insert_after(op, read)
+        name = f"{PROBE_PREFIX}{len(probes)}"
+        probes.append((name, op.loc.names()))
+        values.append((name, read.result))
+    _add_results(module, values)
+    return module, probes
+
+
+def _add_results(module: Module, values: Sequence[tuple[str, Any]]) -> None:
+    main = module.function("main")
+    ret = main.return_op
+    res_attrs = [dict(main.res_attrs(i)) for i in range(len(ret.operands))]
+    for name, value in values:
+        ret._append_operand(value)
+        res_attrs.append({"ttir.name": name})
+    main.set_type(FunctionType(main.type.inputs, tuple(v.type for v in ret.operands)))
+    main.op.attributes["res_attrs"] = tuple(res_attrs)
+
+
+def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping[str, np.ndarray],
+                 pcc_threshold: float = 0.99, rel_l2_threshold: float = 0.05) -> list[NodeCheck]:
+    """Run both sides with every intermediate exposed and compare program by program."""
+    from ttc.runtime.executor import Executor
+
+    instrumented, probes = instrument(compiled)
+    device = Executor(instrumented, compiled.device_weights).run(dict(feeds))
+
+    model = onnx.load(str(model_path))
+    nodes = {node.name: (i, node) for i, node in enumerate(model.graph.node)}
+    targets: list[tuple[str, onnx.NodeProto | None, tuple[str, ...]]] = []
+    for name, fused in probes:
+        known = [nodes[n] for n in fused if n in nodes]
+        last = max(known, key=lambda item: item[0])[1] if known else None
+        targets.append((name, last, fused))
+    existing = {o.name for o in model.graph.output}
+    wanted = sorted({node.output[0] for _, node, _ in targets if node is not None} - existing)
+    del model.graph.value_info[:]
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
+    reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & {n.output[0] for _, n, _ in targets
+                                                                               if n is not None})])
+    checks = []
+    for index, (name, node, fused) in enumerate(targets):
+        if node is None:
+            checks.append(NodeCheck(index, fused[-1] if fused else "?", "?", fused, "", None, None, None,
+                                    "no ONNX node of this program is in the model"))
+            continue
+        ref = reference[node.output[0]]
+        got = device[name]
+        if got.size != ref.size:
+            checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0], None, None, None,
+                                    f"device value {list(got.shape)} vs ONNX {list(ref.shape)}: not comparable"))
+            continue
+        result = compare(node.output[0], got.reshape(ref.shape).astype(ref.dtype, copy=False), ref,
+                         pcc_threshold=pcc_threshold, rel_l2_threshold=rel_l2_threshold)
+        checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0],
+                                _finite(result.pcc), _finite(result.rel_l2_err), result.passed))
+    return checks
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def first_failure(checks: Sequence[NodeCheck]) -> NodeCheck | None:
+    return next((c for c in checks if c.passed is False), None)
+
+
+def format_per_op(checks: Sequence[NodeCheck]) -> str:
+    rows = [("#", "node", "op", "fused", "pcc", "rel_l2", "result")]
+    for c in checks:
+        result = "n/a" if c.passed is None else ("PASS" if c.passed else "FAIL")
+        rows.append((str(c.index), c.node, c.op_type, str(len(c.fused)),
+                     "-" if c.pcc is None else f"{c.pcc:.6f}",
+                     "-" if c.rel_l2_err is None else f"{c.rel_l2_err:.3e}", result))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    failed = first_failure(checks)
+    lines.append(f"first node below the threshold: {failed.node} ({failed.op_type}, program {failed.index})"
+                 if failed else f"all {sum(c.passed is True for c in checks)} compared programs pass")
+    return "\n".join(lines)
