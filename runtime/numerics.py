@@ -179,7 +179,8 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
     """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16."""
     fn = _BINARY[op]
-    return _f64_to_bf16(fn(bf16_round(a).astype(np.float64), bf16_round(b).astype(np.float64)))
+    with np.errstate(invalid="ignore", over="ignore"):  # IEEE results (inf * 0 = NaN) are the device's too
+        return _f64_to_bf16(fn(bf16_round(a).astype(np.float64), bf16_round(b).astype(np.float64)))
 
 
 # --------------------------------------------------------------------------- SFPU
