@@ -33,18 +33,37 @@ def load_input_files(specs: Sequence[str]) -> dict[str, np.ndarray]:
     return feeds
 
 
+_INDEX_PRESERVING = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Expand",
+                               "Transpose", "Slice"})
+
+
 def index_bounds(model: onnx.ModelProto | None) -> dict[str, int]:
-    """For integer graph inputs used as Gather indices: the size of the gathered axis."""
+    """For integer graph inputs that index a table (Gather of an initializer), possibly through
+    value-preserving ops (a Reshape of input_ids, say): the size of the smallest table axis they index."""
     if model is None:
         return {}
     sizes = {init.name: list(init.dims) for init in model.graph.initializer}
-    bounds: dict[str, int] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in sizes:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        dims = sizes[node.input[0]]
-        bounds[node.input[1]] = min(bounds.get(node.input[1], dims[axis]), dims[axis])
+        for name in node.input[:1] if node.op_type in _INDEX_PRESERVING else node.input:
+            consumers.setdefault(name, []).append(node)
+    bounds: dict[str, int] = {}
+    for graph_input in model.graph.input:
+        pending, seen = [graph_input.name], set()
+        while pending:
+            value = pending.pop()
+            if value in seen:
+                continue
+            seen.add(value)
+            for node in consumers.get(value, []):
+                if node.op_type in _INDEX_PRESERVING:
+                    pending.extend(node.output)
+                elif node.op_type == "Gather" and len(node.input) >= 2 and node.input[1] == value \
+                        and node.input[0] in sizes:
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    dims = sizes[node.input[0]]
+                    size = dims[axis if axis >= 0 else axis + len(dims)]
+                    bounds[graph_input.name] = min(bounds.get(graph_input.name, size), size)
     return bounds
 
 
