@@ -67,8 +67,33 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(_bf16).astype(np.float32)
 
 
+_BF16_HALF_ULP_BELOW = np.uint64((1 << 44) - 1)  # in float64 bits: half a bf16 ulp, minus one
+_BF16_KEEP = np.uint64(~((1 << 45) - 1) & 0xFFFF_FFFF_FFFF_FFFF)  # sign, exponent, 7 mantissa bits
+_F32_MIN_NORMAL = 2.0**-126
+
+
 def _f64_to_bf16(v: np.ndarray) -> np.ndarray:
     """Round float64 v once to bf16 (RNE), as float32.
+
+    The hot path of every emulated accumulation, so it works on the float64 bits: add half an ulp of
+    the 8-bit significand (plus the kept LSB, for ties to even) and clear the 45 dropped bits; a carry
+    into the exponent is the right result, up to inf on overflow. The rounded value has 8 significant
+    bits, so the float32 conversion is exact. Below float32's normal range bf16 has fewer significant
+    bits; those values (and NaN) take `_f64_to_bf16_slow`.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    bits = np.ascontiguousarray(v).view(np.uint64)
+    rounded = (bits + (_BF16_HALF_ULP_BELOW + ((bits >> np.uint64(45)) & np.uint64(1)))) & _BF16_KEEP
+    with np.errstate(over="ignore"):
+        out = rounded.view(np.float64).astype(np.float32)
+    special = ~(np.abs(v) >= _F32_MIN_NORMAL) & (v != 0)  # subnormal or NaN
+    if special.any():
+        out[special] = _f64_to_bf16_slow(v[special])
+    return out
+
+
+def _f64_to_bf16_slow(v: np.ndarray) -> np.ndarray:
+    """Round float64 v once to bf16 (RNE), as float32, for any value.
 
     Rounds to float32 with round-to-odd first (truncate toward zero, set the last bit if inexact):
     with 16 spare bits this makes the following float32 -> bf16 RNE equal a direct rounding.
