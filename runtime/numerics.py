@@ -73,19 +73,26 @@ _F32_MIN_NORMAL = 2.0**-126
 
 
 def _f64_to_bf16(v: np.ndarray) -> np.ndarray:
-    """Round float64 v once to bf16 (RNE), as float32.
+    """Round float64 v once to bf16 (RNE), as float32."""
+    with np.errstate(over="ignore"):
+        return _round_bf16_f64(v).astype(np.float32)
+
+
+def _round_bf16_f64(v: np.ndarray) -> np.ndarray:
+    """Round float64 v once to bf16 (RNE), staying in float64 (bf16 values are exact float64 values).
 
     The hot path of every emulated accumulation, so it works on the float64 bits: add half an ulp of
     the 8-bit significand (plus the kept LSB, for ties to even) and clear the 45 dropped bits; a carry
-    into the exponent is the right result, up to inf on overflow. The rounded value has 8 significant
-    bits, so the float32 conversion is exact. Below float32's normal range bf16 has fewer significant
-    bits; those values (and NaN) take `_f64_to_bf16_slow`.
+    into the exponent is the right result. Results beyond bf16's range become inf (overflow). Below
+    float32's normal range bf16 has fewer significant bits; those values (and NaN) take
+    `_f64_to_bf16_slow`.
     """
-    v = np.asarray(v, dtype=np.float64)
+    v = np.atleast_1d(np.asarray(v, dtype=np.float64))
     bits = np.ascontiguousarray(v).view(np.uint64)
-    rounded = (bits + (_BF16_HALF_ULP_BELOW + ((bits >> np.uint64(45)) & np.uint64(1)))) & _BF16_KEEP
-    with np.errstate(over="ignore"):
-        out = rounded.view(np.float64).astype(np.float32)
+    out = ((bits + (_BF16_HALF_ULP_BELOW + ((bits >> np.uint64(45)) & np.uint64(1)))) & _BF16_KEEP).view(np.float64)
+    overflow = np.abs(out) >= 2.0**128
+    if overflow.any():
+        out[overflow] = np.copysign(np.inf, out[overflow])
     special = ~(np.abs(v) >= _F32_MIN_NORMAL) & (v != 0)  # subnormal or NaN
     if special.any():
         out[special] = _f64_to_bf16_slow(v[special])
@@ -148,16 +155,69 @@ def _fidelity_terms(
 def _matmul_accumulate(
     dst: np.ndarray, in0: np.ndarray, in1: np.ndarray, fidelity: MathFidelity | str | int
 ) -> np.ndarray:
-    """Matrices dst [..., M, N] += in0 [..., M, K] @ in1 [..., K, N], one K chunk of 16 at a time."""
+    """Matrices dst [..., M, N] += in0 [..., M, K] @ in1 [..., K, N], one K chunk of 16 at a time.
+
+    Each chunk's product is exact in float64 and rounded to float32 (the multiplier array's output);
+    Dst adds it and rounds to bf16, chunk after chunk. The chunk products are computed together as one
+    batched product; only the rounding chain is sequential.
+    """
     fidelity = MathFidelity.parse(fidelity)
     k = in0.shape[-1]
     if k % MVMUL_K or in1.shape[-2] != k:
         raise ValueError(f"K mismatch or not a multiple of {MVMUL_K}: {in0.shape} @ {in1.shape}")
-    terms = _fidelity_terms(bf16_round(in0), bf16_round(in1), fidelity)
-    out = np.asarray(dst, dtype=np.float32)
-    for c in range(0, k, MVMUL_K):
-        partial = sum(left[..., c : c + MVMUL_K] @ right[..., c : c + MVMUL_K, :] for left, right in terms)
-        out = _f64_to_bf16(out + partial.astype(np.float32).astype(np.float64))
+    chunks = k // MVMUL_K
+    partials = None
+    for left, right in _fidelity_terms(bf16_round(in0), bf16_round(in1), fidelity):
+        lhs = np.ascontiguousarray(np.moveaxis(left.reshape(*left.shape[:-1], chunks, MVMUL_K), -2, -3))
+        rhs = right.reshape(*right.shape[:-2], chunks, MVMUL_K, right.shape[-1])  # [..., C, 16, N]
+        product = lhs @ rhs
+        partials = product if partials is None else partials + product
+    assert partials is not None
+    partials = np.moveaxis(partials.astype(np.float32), -3, 0)  # [C, ..., M, N]
+    out = _accumulate_bf16(np.asarray(dst, dtype=np.float64), partials)
+    with np.errstate(over="ignore"):
+        return out.astype(np.float32)
+
+
+_EXPONENT = np.uint64(0x7FF << 52)
+_EXPONENT_ONE = np.uint64(1 << 52)
+_F32_NORMAL_EXPONENT = np.uint64((1023 - 126) << 52)
+_BF16_NEAR_OVERFLOW = np.uint64((1023 + 127) << 52)
+
+
+def _accumulate_bf16(dst: np.ndarray, partials: np.ndarray) -> np.ndarray:
+    """Dst = bf16_rne(Dst + partials[c]) for c in order; float64 in, float64 (bf16 values) out.
+
+    The emulator's innermost loop, written for speed: in-place bit rounding with no temporaries. The
+    values the bit rounding cannot take (below float32's normal range at some step, near or past bf16's
+    largest value, inf or NaN) are found afterwards, from the smallest non-zero and the largest exponent
+    seen per element, and their whole chain is redone by `_round_bf16_f64`. Flagging is conservative:
+    the redo is exact for any value.
+    """
+    out = np.array(np.broadcast_to(dst, np.broadcast_shapes(dst.shape, partials.shape[1:])), dtype=np.float64)
+    bits = out.view(np.uint64)
+    tmp = np.empty_like(bits)
+    low = np.full_like(bits, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
+    high = np.zeros_like(bits)
+    one = np.uint64(1)
+    for partial in partials:
+        np.add(out, partial, out=out)
+        np.bitwise_and(bits, _EXPONENT, out=tmp)  # exponent before rounding
+        np.maximum(high, tmp, out=high)
+        np.subtract(tmp, _EXPONENT_ONE, out=tmp)  # a zero exponent wraps to the top: zeros are fine
+        np.minimum(low, tmp, out=low)
+        np.right_shift(bits, np.uint64(45), out=tmp)
+        np.bitwise_and(tmp, one, out=tmp)
+        np.add(tmp, _BF16_HALF_ULP_BELOW, out=tmp)
+        np.add(bits, tmp, out=bits)
+        np.bitwise_and(bits, _BF16_KEEP, out=bits)
+    # tiny at some step, or at least 2**127 (may round past bf16's range; inf and NaN included)
+    redo = (low < _F32_NORMAL_EXPONENT - _EXPONENT_ONE) | (high >= _BF16_NEAR_OVERFLOW)
+    if redo.any():
+        exact = np.array(np.broadcast_to(dst, out.shape), dtype=np.float64)[redo]
+        for partial in partials:
+            exact = _round_bf16_f64(exact + np.broadcast_to(partial, out.shape)[redo])
+        out[redo] = exact
     return out
 
 

@@ -285,3 +285,28 @@ def test_fast_bf16_rounding_equals_the_round_to_odd_reference():
     fast, slow = N._f64_to_bf16(v), N._f64_to_bf16_slow(v)
     same = (bits(fast) == bits(slow)) | (np.isnan(fast) & np.isnan(slow))
     assert same.all(), v[~same][:5]
+
+
+def test_fast_accumulation_chain_equals_the_step_by_step_rounding():
+    """`_accumulate_bf16` (in-place bit rounding, exceptional chains redone) against rounding every step
+    with `_f64_to_bf16_slow`: ordinary values, cancellation into float32's subnormal range, sums that
+    overflow bf16 and come back, inf and NaN partials, NaN and zero in Dst."""
+    rng = np.random.default_rng(5)
+    chunks, n = 12, 4000
+    partials = (rng.standard_normal((chunks, n)) * 10.0 ** rng.integers(-3, 3, (chunks, n))).astype(np.float32)
+    dst = N.bf16_round(rng.standard_normal(n)).astype(np.float64)
+    partials[:, :50] = np.float32(1e-39)  # subnormal steps
+    partials[0, 50:100], partials[1, 50:100] = np.float32(3e38), np.float32(3e38)  # overflow...
+    partials[2, 50:100] = np.float32(-3e38)  # ...and back
+    partials[3, 100:110] = np.inf
+    partials[4, 110:120] = np.nan
+    dst[120:130], dst[130:140] = np.nan, 0.0
+    partials[:, 140:150] = 0.0
+    dst[150:160] = 2.0**-120
+    partials[0, 150:160] = np.float32(-(2.0**-120) + 2.0**-140)  # cancellation to a tiny value
+    expected = dst.copy()
+    for partial in partials:
+        expected = N._f64_to_bf16_slow(expected + partial).astype(np.float64)
+    got = N._accumulate_bf16(dst, partials)
+    same = (bits(got.astype(np.float32)) == bits(expected.astype(np.float32))) | (np.isnan(got) & np.isnan(expected))
+    assert same.all(), np.nonzero(~same)[0][:10]
