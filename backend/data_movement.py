@@ -1,12 +1,14 @@
-"""Transposes and reshapes as tile gathers.
+"""Transposes, reshapes, slices and concatenations as tile gathers.
 
-A chain of transposes/reshapes (`footprint.movement_chain`) whose element map is tile-granular
-(`footprint.gather_map`) becomes one program: the source tile of every output tile is computed at
-compile time and stored as an int32 row-major index table (a weight; -1 - i marks tile i wanted
-transposed). Each core owns a run of output tiles; per step its reader fetches one table row
-(noc_read_pages), gathers the tiles it names (noc_read_tiles_indexed) and the writer stores them in
-order. When the last two dims swap, the compute kernel transposes each tile; otherwise the writer
-drains the reader's CB directly. Padding moves with its tile, so it stays zero.
+A chain of movement ops (`footprint.movement_chain`: transposes, reshapes and slices, possibly headed
+by a concat) whose element map is tile-granular (`footprint.gather_map_of_inputs`) becomes one
+program: the source tile of every output tile is computed at compile time and stored as an int32
+row-major index table (a weight; -1 - i marks tile i wanted transposed; with n inputs, entry
+i * n + k names tile i of input k). Each core owns a run of output tiles; per step its reader fetches
+one table row (noc_read_pages), gathers the tiles it names (noc_read_tiles_indexed, once per input)
+and the writer stores them in order. When the last two dims swap, the compute kernel transposes each
+tile; otherwise the writer drains the reader's CB directly. Padding moves with its tile, so it stays
+zero. A chain whose gather is the identity is a view (`footprint.is_view`): no program at all.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from ttc.passes.footprint import CB_IN0, CB_INDEX, CB_OUT, INDEX_ROW, gather_of,
 INDEX_TABLE_LAYOUT = LayoutAttr("row_major", "dram", "interleaved")
 
 
-def index_table(source: np.ndarray, transposed: bool, block: int) -> np.ndarray:
+def index_table(source: np.ndarray, transposed: bool, block: int, inputs: np.ndarray | None = None,
+                sources: int = 1) -> np.ndarray:
     """int32 [steps, INDEX_ROW]: row i holds the source tiles of output tiles i*block.., zero-padded."""
-    entries = -1 - source if transposed else source
+    entries = source * sources + inputs if inputs is not None else source
+    entries = -1 - entries if transposed else entries
     rows = entries.reshape(-1, block)
     table = np.zeros((rows.shape[0], INDEX_ROW), dtype=np.int32)
     table[:, :block] = rows
@@ -45,7 +49,8 @@ def lower_gather(op: Operation, module: Module) -> Program:
     schedule = schedule_of(op)
     b = schedule.blocking
     gather = gather_of(op)
-    table = index_table(gather.source, gather.transposed, b["block"])
+    sources = program_operands(op)
+    table = index_table(gather.source, gather.transposed, b["block"], gather.inputs, len(sources))
     name = module.add_weight(table_stem(op), table)
     table_type = TensorType(table.shape, ScalarType("i32"), INDEX_TABLE_LAYOUT)
     steps = b["tiles"] // b["block"]
@@ -56,11 +61,10 @@ def lower_gather(op: Operation, module: Module) -> Program:
     def first_tile(unit: tuple[int, ...]) -> list[int]:
         return [unit[0] * b["tiles"]]
 
-    source = program_operands(op)[0]
     kernels = (gather_reader(op, schedule, table_type), gather_compute(op, schedule, gather.transposed),
                gather_writer(op, schedule, gather.transposed))
     args = (schedule.args(first_row), no_args(schedule), schedule.args(first_tile))
-    return Program("data_movement", schedule.grid, cbs_of(op, schedule), kernels, args, [source],
+    return Program("data_movement", schedule.grid, cbs_of(op, schedule), kernels, args, sources,
                    [ConstantBuffer(name, table_type, table)])
 
 
@@ -68,8 +72,9 @@ def gather_reader(op: Operation, s: Schedule, table_type: TensorType):
     b = s.blocking
     block = b["block"]
     k = KernelBuilder(op.loc)
-    source = k.addrgen(0, tensor(program_operands(op)[0]))
-    table = k.addrgen(1, table_type)
+    inputs = program_operands(op)
+    sources = [k.addrgen(i, tensor(value)) for i, value in enumerate(inputs)]
+    table = k.addrgen(len(inputs), table_type)
     with k.loop(b["tiles"] // block) as step:
         k.op("cb_reserve_back", cb=CB_INDEX, pages=1)
         k.op("noc_read_pages", table, k.add(k.arg(0), step), cb=CB_INDEX, count=1)
@@ -77,7 +82,9 @@ def gather_reader(op: Operation, s: Schedule, table_type: TensorType):
         k.op("cb_push_back", cb=CB_INDEX, pages=1)
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
         k.op("cb_reserve_back", cb=CB_IN0, pages=block)
-        k.op("noc_read_tiles_indexed", source, cb=CB_IN0, index_cb=CB_INDEX, count=block)
+        for index, source in enumerate(sources):
+            attributes = {"sources": len(sources), "source": index} if len(sources) > 1 else {}
+            k.op("noc_read_tiles_indexed", source, cb=CB_IN0, index_cb=CB_INDEX, count=block, **attributes)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_IN0, pages=block)
         k.op("cb_pop_front", cb=CB_INDEX, pages=1)
@@ -104,7 +111,7 @@ def gather_writer(op: Operation, s: Schedule, transposed: bool):
     block = b["block"]
     cb = CB_OUT if transposed else CB_IN0
     k = KernelBuilder(op.loc)
-    gen = k.addrgen(2, tensor(op.result))
+    gen = k.addrgen(len(program_operands(op)) + 1, tensor(op.result))
     with k.loop(b["tiles"] // block) as step:
         k.op("cb_wait_front", cb=cb, pages=block)
         k.op("noc_write_tiles", gen, k.affine(k.arg(0), (step, block)), cb=cb, rows=1, cols=block)

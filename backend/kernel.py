@@ -94,6 +94,11 @@ class KernelBuilder:
             return value * factor
         return self._value("muli", value, self.const(factor))
 
+    def minimum(self, lhs: Index, rhs: Index) -> Index:
+        if isinstance(lhs, int) and isinstance(rhs, int):
+            return min(lhs, rhs)
+        return self._value("mini", self.index(lhs), self.index(rhs))
+
     def affine(self, base: Index, *terms: tuple[Index, int]) -> Index:
         """base + sum of iv * stride."""
         for value, stride in terms:

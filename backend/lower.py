@@ -8,8 +8,10 @@
     to_layout device -> host    read_buffer
     (every buffer)              deallocate after its last use
 
-Transposes/reshapes folded into a following one (`footprint.is_folded`) produce no buffer: the chain's
-last op gathers from the chain's input. Addresses are left to `allocate`.
+Movement ops folded into a following one (`footprint.is_folded`) produce no buffer: the chain's last op
+gathers from the chain's input(s). A view (`footprint.is_view`: a chain whose tiles stay in place, e.g.
+a reshape dropping a leading unit dim) produces neither buffer nor program: its value is its source's
+buffer. Addresses are left to `allocate`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from ttc.backend.data_movement import lower_gather
 from ttc.backend.eltwise import lower_eltwise
+from ttc.backend.embedding import lower_embedding
 from ttc.backend.matmul import lower_matmul
 from ttc.backend.normalization import lower_row_op
 from ttc.backend.program import Program
@@ -28,7 +31,7 @@ from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import is_folded, movement_chain, node_names, op_kind, program_operands
+from ttc.passes.footprint import is_folded, is_view, movement_chain, node_names, op_kind, program_operands
 from ttc.passes.grid import GRID
 from ttc.passes.manager import Pass, register_pass
 
@@ -38,6 +41,7 @@ LOWERINGS: dict[str, Callable[[Operation, Module], Program]] = {
     "softmax": lambda op, module: lower_row_op(op),
     "layer_norm": lambda op, module: lower_row_op(op),
     "data_movement": lower_gather,
+    "embedding": lambda op, module: lower_embedding(op),
 }
 
 
@@ -85,6 +89,8 @@ class ScheduleBuilder:
             self.emit(RETURN_OP, [self.value(v) for v in op.operands], [], op, dict(op.attributes))
         elif is_folded(op):
             return
+        elif is_view(op):
+            self.values[id(op.result)] = self.value(program_operands(op)[0])  # the same pages
         elif op_kind(op) is not None:
             self.program(op)
         else:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import numpy_helper
 
-from ttc.ir import TensorType
-from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape
+from ttc.ir import ScalarType, TensorType
+from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape, reduced_shape, slice_shape
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -66,7 +66,9 @@ def _axis(ctx: NodeContext, axis: int, rank: int) -> int:
 # Elementwise ops
 
 
-def _binary(ttir_op: str) -> Converter:
+def _binary(ttir_op: str, result_element: str | None = None) -> Converter:
+    """A broadcasting binary op; the result has the operands' element type, or `result_element`."""
+
     def convert(ctx: NodeContext) -> Value:
         lhs, rhs = ctx.input(0), ctx.input(1)
         lhs_type, rhs_type = _tensor(lhs), _tensor(rhs)
@@ -76,7 +78,10 @@ def _binary(ttir_op: str) -> Converter:
         shape = broadcast_shape(lhs_type.shape, rhs_type.shape)
         if shape is None:
             raise ctx.error(f"operand shapes {lhs_type.shape} and {rhs_type.shape} do not broadcast")
-        return ctx.create(ttir_op, [lhs, rhs], lhs_type.with_shape(shape))
+        result = lhs_type.with_shape(shape)
+        if result_element is not None:
+            result = result.with_element_type(ScalarType(result_element))
+        return ctx.create(ttir_op, [lhs, rhs], result)
 
     return convert
 
@@ -93,12 +98,101 @@ def _unary(ttir_op: str) -> Converter:
 BINARY_OPS = {"Add": ("ttir.add", 7), "Sub": ("ttir.sub", 7), "Mul": ("ttir.mul", 7),
               "Div": ("ttir.div", 7), "Pow": ("ttir.pow", 7)}
 UNARY_OPS = {"Relu": ("ttir.relu", 6), "Sigmoid": ("ttir.sigmoid", 6), "Tanh": ("ttir.tanh", 6),
-             "Exp": ("ttir.exp", 6), "Erf": ("ttir.erf", 9), "Sqrt": ("ttir.sqrt", 6)}
+             "Exp": ("ttir.exp", 6), "Erf": ("ttir.erf", 9), "Sqrt": ("ttir.sqrt", 6), "Neg": ("ttir.neg", 6),
+             "Reciprocal": ("ttir.reciprocal", 6), "Abs": ("ttir.abs", 6), "Log": ("ttir.log", 6)}
+# Comparisons give i1; logical ops take and give i1 (ONNX's And, Or, Xor; Not below).
+COMPARE_OPS = {"Equal": ("ttir.eq", 11), "Less": ("ttir.lt", 9), "Greater": ("ttir.gt", 9),
+               "LessOrEqual": ("ttir.le", 12), "GreaterOrEqual": ("ttir.ge", 12)}
+LOGICAL_OPS = {"And": ("ttir.logical_and", 7), "Or": ("ttir.logical_or", 7), "Xor": ("ttir.logical_xor", 7)}
+VARIADIC_OPS = {"Max": ("ttir.maximum", 13), "Min": ("ttir.minimum", 13)}
 
 for _op_type, (_ttir_op, _since) in BINARY_OPS.items():
     converter(_op_type, since=_since)(_binary(_ttir_op))
 for _op_type, (_ttir_op, _since) in UNARY_OPS.items():
     converter(_op_type, since=_since)(_unary(_ttir_op))
+
+
+def _variadic(ttir_op: str) -> Converter:
+    """Max / Min of one or more inputs: a left-to-right chain of the binary op."""
+
+    def convert(ctx: NodeContext) -> Value:
+        values = [ctx.input(i) for i in range(len(ctx.node.input)) if ctx.has_input(i)]
+        result = values[0]
+        for other in values[1:]:
+            types = _tensor(result), _tensor(other)
+            if types[0].element_type != types[1].element_type:
+                raise ctx.error("operands have different element types")
+            shape = broadcast_shape(types[0].shape, types[1].shape)
+            if shape is None:
+                raise ctx.error(f"operand shapes {types[0].shape} and {types[1].shape} do not broadcast")
+            result = ctx.create(ttir_op, [result, other], types[0].with_shape(shape))
+        return result
+
+    return convert
+
+
+for _op_type, (_ttir_op, _since) in (COMPARE_OPS | LOGICAL_OPS).items():
+    converter(_op_type, since=_since)(_binary(_ttir_op, result_element="i1"))
+for _op_type, (_ttir_op, _since) in VARIADIC_OPS.items():
+    converter(_op_type, since=_since)(_variadic(_ttir_op))
+
+
+@converter("Not", since=1)
+def logical_not(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    return ctx.create("ttir.logical_not", [x], x.type)
+
+
+@converter("IsNaN", since=9)
+def isnan(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    return ctx.create("ttir.isnan", [x], _tensor(x).with_element_type(ScalarType("i1")))
+
+
+@converter("Where", since=9)
+def where(ctx: NodeContext) -> Value:
+    cond, x, y = ctx.input(0), ctx.input(1), ctx.input(2)
+    if _tensor(x).element_type != _tensor(y).element_type:
+        raise ctx.error(f"the branches have different element types ({_tensor(x).element_type} and "
+                        f"{_tensor(y).element_type})")
+    shape = broadcast_shape(_tensor(cond).shape, _tensor(x).shape)
+    shape = broadcast_shape(shape, _tensor(y).shape) if shape is not None else None
+    if shape is None:
+        raise ctx.error(f"shapes {_tensor(cond).shape}, {_tensor(x).shape} and {_tensor(y).shape} do not broadcast")
+    return ctx.create("ttir.where", [cond, x, y], _tensor(x).with_shape(shape))
+
+
+@converter("Cast", since=6)
+def cast(ctx: NodeContext) -> Value:
+    """A typecast to `to` (the identity when the type does not change)."""
+    from ttc.frontend.importer import element_type
+
+    x = ctx.input(0)
+    target = element_type(ctx.attr("to"), ctx.where, ctx.node.output[0])
+    if target == _tensor(x).element_type:
+        return x
+    return ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(target))
+
+
+@converter("Gelu", since=20)
+def gelu(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    approximate = ctx.attr("approximate") or "none"
+    if approximate not in ("none", "tanh"):
+        raise ctx.error(f"approximate = '{approximate}' is not a GELU form (none or tanh)")
+    return ctx.create("ttir.gelu", [x], x.type, {"approximate": approximate})
+
+
+@converter("Dropout", since=13)
+def dropout(ctx: NodeContext) -> Value:
+    """Inference: the identity (training_mode must not be a true constant; the mask must be unused)."""
+    if ctx.output_used(1):
+        raise ctx.error("the mask output of Dropout is used; ttc imports inference-mode Dropout only")
+    if ctx.has_input(2):
+        training = ctx.input_constant(2)
+        if training is None or bool(training):
+            raise ctx.error("training_mode is not a false constant; ttc imports inference-mode Dropout only")
+    return ctx.input(0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,3 +328,222 @@ def constant(ctx: NodeContext) -> Value:
                         "(only value, value_float(s), value_int(s))")
     return ctx.constant(np.array(ctx.attr(attr.name), dtype=forms[attr.name]))
 
+
+
+@converter("Size", since=1)
+def size_of(ctx: NodeContext) -> Value:
+    """A constant: every shape is static by the time ops are converted."""
+    return ctx.constant(np.array(_tensor(ctx.input(0)).num_elements, dtype=np.int64))
+
+
+def constant_ints(ctx: NodeContext, index: int, what: str) -> list[int] | None:
+    """A constant integer input as a list (None when the input is absent); an error when computed."""
+    if not ctx.has_input(index):
+        return None
+    values = ctx.input_constant(index)
+    if values is None:
+        raise ctx.error(f"the {what} input '{ctx.node.input[index]}' must be a constant (it is computed "
+                        "at run time, which needs dynamic shapes)")
+    return [int(v) for v in np.asarray(values).ravel()]
+
+
+def _result_shape(ctx: NodeContext, computed: tuple[int, ...]) -> tuple[int, ...]:
+    inferred = ctx.inferred_shape(0)
+    if inferred is not None and inferred != computed:
+        raise ctx.error(f"computed the output shape {computed}, shape inference says {inferred}")
+    return computed
+
+
+def normalized_slice(dim: int, start: int, end: int, step: int) -> tuple[int, int]:
+    """ONNX Slice's clamping of start/end into a dim of size `dim` (numpy's slice.indices), with an
+    end of -1 standing for "through index 0" when the step is negative."""
+    begin, stop, _ = slice(start, end, step).indices(dim)
+    return begin, stop
+
+
+def emit_slice(ctx: NodeContext, x: Value, begins: list[int], ends: list[int], steps: list[int]) -> Value:
+    shape = slice_shape(_tensor(x).shape, begins, ends, steps)
+    if tuple(begins) == (0,) * len(begins) and tuple(steps) == (1,) * len(steps) and \
+            shape == _tensor(x).shape:
+        return x
+    attributes = {"begins": tuple(begins), "ends": tuple(ends), "steps": tuple(steps)}
+    return ctx.create("ttir.slice", [x], _tensor(x).with_shape(shape), attributes)
+
+
+@converter("Slice", since=13)
+def slice_(ctx: NodeContext) -> Value:
+    """starts/ends/axes/steps must be constants; they are normalised into the dims (clamped)."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    starts = constant_ints(ctx, 1, "starts") or []
+    ends = constant_ints(ctx, 2, "ends") or []
+    axes = constant_ints(ctx, 3, "axes") or list(range(len(starts)))
+    steps = constant_ints(ctx, 4, "steps") or [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.error("starts, ends, axes and steps have different lengths")
+    begins, stops, strides = [0] * len(shape), list(shape), [1] * len(shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = _axis(ctx, axis, len(shape))
+        if step == 0:
+            raise ctx.error(f"step 0 on axis {axis}")
+        begins[axis], stops[axis] = normalized_slice(shape[axis], start, end, step)
+        strides[axis] = step
+    result = emit_slice(ctx, x, begins, stops, strides)
+    _result_shape(ctx, _tensor(result).shape)
+    return result
+
+
+@converter("Split", since=13)
+def split(ctx: NodeContext) -> list[Value]:
+    """Slices along `axis`: sizes from the `split` input, else `num_outputs` (since 18) or the number
+    of outputs, the last part taking the remainder (ONNX's ceil rule)."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    axis = _axis(ctx, ctx.attr("axis") or 0, len(shape))
+    sizes = constant_ints(ctx, 1, "split")
+    if sizes is None:
+        parts = ctx.attr("num_outputs") or len(ctx.node.output)
+        chunk = -(-shape[axis] // parts)
+        sizes = [min(chunk, shape[axis] - i * chunk) for i in range(parts)]
+    if sum(sizes) != shape[axis] or len(sizes) != len(ctx.node.output):
+        raise ctx.error(f"split sizes {sizes} do not cover dim {axis} of size {shape[axis]} in "
+                        f"{len(ctx.node.output)} outputs")
+    outputs, start = [], 0
+    for size in sizes:
+        begins, ends = [0] * len(shape), list(shape)
+        begins[axis], ends[axis] = start, start + size
+        outputs.append(emit_slice(ctx, x, begins, ends, [1] * len(shape)))
+        start += size
+    return outputs
+
+
+@converter("Concat", since=13)
+def concat(ctx: NodeContext) -> Value:
+    values = [ctx.input(i) for i in range(len(ctx.node.input)) if ctx.has_input(i)]
+    values = [v for v in values if _tensor(v).num_elements or len(values) == 1]
+    first = _tensor(values[0])
+    axis = _axis(ctx, ctx.attr("axis"), first.rank)
+    for value in values[1:]:
+        other = _tensor(value)
+        if other.element_type != first.element_type or other.rank != first.rank or \
+                any(a != b for i, (a, b) in enumerate(zip(other.shape, first.shape, strict=True)) if i != axis):
+            raise ctx.error(f"cannot concatenate {other} with {first} along axis {axis}")
+    if len(values) == 1:
+        return values[0]
+    shape = list(first.shape)
+    shape[axis] = sum(_tensor(v).shape[axis] for v in values)
+    return ctx.create("ttir.concat", values, first.with_shape(tuple(shape)), {"axis": axis})
+
+
+def _reshape_to(ctx: NodeContext, x: Value, shape: tuple[int, ...]) -> Value:
+    if _tensor(x).shape == shape:
+        return x
+    return ctx.create("ttir.reshape", [x], _tensor(x).with_shape(shape))
+
+
+@converter("Squeeze", since=13)
+def squeeze(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    axes = constant_ints(ctx, 1, "axes")
+    axes = [i for i, d in enumerate(shape) if d == 1] if axes is None else [_axis(ctx, a, len(shape)) for a in axes]
+    if any(shape[a] != 1 for a in axes):
+        raise ctx.error(f"cannot squeeze axes {axes} of shape {list(shape)} (not all of size 1)")
+    return _reshape_to(ctx, x, _result_shape(ctx, tuple(d for i, d in enumerate(shape) if i not in axes)))
+
+
+@converter("Unsqueeze", since=13)
+def unsqueeze(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    shape = list(_tensor(x).shape)
+    axes = constant_ints(ctx, 1, "axes") or []
+    rank = len(shape) + len(axes)
+    for axis in sorted(_axis(ctx, a, rank) for a in axes):
+        shape.insert(axis, 1)
+    return _reshape_to(ctx, x, _result_shape(ctx, tuple(shape)))
+
+
+@converter("Expand", since=13)
+def expand(ctx: NodeContext) -> Value:
+    """A broadcast to broadcast(x.shape, shape) (ONNX Expand broadcasts both ways)."""
+    x = ctx.input(0)
+    target = constant_ints(ctx, 1, "shape") or []
+    shape = broadcast_shape(_tensor(x).shape, target)
+    if shape is None:
+        raise ctx.error(f"shape {list(_tensor(x).shape)} does not broadcast with {target}")
+    if shape == _tensor(x).shape:
+        return x
+    return ctx.create("ttir.broadcast", [x], _tensor(x).with_shape(_result_shape(ctx, shape)))
+
+
+@converter("Gather", since=13)
+def gather(ctx: NodeContext) -> Value:
+    """Rows of a constant table by computed indices become `ttir.embedding` (a device lookup); with
+    constant indices, a `ttir.gather` (a data movement the device runs)."""
+    data, indices = ctx.input(0), ctx.input(1)
+    data_type, index_type = _tensor(data), _tensor(indices)
+    axis = _axis(ctx, ctx.attr("axis"), data_type.rank)
+    shape = _result_shape(ctx, (*data_type.shape[:axis], *index_type.shape, *data_type.shape[axis + 1:]))
+    is_table = ctx.input_constant(0) is not None and axis == 0 and data_type.rank >= 2
+    if is_table and ctx.input_constant(1) is None:
+        width = math.prod(data_type.shape[1:])
+        table = _reshape_to(ctx, data, (data_type.shape[0], width))
+        rows = ctx.create("ttir.embedding", [table, indices], data_type.with_shape((*index_type.shape, width)))
+        return _reshape_to(ctx, rows, shape)
+    return ctx.create("ttir.gather", [data, indices], data_type.with_shape(shape), {"axis": axis})
+
+
+def gather_by_constant_map(ctx: NodeContext) -> Value:
+    """GatherElements / GatherND with constant indices: a fixed element map, found by running the node on
+    the flat positions of the data (onnx's reference evaluator), then emitted as a reshape when it is
+    one, else as a gather of the flattened data."""
+    from ttc.frontend.folding import evaluate_node
+
+    data = ctx.input(0)
+    indices = ctx.input_constant(1)
+    if indices is None:
+        raise ctx.error(f"the indices '{ctx.node.input[1]}' are computed at run time; ttc runs "
+                        f"{ctx.node.op_type} with constant indices only")
+    data_type = _tensor(data)
+    positions = np.arange(data_type.num_elements, dtype=np.int64).reshape(data_type.shape)
+    try:
+        source = evaluate_node(ctx.node, {ctx.node.input[0]: positions, ctx.node.input[1]: indices},
+                               ctx.importer.opset)[0]
+    except Exception as exc:
+        raise ctx.error(f"cannot evaluate the index map: {exc}") from None
+    shape = _result_shape(ctx, tuple(source.shape))
+    if np.array_equal(source.ravel(), np.arange(source.size)) and source.size == data_type.num_elements:
+        return _reshape_to(ctx, data, shape)
+    flat = _reshape_to(ctx, data, (data_type.num_elements,))
+    table = ctx.importer.add_constant(TensorType(shape, ScalarType("i64")), f"{ctx.node.output[0]}.source",
+                                      ctx.loc, data=source.astype(np.int64))
+    return ctx.create("ttir.gather", [flat, table], data_type.with_shape(shape), {"axis": 0})
+
+
+converter("GatherElements", since=13)(gather_by_constant_map)
+converter("GatherND", since=13)(gather_by_constant_map)
+
+
+def _reduction(ttir_op: str, axes_input: bool) -> Converter:
+    """ReduceSum (axes an input since 13) and ReduceMean / ReduceMax (an input since 18)."""
+
+    def convert(ctx: NodeContext) -> Value:
+        x = ctx.input(0)
+        rank = _tensor(x).rank
+        axes = constant_ints(ctx, 1, "axes") if axes_input else ctx.attr("axes")
+        if not axes:
+            if ctx.attr("noop_with_empty_axes"):
+                return x
+            axes = list(range(rank))
+        axes = sorted({_axis(ctx, a, rank) for a in axes})
+        keepdims = bool(ctx.attr("keepdims"))
+        shape = _result_shape(ctx, reduced_shape(_tensor(x).shape, axes, keepdims))
+        return ctx.create(ttir_op, [x], _tensor(x).with_shape(shape), {"axes": tuple(axes), "keepdims": keepdims})
+
+    return convert
+
+
+converter("ReduceSum", since=13)(_reduction("ttir.reduce_sum", axes_input=True))
+for _op_type, _ttir_op in (("ReduceMean", "ttir.reduce_mean"), ("ReduceMax", "ttir.reduce_max")):
+    converter(_op_type, since=13)(_reduction(_ttir_op, axes_input=False))
+    converter(_op_type, since=18)(_reduction(_ttir_op, axes_input=True))

@@ -4,6 +4,14 @@ The graph walk: graph inputs become function arguments, initializers and Constan
 `ttir.constant` ops (placed at the top of the function, in graph order, only when used), every other
 node goes through its converter (`converters.py`), graph outputs are returned. Unsupported ops are
 all reported in one error before anything is converted.
+
+Constant subgraphs are folded here, at compile time: a node whose inputs are all constants
+(initializers, Constant nodes, Shape of a static shape, earlier folded results) is evaluated with
+onnx's reference evaluator and becomes a constant itself, so shape arithmetic (Shape, Gather,
+Range, ConstantOfShape, Concat of dims), constant masks (GPT-2's causal And/Where chain) and
+constant lookups (BERT's position and token-type embeddings) never reach the device. Such a node
+needs no converter. Folded results follow the importer's constant rule: small ones are inline
+`dense<...>`, large ones named weights.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ttc.frontend.converters import find_converter, supported_op_types
+from ttc.frontend.folding import evaluate_node
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,
     TARGET_OPSET,
@@ -80,12 +89,48 @@ def node_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
+# Ops whose output depends on more than their inputs: never folded.
+NONDETERMINISTIC_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                                  "Multinomial", "Bernoulli", "Dropout"})
+# Ops whose output depends only on the (static) shape of their input: constants once shapes are known.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def is_foldable(node: onnx.NodeProto, constants: set[str]) -> bool:
+    """Whether the node's outputs are compile-time constants: a default-domain, deterministic node
+    without subgraphs whose inputs are all constants (or a Shape/Size, as every shape is static)."""
+    if node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC_OPS:
+        return False
+    if node.op_type in SHAPE_OPS:
+        return True
+    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+        return False
+    inputs = [name for name in node.input if name]
+    return bool(inputs) and all(name in constants for name in inputs)
+
+
+def constant_values(model: onnx.ModelProto) -> set[str]:
+    """The names of every value a constant subgraph computes (initializers, Constant nodes, folds)."""
+    constants = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if (node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS) or is_foldable(node, constants):
+            constants.update(name for name in node.output if name)
+    return constants
+
+
 def check_supported(model: onnx.ModelProto) -> None:
-    """One UserError listing every unsupported op type with the names of its nodes."""
+    """One UserError listing every unsupported op type with the names of its nodes (nodes folded at
+    compile time need no converter)."""
     supported = set(supported_op_types())
     unsupported: dict[str, list[str]] = {}
+    constants = {t.name for t in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
         if node.domain in DEFAULT_DOMAINS and node.op_type in supported:
+            if node.op_type == "Constant" or is_foldable(node, constants):
+                constants.update(node.output)
+            continue
+        if is_foldable(node, constants):
+            constants.update(node.output)
             continue
         op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         unsupported.setdefault(op, []).append(node_name(node, index))
@@ -178,11 +223,15 @@ class GraphImporter:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         ctx = NodeContext(self, node, node_name(node, index))
-        convert = find_converter(node.op_type, self.opset)
-        if convert is None:
-            raise ctx.error(f"no converter for {node.op_type} at opset {self.opset}")
-        outputs = convert(ctx)
-        outputs = [outputs] if isinstance(outputs, Value) else list(outputs)
+        constants = {name for name in node.input if name and self.is_constant(name)}
+        if node.op_type not in SHAPE_OPS and is_foldable(node, constants):
+            outputs = self.fold(ctx)
+        else:
+            convert = find_converter(node.op_type, self.opset)
+            if convert is None:
+                raise ctx.error(f"no converter for {node.op_type} at opset {self.opset}")
+            outputs = convert(ctx)
+            outputs = [outputs] if isinstance(outputs, Value) else list(outputs)
         for name, value in zip(node.output, outputs, strict=False):
             if not name:
                 continue
@@ -191,6 +240,23 @@ class GraphImporter:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
+
+    def is_constant(self, name: str) -> bool:
+        value = self.values.get(name)
+        return value is not None and value in self.constant_of
+
+    def fold(self, ctx: NodeContext) -> list[Value]:
+        """Evaluate a node on constant inputs with onnx's reference evaluator (compile-time folding)."""
+        node = ctx.node
+        feeds = {name: self.constant_of[self.values[name]].array() for name in node.input if name}
+        try:
+            results = evaluate_node(node, feeds, self.opset)
+        except Exception as exc:
+            raise ctx.error(f"cannot fold this constant node at compile time: {exc}") from None
+        outputs = []
+        for name, array in zip(node.output, results, strict=False):
+            outputs.append(ctx.constant(np.ascontiguousarray(array), name or node.output[0]))
+        return outputs
 
     # -- values and types -----------------------------------------------------------------------
 
@@ -296,8 +362,14 @@ class NodeContext:
         op = Builder.at_end(self.importer.block).create(op_name, operands, [result_type], attributes, self.loc)
         return op.result
 
-    def constant(self, array: np.ndarray) -> Value:
-        """A constant output (weight named after the output when large)."""
+    def constant(self, array: np.ndarray, name: str | None = None) -> Value:
+        """A constant output `name` (the first output by default; a weight of that name when large)."""
+        name = name or self.node.output[0]
         onnx_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-        ttype = TensorType(array.shape, element_type(onnx_type, self.where, self.node.output[0]))
-        return self.importer.add_constant(ttype, self.node.output[0], self.loc, data=array)
+        ttype = TensorType(array.shape, element_type(onnx_type, self.where, name))
+        return self.importer.add_constant(ttype, name, self.loc, data=array)
+
+    def input_type(self, index: int) -> TensorType:
+        value_type = self.input(index).type
+        assert isinstance(value_type, TensorType)
+        return value_type

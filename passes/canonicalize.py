@@ -2,8 +2,11 @@
 
 - Pure ops without uses (constants too) are erased by the rewrite driver.
 - Identities: reshape to its own type, transpose by the identity permutation, reshape of reshape,
-  transpose of transpose, and x+0, x-0, x*1, x/1, pow(x, 1) with a splat constant when the result type
-  is x's own (a broadcasting constant that changes the shape keeps the op).
+  transpose of transpose, broadcasts, slices and typecasts that change nothing, and x+0, x-0, x*1,
+  x/1, pow(x, 1) with a splat constant when the result type is x's own (a broadcasting constant that
+  changes the shape keeps the op).
+- A table lookup of reshaped indices looks up the indices as they are and reshapes the rows:
+  embedding(t, reshape(ids)) -> reshape(embedding(t, ids)), so token ids reach the lookup untouched.
 - Constant folding: an op with a `fold` hook whose operands are all `ttir.constant` is evaluated at
   compile time when its result is small (at most 16 elements, or a splat computed from splats) and
   becomes an inline `dense<...>`; with `fold-weights` (the default) a large result computed from
@@ -109,6 +112,42 @@ class TransposeOfTranspose(RewritePattern):
         return True
 
 
+class SameTypeIdentity(RewritePattern):
+    """broadcast(x), slice(x) or typecast(x) -> x when the result type is x's type (for a slice: the
+    whole of x, in order)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        source = op.operands[0]
+        if source.type != op.result.type:
+            return rewriter.notify_match_failure(op, "changes the type")
+        if op.name == "ttir.slice" and (any(b != 0 for b in op.attr("begins")) or any(s != 1 for s in op.attr("steps"))):
+            return rewriter.notify_match_failure(op, "reorders or shifts the elements")
+        rewriter.replace_op(op, [source])
+        return True
+
+
+class EmbeddingOfReshape(RewritePattern):
+    """embedding(t, reshape(ids)) -> reshape(embedding(t, ids)): the rows come out in the same order."""
+
+    root = "ttir.embedding"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        table, indices = op.operands
+        reshape = defining_op(indices, "ttir.reshape")
+        if reshape is None:
+            return rewriter.notify_match_failure(op, "the indices are not reshaped")
+        source = reshape.operands[0]
+        assert isinstance(source.type, TensorType) and isinstance(op.result.type, TensorType)
+        rows_type = op.result.type.with_shape((*source.type.shape, op.result.type.shape[-1]))
+        rows = rewriter.create_before(op, "ttir.embedding", [table, source], [rows_type], loc=op.loc)
+        back = rewriter.create_before(op, "ttir.reshape", [rows.result], [op.result.type], loc=reshape.loc)
+        rewriter.replace_op(op, [back.result])
+        return True
+
+
 class BinaryIdentity(RewritePattern):
     """x+0, 0+x, x-0, x*1, 1*x, x/1, pow(x, 1) -> x, when the op does not broadcast x to a new type."""
 
@@ -187,7 +226,8 @@ class FoldConstantOperands(RewritePattern):
 
 def canonicalization_patterns(module: Module, fold_weights: bool = True) -> list[RewritePattern]:
     return [FoldConstantOperands(module, fold_weights), ReshapeToSameType(), ReshapeOfReshape(),
-            IdentityTranspose(), TransposeOfTranspose(), *BINARY_IDENTITIES]
+            IdentityTranspose(), TransposeOfTranspose(), *BINARY_IDENTITIES, EmbeddingOfReshape(),
+            *(SameTypeIdentity(root) for root in ("ttir.broadcast", "ttir.slice", "ttir.typecast"))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.footprint import (
+    TILE,
     Phase,
     eltwise_plan,
+    embedding_geometry,
     gather_of,
     layout,
     matmul_masks,
@@ -184,8 +186,20 @@ def gather_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     return work
 
 
+def embedding_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str) -> Work:
+    """Per tile row: one index page, 32 table rows (one NoC read each), a tilize per tile, the tiles out."""
+    out, ids_per_page, row_bytes = embedding_geometry(op)
+    tile_rows = b["batches"] * b["rows"]
+    table, ids = op.operands
+    work = Work(compute=tile_rows * out.ct * tile_cycles(device, "datacopy"))
+    work.move(tile_rows, ids_per_page * 4, in_dram(ids), tile_rows)
+    work.move(tile_rows * TILE, row_bytes, in_dram(table), tile_rows)  # 32 row reads, one barrier
+    work.move(tile_rows * out.ct, page(op.result), in_dram(op.result), tile_rows * (out.ct // b["block_w"]))
+    return work
+
+
 _WORK = {"matmul": matmul_work, "eltwise": eltwise_work, "softmax": row_op_work, "layer_norm": row_op_work,
-         "data_movement": gather_work}
+         "data_movement": gather_work, "embedding": embedding_work}
 
 
 def average_hops(device: DeviceAttr) -> float:

@@ -10,7 +10,9 @@
 - x / c -> x * (1 / c) for an inline float constant c (differs from the division by at most an ulp).
 - The erf form of GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, with the 0.5 applied to x, to the product
   or to the (1 + erf) factor and `x / 1.4142` or `x * 0.7071` inside, becomes `ttir.gelu` with the
-  locations of all matched ops fused.
+  locations of all matched ops fused. The tanh form GPT-2 exports,
+  `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))` (x^3 as a Pow or as products), becomes
+  `ttir.gelu {approximate = "tanh"}` the same way.
 
 `ttir.softmax` and `ttir.layer_norm` stay as they are: the device has kernels for both, which beat
 their decompositions (fewer passes over the data, a numerically stable reduction).
@@ -184,26 +186,62 @@ def _erf_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
     return None
 
 
-def _match_gelu(op: Operation) -> tuple[Value, list[Operation]] | None:
-    """(x, matched ops in data-flow order) when the mul `op` computes erf-GELU of x."""
+def _cube_of(value: Value) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops) when `value` is x^3: pow(x, 3), (x * x) * x or x * (x * x)."""
+    power = defining_op(value, "ttir.pow")
+    if power is not None and _is_splat_near(power.operands[1], 3.0):
+        return power.operands[0], [power]
+    outer = defining_op(value, "ttir.mul")
+    if outer is None:
+        return None
+    for square_side, x in (outer.operands, outer.operands[::-1]):
+        square = defining_op(square_side, "ttir.mul")
+        if square is not None and square.operands[0] is x and square.operands[1] is x:
+            return x, [square, outer]
+    return None
+
+
+def _tanh_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops) when `value` is `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))` (any operand order)."""
+    add = defining_op(value, "ttir.add")
+    if add is None:
+        return None
+    lhs, rhs = add.operands
+    tanh_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
+    tanh = defining_op(tanh_value, "ttir.tanh") if tanh_value is not None else None
+    scaled = _mul_by(tanh.operands[0], math.sqrt(2.0 / math.pi), rel_tol=1e-4) if tanh is not None else None
+    inner = defining_op(scaled[0], "ttir.add") if scaled is not None else None
+    if inner is None:
+        return None
+    for x, term in (inner.operands, inner.operands[::-1]):
+        cubed = _mul_by(term, 0.044715, rel_tol=1e-4)
+        cube = _cube_of(cubed[0]) if cubed is not None else None
+        if cube is not None and cube[0] is x:
+            return x, [*cube[1], cubed[1], inner, scaled[1], tanh, add]
+    return None
+
+
+def _match_gelu(op: Operation, core_of=_erf_plus_one) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops in data-flow order) when the mul `op` computes 0.5 * x * core(x), `core_of`
+    matching the (1 + erf(...)) or (1 + tanh(...)) factor."""
     lhs, rhs = op.operands
     for half_side, other in ((lhs, rhs), (rhs, lhs)):
         # (x * 0.5) * (1 + erf(x / sqrt2))
         half_x = _mul_by(half_side, 0.5)
-        core = _erf_plus_one(other)
+        core = core_of(other)
         if half_x is not None and core is not None and half_x[0] is core[0]:
             return core[0], [*core[1], half_x[1], op]
         # (x * (1 + erf(x / sqrt2))) * 0.5
         product = defining_op(other, "ttir.mul")
         if _is_splat_near(half_side, 0.5) and product is not None:
             for x, factor in (product.operands, product.operands[::-1]):
-                core = _erf_plus_one(factor)
+                core = core_of(factor)
                 if core is not None and core[0] is x:
                     return x, [*core[1], product, op]
         # x * ((1 + erf(x / sqrt2)) * 0.5)
         half_factor = _mul_by(other, 0.5)
         if half_factor is not None:
-            core = _erf_plus_one(half_factor[0])
+            core = core_of(half_factor[0])
             if core is not None and core[0] is half_side:
                 return half_side, [*core[1], half_factor[1], op]
     return None
@@ -213,30 +251,45 @@ class FuseErfGelu(RewritePattern):
     """x * 0.5 * (1 + erf(x / sqrt(2))) in its common arrangements -> gelu(x)."""
 
     root = "ttir.mul"
+    approximate = "none"
+
+    def match(self, op: Operation) -> tuple[Value, list[Operation]] | None:
+        return _match_gelu(op, _erf_plus_one)
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        match = _match_gelu(op)
+        match = self.match(op)
         if match is None:
-            return rewriter.notify_match_failure(op, "not the erf form of GELU")
+            return rewriter.notify_match_failure(op, f"not the {self.approximate} form of GELU")
         x, ops = match
         if x.type != op.result.type or not is_float(x):
             return rewriter.notify_match_failure(op, "GELU pattern broadcasts x or is not float")
         loc = fuse_locations(*(matched.loc for matched in ops))
-        gelu = rewriter.create_before(op, "ttir.gelu", [x], [op.result.type], loc=loc)
+        attributes = {"approximate": "tanh"} if self.approximate == "tanh" else {}
+        gelu = rewriter.create_before(op, "ttir.gelu", [x], [op.result.type], attributes, loc=loc)
         rewriter.replace_op(op, [gelu.result])
         return True
+
+
+class FuseTanhGelu(FuseErfGelu):
+    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))) -> gelu(x) {approximate = "tanh"}."""
+
+    approximate = "tanh"
+
+    def match(self, op: Operation) -> tuple[Value, list[Operation]] | None:
+        return _match_gelu(op, _tanh_plus_one)
 
 
 @register_pass
 @dataclass
 class Decompose(Pass):
-    """Split Gemm, Pow and Div into device ops; recognise erf-GELU."""
+    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU."""
 
     name = "decompose"
     keep_gemm: bool = False
 
     def run(self, module: Module) -> None:
-        patterns: list[RewritePattern] = [FuseErfGelu(), PowBySplat(), PowByTensor(), DivByConstant()]
+        patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), PowByTensor(),
+                                          DivByConstant()]
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())
         apply_patterns_greedily(module, patterns)

@@ -14,7 +14,9 @@ Blockings are dicts of ints, by op kind:
   out_subblock_h, out_subblock_w;
 - eltwise, softmax, layer_norm: batches, rows, cols (output tiles per core: batch x tile rows x tile
   columns) and block_w (tiles per compute block, <= 8);
-- data_movement: tiles (output tiles per core) and block (tiles per gather step, <= 8).
+- data_movement: tiles (output tiles per core) and block (tiles per gather step, <= 8);
+- embedding: batches, rows (output tile rows per core: whole rows of 32 looked-up table rows) and
+  block_w (tiles per tilize step, <= 8).
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ TILE_BYTES = {"f32": 4096, "bf16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4
 ELEMENT_BYTES = {"f32": 4, "bf16": 2, "i32": 4}
 
 MATMUL_OPS = frozenset({"ttir.linear", "ttir.matmul"})
-MOVEMENT_OPS = frozenset({"ttir.transpose", "ttir.reshape"})
+MOVEMENT_OPS = frozenset({"ttir.transpose", "ttir.reshape", "ttir.slice", "ttir.concat"})
 KINDS = {"ttir.linear": "matmul", "ttir.matmul": "matmul", "ttir.eltwise": "eltwise", "ttir.softmax": "softmax",
-         "ttir.layer_norm": "layer_norm", "ttir.transpose": "data_movement", "ttir.reshape": "data_movement"}
+         "ttir.layer_norm": "layer_norm", "ttir.embedding": "embedding",
+         **{name: "data_movement" for name in MOVEMENT_OPS}}
 
 # CB indices (tt-metal's c_in0.., c_out0, c_intermed0.. naming)
 CB_IN0, CB_IN1, CB_BIAS = 0, 1, 2
@@ -190,67 +193,114 @@ def op_kind(op: Operation) -> str | None:
 
 
 def is_folded(op: Operation) -> bool:
-    """A transpose/reshape whose only user is another one: the chain is lowered as one gather at its end."""
+    """A transpose/reshape/slice whose only user is another one: the chain is lowered as one gather at its
+    end. A concat only heads a chain (it reads several inputs), so nothing folds into one, and a view
+    (`is_view`) is no program at all."""
     if op.name not in MOVEMENT_OPS or len(op.result.uses) != 1:
         return False
-    return op.result.uses[0][0].name in MOVEMENT_OPS
+    user = op.result.uses[0][0]
+    return user.name in MOVEMENT_OPS and user.name != "ttir.concat"
 
 
 def movement_chain(op: Operation) -> list[Operation]:
-    """The folded transposes/reshapes feeding `op` and `op` itself, in program order."""
+    """The folded movement ops feeding `op` and `op` itself, in program order."""
     chain = [op]
-    while isinstance(chain[0].operands[0], OpResult) and is_folded(chain[0].operands[0].op):
+    while chain[0].name != "ttir.concat" and isinstance(chain[0].operands[0], OpResult) \
+            and is_folded(chain[0].operands[0].op):
         chain.insert(0, chain[0].operands[0].op)
     return chain
 
 
 def program_operands(op: Operation) -> list[Value]:
-    """The device values a program reads: a gather reads the input of its whole chain."""
+    """The device values a program reads: a gather reads the input(s) of its whole chain."""
     if op.name in MOVEMENT_OPS:
-        return [movement_chain(op)[0].operands[0]]
+        head = movement_chain(op)[0]
+        return list(head.operands) if head.name == "ttir.concat" else [head.operands[0]]
     return list(op.operands)
 
 
-def chain_steps(chain: Sequence[Operation]) -> tuple[tuple[int, ...], tuple[tuple[str, tuple[int, ...]], ...]]:
-    """(input shape, steps) of a data movement chain, hashable for caching its gather map."""
-    steps = []
+Step = tuple[str, tuple]
+
+
+def chain_steps(chain: Sequence[Operation]) -> tuple[tuple[tuple[int, ...], ...], tuple[Step, ...]]:
+    """(input shapes, steps) of a data movement chain, hashable for caching its gather map."""
+    steps: list[Step] = []
     for op in chain:
         if op.name == "ttir.transpose":
             steps.append(("transpose", tuple(op.attr("perm"))))
+        elif op.name == "ttir.slice":
+            steps.append(("slice", (tuple(op.attr("begins")), tuple(op.attr("ends")), tuple(op.attr("steps")))))
+        elif op.name == "ttir.concat":
+            steps.append(("concat", (op.attr("axis"),)))
         else:
             steps.append(("reshape", tensor(op.result).shape))
-    return tensor(chain[0].operands[0]).shape, tuple(steps)
+    inputs = chain[0].operands if chain[0].name == "ttir.concat" else chain[0].operands[:1]
+    return tuple(tensor(v).shape for v in inputs), tuple(steps)
 
 
 @dataclass(frozen=True)
 class Gather:
-    """A tile-granular data movement: output tile t comes from input tile `source[t]`."""
+    """A tile-granular data movement: output tile t comes from tile `source[t]` of input `inputs[t]`."""
 
     source: np.ndarray  # int64 [output tiles]
     transposed: bool  # every tile is transposed (last two dims swapped) rather than copied
+    inputs: np.ndarray | None = None  # int64 [output tiles]: which input (None: the only one)
+
+    @property
+    def is_identity(self) -> bool:
+        """Output tile t is input tile t, untransposed: the same pages (a view of the input)."""
+        return not self.transposed and self.inputs is None and \
+            np.array_equal(self.source, np.arange(len(self.source)))
+
+
+def _apply_step(flat: np.ndarray, kind: str, arg: tuple) -> np.ndarray:
+    if kind == "transpose":
+        return np.transpose(flat, arg)
+    if kind == "slice":
+        return flat[tuple(slice(b, None if e < 0 else e, s) for b, e, s in zip(*arg, strict=True))]
+    return flat.reshape(arg)
+
+
+def gather_map(in_shape: tuple[int, ...], steps: tuple[Step, ...]) -> Gather | str:
+    """The tile gather doing `steps` on one tensor of `in_shape` (see `gather_map_of_inputs`)."""
+    return gather_map_of_inputs((tuple(in_shape),), tuple(steps))
 
 
 @functools.lru_cache(maxsize=64)
-def gather_map(in_shape: tuple[int, ...], steps: tuple[tuple[str, tuple[int, ...]], ...]) -> Gather | str:
-    """The tile gather doing `steps` on a tensor of `in_shape`, or why it is not tile-granular.
+def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | str:
+    """The tile gather doing `steps` on tensors of `in_shapes` (several only when the first step is a concat),
+    or why it is not tile-granular.
 
     Each output element's source element is computed with numpy; the map is tile-granular when every
     output tile takes all its data from one input tile, at the same in-tile positions (copy) or at
     swapped ones (transpose), and both tiles hold the same number of real elements (so the padding
     of one is the padding of the other, and stays zero).
     """
-    flat = np.arange(math.prod(in_shape), dtype=np.int64).reshape(in_shape)
+    sizes = [math.prod(shape) for shape in in_shapes]
+    starts = np.cumsum([0, *sizes])
+    parts = [np.arange(start, start + size, dtype=np.int64).reshape(shape)
+             for start, size, shape in zip(starts, sizes, in_shapes, strict=False)]
+    flat = parts[0]
     for kind, arg in steps:
-        flat = np.transpose(flat, arg) if kind == "transpose" else flat.reshape(arg)
-    src, out = tile_shape(in_shape), tile_shape(flat.shape)
+        flat = np.concatenate(parts, axis=arg[0]) if kind == "concat" else _apply_step(flat, kind, arg)
+    sources = [tile_shape(shape) for shape in in_shapes]
+    out = tile_shape(flat.shape)
     matrix = flat.reshape(out.batches, out.rows, out.cols)
     padded = np.full((out.batches, out.rt * TILE, out.ct * TILE), -1, dtype=np.int64)
     padded[:, : out.rows, : out.cols] = matrix
     tiles = padded.reshape(out.batches, out.rt, TILE, out.ct, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
     real = tiles >= 0
-    b, rc = np.divmod(np.where(real, tiles, 0), src.rows * src.cols)
-    r, c = np.divmod(rc, src.cols)
-    tile_id = (b * src.rt + r // TILE) * src.ct + c // TILE
+    element = np.where(real, tiles, 0)
+    which = np.searchsorted(starts, element, side="right") - 1  # the input of every element
+    local = element - starts[which]
+    rows = np.array([src.rows for src in sources])[which]
+    cols = np.array([src.cols for src in sources])[which]
+    rts = np.array([src.rt for src in sources])[which]
+    cts = np.array([src.ct for src in sources])[which]
+    tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
+    b, rc = np.divmod(local, rows * cols)
+    r, c = np.divmod(rc, cols)
+    tile_id = tile_starts[which] + (b * rts + r // TILE) * cts + c // TILE  # a numbering over all inputs
     lo = np.where(real, tile_id, np.iinfo(np.int64).max).min(axis=(1, 2))
     hi = np.where(real, tile_id, -1).max(axis=(1, 2))
     if (lo != hi).any():
@@ -264,23 +314,44 @@ def gather_map(in_shape: tuple[int, ...], steps: tuple[tuple[str, tuple[int, ...
         transposed = True
     else:
         return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
-    src_rt, src_ct = lo // src.ct % src.rt, lo % src.ct
-    src_real = np.minimum(src.rows - src_rt * TILE, TILE) * np.minimum(src.cols - src_ct * TILE, TILE)
+    source_input = np.searchsorted(tile_starts, lo, side="right") - 1
+    source = lo - tile_starts[source_input]
+    src_rows = np.array([s.rows for s in sources])[source_input]
+    src_cols = np.array([s.cols for s in sources])[source_input]
+    src_rt = source // np.array([s.ct for s in sources])[source_input] % np.array([s.rt for s in sources])[source_input]
+    src_ct = source % np.array([s.ct for s in sources])[source_input]
+    src_real = np.minimum(src_rows - src_rt * TILE, TILE) * np.minimum(src_cols - src_ct * TILE, TILE)
     if (real.sum(axis=(1, 2)) != src_real).any():
         return "an output tile would carry real data into its padding"
-    return Gather(lo, transposed)
+    return Gather(source, transposed, source_input if len(in_shapes) > 1 else None)
+
+
+def is_view(op: Operation) -> bool:
+    """A movement op (chain) whose output tiles are its input's tiles in order: the result shares the
+    input's buffer, no program runs (e.g. a reshape adding or dropping leading unit dims). `layout`
+    gives a view its source's memory space, so the shared pages are the same pages."""
+    if op.name not in MOVEMENT_OPS or is_folded(op):
+        return False
+    in_shapes, steps = chain_steps(movement_chain(op))
+    gather = gather_map_of_inputs(in_shapes, steps)
+    if not isinstance(gather, Gather) or not gather.is_identity:
+        return False
+    if any(user.name == "ttir.to_layout" for user, _ in op.result.uses):
+        return False  # read back to the host in its own shape
+    return tensor(program_operands(op)[0]).element_type == tensor(op.result).element_type
 
 
 def gather_of(op: Operation) -> Gather:
     """The gather of the chain ending at `op`; a UserError naming the nodes when not tile-granular."""
     chain = movement_chain(op)
-    in_shape, steps = chain_steps(chain)
-    result = gather_map(in_shape, steps)
+    in_shapes, steps = chain_steps(chain)
+    result = gather_map_of_inputs(in_shapes, steps)
     if isinstance(result, Gather):
         return result
     names = ", ".join(node_names(o) for o in chain)
     what = " then ".join(f"{o.name.split('.')[1]} to {list(tensor(o.result).shape)}" for o in chain)
-    raise UserError(f"node {names}: {what} from {list(in_shape)} is not a tile-granular data movement "
+    sources = " and ".join(str(list(shape)) for shape in in_shapes)
+    raise UserError(f"node {names}: {what} from {sources} is not a tile-granular data movement "
                     f"({result}); only gathers of whole 32x32 tiles are supported (e.g. permutations that "
                     "keep the last two dims last, or regroup dims that are multiples of 32)")
 
@@ -372,9 +443,14 @@ def cb(index: int, element_type: ScalarType, pages: int, page: int | None = None
 
 UNARY_SFPU = {"ttir.relu": "relu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh", "ttir.exp": "exp",
               "ttir.erf": "erf", "ttir.sqrt": "sqrt", "ttir.rsqrt": "rsqrt", "ttir.neg": "neg",
-              "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log"}
+              "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log", "ttir.abs": "abs",
+              "ttir.isnan": "isnan"}
 FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
-ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "mul_scalar", "square", "abs"})
+# A comparison is the sign test of lhs - rhs (exact for bf16 operands: distinct values never differ by 0).
+COMPARE_SFPU = {"ttir.eq": "eqz", "ttir.ne": "nez", "ttir.lt": "ltz", "ttir.le": "lez", "ttir.gt": "gtz",
+                "ttir.ge": "gez"}
+ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "gelu_tanh", "mul_scalar", "square",
+                             "abs", "isnan", "nez", "ltz", "gtz"})
 
 
 def keeps_zero(fn: str, param: float) -> bool:
@@ -473,7 +549,9 @@ class _EltwisePlanner:
         for name, operands, result, param in instructions:
             if name == "yield":
                 return self.finish(operands[0])
-            if len(operands) == 1:
+            if name == "expand":
+                self.broadcast(operands[0], result)
+            elif len(operands) == 1:
                 self.unary(name, param, operands[0], result)
             else:
                 self.binary(name, operands[0], operands[1], result)
@@ -504,8 +582,21 @@ class _EltwisePlanner:
             result = id(inner.result)
             row_b, col_b = self.kind(inner.result)
             self.values[result] = _Value(row_b, col_b, True, True)
-            if inner.name in UNARY_SFPU:
+            if inner.name == "ttir.gelu" and inner.attributes.get("approximate") == "tanh":
+                out.append(("gelu_tanh", ids, result, 0.0))
+            elif inner.name in UNARY_SFPU:
                 out.append((UNARY_SFPU[inner.name], ids, result, 0.0))
+            elif inner.name == "ttir.broadcast":
+                out.append(("expand", ids, result, 0.0))
+            elif inner.name in COMPARE_SFPU:
+                difference = temp(result)
+                if ids[0] in scalars:
+                    out.append(("sub_from_scalar", (ids[1],), difference, scalars[ids[0]]))
+                elif ids[1] in scalars:
+                    out.append(("add_scalar", (ids[0],), difference, -scalars[ids[1]]))
+                else:
+                    out.append(("sub", ids, difference, 0.0))
+                out.append((COMPARE_SFPU[inner.name], (difference,), result, 0.0))
             elif len(ids) == 2 and (ids[0] in scalars or ids[1] in scalars):
                 out.extend(self.scalar_form(inner, ids, scalars, result, temp))
             elif inner.name in FPU_BINARY:
@@ -576,6 +667,20 @@ class _EltwisePlanner:
         source.uses -= 1
         zero = keeps_zero(fn, param)
         target.zero_rows, target.zero_cols = source.zero_rows and zero, source.zero_cols and zero
+
+    def broadcast(self, x: int, result: int) -> None:
+        """ttir.broadcast: batch dims broadcast in the reader already; within the tiles the value is
+        expanded to a full one (zero tile + the value broadcast) when it is a row, a column or a scalar."""
+        source, uses = self.values[x], self.values[result].uses
+        source.uses -= 1
+        if not (source.row_b or source.col_b):  # only batch dims broadcast: the block holds it already
+            source.uses += uses
+            self.values[result] = source
+            return
+        self.close()
+        expanded = self.expand(source)
+        expanded.uses = uses
+        self.values[result] = expanded
 
     def binary(self, fn: str, a_id: int, b_id: int, result: int) -> None:
         self.close()
@@ -674,6 +779,23 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     return sorted(cbs, key=lambda c: c.index)
 
 
+def embedding_geometry(op: Operation) -> tuple[TileShape, int, int]:
+    """(output tile shape, ids per index page, bytes per table row) of a `ttir.embedding`: output batch b
+    holds the rows of index page b (a row of the ids' last dim), output tile row r its ids 32r.."""
+    table, ids = tensor(op.operands[0]), tensor(op.operands[1])
+    return tile_shape(tensor(op.result).shape), ids.shape[-1] if ids.shape else 1, page_size(table)
+
+
+def embedding_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """Index page (the ids), 32 table rows per output tile row (row-major pages, tilized by compute), tiles."""
+    out, ids_per_page, row_bytes = embedding_geometry(op)
+    tile_rows = blocking["batches"] * blocking["rows"]
+    width = blocking["block_w"]
+    return [cb(CB_IN0, tensor(op.operands[0]).element_type, double(TILE, tile_rows), page=row_bytes),
+            cb(CB_INDEX, ScalarType("i32"), double(1, tile_rows), page=ids_per_page * ELEMENT_BYTES["i32"]),
+            cb(CB_OUT, tensor(op.result).element_type, double(width, tile_rows * (out.ct // width)))]
+
+
 def gather_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     gather = gather_of(op)
     fmt = tensor(op.result).element_type
@@ -686,7 +808,7 @@ def gather_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
 
 
 _CB_PLANS = {"matmul": matmul_cbs, "eltwise": eltwise_cbs, "softmax": row_op_cbs, "layer_norm": row_op_cbs,
-             "data_movement": gather_cbs}
+             "data_movement": gather_cbs, "embedding": embedding_cbs}
 
 
 def circular_buffers(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
@@ -724,6 +846,19 @@ def chain_end(op: Operation) -> Operation:
     return op
 
 
+def readers(value: Value) -> list[Operation]:
+    """The ops that read `value`'s buffer: users, with folded chains followed to their end and views
+    followed to the readers of the view (which shares the buffer)."""
+    found: list[Operation] = []
+    for user, _ in value.uses:
+        end = chain_end(user)
+        if is_view(end):
+            found += readers(end.result)
+        else:
+            found.append(end)
+    return found
+
+
 @dataclass(frozen=True)
 class LiveRange:
     """A value produced by the op at `start` and last read by the op at `end` (body positions)."""
@@ -738,10 +873,10 @@ def live_ranges(ops: Sequence[Operation]) -> list[LiveRange]:
     position = {id(op): i for i, op in enumerate(ops)}
     ranges = []
     for i, op in enumerate(ops):
-        if is_folded(op):
+        if is_folded(op) or is_view(op):
             continue
         for result in op.results:
-            ends = [position[id(chain_end(user))] for user, _ in result.uses if id(chain_end(user)) in position]
+            ends = [position[id(reader)] for reader in readers(result) if id(reader) in position]
             ranges.append(LiveRange(result, i, max(ends, default=i)))
     return ranges
 

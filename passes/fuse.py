@@ -58,6 +58,13 @@ def ordered_loc(ops: Sequence[Operation]) -> Location:
 # Matmul epilogues
 
 
+def activation_of(op: Operation) -> str:
+    """The SFPU function of an activation op (the tanh form of GELU is its own function)."""
+    if op.name == "ttir.gelu" and op.attributes.get("approximate") == "tanh":
+        return "gelu_tanh"
+    return ACTIVATIONS[op.name]
+
+
 def is_bias_row(value: Value, result: TensorType) -> bool:
     """A [N] or [1, N] row, N the last dim of the matmul result."""
     if not result.shape or not isinstance(value.type, TensorType):
@@ -83,7 +90,7 @@ class FuseLinear(RewritePattern):
                 group, value, bias = [*group, add], add.result, other
         act = sole_user(value)
         if act is not None and act.name in ACTIVATIONS and act.result.type == value.type:
-            group, value, activation = [*group, act], act.result, ACTIVATIONS[act.name]
+            group, value, activation = [*group, act], act.result, activation_of(act)
         operands = [*op.operands, bias] if bias is not None else list(op.operands)
         attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
         linear = rewriter.create_before(group[-1], "ttir.linear", operands, [value.type], attributes,

@@ -30,6 +30,7 @@ from ttc.passes.footprint import (
     eltwise_plan,
     gather_of,
     is_folded,
+    is_view,
     l1_footprint,
     matmul_shape,
     module_device,
@@ -73,6 +74,8 @@ def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
     if kind == "data_movement":
         return (tile_shape(tensor(op.result).shape).tiles // blocking["tiles"],)
     out = tile_shape(tensor(op.result).shape)
+    if kind == "embedding":
+        return (out.batches // blocking["batches"], out.rt // blocking["rows"])
     return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
 
 
@@ -138,10 +141,21 @@ def gather_candidates(op: Operation) -> Iterator[dict[str, int]]:
             yield {"tiles": tiles, "block": block}
 
 
+def embedding_candidates(op: Operation) -> Iterator[dict[str, int]]:
+    """Whole tile rows per core (32 looked-up rows, tilized together), any split of batches and rows."""
+    out = tile_shape(tensor(op.result).shape)
+    for batches in divisors(out.batches):
+        for rows in divisors(out.rt):
+            for width in [d for d in divisors(out.ct) if d <= HALF_DST][::-1]:
+                yield {"batches": batches, "rows": rows, "block_w": width}
+
+
 def candidates(op: Operation) -> Iterator[dict[str, int]]:
     kind = op_kind(op)
     if kind == "matmul":
         return matmul_candidates(op)
+    if kind == "embedding":
+        return embedding_candidates(op)
     if kind == "data_movement":
         return gather_candidates(op)
     return row_candidates(op, kind or "")
@@ -212,7 +226,7 @@ class Grid(Pass):
             ops = list(func.body.ops)
             others = other_l1_bytes(ops, device)
             for op in ops:
-                if op_kind(op) is None or is_folded(op):
+                if op_kind(op) is None or is_folded(op) or is_view(op):
                     continue
                 choice = choose(op, device, device.l1_free - others[id(op)], self.math_fidelity, self.max_cores)
                 op.attributes[GRID] = choice.grid

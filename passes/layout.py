@@ -27,11 +27,14 @@ from ttc.passes.footprint import (
     MATMUL_OPS,
     LiveRange,
     bank_share,
-    chain_end,
     is_folded,
+    is_view,
     live_ranges,
     module_device,
     op_kind,
+    program_operands,
+    readers,
+    tensor,
 )
 from ttc.passes.grid import min_cb_bytes
 from ttc.passes.manager import Pass, register_pass
@@ -81,13 +84,14 @@ def is_intermediate(live: LiveRange) -> bool:
     producer = value.owner
     if not isinstance(producer, Operation) or op_kind(producer) is None:
         return False
-    return all(op_kind(chain_end(user)) is not None for user, _ in value.uses)
+    return all(op_kind(reader) is not None for reader in readers(value))
 
 
 def place_in_l1(func: Function, device: DeviceAttr) -> None:
     """Move intermediates to L1 in program order while every op they live across still fits."""
     ops = list(func.body.ops)
-    cb_floor = {i: min_cb_bytes(op, device) for i, op in enumerate(ops) if op_kind(op) and not is_folded(op)}
+    cb_floor = {i: min_cb_bytes(op, device) for i, op in enumerate(ops)
+                if op_kind(op) and not is_folded(op) and not is_view(op)}
     placed: list[tuple[LiveRange, int]] = []
     for live in live_ranges(ops):
         if not is_intermediate(live):
@@ -101,6 +105,9 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
         assert isinstance(live.value.type, TensorType)
         live.value.type = live.value.type.with_encoding(L1_INTERLEAVED)
     for op in ops:
+        if is_view(op):  # the view shares its source's pages
+            source = tensor(program_operands(op)[0])
+            op.result.type = tensor(op.result).with_encoding(source.encoding)
         sync_body_placement(op)
 
 

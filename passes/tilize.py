@@ -17,8 +17,17 @@ What it does, per function:
   reciprocal of a constant folded, as `decompose` does for inline ones); softmax along another axis than the last is wrapped in transposes
   moving that axis last and back; layer norm over several trailing dims reshapes them into one.
   Reshape and transpose chains that cancel out are folded.
-- Integer and boolean tensors cannot run on the device yet: an op computing on them is a UserError
-  naming its ONNX node.
+- Booleans and integers (`device_types`): boolean ops become exact arithmetic on 0/1 values, and
+  every boolean or integer value computed on the device becomes a float (bf16 after `layout`) when that
+  is exact; what is not is a UserError naming the ONNX node. An integer or boolean graph input used
+  on the device crosses the edge as a float, except token ids (embedding indices), which cross as an
+  int32 row-major buffer the lookup reads its row indices from.
+- Embedding tables are row-major weights (`#tt.layout<row_major, dram, interleaved>`, a page per
+  row): the lookup fetches whole rows by index and tilizes them. A table that is also used as a
+  matrix gets its own row-major copy (`w.rows`).
+- Float constants are saturated into the bf16 range: a finite value beyond the largest bf16 (float32's
+  lowest, -3.4028235e38, is the usual mask value) would otherwise round to infinity on the device, and
+  a mask of -inf turns into NaN as soon as it is multiplied by 0 or subtracted from itself.
 - A function that already has `ttir.to_layout` ops is tilized: it is left alone.
 
 Masking: the device keeps the tile padding of every tensor at zero. Kernels that could make padding
@@ -33,13 +42,16 @@ import math
 import re
 from dataclasses import dataclass
 
+import ml_dtypes
+import numpy as np
+
 from ttc.ir.attributes import DenseAttr, NameLoc, UnknownLoc, WeightAttr
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialect import Trait
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.dialects.ttir import normalize_axis
-from ttc.ir.types import TensorType
+from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.canonicalize import (
     FoldConstantOperands,
     IdentityTranspose,
@@ -49,10 +61,15 @@ from ttc.passes.canonicalize import (
     referenced_weights,
 )
 from ttc.passes.decompose import DivByConstant, DivByTensor
+from ttc.passes.device_types import boolean_patterns, legalize
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
 DEVICE_LAYOUT = LayoutAttr("tile", "dram", "interleaved")
+ROW_MAJOR_LAYOUT = LayoutAttr("row_major", "dram", "interleaved")
+F32 = ScalarType("f32")
+I32 = ScalarType("i32")
+BF16_MAX = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
 CONSTANT = "ttir.constant"
 TO_LAYOUT = "ttir.to_layout"
 
@@ -183,16 +200,52 @@ def device_form_patterns(module: Module) -> list[RewritePattern]:
 # Types, constants and edges
 
 
-def reject_non_float(func: Function) -> None:
-    """UserError for the first op computing on integer or boolean tensors."""
+def saturate(array: np.ndarray) -> np.ndarray:
+    """Finite values clipped to the bf16 range (infinities and NaN stay); `array` itself when nothing moves."""
+    if array.dtype.kind != "f" or not array.size:
+        return array
+    finite = np.isfinite(array)
+    if not (np.abs(array[finite]) > BF16_MAX).any():
+        return array
+    return np.where(finite, np.clip(array, -BF16_MAX, BF16_MAX), array).astype(array.dtype)
+
+
+def saturate_constants(module: Module, func: Function) -> None:
+    """Every float constant of the function within the bf16 range (see the module doc)."""
     for op in func.body.ops:
-        if op.name in (RETURN_OP, CONSTANT):
+        if op.name != CONSTANT or not is_host_float(op.result):
             continue
-        for value in (*op.operands, *op.results):
-            t = value.type
-            if isinstance(t, TensorType) and not t.element_type.is_float:
-                raise UserError(f"node '{node_name(op)}': '{op.name}' computes on {t}; integer and boolean "
-                                "tensors cannot run on the device yet")
+        value = op.attributes["value"]
+        if isinstance(value, DenseAttr):
+            clipped = saturate(np.asarray(value.values))
+            if clipped is not value.values:
+                op.attributes["value"] = DenseAttr(value.type, clipped)
+        elif value.name in module.weights:
+            data = np.asarray(module.weights[value.name])
+            clipped = saturate(data)
+            if clipped is not data:
+                module.weights[value.name] = clipped
+
+
+def place_embedding_tables(module: Module, func: Function, rewriter: PatternRewriter) -> None:
+    """Each embedding's table becomes a row-major device weight of its own (see the module doc)."""
+    for op in list(func.body.ops):
+        if op.name != "ttir.embedding":
+            continue
+        table = defining_op(op.operands[0], CONSTANT)
+        if table is None:
+            raise UserError(f"node '{node_name(op)}': the lookup table is computed; the device looks rows up in a "
+                            "constant table (a weight)")
+        assert isinstance(table.result.type, TensorType)
+        row_major = table.result.type.with_encoding(ROW_MAJOR_LAYOUT)
+        value = table.attributes["value"]
+        data = value.to_array() if isinstance(value, DenseAttr) else module.weights[value.name]
+        name = module.add_weight(f"{weight_name(table)}.rows", np.asarray(data))
+        rows = rewriter.create_before(table, CONSTANT, [], [row_major], {"value": WeightAttr(name)}, loc=table.loc)
+        with rewriter.modify_op(op):
+            op.set_operand(0, rows.result)
+        if not table.result.uses:
+            rewriter.erase_op(table)
 
 
 def takes_scalar(user: Operation, index: int) -> bool:
@@ -201,8 +254,9 @@ def takes_scalar(user: Operation, index: int) -> bool:
     opdef = user.opdef
     if opdef is None or not opdef.has(Trait.BROADCASTABLE) or len(user.operands) != 2:
         return False
-    other = user.operands[1 - index]
-    return defining_op(other, CONSTANT) is None and other.type == user.result.type
+    other, result = user.operands[1 - index].type, user.result.type
+    assert isinstance(other, TensorType) and isinstance(result, TensorType)
+    return defining_op(user.operands[1 - index], CONSTANT) is None and other.shape == result.shape
 
 
 def weight_name(op: Operation) -> str:
@@ -251,20 +305,32 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
             rewriter.notify_op_modified(op)
 
 
+def edge_type(arg: Value, user: Operation, index: int) -> TensorType:
+    """The device type an argument crosses the edge as for one use: token ids (embedding indices) as an
+    int32 row-major buffer, everything else as a tile-layout float."""
+    assert isinstance(arg.type, TensorType)
+    if user.name == "ttir.embedding" and index == 1:
+        return TensorType(arg.type.shape, I32, ROW_MAJOR_LAYOUT)
+    return device_type(arg.type if arg.type.element_type.is_float else arg.type.with_element_type(F32))
+
+
 def add_edges(func: Function, rewriter: PatternRewriter) -> None:
-    """to_layout host -> device after each used argument, device -> host before the return."""
+    """to_layout host -> device after each used argument (one per device type it is used as), device ->
+    host before the return."""
     anchor = func.body.ops[0]
     for index, arg in enumerate(func.args):
         uses = [(user, i) for user, i in arg.uses if user.name != RETURN_OP]
-        if not uses or not is_host_float(arg):
+        if not uses or not isinstance(arg.type, TensorType) or arg.type.encoding is not None:
             continue
-        assert isinstance(arg.type, TensorType)
         name = func.arg_attrs(index).get("ttir.name")
         loc = NameLoc(name) if isinstance(name, str) else UnknownLoc()
-        to_device = rewriter.create_before(anchor, TO_LAYOUT, [arg], [device_type(arg.type)], loc=loc)
+        edges: dict[TensorType, Value] = {}
         for user, i in uses:
+            target = edge_type(arg, user, i)
+            if target not in edges:
+                edges[target] = rewriter.create_before(anchor, TO_LAYOUT, [arg], [target], loc=loc).result
             with rewriter.modify_op(user):
-                user.set_operand(i, to_device.result)
+                user.set_operand(i, edges[target])
     ret = func.return_op
     to_host: dict[int, Value] = {}
     for index, value in enumerate(ret.operands):
@@ -290,14 +356,15 @@ class Tilize(Pass):
 
     def run(self, module: Module) -> None:
         functions = [f for f in module.functions if not any(op.name == TO_LAYOUT for op in f.body.ops)]
-        for func in functions:
-            reject_non_float(func)
         in_use_before = referenced_weights(module)
         rewriter = PatternRewriter()
         for func in functions:
-            apply_patterns_greedily(func.op, device_form_patterns(module), rewriter=rewriter)
+            apply_patterns_greedily(func.op, [*device_form_patterns(module), *boolean_patterns()], rewriter=rewriter)
+            legalize(module, func, rewriter)
+            saturate_constants(module, func)
+            place_embedding_tables(module, func, rewriter)
         for name in in_use_before - referenced_weights(module):
-            module.weights.pop(name, None)  # weights folded into new ones (w -> w.transpose)
+            module.weights.pop(name, None)  # weights folded or converted into new ones (w -> w.transpose)
         for func in functions:
             for op in list(func.body.ops):
                 if op.name == CONSTANT and is_host_float(op.result):

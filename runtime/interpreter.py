@@ -519,6 +519,11 @@ def muli(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     k.env[op.results[0]] = k.env[op.operands[0]] * k.env[op.operands[1]]
 
 
+@handler("mini")
+def mini(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    k.env[op.results[0]] = np.minimum(k.env[op.operands[0]], k.env[op.operands[1]])
+
+
 # ----------------------------------------------------------------------------------------------
 # Circular buffers
 
@@ -639,7 +644,48 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
         raise Fault(f"indices {first}..{first + count - 1} are outside the {index_cb.page_size // 4} int32 "
                     f"values of a page of CB {index_cb.index}", cb=index_cb.index)
     indices = np.ascontiguousarray(page[:, first * 4: (first + count) * 4]).view("<i4").astype(np.int64)
-    _read_into_cb(p, k, gen, np.where(indices < 0, -1 - indices, indices), p.cb(a["cb"]), a["cb_offset"])
+    entries = np.where(indices < 0, -1 - indices, indices)
+    sources = a["sources"]
+    if sources == 1:
+        _read_into_cb(p, k, gen, entries, p.cb(a["cb"]), a["cb_offset"])
+        return
+    cb = p.cb(a["cb"])
+    mine = entries % sources == a["source"]
+    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    _check_noc(gen, cb)
+    bank, offset = _locate(gen, np.where(mine, entries // sources, 0), "read", cb)  # others: nothing read
+    tiles = gen.memory.read(bank, offset, gen.page_size)
+    current = p.get_pages(cb, slots)[..., : gen.page_size]
+    p.put_pages(cb, slots, np.where(mine[..., None], tiles, current))
+    k.pending_reads.add(cb.index)
+    p.count_noc(gen, int(mine.sum()) // p.cores)
+
+
+@handler("noc_read_rows_indexed")
+def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Pages j < valid of the buffer by the int32 indices at index_offset + j of index_cb's waited front
+    page -> reserved back pages of cb; pages j >= valid zero-filled (per core: offset and valid may differ)."""
+    gen = k.env[op.operands[0]]
+    offset = np.asarray(k.env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
+    valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
+    index_cb, cb, count = p.cb(a["index_cb"]), p.cb(a["cb"]), a["count"]
+    positions = np.broadcast_to(offset + np.arange(count)[None, :], (p.cores, count))
+    wanted = np.broadcast_to(np.arange(count)[None, :] < valid, (p.cores, count))
+    entries = index_cb.page_size // 4
+    outside = wanted & ((positions < 0) | (positions >= entries))
+    if outside.any():
+        raise Fault(f"index position {int(positions[outside][0])} is outside the {entries} int32 values of a "
+                    f"page of CB {index_cb.index}", cores=outside.any(axis=1), cb=index_cb.index)
+    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    values = np.ascontiguousarray(page[:, : entries * 4]).view("<i4").astype(np.int64)
+    indices = np.take_along_axis(values, np.where(wanted, positions, 0), axis=1)
+    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    _check_noc(gen, cb)
+    bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
+    rows = gen.memory.read(bank, address, gen.page_size)
+    p.put_pages(cb, slots, np.where(wanted[..., None], rows, 0).astype(np.uint8))
+    k.pending_reads.add(cb.index)
+    p.count_noc(gen, int(wanted.sum()) // p.cores)
 
 
 @handler("noc_write_tiles")
@@ -718,6 +764,32 @@ def transpose_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
     p.dst[:, slots] = _operand_tiles(p, a, "cb", "").swapaxes(-1, -2)
     p.count_compute("datacopy", a["rows"] * a["cols"])
+
+
+@handler("tilize_tiles")
+def tilize_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slot c = the tile at tile column col_offset + c of the 32 waited row pages of cb (zero past a row)."""
+    cb, cols = p.cb(a["cb"]), a["cols"]
+    slots = p.math_slots(a["dst"], cols)
+    rows = unpack_rows(p.get_pages(cb, p.front_slots(cb, np.arange(TILE))), cb)  # [cores, 32, width]
+    first = a["col_offset"] * TILE
+    block = np.zeros((p.cores, TILE, cols * TILE), dtype=np.float32)
+    part = rows[:, :, first: first + cols * TILE]
+    block[:, :, : part.shape[2]] = part
+    p.dst[:, slots] = block.reshape(p.cores, TILE, cols, TILE).swapaxes(1, 2)
+    p.count_compute("datacopy", cols)
+
+
+def unpack_rows(pages: np.ndarray, cb: CircularBuffer) -> np.ndarray:
+    """Row-major pages [cores, n, page_size] of a CB -> values [cores, n, page_size / element bytes] (bf16 or
+    float32, as float32)."""
+    if cb.format is DataFormat.BFLOAT16:
+        raw = np.ascontiguousarray(pages).view("<u2").astype(np.uint32) << 16
+        return raw.view(np.float32)
+    if cb.format is DataFormat.FLOAT32:
+        return numerics.bf16_round(np.ascontiguousarray(pages).view("<f4"))
+    raise Fault(f"CB {cb.index} holds {cb.format} rows, which tilize cannot unpack (bf16 or float32 rows)",
+                cb=cb.index)
 
 
 _BROADCAST = {"none": np.s_[...], "row": np.s_[..., 0:1, :], "col": np.s_[..., :, 0:1],

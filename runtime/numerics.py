@@ -333,6 +333,15 @@ SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "log": np.log,
     "square": np.square,
     "abs": np.abs,
+    # Sign tests (tt-metal's eqz/nez/ltz/lez/gtz/gez_tile and isnan_tile): 1.0 where true, else 0.0.
+    # NaN fails every ordered test and is != 0.
+    "eqz": lambda x: (x == 0).astype(np.float64),
+    "nez": lambda x: (x != 0).astype(np.float64),
+    "ltz": lambda x: (x < 0).astype(np.float64),
+    "lez": lambda x: (x <= 0).astype(np.float64),
+    "gtz": lambda x: (x > 0).astype(np.float64),
+    "gez": lambda x: (x >= 0).astype(np.float64),
+    "isnan": lambda x: np.isnan(x).astype(np.float64),
 }
 
 

@@ -28,6 +28,7 @@ from ttc.ir.dialect import (
     StrAttr,
     Trait,
     VerifyError,
+    enum_attr,
 )
 from ttc.ir.types import TensorType
 
@@ -184,6 +185,134 @@ def verify_constant(op: Operation) -> None:
         raise VerifyError(f"dense value of type {value.type} does not match the result type {result}")
 
 
+def _is_bool_like(t: TensorType) -> bool:
+    """i1, or a float 0/1 carrier once the value is on the device (tilize retypes masks)."""
+    return t.element_type.name == "i1" or (t.encoding is not None and t.element_type.is_float)
+
+
+def verify_compare(op: Operation) -> None:
+    """Comparisons: operands of one type, an i1 result (a 0/1 float on the device)."""
+    lhs, rhs = (tensor(v.type) for v in op.operands)
+    if lhs.element_type != rhs.element_type and not (lhs.encoding is not None and rhs.encoding is not None):
+        raise VerifyError(f"operand element types differ: {lhs.element_type} and {rhs.element_type}")
+    if not _is_bool_like(tensor(op.result.type)):
+        raise VerifyError(f"the result must be i1 (or a 0/1 float on the device), not {tensor(op.result.type)}")
+    shape = broadcast_shape(lhs.shape, rhs.shape)
+    _expect_shape(op, shape, f"operand shapes {_dims(lhs.shape)} and {_dims(rhs.shape)} do not broadcast")
+
+
+def verify_logical(op: Operation) -> None:
+    """Logical ops work on i1 tensors."""
+    for value in (*op.operands, *op.results):
+        if tensor(value.type).element_type.name != "i1":
+            raise VerifyError(f"'{op.name}' works on i1 tensors, not {value.type}")
+    shapes = [tensor(v.type).shape for v in op.operands]
+    shape = shapes[0] if len(shapes) == 1 else broadcast_shape(*shapes)
+    _expect_shape(op, shape, f"operand shapes {', '.join(map(_dims, shapes))} do not broadcast")
+
+
+def verify_isnan(op: Operation) -> None:
+    if not _is_bool_like(tensor(op.result.type)):
+        raise VerifyError(f"the result must be i1 (or a 0/1 float on the device), not {tensor(op.result.type)}")
+    _expect_shape(op, tensor(op.operands[0].type).shape, "same shape as the operand")
+
+
+def verify_where(op: Operation) -> None:
+    cond, x, y = (tensor(v.type) for v in op.operands)
+    if cond.element_type.name != "i1":
+        raise VerifyError(f"the condition must be i1, not {cond}")
+    if x.element_type != y.element_type or tensor(op.result.type).element_type != x.element_type:
+        raise VerifyError(f"the branches and the result must share one element type ({x.element_type}, "
+                          f"{y.element_type} -> {tensor(op.result.type).element_type})")
+    shape = broadcast_shape(broadcast_shape(cond.shape, x.shape) or (), y.shape) \
+        if broadcast_shape(cond.shape, x.shape) is not None else None
+    _expect_shape(op, shape, f"shapes {_dims(cond.shape)}, {_dims(x.shape)} and {_dims(y.shape)} do not broadcast")
+
+
+def verify_typecast(op: Operation) -> None:
+    _expect_shape(op, tensor(op.operands[0].type).shape, "same shape as the operand")
+
+
+def verify_broadcast(op: Operation) -> None:
+    _same_element_types(op)
+    source, result = tensor(op.operands[0].type), tensor(op.result.type)
+    if broadcast_shape(source.shape, result.shape) != result.shape:
+        raise VerifyError(f"{_dims(source.shape)} does not broadcast to {_dims(result.shape)}")
+
+
+def slice_shape(shape: Sequence[int], begins: Sequence[int], ends: Sequence[int],
+                steps: Sequence[int]) -> tuple[int, ...]:
+    """The shape of x[begin:end:step, ...] (normalised, non-negative begins/ends per dim)."""
+    return tuple(len(range(b, e, s)) for b, e, s in zip(begins, ends, steps, strict=True))
+
+
+def verify_slice(op: Operation) -> None:
+    _same_element_types(op)
+    shape = tensor(op.operands[0].type).shape
+    begins, ends, steps = op.attr("begins"), op.attr("ends"), op.attr("steps")
+    if not len(begins) == len(ends) == len(steps) == len(shape):
+        raise VerifyError(f"begins, ends and steps need one entry per dim ({len(shape)})")
+    for dim, (b, e, s) in enumerate(zip(begins, ends, steps, strict=True)):
+        if s == 0:
+            raise VerifyError(f"step of dim {dim} is zero")
+        if not (0 <= b <= shape[dim] and -1 <= e <= shape[dim]):
+            raise VerifyError(f"dim {dim}: begin {b} / end {e} are outside 0..{shape[dim]} (normalise them)")
+    _expect_shape(op, slice_shape(shape, begins, ends, steps), "the sliced shape")
+
+
+def verify_concat(op: Operation) -> None:
+    _same_element_types(op)
+    shapes = [tensor(v.type).shape for v in op.operands]
+    if not shapes:
+        raise VerifyError("concat needs at least one operand")
+    rank = len(shapes[0])
+    axis = normalize_axis(op.attr("axis"), rank)
+    for shape in shapes[1:]:
+        if len(shape) != rank or any(a != b for i, (a, b) in enumerate(zip(shape, shapes[0], strict=True))
+                                     if i != axis):
+            raise VerifyError(f"operand shapes {', '.join(map(_dims, shapes))} differ outside axis {axis}")
+    expected = list(shapes[0])
+    expected[axis] = sum(shape[axis] for shape in shapes)
+    _expect_shape(op, expected, f"concatenation along axis {axis}")
+
+
+def verify_gather(op: Operation) -> None:
+    data, indices = (tensor(v.type) for v in op.operands)
+    if not indices.element_type.is_integer or indices.element_type.name == "i1":
+        raise VerifyError(f"indices must be integers, not {indices}")
+    if tensor(op.result.type).element_type != data.element_type:
+        raise VerifyError("the result has the data's element type")
+    axis = normalize_axis(op.attr("axis"), data.rank)
+    _expect_shape(op, (*data.shape[:axis], *indices.shape, *data.shape[axis + 1:]), "np.take along axis")
+
+
+def verify_embedding(op: Operation) -> None:
+    table, indices = (tensor(v.type) for v in op.operands)
+    if table.rank != 2:
+        raise VerifyError(f"the table must be 2-D [rows, width], not {_dims(table.shape)}")
+    if not indices.element_type.is_integer or indices.element_type.name == "i1":
+        raise VerifyError(f"indices must be integers, not {indices}")
+    if tensor(op.result.type).element_type != table.element_type and not (
+            table.encoding is not None and tensor(op.result.type).element_type.is_float):
+        raise VerifyError("the result has the table's element type")
+    _expect_shape(op, (*indices.shape, table.shape[1]), "one table row per index")
+
+
+def reduced_shape(shape: Sequence[int], axes: Sequence[int], keepdims: bool) -> tuple[int, ...]:
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def verify_reduce(op: Operation) -> None:
+    _same_element_types(op)
+    shape = tensor(op.operands[0].type).shape
+    axes = op.attr("axes")
+    if sorted(set(axes)) != list(axes) or any(not 0 <= a < len(shape) for a in axes):
+        raise VerifyError(f"axes {list(axes)} must be sorted, distinct and in 0..{len(shape) - 1}")
+    _expect_shape(op, reduced_shape(shape, axes, op.attr("keepdims")), f"reduction over axes {list(axes)}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Compile-time folding (constants only)
 
@@ -235,6 +364,84 @@ def _fold_softmax(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     return _softmax(arrays[0].astype(np.float64), op.attr("axis")).astype(dtype)
 
 
+def _result_dtype(op: Operation) -> np.dtype:
+    return tensor(op.result.type).element_type.numpy_dtype()
+
+
+def _compare_fold(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    def fold(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+        return np.asarray(fn(*arrays)).astype(_result_dtype(op))
+    return fold
+
+
+def _fold_where(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    cond, x, y = arrays
+    return np.where(cond.astype(bool), x, y).astype(_result_dtype(op))
+
+
+def typecast_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """ONNX Cast on host arrays: float -> int truncates toward zero, anything -> bool tests != 0
+    (NaN is true), bool -> number gives 0/1."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return array != 0
+    with np.errstate(all="ignore"):
+        if array.dtype.kind == "f" and dtype.kind in "iu":
+            return np.trunc(array).astype(dtype)
+        return array.astype(dtype)
+
+
+def _fold_typecast(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return typecast_array(arrays[0], _result_dtype(op))
+
+
+def _fold_broadcast(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return np.broadcast_to(arrays[0], tensor(op.result.type).shape).copy()
+
+
+def slices_of(op: Operation) -> tuple[slice, ...]:
+    """The numpy index of a ttir.slice (an end of -1 with a negative step means "through index 0")."""
+    return tuple(slice(b, None if e < 0 else e, s)
+                 for b, e, s in zip(op.attr("begins"), op.attr("ends"), op.attr("steps"), strict=True))
+
+
+def _fold_slice(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return np.ascontiguousarray(arrays[0][slices_of(op)])
+
+
+def _fold_concat(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return np.concatenate(arrays, axis=op.attr("axis"))
+
+
+def _fold_gather(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    data, indices = arrays
+    axis = op.attr("axis")
+    size = data.shape[axis]
+    return np.take(data, np.where(indices < 0, indices + size, indices), axis=axis)
+
+
+def _fold_embedding(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    table, indices = arrays
+    return table[np.where(indices < 0, indices + table.shape[0], indices)]
+
+
+def _reduce_fold(fn: Callable[..., np.ndarray]):
+    def fold(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+        x = arrays[0].astype(np.float64) if arrays[0].dtype.kind == "f" else arrays[0]
+        result = fn(x, axis=tuple(op.attr("axes")), keepdims=op.attr("keepdims"))
+        return np.asarray(result).astype(_result_dtype(op))
+    return fold
+
+
+def _fold_gelu(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    x = arrays[0].astype(np.float64)
+    if op.attr("approximate") == "tanh":
+        y = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    else:
+        y = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return y.astype(_result_dtype(op))
+
+
 # ----------------------------------------------------------------------------------------------
 # Op declarations
 
@@ -272,7 +479,10 @@ SQRT = unary("sqrt", "Square root", np.sqrt)
 RSQRT = unary("rsqrt", "1 / sqrt(x)", lambda x: 1.0 / np.sqrt(x))
 NEG = unary("neg", "-x", np.negative)
 RECIPROCAL = unary("reciprocal", "1 / x", lambda x: 1.0 / x)
-GELU = unary("gelu", "x * Phi(x) (erf form)", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))))
+GELU = OpDef("ttir.gelu", "x * Phi(x): the erf form, or its tanh approximation with approximate = \"tanh\"",
+             operands=(Operand("input"),), attributes=(Attr("approximate", enum_attr("none", "tanh"), "none"),),
+             traits=ELEMENTWISE, verify=verify_unary, fold=_fold_gelu)
+ABS = unary("abs", "|x|", np.abs)
 
 MATMUL = OpDef(
     "ttir.matmul", "Matrix product with numpy batching; optional transposes of the last two dims",
@@ -303,6 +513,67 @@ RESHAPE = OpDef("ttir.reshape", "Same elements, new shape (the result type gives
                 operands=(Operand("input"),), results=(Result("result", AnyTensor),), traits=PURE,
                 verify=verify_reshape, fold=_fold_reshape)
 
+
+
+def compare(name: str, summary: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> OpDef:
+    return OpDef(f"ttir.{name}", summary, operands=(Operand("lhs"), Operand("rhs")), traits=BROADCAST,
+                 verify=verify_compare, fold=_compare_fold(fn))
+
+
+def logical(name: str, summary: str, fn: Callable[..., np.ndarray], arity: int = 2) -> OpDef:
+    operands = (Operand("lhs"), Operand("rhs")) if arity == 2 else (Operand("input"),)
+    return OpDef(f"ttir.{name}", summary, operands=operands, traits=BROADCAST if arity == 2 else ELEMENTWISE,
+                 verify=verify_logical, fold=_compare_fold(fn) if arity == 2 else
+                 (lambda arrays, op: np.logical_not(arrays[0])))
+
+
+def reduction(name: str, summary: str, fn: Callable[..., np.ndarray]) -> OpDef:
+    return OpDef(f"ttir.{name}", summary, operands=(Operand("input"),),
+                 attributes=(Attr("axes", IntArrayAttr, REQUIRED), Attr("keepdims", BoolAttr, True)),
+                 traits=PURE, verify=verify_reduce, fold=_reduce_fold(fn))
+
+
+EQ = compare("eq", "lhs == rhs (i1)", np.equal)
+NE = compare("ne", "lhs != rhs (i1)", np.not_equal)
+LT = compare("lt", "lhs < rhs (i1)", np.less)
+LE = compare("le", "lhs <= rhs (i1)", np.less_equal)
+GT = compare("gt", "lhs > rhs (i1)", np.greater)
+GE = compare("ge", "lhs >= rhs (i1)", np.greater_equal)
+LOGICAL_AND = logical("logical_and", "a and b on i1 tensors", np.logical_and)
+LOGICAL_OR = logical("logical_or", "a or b on i1 tensors", np.logical_or)
+LOGICAL_XOR = logical("logical_xor", "a xor b on i1 tensors", np.logical_xor)
+LOGICAL_NOT = logical("logical_not", "not a on an i1 tensor", np.logical_not, arity=1)
+ISNAN = OpDef("ttir.isnan", "x != x (i1)", operands=(Operand("input"),), traits=ELEMENTWISE, verify=verify_isnan,
+              fold=lambda arrays, op: np.isnan(arrays[0]))
+WHERE = OpDef("ttir.where", "cond ? x : y, the three broadcast numpy-style",
+              operands=(Operand("cond"), Operand("x"), Operand("y")), traits=BROADCAST, verify=verify_where,
+              fold=_fold_where)
+TYPECAST = OpDef("ttir.typecast", "Convert to the result's element type (ONNX Cast: float -> int truncates, "
+                 "-> i1 tests != 0)", operands=(Operand("input"),), traits=ELEMENTWISE, verify=verify_typecast,
+                 fold=_fold_typecast)
+BROADCAST_OP = OpDef("ttir.broadcast", "Broadcast numpy-style to the result's shape (ONNX Expand)",
+                     operands=(Operand("input"),), traits=BROADCAST, verify=verify_broadcast, fold=_fold_broadcast)
+SLICE = OpDef(
+    "ttir.slice", "x[begins[d]:ends[d]:steps[d] for every dim d]; begins/ends normalised into the dims "
+    "(an end of -1 with a negative step runs through index 0)",
+    operands=(Operand("input"),),
+    attributes=(Attr("begins", IntArrayAttr, REQUIRED), Attr("ends", IntArrayAttr, REQUIRED),
+                Attr("steps", IntArrayAttr, REQUIRED)),
+    traits=PURE, verify=verify_slice, fold=_fold_slice,
+)
+CONCAT = OpDef("ttir.concat", "Concatenate along `axis`", operands=(Operand("inputs", variadic=True),),
+               attributes=(Attr("axis", IntAttr, REQUIRED),), traits=PURE, verify=verify_concat, fold=_fold_concat)
+GATHER = OpDef("ttir.gather", "np.take(data, indices, axis) with ONNX's negative indices (ONNX Gather); the device "
+               "runs it when the indices are constant (a data movement)",
+               operands=(Operand("data"), Operand("indices")), attributes=(Attr("axis", IntAttr, 0),),
+               traits=PURE, verify=verify_gather, fold=_fold_gather)
+EMBEDDING = OpDef("ttir.embedding", "table[indices]: one row of a 2-D table per index (a Gather along axis 0); "
+                  "the device reads the rows by index and tilizes them",
+                  operands=(Operand("table"), Operand("indices")), traits=PURE, verify=verify_embedding,
+                  fold=_fold_embedding)
+REDUCE_SUM = reduction("reduce_sum", "Sum over `axes`", np.sum)
+REDUCE_MEAN = reduction("reduce_mean", "Mean over `axes`", np.mean)
+REDUCE_MAX = reduction("reduce_max", "Maximum over `axes`", np.max)
 
 
 def verify_to_layout(op: Operation) -> None:
@@ -362,6 +633,7 @@ YIELD = OpDef("ttir.yield", "The value a fused body produces", operands=(Operand
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
-         NEG, RECIPROCAL, GELU, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, TO_LAYOUT, LINEAR,
-         ELTWISE, YIELD],
+         NEG, RECIPROCAL, GELU, ABS, EQ, NE, LT, LE, GT, GE, LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
+         ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE,
+         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD],
 ).register()

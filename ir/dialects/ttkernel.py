@@ -50,8 +50,8 @@ ADDRGEN = DialectType("ttkernel", "addrgen")
 AddrGen = dialect_type("ttkernel", "addrgen")
 
 SFPU_FUNCTIONS = ("exp", "recip", "sqrt", "rsqrt", "sigmoid", "tanh", "gelu", "gelu_tanh", "erf", "relu",
-                  "neg", "log", "square", "abs", "add_scalar", "mul_scalar", "sub_from_scalar",
-                  "pow_scalar", "max_scalar")
+                  "neg", "log", "square", "abs", "eqz", "nez", "ltz", "lez", "gtz", "gez", "isnan",
+                  "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar")
 BINARY_FUNCTIONS = ("add", "sub", "mul")
 BROADCASTS = ("none", "row", "col", "scalar")
 
@@ -128,6 +128,12 @@ def verify_mask(op: Operation) -> None:
     _check_dst(op, op.attr("rows") * op.attr("cols"))
 
 
+def verify_tilize(op: Operation) -> None:
+    _check_cb(op, "cb")
+    _check_positive(op, "cols")
+    _check_dst(op, op.attr("cols"))
+
+
 def verify_pack(op: Operation) -> None:
     _check_cb(op, "cb")
     verify_dst_only(op)
@@ -144,6 +150,8 @@ CONSTANT = OpDef("ttkernel.constant", "A compile-time index constant", results=(
 BUFFER_ADDRESS = OpDef("ttkernel.buffer_address", "The allocated address of the program's buffer operand #`operand`",
                        results=(Result("value", Index),), attributes=(Attr("operand", IntAttr),), traits=PURE)
 ADDI = OpDef("ttkernel.addi", "lhs + rhs", operands=(Operand("lhs", Index), Operand("rhs", Index)),
+             results=(Result("value", Index),), traits=PURE)
+MINI = OpDef("ttkernel.mini", "min(lhs, rhs)", operands=(Operand("lhs", Index), Operand("rhs", Index)),
              results=(Result("value", Index),), traits=PURE)
 MULI = OpDef("ttkernel.muli", "lhs * rhs", operands=(Operand("lhs", Index), Operand("rhs", Index)),
              results=(Result("value", Index),), traits=PURE)
@@ -193,10 +201,14 @@ NOC_READ_TILES_INDEXED = OpDef(
     "ttkernel.noc_read_tiles_indexed",
     "Gather: read `count` tiles whose page indices are the int32 values in the waited front page of "
     "`index_cb` (from `index_offset`), into the reserved back of `cb`. A negative index -1 - i "
-    "means tile i transposed is wanted (the compute kernel transposes; the reader fetches tile i)",
+    "means tile i transposed is wanted (the compute kernel transposes; the reader fetches tile i). "
+    "With `sources` > 1 the buffers of a concatenation share one table: an entry e names tile "
+    "e // sources of buffer e % sources, and this op reads only the entries of buffer `source`, "
+    "leaving the other CB pages to the reads of the other buffers",
     operands=(Operand("addrgen", AddrGen),), results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
-                Attr("index_offset", IntAttr, 0), Attr("count", IntAttr)),
+                Attr("index_offset", IntAttr, 0), Attr("count", IntAttr), Attr("sources", IntAttr, 1),
+                Attr("source", IntAttr, 0)),
 )
 NOC_WRITE_TILES = OpDef(
     "ttkernel.noc_write_tiles",
@@ -212,6 +224,16 @@ NOC_READ_PAGES = OpDef(
     "Read `count` whole pages start.. of a row-major buffer (e.g. an index table) into `cb`'s reserved back",
     operands=(Operand("addrgen", AddrGen), Operand("start", Index)), results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("count", IntAttr)),
+)
+NOC_READ_ROWS_INDEXED = OpDef(
+    "ttkernel.noc_read_rows_indexed",
+    "Row lookup (tt-metal's embedding reader): fill `count` reserved back pages of `cb` (from `cb_offset`) "
+    "with pages of a row-major buffer: page j < `valid` is the buffer page whose index is the int32 value "
+    "at position `index_offset` + j of the waited front page of `index_cb`; pages j >= `valid` are "
+    "zero-filled (padding rows of the last tile row)",
+    operands=(Operand("addrgen", AddrGen), Operand("index_offset", Index), Operand("valid", Index)), results=(),
+    attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
+                Attr("count", IntAttr)),
 )
 NOC_READ_BARRIER = OpDef("ttkernel.noc_read_barrier", "Wait until every issued NoC read has landed", results=())
 NOC_WRITE_BARRIER = OpDef("ttkernel.noc_write_barrier", "Wait until every issued NoC write has left", results=())
@@ -241,6 +263,14 @@ COPY_TILES = OpDef(
 TRANSPOSE_TILES = OpDef(
     "ttkernel.transpose_tiles", "Dst slot(r, c) = transpose of tile(r, c) of `cb` (transpose_wh_tile)",
     results=(), attributes=(Attr("cb", IntAttr), *_operand_block(""), *_BLOCK), verify=verify_block_compute,
+)
+TILIZE_TILES = OpDef(
+    "ttkernel.tilize_tiles",
+    "Dst slot c = the 32x32 tile of the 32 waited front pages of `cb` (row-major rows, one row per page) "
+    "at tile column `col_offset` + c, for c < `cols` (unpack-tilize); columns past the row are zero",
+    results=(), attributes=(Attr("cb", IntAttr), Attr("col_offset", IntAttr, 0), Attr("cols", IntAttr),
+                            Attr("dst", IntAttr, 0)),
+    verify=verify_tilize,
 )
 BINARY_TILES = OpDef(
     "ttkernel.binary_tiles",
@@ -307,11 +337,11 @@ PACK_TILES = OpDef(
 
 TTKERNEL = Dialect(
     "ttkernel", "Kernel-level ops (TT-Metalium kernel API), on blocks of tiles.",
-    ops=[GET_ARG, CONSTANT, BUFFER_ADDRESS, ADDI, MULI, FOR,
+    ops=[GET_ARG, CONSTANT, BUFFER_ADDRESS, ADDI, MULI, MINI, FOR,
          CB_RESERVE_BACK, CB_PUSH_BACK, CB_WAIT_FRONT, CB_POP_FRONT,
-         ADDRGEN_OP, NOC_READ_TILES, NOC_READ_TILES_INDEXED, NOC_WRITE_TILES, NOC_READ_PAGES,
+         ADDRGEN_OP, NOC_READ_TILES, NOC_READ_TILES_INDEXED, NOC_READ_ROWS_INDEXED, NOC_WRITE_TILES, NOC_READ_PAGES,
          NOC_READ_BARRIER, NOC_WRITE_BARRIER,
          TILE_REGS_ACQUIRE, TILE_REGS_COMMIT, TILE_REGS_WAIT, TILE_REGS_RELEASE,
-         COPY_TILES, TRANSPOSE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES, FILL_TILES,
+         COPY_TILES, TRANSPOSE_TILES, TILIZE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES, FILL_TILES,
          MASK_TILES, PACK_TILES],
 ).register()

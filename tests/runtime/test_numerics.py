@@ -191,6 +191,13 @@ REFERENCE = {
     "log": np.log,
     "square": np.square,
     "abs": np.abs,
+    "eqz": lambda x: (x == 0).astype(np.float64),
+    "nez": lambda x: (x != 0).astype(np.float64),
+    "ltz": lambda x: (x < 0).astype(np.float64),
+    "lez": lambda x: (x <= 0).astype(np.float64),
+    "gtz": lambda x: (x > 0).astype(np.float64),
+    "gez": lambda x: (x >= 0).astype(np.float64),
+    "isnan": lambda x: np.isnan(x).astype(np.float64),
 }
 
 
