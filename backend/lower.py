@@ -26,6 +26,8 @@ from ttc.backend.embedding import lower_embedding
 from ttc.backend.matmul import lower_matmul
 from ttc.backend.normalization import lower_row_op
 from ttc.backend.program import Program
+from ttc.backend.reduction import lower_reduce
+from ttc.backend.untilize import lower_untilize
 from ttc.ir.attributes import WeightAttr, fuse_locations
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
@@ -42,6 +44,8 @@ LOWERINGS: dict[str, Callable[[Operation, Module], Program]] = {
     "layer_norm": lambda op, module: lower_row_op(op),
     "data_movement": lower_gather,
     "embedding": lambda op, module: lower_embedding(op),
+    "reduce": lambda op, module: lower_reduce(op),
+    "untilize": lambda op, module: lower_untilize(op),
 }
 
 
@@ -81,7 +85,7 @@ class ScheduleBuilder:
     # -- ops ----------------------------------------------------------------------------------------
 
     def lower(self, op: Operation) -> None:
-        if op.name == "ttir.to_layout":
+        if op.name == "ttir.to_layout" and op_kind(op) is None:
             self.to_layout(op)
         elif op.name == "ttir.constant":
             self.constant(op)

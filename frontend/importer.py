@@ -164,6 +164,10 @@ def attribute_value(attr: onnx.AttributeProto) -> Any:
     """An attribute as a Python value: lists become tuples, floats the shortest decimal of their
     float32 (so epsilon=1e-5 reads back as 1e-05, not 9.999999747378752e-06)."""
     value = helper.get_attribute_value(attr)
+    if attr.type == onnx.AttributeProto.STRING:
+        return value.decode()
+    if attr.type == onnx.AttributeProto.STRINGS:
+        return tuple(v.decode() for v in value)
     if attr.type == onnx.AttributeProto.FLOAT:
         return float(str(np.float32(value)))
     if attr.type == onnx.AttributeProto.FLOATS:
@@ -255,7 +259,7 @@ class GraphImporter:
             raise ctx.error(f"cannot fold this constant node at compile time: {exc}") from None
         outputs = []
         for name, array in zip(node.output, results, strict=False):
-            outputs.append(ctx.constant(np.ascontiguousarray(array), name or node.output[0]))
+            outputs.append(ctx.constant(np.asarray(array, order="C"), name or node.output[0]))
         return outputs
 
     # -- values and types -----------------------------------------------------------------------

@@ -6,7 +6,8 @@
   x/1, pow(x, 1) with a splat constant when the result type is x's own (a broadcasting constant that
   changes the shape keeps the op).
 - A table lookup of reshaped indices looks up the indices as they are and reshapes the rows:
-  embedding(t, reshape(ids)) -> reshape(embedding(t, ids)), so token ids reach the lookup untouched.
+  embedding(t, reshape(ids)) -> reshape(embedding(t, ids)), and integer conversions of the indices
+  go (the device reads ids as int32 whatever their type), so token ids reach the lookup untouched.
 - Constant folding: an op with a `fold` hook whose operands are all `ttir.constant` is evaluated at
   compile time when its result is small (at most 16 elements, or a splat computed from splats) and
   becomes an inline `dense<...>`; with `fold-weights` (the default) a large result computed from
@@ -148,6 +149,26 @@ class EmbeddingOfReshape(RewritePattern):
         return True
 
 
+class EmbeddingOfIntCast(RewritePattern):
+    """embedding(t, typecast(ids -> another integer type)) -> embedding(t, ids): the device reads the
+    ids as int32 whatever their ONNX integer type."""
+
+    root = "ttir.embedding"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        cast = defining_op(op.operands[1], "ttir.typecast")
+        if cast is None or not _is_integer(cast.operands[0]):
+            return rewriter.notify_match_failure(op, "the indices are not an integer conversion")
+        with rewriter.modify_op(op):
+            op.set_operand(1, cast.operands[0])
+        return True
+
+
+def _is_integer(value: Value) -> bool:
+    t = value.type
+    return isinstance(t, TensorType) and t.element_type.is_integer and t.element_type.name != "i1"
+
+
 class BinaryIdentity(RewritePattern):
     """x+0, 0+x, x-0, x*1, 1*x, x/1, pow(x, 1) -> x, when the op does not broadcast x to a new type."""
 
@@ -226,7 +247,7 @@ class FoldConstantOperands(RewritePattern):
 
 def canonicalization_patterns(module: Module, fold_weights: bool = True) -> list[RewritePattern]:
     return [FoldConstantOperands(module, fold_weights), ReshapeToSameType(), ReshapeOfReshape(),
-            IdentityTranspose(), TransposeOfTranspose(), *BINARY_IDENTITIES, EmbeddingOfReshape(),
+            IdentityTranspose(), TransposeOfTranspose(), *BINARY_IDENTITIES, EmbeddingOfReshape(), EmbeddingOfIntCast(),
             *(SameTypeIdentity(root) for root in ("ttir.broadcast", "ttir.slice", "ttir.typecast"))]
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.footprint import (
+    HALF_DST,
     TILE,
     Phase,
     eltwise_plan,
@@ -29,6 +30,7 @@ from ttc.passes.footprint import (
     matmul_masks,
     matmul_shape,
     program_operands,
+    reduction_of,
     tensor,
     tile_bytes,
     tile_shape,
@@ -198,8 +200,33 @@ def embedding_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
     return work
 
 
+def reduce_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str) -> Work:
+    """Per line: its tiles read and reduced (a sum on the matrix unit), the group sums reduced, one tile out."""
+    reduction = reduction_of(op)
+    lines = b["batches"] * b["lines"]
+    per_tile = mac_cycles(device, fidelity) if reduction.kind == "sum" else tile_cycles(device, "add")
+    work = Work(compute=lines * (reduction.length + HALF_DST) * per_tile)
+    x = op.operands[0]
+    work.move(lines * reduction.length, page(x), in_dram(x), lines * (reduction.streamed // b["block_w"] + 1))
+    work.move(lines, page(op.result), in_dram(op.result), lines)
+    return work
+
+
+def untilize_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str) -> Work:
+    """Per tile row: its tiles in, an untilize per tile, 32 row pages out (one NoC write each)."""
+    source = tile_shape(tensor(op.operands[0]).shape)
+    tile_rows = b["batches"] * b["rows"]
+    x = op.operands[0]
+    work = Work(compute=tile_rows * source.ct * tile_cycles(device, "datacopy"))
+    work.move(tile_rows * source.ct, page(x), in_dram(x), tile_rows * (source.ct // b["block_w"]))
+    row_bytes = source.cols * tile_bytes(tensor(op.result).element_type) // (TILE * TILE)
+    work.move(tile_rows * TILE, row_bytes, in_dram(op.result), tile_rows)
+    return work
+
+
 _WORK = {"matmul": matmul_work, "eltwise": eltwise_work, "softmax": row_op_work, "layer_norm": row_op_work,
-         "data_movement": gather_work, "embedding": embedding_work}
+         "data_movement": gather_work, "embedding": embedding_work, "reduce": reduce_work,
+         "untilize": untilize_work}
 
 
 def average_hops(device: DeviceAttr) -> float:

@@ -11,14 +11,14 @@ on the ONNX types, so every rewrite can be checked by constant folding):
     logical_and(a, b) -> mul(a, b)              logical_or(a, b) -> maximum(a, b)
     logical_xor(a, b) -> ne(a, b)               logical_not(a)   -> eq(a, 0)
     typecast(x -> i1) -> ne(x, 0)               (ONNX Cast: non-zero, NaN included, is true)
-    where(c, x, y)    -> c * x + (1 - c) * y    (c cast to x's type; a branch that is a splat 0 drops
-                                                 its term, so where(mask, 0, -3.4e38) is one product)
+    where(c, x, y)    -> c * x + (1 - c) * y    (tensor branches; c cast to x's type)
 
 Comparisons (eq, ne, lt, le, gt, ge) and isnan stay: the device computes them as a difference and a
 sign test, which is exact for bf16 operands (two distinct bf16 values never differ by zero). A `where`
-is exact when its branches are finite: c and 1 - c are exactly 0 or 1, one product is the branch and
-the other zero. (An infinite branch would give 0 * inf = NaN; `tilize` saturates finite constants into
-the bf16 range, so float32's lowest, -3.4028235e38, stays finite instead of rounding to -inf.)
+of tensor branches is exact when they are finite: c and 1 - c are exactly 0 or 1, one product is the
+branch and the other zero (an infinite tensor element would give 0 * inf = NaN). `tilize` saturates
+finite constants into the bf16 range, so float32's lowest, -3.4028235e38, stays finite instead of
+rounding to -inf.
 
 Then every boolean and integer value computed in the function becomes f32 (`layout` later makes it
 bf16), and typecasts between types that are now the same disappear. What must hold (a UserError
@@ -118,12 +118,15 @@ def is_zero(value: Value) -> bool:
 
 
 class LowerWhere(RewritePattern):
-    """where(c, x, y) -> c * x + (1 - c) * y, without the term of a splat-0 branch."""
+    """where(c, x, y) -> c * x + (1 - c) * y for tensor branches. A where with a splat branch stays: the fused
+    elementwise kernel selects the splat (`footprint`'s where form), exact even for an infinite one."""
 
     root = "ttir.where"
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         cond, x, y = op.operands
+        if splat_value(x) is not None or splat_value(y) is not None:
+            return rewriter.notify_match_failure(op, "a splat branch: selected in the fused kernel")
         result = tensor(op.result)
         element = tensor(x).element_type
         c = rewriter.create_before(op, "ttir.typecast", [cond], [tensor(cond).with_element_type(element)]).result
@@ -151,25 +154,10 @@ class LowerWhere(RewritePattern):
         return rewriter.create_before(op, "ttir.mul", [a, b], [tensor(b).with_shape(shape)]).result
 
 
-class EmbeddingOfIntCast(RewritePattern):
-    """embedding(t, typecast(ids -> another integer type)) -> embedding(t, ids): the device reads the
-    ids as int32 whatever their ONNX integer type."""
-
-    root = "ttir.embedding"
-
-    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        cast = defining_op(op.operands[1], "ttir.typecast")
-        if cast is None or not is_int(cast.operands[0]):
-            return rewriter.notify_match_failure(op, "the indices are not an integer conversion")
-        with rewriter.modify_op(op):
-            op.set_operand(1, cast.operands[0])
-        return True
-
-
 def boolean_patterns() -> list[RewritePattern]:
     return [*(LowerLogical(root) for root in ("ttir.logical_and", "ttir.logical_or", "ttir.logical_xor",
                                               "ttir.logical_not")),
-            LowerCastToBool(), LowerWhere(), EmbeddingOfIntCast()]
+            LowerCastToBool(), LowerWhere()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,8 +262,9 @@ def exact_in_bf16(array: np.ndarray) -> bool:
 
 
 def compile_time_integers(func: Function) -> set[int]:
-    """Integer values that keep their type: embedding indices (graph inputs, checked: the device reads
-    them as int32) and the constant indices of gathers (compile-time element maps)."""
+    """Integer values that keep their type: embedding indices (graph inputs, checked, or the constant row
+    tables of row gathers: the device reads them as int32) and the constant indices of gathers
+    (compile-time element maps)."""
     indices: set[int] = set()
     for op in func.body.ops:
         if op.name == "ttir.gather" and defining_op(op.operands[1], CONSTANT) is not None:
@@ -283,7 +272,7 @@ def compile_time_integers(func: Function) -> set[int]:
         if op.name != "ttir.embedding":
             continue
         ids = op.operands[1]
-        if isinstance(ids, OpResult):
+        if isinstance(ids, OpResult) and ids.op.name != CONSTANT:
             raise UserError(f"node '{node_name(op)}': the table lookup's indices are computed by "
                             f"'{ids.op.name}' ({node_name(ids.op)}); ttc looks rows up by indices that are a "
                             "graph input (token ids), so they reach the device exactly as int32")

@@ -16,7 +16,9 @@ Blockings are dicts of ints, by op kind:
   columns) and block_w (tiles per compute block, <= 8);
 - data_movement: tiles (output tiles per core) and block (tiles per gather step, <= 8);
 - embedding: batches, rows (output tile rows per core: whole rows of 32 looked-up table rows) and
-  block_w (tiles per tilize step, <= 8).
+  block_w (tiles per tilize step, <= 8);
+- reduce: batches, lines (tile rows, or tile columns, reduced per core) and block_w (tiles per read);
+- untilize: batches, rows (tile rows per core) and block_w (tiles per step).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ ELEMENT_BYTES = {"f32": 4, "bf16": 2, "i32": 4}
 MATMUL_OPS = frozenset({"ttir.linear", "ttir.matmul"})
 MOVEMENT_OPS = frozenset({"ttir.transpose", "ttir.reshape", "ttir.slice", "ttir.concat"})
 KINDS = {"ttir.linear": "matmul", "ttir.matmul": "matmul", "ttir.eltwise": "eltwise", "ttir.softmax": "softmax",
-         "ttir.layer_norm": "layer_norm", "ttir.embedding": "embedding",
+         "ttir.layer_norm": "layer_norm", "ttir.embedding": "embedding", "ttir.reduce_sum": "reduce",
+         "ttir.reduce_max": "reduce",
          **{name: "data_movement" for name in MOVEMENT_OPS}}
 
 # CB indices (tt-metal's c_in0.., c_out0, c_intermed0.. naming)
@@ -57,6 +60,7 @@ CB_PARTIALS, CB_BIASED = 24, 25
 # softmax / layer norm intermediates
 CB_GAMMA, CB_BETA = 1, 2
 CB_MASKED, CB_STAT, CB_WIDE, CB_WIDE2, CB_STAT2, CB_TMP, CB_TMP2 = 17, 18, 19, 20, 21, 22, 23
+CB_GROUPS = 26  # partial reductions of groups of tiles (blocked summation)
 
 
 def align(size: int, alignment: int = ALIGNMENT) -> int:
@@ -188,8 +192,23 @@ def affine_step(offsets: np.ndarray, group: int) -> int | None:
 
 
 def op_kind(op: Operation) -> str | None:
-    """"matmul", "eltwise", "softmax", "layer_norm", "data_movement" or None (not a device program)."""
+    """"matmul", "eltwise", "softmax", "layer_norm", "data_movement", "embedding", "reduce", "untilize"
+    or None (not a device program)."""
+    if op.name == "ttir.to_layout":
+        return "untilize" if is_untilize(op) else None
     return KINDS.get(op.name)
+
+
+def is_row_major(value: Value) -> bool:
+    t = value.type
+    return isinstance(t, TensorType) and isinstance(t.encoding, LayoutAttr) and t.encoding.tensor_layout == "row_major"
+
+
+def is_untilize(op: Operation) -> bool:
+    """A device-to-device `ttir.to_layout` from tiles to rows (a program; host edges are transfers)."""
+    source, result = op.operands[0].type, op.result.type
+    return isinstance(source, TensorType) and isinstance(source.encoding, LayoutAttr) and \
+        source.encoding.tensor_layout == "tile" and is_row_major(op.result) and isinstance(result, TensorType)
 
 
 def is_folded(op: Operation) -> bool:
@@ -326,12 +345,33 @@ def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[St
     return Gather(source, transposed, source_input if len(in_shapes) > 1 else None)
 
 
+def row_gather_map(in_shape: tuple[int, ...], steps: tuple[Step, ...]) -> np.ndarray | None:
+    """For a movement that keeps every row of the last dim whole: the source row of each output row
+    (shaped like the output without its last dim), else None."""
+    if not in_shape:
+        return None
+    width = in_shape[-1]
+    flat = np.arange(math.prod(in_shape), dtype=np.int64).reshape(in_shape)
+    for kind, arg in steps:
+        if kind == "concat":
+            return None
+        flat = _apply_step(flat, kind, arg)
+    if not flat.shape or flat.shape[-1] != width or not flat.size:
+        return None
+    first = flat[..., :1]
+    if (first % width != 0).any() or not (flat == first + np.arange(width)).all():
+        return None
+    return first[..., 0] // width
+
+
 def is_view(op: Operation) -> bool:
     """A movement op (chain) whose output tiles are its input's tiles in order: the result shares the
     input's buffer, no program runs (e.g. a reshape adding or dropping leading unit dims). `layout`
     gives a view its source's memory space, so the shared pages are the same pages."""
     if op.name not in MOVEMENT_OPS or is_folded(op):
         return False
+    if op.name == "ttir.reshape" and is_row_major(op.operands[0]):  # rows stay rows
+        return tensor(op.operands[0]).shape[-1:] == tensor(op.result).shape[-1:]
     in_shapes, steps = chain_steps(movement_chain(op))
     gather = gather_map_of_inputs(in_shapes, steps)
     if not isinstance(gather, Gather) or not gather.is_identity:
@@ -450,7 +490,7 @@ FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
 COMPARE_SFPU = {"ttir.eq": "eqz", "ttir.ne": "nez", "ttir.lt": "ltz", "ttir.le": "lez", "ttir.gt": "gtz",
                 "ttir.ge": "gez"}
 ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "gelu_tanh", "mul_scalar", "square",
-                             "abs", "isnan", "nez", "ltz", "gtz"})
+                             "abs", "isnan", "nez", "ltz", "gtz", "where_nez"})
 
 
 def keeps_zero(fn: str, param: float) -> bool:
@@ -458,7 +498,7 @@ def keeps_zero(fn: str, param: float) -> bool:
     if fn in ZERO_PRESERVING:
         return True
     return (fn == "pow_scalar" and param > 0) or (fn == "max_scalar" and param <= 0) or \
-        (fn in ("add_scalar", "sub_from_scalar") and param == 0)
+        (fn in ("add_scalar", "sub_from_scalar", "where_eqz") and param == 0)
 
 
 @dataclass(frozen=True)
@@ -588,6 +628,8 @@ class _EltwisePlanner:
                 out.append((UNARY_SFPU[inner.name], ids, result, 0.0))
             elif inner.name == "ttir.broadcast":
                 out.append(("expand", ids, result, 0.0))
+            elif inner.name == "ttir.where":
+                out.extend(self.where_form(ids, scalars, result, temp))
             elif inner.name in COMPARE_SFPU:
                 difference = temp(result)
                 if ids[0] in scalars:
@@ -621,6 +663,33 @@ class _EltwisePlanner:
         if not isinstance(value, DenseAttr) or not value.is_splat:
             raise UserError(f"node {node_names(constant)}: only splat scalar constants can sit in a fused body")
         return float(value.values)
+
+    def where_form(self, ids: tuple[int, ...], scalars: dict[int, float], result: int,
+                   temp) -> list[tuple[str, tuple[int, ...], int, float]]:
+        """where(c, x, y) on 0/1 c, a branch at least a scalar s: that branch's term selects s (where_nez /
+        where_eqz: never s * 0, so s may be infinite), a tensor branch's term is c * x or (1 - c) * y, and
+        the result is their sum (a zero scalar branch adds nothing)."""
+        c, x, y = ids
+        out, terms = [], []
+        for branch, select, keep_where in ((x, "where_nez", "mul"), (y, "where_eqz", "sub_mul")):
+            if branch in scalars:
+                if scalars[branch] != 0:
+                    terms.append(temp(c))  # shaped like c
+                    out.append((select, (c,), terms[-1], scalars[branch]))
+            elif keep_where == "mul":
+                terms.append(temp(result))
+                out.append(("mul", (c, branch), terms[-1], 0.0))
+            else:
+                not_c, term = temp(c), temp(result)
+                out += [("sub_from_scalar", (c,), not_c, 1.0), ("mul", (not_c, branch), term, 0.0)]
+                terms.append(term)
+        if not terms:
+            out.append(("mul_scalar", (c,), result, 0.0))
+        elif len(terms) == 1:
+            out.append(("add_scalar", (terms[0],), result, 0.0))
+        else:
+            out.append(("add", (terms[0], terms[1]), result, 0.0))
+        return out
 
     def scalar_form(self, inner: Operation, ids: tuple[int, ...], scalars: dict[int, float], result: int,
                     temp) -> list[tuple[str, tuple[int, ...], int, float]]:
@@ -796,6 +865,69 @@ def embedding_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]
             cb(CB_OUT, tensor(op.result).element_type, double(width, tile_rows * (out.ct // width)))]
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """A `ttir.reduce_sum` / `reduce_max` along the last dim ("row": every tile row is a line of ct tiles,
+    reduced into column 0) or the one before ("col": every tile column, rt tiles, into row 0)."""
+
+    dim: str  # "row" or "col"
+    kind: str  # "sum" or "max"
+    source: TileShape
+    lines: int  # lines per batch (rt for rows, ct for columns)
+    length: int  # tiles per line
+    stride: int  # tile index step along a line
+    masked_last: bool  # a max over a line whose last tile has padding: that tile is masked to -inf
+
+    @property
+    def streamed(self) -> int:
+        """Tiles per line read in blocks (all but a masked last tile)."""
+        return self.length - int(self.masked_last)
+
+
+def reduction_of(op: Operation) -> Reduction:
+    x = tensor(op.operands[0])
+    axes = tuple(op.attr("axes"))
+    if not op.attr("keepdims") or len(axes) != 1 or axes[0] < x.rank - 2:
+        raise UserError(f"node {node_names(op)}: '{op.name}' over axes {list(axes)} reached the backend; the "
+                        "device reduces one of the last two dims with keepdims (run tilize first)")
+    source = tile_shape(x.shape)
+    kind = "max" if op.name == "ttir.reduce_max" else "sum"
+    if axes[0] == x.rank - 1:
+        return Reduction("row", kind, source, source.rt, source.ct, 1, kind == "max" and source.cols % TILE != 0)
+    return Reduction("col", kind, source, source.ct, source.rt, source.ct, kind == "max" and source.rows % TILE != 0)
+
+
+def reduce_groups(reduction: Reduction, block_w: int) -> int:
+    """Groups of blocks a line is summed in (each in its own Dst slot, then the group sums are added): the
+    divisor of the block count nearest its square root, so both chains of bf16 roundings stay short."""
+    blocks = reduction.streamed // block_w
+    if blocks == 0 or reduction.kind == "max":
+        return min(blocks, 1)
+    options = [g for g in range(1, HALF_DST) if blocks % g == 0]
+    return min(options, key=lambda g: abs(g - math.sqrt(blocks)))
+
+
+def reduce_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    reduction = reduction_of(op)
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    lines = blocking["batches"] * blocking["lines"]
+    width = blocking["block_w"]
+    partials = reduce_groups(reduction, width) + int(reduction.masked_last)
+    reads = lines * (reduction.streamed // width + int(reduction.masked_last))
+    return [cb(CB_IN0, x.element_type, double(width, reads)), cb(CB_OUT, out.element_type, double(1, lines)),
+            cb(CB_GROUPS, out.element_type, max(partials, 1))]
+
+
+def untilize_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """Tiles in, 32 row pages (a tile row, row-major) out."""
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    shape = tile_shape(x.shape)
+    tile_rows = blocking["batches"] * blocking["rows"]
+    width = blocking["block_w"]
+    return [cb(CB_IN0, x.element_type, double(width, tile_rows * (shape.ct // width))),
+            cb(CB_OUT, out.element_type, double(TILE, tile_rows), page=page_size(out))]
+
+
 def gather_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     gather = gather_of(op)
     fmt = tensor(op.result).element_type
@@ -808,7 +940,8 @@ def gather_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
 
 
 _CB_PLANS = {"matmul": matmul_cbs, "eltwise": eltwise_cbs, "softmax": row_op_cbs, "layer_norm": row_op_cbs,
-             "data_movement": gather_cbs, "embedding": embedding_cbs}
+             "data_movement": gather_cbs, "embedding": embedding_cbs, "reduce": reduce_cbs,
+             "untilize": untilize_cbs}
 
 
 def circular_buffers(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:

@@ -93,6 +93,8 @@ class FuseLinear(RewritePattern):
             group, value, activation = [*group, act], act.result, activation_of(act)
         operands = [*op.operands, bias] if bias is not None else list(op.operands)
         attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
+        if "tt.math_fidelity" in op.attributes:  # pinned (exact selection matmuls of `movement`)
+            attributes["tt.math_fidelity"] = op.attributes["tt.math_fidelity"]
         linear = rewriter.create_before(group[-1], "ttir.linear", operands, [value.type], attributes,
                                         loc=ordered_loc(group))
         rewriter.replace_op(group[-1], [linear.result])

@@ -37,6 +37,7 @@ from ttc.passes.footprint import (
     node_names,
     op_kind,
     other_l1_bytes,
+    reduction_of,
     tensor,
     tile_shape,
 )
@@ -74,8 +75,10 @@ def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
     if kind == "data_movement":
         return (tile_shape(tensor(op.result).shape).tiles // blocking["tiles"],)
     out = tile_shape(tensor(op.result).shape)
-    if kind == "embedding":
+    if kind in ("embedding", "untilize"):
         return (out.batches // blocking["batches"], out.rt // blocking["rows"])
+    if kind == "reduce":
+        return (out.batches // blocking["batches"], reduction_of(op).lines // blocking["lines"])
     return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
 
 
@@ -142,7 +145,7 @@ def gather_candidates(op: Operation) -> Iterator[dict[str, int]]:
 
 
 def embedding_candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """Whole tile rows per core (32 looked-up rows, tilized together), any split of batches and rows."""
+    """Whole tile rows per core (32 rows tilized or untilized together), any split of batches and rows."""
     out = tile_shape(tensor(op.result).shape)
     for batches in divisors(out.batches):
         for rows in divisors(out.rt):
@@ -150,12 +153,24 @@ def embedding_candidates(op: Operation) -> Iterator[dict[str, int]]:
                 yield {"batches": batches, "rows": rows, "block_w": width}
 
 
+def reduce_candidates(op: Operation) -> Iterator[dict[str, int]]:
+    """Whole lines per core; any split of batches and lines; blocks of tiles along a line."""
+    reduction = reduction_of(op)
+    for batches in divisors(reduction.source.batches):
+        for lines in divisors(reduction.lines):
+            widths = [d for d in divisors(reduction.streamed) if d <= HALF_DST][::-1] or [1]
+            for width in widths:
+                yield {"batches": batches, "lines": lines, "block_w": width}
+
+
 def candidates(op: Operation) -> Iterator[dict[str, int]]:
     kind = op_kind(op)
+    if kind == "reduce":
+        return reduce_candidates(op)
     if kind == "matmul":
         return matmul_candidates(op)
-    if kind == "embedding":
-        return embedding_candidates(op)
+    if kind in ("embedding", "untilize"):
+        return embedding_candidates(op)  # the same work units: whole tile rows
     if kind == "data_movement":
         return gather_candidates(op)
     return row_candidates(op, kind or "")
@@ -228,8 +243,9 @@ class Grid(Pass):
             for op in ops:
                 if op_kind(op) is None or is_folded(op) or is_view(op):
                     continue
-                choice = choose(op, device, device.l1_free - others[id(op)], self.math_fidelity, self.max_cores)
+                fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
+                choice = choose(op, device, device.l1_free - others[id(op)], fidelity, self.max_cores)
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()
-                op.attributes[FIDELITY] = self.math_fidelity
+                op.attributes[FIDELITY] = fidelity

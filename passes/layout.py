@@ -29,6 +29,7 @@ from ttc.passes.footprint import (
     bank_share,
     is_folded,
     is_view,
+    layout,
     live_ranges,
     module_device,
     op_kind,
@@ -40,7 +41,6 @@ from ttc.passes.grid import min_cb_bytes
 from ttc.passes.manager import Pass, register_pass
 
 DTYPES = ("bf16", "bfp8_b")
-L1_INTERLEAVED = LayoutAttr("tile", "l1", "interleaved")
 
 
 def is_device_float(t: object) -> bool:
@@ -103,7 +103,8 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
             placed.append((live, share))
     for live, _ in placed:
         assert isinstance(live.value.type, TensorType)
-        live.value.type = live.value.type.with_encoding(L1_INTERLEAVED)
+        tensor_layout = layout(live.value.type).tensor_layout  # tiles stay tiles, rows stay rows
+        live.value.type = live.value.type.with_encoding(LayoutAttr(tensor_layout, "l1", "interleaved"))
     for op in ops:
         if is_view(op):  # the view shares its source's pages
             source = tensor(program_operands(op)[0])

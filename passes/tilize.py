@@ -16,7 +16,8 @@ What it does, per function:
   weight `w.transpose` when the operand is a constant); `x / y` becomes `x * reciprocal(y)` (the
   reciprocal of a constant folded, as `decompose` does for inline ones); softmax along another axis than the last is wrapped in transposes
   moving that axis last and back; layer norm over several trailing dims reshapes them into one.
-  Reshape and transpose chains that cancel out are folded.
+  Reshape and transpose chains that cancel out are folded. Gathers with constant indices, slices and
+  concats off tile boundaries and reductions get their device forms (`movement`).
 - Booleans and integers (`device_types`): boolean ops become exact arithmetic on 0/1 values, and
   every boolean or integer value computed on the device becomes a float (bf16 after `layout`) when that
   is exact; what is not is a UserError naming the ONNX node. An integer or boolean graph input used
@@ -62,7 +63,9 @@ from ttc.passes.canonicalize import (
 )
 from ttc.passes.decompose import DivByConstant, DivByTensor
 from ttc.passes.device_types import boolean_patterns, legalize
+from ttc.passes.footprint import is_row_major
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.movement import movement_patterns
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
 DEVICE_LAYOUT = LayoutAttr("tile", "dram", "interleaved")
@@ -193,7 +196,7 @@ class FoldConstantMovement(FoldConstantOperands):
 def device_form_patterns(module: Module) -> list[RewritePattern]:
     return [FoldConstantMovement(module), MaterializeMatmulTranspose(), SoftmaxToLastAxis(),
             LayerNormToLastAxis(), DivByConstant(), DivByTensor(), ReshapeToSameType(), ReshapeOfReshape(),
-            IdentityTranspose(), TransposeOfTranspose()]
+            IdentityTranspose(), TransposeOfTranspose(), *movement_patterns(module)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,6 +235,8 @@ def place_embedding_tables(module: Module, func: Function, rewriter: PatternRewr
     for op in list(func.body.ops):
         if op.name != "ttir.embedding":
             continue
+        if is_row_major(op.operands[0]):
+            continue  # rows already (a row gather of `movement`)
         table = defining_op(op.operands[0], CONSTANT)
         if table is None:
             raise UserError(f"node '{node_name(op)}': the lookup table is computed; the device looks rows up in a "
@@ -249,14 +254,19 @@ def place_embedding_tables(module: Module, func: Function, rewriter: PatternRewr
 
 
 def takes_scalar(user: Operation, index: int) -> bool:
-    """Whether operand `index` of `user` may be a host scalar: a binary elementwise op whose other
-    operand is a computed value of the result's shape (so the scalar does not decide the shape)."""
+    """Whether operand `index` of `user` may be a host scalar: a broadcasting elementwise op (binary, or a
+    where's branch) whose other operands are computed values that give the result's shape without it
+    (so the scalar does not decide the shape)."""
     opdef = user.opdef
-    if opdef is None or not opdef.has(Trait.BROADCASTABLE) or len(user.operands) != 2:
+    if opdef is None or not opdef.has(Trait.BROADCASTABLE) or len(user.operands) not in (2, 3):
         return False
-    other, result = user.operands[1 - index].type, user.result.type
-    assert isinstance(other, TensorType) and isinstance(result, TensorType)
-    return defining_op(user.operands[1 - index], CONSTANT) is None and other.shape == result.shape
+    if user.name == "ttir.where" and index == 0:
+        return False  # the condition is data
+    others = [v for i, v in enumerate(user.operands) if i != index and defining_op(v, CONSTANT) is None]
+    result = user.result.type
+    assert isinstance(result, TensorType)
+    shapes = [v.type.shape for v in others if isinstance(v.type, TensorType)]
+    return bool(shapes) and tuple(np.broadcast_shapes(*shapes)) == result.shape
 
 
 def weight_name(op: Operation) -> str:
@@ -270,6 +280,9 @@ def place_constant(module: Module, op: Operation, rewriter: PatternRewriter) -> 
     a device type for the others."""
     value, result = op.attributes["value"], op.result
     assert isinstance(result.type, TensorType)
+    if result.type.num_elements == 0:
+        raise UserError(f"node '{node_name(op)}': the constant {result.type} is empty; tensors without elements "
+                        "have no device layout")
     splat = isinstance(value, DenseAttr) and value.is_splat
     scalar_uses = [(user, i) for user, i in result.uses if splat and takes_scalar(user, i)]
     if result.type.rank == 0 and len(scalar_uses) == len(result.uses):
@@ -299,6 +312,9 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
         for result in op.results:
             if is_host_float(result):
                 assert isinstance(result.type, TensorType)
+                if result.type.num_elements == 0:
+                    raise UserError(f"node '{node_name(op)}': '{op.name}' computes an empty tensor {result.type}; "
+                                    "tensors without elements have no device layout")
                 result.type = device_type(result.type)
                 changed = True
         if changed:
@@ -324,6 +340,9 @@ def add_edges(func: Function, rewriter: PatternRewriter) -> None:
             continue
         name = func.arg_attrs(index).get("ttir.name")
         loc = NameLoc(name) if isinstance(name, str) else UnknownLoc()
+        if arg.type.num_elements == 0:
+            raise UserError(f"graph input '{name}' is an empty tensor {arg.type}; tensors without elements have no "
+                            "device layout")
         edges: dict[TensorType, Value] = {}
         for user, i in uses:
             target = edge_type(arg, user, i)
@@ -332,19 +351,20 @@ def add_edges(func: Function, rewriter: PatternRewriter) -> None:
             with rewriter.modify_op(user):
                 user.set_operand(i, edges[target])
     ret = func.return_op
-    to_host: dict[int, Value] = {}
+    to_host: dict[tuple[int, object], Value] = {}  # one read per value and host type
     for index, value in enumerate(ret.operands):
         t = value.type
         if not isinstance(t, TensorType) or t.encoding is None:
             continue
-        if id(value) not in to_host:
+        host = func.type.results[index]
+        key = (id(value), host)
+        if key not in to_host:
             name = func.res_attrs(index).get("ttir.name")
             producer = defining_op(value)
             loc = NameLoc(name) if isinstance(name, str) else producer.loc if producer else UnknownLoc()
-            host = func.type.results[index]
-            to_host[id(value)] = rewriter.create_before(ret, TO_LAYOUT, [value], [host], loc=loc).result
+            to_host[key] = rewriter.create_before(ret, TO_LAYOUT, [value], [host], loc=loc).result
         with rewriter.modify_op(ret):
-            ret.set_operand(index, to_host[id(value)])
+            ret.set_operand(index, to_host[key])
 
 
 @register_pass

@@ -702,6 +702,27 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     p.count_noc(gen, len(tiles))
 
 
+@handler("noc_write_rows")
+def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """The first `valid` of `count` waited front pages of cb -> pages start.. of a row-major buffer."""
+    gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
+    valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1)
+    cb, count = p.cb(a["cb"]), a["count"]
+    slots = p.front_slots(cb, np.arange(count))
+    _check_noc(gen, cb)
+    data = p.get_pages(cb, slots)[..., : gen.page_size]
+    valid = np.broadcast_to(valid, (p.cores,))
+    for rows in np.unique(valid):  # cores writing the same number of rows together
+        cores = valid == rows
+        if rows <= 0:
+            continue
+        pages = _per_core(p, start, np.arange(int(rows)))[cores]
+        bank, offset = _locate(gen, pages, "write", cb)
+        gen.memory.write(bank, offset, data[cores, : int(rows)])
+    k.pending_writes.add(cb.index)
+    p.count_noc(gen, int(valid.sum()) // p.cores)
+
+
 @handler("noc_read_barrier")
 def noc_read_barrier(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     k.pending_reads.clear()
@@ -778,6 +799,38 @@ def tilize_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     block[:, :, : part.shape[2]] = part
     p.dst[:, slots] = block.reshape(p.cores, TILE, cols, TILE).swapaxes(1, 2)
     p.count_compute("datacopy", cols)
+
+
+@handler("pack_rows")
+def pack_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slots dst.. (a row of tiles) -> element columns 32*col_offset.. of the 32 reserved row pages of cb."""
+    if p.dst_state != "waited":
+        raise Fault(f"pack_rows while Dst is {p.dst_state} (pack runs between tile_regs_wait and "
+                    "tile_regs_release)")
+    cb, cols = p.cb(a["cb"]), a["cols"]
+    tiles = p.dst[:, p.dst_slots(a["dst"], cols)]  # [cores, cols, 32, 32]
+    rows = tiles.swapaxes(1, 2).reshape(p.cores, TILE, cols * TILE)
+    slots = p.back_slots(cb, np.arange(TILE))
+    element = 2 if cb.format is DataFormat.BFLOAT16 else 4
+    width = cb.page_size // element
+    first = a["col_offset"] * TILE
+    if first >= width:
+        raise Fault(f"pack_rows at column {first} is past the {width}-element rows of CB {cb.index}", cb=cb.index)
+    part = rows[:, :, : width - first]
+    pages = p.get_pages(cb, slots).copy()
+    pages[:, :, first * element: (first + part.shape[2]) * element] = pack_row_values(part, cb)
+    p.put_pages(cb, slots, pages)
+
+
+def pack_row_values(values: np.ndarray, cb: CircularBuffer) -> np.ndarray:
+    """float32 values [..., n] -> the bytes [..., n * element] of a row-major CB (bf16 RNE or float32)."""
+    if cb.format is DataFormat.BFLOAT16:
+        raw = numerics.bf16_round(values).view(np.uint32) >> 16
+        return np.ascontiguousarray(raw.astype("<u2")).view(np.uint8)
+    if cb.format is DataFormat.FLOAT32:
+        return np.ascontiguousarray(values.astype("<f4")).view(np.uint8)
+    raise Fault(f"CB {cb.index} holds {cb.format} rows, which untilize cannot pack (bf16 or float32 rows)",
+                cb=cb.index)
 
 
 def unpack_rows(pages: np.ndarray, cb: CircularBuffer) -> np.ndarray:

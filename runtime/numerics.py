@@ -352,6 +352,10 @@ SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]]
     "sub_from_scalar": lambda x, p: p - x,
     "pow_scalar": np.power,
     "max_scalar": np.maximum,
+    # Selects (a where with a scalar branch): p where x != 0 (== 0), else 0; never p * 0, so an infinite p
+    # (a -inf attention mask) selects cleanly instead of turning into NaN.
+    "where_nez": lambda x, p: np.where(x != 0, p, np.float32(0)),
+    "where_eqz": lambda x, p: np.where(x == 0, p, np.float32(0)),
 }
 
 

@@ -219,8 +219,8 @@ def verify_isnan(op: Operation) -> None:
 
 def verify_where(op: Operation) -> None:
     cond, x, y = (tensor(v.type) for v in op.operands)
-    if cond.element_type.name != "i1":
-        raise VerifyError(f"the condition must be i1, not {cond}")
+    if not _is_bool_like(cond):
+        raise VerifyError(f"the condition must be i1 (or a 0/1 float on the device), not {cond}")
     if x.element_type != y.element_type or tensor(op.result.type).element_type != x.element_type:
         raise VerifyError(f"the branches and the result must share one element type ({x.element_type}, "
                           f"{y.element_type} -> {tensor(op.result.type).element_type})")

@@ -51,7 +51,8 @@ AddrGen = dialect_type("ttkernel", "addrgen")
 
 SFPU_FUNCTIONS = ("exp", "recip", "sqrt", "rsqrt", "sigmoid", "tanh", "gelu", "gelu_tanh", "erf", "relu",
                   "neg", "log", "square", "abs", "eqz", "nez", "ltz", "lez", "gtz", "gez", "isnan",
-                  "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar")
+                  "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar", "where_nez",
+                  "where_eqz")
 BINARY_FUNCTIONS = ("add", "sub", "mul")
 BROADCASTS = ("none", "row", "col", "scalar")
 
@@ -235,6 +236,13 @@ NOC_READ_ROWS_INDEXED = OpDef(
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
                 Attr("count", IntAttr)),
 )
+NOC_WRITE_ROWS = OpDef(
+    "ttkernel.noc_write_rows",
+    "Write the first `valid` of `count` waited front pages of `cb` (row-major rows) to pages start.. of a "
+    "row-major buffer; the pages past `valid` (padding rows of the last tile row) are not written",
+    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("valid", Index)), results=(),
+    attributes=(Attr("cb", IntAttr), Attr("count", IntAttr)),
+)
 NOC_READ_BARRIER = OpDef("ttkernel.noc_read_barrier", "Wait until every issued NoC read has landed", results=())
 NOC_WRITE_BARRIER = OpDef("ttkernel.noc_write_barrier", "Wait until every issued NoC write has left", results=())
 
@@ -268,6 +276,14 @@ TILIZE_TILES = OpDef(
     "ttkernel.tilize_tiles",
     "Dst slot c = the 32x32 tile of the 32 waited front pages of `cb` (row-major rows, one row per page) "
     "at tile column `col_offset` + c, for c < `cols` (unpack-tilize); columns past the row are zero",
+    results=(), attributes=(Attr("cb", IntAttr), Attr("col_offset", IntAttr, 0), Attr("cols", IntAttr),
+                            Attr("dst", IntAttr, 0)),
+    verify=verify_tilize,
+)
+PACK_ROWS = OpDef(
+    "ttkernel.pack_rows",
+    "Pack-untilize: Dst slots dst..dst+cols-1 (a row of tiles) into the 32 reserved back pages of `cb` "
+    "(row-major rows, one per page) at element column 32 * `col_offset`; columns past a page are dropped",
     results=(), attributes=(Attr("cb", IntAttr), Attr("col_offset", IntAttr, 0), Attr("cols", IntAttr),
                             Attr("dst", IntAttr, 0)),
     verify=verify_tilize,
@@ -340,8 +356,8 @@ TTKERNEL = Dialect(
     ops=[GET_ARG, CONSTANT, BUFFER_ADDRESS, ADDI, MULI, MINI, FOR,
          CB_RESERVE_BACK, CB_PUSH_BACK, CB_WAIT_FRONT, CB_POP_FRONT,
          ADDRGEN_OP, NOC_READ_TILES, NOC_READ_TILES_INDEXED, NOC_READ_ROWS_INDEXED, NOC_WRITE_TILES, NOC_READ_PAGES,
-         NOC_READ_BARRIER, NOC_WRITE_BARRIER,
+         NOC_WRITE_ROWS, NOC_READ_BARRIER, NOC_WRITE_BARRIER,
          TILE_REGS_ACQUIRE, TILE_REGS_COMMIT, TILE_REGS_WAIT, TILE_REGS_RELEASE,
          COPY_TILES, TRANSPOSE_TILES, TILIZE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES, FILL_TILES,
-         MASK_TILES, PACK_TILES],
+         MASK_TILES, PACK_TILES, PACK_ROWS],
 ).register()

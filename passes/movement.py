@@ -1,0 +1,353 @@
+"""Device forms of data movement and reductions, applied by `tilize`.
+
+The device moves data as whole 32x32 tiles (`footprint.gather_map_of_inputs`): permutations, slices
+and concatenations along tile boundaries. What does not fall on tile boundaries is rewritten here:
+
+- `ttir.gather` with constant indices (ONNX Gather, GatherND, GatherElements of computed data) becomes
+  slices of the runs of consecutive indices, concatenated along the axis and reshaped to the result:
+  x[..., [4, 5, 6, 0], ...] = concat(x[..., 4:7, ...], x[..., 0:1, ...]).
+- A slice or concat along the last two dims that is not tile-aligned becomes selection matmuls with
+  0/1 matrices (weights): rows are selected by S @ x, columns by x @ S, and a concatenation is the sum
+  of its inputs each placed by such a product. Every output element is one input element times 1 plus
+  zeros, so the result is exact in bf16 at HiFi4 (pinned with `tt.math_fidelity`); this is how a
+  matrix engine moves data it cannot address at element granularity. (An infinite or NaN element
+  contaminates its row or column, as 0 * inf is NaN; masks are saturated to finite values by `tilize`.)
+  Slices along batch dims and along tile boundaries stay slices.
+- A chain of reshapes, transposes and slices that is not tile-granular but keeps every row of the last
+  dim whole (a reshape regrouping rows across tiles, e.g. [3, 1, 70] -> [3, 70]) goes through rows, as
+  tt-metal's reshape does: untilize (a device `ttir.to_layout` to row-major), then a row lookup
+  (`ttir.embedding` of the row-major tensor by a constant int32 table of source rows), which tilizes.
+- Reductions run along the last dim (`ttir.reduce_*` with axes = [rank - 1], keepdims) or the one before
+  it; a reduction over both is one after the other, over batch dims a chain of elementwise adds (max,
+  for a max) of the slices, and keepdims = false a reshape after. A mean over several dims divides the
+  sum once by the element count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ttc.ir.attributes import DenseAttr, WeightAttr
+from ttc.ir.core import Module, Operation, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.tt import LayoutAttr
+from ttc.ir.dialects.ttir import matmul_shape, slice_shape
+from ttc.ir.types import ScalarType, TensorType
+from ttc.passes.footprint import (
+    MOVEMENT_OPS,
+    Gather,
+    chain_steps,
+    gather_map_of_inputs,
+    is_folded,
+    is_row_major,
+    movement_chain,
+    row_gather_map,
+)
+from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
+
+CONSTANT = "ttir.constant"
+EXACT_FIDELITY = "hifi4"
+FIDELITY_ATTR = "tt.math_fidelity"
+MAX_RUNS = 64  # a constant-index gather becomes at most this many slices
+MAX_BATCH_REDUCE = 64  # a reduction over batch dims adds at most this many slices
+
+
+def tensor(value: Value) -> TensorType:
+    assert isinstance(value.type, TensorType)
+    return value.type
+
+
+def node_name(op: Operation) -> str:
+    return ", ".join(op.loc.names()) or str(op.loc)
+
+
+def constant_array(module: Module, value: Value) -> np.ndarray | None:
+    op = defining_op(value, CONSTANT)
+    if op is None:
+        return None
+    attr = op.attributes["value"]
+    if isinstance(attr, DenseAttr):
+        return attr.to_array()
+    return np.asarray(module.weights[attr.name]) if attr.name in module.weights else None
+
+
+def is_tile_granular(in_shapes: list[tuple[int, ...]], step: tuple) -> bool:
+    return isinstance(gather_map_of_inputs(tuple(in_shapes), (step,)), Gather)
+
+
+def slice_step(begins, ends, steps) -> tuple:
+    return ("slice", (tuple(begins), tuple(ends), tuple(steps)))
+
+
+def create_slice(rewriter: PatternRewriter, op: Operation, x: Value, begins, ends, steps) -> Value:
+    shape = slice_shape(tensor(x).shape, begins, ends, steps)
+    attributes = {"begins": tuple(begins), "ends": tuple(ends), "steps": tuple(steps)}
+    return rewriter.create_before(op, "ttir.slice", [x], [tensor(x).with_shape(shape)], attributes).result
+
+
+def weight(rewriter: PatternRewriter, module: Module, op: Operation, name: str, array: np.ndarray,
+           like: TensorType) -> Value:
+    """A new weight constant (host type; `tilize` places it on the device)."""
+    ttype = TensorType(array.shape, like.element_type)
+    stem = (node_name(op).strip("/").replace("/", ".") or "movement") + f".{name}"
+    attr = WeightAttr(module.add_weight(stem, array.astype(np.float32)))
+    return rewriter.create_before(op, CONSTANT, [], [ttype], {"value": attr}).result
+
+
+def exact_matmul(rewriter: PatternRewriter, op: Operation, a: Value, b: Value) -> Value:
+    """a @ b with one selected element per output: exact at HiFi4, which the grid pass keeps."""
+    shape = matmul_shape(tensor(a).shape, tensor(b).shape)
+    assert shape is not None
+    like = tensor(b) if tensor(a).rank == 2 and tensor(b).rank > 2 else tensor(a)
+    product = rewriter.create_before(op, "ttir.matmul", [a, b], [like.with_shape(shape)])
+    product.attributes[FIDELITY_ATTR] = EXACT_FIDELITY
+    return product.result
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathers with constant indices
+
+
+class GatherToSlices(RewritePattern):
+    """gather(x, constant indices, axis) -> reshape(concat(slices of the runs of consecutive indices))."""
+
+    root = "ttir.gather"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        data, indices = op.operands
+        values = constant_array(self.module, indices)
+        if values is None:
+            raise UserError(f"node '{node_name(op)}': a gather by indices computed at run time has no device "
+                            "kernel (constant indices move data; a constant table looked up by computed "
+                            "indices is an embedding)")
+        axis = op.attr("axis")
+        shape = tensor(data).shape
+        flat = values.astype(np.int64).ravel()
+        flat = np.where(flat < 0, flat + shape[axis], flat)
+        if ((flat < 0) | (flat >= shape[axis])).any():
+            raise UserError(f"node '{node_name(op)}': gather index out of range for dim {axis} of size {shape[axis]}")
+        runs = np.split(flat, np.nonzero(np.diff(flat) != 1)[0] + 1) if flat.size else []
+        if len(runs) > MAX_RUNS:
+            raise UserError(f"node '{node_name(op)}': the constant indices form {len(runs)} runs; the device "
+                            f"moves at most {MAX_RUNS} slices per gather")
+        pieces = []
+        for run in runs:
+            begins, ends = [0] * len(shape), list(shape)
+            begins[axis], ends[axis] = int(run[0]), int(run[-1]) + 1
+            pieces.append(create_slice(rewriter, op, data, begins, ends, [1] * len(shape)))
+        value = pieces[0]
+        if len(pieces) > 1:
+            joined = list(shape)
+            joined[axis] = flat.size
+            value = rewriter.create_before(op, "ttir.concat", pieces, [tensor(data).with_shape(tuple(joined))],
+                                           {"axis": axis}).result
+        if tensor(value).shape != tensor(op.result).shape:
+            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Slices and concatenations off tile boundaries
+
+
+def selection_rows(size_in: int, begin: int, step: int, count: int) -> np.ndarray:
+    """S [count, size_in] with S[i, begin + i * step] = 1 (S @ x selects rows)."""
+    matrix = np.zeros((count, size_in), np.float32)
+    matrix[np.arange(count), begin + np.arange(count) * step] = 1.0
+    return matrix
+
+
+class UnalignedSlice(RewritePattern):
+    """A slice that is not tile-granular -> a batch-dim slice, then row and column selection matmuls
+    (or tile-aligned slices) for the last two dims."""
+
+    root = "ttir.slice"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x = op.operands[0]
+        shape = tensor(x).shape
+        begins, ends, steps = (list(op.attr(name)) for name in ("begins", "ends", "steps"))
+        if is_tile_granular([shape], slice_step(begins, ends, steps)):
+            return rewriter.notify_match_failure(op, "moves whole tiles")
+        rank = len(shape)
+        matrix_dims = list(range(max(rank - 2, 0), rank))
+        batch_begins = [b if d not in matrix_dims else 0 for d, b in enumerate(begins)]
+        batch_ends = [e if d not in matrix_dims else shape[d] for d, e in enumerate(ends)]
+        batch_steps = [s if d not in matrix_dims else 1 for d, s in enumerate(steps)]
+        value = x
+        if (batch_begins, batch_ends, batch_steps) != ([0] * rank, list(shape), [1] * rank):
+            value = create_slice(rewriter, op, x, batch_begins, batch_ends, batch_steps)
+        out = tensor(op.result).shape
+        for dim in matrix_dims:
+            current = tensor(value).shape
+            if current[dim] == out[dim] and begins[dim] == 0 and steps[dim] == 1:
+                continue
+            one_begins, one_ends, one_steps = [0] * rank, list(current), [1] * rank
+            one_begins[dim], one_ends[dim], one_steps[dim] = begins[dim], ends[dim], steps[dim]
+            if is_tile_granular([current], slice_step(one_begins, one_ends, one_steps)):
+                value = create_slice(rewriter, op, value, one_begins, one_ends, one_steps)
+                continue
+            select = selection_rows(current[dim], begins[dim], steps[dim], out[dim])
+            if dim == rank - 1:
+                value = exact_matmul(rewriter, op, value, weight(rewriter, self.module, op, "columns",
+                                                                 select.T.copy(), tensor(x)))
+            else:
+                value = exact_matmul(rewriter, op, weight(rewriter, self.module, op, "rows", select, tensor(x)),
+                                     value)
+        rewriter.replace_op(op, [value])
+        return True
+
+
+class UnalignedConcat(RewritePattern):
+    """A concat along one of the last two dims that is not tile-granular -> the sum of its inputs, each
+    placed by a selection matmul."""
+
+    root = "ttir.concat"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        shapes = [tensor(v).shape for v in op.operands]
+        axis = op.attr("axis")
+        if is_tile_granular(shapes, ("concat", (axis,))):
+            return rewriter.notify_match_failure(op, "moves whole tiles")
+        rank = len(shapes[0])
+        total = tensor(op.result).shape[axis]
+        placed, offset = [], 0
+        for value, shape in zip(op.operands, shapes, strict=True):
+            place = selection_rows(total, 0, 1, total)[:, offset: offset + shape[axis]]  # [total, size]
+            if axis == rank - 1:
+                placed.append(exact_matmul(rewriter, op, value, weight(rewriter, self.module, op, "place",
+                                                                       place.T.copy(), tensor(value))))
+            else:
+                placed.append(exact_matmul(rewriter, op, weight(rewriter, self.module, op, "place", place,
+                                                                tensor(value)), value))
+            offset += shape[axis]
+        total_value = placed[0]
+        for other in placed[1:]:
+            total_value = rewriter.create_before(op, "ttir.add", [total_value, other], [tensor(op.result)]).result
+        rewriter.replace_op(op, [total_value])
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Reductions
+
+
+REDUCTIONS = ("ttir.reduce_sum", "ttir.reduce_mean", "ttir.reduce_max")
+
+
+class ReductionToDeviceForm(RewritePattern):
+    """Reductions become keepdims reductions along the last dim or the one before it (see the module doc)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x = op.operands[0]
+        shape = tensor(x).shape
+        rank = len(shape)
+        axes = list(op.attr("axes"))
+        if op.name != "ttir.reduce_mean" and op.attr("keepdims") and len(axes) == 1 and axes[0] >= rank - 2:
+            return rewriter.notify_match_failure(op, "already a device form")
+        if rank == 0 or not axes:
+            rewriter.replace_op(op, [x])
+            return True
+        is_max = op.name == "ttir.reduce_max"
+        kind = "ttir.reduce_max" if is_max else "ttir.reduce_sum"
+        value = x
+        batch_axes = [a for a in axes if a < rank - 2]
+        if batch_axes:
+            value = self.reduce_batch(rewriter, op, value, batch_axes, "ttir.maximum" if is_max else "ttir.add")
+        for axis in sorted((a for a in axes if a >= rank - 2), reverse=True):
+            reduced = list(tensor(value).shape)
+            reduced[axis] = 1
+            value = rewriter.create_before(op, kind, [value], [tensor(value).with_shape(tuple(reduced))],
+                                           {"axes": (axis,), "keepdims": True}).result
+        if op.name == "ttir.reduce_mean":
+            count = math.prod(shape[a] for a in axes)
+            scale_type = TensorType((), tensor(x).element_type)
+            scale = rewriter.create_before(op, CONSTANT, [], [scale_type],
+                                           {"value": DenseAttr(scale_type, 1.0 / count)}).result
+            value = rewriter.create_before(op, "ttir.mul", [value, scale], [tensor(value)]).result
+        if tensor(value).shape != tensor(op.result).shape:
+            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+    @staticmethod
+    def reduce_batch(rewriter: PatternRewriter, op: Operation, x: Value, axes: list[int], combine: str) -> Value:
+        """Elementwise combination of the slices of x along batch `axes` (kept as size-1 dims)."""
+        shape = tensor(x).shape
+        count = math.prod(shape[a] for a in axes)
+        if count > MAX_BATCH_REDUCE:
+            raise UserError(f"node '{node_name(op)}': a reduction over batch dims of {count} slices (at most "
+                            f"{MAX_BATCH_REDUCE}); the device reduces along the last two dims")
+        kept = tuple(1 if d in axes else n for d, n in enumerate(shape))
+        total = None
+        for index in np.ndindex(*(shape[a] for a in axes)):
+            begins = [0] * len(shape)
+            ends = list(shape)
+            for a, i in zip(axes, index, strict=True):
+                begins[a], ends[a] = i, i + 1
+            piece = create_slice(rewriter, op, x, begins, ends, [1] * len(shape))
+            total = piece if total is None else rewriter.create_before(
+                op, combine, [total, piece], [tensor(x).with_shape(kept)]).result
+        assert total is not None
+        return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Row gathers
+
+ROW_MAJOR = LayoutAttr("row_major", "dram", "interleaved")
+
+
+class RowGather(RewritePattern):
+    """A movement chain that is not tile-granular but moves whole rows -> untilize + row lookup."""
+
+    def __init__(self, root: str, module: Module) -> None:
+        self.root = root
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if is_folded(op):
+            return rewriter.notify_match_failure(op, "not the end of its movement chain")
+        chain = movement_chain(op)
+        if chain[0].name == "ttir.concat" or is_row_major(chain[0].operands[0]):
+            return rewriter.notify_match_failure(op, "a concat heads the chain, or it moves rows already")
+        in_shapes, steps = chain_steps(chain)
+        if isinstance(gather_map_of_inputs(in_shapes, steps), Gather):
+            return rewriter.notify_match_failure(op, "moves whole tiles")
+        rows = row_gather_map(in_shapes[0], steps)
+        if rows is None or (len(in_shapes[0]) < 2 and tensor(op.result).rank < 2):
+            return rewriter.notify_match_failure(op, "splits or merges rows of the last dim")
+        x = chain[0].operands[0]
+        source = tensor(x)
+        width = source.shape[-1]
+        untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+        table_type = TensorType((source.num_elements // width, width), source.element_type, ROW_MAJOR)
+        table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+        ids_type = TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)
+        name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'rows')}.row_index",
+                                      rows.astype(np.int32))
+        ids = rewriter.create_before(op, CONSTANT, [], [ids_type], {"value": WeightAttr(name)}).result
+        gathered = rewriter.create_before(op, "ttir.embedding", [table, ids], [tensor(op.result)]).result
+        rewriter.replace_op(op, [gathered])
+        return True
+
+
+def movement_patterns(module: Module) -> list[RewritePattern]:
+    return [GatherToSlices(module), UnalignedSlice(module), UnalignedConcat(module),
+            *(ReductionToDeviceForm(root) for root in REDUCTIONS),
+            *(RowGather(root, module) for root in sorted(MOVEMENT_OPS - {"ttir.concat"}))]
