@@ -5,7 +5,9 @@ block by block (1 x block_w tiles), popping as it goes, so every compute op uses
 
 Softmax: max (reduce, the last tile's padding columns masked to -inf first), exp(x - max) with the
 max broadcast along columns and the padding re-zeroed, sum (reduce), reciprocal, x * 1/sum, and the
-padding rows zeroed. Layer norm: mean (reduce with scaler 1/width, the logical width), centred values
+padding rows zeroed. Sums over long rows run in groups of tiles (`reduce_row`), so that no chain of
+bf16 roundings in Dst runs the whole row. Layer norm: mean (the sum times 1/width, the logical width,
+on the SFPU in float32), centred values
 with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
 rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
 re-read per row block), padding rows zeroed.
@@ -19,6 +21,7 @@ from ttc.ir.core import Operation
 from ttc.passes.footprint import (
     CB_BETA,
     CB_GAMMA,
+    CB_GROUPS,
     CB_IN0,
     CB_MASKED,
     CB_OUT,
@@ -30,6 +33,7 @@ from ttc.passes.footprint import (
     CB_WIDE2,
     TILE,
     TileShape,
+    row_sum_groups,
     tensor,
     tile_shape,
 )
@@ -98,11 +102,27 @@ def row_writer(op: Operation, s: Schedule, shape: TileShape):
 
 
 def reduce_row(k: KernelBuilder, cb: int, tiles: int, out_cb: int, kind: str, fidelity: str,
-               scaler: float = 1.0, sfpu: tuple[tuple[str, float], ...] = ()) -> None:
-    """Dst = reduce of `tiles` tiles of cb along rows (column 0), then SFPU ops, packed into out_cb."""
+               sfpu: tuple[tuple[str, float], ...] = ()) -> None:
+    """Dst = reduce of `tiles` tiles of cb along rows (column 0), then SFPU ops, packed into out_cb.
+
+    A sum runs in groups (`footprint.row_sum_groups`), each group in its own Dst slot; the group sums are
+    packed and reduced once more, so no chain of bf16 roundings runs the whole row. Scaling (a mean's
+    1 / width) belongs in `sfpu` (mul_scalar: float32, one rounding), not in a bf16-rounded reduce scaler.
+    """
+    groups = row_sum_groups(tiles) if kind == "sum" else [(0, tiles)]
+    start = float("-inf") if kind == "max" else 0.0
     k.op("tile_regs_acquire")
-    k.op("fill_tiles", count=1, value=float("-inf") if kind == "max" else 0.0)
-    k.op("reduce_tiles", kind=kind, dim="row", cb=cb, rows=1, cols=tiles, scaler=scaler, fidelity=fidelity)
+    k.op("fill_tiles", count=len(groups), value=start)
+    for slot, (first, count) in enumerate(groups):
+        k.op("reduce_tiles", kind=kind, dim="row", cb=cb, offset=first, rows=1, cols=count, dst=slot,
+             fidelity=fidelity)
+    if len(groups) > 1:
+        k.pack_block(CB_GROUPS, len(groups))
+        k.op("cb_wait_front", cb=CB_GROUPS, pages=len(groups))
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=start)
+        k.op("reduce_tiles", kind=kind, dim="row", cb=CB_GROUPS, rows=1, cols=len(groups), fidelity=fidelity)
+        k.op("cb_pop_front", cb=CB_GROUPS, pages=len(groups))
     for fn, param in sfpu:
         k.op("sfpu_tiles", fn=fn, count=1, param=param)
     k.pack_block(out_cb, 1)
@@ -174,7 +194,7 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     k = KernelBuilder(op.loc)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
-        reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, scaler=inverse_width)
+        reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, sfpu=(("mul_scalar", inverse_width),))
         # Centred values (kept) and their squares, padding columns zeroed.
         k.op("cb_wait_front", cb=CB_STAT, pages=1)
         with k.loop(ct // width) as block:
@@ -193,8 +213,8 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_pop_front", cb=CB_STAT, pages=1)
         # rstd = rsqrt(mean of squares + eps)
         k.op("cb_wait_front", cb=CB_WIDE2, pages=ct)
-        reduce_row(k, CB_WIDE2, ct, CB_STAT2, "sum", s.fidelity, scaler=inverse_width,
-                   sfpu=(("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
+        reduce_row(k, CB_WIDE2, ct, CB_STAT2, "sum", s.fidelity,
+                   sfpu=(("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
         k.op("cb_pop_front", cb=CB_WIDE2, pages=ct)
         # centred * rstd * gamma (+ beta), padding rows zeroed.
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)

@@ -23,6 +23,7 @@ from ttc.passes.footprint import (
     HALF_DST,
     TILE,
     Phase,
+    accumulation_tiles,
     eltwise_plan,
     embedding_geometry,
     gather_of,
@@ -117,6 +118,8 @@ def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     out_tiles = batches * pcm * pcn
     work.compute = out_tiles * shape.kt * mac_cycles(device, fidelity)
     work.compute += out_tiles * k_blocks * tile_cycles(device, "datacopy")  # Dst zeroed, then partials reloaded
+    chunks = shape.kt // accumulation_tiles(shape.kt)
+    work.compute += out_tiles * (chunks - 1) * tile_cycles(device, "add")  # chunk sums added to the total
     if any(matmul_masks(op)):
         work.compute += out_tiles * tile_cycles(device, "datacopy")
     work.move(batches * pcm * shape.kt, page(a), in_dram(a), batches * k_blocks * sh)

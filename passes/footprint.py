@@ -61,6 +61,7 @@ CB_PARTIALS, CB_BIASED = 24, 25
 CB_GAMMA, CB_BETA = 1, 2
 CB_MASKED, CB_STAT, CB_WIDE, CB_WIDE2, CB_STAT2, CB_TMP, CB_TMP2 = 17, 18, 19, 20, 21, 22, 23
 CB_GROUPS = 26  # partial reductions of groups of tiles (blocked summation)
+CB_TOTAL, CB_CHUNK = 27, 28  # matmul: the running sum of K chunks, and one chunk's sum
 
 
 def align(size: int, alignment: int = ALIGNMENT) -> int:
@@ -454,6 +455,27 @@ def double(pages: int, pushes: int) -> int:
     return pages * 2 if pushes > 1 else pages
 
 
+SHORT_K_TILES = 8  # K up to 256: one accumulation chain of at most 16 bf16 roundings is fine
+MIN_CHUNK_TILES = 4  # chunks of at least 128 elements: each chunk's sum costs a tile add
+
+
+def accumulation_tiles(kt: int) -> int:
+    """K tiles accumulated in one chain of the 16-bit Dst (a chunk) before the chunk's sum is added, in
+    bf16, to the running sum of the chunks before it.
+
+    Dst rounds to bf16 every 16 products (one MVMUL), so a single chain over K = 3072 rounds a growing
+    sum 192 times; in chunks of about 4 * sqrt(K) elements both chains (inside a chunk, and over the
+    chunks) stay short, the way long reductions are blocked on hardware without fp32 accumulation: the
+    relative error of a [128 x 3072] @ [3072 x 256] product falls from ~1.6e-2 to ~7e-3, and of a K = 768
+    one from ~8e-3 to ~5e-3 (chunks of at least 4 tiles, as each costs a tile add). The chunk depends
+    only on K, never on the grid or the blocking, so any blocking gives the same bits.
+    """
+    if kt <= SHORT_K_TILES:
+        return kt
+    target = max(MIN_CHUNK_TILES, 4 * math.sqrt(kt * TILE) / TILE)
+    return min((d for d in range(1, kt + 1) if kt % d == 0), key=lambda d: (abs(d - target), d))
+
+
 def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     shape = matmul_shape(op)
     h, w, width = blocking["out_subblock_h"], blocking["out_subblock_w"], blocking["in0_block_w"]
@@ -467,8 +489,12 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     if len(op.operands) > 2:
         cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
         cbs.append(cb(CB_BIASED, out.element_type, h * w))
-    if k_blocks > 1:
-        cbs.append(cb(CB_PARTIALS, out.element_type, blocking["per_core_m"] * blocking["per_core_n"]))
+    block_tiles = blocking["per_core_m"] * blocking["per_core_n"]
+    chunk = accumulation_tiles(shape.kt)
+    if chunk > width:  # partial sums between the K steps of a chunk
+        cbs.append(cb(CB_PARTIALS, out.element_type, block_tiles))
+    if chunk < shape.kt:  # the running total of the chunks, and one chunk's sum
+        cbs += [cb(CB_TOTAL, out.element_type, block_tiles), cb(CB_CHUNK, out.element_type, h * w)]
     return sorted(cbs, key=lambda c: c.index)
 
 
@@ -829,6 +855,15 @@ def eltwise_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
 # Softmax, layer norm, data movement
 
 
+def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
+    """(first tile, tiles) of the groups a row of `tiles` tiles is summed in: about sqrt(tiles) groups of
+    nearly equal size (each in its own Dst slot, at most 8), so that neither the chain inside a group nor
+    the one over the groups runs long in bf16; one group for rows of up to 4 tiles."""
+    count = 1 if tiles <= 4 else min(HALF_DST, round(math.sqrt(tiles)))
+    sizes = [tiles // count + (i < tiles % count) for i in range(count)]
+    return [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
+
+
 def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     """Softmax / layer norm keep a whole row of tiles (ct) per step in L1."""
     x, out = tensor(op.operands[0]), tensor(op.result)
@@ -836,6 +871,8 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     fmt = out.element_type
     rows = blocking["batches"] * blocking["rows"]
     cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
+    if len(row_sum_groups(ct)) > 1:
+        cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
     if op.name == "ttir.softmax":
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
         return sorted(cbs, key=lambda c: c.index)

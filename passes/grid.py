@@ -23,6 +23,7 @@ from ttc.ir.dialects.tt import DeviceAttr, GridAttr
 from ttc.passes.cost_model import FIDELITY_PHASES, Cost, estimate
 from ttc.passes.footprint import (
     HALF_DST,
+    accumulation_tiles,
     affine_step,
     batch_offsets,
     cb_bytes,
@@ -71,7 +72,7 @@ def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
     if kind == "matmul":
         shape = matmul_shape(op)
         return (shape.batches // blocking["batches"], shape.mt // blocking["per_core_m"],
-                shape.nt // blocking["per_core_n"])
+                -(-shape.nt // blocking["per_core_n"]))  # the last core along N may be ragged
     if kind == "data_movement":
         return (tile_shape(tensor(op.result).shape).tiles // blocking["tiles"],)
     out = tile_shape(tensor(op.result).shape)
@@ -99,13 +100,31 @@ def batch_groups(offsets: list, batches: int) -> list[int]:
     return [g for g in divisors(batches) if all(affine_step(o, g) is not None for o in offsets)]
 
 
+RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the e150 compute grid)
+
+
+MIN_N_CORES = 8  # exact N splits over fewer cores than this are poor for a wide output
+
+
+def n_splits(nt: int) -> list[int]:
+    """Output tile columns per core: the divisors of nt, and when none of them spreads N over 8 to 108
+    cores (a prime nt such as a vocabulary's 1571 tiles) also ceil(nt / cores) for 2..108 cores, the last
+    core taking the rest (a ragged split)."""
+    exact = divisors(nt)
+    if nt < MIN_N_CORES or any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
+        return exact
+    ragged = {-(-nt // cores) for cores in range(2, min(nt, RAGGED_SPLITS) + 1)}
+    return sorted(set(exact) | {n for n in ragged if nt % n})
+
+
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
+    """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
     shape = matmul_shape(op)
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
         for pcm in divisors(shape.mt):
-            for pcn in divisors(shape.nt):
+            for pcn in n_splits(shape.nt):
                 for h, w in subblock_choices(pcm, pcn):
-                    for width in divisors(shape.kt):
+                    for width in divisors(accumulation_tiles(shape.kt)):
                         yield {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
                                "out_subblock_h": h, "out_subblock_w": w}
 

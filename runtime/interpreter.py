@@ -621,10 +621,32 @@ def _read_into_cb(p: Program, k: Kernel, gen: AddrGen, pages: np.ndarray, cb: Ci
 
 @handler("noc_read_tiles")
 def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Tiles tile(r, c) (from `start`) of the buffer -> reserved back pages of cb, row-major."""
+    """Tiles tile(r, c) (from `start`) of the buffer -> reserved back pages of cb, row-major; with a
+    valid_cols operand, tiles of columns c >= valid_cols are zero-filled instead of read."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
-    _read_into_cb(p, k, gen, _per_core(p, start, tiles), p.cb(a["cb"]), a["cb_offset"])
+    pages = _per_core(p, start, tiles)
+    wanted = _valid_columns(p, k, op, a)
+    if wanted is None:
+        _read_into_cb(p, k, gen, pages, p.cb(a["cb"]), a["cb_offset"])
+        return
+    cb = p.cb(a["cb"])
+    slots = p.back_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    _check_noc(gen, cb)
+    bank, offset = _locate(gen, np.where(wanted, pages, 0), "read", cb)  # past the edge: nothing read
+    data = gen.memory.read(bank, offset, gen.page_size)
+    p.put_pages(cb, slots, np.where(wanted[..., None], data, 0).astype(np.uint8))
+    k.pending_reads.add(cb.index)
+    p.count_noc(gen, int(wanted.sum()) // p.cores)
+
+
+def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> np.ndarray | None:
+    """[cores, rows * cols] mask of the block's tiles in columns c < valid_cols (None: no operand)."""
+    if len(op.operands) < 3:
+        return None
+    valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1, 1, 1)
+    columns = np.broadcast_to(np.arange(a["cols"])[None, None, :], (1, a["rows"], a["cols"]))
+    return np.broadcast_to(columns < valid, (p.cores, a["rows"], a["cols"])).reshape(p.cores, -1)
 
 
 @handler("noc_read_pages")
@@ -696,10 +718,15 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
     slots = p.front_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
     _check_noc(gen, cb)
-    bank, offset = _locate(gen, _per_core(p, start, tiles), "write", cb)
-    gen.memory.write(bank, offset, p.get_pages(cb, slots)[..., : gen.page_size])
+    pages = _per_core(p, start, tiles)
+    data = p.get_pages(cb, slots)[..., : gen.page_size]
+    wanted = _valid_columns(p, k, op, a)
+    if wanted is not None:  # only the tiles before the ragged edge
+        pages, data = pages[wanted][None], data[wanted][None]
+    bank, offset = _locate(gen, pages, "write", cb)
+    gen.memory.write(bank, offset, data)
     k.pending_writes.add(cb.index)
-    p.count_noc(gen, len(tiles))
+    p.count_noc(gen, len(tiles) if wanted is None else int(wanted.sum()) // p.cores)
 
 
 @handler("noc_write_rows")

@@ -192,8 +192,11 @@ ADDRGEN_OP = OpDef(
 NOC_READ_TILES = OpDef(
     "ttkernel.noc_read_tiles",
     "Read tiles tile(r, c) of the buffer (index arithmetic with `start`) into the reserved back pages "
-    "of `cb`, row-major from page `cb_offset`; data is valid only after noc_read_barrier",
-    operands=(Operand("addrgen", AddrGen), Operand("start", Index)), results=(),
+    "of `cb`, row-major from page `cb_offset`; data is valid only after noc_read_barrier. With "
+    "`valid_cols`, the tiles of block columns c >= valid_cols (past a ragged edge; any value, <= 0 "
+    "meaning none) are not read: their pages are zero-filled",
+    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("valid_cols", Index, optional=True)),
+    results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("rows", IntAttr), Attr("cols", IntAttr),
                 Attr("row_stride", IntAttr, 0), Attr("col_stride", IntAttr, 1)),
     verify=verify_noc_tiles,
@@ -214,8 +217,10 @@ NOC_READ_TILES_INDEXED = OpDef(
 NOC_WRITE_TILES = OpDef(
     "ttkernel.noc_write_tiles",
     "Write the waited front pages of `cb` (from `cb_offset`, row-major) to tiles tile(r, c) of the "
-    "buffer; the data has left L1 only after noc_write_barrier",
-    operands=(Operand("addrgen", AddrGen), Operand("start", Index)), results=(),
+    "buffer; the data has left L1 only after noc_write_barrier. With `valid_cols`, the tiles of block "
+    "columns c >= valid_cols (past a ragged edge) are not written",
+    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("valid_cols", Index, optional=True)),
+    results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("rows", IntAttr), Attr("cols", IntAttr),
                 Attr("row_stride", IntAttr, 0), Attr("col_stride", IntAttr, 1)),
     verify=verify_noc_tiles,

@@ -47,7 +47,7 @@ def test_large_matmul_uses_many_cores_small_ones_fewer() -> None:
     assert large.attributes["tt.grid"].num_cores > 8
     assert large.attributes["tt.grid"].num_cores > small.attributes["tt.grid"].num_cores
     assert tiny.attributes["tt.grid"].num_cores == 1
-    assert large.attributes["tt.cost"]["bound"] == "compute"
+    assert large.attributes["tt.cost"]["bound"] in ("compute", "dram")  # not NoC latency or launch
 
 
 def blocking_is_exact(op: Operation) -> None:
