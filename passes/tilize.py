@@ -205,8 +205,8 @@ def device_form_patterns(module: Module) -> list[RewritePattern]:
 
 def saturate(array: np.ndarray) -> np.ndarray:
     """Finite values clipped to the bf16 range (infinities and NaN stay); `array` itself when nothing moves."""
-    if array.dtype.kind != "f" or not array.size:
-        return array
+    if array.dtype.kind != "f" or array.dtype.itemsize < 4 or not array.size:
+        return array  # f16 and bf16 never exceed bf16's range
     finite = np.isfinite(array)
     if not (np.abs(array[finite]) > BF16_MAX).any():
         return array

@@ -422,3 +422,59 @@ def test_prime_output_width_splits_raggedly_over_many_cores() -> None:
     (program,) = [op for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"]
     assert program.attributes["grid"].num_cores > 2
     assert any(len(op.operands) == 3 for op in program.walk() if op.name == "ttkernel.noc_write_tiles")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data movement off tile boundaries
+
+
+def kinds(compiled: ttc.compiler.CompiledModel) -> list[str]:
+    return [op.attributes["kind"] for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"]
+
+
+@pytest.mark.parametrize("axis", [-1, -2])
+def test_unaligned_concat_is_exact(axis: int) -> None:
+    """Concatenating 45 + 30 columns (or rows) is not tile-granular: selection matmuls place each input."""
+    g = Graph()
+    a = g.input("a", (3, 45, 50))
+    b = g.input("b", (3, 30, 50) if axis == -2 else (3, 45, 30))
+    g.output(g.node("Concat", [a, b], axis=axis))
+    compiled = check(g)
+    out = compiled.run(g.feeds)[g.outputs[0].name]
+    bf16 = ttc.ir.types.bf16.numpy_dtype()
+    expected = np.concatenate([g.feeds["a"], g.feeds["b"]], axis=axis).astype(bf16).astype(np.float32)
+    np.testing.assert_array_equal(out, expected)  # moved, never rounded
+    assert "matmul" in kinds(compiled)
+
+
+def test_unaligned_and_strided_slices_are_exact() -> None:
+    g = Graph()
+    x = g.input("x", (2, 70, 90))
+    g.output(g.node("Slice", [x, g.const([1, 5, 3], np.int64), g.const([2, 60, 80], np.int64),
+                              g.const([0, 1, 2], np.int64), g.const([1, 2, 3], np.int64)]))
+    g.output(g.node("Slice", [x, g.const([-1], np.int64), g.const([-1000], np.int64), g.const([2], np.int64),
+                              g.const([-1], np.int64)]))  # reversed columns
+    compiled = check(g)
+    bf16 = ttc.ir.types.bf16.numpy_dtype()
+    x_bf16 = g.feeds["x"].astype(bf16).astype(np.float32)
+    outputs = compiled.run(g.feeds)
+    np.testing.assert_array_equal(outputs[g.outputs[0].name], x_bf16[1:2, 5:60:2, 3:80:3])
+    np.testing.assert_array_equal(outputs[g.outputs[1].name], x_bf16[:, :, ::-1])
+
+
+def test_reshape_regrouping_rows_goes_through_rows() -> None:
+    """[2, 40, 96] -> [80, 96] mixes rows of two matrices in one tile: untilize, then a row lookup."""
+    g = Graph()
+    x = g.input("x", (2, 40, 96))
+    g.output(g.node("Reshape", [x, g.const([80, 96], np.int64)]))
+    compiled = check(g)
+    assert kinds(compiled) == ["untilize", "embedding"]
+
+
+def test_gather_with_constant_indices_is_a_data_movement() -> None:
+    g = Graph()
+    x = g.input("x", (4, 64, 64))
+    g.output(g.node("Gather", [x, g.const([3, 0, 1, 2], np.int64)], axis=0))  # runs [3] and [0, 1, 2]
+    g.output(g.node("Gather", [x, g.const(np.int64(-1), np.int64)], axis=0))  # a scalar index
+    compiled = check(g)
+    assert set(kinds(compiled)) <= {"data_movement"}

@@ -23,11 +23,14 @@ from ttc.runtime.layout import num_pages, page_size
 NODE = "node"
 GEN = "!ttkernel.addrgen"
 _RESULTS = {"get_arg": "index", "constant": "index", "buffer_address": "index", "addi": "index",
-            "muli": "index", "addrgen": GEN}
-_OPERANDS = {"addi": ("index", "index"), "muli": ("index", "index"), "addrgen": ("index",),
+            "muli": "index", "mini": "index", "addrgen": GEN}
+_OPERANDS = {"addi": ("index", "index"), "muli": ("index", "index"), "mini": ("index", "index"), "addrgen": ("index",),
              "noc_read_tiles": (GEN, "index"), "noc_write_tiles": (GEN, "index"),
              "noc_read_pages": (GEN, "index"), "noc_read_tiles_indexed": (GEN,),
+             "noc_read_rows_indexed": (GEN, "index", "index"), "noc_write_rows": (GEN, "index", "index"),
              "mask_tiles": ("index", "index")}
+# ops taking an optional operand more: the NoC tile ops' valid_cols (a ragged edge)
+_OPTIONAL = {"noc_read_tiles": "index", "noc_write_tiles": "index"}
 
 
 def _attr(key: str, value: object) -> str:
@@ -44,6 +47,8 @@ def _attr(key: str, value: object) -> str:
 def kop(name: str, *operands: str, out: str | None = None, **attrs: object) -> str:
     """One `ttkernel.<name>` op line; operands and `out` are value names without the %."""
     types = _OPERANDS.get(name, ())
+    if name in _OPTIONAL and len(operands) == len(types) + 1:
+        types = (*types, _OPTIONAL[name])
     assert len(types) == len(operands), f"{name} takes {len(types)} operands"
     attr_text = " {" + ", ".join(f"{k} = {_attr(k, v)}" for k, v in attrs.items()) + "}" if attrs else ""
     head = f"%{out} = " if out else ""

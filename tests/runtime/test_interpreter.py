@@ -329,3 +329,88 @@ def test_every_ttkernel_op_has_one_handler_and_no_ttir_op_has_any() -> None:
     kernel_ops = {op.name for op in registered_dialects()["ttkernel"].ops} - {"ttkernel.for"}
     assert set(HANDLERS) == kernel_ops  # ttkernel.for is the kernel runner's own control flow
     assert all(name.startswith("ttkernel.") for name in HANDLERS)
+
+
+# --- row lookups, tilize / untilize, ragged edges -------------------------------------------------
+
+
+def row_lookup_program(ids_per_page: int, width: int) -> ProgramSpec:
+    """tt-metal's embedding on 2 cores: core c looks up the ids 32c.. of index page 0 (at most 32 of them,
+    `mini`) in a row-major bf16 table, tilizes the 32 rows and writes tile row c."""
+    cols = -(-width // 32)
+    row_bytes = width * 2
+    reader = [kop("get_arg", out="r", index=0), kop("constant", out="zero", value=0),
+              kop("constant", out="c32", value=32), kop("constant", out="n", value=ids_per_page),
+              kop("constant", out="m32", value=-32), *addrgen("t", 0, page=row_bytes),
+              *addrgen("ids", 1, fmt="i32", page=ids_per_page * 4),
+              kop("muli", "r", "c32", out="first"), kop("muli", "r", "m32", out="back"),
+              kop("addi", "n", "back", out="left"), kop("mini", "c32", "left", out="valid"),
+              kop("cb_reserve_back", cb=8, pages=1), kop("noc_read_pages", "ids", "zero", cb=8, count=1),
+              kop("noc_read_barrier"), kop("cb_push_back", cb=8, pages=1), kop("cb_wait_front", cb=8, pages=1),
+              kop("cb_reserve_back", cb=0, pages=32),
+              kop("noc_read_rows_indexed", "t", "first", "valid", cb=0, index_cb=8, count=32),
+              kop("noc_read_barrier"), kop("cb_push_back", cb=0, pages=32), kop("cb_pop_front", cb=8, pages=1)]
+    compute = [kop("cb_wait_front", cb=0, pages=32), kop("tile_regs_acquire"), kop("tilize_tiles", cb=0, cols=cols),
+               kop("tile_regs_commit"), kop("tile_regs_wait"), kop("cb_reserve_back", cb=16, pages=cols),
+               kop("pack_tiles", count=cols, cb=16), kop("cb_push_back", cb=16, pages=cols), kop("tile_regs_release"),
+               kop("cb_pop_front", cb=0, pages=32)]
+    writer = [kop("get_arg", out="t", index=0), *addrgen("c", 2), kop("cb_wait_front", cb=16, pages=cols),
+              kop("noc_write_tiles", "c", "t", cb=16, rows=1, cols=cols), kop("noc_write_barrier"),
+              kop("cb_pop_front", cb=16, pages=cols)]
+    cbs = [cb(0, 32, page=row_bytes), cb(8, 1, "i32", page=ids_per_page * 4), cb(16, cols)]
+    return ProgramSpec(reader, compute, writer, cbs, (2, 1), [[[0], [1]], [[], []], [[0], [cols]]],
+                       kind="embedding", buffers=["t", "ids", "c"])
+
+
+def test_row_lookup_copies_table_rows_exactly_and_zero_fills_the_last_tile_row() -> None:
+    table, ids = rand(10, 70), RNG.integers(0, 10, (1, 40))
+    tt = Tensor("t", table.shape, "bf16", "row_major")
+    ti, tc = Tensor("ids", ids.shape, "i32", "row_major", host="i64"), Tensor("c", (64, 70))
+    out, _ = run({"t": (tt, table), "ids": (ti, ids)}, [tc], row_lookup_program(40, 70))
+    expected = np.zeros((64, 70), np.float32)
+    expected[:40] = N.bf16_round(table)[ids[0]]
+    assert_bits_equal(out["c"], expected)  # padding rows 40.. are zero, and the tile padding with them
+
+
+def test_row_lookup_of_an_id_outside_the_table_is_a_fault() -> None:
+    table, ids = rand(10, 64), np.full((1, 40), 3)
+    ids[0, 35] = 10
+    tt = Tensor("t", table.shape, "bf16", "row_major")
+    ti, tc = Tensor("ids", ids.shape, "i32", "row_major", host="i64"), Tensor("c", (64, 64))
+    with pytest.raises(DeviceFault, match=r"out-of-bounds DRAM read.*\n.*core \(1,0\), reader kernel, CB 0"):
+        run({"t": (tt, table), "ids": (ti, ids)}, [tc], row_lookup_program(40, 64))
+
+
+def test_untilize_packs_rows_and_writes_only_the_real_ones() -> None:
+    """pack_rows + noc_write_rows: a [40, 70] tile-layout tensor to row-major pages on 2 cores."""
+    x = rand(40, 70)
+    reader = [kop("get_arg", out="t", index=0), *addrgen("a", 0), kop("cb_reserve_back", cb=0, pages=3),
+              kop("noc_read_tiles", "a", "t", cb=0, rows=1, cols=3), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=0, pages=3)]
+    compute = [kop("cb_reserve_back", cb=16, pages=32), kop("cb_wait_front", cb=0, pages=3), kop("tile_regs_acquire"),
+               kop("copy_tiles", cb=0, rows=1, cols=3), kop("tile_regs_commit"), kop("tile_regs_wait"),
+               kop("pack_rows", cb=16, cols=3), kop("tile_regs_release"), kop("cb_pop_front", cb=0, pages=3),
+               kop("cb_push_back", cb=16, pages=32)]
+    writer = [kop("get_arg", out="page", index=0), kop("get_arg", out="valid", index=1),
+              *addrgen("c", 1, page=140), kop("cb_wait_front", cb=16, pages=32),
+              kop("noc_write_rows", "c", "page", "valid", cb=16, count=32), kop("noc_write_barrier"),
+              kop("cb_pop_front", cb=16, pages=32)]
+    program = ProgramSpec(reader, compute, writer, [cb(0, 3), cb(16, 32, page=140)], (2, 1),
+                          [[[0], [3]], [[], []], [[0, 32], [32, 8]]], kind="untilize")
+    out, _ = run({"a": (Tensor("a", x.shape), x)}, [Tensor("c", x.shape, "bf16", "row_major")], program)
+    assert_bits_equal(out["c"], N.bf16_round(x))
+
+
+def test_valid_cols_reads_zeros_and_writes_nothing_past_a_ragged_edge() -> None:
+    """Both cores copy 2 tile columns; core 1 owns only 1 (valid_cols 1): its second column is neither read
+    (zeros in the CB) nor written (the output keeps what was there: here, the first core's tile)."""
+    x = rand(32, 96)
+    reader = [kop("get_arg", out="t", index=0), kop("get_arg", out="v", index=1), *addrgen("a", 0),
+              kop("cb_reserve_back", cb=0, pages=2), kop("noc_read_tiles", "a", "t", "v", cb=0, rows=1, cols=2),
+              kop("noc_read_barrier"), kop("cb_push_back", cb=0, pages=2)]
+    writer = [kop("get_arg", out="t", index=0), kop("get_arg", out="v", index=1), *addrgen("c", 1),
+              kop("cb_wait_front", cb=0, pages=2), kop("noc_write_tiles", "c", "t", "v", cb=0, rows=1, cols=2),
+              kop("noc_write_barrier"), kop("cb_pop_front", cb=0, pages=2)]
+    program = ProgramSpec(reader, [], writer, [cb(0, 2)], (2, 1), [[[0, 2], [2, 1]], [[], []], [[0, 2], [2, 1]]])
+    out, _ = run({"a": (Tensor("a", x.shape), x)}, [Tensor("c", x.shape)], program)
+    assert_bits_equal(out["c"], N.bf16_round(x))
