@@ -7,7 +7,8 @@ and then the 32 table rows those ids name into a row CB (`noc_read_rows_indexed`
 a page, when the ids are not a multiple of 32, the rows are zero-filled: the output's padding rows).
 The compute kernel tilizes the 32 rows, block_w tiles at a time, and the writer stores the tiles.
 Nothing is rounded on the way: the rows are copied as stored (bf16) and tilized into bf16 tiles, so
-the result is the table's bf16 rows exactly, and an id outside the table is a device fault.
+the result is the table's bf16 rows exactly. A negative id counts from the end of the table, as in
+ONNX Gather; an id outside the table is a device fault (naming core, kernel and ONNX node).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
         k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
         k.op("noc_read_rows_indexed", table, k.mul(tile_row, TILE), valid_rows(k, ids_per_page, tile_row),
-             cb=CB_ROWS, index_cb=CB_INDEX, count=TILE)
+             cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0])
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
         k.op("cb_pop_front", cb=CB_INDEX, pages=1)

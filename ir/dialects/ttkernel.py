@@ -236,10 +236,11 @@ NOC_READ_ROWS_INDEXED = OpDef(
     "Row lookup (tt-metal's embedding reader): fill `count` reserved back pages of `cb` (from `cb_offset`) "
     "with pages of a row-major buffer: page j < `valid` is the buffer page whose index is the int32 value "
     "at position `index_offset` + j of the waited front page of `index_cb`; pages j >= `valid` are "
-    "zero-filled (padding rows of the last tile row)",
+    "zero-filled (padding rows of the last tile row). With `wrap` > 0 a negative index i reads page "
+    "i + wrap (ONNX Gather's indices from the end)",
     operands=(Operand("addrgen", AddrGen), Operand("index_offset", Index), Operand("valid", Index)), results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
-                Attr("count", IntAttr)),
+                Attr("count", IntAttr), Attr("wrap", IntAttr, 0)),
 )
 NOC_WRITE_ROWS = OpDef(
     "ttkernel.noc_write_rows",

@@ -37,6 +37,7 @@ class Graph:
         rng = np.random.default_rng(len(self.inputs) + 1)
         if values is None:
             values = rng.standard_normal(shape) if elem == F32 else rng.integers(0, 2, shape)
+        assert np.shape(values) == tuple(shape), (name, np.shape(values), shape)
         self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         self.feeds[name] = np.asarray(values).astype(NP_TYPES[elem])
         return name
@@ -93,9 +94,16 @@ def test_gather_of_a_table_is_an_exact_device_lookup(vocab: int, width: int, ids
     np.testing.assert_array_equal(out, expected)  # rows copied as stored (bf16), never recomputed
 
 
+def test_negative_ids_count_from_the_end_of_the_table() -> None:
+    g = Graph()
+    ids = g.input("ids", (1, 40), I64, (np.arange(40) % 14 - 7)[None])
+    g.output(g.node("Gather", [g.const(np.random.default_rng(2).standard_normal((7, 64))), ids], axis=0))
+    check(g)
+
+
 def test_token_ids_cross_to_the_device_as_int32_row_major() -> None:
     g = Graph()
-    ids = g.input("ids", (1, 40), I64, np.arange(40) % 7)
+    ids = g.input("ids", (1, 40), I64, (np.arange(40) % 7)[None])
     g.output(g.node("Gather", [g.const(np.ones((7, 32))), ids], axis=0))
     compiled = ttc.compile(g.model())
     writes = [op for op in compiled.module.walk() if op.name == "ttmetal.write_buffer"]
