@@ -109,15 +109,6 @@ def is_foldable(node: onnx.NodeProto, constants: set[str]) -> bool:
     return bool(inputs) and all(name in constants for name in inputs)
 
 
-def constant_values(model: onnx.ModelProto) -> set[str]:
-    """The names of every value a constant subgraph computes (initializers, Constant nodes, folds)."""
-    constants = {t.name for t in model.graph.initializer}
-    for node in model.graph.node:
-        if (node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS) or is_foldable(node, constants):
-            constants.update(name for name in node.output if name)
-    return constants
-
-
 def check_supported(model: onnx.ModelProto) -> None:
     """One UserError listing every unsupported op type with the names of its nodes (nodes folded at
     compile time need no converter)."""
@@ -125,12 +116,11 @@ def check_supported(model: onnx.ModelProto) -> None:
     unsupported: dict[str, list[str]] = {}
     constants = {t.name for t in model.graph.initializer}
     for index, node in enumerate(model.graph.node):
-        if node.domain in DEFAULT_DOMAINS and node.op_type in supported:
-            if node.op_type == "Constant" or is_foldable(node, constants):
-                constants.update(node.output)
-            continue
-        if is_foldable(node, constants):
+        default_domain = node.domain in DEFAULT_DOMAINS
+        if (default_domain and node.op_type == "Constant") or is_foldable(node, constants):
             constants.update(node.output)
+            continue
+        if default_domain and node.op_type in supported:
             continue
         op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         unsupported.setdefault(op, []).append(node_name(node, index))
@@ -373,7 +363,3 @@ class NodeContext:
         ttype = TensorType(array.shape, element_type(onnx_type, self.where, name))
         return self.importer.add_constant(ttype, name, self.loc, data=array)
 
-    def input_type(self, index: int) -> TensorType:
-        value_type = self.input(index).type
-        assert isinstance(value_type, TensorType)
-        return value_type

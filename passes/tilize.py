@@ -9,9 +9,9 @@ What it does, per function:
   type keeps the logical shape: the tile padding (last two dims rounded up to 32, a rank-1 tensor
   taken as [1, N]) is derived from it, never stored.
 - Weights (`#tt.weight<...>` constants) get device types. A dense splat constant used by a binary
-  elementwise op whose other operand already has the result's shape becomes a host `tensor<f32>`
-  scalar (`fuse` moves it into the fused body); any other inline constant used on the device becomes
-  a weight with a device type.
+  elementwise op (or as a branch of a where) whose other operands already give the result's shape
+  becomes a host `tensor<f32>` scalar (`fuse` moves it into the fused body); any other inline constant
+  used on the device becomes a weight with a device type.
 - Device forms are materialised: matmul transposes become `ttir.transpose` ops (folded into a new
   weight `w.transpose` when the operand is a constant); `x / y` becomes `x * reciprocal(y)` (the
   reciprocal of a constant folded, as `decompose` does for inline ones); softmax along another axis than the last is wrapped in transposes
@@ -23,9 +23,9 @@ What it does, per function:
   is exact; what is not is a UserError naming the ONNX node. An integer or boolean graph input used
   on the device crosses the edge as a float, except token ids (embedding indices), which cross as an
   int32 row-major buffer the lookup reads its row indices from.
-- Embedding tables are row-major weights (`#tt.layout<row_major, dram, interleaved>`, a page per
-  row): the lookup fetches whole rows by index and tilizes them. A table that is also used as a
-  matrix gets its own row-major copy (`w.rows`).
+- Embedding tables are row-major weights (`w.rows`, `#tt.layout<row_major, dram, interleaved>`, a page
+  per row): the lookup fetches whole rows by index and tilizes them. A table that is also used as a
+  matrix keeps its tile-layout weight for that use.
 - Float constants are saturated into the bf16 range: a finite value beyond the largest bf16 (float32's
   lowest, -3.4028235e38, is the usual mask value) would otherwise round to infinity on the device, and
   a mask of -inf turns into NaN as soon as it is multiplied by 0 or subtracted from itself.

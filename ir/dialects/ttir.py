@@ -224,8 +224,8 @@ def verify_where(op: Operation) -> None:
     if x.element_type != y.element_type or tensor(op.result.type).element_type != x.element_type:
         raise VerifyError(f"the branches and the result must share one element type ({x.element_type}, "
                           f"{y.element_type} -> {tensor(op.result.type).element_type})")
-    shape = broadcast_shape(broadcast_shape(cond.shape, x.shape) or (), y.shape) \
-        if broadcast_shape(cond.shape, x.shape) is not None else None
+    branches = broadcast_shape(x.shape, y.shape)
+    shape = broadcast_shape(cond.shape, branches) if branches is not None else None
     _expect_shape(op, shape, f"shapes {_dims(cond.shape)}, {_dims(x.shape)} and {_dims(y.shape)} do not broadcast")
 
 
@@ -523,8 +523,7 @@ def compare(name: str, summary: str, fn: Callable[[np.ndarray, np.ndarray], np.n
 def logical(name: str, summary: str, fn: Callable[..., np.ndarray], arity: int = 2) -> OpDef:
     operands = (Operand("lhs"), Operand("rhs")) if arity == 2 else (Operand("input"),)
     return OpDef(f"ttir.{name}", summary, operands=operands, traits=BROADCAST if arity == 2 else ELEMENTWISE,
-                 verify=verify_logical, fold=_compare_fold(fn) if arity == 2 else
-                 (lambda arrays, op: np.logical_not(arrays[0])))
+                 verify=verify_logical, fold=_compare_fold(fn))
 
 
 def reduction(name: str, summary: str, fn: Callable[..., np.ndarray]) -> OpDef:
