@@ -96,3 +96,15 @@ def test_bert_padding_mask_is_exact_on_the_device(model_cache: Path) -> None:
     second = compiled.run({"input_ids": other_ids, "attention_mask": mask})["last_hidden_state"]
     assert np.isfinite(first).all()
     np.testing.assert_array_equal(first[0, :100], second[0, :100])
+
+
+def test_per_op_golden_on_a_tiny_model(tiny) -> None:
+    """Every device program of the tiny model passes at its last ONNX node (the exporter's node names)."""
+    from ttc.per_op import check_per_op, first_failure
+
+    name, path, compiled = tiny
+    model = onnx.load(str(path), load_external_data=False)
+    checks = check_per_op(compiled, path, make_inputs(compiled, {}, seed=0, model=model))
+    compared = [c for c in checks if c.passed is not None]
+    assert len(compared) >= len(checks) * 3 // 4, (name, [c.note for c in checks if c.passed is None])
+    assert first_failure(checks) is None, (name, first_failure(checks))
