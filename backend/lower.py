@@ -91,6 +91,11 @@ class ScheduleBuilder:
             self.constant(op)
         elif op.name == RETURN_OP:
             self.emit(RETURN_OP, [self.value(v) for v in op.operands], [], op, dict(op.attributes))
+        elif op.name == "ttmetal.host_compute":  # already a host op: operands remapped, results recorded
+            host = self.emit(op.name, [self.value(v) for v in op.operands], [r.type for r in op.results], op,
+                             dict(op.attributes))
+            for old, new in zip(op.results, host.results, strict=True):
+                self.values[id(old)] = new
         elif is_folded(op):
             return
         elif is_view(op):
@@ -189,6 +194,6 @@ class LowerToKernels(Pass):
 
     def run(self, module: Module) -> None:
         for func in module.functions:
-            if any(op.name.startswith("ttmetal.") for op in func.body.ops):
+            if any(op.name.startswith("ttmetal.") and op.name != "ttmetal.host_compute" for op in func.body.ops):
                 continue  # lowered already
             lower_function(module, func)

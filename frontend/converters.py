@@ -230,18 +230,7 @@ def softmax(ctx: NodeContext) -> Value:
     return ctx.create("ttir.softmax", [x], x.type, {"axis": axis})
 
 
-@converter("LayerNormalization", since=17)
-def layer_norm(ctx: NodeContext) -> Value:
-    """Only Y is imported: the Mean and InvStdDev outputs must be unused. stash_type only sets the
-    precision of the statistics, which the device decides."""
-    for index, what in ((1, "Mean"), (2, "InvStdDev")):
-        if ctx.output_used(index):
-            raise ctx.error(f"output {index} ({what}, '{ctx.node.output[index]}') is used; "
-                            "ttc imports LayerNormalization with its Y output only")
-    x = ctx.input(0)
-    operands = [x, ctx.input(1), ctx.input(2)] if ctx.has_input(2) else [x, ctx.input(1)]
-    axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
-    return ctx.create("ttir.layer_norm", operands, x.type, {"axis": axis, "epsilon": ctx.attr("epsilon")})
+# LayerNormalization: converters_extra.py (the device op, or a composition when Mean/InvStdDev are used).
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ttc.frontend import converters_extra  # noqa: F401  (registers its converters)
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.folding import evaluate_node
+from ttc.frontend.host_ops import convert_on_host, may_run_on_host, runs_on_host
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,
     TARGET_OPSET,
@@ -121,6 +123,8 @@ def check_supported(model: onnx.ModelProto) -> None:
             constants.update(node.output)
             continue
         if default_domain and node.op_type in supported:
+            continue
+        if may_run_on_host(model, node, constants):
             continue
         op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
         unsupported.setdefault(op, []).append(node_name(node, index))
@@ -220,6 +224,8 @@ class GraphImporter:
         constants = {name for name in node.input if name and self.is_constant(name)}
         if node.op_type not in SHAPE_OPS and is_foldable(node, constants):
             outputs = self.fold(ctx)
+        elif runs_on_host(self, node):
+            outputs = convert_on_host(ctx)
         else:
             convert = find_converter(node.op_type, self.opset)
             if convert is None:
@@ -238,6 +244,20 @@ class GraphImporter:
     def is_constant(self, name: str) -> bool:
         value = self.values.get(name)
         return value is not None and value in self.constant_of
+
+    def is_constant_value(self, value: Value) -> bool:
+        return value in self.constant_of
+
+    def constant_array(self, value: Value) -> np.ndarray:
+        return self.constant_of[value].array()
+
+    def output_element_type(self, name: str) -> ScalarType | None:
+        """The element type shape inference gave `name`, None when unknown or not a supported type."""
+        type_proto = self.types.get(name)
+        if type_proto is None or not type_proto.HasField("tensor_type"):
+            return None
+        name_of = ELEMENT_TYPES.get(type_proto.tensor_type.elem_type)
+        return ScalarType(name_of) if name_of else None
 
     def fold(self, ctx: NodeContext) -> list[Value]:
         """Evaluate a node on constant inputs with onnx's reference evaluator (compile-time folding)."""

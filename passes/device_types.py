@@ -46,6 +46,7 @@ from ttc.passes.canonicalize import splat_value
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 F32 = ScalarType("f32")
+HOST_COMPUTE = "ttmetal.host_compute"  # an ONNX node the host computes (its values keep their types)
 EXACT_INT = 256  # |n| <= 256: every integer in range is exact in bf16
 CONSTANT = "ttir.constant"
 
@@ -244,7 +245,7 @@ def only_zero_tested(value: Value) -> bool:
             continue
         if user.name in MOVES and all(only_zero_tested(result) for result in user.results):
             continue
-        if user.name in (RETURN_OP, "ttir.to_layout"):
+        if user.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
             continue
         return False
     return True
@@ -287,6 +288,9 @@ def check_integers(module: Module, func: Function, skip: set[int]) -> None:
         for value in op.results:
             if not is_int(value) or id(value) in skip or not value.uses:
                 continue
+            if op.name == HOST_COMPUTE:  # exact on the host; on the device like a graph input
+                check_exact(value, ranges, f"node '{node_name(op)}'", True)
+                continue
             if op.name == CONSTANT:
                 if not exact_in_bf16(ranges.constant_array(op)):
                     raise UserError(f"node '{node_name(op)}': the integer constant {value.type} holds values "
@@ -320,7 +324,7 @@ def check_exact(value: Value, ranges: IntegerRanges, where: str, copied: bool) -
 def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewriter) -> None:
     """Booleans and integers computed in the body become f32; typecasts that became identities go."""
     for op in list(func.body.ops):
-        if op.name in (RETURN_OP, "ttir.to_layout"):
+        if op.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
             continue
         changed = False
         for result in op.results:
@@ -336,7 +340,7 @@ def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewr
         if op.name != "ttir.typecast":
             continue
         source, result = tensor(op.operands[0]), tensor(op.result)
-        if source.element_type.is_float and result.element_type.is_float:
+        if source.element_type == result.element_type:
             rewriter.replace_op(op, [op.operands[0]])
 
 

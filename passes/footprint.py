@@ -654,6 +654,8 @@ class _EltwisePlanner:
                 out.append((UNARY_SFPU[inner.name], ids, result, 0.0))
             elif inner.name == "ttir.broadcast":
                 out.append(("expand", ids, result, 0.0))
+            elif inner.name == "ttir.typecast":  # float -> float: every device float is one format
+                out.append(("mul_scalar", ids, result, 1.0))
             elif inner.name == "ttir.where":
                 out.extend(self.where_form(ids, scalars, result, temp))
             elif inner.name in COMPARE_SFPU:

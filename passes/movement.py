@@ -38,6 +38,7 @@ from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.footprint import (
     MOVEMENT_OPS,
     Gather,
+    _apply_step,
     chain_steps,
     gather_map_of_inputs,
     is_folded,
@@ -331,7 +332,7 @@ class RowGather(RewritePattern):
             return rewriter.notify_match_failure(op, "moves whole tiles")
         rows = row_gather_map(in_shapes[0], steps)
         if rows is None or (len(in_shapes[0]) < 2 and tensor(op.result).rank < 2):
-            return rewriter.notify_match_failure(op, "splits or merges rows of the last dim")
+            return self.segments(op, chain[0].operands[0], in_shapes[0], steps, rewriter)
         x = chain[0].operands[0]
         source = tensor(x)
         width = source.shape[-1]
@@ -345,6 +346,82 @@ class RowGather(RewritePattern):
         gathered = rewriter.create_before(op, "ttir.embedding", [table, ids], [tensor(op.result)]).result
         rewriter.replace_op(op, [gathered])
         return True
+
+
+    def segments(self, op: Operation, x: Value, in_shape: tuple[int, ...], steps: tuple,
+                 rewriter: PatternRewriter) -> bool:
+        """A movement that splits or merges rows of the last dim, when every output row is a sequence of
+        aligned segments of g input elements: stack the J = W_in / g column blocks of the input (one exact
+        selection matmul, [J, ..., rows, g]), untilize the stack, look each output segment column up by row
+        (m = W_out / g lookups) and concatenate them."""
+        plan = segment_plan(in_shape, steps)
+        if plan is None:
+            return rewriter.notify_match_failure(op, "too many segments of the last dim move")
+        g, sources = plan
+        source, result = tensor(x), tensor(op.result)
+        shape_in = in_shape if len(in_shape) >= 2 else (1, *in_shape)
+        shape_out = result.shape if result.rank >= 2 else (1, *result.shape)
+        blocks = shape_in[-1] // g
+        lifted = rewriter.create_before(op, "ttir.reshape", [x], [source.with_shape((1, *shape_in))]).result
+        stack_shape = (blocks, *shape_in[:-1], g)
+        if blocks == 1:
+            stack = lifted
+        else:
+            selection = np.zeros((blocks, *([1] * (len(shape_in) - 2)), shape_in[-1], g), np.float32)
+            for j in range(blocks):
+                selection[j, ..., j * g + np.arange(g), np.arange(g)] = 1.0
+            stack = exact_matmul(rewriter, op, lifted, weight(rewriter, self.module, op, "segments", selection,
+                                                                   source))
+        stack_type = tensor(stack).with_shape(stack_shape)
+        untilized = rewriter.create_before(op, "ttir.to_layout", [stack], [stack_type.with_encoding(ROW_MAJOR)]).result
+        rows_in = math.prod(shape_in[:-1])
+        table_type = TensorType((blocks * rows_in, g), source.element_type, ROW_MAJOR)
+        table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+        pieces = []
+        for c in range(sources.shape[-1]):
+            ids = sources[..., c].reshape(shape_out[:-1]).astype(np.int32)
+            name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'rows')}.segment_index",
+                                          ids)
+            ids_value = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
+                                               {"value": WeightAttr(name)}).result
+            piece_type = result.with_shape((*shape_out[:-1], g))
+            pieces.append(rewriter.create_before(op, "ttir.embedding", [table, ids_value], [piece_type]).result)
+        joined = pieces[0] if len(pieces) == 1 else rewriter.create_before(
+            op, "ttir.concat", pieces, [result.with_shape(shape_out)], {"axis": len(shape_out) - 1}).result
+        if shape_out != result.shape:
+            joined = rewriter.create_before(op, "ttir.reshape", [joined], [result]).result
+        rewriter.replace_op(op, [joined])
+        return True
+
+
+MAX_SEGMENT_BLOCKS = 64  # column blocks of the input, and segment columns of the output
+
+
+def segment_plan(in_shape: tuple[int, ...], steps: tuple) -> tuple[int, np.ndarray] | None:
+    """(g, source rows): the widest g such that every output row is whole, aligned g-element segments of
+    input rows, and for each output segment its row in the stack of the input's column blocks (block j,
+    input row r -> j * rows + r), shaped (*output shape[:-1], W_out / g). None for a concat or when the
+    blocks exceed MAX_SEGMENT_BLOCKS."""
+    if not in_shape or any(kind == "concat" for kind, _ in steps):
+        return None
+    flat = np.arange(math.prod(in_shape), dtype=np.int64).reshape(in_shape)
+    for kind, arg in steps:
+        flat = _apply_step(flat, kind, arg)
+    if not flat.size:
+        return None
+    flat = flat.reshape(1, -1) if flat.ndim < 2 else flat
+    width_in, width_out = in_shape[-1], flat.shape[-1]
+    common = math.gcd(width_in, width_out)
+    for g in sorted((d for d in range(1, common + 1) if common % d == 0), reverse=True):
+        segments = flat.reshape(*flat.shape[:-1], width_out // g, g)
+        first = segments[..., 0]
+        if (first % g).any() or not (segments == first[..., None] + np.arange(g)).all():
+            continue
+        if width_in // g > MAX_SEGMENT_BLOCKS or width_out // g > MAX_SEGMENT_BLOCKS:
+            return None
+        rows_in = math.prod(in_shape[:-1]) if len(in_shape) >= 2 else 1
+        return g, ((first % width_in) // g) * rows_in + first // width_in
+    return None
 
 
 def movement_patterns(module: Module) -> list[RewritePattern]:

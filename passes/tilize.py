@@ -75,6 +75,7 @@ I32 = ScalarType("i32")
 BF16_MAX = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
 CONSTANT = "ttir.constant"
 TO_LAYOUT = "ttir.to_layout"
+HOST_COMPUTE = "ttmetal.host_compute"
 
 
 def device_type(type: TensorType) -> TensorType:
@@ -306,7 +307,7 @@ def place_constant(module: Module, op: Operation, rewriter: PatternRewriter) -> 
 def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
     """Every float tensor computed in the body (constants aside: they are placed already) goes on the device."""
     for op in func.body.ops:
-        if op.name in (RETURN_OP, CONSTANT, TO_LAYOUT):
+        if op.name in (RETURN_OP, CONSTANT, TO_LAYOUT, HOST_COMPUTE):
             continue
         changed = False
         for result in op.results:
@@ -321,6 +322,22 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
             rewriter.notify_op_modified(op)
 
 
+def add_host_to_device(value: Value, anchor: Operation, loc, where: str, rewriter: PatternRewriter) -> None:
+    """A to_layout host -> device before `anchor` for each device type the host `value` is used as."""
+    uses = [(user, i) for user, i in value.uses if user.name not in (RETURN_OP, HOST_COMPUTE)]
+    if not uses or not isinstance(value.type, TensorType) or value.type.encoding is not None:
+        return
+    if value.type.num_elements == 0:
+        raise UserError(f"{where} is an empty tensor {value.type}; tensors without elements have no device layout")
+    edges: dict[TensorType, Value] = {}
+    for user, i in uses:
+        target = edge_type(value, user, i)
+        if target not in edges:
+            edges[target] = rewriter.create_before(anchor, TO_LAYOUT, [value], [target], loc=loc).result
+        with rewriter.modify_op(user):
+            user.set_operand(i, edges[target])
+
+
 def edge_type(arg: Value, user: Operation, index: int) -> TensorType:
     """The device type an argument crosses the edge as for one use: token ids (embedding indices) as an
     int32 row-major buffer, everything else as a tile-layout float."""
@@ -330,26 +347,27 @@ def edge_type(arg: Value, user: Operation, index: int) -> TensorType:
     return device_type(arg.type if arg.type.element_type.is_float else arg.type.with_element_type(F32))
 
 
-def add_edges(func: Function, rewriter: PatternRewriter) -> None:
-    """to_layout host -> device after each used argument (one per device type it is used as), device ->
-    host before the return."""
+def add_edges(func: Function, rewriter: PatternRewriter, host_types: dict[tuple[int, int], TensorType]) -> None:
+    """to_layout host -> device after each used argument and host op result (one per device type it is used
+    as), device -> host before the return and before host ops (as the types they had before `legalize`,
+    `host_types`)."""
     anchor = func.body.ops[0]
     for index, arg in enumerate(func.args):
-        uses = [(user, i) for user, i in arg.uses if user.name != RETURN_OP]
-        if not uses or not isinstance(arg.type, TensorType) or arg.type.encoding is not None:
-            continue
         name = func.arg_attrs(index).get("ttir.name")
-        loc = NameLoc(name) if isinstance(name, str) else UnknownLoc()
-        if arg.type.num_elements == 0:
-            raise UserError(f"graph input '{name}' is an empty tensor {arg.type}; tensors without elements have no "
-                            "device layout")
-        edges: dict[TensorType, Value] = {}
-        for user, i in uses:
-            target = edge_type(arg, user, i)
-            if target not in edges:
-                edges[target] = rewriter.create_before(anchor, TO_LAYOUT, [arg], [target], loc=loc).result
-            with rewriter.modify_op(user):
-                user.set_operand(i, edges[target])
+        add_host_to_device(arg, anchor, NameLoc(name) if isinstance(name, str) else UnknownLoc(),
+                           f"graph input '{name}'", rewriter)
+    for op in list(func.body.ops):
+        if op.name != HOST_COMPUTE:
+            continue
+        for i, value in enumerate(op.operands):
+            if isinstance(value.type, TensorType) and value.type.encoding is not None:
+                read = rewriter.create_before(op, TO_LAYOUT, [value], [host_types[(id(op), i)]], loc=op.loc)
+                with rewriter.modify_op(op):
+                    op.set_operand(i, read.result)
+        ops = func.body.ops
+        following = ops[ops.index(op) + 1]
+        for result in op.results:
+            add_host_to_device(result, following, op.loc, f"node '{node_name(op)}'", rewriter)
     ret = func.return_op
     to_host: dict[tuple[int, object], Value] = {}  # one read per value and host type
     for index, value in enumerate(ret.operands):
@@ -378,6 +396,8 @@ class Tilize(Pass):
         functions = [f for f in module.functions if not any(op.name == TO_LAYOUT for op in f.body.ops)]
         in_use_before = referenced_weights(module)
         rewriter = PatternRewriter()
+        host_types = {(id(op), i): v.type for f in functions for op in f.body.ops if op.name == HOST_COMPUTE
+                      for i, v in enumerate(op.operands)}
         for func in functions:
             apply_patterns_greedily(func.op, [*device_form_patterns(module), *boolean_patterns()], rewriter=rewriter)
             legalize(module, func, rewriter)
@@ -390,4 +410,4 @@ class Tilize(Pass):
                 if op.name == CONSTANT and is_host_float(op.result):
                     place_constant(module, op, rewriter)
             add_encodings(func, rewriter)
-            add_edges(func, rewriter)
+            add_edges(func, rewriter, host_types)

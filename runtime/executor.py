@@ -240,6 +240,26 @@ def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     values[op.results[0]] = _to_host(array, result)
 
 
+@host_op("ttmetal.host_compute")
+def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """An ONNX node on the host: its one-node model (onnx's reference evaluator) on the operands."""
+    import base64
+
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load_model_from_string(base64.b64decode(op.attr("model")))
+    names = [v.name for v in model.graph.input]
+    dtypes = [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in model.graph.input]
+    feeds = {name: np.asarray(values[v]).astype(dtype)
+             for name, dtype, v in zip(names, dtypes, op.operands, strict=True)}
+    results = ReferenceEvaluator(model).run(None, feeds)
+    for value, array in zip(op.results, results, strict=True):
+        ttype = value.type
+        assert isinstance(ttype, TensorType)
+        values[value] = np.asarray(array).astype(ttype.element_type.numpy_dtype()).reshape(ttype.shape)
+
+
 @host_op("ttmetal.deallocate")
 def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     buffer = ex.buffer(values, op.operands[0])

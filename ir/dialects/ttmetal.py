@@ -115,7 +115,15 @@ READ_BUFFER = OpDef("ttmetal.read_buffer", "Device buffer -> host tensor (untili
                     verify=verify_read)
 DEALLOCATE = OpDef("ttmetal.deallocate", "Free a device buffer", operands=(Operand("buffer", DeviceTensor),),
                    results=())
+HOST_COMPUTE = OpDef(
+    "ttmetal.host_compute", "An ONNX node computed on the host (integer data the device cannot carry exactly): "
+    "`model` is a one-node ONNX model (base64), its constant inputs as initializers, the operands its graph "
+    "inputs in order; counted as a host op and reported",
+    operands=(Operand("inputs", HostTensor, variadic=True),), results=(Result("outputs", HostTensor, variadic=True),),
+    attributes=(Attr("op_type", StrAttr), Attr("model", StrAttr)),
+)
 
 TTMETAL = Dialect("ttmetal", "Host-side schedule: buffers and program dispatch.",
-                  ops=[CREATE_BUFFER, WRITE_BUFFER, WRITE_CONSTANT, ENQUEUE_PROGRAM, READ_BUFFER, DEALLOCATE]
+                  ops=[CREATE_BUFFER, WRITE_BUFFER, WRITE_CONSTANT, ENQUEUE_PROGRAM, READ_BUFFER, DEALLOCATE,
+                       HOST_COMPUTE]
                   ).register()

@@ -64,7 +64,7 @@ def ints(*values: int) -> np.ndarray:
 
 CASES = {
     "equal": Case("Equal", [((3, 4), F32), ((4,), F32)], ["ttir.eq"]),
-    "less": Case("Less", [((3, 4), I64), ((3, 1), I64)], ["ttir.lt"]),
+    "less": Case("Less", [((3, 4), F32), ((3, 1), F32)], ["ttir.lt"]),
     "greater_or_equal": Case("GreaterOrEqual", [((2, 3), F32), ((2, 3), F32)], ["ttir.ge"]),
     "and": Case("And", [((3, 1), BOOL), ((4,), BOOL)], ["ttir.logical_and"]),
     "or": Case("Or", [((3, 4), BOOL), ((3, 4), BOOL)], ["ttir.logical_or"]),

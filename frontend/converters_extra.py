@@ -1,0 +1,457 @@
+"""More ONNX converters: ops that decompose into the device's existing ttir ops.
+
+Every converter here builds its op out of ttir ops the device already runs (elementwise arithmetic,
+SFPU functions, compares and selects, reductions, softmax, matmul, movement), so no new kernel is
+needed: e.g. Elu is `where(x > 0, x, alpha * (exp(x) - 1))`, LogSoftmax is
+`x - max - log(sum(exp(x - max)))` and ReduceL2 is `sqrt(sum(x * x))`. Registered with the same
+`@converter` table as `converters.py` (the importer imports this module).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ttc.frontend.converters import _axis, _tensor, constant_ints, converter
+from ttc.ir import ScalarType
+from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape, reduced_shape
+
+if TYPE_CHECKING:
+    from ttc.frontend.importer import NodeContext
+    from ttc.ir import Value
+
+I1 = ScalarType("i1")
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class Emitter:
+    """ttir ops located at one node, with numpy broadcasting and scalar constants of the data's type."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.count = 0
+
+    def const(self, value: float | np.ndarray, like: Value) -> Value:
+        """A constant of `like`'s element type (rank 0 for a number)."""
+        self.count += 1
+        dtype = _tensor(like).element_type.numpy_dtype()
+        name = f"{self.ctx.node.output[0]}.c{self.count}"
+        return self.ctx.constant(np.asarray(value, dtype=dtype), name)
+
+    def binary(self, op: str, a: Value, b: Value, element: ScalarType | None = None) -> Value:
+        shape = broadcast_shape(_tensor(a).shape, _tensor(b).shape)
+        if shape is None:
+            raise self.ctx.error(f"shapes {_tensor(a).shape} and {_tensor(b).shape} do not broadcast")
+        result = _tensor(a).with_shape(shape)
+        if element is not None:
+            result = result.with_element_type(element)
+        return self.ctx.create(f"ttir.{op}", [a, b], result)
+
+    def add(self, a: Value, b: Value) -> Value:
+        return self.binary("add", a, b)
+
+    def sub(self, a: Value, b: Value) -> Value:
+        return self.binary("sub", a, b)
+
+    def mul(self, a: Value, b: Value) -> Value:
+        return self.binary("mul", a, b)
+
+    def div(self, a: Value, b: Value) -> Value:
+        return self.binary("div", a, b)
+
+    def compare(self, op: str, a: Value, b: Value) -> Value:
+        return self.binary(op, a, b, I1)
+
+    def unary(self, op: str, x: Value, attributes: dict | None = None) -> Value:
+        return self.ctx.create(f"ttir.{op}", [x], x.type, attributes)
+
+    def scale(self, x: Value, factor: float) -> Value:
+        return x if factor == 1.0 else self.mul(x, self.const(factor, x))
+
+    def where(self, cond: Value, x: Value, y: Value) -> Value:
+        shape = broadcast_shape(broadcast_shape(_tensor(cond).shape, _tensor(x).shape), _tensor(y).shape)
+        return self.ctx.create("ttir.where", [cond, x, y], _tensor(x).with_shape(shape))
+
+    def reduce(self, op: str, x: Value, axes: Sequence[int], keepdims: bool) -> Value:
+        axes = tuple(sorted(axes))
+        shape = reduced_shape(_tensor(x).shape, axes, keepdims)
+        return self.ctx.create(f"ttir.reduce_{op}", [x], _tensor(x).with_shape(shape),
+                               {"axes": axes, "keepdims": keepdims})
+
+    def reshape(self, x: Value, shape: tuple[int, ...]) -> Value:
+        if _tensor(x).shape == tuple(shape):
+            return x
+        return self.ctx.create("ttir.reshape", [x], _tensor(x).with_shape(tuple(shape)))
+
+    def transpose(self, x: Value, perm: Sequence[int]) -> Value:
+        shape = _tensor(x).shape
+        if tuple(perm) == tuple(range(len(shape))):
+            return x
+        return self.ctx.create("ttir.transpose", [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)),
+                               {"perm": tuple(perm)})
+
+    def matmul(self, a: Value, b: Value) -> Value:
+        shape = matmul_shape(_tensor(a).shape, _tensor(b).shape)
+        if shape is None:
+            raise self.ctx.error(f"cannot multiply shapes {_tensor(a).shape} and {_tensor(b).shape}")
+        return self.ctx.create("ttir.matmul", [a, b], _tensor(a).with_shape(shape))
+
+    def softmax(self, x: Value, axis: int) -> Value:
+        return self.ctx.create("ttir.softmax", [x], x.type, {"axis": axis})
+
+    def cast(self, x: Value, element: ScalarType) -> Value:
+        if _tensor(x).element_type == element:
+            return x
+        return self.ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(element))
+
+    def log_sum_exp(self, x: Value, axes: Sequence[int], keepdims: bool) -> Value:
+        """log(sum(exp(x))) over `axes`, shifted by the max so exp never overflows."""
+        peak = self.reduce("max", x, axes, True)
+        total = self.reduce("sum", self.unary("exp", self.sub(x, peak)), axes, True)
+        result = self.add(self.unary("log", total), peak)
+        return result if keepdims else self.reshape(result, reduced_shape(_tensor(x).shape, tuple(axes), False))
+
+
+def _float_input(ctx: NodeContext, index: int = 0) -> Value:
+    x = ctx.input(index)
+    if not _tensor(x).element_type.is_float:
+        raise ctx.error(f"input {index} is {_tensor(x).element_type}; this op is converted for float tensors")
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Casts
+
+
+@converter("CastLike", since=15)
+def cast_like(ctx: NodeContext) -> Value:
+    """Cast to the element type of the second input."""
+    x, like = ctx.input(0), ctx.input(1)
+    target = _tensor(like).element_type
+    if target == _tensor(x).element_type:
+        return x
+    return ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(target))
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations as compositions
+
+
+@converter("Elu", since=6)
+def elu(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    negative = e.scale(e.sub(e.unary("exp", x), e.const(1.0, x)), ctx.attr("alpha"))
+    return e.where(e.compare("gt", x, e.const(0.0, x)), x, negative)
+
+
+@converter("Selu", since=6)
+def selu(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    negative = e.scale(e.sub(e.unary("exp", x), e.const(1.0, x)), ctx.attr("alpha"))
+    return e.scale(e.where(e.compare("gt", x, e.const(0.0, x)), x, negative), ctx.attr("gamma"))
+
+
+@converter("Celu", since=12)
+def celu(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    alpha = ctx.attr("alpha")
+    negative = e.scale(e.sub(e.unary("exp", e.scale(x, 1.0 / alpha)), e.const(1.0, x)), alpha)
+    return e.add(e.unary("relu", x), e.binary("minimum", negative, e.const(0.0, x)))
+
+
+@converter("ThresholdedRelu", since=10)
+def thresholded_relu(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.where(e.compare("gt", x, e.const(ctx.attr("alpha"), x)), x, e.const(0.0, x))
+
+
+def _softplus(e: Emitter, x: Value) -> Value:
+    """log(1 + exp(x)) as relu(x) + log(1 + exp(-|x|)): no overflow for large x."""
+    tail = e.unary("log", e.add(e.unary("exp", e.unary("neg", e.unary("abs", x))), e.const(1.0, x)))
+    return e.add(e.unary("relu", x), tail)
+
+
+@converter("Softplus", since=1)
+def softplus(ctx: NodeContext) -> Value:
+    e = Emitter(ctx)
+    return _softplus(e, _float_input(ctx))
+
+
+@converter("Softsign", since=1)
+def softsign(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.mul(x, e.unary("reciprocal", e.add(e.unary("abs", x), e.const(1.0, x))))
+
+
+@converter("Mish", since=18)
+def mish(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.mul(x, e.unary("tanh", _softplus(e, x)))
+
+
+@converter("Swish", since=24)
+def swish(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.mul(x, e.unary("sigmoid", e.scale(x, ctx.attr("alpha") or 1.0)))
+
+
+@converter("PRelu", since=9)
+def prelu(ctx: NodeContext) -> Value:
+    e, x, slope = Emitter(ctx), _float_input(ctx), ctx.input(1)
+    return e.where(e.compare("lt", x, e.const(0.0, x)), e.mul(x, slope), x)
+
+
+@converter("Sign", since=9)
+def sign(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    zero = e.const(0.0, x)
+    negative = e.where(e.compare("lt", x, zero), e.const(-1.0, x), zero)
+    return e.where(e.compare("gt", x, zero), e.const(1.0, x), negative)
+
+
+@converter("Shrink", since=9)
+def shrink(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    lambd, bias = ctx.attr("lambd"), ctx.attr("bias")
+    zero = e.const(0.0, x)
+    low = e.where(e.compare("lt", x, e.const(-lambd, x)), e.add(x, e.const(bias, x)), zero)
+    return e.where(e.compare("gt", x, e.const(lambd, x)), e.sub(x, e.const(bias, x)), low)
+
+
+@converter("Sinh", since=9)
+def sinh(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.scale(e.sub(e.unary("exp", x), e.unary("exp", e.unary("neg", x))), 0.5)
+
+
+@converter("Cosh", since=9)
+def cosh(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    return e.scale(e.add(e.unary("exp", x), e.unary("exp", e.unary("neg", x))), 0.5)
+
+
+@converter("Mean", since=13)
+def mean(ctx: NodeContext) -> Value:
+    e = Emitter(ctx)
+    values = [ctx.input(i) for i in range(len(ctx.node.input)) if ctx.has_input(i)]
+    total = values[0]
+    for other in values[1:]:
+        total = e.add(total, other)
+    return e.scale(total, 1.0 / len(values))
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax family and reductions
+
+
+@converter("LogSoftmax", since=13)
+def log_softmax(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
+    return e.sub(x, e.log_sum_exp(x, [axis], keepdims=True))
+
+
+def _reduce_axes(ctx: NodeContext, axes_input: bool) -> tuple[list[int] | None, bool]:
+    """(sorted axes, keepdims); axes None when the op is the identity (noop_with_empty_axes)."""
+    x = ctx.input(0)
+    rank = _tensor(x).rank
+    axes = constant_ints(ctx, 1, "axes") if axes_input else ctx.attr("axes")
+    if not axes:
+        if ctx.attr("noop_with_empty_axes"):
+            return None, bool(ctx.attr("keepdims"))
+        axes = list(range(rank))
+    return sorted({_axis(ctx, a, rank) for a in axes}), bool(ctx.attr("keepdims"))
+
+
+def _reduction(kind: str, axes_input: bool):
+    def convert(ctx: NodeContext) -> Value:
+        e, x = Emitter(ctx), _float_input(ctx)
+        axes, keepdims = _reduce_axes(ctx, axes_input)
+        if axes is None:
+            identity = {"l1": lambda: e.unary("abs", x), "l2": lambda: e.unary("abs", x),
+                        "sum_square": lambda: e.mul(x, x), "log_sum": lambda: e.unary("log", x),
+                        "log_sum_exp": lambda: x, "min": lambda: x}
+            return identity[kind]()
+        if kind == "l1":
+            return e.reduce("sum", e.unary("abs", x), axes, keepdims)
+        if kind == "l2":
+            return e.unary("sqrt", e.reduce("sum", e.mul(x, x), axes, keepdims))
+        if kind == "sum_square":
+            return e.reduce("sum", e.mul(x, x), axes, keepdims)
+        if kind == "log_sum":
+            return e.unary("log", e.reduce("sum", x, axes, keepdims))
+        if kind == "log_sum_exp":
+            return e.log_sum_exp(x, axes, keepdims)
+        assert kind == "min"
+        return e.unary("neg", e.reduce("max", e.unary("neg", x), axes, keepdims))
+
+    return convert
+
+
+for _op_type, _kind in (("ReduceL1", "l1"), ("ReduceL2", "l2"), ("ReduceSumSquare", "sum_square"),
+                        ("ReduceLogSum", "log_sum"), ("ReduceLogSumExp", "log_sum_exp"), ("ReduceMin", "min")):
+    converter(_op_type, since=13)(_reduction(_kind, axes_input=False))
+    converter(_op_type, since=18)(_reduction(_kind, axes_input=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisations
+
+
+def _normalize(e: Emitter, x: Value, axes: Sequence[int], epsilon: float, center: bool) -> tuple[Value, Value, Value]:
+    """(normalised x, mean, 1/stddev) over `axes` (kept as unit dims); RMS when not `center`."""
+    count = math.prod(_tensor(x).shape[a] for a in axes)
+    mean = e.scale(e.reduce("sum", x, axes, True), 1.0 / count)
+    centered = e.sub(x, mean) if center else x
+    variance = e.scale(e.reduce("sum", e.mul(centered, centered), axes, True), 1.0 / count)
+    inv_std = e.unary("rsqrt", e.add(variance, e.const(epsilon, x)))
+    return e.mul(centered, inv_std), mean, inv_std
+
+
+@converter("LayerNormalization", since=17)
+def layer_norm(ctx: NodeContext) -> Value | list[Value]:
+    """The device's layer norm when only Y is used; with Mean or InvStdDev used, the composition (sums,
+    rsqrt) that gives them too."""
+    x = ctx.input(0)
+    rank = _tensor(x).rank
+    axis = _axis(ctx, ctx.attr("axis"), rank)
+    if not (ctx.output_used(1) or ctx.output_used(2)):
+        operands = [x, ctx.input(1), ctx.input(2)] if ctx.has_input(2) else [x, ctx.input(1)]
+        return ctx.create("ttir.layer_norm", operands, x.type, {"axis": axis, "epsilon": ctx.attr("epsilon")})
+    e = Emitter(ctx)
+    normed, mean, inv_std = _normalize(e, x, range(axis, rank), ctx.attr("epsilon"), center=True)
+    y = e.mul(normed, ctx.input(1))
+    if ctx.has_input(2):
+        y = e.add(y, ctx.input(2))
+    return [y, mean, inv_std]
+
+
+@converter("RMSNormalization", since=23)
+def rms_norm(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    rank = _tensor(x).rank
+    axis = _axis(ctx, ctx.attr("axis"), rank)
+    normed, _, _ = _normalize(e, x, range(axis, rank), ctx.attr("epsilon"), center=False)
+    return e.mul(normed, ctx.input(1))
+
+
+@converter("MeanVarianceNormalization", since=13)
+def mean_variance_norm(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    rank = _tensor(x).rank
+    axes = sorted({_axis(ctx, a, rank) for a in ctx.attr("axes")})
+    normed, _, _ = _normalize(e, x, axes, 1e-9, center=True)
+    return normed
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention (opset 23): matmuls, softmax and additive masks
+
+MASKED = -1e9  # the additive bias of a masked position: exp(MASKED - max) is 0, and sums stay finite
+FULLY_MASKED = -1e8  # a row whose bias never rises above this attends to nothing (its output is 0)
+
+
+def _split_heads(e: Emitter, x: Value, heads: int) -> Value:
+    """[B, S, H * D] -> [B, H, S, D]."""
+    b, s, hidden = _tensor(x).shape
+    return e.transpose(e.reshape(x, (b, s, heads, hidden // heads)), (0, 2, 1, 3))
+
+
+def _repeat_heads(e: Emitter, x: Value, reps: int) -> Value:
+    """[B, H, L, D] -> [B, H * reps, L, D], each head repeated `reps` times in place (GQA)."""
+    b, h, length, d = _tensor(x).shape
+    lifted = e.reshape(x, (b, h, 1, length, d))
+    wide = e.ctx.create("ttir.broadcast", [lifted], _tensor(x).with_shape((b, h, reps, length, d)))
+    return e.reshape(wide, (b, h * reps, length, d))
+
+
+def _causal_bias(q_len: int, kv_len: int, offset: int) -> np.ndarray:
+    allowed = np.arange(kv_len)[None, :] <= np.arange(q_len)[:, None] + offset
+    return np.where(allowed, 0.0, MASKED).astype(np.float32)
+
+
+@converter("Attention", since=23)
+def attention(ctx: NodeContext) -> list[Value]:
+    """Scaled dot-product attention as the device runs it: scores = Q @ K^T * scale (softcapped), plus the
+    additive bias of the mask and the causal rule, softmax over the keys (rows with every key masked give
+    0), times V. 3-D inputs split into heads and merge back; past keys/values are concatenated before
+    (present_key / present_value), and K/V heads repeat for grouped queries."""
+    e = Emitter(ctx)
+    q, k, v = _float_input(ctx, 0), _float_input(ctx, 1), _float_input(ctx, 2)
+    if ctx.has_input(6):
+        raise ctx.error("nonpad_kv_seqlen (per-batch key lengths, an integer input) is not supported")
+    if (ctx.attr("left_window_size") or -1) >= 0 or (ctx.attr("right_window_size") or -1) >= 0:
+        raise ctx.error("sliding-window attention is not supported")
+    three_d = _tensor(q).rank == 3
+    if three_d:
+        q_heads, kv_heads = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
+        if not q_heads or not kv_heads:
+            raise ctx.error("3-D inputs need q_num_heads and kv_num_heads")
+        q, k, v = _split_heads(e, q, q_heads), _split_heads(e, k, kv_heads), _split_heads(e, v, kv_heads)
+    elif _tensor(q).rank != 4:
+        raise ctx.error(f"Q of rank {_tensor(q).rank}: Attention takes 3-D or 4-D inputs")
+    past = _tensor(ctx.input(4)).shape[2] if ctx.has_input(4) else 0
+    if ctx.has_input(4):
+        k = _concat(ctx, [ctx.input(4), k], 2)
+    if ctx.has_input(5):
+        v = _concat(ctx, [ctx.input(5), v], 2)
+    present_k, present_v = k, v
+    batch, q_heads, q_len, head = _tensor(q).shape
+    kv_heads, kv_len = _tensor(k).shape[1], _tensor(k).shape[2]
+    if q_heads != kv_heads:
+        if q_heads % kv_heads:
+            raise ctx.error(f"{q_heads} query heads do not group over {kv_heads} key/value heads")
+        k, v = _repeat_heads(e, k, q_heads // kv_heads), _repeat_heads(e, v, q_heads // kv_heads)
+    scale = ctx.attr("scale")
+    scale = 1.0 / math.sqrt(head) if scale is None else scale
+    scores = e.scale(e.matmul(q, e.transpose(k, (0, 1, 3, 2))), scale)
+    softcap = ctx.attr("softcap") or 0.0
+    if softcap > 0:
+        scores = e.scale(e.unary("tanh", e.scale(scores, 1.0 / softcap)), softcap)
+    bias = _attention_bias(ctx, e, q, q_len, kv_len, past)
+    with_bias = scores if bias is None else e.add(scores, bias)
+    probs = e.softmax(with_bias, 3)
+    if bias is not None:
+        row_max = e.reduce("max", bias, [_tensor(bias).rank - 1], True)
+        probs = e.where(e.compare("lt", row_max, e.const(FULLY_MASKED, q)), e.const(0.0, q), probs)
+    y = e.matmul(probs, v)
+    if three_d:
+        y = e.reshape(e.transpose(y, (0, 2, 1, 3)), (batch, q_len, q_heads * _tensor(v).shape[3]))
+    mode = ctx.attr("qk_matmul_output_mode") or 0
+    qk = {0: scores, 1: scores, 2: with_bias, 3: probs}.get(mode)
+    if qk is None:
+        raise ctx.error(f"qk_matmul_output_mode {mode} is not one of 0..3")
+    return [y, present_k, present_v, qk]
+
+
+def _concat(ctx: NodeContext, values: list[Value], axis: int) -> Value:
+    shape = list(_tensor(values[0]).shape)
+    shape[axis] = sum(_tensor(v).shape[axis] for v in values)
+    return ctx.create("ttir.concat", values, _tensor(values[0]).with_shape(tuple(shape)), {"axis": axis})
+
+
+def _attention_bias(ctx: NodeContext, e: Emitter, q: Value, q_len: int, kv_len: int, past: int) -> Value | None:
+    """The additive bias of the mask (booleans: MASKED where false; padded to kv_len with MASKED) and the
+    causal rule (key j visible from query i when j <= i + past), or None without either."""
+    bias = None
+    if ctx.has_input(3):
+        mask = ctx.input(3)
+        if _tensor(mask).element_type.name == "i1":
+            mask = e.where(mask, e.const(0.0, q), e.const(MASKED, q))
+        elif _tensor(mask).element_type != _tensor(q).element_type:
+            raise ctx.error(f"attn_mask of type {_tensor(mask).element_type}: a boolean or Q's float type")
+        short = kv_len - _tensor(mask).shape[-1]
+        if short > 0:
+            fill = np.full((*_tensor(mask).shape[:-1], short), MASKED, _tensor(q).element_type.numpy_dtype())
+            mask = _concat(ctx, [mask, e.const(fill, q)], _tensor(mask).rank - 1)
+        bias = mask
+    if ctx.attr("is_causal"):
+        causal = e.const(_causal_bias(q_len, kv_len, past), q)
+        bias = causal if bias is None else e.add(bias, causal)
+    return bias

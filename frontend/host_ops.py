@@ -1,0 +1,184 @@
+"""ONNX nodes the host computes: integer data the device cannot carry exactly, and index results.
+
+The device computes in bf16, exact for integers within +-256 only (`passes/device_types.py`). So the
+importer sends a node to the host, as one explicit `ttmetal.host_compute` op, when
+
+- it computes integers (a non-boolean integer result) from integer data that is not a compile-time
+  constant nor provably small (within +-256, e.g. booleans cast to integers: those the device computes
+  exactly) but a graph input or another host op's result, e.g. Add/Mod/BitShift of int32 tensors, or
+  produces integers the device has no converter for (QuantizeLinear), or converts floats to integers
+  (Cast truncates, which the device cannot do);
+- it compares such integers (Equal, Less, ...), except a test against a constant zero, which the
+  device does exactly whatever the size;
+- it selects or moves integer data produced by the host (host data stays on the host);
+- it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique): the device has no index kernels.
+
+Float computations that merely take an integer input (class labels, positions, lengths) are not host
+ops: they need a device form or stay unsupported. Everything else, including casts of integers to float
+or bool, data movement of integer graph inputs
+and table lookups by token ids, stays on the device. The op holds a one-node ONNX model (constant inputs
+as initializers) that the runtime's executor evaluates between its read_buffer and write_buffer edges;
+`ttc.compiler.count_host_ops` counts it, so every host-assisted result is reported as such.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ttc.frontend.converters import find_converter
+from ttc.ir import TensorType
+from ttc.ir.builder import Builder
+from ttc.ir.core import OpResult
+
+if TYPE_CHECKING:
+    from ttc.frontend.importer import GraphImporter, NodeContext
+    from ttc.ir import Value
+
+HOST_COMPUTE = "ttmetal.host_compute"
+INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
+NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
+COMPARE_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+# Ops the device runs on integer graph inputs exactly (conversions, copies, lookups by index).
+DEVICE_INTEGER_OPS = frozenset({"Cast", "CastLike", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity",
+                                "Shape", "Size", "Transpose", "Slice", "Concat", "Expand", "Split"})
+
+
+def _is_integer(value: Value) -> bool:
+    t = value.type
+    return isinstance(t, TensorType) and t.element_type.is_integer and t.element_type.name != "i1"
+
+
+def is_host_value(value: Value) -> bool:
+    return isinstance(value, OpResult) and value.op.name == HOST_COMPUTE
+
+
+def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
+    """Whether `node` becomes a host op (the rule of the module doc)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
+        return False
+    if node.op_type in INDEX_OPS:
+        return True
+    inputs = [importer.values[name] for name in node.input if name and name in importer.values]
+    data = [v for v in inputs if not importer.is_constant_value(v)]
+    integers = [v for v in data if _is_integer(v) and not is_small(importer, v)]
+    host_integers = [v for v in integers if is_host_value(v)]
+    outputs = [importer.output_element_type(name) for name in node.output if name]
+    integer_result = any(t is not None and t.is_integer and t.name != "i1" for t in outputs)
+    if node.op_type in ("Cast", "CastLike"):  # float -> integer truncates: the device cannot
+        floats = any(isinstance(v.type, TensorType) and v.type.element_type.is_float for v in data)
+        return integer_result and (bool(host_integers) or floats)
+    if node.op_type == "Gather":
+        return inputs[0] in integers
+    if host_integers:
+        return True  # host integers stay on the host
+    if integer_result and (integers or find_converter(node.op_type, importer.opset) is None):
+        return node.op_type not in DEVICE_INTEGER_OPS or not integers
+    if node.op_type in COMPARE_OPS and integers:
+        return not any(importer.is_constant_value(v) and not importer.constant_array(v).any() for v in inputs)
+    return False
+
+
+EXACT_INT = 256  # bf16 holds every integer in [-256, 256]
+PASS_THROUGH = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat",
+                          "ttir.gather", "ttir.typecast", "ttir.maximum", "ttir.minimum", "ttir.reduce_max"})
+
+
+def value_range(importer: GraphImporter, value: Value) -> tuple[float, float] | None:
+    """The interval an integer or boolean value built so far can take (None: unknown), as
+    `device_types.IntegerRanges` computes it later on the whole function."""
+    t = value.type
+    if not isinstance(t, TensorType):
+        return None
+    if t.element_type.name == "i1":
+        return (0, 1)
+    if importer.is_constant_value(value):
+        array = np.asarray(importer.constant_array(value))
+        return (float(array.min()), float(array.max())) if array.size and array.dtype.kind in "iub" else None
+    if not isinstance(value, OpResult) or t.element_type.is_float:
+        return None
+    op = value.op
+    if op.name in PASS_THROUGH:
+        data = op.operands if op.name in ("ttir.concat", "ttir.maximum", "ttir.minimum") else op.operands[:1]
+        ranges = [value_range(importer, v) for v in data]
+        if any(r is None for r in ranges):
+            return None
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)  # type: ignore[index]
+    if op.name in ("ttir.add", "ttir.sub", "ttir.mul"):
+        a, b = (value_range(importer, v) for v in op.operands)
+        if a is None or b is None:
+            return None
+        if op.name == "ttir.add":
+            return a[0] + b[0], a[1] + b[1]
+        if op.name == "ttir.sub":
+            return a[0] - b[1], a[1] - b[0]
+        corners = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
+        return min(corners), max(corners)
+    return None
+
+
+def is_small(importer: GraphImporter, value: Value) -> bool:
+    """An integer the device carries exactly: its known range lies within +-256."""
+    bounds = value_range(importer, value)
+    return bounds is not None and -EXACT_INT <= bounds[0] and bounds[1] <= EXACT_INT
+
+
+def _has_subgraph(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+
+
+def convert_on_host(ctx: NodeContext) -> list[Value]:
+    """The node as a `ttmetal.host_compute` op holding a one-node model."""
+    importer, node = ctx.importer, ctx.node
+    graph_inputs, initializers, operands = [], [], []
+    for name in dict.fromkeys(n for n in node.input if n):
+        value = importer.value(name, ctx.where)
+        if importer.is_constant_value(value):
+            initializers.append(numpy_helper.from_array(np.asarray(importer.constant_array(value)), name))
+            continue
+        t = value.type
+        assert isinstance(t, TensorType)
+        onnx_type = helper.np_dtype_to_tensor_dtype(t.element_type.numpy_dtype())
+        graph_inputs.append(helper.make_tensor_value_info(name, onnx_type, list(t.shape)))
+        operands.append(value)
+    result_types, graph_outputs = [], []
+    for name in node.output:
+        if not name:
+            continue
+        element = importer.output_element_type(name)
+        shape = importer.inferred_shape(name)
+        if element is None or shape is None:
+            raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one")
+        result_types.append(TensorType(shape, element))
+        onnx_type = helper.np_dtype_to_tensor_dtype(element.numpy_dtype())
+        graph_outputs.append(helper.make_tensor_value_info(name, onnx_type, list(shape)))
+    graph = helper.make_graph([node], "host", graph_inputs, graph_outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", importer.opset)])
+    model.ir_version = min(model.ir_version, 10)
+    encoded = base64.b64encode(model.SerializeToString()).decode()
+    op = Builder.at_end(importer.block).create(HOST_COMPUTE, operands, result_types,
+                                               {"op_type": node.op_type, "model": encoded}, ctx.loc)
+    results = iter(op.results)
+    return [next(results) if name else None for name in node.output]  # type: ignore[misc]
+
+
+def may_run_on_host(model: onnx.ModelProto, node: onnx.NodeProto, constants: set[str]) -> bool:
+    """For the supported-op check, before conversion: whether `node` may need no converter because it runs
+    on the host (an index op, or integers computed or compared; `runs_on_host` decides)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
+        return False
+    if node.op_type in INDEX_OPS:
+        return True
+    types = {v.name: v.type for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+
+    def is_integer(name: str) -> bool:
+        elem = types[name].tensor_type.elem_type if name in types else 0
+        return bool(elem) and elem != onnx.TensorProto.BOOL and helper.tensor_dtype_to_np_dtype(elem).kind in "iu"
+
+    integer_inputs = any(is_integer(n) for n in node.input if n and n not in constants)
+    integer_result = any(is_integer(n) for n in node.output if n)
+    return integer_result or (integer_inputs and node.op_type in COMPARE_OPS)
