@@ -63,7 +63,8 @@ def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
         k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
         k.op("noc_read_rows_indexed", table, k.mul(tile_row, TILE), valid_rows(k, ids_per_page, tile_row),
-             cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0])
+             cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0],
+             **({"pad_negative": True} if op.attr("pad_negative") else {}))
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
         k.op("cb_pop_front", cb=CB_INDEX, pages=1)

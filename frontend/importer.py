@@ -25,7 +25,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ttc.frontend import converters_extra  # noqa: F401  (registers its converters)
+from ttc.frontend import (
+    converters_extra,  # noqa: F401  (registers its converters)
+    converters_vision,  # noqa: F401  (registers its converters)
+)
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.folding import evaluate_node
 from ttc.frontend.host_ops import convert_on_host, may_run_on_host, runs_on_host

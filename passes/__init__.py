@@ -1,7 +1,7 @@
 """Passes over the IR and the machinery that runs them: the pass manager, the pipeline syntax and the
 pattern rewriter. Importing this package registers every pass."""
 
-from ttc.passes import allocate, canonicalize, decompose, fuse, grid, layout, tilize
+from ttc.passes import allocate, canonicalize, channels_last, decompose, fuse, grid, layout, tilize
 from ttc.passes.manager import (
     Pass,
     PassManager,
@@ -21,6 +21,7 @@ __all__ = [
     "allocate",
     "apply_patterns_greedily",
     "canonicalize",
+    "channels_last",
     "decompose",
     "fuse",
     "grid",

@@ -9,7 +9,9 @@
   moves to L1 interleaved when, at every op during its lifetime, the per-core shares of the L1
   tensors then live plus that op's smallest circular-buffer footprint (`footprint`, over all grids)
   fit the L1 budget `l1_size - l1_reserved`. Values are considered in program order, first come
-  first served. The grid pass later picks blockings within what is left.
+  first served; one whose per-core share exceeds 40 % of the budget (a large convolutional
+  activation or im2col matrix) stays in DRAM and is streamed, since the top-down L1 heap would otherwise
+  fragment around it. The grid pass later picks blockings within what is left.
 
 The values of a transpose/reshape chain lowered as one gather (`footprint.is_folded`) never exist as
 buffers and stay as they are.
@@ -41,6 +43,7 @@ from ttc.passes.grid import min_cb_bytes
 from ttc.passes.manager import Pass, register_pass
 
 DTYPES = ("bf16", "bfp8_b")
+MAX_L1_SHARE = 0.4  # an intermediate taking more of a core's free L1 stays in DRAM
 
 
 def is_device_float(t: object) -> bool:
@@ -97,6 +100,8 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
         if not is_intermediate(live):
             continue
         share = bank_share(live.value.type, device.compute_cores)  # type: ignore[arg-type]
+        if share > device.l1_free * MAX_L1_SHARE:
+            continue  # a large activation streams from DRAM (and cannot fragment L1 for the ops around it)
         trial = [*placed, (live, share)]
         if all(cb_floor[i] + sum(s for r, s in trial if r.start <= i <= r.end) <= device.l1_free
                for i in range(live.start, live.end + 1) if i in cb_floor):

@@ -67,6 +67,7 @@ from ttc.passes.footprint import is_row_major
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.movement import movement_patterns
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
+from ttc.passes.windows import window_patterns
 
 DEVICE_LAYOUT = LayoutAttr("tile", "dram", "interleaved")
 ROW_MAJOR_LAYOUT = LayoutAttr("row_major", "dram", "interleaved")
@@ -197,7 +198,7 @@ class FoldConstantMovement(FoldConstantOperands):
 def device_form_patterns(module: Module) -> list[RewritePattern]:
     return [FoldConstantMovement(module), MaterializeMatmulTranspose(), SoftmaxToLastAxis(),
             LayerNormToLastAxis(), DivByConstant(), DivByTensor(), ReshapeToSameType(), ReshapeOfReshape(),
-            IdentityTranspose(), TransposeOfTranspose(), *movement_patterns(module)]
+            IdentityTranspose(), TransposeOfTranspose(), *window_patterns(module), *movement_patterns(module)]
 
 
 # ----------------------------------------------------------------------------------------------

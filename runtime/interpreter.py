@@ -701,7 +701,9 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
     values = np.ascontiguousarray(page[:, : entries * 4]).view("<i4").astype(np.int64)
     indices = np.take_along_axis(values, np.where(wanted, positions, 0), axis=1)
-    if a["wrap"] > 0:
+    if a["pad_negative"]:
+        wanted = wanted & (indices >= 0)  # convolution padding: a zero page
+    elif a["wrap"] > 0:
         indices = np.where(indices < 0, indices + a["wrap"], indices)
     slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
     _check_noc(gen, cb)

@@ -30,7 +30,7 @@ FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
 
 def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4") -> str:
     """The passes from imported ttir down to allocated kernel programs."""
-    return (f"decompose,canonicalize,tilize,fuse,canonicalize,layout{{dtype={dtype}}},"
+    return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{dtype={dtype}}},"
             f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
 
 

@@ -49,6 +49,26 @@ def tensor_device_bytes(tensor: onnx.TensorProto, dtype: str) -> int:
     return math.prod(dims) * _ELEMENT_BYTES.get(tensor.data_type, 4)
 
 
+def conv_weight_dims(tensor: onnx.TensorProto) -> list[int]:
+    """A Conv weight [OC, C / groups, KH, KW] as the device stores it: the matrix [KH * KW * C', OC], the
+    channels padded to whole tiles (groups make it block-diagonal, larger still: this is a lower bound)."""
+    oc, channels, kh, kw = ([*list(tensor.dims), 1, 1, 1, 1])[:4]
+    return [kh * kw * math.ceil(channels / TILE) * TILE, oc]
+
+
+def _as_conv_weights(proto: onnx.ModelProto, tensors: list[onnx.TensorProto]) -> list[onnx.TensorProto]:
+    """The constants, Conv weights (4-D) reshaped to their device matrices."""
+    names = {node.input[1] for node in proto.graph.node if node.op_type == "Conv" and len(node.input) > 1}
+    shaped = []
+    for tensor in tensors:
+        if tensor.name in names and len(tensor.dims) == 4:
+            matrix = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=conv_weight_dims(tensor))
+            shaped.append(matrix)
+        else:
+            shaped.append(tensor)
+    return shaped
+
+
 def _constants(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for node in graph.node:
@@ -70,7 +90,7 @@ def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str,
         except Exception:
             return 0  # unreadable: the loader reports it with the full story
         where = os.fspath(model)
-    tensors = list(_constants(proto.graph))
+    tensors = _as_conv_weights(proto, list(_constants(proto.graph)))
     needed = sum(tensor_device_bytes(t, dtype) for t in tensors)
     device = DEVICES[arch]
     available = device.dram_size

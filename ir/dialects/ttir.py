@@ -422,6 +422,8 @@ def _fold_gather(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
 
 def _fold_embedding(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     table, indices = arrays
+    if op.attr("pad_negative"):
+        return np.where((indices >= 0)[..., None], table[np.maximum(indices, 0)], 0).astype(table.dtype)
     return table[np.where(indices < 0, indices + table.shape[0], indices)]
 
 
@@ -567,8 +569,10 @@ GATHER = OpDef("ttir.gather", "np.take(data, indices, axis) with ONNX's negative
                operands=(Operand("data"), Operand("indices")), attributes=(Attr("axis", IntAttr, 0),),
                traits=PURE, verify=verify_gather, fold=_fold_gather)
 EMBEDDING = OpDef("ttir.embedding", "table[indices]: one row of a 2-D table per index (a Gather along axis 0); "
-                  "the device reads the rows by index and tilizes them",
-                  operands=(Operand("table"), Operand("indices")), traits=PURE, verify=verify_embedding,
+                  "the device reads the rows by index and tilizes them. With `pad_negative` a negative index "
+                  "gives a zero row (convolution padding) instead of counting from the end",
+                  operands=(Operand("table"), Operand("indices")),
+                  attributes=(Attr("pad_negative", BoolAttr, False),), traits=PURE, verify=verify_embedding,
                   fold=_fold_embedding)
 REDUCE_SUM = reduction("reduce_sum", "Sum over `axes`", np.sum)
 REDUCE_MEAN = reduction("reduce_mean", "Mean over `axes`", np.mean)
@@ -629,10 +633,73 @@ ELTWISE = OpDef(
 YIELD = OpDef("ttir.yield", "The value a fused body produces", operands=(Operand("value"),), results=(),
               traits=frozenset({Trait.TERMINATOR}))
 
+def window_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int,
+                       ceil_mode: bool = False) -> int:
+    """Output positions of a sliding window along one dim (ONNX Conv/pooling; with ceil_mode a last window
+    may start in the end padding but not past it)."""
+    span = size + pad_begin + pad_end - ((kernel - 1) * dilation + 1)
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def window_output_shape(op: Operation, kernel: Sequence[int]) -> tuple[int, int, int]:
+    """(N, OH, OW) of a `ttir.conv2d` / `ttir.pool2d` from its attributes."""
+    n, h, w = op.attr("input_shape")
+    strides, pads, dilations = op.attr("strides"), op.attr("pads"), op.attr("dilations")
+    ceil_mode = bool(op.attributes.get("ceil_mode") and op.attr("ceil_mode"))
+    return (n, window_output_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode),
+            window_output_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode))
+
+
+def verify_conv2d(op: Operation) -> None:
+    _same_element_types(op)
+    x, w = tensor(op.operands[0].type), tensor(op.operands[1].type)
+    n, h, width = op.attr("input_shape")
+    groups = op.attr("groups")
+    if x.rank != 2 or x.shape[0] != n * h * width:
+        raise VerifyError(f"the input is the channels-last matrix [N*H*W, C] = [{n * h * width}, C], not {_dims(x.shape)}")
+    if w.rank != 4 or w.shape[1] * groups != x.shape[1] or w.shape[0] % groups:
+        raise VerifyError(f"weight {_dims(w.shape)} does not match {x.shape[1]} input channels in {groups} groups")
+    if len(op.operands) == 3 and tensor(op.operands[2].type).shape != (w.shape[0],):
+        raise VerifyError("the bias has one value per output channel")
+    batch, oh, ow = window_output_shape(op, w.shape[2:])
+    _expect_shape(op, (batch * oh * ow, w.shape[0]), "channels-last [N*OH*OW, OC]")
+
+
+def verify_pool2d(op: Operation) -> None:
+    _same_element_types(op)
+    x = tensor(op.operands[0].type)
+    n, h, w = op.attr("input_shape")
+    if x.rank != 2 or x.shape[0] != n * h * w:
+        raise VerifyError(f"the input is the channels-last matrix [N*H*W, C] = [{n * h * w}, C], not {_dims(x.shape)}")
+    batch, oh, ow = window_output_shape(op, op.attr("kernel"))
+    _expect_shape(op, (batch * oh * ow, x.shape[1]), "channels-last [N*OH*OW, C]")
+
+
+WINDOW_ATTRS = (Attr("input_shape", IntArrayAttr, REQUIRED), Attr("strides", IntArrayAttr, REQUIRED),
+                Attr("pads", IntArrayAttr, REQUIRED), Attr("dilations", IntArrayAttr, REQUIRED))
+CONV2D = OpDef(
+    "ttir.conv2d", "2-D convolution + bias on the channels-last matrix [N*H*W, C] (input_shape = "
+    "[N, H, W]) giving [N*OH*OW, OC]; weight [OC, C / groups, KH, KW] as ONNX; pads [top, left, bottom, right]",
+    operands=(Operand("input"), Operand("weight"), Operand("bias", optional=True)),
+    attributes=(*WINDOW_ATTRS, Attr("groups", IntAttr, 1)),
+    traits=PURE, verify=verify_conv2d,
+)
+POOL2D = OpDef(
+    "ttir.pool2d", "Max or average pooling on the channels-last matrix [N*H*W, C] (input_shape = [N, H, W]) "
+    "giving [N*OH*OW, C]; pads [top, left, bottom, right]; an average counts the padding or not",
+    operands=(Operand("input"),),
+    attributes=(Attr("kind", enum_attr("max", "avg"), REQUIRED), Attr("kernel", IntArrayAttr, REQUIRED),
+                *WINDOW_ATTRS, Attr("ceil_mode", BoolAttr, False), Attr("count_include_pad", BoolAttr, False)),
+    traits=PURE, verify=verify_pool2d,
+)
+
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
          NEG, RECIPROCAL, GELU, ABS, EQ, NE, LT, LE, GT, GE, LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE,
-         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD],
+         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D],
 ).register()

@@ -29,6 +29,7 @@ from __future__ import annotations
 from ttc.ir.core import Operation
 from ttc.ir.dialect import (
     Attr,
+    BoolAttr,
     Dialect,
     FloatAttr,
     Index,
@@ -237,10 +238,11 @@ NOC_READ_ROWS_INDEXED = OpDef(
     "with pages of a row-major buffer: page j < `valid` is the buffer page whose index is the int32 value "
     "at position `index_offset` + j of the waited front page of `index_cb`; pages j >= `valid` are "
     "zero-filled (padding rows of the last tile row). With `wrap` > 0 a negative index i reads page "
-    "i + wrap (ONNX Gather's indices from the end)",
+    "i + wrap (ONNX Gather's indices from the end); with `pad_negative` a negative index gives a zero page "
+    "(convolution padding)",
     operands=(Operand("addrgen", AddrGen), Operand("index_offset", Index), Operand("valid", Index)), results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
-                Attr("count", IntAttr), Attr("wrap", IntAttr, 0)),
+                Attr("count", IntAttr), Attr("wrap", IntAttr, 0), Attr("pad_negative", BoolAttr, False)),
 )
 NOC_WRITE_ROWS = OpDef(
     "ttkernel.noc_write_rows",

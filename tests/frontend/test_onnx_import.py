@@ -212,14 +212,14 @@ def test_unnamed_nodes_are_located_by_op_type_and_index() -> None:
 
 def test_unsupported_ops_are_reported_together() -> None:
     nodes = [
-        helper.make_node("Conv", ["x", "w"], ["c1"], name="/conv1/Conv"),
+        helper.make_node("ConvInteger", ["x", "w"], ["c1"], name="/conv1/Conv"),
         helper.make_node("Relu", ["c1"], ["r"], name="/relu/Relu"),
-        helper.make_node("Conv", ["r", "w"], ["c2"], name="/conv2/Conv"),
+        helper.make_node("ConvInteger", ["r", "w"], ["c2"], name="/conv2/Conv"),
         helper.make_node("Foo", ["c2"], ["y"], name="n7"),
     ]
     model = make_model(nodes, [info("x", [1, 1, 8, 8])], [info("y", [1, 1, 4, 4])],
                        {"w": np.ones((1, 1, 3, 3), np.float32)})
-    message = "unsupported ONNX ops (3 nodes): Conv (nodes: /conv1/Conv, /conv2/Conv), Foo (node: n7)"
+    message = "unsupported ONNX ops (3 nodes): ConvInteger (nodes: /conv1/Conv, /conv2/Conv), Foo (node: n7)"
     with pytest.raises(UserError, match=f"^{re.escape(message)}$"):
         import_model(model)
 

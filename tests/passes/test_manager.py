@@ -141,7 +141,7 @@ def test_pipeline_text_round_trips(options_pass: type[Pass]) -> None:
 
 @pytest.mark.parametrize(("spec", "message"), [
     ("canonicalise", "unknown pass 'canonicalise'; did you mean 'canonicalize'?"),
-    ("frobnicate", "unknown pass 'frobnicate'; known passes: allocate, canonicalize, decompose"),
+    ("frobnicate", "unknown pass 'frobnicate'; known passes: allocate, canonicalize, channels-last, decompose"),
     ("decompose{keep-gem=true}",
      "pass 'decompose' has no option 'keep-gem'; did you mean 'keep-gemm'? (options: keep-gemm)"),
     ("decompose{x=1}", "pass 'decompose' has no option 'x' (options: keep-gemm)"),

@@ -1,0 +1,264 @@
+"""Converters of the ONNX ops convolutional networks use (Conv, pooling, BatchNormalization, activations).
+
+Convolutions and pools work on the channels-last matrix [N*H*W, C], the tiled form the device keeps
+activations in: each converter wraps its `ttir.conv2d` / `ttir.pool2d` between the layout changes
+NCHW -> [N*H*W, C] (transpose to NHWC, reshape) and back. Between two such ops the back-and-forth changes
+meet and cancel (`channels-last` sinks them through elementwise ops), so the layout changes once at the
+graph edges. BatchNormalization is an affine per-channel scale and shift, which `channels-last` folds
+into the preceding convolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ttc.frontend.converters import _tensor, converter
+from ttc.ir.dialects.ttir import broadcast_shape, window_output_size
+
+if TYPE_CHECKING:
+    from ttc.frontend.importer import NodeContext
+    from ttc.ir import Value
+
+TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+
+
+def to_channels_last(ctx: NodeContext, x: Value) -> Value:
+    """NCHW -> the matrix [N*H*W, C]."""
+    n, c, h, w = _tensor(x).shape
+    nhwc = ctx.create("ttir.transpose", [x], _tensor(x).with_shape((n, h, w, c)), {"perm": TO_NHWC})
+    return ctx.create("ttir.reshape", [nhwc], _tensor(x).with_shape((n * h * w, c)))
+
+
+def from_channels_last(ctx: NodeContext, x: Value, n: int, h: int, w: int) -> Value:
+    """The matrix [N*H*W, C] -> NCHW."""
+    c = _tensor(x).shape[1]
+    nhwc = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, h, w, c)))
+    return ctx.create("ttir.transpose", [nhwc], _tensor(x).with_shape((n, c, h, w)), {"perm": TO_NCHW})
+
+
+def _ints(values: Sequence[int] | None, default: list[int]) -> list[int]:
+    return [int(v) for v in values] if values else default
+
+
+def window_attrs(ctx: NodeContext, x: Value, kernel: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """input_shape, strides, pads [top, left, bottom, right] and dilations of a 2-D window op, auto_pad resolved."""
+    shape = _tensor(x).shape
+    if len(shape) != 4:
+        raise ctx.error(f"only 2-D windows over NCHW inputs are supported, not an input of shape {list(shape)}")
+    n, _, h, w = shape
+    strides = _ints(ctx.attr("strides"), [1, 1])
+    dilations = _ints(ctx.attr("dilations"), [1, 1])
+    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
+    auto_pad = ctx.attr("auto_pad") or "NOTSET"
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for dim, size in enumerate((h, w)):
+            out = -(-size // strides[dim])
+            total = max((out - 1) * strides[dim] + (kernel[dim] - 1) * dilations[dim] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad == "VALID":
+        pads = [0, 0, 0, 0]
+    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
+        raise ctx.error("only 2-D windows (two strides, two dilations, four pads) are supported")
+    return {"input_shape": (n, h, w), "strides": tuple(strides), "pads": tuple(pads), "dilations": tuple(dilations)}
+
+
+def output_hw(attrs: dict, kernel: Sequence[int], ceil_mode: bool = False) -> tuple[int, int]:
+    _, h, w = attrs["input_shape"]
+    s, p, d = attrs["strides"], attrs["pads"], attrs["dilations"]
+    return (window_output_size(h, kernel[0], s[0], p[0], p[2], d[0], ceil_mode),
+            window_output_size(w, kernel[1], s[1], p[1], p[3], d[1], ceil_mode))
+
+
+@converter("Conv", since=11)
+def conv(ctx: NodeContext) -> Value:
+    x, weight = ctx.input(0), ctx.input(1)
+    if ctx.input_constant(1) is None:
+        raise ctx.error("the convolution weight is computed; ttc needs a constant weight")
+    if _tensor(weight).rank != 4:
+        raise ctx.error(f"only 2-D convolutions are supported, not a weight of shape {list(_tensor(weight).shape)}")
+    oc, _, kh, kw = _tensor(weight).shape
+    attrs = window_attrs(ctx, x, (kh, kw))
+    groups = int(ctx.attr("group") or 1)
+    n = attrs["input_shape"][0]
+    oh, ow = output_hw(attrs, (kh, kw))
+    if oh <= 0 or ow <= 0:
+        raise ctx.error("the convolution has an empty output")
+    operands = [to_channels_last(ctx, x), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
+    result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, oc)),
+                        {**attrs, "groups": groups})
+    return from_channels_last(ctx, result, n, oh, ow)
+
+
+def _pool(ctx: NodeContext, kind: str) -> Value:
+    if len(ctx.node.output) > 1 and ctx.output_used(1):
+        raise ctx.error("the indices output of MaxPool is used; ttc computes the pooled values only")
+    x = ctx.input(0)
+    kernel = tuple(int(k) for k in ctx.attr("kernel_shape"))
+    if len(kernel) != 2:
+        raise ctx.error(f"only 2-D pooling is supported, not a kernel of {list(kernel)}")
+    attrs = window_attrs(ctx, x, kernel)
+    if ctx.attr("storage_order"):
+        raise ctx.error("MaxPool with storage_order = 1 is not supported")
+    ceil_mode = bool(ctx.attr("ceil_mode") or 0)
+    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
+    n, c = _tensor(x).shape[:2]
+    oh, ow = output_hw(attrs, kernel, ceil_mode)
+    result = ctx.create("ttir.pool2d", [to_channels_last(ctx, x)], _tensor(x).with_shape((n * oh * ow, c)),
+                        {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
+                         "count_include_pad": include_pad})
+    return from_channels_last(ctx, result, n, oh, ow)
+
+
+@converter("MaxPool", since=12)
+def max_pool(ctx: NodeContext) -> Value:
+    return _pool(ctx, "max")
+
+
+@converter("AveragePool", since=11)
+def average_pool(ctx: NodeContext) -> Value:
+    return _pool(ctx, "avg")
+
+
+def _global_pool(ttir_op: str):
+    def convert(ctx: NodeContext) -> Value:
+        x = ctx.input(0)
+        shape = _tensor(x).shape
+        axes = tuple(range(2, len(shape)))
+        result = tuple(d if i < 2 else 1 for i, d in enumerate(shape))
+        return ctx.create(ttir_op, [x], _tensor(x).with_shape(result), {"axes": axes, "keepdims": True})
+
+    return convert
+
+
+converter("GlobalAveragePool", since=1)(_global_pool("ttir.reduce_mean"))
+converter("GlobalMaxPool", since=1)(_global_pool("ttir.reduce_max"))
+
+
+def _channel_constant(ctx: NodeContext, values: np.ndarray, rank: int, name: str) -> Value:
+    """A per-channel constant shaped [1, C, 1, ...] to broadcast over an N C ... tensor."""
+    shape = (1, values.size) + (1,) * (rank - 2)
+    return ctx.constant(values.astype(np.float32).reshape(shape), f"{ctx.node.output[0]}.{name}")
+
+
+@converter("BatchNormalization", since=9)
+def batch_norm(ctx: NodeContext) -> Value:
+    """Inference: x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps)), a per-channel
+    affine map (folded into the preceding convolution by `channels-last`)."""
+    if any(ctx.output_used(i) for i in range(1, len(ctx.node.output))):
+        raise ctx.error("the running statistics outputs are used; ttc imports inference-mode BatchNormalization")
+    x = ctx.input(0)
+    params = [ctx.input_constant(i) for i in range(1, 5)]
+    if any(p is None for p in params):
+        raise ctx.error("scale, bias, mean and variance must be constants")
+    scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
+    factor = scale / np.sqrt(var + float(ctx.attr("epsilon")))
+    rank = _tensor(x).rank
+    scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
+    shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
+    return ctx.create("ttir.add", [scaled, shift], x.type)
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations
+
+
+def _scalar(ctx: NodeContext, value: float, name: str) -> Value:
+    return ctx.constant(np.asarray(value, np.float32), f"{ctx.node.output[0]}.{name}")
+
+
+def clamp(ctx: NodeContext, x: Value, low: float | None, high: float | None) -> Value:
+    if low is not None:
+        x = ctx.create("ttir.maximum", [x, _scalar(ctx, low, "min")], x.type)
+    if high is not None:
+        x = ctx.create("ttir.minimum", [x, _scalar(ctx, high, "max")], x.type)
+    return x
+
+
+@converter("Clip", since=11)
+def clip(ctx: NodeContext) -> Value:
+    bounds = []
+    for index in (1, 2):
+        if not ctx.has_input(index):
+            bounds.append(None)
+            continue
+        value = ctx.input_constant(index)
+        if value is None:
+            raise ctx.error("Clip bounds must be constants")
+        bounds.append(float(value))
+    x = ctx.input(0)
+    if bounds[0] == 0.0:
+        x, bounds[0] = ctx.create("ttir.relu", [x], x.type), None
+    return clamp(ctx, x, *bounds)
+
+
+@converter("HardSigmoid", since=6)
+def hard_sigmoid(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    affine = ctx.create("ttir.mul", [x, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
+    affine = ctx.create("ttir.add", [affine, _scalar(ctx, float(ctx.attr("beta")), "beta")], x.type)
+    return clamp(ctx, ctx.create("ttir.relu", [affine], x.type), None, 1.0)
+
+
+@converter("HardSwish", since=14)
+def hard_swish(ctx: NodeContext) -> Value:
+    """x * relu6(x + 3) / 6."""
+    x = ctx.input(0)
+    shifted = ctx.create("ttir.add", [x, _scalar(ctx, 3.0, "three")], x.type)
+    gate = clamp(ctx, ctx.create("ttir.relu", [shifted], x.type), None, 6.0)
+    gate = ctx.create("ttir.mul", [gate, _scalar(ctx, 1.0 / 6.0, "sixth")], x.type)
+    return ctx.create("ttir.mul", [x, gate], x.type)
+
+
+@converter("LeakyRelu", since=6)
+def leaky_relu(ctx: NodeContext) -> Value:
+    """max(x, 0) + alpha * min(x, 0)."""
+    x = ctx.input(0)
+    positive = ctx.create("ttir.relu", [x], x.type)
+    negative = ctx.create("ttir.minimum", [x, _scalar(ctx, 0.0, "zero")], x.type)
+    negative = ctx.create("ttir.mul", [negative, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
+    return ctx.create("ttir.add", [positive, negative], x.type)
+
+
+@converter("Sum", since=8)
+def sum_(ctx: NodeContext) -> Value:
+    values = [ctx.input(i) for i in range(len(ctx.node.input)) if ctx.has_input(i)]
+    result = values[0]
+    for value in values[1:]:
+        shape = broadcast_shape(_tensor(result).shape, _tensor(value).shape)
+        if shape is None:
+            raise ctx.error("Sum operands do not broadcast")
+        result = ctx.create("ttir.add", [result, value], _tensor(result).with_shape(shape))
+    return result
+
+
+@converter("LRN", since=1)
+def lrn(ctx: NodeContext) -> Value:
+    """x / (bias + alpha / size * sum of x^2 over a window of `size` channels)^beta; the channel window
+    sum is a product of the channels-last matrix by a constant band matrix."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    if len(shape) != 4:
+        raise ctx.error("LRN is supported on NCHW inputs")
+    n, c, h, w = shape
+    size = int(ctx.attr("size"))
+    alpha, beta, bias = float(ctx.attr("alpha")), float(ctx.attr("beta")), float(ctx.attr("bias"))
+    rows = np.arange(c)[:, None]
+    cols = np.arange(c)[None, :]
+    band = ((rows >= cols - (size - 1) // 2) & (rows <= cols + size // 2)).astype(np.float32) * (alpha / size)
+    matrix = to_channels_last(ctx, x)
+    square = ctx.create("ttir.mul", [matrix, matrix], matrix.type)
+    window = ctx.create("ttir.matmul", [square, ctx.constant(band, f"{ctx.node.output[0]}.band")], matrix.type)
+    base = ctx.create("ttir.add", [window, _scalar(ctx, bias, "bias")], matrix.type)
+    # base^-beta = exp(-beta * log(base)): base >= bias > 0
+    power = ctx.create("ttir.exp", [ctx.create("ttir.mul", [ctx.create("ttir.log", [base], matrix.type),
+                                                            _scalar(ctx, -beta, "beta")], matrix.type)],
+                       matrix.type)
+    return from_channels_last(ctx, ctx.create("ttir.mul", [matrix, power], matrix.type), n, h, w)
+

@@ -1,0 +1,338 @@
+"""Device forms of sliding-window ops (`ttir.conv2d`, `ttir.pool2d`), applied by `tilize`.
+
+Activations are the channels-last matrix [N*H*W, C] in tiles. A window op reads "sticks" (rows of C
+channels) of its input by a compile-time index table, as Tenstorrent's convolutions do:
+
+- the input is untilized once into a row-major buffer (a page per stick, `ttir.to_layout`);
+- one `ttir.embedding {pad_negative}` looks the sticks up by a constant int32 table [KK, M_out]
+  (KK kernel positions, M_out output pixels; -1 where the window lies in the padding, read as a zero
+  stick) and tilizes them: im2col as a row reader, KK matrices [M_out, C];
+- a convolution multiplies them by the weight: when C is a multiple of 32 the KK matrices are joined
+  along the channels (a tile-granular concat) into [M_out, KK*C] and multiplied once by the
+  [KK*C, OC] weight (one matmul; `fuse` adds bias and activation to it), otherwise each is multiplied
+  by its [C, OC] slice of the weight and the products are summed. Groups become a block-diagonal
+  weight; a depthwise convolution multiplies each position by its per-channel weight row instead.
+  A 1x1 stride-1 convolution without padding is the plain matmul of its input;
+- a max pool is the elementwise maximum of the KK matrices (a padding position reads a stick of its own
+  window instead, so it never wins); an average pool their sum times a constant per-pixel 1 / count.
+
+Large index tables are split into pages of at most `MAX_IDS_PER_PAGE` ids (multiples of 32, so the
+looked-up tiles regroup without moving data).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ttc.ir.attributes import DenseAttr, WeightAttr
+from ttc.ir.core import Module, Operation, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects.ttir import window_output_shape
+from ttc.ir.types import ScalarType, TensorType
+from ttc.passes.footprint import is_folded, movement_chain, row_gather_map
+from ttc.passes.movement import (
+    CONSTANT,
+    ROW_MAJOR,
+    constant_array,
+    create_slice,
+    exact_matmul,
+    node_name,
+    tensor,
+    weight,
+)
+from ttc.passes.rewriter import PatternRewriter, RewritePattern
+
+MAX_IDS_PER_PAGE = 2048
+MAX_POSITIONS = 128  # kernel positions of one window
+MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
+
+
+def window_ids(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
+    """[KK, M_out] input rows (n * H * W + h * W + w) each output pixel reads per kernel position; -1 in
+    the padding."""
+    n, h, w = op.attr("input_shape")
+    _, oh, ow = window_output_shape(op, kernel)
+    (sh, sw), (ph, pw, _, _), (dh, dw) = op.attr("strides"), op.attr("pads"), op.attr("dilations")
+    kh, kw = kernel
+    ys = (np.arange(oh) * sh - ph)[None, :, None] + (np.arange(kh) * dh)[:, None, None]  # [kh, oh, 1]
+    xs = (np.arange(ow) * sw - pw)[None, None, :] + (np.arange(kw) * dw)[:, None, None]  # [kw, 1, ow]
+    ys = np.broadcast_to(ys[:, None, :, :], (kh, kw, oh, ow))
+    xs = np.broadcast_to(xs[None, :, :, :], (kh, kw, oh, ow))
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    pixel = np.where(inside, ys * w + xs, -1).reshape(kh * kw, 1, oh * ow)
+    batch = (np.arange(n) * h * w)[None, :, None]
+    return np.where(pixel >= 0, pixel + batch, -1).reshape(kh * kw, n * oh * ow)
+
+
+def ids_page(m: int) -> int:
+    """Ids per index page: all of them, or a multiple of 32 dividing m."""
+    if m <= MAX_IDS_PER_PAGE or m % 32:
+        return m
+    tiles = m // 32
+    best = 1
+    for d in range(1, MAX_IDS_PER_PAGE // 32 + 1):
+        if tiles % d == 0:
+            best = d
+    return best * 32
+
+
+def look_up_sticks(rewriter: PatternRewriter, module: Module, op: Operation, x: Value,
+                   ids: np.ndarray) -> Value:
+    """[KK, M_out, C]: the sticks of x (a [rows, C] matrix) at ids (-1: zero)."""
+    source = tensor(x)
+    positions, m = ids.shape
+    rows = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+    page = ids_page(m)
+    paged = ids.reshape(positions, m // page, page).astype(np.int32)
+    stem = node_name(op).strip("/").replace("/", ".") or "window"
+    name = module.add_weight(f"{stem}.window_index", paged)
+    index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
+                                   {"value": WeightAttr(name)}).result
+    channels = source.shape[1]
+    looked = rewriter.create_before(op, "ttir.embedding", [rows, index], [source.with_shape((*paged.shape, channels))],
+                                    {"pad_negative": True}).result
+    return rewriter.create_before(op, "ttir.reshape", [looked], [source.with_shape((positions, m, channels))]).result
+
+
+def position(rewriter: PatternRewriter, op: Operation, sticks: Value, k: int) -> Value:
+    """Kernel position k of the [KK, M, C] sticks as an [M, C] matrix."""
+    _positions, m, c = tensor(sticks).shape
+    piece = create_slice(rewriter, op, sticks, [k, 0, 0], [k + 1, m, c], [1, 1, 1])
+    return rewriter.create_before(op, "ttir.reshape", [piece], [tensor(sticks).with_shape((m, c))]).result
+
+
+def combine(rewriter: PatternRewriter, op: Operation, kind: str, values: list[Value]) -> Value:
+    total = values[0]
+    for value in values[1:]:
+        total = rewriter.create_before(op, kind, [total, value], [tensor(total)]).result
+    return total
+
+
+def conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """ONNX weight [OC, C / groups, KH, KW] -> [KK, C, OC] (block-diagonal over the groups)."""
+    oc, cg, kh, kw = w.shape
+    per_group = oc // groups
+    dense = np.zeros((kh * kw, cg * groups, oc), np.float32)
+    for g in range(groups):
+        block = w[g * per_group:(g + 1) * per_group].reshape(per_group, cg, kh * kw).transpose(2, 1, 0)
+        dense[:, g * cg:(g + 1) * cg, g * per_group:(g + 1) * per_group] = block
+    return dense
+
+
+def padded_channels(rewriter: PatternRewriter, module: Module, op: Operation, x: Value) -> Value:
+    """x [rows, C] widened to whole tiles of channels [rows, 32 * ceil(C / 32)] (zero columns) by an exact
+    selection matmul, so that sticks of several kernel positions join along the channels tile by tile."""
+    c = tensor(x).shape[1]
+    width = -(-c // 32) * 32
+    if width == c:
+        return x
+    select = weight(rewriter, module, op, "channel_pad", np.eye(c, width, dtype=np.float32), tensor(x))
+    return exact_matmul(rewriter, op, x, select)
+
+
+def im2col(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray) -> Value:
+    """[M_out, KK * Cp]: for each output pixel the sticks of its KK kernel positions, channels padded to Cp."""
+    x = padded_channels(rewriter, module, op, x)
+    positions, m = ids.shape
+    if positions == 1 and (ids == np.arange(m)).all() and m == tensor(x).shape[0]:
+        return x
+    sticks = look_up_sticks(rewriter, module, op, x, ids)
+    if positions == 1:
+        return position(rewriter, op, sticks, 0)
+    width = tensor(x).shape[1]
+    # [KK, M, Cp] -> [M, KK * Cp]: output tile (r, k * Cp / 32 + j) is input tile (k, r, j), a tile gather
+    by_pixel = rewriter.create_before(op, "ttir.transpose", [sticks], [tensor(x).with_shape((m, positions, width))],
+                                      {"perm": (1, 0, 2)}).result
+    return rewriter.create_before(op, "ttir.reshape", [by_pixel],
+                                  [tensor(x).with_shape((m, positions * width))]).result
+
+
+def stacked_weight(dense: np.ndarray, channels: int) -> np.ndarray:
+    """[KK, C, OC] -> [KK * Cp, OC] with zero rows for the padded channels."""
+    positions, c, oc = dense.shape
+    width = -(-channels // 32) * 32
+    stacked = np.zeros((positions, width, oc), np.float32)
+    stacked[:, :c] = dense
+    return stacked.reshape(positions * width, oc)
+
+
+class Conv2dToDevice(RewritePattern):
+    """conv2d -> im2col (row lookup) and one matmul with the stacked weight, then the bias."""
+
+    root = "ttir.conv2d"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x, w_value = op.operands[0], op.operands[1]
+        w = constant_array(self.module, w_value)
+        if w is None:
+            raise UserError(f"node '{node_name(op)}': the convolution weight is computed; the device needs a "
+                            "constant weight")
+        w = np.asarray(w, np.float32)
+        _, _, kh, kw = w.shape
+        if kh * kw > MAX_POSITIONS:
+            raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
+        result = tensor(op.result)
+        cols = im2col(rewriter, self.module, op, x, window_ids(op, (kh, kw)))
+        stacked = stacked_weight(conv_weight(w, op.attr("groups")), tensor(x).shape[1])
+        b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
+        value = rewriter.create_before(op, "ttir.matmul", [cols, b_value], [result]).result
+        if len(op.operands) == 3:
+            value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
+def pool_divisors(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
+    """Per output pixel, the count an average divides by: the window's positions inside the padded input
+    (count_include_pad) or inside the input."""
+    n, h, w = op.attr("input_shape")
+    _, oh, ow = window_output_shape(op, kernel)
+    (sh, sw), (pt, pl, pb, pr) = op.attr("strides"), op.attr("pads")
+    include = op.attr("count_include_pad")
+
+    def count(size: int, out: int, stride: int, k: int, begin: int, end: int) -> np.ndarray:
+        start = np.arange(out) * stride - begin
+        low, high = (-begin, size + end) if include else (0, size)
+        return np.minimum(start + k, high) - np.maximum(start, low)
+
+    counts = count(h, oh, sh, kernel[0], pt, pb)[:, None] * count(w, ow, sw, kernel[1], pl, pr)[None, :]
+    return np.tile(counts.reshape(-1), n).astype(np.float64)
+
+
+class Pool2dToDevice(RewritePattern):
+    """max: the elementwise maximum of the looked-up sticks of the KK positions; avg: their sum as a matmul
+    of the im2col matrix by stacked identities, times 1 / count per output pixel."""
+
+    root = "ttir.pool2d"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        x = op.operands[0]
+        kernel = tuple(op.attr("kernel"))
+        positions = math.prod(kernel)
+        result = tensor(op.result)
+        ids = window_ids(op, kernel)
+        if op.attr("kind") == "max":
+            if positions > MAX_MAX_POSITIONS:
+                raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} max pool has more than "
+                                f"{MAX_MAX_POSITIONS} positions")
+            first_valid = ids[np.argmax(ids >= 0, axis=0), np.arange(ids.shape[1])]
+            sticks = look_up_sticks(rewriter, self.module, op, x, np.where(ids >= 0, ids, first_valid[None, :]))
+            pieces = [position(rewriter, op, sticks, k) for k in range(positions)]
+            rewriter.replace_op(op, [combine(rewriter, op, "ttir.maximum", pieces)])
+            return True
+        if positions > MAX_POSITIONS:
+            raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} pool has more than "
+                            f"{MAX_POSITIONS} positions")
+        c = tensor(x).shape[1]
+        cols = im2col(rewriter, self.module, op, x, ids)
+        summed = stacked_weight(np.broadcast_to(np.eye(c, dtype=np.float32), (positions, c, c)), c)
+        value = rewriter.create_before(op, "ttir.matmul", [cols, weight(rewriter, self.module, op, "sum", summed,
+                                                                        result)], [result]).result
+        divisors = pool_divisors(op, kernel)
+        if np.all(divisors == divisors[0]):
+            scale_type = TensorType((), result.element_type)
+            scale = rewriter.create_before(op, CONSTANT, [], [scale_type],
+                                           {"value": DenseAttr(scale_type, float(1.0 / divisors[0]))}).result
+        else:
+            scale = weight(rewriter, self.module, op, "inv_count", (1.0 / divisors)[:, None], result)
+        value = rewriter.create_before(op, "ttir.mul", [value, scale], [result]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout changes at the graph edges: NCHW <-> the channels-last matrix
+
+
+def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, steps: tuple,
+               result: TensorType) -> Value:
+    """A movement that keeps rows whole (`steps` of `footprint`): untilize, then look the rows up."""
+    rows = row_gather_map(tensor(x).shape, steps)
+    assert rows is not None
+    source = tensor(x)
+    width = source.shape[-1]
+    untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+    table_type = TensorType((source.num_elements // width, width), source.element_type, ROW_MAJOR)
+    table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+    stem = node_name(op).strip("/").replace("/", ".") or "rows"
+    count = rows.size
+    page = ids_page(count)
+    if page < count:  # an index page per `page` rows, the looked-up tiles regrouped without moving
+        rows = rows.reshape(count // page, page)
+    name = module.add_weight(f"{stem}.row_index", rows.astype(np.int32))
+    ids = rewriter.create_before(op, CONSTANT, [], [TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)],
+                                 {"value": WeightAttr(name)}).result
+    looked_type = result if page == count else result.with_shape((*rows.shape, width))
+    looked = rewriter.create_before(op, "ttir.embedding", [table, ids], [looked_type]).result
+    if page == count:
+        return looked
+    return rewriter.create_before(op, "ttir.reshape", [looked], [result]).result
+
+
+def channel_change(chain: list[Operation]) -> str | None:
+    """"to_channels_last" for transpose(0, 2, 3, 1) + reshape to [N*H*W, C], "to_nchw" for reshape from
+    [N*H*W, C] to [N, H, W, C] + transpose(0, 3, 1, 2) (or a reshape of [.., C] to [N, C, 1, 1]), else None."""
+    names = [op.name for op in chain]
+    if names == ["ttir.transpose", "ttir.reshape"] and tuple(chain[0].attr("perm")) == (0, 2, 3, 1) \
+            and tensor(chain[1].result).rank == 2:
+        return "to_channels_last"
+    if names == ["ttir.reshape", "ttir.transpose"] and tuple(chain[1].attr("perm")) == (0, 3, 1, 2) \
+            and tensor(chain[0].operands[0]).shape[-1:] == tensor(chain[0].result).shape[-1:]:
+        return "to_nchw"
+    if names == ["ttir.reshape"] and tensor(chain[0].result).rank == 4:
+        _n, c, h, w = tensor(chain[0].result).shape
+        source = tensor(chain[0].operands[0]).shape
+        if (h, w) == (1, 1) and c > 1 and source[-1:] == (c,):
+            return "to_nchw"  # [.., C] (one pixel per image) -> [N, C, 1, 1]
+    return None
+
+
+class ChannelLayoutEdge(RewritePattern):
+    """NCHW <-> [N*H*W, C] (where the graph enters or leaves the channels-last form) as row lookups around
+    a transpose of whole tiles: the device moves rows and tiles, not single elements. NCHW -> rows (n, h)
+    of [C, W] (a row lookup), tile transpose to [W, C], rows regrouped to [N*H*W, C]; and back."""
+
+    def __init__(self, root: str, module: Module) -> None:
+        self.root = root
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if is_folded(op):
+            return rewriter.notify_match_failure(op, "not the end of its movement chain")
+        chain = movement_chain(op)
+        kind = channel_change(chain)
+        if kind is None:
+            return rewriter.notify_match_failure(op, "not an NCHW <-> channels-last change")
+        x = chain[0].operands[0]
+        like = tensor(x)
+        if kind == "to_channels_last":
+            n, c, h, w = like.shape
+            steps = (("transpose", (0, 2, 1, 3)), ("reshape", (n * h, c, w)))
+            by_rows = row_lookup(rewriter, self.module, op, x, steps, like.with_shape((n * h, c, w)))
+            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((n * h, w, c))],
+                                             {"perm": (0, 2, 1)}).result
+            value = row_lookup(rewriter, self.module, op, swapped, (("reshape", (n * h * w, c)),),
+                               like.with_shape((n * h * w, c)))
+        else:
+            n, c, h, w = tensor(op.result).shape
+            by_rows = row_lookup(rewriter, self.module, op, x, (("reshape", (n * h, w, c)),),
+                                 like.with_shape((n * h, w, c)))
+            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((n * h, c, w))],
+                                             {"perm": (0, 2, 1)}).result
+            steps = (("reshape", (n, h, c, w)), ("transpose", (0, 2, 1, 3)))
+            value = row_lookup(rewriter, self.module, op, swapped, steps, like.with_shape((n, c, h, w)))
+        rewriter.replace_op(op, [value])
+        return True
+
+
+def window_patterns(module: Module) -> list[RewritePattern]:
+    return [Conv2dToDevice(module), Pool2dToDevice(module),
+            ChannelLayoutEdge("ttir.reshape", module), ChannelLayoutEdge("ttir.transpose", module)]

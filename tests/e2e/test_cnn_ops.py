@@ -1,0 +1,185 @@
+"""Golden tests of the ops convolutional networks use, one small ONNX graph each (onnx.helper): compiled, run on
+the emulated Grayskull (bf16, HiFi4) with no host ops, and compared with onnxruntime by `ttc.golden.compare`
+(PCC >= 0.99, relative L2 <= 0.05). Spatial sizes and channel counts are odd on purpose (not multiples of 32).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ttc
+from ttc.frontend import import_model
+from ttc.golden import compare, run_onnxruntime
+from ttc.ir.diagnostics import UserError
+from ttc.ir.printer import print_module
+from ttc.passes import PassManager
+
+F32 = TensorProto.FLOAT
+
+
+def model_of(nodes: list[onnx.NodeProto], inputs: dict[str, tuple[int, ...]], initializers: dict[str, np.ndarray],
+             outputs: list[str], opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info(k, F32, list(v)) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info(o, F32, None) for o in outputs],
+                              [numpy_helper.from_array(v if v.dtype.kind == "i" else v.astype(np.float32), k)
+                               for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def check(model: onnx.ModelProto, seed: int = 0) -> ttc.compiler.CompiledModel:
+    rng = np.random.default_rng(seed)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    outputs = compiled.run(feeds)
+    for name, expected in run_onnxruntime(model, feeds).items():
+        result = compare(name, outputs[name], expected)
+        assert result.passed, result
+    return compiled
+
+
+def conv_model(x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: bool = True, **attrs) -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    init = {"w": rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))}
+    inputs = ["x", "w"]
+    if bias:
+        init["b"] = rng.standard_normal(w_shape[0]) * 0.1
+        inputs.append("b")
+    node = helper.make_node("Conv", inputs, ["y"], name="/conv", **attrs)
+    return model_of([node], {"x": x_shape}, init, ["y"])
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 10, 10), (8, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 32, 9, 9), (16, 32, 1, 1), {}),
+    ((1, 24, 9, 7), (20, 24, 1, 1), {"strides": [2, 2]}),
+    ((1, 32, 9, 9), (16, 32, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 5, 13, 11), (7, 5, 3, 3), {"pads": [0, 1, 2, 0]}),  # asymmetric
+    ((1, 4, 11, 11), (6, 4, 3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}),
+    ((1, 4, 11, 9), (6, 4, 3, 3), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ((1, 4, 10, 9), (6, 4, 4, 4), {"auto_pad": "SAME_LOWER"}),
+    ((1, 4, 10, 9), (6, 4, 3, 2), {"auto_pad": "VALID"}),
+    ((2, 8, 7, 11), (8, 1, 3, 3), {"pads": [1, 0, 1, 2], "group": 8}),  # depthwise, batch 2
+    ((1, 8, 12, 12), (6, 4, 5, 5), {"strides": [2, 2], "pads": [2, 2, 2, 2], "group": 2}),
+    ((1, 12, 7, 7), (8, 3, 1, 1), {"group": 4}),
+    ((1, 3, 23, 23), (6, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
+    ((1, 3, 27, 27), (4, 3, 11, 11), {"strides": [4, 4]}),
+])
+def test_conv(x_shape, w_shape, attrs) -> None:
+    check(conv_model(x_shape, w_shape, **attrs))
+
+
+def test_conv_without_bias() -> None:
+    check(conv_model((1, 6, 9, 9), (5, 6, 3, 3), bias=False, pads=[1, 1, 1, 1]))
+
+
+def bn_inits(c: int, prefix: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(2)
+    return {f"{prefix}s": 1 + 0.1 * rng.standard_normal(c), f"{prefix}b": 0.1 * rng.standard_normal(c),
+            f"{prefix}m": 0.1 * rng.standard_normal(c), f"{prefix}v": 1 + 0.1 * rng.random(c)}
+
+
+def test_conv_batchnorm_relu_is_one_device_op() -> None:
+    """Conv + BatchNormalization + Relu: the batch norm folds into the weights, bias and relu into the matmul."""
+    rng = np.random.default_rng(3)
+    init = {"w": rng.standard_normal((16, 32, 3, 3)) * 0.1, **bn_inits(16, "bn")}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "bns", "bnb", "bnm", "bnv"], ["n"], name="/bn"),
+             helper.make_node("Relu", ["n"], ["y"], name="/relu")]
+    model = model_of(nodes, {"x": (1, 32, 9, 9)}, init, ["y"])
+    check(model)
+    module = import_model(model)
+    PassManager("decompose,canonicalize,channels-last,tilize,fuse,canonicalize", stream=io.StringIO()).run(module)
+    text = print_module(module)
+    linears = [line for line in text.splitlines() if '"ttir.linear"' in line]
+    assert len(linears) == 1 and 'activation = "relu"' in linears[0]
+    assert "/bn" in linears[0] and "/conv" in linears[0]
+    assert '"ttir.eltwise"' not in text
+
+
+@pytest.mark.parametrize(("x_shape", "attrs"), [
+    ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 5, 13, 13), {"kernel_shape": [3, 3], "strides": [2, 2]}),
+    ((1, 6, 10, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ((1, 4, 12, 12), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]}),
+    ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+])
+def test_max_pool(x_shape, attrs) -> None:
+    check(model_of([helper.make_node("MaxPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "attrs"), [
+    ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 3, 7, 7), {"kernel_shape": [7, 7]}),
+])
+def test_average_pool(x_shape, attrs) -> None:
+    check(model_of([helper.make_node("AveragePool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {},
+                   ["y"]))
+
+
+def test_resnet_block_global_pool_flatten_gemm() -> None:
+    """conv-bn-relu, residual add, global average pool, flatten, gemm: one layout change at the input."""
+    rng = np.random.default_rng(4)
+    init = {"w1": rng.standard_normal((12, 12, 3, 3)) * 0.15, "w2": rng.standard_normal((12, 12, 1, 1)) * 0.3,
+            **bn_inits(12, "a"), "fc": rng.standard_normal((10, 12)) * 0.3, "fb": rng.standard_normal(10) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="/c1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c1", "as", "ab", "am", "av"], ["n1"], name="/bn1"),
+             helper.make_node("Relu", ["n1"], ["r1"], name="/r1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="/c2"),
+             helper.make_node("Sum", ["c2", "r1"], ["s"], name="/sum"),
+             helper.make_node("Clip", ["s", "lo", "hi"], ["r2"], name="/relu6"),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="/gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="/flatten"),
+             helper.make_node("Gemm", ["f", "fc", "fb"], ["y"], name="/fc", transB=1)]
+    init.update({"lo": np.array(0.0), "hi": np.array(6.0)})
+    check(model_of(nodes, {"x": (1, 12, 9, 9)}, init, ["y"]))
+
+
+def test_concat_channels_and_activations() -> None:
+    rng = np.random.default_rng(5)
+    init = {"w1": rng.standard_normal((5, 6, 1, 1)) * 0.4, "w2": rng.standard_normal((7, 6, 3, 3)) * 0.2}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="/a"),
+             helper.make_node("Conv", ["x", "w2"], ["b"], name="/b", pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["c"], name="/cat", axis=1),
+             helper.make_node("HardSwish", ["c"], ["d"], name="/hs"),
+             helper.make_node("HardSigmoid", ["d"], ["e"], name="/hsig"),
+             helper.make_node("LeakyRelu", ["c"], ["f"], name="/leaky", alpha=0.1),
+             helper.make_node("Sigmoid", ["f"], ["g"], name="/sig"),
+             helper.make_node("Mul", ["f", "g"], ["silu"], name="/silu"),
+             helper.make_node("Add", ["silu", "e"], ["y"], name="/add")]
+    check(model_of(nodes, {"x": (1, 6, 9, 9)}, init, ["y"]))
+
+
+def test_depthwise_mul_broadcast_and_channel_shuffle() -> None:
+    """MobileNet's (1,C,H,W) x (1,C,1,1) scale and ShuffleNet's channel shuffle in channels-last form."""
+    rng = np.random.default_rng(6)
+    init = {"w": rng.standard_normal((8, 1, 3, 3)) * 0.3, "s": rng.standard_normal((1, 8, 1, 1)),
+            "shape5": np.array([1, 2, 4, 7, 7], np.int64), "shape4": np.array([1, 8, 7, 7], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["d"], name="/dw", group=8, pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["d", "s"], ["m"], name="/scale"),
+             helper.make_node("Relu", ["m"], ["r"], name="/relu"),
+             helper.make_node("Reshape", ["r", "shape5"], ["r5"], name="/split"),
+             helper.make_node("Transpose", ["r5"], ["t5"], name="/shuffle", perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t5", "shape4"], ["y"], name="/merge")]
+    check(model_of(nodes, {"x": (1, 8, 7, 7)}, init, ["y"]))
+
+
+def test_lrn() -> None:
+    node = helper.make_node("LRN", ["x"], ["y"], name="/lrn", size=5, alpha=1e-4 * 50, beta=0.75, bias=1.0)
+    check(model_of([node], {"x": (1, 10, 6, 7)}, {}, ["y"]))
+
+
+def test_unsupported_op_names_the_node() -> None:
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv3d")
+    model = model_of([node], {"x": (1, 2, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1))}, ["y"])
+    with pytest.raises(UserError, match="/conv3d"):
+        ttc.compile(model)
