@@ -474,6 +474,10 @@ def gather(ctx: NodeContext) -> Value:
     axis = _axis(ctx, ctx.attr("axis"), data_type.rank)
     shape = _result_shape(ctx, (*data_type.shape[:axis], *index_type.shape, *data_type.shape[axis + 1:]))
     is_table = ctx.input_constant(0) is not None and axis == 0 and data_type.rank >= 2
+    if not is_table and ctx.input_constant(1) is None and data_type.element_type.is_float:
+        from ttc.frontend.converters_extra import gather_rows
+
+        return gather_rows(ctx, data, indices, axis)
     if is_table and ctx.input_constant(1) is None:
         width = math.prod(data_type.shape[1:])
         table = _reshape_to(ctx, data, (data_type.shape[0], width))

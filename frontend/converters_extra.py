@@ -455,3 +455,82 @@ def _attention_bias(ctx: NodeContext, e: Emitter, q: Value, q_len: int, kv_len: 
         causal = e.const(_causal_bias(q_len, kv_len, past), q)
         bias = causal if bias is None else e.add(bias, causal)
     return bias
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses: class labels select by comparison with the class indices (exact for labels of any size)
+
+
+def _nll(ctx: NodeContext, e: Emitter, log_probs: Value, target: Value, weight: Value | None) -> Value:
+    """NegativeLogLikelihoodLoss of log-probabilities [N, C, d...] and labels [N, d...]: the label's
+    column picked by a one-hot (labels == class index), weighted, ignore_index weighted 0, reduced."""
+    shape = _tensor(log_probs).shape
+    classes = shape[1]
+    if not _tensor(target).element_type.is_integer:
+        raise ctx.error("the target must hold integer class labels")
+    ignore = ctx.attr("ignore_index")
+    if abs(ignore or 0) > 255 or classes > 256:
+        raise ctx.error("class indices and ignore_index must lie within +-255 (labels compare exactly in bf16)")
+    element = _tensor(log_probs).element_type
+    target = e.cast(target, element)  # rounds large labels, but never onto a class index or ignore_index
+    labels = e.reshape(target, (shape[0], 1, *shape[2:]))
+    index_shape = (1, classes, *([1] * (len(shape) - 2)))
+    onehot = e.cast(e.compare("eq", labels, e.const(np.arange(classes).reshape(index_shape), target)), element)
+    picked = e.reduce("sum", e.mul(log_probs, onehot), [1], False)
+    if weight is not None:
+        per_class = e.reshape(weight, index_shape)
+        sample_weight = e.reduce("sum", e.mul(onehot, per_class), [1], False)
+    else:
+        sample_weight = e.reduce("sum", onehot, [1], False)
+    if ignore is not None:
+        valid = e.cast(e.compare("ne", target, e.const(ignore, target)), _tensor(log_probs).element_type)
+        sample_weight = e.mul(sample_weight, valid)
+    loss = e.unary("neg", e.mul(picked, sample_weight))
+    reduction = ctx.attr("reduction") or "mean"
+    if reduction == "none":
+        return loss
+    every = list(range(_tensor(loss).rank))
+    total = e.reduce("sum", loss, every, False)
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise ctx.error(f"reduction '{reduction}' is not none, sum or mean")
+    return e.div(total, e.reduce("sum", sample_weight, every, False))
+
+
+@converter("NegativeLogLikelihoodLoss", since=13)
+def nll_loss(ctx: NodeContext) -> Value:
+    e = Emitter(ctx)
+    return _nll(ctx, e, _float_input(ctx), ctx.input(1), ctx.input(2) if ctx.has_input(2) else None)
+
+
+@converter("SoftmaxCrossEntropyLoss", since=13)
+def softmax_cross_entropy(ctx: NodeContext) -> list[Value]:
+    """NLL of log_softmax over the classes (axis 1); the log-probabilities are the optional 2nd output."""
+    e, scores = Emitter(ctx), _float_input(ctx)
+    log_probs = e.sub(scores, e.log_sum_exp(scores, [1], keepdims=True))
+    loss = _nll(ctx, e, log_probs, ctx.input(1), ctx.input(2) if ctx.has_input(2) else None)
+    return [loss, log_probs]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gathers by run-time indices
+
+
+def gather_rows(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Value:
+    """Gather of computed data by computed indices: the gathered axis moved first, the rest flattened into
+    rows ([N, W]), a row lookup by index (`ttir.embedding`: the device untilizes the rows and reads them by
+    index), then the index dims put back at `axis`."""
+    e = Emitter(ctx)
+    dims = _tensor(data).shape
+    others = (*dims[:axis], *dims[axis + 1:])
+    moved = e.transpose(data, (axis, *range(axis), *range(axis + 1, len(dims))))
+    width = math.prod(others)
+    table = e.reshape(moved, (dims[axis], width))
+    index_shape = _tensor(indices).shape
+    ids = indices if index_shape else e.reshape(indices, (1,))
+    rows = ctx.create("ttir.embedding", [table, ids], _tensor(data).with_shape((*(index_shape or (1,)), width)))
+    k = len(index_shape)
+    unflat = e.reshape(rows, (*index_shape, *others))
+    perm = (*(k + i for i in range(axis)), *range(k), *(k + axis + j for j in range(len(dims) - 1 - axis)))
+    return e.transpose(unflat, perm)

@@ -8,8 +8,8 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
   exactly) but a graph input or another host op's result, e.g. Add/Mod/BitShift of int32 tensors, or
   produces integers the device has no converter for (QuantizeLinear), or converts floats to integers
   (Cast truncates, which the device cannot do);
-- it compares such integers (Equal, Less, ...), except a test against a constant zero, which the
-  device does exactly whatever the size;
+- it compares such integers (Equal, Less, ...), except with a constant of integers within +-255,
+  which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique): the device has no index kernels.
 
@@ -79,7 +79,7 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     if integer_result and (integers or find_converter(node.op_type, importer.opset) is None):
         return node.op_type not in DEVICE_INTEGER_OPS or not integers
     if node.op_type in COMPARE_OPS and integers:
-        return not any(importer.is_constant_value(v) and not importer.constant_array(v).any() for v in inputs)
+        return not any(importer.is_constant_value(v) and _small_constant(importer.constant_array(v)) for v in inputs)
     return False
 
 
@@ -124,7 +124,13 @@ def value_range(importer: GraphImporter, value: Value) -> tuple[float, float] | 
 def is_small(importer: GraphImporter, value: Value) -> bool:
     """An integer the device carries exactly: its known range lies within +-256."""
     bounds = value_range(importer, value)
-    return bounds is not None and -EXACT_INT <= bounds[0] and bounds[1] <= EXACT_INT
+    return bounds is not None and bounds[0] >= -EXACT_INT and bounds[1] <= EXACT_INT
+
+
+def _small_constant(array: np.ndarray) -> bool:
+    """Integers within +-255: a comparison with them is exact on the device for integers of any size."""
+    array = np.asarray(array)
+    return array.dtype.kind in "iu" and (not array.size or int(np.abs(array).max()) <= 255)
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:

@@ -235,15 +235,33 @@ class IntegerRanges:
 MOVES = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat"})
 
 
-def only_zero_tested(value: Value) -> bool:
-    """Every use stays exact whatever the integer's size: ne/eq against 0, a cast to float, or a data
-    movement whose result is used that way in turn."""
+COMPARES = frozenset({"ttir.eq", "ttir.ne", "ttir.lt", "ttir.le", "ttir.gt", "ttir.ge"})
+
+
+def compared_to_small_constant(user: Operation, index: int, ranges: IntegerRanges | None) -> bool:
+    """A comparison with a constant of integers within +-255: exact for an integer of any size, as bf16
+    rounding is monotonic, keeps |n| <= 256 exact and takes every larger |n| to at least 256."""
+    if user.name not in COMPARES or ranges is None:
+        return False
+    other = user.operands[1 - index]
+    if defining_op(other, CONSTANT) is None:
+        return False
+    bounds = ranges.of(other)
+    return bounds is not None and bounds[0] >= -255 and bounds[1] <= 255
+
+
+def only_zero_tested(value: Value, ranges: IntegerRanges | None = None) -> bool:
+    """Every use stays exact whatever the integer's size: ne/eq against 0 (any comparison with a small
+    integer constant, given `ranges`), a cast to float, or a data movement whose result is used that way
+    in turn."""
     for user, index in value.uses:
         if user.name in ("ttir.ne", "ttir.eq") and is_zero(user.operands[1 - index]):
             continue
+        if compared_to_small_constant(user, index, ranges):
+            continue
         if user.name == "ttir.typecast" and tensor(user.result).element_type.is_float:
             continue
-        if user.name in MOVES and all(only_zero_tested(result) for result in user.results):
+        if user.name in MOVES and all(only_zero_tested(result, ranges) for result in user.results):
             continue
         if user.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
             continue
@@ -312,7 +330,7 @@ def check_exact(value: Value, ranges: IntegerRanges, where: str, copied: bool) -
     bounds = ranges.of(value)
     if bounds is not None and bounds[0] >= -EXACT_INT and bounds[1] <= EXACT_INT:
         return
-    if copied and only_zero_tested(value):
+    if copied and only_zero_tested(value, ranges):
         return
     what = "of unknown range" if bounds is None else f"in [{bounds[0]:g}, {bounds[1]:g}]"
     how = "is used on the device" if copied else "would be computed on the device"

@@ -240,9 +240,14 @@ def place_embedding_tables(module: Module, func: Function, rewriter: PatternRewr
         if is_row_major(op.operands[0]):
             continue  # rows already (a row gather of `movement`)
         table = defining_op(op.operands[0], CONSTANT)
-        if table is None:
-            raise UserError(f"node '{node_name(op)}': the lookup table is computed; the device looks rows up in a "
-                            "constant table (a weight)")
+        if table is None:  # a computed table: untilized into rows on the device
+            source = op.operands[0]
+            assert isinstance(source.type, TensorType)
+            rows = rewriter.create_before(op, TO_LAYOUT, [source], [source.type.with_encoding(ROW_MAJOR_LAYOUT)],
+                                          loc=op.loc)
+            with rewriter.modify_op(op):
+                op.set_operand(0, rows.result)
+            continue
         assert isinstance(table.result.type, TensorType)
         row_major = table.result.type.with_encoding(ROW_MAJOR_LAYOUT)
         value = table.attributes["value"]

@@ -165,7 +165,7 @@ def test_layer_norm_over_two_dims_reshapes_them_into_one(ir: IRHarness) -> None:
         f'%1 = "ttir.layer_norm"(%arg0, %0) {{axis = 1, epsilon = 1e-05}} : ({x}, tensor<4x5xf32>) -> {x} loc("ln")',
         f'func.return %1 : {x} loc("ret")'), {"s": scale})
     body = ir.body(module)  # the reshapes themselves move rows apart: they get their device forms
-    assert f'"ttir.layer_norm"(%' in body and f'{{axis = 1, epsilon = 1e-05}} : ({dev("2x20")}, {dev("20")}) ' \
+    assert '"ttir.layer_norm"(%' in body and f'{{axis = 1, epsilon = 1e-05}} : ({dev("2x20")}, {dev("20")}) ' \
         f'-> {dev("2x20")} loc("ln")' in body
     assert f'() -> {dev("20")} loc(fused["s", "ln"])' in body
     np.testing.assert_array_equal(module.weights["s.reshape"], scale.reshape(20))
