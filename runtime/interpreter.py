@@ -899,7 +899,8 @@ def matmul_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     rhs = p.unpack_front(p.cb(a["cb_b"]), tile_block(a["b_offset"], inner, cols, a["b_row_stride"], 1))
     acc = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
     out = numerics.matmul_block_accumulate(acc, lhs.reshape(p.cores, rows, inner, TILE, TILE),
-                                           rhs.reshape(p.cores, inner, cols, TILE, TILE), a["fidelity"])
+                                           rhs.reshape(p.cores, inner, cols, TILE, TILE), a["fidelity"],
+                                           bf16_operands=True)  # unpacked tiles hold bf16 values
     p.dst[:, slots] = out.reshape(p.cores, rows * cols, TILE, TILE)
     p.count_matmul(rows * cols * inner, a["fidelity"])
 

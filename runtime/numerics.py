@@ -19,11 +19,15 @@ Exactness.  Every rounding above is a single round-to-nearest-even of the exact 
 Because a chunk's sum is exact, adding the fidelity passes in any order or grouping gives the same
 value, so the passes are grouped into at most two matrix products (see _fidelity_terms), and the same
 matmul computed over different tile blocks (same K order) gives identical bits.
+The chain runs over cache-sized blocks of Dst; a block whose every step provably stays in bf16's normal
+range rounds with Veltkamp's split (`_accumulate_bf16_normal`), any other block with the general bit
+rounding (`_accumulate_bf16`): the same bits either way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 
 import ml_dtypes
@@ -138,18 +142,20 @@ def _fidelity_terms(
     in0 sits in SrcB (7-bit split), in1 in SrcA (5-bit split).  Passes: 0 A_hi*B_hi, 1 A_lo*B_hi,
     2 A_hi*B_lo, 3 A_lo*B_lo; so passes 0+1 = A*B_hi and 0..3 = A*B exactly.
     """
-    f64 = np.float64
+    def f64(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x, dtype=np.float64)
+
     if fidelity is MathFidelity.HIFI4:
-        return [(in0.astype(f64), in1.astype(f64))]
+        return [(f64(in0), f64(in1))]
     b_hi, b_lo = _split(in0, _MASK_B)
     a_hi, _ = _split(in1, _MASK_A)
     if fidelity is MathFidelity.LOFI:
-        return [(b_hi.astype(f64), a_hi.astype(f64))]
+        return [(f64(b_hi), f64(a_hi))]
     if fidelity is MathFidelity.HIFI2:
-        return [(b_hi.astype(f64), in1.astype(f64))]
+        return [(f64(b_hi), f64(in1))]
     if fidelity is MathFidelity.HIFI3:
-        return [(b_hi.astype(f64), in1.astype(f64)), (b_lo.astype(f64), a_hi.astype(f64))]
-    return [(in0.astype(f64), in1.astype(f64))]
+        return [(f64(b_hi), f64(in1)), (f64(b_lo), f64(a_hi))]
+    return [(f64(in0), f64(in1))]
 
 
 def _matmul_accumulate(
@@ -165,18 +171,135 @@ def _matmul_accumulate(
     k = in0.shape[-1]
     if k % MVMUL_K or in1.shape[-2] != k:
         raise ValueError(f"K mismatch or not a multiple of {MVMUL_K}: {in0.shape} @ {in1.shape}")
-    chunks = k // MVMUL_K
-    partials = None
-    for left, right in _fidelity_terms(bf16_round(in0), bf16_round(in1), fidelity):
-        lhs = np.ascontiguousarray(np.moveaxis(left.reshape(*left.shape[:-1], chunks, MVMUL_K), -2, -3))
-        rhs = right.reshape(*right.shape[:-2], chunks, MVMUL_K, right.shape[-1])  # [..., C, 16, N]
-        product = lhs @ rhs
-        partials = product if partials is None else partials + product
-    assert partials is not None
-    partials = np.moveaxis(partials.astype(np.float32), -3, 0)  # [C, ..., M, N]
-    out = _accumulate_bf16(np.asarray(dst, dtype=np.float64), partials)
+    chunks, m, n = k // MVMUL_K, in0.shape[-2], in1.shape[-1]
+    lead = np.broadcast_shapes(in0.shape[:-2], in1.shape[:-2], np.shape(dst)[:-2])
+    lhs = np.broadcast_to(in0.reshape(*in0.shape[:-1], chunks, MVMUL_K), (*lead, m, chunks, MVMUL_K))
+    rhs = np.broadcast_to(in1.reshape(*in1.shape[:-2], chunks, MVMUL_K, n), (*lead, chunks, MVMUL_K, n))
+    acc = np.broadcast_to(dst, (*lead, m, n))
+    out = _accumulate_chunks(acc, np.moveaxis(lhs, -2, 0), np.moveaxis(rhs, -3, 0), (chunks, m, n), fidelity)
     with np.errstate(over="ignore"):
-        return out.astype(np.float32)
+        return out.reshape(acc.shape).astype(np.float32)
+
+
+def _as_bf16(x: np.ndarray) -> np.ndarray:
+    """x as float32 bf16 values, for reading only: x itself when it holds bf16 values already (as
+    unpacked CB tiles do), else bf16_round(x). Checking the low bits costs less than rounding again."""
+    x = np.asarray(x, dtype=np.float32)
+    if (x.view(np.uint32) & np.uint32(0xFFFF)).any():
+        return bf16_round(x)
+    return x
+
+
+def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape: tuple[int, int, int],
+                       fidelity: MathFidelity, bf16_operands: bool = False) -> np.ndarray:
+    """Dst [L, M, N] += lhs[c] @ rhs[c] for chunks c in order, Dst rounded to bf16 after each.
+
+    shape is (C, M, N). The arguments may be any views whose elements in C order are those of dst
+    [L, M, N], lhs [C, L, M, 16] and rhs [C, L, 16, N] (so callers pass transposed views, copied once
+    here). lhs and rhs are rounded to bf16 first unless `bf16_operands` says they hold bf16 values.
+    Returns the new Dst: float64 bf16 values [L, M, N].
+
+    Elements of Dst are independent, so the work runs block by block over rows of Dst, sized so that a
+    block's chunk products stay in the core's cache: the batched product of the block's chunks, its
+    rounding to float32 partials, and the chain (`_accumulate_bf16_block`).
+    """
+    chunks, m, n = shape
+    if not bf16_operands:
+        lhs, rhs = _as_bf16(lhs), _as_bf16(rhs)
+    terms = [(left.reshape(chunks, -1, m, MVMUL_K), right.reshape(chunks, -1, MVMUL_K, n))
+             for left, right in _fidelity_terms(lhs, rhs, fidelity)]
+    acc = np.empty((terms[0][0].shape[1], m, n))
+    acc.reshape(dst.shape)[...] = dst
+    dst_bound = _dst_bound(acc)
+    rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
+    scratch = np.empty(rows * n)
+    for index, first, last in _row_blocks(len(acc), m, rows):
+        partials = None
+        for left, right in terms:
+            product = left[:, index, first:last] @ right[:, index]
+            partials = product if partials is None else partials + product
+        assert partials is not None
+        block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
+        partials = partials.astype(np.float32).reshape(chunks, -1)
+        _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
+    return acc
+
+
+def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:
+    """(matrix index, first row, last row) of the blocks of `rows` rows covering `count` matrices of m rows:
+    several whole matrices per block when rows >= m, else parts of one matrix."""
+    if rows >= m:
+        per_block = rows // m
+        for start in range(0, count, per_block):
+            yield slice(start, start + per_block), None, None
+        return
+    for index in range(count):
+        for first in range(0, m, rows):
+            yield index, first, first + rows
+
+
+_CHAIN_PRODUCTS = 1 << 17  # float64 chunk products per block (1 MiB): they stay in the core's cache
+_VELTKAMP_BF16 = np.float64(2.0**45 + 1)  # Veltkamp's splitter for the top 53 - 45 = 8 significant bits
+_TINY_F32_DOUBLED = np.uint32((127 - 103) << 24)  # float32 magnitude bits of 2**-103, shifted left once
+_INF_F32_DOUBLED = np.uint32(0xFF << 24)  # float32 magnitude bits of inf, shifted left once
+
+
+def _accumulate_bf16_block(out: np.ndarray, partials: np.ndarray, scratch: np.ndarray, dst_bound: float) -> None:
+    """In place on out [E] (float64): out = bf16_rne(out + partials[c]) for c in order; partials [C, E].
+
+    A block whose chain provably stays in bf16's normal range (`_stays_normal`) takes the fast
+    `_accumulate_bf16_normal`; any other block the general `_accumulate_bf16`. Both give the same bits
+    as rounding every step with `_round_bf16_f64`. dst_bound is `_dst_bound` of the initial Dst (or of
+    a larger array holding it).
+    """
+    if _stays_normal(dst_bound, partials):
+        _accumulate_bf16_normal(out, partials, scratch)
+    else:
+        out[...] = _accumulate_bf16(out, partials)
+
+
+def _dst_bound(dst: np.ndarray) -> float:
+    """max |dst| when every element of Dst is a finite multiple of 2**-126 (see `_stays_normal`), else inf."""
+    scaled = dst * 2.0**126
+    if not np.array_equal(np.floor(scaled), scaled):  # NaN and inf fail here too
+        return math.inf
+    return float(np.max(np.abs(dst), initial=0.0))
+
+
+def _stays_normal(dst_bound: float, partials: np.ndarray) -> bool:
+    """Whether every sum of a chain from Dst (`_dst_bound` dst_bound) through float32 partials [C, E] is 0
+    or in [2**-126, 2**127), where rounding to the top 8 significant bits is bf16's rounding.
+
+    Low end: Dst is a multiple of 2**-126 and each partial is 0 or at least 2**-103 (a float32 that size
+    is a multiple of its ulp >= 2**-126); sums and their roundings to bf16 then stay multiples of
+    2**-126, so each is 0 or at least 2**-126. High end: each step adds at most the largest partial and
+    rounding grows a value by at most 2**-8 (float64 addition by 2**-53), bounded with margin below.
+    """
+    doubled = partials.view(np.uint32) << np.uint32(1)  # magnitude bits, sign shifted out
+    largest = doubled.max()
+    if largest >= _INF_F32_DOUBLED:  # inf or NaN
+        return False
+    np.subtract(doubled, np.uint32(1), out=doubled)  # zero wraps to the top
+    if doubled.min() < _TINY_F32_DOUBLED - np.uint32(1):
+        return False
+    largest_partial = float(np.array(largest >> np.uint32(1), dtype=np.uint32).view(np.float32))
+    chunks = len(partials)
+    return (dst_bound + chunks * largest_partial) * (1.0 + 2.0**-7) ** chunks < 2.0**126
+
+
+def _accumulate_bf16_normal(out: np.ndarray, partials: np.ndarray, scratch: np.ndarray) -> None:
+    """In place: out = bf16_rne(out + partials[c]) for c in order, for chains that `_stays_normal`.
+
+    Rounds with Veltkamp's split (t = x * (2**45 + 1); hi = t - (t - x)), which in float64's
+    round-to-nearest-even arithmetic is x rounded to its top 8 significant bits, ties to even (Boldo,
+    "Pitfalls of a full floating-point proof", 2006): bf16's rounding for normal values. Four ufunc
+    passes a step instead of the bit rounding's ten.
+    """
+    for partial in partials:
+        np.add(out, partial, out=out)
+        np.multiply(out, _VELTKAMP_BF16, out=scratch)
+        np.subtract(scratch, out, out=out)
+        np.subtract(scratch, out, out=out)
 
 
 _EXPONENT = np.uint64(0x7FF << 52)
@@ -233,23 +356,35 @@ def matmul_tiles_accumulate(
 
 
 def matmul_block_accumulate(
-    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4
+    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+    bf16_operands: bool = False,
 ) -> np.ndarray:
     """A block of matmul_tiles calls, K tiles in order: dst [..., Mt, Nt, 32, 32] +=
     a [..., Mt, Kt, 32, 32] @ b [..., Kt, Nt, 32, 32].
 
     Bit-identical to calling matmul_tiles_accumulate for k = 0..Kt-1, but computed as one matrix
     product per 16-element K chunk (fast for the emulator's in0_block_w x subblock loops).
+    `bf16_operands=True` promises that a and b hold bf16 values (unpacked CB tiles do), which skips
+    checking them.
     """
     dst, a, b = np.asarray(dst), np.asarray(a), np.asarray(b)
-
-    def to_matrix(t: np.ndarray) -> np.ndarray:
-        rows, cols = t.shape[-4:-2]
-        return t.swapaxes(-3, -2).reshape(*t.shape[:-4], rows * TILE, cols * TILE)
-
-    mt, nt = dst.shape[-4:-2]
-    out = _matmul_accumulate(to_matrix(dst), to_matrix(a), to_matrix(b), fidelity)
-    return out.reshape(*out.shape[:-2], mt, TILE, nt, TILE).swapaxes(-3, -2)
+    fidelity = MathFidelity.parse(fidelity)
+    (mt, kt), nt = a.shape[-4:-2], b.shape[-3]
+    if b.shape[-4] != kt:
+        raise ValueError(f"K tiles mismatch: {a.shape} @ {b.shape}")
+    lead = np.broadcast_shapes(a.shape[:-4], b.shape[:-4], dst.shape[:-4])
+    halves = TILE // MVMUL_K
+    # chunk c = (k tile, half of the tile's K): lhs [C, ..., Mt, 32, 16] and rhs [C, ..., 16, Nt, 32]
+    lhs = np.broadcast_to(a.reshape(*a.shape[:-1], halves, MVMUL_K), (*lead, mt, kt, TILE, halves, MVMUL_K))
+    lhs = np.moveaxis(lhs, (-4, -2), (0, 1))
+    rhs = np.broadcast_to(b.reshape(*b.shape[:-2], halves, MVMUL_K, TILE), (*lead, kt, nt, halves, MVMUL_K, TILE))
+    rhs = np.moveaxis(rhs, (-5, -3, -4), (0, 1, -2))
+    acc = np.broadcast_to(dst, (*lead, mt, nt, TILE, TILE)).swapaxes(-3, -2)  # [..., Mt, 32, Nt, 32]
+    out = _accumulate_chunks(acc, lhs, rhs, (kt * halves, mt * TILE, nt * TILE), fidelity, bf16_operands)
+    tiles = np.empty((*lead, mt, nt, TILE, TILE), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        tiles[...] = out.reshape(acc.shape).swapaxes(-3, -2)
+    return tiles
 
 
 # --------------------------------------------------------------------------- eltwise FPU

@@ -317,3 +317,70 @@ def test_fast_accumulation_chain_equals_the_step_by_step_rounding():
     got = N._accumulate_bf16(dst, partials)
     same = (bits(got.astype(np.float32)) == bits(expected.astype(np.float32))) | (np.isnan(got) & np.isnan(expected))
     assert same.all(), np.nonzero(~same)[0][:10]
+
+
+def test_veltkamp_rounding_equals_bf16_rne_in_the_normal_range():
+    """`_accumulate_bf16_normal` rounds with Veltkamp's split (four ufunc passes a step): against
+    `_round_bf16_f64` on 53-bit values across bf16's normal range, on exact ties and their neighbours."""
+    rng = np.random.default_rng(12)
+    n = 200_000
+    mantissas = rng.integers(2**52, 2**53, n, dtype=np.int64).astype(np.float64)
+    values = np.ldexp(mantissas, rng.integers(-126 - 52, 127 - 52, n)) * rng.choice([-1.0, 1.0], n)
+    nine_bits = np.arange(2**8, 2**9, dtype=np.float64)  # the odd ones lie halfway between bf16 neighbours
+    for exponent in (-126, -60, -1, 0, 7, 100, 126):
+        ties = np.ldexp(nine_bits, exponent - 8)
+        values = np.concatenate([values, ties, -ties, np.nextafter(ties, np.inf), np.nextafter(ties, 0)])
+    values = np.concatenate([values, [0.0]])
+    out = np.zeros_like(values)
+    N._accumulate_bf16_normal(out, values[None], np.empty_like(values))
+    assert np.array_equal(out.view(np.uint64), N._round_bf16_f64(values).view(np.uint64))
+
+
+def chunk_by_chunk(dst, a, b, fidelity):
+    """Matrices dst [..., M, N] += a [..., M, K] @ b [..., K, N] spelled out: per 16-chunk the fidelity passes'
+    products summed exactly, rounded to float32, added to Dst and rounded to bf16 (`_f64_to_bf16_slow`)."""
+    b_hi, b_lo = N.split_operand_b(a)  # in0 sits in SrcB
+    a_hi, a_lo = N.split_operand_a(b)  # in1 sits in SrcA
+    passes = [(b_hi, a_hi), (b_hi, a_lo), (b_lo, a_hi), (b_lo, a_lo)][: int(fidelity)]
+    out = np.asarray(dst, np.float64)
+    with np.errstate(all="ignore"):
+        for c in range(0, a.shape[-1], 16):
+            partial = sum(left[..., c : c + 16].astype(float) @ right[..., c : c + 16, :].astype(float)
+                          for left, right in passes)
+            out = N._f64_to_bf16_slow(out + partial.astype(np.float32)).astype(np.float64)
+    return out.astype(np.float32)
+
+
+def as_tiles(matrix):
+    *lead, rows, cols = matrix.shape
+    return matrix.reshape(*lead, rows // 32, 32, cols // 32, 32).swapaxes(-3, -2)
+
+
+@pytest.mark.parametrize("products", [64, 2048, 1 << 17])  # Dst rows per block: parts of a matrix .. many
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_blocked_matmul_equals_the_chunk_by_chunk_model(monkeypatch, products, fidelity):
+    """The emulator's matmul (operands copied chunk-major once, then block by block: batched chunk
+    products, float32 partials, the fast chain where `_stays_normal` proves it exact, else the general
+    one) gives the bits of the model spelled out chunk by chunk, for ordinary data and for blocks with
+    tiny, huge, infinite and NaN values; with and without the promise that operands are bf16."""
+    monkeypatch.setattr(N, "_CHAIN_PRODUCTS", products)
+    rng = np.random.default_rng(int(fidelity))
+    a = N.bf16_round(rng.standard_normal((3, 64, 160)))
+    b = N.bf16_round(rng.standard_normal((3, 160, 64)) * 4)
+    dst = N.bf16_round(rng.standard_normal((3, 64, 64)))
+    a[0, :4, :20] = 2.0**-70  # products below float32's normal range, in some blocks only
+    a[1, 40:44] *= 2.0**125  # sums past bf16's range (to inf)
+    a[2, 9, 100], dst[2, 10, 10] = np.nan, 2.0**-125
+    want = chunk_by_chunk(dst, a, b, fidelity)
+    for promise in (False, True):
+        with np.errstate(all="ignore"):
+            got = N.matmul_block_accumulate(as_tiles(dst), as_tiles(a), as_tiles(b), fidelity,
+                                            bf16_operands=promise)
+        same = (bits(got) == bits(as_tiles(want))) | (np.isnan(got) & np.isnan(as_tiles(want)))
+        assert same.all()
+    # matrices, broadcasting a weight and Dst, non-bf16 operands and a float64 Dst
+    x, d64 = rng.standard_normal((3, 64, 160)), rng.standard_normal((64, 64))
+    got = N._matmul_accumulate(d64, x, b[0], fidelity)
+    want = chunk_by_chunk(np.broadcast_to(d64, (3, 64, 64)), N.bf16_round(x), np.broadcast_to(b[0], (3, 160, 64)),
+                          fidelity)
+    assert np.array_equal(bits(got), bits(want))
