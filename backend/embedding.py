@@ -34,6 +34,8 @@ def lower_embedding(op: Operation) -> Program:
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
         batch, row = origin(unit)
+        if op.attr("im2col"):  # batch (kernel position) b's tiles sit at column b * ct of each tile row
+            return [row * out.batches * out.ct + batch * out.ct]
         return [(batch * out.rt + row) * out.ct]
 
     kernels = (embedding_reader(op, schedule, ids_per_page), embedding_compute(op, schedule, out),
@@ -90,8 +92,9 @@ def embedding_writer(op: Operation, s: Schedule, out: TileShape):
     width = b["block_w"]
     k = KernelBuilder(op.loc)
     gen = k.addrgen(2, tensor(op.result))
+    batch_stride, row_stride = (out.ct, out.batches * out.ct) if op.attr("im2col") else (out.rt * out.ct, out.ct)
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row, k.loop(out.ct // width) as block:
-        start = k.affine(k.arg(0), (batch, out.rt * out.ct), (row, out.ct), (block, width))
+        start = k.affine(k.arg(0), (batch, batch_stride), (row, row_stride), (block, width))
         k.op("cb_wait_front", cb=CB_OUT, pages=width)
         k.op("noc_write_tiles", gen, start, cb=CB_OUT, rows=1, cols=width)
         k.op("noc_write_barrier")

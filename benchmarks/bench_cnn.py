@@ -27,7 +27,7 @@ import ttc
 from ttc.golden import compare, run_onnxruntime, time_onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
-import cnn_models  # noqa: E402
+import cnn_models
 
 DEFAULT = ("light_squeezenet", "light_resnet50", "mobilenet_v3", "resnet50_b1")
 

@@ -11,7 +11,9 @@ a `from_nhwc` meets the next op's `to_nhwc` and both cancel (`TransposeOfTranspo
 - a concat along the channels: concat(from_nhwc(a), from_nhwc(b)) -> from_nhwc(concat(a, b, axis=1));
 - a global reduction over H and W: reduce(from_nhwc(y)) -> a reduction over the pixels of y;
 - a channel shuffle (reshape, transpose, reshape that permutes the channels) -> an exact permutation
-  matmul of the channels.
+  matmul of the channels;
+- a flatten of several pixels per image followed by a product with a weight (a classifier after the
+  last pool) -> a convolution whose kernel covers the image (the NCHW order folded into the weight).
 
 Per-channel affine maps after a convolution (a BatchNormalization, a scale or a shift) fold into the
 convolution's weight and bias at compile time: mul(conv2d(x, w, b), s) -> conv2d(x, w * s, b * s) and
@@ -30,7 +32,7 @@ from ttc.ir.dialect import Trait
 from ttc.ir.types import TensorType
 from ttc.passes.canonicalize import canonicalization_patterns
 from ttc.passes.manager import Pass, register_pass
-from ttc.passes.movement import constant_array, node_name, tensor
+from ttc.passes.movement import constant_array, tensor
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
 TO_NCHW = (0, 3, 1, 2)
@@ -73,7 +75,8 @@ def channel_values(module: Module, value: Value, channels: int) -> np.ndarray | 
 
 def new_weight(rewriter: PatternRewriter, module: Module, op: Operation, name: str, array: np.ndarray,
                like: TensorType) -> Value:
-    stem = (node_name(op).strip("/").replace("/", ".") or "conv") + f".{name}"
+    names = op.loc.names()
+    stem = (names[0].strip("/").replace("/", ".") if names else "conv") + f".{name}"
     attr = WeightAttr(module.add_weight(stem, array.astype(np.float32)))
     return rewriter.create_before(op, "ttir.constant", [], [TensorType(array.shape, like.element_type)],
                                   {"value": attr}).result
@@ -212,6 +215,39 @@ class ReshapeOfPixel(RewritePattern):
         return True
 
 
+class FlattenIntoConv(RewritePattern):
+    """matmul(flatten(from_nhwc(y)) [N, C*H*W], constant W) -> conv2d(y) with a kernel covering the whole
+    H x W image: the classifier after the last pool reads the pixels in channels-last order, so the NCHW
+    flatten order is folded into the weight ([C*H*W, OUT] is the conv weight [OUT, C, H, W] transposed)."""
+
+    root = "ttir.matmul"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        flatten = defining_op(op.operands[0], "ttir.reshape")
+        source = from_nhwc(flatten.operands[0]) if flatten is not None else None
+        w = constant_array(self.module, op.operands[1])
+        if source is None or w is None or op.attr("transpose_a") or w.ndim != 2:
+            return rewriter.notify_match_failure(op, "not a product of a flattened channels-last value by a weight")
+        y, (n, c, h, w_) = source
+        if tensor(flatten.result).shape != (n, c * h * w_) or (h, w_) == (1, 1):
+            return rewriter.notify_match_failure(op, "not a flatten of several pixels per image")
+        weight = np.asarray(w, np.float32)
+        weight = weight if op.attr("transpose_b") else weight.T  # [OUT, C*H*W]
+        out = weight.shape[0]
+        like = tensor(y)
+        matrix = y if like.rank == 2 else rewriter.create_before(
+            op, "ttir.reshape", [y], [like.with_shape((n * h * w_, c))]).result
+        kernel = new_weight(rewriter, self.module, op, "w", weight.reshape(out, c, h, w_), tensor(op.operands[1]))
+        conv = rewriter.create_before(op, "ttir.conv2d", [matrix, kernel], [tensor(op.result).with_shape((n, out))],
+                                      {"input_shape": (n, h, w_), "strides": (1, 1), "pads": (0, 0, 0, 0),
+                                       "dilations": (1, 1), "groups": 1})
+        rewriter.replace_op(op, [conv.result])
+        return True
+
+
 class ChannelShuffle(RewritePattern):
     """reshape(transpose(reshape(from_nhwc(y)))) that only permutes the channels -> from_nhwc(y @ P)."""
 
@@ -290,7 +326,7 @@ def channels_last_patterns(module: Module) -> list[RewritePattern]:
     binaries = [name for name in ("ttir.add", "ttir.sub", "ttir.mul", "ttir.div", "ttir.maximum", "ttir.minimum",
                                   "ttir.pow") if (opdef := lookup_op(name)) and opdef.has(Trait.BROADCASTABLE)]
     return [*(SinkUnary(name) for name in UNARY), *(SinkBinary(name, module) for name in binaries),
-            SinkConcat(), ReshapeOfPixel(), ChannelShuffle(module), *(GlobalPool(name) for name in
+            SinkConcat(), ReshapeOfPixel(), FlattenIntoConv(module), ChannelShuffle(module), *(GlobalPool(name) for name in
                                                     ("ttir.reduce_mean", "ttir.reduce_max", "ttir.reduce_sum")),
             FoldAffineIntoConv("ttir.mul", module), FoldAffineIntoConv("ttir.add", module)]
 

@@ -29,6 +29,7 @@ from ttc.passes.footprint import (
     cb_bytes,
     circular_buffers,
     eltwise_plan,
+    embedding_geometry,
     gather_of,
     is_folded,
     is_view,
@@ -76,6 +77,8 @@ def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
     if kind == "data_movement":
         return (tile_shape(tensor(op.result).shape).tiles // blocking["tiles"],)
     out = tile_shape(tensor(op.result).shape)
+    if kind == "embedding":
+        out = embedding_geometry(op)[0]
     if kind in ("embedding", "untilize"):
         return (out.batches // blocking["batches"], out.rt // blocking["rows"])
     if kind == "reduce":
@@ -165,7 +168,7 @@ def gather_candidates(op: Operation) -> Iterator[dict[str, int]]:
 
 def embedding_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """Whole tile rows per core (32 rows tilized or untilized together), any split of batches and rows."""
-    out = tile_shape(tensor(op.result).shape)
+    out = embedding_geometry(op)[0] if op_kind(op) == "embedding" else tile_shape(tensor(op.result).shape)
     for batches in divisors(out.batches):
         for rows in divisors(out.rt):
             for width in [d for d in divisors(out.ct) if d <= HALF_DST][::-1]:

@@ -45,6 +45,7 @@ from ttc.passes.movement import (
 from ttc.passes.rewriter import PatternRewriter, RewritePattern
 
 MAX_IDS_PER_PAGE = 2048
+MAX_IM2COL_IDS = 16384  # an im2col lookup reads one index page of M ids per kernel position
 MAX_POSITIONS = 128  # kernel positions of one window
 MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
 
@@ -96,6 +97,21 @@ def look_up_sticks(rewriter: PatternRewriter, module: Module, op: Operation, x: 
     return rewriter.create_before(op, "ttir.reshape", [looked], [source.with_shape((positions, m, channels))]).result
 
 
+def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray) -> Value:
+    """[M_out, KK * Cp] in one lookup (`ttir.embedding {im2col}`): the sticks of kernel position k are written
+    at tile column k * Cp / 32 of each output tile row, the matmul operand as it is read."""
+    source = tensor(x)
+    positions, m = ids.shape
+    rows = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+    stem = node_name(op).strip("/").replace("/", ".") or "window"
+    name = module.add_weight(f"{stem}.window_index", ids.astype(np.int32))
+    index = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
+                                   {"value": WeightAttr(name)}).result
+    return rewriter.create_before(op, "ttir.embedding", [rows, index],
+                                  [source.with_shape((m, positions * source.shape[1]))],
+                                  {"pad_negative": True, "im2col": True}).result
+
+
 def position(rewriter: PatternRewriter, op: Operation, sticks: Value, k: int) -> Value:
     """Kernel position k of the [KK, M, C] sticks as an [M, C] matrix."""
     _positions, m, c = tensor(sticks).shape
@@ -138,6 +154,8 @@ def im2col(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, i
     positions, m = ids.shape
     if positions == 1 and (ids == np.arange(m)).all() and m == tensor(x).shape[0]:
         return x
+    if positions > 1 and m <= MAX_IM2COL_IDS:
+        return im2col_lookup(rewriter, module, op, x, ids)
     sticks = look_up_sticks(rewriter, module, op, x, ids)
     if positions == 1:
         return position(rewriter, op, sticks, 0)
@@ -156,6 +174,14 @@ def stacked_weight(dense: np.ndarray, channels: int) -> np.ndarray:
     stacked = np.zeros((positions, width, oc), np.float32)
     stacked[:, :c] = dense
     return stacked.reshape(positions * width, oc)
+
+
+def stacked_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """ONNX weight [OC, C / groups, KH, KW] -> the im2col matmul weight [KK * Cp, OC]."""
+    oc, cg, kh, kw = w.shape
+    if groups == 1 and cg % 32 == 0:  # no padding, no blocks: a transposition
+        return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * cg, oc))
+    return stacked_weight(conv_weight(w, groups), cg * groups)
 
 
 class Conv2dToDevice(RewritePattern):
@@ -178,7 +204,7 @@ class Conv2dToDevice(RewritePattern):
             raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
         cols = im2col(rewriter, self.module, op, x, window_ids(op, (kh, kw)))
-        stacked = stacked_weight(conv_weight(w, op.attr("groups")), tensor(x).shape[1])
+        stacked = stacked_conv_weight(w, op.attr("groups"))
         b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
         value = rewriter.create_before(op, "ttir.matmul", [cols, b_value], [result]).result
         if len(op.operands) == 3:

@@ -295,6 +295,12 @@ def verify_embedding(op: Operation) -> None:
     if tensor(op.result.type).element_type != table.element_type and not (
             table.encoding is not None and tensor(op.result.type).element_type.is_float):
         raise VerifyError("the result has the table's element type")
+    if op.attributes.get("im2col") and op.attr("im2col"):
+        if indices.rank != 2:
+            raise VerifyError(f"im2col indices are [positions, rows], not {_dims(indices.shape)}")
+        positions, rows = indices.shape
+        _expect_shape(op, (rows, positions * table.shape[1]), "the rows of each position side by side")
+        return
     _expect_shape(op, (*indices.shape, table.shape[1]), "one table row per index")
 
 
@@ -423,8 +429,12 @@ def _fold_gather(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
 def _fold_embedding(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     table, indices = arrays
     if op.attr("pad_negative"):
-        return np.where((indices >= 0)[..., None], table[np.maximum(indices, 0)], 0).astype(table.dtype)
-    return table[np.where(indices < 0, indices + table.shape[0], indices)]
+        rows = np.where((indices >= 0)[..., None], table[np.maximum(indices, 0)], 0).astype(table.dtype)
+    else:
+        rows = table[np.where(indices < 0, indices + table.shape[0], indices)]
+    if op.attr("im2col"):  # [positions, M, width] -> [M, positions * width]
+        return np.ascontiguousarray(rows.transpose(1, 0, 2).reshape(rows.shape[1], -1))
+    return rows
 
 
 def _reduce_fold(fn: Callable[..., np.ndarray]):
@@ -570,9 +580,11 @@ GATHER = OpDef("ttir.gather", "np.take(data, indices, axis) with ONNX's negative
                traits=PURE, verify=verify_gather, fold=_fold_gather)
 EMBEDDING = OpDef("ttir.embedding", "table[indices]: one row of a 2-D table per index (a Gather along axis 0); "
                   "the device reads the rows by index and tilizes them. With `pad_negative` a negative index "
-                  "gives a zero row (convolution padding) instead of counting from the end",
+                  "gives a zero row (convolution padding) instead of counting from the end; with `im2col` the "
+                  "indices are [positions, M] and the result [M, positions * width] (the rows looked up for "
+                  "each position side by side: a convolution's im2col matrix)",
                   operands=(Operand("table"), Operand("indices")),
-                  attributes=(Attr("pad_negative", BoolAttr, False),), traits=PURE, verify=verify_embedding,
+                  attributes=(Attr("pad_negative", BoolAttr, False), Attr("im2col", BoolAttr, False)), traits=PURE, verify=verify_embedding,
                   fold=_fold_embedding)
 REDUCE_SUM = reduction("reduce_sum", "Sum over `axes`", np.sum)
 REDUCE_MEAN = reduction("reduce_mean", "Mean over `axes`", np.mean)
