@@ -237,6 +237,17 @@ def pack_tiles(tiles: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
     return faces.view(np.uint8).reshape(*lead, fmt.tile_bytes)
 
 
+def _unpack_bf16(data: np.ndarray) -> np.ndarray:
+    """bf16 tiles -> float32 tiles: each value's 16 bits become the top half of a float32; the faces are
+    put in tile order by the same copy (the emulator unpacks every CB operand through here)."""
+    lead = data.shape[:-1]
+    halves = np.ascontiguousarray(data).view("<u2").reshape(*lead, 2, 2, FACE, FACE)  # [..., fi, fj, r, c]
+    bits = np.empty((*lead, TILE, TILE), dtype=np.uint32)
+    bits.reshape(*lead, 2, FACE, 2, FACE)[...] = halves.swapaxes(-3, -2)
+    bits <<= np.uint32(16)
+    return bits.view(np.float32)
+
+
 def unpack_tiles(data: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
     """uint8 [..., fmt.tile_bytes] -> tiles [..., 32, 32]: float32 values (int32 for Int32)."""
     fmt = DataFormat.parse(fmt)
@@ -245,16 +256,12 @@ def unpack_tiles(data: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
         raise ValueError(f"{fmt} tiles are {fmt.tile_bytes} bytes, got last dim {data.shape[-1]}")
     if fmt.is_block_float:
         return _unpack_bfp(data, fmt.code_bits)
-    lead = data.shape[:-1]
-    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", DataFormat.INT32: "<i4"}[fmt]
-    vals = np.ascontiguousarray(data).view(dtype).reshape(*lead, TILE_ELEMS)
     if fmt is DataFormat.BFLOAT16:
-        vals = (vals.astype(np.uint32) << 16).view(np.float32)
-    elif fmt is DataFormat.FLOAT32:
-        vals = vals.astype(np.float32)
-    else:
-        vals = vals.astype(np.int32)
-    return faces_to_tiles(vals)
+        return _unpack_bf16(data)
+    lead = data.shape[:-1]
+    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.INT32: "<i4"}[fmt]
+    vals = np.ascontiguousarray(data).view(dtype).reshape(*lead, TILE_ELEMS)
+    return faces_to_tiles(vals.astype(np.float32 if fmt is DataFormat.FLOAT32 else np.int32))
 
 
 def quantize(x: np.ndarray, fmt: DataFormat | str) -> np.ndarray:

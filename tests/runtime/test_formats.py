@@ -187,6 +187,16 @@ def test_bf16_pack_unpack_exact_for_bf16_values(raw):
     assert np.array_equal(bits(F.quantize(x, "bf16")), bits(x))
 
 
+def test_bf16_unpack_is_the_upper_half_in_face_order():
+    """Every one of the 65536 bf16 bit patterns (NaN payloads too), 64 tiles with leading dims: value (i, j)
+    of a tile is the word at its face offset, moved to the top half of a float32."""
+    words = np.arange(1 << 16, dtype="<u2").reshape(4, 16, 1024)
+    tiles = F.unpack_tiles(words.view(np.uint8), "bf16")
+    assert tiles.shape == (4, 16, 32, 32) and tiles.dtype == np.float32
+    expected = F.faces_to_tiles(words.astype(np.uint32) << 16)
+    assert np.array_equal(bits(tiles), expected)
+
+
 @settings(max_examples=30, deadline=None)
 @given(arrays(np.float32, (2, 32, 32), elements=st.floats(width=32, allow_nan=False)))
 def test_f32_pack_unpack_exact(x):
