@@ -184,15 +184,19 @@ def gelu(ctx: NodeContext) -> Value:
 
 
 @converter("Dropout", since=13)
-def dropout(ctx: NodeContext) -> Value:
-    """Inference: the identity (training_mode must not be a true constant; the mask must be unused)."""
-    if ctx.output_used(1):
-        raise ctx.error("the mask output of Dropout is used; ttc imports inference-mode Dropout only")
+def dropout(ctx: NodeContext) -> Value | list[Value]:
+    """Inference (training_mode a false constant, or a ratio of 0): the identity, and a mask of all true
+    (a constant) when it is used."""
     if ctx.has_input(2):
         training = ctx.input_constant(2)
-        if training is None or bool(training):
-            raise ctx.error("training_mode is not a false constant; ttc imports inference-mode Dropout only")
-    return ctx.input(0)
+        ratio = ctx.input_constant(1) if ctx.has_input(1) else np.float32(0.5)
+        if training is None or (bool(training) and (ratio is None or float(ratio) != 0.0)):
+            raise ctx.error("training_mode is not a false constant (and the ratio not 0); ttc imports "
+                            "inference-mode Dropout only")
+    x = ctx.input(0)
+    if not ctx.output_used(1):
+        return x
+    return [x, ctx.constant(np.ones(_tensor(x).shape, dtype=np.bool_), ctx.node.output[1])]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -254,7 +254,13 @@ def mean(ctx: NodeContext) -> Value:
 def log_softmax(ctx: NodeContext) -> Value:
     e, x = Emitter(ctx), _float_input(ctx)
     axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
-    return e.sub(x, e.log_sum_exp(x, [axis], keepdims=True))
+    return _log_softmax(e, x, axis)
+
+
+def _log_softmax(e: Emitter, x: Value, axis: int) -> Value:
+    """(x - max) - log(sum(exp(x - max))): the shift once, so large inputs do not cancel in bf16."""
+    shifted = e.sub(x, e.reduce("max", x, [axis], True))
+    return e.sub(shifted, e.unary("log", e.reduce("sum", e.unary("exp", shifted), [axis], True)))
 
 
 def _reduce_axes(ctx: NodeContext, axes_input: bool) -> tuple[list[int] | None, bool]:
@@ -424,6 +430,9 @@ def attention(ctx: NodeContext) -> list[Value]:
     if three_d:
         y = e.reshape(e.transpose(y, (0, 2, 1, 3)), (batch, q_len, q_heads * _tensor(v).shape[3]))
     mode = ctx.attr("qk_matmul_output_mode") or 0
+    if mode == 2 and bias is not None:  # masked positions read -inf, as the reference's bias has them
+        masked = e.compare("lt", bias, e.const(FULLY_MASKED, q))
+        with_bias = e.where(masked, e.const(-np.inf, q), with_bias)
     qk = {0: scores, 1: scores, 2: with_bias, 3: probs}.get(mode)
     if qk is None:
         raise ctx.error(f"qk_matmul_output_mode {mode} is not one of 0..3")
@@ -508,7 +517,7 @@ def nll_loss(ctx: NodeContext) -> Value:
 def softmax_cross_entropy(ctx: NodeContext) -> list[Value]:
     """NLL of log_softmax over the classes (axis 1); the log-probabilities are the optional 2nd output."""
     e, scores = Emitter(ctx), _float_input(ctx)
-    log_probs = e.sub(scores, e.log_sum_exp(scores, [1], keepdims=True))
+    log_probs = _log_softmax(e, scores, 1)
     loss = _nll(ctx, e, log_probs, ctx.input(1), ctx.input(2) if ctx.has_input(2) else None)
     return [loss, log_probs]
 
@@ -534,3 +543,183 @@ def gather_rows(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Val
     unflat = e.reshape(rows, (*index_shape, *others))
     perm = (*(k + i for i in range(axis)), *range(k), *(k + axis + j for j in range(len(dims) - 1 - axis)))
     return e.transpose(unflat, perm)
+
+
+# ----------------------------------------------------------------------------------------------
+# SFPU functions: rounding, trigonometry, IsInf, and what composes from them
+
+SFPU_UNARY = {"Floor": "floor", "Ceil": "ceil", "Round": "round", "Sin": "sin", "Cos": "cos", "Tan": "tan",
+              "Asin": "asin", "Acos": "acos", "Atan": "atan", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh"}
+
+
+def _sfpu_unary(fn: str):
+    def convert(ctx: NodeContext) -> Value:
+        return Emitter(ctx).unary(fn, _float_input(ctx))
+
+    return convert
+
+
+for _op_type, _fn in SFPU_UNARY.items():
+    converter(_op_type, since=6)(_sfpu_unary(_fn))
+
+
+@converter("IsInf", since=10)
+def is_inf(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    infinite = ctx.create("ttir.isinf", [x], _tensor(x).with_element_type(I1))
+    positive, negative = ctx.attr("detect_positive"), ctx.attr("detect_negative")
+    if positive and negative:
+        return infinite
+    if not positive and not negative:
+        return e.compare("ne", x, x)  # never true for an infinity: all false
+    sign = e.compare("gt" if positive else "lt", x, e.const(0.0, x))
+    return ctx.create("ttir.logical_and", [infinite, sign], _tensor(infinite))
+
+
+@converter("Mod", since=13)
+def mod(ctx: NodeContext) -> Value:
+    """Float Mod (integers are host ops): fmod = 1 is x - trunc(x / y) * y (C's fmod), fmod = 0 is
+    x - floor(x / y) * y (the divisor's sign, as Python's %)."""
+    e, x, y = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
+    quotient = e.unary("trunc" if ctx.attr("fmod") else "floor", e.div(x, y))
+    return e.sub(x, e.mul(quotient, y))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scans as products with triangular constants, normalisations, depth <-> space
+
+
+def _along_last(e: Emitter, x: Value, axis: int, fn) -> Value:
+    """fn applied with `axis` moved last (a transpose there and back)."""
+    rank = _tensor(x).rank
+    perm = list(range(rank))
+    perm[axis], perm[-1] = perm[-1], perm[axis]
+    return e.transpose(fn(e.transpose(x, perm)), perm)
+
+
+def _prefix_matrix(n: int, exclusive: bool, reverse: bool) -> np.ndarray:
+    """U with (x @ U)[j] = the sum of x[i] over the prefix (suffix when reverse) of j."""
+    i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+    keep = (i >= j if reverse else i <= j) & ((i != j) if exclusive else True)
+    return keep.astype(np.float32)
+
+
+@converter("CumSum", since=14)
+def cumsum(ctx: NodeContext) -> Value:
+    """Float prefix sums along `axis`: a product with a 0/1 triangular matrix (integers are host ops)."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    axes = constant_ints(ctx, 1, "axis") or [0]
+    axis = _axis(ctx, axes[0], _tensor(x).rank)
+    n = _tensor(x).shape[axis]
+    weights = _prefix_matrix(n, bool(ctx.attr("exclusive")), bool(ctx.attr("reverse")))
+    if _tensor(x).rank == 1:
+        return e.reshape(e.matmul(e.reshape(x, (1, n)), e.const(weights, x)), (n,))
+    return _along_last(e, x, axis, lambda moved: e.matmul(moved, e.const(weights, x)))
+
+
+@converter("Hardmax", since=13)
+def hardmax(ctx: NodeContext) -> Value:
+    """1 at the first maximum along `axis`: the maxima (x == max), of which the one whose running count
+    (a prefix-sum product) is 1."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
+    n = _tensor(x).shape[axis]
+
+    def first_maximum(moved: Value) -> Value:
+        last = _tensor(moved).rank - 1
+        peak = e.cast(e.compare("eq", moved, e.reduce("max", moved, [last], True)), _tensor(x).element_type)
+        count = e.matmul(peak, e.const(_prefix_matrix(n, False, False), x))
+        first = e.mul(peak, e.cast(e.compare("eq", count, e.const(1.0, x)), _tensor(x).element_type))
+        return first
+
+    if _tensor(x).rank == 1:
+        return e.reshape(first_maximum(e.reshape(x, (1, n))), (n,))
+    return _along_last(e, x, axis, first_maximum)
+
+
+@converter("LpNormalization", since=1)
+def lp_normalization(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), _float_input(ctx)
+    axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
+    p = ctx.attr("p")
+    if p == 2:
+        return e.mul(x, e.unary("rsqrt", e.reduce("sum", e.mul(x, x), [axis], True)))
+    if p == 1:
+        return e.div(x, e.reduce("sum", e.unary("abs", x), [axis], True))
+    raise ctx.error(f"p = {p}: LpNormalization takes p = 1 or 2")
+
+
+@converter("DepthToSpace", since=13)
+def depth_to_space(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), ctx.input(0)
+    n, c, h, w = _tensor(x).shape
+    b = ctx.attr("blocksize")
+    if ctx.attr("mode") == "CRD":
+        moved = e.transpose(e.reshape(x, (n, c // (b * b), b, b, h, w)), (0, 1, 4, 2, 5, 3))
+    else:
+        moved = e.transpose(e.reshape(x, (n, b, b, c // (b * b), h, w)), (0, 3, 4, 1, 5, 2))
+    return e.reshape(moved, (n, c // (b * b), h * b, w * b))
+
+
+@converter("SpaceToDepth", since=13)
+def space_to_depth(ctx: NodeContext) -> Value:
+    e, x = Emitter(ctx), ctx.input(0)
+    n, c, h, w = _tensor(x).shape
+    b = ctx.attr("blocksize")
+    perm = (0, 1, 3, 5, 2, 4) if ctx.attr("mode") == "CRD" else (0, 3, 5, 1, 2, 4)
+    moved = e.transpose(e.reshape(x, (n, c, h // b, b, w // b, b)), perm)
+    return e.reshape(moved, (n, c * b * b, h // b, w // b))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary position embedding (opset 23)
+
+
+def _slice_last(ctx: NodeContext, x: Value, begin: int, end: int, step: int = 1) -> Value:
+    from ttc.frontend.converters import emit_slice
+
+    shape = _tensor(x).shape
+    begins, ends, steps = [0] * len(shape), list(shape), [1] * len(shape)
+    begins[-1], ends[-1], steps[-1] = begin, end, step
+    return emit_slice(ctx, x, begins, ends, steps)
+
+
+@converter("RotaryEmbedding", since=23)
+def rotary_embedding(ctx: NodeContext) -> Value:
+    """x rotated pairwise by the cached angles: halves (or interleaved pairs) x1, x2 of the first
+    rotary_embedding_dim features become x1 cos - x2 sin and x1 sin + x2 cos. The caches are looked up by
+    position_ids (a row lookup) or given per [batch, seq]."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    cos, sin = ctx.input(1), ctx.input(2)
+    if ctx.has_input(3):
+        cos = gather_rows(ctx, cos, ctx.input(3), 0)
+        sin = gather_rows(ctx, sin, ctx.input(3), 0)
+    shape = _tensor(x).shape
+    if len(shape) == 3:
+        heads = ctx.attr("num_heads")
+        if not heads:
+            raise ctx.error("a 3-D input needs num_heads")
+        work = e.reshape(x, (shape[0], shape[1], heads, shape[2] // heads))
+        angles = (shape[0], shape[1], 1)
+    else:
+        work = x
+        angles = (shape[0], 1, shape[2])
+    head = _tensor(work).shape[-1]
+    rotary = ctx.attr("rotary_embedding_dim") or head
+    half = rotary // 2
+    cos, sin = e.reshape(cos, (*angles, half)), e.reshape(sin, (*angles, half))
+    if ctx.attr("interleaved"):
+        x1, x2 = _slice_last(ctx, work, 0, rotary, 2), _slice_last(ctx, work, 1, rotary, 2)
+    else:
+        x1, x2 = _slice_last(ctx, work, 0, half), _slice_last(ctx, work, half, rotary)
+    real = e.sub(e.mul(cos, x1), e.mul(sin, x2))
+    imag = e.add(e.mul(sin, x1), e.mul(cos, x2))
+    if ctx.attr("interleaved"):
+        pair_shape = (*_tensor(real).shape, 1)
+        pairs = _concat(ctx, [e.reshape(real, pair_shape), e.reshape(imag, pair_shape)], len(pair_shape) - 1)
+        rotated = e.reshape(pairs, (*_tensor(real).shape[:-1], rotary))
+    else:
+        rotated = _concat(ctx, [real, imag], _tensor(real).rank - 1)
+    if rotary < head:
+        rotated = _concat(ctx, [rotated, _slice_last(ctx, work, rotary, head)], _tensor(real).rank - 1)
+    return e.reshape(rotated, shape)

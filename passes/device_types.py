@@ -232,7 +232,8 @@ class IntegerRanges:
         return attr.to_array() if isinstance(attr, DenseAttr) else np.asarray(self.module.weights[attr.name])
 
 
-MOVES = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat"})
+MOVES = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat",
+                   "ttir.embedding"})  # copies (an embedding: rows of its table, e.g. a movement's row lookup)
 
 
 COMPARES = frozenset({"ttir.eq", "ttir.ne", "ttir.lt", "ttir.le", "ttir.gt", "ttir.ge"})
@@ -261,7 +262,11 @@ def only_zero_tested(value: Value, ranges: IntegerRanges | None = None) -> bool:
             continue
         if user.name == "ttir.typecast" and tensor(user.result).element_type.is_float:
             continue
-        if user.name in MOVES and all(only_zero_tested(result, ranges) for result in user.results):
+        if user.name in MOVES and (index == 0 or user.name == "ttir.concat") and \
+                all(only_zero_tested(result, ranges) for result in user.results):
+            continue
+        if user.name == "ttir.to_layout" and user.result.type.encoding is not None and \
+                only_zero_tested(user.result, ranges):  # untilized into rows on the device
             continue
         if user.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
             continue
@@ -291,7 +296,7 @@ def compile_time_integers(func: Function) -> set[int]:
         if op.name != "ttir.embedding":
             continue
         ids = op.operands[1]
-        if isinstance(ids, OpResult) and ids.op.name != CONSTANT:
+        if isinstance(ids, OpResult) and ids.op.name not in (CONSTANT, HOST_COMPUTE):
             raise UserError(f"node '{node_name(op)}': the table lookup's indices are computed by "
                             f"'{ids.op.name}' ({node_name(ids.op)}); ttc looks rows up by indices that are a "
                             "graph input (token ids), so they reach the device exactly as int32")
@@ -317,7 +322,7 @@ def check_integers(module: Module, func: Function, skip: set[int]) -> None:
             if op.name == "ttir.typecast" and tensor(op.operands[0]).element_type.is_float:
                 raise UserError(f"node '{node_name(op)}': a float -> integer conversion (truncation) has no "
                                 "device kernel")
-            copies = op.name in MOVES or op.name == "ttir.typecast"  # exact whatever the values
+            copies = op.name in MOVES or op.name in ("ttir.typecast", "ttir.to_layout")  # exact whatever the values
             check_exact(value, ranges, f"node '{node_name(op)}'", copies)
     for index, arg in enumerate(func.args):
         if is_int(arg) and id(arg) not in skip:
@@ -342,8 +347,8 @@ def check_exact(value: Value, ranges: IntegerRanges, where: str, copied: bool) -
 def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewriter) -> None:
     """Booleans and integers computed in the body become f32; typecasts that became identities go."""
     for op in list(func.body.ops):
-        if op.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
-            continue
+        if op.name in (RETURN_OP, HOST_COMPUTE) or (op.name == "ttir.to_layout" and op.result.type.encoding is None):
+            continue  # (a to_layout with an encoding: an untilize on the device, made by `movement`)
         changed = False
         for result in op.results:
             t = result.type

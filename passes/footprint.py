@@ -510,13 +510,16 @@ def cb(index: int, element_type: ScalarType, pages: int, page: int | None = None
 UNARY_SFPU = {"ttir.relu": "relu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh", "ttir.exp": "exp",
               "ttir.erf": "erf", "ttir.sqrt": "sqrt", "ttir.rsqrt": "rsqrt", "ttir.neg": "neg",
               "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log", "ttir.abs": "abs",
-              "ttir.isnan": "isnan"}
+              "ttir.isnan": "isnan", "ttir.isinf": "isinf",
+              **{f"ttir.{fn}": fn for fn in ("floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
+                                             "atan", "asinh", "acosh", "atanh")}}
 FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
 # A comparison is the sign test of lhs - rhs (exact for bf16 operands: distinct values never differ by 0).
 COMPARE_SFPU = {"ttir.eq": "eqz", "ttir.ne": "nez", "ttir.lt": "ltz", "ttir.le": "lez", "ttir.gt": "gtz",
                 "ttir.ge": "gez"}
 ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "gelu_tanh", "mul_scalar", "square",
-                             "abs", "isnan", "nez", "ltz", "gtz", "where_nez"})
+                             "abs", "isnan", "nez", "ltz", "gtz", "where_nez", "isinf", "floor", "ceil", "trunc",
+                             "round", "sin", "tan", "asin", "atan", "asinh", "atanh"})
 
 
 def keeps_zero(fn: str, param: float) -> bool:

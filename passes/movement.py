@@ -386,8 +386,7 @@ class RowGather(RewritePattern):
                                                {"value": WeightAttr(name)}).result
             piece_type = result.with_shape((*shape_out[:-1], g))
             pieces.append(rewriter.create_before(op, "ttir.embedding", [table, ids_value], [piece_type]).result)
-        joined = pieces[0] if len(pieces) == 1 else rewriter.create_before(
-            op, "ttir.concat", pieces, [result.with_shape(shape_out)], {"axis": len(shape_out) - 1}).result
+        joined = concat_tree(rewriter, op, pieces, len(shape_out) - 1)
         if shape_out != result.shape:
             joined = rewriter.create_before(op, "ttir.reshape", [joined], [result]).result
         rewriter.replace_op(op, [joined])
@@ -395,6 +394,24 @@ class RowGather(RewritePattern):
 
 
 MAX_SEGMENT_BLOCKS = 64  # column blocks of the input, and segment columns of the output
+CONCAT_FAN_IN = 8  # an unaligned concat is a fused sum of its inputs' placements: a few at a time
+
+
+def concat_tree(rewriter: PatternRewriter, op: Operation, pieces: list[Value], axis: int) -> Value:
+    """pieces concatenated along `axis`, at most CONCAT_FAN_IN at a time (a tree of concats)."""
+    while len(pieces) > 1:
+        groups = [pieces[i:i + CONCAT_FAN_IN] for i in range(0, len(pieces), CONCAT_FAN_IN)]
+        joined = []
+        for group in groups:
+            if len(group) == 1:
+                joined.append(group[0])
+                continue
+            shape = list(tensor(group[0]).shape)
+            shape[axis] = sum(tensor(v).shape[axis] for v in group)
+            joined.append(rewriter.create_before(op, "ttir.concat", group, [tensor(group[0]).with_shape(tuple(shape))],
+                                                 {"axis": axis}).result)
+        pieces = joined
+    return pieces[0]
 
 
 def segment_plan(in_shape: tuple[int, ...], steps: tuple) -> tuple[int, np.ndarray] | None:

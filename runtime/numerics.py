@@ -477,6 +477,22 @@ SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "gtz": lambda x: (x > 0).astype(np.float64),
     "gez": lambda x: (x >= 0).astype(np.float64),
     "isnan": lambda x: np.isnan(x).astype(np.float64),
+    "isinf": lambda x: np.isinf(x).astype(np.float64),
+    # Rounding (tt-metal's floor/ceil/trunc/round tiles; round is half to even, as ONNX Round).
+    "floor": np.floor,
+    "ceil": np.ceil,
+    "trunc": np.trunc,
+    "round": np.rint,
+    # Trigonometric and hyperbolic functions (tt-metal's sin/cos/tan/asin/acos/atan... tiles).
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "asin": np.arcsin,
+    "acos": np.arccos,
+    "atan": np.arctan,
+    "asinh": np.arcsinh,
+    "acosh": np.arccosh,
+    "atanh": np.arctanh,
 }
 
 

@@ -495,6 +495,20 @@ GELU = OpDef("ttir.gelu", "x * Phi(x): the erf form, or its tanh approximation w
              operands=(Operand("input"),), attributes=(Attr("approximate", enum_attr("none", "tanh"), "none"),),
              traits=ELEMENTWISE, verify=verify_unary, fold=_fold_gelu)
 ABS = unary("abs", "|x|", np.abs)
+FLOOR = unary("floor", "Round down to an integer", np.floor)
+CEIL = unary("ceil", "Round up to an integer", np.ceil)
+TRUNC = unary("trunc", "Round toward zero to an integer", np.trunc)
+ROUND = unary("round", "Round to the nearest integer, halves to even (ONNX Round)", np.rint)
+SIN = unary("sin", "Sine", np.sin)
+COS = unary("cos", "Cosine", np.cos)
+TAN = unary("tan", "Tangent", np.tan)
+ASIN = unary("asin", "Arcsine", np.arcsin)
+ACOS = unary("acos", "Arccosine", np.arccos)
+ATAN = unary("atan", "Arctangent", np.arctan)
+ASINH = unary("asinh", "Inverse hyperbolic sine", np.arcsinh)
+ACOSH = unary("acosh", "Inverse hyperbolic cosine", np.arccosh)
+ATANH = unary("atanh", "Inverse hyperbolic tangent", np.arctanh)
+ROUNDING_AND_TRIG = [FLOOR, CEIL, TRUNC, ROUND, SIN, COS, TAN, ASIN, ACOS, ATAN, ASINH, ACOSH, ATANH]
 
 MATMUL = OpDef(
     "ttir.matmul", "Matrix product with numpy batching; optional transposes of the last two dims",
@@ -556,6 +570,8 @@ LOGICAL_XOR = logical("logical_xor", "a xor b on i1 tensors", np.logical_xor)
 LOGICAL_NOT = logical("logical_not", "not a on an i1 tensor", np.logical_not, arity=1)
 ISNAN = OpDef("ttir.isnan", "x != x (i1)", operands=(Operand("input"),), traits=ELEMENTWISE, verify=verify_isnan,
               fold=lambda arrays, op: np.isnan(arrays[0]))
+ISINF = OpDef("ttir.isinf", "|x| == inf (i1)", operands=(Operand("input"),), traits=ELEMENTWISE, verify=verify_isnan,
+              fold=lambda arrays, op: np.isinf(arrays[0]))
 WHERE = OpDef("ttir.where", "cond ? x : y, the three broadcast numpy-style",
               operands=(Operand("cond"), Operand("x"), Operand("y")), traits=BROADCAST, verify=verify_where,
               fold=_fold_where)
@@ -711,7 +727,7 @@ POOL2D = OpDef(
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
-         NEG, RECIPROCAL, GELU, ABS, EQ, NE, LT, LE, GT, GE, LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
+         NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, ISINF, EQ, NE, LT, LE, GT, GE, LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D],
 ).register()

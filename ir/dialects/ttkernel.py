@@ -53,7 +53,8 @@ AddrGen = dialect_type("ttkernel", "addrgen")
 SFPU_FUNCTIONS = ("exp", "recip", "sqrt", "rsqrt", "sigmoid", "tanh", "gelu", "gelu_tanh", "erf", "relu",
                   "neg", "log", "square", "abs", "eqz", "nez", "ltz", "lez", "gtz", "gez", "isnan",
                   "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar", "where_nez",
-                  "where_eqz")
+                  "where_eqz", "isinf", "floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
+                  "atan", "asinh", "acosh", "atanh")
 BINARY_FUNCTIONS = ("add", "sub", "mul")
 BROADCASTS = ("none", "row", "col", "scalar")
 

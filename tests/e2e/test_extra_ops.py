@@ -1,0 +1,135 @@
+"""Golden tests of the composed converters (`frontend/converters_extra.py`), the segment movements and the
+explicit host ops, beyond the ONNX node tests: odd shapes, broadcasting, other axes. Every case compiles,
+runs on the emulated device and is compared with onnxruntime (`check`: floats by PCC and relative L2,
+integers and booleans exactly) with the stated number of host ops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_transformer_ops import BOOL, I64, Graph, check
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Celu", {"alpha": 1.3}), ("Softplus", {}), ("Softsign", {}),
+    ("Mish", {}), ("ThresholdedRelu", {"alpha": 0.4}), ("Sign", {}), ("Shrink", {"lambd": 0.5, "bias": 0.2}),
+    ("Sinh", {}), ("Cosh", {}), ("Sin", {}), ("Cos", {}), ("Atan", {}), ("Asinh", {}),
+])
+def test_unary_compositions_on_odd_shapes(op: str, attrs: dict) -> None:
+    g = Graph()
+    x = g.input("x", (3, 37, 41))
+    g.output(g.node(op, [x], **attrs))
+    check(g)
+
+
+@pytest.mark.parametrize("op", ["Floor", "Ceil", "Round"])
+def test_rounding_of_values_bf16_holds(op: str) -> None:
+    g = Graph()  # eighths and a half-way case or two: exact in bf16, so rounding sees what the host sees
+    values = np.random.default_rng(5).integers(-160, 160, (3, 37, 41)) / 8.0
+    x = g.input("x", (3, 37, 41), values=values)
+    g.output(g.node(op, [x]))
+    check(g)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_log_softmax_and_hardmax_along_each_axis(axis: int) -> None:
+    g = Graph()  # values exact in bf16, so ties (the first maximum wins) are the host's ties
+    values = np.random.default_rng(6).integers(0, 32, (5, 33, 7)) / 4.0
+    x = g.input("x", (5, 33, 7), values=values)
+    g.output(g.node("LogSoftmax", [x], axis=axis))
+    g.output(g.node("Hardmax", [x], axis=axis))
+    check(g)
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ReduceMin"])
+@pytest.mark.parametrize("axes, keepdims", [([1], 1), ([0, 2], 0)])
+def test_composed_reductions(op: str, axes: list[int], keepdims: int) -> None:
+    g = Graph()
+    x = g.input("x", (4, 35, 6))
+    g.output(g.node(op, [x, g.const(axes, np.int64)], keepdims=keepdims))
+    check(g)
+
+
+def test_layer_norm_statistics_and_rms_norm() -> None:
+    g = Graph()
+    x = g.input("x", (2, 5, 40))
+    scale = g.const(np.linspace(0.5, 1.5, 40))
+    y, mean, inv_std = g.node("LayerNormalization", [x, scale, g.const(np.full(40, 0.1))], outputs=3, axis=-1)
+    for name in (y, mean, inv_std):
+        g.output(name)
+    g.output(g.node("RMSNormalization", [x, scale], axis=-1))
+    check(g, opset=23)
+
+
+def test_cumsum_reverse_exclusive_along_a_middle_axis() -> None:
+    g = Graph()
+    x = g.input("x", (3, 40, 5))
+    g.output(g.node("CumSum", [x, g.const(1, np.int64)], reverse=1, exclusive=1))
+    check(g)
+
+
+@pytest.mark.parametrize("shape, heads, kv_heads, causal", [((2, 5, 24), 3, 3, 0), ((1, 7, 32), 4, 2, 1)])
+def test_attention_on_three_dimensional_inputs(shape, heads: int, kv_heads: int, causal: int) -> None:
+    g = Graph()
+    q = g.input("q", shape)
+    kv_shape = (shape[0], shape[1] + 2, shape[2] // heads * kv_heads)
+    k, v = g.input("k", kv_shape), g.input("v", kv_shape)
+    g.output(g.node("Attention", [q, k, v], q_num_heads=heads, kv_num_heads=kv_heads, is_causal=causal))
+    check(g, opset=23)
+
+
+def test_head_split_and_merge_move_segments_of_rows() -> None:
+    g = Graph()
+    x = g.input("x", (2, 9, 24))
+    heads = g.node("Transpose", [g.node("Reshape", [x, g.const([2, 9, 3, 8], np.int64)])], perm=[0, 2, 1, 3])
+    g.output(heads)
+    merged = g.node("Reshape", [g.node("Transpose", [heads], perm=[0, 2, 1, 3]), g.const([2, 9, 24], np.int64)])
+    g.output(g.node("Add", [merged, x]))
+    g.output(g.node("Transpose", [x], perm=[0, 2, 1]))
+    check(g)
+
+
+def test_losses_with_ignored_labels() -> None:
+    g = Graph()
+    scores = g.input("scores", (6, 5, 3))
+    labels = np.array([[0, 4, 3], [2, 1, 1], [3, 3, 1], [1, 0, 2], [4, 4, 4], [2, 1, 0]])
+    target = g.input("target", (6, 3), I64, labels)
+    g.output(g.node("SoftmaxCrossEntropyLoss", [scores, target], reduction="mean", ignore_index=1))
+    g.output(g.node("NegativeLogLikelihoodLoss", [scores, target, g.const(np.linspace(0.5, 2, 5))],
+                    reduction="none"))
+    check(g)
+
+
+def test_gather_of_computed_rows_by_token_ids() -> None:
+    g = Graph()
+    x = g.input("x", (7, 3, 40))
+    ids = g.input("ids", (2, 5), I64, np.array([[0, 6, -1, 3, 3], [2, 1, 0, 5, 4]]))
+    g.output(g.node("Gather", [g.node("Relu", [x]), ids], axis=0))
+    g.output(g.node("Gather", [x, ids], axis=2))
+    check(g)
+
+
+def test_integer_ops_run_on_the_host_and_feed_the_device() -> None:
+    g = Graph()
+    a = g.input("a", (3, 40), I64, np.random.default_rng(1).integers(-10**9, 10**9, (3, 40)))
+    b = g.input("b", (3, 40), I64, np.random.default_rng(2).integers(1, 1000, (3, 40)))
+    x = g.input("x", (3, 40))
+    remainder = g.node("Mod", [a, b])
+    g.output(remainder, I64)
+    g.output(g.node("Less", [a, b]), BOOL)
+    g.output(g.node("Mul", [x, g.node("Cast", [remainder], to=1)]))  # host integers, converted on the device
+    g.output(g.node("ArgMax", [x], axis=1, keepdims=0), I64)
+    compiled = check(g, host_ops=3)
+    ops = sorted(op.attr("op_type") for op in compiled.module.walk() if op.name == "ttmetal.host_compute")
+    assert ops == ["ArgMax", "Less", "Mod"]
+
+
+def test_small_integers_stay_on_the_device() -> None:
+    g = Graph()
+    mask = g.input("mask", (4, 33), BOOL)
+    ones = g.node("Cast", [mask], to=7)  # int64 in [0, 1]
+    g.output(g.node("Add", [ones, ones]), I64)
+    g.output(g.node("Equal", [g.input("ids", (4, 33), I64, np.arange(132).reshape(4, 33) * 997), g.const(0, np.int64)]),
+             BOOL)
+    check(g)
