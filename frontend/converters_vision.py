@@ -262,3 +262,219 @@ def lrn(ctx: NodeContext) -> Value:
                        matrix.type)
     return from_channels_last(ctx, ctx.create("ttir.mul", [matrix, power], matrix.type), n, h, w)
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel lookups: Pad and Resize read whole sticks of the channels-last matrix by a constant table
+
+
+def pixel_lookup(ctx: NodeContext, x: Value, ids: np.ndarray, out_hw: tuple[int, int], name: str) -> Value:
+    """NCHW x -> NCHW [N, C, OH, OW] whose pixel m is x's pixel ids[m] (-1: zeros), as a row lookup of the
+    channels-last matrix."""
+    n, c = _tensor(x).shape[:2]
+    matrix = to_channels_last(ctx, x)
+    index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.{name}")
+    looked = ctx.create("ttir.embedding", [matrix, index], _tensor(x).with_shape((ids.size, c)),
+                        {"pad_negative": True})
+    return from_channels_last(ctx, looked, n, *out_hw)
+
+
+def pixel_ids(n: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Flat input pixel of (y, x) per image, -1 where either is -1; [N * len(ys) * len(xs)]."""
+    inside = (ys[:, None] >= 0) & (xs[None, :] >= 0)
+    local = np.where(inside, ys[:, None] * w + xs[None, :], -1).reshape(-1)
+    batch = np.arange(n)[:, None] * h * w
+    return np.where(local[None, :] >= 0, local[None, :] + batch, -1).reshape(-1)
+
+
+def _pad_axis(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    positions = np.arange(-before, size + after)
+    if mode == "reflect":
+        period = 2 * (size - 1) if size > 1 else 1
+        folded = np.abs(positions) % period
+        return np.where(folded >= size, period - folded, folded)
+    if mode == "edge":
+        return np.clip(positions, 0, size - 1)
+    return np.where((positions >= 0) & (positions < size), positions, -1)
+
+
+@converter("Pad", since=11)
+def pad(ctx: NodeContext) -> Value:
+    """Padding of H and W (constant zero, reflect or edge) as a pixel lookup; other dims must not be padded."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    pads = ctx.input_constant(1)
+    if pads is None or len(shape) != 4:
+        raise ctx.error("Pad is supported on NCHW inputs with constant pads")
+    pads = [int(p) for p in pads]
+    if ctx.has_input(3):
+        raise ctx.error("Pad with axes is not supported")
+    mode = ctx.attr("mode") or "constant"
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "constant" and ctx.has_input(2):
+        value = ctx.input_constant(2)
+        if value is None or float(np.asarray(value).reshape(-1)[0]) != 0.0:
+            raise ctx.error("Pad with a constant other than a constant zero is not supported")
+    if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        raise ctx.error("only non-negative padding of H and W (the last two dims) is supported")
+    n, _, h, w = shape
+    ys = _pad_axis(h, pads[2], pads[6], mode)
+    xs = _pad_axis(w, pads[3], pads[7], mode)
+    return pixel_lookup(ctx, x, pixel_ids(n, h, w, ys, xs), (len(ys), len(xs)), "pad_index")
+
+
+def _text(value: str | bytes | None, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _source_coordinates(ctx: NodeContext, size: int, out: int, scale: float, mode: str) -> np.ndarray:
+    """Input coordinate of each output position along one axis (ONNX Resize's coordinate transformation)."""
+    x = np.arange(out, dtype=np.float64)
+    if mode == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out)
+    if mode == "align_corners":
+        return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + 0.5) / scale
+    raise ctx.error(f"coordinate_transformation_mode '{mode}' is not supported")
+
+
+def _nearest(ctx: NodeContext, coords: np.ndarray, size: int, mode: str) -> np.ndarray:
+    rounded = {"round_prefer_floor": np.ceil(coords - 0.5), "round_prefer_ceil": np.floor(coords + 0.5),
+               "floor": np.floor(coords), "ceil": np.ceil(coords)}.get(mode)
+    if rounded is None:
+        raise ctx.error(f"nearest_mode '{mode}' is not supported")
+    return np.clip(rounded, 0, size - 1).astype(np.int64)
+
+
+@converter("Resize", since=11)
+def resize(ctx: NodeContext) -> Value:
+    """Nearest or (bi)linear resizing of H and W as pixel lookups: nearest is one lookup; linear four, each
+    scaled by its constant per-pixel weight and summed."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    if len(shape) != 4:
+        raise ctx.error("Resize is supported on NCHW inputs")
+    n, c, _h, _w = shape
+    if ctx.attr("antialias") or ctx.attr("axes") is not None or \
+            _text(ctx.attr("keep_aspect_ratio_policy"), "stretch") != "stretch":
+        raise ctx.error("Resize with antialias, axes or a keep_aspect_ratio_policy is not supported")
+    scales = ctx.input_constant(2) if ctx.has_input(2) else None
+    sizes = ctx.input_constant(3) if ctx.has_input(3) else None
+    if any(v is not None and np.asarray(v).size not in (0, 4) for v in (scales, sizes)):
+        raise ctx.error("Resize needs scales or sizes for all four dims")
+    if sizes is not None and np.asarray(sizes).size:
+        out = [int(v) for v in sizes]
+        factors = [o / i for o, i in zip(out, shape, strict=True)]
+    elif scales is not None and np.asarray(scales).size:
+        factors = [float(v) for v in scales]
+        out = [int(np.floor(i * f)) for i, f in zip(shape, factors, strict=True)]
+    else:
+        raise ctx.error("Resize needs constant scales or sizes")
+    if len(out) != 4 or out[:2] != [n, c]:
+        raise ctx.error("only resizing of H and W is supported")
+    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"),
+                    _text(ctx.attr("coordinate_transformation_mode"), "half_pixel"),
+                    _text(ctx.attr("nearest_mode"), "round_prefer_floor"))
+
+
+@converter("Upsample", since=9)
+def upsample(ctx: NodeContext) -> Value:
+    """Opset 9's Upsample: Resize with asymmetric coordinates, nearest rounding down."""
+    x = ctx.input(0)
+    scales = ctx.input_constant(1)
+    if scales is None or _tensor(x).rank != 4:
+        raise ctx.error("Upsample is supported on NCHW inputs with constant scales")
+    factors = [float(v) for v in scales]
+    out = [int(np.floor(i * f)) for i, f in zip(_tensor(x).shape, factors, strict=True)]
+    if out[:2] != list(_tensor(x).shape[:2]):
+        raise ctx.error("only upsampling of H and W is supported")
+    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"), "asymmetric", "floor")
+
+
+def resample(ctx: NodeContext, x: Value, out: list[int], factors: list[float], mode: str, transform: str,
+             nearest_mode: str) -> Value:
+    n, c, h, w = _tensor(x).shape
+    ys = _source_coordinates(ctx, h, out[2], factors[2], transform)
+    xs = _source_coordinates(ctx, w, out[3], factors[3], transform)
+    if mode == "nearest":
+        ids = pixel_ids(n, h, w, _nearest(ctx, ys, h, nearest_mode), _nearest(ctx, xs, w, nearest_mode))
+        return pixel_lookup(ctx, x, ids, (out[2], out[3]), "resize_index")
+    if mode != "linear":
+        raise ctx.error(f"Resize mode '{mode}' is not supported (nearest, linear)")
+    ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy, wx = ys - y0, xs - x0
+    matrix = to_channels_last(ctx, x)
+    total = None
+    corners = [(y0, 1 - wy, x0, 1 - wx), (y0, 1 - wy, x1, wx), (y1, wy, x0, 1 - wx), (y1, wy, x1, wx)]
+    for k, (yi, fy, xi, fx) in enumerate(corners):
+        weights = np.tile((fy[:, None] * fx[None, :]).reshape(-1), n)[:, None].astype(np.float32)
+        if not weights.any():
+            continue
+        index = ctx.constant(pixel_ids(n, h, w, yi, xi).astype(np.int32), f"{ctx.node.output[0]}.corner{k}")
+        looked = ctx.create("ttir.embedding", [matrix, index], _tensor(x).with_shape((weights.size, c)),
+                            {"pad_negative": True})
+        scaled = ctx.create("ttir.mul", [looked, ctx.constant(weights, f"{ctx.node.output[0]}.weight{k}")],
+                            looked.type)
+        total = scaled if total is None else ctx.create("ttir.add", [total, scaled], looked.type)
+    assert total is not None
+    return from_channels_last(ctx, total, n, out[2], out[3])
+
+
+@converter("ConvTranspose", since=11)
+def conv_transpose(ctx: NodeContext) -> Value:
+    """A convolution of the zero-stuffed input: the input's pixels spread `strides` apart and padded by
+    dilation * (kernel - 1) - pads (one pixel lookup, holes and padding read as zeros), then a stride-1
+    convolution with the kernel flipped and its channel axes swapped per group."""
+    x = ctx.input(0)
+    w = ctx.input_constant(1)
+    shape = _tensor(x).shape
+    if w is None or len(shape) != 4 or np.asarray(w).ndim != 4:
+        raise ctx.error("only 2-D transposed convolutions of NCHW inputs with a constant weight are supported")
+    w = np.asarray(w, np.float32)
+    n, _c, h, width = shape
+    cg, ocg, kh, kw = w.shape
+    groups = int(ctx.attr("group") or 1)
+    strides = _ints(ctx.attr("strides"), [1, 1])
+    dilations = _ints(ctx.attr("dilations"), [1, 1])
+    out_pad = _ints(ctx.attr("output_padding"), [0, 0])
+    if ctx.attr("output_shape"):
+        raise ctx.error("ConvTranspose with output_shape is not supported (give pads)")
+    auto_pad = ctx.attr("auto_pad") or "NOTSET"
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        pads = [0, 0, 0, 0]
+        for dim, (size, k) in enumerate(((h, kh), (width, kw))):
+            target = size * strides[dim] if auto_pad != "VALID" else None
+            full = (size - 1) * strides[dim] + out_pad[dim] + (k - 1) * dilations[dim] + 1
+            total = max(full - target, 0) if target is not None else 0
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    axes = []
+    for dim, (size, k) in enumerate(((h, kh), (width, kw))):
+        reach = dilations[dim] * (k - 1)
+        positions = np.arange(-(reach - pads[dim]), (size - 1) * strides[dim] + 1 + reach - pads[dim + 2]
+                              + out_pad[dim])
+        stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < size)
+        axes.append(np.where(stuffed, positions // strides[dim], -1))
+    spread = pixel_lookup(ctx, x, pixel_ids(n, h, width, axes[0], axes[1]), (len(axes[0]), len(axes[1])),
+                          "stuff_index")
+    flipped = w[:, :, ::-1, ::-1].reshape(groups, cg // groups, ocg, kh, kw).transpose(0, 2, 1, 3, 4)
+    weight = ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, kh, kw)),
+                          f"{ctx.node.output[0]}.conv_weight")
+    attrs = {"input_shape": (n, len(axes[0]), len(axes[1])), "strides": (1, 1), "pads": (0, 0, 0, 0),
+             "dilations": tuple(dilations)}
+    oh, ow = output_hw(attrs, (kh, kw))
+    operands = [to_channels_last(ctx, spread), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
+    result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
+                        {**attrs, "groups": groups})
+    return from_channels_last(ctx, result, n, oh, ow)

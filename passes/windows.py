@@ -42,7 +42,7 @@ from ttc.passes.movement import (
     tensor,
     weight,
 )
-from ttc.passes.rewriter import PatternRewriter, RewritePattern
+from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IDS_PER_PAGE = 2048
 MAX_IM2COL_IDS = 16384  # an im2col lookup reads one index page of M ids per kernel position
@@ -359,6 +359,40 @@ class ChannelLayoutEdge(RewritePattern):
         return True
 
 
+class PaddedLookupToDevice(RewritePattern):
+    """embedding {pad_negative} of a computed matrix by constant ids (Pad, Resize) -> untilize the matrix and
+    read the ids from a row-major int32 index buffer, as the window ops do."""
+
+    root = "ttir.embedding"
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        table, indices = op.operands
+        ids = constant_array(self.module, indices)
+        if not op.attr("pad_negative") or ids is None or tensor(indices).encoding is not None \
+                or defining_op(table, CONSTANT) is not None:
+            return rewriter.notify_match_failure(op, "not a padded lookup of a computed matrix by constant ids")
+        source = tensor(table)
+        rows = rewriter.create_before(op, "ttir.to_layout", [table], [source.with_encoding(ROW_MAJOR)]).result
+        flat = ids.astype(np.int32).reshape(-1)
+        page = ids_page(flat.size)
+        paged = flat.reshape(flat.size // page, page) if page < flat.size else flat
+        stem = node_name(op).strip("/").replace("/", ".") or "lookup"
+        name = self.module.add_weight(f"{stem}.row_index", paged)
+        index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
+                                       {"value": WeightAttr(name)}).result
+        result = tensor(op.result)
+        looked = rewriter.create_before(op, "ttir.embedding", [rows, index],
+                                        [result.with_shape((*paged.shape, source.shape[1]))],
+                                        {"pad_negative": True}).result
+        if tensor(looked).shape != result.shape:
+            looked = rewriter.create_before(op, "ttir.reshape", [looked], [result]).result
+        rewriter.replace_op(op, [looked])
+        return True
+
+
 def window_patterns(module: Module) -> list[RewritePattern]:
-    return [Conv2dToDevice(module), Pool2dToDevice(module),
+    return [Conv2dToDevice(module), Pool2dToDevice(module), PaddedLookupToDevice(module),
             ChannelLayoutEdge("ttir.reshape", module), ChannelLayoutEdge("ttir.transpose", module)]

@@ -183,3 +183,49 @@ def test_unsupported_op_names_the_node() -> None:
     model = model_of([node], {"x": (1, 2, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1))}, ["y"])
     with pytest.raises(UserError, match="/conv3d"):
         ttc.compile(model)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_pad(mode: str) -> None:
+    init = {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}
+    node = helper.make_node("Pad", ["x", "p"], ["y"], name="/pad", mode=mode)
+    check(model_of([node], {"x": (1, 3, 5, 6)}, init, ["y"]))
+
+
+@pytest.mark.parametrize(("mode", "transform", "scales"), [
+    ("nearest", "asymmetric", [1, 1, 2, 2]),
+    ("nearest", "half_pixel", [1, 1, 1.5, 2.5]),
+    ("linear", "half_pixel", [1, 1, 2, 2]),
+    ("linear", "align_corners", [1, 1, 1.7, 2.0]),
+    ("linear", "pytorch_half_pixel", [1, 1, 0.5, 0.6]),
+])
+def test_resize(mode: str, transform: str, scales: list[float]) -> None:
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="/resize", mode=mode,
+                            coordinate_transformation_mode=transform)
+    check(model_of([node], {"x": (1, 3, 5, 7)}, {"s": np.array(scales, np.float32)}, ["y"]))
+
+
+def test_upsample_opset_9() -> None:
+    node = helper.make_node("Upsample", ["x", "s"], ["y"], name="/up", mode="nearest")
+    check(model_of([node], {"x": (1, 3, 4, 5)}, {"s": np.array([1, 1, 2, 2], np.float32)}, ["y"], opset=9))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 4, 5, 5), (4, 6, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 4, 5, 6), (4, 3, 3, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}),
+    ((1, 4, 4, 4), (4, 2, 2, 2), {"strides": [2, 2], "group": 2}),
+    ((1, 3, 5, 5), (3, 5, 3, 3), {"dilations": [2, 2], "pads": [0, 1, 2, 0]}),
+    ((1, 2, 4, 4), (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+])
+def test_conv_transpose(x_shape, w_shape, attrs) -> None:
+    rng = np.random.default_rng(8)
+    init = {"w": rng.standard_normal(w_shape) * 0.3, "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1))}
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/convT", **attrs)
+    check(model_of([node], {"x": x_shape}, init, ["y"]))
+
+
+def test_dropout_opset_9_is_the_identity() -> None:
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/conv"),
+             helper.make_node("Dropout", ["c"], ["y", "mask"], name="/drop", ratio=0.5)]
+    check(model_of(nodes, {"x": (1, 4, 5, 5)}, {"w": rng.standard_normal((3, 4, 1, 1))}, ["y"], opset=9))
