@@ -26,6 +26,7 @@ rounding (`_accumulate_bf16`): the same bits either way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -515,13 +516,24 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0) -> np.ndarray:
 
     The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic.
     Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
+    The other forms are looked up in a table of their results for all bf16 inputs (`_sfpu_table`).
     """
+    if fn_name not in SFPU_SCALAR_FUNCTIONS:
+        return np.asarray(_sfpu_table(SFPU_FUNCTIONS[fn_name])[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
     with np.errstate(all="ignore"):
-        if fn_name in SFPU_SCALAR_FUNCTIONS:
-            y = SFPU_SCALAR_FUNCTIONS[fn_name](bf16_round(x), np.float32(param))
-        else:
-            y = SFPU_FUNCTIONS[fn_name](bf16_round(x).astype(np.float64))
+        y = SFPU_SCALAR_FUNCTIONS[fn_name](bf16_round(x), np.float32(param))
         y = np.asarray(y).astype(np.float32)
+    return bf16_round(y)
+
+
+@functools.cache
+def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """fn's SFPU result for each of the 65536 bf16 inputs, indexed by their bits: a unary SFPU function
+    of a bf16 value is a function of its 16 bits, so it is evaluated once per bit pattern (the same
+    float64 evaluation, float32 and bf16 roundings) and looked up after that."""
+    inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+    with np.errstate(all="ignore"):
+        y = np.asarray(fn(inputs.astype(np.float64))).astype(np.float32)
     return bf16_round(y)
 
 

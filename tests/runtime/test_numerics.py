@@ -392,3 +392,21 @@ def test_blocked_matmul_equals_the_chunk_by_chunk_model(monkeypatch, products, f
     want = chunk_by_chunk(np.broadcast_to(d64, (3, 64, 64)), N.bf16_round(x), np.broadcast_to(b[0], (3, 160, 64)),
                           fidelity)
     assert np.array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize("name", sorted(N.SFPU_FUNCTIONS))
+def test_sfpu_table_equals_evaluating_the_function(name):
+    """sfpu_unary looks unary SFPU results up in a table of all 65536 bf16 inputs: the same bits as
+    evaluating the function on the tile (float64, then float32, then bf16), for every bit pattern in a
+    shuffled tile layout (no dependence on position), NaN payloads included, and for float32 inputs that
+    are not bf16 values."""
+    rng = np.random.default_rng(3)
+    patterns = (rng.permutation(1 << 16).astype(np.uint32) << 16).view(np.float32).reshape(4, 16, 32, 32)
+    unrounded = rng.standard_normal((3, 32, 32)).astype(np.float32) * 4
+    for x in (patterns, unrounded):
+        with np.errstate(all="ignore"):
+            direct = N.SFPU_FUNCTIONS[name](N.bf16_round(x).astype(np.float64))
+            direct = N.bf16_round(np.asarray(direct).astype(np.float32))
+        got = N.sfpu_unary(x, name)
+        assert got.shape == x.shape and got.dtype == np.float32
+        assert np.array_equal(bits(got), bits(direct))
