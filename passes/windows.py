@@ -3,21 +3,26 @@
 Activations are the channels-last matrix [N*H*W, C] in tiles. A window op reads "sticks" (rows of C
 channels) of its input by a compile-time index table, as Tenstorrent's convolutions do:
 
-- the input is untilized once into a row-major buffer (a page per stick, `ttir.to_layout`);
-- one `ttir.embedding {pad_negative}` looks the sticks up by a constant int32 table [KK, M_out]
-  (KK kernel positions, M_out output pixels; -1 where the window lies in the padding, read as a zero
-  stick) and tilizes them: im2col as a row reader, KK matrices [M_out, C];
-- a convolution multiplies them by the weight: when C is a multiple of 32 the KK matrices are joined
-  along the channels (a tile-granular concat) into [M_out, KK*C] and multiplied once by the
-  [KK*C, OC] weight (one matmul; `fuse` adds bias and activation to it), otherwise each is multiplied
-  by its [C, OC] slice of the weight and the products are summed. Groups become a block-diagonal
-  weight; a depthwise convolution multiplies each position by its per-channel weight row instead.
-  A 1x1 stride-1 convolution without padding is the plain matmul of its input;
-- a max pool is the elementwise maximum of the KK matrices (a padding position reads a stick of its own
-  window instead, so it never wins); an average pool their sum times a constant per-pixel 1 / count.
+- the input's channels are widened to whole tiles (Cp, an exact selection matmul) when C is not a
+  multiple of 32, and the matrix is untilized once into a row-major buffer (a page per stick);
+- a convolution looks its im2col matrix up in one `ttir.embedding {im2col, pad_negative}`: a constant
+  int32 table [KK, M_out] (KK kernel positions, M_out output pixels; -1 where the window lies in the
+  padding, read as a zero stick); the reader fetches the sticks, compute tilizes them and the writer puts
+  position k's tiles at column k * Cp / 32 of the output tile row, so the result is the [M_out, KK * Cp]
+  matmul operand as it is read. One matmul by the stacked weight [KK * Cp, OC] follows (`fuse` adds the
+  bias and activation to it: conv + batch norm + relu is one device op). Groups (AlexNet's 2, depthwise,
+  ShuffleNet's grouped 1x1) become a block-diagonal stacked weight. A 1x1 stride-1 convolution without
+  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
+  the lookup and the product go by chunks of rows, joined along the rows after the product;
+- an average pool is the same matmul with stacked identities, times a constant per-pixel 1 / count
+  (count_include_pad either way, ceil_mode windows clipped);
+- a max pool is the elementwise maximum of one stick lookup per kernel position (a padding position reads
+  a stick of its own window instead, so it never wins).
 
-Large index tables are split into pages of at most `MAX_IDS_PER_PAGE` ids (multiples of 32, so the
-looked-up tiles regroup without moving data).
+Pad and Resize import as padded lookups of the channels-last matrix (`PaddedLookupToDevice`). The NCHW <->
+channels-last changes left at the graph edges become row lookups around a tile transpose
+(`ChannelLayoutEdge`). Index tables longer than `MAX_IDS_PER_PAGE` are split into pages (multiples of 32
+ids, so the looked-up tiles regroup without moving data).
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from ttc.passes.movement import (
     CONSTANT,
     ROW_MAJOR,
     constant_array,
-    create_slice,
     exact_matmul,
     node_name,
     tensor,
@@ -79,30 +83,17 @@ def ids_page(m: int) -> int:
     return best * 32
 
 
-def look_up_sticks(rewriter: PatternRewriter, module: Module, op: Operation, x: Value,
-                   ids: np.ndarray) -> Value:
-    """[KK, M_out, C]: the sticks of x (a [rows, C] matrix) at ids (-1: zero)."""
-    source = tensor(x)
-    positions, m = ids.shape
-    rows = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
-    page = ids_page(m)
-    paged = ids.reshape(positions, m // page, page).astype(np.int32)
-    stem = node_name(op).strip("/").replace("/", ".") or "window"
-    name = module.add_weight(f"{stem}.window_index", paged)
-    index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
-                                   {"value": WeightAttr(name)}).result
-    channels = source.shape[1]
-    looked = rewriter.create_before(op, "ttir.embedding", [rows, index], [source.with_shape((*paged.shape, channels))],
-                                    {"pad_negative": True}).result
-    return rewriter.create_before(op, "ttir.reshape", [looked], [source.with_shape((positions, m, channels))]).result
+def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
+    """x's sticks as a row-major buffer (a page per row)."""
+    return rewriter.create_before(op, "ttir.to_layout", [x], [tensor(x).with_encoding(ROW_MAJOR)]).result
 
 
-def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray) -> Value:
-    """[M_out, KK * Cp] in one lookup (`ttir.embedding {im2col}`): the sticks of kernel position k are written
-    at tile column k * Cp / 32 of each output tile row, the matmul operand as it is read."""
-    source = tensor(x)
+def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray) -> Value:
+    """[M_out, KK * Cp] in one lookup (`ttir.embedding {im2col}`) of the row-major sticks `rows`: the sticks of
+    kernel position k are written at tile column k * Cp / 32 of each output tile row, the matmul operand as it
+    is read."""
+    source = tensor(rows).with_encoding(None)
     positions, m = ids.shape
-    rows = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
     stem = node_name(op).strip("/").replace("/", ".") or "window"
     name = module.add_weight(f"{stem}.window_index", ids.astype(np.int32))
     index = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
@@ -112,11 +103,23 @@ def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: V
                                   {"pad_negative": True, "im2col": True}).result
 
 
-def position(rewriter: PatternRewriter, op: Operation, sticks: Value, k: int) -> Value:
-    """Kernel position k of the [KK, M, C] sticks as an [M, C] matrix."""
-    _positions, m, c = tensor(sticks).shape
-    piece = create_slice(rewriter, op, sticks, [k, 0, 0], [k + 1, m, c], [1, 1, 1])
-    return rewriter.create_before(op, "ttir.reshape", [piece], [tensor(sticks).with_shape((m, c))]).result
+def position_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray,
+                    k: int) -> Value:
+    """[M_out, C]: the sticks of kernel position k (ids [M_out], -1: zero) looked up in the row-major `rows`."""
+    source = tensor(rows).with_encoding(None)
+    m = ids.size
+    page = ids_page(m)
+    paged = ids.reshape(m // page, page) if page < m else ids
+    stem = node_name(op).strip("/").replace("/", ".") or "window"
+    name = module.add_weight(f"{stem}.window_index{k}", paged.astype(np.int32))
+    index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
+                                   {"value": WeightAttr(name)}).result
+    looked = rewriter.create_before(op, "ttir.embedding", [rows, index],
+                                    [source.with_shape((*paged.shape, source.shape[1]))],
+                                    {"pad_negative": True}).result
+    if page == m:
+        return looked
+    return rewriter.create_before(op, "ttir.reshape", [looked], [source.with_shape((m, source.shape[1]))]).result
 
 
 def combine(rewriter: PatternRewriter, op: Operation, kind: str, values: list[Value]) -> Value:
@@ -148,23 +151,28 @@ def padded_channels(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return exact_matmul(rewriter, op, x, select)
 
 
-def im2col(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray) -> Value:
-    """[M_out, KK * Cp]: for each output pixel the sticks of its KK kernel positions, channels padded to Cp."""
+def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
+                    b: Value, result: TensorType) -> Value:
+    """im2col(x) @ b: for each output pixel the sticks of its KK kernel positions (channels padded to Cp) times
+    the stacked weight [KK * Cp, OC]. Beyond MAX_IM2COL_IDS output pixels the lookup and the product go by
+    chunks of rows, joined after the product (tile rows: a tile-granular concat)."""
     x = padded_channels(rewriter, module, op, x)
     positions, m = ids.shape
-    if positions == 1 and (ids == np.arange(m)).all() and m == tensor(x).shape[0]:
-        return x
-    if positions > 1 and m <= MAX_IM2COL_IDS:
-        return im2col_lookup(rewriter, module, op, x, ids)
-    sticks = look_up_sticks(rewriter, module, op, x, ids)
-    if positions == 1:
-        return position(rewriter, op, sticks, 0)
-    width = tensor(x).shape[1]
-    # [KK, M, Cp] -> [M, KK * Cp]: output tile (r, k * Cp / 32 + j) is input tile (k, r, j), a tile gather
-    by_pixel = rewriter.create_before(op, "ttir.transpose", [sticks], [tensor(x).with_shape((m, positions, width))],
-                                      {"perm": (1, 0, 2)}).result
-    return rewriter.create_before(op, "ttir.reshape", [by_pixel],
-                                  [tensor(x).with_shape((m, positions * width))]).result
+    if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
+        return rewriter.create_before(op, "ttir.matmul", [x, b], [result]).result
+    rows = untilized(rewriter, op, x)
+    products = []
+    for start in range(0, m, MAX_IM2COL_IDS):
+        part = ids[:, start:start + MAX_IM2COL_IDS]
+        if positions == 1:
+            cols = position_lookup(rewriter, module, op, rows, part[0], start)
+        else:
+            cols = im2col_lookup(rewriter, module, op, rows, part)
+        products.append(rewriter.create_before(op, "ttir.matmul", [cols, b],
+                                               [result.with_shape((part.shape[1], result.shape[1]))]).result)
+    if len(products) == 1:
+        return products[0]
+    return rewriter.create_before(op, "ttir.concat", products, [result], {"axis": 0}).result
 
 
 def stacked_weight(dense: np.ndarray, channels: int) -> np.ndarray:
@@ -203,10 +211,9 @@ class Conv2dToDevice(RewritePattern):
         if kh * kw > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
-        cols = im2col(rewriter, self.module, op, x, window_ids(op, (kh, kw)))
         stacked = stacked_conv_weight(w, op.attr("groups"))
         b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-        value = rewriter.create_before(op, "ttir.matmul", [cols, b_value], [result]).result
+        value = windowed_matmul(rewriter, self.module, op, x, window_ids(op, (kh, kw)), b_value, result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])
@@ -250,18 +257,18 @@ class Pool2dToDevice(RewritePattern):
                 raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} max pool has more than "
                                 f"{MAX_MAX_POSITIONS} positions")
             first_valid = ids[np.argmax(ids >= 0, axis=0), np.arange(ids.shape[1])]
-            sticks = look_up_sticks(rewriter, self.module, op, x, np.where(ids >= 0, ids, first_valid[None, :]))
-            pieces = [position(rewriter, op, sticks, k) for k in range(positions)]
+            rows = untilized(rewriter, op, x)
+            ids = np.where(ids >= 0, ids, first_valid[None, :])
+            pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
             rewriter.replace_op(op, [combine(rewriter, op, "ttir.maximum", pieces)])
             return True
         if positions > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} pool has more than "
                             f"{MAX_POSITIONS} positions")
         c = tensor(x).shape[1]
-        cols = im2col(rewriter, self.module, op, x, ids)
         summed = stacked_weight(np.broadcast_to(np.eye(c, dtype=np.float32), (positions, c, c)), c)
-        value = rewriter.create_before(op, "ttir.matmul", [cols, weight(rewriter, self.module, op, "sum", summed,
-                                                                        result)], [result]).result
+        value = windowed_matmul(rewriter, self.module, op, x, ids,
+                                weight(rewriter, self.module, op, "sum", summed, result), result)
         divisors = pool_divisors(op, kernel)
         if np.all(divisors == divisors[0]):
             scale_type = TensorType((), result.element_type)
@@ -290,7 +297,7 @@ def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Valu
     table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
     stem = node_name(op).strip("/").replace("/", ".") or "rows"
     count = rows.size
-    page = ids_page(count)
+    page = ids_page(count) if rows.ndim == 1 else count
     if page < count:  # an index page per `page` rows, the looked-up tiles regrouped without moving
         rows = rows.reshape(count // page, page)
     name = module.add_weight(f"{stem}.row_index", rows.astype(np.int32))
