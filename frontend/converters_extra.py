@@ -723,3 +723,146 @@ def rotary_embedding(ctx: NodeContext) -> Value:
     if rotary < head:
         rotated = _concat(ctx, [rotated, _slice_last(ctx, work, rotary, head)], _tensor(real).rank - 1)
     return e.reshape(rotated, shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile, OneHot, Trilu, ReduceProd, Einsum
+
+
+def _concat_copies(ctx: NodeContext, pieces: list[Value], axis: int) -> Value:
+    """pieces concatenated along `axis`, eight at a time (an unaligned concat sums its placed inputs)."""
+    while len(pieces) > 1:
+        pieces = [group[0] if len(group) == 1 else _concat(ctx, group, axis)
+                  for group in (pieces[i:i + 8] for i in range(0, len(pieces), 8))]
+    return pieces[0]
+
+
+@converter("Tile", since=13)
+def tile(ctx: NodeContext) -> Value:
+    x = ctx.input(0)
+    repeats = constant_ints(ctx, 1, "repeats") or []
+    if len(repeats) != _tensor(x).rank or any(r < 1 for r in repeats):
+        raise ctx.error(f"repeats {repeats} do not give a positive count per dim of {list(_tensor(x).shape)}")
+    for axis, count in enumerate(repeats):
+        if count > 1:
+            x = _concat_copies(ctx, [x] * count, axis)
+    return x
+
+
+@converter("OneHot", since=11)
+def one_hot(ctx: NodeContext) -> Value:
+    """values[1] where the index (negative ones counted from depth) equals the position along `axis`,
+    values[0] elsewhere: a comparison with the positions, exact for indices of any size."""
+    e, indices = Emitter(ctx), ctx.input(0)
+    depth = constant_ints(ctx, 1, "depth")
+    values = ctx.input(2)
+    if not depth or not _tensor(values).element_type.is_float:
+        raise ctx.error("OneHot needs a constant depth and float values")
+    depth_n = int(depth[0])
+    if depth_n > 256:
+        raise ctx.error(f"depth {depth_n}: positions above 256 do not compare exactly in bf16")
+    rank = _tensor(indices).rank + 1
+    axis = _axis(ctx, ctx.attr("axis"), rank)
+    flat = e.cast(indices, _tensor(values).element_type)
+    wrapped = e.where(e.compare("lt", flat, e.const(0.0, flat)), e.add(flat, e.const(float(depth_n), flat)), flat)
+    shape = list(_tensor(indices).shape)
+    lifted = e.reshape(wrapped, (*shape[:axis], 1, *shape[axis:]))
+    positions_shape = [1] * rank
+    positions_shape[axis] = depth_n
+    hot = e.compare("eq", lifted, e.const(np.arange(depth_n).reshape(positions_shape), flat))
+    off, on = _slice_last(ctx, values, 0, 1), _slice_last(ctx, values, 1, 2)
+    return e.where(hot, on, off)
+
+
+@converter("Trilu", since=14)
+def trilu(ctx: NodeContext) -> Value:
+    """Float Trilu: a select by the constant triangle (integers are host ops)."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    k = (constant_ints(ctx, 1, "k") or [0])[0]
+    rows, cols = _tensor(x).shape[-2:]
+    keep = np.triu(np.ones((rows, cols), bool), k) if ctx.attr("upper") else np.tril(np.ones((rows, cols), bool), k)
+    mask = ctx.constant(keep, f"{ctx.node.output[0]}.triangle")
+    return e.where(mask, x, e.const(0.0, x))
+
+
+def _reduce_prod(e: Emitter, x: Value, axes: Sequence[int], keepdims: bool) -> Value:
+    """The product along each axis as a chain of elementwise products of its slices (exact bf16 products)."""
+    for axis in axes:
+        shape = _tensor(x).shape
+        slices = [_slice_axis(e.ctx, x, axis, i) for i in range(shape[axis])]
+        product = slices[0]
+        for other in slices[1:]:
+            product = e.mul(product, other)
+        x = product
+    return x if keepdims else e.reshape(x, tuple(d for i, d in enumerate(_tensor(x).shape) if i not in axes))
+
+
+def _slice_axis(ctx: NodeContext, x: Value, axis: int, index: int) -> Value:
+    from ttc.frontend.converters import emit_slice
+
+    shape = _tensor(x).shape
+    begins, ends = [0] * len(shape), list(shape)
+    begins[axis], ends[axis] = index, index + 1
+    return emit_slice(ctx, x, begins, ends, [1] * len(shape))
+
+
+def _reduce_prod_converter(axes_input: bool):
+    def convert(ctx: NodeContext) -> Value:
+        e, x = Emitter(ctx), _float_input(ctx)
+        axes, keepdims = _reduce_axes(ctx, axes_input)
+        if axes is None:
+            return x
+        if any(_tensor(x).shape[a] == 0 for a in axes):
+            raise ctx.error("a product over an empty dim (the result is all ones) is not supported")
+        if sum(_tensor(x).shape[a] for a in axes) > 64:
+            raise ctx.error("a product over more than 64 slices")
+        return _reduce_prod(e, x, axes, keepdims)
+
+    return convert
+
+
+converter("ReduceProd", since=13)(_reduce_prod_converter(axes_input=False))
+converter("ReduceProd", since=18)(_reduce_prod_converter(axes_input=True))
+
+
+@converter("Einsum", since=12)
+def einsum(ctx: NodeContext) -> Value:
+    """One or two operands without repeated indices in a term: indices only one operand has and the
+    output lacks are summed first; then the two operands become [batch, free, contracted] and
+    [batch, contracted, free] by transposes and reshapes, one batched matmul, and the output order."""
+    e = Emitter(ctx)
+    equation = ctx.attr("equation").replace(" ", "")
+    inputs_part, _, output = equation.partition("->")
+    terms = inputs_part.split(",")
+    operands = [_float_input(ctx, i) for i in range(len(terms))]
+    if "..." in equation or len(terms) > 2 or any(len(set(t)) != len(t) for t in terms):
+        raise ctx.error(f"equation '{equation}': ttc converts one or two operands without ellipsis or repeated "
+                        "indices")
+    if not _:
+        output = "".join(sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1))
+    reduced = []
+    for position, (term, x) in enumerate(zip(terms, operands, strict=True)):
+        others = "".join(t for i, t in enumerate(terms) if i != position) + output
+        axes = [i for i, c in enumerate(term) if c not in others]
+        if axes:
+            x = e.reduce("sum", x, axes, False)
+            term = "".join(c for c in term if c in others)
+        reduced.append((term, x))
+    if len(reduced) == 1:
+        term, x = reduced[0]
+        return e.transpose(x, [term.index(c) for c in output]) if term != output else x
+    (ta, a), (tb, b) = reduced
+    sizes = {c: _tensor(a).shape[i] for i, c in enumerate(ta)} | {c: _tensor(b).shape[i] for i, c in enumerate(tb)}
+    batch = [c for c in ta if c in tb and c in output]
+    contract = [c for c in ta if c in tb and c not in output]
+    free_a = [c for c in ta if c not in tb]
+    free_b = [c for c in tb if c not in ta]
+    size = lambda chars: math.prod(sizes[c] for c in chars)  # noqa: E731
+    a2 = e.reshape(e.transpose(a, [ta.index(c) for c in batch + free_a + contract]),
+                   (size(batch), size(free_a), size(contract)))
+    b2 = e.reshape(e.transpose(b, [tb.index(c) for c in batch + contract + free_b]),
+                   (size(batch), size(contract), size(free_b)))
+    product = e.matmul(a2, b2)
+    order = batch + free_a + free_b
+    unflat = e.reshape(product, tuple(sizes[c] for c in order))
+    return e.transpose(unflat, [order.index(c) for c in output])

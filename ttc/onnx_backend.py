@@ -11,7 +11,7 @@ distinct set of input shapes). Outputs come back in the dtype the model declares
 floats in bf16 (or Bfp8_b), and they are returned as float32 for float32 outputs (float16, bfloat16
 and float64 outputs are cast to their own dtype); integer and boolean outputs keep their dtype.
 
-Shape parameters: ttc compiles static programs, so an integer graph input that only feeds shape
+Shape parameters: ttc compiles static programs, so a numeric graph input that only feeds shape
 parameters (a Reshape's shape, Slice's starts/ends/axes/steps, the axes of Squeeze/Unsqueeze and the
 reductions, Split's split, Expand's and Tile's shapes, Pad's pads, ...) is specialised: `run` compiles
 the model with that input's fed value as a constant, once per distinct value, exactly as if the model
@@ -62,9 +62,9 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
 
 
 def shape_parameter_inputs(model: onnx.ModelProto, candidates: Sequence[onnx.ValueInfoProto]) -> list[str]:
-    """The integer graph inputs whose every use is a shape-parameter position."""
-    integer = {v.name for v in candidates
-               if helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).kind in "iu"}
+    """The numeric graph inputs whose every use is a shape-parameter position."""
+    integer = {v.name for v in candidates  # numbers: Resize's scales and OneHot's depth may be floats
+               if helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).kind in "iuf"}
     uses: dict[str, list[bool]] = {name: [] for name in integer}
     for node in model.graph.node:
         positions = SHAPE_PARAMETERS.get(node.op_type, frozenset())

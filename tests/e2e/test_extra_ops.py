@@ -133,3 +133,41 @@ def test_small_integers_stay_on_the_device() -> None:
     g.output(g.node("Equal", [g.input("ids", (4, 33), I64, np.arange(132).reshape(4, 33) * 997), g.const(0, np.int64)]),
              BOOL)
     check(g)
+
+
+def test_tile_trilu_and_products() -> None:
+    g = Graph()
+    x = g.input("x", (3, 5, 7))
+    g.output(g.node("Tile", [x, g.const([1, 2, 3], np.int64)]))
+    g.output(g.node("Trilu", [x, g.const(1, np.int64)], upper=1))
+    g.output(g.node("ReduceProd", [x, g.const([1, 2], np.int64)], keepdims=0))
+    check(g)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bij,bjk->bik", [(2, 3, 5), (2, 5, 4)]), ("ij->ji", [(3, 40)]), ("bhqd,bhkd->bhqk", [(1, 2, 5, 8), (1, 2, 6, 8)]),
+    ("i,j->ij", [(5,), (7,)]), ("ij,ij->i", [(4, 9), (4, 9)]),
+])
+def test_einsum_forms(equation: str, shapes: list) -> None:
+    g = Graph()
+    names = [g.input(f"x{i}", shape) for i, shape in enumerate(shapes)]
+    g.output(g.node("Einsum", names, equation=equation))
+    check(g)
+
+
+def test_one_hot_of_labels_with_negative_and_large_indices() -> None:
+    g = Graph()
+    ids = g.input("ids", (3, 4), I64, np.array([[0, 3, -1, 9], [5, -4, 2, 1000], [7, 7, 0, -300]]))
+    g.output(g.node("OneHot", [ids, g.const(8, np.int64), g.const([-1.0, 2.0])], axis=1))
+    check(g)
+
+
+def test_rotary_embedding_by_position_ids() -> None:
+    g = Graph()
+    x = g.input("x", (2, 3, 6, 8))
+    positions = g.input("pos", (2, 6), I64, np.array([[0, 1, 2, 3, 4, 5], [9, 3, 0, 1, 7, 2]]))
+    angles = np.arange(10)[:, None] * np.linspace(0.1, 1.0, 4)[None, :]
+    cos, sin = g.const(np.cos(angles)), g.const(np.sin(angles))
+    g.output(g.node("RotaryEmbedding", [x, cos, sin, positions]))
+    g.output(g.node("RotaryEmbedding", [x, cos, sin, positions], interleaved=1))
+    check(g, opset=23)
