@@ -229,3 +229,9 @@ def test_dropout_opset_9_is_the_identity() -> None:
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/conv"),
              helper.make_node("Dropout", ["c"], ["y", "mask"], name="/drop", ratio=0.5)]
     check(model_of(nodes, {"x": (1, 4, 5, 5)}, {"w": rng.standard_normal((3, 4, 1, 1))}, ["y"], opset=9))
+
+
+def test_large_convolution_goes_by_chunks_of_output_rows() -> None:
+    """130 x 130 output pixels: more than one im2col lookup holds (16384 ids), so the rows go in two chunks."""
+    compiled = check(conv_model((1, 8, 130, 130), (8, 8, 3, 3), pads=[1, 1, 1, 1]))
+    assert compiled.manifest["host_ops"] == 0
