@@ -262,6 +262,10 @@ class Pool2dToDevice(RewritePattern):
             pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
             rewriter.replace_op(op, [combine(rewriter, op, "ttir.maximum", pieces)])
             return True
+        n, h, w = op.attr("input_shape")
+        if tuple(kernel) == (h, w) and not any(op.attr("pads")) and result.shape[0] == n:
+            rewriter.replace_op(op, [self.global_mean(rewriter, op, x, n, h * w)])
+            return True
         if positions > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} pool has more than "
                             f"{MAX_POSITIONS} positions")
@@ -279,6 +283,17 @@ class Pool2dToDevice(RewritePattern):
         value = rewriter.create_before(op, "ttir.mul", [value, scale], [result]).result
         rewriter.replace_op(op, [value])
         return True
+
+    @staticmethod
+    def global_mean(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
+        """An average over the whole image (ResNet's 7x7 pool): the mean of each image's pixels, a reduction
+        along the rows of [N, H*W, C] rather than a product with stacked identities."""
+        like = tensor(x)
+        c = like.shape[1]
+        by_image = rewriter.create_before(op, "ttir.reshape", [x], [like.with_shape((n, pixels, c))]).result
+        mean = rewriter.create_before(op, "ttir.reduce_mean", [by_image], [like.with_shape((n, 1, c))],
+                                      {"axes": (1,), "keepdims": True}).result
+        return rewriter.create_before(op, "ttir.reshape", [mean], [tensor(op.result)]).result
 
 
 # ----------------------------------------------------------------------------------------------
