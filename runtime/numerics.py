@@ -78,8 +78,27 @@ _F32_MIN_NORMAL = 2.0**-126
 
 
 def _f64_to_bf16(v: np.ndarray) -> np.ndarray:
-    """Round float64 v once to bf16 (RNE), as float32."""
-    with np.errstate(over="ignore"):
+    """Round float64 v once to bf16 (RNE), as float32.
+
+    Fast path: Veltkamp's split rounds to the top 8 significant bits (see `_accumulate_bf16_normal`), and
+    the cast to float32 is then exact, or inf past bf16's range. That is bf16's rounding unless v is below
+    float32's normal range (the cast gives a subnormal) or is inf or NaN (the split gives NaN); then the
+    whole array takes `_round_bf16_f64`. (A value that rounds up to exactly 2**-126 gets the same bf16
+    either way, and one so small that the cast gives 0 rounds to 0 in bf16 too.)
+    """
+    v = np.atleast_1d(np.asarray(v, dtype=np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = v * _VELTKAMP_BF16
+        rounded = scaled - v
+        np.subtract(scaled, rounded, out=rounded)
+        out = rounded.astype(np.float32)
+        if not out.size:
+            return out
+        doubled = out.view(np.uint32) << np.uint32(1)  # magnitude bits, sign shifted out
+        if doubled.max() <= _INF_F32_DOUBLED:
+            np.subtract(doubled, np.uint32(1), out=doubled)  # zero wraps to the top
+            if doubled.min() >= _NORMAL_F32_DOUBLED - np.uint32(1):
+                return out
         return _round_bf16_f64(v).astype(np.float32)
 
 
@@ -243,6 +262,7 @@ _CHAIN_PRODUCTS = 1 << 17  # float64 chunk products per block (1 MiB): they stay
 _VELTKAMP_BF16 = np.float64(2.0**45 + 1)  # Veltkamp's splitter for the top 53 - 45 = 8 significant bits
 _TINY_F32_DOUBLED = np.uint32((127 - 103) << 24)  # float32 magnitude bits of 2**-103, shifted left once
 _INF_F32_DOUBLED = np.uint32(0xFF << 24)  # float32 magnitude bits of inf, shifted left once
+_NORMAL_F32_DOUBLED = np.uint32(1 << 24)  # float32 magnitude bits of 2**-126, shifted left once
 
 
 def _accumulate_bf16_block(out: np.ndarray, partials: np.ndarray, scratch: np.ndarray, dst_bound: float) -> None:
@@ -398,10 +418,28 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 
 def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
-    """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16."""
+    """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16.
+
+    Elementwise, so it runs over cache-sized blocks along the leading axis (the float64 temporaries of a
+    block stay in cache).
+    """
     fn = _BINARY[op]
-    with np.errstate(invalid="ignore", over="ignore"):  # IEEE results (inf * 0 = NaN) are the device's too
-        return _f64_to_bf16(fn(bf16_round(a).astype(np.float64), bf16_round(b).astype(np.float64)))
+    shape = np.broadcast_shapes(np.shape(a), np.shape(b))
+    if not shape:
+        with np.errstate(invalid="ignore", over="ignore"):  # IEEE results (inf * 0 = NaN) are the device's too
+            return _f64_to_bf16(fn(bf16_round(a).astype(np.float64), bf16_round(b).astype(np.float64)))
+    a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+    out = np.empty(shape, dtype=np.float32)
+    rows = max(1, _ELTWISE_BLOCK // max(1, math.prod(shape[1:])))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, shape[0], rows):
+            block = slice(start, start + rows)
+            exact = fn(bf16_round(a[block]).astype(np.float64), bf16_round(b[block]).astype(np.float64))
+            out[block] = _f64_to_bf16(exact).reshape(exact.shape)
+    return out
+
+
+_ELTWISE_BLOCK = 32768  # elements per block of an eltwise op
 
 
 # --------------------------------------------------------------------------- SFPU

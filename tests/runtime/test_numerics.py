@@ -410,3 +410,35 @@ def test_sfpu_table_equals_evaluating_the_function(name):
         got = N.sfpu_unary(x, name)
         assert got.shape == x.shape and got.dtype == np.float32
         assert np.array_equal(bits(got), bits(direct))
+
+
+def test_veltkamp_f64_to_bf16_equals_the_round_to_odd_reference():
+    """`_f64_to_bf16`'s fast path (Veltkamp split + exact cast) on arrays of ordinary values, and its fallback
+    for arrays holding a value below float32's normal range, inf or NaN (each tried alone and among
+    ordinary values), against `_f64_to_bf16_slow`."""
+    rng = np.random.default_rng(13)
+    ordinary = rng.standard_normal(100_000) * 10.0 ** rng.integers(-37, 38, 100_000)
+    grid = (rng.integers(0x0080, 0x7F80, 20_000).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    near_ties = grid * (1 + rng.choice([0.0, 2**-9, -(2**-9), 2**-30], grid.size))
+    fast = np.concatenate([ordinary, near_ties, [0.0, -0.0, 3.3895e38, 3.4e38, 1e300, 2.0**-126 - 2.0**-136]])
+    assert np.array_equal(bits(N._f64_to_bf16(fast)), bits(N._f64_to_bf16_slow(fast)))
+    for special in (np.inf, -np.inf, np.nan, 2.0**-127, 2.0**-126 - 2.0**-134, -1e-40, 1e-45, 1e-50):
+        for v in (np.array([special]), np.append(ordinary[:1000], special)):
+            got, want = N._f64_to_bf16(v), N._f64_to_bf16_slow(v)
+            assert np.array_equal(bits(got), bits(want)) or np.isnan(special), special
+            assert (np.isnan(got) == np.isnan(want)).all()
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_blocked_eltwise_equals_rounding_each_result(monkeypatch, op):
+    """eltwise_binary runs over blocks of the leading axis: the same bits as rounding each exact result once,
+    for broadcast operands (row, column, scalar) and across many blocks."""
+    monkeypatch.setattr(N, "_ELTWISE_BLOCK", 2048)
+    rng = np.random.default_rng(14)
+    a = N.bf16_round(rng.standard_normal((9, 3, 32, 32)) * 10.0 ** rng.integers(-20, 20, (9, 3, 32, 32)))
+    b = N.bf16_round(rng.standard_normal((9, 3, 32, 32)))
+    fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op]
+    for rhs in (b, b[..., 0:1, :], b[..., :, 0:1], b[..., 0:1, 0:1], np.float32(0.3)):
+        rounded = np.broadcast_to(N.bf16_round(rhs), a.shape).astype(np.float64)  # operands enter as bf16
+        want = N._f64_to_bf16_slow(fn(a.astype(np.float64), rounded))
+        assert np.array_equal(bits(N.eltwise_binary(a, rhs, op)), bits(want))
