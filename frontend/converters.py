@@ -209,6 +209,19 @@ def matmul(ctx: NodeContext) -> Value:
     shape = matmul_shape(_tensor(a).shape, _tensor(b).shape)
     if shape is None:
         raise ctx.error(f"cannot multiply shapes {_tensor(a).shape} and {_tensor(b).shape}")
+    if _tensor(b).rank == 1:  # a vector operand: numpy's rule, a column of b (a row of a) dropped after
+        column = _reshape_to(ctx, b, (_tensor(b).shape[0], 1))
+        a_matrix = _reshape_to(ctx, a, (1, _tensor(a).shape[0])) if _tensor(a).rank == 1 else a
+        product_shape = matmul_shape(_tensor(a_matrix).shape, (_tensor(b).shape[0], 1))
+        product = ctx.create("ttir.matmul", [a_matrix, column], _tensor(a).with_shape(product_shape))
+        return _reshape_to(ctx, product, shape)
+    if _tensor(a).rank == 1 and _tensor(b).rank > 2:  # a row vector by a batch: broadcast over the batch
+        batch = _tensor(b).shape[:-2]
+        row = _reshape_to(ctx, a, (*([1] * len(batch)), 1, _tensor(a).shape[0]))
+        if any(d != 1 for d in batch):
+            row = ctx.create("ttir.broadcast", [row], _tensor(a).with_shape((*batch, 1, _tensor(a).shape[0])))
+        product_shape = matmul_shape(_tensor(row).shape, _tensor(b).shape)
+        return _reshape_to(ctx, ctx.create("ttir.matmul", [row, b], _tensor(a).with_shape(product_shape)), shape)
     return ctx.create("ttir.matmul", [a, b], _tensor(a).with_shape(shape))
 
 
@@ -498,6 +511,10 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
 
     data = ctx.input(0)
     indices = ctx.input_constant(1)
+    if indices is None and ctx.node.op_type == "GatherElements" and _tensor(data).element_type.is_float:
+        from ttc.frontend.converters_extra import gather_elements_by_comparison
+
+        return gather_elements_by_comparison(ctx, data, ctx.input(1), _axis(ctx, ctx.attr("axis"), _tensor(data).rank))
     if indices is None:
         raise ctx.error(f"the indices '{ctx.node.input[1]}' are computed at run time; ttc runs "
                         f"{ctx.node.op_type} with constant indices only")

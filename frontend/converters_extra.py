@@ -359,8 +359,8 @@ def mean_variance_norm(ctx: NodeContext) -> Value:
 # ----------------------------------------------------------------------------------------------
 # Attention (opset 23): matmuls, softmax and additive masks
 
-MASKED = -1e9  # the additive bias of a masked position: exp(MASKED - max) is 0, and sums stay finite
-FULLY_MASKED = -1e8  # a row whose bias never rises above this attends to nothing (its output is 0)
+MASKED = -30000.0  # the bias of a masked position: exp(MASKED + score - max) is 0; finite in f16 and bf16
+FULLY_MASKED = -10000.0  # a row whose bias never rises above this attends to nothing (its output is 0)
 
 
 def _split_heads(e: Emitter, x: Value, heads: int) -> Value:
@@ -390,10 +390,8 @@ def attention(ctx: NodeContext) -> list[Value]:
     (present_key / present_value), and K/V heads repeat for grouped queries."""
     e = Emitter(ctx)
     q, k, v = _float_input(ctx, 0), _float_input(ctx, 1), _float_input(ctx, 2)
-    if ctx.has_input(6):
-        raise ctx.error("nonpad_kv_seqlen (per-batch key lengths, an integer input) is not supported")
-    if (ctx.attr("left_window_size") or -1) >= 0 or (ctx.attr("right_window_size") or -1) >= 0:
-        raise ctx.error("sliding-window attention is not supported")
+    if ctx.has_input(6) and ctx.has_input(4):
+        raise ctx.error("nonpad_kv_seqlen cannot be combined with past_key / past_value")
     three_d = _tensor(q).rank == 3
     if three_d:
         q_heads, kv_heads = ctx.attr("q_num_heads"), ctx.attr("kv_num_heads")
@@ -445,9 +443,58 @@ def _concat(ctx: NodeContext, values: list[Value], axis: int) -> Value:
     return ctx.create("ttir.concat", values, _tensor(values[0]).with_shape(tuple(shape)), {"axis": axis})
 
 
+def _window_attr(ctx: NodeContext, name: str) -> int:
+    value = ctx.attr(name)
+    return -1 if value is None else int(value)
+
+
 def _attention_bias(ctx: NodeContext, e: Emitter, q: Value, q_len: int, kv_len: int, past: int) -> Value | None:
-    """The additive bias of the mask (booleans: MASKED where false; padded to kv_len with MASKED) and the
-    causal rule (key j visible from query i when j <= i + past), or None without either."""
+    """The additive bias of the mask (booleans: MASKED where false; padded to kv_len with MASKED), the
+    causal rule (key j visible from query i when j <= i + offset) and the sliding window
+    (-right <= i + offset - j <= left), or None without any. The offset is the past length, or per batch
+    nonpad_kv_seqlen[b] - q_len, which also masks keys j >= nonpad_kv_seqlen[b]: those rules compare the
+    integer lengths with constants of small integers, exact on the device."""
+    if ctx.has_input(6):
+        return _nonpad_bias(ctx, e, q, q_len, kv_len, _mask_bias(ctx, e, q, kv_len))
+    bias = _mask_bias(ctx, e, q, kv_len)
+    if ctx.attr("is_causal"):
+        causal = e.const(_causal_bias(q_len, kv_len, past), q)
+        bias = causal if bias is None else e.add(bias, causal)
+    left, right = _window_attr(ctx, "left_window_size"), _window_attr(ctx, "right_window_size")
+    if left >= 0 or right >= 0:
+        diff = np.arange(q_len)[:, None] + past - np.arange(kv_len)[None, :]
+        allowed = ((diff <= left) | (left < 0)) & ((-diff <= right) | (right < 0))
+        window = e.const(np.where(allowed, 0.0, MASKED).astype(np.float32), q)
+        bias = window if bias is None else e.add(bias, window)
+    return bias
+
+
+def _nonpad_bias(ctx: NodeContext, e: Emitter, q: Value, q_len: int, kv_len: int, bias: Value | None) -> Value:
+    lengths = ctx.input(6)
+    batch = _tensor(lengths).shape[0]
+    # as floats (rounded, but never across the small integer bounds below) moved to [B, 1, 1, 1]
+    lengths = e.reshape(e.cast(lengths, _tensor(q).element_type), (batch, 1, 1, 1))
+    i, j = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
+
+    def rule(op: str, bound: np.ndarray) -> Value:  # lengths <op> bound[i, j], as 0 / MASKED
+        allowed = e.compare(op, lengths, e.const(bound.reshape(1, 1, *bound.shape), lengths))
+        return e.where(allowed, e.const(0.0, q), e.const(MASKED, q))
+
+    terms = [rule("gt", j + 0 * i)]  # key j is not padding
+    if ctx.attr("is_causal"):
+        terms.append(rule("ge", j - i + q_len))
+    left, right = _window_attr(ctx, "left_window_size"), _window_attr(ctx, "right_window_size")
+    if left >= 0:
+        terms.append(rule("le", left + q_len + j - i))
+    if right >= 0:
+        terms.append(rule("ge", j - i + q_len - right))
+    for term in terms:
+        bias = term if bias is None else e.add(bias, term)
+    assert bias is not None
+    return bias
+
+
+def _mask_bias(ctx: NodeContext, e: Emitter, q: Value, kv_len: int) -> Value | None:
     bias = None
     if ctx.has_input(3):
         mask = ctx.input(3)
@@ -460,9 +507,6 @@ def _attention_bias(ctx: NodeContext, e: Emitter, q: Value, q_len: int, kv_len: 
             fill = np.full((*_tensor(mask).shape[:-1], short), MASKED, _tensor(q).element_type.numpy_dtype())
             mask = _concat(ctx, [mask, e.const(fill, q)], _tensor(mask).rank - 1)
         bias = mask
-    if ctx.attr("is_causal"):
-        causal = e.const(_causal_bias(q_len, kv_len, past), q)
-        bias = causal if bias is None else e.add(bias, causal)
     return bias
 
 
@@ -866,3 +910,56 @@ def einsum(ctx: NodeContext) -> Value:
     order = batch + free_a + free_b
     unflat = e.reshape(product, tuple(sizes[c] for c in order))
     return e.transpose(unflat, [order.index(c) for c in output])
+
+
+def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Value:
+    """GatherElements by computed indices: along `axis` (moved last), each index compared with the
+    positions 0..D-1 (and -D..-1) selects its element and a sum over the positions collects it; exact, as
+    every sum holds one selected value and zeros, and the comparisons are exact for integers of any size."""
+    e = Emitter(ctx)
+    dims, index_dims = _tensor(data).shape, _tensor(indices).shape
+    size = dims[axis]
+    if size > 255:
+        raise ctx.error(f"a gather along a dim of {size} (positions above 255 do not compare exactly in bf16)")
+    if any(index_dims[k] > dims[k] for k in range(len(dims)) if k != axis):
+        raise ctx.error(f"indices {list(index_dims)} exceed the data {list(dims)} off the gathered axis")
+    from ttc.frontend.converters import emit_slice
+
+    ends = [index_dims[k] if k != axis else dims[k] for k in range(len(dims))]
+    data = emit_slice(ctx, data, [0] * len(dims), ends, [1] * len(dims))
+    last = len(dims) - 1
+    perm = list(range(len(dims)))
+    perm[axis], perm[last] = perm[last], perm[axis]
+    moved = e.transpose(data, perm)
+    positions = e.transpose(e.cast(indices, _tensor(data).element_type), perm)
+    lifted = e.reshape(positions, (*_tensor(positions).shape, 1))
+    spread = e.reshape(moved, (*_tensor(moved).shape[:-1], 1, size))
+    forward = e.compare("eq", lifted, e.const(np.arange(size, dtype=np.float32), lifted))
+    backward = e.compare("eq", lifted, e.const(np.arange(size, dtype=np.float32) - size, lifted))
+    hit = ctx.create("ttir.logical_or", [forward, backward], _tensor(forward))
+    picked = e.reduce("sum", e.where(hit, spread, e.const(0.0, data)), [last + 1], False)
+    return e.transpose(picked, perm)
+
+
+@converter("InstanceNormalization", since=6)
+def instance_norm(ctx: NodeContext) -> Value:
+    """Per sample and channel over the spatial dims, then the channel's scale and bias."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    rank = _tensor(x).rank
+    normed, _, _ = _normalize(e, x, range(2, rank), ctx.attr("epsilon"), center=True)
+    channel = (_tensor(x).shape[1], *([1] * (rank - 2)))
+    return e.add(e.mul(normed, e.reshape(ctx.input(1), channel)), e.reshape(ctx.input(2), channel))
+
+
+@converter("GroupNormalization", since=21)
+def group_norm(ctx: NodeContext) -> Value:
+    """Per sample and group of channels: the groups as a dim ([N, G, C/G * spatial]), normalised over it,
+    back to the input's shape, then per-channel scale and bias."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    shape = _tensor(x).shape
+    groups = ctx.attr("num_groups")
+    grouped = e.reshape(x, (shape[0], groups, math.prod(shape[1:]) // groups))
+    normed, _, _ = _normalize(e, grouped, [2], ctx.attr("epsilon"), center=True)
+    channel = (shape[1], *([1] * (len(shape) - 2)))
+    back = e.reshape(normed, shape)
+    return e.add(e.mul(back, e.reshape(ctx.input(1), channel)), e.reshape(ctx.input(2), channel))

@@ -171,3 +171,30 @@ def test_rotary_embedding_by_position_ids() -> None:
     g.output(g.node("RotaryEmbedding", [x, cos, sin, positions]))
     g.output(g.node("RotaryEmbedding", [x, cos, sin, positions], interleaved=1))
     check(g, opset=23)
+
+
+def test_attention_with_key_lengths_and_a_window() -> None:
+    g = Graph()
+    q, k, v = g.input("q", (2, 2, 3, 8)), g.input("k", (2, 2, 7, 8)), g.input("v", (2, 2, 7, 8))
+    lengths = g.input("lengths", (2,), I64, np.array([5, 7]))
+    g.output(g.node("Attention", [q, k, v, "", "", "", lengths], is_causal=1))
+    check(g, opset=24)
+
+
+def test_gather_elements_by_computed_indices_and_vector_matmuls() -> None:
+    g = Graph()
+    x = g.input("x", (4, 6, 5))
+    ids = g.input("ids", (4, 3, 5), I64, np.random.default_rng(4).integers(-6, 6, (4, 3, 5)))
+    g.output(g.node("GatherElements", [x, ids], axis=1))
+    row, matrix = g.input("row", (6,)), g.input("m", (3, 6, 5))
+    g.output(g.node("MatMul", [row, matrix]))
+    g.output(g.node("MatMul", [matrix, g.input("col", (5,))]))
+    check(g)
+
+
+def test_instance_normalization() -> None:
+    g = Graph()
+    x = g.input("x", (2, 4, 5, 7))
+    scale, bias = g.const(np.linspace(0.5, 2.0, 4)), g.const(np.linspace(-1.0, 1.0, 4))
+    g.output(g.node("InstanceNormalization", [x, scale, bias], epsilon=1e-5))
+    check(g)

@@ -123,10 +123,17 @@ def test_converter(name: str) -> None:
 
 
 def test_computed_indices_into_a_computed_tensor_are_a_gather() -> None:
+    node = helper.make_node("GatherND", ["x", "i"], ["y"], name="/ge")
+    model = make_model([node], [info("x", [3, 4]), info("i", [2, 1], I64)], [info("y", [2, 4])])
+    with pytest.raises(UserError, match=r"node '/ge' \(GatherND\): the indices 'i' are computed at run time"):
+        import_model(model)
+
+
+def test_gather_elements_by_computed_indices_compares_with_the_positions() -> None:
     node = helper.make_node("GatherElements", ["x", "i"], ["y"], name="/ge", axis=0)
     model = make_model([node], [info("x", [3, 4]), info("i", [2, 4], I64)], [info("y", [2, 4])])
-    with pytest.raises(UserError, match=r"node '/ge' \(GatherElements\): the indices 'i' are computed at run time"):
-        import_model(model)
+    names = [op.name for op in main_ops(import_model(model))]
+    assert names.count("ttir.eq") == 2 and "ttir.reduce_sum" in names
 
 
 # ----------------------------------------------------------------------------------------------
