@@ -286,6 +286,33 @@ def gather_map(in_shape: tuple[int, ...], steps: tuple[Step, ...]) -> Gather | s
     return gather_map_of_inputs((tuple(in_shape),), tuple(steps))
 
 
+def _row_concat(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | None:
+    """The tile map of a concat of matrices along their rows (every one but the last a whole number of tile
+    rows), found without the element-level map: each input's tiles follow the previous one's in order."""
+    if len(steps) != 1 or steps[0] != ("concat", (0,)) or any(len(shape) != 2 for shape in in_shapes):
+        return None
+    if len({shape[1] for shape in in_shapes}) != 1 or any(shape[0] % TILE for shape in in_shapes[:-1]):
+        return None
+    counts = [tile_shape(shape).tiles for shape in in_shapes]
+    source = np.concatenate([np.arange(count, dtype=np.int64) for count in counts])
+    inputs = np.concatenate([np.full(count, i, dtype=np.int64) for i, count in enumerate(counts)])
+    return Gather(source, False, inputs if len(in_shapes) > 1 else None)
+
+
+def _row_regroup(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | None:
+    """A reshape keeping the last dim that regroups whole tile rows (the rows of every matrix before and after
+    a multiple of 32, e.g. [B, P, C] -> [B * P, C]): the same tiles in the same order, without the
+    element-level map."""
+    if len(in_shapes) != 1 or len(steps) != 1 or steps[0][0] != "reshape":
+        return None
+    source, result = in_shapes[0], tuple(steps[0][1])
+    if len(source) < 2 or len(result) < 2 or source[-1] != result[-1]:
+        return None
+    if source[-2] % TILE or result[-2] % TILE:
+        return None
+    return Gather(np.arange(tile_shape(source).tiles, dtype=np.int64), False)
+
+
 @functools.lru_cache(maxsize=64)
 def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | str:
     """The tile gather doing `steps` on tensors of `in_shapes` (several only when the first step is a concat),
@@ -296,6 +323,9 @@ def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[St
     swapped ones (transpose), and both tiles hold the same number of real elements (so the padding
     of one is the padding of the other, and stays zero).
     """
+    quick = _row_concat(in_shapes, steps) or _row_regroup(in_shapes, steps)
+    if quick is not None:
+        return quick
     sizes = [math.prod(shape) for shape in in_shapes]
     starts = np.cumsum([0, *sizes])
     parts = [np.arange(start, start + size, dtype=np.int64).reshape(shape)
