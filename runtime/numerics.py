@@ -230,7 +230,7 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
              for left, right in _fidelity_terms(lhs, rhs, fidelity)]
     acc = np.empty((terms[0][0].shape[1], m, n))
     acc.reshape(dst.shape)[...] = dst
-    dst_bound = _dst_bound(acc)
+    dst_bound = _dst_bound(np.asarray(dst))
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
     scratch = np.empty(rows * n)
     for index, first, last in _row_blocks(len(acc), m, rows):
@@ -280,7 +280,18 @@ def _accumulate_bf16_block(out: np.ndarray, partials: np.ndarray, scratch: np.nd
 
 
 def _dst_bound(dst: np.ndarray) -> float:
-    """max |dst| when every element of Dst is a finite multiple of 2**-126 (see `_stays_normal`), else inf."""
+    """max |dst| when every element of Dst is a finite multiple of 2**-126 (see `_stays_normal`), else inf.
+
+    float32 Dst (the emulator's): from the bits, as for partials; a float32 that is 0 or at least 2**-103
+    is a multiple of 2**-126, and any other gives inf (conservative).
+    """
+    if dst.dtype == np.float32:
+        doubled = dst.view(np.uint32) << np.uint32(1)  # magnitude bits, sign shifted out
+        largest = doubled.max(initial=0)
+        np.subtract(doubled, np.uint32(1), out=doubled)  # zero wraps to the top
+        if largest >= _INF_F32_DOUBLED or doubled.min(initial=_INF_F32_DOUBLED) < _TINY_F32_DOUBLED - 1:
+            return math.inf
+        return float(np.array(largest >> np.uint32(1), dtype=np.uint32).view(np.float32))
     scaled = dst * 2.0**126
     if not np.array_equal(np.floor(scaled), scaled):  # NaN and inf fail here too
         return math.inf

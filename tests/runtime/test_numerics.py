@@ -378,7 +378,7 @@ def test_blocked_matmul_equals_the_chunk_by_chunk_model(monkeypatch, products, f
     dst = N.bf16_round(rng.standard_normal((3, 64, 64)))
     a[0, :4, :20] = 2.0**-70  # products below float32's normal range, in some blocks only
     a[1, 40:44] *= 2.0**125  # sums past bf16's range (to inf)
-    a[2, 9, 100], dst[2, 10, 10] = np.nan, 2.0**-125
+    a[2, 9, 100], dst[2, 10, 10] = np.nan, 2.0**-100
     want = chunk_by_chunk(dst, a, b, fidelity)
     for promise in (False, True):
         with np.errstate(all="ignore"):
@@ -442,3 +442,17 @@ def test_blocked_eltwise_equals_rounding_each_result(monkeypatch, op):
         rounded = np.broadcast_to(N.bf16_round(rhs), a.shape).astype(np.float64)  # operands enter as bf16
         want = N._f64_to_bf16_slow(fn(a.astype(np.float64), rounded))
         assert np.array_equal(bits(N.eltwise_binary(a, rhs, op)), bits(want))
+
+
+def test_dst_bound_of_float32_dst_from_its_bits():
+    """`_dst_bound` of a float32 Dst (from its bits) is max |Dst| where the float64 form proves the same
+    (values 0 or at least 2**-103), and inf for NaN, inf, and values below 2**-103 (conservative)."""
+    rng = np.random.default_rng(15)
+    dst = N.bf16_round(rng.standard_normal((4, 64, 64)) * 10.0 ** rng.integers(-25, 25, (4, 64, 64)))
+    dst[0, 0, :5] = 0.0, -0.0, 2.0**-103, -(2.0**-100), 3.3e38
+    assert N._dst_bound(dst) == N._dst_bound(dst.astype(np.float64)) == np.abs(dst).max()
+    for special in (np.nan, np.inf, -np.inf, 2.0**-104, -1e-38, 1e-45):
+        tainted = dst.copy()
+        tainted[3, 5, 7] = special
+        assert N._dst_bound(tainted) == np.inf
+    assert N._dst_bound(np.zeros((0, 32), np.float32)) == 0.0
