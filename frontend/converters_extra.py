@@ -963,3 +963,75 @@ def group_norm(ctx: NodeContext) -> Value:
     channel = (shape[1], *([1] * (len(shape) - 2)))
     back = e.reshape(normed, shape)
     return e.add(e.mul(back, e.reshape(ctx.input(1), channel)), e.reshape(ctx.input(2), channel))
+
+
+# ----------------------------------------------------------------------------------------------
+# EyeLike, CumProd, DequantizeLinear
+
+
+@converter("EyeLike", since=9)
+def eye_like(ctx: NodeContext) -> Value:
+    """A constant: only the input's (static) shape matters."""
+    from onnx import helper
+
+    rows, cols = _tensor(ctx.input(0)).shape
+    dtype = ctx.attr("dtype")
+    numpy_type = helper.tensor_dtype_to_np_dtype(dtype) if dtype else _tensor(ctx.input(0)).element_type.numpy_dtype()
+    return ctx.constant(np.eye(rows, cols, ctx.attr("k") or 0, dtype=numpy_type))
+
+
+@converter("CumProd", since=26)
+def cumprod(ctx: NodeContext) -> Value:
+    """Float prefix products along `axis`: a running product of the slices (exact bf16 products), then
+    concatenated back (integers are host ops)."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    axis = _axis(ctx, (constant_ints(ctx, 1, "axis") or [0])[0], _tensor(x).rank)
+    n = _tensor(x).shape[axis]
+    if n > 64:
+        raise ctx.error(f"a running product over {n} slices (at most 64)")
+    slices = [_slice_axis(ctx, x, axis, i) for i in range(n)]
+    if ctx.attr("reverse"):
+        slices.reverse()
+    running, results = None, []
+    for piece in slices:
+        if ctx.attr("exclusive"):
+            results.append(e.const(np.ones(_tensor(piece).shape), x) if running is None else running)
+            running = piece if running is None else e.mul(running, piece)
+        else:
+            running = piece if running is None else e.mul(running, piece)
+            results.append(running)
+    if ctx.attr("reverse"):
+        results.reverse()
+    return _concat_copies(ctx, results, axis)
+
+
+@converter("DequantizeLinear", since=21)
+def dequantize_linear(ctx: NodeContext) -> Value:
+    """(x - zero_point) * scale with the scale (and zero point) per tensor, per `axis`, or per block of
+    block_size along it; x converted to float on the device (int8/uint8 exactly, wider integers rounded
+    as any float)."""
+    e = Emitter(ctx)
+    x, scale = ctx.input(0), ctx.input(1)
+    element = _tensor(scale).element_type
+    rank = _tensor(x).rank
+    values = e.cast(x, element)
+    if ctx.has_input(2):
+        values = e.sub(values, _spread(ctx, e, e.cast(ctx.input(2), element), rank))
+    return e.mul(values, _spread(ctx, e, scale, rank))
+
+
+def _spread(ctx: NodeContext, e: Emitter, param: Value, rank: int) -> Value:
+    """A quantisation parameter shaped to broadcast against x: a scalar, a vector along `axis`, or blocks
+    repeated block_size times along it."""
+    shape = _tensor(param).shape
+    if _tensor(param).num_elements == 1:
+        return e.reshape(param, ())
+    axis = _axis(ctx, ctx.attr("axis") if ctx.attr("axis") is not None else 1, rank)
+    block = ctx.attr("block_size") or 0
+    if len(shape) == 1 and not block:
+        return e.reshape(param, tuple(shape[0] if d == axis else 1 for d in range(rank)))
+    if not block:
+        raise ctx.error(f"a scale of shape {list(shape)} without block_size")
+    lifted = e.reshape(param, (*shape[:axis + 1], 1, *shape[axis + 1:]))
+    wide = ctx.create("ttir.broadcast", [lifted], _tensor(param).with_shape((*shape[:axis + 1], block, *shape[axis + 1:])))
+    return e.reshape(wide, (*shape[:axis], shape[axis] * block, *shape[axis + 1:]))

@@ -56,8 +56,9 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "ReduceMin": frozenset({1}), "ReduceProd": frozenset({1}), "ReduceL1": frozenset({1}),
     "ReduceL2": frozenset({1}), "ReduceLogSum": frozenset({1}), "ReduceLogSumExp": frozenset({1}),
     "ReduceSumSquare": frozenset({1}), "TopK": frozenset({1}), "OneHot": frozenset({1}),
-    "CumSum": frozenset({1}), "Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1}),
-    "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}),
+    "CumSum": frozenset({1}), "CumProd": frozenset({1}), "Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1}),
+    "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}), "HannWindow": frozenset({0}),
+    "HammingWindow": frozenset({0}), "BlackmanWindow": frozenset({0}), "MelWeightMatrix": frozenset({0, 1, 2, 3, 4}),
 }
 
 

@@ -198,3 +198,14 @@ def test_instance_normalization() -> None:
     scale, bias = g.const(np.linspace(0.5, 2.0, 4)), g.const(np.linspace(-1.0, 1.0, 4))
     g.output(g.node("InstanceNormalization", [x, scale, bias], epsilon=1e-5))
     check(g)
+
+
+def test_cumprod_dequantize_and_eye_like() -> None:
+    g = Graph()
+    x = g.input("x", (3, 6, 5), values=np.random.default_rng(8).uniform(0.5, 1.5, (3, 6, 5)))
+    g.output(g.node("CumProd", [x, g.const(1, np.int64)], exclusive=1))
+    q = g.input("q", (3, 6), 3, np.random.default_rng(9).integers(-128, 128, (3, 6)))  # int8: exact in bf16
+    g.output(g.node("DequantizeLinear", [q, g.const([0.5, 0.25, 2.0]), g.const(np.array([1, -3, 0], np.int8), np.int8)],
+                    axis=0))
+    g.output(g.node("EyeLike", [g.input("shape", (4, 6))], k=1))
+    check(g, opset=26)
