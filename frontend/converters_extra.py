@@ -198,7 +198,8 @@ def mish(ctx: NodeContext) -> Value:
 @converter("Swish", since=24)
 def swish(ctx: NodeContext) -> Value:
     e, x = Emitter(ctx), _float_input(ctx)
-    return e.mul(x, e.unary("sigmoid", e.scale(x, ctx.attr("alpha") or 1.0)))
+    alpha = ctx.attr("alpha")
+    return e.mul(x, e.unary("sigmoid", e.scale(x, 1.0 if alpha is None else alpha)))
 
 
 @converter("PRelu", since=9)
@@ -1035,3 +1036,11 @@ def _spread(ctx: NodeContext, e: Emitter, param: Value, rank: int) -> Value:
     lifted = e.reshape(param, (*shape[:axis + 1], 1, *shape[axis + 1:]))
     wide = ctx.create("ttir.broadcast", [lifted], _tensor(param).with_shape((*shape[:axis + 1], block, *shape[axis + 1:])))
     return e.reshape(wide, (*shape[:axis], shape[axis] * block, *shape[axis + 1:]))
+
+
+@converter("SwiGLU", since=28)
+def swiglu(ctx: NodeContext) -> Value:
+    """Swish(A) * B: a * sigmoid(alpha * a) * b."""
+    e, a, b = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
+    alpha = ctx.attr("alpha")
+    return e.mul(e.mul(a, e.unary("sigmoid", e.scale(a, 1.0 if alpha is None else alpha))), b)
