@@ -14,16 +14,15 @@ to track.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 import ttc
+from ttc.evaluate import median_seconds
 from ttc.golden import compare, run_onnxruntime, time_onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
@@ -32,14 +31,6 @@ import cnn_models
 DEFAULT = ("light_squeezenet", "light_resnet50", "mobilenet_v3", "resnet50_b1")
 
 
-def warm_median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def image_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -70,7 +61,7 @@ def main() -> None:
         outputs = compiled.run(feeds)
         reference = run_onnxruntime(model, feeds)
         results = [compare(n, outputs[n], reference[n]) for n in reference]
-        run_s = warm_median(lambda c=compiled, f=feeds: c.run(f), args.repeats)
+        run_s = median_seconds(lambda c=compiled, f=feeds: c.run(f), args.repeats)
         ort_s = time_onnxruntime(model, feeds, repeats=max(args.repeats, 3))
         print(f"{name:18} {compile_s:9.2f} {run_s:8.2f} {ort_s:8.4f} {run_s / ort_s:7.0f}x "
               f"{compiled.manifest['host_ops']:8d} {compiled.manifest['programs']:8d} "

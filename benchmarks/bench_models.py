@@ -12,7 +12,6 @@ PCC. Wall times vary with the machine; the ratio is the figure to track.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -20,6 +19,7 @@ import onnx
 
 import ttc
 from ttc import zoo
+from ttc.evaluate import median_seconds
 from ttc.golden import compare, run_onnxruntime, time_onnxruntime
 
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -30,14 +30,6 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
 }
 
 
-def warm_median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,7 +52,7 @@ def main() -> None:
         outputs = compiled.run(feeds)
         reference = run_onnxruntime(model, feeds)
         pcc = min(compare(n, outputs[n], reference[n]).pcc for n in reference)
-        run_s = warm_median(lambda c=compiled, f=feeds: c.run(f), args.repeats)
+        run_s = median_seconds(lambda c=compiled, f=feeds: c.run(f), args.repeats)
         ort_s = time_onnxruntime(model, feeds, repeats=args.repeats)
         profile = compiled.profile
         device_ms = sum(p.time_us for p in profile) / 1000

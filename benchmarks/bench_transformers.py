@@ -13,7 +13,6 @@ L2 error) of the output. --variants adds LoFi and bfp8_b weights beside the defa
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import onnx
 
 import ttc
-from ttc.evaluate import make_inputs
+from ttc.evaluate import make_inputs, median_seconds
 from ttc.golden import compare, run_onnxruntime, time_onnxruntime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "models"))
@@ -30,14 +29,6 @@ from export_hf import export
 CONFIGS = {"bf16 hifi4": {}, "bf16 lofi": {"math_fidelity": "lofi"}, "bfp8_b hifi4": {"dtype": "bfp8_b"}}
 
 
-def warm_median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -67,7 +58,7 @@ def main() -> None:
             if reference is None:
                 reference = run_onnxruntime(str(path), feeds)
                 ort_s = time_onnxruntime(str(path), feeds, repeats=args.repeats)
-            run_s = warm_median(lambda c=compiled, f=feeds: c.run(f), args.repeats)
+            run_s = median_seconds(lambda c=compiled, f=feeds: c.run(f), args.repeats)
             out = compiled.output_names[0]
             result = compare(out, outputs[out], reference[out])
             memory = compiled.manifest["memory"]
