@@ -41,7 +41,7 @@ TILE = 32
 ALIGNMENT = 32  # allocations in L1 and DRAM
 HALF_DST = 8  # Dst tiles one tile_regs_acquire owns
 INDEX_ROW = 8  # int32 entries per index-table page (32 bytes)
-TILE_BYTES = {"f32": 4096, "bf16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4096}
+TILE_BYTES = {"f32": 4096, "bf16": 2048, "f16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4096}
 ELEMENT_BYTES = {"f32": 4, "bf16": 2, "i32": 4}
 
 MATMUL_OPS = frozenset({"ttir.linear", "ttir.matmul"})

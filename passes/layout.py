@@ -4,6 +4,15 @@
   weight constants used only as the second operand of matmuls (`ttir.linear` / `ttir.matmul`) are
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
   types; the `ttir.to_layout` ops at the edges convert.
+- Precise softmax (`precise-softmax=true`): a softmax whose probabilities go back to the host (a
+  classifier's output) turns absolute errors of its logits into relative errors of its probabilities,
+  and in a bf16 Dst every matmul's accumulation adds about four times the error of storing its result
+  in bf16, layer after layer. So the activations such a softmax is computed from (its result, its
+  logits and, back through matmuls, eltwise ops, reductions and data movement, every computed tile
+  tensor before them; not through another softmax or a layer norm, not weights or host inputs) are
+  Float16 (f16): their programs hold Float16 in Dst (10 mantissa bits, range +-65504) and accumulate
+  in it. A data-movement program or view copies tiles, so its inputs and result share one format;
+  where one of them cannot be f16, none is.
 - Memory space: DRAM interleaved by default. With `l1-intermediates=true`, an intermediate (a value a
   device program produces and only device programs read: not a weight, an input or a graph output)
   moves to L1 interleaved when, at every op during its lifetime, the per-core shares of the L1
@@ -27,13 +36,16 @@ from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.footprint import (
     MATMUL_OPS,
+    MOVEMENT_OPS,
     LiveRange,
     bank_share,
     is_folded,
+    is_row_major,
     is_view,
     layout,
     live_ranges,
     module_device,
+    movement_chain,
     op_kind,
     program_operands,
     readers,
@@ -43,6 +55,7 @@ from ttc.passes.grid import min_cb_bytes
 from ttc.passes.manager import Pass, register_pass
 
 DTYPES = ("bf16", "bfp8_b")
+NORMALIZATIONS = frozenset({"ttir.softmax", "ttir.layer_norm"})
 MAX_L1_SHARE = 0.4  # an intermediate taking more of a core's free L1 stays in DRAM
 
 
@@ -70,6 +83,86 @@ def assign_formats(func: Function, dtype: str) -> None:
     for op in func.body.ops:
         for result in op.results:
             with_format(result, weight_format if is_matmul_weight(op) else bf16)
+
+
+def host_read_copies(value: Value) -> list[Value]:
+    """The values through which `value` reaches the host, itself first: `value` when a `ttir.to_layout` reads
+    it back (a graph output) or data movement carries it there (a softmax along a non-last axis comes back
+    through transposes, or through untilize and row lookups), plus the tile results of that movement (their
+    tiles are copies); [] when the host never reads it."""
+    found: list[Value] = []
+    for user, index in value.uses:
+        if user.name == "ttir.to_layout" and not is_device_float(user.result.type):
+            found.append(value)
+            continue
+        rows = op_kind(user) == "untilize" or (user.name == "ttir.embedding" and index == 0)
+        if user.name not in MOVEMENT_OPS and not rows:
+            continue
+        copies = host_read_copies(user.result)
+        if copies:
+            found += [value] if rows else [value, *copies]
+    return list(dict.fromkeys(found))
+
+
+def is_host_read(value: Value) -> bool:
+    return bool(host_read_copies(value))
+
+
+def may_be_f16(value: Value) -> bool:
+    """A computed device float in tile layout (not a weight, not written by the host)."""
+    producer = value.owner
+    return is_device_float(value.type) and not is_row_major(value) and isinstance(producer, Operation) \
+        and producer.name != "ttir.constant" and op_kind(producer) != "untilize" \
+        and not (producer.name == "ttir.to_layout" and op_kind(producer) is None)
+
+
+def softmax_sources(func: Function) -> set[Value]:
+    """The results of host-read softmaxes and the values they are computed from, back to (not into)
+    weights, host inputs, layer norms and other softmaxes; those that `may_be_f16`."""
+    found: set[Value] = set()
+    stack = [copy for op in func.body.ops if op.name == "ttir.softmax" for copy in host_read_copies(op.result)]
+    visited: set[Value] = set()
+    while stack:
+        value = stack.pop()
+        if value in visited:
+            continue
+        visited.add(value)
+        producer = value.owner
+        if not isinstance(producer, Operation) or producer.name == "ttir.constant":
+            continue
+        if producer.name in NORMALIZATIONS and not (producer.name == "ttir.softmax" and is_host_read(value)):
+            continue  # a normalisation resets the scale; it keeps the format it has
+        if may_be_f16(value):
+            found.add(value)
+        if producer.name == "ttir.to_layout" and op_kind(producer) is None:
+            continue  # a host edge
+        stack.extend(producer.operands)
+    return found
+
+
+def copy_groups(func: Function) -> list[set[Value]]:
+    """Values that must share a format: each data-movement program's or view's inputs, folded chain values
+    and result (its tiles are copied, never converted)."""
+    groups = []
+    for op in func.body.ops:
+        if op.name not in MOVEMENT_OPS or is_folded(op):
+            continue
+        groups.append({*program_operands(op), *(link.result for link in movement_chain(op))})
+    return groups
+
+
+def precise_values(func: Function) -> set[Value]:
+    """The values `precise-softmax` makes f16: the softmax sources, less every copy group not wholly in them."""
+    chosen = softmax_sources(func)
+    groups = copy_groups(func)
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            if group & chosen and not group <= chosen:
+                chosen -= group
+                changed = True
+    return chosen
 
 
 def sync_body_placement(op: Operation) -> None:
@@ -120,11 +213,13 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
 @register_pass
 @dataclass
 class Layout(Pass):
-    """Choose data formats (bf16, bfp8_b weights) and memory spaces (DRAM, L1 intermediates)."""
+    """Choose data formats (bf16, bfp8_b weights, f16 for a classifier softmax's sources) and memory spaces
+    (DRAM, L1 intermediates)."""
 
     name = "layout"
     dtype: str = "bf16"
     l1_intermediates: bool = True
+    precise_softmax: bool = True
 
     def run(self, module: Module) -> None:
         if self.dtype not in DTYPES:
@@ -132,5 +227,8 @@ class Layout(Pass):
         device = module_device(module)
         for func in module.functions:
             assign_formats(func, self.dtype)
+            if self.precise_softmax:
+                for value in precise_values(func):
+                    with_format(value, ScalarType("f16"))
             if self.l1_intermediates:
                 place_in_l1(func, device)

@@ -4,7 +4,10 @@ A tile is 32x32 values stored as four 16x16 faces (face0 top-left, face1 top-rig
 face3 bottom-right), each row-major, so element (i, j) sits at
 ``(i//16*2 + j//16)*256 + (i%16)*16 + (j%16)``.  Every packed format stores its values in this order.
 
-Formats (bytes per tile): Float32 4096, Float16_b 2048, Bfp8_b 1088, Bfp4_b 576, Int32 4096.
+Formats (bytes per tile): Float32 4096, Float16_b 2048, Float16 2048, Bfp8_b 1088, Bfp4_b 576, Int32 4096.
+
+Float16 (IEEE half, tt-metal's Float16 "a" format: 5 exponent bits, 10 mantissa bits) trades bf16's range
+for three more mantissa bits; host conversion rounds to nearest even, values past 65504 become inf.
 
 Float16_b (bfloat16) is the upper half of a float32.  Host conversion here rounds to nearest, ties to
 even (ml_dtypes' float32 -> bfloat16 cast).  Some tt-metal helpers truncate instead; ttc chooses RNE
@@ -58,6 +61,7 @@ class DataFormat(StrEnum):
 
     FLOAT32 = "f32"
     BFLOAT16 = "bf16"
+    FLOAT16 = "f16"
     BFP8_B = "bfp8_b"
     BFP4_B = "bfp4_b"
     INT32 = "i32"
@@ -92,12 +96,15 @@ _ALIASES = {
     "fp32": "f32",
     "bfloat16": "bf16",
     "float16_b": "bf16",
+    "float16": "f16",
+    "fp16": "f16",
     "int32": "i32",
 }
 
 _TILE_BYTES = {
     DataFormat.FLOAT32: 4096,
     DataFormat.BFLOAT16: 2048,
+    DataFormat.FLOAT16: 2048,
     DataFormat.BFP8_B: 1088,
     DataFormat.BFP4_B: 576,
     DataFormat.INT32: 4096,
@@ -115,6 +122,12 @@ def to_bfloat16(x: np.ndarray) -> np.ndarray:
 def bf16_round(x: np.ndarray) -> np.ndarray:
     """The float32 values nearest to x (RNE) that bfloat16 can represent."""
     return to_bfloat16(x).astype(np.float32)
+
+
+def f16_round(x: np.ndarray) -> np.ndarray:
+    """The float32 values nearest to x (RNE) that Float16 can represent (inf past 65504, subnormals kept)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -217,7 +230,7 @@ def _unpack_bfp(data: np.ndarray, bits: int) -> np.ndarray:
 def pack_tiles(tiles: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
     """Tiles [..., 32, 32] -> uint8 [..., fmt.tile_bytes], bytes exactly as the device stores them.
 
-    Float formats take float32 values (bf16 rounds RNE); Int32 takes integers (floats truncate).
+    Float formats take float32 values (bf16 and f16 round RNE); Int32 takes integers (floats truncate).
     """
     fmt = DataFormat.parse(fmt)
     tiles = np.asarray(tiles)
@@ -226,9 +239,13 @@ def pack_tiles(tiles: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
     lead = tiles.shape[:-2]
     if fmt.is_block_float:
         return _pack_bfp(tiles, fmt.code_bits)
-    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", DataFormat.INT32: "<i4"}[fmt]
+    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", DataFormat.FLOAT16: "<f2",
+             DataFormat.INT32: "<i4"}[fmt]
     if fmt is DataFormat.BFLOAT16:
         vals = to_bfloat16(tiles).view(np.uint16)
+    elif fmt is DataFormat.FLOAT16:
+        with np.errstate(over="ignore"):
+            vals = np.asarray(tiles, dtype=np.float32).astype(np.float16)
     elif fmt is DataFormat.FLOAT32:
         vals = tiles.astype(np.float32)
     else:
@@ -259,9 +276,9 @@ def unpack_tiles(data: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
     if fmt is DataFormat.BFLOAT16:
         return _unpack_bf16(data)
     lead = data.shape[:-1]
-    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.INT32: "<i4"}[fmt]
+    dtype = {DataFormat.FLOAT32: "<f4", DataFormat.FLOAT16: "<f2", DataFormat.INT32: "<i4"}[fmt]
     vals = np.ascontiguousarray(data).view(dtype).reshape(*lead, TILE_ELEMS)
-    return faces_to_tiles(vals.astype(np.float32 if fmt is DataFormat.FLOAT32 else np.int32))
+    return faces_to_tiles(vals.astype(np.int32 if fmt is DataFormat.INT32 else np.float32))
 
 
 def quantize(x: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
@@ -275,6 +292,8 @@ def quantize(x: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
         return np.asarray(x, dtype=np.float32)
     if fmt is DataFormat.BFLOAT16:
         return bf16_round(x)
+    if fmt is DataFormat.FLOAT16:
+        return f16_round(x)
     if fmt is DataFormat.INT32:
         return np.asarray(x).astype(np.int32)
     x = np.asarray(x)

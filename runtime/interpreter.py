@@ -16,8 +16,11 @@ Conventions fixed here where the dialect is silent
 - Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN,
   so a kernel that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
   Acquires alternate between the two halves of Dst (half-sync); one acquire addresses slots 0..7.
-- Unpacking a CB tile into Dst converts to the Dst format, bf16 (RNE): exact for bf16 and block
-  floats, rounding for f32, and int -> float -> bf16 for i32. Packing to an i32 CB truncates.
+- Dst holds the 16-bit type of the program's result format (`dst_format_of`): f16 for an f16 result,
+  else bf16. A datacopy of a CB tile into Dst converts to it (RNE): bf16 and block floats are exact in
+  a bf16 Dst, f32 rounds, i32 goes int -> float -> Dst format. Math ops take 16-bit and block-float
+  tiles as they are and round their operands as numerics.py says (matmul and reduce-sum: bf16 into the
+  multiplier; eltwise and reduce-max: the Dst format). Packing to an i32 CB truncates.
 - A NoC transfer copies `addrgen.page_size` bytes per page to/from a CB page; the addrgen's format
   must equal the CB's, and its page must fit in a CB page. Data lands when the op is issued, but a
   CB with un-barriered reads into it cannot be pushed, and a CB with un-barriered writes out of it
@@ -168,6 +171,7 @@ class Program:
         self.dram_bytes = 0
         self.cbs: dict[int, CircularBuffer] = {}
         self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
+        self.dst_format = dst_format_of(op)
         self.dst_state = "released"
         self.dst_half = 1
         self.attrs = {inner: _full_attrs(inner) for region in op.regions for inner in _walk(region.blocks[0])}
@@ -323,12 +327,20 @@ class Program:
         return self.core_index, slots  # cores [C, 1] broadcast against slots [n]
 
     def unpack_front(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
-        """Tiles [cores, n, 32, 32] at waited-window offsets, unpacked to Dst values (bf16)."""
+        """Tiles [cores, n, 32, 32] at waited-window offsets as the FPU's source registers get them: 16-bit
+        and block-float values exactly, f32 and i32 rounded to the Dst format. Each math op rounds its
+        operands further as its numerics say (matmul: bf16; eltwise: the Dst format)."""
         fmt = _tile_format(cb)
         tiles = unpack_tiles(self.get_pages(cb, self.front_slots(cb, offsets)), fmt)
         if fmt in (DataFormat.FLOAT32, DataFormat.INT32):
-            return numerics.bf16_round(tiles)
+            return numerics.dst_round(tiles, self.dst_format)
         return tiles
+
+    def to_dst(self, tiles: np.ndarray, cb: CircularBuffer) -> np.ndarray:
+        """Unpacked tiles of cb (`unpack_front`) as a datacopy leaves them in Dst: in the Dst format."""
+        if self.dst_format == "f16":
+            return tiles if cb.format is DataFormat.FLOAT16 else numerics.as_f16(tiles)
+        return numerics.bf16_round(tiles) if cb.format is DataFormat.FLOAT16 else tiles
 
     # -- Dst ------------------------------------------------------------------------------------
 
@@ -425,6 +437,14 @@ class Program:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
+
+
+def dst_format_of(op: Operation) -> str:
+    """What Dst holds while `op` (an enqueue_program) runs: Float16 when its result buffer (the last operand)
+    is f16, else Float16_b (bf16)."""
+    result = op.operands[-1].type if op.operands else None
+    element = getattr(result, "element_type", None)
+    return "f16" if element is not None and element.name == "f16" else "bf16"
 
 
 def _walk(block: Block) -> Iterator[Operation]:
@@ -806,7 +826,7 @@ def _operand_tiles(p: Program, a: dict[str, Any], cb_key: str, prefix: str) -> n
 def copy_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     """Dst slot(r, c) = tile(r, c) of cb (unpack + datacopy)."""
     slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
-    p.dst[:, slots] = _operand_tiles(p, a, "cb", "")
+    p.dst[:, slots] = p.to_dst(_operand_tiles(p, a, "cb", ""), p.cb(a["cb"]))
     p.count_compute("datacopy", a["rows"] * a["cols"])
 
 
@@ -814,7 +834,7 @@ def copy_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
 def transpose_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     """Dst slot(r, c) = tile(r, c) of cb transposed within the tile."""
     slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
-    p.dst[:, slots] = _operand_tiles(p, a, "cb", "").swapaxes(-1, -2)
+    p.dst[:, slots] = p.to_dst(_operand_tiles(p, a, "cb", ""), p.cb(a["cb"])).swapaxes(-1, -2)
     p.count_compute("datacopy", a["rows"] * a["cols"])
 
 
@@ -882,11 +902,12 @@ _BROADCAST = {"none": np.s_[...], "row": np.s_[..., 0:1, :], "col": np.s_[..., :
 
 @handler("binary_tiles")
 def binary_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Dst slot(r, c) = A(r, c) op B(r, c) on the FPU (bf16), B broadcast inside its tile per bcast."""
+    """Dst slot(r, c) = A(r, c) op B(r, c) on the FPU (in the Dst format), B broadcast inside its tile per
+    bcast."""
     slots = p.math_slots(a["dst"], a["rows"] * a["cols"])
     lhs = _operand_tiles(p, a, "cb_a", "a_")
     rhs = _operand_tiles(p, a, "cb_b", "b_")[_BROADCAST[a["bcast"]]]
-    p.dst[:, slots] = numerics.eltwise_binary(lhs, rhs, a["op"])
+    p.dst[:, slots] = numerics.eltwise_binary(lhs, rhs, a["op"], p.dst_format)
     p.count_compute(a["op"], a["rows"] * a["cols"])
 
 
@@ -900,7 +921,10 @@ def matmul_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     acc = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
     out = numerics.matmul_block_accumulate(acc, lhs.reshape(p.cores, rows, inner, TILE, TILE),
                                            rhs.reshape(p.cores, inner, cols, TILE, TILE), a["fidelity"],
-                                           bf16_operands=True)  # unpacked tiles hold bf16 values
+                                           # bf16 and block-float tiles unpack to bf16 values already
+                                           bf16_operands=DataFormat.FLOAT16 not in (p.cb(a["cb_a"]).format,
+                                                                                    p.cb(a["cb_b"]).format),
+                                           dst_format=p.dst_format)
     p.dst[:, slots] = out.reshape(p.cores, rows * cols, TILE, TILE)
     p.count_matmul(rows * cols * inner, a["fidelity"])
 
@@ -911,7 +935,7 @@ def reduce_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     slot = p.math_slots(a["dst"], 1)
     tiles = _operand_tiles(p, a, "cb", "")
     p.dst[:, slot] = numerics.reduce_block(p.dst[:, slot][:, 0], tiles, a["dim"], a["kind"], a["scaler"],
-                                           a["fidelity"])[:, None]
+                                           a["fidelity"], p.dst_format)[:, None]
     if a["kind"] == "sum":
         p.count_matmul(tiles.shape[1], a["fidelity"])
     else:
@@ -920,18 +944,18 @@ def reduce_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
 
 @handler("sfpu_tiles")
 def sfpu_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Dst slots dst.. = fn(slot) in place (float32 math, rounded to bf16)."""
+    """Dst slots dst.. = fn(slot) in place (float32 math, rounded to the Dst format)."""
     slots = p.math_slots(a["dst"], a["count"])
-    p.dst[:, slots] = numerics.sfpu_unary(p.dst[:, slots], a["fn"], a["param"])
+    p.dst[:, slots] = numerics.sfpu_unary(p.dst[:, slots], a["fn"], a["param"], p.dst_format)
     cost = a["fn"] if a["fn"] in p.desc.tile_op_cycles else SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY)
     p.count_compute(cost, a["count"])
 
 
 @handler("fill_tiles")
 def fill_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Dst slots dst.. = value (as bf16)."""
+    """Dst slots dst.. = value (rounded to the Dst format)."""
     slots = p.math_slots(a["dst"], a["count"])
-    p.dst[:, slots] = numerics.bf16_round(np.float32(a["value"]))
+    p.dst[:, slots] = numerics.dst_round(np.float32(a["value"]), p.dst_format)
     p.count_compute("datacopy", a["count"])
 
 
@@ -949,7 +973,7 @@ def mask_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     col = (col_tile + np.arange(cols).reshape(1, 1, cols, 1, 1)) * TILE + np.arange(TILE).reshape(1, 1, 1, 1, TILE)
     padding = (row >= a["valid_rows"]) | (col >= a["valid_cols"])
     block = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
-    fill = numerics.bf16_round(np.float32(a["fill"]))
+    fill = numerics.dst_round(np.float32(a["fill"]), p.dst_format)
     p.dst[:, slots] = np.where(padding, fill, block).reshape(p.cores, rows * cols, TILE, TILE)
     p.count_compute("datacopy", rows * cols)
 

@@ -26,7 +26,7 @@ _ROW_MAJOR_DTYPES = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", Data
 
 
 def data_format(element_type: ScalarType | str) -> DataFormat:
-    """The device data format of an element type (f32, bf16, bfp8_b, bfp4_b, i32)."""
+    """The device data format of an element type (f32, bf16, f16, bfp8_b, bfp4_b, i32)."""
     name = element_type.name if isinstance(element_type, ScalarType) else str(element_type)
     try:
         return DataFormat.parse(name)

@@ -72,6 +72,48 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).astype(_bf16).astype(np.float32)
 
 
+DST_FORMATS = ("bf16", "f16")  # Float16_b, Float16: what Dst holds (the 16-bit type of the result's format)
+
+
+def f16_round(x: np.ndarray) -> np.ndarray:
+    """float32 values of x rounded to Float16 (IEEE half, RNE; inf past 65504), returned as float32."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def as_f16(x: np.ndarray) -> np.ndarray:
+    """x rounded to Float16, as float32: x itself when every value is 0 or a bf16 value in Float16's normal
+    range (8 significant bits fit in 11; unpacked bf16 and block-float tiles mostly are), else f16_round(x)."""
+    x = np.asarray(x, dtype=np.float32)
+    magnitude = x.view(np.uint32) & np.uint32(0x7FFF_FFFF)
+    if not x.size or (magnitude & np.uint32(0xFFFF)).any() or magnitude.max() > _F16_MAX_BITS:
+        return f16_round(x)
+    if magnitude.min() >= _F16_MIN_NORMAL_BITS or (magnitude[magnitude != 0].min(initial=_F16_MIN_NORMAL_BITS)
+                                                    >= _F16_MIN_NORMAL_BITS):
+        return x
+    return f16_round(x)
+
+
+_F16_MAX_BITS = np.float32(65504.0).view(np.uint32)
+_F16_MIN_NORMAL_BITS = np.float32(2.0**-14).view(np.uint32)
+
+
+def dst_round(x: np.ndarray, dst: str = "bf16") -> np.ndarray:
+    """float32 values of x rounded once (RNE) to the Dst format `dst` (bf16 or f16), as float32."""
+    if dst == "bf16":
+        return bf16_round(x)
+    if dst == "f16":
+        return f16_round(x)
+    raise ValueError(f"unknown Dst format {dst!r} (one of {', '.join(DST_FORMATS)})")
+
+
+def _f64_to_f16(v: np.ndarray) -> np.ndarray:
+    """Round exact float64 values once to Float16 (RNE), as float64: numpy's float64 -> float16 cast rounds
+    directly from the float64 bits (subnormals, overflow to inf and NaN included)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(v, dtype=np.float64).astype(np.float16).astype(np.float64)
+
+
 _BF16_HALF_ULP_BELOW = np.uint64((1 << 44) - 1)  # in float64 bits: half a bf16 ulp, minus one
 _BF16_KEEP = np.uint64(~((1 << 45) - 1) & 0xFFFF_FFFF_FFFF_FFFF)  # sign, exponent, 7 mantissa bits
 _F32_MIN_NORMAL = 2.0**-126
@@ -179,12 +221,12 @@ def _fidelity_terms(
 
 
 def _matmul_accumulate(
-    dst: np.ndarray, in0: np.ndarray, in1: np.ndarray, fidelity: MathFidelity | str | int
+    dst: np.ndarray, in0: np.ndarray, in1: np.ndarray, fidelity: MathFidelity | str | int, dst_format: str = "bf16"
 ) -> np.ndarray:
     """Matrices dst [..., M, N] += in0 [..., M, K] @ in1 [..., K, N], one K chunk of 16 at a time.
 
     Each chunk's product is exact in float64 and rounded to float32 (the multiplier array's output);
-    Dst adds it and rounds to bf16, chunk after chunk. The chunk products are computed together as one
+    Dst adds it and rounds to its format (bf16 or f16), chunk after chunk. The chunk products are computed together as one
     batched product; only the rounding chain is sequential.
     """
     fidelity = MathFidelity.parse(fidelity)
@@ -196,7 +238,8 @@ def _matmul_accumulate(
     lhs = np.broadcast_to(in0.reshape(*in0.shape[:-1], chunks, MVMUL_K), (*lead, m, chunks, MVMUL_K))
     rhs = np.broadcast_to(in1.reshape(*in1.shape[:-2], chunks, MVMUL_K, n), (*lead, chunks, MVMUL_K, n))
     acc = np.broadcast_to(dst, (*lead, m, n))
-    out = _accumulate_chunks(acc, np.moveaxis(lhs, -2, 0), np.moveaxis(rhs, -3, 0), (chunks, m, n), fidelity)
+    out = _accumulate_chunks(acc, np.moveaxis(lhs, -2, 0), np.moveaxis(rhs, -3, 0), (chunks, m, n), fidelity,
+                             dst_format=dst_format)
     with np.errstate(over="ignore"):
         return out.reshape(acc.shape).astype(np.float32)
 
@@ -211,13 +254,14 @@ def _as_bf16(x: np.ndarray) -> np.ndarray:
 
 
 def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape: tuple[int, int, int],
-                       fidelity: MathFidelity, bf16_operands: bool = False) -> np.ndarray:
-    """Dst [L, M, N] += lhs[c] @ rhs[c] for chunks c in order, Dst rounded to bf16 after each.
+                       fidelity: MathFidelity, bf16_operands: bool = False, dst_format: str = "bf16") -> np.ndarray:
+    """Dst [L, M, N] += lhs[c] @ rhs[c] for chunks c in order, Dst rounded to its format (bf16 or f16) after
+    each. The operands enter the multiplier as bf16 whatever the Dst format.
 
     shape is (C, M, N). The arguments may be any views whose elements in C order are those of dst
     [L, M, N], lhs [C, L, M, 16] and rhs [C, L, 16, N] (so callers pass transposed views, copied once
     here). lhs and rhs are rounded to bf16 first unless `bf16_operands` says they hold bf16 values.
-    Returns the new Dst: float64 bf16 values [L, M, N].
+    Returns the new Dst: float64 values of the Dst format [L, M, N].
 
     Elements of Dst are independent, so the work runs block by block over rows of Dst, sized so that a
     block's chunk products stay in the core's cache: the batched product of the block's chunks, its
@@ -241,7 +285,10 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
         assert partials is not None
         block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
         partials = partials.astype(np.float32).reshape(chunks, -1)
-        _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
+        if dst_format == "f16":
+            _accumulate_f16(block, partials)
+        else:
+            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
     return acc
 
 
@@ -376,20 +423,64 @@ def _accumulate_bf16(dst: np.ndarray, partials: np.ndarray) -> np.ndarray:
     return out
 
 
+def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
+    """In place on out [E] (float64 Float16 values): out = f16_rne(out + partials[c]) for c in order.
+
+    One rounding of the exact sum per step: Dst d is a Float16 value (11 significant bits, lowest bit 2**e)
+    and the partial p a float32 (24 bits). Their float64 sum is exact unless p < 2**(e - 17); then it lies
+    within |p| of d, far inside the interval of values that round to d (half an ulp, 2**(e - 1), or 2**(e - 2)
+    below a power of two), and so does the exact sum: both round to d.
+
+    Rounding is Veltkamp's split to 11 significant bits (as `_accumulate_bf16_normal` does for 8), which is
+    Float16's RNE in its normal range. The exponents seen before rounding are tracked per element; a chain
+    that met a value below 2**-14 (Float16 subnormals have fewer bits), one at or above 2**15 (may round past
+    65504), inf or NaN is redone step by step with numpy's float64 -> float16 cast.
+    """
+    start = out.copy()
+    bits = out.view(np.uint64)
+    scratch = np.empty_like(out)
+    exponent = np.empty_like(bits)
+    low = np.full_like(bits, np.uint64(0xFFFF_FFFF_FFFF_FFFF))
+    high = np.zeros_like(bits)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for partial in partials:
+            np.add(out, partial, out=out)
+            np.bitwise_and(bits, _EXPONENT, out=exponent)
+            np.maximum(high, exponent, out=high)
+            np.subtract(exponent, _EXPONENT_ONE, out=exponent)  # a zero exponent wraps to the top: zeros are fine
+            np.minimum(low, exponent, out=low)
+            np.multiply(out, _VELTKAMP_F16, out=scratch)
+            np.subtract(scratch, out, out=out)
+            np.subtract(scratch, out, out=out)
+        redo = (low < _F16_NORMAL_EXPONENT - _EXPONENT_ONE) | (high >= _F16_NEAR_OVERFLOW)
+        if redo.any():
+            exact = start[redo]
+            for partial in partials:
+                exact = _f64_to_f16(exact + partial[redo])
+            out[redo] = exact
+
+
+_VELTKAMP_F16 = np.float64(2.0**42 + 1)  # Veltkamp's splitter for the top 53 - 42 = 11 significant bits
+_F16_NORMAL_EXPONENT = np.uint64((1023 - 14) << 52)  # float64 exponent bits of 2**-14
+_F16_NEAR_OVERFLOW = np.uint64((1023 + 15) << 52)  # float64 exponent bits of 2**15
+
+
 def matmul_tiles_accumulate(
-    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4
+    dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+    dst_format: str = "bf16",
 ) -> np.ndarray:
     """matmul_tiles: Dst tiles [..., 32, 32] += a [..., 32, 32] (in0, M x K) @ b (in1, K x N).
 
     Leading dims broadcast.  a and b are rounded to bf16 first (a no-op for bf16 and block-float
-    values).  Returns the new Dst tiles (bf16 values in float32); dst is not modified.
+    values).  Returns the new Dst tiles (values of the Dst format, bf16 or f16, in float32); dst is not
+    modified.
     """
-    return _matmul_accumulate(dst, np.asarray(a), np.asarray(b), fidelity)
+    return _matmul_accumulate(dst, np.asarray(a), np.asarray(b), fidelity, dst_format)
 
 
 def matmul_block_accumulate(
     dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
-    bf16_operands: bool = False,
+    bf16_operands: bool = False, dst_format: str = "bf16",
 ) -> np.ndarray:
     """A block of matmul_tiles calls, K tiles in order: dst [..., Mt, Nt, 32, 32] +=
     a [..., Mt, Kt, 32, 32] @ b [..., Kt, Nt, 32, 32].
@@ -412,7 +503,8 @@ def matmul_block_accumulate(
     rhs = np.broadcast_to(b.reshape(*b.shape[:-2], halves, MVMUL_K, TILE), (*lead, kt, nt, halves, MVMUL_K, TILE))
     rhs = np.moveaxis(rhs, (-5, -3, -4), (0, 1, -2))
     acc = np.broadcast_to(dst, (*lead, mt, nt, TILE, TILE)).swapaxes(-3, -2)  # [..., Mt, 32, Nt, 32]
-    out = _accumulate_chunks(acc, lhs, rhs, (kt * halves, mt * TILE, nt * TILE), fidelity, bf16_operands)
+    out = _accumulate_chunks(acc, lhs, rhs, (kt * halves, mt * TILE, nt * TILE), fidelity, bf16_operands,
+                             dst_format)
     tiles = np.empty((*lead, mt, nt, TILE, TILE), dtype=np.float32)
     with np.errstate(over="ignore"):
         tiles[...] = out.reshape(acc.shape).swapaxes(-3, -2)
@@ -428,13 +520,18 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
-    """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16.
+def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf16") -> np.ndarray:
+    """add_tiles / sub_tiles / mul_tiles: operands in the Dst format (bf16 or f16), exact result rounded once
+    to it.
 
     Elementwise, so it runs over cache-sized blocks along the leading axis (the float64 temporaries of a
     block stay in cache).
     """
     fn = _BINARY[op]
+    if dst_format == "f16":  # sums and products of two Float16 values are exact in float64
+        with np.errstate(invalid="ignore", over="ignore"):
+            exact = fn(f16_round(a).astype(np.float64), f16_round(b).astype(np.float64))
+        return _f64_to_f16(exact).astype(np.float32)
     shape = np.broadcast_shapes(np.shape(a), np.shape(b))
     if not shape:
         with np.errstate(invalid="ignore", over="ignore"):  # IEEE results (inf * 0 = NaN) are the device's too
@@ -560,30 +657,37 @@ SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]]
 }
 
 
-def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0) -> np.ndarray:
-    """SFPU op on bf16(x): evaluated in float64, rounded to the float32 result, then to bf16 (RNE).
+def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str = "bf16") -> np.ndarray:
+    """SFPU op on x in the Dst format (bf16 or f16): evaluated in float64, rounded to the float32 result, then
+    to the Dst format (RNE).
 
     The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic.
     Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
-    The other forms are looked up in a table of their results for all bf16 inputs (`_sfpu_table`).
+    The other forms are looked up in a table of their results for all 16-bit inputs (`_sfpu_table`).
     """
     if fn_name not in SFPU_SCALAR_FUNCTIONS:
-        return np.asarray(_sfpu_table(SFPU_FUNCTIONS[fn_name])[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
+        table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
+        if dst_format == "f16":
+            return np.asarray(table[f16_round(x).astype(np.float16).view(np.uint16)])
+        return np.asarray(table[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
     with np.errstate(all="ignore"):
-        y = SFPU_SCALAR_FUNCTIONS[fn_name](bf16_round(x), np.float32(param))
+        y = SFPU_SCALAR_FUNCTIONS[fn_name](dst_round(x, dst_format), np.float32(param))
         y = np.asarray(y).astype(np.float32)
-    return bf16_round(y)
+    return dst_round(y, dst_format)
 
 
 @functools.cache
-def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """fn's SFPU result for each of the 65536 bf16 inputs, indexed by their bits: a unary SFPU function
-    of a bf16 value is a function of its 16 bits, so it is evaluated once per bit pattern (the same
-    float64 evaluation, float32 and bf16 roundings) and looked up after that."""
-    inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray], dst_format: str = "bf16") -> np.ndarray:
+    """fn's SFPU result for each of the 65536 inputs of the Dst format, indexed by their bits: a unary SFPU
+    function of a 16-bit value is a function of its 16 bits, so it is evaluated once per bit pattern (the
+    same float64 evaluation, float32 and Dst roundings) and looked up after that."""
+    if dst_format == "f16":
+        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    else:
+        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
     with np.errstate(all="ignore"):
         y = np.asarray(fn(inputs.astype(np.float64))).astype(np.float32)
-    return bf16_round(y)
+    return dst_round(y, dst_format)
 
 
 # --------------------------------------------------------------------------- reduce
@@ -603,6 +707,7 @@ def reduce_tiles(
     kind: str = "sum",
     scaler: float = 1.0,
     fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+    dst_format: str = "bf16",
 ) -> np.ndarray:
     """reduce_tile: accumulate the reduction of tiles x [..., 32, 32] into Dst tiles; returns new Dst.
 
@@ -611,12 +716,12 @@ def reduce_tiles(
     kind "sum" goes through the matmul path with x in SrcA and a scaler tile in SrcB (bf16 per
     16-element chunk, fidelity applies): col = S @ x, row = (S @ x^T)^T, scalar = col of row with the
     scaler applied once, in the row step.  kind "max": Dst = max(Dst, max of bf16(x * scaler)); start
-    Dst at -inf for a plain max.
+    Dst at -inf for a plain max. Roundings are to the Dst format `dst_format` (bf16 or f16).
     """
     x = np.asarray(x, dtype=np.float32)
     out = np.array(np.broadcast_to(dst, np.broadcast_shapes(np.shape(dst), x.shape)), dtype=np.float32)
     if kind == "max":
-        vals = eltwise_binary(x, np.float32(scaler), "mul")
+        vals = eltwise_binary(x, np.float32(scaler), "mul", dst_format)
         if dim == "row":
             out[..., :, 0] = np.maximum(out[..., :, 0], vals.max(axis=-1))
         elif dim == "col":
@@ -630,12 +735,13 @@ def reduce_tiles(
         raise ValueError(f"unknown reduce kind {kind!r}")
     s = _scaler_row(scaler)
     if dim == "col":
-        return matmul_tiles_accumulate(out, s, x, fidelity)
+        return matmul_tiles_accumulate(out, s, x, fidelity, dst_format)
     if dim == "row":
-        return matmul_tiles_accumulate(out.swapaxes(-1, -2), s, x.swapaxes(-1, -2), fidelity).swapaxes(-1, -2)
+        return matmul_tiles_accumulate(out.swapaxes(-1, -2), s, x.swapaxes(-1, -2), fidelity,
+                                       dst_format).swapaxes(-1, -2)
     if dim == "scalar":
-        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity)
-        return matmul_tiles_accumulate(out, _scaler_row(1.0), rows, fidelity)
+        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity, dst_format)
+        return matmul_tiles_accumulate(out, _scaler_row(1.0), rows, fidelity, dst_format)
     raise ValueError(f"unknown reduce dim {dim!r}")
 
 
@@ -646,6 +752,7 @@ def reduce_block(
     kind: str = "sum",
     scaler: float = 1.0,
     fidelity: MathFidelity | str | int = MathFidelity.HIFI4,
+    dst_format: str = "bf16",
 ) -> np.ndarray:
     """reduce_tiles over a block: Dst tiles [..., 32, 32] accumulate tiles x [..., n, 32, 32] in order.
 
@@ -658,8 +765,8 @@ def reduce_block(
     n = x.shape[-3]
     if kind == "max":
         # max is order-free: the elementwise max over the tiles, then one tile's reduce (x * 1 is exact)
-        vals = eltwise_binary(x, np.float32(scaler), "mul")
-        return reduce_tiles(dst, vals.max(axis=-3), dim, "max")
+        vals = eltwise_binary(x, np.float32(scaler), "mul", dst_format)
+        return reduce_tiles(dst, vals.max(axis=-3), dim, "max", dst_format=dst_format)
     if kind != "sum":
         raise ValueError(f"unknown reduce kind {kind!r}")
 
@@ -668,12 +775,12 @@ def reduce_block(
 
     out = np.array(np.broadcast_to(dst, np.broadcast_shapes(dst.shape, (*x.shape[:-3], TILE, TILE))))
     if dim == "col":
-        return _matmul_accumulate(out, np.tile(_scaler_row(scaler), n), stacked(x), fidelity)
+        return _matmul_accumulate(out, np.tile(_scaler_row(scaler), n), stacked(x), fidelity, dst_format)
     if dim == "row":
         flipped = _matmul_accumulate(out.swapaxes(-1, -2), np.tile(_scaler_row(scaler), n),
-                                     stacked(x.swapaxes(-1, -2)), fidelity)
+                                     stacked(x.swapaxes(-1, -2)), fidelity, dst_format)
         return flipped.swapaxes(-1, -2)
     if dim == "scalar":
-        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity)
-        return _matmul_accumulate(out, np.tile(_scaler_row(1.0), n), stacked(rows), fidelity)
+        rows = reduce_tiles(np.zeros_like(x), x, "row", "sum", scaler, fidelity, dst_format)
+        return _matmul_accumulate(out, np.tile(_scaler_row(1.0), n), stacked(rows), fidelity, dst_format)
     raise ValueError(f"unknown reduce dim {dim!r}")

@@ -1,4 +1,5 @@
-"""layout: data formats (bf16, bfp8_b matmul weights) and memory spaces (L1 intermediates that fit)."""
+"""layout: data formats (bf16, bfp8_b matmul weights, f16 sources of a host-read softmax) and memory spaces
+(L1 intermediates that fit)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def mlp(hidden: int = 64) -> Graph:
 
 
 def test_formats_and_l1_intermediates() -> None:
-    out = body_text(compile_graph(mlp(), pipeline="layout"))
+    out = body_text(compile_graph(mlp(), pipeline="layout{precise-softmax=false}"))
     check(out,
           f'"ttir.to_layout"(%arg0) : (tensor<8x32xf32>) -> tensor<8x32xbf16, {DRAM}> loc("x")',
           f'"ttir.constant"() {{value = #tt.weight<"w1">}} : () -> tensor<32x64xbf16, {DRAM}>',
@@ -40,7 +41,7 @@ def test_formats_and_l1_intermediates() -> None:
 
 
 def test_bfp8_b_applies_to_matmul_weights_only() -> None:
-    out = body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b}"))
+    out = body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b precise-softmax=false}"))
     check(out, "tensor<32x64xbfp8_b, ", "tensor<64xbf16, ", "tensor<64x16xbfp8_b, ")
     assert "8x64xbfp8_b" not in out and "8x32xbfp8_b" not in out
 
@@ -53,7 +54,7 @@ def test_without_l1_intermediates_everything_stays_in_dram() -> None:
 def test_graph_outputs_and_inputs_stay_in_dram() -> None:
     g = mlp()
     g.output(g.result, "hidden")  # fc1's result is now also a graph output
-    out = body_text(compile_graph(g, pipeline="layout"))
+    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=false}"))
     check(out, f'-> tensor<8x64xbf16, {DRAM}> loc("fc1")', f'-> tensor<8x16xbf16, {L1}> loc("fc2")')
 
 
@@ -78,3 +79,59 @@ def test_an_intermediate_that_does_not_fit_stays_in_dram() -> None:
 def test_unknown_dtype_is_a_user_error() -> None:
     with pytest.raises(UserError, match="layout: unknown dtype 'f16'"):
         compile_text(mlp().text(), dict(mlp().weights), pipeline="layout{dtype=f16}")
+
+
+def test_precise_softmax_makes_a_host_read_softmax_and_its_sources_f16() -> None:
+    """The probabilities, the logits and the hidden layer become f16; weights and the input stay bf16."""
+    out = body_text(compile_graph(mlp(), pipeline="layout"))
+    check(out,
+          f'"ttir.to_layout"(%arg0) : (tensor<8x32xf32>) -> tensor<8x32xbf16, {DRAM}> loc("x")',
+          f'"ttir.constant"() {{value = #tt.weight<"w1">}} : () -> tensor<32x64xbf16, {DRAM}>',
+          f'tensor<64xbf16, {DRAM}>) -> tensor<8x64xf16, {L1}> loc("fc1")',
+          f'-> tensor<8x16xf16, {L1}> loc("fc2")',
+          f'"ttir.softmax"(%5) {{axis = -1}} : (tensor<8x16xf16, {L1}>) -> tensor<8x16xf16, {DRAM}>',
+          f'"ttir.to_layout"(%6) : (tensor<8x16xf16, {DRAM}>) -> tensor<8x16xf32> loc("out")')
+    assert "bf16" in out  # with bfp8_b weights too, the activations are f16
+    assert "8x64xf16" in body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b}"))
+
+
+def test_precise_softmax_stops_at_layer_norms_and_at_softmaxes_the_host_does_not_read() -> None:
+    g = Graph()
+    h = g.op("ttir.linear", [g.input("x", (32, 64)), g.weight("w1", np.ones((64, 64)))], (32, 64),
+             'activation = "none", transpose_b = false', loc="fc1")
+    n = g.op("ttir.layer_norm", [h, g.weight("gamma", np.ones(64))], (32, 64), "axis = -1, epsilon = 1.0e-05",
+             loc="ln")
+    p = g.op("ttir.softmax", [n], (32, 64), "axis = -1", loc="attention")
+    y = g.op("ttir.linear", [p, g.weight("w2", np.ones((64, 64)))], (32, 64),
+             'activation = "none", transpose_b = false', loc="fc2")
+    g.output(g.op("ttir.softmax", [y], (32, 64), "axis = -1", loc="classes"), "out")
+    out = body_text(compile_graph(g, pipeline="layout"))
+    check(out, 'xbf16, #tt.layout<tile, l1, interleaved>> loc("fc1")', 'bf16, #tt.layout<tile, l1, interleaved>> loc("ln")',
+          'bf16, #tt.layout<tile, l1, interleaved>> loc("attention")', 'xf16, #tt.layout<tile, l1, interleaved>> loc("fc2")',
+          'xf16, #tt.layout<tile, dram, interleaved>> loc("classes")')
+
+
+def test_precise_softmax_keeps_copied_tiles_in_one_format() -> None:
+    """A transpose of the (bf16) input copies its tiles: its result stays bf16 although the softmax is
+    computed from it; the linear after it becomes f16."""
+    g = Graph()
+    t = g.op("ttir.transpose", [g.input("x", (64, 32))], (32, 64), "perm = [1, 0]", loc="t")
+    y = g.op("ttir.linear", [t, g.weight("w", np.ones((64, 64)))], (32, 64),
+             'activation = "none", transpose_b = false', loc="fc")
+    g.output(g.op("ttir.softmax", [y], (32, 64), "axis = -1", loc="classes"), "out")
+    out = body_text(compile_graph(g, pipeline="layout"))
+    check(out, 'x64xbf16, #tt.layout<tile, l1, interleaved>> loc("t")', 'x64xf16, #tt.layout<tile, l1, interleaved>> loc("fc")')
+
+
+def test_precise_softmax_follows_its_probabilities_through_data_movement_to_the_host() -> None:
+    """A softmax along a non-last axis comes back through a transpose: it counts as host-read, and the
+    transposes on both sides are f16 with it."""
+    g = Graph()
+    y = g.op("ttir.linear", [g.input("x", (32, 64)), g.weight("w", np.ones((64, 64)))], (32, 64),
+             'activation = "none", transpose_b = false', loc="fc")
+    t = g.op("ttir.transpose", [y], (64, 32), "perm = [1, 0]", loc="to_last")
+    s = g.op("ttir.softmax", [t], (64, 32), "axis = -1", loc="classes")
+    g.output(g.op("ttir.transpose", [s], (32, 64), "perm = [1, 0]", loc="back"), "out")
+    out = body_text(compile_graph(g, pipeline="layout"))
+    check(out, 'xf16, #tt.layout<tile, l1, interleaved>> loc("fc")', 'xf16, #tt.layout<tile, l1, interleaved>> loc("to_last")',
+          'xf16, #tt.layout<tile, l1, interleaved>> loc("classes")', 'xf16, #tt.layout<tile, dram, interleaved>> loc("back")')

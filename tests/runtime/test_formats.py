@@ -26,8 +26,9 @@ def bits(x: np.ndarray) -> np.ndarray:
 
 def test_tile_bytes_and_parse():
     sizes = {f.value: f.tile_bytes for f in DataFormat}
-    assert sizes == {"f32": 4096, "bf16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4096}
+    assert sizes == {"f32": 4096, "bf16": 2048, "f16": 2048, "bfp8_b": 1088, "bfp4_b": 576, "i32": 4096}
     assert DataFormat.parse("Float16_b") is DataFormat.BFLOAT16
+    assert DataFormat.parse("Float16") is DataFormat.FLOAT16
     assert DataFormat.parse("Bfp8_b") is DataFormat.BFP8_B
     assert DataFormat.parse("float32") is DataFormat.FLOAT32
     assert DataFormat.BFP4_B.code_bits == 4
