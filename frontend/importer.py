@@ -75,8 +75,14 @@ ELEMENT_TYPES: dict[int, str] = {
 
 def import_model(source: ModelSource, input_shapes: InputShapes | None = None, arch: str = "e150") -> Module:
     """Load, check, convert and shape-infer an ONNX model (path or ModelProto) and import it."""
-    device = _device(arch)
     model, path = read_model(source)
+    return import_read_model(model, path, input_shapes, arch)
+
+
+def import_read_model(model: onnx.ModelProto, path: str | None, input_shapes: InputShapes | None = None,
+                      arch: str = "e150") -> Module:
+    """`import_model` of a model `read_model` returned (changed in place: not to be reused)."""
+    device = _device(arch)
     check_supported(model)
     model = prepare_model(model, path, input_shapes)
     return GraphImporter(model, device).run()

@@ -77,7 +77,7 @@ def new_weight(rewriter: PatternRewriter, module: Module, op: Operation, name: s
                like: TensorType) -> Value:
     names = op.loc.names()
     stem = (names[0].strip("/").replace("/", ".") if names else "conv") + f".{name}"
-    attr = WeightAttr(module.add_weight(stem, array.astype(np.float32)))
+    attr = WeightAttr(module.add_weight(stem, np.asarray(array, np.float32)))  # weights are never changed in place
     return rewriter.create_before(op, "ttir.constant", [], [TensorType(array.shape, like.element_type)],
                                   {"value": attr}).result
 
@@ -302,11 +302,12 @@ class FoldAffineIntoConv(RewritePattern):
             if w is None or bias is None:
                 continue
             w, bias = np.asarray(w, np.float32), np.asarray(bias, np.float32).reshape(oc)
+            w_value = conv.operands[1]  # a shift keeps the weight (VGG's 400 MB classifier kernel is not copied)
             if op.name == "ttir.mul":
                 w, bias = w * values[:, None, None, None], bias * values
+                w_value = new_weight(rewriter, self.module, conv, "w", w, tensor(conv.operands[1]))
             else:
                 bias = bias + values
-            w_value = new_weight(rewriter, self.module, conv, "w", w, tensor(conv.operands[1]))
             b_value = new_weight(rewriter, self.module, conv, "b", bias, tensor(conv.operands[1]))
             folded = rewriter.create_before(conv, "ttir.conv2d", [conv.operands[0], w_value, b_value],
                                             [tensor(conv.result)], dict(conv.attributes),

@@ -93,7 +93,7 @@ def weight(rewriter: PatternRewriter, module: Module, op: Operation, name: str, 
     """A new weight constant (host type; `tilize` places it on the device)."""
     ttype = TensorType(array.shape, like.element_type)
     stem = (node_name(op).strip("/").replace("/", ".") or "movement") + f".{name}"
-    attr = WeightAttr(module.add_weight(stem, array.astype(np.float32)))
+    attr = WeightAttr(module.add_weight(stem, np.ascontiguousarray(array, np.float32)))  # copies only views
     return rewriter.create_before(op, CONSTANT, [], [ttype], {"value": attr}).result
 
 

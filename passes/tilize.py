@@ -209,6 +209,8 @@ def saturate(array: np.ndarray) -> np.ndarray:
     """Finite values clipped to the bf16 range (infinities and NaN stay); `array` itself when nothing moves."""
     if array.dtype.kind != "f" or array.dtype.itemsize < 4 or not array.size:
         return array  # f16 and bf16 never exceed bf16's range
+    if array.min() >= -BF16_MAX and array.max() <= BF16_MAX:  # two fast passes; NaN fails them
+        return array
     finite = np.isfinite(array)
     if not (np.abs(array[finite]) > BF16_MAX).any():
         return array

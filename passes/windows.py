@@ -188,8 +188,15 @@ def stacked_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
     """ONNX weight [OC, C / groups, KH, KW] -> the im2col matmul weight [KK * Cp, OC]."""
     oc, cg, kh, kw = w.shape
     if groups == 1 and cg % 32 == 0:  # no padding, no blocks: a transposition
-        return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * cg, oc))
+        stacked = np.empty((kh * kw, cg, oc), w.dtype)
+        source = w.reshape(oc, cg, kh * kw)
+        for first in range(0, oc, TRANSPOSE_BLOCK):  # in column blocks: twice as fast as one strided copy
+            stacked[:, :, first:first + TRANSPOSE_BLOCK] = source[first:first + TRANSPOSE_BLOCK].transpose(2, 1, 0)
+        return stacked.reshape(kh * kw * cg, oc)
     return stacked_weight(conv_weight(w, groups), cg * groups)
+
+
+TRANSPOSE_BLOCK = 256  # output channels per block of the weight transposition
 
 
 class Conv2dToDevice(RewritePattern):

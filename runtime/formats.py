@@ -250,7 +250,7 @@ def pack_tiles(tiles: np.ndarray, fmt: DataFormat | str) -> np.ndarray:
         vals = tiles.astype(np.float32)
     else:
         vals = tiles.astype(np.int32)
-    faces = np.ascontiguousarray(tiles_to_faces(vals).astype(dtype))
+    faces = np.ascontiguousarray(tiles_to_faces(vals), dtype=dtype)  # one copy (the face order), no second
     return faces.view(np.uint8).reshape(*lead, fmt.tile_bytes)
 
 

@@ -73,7 +73,7 @@ def page_size(shape: tuple[int, ...], element_type: ScalarType | str, tensor_lay
 
 def _host_values(array: np.ndarray, fmt: DataFormat) -> np.ndarray:
     """Cast to what the format stores: int32 for i32, float32 otherwise."""
-    return np.asarray(array).astype(np.int32 if fmt is DataFormat.INT32 else np.float32)
+    return np.asarray(array, dtype=np.int32 if fmt is DataFormat.INT32 else np.float32)  # no copy when it is one
 
 
 def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,

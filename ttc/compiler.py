@@ -74,15 +74,17 @@ class Diagnostics:
 def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions | None = None,
                   diagnostics: Diagnostics | None = None) -> CompiledModel:
     """Import, run the pipeline and package the result. Raises UserError for bad input."""
-    from ttc.frontend import import_model
+    from ttc.frontend.importer import import_read_model
+    from ttc.frontend.loader import read_model
     from ttc.passes import PassManager, parse_pipeline
 
     options = options or CompileOptions()
     diagnostics = diagnostics or Diagnostics()
     start = time.perf_counter()
     source = _source_info(model)
-    check_model_fits(model, options.arch, options.dtype)
-    module = import_model(model, input_shapes=dict(options.input_shapes), arch=options.arch)
+    proto, path = read_model(model)  # parsed once (without external data) for the fit check and the import
+    check_model_fits(proto, options.arch, options.dtype, name=path)
+    module = import_read_model(proto, path, input_shapes=dict(options.input_shapes), arch=options.arch)
     passes = parse_pipeline(options.pipeline_spec)
     stream = diagnostics.stream or sys.stderr
     dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None

@@ -80,10 +80,12 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str, dtype: str) -> int:
-    """Raise UserError when the weights alone exceed the card's DRAM; returns the weight bytes."""
+def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str, dtype: str,
+                     name: str | None = None) -> int:
+    """Raise UserError when the weights alone exceed the card's DRAM; returns the weight bytes. `name` names a
+    ModelProto read from a file in the message."""
     if isinstance(model, onnx.ModelProto):
-        proto, where = model, "the model"
+        proto, where = model, name or "the model"
     else:
         try:
             proto = onnx.load(os.fspath(model), load_external_data=False)

@@ -285,3 +285,41 @@ def test_conversion_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
     with pytest.raises(UserError, match=r"^cannot convert the model from opset 11 to opset 17 .*: no adapter for Foo$"):
         load_model(mlp_opset11())
+
+
+def big_mlp_opset11() -> onnx.ModelProto:
+    """mlp_opset11 with a first weight above SHAPE_TENSOR_MAX_ELEMENTS, stored as float_data (not raw bytes)."""
+    model = mlp_opset11()
+    rng = np.random.default_rng(2)
+    big = rng.standard_normal((100, 12)).astype(np.float32)
+    tensor = next(t for t in model.graph.initializer if t.name == "w1")
+    tensor.CopyFrom(helper.make_tensor("w1", TensorProto.FLOAT, big.shape, big.reshape(-1).tolist()))
+    bias = next(t for t in model.graph.initializer if t.name == "b1")
+    bias.CopyFrom(numpy_helper.from_array(rng.standard_normal(100).astype(np.float32), "b1"))
+    w2 = next(t for t in model.graph.initializer if t.name == "w2")
+    w2.CopyFrom(numpy_helper.from_array(rng.standard_normal((100, 5)).astype(np.float32), "w2"))
+    return model
+
+
+def test_big_inline_weights_are_set_aside_during_conversion_and_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter and shape inference see the big initializers without their data (marked as external at
+    DETACHED); the loaded model has every tensor back, bit for bit, in its original storage."""
+    seen: list[list[str]] = []
+    convert = onnx.version_converter.convert_version
+
+    def spy(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+        seen.append([t.name for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL])
+        return convert(model, version)
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", spy)
+    model = big_mlp_opset11()
+    loaded = load_model(model)
+    assert seen == [["w1"]]  # 1200 elements; w2 (500), b1 and b2 are at most SHAPE_TENSOR_MAX_ELEMENTS
+    assert default_opset(loaded) == 17
+    original = {t.name: t for t in model.graph.initializer}
+    for tensor in loaded.graph.initializer:
+        assert tensor.data_location == TensorProto.DEFAULT and not tensor.external_data
+        assert tensor == original[tensor.name]
+    feeds = random_feeds(model)
+    module = import_model(model)
+    np.testing.assert_allclose(evaluate(module, feeds)["y"], run_onnxruntime(model, feeds)["y"], rtol=1e-5, atol=1e-5)

@@ -101,3 +101,14 @@ def test_window_ops_become_a_stick_lookup_and_a_matmul(ir: IRHarness) -> None:
              'tensor<25x32xf32, #tt.layout<row_major, dram, interleaved>>',
              '"ttir.embedding"(%4, %5) {im2col = true, pad_negative = true}',
              '"ttir.matmul"(%6, %1) : (tensor<9x288xf32')
+
+
+def test_stacked_conv_weight_transposes_in_blocks_like_one_copy(monkeypatch) -> None:
+    """The blocked transposition of a weight without padded channels equals the plain one, with a last block
+    that is not full."""
+    from ttc.passes import windows
+
+    monkeypatch.setattr(windows, "TRANSPOSE_BLOCK", 16)
+    w = np.random.default_rng(3).standard_normal((40, 64, 3, 2)).astype(np.float32)
+    expected = w.transpose(2, 3, 1, 0).reshape(3 * 2 * 64, 40)
+    assert np.array_equal(windows.stacked_conv_weight(w, 1), expected)

@@ -198,3 +198,16 @@ def test_tanh_gelu_is_recognised(ir: IRHarness) -> None:
         f'func.return %7 : {x} loc("ret")'))
     ir.check(out, f'"ttir.gelu"(%arg0) {{approximate = "tanh"}} : ({x}) -> {x} loc(fused["p", "m2", "a1", "m3", "t", '
                   '"a2", "m1", "m4"])')
+
+
+def test_saturate_clips_finite_values_and_keeps_nan_and_inf() -> None:
+    from ttc.passes.tilize import BF16_MAX, saturate
+
+    inside = np.array([1.0, -3.0e38, 3.0e38], np.float32)
+    assert saturate(inside) is inside  # nothing moves: the array itself
+    mixed = np.array([np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 2.0], np.float32)
+    out = saturate(mixed)
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == -np.inf
+    assert out[3] == np.float32(BF16_MAX) and out[4] == -np.float32(BF16_MAX) and out[5] == 2.0
+    with_nan = np.array([np.nan, 1.0], np.float32)
+    assert np.array_equal(saturate(with_nan), with_nan, equal_nan=True)
