@@ -454,9 +454,9 @@ def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
             np.subtract(scratch, out, out=out)
         redo = (low < _F16_NORMAL_EXPONENT - _EXPONENT_ONE) | (high >= _F16_NEAR_OVERFLOW)
         if redo.any():
-            exact = start[redo]
-            for partial in partials:
-                exact = _f64_to_f16(exact + partial[redo])
+            exact, steps = start[redo], partials[:, redo].astype(np.float64)
+            for step in steps:
+                exact = _f64_to_f16(exact + step)
             out[redo] = exact
 
 
@@ -530,7 +530,7 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf1
     fn = _BINARY[op]
     if dst_format == "f16":  # sums and products of two Float16 values are exact in float64
         with np.errstate(invalid="ignore", over="ignore"):
-            exact = fn(f16_round(a).astype(np.float64), f16_round(b).astype(np.float64))
+            exact = fn(as_f16(a).astype(np.float64), as_f16(b).astype(np.float64))
         return _f64_to_f16(exact).astype(np.float32)
     shape = np.broadcast_shapes(np.shape(a), np.shape(b))
     if not shape:
