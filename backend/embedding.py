@@ -56,15 +56,20 @@ def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
     k = KernelBuilder(op.loc)
     table = k.addrgen(0, tensor(op.operands[0]))
     ids = k.addrgen(1, tensor(op.operands[1]))
+    im2col = bool(op.attr("im2col"))  # an index page per output tile row (32 ids), else one per batch
+    tile_rows = -(-tensor(op.result).shape[0] // TILE)
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         tile_row = k.add(k.arg(1), row)
+        page = k.affine(k.arg(1), (k.arg(0), tile_rows), (batch, tile_rows), (row, 1)) if im2col \
+            else k.add(k.arg(0), batch)
+        first = 0 if im2col else k.mul(tile_row, TILE)
         k.op("cb_reserve_back", cb=CB_INDEX, pages=1)
-        k.op("noc_read_pages", ids, k.add(k.arg(0), batch), cb=CB_INDEX, count=1)
+        k.op("noc_read_pages", ids, page, cb=CB_INDEX, count=1)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_INDEX, pages=1)
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
         k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
-        k.op("noc_read_rows_indexed", table, k.mul(tile_row, TILE), valid_rows(k, ids_per_page, tile_row),
+        k.op("noc_read_rows_indexed", table, first, valid_rows(k, ids_per_page, tile_row),
              cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0],
              **({"pad_negative": True} if op.attr("pad_negative") else {}))
         k.op("noc_read_barrier")

@@ -924,8 +924,9 @@ def embedding_geometry(op: Operation) -> tuple[TileShape, int, int]:
     """(output tile shape, ids per index page, bytes per table row) of a `ttir.embedding`: output batch b
     holds the rows of index page b (a row of the ids' last dim), output tile row r its ids 32r.."""
     table, ids = tensor(op.operands[0]), tensor(op.operands[1])
-    if op.attributes.get("im2col"):  # worked as [positions, M, width]; written side by side
-        return tile_shape((*ids.shape, table.shape[1])), ids.shape[-1], page_size(table)
+    if op.attributes.get("im2col"):  # ids [positions, M tile rows, 32]; worked as [positions, M, width],
+        m = tensor(op.result).shape[0]  # written side by side
+        return tile_shape((ids.shape[0], m, table.shape[1])), TILE, page_size(table)
     return tile_shape(tensor(op.result).shape), ids.shape[-1] if ids.shape else 1, page_size(table)
 
 

@@ -49,7 +49,7 @@ from ttc.passes.movement import (
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IDS_PER_PAGE = 2048
-MAX_IM2COL_IDS = 16384  # an im2col lookup reads one index page of M ids per kernel position
+MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
 MAX_POSITIONS = 128  # kernel positions of one window
 MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
 
@@ -94,9 +94,13 @@ def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows
     is read."""
     source = tensor(rows).with_encoding(None)
     positions, m = ids.shape
+    rt = -(-m // 32)
+    paged = np.full((positions, rt * 32), -1, np.int32)  # -1: a zero row (padding pixels and rows past M)
+    paged[:, :m] = ids
+    paged = paged.reshape(positions, rt, 32)  # an index page per output tile row: 128 B read per 32 rows
     stem = node_name(op).strip("/").replace("/", ".") or "window"
-    name = module.add_weight(f"{stem}.window_index", ids.astype(np.int32))
-    index = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
+    name = module.add_weight(f"{stem}.window_index", paged)
+    index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                    {"value": WeightAttr(name)}).result
     return rewriter.create_before(op, "ttir.embedding", [rows, index],
                                   [source.with_shape((m, positions * source.shape[1]))],
