@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 
 import ml_dtypes
@@ -232,17 +234,39 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
     acc.reshape(dst.shape)[...] = dst
     dst_bound = _dst_bound(np.asarray(dst))
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
-    scratch = np.empty(rows * n)
-    for index, first, last in _row_blocks(len(acc), m, rows):
-        partials = None
-        for left, right in terms:
-            product = left[:, index, first:last] @ right[:, index]
-            partials = product if partials is None else partials + product
-        assert partials is not None
-        block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
-        partials = partials.astype(np.float32).reshape(chunks, -1)
-        _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
+
+    def run(blocks: list[tuple[int | slice, int | None, int | None]]) -> None:
+        scratch = np.empty(rows * n)
+        for index, first, last in blocks:
+            partials = None
+            for left, right in terms:
+                product = left[:, index, first:last] @ right[:, index]
+                partials = product if partials is None else partials + product
+            assert partials is not None
+            block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
+            partials = partials.astype(np.float32).reshape(chunks, -1)
+            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
+
+    blocks = list(_row_blocks(len(acc), m, rows))
+    workers = _chain_workers(len(blocks), chunks * m * n * len(acc))
+    if workers == 1:
+        run(blocks)
+    else:  # blocks write disjoint rows of acc: the threads' order does not change a bit
+        list(_POOL.map(run, [blocks[i::workers] for i in range(workers)]))
     return acc
+
+
+_CHAIN_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL = ThreadPoolExecutor(max_workers=_CHAIN_THREADS, thread_name_prefix="ttc-matmul")
+_PARALLEL_PRODUCTS = 1 << 18  # below this many chunk products a matmul block runs in the calling thread
+
+
+def _chain_workers(blocks: int, products: int) -> int:
+    """Threads for a block's Dst chains: numpy releases the GIL in its loops, so independent row blocks
+    run on several cores at once (as onnxruntime's intra-op threads do)."""
+    if blocks < 2 or products < _PARALLEL_PRODUCTS:
+        return 1
+    return min(blocks, _CHAIN_THREADS)
 
 
 def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:
@@ -431,6 +455,12 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
     """add_tiles / sub_tiles / mul_tiles: bf16 operands, exact result rounded once to bf16.
 
+    A product of two bf16 values has at most 16 significant bits, so float32 holds it exactly unless its
+    low bits fall below 2**-149, i.e. it is below 2**-135; such a value and its float32 rounding are both
+    under half of bf16's smallest subnormal (2**-134) and round to zero either way, and a float32
+    overflow is past bf16's range too. So a product is rounded from float32; sums and differences from
+    float64, where they are exact.
+
     Elementwise, so it runs over cache-sized blocks along the leading axis (the float64 temporaries of a
     block stay in cache).
     """
@@ -442,10 +472,14 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
     a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
     out = np.empty(shape, dtype=np.float32)
     rows = max(1, _ELTWISE_BLOCK // max(1, math.prod(shape[1:])))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         for start in range(0, shape[0], rows):
             block = slice(start, start + rows)
-            exact = fn(bf16_round(a[block]).astype(np.float64), bf16_round(b[block]).astype(np.float64))
+            lhs, rhs = _as_bf16(a[block]), _as_bf16(b[block])
+            if op == "mul":  # see eltwise_binary's doc: float32 holds the product exactly where it counts
+                out[block] = bf16_round(lhs * rhs)
+                continue
+            exact = fn(lhs.astype(np.float64), rhs.astype(np.float64))
             out[block] = _f64_to_bf16(exact).reshape(exact.shape)
     return out
 
