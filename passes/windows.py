@@ -10,8 +10,11 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   padding, read as a zero stick); the reader fetches the sticks, compute tilizes them and the writer puts
   position k's tiles at column k * Cp / 32 of the output tile row, so the result is the [M_out, KK * Cp]
   matmul operand as it is read. One matmul by the stacked weight [KK * Cp, OC] follows (`fuse` adds the
-  bias and activation to it: conv + batch norm + relu is one device op). Groups (AlexNet's 2, depthwise,
-  ShuffleNet's grouped 1x1) become a block-diagonal stacked weight. A 1x1 stride-1 convolution without
+  bias and activation to it: conv + batch norm + relu is one device op). Groups (AlexNet's 2, ShuffleNet's
+  grouped 1x1, depthwise up to 32 channels) become a block-diagonal stacked weight; a wider depthwise
+  convolution is one matmul batched over channel tiles (`depthwise_matmul`): a grouped lookup
+  [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
+  grows with C, not C squared. A 1x1 stride-1 convolution without
   padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
   the lookup and the product go by chunks of rows, joined along the rows after the product;
 - an average pool is the same matmul with stacked identities, times a constant per-pixel 1 / count
@@ -88,10 +91,11 @@ def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
     return rewriter.create_before(op, "ttir.to_layout", [x], [tensor(x).with_encoding(ROW_MAJOR)]).result
 
 
-def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray) -> Value:
+def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray,
+                  grouped: bool = False) -> Value:
     """[M_out, KK * Cp] in one lookup (`ttir.embedding {im2col}`) of the row-major sticks `rows`: the sticks of
     kernel position k are written at tile column k * Cp / 32 of each output tile row, the matmul operand as it
-    is read."""
+    is read. `grouped`: [Cp / 32, M_out, KK * 32] instead, channel tile j of every position in batch j."""
     source = tensor(rows).with_encoding(None)
     positions, m = ids.shape
     rt = -(-m // 32)
@@ -102,6 +106,10 @@ def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows
     name = module.add_weight(f"{stem}.window_index", paged)
     index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                    {"value": WeightAttr(name)}).result
+    if grouped:
+        return rewriter.create_before(op, "ttir.embedding", [rows, index],
+                                      [source.with_shape((source.shape[1] // 32, m, positions * 32))],
+                                      {"pad_negative": True, "im2col": True, "grouped": True}).result
     return rewriter.create_before(op, "ttir.embedding", [rows, index],
                                   [source.with_shape((m, positions * source.shape[1]))],
                                   {"pad_negative": True, "im2col": True}).result
@@ -179,6 +187,40 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return rewriter.create_before(op, "ttir.concat", products, [result], {"axis": 0}).result
 
 
+def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
+                     w: np.ndarray, result: TensorType) -> Value:
+    """A depthwise convolution (a channel per group) as one matmul batched over channel tiles: batch j is
+    [M_out, KK * 32] (channel tile j at every kernel position, `im2col_lookup(grouped)`) times [KK * 32, 32]
+    (the positions' diagonal weight blocks), so no product of unrelated channels is ever formed; the
+    [Cp / 32, M_out, 32] result moves tiles to [M_out, Cp] (a tile gather), then the channel padding goes.
+    The dense block-diagonal weight gives the same values (its zero tiles add 0 to Dst) at Cp / 32 times
+    the work."""
+    c = tensor(x).shape[1]
+    x = padded_channels(rewriter, module, op, x)
+    ct = tensor(x).shape[1] // 32
+    positions, m = ids.shape
+    cols = im2col_lookup(rewriter, module, op, untilized(rewriter, op, x), ids, grouped=True)
+    blocks = np.zeros((ct * 32, positions, 32), np.float32)  # [channel, position, lane of its tile]
+    channels = np.arange(c)
+    blocks[channels, :, channels % 32] = w.reshape(c, positions)
+    diagonal = np.ascontiguousarray(blocks.reshape(ct, 32, positions, 32).transpose(0, 2, 1, 3))
+    b = weight(rewriter, module, op, "w_diagonal", diagonal.reshape(ct, positions * 32, 32), result)
+    product = rewriter.create_before(op, "ttir.matmul", [cols, b], [result.with_shape((ct, m, 32))]).result
+    moved = rewriter.create_before(op, "ttir.transpose", [product], [result.with_shape((m, ct, 32))],
+                                   {"perm": (1, 0, 2)}).result
+    value = rewriter.create_before(op, "ttir.reshape", [moved], [result.with_shape((m, ct * 32))]).result
+    if ct * 32 == c:
+        return value
+    return rewriter.create_before(op, "ttir.slice", [value], [result],
+                                  {"begins": (0, 0), "ends": (m, c), "steps": (1, 1)}).result
+
+
+def is_depthwise(w: np.ndarray, groups: int) -> bool:
+    """One input and one output channel per group, with more than a tile of channels (below that the
+    block-diagonal product is a single tile wide anyway)."""
+    return groups > 32 and w.shape[0] == groups and w.shape[1] == 1
+
+
 def stacked_weight(dense: np.ndarray, channels: int) -> np.ndarray:
     """[KK, C, OC] -> [KK * Cp, OC] with zero rows for the padded channels."""
     positions, c, oc = dense.shape
@@ -215,9 +257,13 @@ class Conv2dToDevice(RewritePattern):
         if kh * kw > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
-        stacked = stacked_conv_weight(w, op.attr("groups"))
-        b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-        value = windowed_matmul(rewriter, self.module, op, x, window_ids(op, (kh, kw)), b_value, result)
+        ids = window_ids(op, (kh, kw))
+        if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
+            value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+        else:
+            stacked = stacked_conv_weight(w, op.attr("groups"))
+            b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
+            value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])

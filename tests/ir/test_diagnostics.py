@@ -144,3 +144,12 @@ IM2COL = """module {{
 def test_im2col_indices_are_a_page_per_tile_row(ids: str, m: int, expected: str) -> None:
     verify(parse_module(IM2COL.format(ids="tensor<9x2x32xi32>", m=40), "m.mlir"))
     assert expected in error_of(IM2COL.format(ids=ids, m=m))
+
+
+def test_grouped_im2col_is_a_batch_per_channel_tile() -> None:
+    good = IM2COL.replace("tensor<{m}x288xbf16>", "tensor<1x{m}x288xbf16>").replace(
+        "im2col = true,", "grouped = true, im2col = true,")
+    verify(parse_module(good.format(ids="tensor<9x2x32xi32>", m=40), "m.mlir"))
+    wrong = good.replace("tensor<1x{m}x288xbf16>", "tensor<{m}x288xbf16>")
+    assert "channel tile j of every position side by side in batch j" in error_of(
+        wrong.format(ids="tensor<9x2x32xi32>", m=40))
