@@ -24,8 +24,8 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
 
 Pad and Resize import as padded lookups of the channels-last matrix (`PaddedLookupToDevice`). The NCHW <->
 channels-last changes left at the graph edges become row lookups around a tile transpose
-(`ChannelLayoutEdge`). Index tables longer than `MAX_IDS_PER_PAGE` are split into pages (multiples of 32
-ids, so the looked-up tiles regroup without moving data).
+(`ChannelLayoutEdge`). Index tables of a multiple of 32 ids are split into pages of 32 (one per output tile
+row, so the looked-up tiles regroup without moving data).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from ttc.passes.movement import (
 )
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
-MAX_IDS_PER_PAGE = 2048
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
 MAX_POSITIONS = 128  # kernel positions of one window
 MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
@@ -75,15 +74,9 @@ def window_ids(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
 
 
 def ids_page(m: int) -> int:
-    """Ids per index page: all of them, or a multiple of 32 dividing m."""
-    if m <= MAX_IDS_PER_PAGE or m % 32:
-        return m
-    tiles = m // 32
-    best = 1
-    for d in range(1, MAX_IDS_PER_PAGE // 32 + 1):
-        if tiles % d == 0:
-            best = d
-    return best * 32
+    """Ids per index page: 32 (a page per output tile row, so a reader fetches only the ids it uses) when
+    m is a multiple of 32, else all m (the looked-up tiles regroup without moving either way)."""
+    return 32 if m % 32 == 0 else m
 
 
 def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
