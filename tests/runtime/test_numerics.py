@@ -425,6 +425,32 @@ def test_blocked_matmul_equals_the_chunk_by_chunk_model(monkeypatch, products, f
     assert np.array_equal(bits(got), bits(want))
 
 
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_operand_range_proves_the_fast_chain(fidelity):
+    """Operands no smaller than 2**-44 (but for zeros) let every block take the fast chain without looking
+    at its partials; with magnitudes spread over 2**-44 .. 2**40 and sums cancelling to tiny values it
+    still gives the chunk-by-chunk bits. A smaller operand, an inf or a huge product disables the proof."""
+    rng = np.random.default_rng(40 + int(fidelity))
+    def spread(*shape: int) -> np.ndarray:
+        signs = rng.choice([-1.0, 1.0], shape)
+        return N.bf16_round(signs * (1 + rng.random(shape)) * 2.0 ** rng.integers(-44, 20, shape))
+
+    a, b = spread(2, 64, 96), spread(2, 96, 64)
+    a[:, :, :16] = 2.0**-44  # equal products of opposite signs: chunk sums of exactly 0 and tiny ones
+    b[:, :8, :], b[:, 8:16, :] = 2.0**-44, -(2.0**-44)
+    b[0, 15, 3] = -(2.0**-44) * 1.0078125
+    a[1, 5, 40:50] = 0.0
+    dst = N.bf16_round(rng.standard_normal((2, 64, 64)))
+    assert N._operands_keep_normal(N._dst_bound(dst), a, b, 6)
+    with np.errstate(all="ignore"):
+        got = N.matmul_block_accumulate(as_tiles(dst), as_tiles(a), as_tiles(b), fidelity)
+    assert np.array_equal(bits(got), bits(as_tiles(chunk_by_chunk(dst, a, b, fidelity))))
+    small, huge, infinite = a.copy(), a.copy(), a.copy()
+    small[0, 0, 0], huge[0, 0, 0], infinite[0, 0, 0] = 2.0**-45, 2.0**120, np.inf
+    for operand in (small, huge, infinite):
+        assert not N._operands_keep_normal(N._dst_bound(dst), operand, b, 6)
+
+
 @pytest.mark.parametrize("name", sorted(N.SFPU_FUNCTIONS))
 def test_sfpu_table_equals_evaluating_the_function(name):
     """sfpu_unary looks unary SFPU results up in a table of all 65536 bf16 inputs: the same bits as
