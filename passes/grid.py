@@ -9,7 +9,8 @@ compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheap
     tt.math_fidelity = "hifi4"
 
 When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
-budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid).
+budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
+`sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -397,52 +398,69 @@ class LiveL1:
                 self.others[id(op)] += extra
 
 
-def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0) -> Choice:
+def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
+                  sharding: bool = True) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
-    options, why_not = ((str(given.memory_layout),), "") if given else sharding_options(op)
+    if given is not None:
+        options, why_not = (str(given.memory_layout),), ""
+    elif sharding:
+        options, why_not = sharding_options(op)
+    else:
+        options, why_not = (), "sharding is off (grid{sharding=false})"
     budget = live.budget(op)
-    old_share = l1_share(tensor(op.result), device)
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
-    smallest: dict[str, int] = {}
+    misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
     for candidate in ranked_matmul(op, device, fidelity, options, max_cores):
         grid, blocking, result_layout, cost = candidate
         kind = str(result_layout.memory_layout) if result_layout is not None else "interleaved"
         if kind in best or (given is not None and result_layout != given):
             continue
         footprint = l1_footprint(op, device, blocking, result_layout)
-        smallest[kind] = min(smallest.get(kind, footprint), footprint)
-        fits = footprint <= budget
-        if fits and result_layout is not None and given is None:
-            extra = shard_bytes(tensor(op.result).with_encoding(result_layout)) - old_share
-            fits = extra + old_share <= device.l1_free * MAX_SHARD_SHARE and live.fits_across(op.result, extra)
-        if fits:
+        why = shard_misfit(op, result_layout, footprint, budget, live, device) if given is None and result_layout \
+            else (f"{footprint} bytes per core exceed the budget of {budget}" if footprint > budget else None)
+        if why is None:
             best[kind] = (candidate, footprint)
             if given is not None or len(best) == 1 + len(options):
                 break
+        elif kind not in misfit or footprint < misfit[kind][0]:
+            misfit[kind] = (footprint, why)
     if not best:
+        smallest = min((f for f, _ in misfit.values()), default=0)
         if given is not None:
             raise UserError(
                 f"node {node_names(op)}: the {given.memory_layout} result {tensor(op.result)} does not fit in L1 "
-                f"on {device.arch}: a shard takes {shard_bytes(tensor(op.result))} bytes on each core of grid "
-                f"{given.grid} (core (0,0) first), {smallest.get(str(given.memory_layout), 0)} bytes per core with "
-                f"the circular buffers and operands of the smallest matching blocking, the budget is {budget} bytes "
-                "(l1_size - l1_reserved - other L1 tensors live across it); use a larger grid or an interleaved "
-                "layout")
+                f"on {device.arch}: its shard takes {shard_bytes(tensor(op.result))} bytes on core (0,0) and each "
+                f"other core of grid {given.grid}, {smallest} bytes per core with the circular buffers and operands "
+                f"of the smallest matching blocking, the budget is {budget} bytes (l1_size - l1_reserved - other L1 "
+                "tensors live across it); use a larger grid or an interleaved layout")
         raise UserError(
             f"node {node_names(op)}: '{op.name}' does not fit in L1 on {device.arch}: its smallest footprint "
-            f"over all grids and blockings is {min(smallest.values(), default=0)} bytes per core (circular "
-            f"buffers + L1 tensors), the budget is {budget} bytes (l1_size - l1_reserved - other L1 tensors live "
-            "across it); try layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in "
-            "the model")
+            f"over all grids and blockings is {smallest} bytes per core (circular buffers + L1 tensors), the "
+            f"budget is {budget} bytes (l1_size - l1_reserved - other L1 tensors live across it); try "
+            "layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in the model")
     kind = min(best, key=lambda k: (best[k][0][3].cycles, best[k][0][3].noc))
     (grid, blocking, result_layout, cost), footprint = best[kind]
-    reason = sharding_reason(op, kind, best, options, why_not, smallest, device)
+    reason = sharding_reason(op, kind, best, options, why_not, misfit)
     return Choice(grid, blocking, cost, footprint, result_layout, reason)
 
 
+def shard_misfit(op: Operation, result_layout: LayoutAttr, footprint: int, budget: int, live: LiveL1,
+                 device: DeviceAttr) -> str | None:
+    """Why the result cannot take `result_layout` with this blocking (None: it fits)."""
+    shard = shard_bytes(tensor(op.result).with_encoding(result_layout))
+    limit = int(device.l1_free * MAX_SHARD_SHARE)
+    if shard > limit:
+        return f"a shard of {shard} bytes per core is above {limit} ({MAX_SHARD_SHARE:.0%} of free L1)"
+    if footprint > budget:
+        return f"{footprint} bytes per core with its CBs exceed the budget of {budget}"
+    if not live.fits_across(op.result, shard - l1_share(tensor(op.result), device)):
+        return f"a shard of {shard} bytes per core leaves an op it lives across no room for its CBs"
+    return None
+
+
 def sharding_reason(op: Operation, kind: str, best: dict[str, tuple[Candidate, int]], options: tuple[str, ...],
-                    why_not: str, smallest: dict[str, int], device: DeviceAttr) -> str:
+                    why_not: str, misfit: dict[str, tuple[int, str]]) -> str:
     """Why the result got its layout: the rule that made sharding a candidate, and the modelled cycles."""
     rows, cols = tile_rows_cols(tensor(op.result))
     if not options:
@@ -450,18 +468,18 @@ def sharding_reason(op: Operation, kind: str, best: dict[str, tuple[Candidate, i
     cycles = {k: round(c[3].cycles) for k, (c, _) in best.items()}
     noc = {k: round(c[3].noc) for k, (c, _) in best.items()}
     others = ", ".join(f"{k} {cycles[k]} (NoC {noc[k]})" for k in cycles if k != kind)
-    unfit = [k for k in options if k not in best]
-    unfit_text = "; ".join(f"no {k} candidate fits L1 (smallest {smallest[k]} bytes per core incl. the shard)"
-                           if k in smallest else f"no blocking cuts the result into {k} shards" for k in unfit)
+    unfit = "".join(f"; no {k} candidate fits L1 (best: {misfit[k][1]})" if k in misfit
+                    else f"; no blocking cuts the result into {k} shards" for k in options if k not in best)
     if kind == "interleaved":
         versus = f", cheaper than {others}" if others else ""
-        return f"interleaved: {cycles[kind]} cycles (NoC {noc[kind]}){versus}" + (f"; {unfit_text}" if unfit_text else "")
+        return f"interleaved: {cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}"
     grid, _, result_layout, _ = best[kind][0]
     assert result_layout is not None and result_layout.shard is not None
     rule = f"M {rows} >= {TALL_RATIO} x N {cols} tiles" if kind == "height_sharded" \
         else f"M {rows} and N {cols} tiles both >= {BLOCK_MIN_TILES}"
+    versus = f" vs {others}" if others else ""
     return (f"{kind}: {rule}; {grid.num_cores} cores own {result_layout.shard} tile shards; "
-            f"{cycles[kind]} cycles (NoC {noc[kind]})" + (f" vs {others}" if others else ""))
+            f"{cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}")
 
 
 @register_pass
@@ -472,6 +490,7 @@ class Grid(Pass):
     name = "grid"
     math_fidelity: str = "hifi4"
     max_cores: int = 0
+    sharding: bool = True
 
     def run(self, module: Module) -> None:
         if self.math_fidelity not in FIDELITY_PHASES:
@@ -486,7 +505,7 @@ class Grid(Pass):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 if op_kind(op) == "matmul":
-                    choice = choose_matmul(op, device, live, fidelity, self.max_cores)
+                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding)
                     shard_result(op, choice, live, device)
                 else:
                     choice = choose(op, device, live.budget(op), fidelity, self.max_cores)

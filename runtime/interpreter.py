@@ -172,7 +172,7 @@ class Program:
         self.compute_cycles = 0
         self.noc_bytes = 0
         self.dram_bytes = 0
-        self.local_bytes = 0
+        self.local_bytes = 0  # sharded pages a core moved within its own L1, summed over the cores
         self.core_banks = np.zeros(0, dtype=np.int64)  # L1 bank (device core) of each program core
         self.cbs: dict[int, CircularBuffer] = {}
         self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
@@ -387,22 +387,22 @@ class Program:
             own = bank.reshape(self.cores, -1) == self.core_banks[:, None]
             if wanted is not None:
                 own &= wanted.reshape(self.cores, -1)
-            local = int(own.sum()) // self.cores
-            self.local_bytes += local * gen.page_size
-            pages -= local
+            self.local_bytes += int(own.sum()) * gen.page_size  # all cores; per core in profile()
         nbytes = pages * gen.page_size
         self.noc_bytes += nbytes
         if gen.memory is self.device.dram:
             self.dram_bytes += nbytes * self.cores
 
     def profile(self) -> ProgramProfile:
+        local = self.local_bytes // self.cores
+        noc_bytes = self.noc_bytes - local
         dram = self.dram_bytes / self.desc.dram_bytes_per_cycle
-        noc = self.noc_bytes / self.desc.noc_bytes_per_cycle
+        noc = noc_bytes / self.desc.noc_bytes_per_cycle
         costs = {"compute": float(self.compute_cycles), "dram": dram, "noc": noc}
         bound = max(costs, key=lambda k: costs[k])
         return ProgramProfile(self.op.attr("kind"), self.op.loc.names(), self.cores, self.compute_cycles,
-                              self.dram_bytes, self.noc_bytes, dram, noc, costs[bound], bound,
-                              costs[bound] / self.desc.clock_mhz, self.local_bytes)
+                              self.dram_bytes, noc_bytes, dram, noc, costs[bound], bound,
+                              costs[bound] / self.desc.clock_mhz, local)
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -623,7 +623,8 @@ def _locate(gen: AddrGen, pages: np.ndarray, access: str, cb: CircularBuffer) ->
     """(bank, offset) of buffer pages [cores, n]; an out-of-bounds page is a fault naming the CB."""
     actual = gen.memory.layout_at(gen.base)
     if actual != gen.memory_layout:
-        raise Fault(f"a {gen.memory_layout} address generator over a {actual} buffer at "
+        article = "an" if gen.memory_layout == "interleaved" else "a"
+        raise Fault(f"{article} {gen.memory_layout} address generator over a {actual} buffer at "
                     f"{int(np.asarray(gen.base).flat[0]):#x}", cb=cb.index)
     try:
         return gen.memory.locate(gen.base, pages, gen.page_size, access)
