@@ -217,7 +217,10 @@ def tile_rows_cols(t: TensorType) -> tuple[int, int]:
 
 def shard_geometry(t: TensorType) -> ShardGeometry:
     encoding = layout(t)
-    assert encoding.grid is not None and encoding.shard is not None, f"{t} has no shard grid"
+    if encoding.grid is None or encoding.shard is None or encoding.memory_space != "l1" \
+            or encoding.tensor_layout != "tile":
+        raise UserError(f"{t}: a sharded tensor lives in L1 in tile layout with a grid and a shard shape "
+                        "(#tt.layout<tile, l1, height_sharded, grid = XxY, shard = RxC>)")
     rows, cols = tile_rows_cols(t)
     return ShardGeometry(rows, cols, int(encoding.shard[0]), int(encoding.shard[1]),
                          (int(encoding.grid[0]), int(encoding.grid[1])))

@@ -163,3 +163,8 @@ def test_allocate_names_the_node_and_core_when_a_shard_does_not_fit(ir: IRHarnes
                                         r"\d+x\d+ holding the height_sharded buffer tensor<3136x64xbf16, .*>\): a shard "
                                         r"of \d+x2 tiles needs \d+ bytes, the largest free range is 4096 bytes"):
         PassManager("allocate", stream=io.StringIO()).run(module)
+
+
+def test_a_sharded_layout_without_its_shard_shape_is_a_user_error(ir: IRHarness) -> None:
+    with pytest.raises(UserError, match=r"a sharded tensor lives in L1 in tile layout with a grid and a shard shape"):
+        ir.run("grid", *chain(ir, 3136, 64, 64, first_layout="l1, height_sharded"))
