@@ -12,6 +12,7 @@ import pytest
 from onnx import helper
 from test_cnn_ops import model_of
 
+import ttc
 from ttc.compiler import CompiledModel, CompileOptions, compile_model, default_pipeline
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import DeviceFault
@@ -77,7 +78,7 @@ def test_conv_chain_runs_height_sharded() -> None:
     assert plain.local_bytes == 0 and conv2.noc_bytes < plain.noc_bytes
 
 
-def test_large_matmul_runs_block_sharded() -> None:
+def test_large_matmul_runs_block_sharded(tmp_path) -> None:
     compiled, outputs = run_golden(matmul_chain())
     buffers = sharded_buffers(compiled, "block_sharded")
     assert len(buffers) == 1 and "tensor<512x512xbf16" in buffers[0]
@@ -87,6 +88,9 @@ def test_large_matmul_runs_block_sharded() -> None:
     assert fc2.local_bytes > 0  # the consumer's own blocks of the activation
     _, reference = run_golden(matmul_chain(), INTERLEAVED)
     np.testing.assert_array_equal(outputs["y"], reference["y"])
+    compiled.save(tmp_path / "chain.ttc")  # the sharded layouts survive the artifact's text
+    x = np.random.default_rng(0).standard_normal((512, 384)).astype(np.float32)
+    np.testing.assert_array_equal(ttc.load(tmp_path / "chain.ttc").run({"x": x})["y"], outputs["y"])
 
 
 def test_per_op_golden_reads_sharded_buffers_back(tmp_path) -> None:
