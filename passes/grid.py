@@ -264,6 +264,7 @@ SHARD_MIN_M_TILES = 8  # fewer output tile rows (decoders at batch 1, classifier
 TALL_RATIO = 4  # height sharding: M tiles >= 4 x N tiles (tall and narrow, as early CNN layers)
 BLOCK_MIN_TILES = 8  # block sharding: M and N both at least this many tiles
 MAX_SHARD_SHARE = 0.4  # a shard taking more of a core's free L1 is not tried (as layout's MAX_L1_SHARE)
+GIVEN = "given"  # the result's sharded layout came with the input IR
 
 
 def is_intermediate(value: Value) -> bool:
@@ -403,7 +404,7 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
-        options, why_not = (str(given.memory_layout),), ""
+        options, why_not = (str(given.memory_layout),), GIVEN
     elif sharding:
         options, why_not = sharding_options(op)
     else:
@@ -475,8 +476,12 @@ def sharding_reason(op: Operation, kind: str, best: dict[str, tuple[Candidate, i
         return f"interleaved: {cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}"
     grid, _, result_layout, _ = best[kind][0]
     assert result_layout is not None and result_layout.shard is not None
-    rule = f"M {rows} >= {TALL_RATIO} x N {cols} tiles" if kind == "height_sharded" \
-        else f"M {rows} and N {cols} tiles both >= {BLOCK_MIN_TILES}"
+    if why_not == GIVEN:
+        rule = "given in the input IR"
+    elif kind == "height_sharded":
+        rule = f"M {rows} >= {TALL_RATIO} x N {cols} tiles"
+    else:
+        rule = f"M {rows} and N {cols} tiles both >= {BLOCK_MIN_TILES}"
     versus = f" vs {others}" if others else ""
     return (f"{kind}: {rule}; {grid.num_cores} cores own {result_layout.shard} tile shards; "
             f"{cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}")

@@ -144,6 +144,7 @@ def test_a_given_sharded_layout_is_kept(ir: IRHarness) -> None:
     line = linear_line(ir.run_body("grid", *chain(ir, 3136, 64, 64, first_layout=given)), "mm1")
     assert "tt.grid = #tt.grid<7x1>" in line and "per_core_m = 14, per_core_n = 2" in line
     assert sharded_result(line) == ("height_sharded", (7, 1), (14, 2))
+    assert 'reason = "height_sharded: given in the input IR; 7 cores own 14x2 tile shards; ' in line
 
 
 def test_a_given_shard_that_cannot_fit_names_the_node_and_core(ir: IRHarness) -> None:
