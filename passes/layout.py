@@ -37,6 +37,7 @@ from ttc.passes.footprint import (
     op_kind,
     program_operands,
     readers,
+    sync_body_placement,
     tensor,
 )
 from ttc.passes.grid import min_cb_bytes
@@ -70,15 +71,6 @@ def assign_formats(func: Function, dtype: str) -> None:
     for op in func.body.ops:
         for result in op.results:
             with_format(result, weight_format if is_matmul_weight(op) else bf16)
-
-
-def sync_body_placement(op: Operation) -> None:
-    """A fused body's arguments take their operands' layout (memory space), keeping their element type."""
-    for region in op.regions:
-        for block in region.blocks:
-            for arg, operand in zip(block.args, op.operands, strict=False):
-                if isinstance(arg.type, TensorType) and isinstance(operand.type, TensorType):
-                    arg.type = arg.type.with_encoding(operand.type.encoding)
 
 
 def is_intermediate(live: LiveRange) -> bool:
