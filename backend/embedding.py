@@ -34,6 +34,8 @@ def lower_embedding(op: Operation) -> Program:
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
         batch, row = origin(unit)
+        if op.attr("grouped"):  # position b's channel tile j sits in batch j, at column b of each tile row
+            return [row * out.batches + batch]
         if op.attr("im2col"):  # batch (kernel position) b's tiles sit at column b * ct of each tile row
             return [row * out.batches * out.ct + batch * out.ct]
         return [(batch * out.rt + row) * out.ct]
@@ -56,15 +58,20 @@ def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
     k = KernelBuilder(op.loc)
     table = k.addrgen(0, tensor(op.operands[0]))
     ids = k.addrgen(1, tensor(op.operands[1]))
+    im2col = bool(op.attr("im2col"))  # an index page per output tile row (32 ids), else one per batch
+    tile_rows = tensor(op.operands[1]).shape[1] if im2col else 0  # ids [positions, tile rows, 32]
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         tile_row = k.add(k.arg(1), row)
+        page = k.affine(k.arg(1), (k.arg(0), tile_rows), (batch, tile_rows), (row, 1)) if im2col \
+            else k.add(k.arg(0), batch)
+        first = 0 if im2col else k.mul(tile_row, TILE)
         k.op("cb_reserve_back", cb=CB_INDEX, pages=1)
-        k.op("noc_read_pages", ids, k.add(k.arg(0), batch), cb=CB_INDEX, count=1)
+        k.op("noc_read_pages", ids, page, cb=CB_INDEX, count=1)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_INDEX, pages=1)
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
         k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
-        k.op("noc_read_rows_indexed", table, k.mul(tile_row, TILE), valid_rows(k, ids_per_page, tile_row),
+        k.op("noc_read_rows_indexed", table, first, valid_rows(k, ids_per_page, tile_row),
              cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0],
              **({"pad_negative": True} if op.attr("pad_negative") else {}))
         k.op("noc_read_barrier")
@@ -93,10 +100,13 @@ def embedding_writer(op: Operation, s: Schedule, out: TileShape):
     k = KernelBuilder(op.loc)
     gen = k.addrgen(2, tensor(op.result))
     batch_stride, row_stride = (out.ct, out.batches * out.ct) if op.attr("im2col") else (out.rt * out.ct, out.ct)
+    col_stride = 1
+    if op.attr("grouped"):  # [ct, M, positions * 32]: channel tiles a batch apart
+        batch_stride, row_stride, col_stride = 1, out.batches, out.rt * out.batches
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row, k.loop(out.ct // width) as block:
-        start = k.affine(k.arg(0), (batch, batch_stride), (row, row_stride), (block, width))
+        start = k.affine(k.arg(0), (batch, batch_stride), (row, row_stride), (block, width * col_stride))
         k.op("cb_wait_front", cb=CB_OUT, pages=width)
-        k.op("noc_write_tiles", gen, start, cb=CB_OUT, rows=1, cols=width)
+        k.op("noc_write_tiles", gen, start, cb=CB_OUT, rows=1, cols=width, col_stride=col_stride)
         k.op("noc_write_barrier")
         k.op("cb_pop_front", cb=CB_OUT, pages=width)
     return k.region()

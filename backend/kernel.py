@@ -108,11 +108,13 @@ class KernelBuilder:
     # -- buffers ----------------------------------------------------------------------------------
 
     def addrgen(self, operand: int, buffer_type: TensorType) -> Value:
-        """An interleaved address generator over the program's buffer operand #operand."""
+        """An address generator over the program's buffer operand #operand: interleaved, or sharded as the
+        buffer's layout says (the runtime maps a page to its shard's core)."""
         base = self._value("buffer_address", operand=operand)
         encoding = layout(buffer_type)
+        sharded = {} if encoding.memory_layout == "interleaved" else {"memory_layout": str(encoding.memory_layout)}
         return self._value("addrgen", base, page_size=page_size(buffer_type), memory=str(encoding.memory_space),
-                           format=TypeAttr(buffer_type.element_type))
+                           format=TypeAttr(buffer_type.element_type), **sharded)
 
     # -- structure --------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 - DRAM buffers bottom-up, in lockstep across the channels: a buffer takes the same address range in
   every bank, ceil(pages / channels) x page_size bytes (32 B aligned).
-- L1 buffers top-down, per-bank share over the compute cores (32 B aligned), never below l1_reserved.
+- L1 buffers top-down, per-bank share over the compute cores (32 B aligned), never below l1_reserved. A
+  sharded buffer takes one shard's bytes (`footprint.shard_bytes`) at the same address in every core, as
+  tt-metal's lockstep L1 allocator does; the cores of its grid hold the shards.
 - Both by liveness (create_buffer .. deallocate), reusing freed ranges first fit.
 - The CBs of each program from l1_reserved upward (32 B aligned, in index order); together
   (`footprint.cb_bytes`) they must end below every L1 buffer live during the program.
@@ -27,9 +29,11 @@ from ttc.passes.footprint import (
     align,
     bank_share,
     cb_bytes,
+    is_sharded,
     layout,
     module_device,
     node_names,
+    shard_geometry,
     tensor,
 )
 from ttc.passes.manager import Pass, register_pass
@@ -109,6 +113,14 @@ class Allocator:
         size = bank_share(t, banks)
         heap = self.heap(space)
         address = heap.allocate(size)
+        if address is None and is_sharded(t):
+            geometry = shard_geometry(t)
+            cores = geometry.shards
+            raise UserError(f"node {node_names(op)}: L1 is full on core (0,0) (and each of the {cores} cores of grid "
+                            f"{layout(t).grid} holding the {layout(t).memory_layout} buffer {t}): a shard of "
+                            f"{geometry.shard_rows}x{geometry.shard_cols} tiles needs {size} bytes, the largest free "
+                            f"range is {heap.largest_gap()} bytes ({heap.live_bytes} bytes per core in use); use "
+                            "more cores (smaller shards) or an interleaved layout")
         if address is None:
             hint = "layout{l1-intermediates=false}" if space == "l1" else "layout{dtype=bfp8_b} or a smaller batch"
             raise UserError(f"node {node_names(op)}: {heap.name} is full: buffer {t} needs {size} bytes per bank, "

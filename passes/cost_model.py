@@ -11,19 +11,28 @@ its cycles from, so the model and the emulator's profile agree on what an op cos
   transfer group (a barrier): the average hop distance x `noc_hop_cycles`, and the write start-up;
 - modelled time = max(compute, DRAM, NoC) + a launch overhead growing with the cores used, so a
   small op does not spread over cores it cannot keep busy.
+- sharded tensors (L1): a matmul's tiles that sit in the core's own shard (its output written into its own
+  shard, its activation rows read from its own shard) move no NoC bytes (`shard_locality`); the rest are
+  remote L1 reads over the NoC, like interleaved L1.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from ttc.ir.core import Operation, Value
-from ttc.ir.dialects.tt import DeviceAttr
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.passes.footprint import (
     HALF_DST,
     TILE,
+    MatmulShape,
     Phase,
+    ShardGeometry,
     accumulation_tiles,
+    core_bank,
     eltwise_plan,
     embedding_geometry,
     gather_of,
@@ -32,6 +41,7 @@ from ttc.passes.footprint import (
     matmul_shape,
     program_operands,
     reduction_of,
+    shard_geometry,
     tensor,
     tile_bytes,
     tile_shape,
@@ -105,12 +115,64 @@ def page(value: Value) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sharded operands: which of a core's tiles are in its own L1
+
+
+@functools.lru_cache(maxsize=4096)
+def shard_locality(geometry: ShardGeometry, row_starts: tuple[tuple[int, ...], ...], rows: int,
+                   cols: tuple[tuple[int, int], ...], grid: tuple[int, int], device_x: int) -> float:
+    """The fraction of the tiles the program's cores move that lie in their own shard, averaged over the
+    cores. Core k moves tile rows row_starts[k][j] + 0..rows-1 and tile columns cols[k] = (first, count);
+    its L1 is device core core_bank(k, grid); shard s lives on core_bank(s, geometry.grid)."""
+    moved = local = 0
+    for k, (starts, (first, count)) in enumerate(zip(row_starts, cols, strict=True)):
+        tile_rows = (np.asarray(starts)[:, None] + np.arange(rows)[None, :]).reshape(-1, 1)
+        owner = geometry.owner(tile_rows, first + np.arange(count)[None, :])
+        banks = core_bank(owner, geometry.grid, device_x)
+        local += int((banks == core_bank(k, grid, device_x)).sum())
+        moved += owner.size
+    return local / moved if moved else 0.0
+
+
+def matmul_units(shape: MatmulShape, b: dict[str, int]) -> tuple[int, int, int]:
+    return shape.batches // b["batches"], shape.mt // b["per_core_m"], -(-shape.nt // b["per_core_n"])
+
+
+def matmul_locality(op: Operation, b: dict[str, int], grid: tuple[int, int], device: DeviceAttr, operand: str,
+                    result_layout: LayoutAttr | None = None) -> float:
+    """Local fraction of a matmul's activation reads (operand "a", all K per row) or output writes ("out")
+    on a sharded tensor, under blocking b on `grid` (cores take the work units in row-major order)."""
+    shape = matmul_shape(op)
+    t = tensor(op.operands[0]) if operand == "a" else tensor(op.result)
+    if operand == "out" and result_layout is not None:
+        t = t.with_encoding(result_layout)
+    units = matmul_units(shape, b)
+    row_starts, cols = [], []
+    for k in range(units[0] * units[1] * units[2]):
+        group, m, n = (int(i) for i in np.unravel_index(k, units))
+        batches = range(group * b["batches"], (group + 1) * b["batches"])
+        if operand == "a":
+            row_starts.append(tuple(int(shape.a_offsets[i]) // shape.kt + m * b["per_core_m"] for i in batches))
+            cols.append((0, shape.kt))
+        else:
+            row_starts.append(tuple(i * shape.mt + m * b["per_core_m"] for i in batches))
+            first = n * b["per_core_n"]
+            cols.append((first, min(b["per_core_n"], shape.nt - first)))
+    return shard_locality(shard_geometry(t), tuple(row_starts), b["per_core_m"], tuple(cols), tuple(grid),
+                          device.compute_grid[0])
+
+
+# ----------------------------------------------------------------------------------------------
 # Per-kind work of one core
 
 
-def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str) -> Work:
+def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str,
+                result_layout: LayoutAttr | None = None, grid: tuple[int, int] | None = None) -> Work:
+    """With `result_layout`, the output as if it had that layout; `grid` places the cores (needed when an
+    operand or the output is sharded, to tell local from remote tiles)."""
     shape = matmul_shape(op)
     a, w, out = op.operands[0], op.operands[1], op.result
+    out_layout = result_layout or layout(tensor(out))
     batches, pcm, pcn, width = b["batches"], b["per_core_m"], b["per_core_n"], b["in0_block_w"]
     sh, sw = pcm // b["out_subblock_h"], pcn // b["out_subblock_w"]
     k_blocks = shape.kt // width
@@ -122,7 +184,10 @@ def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     work.compute += out_tiles * (chunks - 1) * tile_cycles(device, "add")  # chunk sums added to the total
     if any(matmul_masks(op)):
         work.compute += out_tiles * tile_cycles(device, "datacopy")
-    work.move(batches * pcm * shape.kt, page(a), in_dram(a), batches * k_blocks * sh)
+    a_remote = 1.0
+    if layout(tensor(a)).memory_layout != "interleaved" and grid is not None:
+        a_remote -= matmul_locality(op, b, grid, device, "a")
+    work.move(batches * pcm * shape.kt * a_remote, page(a), in_dram(a), batches * k_blocks * sh)
     work.move(batches * shape.kt * pcn * sh, page(w), in_dram(w), batches * k_blocks * sh * sw)
     if len(op.operands) > 2:
         bias = op.operands[2]
@@ -131,7 +196,10 @@ def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     activation = op.attributes.get("activation", "none")
     if activation != "none":
         work.compute += out_tiles * sfpu_cycles(device, activation)
-    work.move(out_tiles, page(out), in_dram(out), batches * sh * sw)
+    out_remote = 1.0
+    if out_layout.memory_layout != "interleaved" and grid is not None:
+        out_remote -= matmul_locality(op, b, grid, device, "out", out_layout)
+    work.move(out_tiles * out_remote, page(out), out_layout.memory_space == "dram", batches * sh * sw)
     return work
 
 
@@ -239,9 +307,13 @@ def average_hops(device: DeviceAttr) -> float:
 
 
 def estimate(op: Operation, kind: str, device: DeviceAttr, cores: int, blocking: dict[str, int],
-             fidelity: str) -> Cost:
-    """The modelled cost of `op` on `cores` cores with `blocking` (every core does the same work)."""
-    work = _WORK[kind](op, device, blocking, fidelity)
+             fidelity: str, result_layout: LayoutAttr | None = None, grid: tuple[int, int] | None = None) -> Cost:
+    """The modelled cost of `op` on `cores` cores with `blocking` (every core does the same work); for a
+    matmul, `result_layout` replaces the result's layout and `grid` places the cores for sharded tensors."""
+    if kind == "matmul":
+        work = matmul_work(op, device, blocking, fidelity, result_layout, grid)
+    else:
+        work = _WORK[kind](op, device, blocking, fidelity)
     latency = work.transfers * (average_hops(device) * device.noc_hop_cycles + device.noc_write_startup_cycles)
     noc = work.noc_bytes / device.noc_bytes_per_cycle + latency
     dram = work.dram_bytes * cores / device.dram_bytes_per_cycle

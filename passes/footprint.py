@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttc.ir.attributes import DenseAttr, TypeAttr
+from ttc.ir.attributes import DenseAttr, Dims, TypeAttr
 from ttc.ir.core import Module, Operation, OpResult, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
@@ -157,7 +157,10 @@ def num_pages(t: TensorType) -> int:
 
 
 def bank_share(t: TensorType, banks: int) -> int:
-    """Bytes per bank of an interleaved buffer over `banks` banks (32 B aligned)."""
+    """Bytes per bank of an interleaved buffer over `banks` banks (32 B aligned); of a sharded buffer, the
+    bytes of one shard (every core keeps the shard's address range, as L1 is allocated in lockstep)."""
+    if is_sharded(t):
+        return shard_bytes(t)
     return align(-(-num_pages(t) // banks) * page_size(t))
 
 
@@ -166,8 +169,77 @@ def in_l1(t: object) -> bool:
 
 
 def l1_share(t: TensorType, device: DeviceAttr) -> int:
-    """Per-core bytes of an L1-interleaved tensor (its pages spread over every compute core)."""
+    """Per-core bytes of an L1 tensor: an interleaved one's pages spread over every compute core, a sharded
+    one's shard."""
     return bank_share(t, device.compute_cores) if in_l1(t) else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded tensors (L1 only, tile layout)
+
+SHARDED_LAYOUTS = ("height_sharded", "block_sharded")
+
+
+def is_sharded(t: object) -> bool:
+    return isinstance(t, TensorType) and isinstance(t.encoding, LayoutAttr) \
+        and t.encoding.memory_layout != "interleaved"
+
+
+@dataclass(frozen=True)
+class ShardGeometry:
+    """A tile tensor cut into shards of shard_rows x shard_cols tiles over its (rows x cols) tiles (batches
+    stacked along the rows), row-major; shard k lives on core k of `grid` (row-major). Height sharding has
+    full-width shards, block sharding one shard per core of a 2-D grid (shard columns = grid x)."""
+
+    rows: int
+    cols: int
+    shard_rows: int
+    shard_cols: int
+    grid: tuple[int, int]
+
+    @property
+    def shards_per_row(self) -> int:
+        return -(-self.cols // self.shard_cols)
+
+    @property
+    def shards(self) -> int:
+        return -(-self.rows // self.shard_rows) * self.shards_per_row
+
+    def owner(self, row: np.ndarray | int, col: np.ndarray | int) -> np.ndarray | int:
+        """The shard (= core of the grid, row-major) holding tile (row, col)."""
+        return (row // self.shard_rows) * self.shards_per_row + col // self.shard_cols
+
+
+def tile_rows_cols(t: TensorType) -> tuple[int, int]:
+    shape = tile_shape(t.shape)
+    return shape.batches * shape.rt, shape.ct
+
+
+def shard_geometry(t: TensorType) -> ShardGeometry:
+    encoding = layout(t)
+    if encoding.grid is None or encoding.shard is None or encoding.memory_space != "l1" \
+            or encoding.tensor_layout != "tile":
+        raise UserError(f"{t}: a sharded tensor lives in L1 in tile layout with a grid and a shard shape "
+                        "(#tt.layout<tile, l1, height_sharded, grid = XxY, shard = RxC>)")
+    rows, cols = tile_rows_cols(t)
+    return ShardGeometry(rows, cols, int(encoding.shard[0]), int(encoding.shard[1]),
+                         (int(encoding.grid[0]), int(encoding.grid[1])))
+
+
+def shard_bytes(t: TensorType) -> int:
+    """L1 bytes per core of one shard (32 B aligned)."""
+    geometry = shard_geometry(t)
+    return align(geometry.shard_rows * geometry.shard_cols * page_size(t))
+
+
+def sharded_layout(memory_layout: str, grid: tuple[int, int], shard: tuple[int, int]) -> LayoutAttr:
+    return LayoutAttr("tile", "l1", memory_layout, Dims(grid), Dims(shard))
+
+
+def core_bank(core: int | np.ndarray, grid: tuple[int, int], device_x: int) -> int | np.ndarray:
+    """The device core (row-major over a compute grid `device_x` cores wide) of core #core of a grid placed
+    at (0, 0)."""
+    return (core // grid[0]) * device_x + core % grid[0]
 
 
 def batch_offsets(source: Sequence[int], result: Sequence[int]) -> np.ndarray:
@@ -924,8 +996,9 @@ def embedding_geometry(op: Operation) -> tuple[TileShape, int, int]:
     """(output tile shape, ids per index page, bytes per table row) of a `ttir.embedding`: output batch b
     holds the rows of index page b (a row of the ids' last dim), output tile row r its ids 32r.."""
     table, ids = tensor(op.operands[0]), tensor(op.operands[1])
-    if op.attributes.get("im2col"):  # worked as [positions, M, width]; written side by side
-        return tile_shape((*ids.shape, table.shape[1])), ids.shape[-1], page_size(table)
+    if op.attributes.get("im2col"):  # ids [positions, M tile rows, 32]; worked as [positions, M, width],
+        m = tensor(op.result).shape[-2 if op.attributes.get("grouped") else 0]  # written side by side
+        return tile_shape((ids.shape[0], m, table.shape[1])), TILE, page_size(table)
     return tile_shape(tensor(op.result).shape), ids.shape[-1] if ids.shape else 1, page_size(table)
 
 
@@ -1031,15 +1104,29 @@ def cb_bytes(cbs: Sequence[CBConfigAttr]) -> int:
     return sum(align(c.page_size * c.pages) for c in cbs)
 
 
-def op_l1_tensor_bytes(op: Operation, device: DeviceAttr) -> int:
-    """Per-core share of the L1-resident tensors the op's program reads or writes."""
-    values = {id(v): v for v in (*program_operands(op), *op.results)}
-    return sum(l1_share(tensor(v), device) for v in values.values())
+def op_l1_tensor_bytes(op: Operation, device: DeviceAttr, result_layout: LayoutAttr | None = None) -> int:
+    """Per-core share of the L1-resident tensors the op's program reads or writes (with `result_layout`, the
+    result as if it had that layout)."""
+    values = {id(v): tensor(v) for v in (*program_operands(op), *op.results)}
+    if result_layout is not None:
+        values[id(op.result)] = tensor(op.result).with_encoding(result_layout)
+    return sum(l1_share(t, device) for t in values.values())
 
 
-def l1_footprint(op: Operation, device: DeviceAttr, blocking: dict[str, int]) -> int:
-    """Per-core L1 bytes of `op` under `blocking`: its circular buffers plus its L1 tensors' shares."""
-    return cb_bytes(circular_buffers(op, blocking)) + op_l1_tensor_bytes(op, device)
+def l1_footprint(op: Operation, device: DeviceAttr, blocking: dict[str, int],
+                 result_layout: LayoutAttr | None = None) -> int:
+    """Per-core L1 bytes of `op` under `blocking`: its circular buffers plus its L1 tensors' shares (a sharded
+    tensor's share is its shard)."""
+    return cb_bytes(circular_buffers(op, blocking)) + op_l1_tensor_bytes(op, device, result_layout)
+
+
+def sync_body_placement(op: Operation) -> None:
+    """A fused body's arguments take their operands' layout (memory space), keeping their element type."""
+    for region in op.regions:
+        for block in region.blocks:
+            for arg, operand in zip(block.args, op.operands, strict=False):
+                if isinstance(arg.type, TensorType) and isinstance(operand.type, TensorType):
+                    arg.type = arg.type.with_encoding(operand.type.encoding)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,24 @@ compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheap
     tt.math_fidelity = "hifi4"
 
 When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
-budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid).
+budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
+`sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice).
+
+Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
+result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
+full-width output rows (per_core_n = N) and writes it into its own L1. A result large in both M and N (at
+least 8 tiles each, no batch) may be L1 block-sharded: the cores form a 2-D grid (N blocks x M blocks), each
+owning one per_core_m x per_core_n block. Other results stay interleaved (e.g. M of 1-4 tiles). Eligible
+sharded candidates are ranked with the interleaved ones by the same cost model (a core's tiles in its own
+shard move no NoC bytes, `cost_model.shard_locality`), and the cheapest that fits wins; a sharded one must
+also fit L1 at every op its result lives across, and a shard above 40 % of a core's free L1 is not tried,
+so a large activation falls back to interleaved (DRAM if layout left it there). The op records
+
+    tt.sharding = {layout = "height_sharded", reason = "..."}
+
+and its result type shows `#tt.layout<tile, l1, height_sharded, grid = 7x7, shard = 2x1>` (shard in tiles).
+A sharded result layout already in the input IR is kept: only matching blockings are tried, and a shard that
+cannot fit is a UserError naming the node and the core.
 """
 
 from __future__ import annotations
@@ -17,30 +34,42 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ttc.ir.core import Module, Operation
+from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
-from ttc.ir.dialects.tt import DeviceAttr, GridAttr
-from ttc.passes.cost_model import FIDELITY_PHASES, Cost, estimate
+from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
+from ttc.passes.cost_model import FIDELITY_PHASES, Cost, estimate, matmul_units
 from ttc.passes.footprint import (
     HALF_DST,
+    LiveRange,
     accumulation_tiles,
     affine_step,
     batch_offsets,
     cb_bytes,
+    chain_end,
     circular_buffers,
     eltwise_plan,
     embedding_geometry,
     gather_of,
     is_folded,
+    is_sharded,
     is_view,
     l1_footprint,
+    l1_share,
+    layout,
+    live_ranges,
     matmul_shape,
     module_device,
     node_names,
     op_kind,
+    op_l1_tensor_bytes,
     other_l1_bytes,
+    readers,
     reduction_of,
+    shard_bytes,
+    sharded_layout,
+    sync_body_placement,
     tensor,
+    tile_rows_cols,
     tile_shape,
 )
 from ttc.passes.manager import Pass, register_pass
@@ -49,6 +78,7 @@ GRID = "tt.grid"
 BLOCKING = "tt.blocking"
 COST = "tt.cost"
 FIDELITY = "tt.math_fidelity"
+SHARDING = "tt.sharding"
 LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
 
 
@@ -204,6 +234,8 @@ class Choice:
     blocking: dict[str, int]
     cost: Cost
     footprint: int
+    result_layout: LayoutAttr | None = None  # a sharded result layout (None: the result keeps its layout)
+    reason: str = ""
 
 
 def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterator[tuple[GridAttr, dict[str, int]]]:
@@ -223,6 +255,85 @@ def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0)
     costed = [(grid, blocking, estimate(op, kind, device, grid.num_cores, blocking, fidelity))
               for grid, blocking in placements(op, device, max_cores)]
     return sorted(costed, key=lambda c: c[2].cycles)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharding of matmul results
+
+SHARD_MIN_M_TILES = 8  # fewer output tile rows (decoders at batch 1, classifier heads): interleaved
+TALL_RATIO = 4  # height sharding: M tiles >= 4 x N tiles (tall and narrow, as early CNN layers)
+BLOCK_MIN_TILES = 8  # block sharding: M and N both at least this many tiles
+MAX_SHARD_SHARE = 0.4  # a shard taking more of a core's free L1 is not tried (as layout's MAX_L1_SHARE)
+GIVEN = "given"  # the result's sharded layout came with the input IR
+
+
+def is_intermediate(value: Value) -> bool:
+    """Produced by a device program and read only by device programs (never by the host)."""
+    return bool(value.uses) and all(op_kind(reader) is not None for reader in readers(value))
+
+
+def sharding_options(op: Operation) -> tuple[tuple[str, ...], str]:
+    """The sharded layouts a matmul's result may take, and otherwise why it stays interleaved."""
+    t = tensor(op.result)
+    if layout(t).tensor_layout != "tile":
+        return (), "a row-major result"
+    if not is_intermediate(op.result):
+        return (), "the result is read by the host"
+    if any(is_view(chain_end(user)) for user, _ in op.result.uses):
+        return (), "the result is read through a view"
+    rows, cols = tile_rows_cols(t)
+    if rows < SHARD_MIN_M_TILES:
+        return (), f"M {rows} tiles < {SHARD_MIN_M_TILES}: too few rows to shard"
+    options = []
+    if rows >= TALL_RATIO * cols:
+        options.append("height_sharded")
+    if matmul_shape(op).batches == 1 and cols >= BLOCK_MIN_TILES:
+        options.append("block_sharded")
+    if not options:
+        return (), (f"M {rows} tiles < {TALL_RATIO} x N {cols} tiles (not tall) and N < {BLOCK_MIN_TILES} tiles "
+                    "(not wide)")
+    return tuple(options), ""
+
+
+def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[str, int], device: DeviceAttr,
+                    max_cores: int = 0) -> tuple[GridAttr, LayoutAttr] | None:
+    """The grid and result layout of `b` with its result sharded so that every core writes its own shard,
+    or None when the blocking does not cut the result that way."""
+    shape = matmul_shape(op)
+    groups, m_blocks, n_blocks = matmul_units(shape, b)
+    if shape.nt % b["per_core_n"]:
+        return None  # a ragged N edge
+    if memory_layout == "height_sharded":
+        if n_blocks != 1 or (b["batches"] > 1 and b["per_core_m"] != shape.mt) or grid.num_cores < 2:
+            return None
+        return grid, sharded_layout(memory_layout, (grid.x, grid.y), (b["batches"] * b["per_core_m"], shape.nt))
+    gx, gy = device.compute_grid
+    if groups != 1 or m_blocks < 2 or n_blocks < 2 or n_blocks > gx or m_blocks > gy \
+            or (max_cores and m_blocks * n_blocks > max_cores):
+        return None
+    return GridAttr(n_blocks, m_blocks), sharded_layout(memory_layout, (n_blocks, m_blocks),
+                                                        (b["per_core_m"], b["per_core_n"]))
+
+
+Candidate = tuple[GridAttr, dict[str, int], LayoutAttr | None, Cost]
+
+
+def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...],
+                  max_cores: int = 0) -> list[Candidate]:
+    """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
+    `options` it allows, cheapest first. Equal modelled times (a DRAM-bound op whose NoC traffic differs) go to
+    the one moving fewer NoC bytes, then keep the enumeration order (interleaved first)."""
+    costed: list[Candidate] = []
+    for grid, blocking in placements(op, device, max_cores):
+        costed.append((grid, blocking, None, estimate(op, "matmul", device, grid.num_cores, blocking, fidelity,
+                                                      grid=(grid.x, grid.y))))
+        for memory_layout in options:
+            placed = shard_placement(op, memory_layout, grid, blocking, device, max_cores)
+            if placed is not None:
+                g, result_layout = placed
+                costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g.num_cores, blocking,
+                                                                    fidelity, result_layout, (g.x, g.y))))
+    return sorted(costed, key=lambda c: (c[3].cycles, c[3].noc))
 
 
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0) -> int:
@@ -245,6 +356,137 @@ def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_co
         "try layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in the model")
 
 
+@dataclass
+class LiveL1:
+    """The L1 tensors of one function as the pass goes: per op the bytes of other live L1 tensors, and what
+    a sharded result would add at the ops it lives across."""
+
+    ops: list[Operation]
+    device: DeviceAttr
+    max_cores: int
+    others: dict[int, int]
+    ranges: dict[int, LiveRange]
+    cb_floor: dict[int, int]
+
+    @classmethod
+    def of(cls, ops: list[Operation], device: DeviceAttr, max_cores: int) -> LiveL1:
+        return cls(ops, device, max_cores, other_l1_bytes(ops, device),
+                   {id(r.value): r for r in live_ranges(ops)}, {})
+
+    def budget(self, op: Operation) -> int:
+        return self.device.l1_free - self.others[id(op)]
+
+    def _later_programs(self, value: Value) -> list[Operation]:
+        live = self.ranges[id(value)]
+        return [op for op in self.ops[live.start + 1: live.end + 1]
+                if op_kind(op) is not None and not is_folded(op) and not is_view(op)]
+
+    def fits_across(self, value: Value, extra: int) -> bool:
+        """`extra` more bytes per core for `value` still leave every later op it lives across room for its
+        smallest CBs."""
+        for op in self._later_programs(value):
+            if id(op) not in self.cb_floor:
+                self.cb_floor[id(op)] = min_cb_bytes(op, self.device, self.max_cores)
+            used = self.cb_floor[id(op)] + op_l1_tensor_bytes(op, self.device) + self.others[id(op)]
+            if used + extra > self.device.l1_free:
+                return False
+        return True
+
+    def grow(self, value: Value, extra: int) -> None:
+        """`value` now takes `extra` more bytes per core: the ops it lives across without touching it see them."""
+        for op in self._later_programs(value):
+            if all(v is not value for v in (*op.operands, *op.results)):
+                self.others[id(op)] += extra
+
+
+def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
+                  sharding: bool = True) -> Choice:
+    """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
+    given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
+    if given is not None:
+        options, why_not = (str(given.memory_layout),), GIVEN
+    elif sharding:
+        options, why_not = sharding_options(op)
+    else:
+        options, why_not = (), "sharding is off (grid{sharding=false})"
+    budget = live.budget(op)
+    best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
+    misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
+    for candidate in ranked_matmul(op, device, fidelity, options, max_cores):
+        grid, blocking, result_layout, cost = candidate
+        kind = str(result_layout.memory_layout) if result_layout is not None else "interleaved"
+        if kind in best or (given is not None and result_layout != given):
+            continue
+        footprint = l1_footprint(op, device, blocking, result_layout)
+        why = shard_misfit(op, result_layout, footprint, budget, live, device) if given is None and result_layout \
+            else (f"{footprint} bytes per core exceed the budget of {budget}" if footprint > budget else None)
+        if why is None:
+            best[kind] = (candidate, footprint)
+            if given is not None or len(best) == 1 + len(options):
+                break
+        elif kind not in misfit or footprint < misfit[kind][0]:
+            misfit[kind] = (footprint, why)
+    if not best:
+        smallest = min((f for f, _ in misfit.values()), default=0)
+        if given is not None:
+            raise UserError(
+                f"node {node_names(op)}: the {given.memory_layout} result {tensor(op.result)} does not fit in L1 "
+                f"on {device.arch}: its shard takes {shard_bytes(tensor(op.result))} bytes on core (0,0) and each "
+                f"other core of grid {given.grid}, {smallest} bytes per core with the circular buffers and operands "
+                f"of the smallest matching blocking, the budget is {budget} bytes (l1_size - l1_reserved - other L1 "
+                "tensors live across it); use a larger grid or an interleaved layout")
+        raise UserError(
+            f"node {node_names(op)}: '{op.name}' does not fit in L1 on {device.arch}: its smallest footprint "
+            f"over all grids and blockings is {smallest} bytes per core (circular buffers + L1 tensors), the "
+            f"budget is {budget} bytes (l1_size - l1_reserved - other L1 tensors live across it); try "
+            "layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in the model")
+    kind = min(best, key=lambda k: (best[k][0][3].cycles, best[k][0][3].noc))
+    (grid, blocking, result_layout, cost), footprint = best[kind]
+    reason = sharding_reason(op, kind, best, options, why_not, misfit)
+    return Choice(grid, blocking, cost, footprint, result_layout, reason)
+
+
+def shard_misfit(op: Operation, result_layout: LayoutAttr, footprint: int, budget: int, live: LiveL1,
+                 device: DeviceAttr) -> str | None:
+    """Why the result cannot take `result_layout` with this blocking (None: it fits)."""
+    shard = shard_bytes(tensor(op.result).with_encoding(result_layout))
+    limit = int(device.l1_free * MAX_SHARD_SHARE)
+    if shard > limit:
+        return f"a shard of {shard} bytes per core is above {limit} ({MAX_SHARD_SHARE:.0%} of free L1)"
+    if footprint > budget:
+        return f"{footprint} bytes per core with its CBs exceed the budget of {budget}"
+    if not live.fits_across(op.result, shard - l1_share(tensor(op.result), device)):
+        return f"a shard of {shard} bytes per core leaves an op it lives across no room for its CBs"
+    return None
+
+
+def sharding_reason(op: Operation, kind: str, best: dict[str, tuple[Candidate, int]], options: tuple[str, ...],
+                    why_not: str, misfit: dict[str, tuple[int, str]]) -> str:
+    """Why the result got its layout: the rule that made sharding a candidate, and the modelled cycles."""
+    rows, cols = tile_rows_cols(tensor(op.result))
+    if not options:
+        return f"interleaved: {why_not}"
+    cycles = {k: round(c[3].cycles) for k, (c, _) in best.items()}
+    noc = {k: round(c[3].noc) for k, (c, _) in best.items()}
+    others = ", ".join(f"{k} {cycles[k]} (NoC {noc[k]})" for k in cycles if k != kind)
+    unfit = "".join(f"; no {k} candidate fits L1 (best: {misfit[k][1]})" if k in misfit
+                    else f"; no blocking cuts the result into {k} shards" for k in options if k not in best)
+    if kind == "interleaved":
+        versus = f", cheaper than {others}" if others else ""
+        return f"interleaved: {cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}"
+    grid, _, result_layout, _ = best[kind][0]
+    assert result_layout is not None and result_layout.shard is not None
+    if why_not == GIVEN:
+        rule = "given in the input IR"
+    elif kind == "height_sharded":
+        rule = f"M {rows} >= {TALL_RATIO} x N {cols} tiles"
+    else:
+        rule = f"M {rows} and N {cols} tiles both >= {BLOCK_MIN_TILES}"
+    versus = f" vs {others}" if others else ""
+    return (f"{kind}: {rule}; {grid.num_cores} cores own {result_layout.shard} tile shards; "
+            f"{cycles[kind]} cycles (NoC {noc[kind]}){versus}{unfit}")
+
+
 @register_pass
 @dataclass
 class Grid(Pass):
@@ -253,6 +495,7 @@ class Grid(Pass):
     name = "grid"
     math_fidelity: str = "hifi4"
     max_cores: int = 0
+    sharding: bool = True
 
     def run(self, module: Module) -> None:
         if self.math_fidelity not in FIDELITY_PHASES:
@@ -261,13 +504,31 @@ class Grid(Pass):
         device = module_device(module)
         for func in module.functions:
             ops = list(func.body.ops)
-            others = other_l1_bytes(ops, device)
+            live = LiveL1.of(ops, device, self.max_cores)
             for op in ops:
                 if op_kind(op) is None or is_folded(op) or is_view(op):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
-                choice = choose(op, device, device.l1_free - others[id(op)], fidelity, self.max_cores)
+                if op_kind(op) == "matmul":
+                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding)
+                    shard_result(op, choice, live, device)
+                else:
+                    choice = choose(op, device, live.budget(op), fidelity, self.max_cores)
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
+
+
+def shard_result(op: Operation, choice: Choice, live: LiveL1, device: DeviceAttr) -> None:
+    """Record the sharding decision; a newly sharded result takes its layout (and its users' fused bodies see
+    it), and the ops it lives across count its shard."""
+    layout_name = str(choice.result_layout.memory_layout) if choice.result_layout else "interleaved"
+    op.attributes[SHARDING] = {"layout": layout_name, "reason": choice.reason}
+    if choice.result_layout is None or choice.result_layout == layout(tensor(op.result)):
+        return
+    old_share = l1_share(tensor(op.result), device)
+    op.result.type = tensor(op.result).with_encoding(choice.result_layout)
+    live.grow(op.result, l1_share(tensor(op.result), device) - old_share)
+    for user, _ in op.result.uses:
+        sync_body_placement(user)

@@ -49,6 +49,7 @@ from ttc.passes.footprint import (
     op_kind,
     program_operands,
     readers,
+    sync_body_placement,
     tensor,
 )
 from ttc.passes.grid import min_cb_bytes
@@ -163,15 +164,6 @@ def precise_values(func: Function) -> set[Value]:
                 chosen -= group
                 changed = True
     return chosen
-
-
-def sync_body_placement(op: Operation) -> None:
-    """A fused body's arguments take their operands' layout (memory space), keeping their element type."""
-    for region in op.regions:
-        for block in region.blocks:
-            for arg, operand in zip(block.args, op.operands, strict=False):
-                if isinstance(arg.type, TensorType) and isinstance(operand.type, TensorType):
-                    arg.type = arg.type.with_encoding(operand.type.encoding)
 
 
 def is_intermediate(live: LiveRange) -> bool:

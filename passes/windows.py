@@ -10,8 +10,11 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   padding, read as a zero stick); the reader fetches the sticks, compute tilizes them and the writer puts
   position k's tiles at column k * Cp / 32 of the output tile row, so the result is the [M_out, KK * Cp]
   matmul operand as it is read. One matmul by the stacked weight [KK * Cp, OC] follows (`fuse` adds the
-  bias and activation to it: conv + batch norm + relu is one device op). Groups (AlexNet's 2, depthwise,
-  ShuffleNet's grouped 1x1) become a block-diagonal stacked weight. A 1x1 stride-1 convolution without
+  bias and activation to it: conv + batch norm + relu is one device op). Groups (AlexNet's 2, ShuffleNet's
+  grouped 1x1, depthwise up to 32 channels) become a block-diagonal stacked weight; a wider depthwise
+  convolution is one matmul batched over channel tiles (`depthwise_matmul`): a grouped lookup
+  [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
+  grows with C, not C squared. A 1x1 stride-1 convolution without
   padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
   the lookup and the product go by chunks of rows, joined along the rows after the product;
 - an average pool is the same matmul with stacked identities, times a constant per-pixel 1 / count
@@ -21,8 +24,8 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
 
 Pad and Resize import as padded lookups of the channels-last matrix (`PaddedLookupToDevice`). The NCHW <->
 channels-last changes left at the graph edges become row lookups around a tile transpose
-(`ChannelLayoutEdge`). Index tables longer than `MAX_IDS_PER_PAGE` are split into pages (multiples of 32
-ids, so the looked-up tiles regroup without moving data).
+(`ChannelLayoutEdge`). Index tables of a multiple of 32 ids are split into pages of 32 (one per output tile
+row, so the looked-up tiles regroup without moving data).
 """
 
 from __future__ import annotations
@@ -48,8 +51,7 @@ from ttc.passes.movement import (
 )
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
-MAX_IDS_PER_PAGE = 2048
-MAX_IM2COL_IDS = 16384  # an im2col lookup reads one index page of M ids per kernel position
+MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
 MAX_POSITIONS = 128  # kernel positions of one window
 MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
 
@@ -72,15 +74,9 @@ def window_ids(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
 
 
 def ids_page(m: int) -> int:
-    """Ids per index page: all of them, or a multiple of 32 dividing m."""
-    if m <= MAX_IDS_PER_PAGE or m % 32:
-        return m
-    tiles = m // 32
-    best = 1
-    for d in range(1, MAX_IDS_PER_PAGE // 32 + 1):
-        if tiles % d == 0:
-            best = d
-    return best * 32
+    """Ids per index page: 32 (a page per output tile row, so a reader fetches only the ids it uses) when
+    m is a multiple of 32, else all m (the looked-up tiles regroup without moving either way)."""
+    return 32 if m % 32 == 0 else m
 
 
 def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
@@ -88,16 +84,25 @@ def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
     return rewriter.create_before(op, "ttir.to_layout", [x], [tensor(x).with_encoding(ROW_MAJOR)]).result
 
 
-def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray) -> Value:
+def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray,
+                  grouped: bool = False) -> Value:
     """[M_out, KK * Cp] in one lookup (`ttir.embedding {im2col}`) of the row-major sticks `rows`: the sticks of
     kernel position k are written at tile column k * Cp / 32 of each output tile row, the matmul operand as it
-    is read."""
+    is read. `grouped`: [Cp / 32, M_out, KK * 32] instead, channel tile j of every position in batch j."""
     source = tensor(rows).with_encoding(None)
     positions, m = ids.shape
+    rt = -(-m // 32)
+    paged = np.full((positions, rt * 32), -1, np.int32)  # -1: a zero row (padding pixels and rows past M)
+    paged[:, :m] = ids
+    paged = paged.reshape(positions, rt, 32)  # an index page per output tile row: 128 B read per 32 rows
     stem = node_name(op).strip("/").replace("/", ".") or "window"
-    name = module.add_weight(f"{stem}.window_index", ids.astype(np.int32))
-    index = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
+    name = module.add_weight(f"{stem}.window_index", paged)
+    index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                    {"value": WeightAttr(name)}).result
+    if grouped:
+        return rewriter.create_before(op, "ttir.embedding", [rows, index],
+                                      [source.with_shape((source.shape[1] // 32, m, positions * 32))],
+                                      {"pad_negative": True, "im2col": True, "grouped": True}).result
     return rewriter.create_before(op, "ttir.embedding", [rows, index],
                                   [source.with_shape((m, positions * source.shape[1]))],
                                   {"pad_negative": True, "im2col": True}).result
@@ -175,6 +180,40 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return rewriter.create_before(op, "ttir.concat", products, [result], {"axis": 0}).result
 
 
+def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
+                     w: np.ndarray, result: TensorType) -> Value:
+    """A depthwise convolution (a channel per group) as one matmul batched over channel tiles: batch j is
+    [M_out, KK * 32] (channel tile j at every kernel position, `im2col_lookup(grouped)`) times [KK * 32, 32]
+    (the positions' diagonal weight blocks), so no product of unrelated channels is ever formed; the
+    [Cp / 32, M_out, 32] result moves tiles to [M_out, Cp] (a tile gather), then the channel padding goes.
+    The dense block-diagonal weight gives the same values (its zero tiles add 0 to Dst) at Cp / 32 times
+    the work."""
+    c = tensor(x).shape[1]
+    x = padded_channels(rewriter, module, op, x)
+    ct = tensor(x).shape[1] // 32
+    positions, m = ids.shape
+    cols = im2col_lookup(rewriter, module, op, untilized(rewriter, op, x), ids, grouped=True)
+    blocks = np.zeros((ct * 32, positions, 32), np.float32)  # [channel, position, lane of its tile]
+    channels = np.arange(c)
+    blocks[channels, :, channels % 32] = w.reshape(c, positions)
+    diagonal = np.ascontiguousarray(blocks.reshape(ct, 32, positions, 32).transpose(0, 2, 1, 3))
+    b = weight(rewriter, module, op, "w_diagonal", diagonal.reshape(ct, positions * 32, 32), result)
+    product = rewriter.create_before(op, "ttir.matmul", [cols, b], [result.with_shape((ct, m, 32))]).result
+    moved = rewriter.create_before(op, "ttir.transpose", [product], [result.with_shape((m, ct, 32))],
+                                   {"perm": (1, 0, 2)}).result
+    value = rewriter.create_before(op, "ttir.reshape", [moved], [result.with_shape((m, ct * 32))]).result
+    if ct * 32 == c:
+        return value
+    return rewriter.create_before(op, "ttir.slice", [value], [result],
+                                  {"begins": (0, 0), "ends": (m, c), "steps": (1, 1)}).result
+
+
+def is_depthwise(w: np.ndarray, groups: int) -> bool:
+    """One input and one output channel per group, with more than a tile of channels (below that the
+    block-diagonal product is a single tile wide anyway)."""
+    return groups > 32 and w.shape[0] == groups and w.shape[1] == 1
+
+
 def stacked_weight(dense: np.ndarray, channels: int) -> np.ndarray:
     """[KK, C, OC] -> [KK * Cp, OC] with zero rows for the padded channels."""
     positions, c, oc = dense.shape
@@ -218,9 +257,13 @@ class Conv2dToDevice(RewritePattern):
         if kh * kw > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
-        stacked = stacked_conv_weight(w, op.attr("groups"))
-        b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-        value = windowed_matmul(rewriter, self.module, op, x, window_ids(op, (kh, kw)), b_value, result)
+        ids = window_ids(op, (kh, kw))
+        if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
+            value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+        else:
+            stacked = stacked_conv_weight(w, op.attr("groups"))
+            b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
+            value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])

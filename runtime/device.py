@@ -5,6 +5,11 @@ lockstep: a buffer at `address` owns [address, address + size) in every bank. In
 page i in bank i % banks at address + (i // banks) * page_size; the DRAM banks are the 8 channels,
 the L1 banks are the compute cores in row-major order (bank b = core (b % grid_x, b // grid_x)).
 
+Sharded buffers (L1 only) have a `ShardSpec`: tile page i (row r = i // cols, column c = i % cols of
+the tensor's tiles, batches stacked along the rows) lives in shard (r // shard_rows) * shards_per_row +
+c // shard_cols, held by the core `banks[shard]`, at address + ((r % shard_rows) * shard_cols +
+c % shard_cols) * page_size. Like every L1 buffer it takes the same address range in every core.
+
 Every NoC or host access goes through `Memory.locate`, which checks each page against the buffer
 table: an address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. Circular
 buffers are per-core L1 regions the running program reserves (`reserve`), so a CB can overlap
@@ -40,6 +45,26 @@ class Fault(Exception):
 
 
 @dataclass(frozen=True)
+class ShardSpec:
+    """Where the tile pages of a sharded buffer live: shards of shard_rows x shard_cols tiles, row-major over
+    the tensor's (rows x cols) tiles, shard k on L1 bank (core) banks[k]."""
+
+    cols: int
+    shard_rows: int
+    shard_cols: int
+    banks: tuple[int, ...]
+    layout: str = "height_sharded"
+
+    @property
+    def shards_per_row(self) -> int:
+        return -(-self.cols // self.shard_cols)
+
+    def shard_bytes(self, page_size: int, alignment: int) -> int:
+        size = self.shard_rows * self.shard_cols * page_size
+        return -(-size // alignment) * alignment
+
+
+@dataclass(frozen=True)
 class Allocation:
     """`size` bytes at `address` in every bank: an interleaved buffer, or a CB region (no pages)."""
 
@@ -49,6 +74,7 @@ class Allocation:
     page_size: int = 0
     num_pages: int = 0
     is_cb: bool = False
+    shard: ShardSpec | None = None
 
     @property
     def end(self) -> int:
@@ -75,6 +101,7 @@ class Memory:
         self.data = np.zeros((banks, 0 if grow else bank_size), dtype=np.uint8)
         self.allocations: dict[int, Allocation] = {}
         self._table: tuple[np.ndarray, ...] = ()
+        self._sharded: dict[int, Allocation] = {}  # address -> sharded buffer
         self._watch: dict[str, tuple[int, int]] = {}  # ranges whose contents someone relies on
         self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
         self.dirty: set[str] = set()
@@ -86,6 +113,22 @@ class Memory:
         """Register an interleaved buffer of `num_pages` pages at `address` (in every bank)."""
         size = interleaved_size(num_pages, page_size, self.banks, self.alignment)
         return self._add(Allocation(address, size, label, page_size, num_pages))
+
+    def allocate_sharded(self, address: int, page_size: int, num_pages: int, shard: ShardSpec,
+                         label: str) -> Allocation:
+        """Register a sharded buffer: one shard's bytes at `address` in every bank (the shard cores use theirs)."""
+        rows = -(-num_pages // shard.cols)
+        shards = -(-rows // shard.shard_rows) * shard.shards_per_row
+        if shards > len(shard.banks):
+            raise Fault(f"{label}: {shards} shards of {shard.shard_rows}x{shard.shard_cols} tiles need more than "
+                        f"the {len(shard.banks)} cores of its grid")
+        size = shard.shard_bytes(page_size, self.alignment)
+        return self._add(Allocation(address, size, label, page_size, num_pages, shard=shard))
+
+    def layout_at(self, base: int | np.ndarray) -> str:
+        """'interleaved', or the sharded layout of the buffer starting at `base`."""
+        alloc = self._sharded.get(int(np.asarray(base).flat[0])) if self._sharded else None
+        return alloc.shard.layout if alloc is not None and alloc.shard is not None else "interleaved"
 
     def reserve(self, address: int, size: int, label: str) -> Allocation:
         """Register a per-core region (a circular buffer) at `address`."""
@@ -124,6 +167,7 @@ class Memory:
     def _refresh(self) -> None:
         """Sorted arrays of the interleaved buffers, for vectorised lookups."""
         buffers = sorted((a for a in self.allocations.values() if not a.is_cb), key=lambda a: a.address)
+        self._sharded = {a.address: a for a in buffers if a.shard is not None}
         self._table = tuple(np.array([getattr(a, key) for a in buffers], dtype=np.int64)
                             for key in ("address", "end", "page_size", "num_pages"))
 
@@ -145,6 +189,8 @@ class Memory:
         Raises Fault (with the offending cores) when a page is not inside a buffer's real pages.
         """
         pages = np.asarray(pages, dtype=np.int64)
+        if self._sharded and np.size(base) and int(np.asarray(base).flat[0]) in self._sharded:
+            return self._locate_sharded(self._sharded[int(np.asarray(base).flat[0])], base, pages, access)
         base_col = np.asarray(base, dtype=np.int64).reshape(-1, *([1] * (pages.ndim - 1)))
         base_col = np.broadcast_to(base_col, pages.shape)
         bank = pages % self.banks
@@ -162,6 +208,26 @@ class Memory:
         bad = ~found | (pages < 0) | (offset + page_size > limit)
         if bad.any():
             raise self._access_fault(access, base_col, pages, page_size, bad, found)
+        return bank, offset
+
+    def _locate_sharded(self, alloc: Allocation, base: int | np.ndarray, pages: np.ndarray,
+                        access: str) -> tuple[np.ndarray, np.ndarray]:
+        """(bank, offset) of tile pages of a sharded buffer: the shard's core and the page's place in it."""
+        spec = alloc.shard
+        assert spec is not None
+        if np.any(np.asarray(base) != alloc.address):
+            raise Fault(f"{self.name} {access}: cores disagree on the base of sharded {alloc.label}")
+        rows, cols = np.divmod(pages, spec.cols)
+        shard = (rows // spec.shard_rows) * spec.shards_per_row + cols // spec.shard_cols
+        bad = (pages < 0) | (pages >= alloc.num_pages) | (shard >= len(spec.banks))
+        if bad.any():
+            page = int(pages[tuple(int(i[0]) for i in np.nonzero(bad))])
+            cores = bad.reshape(bad.shape[0], -1).any(axis=1) if bad.ndim > 1 else bad
+            raise Fault(f"out-of-bounds {self.name} {access}: page {page} of sharded {alloc.label} at "
+                        f"{alloc.address:#x}, which has {alloc.num_pages} pages in {len(spec.banks)} shards",
+                        cores=cores)
+        bank = np.asarray(spec.banks, dtype=np.int64)[shard]
+        offset = alloc.address + ((rows % spec.shard_rows) * spec.shard_cols + cols % spec.shard_cols) * alloc.page_size
         return bank, offset
 
     def _access_fault(self, access: str, base: np.ndarray, pages: np.ndarray, page_size: int,

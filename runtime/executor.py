@@ -21,9 +21,9 @@ from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import DeviceFault, UserError
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
-from ttc.runtime.device import Allocation, Device, Fault, Memory
+from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
 from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramProfile
-from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages
+from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
 
 @dataclass(frozen=True)
@@ -168,26 +168,37 @@ def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
 
 @host_op("ttmetal.create_buffer")
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Register the buffer at its allocated address (interleaved pages in DRAM or L1)."""
+    """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
     ttype, layout = _layout(op.results[0])
     address = op.attributes.get("address")
     if address is None:
         raise Fault(f"create_buffer of {ttype} has no address: the program was not allocated "
                     "(run the allocate pass)")
-    if layout.memory_layout != "interleaved":
-        raise UserError(f"the emulator supports interleaved buffers only, not {layout.memory_layout} ({ttype})")
     memory = ex.device.memory(str(layout.memory_space))
     try:
         pages = num_pages(ttype.shape, str(layout.tensor_layout))
         size = page_size(ttype.shape, ttype.element_type, str(layout.tensor_layout))
     except ValueError as exc:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
-    alloc = memory.allocate(address, size, pages, f"buffer {ttype}")
+    if layout.memory_layout == "interleaved":
+        alloc = memory.allocate(address, size, pages, f"buffer {ttype}")
+    else:
+        alloc = memory.allocate_sharded(address, size, pages, shard_spec(ex, ttype, layout), f"buffer {ttype}")
     if not any(user.name == "ttmetal.write_constant" for user in op.results[0].users):
         memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
     buffer = DeviceBuffer(ttype, layout, memory, alloc)
     ex._live[buffer.key] = buffer
     values[op.results[0]] = buffer
+
+
+def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec:
+    """The page -> (core, offset) map of a sharded tile buffer: shard k on core k of the layout's grid."""
+    if layout.memory_space != "l1" or layout.tensor_layout != "tile" or layout.grid is None or layout.shard is None:
+        raise UserError(f"a sharded buffer lives in L1 in tile layout with a grid and a shard shape, not {ttype}")
+    _, cols = tile_grid(ttype.shape)
+    shard_rows, shard_cols = (int(d) for d in layout.shard)
+    banks = tuple(int(b) for b in ex.device.core_ids(int(layout.grid[0]), int(layout.grid[1])))
+    return ShardSpec(cols, shard_rows, shard_cols, banks, str(layout.memory_layout))
 
 
 @host_op("ttmetal.write_buffer")

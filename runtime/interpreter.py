@@ -31,6 +31,9 @@ Conventions fixed here where the dialect is silent
   by name, see SFPU_COST_KEYS); matmul and reduce-sum cost matmul_cycles_per_phase x fidelity
   phases per tile-MAC; pack is part of the op costs. NoC bytes per core over noc_bytes_per_cycle;
   DRAM bytes of all cores over the chip's DRAM bandwidth. A program takes the max of the three.
+- Sharded buffers: an addrgen with `memory_layout` height_sharded / block_sharded maps page i to its
+  shard's core and offset (`Memory.locate`); it must match the buffer's layout. A page of a shard held
+  by the accessing core itself is a local L1 access: it counts as `local_bytes`, not as NoC traffic.
 """
 
 from __future__ import annotations
@@ -89,12 +92,14 @@ class CircularBuffer:
 
 @dataclass(frozen=True)
 class AddrGen:
-    """An interleaved address generator: page i of the buffer at `base` in `memory`."""
+    """An address generator: page i of the buffer at `base` in `memory` (interleaved, or through the
+    buffer's shard map when `memory_layout` is sharded)."""
 
     base: int | np.ndarray
     page_size: int
     memory: Memory
     format: DataFormat | None
+    memory_layout: str = "interleaved"
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,7 @@ class ProgramProfile:
     cycles: float
     bound: str  # "compute", "dram" or "noc"
     time_us: float
+    local_bytes: int = 0  # per core: sharded pages the core read or wrote in its own L1 (no NoC)
 
 
 Handler = Callable[["Program", Kernel, Operation, dict[str, Any]], Blocked | None]
@@ -169,6 +175,8 @@ class Program:
         self.compute_cycles = 0
         self.noc_bytes = 0
         self.dram_bytes = 0
+        self.local_bytes = 0  # sharded pages a core moved within its own L1, summed over the cores
+        self.core_banks = np.zeros(0, dtype=np.int64)  # L1 bank (device core) of each program core
         self.cbs: dict[int, CircularBuffer] = {}
         self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
         self.dst_format = dst_format_of(op)
@@ -199,6 +207,7 @@ class Program:
             raise Fault("a program needs 3 kernels (reader, compute, writer) and runtime_args with one tuple "
                         "per core of its grid for each of them")
         ids = self.device.core_ids(self.grid.x, self.grid.y)
+        self.core_banks = np.asarray(ids, dtype=np.int64)
         lo = int(ids[0])
         contiguous = np.array_equal(ids, np.arange(lo, lo + len(ids)))
         self.core_index = slice(lo, lo + len(ids)) if contiguous else ids[:, None]
@@ -382,20 +391,30 @@ class Program:
         phases = numerics.MathFidelity.parse(fidelity).phases
         self.compute_cycles += self.desc.matmul_cycles_per_phase * phases * tile_macs
 
-    def count_noc(self, gen: AddrGen, pages: int) -> None:
+    def count_noc(self, gen: AddrGen, pages: int, bank: np.ndarray | None = None,
+                  wanted: np.ndarray | None = None) -> None:
+        """NoC (and DRAM) bytes of `pages` pages per core; with a sharded addrgen, the pages located in the
+        core's own bank (`bank` [cores, n], `wanted` masking the pages really moved) are local instead."""
+        if gen.memory_layout != "interleaved" and bank is not None:
+            own = bank.reshape(self.cores, -1) == self.core_banks[:, None]
+            if wanted is not None:
+                own &= wanted.reshape(self.cores, -1)
+            self.local_bytes += int(own.sum()) * gen.page_size  # all cores; per core in profile()
         nbytes = pages * gen.page_size
         self.noc_bytes += nbytes
         if gen.memory is self.device.dram:
             self.dram_bytes += nbytes * self.cores
 
     def profile(self) -> ProgramProfile:
+        local = self.local_bytes // self.cores
+        noc_bytes = self.noc_bytes - local
         dram = self.dram_bytes / self.desc.dram_bytes_per_cycle
-        noc = self.noc_bytes / self.desc.noc_bytes_per_cycle
+        noc = noc_bytes / self.desc.noc_bytes_per_cycle
         costs = {"compute": float(self.compute_cycles), "dram": dram, "noc": noc}
         bound = max(costs, key=lambda k: costs[k])
         return ProgramProfile(self.op.attr("kind"), self.op.loc.names(), self.cores, self.compute_cycles,
-                              self.dram_bytes, self.noc_bytes, dram, noc, costs[bound], bound,
-                              costs[bound] / self.desc.clock_mhz)
+                              self.dram_bytes, noc_bytes, dram, noc, costs[bound], bound,
+                              costs[bound] / self.desc.clock_mhz, local)
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -607,7 +626,8 @@ def cb_pop_front(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
 @handler("addrgen")
 def addrgen(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     memory = p.device.memory(a["memory"])
-    k.env[op.results[0]] = AddrGen(k.env[op.operands[0]], a["page_size"], memory, _format_of(a["format"]))
+    k.env[op.results[0]] = AddrGen(k.env[op.operands[0]], a["page_size"], memory, _format_of(a["format"]),
+                                   a["memory_layout"])
 
 
 def _check_noc(gen: AddrGen, cb: CircularBuffer) -> None:
@@ -621,6 +641,11 @@ def _check_noc(gen: AddrGen, cb: CircularBuffer) -> None:
 
 def _locate(gen: AddrGen, pages: np.ndarray, access: str, cb: CircularBuffer) -> tuple[np.ndarray, np.ndarray]:
     """(bank, offset) of buffer pages [cores, n]; an out-of-bounds page is a fault naming the CB."""
+    actual = gen.memory.layout_at(gen.base)
+    if actual != gen.memory_layout:
+        article = "an" if gen.memory_layout == "interleaved" else "a"
+        raise Fault(f"{article} {gen.memory_layout} address generator over a {actual} buffer at "
+                    f"{int(np.asarray(gen.base).flat[0]):#x}", cb=cb.index)
     try:
         return gen.memory.locate(gen.base, pages, gen.page_size, access)
     except Fault as fault:
@@ -636,7 +661,7 @@ def _read_into_cb(p: Program, k: Kernel, gen: AddrGen, pages: np.ndarray, cb: Ci
     bank, offset = _locate(gen, pages, "read", cb)
     p.put_pages(cb, slots, gen.memory.read(bank, offset, gen.page_size))
     k.pending_reads.add(cb.index)
-    p.count_noc(gen, pages.shape[1])
+    p.count_noc(gen, pages.shape[1], bank)
 
 
 @handler("noc_read_tiles")
@@ -657,7 +682,7 @@ def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     data = gen.memory.read(bank, offset, gen.page_size)
     p.put_pages(cb, slots, np.where(wanted[..., None], data, 0).astype(np.uint8))
     k.pending_reads.add(cb.index)
-    p.count_noc(gen, int(wanted.sum()) // p.cores)
+    p.count_noc(gen, int(wanted.sum()) // p.cores, bank, wanted)
 
 
 def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> np.ndarray | None:
@@ -750,7 +775,10 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     bank, offset = _locate(gen, pages, "write", cb)
     gen.memory.write(bank, offset, data)
     k.pending_writes.add(cb.index)
-    p.count_noc(gen, len(tiles) if wanted is None else int(wanted.sum()) // p.cores)
+    if wanted is None:
+        p.count_noc(gen, len(tiles), bank)
+    else:  # the written pages were compacted to one row: locality is not tracked past a ragged edge
+        p.count_noc(gen, int(wanted.sum()) // p.cores)
 
 
 @handler("noc_write_rows")

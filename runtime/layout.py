@@ -59,6 +59,12 @@ def num_pages(shape: tuple[int, ...], tensor_layout: str = "tile") -> int:
     return prod(batch) * -(-rows // TILE) * -(-cols // TILE)
 
 
+def tile_grid(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(tile rows with the batches stacked, tile columns) of a tensor in tile layout: the page order."""
+    batch, rows, cols = _matrix_shape(shape)
+    return prod(batch) * -(-rows // TILE), -(-cols // TILE)
+
+
 def page_size(shape: tuple[int, ...], element_type: ScalarType | str, tensor_layout: str = "tile") -> int:
     """Bytes per page: one tile in the data format, or one row for row-major."""
     _check_layout(tensor_layout)

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 
 import ml_dtypes
@@ -275,21 +277,44 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
     acc = np.empty((terms[0][0].shape[1], m, n))
     acc.reshape(dst.shape)[...] = dst
     dst_bound = _dst_bound(np.asarray(dst))
+    normal = _operands_keep_normal(dst_bound, lhs, rhs, chunks)  # else each block's partials are checked
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
-    scratch = np.empty(rows * n)
-    for index, first, last in _row_blocks(len(acc), m, rows):
-        partials = None
-        for left, right in terms:
-            product = left[:, index, first:last] @ right[:, index]
-            partials = product if partials is None else partials + product
-        assert partials is not None
-        block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
-        partials = partials.astype(np.float32).reshape(chunks, -1)
-        if dst_format == "f16":
-            _accumulate_f16(block, partials)
-        else:
-            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound)
+
+    def run(blocks: list[tuple[int | slice, int | None, int | None]]) -> None:
+        scratch = np.empty(rows * n)
+        for index, first, last in blocks:
+            partials = None
+            for left, right in terms:
+                product = left[:, index, first:last] @ right[:, index]
+                partials = product if partials is None else partials + product
+            assert partials is not None
+            block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
+            partials = partials.astype(np.float32).reshape(chunks, -1)
+            if dst_format == "f16":
+                _accumulate_f16(block, partials)
+            else:
+                _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound, normal)
+
+    blocks = list(_row_blocks(len(acc), m, rows))
+    workers = _chain_workers(len(blocks), chunks * m * n * len(acc))
+    if workers == 1:
+        run(blocks)
+    else:  # blocks write disjoint rows of acc: the threads' order does not change a bit
+        list(_POOL.map(run, [blocks[i::workers] for i in range(workers)]))
     return acc
+
+
+_CHAIN_THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL = ThreadPoolExecutor(max_workers=_CHAIN_THREADS, thread_name_prefix="ttc-matmul")
+_PARALLEL_PRODUCTS = 1 << 18  # below this many chunk products a matmul block runs in the calling thread
+
+
+def _chain_workers(blocks: int, products: int) -> int:
+    """Threads for a block's Dst chains: numpy releases the GIL in its loops, so independent row blocks
+    run on several cores at once (as onnxruntime's intra-op threads do)."""
+    if blocks < 2 or products < _PARALLEL_PRODUCTS:
+        return 1
+    return min(blocks, _CHAIN_THREADS)
 
 
 def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:
@@ -312,15 +337,16 @@ _INF_F32_DOUBLED = np.uint32(0xFF << 24)  # float32 magnitude bits of inf, shift
 _NORMAL_F32_DOUBLED = np.uint32(1 << 24)  # float32 magnitude bits of 2**-126, shifted left once
 
 
-def _accumulate_bf16_block(out: np.ndarray, partials: np.ndarray, scratch: np.ndarray, dst_bound: float) -> None:
+def _accumulate_bf16_block(out: np.ndarray, partials: np.ndarray, scratch: np.ndarray, dst_bound: float,
+                           normal: bool = False) -> None:
     """In place on out [E] (float64): out = bf16_rne(out + partials[c]) for c in order; partials [C, E].
 
-    A block whose chain provably stays in bf16's normal range (`_stays_normal`) takes the fast
-    `_accumulate_bf16_normal`; any other block the general `_accumulate_bf16`. Both give the same bits
-    as rounding every step with `_round_bf16_f64`. dst_bound is `_dst_bound` of the initial Dst (or of
-    a larger array holding it).
+    A block whose chain provably stays in bf16's normal range (`normal`, known from the operands, or
+    `_stays_normal` of the partials) takes the fast `_accumulate_bf16_normal`; any other block the
+    general `_accumulate_bf16`. Both give the same bits as rounding every step with `_round_bf16_f64`.
+    dst_bound is `_dst_bound` of the initial Dst (or of a larger array holding it).
     """
-    if _stays_normal(dst_bound, partials):
+    if normal or _stays_normal(dst_bound, partials):
         _accumulate_bf16_normal(out, partials, scratch)
     else:
         out[...] = _accumulate_bf16(out, partials)
@@ -343,6 +369,39 @@ def _dst_bound(dst: np.ndarray) -> float:
     if not np.array_equal(np.floor(scaled), scaled):  # NaN and inf fail here too
         return math.inf
     return float(np.max(np.abs(dst), initial=0.0))
+
+
+_OPERAND_FLOOR_DOUBLED = np.uint32((127 - 44) << 24)  # float32 magnitude bits of 2**-44, shifted left once
+
+
+def _magnitude_range(x: np.ndarray) -> tuple[float, float]:
+    """(smallest non-zero, largest) magnitude of float32 x from its bits; inf for an empty or all-zero
+    x's smallest; a NaN or inf makes the largest inf."""
+    doubled = np.asarray(x, dtype=np.float32).view(np.uint32) << np.uint32(1)  # sign shifted out
+    largest = doubled.max(initial=0)
+    np.subtract(doubled, np.uint32(1), out=doubled)  # zero wraps to the top
+    smallest = doubled.min(initial=_INF_F32_DOUBLED - np.uint32(1)) + np.uint32(1)
+
+    def value(bits: np.uint32) -> float:
+        return float(np.array(bits >> np.uint32(1), dtype=np.uint32).view(np.float32))
+
+    return value(smallest), (math.inf if largest >= _INF_F32_DOUBLED else value(largest))
+
+
+def _operands_keep_normal(dst_bound: float, lhs: np.ndarray, rhs: np.ndarray, chunks: int) -> bool:
+    """Whether every chain of the product stays in bf16's normal range, judged from the bf16 operands
+    (cheaper than `_stays_normal` on every block's partials, which are N / 16 times larger).
+
+    Low end: a non-zero bf16 value of magnitude at least 2**-44 is a multiple of 2**-51, and so are the
+    hi and lo parts of the fidelity splits; a chunk's exact sum is then a multiple of 2**-102, so its
+    float32 partial is 0 or at least 2**-102, the condition `_stays_normal` needs. High end: a partial
+    is at most 16 * max|lhs| * max|rhs| (times 1 + 2**-24 for its rounding)."""
+    lhs_small, lhs_large = _magnitude_range(lhs)
+    rhs_small, rhs_large = _magnitude_range(rhs)
+    if min(lhs_small, rhs_small) < 2.0**-44 or not math.isfinite(dst_bound):
+        return False
+    largest_partial = MVMUL_K * lhs_large * rhs_large * (1.0 + 2.0**-23)
+    return (dst_bound + chunks * largest_partial) * (1.0 + 2.0**-7) ** chunks < 2.0**126
 
 
 def _stays_normal(dst_bound: float, partials: np.ndarray) -> bool:
@@ -524,6 +583,12 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf1
     """add_tiles / sub_tiles / mul_tiles: operands in the Dst format (bf16 or f16), exact result rounded once
     to it.
 
+    A product of two bf16 values has at most 16 significant bits, so float32 holds it exactly unless its
+    low bits fall below 2**-149, i.e. it is below 2**-135; such a value and its float32 rounding are both
+    under half of bf16's smallest subnormal (2**-134) and round to zero either way, and a float32
+    overflow is past bf16's range too. So a product is rounded from float32; sums and differences from
+    float64, where they are exact.
+
     Elementwise, so it runs over cache-sized blocks along the leading axis (the float64 temporaries of a
     block stay in cache).
     """
@@ -539,10 +604,14 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf1
     a, b = np.broadcast_to(a, shape), np.broadcast_to(b, shape)
     out = np.empty(shape, dtype=np.float32)
     rows = max(1, _ELTWISE_BLOCK // max(1, math.prod(shape[1:])))
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         for start in range(0, shape[0], rows):
             block = slice(start, start + rows)
-            exact = fn(bf16_round(a[block]).astype(np.float64), bf16_round(b[block]).astype(np.float64))
+            lhs, rhs = _as_bf16(a[block]), _as_bf16(b[block])
+            if op == "mul":  # see eltwise_binary's doc: float32 holds the product exactly where it counts
+                out[block] = bf16_round(lhs * rhs)
+                continue
+            exact = fn(lhs.astype(np.float64), rhs.astype(np.float64))
             out[block] = _f64_to_bf16(exact).reshape(exact.shape)
     return out
 

@@ -296,9 +296,22 @@ def verify_embedding(op: Operation) -> None:
             table.encoding is not None and tensor(op.result.type).element_type.is_float):
         raise VerifyError("the result has the table's element type")
     if op.attributes.get("im2col") and op.attr("im2col"):
-        if indices.rank != 2:
-            raise VerifyError(f"im2col indices are [positions, rows], not {_dims(indices.shape)}")
-        positions, rows = indices.shape
+        if indices.rank != 3 or indices.shape[2] != 32:
+            raise VerifyError(f"im2col indices are [positions, tile rows, 32], not {_dims(indices.shape)}")
+        positions, tile_rows, _ = indices.shape
+        if op.attributes.get("grouped") and op.attr("grouped"):
+            if table.shape[1] % 32:
+                raise VerifyError(f"a grouped im2col lookup needs whole channel tiles, not width {table.shape[1]}")
+            if tensor(op.result.type).rank != 3:
+                raise VerifyError("a grouped im2col result is [width / 32, M, positions * 32] (channel tile j of "
+                                  f"every position side by side in batch j), not {_dims(tensor(op.result.type).shape)}")
+            rows = tensor(op.result.type).shape[1]
+            _check_im2col_rows(rows, tile_rows)
+            _expect_shape(op, (table.shape[1] // 32, rows, positions * 32),
+                          "channel tile j of every position side by side in batch j")
+            return
+        rows = tensor(op.result.type).shape[0] if tensor(op.result.type).rank == 2 else -1
+        _check_im2col_rows(rows, tile_rows)
         _expect_shape(op, (rows, positions * table.shape[1]), "the rows of each position side by side")
         return
     _expect_shape(op, (*indices.shape, table.shape[1]), "one table row per index")
@@ -426,14 +439,26 @@ def _fold_gather(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     return np.take(data, np.where(indices < 0, indices + size, indices), axis=axis)
 
 
+def _check_im2col_rows(rows: int, tile_rows: int) -> None:
+    if not 32 * (tile_rows - 1) < rows <= 32 * tile_rows:
+        raise VerifyError(f"an im2col result has 32 * {tile_rows} rows at most (one index page of 32 per tile "
+                          f"row), and more than 32 * {tile_rows - 1}")
+
+
 def _fold_embedding(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     table, indices = arrays
     if op.attr("pad_negative"):
         rows = np.where((indices >= 0)[..., None], table[np.maximum(indices, 0)], 0).astype(table.dtype)
     else:
         rows = table[np.where(indices < 0, indices + table.shape[0], indices)]
-    if op.attr("im2col"):  # [positions, M, width] -> [M, positions * width]
-        return np.ascontiguousarray(rows.transpose(1, 0, 2).reshape(rows.shape[1], -1))
+    if op.attr("grouped"):  # [positions, tile rows, 32, width] -> [width / 32, M, positions * 32]
+        ct, m, _ = tensor(op.result.type).shape
+        rows = rows.reshape(rows.shape[0], -1, ct, 32)[:, :m]
+        return np.ascontiguousarray(rows.transpose(2, 1, 0, 3).reshape(ct, m, -1))
+    if op.attr("im2col"):  # [positions, tile rows, 32, width] -> [M, positions * width]
+        m = tensor(op.result.type).shape[0]
+        rows = rows.reshape(rows.shape[0], -1, rows.shape[-1])[:, :m]
+        return np.ascontiguousarray(rows.transpose(1, 0, 2).reshape(m, -1))
     return rows
 
 
@@ -597,10 +622,14 @@ GATHER = OpDef("ttir.gather", "np.take(data, indices, axis) with ONNX's negative
 EMBEDDING = OpDef("ttir.embedding", "table[indices]: one row of a 2-D table per index (a Gather along axis 0); "
                   "the device reads the rows by index and tilizes them. With `pad_negative` a negative index "
                   "gives a zero row (convolution padding) instead of counting from the end; with `im2col` the "
-                  "indices are [positions, M] and the result [M, positions * width] (the rows looked up for "
-                  "each position side by side: a convolution's im2col matrix)",
+                  "indices are [positions, ceil(M / 32), 32] (an index page per output tile row; ids past M are "
+                  "-1) and the result [M, positions * width] (the rows looked up for each position side by "
+                  "side: a convolution's im2col matrix); with `grouped` too the result is [width / 32, M, positions * 32], "
+                  "batch j holding channel tile j of every position side by side (a depthwise convolution's "
+                  "operand, one small matmul per channel tile)",
                   operands=(Operand("table"), Operand("indices")),
-                  attributes=(Attr("pad_negative", BoolAttr, False), Attr("im2col", BoolAttr, False)), traits=PURE, verify=verify_embedding,
+                  attributes=(Attr("pad_negative", BoolAttr, False), Attr("im2col", BoolAttr, False),
+                              Attr("grouped", BoolAttr, False)), traits=PURE, verify=verify_embedding,
                   fold=_fold_embedding)
 REDUCE_SUM = reduction("reduce_sum", "Sum over `axes`", np.sum)
 REDUCE_MEAN = reduction("reduce_mean", "Mean over `axes`", np.mean)

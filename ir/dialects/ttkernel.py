@@ -184,11 +184,15 @@ CB_POP_FRONT = cb_op("cb_pop_front", "Consumer: release `pages` pages from the f
 
 ADDRGEN_OP = OpDef(
     "ttkernel.addrgen",
-    "Interleaved address generator over a buffer at `base`: page i lives in bank i % banks at "
-    "base + (i // banks) * page_size; banks are the DRAM channels or the compute cores' L1",
+    "Address generator over a buffer at `base`. Interleaved: page i lives in bank i % banks at "
+    "base + (i // banks) * page_size; banks are the DRAM channels or the compute cores' L1. Sharded "
+    "(`memory_layout` height_sharded / block_sharded, L1 only): page i lives in the L1 of the core holding "
+    "its shard, at base + its place in the shard (the buffer's #tt.layout grid and shard say which)",
     operands=(Operand("base", Index),), results=(Result("addrgen", AddrGen),),
     attributes=(Attr("page_size", IntAttr), Attr("memory", enum_attr("dram", "l1")),
-                Attr("format", TypeAttrC)),
+                Attr("format", TypeAttrC),
+                Attr("memory_layout", enum_attr("interleaved", "height_sharded", "width_sharded", "block_sharded"),
+                     "interleaved")),
     traits=PURE,
 )
 NOC_READ_TILES = OpDef(

@@ -37,7 +37,8 @@ def test_attributes_are_recorded() -> None:
     assert re.search(r'\{activation = "none", transpose_b = false, tt.blocking = \{batches = 1, per_core_m = \d+, '
                      r'per_core_n = \d+, in0_block_w = \d+, out_subblock_h = \d+, out_subblock_w = \d+\}, '
                      r'tt.cost = \{cycles = \d+, bound = "(compute|dram|noc)"\}, tt.grid = #tt.grid<\d+x\d+>, '
-                     r'tt.math_fidelity = "hifi2"\}', line), line
+                     r'tt.math_fidelity = "hifi2", tt.sharding = \{layout = "interleaved", reason = "interleaved: [^"]+"\}\}',
+                     line), line
 
 
 def test_large_matmul_uses_many_cores_small_ones_fewer() -> None:

@@ -67,6 +67,9 @@ def conv_model(x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: bool = 
     ((1, 4, 10, 9), (6, 4, 4, 4), {"auto_pad": "SAME_LOWER"}),
     ((1, 4, 10, 9), (6, 4, 3, 2), {"auto_pad": "VALID"}),
     ((2, 8, 7, 11), (8, 1, 3, 3), {"pads": [1, 0, 1, 2], "group": 8}),  # depthwise, batch 2
+    ((1, 64, 9, 7), (64, 1, 3, 3), {"pads": [1, 1, 1, 1], "group": 64}),  # depthwise by channel tiles
+    ((2, 72, 13, 11), (72, 1, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 2], "group": 72}),  # 72 = 2.25 tiles
+    ((1, 40, 10, 10), (40, 1, 5, 5), {"pads": [2, 2, 2, 2], "group": 40}),
     ((1, 8, 12, 12), (6, 4, 5, 5), {"strides": [2, 2], "pads": [2, 2, 2, 2], "group": 2}),
     ((1, 12, 7, 7), (8, 3, 1, 1), {"group": 4}),
     ((1, 3, 23, 23), (6, 3, 7, 7), {"strides": [2, 2], "pads": [3, 3, 3, 3]}),
@@ -74,6 +77,19 @@ def conv_model(x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: bool = 
 ])
 def test_conv(x_shape, w_shape, attrs) -> None:
     check(conv_model(x_shape, w_shape, **attrs))
+
+
+def test_depthwise_conv_is_a_matmul_batched_over_channel_tiles() -> None:
+    """A depthwise conv of 72 channels: one grouped im2col lookup [3, M, 9 * 32] and one matmul by the
+    positions' diagonal blocks [3, 288, 32], not a block-diagonal [9 * 96, 72] weight."""
+    module = import_model(conv_model((1, 72, 13, 11), (72, 1, 3, 3), pads=[1, 1, 1, 1], group=72))
+    PassManager("decompose,canonicalize,channels-last,tilize", stream=io.StringIO()).run(module)
+    text = print_module(module)
+    assert '{grouped = true, im2col = true, pad_negative = true}' in text
+    assert "-> tensor<3x143x288xf32" in text
+    matmuls = [line for line in text.splitlines() if '"ttir.matmul"' in line]
+    assert any("tensor<3x288x32xf32" in line and "-> tensor<3x143x32xf32" in line for line in matmuls)
+    assert "864x72" not in text
 
 
 def test_conv_without_bias() -> None:

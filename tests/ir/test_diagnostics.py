@@ -124,3 +124,32 @@ def test_weights_are_checked_when_present() -> None:
     assert "weight 'w' has shape [2, 8]" in error_of_module(module)
     module.weights = {"other": np.zeros((2, 8), np.float32)}
     assert "weight 'w' is not in the module's weights" in error_of_module(module)
+
+
+IM2COL = """module {{
+  func.func @main(%arg0: tensor<25x32xbf16>, %arg1: {ids}) -> tensor<{m}x288xbf16> {{
+    %0 = "ttir.embedding"(%arg0, %arg1) {{im2col = true, pad_negative = true}} : (tensor<25x32xbf16>, {ids}) -> tensor<{m}x288xbf16> loc("conv")
+    func.return %0 : tensor<{m}x288xbf16> loc("ret")
+  }}
+}}
+"""
+
+
+@pytest.mark.parametrize(("ids", "m", "expected"), [
+    ("tensor<9x40xi32>", 40, "im2col indices are [positions, tile rows, 32], not 9x40"),
+    ("tensor<9x2x16xi32>", 40, "im2col indices are [positions, tile rows, 32], not 9x2x16"),
+    ("tensor<9x3x32xi32>", 40, "an im2col result has 32 * 3 rows at most (one index page of 32 per tile row), "
+                               "and more than 32 * 2"),
+])
+def test_im2col_indices_are_a_page_per_tile_row(ids: str, m: int, expected: str) -> None:
+    verify(parse_module(IM2COL.format(ids="tensor<9x2x32xi32>", m=40), "m.mlir"))
+    assert expected in error_of(IM2COL.format(ids=ids, m=m))
+
+
+def test_grouped_im2col_is_a_batch_per_channel_tile() -> None:
+    good = IM2COL.replace("tensor<{m}x288xbf16>", "tensor<1x{m}x288xbf16>").replace(
+        "im2col = true,", "grouped = true, im2col = true,")
+    verify(parse_module(good.format(ids="tensor<9x2x32xi32>", m=40), "m.mlir"))
+    wrong = good.replace("tensor<1x{m}x288xbf16>", "tensor<{m}x288xbf16>")
+    assert "channel tile j of every position side by side in batch j" in error_of(
+        wrong.format(ids="tensor<9x2x32xi32>", m=40))

@@ -99,6 +99,7 @@ def test_window_ops_become_a_stick_lookup_and_a_matmul(ir: IRHarness) -> None:
     ir.check(out, '"ttir.matmul"(%0, %2) {tt.math_fidelity = "hifi4"}',  # channels padded to a tile, exactly
              '"ttir.to_layout"(%3) : (tensor<25x32xf32, #tt.layout<tile, dram, interleaved>>) -> '
              'tensor<25x32xf32, #tt.layout<row_major, dram, interleaved>>',
+             '-> tensor<9x1x32xi32, #tt.layout<row_major, dram, interleaved>>',  # an index page per tile row
              '"ttir.embedding"(%4, %5) {im2col = true, pad_negative = true}',
              '"ttir.matmul"(%6, %1) : (tensor<9x288xf32')
 

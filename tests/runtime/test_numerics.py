@@ -142,6 +142,21 @@ def test_lofi_and_hifi4_differ_and_hifi4_is_closer():
     assert errors[MathFidelity.HIFI4] == pytest.approx(errors[MathFidelity.HIFI3], rel=0.02)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_threaded_dst_chains_give_the_same_bits(monkeypatch, workers):
+    """Row blocks of Dst run on several threads above a size; each thread owns whole blocks."""
+    a, b = rand_bf16(3, 4, 6, 32, 32), rand_bf16(3, 6, 5, 32, 32)
+    dst = rand_bf16(3, 4, 5, 32, 32)
+    chain_workers = N._chain_workers
+    assert chain_workers(1, 1 << 30) == 1 and chain_workers(8, 10) == 1  # one block, or too small to share
+    monkeypatch.setattr(N, "_CHAIN_PRODUCTS", 1 << 12)  # many small blocks
+    monkeypatch.setattr(N, "_chain_workers", lambda blocks, products: 1)
+    alone = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI2)
+    monkeypatch.setattr(N, "_chain_workers", lambda blocks, products: min(blocks, workers))
+    threaded = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI2)
+    assert np.array_equal(bits(threaded), bits(alone))
+
+
 @pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI4])
 def test_same_matmul_over_different_blocks_gives_same_bits(fidelity):
     mt, kt, nt = 4, 5, 6
@@ -174,6 +189,22 @@ def test_eltwise_binary_rounds_exact_result_once(op, fn):
     a, b = rand_bf16(8, 32, 32), rand_bf16(8, 32, 32, scale=0.01)
     got = N.eltwise_binary(a, b, op)
     assert np.array_equal(bits(got), bits(ref_bf16(fn(a.astype(float), b.astype(float)))))
+
+
+@pytest.mark.parametrize("op", ["mul", "add"])
+@pytest.mark.parametrize("exponent", [-140, -134, -130, -126, -70, -63, 0, 60, 64, 127])
+def test_eltwise_binary_near_the_ends_of_the_range(op, exponent):
+    """Products into float32's subnormal range, to zero and past bf16's largest value round as the exact
+    result does (the float32 product shortcut must step aside there)."""
+    a = rand_bf16(4, 32, 32) * np.float32(2.0 ** (exponent // 2))
+    b = rand_bf16(4, 32, 32) * np.float32(2.0 ** (exponent - exponent // 2))
+    a, b = N.bf16_round(a), N.bf16_round(b)
+    fn = np.multiply if op == "mul" else np.add
+    exact = fn(a.astype(float), b.astype(float))
+    overflow = np.abs(exact) >= 2.0**128 - 2.0**119  # bf16's largest value plus half an ulp
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.where(overflow, np.copysign(np.inf, exact), ref_bf16(np.where(overflow, 0, exact)))
+    assert np.array_equal(bits(N.eltwise_binary(a, b, op)), bits(want))
 
 
 REFERENCE = {
@@ -392,6 +423,32 @@ def test_blocked_matmul_equals_the_chunk_by_chunk_model(monkeypatch, products, f
     want = chunk_by_chunk(np.broadcast_to(d64, (3, 64, 64)), N.bf16_round(x), np.broadcast_to(b[0], (3, 160, 64)),
                           fidelity)
     assert np.array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_operand_range_proves_the_fast_chain(fidelity):
+    """Operands no smaller than 2**-44 (but for zeros) let every block take the fast chain without looking
+    at its partials; with magnitudes spread over 2**-44 .. 2**40 and sums cancelling to tiny values it
+    still gives the chunk-by-chunk bits. A smaller operand, an inf or a huge product disables the proof."""
+    rng = np.random.default_rng(40 + int(fidelity))
+    def spread(*shape: int) -> np.ndarray:
+        signs = rng.choice([-1.0, 1.0], shape)
+        return N.bf16_round(signs * (1 + rng.random(shape)) * 2.0 ** rng.integers(-44, 20, shape))
+
+    a, b = spread(2, 64, 96), spread(2, 96, 64)
+    a[:, :, :16] = 2.0**-44  # equal products of opposite signs: chunk sums of exactly 0 and tiny ones
+    b[:, :8, :], b[:, 8:16, :] = 2.0**-44, -(2.0**-44)
+    b[0, 15, 3] = -(2.0**-44) * 1.0078125
+    a[1, 5, 40:50] = 0.0
+    dst = N.bf16_round(rng.standard_normal((2, 64, 64)))
+    assert N._operands_keep_normal(N._dst_bound(dst), a, b, 6)
+    with np.errstate(all="ignore"):
+        got = N.matmul_block_accumulate(as_tiles(dst), as_tiles(a), as_tiles(b), fidelity)
+    assert np.array_equal(bits(got), bits(as_tiles(chunk_by_chunk(dst, a, b, fidelity))))
+    small, huge, infinite = a.copy(), a.copy(), a.copy()
+    small[0, 0, 0], huge[0, 0, 0], infinite[0, 0, 0] = 2.0**-45, 2.0**120, np.inf
+    for operand in (small, huge, infinite):
+        assert not N._operands_keep_normal(N._dst_bound(dst), operand, b, 6)
 
 
 @pytest.mark.parametrize("name", sorted(N.SFPU_FUNCTIONS))
