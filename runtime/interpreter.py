@@ -35,6 +35,7 @@ Conventions fixed here where the dialect is silent
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,30 @@ class Blocked:
     what: str  # "free" or "filled"
 
 
+@dataclass(frozen=True)
+class Offsets:
+    """Page offsets [n] into a CB window (or relative buffer pages), with their bounds: ops address the
+    same blocks over and over, so each distinct block is built once (`page_range`, `tile_block`)."""
+
+    values: np.ndarray  # int64 [n], read-only
+    lo: int  # min and max of values (0 and -1 when empty)
+    hi: int
+    contiguous: bool  # values == lo, lo + 1, ..., hi
+
+    @staticmethod
+    def of(values: np.ndarray) -> Offsets:
+        values = np.asarray(values, dtype=np.int64)
+        values.flags.writeable = False
+        if not len(values):
+            return Offsets(values, 0, -1, False)
+        lo, hi = int(values.min()), int(values.max())
+        contiguous = bool(values[0] == lo and hi - lo == len(values) - 1 and (np.diff(values) == 1).all())
+        return Offsets(values, lo, hi, contiguous)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 @dataclass
 class Kernel:
     """One kernel of the program, run on every core: its values, NoC transfers in flight, and state."""
@@ -144,6 +169,44 @@ Handler = Callable[["Program", Kernel, Operation, dict[str, Any]], Blocked | Non
 HANDLERS: dict[str, Handler] = {}
 
 
+@dataclass(frozen=True)
+class Step:
+    """One op of a kernel block as the scheduler runs it: its handler (None: not a kernel op) and its
+    attributes with defaults filled in; a `ttkernel.for` has its body and trip range instead."""
+
+    op: Operation
+    run: Handler | None
+    attrs: dict[str, Any]
+    body: Block | None = None
+    trips: range = range(0)
+
+
+class ProgramPlan:
+    """What a program's kernels need that depends only on the IR: the steps of every block, built once.
+
+    The executor keeps one plan per enqueue_program op for as long as it runs the module, so a program
+    run many times (every run of the model, every trip of a loop) looks its ops up once.
+    """
+
+    def __init__(self, op: Operation) -> None:
+        self.blocks: dict[Block, list[Step]] = {}
+        self.runtime_args: dict[tuple[str, int], int | np.ndarray] = {}  # (kernel, index) -> value(s)
+        for region in op.regions:
+            self._add(region.blocks[0])
+
+    def _add(self, block: Block) -> None:
+        steps = []
+        for op in block.ops:
+            attrs = _full_attrs(op)
+            if op.name == _FOR:
+                body = op.regions[0].blocks[0]
+                self._add(body)
+                steps.append(Step(op, None, attrs, body, range(attrs["lower"], attrs["upper"], attrs["step"])))
+            else:
+                steps.append(Step(op, HANDLERS.get(op.name), attrs))
+        self.blocks[block] = steps
+
+
 def handler(name: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[f"ttkernel.{name}"] = fn
@@ -160,7 +223,7 @@ class Program:
     """One enqueue_program on a device: set up CBs, run the kernels, account cycles."""
 
     def __init__(self, device: Device, op: Operation, buffer_addresses: Sequence[int],
-                 step_budget: int = DEFAULT_STEP_BUDGET) -> None:
+                 step_budget: int = DEFAULT_STEP_BUDGET, plan: ProgramPlan | None = None) -> None:
         self.device = device
         self.desc = device.desc
         self.op = op
@@ -175,11 +238,10 @@ class Program:
         self.local_bytes = 0  # sharded pages a core moved within its own L1, summed over the cores
         self.core_banks = np.zeros(0, dtype=np.int64)  # L1 bank (device core) of each program core
         self.cbs: dict[int, CircularBuffer] = {}
-        self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
+        self.dst = device.dst_registers(self.cores, 2 * HALF_DST)  # undefined until acquired (NaN-filled)
         self.dst_state = "released"
         self.dst_half = 1
-        self.attrs = {inner: _full_attrs(inner) for region in op.regions for inner in _walk(region.blocks[0])}
-        self._arg_cache: dict[tuple[str, int], int | np.ndarray] = {}
+        self.plan = plan if plan is not None else ProgramPlan(op)
         self.core_index: slice | np.ndarray = slice(0, 0)  # program cores in L1: a slice, or a column
 
     # -- running --------------------------------------------------------------------------------
@@ -243,23 +305,22 @@ class Program:
 
     def _run_block(self, kernel: Kernel, block: Block) -> Iterator[Blocked]:
         """Run a block's ops; yields while an op is blocked (the op is retried on resume)."""
-        for op in block.ops:
-            kernel.op = op
+        for step in self.plan.blocks[block]:
+            op = kernel.op = step.op
             self.steps += 1
             if self.steps > self.step_budget:
                 raise Fault(f"runaway program: more than {self.step_budget} kernel ops executed "
                             f"(the step budget)")
-            attrs = self.attrs[op]
-            if op.name == _FOR:
-                body = op.regions[0].blocks[0]
-                for iv in range(attrs["lower"], attrs["upper"], attrs["step"]):
-                    kernel.env[body.args[0]] = iv
-                    yield from self._run_block(kernel, body)
+            if step.body is not None:
+                iv_value = step.body.args[0]
+                for iv in step.trips:
+                    kernel.env[iv_value] = iv
+                    yield from self._run_block(kernel, step.body)
                 continue
-            run = HANDLERS.get(op.name)
+            run = step.run
             if run is None:
                 raise Fault(f"'{op.name}' is not a kernel op the device can execute")
-            while (blocked := run(self, kernel, op, attrs)) is not None:
+            while (blocked := run(self, kernel, op, step.attrs)) is not None:
                 yield blocked
                 kernel.op = op
 
@@ -307,31 +368,34 @@ class Program:
             raise Fault(f"CB {index} is not configured by the program", cb=index)
         return cb
 
-    def front_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def front_slots(self, cb: CircularBuffer, offsets: Offsets) -> slice | np.ndarray:
         """Ring slots of pages `offsets` in the consumer's waited window."""
         _check_window(cb, offsets, cb.waited, "waited at the front")
-        return (cb.front + offsets) % cb.pages
+        return _ring_slots(cb.front, offsets, cb.pages)
 
-    def back_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def back_slots(self, cb: CircularBuffer, offsets: Offsets) -> slice | np.ndarray:
         """Ring slots of pages `offsets` in the producer's reserved window."""
         _check_window(cb, offsets, cb.reserved, "reserved at the back")
-        return (cb.back + offsets) % cb.pages
+        return _ring_slots(cb.back, offsets, cb.pages)
 
-    def get_pages(self, cb: CircularBuffer, slots: np.ndarray) -> np.ndarray:
+    def get_pages(self, cb: CircularBuffer, slots: slice | np.ndarray) -> np.ndarray:
         """Bytes [cores, n, page_size] of CB slots on every core of the program."""
         return cb.slots[self._cb_index(slots)]
 
-    def put_pages(self, cb: CircularBuffer, slots: np.ndarray, data: np.ndarray) -> None:
-        """Write data [cores, n, m <= page_size] into the first m bytes of CB slots."""
+    def put_pages(self, cb: CircularBuffer, slots: slice | np.ndarray, data: np.ndarray) -> None:
+        """Write data [cores (or 1: the same on every core), n, m <= page_size] into the first m bytes of
+        CB slots."""
         cb.slots[(*self._cb_index(slots), slice(0, data.shape[-1]))] = data
 
-    def _cb_index(self, slots: np.ndarray) -> tuple[slice | np.ndarray, slice | np.ndarray]:
+    def _cb_index(self, slots: slice | np.ndarray) -> tuple[slice | np.ndarray, slice | np.ndarray]:
         """Index of (program cores, CB slots): slices where possible, so reads are views."""
         if isinstance(self.core_index, slice):
-            return self.core_index, _compact(slots)
+            return self.core_index, slots
+        if isinstance(slots, slice):
+            slots = np.arange(slots.start, slots.stop)
         return self.core_index, slots  # cores [C, 1] broadcast against slots [n]
 
-    def unpack_front(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def unpack_front(self, cb: CircularBuffer, offsets: Offsets) -> np.ndarray:
         """Tiles [cores, n, 32, 32] at waited-window offsets, unpacked to Dst values (bf16)."""
         fmt = _tile_format(cb)
         tiles = unpack_tiles(self.get_pages(cb, self.front_slots(cb, offsets)), fmt)
@@ -364,13 +428,15 @@ class Program:
 
     def runtime_arg(self, kernel: Kernel, index: int) -> int | np.ndarray:
         key = (kernel.name, index)
-        if key not in self._arg_cache:
+        cache = self.plan.runtime_args
+        if key not in cache:
             short = np.array([len(args) <= index for args in kernel.args])
             if short.any():
                 raise Fault(f"runtime argument {index} is missing", cores=short)
             values = np.array([args[index] for args in kernel.args], dtype=np.int64)
-            self._arg_cache[key] = int(values[0]) if (values == values[0]).all() else values
-        return self._arg_cache[key]
+            values.flags.writeable = False
+            cache[key] = int(values[0]) if (values == values[0]).all() else values
+        return cache[key]
 
     def count_compute(self, key: str, tiles: int) -> None:
         self.compute_cycles += self.desc.tile_op_cycles[key] * tiles
@@ -384,7 +450,7 @@ class Program:
         """NoC (and DRAM) bytes of `pages` pages per core; with a sharded addrgen, the pages located in the
         core's own bank (`bank` [cores, n], `wanted` masking the pages really moved) are local instead."""
         if gen.memory_layout != "interleaved" and bank is not None:
-            own = bank.reshape(self.cores, -1) == self.core_banks[:, None]
+            own = bank.reshape(bank.shape[0], -1) == self.core_banks[:, None]  # bank: [cores or 1, n]
             if wanted is not None:
                 own &= wanted.reshape(self.cores, -1)
             self.local_bytes += int(own.sum()) * gen.page_size  # all cores; per core in profile()
@@ -429,7 +495,8 @@ class Program:
                            + "\n".join(lines) + f"\n  in {self._program_text()}")
 
     def _cores_text(self, cores: np.ndarray | None) -> str:
-        mask = np.ones(self.cores, dtype=bool) if cores is None else np.asarray(cores, dtype=bool)
+        mask = np.ones(self.cores, dtype=bool) if cores is None \
+            else np.broadcast_to(np.asarray(cores, dtype=bool), (self.cores,))  # one entry: every core
         first = int(np.argmax(mask))
         more = int(mask.sum()) - 1
         text = f"({first % self.grid.x},{first // self.grid.x})"
@@ -444,11 +511,6 @@ class Program:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _walk(block: Block) -> Iterator[Operation]:
-    for op in block.ops:
-        yield from op.walk()
 
 
 def _full_attrs(op: Operation) -> dict[str, Any]:
@@ -478,30 +540,47 @@ def _tile_format(cb: CircularBuffer) -> DataFormat:
     return cb.format
 
 
-def _check_window(cb: CircularBuffer, offsets: np.ndarray, window: int, what: str) -> None:
-    bad = (offsets < 0) | (offsets >= window)
-    if bad.any():
-        raise Fault(f"page offset {int(offsets[np.argmax(bad)])} of CB {cb.index} is outside the {window} "
-                    f"page(s) {what}", cb=cb.index)
+def _check_window(cb: CircularBuffer, offsets: Offsets, window: int, what: str) -> None:
+    if offsets.lo >= 0 and offsets.hi < window:
+        return
+    bad = (offsets.values < 0) | (offsets.values >= window)
+    raise Fault(f"page offset {int(offsets.values[np.argmax(bad)])} of CB {cb.index} is outside the {window} "
+                f"page(s) {what}", cb=cb.index)
 
 
-def _compact(slots: np.ndarray) -> slice | np.ndarray:
-    """A run of consecutive slots as a slice (a view, no copy); anything else as is."""
-    n = len(slots)
-    if n and slots[-1] - slots[0] == n - 1 and (n < 3 or (np.diff(slots) == 1).all()):
-        return slice(int(slots[0]), int(slots[0]) + n)
-    return slots
+def _ring_slots(position: int, offsets: Offsets, pages: int) -> slice | np.ndarray:
+    """Slots (position + offsets) % pages of a ring: a slice (a view, no copy) when they run consecutively."""
+    if offsets.contiguous:
+        first = (position + offsets.lo) % pages
+        if first + len(offsets) <= pages:
+            return slice(first, first + len(offsets))
+    return (position + offsets.values) % pages
 
 
-def tile_block(offset: int, rows: int, cols: int, row_stride: int, col_stride: int) -> np.ndarray:
+@functools.lru_cache(maxsize=4096)
+def page_range(first: int, count: int) -> Offsets:
+    """Offsets first, first + 1, ..., first + count - 1."""
+    return Offsets.of(np.arange(first, first + count))
+
+
+@functools.lru_cache(maxsize=4096)
+def tile_block(offset: int, rows: int, cols: int, row_stride: int, col_stride: int) -> Offsets:
     """tile(r, c) = offset + r * row_stride + c * col_stride, row-major over the block."""
-    return (offset + np.arange(rows)[:, None] * row_stride + np.arange(cols)[None, :] * col_stride).ravel()
+    return Offsets.of((offset + np.arange(rows)[:, None] * row_stride
+                       + np.arange(cols)[None, :] * col_stride).ravel())
 
 
-def _per_core(program: Program, start: int | np.ndarray, relative: np.ndarray) -> np.ndarray:
+def _start_pages(start: int | np.ndarray, relative: Offsets) -> np.ndarray:
+    """Pages [cores, n]: each core's start plus relative page numbers; [1, n] when start is an int (the
+    same on every core: what is read is broadcast to the cores)."""
+    if isinstance(start, int):
+        return (start + relative.values)[None]
+    return np.asarray(start, dtype=np.int64).reshape(-1, 1) + relative.values[None, :]
+
+
+def _per_core(program: Program, start: int | np.ndarray, relative: Offsets) -> np.ndarray:
     """Pages [cores, n]: each core's start (int or per-core) plus relative page numbers."""
-    pages = np.asarray(start, dtype=np.int64).reshape(-1, 1) + relative[None, :]
-    return np.broadcast_to(pages, (program.cores, len(relative)))
+    return np.broadcast_to(_start_pages(start, relative), (program.cores, len(relative)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,7 +715,7 @@ def _locate(gen: AddrGen, pages: np.ndarray, access: str, cb: CircularBuffer) ->
 def _read_into_cb(p: Program, k: Kernel, gen: AddrGen, pages: np.ndarray, cb: CircularBuffer,
                   cb_offset: int) -> None:
     """NoC read of buffer pages [cores, n] into the reserved back of cb from page cb_offset."""
-    slots = p.back_slots(cb, cb_offset + np.arange(pages.shape[1]))
+    slots = p.back_slots(cb, page_range(cb_offset, pages.shape[1]))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, pages, "read", cb)
     p.put_pages(cb, slots, gen.memory.read(bank, offset, gen.page_size))
@@ -650,13 +729,13 @@ def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     valid_cols operand, tiles of columns c >= valid_cols are zero-filled instead of read."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
-    pages = _per_core(p, start, tiles)
+    pages = _start_pages(start, tiles)
     wanted = _valid_columns(p, k, op, a)
     if wanted is None:
         _read_into_cb(p, k, gen, pages, p.cb(a["cb"]), a["cb_offset"])
         return
     cb = p.cb(a["cb"])
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], len(tiles)))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, np.where(wanted, pages, 0), "read", cb)  # past the edge: nothing read
     data = gen.memory.read(bank, offset, gen.page_size)
@@ -678,7 +757,7 @@ def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> n
 def noc_read_pages(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     """Whole pages start..start+count-1 (e.g. rows of an index table) -> reserved back pages of cb."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
-    _read_into_cb(p, k, gen, _per_core(p, start, np.arange(a["count"])), p.cb(a["cb"]), a["cb_offset"])
+    _read_into_cb(p, k, gen, _start_pages(start, page_range(0, a["count"])), p.cb(a["cb"]), a["cb_offset"])
 
 
 @handler("noc_read_tiles_indexed")
@@ -686,7 +765,7 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
     """Gather tiles whose indices are int32 values in the first waited page of index_cb (-1 - i: tile i)."""
     gen = k.env[op.operands[0]]
     index_cb, first, count = p.cb(a["index_cb"]), a["index_offset"], a["count"]
-    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    page = p.get_pages(index_cb, p.front_slots(index_cb, page_range(0, 1)))[:, 0]
     if first < 0 or (first + count) * 4 > index_cb.page_size:
         raise Fault(f"indices {first}..{first + count - 1} are outside the {index_cb.page_size // 4} int32 "
                     f"values of a page of CB {index_cb.index}", cb=index_cb.index)
@@ -698,7 +777,7 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
         return
     cb = p.cb(a["cb"])
     mine = entries % sources == a["source"]
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], count))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, np.where(mine, entries // sources, 0), "read", cb)  # others: nothing read
     tiles = gen.memory.read(bank, offset, gen.page_size)
@@ -723,14 +802,14 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     if outside.any():
         raise Fault(f"index position {int(positions[outside][0])} is outside the {entries} int32 values of a "
                     f"page of CB {index_cb.index}", cores=outside.any(axis=1), cb=index_cb.index)
-    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    page = p.get_pages(index_cb, p.front_slots(index_cb, page_range(0, 1)))[:, 0]
     values = np.ascontiguousarray(page[:, : entries * 4]).view("<i4").astype(np.int64)
     indices = np.take_along_axis(values, np.where(wanted, positions, 0), axis=1)
     if a["pad_negative"]:
         wanted = wanted & (indices >= 0)  # convolution padding: a zero page
     elif a["wrap"] > 0:
         indices = np.where(indices < 0, indices + a["wrap"], indices)
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], count))
     _check_noc(gen, cb)
     bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
     rows = gen.memory.read(bank, address, gen.page_size)
@@ -745,7 +824,7 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     cb = p.cb(a["cb"])
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
-    slots = p.front_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    slots = p.front_slots(cb, page_range(a["cb_offset"], len(tiles)))
     _check_noc(gen, cb)
     pages = _per_core(p, start, tiles)
     data = p.get_pages(cb, slots)[..., : gen.page_size]
@@ -767,7 +846,7 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1)
     cb, count = p.cb(a["cb"]), a["count"]
-    slots = p.front_slots(cb, np.arange(count))
+    slots = p.front_slots(cb, page_range(0, count))
     _check_noc(gen, cb)
     data = p.get_pages(cb, slots)[..., : gen.page_size]
     valid = np.broadcast_to(valid, (p.cores,))
@@ -775,7 +854,7 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
         cores = valid == rows
         if rows <= 0:
             continue
-        pages = _per_core(p, start, np.arange(int(rows)))[cores]
+        pages = _per_core(p, start, page_range(0, int(rows)))[cores]
         bank, offset = _locate(gen, pages, "write", cb)
         gen.memory.write(bank, offset, data[cores, : int(rows)])
     k.pending_writes.add(cb.index)
@@ -851,7 +930,7 @@ def tilize_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     """Dst slot c = the tile at tile column col_offset + c of the 32 waited row pages of cb (zero past a row)."""
     cb, cols = p.cb(a["cb"]), a["cols"]
     slots = p.math_slots(a["dst"], cols)
-    rows = unpack_rows(p.get_pages(cb, p.front_slots(cb, np.arange(TILE))), cb)  # [cores, 32, width]
+    rows = unpack_rows(p.get_pages(cb, p.front_slots(cb, page_range(0, TILE))), cb)  # [cores, 32, width]
     first = a["col_offset"] * TILE
     block = np.zeros((p.cores, TILE, cols * TILE), dtype=np.float32)
     part = rows[:, :, first: first + cols * TILE]
@@ -869,7 +948,7 @@ def pack_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     cb, cols = p.cb(a["cb"]), a["cols"]
     tiles = p.dst[:, p.dst_slots(a["dst"], cols)]  # [cores, cols, 32, 32]
     rows = tiles.swapaxes(1, 2).reshape(p.cores, TILE, cols * TILE)
-    slots = p.back_slots(cb, np.arange(TILE))
+    slots = p.back_slots(cb, page_range(0, TILE))
     element = 2 if cb.format is DataFormat.BFLOAT16 else 4
     width = cb.page_size // element
     first = a["col_offset"] * TILE
@@ -990,5 +1069,5 @@ def pack_tiles_(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None
                     "tile_regs_release)")
     cb, count = p.cb(a["cb"]), a["count"]
     slots = p.dst_slots(a["dst"], count)
-    pages = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    pages = p.back_slots(cb, page_range(a["cb_offset"], count))
     p.put_pages(cb, pages, pack_tiles(p.dst[:, slots], _tile_format(cb)))
