@@ -22,6 +22,7 @@ np.zeros, whose untouched pages the OS never makes resident.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,9 +106,10 @@ class Memory:
         self._table: tuple[np.ndarray, ...] = ()
         self._buffers: dict[int, Allocation] = {}  # address -> buffer (not a CB)
         self._sharded: dict[int, Allocation] = {}  # address -> sharded buffer
-        self._stale = True  # the buffer lookups need rebuilding (a buffer was added or freed)
+        self._stale = True  # the table needs rebuilding (a buffer was added or freed)
         self._watch: dict[str, tuple[int, int]] = {}  # ranges whose contents someone relies on
         self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
+        self._watch_keys: list[str] = []
         self.dirty: set[str] = set()
 
     # -- allocation table ---------------------------------------------------------------------
@@ -130,8 +132,9 @@ class Memory:
 
     def layout_at(self, base: int | np.ndarray) -> str:
         """'interleaved', or the sharded layout of the buffer starting at `base`."""
-        sharded = self._lookups()[1]
-        alloc = sharded.get(int(np.asarray(base).flat[0])) if sharded else None
+        if not self._sharded:
+            return "interleaved"
+        alloc = self._sharded.get(base if isinstance(base, int) else int(np.asarray(base).flat[0]))
         return alloc.shard.layout if alloc is not None and alloc.shard is not None else "interleaved"
 
     def reserve(self, address: int, size: int, label: str) -> Allocation:
@@ -157,7 +160,11 @@ class Memory:
         self._ensure_capacity(alloc.end)
         self.allocations[alloc.address] = alloc
         bisect.insort(self._starts, alloc.address)
-        self._stale |= not alloc.is_cb
+        if not alloc.is_cb:
+            self._buffers[alloc.address] = alloc
+            if alloc.shard is not None:
+                self._sharded[alloc.address] = alloc
+            self._stale = True
         return alloc
 
     def poison(self, alloc: Allocation) -> None:
@@ -171,19 +178,20 @@ class Memory:
         if alloc is None:
             raise Fault(f"free of {address:#x}: no {self.name} allocation starts there")
         del self._starts[bisect.bisect_left(self._starts, address)]
-        self._stale |= not alloc.is_cb
+        if not alloc.is_cb:
+            del self._buffers[address]
+            self._sharded.pop(address, None)
+            self._stale = True
 
-    def _lookups(self) -> tuple[dict[int, Allocation], dict[int, Allocation], tuple[np.ndarray, ...]]:
-        """The buffers (not CBs) by address, the sharded ones, and sorted arrays of them for vectorised
-        lookups; rebuilt on first use after a buffer was added or freed."""
+    def _buffer_table(self) -> tuple[np.ndarray, ...]:
+        """Sorted arrays of the buffers (not CBs), for vectorised lookups; rebuilt on first use after a
+        buffer was added or freed."""
         if self._stale:
-            buffers = sorted((a for a in self.allocations.values() if not a.is_cb), key=lambda a: a.address)
-            self._buffers = {a.address: a for a in buffers}
-            self._sharded = {a.address: a for a in buffers if a.shard is not None}
+            buffers = sorted(self._buffers.values(), key=lambda a: a.address)
             self._table = tuple(np.array([getattr(a, key) for a in buffers], dtype=np.int64)
                                 for key in ("address", "end", "page_size", "num_pages"))
             self._stale = False
-        return self._buffers, self._sharded, self._table
+        return self._table
 
     def _ensure_capacity(self, end: int) -> None:
         if end <= self.data.shape[1]:
@@ -203,11 +211,11 @@ class Memory:
         Raises Fault (with the offending cores) when a page is not inside a buffer's real pages.
         """
         pages = np.asarray(pages, dtype=np.int64)
-        buffers, sharded, table = self._lookups()
+        sharded = self._sharded
         if sharded and np.size(base) and int(np.asarray(base).flat[0]) in sharded:
             return self._locate_sharded(sharded[int(np.asarray(base).flat[0])], base, pages, access)
         if isinstance(base, int) and pages.size:  # the common case: the start of a buffer, whole pages
-            alloc = buffers.get(base)
+            alloc = self._buffers.get(base)
             if alloc is not None and alloc.page_size == page_size and pages.min() >= 0 \
                     and pages.max() < alloc.num_pages:
                 return pages % self.banks, base + (pages // self.banks) * page_size
@@ -215,7 +223,7 @@ class Memory:
         base_col = np.broadcast_to(base_col, pages.shape)
         bank = pages % self.banks
         offset = base_col + (pages // self.banks) * page_size
-        starts, ends, sizes, counts = table
+        starts, ends, sizes, counts = self._buffer_table()
         slot = np.searchsorted(starts, base_col, side="right") - 1
         found = slot >= 0
         slot = np.maximum(slot, 0)
@@ -333,8 +341,11 @@ class Memory:
 
     def watch(self, key: str, start: int, end: int) -> None:
         """Remember that [start, end) holds `key`; any later write into it marks `key` dirty."""
-        self._watch[key] = (start, end)
         self.dirty.discard(key)
+        if self._watch.get(key) == (start, end):  # the same constant at the same place (every run)
+            return
+        self._watch[key] = (start, end)
+        self._watch_keys = list(self._watch)
         self._watch_ranges = np.array(list(self._watch.values()), dtype=np.int64).reshape(-1, 2)
 
     def touch(self, start: int, end: int) -> None:
@@ -343,8 +354,7 @@ class Memory:
             return
         hit = (start < self._watch_ranges[:, 1]) & (self._watch_ranges[:, 0] < end)
         if hit.any():
-            keys = list(self._watch)
-            self.dirty.update(keys[i] for i in np.nonzero(hit)[0])
+            self.dirty.update(itertools.compress(self._watch_keys, hit.tolist()))
 
     def is_clean(self, key: str, start: int, end: int) -> bool:
         return self._watch.get(key) == (start, end) and key not in self.dirty

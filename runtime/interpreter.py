@@ -241,6 +241,7 @@ class Program:
         self.dst = device.dst_registers(self.cores, 2 * HALF_DST)  # undefined until acquired (NaN-filled)
         self.dst_state = "released"
         self.dst_half = 1
+        self.dst_written = set(range(2 * HALF_DST))  # slots that may hold other than NaN (all, at first)
         self.plan = plan if plan is not None else ProgramPlan(op)
         self.core_index: slice | np.ndarray = slice(0, 0)  # program cores in L1: a slice, or a column
 
@@ -410,7 +411,9 @@ class Program:
         if self.dst_state != "acquired":
             raise Fault(f"a math op writes Dst while Dst is {self.dst_state} "
                         "(math runs between tile_regs_acquire and tile_regs_commit)")
-        return self.dst_slots(first, count)
+        slots = self.dst_slots(first, count)
+        self.dst_written.update(range(slots.start, slots.stop))
+        return slots
 
     def dst_slots(self, first: int, count: int) -> slice:
         if first < 0 or first + count > HALF_DST:
@@ -552,8 +555,9 @@ def _ring_slots(position: int, offsets: Offsets, pages: int) -> slice | np.ndarr
     """Slots (position + offsets) % pages of a ring: a slice (a view, no copy) when they run consecutively."""
     if offsets.contiguous:
         first = (position + offsets.lo) % pages
-        if first + len(offsets) <= pages:
-            return slice(first, first + len(offsets))
+        last = first + offsets.hi - offsets.lo
+        if last < pages:
+            return slice(first, last + 1)
     return (position + offsets.values) % pages
 
 
@@ -739,7 +743,8 @@ def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     _check_noc(gen, cb)
     bank, offset = _locate(gen, np.where(wanted, pages, 0), "read", cb)  # past the edge: nothing read
     data = gen.memory.read(bank, offset, gen.page_size)
-    p.put_pages(cb, slots, np.where(wanted[..., None], data, 0).astype(np.uint8))
+    data[~wanted] = 0
+    p.put_pages(cb, slots, data)
     k.pending_reads.add(cb.index)
     p.count_noc(gen, int(wanted.sum()) // p.cores, bank, wanted)
 
@@ -795,8 +800,8 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     offset = np.asarray(k.env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
     index_cb, cb, count = p.cb(a["index_cb"]), p.cb(a["cb"]), a["count"]
-    positions = np.broadcast_to(offset + np.arange(count)[None, :], (p.cores, count))
-    wanted = np.broadcast_to(np.arange(count)[None, :] < valid, (p.cores, count))
+    relative = page_range(0, count).values
+    positions, wanted = offset + relative, relative < valid  # [cores or 1, count]
     entries = index_cb.page_size // 4
     outside = wanted & ((positions < 0) | (positions >= entries))
     if outside.any():
@@ -804,7 +809,8 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
                     f"page of CB {index_cb.index}", cores=outside.any(axis=1), cb=index_cb.index)
     page = p.get_pages(index_cb, p.front_slots(index_cb, page_range(0, 1)))[:, 0]
     values = np.ascontiguousarray(page[:, : entries * 4]).view("<i4").astype(np.int64)
-    indices = np.take_along_axis(values, np.where(wanted, positions, 0), axis=1)
+    indices = np.take_along_axis(values, np.broadcast_to(np.where(wanted, positions, 0), (p.cores, count)), axis=1)
+    wanted = np.broadcast_to(wanted, indices.shape)
     if a["pad_negative"]:
         wanted = wanted & (indices >= 0)  # convolution padding: a zero page
     elif a["wrap"] > 0:
@@ -813,7 +819,8 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     _check_noc(gen, cb)
     bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
     rows = gen.memory.read(bank, address, gen.page_size)
-    p.put_pages(cb, slots, np.where(wanted[..., None], rows, 0).astype(np.uint8))
+    rows[~wanted] = 0
+    p.put_pages(cb, slots, rows)
     k.pending_reads.add(cb.index)
     p.count_noc(gen, int(wanted.sum()) // p.cores)
 
@@ -877,10 +884,15 @@ def noc_write_barrier(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -
 
 @handler("tile_regs_acquire")
 def tile_regs_acquire(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Math takes the other half of Dst; its contents are undefined (NaN here)."""
+    """Math takes the other half of Dst; its contents are undefined (NaN here: the slots math wrote since
+    they were last filled are filled again, the others still hold that NaN)."""
     p.dst_transition("released", "acquired", "tile_regs_acquire")
     p.dst_half ^= 1
-    p.dst[:, p.dst_slots(0, HALF_DST)] = np.nan
+    half = range(p.dst_half * HALF_DST, (p.dst_half + 1) * HALF_DST)
+    written = [slot for slot in half if slot in p.dst_written]
+    if written:  # every other slot of the half is NaN already: filled, and no math op wrote it since
+        p.dst[:, written[0]: written[-1] + 1] = np.nan
+        p.dst_written.difference_update(written)
 
 
 @handler("tile_regs_commit")
