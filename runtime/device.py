@@ -10,8 +10,9 @@ the tensor's tiles, batches stacked along the rows) lives in shard (r // shard_r
 c // shard_cols, held by the core `banks[shard]`, at address + ((r % shard_rows) * shard_cols +
 c % shard_cols) * page_size. Like every L1 buffer it takes the same address range in every core.
 
-Every NoC or host access goes through `Memory.locate`, which checks each page against the buffer
-table: an address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. Circular
+Every NoC access goes through `Memory.locate`, which checks each page against the buffer table: an
+address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. The host reads and writes
+a live interleaved buffer whole, as a view of its own byte range (`read_buffer`, `write_buffer`). Circular
 buffers are per-core L1 regions the running program reserves (`reserve`), so a CB can overlap
 neither another CB nor a live L1 buffer.
 

@@ -13,8 +13,9 @@ How it runs
 - One handler per ttkernel op in `HANDLERS`; reading a handler tells what the op means.
 
 Conventions fixed here where the dialect is silent
-- Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN,
-  so a kernel that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
+- Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN
+  (re-filling only the slots math wrote since their last fill; the others still hold NaN), so a kernel
+  that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
   Acquires alternate between the two halves of Dst (half-sync); one acquire addresses slots 0..7.
 - Unpacking a CB tile into Dst converts to the Dst format, bf16 (RNE): exact for bf16 and block
   floats, rounding for f32, and int -> float -> bf16 for i32. Packing to an i32 CB truncates.
@@ -81,6 +82,7 @@ class CircularBuffer:
     pages: int
     format: DataFormat | None
     slots: np.ndarray
+    grid: np.ndarray | None = None  # [grid y, grid x, pages, page_size] view of the program's cores' slots
     filled: int = 0
     reserved: int = 0
     waited: int = 0
@@ -244,6 +246,7 @@ class Program:
         self.dst_written = set(range(2 * HALF_DST))  # slots that may hold other than NaN (all, at first)
         self.plan = plan if plan is not None else ProgramPlan(op)
         self.core_index: slice | np.ndarray = slice(0, 0)  # program cores in L1: a slice, or a column
+        self.core_rows = 0  # when core_index is a column: the device's cores per row (the grid is a rectangle)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -270,6 +273,9 @@ class Program:
         lo = int(ids[0])
         contiguous = np.array_equal(ids, np.arange(lo, lo + len(ids)))
         self.core_index = slice(lo, lo + len(ids)) if contiguous else ids[:, None]
+        row = self.device.grid_x
+        rectangle = (np.arange(self.grid.y)[:, None] * row + np.arange(self.grid.x)).ravel()
+        self.core_rows = row if not contiguous and np.array_equal(ids, rectangle) else 0
         self._configure_cbs(self.op.attr("cbs"))
 
     def _schedule(self) -> None:
@@ -356,7 +362,11 @@ class Program:
                 raise Fault(f"L1 overflow: {fault.what}", cb=index) from None
             view = l1.data[:, config.address: config.address + config.size]
             slots = view.reshape(l1.banks, config.pages, config.page_size)
-            self.cbs[index] = CircularBuffer(index, config.address, config.page_size, config.pages, fmt, slots)
+            grid = None
+            if self.core_rows:  # the grid's rows of cores are strided views: no gather of each core's pages
+                rows = slots[: self.grid.y * self.core_rows].reshape(self.grid.y, self.core_rows, *slots.shape[1:])
+                grid = rows[:, : self.grid.x]
+            self.cbs[index] = CircularBuffer(index, config.address, config.page_size, config.pages, fmt, slots, grid)
 
     def _release_cbs(self) -> None:
         for cb in self.cbs.values():
@@ -381,20 +391,24 @@ class Program:
 
     def get_pages(self, cb: CircularBuffer, slots: slice | np.ndarray) -> np.ndarray:
         """Bytes [cores, n, page_size] of CB slots on every core of the program."""
-        return cb.slots[self._cb_index(slots)]
+        if cb.grid is not None:
+            pages = cb.grid[:, :, slots]
+            return pages.reshape(self.cores, *pages.shape[2:])
+        if isinstance(self.core_index, slice):
+            return cb.slots[self.core_index, slots]  # a view
+        return cb.slots[self.core_index, _slot_array(slots)]  # cores [C, 1] broadcast against slots [n]
 
     def put_pages(self, cb: CircularBuffer, slots: slice | np.ndarray, data: np.ndarray) -> None:
         """Write data [cores (or 1: the same on every core), n, m <= page_size] into the first m bytes of
         CB slots."""
-        cb.slots[(*self._cb_index(slots), slice(0, data.shape[-1]))] = data
-
-    def _cb_index(self, slots: slice | np.ndarray) -> tuple[slice | np.ndarray, slice | np.ndarray]:
-        """Index of (program cores, CB slots): slices where possible, so reads are views."""
-        if isinstance(self.core_index, slice):
-            return self.core_index, slots
-        if isinstance(slots, slice):
-            slots = np.arange(slots.start, slots.stop)
-        return self.core_index, slots  # cores [C, 1] broadcast against slots [n]
+        width = slice(0, data.shape[-1])
+        if cb.grid is not None:
+            lead = (self.grid.y, self.grid.x) if len(data) != 1 else (1, 1)
+            cb.grid[:, :, slots, width] = data.reshape(*lead, *data.shape[1:])
+        elif isinstance(self.core_index, slice):
+            cb.slots[self.core_index, slots, width] = data
+        else:
+            cb.slots[self.core_index, _slot_array(slots), width] = data
 
     def unpack_front(self, cb: CircularBuffer, offsets: Offsets) -> np.ndarray:
         """Tiles [cores, n, 32, 32] at waited-window offsets, unpacked to Dst values (bf16)."""
@@ -524,6 +538,7 @@ def _full_attrs(op: Operation) -> dict[str, Any]:
     return attrs
 
 
+@functools.lru_cache(maxsize=256)
 def _format_of(attr: TypeAttr | None) -> DataFormat | None:
     if attr is None:
         return None
@@ -559,6 +574,10 @@ def _ring_slots(position: int, offsets: Offsets, pages: int) -> slice | np.ndarr
         if last < pages:
             return slice(first, last + 1)
     return (position + offsets.values) % pages
+
+
+def _slot_array(slots: slice | np.ndarray) -> np.ndarray:
+    return np.arange(slots.start, slots.stop) if isinstance(slots, slice) else slots
 
 
 @functools.lru_cache(maxsize=4096)
