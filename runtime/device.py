@@ -159,8 +159,13 @@ class Memory:
                     raise Fault(f"{what} overlaps {other.label} at {other.address:#x}..{other.end:#x} in "
                                 f"{self.name}")
         self._ensure_capacity(alloc.end)
+        replaced = self.allocations.get(alloc.address)  # an empty buffer can share its address
+        if replaced is None:
+            bisect.insort(self._starts, alloc.address)
+        elif not replaced.is_cb:
+            del self._buffers[alloc.address]
+            self._sharded.pop(alloc.address, None)
         self.allocations[alloc.address] = alloc
-        bisect.insort(self._starts, alloc.address)
         if not alloc.is_cb:
             self._buffers[alloc.address] = alloc
             if alloc.shard is not None:
