@@ -10,8 +10,9 @@ the tensor's tiles, batches stacked along the rows) lives in shard (r // shard_r
 c // shard_cols, held by the core `banks[shard]`, at address + ((r % shard_rows) * shard_cols +
 c % shard_cols) * page_size. Like every L1 buffer it takes the same address range in every core.
 
-Every NoC or host access goes through `Memory.locate`, which checks each page against the buffer
-table: an address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. Circular
+Every NoC access goes through `Memory.locate`, which checks each page against the buffer table: an
+address outside any buffer, or a page beyond the buffer's pages, is a `Fault`. The host reads and writes
+a live interleaved buffer whole, as a view of its own byte range (`read_buffer`, `write_buffer`). Circular
 buffers are per-core L1 regions the running program reserves (`reserve`), so a CB can overlap
 neither another CB nor a live L1 buffer.
 
@@ -21,6 +22,8 @@ np.zeros, whose untouched pages the OS never makes resident.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,12 +103,15 @@ class Memory:
         self.grow = grow
         self.data = np.zeros((banks, 0 if grow else bank_size), dtype=np.uint8)
         self.allocations: dict[int, Allocation] = {}
+        self._starts: list[int] = []  # sorted addresses of all allocations (CBs too), for overlap checks
         self._table: tuple[np.ndarray, ...] = ()
+        self._buffers: dict[int, Allocation] = {}  # address -> buffer (not a CB)
         self._sharded: dict[int, Allocation] = {}  # address -> sharded buffer
+        self._stale = True  # the table needs rebuilding (a buffer was added or freed)
         self._watch: dict[str, tuple[int, int]] = {}  # ranges whose contents someone relies on
         self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
+        self._watch_keys: list[str] = []
         self.dirty: set[str] = set()
-        self._refresh()
 
     # -- allocation table ---------------------------------------------------------------------
 
@@ -127,7 +133,9 @@ class Memory:
 
     def layout_at(self, base: int | np.ndarray) -> str:
         """'interleaved', or the sharded layout of the buffer starting at `base`."""
-        alloc = self._sharded.get(int(np.asarray(base).flat[0])) if self._sharded else None
+        if not self._sharded:
+            return "interleaved"
+        alloc = self._sharded.get(base if isinstance(base, int) else int(np.asarray(base).flat[0]))
         return alloc.shard.layout if alloc is not None and alloc.shard is not None else "interleaved"
 
     def reserve(self, address: int, size: int, label: str) -> Allocation:
@@ -144,12 +152,25 @@ class Memory:
         if alloc.end > self.bank_size:
             raise Fault(f"{what} overflows {self.name}: it ends at {alloc.end:#x}, beyond the "
                         f"{self.bank_size:#x} bytes of a bank")
-        for other in self.allocations.values():
-            if alloc.address < other.end and other.address < alloc.end:
-                raise Fault(f"{what} overlaps {other.label} at {other.address:#x}..{other.end:#x} in {self.name}")
+        below = bisect.bisect_left(self._starts, alloc.end)  # allocations starting before alloc ends
+        if below and self.allocations[self._starts[below - 1]].end > alloc.address:  # they do not overlap,
+            for other in self.allocations.values():  # so only the last of them can reach into alloc
+                if alloc.address < other.end and other.address < alloc.end:
+                    raise Fault(f"{what} overlaps {other.label} at {other.address:#x}..{other.end:#x} in "
+                                f"{self.name}")
         self._ensure_capacity(alloc.end)
+        replaced = self.allocations.get(alloc.address)  # an empty buffer can share its address
+        if replaced is None:
+            bisect.insort(self._starts, alloc.address)
+        elif not replaced.is_cb:
+            del self._buffers[alloc.address]
+            self._sharded.pop(alloc.address, None)
         self.allocations[alloc.address] = alloc
-        self._refresh()
+        if not alloc.is_cb:
+            self._buffers[alloc.address] = alloc
+            if alloc.shard is not None:
+                self._sharded[alloc.address] = alloc
+            self._stale = True
         return alloc
 
     def poison(self, alloc: Allocation) -> None:
@@ -159,17 +180,24 @@ class Memory:
         self.data[:, alloc.address:alloc.end] = POISON
 
     def free(self, address: int) -> None:
-        if address not in self.allocations:
+        alloc = self.allocations.pop(address, None)
+        if alloc is None:
             raise Fault(f"free of {address:#x}: no {self.name} allocation starts there")
-        del self.allocations[address]
-        self._refresh()
+        del self._starts[bisect.bisect_left(self._starts, address)]
+        if not alloc.is_cb:
+            del self._buffers[address]
+            self._sharded.pop(address, None)
+            self._stale = True
 
-    def _refresh(self) -> None:
-        """Sorted arrays of the interleaved buffers, for vectorised lookups."""
-        buffers = sorted((a for a in self.allocations.values() if not a.is_cb), key=lambda a: a.address)
-        self._sharded = {a.address: a for a in buffers if a.shard is not None}
-        self._table = tuple(np.array([getattr(a, key) for a in buffers], dtype=np.int64)
-                            for key in ("address", "end", "page_size", "num_pages"))
+    def _buffer_table(self) -> tuple[np.ndarray, ...]:
+        """Sorted arrays of the buffers (not CBs), for vectorised lookups; rebuilt on first use after a
+        buffer was added or freed."""
+        if self._stale:
+            buffers = sorted(self._buffers.values(), key=lambda a: a.address)
+            self._table = tuple(np.array([getattr(a, key) for a in buffers], dtype=np.int64)
+                                for key in ("address", "end", "page_size", "num_pages"))
+            self._stale = False
+        return self._table
 
     def _ensure_capacity(self, end: int) -> None:
         if end <= self.data.shape[1]:
@@ -189,13 +217,19 @@ class Memory:
         Raises Fault (with the offending cores) when a page is not inside a buffer's real pages.
         """
         pages = np.asarray(pages, dtype=np.int64)
-        if self._sharded and np.size(base) and int(np.asarray(base).flat[0]) in self._sharded:
-            return self._locate_sharded(self._sharded[int(np.asarray(base).flat[0])], base, pages, access)
+        sharded = self._sharded
+        if sharded and np.size(base) and int(np.asarray(base).flat[0]) in sharded:
+            return self._locate_sharded(sharded[int(np.asarray(base).flat[0])], base, pages, access)
+        if isinstance(base, int) and pages.size:  # the common case: the start of a buffer, whole pages
+            alloc = self._buffers.get(base)
+            if alloc is not None and alloc.page_size == page_size and pages.min() >= 0 \
+                    and pages.max() < alloc.num_pages:
+                return pages % self.banks, base + (pages // self.banks) * page_size
         base_col = np.asarray(base, dtype=np.int64).reshape(-1, *([1] * (pages.ndim - 1)))
         base_col = np.broadcast_to(base_col, pages.shape)
         bank = pages % self.banks
         offset = base_col + (pages // self.banks) * page_size
-        starts, ends, sizes, counts = self._table
+        starts, ends, sizes, counts = self._buffer_table()
         slot = np.searchsorted(starts, base_col, side="right") - 1
         found = slot >= 0
         slot = np.maximum(slot, 0)
@@ -247,6 +281,37 @@ class Memory:
         """(bank, offset) of every page of a buffer, for host reads and writes."""
         return self.locate(alloc.address, np.arange(alloc.num_pages)[None], alloc.page_size)
 
+    def write_buffer(self, alloc: Allocation, pages: np.ndarray) -> None:
+        """Host write of all pages [num_pages, page_size] of a buffer."""
+        region = self._interleaved_region(alloc)
+        if region is None:
+            bank, offset = self.buffer_pages(alloc)
+            self.write(bank, offset, pages[None])
+            return
+        self.touch(alloc.address, alloc.address + region.shape[1] * alloc.page_size)
+        whole = alloc.num_pages // self.banks  # page i is row i // banks of bank i % banks
+        region[:, :whole] = pages[: whole * self.banks].reshape(whole, self.banks, alloc.page_size).swapaxes(0, 1)
+        rest = pages[whole * self.banks:]
+        if len(rest):
+            region[: len(rest), whole] = rest
+
+    def read_buffer(self, alloc: Allocation) -> np.ndarray:
+        """Host read of all pages of a buffer: uint8 [num_pages, page_size]."""
+        region = self._interleaved_region(alloc)
+        if region is None:
+            bank, offset = self.buffer_pages(alloc)
+            return self.read(bank, offset, alloc.page_size)[0]
+        return region.swapaxes(0, 1).reshape(-1, alloc.page_size)[: alloc.num_pages].copy()
+
+    def _interleaved_region(self, alloc: Allocation) -> np.ndarray | None:
+        """A live interleaved buffer's pages as a view [banks, rows, page_size] (None: sharded or not live,
+        for `locate` to place or reject page by page)."""
+        if alloc.shard is not None or alloc.is_cb or self.allocations.get(alloc.address) is not alloc:
+            return None
+        rows = -(-alloc.num_pages // self.banks)
+        region = self.data[:, alloc.address: alloc.address + rows * alloc.page_size]
+        return region.reshape(self.banks, rows, alloc.page_size)
+
     # -- bytes ----------------------------------------------------------------------------------
 
     def read(self, bank: np.ndarray, offset: np.ndarray, size: int) -> np.ndarray:
@@ -257,7 +322,7 @@ class Memory:
     def write(self, bank: np.ndarray, offset: np.ndarray, data: np.ndarray) -> None:
         """Write data [..., size] at (bank, offset) pairs (already located)."""
         size = data.shape[-1]
-        if np.size(offset):
+        if self._watch and np.size(offset):
             self.touch(int(np.min(offset)), int(np.max(offset)) + size)
         rows, index = self._rows(bank, offset, size)
         rows[index] = data.reshape(*np.shape(offset), -1, rows.shape[-1])
@@ -270,8 +335,10 @@ class Memory:
         """
         capacity = self.data.shape[1]
         offset = np.asarray(offset, dtype=np.int64)
-        granule = next(g for g in (size, 256, 64, 16, 4, 1)
-                       if size % g == 0 and capacity % g == 0 and not (offset % g).any())
+        bits = int(np.bitwise_or.reduce(offset, axis=None)) if offset.size else 0  # g | every offset when
+        granule = next(g for g in (size, 256, 64, 16, 4, 1)   # g, a power of two, divides their bitwise or
+                       if size % g == 0 and capacity % g == 0
+                       and (bits % g == 0 if g & (g - 1) == 0 else not (offset % g).any()))
         rows = self.data.reshape(self.banks, capacity // granule, granule)
         chunk = offset[..., None] // granule + np.arange(size // granule)
         return rows, (np.asarray(bank)[..., None], chunk)
@@ -280,8 +347,11 @@ class Memory:
 
     def watch(self, key: str, start: int, end: int) -> None:
         """Remember that [start, end) holds `key`; any later write into it marks `key` dirty."""
-        self._watch[key] = (start, end)
         self.dirty.discard(key)
+        if self._watch.get(key) == (start, end):  # the same constant at the same place (every run)
+            return
+        self._watch[key] = (start, end)
+        self._watch_keys = list(self._watch)
         self._watch_ranges = np.array(list(self._watch.values()), dtype=np.int64).reshape(-1, 2)
 
     def touch(self, start: int, end: int) -> None:
@@ -290,8 +360,7 @@ class Memory:
             return
         hit = (start < self._watch_ranges[:, 1]) & (self._watch_ranges[:, 0] < end)
         if hit.any():
-            keys = list(self._watch)
-            self.dirty.update(keys[i] for i in np.nonzero(hit)[0])
+            self.dirty.update(itertools.compress(self._watch_keys, hit.tolist()))
 
     def is_clean(self, key: str, start: int, end: int) -> bool:
         return self._watch.get(key) == (start, end) and key not in self.dirty
@@ -305,6 +374,14 @@ class Device:
         self.grid_x, self.grid_y = desc.compute_grid
         self.dram = Memory("DRAM", desc.dram_channels, desc.dram_channel_size, desc.dram_alignment, grow=True)
         self.l1 = Memory("L1", desc.compute_cores, desc.l1_size, desc.l1_alignment, floor=desc.l1_reserved)
+        self._dst = np.zeros((0, 0, 32, 32), dtype=np.float32)
+
+    def dst_registers(self, cores: int, tiles: int) -> np.ndarray:
+        """The Dst registers [cores, tiles, 32, 32] of a program's cores. They keep what the last program
+        left: a program must treat them as undefined until its tile_regs_acquire NaN-fills them."""
+        if self._dst.shape[0] < cores or self._dst.shape[1] != tiles:
+            self._dst = np.full((max(cores, self._dst.shape[0]), tiles, 32, 32), np.nan, dtype=np.float32)
+        return self._dst[:cores]
 
     def memory(self, space: str) -> Memory:
         if space == "dram":

@@ -7,6 +7,8 @@
 The device lives as long as the executor: constants (`write_constant`) are written on the first run
 and rewritten later only if something wrote over them, as weights stay resident in DRAM. Every
 buffer still allocated when a run ends is freed, so the next run can allocate the same addresses.
+What depends only on the IR (each program's `ProgramPlan`) is worked out on the first run and kept:
+the module must not change while an executor runs it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ttc.ir.diagnostics import DeviceFault, UserError
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
-from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramProfile
+from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan, ProgramProfile
 from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
 
@@ -43,9 +45,13 @@ class DeviceBuffer:
     def tensor_layout(self) -> str:
         return str(self.layout.tensor_layout)
 
-    def pages(self) -> tuple[np.ndarray, np.ndarray]:
-        """(bank, offset) of every page, checked against the allocation table."""
-        return self.memory.buffer_pages(self.alloc)
+    def write(self, pages: np.ndarray) -> None:
+        """All pages [num_pages, page_size] from the host."""
+        self.memory.write_buffer(self.alloc, pages)
+
+    def read(self) -> np.ndarray:
+        """All pages [num_pages, page_size] to the host."""
+        return self.memory.read_buffer(self.alloc)
 
 
 HostOp = Callable[["Executor", Operation, dict[Value, Any]], None]
@@ -76,6 +82,8 @@ class Executor:
         self.step_budget = step_budget
         self.profile: list[ProgramProfile] = []
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
+        self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
+        self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
 
     # -- running --------------------------------------------------------------------------------
 
@@ -166,9 +174,22 @@ def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
 # Host ops
 
 
-@host_op("ttmetal.create_buffer")
-def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
+@dataclass(frozen=True)
+class BufferSpec:
+    """What a create_buffer op allocates, worked out from its type once per executor."""
+
+    type: TensorType
+    layout: LayoutAttr
+    memory: Memory
+    address: int
+    page_size: int
+    pages: int
+    shard: ShardSpec | None
+    label: str
+    constant: bool  # a write_constant fills it (else it is poisoned)
+
+
+def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
     ttype, layout = _layout(op.results[0])
     address = op.attributes.get("address")
     if address is None:
@@ -180,13 +201,25 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
         size = page_size(ttype.shape, ttype.element_type, str(layout.tensor_layout))
     except ValueError as exc:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
-    if layout.memory_layout == "interleaved":
-        alloc = memory.allocate(address, size, pages, f"buffer {ttype}")
+    shard = None if layout.memory_layout == "interleaved" else shard_spec(ex, ttype, layout)
+    constant = any(user.name == "ttmetal.write_constant" for user in op.results[0].users)
+    return BufferSpec(ttype, layout, memory, address, size, pages, shard, f"buffer {ttype}", constant)
+
+
+@host_op("ttmetal.create_buffer")
+def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
+    spec = ex._buffer_specs.get(op)
+    if spec is None:
+        spec = ex._buffer_specs[op] = buffer_spec(ex, op)
+    memory = spec.memory
+    if spec.shard is None:
+        alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
     else:
-        alloc = memory.allocate_sharded(address, size, pages, shard_spec(ex, ttype, layout), f"buffer {ttype}")
-    if not any(user.name == "ttmetal.write_constant" for user in op.results[0].users):
+        alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
+    if not spec.constant:
         memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
-    buffer = DeviceBuffer(ttype, layout, memory, alloc)
+    buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
     ex._live[buffer.key] = buffer
     values[op.results[0]] = buffer
 
@@ -207,8 +240,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     host, buffer = values[op.operands[0]], ex.buffer(values, op.operands[1])
     pages = tensor_to_pages(np.asarray(host).reshape(buffer.type.shape), buffer.type.element_type,
                             buffer.tensor_layout)
-    bank, offset = buffer.pages()
-    buffer.memory.write(bank, offset, pages[None])
+    buffer.write(pages)
 
 
 @host_op("ttmetal.write_constant")
@@ -227,8 +259,7 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
     key = f"constant {name} at {start:#x}"
     if buffer.memory.is_clean(key, start, end):
         return
-    bank, offset = buffer.pages()
-    buffer.memory.write(bank, offset, np.asarray(data)[None])
+    buffer.write(np.asarray(data))
     buffer.memory.watch(key, start, end)
 
 
@@ -236,15 +267,17 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
     addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
-    ex.profile.append(Program(ex.device, op, addresses, ex.step_budget).run())
+    plan = ex._plans.get(op)
+    if plan is None:
+        plan = ex._plans[op] = ProgramPlan(op)
+    ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
 
 
 @host_op("ttmetal.read_buffer")
 def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
     buffer = ex.buffer(values, op.operands[0])
-    bank, offset = buffer.pages()
-    pages = buffer.memory.read(bank, offset, buffer.alloc.page_size)[0]
+    pages = buffer.read()
     array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout)
     result = op.results[0].type
     assert isinstance(result, TensorType)

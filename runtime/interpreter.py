@@ -13,8 +13,9 @@ How it runs
 - One handler per ttkernel op in `HANDLERS`; reading a handler tells what the op means.
 
 Conventions fixed here where the dialect is silent
-- Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN,
-  so a kernel that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
+- Dst contents are undefined after tile_regs_acquire: the emulator fills the acquired half with NaN
+  (re-filling only the slots math wrote since their last fill; the others still hold NaN), so a kernel
+  that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
   Acquires alternate between the two halves of Dst (half-sync); one acquire addresses slots 0..7.
 - Dst holds the 16-bit type of the program's result format (`dst_format_of`): f16 for an f16 result,
   else bf16. A datacopy of a CB tile into Dst converts to it (RNE): bf16 and block floats are exact in
@@ -38,6 +39,7 @@ Conventions fixed here where the dialect is silent
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +85,7 @@ class CircularBuffer:
     pages: int
     format: DataFormat | None
     slots: np.ndarray
+    grid: np.ndarray | None = None  # [grid y, grid x, pages, page_size] view of the program's cores' slots
     filled: int = 0
     reserved: int = 0
     waited: int = 0
@@ -110,6 +113,30 @@ class Blocked:
     cb: int
     want: int
     what: str  # "free" or "filled"
+
+
+@dataclass(frozen=True)
+class Offsets:
+    """Page offsets [n] into a CB window (or relative buffer pages), with their bounds: ops address the
+    same blocks over and over, so each distinct block is built once (`page_range`, `tile_block`)."""
+
+    values: np.ndarray  # int64 [n], read-only
+    lo: int  # min and max of values (0 and -1 when empty)
+    hi: int
+    contiguous: bool  # values == lo, lo + 1, ..., hi
+
+    @staticmethod
+    def of(values: np.ndarray) -> Offsets:
+        values = np.asarray(values, dtype=np.int64)
+        values.flags.writeable = False
+        if not len(values):
+            return Offsets(values, 0, -1, False)
+        lo, hi = int(values.min()), int(values.max())
+        contiguous = bool(values[0] == lo and hi - lo == len(values) - 1 and (np.diff(values) == 1).all())
+        return Offsets(values, lo, hi, contiguous)
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass
@@ -147,6 +174,44 @@ Handler = Callable[["Program", Kernel, Operation, dict[str, Any]], Blocked | Non
 HANDLERS: dict[str, Handler] = {}
 
 
+@dataclass(frozen=True)
+class Step:
+    """One op of a kernel block as the scheduler runs it: its handler (None: not a kernel op) and its
+    attributes with defaults filled in; a `ttkernel.for` has its body and trip range instead."""
+
+    op: Operation
+    run: Handler | None
+    attrs: dict[str, Any]
+    body: Block | None = None
+    trips: range = range(0)
+
+
+class ProgramPlan:
+    """What a program's kernels need that depends only on the IR: the steps of every block, built once.
+
+    The executor keeps one plan per enqueue_program op for as long as it runs the module, so a program
+    run many times (every run of the model, every trip of a loop) looks its ops up once.
+    """
+
+    def __init__(self, op: Operation) -> None:
+        self.blocks: dict[Block, list[Step]] = {}
+        self.runtime_args: dict[tuple[str, int], int | np.ndarray] = {}  # (kernel, index) -> value(s)
+        for region in op.regions:
+            self._add(region.blocks[0])
+
+    def _add(self, block: Block) -> None:
+        steps = []
+        for op in block.ops:
+            attrs = _full_attrs(op)
+            if op.name == _FOR:
+                body = op.regions[0].blocks[0]
+                self._add(body)
+                steps.append(Step(op, None, attrs, body, range(attrs["lower"], attrs["upper"], attrs["step"])))
+            else:
+                steps.append(Step(op, HANDLERS.get(op.name), attrs))
+        self.blocks[block] = steps
+
+
 def handler(name: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         HANDLERS[f"ttkernel.{name}"] = fn
@@ -163,7 +228,7 @@ class Program:
     """One enqueue_program on a device: set up CBs, run the kernels, account cycles."""
 
     def __init__(self, device: Device, op: Operation, buffer_addresses: Sequence[int],
-                 step_budget: int = DEFAULT_STEP_BUDGET) -> None:
+                 step_budget: int = DEFAULT_STEP_BUDGET, plan: ProgramPlan | None = None) -> None:
         self.device = device
         self.desc = device.desc
         self.op = op
@@ -178,13 +243,14 @@ class Program:
         self.local_bytes = 0  # sharded pages a core moved within its own L1, summed over the cores
         self.core_banks = np.zeros(0, dtype=np.int64)  # L1 bank (device core) of each program core
         self.cbs: dict[int, CircularBuffer] = {}
-        self.dst = np.full((self.cores, 2 * HALF_DST, TILE, TILE), np.nan, dtype=np.float32)
+        self.dst = device.dst_registers(self.cores, 2 * HALF_DST)  # undefined until acquired (NaN-filled)
         self.dst_format = dst_format_of(op)
         self.dst_state = "released"
         self.dst_half = 1
-        self.attrs = {inner: _full_attrs(inner) for region in op.regions for inner in _walk(region.blocks[0])}
-        self._arg_cache: dict[tuple[str, int], int | np.ndarray] = {}
+        self.dst_written = set(range(2 * HALF_DST))  # slots that may hold other than NaN (all, at first)
+        self.plan = plan if plan is not None else ProgramPlan(op)
         self.core_index: slice | np.ndarray = slice(0, 0)  # program cores in L1: a slice, or a column
+        self.core_rows = 0  # when core_index is a column: the device's cores per row (the grid is a rectangle)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -211,6 +277,9 @@ class Program:
         lo = int(ids[0])
         contiguous = np.array_equal(ids, np.arange(lo, lo + len(ids)))
         self.core_index = slice(lo, lo + len(ids)) if contiguous else ids[:, None]
+        row = self.device.grid_x
+        rectangle = (np.arange(self.grid.y)[:, None] * row + np.arange(self.grid.x)).ravel()
+        self.core_rows = row if not contiguous and np.array_equal(ids, rectangle) else 0
         self._configure_cbs(self.op.attr("cbs"))
 
     def _schedule(self) -> None:
@@ -247,23 +316,22 @@ class Program:
 
     def _run_block(self, kernel: Kernel, block: Block) -> Iterator[Blocked]:
         """Run a block's ops; yields while an op is blocked (the op is retried on resume)."""
-        for op in block.ops:
-            kernel.op = op
+        for step in self.plan.blocks[block]:
+            op = kernel.op = step.op
             self.steps += 1
             if self.steps > self.step_budget:
                 raise Fault(f"runaway program: more than {self.step_budget} kernel ops executed "
                             f"(the step budget)")
-            attrs = self.attrs[op]
-            if op.name == _FOR:
-                body = op.regions[0].blocks[0]
-                for iv in range(attrs["lower"], attrs["upper"], attrs["step"]):
-                    kernel.env[body.args[0]] = iv
-                    yield from self._run_block(kernel, body)
+            if step.body is not None:
+                iv_value = step.body.args[0]
+                for iv in step.trips:
+                    kernel.env[iv_value] = iv
+                    yield from self._run_block(kernel, step.body)
                 continue
-            run = HANDLERS.get(op.name)
+            run = step.run
             if run is None:
                 raise Fault(f"'{op.name}' is not a kernel op the device can execute")
-            while (blocked := run(self, kernel, op, attrs)) is not None:
+            while (blocked := run(self, kernel, op, step.attrs)) is not None:
                 yield blocked
                 kernel.op = op
 
@@ -298,7 +366,11 @@ class Program:
                 raise Fault(f"L1 overflow: {fault.what}", cb=index) from None
             view = l1.data[:, config.address: config.address + config.size]
             slots = view.reshape(l1.banks, config.pages, config.page_size)
-            self.cbs[index] = CircularBuffer(index, config.address, config.page_size, config.pages, fmt, slots)
+            grid = None
+            if self.core_rows:  # the grid's rows of cores are strided views: no gather of each core's pages
+                rows = slots[: self.grid.y * self.core_rows].reshape(self.grid.y, self.core_rows, *slots.shape[1:])
+                grid = rows[:, : self.grid.x]
+            self.cbs[index] = CircularBuffer(index, config.address, config.page_size, config.pages, fmt, slots, grid)
 
     def _release_cbs(self) -> None:
         for cb in self.cbs.values():
@@ -311,31 +383,38 @@ class Program:
             raise Fault(f"CB {index} is not configured by the program", cb=index)
         return cb
 
-    def front_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def front_slots(self, cb: CircularBuffer, offsets: Offsets) -> slice | np.ndarray:
         """Ring slots of pages `offsets` in the consumer's waited window."""
         _check_window(cb, offsets, cb.waited, "waited at the front")
-        return (cb.front + offsets) % cb.pages
+        return _ring_slots(cb.front, offsets, cb.pages)
 
-    def back_slots(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def back_slots(self, cb: CircularBuffer, offsets: Offsets) -> slice | np.ndarray:
         """Ring slots of pages `offsets` in the producer's reserved window."""
         _check_window(cb, offsets, cb.reserved, "reserved at the back")
-        return (cb.back + offsets) % cb.pages
+        return _ring_slots(cb.back, offsets, cb.pages)
 
-    def get_pages(self, cb: CircularBuffer, slots: np.ndarray) -> np.ndarray:
+    def get_pages(self, cb: CircularBuffer, slots: slice | np.ndarray) -> np.ndarray:
         """Bytes [cores, n, page_size] of CB slots on every core of the program."""
-        return cb.slots[self._cb_index(slots)]
-
-    def put_pages(self, cb: CircularBuffer, slots: np.ndarray, data: np.ndarray) -> None:
-        """Write data [cores, n, m <= page_size] into the first m bytes of CB slots."""
-        cb.slots[(*self._cb_index(slots), slice(0, data.shape[-1]))] = data
-
-    def _cb_index(self, slots: np.ndarray) -> tuple[slice | np.ndarray, slice | np.ndarray]:
-        """Index of (program cores, CB slots): slices where possible, so reads are views."""
+        if cb.grid is not None:
+            pages = cb.grid[:, :, slots]
+            return pages.reshape(self.cores, *pages.shape[2:])
         if isinstance(self.core_index, slice):
-            return self.core_index, _compact(slots)
-        return self.core_index, slots  # cores [C, 1] broadcast against slots [n]
+            return cb.slots[self.core_index, slots]  # a view
+        return cb.slots[self.core_index, _slot_array(slots)]  # cores [C, 1] broadcast against slots [n]
 
-    def unpack_front(self, cb: CircularBuffer, offsets: np.ndarray) -> np.ndarray:
+    def put_pages(self, cb: CircularBuffer, slots: slice | np.ndarray, data: np.ndarray) -> None:
+        """Write data [cores (or 1: the same on every core), n, m <= page_size] into the first m bytes of
+        CB slots."""
+        width = slice(0, data.shape[-1])
+        if cb.grid is not None:
+            lead = (self.grid.y, self.grid.x) if len(data) != 1 else (1, 1)
+            cb.grid[:, :, slots, width] = data.reshape(*lead, *data.shape[1:])
+        elif isinstance(self.core_index, slice):
+            cb.slots[self.core_index, slots, width] = data
+        else:
+            cb.slots[self.core_index, _slot_array(slots), width] = data
+
+    def unpack_front(self, cb: CircularBuffer, offsets: Offsets) -> np.ndarray:
         """Tiles [cores, n, 32, 32] at waited-window offsets as the FPU's source registers get them: 16-bit
         and block-float values exactly, f32 and i32 rounded to the Dst format. Each math op rounds its
         operands further as its numerics say (matmul: bf16; eltwise: the Dst format)."""
@@ -358,7 +437,9 @@ class Program:
         if self.dst_state != "acquired":
             raise Fault(f"a math op writes Dst while Dst is {self.dst_state} "
                         "(math runs between tile_regs_acquire and tile_regs_commit)")
-        return self.dst_slots(first, count)
+        slots = self.dst_slots(first, count)
+        self.dst_written.update(range(slots.start, slots.stop))
+        return slots
 
     def dst_slots(self, first: int, count: int) -> slice:
         if first < 0 or first + count > HALF_DST:
@@ -376,13 +457,15 @@ class Program:
 
     def runtime_arg(self, kernel: Kernel, index: int) -> int | np.ndarray:
         key = (kernel.name, index)
-        if key not in self._arg_cache:
+        cache = self.plan.runtime_args
+        if key not in cache:
             short = np.array([len(args) <= index for args in kernel.args])
             if short.any():
                 raise Fault(f"runtime argument {index} is missing", cores=short)
             values = np.array([args[index] for args in kernel.args], dtype=np.int64)
-            self._arg_cache[key] = int(values[0]) if (values == values[0]).all() else values
-        return self._arg_cache[key]
+            values.flags.writeable = False
+            cache[key] = int(values[0]) if (values == values[0]).all() else values
+        return cache[key]
 
     def count_compute(self, key: str, tiles: int) -> None:
         self.compute_cycles += self.desc.tile_op_cycles[key] * tiles
@@ -396,7 +479,7 @@ class Program:
         """NoC (and DRAM) bytes of `pages` pages per core; with a sharded addrgen, the pages located in the
         core's own bank (`bank` [cores, n], `wanted` masking the pages really moved) are local instead."""
         if gen.memory_layout != "interleaved" and bank is not None:
-            own = bank.reshape(self.cores, -1) == self.core_banks[:, None]
+            own = bank.reshape(bank.shape[0], -1) == self.core_banks[:, None]  # bank: [cores or 1, n]
             if wanted is not None:
                 own &= wanted.reshape(self.cores, -1)
             self.local_bytes += int(own.sum()) * gen.page_size  # all cores; per core in profile()
@@ -441,7 +524,8 @@ class Program:
                            + "\n".join(lines) + f"\n  in {self._program_text()}")
 
     def _cores_text(self, cores: np.ndarray | None) -> str:
-        mask = np.ones(self.cores, dtype=bool) if cores is None else np.asarray(cores, dtype=bool)
+        mask = np.ones(self.cores, dtype=bool) if cores is None \
+            else np.broadcast_to(np.asarray(cores, dtype=bool), (self.cores,))  # one entry: every core
         first = int(np.argmax(mask))
         more = int(mask.sum()) - 1
         text = f"({first % self.grid.x},{first // self.grid.x})"
@@ -466,11 +550,6 @@ def dst_format_of(op: Operation) -> str:
     return "f16" if element is not None and element.name == "f16" else "bf16"
 
 
-def _walk(block: Block) -> Iterator[Operation]:
-    for op in block.ops:
-        yield from op.walk()
-
-
 def _full_attrs(op: Operation) -> dict[str, Any]:
     """The op's attributes with the declared defaults filled in (looked up once per op)."""
     opdef = op.opdef
@@ -479,6 +558,7 @@ def _full_attrs(op: Operation) -> dict[str, Any]:
     return attrs
 
 
+@functools.lru_cache(maxsize=256)
 def _format_of(attr: TypeAttr | None) -> DataFormat | None:
     if attr is None:
         return None
@@ -498,30 +578,52 @@ def _tile_format(cb: CircularBuffer) -> DataFormat:
     return cb.format
 
 
-def _check_window(cb: CircularBuffer, offsets: np.ndarray, window: int, what: str) -> None:
-    bad = (offsets < 0) | (offsets >= window)
-    if bad.any():
-        raise Fault(f"page offset {int(offsets[np.argmax(bad)])} of CB {cb.index} is outside the {window} "
-                    f"page(s) {what}", cb=cb.index)
+def _check_window(cb: CircularBuffer, offsets: Offsets, window: int, what: str) -> None:
+    if offsets.lo >= 0 and offsets.hi < window:
+        return
+    bad = (offsets.values < 0) | (offsets.values >= window)
+    raise Fault(f"page offset {int(offsets.values[np.argmax(bad)])} of CB {cb.index} is outside the {window} "
+                f"page(s) {what}", cb=cb.index)
 
 
-def _compact(slots: np.ndarray) -> slice | np.ndarray:
-    """A run of consecutive slots as a slice (a view, no copy); anything else as is."""
-    n = len(slots)
-    if n and slots[-1] - slots[0] == n - 1 and (n < 3 or (np.diff(slots) == 1).all()):
-        return slice(int(slots[0]), int(slots[0]) + n)
-    return slots
+def _ring_slots(position: int, offsets: Offsets, pages: int) -> slice | np.ndarray:
+    """Slots (position + offsets) % pages of a ring: a slice (a view, no copy) when they run consecutively."""
+    if offsets.contiguous:
+        first = (position + offsets.lo) % pages
+        last = first + offsets.hi - offsets.lo
+        if last < pages:
+            return slice(first, last + 1)
+    return (position + offsets.values) % pages
 
 
-def tile_block(offset: int, rows: int, cols: int, row_stride: int, col_stride: int) -> np.ndarray:
+def _slot_array(slots: slice | np.ndarray) -> np.ndarray:
+    return np.arange(slots.start, slots.stop) if isinstance(slots, slice) else slots
+
+
+@functools.lru_cache(maxsize=4096)
+def page_range(first: int, count: int) -> Offsets:
+    """Offsets first, first + 1, ..., first + count - 1."""
+    return Offsets.of(np.arange(first, first + count))
+
+
+@functools.lru_cache(maxsize=4096)
+def tile_block(offset: int, rows: int, cols: int, row_stride: int, col_stride: int) -> Offsets:
     """tile(r, c) = offset + r * row_stride + c * col_stride, row-major over the block."""
-    return (offset + np.arange(rows)[:, None] * row_stride + np.arange(cols)[None, :] * col_stride).ravel()
+    return Offsets.of((offset + np.arange(rows)[:, None] * row_stride
+                       + np.arange(cols)[None, :] * col_stride).ravel())
 
 
-def _per_core(program: Program, start: int | np.ndarray, relative: np.ndarray) -> np.ndarray:
+def _start_pages(start: int | np.ndarray, relative: Offsets) -> np.ndarray:
+    """Pages [cores, n]: each core's start plus relative page numbers; [1, n] when start is an int (the
+    same on every core: what is read is broadcast to the cores)."""
+    if isinstance(start, int):
+        return (start + relative.values)[None]
+    return np.asarray(start, dtype=np.int64).reshape(-1, 1) + relative.values[None, :]
+
+
+def _per_core(program: Program, start: int | np.ndarray, relative: Offsets) -> np.ndarray:
     """Pages [cores, n]: each core's start (int or per-core) plus relative page numbers."""
-    pages = np.asarray(start, dtype=np.int64).reshape(-1, 1) + relative[None, :]
-    return np.broadcast_to(pages, (program.cores, len(relative)))
+    return np.broadcast_to(_start_pages(start, relative), (program.cores, len(relative)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -656,7 +758,7 @@ def _locate(gen: AddrGen, pages: np.ndarray, access: str, cb: CircularBuffer) ->
 def _read_into_cb(p: Program, k: Kernel, gen: AddrGen, pages: np.ndarray, cb: CircularBuffer,
                   cb_offset: int) -> None:
     """NoC read of buffer pages [cores, n] into the reserved back of cb from page cb_offset."""
-    slots = p.back_slots(cb, cb_offset + np.arange(pages.shape[1]))
+    slots = p.back_slots(cb, page_range(cb_offset, pages.shape[1]))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, pages, "read", cb)
     p.put_pages(cb, slots, gen.memory.read(bank, offset, gen.page_size))
@@ -670,17 +772,18 @@ def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     valid_cols operand, tiles of columns c >= valid_cols are zero-filled instead of read."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
-    pages = _per_core(p, start, tiles)
+    pages = _start_pages(start, tiles)
     wanted = _valid_columns(p, k, op, a)
     if wanted is None:
         _read_into_cb(p, k, gen, pages, p.cb(a["cb"]), a["cb_offset"])
         return
     cb = p.cb(a["cb"])
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], len(tiles)))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, np.where(wanted, pages, 0), "read", cb)  # past the edge: nothing read
     data = gen.memory.read(bank, offset, gen.page_size)
-    p.put_pages(cb, slots, np.where(wanted[..., None], data, 0).astype(np.uint8))
+    data[~wanted] = 0
+    p.put_pages(cb, slots, data)
     k.pending_reads.add(cb.index)
     p.count_noc(gen, int(wanted.sum()) // p.cores, bank, wanted)
 
@@ -698,7 +801,7 @@ def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> n
 def noc_read_pages(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     """Whole pages start..start+count-1 (e.g. rows of an index table) -> reserved back pages of cb."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
-    _read_into_cb(p, k, gen, _per_core(p, start, np.arange(a["count"])), p.cb(a["cb"]), a["cb_offset"])
+    _read_into_cb(p, k, gen, _start_pages(start, page_range(0, a["count"])), p.cb(a["cb"]), a["cb_offset"])
 
 
 @handler("noc_read_tiles_indexed")
@@ -706,7 +809,7 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
     """Gather tiles whose indices are int32 values in the first waited page of index_cb (-1 - i: tile i)."""
     gen = k.env[op.operands[0]]
     index_cb, first, count = p.cb(a["index_cb"]), a["index_offset"], a["count"]
-    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    page = p.get_pages(index_cb, p.front_slots(index_cb, page_range(0, 1)))[:, 0]
     if first < 0 or (first + count) * 4 > index_cb.page_size:
         raise Fault(f"indices {first}..{first + count - 1} are outside the {index_cb.page_size // 4} int32 "
                     f"values of a page of CB {index_cb.index}", cb=index_cb.index)
@@ -718,7 +821,7 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
         return
     cb = p.cb(a["cb"])
     mine = entries % sources == a["source"]
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], count))
     _check_noc(gen, cb)
     bank, offset = _locate(gen, np.where(mine, entries // sources, 0), "read", cb)  # others: nothing read
     tiles = gen.memory.read(bank, offset, gen.page_size)
@@ -736,25 +839,27 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     offset = np.asarray(k.env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
     index_cb, cb, count = p.cb(a["index_cb"]), p.cb(a["cb"]), a["count"]
-    positions = np.broadcast_to(offset + np.arange(count)[None, :], (p.cores, count))
-    wanted = np.broadcast_to(np.arange(count)[None, :] < valid, (p.cores, count))
+    relative = page_range(0, count).values
+    positions, wanted = offset + relative, relative < valid  # [cores or 1, count]
     entries = index_cb.page_size // 4
     outside = wanted & ((positions < 0) | (positions >= entries))
     if outside.any():
         raise Fault(f"index position {int(positions[outside][0])} is outside the {entries} int32 values of a "
                     f"page of CB {index_cb.index}", cores=outside.any(axis=1), cb=index_cb.index)
-    page = p.get_pages(index_cb, p.front_slots(index_cb, np.arange(1)))[:, 0]
+    page = p.get_pages(index_cb, p.front_slots(index_cb, page_range(0, 1)))[:, 0]
     values = np.ascontiguousarray(page[:, : entries * 4]).view("<i4").astype(np.int64)
-    indices = np.take_along_axis(values, np.where(wanted, positions, 0), axis=1)
+    indices = np.take_along_axis(values, np.broadcast_to(np.where(wanted, positions, 0), (p.cores, count)), axis=1)
+    wanted = np.broadcast_to(wanted, indices.shape)
     if a["pad_negative"]:
         wanted = wanted & (indices >= 0)  # convolution padding: a zero page
     elif a["wrap"] > 0:
         indices = np.where(indices < 0, indices + a["wrap"], indices)
-    slots = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    slots = p.back_slots(cb, page_range(a["cb_offset"], count))
     _check_noc(gen, cb)
     bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
     rows = gen.memory.read(bank, address, gen.page_size)
-    p.put_pages(cb, slots, np.where(wanted[..., None], rows, 0).astype(np.uint8))
+    rows[~wanted] = 0
+    p.put_pages(cb, slots, rows)
     k.pending_reads.add(cb.index)
     p.count_noc(gen, int(wanted.sum()) // p.cores)
 
@@ -765,7 +870,7 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     cb = p.cb(a["cb"])
     tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"])
-    slots = p.front_slots(cb, a["cb_offset"] + np.arange(len(tiles)))
+    slots = p.front_slots(cb, page_range(a["cb_offset"], len(tiles)))
     _check_noc(gen, cb)
     pages = _per_core(p, start, tiles)
     data = p.get_pages(cb, slots)[..., : gen.page_size]
@@ -787,7 +892,7 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1)
     cb, count = p.cb(a["cb"]), a["count"]
-    slots = p.front_slots(cb, np.arange(count))
+    slots = p.front_slots(cb, page_range(0, count))
     _check_noc(gen, cb)
     data = p.get_pages(cb, slots)[..., : gen.page_size]
     valid = np.broadcast_to(valid, (p.cores,))
@@ -795,7 +900,7 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
         cores = valid == rows
         if rows <= 0:
             continue
-        pages = _per_core(p, start, np.arange(int(rows)))[cores]
+        pages = _per_core(p, start, page_range(0, int(rows)))[cores]
         bank, offset = _locate(gen, pages, "write", cb)
         gen.memory.write(bank, offset, data[cores, : int(rows)])
     k.pending_writes.add(cb.index)
@@ -818,10 +923,15 @@ def noc_write_barrier(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -
 
 @handler("tile_regs_acquire")
 def tile_regs_acquire(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Math takes the other half of Dst; its contents are undefined (NaN here)."""
+    """Math takes the other half of Dst; its contents are undefined (NaN here: the slots math wrote since
+    they were last filled are filled again, the others still hold that NaN)."""
     p.dst_transition("released", "acquired", "tile_regs_acquire")
     p.dst_half ^= 1
-    p.dst[:, p.dst_slots(0, HALF_DST)] = np.nan
+    half = range(p.dst_half * HALF_DST, (p.dst_half + 1) * HALF_DST)
+    written = [slot for slot in half if slot in p.dst_written]
+    if written:  # every other slot of the half is NaN already: filled, and no math op wrote it since
+        p.dst[:, written[0]: written[-1] + 1] = np.nan
+        p.dst_written.difference_update(written)
 
 
 @handler("tile_regs_commit")
@@ -871,7 +981,7 @@ def tilize_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     """Dst slot c = the tile at tile column col_offset + c of the 32 waited row pages of cb (zero past a row)."""
     cb, cols = p.cb(a["cb"]), a["cols"]
     slots = p.math_slots(a["dst"], cols)
-    rows = unpack_rows(p.get_pages(cb, p.front_slots(cb, np.arange(TILE))), cb)  # [cores, 32, width]
+    rows = unpack_rows(p.get_pages(cb, p.front_slots(cb, page_range(0, TILE))), cb)  # [cores, 32, width]
     first = a["col_offset"] * TILE
     block = np.zeros((p.cores, TILE, cols * TILE), dtype=np.float32)
     part = rows[:, :, first: first + cols * TILE]
@@ -889,7 +999,7 @@ def pack_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     cb, cols = p.cb(a["cb"]), a["cols"]
     tiles = p.dst[:, p.dst_slots(a["dst"], cols)]  # [cores, cols, 32, 32]
     rows = tiles.swapaxes(1, 2).reshape(p.cores, TILE, cols * TILE)
-    slots = p.back_slots(cb, np.arange(TILE))
+    slots = p.back_slots(cb, page_range(0, TILE))
     element = 2 if cb.format is DataFormat.BFLOAT16 else 4
     width = cb.page_size // element
     first = a["col_offset"] * TILE
@@ -1014,5 +1124,5 @@ def pack_tiles_(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None
                     "tile_regs_release)")
     cb, count = p.cb(a["cb"]), a["count"]
     slots = p.dst_slots(a["dst"], count)
-    pages = p.back_slots(cb, a["cb_offset"] + np.arange(count))
+    pages = p.back_slots(cb, page_range(a["cb_offset"], count))
     p.put_pages(cb, pages, pack_tiles(p.dst[:, slots], _tile_format(cb)))

@@ -177,6 +177,30 @@ def test_sfpu_chain_matches_numerics() -> None:
         + cycles["gelu"] + cycles["exp"] + 5 * cycles["mul"]  # pow_scalar costs as exp, the rest as mul
 
 
+def test_dst_slots_are_nan_again_whenever_their_half_is_acquired() -> None:
+    """Dst is undefined after every tile_regs_acquire, not just the first: a slot math wrote under one
+    acquire reads NaN when its half comes back (the third acquire), and in the next program."""
+    x = rand(32, 32)
+    ta, tc = Tensor("a", x.shape), Tensor("c", x.shape)
+
+    def acquire(*math: str) -> list[str]:
+        return [kop("tile_regs_acquire"), *math, kop("tile_regs_commit"), kop("tile_regs_wait")]
+
+    pack = [kop("cb_reserve_back", cb=16, pages=1), kop("pack_tiles", count=1, cb=16),
+            kop("cb_push_back", cb=16, pages=1), kop("tile_regs_release")]
+    copy = kop("copy_tiles", cb=0, rows=1, cols=1)
+    for third, want_nan in ((acquire(), True), (acquire(copy), False)):
+        program = unary_program((1, 1), [], [[0]], [[0]])
+        program.compute = [kop("cb_wait_front", cb=0, pages=1), *acquire(copy), kop("tile_regs_release"),
+                           *acquire(copy), kop("tile_regs_release"), *third, *pack, kop("cb_pop_front", cb=0, pages=1)]
+        out, _ = run({"a": (ta, x)}, [tc], program)
+        assert np.isnan(out["c"]).all() == want_nan
+    unpacked = unary_program((1, 1), [], [[0]], [[0]])
+    unpacked.compute = [kop("cb_wait_front", cb=0, pages=1), *acquire(), *pack, kop("cb_pop_front", cb=0, pages=1)]
+    out, _ = run({"a": (ta, x)}, [tc], unary_program((1, 1), [], [[0]], [[0]]), unpacked)
+    assert np.isnan(out["c"]).all()
+
+
 def test_transpose_with_per_core_tile_coordinates() -> None:
     x = rand(64, 96)  # 2 x 3 tiles -> y is 96 x 64, 3 x 2 tiles
     grid = (3, 2)
