@@ -10,7 +10,9 @@ into the preceding convolution.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -183,19 +185,25 @@ def clamp(ctx: NodeContext, x: Value, low: float | None, high: float | None) -> 
 
 @converter("Clip", since=11)
 def clip(ctx: NodeContext) -> Value:
-    bounds = []
+    """max(x, min) then min(., max); a computed bound is a scalar tensor operand of the same ops, so
+    min > max gives max, as ONNX's clip does."""
+    x = ctx.input(0)
+    bounds: list[float | Value | None] = []
     for index in (1, 2):
         if not ctx.has_input(index):
             bounds.append(None)
             continue
         value = ctx.input_constant(index)
-        if value is None:
-            raise ctx.error("Clip bounds must be constants")
-        bounds.append(float(value))
-    x = ctx.input(0)
+        bounds.append(ctx.input(index) if value is None else float(value))
     if bounds[0] == 0.0:
         x, bounds[0] = ctx.create("ttir.relu", [x], x.type), None
-    return clamp(ctx, x, *bounds)
+    for op_name, bound in zip(("ttir.maximum", "ttir.minimum"), bounds, strict=True):
+        if bound is None:
+            continue
+        if isinstance(bound, float):
+            bound = _scalar(ctx, bound, "min" if op_name == "ttir.maximum" else "max")
+        x = ctx.create(op_name, [x, bound], x.type)
+    return x
 
 
 @converter("HardSigmoid", since=6)
@@ -329,20 +337,54 @@ def _text(value: str | bytes | None, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _source_coordinates(ctx: NodeContext, size: int, out: int, scale: float, mode: str) -> np.ndarray:
-    """Input coordinate of each output position along one axis (ONNX Resize's coordinate transformation)."""
-    x = np.arange(out, dtype=np.float64)
-    if mode == "half_pixel":
-        return (x + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out)
-    if mode == "align_corners":
-        return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
-    if mode == "asymmetric":
-        return x / scale
-    if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
-    raise ctx.error(f"coordinate_transformation_mode '{mode}' is not supported")
+@dataclass(frozen=True)
+class ResizeAxis:
+    """How Resize maps one axis: `size` input positions to `out` output positions at `scale` (out / size
+    when sizes are given, else the given scale, which the coordinates use even when out is rounded down),
+    with the axis's region of interest [start, end] (tf_crop_and_resize only)."""
+
+    size: int
+    out: int
+    scale: float
+    roi: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def identity(self) -> bool:
+        return self.out == self.size and math.isclose(self.scale, 1.0) and \
+            math.isclose(self.roi[0], 0.0) and math.isclose(self.roi[1], 1.0)
+
+
+def source_coordinates(ctx: NodeContext, axis: ResizeAxis, transform: str) -> tuple[np.ndarray, np.ndarray]:
+    """The input coordinate of each output position along one axis (ONNX Resize's coordinate transformation,
+    in float64 with the unrounded output length scale * size) and where it lies outside the input
+    (tf_crop_and_resize, whose outside positions take the extrapolation value)."""
+    x = np.arange(axis.out, dtype=np.float64)
+    # The output length as scale * size, not rounded down to `out`, as onnx's reference (and so the node
+    # tests) has it in align_corners, tf_crop_and_resize and the one-pixel cases. onnxruntime divides by
+    # out - 1 instead: the two differ when a scale gives a fractional output length.
+    length = axis.scale * axis.size
+    outside = np.zeros(axis.out, bool)
+    if transform == "half_pixel":
+        coords = (x + 0.5) / axis.scale - 0.5
+    elif transform == "pytorch_half_pixel":
+        coords = (x + 0.5) / axis.scale - 0.5 if length != 1 else np.full(axis.out, -0.5)
+    elif transform == "half_pixel_symmetric":
+        offset = axis.size / 2 * (1 - axis.out / length)
+        coords = offset + (x + 0.5) / axis.scale - 0.5
+    elif transform == "align_corners":
+        coords = x * (axis.size - 1) / (length - 1) if length != 1 else np.zeros(axis.out)
+    elif transform == "asymmetric":
+        coords = x / axis.scale
+    elif transform == "tf_half_pixel_for_nn":
+        coords = (x + 0.5) / axis.scale
+    elif transform == "tf_crop_and_resize":
+        start, end = axis.roi
+        span = (end - start) * (axis.size - 1)
+        coords = (x * span / (length - 1) if length != 1 else np.full(axis.out, span / 2)) + start * (axis.size - 1)
+        outside = (coords < 0) | (coords > axis.size - 1)
+    else:
+        raise ctx.error(f"coordinate_transformation_mode '{transform}' is not supported")
+    return coords, outside
 
 
 def _nearest(ctx: NodeContext, coords: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -353,35 +395,177 @@ def _nearest(ctx: NodeContext, coords: np.ndarray, size: int, mode: str) -> np.n
     return np.clip(rounded, 0, size - 1).astype(np.int64)
 
 
-@converter("Resize", since=11)
-def resize(ctx: NodeContext) -> Value:
-    """Nearest or (bi)linear resizing of H and W as pixel lookups: nearest is one lookup; linear four, each
-    scaled by its constant per-pixel weight and summed."""
-    x = ctx.input(0)
-    shape = _tensor(x).shape
-    if len(shape) != 4:
-        raise ctx.error("Resize is supported on NCHW inputs")
-    n, c, _h, _w = shape
-    if ctx.attr("antialias") or ctx.attr("axes") is not None or \
-            _text(ctx.attr("keep_aspect_ratio_policy"), "stretch") != "stretch":
-        raise ctx.error("Resize with antialias, axes or a keep_aspect_ratio_policy is not supported")
+def _cubic(distance: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter a."""
+    d = np.abs(distance)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def interpolation_taps(mode: str, ratio: np.ndarray, scale: float, cubic_a: float, antialias: bool,
+                       nearest_mode: str) -> np.ndarray:
+    """[out, taps] weights of the consecutive input positions around each output position, whose fractional
+    offset from the input position on its left is `ratio` in (0, 1]. With antialias a downsampling kernel is
+    stretched by 1 / scale (more taps) and its weights normalised to sum to one."""
+    ratio = ratio[:, None]
+    if mode == "nearest":
+        right = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
+                 "floor": np.zeros_like(ratio, bool), "ceil": np.ones_like(ratio, bool)}[nearest_mode]
+        right = right | (ratio == 1)
+        return np.concatenate([~right, right], axis=1).astype(np.float64)
+    if not antialias:
+        if mode == "linear":
+            return np.concatenate([1 - ratio, ratio], axis=1)
+        return _cubic(np.arange(-1, 3)[None, :] - ratio, cubic_a)
+    stretch = min(scale, 1.0)
+    reach = 1 if mode == "linear" else 2
+    first = int(np.floor(-reach / stretch) + 1)
+    offsets = np.arange(first, 2 - first)[None, :]
+    distance = (offsets - ratio) * stretch
+    weights = np.clip(1 - np.abs(distance), 0, 1) if mode == "linear" else _cubic(distance, cubic_a)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def interpolation_matrix(ctx: NodeContext, axis: ResizeAxis, mode: str, transform: str,
+                         nearest_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The [out, size] matrix of a 1-D resize (Resize is linear in its input and separable over the axes) and
+    the output positions that take the extrapolation value instead (their rows are zero).
+
+    Each output position takes the `taps` input positions nearest its source coordinate (ties to the left),
+    positions beyond the edges read the edge (or, with exclude_outside, get no weight and the rest is
+    renormalised)."""
+    coords, outside = source_coordinates(ctx, axis, transform)
+    left = np.floor(coords)
+    ratio = np.where(coords == left, 1.0, coords - left)
+    taps = interpolation_taps(mode, ratio, axis.scale, float(ctx.attr("cubic_coeff_a") or -0.75),
+                              bool(ctx.attr("antialias") or 0), nearest_mode)
+    count = taps.shape[1]
+    # the first of the `count` positions nearest the coordinate, ties going to the left
+    fraction = coords - left
+    if count % 2 == 0:
+        first = left - count // 2 + (fraction != 0)
+    else:
+        first = left - (count - 1) // 2 + (fraction > 0.5)
+    positions = first.astype(np.int64)[:, None] + np.arange(count)[None, :]
+    if ctx.attr("exclude_outside"):
+        taps = np.where((positions < 0) | (positions >= axis.size), 0.0, taps)
+        totals = taps.sum(axis=1, keepdims=True)
+        taps = taps / np.where(totals == 0, 1.0, totals)
+    matrix = np.zeros((axis.out, axis.size))
+    rows = np.broadcast_to(np.arange(axis.out)[:, None], positions.shape)
+    np.add.at(matrix, (rows, np.clip(positions, 0, axis.size - 1)), taps)
+    matrix[outside] = 0.0
+    return matrix, outside
+
+
+def resize_axes(ctx: NodeContext, shape: tuple[int, ...]) -> list[ResizeAxis]:
+    """Every axis's ResizeAxis from the constant scales or sizes, axes, roi and keep_aspect_ratio_policy."""
+    rank = len(shape)
+    axes = [int(a) % rank for a in ctx.attr("axes")] if ctx.attr("axes") is not None else list(range(rank))
     scales = ctx.input_constant(2) if ctx.has_input(2) else None
     sizes = ctx.input_constant(3) if ctx.has_input(3) else None
-    if any(v is not None and np.asarray(v).size not in (0, 4) for v in (scales, sizes)):
-        raise ctx.error("Resize needs scales or sizes for all four dims")
+    roi = ctx.input_constant(1) if ctx.has_input(1) else None
+    bounds = [(0.0, 1.0)] * rank
+    if roi is not None and np.asarray(roi).size:
+        roi = [float(v) for v in np.asarray(roi).reshape(-1)]
+        if len(roi) != 2 * len(axes):
+            raise ctx.error(f"roi has {len(roi)} values for {len(axes)} axes")
+        for i, a in enumerate(axes):
+            bounds[a] = (roi[i], roi[len(axes) + i])
+    elif ctx.has_input(1) and roi is None:
+        raise ctx.error("Resize needs a constant roi")
     if sizes is not None and np.asarray(sizes).size:
-        out = [int(v) for v in sizes]
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        if len(sizes) != len(axes):
+            raise ctx.error(f"Resize has {len(sizes)} sizes for {len(axes)} axes")
+        out = list(shape)
+        for a, size in zip(axes, sizes, strict=True):
+            out[a] = size
         factors = [o / i for o, i in zip(out, shape, strict=True)]
+        policy = _text(ctx.attr("keep_aspect_ratio_policy"), "stretch")
+        if policy != "stretch":
+            if policy not in ("not_larger", "not_smaller"):
+                raise ctx.error(f"keep_aspect_ratio_policy '{policy}' is not supported")
+            chosen = [factors[a] for a in axes]
+            scale = min(chosen) if policy == "not_larger" else max(chosen)
+            factors = [scale if a in axes else 1.0 for a in range(rank)]
+            out = [int(scale * shape[a] + 0.5) if a in axes else shape[a] for a in range(rank)]
     elif scales is not None and np.asarray(scales).size:
-        factors = [float(v) for v in scales]
-        out = [int(np.floor(i * f)) for i, f in zip(shape, factors, strict=True)]
+        given = [float(v) for v in np.asarray(scales).reshape(-1)]
+        if len(given) != len(axes):
+            raise ctx.error(f"Resize has {len(given)} scales for {len(axes)} axes")
+        factors = [1.0] * rank
+        for a, factor in zip(axes, given, strict=True):
+            factors[a] = factor
+        out = [int(i * f) for i, f in zip(shape, factors, strict=True)]
     else:
         raise ctx.error("Resize needs constant scales or sizes")
-    if len(out) != 4 or out[:2] != [n, c]:
-        raise ctx.error("only resizing of H and W is supported")
-    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"),
-                    _text(ctx.attr("coordinate_transformation_mode"), "half_pixel"),
-                    _text(ctx.attr("nearest_mode"), "round_prefer_floor"))
+    return [ResizeAxis(shape[a], out[a], factors[a], bounds[a]) for a in range(rank)]
+
+
+@converter("Resize", since=11)
+def resize(ctx: NodeContext) -> Value:
+    """Nearest and plain (bi)linear resizing of H and W are pixel lookups of the channels-last matrix
+    (`resample`); every other Resize (cubic, antialias, other axes or ranks, tf_crop_and_resize) is one
+    product by a constant interpolation matrix per resized axis (`resize_by_matrices`)."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    axes = resize_axes(ctx, shape)
+    mode = _text(ctx.attr("mode"), "nearest")
+    transform = _text(ctx.attr("coordinate_transformation_mode"), "half_pixel")
+    nearest_mode = _text(ctx.attr("nearest_mode"), "round_prefer_floor")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.error(f"Resize mode '{mode}' is not supported")
+    if mode == "nearest" and ctx.attr("antialias"):
+        raise ctx.error("Resize with antialias needs mode linear or cubic")
+    if nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        raise ctx.error(f"nearest_mode '{nearest_mode}' is not supported")
+    lookup = len(shape) == 4 and axes[0].identity and axes[1].identity and not ctx.attr("antialias") and \
+        mode in ("nearest", "linear") and transform != "tf_crop_and_resize"
+    if lookup:
+        return resample(ctx, x, axes[2:], mode, transform, nearest_mode)
+    return resize_by_matrices(ctx, x, axes, mode, transform, nearest_mode)
+
+
+def resize_by_matrices(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, transform: str,
+                       nearest_mode: str) -> Value:
+    """Resize axis by axis as products by constant interpolation matrices. Positions outside a
+    tf_crop_and_resize region get zero rows and then the extrapolation value."""
+    rank = len(axes)
+    keep = np.ones([a.out for a in axes])
+    value = x
+    for index, axis in enumerate(axes):
+        if axis.identity:
+            continue
+        matrix, outside = interpolation_matrix(ctx, axis, mode, transform, nearest_mode)
+        if matrix.shape[0] == matrix.shape[1] and (matrix == np.eye(axis.size)).all() and not outside.any():
+            continue  # e.g. a unit axis "scaled" by keep_aspect_ratio_policy
+        keep = keep * (~outside).reshape([-1 if i == index else 1 for i in range(rank)])
+        value = resize_axis(ctx, value, index, matrix)
+    extrapolation = float(ctx.attr("extrapolation_value") or 0.0)
+    if extrapolation and not keep.all():
+        fill = ctx.constant(((1 - keep) * extrapolation).astype(np.float32), f"{ctx.node.output[0]}.extrapolation")
+        value = ctx.create("ttir.add", [value, fill], value.type)
+    return value
+
+
+def resize_axis(ctx: NodeContext, x: Value, index: int, matrix: np.ndarray) -> Value:
+    """x resized along axis `index` by the [out, size] matrix: x @ matrix^T for the last axis, else
+    matrix @ x viewed as [before, size, after] (no view needed for the second last axis)."""
+    shape = _tensor(x).shape
+    out = (*shape[:index], matrix.shape[0], *shape[index + 1:])
+    name = f"{ctx.node.output[0]}.interp{index}"
+    if index == len(shape) - 1:
+        weight = ctx.constant(np.ascontiguousarray(matrix.T, np.float32), name)
+        return ctx.create("ttir.matmul", [x, weight], _tensor(x).with_shape(out))
+    weight = ctx.constant(matrix.astype(np.float32), name)
+    if index == len(shape) - 2:
+        return ctx.create("ttir.matmul", [weight, x], _tensor(x).with_shape(out))
+    before, after = math.prod(shape[:index]), math.prod(shape[index + 1:])
+    view = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((before, shape[index], after)))
+    product = ctx.create("ttir.matmul", [weight, view], _tensor(x).with_shape((before, matrix.shape[0], after)))
+    return ctx.create("ttir.reshape", [product], _tensor(x).with_shape(out))
 
 
 @converter("Upsample", since=9)
@@ -392,20 +576,24 @@ def upsample(ctx: NodeContext) -> Value:
     if scales is None or _tensor(x).rank != 4:
         raise ctx.error("Upsample is supported on NCHW inputs with constant scales")
     factors = [float(v) for v in scales]
-    out = [int(np.floor(i * f)) for i, f in zip(_tensor(x).shape, factors, strict=True)]
-    if out[:2] != list(_tensor(x).shape[:2]):
+    shape = _tensor(x).shape
+    out = [int(np.floor(i * f)) for i, f in zip(shape, factors, strict=True)]
+    if out[:2] != list(shape[:2]):
         raise ctx.error("only upsampling of H and W is supported")
-    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"), "asymmetric", "floor")
+    axes = [ResizeAxis(shape[a], out[a], factors[a]) for a in (2, 3)]
+    return resample(ctx, x, axes, _text(ctx.attr("mode"), "nearest"), "asymmetric", "floor")
 
 
-def resample(ctx: NodeContext, x: Value, out: list[int], factors: list[float], mode: str, transform: str,
+def resample(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, transform: str,
              nearest_mode: str) -> Value:
+    """Nearest: one pixel lookup; linear: four, each scaled by its constant per-pixel weight and summed."""
     n, c, h, w = _tensor(x).shape
-    ys = _source_coordinates(ctx, h, out[2], factors[2], transform)
-    xs = _source_coordinates(ctx, w, out[3], factors[3], transform)
+    out = (axes[0].out, axes[1].out)
+    ys = source_coordinates(ctx, axes[0], transform)[0]
+    xs = source_coordinates(ctx, axes[1], transform)[0]
     if mode == "nearest":
         ids = pixel_ids(n, h, w, _nearest(ctx, ys, h, nearest_mode), _nearest(ctx, xs, w, nearest_mode))
-        return pixel_lookup(ctx, x, ids, (out[2], out[3]), "resize_index")
+        return pixel_lookup(ctx, x, ids, out, "resize_index")
     if mode != "linear":
         raise ctx.error(f"Resize mode '{mode}' is not supported (nearest, linear)")
     ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
@@ -426,7 +614,7 @@ def resample(ctx: NodeContext, x: Value, out: list[int], factors: list[float], m
                             looked.type)
         total = scaled if total is None else ctx.create("ttir.add", [total, scaled], looked.type)
     assert total is not None
-    return from_channels_last(ctx, total, n, out[2], out[3])
+    return from_channels_last(ctx, total, n, *out)
 
 
 @converter("ConvTranspose", since=11)

@@ -196,13 +196,63 @@ def test_pad(mode: str) -> None:
     ("nearest", "asymmetric", [1, 1, 2, 2]),
     ("nearest", "half_pixel", [1, 1, 1.5, 2.5]),
     ("linear", "half_pixel", [1, 1, 2, 2]),
-    ("linear", "align_corners", [1, 1, 1.7, 2.0]),
+    ("linear", "align_corners", [1, 1, 1.6, 2.0]),  # whole output lengths (test_resize_fractional_length...)
     ("linear", "pytorch_half_pixel", [1, 1, 0.5, 0.6]),
 ])
 def test_resize(mode: str, transform: str, scales: list[float]) -> None:
     node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="/resize", mode=mode,
                             coordinate_transformation_mode=transform)
     check(model_of([node], {"x": (1, 3, 5, 7)}, {"s": np.array(scales, np.float32)}, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "attrs", "inputs"), [
+    ((1, 3, 37, 45), {"mode": "cubic"}, {"s": [1, 1, 1.5, 0.7]}),
+    ((1, 2, 9, 13), {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}, {"s": [1, 1, 0.6, 1.8]}),
+    ((1, 2, 9, 10), {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, {"s": [1, 1, 2.0, 0.8]}),
+    ((1, 3, 40, 35), {"mode": "linear", "antialias": 1}, {"s": [1, 1, 0.4, 0.6]}),
+    ((1, 3, 40, 35), {"mode": "cubic", "antialias": 1}, {"z": [1, 3, 13, 9]}),
+    ((1, 2, 9, 13), {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+     {"s": [1, 1, 1.3, 0.7]}),
+    ((2, 3, 11, 7), {"mode": "nearest", "axes": [3, 2]}, {"z": [13, 5]}),
+    ((1, 2, 9, 13), {"mode": "nearest", "keep_aspect_ratio_policy": "not_larger"}, {"z": [1, 2, 5, 20]}),
+    ((2, 5, 6, 33), {"mode": "nearest"}, {"s": [1, 0.6, 1, 1.5]}),  # the channel axis resized too
+    ((3, 50), {"mode": "cubic"}, {"s": [1, 0.8]}),  # rank 2
+])
+def test_resize_by_interpolation_matrices(x_shape, attrs, inputs) -> None:
+    """Resizes beyond the pixel lookups: one product by a constant interpolation matrix per resized axis."""
+    init = {k: np.array(v, np.float32 if k == "s" else np.int64) for k, v in inputs.items()}
+    names = ["x", "", "s" if "s" in inputs else "", "z" if "z" in inputs else ""]
+    node = helper.make_node("Resize", names[:4 if "z" in inputs else 3], ["y"], name="/resize", **attrs)
+    check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
+
+
+def test_resize_fractional_length_follows_the_onnx_reference() -> None:
+    """align_corners with scales giving a fractional output length (5 * 1.7 = 8.5 -> 8 pixels): onnx's reference
+    (and the node tests) divide by 8.5 - 1, onnxruntime by 8 - 1; ttc follows the reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="/resize", mode="linear",
+                            coordinate_transformation_mode="align_corners")
+    model = model_of([node], {"x": (1, 3, 5, 7)}, {"s": np.array([1, 1, 1.7, 0.7], np.float32)}, ["y"])
+    x = np.random.default_rng(3).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expected, rtol=2e-2, atol=2e-2)
+
+
+def test_resize_tf_crop_and_resize_extrapolates() -> None:
+    init = {"roi": np.array([0, 0, 0.2, 0.1, 1, 1, 1.3, 0.9], np.float32), "z": np.array([1, 2, 7, 10], np.int64)}
+    node = helper.make_node("Resize", ["x", "roi", "", "z"], ["y"], name="/resize", mode="linear",
+                            coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=2.5)
+    check(model_of([node], {"x": (1, 2, 9, 13)}, init, ["y"], opset=19))
+
+
+def test_clip_with_computed_bounds() -> None:
+    nodes = [helper.make_node("ReduceMin", ["lo"], ["low"], name="/low", keepdims=0),
+             helper.make_node("ReduceMax", ["hi"], ["high"], name="/high", keepdims=0),
+             helper.make_node("Clip", ["x", "low", "high"], ["y"], name="/clip")]
+    check(model_of(nodes, {"x": (3, 37), "lo": (5,), "hi": (4,)}, {}, ["y"]))
 
 
 def test_upsample_opset_9() -> None:
