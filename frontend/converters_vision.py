@@ -28,32 +28,48 @@ TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
 def to_channels_last(ctx: NodeContext, x: Value) -> Value:
-    """NCHW -> the matrix [N*H*W, C]."""
-    n, c, h, w = _tensor(x).shape
-    nhwc = ctx.create("ttir.transpose", [x], _tensor(x).with_shape((n, h, w, c)), {"perm": TO_NHWC})
-    return ctx.create("ttir.reshape", [nhwc], _tensor(x).with_shape((n * h * w, c)))
+    """NCHW -> the matrix [N*H*W, C] (NCL -> [N*L, C], NCDHW -> [N*D*H*W, C])."""
+    n, c, *spatial = _tensor(x).shape
+    rank = len(spatial) + 2
+    last = _tensor(x).with_shape((n, *spatial, c))
+    moved = ctx.create("ttir.transpose", [x], last, {"perm": (0, *range(2, rank), 1)})
+    return ctx.create("ttir.reshape", [moved], _tensor(x).with_shape((n * math.prod(spatial), c)))
 
 
-def from_channels_last(ctx: NodeContext, x: Value, n: int, h: int, w: int) -> Value:
-    """The matrix [N*H*W, C] -> NCHW."""
+def from_channels_last(ctx: NodeContext, x: Value, n: int, *spatial: int) -> Value:
+    """The matrix [N*H*W, C] -> NCHW (and NCL, NCDHW by the number of spatial dims given)."""
     c = _tensor(x).shape[1]
-    nhwc = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, h, w, c)))
-    return ctx.create("ttir.transpose", [nhwc], _tensor(x).with_shape((n, c, h, w)), {"perm": TO_NCHW})
+    rank = len(spatial) + 2
+    last = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, *spatial, c)))
+    return ctx.create("ttir.transpose", [last], _tensor(x).with_shape((n, c, *spatial)),
+                      {"perm": (0, rank - 1, *range(1, rank - 1))})
 
 
 def _ints(values: Sequence[int] | None, default: list[int]) -> list[int]:
     return [int(v) for v in values] if values else default
 
 
+def spatial_attr(ctx: NodeContext, name: str, default: list[int], lifted: bool) -> list[int]:
+    """A per-spatial-axis attribute (pads: the begins, then the ends). A 1-D op's is lifted to the 2-D op over
+    a one-pixel-high image: a leading axis with the default's value (for pads [b, e] -> [0, b, 0, e])."""
+    values = [int(v) for v in ctx.attr(name) or []]
+    if not values or not lifted:
+        return values or default
+    half = len(values) // 2 if name == "pads" else len(values)
+    return [default[0], *values[:half], default[0], *values[half:]] if name == "pads" else [default[0], *values]
+
+
 def window_attrs(ctx: NodeContext, x: Value, kernel: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """input_shape, strides, pads [top, left, bottom, right] and dilations of a 2-D window op, auto_pad resolved."""
+    """input_shape, strides, pads [top, left, bottom, right] and dilations of a 2-D window op, auto_pad resolved;
+    a 1-D op's (x [N, C, L]) as those of a one-pixel-high image."""
     shape = _tensor(x).shape
-    if len(shape) != 4:
-        raise ctx.error(f"only 2-D windows over NCHW inputs are supported, not an input of shape {list(shape)}")
-    n, _, h, w = shape
-    strides = _ints(ctx.attr("strides"), [1, 1])
-    dilations = _ints(ctx.attr("dilations"), [1, 1])
-    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
+    if len(shape) not in (3, 4):
+        raise ctx.error(f"only 1-D and 2-D windows are supported, not an input of shape {list(shape)}")
+    lifted = len(shape) == 3
+    n, _, h, w = (shape[0], shape[1], 1, shape[2]) if lifted else shape
+    strides = spatial_attr(ctx, "strides", [1, 1], lifted)
+    dilations = spatial_attr(ctx, "dilations", [1, 1], lifted)
+    pads = spatial_attr(ctx, "pads", [0, 0, 0, 0], lifted)
     auto_pad = ctx.attr("auto_pad") or "NOTSET"
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
@@ -80,11 +96,13 @@ def output_hw(attrs: dict, kernel: Sequence[int], ceil_mode: bool = False) -> tu
 
 @converter("Conv", since=11)
 def conv(ctx: NodeContext) -> Value:
+    """A 2-D convolution on the channels-last matrix; a 1-D one is that of a one-pixel-high image."""
     x, weight = ctx.input(0), ctx.input(1)
-    if ctx.input_constant(1) is None:
-        raise ctx.error("the convolution weight is computed; ttc needs a constant weight")
-    if _tensor(weight).rank != 4:
-        raise ctx.error(f"only 2-D convolutions are supported, not a weight of shape {list(_tensor(weight).shape)}")
+    w_shape = _tensor(weight).shape
+    if len(w_shape) not in (3, 4) or _tensor(x).rank != len(w_shape):
+        raise ctx.error(f"only 1-D and 2-D convolutions are supported, not a weight of shape {list(w_shape)}")
+    if len(w_shape) == 3:
+        weight = ctx.create("ttir.reshape", [weight], _tensor(weight).with_shape((*w_shape[:2], 1, w_shape[2])))
     oc, _, kh, kw = _tensor(weight).shape
     attrs = window_attrs(ctx, x, (kh, kw))
     groups = int(ctx.attr("group") or 1)
@@ -95,27 +113,94 @@ def conv(ctx: NodeContext) -> Value:
     operands = [to_channels_last(ctx, x), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, oc)),
                         {**attrs, "groups": groups})
-    return from_channels_last(ctx, result, n, oh, ow)
+    return from_channels_last(ctx, result, n, *((ow,) if len(w_shape) == 3 else (oh, ow)))
+
+
+@dataclass(frozen=True)
+class WindowAxis:
+    """One spatial axis of a pooling window: kernel, stride, padding before and after, dilation."""
+
+    kernel: int
+    stride: int = 1
+    pad_begin: int = 0
+    pad_end: int = 0
+    dilation: int = 1
+
+
+def pool_axes(ctx: NodeContext, sizes: Sequence[int]) -> list[WindowAxis]:
+    """The pooling window along each spatial axis, auto_pad resolved."""
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    rank = len(sizes)
+    if len(kernel) != rank:
+        raise ctx.error(f"a kernel of {kernel} does not match {rank} spatial dims")
+    strides = _ints(ctx.attr("strides"), [1] * rank)
+    dilations = _ints(ctx.attr("dilations"), [1] * rank)
+    pads = _ints(ctx.attr("pads"), [0] * (2 * rank))
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * (2 * rank)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for dim, size in enumerate(sizes):
+            out = -(-size // strides[dim])
+            total = max((out - 1) * strides[dim] + (kernel[dim] - 1) * dilations[dim] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + rank] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    return [WindowAxis(kernel[d], strides[d], pads[d], pads[d + rank], dilations[d]) for d in range(rank)]
+
+
+def pool_matrix(ctx: NodeContext, matrix: Value, kind: str, images: tuple[int, int, int], rows: WindowAxis,
+                cols: WindowAxis) -> tuple[Value, tuple[int, int, int]]:
+    """A pool over H and W of the channels-last matrix of `images` (N, H, W); the result and its (N, OH, OW)."""
+    n = images[0]
+    kernel = (rows.kernel, cols.kernel)
+    attrs = {"input_shape": images, "strides": (rows.stride, cols.stride),
+             "pads": (rows.pad_begin, cols.pad_begin, rows.pad_end, cols.pad_end),
+             "dilations": (rows.dilation, cols.dilation)}
+    ceil_mode = bool(ctx.attr("ceil_mode") or 0)
+    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
+    oh, ow = output_hw(attrs, kernel, ceil_mode)
+    c = _tensor(matrix).shape[1]
+    result = ctx.create("ttir.pool2d", [matrix], _tensor(matrix).with_shape((n * oh * ow, c)),
+                        {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
+                         "count_include_pad": include_pad})
+    return result, (n, oh, ow)
+
+
+def pool_2d(ctx: NodeContext, x: Value, kind: str, rows: WindowAxis, cols: WindowAxis) -> Value:
+    """A pool over H and W of an NCHW tensor (`ttir.pool2d` on the channels-last matrix)."""
+    n, _, h, w = _tensor(x).shape
+    pooled, (_, oh, ow) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, h, w), rows, cols)
+    return from_channels_last(ctx, pooled, n, oh, ow)
 
 
 def _pool(ctx: NodeContext, kind: str) -> Value:
+    """1-, 2- and 3-D pools as 2-D ones. A 1-D pool runs over a one-pixel-high image. A 3-D pool is separable
+    (its window is a box: the maximum, or the sum and the count of positions inside the input, factor
+    over the axes), so it is a 2-D pool over H and W with the depths as more channels, then one over D."""
     if len(ctx.node.output) > 1 and ctx.output_used(1):
         raise ctx.error("the indices output of MaxPool is used; ttc computes the pooled values only")
-    x = ctx.input(0)
-    kernel = tuple(int(k) for k in ctx.attr("kernel_shape"))
-    if len(kernel) != 2:
-        raise ctx.error(f"only 2-D pooling is supported, not a kernel of {list(kernel)}")
-    attrs = window_attrs(ctx, x, kernel)
     if ctx.attr("storage_order"):
         raise ctx.error("MaxPool with storage_order = 1 is not supported")
-    ceil_mode = bool(ctx.attr("ceil_mode") or 0)
-    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
-    n, c = _tensor(x).shape[:2]
-    oh, ow = output_hw(attrs, kernel, ceil_mode)
-    result = ctx.create("ttir.pool2d", [to_channels_last(ctx, x)], _tensor(x).with_shape((n * oh * ow, c)),
-                        {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
-                         "count_include_pad": include_pad})
-    return from_channels_last(ctx, result, n, oh, ow)
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    if len(shape) not in (3, 4, 5):
+        raise ctx.error(f"only 1-, 2- and 3-D pooling is supported, not an input of shape {list(shape)}")
+    n, _, *sizes = shape
+    axes = pool_axes(ctx, sizes)
+    unit = WindowAxis(1)
+    if len(sizes) == 2:
+        return pool_2d(ctx, x, kind, *axes)
+    if len(sizes) == 1:
+        pooled, (_, _, ol) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, 1, sizes[0]), unit, axes[0])
+        return from_channels_last(ctx, pooled, n, ol)
+    # 3-D: the channels-last matrix [N*D*H*W, C] is that of N*D images H x W, and after the pool over H and W
+    # that of N images D x (OH*OW)
+    d, h, w = sizes
+    matrix = to_channels_last(ctx, x)
+    planes = pool_matrix(ctx, matrix, kind, (n * d, h, w), axes[1], axes[2])
+    oh, ow = planes[1][1:]
+    pooled, (_, od, _) = pool_matrix(ctx, planes[0], kind, (n, d, oh * ow), axes[0], unit)
+    return from_channels_last(ctx, pooled, n, od, oh, ow)
 
 
 @converter("MaxPool", since=12)
@@ -621,48 +706,84 @@ def resample(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, tran
 def conv_transpose(ctx: NodeContext) -> Value:
     """A convolution of the zero-stuffed input: the input's pixels spread `strides` apart and padded by
     dilation * (kernel - 1) - pads (one pixel lookup, holes and padding read as zeros), then a stride-1
-    convolution with the kernel flipped and its channel axes swapped per group."""
-    x = ctx.input(0)
-    w = ctx.input_constant(1)
-    shape = _tensor(x).shape
-    if w is None or len(shape) != 4 or np.asarray(w).ndim != 4:
-        raise ctx.error("only 2-D transposed convolutions of NCHW inputs with a constant weight are supported")
-    w = np.asarray(w, np.float32)
-    n, _c, h, width = shape
-    cg, ocg, kh, kw = w.shape
+    convolution with the kernel flipped and its channel axes swapped per group. A 1-D one is the 2-D one
+    of a one-pixel-high image."""
+    x, w_value = ctx.input(0), ctx.input(1)
+    shape, w_shape = _tensor(x).shape, _tensor(w_value).shape
+    if len(shape) not in (3, 4) or len(w_shape) != len(shape):
+        raise ctx.error(f"only 1-D and 2-D transposed convolutions are supported, not an input of shape "
+                        f"{list(shape)}")
+    lifted = len(shape) == 3
+    if lifted:
+        w_value = ctx.create("ttir.reshape", [w_value], _tensor(w_value).with_shape((*w_shape[:2], 1, w_shape[2])))
+    n, c, h, width = (shape[0], shape[1], 1, shape[2]) if lifted else shape
+    _, ocg, kh, kw = _tensor(w_value).shape
     groups = int(ctx.attr("group") or 1)
-    strides = _ints(ctx.attr("strides"), [1, 1])
-    dilations = _ints(ctx.attr("dilations"), [1, 1])
-    out_pad = _ints(ctx.attr("output_padding"), [0, 0])
-    if ctx.attr("output_shape"):
-        raise ctx.error("ConvTranspose with output_shape is not supported (give pads)")
-    auto_pad = ctx.attr("auto_pad") or "NOTSET"
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+    strides, dilations, out_pad, pads, output_shape = (
+        spatial_attr(ctx, name, default, lifted)
+        for name, default in (("strides", [1, 1]), ("dilations", [1, 1]), ("output_padding", [0, 0]),
+                              ("pads", [0, 0, 0, 0]), ("output_shape", [1])))
+    output_shape = output_shape if ctx.attr("output_shape") else None
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    sizes, kernel = (h, width), (kh, kw)
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
         pads = [0, 0, 0, 0]
-        for dim, (size, k) in enumerate(((h, kh), (width, kw))):
-            target = size * strides[dim] if auto_pad != "VALID" else None
-            full = (size - 1) * strides[dim] + out_pad[dim] + (k - 1) * dilations[dim] + 1
-            total = max(full - target, 0) if target is not None else 0
+        for dim in range(2):
+            full = (sizes[dim] - 1) * strides[dim] + out_pad[dim] + (kernel[dim] - 1) * dilations[dim] + 1
+            if output_shape:
+                target = output_shape[-2:][dim]
+            else:
+                target = sizes[dim] * strides[dim] if auto_pad != "VALID" else full
+            total = full - target
+            if not output_shape:
+                total = max(total, 0)
             small, large = total // 2, total - total // 2
             pads[dim], pads[dim + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     axes = []
-    for dim, (size, k) in enumerate(((h, kh), (width, kw))):
-        reach = dilations[dim] * (k - 1)
-        positions = np.arange(-(reach - pads[dim]), (size - 1) * strides[dim] + 1 + reach - pads[dim + 2]
+    for dim in range(2):
+        reach = dilations[dim] * (kernel[dim] - 1)
+        positions = np.arange(-(reach - pads[dim]), (sizes[dim] - 1) * strides[dim] + 1 + reach - pads[dim + 2]
                               + out_pad[dim])
-        stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < size)
+        stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < sizes[dim])
         axes.append(np.where(stuffed, positions // strides[dim], -1))
-    spread = pixel_lookup(ctx, x, pixel_ids(n, h, width, axes[0], axes[1]), (len(axes[0]), len(axes[1])),
-                          "stuff_index")
-    flipped = w[:, :, ::-1, ::-1].reshape(groups, cg // groups, ocg, kh, kw).transpose(0, 2, 1, 3, 4)
-    weight = ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, kh, kw)),
-                          f"{ctx.node.output[0]}.conv_weight")
+    ids = pixel_ids(n, h, width, axes[0], axes[1])
+    index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.stuff_index")
+    spread = ctx.create("ttir.embedding", [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
+                        {"pad_negative": True})
+    weight = _flipped_conv_weight(ctx, w_value, groups)
     attrs = {"input_shape": (n, len(axes[0]), len(axes[1])), "strides": (1, 1), "pads": (0, 0, 0, 0),
              "dilations": tuple(dilations)}
-    oh, ow = output_hw(attrs, (kh, kw))
-    operands = [to_channels_last(ctx, spread), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
+    oh, ow = output_hw(attrs, kernel)
+    operands = [spread, weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
                         {**attrs, "groups": groups})
-    return from_channels_last(ctx, result, n, oh, ow)
+    return from_channels_last(ctx, result, n, *((ow,) if lifted else (oh, ow)))
+
+
+def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value:
+    """ConvTranspose's weight [C, OC / groups, KH, KW] as the equivalent convolution's [OC, C / groups, KH, KW]:
+    the kernel flipped and the channel axes swapped per group; at compile time for a constant weight, else
+    as device moves (a reversing slice, a transpose of the two outer dims per group, a concat)."""
+    cg, ocg, kh, kw = _tensor(w_value).shape
+    w = ctx.input_constant(1)
+    if w is not None:
+        w = np.asarray(w, np.float32).reshape(cg, ocg, kh, kw)
+        flipped = w[:, :, ::-1, ::-1].reshape(groups, cg // groups, ocg, kh, kw).transpose(0, 2, 1, 3, 4)
+        return ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, kh, kw)),
+                            f"{ctx.node.output[0]}.conv_weight")
+    like = _tensor(w_value)
+    flipped = ctx.create("ttir.slice", [w_value], like,
+                         {"begins": (0, 0, kh - 1, kw - 1), "ends": (cg, ocg, -1, -1), "steps": (1, 1, -1, -1)})
+    per_group = cg // groups
+    parts = []
+    for g in range(groups):
+        part = flipped
+        if groups > 1:
+            part = ctx.create("ttir.slice", [flipped], like.with_shape((per_group, ocg, kh, kw)),
+                              {"begins": (g * per_group, 0, 0, 0), "ends": ((g + 1) * per_group, ocg, kh, kw),
+                               "steps": (1, 1, 1, 1)})
+        parts.append(ctx.create("ttir.transpose", [part], like.with_shape((ocg, per_group, kh, kw)),
+                                {"perm": (1, 0, 2, 3)}))
+    if len(parts) == 1:
+        return parts[0]
+    return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, kh, kw)), {"axis": 0})

@@ -11,7 +11,8 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
 - it compares such integers (Equal, Less, ...), except with a constant of integers within +-255,
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
-- it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique): the device has no index kernels.
+- it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
+  index kernels.
 
 Float computations that merely take an integer input (class labels, positions, lengths) are not host
 ops: they need a device form or stay unsupported. Everything else, including casts of integers to float
@@ -61,8 +62,9 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     """Whether `node` becomes a host op (the rule of the module doc)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS:
-        return True
+    if node.op_type in INDEX_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
+                                     and node.output[1] in importer.used):
+        return True  # MaxPool's second output is the indices of the maxima
     inputs = [importer.values[name] for name in node.input if name and name in importer.values]
     data = [v for v in inputs if not importer.is_constant_value(v)]
     integers = [v for v in data if _is_integer(v) and not is_small(importer, v)]

@@ -110,6 +110,10 @@ def test_conv_batchnorm_relu_is_one_device_op() -> None:
     ((1, 6, 10, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
     ((1, 4, 12, 12), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]}),
     ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 3, 13, 11), {"kernel_shape": [5, 4], "strides": [2, 1], "pads": [2, 1, 2, 2]}),  # separable: 20 positions
+    ((2, 3, 37), {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}),  # 1-D
+    ((1, 3, 5, 9, 7), {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [0, 1, 1, 1, 0, 0]}),  # 3-D
+    ((1, 2, 6, 7, 5), {"kernel_shape": [3, 3, 3], "dilations": [2, 1, 2], "ceil_mode": 1, "strides": [2, 2, 1]}),
 ])
 def test_max_pool(x_shape, attrs) -> None:
     check(model_of([helper.make_node("MaxPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"]))
@@ -120,10 +124,15 @@ def test_max_pool(x_shape, attrs) -> None:
     ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     ((1, 3, 7, 7), {"kernel_shape": [7, 7]}),
+    ((1, 3, 11, 11), {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [1, 2, 1, 2]}),
+    ((2, 3, 37), {"kernel_shape": [4], "strides": [3], "pads": [1, 2], "count_include_pad": 1}),  # 1-D
+    ((1, 3, 5, 9, 7), {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [0, 1, 1, 1, 0, 0]}),  # 3-D
+    ((1, 2, 7, 6, 9), {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 1, 1, 1],
+                       "count_include_pad": 1}),
 ])
 def test_average_pool(x_shape, attrs) -> None:
     check(model_of([helper.make_node("AveragePool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {},
-                   ["y"]))
+                   ["y"], opset=19))
 
 
 def test_resnet_block_global_pool_flatten_gemm() -> None:
@@ -272,6 +281,43 @@ def test_conv_transpose(x_shape, w_shape, attrs) -> None:
     init = {"w": rng.standard_normal(w_shape) * 0.3, "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1))}
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/convT", **attrs)
     check(model_of([node], {"x": x_shape}, init, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 9, 11), (5, 3, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 1]}),
+    ((2, 4, 7, 7), (6, 2, 3, 2), {"group": 2, "dilations": [2, 1]}),
+    ((1, 3, 37), (4, 3, 5), {"pads": [2, 1], "strides": [2]}),  # 1-D
+])
+def test_conv_with_a_computed_weight(x_shape, w_shape, attrs) -> None:
+    """The weight is a graph input: per kernel position, the sticks it reads times its weight slice, on the device."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="/conv", **attrs)]
+    check(model_of(nodes, {"x": x_shape, "w": w_shape, "b": (w_shape[0],)}, {}, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 2, 5, 4), (2, 3, 3, 3), {"strides": [3, 2], "output_shape": [16, 9]}),
+    ((2, 4, 3, 3), (4, 1, 2, 3), {"group": 2, "strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 3, 19), (3, 2, 4), {"strides": [2], "output_padding": [1]}),  # 1-D
+])
+def test_conv_transpose_with_a_computed_weight(x_shape, w_shape, attrs) -> None:
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="/convT", **attrs)]
+    check(model_of(nodes, {"x": x_shape, "w": w_shape}, {}, ["y"]))
+
+
+def test_max_pool_indices_run_on_the_host() -> None:
+    """MaxPool's Indices output is an index result: the node is a host op (the values come from it too)."""
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], name="/pool", kernel_shape=[3, 3], strides=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", F32, [1, 2, 7, 7])],
+                              [helper.make_tensor_value_info("y", F32, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                                ir_version=8))
+    x = np.random.default_rng(4).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 1
+    outputs, expected = compiled.run({"x": x}), run_onnxruntime(model, {"x": x})
+    np.testing.assert_array_equal(outputs["i"], expected["i"])
+    np.testing.assert_allclose(outputs["y"], expected["y"], rtol=2e-2, atol=2e-2)
 
 
 def test_dropout_opset_9_is_the_identity() -> None:
