@@ -380,40 +380,111 @@ def pixel_ids(n: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray) -> np.ndar
     return np.where(local[None, :] >= 0, local[None, :] + batch, -1).reshape(-1)
 
 
-def _pad_axis(size: int, before: int, after: int, mode: str) -> np.ndarray:
-    positions = np.arange(-before, size + after)
-    if mode == "reflect":
-        period = 2 * (size - 1) if size > 1 else 1
-        folded = np.abs(positions) % period
-        return np.where(folded >= size, period - folded, folded)
-    if mode == "edge":
-        return np.clip(positions, 0, size - 1)
-    return np.where((positions >= 0) & (positions < size), positions, -1)
-
-
 @converter("Pad", since=11)
 def pad(ctx: NodeContext) -> Value:
-    """Padding of H and W (constant zero, reflect or edge) as a pixel lookup; other dims must not be padded."""
+    """Constant, reflect, edge or wrap padding (negative pads crop). Zero padding of only H and W of an NCHW
+    tensor is a pixel lookup of the channels-last matrix; any other is a row lookup (`pad_rows`)."""
     x = ctx.input(0)
     shape = _tensor(x).shape
+    rank = len(shape)
     pads = ctx.input_constant(1)
-    if pads is None or len(shape) != 4:
-        raise ctx.error("Pad is supported on NCHW inputs with constant pads")
-    pads = [int(p) for p in pads]
+    if pads is None:
+        raise ctx.error("Pad needs constant pads")
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank))
     if ctx.has_input(3):
-        raise ctx.error("Pad with axes is not supported")
-    mode = ctx.attr("mode") or "constant"
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+        given = ctx.input_constant(3)
+        if given is None:
+            raise ctx.error("Pad needs constant axes")
+        axes = [int(a) % rank for a in np.asarray(given).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise ctx.error(f"Pad has {len(pads)} pads for {len(axes)} axes")
+    before, after = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        before[a], after[a] = pads[i], pads[len(axes) + i]
+    mode = _text(ctx.attr("mode"), "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ctx.error(f"Pad mode '{mode}' is not supported")
+    value: float | Value = 0.0
     if mode == "constant" and ctx.has_input(2):
-        value = ctx.input_constant(2)
-        if value is None or float(np.asarray(value).reshape(-1)[0]) != 0.0:
-            raise ctx.error("Pad with a constant other than a constant zero is not supported")
-    if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
-        raise ctx.error("only non-negative padding of H and W (the last two dims) is supported")
-    n, _, h, w = shape
-    ys = _pad_axis(h, pads[2], pads[6], mode)
-    xs = _pad_axis(w, pads[3], pads[7], mode)
-    return pixel_lookup(ctx, x, pixel_ids(n, h, w, ys, xs), (len(ys), len(xs)), "pad_index")
+        constant = ctx.input_constant(2)
+        value = ctx.input(2) if constant is None else float(np.asarray(constant).reshape(-1)[0])
+    maps = [_pad_axis(size, b, e, mode) for size, b, e in zip(shape, before, after, strict=True)]
+    if rank == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(pads) >= 0:
+        n, _, h, w = shape
+        return pixel_lookup(ctx, x, pixel_ids(n, h, w, maps[2], maps[3]), (len(maps[2]), len(maps[3])), "pad_index")
+    return pad_rows(ctx, x, maps, value)
+
+
+def pad_rows(ctx: NodeContext, x: Value, maps: list[np.ndarray], value: float | Value) -> Value:
+    """x padded by a source index per output position along each axis (-1: the constant `value`), as row lookups
+    (`ttir.embedding`) of the matrix [rows, last dim]: one for the leading axes and, for a padded last axis, one
+    of the transposed matrix between two tile transposes. Lookups move values without arithmetic, so
+    infinities pass; the reshapes keep rows whole and a lookup separates each from the transposes, so no
+    movement needs selection matmuls. Constant positions read zero rows and then take `value` by a select on
+    a constant border mask."""
+    shape = _tensor(x).shape
+    out = tuple(len(m) for m in maps)
+    border = np.zeros(out, bool)
+    for axis, positions in enumerate(maps):
+        border |= (positions < 0).reshape([-1 if i == axis else 1 for i in range(len(maps))])
+    width = shape[-1]
+    leading = [np.arange(1)] if len(shape) == 1 else maps[:-1]
+    sizes = (1,) if len(shape) == 1 else shape[:-1]
+    pad_last = len(maps[-1]) != width or (maps[-1] != np.arange(width)).any()
+    pad_leading = any(len(m) != size or (m != np.arange(size)).any() for m, size in zip(leading, sizes, strict=True))
+    matrix = x if len(shape) == 2 else ctx.create("ttir.reshape", [x], _tensor(x).with_shape((math.prod(sizes),
+                                                                                             width)))
+    if pad_leading or (pad_last and len(shape) > 2):
+        matrix = lookup_rows(ctx, matrix, _row_ids(leading, sizes), "pad_rows")
+    if pad_last:
+        rows = _tensor(matrix).shape[0]
+        swapped = ctx.create("ttir.transpose", [matrix], _tensor(x).with_shape((width, rows)), {"perm": (1, 0)})
+        swapped = lookup_rows(ctx, swapped, maps[-1], "pad_columns")
+        matrix = ctx.create("ttir.transpose", [swapped], _tensor(x).with_shape((rows, len(maps[-1]))),
+                            {"perm": (1, 0)})
+        if len(shape) > 2:  # a lookup between the transpose and the reshape, which together would move elements
+            matrix = lookup_rows(ctx, matrix, np.arange(rows), "pad_regroup")
+    result = matrix if _tensor(matrix).shape == out else ctx.create("ttir.reshape", [matrix],
+                                                                     _tensor(x).with_shape(out))
+    if (isinstance(value, float) and value == 0.0) or not border.any():
+        return result
+    fill = _scalar(ctx, value, "pad_value") if isinstance(value, float) else value
+    mask = ctx.constant(border, f"{ctx.node.output[0]}.pad_border")
+    return ctx.create("ttir.where", [mask, fill, result], _tensor(result))
+
+
+def _row_ids(maps: list[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    """The flat source row of each output row of a gather along the leading axes (-1 where any map is -1)."""
+    grids = np.meshgrid(*maps, indexing="ij")
+    inside = np.all([g >= 0 for g in grids], axis=0)
+    flat = np.ravel_multi_index(tuple(np.maximum(g, 0) for g in grids), tuple(sizes))
+    return np.where(inside, flat, -1).reshape(-1)
+
+
+def lookup_rows(ctx: NodeContext, matrix: Value, ids: np.ndarray, name: str) -> Value:
+    """Rows ids of the matrix (-1: a zero row), by a constant table."""
+    index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.{name}")
+    return ctx.create("ttir.embedding", [matrix, index], _tensor(matrix).with_shape((ids.size,
+                                                                                     _tensor(matrix).shape[1])),
+                      {"pad_negative": True})
+
+
+def _pad_axis(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """The source position of each output position along one axis (-1: the constant). Negative pads crop
+    first; reflect, edge and wrap then pad the cropped axis."""
+    kept = np.arange(max(-before, 0), size - max(-after, 0))
+    positions = np.arange(-max(before, 0), kept.size + max(after, 0))
+    length = kept.size
+    if mode == "reflect":
+        period = 2 * (length - 1) if length > 1 else 1
+        folded = np.abs(positions) % period
+        return kept[np.where(folded >= length, period - folded, folded)]
+    if mode == "edge":
+        return kept[np.clip(positions, 0, length - 1)]
+    if mode == "wrap":
+        return kept[positions % length]
+    return np.where((positions >= 0) & (positions < length), kept[np.clip(positions, 0, length - 1)], -1)
 
 
 def _text(value: str | bytes | None, default: str) -> str:

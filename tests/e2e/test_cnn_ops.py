@@ -201,6 +201,48 @@ def test_pad(mode: str) -> None:
     check(model_of([node], {"x": (1, 3, 5, 6)}, init, ["y"]))
 
 
+@pytest.mark.parametrize(("x_shape", "mode", "pads", "axes"), [
+    ((2, 37, 45), "constant", [0, 3, 1, 1, 2, 30], None),  # every axis, by row lookups (no NCHW)
+    ((3, 5, 40), "reflect", [2, 3], [-1]),  # the last axis only: swapped with the second last
+    ((1, 3, 6, 7), "edge", [1, 2, 0, 3], [1, 3]),  # the channel axis of an NCHW tensor
+    ((4, 33), "wrap", [1, -2, 2, 5], None),  # a negative pad crops
+    ((50,), "constant", [3, 9], None),  # rank 1
+])
+def test_pad_by_row_lookups(x_shape, mode, pads, axes) -> None:
+    init = {"p": np.array(pads, np.int64), "v": np.array(1.5, np.float32)}
+    names = ["x", "p", "v" if mode == "constant" else ""]
+    if axes is not None:
+        init["a"] = np.array(axes, np.int64)
+        names.append("a")
+    node = helper.make_node("Pad", names, ["y"], name="/pad", mode=mode)
+    check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
+
+
+def test_pad_keeps_infinities_and_takes_a_computed_value() -> None:
+    """A lookup moves values without arithmetic: -inf in the data survives (an attention mask), and the pad
+    value may be computed."""
+    nodes = [helper.make_node("ReduceMax", ["v"], ["value"], name="/value", keepdims=0),
+             helper.make_node("Where", ["keep", "x", "ninf"], ["masked"], name="/mask"),
+             helper.make_node("Pad", ["masked", "p", "value"], ["y"], name="/pad")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [2, 3, 5]),
+                                           helper.make_tensor_value_info("v", F32, [4]),
+                                           helper.make_tensor_value_info("keep", TensorProto.BOOL, [2, 3, 5])],
+                              [helper.make_tensor_value_info("y", F32, None)],
+                              [numpy_helper.from_array(np.array([0, 1, 0, 0, 2, 3], np.int64), "p"),
+                               numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)],
+                                                                ir_version=8))
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((2, 3, 5)).astype(np.float32), "v": rng.standard_normal(4).astype(np.float32),
+             "keep": rng.random((2, 3, 5)) > 0.3}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    y, expected = compiled.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]
+    assert np.isneginf(expected).any()
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(expected))
+    np.testing.assert_allclose(y, expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize(("mode", "transform", "scales"), [
     ("nearest", "asymmetric", [1, 1, 2, 2]),
     ("nearest", "half_pixel", [1, 1, 1.5, 2.5]),
