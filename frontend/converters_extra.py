@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ttc.ir import Value
 
 I1 = ScalarType("i1")
+FLOAT_MAX = 3.0e38  # finite in float32 and in bf16 (whose largest is about 3.39e38)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +68,9 @@ class Emitter:
 
     def compare(self, op: str, a: Value, b: Value) -> Value:
         return self.binary(op, a, b, I1)
+
+    def logical(self, op: str, a: Value, b: Value) -> Value:
+        return self.binary(f"logical_{op}", a, b, I1)
 
     def unary(self, op: str, x: Value, attributes: dict | None = None) -> Value:
         return self.ctx.create(f"ttir.{op}", [x], x.type, attributes)
@@ -626,8 +630,18 @@ def mod(ctx: NodeContext) -> Value:
     """Float Mod (integers are host ops): fmod = 1 is x - trunc(x / y) * y (C's fmod), fmod = 0 is
     x - floor(x / y) * y (the divisor's sign, as Python's %)."""
     e, x, y = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
-    quotient = e.unary("trunc" if ctx.attr("fmod") else "floor", e.div(x, y))
-    return e.sub(x, e.mul(quotient, y))
+    # an infinite divisor clamped to the largest finite value: the quotient rounds to 0 (or -1), never inf * 0
+    largest = min(FLOAT_MAX, float(np.finfo(_tensor(y).element_type.numpy_dtype()).max))
+    finite = e.binary("minimum", e.binary("maximum", y, e.const(-largest, y)), e.const(largest, y))
+    quotient = e.unary("trunc" if ctx.attr("fmod") else "floor", e.div(x, finite))
+    result = e.sub(x, e.mul(quotient, finite))
+    if ctx.attr("fmod"):
+        return result  # fmod(x, +-inf) = x: the quotient was 0
+    # x mod +-inf (the divisor's sign) is x when the signs agree or x is 0 (the quotient was 0), else the
+    # divisor itself: there the quotient was -1 and the result x + clamped y, which doubled overflows to +-inf
+    infinite = ctx.create("ttir.isinf", [y], _tensor(y).with_element_type(I1))
+    opposite = e.logical("and", infinite, e.compare("lt", e.mul(x, y), e.const(0.0, x)))
+    return e.mul(result, e.add(e.cast(opposite, _tensor(x).element_type), e.const(1.0, x)))
 
 
 # ----------------------------------------------------------------------------------------------

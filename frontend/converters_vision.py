@@ -235,21 +235,55 @@ def _channel_constant(ctx: NodeContext, values: np.ndarray, rank: int, name: str
 
 
 @converter("BatchNormalization", since=9)
-def batch_norm(ctx: NodeContext) -> Value:
-    """Inference: x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps)), a per-channel
-    affine map (folded into the preceding convolution by `channels-last`)."""
-    if any(ctx.output_used(i) for i in range(1, len(ctx.node.output))):
-        raise ctx.error("the running statistics outputs are used; ttc imports inference-mode BatchNormalization")
+def batch_norm(ctx: NodeContext) -> Value | list[Value]:
+    """Inference with constant statistics: x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps)),
+    a per-channel affine map (folded into the preceding convolution by `channels-last`). Computed statistics
+    are the same formula on the device; training mode normalises by the batch's mean and (population)
+    variance over every axis but the channels and returns the running statistics blended by `momentum`."""
     x = ctx.input(0)
+    training = bool(ctx.attr("training_mode") or 0)
+    if not training and any(ctx.output_used(i) for i in range(1, len(ctx.node.output))):
+        raise ctx.error("the running statistics outputs are used without training_mode")
     params = [ctx.input_constant(i) for i in range(1, 5)]
-    if any(p is None for p in params):
-        raise ctx.error("scale, bias, mean and variance must be constants")
-    scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
-    factor = scale / np.sqrt(var + float(ctx.attr("epsilon")))
     rank = _tensor(x).rank
-    scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
-    shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
-    return ctx.create("ttir.add", [scaled, shift], x.type)
+    epsilon = float(ctx.attr("epsilon"))
+    if not training and all(p is not None for p in params):
+        scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
+        factor = scale / np.sqrt(var + epsilon)
+        scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
+        shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
+        return ctx.create("ttir.add", [scaled, shift], x.type)
+    c = _tensor(x).shape[1]
+    per_channel = (1, c) + (1,) * (rank - 2)
+
+    def channel(index: int) -> Value:
+        value = ctx.input(index)
+        return ctx.create("ttir.reshape", [value], _tensor(value).with_shape(per_channel))
+
+    axes = (0, *range(2, rank))
+    if training:
+        mean = ctx.create("ttir.reduce_mean", [x], _tensor(x).with_shape(per_channel), {"axes": axes, "keepdims": True})
+        centred = ctx.create("ttir.sub", [x, mean], x.type)
+        squares = ctx.create("ttir.mul", [centred, centred], x.type)
+        var = ctx.create("ttir.reduce_mean", [squares], _tensor(x).with_shape(per_channel),
+                         {"axes": axes, "keepdims": True})
+    else:
+        mean, var = channel(3), channel(4)
+        centred = ctx.create("ttir.sub", [x, mean], x.type)
+    shifted = ctx.create("ttir.add", [var, _scalar(ctx, epsilon, "epsilon")], var.type)
+    inverse = ctx.create("ttir.rsqrt", [shifted], var.type)
+    normal = ctx.create("ttir.mul", [centred, ctx.create("ttir.mul", [inverse, channel(1)], var.type)], x.type)
+    y = ctx.create("ttir.add", [normal, channel(2)], x.type)
+    if not training:
+        return y
+    momentum = float(ctx.attr("momentum"))
+    results = [y]
+    for batch, running in ((mean, ctx.input(3)), (var, ctx.input(4))):
+        flat = ctx.create("ttir.reshape", [batch], _tensor(running))
+        kept = ctx.create("ttir.mul", [running, _scalar(ctx, momentum, "momentum")], _tensor(running))
+        new = ctx.create("ttir.mul", [flat, _scalar(ctx, 1.0 - momentum, "new")], _tensor(running))
+        results.append(ctx.create("ttir.add", [kept, new], _tensor(running)))
+    return results[:len(ctx.node.output)]
 
 
 # ----------------------------------------------------------------------------------------------

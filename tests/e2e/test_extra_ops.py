@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from test_transformer_ops import BOOL, I64, Graph, check
 
+import ttc
+
 
 @pytest.mark.parametrize("op, attrs", [
     ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Celu", {"alpha": 1.3}), ("Softplus", {}), ("Softsign", {}),
@@ -209,3 +211,54 @@ def test_cumprod_dequantize_and_eye_like() -> None:
                     axis=0))
     g.output(g.node("EyeLike", [g.input("shape", (4, 6))], k=1))
     check(g, opset=26)
+
+
+def mod_graph(fmod: int) -> Graph:
+    g = Graph()
+    x = g.input("x", (3, 37), values=np.tile([0.0, -3.0, 3.0, -1.0, 1.0, 2.5, -7.25], 16)[:111].reshape(3, 37))
+    y = g.input("y", (3, 37), values=np.tile([np.inf, np.inf, -np.inf, -np.inf, 2.0, -1.5], 19)[:111].reshape(3, 37))
+    g.output(g.node("Mod", [x, y], fmod=fmod))
+    return g
+
+
+def test_fmod_by_infinities() -> None:
+    """fmod(x, +-inf) = x, without an inf * 0 on the device."""
+    check(mod_graph(1))
+
+
+def test_float_mod_by_infinities_follows_the_onnx_reference() -> None:
+    """x mod +-inf (fmod 0) is x, or the infinity when the signs differ. onnxruntime runs float Mod with
+    fmod 0 only from opset 28, so onnx's reference judges."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = mod_graph(0)
+    model = g.model()
+    feeds = {i.name: g.feeds[i.name] for i in model.graph.input}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    actual = compiled.run(feeds)[model.graph.output[0].name]
+    assert np.isinf(expected).any()
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(expected))
+    np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_equal_to_a_constant_infinity() -> None:
+    """A fully masked row: max(-inf, ..) == -inf is an isinf and sign test (inf - inf is NaN)."""
+    g = Graph()
+    values = np.where(np.random.default_rng(7).random((5, 3, 37)) < 0.5, -np.inf, 1.0)
+    values[1] = -np.inf
+    bias = g.input("bias", (5, 3, 37), values=values)
+    row_max = g.node("ReduceMax", [bias, g.const([-1], np.int64)], keepdims=1)
+    g.output(g.node("Equal", [row_max, g.const(-np.inf)]), BOOL)
+    g.output(g.node("Equal", [bias, g.const(np.inf)]), BOOL)
+    check(g)
+
+
+def test_batch_normalization_with_computed_statistics() -> None:
+    g = Graph()
+    x = g.input("x", (2, 5, 7, 9))
+    scale, bias, mean = g.input("s", (5,)), g.input("b", (5,)), g.input("m", (5,))
+    var = g.input("v", (5,), values=np.random.default_rng(8).random(5) + 0.5)
+    g.output(g.node("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-3))
+    check(g)
