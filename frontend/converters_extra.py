@@ -701,10 +701,12 @@ def lp_normalization(ctx: NodeContext) -> Value:
     e, x = Emitter(ctx), _float_input(ctx)
     axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
     p = ctx.attr("p")
+    # a zero vector stays zero (0 * 1 / tiny, not 0 * inf): the norm is at least the smallest normal float
+    tiny = e.const(float(np.finfo(np.float32).tiny), x)
     if p == 2:
-        return e.mul(x, e.unary("rsqrt", e.reduce("sum", e.mul(x, x), [axis], True)))
+        return e.mul(x, e.unary("rsqrt", e.binary("maximum", e.reduce("sum", e.mul(x, x), [axis], True), tiny)))
     if p == 1:
-        return e.div(x, e.reduce("sum", e.unary("abs", x), [axis], True))
+        return e.div(x, e.binary("maximum", e.reduce("sum", e.unary("abs", x), [axis], True), tiny))
     raise ctx.error(f"p = {p}: LpNormalization takes p = 1 or 2")
 
 

@@ -11,6 +11,7 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
 - it compares such integers (Equal, Less, ...), except with a constant of integers within +-255,
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
+- it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
   index kernels.
 
@@ -76,6 +77,8 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
         return integer_result and (bool(host_integers) or floats)
     if node.op_type == "Gather":
         return inputs[0] in integers
+    if node.op_type == "DequantizeLinear" and inputs[0] in integers:
+        return inputs[0].type.element_type.numpy_dtype().itemsize > 1  # 8-bit data is exact in bf16
     if host_integers:
         return True  # host integers stay on the host
     if integer_result and (integers or find_converter(node.op_type, importer.opset) is None):

@@ -262,3 +262,15 @@ def test_batch_normalization_with_computed_statistics() -> None:
     var = g.input("v", (5,), values=np.random.default_rng(8).random(5) + 0.5)
     g.output(g.node("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-3))
     check(g)
+
+
+def test_reductions_over_an_empty_dim_are_constants() -> None:
+    """An empty input holds no data: a reduction over its empty dim is the reduction's identity, folded at
+    compile time (no program), next to a device computation."""
+    g = Graph()
+    empty, x = g.input("empty", (2, 0, 4)), g.input("x", (2, 1, 4))
+    axes = g.const([1], np.int64)
+    g.output(g.node("Add", [g.node("ReduceSum", [empty, axes], keepdims=1), x]))
+    g.output(g.node("ReduceProd", [empty, axes], keepdims=0))
+    g.output(g.node("ReduceSumSquare", [empty, axes], keepdims=1))
+    check(g)
