@@ -96,7 +96,7 @@ def _unary(ttir_op: str) -> Converter:
 
 # op type -> (ttir op, opset since which the ONNX semantics we implement hold)
 BINARY_OPS = {"Add": ("ttir.add", 7), "Sub": ("ttir.sub", 7), "Mul": ("ttir.mul", 7),
-              "Div": ("ttir.div", 7), "Pow": ("ttir.pow", 7)}
+              "Div": ("ttir.div", 7)}
 UNARY_OPS = {"Relu": ("ttir.relu", 6), "Sigmoid": ("ttir.sigmoid", 6), "Tanh": ("ttir.tanh", 6),
              "Exp": ("ttir.exp", 6), "Erf": ("ttir.erf", 9), "Sqrt": ("ttir.sqrt", 6), "Neg": ("ttir.neg", 6),
              "Reciprocal": ("ttir.reciprocal", 6), "Abs": ("ttir.abs", 6), "Log": ("ttir.log", 6)}
@@ -135,6 +135,20 @@ for _op_type, (_ttir_op, _since) in (COMPARE_OPS | LOGICAL_OPS).items():
     converter(_op_type, since=_since)(_binary(_ttir_op, result_element="i1"))
 for _op_type, (_ttir_op, _since) in VARIADIC_OPS.items():
     converter(_op_type, since=_since)(_variadic(_ttir_op))
+
+
+@converter("Pow", since=7)
+def pow_(ctx: NodeContext) -> Value:
+    """x ** y; an integer exponent of a float base is converted to the base's type first (Pow allows it)."""
+    base, exponent = ctx.input(0), ctx.input(1)
+    base_type, exponent_type = _tensor(base), _tensor(exponent)
+    if base_type.element_type.is_float and exponent_type.element_type.is_integer:
+        exponent = ctx.create("ttir.typecast", [exponent], exponent_type.with_element_type(base_type.element_type))
+        shape = broadcast_shape(base_type.shape, exponent_type.shape)
+        if shape is None:
+            raise ctx.error(f"operand shapes {base_type.shape} and {exponent_type.shape} do not broadcast")
+        return ctx.create("ttir.pow", [base, exponent], base_type.with_shape(shape))
+    return _binary("ttir.pow")(ctx)
 
 
 @converter("Equal", since=11)

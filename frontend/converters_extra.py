@@ -282,7 +282,15 @@ def _reduce_axes(ctx: NodeContext, axes_input: bool) -> tuple[list[int] | None, 
 
 def _reduction(kind: str, axes_input: bool):
     def convert(ctx: NodeContext) -> Value:
-        e, x = Emitter(ctx), _float_input(ctx)
+        e = Emitter(ctx)
+        if kind == "min" and _tensor(ctx.input(0)).element_type == I1:  # all(): the minimum of 0/1 floats
+            as_float = e.cast(ctx.input(0), ScalarType("f32"))
+            axes, keepdims = _reduce_axes(ctx, axes_input)
+            if axes is None:
+                return ctx.input(0)
+            smallest = e.unary("neg", e.reduce("max", e.unary("neg", as_float), axes, keepdims))
+            return e.cast(smallest, I1)
+        x = _float_input(ctx)
         axes, keepdims = _reduce_axes(ctx, axes_input)
         if axes is None:
             identity = {"l1": lambda: e.unary("abs", x), "l2": lambda: e.unary("abs", x),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 from test_transformer_ops import BOOL, I64, Graph, check
 
 import ttc
@@ -274,3 +275,26 @@ def test_reductions_over_an_empty_dim_are_constants() -> None:
     g.output(g.node("ReduceProd", [empty, axes], keepdims=0))
     g.output(g.node("ReduceSumSquare", [empty, axes], keepdims=1))
     check(g)
+
+
+def test_lp_normalization_of_zero_vectors_and_all_of_booleans() -> None:
+    g = Graph()
+    values = np.random.default_rng(9).standard_normal((4, 37))
+    values[:, 3] = 0.0  # a zero column: normalised along axis 0 it stays zero (0 / 0 is not taken)
+    x = g.input("x", (4, 37), values=values)
+    g.output(g.node("LpNormalization", [x], axis=0, p=2))
+    g.output(g.node("LpNormalization", [x], axis=0, p=1))
+    flags = g.input("flags", (3, 33), elem=BOOL)
+    g.output(g.node("ReduceMin", [flags, g.const([1], np.int64)], keepdims=0), BOOL)
+    check(g, opset=20)
+
+
+def test_pow_by_an_integer_exponent_and_wide_dequantization() -> None:
+    """A float base with small integer exponents stays on the device; int16 data is dequantized on the host."""
+    g = Graph()
+    base = g.input("base", (3, 35), values=np.random.default_rng(10).uniform(0.5, 1.5, (3, 35)))
+    exponent = g.input("exponent", (3, 35), elem=I64, values=np.random.default_rng(11).integers(-3, 4, (3, 35)))
+    g.output(g.node("Pow", [base, exponent]))
+    wide = g.input("wide", (2, 33), elem=TensorProto.INT16, values=np.random.default_rng(12).integers(-3000, 3000, (2, 33)))
+    g.output(g.node("DequantizeLinear", [wide, g.const(0.5), g.const(-1000, np.int16)]))
+    check(g, opset=21, host_ops=1)
