@@ -12,6 +12,8 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
 - it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
+- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter): the write positions are data,
+  while the device moves data only by compile-time index tables and has no indexed-write kernel;
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
   index kernels.
 
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 
 HOST_COMPUTE = "ttmetal.host_compute"
 INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
+# Writes at positions given by data (duplicates combined in order): the device moves data only by
+# compile-time index tables and has no indexed-write kernel.
+SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter"})
 NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
 COMPARE_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 # Ops the device runs on integer graph inputs exactly (conversions, copies, lookups by index).
@@ -63,8 +68,8 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     """Whether `node` becomes a host op (the rule of the module doc)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
-                                     and node.output[1] in importer.used):
+    if node.op_type in INDEX_OPS | SCATTER_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
+                                                   and node.output[1] in importer.used):
         return True  # MaxPool's second output is the indices of the maxima
     inputs = [importer.values[name] for name in node.input if name and name in importer.values]
     data = [v for v in inputs if not importer.is_constant_value(v)]
@@ -182,7 +187,7 @@ def may_run_on_host(model: onnx.ModelProto, node: onnx.NodeProto, constants: set
     on the host (an index op, or integers computed or compared; `runs_on_host` decides)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS:
+    if node.op_type in INDEX_OPS | SCATTER_OPS:
         return True
     types = {v.name: v.type for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
 

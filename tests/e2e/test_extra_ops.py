@@ -298,3 +298,16 @@ def test_pow_by_an_integer_exponent_and_wide_dequantization() -> None:
     wide = g.input("wide", (2, 33), elem=TensorProto.INT16, values=np.random.default_rng(12).integers(-3000, 3000, (2, 33)))
     g.output(g.node("DequantizeLinear", [wide, g.const(0.5), g.const(-1000, np.int16)]))
     check(g, opset=21, host_ops=1)
+
+
+def test_scatters_run_on_the_host_between_device_ops() -> None:
+    """Writes at run-time positions are host ops (no indexed-write kernel); their inputs and results stay
+    on the device around them."""
+    g = Graph()
+    data = g.node("Relu", [g.input("data", (5, 37))])
+    rows = g.input("rows", (2, 37), elem=I64, values=np.random.default_rng(13).integers(0, 5, (2, 37)))
+    scattered = g.node("ScatterElements", [data, rows, g.input("updates", (2, 37))], axis=0, reduction="add")
+    g.output(g.node("Sigmoid", [scattered]))
+    where = g.input("where", (3, 1), elem=I64, values=np.array([[4], [0], [2]]))
+    g.output(g.node("ScatterND", [data, where, g.input("rows_new", (3, 37))]))
+    check(g, host_ops=2)
