@@ -99,8 +99,10 @@ def conv(ctx: NodeContext) -> Value:
     """A 2-D convolution on the channels-last matrix; a 1-D one is that of a one-pixel-high image."""
     x, weight = ctx.input(0), ctx.input(1)
     w_shape = _tensor(weight).shape
-    if len(w_shape) not in (3, 4) or _tensor(x).rank != len(w_shape):
-        raise ctx.error(f"only 1-D and 2-D convolutions are supported, not a weight of shape {list(w_shape)}")
+    if len(w_shape) not in (3, 4, 5) or _tensor(x).rank != len(w_shape):
+        raise ctx.error(f"only 1-, 2- and 3-D convolutions are supported, not a weight of shape {list(w_shape)}")
+    if len(w_shape) == 5:
+        return conv3d(ctx, x, weight)
     if len(w_shape) == 3:
         weight = ctx.create("ttir.reshape", [weight], _tensor(weight).with_shape((*w_shape[:2], 1, w_shape[2])))
     oc, _, kh, kw = _tensor(weight).shape
@@ -114,6 +116,28 @@ def conv(ctx: NodeContext) -> Value:
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, oc)),
                         {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if len(w_shape) == 3 else (oh, ow)))
+
+
+def conv3d(ctx: NodeContext, x: Value, weight: Value) -> Value:
+    """A 3-D convolution as 2-D ones over depth planes (`conv3d_by_planes`), auto_pad resolved per axis."""
+    n, _, *sizes = _tensor(x).shape
+    kernel = _tensor(weight).shape[2:]
+    strides = _ints(ctx.attr("strides"), [1, 1, 1])
+    dilations = _ints(ctx.attr("dilations"), [1, 1, 1])
+    pads = _ints(ctx.attr("pads"), [0] * 6)
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * 6
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for dim, size in enumerate(sizes):
+            out = -(-size // strides[dim])
+            total = max((out - 1) * strides[dim] + (kernel[dim] - 1) * dilations[dim] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + 3] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    result, out = conv3d_by_planes(ctx, to_channels_last(ctx, x), (n, *sizes), weight, bias, strides, pads,
+                                   dilations, int(ctx.attr("group") or 1))
+    return from_channels_last(ctx, result, n, *out)
 
 
 @dataclass(frozen=True)
@@ -812,83 +836,137 @@ def conv_transpose(ctx: NodeContext) -> Value:
     """A convolution of the zero-stuffed input: the input's pixels spread `strides` apart and padded by
     dilation * (kernel - 1) - pads (one pixel lookup, holes and padding read as zeros), then a stride-1
     convolution with the kernel flipped and its channel axes swapped per group. A 1-D one is the 2-D one
-    of a one-pixel-high image."""
+    of a one-pixel-high image, a 3-D one a sum of 2-D ones over depth planes (`conv3d_by_planes`)."""
     x, w_value = ctx.input(0), ctx.input(1)
     shape, w_shape = _tensor(x).shape, _tensor(w_value).shape
-    if len(shape) not in (3, 4) or len(w_shape) != len(shape):
-        raise ctx.error(f"only 1-D and 2-D transposed convolutions are supported, not an input of shape "
+    if len(shape) not in (3, 4, 5) or len(w_shape) != len(shape):
+        raise ctx.error(f"only 1-, 2- and 3-D transposed convolutions are supported, not an input of shape "
                         f"{list(shape)}")
     lifted = len(shape) == 3
     if lifted:
         w_value = ctx.create("ttir.reshape", [w_value], _tensor(w_value).with_shape((*w_shape[:2], 1, w_shape[2])))
-    n, c, h, width = (shape[0], shape[1], 1, shape[2]) if lifted else shape
-    _, ocg, kh, kw = _tensor(w_value).shape
+    n, c, *sizes = (shape[0], shape[1], 1, shape[2]) if lifted else shape
+    rank = len(sizes)
+    ocg, kernel = _tensor(w_value).shape[1], _tensor(w_value).shape[2:]
     groups = int(ctx.attr("group") or 1)
     strides, dilations, out_pad, pads, output_shape = (
         spatial_attr(ctx, name, default, lifted)
-        for name, default in (("strides", [1, 1]), ("dilations", [1, 1]), ("output_padding", [0, 0]),
-                              ("pads", [0, 0, 0, 0]), ("output_shape", [1])))
+        for name, default in (("strides", [1] * rank), ("dilations", [1] * rank), ("output_padding", [0] * rank),
+                              ("pads", [0] * (2 * rank)), ("output_shape", [1])))
     output_shape = output_shape if ctx.attr("output_shape") else None
     auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
-    sizes, kernel = (h, width), (kh, kw)
     if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
-        pads = [0, 0, 0, 0]
-        for dim in range(2):
+        pads = [0] * (2 * rank)
+        for dim in range(rank):
             full = (sizes[dim] - 1) * strides[dim] + out_pad[dim] + (kernel[dim] - 1) * dilations[dim] + 1
             if output_shape:
-                target = output_shape[-2:][dim]
+                target = output_shape[-rank:][dim]
             else:
                 target = sizes[dim] * strides[dim] if auto_pad != "VALID" else full
             total = full - target
             if not output_shape:
                 total = max(total, 0)
             small, large = total // 2, total - total // 2
-            pads[dim], pads[dim + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            pads[dim], pads[dim + rank] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     axes = []
-    for dim in range(2):
+    for dim in range(rank):
         reach = dilations[dim] * (kernel[dim] - 1)
-        positions = np.arange(-(reach - pads[dim]), (sizes[dim] - 1) * strides[dim] + 1 + reach - pads[dim + 2]
-                              + out_pad[dim])
+        positions = np.arange(-(reach - pads[dim]),
+                              (sizes[dim] - 1) * strides[dim] + 1 + reach - pads[dim + rank] + out_pad[dim])
         stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < sizes[dim])
         axes.append(np.where(stuffed, positions // strides[dim], -1))
-    ids = pixel_ids(n, h, width, axes[0], axes[1])
+    ids = stuffed_ids(n, sizes, axes)
     index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.stuff_index")
     spread = ctx.create("ttir.embedding", [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
                         {"pad_negative": True})
     weight = _flipped_conv_weight(ctx, w_value, groups)
-    attrs = {"input_shape": (n, len(axes[0]), len(axes[1])), "strides": (1, 1), "pads": (0, 0, 0, 0),
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    spread_sizes = tuple(len(a) for a in axes)
+    if rank == 3:
+        result, out = conv3d_by_planes(ctx, spread, (n, *spread_sizes), weight, bias, [1, 1, 1], [0] * 6,
+                                       dilations, groups)
+        return from_channels_last(ctx, result, n, *out)
+    attrs = {"input_shape": (n, *spread_sizes), "strides": (1, 1), "pads": (0, 0, 0, 0),
              "dilations": tuple(dilations)}
     oh, ow = output_hw(attrs, kernel)
-    operands = [spread, weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
+    operands = [spread, weight] + ([bias] if bias is not None else [])
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
                         {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if lifted else (oh, ow)))
 
 
+def stuffed_ids(n: int, sizes: Sequence[int], axes: list[np.ndarray]) -> np.ndarray:
+    """Flat input pixel (n, d, h, w order) of every output position of a separable lookup, -1 where any axis
+    map is -1."""
+    grids = np.meshgrid(np.arange(n), *axes, indexing="ij")
+    inside = np.all([g >= 0 for g in grids[1:]], axis=0)
+    flat = np.ravel_multi_index(tuple(np.maximum(g, 0) for g in grids), (n, *sizes))
+    return np.where(inside, flat, -1).reshape(-1)
+
+
+def conv3d_by_planes(ctx: NodeContext, matrix: Value, images: tuple[int, int, int, int], weight: Value,
+                     bias: Value | None, strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+                     groups: int) -> tuple[Value, tuple[int, int, int]]:
+    """A 3-D convolution of the channels-last matrix of `images` (N, D, H, W): for each depth tap i, the 2-D
+    convolution of every depth plane by W[:, :, i], then the planes each output depth reads (od * stride -
+    pad + i * dilation, zeros outside) picked by a row lookup, summed over the taps."""
+    n, d, h, w = images
+    oc, cg, kd, kh, kw = _tensor(weight).shape
+    attrs = {"input_shape": (n * d, h, w), "strides": tuple(strides[1:]), "pads": (pads[1], pads[2], pads[4], pads[5]),
+             "dilations": tuple(dilations[1:]), "groups": groups}
+    oh, ow = output_hw(attrs, (kh, kw))
+    od = window_output_size(d, kd, strides[0], pads[0], pads[3], dilations[0])
+    total = None
+    constant = ctx.input_constant(1) if weight is ctx.input(1) else None
+    for i in range(kd):
+        if constant is not None:
+            tap = ctx.constant(np.ascontiguousarray(np.asarray(constant, np.float32)[:, :, i]),
+                               f"{ctx.node.output[0]}.tap{i}")
+        else:
+            tap = ctx.create("ttir.slice", [weight], _tensor(weight).with_shape((oc, cg, 1, kh, kw)),
+                             {"begins": (0, 0, i, 0, 0), "ends": (oc, cg, i + 1, kh, kw), "steps": (1,) * 5})
+            tap = ctx.create("ttir.reshape", [tap], _tensor(weight).with_shape((oc, cg, kh, kw)))
+        planes = ctx.create("ttir.conv2d", [matrix, tap], _tensor(matrix).with_shape((n * d * oh * ow, oc)), attrs)
+        depth = np.arange(od) * strides[0] - pads[0] + i * dilations[0]
+        rows = (np.arange(n)[:, None] * d + depth[None, :])[:, :, None] * (oh * ow) + np.arange(oh * ow)
+        rows = np.where(((depth >= 0) & (depth < d))[None, :, None], rows, -1).reshape(-1)
+        index = ctx.constant(rows.astype(np.int32), f"{ctx.node.output[0]}.planes{i}")
+        picked = ctx.create("ttir.embedding", [planes, index], _tensor(planes).with_shape((rows.size, oc)),
+                            {"pad_negative": True})
+        total = picked if total is None else ctx.create("ttir.add", [total, picked], _tensor(picked))
+    assert total is not None
+    if bias is not None:
+        total = ctx.create("ttir.add", [total, bias], _tensor(total))
+    return total, (od, oh, ow)
+
+
 def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value:
-    """ConvTranspose's weight [C, OC / groups, KH, KW] as the equivalent convolution's [OC, C / groups, KH, KW]:
+    """ConvTranspose's weight [C, OC / groups, *kernel] as the equivalent convolution's [OC, C / groups, *kernel]:
     the kernel flipped and the channel axes swapped per group; at compile time for a constant weight, else
     as device moves (a reversing slice, a transpose of the two outer dims per group, a concat)."""
-    cg, ocg, kh, kw = _tensor(w_value).shape
+    cg, ocg, *kernel = _tensor(w_value).shape
+    spatial = len(kernel)
     w = ctx.input_constant(1)
     if w is not None:
-        w = np.asarray(w, np.float32).reshape(cg, ocg, kh, kw)
-        flipped = w[:, :, ::-1, ::-1].reshape(groups, cg // groups, ocg, kh, kw).transpose(0, 2, 1, 3, 4)
-        return ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, kh, kw)),
+        w = np.asarray(w, np.float32).reshape(cg, ocg, *kernel)
+        flipped = w[(slice(None), slice(None), *([slice(None, None, -1)] * spatial))]
+        flipped = flipped.reshape(groups, cg // groups, ocg, *kernel).swapaxes(1, 2)
+        return ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, *kernel)),
                             f"{ctx.node.output[0]}.conv_weight")
     like = _tensor(w_value)
     flipped = ctx.create("ttir.slice", [w_value], like,
-                         {"begins": (0, 0, kh - 1, kw - 1), "ends": (cg, ocg, -1, -1), "steps": (1, 1, -1, -1)})
+                         {"begins": (0, 0, *(k - 1 for k in kernel)), "ends": (cg, ocg, *([-1] * spatial)),
+                          "steps": (1, 1, *([-1] * spatial))})
     per_group = cg // groups
     parts = []
     for g in range(groups):
         part = flipped
         if groups > 1:
-            part = ctx.create("ttir.slice", [flipped], like.with_shape((per_group, ocg, kh, kw)),
-                              {"begins": (g * per_group, 0, 0, 0), "ends": ((g + 1) * per_group, ocg, kh, kw),
-                               "steps": (1, 1, 1, 1)})
-        parts.append(ctx.create("ttir.transpose", [part], like.with_shape((ocg, per_group, kh, kw)),
-                                {"perm": (1, 0, 2, 3)}))
+            part = ctx.create("ttir.slice", [flipped], like.with_shape((per_group, ocg, *kernel)),
+                              {"begins": (g * per_group, 0, *([0] * spatial)),
+                               "ends": ((g + 1) * per_group, ocg, *kernel), "steps": (1,) * (2 + spatial)})
+        parts.append(ctx.create("ttir.transpose", [part], like.with_shape((ocg, per_group, *kernel)),
+                                {"perm": (1, 0, *range(2, 2 + spatial))}))
     if len(parts) == 1:
         return parts[0]
-    return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, kh, kw)), {"axis": 0})
+    return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, *kernel)), {"axis": 0})

@@ -188,10 +188,27 @@ def test_lrn() -> None:
 
 
 def test_unsupported_op_names_the_node() -> None:
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv3d")
-    model = model_of([node], {"x": (1, 2, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1))}, ["y"])
-    with pytest.raises(UserError, match="/conv3d"):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv4d")
+    model = model_of([node], {"x": (1, 2, 3, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1, 1))}, ["y"])
+    with pytest.raises(UserError, match="/conv4d"):
         ttc.compile(model)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 5, 9, 7), (4, 3, 3, 3, 2), {"pads": [1, 0, 1, 1, 2, 0], "strides": [2, 1, 2]}),
+    ((2, 4, 4, 6, 5), (6, 2, 2, 3, 3), {"group": 2, "strides": [1, 2, 1], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 7, 5, 6), (3, 2, 3, 1, 2), {"dilations": [2, 1, 1], "pads": [2, 0, 1, 1, 0, 0]}),
+])
+def test_conv_3d_by_depth_planes(x_shape, w_shape, attrs) -> None:
+    check(conv_model(x_shape, w_shape, **attrs))
+
+
+def test_conv_transpose_3d() -> None:
+    rng = np.random.default_rng(14)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/convT", strides=[2, 1, 2],
+                            pads=[0, 1, 1, 1, 0, 0])
+    check(model_of([node], {"x": (1, 3, 3, 5, 4)}, {"w": rng.standard_normal((3, 2, 2, 3, 3)) * 0.3,
+                                                     "b": rng.standard_normal(2)}, ["y"]))
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
