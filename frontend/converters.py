@@ -552,6 +552,11 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
         from ttc.frontend.converters_extra import gather_elements_by_comparison
 
         return gather_elements_by_comparison(ctx, data, ctx.input(1), _axis(ctx, ctx.attr("axis"), _tensor(data).rank))
+    if indices is None and ctx.node.op_type == "GatherND" and _tensor(data).element_type.is_float \
+            and not ctx.attr("batch_dims"):
+        from ttc.frontend.converters_extra import gather_nd_by_comparison
+
+        return gather_nd_by_comparison(ctx, data, ctx.input(1))
     if indices is None:
         raise ctx.error(f"the indices '{ctx.node.input[1]}' are computed at run time; ttc runs "
                         f"{ctx.node.op_type} with constant indices only")

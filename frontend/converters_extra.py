@@ -966,6 +966,42 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     return e.transpose(picked, perm)
 
 
+def gather_nd_by_comparison(ctx: NodeContext, data: Value, indices: Value) -> Value:
+    """GatherND (batch_dims 0) by computed indices: each index component compared with the positions of its
+    dim (and their negative forms) gives a one-hot row per dim, their outer product a one-hot row over the
+    indexed leading dims, and its product with the data's rows [positions, rest] the gathered slices; exact,
+    as each output sums one selected value and zeros and the comparisons are exact for integers of any size."""
+    e = Emitter(ctx)
+    dims, index_dims = _tensor(data).shape, _tensor(indices).shape
+    depth = index_dims[-1]
+    leading, rest = dims[:depth], dims[depth:]
+    if max(leading, default=0) > 255:
+        raise ctx.error(f"a gather over a dim of {max(leading)} (positions above 255 do not compare exactly in bf16)")
+    from ttc.frontend.converters import emit_slice
+
+    batch = index_dims[:-1]
+    values = e.cast(indices, _tensor(data).element_type)
+    one_hot = None
+    for j, size in enumerate(leading):
+        begins, ends = [0] * len(index_dims), list(index_dims)
+        begins[-1], ends[-1] = j, j + 1
+        component = emit_slice(ctx, values, begins, ends, [1] * len(index_dims))  # [*batch, 1]
+        forward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32), component))
+        backward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32) - size, component))
+        hit = e.cast(ctx.create("ttir.logical_or", [forward, backward], _tensor(forward)), _tensor(data).element_type)
+        if one_hot is None:
+            one_hot = hit
+            continue
+        width = _tensor(one_hot).shape[-1]
+        one_hot = e.reshape(e.mul(e.reshape(one_hot, (*batch, width, 1)), e.reshape(hit, (*batch, 1, size))),
+                            (*batch, width * size))
+    assert one_hot is not None
+    count = math.prod(batch)
+    rows = e.reshape(data, (math.prod(leading), math.prod(rest)))
+    picked = e.matmul(e.reshape(one_hot, (count, math.prod(leading))), rows)
+    return e.reshape(picked, (*batch, *rest))
+
+
 @converter("InstanceNormalization", since=6)
 def instance_norm(ctx: NodeContext) -> Value:
     """Per sample and channel over the spatial dims, then the channel's scale and bias."""

@@ -311,3 +311,15 @@ def test_scatters_run_on_the_host_between_device_ops() -> None:
     where = g.input("where", (3, 1), elem=I64, values=np.array([[4], [0], [2]]))
     g.output(g.node("ScatterND", [data, where, g.input("rows_new", (3, 37))]))
     check(g, host_ops=2)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_gather_nd_by_computed_indices(depth: int) -> None:
+    """One-hot rows per index component (negative indices too), their outer product times the data's rows."""
+    g = Graph()
+    data = g.input("data", (6, 5, 37))
+    rng = np.random.default_rng(15)
+    columns = [rng.integers(-6, 6, (3, 4, 1)), rng.integers(-5, 5, (3, 4, 1))][:depth]
+    indices = g.input("indices", (3, 4, depth), elem=I64, values=np.concatenate(columns, axis=-1))
+    g.output(g.node("GatherND", [data, indices]))
+    check(g)
