@@ -4,8 +4,12 @@ Convolutions and pools work on the channels-last matrix [N*H*W, C], the tiled fo
 activations in: each converter wraps its `ttir.conv2d` / `ttir.pool2d` between the layout changes
 NCHW -> [N*H*W, C] (transpose to NHWC, reshape) and back. Between two such ops the back-and-forth changes
 meet and cancel (`channels-last` sinks them through elementwise ops), so the layout changes once at the
-graph edges. BatchNormalization is an affine per-channel scale and shift, which `channels-last` folds
-into the preceding convolution.
+graph edges. A 1-D op is the 2-D op of a one-pixel-high image ([N*L, C]); 3-D pools are separable and 3-D
+convolutions sums of 2-D ones over depth planes. BatchNormalization is an affine per-channel scale and shift,
+which `channels-last` folds into the preceding convolution.
+
+Pad and Resize are data movement: pixel lookups of the channels-last matrix for the common NCHW forms, row
+lookups of [rows, last dim] for any Pad, and products by constant interpolation matrices for any Resize.
 """
 
 from __future__ import annotations
