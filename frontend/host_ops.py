@@ -162,11 +162,15 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
         graph_inputs.append(helper.make_tensor_value_info(name, onnx_type, list(t.shape)))
         operands.append(value)
     result_types, graph_outputs = [], []
+    local: dict[str, tuple[int, ...]] | None = None
     for name in node.output:
         if not name:
             continue
         element = importer.output_element_type(name)
         shape = importer.inferred_shape(name)
+        if shape is None:  # the graph's inference lacked folded values: infer the node alone, inputs now known
+            local = _node_shapes(node, graph_inputs, initializers, importer.opset) if local is None else local
+            shape = local.get(name)
         if element is None or shape is None:
             raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one")
         result_types.append(TensorType(shape, element))
@@ -180,6 +184,23 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
                                                {"op_type": node.op_type, "model": encoded}, ctx.loc)
     results = iter(op.results)
     return [next(results) if name else None for name in node.output]  # type: ignore[misc]
+
+
+def _node_shapes(node: onnx.NodeProto, inputs: list[onnx.ValueInfoProto], initializers: list[onnx.TensorProto],
+                 opset: int) -> dict[str, tuple[int, ...]]:
+    """The static output shapes onnx infers for the node alone, given its inputs' types and constants."""
+    graph = helper.make_graph([node], "host", inputs, [], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception:
+        return {}
+    shapes = {}
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
 
 
 def may_run_on_host(model: onnx.ModelProto, node: onnx.NodeProto, constants: set[str]) -> bool:

@@ -323,3 +323,17 @@ def test_gather_nd_by_computed_indices(depth: int) -> None:
     indices = g.input("indices", (3, 4, depth), elem=I64, values=np.concatenate(columns, axis=-1))
     g.output(g.node("GatherND", [data, indices]))
     check(g)
+
+
+def test_host_op_shapes_come_from_the_folded_inputs() -> None:
+    """onnx's inference leaves a Range of a gathered shape unsized; the importer has folded it, so the host op
+    that adds integer data to it is typed by inferring the node alone."""
+    g = Graph()
+    x = g.input("x", (2, 7))
+    zero, one = g.const([0], np.int64), g.const([1], np.int64)
+    first, step = g.node("Squeeze", [zero, zero]), g.node("Squeeze", [one, zero])
+    length = g.node("Gather", [g.node("Shape", [x]), step])
+    positions = g.node("Range", [first, length, step])
+    offsets = g.input("offsets", (3, 1), elem=I64, values=np.array([[300], [-2], [5]]))
+    g.output(g.node("Add", [g.node("Unsqueeze", [positions, zero]), offsets]), I64)
+    check(g, host_ops=1)
