@@ -96,7 +96,7 @@ def _unary(ttir_op: str) -> Converter:
 
 # op type -> (ttir op, opset since which the ONNX semantics we implement hold)
 BINARY_OPS = {"Add": ("ttir.add", 7), "Sub": ("ttir.sub", 7), "Mul": ("ttir.mul", 7),
-              "Div": ("ttir.div", 7), "Pow": ("ttir.pow", 7)}
+              "Div": ("ttir.div", 7)}
 UNARY_OPS = {"Relu": ("ttir.relu", 6), "Sigmoid": ("ttir.sigmoid", 6), "Tanh": ("ttir.tanh", 6),
              "Exp": ("ttir.exp", 6), "Erf": ("ttir.erf", 9), "Sqrt": ("ttir.sqrt", 6), "Neg": ("ttir.neg", 6),
              "Reciprocal": ("ttir.reciprocal", 6), "Abs": ("ttir.abs", 6), "Log": ("ttir.log", 6)}
@@ -135,6 +135,43 @@ for _op_type, (_ttir_op, _since) in (COMPARE_OPS | LOGICAL_OPS).items():
     converter(_op_type, since=_since)(_binary(_ttir_op, result_element="i1"))
 for _op_type, (_ttir_op, _since) in VARIADIC_OPS.items():
     converter(_op_type, since=_since)(_variadic(_ttir_op))
+
+
+@converter("Pow", since=7)
+def pow_(ctx: NodeContext) -> Value:
+    """x ** y; an integer exponent of a float base is converted to the base's type first (Pow allows it)."""
+    base, exponent = ctx.input(0), ctx.input(1)
+    base_type, exponent_type = _tensor(base), _tensor(exponent)
+    if base_type.element_type.is_float and exponent_type.element_type.is_integer:
+        exponent = ctx.create("ttir.typecast", [exponent], exponent_type.with_element_type(base_type.element_type))
+        shape = broadcast_shape(base_type.shape, exponent_type.shape)
+        if shape is None:
+            raise ctx.error(f"operand shapes {base_type.shape} and {exponent_type.shape} do not broadcast")
+        return ctx.create("ttir.pow", [base, exponent], base_type.with_shape(shape))
+    return _binary("ttir.pow")(ctx)
+
+
+@converter("Equal", since=11)
+def equal(ctx: NodeContext) -> Value:
+    """x == y; against a constant infinity (a fully masked row's max == -inf) isinf(x) and the sign, as the
+    device compares by a difference and inf - inf is NaN."""
+    for index in (0, 1):
+        constant = ctx.input_constant(index)
+        if constant is None or constant.dtype.kind != "f" or constant.size == 0:
+            continue
+        flat = np.asarray(constant).reshape(-1)
+        if not np.isinf(flat[0]) or not (flat == flat[0]).all():
+            continue
+        x, like = ctx.input(1 - index), _tensor(ctx.input(1 - index))
+        shape = broadcast_shape(like.shape, constant.shape)
+        if shape != like.shape:
+            break
+        boolean = like.with_element_type(ScalarType("i1"))
+        infinite = ctx.create("ttir.isinf", [x], boolean)
+        zero = ctx.constant(np.zeros((), constant.dtype), f"{ctx.node.output[0]}.zero")
+        sign = ctx.create("ttir.gt" if flat[0] > 0 else "ttir.lt", [x, zero], boolean)
+        return ctx.create("ttir.logical_and", [infinite, sign], boolean)
+    return _binary("ttir.eq", result_element="i1")(ctx)
 
 
 @converter("Not", since=1)
@@ -515,6 +552,11 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
         from ttc.frontend.converters_extra import gather_elements_by_comparison
 
         return gather_elements_by_comparison(ctx, data, ctx.input(1), _axis(ctx, ctx.attr("axis"), _tensor(data).rank))
+    if indices is None and ctx.node.op_type == "GatherND" and _tensor(data).element_type.is_float \
+            and not ctx.attr("batch_dims"):
+        from ttc.frontend.converters_extra import gather_nd_by_comparison
+
+        return gather_nd_by_comparison(ctx, data, ctx.input(1))
     if indices is None:
         raise ctx.error(f"the indices '{ctx.node.input[1]}' are computed at run time; ttc runs "
                         f"{ctx.node.op_type} with constant indices only")

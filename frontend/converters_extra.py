@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ttc.ir import Value
 
 I1 = ScalarType("i1")
+FLOAT_MAX = 3.0e38  # finite in float32 and in bf16 (whose largest is about 3.39e38)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,6 +68,9 @@ class Emitter:
 
     def compare(self, op: str, a: Value, b: Value) -> Value:
         return self.binary(op, a, b, I1)
+
+    def logical(self, op: str, a: Value, b: Value) -> Value:
+        return self.binary(f"logical_{op}", a, b, I1)
 
     def unary(self, op: str, x: Value, attributes: dict | None = None) -> Value:
         return self.ctx.create(f"ttir.{op}", [x], x.type, attributes)
@@ -278,7 +282,15 @@ def _reduce_axes(ctx: NodeContext, axes_input: bool) -> tuple[list[int] | None, 
 
 def _reduction(kind: str, axes_input: bool):
     def convert(ctx: NodeContext) -> Value:
-        e, x = Emitter(ctx), _float_input(ctx)
+        e = Emitter(ctx)
+        if kind == "min" and _tensor(ctx.input(0)).element_type == I1:  # all(): the minimum of 0/1 floats
+            as_float = e.cast(ctx.input(0), ScalarType("f32"))
+            axes, keepdims = _reduce_axes(ctx, axes_input)
+            if axes is None:
+                return ctx.input(0)
+            smallest = e.unary("neg", e.reduce("max", e.unary("neg", as_float), axes, keepdims))
+            return e.cast(smallest, I1)
+        x = _float_input(ctx)
         axes, keepdims = _reduce_axes(ctx, axes_input)
         if axes is None:
             identity = {"l1": lambda: e.unary("abs", x), "l2": lambda: e.unary("abs", x),
@@ -626,8 +638,18 @@ def mod(ctx: NodeContext) -> Value:
     """Float Mod (integers are host ops): fmod = 1 is x - trunc(x / y) * y (C's fmod), fmod = 0 is
     x - floor(x / y) * y (the divisor's sign, as Python's %)."""
     e, x, y = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
-    quotient = e.unary("trunc" if ctx.attr("fmod") else "floor", e.div(x, y))
-    return e.sub(x, e.mul(quotient, y))
+    # an infinite divisor clamped to the largest finite value: the quotient rounds to 0 (or -1), never inf * 0
+    largest = min(FLOAT_MAX, float(np.finfo(_tensor(y).element_type.numpy_dtype()).max))
+    finite = e.binary("minimum", e.binary("maximum", y, e.const(-largest, y)), e.const(largest, y))
+    quotient = e.unary("trunc" if ctx.attr("fmod") else "floor", e.div(x, finite))
+    result = e.sub(x, e.mul(quotient, finite))
+    if ctx.attr("fmod"):
+        return result  # fmod(x, +-inf) = x: the quotient was 0
+    # x mod +-inf (the divisor's sign) is x when the signs agree or x is 0 (the quotient was 0), else the
+    # divisor itself: there the quotient was -1 and the result x + clamped y, which doubled overflows to +-inf
+    infinite = ctx.create("ttir.isinf", [y], _tensor(y).with_element_type(I1))
+    opposite = e.logical("and", infinite, e.compare("lt", e.mul(x, y), e.const(0.0, x)))
+    return e.mul(result, e.add(e.cast(opposite, _tensor(x).element_type), e.const(1.0, x)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,10 +709,12 @@ def lp_normalization(ctx: NodeContext) -> Value:
     e, x = Emitter(ctx), _float_input(ctx)
     axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
     p = ctx.attr("p")
+    # a zero vector stays zero (0 * 1 / tiny, not 0 * inf): the norm is at least the smallest normal float
+    tiny = e.const(float(np.finfo(np.float32).tiny), x)
     if p == 2:
-        return e.mul(x, e.unary("rsqrt", e.reduce("sum", e.mul(x, x), [axis], True)))
+        return e.mul(x, e.unary("rsqrt", e.binary("maximum", e.reduce("sum", e.mul(x, x), [axis], True), tiny)))
     if p == 1:
-        return e.div(x, e.reduce("sum", e.unary("abs", x), [axis], True))
+        return e.div(x, e.binary("maximum", e.reduce("sum", e.unary("abs", x), [axis], True), tiny))
     raise ctx.error(f"p = {p}: LpNormalization takes p = 1 or 2")
 
 
@@ -940,6 +964,42 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     hit = ctx.create("ttir.logical_or", [forward, backward], _tensor(forward))
     picked = e.reduce("sum", e.where(hit, spread, e.const(0.0, data)), [last + 1], False)
     return e.transpose(picked, perm)
+
+
+def gather_nd_by_comparison(ctx: NodeContext, data: Value, indices: Value) -> Value:
+    """GatherND (batch_dims 0) by computed indices: each index component compared with the positions of its
+    dim (and their negative forms) gives a one-hot row per dim, their outer product a one-hot row over the
+    indexed leading dims, and its product with the data's rows [positions, rest] the gathered slices; exact,
+    as each output sums one selected value and zeros and the comparisons are exact for integers of any size."""
+    e = Emitter(ctx)
+    dims, index_dims = _tensor(data).shape, _tensor(indices).shape
+    depth = index_dims[-1]
+    leading, rest = dims[:depth], dims[depth:]
+    if max(leading, default=0) > 255:
+        raise ctx.error(f"a gather over a dim of {max(leading)} (positions above 255 do not compare exactly in bf16)")
+    from ttc.frontend.converters import emit_slice
+
+    batch = index_dims[:-1]
+    values = e.cast(indices, _tensor(data).element_type)
+    one_hot = None
+    for j, size in enumerate(leading):
+        begins, ends = [0] * len(index_dims), list(index_dims)
+        begins[-1], ends[-1] = j, j + 1
+        component = emit_slice(ctx, values, begins, ends, [1] * len(index_dims))  # [*batch, 1]
+        forward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32), component))
+        backward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32) - size, component))
+        hit = e.cast(ctx.create("ttir.logical_or", [forward, backward], _tensor(forward)), _tensor(data).element_type)
+        if one_hot is None:
+            one_hot = hit
+            continue
+        width = _tensor(one_hot).shape[-1]
+        one_hot = e.reshape(e.mul(e.reshape(one_hot, (*batch, width, 1)), e.reshape(hit, (*batch, 1, size))),
+                            (*batch, width * size))
+    assert one_hot is not None
+    count = math.prod(batch)
+    rows = e.reshape(data, (math.prod(leading), math.prod(rest)))
+    picked = e.matmul(e.reshape(one_hot, (count, math.prod(leading))), rows)
+    return e.reshape(picked, (*batch, *rest))
 
 
 @converter("InstanceNormalization", since=6)

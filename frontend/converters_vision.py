@@ -4,13 +4,19 @@ Convolutions and pools work on the channels-last matrix [N*H*W, C], the tiled fo
 activations in: each converter wraps its `ttir.conv2d` / `ttir.pool2d` between the layout changes
 NCHW -> [N*H*W, C] (transpose to NHWC, reshape) and back. Between two such ops the back-and-forth changes
 meet and cancel (`channels-last` sinks them through elementwise ops), so the layout changes once at the
-graph edges. BatchNormalization is an affine per-channel scale and shift, which `channels-last` folds
-into the preceding convolution.
+graph edges. A 1-D op is the 2-D op of a one-pixel-high image ([N*L, C]); 3-D pools are separable and 3-D
+convolutions sums of 2-D ones over depth planes. BatchNormalization is an affine per-channel scale and shift,
+which `channels-last` folds into the preceding convolution.
+
+Pad and Resize are data movement: pixel lookups of the channels-last matrix for the common NCHW forms, row
+lookups of [rows, last dim] for any Pad, and products by constant interpolation matrices for any Resize.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,32 +32,48 @@ TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
 
 
 def to_channels_last(ctx: NodeContext, x: Value) -> Value:
-    """NCHW -> the matrix [N*H*W, C]."""
-    n, c, h, w = _tensor(x).shape
-    nhwc = ctx.create("ttir.transpose", [x], _tensor(x).with_shape((n, h, w, c)), {"perm": TO_NHWC})
-    return ctx.create("ttir.reshape", [nhwc], _tensor(x).with_shape((n * h * w, c)))
+    """NCHW -> the matrix [N*H*W, C] (NCL -> [N*L, C], NCDHW -> [N*D*H*W, C])."""
+    n, c, *spatial = _tensor(x).shape
+    rank = len(spatial) + 2
+    last = _tensor(x).with_shape((n, *spatial, c))
+    moved = ctx.create("ttir.transpose", [x], last, {"perm": (0, *range(2, rank), 1)})
+    return ctx.create("ttir.reshape", [moved], _tensor(x).with_shape((n * math.prod(spatial), c)))
 
 
-def from_channels_last(ctx: NodeContext, x: Value, n: int, h: int, w: int) -> Value:
-    """The matrix [N*H*W, C] -> NCHW."""
+def from_channels_last(ctx: NodeContext, x: Value, n: int, *spatial: int) -> Value:
+    """The matrix [N*H*W, C] -> NCHW (and NCL, NCDHW by the number of spatial dims given)."""
     c = _tensor(x).shape[1]
-    nhwc = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, h, w, c)))
-    return ctx.create("ttir.transpose", [nhwc], _tensor(x).with_shape((n, c, h, w)), {"perm": TO_NCHW})
+    rank = len(spatial) + 2
+    last = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, *spatial, c)))
+    return ctx.create("ttir.transpose", [last], _tensor(x).with_shape((n, c, *spatial)),
+                      {"perm": (0, rank - 1, *range(1, rank - 1))})
 
 
 def _ints(values: Sequence[int] | None, default: list[int]) -> list[int]:
     return [int(v) for v in values] if values else default
 
 
+def spatial_attr(ctx: NodeContext, name: str, default: list[int], lifted: bool) -> list[int]:
+    """A per-spatial-axis attribute (pads: the begins, then the ends). A 1-D op's is lifted to the 2-D op over
+    a one-pixel-high image: a leading axis with the default's value (for pads [b, e] -> [0, b, 0, e])."""
+    values = [int(v) for v in ctx.attr(name) or []]
+    if not values or not lifted:
+        return values or default
+    half = len(values) // 2 if name == "pads" else len(values)
+    return [default[0], *values[:half], default[0], *values[half:]] if name == "pads" else [default[0], *values]
+
+
 def window_attrs(ctx: NodeContext, x: Value, kernel: Sequence[int]) -> dict[str, tuple[int, ...]]:
-    """input_shape, strides, pads [top, left, bottom, right] and dilations of a 2-D window op, auto_pad resolved."""
+    """input_shape, strides, pads [top, left, bottom, right] and dilations of a 2-D window op, auto_pad resolved;
+    a 1-D op's (x [N, C, L]) as those of a one-pixel-high image."""
     shape = _tensor(x).shape
-    if len(shape) != 4:
-        raise ctx.error(f"only 2-D windows over NCHW inputs are supported, not an input of shape {list(shape)}")
-    n, _, h, w = shape
-    strides = _ints(ctx.attr("strides"), [1, 1])
-    dilations = _ints(ctx.attr("dilations"), [1, 1])
-    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
+    if len(shape) not in (3, 4):
+        raise ctx.error(f"only 1-D and 2-D windows are supported, not an input of shape {list(shape)}")
+    lifted = len(shape) == 3
+    n, _, h, w = (shape[0], shape[1], 1, shape[2]) if lifted else shape
+    strides = spatial_attr(ctx, "strides", [1, 1], lifted)
+    dilations = spatial_attr(ctx, "dilations", [1, 1], lifted)
+    pads = spatial_attr(ctx, "pads", [0, 0, 0, 0], lifted)
     auto_pad = ctx.attr("auto_pad") or "NOTSET"
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
@@ -78,11 +100,15 @@ def output_hw(attrs: dict, kernel: Sequence[int], ceil_mode: bool = False) -> tu
 
 @converter("Conv", since=11)
 def conv(ctx: NodeContext) -> Value:
+    """A 2-D convolution on the channels-last matrix; a 1-D one is that of a one-pixel-high image."""
     x, weight = ctx.input(0), ctx.input(1)
-    if ctx.input_constant(1) is None:
-        raise ctx.error("the convolution weight is computed; ttc needs a constant weight")
-    if _tensor(weight).rank != 4:
-        raise ctx.error(f"only 2-D convolutions are supported, not a weight of shape {list(_tensor(weight).shape)}")
+    w_shape = _tensor(weight).shape
+    if len(w_shape) not in (3, 4, 5) or _tensor(x).rank != len(w_shape):
+        raise ctx.error(f"only 1-, 2- and 3-D convolutions are supported, not a weight of shape {list(w_shape)}")
+    if len(w_shape) == 5:
+        return conv3d(ctx, x, weight)
+    if len(w_shape) == 3:
+        weight = ctx.create("ttir.reshape", [weight], _tensor(weight).with_shape((*w_shape[:2], 1, w_shape[2])))
     oc, _, kh, kw = _tensor(weight).shape
     attrs = window_attrs(ctx, x, (kh, kw))
     groups = int(ctx.attr("group") or 1)
@@ -93,27 +119,116 @@ def conv(ctx: NodeContext) -> Value:
     operands = [to_channels_last(ctx, x), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, oc)),
                         {**attrs, "groups": groups})
-    return from_channels_last(ctx, result, n, oh, ow)
+    return from_channels_last(ctx, result, n, *((ow,) if len(w_shape) == 3 else (oh, ow)))
+
+
+def conv3d(ctx: NodeContext, x: Value, weight: Value) -> Value:
+    """A 3-D convolution as 2-D ones over depth planes (`conv3d_by_planes`), auto_pad resolved per axis."""
+    n, _, *sizes = _tensor(x).shape
+    kernel = _tensor(weight).shape[2:]
+    strides = _ints(ctx.attr("strides"), [1, 1, 1])
+    dilations = _ints(ctx.attr("dilations"), [1, 1, 1])
+    pads = _ints(ctx.attr("pads"), [0] * 6)
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * 6
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for dim, size in enumerate(sizes):
+            out = -(-size // strides[dim])
+            total = max((out - 1) * strides[dim] + (kernel[dim] - 1) * dilations[dim] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + 3] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    result, out = conv3d_by_planes(ctx, to_channels_last(ctx, x), (n, *sizes), weight, bias, strides, pads,
+                                   dilations, int(ctx.attr("group") or 1))
+    return from_channels_last(ctx, result, n, *out)
+
+
+@dataclass(frozen=True)
+class WindowAxis:
+    """One spatial axis of a pooling window: kernel, stride, padding before and after, dilation."""
+
+    kernel: int
+    stride: int = 1
+    pad_begin: int = 0
+    pad_end: int = 0
+    dilation: int = 1
+
+
+def pool_axes(ctx: NodeContext, sizes: Sequence[int]) -> list[WindowAxis]:
+    """The pooling window along each spatial axis, auto_pad resolved."""
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    rank = len(sizes)
+    if len(kernel) != rank:
+        raise ctx.error(f"a kernel of {kernel} does not match {rank} spatial dims")
+    strides = _ints(ctx.attr("strides"), [1] * rank)
+    dilations = _ints(ctx.attr("dilations"), [1] * rank)
+    pads = _ints(ctx.attr("pads"), [0] * (2 * rank))
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    if auto_pad == "VALID":
+        pads = [0] * (2 * rank)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        for dim, size in enumerate(sizes):
+            out = -(-size // strides[dim])
+            total = max((out - 1) * strides[dim] + (kernel[dim] - 1) * dilations[dim] + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads[dim], pads[dim + rank] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    return [WindowAxis(kernel[d], strides[d], pads[d], pads[d + rank], dilations[d]) for d in range(rank)]
+
+
+def pool_matrix(ctx: NodeContext, matrix: Value, kind: str, images: tuple[int, int, int], rows: WindowAxis,
+                cols: WindowAxis) -> tuple[Value, tuple[int, int, int]]:
+    """A pool over H and W of the channels-last matrix of `images` (N, H, W); the result and its (N, OH, OW)."""
+    n = images[0]
+    kernel = (rows.kernel, cols.kernel)
+    attrs = {"input_shape": images, "strides": (rows.stride, cols.stride),
+             "pads": (rows.pad_begin, cols.pad_begin, rows.pad_end, cols.pad_end),
+             "dilations": (rows.dilation, cols.dilation)}
+    ceil_mode = bool(ctx.attr("ceil_mode") or 0)
+    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
+    oh, ow = output_hw(attrs, kernel, ceil_mode)
+    c = _tensor(matrix).shape[1]
+    result = ctx.create("ttir.pool2d", [matrix], _tensor(matrix).with_shape((n * oh * ow, c)),
+                        {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
+                         "count_include_pad": include_pad})
+    return result, (n, oh, ow)
+
+
+def pool_2d(ctx: NodeContext, x: Value, kind: str, rows: WindowAxis, cols: WindowAxis) -> Value:
+    """A pool over H and W of an NCHW tensor (`ttir.pool2d` on the channels-last matrix)."""
+    n, _, h, w = _tensor(x).shape
+    pooled, (_, oh, ow) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, h, w), rows, cols)
+    return from_channels_last(ctx, pooled, n, oh, ow)
 
 
 def _pool(ctx: NodeContext, kind: str) -> Value:
+    """1-, 2- and 3-D pools as 2-D ones. A 1-D pool runs over a one-pixel-high image. A 3-D pool is separable
+    (its window is a box: the maximum, or the sum and the count of positions inside the input, factor
+    over the axes), so it is a 2-D pool over H and W with the depths as more channels, then one over D."""
     if len(ctx.node.output) > 1 and ctx.output_used(1):
         raise ctx.error("the indices output of MaxPool is used; ttc computes the pooled values only")
-    x = ctx.input(0)
-    kernel = tuple(int(k) for k in ctx.attr("kernel_shape"))
-    if len(kernel) != 2:
-        raise ctx.error(f"only 2-D pooling is supported, not a kernel of {list(kernel)}")
-    attrs = window_attrs(ctx, x, kernel)
     if ctx.attr("storage_order"):
         raise ctx.error("MaxPool with storage_order = 1 is not supported")
-    ceil_mode = bool(ctx.attr("ceil_mode") or 0)
-    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
-    n, c = _tensor(x).shape[:2]
-    oh, ow = output_hw(attrs, kernel, ceil_mode)
-    result = ctx.create("ttir.pool2d", [to_channels_last(ctx, x)], _tensor(x).with_shape((n * oh * ow, c)),
-                        {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
-                         "count_include_pad": include_pad})
-    return from_channels_last(ctx, result, n, oh, ow)
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    if len(shape) not in (3, 4, 5):
+        raise ctx.error(f"only 1-, 2- and 3-D pooling is supported, not an input of shape {list(shape)}")
+    n, _, *sizes = shape
+    axes = pool_axes(ctx, sizes)
+    unit = WindowAxis(1)
+    if len(sizes) == 2:
+        return pool_2d(ctx, x, kind, *axes)
+    if len(sizes) == 1:
+        pooled, (_, _, ol) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, 1, sizes[0]), unit, axes[0])
+        return from_channels_last(ctx, pooled, n, ol)
+    # 3-D: the channels-last matrix [N*D*H*W, C] is that of N*D images H x W, and after the pool over H and W
+    # that of N images D x (OH*OW)
+    d, h, w = sizes
+    matrix = to_channels_last(ctx, x)
+    planes = pool_matrix(ctx, matrix, kind, (n * d, h, w), axes[1], axes[2])
+    oh, ow = planes[1][1:]
+    pooled, (_, od, _) = pool_matrix(ctx, planes[0], kind, (n, d, oh * ow), axes[0], unit)
+    return from_channels_last(ctx, pooled, n, od, oh, ow)
 
 
 @converter("MaxPool", since=12)
@@ -148,21 +263,55 @@ def _channel_constant(ctx: NodeContext, values: np.ndarray, rank: int, name: str
 
 
 @converter("BatchNormalization", since=9)
-def batch_norm(ctx: NodeContext) -> Value:
-    """Inference: x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps)), a per-channel
-    affine map (folded into the preceding convolution by `channels-last`)."""
-    if any(ctx.output_used(i) for i in range(1, len(ctx.node.output))):
-        raise ctx.error("the running statistics outputs are used; ttc imports inference-mode BatchNormalization")
+def batch_norm(ctx: NodeContext) -> Value | list[Value]:
+    """Inference with constant statistics: x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps)),
+    a per-channel affine map (folded into the preceding convolution by `channels-last`). Computed statistics
+    are the same formula on the device; training mode normalises by the batch's mean and (population)
+    variance over every axis but the channels and returns the running statistics blended by `momentum`."""
     x = ctx.input(0)
+    training = bool(ctx.attr("training_mode") or 0)
+    if not training and any(ctx.output_used(i) for i in range(1, len(ctx.node.output))):
+        raise ctx.error("the running statistics outputs are used without training_mode")
     params = [ctx.input_constant(i) for i in range(1, 5)]
-    if any(p is None for p in params):
-        raise ctx.error("scale, bias, mean and variance must be constants")
-    scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
-    factor = scale / np.sqrt(var + float(ctx.attr("epsilon")))
     rank = _tensor(x).rank
-    scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
-    shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
-    return ctx.create("ttir.add", [scaled, shift], x.type)
+    epsilon = float(ctx.attr("epsilon"))
+    if not training and all(p is not None for p in params):
+        scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
+        factor = scale / np.sqrt(var + epsilon)
+        scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
+        shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
+        return ctx.create("ttir.add", [scaled, shift], x.type)
+    c = _tensor(x).shape[1]
+    per_channel = (1, c) + (1,) * (rank - 2)
+
+    def channel(index: int) -> Value:
+        value = ctx.input(index)
+        return ctx.create("ttir.reshape", [value], _tensor(value).with_shape(per_channel))
+
+    axes = (0, *range(2, rank))
+    if training:
+        mean = ctx.create("ttir.reduce_mean", [x], _tensor(x).with_shape(per_channel), {"axes": axes, "keepdims": True})
+        centred = ctx.create("ttir.sub", [x, mean], x.type)
+        squares = ctx.create("ttir.mul", [centred, centred], x.type)
+        var = ctx.create("ttir.reduce_mean", [squares], _tensor(x).with_shape(per_channel),
+                         {"axes": axes, "keepdims": True})
+    else:
+        mean, var = channel(3), channel(4)
+        centred = ctx.create("ttir.sub", [x, mean], x.type)
+    shifted = ctx.create("ttir.add", [var, _scalar(ctx, epsilon, "epsilon")], var.type)
+    inverse = ctx.create("ttir.rsqrt", [shifted], var.type)
+    normal = ctx.create("ttir.mul", [centred, ctx.create("ttir.mul", [inverse, channel(1)], var.type)], x.type)
+    y = ctx.create("ttir.add", [normal, channel(2)], x.type)
+    if not training:
+        return y
+    momentum = float(ctx.attr("momentum"))
+    results = [y]
+    for batch, running in ((mean, ctx.input(3)), (var, ctx.input(4))):
+        flat = ctx.create("ttir.reshape", [batch], _tensor(running))
+        kept = ctx.create("ttir.mul", [running, _scalar(ctx, momentum, "momentum")], _tensor(running))
+        new = ctx.create("ttir.mul", [flat, _scalar(ctx, 1.0 - momentum, "new")], _tensor(running))
+        results.append(ctx.create("ttir.add", [kept, new], _tensor(running)))
+    return results[:len(ctx.node.output)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,19 +332,25 @@ def clamp(ctx: NodeContext, x: Value, low: float | None, high: float | None) -> 
 
 @converter("Clip", since=11)
 def clip(ctx: NodeContext) -> Value:
-    bounds = []
+    """max(x, min) then min(., max); a computed bound is a scalar tensor operand of the same ops, so
+    min > max gives max, as ONNX's clip does."""
+    x = ctx.input(0)
+    bounds: list[float | Value | None] = []
     for index in (1, 2):
         if not ctx.has_input(index):
             bounds.append(None)
             continue
         value = ctx.input_constant(index)
-        if value is None:
-            raise ctx.error("Clip bounds must be constants")
-        bounds.append(float(value))
-    x = ctx.input(0)
+        bounds.append(ctx.input(index) if value is None else float(value))
     if bounds[0] == 0.0:
         x, bounds[0] = ctx.create("ttir.relu", [x], x.type), None
-    return clamp(ctx, x, *bounds)
+    for op_name, bound in zip(("ttir.maximum", "ttir.minimum"), bounds, strict=True):
+        if bound is None:
+            continue
+        if isinstance(bound, float):
+            bound = _scalar(ctx, bound, "min" if op_name == "ttir.maximum" else "max")
+        x = ctx.create(op_name, [x, bound], x.type)
+    return x
 
 
 @converter("HardSigmoid", since=6)
@@ -287,40 +442,111 @@ def pixel_ids(n: int, h: int, w: int, ys: np.ndarray, xs: np.ndarray) -> np.ndar
     return np.where(local[None, :] >= 0, local[None, :] + batch, -1).reshape(-1)
 
 
-def _pad_axis(size: int, before: int, after: int, mode: str) -> np.ndarray:
-    positions = np.arange(-before, size + after)
-    if mode == "reflect":
-        period = 2 * (size - 1) if size > 1 else 1
-        folded = np.abs(positions) % period
-        return np.where(folded >= size, period - folded, folded)
-    if mode == "edge":
-        return np.clip(positions, 0, size - 1)
-    return np.where((positions >= 0) & (positions < size), positions, -1)
-
-
 @converter("Pad", since=11)
 def pad(ctx: NodeContext) -> Value:
-    """Padding of H and W (constant zero, reflect or edge) as a pixel lookup; other dims must not be padded."""
+    """Constant, reflect, edge or wrap padding (negative pads crop). Zero padding of only H and W of an NCHW
+    tensor is a pixel lookup of the channels-last matrix; any other is a row lookup (`pad_rows`)."""
     x = ctx.input(0)
     shape = _tensor(x).shape
+    rank = len(shape)
     pads = ctx.input_constant(1)
-    if pads is None or len(shape) != 4:
-        raise ctx.error("Pad is supported on NCHW inputs with constant pads")
-    pads = [int(p) for p in pads]
+    if pads is None:
+        raise ctx.error("Pad needs constant pads")
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    axes = list(range(rank))
     if ctx.has_input(3):
-        raise ctx.error("Pad with axes is not supported")
-    mode = ctx.attr("mode") or "constant"
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+        given = ctx.input_constant(3)
+        if given is None:
+            raise ctx.error("Pad needs constant axes")
+        axes = [int(a) % rank for a in np.asarray(given).reshape(-1)]
+    if len(pads) != 2 * len(axes):
+        raise ctx.error(f"Pad has {len(pads)} pads for {len(axes)} axes")
+    before, after = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        before[a], after[a] = pads[i], pads[len(axes) + i]
+    mode = _text(ctx.attr("mode"), "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ctx.error(f"Pad mode '{mode}' is not supported")
+    value: float | Value = 0.0
     if mode == "constant" and ctx.has_input(2):
-        value = ctx.input_constant(2)
-        if value is None or float(np.asarray(value).reshape(-1)[0]) != 0.0:
-            raise ctx.error("Pad with a constant other than a constant zero is not supported")
-    if any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
-        raise ctx.error("only non-negative padding of H and W (the last two dims) is supported")
-    n, _, h, w = shape
-    ys = _pad_axis(h, pads[2], pads[6], mode)
-    xs = _pad_axis(w, pads[3], pads[7], mode)
-    return pixel_lookup(ctx, x, pixel_ids(n, h, w, ys, xs), (len(ys), len(xs)), "pad_index")
+        constant = ctx.input_constant(2)
+        value = ctx.input(2) if constant is None else float(np.asarray(constant).reshape(-1)[0])
+    maps = [_pad_axis(size, b, e, mode) for size, b, e in zip(shape, before, after, strict=True)]
+    if rank == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(pads) >= 0:
+        n, _, h, w = shape
+        return pixel_lookup(ctx, x, pixel_ids(n, h, w, maps[2], maps[3]), (len(maps[2]), len(maps[3])), "pad_index")
+    return pad_rows(ctx, x, maps, value)
+
+
+def pad_rows(ctx: NodeContext, x: Value, maps: list[np.ndarray], value: float | Value) -> Value:
+    """x padded by a source index per output position along each axis (-1: the constant `value`), as row lookups
+    (`ttir.embedding`) of the matrix [rows, last dim]: one for the leading axes and, for a padded last axis, one
+    of the transposed matrix between two tile transposes. Lookups move values without arithmetic, so
+    infinities pass; the reshapes keep rows whole and a lookup separates each from the transposes, so no
+    movement needs selection matmuls. Constant positions read zero rows and then take `value` by a select on
+    a constant border mask."""
+    shape = _tensor(x).shape
+    out = tuple(len(m) for m in maps)
+    border = np.zeros(out, bool)
+    for axis, positions in enumerate(maps):
+        border |= (positions < 0).reshape([-1 if i == axis else 1 for i in range(len(maps))])
+    width = shape[-1]
+    leading = [np.arange(1)] if len(shape) == 1 else maps[:-1]
+    sizes = (1,) if len(shape) == 1 else shape[:-1]
+    pad_last = len(maps[-1]) != width or (maps[-1] != np.arange(width)).any()
+    pad_leading = any(len(m) != size or (m != np.arange(size)).any() for m, size in zip(leading, sizes, strict=True))
+    matrix = x if len(shape) == 2 else ctx.create("ttir.reshape", [x], _tensor(x).with_shape((math.prod(sizes),
+                                                                                             width)))
+    if pad_leading or (pad_last and len(shape) > 2):
+        matrix = lookup_rows(ctx, matrix, _row_ids(leading, sizes), "pad_rows")
+    if pad_last:
+        rows = _tensor(matrix).shape[0]
+        swapped = ctx.create("ttir.transpose", [matrix], _tensor(x).with_shape((width, rows)), {"perm": (1, 0)})
+        swapped = lookup_rows(ctx, swapped, maps[-1], "pad_columns")
+        matrix = ctx.create("ttir.transpose", [swapped], _tensor(x).with_shape((rows, len(maps[-1]))),
+                            {"perm": (1, 0)})
+        if len(shape) > 2:  # a lookup between the transpose and the reshape, which together would move elements
+            matrix = lookup_rows(ctx, matrix, np.arange(rows), "pad_regroup")
+    result = matrix if _tensor(matrix).shape == out else ctx.create("ttir.reshape", [matrix],
+                                                                     _tensor(x).with_shape(out))
+    if (isinstance(value, float) and value == 0.0) or not border.any():
+        return result
+    fill = _scalar(ctx, value, "pad_value") if isinstance(value, float) else value
+    mask = ctx.constant(border, f"{ctx.node.output[0]}.pad_border")
+    return ctx.create("ttir.where", [mask, fill, result], _tensor(result))
+
+
+def _row_ids(maps: list[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    """The flat source row of each output row of a gather along the leading axes (-1 where any map is -1)."""
+    grids = np.meshgrid(*maps, indexing="ij")
+    inside = np.all([g >= 0 for g in grids], axis=0)
+    flat = np.ravel_multi_index(tuple(np.maximum(g, 0) for g in grids), tuple(sizes))
+    return np.where(inside, flat, -1).reshape(-1)
+
+
+def lookup_rows(ctx: NodeContext, matrix: Value, ids: np.ndarray, name: str) -> Value:
+    """Rows ids of the matrix (-1: a zero row), by a constant table."""
+    index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.{name}")
+    return ctx.create("ttir.embedding", [matrix, index], _tensor(matrix).with_shape((ids.size,
+                                                                                     _tensor(matrix).shape[1])),
+                      {"pad_negative": True})
+
+
+def _pad_axis(size: int, before: int, after: int, mode: str) -> np.ndarray:
+    """The source position of each output position along one axis (-1: the constant). Negative pads crop
+    first; reflect, edge and wrap then pad the cropped axis."""
+    kept = np.arange(max(-before, 0), size - max(-after, 0))
+    positions = np.arange(-max(before, 0), kept.size + max(after, 0))
+    length = kept.size
+    if mode == "reflect":
+        period = 2 * (length - 1) if length > 1 else 1
+        folded = np.abs(positions) % period
+        return kept[np.where(folded >= length, period - folded, folded)]
+    if mode == "edge":
+        return kept[np.clip(positions, 0, length - 1)]
+    if mode == "wrap":
+        return kept[positions % length]
+    return np.where((positions >= 0) & (positions < length), kept[np.clip(positions, 0, length - 1)], -1)
 
 
 def _text(value: str | bytes | None, default: str) -> str:
@@ -329,20 +555,54 @@ def _text(value: str | bytes | None, default: str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _source_coordinates(ctx: NodeContext, size: int, out: int, scale: float, mode: str) -> np.ndarray:
-    """Input coordinate of each output position along one axis (ONNX Resize's coordinate transformation)."""
-    x = np.arange(out, dtype=np.float64)
-    if mode == "half_pixel":
-        return (x + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out > 1 else np.zeros(out)
-    if mode == "align_corners":
-        return x * (size - 1) / (out - 1) if out > 1 else np.zeros(out)
-    if mode == "asymmetric":
-        return x / scale
-    if mode == "tf_half_pixel_for_nn":
-        return (x + 0.5) / scale
-    raise ctx.error(f"coordinate_transformation_mode '{mode}' is not supported")
+@dataclass(frozen=True)
+class ResizeAxis:
+    """How Resize maps one axis: `size` input positions to `out` output positions at `scale` (out / size
+    when sizes are given, else the given scale, which the coordinates use even when out is rounded down),
+    with the axis's region of interest [start, end] (tf_crop_and_resize only)."""
+
+    size: int
+    out: int
+    scale: float
+    roi: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def identity(self) -> bool:
+        return self.out == self.size and math.isclose(self.scale, 1.0) and \
+            math.isclose(self.roi[0], 0.0) and math.isclose(self.roi[1], 1.0)
+
+
+def source_coordinates(ctx: NodeContext, axis: ResizeAxis, transform: str) -> tuple[np.ndarray, np.ndarray]:
+    """The input coordinate of each output position along one axis (ONNX Resize's coordinate transformation,
+    in float64 with the unrounded output length scale * size) and where it lies outside the input
+    (tf_crop_and_resize, whose outside positions take the extrapolation value)."""
+    x = np.arange(axis.out, dtype=np.float64)
+    # The output length as scale * size, not rounded down to `out`, as onnx's reference (and so the node
+    # tests) has it in align_corners, tf_crop_and_resize and the one-pixel cases. onnxruntime divides by
+    # out - 1 instead: the two differ when a scale gives a fractional output length.
+    length = axis.scale * axis.size
+    outside = np.zeros(axis.out, bool)
+    if transform == "half_pixel":
+        coords = (x + 0.5) / axis.scale - 0.5
+    elif transform == "pytorch_half_pixel":
+        coords = (x + 0.5) / axis.scale - 0.5 if length != 1 else np.full(axis.out, -0.5)
+    elif transform == "half_pixel_symmetric":
+        offset = axis.size / 2 * (1 - axis.out / length)
+        coords = offset + (x + 0.5) / axis.scale - 0.5
+    elif transform == "align_corners":
+        coords = x * (axis.size - 1) / (length - 1) if length != 1 else np.zeros(axis.out)
+    elif transform == "asymmetric":
+        coords = x / axis.scale
+    elif transform == "tf_half_pixel_for_nn":
+        coords = (x + 0.5) / axis.scale
+    elif transform == "tf_crop_and_resize":
+        start, end = axis.roi
+        span = (end - start) * (axis.size - 1)
+        coords = (x * span / (length - 1) if length != 1 else np.full(axis.out, span / 2)) + start * (axis.size - 1)
+        outside = (coords < 0) | (coords > axis.size - 1)
+    else:
+        raise ctx.error(f"coordinate_transformation_mode '{transform}' is not supported")
+    return coords, outside
 
 
 def _nearest(ctx: NodeContext, coords: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -353,35 +613,177 @@ def _nearest(ctx: NodeContext, coords: np.ndarray, size: int, mode: str) -> np.n
     return np.clip(rounded, 0, size - 1).astype(np.int64)
 
 
-@converter("Resize", since=11)
-def resize(ctx: NodeContext) -> Value:
-    """Nearest or (bi)linear resizing of H and W as pixel lookups: nearest is one lookup; linear four, each
-    scaled by its constant per-pixel weight and summed."""
-    x = ctx.input(0)
-    shape = _tensor(x).shape
-    if len(shape) != 4:
-        raise ctx.error("Resize is supported on NCHW inputs")
-    n, c, _h, _w = shape
-    if ctx.attr("antialias") or ctx.attr("axes") is not None or \
-            _text(ctx.attr("keep_aspect_ratio_policy"), "stretch") != "stretch":
-        raise ctx.error("Resize with antialias, axes or a keep_aspect_ratio_policy is not supported")
+def _cubic(distance: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter a."""
+    d = np.abs(distance)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def interpolation_taps(mode: str, ratio: np.ndarray, scale: float, cubic_a: float, antialias: bool,
+                       nearest_mode: str) -> np.ndarray:
+    """[out, taps] weights of the consecutive input positions around each output position, whose fractional
+    offset from the input position on its left is `ratio` in (0, 1]. With antialias a downsampling kernel is
+    stretched by 1 / scale (more taps) and its weights normalised to sum to one."""
+    ratio = ratio[:, None]
+    if mode == "nearest":
+        right = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
+                 "floor": np.zeros_like(ratio, bool), "ceil": np.ones_like(ratio, bool)}[nearest_mode]
+        right = right | (ratio == 1)
+        return np.concatenate([~right, right], axis=1).astype(np.float64)
+    if not antialias:
+        if mode == "linear":
+            return np.concatenate([1 - ratio, ratio], axis=1)
+        return _cubic(np.arange(-1, 3)[None, :] - ratio, cubic_a)
+    stretch = min(scale, 1.0)
+    reach = 1 if mode == "linear" else 2
+    first = int(np.floor(-reach / stretch) + 1)
+    offsets = np.arange(first, 2 - first)[None, :]
+    distance = (offsets - ratio) * stretch
+    weights = np.clip(1 - np.abs(distance), 0, 1) if mode == "linear" else _cubic(distance, cubic_a)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def interpolation_matrix(ctx: NodeContext, axis: ResizeAxis, mode: str, transform: str,
+                         nearest_mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The [out, size] matrix of a 1-D resize (Resize is linear in its input and separable over the axes) and
+    the output positions that take the extrapolation value instead (their rows are zero).
+
+    Each output position takes the `taps` input positions nearest its source coordinate (ties to the left),
+    positions beyond the edges read the edge (or, with exclude_outside, get no weight and the rest is
+    renormalised)."""
+    coords, outside = source_coordinates(ctx, axis, transform)
+    left = np.floor(coords)
+    ratio = np.where(coords == left, 1.0, coords - left)
+    taps = interpolation_taps(mode, ratio, axis.scale, float(ctx.attr("cubic_coeff_a") or -0.75),
+                              bool(ctx.attr("antialias") or 0), nearest_mode)
+    count = taps.shape[1]
+    # the first of the `count` positions nearest the coordinate, ties going to the left
+    fraction = coords - left
+    if count % 2 == 0:
+        first = left - count // 2 + (fraction != 0)
+    else:
+        first = left - (count - 1) // 2 + (fraction > 0.5)
+    positions = first.astype(np.int64)[:, None] + np.arange(count)[None, :]
+    if ctx.attr("exclude_outside"):
+        taps = np.where((positions < 0) | (positions >= axis.size), 0.0, taps)
+        totals = taps.sum(axis=1, keepdims=True)
+        taps = taps / np.where(totals == 0, 1.0, totals)
+    matrix = np.zeros((axis.out, axis.size))
+    rows = np.broadcast_to(np.arange(axis.out)[:, None], positions.shape)
+    np.add.at(matrix, (rows, np.clip(positions, 0, axis.size - 1)), taps)
+    matrix[outside] = 0.0
+    return matrix, outside
+
+
+def resize_axes(ctx: NodeContext, shape: tuple[int, ...]) -> list[ResizeAxis]:
+    """Every axis's ResizeAxis from the constant scales or sizes, axes, roi and keep_aspect_ratio_policy."""
+    rank = len(shape)
+    axes = [int(a) % rank for a in ctx.attr("axes")] if ctx.attr("axes") is not None else list(range(rank))
     scales = ctx.input_constant(2) if ctx.has_input(2) else None
     sizes = ctx.input_constant(3) if ctx.has_input(3) else None
-    if any(v is not None and np.asarray(v).size not in (0, 4) for v in (scales, sizes)):
-        raise ctx.error("Resize needs scales or sizes for all four dims")
+    roi = ctx.input_constant(1) if ctx.has_input(1) else None
+    bounds = [(0.0, 1.0)] * rank
+    if roi is not None and np.asarray(roi).size:
+        roi = [float(v) for v in np.asarray(roi).reshape(-1)]
+        if len(roi) != 2 * len(axes):
+            raise ctx.error(f"roi has {len(roi)} values for {len(axes)} axes")
+        for i, a in enumerate(axes):
+            bounds[a] = (roi[i], roi[len(axes) + i])
+    elif ctx.has_input(1) and roi is None:
+        raise ctx.error("Resize needs a constant roi")
     if sizes is not None and np.asarray(sizes).size:
-        out = [int(v) for v in sizes]
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        if len(sizes) != len(axes):
+            raise ctx.error(f"Resize has {len(sizes)} sizes for {len(axes)} axes")
+        out = list(shape)
+        for a, size in zip(axes, sizes, strict=True):
+            out[a] = size
         factors = [o / i for o, i in zip(out, shape, strict=True)]
+        policy = _text(ctx.attr("keep_aspect_ratio_policy"), "stretch")
+        if policy != "stretch":
+            if policy not in ("not_larger", "not_smaller"):
+                raise ctx.error(f"keep_aspect_ratio_policy '{policy}' is not supported")
+            chosen = [factors[a] for a in axes]
+            scale = min(chosen) if policy == "not_larger" else max(chosen)
+            factors = [scale if a in axes else 1.0 for a in range(rank)]
+            out = [int(scale * shape[a] + 0.5) if a in axes else shape[a] for a in range(rank)]
     elif scales is not None and np.asarray(scales).size:
-        factors = [float(v) for v in scales]
-        out = [int(np.floor(i * f)) for i, f in zip(shape, factors, strict=True)]
+        given = [float(v) for v in np.asarray(scales).reshape(-1)]
+        if len(given) != len(axes):
+            raise ctx.error(f"Resize has {len(given)} scales for {len(axes)} axes")
+        factors = [1.0] * rank
+        for a, factor in zip(axes, given, strict=True):
+            factors[a] = factor
+        out = [int(i * f) for i, f in zip(shape, factors, strict=True)]
     else:
         raise ctx.error("Resize needs constant scales or sizes")
-    if len(out) != 4 or out[:2] != [n, c]:
-        raise ctx.error("only resizing of H and W is supported")
-    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"),
-                    _text(ctx.attr("coordinate_transformation_mode"), "half_pixel"),
-                    _text(ctx.attr("nearest_mode"), "round_prefer_floor"))
+    return [ResizeAxis(shape[a], out[a], factors[a], bounds[a]) for a in range(rank)]
+
+
+@converter("Resize", since=11)
+def resize(ctx: NodeContext) -> Value:
+    """Nearest and plain (bi)linear resizing of H and W are pixel lookups of the channels-last matrix
+    (`resample`); every other Resize (cubic, antialias, other axes or ranks, tf_crop_and_resize) is one
+    product by a constant interpolation matrix per resized axis (`resize_by_matrices`)."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    axes = resize_axes(ctx, shape)
+    mode = _text(ctx.attr("mode"), "nearest")
+    transform = _text(ctx.attr("coordinate_transformation_mode"), "half_pixel")
+    nearest_mode = _text(ctx.attr("nearest_mode"), "round_prefer_floor")
+    if mode not in ("nearest", "linear", "cubic"):
+        raise ctx.error(f"Resize mode '{mode}' is not supported")
+    if mode == "nearest" and ctx.attr("antialias"):
+        raise ctx.error("Resize with antialias needs mode linear or cubic")
+    if nearest_mode not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+        raise ctx.error(f"nearest_mode '{nearest_mode}' is not supported")
+    lookup = len(shape) == 4 and axes[0].identity and axes[1].identity and not ctx.attr("antialias") and \
+        mode in ("nearest", "linear") and transform != "tf_crop_and_resize"
+    if lookup:
+        return resample(ctx, x, axes[2:], mode, transform, nearest_mode)
+    return resize_by_matrices(ctx, x, axes, mode, transform, nearest_mode)
+
+
+def resize_by_matrices(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, transform: str,
+                       nearest_mode: str) -> Value:
+    """Resize axis by axis as products by constant interpolation matrices. Positions outside a
+    tf_crop_and_resize region get zero rows and then the extrapolation value."""
+    rank = len(axes)
+    keep = np.ones([a.out for a in axes])
+    value = x
+    for index, axis in enumerate(axes):
+        if axis.identity:
+            continue
+        matrix, outside = interpolation_matrix(ctx, axis, mode, transform, nearest_mode)
+        if matrix.shape[0] == matrix.shape[1] and (matrix == np.eye(axis.size)).all() and not outside.any():
+            continue  # e.g. a unit axis "scaled" by keep_aspect_ratio_policy
+        keep = keep * (~outside).reshape([-1 if i == index else 1 for i in range(rank)])
+        value = resize_axis(ctx, value, index, matrix)
+    extrapolation = float(ctx.attr("extrapolation_value") or 0.0)
+    if extrapolation and not keep.all():
+        fill = ctx.constant(((1 - keep) * extrapolation).astype(np.float32), f"{ctx.node.output[0]}.extrapolation")
+        value = ctx.create("ttir.add", [value, fill], value.type)
+    return value
+
+
+def resize_axis(ctx: NodeContext, x: Value, index: int, matrix: np.ndarray) -> Value:
+    """x resized along axis `index` by the [out, size] matrix: x @ matrix^T for the last axis, else
+    matrix @ x viewed as [before, size, after] (no view needed for the second last axis)."""
+    shape = _tensor(x).shape
+    out = (*shape[:index], matrix.shape[0], *shape[index + 1:])
+    name = f"{ctx.node.output[0]}.interp{index}"
+    if index == len(shape) - 1:
+        weight = ctx.constant(np.ascontiguousarray(matrix.T, np.float32), name)
+        return ctx.create("ttir.matmul", [x, weight], _tensor(x).with_shape(out))
+    weight = ctx.constant(matrix.astype(np.float32), name)
+    if index == len(shape) - 2:
+        return ctx.create("ttir.matmul", [weight, x], _tensor(x).with_shape(out))
+    before, after = math.prod(shape[:index]), math.prod(shape[index + 1:])
+    view = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((before, shape[index], after)))
+    product = ctx.create("ttir.matmul", [weight, view], _tensor(x).with_shape((before, matrix.shape[0], after)))
+    return ctx.create("ttir.reshape", [product], _tensor(x).with_shape(out))
 
 
 @converter("Upsample", since=9)
@@ -392,20 +794,24 @@ def upsample(ctx: NodeContext) -> Value:
     if scales is None or _tensor(x).rank != 4:
         raise ctx.error("Upsample is supported on NCHW inputs with constant scales")
     factors = [float(v) for v in scales]
-    out = [int(np.floor(i * f)) for i, f in zip(_tensor(x).shape, factors, strict=True)]
-    if out[:2] != list(_tensor(x).shape[:2]):
+    shape = _tensor(x).shape
+    out = [int(np.floor(i * f)) for i, f in zip(shape, factors, strict=True)]
+    if out[:2] != list(shape[:2]):
         raise ctx.error("only upsampling of H and W is supported")
-    return resample(ctx, x, out, factors, _text(ctx.attr("mode"), "nearest"), "asymmetric", "floor")
+    axes = [ResizeAxis(shape[a], out[a], factors[a]) for a in (2, 3)]
+    return resample(ctx, x, axes, _text(ctx.attr("mode"), "nearest"), "asymmetric", "floor")
 
 
-def resample(ctx: NodeContext, x: Value, out: list[int], factors: list[float], mode: str, transform: str,
+def resample(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, transform: str,
              nearest_mode: str) -> Value:
+    """Nearest: one pixel lookup; linear: four, each scaled by its constant per-pixel weight and summed."""
     n, c, h, w = _tensor(x).shape
-    ys = _source_coordinates(ctx, h, out[2], factors[2], transform)
-    xs = _source_coordinates(ctx, w, out[3], factors[3], transform)
+    out = (axes[0].out, axes[1].out)
+    ys = source_coordinates(ctx, axes[0], transform)[0]
+    xs = source_coordinates(ctx, axes[1], transform)[0]
     if mode == "nearest":
         ids = pixel_ids(n, h, w, _nearest(ctx, ys, h, nearest_mode), _nearest(ctx, xs, w, nearest_mode))
-        return pixel_lookup(ctx, x, ids, (out[2], out[3]), "resize_index")
+        return pixel_lookup(ctx, x, ids, out, "resize_index")
     if mode != "linear":
         raise ctx.error(f"Resize mode '{mode}' is not supported (nearest, linear)")
     ys, xs = np.clip(ys, 0, h - 1), np.clip(xs, 0, w - 1)
@@ -426,55 +832,145 @@ def resample(ctx: NodeContext, x: Value, out: list[int], factors: list[float], m
                             looked.type)
         total = scaled if total is None else ctx.create("ttir.add", [total, scaled], looked.type)
     assert total is not None
-    return from_channels_last(ctx, total, n, out[2], out[3])
+    return from_channels_last(ctx, total, n, *out)
 
 
 @converter("ConvTranspose", since=11)
 def conv_transpose(ctx: NodeContext) -> Value:
     """A convolution of the zero-stuffed input: the input's pixels spread `strides` apart and padded by
     dilation * (kernel - 1) - pads (one pixel lookup, holes and padding read as zeros), then a stride-1
-    convolution with the kernel flipped and its channel axes swapped per group."""
-    x = ctx.input(0)
-    w = ctx.input_constant(1)
-    shape = _tensor(x).shape
-    if w is None or len(shape) != 4 or np.asarray(w).ndim != 4:
-        raise ctx.error("only 2-D transposed convolutions of NCHW inputs with a constant weight are supported")
-    w = np.asarray(w, np.float32)
-    n, _c, h, width = shape
-    cg, ocg, kh, kw = w.shape
+    convolution with the kernel flipped and its channel axes swapped per group. A 1-D one is the 2-D one
+    of a one-pixel-high image, a 3-D one a sum of 2-D ones over depth planes (`conv3d_by_planes`)."""
+    x, w_value = ctx.input(0), ctx.input(1)
+    shape, w_shape = _tensor(x).shape, _tensor(w_value).shape
+    if len(shape) not in (3, 4, 5) or len(w_shape) != len(shape):
+        raise ctx.error(f"only 1-, 2- and 3-D transposed convolutions are supported, not an input of shape "
+                        f"{list(shape)}")
+    lifted = len(shape) == 3
+    if lifted:
+        w_value = ctx.create("ttir.reshape", [w_value], _tensor(w_value).with_shape((*w_shape[:2], 1, w_shape[2])))
+    n, c, *sizes = (shape[0], shape[1], 1, shape[2]) if lifted else shape
+    rank = len(sizes)
+    ocg, kernel = _tensor(w_value).shape[1], _tensor(w_value).shape[2:]
     groups = int(ctx.attr("group") or 1)
-    strides = _ints(ctx.attr("strides"), [1, 1])
-    dilations = _ints(ctx.attr("dilations"), [1, 1])
-    out_pad = _ints(ctx.attr("output_padding"), [0, 0])
-    if ctx.attr("output_shape"):
-        raise ctx.error("ConvTranspose with output_shape is not supported (give pads)")
-    auto_pad = ctx.attr("auto_pad") or "NOTSET"
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    pads = _ints(ctx.attr("pads"), [0, 0, 0, 0])
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
-        pads = [0, 0, 0, 0]
-        for dim, (size, k) in enumerate(((h, kh), (width, kw))):
-            target = size * strides[dim] if auto_pad != "VALID" else None
-            full = (size - 1) * strides[dim] + out_pad[dim] + (k - 1) * dilations[dim] + 1
-            total = max(full - target, 0) if target is not None else 0
+    strides, dilations, out_pad, pads, output_shape = (
+        spatial_attr(ctx, name, default, lifted)
+        for name, default in (("strides", [1] * rank), ("dilations", [1] * rank), ("output_padding", [0] * rank),
+                              ("pads", [0] * (2 * rank)), ("output_shape", [1])))
+    output_shape = output_shape if ctx.attr("output_shape") else None
+    auto_pad = _text(ctx.attr("auto_pad"), "NOTSET")
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+        pads = [0] * (2 * rank)
+        for dim in range(rank):
+            full = (sizes[dim] - 1) * strides[dim] + out_pad[dim] + (kernel[dim] - 1) * dilations[dim] + 1
+            if output_shape:
+                target = output_shape[-rank:][dim]
+            else:
+                target = sizes[dim] * strides[dim] if auto_pad != "VALID" else full
+            total = full - target
+            if not output_shape:
+                total = max(total, 0)
             small, large = total // 2, total - total // 2
-            pads[dim], pads[dim + 2] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+            pads[dim], pads[dim + rank] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
     axes = []
-    for dim, (size, k) in enumerate(((h, kh), (width, kw))):
-        reach = dilations[dim] * (k - 1)
-        positions = np.arange(-(reach - pads[dim]), (size - 1) * strides[dim] + 1 + reach - pads[dim + 2]
-                              + out_pad[dim])
-        stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < size)
+    for dim in range(rank):
+        reach = dilations[dim] * (kernel[dim] - 1)
+        positions = np.arange(-(reach - pads[dim]),
+                              (sizes[dim] - 1) * strides[dim] + 1 + reach - pads[dim + rank] + out_pad[dim])
+        stuffed = (positions >= 0) & (positions % strides[dim] == 0) & (positions // strides[dim] < sizes[dim])
         axes.append(np.where(stuffed, positions // strides[dim], -1))
-    spread = pixel_lookup(ctx, x, pixel_ids(n, h, width, axes[0], axes[1]), (len(axes[0]), len(axes[1])),
-                          "stuff_index")
-    flipped = w[:, :, ::-1, ::-1].reshape(groups, cg // groups, ocg, kh, kw).transpose(0, 2, 1, 3, 4)
-    weight = ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, kh, kw)),
-                          f"{ctx.node.output[0]}.conv_weight")
-    attrs = {"input_shape": (n, len(axes[0]), len(axes[1])), "strides": (1, 1), "pads": (0, 0, 0, 0),
+    ids = stuffed_ids(n, sizes, axes)
+    index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.stuff_index")
+    spread = ctx.create("ttir.embedding", [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
+                        {"pad_negative": True})
+    weight = _flipped_conv_weight(ctx, w_value, groups)
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    spread_sizes = tuple(len(a) for a in axes)
+    if rank == 3:
+        result, out = conv3d_by_planes(ctx, spread, (n, *spread_sizes), weight, bias, [1, 1, 1], [0] * 6,
+                                       dilations, groups)
+        return from_channels_last(ctx, result, n, *out)
+    attrs = {"input_shape": (n, *spread_sizes), "strides": (1, 1), "pads": (0, 0, 0, 0),
              "dilations": tuple(dilations)}
-    oh, ow = output_hw(attrs, (kh, kw))
-    operands = [to_channels_last(ctx, spread), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
+    oh, ow = output_hw(attrs, kernel)
+    operands = [spread, weight] + ([bias] if bias is not None else [])
     result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
                         {**attrs, "groups": groups})
-    return from_channels_last(ctx, result, n, oh, ow)
+    return from_channels_last(ctx, result, n, *((ow,) if lifted else (oh, ow)))
+
+
+def stuffed_ids(n: int, sizes: Sequence[int], axes: list[np.ndarray]) -> np.ndarray:
+    """Flat input pixel (n, d, h, w order) of every output position of a separable lookup, -1 where any axis
+    map is -1."""
+    grids = np.meshgrid(np.arange(n), *axes, indexing="ij")
+    inside = np.all([g >= 0 for g in grids[1:]], axis=0)
+    flat = np.ravel_multi_index(tuple(np.maximum(g, 0) for g in grids), (n, *sizes))
+    return np.where(inside, flat, -1).reshape(-1)
+
+
+def conv3d_by_planes(ctx: NodeContext, matrix: Value, images: tuple[int, int, int, int], weight: Value,
+                     bias: Value | None, strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int],
+                     groups: int) -> tuple[Value, tuple[int, int, int]]:
+    """A 3-D convolution of the channels-last matrix of `images` (N, D, H, W): for each depth tap i, the 2-D
+    convolution of every depth plane by W[:, :, i], then the planes each output depth reads (od * stride -
+    pad + i * dilation, zeros outside) picked by a row lookup, summed over the taps."""
+    n, d, h, w = images
+    oc, cg, kd, kh, kw = _tensor(weight).shape
+    attrs = {"input_shape": (n * d, h, w), "strides": tuple(strides[1:]), "pads": (pads[1], pads[2], pads[4], pads[5]),
+             "dilations": tuple(dilations[1:]), "groups": groups}
+    oh, ow = output_hw(attrs, (kh, kw))
+    od = window_output_size(d, kd, strides[0], pads[0], pads[3], dilations[0])
+    total = None
+    constant = ctx.input_constant(1) if weight is ctx.input(1) else None
+    for i in range(kd):
+        if constant is not None:
+            tap = ctx.constant(np.ascontiguousarray(np.asarray(constant, np.float32)[:, :, i]),
+                               f"{ctx.node.output[0]}.tap{i}")
+        else:
+            tap = ctx.create("ttir.slice", [weight], _tensor(weight).with_shape((oc, cg, 1, kh, kw)),
+                             {"begins": (0, 0, i, 0, 0), "ends": (oc, cg, i + 1, kh, kw), "steps": (1,) * 5})
+            tap = ctx.create("ttir.reshape", [tap], _tensor(weight).with_shape((oc, cg, kh, kw)))
+        planes = ctx.create("ttir.conv2d", [matrix, tap], _tensor(matrix).with_shape((n * d * oh * ow, oc)), attrs)
+        depth = np.arange(od) * strides[0] - pads[0] + i * dilations[0]
+        rows = (np.arange(n)[:, None] * d + depth[None, :])[:, :, None] * (oh * ow) + np.arange(oh * ow)
+        rows = np.where(((depth >= 0) & (depth < d))[None, :, None], rows, -1).reshape(-1)
+        index = ctx.constant(rows.astype(np.int32), f"{ctx.node.output[0]}.planes{i}")
+        picked = ctx.create("ttir.embedding", [planes, index], _tensor(planes).with_shape((rows.size, oc)),
+                            {"pad_negative": True})
+        total = picked if total is None else ctx.create("ttir.add", [total, picked], _tensor(picked))
+    assert total is not None
+    if bias is not None:
+        total = ctx.create("ttir.add", [total, bias], _tensor(total))
+    return total, (od, oh, ow)
+
+
+def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value:
+    """ConvTranspose's weight [C, OC / groups, *kernel] as the equivalent convolution's [OC, C / groups, *kernel]:
+    the kernel flipped and the channel axes swapped per group; at compile time for a constant weight, else
+    as device moves (a reversing slice, a transpose of the two outer dims per group, a concat)."""
+    cg, ocg, *kernel = _tensor(w_value).shape
+    spatial = len(kernel)
+    w = ctx.input_constant(1)
+    if w is not None:
+        w = np.asarray(w, np.float32).reshape(cg, ocg, *kernel)
+        flipped = w[(slice(None), slice(None), *([slice(None, None, -1)] * spatial))]
+        flipped = flipped.reshape(groups, cg // groups, ocg, *kernel).swapaxes(1, 2)
+        return ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, *kernel)),
+                            f"{ctx.node.output[0]}.conv_weight")
+    like = _tensor(w_value)
+    flipped = ctx.create("ttir.slice", [w_value], like,
+                         {"begins": (0, 0, *(k - 1 for k in kernel)), "ends": (cg, ocg, *([-1] * spatial)),
+                          "steps": (1, 1, *([-1] * spatial))})
+    per_group = cg // groups
+    parts = []
+    for g in range(groups):
+        part = flipped
+        if groups > 1:
+            part = ctx.create("ttir.slice", [flipped], like.with_shape((per_group, ocg, *kernel)),
+                              {"begins": (g * per_group, 0, *([0] * spatial)),
+                               "ends": ((g + 1) * per_group, ocg, *kernel), "steps": (1,) * (2 + spatial)})
+        parts.append(ctx.create("ttir.transpose", [part], like.with_shape((ocg, per_group, *kernel)),
+                                {"perm": (1, 0, *range(2, 2 + spatial))}))
+    if len(parts) == 1:
+        return parts[0]
+    return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, *kernel)), {"axis": 0})

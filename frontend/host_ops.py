@@ -11,7 +11,11 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
 - it compares such integers (Equal, Less, ...), except with a constant of integers within +-255,
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
-- it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique): the device has no index kernels.
+- it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
+- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter): the write positions are data,
+  while the device moves data only by compile-time index tables and has no indexed-write kernel;
+- it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
+  index kernels.
 
 Float computations that merely take an integer input (class labels, positions, lengths) are not host
 ops: they need a device form or stay unsupported. Everything else, including casts of integers to float
@@ -41,6 +45,9 @@ if TYPE_CHECKING:
 
 HOST_COMPUTE = "ttmetal.host_compute"
 INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
+# Writes at positions given by data (duplicates combined in order): the device moves data only by
+# compile-time index tables and has no indexed-write kernel.
+SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter"})
 NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
 COMPARE_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 # Ops the device runs on integer graph inputs exactly (conversions, copies, lookups by index).
@@ -61,8 +68,9 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     """Whether `node` becomes a host op (the rule of the module doc)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS:
-        return True
+    if node.op_type in INDEX_OPS | SCATTER_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
+                                                   and node.output[1] in importer.used):
+        return True  # MaxPool's second output is the indices of the maxima
     inputs = [importer.values[name] for name in node.input if name and name in importer.values]
     data = [v for v in inputs if not importer.is_constant_value(v)]
     integers = [v for v in data if _is_integer(v) and not is_small(importer, v)]
@@ -74,6 +82,8 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
         return integer_result and (bool(host_integers) or floats)
     if node.op_type == "Gather":
         return inputs[0] in integers
+    if node.op_type == "DequantizeLinear" and inputs[0] in integers:
+        return inputs[0].type.element_type.numpy_dtype().itemsize > 1  # 8-bit data is exact in bf16
     if host_integers:
         return True  # host integers stay on the host
     if integer_result and (integers or find_converter(node.op_type, importer.opset) is None):
@@ -152,11 +162,15 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
         graph_inputs.append(helper.make_tensor_value_info(name, onnx_type, list(t.shape)))
         operands.append(value)
     result_types, graph_outputs = [], []
+    local: dict[str, tuple[int, ...]] | None = None
     for name in node.output:
         if not name:
             continue
         element = importer.output_element_type(name)
         shape = importer.inferred_shape(name)
+        if shape is None:  # the graph's inference lacked folded values: infer the node alone, inputs now known
+            local = _node_shapes(node, graph_inputs, initializers, importer.opset) if local is None else local
+            shape = local.get(name)
         if element is None or shape is None:
             raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one")
         result_types.append(TensorType(shape, element))
@@ -172,12 +186,29 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
     return [next(results) if name else None for name in node.output]  # type: ignore[misc]
 
 
+def _node_shapes(node: onnx.NodeProto, inputs: list[onnx.ValueInfoProto], initializers: list[onnx.TensorProto],
+                 opset: int) -> dict[str, tuple[int, ...]]:
+    """The static output shapes onnx infers for the node alone, given its inputs' types and constants."""
+    graph = helper.make_graph([node], "host", inputs, [], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception:
+        return {}
+    shapes = {}
+    for value in inferred.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
 def may_run_on_host(model: onnx.ModelProto, node: onnx.NodeProto, constants: set[str]) -> bool:
     """For the supported-op check, before conversion: whether `node` may need no converter because it runs
     on the host (an index op, or integers computed or compared; `runs_on_host` decides)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS:
+    if node.op_type in INDEX_OPS | SCATTER_OPS:
         return True
     types = {v.name: v.type for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
 

@@ -233,6 +233,9 @@ class GraphImporter:
         constants = {name for name in node.input if name and self.is_constant(name)}
         if node.op_type not in SHAPE_OPS and is_foldable(node, constants):
             outputs = self.fold(ctx)
+        elif node.op_type not in SHAPE_OPS and is_foldable(node, constants | self.empty_inputs(node)) \
+                and not any(0 in (self.inferred_shape(name) or (0,)) for name in node.output if name):
+            outputs = self.fold(ctx)  # a reduction over an empty dim: its result does not depend on data
         elif runs_on_host(self, node):
             outputs = convert_on_host(ctx)
         else:
@@ -249,6 +252,11 @@ class GraphImporter:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
+
+    def empty_inputs(self, node: onnx.NodeProto) -> set[str]:
+        """The node's inputs that are empty tensors: they hold no data, so they are known at compile time."""
+        return {name for name in node.input if name and name in self.values
+                and isinstance(self.values[name].type, TensorType) and 0 in self.values[name].type.shape}
 
     def is_constant(self, name: str) -> bool:
         value = self.values.get(name)
@@ -271,7 +279,9 @@ class GraphImporter:
     def fold(self, ctx: NodeContext) -> list[Value]:
         """Evaluate a node on constant inputs with onnx's reference evaluator (compile-time folding)."""
         node = ctx.node
-        feeds = {name: self.constant_of[self.values[name]].array() for name in node.input if name}
+        feeds = {name: self.constant_of[self.values[name]].array() if self.is_constant(name)
+                 else np.zeros(self.values[name].type.shape, self.values[name].type.element_type.numpy_dtype())
+                 for name in node.input if name}
         try:
             results = evaluate_node(node, feeds, self.opset)
         except Exception as exc:

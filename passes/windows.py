@@ -37,7 +37,7 @@ import numpy as np
 from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
-from ttc.ir.dialects.ttir import window_output_shape
+from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.footprint import is_folded, movement_chain, row_gather_map
 from ttc.passes.movement import (
@@ -238,6 +238,47 @@ def stacked_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
 TRANSPOSE_BLOCK = 256  # output channels per block of the weight transposition
 
 
+def computed_weight_conv(rewriter: PatternRewriter, module: Module, op: Operation) -> Value:
+    """A convolution whose weight is computed on the device (no stacked weight can be made at compile time):
+    the sum over kernel positions k of the sticks position k reads [M_out, C] times that position's weight
+    W[:, :, i, j] [OC, C / groups] (sliced on the device, the product transposing it), per group, the groups
+    joined along the channels."""
+    x, w_value = op.operands[0], op.operands[1]
+    oc, cg, kh, kw = tensor(w_value).shape
+    groups = op.attr("groups")
+    per_group = oc // groups
+    ids = window_ids(op, (kh, kw))
+    rows = untilized(rewriter, op, x)
+    like = tensor(op.result)
+    m = like.shape[0]
+
+    def sliced(value: Value, begins: tuple[int, ...], ends: tuple[int, ...]) -> Value:
+        shape = tuple(e - b for b, e in zip(begins, ends, strict=True))
+        if shape == tensor(value).shape:
+            return value
+        return rewriter.create_before(op, "ttir.slice", [value], [tensor(value).with_shape(shape)],
+                                      {"begins": begins, "ends": ends, "steps": (1,) * len(shape)}).result
+
+    totals: list[Value | None] = [None] * groups
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        w_k = sliced(w_value, (0, 0, i, j), (oc, cg, i + 1, j + 1))
+        w_k = rewriter.create_before(op, "ttir.reshape", [w_k], [tensor(w_value).with_shape((oc, cg))]).result
+        sticks = position_lookup(rewriter, module, op, rows, ids[k], k)
+        for g in range(groups):
+            a = sliced(sticks, (0, g * cg), (m, (g + 1) * cg))
+            b = sliced(w_k, (g * per_group, 0), ((g + 1) * per_group, cg))
+            product = rewriter.create_before(op, "ttir.matmul", [a, b], [like.with_shape((m, per_group))],
+                                             {"transpose_b": True}).result
+            total = totals[g]
+            totals[g] = product if total is None else rewriter.create_before(
+                op, "ttir.add", [total, product], [tensor(product)]).result
+    if groups == 1:
+        assert totals[0] is not None
+        return totals[0]
+    return rewriter.create_before(op, "ttir.concat", totals, [like], {"axis": 1}).result
+
+
 class Conv2dToDevice(RewritePattern):
     """conv2d -> im2col (row lookup) and one matmul with the stacked weight, then the bias."""
 
@@ -248,22 +289,22 @@ class Conv2dToDevice(RewritePattern):
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, w_value = op.operands[0], op.operands[1]
-        w = constant_array(self.module, w_value)
-        if w is None:
-            raise UserError(f"node '{node_name(op)}': the convolution weight is computed; the device needs a "
-                            "constant weight")
-        w = np.asarray(w, np.float32)
-        _, _, kh, kw = w.shape
+        _, _, kh, kw = tensor(w_value).shape
         if kh * kw > MAX_POSITIONS:
             raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
-        ids = window_ids(op, (kh, kw))
-        if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
-            value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+        w = constant_array(self.module, w_value)
+        if w is None:
+            value = computed_weight_conv(rewriter, self.module, op)
         else:
-            stacked = stacked_conv_weight(w, op.attr("groups"))
-            b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-            value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
+            w = np.asarray(w, np.float32)
+            ids = window_ids(op, (kh, kw))
+            if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
+                value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+            else:
+                stacked = stacked_conv_weight(w, op.attr("groups"))
+                b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
+                value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])
@@ -275,15 +316,15 @@ def pool_divisors(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
     (count_include_pad) or inside the input."""
     n, h, w = op.attr("input_shape")
     _, oh, ow = window_output_shape(op, kernel)
-    (sh, sw), (pt, pl, pb, pr) = op.attr("strides"), op.attr("pads")
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = op.attr("strides"), op.attr("pads"), op.attr("dilations")
     include = op.attr("count_include_pad")
 
-    def count(size: int, out: int, stride: int, k: int, begin: int, end: int) -> np.ndarray:
-        start = np.arange(out) * stride - begin
+    def count(size: int, out: int, stride: int, k: int, begin: int, end: int, dilation: int) -> np.ndarray:
+        positions = (np.arange(out) * stride - begin)[:, None] + np.arange(k)[None, :] * dilation
         low, high = (-begin, size + end) if include else (0, size)
-        return np.minimum(start + k, high) - np.maximum(start, low)
+        return ((positions >= low) & (positions < high)).sum(axis=1)
 
-    counts = count(h, oh, sh, kernel[0], pt, pb)[:, None] * count(w, ow, sw, kernel[1], pl, pr)[None, :]
+    counts = count(h, oh, sh, kernel[0], pt, pb, dh)[:, None] * count(w, ow, sw, kernel[1], pl, pr, dw)[None, :]
     return np.tile(counts.reshape(-1), n).astype(np.float64)
 
 
@@ -303,6 +344,9 @@ class Pool2dToDevice(RewritePattern):
         result = tensor(op.result)
         ids = window_ids(op, kernel)
         if op.attr("kind") == "max":
+            if positions > MAX_MAX_POSITIONS and max(kernel) <= MAX_MAX_POSITIONS:
+                rewriter.replace_op(op, [self.separable_max(rewriter, op, x)])
+                return True
             if positions > MAX_MAX_POSITIONS:
                 raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} max pool has more than "
                                 f"{MAX_MAX_POSITIONS} positions")
@@ -333,6 +377,23 @@ class Pool2dToDevice(RewritePattern):
         value = rewriter.create_before(op, "ttir.mul", [value, scale], [result]).result
         rewriter.replace_op(op, [value])
         return True
+
+    @staticmethod
+    def separable_max(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
+        """A max pool with too many positions for one fused maximum: the maximum over a box is the maximum
+        along W of the maxima along H, two pools of kh and kw positions."""
+        n, h, w = op.attr("input_shape")
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (op.attr(name) for name in ("kernel", "strides", "pads",
+                                                                                      "dilations"))
+        common = {"kind": "max", "ceil_mode": op.attr("ceil_mode"), "count_include_pad": False}
+        column = {**common, "kernel": (kh, 1), "input_shape": (n, h, w), "strides": (sh, 1), "pads": (pt, 0, pb, 0),
+                  "dilations": (dh, 1)}
+        oh = window_output_size(h, kh, sh, pt, pb, dh, bool(op.attr("ceil_mode")))
+        rows = rewriter.create_before(op, "ttir.pool2d", [x], [tensor(x).with_shape((n * oh * w, tensor(x).shape[1]))],
+                                      column).result
+        row = {**common, "kernel": (1, kw), "input_shape": (n, oh, w), "strides": (1, sw), "pads": (0, pl, 0, pr),
+               "dilations": (1, dw)}
+        return rewriter.create_before(op, "ttir.pool2d", [rows], [tensor(op.result)], row).result
 
     @staticmethod
     def global_mean(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
@@ -376,15 +437,22 @@ def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Valu
 
 
 def channel_change(chain: list[Operation]) -> str | None:
-    """"to_channels_last" for transpose(0, 2, 3, 1) + reshape to [N*H*W, C], "to_nchw" for reshape from
-    [N*H*W, C] to [N, H, W, C] + transpose(0, 3, 1, 2) (or a reshape of [.., C] to [N, C, 1, 1]), else None."""
+    """"to_channels_last" for transpose(0, 2, .., R-1, 1) + reshape to [N*H*W, C] (N*L, N*D*H*W for 3-, 5-D),
+    "to_nchw" for reshape from [N*H*W, C] to [N, H, W, C] + transpose(0, R-1, 1, .., R-2) (or a reshape of
+    [.., C] to [N, C, 1, 1]), else None."""
     names = [op.name for op in chain]
-    if names == ["ttir.transpose", "ttir.reshape"] and tuple(chain[0].attr("perm")) == (0, 2, 3, 1) \
-            and tensor(chain[1].result).rank == 2:
-        return "to_channels_last"
-    if names == ["ttir.reshape", "ttir.transpose"] and tuple(chain[1].attr("perm")) == (0, 3, 1, 2) \
-            and tensor(chain[0].operands[0]).shape[-1:] == tensor(chain[0].result).shape[-1:]:
-        return "to_nchw"
+    if names == ["ttir.transpose", "ttir.reshape"]:
+        n, c, *spatial = tensor(chain[0].operands[0]).shape
+        rank = len(spatial) + 2
+        if rank >= 3 and tuple(chain[0].attr("perm")) == (0, *range(2, rank), 1) \
+                and tensor(chain[1].result).shape == (n * math.prod(spatial), c):
+            return "to_channels_last"
+    if names == ["ttir.reshape", "ttir.transpose"]:
+        n, *spatial, c = tensor(chain[0].result).shape
+        rank = len(spatial) + 2
+        if rank >= 3 and tuple(chain[1].attr("perm")) == (0, rank - 1, *range(1, rank - 1)) \
+                and tensor(chain[0].operands[0]).shape == (n * math.prod(spatial), c):
+            return "to_nchw"
     if names == ["ttir.reshape"] and tensor(chain[0].result).rank == 4:
         _n, c, h, w = tensor(chain[0].result).shape
         source = tensor(chain[0].operands[0]).shape
@@ -396,7 +464,9 @@ def channel_change(chain: list[Operation]) -> str | None:
 class ChannelLayoutEdge(RewritePattern):
     """NCHW <-> [N*H*W, C] (where the graph enters or leaves the channels-last form) as row lookups around
     a transpose of whole tiles: the device moves rows and tiles, not single elements. NCHW -> rows (n, h)
-    of [C, W] (a row lookup), tile transpose to [W, C], rows regrouped to [N*H*W, C]; and back."""
+    of [C, W] (a row lookup), tile transpose to [W, C], rows regrouped to [N*H*W, C]; and back. An NCDHW
+    tensor goes the same way with rows (n, d, h), an NCL one with rows n (no lookup before or after the
+    transpose)."""
 
     def __init__(self, root: str, module: Module) -> None:
         self.root = root
@@ -411,22 +481,28 @@ class ChannelLayoutEdge(RewritePattern):
             return rewriter.notify_match_failure(op, "not an NCHW <-> channels-last change")
         x = chain[0].operands[0]
         like = tensor(x)
+        nchw = like.shape if kind == "to_channels_last" else tensor(op.result).shape
+        n, c, *outer_dims, w = nchw
+        rows = n * math.prod(outer_dims)
+        # [N, C, (D,) H, W] <-> [N, (D,) H, C, W]: C moves next to W
+        to_rows = (0, *range(2, len(nchw) - 1), 1, len(nchw) - 1)
+        from_rows = (0, len(nchw) - 2, *range(1, len(nchw) - 2), len(nchw) - 1)
         if kind == "to_channels_last":
-            n, c, h, w = like.shape
-            steps = (("transpose", (0, 2, 1, 3)), ("reshape", (n * h, c, w)))
-            by_rows = row_lookup(rewriter, self.module, op, x, steps, like.with_shape((n * h, c, w)))
-            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((n * h, w, c))],
+            steps = (("transpose", to_rows), ("reshape", (rows, c, w)))
+            by_rows = x if len(nchw) == 3 else row_lookup(rewriter, self.module, op, x, steps,
+                                                            like.with_shape((rows, c, w)))
+            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((rows, w, c))],
                                              {"perm": (0, 2, 1)}).result
-            value = row_lookup(rewriter, self.module, op, swapped, (("reshape", (n * h * w, c)),),
-                               like.with_shape((n * h * w, c)))
+            value = row_lookup(rewriter, self.module, op, swapped, (("reshape", (rows * w, c)),),
+                               like.with_shape((rows * w, c)))
         else:
-            n, c, h, w = tensor(op.result).shape
-            by_rows = row_lookup(rewriter, self.module, op, x, (("reshape", (n * h, w, c)),),
-                                 like.with_shape((n * h, w, c)))
-            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((n * h, c, w))],
+            by_rows = row_lookup(rewriter, self.module, op, x, (("reshape", (rows, w, c)),),
+                                 like.with_shape((rows, w, c)))
+            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((rows, c, w))],
                                              {"perm": (0, 2, 1)}).result
-            steps = (("reshape", (n, h, c, w)), ("transpose", (0, 2, 1, 3)))
-            value = row_lookup(rewriter, self.module, op, swapped, steps, like.with_shape((n, c, h, w)))
+            steps = (("reshape", (n, *outer_dims, c, w)), ("transpose", from_rows))
+            value = swapped if len(nchw) == 3 else row_lookup(rewriter, self.module, op, swapped, steps,
+                                                              like.with_shape(nchw))
         rewriter.replace_op(op, [value])
         return True
 

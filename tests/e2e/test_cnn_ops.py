@@ -126,6 +126,10 @@ def test_conv_batchnorm_relu_is_one_device_op() -> None:
     ((1, 6, 10, 10), {"kernel_shape": [2, 2], "strides": [2, 2]}),
     ((1, 4, 12, 12), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [0, 0, 1, 1]}),
     ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
+    ((1, 3, 13, 11), {"kernel_shape": [5, 4], "strides": [2, 1], "pads": [2, 1, 2, 2]}),  # separable: 20 positions
+    ((2, 3, 37), {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}),  # 1-D
+    ((1, 3, 5, 9, 7), {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [0, 1, 1, 1, 0, 0]}),  # 3-D
+    ((1, 2, 6, 7, 5), {"kernel_shape": [3, 3, 3], "dilations": [2, 1, 2], "ceil_mode": 1, "strides": [2, 2, 1]}),
 ])
 def test_max_pool(x_shape, attrs) -> None:
     check(model_of([helper.make_node("MaxPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"]))
@@ -136,10 +140,15 @@ def test_max_pool(x_shape, attrs) -> None:
     ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     ((1, 4, 10, 10), {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}),
     ((1, 3, 7, 7), {"kernel_shape": [7, 7]}),
+    ((1, 3, 11, 11), {"kernel_shape": [3, 3], "dilations": [2, 2], "pads": [1, 2, 1, 2]}),
+    ((2, 3, 37), {"kernel_shape": [4], "strides": [3], "pads": [1, 2], "count_include_pad": 1}),  # 1-D
+    ((1, 3, 5, 9, 7), {"kernel_shape": [2, 3, 2], "strides": [1, 2, 2], "pads": [0, 1, 1, 1, 0, 0]}),  # 3-D
+    ((1, 2, 7, 6, 9), {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 1, 1, 1],
+                       "count_include_pad": 1}),
 ])
 def test_average_pool(x_shape, attrs) -> None:
     check(model_of([helper.make_node("AveragePool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {},
-                   ["y"]))
+                   ["y"], opset=19))
 
 
 def test_resnet_block_global_pool_flatten_gemm() -> None:
@@ -195,10 +204,27 @@ def test_lrn() -> None:
 
 
 def test_unsupported_op_names_the_node() -> None:
-    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv3d")
-    model = model_of([node], {"x": (1, 2, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1))}, ["y"])
-    with pytest.raises(UserError, match="/conv3d"):
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="/conv4d")
+    model = model_of([node], {"x": (1, 2, 3, 4, 4, 4)}, {"w": np.ones((2, 2, 1, 1, 1, 1))}, ["y"])
+    with pytest.raises(UserError, match="/conv4d"):
         ttc.compile(model)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 5, 9, 7), (4, 3, 3, 3, 2), {"pads": [1, 0, 1, 1, 2, 0], "strides": [2, 1, 2]}),
+    ((2, 4, 4, 6, 5), (6, 2, 2, 3, 3), {"group": 2, "strides": [1, 2, 1], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 7, 5, 6), (3, 2, 3, 1, 2), {"dilations": [2, 1, 1], "pads": [2, 0, 1, 1, 0, 0]}),
+])
+def test_conv_3d_by_depth_planes(x_shape, w_shape, attrs) -> None:
+    check(conv_model(x_shape, w_shape, **attrs))
+
+
+def test_conv_transpose_3d() -> None:
+    rng = np.random.default_rng(14)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/convT", strides=[2, 1, 2],
+                            pads=[0, 1, 1, 1, 0, 0])
+    check(model_of([node], {"x": (1, 3, 3, 5, 4)}, {"w": rng.standard_normal((3, 2, 2, 3, 3)) * 0.3,
+                                                     "b": rng.standard_normal(2)}, ["y"]))
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
@@ -208,17 +234,109 @@ def test_pad(mode: str) -> None:
     check(model_of([node], {"x": (1, 3, 5, 6)}, init, ["y"]))
 
 
+@pytest.mark.parametrize(("x_shape", "mode", "pads", "axes"), [
+    ((2, 37, 45), "constant", [0, 3, 1, 1, 2, 30], None),  # every axis, by row lookups (no NCHW)
+    ((3, 5, 40), "reflect", [2, 3], [-1]),  # the last axis only: swapped with the second last
+    ((1, 3, 6, 7), "edge", [1, 2, 0, 3], [1, 3]),  # the channel axis of an NCHW tensor
+    ((4, 33), "wrap", [1, -2, 2, 5], None),  # a negative pad crops
+    ((50,), "constant", [3, 9], None),  # rank 1
+])
+def test_pad_by_row_lookups(x_shape, mode, pads, axes) -> None:
+    init = {"p": np.array(pads, np.int64), "v": np.array(1.5, np.float32)}
+    names = ["x", "p", "v" if mode == "constant" else ""]
+    if axes is not None:
+        init["a"] = np.array(axes, np.int64)
+        names.append("a")
+    node = helper.make_node("Pad", names, ["y"], name="/pad", mode=mode)
+    check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
+
+
+def test_pad_keeps_infinities_and_takes_a_computed_value() -> None:
+    """A lookup moves values without arithmetic: -inf in the data survives (an attention mask), and the pad
+    value may be computed."""
+    nodes = [helper.make_node("ReduceMax", ["v"], ["value"], name="/value", keepdims=0),
+             helper.make_node("Where", ["keep", "x", "ninf"], ["masked"], name="/mask"),
+             helper.make_node("Pad", ["masked", "p", "value"], ["y"], name="/pad")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [2, 3, 5]),
+                                           helper.make_tensor_value_info("v", F32, [4]),
+                                           helper.make_tensor_value_info("keep", TensorProto.BOOL, [2, 3, 5])],
+                              [helper.make_tensor_value_info("y", F32, None)],
+                              [numpy_helper.from_array(np.array([0, 1, 0, 0, 2, 3], np.int64), "p"),
+                               numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf")])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)],
+                                                                ir_version=8))
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((2, 3, 5)).astype(np.float32), "v": rng.standard_normal(4).astype(np.float32),
+             "keep": rng.random((2, 3, 5)) > 0.3}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    y, expected = compiled.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]
+    assert np.isneginf(expected).any()
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(expected))
+    np.testing.assert_allclose(y, expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize(("mode", "transform", "scales"), [
     ("nearest", "asymmetric", [1, 1, 2, 2]),
     ("nearest", "half_pixel", [1, 1, 1.5, 2.5]),
     ("linear", "half_pixel", [1, 1, 2, 2]),
-    ("linear", "align_corners", [1, 1, 1.7, 2.0]),
+    ("linear", "align_corners", [1, 1, 1.6, 2.0]),  # whole output lengths (test_resize_fractional_length...)
     ("linear", "pytorch_half_pixel", [1, 1, 0.5, 0.6]),
 ])
 def test_resize(mode: str, transform: str, scales: list[float]) -> None:
     node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="/resize", mode=mode,
                             coordinate_transformation_mode=transform)
     check(model_of([node], {"x": (1, 3, 5, 7)}, {"s": np.array(scales, np.float32)}, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "attrs", "inputs"), [
+    ((1, 3, 37, 45), {"mode": "cubic"}, {"s": [1, 1, 1.5, 0.7]}),
+    ((1, 2, 9, 13), {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}, {"s": [1, 1, 0.6, 1.8]}),
+    ((1, 2, 9, 10), {"mode": "cubic", "coordinate_transformation_mode": "align_corners"}, {"s": [1, 1, 2.0, 0.8]}),
+    ((1, 3, 40, 35), {"mode": "linear", "antialias": 1}, {"s": [1, 1, 0.4, 0.6]}),
+    ((1, 3, 40, 35), {"mode": "cubic", "antialias": 1}, {"z": [1, 3, 13, 9]}),
+    ((1, 2, 9, 13), {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+     {"s": [1, 1, 1.3, 0.7]}),
+    ((2, 3, 11, 7), {"mode": "nearest", "axes": [3, 2]}, {"z": [13, 5]}),
+    ((1, 2, 9, 13), {"mode": "nearest", "keep_aspect_ratio_policy": "not_larger"}, {"z": [1, 2, 5, 20]}),
+    ((2, 5, 6, 33), {"mode": "nearest"}, {"s": [1, 0.6, 1, 1.5]}),  # the channel axis resized too
+    ((3, 50), {"mode": "cubic"}, {"s": [1, 0.8]}),  # rank 2
+])
+def test_resize_by_interpolation_matrices(x_shape, attrs, inputs) -> None:
+    """Resizes beyond the pixel lookups: one product by a constant interpolation matrix per resized axis."""
+    init = {k: np.array(v, np.float32 if k == "s" else np.int64) for k, v in inputs.items()}
+    names = ["x", "", "s" if "s" in inputs else "", "z" if "z" in inputs else ""]
+    node = helper.make_node("Resize", names[:4 if "z" in inputs else 3], ["y"], name="/resize", **attrs)
+    check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
+
+
+def test_resize_fractional_length_follows_the_onnx_reference() -> None:
+    """align_corners with scales giving a fractional output length (5 * 1.7 = 8.5 -> 8 pixels): onnx's reference
+    (and the node tests) divide by 8.5 - 1, onnxruntime by 8 - 1; ttc follows the reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("Resize", ["x", "", "s"], ["y"], name="/resize", mode="linear",
+                            coordinate_transformation_mode="align_corners")
+    model = model_of([node], {"x": (1, 3, 5, 7)}, {"s": np.array([1, 1, 1.7, 0.7], np.float32)}, ["y"])
+    x = np.random.default_rng(3).standard_normal((1, 3, 5, 7)).astype(np.float32)
+    expected = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    np.testing.assert_allclose(compiled.run({"x": x})["y"], expected, rtol=2e-2, atol=2e-2)
+
+
+def test_resize_tf_crop_and_resize_extrapolates() -> None:
+    init = {"roi": np.array([0, 0, 0.2, 0.1, 1, 1, 1.3, 0.9], np.float32), "z": np.array([1, 2, 7, 10], np.int64)}
+    node = helper.make_node("Resize", ["x", "roi", "", "z"], ["y"], name="/resize", mode="linear",
+                            coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=2.5)
+    check(model_of([node], {"x": (1, 2, 9, 13)}, init, ["y"], opset=19))
+
+
+def test_clip_with_computed_bounds() -> None:
+    nodes = [helper.make_node("ReduceMin", ["lo"], ["low"], name="/low", keepdims=0),
+             helper.make_node("ReduceMax", ["hi"], ["high"], name="/high", keepdims=0),
+             helper.make_node("Clip", ["x", "low", "high"], ["y"], name="/clip")]
+    check(model_of(nodes, {"x": (3, 37), "lo": (5,), "hi": (4,)}, {}, ["y"]))
 
 
 def test_upsample_opset_9() -> None:
@@ -238,6 +356,43 @@ def test_conv_transpose(x_shape, w_shape, attrs) -> None:
     init = {"w": rng.standard_normal(w_shape) * 0.3, "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1))}
     node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], name="/convT", **attrs)
     check(model_of([node], {"x": x_shape}, init, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 9, 11), (5, 3, 3, 3), {"pads": [1, 0, 1, 2], "strides": [2, 1]}),
+    ((2, 4, 7, 7), (6, 2, 3, 2), {"group": 2, "dilations": [2, 1]}),
+    ((1, 3, 37), (4, 3, 5), {"pads": [2, 1], "strides": [2]}),  # 1-D
+])
+def test_conv_with_a_computed_weight(x_shape, w_shape, attrs) -> None:
+    """The weight is a graph input: per kernel position, the sticks it reads times its weight slice, on the device."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="/conv", **attrs)]
+    check(model_of(nodes, {"x": x_shape, "w": w_shape, "b": (w_shape[0],)}, {}, ["y"]))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 2, 5, 4), (2, 3, 3, 3), {"strides": [3, 2], "output_shape": [16, 9]}),
+    ((2, 4, 3, 3), (4, 1, 2, 3), {"group": 2, "strides": [2, 2], "pads": [0, 1, 1, 0]}),
+    ((1, 3, 19), (3, 2, 4), {"strides": [2], "output_padding": [1]}),  # 1-D
+])
+def test_conv_transpose_with_a_computed_weight(x_shape, w_shape, attrs) -> None:
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="/convT", **attrs)]
+    check(model_of(nodes, {"x": x_shape, "w": w_shape}, {}, ["y"]))
+
+
+def test_max_pool_indices_run_on_the_host() -> None:
+    """MaxPool's Indices output is an index result: the node is a host op (the values come from it too)."""
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], name="/pool", kernel_shape=[3, 3], strides=[2, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", F32, [1, 2, 7, 7])],
+                              [helper.make_tensor_value_info("y", F32, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                                ir_version=8))
+    x = np.random.default_rng(4).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 1
+    outputs, expected = compiled.run({"x": x}), run_onnxruntime(model, {"x": x})
+    np.testing.assert_array_equal(outputs["i"], expected["i"])
+    np.testing.assert_allclose(outputs["y"], expected["y"], rtol=2e-2, atol=2e-2)
 
 
 def test_dropout_opset_9_is_the_identity() -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto
 from test_transformer_ops import BOOL, I64, Graph, check
+
+import ttc
 
 
 @pytest.mark.parametrize("op, attrs", [
@@ -209,3 +212,128 @@ def test_cumprod_dequantize_and_eye_like() -> None:
                     axis=0))
     g.output(g.node("EyeLike", [g.input("shape", (4, 6))], k=1))
     check(g, opset=26)
+
+
+def mod_graph(fmod: int) -> Graph:
+    g = Graph()
+    x = g.input("x", (3, 37), values=np.tile([0.0, -3.0, 3.0, -1.0, 1.0, 2.5, -7.25], 16)[:111].reshape(3, 37))
+    y = g.input("y", (3, 37), values=np.tile([np.inf, np.inf, -np.inf, -np.inf, 2.0, -1.5], 19)[:111].reshape(3, 37))
+    g.output(g.node("Mod", [x, y], fmod=fmod))
+    return g
+
+
+def test_fmod_by_infinities() -> None:
+    """fmod(x, +-inf) = x, without an inf * 0 on the device."""
+    check(mod_graph(1))
+
+
+def test_float_mod_by_infinities_follows_the_onnx_reference() -> None:
+    """x mod +-inf (fmod 0) is x, or the infinity when the signs differ. onnxruntime runs float Mod with
+    fmod 0 only from opset 28, so onnx's reference judges."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = mod_graph(0)
+    model = g.model()
+    feeds = {i.name: g.feeds[i.name] for i in model.graph.input}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    actual = compiled.run(feeds)[model.graph.output[0].name]
+    assert np.isinf(expected).any()
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(expected))
+    np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_equal_to_a_constant_infinity() -> None:
+    """A fully masked row: max(-inf, ..) == -inf is an isinf and sign test (inf - inf is NaN)."""
+    g = Graph()
+    values = np.where(np.random.default_rng(7).random((5, 3, 37)) < 0.5, -np.inf, 1.0)
+    values[1] = -np.inf
+    bias = g.input("bias", (5, 3, 37), values=values)
+    row_max = g.node("ReduceMax", [bias, g.const([-1], np.int64)], keepdims=1)
+    g.output(g.node("Equal", [row_max, g.const(-np.inf)]), BOOL)
+    g.output(g.node("Equal", [bias, g.const(np.inf)]), BOOL)
+    check(g)
+
+
+def test_batch_normalization_with_computed_statistics() -> None:
+    g = Graph()
+    x = g.input("x", (2, 5, 7, 9))
+    scale, bias, mean = g.input("s", (5,)), g.input("b", (5,)), g.input("m", (5,))
+    var = g.input("v", (5,), values=np.random.default_rng(8).random(5) + 0.5)
+    g.output(g.node("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-3))
+    check(g)
+
+
+def test_reductions_over_an_empty_dim_are_constants() -> None:
+    """An empty input holds no data: a reduction over its empty dim is the reduction's identity, folded at
+    compile time (no program), next to a device computation."""
+    g = Graph()
+    empty, x = g.input("empty", (2, 0, 4)), g.input("x", (2, 1, 4))
+    axes = g.const([1], np.int64)
+    g.output(g.node("Add", [g.node("ReduceSum", [empty, axes], keepdims=1), x]))
+    g.output(g.node("ReduceProd", [empty, axes], keepdims=0))
+    g.output(g.node("ReduceSumSquare", [empty, axes], keepdims=1))
+    check(g)
+
+
+def test_lp_normalization_of_zero_vectors_and_all_of_booleans() -> None:
+    g = Graph()
+    values = np.random.default_rng(9).standard_normal((4, 37))
+    values[:, 3] = 0.0  # a zero column: normalised along axis 0 it stays zero (0 / 0 is not taken)
+    x = g.input("x", (4, 37), values=values)
+    g.output(g.node("LpNormalization", [x], axis=0, p=2))
+    g.output(g.node("LpNormalization", [x], axis=0, p=1))
+    flags = g.input("flags", (3, 33), elem=BOOL)
+    g.output(g.node("ReduceMin", [flags, g.const([1], np.int64)], keepdims=0), BOOL)
+    check(g, opset=20)
+
+
+def test_pow_by_an_integer_exponent_and_wide_dequantization() -> None:
+    """A float base with small integer exponents stays on the device; int16 data is dequantized on the host."""
+    g = Graph()
+    base = g.input("base", (3, 35), values=np.random.default_rng(10).uniform(0.5, 1.5, (3, 35)))
+    exponent = g.input("exponent", (3, 35), elem=I64, values=np.random.default_rng(11).integers(-3, 4, (3, 35)))
+    g.output(g.node("Pow", [base, exponent]))
+    wide = g.input("wide", (2, 33), elem=TensorProto.INT16, values=np.random.default_rng(12).integers(-3000, 3000, (2, 33)))
+    g.output(g.node("DequantizeLinear", [wide, g.const(0.5), g.const(-1000, np.int16)]))
+    check(g, opset=21, host_ops=1)
+
+
+def test_scatters_run_on_the_host_between_device_ops() -> None:
+    """Writes at run-time positions are host ops (no indexed-write kernel); their inputs and results stay
+    on the device around them."""
+    g = Graph()
+    data = g.node("Relu", [g.input("data", (5, 37))])
+    rows = g.input("rows", (2, 37), elem=I64, values=np.random.default_rng(13).integers(0, 5, (2, 37)))
+    scattered = g.node("ScatterElements", [data, rows, g.input("updates", (2, 37))], axis=0, reduction="add")
+    g.output(g.node("Sigmoid", [scattered]))
+    where = g.input("where", (3, 1), elem=I64, values=np.array([[4], [0], [2]]))
+    g.output(g.node("ScatterND", [data, where, g.input("rows_new", (3, 37))]))
+    check(g, host_ops=2)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_gather_nd_by_computed_indices(depth: int) -> None:
+    """One-hot rows per index component (negative indices too), their outer product times the data's rows."""
+    g = Graph()
+    data = g.input("data", (6, 5, 37))
+    rng = np.random.default_rng(15)
+    columns = [rng.integers(-6, 6, (3, 4, 1)), rng.integers(-5, 5, (3, 4, 1))][:depth]
+    indices = g.input("indices", (3, 4, depth), elem=I64, values=np.concatenate(columns, axis=-1))
+    g.output(g.node("GatherND", [data, indices]))
+    check(g)
+
+
+def test_host_op_shapes_come_from_the_folded_inputs() -> None:
+    """onnx's inference leaves a Range of a gathered shape unsized; the importer has folded it, so the host op
+    that adds integer data to it is typed by inferring the node alone."""
+    g = Graph()
+    x = g.input("x", (2, 7))
+    zero, one = g.const([0], np.int64), g.const([1], np.int64)
+    first, step = g.node("Squeeze", [zero, zero]), g.node("Squeeze", [one, zero])
+    length = g.node("Gather", [g.node("Shape", [x]), step])
+    positions = g.node("Range", [first, length, step])
+    offsets = g.input("offsets", (3, 1), elem=I64, values=np.array([[300], [-2], [5]]))
+    g.output(g.node("Add", [g.node("Unsqueeze", [positions, zero]), offsets]), I64)
+    check(g, host_ops=1)

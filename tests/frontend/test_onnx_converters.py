@@ -182,12 +182,12 @@ def test_bool_input() -> None:
     assert str(import_model(model).function("main").type) == "(tensor<2xi1>) -> tensor<2xi1>"
 
 
-def test_pow_with_an_integer_exponent_is_rejected() -> None:
+def test_pow_with_an_integer_exponent_converts_the_exponent() -> None:
     node = helper.make_node("Pow", ["x", "e"], ["y"], name="/pow/Pow")
     model = make_model([node], [info("x", [3]), info("e", [3], TensorProto.INT64)], [info("y", [3])])
-    with pytest.raises(UserError, match=r"^node '/pow/Pow' \(Pow\): operands have different element types "
-                                        r"\(f32 and i64\); ttc needs them equal$"):
-        import_model(model)
+    cast, power = main_ops(import_model(model))
+    assert cast.name == "ttir.typecast" and str(cast.result.type) == "tensor<3xf32>"
+    assert power.name == "ttir.pow" and power.operands[1] is cast.result
 
 
 def test_constant_of_an_unsupported_form_is_rejected() -> None:

@@ -122,9 +122,16 @@ def test_converter(name: str) -> None:
             np.testing.assert_allclose(got[output], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_computed_indices_into_a_computed_tensor_are_a_gather() -> None:
+def test_gather_nd_by_computed_indices_compares_with_the_positions() -> None:
     node = helper.make_node("GatherND", ["x", "i"], ["y"], name="/ge")
     model = make_model([node], [info("x", [3, 4]), info("i", [2, 1], I64)], [info("y", [2, 4])])
+    names = [op.name for op in main_ops(import_model(model))]
+    assert names.count("ttir.eq") == 2 and "ttir.matmul" in names
+
+
+def test_gather_nd_with_batch_dims_by_computed_indices_is_rejected() -> None:
+    node = helper.make_node("GatherND", ["x", "i"], ["y"], name="/ge", batch_dims=1)
+    model = make_model([node], [info("x", [2, 3, 4]), info("i", [2, 1], I64)], [info("y", [2, 4])])
     with pytest.raises(UserError, match=r"node '/ge' \(GatherND\): the indices 'i' are computed at run time"):
         import_model(model)
 
