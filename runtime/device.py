@@ -330,15 +330,17 @@ class Memory:
     def _rows(self, bank: np.ndarray, offset: np.ndarray, size: int) -> tuple[np.ndarray, tuple]:
         """The memory as [banks, capacity / g, g] rows and the row index of every page's chunks.
 
-        g is the largest granule dividing the page size and every offset, so a bf16 tile at an
-        aligned address is a handful of 64-byte rows rather than 2048 single bytes.
+        g is the page size when it divides every offset, else the largest power of two dividing the page
+        size and every offset, so a bf16 tile at an aligned address is a few rows rather than 2048 bytes.
         """
         capacity = self.data.shape[1]
         offset = np.asarray(offset, dtype=np.int64)
-        bits = int(np.bitwise_or.reduce(offset, axis=None)) if offset.size else 0  # g | every offset when
-        granule = next(g for g in (size, 256, 64, 16, 4, 1)   # g, a power of two, divides their bitwise or
-                       if size % g == 0 and capacity % g == 0
-                       and (bits % g == 0 if g & (g - 1) == 0 else not (offset % g).any()))
+        bits = int(np.bitwise_or.reduce(offset, axis=None)) if offset.size else 0
+        if capacity % size == 0 and (bits % size == 0 if size & (size - 1) == 0 else not (offset % size).any()):
+            granule = size
+        else:
+            common = size | capacity | bits  # a power of two divides all offsets iff it divides their or
+            granule = common & -common
         rows = self.data.reshape(self.banks, capacity // granule, granule)
         chunk = offset[..., None] // granule + np.arange(size // granule)
         return rows, (np.asarray(bank)[..., None], chunk)
