@@ -1,6 +1,5 @@
 """Tests for ttc.runtime.formats: face order, tilize, bit-exact pack/unpack against the shared vectors."""
 
-import time
 from pathlib import Path
 
 import ml_dtypes
@@ -153,12 +152,15 @@ def test_quantize_matrix_pads_without_moving_exponents():
     assert np.array_equal(q, ref)
 
 
-def test_bfp8_pack_1000_tiles_is_fast():
+def test_bfp8_pack_of_many_tiles_is_per_tile_packing():
+    """Packing is vectorised over tiles (speed is benchmarked, not tested): 1000 tiles at once give the
+    bytes of packing a sample one by one, and unpack back to those tiles' values."""
     x = np.random.default_rng(3).standard_normal((1000, 32, 32)).astype(np.float32)
-    start = time.perf_counter()
     packed = F.pack_tiles(x, DataFormat.BFP8_B)
-    F.unpack_tiles(packed, DataFormat.BFP8_B)
-    assert time.perf_counter() - start < 0.5
+    for i in (0, 1, 517, 999):
+        assert np.array_equal(packed[i], F.pack_tiles(x[i], DataFormat.BFP8_B))
+    unpacked = F.unpack_tiles(packed, DataFormat.BFP8_B)
+    assert np.array_equal(unpacked[517], F.unpack_tiles(packed[517], DataFormat.BFP8_B))
 
 
 # --- float and int formats ---------------------------------------------------------------------
