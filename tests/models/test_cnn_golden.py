@@ -3,8 +3,10 @@ no host ops, run on a standard normal image and compared with onnxruntime on eve
 and the exposed logits) by `ttc.golden.compare` (PCC >= 0.99, relative L2 <= 0.05).
 
 Each takes from seconds to minutes (compile, emulate, and the first time building the model into the model
-cache), so all are marked slow: run them with `pytest -m slow tests/models/test_cnn_golden.py`. The torch
-exports need the `models` extra.
+cache), so all are marked slow: run them with `pytest -m slow tests/models/test_cnn_golden.py` (`.ci/run` does,
+after the default suite). The torch exports need the `models` extra. The classifiers' probabilities pass
+because `layout{precise-softmax}` (on by default) gives a host-read softmax and the activations it is
+computed from Float16 (docs/architecture.md, section 8); their logits pass either way.
 """
 
 from __future__ import annotations
@@ -21,9 +23,6 @@ from ttc.golden import compare, run_onnxruntime
 
 HAVE_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "onnxscript"))
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs the `models` extra (torch, onnxscript) to export")
-# AlexNet's and VGG-19's logits reach magnitudes where a bf16 ulp is 0.25: their 1000-way softmax amplifies
-# that rounding past the relative-L2 bound (the logits themselves pass; the probabilities keep PCC >= 0.99).
-BF16_SOFTMAX_LIMITED = {"light_bvlc_alexnet", "light_vgg19"}
 
 CASES = [
     pytest.param(name, marks=[pytest.mark.slow, *([needs_torch] if name in cnn_models.TORCH_MODELS else [])])
@@ -47,7 +46,4 @@ def test_cnn_model_matches_onnxruntime(name: str) -> None:
     outputs = compiled.run(feeds)
     for output, expected in run_onnxruntime(model, feeds).items():
         result = compare(output, outputs[output], expected)
-        if name in BF16_SOFTMAX_LIMITED and output == model.graph.output[0].name:
-            assert result.pcc >= 0.99, result
-            continue
         assert result.passed, result
