@@ -84,16 +84,19 @@ def f16_round(x: np.ndarray) -> np.ndarray:
 
 
 def as_f16(x: np.ndarray) -> np.ndarray:
-    """x rounded to Float16, as float32: x itself when every value is 0 or a bf16 value in Float16's normal
-    range (8 significant bits fit in 11; unpacked bf16 and block-float tiles mostly are), else f16_round(x)."""
+    """x rounded to Float16, as float32, for reading only. Values with no mantissa bits below Float16's 10
+    (bf16, block-float and Float16 values) are exact unless outside Float16's normal range: then only the
+    values past 65504 or below 2**-14 are rounded (f16_round), the rest is x as it is."""
     x = np.asarray(x, dtype=np.float32)
     magnitude = x.view(np.uint32) & np.uint32(0x7FFF_FFFF)
-    if not x.size or (magnitude & np.uint32(0xFFFF)).any() or magnitude.max() > _F16_MAX_BITS:
+    if not x.size or (magnitude & np.uint32(0x1FFF)).any():
         return f16_round(x)
-    if magnitude.min() >= _F16_MIN_NORMAL_BITS or (magnitude[magnitude != 0].min(initial=_F16_MIN_NORMAL_BITS)
-                                                    >= _F16_MIN_NORMAL_BITS):
+    outside = (magnitude > _F16_MAX_BITS) | ((magnitude < _F16_MIN_NORMAL_BITS) & (magnitude != 0))
+    if not outside.any():
         return x
-    return f16_round(x)
+    rounded = x.copy()
+    rounded[outside] = f16_round(x[outside])
+    return rounded
 
 
 _F16_MAX_BITS = np.float32(65504.0).view(np.uint32)

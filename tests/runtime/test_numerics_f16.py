@@ -152,3 +152,15 @@ def test_float16_tiles_pack_as_ieee_half_in_face_order():
     back = unpack_tiles(data, DataFormat.FLOAT16)
     assert np.array_equal(back, N.f16_round(tile))
     assert np.isposinf(back[0, 0, 0]) and back[0, 0, 1] == 2.0**-23
+
+
+def test_as_f16_rounds_only_what_float16_cannot_hold():
+    """bf16 values inside Float16's normal range come back as they are; tiny and huge ones are rounded, and
+    values with bits below Float16's mantissa take the full rounding."""
+    x = N.bf16_round(np.array([1.5, -3.0e-6, 70000.0, 0.0, -2.0, 2.0**-14, 2.0**-30], np.float32))
+    got = N.as_f16(x)
+    assert np.array_equal(bits(got), bits(N.f16_round(x)))
+    inside = N.bf16_round(np.array([1.5, -2.0, 0.0, 300.0], np.float32))
+    assert np.array_equal(N.as_f16(inside), inside)
+    fine = np.array([1.0 + 2.0**-12, 3.0], np.float32)  # 13 significant bits: rounded
+    assert np.array_equal(N.as_f16(fine), N.f16_round(fine))
