@@ -450,8 +450,10 @@ def channel_change(chain: list[Operation]) -> str | None:
     if names == ["ttir.reshape", "ttir.transpose"]:
         n, *spatial, c = tensor(chain[0].result).shape
         rank = len(spatial) + 2
+        source = tensor(chain[0].operands[0]).shape  # rows of C: [N*H*W, C], or with unit dims in front
         if rank >= 3 and tuple(chain[1].attr("perm")) == (0, rank - 1, *range(1, rank - 1)) \
-                and tensor(chain[0].operands[0]).shape == (n * math.prod(spatial), c):
+                and source[-1:] == (c,) and math.prod(source[:-1]) == n * math.prod(spatial) \
+                and all(d == 1 for d in source[:-2]):
             return "to_nchw"
     if names == ["ttir.reshape"] and tensor(chain[0].result).rank == 4:
         _n, c, h, w = tensor(chain[0].result).shape

@@ -92,6 +92,19 @@ def test_depthwise_conv_is_a_matmul_batched_over_channel_tiles() -> None:
     assert "864x72" not in text
 
 
+def test_global_pool_then_softmax_over_the_channels() -> None:
+    """SqueezeNet's head: conv, relu, global average pool, softmax of the [N, C, 1, 1] result (opset 11: over
+    the flattened C), the pooled logits an output too: the pooled [1, 1, C] pixels go back to NCHW as rows of C."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="/conv"),
+             helper.make_node("Relu", ["c"], ["r"], name="/relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="/pool"),
+             helper.make_node("Softmax", ["p"], ["y"], name="/softmax")]
+    model = model_of(nodes, {"x": (1, 16, 13, 13)}, {"w": rng.standard_normal((1000, 16, 1, 1)) * 0.3,
+                                                     "b": rng.standard_normal(1000) * 0.1}, ["y", "p"], opset=11)
+    check(model)
+
+
 def test_conv_without_bias() -> None:
     check(conv_model((1, 6, 9, 9), (5, 6, 3, 3), bias=False, pads=[1, 1, 1, 1]))
 
