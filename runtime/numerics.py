@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from enum import IntEnum
 
 import ml_dtypes
@@ -282,42 +280,20 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
     dst_bound = _dst_bound(np.asarray(dst))
     normal = _operands_keep_normal(dst_bound, lhs, rhs, chunks)  # else each block's partials are checked
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
-
-    def run(blocks: list[tuple[int | slice, int | None, int | None]]) -> None:
-        scratch = np.empty(rows * n)
-        for index, first, last in blocks:
-            partials = None
-            for left, right in terms:
-                product = left[:, index, first:last] @ right[:, index]
-                partials = product if partials is None else partials + product
-            assert partials is not None
-            block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
-            partials = partials.astype(np.float32).reshape(chunks, -1)
-            if dst_format == "f16":
-                _accumulate_f16(block, partials)
-            else:
-                _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound, normal)
-
-    blocks = list(_row_blocks(len(acc), m, rows))
-    workers = _chain_workers(len(blocks), chunks * m * n * len(acc))
-    if workers == 1:
-        run(blocks)
-    else:  # blocks write disjoint rows of acc: the threads' order does not change a bit
-        list(_POOL.map(run, [blocks[i::workers] for i in range(workers)]))
+    scratch = np.empty(rows * n)
+    for index, first, last in _row_blocks(len(acc), m, rows):
+        partials = None
+        for left, right in terms:
+            product = left[:, index, first:last] @ right[:, index]
+            partials = product if partials is None else partials + product
+        assert partials is not None
+        block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
+        partials = partials.astype(np.float32).reshape(chunks, -1)
+        if dst_format == "f16":
+            _accumulate_f16(block, partials)
+        else:
+            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound, normal)
     return acc
-
-
-_CHAIN_THREADS = max(1, min(4, os.cpu_count() or 1))
-_POOL = ThreadPoolExecutor(max_workers=_CHAIN_THREADS, thread_name_prefix="ttc-matmul")
-_PARALLEL_PRODUCTS = 1 << 18  # below this many chunk products a matmul block runs in the calling thread
-
-
-def _chain_workers(blocks: int, products: int) -> int:
-    """Threads for a block's Dst chains: numpy releases the GIL in its loops, so independent row blocks
-    run on several cores at once (as onnxruntime's intra-op threads do)."""
-    if blocks < 2 or products < _PARALLEL_PRODUCTS:
-        return 1
-    return min(blocks, _CHAIN_THREADS)
 
 
 def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:

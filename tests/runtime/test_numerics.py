@@ -142,21 +142,6 @@ def test_lofi_and_hifi4_differ_and_hifi4_is_closer():
     assert errors[MathFidelity.HIFI4] == pytest.approx(errors[MathFidelity.HIFI3], rel=0.02)
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_threaded_dst_chains_give_the_same_bits(monkeypatch, workers):
-    """Row blocks of Dst run on several threads above a size; each thread owns whole blocks."""
-    a, b = rand_bf16(3, 4, 6, 32, 32), rand_bf16(3, 6, 5, 32, 32)
-    dst = rand_bf16(3, 4, 5, 32, 32)
-    chain_workers = N._chain_workers
-    assert chain_workers(1, 1 << 30) == 1 and chain_workers(8, 10) == 1  # one block, or too small to share
-    monkeypatch.setattr(N, "_CHAIN_PRODUCTS", 1 << 12)  # many small blocks
-    monkeypatch.setattr(N, "_chain_workers", lambda blocks, products: 1)
-    alone = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI2)
-    monkeypatch.setattr(N, "_chain_workers", lambda blocks, products: min(blocks, workers))
-    threaded = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI2)
-    assert np.array_equal(bits(threaded), bits(alone))
-
-
 @pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI4])
 def test_same_matmul_over_different_blocks_gives_same_bits(fidelity):
     mt, kt, nt = 4, 5, 6
