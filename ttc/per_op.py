@@ -9,7 +9,9 @@ Both sides expose their intermediate values without changing what they compute:
 
 Each device program carries the ONNX nodes it implements in its location. A fused program (matmul + bias
 + GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
-program's result. Values whose element count differs from the node's (a program whose result was
+program's result; of several programs ending at the same node (a mean as a sum, then a scale) only the
+last is compared. A convolutional activation, channels-last [N*H*W, C] on the device, is compared in its
+node's NCHW layout. Values whose element count differs from the node's (a program whose result was
 re-shaped by a decomposition) are reported as not comparable rather than guessed at.
 """
 
@@ -107,11 +109,16 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
     reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & {n.output[0] for _, n, _ in targets
                                                                                if n is not None})])
+    final = {node.name: index for index, (_, node, _) in enumerate(targets) if node is not None}
     checks = []
     for index, (name, node, fused) in enumerate(targets):
         if node is None:
             checks.append(NodeCheck(index, fused[-1] if fused else "?", "?", fused, "", None, None, None,
                                     "no ONNX node of this program is in the model"))
+            continue
+        if final[node.name] != index:  # e.g. the sum of a mean, scaled by a later program of the same node
+            checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0], None, None, None,
+                                    "an intermediate program of this node: its last program is compared"))
             continue
         ref = reference[node.output[0]]
         got = device[name]
@@ -119,11 +126,21 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
             checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0], None, None, None,
                                     f"device value {list(got.shape)} vs ONNX {list(ref.shape)}: not comparable"))
             continue
-        result = compare(node.output[0], got.reshape(ref.shape).astype(ref.dtype, copy=False), ref,
+        result = compare(node.output[0], in_onnx_layout(got, ref.shape).astype(ref.dtype, copy=False), ref,
                          pcc_threshold=pcc_threshold, rel_l2_threshold=rel_l2_threshold)
         checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0],
                                 _finite(result.pcc), _finite(result.rel_l2_err), result.passed))
     return checks
+
+
+def in_onnx_layout(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A device value in the node's ONNX shape. Convolutional activations live channels-last on the device:
+    a [N*H*W, C] value of an [N, C, H, W] node (any number of spatial dims) is moved back to NCHW; any other
+    value is reshaped."""
+    if len(shape) >= 3 and value.ndim == 2 and value.shape == (shape[0] * int(np.prod(shape[2:])), shape[1]):
+        channels_last = value.reshape(shape[0], *shape[2:], shape[1])
+        return np.moveaxis(channels_last, -1, 1)
+    return value.reshape(shape)
 
 
 def _finite(x: float) -> float | None:

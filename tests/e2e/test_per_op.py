@@ -70,3 +70,33 @@ def test_per_op_needs_golden(encoder, capsys: pytest.CaptureFixture[str]) -> Non
     path, _ = encoder
     assert main(["run", str(path), "--per-op"]) == 2
     assert "--per-op compares with onnxruntime: it needs --golden" in capsys.readouterr().err
+
+
+def test_convolutional_activations_are_compared_in_nchw(tmp_path: Path) -> None:
+    """Conv stages live channels-last ([N*H*W, C]) on the device; per-op moves them back to the node's NCHW
+    layout, so a correct CNN passes at every node (a plain reshape would scramble them: PCC near 0)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ttc.per_op import in_onnx_layout
+
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["c2"], ["y"], name="pool")]
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * 0.3).astype(np.float32), n)
+             for n, s in (("w1", (12, 3, 3, 3)), ("w2", (20, 12, 1, 1)))]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 11])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "cnn.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(onnx.shape_inference.infer_shapes(model, strict_mode=True), path)
+    checks = check_per_op(ttc.compile(str(path)), path,
+                          {"x": rng.standard_normal((1, 3, 9, 11)).astype(np.float32)})
+    compared = [c for c in checks if c.passed is not None]
+    assert {"relu1", "conv2"} <= {c.node for c in compared}
+    assert all(c.passed for c in compared), [c for c in compared if not c.passed]
+    nhwc = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # [N, H, W, C]
+    np.testing.assert_array_equal(in_onnx_layout(nhwc.reshape(24, 5), (2, 5, 3, 4)), nhwc.transpose(0, 3, 1, 2))
