@@ -338,13 +338,28 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
 
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0) -> int:
     """The smallest CB footprint over every grid and blocking of `op` (for the layout pass)."""
-    return min(cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores))
+    sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
+    if not sizes:
+        raise no_placement(op, device)
+    return min(sizes)
+
+
+def no_placement(op: Operation, device: DeviceAttr) -> UserError:
+    """No blocking of `op` splits its work into a number of cores that forms a grid on the device (e.g. a
+    prime count of batches above the grid's width that must stay one per core)."""
+    x, y = device.compute_grid
+    return UserError(f"node {node_names(op)}: no blocking of '{op.name}' {tensor(op.result)} splits its work over a "
+                     f"core grid of at most {x}x{y} on {device.arch}: every candidate needs a number of cores that "
+                     "forms no such grid (a prime count of batches kept one per core); not supported yet")
 
 
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0) -> Choice:
     """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does."""
     smallest = None
-    for grid, blocking, cost in ranked(op, device, fidelity, max_cores):
+    candidates = ranked(op, device, fidelity, max_cores)
+    if not candidates:
+        raise no_placement(op, device)
+    for grid, blocking, cost in candidates:
         footprint = l1_footprint(op, device, blocking)
         if footprint <= budget:
             return Choice(grid, blocking, cost, footprint)

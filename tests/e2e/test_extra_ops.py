@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from test_transformer_ops import BOOL, I64, Graph, check
 
 import ttc
+from ttc.ir.diagnostics import UserError
 
 
 @pytest.mark.parametrize("op, attrs", [
@@ -337,3 +338,16 @@ def test_host_op_shapes_come_from_the_folded_inputs() -> None:
     offsets = g.input("offsets", (3, 1), elem=I64, values=np.array([[300], [-2], [5]]))
     g.output(g.node("Add", [g.node("Unsqueeze", [positions, zero]), offsets]), I64)
     check(g, host_ops=1)
+
+
+def test_an_op_no_grid_can_place_is_a_user_error() -> None:
+    """A transpose moving the channels last through the segment path yields a product batched 13 ways,
+    one batch per core: no grid of the device holds 13 cores in a rectangle. That is a clear compile error
+    naming the node, not a crash in the layout pass."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 2, 1], name="tr"),
+             helper.make_node("Relu", ["t"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 9, 13])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 13, 9, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UserError, match=r'node "tr": no blocking of .* not supported yet'):
+        ttc.compile(model)
