@@ -203,6 +203,8 @@ def run_onnxruntime(
     output_names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the model once in onnxruntime (CPU, default options); all outputs unless named."""
+    if output_names is not None and not output_names:
+        return {}  # onnxruntime reads an empty list of names as "all outputs"
     sess = _session(model_path_or_proto)
     names = list(output_names) if output_names is not None else [o.name for o in sess.get_outputs()]
     results = sess.run(names, dict(feeds))
