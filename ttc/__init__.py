@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 
 
 def compile(model_or_path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-            arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4") -> CompiledModel:
+            arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4",
+            softmax_precision: str = "f16") -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) for the emulated Grayskull."""
     from ttc.compiler import CompileOptions, compile_model
 
     options = CompileOptions(arch=arch, dtype=dtype, math_fidelity=math_fidelity,
-                             input_shapes=dict(input_shapes or {}))
+                             softmax_precision=softmax_precision, input_shapes=dict(input_shapes or {}))
     return compile_model(model_or_path, options)
 
 

@@ -114,6 +114,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="data format of matmul weights (activations stay bf16; default bf16)")
     parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default="hifi4",
                         help="matmul math fidelity (default hifi4)")
+    parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="f16",
+                        help="format of a softmax whose probabilities are an output, and of the activations "
+                             "it is computed from (f16: Float16, more precise, overflows past 65504; bf16: "
+                             "like every other tensor; default f16)")
     parser.add_argument("--pipeline", metavar="SPEC", help="override the pass pipeline")
     parser.add_argument("--dump-ir", metavar="DIR", help="write NN-passname.mlir after every pass, plus weights")
     _add_pass_options(parser)
@@ -123,7 +127,8 @@ def _compile(args: argparse.Namespace):
     from ttc.compiler import CompileOptions, Diagnostics, compile_model
 
     options = CompileOptions(arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
-                             pipeline=args.pipeline, input_shapes=_input_shapes(args.input_shape))
+                             softmax_precision=args.softmax_precision, pipeline=args.pipeline,
+                             input_shapes=_input_shapes(args.input_shape))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
                               dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
                               stream=sys.stderr)

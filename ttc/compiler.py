@@ -28,9 +28,14 @@ DTYPES = ("bf16", "bfp8_b")
 FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
 
 
-def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4") -> str:
-    """The passes from imported ttir down to allocated kernel programs."""
-    return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{dtype={dtype}}},"
+SOFTMAX_PRECISIONS = ("f16", "bf16")
+
+
+def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "f16") -> str:
+    """The passes from imported ttir down to allocated kernel programs. `softmax_precision` bf16 turns off
+    layout's precise-softmax (a host-read softmax and the activations it comes from in Float16)."""
+    layout = f"dtype={dtype}" + (" precise-softmax=false" if softmax_precision == "bf16" else "")
+    return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{{layout}}},"
             f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
 
 
@@ -39,18 +44,20 @@ class CompileOptions:
     arch: str = "e150"
     dtype: str = "bf16"
     math_fidelity: str = "hifi4"
-    pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity)
+    softmax_precision: str = "f16"
+    pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for value, choices, what in ((self.arch, ARCHES, "arch"), (self.dtype, DTYPES, "dtype"),
-                                     (self.math_fidelity, FIDELITIES, "math fidelity")):
+                                     (self.math_fidelity, FIDELITIES, "math fidelity"),
+                                     (self.softmax_precision, SOFTMAX_PRECISIONS, "softmax precision")):
             if value not in choices:
                 raise UserError(f"unknown {what} '{value}' (choose from {', '.join(choices)})")
 
     @property
     def pipeline_spec(self) -> str:
-        return self.pipeline or default_pipeline(self.dtype, self.math_fidelity)
+        return self.pipeline or default_pipeline(self.dtype, self.math_fidelity, self.softmax_precision)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

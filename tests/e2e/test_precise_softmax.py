@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 from test_cnn_ops import model_of
 
-from ttc.compiler import CompileOptions, compile_model, default_pipeline
+from ttc.compiler import CompileOptions, compile_model
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.printer import print_module
 
@@ -42,10 +42,13 @@ def head() -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict[str, np.ndarray
 
 
 def run_head(head, precise: bool) -> tuple[dict[str, np.ndarray], str]:
-    """Outputs and the printed program of the head compiled with precise-softmax on or off."""
+    """Outputs and the printed program of the head compiled with precise-softmax on or off (the
+    `softmax_precision` option, `--softmax-precision` on the command line)."""
     model, feeds, _ = head
-    layout = f"layout{{dtype=bf16 precise-softmax={str(precise).lower()}}}"
-    compiled = compile_model(model, CompileOptions(pipeline=default_pipeline().replace("layout{dtype=bf16}", layout)))
+    options = CompileOptions(softmax_precision="f16" if precise else "bf16")
+    assert ("precise-softmax=false" in options.pipeline_spec) is not precise
+    compiled = compile_model(model, options)
+    assert compiled.manifest["options"]["softmax_precision"] == options.softmax_precision
     return compiled.run(feeds), print_module(compiled.module)
 
 
