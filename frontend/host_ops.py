@@ -14,6 +14,7 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
 - it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
 - it scatters (Scatter, ScatterElements, ScatterND, TensorScatter): the write positions are data,
   while the device moves data only by compile-time index tables and has no indexed-write kernel;
+- it reinterprets bits (BitCast): the device holds bf16-rounded values, not the tensor's bits;
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
   index kernels.
 
@@ -48,6 +49,8 @@ INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
 # Writes at positions given by data (duplicates combined in order): the device moves data only by
 # compile-time index tables and has no indexed-write kernel.
 SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter"})
+# Reinterpret bits: the device's values are bf16-rounded, so their bits are not the tensor's.
+BIT_OPS = frozenset({"BitCast"})
 NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
 COMPARE_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 # Ops the device runs on integer graph inputs exactly (conversions, copies, lookups by index).
@@ -68,7 +71,7 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     """Whether `node` becomes a host op (the rule of the module doc)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS | SCATTER_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
+    if node.op_type in INDEX_OPS | SCATTER_OPS | BIT_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
                                                    and node.output[1] in importer.used):
         return True  # MaxPool's second output is the indices of the maxima
     inputs = [importer.values[name] for name in node.input if name and name in importer.values]
@@ -208,7 +211,7 @@ def may_run_on_host(model: onnx.ModelProto, node: onnx.NodeProto, constants: set
     on the host (an index op, or integers computed or compared; `runs_on_host` decides)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
-    if node.op_type in INDEX_OPS | SCATTER_OPS:
+    if node.op_type in INDEX_OPS | SCATTER_OPS | BIT_OPS:
         return True
     types = {v.name: v.type for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
 

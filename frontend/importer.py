@@ -121,8 +121,16 @@ def is_foldable(node: onnx.NodeProto, constants: set[str]) -> bool:
 
 
 def check_supported(model: onnx.ModelProto) -> None:
-    """One UserError listing every unsupported op type with the names of its nodes (nodes folded at
-    compile time need no converter)."""
+    """A UserError for the first graph input, output or initializer of an element type ttc does not
+    support (the more basic limit: no op can carry it), else one listing every unsupported op type with
+    the names of its nodes (nodes folded at compile time need no converter)."""
+    graph = model.graph
+    for where, values in (("graph input", graph.input), ("graph output", graph.output)):
+        for value in values:
+            if value.type.HasField("tensor_type"):
+                element_type(value.type.tensor_type.elem_type, where, value.name)
+    for tensor in graph.initializer:
+        element_type(tensor.data_type, f"initializer '{tensor.name}'", tensor.name)
     supported = set(supported_op_types())
     unsupported: dict[str, list[str]] = {}
     constants = {t.name for t in model.graph.initializer}

@@ -562,11 +562,18 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf1
     """add_tiles / sub_tiles / mul_tiles: operands in the Dst format (bf16 or f16), exact result rounded once
     to it.
 
-    A product of two bf16 values has at most 16 significant bits, so float32 holds it exactly unless its
-    low bits fall below 2**-149, i.e. it is below 2**-135; such a value and its float32 rounding are both
-    under half of bf16's smallest subnormal (2**-134) and round to zero either way, and a float32
-    overflow is past bf16's range too. So a product is rounded from float32; sums and differences from
-    float64, where they are exact.
+    Every result is computed in float32 and rounded to bf16 from there, which gives the bits of rounding
+    the exact result once:
+    - A product of two bf16 values has at most 16 significant bits, so float32 holds it exactly unless its
+      low bits fall below 2**-149, i.e. it is below 2**-135; such a value and its float32 rounding are both
+      under half of bf16's smallest subnormal (2**-134) and round to zero either way.
+    - A sum or difference of two bf16 values (8 significant bits each, lowest bit at least 2**-133) is exact
+      in float32 unless it spans more than 24 bits, which needs |b| < 2**-15 * |a| for the smaller operand
+      b. Then the exact result and its float32 rounding both lie within 2**-14 ulp(a) of a, far inside the
+      interval of values that round to a (half an ulp either side, a quarter below a power of two): both
+      round to a.
+    - Overflow: float32 overflows only past 2**128 - 2**103, beyond bf16's rounding threshold to inf
+      (2**128 - 2**119), so both give inf; inf and NaN operands follow IEEE rules in either width.
 
     Elementwise, so it runs over cache-sized blocks along the leading axis (the float64 temporaries of a
     block stay in cache).
@@ -586,12 +593,8 @@ def eltwise_binary(a: np.ndarray, b: np.ndarray, op: str, dst_format: str = "bf1
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
         for start in range(0, shape[0], rows):
             block = slice(start, start + rows)
-            lhs, rhs = _as_bf16(a[block]), _as_bf16(b[block])
-            if op == "mul":  # see eltwise_binary's doc: float32 holds the product exactly where it counts
-                out[block] = bf16_round(lhs * rhs)
-                continue
-            exact = fn(lhs.astype(np.float64), rhs.astype(np.float64))
-            out[block] = _f64_to_bf16(exact).reshape(exact.shape)
+            # see eltwise_binary's doc: rounding from float32 is rounding the exact result
+            out[block] = bf16_round(fn(_as_bf16(a[block]), _as_bf16(b[block])))
     return out
 
 

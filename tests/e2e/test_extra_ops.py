@@ -314,6 +314,16 @@ def test_scatters_run_on_the_host_between_device_ops() -> None:
     check(g, host_ops=2)
 
 
+def test_bitcast_runs_on_the_host_on_the_inputs_bits() -> None:
+    """BitCast reinterprets bits the device's bf16 values do not keep: a host op on the exact input, whose
+    float result feeds the device."""
+    g = Graph()
+    bits = np.random.default_rng(16).uniform(-3, 3, (4, 33)).astype(np.float32).view(np.int32)
+    floats = g.node("BitCast", [g.input("bits", (4, 33), elem=TensorProto.INT32, values=bits)], to=TensorProto.FLOAT)
+    g.output(g.node("Relu", [floats]))
+    check(g, opset=26, host_ops=1)
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 def test_gather_nd_by_computed_indices(depth: int) -> None:
     """One-hot rows per index component (negative indices too), their outer product times the data's rows."""

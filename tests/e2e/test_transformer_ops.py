@@ -19,7 +19,8 @@ from ttc.golden import compare, run_onnxruntime
 
 F32, I64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
 F32_LOWEST = float(np.finfo(np.float32).min)
-NP_TYPES = {F32: np.float32, I64: np.int64, BOOL: np.bool_, TensorProto.INT8: np.int8, TensorProto.INT16: np.int16}
+NP_TYPES = {F32: np.float32, I64: np.int64, BOOL: np.bool_, TensorProto.INT8: np.int8, TensorProto.INT16: np.int16,
+            TensorProto.INT32: np.int32}
 
 
 @dataclass

@@ -257,6 +257,15 @@ def test_reshape_needs_a_static_or_constant_shape() -> None:
         import_model(model)
 
 
+def test_an_unsupported_element_type_is_reported_before_unsupported_ops() -> None:
+    """A 4-bit output is the more basic limit: no converter could produce it."""
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], name="/q")
+    model = make_model([node], [info("x", [2], TensorProto.FLOAT), info("s", [], TensorProto.FLOAT),
+                                info("z", [], TensorProto.INT4)], [info("y", [2], TensorProto.INT4)])
+    with pytest.raises(UserError, match=r"^graph input: value 'z' has element type INT4, which ttc does not support$"):
+        import_model(model)
+
+
 def test_unsupported_element_type() -> None:
     node = helper.make_node("Identity", ["x"], ["y"], name="/id")
     model = make_model([node], [info("x", [2], TensorProto.COMPLEX64)], [info("y", [2], TensorProto.COMPLEX64)])

@@ -192,6 +192,21 @@ def test_eltwise_binary_near_the_ends_of_the_range(op, exponent):
     assert np.array_equal(bits(N.eltwise_binary(a, b, op)), bits(want))
 
 
+@pytest.mark.parametrize("op", ["add", "sub"])
+@pytest.mark.parametrize("gap", [0, 7, 8, 9, 14, 15, 16, 17, 24, 40])
+def test_eltwise_sum_across_exponent_gaps_rounds_exact_result_once(op, gap):
+    """Sums and differences are computed in float32: where the operands' exponents are far apart that sum
+    is inexact, and rounding it to bf16 must still give the exact result's rounding (also for operands
+    that are halfway patterns after the shift, for subnormals and at the top of the range)."""
+    rng = np.random.default_rng(gap)
+    for scale in (1.0, 2.0**-120, 2.0**-133, 2.0**120):
+        a = N.bf16_round((rng.standard_normal((4, 32, 32)) * scale).astype(np.float32))
+        mantissa = rng.integers(128, 256, size=a.shape) * rng.choice([-1, 1], size=a.shape)
+        b = N.bf16_round(np.ldexp(mantissa * np.abs(a).astype(float) / 128, -gap - 1).astype(np.float32))
+        exact = (np.add if op == "add" else np.subtract)(a.astype(float), b.astype(float))
+        assert np.array_equal(bits(N.eltwise_binary(a, b, op)), bits(ref_bf16(exact)))
+
+
 REFERENCE = {
     "exp": np.exp,
     "recip": lambda x: 1 / x,
