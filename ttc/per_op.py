@@ -7,7 +7,8 @@ Both sides expose their intermediate values without changing what they compute:
   @main, so the emulator runs exactly the kernels it always runs, only reading more back;
 - the onnxruntime side adds the matching ONNX node outputs to the graph's outputs.
 
-Each device program carries the ONNX nodes it implements in its location. A fused program (matmul + bias
+Each device program carries the ONNX nodes it implements in its location (an unnamed node by the
+importer's name for it, `OpType_index`). A fused program (matmul + bias
 + GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
 program's result; of several programs ending at the same node (a mean as a sum, then a scale) only the
 last is compared. A convolutional activation, channels-last [N*H*W, C] on the device, is compared in its
@@ -26,6 +27,7 @@ import numpy as np
 import onnx
 
 from ttc.compiler import CompiledModel
+from ttc.frontend.importer import node_name
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.core import Module, Operation
 from ttc.ir.parser import parse_module
@@ -97,7 +99,8 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
     device = Executor(instrumented, compiled.device_weights).run(dict(feeds))
 
     model = onnx.load(str(model_path))
-    nodes = {node.name: (i, node) for i, node in enumerate(model.graph.node)}
+    # by the name the importer gave each node's ops: an unnamed node is `OpType_index`
+    nodes = {node_name(node, i): (i, node) for i, node in enumerate(model.graph.node)}
     targets: list[tuple[str, onnx.NodeProto | None, tuple[str, ...]]] = []
     for name, fused in probes:
         known = [nodes[n] for n in fused if n in nodes]
@@ -109,26 +112,31 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
     reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & {n.output[0] for _, n, _ in targets
                                                                                if n is not None})])
-    final = {node.name: index for index, (_, node, _) in enumerate(targets) if node is not None}
+    final = {id(node): index for index, (_, node, _) in enumerate(targets) if node is not None}
+    names = {id(node): name for name, (_, node) in nodes.items()}
+
+    def label(node: onnx.NodeProto) -> str:
+        return names[id(node)]
+
     checks = []
     for index, (name, node, fused) in enumerate(targets):
         if node is None:
             checks.append(NodeCheck(index, fused[-1] if fused else "?", "?", fused, "", None, None, None,
                                     "no ONNX node of this program is in the model"))
             continue
-        if final[node.name] != index:  # e.g. the sum of a mean, scaled by a later program of the same node
-            checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0], None, None, None,
+        if final[id(node)] != index:  # e.g. the sum of a mean, scaled by a later program of the same node
+            checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
                                     "an intermediate program of this node: its last program is compared"))
             continue
         ref = reference[node.output[0]]
         got = device[name]
         if got.size != ref.size:
-            checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0], None, None, None,
+            checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
                                     f"device value {list(got.shape)} vs ONNX {list(ref.shape)}: not comparable"))
             continue
         result = compare(node.output[0], in_onnx_layout(got, ref.shape).astype(ref.dtype, copy=False), ref,
                          pcc_threshold=pcc_threshold, rel_l2_threshold=rel_l2_threshold)
-        checks.append(NodeCheck(index, node.name, node.op_type, fused, node.output[0],
+        checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0],
                                 _finite(result.pcc), _finite(result.rel_l2_err), result.passed))
     return checks
 

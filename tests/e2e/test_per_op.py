@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 import ttc
@@ -100,3 +102,22 @@ def test_convolutional_activations_are_compared_in_nchw(tmp_path: Path) -> None:
     assert all(c.passed for c in compared), [c for c in compared if not c.passed]
     nhwc = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # [N, H, W, C]
     np.testing.assert_array_equal(in_onnx_layout(nhwc.reshape(24, 5), (2, 5, 3, 4)), nhwc.transpose(0, 3, 1, 2))
+
+
+def test_unnamed_nodes_are_compared_by_the_importers_names(tmp_path: Path) -> None:
+    """ONNX node names are optional; the importer names an unnamed node `OpType_index`, and per-op finds
+    the node by that name, so every program is still compared."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
+    graph = helper.make_graph(nodes, "unnamed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 96])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 48])],
+                              [numpy_helper.from_array(rng.standard_normal((96, 48)).astype(np.float32), "w")])
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    checks = check_per_op(ttc.compile(str(path)), path, {"x": rng.standard_normal((64, 96)).astype(np.float32)})
+    compared = [c for c in checks if c.passed is not None]
+    assert compared and all(c.passed for c in compared)
+    assert compared[-1].node == "Softmax_2" and compared[-1].value == "y"

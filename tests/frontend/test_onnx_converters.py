@@ -190,12 +190,12 @@ def test_pow_with_an_integer_exponent_converts_the_exponent() -> None:
     assert power.name == "ttir.pow" and power.operands[1] is cast.result
 
 
-def test_constant_of_an_unsupported_form_is_rejected() -> None:
+def test_strings_are_rejected_by_their_element_type() -> None:
+    """A Constant making strings for a graph output: the element type is the error, named up front."""
     node = helper.make_node("Constant", [], ["y"], name="/c/Constant", value_strings=["a"])
-    model = make_model([node], [], [info("y", [1], TensorProto.STRING)])
-    with pytest.raises(UserError, match=r"^node '/c/Constant' \(Constant\): a Constant given by 'value_strings' "
-                                        r"is not supported"):
-        import_model(model)
+    with pytest.raises(UserError, match=r"^graph output: value 'y' has element type STRING, which ttc does not "
+                                        r"support$"):
+        import_model(make_model([node], [], [info("y", [1], TensorProto.STRING)]))
 
 
 # ----------------------------------------------------------------------------------------------
