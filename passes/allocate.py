@@ -5,7 +5,14 @@
 - L1 buffers top-down, per-bank share over the compute cores (32 B aligned), never below l1_reserved. A
   sharded buffer takes one shard's bytes (`footprint.shard_bytes`) at the same address in every core, as
   tt-metal's lockstep L1 allocator does; the cores of its grid hold the shards.
-- Both by liveness (create_buffer .. deallocate), reusing freed ranges first fit.
+- Both by liveness (create_buffer .. deallocate), reusing freed ranges first fit, except weights: a DRAM
+  buffer filled by `write_constant` is allocated first, at the bottom of DRAM, and stays resident for the
+  whole function (its deallocate is dropped). No other buffer ever takes its bytes, so running the
+  model again finds its weights in place and writes none of them, as a deployed model keeps its weights
+  on the device. When resident weights do not fit in DRAM beside the activations, the
+  function is allocated again by liveness (each weight freed after its last use and written again on
+  the next run), and the module says so (`tt.resident_weights` false). `allocate{resident-weights=false}`
+  asks for liveness directly.
 - The CBs of each program from l1_reserved upward (32 B aligned, in index order); together
   (`footprint.cb_bytes`) they must end below every L1 buffer live during the program.
 
@@ -40,6 +47,7 @@ from ttc.passes.manager import Pass, register_pass
 
 DRAM_PEAK = "tt.dram_peak_bytes"
 L1_PEAK = "tt.l1_peak_bytes"
+RESIDENT_WEIGHTS = "tt.resident_weights"
 
 
 class Heap:
@@ -153,30 +161,72 @@ class Allocator:
         self.l1_peak = max(self.l1_peak, needed + self.l1.live_bytes)
 
 
-def allocate_function(func: Function, allocator: Allocator) -> None:
+def is_dram_weight(buffer: Operation) -> bool:
+    """A create_buffer in DRAM that a write_constant fills (a weight or constant table)."""
+    return str(layout(tensor(buffer.result)).memory_space) == "dram" \
+        and any(user.name == "ttmetal.write_constant" for user in buffer.result.users)
+
+
+def allocate_function(func: Function, allocator: Allocator, resident_weights: bool = False) -> list[Operation]:
+    """Allocate every buffer and CB of `func`; returns the deallocates of resident weights (which the caller
+    drops: those buffers stay allocated to the end).
+
+    Resident weights are allocated first, at the bottom of DRAM, before any activation: no other buffer of
+    the function ever takes their bytes (within a run, or in the next one)."""
+    resident = [op for op in func.body.ops
+                if resident_weights and op.name == "ttmetal.create_buffer" and is_dram_weight(op)]
+    for op in resident:
+        allocator.create(op)
+    placed = set(resident)
+    kept = []
     for op in func.body.ops:
-        if op.name == "ttmetal.create_buffer":
+        if op.name == "ttmetal.create_buffer" and op not in placed:
             allocator.create(op)
         elif op.name == "ttmetal.deallocate":
-            allocator.free(op)
+            if op.operands[0].owner in placed:
+                kept.append(op)
+            else:
+                allocator.free(op)
         elif op.name == "ttmetal.enqueue_program":
             allocator.place_cbs(op)
+    return kept
+
+
+def allocate_with_resident_weights(func: Function, device: DeviceAttr, resident_weights: bool) -> tuple[Allocator, bool]:
+    """Allocate `func` with its DRAM weights resident when they fit (their deallocates dropped), else by
+    liveness; returns the allocator and whether the weights are resident."""
+    if resident_weights:
+        allocator = Allocator.for_device(device)
+        try:
+            kept = allocate_function(func, allocator, resident_weights=True)
+        except UserError:
+            pass  # retried by liveness below: that error, if any, is the one to report
+        else:
+            for op in kept:
+                op.erase()
+            return allocator, True
+    allocator = Allocator.for_device(device)
+    allocate_function(func, allocator)
+    return allocator, False
 
 
 @register_pass
 @dataclass
 class Allocate(Pass):
-    """Give device buffers and circular buffers their addresses by liveness; record peak usage."""
+    """Give device buffers and circular buffers their addresses (weights resident, the rest by liveness);
+    record peak usage."""
 
     name = "allocate"
+    resident_weights: bool = True
 
     def run(self, module: Module) -> None:
         device = module_device(module)
-        dram_peak, l1_peak = 0, 0
+        dram_peak, l1_peak, resident = 0, 0, True
         for func in module.functions:
-            allocator = Allocator.for_device(device)
-            allocate_function(func, allocator)
+            allocator, kept = allocate_with_resident_weights(func, device, self.resident_weights)
+            resident = resident and kept
             dram_peak = max(dram_peak, allocator.dram.high_water * device.dram_channels)
             l1_peak = max(l1_peak, allocator.l1_peak)
         module.attributes[DRAM_PEAK] = dram_peak
         module.attributes[L1_PEAK] = l1_peak
+        module.attributes[RESIDENT_WEIGHTS] = resident

@@ -177,7 +177,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled.save(output)
     memory = compiled.manifest["memory"]
     print(f"wrote {output}: {compiled.manifest['programs']} programs, host ops {compiled.manifest['host_ops']}, "
-          f"DRAM {memory['dram_bytes'] / 2**20:.2f} MiB, peak L1 {memory['l1_peak_bytes'] / 1024:.1f} KiB per core, "
+          f"DRAM {memory['dram_bytes'] / 2**20:.2f} MiB "
+          f"({'weights resident' if memory.get('resident_weights') else 'weights written every run'}), peak L1 {memory['l1_peak_bytes'] / 1024:.1f} KiB per core, "
           f"compiled in {compiled.compile_s:.2f} s", file=sys.stderr)
     return EXIT_OK
 

@@ -212,7 +212,8 @@ def count_host_ops(module: Module) -> int:
 
 def memory_summary(module: Module) -> dict[str, int]:
     return {"dram_bytes": int(module.attributes.get("tt.dram_peak_bytes", 0)),
-            "l1_peak_bytes": int(module.attributes.get("tt.l1_peak_bytes", 0))}
+            "l1_peak_bytes": int(module.attributes.get("tt.l1_peak_bytes", 0)),
+            "resident_weights": bool(module.attributes.get("tt.resident_weights", False))}
 
 
 class CompiledModel:

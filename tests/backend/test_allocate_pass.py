@@ -86,3 +86,82 @@ def test_cbs_overlapping_live_l1_buffers_are_an_error() -> None:
                                         r"per core from 0x2a580, but only 4096 bytes are free below the L1 buffers "
                                         rf"live during it \({share} bytes per core\)"):
         allocate_on(module, tight)
+
+
+def weight_writes(compiled, feeds, monkeypatch) -> int:
+    """How many weights one more run of `compiled` writes to the device."""
+    from ttc.runtime.executor import DeviceBuffer, Executor
+
+    executor = compiled._executor or Executor(compiled.module, compiled.device_weights)
+    compiled._executor = executor
+    weights = {id(op.results[0]) for op in compiled.module.walk() if op.name == "ttmetal.create_buffer"
+               and any(u.name == "ttmetal.write_constant" for u in op.results[0].users)}
+    assert weights
+    written = []
+    original = DeviceBuffer.write
+
+    def counting(self, pages):
+        written.append(self)
+        original(self, pages)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DeviceBuffer, "write", counting)
+        executor.run(feeds)
+    inputs = sum(op.name == "ttmetal.write_buffer" for op in compiled.module.function("main").body.ops)
+    return len(written) - inputs
+
+
+def test_weights_stay_resident_so_a_second_run_writes_none(monkeypatch) -> None:
+    """A deployed model keeps its weights on the device: weight buffers are never deallocated, so the
+    activations never take their DRAM and the second run finds every weight in place."""
+    import ttc
+    from ttc import zoo
+    from ttc.passes.allocate import RESIDENT_WEIGHTS, is_dram_weight
+
+    model = zoo.mlp(batch=32, sizes=(784, 512, 256, 10))
+    feeds = zoo.random_inputs(model)
+    compiled = ttc.compile(model)
+    main = compiled.module.function("main")
+    assert compiled.module.attributes[RESIDENT_WEIGHTS] is True and compiled.manifest["memory"]["resident_weights"]
+    freed = [op.operands[0].owner for op in main.body.ops if op.name == "ttmetal.deallocate"]
+    assert freed and not any(is_dram_weight(op) for op in freed)
+    weight_writes(compiled, feeds, monkeypatch)  # the first run writes them
+    assert weight_writes(compiled, feeds, monkeypatch) == 0
+
+    from ttc.compiler import CompileOptions, compile_model
+
+    pipeline = compiled.manifest["options"]["pipeline"].replace("allocate", "allocate{resident-weights=false}")
+    liveness = compile_model(model, CompileOptions(pipeline=pipeline))
+    assert liveness.module.attributes[RESIDENT_WEIGHTS] is False
+    assert liveness.module.attributes[DRAM_PEAK] < compiled.module.attributes[DRAM_PEAK]
+    weight_writes(liveness, feeds, monkeypatch)
+    assert weight_writes(liveness, feeds, monkeypatch) > 0  # activations took freed weight ranges
+    (name,) = compiled.output_names
+    np.testing.assert_array_equal(liveness.run(feeds)[name], compiled.run(feeds)[name])
+
+
+def test_weights_too_large_to_stay_resident_fall_back_to_liveness() -> None:
+    """A DRAM that holds the activations and the weights in use, but not every weight at once: the function
+    is allocated by liveness instead (weights freed after their last use), says so, and still runs."""
+    from ttc import zoo
+    from ttc.compiler import default_pipeline
+    from ttc.frontend.importer import import_model
+    from ttc.ir.parser import parse_module
+    from ttc.passes.allocate import RESIDENT_WEIGHTS
+
+    model = zoo.mlp(batch=32, sizes=(784, 512, 256, 10))
+    module = import_model(model)
+    PassManager(default_pipeline().removesuffix(",allocate"), stream=io.StringIO()).run(module)
+    text = str(module)
+    peaks = {}
+    for resident in (True, False):
+        copy = parse_module(text)
+        PassManager(f"allocate{{resident-weights={str(resident).lower()}}}", stream=io.StringIO()).run(copy)
+        peaks[resident] = copy.attributes[DRAM_PEAK] // E150.dram_channels
+    assert peaks[False] < peaks[True]
+    between = dataclasses.replace(E150, dram_channel_size=(peaks[False] + peaks[True]) // 2)
+    fallback = parse_module(text)
+    allocate_on(fallback, between)
+    assert fallback.attributes[RESIDENT_WEIGHTS] is False and fallback.attributes[DRAM_PEAK] // 8 == peaks[False]
+    assert any(op.name == "ttmetal.deallocate" and "ttmetal.write_constant" in {u.name for u in op.operands[0].users}
+               for op in fallback.function("main").body.ops)
