@@ -250,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_timings(timings: dict) -> None:
-    parts = [f"{k} {v:.4f}" for k, v in timings.items() if v is not None]
+    parts = [f"{k} {v:.3g}" for k, v in timings.items() if v is not None]  # 3 significant digits: ort_s may be µs
     if timings.get("run_s") and timings.get("ort_s"):
         parts.append(f"run/ort {timings['run_s'] / timings['ort_s']:.1f}x")
     if parts:
