@@ -3,6 +3,7 @@ and the helpers every kernel generator shares."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,8 +55,11 @@ class Schedule:
         return self.grid.num_cores
 
     def unit(self, core: int) -> tuple[int, ...]:
-        """The work unit (coordinates over `units`, row-major) of core #core."""
-        return tuple(int(i) for i in np.unravel_index(core, self.units))
+        """The work unit (coordinates over `units`, row-major) of core #core. A grid with more cores than
+        units (`grid.grid_for`: a unit count that forms no rectangle) gives its extra cores the last unit:
+        they repeat its work and write the same bytes to the same pages, so every core runs the same
+        kernels with the same trip counts (lockstep) and no unit is lost."""
+        return tuple(int(i) for i in np.unravel_index(min(core, math.prod(self.units) - 1), self.units))
 
     def args(self, fn: Callable[[tuple[int, ...]], Sequence[int]]) -> tuple[tuple[int, ...], ...]:
         """Per-core runtime arguments, cores in row-major order (core = y * grid.x + x)."""
@@ -66,7 +70,8 @@ def schedule_of(op: Operation) -> Schedule:
     blocking = dict(op.attributes[BLOCKING])
     grid = op.attributes[GRID]
     units = core_units(op, blocking)
-    assert int(np.prod(units)) == grid.num_cores, f"{op.name}: blocking does not match {grid}"
+    assert int(np.prod(units)) <= grid.num_cores < int(np.prod(units)) + grid.x, \
+        f"{op.name}: blocking does not match {grid}"
     return Schedule(grid, blocking, op.attributes.get(FIDELITY, "hifi4"), units)
 
 

@@ -31,6 +31,7 @@ cannot fit is a UserError naming the node and the core.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -87,14 +88,23 @@ def divisors(n: int) -> list[int]:
 
 
 def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | None:
-    """A grid of exactly `cores` cores inside the compute grid (widest rows first), or None."""
+    """A grid for `cores` work units inside the compute grid: exactly `cores` cores when they form a
+    rectangle (widest rows first); else the rectangle with the fewest cores beyond `cores` (a prime
+    count of batches kept one per core, 13 > the grid's width), whose extra cores repeat the last unit's
+    work (`backend.program.Schedule.unit`); None when `cores` exceeds the grid (or max_cores)."""
     gx, gy = device.compute_grid
     if max_cores and cores > max_cores:
         return None
     for x in range(min(cores, gx), 0, -1):
         if cores % x == 0 and cores // x <= gy:
             return GridAttr(x, cores // x)
-    return None
+    padded = [(x * -(-cores // x), -x) for x in range(min(cores, gx), 0, -1) if -(-cores // x) <= gy]
+    if not padded:
+        return None
+    total, negative_x = min(padded)
+    if max_cores and total > max_cores:
+        return None
+    return GridAttr(-negative_x, total // -negative_x)
 
 
 def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
@@ -303,6 +313,8 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
     groups, m_blocks, n_blocks = matmul_units(shape, b)
     if shape.nt % b["per_core_n"]:
         return None  # a ragged N edge
+    if grid.num_cores != math.prod(core_units(op, b)):
+        return None  # cores repeating the last unit would hold shards nobody reads
     if memory_layout == "height_sharded":
         if n_blocks != 1 or (b["batches"] > 1 and b["per_core_m"] != shape.mt) or grid.num_cores < 2:
             return None
@@ -340,17 +352,18 @@ def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0) -> int:
     """The smallest CB footprint over every grid and blocking of `op` (for the layout pass)."""
     sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
     if not sizes:
-        raise no_placement(op, device)
+        raise no_placement(op, device, max_cores)
     return min(sizes)
 
 
-def no_placement(op: Operation, device: DeviceAttr) -> UserError:
-    """No blocking of `op` splits its work into a number of cores that forms a grid on the device (e.g. a
-    prime count of batches above the grid's width that must stay one per core)."""
+def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserError:
+    """No blocking of `op` splits its work into units that fit the device's core grid (or `max_cores`): e.g.
+    more batches than cores, each of which must stay on a core of its own."""
     x, y = device.compute_grid
-    return UserError(f"node {node_names(op)}: no blocking of '{op.name}' {tensor(op.result)} splits its work over a "
-                     f"core grid of at most {x}x{y} on {device.arch}: every candidate needs a number of cores that "
-                     "forms no such grid (a prime count of batches kept one per core); not supported yet")
+    limit = f"{max_cores} cores (grid{{max-cores={max_cores}}})" if max_cores else f"the {x}x{y} core grid"
+    return UserError(f"node {node_names(op)}: no blocking of '{op.name}' {tensor(op.result)} fits {limit} on "
+                     f"{device.arch}: every candidate splits its work into more units than that, each needing a "
+                     "core of its own; not supported yet")
 
 
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0) -> Choice:
@@ -358,7 +371,7 @@ def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_co
     smallest = None
     candidates = ranked(op, device, fidelity, max_cores)
     if not candidates:
-        raise no_placement(op, device)
+        raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
         footprint = l1_footprint(op, device, blocking)
         if footprint <= budget:
@@ -427,7 +440,10 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     budget = live.budget(op)
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
-    for candidate in ranked_matmul(op, device, fidelity, options, max_cores):
+    candidates = ranked_matmul(op, device, fidelity, options, max_cores)
+    if not candidates:
+        raise no_placement(op, device, max_cores)
+    for candidate in candidates:
         grid, blocking, result_layout, cost = candidate
         kind = str(result_layout.memory_layout) if result_layout is not None else "interleaved"
         if kind in best or (given is not None and result_layout != given):

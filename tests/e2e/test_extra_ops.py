@@ -7,11 +7,13 @@ integers and booleans exactly) with the stated number of host ops.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import TensorProto, helper
 from test_transformer_ops import BOOL, I64, Graph, check
 
 import ttc
+from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import UserError
 
 
@@ -350,14 +352,32 @@ def test_host_op_shapes_come_from_the_folded_inputs() -> None:
     check(g, host_ops=1)
 
 
-def test_an_op_no_grid_can_place_is_a_user_error() -> None:
-    """A transpose moving the channels last through the segment path yields a product batched 13 ways,
-    one batch per core: no grid of the device holds 13 cores in a rectangle. That is a clear compile error
-    naming the node, not a crash in the layout pass."""
+def transpose_batched_13_ways() -> onnx.ModelProto:
+    """A transpose moving the channels last through the segment path: a product batched 13 ways, one batch
+    per core (the batches' offsets do not step affinely in groups)."""
     nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 2, 1], name="tr"),
              helper.make_node("Relu", ["t"], ["y"], name="relu")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 9, 13])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 13, 9, 2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UserError, match=r'node "tr": no blocking of .* not supported yet'):
-        ttc.compile(model)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_prime_count_of_units_runs_on_a_grid_with_a_repeating_core() -> None:
+    """13 units form no rectangle of at most 12 columns: the grid is 7x2 and its 14th core repeats the last
+    unit (same bytes to the same pages), so every core runs the same kernels in lockstep."""
+    model = transpose_batched_13_ways()
+    compiled = ttc.compile(model)
+    grids = {str(op.attr("grid")) for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"}
+    assert "#tt.grid<7x2>" in grids
+    x = np.random.default_rng(17).standard_normal((1, 2, 9, 13)).astype(np.float32)
+    assert compare("y", compiled.run({"x": x})["y"], run_onnxruntime(model, {"x": x})["y"]).passed
+
+
+def test_an_op_no_grid_can_place_is_a_user_error() -> None:
+    """With at most 8 cores (grid{max-cores=8}) the 13 batches kept one per core fit no grid: a clear
+    compile error naming the node, not a crash in the layout pass."""
+    from ttc.compiler import CompileOptions, compile_model, default_pipeline
+
+    pipeline = default_pipeline().replace("grid{", "grid{max-cores=8,")
+    with pytest.raises(UserError, match=r'node "tr": no blocking of .* fits 8 cores \(grid\{max-cores=8\}\) on e150: .*not supported yet'):
+        compile_model(transpose_batched_13_ways(), CompileOptions(pipeline=pipeline))
