@@ -110,7 +110,9 @@ class ScheduleBuilder:
         source = op.operands[0]
         if not is_device(source) and is_device(op.result):
             buffer = self.emit("ttmetal.create_buffer", [], [op.result.type], op).result
-            self.emit("ttmetal.write_buffer", [self.value(source), buffer], [], op)
+            perm = op.attributes.get("perm")
+            self.emit("ttmetal.write_buffer", [self.value(source), buffer], [], op,
+                      {} if perm is None else {"perm": tuple(perm)})
             self.values[id(op.result)] = buffer
         elif is_device(source) and not is_device(op.result):
             read = self.emit("ttmetal.read_buffer", [self.value(source)], [op.result.type], op)

@@ -4,7 +4,11 @@ What it does, per function:
 - Function arguments and results stay host tensors. Each argument used by device ops goes through one
   `ttir.to_layout` to `#tt.layout<tile, dram, interleaved>` (located by the argument's name); each
   returned device value comes back through a `ttir.to_layout` to the function's result type. These
-  are the host<->device edges, where data is tilized and untilized.
+  are the host<->device edges, where data is tilized and untilized. A transpose of a float argument
+  (a CNN image going NCHW -> NHWC) becomes part of its edge: `to_layout {perm}`, which the host does as
+  it writes the input, so no device program moves the image. Likewise an argument whose device form
+  starts with a change to row-major (a reshape regrouping rows) is written row-major by the host: that
+  to_layout is its edge, and no untilize program runs.
 - Every other tensor gets that encoding; element types stay (`layout` later picks data formats). The
   type keeps the logical shape: the tile padding (last two dims rounded up to 32, a rank-1 tensor
   taken as [1, N]) is derived from it, never stored.
@@ -330,9 +334,32 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
             rewriter.notify_op_modified(op)
 
 
+def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
+    """A transpose of a float argument becomes its host -> device edge, `to_layout {perm}`: the host permutes
+    the input as it writes it, and no device program moves it (a CNN's image going NCHW -> NHWC for its
+    channels-last convolutions, an NHWC input going to NCHW). Transposes and reshapes that cancel are
+    folded first, so only a movement that remains is done on the host."""
+    apply_patterns_greedily(func.op, [TransposeOfTranspose(), IdentityTranspose(), ReshapeOfReshape(),
+                                      ReshapeToSameType()], rewriter=rewriter)
+    for arg in func.args:
+        if not isinstance(arg.type, TensorType) or not arg.type.element_type.is_float:
+            continue
+        permuted: dict[tuple[int, ...], Value] = {}
+        for user, _ in list(arg.uses):
+            if user.name != "ttir.transpose":
+                continue
+            perm = tuple(user.attr("perm"))
+            if perm not in permuted:
+                permuted[perm] = rewriter.create_before(func.body.ops[0], TO_LAYOUT, [arg],
+                                                        [device_type(user.result.type)],
+                                                        {"perm": perm}, loc=user.loc).result
+            rewriter.replace_op(user, permuted[perm])
+
+
 def add_host_to_device(value: Value, anchor: Operation, loc, where: str, rewriter: PatternRewriter) -> None:
-    """A to_layout host -> device before `anchor` for each device type the host `value` is used as."""
-    uses = [(user, i) for user, i in value.uses if user.name not in (RETURN_OP, HOST_COMPUTE)]
+    """A to_layout host -> device before `anchor` for each device type the host `value` is used as (a use by
+    a to_layout already is an edge: the permuted or row-major writes above)."""
+    uses = [(user, i) for user, i in value.uses if user.name not in (RETURN_OP, HOST_COMPUTE, TO_LAYOUT)]
     if not uses or not isinstance(value.type, TensorType) or value.type.encoding is not None:
         return
     if value.type.num_elements == 0:
@@ -407,6 +434,7 @@ class Tilize(Pass):
         host_types = {(id(op), i): v.type for f in functions for op in f.body.ops if op.name == HOST_COMPUTE
                       for i, v in enumerate(op.operands)}
         for func in functions:
+            permute_inputs_on_host(func, rewriter)
             apply_patterns_greedily(func.op, [*device_form_patterns(module), *boolean_patterns()], rewriter=rewriter)
             legalize(module, func, rewriter)
             saturate_constants(module, func)

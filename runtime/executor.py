@@ -236,9 +236,13 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 
 @host_op("ttmetal.write_buffer")
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Host tensor -> buffer pages (pad to tiles, tilize, convert to the buffer's format)."""
-    host, buffer = values[op.operands[0]], ex.buffer(values, op.operands[1])
-    pages = tensor_to_pages(np.asarray(host).reshape(buffer.type.shape), buffer.type.element_type,
+    """Host tensor -> buffer pages (permute when the op has a perm, pad to tiles, tilize, convert to the
+    buffer's format)."""
+    host, buffer = np.asarray(values[op.operands[0]]), ex.buffer(values, op.operands[1])
+    perm = op.attributes.get("perm")
+    if perm is not None:
+        host = host.transpose(tuple(perm))
+    pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
                             buffer.tensor_layout)
     buffer.write(pages)
 

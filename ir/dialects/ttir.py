@@ -638,7 +638,17 @@ REDUCE_MAX = reduction("reduce_max", "Maximum over `axes`", np.max)
 
 def verify_to_layout(op: Operation) -> None:
     source, result = tensor(op.operands[0].type), tensor(op.result.type)
-    if source.shape != result.shape:
+    perm = op.attributes.get("perm")
+    if perm is not None:  # a host input written transposed: the host permutes it as it writes it
+        perm = tuple(perm)
+        if source.encoding is not None or result.encoding is None:
+            raise VerifyError("to_layout with perm is a host -> device edge (the host permutes the tensor)")
+        if sorted(perm) != list(range(source.rank)):
+            raise VerifyError(f"perm {list(perm)} is not a permutation of {source.rank} dims")
+        if result.shape != tuple(source.shape[i] for i in perm):
+            raise VerifyError(f"to_layout with perm {list(perm)} of {_dims(source.shape)} gives "
+                              f"{_dims(tuple(source.shape[i] for i in perm))}, not {_dims(result.shape)}")
+    elif source.shape != result.shape:
         raise VerifyError(f"to_layout keeps the shape: {_dims(source.shape)} vs {_dims(result.shape)}")
     if source.encoding is None and result.encoding is None:
         raise VerifyError("to_layout needs a layout encoding on one side")
@@ -675,8 +685,9 @@ def verify_eltwise(op: Operation) -> None:
             raise VerifyError(f"'{inner.name}' is not elementwise and cannot be fused")
 
 
-TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges",
-                  operands=(Operand("input"),), traits=PURE, verify=verify_to_layout)
+TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges "
+                  "(host -> device may also permute the dims: `perm`, done by the host as it writes)",
+                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None),), traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
     "ttir.linear", "activation(a @ b + bias): a matmul with its epilogue fused (one device op)",
     operands=(Operand("a"), Operand("b"), Operand("bias", optional=True)),

@@ -12,7 +12,7 @@ constants, enqueues one program per device op, reads outputs back and frees buff
     "ttmetal.deallocate"(%b) : (...) -> ()
 
 `write_buffer` pads to tiles, tilizes and converts to the buffer's format on the host (the
-host<->device edge); `read_buffer` converts back and crops to the logical shape.
+host<->device edge), after permuting the host tensor's dims when it has a `perm`; `read_buffer` converts back and crops to the logical shape.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ttc.ir.dialect import (
     ArrayAttr,
     Attr,
     Dialect,
+    IntArrayAttr,
     IntAttr,
     OpDef,
     Operand,
@@ -69,8 +70,13 @@ HostTensor = TypeConstraint("a host tensor (no encoding)", _is_host_tensor)
 
 def verify_write(op: Operation) -> None:
     host, device = (v.type for v in op.operands)
-    if host.shape != device.shape:
-        raise VerifyError(f"host tensor {host} and buffer {device} have different shapes")
+    perm = op.attributes.get("perm")
+    shape = host.shape if perm is None else tuple(host.shape[i] for i in perm)
+    if perm is not None and sorted(perm) != list(range(len(host.shape))):
+        raise VerifyError(f"perm {list(perm)} is not a permutation of the host tensor's {len(host.shape)} dims")
+    if shape != device.shape:
+        raise VerifyError(f"host tensor {host}{'' if perm is None else f' permuted by {list(perm)}'} and buffer "
+                          f"{device} have different shapes")
 
 
 def verify_read(op: Operation) -> None:
@@ -97,9 +103,9 @@ def verify_program(op: Operation) -> None:
 
 CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (address set by `allocate`)",
                       results=(Result("buffer", DeviceTensor),), attributes=(Attr("address", IntAttr, None),))
-WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (pad, tilize, convert format)",
+WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format)",
                      operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
-                     verify=verify_write)
+                     attributes=(Attr("perm", IntArrayAttr, None),), verify=verify_write)
 WRITE_CONSTANT = OpDef("ttmetal.write_constant", "Fill a buffer with a weight already in device format",
                        operands=(Operand("buffer", DeviceTensor),), results=(),
                        attributes=(Attr("value", attr_of(WeightAttr)),))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ttc.ir import UserError, parse_module, print_module
+from ttc.ir.diagnostics import IRError
 
 if TYPE_CHECKING:
     from conftest import IRHarness
@@ -38,6 +39,36 @@ def test_edges_and_encodings(ir: IRHarness) -> None:
         f'%3 = "ttir.add"(%2, %1) : ({D}, {D}) -> {D} loc("add")\n'
         f'%4 = "ttir.to_layout"(%3) : ({D}) -> {T} loc("out")\n'
         f'func.return %4, %4, %arg1 : {T}, {T}, {T} loc("ret")')
+
+
+def test_a_transposed_input_is_permuted_by_the_host_as_it_is_written(ir: IRHarness) -> None:
+    """transpose(arg) becomes the argument's edge, to_layout {perm}: no device op moves the input. The
+    argument's other uses still get a plain edge."""
+    x, t = "tensor<1x3x4x5xf32>", "tensor<1x4x5x3xf32>"
+    out = ir.run_body("tilize", ir.module(
+        f'%arg0: {x} {{ttir.name = "image"}}', f"({t}, {x})",
+        f'%0 = "ttir.transpose"(%arg0) {{perm = [0, 2, 3, 1]}} : ({x}) -> {t} loc("to_nhwc")',
+        f'%1 = "ttir.relu"(%0) : ({t}) -> {t} loc("relu")',
+        f'%2 = "ttir.exp"(%arg0) : ({x}) -> {x} loc("exp")',
+        f'func.return %1, %2 : {t}, {x} loc("ret")'))
+    edges = sorted(line.split(" = ", 1)[1] for line in out.splitlines()[:2])
+    assert edges == [
+        f'"ttir.to_layout"(%arg0) : ({x}) -> {dev("1x3x4x5")} loc("image")',
+        f'"ttir.to_layout"(%arg0) {{perm = [0, 2, 3, 1]}} : ({x}) -> {dev("1x4x5x3")} loc("to_nhwc")']
+    assert "ttir.transpose" not in out
+
+
+@pytest.mark.parametrize(("perm", "result", "message"), [
+    ("[0, 2, 1]", "tensor<2x3x4xf32, #tt.layout<tile, dram, interleaved>>", "gives 2x4x3, not 2x3x4"),
+    ("[0, 0, 1]", "tensor<2x2x3xf32, #tt.layout<tile, dram, interleaved>>", "is not a permutation of 3 dims"),
+])
+def test_to_layout_perm_is_checked(perm: str, result: str, message: str) -> None:
+    text = (f'module {{\n  func.func @main(%arg0: tensor<2x3x4xf32>) -> ({result}) {{\n'
+            f'    %0 = "ttir.to_layout"(%arg0) {{perm = {perm}}} : (tensor<2x3x4xf32>) -> {result} loc("x")\n'
+            f'    func.return %0 : {result} loc("r")\n  }}\n}}\n')
+    from ttc.ir.verifier import verify
+    with pytest.raises(IRError, match=message):
+        verify(parse_module(text))
 
 
 def test_output_round_trips_through_text(ir: IRHarness) -> None:
