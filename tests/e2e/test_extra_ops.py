@@ -391,6 +391,42 @@ def test_fully_masked_attention_rows_become_zero() -> None:
     run_within_node_test_tolerance(g)
 
 
+def dynamic_quantization(g: Graph, x: str) -> None:
+    """DynamicQuantizeLinear's function body: scale = (max(x, 0) - min(x, 0)) / 255, zero point =
+    round(clip(-min / scale, 0, 255)), y = QuantizeLinear(x, scale, zero point)."""
+    q_min, q_max = g.const(0.0), g.const(255.0)
+    low = g.node("Min", [g.node("ReduceMin", [x], keepdims=0), q_min])
+    high = g.node("Max", [g.node("ReduceMax", [x], keepdims=0), q_min])
+    scale = g.node("Div", [g.node("Sub", [high, low]), q_max])
+    zero_point = g.node("Round", [g.node("Clip", [g.node("Sub", [q_min, g.node("Div", [low, scale])]), q_min, q_max])])
+    zero_point = g.node("Cast", [zero_point], to=TensorProto.UINT8)
+    g.output(g.node("QuantizeLinear", [x, scale, zero_point]), TensorProto.UINT8)
+    g.output(scale)
+    g.output(zero_point, TensorProto.UINT8)
+
+
+def test_dynamic_quantization_parameters_are_computed_on_the_host() -> None:
+    """x / scale lands on halves (0.5 / (5 / 255) = 25.5, rounded to even): a bf16 scale from the device moves
+    such integers by one, so the scale and zero point are host ops with the QuantizeLinear that uses them."""
+    g = Graph()
+    x = g.input("x", (6,), values=np.array([0.0, 2.0, -3.0, -2.5, 1.34, 0.5]))
+    dynamic_quantization(g, x)
+    compiled = check(g, opset=13, host_ops=12)
+    assert not [op for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"]
+
+
+def test_quantization_by_a_computed_scale_of_other_data_keeps_the_scale_on_the_device() -> None:
+    """Only the dynamic form moves to the host: a scale computed from another tensor is device math."""
+    g = Graph()
+    x = g.input("x", (3, 37), values=np.random.default_rng(21).uniform(-4.0, 4.0, (3, 37)))
+    scale = g.node("Exp", [g.input("log_scale", (1,), values=np.array([-3.0]))])
+    g.output(g.node("QuantizeLinear", [x, scale, g.const(128, np.uint8)]), TensorProto.UINT8)
+    compiled = ttc.compile(g.model(13))
+    assert compiled.manifest["host_ops"] == 1
+    assert [op.attributes["kind"] for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"] == \
+        ["eltwise"]
+
+
 def test_scatters_run_on_the_host_between_device_ops() -> None:
     """Writes at run-time positions are host ops (no indexed-write kernel); their inputs and results stay
     on the device around them."""
