@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -709,6 +709,7 @@ class _EltwisePlanner:
         self.phases: list[Phase] = []
         self.interms: list[tuple[int, bool]] = []
         self.zero_cb: int | None = None
+        self.expanded: dict[int, _Value] = {}  # by the CB of the broadcast value
         self.open: dict | None = None  # the phase being built; its value is in Dst
         self.open_value: int | None = None
 
@@ -946,15 +947,20 @@ class _EltwisePlanner:
         return (b.row_b or not a.row_b) and (b.col_b or not a.col_b)
 
     def expand(self, value: _Value) -> _Value:
-        """A full copy of a broadcast value: zero tile + value broadcast, into an intermediate CB."""
+        """A full copy of a broadcast value: zero tile + value broadcast, into an intermediate CB (once per
+        value: the CB holds it until the end of the block)."""
+        assert value.cb is not None
+        if value.cb in self.expanded:
+            return replace(self.expanded[value.cb])
         if self.zero_cb is None:
             self.zero_cb = self.fresh_cb()
         index = self.fresh_cb()
         bcast = _bcast(value.row_b, value.col_b)
         self.interms.append((index, True))
         self.phases.append(Phase("add", self.zero_cb, False, index, True, value.cb, value.full, bcast))
-        return _Value(False, False, value.zero_rows and not value.row_b, value.zero_cols and not value.col_b,
-                      cb=index)
+        self.expanded[value.cb] = _Value(False, False, value.zero_rows and not value.row_b,
+                                         value.zero_cols and not value.col_b, cb=index)
+        return replace(self.expanded[value.cb])
 
     def finish(self, value_id: int) -> EltwisePlan:
         value = self.values[value_id]

@@ -140,6 +140,18 @@ def test_eltwise_plan_selects_tensor_branches_of_a_where() -> None:
     assert (plan.mask_rows, plan.mask_cols) == (False, False)
 
 
+def test_eltwise_plan_expands_a_broadcast_condition_once_for_both_selects() -> None:
+    d = dev((40, 70))
+    body = [f'%0 = "ttir.where"(%b0, %b1, %b2) : ({dev((40, 1))}, {d}, {d}) -> {d} loc("where")',
+            f'"ttir.yield"(%0) : ({d}) -> () loc("where")']
+    plan = eltwise_plan(eltwise_op(body, [(40, 1), (40, 70), (40, 70)], (40, 70)))
+    zero, condition = 17, 18
+    assert plan.phases == (Phase("add", zero, False, condition, True, 0, False, "col"),
+                           Phase("where_nez", condition, True, 19, True, 1, True),
+                           Phase("where_eqz", condition, True, 20, True, 2, True),
+                           Phase("add", 19, True, CB_OUT, True, 20, True))
+
+
 def test_footprint_is_cbs_plus_l1_shares() -> None:
     g = Graph()
     h = g.op("ttir.linear", [g.input("x", (64, 96)), g.weight("w", np.zeros((96, 128)))], (64, 128),
