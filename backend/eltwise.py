@@ -4,8 +4,9 @@ Each core walks its batches x tile rows x tile columns of the result in blocks o
 The reader fetches every input's tiles of the block: a broadcast dimension has stride 0 (a [N] row is
 read at tile row 0 for every row, a [M, 1] column at tile column 0, once per block). The compute
 kernel runs the body's phases (`footprint.eltwise_plan`): FPU binary ops between CBs with in-tile
-broadcasts, SFPU chains in Dst, intermediates through CBs; the last phase re-masks the padding when
-the body could have made it non-zero, and packs into the output CB the writer drains.
+broadcasts, binary SFPU ops of two operands copied into Dst (half of the 8 slots each, so a block runs
+in rounds of at most 4 tiles), SFPU chains in Dst, intermediates through CBs; the last phase re-masks the
+padding when the body could have made it non-zero, and packs into the output CB the writer drains.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from ttc.backend.program import Program, Schedule, cbs_of, schedule_of
 from ttc.ir.core import Operation
 from ttc.passes.footprint import (
     CB_OUT,
+    HALF_DST,
+    SFPU_BINARY,
     TILE,
     EltwisePlan,
+    Phase,
     TileShape,
     affine_step,
     batch_offsets,
@@ -110,19 +114,19 @@ def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShap
             for cb in (phase.a_cb, phase.b_cb):
                 if cb in interm_pages:
                     k.op("cb_wait_front", cb=cb, pages=interm_pages[cb])
-            k.op("tile_regs_acquire")
-            if phase.op == "copy":
-                k.op("copy_tiles", cb=phase.a_cb, rows=1, cols=tiles, col_stride=int(phase.a_full))
-            else:
-                k.op("binary_tiles", op=phase.op, cb_a=phase.a_cb, a_col_stride=int(phase.a_full), cb_b=phase.b_cb,
-                     b_col_stride=int(phase.b_full), bcast=phase.bcast, rows=1, cols=tiles)
-            for fn, param in phase.sfpu:
-                k.op("sfpu_tiles", fn=fn, count=tiles, param=float(param))
-            if number == len(plan.phases) - 1 and (plan.mask_rows or plan.mask_cols):
-                k.op("mask_tiles", k.add(k.arg(0), row), k.affine(k.arg(1), (col, width)), rows=1, cols=width,
-                     valid_rows=out.rows if plan.mask_rows else out.rt * TILE,
-                     valid_cols=out.cols if plan.mask_cols else out.ct * TILE)
-            k.pack_block(phase.out_cb, tiles)
+            masked = number == len(plan.phases) - 1 and (plan.mask_rows or plan.mask_cols)
+            step = sfpu_binary_step(tiles) if phase.op in SFPU_BINARY else tiles
+            for first in range(0, tiles, step):
+                k.op("tile_regs_acquire")
+                phase_entry(k, phase, first, step)
+                for fn, param in phase.sfpu:
+                    k.op("sfpu_tiles", fn=fn, count=step, param=float(param))
+                if masked:
+                    col_tile = k.add(k.affine(k.arg(1), (col, width)), first)
+                    k.op("mask_tiles", k.add(k.arg(0), row), col_tile, rows=1, cols=step,
+                         valid_rows=out.rows if plan.mask_rows else out.rt * TILE,
+                         valid_cols=out.cols if plan.mask_cols else out.ct * TILE)
+                k.pack_block(phase.out_cb, step)
         for i, full in enumerate(plan.inputs):
             k.op("cb_pop_front", cb=i, pages=width if full else 1)
         for index, pages in interm_pages.items():
@@ -130,6 +134,27 @@ def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShap
     if plan.zero_cb is not None:
         k.op("cb_pop_front", cb=plan.zero_cb, pages=1)
     return k.region()
+
+
+def sfpu_binary_step(tiles: int) -> int:
+    """Tiles per Dst round of a binary SFPU phase: both operands fill Dst, so at most half of one acquire's
+    slots each; the largest divisor of the phase's tiles that fits."""
+    return max(d for d in range(1, HALF_DST // 2 + 1) if tiles % d == 0)
+
+
+def phase_entry(k: KernelBuilder, phase: Phase, first: int, tiles: int) -> None:
+    """Fill Dst slots 0.. with tiles first..first+tiles-1 of the phase's entry op."""
+    if phase.op == "copy":
+        k.op("copy_tiles", cb=phase.a_cb, rows=1, cols=tiles, col_stride=int(phase.a_full))
+    elif phase.op in SFPU_BINARY:
+        k.op("copy_tiles", cb=phase.a_cb, offset=first * int(phase.a_full), rows=1, cols=tiles,
+             col_stride=int(phase.a_full))
+        k.op("copy_tiles", cb=phase.b_cb, offset=first * int(phase.b_full), rows=1, cols=tiles,
+             col_stride=int(phase.b_full), dst=tiles)
+        k.op("sfpu_binary_tiles", fn=phase.op, dst_b=tiles, count=tiles)
+    else:
+        k.op("binary_tiles", op=phase.op, cb_a=phase.a_cb, a_col_stride=int(phase.a_full), cb_b=phase.b_cb,
+             b_col_stride=int(phase.b_full), bcast=phase.bcast, rows=1, cols=tiles)
 
 
 def eltwise_writer(op: Operation, s: Schedule, out: TileShape) -> object:

@@ -153,24 +153,7 @@ def pow_(ctx: NodeContext) -> Value:
 
 @converter("Equal", since=11)
 def equal(ctx: NodeContext) -> Value:
-    """x == y; against a constant infinity (a fully masked row's max == -inf) isinf(x) and the sign, as the
-    device compares by a difference and inf - inf is NaN."""
-    for index in (0, 1):
-        constant = ctx.input_constant(index)
-        if constant is None or constant.dtype.kind != "f" or constant.size == 0:
-            continue
-        flat = np.asarray(constant).reshape(-1)
-        if not np.isinf(flat[0]) or not (flat == flat[0]).all():
-            continue
-        x, like = ctx.input(1 - index), _tensor(ctx.input(1 - index))
-        shape = broadcast_shape(like.shape, constant.shape)
-        if shape != like.shape:
-            break
-        boolean = like.with_element_type(ScalarType("i1"))
-        infinite = ctx.create("ttir.isinf", [x], boolean)
-        zero = ctx.constant(np.zeros((), constant.dtype), f"{ctx.node.output[0]}.zero")
-        sign = ctx.create("ttir.gt" if flat[0] > 0 else "ttir.lt", [x, zero], boolean)
-        return ctx.create("ttir.logical_and", [infinite, sign], boolean)
+    """x == y (against a scalar, an infinite one too, one SFPU test in the fused kernel)."""
     return _binary("ttir.eq", result_element="i1")(ctx)
 
 

@@ -16,7 +16,11 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
   while the device moves data only by compile-time index tables and has no indexed-write kernel;
 - it reinterprets bits (BitCast): the device holds bf16-rounded values, not the tensor's bits;
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
-  index kernels.
+  index kernels;
+- it computes the scale or zero point of a QuantizeLinear (a host op) from constants and the data being
+  quantized, as DynamicQuantizeLinear's function body does (`quantization_parameter_nodes`): the integers
+  are x / scale rounded half to even, so they depend on every bit of the float32 scale, which a device
+  result (bf16) cannot give, and the host reads x for the quantization anyway.
 
 Float computations that merely take an integer input (class labels, positions, lengths) are not host
 ops: they need a device form or stay unsupported. Everything else, including casts of integers to float
@@ -71,6 +75,8 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     """Whether `node` becomes a host op (the rule of the module doc)."""
     if node.domain not in ("", "ai.onnx") or node.op_type in NOT_ON_HOST or _has_subgraph(node):
         return False
+    if any(name in importer.quantization_parameters for name in node.output):
+        return True
     if node.op_type in INDEX_OPS | SCATTER_OPS | BIT_OPS or (node.op_type == "MaxPool" and len(node.output) > 1
                                                    and node.output[1] in importer.used):
         return True  # MaxPool's second output is the indices of the maxima
@@ -94,6 +100,33 @@ def runs_on_host(importer: GraphImporter, node: onnx.NodeProto) -> bool:
     if node.op_type in COMPARE_OPS and integers:
         return not any(importer.is_constant_value(v) and _small_constant(importer.constant_array(v)) for v in inputs)
     return False
+
+
+def quantization_parameter_nodes(graph: onnx.GraphProto) -> set[str]:
+    """The outputs of the nodes that compute a QuantizeLinear's scale and zero point from constants and the
+    data it quantizes alone (dynamic quantization): they run on the host with it (module doc). A scale that
+    depends on any other computed value or graph input is left to the usual rules."""
+    producers = {name: node for node in graph.node for name in node.output if name}
+    constants = {t.name for t in graph.initializer} | {
+        name for node in graph.node if node.op_type == "Constant" for name in node.output}
+    found: set[str] = set()
+    for quantize in graph.node:
+        if quantize.op_type != "QuantizeLinear" or quantize.domain not in ("", "ai.onnx"):
+            continue
+        data, cone = quantize.input[0], set()
+        pending = [name for name in quantize.input[1:3] if name]
+        while pending:
+            name = pending.pop()
+            if name in constants or name == data or name in cone:
+                continue
+            node = producers.get(name)
+            if node is None or node.domain not in ("", "ai.onnx") or _has_subgraph(node):
+                break  # a graph input or an op the host cannot take: not the dynamic-quantization form
+            cone.update(output for output in node.output if output)
+            pending.extend(name for name in node.input if name)
+        else:
+            found |= cone
+    return found
 
 
 EXACT_INT = 256  # bf16 holds every integer in [-256, 256]

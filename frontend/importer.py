@@ -31,7 +31,7 @@ from ttc.frontend import (
 )
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.folding import evaluate_node
-from ttc.frontend.host_ops import convert_on_host, may_run_on_host, runs_on_host
+from ttc.frontend.host_ops import convert_on_host, may_run_on_host, quantization_parameter_nodes, runs_on_host
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,
     TARGET_OPSET,
@@ -211,6 +211,7 @@ class GraphImporter:
         self.types = {v.name: v.type for v in (*self.graph.input, *self.graph.value_info, *self.graph.output)}
         self.used = {name for node in self.graph.node for name in node.input if name}
         self.used.update(output.name for output in self.graph.output)
+        self.quantization_parameters = quantization_parameter_nodes(self.graph)
         self.module = Module()
         self.module.attributes[DEVICE_ATTR_NAME] = device
         inputs = graph_inputs(model)

@@ -27,6 +27,7 @@ from ttc.ir.core import Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.passes.footprint import (
     HALF_DST,
+    SFPU_BINARY,
     TILE,
     MatmulShape,
     Phase,
@@ -51,7 +52,8 @@ LAUNCH_CYCLES = 2000  # program dispatch and kernel start (host + firmware), per
 LAUNCH_CYCLES_PER_CORE = 20  # runtime arguments and launch messages, per core
 FIDELITY_PHASES = {"lofi": 1, "hifi2": 2, "hifi3": 3, "hifi4": 4}
 # SFPU functions without their own tile_op_cycles entry cost like these (as the emulator charges).
-SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu", "pow_scalar": "exp"}
+SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu", "pow_scalar": "exp",
+                  "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log"}
 SIMPLE_SFPU_KEY = "mul"  # relu, neg, abs, square and the *_scalar forms: one simple SFPU pass
 
 
@@ -205,8 +207,11 @@ def matmul_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
 def phase_cycles(device: DeviceAttr, phase: Phase, block_w: int) -> float:
     tiles = block_w if phase.full else 1
-    entry = "datacopy" if phase.op == "copy" else phase.op
-    return tiles * (tile_cycles(device, entry) + sum(sfpu_cycles(device, fn) for fn, _ in phase.sfpu))
+    if phase.op in SFPU_BINARY:  # both operands copied into Dst, then the binary SFPU function
+        entry = 2 * tile_cycles(device, "datacopy") + sfpu_cycles(device, phase.op)
+    else:
+        entry = tile_cycles(device, "datacopy" if phase.op == "copy" else phase.op)
+    return tiles * (entry + sum(sfpu_cycles(device, fn) for fn, _ in phase.sfpu))
 
 
 def eltwise_work(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str) -> Work:

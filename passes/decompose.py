@@ -3,16 +3,18 @@
 - Gemm -> matmul (transpose_a/transpose_b kept) * alpha (only if alpha != 1) + beta * C (only with C;
   the beta scale only if beta != 1; `canonicalize` later folds beta * C when C is a constant).
   `decompose{keep-gemm=true}` leaves Gemm alone.
-- pow(x, 2) -> x * x; pow(x, 0.5) -> sqrt(x) (splat exponents, float for sqrt).
-- pow(x, y) with an exponent y that is not a splat -> exp(log(x) * y) (floats; the device has no
-  tensor power, its SFPU has log and exp). A negative base gives NaN, where ONNX gives a real value
-  for an integral exponent.
+- pow(x, 2) -> x * x; pow(x, 0.5) -> sqrt(x) (splat exponents, float for sqrt). Any other pow stays:
+  the fused elementwise kernel computes it on the SFPU in float32 with one rounding (`pow_scalar` for a
+  splat exponent, `rpow_scalar` for a splat base, the binary `pow` of two Dst slots otherwise), which
+  beats exp(log(x) * y) with a bf16 rounding after every step.
 - x / c -> x * (1 / c) for an inline float constant c (differs from the division by at most an ulp).
 - The erf form of GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, with the 0.5 applied to x, to the product
   or to the (1 + erf) factor and `x / 1.4142` or `x * 0.7071` inside, becomes `ttir.gelu` with the
   locations of all matched ops fused. The tanh form GPT-2 exports,
   `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))` (x^3 as a Pow or as products), becomes
   `ttir.gelu {approximate = "tanh"}` the same way.
+- Mish spelt out, `x * tanh(softplus(x))` (ONNX's function body of Mish), becomes `ttir.mish`: one
+  SFPU function, one rounding.
 
 `ttir.softmax` and `ttir.layer_norm` stay as they are: the device has kernels for both, which beat
 their decompositions (fewer passes over the data, a numerically stable reduction).
@@ -110,22 +112,6 @@ class DivByConstant(RewritePattern):
         constant = rewriter.create_before(op, "ttir.constant", [], [divisor.type], {"value": reciprocal})
         mul = rewriter.create_before(op, "ttir.mul", [x, constant.result], [op.result.type])
         rewriter.replace_op(op, [mul.result])
-        return True
-
-
-class PowByTensor(RewritePattern):
-    """pow(x, y) -> exp(log(x) * y) for a float exponent that is not a splat constant."""
-
-    root = "ttir.pow"
-
-    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        x, exponent = op.operands
-        if splat_value(exponent) is not None or not is_float(op.result):
-            return rewriter.notify_match_failure(op, "exponent is a splat constant, or not float")
-        log = rewriter.create_before(op, "ttir.log", [x], [x.type])
-        product = rewriter.create_before(op, "ttir.mul", [log.result, exponent], [op.result.type])
-        exp = rewriter.create_before(op, "ttir.exp", [product.result], [op.result.type])
-        rewriter.replace_op(op, [exp.result])
         return True
 
 
@@ -279,16 +265,36 @@ class FuseTanhGelu(FuseErfGelu):
         return _match_gelu(op, _tanh_plus_one)
 
 
+class FuseMish(RewritePattern):
+    """x * tanh(softplus(x)) (either operand order) -> mish(x)."""
+
+    root = "ttir.mul"
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        for x, other in (op.operands, op.operands[::-1]):
+            tanh = defining_op(other, "ttir.tanh")
+            softplus = defining_op(tanh.operands[0], "ttir.softplus") if tanh is not None else None
+            if softplus is None or softplus.operands[0] is not x:
+                continue
+            if x.type != op.result.type or not is_float(x):
+                return rewriter.notify_match_failure(op, "the mish pattern broadcasts x or is not float")
+            loc = fuse_locations(softplus.loc, tanh.loc, op.loc)
+            mish = rewriter.create_before(op, "ttir.mish", [x], [op.result.type], loc=loc)
+            rewriter.replace_op(op, [mish.result])
+            return True
+        return rewriter.notify_match_failure(op, "not x * tanh(softplus(x))")
+
+
 @register_pass
 @dataclass
 class Decompose(Pass):
-    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU."""
+    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU and Mish."""
 
     name = "decompose"
     keep_gemm: bool = False
 
     def run(self, module: Module) -> None:
-        patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), PowByTensor(),
+        patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), FuseMish(),
                                           DivByConstant()]
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())

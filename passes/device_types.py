@@ -11,14 +11,13 @@ on the ONNX types, so every rewrite can be checked by constant folding):
     logical_and(a, b) -> mul(a, b)              logical_or(a, b) -> maximum(a, b)
     logical_xor(a, b) -> ne(a, b)               logical_not(a)   -> eq(a, 0)
     typecast(x -> i1) -> ne(x, 0)               (ONNX Cast: non-zero, NaN included, is true)
-    where(c, x, y)    -> c * x + (1 - c) * y    (tensor branches; c cast to x's type)
 
 Comparisons (eq, ne, lt, le, gt, ge) and isnan stay: the device computes them as a difference and a
-sign test, which is exact for bf16 operands (two distinct bf16 values never differ by zero). A `where`
-of tensor branches is exact when they are finite: c and 1 - c are exactly 0 or 1, one product is the
-branch and the other zero (an infinite tensor element would give 0 * inf = NaN). `tilize` saturates
-finite constants into the bf16 range, so float32's lowest, -3.4028235e38, stays finite instead of
-rounding to -inf.
+sign test, which is exact for bf16 operands (two distinct bf16 values never differ by zero). `where`
+stays too, its condition a 0/1 float: the fused elementwise kernel selects each branch without
+arithmetic on it (`footprint`'s where form), so an infinite or NaN element of the branch not taken
+leaves no trace. `tilize` saturates finite constants into the bf16 range, so float32's lowest,
+-3.4028235e38, stays finite instead of rounding to -inf.
 
 Then every boolean and integer value computed in the function becomes f32 (`layout` later makes it
 bf16), and typecasts between types that are now the same disappear. What must hold (a UserError
@@ -118,47 +117,10 @@ def is_zero(value: Value) -> bool:
     return number is not None and number == 0
 
 
-class LowerWhere(RewritePattern):
-    """where(c, x, y) -> c * x + (1 - c) * y for tensor branches. A where with a splat branch stays: the fused
-    elementwise kernel selects the splat (`footprint`'s where form), exact even for an infinite one."""
-
-    root = "ttir.where"
-
-    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        cond, x, y = op.operands
-        if splat_value(x) is not None or splat_value(y) is not None:
-            return rewriter.notify_match_failure(op, "a splat branch: selected in the fused kernel")
-        result = tensor(op.result)
-        element = tensor(x).element_type
-        c = rewriter.create_before(op, "ttir.typecast", [cond], [tensor(cond).with_element_type(element)]).result
-        terms = []
-        if not is_zero(x):
-            terms.append(self.product(rewriter, op, c, x))
-        if not is_zero(y):
-            one = scalar(rewriter, op, element, 1)
-            not_c = rewriter.create_before(op, "ttir.sub", [one, c], [tensor(c)]).result
-            terms.append(self.product(rewriter, op, not_c, y))
-        if not terms:  # both branches are zero
-            terms.append(x)
-        value = terms[0]
-        if len(terms) == 2:
-            shape = np.broadcast_shapes(tensor(terms[0]).shape, tensor(terms[1]).shape)
-            value = rewriter.create_before(op, "ttir.add", terms, [result.with_shape(shape)]).result
-        if tensor(value).shape != result.shape:
-            value = rewriter.create_before(op, "ttir.broadcast", [value], [result]).result
-        rewriter.replace_op(op, [value])
-        return True
-
-    @staticmethod
-    def product(rewriter: PatternRewriter, op: Operation, a: Value, b: Value) -> Value:
-        shape = np.broadcast_shapes(tensor(a).shape, tensor(b).shape)
-        return rewriter.create_before(op, "ttir.mul", [a, b], [tensor(b).with_shape(shape)]).result
-
-
 def boolean_patterns() -> list[RewritePattern]:
     return [*(LowerLogical(root) for root in ("ttir.logical_and", "ttir.logical_or", "ttir.logical_xor",
                                               "ttir.logical_not")),
-            LowerCastToBool(), LowerWhere()]
+            LowerCastToBool()]
 
 
 # ----------------------------------------------------------------------------------------------

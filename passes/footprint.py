@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -612,36 +612,54 @@ def cb(index: int, element_type: ScalarType, pages: int, page: int | None = None
 UNARY_SFPU = {"ttir.relu": "relu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh", "ttir.exp": "exp",
               "ttir.erf": "erf", "ttir.sqrt": "sqrt", "ttir.rsqrt": "rsqrt", "ttir.neg": "neg",
               "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log", "ttir.abs": "abs",
-              "ttir.isnan": "isnan", "ttir.isinf": "isinf",
+              "ttir.isnan": "isnan", "ttir.isinf": "isinf", "ttir.softplus": "softplus", "ttir.mish": "mish",
               **{f"ttir.{fn}": fn for fn in ("floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
                                              "atan", "asinh", "acosh", "atanh")}}
 FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
-# A comparison is the sign test of lhs - rhs (exact for bf16 operands: distinct values never differ by 0).
+# Binary SFPU functions of two Dst slots (a phase copies both operands into Dst, then applies one).
+SFPU_BINARY = frozenset({"pow", "where_nez", "where_eqz"})
+# A comparison is the sign test of lhs - rhs (exact for bf16 operands: distinct values never differ by 0);
+# against a scalar p it is one SFPU test x op p (an infinite p too, where x - p would give NaN for x = p).
 COMPARE_SFPU = {"ttir.eq": "eqz", "ttir.ne": "nez", "ttir.lt": "ltz", "ttir.le": "lez", "ttir.gt": "gtz",
                 "ttir.ge": "gez"}
+SCALAR_COMPARES = {"eq_scalar": np.equal, "ne_scalar": np.not_equal, "lt_scalar": np.less,
+                   "le_scalar": np.less_equal, "gt_scalar": np.greater, "ge_scalar": np.greater_equal}
+SWAPPED = {"eq": "eq", "ne": "ne", "lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}  # c op x == x SWAPPED[op] c
 ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "gelu_tanh", "mul_scalar", "square",
                              "abs", "isnan", "nez", "ltz", "gtz", "where_nez", "isinf", "floor", "ceil", "trunc",
-                             "round", "sin", "tan", "asin", "atan", "asinh", "atanh"})
+                             "round", "sin", "tan", "asin", "atan", "asinh", "atanh", "mish"})
 
 
 def keeps_zero(fn: str, param: float) -> bool:
     """f(0) == 0, so an SFPU op leaves zero padding zero."""
     if fn in ZERO_PRESERVING:
         return True
+    if fn in SCALAR_COMPARES:
+        return not SCALAR_COMPARES[fn](0.0, param)
     return (fn == "pow_scalar" and param > 0) or (fn == "max_scalar" and param <= 0) or \
         (fn in ("add_scalar", "sub_from_scalar", "where_eqz") and param == 0)
 
 
+def binary_keeps_zero(fn: str, a_zero: bool, b_zero: bool) -> bool:
+    """Whether a binary SFPU op leaves padding zero, given whether its operands' padding is zero."""
+    if fn == "where_nez":
+        return a_zero or b_zero  # 0 unless a is non-zero, and then b
+    if fn == "where_eqz":
+        return b_zero  # b or 0
+    return False  # pow: 0 ** 0 = 1
+
+
 @dataclass(frozen=True)
 class Phase:
-    """One Dst round of an eltwise block: an entry op filling Dst (copy from a CB, or an FPU binary
-    op of two CBs with B broadcast per `bcast`), SFPU ops in place, then a pack into `out_cb`.
+    """One Dst round of an eltwise block: an entry op filling Dst (copy from a CB, an FPU binary op of
+    two CBs with B broadcast per `bcast`, or a binary SFPU op of the two operands copied into Dst), SFPU
+    ops in place, then a pack into `out_cb`.
 
     `a_full` / `b_full` / `full`: the operand / result has block_w tiles per block (else 1 tile: a
     value broadcast along the columns, read with column stride 0).
     """
 
-    op: str  # "copy", "add", "sub", "mul"
+    op: str  # "copy", "add", "sub", "mul", or a binary SFPU function (SFPU_BINARY)
     a_cb: int
     a_full: bool
     out_cb: int
@@ -691,6 +709,7 @@ class _EltwisePlanner:
         self.phases: list[Phase] = []
         self.interms: list[tuple[int, bool]] = []
         self.zero_cb: int | None = None
+        self.expanded: dict[int, _Value] = {}  # by the CB of the broadcast value
         self.open: dict | None = None  # the phase being built; its value is in Dst
         self.open_value: int | None = None
 
@@ -724,6 +743,8 @@ class _EltwisePlanner:
                 self.broadcast(operands[0], result)
             elif len(operands) == 1:
                 self.unary(name, param, operands[0], result)
+            elif name in SFPU_BINARY:
+                self.sfpu_binary(name, operands[0], operands[1], result)
             else:
                 self.binary(name, operands[0], operands[1], result)
         raise AssertionError("eltwise body without ttir.yield")
@@ -764,18 +785,20 @@ class _EltwisePlanner:
             elif inner.name == "ttir.where":
                 out.extend(self.where_form(ids, scalars, result, temp))
             elif inner.name in COMPARE_SFPU:
-                difference = temp(result)
+                compare = inner.name.removeprefix("ttir.")
                 if ids[0] in scalars:
-                    out.append(("sub_from_scalar", (ids[1],), difference, scalars[ids[0]]))
+                    out.append((f"{SWAPPED[compare]}_scalar", (ids[1],), result, scalars[ids[0]]))
                 elif ids[1] in scalars:
-                    out.append(("add_scalar", (ids[0],), difference, -scalars[ids[1]]))
+                    out.append((f"{compare}_scalar", (ids[0],), result, scalars[ids[1]]))
                 else:
-                    out.append(("sub", ids, difference, 0.0))
-                out.append((COMPARE_SFPU[inner.name], (difference,), result, 0.0))
+                    difference = temp(result)
+                    out += [("sub", ids, difference, 0.0), (COMPARE_SFPU[inner.name], (difference,), result, 0.0)]
             elif len(ids) == 2 and (ids[0] in scalars or ids[1] in scalars):
                 out.extend(self.scalar_form(inner, ids, scalars, result, temp))
             elif inner.name in FPU_BINARY:
                 out.append((FPU_BINARY[inner.name], ids, result, 0.0))
+            elif inner.name == "ttir.pow":
+                out.append(("pow", ids, result, 0.0))
             elif inner.name in ("ttir.maximum", "ttir.minimum"):
                 a, b = ids
                 diff, rect = temp(result), temp(result)
@@ -799,23 +822,20 @@ class _EltwisePlanner:
 
     def where_form(self, ids: tuple[int, ...], scalars: dict[int, float], result: int,
                    temp) -> list[tuple[str, tuple[int, ...], int, float]]:
-        """where(c, x, y) on 0/1 c, a branch at least a scalar s: that branch's term selects s (where_nez /
-        where_eqz: never s * 0, so s may be infinite), a tensor branch's term is c * x or (1 - c) * y, and
-        the result is their sum (a zero scalar branch adds nothing)."""
+        """where(c, x, y) on 0/1 c: each branch's term selects it where c is non-zero (x) or zero (y), else
+        0 (where_nez / where_eqz, of a scalar or of a tensor branch: no arithmetic on the branch, so an
+        infinite or NaN element the select does not pick leaves no trace), and the result is their sum
+        (one of the two is 0, so the sum is exact; a zero scalar branch adds nothing)."""
         c, x, y = ids
         out, terms = [], []
-        for branch, select, keep_where in ((x, "where_nez", "mul"), (y, "where_eqz", "sub_mul")):
+        for branch, select in ((x, "where_nez"), (y, "where_eqz")):
             if branch in scalars:
                 if scalars[branch] != 0:
                     terms.append(temp(c))  # shaped like c
                     out.append((select, (c,), terms[-1], scalars[branch]))
-            elif keep_where == "mul":
-                terms.append(temp(result))
-                out.append(("mul", (c, branch), terms[-1], 0.0))
             else:
-                not_c, term = temp(c), temp(result)
-                out += [("sub_from_scalar", (c,), not_c, 1.0), ("mul", (not_c, branch), term, 0.0)]
-                terms.append(term)
+                terms.append(temp(result))
+                out.append((select, (c, branch), terms[-1], 0.0))
         if not terms:
             out.append(("mul_scalar", (c,), result, 0.0))
         elif len(terms) == 1:
@@ -841,8 +861,8 @@ class _EltwisePlanner:
         if name == "ttir.minimum":
             t1, t2 = temp(result), temp(result)
             return [("neg", (x,), t1, 0.0), ("max_scalar", (t1,), t2, -c), ("neg", (t2,), result, 0.0)]
-        if name == "ttir.pow" and not left_scalar:
-            return [("pow_scalar", (x,), result, c)]
+        if name == "ttir.pow":
+            return [("rpow_scalar" if left_scalar else "pow_scalar", (x,), result, c)]
         raise UserError(f"node {node_names(inner)}: '{name}' with a scalar {'base' if left_scalar else 'operand'} "
                         "cannot run in a fused elementwise kernel")
 
@@ -905,21 +925,42 @@ class _EltwisePlanner:
         target.zero_rows = a.zero_rows and b_rows
         target.zero_cols = a.zero_cols and b_cols
 
+    def sfpu_binary(self, fn: str, a_id: int, b_id: int, result: int) -> None:
+        """Both operands are copied into Dst whole, so they must have the same shape of tiles: when their
+        broadcasts differ, the broadcast ones are expanded to full values (and so is the result)."""
+        self.close()
+        a, b, target = self.values[a_id], self.values[b_id], self.values[result]
+        a.uses -= 1
+        b.uses -= 1
+        if (a.row_b, a.col_b) != (b.row_b, b.col_b):
+            a = self.expand(a) if a.row_b or a.col_b else a
+            b = self.expand(b) if b.row_b or b.col_b else b
+        target.row_b, target.col_b = a.row_b, a.col_b
+        self.open = {"op": fn, "a_cb": a.cb, "a_full": a.full, "b_cb": b.cb, "b_full": b.full, "sfpu": ()}
+        self.open_value = result
+        target.zero_rows = binary_keeps_zero(fn, a.zero_rows, b.zero_rows)
+        target.zero_cols = binary_keeps_zero(fn, a.zero_cols, b.zero_cols)
+
     @staticmethod
     def covers(a: _Value, b: _Value) -> bool:
         """a is broadcast along no dim that b is not: b can be the (broadcast) B operand."""
         return (b.row_b or not a.row_b) and (b.col_b or not a.col_b)
 
     def expand(self, value: _Value) -> _Value:
-        """A full copy of a broadcast value: zero tile + value broadcast, into an intermediate CB."""
+        """A full copy of a broadcast value: zero tile + value broadcast, into an intermediate CB (once per
+        value: the CB holds it until the end of the block)."""
+        assert value.cb is not None
+        if value.cb in self.expanded:
+            return replace(self.expanded[value.cb])
         if self.zero_cb is None:
             self.zero_cb = self.fresh_cb()
         index = self.fresh_cb()
         bcast = _bcast(value.row_b, value.col_b)
         self.interms.append((index, True))
         self.phases.append(Phase("add", self.zero_cb, False, index, True, value.cb, value.full, bcast))
-        return _Value(False, False, value.zero_rows and not value.row_b, value.zero_cols and not value.col_b,
-                      cb=index)
+        self.expanded[value.cb] = _Value(False, False, value.zero_rows and not value.row_b,
+                                         value.zero_cols and not value.col_b, cb=index)
+        return replace(self.expanded[value.cb])
 
     def finish(self, value_id: int) -> EltwisePlan:
         value = self.values[value_id]

@@ -62,7 +62,7 @@ _FOR = "ttkernel.for"
 
 # SFPU functions without their own entry in the descriptor's tile_op_cycles cost like these.
 SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu",
-                  "pow_scalar": "exp"}
+                  "pow_scalar": "exp", "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log"}
 _DEFAULT_SFPU_COST_KEY = "mul"  # one simple SFPU pass (relu, neg, abs, square, *_scalar)
 
 
@@ -1087,6 +1087,15 @@ def sfpu_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     p.dst[:, slots] = numerics.sfpu_unary(p.dst[:, slots], a["fn"], a["param"], p.dst_format)
     cost = a["fn"] if a["fn"] in p.desc.tile_op_cycles else SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY)
     p.count_compute(cost, a["count"])
+
+
+@handler("sfpu_binary_tiles")
+def sfpu_binary_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
+    """Dst slots dst.. = fn(slot, slot dst_b..) (float32 math, rounded to the Dst format)."""
+    slots = p.math_slots(a["dst"], a["count"])
+    operands = p.dst_slots(a["dst_b"], a["count"])
+    p.dst[:, slots] = numerics.sfpu_binary(p.dst[:, slots], p.dst[:, operands], a["fn"], p.dst_format)
+    p.count_compute(SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY), a["count"])
 
 
 @handler("fill_tiles")

@@ -691,6 +691,9 @@ SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "asinh": np.arcsinh,
     "acosh": np.arccosh,
     "atanh": np.arctanh,
+    # log(1 + e^x) without overflow (tt-metal's softplus_tile), and mish = x * tanh(softplus(x)) in one pass.
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "mish": lambda x: x * np.tanh(np.logaddexp(0.0, x)),
 }
 
 
@@ -700,11 +703,19 @@ SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]]
     "mul_scalar": lambda x, p: x * p,
     "sub_from_scalar": lambda x, p: p - x,
     "pow_scalar": np.power,
+    "rpow_scalar": lambda x, p: np.power(p, x),  # p ** x (tt-metal's rpow_tile)
     "max_scalar": np.maximum,
     # Selects (a where with a scalar branch): p where x != 0 (== 0), else 0; never p * 0, so an infinite p
     # (a -inf attention mask) selects cleanly instead of turning into NaN.
     "where_nez": lambda x, p: np.where(x != 0, p, np.float32(0)),
     "where_eqz": lambda x, p: np.where(x == 0, p, np.float32(0)),
+    # Comparisons with p (tt-metal's unary_eq/ne/lt/gt... tiles): 1.0 where true, else 0.0; NaN is only != p.
+    "eq_scalar": lambda x, p: (x == p).astype(np.float32),
+    "ne_scalar": lambda x, p: (x != p).astype(np.float32),
+    "lt_scalar": lambda x, p: (x < p).astype(np.float32),
+    "le_scalar": lambda x, p: (x <= p).astype(np.float32),
+    "gt_scalar": lambda x, p: (x > p).astype(np.float32),
+    "ge_scalar": lambda x, p: (x >= p).astype(np.float32),
 }
 
 
@@ -724,6 +735,29 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
     with np.errstate(all="ignore"):
         y = SFPU_SCALAR_FUNCTIONS[fn_name](dst_round(x, dst_format), np.float32(param))
         y = np.asarray(y).astype(np.float32)
+    return dst_round(y, dst_format)
+
+
+# Binary SFPU functions (tt-metal's binary SFPU ops, e.g. power_binary_tile): both operands are Dst slots.
+# Evaluated like the unary table functions: in float64 on the Dst-format operands, rounded to float32, then
+# once to the Dst format.
+SFPU_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    # a ** b as C's pow: a negative base with an integral exponent gives a real value, else NaN
+    "pow": np.power,
+    # Selects of a tile: b where a != 0 (== 0), else 0. No arithmetic touches b, so an infinite or NaN b
+    # in a position that is not selected leaves no trace (0 * inf would be NaN).
+    "where_nez": lambda a, b: np.where(a != 0, b, 0.0),
+    "where_eqz": lambda a, b: np.where(a == 0, b, 0.0),
+}
+
+
+def sfpu_binary(a: np.ndarray, b: np.ndarray, fn_name: str, dst_format: str = "bf16") -> np.ndarray:
+    """Binary SFPU op on two Dst slots (values in the Dst format): evaluated in float64, rounded to the
+    float32 result, then once to the Dst format (RNE). IEEE results out of the domain (0 ** -1 = inf)."""
+    lhs = dst_round(np.asarray(a, dtype=np.float32), dst_format).astype(np.float64)
+    rhs = dst_round(np.asarray(b, dtype=np.float32), dst_format).astype(np.float64)
+    with np.errstate(all="ignore"):
+        y = np.asarray(SFPU_BINARY_FUNCTIONS[fn_name](lhs, rhs)).astype(np.float32)
     return dst_round(y, dst_format)
 
 

@@ -510,7 +510,7 @@ RELU = unary("relu", "max(x, 0)", lambda x: np.maximum(x, 0))
 SIGMOID = unary("sigmoid", "1 / (1 + exp(-x))", lambda x: 1.0 / (1.0 + np.exp(-x)))
 TANH = unary("tanh", "Hyperbolic tangent", np.tanh)
 EXP = unary("exp", "e^x", np.exp)
-LOG = unary("log", "Natural logarithm (the SFPU log; decompose uses it for pow by a tensor)", np.log)
+LOG = unary("log", "Natural logarithm", np.log)
 ERF = unary("erf", "Gauss error function", _erf)
 SQRT = unary("sqrt", "Square root", np.sqrt)
 RSQRT = unary("rsqrt", "1 / sqrt(x)", lambda x: 1.0 / np.sqrt(x))
@@ -534,6 +534,8 @@ ASINH = unary("asinh", "Inverse hyperbolic sine", np.arcsinh)
 ACOSH = unary("acosh", "Inverse hyperbolic cosine", np.arccosh)
 ATANH = unary("atanh", "Inverse hyperbolic tangent", np.arctanh)
 ROUNDING_AND_TRIG = [FLOOR, CEIL, TRUNC, ROUND, SIN, COS, TAN, ASIN, ACOS, ATAN, ASINH, ACOSH, ATANH]
+SOFTPLUS = unary("softplus", "log(1 + e^x)", lambda x: np.logaddexp(0, x))
+MISH = unary("mish", "x * tanh(softplus(x))", lambda x: x * np.tanh(np.logaddexp(0, x)))
 
 MATMUL = OpDef(
     "ttir.matmul", "Matrix product with numpy batching; optional transposes of the last two dims",
@@ -767,7 +769,8 @@ POOL2D = OpDef(
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
-         NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, ISINF, EQ, NE, LT, LE, GT, GE, LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
+         NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, ISINF, EQ, NE, LT, LE, GT, GE,
+         LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D],
 ).register()

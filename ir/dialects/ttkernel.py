@@ -54,7 +54,9 @@ SFPU_FUNCTIONS = ("exp", "recip", "sqrt", "rsqrt", "sigmoid", "tanh", "gelu", "g
                   "neg", "log", "square", "abs", "eqz", "nez", "ltz", "lez", "gtz", "gez", "isnan",
                   "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar", "where_nez",
                   "where_eqz", "isinf", "floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
-                  "atan", "asinh", "acosh", "atanh")
+                  "atan", "asinh", "acosh", "atanh", "softplus", "mish", "rpow_scalar", "eq_scalar", "ne_scalar", "lt_scalar", "le_scalar",
+                  "gt_scalar", "ge_scalar")
+SFPU_BINARY_FUNCTIONS = ("pow", "where_nez", "where_eqz")  # of two Dst slots (runtime.numerics.sfpu_binary)
 BINARY_FUNCTIONS = ("add", "sub", "mul")
 BROADCASTS = ("none", "row", "col", "scalar")
 
@@ -110,6 +112,16 @@ def verify_matmul(op: Operation) -> None:
 def verify_dst_only(op: Operation) -> None:
     _check_positive(op, "count")
     _check_dst(op, op.attr("count"))
+
+
+def verify_sfpu_binary(op: Operation) -> None:
+    verify_dst_only(op)
+    first, second, count = op.attr("dst"), op.attr("dst_b"), op.attr("count")
+    if second < 0 or second + count > DST_TILES:
+        raise VerifyError(f"Dst slots {second}..{second + count - 1} ('dst_b') are outside 0..{DST_TILES - 1}")
+    if first < second + count and second < first + count:
+        raise VerifyError(f"the operand slots {second}..{second + count - 1} overlap the result slots "
+                          f"{first}..{first + count - 1}")
 
 
 def verify_reduce(op: Operation) -> None:
@@ -343,6 +355,13 @@ SFPU_TILES = OpDef(
                             Attr("param", FloatAttr, 0.0)),
     verify=verify_dst_only,
 )
+SFPU_BINARY_TILES = OpDef(
+    "ttkernel.sfpu_binary_tiles", "Dst slot dst+i = `fn`(slot dst+i, slot dst_b+i) for i < count, on the SFPU "
+    "(float32 math from the two Dst-format operands, one rounding to the Dst format)",
+    results=(), attributes=(Attr("fn", enum_attr(*SFPU_BINARY_FUNCTIONS)), Attr("dst", IntAttr, 0),
+                            Attr("dst_b", IntAttr), Attr("count", IntAttr)),
+    verify=verify_sfpu_binary,
+)
 FILL_TILES = OpDef(
     "ttkernel.fill_tiles", "Dst slots dst..dst+count-1 = `value` everywhere", results=(),
     attributes=(Attr("dst", IntAttr, 0), Attr("count", IntAttr), Attr("value", FloatAttr)), verify=verify_dst_only,
@@ -371,6 +390,6 @@ TTKERNEL = Dialect(
          ADDRGEN_OP, NOC_READ_TILES, NOC_READ_TILES_INDEXED, NOC_READ_ROWS_INDEXED, NOC_WRITE_TILES, NOC_READ_PAGES,
          NOC_WRITE_ROWS, NOC_READ_BARRIER, NOC_WRITE_BARRIER,
          TILE_REGS_ACQUIRE, TILE_REGS_COMMIT, TILE_REGS_WAIT, TILE_REGS_RELEASE,
-         COPY_TILES, TRANSPOSE_TILES, TILIZE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES, FILL_TILES,
-         MASK_TILES, PACK_TILES, PACK_ROWS],
+         COPY_TILES, TRANSPOSE_TILES, TILIZE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES,
+         SFPU_BINARY_TILES, FILL_TILES, MASK_TILES, PACK_TILES, PACK_ROWS],
 ).register()

@@ -112,6 +112,46 @@ def test_eltwise_plan_swaps_and_negates_a_broadcast_minuend() -> None:
     assert plan.phases == (Phase("sub", 0, True, CB_OUT, True, 1, False, "col", (("neg", 0.0),)),)
 
 
+def test_eltwise_plan_runs_pow_of_tensors_as_a_binary_sfpu_phase() -> None:
+    """Both operands of a binary SFPU op are copied into Dst whole: a column exponent is expanded first
+    (zero tile + the column broadcast), and the result's padding is re-masked (0 ** 0 = 1)."""
+    d = dev((40, 70))
+    body = [f'%0 = "ttir.pow"(%b0, %b1) : ({d}, {dev((40, 1))}) -> {d} loc("pow")',
+            f'%1 = "ttir.exp"(%0) : ({d}) -> {d} loc("exp")',
+            f'"ttir.yield"(%1) : ({d}) -> () loc("exp")']
+    plan = eltwise_plan(eltwise_op(body, [(40, 70), (40, 1)], (40, 70)))
+    zero, expanded = 17, 18
+    assert plan.zero_cb == zero and plan.interms == ((expanded, True),)
+    assert plan.phases == (Phase("add", zero, False, expanded, True, 1, False, "col"),
+                           Phase("pow", 0, True, CB_OUT, True, expanded, True, sfpu=(("exp", 0.0),)))
+    assert (plan.mask_rows, plan.mask_cols) == (True, True)
+
+
+def test_eltwise_plan_selects_tensor_branches_of_a_where() -> None:
+    """where(c, x, y) = where_nez(c, x) + where_eqz(c, y): no arithmetic on a branch. The select of x keeps
+    zero padding (c's padding is 0), the select of y does too (y's padding is 0), so nothing is re-masked."""
+    d = dev((40, 70))
+    body = [f'%0 = "ttir.where"(%b0, %b1, %b2) : ({d}, {d}, {d}) -> {d} loc("where")',
+            f'"ttir.yield"(%0) : ({d}) -> () loc("where")']
+    plan = eltwise_plan(eltwise_op(body, [(40, 70)] * 3, (40, 70)))
+    assert plan.phases == (Phase("where_nez", 0, True, 17, True, 1, True),
+                           Phase("where_eqz", 0, True, 18, True, 2, True),
+                           Phase("add", 17, True, CB_OUT, True, 18, True))
+    assert (plan.mask_rows, plan.mask_cols) == (False, False)
+
+
+def test_eltwise_plan_expands_a_broadcast_condition_once_for_both_selects() -> None:
+    d = dev((40, 70))
+    body = [f'%0 = "ttir.where"(%b0, %b1, %b2) : ({dev((40, 1))}, {d}, {d}) -> {d} loc("where")',
+            f'"ttir.yield"(%0) : ({d}) -> () loc("where")']
+    plan = eltwise_plan(eltwise_op(body, [(40, 1), (40, 70), (40, 70)], (40, 70)))
+    zero, condition = 17, 18
+    assert plan.phases == (Phase("add", zero, False, condition, True, 0, False, "col"),
+                           Phase("where_nez", condition, True, 19, True, 1, True),
+                           Phase("where_eqz", condition, True, 20, True, 2, True),
+                           Phase("add", 19, True, CB_OUT, True, 20, True))
+
+
 def test_footprint_is_cbs_plus_l1_shares() -> None:
     g = Graph()
     h = g.op("ttir.linear", [g.input("x", (64, 96)), g.weight("w", np.zeros((96, 128)))], (64, 128),

@@ -137,10 +137,10 @@ def test_softmax_along_another_axis_is_a_user_error() -> None:
 def test_eltwise_body_the_kernel_cannot_run_is_a_user_error() -> None:
     d = "tensor<8x8xf32, #tt.layout<tile, dram, interleaved>>"
     body = ['%c = "ttir.constant"() {value = dense<2.0> : tensor<f32>} : () -> tensor<f32> loc("two")',
-            f'%0 = "ttir.pow"(%c, %b0) : (tensor<f32>, {d}) -> {d} loc("/pow/Pow")',
-            f'"ttir.yield"(%0) : ({d}) -> () loc("/pow/Pow")']
+            f'%0 = "ttir.div"(%c, %b0) : (tensor<f32>, {d}) -> {d} loc("/div/Div")',
+            f'"ttir.yield"(%0) : ({d}) -> () loc("/div/Div")']
     g = Graph()
-    g.output(g.op("ttir.eltwise", [g.input("x", (8, 8))], (8, 8), loc="/pow/Pow", body=body), "y")
-    with pytest.raises(UserError, match=r'node "/pow/Pow": \'ttir.pow\' with a scalar base cannot run in a fused '
+    g.output(g.op("ttir.eltwise", [g.input("x", (8, 8))], (8, 8), loc="/div/Div", body=body), "y")
+    with pytest.raises(UserError, match=r'node "/div/Div": \'ttir.div\' with a scalar base cannot run in a fused '
                                         "elementwise kernel"):
         compile_graph(g, pipeline=PIPELINE)

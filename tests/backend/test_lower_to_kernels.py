@@ -86,6 +86,25 @@ def test_kernel_text_does_not_grow_with_the_tensor() -> None:
     assert max(large) <= max(small) + 12
 
 
+def test_a_binary_sfpu_phase_runs_its_block_in_rounds_of_half_a_dst_acquire() -> None:
+    """pow of two [64, 256] tensors with blocks of 8 tiles: both operands fill Dst, so each block is two
+    rounds of 4 tiles (copy a to slots 0..3, b to 4..7, pow), each packed on its own."""
+    g = Graph()
+    d = dev((64, 256))
+    body = [f'%0 = "ttir.pow"(%b0, %b1) : ({d}, {d}) -> {d} loc("pow")', f'"ttir.yield"(%0) : ({d}) -> () loc("pow")']
+    g.output(g.op("ttir.eltwise", [g.input("x", (64, 256)), g.input("y", (64, 256))], (64, 256), loc="pow",
+                  body=body), "z")
+    module = compile_graph(g, pipeline="layout,grid{max-cores=1},lower-to-kernels")
+    (program,) = programs(module)
+    compute = [op for top in program.regions[1].blocks[0].ops for op in top.walk()]
+    powers = [op for op in compute if op.name == "ttkernel.sfpu_binary_tiles"]
+    assert [(op.attr("fn"), op.attr("dst"), op.attr("dst_b"), op.attr("count")) for op in powers] == \
+        [("pow", 0, 4, 4)] * 2
+    copies = [(op.attr("cb"), op.attr("offset"), op.attr("dst")) for op in compute if op.name == "ttkernel.copy_tiles"]
+    assert copies == [(0, 0, 0), (1, 0, 4), (0, 4, 0), (1, 4, 4)]
+    assert [op.attr("count") for op in compute if op.name == "ttkernel.pack_tiles"] == [4, 4]
+
+
 def test_matmul_kernels_loop_over_k_and_subblocks() -> None:
     g = Graph()
     g.output(g.op("ttir.linear", [g.input("x", (64, 8192)), g.weight("w", np.zeros((8192, 256)))], (64, 256),

@@ -6,11 +6,12 @@ integers and booleans exactly) with the stated number of host ops.
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_transformer_ops import BOOL, I64, Graph, check
+from test_transformer_ops import BOOL, I64, Graph, check, run_onnxruntime
 
 import ttc
 from ttc.golden import compare, run_onnxruntime
@@ -248,7 +249,8 @@ def test_float_mod_by_infinities_follows_the_onnx_reference() -> None:
 
 
 def test_equal_to_a_constant_infinity() -> None:
-    """A fully masked row: max(-inf, ..) == -inf is an isinf and sign test (inf - inf is NaN)."""
+    """A fully masked row: max(-inf, ..) == -inf is one SFPU comparison with the scalar (the difference
+    -inf - -inf would be NaN)."""
     g = Graph()
     values = np.where(np.random.default_rng(7).random((5, 3, 37)) < 0.5, -np.inf, 1.0)
     values[1] = -np.inf
@@ -301,6 +303,130 @@ def test_pow_by_an_integer_exponent_and_wide_dequantization() -> None:
     wide = g.input("wide", (2, 33), elem=TensorProto.INT16, values=np.random.default_rng(12).integers(-3000, 3000, (2, 33)))
     g.output(g.node("DequantizeLinear", [wide, g.const(0.5), g.const(-1000, np.int16)]))
     check(g, opset=21, host_ops=1)
+
+
+def run_within_node_test_tolerance(g: Graph, opset: int = 18, rtol: float = 2e-2) -> None:
+    """Compile and run on the device, then compare every output with onnxruntime elementwise at the node
+    tests' rule (rtol = atol = 2e-2, NaN and infinities in place; stricter than PCC for small values), or
+    at a tighter `rtol`."""
+    model = g.model(opset)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    actual = compiled.run(g.feeds)
+    for name, expected in run_onnxruntime(model, g.feeds).items():
+        np.testing.assert_allclose(actual[name], expected, rtol=rtol, atol=rtol, err_msg=name)
+
+
+def bf16_values(values: np.ndarray) -> np.ndarray:
+    """Inputs the device holds exactly, so that a result differs from the host's only by the device's math."""
+    return np.asarray(values, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, exponent_shape", [((3, 37, 41), (3, 37, 41)), ((2, 33, 256), (256,)),
+                                                   ((5, 40, 70), (5, 40, 1))])
+def test_pow_by_a_tensor_is_one_sfpu_power(shape, exponent_shape) -> None:
+    """x ** y of two tensors (broadcast rows, columns; 8 tile columns, whose blocks run in Dst rounds of 4
+    tiles), and 2 ** y by a splat base: one rounding of the float32 power, so within a bf16 ulp of the
+    host's on bf16 inputs (exp(log(x) * y) with a bf16 rounding per step is off by up to 3 %)."""
+    g = Graph()
+    rng = np.random.default_rng(16)
+    x = g.input("x", shape, values=bf16_values(rng.uniform(0.0, 30.0, shape)))
+    y = g.input("y", exponent_shape, values=bf16_values(rng.uniform(-2.5, 2.5, exponent_shape)))
+    g.output(g.node("Pow", [x, y]))
+    g.output(g.node("Pow", [g.const(2.0), y]))
+    run_within_node_test_tolerance(g, rtol=2**-8)
+
+
+def test_pow_of_a_negative_base_by_integral_exponents() -> None:
+    g = Graph()
+    x = g.input("x", (3, 37), values=bf16_values(np.random.default_rng(17).uniform(-4.0, 4.0, (3, 37))))
+    y = g.input("y", (3, 37), values=np.random.default_rng(18).integers(-3, 5, (3, 37)).astype(np.float32))
+    g.output(g.node("Pow", [x, y]))
+    run_within_node_test_tolerance(g, rtol=2**-8)
+
+
+@pytest.mark.parametrize("op", ["Mish", "Softplus"])
+def test_mish_and_softplus_over_their_tails(op: str) -> None:
+    """Below x = -5.5, 1 + e^x rounds to 1 in bf16: one SFPU function keeps the tail that a chain loses. The
+    spelt-out Mish (x * tanh(softplus(x)), its ONNX function body) becomes the same SFPU function."""
+    g = Graph()
+    x = g.input("x", (4, 2500), values=np.linspace(-10.0, 10.0, 10000).reshape(4, 2500))
+    g.output(g.node(op, [x]))
+    if op == "Mish":
+        g.output(g.node("Mul", [x, g.node("Tanh", [g.node("Softplus", [x])])]))
+    compiled = ttc.compile(g.model(18))
+    functions = {op.attributes["fn"] for op in compiled.module.walk() if op.name == "ttkernel.sfpu_tiles"}
+    assert functions == {op.lower()}
+    run_within_node_test_tolerance(g)
+
+
+def test_where_of_tensor_branches_selects_without_arithmetic() -> None:
+    """Infinite and NaN elements in the branch not taken leave no trace (c * x + (1 - c) * y would turn
+    0 * inf into NaN); a broadcast condition and a row branch are expanded in the kernel."""
+    g = Graph()
+    rng = np.random.default_rng(19)
+    x_values = np.where(rng.random((3, 37, 41)) < 0.3, -np.inf, rng.standard_normal((3, 37, 41)))
+    y_values = np.where(rng.random((37, 41)) < 0.3, np.nan, rng.standard_normal((37, 41)))
+    mask = rng.random((37, 1)) < 0.5
+    c = g.input("c", (37, 1), elem=BOOL, values=mask)
+    x = g.input("x", (3, 37, 41), values=x_values)
+    y = g.input("y", (37, 41), values=y_values)
+    g.output(g.node("Where", [c, x, y]))
+    g.output(g.node("Where", [g.input("d", (1, 41), elem=BOOL), y, x]))
+    run_within_node_test_tolerance(g)
+
+
+def test_fully_masked_attention_rows_become_zero() -> None:
+    """The expanded Attention's NaN guard: a row whose mask is all false is -inf everywhere, its softmax NaN,
+    and Where(row max == -inf, 0, softmax) must give exact zeros before the product with V."""
+    g = Graph()
+    q, k, v = g.input("q", (2, 6, 16)), g.input("k", (2, 7, 16)), g.input("v", (2, 7, 16))
+    allowed = np.random.default_rng(20).random((2, 6, 7)) < 0.6
+    allowed[:, 2] = False
+    mask = g.input("mask", (2, 6, 7), elem=BOOL, values=allowed)
+    scores = g.node("MatMul", [q, g.node("Transpose", [k], perm=[0, 2, 1])])
+    bias = g.node("Where", [mask, g.const(0.0), g.const(-np.inf)])
+    probs = g.node("Softmax", [g.node("Add", [scores, bias])], axis=-1)
+    masked_row = g.node("Equal", [g.node("ReduceMax", [bias, g.const([-1], np.int64)], keepdims=1),
+                                  g.const(-np.inf)])
+    g.output(g.node("MatMul", [g.node("Where", [masked_row, g.const(0.0), probs]), v]))
+    run_within_node_test_tolerance(g)
+
+
+def dynamic_quantization(g: Graph, x: str) -> None:
+    """DynamicQuantizeLinear's function body: scale = (max(x, 0) - min(x, 0)) / 255, zero point =
+    round(clip(-min / scale, 0, 255)), y = QuantizeLinear(x, scale, zero point)."""
+    q_min, q_max = g.const(0.0), g.const(255.0)
+    low = g.node("Min", [g.node("ReduceMin", [x], keepdims=0), q_min])
+    high = g.node("Max", [g.node("ReduceMax", [x], keepdims=0), q_min])
+    scale = g.node("Div", [g.node("Sub", [high, low]), q_max])
+    zero_point = g.node("Round", [g.node("Clip", [g.node("Sub", [q_min, g.node("Div", [low, scale])]), q_min, q_max])])
+    zero_point = g.node("Cast", [zero_point], to=TensorProto.UINT8)
+    g.output(g.node("QuantizeLinear", [x, scale, zero_point]), TensorProto.UINT8)
+    g.output(scale)
+    g.output(zero_point, TensorProto.UINT8)
+
+
+def test_dynamic_quantization_parameters_are_computed_on_the_host() -> None:
+    """x / scale lands on halves (0.5 / (5 / 255) = 25.5, rounded to even): a bf16 scale from the device moves
+    such integers by one, so the scale and zero point are host ops with the QuantizeLinear that uses them."""
+    g = Graph()
+    x = g.input("x", (6,), values=np.array([0.0, 2.0, -3.0, -2.5, 1.34, 0.5]))
+    dynamic_quantization(g, x)
+    compiled = check(g, opset=13, host_ops=12)
+    assert not [op for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"]
+
+
+def test_quantization_by_a_computed_scale_of_other_data_keeps_the_scale_on_the_device() -> None:
+    """Only the dynamic form moves to the host: a scale computed from another tensor is device math."""
+    g = Graph()
+    x = g.input("x", (3, 37), values=np.random.default_rng(21).uniform(-4.0, 4.0, (3, 37)))
+    scale = g.node("Exp", [g.input("log_scale", (1,), values=np.array([-3.0]))])
+    g.output(g.node("QuantizeLinear", [x, scale, g.const(128, np.uint8)]), TensorProto.UINT8)
+    compiled = ttc.compile(g.model(13))
+    assert compiled.manifest["host_ops"] == 1
+    assert [op.attributes["kind"] for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"] == \
+        ["eltwise"]
 
 
 def test_scatters_run_on_the_host_between_device_ops() -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ttc.ir import IRError, Module, Operation, TensorType, parse_module, verify
 from ttc.ir.attributes import NameLoc
 from ttc.ir.core import Function
+from ttc.ir.dialect import VerifyError
+from ttc.ir.dialects.ttkernel import verify_sfpu_binary
 from ttc.ir.types import f32
 
 GOOD = """module {
@@ -153,3 +157,14 @@ def test_grouped_im2col_is_a_batch_per_channel_tile() -> None:
     wrong = good.replace("tensor<1x{m}x288xbf16>", "tensor<{m}x288xbf16>")
     assert "channel tile j of every position side by side in batch j" in error_of(
         wrong.format(ids="tensor<9x2x32xi32>", m=40))
+
+
+@pytest.mark.parametrize(("dst", "dst_b", "count", "expected"), [
+    (0, 2, 4, "the operand slots 2..5 overlap the result slots 0..3"),
+    (0, 14, 4, "Dst slots 14..17 ('dst_b') are outside 0..15"),
+])
+def test_binary_sfpu_slots_are_checked(dst: int, dst_b: int, count: int, expected: str) -> None:
+    op = Operation("ttkernel.sfpu_binary_tiles", [], [], {"fn": "pow", "dst": dst, "dst_b": dst_b, "count": count})
+    verify_sfpu_binary(Operation("ttkernel.sfpu_binary_tiles", [], [], {"fn": "pow", "dst": 0, "dst_b": 4, "count": 4}))
+    with pytest.raises(VerifyError, match=re.escape(expected)):
+        verify_sfpu_binary(op)

@@ -159,6 +159,14 @@ def test_run_case_gives_the_reason_of_a_failing_case() -> None:
     assert result.input_types == ("sequence(float32)",)
 
 
+def test_run_case_says_when_bf16_inputs_explain_a_small_mismatch() -> None:
+    """fmod(-4.3, 2.1) = -0.1, but the device reads -4.3125 and 2.09375, whose fmod is -0.125: the exact
+    answer for the inputs it holds, just outside the tolerance."""
+    result = cf.run_case("test_mod_mixed_sign_float32_cpu")
+    assert result.reason.startswith("numerics: output 0: 2 of 6 values outside rtol=atol=0.02")
+    assert result.reason.endswith("(within tolerance of the result for bf16-rounded inputs)")
+
+
 # --- files -------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""decompose: Gemm, Pow, Div by constants, erf-GELU; Softmax and LayerNorm stay named ops."""
+"""decompose: Gemm, Pow, Div by constants, erf-GELU, Mish; Softmax and LayerNorm stay named ops."""
 
 from __future__ import annotations
 
@@ -108,6 +108,15 @@ def test_power_one_half_becomes_sqrt(ir: IRHarness) -> None:
 @pytest.mark.parametrize("exponent", ["3.0", "-0.5", "1.0"])
 def test_other_powers_stay(ir: IRHarness, exponent: str) -> None:
     assert '"ttir.pow"' in ir.run_body("decompose", pow_module(ir, exponent))
+
+
+def test_power_by_a_tensor_stays_for_the_sfpu(ir: IRHarness) -> None:
+    """No exp(log(x) * y): the fused kernel computes x ** y on the SFPU with one rounding."""
+    out = ir.run_body("decompose", ir.module(
+        f"%arg0: {T}, %arg1: {T}", T,
+        f'%0 = "ttir.pow"(%arg0, %arg1) : ({T}, {T}) -> {T} loc("pow")',
+        f'func.return %0 : {T} loc("ret")'))
+    assert out == f'%0 = "ttir.pow"(%arg0, %arg1) : ({T}, {T}) -> {T} loc("pow")\nfunc.return %0 : {T} loc("ret")'
 
 
 def test_square_that_broadcasts_the_base_stays(ir: IRHarness) -> None:
@@ -243,3 +252,29 @@ def test_softmax_and_layer_norm_stay_named_ops(ir: IRHarness) -> None:
         'loc("ln")',
         f'func.return %1 : {T} loc("ret")')
     assert ir.run_body("decompose,canonicalize", text) == ir.body(ir.run("", text))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mish
+
+
+@pytest.mark.parametrize("product", ["%arg0, %1", "%1, %arg0"])
+def test_spelt_out_mish_becomes_mish(ir: IRHarness, product: str) -> None:
+    out = ir.run_body("decompose", ir.module(
+        f"%arg0: {T}", T,
+        f'%0 = "ttir.softplus"(%arg0) : ({T}) -> {T} loc("softplus")',
+        f'%1 = "ttir.tanh"(%0) : ({T}) -> {T} loc("tanh")',
+        f'%2 = "ttir.mul"({product}) : ({T}, {T}) -> {T} loc("mul")',
+        f'func.return %2 : {T} loc("ret")'))
+    assert out == (f'%0 = "ttir.mish"(%arg0) : ({T}) -> {T} loc(fused["softplus", "tanh", "mul"])\n'
+                   f'func.return %0 : {T} loc("ret")')
+
+
+def test_tanh_of_softplus_of_another_value_is_not_mish(ir: IRHarness) -> None:
+    out = ir.run_body("decompose", ir.module(
+        f"%arg0: {T}, %arg1: {T}", T,
+        f'%0 = "ttir.softplus"(%arg1) : ({T}) -> {T} loc("softplus")',
+        f'%1 = "ttir.tanh"(%0) : ({T}) -> {T} loc("tanh")',
+        f'%2 = "ttir.mul"(%arg0, %1) : ({T}, {T}) -> {T} loc("mul")',
+        f'func.return %2 : {T} loc("ret")'))
+    assert '"ttir.mish"' not in out

@@ -177,6 +177,27 @@ def test_sfpu_chain_matches_numerics() -> None:
         + cycles["gelu"] + cycles["exp"] + 5 * cycles["mul"]  # pow_scalar costs as exp, the rest as mul
 
 
+def test_binary_sfpu_reads_two_dst_slots_and_rounds_once() -> None:
+    """x ** 3 with the exponent filled into slot 1: the float32 power of the Dst values, one bf16 rounding,
+    costed as a log (binary SFPU functions cost by SFPU_COST_KEYS)."""
+    x = rand(32, 64)
+    math = [kop("fill_tiles", dst=1, count=1, value=3.0), kop("sfpu_binary_tiles", fn="pow", dst=0, dst_b=1, count=1)]
+    tiles = [[0], [1]]
+    ta, tc = Tensor("a", x.shape), Tensor("c", x.shape)
+    out, executor = run({"a": (ta, x)}, [tc], unary_program((2, 1), math, tiles, tiles))
+    want = N.bf16_round(np.power(N.bf16_round(x).astype(np.float64), 3.0).astype(np.float32))
+    assert_bits_equal(out["c"], want)
+    cycles = E150.tile_op_cycles
+    assert executor.profile[0].compute_cycles == 2 * cycles["datacopy"] + cycles["log"]
+
+
+def test_binary_sfpu_operand_slots_outside_the_acquired_half_are_a_fault() -> None:
+    program = unary_program((1, 1), [kop("sfpu_binary_tiles", fn="pow", dst=0, dst_b=8, count=1)], [[0]], [[0]])
+    x = rand(32, 32)
+    with pytest.raises(DeviceFault, match=r"Dst slots 8..8 are outside the 8 tiles one acquire owns"):
+        run({"a": (Tensor("a", x.shape), x)}, [Tensor("c", x.shape)], program)
+
+
 def test_dst_slots_are_nan_again_whenever_their_half_is_acquired() -> None:
     """Dst is undefined after every tile_regs_acquire, not just the first: a slot math wrote under one
     acquire reads NaN when its half comes back (the third acquire), and in the next program."""

@@ -233,6 +233,8 @@ REFERENCE = {
     "floor": np.floor, "ceil": np.ceil, "trunc": np.trunc, "round": np.rint,
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+    "softplus": lambda x: np.log1p(np.exp(x)),
+    "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
 }
 DOMAINS = {"asin": lambda x: np.clip(x, -0.99, 0.99), "acos": lambda x: np.clip(x, -0.99, 0.99),
            "atanh": lambda x: np.clip(x, -0.99, 0.99), "acosh": lambda x: np.abs(x) + 1.0}
@@ -265,6 +267,76 @@ def test_sfpu_edge_values():
     assert N.sfpu_unary(x, "recip")[2] == 0.0
     assert N.sfpu_unary(np.float32(300.0), "exp") == np.inf
     assert N.sfpu_unary(np.float32(-30.0), "gelu") == 0.0
+
+
+def test_softplus_and_mish_keep_the_tail_a_bf16_chain_loses():
+    """Where 1 + e^x rounds to 1 in bf16 (x < -5.5), a chain log(1 + exp(x)) gives 0; the SFPU function
+    keeps e^x, and mish keeps x * e^x."""
+    x = np.array([-5.625, -9.0, -30.0, 0.0, 20.0], np.float32)
+    chain = N.sfpu_unary(N.eltwise_binary(N.sfpu_unary(x, "exp"), np.float32(1.0), "add"), "log")
+    assert chain[0] == 0.0
+    assert np.array_equal(bits(N.sfpu_unary(x, "softplus")), bits(ref_bf16(np.log1p(np.exp(x.astype(np.float64))))))
+    want = x * np.tanh(np.log1p(np.exp(x.astype(np.float64))))
+    assert np.array_equal(bits(N.sfpu_unary(x, "mish")), bits(ref_bf16(want)))
+    assert N.sfpu_unary(np.float32(-5.625), "mish") < -0.02
+
+
+# --- binary SFPU ---------------------------------------------------------------------------------
+
+
+def test_sfpu_binary_pow_rounds_the_float32_power_once():
+    """3 ** 6 = 729 rounds once to 728; exp(log(3) * 6) with a bf16 rounding after each step gives 752."""
+    a = np.array([3.0, 24.0, 2.0, 0.0, 0.0, 5.0], np.float32)
+    b = np.array([6.0, 2.265625, -1.0, 0.0, -1.0, 0.5], np.float32)
+    got = N.sfpu_binary(a, b, "pow")
+    with np.errstate(divide="ignore"):
+        want = N.bf16_round(np.power(a.astype(np.float64), b.astype(np.float64)).astype(np.float32))
+    assert np.array_equal(bits(got), bits(want))
+    assert got[0] == 728.0 and got[3] == 1.0 and got[4] == np.inf
+    chain = N.sfpu_unary(N.eltwise_binary(N.sfpu_unary(a[:1], "log"), b[:1], "mul"), "exp")
+    assert chain[0] == 752.0
+
+
+def test_sfpu_binary_pow_of_a_negative_base():
+    """C's pow: a real value for an integral exponent, NaN otherwise (exp(log(x) * y) is NaN for both)."""
+    got = N.sfpu_binary(np.array([-2.0, -2.0, -0.5], np.float32), np.array([3.0, 2.0, 0.5], np.float32), "pow")
+    assert got[0] == -8.0 and got[1] == 4.0 and np.isnan(got[2])
+
+
+def test_sfpu_binary_operands_are_in_the_dst_format():
+    """The operands are Dst values: a float32 operand is read as its bf16 (or f16) rounding."""
+    a, b = np.float32(1.0 + 2**-9), np.float32(3.0)  # below half a bf16 ulp of 1, a Float16 value
+    assert N.sfpu_binary(a, b, "pow") == 1.0
+    assert N.sfpu_binary(a, b, "pow", dst_format="f16") == N.f16_round(np.float32((1.0 + 2**-9) ** 3))
+
+
+def test_sfpu_binary_selects_leave_no_trace_of_the_branch_not_taken():
+    c = np.array([1.0, 0.0, 1.0, 0.0, 0.0], np.float32)
+    x = np.array([-np.inf, np.nan, 2.5, np.inf, 7.0], np.float32)
+    assert N.sfpu_binary(c, x, "where_nez").tolist()[:4] == [-np.inf, 0.0, 2.5, 0.0]
+    picked = N.sfpu_binary(c, x, "where_eqz")
+    assert np.isnan(picked[1]) and picked[[0, 2, 3, 4]].tolist() == [0.0, 0.0, np.inf, 7.0]
+    # the where form sums the two selects, one of which is 0: exact, and NaN only where NaN is picked
+    y = np.full(5, -np.inf, np.float32)
+    where = N.eltwise_binary(N.sfpu_binary(c, x, "where_nez"), N.sfpu_binary(c, y, "where_eqz"), "add")
+    assert where.tolist() == [-np.inf, -np.inf, 2.5, -np.inf, -np.inf]
+
+
+def test_scalar_comparisons_hold_for_infinities():
+    """x op p directly: x - p would be inf - inf = NaN where x equals an infinite p."""
+    x = np.array([-np.inf, -3.0, 0.0, np.inf, np.nan], np.float32)
+    assert N.sfpu_unary(x, "eq_scalar", -np.inf).tolist() == [1, 0, 0, 0, 0]
+    assert N.sfpu_unary(x, "ne_scalar", np.inf).tolist() == [1, 1, 1, 0, 1]
+    assert N.sfpu_unary(x, "lt_scalar", -3.0).tolist() == [1, 0, 0, 0, 0]
+    assert N.sfpu_unary(x, "le_scalar", -3.0).tolist() == [1, 1, 0, 0, 0]
+    assert N.sfpu_unary(x, "gt_scalar", 0.0).tolist() == [0, 0, 0, 1, 0]
+    assert N.sfpu_unary(x, "ge_scalar", np.inf).tolist() == [0, 0, 0, 1, 0]
+
+
+def test_rpow_scalar_is_the_float32_power_of_the_parameter():
+    x = np.array([0.5, 3.0, -1.0, 10.0], np.float32)
+    want = ref_bf16(np.power(np.float32(2.5), x).astype(np.float32))
+    assert np.array_equal(bits(N.sfpu_unary(x, "rpow_scalar", 2.5)), bits(want))
 
 
 # --- reduce --------------------------------------------------------------------------------------
