@@ -231,7 +231,10 @@ class GraphImporter:
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         ctx = NodeContext(self, node, node_name(node, index))
         constants = {name for name in node.input if name and self.is_constant(name)}
-        if node.op_type not in SHAPE_OPS and is_foldable(node, constants):
+        empty = self.empty_outputs(node)
+        if empty and all(name in empty for name in node.output if name):
+            outputs = [self.empty_constant(ctx, name) if name else None for name in node.output]
+        elif node.op_type not in SHAPE_OPS and is_foldable(node, constants):
             outputs = self.fold(ctx)
         elif node.op_type not in SHAPE_OPS and is_foldable(node, constants | self.empty_inputs(node)) \
                 and not any(0 in (self.inferred_shape(name) or (0,)) for name in node.output if name):
@@ -247,11 +250,25 @@ class GraphImporter:
         for name, value in zip(node.output, outputs, strict=False):
             if not name:
                 continue
+            if name in empty and (value is None or not self.is_constant_value(value)):
+                value = self.empty_constant(ctx, name)  # whatever the converter built for it is dead
             inferred = self.inferred_shape(name)
             if inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
+
+    def empty_outputs(self, node: onnx.NodeProto) -> set[str]:
+        """The node's outputs that shape inference gives no elements, with a known element type."""
+        return {name for name in node.output if name and 0 in (self.inferred_shape(name) or (1,))
+                and self.output_element_type(name) is not None}
+
+    def empty_constant(self, ctx: NodeContext, name: str) -> Value:
+        """An output without elements: its shape and element type are its whole value, a constant."""
+        element = self.output_element_type(name)
+        shape = self.inferred_shape(name)
+        assert element is not None and shape is not None
+        return ctx.constant(np.zeros(shape, element.numpy_dtype()), name)
 
     def empty_inputs(self, node: onnx.NodeProto) -> set[str]:
         """The node's inputs that are empty tensors: they hold no data, so they are known at compile time."""

@@ -304,6 +304,14 @@ def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
         values[value] = np.asarray(array).astype(ttype.element_type.numpy_dtype()).reshape(ttype.shape)
 
 
+@host_op("ttmetal.empty_tensor")
+def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """A tensor without elements: its type is its whole value."""
+    ttype = op.results[0].type
+    assert isinstance(ttype, TensorType)
+    values[op.results[0]] = np.zeros(ttype.shape, ttype.element_type.numpy_dtype())
+
+
 @host_op("ttmetal.deallocate")
 def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     buffer = ex.buffer(values, op.operands[0])

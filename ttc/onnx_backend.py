@@ -11,9 +11,10 @@ distinct set of input shapes). Outputs come back in the dtype the model declares
 floats in bf16 (or Bfp8_b), and they are returned as float32 for float32 outputs (float16, bfloat16
 and float64 outputs are cast to their own dtype); integer and boolean outputs keep their dtype.
 
-Shape parameters: ttc compiles static programs, so a numeric graph input that only feeds shape
-parameters (a Reshape's shape, Slice's starts/ends/axes/steps, the axes of Squeeze/Unsqueeze and the
-reductions, Split's split, Expand's and Tile's shapes, Pad's pads, ...) is specialised: `run` compiles
+Shape parameters: ttc compiles static programs, so a numeric (or boolean) graph input that only feeds
+shape parameters (a Reshape's shape, Slice's starts/ends/axes/steps, the axes of Squeeze/Unsqueeze and the
+reductions, Split's split, Expand's and Tile's shapes, Pad's pads, Dropout's ratio and training_mode, which
+decide its compile-time mask, ...) is specialised: `run` compiles
 the model with that input's fed value as a constant, once per distinct value, exactly as if the model
 had carried it as an initializer. Inputs that feed data positions are never specialised.
 
@@ -59,13 +60,14 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "CumSum": frozenset({1}), "CumProd": frozenset({1}), "Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1}),
     "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}), "HannWindow": frozenset({0}),
     "HammingWindow": frozenset({0}), "BlackmanWindow": frozenset({0}), "MelWeightMatrix": frozenset({0, 1, 2, 3, 4}),
+    "Dropout": frozenset({1, 2}),  # the ratio and training_mode: ttc draws a training mask at compile time
 }
 
 
 def shape_parameter_inputs(model: onnx.ModelProto, candidates: Sequence[onnx.ValueInfoProto]) -> list[str]:
     """The numeric graph inputs whose every use is a shape-parameter position."""
-    integer = {v.name for v in candidates  # numbers: Resize's scales and OneHot's depth may be floats
-               if helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).kind in "iuf"}
+    integer = {v.name for v in candidates  # numbers: Resize's scales, OneHot's depth may be floats, flags bools
+               if helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).kind in "iufb"}
     uses: dict[str, list[bool]] = {name: [] for name in integer}
     for node in model.graph.node:
         positions = SHAPE_PARAMETERS.get(node.op_type, frozenset())

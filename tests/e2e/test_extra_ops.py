@@ -278,6 +278,58 @@ def test_reductions_over_an_empty_dim_are_constants() -> None:
     check(g)
 
 
+def test_values_without_elements_are_constants_returned_without_device_work() -> None:
+    """A value with no elements is known by its type: it becomes a constant in the importer, a graph
+    output of it is made on the host (no buffer, no program, not a host op), and consumers drop it."""
+    g = Graph()
+    x = g.input("x", (20, 10, 5))
+    nothing = g.node("Slice", [x, g.const([1000], np.int64), g.const([1000], np.int64), g.const([1], np.int64)])
+    g.output(nothing)  # [20, 0, 5]
+    g.output(g.node("Relu", [g.node("Concat", [nothing, x], axis=1)]))
+    g.output(g.node("Reshape", [g.input("empty", (0, 3, 4)), g.const([3, 4, 0], np.int64)], allowzero=1))
+    g.output(g.node("Shape", [x], start=2, end=1), I64)
+    compiled = check(g)
+    ops = [op.name for op in compiled.module.function("main").body.ops]
+    assert ops.count("ttmetal.empty_tensor") == 3 and ops.count("ttmetal.enqueue_program") == 1
+
+
+def test_training_dropout_draws_the_reference_mask_at_compile_time() -> None:
+    """Training-mode Dropout with a seed: the mask is onnx's reference draw (numpy's RandomState(seed)), a
+    constant, and the scaled product runs on the device. onnxruntime draws another mask, so the reference
+    evaluator is the oracle here."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = Graph()
+    x = g.input("x", (3, 37, 41))
+    y, mask = g.node("Dropout", [x, g.const(0.75), g.const(True, np.bool_)], outputs=2, seed=7)
+    g.output(y)
+    g.output(mask, BOOL)
+    model = g.model(opset=22)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    out = compiled.run(g.feeds)
+    want_y, want_mask = ReferenceEvaluator(model).run(None, g.feeds)
+    np.testing.assert_array_equal(out[mask], want_mask)
+    np.testing.assert_allclose(out[y], want_y, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("ratio, training, seed, message", [
+    (0.5, True, None, "training-mode Dropout without a seed"),
+    (None, True, 1, "training-mode Dropout with a computed ratio"),
+    (0.5, None, 1, "training_mode is computed"),
+    (1.0, True, 1, r"the ratio 1 is outside \[0, 1\)"),
+])
+def test_training_dropout_that_ttc_cannot_draw_at_compile_time_is_a_user_error(ratio, training, seed,
+                                                                              message: str) -> None:
+    g = Graph()
+    inputs = [g.input("x", (4, 8)),
+              g.const(ratio) if ratio is not None else g.input("r", ()),
+              g.const(training, np.bool_) if training is not None else g.input("t", (), elem=BOOL)]
+    g.output(g.node("Dropout", inputs, **({} if seed is None else {"seed": seed})))
+    with pytest.raises(UserError, match=rf"node '/Dropout_1' \(Dropout\): {message}"):
+        ttc.compile(g.model(opset=22))
+
+
 def test_lp_normalization_of_zero_vectors_and_all_of_booleans() -> None:
     g = Graph()
     values = np.random.default_rng(9).standard_normal((4, 37))

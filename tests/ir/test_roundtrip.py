@@ -56,7 +56,7 @@ value_types = st.one_of(tensor_types, dialect_types, st.just(ScalarType("index")
 @st.composite
 def dense_attrs(draw: st.DrawFn) -> DenseAttr:
     element = draw(st.sampled_from(["f32", "f16", "bf16", "i64", "i32", "i1"]))
-    shape = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))  # a 0 dim: no elements, `dense<[]>`
     ttype = TensorType(shape, ScalarType(element))
     dtype = ttype.element_type.numpy_dtype()
     size = int(np.prod(shape))
