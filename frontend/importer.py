@@ -30,7 +30,7 @@ from ttc.frontend import (
     converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
-from ttc.frontend.folding import evaluate_node
+from ttc.frontend.folding import evaluate_node, outer_scope_inputs, subgraphs
 from ttc.frontend.host_ops import convert_on_host, may_run_on_host, runs_on_host
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,
@@ -108,16 +108,24 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
 def is_foldable(node: onnx.NodeProto, constants: set[str]) -> bool:
-    """Whether the node's outputs are compile-time constants: a default-domain, deterministic node
-    without subgraphs whose inputs are all constants (or a Shape/Size, as every shape is static)."""
+    """Whether the node's outputs are compile-time constants: a default-domain, deterministic node whose
+    inputs, and the values its subgraphs read from the graph (a Loop's body, an If's branches), are all
+    constants (or a Shape/Size, as every shape is static)."""
     if node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC_OPS:
         return False
     if node.op_type in SHAPE_OPS:
         return True
-    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+    if subgraphs(node) and not all(is_deterministic(inner) for g in subgraphs(node) for inner in g.node):
         return False
     inputs = [name for name in node.input if name]
-    return bool(inputs) and all(name in constants for name in inputs)
+    outer = outer_scope_inputs(node)  # what a Loop's body or an If's branches read from the graph
+    return bool(inputs) and all(name in constants for name in inputs + outer)
+
+
+def is_deterministic(node: onnx.NodeProto) -> bool:
+    """A default-domain node without random ops, its subgraphs included."""
+    return node.domain in DEFAULT_DOMAINS and node.op_type not in NONDETERMINISTIC_OPS and all(
+        is_deterministic(inner) for g in subgraphs(node) for inner in g.node)
 
 
 def check_supported(model: onnx.ModelProto) -> None:
@@ -230,7 +238,7 @@ class GraphImporter:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         ctx = NodeContext(self, node, node_name(node, index))
-        constants = {name for name in node.input if name and self.is_constant(name)}
+        constants = {name for name in [*node.input, *outer_scope_inputs(node)] if name and self.is_constant(name)}
         empty = self.empty_outputs(node)
         if empty and all(name in empty for name in node.output if name):
             outputs = [self.empty_constant(ctx, name) if name else None for name in node.output]
@@ -298,7 +306,7 @@ class GraphImporter:
         node = ctx.node
         feeds = {name: self.constant_of[self.values[name]].array() if self.is_constant(name)
                  else np.zeros(self.values[name].type.shape, self.values[name].type.element_type.numpy_dtype())
-                 for name in node.input if name}
+                 for name in [*node.input, *outer_scope_inputs(node)] if name}
         try:
             results = evaluate_node(node, feeds, self.opset)
         except Exception as exc:

@@ -183,6 +183,26 @@ def test_folded_values_are_inline_when_small_and_named_weights_when_large() -> N
     assert isinstance(small.attributes["value"], DenseAttr)
 
 
+def test_a_loop_of_constants_folds_with_its_scan_outputs_stacked() -> None:
+    """A Loop whose trip count, initial values and the values its body reads from the graph (`step`) are all
+    constants folds like any constant node; each iteration's scan output (a matrix here) gets a new first axis."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["acc", "step"], ["next"]),
+         helper.make_node("Identity", ["acc"], ["scan"])], "body",
+        [info("i", [], I64), info("cond", [], BOOL), info("acc", [2, 3])],
+        [info("cond_out", [], BOOL), info("next", [2, 3]), info("scan", [2, 3])])
+    loop = helper.make_node("Loop", ["n", "true", "init"], ["last", "all"], name="/loop", body=body)
+    add = helper.make_node("Add", ["x", "all"], ["y"], name="/add")
+    inits = {"n": np.int64(4), "true": np.bool_(True), "init": np.zeros((2, 3), np.float32),
+             "step": np.ones((2, 3), np.float32)}
+    model = make_model([loop, add], [info("x", [4, 2, 3])], [info("y", [4, 2, 3])], inits)
+    module = import_model(model)
+    assert [op.name for op in main_ops(module)] == ["ttir.constant", "ttir.add"]
+    feeds = {"x": np.zeros((4, 2, 3), np.float32)}
+    np.testing.assert_array_equal(evaluate(module, feeds)["y"], np.arange(4, dtype=np.float32)[:, None, None]
+                                  * np.ones((4, 2, 3), np.float32))
+
+
 def test_unsupported_ops_on_computed_values_are_still_reported() -> None:
     nodes = [helper.make_node("CenterCropPad", ["x", "shape"], ["y"], name="/tile")]
     model = make_model(nodes, [info("x", [2, 3])], [info("y", [2, 2])], {"shape": ints(2, 2)})
