@@ -471,11 +471,39 @@ def pad(ctx: NodeContext) -> Value:
     if mode == "constant" and ctx.has_input(2):
         constant = ctx.input_constant(2)
         value = ctx.input(2) if constant is None else float(np.asarray(constant).reshape(-1)[0])
+    return padded(ctx, x, before, after, mode, value)
+
+
+def padded(ctx: NodeContext, x: Value, before: list[int], after: list[int], mode: str, value: float | Value) -> Value:
+    """x padded by `before`/`after` positions per axis (negative ones crop) in a Pad mode."""
+    shape = _tensor(x).shape
     maps = [_pad_axis(size, b, e, mode) for size, b, e in zip(shape, before, after, strict=True)]
-    if rank == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(pads) >= 0:
+    if len(shape) == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(before + after) >= 0:
         n, _, h, w = shape
         return pixel_lookup(ctx, x, pixel_ids(n, h, w, maps[2], maps[3]), (len(maps[2]), len(maps[3])), "pad_index")
     return pad_rows(ctx, x, maps, value)
+
+
+@converter("CenterCropPad", since=18)
+def center_crop_pad(ctx: NodeContext) -> Value:
+    """Crop or zero-pad each of `axes` to the given size around the centre (the extra position of an odd
+    difference at the end): a Pad whose negative pads crop."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    sizes = ctx.input_constant(1)
+    if sizes is None:
+        raise ctx.error("CenterCropPad needs a constant shape")
+    given = ctx.attr("axes")
+    axes = [int(a) % len(shape) for a in given] if given is not None else list(range(len(shape)))
+    sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    if len(sizes) != len(axes):
+        raise ctx.error(f"CenterCropPad has {len(sizes)} sizes for {len(axes)} axes")
+    before, after = [0] * len(shape), [0] * len(shape)
+    for axis, size in zip(axes, sizes, strict=True):
+        grow = size - shape[axis]  # negative: crop
+        before[axis] = -(-grow // 2) if grow < 0 else grow // 2
+        after[axis] = grow - before[axis]
+    return padded(ctx, x, before, after, "constant", 0.0)
 
 
 def pad_rows(ctx: NodeContext, x: Value, maps: list[np.ndarray], value: float | Value) -> Value:

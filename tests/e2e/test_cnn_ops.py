@@ -264,6 +264,16 @@ def test_pad_by_row_lookups(x_shape, mode, pads, axes) -> None:
     check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
 
 
+@pytest.mark.parametrize(("x_shape", "shape", "axes"), [
+    ((2, 3, 9, 8), [6, 11], [2, 3]),  # crop H by an odd 3 (1 before, 2 after), pad W by an odd 3: a pixel lookup
+    ((37, 5, 3), [34, 9], [0, 1]),  # channels last: crop the rows, pad the channels
+    ((4, 40), [3, 41], None),  # every axis
+])
+def test_center_crop_pad(x_shape, shape, axes) -> None:
+    node = helper.make_node("CenterCropPad", ["x", "s"], ["y"], name="/crop", **({} if axes is None else {"axes": axes}))
+    check(model_of([node], {"x": x_shape}, {"s": np.array(shape, np.int64)}, ["y"], opset=18))
+
+
 def test_pad_keeps_infinities_and_takes_a_computed_value() -> None:
     """A lookup moves values without arithmetic: -inf in the data survives (an attention mask), and the pad
     value may be computed."""

@@ -204,9 +204,10 @@ def test_a_loop_of_constants_folds_with_its_scan_outputs_stacked() -> None:
 
 
 def test_unsupported_ops_on_computed_values_are_still_reported() -> None:
-    nodes = [helper.make_node("CenterCropPad", ["x", "shape"], ["y"], name="/tile")]
-    model = make_model(nodes, [info("x", [2, 3])], [info("y", [2, 2])], {"shape": ints(2, 2)})
-    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): CenterCropPad \(node: /tile\)"):
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y"], name="/sample")]
+    grid = np.zeros((1, 2, 2, 2), np.float32)
+    model = make_model(nodes, [info("x", [1, 1, 3, 3])], [info("y", [1, 1, 2, 2])], {"grid": grid})
+    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): GridSample \(node: /sample\)"):
         import_model(model)
 
 
