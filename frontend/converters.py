@@ -601,6 +601,16 @@ converter("GatherElements", since=13)(gather_by_constant_map)
 converter("GatherND", since=13)(gather_by_constant_map)
 
 
+@converter("Compress", since=11)
+def compress(ctx: NodeContext) -> Value:
+    """Compress by a constant condition: the element map it selects, as a gather with constant indices. Its
+    count of trues is the output's length, so a computed condition has no static shape."""
+    if ctx.input_constant(1) is None:
+        raise ctx.error(f"the condition '{ctx.node.input[1]}' is computed at run time; it decides the output's "
+                        "length, which ttc needs at compile time")
+    return gather_by_constant_map(ctx)
+
+
 def _reduction(ttir_op: str, axes_input: bool) -> Converter:
     """ReduceSum (axes an input since 13) and ReduceMean / ReduceMax (an input since 18)."""
 

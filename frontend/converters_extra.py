@@ -1104,3 +1104,30 @@ def swiglu(ctx: NodeContext) -> Value:
     e, a, b = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
     alpha = ctx.attr("alpha")
     return e.mul(e.mul(a, e.unary("sigmoid", e.scale(a, 1.0 if alpha is None else alpha))), b)
+
+
+@converter("ReverseSequence", since=10)
+def reverse_sequence(ctx: NodeContext) -> Value:
+    """Reverse the first L_b steps of each batch entry b along the time axis. With the data as [B, T, rest],
+    output step t takes source step s when L_b == s + t + 1 (then t < L_b) or, past the length, when s == t
+    and L_b <= t: a one-hot [B, T, T] selection from comparisons of the lengths with constants (exact for
+    integers of any size while the constants stay within 255) times the data, an exact product."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    shape = _tensor(x).shape
+    batch_axis, time_axis = ctx.attr("batch_axis"), ctx.attr("time_axis")
+    if sorted((batch_axis, time_axis)) != [0, 1]:
+        raise ctx.error(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and 1")
+    steps, batch = shape[time_axis], shape[batch_axis]
+    if 2 * steps - 1 > 255:
+        raise ctx.error(f"a time axis of {steps} steps (lengths compare exactly with positions up to 255 only)")
+    rest = math.prod(shape[2:])
+    data = e.reshape(e.transpose(x, (batch_axis, time_axis, *range(2, len(shape)))), (batch, steps, rest))
+    lengths = e.reshape(e.cast(ctx.input(1), _tensor(x).element_type), (batch, 1, 1))
+    t, s = np.arange(steps)[:, None], np.arange(steps)[None, :]
+    reversed_step = e.compare("eq", lengths, e.const((s + t + 1)[None].astype(np.float32), lengths))
+    past_length = e.logical("and", e.compare("le", lengths, e.const(np.broadcast_to(t, (steps, steps))[None]
+                                                                     .astype(np.float32), lengths)),
+                            e.const(np.eye(steps, dtype=bool)[None], reversed_step))
+    one_hot = e.cast(e.logical("or", reversed_step, past_length), _tensor(x).element_type)
+    picked = e.reshape(e.matmul(one_hot, data), (batch, steps, *shape[2:]))
+    return e.transpose(picked, (batch_axis, time_axis, *range(2, len(shape))))

@@ -403,3 +403,15 @@ def test_an_op_no_grid_can_place_is_a_user_error() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(UserError, match=r'node "tr": no blocking of .* not supported yet'):
         ttc.compile(model)
+
+
+@pytest.mark.parametrize("batch_axis, time_axis", [(1, 0), (0, 1)])
+def test_reverse_sequence_by_computed_lengths(batch_axis: int, time_axis: int) -> None:
+    """The lengths are data (a graph input): compared with constants into a one-hot selection on the device."""
+    g = Graph()
+    shape = [0, 0, 35]
+    shape[time_axis], shape[batch_axis] = 9, 4
+    x = g.input("x", tuple(shape))
+    lengths = g.input("lengths", (4,), elem=I64, values=np.array([9, 1, 0, 5]))
+    g.output(g.node("ReverseSequence", [x, lengths], batch_axis=batch_axis, time_axis=time_axis))
+    check(g)

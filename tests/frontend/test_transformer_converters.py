@@ -95,6 +95,10 @@ CASES = {
                               constants=[np.stack([np.zeros(6, np.int64), np.arange(6)], -1).reshape(1, 1, 6, 2)]),
     "gather_elements": Case("GatherElements", [((3, 4), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"],
                             {"axis": 1}, [np.array([[3, 0], [1, 1], [2, 3]], np.int64)]),
+    "compress": Case("Compress", [((3, 5), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"], {"axis": -1},
+                     [np.array([True, False, True, True])]),
+    "compress_flat": Case("Compress", [((3, 5), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"], {},
+                          [np.array([False, True, False, False, True, True])]),
     "reduce_mean": Case("ReduceMean", [((2, 3, 4), F32)], ["ttir.reduce_mean"], {"keepdims": 0},
                         [ints(1)]),
     "reduce_sum_all": Case("ReduceSum", [((2, 3, 4), F32)], ["ttir.reduce_sum"]),
@@ -127,6 +131,13 @@ def test_gather_nd_by_computed_indices_compares_with_the_positions() -> None:
     model = make_model([node], [info("x", [3, 4]), info("i", [2, 1], I64)], [info("y", [2, 4])])
     names = [op.name for op in main_ops(import_model(model))]
     assert names.count("ttir.eq") == 2 and "ttir.matmul" in names
+
+
+def test_compress_by_a_computed_condition_is_rejected() -> None:
+    node = helper.make_node("Compress", ["x", "c"], ["y"], name="/compress", axis=0)
+    model = make_model([node], [info("x", [3, 4]), info("c", [3], BOOL)], [info("y", ["n", 4])])
+    with pytest.raises(UserError, match=r"node '/compress' \(Compress\): the condition 'c' is computed at run time"):
+        import_model(model)
 
 
 def test_gather_nd_with_batch_dims_by_computed_indices_is_rejected() -> None:
