@@ -896,19 +896,35 @@ converter("ReduceProd", since=18)(_reduce_prod_converter(axes_input=True))
 
 @converter("Einsum", since=12)
 def einsum(ctx: NodeContext) -> Value:
-    """One or two operands without repeated indices in a term: indices only one operand has and the
-    output lacks are summed first; then the two operands become [batch, free, contracted] and
-    [batch, contracted, free] by transposes and reshapes, one batched matmul, and the output order."""
+    """One or two operands. An ellipsis stands for letters of its own (the same dims in both operands); a
+    letter repeated in a term takes the diagonal (a product by an identity mask, summed over one of the two
+    axes); indices only one operand has and the output lacks are summed first; then the two operands become
+    [batch, free, contracted] and [batch, contracted, free] by transposes and reshapes, one batched matmul,
+    and the output order."""
     e = Emitter(ctx)
     equation = ctx.attr("equation").replace(" ", "")
-    inputs_part, _, output = equation.partition("->")
+    inputs_part, explicit, output = equation.partition("->")
     terms = inputs_part.split(",")
     operands = [_float_input(ctx, i) for i in range(len(terms))]
-    if "..." in equation or len(terms) > 2 or any(len(set(t)) != len(t) for t in terms):
-        raise ctx.error(f"equation '{equation}': ttc converts one or two operands without ellipsis or repeated "
-                        "indices")
-    if not _:
-        output = "".join(sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1))
+    if len(terms) > 2:
+        raise ctx.error(f"equation '{equation}': ttc converts one or two operands")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    ellipses = {len(term.replace("...", "")) - _tensor(x).rank for term, x in zip(terms, operands, strict=True)
+                if "..." in term}
+    ellipsis = "".join(spare[:-min(ellipses)]) if ellipses and min(ellipses) < 0 else ""
+    if len(ellipses) > 1:
+        raise ctx.error(f"equation '{equation}': the ellipses stand for different numbers of dims")
+    terms = [t.replace("...", ellipsis) for t in terms]
+    if not explicit:  # the ellipsis, then the letters used once, in order
+        letters = "".join(terms)
+        output = ellipsis + "".join(sorted(c for c in set(letters) - set(ellipsis) if letters.count(c) == 1))
+    output = output.replace("...", ellipsis)
+    for position, (term, x) in enumerate(zip(terms, operands, strict=True)):
+        if len(term) != _tensor(x).rank:
+            raise ctx.error(f"equation '{equation}': term '{term}' for an operand of rank {_tensor(x).rank}")
+        while len(set(term)) != len(term):
+            x, term = _einsum_diagonal(e, x, term)
+        terms[position], operands[position] = term, x
     reduced = []
     for position, (term, x) in enumerate(zip(terms, operands, strict=True)):
         others = "".join(t for i, t in enumerate(terms) if i != position) + output
@@ -935,6 +951,20 @@ def einsum(ctx: NodeContext) -> Value:
     order = batch + free_a + free_b
     unflat = e.reshape(product, tuple(sizes[c] for c in order))
     return e.transpose(unflat, [order.index(c) for c in output])
+
+
+def _einsum_diagonal(e: Emitter, x: Value, term: str) -> tuple[Value, str]:
+    """The diagonal of the first letter repeated in `term`: x times an identity mask over its two axes, summed
+    over the second (exact: one value and zeros)."""
+    letter = next(c for c in term if term.count(c) > 1)
+    first, second = term.index(letter), term.index(letter, term.index(letter) + 1)
+    shape = _tensor(x).shape
+    if shape[first] != shape[second]:
+        raise e.ctx.error(f"einsum letter '{letter}' stands for dims of {shape[first]} and {shape[second]}")
+    mask = np.eye(shape[first], dtype=np.float32).reshape(
+        [shape[first] if i == first else shape[second] if i == second else 1 for i in range(len(shape))])
+    diagonal = e.reduce("sum", e.mul(x, e.const(mask, x)), [second], False)
+    return diagonal, term[:second] + term[second + 1:]
 
 
 def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Value:

@@ -151,6 +151,8 @@ def test_tile_trilu_and_products() -> None:
 @pytest.mark.parametrize("equation, shapes", [
     ("bij,bjk->bik", [(2, 3, 5), (2, 5, 4)]), ("ij->ji", [(3, 40)]), ("bhqd,bhkd->bhqk", [(1, 2, 5, 8), (1, 2, 6, 8)]),
     ("i,j->ij", [(5,), (7,)]), ("ij,ij->i", [(4, 9), (4, 9)]),
+    ("...ii->...i", [(2, 3, 6, 6)]), ("ii", [(37, 37)]), ("...ij,...jk", [(2, 4, 5), (2, 5, 3)]),
+    ("bii,bij->bj", [(3, 4, 4), (3, 4, 6)]),
 ])
 def test_einsum_forms(equation: str, shapes: list) -> None:
     g = Graph()
