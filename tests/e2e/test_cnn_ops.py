@@ -164,6 +164,17 @@ def test_average_pool(x_shape, attrs) -> None:
                    ["y"], opset=19))
 
 
+@pytest.mark.parametrize(("x_shape", "attrs"), [
+    ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "p": 2}),
+    ((1, 3, 10, 9), {"kernel_shape": [2, 3], "dilations": [2, 1], "p": 3}),
+    ((2, 3, 37), {"kernel_shape": [4], "strides": [3], "p": 1}),  # 1-D
+    ((1, 2, 5, 7, 6), {"kernel_shape": [2, 2, 3], "auto_pad": "SAME_UPPER", "p": 4}),  # 3-D
+])
+def test_lp_pool(x_shape, attrs) -> None:
+    check(model_of([helper.make_node("LpPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"],
+                   opset=18))
+
+
 def test_resnet_block_global_pool_flatten_gemm() -> None:
     """conv-bn-relu, residual add, global average pool, flatten, gemm: one layout change at the input."""
     rng = np.random.default_rng(4)
