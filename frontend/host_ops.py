@@ -12,7 +12,7 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
 - it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
-- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter): the write positions are data,
+- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter, MaxUnpool): the write positions are data,
   while the device moves data only by compile-time index tables and has no indexed-write kernel;
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
   index kernels.
@@ -47,7 +47,7 @@ HOST_COMPUTE = "ttmetal.host_compute"
 INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
 # Writes at positions given by data (duplicates combined in order): the device moves data only by
 # compile-time index tables and has no indexed-write kernel.
-SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter"})
+SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter", "MaxUnpool"})
 NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
 COMPARE_OPS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 # Ops the device runs on integer graph inputs exactly (conversions, copies, lookups by index).

@@ -429,6 +429,23 @@ def test_max_pool_indices_run_on_the_host() -> None:
     np.testing.assert_allclose(outputs["y"], expected["y"], rtol=2e-2, atol=2e-2)
 
 
+def test_max_unpool_scatters_on_the_host() -> None:
+    """MaxUnpool writes at positions that are data (MaxPool's indices): a scatter, a host op like the pool's
+    indices; the activation after it runs on the device."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], name="/pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("MaxUnpool", ["y", "i"], ["u"], name="/unpool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["u"], ["z"], name="/relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [1, 3, 8, 6])],
+                              [helper.make_tensor_value_info("z", F32, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                                ir_version=8))
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 6)).astype(np.float32)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 2
+    np.testing.assert_allclose(compiled.run({"x": x})["z"], run_onnxruntime(model, {"x": x})["z"], rtol=2e-2,
+                               atol=2e-2)
+
+
 def test_dropout_opset_9_is_the_identity() -> None:
     rng = np.random.default_rng(9)
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/conv"),
