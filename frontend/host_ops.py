@@ -171,11 +171,15 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
         if shape is None:  # the graph's inference lacked folded values: infer the node alone, inputs now known
             local = _node_shapes(node, graph_inputs, initializers, importer.opset) if local is None else local
             shape = local.get(name)
+        if shape is None and name not in importer.node_inputs:
+            shape = importer.inferred_dims(name)  # data-dependent dims (`?`) of a value only the graph returns
         if element is None or shape is None:
-            raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one")
+            raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one (only "
+                            "a graph output that no node uses may have a data-dependent shape)")
         result_types.append(TensorType(shape, element))
         onnx_type = helper.np_dtype_to_tensor_dtype(element.numpy_dtype())
-        graph_outputs.append(helper.make_tensor_value_info(name, onnx_type, list(shape)))
+        graph_outputs.append(helper.make_tensor_value_info(name, onnx_type, [d if d is not None else f"{name}_{i}"
+                                                                               for i, d in enumerate(shape)]))
     graph = helper.make_graph([node], "host", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", importer.opset)])
     model.ir_version = min(model.ir_version, 10)

@@ -210,6 +210,8 @@ class GraphImporter:
         self.opset = default_opset(model) or TARGET_OPSET
         self.types = {v.name: v.type for v in (*self.graph.input, *self.graph.value_info, *self.graph.output)}
         self.used = {name for node in self.graph.node for name in node.input if name}
+        self.node_inputs = {name for node in self.graph.node for name in [*node.input, *outer_scope_inputs(node)]
+                            if name}
         self.used.update(output.name for output in self.graph.output)
         self.module = Module()
         self.module.attributes[DEVICE_ATTR_NAME] = device
@@ -334,6 +336,13 @@ class GraphImporter:
         if shape is None:
             raise UserError(f"{where}: value '{name}' has no static shape")
         return TensorType(shape, element_type(type_proto.tensor_type.elem_type, where, name))
+
+    def inferred_dims(self, name: str) -> tuple[int | None, ...] | None:
+        """The shape inference gave `name` with None for each dim it left unknown; None when the rank is unknown."""
+        type_proto = self.types.get(name)
+        if type_proto is None or not type_proto.tensor_type.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in type_proto.tensor_type.shape.dim)
 
     def inferred_shape(self, name: str) -> tuple[int, ...] | None:
         """The static shape shape inference gave `name`, None when unknown or not static."""

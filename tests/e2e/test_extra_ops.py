@@ -417,3 +417,24 @@ def test_reverse_sequence_by_computed_lengths(batch_axis: int, time_axis: int) -
     lengths = g.input("lengths", (4,), elem=I64, values=np.array([9, 1, 0, 5]))
     g.output(g.node("ReverseSequence", [x, lengths], batch_axis=batch_axis, time_axis=time_axis))
     check(g)
+
+
+def test_unique_of_data_returns_outputs_of_data_dependent_shape() -> None:
+    """Unique's result lengths depend on the data: its host op's results have dynamic dims (`?`), which only
+    values the graph returns may have; its input comes from the device."""
+    g = Graph()
+    x = g.input("x", (4, 7), values=np.random.default_rng(14).integers(-2, 3, (4, 7)))
+    outputs = g.node("Unique", [g.node("Relu", [x])], outputs=4, axis=1, sorted=1)
+    for name, elem in zip(outputs, [TensorProto.FLOAT, I64, I64, I64], strict=True):
+        g.output(name, elem)
+    compiled = check(g, host_ops=1)
+    assert str(compiled.module.function("main").type.results[0]) == "tensor<4x?xf32>"
+
+
+def test_a_data_dependent_shape_that_a_node_uses_is_a_user_error() -> None:
+    g = Graph()
+    unique = g.node("Unique", [g.input("x", (9,))], sorted=1)
+    g.output(g.node("Relu", [unique]))
+    with pytest.raises(UserError, match=r"node '/Unique_1' \(Unique\): output 'unique_1_0' has no static type .* \(only "
+                                         r"a graph output that no node uses may have a data-dependent shape"):
+        ttc.compile(g.model())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from ttc.ir import (
     print_module,
 )
 from ttc.ir.attributes import RESERVED_WORDS
+from ttc.ir.diagnostics import IRError
 from ttc.ir.dialects.tt import E75, E150, GridAttr, LayoutAttr
 from ttc.ir.types import SCALAR_TYPE_NAMES
 
@@ -167,3 +169,19 @@ def test_roundtrip_keeps_structure() -> None:
     assert body.ops[0].operands == (body.args[0], pair.results[0])
     assert func.arg_attrs(0) == {"ttir.name": "x"}
     assert func.res_attrs(0) == {"ttir.name": "y"}
+
+
+def test_dynamic_dims_round_trip_on_host_tensors_only() -> None:
+    text = """module {
+  func.func @main(%arg0: tensor<3x4xf32> {ttir.name = "x"}) -> (tensor<?x4xf32> {ttir.name = "y"}) {
+    %0 = "ttmetal.host_compute"(%arg0) {model = "", op_type = "Unique"} : (tensor<3x4xf32>) -> tensor<?x4xf32> loc("u")
+    func.return %0 : tensor<?x4xf32> loc(unknown)
+  }
+}
+"""
+    module = parse_module(text, "t.mlir")
+    assert print_module(module) == text
+    assert module.function("main").type.results[0] == TensorType((None, 4), ScalarType("f32"))
+    with pytest.raises(IRError, match=r"t.mlir:2:.*a tensor with a layout has a static shape"):
+        parse_module(text.replace("tensor<?x4xf32> {", "tensor<?x4xf32, #tt.layout<tile, dram, interleaved>> {"),
+                     "t.mlir")
