@@ -438,3 +438,14 @@ def test_a_data_dependent_shape_that_a_node_uses_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"node '/Unique_1' \(Unique\): output 'unique_1_0' has no static type .* \(only "
                                          r"a graph output that no node uses may have a data-dependent shape"):
         ttc.compile(g.model())
+
+
+def test_reductions_over_many_batch_slices_merge_them_into_rows() -> None:
+    """Beyond 64 batch slices reduced together with the rows (a loss over N x d1 x ... x dk), the reduced dims
+    are merged into the rows instead of adding the slices one by one."""
+    g = Graph()
+    x = g.input("x", (5, 6, 7, 3, 40))
+    g.output(g.node("ReduceSum", [x], keepdims=0))
+    g.output(g.node("ReduceMean", [x, g.const([1, 2, 3], np.int64)], keepdims=1))
+    g.output(g.node("ReduceMax", [x, g.const([1, 2, 3, 4], np.int64)], keepdims=0))
+    check(g)
