@@ -970,7 +970,8 @@ def _einsum_diagonal(e: Emitter, x: Value, term: str) -> tuple[Value, str]:
 def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Value:
     """GatherElements by computed indices: along `axis` (moved last), each index compared with the
     positions 0..D-1 (and -D..-1) selects its element and a sum over the positions collects it; exact, as
-    every sum holds one selected value and zeros, and the comparisons are exact for integers of any size."""
+    every sum holds one selected value and zeros, and the comparisons are exact for integers of any size.
+    One index per line (a class label) selects in place, without moving the axis (`_select_along`)."""
     e = Emitter(ctx)
     dims, index_dims = _tensor(data).shape, _tensor(indices).shape
     size = dims[axis]
@@ -983,6 +984,8 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     ends = [index_dims[k] if k != axis else dims[k] for k in range(len(dims))]
     data = emit_slice(ctx, data, [0] * len(dims), ends, [1] * len(dims))
     last = len(dims) - 1
+    if index_dims[axis] == 1 and (axis >= last - 1 or size <= 16):  # one index per line (a class label)
+        return _select_along(ctx, e, data, e.cast(indices, _tensor(data).element_type), axis)
     perm = list(range(len(dims)))
     perm[axis], perm[last] = perm[last], perm[axis]
     moved = e.transpose(data, perm)
@@ -994,6 +997,18 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     hit = ctx.create("ttir.logical_or", [forward, backward], _tensor(forward))
     picked = e.reduce("sum", e.where(hit, spread, e.const(0.0, data)), [last + 1], False)
     return e.transpose(picked, perm)
+
+
+def _select_along(ctx: NodeContext, e: Emitter, data: Value, positions: Value, axis: int) -> Value:
+    """The element of each line along `axis` that `positions` (size 1 along it) names, in place: compared with
+    the positions of the axis (and their negative forms), selected, summed along the axis (a reduction over a
+    batch dim of at most 16 slices, or along the last two dims); no transposes of the data."""
+    size = _tensor(data).shape[axis]
+    rank = _tensor(data).rank
+    along = np.arange(size, dtype=np.float32).reshape([size if k == axis else 1 for k in range(rank)])
+    hit = e.logical("or", e.compare("eq", positions, e.const(along, positions)),
+                    e.compare("eq", positions, e.const(along - size, positions)))
+    return e.reduce("sum", e.where(hit, data, e.const(0.0, data)), [axis], True)
 
 
 def gather_nd_by_comparison(ctx: NodeContext, data: Value, indices: Value) -> Value:

@@ -187,6 +187,18 @@ def test_attention_with_key_lengths_and_a_window() -> None:
     check(g, opset=24)
 
 
+@pytest.mark.parametrize("shape, axis", [((3, 5, 6, 4, 7), 1), ((4, 40, 3), 1), ((3, 7, 45), 2)])
+def test_gather_elements_of_one_index_per_line_selects_in_place(shape: tuple[int, ...], axis: int) -> None:
+    """A class label per position (the expanded NLL loss): compared and summed along the axis where it is,
+    negative labels counting from the end."""
+    g = Graph()
+    x = g.input("x", shape)
+    index_shape = tuple(1 if k == axis else n for k, n in enumerate(shape))
+    labels = np.random.default_rng(15).integers(-shape[axis], shape[axis], index_shape)
+    g.output(g.node("GatherElements", [x, g.input("labels", index_shape, I64, labels)], axis=axis))
+    check(g)
+
+
 def test_gather_elements_by_computed_indices_and_vector_matmuls() -> None:
     g = Graph()
     x = g.input("x", (4, 6, 5))
