@@ -127,6 +127,9 @@ class ScheduleBuilder:
         if isinstance(op.attributes.get("value"), WeightAttr) and is_device(op.result):
             self.weights[id(op.result)] = op
             return
+        if not is_device(op.result) and isinstance(op.result.type, TensorType) and not op.result.type.num_elements:
+            self.values[id(op.result)] = self.emit("ttmetal.empty_tensor", [], [op.result.type], op).result
+            return
         raise UserError(f"node {node_names(op)}: constant {op.result.type} is used outside a fused body but "
                         "is not a device weight")
 

@@ -205,18 +205,39 @@ def gelu(ctx: NodeContext) -> Value:
 
 @converter("Dropout", since=13)
 def dropout(ctx: NodeContext) -> Value | list[Value]:
-    """Inference (training_mode a false constant, or a ratio of 0): the identity, and a mask of all true
-    (a constant) when it is used."""
-    if ctx.has_input(2):
-        training = ctx.input_constant(2)
-        ratio = ctx.input_constant(1) if ctx.has_input(1) else np.float32(0.5)
-        if training is None or (bool(training) and (ratio is None or float(ratio) != 0.0)):
-            raise ctx.error("training_mode is not a false constant (and the ratio not 0); ttc imports "
-                            "inference-mode Dropout only")
+    """Inference (training_mode false, or a ratio of 0): the identity, and a mask of all true when it is used.
+
+    Training mode: the mask is drawn at compile time the way onnx's reference draws it (and its node tests'
+    expected outputs were made), `numpy.random.RandomState(seed).uniform(0, 1, shape) >= ratio`, so it is a
+    constant, the same on every run, as the reference's is for a given seed. Y = X * (mask / (1 - ratio)) is
+    one product by that constant on the device. It needs the `seed` attribute (without one the reference
+    draws a fresh mask per run) and constant ratio and training_mode.
+    """
     x = ctx.input(0)
-    if not ctx.output_used(1):
-        return x
-    return [x, ctx.constant(np.ones(_tensor(x).shape, dtype=np.bool_), ctx.node.output[1])]
+    training = ctx.input_constant(2) if ctx.has_input(2) else np.False_
+    ratio = ctx.input_constant(1) if ctx.has_input(1) else np.float32(0.5)
+    if training is None:
+        raise ctx.error("training_mode is computed; ttc decides between inference and training Dropout at compile "
+                        "time")
+    masks = ctx.output_used(1)
+    if not bool(training) or (ratio is not None and float(ratio) == 0.0):
+        return [x, ctx.constant(np.ones(_tensor(x).shape, dtype=np.bool_), ctx.node.output[1])] if masks else x
+    seed = ctx.attr("seed")
+    if ratio is None or seed is None:
+        raise ctx.error(f"training-mode Dropout {'with a computed ratio' if seed is not None else 'without a seed'}: "
+                        "ttc draws the mask at compile time, as onnx's reference does, from numpy's "
+                        "RandomState(seed), so it needs the `seed` attribute and a constant ratio")
+    ratio = float(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ctx.error(f"the ratio {ratio:g} is outside [0, 1)")
+    try:
+        mask = np.random.RandomState(seed).uniform(0.0, 1.0, _tensor(x).shape) >= ratio
+    except ValueError as exc:
+        raise ctx.error(f"the seed {seed} is not a seed of numpy's RandomState: {exc}") from None
+    dtype = _tensor(x).element_type.numpy_dtype()
+    scaled = ctx.constant((mask * (1.0 / (1.0 - ratio))).astype(dtype), f"{ctx.node.output[0]}.mask")
+    y = ctx.create("ttir.mul", [x, scaled], _tensor(x))
+    return [y, ctx.constant(mask, ctx.node.output[1])] if masks else y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +582,16 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
 
 converter("GatherElements", since=13)(gather_by_constant_map)
 converter("GatherND", since=13)(gather_by_constant_map)
+
+
+@converter("Compress", since=11)
+def compress(ctx: NodeContext) -> Value:
+    """Compress by a constant condition: the element map it selects, as a gather with constant indices. Its
+    count of trues is the output's length, so a computed condition has no static shape."""
+    if ctx.input_constant(1) is None:
+        raise ctx.error(f"the condition '{ctx.node.input[1]}' is computed at run time; it decides the output's "
+                        "length, which ttc needs at compile time")
+    return gather_by_constant_map(ctx)
 
 
 def _reduction(ttir_op: str, axes_input: bool) -> Converter:

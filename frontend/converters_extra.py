@@ -889,19 +889,35 @@ converter("ReduceProd", since=18)(_reduce_prod_converter(axes_input=True))
 
 @converter("Einsum", since=12)
 def einsum(ctx: NodeContext) -> Value:
-    """One or two operands without repeated indices in a term: indices only one operand has and the
-    output lacks are summed first; then the two operands become [batch, free, contracted] and
-    [batch, contracted, free] by transposes and reshapes, one batched matmul, and the output order."""
+    """One or two operands. An ellipsis stands for letters of its own (the same dims in both operands); a
+    letter repeated in a term takes the diagonal (a product by an identity mask, summed over one of the two
+    axes); indices only one operand has and the output lacks are summed first; then the two operands become
+    [batch, free, contracted] and [batch, contracted, free] by transposes and reshapes, one batched matmul,
+    and the output order."""
     e = Emitter(ctx)
     equation = ctx.attr("equation").replace(" ", "")
-    inputs_part, _, output = equation.partition("->")
+    inputs_part, explicit, output = equation.partition("->")
     terms = inputs_part.split(",")
     operands = [_float_input(ctx, i) for i in range(len(terms))]
-    if "..." in equation or len(terms) > 2 or any(len(set(t)) != len(t) for t in terms):
-        raise ctx.error(f"equation '{equation}': ttc converts one or two operands without ellipsis or repeated "
-                        "indices")
-    if not _:
-        output = "".join(sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1))
+    if len(terms) > 2:
+        raise ctx.error(f"equation '{equation}': ttc converts one or two operands")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    ellipses = {len(term.replace("...", "")) - _tensor(x).rank for term, x in zip(terms, operands, strict=True)
+                if "..." in term}
+    ellipsis = "".join(spare[:-min(ellipses)]) if ellipses and min(ellipses) < 0 else ""
+    if len(ellipses) > 1:
+        raise ctx.error(f"equation '{equation}': the ellipses stand for different numbers of dims")
+    terms = [t.replace("...", ellipsis) for t in terms]
+    if not explicit:  # the ellipsis, then the letters used once, in order
+        letters = "".join(terms)
+        output = ellipsis + "".join(sorted(c for c in set(letters) - set(ellipsis) if letters.count(c) == 1))
+    output = output.replace("...", ellipsis)
+    for position, (term, x) in enumerate(zip(terms, operands, strict=True)):
+        if len(term) != _tensor(x).rank:
+            raise ctx.error(f"equation '{equation}': term '{term}' for an operand of rank {_tensor(x).rank}")
+        while len(set(term)) != len(term):
+            x, term = _einsum_diagonal(e, x, term)
+        terms[position], operands[position] = term, x
     reduced = []
     for position, (term, x) in enumerate(zip(terms, operands, strict=True)):
         others = "".join(t for i, t in enumerate(terms) if i != position) + output
@@ -930,10 +946,25 @@ def einsum(ctx: NodeContext) -> Value:
     return e.transpose(unflat, [order.index(c) for c in output])
 
 
+def _einsum_diagonal(e: Emitter, x: Value, term: str) -> tuple[Value, str]:
+    """The diagonal of the first letter repeated in `term`: x times an identity mask over its two axes, summed
+    over the second (exact: one value and zeros)."""
+    letter = next(c for c in term if term.count(c) > 1)
+    first, second = term.index(letter), term.index(letter, term.index(letter) + 1)
+    shape = _tensor(x).shape
+    if shape[first] != shape[second]:
+        raise e.ctx.error(f"einsum letter '{letter}' stands for dims of {shape[first]} and {shape[second]}")
+    mask = np.eye(shape[first], dtype=np.float32).reshape(
+        [shape[first] if i == first else shape[second] if i == second else 1 for i in range(len(shape))])
+    diagonal = e.reduce("sum", e.mul(x, e.const(mask, x)), [second], False)
+    return diagonal, term[:second] + term[second + 1:]
+
+
 def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Value:
     """GatherElements by computed indices: along `axis` (moved last), each index compared with the
     positions 0..D-1 (and -D..-1) selects its element and a sum over the positions collects it; exact, as
-    every sum holds one selected value and zeros, and the comparisons are exact for integers of any size."""
+    every sum holds one selected value and zeros, and the comparisons are exact for integers of any size.
+    One index per line (a class label) selects in place, without moving the axis (`_select_along`)."""
     e = Emitter(ctx)
     dims, index_dims = _tensor(data).shape, _tensor(indices).shape
     size = dims[axis]
@@ -946,6 +977,8 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     ends = [index_dims[k] if k != axis else dims[k] for k in range(len(dims))]
     data = emit_slice(ctx, data, [0] * len(dims), ends, [1] * len(dims))
     last = len(dims) - 1
+    if index_dims[axis] == 1 and (axis >= last - 1 or size <= 16):  # one index per line (a class label)
+        return _select_along(ctx, e, data, e.cast(indices, _tensor(data).element_type), axis)
     perm = list(range(len(dims)))
     perm[axis], perm[last] = perm[last], perm[axis]
     moved = e.transpose(data, perm)
@@ -957,6 +990,18 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     hit = ctx.create("ttir.logical_or", [forward, backward], _tensor(forward))
     picked = e.reduce("sum", e.where(hit, spread, e.const(0.0, data)), [last + 1], False)
     return e.transpose(picked, perm)
+
+
+def _select_along(ctx: NodeContext, e: Emitter, data: Value, positions: Value, axis: int) -> Value:
+    """The element of each line along `axis` that `positions` (size 1 along it) names, in place: compared with
+    the positions of the axis (and their negative forms), selected, summed along the axis (a reduction over a
+    batch dim of at most 16 slices, or along the last two dims); no transposes of the data."""
+    size = _tensor(data).shape[axis]
+    rank = _tensor(data).rank
+    along = np.arange(size, dtype=np.float32).reshape([size if k == axis else 1 for k in range(rank)])
+    hit = e.logical("or", e.compare("eq", positions, e.const(along, positions)),
+                    e.compare("eq", positions, e.const(along - size, positions)))
+    return e.reduce("sum", e.where(hit, data, e.const(0.0, data)), [axis], True)
 
 
 def gather_nd_by_comparison(ctx: NodeContext, data: Value, indices: Value) -> Value:
@@ -1097,3 +1142,30 @@ def swiglu(ctx: NodeContext) -> Value:
     e, a, b = Emitter(ctx), _float_input(ctx), _float_input(ctx, 1)
     alpha = ctx.attr("alpha")
     return e.mul(e.mul(a, e.unary("sigmoid", e.scale(a, 1.0 if alpha is None else alpha))), b)
+
+
+@converter("ReverseSequence", since=10)
+def reverse_sequence(ctx: NodeContext) -> Value:
+    """Reverse the first L_b steps of each batch entry b along the time axis. With the data as [B, T, rest],
+    output step t takes source step s when L_b == s + t + 1 (then t < L_b) or, past the length, when s == t
+    and L_b <= t: a one-hot [B, T, T] selection from comparisons of the lengths with constants (exact for
+    integers of any size while the constants stay within 255) times the data, an exact product."""
+    e, x = Emitter(ctx), _float_input(ctx)
+    shape = _tensor(x).shape
+    batch_axis, time_axis = ctx.attr("batch_axis"), ctx.attr("time_axis")
+    if sorted((batch_axis, time_axis)) != [0, 1]:
+        raise ctx.error(f"batch_axis {batch_axis} and time_axis {time_axis} must be 0 and 1")
+    steps, batch = shape[time_axis], shape[batch_axis]
+    if 2 * steps - 1 > 255:
+        raise ctx.error(f"a time axis of {steps} steps (lengths compare exactly with positions up to 255 only)")
+    rest = math.prod(shape[2:])
+    data = e.reshape(e.transpose(x, (batch_axis, time_axis, *range(2, len(shape)))), (batch, steps, rest))
+    lengths = e.reshape(e.cast(ctx.input(1), _tensor(x).element_type), (batch, 1, 1))
+    t, s = np.arange(steps)[:, None], np.arange(steps)[None, :]
+    reversed_step = e.compare("eq", lengths, e.const((s + t + 1)[None].astype(np.float32), lengths))
+    past_length = e.logical("and", e.compare("le", lengths, e.const(np.broadcast_to(t, (steps, steps))[None]
+                                                                     .astype(np.float32), lengths)),
+                            e.const(np.eye(steps, dtype=bool)[None], reversed_step))
+    one_hot = e.cast(e.logical("or", reversed_step, past_length), _tensor(x).element_type)
+    picked = e.reshape(e.matmul(one_hot, data), (batch, steps, *shape[2:]))
+    return e.transpose(picked, (batch_axis, time_axis, *range(2, len(shape))))

@@ -177,15 +177,18 @@ def pool_axes(ctx: NodeContext, sizes: Sequence[int]) -> list[WindowAxis]:
 
 
 def pool_matrix(ctx: NodeContext, matrix: Value, kind: str, images: tuple[int, int, int], rows: WindowAxis,
-                cols: WindowAxis) -> tuple[Value, tuple[int, int, int]]:
-    """A pool over H and W of the channels-last matrix of `images` (N, H, W); the result and its (N, OH, OW)."""
+                cols: WindowAxis, count_include_pad: bool | None = None) -> tuple[Value, tuple[int, int, int]]:
+    """A pool over H and W of the channels-last matrix of `images` (N, H, W); the result and its (N, OH, OW).
+    An average counts the padding when `count_include_pad` (default: the node's attribute) says so."""
     n = images[0]
     kernel = (rows.kernel, cols.kernel)
     attrs = {"input_shape": images, "strides": (rows.stride, cols.stride),
              "pads": (rows.pad_begin, cols.pad_begin, rows.pad_end, cols.pad_end),
              "dilations": (rows.dilation, cols.dilation)}
     ceil_mode = bool(ctx.attr("ceil_mode") or 0)
-    include_pad = bool(ctx.attr("count_include_pad") or 0) if kind == "avg" else False
+    if count_include_pad is None:
+        count_include_pad = bool(ctx.attr("count_include_pad") or 0)
+    include_pad = count_include_pad if kind == "avg" else False
     oh, ow = output_hw(attrs, kernel, ceil_mode)
     c = _tensor(matrix).shape[1]
     result = ctx.create("ttir.pool2d", [matrix], _tensor(matrix).with_shape((n * oh * ow, c)),
@@ -194,14 +197,15 @@ def pool_matrix(ctx: NodeContext, matrix: Value, kind: str, images: tuple[int, i
     return result, (n, oh, ow)
 
 
-def pool_2d(ctx: NodeContext, x: Value, kind: str, rows: WindowAxis, cols: WindowAxis) -> Value:
+def pool_2d(ctx: NodeContext, x: Value, kind: str, rows: WindowAxis, cols: WindowAxis,
+            count_include_pad: bool | None = None) -> Value:
     """A pool over H and W of an NCHW tensor (`ttir.pool2d` on the channels-last matrix)."""
     n, _, h, w = _tensor(x).shape
-    pooled, (_, oh, ow) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, h, w), rows, cols)
+    pooled, (_, oh, ow) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, h, w), rows, cols, count_include_pad)
     return from_channels_last(ctx, pooled, n, oh, ow)
 
 
-def _pool(ctx: NodeContext, kind: str) -> Value:
+def _pool(ctx: NodeContext, kind: str, x: Value | None = None, count_include_pad: bool | None = None) -> Value:
     """1-, 2- and 3-D pools as 2-D ones. A 1-D pool runs over a one-pixel-high image. A 3-D pool is separable
     (its window is a box: the maximum, or the sum and the count of positions inside the input, factor
     over the axes), so it is a 2-D pool over H and W with the depths as more channels, then one over D."""
@@ -209,7 +213,7 @@ def _pool(ctx: NodeContext, kind: str) -> Value:
         raise ctx.error("the indices output of MaxPool is used; ttc computes the pooled values only")
     if ctx.attr("storage_order"):
         raise ctx.error("MaxPool with storage_order = 1 is not supported")
-    x = ctx.input(0)
+    x = ctx.input(0) if x is None else x
     shape = _tensor(x).shape
     if len(shape) not in (3, 4, 5):
         raise ctx.error(f"only 1-, 2- and 3-D pooling is supported, not an input of shape {list(shape)}")
@@ -217,17 +221,18 @@ def _pool(ctx: NodeContext, kind: str) -> Value:
     axes = pool_axes(ctx, sizes)
     unit = WindowAxis(1)
     if len(sizes) == 2:
-        return pool_2d(ctx, x, kind, *axes)
+        return pool_2d(ctx, x, kind, *axes, count_include_pad)
     if len(sizes) == 1:
-        pooled, (_, _, ol) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, 1, sizes[0]), unit, axes[0])
+        pooled, (_, _, ol) = pool_matrix(ctx, to_channels_last(ctx, x), kind, (n, 1, sizes[0]), unit, axes[0],
+                                         count_include_pad)
         return from_channels_last(ctx, pooled, n, ol)
     # 3-D: the channels-last matrix [N*D*H*W, C] is that of N*D images H x W, and after the pool over H and W
     # that of N images D x (OH*OW)
     d, h, w = sizes
     matrix = to_channels_last(ctx, x)
-    planes = pool_matrix(ctx, matrix, kind, (n * d, h, w), axes[1], axes[2])
+    planes = pool_matrix(ctx, matrix, kind, (n * d, h, w), axes[1], axes[2], count_include_pad)
     oh, ow = planes[1][1:]
-    pooled, (_, od, _) = pool_matrix(ctx, planes[0], kind, (n, d, oh * ow), axes[0], unit)
+    pooled, (_, od, _) = pool_matrix(ctx, planes[0], kind, (n, d, oh * ow), axes[0], unit, count_include_pad)
     return from_channels_last(ctx, pooled, n, od, oh, ow)
 
 
@@ -239,6 +244,40 @@ def max_pool(ctx: NodeContext) -> Value:
 @converter("AveragePool", since=11)
 def average_pool(ctx: NodeContext) -> Value:
     return _pool(ctx, "avg")
+
+
+@converter("LpPool", since=11)
+def lp_pool(ctx: NodeContext) -> Value:
+    """(sum of |x|^p over the window)^(1/p) for an integer p >= 1: the powers are products of |x|, the window
+    sum an average pool that counts the padding (zeros; every window lies inside the padded input) times the
+    window's size, and the root a sqrt or exp(log(sum) / p)."""
+    p = int(ctx.attr("p"))
+    if p < 1:
+        raise ctx.error(f"LpPool with p = {p} (ttc computes integer p >= 1)")
+    if ctx.attr("ceil_mode"):
+        raise ctx.error("LpPool with ceil_mode = 1 is not supported (windows past the padded input)")
+    x = ctx.input(0)
+
+    def mul(a: Value, b: Value) -> Value:
+        return ctx.create("ttir.mul", [a, b], x.type)
+
+    magnitude = ctx.create("ttir.abs", [x], x.type)
+    power = magnitude
+    for _ in range(p - 1):
+        power = mul(power, magnitude)
+    pooled = _pool(ctx, "avg", power, count_include_pad=True)
+    dtype = _tensor(x).element_type.numpy_dtype()
+    window = math.prod(int(k) for k in ctx.attr("kernel_shape"))
+    total = ctx.create("ttir.mul", [pooled, ctx.constant(np.asarray(window, dtype), f"{ctx.node.output[0]}.window")],
+                       pooled.type)
+    if p == 1:
+        return total
+    if p == 2:
+        return ctx.create("ttir.sqrt", [total], total.type)
+    log = ctx.create("ttir.log", [total], total.type)
+    scaled = ctx.create("ttir.mul", [log, ctx.constant(np.asarray(1.0 / p, dtype), f"{ctx.node.output[0]}.inv_p")],
+                        log.type)
+    return ctx.create("ttir.exp", [scaled], scaled.type)
 
 
 def _global_pool(ttir_op: str):
@@ -471,11 +510,39 @@ def pad(ctx: NodeContext) -> Value:
     if mode == "constant" and ctx.has_input(2):
         constant = ctx.input_constant(2)
         value = ctx.input(2) if constant is None else float(np.asarray(constant).reshape(-1)[0])
+    return padded(ctx, x, before, after, mode, value)
+
+
+def padded(ctx: NodeContext, x: Value, before: list[int], after: list[int], mode: str, value: float | Value) -> Value:
+    """x padded by `before`/`after` positions per axis (negative ones crop) in a Pad mode."""
+    shape = _tensor(x).shape
     maps = [_pad_axis(size, b, e, mode) for size, b, e in zip(shape, before, after, strict=True)]
-    if rank == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(pads) >= 0:
+    if len(shape) == 4 and value == 0.0 and not any(before[:2] + after[:2]) and min(before + after) >= 0:
         n, _, h, w = shape
         return pixel_lookup(ctx, x, pixel_ids(n, h, w, maps[2], maps[3]), (len(maps[2]), len(maps[3])), "pad_index")
     return pad_rows(ctx, x, maps, value)
+
+
+@converter("CenterCropPad", since=18)
+def center_crop_pad(ctx: NodeContext) -> Value:
+    """Crop or zero-pad each of `axes` to the given size around the centre (the extra position of an odd
+    difference at the end): a Pad whose negative pads crop."""
+    x = ctx.input(0)
+    shape = _tensor(x).shape
+    sizes = ctx.input_constant(1)
+    if sizes is None:
+        raise ctx.error("CenterCropPad needs a constant shape")
+    given = ctx.attr("axes")
+    axes = [int(a) % len(shape) for a in given] if given is not None else list(range(len(shape)))
+    sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    if len(sizes) != len(axes):
+        raise ctx.error(f"CenterCropPad has {len(sizes)} sizes for {len(axes)} axes")
+    before, after = [0] * len(shape), [0] * len(shape)
+    for axis, size in zip(axes, sizes, strict=True):
+        grow = size - shape[axis]  # negative: crop
+        before[axis] = -(-grow // 2) if grow < 0 else grow // 2
+        after[axis] = grow - before[axis]
+    return padded(ctx, x, before, after, "constant", 0.0)
 
 
 def pad_rows(ctx: NodeContext, x: Value, maps: list[np.ndarray], value: float | Value) -> Value:

@@ -12,7 +12,7 @@ importer sends a node to the host, as one explicit `ttmetal.host_compute` op, wh
   which the device does exactly whatever the size (bf16 rounding is monotonic and keeps those exact);
 - it selects or moves integer data produced by the host (host data stays on the host);
 - it dequantizes integers wider than 8 bits (DequantizeLinear of int16/int32 data of unknown range);
-- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter): the write positions are data,
+- it scatters (Scatter, ScatterElements, ScatterND, TensorScatter, MaxUnpool): the write positions are data,
   while the device moves data only by compile-time index tables and has no indexed-write kernel;
 - it reinterprets bits (BitCast): the device holds bf16-rounded values, not the tensor's bits;
 - it returns indices (ArgMax, ArgMin, TopK, NonZero, Unique, MaxPool's Indices output): the device has no
@@ -52,7 +52,7 @@ HOST_COMPUTE = "ttmetal.host_compute"
 INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
 # Writes at positions given by data (duplicates combined in order): the device moves data only by
 # compile-time index tables and has no indexed-write kernel.
-SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter"})
+SCATTER_OPS = frozenset({"Scatter", "ScatterElements", "ScatterND", "TensorScatter", "MaxUnpool"})
 # Reinterpret bits: the device's values are bf16-rounded, so their bits are not the tensor's.
 BIT_OPS = frozenset({"BitCast"})
 NOT_ON_HOST = frozenset({"ImageDecoder"})  # not a tensor computation
@@ -207,11 +207,15 @@ def convert_on_host(ctx: NodeContext) -> list[Value]:
         if shape is None:  # the graph's inference lacked folded values: infer the node alone, inputs now known
             local = _node_shapes(node, graph_inputs, initializers, importer.opset) if local is None else local
             shape = local.get(name)
+        if shape is None and name not in importer.node_inputs:
+            shape = importer.inferred_dims(name)  # data-dependent dims (`?`) of a value only the graph returns
         if element is None or shape is None:
-            raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one")
+            raise ctx.error(f"output '{name}' has no static type after shape inference; a host op needs one (only "
+                            "a graph output that no node uses may have a data-dependent shape)")
         result_types.append(TensorType(shape, element))
         onnx_type = helper.np_dtype_to_tensor_dtype(element.numpy_dtype())
-        graph_outputs.append(helper.make_tensor_value_info(name, onnx_type, list(shape)))
+        graph_outputs.append(helper.make_tensor_value_info(name, onnx_type, [d if d is not None else f"{name}_{i}"
+                                                                               for i, d in enumerate(shape)]))
     graph = helper.make_graph([node], "host", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", importer.opset)])
     model.ir_version = min(model.ir_version, 10)

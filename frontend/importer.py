@@ -30,7 +30,7 @@ from ttc.frontend import (
     converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
-from ttc.frontend.folding import evaluate_node
+from ttc.frontend.folding import evaluate_node, outer_scope_inputs, subgraphs
 from ttc.frontend.host_ops import convert_on_host, may_run_on_host, quantization_parameter_nodes, runs_on_host
 from ttc.frontend.loader import (
     DEFAULT_DOMAINS,
@@ -108,16 +108,24 @@ SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
 def is_foldable(node: onnx.NodeProto, constants: set[str]) -> bool:
-    """Whether the node's outputs are compile-time constants: a default-domain, deterministic node
-    without subgraphs whose inputs are all constants (or a Shape/Size, as every shape is static)."""
+    """Whether the node's outputs are compile-time constants: a default-domain, deterministic node whose
+    inputs, and the values its subgraphs read from the graph (a Loop's body, an If's branches), are all
+    constants (or a Shape/Size, as every shape is static)."""
     if node.domain not in DEFAULT_DOMAINS or node.op_type in NONDETERMINISTIC_OPS:
         return False
     if node.op_type in SHAPE_OPS:
         return True
-    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
+    if subgraphs(node) and not all(is_deterministic(inner) for g in subgraphs(node) for inner in g.node):
         return False
     inputs = [name for name in node.input if name]
-    return bool(inputs) and all(name in constants for name in inputs)
+    outer = outer_scope_inputs(node)  # what a Loop's body or an If's branches read from the graph
+    return bool(inputs) and all(name in constants for name in inputs + outer)
+
+
+def is_deterministic(node: onnx.NodeProto) -> bool:
+    """A default-domain node without random ops, its subgraphs included."""
+    return node.domain in DEFAULT_DOMAINS and node.op_type not in NONDETERMINISTIC_OPS and all(
+        is_deterministic(inner) for g in subgraphs(node) for inner in g.node)
 
 
 def check_supported(model: onnx.ModelProto) -> None:
@@ -210,6 +218,8 @@ class GraphImporter:
         self.opset = default_opset(model) or TARGET_OPSET
         self.types = {v.name: v.type for v in (*self.graph.input, *self.graph.value_info, *self.graph.output)}
         self.used = {name for node in self.graph.node for name in node.input if name}
+        self.node_inputs = {name for node in self.graph.node for name in [*node.input, *outer_scope_inputs(node)]
+                            if name}
         self.used.update(output.name for output in self.graph.output)
         self.quantization_parameters = quantization_parameter_nodes(self.graph)
         self.module = Module()
@@ -239,8 +249,11 @@ class GraphImporter:
 
     def convert(self, node: onnx.NodeProto, index: int) -> None:
         ctx = NodeContext(self, node, node_name(node, index))
-        constants = {name for name in node.input if name and self.is_constant(name)}
-        if node.op_type not in SHAPE_OPS and is_foldable(node, constants):
+        constants = {name for name in [*node.input, *outer_scope_inputs(node)] if name and self.is_constant(name)}
+        empty = self.empty_outputs(node)
+        if empty and all(name in empty for name in node.output if name):
+            outputs = [self.empty_constant(ctx, name) if name else None for name in node.output]
+        elif node.op_type not in SHAPE_OPS and is_foldable(node, constants):
             outputs = self.fold(ctx)
         elif node.op_type not in SHAPE_OPS and is_foldable(node, constants | self.empty_inputs(node)) \
                 and not any(0 in (self.inferred_shape(name) or (0,)) for name in node.output if name):
@@ -256,11 +269,25 @@ class GraphImporter:
         for name, value in zip(node.output, outputs, strict=False):
             if not name:
                 continue
+            if name in empty and (value is None or not self.is_constant_value(value)):
+                value = self.empty_constant(ctx, name)  # whatever the converter built for it is dead
             inferred = self.inferred_shape(name)
             if inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
+
+    def empty_outputs(self, node: onnx.NodeProto) -> set[str]:
+        """The node's outputs that shape inference gives no elements, with a known element type."""
+        return {name for name in node.output if name and 0 in (self.inferred_shape(name) or (1,))
+                and self.output_element_type(name) is not None}
+
+    def empty_constant(self, ctx: NodeContext, name: str) -> Value:
+        """An output without elements: its shape and element type are its whole value, a constant."""
+        element = self.output_element_type(name)
+        shape = self.inferred_shape(name)
+        assert element is not None and shape is not None
+        return ctx.constant(np.zeros(shape, element.numpy_dtype()), name)
 
     def empty_inputs(self, node: onnx.NodeProto) -> set[str]:
         """The node's inputs that are empty tensors: they hold no data, so they are known at compile time."""
@@ -290,7 +317,7 @@ class GraphImporter:
         node = ctx.node
         feeds = {name: self.constant_of[self.values[name]].array() if self.is_constant(name)
                  else np.zeros(self.values[name].type.shape, self.values[name].type.element_type.numpy_dtype())
-                 for name in node.input if name}
+                 for name in [*node.input, *outer_scope_inputs(node)] if name}
         try:
             results = evaluate_node(node, feeds, self.opset)
         except Exception as exc:
@@ -318,6 +345,13 @@ class GraphImporter:
         if shape is None:
             raise UserError(f"{where}: value '{name}' has no static shape")
         return TensorType(shape, element_type(type_proto.tensor_type.elem_type, where, name))
+
+    def inferred_dims(self, name: str) -> tuple[int | None, ...] | None:
+        """The shape inference gave `name` with None for each dim it left unknown; None when the rank is unknown."""
+        type_proto = self.types.get(name)
+        if type_proto is None or not type_proto.tensor_type.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in type_proto.tensor_type.shape.dim)
 
     def inferred_shape(self, name: str) -> tuple[int, ...] | None:
         """The static shape shape inference gave `name`, None when unknown or not static."""

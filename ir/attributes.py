@@ -125,6 +125,8 @@ class DenseAttr:
 
     def __init__(self, type: TensorType, values: Any) -> None:
         array = np.asarray(values, dtype=type.element_type.numpy_dtype())
+        if array.size == 0 and type.num_elements == 0:
+            array = array.reshape(type.shape)  # printed `dense<[]>`: the type holds the shape
         if array.ndim != 0 and array.shape != type.shape:
             raise ValueError(f"dense values of shape {array.shape} do not match {type}")
         if array.ndim != 0 and array.size > 0 and np.all(array == array.flat[0]) and _same_bits(array):
@@ -168,6 +170,8 @@ def _same_bits(array: np.ndarray) -> bool:
 def _dense_values_text(values: np.ndarray) -> str:
     if values.ndim == 0:
         return scalar_text(values.item() if values.dtype.kind != "f" else values[()])
+    if values.size == 0:
+        return "[]"
     return "[" + ", ".join(_dense_values_text(v) for v in values) + "]"
 
 

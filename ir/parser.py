@@ -280,7 +280,11 @@ class IRBuilderTransformer(Transformer):
     def tensor_type(self, children: list[Any]) -> TensorType:
         start, element, *encoding = children
         dims = start[len("tensor<"):].split("x")[:-1]
-        return _tensor_type(tuple(int(d) for d in dims), str(element), encoding[0] if encoding else None)
+        shape = tuple(None if d == "?" else int(d) for d in dims)
+        try:
+            return _tensor_type(shape, str(element), encoding[0] if encoding else None)
+        except ValueError as exc:
+            raise _fail(str(exc), start) from None
 
     def scalar_type(self, children: list[Token]) -> ScalarType:
         return ScalarType(str(children[0]))
@@ -407,7 +411,7 @@ class IRBuilderTransformer(Transformer):
 
 
 @functools.lru_cache(maxsize=4096)
-def _tensor_type(shape: tuple[int, ...], element: str, encoding: Any) -> TensorType:
+def _tensor_type(shape: tuple[int | None, ...], element: str, encoding: Any) -> TensorType:
     return TensorType(shape, ScalarType(element), encoding)
 
 

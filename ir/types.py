@@ -83,27 +83,37 @@ def scalar_type_for_dtype(dtype: np.dtype) -> ScalarType:
 
 @dataclass(frozen=True)
 class TensorType(Type):
-    """`tensor<4x128xbf16, #tt.layout<...>>`: static logical shape, element type, optional encoding.
+    """`tensor<4x128xbf16, #tt.layout<...>>`: logical shape, element type, optional encoding.
 
-    The shape is always the logical one; padding and placement live in the encoding.
+    The shape is always the logical one; padding and placement live in the encoding. A dim is None
+    (`?` in text) only where its size depends on data: a host tensor that a host op computes and
+    the function returns (Unique's results), never one with a layout.
     """
 
-    shape: tuple[int, ...]
+    shape: tuple[int | None, ...]
     element_type: ScalarType
     encoding: Attribute | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        if any(d < 0 for d in self.shape):
-            raise ValueError(f"tensor dimensions must be static and non-negative, got {self.shape}")
+        object.__setattr__(self, "shape", tuple(None if d is None else int(d) for d in self.shape))
+        if any(d is not None and d < 0 for d in self.shape):
+            raise ValueError(f"tensor dimensions must be non-negative, got {self.shape}")
+        if self.encoding is not None and not self.is_static:
+            raise ValueError(f"a tensor with a layout has a static shape, got {self.shape}")
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
     @property
+    def is_static(self) -> bool:
+        return None not in self.shape
+
+    @property
     def num_elements(self) -> int:
-        return prod(self.shape)
+        if not self.is_static:
+            raise ValueError(f"{self} has a dynamic shape")
+        return prod(self.shape)  # type: ignore[arg-type]
 
     def with_shape(self, shape: tuple[int, ...]) -> TensorType:
         return TensorType(tuple(shape), self.element_type, self.encoding)
@@ -115,7 +125,7 @@ class TensorType(Type):
         return TensorType(self.shape, self.element_type, encoding)
 
     def __str__(self) -> str:
-        dims = "".join(f"{d}x" for d in self.shape)
+        dims = "".join(f"{'?' if d is None else d}x" for d in self.shape)
         enc = f", {_attr_text(self.encoding)}" if self.encoding is not None else ""
         return f"tensor<{dims}{self.element_type}{enc}>"
 

@@ -314,7 +314,7 @@ def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewr
         changed = False
         for result in op.results:
             t = result.type
-            if isinstance(t, TensorType) and t.element_type.is_integer and id(result) not in skip:
+            if isinstance(t, TensorType) and t.element_type.is_integer and id(result) not in skip and t.num_elements:
                 result.type = t.with_element_type(F32)
                 changed = True
         if changed and op.name == CONSTANT:

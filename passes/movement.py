@@ -19,7 +19,8 @@ and concatenations along tile boundaries. What does not fall on tile boundaries 
   (`ttir.embedding` of the row-major tensor by a constant int32 table of source rows), which tilizes.
 - Reductions run along the last dim (`ttir.reduce_*` with axes = [rank - 1], keepdims) or the one before
   it; a reduction over both is one after the other, over batch dims a chain of elementwise adds (max,
-  for a max) of the slices, and keepdims = false a reshape after. A mean over several dims divides the
+  for a max) of the slices, and keepdims = false a reshape after. Beyond 16 slices, batch dims reduced
+  together with the rows are merged into the rows first (a reshape keeping rows whole). A mean over several dims divides the
   sum once by the element count.
 """
 
@@ -53,6 +54,7 @@ EXACT_FIDELITY = "hifi4"
 FIDELITY_ATTR = "tt.math_fidelity"
 MAX_RUNS = 64  # a constant-index gather becomes at most this many slices
 MAX_BATCH_REDUCE = 64  # a reduction over batch dims adds at most this many slices
+MERGE_BATCH_REDUCE = 16  # beyond this many (a fused eltwise's inputs), batch dims are merged into rows if they can
 
 
 def tensor(value: Value) -> TensorType:
@@ -268,6 +270,8 @@ class ReductionToDeviceForm(RewritePattern):
         kind = "ttir.reduce_max" if is_max else "ttir.reduce_sum"
         value = x
         batch_axes = [a for a in axes if a < rank - 2]
+        if math.prod(shape[a] for a in batch_axes) > MERGE_BATCH_REDUCE and self.merge_rows(rewriter, op, axes):
+            return True
         if batch_axes:
             value = self.reduce_batch(rewriter, op, value, batch_axes, "ttir.maximum" if is_max else "ttir.add")
         for axis in sorted((a for a in axes if a >= rank - 2), reverse=True):
@@ -282,6 +286,28 @@ class ReductionToDeviceForm(RewritePattern):
                                            {"value": DenseAttr(scale_type, 1.0 / count)}).result
             value = rewriter.create_before(op, "ttir.mul", [value, scale], [tensor(value)]).result
         if tensor(value).shape != tensor(op.result).shape:
+            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+    @staticmethod
+    def merge_rows(rewriter: PatternRewriter, op: Operation, axes: list[int]) -> bool:
+        """Many batch slices reduced together with the rows: when the reduced dims before the last are a run
+        ending at rank - 2, merge them into one dim of rows (a reshape keeping rows whole) and reduce that."""
+        x = op.operands[0]
+        shape = tensor(x).shape
+        rank = len(shape)
+        leading = sorted(a for a in axes if a < rank - 1)
+        first = leading[0]
+        if leading != list(range(first, rank - 1)):
+            return False
+        rows = (*shape[:first], math.prod(shape[first:rank - 1]), shape[-1])
+        merged = rewriter.create_before(op, "ttir.reshape", [x], [tensor(x).with_shape(rows)]).result
+        new_axes = (first, first + 1) if rank - 1 in axes else (first,)
+        reduced = tuple(1 if i in new_axes else n for i, n in enumerate(rows))
+        value = rewriter.create_before(op, op.name, [merged], [tensor(x).with_shape(reduced)],
+                                       {"axes": new_axes, "keepdims": True}).result
+        if reduced != tensor(op.result).shape:
             value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
         rewriter.replace_op(op, [value])
         return True

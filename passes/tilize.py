@@ -294,8 +294,8 @@ def place_constant(module: Module, op: Operation, rewriter: PatternRewriter) -> 
     value, result = op.attributes["value"], op.result
     assert isinstance(result.type, TensorType)
     if result.type.num_elements == 0:
-        raise UserError(f"node '{node_name(op)}': the constant {result.type} is empty; tensors without elements "
-                        "have no device layout")
+        check_empty_constant(op)
+        return
     splat = isinstance(value, DenseAttr) and value.is_splat
     scalar_uses = [(user, i) for user, i in result.uses if splat and takes_scalar(user, i)]
     if result.type.rank == 0 and len(scalar_uses) == len(result.uses):
@@ -314,6 +314,16 @@ def place_constant(module: Module, op: Operation, rewriter: PatternRewriter) -> 
         if isinstance(value, DenseAttr):
             op.attributes["value"] = WeightAttr(module.add_weight(weight_name(op), value.to_array()))
         result.type = device_type(result.type)
+
+
+def check_empty_constant(op: Operation) -> None:
+    """A constant without elements stays a host tensor: the function may return it (its type is its whole
+    value, `lower-to-kernels` makes it on the host), no device op may take it."""
+    users = [user for user, _ in op.result.uses if user.name != RETURN_OP]
+    if users:
+        raise UserError(f"node '{node_name(users[0])}': '{users[0].name}' takes the empty tensor "
+                        f"{op.result.type} of node '{node_name(op)}'; tensors without elements have no device "
+                        "layout, and the importer folds what depends only on their shape")
 
 
 def add_encodings(func: Function, rewriter: PatternRewriter) -> None:

@@ -305,7 +305,20 @@ def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     for value, array in zip(op.results, results, strict=True):
         ttype = value.type
         assert isinstance(ttype, TensorType)
-        values[value] = np.asarray(array).astype(ttype.element_type.numpy_dtype()).reshape(ttype.shape)
+        array = np.asarray(array).astype(ttype.element_type.numpy_dtype())
+        if ttype.is_static:
+            array = array.reshape(ttype.shape)
+        elif array.ndim != ttype.rank or any(d not in (None, n) for d, n in zip(ttype.shape, array.shape, strict=True)):
+            raise UserError(f"host op {op.attr('op_type')}: result of shape {list(array.shape)} is not {ttype}")
+        values[value] = array
+
+
+@host_op("ttmetal.empty_tensor")
+def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """A tensor without elements: its type is its whole value."""
+    ttype = op.results[0].type
+    assert isinstance(ttype, TensorType)
+    values[op.results[0]] = np.zeros(ttype.shape, ttype.element_type.numpy_dtype())
 
 
 @host_op("ttmetal.deallocate")

@@ -11,11 +11,15 @@ distinct set of input shapes). Outputs come back in the dtype the model declares
 floats in bf16 (or Bfp8_b), and they are returned as float32 for float32 outputs (float16, bfloat16
 and float64 outputs are cast to their own dtype); integer and boolean outputs keep their dtype.
 
-Shape parameters: ttc compiles static programs, so a numeric graph input that only feeds shape
-parameters (a Reshape's shape, Slice's starts/ends/axes/steps, the axes of Squeeze/Unsqueeze and the
-reductions, Split's split, Expand's and Tile's shapes, Pad's pads, ...) is specialised: `run` compiles
-the model with that input's fed value as a constant, once per distinct value, exactly as if the model
-had carried it as an initializer. Inputs that feed data positions are never specialised.
+Shape parameters: ttc compiles static programs, so a numeric (or boolean) graph input whose value decides
+a shape is specialised: one that feeds a shape parameter (a Reshape's shape, Slice's starts/ends/axes/steps,
+the axes of Squeeze/Unsqueeze and the reductions, Split's split, Expand's and Tile's shapes, Pad's pads,
+Range's bounds, a Loop's trip count, Dropout's ratio and training_mode, which decide its compile-time
+mask, ...), directly or through the nodes that compute it (a window length through the arithmetic of an
+expanded HannWindow). `run` compiles the model with that input's fed value as a constant, once per
+distinct value, exactly as if the model had carried it as an initializer; where the input also feeds
+data (a Range's start is its first element), that data is then a constant too, which it is for the
+compiled program anyway. Inputs that decide no shape are never specialised.
 
 Devices: the ONNX backend API names devices "CPU" and "CUDA" (with an optional ":index"). ttc runs
 on the emulated Grayskull, which executes on the host, so it answers to "CPU" (and "CPU:0") only;
@@ -39,6 +43,7 @@ from onnx.backend.base import Backend, BackendRep, namedtupledict
 
 import ttc
 from ttc.compiler import CompiledModel
+from ttc.frontend.folding import outer_scope_inputs
 from ttc.ir.diagnostics import UserError
 
 SUPPORTED_DEVICES = ("CPU", "CPU:0")
@@ -47,7 +52,8 @@ COMPILE_OPTIONS = ("arch", "dtype", "math_fidelity")
 InputShapes = tuple[tuple[int, ...], ...]
 CompileKey = tuple[InputShapes, tuple[bytes, ...]]
 
-# (op type -> input positions) that are shape parameters: values ttc needs at compile time.
+# (op type -> input positions) that are shape parameters: values ttc needs at compile time (a shape, the
+# length of a range, a mode deciding what a node computes).
 SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "Reshape": frozenset({1}), "Expand": frozenset({1}), "Tile": frozenset({1}),
     "Slice": frozenset({1, 2, 3, 4}), "Squeeze": frozenset({1}), "Unsqueeze": frozenset({1}),
@@ -59,21 +65,28 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "CumSum": frozenset({1}), "CumProd": frozenset({1}), "Resize": frozenset({1, 2, 3}), "Upsample": frozenset({1}),
     "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}), "HannWindow": frozenset({0}),
     "HammingWindow": frozenset({0}), "BlackmanWindow": frozenset({0}), "MelWeightMatrix": frozenset({0, 1, 2, 3, 4}),
+    "Dropout": frozenset({1, 2}),  # the ratio and training_mode: ttc draws a training mask at compile time
+    "CenterCropPad": frozenset({1}), "Compress": frozenset({1}), "Loop": frozenset({0, 1}),
+    "MaxUnpool": frozenset({2}),  # the trip count and condition: how long the scan outputs are
 }
 
 
 def shape_parameter_inputs(model: onnx.ModelProto, candidates: Sequence[onnx.ValueInfoProto]) -> list[str]:
-    """The numeric graph inputs whose every use is a shape-parameter position."""
-    integer = {v.name for v in candidates  # numbers: Resize's scales and OneHot's depth may be floats
-               if helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).kind in "iuf"}
-    uses: dict[str, list[bool]] = {name: [] for name in integer}
-    for node in model.graph.node:
-        positions = SHAPE_PARAMETERS.get(node.op_type, frozenset())
-        for index, name in enumerate(node.input):
-            if name in uses:
-                uses[name].append(index in positions)
+    """The numeric graph inputs whose values decide a shape: they reach a shape-parameter position, directly
+    or through the nodes computing it (Shape and Size read only their input's static shape)."""
+    deciding = {node.input[i] for node in model.graph.node
+                for i in SHAPE_PARAMETERS.get(node.op_type, frozenset()) if i < len(node.input) and node.input[i]}
+    for node in reversed(model.graph.node):  # graph order is topological: consumers come after producers
+        if node.op_type not in ("Shape", "Size") and deciding.intersection(node.output):
+            deciding.update(name for name in [*node.input, *outer_scope_inputs(node)] if name)
     outputs = {v.name for v in model.graph.output}
-    return [name for name, flags in uses.items() if flags and all(flags) and name not in outputs]
+    return [v.name for v in candidates if v.name in deciding and v.name not in outputs
+            and _is_number(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))]
+
+
+def _is_number(dtype: np.dtype) -> bool:
+    """numpy's numbers and booleans, and ml_dtypes' floats (bfloat16, float8_*), which numpy sees as kind 'V'."""
+    return dtype.kind in "iufb" or dtype.name.startswith(("bfloat16", "float8", "float4"))
 
 
 class TtcBackendRep(BackendRep):

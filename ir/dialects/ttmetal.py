@@ -129,7 +129,20 @@ HOST_COMPUTE = OpDef(
     attributes=(Attr("op_type", StrAttr), Attr("model", StrAttr)),
 )
 
+
+
+def verify_empty(op: Operation) -> None:
+    if op.result.type.num_elements:
+        raise VerifyError(f"{op.result.type} has elements; only a tensor without elements is known by its type")
+
+
+EMPTY_TENSOR = OpDef(
+    "ttmetal.empty_tensor", "A host tensor without elements (a dim of size 0): its shape and element type are its "
+    "whole value, so it needs no buffer, transfer or program",
+    results=(Result("host", HostTensor),), verify=verify_empty,
+)
+
 TTMETAL = Dialect("ttmetal", "Host-side schedule: buffers and program dispatch.",
                   ops=[CREATE_BUFFER, WRITE_BUFFER, WRITE_CONSTANT, ENQUEUE_PROGRAM, READ_BUFFER, DEALLOCATE,
-                       HOST_COMPUTE]
+                       HOST_COMPUTE, EMPTY_TENSOR]
                   ).register()

@@ -164,6 +164,17 @@ def test_average_pool(x_shape, attrs) -> None:
                    ["y"], opset=19))
 
 
+@pytest.mark.parametrize(("x_shape", "attrs"), [
+    ((1, 5, 11, 11), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "p": 2}),
+    ((1, 3, 10, 9), {"kernel_shape": [2, 3], "dilations": [2, 1], "p": 3}),
+    ((2, 3, 37), {"kernel_shape": [4], "strides": [3], "p": 1}),  # 1-D
+    ((1, 2, 5, 7, 6), {"kernel_shape": [2, 2, 3], "auto_pad": "SAME_UPPER", "p": 4}),  # 3-D
+])
+def test_lp_pool(x_shape, attrs) -> None:
+    check(model_of([helper.make_node("LpPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"],
+                   opset=18))
+
+
 def test_resnet_block_global_pool_flatten_gemm() -> None:
     """conv-bn-relu, residual add, global average pool, flatten, gemm: one layout change at the input."""
     rng = np.random.default_rng(4)
@@ -262,6 +273,16 @@ def test_pad_by_row_lookups(x_shape, mode, pads, axes) -> None:
         names.append("a")
     node = helper.make_node("Pad", names, ["y"], name="/pad", mode=mode)
     check(model_of([node], {"x": x_shape}, init, ["y"], opset=19))
+
+
+@pytest.mark.parametrize(("x_shape", "shape", "axes"), [
+    ((2, 3, 9, 8), [6, 11], [2, 3]),  # crop H by an odd 3 (1 before, 2 after), pad W by an odd 3: a pixel lookup
+    ((37, 5, 3), [34, 9], [0, 1]),  # channels last: crop the rows, pad the channels
+    ((4, 40), [3, 41], None),  # every axis
+])
+def test_center_crop_pad(x_shape, shape, axes) -> None:
+    node = helper.make_node("CenterCropPad", ["x", "s"], ["y"], name="/crop", **({} if axes is None else {"axes": axes}))
+    check(model_of([node], {"x": x_shape}, {"s": np.array(shape, np.int64)}, ["y"], opset=18))
 
 
 def test_pad_keeps_infinities_and_takes_a_computed_value() -> None:
@@ -406,6 +427,23 @@ def test_max_pool_indices_run_on_the_host() -> None:
     outputs, expected = compiled.run({"x": x}), run_onnxruntime(model, {"x": x})
     np.testing.assert_array_equal(outputs["i"], expected["i"])
     np.testing.assert_allclose(outputs["y"], expected["y"], rtol=2e-2, atol=2e-2)
+
+
+def test_max_unpool_scatters_on_the_host() -> None:
+    """MaxUnpool writes at positions that are data (MaxPool's indices): a scatter, a host op like the pool's
+    indices; the activation after it runs on the device."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], name="/pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("MaxUnpool", ["y", "i"], ["u"], name="/unpool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Relu", ["u"], ["z"], name="/relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F32, [1, 3, 8, 6])],
+                              [helper.make_tensor_value_info("z", F32, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                                ir_version=8))
+    x = np.random.default_rng(5).standard_normal((1, 3, 8, 6)).astype(np.float32)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 2
+    np.testing.assert_allclose(compiled.run({"x": x})["z"], run_onnxruntime(model, {"x": x})["z"], rtol=2e-2,
+                               atol=2e-2)
 
 
 def test_dropout_opset_9_is_the_identity() -> None:

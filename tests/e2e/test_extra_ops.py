@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_transformer_ops import BOOL, I64, Graph, check, run_onnxruntime
+from test_transformer_ops import BOOL, I64, Graph, check
 
 import ttc
 from ttc.golden import compare, run_onnxruntime
@@ -154,6 +154,8 @@ def test_tile_trilu_and_products() -> None:
 @pytest.mark.parametrize("equation, shapes", [
     ("bij,bjk->bik", [(2, 3, 5), (2, 5, 4)]), ("ij->ji", [(3, 40)]), ("bhqd,bhkd->bhqk", [(1, 2, 5, 8), (1, 2, 6, 8)]),
     ("i,j->ij", [(5,), (7,)]), ("ij,ij->i", [(4, 9), (4, 9)]),
+    ("...ii->...i", [(2, 3, 6, 6)]), ("ii", [(37, 37)]), ("...ij,...jk", [(2, 4, 5), (2, 5, 3)]),
+    ("bii,bij->bj", [(3, 4, 4), (3, 4, 6)]),
 ])
 def test_einsum_forms(equation: str, shapes: list) -> None:
     g = Graph()
@@ -186,6 +188,18 @@ def test_attention_with_key_lengths_and_a_window() -> None:
     lengths = g.input("lengths", (2,), I64, np.array([5, 7]))
     g.output(g.node("Attention", [q, k, v, "", "", "", lengths], is_causal=1))
     check(g, opset=24)
+
+
+@pytest.mark.parametrize("shape, axis", [((3, 5, 6, 4, 7), 1), ((4, 40, 3), 1), ((3, 7, 45), 2)])
+def test_gather_elements_of_one_index_per_line_selects_in_place(shape: tuple[int, ...], axis: int) -> None:
+    """A class label per position (the expanded NLL loss): compared and summed along the axis where it is,
+    negative labels counting from the end."""
+    g = Graph()
+    x = g.input("x", shape)
+    index_shape = tuple(1 if k == axis else n for k, n in enumerate(shape))
+    labels = np.random.default_rng(15).integers(-shape[axis], shape[axis], index_shape)
+    g.output(g.node("GatherElements", [x, g.input("labels", index_shape, I64, labels)], axis=axis))
+    check(g)
 
 
 def test_gather_elements_by_computed_indices_and_vector_matmuls() -> None:
@@ -280,6 +294,58 @@ def test_reductions_over_an_empty_dim_are_constants() -> None:
     g.output(g.node("ReduceProd", [empty, axes], keepdims=0))
     g.output(g.node("ReduceSumSquare", [empty, axes], keepdims=1))
     check(g)
+
+
+def test_values_without_elements_are_constants_returned_without_device_work() -> None:
+    """A value with no elements is known by its type: it becomes a constant in the importer, a graph
+    output of it is made on the host (no buffer, no program, not a host op), and consumers drop it."""
+    g = Graph()
+    x = g.input("x", (20, 10, 5))
+    nothing = g.node("Slice", [x, g.const([1000], np.int64), g.const([1000], np.int64), g.const([1], np.int64)])
+    g.output(nothing)  # [20, 0, 5]
+    g.output(g.node("Relu", [g.node("Concat", [nothing, x], axis=1)]))
+    g.output(g.node("Reshape", [g.input("empty", (0, 3, 4)), g.const([3, 4, 0], np.int64)], allowzero=1))
+    g.output(g.node("Shape", [x], start=2, end=1), I64)
+    compiled = check(g)
+    ops = [op.name for op in compiled.module.function("main").body.ops]
+    assert ops.count("ttmetal.empty_tensor") == 3 and ops.count("ttmetal.enqueue_program") == 1
+
+
+def test_training_dropout_draws_the_reference_mask_at_compile_time() -> None:
+    """Training-mode Dropout with a seed: the mask is onnx's reference draw (numpy's RandomState(seed)), a
+    constant, and the scaled product runs on the device. onnxruntime draws another mask, so the reference
+    evaluator is the oracle here."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = Graph()
+    x = g.input("x", (3, 37, 41))
+    y, mask = g.node("Dropout", [x, g.const(0.75), g.const(True, np.bool_)], outputs=2, seed=7)
+    g.output(y)
+    g.output(mask, BOOL)
+    model = g.model(opset=22)
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    out = compiled.run(g.feeds)
+    want_y, want_mask = ReferenceEvaluator(model).run(None, g.feeds)
+    np.testing.assert_array_equal(out[mask], want_mask)
+    np.testing.assert_allclose(out[y], want_y, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("ratio, training, seed, message", [
+    (0.5, True, None, "training-mode Dropout without a seed"),
+    (None, True, 1, "training-mode Dropout with a computed ratio"),
+    (0.5, None, 1, "training_mode is computed"),
+    (1.0, True, 1, r"the ratio 1 is outside \[0, 1\)"),
+])
+def test_training_dropout_that_ttc_cannot_draw_at_compile_time_is_a_user_error(ratio, training, seed,
+                                                                              message: str) -> None:
+    g = Graph()
+    inputs = [g.input("x", (4, 8)),
+              g.const(ratio) if ratio is not None else g.input("r", ()),
+              g.const(training, np.bool_) if training is not None else g.input("t", (), elem=BOOL)]
+    g.output(g.node("Dropout", inputs, **({} if seed is None else {"seed": seed})))
+    with pytest.raises(UserError, match=rf"node '/Dropout_1' \(Dropout\): {message}"):
+        ttc.compile(g.model(opset=22))
 
 
 def test_lp_normalization_of_zero_vectors_and_all_of_booleans() -> None:
@@ -508,3 +574,47 @@ def test_an_op_no_grid_can_place_is_a_user_error() -> None:
     pipeline = default_pipeline().replace("grid{", "grid{max-cores=8,")
     with pytest.raises(UserError, match=r'node "tr": no blocking of .* fits 8 cores \(grid\{max-cores=8\}\) on e150: .*not supported yet'):
         compile_model(transpose_batched_13_ways(), CompileOptions(pipeline=pipeline))
+
+
+@pytest.mark.parametrize("batch_axis, time_axis", [(1, 0), (0, 1)])
+def test_reverse_sequence_by_computed_lengths(batch_axis: int, time_axis: int) -> None:
+    """The lengths are data (a graph input): compared with constants into a one-hot selection on the device."""
+    g = Graph()
+    shape = [0, 0, 35]
+    shape[time_axis], shape[batch_axis] = 9, 4
+    x = g.input("x", tuple(shape))
+    lengths = g.input("lengths", (4,), elem=I64, values=np.array([9, 1, 0, 5]))
+    g.output(g.node("ReverseSequence", [x, lengths], batch_axis=batch_axis, time_axis=time_axis))
+    check(g)
+
+
+def test_unique_of_data_returns_outputs_of_data_dependent_shape() -> None:
+    """Unique's result lengths depend on the data: its host op's results have dynamic dims (`?`), which only
+    values the graph returns may have; its input comes from the device."""
+    g = Graph()
+    x = g.input("x", (4, 7), values=np.random.default_rng(14).integers(-2, 3, (4, 7)))
+    outputs = g.node("Unique", [g.node("Relu", [x])], outputs=4, axis=1, sorted=1)
+    for name, elem in zip(outputs, [TensorProto.FLOAT, I64, I64, I64], strict=True):
+        g.output(name, elem)
+    compiled = check(g, host_ops=1)
+    assert str(compiled.module.function("main").type.results[0]) == "tensor<4x?xf32>"
+
+
+def test_a_data_dependent_shape_that_a_node_uses_is_a_user_error() -> None:
+    g = Graph()
+    unique = g.node("Unique", [g.input("x", (9,))], sorted=1)
+    g.output(g.node("Relu", [unique]))
+    with pytest.raises(UserError, match=r"node '/Unique_1' \(Unique\): output 'unique_1_0' has no static type .* \(only "
+                                         r"a graph output that no node uses may have a data-dependent shape"):
+        ttc.compile(g.model())
+
+
+def test_reductions_over_many_batch_slices_merge_them_into_rows() -> None:
+    """Beyond 64 batch slices reduced together with the rows (a loss over N x d1 x ... x dk), the reduced dims
+    are merged into the rows instead of adding the slices one by one."""
+    g = Graph()
+    x = g.input("x", (5, 6, 7, 3, 40))
+    g.output(g.node("ReduceSum", [x], keepdims=0))
+    g.output(g.node("ReduceMean", [x, g.const([1, 2, 3], np.int64)], keepdims=1))
+    g.output(g.node("ReduceMax", [x, g.const([1, 2, 3, 4], np.int64)], keepdims=0))
+    check(g)

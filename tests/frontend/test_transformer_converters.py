@@ -95,6 +95,10 @@ CASES = {
                               constants=[np.stack([np.zeros(6, np.int64), np.arange(6)], -1).reshape(1, 1, 6, 2)]),
     "gather_elements": Case("GatherElements", [((3, 4), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"],
                             {"axis": 1}, [np.array([[3, 0], [1, 1], [2, 3]], np.int64)]),
+    "compress": Case("Compress", [((3, 5), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"], {"axis": -1},
+                     [np.array([True, False, True, True])]),
+    "compress_flat": Case("Compress", [((3, 5), F32)], ["ttir.constant", "ttir.reshape", "ttir.gather"], {},
+                          [np.array([False, True, False, False, True, True])]),
     "reduce_mean": Case("ReduceMean", [((2, 3, 4), F32)], ["ttir.reduce_mean"], {"keepdims": 0},
                         [ints(1)]),
     "reduce_sum_all": Case("ReduceSum", [((2, 3, 4), F32)], ["ttir.reduce_sum"]),
@@ -127,6 +131,13 @@ def test_gather_nd_by_computed_indices_compares_with_the_positions() -> None:
     model = make_model([node], [info("x", [3, 4]), info("i", [2, 1], I64)], [info("y", [2, 4])])
     names = [op.name for op in main_ops(import_model(model))]
     assert names.count("ttir.eq") == 2 and "ttir.matmul" in names
+
+
+def test_compress_by_a_computed_condition_is_rejected() -> None:
+    node = helper.make_node("Compress", ["x", "c"], ["y"], name="/compress", axis=0)
+    model = make_model([node], [info("x", [3, 4]), info("c", [3], BOOL)], [info("y", ["n", 4])])
+    with pytest.raises(UserError, match=r"node '/compress' \(Compress\): the condition 'c' is computed at run time"):
+        import_model(model)
 
 
 def test_gather_nd_with_batch_dims_by_computed_indices_is_rejected() -> None:
@@ -183,10 +194,31 @@ def test_folded_values_are_inline_when_small_and_named_weights_when_large() -> N
     assert isinstance(small.attributes["value"], DenseAttr)
 
 
+def test_a_loop_of_constants_folds_with_its_scan_outputs_stacked() -> None:
+    """A Loop whose trip count, initial values and the values its body reads from the graph (`step`) are all
+    constants folds like any constant node; each iteration's scan output (a matrix here) gets a new first axis."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond"], ["cond_out"]), helper.make_node("Add", ["acc", "step"], ["next"]),
+         helper.make_node("Identity", ["acc"], ["scan"])], "body",
+        [info("i", [], I64), info("cond", [], BOOL), info("acc", [2, 3])],
+        [info("cond_out", [], BOOL), info("next", [2, 3]), info("scan", [2, 3])])
+    loop = helper.make_node("Loop", ["n", "true", "init"], ["last", "all"], name="/loop", body=body)
+    add = helper.make_node("Add", ["x", "all"], ["y"], name="/add")
+    inits = {"n": np.int64(4), "true": np.bool_(True), "init": np.zeros((2, 3), np.float32),
+             "step": np.ones((2, 3), np.float32)}
+    model = make_model([loop, add], [info("x", [4, 2, 3])], [info("y", [4, 2, 3])], inits)
+    module = import_model(model)
+    assert [op.name for op in main_ops(module)] == ["ttir.constant", "ttir.add"]
+    feeds = {"x": np.zeros((4, 2, 3), np.float32)}
+    np.testing.assert_array_equal(evaluate(module, feeds)["y"], np.arange(4, dtype=np.float32)[:, None, None]
+                                  * np.ones((4, 2, 3), np.float32))
+
+
 def test_unsupported_ops_on_computed_values_are_still_reported() -> None:
-    nodes = [helper.make_node("CenterCropPad", ["x", "shape"], ["y"], name="/tile")]
-    model = make_model(nodes, [info("x", [2, 3])], [info("y", [2, 2])], {"shape": ints(2, 2)})
-    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): CenterCropPad \(node: /tile\)"):
+    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y"], name="/sample")]
+    grid = np.zeros((1, 2, 2, 2), np.float32)
+    model = make_model(nodes, [info("x", [1, 1, 3, 3])], [info("y", [1, 1, 2, 2])], {"grid": grid})
+    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): GridSample \(node: /sample\)"):
         import_model(model)
 
 

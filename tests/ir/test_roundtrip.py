@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from ttc.ir import (
     print_module,
 )
 from ttc.ir.attributes import RESERVED_WORDS
+from ttc.ir.diagnostics import IRError
 from ttc.ir.dialects.tt import E75, E150, GridAttr, LayoutAttr
 from ttc.ir.types import SCALAR_TYPE_NAMES
 
@@ -56,7 +58,7 @@ value_types = st.one_of(tensor_types, dialect_types, st.just(ScalarType("index")
 @st.composite
 def dense_attrs(draw: st.DrawFn) -> DenseAttr:
     element = draw(st.sampled_from(["f32", "f16", "bf16", "i64", "i32", "i1"]))
-    shape = tuple(draw(st.lists(st.integers(1, 3), max_size=2)))
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))  # a 0 dim: no elements, `dense<[]>`
     ttype = TensorType(shape, ScalarType(element))
     dtype = ttype.element_type.numpy_dtype()
     size = int(np.prod(shape))
@@ -167,3 +169,19 @@ def test_roundtrip_keeps_structure() -> None:
     assert body.ops[0].operands == (body.args[0], pair.results[0])
     assert func.arg_attrs(0) == {"ttir.name": "x"}
     assert func.res_attrs(0) == {"ttir.name": "y"}
+
+
+def test_dynamic_dims_round_trip_on_host_tensors_only() -> None:
+    text = """module {
+  func.func @main(%arg0: tensor<3x4xf32> {ttir.name = "x"}) -> (tensor<?x4xf32> {ttir.name = "y"}) {
+    %0 = "ttmetal.host_compute"(%arg0) {model = "", op_type = "Unique"} : (tensor<3x4xf32>) -> tensor<?x4xf32> loc("u")
+    func.return %0 : tensor<?x4xf32> loc(unknown)
+  }
+}
+"""
+    module = parse_module(text, "t.mlir")
+    assert print_module(module) == text
+    assert module.function("main").type.results[0] == TensorType((None, 4), ScalarType("f32"))
+    with pytest.raises(IRError, match=r"t.mlir:2:.*a tensor with a layout has a static shape"):
+        parse_module(text.replace("tensor<?x4xf32> {", "tensor<?x4xf32, #tt.layout<tile, dram, interleaved>> {"),
+                     "t.mlir")

@@ -199,11 +199,30 @@ def test_integer_inputs_that_only_feed_shape_parameters_are_specialised() -> Non
     assert len(rep._compiled) == 2
 
 
-def test_an_integer_input_that_feeds_data_is_not_specialised() -> None:
+def test_an_integer_input_that_decides_no_shape_is_not_specialised() -> None:
     x = helper.make_tensor_value_info("x", TensorProto.INT64, [4])
     s = helper.make_tensor_value_info("s", TensorProto.INT64, [2])
     y = helper.make_tensor_value_info("y", TensorProto.INT64, None)
-    nodes = [helper.make_node("Reshape", ["x", "s"], ["r"]), helper.make_node("Reshape", ["s", "s"], ["y"])]
+    nodes = [helper.make_node("Add", ["x", "x"], ["a"]), helper.make_node("Reshape", ["a", "s"], ["y"])]
     graph = helper.make_graph(nodes, "g", [x, s], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    assert shape_parameter_inputs(model, list(model.graph.input)) == []
+    assert shape_parameter_inputs(model, list(model.graph.input)) == ["s"]
+
+
+def test_an_input_deciding_a_shape_through_arithmetic_is_specialised_though_it_feeds_data() -> None:
+    """An expanded Range: the length is computed from the bounds, which are also its data; without their values
+    there is no static shape to compile for."""
+    start = helper.make_tensor_value_info("start", TensorProto.FLOAT, [])
+    limit = helper.make_tensor_value_info("limit", TensorProto.FLOAT, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    nodes = [helper.make_node("Sub", ["limit", "start"], ["n"]), helper.make_node("Cast", ["n"], ["m"], to=7),
+             helper.make_node("Unsqueeze", ["m", "zero"], ["m1"]),
+             helper.make_node("ConstantOfShape", ["m1"], ["ones"], value=helper.make_tensor("v", 1, [1], [1.0])),
+             helper.make_node("CumSum", ["ones", "zero"], ["steps"]), helper.make_node("Add", ["steps", "start"], ["y"])]
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    graph = helper.make_graph(nodes, "g", [start, limit], [y], [zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert shape_parameter_inputs(model, list(model.graph.input)) == ["start", "limit"]
+    rep = backend.prepare(model)
+    out = rep.run([np.float32(2), np.float32(5)])[0]
+    np.testing.assert_allclose(out, [3, 4, 5], atol=2e-2)

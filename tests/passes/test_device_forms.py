@@ -117,6 +117,20 @@ def test_empty_tensors_are_an_error(ir: IRHarness) -> None:
                                    f'func.return %0 : {t("0x4")} loc("ret")'))
 
 
+def test_an_empty_constant_is_returned_from_the_host_and_taken_by_no_device_op(ir: IRHarness) -> None:
+    empty = t("3x0", "i64")
+    returned = ir.run_body("tilize", ir.module(
+        "", empty, f'%0 = "ttir.constant"() {{value = dense<[]> : {empty}}} : () -> {empty} loc("e")',
+        f'func.return %0 : {empty} loc("ret")'))
+    assert ops_of(returned) == ["ttir.constant"] and empty in returned  # an integer host tensor still
+    with pytest.raises(UserError, match=r"node 'r': 'ttir.concat' takes the empty tensor tensor<0x4xf32> of node 'e'"):
+        ir.run("tilize", ir.module(
+            f'%arg0: {t("2x4")} {{ttir.name = "x"}}', t("2x4"),
+            f'%0 = "ttir.constant"() {{value = dense<[]> : {t("0x4")}}} : () -> {t("0x4")} loc("e")',
+            f'%1 = "ttir.concat"(%arg0, %0) {{axis = 0}} : ({t("2x4")}, {t("0x4")}) -> {t("2x4")} loc("r")',
+            f'func.return %1 : {t("2x4")} loc("ret")'))
+
+
 # ----------------------------------------------------------------------------------------------
 # Movement and reductions
 
