@@ -205,11 +205,52 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx's strict shape inference, propagating constant shape values (Reshape targets)."""
+    """onnx's strict shape inference, propagating constant shape values (Reshape targets).
+
+    When it fails, it is tried once more with every defaulted attribute of the default domain's nodes
+    written out (`with_explicit_defaults`): some function bodies read an attribute by reference and break
+    when the node leaves it at its default (MeanVarianceNormalization's axes at opset 13). Writing a
+    default out does not change what a node computes; the first error is the one reported."""
+    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return infer(model)
     except Exception as exc:
+        explicit = with_explicit_defaults(model)
+        if explicit is not None:
+            try:
+                return infer(explicit)
+            except Exception:
+                pass
         raise UserError(f"ONNX shape inference failed: {exc}") from None
+
+
+def with_explicit_defaults(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of `model` whose default-domain nodes carry every attribute their schema gives a default,
+    or None when no node leaves one out."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        return None
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    added = False
+    for node in copy.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except Exception:  # an unknown op: the supported-op check names it
+            continue
+        present = {a.name for a in node.attribute}
+        for name, attr in schema.attributes.items():
+            if name not in present and attr.default_value.type != onnx.AttributeProto.UNDEFINED:
+                default = onnx.AttributeProto()
+                default.CopyFrom(attr.default_value)
+                default.name = name
+                node.attribute.append(default)
+                added = True
+    return copy if added else None
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

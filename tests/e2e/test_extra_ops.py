@@ -618,3 +618,14 @@ def test_reductions_over_many_batch_slices_merge_them_into_rows() -> None:
     g.output(g.node("ReduceMean", [x, g.const([1, 2, 3], np.int64)], keepdims=1))
     g.output(g.node("ReduceMax", [x, g.const([1, 2, 3, 4], np.int64)], keepdims=0))
     check(g)
+
+
+def test_a_function_body_that_needs_its_default_attributes_written_out() -> None:
+    """MeanVarianceNormalization at opset 13 without `axes`: onnx's shape inference of its function body
+    fails (a Constant reads the absent attribute), so the loader retries with the defaults written out."""
+    node = helper.make_node("MeanVarianceNormalization", ["x"], ["y"], name="mvn")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 5, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 5, 7])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(18).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    assert compare("y", ttc.compile(model).run({"x": x})["y"], run_onnxruntime(model, {"x": x})["y"]).passed
