@@ -73,6 +73,7 @@ from ttc.passes.footprint import (
     tile_rows_cols,
     tile_shape,
 )
+from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.manager import Pass, register_pass
 
 GRID = "tt.grid"
@@ -396,13 +397,38 @@ class LiveL1:
     ranges: dict[int, LiveRange]
     cb_floor: dict[int, int]
 
+    timeline: L1Timeline | None = None
+
     @classmethod
     def of(cls, ops: list[Operation], device: DeviceAttr, max_cores: int) -> LiveL1:
         return cls(ops, device, max_cores, other_l1_bytes(ops, device),
-                   {id(r.value): r for r in live_ranges(ops)}, {})
+                   {id(r.value): r for r in live_ranges(ops)}, {}, L1Timeline(ops, device))
 
-    def budget(self, op: Operation) -> int:
-        return self.device.l1_free - self.others[id(op)]
+    def budget(self, op: Operation, result_layout: LayoutAttr | None = None) -> int:
+        """What `op`'s footprint (CBs plus its own L1 tensors, its result in `result_layout` if given) may take:
+        the L1 budget less the other L1 tensors live across it, and no more than the room below the lowest
+        live L1 buffer, as allocate will place the buffers (the replayed heap: holes count against it)."""
+        budget = self.device.l1_free - self.others[id(op)]
+        if self.timeline is None:
+            return budget
+        result = tensor(op.result) if result_layout is None else tensor(op.result).with_encoding(result_layout)
+        result_bytes = l1_share(result, self.device)
+        room = self.timeline.room(result_bytes)
+        if room is None:  # the result itself fits in no free range: what is left is short of it
+            room = self.timeline.heap.largest_gap() - result_bytes
+        return min(budget, room + op_l1_tensor_bytes(op, self.device, result_layout))
+
+    def ran(self, index: int, op: Operation) -> None:
+        """Op `index` is decided: its result buffer (in its final layout) joins the replayed heap, and the
+        buffers it read last leave it."""
+        if self.timeline is None:
+            return
+        if op_kind(op) is not None and not is_folded(op) and not is_view(op):
+            for result in op.results:
+                if not self.timeline.create(result, l1_share(tensor(result), self.device)):
+                    raise UserError(f"node {node_names(op)}: L1 has no room for the result {tensor(result)} "
+                                    f"beside the L1 buffers live across it; try layout{{l1-intermediates=false}}")
+        self.timeline.finish(index)
 
     def _later_programs(self, value: Value) -> list[Operation]:
         live = self.ranges[id(value)]
@@ -443,11 +469,16 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     candidates = ranked_matmul(op, device, fidelity, options, max_cores)
     if not candidates:
         raise no_placement(op, device, max_cores)
+    budgets: dict[str, int] = {}
     for candidate in candidates:
         grid, blocking, result_layout, cost = candidate
         kind = str(result_layout.memory_layout) if result_layout is not None else "interleaved"
         if kind in best or (given is not None and result_layout != given):
             continue
+        key = str(result_layout)
+        if key not in budgets:
+            budgets[key] = live.budget(op, result_layout)
+        budget = budgets[key]
         footprint = l1_footprint(op, device, blocking, result_layout)
         why = shard_misfit(op, result_layout, footprint, budget, live, device) if given is None and result_layout \
             else (f"{footprint} bytes per core exceed the budget of {budget}" if footprint > budget else None)
@@ -536,8 +567,9 @@ class Grid(Pass):
         for func in module.functions:
             ops = list(func.body.ops)
             live = LiveL1.of(ops, device, self.max_cores)
-            for op in ops:
+            for index, op in enumerate(ops):
                 if op_kind(op) is None or is_folded(op) or is_view(op):
+                    live.ran(index, op)
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 if op_kind(op) == "matmul":
@@ -549,6 +581,7 @@ class Grid(Pass):
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
+                live.ran(index, op)
 
 
 def shard_result(op: Operation, choice: Choice, live: LiveL1, device: DeviceAttr) -> None:

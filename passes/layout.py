@@ -15,9 +15,10 @@
   where one of them cannot be f16, none is.
 - Memory space: DRAM interleaved by default. With `l1-intermediates=true`, an intermediate (a value a
   device program produces and only device programs read: not a weight, an input or a graph output)
-  moves to L1 interleaved when, at every op during its lifetime, the per-core shares of the L1
-  tensors then live plus that op's smallest circular-buffer footprint (`footprint`, over all grids)
-  fit the L1 budget `l1_size - l1_reserved`. Values are considered in program order, first come
+  moves to L1 interleaved when, at every op during its lifetime, that op's smallest circular-buffer
+  footprint (`footprint`, over all grids) still fits below the lowest L1 buffer then live, with the
+  buffers placed as allocate will place them (`l1_timeline`: top down, first fit, so a freed buffer's
+  hole counts against the room). Values are considered in program order, first come
   first served; one whose per-core share exceeds 40 % of the budget (a large convolutional
   activation or im2col matrix) stays in DRAM and is streamed, since the top-down L1 heap would otherwise
   fragment around it. The grid pass later picks blockings within what is left.
@@ -53,6 +54,7 @@ from ttc.passes.footprint import (
     tensor,
 )
 from ttc.passes.grid import min_cb_bytes
+from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.manager import Pass, register_pass
 
 DTYPES = ("bf16", "bfp8_b")
@@ -175,8 +177,29 @@ def is_intermediate(live: LiveRange) -> bool:
     return all(op_kind(reader) is not None for reader in readers(value))
 
 
+def cbs_fit(ops: list[Operation], device: DeviceAttr, placed: list[tuple[LiveRange, int]],
+            cb_floor: dict[int, int], first: int, last: int) -> bool:
+    """Whether, with the `placed` values in L1, every program from op `first` to op `last` still has room for
+    its smallest CBs below the lowest live L1 buffer, as allocate will place them (`L1Timeline`)."""
+    timeline = L1Timeline(ops, device)
+    starting: dict[int, list[tuple[LiveRange, int]]] = {}
+    for live, share in placed:
+        starting.setdefault(live.start, []).append((live, share))
+    for i in range(last + 1):
+        for live, share in starting.get(i, []):
+            if not timeline.create(live.value, share):
+                return False
+        if i >= first and i in cb_floor:
+            room = timeline.room()
+            if room is None or room < cb_floor[i]:
+                return False
+        timeline.finish(i)
+    return True
+
+
 def place_in_l1(func: Function, device: DeviceAttr) -> None:
-    """Move intermediates to L1 in program order while every op they live across still fits."""
+    """Move intermediates to L1 in program order while every op they live across still has room for its
+    CBs below the L1 buffers (checked on the allocator's heap: holes count against it)."""
     ops = list(func.body.ops)
     cb_floor = {i: min_cb_bytes(op, device) for i, op in enumerate(ops)
                 if op_kind(op) and not is_folded(op) and not is_view(op)}
@@ -187,9 +210,9 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
         share = bank_share(live.value.type, device.compute_cores)  # type: ignore[arg-type]
         if share > device.l1_free * MAX_L1_SHARE:
             continue  # a large activation streams from DRAM (and cannot fragment L1 for the ops around it)
-        trial = [*placed, (live, share)]
-        if all(cb_floor[i] + sum(s for r, s in trial if r.start <= i <= r.end) <= device.l1_free
-               for i in range(live.start, live.end + 1) if i in cb_floor):
+        # values are placed in program order, so this one changes the heap from its start on only, and
+        # after its end only by the hole it leaves, which no placed value created later can fall into
+        if cbs_fit(ops, device, [*placed, (live, share)], cb_floor, live.start, live.end):
             placed.append((live, share))
     for live, _ in placed:
         assert isinstance(live.value.type, TensorType)
