@@ -17,16 +17,18 @@ from collections.abc import Sequence
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.allocate import Heap
-from ttc.passes.footprint import align, live_ranges
+from ttc.passes.footprint import LiveRange, align, live_ranges
 
 
 class L1Timeline:
     """Replays the L1 buffers of `ops` in program order: `create` a value's buffer when its op runs,
     `room` for an op's CBs, `finish` an op (freeing the buffers it read last)."""
 
-    def __init__(self, ops: Sequence[Operation], device: DeviceAttr) -> None:
+    def __init__(self, ops: Sequence[Operation], device: DeviceAttr,
+                 ranges: Sequence[LiveRange] | None = None) -> None:
+        """`ranges`: `live_ranges(ops)` when the caller has them already (a replay per trial placement)."""
         self.ending: dict[int, list[Value]] = {}
-        for live in live_ranges(ops):
+        for live in live_ranges(ops) if ranges is None else ranges:
             self.ending.setdefault(live.end, []).append(live.value)
         self.heap = Heap("L1", align(device.l1_reserved), device.l1_size, top_down=True)
         self.address: dict[int, int] = {}  # id(value) -> its buffer's address

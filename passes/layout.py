@@ -177,11 +177,12 @@ def is_intermediate(live: LiveRange) -> bool:
     return all(op_kind(reader) is not None for reader in readers(value))
 
 
-def cbs_fit(ops: list[Operation], device: DeviceAttr, placed: list[tuple[LiveRange, int]],
+def cbs_fit(ops: list[Operation], device: DeviceAttr, ranges: list[LiveRange], placed: list[tuple[LiveRange, int]],
             cb_floor: dict[int, int], first: int, last: int) -> bool:
     """Whether, with the `placed` values in L1, every program from op `first` to op `last` still has room for
-    its smallest CBs below the lowest live L1 buffer, as allocate will place them (`L1Timeline`)."""
-    timeline = L1Timeline(ops, device)
+    its smallest CBs below the lowest live L1 buffer, as allocate will place them (`L1Timeline`; `ranges` are
+    the live ranges of `ops`)."""
+    timeline = L1Timeline(ops, device, ranges)
     starting: dict[int, list[tuple[LiveRange, int]]] = {}
     for live, share in placed:
         starting.setdefault(live.start, []).append((live, share))
@@ -204,7 +205,8 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
     cb_floor = {i: min_cb_bytes(op, device) for i, op in enumerate(ops)
                 if op_kind(op) and not is_folded(op) and not is_view(op)}
     placed: list[tuple[LiveRange, int]] = []
-    for live in live_ranges(ops):
+    ranges = live_ranges(ops)
+    for live in ranges:
         if not is_intermediate(live):
             continue
         share = bank_share(live.value.type, device.compute_cores)  # type: ignore[arg-type]
@@ -212,7 +214,7 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
             continue  # a large activation streams from DRAM (and cannot fragment L1 for the ops around it)
         # values are placed in program order, so this one changes the heap from its start on only, and
         # after its end only by the hole it leaves, which no placed value created later can fall into
-        if cbs_fit(ops, device, [*placed, (live, share)], cb_floor, live.start, live.end):
+        if cbs_fit(ops, device, ranges, [*placed, (live, share)], cb_floor, live.start, live.end):
             placed.append((live, share))
     for live, _ in placed:
         assert isinstance(live.value.type, TensorType)
