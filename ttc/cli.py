@@ -5,7 +5,9 @@
                       [--no-verify] [-o OUT.mlir]
     ttc compile MODEL.onnx [-o OUT.ttc] [compile options] [--dump-ir DIR]
     ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N]
-                      [--golden [--model M.onnx]] [--json FILE] [-o OUT.npz]
+                      [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz]
+    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N] [--top N]
+                      [--json FILE]
 
 Diagnostics go to stderr, requested output to stdout or -o. Exit codes: 0 success, 1 golden check
 failed, 2 user error, 3 device fault, 4 internal error (the only case that prints a traceback).
@@ -103,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write a JSON report (outputs, timings, memory)")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
     run.set_defaults(handler=cmd_run)
+
+    prof = commands.add_parser("profile", help="the modelled device time of a model, program by program",
+                               description="Run a .ttc artifact, or compile and run an .onnx model, once on the "
+                                           "emulated Grayskull and print the cost model's time of every program "
+                                           "(cores, bound, cycles, DRAM and NoC traffic, ONNX node) and the sums.")
+    prof.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
+    _add_compile_options(prof)
+    prof.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                      help="an input from a .npy file; missing inputs are random (--seed); repeatable")
+    prof.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
+    prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
+    prof.set_defaults(handler=cmd_profile)
     return parser
 
 
@@ -195,15 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.per_op and not args.golden:
         raise UserError("--per-op compares with onnxruntime: it needs --golden")
-    is_artifact = args.model.endswith(".ttc")
-    if is_artifact:
-        from ttc.artifact import read_artifact
-
-        compiled = read_artifact(args.model)
-        compile_s = None
-    else:
-        compiled = _compile(args)
-        compile_s = compiled.compile_s
+    compiled, is_artifact = _load_or_compile(args)
+    compile_s = None if is_artifact else compiled.compile_s
     golden_path = None
     if args.golden:
         golden_path = evaluate.source_model_path(compiled, args.golden_model) if is_artifact \
@@ -247,6 +255,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     return EXIT_OK if report["passed"] else EXIT_GOLDEN_FAILED
+
+
+def _load_or_compile(args: argparse.Namespace):
+    """The artifact args.model names, or the compiled ONNX model; and whether it was an artifact."""
+    if args.model.endswith(".ttc"):
+        from ttc.artifact import read_artifact
+
+        return read_artifact(args.model), True
+    return _compile(args), False
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    import onnx
+
+    from ttc import evaluate
+    from ttc.fileio import write_text
+    from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+    from ttc.profile import format_profile, program_json, summarize
+
+    if args.top is not None and args.top < 1:
+        raise UserError(f"--top needs a positive number of programs, not {args.top}")
+    compiled, is_artifact = _load_or_compile(args)
+    model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
+    feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
+    compiled.run(feeds)
+    profile = compiled.profile
+    device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
+    print(format_profile(profile, device, args.top))
+    if args.json:
+        report = {"device": device.arch, "summary": summarize(profile, device).to_json(),
+                  "programs": [program_json(i, p) for i, p in enumerate(profile)]}
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return EXIT_OK
 
 
 def _print_timings(timings: dict) -> None:

@@ -209,3 +209,32 @@ def test_bad_pipeline_exits_2(model_path: Path, capsys) -> None:
 def test_pipeline_that_stops_before_the_device_is_a_clear_error(model_path: Path, capsys) -> None:
     code, _, err = run(["compile", str(model_path), "--pipeline", "decompose,canonicalize"], capsys)
     assert code == 2 and "did not lower these ops to device programs: ttir.add" in err
+
+
+# --- ttc profile ----------------------------------------------------------------------------------
+
+
+def test_profile_lists_every_program_with_its_node_and_sums_the_time(artifact: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    report_path = tmp_path / "profile.json"
+    code, out, _ = run(["profile", str(artifact), "--json", str(report_path)], capsys)
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    programs = report["programs"]
+    assert len(programs) == report["summary"]["programs"] >= 2 and report["device"] == "e150"
+    assert report["summary"]["time_us"] == pytest.approx(sum(p["time_us"] for p in programs))
+    for p in programs:
+        assert p["bound"] in ("compute", "dram", "noc") and 1 <= p["cores"] <= 108 and p["nodes"]
+        assert p["cycles"] == pytest.approx(max(p["compute_cycles"], p["dram_cycles"], p["noc_cycles"]))
+    rows = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(rows) == len(programs)
+    assert any("/fc2/Gemm" in row for row in rows)
+    assert f"over {len(programs)} programs" in out and "by kind: matmul" in out and "by bound:" in out
+
+
+def test_profile_top_lists_the_slowest_programs(model_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["profile", str(model_path), "--top", "1"], capsys)
+    rows = [line for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert code == 0 and len(rows) == 1 and "(the 1 slowest of" in out
+    code, _, err = run(["profile", str(model_path), "--top", "0"], capsys)
+    assert code == 2 and "--top needs a positive number" in err
