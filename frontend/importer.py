@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from ttc.frontend import (
     converters_extra,  # noqa: F401  (registers its converters)
+    converters_recurrent,  # noqa: F401  (registers its converters)
     converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
