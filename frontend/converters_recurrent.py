@@ -304,17 +304,30 @@ def _run(ctx: NodeContext, e: Emitter, layer: Layer, step_fn: Callable[..., tupl
         ys.append(outputs)
         finals_h.append(h)
         finals_c.append(c)
-    shape = (layer.batch, layer.hidden)
-    y = None
-    if ctx.node.output[0]:  # [T, D, B, H] (layout 1: [B, T, D, H])
-        per_direction = [e.reshape(_joined(ctx, outputs, 0), (layer.steps, 1, *shape)) for outputs in ys]
-        y = _joined(ctx, per_direction, 1)
-        y = e.transpose(y, (2, 0, 1, 3)) if layout else y
+    y = _sequence_output(ctx, e, layer, ys, layout) if ctx.node.output[0] else None
     results: list[Value | None] = [y]
-    for finals in [finals_h, finals_c] if layer.kind == "LSTM" else [finals_h]:  # [D, B, H] (layout 1: [B, D, H])
-        state = _joined(ctx, [e.reshape(state, (1, *shape)) for state in finals], 0)
-        results.append(e.transpose(state, (1, 0, 2)) if layout else state)
+    for finals in [finals_h, finals_c] if layer.kind == "LSTM" else [finals_h]:
+        results.append(_state_output(ctx, e, layer, finals, layout))
     return results
+
+
+def _sequence_output(ctx: NodeContext, e: Emitter, layer: Layer, ys: list[list[Value]], layout: int) -> Value:
+    """Y from the per-direction step outputs ([B, H] each): [T, D, B, H], or [B, T, D, H] with layout 1,
+    joined in that order (a transpose after a concat would be one movement reading several inputs, which
+    the device only does for whole tiles)."""
+    batch, hidden = layer.batch, layer.hidden
+    if not layout:
+        per_direction = [e.reshape(_joined(ctx, outputs, 0), (layer.steps, 1, batch, hidden)) for outputs in ys]
+        return _joined(ctx, per_direction, 1)
+    per_step = [_joined(ctx, [e.reshape(outputs[t], (batch, 1, 1, hidden)) for outputs in ys], 2)
+                for t in range(layer.steps)]
+    return _joined(ctx, per_step, 1)
+
+
+def _state_output(ctx: NodeContext, e: Emitter, layer: Layer, finals: list[Value], layout: int) -> Value:
+    """Y_h or Y_c from the per-direction final states: [D, B, H], or [B, D, H] with layout 1."""
+    shape = (1, layer.batch, layer.hidden) if not layout else (layer.batch, 1, layer.hidden)
+    return _joined(ctx, [e.reshape(state, shape) for state in finals], 1 if layout else 0)
 
 
 def _joined(ctx: NodeContext, values: list[Value], axis: int) -> Value:
