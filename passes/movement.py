@@ -17,6 +17,8 @@ and concatenations along tile boundaries. What does not fall on tile boundaries 
   dim whole (a reshape regrouping rows across tiles, e.g. [3, 1, 70] -> [3, 70]) goes through rows, as
   tt-metal's reshape does: untilize (a device `ttir.to_layout` to row-major), then a row lookup
   (`ttir.embedding` of the row-major tensor by a constant int32 table of source rows), which tilizes.
+  A chain whose first ops move whole tiles and whose rest moves whole rows is split there: the tile
+  gather stays a program of its own and the row lookup reads its result.
 - Reductions run along the last dim (`ttir.reduce_*` with axes = [rank - 1], keepdims) or the one before
   it; a reduction over both is one after the other, over batch dims a chain of elementwise adds (max,
   for a max) of the slices, and keepdims = false a reshape after. Beyond 16 slices, batch dims reduced
