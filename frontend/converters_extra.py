@@ -42,7 +42,7 @@ class Emitter:
         """A constant of `like`'s element type (rank 0 for a number)."""
         self.count += 1
         dtype = _tensor(like).element_type.numpy_dtype()
-        name = f"{self.ctx.node.output[0]}.c{self.count}"
+        name = f"{self.ctx.node.output[0] or self.ctx.name}.c{self.count}"
         return self.ctx.constant(np.asarray(value, dtype=dtype), name)
 
     def binary(self, op: str, a: Value, b: Value, element: ScalarType | None = None) -> Value:

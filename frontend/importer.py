@@ -26,7 +26,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ttc.frontend import (
+    converters_control,  # noqa: F401  (registers its converters)
     converters_extra,  # noqa: F401  (registers its converters)
+    converters_recurrent,  # noqa: F401  (registers its converters)
     converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
@@ -139,26 +141,45 @@ def check_supported(model: onnx.ModelProto) -> None:
                 element_type(value.type.tensor_type.elem_type, where, value.name)
     for tensor in graph.initializer:
         element_type(tensor.data_type, f"initializer '{tensor.name}'", tensor.name)
-    supported = set(supported_op_types())
     unsupported: dict[str, list[str]] = {}
     constants = {t.name for t in model.graph.initializer}
-    for index, node in enumerate(model.graph.node):
-        default_domain = node.domain in DEFAULT_DOMAINS
-        if (default_domain and node.op_type == "Constant") or is_foldable(node, constants):
-            constants.update(node.output)
-            continue
-        if default_domain and node.op_type in supported:
-            continue
-        if may_run_on_host(model, node, constants):
-            continue
-        op = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-        unsupported.setdefault(op, []).append(node_name(node, index))
+    collect_unsupported(model, model.graph, constants, set(supported_op_types()), unsupported)
     if not unsupported:
         return
     count = sum(len(names) for names in unsupported.values())
     parts = [f"{op} ({'node' if len(names) == 1 else 'nodes'}: {', '.join(names)})"
              for op, names in unsupported.items()]
     raise UserError(f"unsupported ONNX ops ({count} {'node' if count == 1 else 'nodes'}): {', '.join(parts)}")
+
+
+NON_TENSOR_KINDS = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
+                    "sparse_tensor_type": "a sparse tensor"}
+
+
+def collect_unsupported(model: onnx.ModelProto, graph: onnx.GraphProto, constants: set[str], supported: set[str],
+                        unsupported: dict[str, list[str]], prefix: str = "") -> None:
+    """Add the unsupported nodes of `graph` to `unsupported` (op -> node names), an If's branches
+    included; `constants` (the values known at compile time) grows as nodes fold."""
+    for index, node in enumerate(graph.node):
+        name = prefix + node_name(node, index)
+        default_domain = node.domain in DEFAULT_DOMAINS
+        if (default_domain and node.op_type == "Constant") or is_foldable(node, constants):
+            constants.update(node.output)
+            continue
+        if default_domain and node.op_type in supported:
+            for branch in subgraphs(node) if node.op_type == "If" else []:
+                for value in branch.output:
+                    kind = value.type.WhichOneof("value")
+                    if kind not in (None, "tensor_type"):
+                        raise UserError(f"node '{name}' (If): output '{value.name}' of branch '{branch.name}' is not "
+                                        f"a tensor but {NON_TENSOR_KINDS.get(kind, kind)} (ttc imports tensors only)")
+                inner = constants | {t.name for t in branch.initializer}
+                collect_unsupported(model, branch, inner, supported, unsupported, f"{name}/{branch.name}/")
+            continue
+        if may_run_on_host(model, node, constants):
+            continue
+        op = node.op_type if default_domain else f"{node.domain}.{node.op_type}"
+        unsupported.setdefault(op, []).append(name)
 
 
 def element_type(onnx_type: int, where: str, value: str) -> ScalarType:
@@ -247,8 +268,8 @@ class GraphImporter:
         self.place_constants()
         return self.module
 
-    def convert(self, node: onnx.NodeProto, index: int) -> None:
-        ctx = NodeContext(self, node, node_name(node, index))
+    def convert(self, node: onnx.NodeProto, index: int, name: str | None = None) -> None:
+        ctx = NodeContext(self, node, name or node_name(node, index))
         constants = {name for name in [*node.input, *outer_scope_inputs(node)] if name and self.is_constant(name)}
         empty = self.empty_outputs(node)
         if empty and all(name in empty for name in node.output if name):
@@ -276,6 +297,24 @@ class GraphImporter:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
+
+    def inline_graph(self, graph: onnx.GraphProto, prefix: str) -> list[Value]:
+        """Convert a subgraph's nodes (an If's branch) into the function, each located at `prefix/` and its
+        name: its initializers become constants, its reads of the enclosing graph resolve to the values
+        already there (ONNX names are unique across a graph and its subgraphs). Returns its outputs."""
+        self.types.update({v.name: v.type for v in (*graph.value_info, *graph.output) if v.type.HasField("tensor_type")})
+        self.used.update(name for node in graph.node for name in node.input if name)
+        self.used.update(output.name for output in graph.output)
+        self.node_inputs.update(name for node in graph.node for name in [*node.input, *outer_scope_inputs(node)]
+                                if name)
+        for tensor in graph.initializer:
+            where = f"initializer '{tensor.name}'"
+            ttype = TensorType(tuple(tensor.dims), element_type(tensor.data_type, where, tensor.name))
+            self.values[tensor.name] = self.add_constant(ttype, tensor.name, NameLoc(f"{prefix}/{tensor.name}"),
+                                                         tensor=tensor)
+        for index, node in enumerate(graph.node):
+            self.convert(node, index, f"{prefix}/{node_name(node, index)}")
+        return [self.value(output.name, f"{prefix}: output") for output in graph.output]
 
     def empty_outputs(self, node: onnx.NodeProto) -> set[str]:
         """The node's outputs that shape inference gives no elements, with a known element type."""

@@ -17,6 +17,8 @@ and concatenations along tile boundaries. What does not fall on tile boundaries 
   dim whole (a reshape regrouping rows across tiles, e.g. [3, 1, 70] -> [3, 70]) goes through rows, as
   tt-metal's reshape does: untilize (a device `ttir.to_layout` to row-major), then a row lookup
   (`ttir.embedding` of the row-major tensor by a constant int32 table of source rows), which tilizes.
+  A chain whose first ops move whole tiles and whose rest moves whole rows is split there: the tile
+  gather stays a program of its own and the row lookup reads its result.
 - Reductions run along the last dim (`ttir.reduce_*` with axes = [rank - 1], keepdims) or the one before
   it; a reduction over both is one after the other, over batch dims a chain of elementwise adds (max,
   for a max) of the slices, and keepdims = false a reshape after. Beyond 16 slices, batch dims reduced
@@ -356,10 +358,11 @@ class RowGather(RewritePattern):
         in_shapes, steps = chain_steps(chain)
         if isinstance(gather_map_of_inputs(in_shapes, steps), Gather):
             return rewriter.notify_match_failure(op, "moves whole tiles")
-        rows = row_gather_map(in_shapes[0], steps)
+        x, rows = chain[0].operands[0], row_gather_map(in_shapes[0], steps)
+        if rows is None:
+            x, rows = tile_prefix_then_rows(chain, in_shapes, steps) or (x, None)
         if rows is None or (len(in_shapes[0]) < 2 and tensor(op.result).rank < 2):
             return self.segments(op, chain[0].operands[0], in_shapes[0], steps, rewriter)
-        x = chain[0].operands[0]
         source = tensor(x)
         width = source.shape[-1]
         untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
@@ -417,6 +420,20 @@ class RowGather(RewritePattern):
             joined = rewriter.create_before(op, "ttir.reshape", [joined], [result]).result
         rewriter.replace_op(op, [joined])
         return True
+
+
+def tile_prefix_then_rows(chain: list[Operation], in_shapes: tuple, steps: tuple) -> tuple[Value, np.ndarray] | None:
+    """A chain whose first ops move whole tiles (a tile transpose) and whose rest moves whole rows (AffineGrid's
+    [N, 3, DHW] -> [N, DHW, 3] -> [N, D, H, W, 3]): the end of that prefix, left as its own gather, and the
+    source row of each output row of the rest; None when there is no such split."""
+    for k in range(1, len(chain)):
+        if not isinstance(gather_map_of_inputs(in_shapes, steps[:k]), Gather):
+            continue
+        middle = chain[k - 1].result
+        rows = row_gather_map(tensor(middle).shape, steps[k:])
+        if rows is not None and tensor(middle).rank >= 2:
+            return middle, rows
+    return None
 
 
 MAX_SEGMENT_BLOCKS = 64  # column blocks of the input, and segment columns of the output

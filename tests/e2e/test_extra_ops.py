@@ -629,3 +629,11 @@ def test_a_function_body_that_needs_its_default_attributes_written_out() -> None
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     x = np.random.default_rng(18).standard_normal((2, 3, 5, 7)).astype(np.float32)
     assert compare("y", ttc.compile(model).run({"x": x})["y"], run_onnxruntime(model, {"x": x})["y"]).passed
+
+
+def test_tile_transpose_then_a_row_regrouping_reshape() -> None:
+    g = Graph()  # AffineGrid's [N, 3, DHW] -> [N, DHW, 3] -> [N, D, H, W, 3]: a tile gather, then a row lookup
+    x = g.input("x", (2, 3, 120))
+    t = g.node("Transpose", [x], perm=[0, 2, 1])
+    g.output(g.node("Reshape", [t, g.const([2, 4, 5, 6, 3], np.int64)]))
+    check(g)

@@ -1,0 +1,190 @@
+"""Golden tests of the recurrent layers (`frontend/converters_recurrent.py`, unrolled at import) and of If
+(`frontend/converters_control.py`): both directions, initial states, sequence_lens masking, batch-first
+layout, peepholes, linear_before_reset, activations and clip, constant and computed weights; If with a
+constant and with a runtime condition. Every case is compared with onnxruntime (`check`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+from test_transformer_ops import BOOL, Graph, check
+
+import ttc
+from ttc.frontend.importer import import_model
+from ttc.golden import compare
+from ttc.ir.diagnostics import UserError
+
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+I32 = TensorProto.INT32
+
+
+def recurrent(g: Graph, op: str, steps: int, batch: int, inputs: int, hidden: int, *, direction: str = "forward",
+              layout: int = 0, weights_constant: bool = False, bias: bool = True, initial: bool = False,
+              lengths: np.ndarray | None = None, lengths_constant: bool = False, peepholes: bool = False,
+              **attrs) -> list[str]:
+    """An `op` node with random weights (scaled to keep the gates off saturation); returns its outputs."""
+    rng = np.random.default_rng(11)
+    dirs = 2 if direction == "bidirectional" else 1
+    gates = GATES[op]
+    x_shape = (batch, steps, inputs) if layout else (steps, batch, inputs)
+    state_shape = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+    x = g.input("x", x_shape)
+    names = [x]
+    for name, shape in (("w", (dirs, gates * hidden, inputs)), ("r", (dirs, gates * hidden, hidden)),
+                        ("b", (dirs, 2 * gates * hidden))):
+        if name == "b" and not bias:
+            names.append("")
+            continue
+        values = rng.uniform(-0.6, 0.6, shape)
+        names.append(g.const(values) if weights_constant else g.input(name, shape, values=values))
+    if lengths is None:
+        names.append("")
+    elif lengths_constant:
+        names.append(g.const(lengths, np.int32))
+    else:
+        names.append(g.input("lengths", (batch,), I32, values=lengths))
+    names.append(g.input("initial_h", state_shape) if initial else "")
+    if op == "LSTM":
+        names.append(g.input("initial_c", state_shape) if initial else "")
+        p = rng.uniform(-0.5, 0.5, (dirs, 3 * hidden))
+        names.append("" if not peepholes else g.const(p) if weights_constant else g.input("p", p.shape, values=p))
+    while names[-1] == "":
+        names.pop()
+    outputs = 3 if op == "LSTM" else 2
+    results = g.node(op, names, outputs=outputs, hidden_size=hidden, direction=direction, layout=layout, **attrs)
+    for name in results:
+        g.output(name)
+    return results
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_directions_with_initial_states(op: str, direction: str) -> None:
+    g = Graph()
+    recurrent(g, op, steps=4, batch=3, inputs=5, hidden=6, direction=direction, initial=True)
+    check(g)
+
+
+def check_with_onnx_reference(g: Graph) -> None:
+    """`check` against onnx's reference evaluator: onnxruntime does not run batch-first (layout 1) layers."""
+    model = g.model()
+    outputs = ttc.compile(model).run(g.feeds)
+    reference = ReferenceEvaluator(model).run(None, g.feeds)
+    for value, expected in zip(model.graph.output, reference, strict=True):
+        result = compare(value.name, outputs[value.name], expected)
+        assert result.passed, result
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+def test_batch_first_layout_over_several_steps(op: str) -> None:
+    g = Graph()
+    recurrent(g, op, steps=3, batch=2, inputs=4, hidden=5, direction="bidirectional", layout=1, initial=True)
+    check_with_onnx_reference(g)
+
+
+@pytest.mark.parametrize("op", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("lengths_constant", [False, True])
+def test_sequence_lens_hold_the_state_and_zero_y(op: str, lengths_constant: bool) -> None:
+    g = Graph()  # entry 1 stops after one step, entry 2 after three: the reverse direction starts there
+    recurrent(g, op, steps=4, batch=3, inputs=3, hidden=4, direction="bidirectional", initial=True,
+              lengths=np.array([4, 1, 3]), lengths_constant=lengths_constant)
+    check(g)
+
+
+def test_constant_weights_are_cut_and_transposed_at_compile_time() -> None:
+    g = Graph()
+    recurrent(g, "LSTM", steps=3, batch=2, inputs=40, hidden=36, weights_constant=True, peepholes=True)
+    check(g)
+    imported = str(import_model(g.model()))
+    assert "ttir.transpose" not in imported
+
+
+def test_lstm_peepholes_and_coupled_input_forget_gates() -> None:
+    g = Graph()
+    recurrent(g, "LSTM", steps=3, batch=2, inputs=3, hidden=4, initial=True, peepholes=True, input_forget=1)
+    check(g)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_gru_linear_before_reset(direction: str) -> None:
+    g = Graph()
+    recurrent(g, "GRU", steps=3, batch=2, inputs=3, hidden=5, direction=direction, initial=True,
+              linear_before_reset=1)
+    check(g)
+
+
+def test_activations_with_alpha_beta_and_clip() -> None:
+    g = Graph()
+    recurrent(g, "LSTM", steps=3, batch=2, inputs=3, hidden=4, initial=True, clip=0.7,
+              activations=["HardSigmoid", "LeakyRelu", "Softsign"], activation_alpha=[0.3, 0.1],
+              activation_beta=[0.4])
+    check(g)
+
+
+def test_rnn_relu_without_bias() -> None:
+    g = Graph()
+    recurrent(g, "RNN", steps=5, batch=2, inputs=3, hidden=4, bias=False, activations=["Relu"])
+    check(g)
+
+
+def test_unknown_activation_is_a_user_error_naming_the_node() -> None:
+    g = Graph()
+    recurrent(g, "RNN", steps=2, batch=1, inputs=2, hidden=3, activations=["Gelu"])
+    with pytest.raises(UserError, match=r"node '/RNN_1' \(RNN\): activation 'Gelu' is not supported"):
+        ttc.compile(g.model())
+
+
+# ----------------------------------------------------------------------------------------------
+# If
+
+
+def branches(g: Graph, x: str) -> tuple:
+    """then: relu(x) * 2 (reads x and a constant from the enclosing graph); else: x - 1."""
+    two = g.const(np.float32(2.0))
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    out = helper.make_tensor_value_info
+    then_branch = helper.make_graph(
+        [helper.make_node("Relu", [x], ["then_r"]), helper.make_node("Mul", ["then_r", two], ["then_out"])],
+        "then", [], [out("then_out", TensorProto.FLOAT, None)])
+    else_branch = helper.make_graph([helper.make_node("Sub", [x, "one"], ["else_out"])], "else", [],
+                                    [out("else_out", TensorProto.FLOAT, None)], [one])
+    return then_branch, else_branch
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_if_with_a_constant_condition_inlines_the_taken_branch(value: bool) -> None:
+    g = Graph()
+    x = g.input("x", (3, 40))
+    then_branch, else_branch = branches(g, x)
+    cond = g.const(np.array(value), np.bool_)
+    y = g.node("If", [cond], then_branch=then_branch, else_branch=else_branch)
+    g.output(g.node("Add", [y, x]))
+    compiled = check(g)
+    assert compiled.manifest["host_ops"] == 0
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_if_with_a_runtime_condition_selects_between_both_branches(value: bool) -> None:
+    g = Graph()
+    x = g.input("x", (3, 40))
+    cond = g.input("cond", (), BOOL, values=np.array(value))
+    then_branch, else_branch = branches(g, x)
+    g.output(g.node("If", [cond], then_branch=then_branch, else_branch=else_branch))
+    check(g)
+
+
+def test_if_with_a_runtime_condition_and_branches_of_different_shapes_is_a_user_error() -> None:
+    g = Graph()
+    x = g.input("x", (3, 4))
+    cond = g.input("cond", (), BOOL)
+    out = helper.make_tensor_value_info
+    then_branch = helper.make_graph([helper.make_node("Identity", [x], ["t"])], "then",
+                                    [], [out("t", TensorProto.FLOAT, None)])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    else_branch = helper.make_graph([helper.make_node("ReduceSum", [x, "axes"], ["e"])], "else",
+                                    [], [out("e", TensorProto.FLOAT, None)], [axes])
+    g.output(g.node("If", [cond], then_branch=then_branch, else_branch=else_branch))
+    with pytest.raises(UserError, match=r"node '/If_1' \(If\): .*shape"):
+        ttc.compile(g.model())
