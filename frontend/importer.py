@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper
 
 from ttc.frontend import (
@@ -85,6 +86,7 @@ def import_read_model(model: onnx.ModelProto, path: str | None, input_shapes: In
                       arch: str = "e150") -> Module:
     """`import_model` of a model `read_model` returned (changed in place: not to be reused)."""
     device = _device(arch)
+    model = expand_functions(model)
     check_supported(model)
     model = prepare_model(model, path, input_shapes)
     return GraphImporter(model, device).run()
@@ -128,6 +130,109 @@ def is_deterministic(node: onnx.NodeProto) -> bool:
     """A default-domain node without random ops, its subgraphs included."""
     return node.domain in DEFAULT_DOMAINS and node.op_type not in NONDETERMINISTIC_OPS and all(
         is_deterministic(inner) for g in subgraphs(node) for inner in g.node)
+
+
+EXPAND_DOMAIN = "ttc.expand"  # the local functions expand_functions makes of schema function bodies
+
+
+def expand_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each top-level node of an op ttc has no converter for, whose ONNX schema defines it as a
+    function of other ops (AffineGrid, CausalConvWithState, ...), by that function's body, with its
+    attributes bound (onnx's inliner); a context-dependent body is built for the node's input types. The
+    body's nodes are named `<node>/<OpType>_<i>`. check_supported then judges the ops of the body, so a
+    model is compiled as the ops the standard defines it by. Returns `model` itself when nothing expands."""
+    opset = default_opset(model)
+    if opset is None:
+        return model
+    supported = set(supported_op_types())
+    constants = {t.name for t in model.graph.initializer}
+    targets: dict[int, onnx.defs.OpSchema] = {}
+    for index, node in enumerate(model.graph.node):
+        if node.domain not in DEFAULT_DOMAINS:
+            continue
+        if node.op_type == "Constant" or is_foldable(node, constants):
+            constants.update(node.output)
+            continue
+        if node.op_type in supported or may_run_on_host(model, node, constants):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset)
+        except onnx.defs.SchemaError:
+            continue  # not an ONNX op: check_supported names it
+        if schema.has_function or schema.has_context_dependent_function:
+            targets[index] = schema
+    if not targets:
+        return model
+    types = _value_types(model) if any(not s.has_function for s in targets.values()) else {}
+    inlined = _inline(model, targets, types)
+    if inlined is None:  # some body does not bind (a context the inliner rejects): keep the ones that do
+        good = {i: s for i, s in targets.items() if _inline(model, {i: s}, types) is not None}
+        inlined = _inline(model, good, types) if good else None
+    return model if inlined is None else inlined
+
+
+def _inline(model: onnx.ModelProto, targets: dict[int, onnx.defs.OpSchema],
+            types: dict[str, onnx.TypeProto]) -> onnx.ModelProto | None:
+    """`model` with the nodes at `targets` replaced by their schemas' function bodies; None when a body
+    cannot be built or bound."""
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(model)
+    bodies: dict[int, int] = {}  # node index -> the body's node count
+    for index, schema in targets.items():
+        node = expanded.graph.node[index]
+        function = onnx.FunctionProto()
+        if schema.has_function:
+            function.CopyFrom(schema.function_body)
+        else:
+            inputs = [types[name].SerializeToString() if name in types else onnx.TypeProto().SerializeToString()
+                      for name in node.input]
+            try:
+                function.ParseFromString(schema.get_context_dependent_function(node.SerializeToString(), inputs))
+            except Exception:  # the body needs types shape inference could not give
+                return None
+        function.domain, function.name = EXPAND_DOMAIN, f"{node.op_type}_{index}"
+        node.domain, node.op_type = EXPAND_DOMAIN, function.name
+        expanded.functions.append(function)
+        bodies[index] = len(function.node)
+    expanded.opset_import.append(helper.make_opsetid(EXPAND_DOMAIN, 1))
+    try:
+        inlined = onnx.inliner.inline_local_functions(expanded)
+    except Exception:  # onnx's inliner rejects the binding (e.g. more actual inputs than the body has)
+        return None
+    _name_body_nodes(model, inlined, bodies)
+    return inlined
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The types onnx's (lenient) shape inference gives the graph's values, for context-dependent bodies."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        inferred = model
+    graph = inferred.graph
+    types = {v.name: v.type for v in (*graph.input, *graph.value_info, *graph.output)}
+    for tensor in graph.initializer:
+        types.setdefault(tensor.name, helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims)))
+    return types
+
+
+def _name_body_nodes(original: onnx.ModelProto, inlined: onnx.ModelProto, bodies: dict[int, int]) -> None:
+    """Name the inlined body nodes after the node they came from (the inliner keeps the graph's order and
+    puts each body where its node was); nothing is renamed when the counts do not line up."""
+    nodes = inlined.graph.node
+    if len(nodes) != len(original.graph.node) + sum(count - 1 for count in bodies.values()):
+        return
+    position = 0
+    for index, node in enumerate(original.graph.node):
+        count = bodies.get(index)
+        if count is None:
+            position += 1
+            continue
+        parent = node_name(node, index)
+        for j in range(count):
+            inner = nodes[position + j]
+            inner.name = f"{parent}/{inner.name or f'{inner.op_type}_{j}'}"
+        position += count
 
 
 def check_supported(model: onnx.ModelProto) -> None:

@@ -66,6 +66,7 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "Range": frozenset({0, 1, 2}), "Trilu": frozenset({1}), "HannWindow": frozenset({0}),
     "HammingWindow": frozenset({0}), "BlackmanWindow": frozenset({0}), "MelWeightMatrix": frozenset({0, 1, 2, 3, 4}),
     "Dropout": frozenset({1, 2}),  # the ratio and training_mode: ttc draws a training mask at compile time
+    "AffineGrid": frozenset({1}),  # the output grid's size
     "CenterCropPad": frozenset({1}), "Compress": frozenset({1}), "Loop": frozenset({0, 1}),
     "MaxUnpool": frozenset({2}),  # the trip count and condition: how long the scan outputs are
 }

@@ -637,3 +637,22 @@ def test_tile_transpose_then_a_row_regrouping_reshape() -> None:
     t = g.node("Transpose", [x], perm=[0, 2, 1])
     g.output(g.node("Reshape", [t, g.const([2, 4, 5, 6, 3], np.int64)]))
     check(g)
+
+
+def test_an_op_defined_as_a_function_compiles_as_its_body() -> None:
+    """AffineGrid has no converter; its ONNX schema defines it as a function of other ops, which the importer
+    inlines (attributes bound), so the model compiles as those ops."""
+    g = Graph()
+    theta = g.input("theta", (2, 2, 3), values=np.random.default_rng(19).uniform(-1, 1, (2, 2, 3)))
+    g.output(g.node("AffineGrid", [theta, g.const([2, 3, 5, 7], np.int64)], align_corners=1))
+    check(g, opset=20)
+
+
+def test_the_ops_of_an_inlined_function_are_named_after_its_node() -> None:
+    """An op the function body needs and ttc lacks is reported at `<node>/<OpType>_<i>`."""
+    node = helper.make_node("Bernoulli", ["x"], ["y"], name="coin")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): RandomUniformLike \(node: coin/RandomUniformLike_0\)"):
+        ttc.compile(model)
