@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ttc.frontend.converters import _tensor, converter
+from ttc.frontend.converters import _reshape_to, _tensor, converter
 from ttc.ir.dialects.ttir import broadcast_shape, window_output_size
 
 if TYPE_CHECKING:
@@ -456,6 +456,51 @@ def lrn(ctx: NodeContext) -> Value:
                        matrix.type)
     return from_channels_last(ctx, ctx.create("ttir.mul", [matrix, power], matrix.type), n, h, w)
 
+
+
+COL2IM_MAX_MATRIX = 1 << 24  # elements of Col2Im's constant scatter matrix (64 MiB in float32)
+
+
+@converter("Col2Im", since=18)
+def col2im(ctx: NodeContext) -> Value:
+    """Col2Im: the blocks (columns) of an image summed back into place. With the image and block shapes
+    constant, that is a fixed linear map, so per image and channel the [K * L] block values times a constant
+    0/1 matrix [K * L, prod(image)] give the image (overlaps add, as the matmul unit sums them)."""
+    x = ctx.input(0)
+    image, block = ctx.input_constant(1), ctx.input_constant(2)
+    if image is None or block is None:
+        raise ctx.error("image_shape and block_shape must be constants")
+    image, block = [int(d) for d in image.reshape(-1)], [int(d) for d in block.reshape(-1)]
+    dims = len(image)
+    if len(block) != dims:
+        raise ctx.error(f"image_shape {image} and block_shape {block} differ in rank")
+    dilations = list(ctx.attr("dilations") or [1] * dims)
+    pads = list(ctx.attr("pads") or [0] * (2 * dims))
+    strides = list(ctx.attr("strides") or [1] * dims)
+    n, ck, blocks = _tensor(x).shape
+    kernel = int(np.prod(block))
+    if ck % kernel:
+        raise ctx.error(f"the input's {ck} rows are not a multiple of the block's {kernel} positions")
+    # block positions along each dim, and the (padded) output position of each block and kernel offset
+    counts = [(image[d] + pads[d] + pads[d + dims] - dilations[d] * (block[d] - 1) - 1) // strides[d] + 1
+              for d in range(dims)]
+    if int(np.prod(counts)) != blocks:
+        raise ctx.error(f"the input has {blocks} blocks, image_shape {image} and the attributes give "
+                        f"{int(np.prod(counts))}")
+    pixels = int(np.prod(image))
+    if kernel * blocks * pixels > COL2IM_MAX_MATRIX:
+        raise ctx.error(f"its scatter matrix [{kernel * blocks}, {pixels}] is larger than ttc builds "
+                        f"({COL2IM_MAX_MATRIX} elements)")
+    scatter = np.zeros((kernel, blocks, pixels), np.float32)
+    for k, offset in enumerate(np.ndindex(*block)):
+        for b, position in enumerate(np.ndindex(*counts)):
+            where = [position[d] * strides[d] + offset[d] * dilations[d] - pads[d] for d in range(dims)]
+            if all(0 <= where[d] < image[d] for d in range(dims)):
+                scatter[k, b, int(np.ravel_multi_index(where, image))] = 1.0
+    rows = _reshape_to(ctx, x, (n * (ck // kernel), kernel * blocks))
+    matrix = ctx.constant(scatter.reshape(kernel * blocks, pixels), f"{ctx.node.output[0]}.scatter")
+    summed = ctx.create("ttir.matmul", [rows, matrix], _tensor(x).with_shape((n * (ck // kernel), pixels)))
+    return _reshape_to(ctx, summed, (n, ck // kernel, *image))
 
 
 # ----------------------------------------------------------------------------------------------

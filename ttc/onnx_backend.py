@@ -67,6 +67,7 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "HammingWindow": frozenset({0}), "BlackmanWindow": frozenset({0}), "MelWeightMatrix": frozenset({0, 1, 2, 3, 4}),
     "Dropout": frozenset({1, 2}),  # the ratio and training_mode: ttc draws a training mask at compile time
     "AffineGrid": frozenset({1}),  # the output grid's size
+    "Col2Im": frozenset({1, 2}),  # image_shape and block_shape
     "CenterCropPad": frozenset({1}), "Compress": frozenset({1}), "Loop": frozenset({0, 1}),
     "MaxUnpool": frozenset({2}),  # the trip count and condition: how long the scan outputs are
 }

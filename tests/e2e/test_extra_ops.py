@@ -656,3 +656,18 @@ def test_the_ops_of_an_inlined_function_are_named_after_its_node() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): RandomUniformLike \(node: coin/RandomUniformLike_0\)"):
         ttc.compile(model)
+
+
+@pytest.mark.parametrize(("image", "block", "attrs"), [
+    ((9, 7), (3, 3), {}),  # overlapping blocks add up
+    ((10, 11), (2, 3), {"strides": [2, 1], "pads": [1, 0, 1, 2], "dilations": [1, 2]}),
+])
+def test_col2im_sums_blocks_back_into_the_image(image, block, attrs) -> None:
+    """A constant 0/1 scatter matrix per image and channel: overlapping block values add up."""
+    pads = attrs.get("pads", [0] * 4)
+    counts = [(image[d] + pads[d] + pads[d + 2] - attrs.get("dilations", [1, 1])[d] * (block[d] - 1) - 1)
+              // attrs.get("strides", [1, 1])[d] + 1 for d in range(2)]
+    g = Graph()
+    x = g.input("x", (2, 3 * block[0] * block[1], counts[0] * counts[1]))
+    g.output(g.node("Col2Im", [x, g.const(list(image), np.int64), g.const(list(block), np.int64)], **attrs))
+    check(g, opset=18)
