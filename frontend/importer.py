@@ -30,6 +30,7 @@ from ttc.frontend import (
     converters_control,  # noqa: F401  (registers its converters)
     converters_extra,  # noqa: F401  (registers its converters)
     converters_recurrent,  # noqa: F401  (registers its converters)
+    converters_spectral,  # noqa: F401  (registers its converters)
     converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types

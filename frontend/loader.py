@@ -140,6 +140,7 @@ def prepare_model(model: onnx.ModelProto, path: str | None,
     model = convert_opset(model)
     if path is not None:
         load_external_data(model, path, SHAPE_TENSOR_MAX_ELEMENTS)
+    model = with_explicit_defaults(model, INFERENCE_DEFAULT_OPS) or model
     model = infer_shapes(model)
     reattach_tensors(model, detached)
     if path is not None:
@@ -204,13 +205,20 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                         f"(ttc imports opset {MIN_OPSET} and newer): {exc}") from None
 
 
+# Ops whose shape inference in onnx assumes another value than the schema's default for an absent
+# attribute: STFT's onesided is taken as 0 (the default is 1), so its spectrum would get every bin.
+INFERENCE_DEFAULT_OPS = frozenset({"STFT"})
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnx's strict shape inference, propagating constant shape values (Reshape targets).
 
-    When it fails, it is tried once more with every defaulted attribute of the default domain's nodes
-    written out (`with_explicit_defaults`): some function bodies read an attribute by reference and break
-    when the node leaves it at its default (MeanVarianceNormalization's axes at opset 13). Writing a
-    default out does not change what a node computes; the first error is the one reported."""
+    `prepare_model` first writes out the defaulted attributes of INFERENCE_DEFAULT_OPS. When inference
+    fails, it is tried once more with every defaulted attribute written out (`with_explicit_defaults`):
+    some function bodies read an attribute by reference and break when the node leaves it at its default
+    (MeanVarianceNormalization's axes at opset 13). Writing a default out does not change what a node
+    computes, but other checks read some attributes' mere presence (CastLike's saturate, RNN's list of
+    activations), so it is not done to every model; the first error is the one reported."""
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
 
@@ -226,9 +234,9 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise UserError(f"ONNX shape inference failed: {exc}") from None
 
 
-def with_explicit_defaults(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """A copy of `model` whose default-domain nodes carry every attribute their schema gives a default,
-    or None when no node leaves one out."""
+def with_explicit_defaults(model: onnx.ModelProto, ops: frozenset[str] | None = None) -> onnx.ModelProto | None:
+    """A copy of `model` whose default-domain nodes (of `ops` only, if given) carry every attribute their
+    schema gives a default, or None when no such node leaves one out."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         return None
@@ -236,7 +244,7 @@ def with_explicit_defaults(model: onnx.ModelProto) -> onnx.ModelProto | None:
     copy.CopyFrom(model)
     added = False
     for node in copy.graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx") or (ops is not None and node.op_type not in ops):
             continue
         try:
             schema = onnx.defs.get_schema(node.op_type, opset)

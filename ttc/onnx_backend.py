@@ -68,6 +68,8 @@ SHAPE_PARAMETERS: dict[str, frozenset[int]] = {
     "Dropout": frozenset({1, 2}),  # the ratio and training_mode: ttc draws a training mask at compile time
     "AffineGrid": frozenset({1}),  # the output grid's size
     "Col2Im": frozenset({1, 2}),  # image_shape and block_shape
+    "DFT": frozenset({1, 2}),  # dft_length and axis
+    "STFT": frozenset({1, 3}),  # frame_step and frame_length
     "CenterCropPad": frozenset({1}), "Compress": frozenset({1}), "Loop": frozenset({0, 1}),
     "MaxUnpool": frozenset({2}),  # the trip count and condition: how long the scan outputs are
 }

@@ -671,3 +671,25 @@ def test_col2im_sums_blocks_back_into_the_image(image, block, attrs) -> None:
     x = g.input("x", (2, 3 * block[0] * block[1], counts[0] * counts[1]))
     g.output(g.node("Col2Im", [x, g.const(list(image), np.int64), g.const(list(block), np.int64)], **attrs))
     check(g, opset=18)
+
+
+@pytest.mark.parametrize(("shape", "attrs", "length"), [
+    ((2, 12, 3, 1), {"axis": 1}, None),  # real input, full spectrum
+    ((3, 2, 10, 2), {"axis": 2, "inverse": 1}, None),  # complex inverse
+    ((1, 9, 4, 1), {"axis": 1, "onesided": 1}, 12),  # rfft of a zero-padded line
+])
+def test_dft_is_a_product_by_a_constant_matrix(shape, attrs, length) -> None:
+    g = Graph()
+    x = g.input("x", shape, values=np.random.default_rng(20).standard_normal(shape))
+    inputs = [x, g.const(np.int64(length), np.int64) if length else ""]
+    g.output(g.node("DFT", inputs, **attrs))
+    check(g, opset=19)
+
+
+def test_stft_frames_by_a_constant_gather() -> None:
+    g = Graph()
+    signal = g.input("signal", (2, 64, 1), values=np.random.default_rng(21).standard_normal((2, 64, 1)))
+    # onesided given: onnx's shape inference takes an absent onesided as 0 (the schema's default is 1)
+    g.output(g.node("STFT", [signal, g.const(np.int64(8), np.int64), "", g.const(np.int64(16), np.int64)],
+                    onesided=1))
+    check(g, opset=17)
