@@ -188,3 +188,88 @@ def test_if_with_a_runtime_condition_and_branches_of_different_shapes_is_a_user_
     g.output(g.node("If", [cond], then_branch=then_branch, else_branch=else_branch))
     with pytest.raises(UserError, match=r"node '/If_1' \(If\): .*shape"):
         ttc.compile(g.model())
+
+
+# ----------------------------------------------------------------------------------------------
+# Scan: the body inlined once per step
+
+
+def scan_body(weight: str) -> object:
+    """state' = tanh(state @ W + x_t) * decay_t (W read from the enclosing graph); outputs state' and
+    state' + 1 (a body initializer)."""
+    tensor = helper.make_tensor_value_info
+    one = helper.make_tensor("body_one", TensorProto.FLOAT, [], [1.0])
+    return helper.make_graph(
+        [helper.make_node("MatMul", ["state_in", weight], ["projected"]),
+         helper.make_node("Add", ["projected", "x_t"], ["summed"]),
+         helper.make_node("Tanh", ["summed"], ["activated"]),
+         helper.make_node("Mul", ["activated", "decay_t"], ["state_out"]),
+         helper.make_node("Add", ["state_out", "body_one"], ["shifted"])],
+        "step", [tensor("state_in", TensorProto.FLOAT, [3, 40]), tensor("x_t", TensorProto.FLOAT, [3, 40]),
+                 tensor("decay_t", TensorProto.FLOAT, [3, 40])],
+        [tensor("state_out", TensorProto.FLOAT, [3, 40]), tensor("shifted", TensorProto.FLOAT, [3, 40])], [one])
+
+
+@pytest.mark.parametrize(("input_axes", "input_directions", "output_axes", "output_directions"), [
+    ([0, 0], [0, 0], [0], [0]),
+    ([0, 2], [1, 0], [1], [1]),
+    ([1, -1], [0, 1], [-1], [0]),
+])
+def test_scan_threads_the_state_and_slices_and_stacks_by_axes_and_directions(
+        input_axes: list[int], input_directions: list[int], output_axes: list[int],
+        output_directions: list[int]) -> None:
+    g = Graph()
+    steps, rows, cols = 4, 3, 40
+    initial = g.input("initial", (rows, cols))
+    shapes = []
+    for axis in input_axes:
+        shape = [rows, cols]
+        shape.insert(axis % 3, steps)
+        shapes.append(tuple(shape))
+    x = g.input("x", shapes[0])
+    decay = g.input("decay", shapes[1], values=np.random.default_rng(5).uniform(0.5, 1.0, shapes[1]))
+    weight = g.const(np.random.default_rng(6).uniform(-0.3, 0.3, (cols, cols)))
+    final, stacked = g.node("Scan", [initial, x, decay], outputs=2, body=scan_body(weight), num_scan_inputs=2,
+                            scan_input_axes=input_axes, scan_input_directions=input_directions,
+                            scan_output_axes=output_axes, scan_output_directions=output_directions)
+    g.output(final)
+    g.output(stacked)
+    assert check(g).manifest["host_ops"] == 0
+
+
+def test_scan_output_transposed_and_regrouped_moves_rows_after_its_stack() -> None:
+    """LinearAttention's ending: the steps stacked on axis 0, then [T, B, H, D] -> [B, T, H, D] -> [B, T, H*D]
+    (a tile-granular concat heading a chain that is not)."""
+    g = Graph()
+    tensor = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "x_t"], ["acc_out"]), helper.make_node("Identity", ["acc_out"], ["y_t"])],
+        "step", [tensor("acc_in", TensorProto.FLOAT, [2, 4, 8]), tensor("x_t", TensorProto.FLOAT, [2, 4, 8])],
+        [tensor("acc_out", TensorProto.FLOAT, [2, 4, 8]), tensor("y_t", TensorProto.FLOAT, [2, 4, 8])])
+    initial, x = g.input("initial", (2, 4, 8)), g.input("x", (5, 2, 4, 8))
+    _, stacked = g.node("Scan", [initial, x], outputs=2, body=body, num_scan_inputs=1)
+    moved = g.node("Transpose", [stacked], perm=[1, 0, 2, 3])
+    g.output(g.node("Reshape", [moved, g.const(np.array([2, 5, 32]), np.int64)]))
+    check(g)
+
+
+def opset8_scan(batch: int) -> Graph:
+    g = Graph()
+    tensor = helper.make_tensor_value_info
+    body = helper.make_graph(
+        [helper.make_node("Add", ["sum_in", "next"], ["sum_out"]), helper.make_node("Identity", ["sum_out"], ["out"])],
+        "step", [tensor("sum_in", TensorProto.FLOAT, [2]), tensor("next", TensorProto.FLOAT, [2])],
+        [tensor("sum_out", TensorProto.FLOAT, [2]), tensor("out", TensorProto.FLOAT, [2])])
+    initial, x = g.input("initial", (batch, 2)), g.input("x", (batch, 3, 2))
+    for name in g.node("Scan", ["", initial, x], outputs=2, body=body, num_scan_inputs=1, directions=[1]):
+        g.output(name)
+    return g
+
+
+def test_opset8_scan_of_batch_one_runs_as_scan_9() -> None:
+    check(opset8_scan(1), opset=8)
+
+
+def test_opset8_scan_of_a_larger_batch_is_a_user_error() -> None:
+    with pytest.raises(UserError, match=r"node '/Scan_1' \(Scan\): opset-8 batch size 2 of input 'initial'"):
+        ttc.compile(opset8_scan(2).model(8))
