@@ -1,4 +1,4 @@
-"""Control flow: If and Scan.
+"""Control flow: If, Scan and Loop.
 
 An If whose condition is a compile-time constant is its taken branch: the branch's nodes are converted
 in place (inlined), their reads of the enclosing graph resolving to the values already there, and the
@@ -14,6 +14,12 @@ and its body is inlined once per step (`GraphImporter.inline_graph`), with the s
 from one step to the next and each scan input's slice for that step (along its `scan_input_axes` entry,
 walked backwards for `scan_input_directions` 1) bound to the body's inputs. The steps' scan outputs are
 stacked along their `scan_output_axes` entries (in reverse step order for direction 1).
+
+A Loop is unrolled the same way when its trip count and condition are known at compile time (constants,
+or graph inputs the ONNX backend specialises as it does shape parameters): each step binds the iteration
+number and the condition as constants, so the body's index arithmetic folds, and the condition the step
+returns must fold too. Its scan outputs are stacked along a new first axis. A trip count or a condition
+computed from data at run time is a UserError: a static program cannot stop early.
 """
 
 from __future__ import annotations
@@ -113,3 +119,54 @@ def _step_slice(e: Emitter, x: Value, axis: int, index: int) -> Value:
 
 def _inserted(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return (*shape[:axis], 1, *shape[axis:])
+
+
+# A Loop without a trip count runs until its (compile-time) condition turns false: at most this many steps.
+MAX_UNROLLED_STEPS = 1024
+
+
+@converter("Loop", since=13)
+def loop(ctx: NodeContext) -> list[Value]:
+    body = ctx.attr("body")
+    carried = [ctx.input(i) for i in range(2, len(ctx.node.input))]
+    scan_count = len(body.output) - 1 - len(carried)
+    trips = _loop_control(ctx, 0, "trip count")
+    condition = _loop_control(ctx, 1, "condition")
+    running = True if condition is None else bool(condition)
+    outputs: list[list[Value]] = [[] for _ in range(scan_count)]
+    step = 0
+    while running and (trips is None or step < trips):
+        if step == MAX_UNROLLED_STEPS:
+            raise ctx.error(f"the loop has not stopped after {step} steps (ttc unrolls at most "
+                            f"{MAX_UNROLLED_STEPS} without a trip count)")
+        iteration = ctx.constant(np.array(step, np.int64), body.input[0].name)
+        keep_going = ctx.constant(np.array(running), body.input[1].name)
+        results = ctx.importer.inline_graph(body, f"{ctx.name}/step{step}", [iteration, keep_going, *carried])
+        if not ctx.importer.is_constant_value(results[0]):
+            raise ctx.error("the body computes its condition from data at run time; ttc unrolls a Loop and needs "
+                            "every step's condition at compile time")
+        running = bool(ctx.importer.constant_array(results[0]).reshape(-1)[0])
+        carried = results[1:1 + len(carried)]
+        for k in range(scan_count):
+            outputs[k].append(results[1 + len(carried) + k])
+        step += 1
+    e = Emitter(ctx)
+    stacked = []
+    for name, pieces in zip(ctx.node.output[len(carried):], outputs, strict=False):
+        shapes = {_tensor(p).shape for p in pieces}
+        if len(shapes) != 1:
+            what = "no steps run" if not pieces else f"the steps give it the shapes {sorted(shapes)}"
+            raise ctx.error(f"cannot stack scan output '{name}': {what}")
+        stacked.append(_concat_copies(ctx, [e.reshape(p, _inserted(_tensor(p).shape, 0)) for p in pieces], 0))
+    return [*carried, *stacked]
+
+
+def _loop_control(ctx: NodeContext, index: int, what: str) -> int | None:
+    """A Loop's trip count or condition as a number, None when absent; a UserError when computed at run time."""
+    if not ctx.has_input(index):
+        return None
+    value = ctx.input_constant(index)
+    if value is None:
+        raise ctx.error(f"the {what} is computed at run time; ttc unrolls a Loop and needs it at compile time "
+                        "(a constant, or a graph input the ONNX backend specialises)")
+    return int(np.asarray(value).reshape(-1)[0])

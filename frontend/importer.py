@@ -257,9 +257,9 @@ def check_supported(model: onnx.ModelProto) -> None:
     raise UserError(f"unsupported ONNX ops ({count} {'node' if count == 1 else 'nodes'}): {', '.join(parts)}")
 
 
-# Ops whose converters inline their subgraphs (an If's branches, a Scan's body once per step): check_supported
-# judges the subgraphs' nodes.
-INLINED_SUBGRAPH_OPS = frozenset({"If", "Scan"})
+# Ops whose converters inline their subgraphs (an If's branches, a Scan's or Loop's body once per step):
+# check_supported judges the subgraphs' nodes (a Loop's iteration number and condition as constants).
+INLINED_SUBGRAPH_OPS = frozenset({"If", "Scan", "Loop"})
 NON_TENSOR_KINDS = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
                     "sparse_tensor_type": "a sparse tensor"}
 
@@ -285,6 +285,8 @@ def collect_unsupported(model: onnx.ModelProto, graph: onnx.GraphProto, constant
                                             f"'{branch.name}' is not a tensor but {NON_TENSOR_KINDS.get(kind, kind)} "
                                             "(ttc imports tensors only)")
                 inner = constants | {t.name for t in branch.initializer}
+                if node.op_type == "Loop":
+                    inner |= {v.name for v in branch.input[:2]}  # bound to constants at each step
                 collect_unsupported(model, branch, inner, supported, unsupported, f"{name}/{branch.name}/")
             continue
         if may_run_on_host(model, node, constants):
