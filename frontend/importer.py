@@ -258,14 +258,17 @@ def check_supported(model: onnx.ModelProto) -> None:
     raise UserError(f"unsupported ONNX ops ({count} {'node' if count == 1 else 'nodes'}): {', '.join(parts)}")
 
 
+# Ops whose converters inline their subgraphs (an If's branches, a Scan's or Loop's body once per step):
+# check_supported judges the subgraphs' nodes (a Loop's iteration number and condition as constants).
+INLINED_SUBGRAPH_OPS = frozenset({"If", "Scan", "Loop"})
 NON_TENSOR_KINDS = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
                     "sparse_tensor_type": "a sparse tensor"}
 
 
 def collect_unsupported(model: onnx.ModelProto, graph: onnx.GraphProto, constants: set[str], supported: set[str],
                         unsupported: dict[str, list[str]], prefix: str = "") -> None:
-    """Add the unsupported nodes of `graph` to `unsupported` (op -> node names), an If's branches
-    included; `constants` (the values known at compile time) grows as nodes fold."""
+    """Add the unsupported nodes of `graph` to `unsupported` (op -> node names), the subgraphs of the
+    INLINED_SUBGRAPH_OPS included; `constants` (the values known at compile time) grows as nodes fold."""
     for index, node in enumerate(graph.node):
         name = prefix + node_name(node, index)
         default_domain = node.domain in DEFAULT_DOMAINS
@@ -273,13 +276,18 @@ def collect_unsupported(model: onnx.ModelProto, graph: onnx.GraphProto, constant
             constants.update(node.output)
             continue
         if default_domain and node.op_type in supported:
-            for branch in subgraphs(node) if node.op_type == "If" else []:
-                for value in branch.output:
-                    kind = value.type.WhichOneof("value")
-                    if kind not in (None, "tensor_type"):
-                        raise UserError(f"node '{name}' (If): output '{value.name}' of branch '{branch.name}' is not "
-                                        f"a tensor but {NON_TENSOR_KINDS.get(kind, kind)} (ttc imports tensors only)")
+            for branch in subgraphs(node) if node.op_type in INLINED_SUBGRAPH_OPS else []:
+                graph_kind = "branch" if node.op_type == "If" else "body"
+                for role, values in (("input", branch.input), ("output", branch.output)):
+                    for value in values:
+                        kind = value.type.WhichOneof("value")
+                        if kind not in (None, "tensor_type"):
+                            raise UserError(f"node '{name}' ({node.op_type}): {role} '{value.name}' of {graph_kind} "
+                                            f"'{branch.name}' is not a tensor but {NON_TENSOR_KINDS.get(kind, kind)} "
+                                            "(ttc imports tensors only)")
                 inner = constants | {t.name for t in branch.initializer}
+                if node.op_type == "Loop":
+                    inner |= {v.name for v in branch.input[:2]}  # bound to constants at each step
                 collect_unsupported(model, branch, inner, supported, unsupported, f"{name}/{branch.name}/")
             continue
         if may_run_on_host(model, node, constants):
@@ -404,10 +412,16 @@ class GraphImporter:
                                    f"shape inference says {inferred}")
             self.values[name] = value
 
-    def inline_graph(self, graph: onnx.GraphProto, prefix: str) -> list[Value]:
-        """Convert a subgraph's nodes (an If's branch) into the function, each located at `prefix/` and its
-        name: its initializers become constants, its reads of the enclosing graph resolve to the values
-        already there (ONNX names are unique across a graph and its subgraphs). Returns its outputs."""
+    def inline_graph(self, graph: onnx.GraphProto, prefix: str,
+                     bindings: Sequence[Value] = ()) -> list[Value]:
+        """Convert a subgraph's nodes (an If's branch, one step of a Scan's or Loop's body) into the function,
+        each located at `prefix/` and its name: its inputs are `bindings` (in order), its initializers become
+        constants, its reads of the enclosing graph resolve to the values already there (ONNX names are
+        unique across a graph and its subgraphs). Returns its outputs. A body inlined once per step binds
+        the same names again each time; its outputs are read before the next step rebinds them."""
+        if len(bindings) != len(graph.input):
+            raise RuntimeError(f"internal error: {prefix} has {len(graph.input)} inputs, {len(bindings)} bound")
+        self.values.update(zip((v.name for v in graph.input), bindings, strict=True))
         self.types.update({v.name: v.type for v in (*graph.value_info, *graph.output) if v.type.HasField("tensor_type")})
         self.used.update(name for node in graph.node for name in node.input if name)
         self.used.update(output.name for output in graph.output)

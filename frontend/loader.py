@@ -198,11 +198,75 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = default_opset(model)
     if opset is None or opset >= MIN_OPSET:
         return model
+    batched_scans = opset8_scans(model) if opset == 8 else set()
+    io_types = {v.name: v.type for v in (*model.graph.input, *model.graph.output)}
     try:
-        return onnx.version_converter.convert_version(model, TARGET_OPSET)
+        converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:
         raise UserError(f"cannot convert the model from opset {opset} to opset {TARGET_OPSET} "
                         f"(ttc imports opset {MIN_OPSET} and newer): {exc}") from None
+    if batched_scans:
+        unbatch_scans(converted, batched_scans, io_types)
+    return converted
+
+
+def opset8_scans(model: onnx.ModelProto) -> set[str]:
+    """The first outputs of the graph's opset-8 Scan nodes, which have a batch dim that Scan 9 dropped: onnx's
+    converter removes it from the values' recorded shapes only, `unbatch_scans` from the data. Batch 1 and no
+    sequence_lens are supported (what Scan 8 models do in practice); anything else is a UserError."""
+    scans = [(index, node) for index, node in enumerate(model.graph.node)
+             if node.op_type == "Scan" and node.domain in DEFAULT_DOMAINS]
+    if not scans:
+        return set()
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)}
+    types.update({t.name: onnx.helper.make_tensor_type_proto(t.data_type, t.dims) for t in model.graph.initializer})
+    for index, node in scans:
+        name = node.name or f"Scan_{index}"
+        if node.input and node.input[0]:
+            raise UserError(f"node '{name}' (Scan): opset-8 sequence_lens is not supported (ttc scans every "
+                            "batch entry's whole sequence)")
+        for value in node.input[1:]:
+            dims = types[value].tensor_type.shape.dim if value in types else []
+            if not dims or dims[0].dim_value != 1:
+                batch = dims[0].dim_value or dims[0].dim_param if dims else "unknown"
+                raise UserError(f"node '{name}' (Scan): opset-8 batch size {batch} of input '{value}' is not "
+                                "supported (ttc converts the batch-1 form to Scan 9)")
+    return {node.output[0] for _, node in scans}
+
+
+def unbatch_scans(model: onnx.ModelProto, scans: set[str], io_types: Mapping[str, onnx.TypeProto]) -> None:
+    """After conversion: squeeze the batch dim of 1 off the inputs of the Scan nodes whose first outputs are
+    `scans` and put it back on their outputs, and restore the graph inputs' and outputs' types, from which
+    the converter stripped it too (and drop the recorded shapes it stripped, for shape inference to redo)."""
+    graph = model.graph
+    nodes = list(graph.node)
+    graph.ClearField("node")
+    stripped: set[str] = set()  # the values whose recorded shapes the converter stripped
+    for node in nodes:
+        if node.op_type != "Scan" or not node.output or node.output[0] not in scans:
+            graph.node.append(node)
+            continue
+        stripped.update(name for name in (*node.input, *node.output) if name)
+        axis = f"{node.output[0]}/batch_axis"
+        graph.initializer.append(onnx.helper.make_tensor(axis, onnx.TensorProto.INT64, [1], [0]))
+        inputs, outputs = list(node.input), list(node.output)
+        for i, name in enumerate(inputs):
+            inputs[i] = f"{name}/unbatched"
+            graph.node.append(onnx.helper.make_node("Squeeze", [name, axis], [inputs[i]]))
+        node.ClearField("input")
+        node.input.extend(inputs)
+        node.ClearField("output")
+        node.output.extend(f"{name}/unbatched" if name else "" for name in outputs)
+        graph.node.append(node)
+        graph.node.extend(onnx.helper.make_node("Unsqueeze", [f"{name}/unbatched", axis], [name])
+                          for name in outputs if name)
+    for value in (*graph.input, *graph.output):
+        if value.name in io_types:
+            value.type.CopyFrom(io_types[value.name])
+    kept = [v for v in graph.value_info if v.name not in stripped]
+    graph.ClearField("value_info")
+    graph.value_info.extend(kept)
 
 
 # Ops whose shape inference in onnx assumes another value than the schema's default for an absent

@@ -353,8 +353,10 @@ class RowGather(RewritePattern):
         if is_folded(op):
             return rewriter.notify_match_failure(op, "not the end of its movement chain")
         chain = movement_chain(op)
-        if chain[0].name == "ttir.concat" or is_row_major(chain[0].operands[0]):
-            return rewriter.notify_match_failure(op, "a concat heads the chain, or it moves rows already")
+        if chain[0].name == "ttir.concat":
+            return self.after_concat(op, chain, rewriter)
+        if is_row_major(chain[0].operands[0]):
+            return rewriter.notify_match_failure(op, "it moves rows already")
         in_shapes, steps = chain_steps(chain)
         if isinstance(gather_map_of_inputs(in_shapes, steps), Gather):
             return rewriter.notify_match_failure(op, "moves whole tiles")
@@ -363,6 +365,25 @@ class RowGather(RewritePattern):
             x, rows = tile_prefix_then_rows(chain, in_shapes, steps) or (x, None)
         if rows is None or (len(in_shapes[0]) < 2 and tensor(op.result).rank < 2):
             return self.segments(op, chain[0].operands[0], in_shapes[0], steps, rewriter)
+        return self.row_lookup(op, x, rows, rewriter)
+
+    def after_concat(self, op: Operation, chain: list[Operation], rewriter: PatternRewriter) -> bool:
+        """A chain headed by a tile-granular concat whose rest is not (a Scan's stacked steps transposed and
+        regrouped): the concat, or a longer tile-granular prefix, is its own gather; the rest is a row lookup
+        or segments of that."""
+        in_shapes, steps = chain_steps(chain)
+        if len(chain) == 1 or isinstance(gather_map_of_inputs(in_shapes, steps), Gather):
+            return rewriter.notify_match_failure(op, "a concat alone, or the chain moves whole tiles")
+        if not isinstance(gather_map_of_inputs(in_shapes, steps[:1]), Gather):
+            return rewriter.notify_match_failure(op, "the concat heading the chain is not tile-granular")
+        split = tile_prefix_then_rows(chain, in_shapes, steps)
+        if split is not None:
+            return self.row_lookup(op, *split, rewriter)
+        joined = chain[0].result
+        return self.segments(op, joined, tensor(joined).shape, steps[1:], rewriter)
+
+    def row_lookup(self, op: Operation, x: Value, rows: np.ndarray, rewriter: PatternRewriter) -> bool:
+        """op's result as rows of x (untilized) looked up by the constant row ids `rows`."""
         source = tensor(x)
         width = source.shape[-1]
         untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
