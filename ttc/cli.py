@@ -91,9 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "emulated Grayskull.")
     run.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
     _add_compile_options(run)
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="an input from a .npy file; missing inputs are random (--seed); repeatable")
-    run.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    _add_input_options(run)
     run.add_argument("--golden", action="store_true", help="compare every output with onnxruntime")
     run.add_argument("--model", dest="golden_model", metavar="M.onnx",
                      help="the ONNX model to compare with (default: the artifact's source model)")
@@ -112,13 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(cores, bound, cycles, DRAM and NoC traffic, ONNX node) and the sums.")
     prof.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
     _add_compile_options(prof)
-    prof.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                      help="an input from a .npy file; missing inputs are random (--seed); repeatable")
-    prof.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    _add_input_options(prof)
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
     prof.set_defaults(handler=cmd_profile)
     return parser
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="an input from a .npy file; missing inputs are random (--seed); repeatable")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
 
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
