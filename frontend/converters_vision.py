@@ -25,6 +25,7 @@ from ttc.frontend.converters import _reshape_to, _tensor, converter
 from ttc.ir.dialects.ttir import broadcast_shape, window_output_size
 
 if TYPE_CHECKING:
+    from ttc.frontend.converters_extra import Emitter
     from ttc.frontend.importer import NodeContext
     from ttc.ir import Value
 
@@ -1086,3 +1087,146 @@ def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value
     if len(parts) == 1:
         return parts[0]
     return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, *kernel)), {"axis": 0})
+
+
+# ----------------------------------------------------------------------------------------------
+# GridSample
+
+GRID_SAMPLE_MODES = {"bilinear": "linear", "bicubic": "cubic", "linear": "linear", "cubic": "cubic",
+                     "nearest": "nearest"}
+GRID_SAMPLE_TAPS = {"nearest": (0,), "linear": (0, 1), "cubic": (-1, 0, 1, 2)}
+GRID_SAMPLE_MAX_SIZE = 252  # positions -2..size+1 compare exactly in bf16 (integers up to 256)
+
+
+@converter("GridSample", since=16)
+def grid_sample(ctx: NodeContext) -> Value:
+    """GridSample with the grid computed at run time: per spatial axis, each output pixel's source coordinate
+    (denormalised, rounded for nearest, clamped or reflected into range by the padding mode) gives weights
+    over the axis's positions, its taps floor(coord)+k compared with the positions (one-hot selections,
+    exact for dims up to 252) times the interpolation coefficients; the axes' weights multiply to one row
+    over the input's pixels per output pixel, and the output is the batched product X [N, C, pixels] @
+    weights^T [N, pixels, outputs]. Out-of-range taps match no position (zeros padding) or are folded onto
+    the positions they read by a constant matrix (border: clamped, reflection: reflected)."""
+    from ttc.frontend.converters import emit_slice
+    from ttc.frontend.converters_extra import Emitter
+
+    e, x, grid = Emitter(ctx), ctx.input(0), ctx.input(1)
+    n, c, *spatial = _tensor(x).shape
+    mode = GRID_SAMPLE_MODES.get(_text(ctx.attr("mode"), "linear"))
+    padding = _text(ctx.attr("padding_mode"), "zeros")
+    if mode is None:
+        raise ctx.error(f"GridSample mode '{_text(ctx.attr('mode'), 'linear')}' is not supported")
+    if padding not in ("zeros", "border", "reflection"):
+        raise ctx.error(f"GridSample padding_mode '{padding}' is not supported")
+    if not _tensor(x).element_type.is_float or not _tensor(grid).element_type.is_float:
+        raise ctx.error("GridSample is converted for float X and grid")
+    if len(spatial) not in (1, 2, 3) or _tensor(grid).shape[-1] != len(spatial):
+        raise ctx.error(f"GridSample of X {list(_tensor(x).shape)} by a grid {list(_tensor(grid).shape)} "
+                        "is not supported")
+    if max(spatial) > GRID_SAMPLE_MAX_SIZE:
+        raise ctx.error(f"GridSample over a dim of {max(spatial)} (positions above {GRID_SAMPLE_MAX_SIZE} do not "
+                        "compare exactly in bf16)")
+    out_spatial = _tensor(grid).shape[1:-1]
+    points = math.prod(out_spatial)
+    rank = len(spatial)
+    flat_grid = e.reshape(grid, (n, points, rank))
+    align = bool(ctx.attr("align_corners"))
+    weights = None
+    for axis, size in enumerate(spatial):
+        component = rank - 1 - axis  # the grid lists the coordinates innermost axis first (x, y, z)
+        normalised = emit_slice(ctx, flat_grid, [0, 0, component], [n, points, component + 1], [1, 1, 1])
+        axis_weights = _grid_sample_axis_weights(e, normalised, size, mode, padding, align)
+        if weights is None:
+            weights = axis_weights
+            continue
+        width = _tensor(weights).shape[-1]
+        weights = e.reshape(e.mul(e.reshape(weights, (n, points, width, 1)), e.reshape(axis_weights, (n, points, 1, size))),
+                            (n, points, width * size))
+    assert weights is not None
+    pixels = e.reshape(e.cast(x, _tensor(weights).element_type), (n, c, math.prod(spatial)))
+    sampled = e.matmul(pixels, e.transpose(weights, (0, 2, 1)))
+    return e.reshape(sampled, (n, c, *out_spatial))
+
+
+def _grid_sample_axis_weights(e: Emitter, normalised: Value, size: int, mode: str, padding: str,
+                              align: bool) -> Value:
+    """The weights [N, P, size] of one axis's positions for each output pixel's normalised coordinate [N, P, 1],
+    as onnx's reference samples: denormalise, round (nearest), clamp or reflect a coordinate outside
+    [lo, hi], then the taps' coefficients placed at the positions the taps read."""
+    lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
+    # align_corners: (g + 1) / 2 * (size - 1); otherwise ((g + 1) * size - 1) / 2
+    coord = e.add(e.scale(normalised, (size - 1) / 2 if align else size / 2), e.const((size - 1) / 2, normalised))
+    if mode == "nearest":
+        coord = e.unary("round", coord)  # half to even, as the reference's np.rint
+    if padding != "zeros":
+        below = e.compare("lt", coord, e.const(lo, coord))
+        above = e.compare("gt", coord, e.const(hi, coord))
+        if padding == "border" or hi == lo:
+            coord = e.where(below, e.const(0.0, coord), e.where(above, e.const(size - 1.0, coord), coord))
+        else:
+            coord = e.where(e.logical("or", below, above), _reflect(e, coord, lo, hi), coord)
+            if mode == "nearest":
+                coord = e.unary("round", coord)  # reflected integers, kept integral
+    base = coord if mode == "nearest" else e.unary("floor", coord)
+    taps = GRID_SAMPLE_TAPS[mode]
+    first, last = (0, size - 1) if padding == "zeros" else (-2, size + 1)
+    positions = np.arange(first, last + 1, dtype=np.float32)
+    spread = None
+    for tap, coefficient in zip(taps, _grid_sample_coefficients(e, coord, base, mode), strict=True):
+        hit = e.compare("eq", base, e.const(positions - tap, base))
+        term = e.where(hit, coefficient, e.const(0.0, coord))
+        spread = term if spread is None else e.add(spread, term)
+    assert spread is not None
+    if padding == "zeros":
+        return spread
+    n, points, _ = _tensor(spread).shape
+    fold = np.zeros((len(positions), size), np.float32)  # tap position -> the position it reads
+    for row, position in enumerate(range(first, last + 1)):
+        fold[row, _grid_sample_read_position(position, size, padding, lo, hi)] = 1.0
+    folded = e.matmul(e.reshape(spread, (n * points, len(positions))), e.const(fold, spread))
+    return e.reshape(folded, (n, points, size))
+
+
+def _grid_sample_coefficients(e: Emitter, coord: Value, base: Value, mode: str) -> list[Value]:
+    """The taps' interpolation coefficients from the fraction t = coord - floor(coord): 1 (nearest), 1 - t
+    and t (linear), Keys' cubic convolution with alpha -0.75 at distances 1 + t, t, 1 - t, 2 - t (cubic)."""
+    one = e.const(1.0, coord)
+    if mode == "nearest":
+        return [one]
+    t = e.sub(coord, base)
+    if mode == "linear":
+        return [e.sub(one, t), t]
+    a = -0.75
+
+    def near(d: Value) -> Value:  # |d| <= 1: ((a + 2) d - (a + 3)) d^2 + 1
+        inner = e.sub(e.scale(d, a + 2), e.const(a + 3, d))
+        return e.add(e.mul(inner, e.mul(d, d)), one)
+
+    def far(d: Value) -> Value:  # 1 < |d| < 2: ((a d - 5a) d + 8a) d - 4a
+        inner = e.add(e.mul(e.sub(e.scale(d, a), e.const(5 * a, d)), d), e.const(8 * a, d))
+        return e.sub(e.mul(inner, d), e.const(4 * a, d))
+
+    rest = e.sub(one, t)
+    return [far(e.add(t, one)), near(t), near(rest), far(e.add(rest, one))]
+
+
+def _reflect(e: Emitter, coord: Value, lo: float, hi: float) -> Value:
+    """coord reflected at lo and hi until inside (the reference's repeated reflection): a triangle wave of
+    period 2 * (hi - lo), lo + span - |((coord - lo) mod 2 span) - span|."""
+    span = hi - lo
+    shifted = e.sub(coord, e.const(lo, coord))
+    periods = e.unary("floor", e.scale(shifted, 1 / (2 * span)))
+    phase = e.sub(shifted, e.scale(periods, 2 * span))
+    return e.sub(e.const(lo + span, coord), e.unary("abs", e.sub(phase, e.const(span, coord))))
+
+
+def _grid_sample_read_position(position: int, size: int, padding: str, lo: float, hi: float) -> int:
+    """The position a tap at `position` (at most two outside the dim) reads: clamped (border) or reflected at
+    lo and hi (reflection), as the reference's pixel lookup."""
+    if padding == "border" or hi == lo:
+        return min(max(position, 0), size - 1)
+    span, fx = hi - lo, float(position)
+    while fx < lo or fx > hi:
+        fx = 2 * lo - fx if fx < lo else 2 * hi - fx
+    assert span > 0
+    return int(fx)
