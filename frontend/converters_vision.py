@@ -1168,18 +1168,19 @@ def _grid_sample_axis_weights(e: Emitter, normalised: Value, size: int, mode: st
             if mode == "nearest":
                 coord = e.unary("round", coord)  # reflected integers, kept integral
     base = coord if mode == "nearest" else e.unary("floor", coord)
-    taps = GRID_SAMPLE_TAPS[mode]
+    taps = np.array(GRID_SAMPLE_TAPS[mode], np.float32)
     first, last = (0, size - 1) if padding == "zeros" else (-2, size + 1)
     positions = np.arange(first, last + 1, dtype=np.float32)
-    spread = None
-    for tap, coefficient in zip(taps, _grid_sample_coefficients(e, coord, base, mode), strict=True):
-        hit = e.compare("eq", base, e.const(positions - tap, base))
-        term = e.where(hit, coefficient, e.const(0.0, coord))
-        spread = term if spread is None else e.add(spread, term)
-    assert spread is not None
+    n, points, _ = _tensor(coord).shape
+    # hit[n, p, k, q]: tap k of output pixel p is at position q
+    hit = e.compare("eq", e.reshape(base, (n, points, 1, 1)), e.const(positions[None, :] - taps[:, None], base))
+    if mode == "nearest":
+        spread = e.reshape(e.where(hit, e.const(1.0, coord), e.const(0.0, coord)), (n, points, len(positions)))
+    else:
+        coefficients = e.reshape(_grid_sample_coefficients(e, e.sub(coord, base), mode), (n, points, len(taps), 1))
+        spread = e.reduce("sum", e.where(hit, coefficients, e.const(0.0, coord)), [2], False)
     if padding == "zeros":
         return spread
-    n, points, _ = _tensor(spread).shape
     fold = np.zeros((len(positions), size), np.float32)  # tap position -> the position it reads
     for row, position in enumerate(range(first, last + 1)):
         fold[row, _grid_sample_read_position(position, size, padding, lo, hi)] = 1.0
@@ -1187,27 +1188,31 @@ def _grid_sample_axis_weights(e: Emitter, normalised: Value, size: int, mode: st
     return e.reshape(folded, (n, points, size))
 
 
-def _grid_sample_coefficients(e: Emitter, coord: Value, base: Value, mode: str) -> list[Value]:
-    """The taps' interpolation coefficients from the fraction t = coord - floor(coord): 1 (nearest), 1 - t
-    and t (linear), Keys' cubic convolution with alpha -0.75 at distances 1 + t, t, 1 - t, 2 - t (cubic)."""
-    one = e.const(1.0, coord)
-    if mode == "nearest":
-        return [one]
-    t = e.sub(coord, base)
+def _keys_cubic(d: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution kernel at distances |d| < 2."""
+    d = np.abs(d)
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, far)
+
+
+def _grid_sample_coefficients(e: Emitter, t: Value, mode: str) -> Value:
+    """The taps' interpolation coefficients [N, P, taps] from the fraction t = coord - floor(coord) [N, P, 1]:
+    1 - t and t (linear); Keys' cubic convolution (alpha -0.75) at distances 1 + t, t, 1 - t, 2 - t, each a
+    cubic in t, as the product of the powers (1, t, t^2, t^3) by the polynomials' constant coefficients."""
     if mode == "linear":
-        return [e.sub(one, t), t]
-    a = -0.75
+        return e.add(e.mul(t, e.const(np.array([-1.0, 1.0]), t)), e.const(np.array([1.0, 0.0]), t))
 
-    def near(d: Value) -> Value:  # |d| <= 1: ((a + 2) d - (a + 3)) d^2 + 1
-        inner = e.sub(e.scale(d, a + 2), e.const(a + 3, d))
-        return e.add(e.mul(inner, e.mul(d, d)), one)
+    def power_factor(mask: list[float]) -> Value:  # t where mask is 1, else 1
+        return e.add(e.mul(t, e.const(np.array(mask), t)), e.const(1.0 - np.array(mask), t))
 
-    def far(d: Value) -> Value:  # 1 < |d| < 2: ((a d - 5a) d + 8a) d - 4a
-        inner = e.add(e.mul(e.sub(e.scale(d, a), e.const(5 * a, d)), d), e.const(8 * a, d))
-        return e.sub(e.mul(inner, d), e.const(4 * a, d))
-
-    rest = e.sub(one, t)
-    return [far(e.add(t, one)), near(t), near(rest), far(e.add(rest, one))]
+    powers = e.mul(e.mul(power_factor([0, 1, 1, 1]), power_factor([0, 0, 1, 1])), power_factor([0, 0, 0, 1]))
+    samples = np.linspace(0.0, 1.0, 4)
+    values = np.stack([_keys_cubic(samples - tap) for tap in GRID_SAMPLE_TAPS["cubic"]], axis=1)  # [t, tap]
+    polynomials = np.linalg.solve(np.vander(samples, 4, increasing=True), values)  # [power, tap]
+    n, points, _ = _tensor(t).shape
+    product = e.matmul(e.reshape(powers, (n * points, 4)), e.const(polynomials, t))
+    return e.reshape(product, (n, points, 4))
 
 
 def _reflect(e: Emitter, coord: Value, lo: float, hi: float) -> Value:
