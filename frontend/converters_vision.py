@@ -1216,13 +1216,16 @@ def _grid_sample_coefficients(e: Emitter, t: Value, mode: str) -> Value:
 
 
 def _reflect(e: Emitter, coord: Value, lo: float, hi: float) -> Value:
-    """coord reflected at lo and hi until inside (the reference's repeated reflection): a triangle wave of
-    period 2 * (hi - lo), lo + span - |((coord - lo) mod 2 span) - span|."""
-    span = hi - lo
-    shifted = e.sub(coord, e.const(lo, coord))
-    periods = e.unary("floor", e.scale(shifted, 1 / (2 * span)))
-    phase = e.sub(shifted, e.scale(periods, 2 * span))
-    return e.sub(e.const(lo + span, coord), e.unary("abs", e.sub(phase, e.const(span, coord))))
+    """coord reflected at lo and hi until inside (the reference's repeated reflection), about the middle m of
+    [lo, hi] with half-width h: u = coord - m taken modulo 4h into [-2h, 2h] (unchanged within one
+    reflection, so no precision is lost there), then sign(u) * (h - ||u| - h|)."""
+    middle, half = (lo + hi) / 2, (hi - lo) / 2
+    centred = e.sub(coord, e.const(middle, coord))
+    periods = e.unary("round", e.scale(centred, 1 / (4 * half)))
+    u = e.sub(centred, e.scale(periods, 4 * half))
+    folded = e.sub(e.const(half, coord), e.unary("abs", e.sub(e.unary("abs", u), e.const(half, coord))))
+    signed = e.where(e.compare("lt", u, e.const(0.0, coord)), e.sub(e.const(0.0, coord), folded), folded)
+    return e.add(signed, e.const(middle, coord))
 
 
 def _grid_sample_read_position(position: int, size: int, padding: str, lo: float, hi: float) -> int:
