@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
 from test_transformer_ops import BOOL, I64, Graph, check
 
 import ttc
@@ -693,3 +694,52 @@ def test_stft_frames_by_a_constant_gather() -> None:
     g.output(g.node("STFT", [signal, g.const(np.int64(8), np.int64), "", g.const(np.int64(16), np.int64)],
                     onesided=1))
     check(g, opset=17)
+
+
+# ----------------------------------------------------------------------------------------------
+# GridSample: a grid computed at run time (a graph input)
+
+
+def _grid(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Coordinates k/32 in about [-1.25, 1.25] (exact in bf16), no multiple of 1/2 (no rounding ties for nearest
+    on the dims used here), some outside [-1, 1] so the padding modes matter."""
+    k = np.random.default_rng(seed).integers(-40, 41, shape)
+    return np.where(k % 16 == 0, k + 1, k) / 32.0
+
+
+@pytest.mark.parametrize("align_corners", [0, 1])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_grid_sample_by_a_computed_grid(mode: str, padding_mode: str, align_corners: int) -> None:
+    g = Graph()
+    x = g.input("x", (2, 3, 5, 6))
+    grid = g.input("grid", (2, 4, 7, 2), values=_grid((2, 4, 7, 2), 3))
+    g.output(g.node("GridSample", [x, grid], mode=mode, padding_mode=padding_mode, align_corners=align_corners))
+    if (mode, padding_mode) != ("cubic", "border"):
+        check(g, opset=20)
+        return
+    # onnxruntime's bicubic border clamps differently from the spec's reference (the node tests' source)
+    model = g.model(20)
+    output = ttc.compile(model).run(g.feeds)
+    expected = ReferenceEvaluator(model).run(None, g.feeds)[0]
+    result = compare("y", next(iter(output.values())), expected)
+    assert result.passed, result
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest"])
+def test_grid_sample_opset_16_mode_names(mode: str) -> None:
+    g = Graph()
+    x = g.input("x", (1, 4, 6, 3))
+    grid = g.input("grid", (1, 5, 5, 2), values=_grid((1, 5, 5, 2), 4))
+    g.output(g.node("GridSample", [x, grid], mode=mode, padding_mode="reflection"))
+    check(g, opset=16)
+
+
+def test_grid_sample_rejects_dims_beyond_exact_bf16_positions() -> None:
+    g = Graph()
+    x = g.input("x", (1, 1, 300, 4))
+    grid = g.input("grid", (1, 2, 2, 2), values=_grid((1, 2, 2, 2), 5))
+    g.output(g.node("GridSample", [x, grid]))
+    with pytest.raises(UserError, match=r"node '/GridSample_1' \(GridSample\): GridSample over a dim of 300 "
+                                        r"\(positions above 252 do not compare exactly in bf16\)"):
+        ttc.compile(g.model(20))
