@@ -215,10 +215,10 @@ def test_a_loop_of_constants_folds_with_its_scan_outputs_stacked() -> None:
 
 
 def test_unsupported_ops_on_computed_values_are_still_reported() -> None:
-    nodes = [helper.make_node("GridSample", ["x", "grid"], ["y"], name="/sample")]
-    grid = np.zeros((1, 2, 2, 2), np.float32)
-    model = make_model(nodes, [info("x", [1, 1, 3, 3])], [info("y", [1, 1, 2, 2])], {"grid": grid})
-    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): GridSample \(node: /sample\)"):
+    nodes = [helper.make_node("Add", ["x", "bias"], ["s"], name="/add"), helper.make_node("Det", ["s"], ["y"], name="/det")]
+    bias = np.zeros((1, 3, 3), np.float32)
+    model = make_model(nodes, [info("x", [2, 3, 3])], [info("y", [2])], {"bias": bias})
+    with pytest.raises(UserError, match=r"unsupported ONNX ops \(1 node\): Det \(node: /det\)"):
         import_model(model)
 
 
