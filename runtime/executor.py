@@ -84,6 +84,7 @@ class Executor:
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
+        self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -288,20 +289,41 @@ def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     values[op.results[0]] = _to_host(array, result)
 
 
-@host_op("ttmetal.host_compute")
-def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """An ONNX node on the host: its one-node model (onnx's reference evaluator) on the operands."""
+@dataclass(frozen=True)
+class HostModel:
+    """A host op's one-node model, decoded once per executor: onnx's reference evaluator and its feeds' names and
+    dtypes (building the evaluator costs far more than running one node)."""
+
+    evaluator: Any
+    names: tuple[str, ...]
+    dtypes: tuple[np.dtype, ...]
+
+
+def host_model(ex: Executor, op: Operation) -> HostModel:
+    model = ex._host_models.get(op)
+    if model is not None:
+        return model
     import base64
 
     import onnx
     from onnx.reference import ReferenceEvaluator
 
-    model = onnx.load_model_from_string(base64.b64decode(op.attr("model")))
-    names = [v.name for v in model.graph.input]
-    dtypes = [onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in model.graph.input]
+    proto = onnx.load_model_from_string(base64.b64decode(op.attr("model")))
+    names = tuple(v.name for v in proto.graph.input)
+    dtypes = tuple(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+                   for v in proto.graph.input)
+    model = ex._host_models[op] = HostModel(ReferenceEvaluator(proto), names, dtypes)
+    return model
+
+
+@host_op("ttmetal.host_compute")
+def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
+    """An ONNX node on the host: its one-node model (onnx's reference evaluator, built on the first run) on the
+    operands."""
+    model = host_model(ex, op)
     feeds = {name: np.asarray(values[v]).astype(dtype)
-             for name, dtype, v in zip(names, dtypes, op.operands, strict=True)}
-    results = ReferenceEvaluator(model).run(None, feeds)
+             for name, dtype, v in zip(model.names, model.dtypes, op.operands, strict=True)}
+    results = model.evaluator.run(None, feeds)
     for value, array in zip(op.results, results, strict=True):
         ttype = value.type
         assert isinstance(ttype, TensorType)

@@ -168,3 +168,31 @@ def test_use_after_free_and_overlapping_buffers() -> None:
     kept = SCHEDULE.replace(f'"ttmetal.deallocate"(%a) : ({DEV}) -> () loc("x")', "")
     with pytest.raises(DeviceFault, match=r"at 0x800 .*overlaps buffer(.|\n)*create_buffer, ONNX node\(s\) \"mul_1\""):
         run_schedule(kept)
+
+
+def test_host_op_evaluator_is_built_once_per_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host op's onnx reference evaluator is built on the first run and reused by every later run."""
+    import onnx.reference
+    from onnx import TensorProto, helper
+
+    import ttc
+
+    built = []
+    original = onnx.reference.ReferenceEvaluator
+
+    class Counting(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs) -> None:
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(onnx.reference, "ReferenceEvaluator", Counting)
+    graph = helper.make_graph(
+        [helper.make_node("Mod", ["a", "b"], ["r"])], "mod",
+        [helper.make_tensor_value_info("a", TensorProto.INT64, [3, 4]),
+         helper.make_tensor_value_info("b", TensorProto.INT64, [3, 4])],
+        [helper.make_tensor_value_info("r", TensorProto.INT64, [3, 4])])
+    compiled = ttc.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"a": RNG.integers(-100, 100, (3, 4)), "b": RNG.integers(1, 9, (3, 4))}
+    for _ in range(3):
+        np.testing.assert_array_equal(compiled.run(feeds)["r"], np.mod(feeds["a"], feeds["b"]))
+    assert len(built) == 1
