@@ -4,15 +4,14 @@
   weight constants used only as the second operand of matmuls (`ttir.linear` / `ttir.matmul`) are
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
   types; the `ttir.to_layout` ops at the edges convert.
-- Precise softmax (`precise-softmax=true`): a softmax whose probabilities go back to the host (a
-  classifier's output) turns absolute errors of its logits into relative errors of its probabilities,
-  and in a bf16 Dst every matmul's accumulation adds about four times the error of storing its result
-  in bf16, layer after layer. So the activations such a softmax is computed from (its result, its
-  logits and, back through matmuls, eltwise ops, reductions and data movement, every computed tile
-  tensor before them; not through another softmax or a layer norm, not weights or host inputs) are
-  Float16 (f16): their programs hold Float16 in Dst (10 mantissa bits, range +-65504) and accumulate
-  in it. A data-movement program or view copies tiles, so its inputs and result share one format;
-  where one of them cannot be f16, none is.
+- Precise softmax (`precise-softmax=true`, opt-in: bf16 everywhere is the default, as on the hardware): a
+  softmax whose probabilities go back to the host (a classifier's output) turns absolute errors of its
+  logits into relative errors of its probabilities, and in a bf16 Dst a matmul's accumulation adds about
+  four times the error of storing its result in bf16. With the option, such a softmax's result and its
+  logits (back through data movement to the op computing them, and no further) are Float16 (f16): those
+  programs hold Float16 in Dst (10 mantissa bits, range +-65504) and accumulate in it. A data-movement
+  program or view copies tiles, so its inputs and result share one format; where one of them cannot be
+  f16, none is. A value past 65504 is a device fault naming the op, never a silent inf.
 - Memory space: DRAM interleaved by default. With `l1-intermediates=true`, an intermediate (a value a
   device program produces and only device programs read: not a weight, an input or a graph output)
   moves to L1 interleaved when, at every op during its lifetime, that op's smallest circular-buffer
@@ -120,26 +119,23 @@ def may_be_f16(value: Value) -> bool:
 
 
 def softmax_sources(func: Function) -> set[Value]:
-    """The results of host-read softmaxes and the values they are computed from, back to (not into)
-    weights, host inputs, layer norms and other softmaxes; those that `may_be_f16`."""
+    """The results of host-read softmaxes and their logits (the value each softmax reads, followed back through
+    data movement to the op that computes it), those that `may_be_f16`. Never further back: the option raises the
+    precision of a classifier's last step, not of the network before it."""
     found: set[Value] = set()
-    stack = [copy for op in func.body.ops if op.name == "ttir.softmax" for copy in host_read_copies(op.result)]
-    visited: set[Value] = set()
-    while stack:
-        value = stack.pop()
-        if value in visited:
+    for op in func.body.ops:
+        copies = host_read_copies(op.result) if op.name == "ttir.softmax" else []
+        if not copies:
             continue
-        visited.add(value)
-        producer = value.owner
-        if not isinstance(producer, Operation) or producer.name == "ttir.constant":
-            continue
-        if producer.name in NORMALIZATIONS and not (producer.name == "ttir.softmax" and is_host_read(value)):
-            continue  # a normalisation resets the scale; it keeps the format it has
-        if may_be_f16(value):
-            found.add(value)
-        if producer.name == "ttir.to_layout" and op_kind(producer) is None:
-            continue  # a host edge
-        stack.extend(producer.operands)
+        found.update(value for value in copies if may_be_f16(value))
+        value = op.operands[0]
+        while True:
+            if may_be_f16(value):
+                found.add(value)
+            producer = value.owner
+            if not isinstance(producer, Operation) or producer.name not in MOVEMENT_OPS or not producer.operands:
+                break
+            value = producer.operands[0]
     return found
 
 
@@ -236,7 +232,7 @@ class Layout(Pass):
     name = "layout"
     dtype: str = "bf16"
     l1_intermediates: bool = True
-    precise_softmax: bool = True
+    precise_softmax: bool = False
 
     def run(self, module: Module) -> None:
         if self.dtype not in DTYPES:

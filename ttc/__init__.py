@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def compile(model_or_path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4",
-            softmax_precision: str = "f16") -> CompiledModel:
+            softmax_precision: str = "bf16") -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) for the emulated Grayskull."""
     from ttc.compiler import CompileOptions, compile_model
 

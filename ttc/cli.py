@@ -131,10 +131,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="data format of matmul weights (activations stay bf16; default bf16)")
     parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default="hifi4",
                         help="matmul math fidelity (default hifi4)")
-    parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="f16",
-                        help="format of a softmax whose probabilities are an output, and of the activations "
-                             "it is computed from (f16: Float16, more precise, overflows past 65504; bf16: "
-                             "like every other tensor; default f16)")
+    parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="bf16",
+                        help="format of a softmax whose probabilities are an output and of its logits (bf16: "
+                             "like every other tensor, the default; f16: Float16, three more mantissa bits, a "
+                             "device fault past 65504)")
     parser.add_argument("--pipeline", metavar="SPEC", help="override the pass pipeline")
     parser.add_argument("--dump-ir", metavar="DIR", help="write NN-passname.mlir after every pass, plus weights")
     _add_pass_options(parser)
@@ -238,6 +238,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         report["outputs"] = [c.to_json() for c in comparisons]
         report["passed"] = all(c.passed for c in comparisons)
         print(format_report(comparisons))
+        hints = evaluate.softmax_hints(compiled, golden_path, feeds, comparisons, args.pcc, args.rel_l2)
+        for hint in hints:
+            print(hint)
+        if hints:
+            report["notes"] = hints
         if args.per_op:
             from ttc.per_op import check_per_op, first_failure, format_per_op
 

@@ -31,10 +31,10 @@ FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
 SOFTMAX_PRECISIONS = ("f16", "bf16")
 
 
-def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "f16") -> str:
-    """The passes from imported ttir down to allocated kernel programs. `softmax_precision` bf16 turns off
-    layout's precise-softmax (a host-read softmax and the activations it comes from in Float16)."""
-    layout = f"dtype={dtype}" + (" precise-softmax=false" if softmax_precision == "bf16" else "")
+def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "bf16") -> str:
+    """The passes from imported ttir down to allocated kernel programs. `softmax_precision` f16 turns on
+    layout's precise-softmax (a host-read softmax and its logits in Float16; bf16 everywhere by default)."""
+    layout = f"dtype={dtype}" + (" precise-softmax=true" if softmax_precision == "f16" else "")
     return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{{layout}}},"
             f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
 
@@ -44,7 +44,7 @@ class CompileOptions:
     arch: str = "e150"
     dtype: str = "bf16"
     math_fidelity: str = "hifi4"
-    softmax_precision: str = "f16"
+    softmax_precision: str = "bf16"
     pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 

@@ -130,3 +130,33 @@ def reference_outputs(model_path: Path, feeds: Mapping[str, np.ndarray], names: 
 
 def time_reference(model_path: Path, feeds: Mapping[str, np.ndarray]) -> float:
     return time_onnxruntime(str(model_path), feeds, repeats=TIMING_REPEATS)
+
+
+def softmax_hints(compiled: CompiledModel, model_path: Path, feeds: Mapping[str, np.ndarray],
+                  comparisons: Sequence[OutputComparison], pcc_threshold: float,
+                  rel_l2_threshold: float) -> list[str]:
+    """For each failed output that a Softmax computes in bf16 from logits that pass the golden rule (a
+    1000-class classifier's large logits: their absolute bf16 errors become relative errors of the
+    probabilities), a note naming `--softmax-precision f16`. Empty when nothing applies."""
+    failed = {c.name for c in comparisons if not c.passed}
+    if not failed or compiled.manifest["options"].get("softmax_precision", "bf16") != "bf16":
+        return []
+    model = onnx.load(str(model_path), load_external_data=False)
+    softmaxes = {node.output[0]: node for node in model.graph.node
+                 if node.op_type == "Softmax" and node.output and node.output[0] in failed}
+    if not softmaxes:
+        return []
+    from ttc.per_op import check_per_op
+
+    checks = {c.value: c for c in check_per_op(compiled, model_path, feeds, pcc_threshold, rel_l2_threshold)
+              if c.passed is not None}
+    hints = []
+    for output, node in softmaxes.items():
+        logits = checks.get(node.input[0])
+        if logits is None or not logits.passed:
+            continue
+        hints.append(f"note: output '{output}' (Softmax '{node.name or output}') misses the golden rule while its "
+                     f"logits '{node.input[0]}' pass (PCC {logits.pcc:.6f}, rel L2 {logits.rel_l2_err:.3e}): a bf16 "
+                     "softmax of large logits; --softmax-precision f16 computes the softmax and its logits in "
+                     "Float16")
+    return hints
