@@ -66,11 +66,27 @@ def host_op(name: str) -> Callable[[HostOp], HostOp]:
     return register
 
 
+EMULATORS = ("native", "reference")
+DEFAULT_EMULATOR = "reference"
+
+
+def default_threads() -> int:
+    """Host threads of the native core by default: the CPU cores this process may use."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class Executor:
-    """Executes `@main` of an allocated module on one emulated device."""
+    """Executes `@main` of an allocated module on one emulated device.
+
+    `emulator` picks who runs each enqueue_program: "native" (the compiled core, runtime/native/) or "reference"
+    (the Python interpreter, the executable definition); both give the same bits, profiles and faults.
+    """
 
     def __init__(self, module: Module, device_weights: Mapping[str, np.ndarray], desc: DeviceAttr | None = None,
-                 step_budget: int = DEFAULT_STEP_BUDGET) -> None:
+                 step_budget: int = DEFAULT_STEP_BUDGET, emulator: str = DEFAULT_EMULATOR,
+                 threads: int | None = None) -> None:
         try:
             self.main = module.function("main")
         except KeyError:
@@ -84,7 +100,26 @@ class Executor:
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
+        self.emulator = DEFAULT_EMULATOR
+        self.threads = default_threads()
+        self._run_native: Callable[..., ProgramProfile] | None = None
+        self.configure(emulator, threads)
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
+
+    def configure(self, emulator: str | None = None, threads: int | None = None) -> None:
+        """Choose the emulator and the native core's host threads for the next runs (None keeps the current)."""
+        if emulator is not None:
+            if emulator not in EMULATORS:
+                raise UserError(f"unknown emulator '{emulator}' (choose from {', '.join(EMULATORS)})")
+            self.emulator = emulator
+        if threads is not None:
+            if threads < 1:
+                raise UserError(f"--threads needs at least 1 thread, not {threads}")
+            self.threads = threads
+        if self.emulator == "native" and self._run_native is None:
+            from ttc.runtime.native_program import run_native
+
+            self._run_native = run_native
 
     # -- running --------------------------------------------------------------------------------
 
@@ -275,7 +310,11 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
     plan = ex._plans.get(op)
     if plan is None:
         plan = ex._plans[op] = ProgramPlan(op)
-    ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
+    if ex.emulator == "native":
+        assert ex._run_native is not None
+        ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads))
+    else:
+        ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
 
 
 @host_op("ttmetal.read_buffer")

@@ -5,9 +5,10 @@
                       [--no-verify] [-o OUT.mlir]
     ttc compile MODEL.onnx [-o OUT.ttc] [compile options] [--dump-ir DIR]
     ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N]
+                      [--emulator native|reference] [--threads N]
                       [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz]
     ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N] [--top N]
-                      [--json FILE]
+                      [--emulator native|reference] [--threads N] [--json FILE]
 
 Diagnostics go to stderr, requested output to stdout or -o. Exit codes: 0 success, 1 golden check
 failed, 2 user error, 3 device fault, 4 internal error (the only case that prints a traceback).
@@ -121,6 +122,12 @@ def _add_input_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                         help="an input from a .npy file; missing inputs are random (--seed); repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
+    parser.add_argument("--emulator", choices=("native", "reference"), default=None,
+                        help="who runs the kernel programs: the compiled core (native, the default) or the "
+                             "Python emulator that defines it (reference: the same bits, slower)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="host threads of the native core (default: the machine's cores; results never "
+                             "depend on it)")
 
 
 def _add_compile_options(parser: argparse.ArgumentParser) -> None:
@@ -221,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_proto = onnx.load(str(golden_path or args.model), load_external_data=False) \
         if (golden_path or not is_artifact) else None
     feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
-    outputs = compiled.run(feeds)
+    outputs = compiled.run(feeds, emulator=args.emulator, threads=args.threads)
     if args.output:
         with atomic_output(args.output) as handle:
             np.savez(handle, **outputs)
@@ -288,7 +295,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     compiled, is_artifact = _load_or_compile(args)
     model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
     feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
-    compiled.run(feeds)
+    compiled.run(feeds, emulator=args.emulator, threads=args.threads)
     profile = compiled.profile
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
     print(format_profile(profile, device, args.top))

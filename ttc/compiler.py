@@ -236,12 +236,21 @@ class CompiledModel:
     def output_names(self) -> list[str]:
         return [entry["name"] for entry in self.manifest["outputs"]]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on the emulated device; outputs come back as float32 or their original integer dtype."""
-        if self._executor is None:
-            from ttc.runtime.executor import Executor
+    def run(self, feeds: Mapping[str, np.ndarray], emulator: str | None = None,
+            threads: int | None = None) -> dict[str, np.ndarray]:
+        """Run on the emulated device; outputs come back as float32 or their original integer dtype.
 
-            self._executor = Executor(self.module, self.device_weights)
+        `emulator` is "native" (the compiled execution core, the default) or "reference" (the Python emulator,
+        the executable definition: the same bits, slower); `threads` the host threads of the native core
+        (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
+        """
+        from ttc.runtime.executor import DEFAULT_EMULATOR, Executor
+
+        emulator = emulator or (self._executor.emulator if self._executor is not None else DEFAULT_EMULATOR)
+        if self._executor is None:
+            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
+        else:
+            self._executor.configure(emulator, threads)
         outputs = self._executor.run(dict(feeds))
         result = {}
         for entry in self.manifest["outputs"]:
