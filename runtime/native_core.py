@@ -21,8 +21,9 @@ class NativeCoreError(UserError):
     """The native core cannot be used as built."""
 
 
-def stale_sources(module_file: str | Path, sources: Path = _SOURCES) -> list[Path]:
+def stale_sources(module_file: str | Path, sources: Path | None = None) -> list[Path]:
     """The C++ sources newer than the built module (empty when it is up to date or no sources are here)."""
+    sources = _SOURCES if sources is None else sources
     if not sources.is_dir():
         return []
     built = Path(module_file).stat().st_mtime
