@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _MD = ".md"
 FORBIDDEN = (
     "../" + "shared",
-    "shared/" + "GRAYSKULL",
-    "shared/" + "vectors",
+    "shared" + "/GRAYSKULL",
+    "shared" + "/vectors",
     "GRAYSKULL" + _MD,
     "ARCHITECTURE" + _MD,
     "STYLE" + _MD,
