@@ -13,7 +13,7 @@ Float16_b (bfloat16) is the upper half of a float32.  Host conversion here round
 even (ml_dtypes' float32 -> bfloat16 cast).  Some tt-metal helpers truncate instead; ttc chooses RNE
 everywhere so that host conversion and the device numerics model agree.
 
-Bfp8_b / Bfp4_b (shared/vectors/README.md, tt-metal blockfloat_common.hpp).  Each row of each face
+Bfp8_b / Bfp4_b (tests/data/bfp_tiles.README.md, tt-metal blockfloat_common.hpp).  Each row of each face
 (16 values) shares one 8-bit exponent, the largest float32 biased exponent in the row.  A tile is 64
 exponent bytes (face0 rows 0..15, face1, face2, face3) followed by one sign-magnitude code per value in
 face order, packed least-significant-first into little-endian 32-bit words (so Bfp8 codes are simply

@@ -1,6 +1,6 @@
 """The `tt` dialect: attributes shared by every level of the compiler.
 
-- `#tt.device<...>`: the device descriptor (one per card, figures from shared/GRAYSKULL.md). It is
+- `#tt.device<...>`: the device descriptor (one per card, figures from docs/grayskull.md). It is
   printed in the module's attributes, so passes and the emulator read the very same numbers.
 - `#tt.grid<XxY>`: a rectangle of Tensix cores. Grids are written x (columns) by y (rows), as
   tt-metal's CoreCoord and the "12x9 compute grid" of an e150.
@@ -77,7 +77,8 @@ class LayoutAttr(DialectAttribute):
 @dialect_attribute("tt", "device")
 @dataclass(frozen=True)
 class DeviceAttr(DialectAttribute):
-    """The device descriptor of one Grayskull card; every figure here is sourced in GRAYSKULL.md.
+    """The device descriptor of one Grayskull card; every figure here is sourced in docs/grayskull.md
+    (section 11 maps each field to its section).
 
     Cycle costs are per 32x32 tile and include unpack, math and pack (Buda's netlist analyzer).
     """
@@ -127,7 +128,7 @@ class DeviceAttr(DialectAttribute):
         return self.dram_gbps * 1e9 / (self.clock_mhz * 1e6)
 
 
-# Buda netlist analyzer per-tile cycles (unpack + math + pack), GRAYSKULL.md "Compute".
+# Buda netlist analyzer per-tile cycles (unpack + math + pack), docs/grayskull.md section 3 "Compute".
 _TILE_OP_CYCLES = {
     "add": 250, "sub": 250, "mul": 200, "datacopy": 150, "exp": 450, "recip": 950, "log": 1425,
     "sqrt": 250, "sigmoid": 225, "gelu": 350, "matmul_mac": 50, "matmul_out": 16,
