@@ -31,6 +31,15 @@ inline float from_bits(uint32_t u) {
   return x;
 }
 
+// c ? a : b as mask arithmetic: the ternaries of a conversion stay branch-free, so the loops around them
+// vectorise (GCC turns a chain of ternaries over these into branches otherwise).
+inline uint32_t select(bool c, uint32_t a, uint32_t b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return (a & mask) | (b & ~mask);
+}
+
+inline float select(bool c, float a, float b) { return from_bits(select(c, bits(a), bits(b))); }
+
 inline bool is_nan(float x) { return (bits(x) & 0x7FFFFFFFu) > 0x7F800000u; }
 
 // A NaN as an x86 arithmetic instruction returns it: with the quiet bit set.
@@ -44,7 +53,7 @@ inline uint16_t bf16_bits(float x) {
   // is right, including the overflow of the largest finite values to inf; subnormals round the same way.
   const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
   const uint32_t nan = ((u >> 16) & 0x8000u) | 0x7FC0u;
-  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? nan : rounded);
+  return static_cast<uint16_t>(select((u & 0x7FFFFFFFu) > 0x7F800000u, nan, rounded));
 }
 
 inline float bf16_value(uint16_t h) { return from_bits(static_cast<uint32_t>(h) << 16); }
@@ -64,12 +73,11 @@ inline uint16_t f16_bits(float x) {
   // Float16's subnormal step) in hardware, RNE; the low bits of the sum are the code. A value that rounds up
   // to 2**-14 gives 0x400, the smallest normal: right too.
   const uint32_t subnormal = bits(from_bits(a) + 0.5f) - 0x3F000000u;
-  uint32_t payload = (a >> 13) & 0x3FFu;
-  payload = payload == 0 ? 1u : payload;
-  const uint32_t h = a > 0x7F800000u   ? 0x7C00u | payload  // NaN
-                     : a >= 0x477FF000u ? 0x7C00u            // from 65520 (the tie above 65504) up: inf
-                     : a >= 0x38800000u ? normal
-                                        : subnormal;
+  const uint32_t payload = (a >> 13) & 0x3FFu;
+  const uint32_t nan = 0x7C00u | payload | static_cast<uint32_t>(payload == 0);  // payload 0 -> 1
+  uint32_t h = select(a >= 0x38800000u, normal, subnormal);
+  h = select(a >= 0x477FF000u, 0x7C00u, h);  // from 65520 (the tie above 65504) up: inf
+  h = select(a > 0x7F800000u, nan, h);
   return static_cast<uint16_t>(sign | h);
 }
 
@@ -80,11 +88,27 @@ inline float f16_value(uint16_t h) {
   const uint32_t special = (a << 13) | 0x7F800000u;  // inf, or NaN with its payload as it is
   // subnormal (and zero): a * 2**-24, exact
   const uint32_t subnormal = bits(from_bits(0x3F000000u + a) - 0.5f);
-  const uint32_t u = a >= 0x7C00u ? special : a >= 0x0400u ? normal : subnormal;
+  const uint32_t u = select(a >= 0x7C00u, special, select(a >= 0x0400u, normal, subnormal));
   return from_bits(sign | u);
 }
 
-inline float f16_round(float x) { return f16_value(f16_bits(x)); }
+// f16_value(f16_bits(x)) without the trip through 16 bits: equal for every float32 (checked exhaustively while
+// writing it; test_native_numerics sweeps a sample against the packed form).
+inline float f16_round(float x) {
+  const uint32_t u = bits(x);
+  const uint32_t sign = u & 0x80000000u;
+  const uint32_t a = u & 0x7FFFFFFFu;
+  // normal range: RNE to 11 significant bits in place (a carry into the exponent is right)
+  const uint32_t normal = (a + 0xFFFu + ((a >> 13) & 1u)) & 0xFFFFE000u;
+  // subnormal range: |x| + 0.5 rounds to a multiple of 2**-24 (RNE); taking 0.5 away again is exact
+  const uint32_t subnormal = bits((from_bits(a) + 0.5f) - 0.5f);
+  // NaN: the top 10 payload bits, or the lowest of them if those are all zero (f16_bits' 0x7C01)
+  const uint32_t nan = (a & 0xFFFFE000u) | (static_cast<uint32_t>((a & 0x007FE000u) == 0) << 13);
+  uint32_t r = select(a >= 0x38800000u, normal, subnormal);
+  r = select(a >= 0x477FF000u, 0x7F800000u, r);  // from 65520 up: inf
+  r = select(a > 0x7F800000u, nan, r);
+  return from_bits(sign | r);
+}
 
 // ---------------------------------------------------------------------------------------- Dst format
 

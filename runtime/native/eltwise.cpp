@@ -46,16 +46,19 @@ inline float apply(float x, float y) {
 //
 // Both operands NaN: the first's bits (x86's rule, which numpy follows for tiles except a broadcast scalar
 // operand of a single tile). As the final rounding to bf16 keeps only a NaN's sign, only f16 sees the payload.
-template <BinaryOp OP, bool F16>
+//
+// ROUND_OPERANDS false: the caller knows both operands hold bf16 values already (their low halves are zero),
+// so rounding them could only canonicalise a NaN, which the final rounding does anyway (keeping its sign).
+template <BinaryOp OP, bool F16, bool ROUND_OPERANDS = true>
 inline float binary(float a, float b) {
-  const float x = conv::dst_round<F16>(a);
-  const float y = conv::dst_round<F16>(b);
+  const float x = ROUND_OPERANDS ? conv::dst_round<F16>(a) : a;
+  const float y = ROUND_OPERANDS ? conv::dst_round<F16>(b) : b;
   const float r = apply<OP>(x, y);
-  return conv::dst_round<F16>(is_nan(x) ? quiet(x) : r);
+  return conv::dst_round<F16>(conv::select(is_nan(x), quiet(x), r));
 }
 
-template <BinaryOp OP, Bcast BC, bool F16>
-void eltwise_impl(const float* a, const float* b, float* out) {
+template <BinaryOp OP, Bcast BC, bool F16, bool ROUND_OPERANDS>
+void eltwise_loop(const float* a, const float* b, float* out) {
   for (int i = 0; i < TILE; ++i) {
     for (int j = 0; j < TILE; ++j) {
       float bv;
@@ -68,9 +71,25 @@ void eltwise_impl(const float* a, const float* b, float* out) {
       } else {
         bv = b[0];
       }
-      out[i * TILE + j] = binary<OP, F16>(a[i * TILE + j], bv);
+      out[i * TILE + j] = binary<OP, F16, ROUND_OPERANDS>(a[i * TILE + j], bv);
     }
   }
+}
+
+// Whether every value of the tiles has a zero low half (is a bf16 value, as unpacked bf16 and block-float
+// tiles and a bf16 Dst hold): one OR over both tiles, cheaper than rounding them.
+inline bool all_bf16(const float* a, const float* b) {
+  uint32_t low = 0;
+  for (int e = 0; e < TILE_ELEMS; ++e) low |= (conv::bits(a[e]) | conv::bits(b[e])) & 0xFFFFu;
+  return low == 0;
+}
+
+template <BinaryOp OP, Bcast BC, bool F16>
+void eltwise_impl(const float* a, const float* b, float* out) {
+  if constexpr (!F16) {
+    if (all_bf16(a, b)) return eltwise_loop<OP, BC, false, false>(a, b, out);
+  }
+  eltwise_loop<OP, BC, F16, true>(a, b, out);
 }
 
 template <BinaryOp OP, bool F16>
@@ -153,11 +172,21 @@ void reduce_max_impl(float* dst, const float* const* tiles, int n, ReduceDim dim
   // the elementwise max over the block's tiles in order (numpy's max over that axis: `maximum` tile after
   // tile). The Python then multiplies the result by 1.0 once more, which changes no bits (it is already a
   // Dst-format value, NaNs included), so that is left out.
+  const float s = conv::dst_round<F16>(scaler);
   float m[TILE_ELEMS];
-  for (int e = 0; e < TILE_ELEMS; ++e) m[e] = binary<BinaryOp::MUL, F16>(tiles[0][e], scaler);
-  for (int k = 1; k < n; ++k) {
+  for (int k = 0; k < n; ++k) {
     const float* t = tiles[k];
-    for (int e = 0; e < TILE_ELEMS; ++e) m[e] = maximum(m[e], binary<BinaryOp::MUL, F16>(t[e], scaler));
+    float v[TILE_ELEMS];
+    if (!F16 && all_bf16(t, t)) {  // bf16 values already: skip the operand rounding (see binary)
+      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16, false>(t[e], s);
+    } else {
+      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16>(t[e], s);
+    }
+    if (k == 0) {
+      std::memcpy(m, v, sizeof m);
+    } else {
+      for (int e = 0; e < TILE_ELEMS; ++e) m[e] = maximum(m[e], v[e]);
+    }
   }
   switch (dim) {
     case ReduceDim::ROW:  // each row into column 0 (numpy's contiguous max over a row)
@@ -266,18 +295,25 @@ void reduce_max_block(float* dst, const float* const* tiles, int n, ReduceDim di
 }
 
 void sfpu_table_tile(float* x, int count, const float* table, DstFormat format) {
-  if (format == DstFormat::F16) {
-    // the Float16 bits of f16_round(x)
-    for (int i = 0; i < count; ++i) x[i] = table[conv::f16_bits(x[i])];
-  } else {
-    // the bf16 bits of numerics._as_bf16(x): x's upper half when its lower half is zero, else the bits of
-    // bf16_round(x). (The two differ only for a NaN with a zero lower half, which _as_bf16 keeps as it is
-    // when the whole array holds bf16 values: a Dst always does.)
-    for (int i = 0; i < count; ++i) {
-      const uint32_t u = conv::bits(x[i]);
-      const uint32_t index = (u & 0xFFFFu) == 0 ? u >> 16 : conv::bf16_bits(x[i]);
-      x[i] = table[index];
+  // The indices first (a loop that vectorises), then the lookups, a block at a time.
+  constexpr int BLOCK = 256;
+  uint32_t index[BLOCK];
+  for (int start = 0; start < count; start += BLOCK) {
+    const int n = count - start < BLOCK ? count - start : BLOCK;
+    float* v = x + start;
+    if (format == DstFormat::F16) {
+      // the Float16 bits of f16_round(x)
+      for (int i = 0; i < n; ++i) index[i] = conv::f16_bits(v[i]);
+    } else {
+      // the bf16 bits of numerics._as_bf16(x): x's upper half when its lower half is zero, else the bits of
+      // bf16_round(x). (The two differ only for a NaN with a zero lower half, which _as_bf16 keeps as it is
+      // when the whole array holds bf16 values: a Dst always does.)
+      for (int i = 0; i < n; ++i) {
+        const uint32_t u = conv::bits(v[i]);
+        index[i] = conv::select((u & 0xFFFFu) == 0, u >> 16, conv::bf16_bits(v[i]));
+      }
     }
+    for (int i = 0; i < n; ++i) v[i] = table[index[i]];
   }
 }
 

@@ -2,10 +2,10 @@
 // conversions the roundings copy).
 //
 // Packed tiles are in face order: 64 runs of 16 values, run r = face f (r / 16) row r % 16, holding tile row
-// (f / 2) * 16 + r % 16, columns (f % 2) * 16 .. + 15. Every format below goes run by run, so the inner loops
-// are 16 contiguous values on both sides.
+// (f / 2) * 16 + r % 16, columns (f % 2) * 16 .. + 15. The conversions run over whole tiles in tile order
+// (loops that vectorise) and 64 copies of a run each put the values in face order.
 #include <algorithm>
-#include <cmath>
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -34,7 +34,21 @@ inline int run_offset(int run) {
 // float32 -> int32 as numpy's astype does on x86-64 (cvttps2dq): truncation toward zero; NaN, inf and values
 // outside [-2**31, 2**31) give INT32_MIN (the instruction's "integer indefinite").
 inline int32_t to_int32(float x) {
-  return (x >= -2147483648.0f && x < 2147483648.0f) ? static_cast<int32_t>(x) : INT32_MIN;
+  const bool in_range = x >= -2147483648.0f && x < 2147483648.0f;
+  const int32_t t = static_cast<int32_t>(in_range ? x : 0.0f);  // only in-range values are converted
+  return in_range ? t : INT32_MIN;
+}
+
+// Face order <-> tile order for 16-value runs of T: the conversions work on whole tiles in tile order (loops
+// of 1024 that vectorise), these copies do the permutation.
+template <typename T>
+void to_face_order(const T* tile_order, uint8_t* dst) {
+  for (int run = 0; run < RUNS; ++run) std::memcpy(dst + run * RUN * sizeof(T), tile_order + run_offset(run), RUN * sizeof(T));
+}
+
+template <typename T>
+void from_face_order(const uint8_t* src, T* tile_order) {
+  for (int run = 0; run < RUNS; ++run) std::memcpy(tile_order + run_offset(run), src + run * RUN * sizeof(T), RUN * sizeof(T));
 }
 
 // ---------------------------------------------------------------------------------------- block float
@@ -45,38 +59,35 @@ inline int32_t to_int32(float x) {
 // and saturated; a zero code has sign 0.
 
 template <int BITS>
-void encode_run(const float* values, uint8_t* shared_out, uint8_t codes[RUN]) {
+void pack_bfp(const float* tile, uint8_t* dst) {
   constexpr uint32_t DROP = 24 - (BITS - 1);  // float32 significand bits (24) minus the kept ones
   constexpr uint32_t QMAX = (1u << (BITS - 1)) - 1;
-  uint32_t u[RUN], exp[RUN];
-  uint32_t shared = 0;
-  for (int k = 0; k < RUN; ++k) {
-    u[k] = conv::bits(values[k]);
-    exp[k] = (u[k] >> 23) & 0xFFu;
-    shared = std::max(shared, exp[k]);
-  }
-  for (int k = 0; k < RUN; ++k) {
-    const uint32_t mag = exp[k] > 0 ? ((u[k] & 0x7FFFFFu) | 0x800000u) : 0u;
-    const uint32_t shift = std::min(shared - exp[k], 31u);  // mag < 2**24: any shift >= 24 gives 0
-    const uint32_t q = std::min(((mag >> shift) + (1u << (DROP - 1))) >> DROP, QMAX);
-    const uint32_t sign = q == 0 ? 0u : u[k] >> 31;
-    codes[k] = static_cast<uint8_t>((sign << (BITS - 1)) | q);
-  }
-  *shared_out = static_cast<uint8_t>(shared);
-}
-
-template <int BITS>
-void pack_bfp(const float* tile, uint8_t* dst) {
-  uint8_t* body = dst + BFP_EXP_BYTES;
+  uint32_t exp[TILE_ELEMS], shared[TILE_ELEMS];
+  for (int e = 0; e < TILE_ELEMS; ++e) exp[e] = (conv::bits(tile[e]) >> 23) & 0xFFu;
   for (int run = 0; run < RUNS; ++run) {
-    uint8_t codes[RUN];
-    encode_run<BITS>(tile + run_offset(run), dst + run, codes);
-    if constexpr (BITS == 8) {
-      std::memcpy(body + run * RUN, codes, RUN);
-    } else {  // two codes a byte, the earlier one in the low nibble
-      for (int k = 0; k < RUN / 2; ++k) {
-        body[run * (RUN / 2) + k] = static_cast<uint8_t>(codes[2 * k] | (codes[2 * k + 1] << 4));
-      }
+    const uint32_t* x = exp + run_offset(run);
+    uint32_t m = 0;
+    for (int k = 0; k < RUN; ++k) m = std::max(m, x[k]);
+    dst[run] = static_cast<uint8_t>(m);
+    std::fill(shared + run_offset(run), shared + run_offset(run) + RUN, m);
+  }
+  uint8_t codes[TILE_ELEMS];
+  for (int e = 0; e < TILE_ELEMS; ++e) {
+    const uint32_t u = conv::bits(tile[e]);
+    const uint32_t mag = exp[e] > 0 ? ((u & 0x7FFFFFu) | 0x800000u) : 0u;
+    const uint32_t shift = std::min(shared[e] - exp[e], 31u);  // mag < 2**24: any shift >= 24 gives 0
+    const uint32_t q = std::min(((mag >> shift) + (1u << (DROP - 1))) >> DROP, QMAX);
+    const uint32_t sign = q == 0 ? 0u : u >> 31;
+    codes[e] = static_cast<uint8_t>((sign << (BITS - 1)) | q);
+  }
+  uint8_t* body = dst + BFP_EXP_BYTES;
+  if constexpr (BITS == 8) {
+    to_face_order(codes, body);
+  } else {  // two codes a byte, the earlier one in the low nibble
+    uint8_t face_codes[TILE_ELEMS];
+    to_face_order(codes, face_codes);
+    for (int k = 0; k < TILE_ELEMS / 2; ++k) {
+      body[k] = static_cast<uint8_t>(face_codes[2 * k] | (face_codes[2 * k + 1] << 4));
     }
   }
 }
@@ -86,22 +97,30 @@ void unpack_bfp(const uint8_t* src, float* tile) {
   constexpr int MBITS = BITS - 1;
   constexpr uint32_t MMASK = (1u << MBITS) - 1;
   const uint8_t* body = src + BFP_EXP_BYTES;
+  uint8_t codes[TILE_ELEMS];
+  if constexpr (BITS == 8) {
+    from_face_order(body, codes);
+  } else {
+    uint8_t face_codes[TILE_ELEMS];
+    for (int k = 0; k < TILE_ELEMS / 2; ++k) {  // the earlier code in the low nibble
+      face_codes[2 * k] = body[k] & 0xFu;
+      face_codes[2 * k + 1] = body[k] >> 4;
+    }
+    from_face_order(face_codes, codes);
+  }
+  float scale[TILE_ELEMS];
   for (int run = 0; run < RUNS; ++run) {
     // value = (-1)**sign * q * 2**(shared - 127 - (MBITS - 1)): the scale is a power of two in float32's
     // range (2**-133 .. 2**126, subnormal at the bottom), and q * scale is exact or overflows to inf, as
-    // numpy's ldexp does. A sign bit on a zero code gives -0.0.
-    const float scale = std::ldexp(1.0f, static_cast<int>(src[run]) - 127 - (MBITS - 1));
-    float* out = tile + run_offset(run);
-    for (int k = 0; k < RUN; ++k) {
-      uint32_t code;
-      if constexpr (BITS == 8) {
-        code = body[run * RUN + k];
-      } else {
-        code = (body[run * (RUN / 2) + k / 2] >> ((k % 2) * 4)) & 0xFu;
-      }
-      const float v = static_cast<float>(code & MMASK) * scale;
-      out[k] = (code >> MBITS) ? -v : v;
-    }
+    // numpy's ldexp does.
+    const int e = static_cast<int>(src[run]) - 127 - (MBITS - 1);
+    const float s = conv::from_bits(e >= -126 ? static_cast<uint32_t>(e + 127) << 23 : 1u << (e + 149));
+    std::fill(scale + run_offset(run), scale + run_offset(run) + RUN, s);
+  }
+  for (int e = 0; e < TILE_ELEMS; ++e) {
+    const uint32_t code = codes[e];
+    const float v = static_cast<float>(code & MMASK) * scale[e];
+    tile[e] = conv::from_bits(conv::bits(v) ^ ((code >> MBITS) << 31));  // the sign bit: -0.0 included
   }
 }
 
@@ -128,31 +147,27 @@ float dst_round(float x, DstFormat format) {
 void unpack_tile(const uint8_t* src, Format format, float* out) {
   switch (format) {
     case Format::F32:
-      for (int run = 0; run < RUNS; ++run) std::memcpy(out + run_offset(run), src + run * RUN * 4, RUN * 4);
+      from_face_order(src, out);
       return;
     case Format::BF16:
-    case Format::F16:
-      for (int run = 0; run < RUNS; ++run) {
-        uint16_t h[RUN];
-        std::memcpy(h, src + run * RUN * 2, sizeof h);
-        float* o = out + run_offset(run);
-        if (format == Format::BF16) {
-          for (int k = 0; k < RUN; ++k) o[k] = conv::bf16_value(h[k]);
-        } else {
-          for (int k = 0; k < RUN; ++k) o[k] = conv::f16_value(h[k]);
-        }
+    case Format::F16: {
+      uint16_t h[TILE_ELEMS];
+      from_face_order(src, h);
+      if (format == Format::BF16) {
+        for (int e = 0; e < TILE_ELEMS; ++e) out[e] = conv::bf16_value(h[e]);
+      } else {
+        for (int e = 0; e < TILE_ELEMS; ++e) out[e] = conv::f16_value(h[e]);
       }
       return;
+    }
     case Format::BFP8: unpack_bfp<8>(src, out); return;
     case Format::BFP4: unpack_bfp<4>(src, out); return;
-    case Format::I32:
-      for (int run = 0; run < RUNS; ++run) {
-        int32_t v[RUN];
-        std::memcpy(v, src + run * RUN * 4, sizeof v);
-        float* o = out + run_offset(run);
-        for (int k = 0; k < RUN; ++k) o[k] = static_cast<float>(v[k]);  // RNE (cvtdq2ps)
-      }
+    case Format::I32: {
+      int32_t v[TILE_ELEMS];
+      from_face_order(src, v);
+      for (int e = 0; e < TILE_ELEMS; ++e) out[e] = static_cast<float>(v[e]);  // RNE (cvtdq2ps)
       return;
+    }
   }
   bad_format(format);
 }
@@ -160,31 +175,27 @@ void unpack_tile(const uint8_t* src, Format format, float* out) {
 void pack_tile(const float* tile, Format format, uint8_t* dst) {
   switch (format) {
     case Format::F32:
-      for (int run = 0; run < RUNS; ++run) std::memcpy(dst + run * RUN * 4, tile + run_offset(run), RUN * 4);
+      to_face_order(tile, dst);
       return;
     case Format::BF16:
-    case Format::F16:
-      for (int run = 0; run < RUNS; ++run) {
-        const float* t = tile + run_offset(run);
-        uint16_t h[RUN];
-        if (format == Format::BF16) {
-          for (int k = 0; k < RUN; ++k) h[k] = conv::bf16_bits(t[k]);
-        } else {
-          for (int k = 0; k < RUN; ++k) h[k] = conv::f16_bits(t[k]);
-        }
-        std::memcpy(dst + run * RUN * 2, h, sizeof h);
+    case Format::F16: {
+      uint16_t h[TILE_ELEMS];
+      if (format == Format::BF16) {
+        for (int e = 0; e < TILE_ELEMS; ++e) h[e] = conv::bf16_bits(tile[e]);
+      } else {
+        for (int e = 0; e < TILE_ELEMS; ++e) h[e] = conv::f16_bits(tile[e]);
       }
+      to_face_order(h, dst);
       return;
+    }
     case Format::BFP8: pack_bfp<8>(tile, dst); return;
     case Format::BFP4: pack_bfp<4>(tile, dst); return;
-    case Format::I32:
-      for (int run = 0; run < RUNS; ++run) {
-        const float* t = tile + run_offset(run);
-        int32_t v[RUN];
-        for (int k = 0; k < RUN; ++k) v[k] = to_int32(t[k]);
-        std::memcpy(dst + run * RUN * 4, v, sizeof v);
-      }
+    case Format::I32: {
+      int32_t v[TILE_ELEMS];
+      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = to_int32(tile[e]);
+      to_face_order(v, dst);
       return;
+    }
   }
   bad_format(format);
 }

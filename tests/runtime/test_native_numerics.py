@@ -170,6 +170,16 @@ def test_roundings_sweep():
             same_bits(N.dst_round(x, N.DST_FORMAT_CODES[dst]), numerics.dst_round(x, dst))
 
 
+def test_f16_round_is_the_packed_round_trip():
+    """The native f16 rounding (computed in float32 bits) against its Float16 pack and unpack, which match numpy
+    (test_pack_tiles, test_unpack_tiles), over one in 61 of all float32 bit patterns."""
+    f16 = code(DataFormat.FLOAT16)
+    for low in range(0, 1 << 32, 1 << 28):
+        u = np.arange(low, low + (1 << 28), 61, dtype=np.uint64).astype(np.uint32)
+        x = u[: u.size // 1024 * 1024].view(np.float32).reshape(-1, 32, 32)
+        same_bits(N.dst_round(x, N.DST_FORMAT_CODES["f16"]), N.unpack_tiles(N.pack_tiles(x, f16), f16))
+
+
 @SETTINGS
 @given(st.integers(0, 2**32 - 1), st.sampled_from(KINDS), st.sampled_from([DataFormat.BFLOAT16,
                                                                             DataFormat.FLOAT32]))
