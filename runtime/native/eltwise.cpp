@@ -59,17 +59,26 @@ inline float binary(float a, float b) {
 
 template <BinaryOp OP, Bcast BC, bool F16, bool ROUND_OPERANDS>
 void eltwise_loop(const float* a, const float* b, float* out) {
+  // A broadcast B's row / column is copied first, so that `out` may be B itself (or A) without the loop
+  // reading what it wrote.
+  float line[TILE];
+  if constexpr (BC == Bcast::ROW) {
+    std::memcpy(line, b, sizeof line);
+  } else if constexpr (BC == Bcast::COL) {
+    for (int i = 0; i < TILE; ++i) line[i] = b[i * TILE];
+  }
+  const float corner = b[0];
   for (int i = 0; i < TILE; ++i) {
     for (int j = 0; j < TILE; ++j) {
       float bv;
       if constexpr (BC == Bcast::NONE) {
         bv = b[i * TILE + j];
       } else if constexpr (BC == Bcast::ROW) {  // B's row 0 to every row
-        bv = b[j];
+        bv = line[j];
       } else if constexpr (BC == Bcast::COL) {  // B's column 0 to every column
-        bv = b[i * TILE];
+        bv = line[i];
       } else {
-        bv = b[0];
+        bv = corner;
       }
       out[i * TILE + j] = binary<OP, F16, ROUND_OPERANDS>(a[i * TILE + j], bv);
     }
