@@ -30,6 +30,7 @@ import functools
 import math
 from collections.abc import Callable, Iterator
 from enum import IntEnum
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -267,33 +268,396 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
     Returns the new Dst: float64 values of the Dst format [L, M, N].
 
     Elements of Dst are independent, so the work runs block by block over rows of Dst, sized so that a
-    block's chunk products stay in the core's cache: the batched product of the block's chunks, its
-    rounding to float32 partials, and the chain (`_accumulate_bf16_block`).
+    block's chunk products stay in the core's cache: the batched float64 product of the block's chunks,
+    its rounding to float32 partials (exact, see `_round_partials`), and the chain (`_accumulate_bf16_block`).
     """
     chunks, m, n = shape
     if not bf16_operands:
         lhs, rhs = _as_bf16(lhs), _as_bf16(rhs)
+    lhs, rhs = np.asarray(lhs, dtype=np.float32), np.asarray(rhs, dtype=np.float32)
     terms = [(left.reshape(chunks, -1, m, MVMUL_K), right.reshape(chunks, -1, MVMUL_K, n))
              for left, right in _fidelity_terms(lhs, rhs, fidelity)]
+    checks = _ChunkChecks(lhs, rhs, shape, fidelity, terms)
     acc = np.empty((terms[0][0].shape[1], m, n))
     acc.reshape(dst.shape)[...] = dst
     dst_bound = _dst_bound(np.asarray(dst))
-    normal = _operands_keep_normal(dst_bound, lhs, rhs, chunks)  # else each block's partials are checked
+    # else each block's partials are checked
+    normal = _ranges_keep_normal(dst_bound, checks.lhs_range, checks.rhs_range, chunks)
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
     scratch = np.empty(rows * n)
     for index, first, last in _row_blocks(len(acc), m, rows):
+        block_index = slice(index, index + 1) if isinstance(index, int) else index
         partials = None
         for left, right in terms:
             product = left[:, index, first:last] @ right[:, index]
             partials = product if partials is None else partials + product
         assert partials is not None
         block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
-        partials = partials.astype(np.float32).reshape(chunks, -1)
+        partials = partials.reshape(chunks, -1, *partials.shape[-2:])  # [C, Lb, R, N]
+        rounded = _round_partials(partials, checks, block_index, first or 0).reshape(chunks, -1)
         if dst_format == "f16":
-            _accumulate_f16(block, partials)
+            _accumulate_f16(block, rounded)
         else:
-            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound, normal)
+            _accumulate_bf16_block(block, rounded, scratch[: block.size], dst_bound, normal)
     return acc
+
+
+# --------------------------------------------------------------------------- matmul: exact float32 partials
+
+# Largest exponent span (of an in0 row plus an in1 column) for which every float64 chunk sum is exact, and
+# the same for a row of `_exact_partials`' products (16-bit significands, at most 32 of them).
+_SPAN_LIMIT = {MathFidelity.LOFI: 37, MathFidelity.HIFI2: 34, MathFidelity.HIFI3: 34, MathFidelity.HIFI4: 33}
+_SPAN_EXACT = 32
+_ROUNDING_SLACK = 2.0**-44  # bound on a float64 chunk sum's error, relative to max|in0 row| * max|in1 column|
+_NAN_F32 = np.float32(np.nan)  # the quiet NaN 0x7FC00000: every NaN the matmul unit makes
+_MAX_DOUBLED = 0xFFFF_FFFF  # doubled magnitude bits of zero after subtracting 1 (it wraps)
+
+
+class _ChunkChecks:
+    """Which chunk sums of a product may not be exact in float64, and their partials done another way.
+
+    A chunk's float64 sum is exact (so its float32 rounding is the definition's) whenever the exponent
+    fields of the nonzero bf16 values of the in0 row and of the in1 column it multiplies span at most
+    `_SPAN_LIMIT` binades together (module docstring). The reference tests that cheaply and conservatively
+    from the operands' bits, in the passes that also find the ranges `_ranges_keep_normal` needs: if the
+    two operands' spans sum to at most the limit, every sum is exact. Else, with t_a + t_b = the limit,
+    values more than t_a (t_b) binades below in0's (in1's) largest are "small": rows of in0 and columns of
+    in1 without one span at most t_a and t_b, and only the sums of the "suspect" rows and columns (holding
+    a small value) may be inexact. In ordinary data (a Gaussian's rare values near 0) they are few: `fixes`
+    holds their partials, made once by `_exact_partials`. When they are many (over a quarter of the rows or
+    columns), or an operand holds an inf or NaN, every block's sums get `_rounding_test` instead ("dense").
+
+    lhs [C, L, M, 16] and rhs [C, L, 16, N] are float32 bf16 values, any views of those elements in C order.
+    """
+
+    def __init__(self, lhs: np.ndarray, rhs: np.ndarray, shape: tuple[int, int, int], fidelity: MathFidelity,
+                 terms: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        chunks, m, n = shape
+        self.lhs, self.rhs, self.chunks, self.m, self.n, self.fidelity = lhs, rhs, chunks, m, n, fidelity
+        self._a: np.ndarray | None = None
+        self._b: np.ndarray | None = None
+        # magnitude bits, sign shifted out (laid out as the views are: a C-order copy costs a gather)
+        a = lhs.view(np.uint32) << np.uint32(1)
+        b = rhs.view(np.uint32) << np.uint32(1)
+        one = np.uint32(1)
+        a_large, b_large = int(a.max(initial=0)), int(b.max(initial=0))
+        np.subtract(a, one, out=a)  # zero wraps to the top
+        np.subtract(b, one, out=b)
+        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int(b.min(initial=_MAX_DOUBLED)) + 1
+        self.lhs_range, self.rhs_range = _range_of(a_small, a_large), _range_of(b_small, b_large)
+        self.exact, self.dense = False, True
+        matrices = a.size // (chunks * m * MVMUL_K)
+        if a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED:
+            limit = _SPAN_LIMIT[fidelity]
+            span_a, span_b = _span(a_large, a_small), _span(b_large, b_small)
+            if span_a + span_b <= limit:
+                self.exact, self.dense = True, False
+                return
+            # thresholds: all of an operand's span when it fits in its half or leaves room, else half the limit
+            t_b = min(span_b, max(limit // 2, limit - span_a))
+            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1)  # flat [C, L, M]
+            cols = _suspects(b, _field(b_large) - t_b, MVMUL_K * n, n)  # flat [C, L, N]
+            if 4 * len(rows) <= chunks * matrices * m and 4 * len(cols) <= chunks * matrices * n:
+                self.dense = False
+                chunk, matrix, row = np.unravel_index(rows, (chunks, matrices, m))
+                by_rows = (np.repeat(chunk, n), np.repeat(matrix, n), np.repeat(row, n),
+                           np.tile(np.arange(n), len(rows)))
+                chunk, matrix, column = np.unravel_index(cols, (chunks, matrices, n))
+                by_cols = (np.repeat(chunk, m), np.repeat(matrix, m), np.tile(np.arange(m), len(cols)),
+                           np.repeat(column, m))
+                chunk, matrix, row, column = (np.concatenate(pair) for pair in zip(by_rows, by_cols, strict=True))
+                keys = matrix * m + row
+                order = np.argsort(keys, kind="stable")
+                self.fix_keys = keys[order]
+                self.fix_places = (chunk[order], matrix[order], row[order], column[order])
+                # the operands are finite: the fidelity products are those of the fidelity terms
+                chunk, matrix, row, column = self.fix_places
+                self.fixes = _exact_sums(np.concatenate(
+                    [left[chunk, matrix, row] * right[chunk, matrix, :, column] for left, right in terms], axis=1))
+                return
+        # dense: kept in C order for `dense_bound`
+        self._a = np.ascontiguousarray(a).reshape(chunks, matrices, m, MVMUL_K)
+        self._b = np.ascontiguousarray(b).reshape(chunks, matrices, MVMUL_K, n)
+
+    def exact_partials(self, chunk: np.ndarray, matrix: np.ndarray, row: np.ndarray,
+                       column: np.ndarray) -> np.ndarray:
+        """`_exact_partials` of the sums at (chunk, matrix, row, column)."""
+        m, n = self.m, self.n
+        matrices = self.lhs.size // (self.chunks * m * MVMUL_K)
+        k = np.arange(MVMUL_K)
+        x_flat = ((chunk * matrices + matrix) * m + row)[:, None] * MVMUL_K + k  # [F, 16], C order of lhs
+        y_flat = ((chunk * matrices + matrix)[:, None] * MVMUL_K + k) * n + column[:, None]
+        x = self.lhs[np.unravel_index(x_flat, self.lhs.shape)]
+        y = self.rhs[np.unravel_index(y_flat, self.rhs.shape)]
+        return _exact_partials(x, y, self.fidelity)
+
+    def dense_bound(self, index: slice, first: int, count: int) -> np.ndarray:
+        """[C, Lb, R, N] the rounding test's bound for a block's sums: 2**-44 times the largest |in0| of the
+        row and |in1| of the column (NaN or inf if one is)."""
+        assert self._a is not None and self._b is not None
+        one = np.uint32(1)  # undoes the decrement: a zero wraps back to 0
+        row_max = _doubled_value((self._a[:, index, first:first + count] + one).max(axis=-1))
+        col_max = _doubled_value((self._b[:, index] + one).max(axis=-2))
+        bound = row_max[..., None] * col_max[:, :, None, :]
+        return np.multiply(bound, _ROUNDING_SLACK, out=bound)
+
+
+def _field(doubled: int) -> int:
+    """Exponent field of a float32 magnitude given as doubled bits, subnormals counted as field 1 (their
+    lowest bit is that of the smallest normal binade)."""
+    return max(doubled >> 24, 1)
+
+
+def _span(large: int, small: int) -> int:
+    """Exponent span of the nonzero values between two doubled magnitudes (small past 2**32 - 1: none)."""
+    return _field(large) - _field(small) if small <= _MAX_DOUBLED else 0
+
+
+def _suspects(decremented: np.ndarray, threshold: int, group: int, keep: int) -> np.ndarray:
+    """Sorted flat C-order indices of the rows (columns) holding a nonzero value (doubled magnitude bits
+    minus 1, zero wrapped; elements in C order [C, L, M, 16] or [C, L, 16, N]) with an exponent field
+    below `threshold`: with group 16 and keep 1 the index of [C, L, M]; with group 16 * N and keep N,
+    of [C, L, N]."""
+    if threshold <= 1:
+        return np.empty(0, dtype=np.intp)
+    small = decremented < np.uint32((threshold << 24) - 1)
+    if not np.count_nonzero(small):
+        return np.empty(0, dtype=np.intp)
+    flat = _flat_nonzero(small)
+    return np.unique(flat // group * keep + flat % keep)
+
+
+def _flat_nonzero(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero(mask) (C-order indices), read in memory order: mask may be laid out as a transposed
+    view is (a ufunc keeps its input's layout), where reading in C order is a slow gather."""
+    axes = np.argsort([-stride for stride in mask.strides], kind="stable")
+    memory = mask.transpose(axes)
+    if mask.flags.c_contiguous or not memory.flags.c_contiguous:
+        return np.flatnonzero(mask)
+    index = [np.empty(0, dtype=np.intp)] * mask.ndim
+    for axis, values in zip(axes, np.unravel_index(np.flatnonzero(memory), memory.shape), strict=True):
+        index[axis] = values
+    return np.sort(np.ravel_multi_index(tuple(index), mask.shape))
+
+
+def _doubled_value(doubled: np.ndarray) -> np.ndarray:
+    """float64 magnitudes of float32 doubled magnitude bits."""
+    return (np.asarray(doubled, dtype=np.uint32) >> np.uint32(1)).view(np.float32).astype(np.float64)
+
+
+def _range_of(small: int, large: int) -> tuple[float, float]:
+    """(smallest nonzero, largest) magnitude from doubled bits, as `_magnitude_range` gives them."""
+    def value(doubled: int) -> float:
+        return float(np.array(doubled >> 1, dtype=np.uint32).view(np.float32))
+
+    smallest = math.inf if small > _MAX_DOUBLED else value(small)
+    return smallest, (math.inf if large >= _INF_F32_DOUBLED else value(large))
+
+
+def _rounding_test(sums: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 roundings, flags): where a flag is set the exact sum, within `bound` of the float64 `sums`,
+    has that float32 rounding. RN_f32 is monotonic, so if sums - bound and sums + bound round alike (bit for
+    bit: the sign of a zero counts), so does everything between; a bound that is not finite fails."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        shifted = np.subtract(sums, bound)
+        low = shifted.astype(np.float32)
+        np.add(sums, bound, out=shifted)
+        high = shifted.astype(np.float32)
+        ok = low.view(np.uint32) == high.view(np.uint32)
+        if not np.isfinite(bound).all():
+            ok &= np.isfinite(bound)
+    return low, ok
+
+
+def _round_partials(partials: np.ndarray, checks: _ChunkChecks, index: slice, first: int) -> np.ndarray:
+    """float32 partials [C, Lb, R, N] of a block (matrices `index`, rows from `first`), the definition's
+    RN_f32 of each exact chunk sum, from the float64 sums `partials` of the block.
+
+    Exact sums are rounded; the suspect sums of a sparse check take their `fixes`. In a dense check every
+    sum gets `_rounding_test` with the bound 2**-44 * max|x| * max|y| (x the in0 row, y the in1 column): a
+    float64 dot product of 16 exact products, in any order and with or without fused multiply-adds, is off
+    by at most gamma_15 = 15u / (1 - 15u) (u = 2**-53) times the sum of the products' magnitudes; HiFi3
+    adds two such sums (one more rounding: gamma_16), and its 32 products' magnitudes still sum to at most
+    sum |x| |y| (a SrcB split's parts have x's sign), at most 16 max|x| max|y|. So the error is below
+    16 * 16.01 * 2**-53 < 2**-44.99 max|x| max|y|, leaving 2**-45 for the rounding of sums -/+ bound. The
+    few sums that fail get `_exact_partials`.
+    """
+    if checks.exact:
+        return partials.astype(np.float32)
+    matrices, count = partials.shape[1:3]
+    if checks.dense:
+        out, ok = _rounding_test(partials, checks.dense_bound(index, first, count))
+        chunk, matrix, row, column = np.unravel_index(np.flatnonzero(~ok), partials.shape)
+        if len(chunk):
+            out[chunk, matrix, row, column] = checks.exact_partials(chunk, matrix + index.start, row + first, column)
+        return out
+    out = partials.astype(np.float32)
+    start = index.start * checks.m + first
+    items = slice(*np.searchsorted(checks.fix_keys, (start, start + (matrices - 1) * checks.m + count)))
+    if items.start < items.stop:
+        chunk, matrix, row, column = (v[items] for v in checks.fix_places)
+        out[chunk, matrix - index.start, row - first, column] = checks.fixes[items]
+    return out
+
+
+def _fidelity_products(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """The exact float64 products [F, 16 or 32] that the fidelity passes add for in0 rows x [F, 16] and in1
+    columns y [F, 16] (finite bf16 values; see `_fidelity_terms`)."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    if fidelity is MathFidelity.HIFI4:
+        return x64 * y64
+    x_hi, x_lo = (part.astype(np.float64) for part in _split(x, _MASK_B))
+    if fidelity is MathFidelity.HIFI2:
+        return x_hi * y64
+    y_hi = _split(y, _MASK_A)[0].astype(np.float64)
+    if fidelity is MathFidelity.LOFI:
+        return x_hi * y_hi
+    return np.concatenate([x_hi * y64, x_lo * y_hi], axis=1)
+
+
+def _exact_partials(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """The definition's partials for in0 rows x [F, 16] and in1 columns y [F, 16] (float32 bf16 values).
+
+    `_special_partials` where an operand is inf or NaN. Else RN_f32 of the exact sum of the fidelity
+    products p, proven in tiers: numpy's sum s when `_rounding_test` with the bound 2**-47 * sum |p| proves
+    its rounding (a pairwise sum of at most 32 terms errs by at most gamma_31 < 2**-48 of sum |p|, and the
+    test's own roundings by less than 2**-52 of it); else s itself when the products span at most 32
+    binades (then every order is exact, as in `_ChunkChecks`: a nonzero product has at most 16 significant
+    bits, so it is a multiple of 2**(e - 16) where |p| < 2**e, and 32 of them stay below 2**(e_max + 5));
+    else `_sum2_partials`; else (an exact tie that nothing breaks, a sum near 0 or past 2**127) in
+    integer arithmetic."""
+    out = np.empty(len(x), dtype=np.float32)
+    special = ~(np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1))
+    if special.any():
+        out[special] = _special_partials(x[special], y[special], fidelity)
+    finite = ~special
+    out[finite] = _exact_sums(_fidelity_products(x[finite], y[finite], fidelity))
+    return out
+
+
+def _exact_sums(products: np.ndarray) -> np.ndarray:
+    """RN_f32 of the exact sum of each row of finite products [F, K] (the tiers of `_exact_partials`)."""
+    sums = products.sum(axis=1) + 0.0  # + 0.0: an exact 0 is +0
+    out, ok = _rounding_test(sums, np.abs(products).sum(axis=1) * 2.0**-47)
+    rest = np.flatnonzero(~ok)
+    if not len(rest):
+        return out
+    products, sums = products[rest], sums[rest]
+    exponents = np.frexp(products)[1]
+    nonzero = products != 0
+    top = np.where(nonzero, exponents, -(1 << 20)).max(axis=1, initial=-(1 << 20))
+    low = np.where(nonzero, exponents, 1 << 20).min(axis=1, initial=1 << 20)
+    exact = top - low <= _SPAN_EXACT
+    with np.errstate(over="ignore"):
+        out[rest[exact]] = sums[exact].astype(np.float32)
+    inexact = np.flatnonzero(~exact)
+    rounded, ok = _sum2_partials(products[inexact])
+    out[rest[inexact[ok]]] = rounded[ok]
+    hard = inexact[~ok]
+    # products are multiples of 2**-266 below 2**257: scaled by 2**300 they are exact float64 integers
+    for position, scaled in zip(hard, (products[hard] * 2.0**300).tolist(), strict=True):
+        out[rest[position]] = _rn_f32_scaled(sum(map(int, scaled)), -300)
+    return out
+
+
+def _sum2_partials(products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(RN_f32 of each row's exact sum, flags of the rows where it is proven) for finite products [F, K].
+
+    Ogita, Rump and Oishi's Sum2 ("Accurate sum and dot product", 2005) keeps each addition's error
+    (TwoSum, exact) and sums the errors: s + c differs from the exact sum by at most gamma_{K-2} gamma_{K-1}
+    sum |p| < 2**-96 sum |p| (K <= 32); a final TwoSum makes hi + lo = s + c exactly. The exact sum is then
+    within `bound` = 2**-95 sum |p| of hi + lo. f = RN_f32(hi) is the answer when the nearest float32
+    rounding boundary (the midpoints next to f) is farther from hi than |lo| + bound; when hi is itself a
+    midpoint and |lo| > bound, lo's sign picks the side. Unproven: the rest, results that round to 0 (their
+    sign) and magnitudes from 2**127 (overflow)."""
+    if not len(products):
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=bool)
+    total = products[:, 0].copy()
+    errors = np.zeros_like(total)
+    for term in products.T[1:]:
+        total, error = _two_sum(total, term)
+        errors += error
+    hi, lo = _two_sum(total, errors)
+    bound = np.abs(products).sum(axis=1) * 2.0**-95
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = hi.astype(np.float32)
+        f = nearest.astype(np.float64)
+        up = np.nextafter(nearest, np.float32(np.inf)).astype(np.float64)
+        down = np.nextafter(nearest, np.float32(-np.inf)).astype(np.float64)
+        off = hi - f  # exact
+        above, below = (up - f) / 2 - off, (f - down) / 2 + off  # distances to the midpoints around f
+        margin = np.abs(lo) + bound
+        far = np.minimum(above, below) > margin
+        decided = np.abs(lo) > bound
+        # hi on the midpoint above (below) f: the exact sum is past it when lo is positive (negative)
+        result = np.where(far, f, np.where((above == 0) & (lo > 0), up, np.where((below == 0) & (lo < 0), down, f)))
+        ok = (far | (((above == 0) | (below == 0)) & decided)) & (nearest != 0) & (np.abs(hi) < 2.0**127)
+    return result.astype(np.float32), ok
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's TwoSum: (fl(a + b), the exact error a + b - fl(a + b)), elementwise in float64."""
+    total = a + b
+    virtual = total - a
+    return total, (a - (total - virtual)) + (b - virtual)
+
+
+def _special_partials(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """Partials of chunks with an inf or NaN operand: IEEE products of the values the passes read (x with
+    the SrcB split's low bits dropped at LoFi and HiFi2, y with the SrcA split's at LoFi; an inf stays inf,
+    a NaN stays NaN), summed by IEEE rules: NaN if a product is NaN or both infinities occur, else the
+    infinity. (Every such chunk has an infinite or NaN product; finite products cannot overflow.)"""
+    read_x = _split(x, _MASK_B)[0] if fidelity in (MathFidelity.LOFI, MathFidelity.HIFI2) else x
+    read_y = _split(y, _MASK_A)[0] if fidelity is MathFidelity.LOFI else y
+    read_x, read_y = np.where(np.isnan(x), x, read_x), np.where(np.isnan(y), y, read_y)
+    with np.errstate(invalid="ignore"):
+        products = read_x.astype(np.float64) * read_y.astype(np.float64)
+    nan = np.isnan(products).any(axis=1)
+    up, down = (products == np.inf).any(axis=1), (products == -np.inf).any(axis=1)
+    return np.where(nan | (up & down), _NAN_F32, np.where(up, np.float32(np.inf), np.float32(-np.inf)))
+
+
+def _rn_f32_scaled(integer: int, exponent: int) -> np.float32:
+    """RN_f32 of integer * 2**exponent (as `rn_f32_exact`), in integer arithmetic."""
+    if integer == 0:
+        return np.float32(0.0)
+    magnitude = abs(integer)
+    ulp = max(magnitude.bit_length() - 1 + exponent, -126) - 23  # exponent of the result's last bit
+    drop = ulp - exponent
+    if drop <= 0:
+        significand = magnitude << -drop
+    else:
+        significand, remainder = magnitude >> drop, magnitude & ((1 << drop) - 1)
+        half = 1 << (drop - 1)
+        if remainder > half or (remainder == half and significand & 1):
+            significand += 1
+    with np.errstate(over="ignore"):
+        result = np.float32(math.ldexp(significand, ulp))  # exact, or inf at 2**128
+    return -result if integer < 0 else result
+
+
+def rn_f32_exact(value: Fraction) -> np.float32:
+    """RN_f32 of an exact rational: the nearest float32, ties to the even significand, inf from
+    2**128 - 2**103 on (as if the next binade existed), subnormals with their fixed ulp 2**-149; an exact 0
+    gives +0 and a nonzero value that rounds to 0 keeps its sign."""
+    if value == 0:
+        return np.float32(0.0)
+    magnitude = abs(value)
+    num, den = magnitude.numerator, magnitude.denominator
+    exponent = num.bit_length() - den.bit_length()  # floor(log2 |value|) is this or one less
+    if (num << max(-exponent, 0)) < (den << max(exponent, 0)):
+        exponent -= 1
+    ulp = max(exponent, -126) - 23  # float32 keeps 24 significant bits; subnormals a fixed last bit
+    if ulp >= 0:
+        den <<= ulp
+    else:
+        num <<= -ulp
+    significand, remainder = divmod(num, den)
+    if 2 * remainder > den or (2 * remainder == den and significand & 1):
+        significand += 1
+    with np.errstate(over="ignore"):
+        result = np.float32(math.ldexp(significand, ulp))  # exact, or inf at 2**128
+    return -result if value < 0 else result
 
 
 def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:
@@ -369,14 +733,19 @@ def _magnitude_range(x: np.ndarray) -> tuple[float, float]:
 
 def _operands_keep_normal(dst_bound: float, lhs: np.ndarray, rhs: np.ndarray, chunks: int) -> bool:
     """Whether every chain of the product stays in bf16's normal range, judged from the bf16 operands
-    (cheaper than `_stays_normal` on every block's partials, which are N / 16 times larger).
+    (cheaper than `_stays_normal` on every block's partials, which are N / 16 times larger)."""
+    return _ranges_keep_normal(dst_bound, _magnitude_range(lhs), _magnitude_range(rhs), chunks)
+
+
+def _ranges_keep_normal(dst_bound: float, lhs_range: tuple[float, float], rhs_range: tuple[float, float],
+                        chunks: int) -> bool:
+    """`_operands_keep_normal` from the operands' (smallest nonzero, largest) magnitudes.
 
     Low end: a non-zero bf16 value of magnitude at least 2**-44 is a multiple of 2**-51, and so are the
     hi and lo parts of the fidelity splits; a chunk's exact sum is then a multiple of 2**-102, so its
     float32 partial is 0 or at least 2**-102, the condition `_stays_normal` needs. High end: a partial
     is at most 16 * max|lhs| * max|rhs| (times 1 + 2**-24 for its rounding)."""
-    lhs_small, lhs_large = _magnitude_range(lhs)
-    rhs_small, rhs_large = _magnitude_range(rhs)
+    (lhs_small, lhs_large), (rhs_small, rhs_large) = lhs_range, rhs_range
     if min(lhs_small, rhs_small) < 2.0**-44 or not math.isfinite(dst_bound):
         return False
     largest_partial = MVMUL_K * lhs_large * rhs_large * (1.0 + 2.0**-23)
@@ -454,11 +823,35 @@ def _accumulate_bf16(dst: np.ndarray, partials: np.ndarray) -> np.ndarray:
     # tiny at some step, or at least 2**127 (may round past bf16's range; inf and NaN included)
     redo = (low < _F32_NORMAL_EXPONENT - _EXPONENT_ONE) | (high >= _BF16_NEAR_OVERFLOW)
     if redo.any():
-        exact = np.array(np.broadcast_to(dst, out.shape), dtype=np.float64)[redo]
+        start = np.array(np.broadcast_to(dst, out.shape), dtype=np.float64)[redo]
+        exact = start
         for partial in partials:
             exact = _round_bf16_f64(exact + np.broadcast_to(partial, out.shape)[redo])
-        out[redo] = exact
+        out[redo] = _chain_nans(start, exact, "bf16")
     return out
+
+
+_F64_QUIET = np.uint64(1 << 51)
+_F16_NAN_KEEP = np.uint64(0xFFF8_0000_0000_0000 | (0x1FF << 42))  # sign, exponent, quiet bit, Float16 payload
+
+
+def _chain_nans(start: np.ndarray, end: np.ndarray, dst_format: str) -> np.ndarray:
+    """The NaNs at the end of Dst chains (float64), made as the definition says: a chain that starts from a
+    NaN Dst keeps that NaN as the Dst format rounds it (bf16: the quiet NaN with its sign; Float16: its sign
+    and the top 9 payload bits below the quiet bit, made quiet); any other NaN (from a NaN partial, or
+    inf + -inf) is the positive quiet NaN. (The payload a float64 addition of two NaNs keeps, and the sign
+    of x86's inf - inf, are not part of the definition.)"""
+    nan = np.isnan(end)
+    if not nan.any():
+        return end
+    end = end.copy()
+    own = start[nan]
+    if dst_format == "f16":
+        kept = ((own.view(np.uint64) & _F16_NAN_KEEP) | _F64_QUIET).view(np.float64)
+    else:
+        kept = np.copysign(np.nan, own)
+    end[nan] = np.where(np.isnan(own), kept, np.nan)
+    return end
 
 
 def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
@@ -495,7 +888,7 @@ def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
             exact, steps = start[redo], partials[:, redo].astype(np.float64)
             for step in steps:
                 exact = _f64_to_f16(exact + step)
-            out[redo] = exact
+            out[redo] = _chain_nans(start[redo], exact, "f16")
 
 
 _VELTKAMP_F16 = np.float64(2.0**42 + 1)  # Veltkamp's splitter for the top 53 - 42 = 11 significant bits
