@@ -308,7 +308,7 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
 # the same for a row of `_exact_partials`' products (16-bit significands, at most 32 of them).
 _SPAN_LIMIT = {MathFidelity.LOFI: 37, MathFidelity.HIFI2: 34, MathFidelity.HIFI3: 34, MathFidelity.HIFI4: 33}
 _SPAN_EXACT = 32
-_ROUNDING_SLACK = 2.0**-44  # bound on a float64 chunk sum's error, relative to max|in0 row| * max|in1 column|
+_ROUNDING_SLACK = 2.0**-47  # bound on a float64 chunk sum's error, relative to sum |in0 row| * max |in1 column|
 _NAN_F32 = np.float32(np.nan)  # the quiet NaN 0x7FC00000: every NaN the matmul unit makes
 _MAX_DOUBLED = 0xFFFF_FFFF  # doubled magnitude bits of zero after subtracting 1 (it wraps)
 
@@ -334,8 +334,6 @@ class _ChunkChecks:
                  terms: list[tuple[np.ndarray, np.ndarray]]) -> None:
         chunks, m, n = shape
         self.lhs, self.rhs, self.chunks, self.m, self.n, self.fidelity = lhs, rhs, chunks, m, n, fidelity
-        self._a: np.ndarray | None = None
-        self._b: np.ndarray | None = None
         # magnitude bits, sign shifted out (laid out as the views are: a C-order copy costs a gather)
         a = lhs.view(np.uint32) << np.uint32(1)
         b = rhs.view(np.uint32) << np.uint32(1)
@@ -355,9 +353,10 @@ class _ChunkChecks:
                 return
             # thresholds: all of an operand's span when it fits in its half or leaves room, else half the limit
             t_b = min(span_b, max(limit // 2, limit - span_a))
-            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1)  # flat [C, L, M]
-            cols = _suspects(b, _field(b_large) - t_b, MVMUL_K * n, n)  # flat [C, L, N]
-            if 4 * len(rows) <= chunks * matrices * m and 4 * len(cols) <= chunks * matrices * n:
+            most_rows, most_cols = chunks * matrices * m // 4, chunks * matrices * n // 4
+            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1, most_rows)  # flat [C, L, M]
+            cols = _suspects(b, _field(b_large) - t_b, MVMUL_K * n, n, most_cols)  # flat [C, L, N]
+            if rows is not None and cols is not None:
                 self.dense = False
                 chunk, matrix, row = np.unravel_index(rows, (chunks, matrices, m))
                 by_rows = (np.repeat(chunk, n), np.repeat(matrix, n), np.repeat(row, n),
@@ -370,14 +369,48 @@ class _ChunkChecks:
                 order = np.argsort(keys, kind="stable")
                 self.fix_keys = keys[order]
                 self.fix_places = (chunk[order], matrix[order], row[order], column[order])
-                # the operands are finite: the fidelity products are those of the fidelity terms
-                chunk, matrix, row, column = self.fix_places
-                self.fixes = _exact_sums(np.concatenate(
-                    [left[chunk, matrix, row] * right[chunk, matrix, :, column] for left, right in terms], axis=1))
+                self.terms = terms
+                self.fixes = self.exact_sums(*self.fix_places)
                 return
-        # dense: kept in C order for `dense_bound`
-        self._a = np.ascontiguousarray(a).reshape(chunks, matrices, m, MVMUL_K)
-        self._b = np.ascontiguousarray(b).reshape(chunks, matrices, MVMUL_K, n)
+        # dense: the rounding test's bound is 2**-47 * sum |x| * max |y| for row x and column y (see
+        # `_round_partials`): the magnitude sums of in0's rows, the magnitude maxima of in1's columns
+        one = np.uint32(1)  # undoes the decrement: a zero wraps back to 0
+        a = np.ascontiguousarray(a).reshape(-1, MVMUL_K)
+        a += one
+        magnitudes = _doubled_value(a)
+        total = magnitudes[:, 0].copy()
+        for k in range(1, MVMUL_K):  # faster than a reduction over 16 contiguous values
+            total += magnitudes[:, k]
+        self.row_bound = total.reshape(chunks, matrices, m) * _ROUNDING_SLACK
+        b = np.ascontiguousarray(b).reshape(chunks, matrices, MVMUL_K, n)
+        b += one
+        self.col_max = _doubled_value(b.max(axis=-2))  # [C, L, N]
+        self.finite = a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED
+        self.terms = terms
+        self._scratch: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def dense_round(self, partials: np.ndarray, index: slice, first: int) -> np.ndarray:
+        """`_round_partials` of a dense check: every sum gets `_rounding_test`'s test (in place, in scratch
+        arrays kept per block shape), and the sums that fail `exact_partials`."""
+        count = partials.shape[2]
+        if partials.shape not in self._scratch:
+            self._scratch[partials.shape] = (np.empty(partials.shape), np.empty(partials.shape),
+                                             np.empty(partials.shape, dtype=np.float32))
+        bound, shifted, high = self._scratch[partials.shape]
+        np.multiply(self.row_bound[:, index, first:first + count, None], self.col_max[:, index, None, :], out=bound)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.subtract(partials, bound, out=shifted)
+            low = shifted.astype(np.float32)
+            np.add(partials, bound, out=shifted)
+            np.copyto(high, shifted, casting="unsafe")
+            failed = low.view(np.uint32) != high.view(np.uint32)
+            if not self.finite:
+                failed |= ~np.isfinite(bound)
+        chunk, matrix, row, column = np.unravel_index(np.flatnonzero(failed), partials.shape)
+        if len(chunk):
+            place = chunk, matrix + index.start, row + first, column
+            low[chunk, matrix, row, column] = self.exact_sums(*place) if self.finite else self.exact_partials(*place)
+        return low
 
     def exact_partials(self, chunk: np.ndarray, matrix: np.ndarray, row: np.ndarray,
                        column: np.ndarray) -> np.ndarray:
@@ -391,16 +424,11 @@ class _ChunkChecks:
         y = self.rhs[np.unravel_index(y_flat, self.rhs.shape)]
         return _exact_partials(x, y, self.fidelity)
 
-    def dense_bound(self, index: slice, first: int, count: int) -> np.ndarray:
-        """[C, Lb, R, N] the rounding test's bound for a block's sums: 2**-44 times the largest |in0| of the
-        row and |in1| of the column (NaN or inf if one is)."""
-        assert self._a is not None and self._b is not None
-        one = np.uint32(1)  # undoes the decrement: a zero wraps back to 0
-        row_max = _doubled_value((self._a[:, index, first:first + count] + one).max(axis=-1))
-        col_max = _doubled_value((self._b[:, index] + one).max(axis=-2))
-        bound = row_max[..., None] * col_max[:, :, None, :]
-        return np.multiply(bound, _ROUNDING_SLACK, out=bound)
-
+    def exact_sums(self, chunk: np.ndarray, matrix: np.ndarray, row: np.ndarray, column: np.ndarray) -> np.ndarray:
+        """`_exact_sums` of the sums at (chunk, matrix, row, column) of finite operands: their fidelity
+        products are those of the fidelity terms, gathered from their contiguous copies."""
+        return _exact_sums(np.concatenate(
+            [left[chunk, matrix, row] * right[chunk, matrix, :, column] for left, right in self.terms], axis=1))
 
 def _field(doubled: int) -> int:
     """Exponent field of a float32 magnitude given as doubled bits, subnormals counted as field 1 (their
@@ -413,18 +441,22 @@ def _span(large: int, small: int) -> int:
     return _field(large) - _field(small) if small <= _MAX_DOUBLED else 0
 
 
-def _suspects(decremented: np.ndarray, threshold: int, group: int, keep: int) -> np.ndarray:
+def _suspects(decremented: np.ndarray, threshold: int, group: int, keep: int, most: int) -> np.ndarray | None:
     """Sorted flat C-order indices of the rows (columns) holding a nonzero value (doubled magnitude bits
     minus 1, zero wrapped; elements in C order [C, L, M, 16] or [C, L, 16, N]) with an exponent field
     below `threshold`: with group 16 and keep 1 the index of [C, L, M]; with group 16 * N and keep N,
-    of [C, L, N]."""
+    of [C, L, N]. None when there are (or may be) more than `most`."""
     if threshold <= 1:
         return np.empty(0, dtype=np.intp)
     small = decremented < np.uint32((threshold << 24) - 1)
-    if not np.count_nonzero(small):
+    count = np.count_nonzero(small)
+    if not count:
         return np.empty(0, dtype=np.intp)
+    if count > 4 * most:  # surely many (each row or column holds at most 16 values): skip the search
+        return None
     flat = _flat_nonzero(small)
-    return np.unique(flat // group * keep + flat % keep)
+    found = np.unique(flat // group * keep + flat % keep)
+    return found if len(found) <= most else None
 
 
 def _flat_nonzero(mask: np.ndarray) -> np.ndarray:
@@ -474,23 +506,20 @@ def _round_partials(partials: np.ndarray, checks: _ChunkChecks, index: slice, fi
     RN_f32 of each exact chunk sum, from the float64 sums `partials` of the block.
 
     Exact sums are rounded; the suspect sums of a sparse check take their `fixes`. In a dense check every
-    sum gets `_rounding_test` with the bound 2**-44 * max|x| * max|y| (x the in0 row, y the in1 column): a
-    float64 dot product of 16 exact products, in any order and with or without fused multiply-adds, is off
-    by at most gamma_15 = 15u / (1 - 15u) (u = 2**-53) times the sum of the products' magnitudes; HiFi3
-    adds two such sums (one more rounding: gamma_16), and its 32 products' magnitudes still sum to at most
-    sum |x| |y| (a SrcB split's parts have x's sign), at most 16 max|x| max|y|. So the error is below
-    16 * 16.01 * 2**-53 < 2**-44.99 max|x| max|y|, leaving 2**-45 for the rounding of sums -/+ bound. The
-    few sums that fail get `_exact_partials`.
+    sum gets `_rounding_test`'s test with the bound 2**-47 * sum |x| * max |y| (x the in0 row, y the in1
+    column): a float64 dot product of 16 exact products, in any order and with or without fused
+    multiply-adds, is off by at most gamma_15 = 15u / (1 - 15u) (u = 2**-53) times the sum of the products'
+    magnitudes; HiFi3 adds two such sums (one more rounding: gamma_16 < 2**-48.99), and its 32 products'
+    magnitudes still sum to at most sum |x| |y| (a SrcB split's parts have x's sign), at most
+    sum |x| * max |y|. The test's own roundings of sums -/+ bound add less than 2**-52.9 of that, and the
+    float64 sum |x| of 16 values errs by less than 2**-48 of itself: 2**-47 covers all three. The few sums
+    that fail get `_exact_partials`.
     """
     if checks.exact:
         return partials.astype(np.float32)
     matrices, count = partials.shape[1:3]
     if checks.dense:
-        out, ok = _rounding_test(partials, checks.dense_bound(index, first, count))
-        chunk, matrix, row, column = np.unravel_index(np.flatnonzero(~ok), partials.shape)
-        if len(chunk):
-            out[chunk, matrix, row, column] = checks.exact_partials(chunk, matrix + index.start, row + first, column)
-        return out
+        return checks.dense_round(partials, index, first)
     out = partials.astype(np.float32)
     start = index.start * checks.m + first
     items = slice(*np.searchsorted(checks.fix_keys, (start, start + (matrices - 1) * checks.m + count)))
