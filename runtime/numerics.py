@@ -26,6 +26,7 @@ rounding (`_accumulate_bf16`): the same bits either way.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -1124,8 +1125,10 @@ SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]]
     "add_scalar": lambda x, p: x + p,
     "mul_scalar": lambda x, p: x * p,
     "sub_from_scalar": lambda x, p: p - x,
-    "pow_scalar": np.power,
-    "rpow_scalar": lambda x, p: np.power(p, x),  # p ** x (tt-metal's rpow_tile)
+    # x ** p and p ** x (tt-metal's power and rpow_tile): RN_f32 of the exact power (`pow_f32`); sfpu_unary
+    # looks them up in a table per parameter (`sfpu_param_table`)
+    "pow_scalar": lambda x, p: pow_f32(x, p),
+    "rpow_scalar": lambda x, p: pow_f32(p, x),
     "max_scalar": np.maximum,
     # Selects (a where with a scalar branch): p where x != 0 (== 0), else 0; never p * 0, so an infinite p
     # (a -inf attention mask) selects cleanly instead of turning into NaN.
@@ -1145,12 +1148,16 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
     """SFPU op on x in the Dst format (bf16 or f16): evaluated in float64, rounded to the float32 result, then
     to the Dst format (RNE).
 
-    The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic.
-    Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
+    The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic, but for
+    pow_scalar and rpow_scalar (RN_f32 of the exact power, `pow_f32`, tabulated per parameter:
+    `sfpu_param_table`). Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
     The other forms are looked up in a table of their results for all 16-bit inputs (`_sfpu_table`).
     """
-    if fn_name not in SFPU_SCALAR_FUNCTIONS:
-        table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
+    if fn_name not in SFPU_SCALAR_FUNCTIONS or fn_name in _PARAM_TABLES:
+        if fn_name in _PARAM_TABLES:
+            table = sfpu_param_table(fn_name, param, dst_format)
+        else:
+            table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
         if dst_format == "f16":
             return np.asarray(table[f16_round(x).astype(np.float16).view(np.uint16)])
         return np.asarray(table[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
@@ -1164,8 +1171,8 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
 # Evaluated like the unary table functions: in float64 on the Dst-format operands, rounded to float32, then
 # once to the Dst format.
 SFPU_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    # a ** b as C's pow: a negative base with an integral exponent gives a real value, else NaN
-    "pow": np.power,
+    # a ** b: RN_f32 of the exact power with C99's special cases (`pow_f32`)
+    "pow": lambda a, b: pow_f32(a, b),
     # Selects of a tile: b where a != 0 (== 0), else 0. No arithmetic touches b, so an infinite or NaN b
     # in a position that is not selected leaves no trace (0 * inf would be NaN).
     "where_nez": lambda a, b: np.where(a != 0, b, 0.0),
@@ -1195,6 +1202,118 @@ def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray], dst_format: str = "bf16"
     with np.errstate(all="ignore"):
         y = np.asarray(fn(inputs.astype(np.float64))).astype(np.float32)
     return dst_round(y, dst_format)
+
+
+_PARAM_TABLES = ("pow_scalar", "rpow_scalar")  # scalar forms looked up in a table per parameter
+
+
+def sfpu_param_table(fn_name: str, param: float, dst_format: str = "bf16") -> np.ndarray:
+    """The 65536 results (float32 values of the Dst format) of a tabulated scalar SFPU form (pow_scalar,
+    rpow_scalar) with parameter `param` (rounded to float32), indexed by the input's bits in the Dst format,
+    as `_sfpu_table` does for unary functions. Built once per (fn, parameter, Dst format)."""
+    if fn_name not in _PARAM_TABLES:
+        raise ValueError(f"{fn_name!r} is not tabulated per parameter (one of {', '.join(_PARAM_TABLES)})")
+    bits = int(np.array(param, dtype=np.float32).view(np.uint32))
+    return _param_table(fn_name, bits, dst_format)
+
+
+@functools.lru_cache(maxsize=64)
+def _param_table(fn_name: str, param_bits: int, dst_format: str) -> np.ndarray:
+    param = np.array(param_bits, dtype=np.uint32).view(np.float32)[()]
+    if dst_format == "f16":
+        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    else:
+        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+    table = dst_round(SFPU_SCALAR_FUNCTIONS[fn_name](inputs, param), dst_format)
+    table.flags.writeable = False
+    return table
+
+
+_POW_WINDOW = 2.0**-40  # numpy's float64 power is within this (relative) of the exact power (libm: < 1 ulp)
+
+
+def pow_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a ** b for float32 values: RN_f32 of the exact real power, with C99's special cases (Annex F.10.4.4:
+    pow(x, +-0) = 1 and pow(1, y) = 1 even for NaN; pow(-1, +-inf) = 1; pow(+-0, y) = +-inf / +inf for a
+    negative odd integer / other negative y, +-0 / +0 for a positive odd integer / other positive y;
+    pow(x, +-inf) by |x| < 1 or > 1; pow(+-inf, y) by the sign and oddness of y; a negative finite x with a
+    finite non-integral y is NaN; else NaN if x or y is NaN). A negative x with an integral y gives
+    (-1)**y |x|**y. The exact power is rounded once: overflow gives inf, results below 2**-150 a zero of the
+    power's sign. Every NaN result is the quiet NaN 0x7FC00000.
+
+    numpy's float64 power decides the rounding unless it lies within `_POW_WINDOW` (relative) of a float32
+    rounding boundary; those few are resolved exactly (`_pow_exact`)."""
+    a64, b64 = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    out = np.full(a64.shape, _NAN_F32, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        integral = np.isfinite(b64) & (b64 == np.floor(b64))
+        odd = integral & (np.fmod(b64, 2.0) != 0)
+        nan_in = np.isnan(a64) | np.isnan(b64)
+        one = (b64 == 0) | (a64 == 1) | ((a64 == -1) & np.isinf(b64))
+        inf_b = np.isinf(b64) & ~nan_in
+        inf_a = np.isinf(a64) & ~nan_in
+        zero_a = (a64 == 0) & ~nan_in
+        big = np.abs(a64) > 1
+        cases = [
+            (one, np.float32(1.0)),
+            (nan_in, _NAN_F32),
+            (zero_a & (b64 < 0), np.where(odd, np.copysign(np.inf, a64), np.inf)),
+            (zero_a & (b64 > 0), np.where(odd, a64, 0.0)),
+            (inf_b, np.where(big == (b64 > 0), np.inf, 0.0)),
+            (inf_a & (a64 > 0), np.where(b64 > 0, np.inf, 0.0)),
+            (inf_a & (a64 < 0), np.where(odd, -1.0, 1.0) * np.where(b64 > 0, np.inf, 0.0)),
+            ((a64 < 0) & ~integral, _NAN_F32),
+        ]
+        done = np.zeros(a64.shape, dtype=bool)
+        for where, value in cases:
+            now = where & ~done
+            out[now] = np.broadcast_to(np.asarray(value, dtype=np.float32), a64.shape)[now]
+            done |= where
+        regular = ~done  # finite, nonzero, x != 1 (x > 0, or x < 0 with y integral), y finite and nonzero
+        base, exponent = np.abs(a64[regular]), b64[regular]
+        power = np.power(base, exponent)
+        low = (power * (1 - _POW_WINDOW)).astype(np.float32)
+        high = (power * (1 + _POW_WINDOW)).astype(np.float32)
+        magnitude = low
+        for position in np.flatnonzero(low.view(np.uint32) != high.view(np.uint32)):
+            magnitude[position] = _pow_exact(float(base[position]), float(exponent[position]))
+        out[regular] = np.where(odd[regular] & (a64[regular] < 0), -magnitude, magnitude)
+    return out
+
+
+def _pow_exact(base: float, exponent: float) -> np.float32:
+    """RN_f32 of base ** exponent for a finite base > 0, base != 1, and a finite nonzero exponent: exact
+    rational arithmetic when the power is rational and of modest size (an integral exponent, or k / 2**j
+    with the base a perfect 2**j-th power; at most `_POW_EXACT_BITS` bits), else the power to 80
+    significant digits (`decimal`). Such a power is irrational, or a rational of more than 4096 bits, so
+    not a rounding boundary (those have 25 significant bits): 80 digits put it on the right side unless it
+    lies closer than 10**-75 (relative) to one."""
+    numerator, denominator = exponent.as_integer_ratio()  # denominator 2**j
+    root = _dyadic_root(Fraction(base), denominator)
+    if root is not None:
+        odd = root.numerator >> ((root.numerator & -root.numerator).bit_length() - 1)
+        odd = max(odd, root.denominator >> ((root.denominator & -root.denominator).bit_length() - 1))
+        if odd.bit_length() * abs(numerator) <= _POW_EXACT_BITS:
+            return rn_f32_exact(root ** numerator)
+    with decimal.localcontext() as context:
+        context.prec = 80
+        value = (decimal.Decimal(exponent) * decimal.Decimal(base).ln()).exp()
+    return rn_f32_exact(Fraction(value))
+
+
+_POW_EXACT_BITS = 4096
+
+
+def _dyadic_root(value: Fraction, degree: int) -> Fraction | None:
+    """The exact degree-th root of a positive dyadic rational (degree a power of two), or None if it is
+    irrational."""
+    while degree > 1:
+        numerator, denominator = value.numerator, value.denominator
+        num_root, den_root = math.isqrt(numerator), math.isqrt(denominator)
+        if num_root * num_root != numerator or den_root * den_root != denominator:
+            return None
+        value, degree = Fraction(num_root, den_root), degree // 2
+    return value
 
 
 # --------------------------------------------------------------------------- reduce

@@ -664,11 +664,208 @@ void reduce_sum_block(float* dst, const float* const* tiles, int n, ReduceDim di
 
 }  // namespace ttc
 
+// ------------------------------------------------------------------------------------------ binary SFPU
+
 namespace ttc {
-void sfpu_binary_tile(float* a, const float* b, int count, SfpuBinaryFn fn, DstFormat format) {
-  // placeholder until the exact pow lands
-  for (int i = 0; i < count; ++i) a[i] = static_cast<float>(std::pow(static_cast<double>(a[i]), static_cast<double>(b[i])));
-  (void)fn;
-  (void)format;
+namespace {
+
+// Unsigned big integers (32-bit limbs, little end first), for exact comparisons of powers.
+class BigUint {
+ public:
+  explicit BigUint(uint64_t v = 0) {
+    while (v) {
+      limbs_.push_back(static_cast<uint32_t>(v));
+      v >>= 32;
+    }
+  }
+  BigUint operator*(const BigUint& o) const {
+    BigUint out;
+    if (limbs_.empty() || o.limbs_.empty()) return out;
+    out.limbs_.assign(limbs_.size() + o.limbs_.size(), 0);
+    for (size_t i = 0; i < limbs_.size(); ++i) {
+      uint64_t carry = 0;
+      for (size_t j = 0; j < o.limbs_.size(); ++j) {
+        uint64_t t = static_cast<uint64_t>(limbs_[i]) * o.limbs_[j] + out.limbs_[i + j] + carry;
+        out.limbs_[i + j] = static_cast<uint32_t>(t);
+        carry = t >> 32;
+      }
+      out.limbs_[i + o.limbs_.size()] = static_cast<uint32_t>(carry);
+    }
+    out.trim();
+    return out;
+  }
+  BigUint shifted(int64_t bits) const {  // * 2**bits, bits >= 0
+    BigUint out;
+    if (limbs_.empty()) return out;
+    size_t words = static_cast<size_t>(bits / 32);
+    int rest = static_cast<int>(bits % 32);
+    out.limbs_.assign(words, 0);
+    uint32_t carry = 0;
+    for (uint32_t limb : limbs_) {
+      out.limbs_.push_back(rest ? (limb << rest) | carry : limb);
+      carry = rest ? limb >> (32 - rest) : 0;
+    }
+    if (carry) out.limbs_.push_back(carry);
+    return out;
+  }
+  static BigUint power(uint64_t base, uint64_t n) {  // base**n by squaring
+    BigUint result(1), square(base);
+    while (n) {
+      if (n & 1) result = result * square;
+      n >>= 1;
+      if (n) square = square * square;
+    }
+    return result;
+  }
+  friend int compare(const BigUint& a, const BigUint& b) {
+    if (a.limbs_.size() != b.limbs_.size()) return a.limbs_.size() < b.limbs_.size() ? -1 : 1;
+    for (size_t i = a.limbs_.size(); i-- > 0;)
+      if (a.limbs_[i] != b.limbs_[i]) return a.limbs_[i] < b.limbs_[i] ? -1 : 1;
+    return 0;
+  }
+
+ private:
+  void trim() {
+    while (!limbs_.empty() && !limbs_.back()) limbs_.pop_back();
+  }
+  std::vector<uint32_t> limbs_;
+};
+
+// odd * 2**exponent of a positive finite double.
+void split_odd(double v, uint64_t& odd, int64_t& exponent) {
+  int e;
+  double fraction = std::frexp(v, &e);
+  odd = static_cast<uint64_t>(std::ldexp(fraction, 53));
+  exponent = e - 53;
+  int zeros = __builtin_ctzll(odd);
+  odd >>= zeros;
+  exponent += zeros;
 }
+
+constexpr int kPowExactBits = 16384;  // largest odd part (bits) of a rational power compared exactly
+
+// Sign of base**exponent - m (base > 0, != 1; exponent finite, nonzero; m > 0) where the power is
+// rational: an integral exponent n, or k / 2**j with base a perfect 2**j-th power. Returns false (and
+// leaves sign) when the power is irrational or its odd part has more than kPowExactBits bits.
+bool rational_power_sign(double base, double exponent, double m, int& sign) {
+  uint64_t odd;
+  int64_t e;
+  split_odd(base, odd, e);
+  uint64_t k_odd;
+  int64_t k_exp;
+  split_odd(std::fabs(exponent), k_odd, k_exp);  // |exponent| = k_odd * 2**k_exp
+  if (k_exp < 0) {  // exponent k / 2**j: the 2**j-th root of base must be rational
+    if (-k_exp > 62 || e % (int64_t{1} << -k_exp)) return false;
+    for (int64_t t = 0; t < -k_exp; ++t) {
+      uint64_t root = static_cast<uint64_t>(std::sqrt(static_cast<double>(odd)));
+      while (root * root > odd) --root;
+      while ((root + 1) * (root + 1) <= odd) ++root;
+      if (root * root != odd) return false;
+      odd = root;
+    }
+    e >>= -k_exp;
+  } else if (k_exp > 20) {
+    return false;
+  } else {
+    k_odd <<= k_exp;
+  }
+  // base' = odd * 2**e, power n = +-k_odd
+  int bits = 64 - __builtin_clzll(odd);
+  if (static_cast<double>(bits) * static_cast<double>(k_odd) > kPowExactBits || k_odd > (uint64_t{1} << 40)) return false;
+  uint64_t m_odd;
+  int64_t m_exp;
+  split_odd(m, m_odd, m_exp);
+  BigUint power = BigUint::power(odd, k_odd);
+  int64_t scale = e * static_cast<int64_t>(k_odd);  // 2**scale goes with odd**k
+  int c;
+  if (exponent > 0) {  // odd**k * 2**scale vs m_odd * 2**m_exp
+    int64_t shift = scale - m_exp;
+    c = compare(power.shifted(std::max<int64_t>(shift, 0)), BigUint(m_odd).shifted(std::max<int64_t>(-shift, 0)));
+  } else {  // 2**-scale / odd**k vs m_odd * 2**m_exp  <=>  2**(-scale - m_exp) vs m_odd * odd**k
+    int64_t shift = -scale - m_exp;
+    BigUint right = BigUint(m_odd) * power;
+    c = compare(BigUint(1).shifted(std::max<int64_t>(shift, 0)), right.shifted(std::max<int64_t>(-shift, 0)));
+  }
+  sign = c;
+  return true;
+}
+
+// RN_f32 of base**exponent (base > 0, != 1, finite; exponent finite, nonzero): glibc's pow (error below
+// 1 ulp) decides unless it lies within 2**-40 (relative) of a float32 rounding boundary; then the
+// boundary is compared with the exact power: exactly (rational_power_sign) when the power is rational and
+// of modest size, else with an 80-bit long double power (within 2**-56 of it) -- such a power cannot be a
+// boundary, and lies closer to one than that in no case we know of; then the long double decides.
+float pow_magnitude(double base, double exponent) {
+  double r = std::pow(base, exponent);
+  float low = static_cast<float>(r * (1 - 0x1p-40)), high = static_cast<float>(r * (1 + 0x1p-40));
+  if (bits_of(low) == bits_of(high)) return low;
+  double m = std::isinf(high) ? static_cast<double>(low) + 0x1p103
+                              : (static_cast<double>(low) + static_cast<double>(high)) / 2;  // the boundary
+  int sign;
+  if (!rational_power_sign(base, exponent, m, sign)) {
+    long double precise = std::pow(static_cast<long double>(base), static_cast<long double>(exponent));
+    long double margin = precise * 0x1p-56L;
+    sign = precise - margin > m ? 1 : precise + margin < m ? -1 : (precise > m) - (precise < m);
+  }
+  if (sign > 0) return high;
+  if (sign < 0) return low;
+  return bits_of(low) & 1 ? high : low;  // a tie: the even one (inf past the largest float)
+}
+
+// a ** b for Dst values (runtime/numerics.py pow_f32): RN_f32 of the exact power with C99's special cases;
+// every NaN result is the quiet NaN.
+float pow_f32(double a, double b) {
+  const double inf = HUGE_VAL;
+  bool integral = std::isfinite(b) && b == std::floor(b);
+  bool odd = integral && std::fmod(b, 2.0) != 0;
+  if (b == 0 || a == 1 || (a == -1 && std::isinf(b))) return 1.0f;
+  if (std::isnan(a) || std::isnan(b)) return float_of(kQuietNaN);
+  if (a == 0) {
+    if (b < 0) return static_cast<float>(odd ? std::copysign(inf, a) : inf);
+    return static_cast<float>(odd ? a : 0.0);
+  }
+  if (std::isinf(b)) return static_cast<float>((std::fabs(a) > 1) == (b > 0) ? inf : 0.0);
+  if (std::isinf(a)) {
+    double magnitude = b > 0 ? inf : 0.0;
+    return static_cast<float>(a < 0 && odd ? -magnitude : magnitude);
+  }
+  if (a < 0 && !integral) return float_of(kQuietNaN);
+  float magnitude = pow_magnitude(std::fabs(a), b);
+  return a < 0 && odd ? -magnitude : magnitude;
+}
+
+// Float32 rounded to the Dst format as numerics.dst_round does (ml_dtypes' bf16: a NaN becomes the quiet
+// NaN with its sign; numpy's float16: a NaN keeps its sign and top 10 payload bits, 1 if they are 0).
+float dst_round_f32(float x, DstFormat format) {
+  if (format == DstFormat::BF16) return to_bf16(x);
+  uint32_t u = bits_of(x);
+  if (is_nan_bits(u)) {
+    uint32_t payload = std::max<uint32_t>((u & 0x007FFFFFu) >> 13, 1);
+    return float_of((u & 0x80000000u) | 0x7F800000u | (payload << 13));
+  }
+  uint32_t magnitude = u & 0x7FFFFFFFu;
+  if (magnitude >= 0x38800000u && magnitude < 0x477FF000u) {  // [2**-14, 65520): Float16's normal range
+    return float_of((u + 0xFFFu + ((u >> 13) & 1u)) & 0xFFFFE000u);  // RNE to 11 significant bits
+  }
+  return static_cast<float>(round_to_dst(static_cast<double>(x), DstFormat::F16));
+}
+
+}  // namespace
+
+void sfpu_binary_tile(float* a, const float* b, int count, SfpuBinaryFn fn, DstFormat format) {
+  for (int i = 0; i < count; ++i) {
+    float x = dst_round_f32(a[i], format), y = dst_round_f32(b[i], format);
+    float result;
+    if (fn == SfpuBinaryFn::POW) {
+      result = pow_f32(x, y);
+    } else {
+      bool take = fn == SfpuBinaryFn::WHERE_NEZ ? x != 0 : x == 0;  // a NaN is != 0
+      result = take ? y : 0.0f;
+      // numerics.sfpu_binary passes the operands through float64, which makes a NaN quiet
+      if (is_nan_bits(bits_of(result))) result = float_of(bits_of(result) | 0x00400000u);
+    }
+    a[i] = dst_round_f32(result, format);
+  }
+}
+
 }  // namespace ttc
