@@ -1,27 +1,57 @@
 """The compute numerics model ttc uses for the emulated Grayskull (pure numpy, vectorised over tiles).
 
 GRAYSKULL.md "The numerics model ttc uses" fixes the rules; this module is their single implementation:
-- Dst holds bfloat16.  A matmul adds one MVMUL (16 elements of K) at a time:
-  ``Dst = bf16_rne(Dst + partial)``, partial = the float32 value of the sum of that chunk's products
-  over the math-fidelity passes.  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
+- Dst holds bfloat16 (or Float16 for f16 results).  A matmul adds one MVMUL (16 elements of K) at a time:
+  ``Dst = RN_dst(Dst + partial)``, partial = the float32 rounding of the exact sum of that chunk's products
+  over the math-fidelity passes (stated exactly below).  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
   and gets the 5-bit split, SrcB holds rows of in0 (M x K) and gets the 7-bit split.
 - Eltwise FPU add/sub/mul: bf16 operands, result rounded once to bf16 (RNE).
 - SFPU: computed in float32 then rounded to bf16 on write-back.  The Grayskull SFPU really works on
   19-bit floats (1+8+10); ttc deliberately models it as float32-then-bf16.
 
-Exactness.  Every rounding above is a single round-to-nearest-even of the exact value:
-- the products of two bf16 values (8-bit significands) are exact in float64, and so are their sums
-  whenever one chunk's products span less than about 2**30 in magnitude (all practical data); the
-  sum is then rounded once to float32 (numpy's float64 -> float32 cast is RNE);
-- ``Dst + partial`` is formed in float64 and rounded once to bf16 via round-to-odd at float32 precision
-  (``_f64_to_bf16``).  ml_dtypes' own float64 -> bfloat16 cast rounds twice (through float32), which
-  differs, e.g. 257 + 2**-20 -> 256 instead of 258.
-Because a chunk's sum is exact, adding the fidelity passes in any order or grouping gives the same
-value, so the passes are grouped into at most two matrix products (see _fidelity_terms), and the same
-matmul computed over different tile blocks (same K order) gives identical bits.
+The matmul unit, exactly (the definition the native core matches bit for bit).  x is in0 (SrcB) and y
+in1 (SrcA), bf16 values (operands are rounded to bf16 first); hiB(x) keeps sign, exponent and the top 6
+mantissa bits (the 7-bit split), loB(x) = x - hiB(x) its last bit, hiA(y) the top 4 (the 5-bit split).
+A chunk's products per k are: LoFi hiB(x) hiA(y); HiFi2 hiB(x) y; HiFi3 hiB(x) y and loB(x) hiA(y) (32
+products); HiFi4 x y, all exact reals.
+- partial = RN_f32(the exact real sum of the chunk's products): one rounding to nearest, ties to even;
+  exact sums from 2**128 - 2**103 on round to inf; below 2**-126 the float32 subnormal grid applies, and
+  a nonzero sum that rounds to 0 keeps its sign; an exact sum of 0 is +0 (even if every product is -0).
+- A chunk with an inf or NaN operand: its products are the IEEE products of the values the passes read
+  (x as hiB(x) at LoFi and HiFi2, y as hiA(y) at LoFi, else as they are; an inf stays inf and a NaN stays
+  NaN), so finite operands give finite products and inf * 0 gives NaN. The partial is NaN if a product
+  is NaN or both +inf and -inf occur, else the infinity that occurs. (Before this definition HiFi3 took
+  loB(inf) = inf - inf = NaN, which made an inf operand NaN depending on the other operand's last bit.)
+- Dst = RN_dst(RN_f64(Dst + partial)) chunk after chunk, RN_dst rounding to bf16 (8 significant bits) or
+  Float16 (11), ties to even, inf past the format's largest value, the format's subnormal grid below its
+  normal range. The float64 sum is exact unless |Dst| < 2**-45 |partial| (f16: 2**-42) or
+  |partial| < 2**-29 |Dst|. In the second case both sums lie far inside Dst's rounding interval and round
+  to Dst alike; in the first, RN_f64 may drop a Dst that would break a tie of the partial at the Dst
+  format's precision: that double rounding is part of the definition.
+- NaN: a chain from a NaN Dst keeps that NaN as the format rounds it (bf16: the quiet NaN with its sign;
+  f16: its sign and top 9 payload bits, made quiet); any other NaN result (a NaN partial, inf + -inf)
+  is the positive quiet NaN (bf16 0x7FC0, f16 0x7E00).
+Reduce "sum" is this matmul with a scaler-row tile (see reduce_tiles); reduce "scalar" is the row
+reduction then the column reduction of its sums.
+
+How the reference computes it fast.  The products of bf16 values (or their split parts) are exact in
+float64, and so is every order of summing a chunk's products when the exponent fields of the nonzero
+operands of the in0 row and the in1 column span at most `_SPAN_LIMIT` binades together (33 HiFi4,
+34 HiFi2/HiFi3, 37 LoFi): then one float64 matrix product per fidelity term (grouped as in
+`_fidelity_terms`; a dgemm may sum in any order) and numpy's RNE cast to float32 give the definition.
+`_ChunkChecks` proves that cheaply for ordinary data and lists the few sums it cannot prove; those, and
+all sums of operands with wide spans (softmax rows of attention), are checked against a rigorous error
+bound (`_rounding_test`) and the rare failures summed exactly (`_exact_partials`). Since every chunk
+sum is exact, the same matmul computed over different tile blocks (same K order) gives identical bits.
+``Dst + partial`` is formed in float64 and rounded once to bf16 via round-to-odd at float32 precision
+(``_f64_to_bf16``); ml_dtypes' own float64 -> bfloat16 cast rounds twice (through float32), which
+differs, e.g. 257 + 2**-20 -> 256 instead of 258.
 The chain runs over cache-sized blocks of Dst; a block whose every step provably stays in bf16's normal
 range rounds with Veltkamp's split (`_accumulate_bf16_normal`), any other block with the general bit
 rounding (`_accumulate_bf16`): the same bits either way.
+
+pow (binary `pow`, `pow_scalar` x ** p, `rpow_scalar` p ** x, with x the Dst-format value and p the
+float32 parameter): RN_dst(RN_f32(the exact real power)) with C99's special cases (`pow_f32`).
 """
 
 from __future__ import annotations
@@ -1183,9 +1213,9 @@ SFPU_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 def sfpu_binary(a: np.ndarray, b: np.ndarray, fn_name: str, dst_format: str = "bf16") -> np.ndarray:
     """Binary SFPU op on two Dst slots (values in the Dst format): evaluated in float64, rounded to the
     float32 result, then once to the Dst format (RNE). IEEE results out of the domain (0 ** -1 = inf)."""
-    lhs = dst_round(np.asarray(a, dtype=np.float32), dst_format).astype(np.float64)
-    rhs = dst_round(np.asarray(b, dtype=np.float32), dst_format).astype(np.float64)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # a signalling NaN's cast raises the invalid flag
+        lhs = dst_round(np.asarray(a, dtype=np.float32), dst_format).astype(np.float64)
+        rhs = dst_round(np.asarray(b, dtype=np.float32), dst_format).astype(np.float64)
         y = np.asarray(SFPU_BINARY_FUNCTIONS[fn_name](lhs, rhs)).astype(np.float32)
     return dst_round(y, dst_format)
 
@@ -1243,9 +1273,9 @@ def pow_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     numpy's float64 power decides the rounding unless it lies within `_POW_WINDOW` (relative) of a float32
     rounding boundary; those few are resolved exactly (`_pow_exact`)."""
-    a64, b64 = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-    out = np.full(a64.shape, _NAN_F32, dtype=np.float32)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # a signalling NaN's cast raises the invalid flag
+        a64, b64 = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        out = np.full(a64.shape, _NAN_F32, dtype=np.float32)
         integral = np.isfinite(b64) & (b64 == np.floor(b64))
         odd = integral & (np.fmod(b64, 2.0) != 0)
         nan_in = np.isnan(a64) | np.isnan(b64)
