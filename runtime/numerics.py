@@ -368,14 +368,17 @@ class _ChunkChecks:
         # magnitude bits, sign shifted out (laid out as the views are: a C-order copy costs a gather)
         a = lhs.view(np.uint32) << np.uint32(1)
         b = rhs.view(np.uint32) << np.uint32(1)
+        matrices = a.size // (chunks * m * MVMUL_K)
         one = np.uint32(1)
-        a_large, b_large = int(a.max(initial=0)), int(b.max(initial=0))
+        a_large = int(a.max(initial=0))
+        col_top = _column_reduce(np.maximum, b, (chunks, matrices, n))  # [C * L * N]
+        b_large = int(col_top.max(initial=0))
         np.subtract(a, one, out=a)  # zero wraps to the top
         np.subtract(b, one, out=b)
-        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int(b.min(initial=_MAX_DOUBLED)) + 1
+        col_low = _column_reduce(np.minimum, b, (chunks, matrices, n)) + one  # 0 for a column of zeros
+        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int((col_low - one).min(initial=_MAX_DOUBLED)) + 1
         self.lhs_range, self.rhs_range = _range_of(a_small, a_large), _range_of(b_small, b_large)
         self.exact, self.dense = False, True
-        matrices = a.size // (chunks * m * MVMUL_K)
         if a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED:
             limit = _SPAN_LIMIT[fidelity]
             span_a, span_b = _span(a_large, a_small), _span(b_large, b_small)
@@ -384,18 +387,26 @@ class _ChunkChecks:
                 return
             # thresholds: all of an operand's span when it fits in its half or leaves room, else half the limit
             t_b = min(span_b, max(limit // 2, limit - span_a))
-            most_rows, most_cols = chunks * matrices * m // 4, chunks * matrices * n // 4
-            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1, most_rows)  # flat [C, L, M]
-            cols = _suspects(b, _field(b_large) - t_b, MVMUL_K * n, n, most_cols)  # flat [C, L, N]
-            if rows is not None and cols is not None:
+            col_span = _spans(col_top, col_low)  # [C * L * N]
+            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1, chunks * matrices * m // 4)
+            cols = np.flatnonzero(col_span > t_b)  # flat [C, L, N]: with any row (spanning up to limit - t_b)
+            if rows is not None and 4 * len(cols) <= len(col_span):
                 self.dense = False
-                chunk, matrix, row = np.unravel_index(rows, (chunks, matrices, m))
-                by_rows = (np.repeat(chunk, n), np.repeat(matrix, n), np.repeat(row, n),
-                           np.tile(np.arange(n), len(rows)))
+                # a suspect row's sums with the columns its measured span overspans
+                k = np.arange(MVMUL_K)
+                x = a[np.unravel_index(rows[:, None] * MVMUL_K + k, a.shape)]  # [S, 16], decremented
+                row_span = _spans((x + one).max(axis=1, initial=0), x.min(axis=1, initial=_MAX_DOUBLED) + one)
+                chunk_matrix = rows // m
+                which, column = np.nonzero(row_span[:, None] + col_span.reshape(-1, n)[chunk_matrix] > limit)
+                chunk, matrix, row = np.unravel_index(rows[which], (chunks, matrices, m))
+                by_rows = chunk, matrix, row, column
                 chunk, matrix, column = np.unravel_index(cols, (chunks, matrices, n))
                 by_cols = (np.repeat(chunk, m), np.repeat(matrix, m), np.tile(np.arange(m), len(cols)),
                            np.repeat(column, m))
                 chunk, matrix, row, column = (np.concatenate(pair) for pair in zip(by_rows, by_cols, strict=True))
+                if not len(chunk):  # the measured spans prove every sum exact
+                    self.exact = True
+                    return
                 keys = matrix * m + row
                 order = np.argsort(keys, kind="stable")
                 self.fix_keys = keys[order]
@@ -467,6 +478,14 @@ def _field(doubled: int) -> int:
     return max(doubled >> 24, 1)
 
 
+def _spans(top: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Exponent spans (int64) of value sets given by their largest and smallest nonzero doubled magnitude
+    bits (0 and 0 for a set of zeros), subnormals counted as field 1."""
+    one = np.uint32(1)
+    fields = [np.maximum(np.asarray(v, dtype=np.uint32) >> np.uint32(24), one).astype(np.int64) for v in (top, low)]
+    return np.where(top == 0, 0, fields[0] - fields[1])
+
+
 def _span(large: int, small: int) -> int:
     """Exponent span of the nonzero values between two doubled magnitudes (small past 2**32 - 1: none)."""
     return _field(large) - _field(small) if small <= _MAX_DOUBLED else 0
@@ -488,6 +507,19 @@ def _suspects(decremented: np.ndarray, threshold: int, group: int, keep: int, mo
     flat = _flat_nonzero(small)
     found = np.unique(flat // group * keep + flat % keep)
     return found if len(found) <= most else None
+
+
+def _column_reduce(ufunc: np.ufunc, x: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """ufunc's reduction over the 16 rows of each chunk's column of in1 (x: elements in C order
+    [C, L, 16, N], laid out as the caller's view), flat [C * L * N]: over the view's axis of 16 when its
+    shape splits there (the views callers pass do), else over a C-order copy."""
+    chunks, matrices, n = shape
+    product = 1
+    for axis, size in enumerate(x.shape):
+        if product == chunks * matrices and size == MVMUL_K and math.prod(x.shape[axis + 1:]) == n:
+            return ufunc.reduce(x, axis=axis).reshape(-1)
+        product *= size
+    return ufunc.reduce(np.ascontiguousarray(x).reshape(chunks, matrices, MVMUL_K, n), axis=2).reshape(-1)
 
 
 def _flat_nonzero(mask: np.ndarray) -> np.ndarray:
