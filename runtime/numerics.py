@@ -370,13 +370,10 @@ class _ChunkChecks:
         b = rhs.view(np.uint32) << np.uint32(1)
         matrices = a.size // (chunks * m * MVMUL_K)
         one = np.uint32(1)
-        a_large = int(a.max(initial=0))
-        col_top = _column_reduce(np.maximum, b, (chunks, matrices, n))  # [C * L * N]
-        b_large = int(col_top.max(initial=0))
+        a_large, b_large = int(a.max(initial=0)), int(b.max(initial=0))
         np.subtract(a, one, out=a)  # zero wraps to the top
         np.subtract(b, one, out=b)
-        col_low = _column_reduce(np.minimum, b, (chunks, matrices, n)) + one  # 0 for a column of zeros
-        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int((col_low - one).min(initial=_MAX_DOUBLED)) + 1
+        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int(b.min(initial=_MAX_DOUBLED)) + 1
         self.lhs_range, self.rhs_range = _range_of(a_small, a_large), _range_of(b_small, b_large)
         self.exact, self.dense = False, True
         if a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED:
@@ -387,7 +384,8 @@ class _ChunkChecks:
                 return
             # thresholds: all of an operand's span when it fits in its half or leaves room, else half the limit
             t_b = min(span_b, max(limit // 2, limit - span_a))
-            col_span = _spans(col_top, col_low)  # [C * L * N]
+            col_top = _column_reduce(np.maximum, b + one, (chunks, matrices, n))  # + 1: a zero back to 0
+            col_span = _spans(col_top, _column_reduce(np.minimum, b, (chunks, matrices, n)) + one)  # [C * L * N]
             rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1, chunks * matrices * m // 4)
             cols = np.flatnonzero(col_span > t_b)  # flat [C, L, N]: with any row (spanning up to limit - t_b)
             if rows is not None and 4 * len(cols) <= len(col_span):
