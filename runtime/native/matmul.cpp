@@ -499,8 +499,12 @@ inline v8d multiply_add(double a, v8d b, v8d acc) {
 #endif
 }
 
-// The register-block GEMM step: sums[r][q] = sum over kc of a[r][k] * b[k][q], in float64.
-inline void micro_kernel(const double* __restrict a, const double* __restrict b, int kc, double* __restrict sums) {
+// The register-block GEMM step: sums[r][q] = sum over kc of a[r][k] * b[k][q], in float64. kChain: the
+// sums are exact and every chain step provably normal (bf16): round them to float32 and do the Dst step
+// (block_chain<true, false>) on d in registers, without storing them.
+template <bool kChain>
+inline void micro_kernel(const double* __restrict a, const double* __restrict b, int kc, double* __restrict out,
+                         double splitter = 0) {
   v8d acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = v8d{};
@@ -513,7 +517,16 @@ inline void micro_kernel(const double* __restrict a, const double* __restrict b,
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store8(sums + r * NR + v * VL, acc[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      double* at = out + r * NR + v * VL;
+      if constexpr (kChain) {
+        v8d sum = load8(at) + __builtin_convertvector(__builtin_convertvector(acc[r][v], v8f), v8d);
+        v8d t = sum * splitter;
+        store8(at, t - (t - sum));
+      } else {
+        store8(at, acc[r][v]);
+      }
+    }
 }
 
 void run(Problem& p, float* const* dst, int rows, int cols, DstFormat format) {
@@ -538,8 +551,14 @@ void run(Problem& p, float* const* dst, int rows, int cols, DstFormat format) {
         if (row_span < 0 && !special) {
           std::fill(sums, sums + MR * NR, 0.0);  // rows of zeros: exact +0 partials
         } else {
-          micro_kernel(&p.a[(static_cast<size_t>(c) * p.m + i0) * kc], &p.b[cb * kc * NR], kc, sums);
-          if (special || row_span + p.col_block_span[cb] > p.limit) {  // not proven exact
+          const double* a_block = &p.a[(static_cast<size_t>(c) * p.m + i0) * kc];
+          const bool exact = !special && row_span + p.col_block_span[cb] <= p.limit;
+          if (exact && p.chain_normal) {
+            micro_kernel<true>(a_block, &p.b[cb * kc * NR], kc, d, 0x1p45 + 1);
+            continue;
+          }
+          micro_kernel<false>(a_block, &p.b[cb * kc * NR], kc, sums);
+          if (!exact) {
             block_partials(p, c, i0, j0, sums, partials);
             block_chain<false, true>(d, sums, partials, format);
             continue;
