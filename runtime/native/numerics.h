@@ -84,3 +84,21 @@ enum class SfpuBinaryFn : int { POW = 0, WHERE_NEZ = 1, WHERE_EQZ = 2 };
 void sfpu_binary_tile(float* a, const float* b, int count, SfpuBinaryFn fn, DstFormat format);
 
 }  // namespace ttc
+
+// ---------------------------------------------------------------------------------------- formats: row-major rows
+// (added by the numerics part, implemented in formats.cpp)
+
+namespace ttc {
+
+// interpreter.pack_row_values: `count` float values -> the bytes of a row-major CB page (BF16: RNE bf16, 2 bytes
+// each; F32: the float32 values, 4 bytes each). Other formats throw std::invalid_argument.
+void pack_row_values(const float* values, int count, Format format, uint8_t* dst);
+// interpreter.unpack_rows: the bytes of `count` row-major values -> floats (BF16: exact; F32: rounded to bf16,
+// RNE). Other formats throw std::invalid_argument.
+void unpack_row_values(const uint8_t* src, int count, Format format, float* out);
+
+// x[0..count) = dst_round(x[i], format): the array form of dst_round, for loops the compiler vectorises (a
+// datacopy into Dst, an f32 / i32 operand unpacked for the FPU).
+void dst_round_values(float* x, int count, DstFormat format);
+
+}  // namespace ttc
