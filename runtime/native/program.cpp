@@ -373,11 +373,11 @@ class Core {
   // Interpreter `unpack_front`: tiles at the waited-window offsets (offs) as the FPU's sources get them.
   Format unpack_front(int64_t index, std::vector<float>& out);
   void to_dst(float* tile, Format cb_format) const {
+    // numerics.as_f16 is f16_round elementwise (it only skips values it can prove need no rounding)
     if (E.dst == DstFormat::F16) {
-      if (cb_format != Format::F16)
-        for (int i = 0; i < TILE_ELEMS; ++i) tile[i] = f16_round(tile[i]);
+      if (cb_format != Format::F16) dst_round_values(tile, TILE_ELEMS, DstFormat::F16);
     } else if (cb_format == Format::F16) {
-      for (int i = 0; i < TILE_ELEMS; ++i) tile[i] = bf16_round(tile[i]);
+      dst_round_values(tile, TILE_ELEMS, DstFormat::BF16);
     }
   }
 
@@ -983,8 +983,7 @@ Format Core::unpack_front(int64_t index, std::vector<float>& out) {
   for (int64_t i = 0; i < n; ++i) {
     float* tile = out.data() + i * TILE_ELEMS;
     unpack_tile(slot_ptr(index, front_slot(index, offs[i])), fmt, tile);
-    if (fmt == Format::F32 || fmt == Format::I32)
-      for (int j = 0; j < TILE_ELEMS; ++j) tile[j] = dst_round(tile[j], E.dst);
+    if (fmt == Format::F32 || fmt == Format::I32) dst_round_values(tile, TILE_ELEMS, E.dst);
   }
   return fmt;
 }
@@ -1027,27 +1026,13 @@ void Core::op_tilize(const Instr& in) {
     fail(TILIZE_FORMAT, index, {c.format});
   int64_t width = c.page_size / element, first = f[3] * TILE;
   if (first < 0) internal("tilize_tiles at a negative column", index);
+  int64_t count = std::max<int64_t>(0, std::min(cols * TILE, width - first));
+  std::vector<float>& row = tiles_a;
+  row.assign(cols * TILE, 0.0f);  // zero past the row
   for (int64_t i = 0; i < TILE; ++i) {
-    const uint8_t* row = slot_ptr(index, front_slot(index, i));
-    for (int64_t col = 0; col < cols; ++col) {
-      float* out = dst_tile(base + col) + i * TILE;
-      for (int64_t j = 0; j < TILE; ++j) {
-        int64_t e = first + col * TILE + j;
-        float v = 0.0f;
-        if (e < width) {
-          if (element == 2) {
-            uint16_t h;
-            std::memcpy(&h, row + e * 2, 2);
-            uint32_t b = static_cast<uint32_t>(h) << 16;
-            std::memcpy(&v, &b, 4);
-          } else {
-            std::memcpy(&v, row + e * 4, 4);
-            v = bf16_round(v);
-          }
-        }
-        out[j] = v;
-      }
-    }
+    unpack_row_values(slot_ptr(index, front_slot(index, i)) + first * element, static_cast<int>(count),
+                      static_cast<Format>(c.format), row.data());
+    for (int64_t col = 0; col < cols; ++col) std::memcpy(dst_tile(base + col) + i * TILE, row.data() + col * TILE, TILE * 4);
   }
   counters.compute_cycles += f[9];
 }
@@ -1067,20 +1052,12 @@ void Core::op_pack_rows(const Instr& in) {
   if (!bf16 && c.format != static_cast<int>(Format::F32)) fail(UNTILIZE_FORMAT, index, {c.format});
   if (first < 0) internal("pack_rows at a negative column", index);
   int64_t count = std::min(cols * TILE, width - first);
+  std::vector<float>& values = tiles_a;
+  values.resize(std::max<int64_t>(count, 0));
   for (int64_t i = 0; i < TILE; ++i) {
-    uint8_t* row = slot_ptr(index, back_slot(index, i)) + first * element;
-    for (int64_t e = 0; e < count; ++e) {
-      float v = dst_tile(base + e / TILE)[i * TILE + e % TILE];
-      if (bf16) {
-        float r = bf16_round(v);
-        uint32_t b;
-        std::memcpy(&b, &r, 4);
-        uint16_t h = static_cast<uint16_t>(b >> 16);
-        std::memcpy(row + e * 2, &h, 2);
-      } else {
-        std::memcpy(row + e * 4, &v, 4);
-      }
-    }
+    for (int64_t e = 0; e < count; ++e) values[e] = dst_tile(base + e / TILE)[i * TILE + e % TILE];
+    pack_row_values(values.data(), static_cast<int>(count), static_cast<Format>(c.format),
+                    slot_ptr(index, back_slot(index, i)) + first * element);
   }
 }
 
