@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -36,7 +36,6 @@ from ttc.runtime.device import Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.interpreter import (
     _DEFAULT_SFPU_COST_KEY,
-    _FOR,
     HALF_DST,
     KERNELS,
     SFPU_COST_KEYS,
@@ -671,7 +670,6 @@ class NativeEnqueue:
     """A replacement for the executor's enqueue_program host op that runs programs natively."""
 
     threads: int = 1
-    runs: list[str] = field(default_factory=list)
 
     def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
         addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
