@@ -188,6 +188,13 @@ def unary_mix() -> onnx.ModelProto:
     return model_of(nodes, {"x": ((40, 40), F32)}, init, ["p", "q", "r", "m", "w"])
 
 
+def concat() -> onnx.ModelProto:
+    """A concatenation, transposed: one gather reading from two buffers (noc_read_tiles_indexed, sources 2)."""
+    nodes = [helper.make_node("Concat", ["x", "y"], ["c"], axis=1, name="/concat"),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[1, 0], name="/transpose")]
+    return model_of(nodes, {"x": ((64, 64), F32), "y": ((64, 96), F32)}, {}, ["t"])
+
+
 def matmul_chain() -> onnx.ModelProto:
     """Big enough to run block-sharded in L1 (tests/e2e/test_sharding_golden.py)."""
     rng = np.random.default_rng(4)
@@ -231,6 +238,7 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "encoder": lambda: zoo.encoder_block(seq=32, hidden=64, heads=2, ffn=128),
     "conv_pool": conv_pool,
     "gather": gather,
+    "concat": concat,
     "unary_mix": unary_mix,
     "block_sharded": matmul_chain,
     "height_sharded": conv_chain,
@@ -250,6 +258,8 @@ def test_every_program_of_a_model_matches_the_interpreter(name: str) -> None:
     layouts = {o.attributes.get("memory_layout") for o in compiled.module.walk() if o.name == "ttkernel.addrgen"}
     assert name != "block_sharded" or "block_sharded" in layouts
     assert name != "height_sharded" or "height_sharded" in layouts
+    assert name != "concat" or any(o.attributes.get("sources", 1) > 1 for o in compiled.module.walk()
+                                   if o.name == "ttkernel.noc_read_tiles_indexed")
     with native_programs(threads=2):  # and a whole run natively gives the same outputs
         again = compiled.run(feeds)
     for key, value in outputs.items():
@@ -261,6 +271,32 @@ def test_the_models_use_every_kernel_op() -> None:
     if len(COVERED) < 10:
         pytest.skip("the model tests did not run")
     assert KERNEL_OPS <= COVERED, sorted(KERNEL_OPS - COVERED)
+
+
+@pytest.mark.parametrize(("mutation", "message"), [
+    ("layout", r"an interleaved address generator over a block_sharded buffer at 0x[0-9a-f]+\n  at core \(0,0\) and "),
+    ("stride", r"out-of-bounds L1 read: page \d+ of sharded buffer tensor<512x512xbf16.* which has 256 pages in "
+               r"\d+ shards\n  at core \(\d+,\d+\) and \d+ more cores, reader kernel, CB 0"),
+])
+def test_sharded_reads_fault_alike(mutation: str, message: str) -> None:
+    """The block-sharded product's consumer mutated: its address generator loses its layout, or its reads
+    stride past the shards."""
+    from ttc.compiler import CompiledModel
+    from ttc.ir.parser import parse_module
+
+    compiled = ttc.compile(matmul_chain())
+    module = parse_module(str(compiled.module))
+    fc2 = next(op for op in module.walk() if op.name == "ttmetal.enqueue_program" and op.loc.names() == ("/fc2",))
+    reader = list(fc2.regions[0].blocks[0].ops)
+    if mutation == "layout":
+        gen = next(op for op in reader if op.attributes.get("memory_layout") == "block_sharded")
+        del gen.attributes["memory_layout"]
+    else:
+        read = next(op for op in fc2.walk() if op.name == "ttkernel.noc_read_tiles" and op.attr("cb") == 0)
+        read.attributes["row_stride"] = 40
+    with dual_programs() as dual, pytest.raises(DeviceFault, match=message):
+        CompiledModel(module, compiled.device_weights, compiled.manifest).run({"x": np.ones((512, 384), np.float32)})
+    assert len(dual.faults) == 1
 
 
 # ----------------------------------------------------------------------------------------------
