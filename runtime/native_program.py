@@ -500,8 +500,13 @@ def _watch(memory: Memory) -> np.ndarray:
 
 
 def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], step_budget: int, plan: ProgramPlan,
-               threads: int = 1) -> ProgramProfile:
-    """Execute the program natively; the same result, memory and faults as `Program(...).run()`."""
+               threads: int = 1, *, races: list[tuple] | None = None) -> ProgramProfile:
+    """Execute the program natively; the same result, memory and faults as `Program(...).run()`.
+
+    With a `races` list, NoC transfers of different cores to the same bytes (one of them a write) are
+    appended to it as (memory, bank, offset, core, writes, other core, writes): the interpreter runs the cores
+    op by op, so such a program's result would depend on the order in which cores run.
+    """
     encoding = encode(plan, op, device)
     if encoding.fallback or (encoding.grid_memories
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
@@ -517,10 +522,12 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             return Program(device, op, buffer_addresses, step_budget, plan).run()
         reserved.append(address)
     try:
-        fault, counts, dirty = native.run_program(
+        fault, counts, dirty, found = native.run_program(
             encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
             _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
-            step_budget, threads)
+            step_budget, threads, races is not None)
+        if races is not None:
+            races.extend(found)
         for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
             if hits.any():
                 memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))

@@ -178,6 +178,13 @@ struct ThreadAcc {
   };
   std::unordered_map<Key, std::pair<int64_t, int64_t>, KeyHash> writes;  // write range per write call
   int64_t local_bytes = 0;
+  struct Transfer {  // a NoC transfer, recorded when checking that cores do not race (tests only)
+    int memory;
+    int64_t bank, lo, hi, core;
+    bool write;
+    uint64_t hash;  // of the bytes written: cores writing the same bytes to the same place do not race
+  };
+  std::vector<Transfer> transfers;
 };
 
 struct Counters {
@@ -189,6 +196,7 @@ struct Run {
   Memory mem[2];
   std::vector<int64_t> addresses;
   int64_t budget = 0;
+  bool check_races = false;
   std::atomic<int64_t> best{std::numeric_limits<int64_t>::max()};
   std::vector<std::optional<Fault>> faults;  // per core
   std::vector<Counters> counters;            // per core
@@ -324,6 +332,14 @@ class Core {
   enum CountMode { COUNT_STATIC, COUNT_MASKED };
   void noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n, const int64_t* page_list,
                 const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank, int64_t stage = 0);
+  void transfer(const AddrGen& g, int64_t b, int64_t offset, const uint8_t* written) {
+    if (!R.check_races) return;
+    uint64_t hash = 14695981039346656037ull;  // FNV-1a
+    bool write = written != nullptr;
+    if (write)
+      for (int64_t i = 0; i < g.page_size; ++i) hash = (hash ^ written[i]) * 1099511628211ull;
+    T.transfers.push_back({g.memory, b, offset, offset + g.page_size, core, write, hash});
+  }
   void count_masked(const AddrGen& g, int64_t count) {
     if (static_cast<int64_t>(T.masked_sum.size()) <= masked_index) {
       T.masked_sum.resize(masked_index + 1, 0);
@@ -795,6 +811,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     bool w = !want || want[i];
     if (w) {
       std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index), g.page_size);
+      transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
       if (located_bank[i] == bank) ++local;
     } else if (zero_unwanted) {
@@ -926,6 +943,7 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
     std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index), slot, g.page_size);
+    transfer(g, located_bank[i], located_offset[i], slot);
     if (moved == 0 || located_offset[i] < lo) lo = located_offset[i];
     if (moved == 0 || located_offset[i] + g.page_size > hi) hi = located_offset[i] + g.page_size;
     ++moved;
@@ -964,6 +982,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
       std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index), slot, g.page_size);
+      transfer(g, located_bank[j], located_offset[j], slot);
       if (j == 0 || located_offset[j] < lo) lo = located_offset[j];
       if (j == 0 || located_offset[j] + g.page_size > hi) hi = located_offset[j] + g.page_size;
     }
@@ -1316,8 +1335,9 @@ std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int
 
 py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram, py::array l1, py::tuple dram_table,
                       py::tuple l1_table, py::list dram_sharded, py::list l1_sharded, py::handle dram_watch,
-                      py::handle l1_watch, int64_t budget, int threads) {
+                      py::handle l1_watch, int64_t budget, int threads, bool check_races) {
   Run R(E);
+  R.check_races = check_races;
   R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch);
   R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch);
   for (int64_t b : E.banks)
@@ -1380,6 +1400,26 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     }
   }
 
+  // with check_races: transfers of different cores to overlapping bytes, at least one of them a write (the
+  // interpreter runs cores op by op, so such a program's result could depend on the order of the cores)
+  py::list races;
+  if (check_races) {
+    std::vector<ThreadAcc::Transfer> all;
+    for (const ThreadAcc& a : acc) all.insert(all.end(), a.transfers.begin(), a.transfers.end());
+    std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) {
+      return std::tie(x.memory, x.bank, x.lo) < std::tie(y.memory, y.bank, y.lo);
+    });
+    for (size_t i = 0; i < all.size() && races.size() < 8; ++i)
+      for (size_t j = i + 1; j < all.size() && all[j].memory == all[i].memory && all[j].bank == all[i].bank &&
+                             all[j].lo < all[i].hi && races.size() < 8;
+           ++j)
+        if (all[j].core != all[i].core && (all[i].write || all[j].write) &&
+            !(all[i].write && all[j].write && all[i].lo == all[j].lo && all[i].hi == all[j].hi &&
+              all[i].hash == all[j].hash))
+          races.append(py::make_tuple(all[i].memory, all[i].bank, all[i].lo, all[i].core, all[i].write, all[j].core,
+                                      all[j].write));
+  }
+
   // the fault the lockstep interpreter meets first, and the cores that fault there
   const Fault* first = nullptr;
   int64_t first_core = -1;
@@ -1403,7 +1443,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     for (int i = 0; i < NUM_PARAMS; ++i) params[i] = first->params[i];
     py::tuple fault = py::make_tuple(first->kind, first->kernel, first->op, first->cb, params, mask, first->text,
                                      first_core);
-    return py::make_tuple(fault, py::none(), dirty);
+    return py::make_tuple(fault, py::none(), dirty, races);
   }
 
   const Counters& c0 = R.counters[0];
@@ -1427,7 +1467,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     if (meta[i].second) dram_per_core += bytes;
   }
   py::tuple counts = py::make_tuple(c0.compute_cycles, noc, dram_per_core * E.cores, local);
-  return py::make_tuple(py::none(), counts, dirty);
+  return py::make_tuple(py::none(), counts, dirty, races);
 }
 
 py::list names_of(const char* const* names, int n) {
@@ -1457,10 +1497,10 @@ void register_program(py::module_& m) {
       .def_readonly("cores", &Encoded::cores)
       .def_readwrite("last_run_us", &Encoded::last_run_us);
   m.def("run_program", &run_program,
-        "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags)",
+        "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",
         py::arg("program"), py::arg("addresses"), py::arg("dram"), py::arg("l1"), py::arg("dram_table"),
         py::arg("l1_table"), py::arg("dram_sharded"), py::arg("l1_sharded"), py::arg("dram_watch"),
-        py::arg("l1_watch"), py::arg("step_budget"), py::arg("threads"));
+        py::arg("l1_watch"), py::arg("step_budget"), py::arg("threads"), py::arg("check_races") = false);
   m.attr("PROGRAM_OPCODES") = names_of(OPCODE_NAMES, NUM_OPCODES);
   m.attr("PROGRAM_FAULTS") = names_of(FAULT_NAMES, NUM_FAULT_KINDS);
   m.attr("PROGRAM_WIDTH") = W;

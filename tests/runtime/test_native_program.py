@@ -93,6 +93,7 @@ class DualEnqueue:
     programs: int = 0
     faults: list[str] = field(default_factory=list)
     kernel_ops: set[str] = field(default_factory=set)
+    races: list[tuple] = field(default_factory=list)
 
     def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
         addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
@@ -115,7 +116,7 @@ class DualEnqueue:
         for threads in self.threads:
             restore(device, start)
             try:
-                got = run_native(device, op, addresses, ex.step_budget, plan, threads)
+                got = run_native(device, op, addresses, ex.step_budget, plan, threads, races=self.races)
             except DeviceFault as fault:
                 assert want_fault is not None, f"native faulted, the interpreter did not:\n{fault}"
                 assert str(fault) == want_fault, f"fault texts differ:\n{fault}\n!=\n{want_fault}"
@@ -254,6 +255,7 @@ def test_every_program_of_a_model_matches_the_interpreter(name: str) -> None:
     with dual_programs() as dual:
         outputs = compiled.run(feeds)
     assert dual.programs > 0 and not dual.faults
+    assert not dual.races, f"cores read or write bytes another core writes: {dual.races[:3]}"
     COVERED.update(dual.kernel_ops)
     layouts = {o.attributes.get("memory_layout") for o in compiled.module.walk() if o.name == "ttkernel.addrgen"}
     assert name != "block_sharded" or "block_sharded" in layouts
@@ -436,6 +438,18 @@ def test_a_row_lookup_position_fault_comes_before_a_later_check_of_other_cores()
     text = run_dual({"t": (tt, table), "ids": (ti, ids)}, [Tensor("c", (32, 32))], program)
     assert text is not None and "index position 40 is outside the 40 int32 values" in text
     assert "at core (1,0), reader kernel, CB 8" in text
+
+
+def test_cores_reading_what_another_core_writes_are_reported() -> None:
+    """c = a + b written in place into a, each core to its neighbour's tile: core 1 reads the tile core 0
+    writes, so the result would depend on the order of the cores; the race check names them."""
+    program = eltwise_program((2, 1), per_core=1, starts=[0, 1], write_starts=[1, 0])
+    program.buffers = ["a", "b", "a"]
+    inputs = eltwise_inputs((32, 64))
+    with dual_programs((1,)) as dual:
+        run(inputs, [Tensor("c", (32, 32))], program)
+    assert {(race[3], race[5]) for race in dual.races} <= {(0, 1), (1, 0)} and dual.races
+    assert all(race[4] != race[6] for race in dual.races)  # a read and a write
 
 
 FORMATS = ["bf16", "f16", "f32", "bfp8_b", "bfp4_b"]
