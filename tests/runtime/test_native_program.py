@@ -94,6 +94,7 @@ class DualEnqueue:
     faults: list[str] = field(default_factory=list)
     kernel_ops: set[str] = field(default_factory=set)
     races: list[tuple] = field(default_factory=list)
+    compare: bool = True  # False: only collect races (a racing program's bytes depend on the order of cores)
 
     def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
         addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
@@ -122,6 +123,8 @@ class DualEnqueue:
                 assert str(fault) == want_fault, f"fault texts differ:\n{fault}\n!=\n{want_fault}"
                 continue
             assert want_fault is None, f"the interpreter faulted, native did not:\n{want_fault}"
+            if not self.compare:
+                continue
             assert got == profile, f"profiles differ:\n{got}\n!=\n{profile}"
             assert_same_state(snapshot(device, ranges), want, f"program {op.loc.names()}, {threads} thread(s)")
         restore(device, want)
@@ -447,6 +450,7 @@ def test_cores_reading_what_another_core_writes_are_reported() -> None:
     program.buffers = ["a", "b", "a"]
     inputs = eltwise_inputs((32, 64))
     with dual_programs((1,)) as dual:
+        dual.compare = False  # the interpreter reads both tiles before it writes either; core 0 runs first here
         run(inputs, [Tensor("c", (32, 32))], program)
     assert {(race[3], race[5]) for race in dual.races} <= {(0, 1), (1, 0)} and dual.races
     assert all(race[4] != race[6] for race in dual.races)  # a read and a write
