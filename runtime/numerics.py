@@ -1,35 +1,67 @@
 """The compute numerics model ttc uses for the emulated Grayskull (pure numpy, vectorised over tiles).
 
 GRAYSKULL.md "The numerics model ttc uses" fixes the rules; this module is their single implementation:
-- Dst holds bfloat16.  A matmul adds one MVMUL (16 elements of K) at a time:
-  ``Dst = bf16_rne(Dst + partial)``, partial = the float32 value of the sum of that chunk's products
-  over the math-fidelity passes.  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
+- Dst holds bfloat16 (or Float16 for f16 results).  A matmul adds one MVMUL (16 elements of K) at a time:
+  ``Dst = RN_dst(Dst + partial)``, partial = the float32 rounding of the exact sum of that chunk's products
+  over the math-fidelity passes (stated exactly below).  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
   and gets the 5-bit split, SrcB holds rows of in0 (M x K) and gets the 7-bit split.
 - Eltwise FPU add/sub/mul: bf16 operands, result rounded once to bf16 (RNE).
 - SFPU: computed in float32 then rounded to bf16 on write-back.  The Grayskull SFPU really works on
   19-bit floats (1+8+10); ttc deliberately models it as float32-then-bf16.
 
-Exactness.  Every rounding above is a single round-to-nearest-even of the exact value:
-- the products of two bf16 values (8-bit significands) are exact in float64, and so are their sums
-  whenever one chunk's products span less than about 2**30 in magnitude (all practical data); the
-  sum is then rounded once to float32 (numpy's float64 -> float32 cast is RNE);
-- ``Dst + partial`` is formed in float64 and rounded once to bf16 via round-to-odd at float32 precision
-  (``_f64_to_bf16``).  ml_dtypes' own float64 -> bfloat16 cast rounds twice (through float32), which
-  differs, e.g. 257 + 2**-20 -> 256 instead of 258.
-Because a chunk's sum is exact, adding the fidelity passes in any order or grouping gives the same
-value, so the passes are grouped into at most two matrix products (see _fidelity_terms), and the same
-matmul computed over different tile blocks (same K order) gives identical bits.
+The matmul unit, exactly (the definition the native core matches bit for bit).  x is in0 (SrcB) and y
+in1 (SrcA), bf16 values (operands are rounded to bf16 first); hiB(x) keeps sign, exponent and the top 6
+mantissa bits (the 7-bit split), loB(x) = x - hiB(x) its last bit, hiA(y) the top 4 (the 5-bit split).
+A chunk's products per k are: LoFi hiB(x) hiA(y); HiFi2 hiB(x) y; HiFi3 hiB(x) y and loB(x) hiA(y) (32
+products); HiFi4 x y, all exact reals.
+- partial = RN_f32(the exact real sum of the chunk's products): one rounding to nearest, ties to even;
+  exact sums from 2**128 - 2**103 on round to inf; below 2**-126 the float32 subnormal grid applies, and
+  a nonzero sum that rounds to 0 keeps its sign; an exact sum of 0 is +0 (even if every product is -0).
+- A chunk with an inf or NaN operand: its products are the IEEE products of the values the passes read
+  (x as hiB(x) at LoFi and HiFi2, y as hiA(y) at LoFi, else as they are; an inf stays inf and a NaN stays
+  NaN), so finite operands give finite products and inf * 0 gives NaN. The partial is NaN if a product
+  is NaN or both +inf and -inf occur, else the infinity that occurs. (Before this definition HiFi3 took
+  loB(inf) = inf - inf = NaN, which made an inf operand NaN depending on the other operand's last bit.)
+- Dst = RN_dst(RN_f64(Dst + partial)) chunk after chunk, RN_dst rounding to bf16 (8 significant bits) or
+  Float16 (11), ties to even, inf past the format's largest value, the format's subnormal grid below its
+  normal range. The float64 sum is exact unless |Dst| < 2**-45 |partial| (f16: 2**-42) or
+  |partial| < 2**-29 |Dst|. In the second case both sums lie far inside Dst's rounding interval and round
+  to Dst alike; in the first, RN_f64 may drop a Dst that would break a tie of the partial at the Dst
+  format's precision: that double rounding is part of the definition.
+- NaN: a chain from a NaN Dst keeps that NaN as the format rounds it (bf16: the quiet NaN with its sign;
+  f16: its sign and top 9 payload bits, made quiet); any other NaN result (a NaN partial, inf + -inf)
+  is the positive quiet NaN (bf16 0x7FC0, f16 0x7E00).
+Reduce "sum" is this matmul with a scaler-row tile (see reduce_tiles); reduce "scalar" is the row
+reduction then the column reduction of its sums.
+
+How the reference computes it fast.  The products of bf16 values (or their split parts) are exact in
+float64, and so is every order of summing a chunk's products when the exponent fields of the nonzero
+operands of the in0 row and the in1 column span at most `_SPAN_LIMIT` binades together (33 HiFi4,
+34 HiFi2/HiFi3, 37 LoFi): then one float64 matrix product per fidelity term (grouped as in
+`_fidelity_terms`; a dgemm may sum in any order) and numpy's RNE cast to float32 give the definition.
+`_ChunkChecks` proves that cheaply for ordinary data and lists the few sums it cannot prove; those, and
+all sums of operands with wide spans (softmax rows of attention), are checked against a rigorous error
+bound (`_rounding_test`) and the rare failures summed exactly (`_exact_partials`). Since every chunk
+sum is exact, the same matmul computed over different tile blocks (same K order) gives identical bits.
+``Dst + partial`` is formed in float64 and rounded once to bf16 via round-to-odd at float32 precision
+(``_f64_to_bf16``); ml_dtypes' own float64 -> bfloat16 cast rounds twice (through float32), which
+differs, e.g. 257 + 2**-20 -> 256 instead of 258.
 The chain runs over cache-sized blocks of Dst; a block whose every step provably stays in bf16's normal
 range rounds with Veltkamp's split (`_accumulate_bf16_normal`), any other block with the general bit
 rounding (`_accumulate_bf16`): the same bits either way.
+
+pow (binary `pow`, `pow_scalar` x ** p, `rpow_scalar` p ** x, with x the Dst-format value and p the
+float32 parameter): RN_dst(RN_f32(the exact real power)) with C99's special cases (`pow_f32`).
 """
 
 from __future__ import annotations
 
+import decimal
 import functools
 import math
 from collections.abc import Callable, Iterator
 from enum import IntEnum
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -267,33 +299,425 @@ def _accumulate_chunks(dst: np.ndarray, lhs: np.ndarray, rhs: np.ndarray, shape:
     Returns the new Dst: float64 values of the Dst format [L, M, N].
 
     Elements of Dst are independent, so the work runs block by block over rows of Dst, sized so that a
-    block's chunk products stay in the core's cache: the batched product of the block's chunks, its
-    rounding to float32 partials, and the chain (`_accumulate_bf16_block`).
+    block's chunk products stay in the core's cache: the batched float64 product of the block's chunks,
+    its rounding to float32 partials (exact, see `_round_partials`), and the chain (`_accumulate_bf16_block`).
     """
     chunks, m, n = shape
     if not bf16_operands:
         lhs, rhs = _as_bf16(lhs), _as_bf16(rhs)
+    lhs, rhs = np.asarray(lhs, dtype=np.float32), np.asarray(rhs, dtype=np.float32)
     terms = [(left.reshape(chunks, -1, m, MVMUL_K), right.reshape(chunks, -1, MVMUL_K, n))
              for left, right in _fidelity_terms(lhs, rhs, fidelity)]
+    checks = _ChunkChecks(lhs, rhs, shape, fidelity, terms)
     acc = np.empty((terms[0][0].shape[1], m, n))
     acc.reshape(dst.shape)[...] = dst
     dst_bound = _dst_bound(np.asarray(dst))
-    normal = _operands_keep_normal(dst_bound, lhs, rhs, chunks)  # else each block's partials are checked
+    # else each block's partials are checked
+    normal = _ranges_keep_normal(dst_bound, checks.lhs_range, checks.rhs_range, chunks)
     rows = min(max(_CHAIN_PRODUCTS // (chunks * n), 1), m * len(acc))  # Dst rows per block
     scratch = np.empty(rows * n)
     for index, first, last in _row_blocks(len(acc), m, rows):
+        block_index = slice(index, index + 1) if isinstance(index, int) else index
         partials = None
         for left, right in terms:
             product = left[:, index, first:last] @ right[:, index]
             partials = product if partials is None else partials + product
         assert partials is not None
         block = acc[index, first:last].reshape(-1)  # a view: whole rows of contiguous Dst
-        partials = partials.astype(np.float32).reshape(chunks, -1)
+        partials = partials.reshape(chunks, -1, *partials.shape[-2:])  # [C, Lb, R, N]
+        rounded = _round_partials(partials, checks, block_index, first or 0).reshape(chunks, -1)
         if dst_format == "f16":
-            _accumulate_f16(block, partials)
+            _accumulate_f16(block, rounded)
         else:
-            _accumulate_bf16_block(block, partials, scratch[: block.size], dst_bound, normal)
+            _accumulate_bf16_block(block, rounded, scratch[: block.size], dst_bound, normal)
     return acc
+
+
+# --------------------------------------------------------------------------- matmul: exact float32 partials
+
+# Largest exponent span (of an in0 row plus an in1 column) for which every float64 chunk sum is exact, and
+# the same for a row of `_exact_partials`' products (16-bit significands, at most 32 of them).
+_SPAN_LIMIT = {MathFidelity.LOFI: 37, MathFidelity.HIFI2: 34, MathFidelity.HIFI3: 34, MathFidelity.HIFI4: 33}
+_SPAN_EXACT = 32
+_ROUNDING_SLACK = 2.0**-47  # bound on a float64 chunk sum's error, relative to sum |in0 row| * max |in1 column|
+_NAN_F32 = np.float32(np.nan)  # the quiet NaN 0x7FC00000: every NaN the matmul unit makes
+_MAX_DOUBLED = 0xFFFF_FFFF  # doubled magnitude bits of zero after subtracting 1 (it wraps)
+
+
+class _ChunkChecks:
+    """Which chunk sums of a product may not be exact in float64, and their partials done another way.
+
+    A chunk's float64 sum is exact (so its float32 rounding is the definition's) whenever the exponent
+    fields of the nonzero bf16 values of the in0 row and of the in1 column it multiplies span at most
+    `_SPAN_LIMIT` binades together (module docstring). The reference tests that cheaply and conservatively
+    from the operands' bits, in the passes that also find the ranges `_ranges_keep_normal` needs: if the
+    two operands' spans sum to at most the limit, every sum is exact. Else, with t_a + t_b = the limit,
+    values more than t_a (t_b) binades below in0's (in1's) largest are "small": rows of in0 and columns of
+    in1 without one span at most t_a and t_b, and only the sums of the "suspect" rows and columns (holding
+    a small value) may be inexact. In ordinary data (a Gaussian's rare values near 0) they are few: `fixes`
+    holds their partials, made once by `_exact_partials`. When they are many (over a quarter of the rows or
+    columns), or an operand holds an inf or NaN, every block's sums get `_rounding_test` instead ("dense").
+
+    lhs [C, L, M, 16] and rhs [C, L, 16, N] are float32 bf16 values, any views of those elements in C order.
+    """
+
+    def __init__(self, lhs: np.ndarray, rhs: np.ndarray, shape: tuple[int, int, int], fidelity: MathFidelity,
+                 terms: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        chunks, m, n = shape
+        self.lhs, self.rhs, self.chunks, self.m, self.n, self.fidelity = lhs, rhs, chunks, m, n, fidelity
+        # magnitude bits, sign shifted out (laid out as the views are: a C-order copy costs a gather)
+        a = lhs.view(np.uint32) << np.uint32(1)
+        b = rhs.view(np.uint32) << np.uint32(1)
+        one = np.uint32(1)
+        a_large, b_large = int(a.max(initial=0)), int(b.max(initial=0))
+        np.subtract(a, one, out=a)  # zero wraps to the top
+        np.subtract(b, one, out=b)
+        a_small, b_small = int(a.min(initial=_MAX_DOUBLED)) + 1, int(b.min(initial=_MAX_DOUBLED)) + 1
+        self.lhs_range, self.rhs_range = _range_of(a_small, a_large), _range_of(b_small, b_large)
+        self.exact, self.dense = False, True
+        matrices = a.size // (chunks * m * MVMUL_K)
+        if a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED:
+            limit = _SPAN_LIMIT[fidelity]
+            span_a, span_b = _span(a_large, a_small), _span(b_large, b_small)
+            if span_a + span_b <= limit:
+                self.exact, self.dense = True, False
+                return
+            # thresholds: all of an operand's span when it fits in its half or leaves room, else half the limit
+            t_b = min(span_b, max(limit // 2, limit - span_a))
+            most_rows, most_cols = chunks * matrices * m // 4, chunks * matrices * n // 4
+            rows = _suspects(a, _field(a_large) - (limit - t_b), MVMUL_K, 1, most_rows)  # flat [C, L, M]
+            cols = _suspects(b, _field(b_large) - t_b, MVMUL_K * n, n, most_cols)  # flat [C, L, N]
+            if rows is not None and cols is not None:
+                self.dense = False
+                chunk, matrix, row = np.unravel_index(rows, (chunks, matrices, m))
+                by_rows = (np.repeat(chunk, n), np.repeat(matrix, n), np.repeat(row, n),
+                           np.tile(np.arange(n), len(rows)))
+                chunk, matrix, column = np.unravel_index(cols, (chunks, matrices, n))
+                by_cols = (np.repeat(chunk, m), np.repeat(matrix, m), np.tile(np.arange(m), len(cols)),
+                           np.repeat(column, m))
+                chunk, matrix, row, column = (np.concatenate(pair) for pair in zip(by_rows, by_cols, strict=True))
+                keys = matrix * m + row
+                order = np.argsort(keys, kind="stable")
+                self.fix_keys = keys[order]
+                self.fix_places = (chunk[order], matrix[order], row[order], column[order])
+                self.terms = terms
+                self.fixes = self.exact_sums(*self.fix_places)
+                return
+        # dense: the rounding test's bound is 2**-47 * sum |x| * max |y| for row x and column y (see
+        # `_round_partials`): the magnitude sums of in0's rows, the magnitude maxima of in1's columns
+        one = np.uint32(1)  # undoes the decrement: a zero wraps back to 0
+        a = np.ascontiguousarray(a).reshape(-1, MVMUL_K)
+        a += one
+        magnitudes = _doubled_value(a)
+        total = magnitudes[:, 0].copy()
+        for k in range(1, MVMUL_K):  # faster than a reduction over 16 contiguous values
+            total += magnitudes[:, k]
+        self.row_bound = total.reshape(chunks, matrices, m) * _ROUNDING_SLACK
+        b = np.ascontiguousarray(b).reshape(chunks, matrices, MVMUL_K, n)
+        b += one
+        self.col_max = _doubled_value(b.max(axis=-2))  # [C, L, N]
+        self.finite = a_large < _INF_F32_DOUBLED and b_large < _INF_F32_DOUBLED
+        self.terms = terms
+        self._scratch: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def dense_round(self, partials: np.ndarray, index: slice, first: int) -> np.ndarray:
+        """`_round_partials` of a dense check: every sum gets `_rounding_test`'s test (in place, in scratch
+        arrays kept per block shape), and the sums that fail `exact_partials`."""
+        count = partials.shape[2]
+        if partials.shape not in self._scratch:
+            self._scratch[partials.shape] = (np.empty(partials.shape), np.empty(partials.shape),
+                                             np.empty(partials.shape, dtype=np.float32))
+        bound, shifted, high = self._scratch[partials.shape]
+        np.multiply(self.row_bound[:, index, first:first + count, None], self.col_max[:, index, None, :], out=bound)
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.subtract(partials, bound, out=shifted)
+            low = shifted.astype(np.float32)
+            np.add(partials, bound, out=shifted)
+            np.copyto(high, shifted, casting="unsafe")
+            failed = low.view(np.uint32) != high.view(np.uint32)
+            if not self.finite:
+                failed |= ~np.isfinite(bound)
+        chunk, matrix, row, column = np.unravel_index(np.flatnonzero(failed), partials.shape)
+        if len(chunk):
+            place = chunk, matrix + index.start, row + first, column
+            low[chunk, matrix, row, column] = self.exact_sums(*place) if self.finite else self.exact_partials(*place)
+        return low
+
+    def exact_partials(self, chunk: np.ndarray, matrix: np.ndarray, row: np.ndarray,
+                       column: np.ndarray) -> np.ndarray:
+        """`_exact_partials` of the sums at (chunk, matrix, row, column)."""
+        m, n = self.m, self.n
+        matrices = self.lhs.size // (self.chunks * m * MVMUL_K)
+        k = np.arange(MVMUL_K)
+        x_flat = ((chunk * matrices + matrix) * m + row)[:, None] * MVMUL_K + k  # [F, 16], C order of lhs
+        y_flat = ((chunk * matrices + matrix)[:, None] * MVMUL_K + k) * n + column[:, None]
+        x = self.lhs[np.unravel_index(x_flat, self.lhs.shape)]
+        y = self.rhs[np.unravel_index(y_flat, self.rhs.shape)]
+        return _exact_partials(x, y, self.fidelity)
+
+    def exact_sums(self, chunk: np.ndarray, matrix: np.ndarray, row: np.ndarray, column: np.ndarray) -> np.ndarray:
+        """`_exact_sums` of the sums at (chunk, matrix, row, column) of finite operands: their fidelity
+        products are those of the fidelity terms, gathered from their contiguous copies."""
+        return _exact_sums(np.concatenate(
+            [left[chunk, matrix, row] * right[chunk, matrix, :, column] for left, right in self.terms], axis=1))
+
+def _field(doubled: int) -> int:
+    """Exponent field of a float32 magnitude given as doubled bits, subnormals counted as field 1 (their
+    lowest bit is that of the smallest normal binade)."""
+    return max(doubled >> 24, 1)
+
+
+def _span(large: int, small: int) -> int:
+    """Exponent span of the nonzero values between two doubled magnitudes (small past 2**32 - 1: none)."""
+    return _field(large) - _field(small) if small <= _MAX_DOUBLED else 0
+
+
+def _suspects(decremented: np.ndarray, threshold: int, group: int, keep: int, most: int) -> np.ndarray | None:
+    """Sorted flat C-order indices of the rows (columns) holding a nonzero value (doubled magnitude bits
+    minus 1, zero wrapped; elements in C order [C, L, M, 16] or [C, L, 16, N]) with an exponent field
+    below `threshold`: with group 16 and keep 1 the index of [C, L, M]; with group 16 * N and keep N,
+    of [C, L, N]. None when there are (or may be) more than `most`."""
+    if threshold <= 1:
+        return np.empty(0, dtype=np.intp)
+    small = decremented < np.uint32((threshold << 24) - 1)
+    count = np.count_nonzero(small)
+    if not count:
+        return np.empty(0, dtype=np.intp)
+    if count > 4 * most:  # surely many (each row or column holds at most 16 values): skip the search
+        return None
+    flat = _flat_nonzero(small)
+    found = np.unique(flat // group * keep + flat % keep)
+    return found if len(found) <= most else None
+
+
+def _flat_nonzero(mask: np.ndarray) -> np.ndarray:
+    """np.flatnonzero(mask) (C-order indices), read in memory order: mask may be laid out as a transposed
+    view is (a ufunc keeps its input's layout), where reading in C order is a slow gather."""
+    axes = np.argsort([-stride for stride in mask.strides], kind="stable")
+    memory = mask.transpose(axes)
+    if mask.flags.c_contiguous or not memory.flags.c_contiguous:
+        return np.flatnonzero(mask)
+    index = [np.empty(0, dtype=np.intp)] * mask.ndim
+    for axis, values in zip(axes, np.unravel_index(np.flatnonzero(memory), memory.shape), strict=True):
+        index[axis] = values
+    return np.sort(np.ravel_multi_index(tuple(index), mask.shape))
+
+
+def _doubled_value(doubled: np.ndarray) -> np.ndarray:
+    """float64 magnitudes of float32 doubled magnitude bits."""
+    return (np.asarray(doubled, dtype=np.uint32) >> np.uint32(1)).view(np.float32).astype(np.float64)
+
+
+def _range_of(small: int, large: int) -> tuple[float, float]:
+    """(smallest nonzero, largest) magnitude from doubled bits, as `_magnitude_range` gives them."""
+    def value(doubled: int) -> float:
+        return float(np.array(doubled >> 1, dtype=np.uint32).view(np.float32))
+
+    smallest = math.inf if small > _MAX_DOUBLED else value(small)
+    return smallest, (math.inf if large >= _INF_F32_DOUBLED else value(large))
+
+
+def _rounding_test(sums: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 roundings, flags): where a flag is set the exact sum, within `bound` of the float64 `sums`,
+    has that float32 rounding. RN_f32 is monotonic, so if sums - bound and sums + bound round alike (bit for
+    bit: the sign of a zero counts), so does everything between; a bound that is not finite fails."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        shifted = np.subtract(sums, bound)
+        low = shifted.astype(np.float32)
+        np.add(sums, bound, out=shifted)
+        high = shifted.astype(np.float32)
+        ok = low.view(np.uint32) == high.view(np.uint32)
+        if not np.isfinite(bound).all():
+            ok &= np.isfinite(bound)
+    return low, ok
+
+
+def _round_partials(partials: np.ndarray, checks: _ChunkChecks, index: slice, first: int) -> np.ndarray:
+    """float32 partials [C, Lb, R, N] of a block (matrices `index`, rows from `first`), the definition's
+    RN_f32 of each exact chunk sum, from the float64 sums `partials` of the block.
+
+    Exact sums are rounded; the suspect sums of a sparse check take their `fixes`. In a dense check every
+    sum gets `_rounding_test`'s test with the bound 2**-47 * sum |x| * max |y| (x the in0 row, y the in1
+    column): a float64 dot product of 16 exact products, in any order and with or without fused
+    multiply-adds, is off by at most gamma_15 = 15u / (1 - 15u) (u = 2**-53) times the sum of the products'
+    magnitudes; HiFi3 adds two such sums (one more rounding: gamma_16 < 2**-48.99), and its 32 products'
+    magnitudes still sum to at most sum |x| |y| (a SrcB split's parts have x's sign), at most
+    sum |x| * max |y|. The test's own roundings of sums -/+ bound add less than 2**-52.9 of that, and the
+    float64 sum |x| of 16 values errs by less than 2**-48 of itself: 2**-47 covers all three. The few sums
+    that fail get `_exact_partials`.
+    """
+    if checks.exact:
+        return partials.astype(np.float32)
+    matrices, count = partials.shape[1:3]
+    if checks.dense:
+        return checks.dense_round(partials, index, first)
+    out = partials.astype(np.float32)
+    start = index.start * checks.m + first
+    items = slice(*np.searchsorted(checks.fix_keys, (start, start + (matrices - 1) * checks.m + count)))
+    if items.start < items.stop:
+        chunk, matrix, row, column = (v[items] for v in checks.fix_places)
+        out[chunk, matrix - index.start, row - first, column] = checks.fixes[items]
+    return out
+
+
+def _fidelity_products(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """The exact float64 products [F, 16 or 32] that the fidelity passes add for in0 rows x [F, 16] and in1
+    columns y [F, 16] (finite bf16 values; see `_fidelity_terms`)."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    if fidelity is MathFidelity.HIFI4:
+        return x64 * y64
+    x_hi, x_lo = (part.astype(np.float64) for part in _split(x, _MASK_B))
+    if fidelity is MathFidelity.HIFI2:
+        return x_hi * y64
+    y_hi = _split(y, _MASK_A)[0].astype(np.float64)
+    if fidelity is MathFidelity.LOFI:
+        return x_hi * y_hi
+    return np.concatenate([x_hi * y64, x_lo * y_hi], axis=1)
+
+
+def _exact_partials(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """The definition's partials for in0 rows x [F, 16] and in1 columns y [F, 16] (float32 bf16 values).
+
+    `_special_partials` where an operand is inf or NaN. Else RN_f32 of the exact sum of the fidelity
+    products p, proven in tiers: numpy's sum s when `_rounding_test` with the bound 2**-47 * sum |p| proves
+    its rounding (a pairwise sum of at most 32 terms errs by at most gamma_31 < 2**-48 of sum |p|, and the
+    test's own roundings by less than 2**-52 of it); else s itself when the products span at most 32
+    binades (then every order is exact, as in `_ChunkChecks`: a nonzero product has at most 16 significant
+    bits, so it is a multiple of 2**(e - 16) where |p| < 2**e, and 32 of them stay below 2**(e_max + 5));
+    else `_sum2_partials`; else (an exact tie that nothing breaks, a sum near 0 or past 2**127) in
+    integer arithmetic."""
+    out = np.empty(len(x), dtype=np.float32)
+    special = ~(np.isfinite(x).all(axis=1) & np.isfinite(y).all(axis=1))
+    if special.any():
+        out[special] = _special_partials(x[special], y[special], fidelity)
+    finite = ~special
+    out[finite] = _exact_sums(_fidelity_products(x[finite], y[finite], fidelity))
+    return out
+
+
+def _exact_sums(products: np.ndarray) -> np.ndarray:
+    """RN_f32 of the exact sum of each row of finite products [F, K] (the tiers of `_exact_partials`)."""
+    sums = products.sum(axis=1) + 0.0  # + 0.0: an exact 0 is +0
+    out, ok = _rounding_test(sums, np.abs(products).sum(axis=1) * 2.0**-47)
+    rest = np.flatnonzero(~ok)
+    if not len(rest):
+        return out
+    products, sums = products[rest], sums[rest]
+    exponents = np.frexp(products)[1]
+    nonzero = products != 0
+    top = np.where(nonzero, exponents, -(1 << 20)).max(axis=1, initial=-(1 << 20))
+    low = np.where(nonzero, exponents, 1 << 20).min(axis=1, initial=1 << 20)
+    exact = top - low <= _SPAN_EXACT
+    with np.errstate(over="ignore"):
+        out[rest[exact]] = sums[exact].astype(np.float32)
+    inexact = np.flatnonzero(~exact)
+    rounded, ok = _sum2_partials(products[inexact])
+    out[rest[inexact[ok]]] = rounded[ok]
+    hard = inexact[~ok]
+    # products are multiples of 2**-266 below 2**257: scaled by 2**300 they are exact float64 integers
+    for position, scaled in zip(hard, (products[hard] * 2.0**300).tolist(), strict=True):
+        out[rest[position]] = _rn_f32_scaled(sum(map(int, scaled)), -300)
+    return out
+
+
+def _sum2_partials(products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(RN_f32 of each row's exact sum, flags of the rows where it is proven) for finite products [F, K].
+
+    Ogita, Rump and Oishi's Sum2 ("Accurate sum and dot product", 2005) keeps each addition's error
+    (TwoSum, exact) and sums the errors: s + c differs from the exact sum by at most gamma_{K-2} gamma_{K-1}
+    sum |p| < 2**-96 sum |p| (K <= 32); a final TwoSum makes hi + lo = s + c exactly. The exact sum is then
+    within `bound` = 2**-95 sum |p| of hi + lo. f = RN_f32(hi) is the answer when the nearest float32
+    rounding boundary (the midpoints next to f) is farther from hi than |lo| + bound; when hi is itself a
+    midpoint and |lo| > bound, lo's sign picks the side. Unproven: the rest, results that round to 0 (their
+    sign) and magnitudes from 2**127 (overflow)."""
+    if not len(products):
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=bool)
+    total = products[:, 0].copy()
+    errors = np.zeros_like(total)
+    for term in products.T[1:]:
+        total, error = _two_sum(total, term)
+        errors += error
+    hi, lo = _two_sum(total, errors)
+    bound = np.abs(products).sum(axis=1) * 2.0**-95
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = hi.astype(np.float32)
+        f = nearest.astype(np.float64)
+        up = np.nextafter(nearest, np.float32(np.inf)).astype(np.float64)
+        down = np.nextafter(nearest, np.float32(-np.inf)).astype(np.float64)
+        off = hi - f  # exact
+        above, below = (up - f) / 2 - off, (f - down) / 2 + off  # distances to the midpoints around f
+        margin = np.abs(lo) + bound
+        far = np.minimum(above, below) > margin
+        decided = np.abs(lo) > bound
+        # hi on the midpoint above (below) f: the exact sum is past it when lo is positive (negative)
+        result = np.where(far, f, np.where((above == 0) & (lo > 0), up, np.where((below == 0) & (lo < 0), down, f)))
+        ok = (far | (((above == 0) | (below == 0)) & decided)) & (nearest != 0) & (np.abs(hi) < 2.0**127)
+    return result.astype(np.float32), ok
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's TwoSum: (fl(a + b), the exact error a + b - fl(a + b)), elementwise in float64."""
+    total = a + b
+    virtual = total - a
+    return total, (a - (total - virtual)) + (b - virtual)
+
+
+def _special_partials(x: np.ndarray, y: np.ndarray, fidelity: MathFidelity) -> np.ndarray:
+    """Partials of chunks with an inf or NaN operand: IEEE products of the values the passes read (x with
+    the SrcB split's low bits dropped at LoFi and HiFi2, y with the SrcA split's at LoFi; an inf stays inf,
+    a NaN stays NaN), summed by IEEE rules: NaN if a product is NaN or both infinities occur, else the
+    infinity. (Every such chunk has an infinite or NaN product; finite products cannot overflow.)"""
+    read_x = _split(x, _MASK_B)[0] if fidelity in (MathFidelity.LOFI, MathFidelity.HIFI2) else x
+    read_y = _split(y, _MASK_A)[0] if fidelity is MathFidelity.LOFI else y
+    read_x, read_y = np.where(np.isnan(x), x, read_x), np.where(np.isnan(y), y, read_y)
+    with np.errstate(invalid="ignore"):
+        products = read_x.astype(np.float64) * read_y.astype(np.float64)
+    nan = np.isnan(products).any(axis=1)
+    up, down = (products == np.inf).any(axis=1), (products == -np.inf).any(axis=1)
+    return np.where(nan | (up & down), _NAN_F32, np.where(up, np.float32(np.inf), np.float32(-np.inf)))
+
+
+def _rn_f32_scaled(integer: int, exponent: int) -> np.float32:
+    """RN_f32 of integer * 2**exponent (as `rn_f32_exact`), in integer arithmetic."""
+    if integer == 0:
+        return np.float32(0.0)
+    magnitude = abs(integer)
+    ulp = max(magnitude.bit_length() - 1 + exponent, -126) - 23  # exponent of the result's last bit
+    drop = ulp - exponent
+    if drop <= 0:
+        significand = magnitude << -drop
+    else:
+        significand, remainder = magnitude >> drop, magnitude & ((1 << drop) - 1)
+        half = 1 << (drop - 1)
+        if remainder > half or (remainder == half and significand & 1):
+            significand += 1
+    with np.errstate(over="ignore"):
+        result = np.float32(math.ldexp(significand, ulp))  # exact, or inf at 2**128
+    return -result if integer < 0 else result
+
+
+def rn_f32_exact(value: Fraction) -> np.float32:
+    """RN_f32 of an exact rational: the nearest float32, ties to the even significand, inf from
+    2**128 - 2**103 on (as if the next binade existed), subnormals with their fixed ulp 2**-149; an exact 0
+    gives +0 and a nonzero value that rounds to 0 keeps its sign."""
+    if value == 0:
+        return np.float32(0.0)
+    magnitude = abs(value)
+    num, den = magnitude.numerator, magnitude.denominator
+    exponent = num.bit_length() - den.bit_length()  # floor(log2 |value|) is this or one less
+    if (num << max(-exponent, 0)) < (den << max(exponent, 0)):
+        exponent -= 1
+    ulp = max(exponent, -126) - 23  # float32 keeps 24 significant bits; subnormals a fixed last bit
+    if ulp >= 0:
+        den <<= ulp
+    else:
+        num <<= -ulp
+    significand, remainder = divmod(num, den)
+    if 2 * remainder > den or (2 * remainder == den and significand & 1):
+        significand += 1
+    with np.errstate(over="ignore"):
+        result = np.float32(math.ldexp(significand, ulp))  # exact, or inf at 2**128
+    return -result if value < 0 else result
 
 
 def _row_blocks(count: int, m: int, rows: int) -> Iterator[tuple[int | slice, int | None, int | None]]:
@@ -369,14 +793,19 @@ def _magnitude_range(x: np.ndarray) -> tuple[float, float]:
 
 def _operands_keep_normal(dst_bound: float, lhs: np.ndarray, rhs: np.ndarray, chunks: int) -> bool:
     """Whether every chain of the product stays in bf16's normal range, judged from the bf16 operands
-    (cheaper than `_stays_normal` on every block's partials, which are N / 16 times larger).
+    (cheaper than `_stays_normal` on every block's partials, which are N / 16 times larger)."""
+    return _ranges_keep_normal(dst_bound, _magnitude_range(lhs), _magnitude_range(rhs), chunks)
+
+
+def _ranges_keep_normal(dst_bound: float, lhs_range: tuple[float, float], rhs_range: tuple[float, float],
+                        chunks: int) -> bool:
+    """`_operands_keep_normal` from the operands' (smallest nonzero, largest) magnitudes.
 
     Low end: a non-zero bf16 value of magnitude at least 2**-44 is a multiple of 2**-51, and so are the
     hi and lo parts of the fidelity splits; a chunk's exact sum is then a multiple of 2**-102, so its
     float32 partial is 0 or at least 2**-102, the condition `_stays_normal` needs. High end: a partial
     is at most 16 * max|lhs| * max|rhs| (times 1 + 2**-24 for its rounding)."""
-    lhs_small, lhs_large = _magnitude_range(lhs)
-    rhs_small, rhs_large = _magnitude_range(rhs)
+    (lhs_small, lhs_large), (rhs_small, rhs_large) = lhs_range, rhs_range
     if min(lhs_small, rhs_small) < 2.0**-44 or not math.isfinite(dst_bound):
         return False
     largest_partial = MVMUL_K * lhs_large * rhs_large * (1.0 + 2.0**-23)
@@ -454,11 +883,35 @@ def _accumulate_bf16(dst: np.ndarray, partials: np.ndarray) -> np.ndarray:
     # tiny at some step, or at least 2**127 (may round past bf16's range; inf and NaN included)
     redo = (low < _F32_NORMAL_EXPONENT - _EXPONENT_ONE) | (high >= _BF16_NEAR_OVERFLOW)
     if redo.any():
-        exact = np.array(np.broadcast_to(dst, out.shape), dtype=np.float64)[redo]
+        start = np.array(np.broadcast_to(dst, out.shape), dtype=np.float64)[redo]
+        exact = start
         for partial in partials:
             exact = _round_bf16_f64(exact + np.broadcast_to(partial, out.shape)[redo])
-        out[redo] = exact
+        out[redo] = _chain_nans(start, exact, "bf16")
     return out
+
+
+_F64_QUIET = np.uint64(1 << 51)
+_F16_NAN_KEEP = np.uint64(0xFFF8_0000_0000_0000 | (0x1FF << 42))  # sign, exponent, quiet bit, Float16 payload
+
+
+def _chain_nans(start: np.ndarray, end: np.ndarray, dst_format: str) -> np.ndarray:
+    """The NaNs at the end of Dst chains (float64), made as the definition says: a chain that starts from a
+    NaN Dst keeps that NaN as the Dst format rounds it (bf16: the quiet NaN with its sign; Float16: its sign
+    and the top 9 payload bits below the quiet bit, made quiet); any other NaN (from a NaN partial, or
+    inf + -inf) is the positive quiet NaN. (The payload a float64 addition of two NaNs keeps, and the sign
+    of x86's inf - inf, are not part of the definition.)"""
+    nan = np.isnan(end)
+    if not nan.any():
+        return end
+    end = end.copy()
+    own = start[nan]
+    if dst_format == "f16":
+        kept = ((own.view(np.uint64) & _F16_NAN_KEEP) | _F64_QUIET).view(np.float64)
+    else:
+        kept = np.copysign(np.nan, own)
+    end[nan] = np.where(np.isnan(own), kept, np.nan)
+    return end
 
 
 def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
@@ -495,7 +948,7 @@ def _accumulate_f16(out: np.ndarray, partials: np.ndarray) -> None:
             exact, steps = start[redo], partials[:, redo].astype(np.float64)
             for step in steps:
                 exact = _f64_to_f16(exact + step)
-            out[redo] = exact
+            out[redo] = _chain_nans(start[redo], exact, "f16")
 
 
 _VELTKAMP_F16 = np.float64(2.0**42 + 1)  # Veltkamp's splitter for the top 53 - 42 = 11 significant bits
@@ -702,8 +1155,10 @@ SFPU_SCALAR_FUNCTIONS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]]
     "add_scalar": lambda x, p: x + p,
     "mul_scalar": lambda x, p: x * p,
     "sub_from_scalar": lambda x, p: p - x,
-    "pow_scalar": np.power,
-    "rpow_scalar": lambda x, p: np.power(p, x),  # p ** x (tt-metal's rpow_tile)
+    # x ** p and p ** x (tt-metal's power and rpow_tile): RN_f32 of the exact power (`pow_f32`); sfpu_unary
+    # looks them up in a table per parameter (`sfpu_param_table`)
+    "pow_scalar": lambda x, p: pow_f32(x, p),
+    "rpow_scalar": lambda x, p: pow_f32(p, x),
     "max_scalar": np.maximum,
     # Selects (a where with a scalar branch): p where x != 0 (== 0), else 0; never p * 0, so an infinite p
     # (a -inf attention mask) selects cleanly instead of turning into NaN.
@@ -723,12 +1178,16 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
     """SFPU op on x in the Dst format (bf16 or f16): evaluated in float64, rounded to the float32 result, then
     to the Dst format (RNE).
 
-    The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic.
-    Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
+    The *_scalar forms (SFPU_SCALAR_FUNCTIONS) use `param` and compute in float32 arithmetic, but for
+    pow_scalar and rpow_scalar (RN_f32 of the exact power, `pow_f32`, tabulated per parameter:
+    `sfpu_param_table`). Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
     The other forms are looked up in a table of their results for all 16-bit inputs (`_sfpu_table`).
     """
-    if fn_name not in SFPU_SCALAR_FUNCTIONS:
-        table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
+    if fn_name not in SFPU_SCALAR_FUNCTIONS or fn_name in _PARAM_TABLES:
+        if fn_name in _PARAM_TABLES:
+            table = sfpu_param_table(fn_name, param, dst_format)
+        else:
+            table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
         if dst_format == "f16":
             return np.asarray(table[f16_round(x).astype(np.float16).view(np.uint16)])
         return np.asarray(table[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
@@ -742,8 +1201,8 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
 # Evaluated like the unary table functions: in float64 on the Dst-format operands, rounded to float32, then
 # once to the Dst format.
 SFPU_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    # a ** b as C's pow: a negative base with an integral exponent gives a real value, else NaN
-    "pow": np.power,
+    # a ** b: RN_f32 of the exact power with C99's special cases (`pow_f32`)
+    "pow": lambda a, b: pow_f32(a, b),
     # Selects of a tile: b where a != 0 (== 0), else 0. No arithmetic touches b, so an infinite or NaN b
     # in a position that is not selected leaves no trace (0 * inf would be NaN).
     "where_nez": lambda a, b: np.where(a != 0, b, 0.0),
@@ -754,9 +1213,9 @@ SFPU_BINARY_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]
 def sfpu_binary(a: np.ndarray, b: np.ndarray, fn_name: str, dst_format: str = "bf16") -> np.ndarray:
     """Binary SFPU op on two Dst slots (values in the Dst format): evaluated in float64, rounded to the
     float32 result, then once to the Dst format (RNE). IEEE results out of the domain (0 ** -1 = inf)."""
-    lhs = dst_round(np.asarray(a, dtype=np.float32), dst_format).astype(np.float64)
-    rhs = dst_round(np.asarray(b, dtype=np.float32), dst_format).astype(np.float64)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # a signalling NaN's cast raises the invalid flag
+        lhs = dst_round(np.asarray(a, dtype=np.float32), dst_format).astype(np.float64)
+        rhs = dst_round(np.asarray(b, dtype=np.float32), dst_format).astype(np.float64)
         y = np.asarray(SFPU_BINARY_FUNCTIONS[fn_name](lhs, rhs)).astype(np.float32)
     return dst_round(y, dst_format)
 
@@ -773,6 +1232,118 @@ def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray], dst_format: str = "bf16"
     with np.errstate(all="ignore"):
         y = np.asarray(fn(inputs.astype(np.float64))).astype(np.float32)
     return dst_round(y, dst_format)
+
+
+_PARAM_TABLES = ("pow_scalar", "rpow_scalar")  # scalar forms looked up in a table per parameter
+
+
+def sfpu_param_table(fn_name: str, param: float, dst_format: str = "bf16") -> np.ndarray:
+    """The 65536 results (float32 values of the Dst format) of a tabulated scalar SFPU form (pow_scalar,
+    rpow_scalar) with parameter `param` (rounded to float32), indexed by the input's bits in the Dst format,
+    as `_sfpu_table` does for unary functions. Built once per (fn, parameter, Dst format)."""
+    if fn_name not in _PARAM_TABLES:
+        raise ValueError(f"{fn_name!r} is not tabulated per parameter (one of {', '.join(_PARAM_TABLES)})")
+    bits = int(np.array(param, dtype=np.float32).view(np.uint32))
+    return _param_table(fn_name, bits, dst_format)
+
+
+@functools.lru_cache(maxsize=64)
+def _param_table(fn_name: str, param_bits: int, dst_format: str) -> np.ndarray:
+    param = np.array(param_bits, dtype=np.uint32).view(np.float32)[()]
+    if dst_format == "f16":
+        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    else:
+        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+    table = dst_round(SFPU_SCALAR_FUNCTIONS[fn_name](inputs, param), dst_format)
+    table.flags.writeable = False
+    return table
+
+
+_POW_WINDOW = 2.0**-40  # numpy's float64 power is within this (relative) of the exact power (libm: < 1 ulp)
+
+
+def pow_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a ** b for float32 values: RN_f32 of the exact real power, with C99's special cases (Annex F.10.4.4:
+    pow(x, +-0) = 1 and pow(1, y) = 1 even for NaN; pow(-1, +-inf) = 1; pow(+-0, y) = +-inf / +inf for a
+    negative odd integer / other negative y, +-0 / +0 for a positive odd integer / other positive y;
+    pow(x, +-inf) by |x| < 1 or > 1; pow(+-inf, y) by the sign and oddness of y; a negative finite x with a
+    finite non-integral y is NaN; else NaN if x or y is NaN). A negative x with an integral y gives
+    (-1)**y |x|**y. The exact power is rounded once: overflow gives inf, results below 2**-150 a zero of the
+    power's sign. Every NaN result is the quiet NaN 0x7FC00000.
+
+    numpy's float64 power decides the rounding unless it lies within `_POW_WINDOW` (relative) of a float32
+    rounding boundary; those few are resolved exactly (`_pow_exact`)."""
+    with np.errstate(all="ignore"):  # a signalling NaN's cast raises the invalid flag
+        a64, b64 = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+        out = np.full(a64.shape, _NAN_F32, dtype=np.float32)
+        integral = np.isfinite(b64) & (b64 == np.floor(b64))
+        odd = integral & (np.fmod(b64, 2.0) != 0)
+        nan_in = np.isnan(a64) | np.isnan(b64)
+        one = (b64 == 0) | (a64 == 1) | ((a64 == -1) & np.isinf(b64))
+        inf_b = np.isinf(b64) & ~nan_in
+        inf_a = np.isinf(a64) & ~nan_in
+        zero_a = (a64 == 0) & ~nan_in
+        big = np.abs(a64) > 1
+        cases = [
+            (one, np.float32(1.0)),
+            (nan_in, _NAN_F32),
+            (zero_a & (b64 < 0), np.where(odd, np.copysign(np.inf, a64), np.inf)),
+            (zero_a & (b64 > 0), np.where(odd, a64, 0.0)),
+            (inf_b, np.where(big == (b64 > 0), np.inf, 0.0)),
+            (inf_a & (a64 > 0), np.where(b64 > 0, np.inf, 0.0)),
+            (inf_a & (a64 < 0), np.where(odd, -1.0, 1.0) * np.where(b64 > 0, np.inf, 0.0)),
+            ((a64 < 0) & ~integral, _NAN_F32),
+        ]
+        done = np.zeros(a64.shape, dtype=bool)
+        for where, value in cases:
+            now = where & ~done
+            out[now] = np.broadcast_to(np.asarray(value, dtype=np.float32), a64.shape)[now]
+            done |= where
+        regular = ~done  # finite, nonzero, x != 1 (x > 0, or x < 0 with y integral), y finite and nonzero
+        base, exponent = np.abs(a64[regular]), b64[regular]
+        power = np.power(base, exponent)
+        low = (power * (1 - _POW_WINDOW)).astype(np.float32)
+        high = (power * (1 + _POW_WINDOW)).astype(np.float32)
+        magnitude = low
+        for position in np.flatnonzero(low.view(np.uint32) != high.view(np.uint32)):
+            magnitude[position] = _pow_exact(float(base[position]), float(exponent[position]))
+        out[regular] = np.where(odd[regular] & (a64[regular] < 0), -magnitude, magnitude)
+    return out
+
+
+def _pow_exact(base: float, exponent: float) -> np.float32:
+    """RN_f32 of base ** exponent for a finite base > 0, base != 1, and a finite nonzero exponent: exact
+    rational arithmetic when the power is rational and of modest size (an integral exponent, or k / 2**j
+    with the base a perfect 2**j-th power; at most `_POW_EXACT_BITS` bits), else the power to 80
+    significant digits (`decimal`). Such a power is irrational, or a rational of more than 4096 bits, so
+    not a rounding boundary (those have 25 significant bits): 80 digits put it on the right side unless it
+    lies closer than 10**-75 (relative) to one."""
+    numerator, denominator = exponent.as_integer_ratio()  # denominator 2**j
+    root = _dyadic_root(Fraction(base), denominator)
+    if root is not None:
+        odd = root.numerator >> ((root.numerator & -root.numerator).bit_length() - 1)
+        odd = max(odd, root.denominator >> ((root.denominator & -root.denominator).bit_length() - 1))
+        if odd.bit_length() * abs(numerator) <= _POW_EXACT_BITS:
+            return rn_f32_exact(root ** numerator)
+    with decimal.localcontext() as context:
+        context.prec = 80
+        value = (decimal.Decimal(exponent) * decimal.Decimal(base).ln()).exp()
+    return rn_f32_exact(Fraction(value))
+
+
+_POW_EXACT_BITS = 4096
+
+
+def _dyadic_root(value: Fraction, degree: int) -> Fraction | None:
+    """The exact degree-th root of a positive dyadic rational (degree a power of two), or None if it is
+    irrational."""
+    while degree > 1:
+        numerator, denominator = value.numerator, value.denominator
+        num_root, den_root = math.isqrt(numerator), math.isqrt(denominator)
+        if num_root * num_root != numerator or den_root * den_root != denominator:
+            return None
+        value, degree = Fraction(num_root, den_root), degree // 2
+    return value
 
 
 # --------------------------------------------------------------------------- reduce

@@ -1,0 +1,349 @@
+"""The native matmul unit, reduce-sum and binary SFPU against runtime/numerics.py, byte for byte, and the
+definition itself (RN_f32 of each chunk's exact sum, RN_f32 of the exact power) against an independent
+rational-arithmetic statement of it."""
+
+from __future__ import annotations
+
+import math
+import struct
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ttc.runtime import numerics as N
+from ttc.runtime.native_core import native
+from ttc.runtime.numerics import MathFidelity
+
+FORMATS = ("bf16", "f16")
+KINDS = ("gauss", "wide", "huge_span", "tiny", "special", "ties", "overflow", "unrounded")
+
+
+def bits(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32).view(np.uint32)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    same = bits(got) == bits(want)
+    if not same.all():
+        where = tuple(np.argwhere(~same)[0])
+        raise AssertionError(f"{(~same).sum()} of {same.size} differ, first at {where}: "
+                             f"{got[where]!r} ({bits(got)[where]:#010x}) vs {want[where]!r} ({bits(want)[where]:#010x})")
+
+
+def operand(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Operand values of a kind: bf16 values unless kind is "unrounded"."""
+    if kind == "gauss":
+        return N.bf16_round(rng.standard_normal(shape))
+    if kind == "wide":  # exponents over 2**-60 .. 2**30 with zeros: rows far beyond the exact span
+        values = rng.standard_normal(shape) * 2.0 ** rng.integers(-60, 30, shape)
+        return N.bf16_round(np.where(rng.random(shape) < 0.1, 0.0, values))
+    if kind == "huge_span":  # the whole bf16 range, subnormals included
+        return N.bf16_round(rng.standard_normal(shape) * 2.0 ** rng.integers(-140, 125, shape))
+    if kind == "tiny":  # bf16 subnormals and values near float32's subnormal range
+        return N.bf16_round(rng.standard_normal(shape) * 2.0 ** rng.integers(-135, -115, shape))
+    if kind == "special":
+        values = N.bf16_round(rng.standard_normal(shape) * 2.0 ** rng.integers(-20, 20, shape))
+        pick = rng.random(shape) < 0.01
+        values[pick] = rng.choice([np.inf, -np.inf, np.nan, 0.0, -0.0], pick.sum())
+        return values
+    if kind == "ties":  # chunks 1, 2**-12 (half an ulp at 1 after the product), tiny tie breakers
+        values = np.zeros(shape, np.float32)
+        scale = 2.0 ** rng.integers(-60, 60, (*shape[:-1], 1))
+        chunks = values[..., 0::16].shape
+        values[..., 0::16] = scale
+        values[..., 1::16] = scale * 2.0**-12 * rng.choice([1, 3, -1], chunks)
+        values[..., 2::16] = scale * rng.choice([0, 1, -1], chunks) * 2.0 ** -rng.integers(30, 110, chunks)
+        return N.bf16_round(values)
+    if kind == "overflow":  # partial sums past float32's and bf16's range
+        return N.bf16_round(rng.standard_normal(shape) * 2.0 ** rng.integers(60, 66, shape))
+    assert kind == "unrounded"
+    return (rng.standard_normal(shape) * 4).astype(np.float32)
+
+
+def tiles(matrix_tiles: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(matrix_tiles.reshape(-1, 32, 32))
+
+
+# --- matmul: native against the reference --------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 3), cols=st.integers(1, 3), inner=st.integers(1, 3),
+       fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
+       kind_a=st.sampled_from(KINDS), kind_b=st.sampled_from(KINDS), promise=st.booleans())
+def test_matmul_block_matches_the_reference(seed, rows, cols, inner, fidelity, dst_format, kind_a, kind_b, promise):
+    rng = np.random.default_rng(seed)
+    a = operand(rng, (rows, inner, 32, 32), kind_a)
+    b = operand(rng, (inner, cols, 32, 32), "gauss" if kind_b == "ties" else kind_b)
+    if kind_a == "ties":  # the matching column: 1, 2**-12 times 1, 3 or -1 (a tie at float32), a breaker
+        b[..., 0::16, :], b[..., 1::16, :] = 1.0, 2.0**-12
+    promise = promise and "unrounded" not in (kind_a, kind_b)  # the promise holds for bf16 values only
+    dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
+    with np.errstate(all="ignore"):
+        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=promise, dst_format=dst_format)
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), rows, cols, inner, int(fidelity), dst_format, promise)
+    assert_same_bits(got.reshape(want.shape), want)
+
+
+def test_matmul_block_of_a_typical_block_and_bad_arguments():
+    rng = np.random.default_rng(1)
+    a, b = N.bf16_round(rng.standard_normal((8, 6, 32, 32))), N.bf16_round(rng.standard_normal((6, 2, 32, 32)))
+    dst = N.bf16_round(rng.standard_normal((8, 2, 32, 32)))
+    for fidelity in MathFidelity:
+        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+        got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 6, int(fidelity), "bf16", True)
+        assert_same_bits(got.reshape(want.shape), want)
+    with pytest.raises(ValueError, match="Dst format"):
+        native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 6, 4, "f8", True)
+    with pytest.raises(ValueError, match="tiles"):
+        native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 5, 4, "bf16", True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4), dim=st.sampled_from(["row", "col", "scalar"]),
+       fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
+       kind=st.sampled_from(["gauss", "wide", "huge_span", "special", "unrounded"]),
+       scaler=st.sampled_from([1.0, 1 / 32, 1 / 3, 2.0**-100, 3e38, -0.5]))
+def test_reduce_sum_matches_the_reference(seed, n, dim, fidelity, dst_format, kind, scaler):
+    rng = np.random.default_rng(seed)
+    x = operand(rng, (n, 32, 32), kind)
+    dst = N.dst_round(operand(rng, (32, 32), "gauss"), dst_format)
+    with np.errstate(all="ignore"):
+        want = N.reduce_block(dst, x, dim, "sum", scaler, fidelity, dst_format)
+    assert_same_bits(native.reduce_sum(dst, x, dim, scaler, int(fidelity), dst_format), want)
+
+
+# --- the matmul definition -----------------------------------------------------------------------
+
+
+def f32_bits(v: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def from_bits(u: int) -> float:
+    return struct.unpack("<f", struct.pack("<I", u))[0]
+
+
+def rn(exact: Fraction, precision: int, min_exponent: int, max_exponent: int) -> float:
+    """Independent round to nearest (ties to even) of an exact value to a binary format."""
+    if exact == 0:
+        return 0.0
+    magnitude = abs(exact)
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    while Fraction(2) ** exponent > magnitude:
+        exponent -= 1
+    while Fraction(2) ** (exponent + 1) <= magnitude:
+        exponent += 1
+    ulp = Fraction(2) ** (max(exponent, min_exponent) - precision + 1)
+    count, rest = divmod(magnitude, ulp)
+    if 2 * rest > ulp or (2 * rest == ulp and count % 2):
+        count += 1
+    value = math.inf if count * ulp >= Fraction(2) ** (max_exponent + 1) else float(count * ulp)
+    return math.copysign(value, exact)
+
+
+def definition_partial(xs: list[float], ys: list[float], fidelity: int) -> float:
+    """The definition of a chunk's float32 partial, spelled out with Python floats and Fractions."""
+    def keep(v: float, mask: int) -> float:
+        return v if math.isnan(v) else from_bits(f32_bits(v) & mask)
+
+    if not all(map(math.isfinite, xs + ys)):
+        read_x = [keep(x, 0xFFFE0000) if fidelity <= 2 else x for x in xs]
+        read_y = [keep(y, 0xFFF80000) if fidelity == 1 else y for y in ys]
+        products = [u * v for u, v, x, y in zip(read_x, read_y, xs, ys, strict=True)
+                    if not (math.isfinite(x) and math.isfinite(y))]
+        if any(map(math.isnan, products)) or (math.inf in products and -math.inf in products):
+            return from_bits(0x7FC00000)
+        return math.inf if math.inf in products else -math.inf
+    total = Fraction(0)
+    for x, y in zip(xs, ys, strict=True):
+        x_hi, y_hi = keep(x, 0xFFFE0000), keep(y, 0xFFF80000)
+        pairs = {1: [(x_hi, y_hi)], 2: [(x_hi, y)], 3: [(x_hi, y), (x - x_hi, y_hi)], 4: [(x, y)]}[fidelity]
+        total += sum(Fraction(u) * Fraction(v) for u, v in pairs)
+    return rn(total, 24, -126, 127)
+
+
+def definition_matmul(dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: int, dst_format: str) -> np.ndarray:
+    """Dst [M, N] += a [M, K] @ b [K, N] (bf16 values) by the definition, element by element."""
+    precision, min_exponent, max_exponent = (8, -126, 127) if dst_format == "bf16" else (11, -14, 15)
+    out = np.empty(dst.shape, np.float32)
+    for i, j in np.ndindex(*dst.shape):
+        start = value = float(dst[i, j])
+        for c in range(0, a.shape[1], 16):
+            partial = definition_partial(a[i, c:c + 16].tolist(), b[c:c + 16, j].tolist(), fidelity)
+            total = value + partial  # RN_f64
+            value = total if not math.isfinite(total) else rn(Fraction(total), precision, min_exponent, max_exponent)
+        if math.isnan(value):
+            keep = 0x80000000 | (0x003FE000 if dst_format == "f16" else 0)
+            value = from_bits(0x7FC00000 | (f32_bits(start) & keep)) if math.isnan(start) else from_bits(0x7FC00000)
+        out[i, j] = value
+    return out
+
+
+@pytest.mark.parametrize("kind", ["wide", "ties", "special", "tiny", "overflow"])
+def test_reference_matmul_is_the_definition(kind):
+    """The reference (and so the native core) against the definition spelled out in rationals, on 8 x 8
+    blocks of adversarial values (in a tile; the rest zero) for every fidelity and Dst format."""
+    rng = np.random.default_rng(["wide", "ties", "special", "tiny", "overflow"].index(kind))
+    for fidelity in MathFidelity:
+        for dst_format in FORMATS:
+            a = np.zeros((32, 32), np.float32)
+            b = np.zeros((32, 32), np.float32)
+            a[:8] = operand(rng, (8, 32), kind)
+            b[:, :8] = operand(rng, (32, 8), "gauss" if kind == "ties" else kind)
+            if kind == "ties":
+                b[0::16, :8], b[1::16, :8] = 1.0, 2.0**-12
+            dst = np.zeros((32, 32), np.float32)
+            dst[:8, :8] = N.dst_round(operand(rng, (8, 8), "special"), dst_format)
+            with np.errstate(all="ignore"):
+                got = N.matmul_tiles_accumulate(dst, a, b, fidelity, dst_format)
+            want = definition_matmul(dst[:8, :8], a[:8], b[:, :8], int(fidelity), dst_format)
+            assert_same_bits(got[:8, :8], want)
+            native_got = native.matmul_block(dst[None], a[None], b[None], 1, 1, 1, int(fidelity), dst_format)[0]
+            assert_same_bits(native_got, got)
+
+
+def one_chunk(products: list[tuple[float, float]], dst: float = 0.0, fidelity: int = 4,
+              dst_format: str = "bf16", both: bool = False) -> tuple[float, float]:
+    """(reference, native) Dst after one tile whose element [0, 0] multiplies the given pairs in its first
+    chunk (both: in both chunks; else the second chunk's partial is +0)."""
+    a, b = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32)
+    for k, (x, y) in enumerate(products):
+        a[0, k], b[k, 0] = x, y
+        if both:
+            a[0, 16 + k], b[16 + k, 0] = x, y
+    d = np.full((32, 32), dst, np.float32)
+    with np.errstate(all="ignore"):
+        ref = N.matmul_tiles_accumulate(d, a, b, fidelity, dst_format)[0, 0]
+    nat = native.matmul_block(d[None], a[None], b[None], 1, 1, 1, fidelity, dst_format)[0, 0, 0]
+    assert bits(ref) == bits(nat)
+    return float(ref), float(nat)
+
+
+def test_a_chunk_sum_needing_more_than_53_bits_rounds_as_the_exact_sum():
+    """1 + 2**-24 + 2**-90: in float64 (any order) the last product vanishes and 1 + 2**-24 is a float32 tie
+    that goes to 1; the exact sum is above the tie: the partial is 1 + 2**-23. It shows in Dst: 2**-8 plus
+    the partial is a bf16 tie (-> 1) for 1 and above it (-> 1 + 2**-7) for 1 + 2**-23."""
+    products = [(1.0, 1.0), (2.0**-12, 2.0**-12), (2.0**-45, 2.0**-45)]
+    assert one_chunk(products, dst=2.0**-8)[0] == 1 + 2**-7
+    assert one_chunk(products[:2], dst=2.0**-8)[0] == 1.0  # the exact tie goes to even
+    assert one_chunk([(1.0, 1.0), (2.0**-12, 2.0**-12), (-(2.0**-45), 2.0**-45)], dst=2.0**-8)[0] == 1.0
+    # huge products that cancel exactly leave the tiny one (a float64 sum in order gives 0)
+    assert one_chunk([(2.0**100, 1.0), (2.0**-100, 1.0), (-(2.0**100), 1.0)])[0] == 2.0**-100
+
+
+def test_an_exact_tie_of_the_partial_goes_to_even():
+    """1 + 3 * 2**-24 lies halfway between 1 + 2**-23 (odd) and 1 + 2**-22 (even): the partial is the even
+    one, which shows in a Dst of -1 (the sum is then an exact power of two)."""
+    products = [(1.0, 1.0), (2.0**-12, 3 * 2.0**-12)]
+    assert definition_partial([1.0, 2.0**-12], [1.0, 3 * 2.0**-12], 4) == 1 + 2.0**-22
+    assert one_chunk(products, dst=-1.0)[0] == 2.0**-22
+    assert one_chunk(products, dst=-1.0, dst_format="f16")[0] == 2.0**-22
+
+
+def test_zero_sums_infinities_and_nans():
+    assert bits(np.float32(one_chunk([(-0.0, 1.0), (0.0, -1.0)], dst=-0.0, both=True)[0])) == 0  # exact 0: +0
+    tiny = one_chunk([(2.0**-80, -(2.0**-80))], dst=-0.0, both=True)[0]
+    assert tiny == 0.0 and math.copysign(1, tiny) == -1  # -2**-160 rounds to -0, and -0 + -0 = -0
+    assert math.copysign(1, one_chunk([(2.0**-80, -(2.0**-80))], dst=-0.0)[0]) == 1  # then + (+0)
+    assert one_chunk([(2.0**127, 2.0**1), (2.0**127, 2.0**1)])[0] == math.inf  # partial overflows
+    for fidelity in (1, 2, 3, 4):
+        assert one_chunk([(math.inf, 1.0), (5.0, 7.0)], fidelity=fidelity)[0] == math.inf  # HiFi3 too
+        assert one_chunk([(1.5, -math.inf)], fidelity=fidelity)[0] == -math.inf
+        assert math.isnan(one_chunk([(math.inf, 0.0)], fidelity=fidelity)[0])
+        assert math.isnan(one_chunk([(math.inf, 1.0), (-math.inf, 1.0)], fidelity=fidelity)[0])
+    ref, _ = one_chunk([(math.nan, 1.0)])
+    assert f32_bits(ref) == 0x7FC00000  # the positive quiet NaN
+    ref, _ = one_chunk([(1.0, 1.0)], dst=from_bits(0xFFC00000))
+    assert f32_bits(ref) == 0xFFC00000  # a NaN Dst keeps its sign
+    ref, _ = one_chunk([(math.inf, 1.0)], dst=-math.inf)
+    assert f32_bits(ref) == 0x7FC00000  # inf - inf: the positive quiet NaN
+
+
+def test_rn_f32_exact_is_numpy_rounding_of_float64_values():
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.standard_normal(3000) * 2.0 ** rng.integers(-160, 135, 3000),
+                             [2.0**128 - 2.0**103, 2.0**128 - 2.0**104, 2.0**-150, -(2.0**-150), 3 * 2.0**-150,
+                              1 + 2.0**-24, 1 + 3 * 2.0**-24, -(2.0**-151)]])
+    with np.errstate(over="ignore"):
+        want = values.astype(np.float32)
+    got = np.array([N.rn_f32_exact(Fraction(v)) for v in values.tolist()], np.float32)
+    assert_same_bits(got, want)
+
+
+# --- pow -----------------------------------------------------------------------------------------
+
+
+def all_values(dst_format: str) -> np.ndarray:
+    if dst_format == "f16":
+        return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    return (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), dst_format=st.sampled_from(FORMATS),
+       fn=st.sampled_from(["pow", "where_nez", "where_eqz"]))
+def test_sfpu_binary_matches_the_reference(seed, dst_format, fn):
+    """Random bit patterns (every value of the format: NaN payloads, subnormals, infinities) and exact cases:
+    small integral and half-integral powers, powers of two, bases near 1, 0, +-1, +-inf, NaN, results that
+    overflow Float16 or float32 and that underflow."""
+    rng = np.random.default_rng(seed)
+    values = all_values(dst_format)
+    a, b = rng.choice(values, 4000), rng.choice(values, 4000)
+    bases = [2.0, 0.5, 3.0, 1.5, 1 + 2**-7, 1 - 2**-8, 257 / 256, 121, 9, 25, 81, 0.0, -0.0, -2, -1.5, 1, -1,
+             np.inf, -np.inf, np.nan, 65504, 2.0**-14, 2.0**-24]
+    exponents = [0, -0.0, 1, 2, 3, 4, 5, 7, 0.5, 1.5, 2.5, 3.5, -1, -2, -3, -0.5, 0.25, 0.125, 16, 100, 1000, 20000,
+                 -20000, np.inf, -np.inf, np.nan]
+    a[:2000] = rng.choice(bases, 2000)
+    b[:2000] = rng.choice(exponents, 2000)
+    with np.errstate(invalid="ignore"):  # casts of signalling NaN patterns
+        a, b = N.dst_round(a, dst_format), N.dst_round(b, dst_format)
+    want = N.sfpu_binary(a, b, fn, dst_format)
+    assert_same_bits(native.sfpu_binary(a, b, fn, dst_format), want)
+
+
+def definition_pow(x: float, y: float) -> float:
+    """RN_f32 of the exact power for the finite cases with a rational result (the special cases aside)."""
+    value = Fraction(x) ** int(y) if y == int(y) else None
+    assert value is not None
+    return rn(value, 24, -126, 127)
+
+
+def test_pow_is_the_exact_power_rounded_once():
+    cases = [(3.0, 6.0), (2.0, -1.0), (1.5, 20.0), (257 / 256, 3.0), (-3.0, 5.0), (0.5, 149.0), (0.5, 150.0),
+             (0.5, 151.0), (2.0, 127.0), (2.0, 128.0), (1.0009765625, 3.0), (10.0, 38.0), (10.0, 39.0), (0.1, 45)]
+    for x, y in cases:
+        x = float(np.float32(x))
+        got = N.pow_f32(np.array([x]), np.array([y]))[0]
+        assert bits(got) == bits(np.float32(definition_pow(x, y))), (x, y)
+    # exact ties: 11**7 = 19487171 lies halfway between float32 neighbours (to the even 19487172), and
+    # (257/256)**3 = 1 + 3 * 2**-8 + 3 * 2**-16 + 2**-24 halfway between 1.01176447 and 1.01176453
+    assert N.pow_f32(np.array([121.0]), np.array([3.5]))[0] == 19487172.0
+    assert bits(N.pow_f32(np.array([257 / 256]), np.array([3.0]))[0]) == bits(np.float32(
+        definition_pow(257 / 256, 3.0)))
+    # C99's special cases
+    special = [(0.0, -1.0, math.inf), (-0.0, -1.0, -math.inf), (-0.0, -2.0, math.inf), (-0.0, 3.0, -0.0),
+               (0.0, 0.5, 0.0), (-1.0, math.inf, 1.0), (1.0, math.nan, 1.0), (math.nan, 0.0, 1.0),
+               (0.5, math.inf, 0.0), (0.5, -math.inf, math.inf), (2.0, -math.inf, 0.0), (-math.inf, 3.0, -math.inf),
+               (-math.inf, -3.0, -0.0), (-math.inf, 2.0, math.inf), (math.inf, -0.5, 0.0)]
+    got = N.pow_f32(np.array([s[0] for s in special]), np.array([s[1] for s in special]))
+    assert_same_bits(got, np.array([s[2] for s in special], np.float32))
+    nan = N.pow_f32(np.array([-2.0, math.nan, 2.0]), np.array([0.5, 1.0, math.nan]))
+    assert (bits(nan) == 0x7FC00000).all()
+
+
+@pytest.mark.parametrize(("fn", "param"), [("pow_scalar", 2.0), ("pow_scalar", 0.5), ("pow_scalar", -3.0),
+                                           ("rpow_scalar", 2.5), ("rpow_scalar", 1.0000001), ("pow_scalar", 7.0)])
+@pytest.mark.parametrize("dst_format", FORMATS)
+def test_scalar_pow_tables_are_the_definition(fn, param, dst_format):
+    """The per-parameter table is the power of every input by `pow_f32`, rounded to the Dst format, and
+    sfpu_unary reads it."""
+    x = all_values(dst_format)
+    table = N.sfpu_param_table(fn, param, dst_format)
+    p = np.full_like(x, np.float32(param))
+    want = N.dst_round(N.pow_f32(x, p) if fn == "pow_scalar" else N.pow_f32(p, x), dst_format)
+    assert_same_bits(table, want)
+    assert_same_bits(N.sfpu_unary(x, fn, param, dst_format), want)
