@@ -131,7 +131,7 @@ class _Encoder:
         index = self.table_ids.get(key)
         if index is None:
             if fn in ("pow_scalar", "rpow_scalar"):
-                table = sfpu_param_table(fn, param, self.dst_format)
+                table = numerics.sfpu_param_table(fn, param, self.dst_format)
             else:
                 table = numerics._sfpu_table(numerics.SFPU_FUNCTIONS[fn], self.dst_format)
             index = self.table_ids[key] = len(self.tables)
@@ -402,22 +402,6 @@ def _pack(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
 
 
 KERNEL_OPS = frozenset(_ENCODERS)
-
-
-def sfpu_param_table(fn: str, param: float, dst_format: str) -> np.ndarray:
-    """The 65536 results of pow_scalar / rpow_scalar with `param` by Dst-format input bits.
-
-    TEMPORARY until numerics.sfpu_param_table lands (branch native-matmul): the *_scalar functions are
-    elementwise, so the table is sfpu_unary of every 16-bit input, exactly.
-    """
-    native_table = getattr(numerics, "sfpu_param_table", None)
-    if native_table is not None:
-        return native_table(fn, param, dst_format)
-    if dst_format == "f16":
-        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    else:
-        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
-    return numerics.sfpu_unary(inputs, fn, param, dst_format)
 
 
 def _launch_ok(op: Operation, device: Device) -> bool:
