@@ -443,6 +443,41 @@ def test_a_row_lookup_position_fault_comes_before_a_later_check_of_other_cores()
     assert "at core (1,0), reader kernel, CB 8" in text
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_per_core_addrgen_base_over_sharded_buffers_runs_on_the_interpreter(sharded: bool,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter picks the sharded path by core 0's base for all cores; with a base that differs between
+    cores over a memory holding sharded buffers, the program runs on the interpreter (the same result)."""
+    from ttc.runtime.device import ShardSpec
+
+    address = 1 << 19
+    program = eltwise_program((2, 1), per_core=1)
+    program.reader = [kop("get_arg", out="abase", index=1) if "%a_base = " in line else line
+                      for line in program.reader]
+    program.reader = [line.replace('memory = "dram"', 'memory = "l1"') if "%a = " in line else line
+                      for line in program.reader]
+    program.runtime_args = [[[0, address], [1, address + 32]], *program.runtime_args[1:]]
+    program.reader = [line.replace("(%a_base)", "(%abase)") for line in program.reader]
+    inputs = eltwise_inputs((32, 64))
+    inputs["a"] = (Tensor("a", (32, 64), memory="l1", address=address), inputs["a"][1])
+
+    def add_sharded(device: Device) -> None:
+        if sharded and not device.l1._sharded:
+            device.l1.allocate_sharded(address + (1 << 16), 2048, 4, ShardSpec(2, 1, 1, (0, 1, 2, 3)), "buffer s")
+
+    calls = []
+    original = native_program.native.run_program
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(native_program.native, "run_program", counting)
+    text = run_dual(inputs, [Tensor("c", (32, 64))], program, threads=(1,), before=add_sharded)
+    assert text is not None and "out-of-bounds L1 read" in text  # core 1's base is inside a, not its start
+    assert bool(calls) != sharded
+
+
 def test_cores_reading_what_another_core_writes_are_reported() -> None:
     """c = a + b written in place into a, each core to its neighbour's tile: core 1 reads the tile core 0
     writes, so the result would depend on the order of the cores; the race check names them."""
