@@ -29,11 +29,17 @@ from ttc.runtime.native_program import native_programs
 RNG = np.random.default_rng(7)
 
 
-@pytest.fixture(autouse=True, params=["interpreter", "native"])
+@pytest.fixture(autouse=True, params=["interpreter", "native", "compared"])
 def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py)."""
+    """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py);
+    "compared" runs each program on both and checks that every DRAM and L1 byte, profile and fault agree."""
     if request.param == "native":
         with native_programs():
+            yield request.param
+    elif request.param == "compared":
+        from test_native_program import dual_programs
+
+        with dual_programs():
             yield request.param
     else:
         yield request.param
