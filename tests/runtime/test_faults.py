@@ -3,6 +3,7 @@ what happened, the core (first offender and how many more), the kernel, the CB, 
 ONNX node of the program."""
 
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -24,9 +25,20 @@ from ttc.ir.diagnostics import EXIT_DEVICE_FAULT, DeviceFault
 from ttc.ir.dialects.tt import E150
 from ttc.runtime.executor import Executor
 from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET
+from ttc.runtime.native_program import native_programs
 
 SHAPE = (64, 96)  # 6 tiles: one per core of the 3x2 grid
 L1_BASE = E150.l1_reserved
+
+
+@pytest.fixture(autouse=True, params=["interpreter", "native"])
+def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py)."""
+    if request.param == "native":
+        with native_programs():
+            yield request.param
+    else:
+        yield request.param
 
 
 def fault(program: ProgramSpec, extra: list[Tensor] = (), step_budget: int | None = None) -> str:

@@ -2,6 +2,8 @@
 numerics model: eltwise, broadcast, matmul (K blocking, grids, fidelity), SFPU, reduce, transpose,
 mask, indexed gather, per-core runtime arguments, and mutations of the programs."""
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from runtime_helpers import (
@@ -22,8 +24,25 @@ from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialects.tt import E150
 from ttc.runtime import numerics as N
 from ttc.runtime.formats import tilize, untilize
+from ttc.runtime.native_program import native_programs
 
 RNG = np.random.default_rng(7)
+
+
+@pytest.fixture(autouse=True, params=["interpreter", "native", "compared"])
+def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py);
+    "compared" runs each program on both and checks that every DRAM and L1 byte, profile and fault agree."""
+    if request.param == "native":
+        with native_programs():
+            yield request.param
+    elif request.param == "compared":
+        from test_native_program import dual_programs
+
+        with dual_programs():
+            yield request.param
+    else:
+        yield request.param
 
 
 def bits(x: np.ndarray) -> np.ndarray:

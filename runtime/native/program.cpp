@@ -1,0 +1,1509 @@
+// The native program executor: runs one encoded `ttmetal.enqueue_program` on every core of its grid with
+// the observable behaviour of runtime/interpreter.py (memory contents, counts, faults), bit for bit.
+//
+// Design
+// - The op stream (program.h, encoded once per program by runtime/native_program.py): fixed-width int64
+//   instructions, one kernel after the other, each kernel ending in END; loops are FOR_BEGIN / FOR_END
+//   pairs with their trip counts; attributes are resolved to integers (float attributes and SFPU tables
+//   by index into side arrays), SSA values to register numbers.
+// - Cores run independently. All cores of a program execute the same static control flow, and the CB
+//   counts and pointers, the Dst protocol state, the blocking of kernels and so the scheduler's order and
+//   step count depend only on op attributes: each core runs its own copy of the interpreter's round-robin
+//   scheduler over its three kernels and meets every op at the same step count as every other core.
+//   That step count orders faults across cores (program.h: Fault), so the reported fault is the one the
+//   lockstep interpreter meets first, with the mask of the cores that fault there.
+// - Cores are spread over threads (an atomic work counter); what a core computes does not depend on the
+//   thread or on the other cores, and everything summed over cores (bytes, write ranges) is combined by
+//   commutative operations, so any thread count gives the same bits.
+// - The interpreter's counts that mix cores (a masked transfer counts sum over cores // cores bytes per
+//   core; a write touches the range from the lowest to the highest offset written by all cores) are kept
+//   per op instance (its step count) and combined after all cores ran.
+//
+// Instruction fields (f[0] opcode, f[1] op id):
+//   GET_ARG dst, index | CONSTANT dst, value | BUFFER_ADDRESS dst, operand | ADDI/MULI/MINI dst, a, b
+//   FOR_BEGIN iv, lower, step, trips, end pc, counter | FOR_END begin pc
+//   CB_* cb, pages | ADDRGEN agen, base, page_size, memory (0 dram, 1 l1), format (-1 none), layout
+//   NOC_READ_TILES / NOC_WRITE_TILES agen, start, valid (-1 none), cb, cb_offset, rows, cols, row_stride,
+//     col_stride | NOC_READ_PAGES agen, start, -, cb, cb_offset, count
+//   NOC_READ_TILES_INDEXED agen, -, -, cb, cb_offset, index_cb, index_offset, count, sources, source
+//   NOC_READ_ROWS_INDEXED agen, offset, valid, cb, cb_offset, index_cb, count, wrap, pad_negative
+//   NOC_WRITE_ROWS agen, start, valid, cb, -, count
+//   COPY_TILES / TRANSPOSE_TILES cb, offset, row_stride, col_stride, rows, cols, dst, cycles
+//   TILIZE_TILES cb, col_offset, cols, dst, -, -, -, cycles | PACK_ROWS cb, col_offset, cols, dst
+//   BINARY_TILES op, cb_a, a_offset, a_row_stride, a_col_stride, cb_b, b_offset, b_row_stride, b_col_stride,
+//     bcast, rows, cols, dst, cycles
+//   MATMUL_TILES cb_a, a_offset, a_row_stride, cb_b, b_offset, b_row_stride, inner, rows, cols, dst,
+//     fidelity, cycles
+//   REDUCE_TILES kind (0 sum, 1 max), dim, cb, offset, row_stride, col_stride, rows, cols, dst, scaler (float
+//     index), fidelity, cycles
+//   SFPU_TILES mode (0 table, 1 scalar), table index or ScalarFn, dst, count, param (float index), cycles
+//   SFPU_BINARY_TILES fn, dst, dst_b, count, cycles | FILL_TILES dst, count, value (float index), cycles
+//   MASK_TILES row_tile, col_tile, rows, cols, dst, valid_rows, valid_cols, fill (float index), cycles
+//   PACK_TILES dst, count, cb, cb_offset | RAISE message index, cb
+#include "program.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+
+namespace py = pybind11;
+
+namespace ttc::program {
+
+namespace {
+
+constexpr int KERNELS = 3;  // reader, compute, writer
+constexpr int COMPUTE = 1;
+constexpr int HALF_DST = 8;
+constexpr int NUM_CBS = 32;
+constexpr int64_t DEADLOCK_POSITION = std::numeric_limits<int64_t>::max() - 1;
+constexpr int64_t DRAINED_POSITION = std::numeric_limits<int64_t>::max();
+
+enum DstState : int { RELEASED = 0, ACQUIRED = 1, COMMITTED = 2, WAITED = 3 };
+enum Layout : int { INTERLEAVED = 0 };  // 1 height_sharded, 2 width_sharded, 3 block_sharded
+enum Access : int { READ = 0, WRITE = 1 };
+
+// Python's // and % (the interpreter's index arithmetic): floor division, a remainder with the divisor's sign.
+inline int64_t floordiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+inline int64_t floormod(int64_t a, int64_t b) { return a - floordiv(a, b) * b; }
+// numpy int64 arithmetic wraps around (per-core values are int64 arrays)
+inline int64_t wrap_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+inline int64_t wrap_mul(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
+}
+
+// ------------------------------------------------------------------------------------------ encoding
+
+struct Instr {
+  int64_t f[W];
+};
+
+struct CBConfig {
+  bool configured = false;
+  int64_t address = 0, page_size = 0, pages = 0;
+  int format = -1;  // Format, -1: none
+};
+
+}  // namespace
+
+// The encoded program: everything that depends only on the IR, the device and the runtime arguments.
+struct Encoded {
+  std::vector<Instr> code;
+  int64_t kernel_start[KERNELS] = {};
+  int64_t n_regs = 0, n_agens = 0;
+  CBConfig cbs[NUM_CBS];
+  std::vector<int> cb_order;  // configured CB indices, ascending (the drained check's order)
+  std::vector<int64_t> arg_offsets[KERNELS];  // per kernel [cores + 1] into arg_values
+  std::vector<int64_t> arg_values[KERNELS];
+  std::vector<int64_t> banks;  // L1 bank (device core) of each program core
+  int64_t cores = 0;
+  DstFormat dst = DstFormat::BF16;
+  std::vector<double> fparams;
+  std::vector<float> tables;  // 65536 floats per SFPU table
+  double last_run_us = 0;     // how long the last run took (a hint for the thread count)
+};
+
+namespace {
+
+// ------------------------------------------------------------------------------------------ memories
+
+struct Sharded {
+  int64_t address = 0, page_size = 0, num_pages = 0, cols = 1, shard_rows = 1, shard_cols = 1, per_row = 1;
+  int layout = 1;
+  std::vector<int64_t> banks;
+};
+
+struct Memory {
+  int id = 0;  // 0 DRAM, 1 L1
+  uint8_t* data = nullptr;
+  int64_t banks = 0, capacity = 0;
+  std::vector<int64_t> starts, ends, sizes, counts;  // the buffer table (Memory._buffer_table)
+  std::vector<Sharded> sharded;
+  std::vector<int64_t> watch;  // [start, end) pairs of watched ranges
+};
+
+struct AddrGen {
+  int64_t base = 0, page_size = 0;
+  int memory = 0, format = -1, layout = 0;
+};
+
+struct CBState {
+  int64_t filled = 0, reserved = 0, waited = 0, front = 0, back = 0;
+};
+
+struct KernelState {
+  int64_t pc = 0;
+  bool retry = false;  // the op at pc blocked: it is retried without counting a step
+  uint32_t pending_reads = 0, pending_writes = 0;
+  int64_t blocked_op = -1, blocked_cb = -1, blocked_want = 0;
+  int blocked_what = 0;  // 0 "free", 1 "filled"
+};
+
+struct Stop {};  // another core faulted earlier: this core's run no longer matters
+
+// What one thread gathers over the cores it runs (combined by sums and min/max: any order is the same).
+struct ThreadAcc {
+  std::vector<int64_t> masked_sum;                  // per masked-count instance: sum over cores of its count
+  std::vector<std::pair<int64_t, bool>> masked_meta;  // its page size and whether it is DRAM traffic
+  struct Key {
+    int64_t step, group;
+    int memory;
+    bool operator==(const Key& o) const { return step == o.step && group == o.group && memory == o.memory; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      return std::hash<int64_t>()(k.step * 1000003 + k.group) ^ static_cast<size_t>(k.memory);
+    }
+  };
+  std::unordered_map<Key, std::pair<int64_t, int64_t>, KeyHash> writes;  // write range per write call
+  int64_t local_bytes = 0;
+  struct Transfer {  // a NoC transfer, recorded when checking that cores do not race (tests only)
+    int memory;
+    int64_t bank, lo, hi, core;
+    bool write;
+    uint64_t hash;  // of the bytes written: cores writing the same bytes to the same place do not race
+  };
+  std::vector<Transfer> transfers;
+};
+
+struct Counters {
+  int64_t compute_cycles = 0, noc_bytes = 0, dram_bytes = 0;  // per core, static parts
+};
+
+struct Run {
+  const Encoded& E;
+  Memory mem[2];
+  std::vector<int64_t> addresses;
+  int64_t budget = 0;
+  bool check_races = false;
+  std::atomic<int64_t> best{std::numeric_limits<int64_t>::max()};
+  std::vector<std::optional<Fault>> faults;  // per core
+  std::vector<Counters> counters;            // per core
+  explicit Run(const Encoded& e) : E(e) {}
+};
+
+[[noreturn]] void fail(int kind, int64_t cb, std::initializer_list<int64_t> params, int64_t stage = 0,
+                       int64_t group = 0, bool all_cores = false) {
+  Fault f;
+  f.kind = kind;
+  f.cb = cb;
+  f.stage = stage;
+  f.group = group;
+  f.all_cores = all_cores;
+  int i = 0;
+  for (int64_t p : params) f.params[i++] = p;
+  throw f;
+}
+
+[[noreturn]] void internal(const std::string& text, int64_t cb = -1) {
+  Fault f;
+  f.kind = INTERNAL;
+  f.cb = cb;
+  f.text = text;
+  throw f;
+}
+
+// ------------------------------------------------------------------------------------------ one core
+
+class Core {
+ public:
+  Core(Run& run, ThreadAcc& acc) : R(run), E(run.E), T(acc) {
+    regs.resize(E.n_regs);
+    agens.resize(E.n_agens);
+    dst.resize(2 * HALF_DST * TILE_ELEMS);
+  }
+
+  void run(int64_t core);
+
+ private:
+  Run& R;
+  const Encoded& E;
+  ThreadAcc& T;
+  int64_t core = 0, bank = 0;
+  uint8_t* own_l1 = nullptr;  // this core's L1 bank
+  std::vector<int64_t> regs;
+  std::vector<AddrGen> agens;
+  CBState cb[NUM_CBS];
+  KernelState k[KERNELS];
+  int dst_state = RELEASED, dst_half = 1;
+  uint32_t dst_written = 0xFFFF;
+  std::vector<float> dst;
+  int64_t steps = 0;
+  int64_t masked_index = 0;
+  Counters counters;
+  // where the core is, for a fault's position and text
+  int64_t position = 0;
+  int cur_kernel = -1;
+  int64_t cur_op = -1;
+  // scratch
+  std::vector<int64_t> offs, pages, located_bank, located_offset;
+  std::vector<uint8_t> wanted;
+  std::vector<float> tiles_a, tiles_b;
+  std::vector<const float*> ptr_a, ptr_b;
+  std::vector<float*> ptr_dst;
+
+  // -- scheduler ----------------------------------------------------------------------------------
+
+  enum Resume { BLOCKED, FINISHED };
+  Resume resume(int kernel);
+  void execute(int kernel, const Instr& in, bool& blocked);
+  void finish(int kernel);
+  void check_drained();
+  [[noreturn]] void deadlock(const int* live, int n_live);
+
+  // -- circular buffers ---------------------------------------------------------------------------
+
+  const CBConfig& config(int64_t index) const {
+    if (index < 0 || index >= NUM_CBS || !E.cbs[index].configured) fail(CB_NOT_CONFIGURED, index, {});
+    return E.cbs[index];
+  }
+  uint8_t* slot_ptr(int64_t index, int64_t slot) const {
+    const CBConfig& c = E.cbs[index];
+    return own_l1 + c.address + slot * c.page_size;
+  }
+  // Interpreter `_check_window` + `_ring_slots`: the ring slots of offsets[0..n) in a window.
+  void check_window(int64_t index, const int64_t* o, int64_t n, int64_t window, bool front, int64_t stage = 0) {
+    for (int64_t i = 0; i < n; ++i)
+      if (o[i] < 0 || o[i] >= window) fail(WINDOW, index, {o[i], window, front ? 1 : 0}, stage);
+  }
+  int64_t front_slot(int64_t index, int64_t offset) const {
+    return floormod(cb[index].front + offset, E.cbs[index].pages);
+  }
+  int64_t back_slot(int64_t index, int64_t offset) const {
+    return floormod(cb[index].back + offset, E.cbs[index].pages);
+  }
+  void page_range(int64_t first, int64_t count) {
+    offs.resize(std::max<int64_t>(count, 0));
+    for (int64_t i = 0; i < count; ++i) offs[i] = first + i;
+  }
+  void tile_block(int64_t offset, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_stride) {
+    rows = std::max<int64_t>(rows, 0);
+    cols = std::max<int64_t>(cols, 0);
+    offs.resize(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) offs[r * cols + c] = offset + r * row_stride + c * col_stride;
+  }
+  Format tile_format(int64_t index) const {
+    const CBConfig& c = E.cbs[index];
+    if (c.format < 0) fail(NO_FORMAT, index, {});
+    Format f = static_cast<Format>(c.format);
+    if (c.page_size != tile_bytes(f)) fail(TILE_PAGE, index, {c.page_size, c.format});
+    return f;
+  }
+
+  // -- NoC ----------------------------------------------------------------------------------------
+
+  const Sharded* resolve(const AddrGen& g, int64_t cb_index, int64_t stage);
+  void locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
+              int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
+  uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index) const {
+    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity)
+      internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) +
+                   " in bank " + std::to_string(b) + " is outside the memory",
+               cb_index);
+    return m.data + b * m.capacity + offset;
+  }
+  void check_noc(const AddrGen& g, int64_t index, int64_t stage = 0) const {
+    const CBConfig& c = E.cbs[index];
+    if (g.format >= 0 && c.format >= 0 && g.format != c.format) fail(NOC_FORMAT, index, {g.format, c.format}, stage);
+    if (g.page_size > c.page_size) fail(NOC_PAGE_SIZE, index, {g.page_size, c.page_size}, stage);
+  }
+  enum CountMode { COUNT_STATIC, COUNT_MASKED };
+  void noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n, const int64_t* page_list,
+                const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank, int64_t stage = 0);
+  void transfer(const AddrGen& g, int64_t b, int64_t offset, const uint8_t* written) {
+    if (!R.check_races) return;
+    uint64_t hash = 14695981039346656037ull;  // FNV-1a
+    bool write = written != nullptr;
+    if (write)
+      for (int64_t i = 0; i < g.page_size; ++i) hash = (hash ^ written[i]) * 1099511628211ull;
+    T.transfers.push_back({g.memory, b, offset, offset + g.page_size, core, write, hash});
+  }
+  void count_masked(const AddrGen& g, int64_t count) {
+    if (static_cast<int64_t>(T.masked_sum.size()) <= masked_index) {
+      T.masked_sum.resize(masked_index + 1, 0);
+      T.masked_meta.resize(masked_index + 1);
+    }
+    T.masked_sum[masked_index] += count;
+    T.masked_meta[masked_index] = {g.page_size, g.memory == 0};
+    ++masked_index;
+  }
+  void count_static(const AddrGen& g, int64_t count) {
+    int64_t bytes = count * g.page_size;
+    counters.noc_bytes += bytes;
+    if (g.memory == 0) counters.dram_bytes += bytes;
+  }
+  void note_write(int memory, int64_t group, int64_t lo, int64_t hi) {
+    if (R.mem[memory].watch.empty()) return;
+    auto [it, added] = T.writes.try_emplace(ThreadAcc::Key{steps, group, memory}, lo, hi);
+    if (!added) {
+      it->second.first = std::min(it->second.first, lo);
+      it->second.second = std::max(it->second.second, hi);
+    }
+  }
+
+  void op_noc_read_tiles(int kernel, const Instr& in);
+  void op_noc_read_tiles_indexed(int kernel, const Instr& in);
+  void op_noc_read_rows_indexed(int kernel, const Instr& in);
+  void op_noc_write_tiles(int kernel, const Instr& in);
+  void op_noc_write_rows(int kernel, const Instr& in);
+
+  // -- Dst ----------------------------------------------------------------------------------------
+
+  int64_t dst_slots(int64_t first, int64_t count) const {
+    if (first < 0 || first + count > HALF_DST) fail(DST_SLOTS, -1, {first, count});
+    return dst_half * HALF_DST + first;
+  }
+  int64_t math_slots(int64_t first, int64_t count) {
+    if (dst_state != ACQUIRED) fail(MATH_STATE, -1, {dst_state});
+    int64_t base = dst_slots(first, count);
+    for (int64_t s = base; s < base + count; ++s) dst_written |= 1u << s;
+    return base;
+  }
+  float* dst_tile(int64_t slot) { return dst.data() + slot * TILE_ELEMS; }
+  void transition(int expected, int next, int64_t op_code) {
+    if (dst_state != expected) fail(DST_PROTOCOL, -1, {op_code, dst_state, expected});
+    dst_state = next;
+  }
+  // Interpreter `unpack_front`: tiles at the waited-window offsets (offs) as the FPU's sources get them.
+  Format unpack_front(int64_t index, std::vector<float>& out);
+  void to_dst(float* tile, Format cb_format) const {
+    // numerics.as_f16 is f16_round elementwise (it only skips values it can prove need no rounding)
+    if (E.dst == DstFormat::F16) {
+      if (cb_format != Format::F16) dst_round_values(tile, TILE_ELEMS, DstFormat::F16);
+    } else if (cb_format == Format::F16) {
+      dst_round_values(tile, TILE_ELEMS, DstFormat::BF16);
+    }
+  }
+
+  void op_copy(const Instr& in, bool transpose);
+  void op_tilize(const Instr& in);
+  void op_pack_rows(const Instr& in);
+  void op_binary(const Instr& in);
+  void op_matmul(const Instr& in);
+  void op_reduce(const Instr& in);
+  void op_sfpu(const Instr& in);
+  void op_mask(const Instr& in);
+  void op_pack(const Instr& in);
+};
+
+void Core::run(int64_t index) {
+  core = index;
+  bank = E.banks[core];
+  own_l1 = R.mem[1].data + bank * R.mem[1].capacity;
+  for (auto& c : cb) c = CBState{};
+  for (int i = 0; i < KERNELS; ++i) {
+    k[i] = KernelState{};
+    k[i].pc = E.kernel_start[i];
+  }
+  dst_state = RELEASED;
+  dst_half = 1;
+  dst_written = 0xFFFF;  // Dst holds what the last program left: every slot is NaN-filled when acquired
+  steps = 0;
+  masked_index = 0;
+  counters = Counters{};
+  try {
+    int live[KERNELS] = {0, 1, 2};
+    int n_live = KERNELS;
+    while (n_live) {
+      int64_t before = steps;
+      bool progressed = false;
+      int snapshot[KERNELS];
+      int n_snapshot = n_live;
+      std::copy(live, live + n_live, snapshot);
+      for (int s = 0; s < n_snapshot; ++s) {
+        int kernel = snapshot[s];
+        if (resume(kernel) == FINISHED) {
+          int* end = std::remove(live, live + n_live, kernel);
+          n_live = static_cast<int>(end - live);
+          progressed = true;
+          finish(kernel);
+        }
+      }
+      if (n_live && !progressed && steps == before) deadlock(live, n_live);
+    }
+    check_drained();
+  } catch (Fault& f) {
+    f.position = position;
+    if (f.kernel == -1) f.kernel = cur_kernel;  // -2: none named
+    if (f.op == -1) f.op = cur_op;
+    int64_t best = R.best.load(std::memory_order_relaxed);
+    while (position < best && !R.best.compare_exchange_weak(best, position, std::memory_order_relaxed)) {
+    }
+    R.faults[core] = std::move(f);
+  } catch (Stop&) {
+  }
+  R.counters[core] = counters;
+}
+
+Core::Resume Core::resume(int kernel) {
+  KernelState& K = k[kernel];
+  cur_kernel = kernel;
+  for (;;) {
+    const Instr& in = E.code[K.pc];
+    int64_t opc = in.f[0];
+    if (opc == END) return FINISHED;
+    if (opc == FOR_END) {  // next trip, or past the loop (a loop counts one step, when it starts)
+      const Instr& head = E.code[in.f[2]];
+      int64_t trip = ++regs[head.f[7]];
+      if (trip < head.f[5]) {
+        regs[head.f[2]] = wrap_add(head.f[3], wrap_mul(trip, head.f[4]));
+        K.pc = in.f[2] + 1;
+      } else {
+        ++K.pc;
+      }
+      continue;
+    }
+    cur_op = in.f[1];
+    if (!K.retry) {
+      ++steps;
+      position = steps * 4;
+      if (position > R.best.load(std::memory_order_relaxed)) throw Stop{};
+      if (steps > R.budget) fail(RUNAWAY, -1, {R.budget});
+    }
+    K.retry = false;
+    bool blocked = false;
+    execute(kernel, in, blocked);
+    if (blocked) {
+      K.retry = true;
+      return BLOCKED;
+    }
+    ++K.pc;
+  }
+}
+
+void Core::finish(int kernel) {
+  position = steps * 4 + 1;
+  if (position > R.best.load(std::memory_order_relaxed)) throw Stop{};
+  cur_kernel = kernel;
+  cur_op = -1;
+  const KernelState& K = k[kernel];
+  if (K.pending_writes) {
+    int64_t index = __builtin_ctz(K.pending_writes);
+    fail(END_PENDING_WRITES, index, {index});
+  }
+  if (kernel == COMPUTE && dst_state != RELEASED) fail(END_DST, -1, {dst_state});
+}
+
+void Core::deadlock(const int* live, int n_live) {
+  position = DEADLOCK_POSITION;
+  cur_kernel = -1;
+  cur_op = -1;
+  Fault f;
+  f.kind = DEADLOCK;
+  f.kernel = -2;  // none named (the text names each blocked kernel)
+  f.op = -2;
+  f.params[0] = n_live;
+  for (int i = 0; i < n_live; ++i) {
+    const KernelState& K = k[live[i]];
+    int64_t* p = f.params + 1 + 7 * i;
+    p[0] = live[i];
+    p[1] = K.blocked_op;
+    p[2] = K.blocked_cb;
+    p[3] = K.blocked_want;
+    p[4] = K.blocked_what;
+    p[5] = cb[K.blocked_cb].filled;
+    p[6] = E.cbs[K.blocked_cb].pages;
+  }
+  throw f;
+}
+
+void Core::check_drained() {
+  position = DRAINED_POSITION;
+  cur_kernel = -2;
+  cur_op = -2;
+  for (int index : E.cb_order) {
+    const CBState& c = cb[index];
+    if (c.filled || c.reserved) fail(DRAINED, index, {c.filled, c.reserved});
+  }
+}
+
+void Core::execute(int kernel, const Instr& in, bool& blocked) {
+  const int64_t* f = in.f;
+  KernelState& K = k[kernel];
+  switch (f[0]) {
+    // -- scalars
+    case GET_ARG: {
+      int64_t lo = E.arg_offsets[kernel][core], n = E.arg_offsets[kernel][core + 1] - lo, index = f[3];
+      if (n <= index) fail(ARG_MISSING, -1, {index});
+      if (index < 0) {  // Python's negative index
+        if (n + index < 0) internal("runtime argument " + std::to_string(index) + " does not exist");
+        index += n;
+      }
+      regs[f[2]] = E.arg_values[kernel][lo + index];
+      return;
+    }
+    case CONSTANT:
+      regs[f[2]] = f[3];
+      return;
+    case BUFFER_ADDRESS: {
+      int64_t n = static_cast<int64_t>(R.addresses.size());
+      if (f[3] < 0 || f[3] >= n) fail(BUFFER_OPERAND, -1, {f[3], n});
+      regs[f[2]] = R.addresses[f[3]];
+      return;
+    }
+    case ADDI:
+      regs[f[2]] = wrap_add(regs[f[3]], regs[f[4]]);
+      return;
+    case MULI:
+      regs[f[2]] = wrap_mul(regs[f[3]], regs[f[4]]);
+      return;
+    case MINI:
+      regs[f[2]] = std::min(regs[f[3]], regs[f[4]]);
+      return;
+    case FOR_BEGIN:
+      if (f[5] <= 0) {
+        K.pc = f[6];  // FOR_END; the caller steps past it
+      } else {
+        regs[f[7]] = 0;
+        regs[f[2]] = f[3];
+      }
+      return;
+    // -- circular buffers
+    case CB_RESERVE_BACK: {
+      const CBConfig& c = config(f[2]);
+      CBState& s = cb[f[2]];
+      int64_t n = f[3];
+      if (n > c.pages) fail(RESERVE_TOO_MANY, f[2], {n, c.pages});
+      if (c.pages - s.filled < n) {
+        blocked = true;
+        K.blocked_op = f[1], K.blocked_cb = f[2], K.blocked_want = n, K.blocked_what = 0;
+        return;
+      }
+      s.reserved = std::max(s.reserved, n);
+      return;
+    }
+    case CB_PUSH_BACK: {
+      const CBConfig& c = config(f[2]);
+      CBState& s = cb[f[2]];
+      int64_t n = f[3];
+      if (n > s.reserved) fail(PUSH_TOO_MANY, f[2], {n, s.reserved});
+      if (K.pending_reads & (1u << f[2])) fail(PUSH_PENDING_READS, f[2], {});
+      s.filled += n;
+      s.reserved -= n;
+      s.back = floormod(s.back + n, c.pages);
+      return;
+    }
+    case CB_WAIT_FRONT: {
+      const CBConfig& c = config(f[2]);
+      CBState& s = cb[f[2]];
+      int64_t n = f[3];
+      if (n > c.pages) fail(WAIT_TOO_MANY, f[2], {n, c.pages});
+      if (s.filled < n) {
+        blocked = true;
+        K.blocked_op = f[1], K.blocked_cb = f[2], K.blocked_want = n, K.blocked_what = 1;
+        return;
+      }
+      s.waited = std::max(s.waited, n);
+      return;
+    }
+    case CB_POP_FRONT: {
+      const CBConfig& c = config(f[2]);
+      CBState& s = cb[f[2]];
+      int64_t n = f[3];
+      if (n > s.waited) fail(POP_TOO_MANY, f[2], {n, s.waited});
+      if (K.pending_writes & (1u << f[2])) fail(POP_PENDING_WRITES, f[2], {});
+      s.filled -= n;
+      s.waited -= n;
+      s.front = floormod(s.front + n, c.pages);
+      return;
+    }
+    // -- data movement
+    case ADDRGEN: {
+      AddrGen& g = agens[f[2]];
+      g.base = regs[f[3]];
+      g.page_size = f[4];
+      g.memory = static_cast<int>(f[5]);
+      g.format = static_cast<int>(f[6]);
+      g.layout = static_cast<int>(f[7]);
+      return;
+    }
+    case NOC_READ_TILES:
+      op_noc_read_tiles(kernel, in);
+      return;
+    case NOC_READ_PAGES: {
+      const AddrGen& g = agens[f[2]];
+      config(f[5]);
+      int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
+      pages.resize(count);
+      for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
+      noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
+      return;
+    }
+    case NOC_READ_TILES_INDEXED:
+      op_noc_read_tiles_indexed(kernel, in);
+      return;
+    case NOC_READ_ROWS_INDEXED:
+      op_noc_read_rows_indexed(kernel, in);
+      return;
+    case NOC_WRITE_TILES:
+      op_noc_write_tiles(kernel, in);
+      return;
+    case NOC_WRITE_ROWS:
+      op_noc_write_rows(kernel, in);
+      return;
+    case NOC_READ_BARRIER:
+      K.pending_reads = 0;
+      return;
+    case NOC_WRITE_BARRIER:
+      K.pending_writes = 0;
+      return;
+    // -- Dst ownership
+    case TILE_REGS_ACQUIRE: {
+      transition(RELEASED, ACQUIRED, TILE_REGS_ACQUIRE);
+      dst_half ^= 1;
+      uint32_t half = (dst_written >> (dst_half * HALF_DST)) & 0xFFu;
+      if (half) {  // slots math wrote since their last fill (and those between them) become NaN again
+        int first = __builtin_ctz(half), last = 31 - __builtin_clz(half);
+        float nan = std::numeric_limits<float>::quiet_NaN();
+        std::fill(dst_tile(dst_half * HALF_DST + first), dst_tile(dst_half * HALF_DST + last + 1), nan);
+        dst_written &= ~(0xFFu << (dst_half * HALF_DST));
+      }
+      return;
+    }
+    case TILE_REGS_COMMIT:
+      transition(ACQUIRED, COMMITTED, TILE_REGS_COMMIT);
+      return;
+    case TILE_REGS_WAIT:
+      transition(COMMITTED, WAITED, TILE_REGS_WAIT);
+      return;
+    case TILE_REGS_RELEASE:
+      transition(WAITED, RELEASED, TILE_REGS_RELEASE);
+      return;
+    // -- compute
+    case COPY_TILES:
+      op_copy(in, false);
+      return;
+    case TRANSPOSE_TILES:
+      op_copy(in, true);
+      return;
+    case TILIZE_TILES:
+      op_tilize(in);
+      return;
+    case PACK_ROWS:
+      op_pack_rows(in);
+      return;
+    case BINARY_TILES:
+      op_binary(in);
+      return;
+    case MATMUL_TILES:
+      op_matmul(in);
+      return;
+    case REDUCE_TILES:
+      op_reduce(in);
+      return;
+    case SFPU_TILES:
+      op_sfpu(in);
+      return;
+    case SFPU_BINARY_TILES: {
+      int64_t base = math_slots(f[3], f[5]);
+      int64_t operand = dst_slots(f[4], f[5]);
+      sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
+                       static_cast<SfpuBinaryFn>(f[2]), E.dst);
+      counters.compute_cycles += f[6];
+      return;
+    }
+    case FILL_TILES: {
+      int64_t base = math_slots(f[2], f[3]);
+      float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
+      std::fill(dst_tile(base), dst_tile(base + f[3]), value);
+      counters.compute_cycles += f[5];
+      return;
+    }
+    case MASK_TILES:
+      op_mask(in);
+      return;
+    case PACK_TILES:
+      op_pack(in);
+      return;
+    case RAISE:
+      fail(RAISED, f[3], {f[2]});
+    default:
+      internal("unknown opcode " + std::to_string(f[0]));
+  }
+}
+
+// ------------------------------------------------------------------------------------------ NoC
+
+// Interpreter `_locate`'s layout check and `Memory.locate`'s choice of path: the sharded buffer at the
+// base, if any (layout_at and locate both look the base up among the sharded buffers' addresses).
+const Sharded* Core::resolve(const AddrGen& g, int64_t cb_index, int64_t stage) {
+  const Memory& m = R.mem[g.memory];
+  const Sharded* found = nullptr;
+  for (const Sharded& s : m.sharded)
+    if (s.address == g.base) found = &s;
+  int actual = found ? found->layout : INTERLEAVED;
+  if (actual != g.layout) fail(LAYOUT_MISMATCH, cb_index, {g.layout, actual, g.base}, stage, 0, true);
+  return found;
+}
+
+// Memory.locate (and _locate_sharded) of one page: its bank and byte offset, or a fault naming the page.
+void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
+                  int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
+  const Memory& m = R.mem[g.memory];
+  if (sh) {
+    int64_t rows = floordiv(page, sh->cols), cols = floormod(page, sh->cols);
+    int64_t shard = floordiv(rows, sh->shard_rows) * sh->per_row + floordiv(cols, sh->shard_cols);
+    if (page < 0 || page >= sh->num_pages || shard >= static_cast<int64_t>(sh->banks.size()))
+      fail(OUT_OF_BOUNDS_SHARDED, cb_index, {g.memory, access, page, sh->address}, stage, group, all_cores);
+    out_bank = sh->banks[shard];
+    out_offset = sh->address +
+                 (floormod(rows, sh->shard_rows) * sh->shard_cols + floormod(cols, sh->shard_cols)) * sh->page_size;
+    return;
+  }
+  int64_t b = floormod(page, m.banks);
+  int64_t offset = wrap_add(g.base, wrap_mul(floordiv(page, m.banks), g.page_size));
+  auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
+  int64_t slot = static_cast<int64_t>(it - m.starts.begin()) - 1;
+  bool found = slot >= 0 && g.base < m.ends[slot];
+  int64_t limit = offset;
+  if (!m.starts.empty()) {
+    int64_t s = std::max<int64_t>(slot, 0);
+    int64_t in_bank = floordiv(m.counts[s] - b + m.banks - 1, m.banks);
+    limit = m.starts[s] + in_bank * m.sizes[s];
+  }
+  if (!found || page < 0 || offset + g.page_size > limit)
+    fail(OUT_OF_BOUNDS, cb_index, {g.memory, access, page, g.page_size, g.base, found ? 1 : 0}, stage, group,
+         all_cores);
+  out_bank = b;
+  out_offset = offset;
+}
+
+// A NoC read of buffer pages page_list[0..n) into the reserved back of a CB from cb_offset (the
+// interpreter's `_read_into_cb` and its masked variants): pages not wanted are located as page 0 (as the
+// interpreter does) and zero-filled or left as they are.
+void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n,
+                    const int64_t* page_list, const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank,
+                    int64_t stage) {
+  page_range(cb_offset, n);
+  check_window(cb_index, offs.data(), n, cb[cb_index].reserved, false, stage);
+  check_noc(g, cb_index, stage + 1);
+  const Sharded* sh = resolve(g, cb_index, stage + 2);
+  located_bank.resize(n);
+  located_offset.resize(n);
+  for (int64_t i = 0; i < n; ++i)
+    locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
+  const Memory& m = R.mem[g.memory];
+  int64_t moved = 0, local = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint8_t* slot = slot_ptr(cb_index, back_slot(cb_index, cb_offset + i));
+    bool w = !want || want[i];
+    if (w) {
+      std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index), g.page_size);
+      transfer(g, located_bank[i], located_offset[i], nullptr);
+      ++moved;
+      if (located_bank[i] == bank) ++local;
+    } else if (zero_unwanted) {
+      std::memset(slot, 0, g.page_size);
+    }
+  }
+  k[kernel].pending_reads |= 1u << cb_index;
+  if (with_bank && g.layout != INTERLEAVED) T.local_bytes += local * g.page_size;
+  if (mode == COUNT_STATIC)
+    count_static(g, n);
+  else
+    count_masked(g, moved);
+}
+
+void Core::op_noc_read_tiles(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t start = regs[f[3]];
+  tile_block(0, f[7], f[8], f[9], f[10]);
+  int64_t n = static_cast<int64_t>(offs.size());
+  pages.resize(n);
+  if (f[4] < 0) {
+    for (int64_t i = 0; i < n; ++i) pages[i] = wrap_add(start, offs[i]);
+    config(f[5]);
+    noc_read(kernel, g, f[5], f[6], n, pages.data(), nullptr, false, COUNT_STATIC, true);
+    return;
+  }
+  int64_t valid = regs[f[4]], cols = std::max<int64_t>(f[8], 0);
+  wanted.resize(n);
+  for (int64_t i = 0; i < n; ++i) {
+    wanted[i] = (i % cols) < valid;
+    pages[i] = wanted[i] ? wrap_add(start, offs[i]) : 0;
+  }
+  config(f[5]);
+  noc_read(kernel, g, f[5], f[6], n, pages.data(), wanted.data(), true, COUNT_MASKED, true);
+}
+
+void Core::op_noc_read_tiles_indexed(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t index_cb = f[7], first = f[8], count = std::max<int64_t>(f[9], 0), sources = f[10], source = f[11];
+  const CBConfig& ic = config(index_cb);
+  page_range(0, 1);
+  check_window(index_cb, offs.data(), 1, cb[index_cb].waited, true);
+  if (first < 0 || (first + f[9]) * 4 > ic.page_size)
+    fail(INDICES_OUTSIDE, index_cb, {first, f[9], floordiv(ic.page_size, 4)});
+  const uint8_t* page = slot_ptr(index_cb, front_slot(index_cb, 0));
+  pages.resize(count);
+  for (int64_t i = 0; i < count; ++i) {
+    int32_t v;
+    std::memcpy(&v, page + (first + i) * 4, 4);
+    int64_t e = v;
+    pages[i] = e < 0 ? -1 - e : e;
+  }
+  if (sources == 1) {
+    config(f[5]);
+    noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
+    return;
+  }
+  config(f[5]);
+  wanted.resize(count);
+  for (int64_t i = 0; i < count; ++i) {
+    wanted[i] = floormod(pages[i], sources) == source;
+    pages[i] = wanted[i] ? floordiv(pages[i], sources) : 0;
+  }
+  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), false, COUNT_MASKED, false);
+}
+
+void Core::op_noc_read_rows_indexed(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t offset = regs[f[3]], valid = regs[f[4]];
+  int64_t index_cb = f[7], count = std::max<int64_t>(f[8], 0), wrap = f[9];
+  bool pad_negative = f[10] != 0;
+  const CBConfig& ic = config(index_cb);
+  config(f[5]);
+  int64_t entries = floordiv(ic.page_size, 4);
+  for (int64_t j = 0; j < count; ++j) {
+    int64_t position = offset + j;
+    if (j < valid && (position < 0 || position >= entries))
+      fail(INDEX_POSITION, index_cb, {position, entries}, 1);
+  }
+  page_range(0, 1);
+  check_window(index_cb, offs.data(), 1, cb[index_cb].waited, true, 2);
+  const uint8_t* page = slot_ptr(index_cb, front_slot(index_cb, 0));
+  pages.resize(count);
+  wanted.resize(count);
+  for (int64_t j = 0; j < count; ++j) {
+    bool w = j < valid;
+    int64_t position = w ? offset + j : 0;
+    if (position >= entries) internal("an index page without int32 values", index_cb);
+    int32_t v;
+    std::memcpy(&v, page + position * 4, 4);
+    int64_t index = v;
+    if (pad_negative)
+      w = w && index >= 0;  // convolution padding: a zero page
+    else if (wrap > 0 && index < 0)
+      index += wrap;
+    wanted[j] = w;
+    pages[j] = w ? index : 0;
+  }
+  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), true, COUNT_MASKED, false, 3);
+}
+
+void Core::op_noc_write_tiles(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t start = regs[f[3]], index = f[5], cb_offset = f[6];
+  config(index);
+  tile_block(0, f[7], f[8], f[9], f[10]);
+  int64_t n = static_cast<int64_t>(offs.size());
+  pages.resize(n);
+  for (int64_t i = 0; i < n; ++i) pages[i] = wrap_add(start, offs[i]);
+  page_range(cb_offset, n);
+  check_window(index, offs.data(), n, cb[index].waited, true);
+  check_noc(g, index, 1);
+  bool ragged = f[4] >= 0;  // with valid_cols: the interpreter locates the wanted pages of all cores as one row
+  int64_t valid = ragged ? regs[f[4]] : 0, cols = std::max<int64_t>(f[8], 1);
+  const Sharded* sh = resolve(g, index, 2);
+  located_bank.resize(n);
+  located_offset.resize(n);
+  int64_t moved = 0, local = 0, lo = 0, hi = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (ragged && !((i % cols) < valid)) continue;
+    locate(g, sh, pages[i], WRITE, index, 3, 0, ragged, located_bank[i], located_offset[i]);
+  }
+  const Memory& m = R.mem[g.memory];
+  for (int64_t i = 0; i < n; ++i) {
+    if (ragged && !((i % cols) < valid)) continue;
+    const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
+    std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index), slot, g.page_size);
+    transfer(g, located_bank[i], located_offset[i], slot);
+    if (moved == 0 || located_offset[i] < lo) lo = located_offset[i];
+    if (moved == 0 || located_offset[i] + g.page_size > hi) hi = located_offset[i] + g.page_size;
+    ++moved;
+    if (located_bank[i] == bank) ++local;
+  }
+  if (moved) note_write(g.memory, 0, lo, hi);
+  k[kernel].pending_writes |= 1u << index;
+  if (ragged) {
+    count_masked(g, moved);  // the written pages were compacted: locality is not tracked past a ragged edge
+  } else {
+    if (g.layout != INTERLEAVED) T.local_bytes += local * g.page_size;
+    count_static(g, n);
+  }
+}
+
+void Core::op_noc_write_rows(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t start = regs[f[3]], valid = regs[f[4]], index = f[5], count = std::max<int64_t>(f[7], 0);
+  config(index);
+  page_range(0, count);
+  check_window(index, offs.data(), count, cb[index].waited, true);
+  check_noc(g, index, 1);
+  if (valid > 0) {  // the interpreter writes the cores with the same number of rows together, fewest first
+    const Sharded* sh = resolve(g, index, 2);
+    located_bank.resize(valid);
+    located_offset.resize(valid);
+    for (int64_t j = 0; j < valid; ++j)
+      locate(g, sh, wrap_add(start, j), WRITE, index, 3, valid, false, located_bank[j], located_offset[j]);
+    if (valid > count)
+      internal("noc_write_rows of " + std::to_string(valid) + " rows from " + std::to_string(count) +
+                   " waited pages",
+               index);
+    const Memory& m = R.mem[g.memory];
+    int64_t lo = 0, hi = 0;
+    for (int64_t j = 0; j < valid; ++j) {
+      const uint8_t* slot = slot_ptr(index, front_slot(index, j));
+      std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index), slot, g.page_size);
+      transfer(g, located_bank[j], located_offset[j], slot);
+      if (j == 0 || located_offset[j] < lo) lo = located_offset[j];
+      if (j == 0 || located_offset[j] + g.page_size > hi) hi = located_offset[j] + g.page_size;
+    }
+    note_write(g.memory, valid, lo, hi);
+  }
+  k[kernel].pending_writes |= 1u << index;
+  count_masked(g, valid);
+}
+
+// ------------------------------------------------------------------------------------------ compute
+
+Format Core::unpack_front(int64_t index, std::vector<float>& out) {
+  Format fmt = tile_format(index);
+  int64_t n = static_cast<int64_t>(offs.size());
+  check_window(index, offs.data(), n, cb[index].waited, true);
+  out.resize(n * TILE_ELEMS);
+  for (int64_t i = 0; i < n; ++i) {
+    float* tile = out.data() + i * TILE_ELEMS;
+    unpack_tile(slot_ptr(index, front_slot(index, offs[i])), fmt, tile);
+    if (fmt == Format::F32 || fmt == Format::I32) dst_round_values(tile, TILE_ELEMS, E.dst);
+  }
+  return fmt;
+}
+
+void Core::op_copy(const Instr& in, bool transpose) {
+  const int64_t* f = in.f;
+  int64_t n = f[6] * f[7];
+  int64_t base = math_slots(f[8], n);
+  config(f[2]);
+  tile_block(f[3], f[6], f[7], f[4], f[5]);
+  Format fmt = unpack_front(f[2], tiles_a);
+  for (int64_t i = 0; i < n; ++i) {
+    float* src = tiles_a.data() + i * TILE_ELEMS;
+    to_dst(src, fmt);
+    float* out = dst_tile(base + i);
+    if (transpose) {
+      for (int r = 0; r < TILE; ++r)
+        for (int c = 0; c < TILE; ++c) out[r * TILE + c] = src[c * TILE + r];
+    } else {
+      std::memcpy(out, src, TILE_ELEMS * 4);
+    }
+  }
+  counters.compute_cycles += f[9];
+}
+
+// The 32 waited row pages of a row-major CB -> Dst tiles (unpack-tilize; zero past a row).
+void Core::op_tilize(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t index = f[2], cols = f[4];
+  const CBConfig& c = config(index);
+  int64_t base = math_slots(f[5], cols);
+  page_range(0, TILE);
+  check_window(index, offs.data(), TILE, cb[index].waited, true);
+  int64_t element;
+  if (c.format == static_cast<int>(Format::BF16))
+    element = 2;
+  else if (c.format == static_cast<int>(Format::F32))
+    element = 4;
+  else
+    fail(TILIZE_FORMAT, index, {c.format});
+  int64_t width = c.page_size / element, first = f[3] * TILE;
+  if (first < 0) internal("tilize_tiles at a negative column", index);
+  int64_t count = std::max<int64_t>(0, std::min(cols * TILE, width - first));
+  std::vector<float>& row = tiles_a;
+  row.assign(cols * TILE, 0.0f);  // zero past the row
+  for (int64_t i = 0; i < TILE; ++i) {
+    unpack_row_values(slot_ptr(index, front_slot(index, i)) + first * element, static_cast<int>(count),
+                      static_cast<Format>(c.format), row.data());
+    for (int64_t col = 0; col < cols; ++col) std::memcpy(dst_tile(base + col) + i * TILE, row.data() + col * TILE, TILE * 4);
+  }
+  counters.compute_cycles += f[9];
+}
+
+// Dst tiles (a row of them) -> element columns 32 * col_offset.. of the 32 reserved row pages (pack-untilize).
+void Core::op_pack_rows(const Instr& in) {
+  const int64_t* f = in.f;
+  if (dst_state != WAITED) fail(PACK_ROWS_STATE, -1, {dst_state});
+  int64_t index = f[2], cols = f[4];
+  const CBConfig& c = config(index);
+  int64_t base = dst_slots(f[5], cols);
+  page_range(0, TILE);
+  check_window(index, offs.data(), TILE, cb[index].reserved, false);
+  bool bf16 = c.format == static_cast<int>(Format::BF16);
+  int64_t element = bf16 ? 2 : 4, width = c.page_size / element, first = f[3] * TILE;
+  if (first >= width) fail(PACK_ROWS_COLUMN, index, {first, width});
+  if (!bf16 && c.format != static_cast<int>(Format::F32)) fail(UNTILIZE_FORMAT, index, {c.format});
+  if (first < 0) internal("pack_rows at a negative column", index);
+  int64_t count = std::min(cols * TILE, width - first);
+  std::vector<float>& values = tiles_a;
+  values.resize(std::max<int64_t>(count, 0));
+  for (int64_t i = 0; i < TILE; ++i) {
+    for (int64_t e = 0; e < count; ++e) values[e] = dst_tile(base + e / TILE)[i * TILE + e % TILE];
+    pack_row_values(values.data(), static_cast<int>(count), static_cast<Format>(c.format),
+                    slot_ptr(index, back_slot(index, i)) + first * element);
+  }
+}
+
+void Core::op_binary(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t n = f[12] * f[13];
+  int64_t base = math_slots(f[14], n);
+  config(f[3]);
+  tile_block(f[4], f[12], f[13], f[5], f[6]);
+  unpack_front(f[3], tiles_a);
+  config(f[7]);
+  tile_block(f[8], f[12], f[13], f[9], f[10]);
+  unpack_front(f[7], tiles_b);
+  for (int64_t i = 0; i < n; ++i)
+    eltwise_tile(tiles_a.data() + i * TILE_ELEMS, tiles_b.data() + i * TILE_ELEMS, static_cast<BinaryOp>(f[2]),
+                 static_cast<Bcast>(f[11]), E.dst, dst_tile(base + i));
+  counters.compute_cycles += f[15];
+}
+
+void Core::op_matmul(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t inner = f[8], rows = f[9], cols = f[10];
+  int64_t base = math_slots(f[11], rows * cols);
+  config(f[2]);
+  tile_block(f[3], rows, inner, f[4], 1);
+  Format fa = unpack_front(f[2], tiles_a);
+  config(f[5]);
+  tile_block(f[6], inner, cols, f[7], 1);
+  Format fb = unpack_front(f[5], tiles_b);
+  ptr_dst.resize(rows * cols);
+  ptr_a.resize(rows * inner);
+  ptr_b.resize(inner * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) ptr_dst[i] = dst_tile(base + i);
+  for (int64_t i = 0; i < rows * inner; ++i) ptr_a[i] = tiles_a.data() + i * TILE_ELEMS;
+  for (int64_t i = 0; i < inner * cols; ++i) ptr_b[i] = tiles_b.data() + i * TILE_ELEMS;
+  // bf16 and block-float tiles unpack to bf16 values already; f16 ones are rounded to bf16 first
+  bool bf16_operands = fa != Format::F16 && fb != Format::F16;
+  matmul_block(ptr_dst.data(), ptr_a.data(), ptr_b.data(), static_cast<int>(rows), static_cast<int>(cols),
+               static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst, bf16_operands);
+  counters.compute_cycles += f[13];
+}
+
+void Core::op_reduce(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t slot = math_slots(f[10], 1);
+  config(f[4]);
+  tile_block(f[5], f[8], f[9], f[6], f[7]);
+  unpack_front(f[4], tiles_a);
+  int64_t n = static_cast<int64_t>(offs.size());
+  ptr_a.resize(n);
+  for (int64_t i = 0; i < n; ++i) ptr_a[i] = tiles_a.data() + i * TILE_ELEMS;
+  float scaler = static_cast<float>(E.fparams[f[11]]);
+  if (f[2] == 0)
+    reduce_sum_block(dst_tile(slot), ptr_a.data(), static_cast<int>(n), static_cast<ReduceDim>(f[3]), scaler,
+                     static_cast<Fidelity>(f[12]), E.dst);
+  else
+    reduce_max_block(dst_tile(slot), ptr_a.data(), static_cast<int>(n), static_cast<ReduceDim>(f[3]), scaler, E.dst);
+  counters.compute_cycles += f[13];
+}
+
+void Core::op_sfpu(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t base = math_slots(f[4], f[5]);
+  int count = static_cast<int>(f[5] * TILE_ELEMS);
+  if (f[2] == 0)
+    sfpu_table_tile(dst_tile(base), count, E.tables.data() + f[3] * 65536, E.dst);
+  else
+    sfpu_scalar_tile(dst_tile(base), count, static_cast<ScalarFn>(f[3]), static_cast<float>(E.fparams[f[6]]), E.dst);
+  counters.compute_cycles += f[7];
+}
+
+void Core::op_mask(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t rows = f[4], cols = f[5];
+  int64_t base = math_slots(f[6], rows * cols);
+  int64_t row_tile = regs[f[2]], col_tile = regs[f[3]], valid_rows = f[7], valid_cols = f[8];
+  float fill = dst_round(static_cast<float>(E.fparams[f[9]]), E.dst);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      float* tile = dst_tile(base + r * cols + c);
+      for (int64_t i = 0; i < TILE; ++i) {
+        int64_t row = wrap_add(wrap_mul(wrap_add(row_tile, r), TILE), i);
+        for (int64_t j = 0; j < TILE; ++j) {
+          int64_t col = wrap_add(wrap_mul(wrap_add(col_tile, c), TILE), j);
+          if (row >= valid_rows || col >= valid_cols) tile[i * TILE + j] = fill;
+        }
+      }
+    }
+  counters.compute_cycles += f[10];
+}
+
+void Core::op_pack(const Instr& in) {
+  const int64_t* f = in.f;
+  if (dst_state != WAITED) fail(PACK_STATE, -1, {dst_state});
+  int64_t index = f[4], count = f[3];
+  config(index);
+  int64_t base = dst_slots(f[2], count);
+  page_range(f[5], count);
+  check_window(index, offs.data(), static_cast<int64_t>(offs.size()), cb[index].reserved, false);
+  Format fmt = tile_format(index);
+  for (int64_t i = 0; i < count; ++i) pack_tile(dst_tile(base + i), fmt, slot_ptr(index, back_slot(index, f[5] + i)));
+}
+
+// ------------------------------------------------------------------------------------------ threads
+
+// A small persistent pool: starting threads for every program would cost more than a small program runs.
+class Pool {
+ public:
+  static Pool& get() {
+    static Pool pool;
+    return pool;
+  }
+
+  // Runs task(worker) for worker = 0..workers-1, worker 0 on the calling thread.
+  void run(int workers, const std::function<void(int)>& task) {
+    if (workers <= 1) {
+      task(0);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (static_cast<int>(threads_.size()) < workers - 1) {
+      int id = static_cast<int>(threads_.size()) + 1;
+      threads_.emplace_back([this, id] { loop(id); });
+    }
+    task_ = &task;
+    active_ = workers;
+    pending_ = workers - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    task(0);
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+ private:
+  void loop(int id) {
+    int64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+        if (id >= active_) continue;
+        task = task_;
+      }
+      (*task)(id);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> threads_;
+  const std::function<void(int)>* task_ = nullptr;
+  int active_ = 0, pending_ = 0;
+  int64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+// ------------------------------------------------------------------------------------------ Python API
+
+template <typename T>
+std::vector<T> to_vector(const py::handle& h) {
+  auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(h);
+  if (!a) throw std::invalid_argument("expected a numeric array");
+  return std::vector<T>(a.data(), a.data() + a.size());
+}
+
+Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py::handle watch) {
+  Memory m;
+  m.id = id;
+  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) ||
+      !(data.flags() & py::array::c_style) || !data.writeable())
+    throw std::invalid_argument("a memory must be a writable C-contiguous uint8 array [banks, capacity]");
+  m.data = static_cast<uint8_t*>(data.mutable_data());
+  m.banks = data.shape(0);
+  m.capacity = data.shape(1);
+  m.starts = to_vector<int64_t>(table[0]);
+  m.ends = to_vector<int64_t>(table[1]);
+  m.sizes = to_vector<int64_t>(table[2]);
+  m.counts = to_vector<int64_t>(table[3]);
+  for (py::handle item : sharded) {
+    auto t = item.cast<py::tuple>();
+    Sharded s;
+    s.address = t[0].cast<int64_t>();
+    s.page_size = t[1].cast<int64_t>();
+    s.num_pages = t[2].cast<int64_t>();
+    s.cols = t[3].cast<int64_t>();
+    s.shard_rows = t[4].cast<int64_t>();
+    s.shard_cols = t[5].cast<int64_t>();
+    s.per_row = t[6].cast<int64_t>();
+    s.layout = t[7].cast<int>();
+    s.banks = to_vector<int64_t>(t[8]);
+    m.sharded.push_back(std::move(s));
+  }
+  m.watch = to_vector<int64_t>(watch);
+  return m;
+}
+
+std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int64_t> kernel_start, int64_t n_regs,
+                                      int64_t n_agens, py::array_t<int64_t> cbs, py::list args,
+                                      std::vector<int64_t> banks, int dst_format, std::vector<double> fparams,
+                                      py::array_t<float> tables) {
+  auto e = std::make_shared<Encoded>();
+  if (code.ndim() != 2 || code.shape(1) != W) throw std::invalid_argument("code must be int64 [n, 16]");
+  e->code.resize(code.shape(0));
+  auto c = code.unchecked<2>();
+  for (py::ssize_t i = 0; i < code.shape(0); ++i)
+    for (int j = 0; j < W; ++j) e->code[i].f[j] = c(i, j);
+  for (int i = 0; i < KERNELS; ++i) e->kernel_start[i] = kernel_start.at(i);
+  e->n_regs = n_regs;
+  e->n_agens = n_agens;
+  auto cb = cbs.unchecked<2>();
+  for (py::ssize_t i = 0; i < cbs.shape(0); ++i) {
+    int64_t index = cb(i, 0);
+    if (index < 0 || index >= NUM_CBS) throw std::invalid_argument("CB index outside 0..31");
+    CBConfig& config = e->cbs[index];
+    config.configured = true;
+    config.address = cb(i, 1);
+    config.page_size = cb(i, 2);
+    config.pages = cb(i, 3);
+    config.format = static_cast<int>(cb(i, 4));
+    e->cb_order.push_back(static_cast<int>(index));
+  }
+  std::sort(e->cb_order.begin(), e->cb_order.end());
+  e->cores = static_cast<int64_t>(banks.size());
+  for (int i = 0; i < KERNELS; ++i) {
+    auto per_kernel = args[i].cast<py::tuple>();
+    e->arg_offsets[i] = to_vector<int64_t>(per_kernel[0]);
+    e->arg_values[i] = to_vector<int64_t>(per_kernel[1]);
+    if (static_cast<int64_t>(e->arg_offsets[i].size()) != e->cores + 1)
+      throw std::invalid_argument("runtime argument offsets need cores + 1 entries");
+  }
+  e->banks = std::move(banks);
+  e->dst = static_cast<DstFormat>(dst_format);
+  e->fparams = std::move(fparams);
+  e->tables.assign(tables.data(), tables.data() + tables.size());
+  return e;
+}
+
+py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram, py::array l1, py::tuple dram_table,
+                      py::tuple l1_table, py::list dram_sharded, py::list l1_sharded, py::handle dram_watch,
+                      py::handle l1_watch, int64_t budget, int threads, bool check_races) {
+  Run R(E);
+  R.check_races = check_races;
+  R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch);
+  R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch);
+  for (int64_t b : E.banks)
+    if (b < 0 || b >= R.mem[1].banks) throw std::invalid_argument("a program core outside the device's L1 banks");
+  for (const CBConfig& c : E.cbs)
+    if (c.configured && (c.address < 0 || c.address + c.page_size * c.pages > R.mem[1].capacity))
+      throw std::invalid_argument("a CB outside L1");
+  R.addresses = std::move(addresses);
+  R.budget = budget;
+  R.faults.resize(E.cores);
+  R.counters.resize(E.cores);
+  // A short program runs on one thread (waking the pool costs more than it saves); the result is the
+  // same for any number of threads.
+  int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, E.cores)));
+  if (E.last_run_us > 0 && E.last_run_us < 200) workers = 1;
+  std::vector<ThreadAcc> acc(workers);
+  std::atomic<int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto t0 = std::chrono::steady_clock::now();
+  {
+    py::gil_scoped_release release;
+    std::function<void(int)> task = [&](int worker) {
+      try {
+        Core core(R, acc[worker]);
+        for (int64_t c; (c = next.fetch_add(1)) < E.cores;) core.run(c);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+      }
+    };
+    Pool::get().run(workers, task);
+  }
+  E.last_run_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  if (error) std::rethrow_exception(error);
+
+  // the combined write range of each write call, against the watched ranges
+  py::tuple dirty(2);
+  {
+    std::map<std::tuple<int, int64_t, int64_t>, std::pair<int64_t, int64_t>> writes;
+    for (const ThreadAcc& a : acc)
+      for (const auto& [key, range] : a.writes) {
+        auto [it, added] = writes.try_emplace({key.memory, key.step, key.group}, range);
+        if (!added) {
+          it->second.first = std::min(it->second.first, range.first);
+          it->second.second = std::max(it->second.second, range.second);
+        }
+      }
+    for (int m = 0; m < 2; ++m) {
+      const std::vector<int64_t>& w = R.mem[m].watch;
+      py::array_t<bool> hit(static_cast<py::ssize_t>(w.size() / 2));
+      bool* h = hit.mutable_data();
+      for (size_t i = 0; i < w.size() / 2; ++i) h[i] = false;
+      for (const auto& [key, range] : writes) {
+        if (std::get<0>(key) != m) continue;
+        for (size_t i = 0; i < w.size() / 2; ++i)
+          if (range.first < w[2 * i + 1] && w[2 * i] < range.second) h[i] = true;
+      }
+      dirty[m] = hit;
+    }
+  }
+
+  // with check_races: transfers of different cores to overlapping bytes, at least one of them a write (the
+  // interpreter runs cores op by op, so such a program's result could depend on the order of the cores)
+  py::list races;
+  if (check_races) {
+    std::vector<ThreadAcc::Transfer> all;
+    for (const ThreadAcc& a : acc) all.insert(all.end(), a.transfers.begin(), a.transfers.end());
+    std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) {
+      return std::tie(x.memory, x.bank, x.lo) < std::tie(y.memory, y.bank, y.lo);
+    });
+    for (size_t i = 0; i < all.size() && races.size() < 8; ++i)
+      for (size_t j = i + 1; j < all.size() && all[j].memory == all[i].memory && all[j].bank == all[i].bank &&
+                             all[j].lo < all[i].hi && races.size() < 8;
+           ++j)
+        if (all[j].core != all[i].core && (all[i].write || all[j].write) &&
+            !(all[i].write && all[j].write && all[i].lo == all[j].lo && all[i].hi == all[j].hi &&
+              all[i].hash == all[j].hash))
+          races.append(py::make_tuple(all[i].memory, all[i].bank, all[i].lo, all[i].core, all[i].write, all[j].core,
+                                      all[j].write));
+  }
+
+  // the fault the lockstep interpreter meets first, and the cores that fault there
+  const Fault* first = nullptr;
+  int64_t first_core = -1;
+  for (int64_t c = 0; c < E.cores; ++c) {
+    const auto& f = R.faults[c];
+    if (!f) continue;
+    if (!first || std::tie(f->position, f->stage, f->group) < std::tie(first->position, first->stage, first->group)) {
+      first = &*f;
+      first_core = c;
+    }
+  }
+  if (first) {
+    py::array_t<bool> mask(E.cores);
+    bool* m = mask.mutable_data();
+    for (int64_t c = 0; c < E.cores; ++c) {
+      const auto& f = R.faults[c];
+      m[c] = first->all_cores ||
+             (f && std::tie(f->position, f->stage, f->group) == std::tie(first->position, first->stage, first->group));
+    }
+    py::tuple params(NUM_PARAMS);
+    for (int i = 0; i < NUM_PARAMS; ++i) params[i] = first->params[i];
+    py::tuple fault = py::make_tuple(first->kind, first->kernel, first->op, first->cb, params, mask, first->text,
+                                     first_core);
+    return py::make_tuple(fault, py::none(), dirty, races);
+  }
+
+  const Counters& c0 = R.counters[0];
+  int64_t noc = c0.noc_bytes, dram_per_core = c0.dram_bytes, local = 0;
+  std::vector<int64_t> sums;
+  std::vector<std::pair<int64_t, bool>> meta;
+  for (const ThreadAcc& a : acc) {
+    local += a.local_bytes;
+    if (a.masked_sum.size() > sums.size()) {
+      sums.resize(a.masked_sum.size(), 0);
+      meta.resize(a.masked_sum.size());
+    }
+    for (size_t i = 0; i < a.masked_sum.size(); ++i) {
+      sums[i] += a.masked_sum[i];
+      meta[i] = a.masked_meta[i];
+    }
+  }
+  for (size_t i = 0; i < sums.size(); ++i) {  // pages per core = sum over cores // cores, per transfer
+    int64_t bytes = floordiv(sums[i], E.cores) * meta[i].first;
+    noc += bytes;
+    if (meta[i].second) dram_per_core += bytes;
+  }
+  py::tuple counts = py::make_tuple(c0.compute_cycles, noc, dram_per_core * E.cores, local);
+  return py::make_tuple(py::none(), counts, dirty, races);
+}
+
+py::list names_of(const char* const* names, int n) {
+  py::list out;
+  for (int i = 0; i < n; ++i) out.append(names[i]);
+  return out;
+}
+
+#define TTC_NAME_ITEM(name) #name,
+const char* const OPCODE_NAMES[] = {TTC_PROGRAM_OPCODES(TTC_NAME_ITEM)};
+const char* const FAULT_NAMES[] = {TTC_FAULT_KINDS(TTC_NAME_ITEM)};
+#undef TTC_NAME_ITEM
+
+}  // namespace
+
+}  // namespace ttc::program
+
+namespace ttc {
+
+void register_program(py::module_& m) {
+  using namespace program;
+  py::class_<Encoded, std::shared_ptr<Encoded>>(m, "EncodedProgram",
+                                                "A program's op stream (runtime/native_program.py encodes it)")
+      .def(py::init(&make_encoded), py::arg("code"), py::arg("kernel_start"), py::arg("n_regs"), py::arg("n_agens"),
+           py::arg("cbs"), py::arg("args"), py::arg("banks"), py::arg("dst_format"), py::arg("fparams"),
+           py::arg("tables"))
+      .def_readonly("cores", &Encoded::cores)
+      .def_readwrite("last_run_us", &Encoded::last_run_us);
+  m.def("run_program", &run_program,
+        "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",
+        py::arg("program"), py::arg("addresses"), py::arg("dram"), py::arg("l1"), py::arg("dram_table"),
+        py::arg("l1_table"), py::arg("dram_sharded"), py::arg("l1_sharded"), py::arg("dram_watch"),
+        py::arg("l1_watch"), py::arg("step_budget"), py::arg("threads"), py::arg("check_races") = false);
+  m.attr("PROGRAM_OPCODES") = names_of(OPCODE_NAMES, NUM_OPCODES);
+  m.attr("PROGRAM_FAULTS") = names_of(FAULT_NAMES, NUM_FAULT_KINDS);
+  m.attr("PROGRAM_WIDTH") = W;
+}
+
+}  // namespace ttc

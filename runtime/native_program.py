@@ -1,0 +1,684 @@
+"""Runs a `ttmetal.enqueue_program` in the native core, with the observable behaviour of the interpreter.
+
+    profile = run_native(device, op, buffer_addresses, step_budget, plan, threads)
+
+is `Program(device, op, buffer_addresses, step_budget, plan).run()` (runtime/interpreter.py, the executable
+definition) computed by `ttc.runtime._native.run_program`: the same DRAM and L1 bytes afterwards, the same
+ProgramProfile, the same DeviceFault text, and the same dirty marks on watched constants.
+
+What depends only on the IR (and the device and the op's runtime arguments) is encoded once per plan into
+a flat op stream (`EncodedProgram`, kept on the plan): fixed-width int64 instructions with resolved
+attributes and register numbers, loops as FOR_BEGIN / FOR_END with trip counts, float attributes and SFPU
+tables by index. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
+once with the GIL released, and turns its result into a profile or a DeviceFault.
+
+Left to the interpreter (it runs the program instead): launch faults (a malformed program, a grid larger
+than the device, a CB configuration or L1 overflow fault), and the one case where the interpreter mixes
+cores in an address check: an address generator whose base differs between cores, over a memory holding
+sharded buffers (the interpreter takes core 0's base to choose the sharded path for all).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ttc.ir.core import Block, Operation, Value
+from ttc.ir.diagnostics import DeviceFault
+from ttc.runtime import numerics
+from ttc.runtime.device import Device, Fault, Memory
+from ttc.runtime.formats import DataFormat
+from ttc.runtime.interpreter import (
+    _DEFAULT_SFPU_COST_KEY,
+    HALF_DST,
+    KERNELS,
+    SFPU_COST_KEYS,
+    Blocked,
+    Program,
+    ProgramPlan,
+    ProgramProfile,
+    _format_of,
+    dst_format_of,
+)
+from ttc.runtime.native_core import native
+
+WIDTH: int = native.PROGRAM_WIDTH
+OPCODES: dict[str, int] = {name: i for i, name in enumerate(native.PROGRAM_OPCODES)}
+FAULT_KINDS: list[str] = list(native.PROGRAM_FAULTS)
+
+FORMAT_CODES = {DataFormat.FLOAT32: 0, DataFormat.BFLOAT16: 1, DataFormat.FLOAT16: 2, DataFormat.BFP8_B: 3,
+                DataFormat.BFP4_B: 4, DataFormat.INT32: 5}  # numerics.h Format
+FORMATS = {code: fmt for fmt, code in FORMAT_CODES.items()}
+LAYOUTS = ("interleaved", "height_sharded", "width_sharded", "block_sharded")
+MEMORIES = ("dram", "l1")
+DST_STATES = ("released", "acquired", "committed", "waited")
+SCALAR_FUNCTIONS = ("add_scalar", "mul_scalar", "sub_from_scalar", "max_scalar", "where_nez", "where_eqz",
+                    "eq_scalar", "ne_scalar", "lt_scalar", "le_scalar", "gt_scalar", "ge_scalar")  # ScalarFn
+SFPU_BINARY = ("pow", "where_nez", "where_eqz")  # SfpuBinaryFn
+FIDELITIES = {"lofi": 1, "hifi2": 2, "hifi3": 3, "hifi4": 4}
+DIMS = ("row", "col", "scalar")
+BCASTS = ("none", "row", "col", "scalar")
+BINARY_OPS = ("add", "sub", "mul")
+
+_ATTR = "_native_encodings"  # the plan's attribute holding its encodings (one per device descriptor)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding
+
+
+@dataclass
+class Encoding:
+    """A program's op stream and what the Python side needs around a run (all fixed per plan and device)."""
+
+    program: Any  # _native.EncodedProgram, or None when the interpreter runs this program (`fallback`)
+    ops: list[Operation]  # op ids -> operations, for fault messages
+    messages: list[str]  # RAISE texts
+    reserves: list[tuple[int, int, int]]  # (index, address, size) of the CBs, in configuration order
+    grid_memories: frozenset[str] = frozenset()  # memories read through a per-core addrgen base
+    fallback: bool = False
+    cores: int = 0
+
+
+class _Encoder:
+    """Turns a plan's steps into instructions (see runtime/native/program.cpp for the field layout)."""
+
+    def __init__(self, plan: ProgramPlan, op: Operation, device: Device) -> None:
+        self.plan, self.op, self.device, self.desc = plan, op, device, device.desc
+        self.code: list[list[int]] = []
+        self.ops: list[Operation] = []
+        self.op_ids: dict[Operation, int] = {}
+        self.messages: list[str] = []
+        self.regs: dict[Value, int] = {}
+        self.uniform: list[bool] = []  # per register: the same on every core (decides the sharded fallback)
+        self.agens: dict[Value, int] = {}
+        self.agen_uniform: list[bool] = []
+        self.fparams: list[float] = []
+        self.tables: list[np.ndarray] = []
+        self.table_ids: dict[tuple[str, float], int] = {}
+        self.grid_memories: set[str] = set()
+        self.runtime_args = op.attr("runtime_args")
+        self.dst_format = dst_format_of(op)
+        self.kernel = 0
+
+    # -- registers and side tables -------------------------------------------------------------
+
+    def reg(self, value: Value | None = None, uniform: bool = True) -> int:
+        index = len(self.uniform)
+        self.uniform.append(uniform)
+        if value is not None:
+            self.regs[value] = index
+        return index
+
+    def use(self, value: Value) -> int:
+        reg = self.regs.get(value)
+        if reg is None:
+            raise ValueError(f"a kernel value is used where it is not defined: {value!r}")
+        return reg
+
+    def fparam(self, value: float) -> int:
+        self.fparams.append(float(value))
+        return len(self.fparams) - 1
+
+    def table(self, fn: str, param: float) -> int:
+        key = (fn, float(param) if fn in ("pow_scalar", "rpow_scalar") else 0.0)
+        index = self.table_ids.get(key)
+        if index is None:
+            if fn in ("pow_scalar", "rpow_scalar"):
+                table = numerics.sfpu_param_table(fn, param, self.dst_format)
+            else:
+                table = numerics._sfpu_table(numerics.SFPU_FUNCTIONS[fn], self.dst_format)
+            index = self.table_ids[key] = len(self.tables)
+            self.tables.append(np.ascontiguousarray(table, dtype=np.float32))
+        return index
+
+    def op_id(self, op: Operation) -> int:
+        index = self.op_ids.get(op)
+        if index is None:
+            index = self.op_ids[op] = len(self.ops)
+            self.ops.append(op)
+        return index
+
+    def emit(self, opcode: str, op: Operation, *fields: int) -> int:
+        row = [OPCODES[opcode], self.op_id(op), *(int(f) for f in fields)]
+        row += [0] * (WIDTH - len(row))
+        self.code.append(row)
+        return len(self.code) - 1
+
+    def raise_(self, op: Operation, message: str, cb: int = -1) -> None:
+        self.messages.append(message)
+        self.emit("RAISE", op, len(self.messages) - 1, cb)
+
+    def cycles(self, key: str, tiles: int) -> int:
+        return self.desc.tile_op_cycles[key] * tiles
+
+    def matmul_cycles(self, tile_macs: int, fidelity: str) -> int:
+        return self.desc.matmul_cycles_per_phase * numerics.MathFidelity.parse(fidelity).phases * tile_macs
+
+    # -- kernels ----------------------------------------------------------------------------------
+
+    def encode(self) -> tuple[np.ndarray, list[int]]:
+        starts = []
+        for kernel, region in enumerate(self.op.regions):
+            self.kernel = kernel
+            starts.append(len(self.code))
+            self.block(region.blocks[0])
+            self.code.append([OPCODES["END"], -1] + [0] * (WIDTH - 2))
+        return np.array(self.code, dtype=np.int64).reshape(-1, WIDTH), starts
+
+    def block(self, block: Block) -> None:
+        for step in self.plan.blocks[block]:
+            op = step.op
+            if step.body is not None:
+                trips = step.trips
+                iv = self.reg(step.body.args[0])
+                counter = self.reg()
+                begin = self.emit("FOR_BEGIN", op, iv, trips.start, trips.step, len(trips), 0, counter)
+                self.block(step.body)
+                self.code[begin][6] = self.emit("FOR_END", op, begin)
+                continue
+            encode = _ENCODERS.get(op.name)
+            if encode is None:
+                self.raise_(op, f"'{op.name}' is not a kernel op the device can execute")
+                continue
+            encode(self, op, step.attrs)
+
+    def arg_uniform(self, index: int) -> bool:
+        args = self.runtime_args[self.kernel]
+        return all(len(a) > index for a in args) and len({a[index] for a in args}) == 1
+
+
+Encode = Callable[[_Encoder, Operation, dict[str, Any]], None]
+_ENCODERS: dict[str, Encode] = {}
+
+
+def _encoder(name: str) -> Callable[[Encode], Encode]:
+    def register(fn: Encode) -> Encode:
+        _ENCODERS[f"ttkernel.{name}"] = fn
+        return fn
+
+    return register
+
+
+KERNEL_OPS: frozenset[str] = frozenset()  # filled below: the ttkernel ops with a native encoding
+
+
+@_encoder("get_arg")
+def _get_arg(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("GET_ARG", op, e.reg(op.results[0], e.arg_uniform(a["index"])), a["index"])
+
+
+@_encoder("constant")
+def _constant(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("CONSTANT", op, e.reg(op.results[0]), a["value"])
+
+
+@_encoder("buffer_address")
+def _buffer_address(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("BUFFER_ADDRESS", op, e.reg(op.results[0]), a["operand"])
+
+
+def _arith(opcode: str) -> Encode:
+    def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+        lhs, rhs = e.use(op.operands[0]), e.use(op.operands[1])
+        e.emit(opcode, op, e.reg(op.results[0], e.uniform[lhs] and e.uniform[rhs]), lhs, rhs)
+
+    return encode
+
+
+_ENCODERS["ttkernel.addi"] = _arith("ADDI")
+_ENCODERS["ttkernel.muli"] = _arith("MULI")
+_ENCODERS["ttkernel.mini"] = _arith("MINI")
+
+
+def _cb_op(opcode: str) -> Encode:
+    def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+        e.emit(opcode, op, a["cb"], a["pages"])
+
+    return encode
+
+
+for _name in ("cb_reserve_back", "cb_push_back", "cb_wait_front", "cb_pop_front"):
+    _ENCODERS[f"ttkernel.{_name}"] = _cb_op(_name.upper())
+
+
+@_encoder("addrgen")
+def _addrgen(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    base = e.use(op.operands[0])
+    try:
+        e.device.memory(a["memory"])
+        fmt = _format_of(a["format"])
+    except Fault as fault:
+        e.raise_(op, fault.what)
+        e.agens[op.results[0]] = len(e.agen_uniform)  # never read: the op faults first
+        e.agen_uniform.append(True)
+        return
+    if not e.uniform[base]:
+        e.grid_memories.add(a["memory"])
+    gen = e.agens[op.results[0]] = len(e.agen_uniform)
+    e.agen_uniform.append(e.uniform[base])
+    e.emit("ADDRGEN", op, gen, base, a["page_size"], MEMORIES.index(a["memory"]),
+           -1 if fmt is None else FORMAT_CODES[fmt], LAYOUTS.index(a["memory_layout"]))
+
+
+def _optional(e: _Encoder, op: Operation, index: int) -> int:
+    return e.use(op.operands[index]) if len(op.operands) > index else -1
+
+
+def _noc_tiles(opcode: str) -> Encode:
+    def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+        e.emit(opcode, op, e.agens[op.operands[0]], e.use(op.operands[1]), _optional(e, op, 2), a["cb"],
+               a["cb_offset"], a["rows"], a["cols"], a["row_stride"], a["col_stride"])
+
+    return encode
+
+
+_ENCODERS["ttkernel.noc_read_tiles"] = _noc_tiles("NOC_READ_TILES")
+_ENCODERS["ttkernel.noc_write_tiles"] = _noc_tiles("NOC_WRITE_TILES")
+
+
+@_encoder("noc_read_pages")
+def _noc_read_pages(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("NOC_READ_PAGES", op, e.agens[op.operands[0]], e.use(op.operands[1]), -1, a["cb"], a["cb_offset"],
+           a["count"])
+
+
+@_encoder("noc_read_tiles_indexed")
+def _noc_read_tiles_indexed(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("NOC_READ_TILES_INDEXED", op, e.agens[op.operands[0]], -1, -1, a["cb"], a["cb_offset"], a["index_cb"],
+           a["index_offset"], a["count"], a["sources"], a["source"])
+
+
+@_encoder("noc_read_rows_indexed")
+def _noc_read_rows_indexed(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("NOC_READ_ROWS_INDEXED", op, e.agens[op.operands[0]], e.use(op.operands[1]), e.use(op.operands[2]),
+           a["cb"], a["cb_offset"], a["index_cb"], a["count"], a["wrap"], bool(a["pad_negative"]))
+
+
+@_encoder("noc_write_rows")
+def _noc_write_rows(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("NOC_WRITE_ROWS", op, e.agens[op.operands[0]], e.use(op.operands[1]), e.use(op.operands[2]), a["cb"], 0,
+           a["count"])
+
+
+def _plain(opcode: str) -> Encode:
+    def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+        e.emit(opcode, op)
+
+    return encode
+
+
+for _name in ("noc_read_barrier", "noc_write_barrier", "tile_regs_acquire", "tile_regs_commit", "tile_regs_wait",
+              "tile_regs_release"):
+    _ENCODERS[f"ttkernel.{_name}"] = _plain(_name.upper())
+
+
+def _copy(opcode: str) -> Encode:
+    def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+        tiles = a["rows"] * a["cols"]
+        e.emit(opcode, op, a["cb"], a["offset"], a["row_stride"], a["col_stride"], a["rows"], a["cols"], a["dst"],
+               e.cycles("datacopy", tiles))
+
+    return encode
+
+
+_ENCODERS["ttkernel.copy_tiles"] = _copy("COPY_TILES")
+_ENCODERS["ttkernel.transpose_tiles"] = _copy("TRANSPOSE_TILES")
+
+
+@_encoder("tilize_tiles")
+def _tilize(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("TILIZE_TILES", op, a["cb"], a["col_offset"], a["cols"], a["dst"], 0, 0, 0, e.cycles("datacopy", a["cols"]))
+
+
+@_encoder("pack_rows")
+def _pack_rows(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("PACK_ROWS", op, a["cb"], a["col_offset"], a["cols"], a["dst"])
+
+
+@_encoder("binary_tiles")
+def _binary(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    tiles = a["rows"] * a["cols"]
+    e.emit("BINARY_TILES", op, BINARY_OPS.index(a["op"]), a["cb_a"], a["a_offset"], a["a_row_stride"],
+           a["a_col_stride"], a["cb_b"], a["b_offset"], a["b_row_stride"], a["b_col_stride"],
+           BCASTS.index(a["bcast"]), a["rows"], a["cols"], a["dst"], e.cycles(a["op"], tiles))
+
+
+@_encoder("matmul_tiles")
+def _matmul(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    rows, cols, inner = a["rows"], a["cols"], a["inner"]
+    e.emit("MATMUL_TILES", op, a["cb_a"], a["a_offset"], a["a_row_stride"], a["cb_b"], a["b_offset"],
+           a["b_row_stride"], inner, rows, cols, a["dst"], FIDELITIES[a["fidelity"]],
+           e.matmul_cycles(rows * cols * inner, a["fidelity"]))
+
+
+@_encoder("reduce_tiles")
+def _reduce(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    tiles = max(a["rows"], 0) * max(a["cols"], 0)
+    cycles = e.matmul_cycles(tiles, a["fidelity"]) if a["kind"] == "sum" else e.cycles("add", tiles)
+    e.emit("REDUCE_TILES", op, 0 if a["kind"] == "sum" else 1, DIMS.index(a["dim"]), a["cb"], a["offset"],
+           a["row_stride"], a["col_stride"], a["rows"], a["cols"], a["dst"], e.fparam(a["scaler"]),
+           FIDELITIES[a["fidelity"]], cycles)
+
+
+@_encoder("sfpu_tiles")
+def _sfpu(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    fn = a["fn"]
+    key = fn if fn in e.desc.tile_op_cycles else SFPU_COST_KEYS.get(fn, _DEFAULT_SFPU_COST_KEY)
+    cycles = e.cycles(key, a["count"])
+    if fn in SCALAR_FUNCTIONS:
+        e.emit("SFPU_TILES", op, 1, SCALAR_FUNCTIONS.index(fn), a["dst"], a["count"], e.fparam(a["param"]), cycles)
+    else:
+        e.emit("SFPU_TILES", op, 0, e.table(fn, a["param"]), a["dst"], a["count"], 0, cycles)
+
+
+@_encoder("sfpu_binary_tiles")
+def _sfpu_binary(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    cycles = e.cycles(SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY), a["count"])
+    e.emit("SFPU_BINARY_TILES", op, SFPU_BINARY.index(a["fn"]), a["dst"], a["dst_b"], a["count"], cycles)
+
+
+@_encoder("fill_tiles")
+def _fill(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("FILL_TILES", op, a["dst"], a["count"], e.fparam(a["value"]), e.cycles("datacopy", a["count"]))
+
+
+@_encoder("mask_tiles")
+def _mask(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    rows, cols = a["rows"], a["cols"]
+    e.emit("MASK_TILES", op, e.use(op.operands[0]), e.use(op.operands[1]), rows, cols, a["dst"], a["valid_rows"],
+           a["valid_cols"], e.fparam(a["fill"]), e.cycles("datacopy", rows * cols))
+
+
+@_encoder("pack_tiles")
+def _pack(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    e.emit("PACK_TILES", op, a["dst"], a["count"], a["cb"], a["cb_offset"])
+
+
+KERNEL_OPS = frozenset(_ENCODERS)
+
+
+def _launch_ok(op: Operation, device: Device) -> bool:
+    """Whether the interpreter's launch (`Program._launch` and `_configure_cbs` before the L1 reservations)
+    passes; when it does not, the interpreter runs the program and reports the fault."""
+    grid = op.attr("grid")
+    runtime_args = op.attr("runtime_args")
+    if len(op.regions) != len(KERNELS) or len(runtime_args) != len(KERNELS) \
+            or any(len(per_kernel) != grid.num_cores for per_kernel in runtime_args):
+        return False
+    if grid.x > device.grid_x or grid.y > device.grid_y:
+        return False
+    seen = set()
+    for config in op.attr("cbs"):
+        if not 0 <= config.index < device.desc.num_cbs or config.index in seen or config.address is None \
+                or config.page_size <= 0 or config.pages <= 0 or config.index >= 32:
+            return False
+        seen.add(config.index)
+        try:
+            _format_of(config.format)
+        except Fault:
+            return False
+    return True
+
+
+def encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
+    """The program's encoding for this device (built once per plan and device descriptor)."""
+    cache = plan.__dict__.setdefault(_ATTR, {})
+    key = id(device.desc)
+    cached = cache.get(key)
+    if cached is not None and cached[0] is device.desc:
+        return cached[1]
+    encoding = _encode(plan, op, device)
+    cache[key] = (device.desc, encoding)
+    return encoding
+
+
+def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
+    if not _launch_ok(op, device):
+        return Encoding(None, [], [], [], fallback=True)
+    grid = op.attr("grid")
+    e = _Encoder(plan, op, device)
+    code, starts = e.encode()
+    configs = op.attr("cbs")
+    cbs = np.array([[c.index, c.address, c.page_size, c.pages,
+                     -1 if _format_of(c.format) is None else FORMAT_CODES[_format_of(c.format)]] for c in configs],
+                   dtype=np.int64).reshape(-1, 5)
+    args = []
+    for per_kernel in op.attr("runtime_args"):
+        offsets = np.cumsum([0] + [len(a) for a in per_kernel], dtype=np.int64)
+        values = np.array([v for a in per_kernel for v in a], dtype=np.int64)
+        args.append((offsets, values))
+    banks = [int(b) for b in device.core_ids(grid.x, grid.y)]
+    tables = np.concatenate(e.tables) if e.tables else np.zeros(0, np.float32)
+    program = native.EncodedProgram(code, starts, len(e.uniform), len(e.agen_uniform), cbs, args, banks,
+                                    0 if e.dst_format == "bf16" else 1, e.fparams, tables)
+    reserves = [(c.index, c.address, c.size) for c in configs]
+    return Encoding(program, e.ops, e.messages, reserves, frozenset(e.grid_memories), cores=grid.num_cores)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def _sharded(memory: Memory) -> list[tuple]:
+    out = []
+    for alloc in memory._sharded.values():
+        spec = alloc.shard
+        assert spec is not None
+        out.append((alloc.address, alloc.page_size, alloc.num_pages, spec.cols, spec.shard_rows, spec.shard_cols,
+                    spec.shards_per_row, LAYOUTS.index(spec.layout), np.asarray(spec.banks, dtype=np.int64)))
+    return out
+
+
+_NO_WATCH = np.zeros(0, dtype=np.int64)
+
+
+def _watch(memory: Memory) -> np.ndarray:
+    return memory._watch_ranges if memory._watch else _NO_WATCH
+
+
+def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], step_budget: int, plan: ProgramPlan,
+               threads: int = 1, *, races: list[tuple] | None = None) -> ProgramProfile:
+    """Execute the program natively; the same result, memory and faults as `Program(...).run()`.
+
+    With a `races` list, NoC transfers of different cores to the same bytes (one of them a write) are
+    appended to it as (memory, bank, offset, core, writes, other core, writes): the interpreter runs the cores
+    op by op, so such a program's result would depend on the order in which cores run.
+    """
+    encoding = encode(plan, op, device)
+    if encoding.fallback or (encoding.grid_memories
+                             and any(device.memory(m)._sharded for m in encoding.grid_memories)):
+        return Program(device, op, buffer_addresses, step_budget, plan).run()
+    l1, dram = device.l1, device.dram
+    reserved = []
+    for index, address, size in encoding.reserves:
+        try:
+            l1.reserve(address, size, f"CB {index}")
+        except Fault:  # an L1 overflow: the interpreter's launch reports it
+            for done in reserved:
+                l1.free(done)
+            return Program(device, op, buffer_addresses, step_budget, plan).run()
+        reserved.append(address)
+    try:
+        fault, counts, dirty, found = native.run_program(
+            encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
+            _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
+            step_budget, threads, races is not None)
+        if races is not None:
+            races.extend(found)
+        for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
+            if hits.any():
+                memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
+        if fault is not None:
+            raise _device_fault(encoding, device, op, fault) from None
+    finally:
+        for address in reserved:
+            l1.free(address)
+    shell = _shell(device, op)
+    shell.compute_cycles, shell.noc_bytes, shell.dram_bytes, shell.local_bytes = counts
+    return shell.profile()
+
+
+def _shell(device: Device, op: Operation) -> Program:
+    """A Program with just what its profile and fault texts read (its __init__ would allocate Dst)."""
+    shell = Program.__new__(Program)
+    shell.device, shell.desc, shell.op = device, device.desc, op
+    shell.grid = op.attr("grid")
+    shell.cores = shell.grid.num_cores
+    return shell
+
+
+def _device_fault(encoding: Encoding, device: Device, op: Operation, fault: tuple) -> DeviceFault:
+    kind_code, kernel, op_id, cb, params, mask, text, _first_core = fault
+    kind = FAULT_KINDS[kind_code]
+    shell = _shell(device, op)
+    if kind == "DEADLOCK":
+        return _deadlock(shell, encoding, params)
+    what = text if kind == "INTERNAL" else _what(kind, params, cb, encoding, device, op)
+    target = SimpleNamespace(name=KERNELS[kernel]) if kernel >= 0 else None
+    where = encoding.ops[op_id] if op_id >= 0 else None
+    return shell._device_fault(Fault(what, cores=mask, cb=cb if cb >= 0 else None), target, where)
+
+
+def _deadlock(shell: Program, encoding: Encoding, params: tuple) -> DeviceFault:
+    live = []
+    cbs = {}
+    for i in range(params[0]):
+        kernel, op_id, cb, want, what, filled, pages = params[1 + 7 * i: 8 + 7 * i]
+        blocked = Blocked(encoding.ops[op_id], cb, want, "filled" if what else "free")
+        live.append(SimpleNamespace(name=KERNELS[kernel], blocked=blocked))
+        cbs[cb] = SimpleNamespace(filled=filled, pages=pages)
+    shell.cbs = cbs
+    return shell._deadlock(live)
+
+
+def _cb_format(device: Device, op: Operation, cb: int) -> DataFormat | None:
+    for config in op.attr("cbs"):
+        if config.index == cb:
+            return _format_of(config.format)
+    return None
+
+
+def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: Operation) -> str:
+    """The interpreter's fault text for a native fault record."""
+    state = DST_STATES
+    if kind == "ARG_MISSING":
+        return f"runtime argument {p[0]} is missing"
+    if kind == "BUFFER_OPERAND":
+        return f"buffer operand #{p[0]} does not exist (the program has {p[1]})"
+    if kind == "CB_NOT_CONFIGURED":
+        return f"CB {cb} is not configured by the program"
+    if kind == "RESERVE_TOO_MANY":
+        return f"cb_reserve_back of {p[0]} pages: CB {cb} has only {p[1]} pages"
+    if kind == "PUSH_TOO_MANY":
+        return f"cb_push_back of {p[0]} pages but only {p[1]} are reserved"
+    if kind == "PUSH_PENDING_READS":
+        return f"cb_push_back of CB {cb} while NoC reads into it have not completed (missing noc_read_barrier)"
+    if kind == "WAIT_TOO_MANY":
+        return f"cb_wait_front for {p[0]} pages: CB {cb} has only {p[1]} pages"
+    if kind == "POP_TOO_MANY":
+        return f"cb_pop_front of {p[0]} pages but only {p[1]} were waited for"
+    if kind == "POP_PENDING_WRITES":
+        return f"cb_pop_front of CB {cb} while NoC writes from it have not completed (missing noc_write_barrier)"
+    if kind == "WINDOW":
+        where = "waited at the front" if p[2] else "reserved at the back"
+        return f"page offset {p[0]} of CB {cb} is outside the {p[1]} page(s) {where}"
+    if kind == "NOC_FORMAT":
+        return f"the buffer's format {FORMATS[p[0]]} differs from CB {cb}'s format {FORMATS[p[1]]}"
+    if kind == "NOC_PAGE_SIZE":
+        return f"buffer pages of {p[0]} bytes do not fit CB {cb}'s {p[1]}-byte pages"
+    if kind == "LAYOUT_MISMATCH":
+        layout = LAYOUTS[p[0]]
+        article = "an" if layout == "interleaved" else "a"
+        return f"{article} {layout} address generator over a {LAYOUTS[p[1]]} buffer at {p[2]:#x}"
+    if kind == "OUT_OF_BOUNDS":
+        memory = device.memory(MEMORIES[p[0]])
+        found = np.array([[bool(p[5])]])
+        return memory._access_fault(("read", "write")[p[1]], np.array([[p[4]]]), np.array([[p[2]]]), p[3],
+                                    np.array([[True]]), found).what
+    if kind == "OUT_OF_BOUNDS_SHARDED":
+        memory = device.memory(MEMORIES[p[0]])
+        alloc = memory._sharded[p[3]]
+        assert alloc.shard is not None
+        return (f"out-of-bounds {memory.name} {('read', 'write')[p[1]]}: page {p[2]} of sharded {alloc.label} at "
+                f"{alloc.address:#x}, which has {alloc.num_pages} pages in {len(alloc.shard.banks)} shards")
+    if kind == "INDICES_OUTSIDE":
+        return (f"indices {p[0]}..{p[0] + p[1] - 1} are outside the {p[2]} int32 values of a page of CB {cb}")
+    if kind == "INDEX_POSITION":
+        return f"index position {p[0]} is outside the {p[1]} int32 values of a page of CB {cb}"
+    if kind == "NO_FORMAT":
+        return f"CB {cb} has no data format"
+    if kind == "TILE_PAGE":
+        fmt = FORMATS[p[1]]
+        return f"CB {cb} pages are {p[0]} bytes, not {fmt} tiles ({fmt.tile_bytes} bytes)"
+    if kind == "TILIZE_FORMAT":
+        fmt = _cb_format(device, op, cb)
+        return f"CB {cb} holds {fmt} rows, which tilize cannot unpack (bf16 or float32 rows)"
+    if kind == "UNTILIZE_FORMAT":
+        fmt = _cb_format(device, op, cb)
+        return f"CB {cb} holds {fmt} rows, which untilize cannot pack (bf16 or float32 rows)"
+    if kind == "PACK_ROWS_COLUMN":
+        return f"pack_rows at column {p[0]} is past the {p[1]}-element rows of CB {cb}"
+    if kind == "PACK_ROWS_STATE":
+        return f"pack_rows while Dst is {state[p[0]]} (pack runs between tile_regs_wait and tile_regs_release)"
+    if kind == "PACK_STATE":
+        return f"pack_tiles while Dst is {state[p[0]]} (pack runs between tile_regs_wait and tile_regs_release)"
+    if kind == "MATH_STATE":
+        return (f"a math op writes Dst while Dst is {state[p[0]]} "
+                "(math runs between tile_regs_acquire and tile_regs_commit)")
+    if kind == "DST_SLOTS":
+        return (f"Dst slots {p[0]}..{p[0] + p[1] - 1} are outside the {HALF_DST} tiles one acquire owns "
+                f"(0..{HALF_DST - 1})")
+    if kind == "DST_PROTOCOL":
+        name = native.PROGRAM_OPCODES[p[0]].lower()
+        return f"Dst protocol violation: {name} while Dst is {state[p[1]]} (expected {state[p[2]]})"
+    if kind == "RUNAWAY":
+        return f"runaway program: more than {p[0]} kernel ops executed (the step budget)"
+    if kind == "RAISED":
+        return encoding.messages[p[0]]
+    if kind == "END_PENDING_WRITES":
+        return f"the kernel ended with NoC writes from CB {p[0]} not completed (missing noc_write_barrier)"
+    if kind == "END_DST":
+        return f"the kernel ended with Dst {state[p[0]]} (missing tile_regs_release)"
+    if kind == "DRAINED":
+        left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
+        return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"
+    raise AssertionError(f"unknown native fault kind {kind}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Executor hook (until the executor chooses the emulator itself)
+
+
+@dataclass
+class NativeEnqueue:
+    """A replacement for the executor's enqueue_program host op that runs programs natively."""
+
+    threads: int = 1
+
+    def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
+        addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
+        plan = ex._plans.get(op)
+        if plan is None:
+            plan = ex._plans[op] = ProgramPlan(op)
+        ex.profile.append(run_native(ex.device, op, addresses, ex.step_budget, plan, self.threads))
+
+
+@contextmanager
+def native_programs(threads: int = 1) -> Iterator[NativeEnqueue]:
+    """Within the block, every Executor runs its programs with `run_native`."""
+    from ttc.runtime import executor
+
+    previous = executor.HOST_OPS["ttmetal.enqueue_program"]
+    hook = NativeEnqueue(threads)
+    executor.HOST_OPS["ttmetal.enqueue_program"] = hook
+    try:
+        yield hook
+    finally:
+        executor.HOST_OPS["ttmetal.enqueue_program"] = previous
