@@ -67,7 +67,7 @@ def host_op(name: str) -> Callable[[HostOp], HostOp]:
 
 
 EMULATORS = ("native", "reference")
-DEFAULT_EMULATOR = "reference"
+DEFAULT_EMULATOR = "native"
 
 
 def default_threads() -> int:

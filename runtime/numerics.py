@@ -1,6 +1,6 @@
 """The compute numerics model ttc uses for the emulated Grayskull (pure numpy, vectorised over tiles).
 
-GRAYSKULL.md "The numerics model ttc uses" fixes the rules; this module is their single implementation:
+docs/grayskull.md section 4 "The numerics model ttc uses" fixes the rules; this module is their single implementation:
 - Dst holds bfloat16 (or Float16 for f16 results).  A matmul adds one MVMUL (16 elements of K) at a time:
   ``Dst = RN_dst(Dst + partial)``, partial = the float32 rounding of the exact sum of that chunk's products
   over the math-fidelity passes (stated exactly below).  ``Dst[4x16] += SrcB[4x16] @ SrcA[16x16]``: SrcA holds in1 (K x N)
