@@ -13,7 +13,8 @@ the module must not change while an executor runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,21 @@ def host_op(name: str) -> Callable[[HostOp], HostOp]:
 
 EMULATORS = ("native", "reference")
 DEFAULT_EMULATOR = "native"
+_defaults: dict[str, Any] = {"emulator": DEFAULT_EMULATOR, "threads": None}  # see `using_emulator`
+
+
+@contextmanager
+def using_emulator(emulator: str, threads: int | None = None) -> Iterator[None]:
+    """Within the block, executors created without an explicit choice use `emulator` (and `threads`): how tests
+    run a whole compiled model on one emulator or the other."""
+    if emulator not in EMULATORS:
+        raise UserError(f"unknown emulator '{emulator}' (choose from {', '.join(EMULATORS)})")
+    previous = dict(_defaults)
+    _defaults.update(emulator=emulator, threads=threads)
+    try:
+        yield
+    finally:
+        _defaults.update(previous)
 
 
 def default_threads() -> int:
@@ -85,7 +101,7 @@ class Executor:
     """
 
     def __init__(self, module: Module, device_weights: Mapping[str, np.ndarray], desc: DeviceAttr | None = None,
-                 step_budget: int = DEFAULT_STEP_BUDGET, emulator: str = DEFAULT_EMULATOR,
+                 step_budget: int = DEFAULT_STEP_BUDGET, emulator: str | None = None,
                  threads: int | None = None) -> None:
         try:
             self.main = module.function("main")
@@ -103,7 +119,7 @@ class Executor:
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
         self._run_native: Callable[..., ProgramProfile] | None = None
-        self.configure(emulator, threads)
+        self.configure(emulator or _defaults["emulator"], threads or _defaults["threads"])
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
 
     def configure(self, emulator: str | None = None, threads: int | None = None) -> None:

@@ -21,8 +21,7 @@ sharded buffers (the interpreter takes core 0's base to choose the sharded path 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -650,35 +649,3 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
         return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"
     raise AssertionError(f"unknown native fault kind {kind}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Executor hook (until the executor chooses the emulator itself)
-
-
-@dataclass
-class NativeEnqueue:
-    """A replacement for the executor's enqueue_program host op that runs programs natively."""
-
-    threads: int = 1
-
-    def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
-        addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
-        plan = ex._plans.get(op)
-        if plan is None:
-            plan = ex._plans[op] = ProgramPlan(op)
-        ex.profile.append(run_native(ex.device, op, addresses, ex.step_budget, plan, self.threads))
-
-
-@contextmanager
-def native_programs(threads: int = 1) -> Iterator[NativeEnqueue]:
-    """Within the block, every Executor runs its programs with `run_native`."""
-    from ttc.runtime import executor
-
-    previous = executor.HOST_OPS["ttmetal.enqueue_program"]
-    hook = NativeEnqueue(threads)
-    executor.HOST_OPS["ttmetal.enqueue_program"] = hook
-    try:
-        yield hook
-    finally:
-        executor.HOST_OPS["ttmetal.enqueue_program"] = previous

@@ -244,9 +244,8 @@ class CompiledModel:
         the executable definition: the same bits, slower); `threads` the host threads of the native core
         (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
         """
-        from ttc.runtime.executor import DEFAULT_EMULATOR, Executor
+        from ttc.runtime.executor import Executor
 
-        emulator = emulator or (self._executor.emulator if self._executor is not None else DEFAULT_EMULATOR)
         if self._executor is None:
             self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
         else:

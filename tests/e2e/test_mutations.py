@@ -1,13 +1,14 @@
 """Mutation tests: the emulator runs the program it is given, not the model behind it.
 
 Each test compiles a real model, damages the kernel program in one way a compiler bug could, and checks
-that the result is a device fault (exit code 3 from the CLI) or a failed golden check, never a pass.
+that the result is a device fault (exit code 3 from the CLI) or a failed golden check, never a pass, on both
+emulators (the native core and the Python reference).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -22,8 +23,15 @@ from ttc.golden import compare, run_onnxruntime
 from ttc.ir.core import Module, Operation
 from ttc.ir.diagnostics import EXIT_DEVICE_FAULT, EXIT_GOLDEN_FAILED, DeviceFault
 from ttc.ir.parser import parse_module
+from ttc.runtime.executor import using_emulator
 
 Mutation = Callable[[Module], None]
+
+
+@pytest.fixture(autouse=True, params=["native", "reference"])
+def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
+    with using_emulator(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +139,7 @@ def test_swapping_two_cb_indices_never_passes(mlp, encoder, mutate) -> None:
 
 
 def test_cli_reports_a_mutated_artifact_as_a_device_fault_or_a_golden_failure(
-        mlp, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        mlp, tmp_path: Path, capsys: pytest.CaptureFixture[str], emulator: str) -> None:
     model, _compiled = mlp
     source = tmp_path / "mlp.onnx"
     zoo.save(model, source)
@@ -141,7 +149,7 @@ def test_cli_reports_a_mutated_artifact_as_a_device_fault_or_a_golden_failure(
                          ("swap", swap_reader_cbs)]:
         path = tmp_path / f"{name}.ttc"
         write_artifact(path, mutated(good, mutate))
-        codes.append(main(["run", str(path), "--golden"]))
+        codes.append(main(["run", str(path), "--golden", "--emulator", emulator]))
         err = capsys.readouterr().err
         assert "Traceback" not in err
         if codes[-1] == EXIT_DEVICE_FAULT:

@@ -23,9 +23,8 @@ from runtime_helpers import (
 from ttc.ir import parse_module
 from ttc.ir.diagnostics import EXIT_DEVICE_FAULT, DeviceFault
 from ttc.ir.dialects.tt import E150
-from ttc.runtime.executor import Executor
+from ttc.runtime.executor import Executor, using_emulator
 from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET
-from ttc.runtime.native_program import native_programs
 
 SHAPE = (64, 96)  # 6 tiles: one per core of the 3x2 grid
 L1_BASE = E150.l1_reserved
@@ -35,10 +34,11 @@ L1_BASE = E150.l1_reserved
 def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py)."""
     if request.param == "native":
-        with native_programs():
+        with using_emulator("native"):
             yield request.param
     else:
-        yield request.param
+        with using_emulator("reference"):
+            yield request.param
 
 
 def fault(program: ProgramSpec, extra: list[Tensor] = (), step_budget: int | None = None) -> str:

@@ -23,8 +23,8 @@ from runtime_helpers import (
 from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialects.tt import E150
 from ttc.runtime import numerics as N
+from ttc.runtime.executor import using_emulator
 from ttc.runtime.formats import tilize, untilize
-from ttc.runtime.native_program import native_programs
 
 RNG = np.random.default_rng(7)
 
@@ -34,7 +34,7 @@ def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test runs on both emulators: the interpreter and the native core (runtime/native_program.py);
     "compared" runs each program on both and checks that every DRAM and L1 byte, profile and fault agree."""
     if request.param == "native":
-        with native_programs():
+        with using_emulator("native"):
             yield request.param
     elif request.param == "compared":
         from test_native_program import dual_programs
@@ -42,7 +42,8 @@ def emulator(request: pytest.FixtureRequest) -> Iterator[str]:
         with dual_programs():
             yield request.param
     else:
-        yield request.param
+        with using_emulator("reference"):
+            yield request.param
 
 
 def bits(x: np.ndarray) -> np.ndarray:

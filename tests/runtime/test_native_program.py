@@ -24,8 +24,9 @@ from ttc.ir.core import Operation, Value
 from ttc.ir.diagnostics import DeviceFault
 from ttc.runtime import executor, native_program
 from ttc.runtime.device import Device
+from ttc.runtime.executor import using_emulator
 from ttc.runtime.interpreter import HANDLERS, Program, ProgramPlan
-from ttc.runtime.native_program import KERNEL_OPS, encode, native_programs, run_native
+from ttc.runtime.native_program import KERNEL_OPS, encode, run_native
 
 F32 = TensorProto.FLOAT
 
@@ -265,7 +266,7 @@ def test_every_program_of_a_model_matches_the_interpreter(name: str) -> None:
     assert name != "height_sharded" or "height_sharded" in layouts
     assert name != "concat" or any(o.attributes.get("sources", 1) > 1 for o in compiled.module.walk()
                                    if o.name == "ttkernel.noc_read_tiles_indexed")
-    with native_programs(threads=2):  # and a whole run natively gives the same outputs
+    with using_emulator("native", threads=2):  # and a whole run natively gives the same outputs
         again = compiled.run(feeds)
     for key, value in outputs.items():
         np.testing.assert_array_equal(np.asarray(again[key]).view(np.uint8), np.asarray(value).view(np.uint8))
@@ -321,7 +322,7 @@ def test_no_python_handler_runs_natively(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setitem(HANDLERS, name, refuse)
     model = zoo.odd_shapes()
     compiled = ttc.compile(model)
-    with native_programs():
+    with using_emulator("native"):
         outputs = compiled.run(zoo.random_inputs(model))
     assert all(np.isfinite(v).all() for v in outputs.values())
 
@@ -339,7 +340,7 @@ def test_a_plan_is_encoded_once() -> None:
 
     native_program._encode = counting
     try:
-        with native_programs():
+        with using_emulator("native"):
             from runtime_helpers import build
 
             ex = executor.Executor(build([ta, tb], [tc], [program]), {})
