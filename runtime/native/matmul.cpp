@@ -85,13 +85,19 @@ int span_limit(Fidelity fidelity) {
   return 33;
 }
 
-// Exponent statistics of 16 bf16 values (an in0 row or an in1 column of one chunk).
+// Magnitude statistics of 16 bf16 values (an in0 row or an in1 column of one chunk), kept as float bits:
+// comparing magnitudes' bits as unsigned integers orders them, so two integer reductions give them.
 struct Stat {
-  int16_t top = 0;      // largest exponent field of the nonzero values (0: all zero)
-  int16_t low = 0;      // smallest
-  bool special = false;  // holds an inf or NaN
-  double size = 0;      // in0 rows: 16 times the largest magnitude; in1 columns: the largest magnitude
-  int span() const { return top ? top - low : 0; }
+  uint32_t top = 0;           // the largest magnitude's bits (0: all zero; from 0x7F800000 on: an inf or NaN)
+  uint32_t low = 0xFFFFFFFFu;  // the smallest nonzero magnitude's bits minus 1 (a zero wraps to all ones)
+
+  bool special() const { return top >= 0x7F800000u; }
+  // Exponent fields of the largest and smallest nonzero values, a subnormal's counted as 1 (its lowest bit
+  // is that of the smallest normal binade); 0 when all are zero.
+  int top_field() const { return top ? std::max<int>(static_cast<int>(top >> 23), 1) : 0; }
+  int low_field() const { return top ? std::max<int>(static_cast<int>((low + 1) >> 23), 1) : 0; }
+  int span() const { return top ? top_field() - low_field() : 0; }
+  double largest() const { return static_cast<double>(float_of(top)); }
 };
 
 // ------------------------------------------------------------------------------------------ exact sums
@@ -258,6 +264,7 @@ constexpr int NR = 8;
 #endif
 constexpr int VL = 8;  // doubles per vector of the vector extension (a zmm, or two ymm)
 constexpr int NV = NR / VL;
+constexpr int HALVES = TILE / MVMUL_K;  // chunks per K tile
 
 typedef double v8d __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
@@ -269,38 +276,50 @@ inline v8d load8(const double* p) {
   return v;
 }
 inline void store8(double* p, v8d v) { std::memcpy(p, &v, sizeof v); }
+inline v8f load8f(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8f(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
-// A buffer of trivially constructible values left uninitialised (every entry is written before use).
-template <typename T>
-struct Buffer {
-  std::unique_ptr<T[]> data;
-  void resize(size_t count) { data.reset(new T[count]); }
-  T& operator[](size_t i) { return data[i]; }
-  const T& operator[](size_t i) const { return data[i]; }
-  T* get() { return data.get(); }
-  const T* get() const { return data.get(); }
+// Scratch space of one thread's calls, kept between them (the executor runs cores on several threads).
+struct Scratch {
+  std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
+  std::vector<double> b;  // in1's parts, [C][N / NR][kc][NR]
+  std::vector<Stat> rows, cols;  // [C][M], [C][N]
+  std::vector<int16_t> row_block_span;  // [C][M / MR] largest span of the block's rows (-1: all zero)
+  std::vector<int16_t> col_block_span;  // [C][N / NR]
+  std::vector<uint8_t> row_block_special, col_block_special;
+  std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
+  std::vector<const float*> rounded_tiles;
 };
 
-// One matmul's operands, packed and measured once.
+// One matmul: its operand tiles (bf16 values), shape and the statistics of its operands.
 struct Problem {
-  int m, n, chunks, kc;  // rows, columns, 16-element chunks, products per chunk (16, HiFi3 32)
+  const float* const* in0;  // [rows][inner] tiles
+  const float* const* in1;  // [inner][cols] tiles
+  int rows, cols, inner;
+  int m, n, chunks, kc, mb, nb;  // rows, columns, 16-element chunks, products per chunk (16, HiFi3 32), blocks
   Fidelity fidelity;
   int limit;
   bool chain_normal = false;  // every Dst sum of every chain provably in bf16's normal range
-  Buffer<float> x;        // in0 as bf16 values, [M][K]
-  Buffer<float> y;        // in1 as bf16 values, [K][N]
-  Buffer<double> a;       // in0 parts the passes multiply, [C][M][kc]
-  Buffer<double> b;       // in1 parts, [C][N / NR][kc][NR]
-  Buffer<Stat> rows;      // [C][M]
-  Buffer<Stat> cols;      // [C][N]
-  Buffer<int16_t> row_block_span;  // [C][M / MR] largest span of the block's rows (-1: all zero)
-  Buffer<int16_t> col_block_span;  // [C][N / NR]
-  Buffer<uint8_t> row_block_special, col_block_special;
+  Scratch* s;
+
+  // in0 row i of chunk c: 16 contiguous values
+  const float* x(int i, int c) const {
+    return in0[(i / TILE) * inner + c / HALVES] + (i % TILE) * TILE + (c % HALVES) * MVMUL_K;
+  }
+  // in1 column j of chunk c: 16 values, TILE apart
+  const float* y(int c, int j) const {
+    return in1[(c / HALVES) * cols + j / TILE] + (c % HALVES) * MVMUL_K * TILE + j % TILE;
+  }
+  const Stat& row(int c, int i) const { return s->rows[static_cast<size_t>(c) * m + i]; }
+  const Stat& col(int c, int j) const { return s->cols[static_cast<size_t>(c) * n + j]; }
 };
 
-// Exponent statistics of in0's rows, 16 values each (contiguous): from the magnitude bits, in loops over
-// 16 lanes the compiler vectorises.
-Stat row_stat(const float* values) {
+// Statistics of 16 contiguous bf16 values (an in0 row of a chunk), in loops the compiler vectorises.
+inline Stat row_stat(const float* values) {
   uint32_t top = 0, low = 0xFFFFFFFFu;
   for (int k = 0; k < MVMUL_K; ++k) {
     uint32_t u = bits_of(values[k]) & 0x7FFFFFFFu;
@@ -308,113 +327,105 @@ Stat row_stat(const float* values) {
     low = std::min(low, u - 1);  // a zero wraps to the top
   }
   Stat s;
-  s.special = top >= 0x7F800000u;
-  s.top = static_cast<int16_t>(top ? std::max<uint32_t>(top >> 23, 1) : 0);
-  s.low = static_cast<int16_t>(top ? std::max<uint32_t>((low + 1) >> 23, 1) : 0);
-  s.size = MVMUL_K * static_cast<double>(float_of(top));  // at least the sum of the magnitudes
+  s.top = top;
+  s.low = low;
   return s;
 }
 
-void pack(Problem& p, const float* const* in0, const float* const* in1, int rows, int cols, int inner,
-          bool bf16_operands) {
-  const int m = p.m, n = p.n, k_total = inner * TILE, kc = p.kc, mb = m / MR, nb = n / NR, chunks = p.chunks;
-  const Fidelity fidelity = p.fidelity;
-  p.x.resize(static_cast<size_t>(m) * k_total);
-  p.y.resize(static_cast<size_t>(k_total) * n);
-  auto copy_row = [bf16_operands](const float* from, float* to) {
-    if (bf16_operands) {
-      std::memcpy(to, from, TILE * sizeof(float));  // bf16 values already: rounding would change nothing
-    } else {
-      for (int j = 0; j < TILE; ++j) to[j] = to_bf16(from[j]);
-    }
-  };
-  for (int r = 0; r < rows; ++r)
-    for (int k = 0; k < inner; ++k)
-      for (int i = 0; i < TILE; ++i)
-        copy_row(&in0[r * inner + k][i * TILE], &p.x[static_cast<size_t>(r * TILE + i) * k_total + k * TILE]);
-  for (int k = 0; k < inner; ++k)
-    for (int c = 0; c < cols; ++c)
-      for (int i = 0; i < TILE; ++i)
-        copy_row(&in1[k * cols + c][i * TILE], &p.y[static_cast<size_t>(k * TILE + i) * n + c * TILE]);
-
-  // the parts each pass multiplies: in0 as SrcB (7-bit split), in1 as SrcA (5-bit split); an inf or NaN
-  // operand never reaches the kernel's sums (its chunks take special_partial), so the masks ignore them
-  const bool a_high = fidelity != Fidelity::HIFI4, b_high = fidelity == Fidelity::LOFI;
-  const bool two = fidelity == Fidelity::HIFI3;  // HiFi3: hi(x) * y, then lo(x) * hi(y)
-  p.a.resize(static_cast<size_t>(chunks) * m * kc);
-  p.b.resize(static_cast<size_t>(chunks) * n * kc);
-  for (int c = 0; c < chunks; ++c) {
-    for (int i = 0; i < m; ++i) {
-      double* to = &p.a[(static_cast<size_t>(c) * m + i) * kc];
-      const float* row = &p.x[static_cast<size_t>(i) * k_total + c * MVMUL_K];
-      for (int k = 0; k < MVMUL_K; ++k) {
-        float hi = float_of(bits_of(row[k]) & kMaskB);
-        to[k] = a_high ? hi : row[k];
-        if (two) to[MVMUL_K + k] = static_cast<double>(row[k]) - static_cast<double>(hi);
-      }
-    }
-    for (int k = 0; k < MVMUL_K; ++k) {
-      const float* line = &p.y[static_cast<size_t>(c * MVMUL_K + k) * n];
-      for (int jb = 0; jb < nb; ++jb) {
-        double* block = &p.b[((static_cast<size_t>(c) * nb + jb) * kc) * NR];
-        for (int q = 0; q < NR; ++q) {
-          float v = line[jb * NR + q];
-          float hi = float_of(bits_of(v) & kMaskA);
-          block[k * NR + q] = b_high ? hi : v;
-          if (two) block[(MVMUL_K + k) * NR + q] = hi;
-        }
-      }
-    }
-  }
-
-  p.rows.resize(static_cast<size_t>(chunks) * m);
-  p.cols.resize(static_cast<size_t>(chunks) * n);
-  p.row_block_span.resize(static_cast<size_t>(chunks) * mb);
-  p.col_block_span.resize(static_cast<size_t>(chunks) * nb);
-  p.row_block_special.resize(static_cast<size_t>(chunks) * mb);
-  p.col_block_special.resize(static_cast<size_t>(chunks) * nb);
-  std::vector<uint32_t> top(n), low(n);
+// The statistics of every in0 row and in1 column of every chunk, and of their register blocks.
+void measure(Problem& p) {
+  Scratch& s = *p.s;
+  const int m = p.m, n = p.n, chunks = p.chunks, mb = p.mb, nb = p.nb;
+  s.rows.resize(static_cast<size_t>(chunks) * m);
+  s.cols.resize(static_cast<size_t>(chunks) * n);
+  s.row_block_span.resize(static_cast<size_t>(chunks) * mb);
+  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
+  s.row_block_special.resize(static_cast<size_t>(chunks) * mb);
+  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
   for (int c = 0; c < chunks; ++c) {
     for (int ib = 0; ib < mb; ++ib) {
       int16_t span = -1;
       uint8_t special = 0;
       for (int i = ib * MR; i < ib * MR + MR; ++i) {
-        Stat s = row_stat(&p.x[static_cast<size_t>(i) * k_total + c * MVMUL_K]);
-        p.rows[static_cast<size_t>(c) * m + i] = s;
-        if (s.top) span = std::max<int16_t>(span, static_cast<int16_t>(s.span()));
-        special |= s.special;
+        Stat st = row_stat(p.x(i, c));
+        s.rows[static_cast<size_t>(c) * m + i] = st;
+        if (st.top) span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
+        special |= st.special();
       }
-      p.row_block_span[static_cast<size_t>(c) * mb + ib] = span;
-      p.row_block_special[static_cast<size_t>(c) * mb + ib] = special;
+      s.row_block_span[static_cast<size_t>(c) * mb + ib] = span;
+      s.row_block_special[static_cast<size_t>(c) * mb + ib] = special;
     }
-    // in1's columns: the same statistics, vectorised across columns
-    std::fill(top.begin(), top.end(), 0u);
-    std::fill(low.begin(), low.end(), 0xFFFFFFFFu);
-    for (int k = 0; k < MVMUL_K; ++k) {
-      const float* line = &p.y[static_cast<size_t>(c * MVMUL_K + k) * n];
-      for (int j = 0; j < n; ++j) {
-        uint32_t u = bits_of(line[j]) & 0x7FFFFFFFu;
-        top[j] = std::max(top[j], u);
-        low[j] = std::min(low[j], u - 1);
+    // in1's columns: 16 rows of a tile, vectorised across its 32 columns
+    for (int t = 0; t < p.cols; ++t) {
+      uint32_t top[TILE], low[TILE];
+      std::fill(top, top + TILE, 0u);
+      std::fill(low, low + TILE, 0xFFFFFFFFu);
+      const float* base = p.y(c, t * TILE);
+      for (int k = 0; k < MVMUL_K; ++k)
+        for (int j = 0; j < TILE; ++j) {
+          uint32_t u = bits_of(base[k * TILE + j]) & 0x7FFFFFFFu;
+          top[j] = std::max(top[j], u);
+          low[j] = std::min(low[j], u - 1);
+        }
+      for (int j = 0; j < TILE; ++j) {
+        Stat& st = s.cols[static_cast<size_t>(c) * n + t * TILE + j];
+        st.top = top[j];
+        st.low = low[j];
       }
     }
     for (int jb = 0; jb < nb; ++jb) {
       int16_t span = 0;
       uint8_t special = 0;
       for (int j = jb * NR; j < jb * NR + NR; ++j) {
-        Stat s;
-        s.special = top[j] >= 0x7F800000u;
-        s.top = static_cast<int16_t>(top[j] ? std::max<uint32_t>(top[j] >> 23, 1) : 0);
-        s.low = static_cast<int16_t>(top[j] ? std::max<uint32_t>((low[j] + 1) >> 23, 1) : 0);
-        s.size = static_cast<double>(float_of(top[j]));
-        p.cols[static_cast<size_t>(c) * n + j] = s;
-        span = std::max<int16_t>(span, static_cast<int16_t>(s.span()));
-        special |= s.special;
+        const Stat& st = s.cols[static_cast<size_t>(c) * n + j];
+        span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
+        special |= st.special();
       }
-      p.col_block_span[static_cast<size_t>(c) * nb + jb] = span;
-      p.col_block_special[static_cast<size_t>(c) * nb + jb] = special;
+      s.col_block_span[static_cast<size_t>(c) * nb + jb] = span;
+      s.col_block_special[static_cast<size_t>(c) * nb + jb] = special;
     }
   }
+}
+
+// The parts each pass multiplies: in0 as SrcB (7-bit split), in1 as SrcA (5-bit split); HiFi3 forms hi(x) y
+// and lo(x) hi(y), its chunks 32 products long. An inf or NaN operand never reaches the kernel's sums (its
+// chunks take special_partial), so the masks ignore them.
+
+// in1 packed for the kernel: [C][N / NR][kc][NR], one vector load per k and column vector.
+template <int KC>
+void pack_in1(const Problem& p) {
+  const bool high = p.fidelity == Fidelity::LOFI;
+  p.s->b.resize(static_cast<size_t>(p.chunks) * p.n * KC);
+  for (int c = 0; c < p.chunks; ++c)
+    for (int jb = 0; jb < p.nb; ++jb) {
+      double* block = &p.s->b[(static_cast<size_t>(c) * p.nb + jb) * KC * NR];
+      const float* column = p.y(c, jb * NR);
+      for (int k = 0; k < MVMUL_K; ++k) {
+        const float* line = column + k * TILE;
+        for (int q = 0; q < NR; ++q) {
+          float v = line[q];
+          float hi = float_of(bits_of(v) & kMaskA);
+          block[k * NR + q] = high ? hi : v;
+          if (KC == 2 * MVMUL_K) block[(MVMUL_K + k) * NR + q] = hi;
+        }
+      }
+    }
+}
+
+// One register block of in0's rows packed: [C][MR][kc], broadcast one element at a time.
+template <int KC>
+void pack_in0_block(const Problem& p, int ib, double* out) {
+  const bool high = p.fidelity != Fidelity::HIFI4;
+  for (int c = 0; c < p.chunks; ++c)
+    for (int r = 0; r < MR; ++r) {
+      const float* row = p.x(ib * MR + r, c);
+      double* to = out + (static_cast<size_t>(c) * MR + r) * KC;
+      for (int k = 0; k < MVMUL_K; ++k) {
+        float hi = float_of(bits_of(row[k]) & kMaskB);
+        to[k] = high ? hi : row[k];
+        if (KC == 2 * MVMUL_K) to[MVMUL_K + k] = static_cast<double>(row[k]) - static_cast<double>(hi);
+      }
+    }
 }
 
 // float32 partials of one register block and chunk from its float64 sums, when the block is not proven
@@ -423,23 +434,22 @@ void pack(Problem& p, const float* const* in0, const float* const* in1, int rows
 // sum |x| * max |y| (a SrcB split's parts have x's sign), plus the test's own roundings), and the few that
 // fail it, and chunks with an inf or NaN operand, the exact path.
 void block_partials(const Problem& p, int c, int i0, int j0, const double* sums, float* out) {
-  const int k_total = p.chunks * MVMUL_K;
   for (int r = 0; r < MR; ++r) {
-    const Stat& row = p.rows[static_cast<size_t>(c) * p.m + i0 + r];
+    const Stat& row = p.row(c, i0 + r);
     for (int q = 0; q < NR; ++q) {
-      const Stat& col = p.cols[static_cast<size_t>(c) * p.n + j0 + q];
+      const Stat& col = p.col(c, j0 + q);
       double s = sums[r * NR + q];
       float& partial = out[r * NR + q];
-      const float* x = &p.x[static_cast<size_t>(i0 + r) * k_total + c * MVMUL_K];
-      const float* y = &p.y[static_cast<size_t>(c * MVMUL_K) * p.n + j0 + q];
-      if (row.special || col.special) {
-        partial = special_partial(x, y, p.n, p.fidelity);
+      const float* x = p.x(i0 + r, c);
+      const float* y = p.y(c, j0 + q);
+      if (row.special() || col.special()) {
+        partial = special_partial(x, y, TILE, p.fidelity);
       } else if (row.span() + col.span() <= p.limit) {
         partial = static_cast<float>(s);
       } else {
-        double bound = 0x1p-46 * (row.size * col.size);
+        double bound = 0x1p-46 * (MVMUL_K * row.largest() * col.largest());
         float low = static_cast<float>(s - bound), high = static_cast<float>(s + bound);
-        partial = bits_of(low) == bits_of(high) ? low : exact_partial(x, y, p.n, p.fidelity);
+        partial = bits_of(low) == bits_of(high) ? low : exact_partial(x, y, TILE, p.fidelity);
       }
     }
   }
@@ -499,20 +509,22 @@ inline v8d multiply_add(double a, v8d b, v8d acc) {
 #endif
 }
 
-// The register-block GEMM step: sums[r][q] = sum over kc of a[r][k] * b[k][q], in float64. kChain: the
-// sums are exact and every chain step provably normal (bf16): round them to float32 and do the Dst step
-// (block_chain<true, false>) on d in registers, without storing them.
-template <bool kChain>
-inline void micro_kernel(const double* __restrict a, const double* __restrict b, int kc, double* __restrict out,
-                         double splitter = 0) {
+// The register-block GEMM step: sums[r][q] = sum over KC of a[r][k] * b[k][q], in float64. kChain: the
+// sums are exact and every chain step provably normal (bf16): do the Dst step on d in registers, without
+// storing them. There the sums' float32 rounding is Veltkamp's split too (RN to 24 bits, ties to even, for
+// float64 values without overflow; the sums are 0 or in [2**-102, 2**126), float32's normal range), which
+// takes three vector operations where the two conversions take four.
+template <int KC, bool kChain>
+inline void micro_kernel(const double* __restrict a, const double* __restrict b, double* __restrict out) {
   v8d acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = v8d{};
-  for (int k = 0; k < kc; ++k, b += NR) {
+#pragma GCC unroll 32
+  for (int k = 0; k < KC; ++k) {
     v8d bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = load8(b + v * VL);
+    for (int v = 0; v < NV; ++v) bv[v] = load8(b + k * NR + v * VL);
     for (int r = 0; r < MR; ++r) {
-      const double av = a[r * kc + k];
+      const double av = a[r * KC + k];
       for (int v = 0; v < NV; ++v) acc[r][v] = multiply_add(av, bv[v], acc[r][v]);
     }
   }
@@ -520,44 +532,57 @@ inline void micro_kernel(const double* __restrict a, const double* __restrict b,
     for (int v = 0; v < NV; ++v) {
       double* at = out + r * NR + v * VL;
       if constexpr (kChain) {
-        v8d sum = load8(at) + __builtin_convertvector(__builtin_convertvector(acc[r][v], v8f), v8d);
-        v8d t = sum * splitter;
-        store8(at, t - (t - sum));
+        v8d t = acc[r][v] * (0x1p29 + 1);
+        v8d sum = load8(at) + (t - (t - acc[r][v]));  // Dst + RN_f32(chunk sum), exact or RN_f64
+        t = sum * (0x1p45 + 1);
+        store8(at, t - (t - sum));  // RN_bf16
       } else {
         store8(at, acc[r][v]);
       }
     }
 }
 
-void run(Problem& p, float* const* dst, int rows, int cols, DstFormat format) {
-  const int mb = p.m / MR, nb = p.n / NR, kc = p.kc;
+// The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
+inline float* dst_row(float* const* dst, int cols, int i, int j0) {
+  return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
+}
+
+template <int KC>
+void run(Problem& p, float* const* dst, DstFormat format) {
+  Scratch& s = *p.s;
+  const int mb = p.mb, nb = p.nb;
+  s.a.resize(static_cast<size_t>(p.chunks) * MR * KC);
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
-  for (int jb = 0; jb < nb; ++jb) {
-    for (int ib = 0; ib < mb; ++ib) {
+  for (int ib = 0; ib < mb; ++ib) {
+    pack_in0_block<KC>(p, ib, s.a.data());
+    for (int jb = 0; jb < nb; ++jb) {
       const int i0 = ib * MR, j0 = jb * NR;
-      for (int r = 0; r < MR; ++r)
-        for (int q = 0; q < NR; ++q) {
-          int i = i0 + r, j = j0 + q;
-          start[r * NR + q] = dst[(i / TILE) * cols + j / TILE][(i % TILE) * TILE + j % TILE];
-          d[r * NR + q] = start[r * NR + q];
+      for (int r = 0; r < MR; ++r) {
+        const float* from = dst_row(dst, p.cols, i0 + r, j0);
+        for (int v = 0; v < NV; ++v) {
+          v8f f = load8f(from + v * VL);
+          store8f(start + r * NR + v * VL, f);
+          store8(d + r * NR + v * VL, __builtin_convertvector(f, v8d));
         }
+      }
       for (int c = 0; c < p.chunks; ++c) {
         const size_t rb = static_cast<size_t>(c) * mb + ib, cb = static_cast<size_t>(c) * nb + jb;
-        const int row_span = p.row_block_span[rb];
-        const bool special = p.row_block_special[rb] || p.col_block_special[cb];
+        const int row_span = s.row_block_span[rb];
+        const bool special = s.row_block_special[rb] || s.col_block_special[cb];
         if (row_span < 0 && !special) {
           std::fill(sums, sums + MR * NR, 0.0);  // rows of zeros: exact +0 partials
         } else {
-          const double* a_block = &p.a[(static_cast<size_t>(c) * p.m + i0) * kc];
-          const bool exact = !special && row_span + p.col_block_span[cb] <= p.limit;
+          const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
+          const double* b_block = &s.b[cb * KC * NR];
+          const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && p.chain_normal) {
-            micro_kernel<true>(a_block, &p.b[cb * kc * NR], kc, d, 0x1p45 + 1);
+            micro_kernel<KC, true>(a_block, b_block, d);
             continue;
           }
-          micro_kernel<false>(a_block, &p.b[cb * kc * NR], kc, sums);
+          micro_kernel<KC, false>(a_block, b_block, sums);
           if (!exact) {
             block_partials(p, c, i0, j0, sums, partials);
             block_chain<false, true>(d, sums, partials, format);
@@ -570,13 +595,16 @@ void run(Problem& p, float* const* dst, int rows, int cols, DstFormat format) {
           block_chain<true, true>(d, sums, partials, format);
         }
       }
-      for (int r = 0; r < MR; ++r)
-        for (int q = 0; q < NR; ++q) {
-          int i = i0 + r, j = j0 + q;
-          double v = d[r * NR + q];
-          dst[(i / TILE) * cols + j / TILE][(i % TILE) * TILE + j % TILE] =
-              std::isnan(v) ? chain_nan(start[r * NR + q], format) : static_cast<float>(v);
+      for (int r = 0; r < MR; ++r) {
+        float* to = dst_row(dst, p.cols, i0 + r, j0);
+        for (int v = 0; v < NV; ++v) {
+          v8d value = load8(d + r * NR + v * VL);
+          store8f(to + v * VL, __builtin_convertvector(value, v8f));
+          if (!p.chain_normal)  // a NaN result is the definition's NaN for its chain
+            for (int q = 0; q < VL; ++q)
+              if (std::isnan(value[q])) to[v * VL + q] = chain_nan(start[r * NR + v * VL + q], format);
         }
+      }
     }
   }
 }
@@ -589,47 +617,80 @@ void run(Problem& p, float* const* dst, int rows, int cols, DstFormat format) {
 // 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
 // 2**-8 (float64's addition by 2**-53).
 bool chain_stays_normal(const Problem& p, float* const* dst, int tiles) {
-  uint32_t x_top = 0, y_top = 0;
-  int low = 255;
+  const Scratch& s = *p.s;
+  uint32_t x_top = 0, y_top = 0, low = 0xFFFFFFFFu;
   for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.m; i < count; ++i) {
-    const Stat& s = p.rows[i];
-    if (s.special) return false;
-    if (s.top) low = std::min<int>(low, s.low);
+    x_top = std::max(x_top, s.rows[i].top);
+    low = std::min(low, s.rows[i].low);
   }
   for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.n; i < count; ++i) {
-    const Stat& s = p.cols[i];
-    if (s.special) return false;
-    if (s.top) low = std::min<int>(low, s.low);
-    y_top = std::max(y_top, bits_of(static_cast<float>(s.size)));
+    y_top = std::max(y_top, s.cols[i].top);
+    low = std::min(low, s.cols[i].low);
   }
-  for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.m; i < count; ++i)
-    x_top = std::max(x_top, bits_of(static_cast<float>(p.rows[i].size / MVMUL_K)));
-  if (low < 127 - 44) return false;
-  double dst_max = 0;
+  if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
+  // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
+  if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
+  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
   for (int t = 0; t < tiles; ++t)
     for (int e = 0; e < TILE_ELEMS; ++e) {
-      double v = std::fabs(static_cast<double>(dst[t][e]));
-      if (!(v == 0 || (v >= 0x1p-103 && v < HUGE_VAL))) return false;
-      dst_max = std::max(dst_max, v);
+      uint32_t u = bits_of(dst[t][e]) & 0x7FFFFFFFu;
+      dst_top = std::max(dst_top, u);
+      dst_low = std::min(dst_low, u - 1);  // a zero wraps to the top
     }
-  double largest_partial = MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
-  return (dst_max + p.chunks * largest_partial) * std::pow(1 + 0x1p-7, p.chunks) < 0x1p126;
+  // every Dst value 0 or finite and at least 2**-103
+  if (dst_top >= 0x7F800000u || dst_low < bits_of(0x1p-103f) - 1) return false;
+  double largest_partial =
+      MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
+  return (static_cast<double>(float_of(dst_top)) + p.chunks * largest_partial) * std::pow(1 + 0x1p-7, p.chunks) <
+         0x1p126;
+}
+
+// A caller's operand tiles rounded to bf16 (an f16 or float32 operand), in the scratch space.
+const float* const* rounded_tiles(Scratch& s, const float* const* tiles, int count, size_t first) {
+  for (int t = 0; t < count; ++t) {
+    float* to = &s.rounded[(first + t) * TILE_ELEMS];
+    for (int e = 0; e < TILE_ELEMS; ++e) to[e] = to_bf16(tiles[t][e]);
+    s.rounded_tiles[first + t] = to;
+  }
+  return &s.rounded_tiles[first];
 }
 
 }  // namespace
 
 void matmul_block(float* const* dst, const float* const* a, const float* const* b, int rows, int cols,
                   int inner, Fidelity fidelity, DstFormat format, bool bf16_operands) {
+  thread_local Scratch scratch;
   Problem p;
+  p.s = &scratch;
+  p.in0 = a;
+  p.in1 = b;
+  if (!bf16_operands) {
+    size_t count = static_cast<size_t>(rows) * inner + static_cast<size_t>(inner) * cols;
+    scratch.rounded.resize(count * TILE_ELEMS);
+    scratch.rounded_tiles.resize(count);
+    p.in0 = rounded_tiles(scratch, a, rows * inner, 0);
+    p.in1 = rounded_tiles(scratch, b, inner * cols, static_cast<size_t>(rows) * inner);
+  }
+  p.rows = rows;
+  p.cols = cols;
+  p.inner = inner;
   p.m = rows * TILE;
   p.n = cols * TILE;
-  p.chunks = inner * TILE / MVMUL_K;
+  p.mb = p.m / MR;
+  p.nb = p.n / NR;
+  p.chunks = inner * HALVES;
   p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
   p.fidelity = fidelity;
   p.limit = span_limit(fidelity);
-  pack(p, a, b, rows, cols, inner, bf16_operands);
+  measure(p);
   if (format == DstFormat::BF16) p.chain_normal = chain_stays_normal(p, dst, rows * cols);
-  run(p, dst, rows, cols, format);
+  if (p.kc == MVMUL_K) {
+    pack_in1<MVMUL_K>(p);
+    run<MVMUL_K>(p, dst, format);
+  } else {
+    pack_in1<2 * MVMUL_K>(p);
+    run<2 * MVMUL_K>(p, dst, format);
+  }
 }
 
 void reduce_sum_block(float* dst, const float* const* tiles, int n, ReduceDim dim, float scaler,
