@@ -287,7 +287,8 @@ inline void store8f(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 struct Scratch {
   std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
   std::vector<double> b;  // in1's parts, [C][N / NR][kc][NR]
-  std::vector<Stat> rows, cols;  // [C][M], [C][N]
+  std::vector<uint32_t> row_top, row_low;  // Stat of in0's rows, [C][M]
+  std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
   std::vector<int16_t> row_block_span;  // [C][M / MR] largest span of the block's rows (-1: all zero)
   std::vector<int16_t> col_block_span;  // [C][N / NR]
   std::vector<uint8_t> row_block_special, col_block_special;
@@ -314,41 +315,83 @@ struct Problem {
   const float* y(int c, int j) const {
     return in1[(c / HALVES) * cols + j / TILE] + (c % HALVES) * MVMUL_K * TILE + j % TILE;
   }
-  const Stat& row(int c, int i) const { return s->rows[static_cast<size_t>(c) * m + i]; }
-  const Stat& col(int c, int j) const { return s->cols[static_cast<size_t>(c) * n + j]; }
+  Stat row(int c, int i) const {
+    size_t at = static_cast<size_t>(c) * m + i;
+    return {s->row_top[at], s->row_low[at]};
+  }
+  Stat col(int c, int j) const {
+    size_t at = static_cast<size_t>(c) * n + j;
+    return {s->col_top[at], s->col_low[at]};
+  }
 };
 
-// Statistics of 16 contiguous bf16 values (an in0 row of a chunk), in loops the compiler vectorises.
-inline Stat row_stat(const float* values) {
-  uint32_t top = 0, low = 0xFFFFFFFFu;
-  for (int k = 0; k < MVMUL_K; ++k) {
-    uint32_t u = bits_of(values[k]) & 0x7FFFFFFFu;
-    top = std::max(top, u);
-    low = std::min(low, u - 1);  // a zero wraps to the top
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+inline v16u load16u(const float* p) {
+  v16u v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Lane j of the result: the largest (kMax) or smallest of the 16 lanes of v[j]. A transpose-and-reduce
+// butterfly: 31 shuffles and 15 operations for 16 reductions, where one reduction alone takes 4 and 4.
+template <bool kMax>
+inline v16u reduce16(const v16u* v) {
+  auto op = [](v16u a, v16u b) { return kMax ? (a > b ? a : b) : (a < b ? a : b); };
+  v16u w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i)  // 256-bit halves: 8 partials of v[i], then of v[i + 8]
+    w[i] = op(__builtin_shuffle(v[i], v[i + 8], v16i{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}),
+              __builtin_shuffle(v[i], v[i + 8], v16i{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}));
+  for (int i = 0; i < 4; ++i)  // 128-bit quarters: 4 partials of v[i], v[i + 8], v[i + 4], v[i + 12]
+    x[i] = op(__builtin_shuffle(w[i], w[i + 4], v16i{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}),
+              __builtin_shuffle(w[i], w[i + 4], v16i{4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}));
+  for (int i = 0; i < 2; ++i)  // 64-bit pairs: 2 partials of each
+    y[i] = op(__builtin_shuffle(x[i], x[i + 2], v16i{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}),
+              __builtin_shuffle(x[i], x[i + 2], v16i{2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}));
+  v16u z = op(__builtin_shuffle(y[0], y[1], v16i{0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30}),
+              __builtin_shuffle(y[0], y[1], v16i{1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31}));
+  // z's lane l holds v[0 2 1 3 8 10 9 11 4 6 5 7 12 14 13 15][l] reduced (an order that is its own inverse)
+  return __builtin_shuffle(z, v16i{0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15});
+}
+
+// Statistics of in0's rows in one chunk of a tile: the 32 rows' 16 values from column `first`, into top[0, 32)
+// and low[0, 32).
+inline void row_stats(const float* tile, int first, uint32_t* top, uint32_t* low) {
+  for (int r0 = 0; r0 < TILE; r0 += 16) {
+    v16u u[16], w[16];
+    for (int r = 0; r < 16; ++r) {
+      u[r] = load16u(tile + (r0 + r) * TILE + first) & 0x7FFFFFFFu;
+      w[r] = u[r] - 1;  // a zero wraps to the top
+    }
+    v16u t = reduce16<true>(u), l = reduce16<false>(w);
+    std::memcpy(top + r0, &t, sizeof t);
+    std::memcpy(low + r0, &l, sizeof l);
   }
-  Stat s;
-  s.top = top;
-  s.low = low;
-  return s;
 }
 
 // The statistics of every in0 row and in1 column of every chunk, and of their register blocks.
 void measure(Problem& p) {
   Scratch& s = *p.s;
   const int m = p.m, n = p.n, chunks = p.chunks, mb = p.mb, nb = p.nb;
-  s.rows.resize(static_cast<size_t>(chunks) * m);
-  s.cols.resize(static_cast<size_t>(chunks) * n);
+  s.row_top.resize(static_cast<size_t>(chunks) * m);
+  s.row_low.resize(static_cast<size_t>(chunks) * m);
+  s.col_top.resize(static_cast<size_t>(chunks) * n);
+  s.col_low.resize(static_cast<size_t>(chunks) * n);
   s.row_block_span.resize(static_cast<size_t>(chunks) * mb);
   s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
   s.row_block_special.resize(static_cast<size_t>(chunks) * mb);
   s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
   for (int c = 0; c < chunks; ++c) {
+    const size_t rows_at = static_cast<size_t>(c) * m, cols_at = static_cast<size_t>(c) * n;
+    for (int t = 0; t < p.rows; ++t)
+      row_stats(p.in0[t * p.inner + c / HALVES], (c % HALVES) * MVMUL_K, &s.row_top[rows_at + t * TILE],
+                &s.row_low[rows_at + t * TILE]);
     for (int ib = 0; ib < mb; ++ib) {
       int16_t span = -1;
       uint8_t special = 0;
       for (int i = ib * MR; i < ib * MR + MR; ++i) {
-        Stat st = row_stat(p.x(i, c));
-        s.rows[static_cast<size_t>(c) * m + i] = st;
+        Stat st{s.row_top[rows_at + i], s.row_low[rows_at + i]};
         if (st.top) span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
         special |= st.special();
       }
@@ -357,7 +400,8 @@ void measure(Problem& p) {
     }
     // in1's columns: 16 rows of a tile, vectorised across its 32 columns
     for (int t = 0; t < p.cols; ++t) {
-      uint32_t top[TILE], low[TILE];
+      uint32_t* top = &s.col_top[cols_at + t * TILE];
+      uint32_t* low = &s.col_low[cols_at + t * TILE];
       std::fill(top, top + TILE, 0u);
       std::fill(low, low + TILE, 0xFFFFFFFFu);
       const float* base = p.y(c, t * TILE);
@@ -367,17 +411,12 @@ void measure(Problem& p) {
           top[j] = std::max(top[j], u);
           low[j] = std::min(low[j], u - 1);
         }
-      for (int j = 0; j < TILE; ++j) {
-        Stat& st = s.cols[static_cast<size_t>(c) * n + t * TILE + j];
-        st.top = top[j];
-        st.low = low[j];
-      }
     }
     for (int jb = 0; jb < nb; ++jb) {
       int16_t span = 0;
       uint8_t special = 0;
       for (int j = jb * NR; j < jb * NR + NR; ++j) {
-        const Stat& st = s.cols[static_cast<size_t>(c) * n + j];
+        Stat st{s.col_top[cols_at + j], s.col_low[cols_at + j]};
         span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
         special |= st.special();
       }
@@ -435,9 +474,9 @@ void pack_in0_block(const Problem& p, int ib, double* out) {
 // fail it, and chunks with an inf or NaN operand, the exact path.
 void block_partials(const Problem& p, int c, int i0, int j0, const double* sums, float* out) {
   for (int r = 0; r < MR; ++r) {
-    const Stat& row = p.row(c, i0 + r);
+    const Stat row = p.row(c, i0 + r);
     for (int q = 0; q < NR; ++q) {
-      const Stat& col = p.col(c, j0 + q);
+      const Stat col = p.col(c, j0 + q);
       double s = sums[r * NR + q];
       float& partial = out[r * NR + q];
       const float* x = p.x(i0 + r, c);
@@ -620,12 +659,12 @@ bool chain_stays_normal(const Problem& p, float* const* dst, int tiles) {
   const Scratch& s = *p.s;
   uint32_t x_top = 0, y_top = 0, low = 0xFFFFFFFFu;
   for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.m; i < count; ++i) {
-    x_top = std::max(x_top, s.rows[i].top);
-    low = std::min(low, s.rows[i].low);
+    x_top = std::max(x_top, s.row_top[i]);
+    low = std::min(low, s.row_low[i]);
   }
   for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.n; i < count; ++i) {
-    y_top = std::max(y_top, s.cols[i].top);
-    low = std::min(low, s.cols[i].low);
+    y_top = std::max(y_top, s.col_top[i]);
+    low = std::min(low, s.col_low[i]);
   }
   if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
   // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
