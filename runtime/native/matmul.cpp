@@ -454,15 +454,27 @@ void pack_in1(const Problem& p) {
 // One register block of in0's rows packed: [C][MR][kc], broadcast one element at a time.
 template <int KC>
 void pack_in0_block(const Problem& p, int ib, double* out) {
-  const bool high = p.fidelity != Fidelity::HIFI4;
+  typedef uint32_t v8u __attribute__((vector_size(32)));
+  const uint32_t mask = p.fidelity != Fidelity::HIFI4 ? kMaskB : 0xFFFFFFFFu;
   for (int c = 0; c < p.chunks; ++c)
     for (int r = 0; r < MR; ++r) {
       const float* row = p.x(ib * MR + r, c);
       double* to = out + (static_cast<size_t>(c) * MR + r) * KC;
-      for (int k = 0; k < MVMUL_K; ++k) {
-        float hi = float_of(bits_of(row[k]) & kMaskB);
-        to[k] = high ? hi : row[k];
-        if (KC == 2 * MVMUL_K) to[MVMUL_K + k] = static_cast<double>(row[k]) - static_cast<double>(hi);
+      for (int h = 0; h < MVMUL_K; h += VL) {
+        v8f v = load8f(row + h);
+        v8u u;
+        std::memcpy(&u, &v, sizeof u);
+        u &= mask;
+        v8f part;
+        std::memcpy(&part, &u, sizeof part);
+        store8(to + h, __builtin_convertvector(part, v8d));
+        if constexpr (KC == 2 * MVMUL_K) {  // HiFi3: hi(x), then lo(x) = x - hi(x) (exact)
+          u &= kMaskB;
+          std::memcpy(&part, &u, sizeof part);
+          v8d hi = __builtin_convertvector(part, v8d);
+          store8(to + h, hi);
+          store8(to + MVMUL_K + h, __builtin_convertvector(v, v8d) - hi);
+        }
       }
     }
 }
