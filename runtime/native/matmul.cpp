@@ -305,6 +305,8 @@ struct Problem {
   Fidelity fidelity;
   int limit;
   bool chain_normal = false;  // every Dst sum of every chain provably in bf16's normal range
+  uint32_t in0_top = 0, in0_low = 0xFFFFFFFFu;  // Stat of all of in0 and of all of in1
+  uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;
   Scratch* s;
 
   // in0 row i of chunk c: 16 contiguous values
@@ -355,74 +357,64 @@ inline v16u reduce16(const v16u* v) {
   return __builtin_shuffle(z, v16i{0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15});
 }
 
-// Statistics of in0's rows in one chunk of a tile: the 32 rows' 16 values from column `first`, into top[0, 32)
-// and low[0, 32).
-inline void row_stats(const float* tile, int first, uint32_t* top, uint32_t* low) {
-  for (int r0 = 0; r0 < TILE; r0 += 16) {
-    v16u u[16], w[16];
-    for (int r = 0; r < 16; ++r) {
-      u[r] = load16u(tile + (r0 + r) * TILE + first) & 0x7FFFFFFFu;
-      w[r] = u[r] - 1;  // a zero wraps to the top
-    }
-    v16u t = reduce16<true>(u), l = reduce16<false>(w);
-    std::memcpy(top + r0, &t, sizeof t);
-    std::memcpy(low + r0, &l, sizeof l);
+// Span statistics of 16 rows or columns from their Stat fields: Stat::span(), -1 for all zero values and
+// kSpecialSpan for an inf or NaN, so that a block's largest tells all three.
+constexpr int kSpecialSpan = 0x4000;
+inline v16i spans16(v16u top, v16u low) {
+  const v16u one = v16u{} + 1;
+  v16u top_field = top >> 23, low_field = (low + 1) >> 23;
+  top_field = top_field > one ? top_field : one;
+  low_field = low_field > one ? low_field : one;
+  v16i span = (v16i)(top_field - low_field);
+  span = top == 0 ? -1 : span;
+  return top >= 0x7F800000u ? kSpecialSpan : span;
+}
+
+// The block spans of 16 rows or columns: the largest span of each group of `size` (MR or NR) in
+// span[0, count), into block_span and block_special from `first` on; zero groups keep -1 when `zero` is.
+inline void block_spans(const int* span, int count, int size, int16_t* block_span, uint8_t* block_special,
+                        int16_t zero) {
+  for (int g = 0; g < count / size; ++g) {
+    int largest = -1;
+    for (int i = 0; i < size; ++i) largest = std::max(largest, span[g * size + i]);
+    block_special[g] = largest >= kSpecialSpan;
+    block_span[g] = static_cast<int16_t>(largest < 0 ? zero : largest);
   }
 }
 
-// The statistics of every in0 row and in1 column of every chunk, and of their register blocks.
-void measure(Problem& p) {
+// The statistics of every in0 row of every chunk (16 values), of their register blocks and of all of in0.
+// Rows of a tile take a butterfly 16 at a time.
+void measure_in0(Problem& p) {
   Scratch& s = *p.s;
-  const int m = p.m, n = p.n, chunks = p.chunks, mb = p.mb, nb = p.nb;
+  const int m = p.m, chunks = p.chunks, mb = p.mb;
   s.row_top.resize(static_cast<size_t>(chunks) * m);
   s.row_low.resize(static_cast<size_t>(chunks) * m);
-  s.col_top.resize(static_cast<size_t>(chunks) * n);
-  s.col_low.resize(static_cast<size_t>(chunks) * n);
   s.row_block_span.resize(static_cast<size_t>(chunks) * mb);
-  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
   s.row_block_special.resize(static_cast<size_t>(chunks) * mb);
-  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
-  for (int c = 0; c < chunks; ++c) {
-    const size_t rows_at = static_cast<size_t>(c) * m, cols_at = static_cast<size_t>(c) * n;
-    for (int t = 0; t < p.rows; ++t)
-      row_stats(p.in0[t * p.inner + c / HALVES], (c % HALVES) * MVMUL_K, &s.row_top[rows_at + t * TILE],
-                &s.row_low[rows_at + t * TILE]);
-    for (int ib = 0; ib < mb; ++ib) {
-      int16_t span = -1;
-      uint8_t special = 0;
-      for (int i = ib * MR; i < ib * MR + MR; ++i) {
-        Stat st{s.row_top[rows_at + i], s.row_low[rows_at + i]};
-        if (st.top) span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
-        special |= st.special();
+  v16u all_top{}, all_low = ~v16u{};
+  for (int c = 0; c < chunks; ++c)
+    for (int i0 = 0; i0 < m; i0 += 16) {
+      const float* tile = p.x(i0, c);
+      v16u u[16], w[16];
+      for (int r = 0; r < 16; ++r) {
+        u[r] = load16u(tile + r * TILE) & 0x7FFFFFFFu;
+        w[r] = u[r] - 1;  // a zero wraps to the top
       }
-      s.row_block_span[static_cast<size_t>(c) * mb + ib] = span;
-      s.row_block_special[static_cast<size_t>(c) * mb + ib] = special;
+      v16u top = reduce16<true>(u), low = reduce16<false>(w);
+      const size_t at = static_cast<size_t>(c) * m + i0;
+      std::memcpy(&s.row_top[at], &top, sizeof top);
+      std::memcpy(&s.row_low[at], &low, sizeof low);
+      all_top = all_top > top ? all_top : top;
+      all_low = all_low < low ? all_low : low;
+      v16i span = spans16(top, low);
+      int spans[16];
+      std::memcpy(spans, &span, sizeof spans);
+      const size_t block = static_cast<size_t>(c) * mb + i0 / MR;
+      block_spans(spans, 16, MR, &s.row_block_span[block], &s.row_block_special[block], -1);
     }
-    // in1's columns: 16 rows of a tile, vectorised across its 32 columns
-    for (int t = 0; t < p.cols; ++t) {
-      uint32_t* top = &s.col_top[cols_at + t * TILE];
-      uint32_t* low = &s.col_low[cols_at + t * TILE];
-      std::fill(top, top + TILE, 0u);
-      std::fill(low, low + TILE, 0xFFFFFFFFu);
-      const float* base = p.y(c, t * TILE);
-      for (int k = 0; k < MVMUL_K; ++k)
-        for (int j = 0; j < TILE; ++j) {
-          uint32_t u = bits_of(base[k * TILE + j]) & 0x7FFFFFFFu;
-          top[j] = std::max(top[j], u);
-          low[j] = std::min(low[j], u - 1);
-        }
-    }
-    for (int jb = 0; jb < nb; ++jb) {
-      int16_t span = 0;
-      uint8_t special = 0;
-      for (int j = jb * NR; j < jb * NR + NR; ++j) {
-        Stat st{s.col_top[cols_at + j], s.col_low[cols_at + j]};
-        span = std::max<int16_t>(span, static_cast<int16_t>(st.span()));
-        special |= st.special();
-      }
-      s.col_block_span[static_cast<size_t>(c) * nb + jb] = span;
-      s.col_block_special[static_cast<size_t>(c) * nb + jb] = special;
-    }
+  for (int l = 0; l < 16; ++l) {
+    p.in0_top = std::max(p.in0_top, all_top[l]);
+    p.in0_low = std::min(p.in0_low, all_low[l]);
   }
 }
 
@@ -430,25 +422,67 @@ void measure(Problem& p) {
 // and lo(x) hi(y), its chunks 32 products long. An inf or NaN operand never reaches the kernel's sums (its
 // chunks take special_partial), so the masks ignore them.
 
-// in1 packed for the kernel: [C][N / NR][kc][NR], one vector load per k and column vector.
+// in1 packed for the kernel ([C][N / NR][kc][NR], one vector load per k and column vector) and measured
+// (the statistics of its columns of every chunk, of their register blocks and of all of in1), in one pass
+// over each tile's 16 rows of a chunk, vectorised across its 32 columns.
 template <int KC>
-void pack_in1(const Problem& p) {
-  const bool high = p.fidelity == Fidelity::LOFI;
-  p.s->b.resize(static_cast<size_t>(p.chunks) * p.n * KC);
-  for (int c = 0; c < p.chunks; ++c)
-    for (int jb = 0; jb < p.nb; ++jb) {
-      double* block = &p.s->b[(static_cast<size_t>(c) * p.nb + jb) * KC * NR];
-      const float* column = p.y(c, jb * NR);
-      for (int k = 0; k < MVMUL_K; ++k) {
-        const float* line = column + k * TILE;
-        for (int q = 0; q < NR; ++q) {
-          float v = line[q];
-          float hi = float_of(bits_of(v) & kMaskA);
-          block[k * NR + q] = high ? hi : v;
-          if (KC == 2 * MVMUL_K) block[(MVMUL_K + k) * NR + q] = hi;
-        }
+void pack_in1(Problem& p) {
+  Scratch& s = *p.s;
+  const int n = p.n, chunks = p.chunks, nb = p.nb;
+  s.b.resize(static_cast<size_t>(chunks) * n * KC);
+  s.col_top.resize(static_cast<size_t>(chunks) * n);
+  s.col_low.resize(static_cast<size_t>(chunks) * n);
+  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
+  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
+  const uint32_t mask = p.fidelity == Fidelity::LOFI ? kMaskA : 0xFFFFFFFFu;
+  constexpr int H = TILE / 16;  // 16-lane vectors per tile row
+  v16u all_top{}, all_low = ~v16u{};
+  for (int c = 0; c < chunks; ++c)
+    for (int j0 = 0; j0 < n; j0 += TILE) {
+      const float* rows = p.y(c, j0);
+      v16u top[H], low[H];
+      for (int h = 0; h < H; ++h) {
+        top[h] = v16u{};
+        low[h] = ~v16u{};
       }
+      for (int k = 0; k < MVMUL_K; ++k)
+        for (int h = 0; h < H; ++h) {
+          const float* line = rows + k * TILE + h * 16;
+          v16u bits = load16u(line), u = bits & 0x7FFFFFFFu;
+          top[h] = top[h] > u ? top[h] : u;
+          low[h] = low[h] < u - 1 ? low[h] : u - 1;  // a zero wraps to the top
+          for (int e = 0; e < 16; e += VL) {  // columns j0 + h * 16 + e ...: a block's q, its k row
+            const int j = j0 + h * 16 + e;
+            double* block = &s.b[((static_cast<size_t>(c) * nb + j / NR) * KC + k) * NR + j % NR];
+            v8f v = load8f(line + e);
+            typedef uint32_t v8u __attribute__((vector_size(32)));
+            v8u vu;
+            std::memcpy(&vu, &v, sizeof vu);
+            v8u part_bits = vu & mask, hi_bits = vu & kMaskA;
+            v8f part, hi;
+            std::memcpy(&part, &part_bits, sizeof part);
+            std::memcpy(&hi, &hi_bits, sizeof hi);
+            store8(block, __builtin_convertvector(part, v8d));
+            if constexpr (KC == 2 * MVMUL_K) store8(block + MVMUL_K * NR, __builtin_convertvector(hi, v8d));
+          }
+        }
+      int spans[TILE];
+      for (int h = 0; h < H; ++h) {
+        const size_t at = static_cast<size_t>(c) * n + j0 + h * 16;
+        std::memcpy(&s.col_top[at], &top[h], sizeof top[h]);
+        std::memcpy(&s.col_low[at], &low[h], sizeof low[h]);
+        all_top = all_top > top[h] ? all_top : top[h];
+        all_low = all_low < low[h] ? all_low : low[h];
+        v16i span = spans16(top[h], low[h]);
+        std::memcpy(spans + h * 16, &span, sizeof span);
+      }
+      const size_t block = static_cast<size_t>(c) * nb + j0 / NR;
+      block_spans(spans, TILE, NR, &s.col_block_span[block], &s.col_block_special[block], 0);
     }
+  for (int l = 0; l < 16; ++l) {
+    p.in1_top = std::max(p.in1_top, all_top[l]);
+    p.in1_low = std::min(p.in1_low, all_low[l]);
+  }
 }
 
 // One register block of in0's rows packed: [C][MR][kc], broadcast one element at a time.
@@ -668,16 +702,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
 // 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
 // 2**-8 (float64's addition by 2**-53).
 bool chain_stays_normal(const Problem& p, float* const* dst, int tiles) {
-  const Scratch& s = *p.s;
-  uint32_t x_top = 0, y_top = 0, low = 0xFFFFFFFFu;
-  for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.m; i < count; ++i) {
-    x_top = std::max(x_top, s.row_top[i]);
-    low = std::min(low, s.row_low[i]);
-  }
-  for (size_t i = 0, count = static_cast<size_t>(p.chunks) * p.n; i < count; ++i) {
-    y_top = std::max(y_top, s.col_top[i]);
-    low = std::min(low, s.col_low[i]);
-  }
+  const uint32_t x_top = p.in0_top, y_top = p.in1_top, low = std::min(p.in0_low, p.in1_low);
   if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
   // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
   if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
@@ -733,13 +758,16 @@ void matmul_block(float* const* dst, const float* const* a, const float* const* 
   p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
   p.fidelity = fidelity;
   p.limit = span_limit(fidelity);
-  measure(p);
-  if (format == DstFormat::BF16) p.chain_normal = chain_stays_normal(p, dst, rows * cols);
+  measure_in0(p);
   if (p.kc == MVMUL_K) {
     pack_in1<MVMUL_K>(p);
-    run<MVMUL_K>(p, dst, format);
   } else {
     pack_in1<2 * MVMUL_K>(p);
+  }
+  if (format == DstFormat::BF16) p.chain_normal = chain_stays_normal(p, dst, rows * cols);
+  if (p.kc == MVMUL_K) {
+    run<MVMUL_K>(p, dst, format);
+  } else {
     run<2 * MVMUL_K>(p, dst, format);
   }
 }
