@@ -303,11 +303,11 @@ inline v8f narrow(v8d v) {
 struct Scratch {
   std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
   std::vector<double> b;  // in1's parts, [C][N / NR][kc][NR]
-  std::vector<uint32_t> row_top, row_low;  // Stat of in0's rows, [C][M]
+  std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
+  std::vector<uint8_t> row_block_special;  // [C]
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
-  std::vector<int16_t> row_block_span;  // [C][M / MR] largest span of the block's rows (-1: all zero)
-  std::vector<int16_t> col_block_span;  // [C][N / NR]
-  std::vector<uint8_t> row_block_special, col_block_special;
+  std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns
+  std::vector<uint8_t> col_block_special;
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
 };
@@ -320,9 +320,9 @@ struct Problem {
   int m, n, chunks, kc, mb, nb;  // rows, columns, 16-element chunks, products per chunk (16, HiFi3 32), blocks
   Fidelity fidelity;
   int limit;
-  bool chain_normal = false;  // every Dst sum of every chain provably in bf16's normal range
-  uint32_t in0_top = 0, in0_low = 0xFFFFFFFFu;  // Stat of all of in0 and of all of in1
-  uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;
+  uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;  // Stat of all of in1
+  bool dst_fine = false;  // bf16 Dst, every value 0 or finite and at least 2**-103 (chain_stays_normal)
+  double dst_largest = 0;  // the largest Dst magnitude
   Scratch* s;
 
   // in0 row i of chunk c: 16 contiguous values
@@ -332,10 +332,6 @@ struct Problem {
   // in1 column j of chunk c: 16 values, TILE apart
   const float* y(int c, int j) const {
     return in1[(c / HALVES) * cols + j / TILE] + (c % HALVES) * MVMUL_K * TILE + j % TILE;
-  }
-  Stat row(int c, int i) const {
-    size_t at = static_cast<size_t>(c) * m + i;
-    return {s->row_top[at], s->row_low[at]};
   }
   Stat col(int c, int j) const {
     size_t at = static_cast<size_t>(c) * n + j;
@@ -395,42 +391,6 @@ inline void block_spans(const int* span, int count, int size, int16_t* block_spa
     for (int i = 0; i < size; ++i) largest = std::max(largest, span[g * size + i]);
     block_special[g] = largest >= kSpecialSpan;
     block_span[g] = static_cast<int16_t>(largest < 0 ? zero : largest);
-  }
-}
-
-// The statistics of every in0 row of every chunk (16 values), of their register blocks and of all of in0.
-// Rows of a tile take a butterfly 16 at a time.
-void measure_in0(Problem& p) {
-  Scratch& s = *p.s;
-  const int m = p.m, chunks = p.chunks, mb = p.mb;
-  s.row_top.resize(static_cast<size_t>(chunks) * m);
-  s.row_low.resize(static_cast<size_t>(chunks) * m);
-  s.row_block_span.resize(static_cast<size_t>(chunks) * mb);
-  s.row_block_special.resize(static_cast<size_t>(chunks) * mb);
-  v16u all_top{}, all_low = ~v16u{};
-  for (int c = 0; c < chunks; ++c)
-    for (int i0 = 0; i0 < m; i0 += 16) {
-      const float* tile = p.x(i0, c);
-      v16u u[16], w[16];
-      for (int r = 0; r < 16; ++r) {
-        u[r] = load16u(tile + r * TILE) & 0x7FFFFFFFu;
-        w[r] = u[r] - 1;  // a zero wraps to the top
-      }
-      v16u top = reduce16<true>(u), low = reduce16<false>(w);
-      const size_t at = static_cast<size_t>(c) * m + i0;
-      std::memcpy(&s.row_top[at], &top, sizeof top);
-      std::memcpy(&s.row_low[at], &low, sizeof low);
-      all_top = all_top > top ? all_top : top;
-      all_low = all_low < low ? all_low : low;
-      v16i span = spans16(top, low);
-      int spans[16];
-      std::memcpy(spans, &span, sizeof spans);
-      const size_t block = static_cast<size_t>(c) * mb + i0 / MR;
-      block_spans(spans, 16, MR, &s.row_block_span[block], &s.row_block_special[block], -1);
-    }
-  for (int l = 0; l < 16; ++l) {
-    p.in0_top = std::max(p.in0_top, all_top[l]);
-    p.in0_low = std::min(p.in0_low, all_low[l]);
   }
 }
 
@@ -501,32 +461,66 @@ void pack_in1(Problem& p) {
   }
 }
 
-// One register block of in0's rows packed: [C][MR][kc], broadcast one element at a time.
+// Statistics of 16 contiguous values (an in0 row of a chunk).
+inline Stat row_stat(const float* values) {
+  Stat s;
+  for (int k = 0; k < MVMUL_K; ++k) {
+    uint32_t u = bits_of(values[k]) & 0x7FFFFFFFu;
+    s.top = std::max(s.top, u);
+    s.low = std::min(s.low, u - 1);  // a zero wraps to the top
+  }
+  return s;
+}
+
+// One register block of in0's rows packed ([C][MR][kc], broadcast one element at a time) and measured: the
+// Stat of each chunk's MR x 16 values together, whose span bounds every row's (into s.row_block_span and
+// s.row_block_special), and of all of them (returned). A chunk's block statistics come from vertical
+// maxima and minima over its rows; a butterfly then reduces 8 chunks' (their tops, and their lows
+// inverted, so that one maximum serves both) at a time.
 template <int KC>
-void pack_in0_block(const Problem& p, int ib, double* out) {
+Stat pack_in0_block(const Problem& p, int ib) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
+  Scratch& s = *p.s;
   const uint32_t mask = p.fidelity != Fidelity::HIFI4 ? kMaskB : 0xFFFFFFFFu;
-  for (int c = 0; c < p.chunks; ++c)
+  Stat all;
+  v16u group[16];
+  for (int c = 0; c < p.chunks; ++c) {
+    v16u top{}, low = ~v16u{};
     for (int r = 0; r < MR; ++r) {
       const float* row = p.x(ib * MR + r, c);
-      double* to = out + (static_cast<size_t>(c) * MR + r) * KC;
+      v16u u = load16u(row) & 0x7FFFFFFFu;
+      top = top > u ? top : u;
+      low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
+      double* to = &s.a[(static_cast<size_t>(c) * MR + r) * KC];
       for (int h = 0; h < MVMUL_K; h += VL) {
         v8f v = load8f(row + h);
-        v8u u;
-        std::memcpy(&u, &v, sizeof u);
-        u &= mask;
+        v8u bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        bits &= mask;
         v8f part;
-        std::memcpy(&part, &u, sizeof part);
+        std::memcpy(&part, &bits, sizeof part);
         store8(to + h, widen(part));
         if constexpr (KC == 2 * MVMUL_K) {  // HiFi3: hi(x), then lo(x) = x - hi(x) (exact)
-          u &= kMaskB;
-          std::memcpy(&part, &u, sizeof part);
-          v8d hi = widen(part);
-          store8(to + h, hi);
-          store8(to + MVMUL_K + h, widen(v) - hi);
+          store8(to + MVMUL_K + h, widen(v) - widen(part));
         }
       }
     }
+    group[c % 8] = top;
+    group[8 + c % 8] = ~low;
+    if (c % 8 == 7 || c == p.chunks - 1) {
+      for (int g = c % 8 + 1; g < 8; ++g) group[g] = group[8 + g] = v16u{};
+      v16u reduced = reduce16<true>(group);
+      for (int g = 0; g <= c % 8; ++g) {
+        const Stat st{reduced[g], ~reduced[8 + g]};
+        const int chunk = c - c % 8 + g;
+        s.row_block_special[chunk] = st.special();
+        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        all.top = std::max(all.top, st.top);
+        all.low = std::min(all.low, st.low);
+      }
+    }
+  }
+  return all;
 }
 
 // float32 partials of one register block and chunk from its float64 sums, when the block is not proven
@@ -536,7 +530,7 @@ void pack_in0_block(const Problem& p, int ib, double* out) {
 // fail it, and chunks with an inf or NaN operand, the exact path.
 void block_partials(const Problem& p, int c, int i0, int j0, const double* sums, float* out) {
   for (int r = 0; r < MR; ++r) {
-    const Stat row = p.row(c, i0 + r);
+    const Stat row = row_stat(p.x(i0 + r, c));
     for (int q = 0; q < NR; ++q) {
       const Stat col = p.col(c, j0 + q);
       double s = sums[r * NR + q];
@@ -643,6 +637,38 @@ inline void micro_kernel(const double* __restrict a, const double* __restrict b,
     }
 }
 
+// Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) provably stays 0 or in
+// [2**-126, 2**127), where Veltkamp's split is
+// bf16's rounding (runtime/numerics.py _ranges_keep_normal and _stays_normal, the same argument): Dst
+// holds 0 or multiples of 2**-126 (finite values that are 0 or at least 2**-103); nonzero operands of at
+// least 2**-44 make every chunk sum a multiple of 2**-102, so every partial is 0 or at least 2**-102; sums
+// of such values and their bf16 roundings stay multiples of 2**-126. High end: each step adds at most
+// 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
+// 2**-8 (float64's addition by 2**-53).
+bool chain_stays_normal(const Problem& p, const Stat& rows) {
+  if (!p.dst_fine) return false;
+  const uint32_t x_top = rows.top, y_top = p.in1_top, low = std::min(rows.low, p.in1_low);
+  if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
+  // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
+  if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
+  double largest_partial =
+      MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
+  return (p.dst_largest + p.chunks * largest_partial) * std::pow(1 + 0x1p-7, p.chunks) < 0x1p126;
+}
+
+// Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
+void measure_dst(Problem& p, float* const* dst, int tiles) {
+  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
+  for (int t = 0; t < tiles; ++t)
+    for (int e = 0; e < TILE_ELEMS; ++e) {
+      uint32_t u = bits_of(dst[t][e]) & 0x7FFFFFFFu;
+      dst_top = std::max(dst_top, u);
+      dst_low = std::min(dst_low, u - 1);  // a zero wraps to the top
+    }
+  p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
+  p.dst_largest = static_cast<double>(float_of(dst_top));
+}
+
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
 inline float* dst_row(float* const* dst, int cols, int i, int j0) {
   return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
@@ -653,12 +679,15 @@ void run(Problem& p, float* const* dst, DstFormat format) {
   Scratch& s = *p.s;
   const int mb = p.mb, nb = p.nb;
   s.a.resize(static_cast<size_t>(p.chunks) * MR * KC);
+  s.row_block_span.resize(p.chunks);
+  s.row_block_special.resize(p.chunks);
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
-    pack_in0_block<KC>(p, ib, s.a.data());
+    const Stat rows = pack_in0_block<KC>(p, ib);
+    const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
     for (int jb = 0; jb < nb; ++jb) {
       const int i0 = ib * MR, j0 = jb * NR;
       for (int r = 0; r < MR; ++r) {
@@ -670,16 +699,16 @@ void run(Problem& p, float* const* dst, DstFormat format) {
         }
       }
       for (int c = 0; c < p.chunks; ++c) {
-        const size_t rb = static_cast<size_t>(c) * mb + ib, cb = static_cast<size_t>(c) * nb + jb;
-        const int row_span = s.row_block_span[rb];
-        const bool special = s.row_block_special[rb] || s.col_block_special[cb];
+        const size_t cb = static_cast<size_t>(c) * nb + jb;
+        const int row_span = s.row_block_span[c];
+        const bool special = s.row_block_special[c] || s.col_block_special[cb];
         if (row_span < 0 && !special) {
           std::fill(sums, sums + MR * NR, 0.0);  // rows of zeros: exact +0 partials
         } else {
           const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
           const double* b_block = &s.b[cb * KC * NR];
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
-          if (exact && p.chain_normal) {
+          if (exact && chain_normal) {
             micro_kernel<KC, true>(a_block, b_block, d);
             continue;
           }
@@ -690,7 +719,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
             continue;
           }
         }
-        if (p.chain_normal) {
+        if (chain_normal) {
           block_chain<true, false>(d, sums, partials, format);
         } else {
           block_chain<true, true>(d, sums, partials, format);
@@ -701,40 +730,13 @@ void run(Problem& p, float* const* dst, DstFormat format) {
         for (int v = 0; v < NV; ++v) {
           v8d value = load8(d + r * NR + v * VL);
           store8f(to + v * VL, narrow(value));
-          if (!p.chain_normal)  // a NaN result is the definition's NaN for its chain
+          if (!chain_normal)  // a NaN result is the definition's NaN for its chain
             for (int q = 0; q < VL; ++q)
               if (std::isnan(value[q])) to[v * VL + q] = chain_nan(start[r * NR + v * VL + q], format);
         }
       }
     }
   }
-}
-
-// Whether every Dst sum of every chain provably stays 0 or in [2**-126, 2**127), where Veltkamp's split is
-// bf16's rounding (runtime/numerics.py _ranges_keep_normal and _stays_normal, the same argument): Dst
-// holds 0 or multiples of 2**-126 (finite values that are 0 or at least 2**-103); nonzero operands of at
-// least 2**-44 make every chunk sum a multiple of 2**-102, so every partial is 0 or at least 2**-102; sums
-// of such values and their bf16 roundings stay multiples of 2**-126. High end: each step adds at most
-// 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
-// 2**-8 (float64's addition by 2**-53).
-bool chain_stays_normal(const Problem& p, float* const* dst, int tiles) {
-  const uint32_t x_top = p.in0_top, y_top = p.in1_top, low = std::min(p.in0_low, p.in1_low);
-  if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
-  // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
-  if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
-  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
-  for (int t = 0; t < tiles; ++t)
-    for (int e = 0; e < TILE_ELEMS; ++e) {
-      uint32_t u = bits_of(dst[t][e]) & 0x7FFFFFFFu;
-      dst_top = std::max(dst_top, u);
-      dst_low = std::min(dst_low, u - 1);  // a zero wraps to the top
-    }
-  // every Dst value 0 or finite and at least 2**-103
-  if (dst_top >= 0x7F800000u || dst_low < bits_of(0x1p-103f) - 1) return false;
-  double largest_partial =
-      MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
-  return (static_cast<double>(float_of(dst_top)) + p.chunks * largest_partial) * std::pow(1 + 0x1p-7, p.chunks) <
-         0x1p126;
 }
 
 // A caller's operand tiles rounded to bf16 (an f16 or float32 operand), in the scratch space.
@@ -774,13 +776,12 @@ void matmul_block(float* const* dst, const float* const* a, const float* const* 
   p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
   p.fidelity = fidelity;
   p.limit = span_limit(fidelity);
-  measure_in0(p);
   if (p.kc == MVMUL_K) {
     pack_in1<MVMUL_K>(p);
   } else {
     pack_in1<2 * MVMUL_K>(p);
   }
-  if (format == DstFormat::BF16) p.chain_normal = chain_stays_normal(p, dst, rows * cols);
+  if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
   if (p.kc == MVMUL_K) {
     run<MVMUL_K>(p, dst, format);
   } else {
