@@ -323,6 +323,7 @@ struct Problem {
   uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;  // Stat of all of in1
   bool dst_fine = false;  // bf16 Dst, every value 0 or finite and at least 2**-103 (chain_stays_normal)
   double dst_largest = 0;  // the largest Dst magnitude
+  double growth = 0;  // (1 + 2**-7)**chunks: how much the chain's roundings can grow a value
   Scratch* s;
 
   // in0 row i of chunk c: 16 contiguous values
@@ -653,7 +654,7 @@ bool chain_stays_normal(const Problem& p, const Stat& rows) {
   if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
   double largest_partial =
       MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
-  return (p.dst_largest + p.chunks * largest_partial) * std::pow(1 + 0x1p-7, p.chunks) < 0x1p126;
+  return (p.dst_largest + p.chunks * largest_partial) * p.growth < 0x1p126;
 }
 
 // Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
@@ -667,6 +668,7 @@ void measure_dst(Problem& p, float* const* dst, int tiles) {
     }
   p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
   p.dst_largest = static_cast<double>(float_of(dst_top));
+  p.growth = std::pow(1 + 0x1p-7, p.chunks);
 }
 
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
