@@ -478,11 +478,11 @@ inline Stat row_stat(const float* values) {
 // s.row_block_special), and of all of them (returned). A chunk's block statistics come from vertical
 // maxima and minima over its rows; a butterfly then reduces 8 chunks' (their tops, and their lows
 // inverted, so that one maximum serves both) at a time.
-template <int KC>
+// kSplit: the fidelity multiplies hi(x) (all but HiFi4).
+template <int KC, bool kSplit>
 Stat pack_in0_block(const Problem& p, int ib) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
-  const uint32_t mask = p.fidelity != Fidelity::HIFI4 ? kMaskB : 0xFFFFFFFFu;
   Stat all;
   v16u group[16];
   for (int c = 0; c < p.chunks; ++c) {
@@ -494,12 +494,13 @@ Stat pack_in0_block(const Problem& p, int ib) {
       low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
       double* to = &s.a[(static_cast<size_t>(c) * MR + r) * KC];
       for (int h = 0; h < MVMUL_K; h += VL) {
-        v8f v = load8f(row + h);
-        v8u bits;
-        std::memcpy(&bits, &v, sizeof bits);
-        bits &= mask;
-        v8f part;
-        std::memcpy(&part, &bits, sizeof part);
+        v8f v = load8f(row + h), part = v;
+        if constexpr (kSplit) {
+          v8u bits;
+          std::memcpy(&bits, &v, sizeof bits);
+          bits &= kMaskB;
+          std::memcpy(&part, &bits, sizeof part);
+        }
         store8(to + h, widen(part));
         if constexpr (KC == 2 * MVMUL_K) {  // HiFi3: hi(x), then lo(x) = x - hi(x) (exact)
           store8(to + MVMUL_K + h, widen(v) - widen(part));
@@ -688,7 +689,8 @@ void run(Problem& p, float* const* dst, DstFormat format) {
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
-    const Stat rows = pack_in0_block<KC>(p, ib);
+    const Stat rows =
+        p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false>(p, ib) : pack_in0_block<KC, true>(p, ib);
     const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
     for (int jb = 0; jb < nb; ++jb) {
       const int i0 = ib * MR, j0 = jb * NR;
