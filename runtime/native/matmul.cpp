@@ -483,16 +483,18 @@ template <int KC, bool kSplit>
 Stat pack_in0_block(const Problem& p, int ib) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
+  double* const packed = s.a.data();
   Stat all;
   v16u group[16];
   for (int c = 0; c < p.chunks; ++c) {
     v16u top{}, low = ~v16u{};
-    for (int r = 0; r < MR; ++r) {
-      const float* row = p.x(ib * MR + r, c);
+    const float* first = p.x(ib * MR, c);  // the block's rows lie in one tile, TILE apart
+    double* to = packed + static_cast<size_t>(c) * MR * KC;
+    for (int r = 0; r < MR; ++r, to += KC) {
+      const float* row = first + r * TILE;
       v16u u = load16u(row) & 0x7FFFFFFFu;
       top = top > u ? top : u;
       low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
-      double* to = &s.a[(static_cast<size_t>(c) * MR + r) * KC];
       for (int h = 0; h < MVMUL_K; h += VL) {
         v8f v = load8f(row + h), part = v;
         if constexpr (kSplit) {
@@ -692,6 +694,9 @@ void run(Problem& p, float* const* dst, DstFormat format) {
     const Stat rows =
         p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false>(p, ib) : pack_in0_block<KC, true>(p, ib);
     const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
+    if (ib + 1 < mb)  // the next row block's operand lines, fetched into L1 while this block computes
+      for (int c = 0; c < p.chunks; ++c)
+        for (int r = 0; r < MR; ++r) __builtin_prefetch(p.x((ib + 1) * MR + r, c));
     for (int jb = 0; jb < nb; ++jb) {
       const int i0 = ib * MR, j0 = jb * NR;
       for (int r = 0; r < MR; ++r) {
