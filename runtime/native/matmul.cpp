@@ -402,8 +402,10 @@ inline void block_spans(const int* span, int count, int size, int16_t* block_spa
 // in1 packed for the kernel ([C][N / NR][kc][NR], one vector load per k and column vector) and measured
 // (the statistics of its columns of every chunk, of their register blocks and of all of in1), in one pass
 // over each tile's 16 rows of a chunk, vectorised across its 32 columns.
-template <int KC>
+// kSplit: the fidelity multiplies hi(y) alone (LoFi).
+template <int KC, bool kSplit>
 void pack_in1(Problem& p) {
+  typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
   s.b.resize(static_cast<size_t>(chunks) * n * KC);
@@ -411,12 +413,17 @@ void pack_in1(Problem& p) {
   s.col_low.resize(static_cast<size_t>(chunks) * n);
   s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
   s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
-  const uint32_t mask = p.fidelity == Fidelity::LOFI ? kMaskA : 0xFFFFFFFFu;
+  double* const packed = s.b.data();
+  uint32_t* const col_top = s.col_top.data();
+  uint32_t* const col_low = s.col_low.data();
   constexpr int H = TILE / 16;  // 16-lane vectors per tile row
   v16u all_top{}, all_low = ~v16u{};
   for (int c = 0; c < chunks; ++c)
     for (int j0 = 0; j0 < n; j0 += TILE) {
       const float* rows = p.y(c, j0);
+      double* to[TILE / VL];  // where each 8 columns' k = 0 values go: a block's row, from its column q
+      for (int e = 0; e < TILE; e += VL)
+        to[e / VL] = packed + (static_cast<size_t>(c) * nb + (j0 + e) / NR) * KC * NR + (j0 + e) % NR;
       v16u top[H], low[H];
       for (int h = 0; h < H; ++h) {
         top[h] = v16u{};
@@ -425,20 +432,19 @@ void pack_in1(Problem& p) {
       for (int k = 0; k < MVMUL_K; ++k)
         for (int h = 0; h < H; ++h) {
           const float* line = rows + k * TILE + h * 16;
-          v16u bits = load16u(line), u = bits & 0x7FFFFFFFu;
+          v16u u = load16u(line) & 0x7FFFFFFFu;
           top[h] = top[h] > u ? top[h] : u;
           low[h] = low[h] < u - 1 ? low[h] : u - 1;  // a zero wraps to the top
-          for (int e = 0; e < 16; e += VL) {  // columns j0 + h * 16 + e ...: a block's q, its k row
-            const int j = j0 + h * 16 + e;
-            double* block = &s.b[((static_cast<size_t>(c) * nb + j / NR) * KC + k) * NR + j % NR];
-            v8f v = load8f(line + e);
-            typedef uint32_t v8u __attribute__((vector_size(32)));
-            v8u vu;
-            std::memcpy(&vu, &v, sizeof vu);
-            v8u part_bits = vu & mask, hi_bits = vu & kMaskA;
-            v8f part, hi;
-            std::memcpy(&part, &part_bits, sizeof part);
-            std::memcpy(&hi, &hi_bits, sizeof hi);
+          for (int e = 0; e < 16; e += VL) {
+            double* block = to[(h * 16 + e) / VL] + k * NR;
+            v8f v = load8f(line + e), part = v, hi = v;
+            if constexpr (kSplit || KC == 2 * MVMUL_K) {
+              v8u bits;
+              std::memcpy(&bits, &v, sizeof bits);
+              bits &= kMaskA;
+              std::memcpy(&hi, &bits, sizeof hi);
+            }
+            if constexpr (kSplit) part = hi;
             store8(block, widen(part));
             if constexpr (KC == 2 * MVMUL_K) store8(block + MVMUL_K * NR, widen(hi));
           }
@@ -446,8 +452,8 @@ void pack_in1(Problem& p) {
       int spans[TILE];
       for (int h = 0; h < H; ++h) {
         const size_t at = static_cast<size_t>(c) * n + j0 + h * 16;
-        std::memcpy(&s.col_top[at], &top[h], sizeof top[h]);
-        std::memcpy(&s.col_low[at], &low[h], sizeof low[h]);
+        std::memcpy(col_top + at, &top[h], sizeof top[h]);
+        std::memcpy(col_low + at, &low[h], sizeof low[h]);
         all_top = all_top > top[h] ? all_top : top[h];
         all_low = all_low < low[h] ? all_low : low[h];
         v16i span = spans16(top[h], low[h]);
@@ -662,13 +668,18 @@ bool chain_stays_normal(const Problem& p, const Stat& rows) {
 
 // Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
 void measure_dst(Problem& p, float* const* dst, int tiles) {
-  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
+  v16u top{}, low = ~v16u{};
   for (int t = 0; t < tiles; ++t)
-    for (int e = 0; e < TILE_ELEMS; ++e) {
-      uint32_t u = bits_of(dst[t][e]) & 0x7FFFFFFFu;
-      dst_top = std::max(dst_top, u);
-      dst_low = std::min(dst_low, u - 1);  // a zero wraps to the top
+    for (int e = 0; e < TILE_ELEMS; e += 16) {
+      v16u u = load16u(dst[t] + e) & 0x7FFFFFFFu;
+      top = top > u ? top : u;
+      low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
     }
+  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
+  for (int l = 0; l < 16; ++l) {
+    dst_top = std::max(dst_top, top[l]);
+    dst_low = std::min(dst_low, low[l]);
+  }
   p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
   p.dst_largest = static_cast<double>(float_of(dst_top));
   p.growth = std::pow(1 + 0x1p-7, p.chunks);
@@ -785,10 +796,12 @@ void matmul_block(float* const* dst, const float* const* a, const float* const* 
   p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
   p.fidelity = fidelity;
   p.limit = span_limit(fidelity);
-  if (p.kc == MVMUL_K) {
-    pack_in1<MVMUL_K>(p);
+  if (fidelity == Fidelity::HIFI3) {
+    pack_in1<2 * MVMUL_K, false>(p);
+  } else if (fidelity == Fidelity::LOFI) {
+    pack_in1<MVMUL_K, true>(p);
   } else {
-    pack_in1<2 * MVMUL_K>(p);
+    pack_in1<MVMUL_K, false>(p);
   }
   if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
   if (p.kc == MVMUL_K) {
