@@ -302,7 +302,7 @@ inline v8f narrow(v8d v) {
 // Scratch space of one thread's calls, kept between them (the executor runs cores on several threads).
 struct Scratch {
   std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
-  std::vector<double> b;  // in1's parts, [C][N / NR][kc][NR]
+  std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row
   std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
   std::vector<uint8_t> row_block_special;  // [C]
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
@@ -399,7 +399,7 @@ inline void block_spans(const int* span, int count, int size, int16_t* block_spa
 // and lo(x) hi(y), its chunks 32 products long. An inf or NaN operand never reaches the kernel's sums (its
 // chunks take special_partial), so the masks ignore them.
 
-// in1 packed for the kernel ([C][N / NR][kc][NR], one vector load per k and column vector) and measured
+// in1 packed for the kernel ([N / NR][C][kc][NR], one vector load per k and column vector) and measured
 // (the statistics of its columns of every chunk, of their register blocks and of all of in1), in one pass
 // over each tile's 16 rows of a chunk, vectorised across its 32 columns.
 // kSplit: the fidelity multiplies hi(y) alone (LoFi).
@@ -423,7 +423,7 @@ void pack_in1(Problem& p) {
       const float* rows = p.y(c, j0);
       double* to[TILE / VL];  // where each 8 columns' k = 0 values go: a block's row, from its column q
       for (int e = 0; e < TILE; e += VL)
-        to[e / VL] = packed + (static_cast<size_t>(c) * nb + (j0 + e) / NR) * KC * NR + (j0 + e) % NR;
+        to[e / VL] = packed + (static_cast<size_t>((j0 + e) / NR) * chunks + c) * KC * NR + (j0 + e) % NR;
       v16u top[H], low[H];
       for (int h = 0; h < H; ++h) {
         top[h] = v16u{};
@@ -726,7 +726,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           std::fill(sums, sums + MR * NR, 0.0);  // rows of zeros: exact +0 partials
         } else {
           const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
-          const double* b_block = &s.b[cb * KC * NR];
+          const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && chain_normal) {
             micro_kernel<KC, true>(a_block, b_block, d);
