@@ -102,6 +102,92 @@ def test_matmul_block_of_a_typical_block_and_bad_arguments():
         native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 5, 4, "bf16", True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 4), cols=st.integers(1, 2), inner=st.integers(4, 6),
+       fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
+       kind_a=st.sampled_from(KINDS), kind_b=st.sampled_from(KINDS), promise=st.booleans())
+def test_model_sized_blocks_match_the_reference(seed, rows, cols, inner, fidelity, dst_format, kind_a, kind_b,
+                                                promise):
+    """Blocks as the models' kernels make them: several register row blocks per tile, 8 to 12 chunks (the kernel
+    measures a row block's chunks 8 at a time), column blocks of two tiles."""
+    rng = np.random.default_rng(seed)
+    a = operand(rng, (rows, inner, 32, 32), kind_a)
+    b = operand(rng, (inner, cols, 32, 32), "gauss" if kind_b == "ties" else kind_b)
+    if kind_a == "ties":
+        b[..., 0::16, :], b[..., 1::16, :] = 1.0, 2.0**-12
+    promise = promise and "unrounded" not in (kind_a, kind_b)
+    dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
+    with np.errstate(all="ignore"):
+        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=promise, dst_format=dst_format)
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), rows, cols, inner, int(fidelity), dst_format, promise)
+    assert_same_bits(got.reshape(want.shape), want)
+
+
+def test_rows_of_one_register_block_with_far_apart_magnitudes():
+    """The kernel bounds a register block's row spans by the span of all its values together: rows of modest
+    spans far apart from each other (here 2**40 and 2**-40, and zero rows) exceed it and take the per-element
+    path, which must give the same bits."""
+    rng = np.random.default_rng(7)
+    a = N.bf16_round(rng.standard_normal((2, 4, 32, 32)))
+    a[:, :, 1::4] *= 2.0**40
+    a[:, :, 2::4] *= 2.0**-40
+    a[:, :, 3::8] = 0.0
+    b = N.bf16_round(rng.standard_normal((4, 1, 32, 32)) * 2.0 ** rng.integers(-10, 10, (4, 1, 32, 32)))
+    for fidelity in MathFidelity:
+        for dst_format in FORMATS:
+            dst = N.dst_round(rng.standard_normal((2, 1, 32, 32)), dst_format)
+            want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True, dst_format=dst_format)
+            got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 1, 4, int(fidelity), dst_format, True)
+            assert_same_bits(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("hot", ["row block", "dst", "column"])
+def test_chains_proven_normal_for_some_row_blocks_only(hot):
+    """bf16 chains are proven normal per register row block: one block (or one Dst value, or one in1 column,
+    which concern all) past the proof's range (2**120 values; 2**-120 Dst) takes the checked path, the others the
+    fast one."""
+    rng = np.random.default_rng(["row block", "dst", "column"].index(hot))
+    a = N.bf16_round(rng.standard_normal((2, 4, 32, 32)))
+    b = N.bf16_round(rng.standard_normal((4, 2, 32, 32)))
+    dst = N.bf16_round(rng.standard_normal((2, 2, 32, 32)))
+    if hot == "row block":
+        a[1, :, 8:16] *= 2.0**120  # rows 40..47: overflow to inf on the way
+    elif hot == "dst":
+        dst[0, 1, 3, 5] = 2.0**-120
+    else:
+        b[2, 1, :, 7] *= 2.0**-60
+    for fidelity in (MathFidelity.LOFI, MathFidelity.HIFI4):
+        with np.errstate(all="ignore"):
+            want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+        got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, 4, int(fidelity), "bf16", True)
+        assert_same_bits(got.reshape(want.shape), want)
+
+
+def test_calls_of_other_shapes_and_threads_share_nothing():
+    """The kernel keeps scratch space per thread between calls: calls of alternating shapes, fidelities and
+    operand promises, from several threads at once, each give the single call's bits."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for rows, cols, inner, fidelity, promise in [(4, 1, 6, 4, True), (1, 1, 1, 3, False), (2, 2, 5, 1, True),
+                                                 (1, 4, 2, 2, False), (3, 1, 4, 4, True)]:
+        a = operand(rng, (rows, inner, 32, 32), "gauss" if promise else "unrounded")
+        b = operand(rng, (inner, cols, 32, 32), "wide")
+        dst = N.bf16_round(rng.standard_normal((rows, cols, 32, 32)))
+        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=promise)
+        cases.append(((tiles(dst), tiles(a), tiles(b), rows, cols, inner, fidelity, "bf16", promise), want))
+
+    def run(index: int) -> tuple[int, np.ndarray]:
+        arguments, _ = cases[index % len(cases)]
+        return index, native.matmul_block(*arguments)
+
+    with ThreadPoolExecutor(4) as pool:
+        for index, got in pool.map(run, range(40)):
+            want = cases[index % len(cases)][1]
+            assert_same_bits(got.reshape(want.shape), want)
+
+
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4), dim=st.sampled_from(["row", "col", "scalar"]),
        fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
