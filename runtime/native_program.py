@@ -80,9 +80,14 @@ class Encoding:
     ops: list[Operation]  # op ids -> operations, for fault messages
     messages: list[str]  # RAISE texts
     reserves: list[tuple[int, int, int]]  # (index, address, size) of the CBs, in configuration order
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        return [(address, size) for _, address, size in self.reserves]
     grid_memories: frozenset[str] = frozenset()  # memories read through a per-core addrgen base
     fallback: bool = False
     cores: int = 0
+    fits_l1_version: int = -1  # the L1 version at which the CBs were last found to fit (`Memory.regions_fit`)
 
 
 class _Encoder:
@@ -423,7 +428,11 @@ def _launch_ok(op: Operation, device: Device) -> bool:
             _format_of(config.format)
         except Fault:
             return False
-    return True
+    l1 = device.l1
+    placed = sorted((c.address, c.address + c.size) for c in op.attr("cbs"))
+    if any(start % l1.alignment or start < l1.floor or end > l1.bank_size for start, end in placed):
+        return False
+    return all(end <= following for (_, end), (following, _) in itertools.pairwise(placed))  # no CBs overlap
 
 
 def encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
@@ -495,30 +504,25 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
         return Program(device, op, buffer_addresses, step_budget, plan).run()
     l1, dram = device.l1, device.dram
-    reserved = []
-    for index, address, size in encoding.reserves:
-        try:
-            l1.reserve(address, size, f"CB {index}")
-        except Fault:  # an L1 overflow: the interpreter's launch reports it
-            for done in reserved:
-                l1.free(done)
+    # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
+    # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
+    if encoding.fits_l1_version != l1.version:
+        if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
             return Program(device, op, buffer_addresses, step_budget, plan).run()
-        reserved.append(address)
-    try:
-        fault, counts, dirty, found = native.run_program(
-            encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
-            _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
-            step_budget, threads, races is not None)
-        if races is not None:
-            races.extend(found)
-        for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
-            if hits.any():
-                memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
-        if fault is not None:
-            raise _device_fault(encoding, device, op, fault) from None
-    finally:
-        for address in reserved:
-            l1.free(address)
+        encoding.fits_l1_version = l1.version
+    for address, size in encoding.regions:
+        l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
+    fault, counts, dirty, found = native.run_program(
+        encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
+        _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
+        step_budget, threads, races is not None)
+    if races is not None:
+        races.extend(found)
+    for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
+        if hits.any():
+            memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
+    if fault is not None:
+        raise _device_fault(encoding, device, op, fault) from None
     shell = _shell(device, op)
     shell.compute_cycles, shell.noc_bytes, shell.dram_bytes, shell.local_bytes = counts
     return shell.profile()
