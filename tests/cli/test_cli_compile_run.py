@@ -238,3 +238,21 @@ def test_profile_top_lists_the_slowest_programs(model_path: Path, capsys: pytest
     assert code == 0 and len(rows) == 1 and "(the 1 slowest of" in out
     code, _, err = run(["profile", str(model_path), "--top", "0"], capsys)
     assert code == 2 and "--top needs a positive number" in err
+
+
+def test_run_on_either_emulator_gives_the_same_bytes(model_path: Path, tmp_path: Path, capsys) -> None:
+    outputs = {}
+    for emulator, threads in (("native", "1"), ("native", "2"), ("reference", "1")):
+        out = tmp_path / f"{emulator}{threads}.npz"
+        code, _, _ = run(["run", str(model_path), "--emulator", emulator, "--threads", threads, "-o", str(out)], capsys)
+        assert code == 0
+        with np.load(out) as data:
+            outputs[emulator, threads] = {name: data[name].tobytes() for name in data.files}
+    assert outputs["native", "1"] == outputs["native", "2"] == outputs["reference", "1"]
+
+
+def test_bad_emulator_options_are_user_errors(model_path: Path, capsys) -> None:
+    code, _, err = run(["run", str(model_path), "--threads", "0"], capsys)
+    assert code == 2 and "--threads needs at least 1 thread, not 0" in err
+    code, _, err = run(["run", str(model_path), "--emulator", "fast"], capsys)
+    assert code == 2 and "invalid choice: 'fast'" in err
