@@ -132,6 +132,12 @@ def _check_f16(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return after
 
 
+def _check_marks(marks: np.ndarray) -> None:
+    """Float16Overflow if a looked-up SFPU table entry is marked as one (`sfpu_table_overflow`)."""
+    if marks.any():
+        raise Float16Overflow("an SFPU result rounded to Float16 exceeds 65504")
+
+
 def _f16_dst(x: np.ndarray) -> np.ndarray:
     """f16_round of values in (or entering) a Float16 Dst: raises Float16Overflow on overflow."""
     x = np.asarray(x, dtype=np.float32)
@@ -1256,8 +1262,7 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
             table, overflow = _sfpu_tables(SFPU_FUNCTIONS[fn_name], dst_format)
         if dst_format == "f16":
             index = _f16_dst(x).astype(np.float16).view(np.uint16)
-            if overflow[index].any():
-                raise Float16Overflow("an SFPU result rounded to Float16 exceeds 65504")
+            _check_marks(overflow[index])
             return np.asarray(table[index])
         return np.asarray(table[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
     with np.errstate(all="ignore"):
