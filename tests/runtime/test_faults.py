@@ -10,6 +10,7 @@ import pytest
 from runtime_helpers import (
     ProgramSpec,
     Tensor,
+    addrgen,
     cb,
     eltwise_program,
     kfor,
@@ -379,3 +380,32 @@ def test_a_bf16_dst_never_overflows() -> None:
     out, _ = run({"a": (Tensor("a", SHAPE), a), "b": (Tensor("b", SHAPE), b)}, [Tensor("c", SHAPE)],
                  eltwise_program((3, 2)))
     assert out["c"][40, 70] == 131072.0
+
+
+@pytest.mark.parametrize("op", ["copy_tiles", "transpose_tiles"])
+@pytest.mark.parametrize("fmt", ["bf16", "f32"])
+def test_float16_overflow_of_a_datacopy(op: str, fmt: str) -> None:
+    """A bf16 or f32 tile copied into a Float16 Dst (the program's result is f16): 70000 has no Float16 value;
+    65280 and inf copy as they are."""
+    reader = [kop("get_arg", out="t", index=0), *addrgen("a", 0, fmt), kop("cb_reserve_back", cb=0, pages=1),
+              kop("noc_read_tiles", "a", "t", cb=0, rows=1, cols=1), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=0, pages=1)]
+    compute = [kop("cb_wait_front", cb=0, pages=1), kop("tile_regs_acquire"), kop(op, cb=0, rows=1, cols=1),
+               kop("tile_regs_commit"), kop("tile_regs_wait"), kop("cb_reserve_back", cb=16, pages=1),
+               kop("pack_tiles", count=1, cb=16), kop("cb_push_back", cb=16, pages=1), kop("tile_regs_release"),
+               kop("cb_pop_front", cb=0, pages=1)]
+    writer = [kop("get_arg", out="t", index=0), *addrgen("c", 1, "f16"), kop("cb_wait_front", cb=16, pages=1),
+              kop("noc_write_tiles", "c", "t", cb=16, rows=1, cols=1), kop("noc_write_barrier"),
+              kop("cb_pop_front", cb=16, pages=1)]
+    program = ProgramSpec(reader, compute, writer, [cb(0, 2, fmt), cb(16, 2, "f16")], (2, 1),
+                          [[[0], [1]], [[], []], [[0], [1]]], kind="copy", node="copy_1")
+    x = np.ones((32, 64), np.float32)
+    x[3, 40], x[4, 41] = 65280.0, -np.inf  # (65504 has no bf16 value: 65536)
+    inputs = {"a": (Tensor("a", x.shape, fmt), x)}
+    out, _ = run(inputs, [Tensor("c", x.shape, "f16")], program)
+    assert out["c"].max() == 65280.0 and (out["c"] == -np.inf).sum() == 1  # (somewhere, if transposed)
+    x[5, 42] = -70000.0
+    with pytest.raises(DeviceFault) as info:
+        run(inputs, [Tensor("c", x.shape, "f16")], program)
+    check(str(info.value), F16_OVERFLOW, f"at core (0,0) and 1 more core, compute kernel, op ttkernel.{op}",
+          'copy on a 2x1 grid, ONNX node(s) "copy_1"')
