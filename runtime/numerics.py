@@ -8,6 +8,12 @@ docs/grayskull.md section 4 "The numerics model ttc uses" fixes the rules; this 
 - Eltwise FPU add/sub/mul: bf16 operands, result rounded once to bf16 (RNE).
 - SFPU: computed in float32 then rounded to bf16 on write-back.  The Grayskull SFPU really works on
   19-bit floats (1+8+10); ttc deliberately models it as float32-then-bf16.
+- Float16 overflow: in a Float16 Dst, every rounding of a finite value that gives +-inf (a magnitude of
+  at least 65520, where RNE leaves 65504) raises `Float16Overflow`, a device fault, never a silent inf:
+  operands and datacopies rounded into Dst, eltwise results (the exact value), SFPU results (the float32
+  value; table entries are marked), fill values, reduce max and sum, every step of the matmul chain. An
+  inf the rounding is given is none: an inf operand, an IEEE pole (recip(0), log(0)), a float32 result
+  or matmul partial that is inf already.
 
 The matmul unit, exactly (the definition the native core matches bit for bit).  x is in0 (SrcB) and y
 in1 (SrcA), bf16 values (operands are rounded to bf16 first); hiB(x) keeps sign, exponent and the top 6

@@ -115,7 +115,7 @@ inline float f16_round(float x) {
 // loops OR it into an accumulator without branches. NaN and inf are no overflow.
 inline uint32_t f16_overflows(float x) {
   const uint32_t a = bits(x) & 0x7FFFFFFFu;
-  return static_cast<uint32_t>(a >= 0x477FF000u) & static_cast<uint32_t>(a < 0x7F800000u);
+  return static_cast<uint32_t>(a - 0x477FF000u < 0x7F800000u - 0x477FF000u);  // one unsigned range test
 }
 
 // ---------------------------------------------------------------------------------------- Dst format
