@@ -365,12 +365,24 @@ def test_the_earliest_float16_overflow_over_all_cores_is_reported() -> None:
     check(str(info.value), F16_OVERFLOW, "op ttkernel.binary_tiles")
 
 
-def test_float16_overflow_of_a_fill_value() -> None:
-    program = eltwise_program((3, 2), fmt="f16")
-    program.compute = replace(program.compute, '"ttkernel.tile_regs_commit"',
-                              kop("fill_tiles", count=1, value=7e4) + '\n"ttkernel.tile_regs_commit"')
-    message = f16_fault(program, np.ones(SHAPE, np.float32), np.ones(SHAPE, np.float32))
-    check(message, F16_OVERFLOW, "compute kernel, op ttkernel.fill_tiles")
+@pytest.mark.parametrize("op", ["fill_tiles", "mask_tiles"])
+def test_float16_overflow_of_a_fill_value(op: str) -> None:
+    """A fill value past Float16's range (a mask's even where no element is padding); -inf fills are fine."""
+    def with_fill(value: float) -> ProgramSpec:
+        program = eltwise_program((3, 2), fmt="f16")
+        line = {"fill_tiles": kop("fill_tiles", count=1, value=value),
+                "mask_tiles": kop("mask_tiles", "z", "z", rows=1, cols=1, valid_rows=64, valid_cols=96,
+                                  fill=-value)}[op]
+        program.compute = [kop("constant", out="z", value=0),
+                           *replace(program.compute, '"ttkernel.tile_regs_commit"',
+                                    line + '\n"ttkernel.tile_regs_commit"')]
+        return program
+
+    ones = np.ones(SHAPE, np.float32)
+    check(f16_fault(with_fill(7e4), ones, ones), F16_OVERFLOW, f"compute kernel, op ttkernel.{op}")
+    tensors = {"a": (Tensor("a", SHAPE, "f16"), ones), "b": (Tensor("b", SHAPE, "f16"), ones)}
+    out, _ = run(tensors, [Tensor("c", SHAPE, "f16")], with_fill(float("inf")))
+    assert np.isinf(out["c"]).all() if op == "fill_tiles" else (out["c"] == 2.0).all()
 
 
 def test_a_bf16_dst_never_overflows() -> None:
