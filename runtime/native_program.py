@@ -35,6 +35,7 @@ from ttc.runtime.device import Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.interpreter import (
     _DEFAULT_SFPU_COST_KEY,
+    F16_OVERFLOW,
     HALF_DST,
     KERNELS,
     SFPU_COST_KEYS,
@@ -105,6 +106,7 @@ class _Encoder:
         self.agen_uniform: list[bool] = []
         self.fparams: list[float] = []
         self.tables: list[np.ndarray] = []
+        self.table_overflows: list[np.ndarray] = []  # f16 programs: each table's Float16 overflow marks
         self.table_ids: dict[tuple[str, float], int] = {}
         self.grid_memories: set[str] = set()
         self.runtime_args = op.attr("runtime_args")
@@ -140,6 +142,8 @@ class _Encoder:
                 table = numerics._sfpu_table(numerics.SFPU_FUNCTIONS[fn], self.dst_format)
             index = self.table_ids[key] = len(self.tables)
             self.tables.append(np.ascontiguousarray(table, dtype=np.float32))
+            if self.dst_format == "f16":
+                self.table_overflows.append(numerics.sfpu_table_overflow(fn, param, self.dst_format))
         return index
 
     def op_id(self, op: Operation) -> int:
@@ -464,8 +468,9 @@ def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
         args.append((offsets, values))
     banks = [int(b) for b in device.core_ids(grid.x, grid.y)]
     tables = np.concatenate(e.tables) if e.tables else np.zeros(0, np.float32)
+    overflows = np.concatenate(e.table_overflows).view(np.uint8) if e.table_overflows else np.zeros(0, np.uint8)
     program = native.EncodedProgram(code, starts, len(e.uniform), len(e.agen_uniform), cbs, args, banks,
-                                    0 if e.dst_format == "bf16" else 1, e.fparams, tables)
+                                    0 if e.dst_format == "bf16" else 1, e.fparams, tables, overflows)
     reserves = [(c.index, c.address, c.size) for c in configs]
     return Encoding(program, e.ops, e.messages, reserves, frozenset(e.grid_memories), cores=grid.num_cores)
 
@@ -649,6 +654,8 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         return f"the kernel ended with NoC writes from CB {p[0]} not completed (missing noc_write_barrier)"
     if kind == "END_DST":
         return f"the kernel ended with Dst {state[p[0]]} (missing tile_regs_release)"
+    if kind == "F16_OVERFLOW":
+        return F16_OVERFLOW
     if kind == "DRAINED":
         left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
         return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"
