@@ -6,7 +6,8 @@ Usage: python benchmarks/bench_emulator.py [MODEL ...] [--repeats N] [--threads 
 Per model: programs per inference, native_s and reference_s (warm medians of N runs of each emulator, inputs
 written to emulated DRAM, every program executed on its cores, outputs read back), ort_s (warm median of N
 onnxruntime CPU runs with the same thread count, same inputs), native/ort, reference/native, whether the two
-emulators' outputs are byte-identical, and the native core's mean time per program. Then the start-up time of
+emulators' outputs are byte-identical, the native run's mean time per program, and its overhead per program
+(the run's time outside the native core's run_program calls: host ops, buffers, Python around each program). Then the start-up time of
 `ttc --version` and of a first `ttc run examples/mlp.onnx` (fresh processes). GPT-2 and BERT need the `models`
 extra for the export; the CNNs are built into the model cache on first use (tests/models/cnn_models.py).
 Wall times vary with the machine; the ratios are the figures to track.
@@ -58,6 +59,33 @@ def median(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def native_core_seconds(compiled: ttc.CompiledModel, feeds: dict[str, np.ndarray], repeats: int) -> float:
+    """Median time spent inside the native core's run_program calls over one run (the rest of a run is the
+    Python around it: host ops, buffers, encoding lookups, profiles)."""
+    from ttc.runtime import native_program
+
+    inner = native_program.native.run_program
+    spent = [0.0]
+
+    def timed(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    native_program.native.run_program = timed
+    try:
+        samples = []
+        for _ in range(repeats):
+            spent[0] = 0.0
+            compiled.run(feeds)
+            samples.append(spent[0])
+        return statistics.median(samples)
+    finally:
+        native_program.native.run_program = inner
+
+
 def ort_seconds(path: Path, feeds: dict[str, np.ndarray], threads: int, repeats: int) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -90,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     header = (f"{'model':14} {'programs':>8} {'native_s':>9} {'reference_s':>11} {'ort_s':>9} {'native/ort':>10} "
-              f"{'ref/native':>10} {'same bits':>9} {'us/program':>10}")
+              f"{'ref/native':>10} {'same bits':>9} {'us/program':>10} {'overhead us/program':>19}")
     print(f"threads: {args.threads} (ttc native core and onnxruntime)")
     print(header)
     print("-" * len(header))
@@ -102,6 +130,7 @@ def main() -> None:
         native = compiled.run(feeds, emulator="native", threads=args.threads)
         programs = len(compiled.profile)
         native_s = median(lambda c=compiled, f=feeds: c.run(f, emulator="native"), args.repeats)
+        overhead = (native_s - native_core_seconds(compiled, feeds, args.repeats)) / programs
         reference_s, same = None, None
         if not args.no_reference:
             reference = compiled.run(feeds, emulator="reference")
@@ -112,7 +141,7 @@ def main() -> None:
         ratio_text = f"{reference_s / native_s:9.1f}x" if reference_s is not None else f"{'-':>10}"
         same_text = {None: "-", True: "yes", False: "NO"}[same]
         print(f"{name:14} {programs:8d} {native_s:9.4f} {ref_text} {ort_s:9.5f} {native_s / ort_s:9.1f}x "
-              f"{ratio_text} {same_text:>9} {native_s / programs * 1e6:10.0f}")
+              f"{ratio_text} {same_text:>9} {native_s / programs * 1e6:10.0f} {overhead * 1e6:19.0f}")
     print()
     print(f"start-up: ttc --version {startup_seconds(['--version']):.3f} s, first ttc run examples/mlp.onnx "
           f"{startup_seconds(['run', 'examples/mlp.onnx']):.3f} s")

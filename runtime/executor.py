@@ -119,7 +119,8 @@ class Executor:
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
         self._run_native: Callable[..., ProgramProfile] | None = None
-        self.configure(emulator or _defaults["emulator"], threads or _defaults["threads"])
+        self.configure(emulator if emulator is not None else _defaults["emulator"],
+                       threads if threads is not None else _defaults["threads"])
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
 
     def configure(self, emulator: str | None = None, threads: int | None = None) -> None:

@@ -18,7 +18,8 @@ Conventions fixed here where the dialect is silent
   that accumulates (matmul, reduce) without fill_tiles first gets NaN, not luck.
   Acquires alternate between the two halves of Dst (half-sync); one acquire addresses slots 0..7.
 - Dst holds the 16-bit type of the program's result format (`dst_format_of`): f16 for an f16 result,
-  else bf16. A datacopy of a CB tile into Dst converts to it (RNE): bf16 and block floats are exact in
+  else bf16. In a Float16 Dst a finite value that rounds past 65504 (to inf) is a device fault at its op
+  (`F16_OVERFLOW`, on all cores), never a silent inf. A datacopy of a CB tile into Dst converts to it (RNE): bf16 and block floats are exact in
   a bf16 Dst, f32 rounds, i32 goes int -> float -> Dst format. Math ops take 16-bit and block-float
   tiles as they are and round their operands as numerics.py says (matmul and reduce-sum: bf16 into the
   multiplier; eltwise and reduce-max: the Dst format). Packing to an i32 CB truncates.
@@ -64,6 +65,11 @@ _FOR = "ttkernel.for"
 SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu",
                   "pow_scalar": "exp", "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log"}
 _DEFAULT_SFPU_COST_KEY = "mul"  # one simple SFPU pass (relu, neg, abs, square, *_scalar)
+
+# The fault of a program holding Float16 in Dst whose numerics round a finite value to +-inf
+# (numerics.Float16Overflow), named at the op on every core of the program.
+F16_OVERFLOW = ("Float16 overflow: a value rounded to Float16 exceeds 65504, the largest Float16 value (this "
+                "program holds Float16 in Dst: --softmax-precision f16)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +305,8 @@ class Program:
                         self._finish(kernel)
                 except Fault as fault:
                     raise self._device_fault(fault, kernel, kernel.op) from None
+                except numerics.Float16Overflow:  # on any core: the op's numerics run on all of them at once
+                    raise self._device_fault(Fault(F16_OVERFLOW), kernel, kernel.op) from None
             if live and not progressed and self.steps == steps:
                 raise self._deadlock(live)
         self._check_drained()

@@ -35,6 +35,7 @@ from ttc.runtime.device import Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.interpreter import (
     _DEFAULT_SFPU_COST_KEY,
+    F16_OVERFLOW,
     HALF_DST,
     KERNELS,
     SFPU_COST_KEYS,
@@ -80,9 +81,14 @@ class Encoding:
     ops: list[Operation]  # op ids -> operations, for fault messages
     messages: list[str]  # RAISE texts
     reserves: list[tuple[int, int, int]]  # (index, address, size) of the CBs, in configuration order
+
+    @property
+    def regions(self) -> list[tuple[int, int]]:
+        return [(address, size) for _, address, size in self.reserves]
     grid_memories: frozenset[str] = frozenset()  # memories read through a per-core addrgen base
     fallback: bool = False
     cores: int = 0
+    fits_l1_version: int = -1  # the L1 version at which the CBs were last found to fit (`Memory.regions_fit`)
 
 
 class _Encoder:
@@ -100,6 +106,7 @@ class _Encoder:
         self.agen_uniform: list[bool] = []
         self.fparams: list[float] = []
         self.tables: list[np.ndarray] = []
+        self.table_overflows: list[np.ndarray] = []  # f16 programs: each table's Float16 overflow marks
         self.table_ids: dict[tuple[str, float], int] = {}
         self.grid_memories: set[str] = set()
         self.runtime_args = op.attr("runtime_args")
@@ -135,6 +142,8 @@ class _Encoder:
                 table = numerics._sfpu_table(numerics.SFPU_FUNCTIONS[fn], self.dst_format)
             index = self.table_ids[key] = len(self.tables)
             self.tables.append(np.ascontiguousarray(table, dtype=np.float32))
+            if self.dst_format == "f16":
+                self.table_overflows.append(numerics.sfpu_table_overflow(fn, param, self.dst_format))
         return index
 
     def op_id(self, op: Operation) -> int:
@@ -423,7 +432,11 @@ def _launch_ok(op: Operation, device: Device) -> bool:
             _format_of(config.format)
         except Fault:
             return False
-    return True
+    l1 = device.l1
+    placed = sorted((c.address, c.address + c.size) for c in op.attr("cbs"))
+    if any(start % l1.alignment or start < l1.floor or end > l1.bank_size for start, end in placed):
+        return False
+    return all(end <= following for (_, end), (following, _) in itertools.pairwise(placed))  # no CBs overlap
 
 
 def encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
@@ -455,8 +468,9 @@ def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
         args.append((offsets, values))
     banks = [int(b) for b in device.core_ids(grid.x, grid.y)]
     tables = np.concatenate(e.tables) if e.tables else np.zeros(0, np.float32)
+    overflows = np.concatenate(e.table_overflows).view(np.uint8) if e.table_overflows else np.zeros(0, np.uint8)
     program = native.EncodedProgram(code, starts, len(e.uniform), len(e.agen_uniform), cbs, args, banks,
-                                    0 if e.dst_format == "bf16" else 1, e.fparams, tables)
+                                    0 if e.dst_format == "bf16" else 1, e.fparams, tables, overflows)
     reserves = [(c.index, c.address, c.size) for c in configs]
     return Encoding(program, e.ops, e.messages, reserves, frozenset(e.grid_memories), cores=grid.num_cores)
 
@@ -495,30 +509,25 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
         return Program(device, op, buffer_addresses, step_budget, plan).run()
     l1, dram = device.l1, device.dram
-    reserved = []
-    for index, address, size in encoding.reserves:
-        try:
-            l1.reserve(address, size, f"CB {index}")
-        except Fault:  # an L1 overflow: the interpreter's launch reports it
-            for done in reserved:
-                l1.free(done)
+    # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
+    # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
+    if encoding.fits_l1_version != l1.version:
+        if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
             return Program(device, op, buffer_addresses, step_budget, plan).run()
-        reserved.append(address)
-    try:
-        fault, counts, dirty, found = native.run_program(
-            encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
-            _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
-            step_budget, threads, races is not None)
-        if races is not None:
-            races.extend(found)
-        for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
-            if hits.any():
-                memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
-        if fault is not None:
-            raise _device_fault(encoding, device, op, fault) from None
-    finally:
-        for address in reserved:
-            l1.free(address)
+        encoding.fits_l1_version = l1.version
+    for address, size in encoding.regions:
+        l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
+    fault, counts, dirty, found = native.run_program(
+        encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
+        _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
+        step_budget, threads, races is not None)
+    if races is not None:
+        races.extend(found)
+    for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
+        if hits.any():
+            memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
+    if fault is not None:
+        raise _device_fault(encoding, device, op, fault) from None
     shell = _shell(device, op)
     shell.compute_cycles, shell.noc_bytes, shell.dram_bytes, shell.local_bytes = counts
     return shell.profile()
@@ -645,6 +654,8 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         return f"the kernel ended with NoC writes from CB {p[0]} not completed (missing noc_write_barrier)"
     if kind == "END_DST":
         return f"the kernel ended with Dst {state[p[0]]} (missing tile_regs_release)"
+    if kind == "F16_OVERFLOW":
+        return F16_OVERFLOW
     if kind == "DRAINED":
         left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
         return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"

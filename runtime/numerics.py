@@ -8,6 +8,12 @@ docs/grayskull.md section 4 "The numerics model ttc uses" fixes the rules; this 
 - Eltwise FPU add/sub/mul: bf16 operands, result rounded once to bf16 (RNE).
 - SFPU: computed in float32 then rounded to bf16 on write-back.  The Grayskull SFPU really works on
   19-bit floats (1+8+10); ttc deliberately models it as float32-then-bf16.
+- Float16 overflow: in a Float16 Dst, every rounding of a finite value that gives +-inf (a magnitude of
+  at least 65520, where RNE leaves 65504) raises `Float16Overflow`, a device fault, never a silent inf:
+  operands and datacopies rounded into Dst, eltwise results (the exact value), SFPU results (the float32
+  value; table entries are marked), fill values, reduce max and sum, every step of the matmul chain. An
+  inf the rounding is given is none: an inf operand, an IEEE pole (recip(0), log(0)), a float32 result
+  or matmul partial that is inf already.
 
 The matmul unit, exactly (the definition the native core matches bit for bit).  x is in0 (SrcB) and y
 in1 (SrcA), bf16 values (operands are rounded to bf16 first); hiB(x) keeps sign, exponent and the top 6
@@ -108,24 +114,56 @@ DST_FORMATS = ("bf16", "f16")  # Float16_b, Float16: what Dst holds (the 16-bit 
 
 
 def f16_round(x: np.ndarray) -> np.ndarray:
-    """float32 values of x rounded to Float16 (IEEE half, RNE; inf past 65504), returned as float32."""
+    """float32 values of x rounded to Float16 (IEEE half, RNE; inf past 65504), returned as float32. The plain
+    rounding: the roundings of Dst values (`dst_round`, `as_f16`) also check for a `Float16Overflow`."""
     with np.errstate(over="ignore"):
         return np.asarray(x, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+class Float16Overflow(ArithmeticError):
+    """A finite value rounded to Float16 gave +-inf (its magnitude is at least 65520, where Float16's rounding
+    goes to inf): a device fault in a program that holds Float16 in Dst, never a silent inf.
+
+    Raised by every rounding of a value to Float16 in Dst (`dst_round`, `as_f16`, the float64 roundings of
+    eltwise and of the matmul chain, the SFPU tables' entries and operands). An inf that the rounding is given
+    (an inf operand, an IEEE pole such as recip(0) or log(0), a float32 result that is inf already) is no
+    overflow: the rounding did not make it."""
+
+
+def _check_f16(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """after (the Float16 rounding of before), or Float16Overflow where a finite value became inf."""
+    inf = np.isinf(after)
+    if inf.any() and (inf & np.isfinite(before)).any():
+        raise Float16Overflow("a finite value rounded to Float16 exceeds 65504")
+    return after
+
+
+def _check_marks(marks: np.ndarray) -> None:
+    """Float16Overflow if a looked-up SFPU table entry is marked as one (`sfpu_table_overflow`)."""
+    if marks.any():
+        raise Float16Overflow("an SFPU result rounded to Float16 exceeds 65504")
+
+
+def _f16_dst(x: np.ndarray) -> np.ndarray:
+    """f16_round of values in (or entering) a Float16 Dst: raises Float16Overflow on overflow."""
+    x = np.asarray(x, dtype=np.float32)
+    return _check_f16(x, f16_round(x))
 
 
 def as_f16(x: np.ndarray) -> np.ndarray:
     """x rounded to Float16, as float32, for reading only. Values with no mantissa bits below Float16's 10
     (bf16, block-float and Float16 values) are exact unless outside Float16's normal range: then only the
-    values past 65504 or below 2**-14 are rounded (f16_round), the rest is x as it is."""
+    values past 65504 or below 2**-14 are rounded (f16_round), the rest is x as it is. A finite value that
+    rounds to inf raises Float16Overflow."""
     x = np.asarray(x, dtype=np.float32)
     magnitude = x.view(np.uint32) & np.uint32(0x7FFF_FFFF)
     if not x.size or (magnitude & np.uint32(0x1FFF)).any():
-        return f16_round(x)
+        return _f16_dst(x)
     outside = (magnitude > _F16_MAX_BITS) | ((magnitude < _F16_MIN_NORMAL_BITS) & (magnitude != 0))
     if not outside.any():
         return x
     rounded = x.copy()
-    rounded[outside] = f16_round(x[outside])
+    rounded[outside] = _f16_dst(x[outside])
     return rounded
 
 
@@ -134,19 +172,27 @@ _F16_MIN_NORMAL_BITS = np.float32(2.0**-14).view(np.uint32)
 
 
 def dst_round(x: np.ndarray, dst: str = "bf16") -> np.ndarray:
-    """float32 values of x rounded once (RNE) to the Dst format `dst` (bf16 or f16), as float32."""
+    """float32 values of x rounded once (RNE) to the Dst format `dst` (bf16 or f16), as float32. f16: a finite
+    value that rounds to inf raises Float16Overflow (a bf16 Dst's range is float32's: no check)."""
     if dst == "bf16":
         return bf16_round(x)
     if dst == "f16":
-        return f16_round(x)
+        return _f16_dst(x)
     raise ValueError(f"unknown Dst format {dst!r} (one of {', '.join(DST_FORMATS)})")
+
+
+def _round_quiet(x: np.ndarray, dst: str) -> np.ndarray:
+    """dst_round without the overflow check (the SFPU tables round every entry and mark the overflows)."""
+    return f16_round(x) if dst == "f16" else dst_round(x, dst)
 
 
 def _f64_to_f16(v: np.ndarray) -> np.ndarray:
     """Round exact float64 values once to Float16 (RNE), as float64: numpy's float64 -> float16 cast rounds
-    directly from the float64 bits (subnormals, overflow to inf and NaN included)."""
+    directly from the float64 bits (subnormals, overflow to inf and NaN included). A finite value that rounds
+    to inf raises Float16Overflow."""
+    v = np.asarray(v, dtype=np.float64)
     with np.errstate(over="ignore"):
-        return np.asarray(v, dtype=np.float64).astype(np.float16).astype(np.float64)
+        return _check_f16(v, v.astype(np.float16).astype(np.float64))
 
 
 _BF16_HALF_ULP_BELOW = np.uint64((1 << 44) - 1)  # in float64 bits: half a bf16 ulp, minus one
@@ -1212,14 +1258,18 @@ def sfpu_unary(x: np.ndarray, fn_name: str, param: float = 0.0, dst_format: str 
     pow_scalar and rpow_scalar (RN_f32 of the exact power, `pow_f32`, tabulated per parameter:
     `sfpu_param_table`). Out-of-domain inputs give IEEE results (log(0) = -inf, sqrt(-1) = nan, recip(0) = inf).
     The other forms are looked up in a table of their results for all 16-bit inputs (`_sfpu_table`).
+    f16: Float16Overflow where a finite float32 result rounds to inf (`sfpu_table_overflow` marks the
+    table entries), or where x itself does.
     """
     if fn_name not in SFPU_SCALAR_FUNCTIONS or fn_name in _PARAM_TABLES:
         if fn_name in _PARAM_TABLES:
-            table = sfpu_param_table(fn_name, param, dst_format)
+            table, overflow = _param_tables(fn_name, _f32_bits(param), dst_format)
         else:
-            table = _sfpu_table(SFPU_FUNCTIONS[fn_name], dst_format)
+            table, overflow = _sfpu_tables(SFPU_FUNCTIONS[fn_name], dst_format)
         if dst_format == "f16":
-            return np.asarray(table[f16_round(x).astype(np.float16).view(np.uint16)])
+            index = _f16_dst(x).astype(np.float16).view(np.uint16)
+            _check_marks(overflow[index])
+            return np.asarray(table[index])
         return np.asarray(table[_as_bf16(x).view(np.uint32) >> np.uint32(16)])
     with np.errstate(all="ignore"):
         y = SFPU_SCALAR_FUNCTIONS[fn_name](dst_round(x, dst_format), np.float32(param))
@@ -1250,21 +1300,44 @@ def sfpu_binary(a: np.ndarray, b: np.ndarray, fn_name: str, dst_format: str = "b
     return dst_round(y, dst_format)
 
 
-@functools.cache
 def _sfpu_table(fn: Callable[[np.ndarray], np.ndarray], dst_format: str = "bf16") -> np.ndarray:
     """fn's SFPU result for each of the 65536 inputs of the Dst format, indexed by their bits: a unary SFPU
     function of a 16-bit value is a function of its 16 bits, so it is evaluated once per bit pattern (the
     same float64 evaluation, float32 and Dst roundings) and looked up after that."""
+    return _sfpu_tables(fn, dst_format)[0]
+
+
+def _table_inputs(dst_format: str) -> np.ndarray:
+    """The 65536 values of the Dst format as float32, indexed by their bits."""
     if dst_format == "f16":
-        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    else:
-        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+        return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    return (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def _rounded_table(y: np.ndarray, dst_format: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the float32 results y rounded to the Dst format, the overflow marks: a finite result that rounds to
+    inf), both read-only. The marks say where a lookup is a Float16Overflow (bf16: where float32's largest
+    values round past bf16's, which no program checks)."""
+    table = _round_quiet(y, dst_format)
+    overflow = np.isfinite(y) & np.isinf(table)
+    table.flags.writeable = False
+    overflow.flags.writeable = False
+    return table, overflow
+
+
+@functools.cache
+def _sfpu_tables(fn: Callable[[np.ndarray], np.ndarray], dst_format: str) -> tuple[np.ndarray, np.ndarray]:
+    """(`_sfpu_table`, its overflow marks), built once per function and Dst format."""
     with np.errstate(all="ignore"):
-        y = np.asarray(fn(inputs.astype(np.float64))).astype(np.float32)
-    return dst_round(y, dst_format)
+        y = np.asarray(fn(_table_inputs(dst_format).astype(np.float64))).astype(np.float32)
+    return _rounded_table(y, dst_format)
 
 
 _PARAM_TABLES = ("pow_scalar", "rpow_scalar")  # scalar forms looked up in a table per parameter
+
+
+def _f32_bits(param: float) -> int:
+    return int(np.array(param, dtype=np.float32).view(np.uint32))
 
 
 def sfpu_param_table(fn_name: str, param: float, dst_format: str = "bf16") -> np.ndarray:
@@ -1273,20 +1346,23 @@ def sfpu_param_table(fn_name: str, param: float, dst_format: str = "bf16") -> np
     as `_sfpu_table` does for unary functions. Built once per (fn, parameter, Dst format)."""
     if fn_name not in _PARAM_TABLES:
         raise ValueError(f"{fn_name!r} is not tabulated per parameter (one of {', '.join(_PARAM_TABLES)})")
-    bits = int(np.array(param, dtype=np.float32).view(np.uint32))
-    return _param_table(fn_name, bits, dst_format)
+    return _param_tables(fn_name, _f32_bits(param), dst_format)[0]
+
+
+def sfpu_table_overflow(fn_name: str, param: float = 0.0, dst_format: str = "f16") -> np.ndarray:
+    """The overflow marks (bool [65536]) of a tabulated SFPU function (a unary function, or pow_scalar /
+    rpow_scalar with `param`): True where the entry's float32 result is finite and its rounding to the Dst
+    format is inf, so that looking it up is a Float16Overflow."""
+    if fn_name in _PARAM_TABLES:
+        return _param_tables(fn_name, _f32_bits(param), dst_format)[1]
+    return _sfpu_tables(SFPU_FUNCTIONS[fn_name], dst_format)[1]
 
 
 @functools.lru_cache(maxsize=64)
-def _param_table(fn_name: str, param_bits: int, dst_format: str) -> np.ndarray:
+def _param_tables(fn_name: str, param_bits: int, dst_format: str) -> tuple[np.ndarray, np.ndarray]:
     param = np.array(param_bits, dtype=np.uint32).view(np.float32)[()]
-    if dst_format == "f16":
-        inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-    else:
-        inputs = (np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)).view(np.float32)
-    table = dst_round(SFPU_SCALAR_FUNCTIONS[fn_name](inputs, param), dst_format)
-    table.flags.writeable = False
-    return table
+    y = np.asarray(SFPU_SCALAR_FUNCTIONS[fn_name](_table_inputs(dst_format), param)).astype(np.float32)
+    return _rounded_table(y, dst_format)
 
 
 _POW_WINDOW = 2.0**-40  # numpy's float64 power is within this (relative) of the exact power (libm: < 1 ulp)

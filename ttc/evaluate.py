@@ -158,5 +158,6 @@ def softmax_hints(compiled: CompiledModel, model_path: Path, feeds: Mapping[str,
         hints.append(f"note: output '{output}' (Softmax '{node.name or output}') misses the golden rule while its "
                      f"logits '{node.input[0]}' pass (PCC {logits.pcc:.6f}, rel L2 {logits.rel_l2_err:.3e}): a bf16 "
                      "softmax of large logits; --softmax-precision f16 computes the softmax and its logits in "
-                     "Float16")
+                     "Float16, which removes the softmax's own bf16 rounding (the logits' error from earlier layers "
+                     "stays)")
     return hints

@@ -132,18 +132,32 @@ py::array_t<float> reduce_max(const FloatArray& dst, const FloatArray& tiles, in
   return out;
 }
 
-py::array_t<float> sfpu_table(const FloatArray& x, const FloatArray& table, int dst) {
+py::array_t<float> sfpu_table(const FloatArray& x, const FloatArray& table, int dst, const py::object& overflow) {
   const DstFormat format = dst_arg(dst);
   if (table.size() != 65536) throw py::value_error("the table holds 65536 values");
+  ByteArray marks;
+  if (!overflow.is_none()) {
+    marks = ByteArray::ensure(overflow);
+    if (!marks || marks.size() != 65536) throw py::value_error("the overflow marks are 65536 values");
+  }
   py::array_t<float> out = copy_of(x);
   float* data = out.mutable_data();
   const int count = int_size(out.size());
   const float* values = table.data();
+  const uint8_t* flags = overflow.is_none() ? nullptr : marks.data();
   {
     py::gil_scoped_release release;
-    sfpu_table_tile(data, count, values, format);
+    sfpu_table_tile(data, count, values, format, flags);
   }
   return out;
+}
+
+// The calling thread's Float16 overflow flag (numerics.h), cleared: whether a primitive called since the
+// last take rounded a finite value to inf in a Float16 Dst.
+bool take_f16_overflow() {
+  const bool was = f16_overflow;
+  f16_overflow = false;
+  return was;
 }
 
 py::array_t<float> sfpu_scalar(const FloatArray& x, int fn, double param, int dst) {
@@ -250,7 +264,12 @@ void register_numerics(py::module_& m) {
   m.def("reduce_max", &reduce_max, py::arg("dst"), py::arg("tiles"), py::arg("dim"), py::arg("scaler"),
         py::arg("dst_format"), "A Dst tile [32, 32] after the max-reduce of tiles [n, 32, 32] (numerics.reduce_block).");
   m.def("sfpu_table", &sfpu_table, py::arg("x"), py::arg("table"), py::arg("dst_format"),
-        "x looked up in a 65536-entry table by its Dst-format bits (numerics.sfpu_unary, table functions).");
+        py::arg("overflow") = py::none(),
+        "x looked up in a 65536-entry table by its Dst-format bits (numerics.sfpu_unary, table functions); "
+        "overflow: the table's Float16 overflow marks (numerics.sfpu_table_overflow).");
+  m.def("take_f16_overflow", &take_f16_overflow,
+        "Whether a primitive called on this thread since the last call rounded a finite value to inf in a "
+        "Float16 Dst (numerics.Float16Overflow); clears the flag.");
   m.def("sfpu_scalar", &sfpu_scalar, py::arg("x"), py::arg("fn"), py::arg("param"), py::arg("dst_format"),
         "A *_scalar SFPU function of x (numerics.sfpu_unary).");
   m.def("pack_rows", &pack_rows, py::arg("values"), py::arg("fmt"),

@@ -110,6 +110,14 @@ inline float f16_round(float x) {
   return from_bits(sign | r);
 }
 
+// Whether rounding x to Float16 is an overflow (numerics.Float16Overflow): x is finite and rounds to +-inf,
+// i.e. its magnitude is at least 65520 (the tie above 65504, which rounds to even: inf). 1 or 0, so that
+// loops OR it into an accumulator without branches. NaN and inf are no overflow.
+inline uint32_t f16_overflows(float x) {
+  const uint32_t a = bits(x) & 0x7FFFFFFFu;
+  return static_cast<uint32_t>(a - 0x477FF000u < 0x7F800000u - 0x477FF000u);  // one unsigned range test
+}
+
 // ---------------------------------------------------------------------------------------- Dst format
 
 template <bool F16>

@@ -49,11 +49,17 @@ inline float apply(float x, float y) {
 //
 // ROUND_OPERANDS false: the caller knows both operands hold bf16 values already (their low halves are zero),
 // so rounding them could only canonicalise a NaN, which the final rounding does anyway (keeping its sign).
+//
+// F16: `over` collects the Float16 overflows of the three roundings (f16_overflow). The float32 result is
+// finite exactly when the exact one is (products of Float16 values stay below 2**32), and it rounds to inf
+// exactly when the exact result does (the double rounding above), so the flag is the Python's. bf16 leaves
+// `over` alone.
 template <BinaryOp OP, bool F16, bool ROUND_OPERANDS = true>
-inline float binary(float a, float b) {
+inline float binary(float a, float b, uint32_t& over) {
   const float x = ROUND_OPERANDS ? conv::dst_round<F16>(a) : a;
   const float y = ROUND_OPERANDS ? conv::dst_round<F16>(b) : b;
   const float r = apply<OP>(x, y);
+  if constexpr (F16) over |= conv::f16_overflows(a) | conv::f16_overflows(b) | conv::f16_overflows(r);
   return conv::dst_round<F16>(conv::select(is_nan(x), quiet(x), r));
 }
 
@@ -68,6 +74,7 @@ void eltwise_loop(const float* a, const float* b, float* out) {
     for (int i = 0; i < TILE; ++i) line[i] = b[i * TILE];
   }
   const float corner = b[0];
+  uint32_t over = 0;
   for (int i = 0; i < TILE; ++i) {
     for (int j = 0; j < TILE; ++j) {
       float bv;
@@ -80,8 +87,11 @@ void eltwise_loop(const float* a, const float* b, float* out) {
       } else {
         bv = corner;
       }
-      out[i * TILE + j] = binary<OP, F16, ROUND_OPERANDS>(a[i * TILE + j], bv);
+      out[i * TILE + j] = binary<OP, F16, ROUND_OPERANDS>(a[i * TILE + j], bv, over);
     }
+  }
+  if constexpr (F16) {
+    if (over) f16_overflow = true;
   }
 }
 
@@ -182,20 +192,24 @@ void reduce_max_impl(float* dst, const float* const* tiles, int n, ReduceDim dim
   // tile). The Python then multiplies the result by 1.0 once more, which changes no bits (it is already a
   // Dst-format value, NaNs included), so that is left out.
   const float s = conv::dst_round<F16>(scaler);
+  uint32_t over = F16 ? conv::f16_overflows(scaler) : 0;
   float m[TILE_ELEMS];
   for (int k = 0; k < n; ++k) {
     const float* t = tiles[k];
     float v[TILE_ELEMS];
     if (!F16 && all_bf16(t, t)) {  // bf16 values already: skip the operand rounding (see binary)
-      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16, false>(t[e], s);
+      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16, false>(t[e], s, over);
     } else {
-      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16>(t[e], s);
+      for (int e = 0; e < TILE_ELEMS; ++e) v[e] = binary<BinaryOp::MUL, F16>(t[e], s, over);
     }
     if (k == 0) {
       std::memcpy(m, v, sizeof m);
     } else {
       for (int e = 0; e < TILE_ELEMS; ++e) m[e] = maximum(m[e], v[e]);
     }
+  }
+  if constexpr (F16) {
+    if (over) f16_overflow = true;
   }
   switch (dim) {
     case ReduceDim::ROW:  // each row into column 0 (numpy's contiguous max over a row)
@@ -250,18 +264,30 @@ inline float scalar_fn(float x, float p) {
   }
 }
 
+// F16: a Float16 overflow where x's rounding or the float32 result's rounding gives inf from a finite value
+// (f16_overflow; a result that float32 arithmetic made inf already is none, as in the Python).
 template <ScalarFn FN, bool F16>
 void scalar_impl(float* x, int count, float p) {
+  uint32_t over = 0;
   if constexpr (FN == ScalarFn::ADD || FN == ScalarFn::MUL || FN == ScalarFn::SUB_FROM) {
     // A NaN parameter wins even over a NaN x: numpy's loops with a scalar operand return its bits for
     // tiles (for p - x it is the first operand anyway).
     if (is_nan(p)) {
       const float r = conv::dst_round<F16>(quiet(p));
-      for (int i = 0; i < count; ++i) x[i] = r;
+      for (int i = 0; i < count; ++i) {
+        if constexpr (F16) over |= conv::f16_overflows(x[i]);  // x is still rounded first
+        x[i] = r;
+      }
+      if (over) f16_overflow = true;
       return;
     }
   }
-  for (int i = 0; i < count; ++i) x[i] = conv::dst_round<F16>(scalar_fn<FN>(conv::dst_round<F16>(x[i]), p));
+  for (int i = 0; i < count; ++i) {
+    const float y = scalar_fn<FN>(conv::dst_round<F16>(x[i]), p);
+    if constexpr (F16) over |= conv::f16_overflows(x[i]) | conv::f16_overflows(y);
+    x[i] = conv::dst_round<F16>(y);
+  }
+  if (over) f16_overflow = true;
 }
 
 template <bool F16>
@@ -303,16 +329,23 @@ void reduce_max_block(float* dst, const float* const* tiles, int n, ReduceDim di
   }
 }
 
-void sfpu_table_tile(float* x, int count, const float* table, DstFormat format) {
+void sfpu_table_tile(float* x, int count, const float* table, DstFormat format, const uint8_t* overflow) {
   // The indices first (a loop that vectorises), then the lookups, a block at a time.
   constexpr int BLOCK = 256;
   uint32_t index[BLOCK];
+  uint32_t over = 0;  // F16: an operand or a looked-up entry overflows (f16_overflow)
   for (int start = 0; start < count; start += BLOCK) {
     const int n = count - start < BLOCK ? count - start : BLOCK;
     float* v = x + start;
     if (format == DstFormat::F16) {
       // the Float16 bits of f16_round(x)
-      for (int i = 0; i < n; ++i) index[i] = conv::f16_bits(v[i]);
+      for (int i = 0; i < n; ++i) {
+        over |= conv::f16_overflows(v[i]);
+        index[i] = conv::f16_bits(v[i]);
+      }
+      if (overflow != nullptr) {
+        for (int i = 0; i < n; ++i) over |= overflow[index[i]];
+      }
     } else {
       // the bf16 bits of numerics._as_bf16(x): x's upper half when its lower half is zero, else the bits of
       // bf16_round(x). (The two differ only for a NaN with a zero lower half, which _as_bf16 keeps as it is
@@ -324,6 +357,7 @@ void sfpu_table_tile(float* x, int count, const float* table, DstFormat format) 
     }
     for (int i = 0; i < n; ++i) v[i] = table[index[i]];
   }
+  if (over) f16_overflow = true;
 }
 
 void sfpu_scalar_tile(float* x, int count, ScalarFn fn, float param, DstFormat format) {

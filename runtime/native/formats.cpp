@@ -138,10 +138,16 @@ int tile_bytes(Format format) {
   bad_format(format);
 }
 
+thread_local bool f16_overflow = false;
+
 float bf16_round(float x) { return conv::bf16_round(x); }
 float f16_round(float x) { return conv::f16_round(x); }
 float dst_round(float x, DstFormat format) {
-  return format == DstFormat::F16 ? conv::f16_round(x) : conv::bf16_round(x);
+  if (format == DstFormat::F16) {
+    if (conv::f16_overflows(x)) f16_overflow = true;
+    return conv::f16_round(x);
+  }
+  return conv::bf16_round(x);
 }
 
 void unpack_tile(const uint8_t* src, Format format, float* out) {
@@ -202,7 +208,12 @@ void pack_tile(const float* tile, Format format, uint8_t* dst) {
 
 void dst_round_values(float* x, int count, DstFormat format) {
   if (format == DstFormat::F16) {
-    for (int i = 0; i < count; ++i) x[i] = conv::f16_round(x[i]);
+    uint32_t over = 0;
+    for (int i = 0; i < count; ++i) {
+      over |= conv::f16_overflows(x[i]);
+      x[i] = conv::f16_round(x[i]);
+    }
+    if (over) f16_overflow = true;
   } else {
     for (int i = 0; i < count; ++i) x[i] = conv::bf16_round(x[i]);
   }

@@ -231,6 +231,8 @@ float exact_partial(const float* x, const float* y, int y_stride, Fidelity fidel
 
 // RN to the Dst format of a float64 value (finite or inf; NaN is the caller's): 8 (bf16) or 11 (f16)
 // significant bits, the fixed last bit of the subnormals (2**-133, 2**-24), inf past the largest value.
+// A finite value that rounds to inf in Float16 sets f16_overflow (every f16 Dst value past Float16's
+// normal range, in the chain and in the binary SFPU, is rounded here).
 double round_to_dst(double v, DstFormat format) {
   if (!std::isfinite(v) || v == 0) return v;
   int precision = format == DstFormat::BF16 ? 8 : 11;
@@ -239,7 +241,10 @@ double round_to_dst(double v, DstFormat format) {
   int exponent = std::max(std::ilogb(v), min_exponent);
   int last = exponent - (precision - 1);
   double r = std::ldexp(std::nearbyint(std::ldexp(v, -last)), last);  // RNE in the default rounding mode
-  if (std::fabs(r) >= std::ldexp(1.0, max_exponent + 1)) return std::copysign(HUGE_VAL, v);
+  if (std::fabs(r) >= std::ldexp(1.0, max_exponent + 1)) {
+    if (format == DstFormat::F16) f16_overflow = true;
+    return std::copysign(HUGE_VAL, v);
+  }
   return r;
 }
 

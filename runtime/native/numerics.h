@@ -68,8 +68,9 @@ void reduce_max_block(float* dst, const float* const* tiles, int n, ReduceDim di
 // ---------------------------------------------------------------------------------------- SFPU
 
 // x[i] = table[bits of x[i] in the Dst format] for a tabulated unary function (numerics._sfpu_table:
-// the 65536 results by input bit pattern, built once by the Python definition).
-void sfpu_table_tile(float* x, int count, const float* table, DstFormat format);
+// the 65536 results by input bit pattern, built once by the Python definition). F16: `overflow` (65536
+// marks, numerics.sfpu_table_overflow, or null for none) says which entries are a Float16 overflow.
+void sfpu_table_tile(float* x, int count, const float* table, DstFormat format, const uint8_t* overflow = nullptr);
 
 // The *_scalar forms, computed in float32 (numerics.SFPU_SCALAR_FUNCTIONS); pow_scalar and rpow_scalar
 // are tabulated per parameter instead and use sfpu_table_tile.
@@ -100,5 +101,19 @@ void unpack_row_values(const uint8_t* src, int count, Format format, float* out)
 // x[0..count) = dst_round(x[i], format): the array form of dst_round, for loops the compiler vectorises (a
 // datacopy into Dst, an f32 / i32 operand unpacked for the FPU).
 void dst_round_values(float* x, int count, DstFormat format);
+
+}  // namespace ttc
+
+// ---------------------------------------------------------------------------------------- Float16 overflow
+
+namespace ttc {
+
+// Set when a primitive working on a Float16 Dst rounds a finite value to Float16 and gets +-inf (a magnitude
+// of at least 65520): numerics.Float16Overflow, a device fault. Every f16 rounding of a Dst value sets it
+// (dst_round and dst_round_values with F16, eltwise_tile, reduce_max_block, the SFPU forms, the matmul chain
+// and reduce_sum_block); the results are those of the plain rounding (inf). Per thread, so that the loops
+// need no exceptions: the program executor clears it when a core starts and checks it after each compute op
+// of an f16 program; the bindings read it with `take_f16_overflow`. bf16 paths never touch it.
+extern thread_local bool f16_overflow;
 
 }  // namespace ttc

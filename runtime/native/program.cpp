@@ -121,6 +121,7 @@ struct Encoded {
   DstFormat dst = DstFormat::BF16;
   std::vector<double> fparams;
   std::vector<float> tables;  // 65536 floats per SFPU table
+  std::vector<uint8_t> table_overflow;  // f16 programs: 65536 Float16 overflow marks per table, else empty
   double last_run_us = 0;     // how long the last run took (a hint for the thread count)
 };
 
@@ -423,6 +424,7 @@ void Core::run(int64_t index) {
   steps = 0;
   masked_index = 0;
   counters = Counters{};
+  f16_overflow = false;
   try {
     int live[KERNELS] = {0, 1, 2};
     int n_live = KERNELS;
@@ -485,6 +487,12 @@ Core::Resume Core::resume(int kernel) {
     K.retry = false;
     bool blocked = false;
     execute(kernel, in, blocked);
+    // a compute op of an f16 program rounded a finite value to Float16 and got inf (numerics.h): a fault at
+    // this op, reported on every core as the interpreter does (its numerics run on all cores at once)
+    if (E.dst == DstFormat::F16 && f16_overflow) {
+      f16_overflow = false;
+      fail(F16_OVERFLOW, -1, {}, 0, 0, true);
+    }
     if (blocked) {
       K.retry = true;
       return BLOCKED;
@@ -1142,7 +1150,8 @@ void Core::op_sfpu(const Instr& in) {
   int64_t base = math_slots(f[4], f[5]);
   int count = static_cast<int>(f[5] * TILE_ELEMS);
   if (f[2] == 0)
-    sfpu_table_tile(dst_tile(base), count, E.tables.data() + f[3] * 65536, E.dst);
+    sfpu_table_tile(dst_tile(base), count, E.tables.data() + f[3] * 65536, E.dst,
+                    E.table_overflow.empty() ? nullptr : E.table_overflow.data() + f[3] * 65536);
   else
     sfpu_scalar_tile(dst_tile(base), count, static_cast<ScalarFn>(f[3]), static_cast<float>(E.fparams[f[6]]), E.dst);
   counters.compute_cycles += f[7];
@@ -1295,7 +1304,7 @@ Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py
 std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int64_t> kernel_start, int64_t n_regs,
                                       int64_t n_agens, py::array_t<int64_t> cbs, py::list args,
                                       std::vector<int64_t> banks, int dst_format, std::vector<double> fparams,
-                                      py::array_t<float> tables) {
+                                      py::array_t<float> tables, py::array_t<uint8_t> table_overflow) {
   auto e = std::make_shared<Encoded>();
   if (code.ndim() != 2 || code.shape(1) != W) throw std::invalid_argument("code must be int64 [n, 16]");
   e->code.resize(code.shape(0));
@@ -1330,6 +1339,11 @@ std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int
   e->dst = static_cast<DstFormat>(dst_format);
   e->fparams = std::move(fparams);
   e->tables.assign(tables.data(), tables.data() + tables.size());
+  if (e->dst == DstFormat::F16) {
+    if (table_overflow.size() != tables.size())
+      throw std::invalid_argument("an f16 program needs the overflow marks of its SFPU tables");
+    e->table_overflow.assign(table_overflow.data(), table_overflow.data() + table_overflow.size());
+  }
   return e;
 }
 
@@ -1493,7 +1507,7 @@ void register_program(py::module_& m) {
                                                 "A program's op stream (runtime/native_program.py encodes it)")
       .def(py::init(&make_encoded), py::arg("code"), py::arg("kernel_start"), py::arg("n_regs"), py::arg("n_agens"),
            py::arg("cbs"), py::arg("args"), py::arg("banks"), py::arg("dst_format"), py::arg("fparams"),
-           py::arg("tables"))
+           py::arg("tables"), py::arg("table_overflow") = py::array_t<uint8_t>())
       .def_readonly("cores", &Encoded::cores)
       .def_readwrite("last_run_us", &Encoded::last_run_us);
   m.def("run_program", &run_program,

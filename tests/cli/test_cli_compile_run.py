@@ -238,3 +238,46 @@ def test_profile_top_lists_the_slowest_programs(model_path: Path, capsys: pytest
     assert code == 0 and len(rows) == 1 and "(the 1 slowest of" in out
     code, _, err = run(["profile", str(model_path), "--top", "0"], capsys)
     assert code == 2 and "--top needs a positive number" in err
+
+
+def test_run_on_either_emulator_gives_the_same_bytes(model_path: Path, tmp_path: Path, capsys) -> None:
+    outputs = {}
+    for emulator, threads in (("native", "1"), ("native", "2"), ("reference", "1")):
+        out = tmp_path / f"{emulator}{threads}.npz"
+        code, _, _ = run(["run", str(model_path), "--emulator", emulator, "--threads", threads, "-o", str(out)], capsys)
+        assert code == 0
+        with np.load(out) as data:
+            outputs[emulator, threads] = {name: data[name].tobytes() for name in data.files}
+    assert outputs["native", "1"] == outputs["native", "2"] == outputs["reference", "1"]
+
+
+def test_bad_emulator_options_are_user_errors(model_path: Path, capsys) -> None:
+    code, _, err = run(["run", str(model_path), "--threads", "0"], capsys)
+    assert code == 2 and "--threads needs at least 1 thread, not 0" in err
+    code, _, err = run(["run", str(model_path), "--emulator", "fast"], capsys)
+    assert code == 2 and "invalid choice: 'fast'" in err
+
+
+def test_float16_overflow_is_a_device_fault_naming_the_node(tmp_path: Path, capsys) -> None:
+    """`ttc run --softmax-precision f16` on a classifier whose logits pass 65504: the Gemm's Float16 Dst
+    overflows, which is a device fault (exit 3) naming the Gemm's node, never a silent inf; the default bf16
+    softmax runs it (its Dst holds bf16, whose range is float32's)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
+    prob = helper.make_tensor_value_info("prob", TensorProto.FLOAT, [2, 10])
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [10, 64], np.full(640, 2000.0, np.float32))
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [10], np.zeros(10, np.float32))
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["logits"], transB=1, name="/classifier/fc"),
+             helper.make_node("Softmax", ["logits"], ["prob"], axis=-1, name="/classifier/softmax")]
+    graph = helper.make_graph(nodes, "head", [x], [prob], initializer=[weights, bias])
+    path = tmp_path / "head.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    np.save(tmp_path / "x.npy", np.ones((2, 64), np.float32))  # every logit 64 * 2000 = 128000
+    given = ["--input", f"x={tmp_path / 'x.npy'}"]
+    for emulator in ("native", "reference"):
+        code, _, err = run(["run", str(path), "--softmax-precision", "f16", "--emulator", emulator, *given], capsys)
+        assert code == 3, err
+        assert "device fault: Float16 overflow: a value rounded to Float16 exceeds 65504" in err
+        assert "--softmax-precision f16" in err and "compute kernel, op ttkernel.matmul_tiles" in err
+        assert 'ONNX node(s) "/classifier/fc"' in err
+    code, _, err = run(["run", str(path), *given], capsys)
+    assert code == 0, err

@@ -4,9 +4,14 @@ and the exposed logits) by `ttc.golden.compare` (PCC >= 0.99, relative L2 <= 0.0
 
 Each takes from seconds to minutes (compile, emulate, and the first time building the model into the model
 cache), so all are marked slow: run them with `pytest -m slow tests/models/test_cnn_golden.py` (`.ci/run` does,
-after the default suite). The torch exports need the `models` extra. The classifiers' probabilities pass
-because `layout{precise-softmax}` (on by default) gives a host-read softmax and the activations it is
-computed from Float16 (docs/architecture.md, section 8); their logits pass either way.
+after the default suite). The torch exports need the `models` extra.
+
+bf16 is the default end to end. Where a classifier's bf16 probabilities miss the golden rule while its logits
+pass (large logits of a 1000-class head: their absolute bf16 errors become relative errors after the
+exponential), the golden report must say so and name `--softmax-precision f16` (`ttc.evaluate.softmax_hints`),
+and that option must reduce the relative L2 error (it raises only the softmax and its logits op to Float16, so the logits'
+own bf16 error from the layers before stays: light_vgg19's rel L2 goes 0.11 -> 0.09, not below 0.05). Every
+other output must pass in bf16.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import onnx
 import pytest
 
 import ttc
+from ttc.evaluate import softmax_hints
 from ttc.golden import compare, run_onnxruntime
 
 HAVE_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "onnxscript"))
@@ -39,11 +45,23 @@ def image_feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", CASES)
 def test_cnn_model_matches_onnxruntime(name: str) -> None:
-    model = onnx.load(cnn_models.model_path(name))
+    path = cnn_models.model_path(name)
+    model = onnx.load(path)
     compiled = ttc.compile(model)
     assert compiled.manifest["host_ops"] == 0
     feeds = image_feeds(model)
     outputs = compiled.run(feeds)
-    for output, expected in run_onnxruntime(model, feeds).items():
-        result = compare(output, outputs[output], expected)
-        assert result.passed, result
+    expected = run_onnxruntime(model, feeds)
+    results = [compare(output, outputs[output], value) for output, value in expected.items()]
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return
+    hints = softmax_hints(compiled, path, feeds, results, 0.99, 0.05)  # compare()'s defaults
+    for result in failed:
+        assert any(f"output '{result.name}'" in hint and "--softmax-precision f16" in hint for hint in hints), \
+            (result, hints)
+    precise = ttc.compile(model, softmax_precision="f16")
+    precise_outputs = precise.run(feeds)
+    for result in failed:
+        again = compare(result.name, precise_outputs[result.name], expected[result.name])
+        assert again.rel_l2_err < result.rel_l2_err, (result, again)

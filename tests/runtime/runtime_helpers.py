@@ -8,10 +8,13 @@ inputs and outputs, write_buffer, one enqueue_program, read_buffer, deallocate a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pytest
 
 from ttc.ir import parse_module, verify
 from ttc.ir.core import Module
@@ -306,3 +309,42 @@ def replace(kernel: Sequence[str], old: str, new: str) -> list[str]:
     text = "\n".join(kernel)
     assert old in text, f"{old!r} not in the kernel"
     return text.replace(old, new, 1).split("\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Float16 overflow: the Python numerics raise it, the native primitives set a per-thread flag
+
+
+@contextmanager
+def unchecked_f16() -> Iterator[None]:
+    """The numerics without their Float16 overflow checks: the plain roundings' results (inf where a finite
+    value overflows), which are the native primitives' results too."""
+    from ttc.runtime import numerics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numerics, "_check_f16", lambda before, after: after)
+        patch.setattr(numerics, "_check_marks", lambda marks: None)
+        yield
+
+
+def python_and_overflow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+    """(fn's result without the overflow checks, whether fn raises numerics.Float16Overflow with them)."""
+    from ttc.runtime import numerics
+
+    with np.errstate(all="ignore"):
+        try:
+            fn(*args, **kwargs)
+            raised = False
+        except numerics.Float16Overflow:
+            raised = True
+        with unchecked_f16():
+            return fn(*args, **kwargs), raised
+
+
+def native_and_overflow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, bool]:
+    """(a native primitive's result, whether it set the calling thread's Float16 overflow flag)."""
+    from ttc.runtime.native_core import native
+
+    native.take_f16_overflow()
+    result = fn(*args, **kwargs)
+    return result, native.take_f16_overflow()

@@ -10,6 +10,7 @@ import pytest
 from runtime_helpers import (
     ProgramSpec,
     Tensor,
+    addrgen,
     cb,
     eltwise_program,
     kfor,
@@ -313,3 +314,110 @@ def test_messages_read_in_order() -> None:
     assert lines[0].startswith("device fault: ")
     assert re.match(r"  at core \(\d+,\d+\)", lines[1])
     assert lines[2].startswith("  in program eltwise on a 3x2 grid")
+
+
+# --- Float16 overflow --------------------------------------------------------------------------
+
+
+F16_OVERFLOW = "Float16 overflow: a value rounded to Float16 exceeds 65504, the largest Float16 value"
+
+
+def f16_fault(program: ProgramSpec, a: np.ndarray, b: np.ndarray) -> str:
+    """Run c = program(a, b) with f16 buffers (so Dst holds Float16) and return the DeviceFault's message."""
+    ta, tb, tc = (Tensor(n, a.shape, "f16") for n in "abc")
+    with pytest.raises(DeviceFault) as info:
+        run({"a": (ta, a), "b": (tb, b)}, [tc], program)
+    assert info.value.exit_code == EXIT_DEVICE_FAULT
+    return str(info.value)
+
+
+def test_float16_overflow_of_an_eltwise_result() -> None:
+    """65504 + 16 rounds past Float16's range on one core: a fault at the op, on all cores (the interpreter
+    computes every core's tiles at once); 65504 + 15 rounds back to 65504, and inf + 1 is no overflow."""
+    a, b = np.ones(SHAPE, np.float32), np.ones(SHAPE, np.float32)
+    a[40, 70], b[40, 70] = 65504.0, 16.0  # tile (1, 2): core (2,1)
+    message = f16_fault(eltwise_program((3, 2), fmt="f16"), a, b)
+    check(message, F16_OVERFLOW, "(this program holds Float16 in Dst: --softmax-precision f16)",
+          "at core (0,0) and 5 more cores, compute kernel, op ttkernel.binary_tiles", "eltwise on a 3x2 grid", NODE)
+    b[40, 70], a[0, 0] = 15.0, np.inf
+    out, _ = run({"a": (Tensor("a", SHAPE, "f16"), a), "b": (Tensor("b", SHAPE, "f16"), b)},
+                 [Tensor("c", SHAPE, "f16")], eltwise_program((3, 2), fmt="f16"))
+    assert out["c"][40, 70] == 65504.0 and out["c"][0, 0] == np.inf
+
+
+def test_the_earliest_float16_overflow_over_all_cores_is_reported() -> None:
+    """Each tile: add, then exp. Core (1,0) overflows in the add of its second tile, core (1,1) in the exp of
+    its first: the interpreter (all cores op by op) meets the exp first."""
+    program = eltwise_program((3, 2), per_core=2, fmt="f16")
+    program.compute = replace(program.compute, '"ttkernel.tile_regs_commit"',
+                              kop("sfpu_tiles", fn="exp", count=1) + '\n"ttkernel.tile_regs_commit"')
+    shape = (64, 192)  # 12 tiles, two per core
+    a, b = np.ones(shape, np.float32), np.ones(shape, np.float32)
+    a[5, 3 * 32 + 5], b[5, 3 * 32 + 5] = 65504.0, 32.0  # tile 3: core 1's second
+    a[40, 2 * 32 + 1], b[40, 2 * 32 + 1] = 6.0, 6.0  # tile 8: core 4's first; exp(12) = 162755
+    ta, tb, tc = (Tensor(n, shape, "f16") for n in "abc")
+    with pytest.raises(DeviceFault) as info:
+        run({"a": (ta, a), "b": (tb, b)}, [tc], program)
+    check(str(info.value), F16_OVERFLOW, "at core (0,0) and 5 more cores, compute kernel, op ttkernel.sfpu_tiles")
+    a[40, 2 * 32 + 1] = 4.0  # exp(10) = 22026: only the add of tile 3 overflows
+    with pytest.raises(DeviceFault) as info:
+        run({"a": (ta, a), "b": (tb, b)}, [tc], program)
+    check(str(info.value), F16_OVERFLOW, "op ttkernel.binary_tiles")
+
+
+@pytest.mark.parametrize("op", ["fill_tiles", "mask_tiles"])
+def test_float16_overflow_of_a_fill_value(op: str) -> None:
+    """A fill value past Float16's range (a mask's even where no element is padding); -inf fills are fine."""
+    def with_fill(value: float) -> ProgramSpec:
+        program = eltwise_program((3, 2), fmt="f16")
+        line = {"fill_tiles": kop("fill_tiles", count=1, value=value),
+                "mask_tiles": kop("mask_tiles", "z", "z", rows=1, cols=1, valid_rows=64, valid_cols=96,
+                                  fill=-value)}[op]
+        program.compute = [kop("constant", out="z", value=0),
+                           *replace(program.compute, '"ttkernel.tile_regs_commit"',
+                                    line + '\n"ttkernel.tile_regs_commit"')]
+        return program
+
+    ones = np.ones(SHAPE, np.float32)
+    check(f16_fault(with_fill(7e4), ones, ones), F16_OVERFLOW, f"compute kernel, op ttkernel.{op}")
+    tensors = {"a": (Tensor("a", SHAPE, "f16"), ones), "b": (Tensor("b", SHAPE, "f16"), ones)}
+    out, _ = run(tensors, [Tensor("c", SHAPE, "f16")], with_fill(float("inf")))
+    assert np.isinf(out["c"]).all() if op == "fill_tiles" else (out["c"] == 2.0).all()
+
+
+def test_a_bf16_dst_never_overflows() -> None:
+    """The same sum with bf16 buffers: bf16's range is float32's."""
+    a, b = np.ones(SHAPE, np.float32), np.ones(SHAPE, np.float32)
+    a[40, 70], b[40, 70] = 65504.0, 65504.0
+    out, _ = run({"a": (Tensor("a", SHAPE), a), "b": (Tensor("b", SHAPE), b)}, [Tensor("c", SHAPE)],
+                 eltwise_program((3, 2)))
+    assert out["c"][40, 70] == 131072.0
+
+
+@pytest.mark.parametrize("op", ["copy_tiles", "transpose_tiles"])
+@pytest.mark.parametrize("fmt", ["bf16", "f32"])
+def test_float16_overflow_of_a_datacopy(op: str, fmt: str) -> None:
+    """A bf16 or f32 tile copied into a Float16 Dst (the program's result is f16): 70000 has no Float16 value;
+    65280 and inf copy as they are."""
+    reader = [kop("get_arg", out="t", index=0), *addrgen("a", 0, fmt), kop("cb_reserve_back", cb=0, pages=1),
+              kop("noc_read_tiles", "a", "t", cb=0, rows=1, cols=1), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=0, pages=1)]
+    compute = [kop("cb_wait_front", cb=0, pages=1), kop("tile_regs_acquire"), kop(op, cb=0, rows=1, cols=1),
+               kop("tile_regs_commit"), kop("tile_regs_wait"), kop("cb_reserve_back", cb=16, pages=1),
+               kop("pack_tiles", count=1, cb=16), kop("cb_push_back", cb=16, pages=1), kop("tile_regs_release"),
+               kop("cb_pop_front", cb=0, pages=1)]
+    writer = [kop("get_arg", out="t", index=0), *addrgen("c", 1, "f16"), kop("cb_wait_front", cb=16, pages=1),
+              kop("noc_write_tiles", "c", "t", cb=16, rows=1, cols=1), kop("noc_write_barrier"),
+              kop("cb_pop_front", cb=16, pages=1)]
+    program = ProgramSpec(reader, compute, writer, [cb(0, 2, fmt), cb(16, 2, "f16")], (2, 1),
+                          [[[0], [1]], [[], []], [[0], [1]]], kind="copy", node="copy_1")
+    x = np.ones((32, 64), np.float32)
+    x[3, 40], x[4, 41] = 65280.0, -np.inf  # (65504 has no bf16 value: 65536)
+    inputs = {"a": (Tensor("a", x.shape, fmt), x)}
+    out, _ = run(inputs, [Tensor("c", x.shape, "f16")], program)
+    assert out["c"].max() == 65280.0 and (out["c"] == -np.inf).sum() == 1  # (somewhere, if transposed)
+    x[5, 42] = -70000.0
+    with pytest.raises(DeviceFault) as info:
+        run(inputs, [Tensor("c", x.shape, "f16")], program)
+    check(str(info.value), F16_OVERFLOW, f"at core (0,0) and 1 more core, compute kernel, op ttkernel.{op}",
+          'copy on a 2x1 grid, ONNX node(s) "copy_1"')

@@ -1,6 +1,8 @@
 """The native matmul unit, reduce-sum and binary SFPU against runtime/numerics.py, byte for byte, and the
 definition itself (RN_f32 of each chunk's exact sum, RN_f32 of the exact power) against an independent
-rational-arithmetic statement of it."""
+rational-arithmetic statement of it. In a Float16 Dst, a native primitive sets the thread's Float16 overflow
+flag exactly where the reference raises numerics.Float16Overflow; results are compared with the reference's
+without that check (runtime_helpers.python_and_overflow)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from runtime_helpers import native_and_overflow, python_and_overflow, unchecked_f16
 
 from ttc.runtime import numerics as N
 from ttc.runtime.native_core import native
@@ -81,11 +84,14 @@ def test_matmul_block_matches_the_reference(seed, rows, cols, inner, fidelity, d
     if kind_a == "ties":  # the matching column: 1, 2**-12 times 1, 3 or -1 (a tie at float32), a breaker
         b[..., 0::16, :], b[..., 1::16, :] = 1.0, 2.0**-12
     promise = promise and "unrounded" not in (kind_a, kind_b)  # the promise holds for bf16 values only
-    dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
-    with np.errstate(all="ignore"):
-        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=promise, dst_format=dst_format)
-    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), rows, cols, inner, int(fidelity), dst_format, promise)
+    with unchecked_f16(), np.errstate(all="ignore"):
+        dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
+    want, raised = python_and_overflow(N.matmul_block_accumulate, dst, a, b, fidelity, bf16_operands=promise,
+                                       dst_format=dst_format)
+    got, flagged = native_and_overflow(native.matmul_block, tiles(dst), tiles(a), tiles(b), rows, cols, inner,
+                                       int(fidelity), dst_format, promise)
     assert_same_bits(got.reshape(want.shape), want)
+    assert raised == flagged
 
 
 def test_matmul_block_of_a_typical_block_and_bad_arguments():
@@ -197,9 +203,10 @@ def test_reduce_sum_matches_the_reference(seed, n, dim, fidelity, dst_format, ki
     rng = np.random.default_rng(seed)
     x = operand(rng, (n, 32, 32), kind)
     dst = N.dst_round(operand(rng, (32, 32), "gauss"), dst_format)
-    with np.errstate(all="ignore"):
-        want = N.reduce_block(dst, x, dim, "sum", scaler, fidelity, dst_format)
-    assert_same_bits(native.reduce_sum(dst, x, dim, scaler, int(fidelity), dst_format), want)
+    want, raised = python_and_overflow(N.reduce_block, dst, x, dim, "sum", scaler, fidelity, dst_format)
+    got, flagged = native_and_overflow(native.reduce_sum, dst, x, dim, scaler, int(fidelity), dst_format)
+    assert_same_bits(got, want)
+    assert raised == flagged
 
 
 # --- the matmul definition -----------------------------------------------------------------------
@@ -283,13 +290,17 @@ def test_reference_matmul_is_the_definition(kind):
             if kind == "ties":
                 b[0::16, :8], b[1::16, :8] = 1.0, 2.0**-12
             dst = np.zeros((32, 32), np.float32)
-            dst[:8, :8] = N.dst_round(operand(rng, (8, 8), "special"), dst_format)
-            with np.errstate(all="ignore"):
-                got = N.matmul_tiles_accumulate(dst, a, b, fidelity, dst_format)
+            with unchecked_f16():  # values past 65504 become inf, as a Dst may hold
+                dst[:8, :8] = N.dst_round(operand(rng, (8, 8), "special"), dst_format)
+            got, raised = python_and_overflow(N.matmul_tiles_accumulate, dst, a, b, fidelity, dst_format)
             want = definition_matmul(dst[:8, :8], a[:8], b[:, :8], int(fidelity), dst_format)
             assert_same_bits(got[:8, :8], want)
-            native_got = native.matmul_block(dst[None], a[None], b[None], 1, 1, 1, int(fidelity), dst_format)[0]
-            assert_same_bits(native_got, got)
+            native_got, flagged = native_and_overflow(native.matmul_block, dst[None], a[None], b[None], 1, 1, 1,
+                                                      int(fidelity), dst_format)
+            assert_same_bits(native_got[0], got)
+            assert raised == flagged
+            if kind == "overflow" and dst_format == "f16":  # sums past 65504 (and some past float32's range)
+                assert raised
 
 
 def one_chunk(products: list[tuple[float, float]], dst: float = 0.0, fidelity: int = 4,
@@ -302,11 +313,52 @@ def one_chunk(products: list[tuple[float, float]], dst: float = 0.0, fidelity: i
         if both:
             a[0, 16 + k], b[16 + k, 0] = x, y
     d = np.full((32, 32), dst, np.float32)
-    with np.errstate(all="ignore"):
-        ref = N.matmul_tiles_accumulate(d, a, b, fidelity, dst_format)[0, 0]
-    nat = native.matmul_block(d[None], a[None], b[None], 1, 1, 1, fidelity, dst_format)[0, 0, 0]
-    assert bits(ref) == bits(nat)
-    return float(ref), float(nat)
+    ref, raised = python_and_overflow(N.matmul_tiles_accumulate, d, a, b, fidelity, dst_format)
+    nat, flagged = native_and_overflow(native.matmul_block, d[None], a[None], b[None], 1, 1, 1, fidelity, dst_format)
+    assert bits(ref[0, 0]) == bits(nat[0, 0, 0])
+    assert raised == flagged
+    return float(ref[0, 0]), float(nat[0, 0, 0])
+
+
+def chain_overflows(products: list[tuple[float, float]], dst: float = 0.0, both: bool = False) -> bool:
+    """Whether an f16 chain (`one_chunk`) is a Float16 overflow, in the reference and the native core alike."""
+    a, b = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32)
+    for k, (x, y) in enumerate(products):
+        a[0, k], b[k, 0] = x, y
+        if both:
+            a[0, 16 + k], b[16 + k, 0] = x, y
+    d = np.full((32, 32), dst, np.float32)
+    one_chunk(products, dst, dst_format="f16", both=both)  # the same bits
+    raised = python_and_overflow(N.matmul_tiles_accumulate, d, a, b, 4, "f16")[1]
+    flagged = native_and_overflow(native.matmul_block, d[None], a[None], b[None], 1, 1, 1, 4, "f16")[1]
+    assert raised == flagged
+    return raised
+
+
+def test_f16_chain_overflow_edges():
+    """A Float16 Dst chain overflows where a step's exact sum is finite and rounds to inf (from 65520 on):
+    not at 65519, not from an inf Dst or an inf partial (a sum past float32's range: the rounding is given
+    inf), not from NaN; either sign; and a chain that passes 65520 at its first step and comes back below
+    overflows all the same (each step rounds)."""
+    assert not chain_overflows([(15.0, 1.0)], dst=65504.0)
+    assert chain_overflows([(16.0, 1.0)], dst=65504.0)
+    assert chain_overflows([(-16.0, 1.0)], dst=-65504.0)
+    assert chain_overflows([(2.0**16, 1.0)])
+    assert not chain_overflows([(65280.0, 1.0)])  # operands enter as bf16: 65504 would be 65536
+    assert chain_overflows([(65280.0, 1.0)], both=True)  # 65280 + 65280 at the second chunk
+    assert not chain_overflows([(1.0, 1.0)], dst=math.inf)
+    assert not chain_overflows([(1.0, 1.0)], dst=-math.inf)
+    assert not chain_overflows([(math.inf, 1.0)])
+    assert not chain_overflows([(2.0**127, 2.0**1), (2.0**127, 2.0**1)])  # the partial is inf
+    assert not chain_overflows([(math.nan, 1.0)], dst=65504.0)
+    assert not chain_overflows([(1.0, 1.0)], dst=math.nan)
+    a, b = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.float32)
+    a[0, 0], b[0, 0], a[0, 16], b[16, 0] = 256.0, 256.0, -256.0, 256.0  # 65536, then back to 0
+    d = np.zeros((32, 32), np.float32)
+    raised = python_and_overflow(N.matmul_tiles_accumulate, d, a, b, 4, "f16")[1]
+    flagged = native_and_overflow(native.matmul_block, d[None], a[None], b[None], 1, 1, 1, 4, "f16")[1]
+    assert raised and flagged
+    assert not native_and_overflow(native.matmul_block, d[None], a[None], b[None], 1, 1, 1, 4, "bf16")[1]
 
 
 def test_a_chunk_sum_needing_more_than_53_bits_rounds_as_the_exact_sum():
@@ -387,8 +439,35 @@ def test_sfpu_binary_matches_the_reference(seed, dst_format, fn):
     b[:2000] = rng.choice(exponents, 2000)
     with np.errstate(invalid="ignore"):  # casts of signalling NaN patterns
         a, b = N.dst_round(a, dst_format), N.dst_round(b, dst_format)
-    want = N.sfpu_binary(a, b, fn, dst_format)
-    assert_same_bits(native.sfpu_binary(a, b, fn, dst_format), want)
+    want, raised = python_and_overflow(N.sfpu_binary, a, b, fn, dst_format)
+    got, flagged = native_and_overflow(native.sfpu_binary, a, b, fn, dst_format)
+    assert_same_bits(got, want)
+    assert raised == flagged
+    if fn == "pow" and dst_format == "f16":
+        assert raised  # 65504 ** 2 and the like
+    for i in range(0, 4000, 40):  # one pair at a time: the flag exactly where the reference raises
+        pair = slice(i, i + 1)
+        assert python_and_overflow(N.sfpu_binary, a[pair], b[pair], fn, dst_format)[1] == \
+            native_and_overflow(native.sfpu_binary, a[pair], b[pair], fn, dst_format)[1]
+
+
+@pytest.mark.parametrize("dst_format", FORMATS)
+def test_sfpu_binary_overflow_edges(dst_format):
+    """pow in a Float16 Dst: a finite float32 power past 65504 overflows; one past float32's range is inf
+    already (no overflow by the definition), as are the poles 0 ** -1 and inf operands; operands past
+    Float16's range (not Dst values, but rounded as Dst values) overflow in their own rounding."""
+    cases = [(255.875, 2.0, False), (256.0, 2.0, True), (-256.0, 2.0, True), (2.0, 15.99, False), (2.0, 16.0, True),
+             (65504.0, 100.0, False), (0.0, -1.0, False), (np.inf, 2.0, False), (2.0, np.inf, False),
+             (70000.0, 0.0, True), (1.0, 70000.0, True), (np.nan, 70000.0, True), (2.0**-24, -1.0, True)]
+    for x, y, overflows in cases:
+        a, b = np.array([x], np.float32), np.array([y], np.float32)
+        want, raised = python_and_overflow(N.sfpu_binary, a, b, "pow", dst_format)
+        got, flagged = native_and_overflow(native.sfpu_binary, a, b, "pow", dst_format)
+        assert_same_bits(got, want)
+        assert raised == flagged == (overflows and dst_format == "f16"), (x, y)
+    for fn in ("where_nez", "where_eqz"):  # selects of Float16 values never overflow
+        a, b = np.array([1.0, 0.0], np.float32), np.array([65504.0, -65504.0], np.float32)
+        assert not native_and_overflow(native.sfpu_binary, a, b, fn, "f16")[1]
 
 
 def definition_pow(x: float, y: float) -> float:
@@ -430,6 +509,18 @@ def test_scalar_pow_tables_are_the_definition(fn, param, dst_format):
     x = all_values(dst_format)
     table = N.sfpu_param_table(fn, param, dst_format)
     p = np.full_like(x, np.float32(param))
-    want = N.dst_round(N.pow_f32(x, p) if fn == "pow_scalar" else N.pow_f32(p, x), dst_format)
+    power = N.pow_f32(x, p) if fn == "pow_scalar" else N.pow_f32(p, x)
+    with unchecked_f16():
+        want = N.dst_round(power, dst_format)
+        assert_same_bits(N.sfpu_unary(x, fn, param, dst_format), want)
     assert_same_bits(table, want)
-    assert_same_bits(N.sfpu_unary(x, fn, param, dst_format), want)
+    marks = N.sfpu_table_overflow(fn, param, dst_format)  # finite float32 powers that round to inf
+    assert np.array_equal(marks, np.isfinite(power) & np.isinf(want))
+    if dst_format == "f16":  # x ** 0.5 and 1.0000001 ** x of Float16 values stay below 256
+        assert marks.any() == ((fn, param) not in (("pow_scalar", 0.5), ("rpow_scalar", 1.0000001)))
+    fine = x[~marks]
+    with np.errstate(all="ignore"):
+        assert_same_bits(N.sfpu_unary(fine, fn, param, dst_format), want[~marks])
+    if marks.any() and dst_format == "f16":  # (bf16 programs never check)
+        with pytest.raises(N.Float16Overflow):
+            N.sfpu_unary(x[marks][:1], fn, param, dst_format)

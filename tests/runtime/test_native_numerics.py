@@ -1,7 +1,10 @@
 """The native numerics primitives (runtime/native: formats.cpp, eltwise.cpp) against the Python emulator
 (runtime/formats.py, runtime/numerics.py, the interpreter's row helpers), byte for byte.
 
-Floats are compared as their uint32 bits, so NaN payloads and -0.0 count. The one place the Python is not a
+Floats are compared as their uint32 bits, so NaN payloads and -0.0 count. In a Float16 Dst the Python raises
+numerics.Float16Overflow where a finite value rounds to inf, and the native primitives set a per-thread flag:
+each comparison checks that the flag is set exactly when the Python raises, and compares the results with
+the Python's without the check (`python_and_overflow`). The one place the Python is not a
 function of the values is an operation on two NaN operands (numpy's choice of whose bits survive depends on
 its loop, i.e. on array sizes and strides): there the tests require a NaN and check the native rule apart.
 """
@@ -16,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from runtime_helpers import native_and_overflow, python_and_overflow
 
 from ttc.runtime import formats as F
 from ttc.runtime import interpreter, numerics
@@ -166,8 +170,29 @@ def test_roundings_sweep():
     low = np.random.default_rng(0).integers(0, 1 << 16, size=1 << 16, dtype=np.uint32)
     x = np.concatenate([u, high, high | low, high | 0x8000, high | 0x7FFF, high | 0x1000]).view(np.float32)
     for dst in DSTS:
-        with np.errstate(all="ignore"):
-            same_bits(N.dst_round(x, N.DST_FORMAT_CODES[dst]), numerics.dst_round(x, dst))
+        want, raised = python_and_overflow(numerics.dst_round, x, dst)
+        got, flagged = native_and_overflow(N.dst_round, x, N.DST_FORMAT_CODES[dst])
+        same_bits(got, want)
+        assert raised == flagged == (dst == "f16")
+        for value in x[:: 1 << 12]:  # one value at a time: the flag exactly where the Python raises
+            one = np.array([value], np.float32)
+            assert python_and_overflow(numerics.dst_round, one, dst)[1] == \
+                native_and_overflow(N.dst_round, one, N.DST_FORMAT_CODES[dst])[1]
+
+
+@pytest.mark.parametrize("dst", DSTS)
+def test_dst_round_overflow_edges(dst: str):
+    """Float16 overflow: a finite value at or past 65520 (where RNE goes to inf), of either sign; not 65519.99,
+    not inf, not NaN. A bf16 Dst never flags."""
+    for value, overflows in ((65504.0, False), (65519.99, False), (np.float32(65520.0) * (1 - 2**-24), False),
+                             (65520.0, True), (-65520.0, True), (65536.0, True), (1e10, True), (-3.4028235e38, True),
+                             (np.inf, False), (-np.inf, False), (np.nan, False), (NANS[2], False), (0.0, False),
+                             (2.0**-25, False)):
+        x = np.array([1.0, value], np.float32)
+        want, raised = python_and_overflow(numerics.dst_round, x, dst)
+        got, flagged = native_and_overflow(N.dst_round, x, N.DST_FORMAT_CODES[dst])
+        same_bits(got, want)
+        assert raised == flagged == (overflows and dst == "f16"), value
 
 
 def test_f16_round_is_the_packed_round_trip():
@@ -214,8 +239,10 @@ def test_eltwise(seed: int, kind_a: str, kind_b: str, op: str, bcast: str, dst: 
     rng = np.random.default_rng(seed)
     a, b = values(rng, (n, 32, 32), kind_a), values(rng, (n, 32, 32), kind_b)
     rhs = b[interpreter._BROADCAST[bcast]]
-    want = numerics.eltwise_binary(a, rhs, op, dst)
-    got = N.eltwise(a, b, N.BINARY_OP_CODES[op], N.BCAST_CODES[bcast], N.DST_FORMAT_CODES[dst])
+    want, raised = python_and_overflow(numerics.eltwise_binary, a, rhs, op, dst)
+    got, flagged = native_and_overflow(N.eltwise, a, b, N.BINARY_OP_CODES[op], N.BCAST_CODES[bcast],
+                                       N.DST_FORMAT_CODES[dst])
+    assert raised == flagged
     undefined = both_nan(a, np.broadcast_to(rhs, a.shape))
     assert np.isnan(got[undefined]).all()
     same_bits(np.where(undefined, 0, got), np.where(undefined, 0, want))
@@ -241,9 +268,34 @@ def test_eltwise_f16_every_value_against_a_few():
               np.float32(255.875), np.float32(-65504.0), np.float32(np.inf)):
         rhs = np.full_like(every, b)
         for op in ("add", "sub", "mul"):
-            with np.errstate(all="ignore"):
-                want = numerics.eltwise_binary(every, rhs, op, "f16")
-            same_bits(N.eltwise(every, rhs, N.BINARY_OP_CODES[op], 0, N.DST_FORMAT_CODES["f16"]), want)
+            want, raised = python_and_overflow(numerics.eltwise_binary, every, rhs, op, "f16")
+            got, flagged = native_and_overflow(N.eltwise, every, rhs, N.BINARY_OP_CODES[op], 0,
+                                               N.DST_FORMAT_CODES["f16"])
+            same_bits(got, want)
+            assert raised == flagged
+            for t in range(64):  # tile by tile: the flag exactly where the Python raises
+                assert python_and_overflow(numerics.eltwise_binary, every[t], rhs[t], op, "f16")[1] == \
+                    native_and_overflow(N.eltwise, every[t:t + 1], rhs[t:t + 1], N.BINARY_OP_CODES[op], 0,
+                                        N.DST_FORMAT_CODES["f16"])[1]
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+@pytest.mark.parametrize("dst", DSTS)
+def test_eltwise_overflow_edges(op: str, dst: str):
+    """An eltwise result just below, at and past Float16's rounding threshold 65520, an operand past it (bf16
+    values from a CB), and inf operands (no overflow: the rounding is given an inf)."""
+    cases = {"add": [(65504.0, 15.0, False), (65504.0, 16.0, True), (-65504.0, -16.0, True), (65504.0, np.inf, False),
+                     (np.inf, -1.0, False), (np.nan, 65504.0, False), (65536.0, -32.0, True), (1.0, 1e9, True)],
+             "sub": [(65504.0, -15.0, False), (65504.0, -16.0, True), (-np.inf, 65504.0, False)],
+             "mul": [(256.0, 255.875, False), (256.0, 256.0, True), (65504.0, 1.0, False), (-65504.0, 2.0, True),
+                     (np.inf, 0.5, False), (0.0, np.inf, False), (65536.0, 0.5, True)]}[op]
+    for x, y, overflows in cases:
+        a, b = np.full((1, 32, 32), 1.0, np.float32), np.full((1, 32, 32), 1.0, np.float32)
+        a[0, 3, 5], b[0, 3, 5] = x, y
+        want, raised = python_and_overflow(numerics.eltwise_binary, a, b, op, dst)
+        got, flagged = native_and_overflow(N.eltwise, a, b, N.BINARY_OP_CODES[op], 0, N.DST_FORMAT_CODES[dst])
+        same_bits(got, want)
+        assert raised == flagged == (overflows and dst == "f16"), (x, y)
 
 
 # ---------------------------------------------------------------------------------------- reduce max
@@ -274,10 +326,11 @@ def test_reduce_max(seed: int, data: st.DataObject, dim: str, dst_format: str, n
     else:
         dst = values(rng, (32, 32), data.draw(st.sampled_from(reduce_kinds())))
     dst[rng.random((32, 32)) < 0.3] = -np.inf
-    with np.errstate(all="ignore"):
-        want = numerics.reduce_block(dst, tiles, dim, "max", scaler, dst_format=dst_format)
-    got = N.reduce_max(dst, tiles, N.REDUCE_DIM_CODES[dim], scaler, N.DST_FORMAT_CODES[dst_format])
+    want, raised = python_and_overflow(numerics.reduce_block, dst, tiles, dim, "max", scaler, dst_format=dst_format)
+    got, flagged = native_and_overflow(N.reduce_max, dst, tiles, N.REDUCE_DIM_CODES[dim], scaler,
+                                       N.DST_FORMAT_CODES[dst_format])
     same_bits(got, want)
+    assert raised == flagged
 
 
 @pytest.mark.skipif(not numpy_uses_avx512(), reason="numpy's max order without AVX-512 differs in +-0 and NaN")
@@ -307,13 +360,18 @@ def table(name: str, dst: str) -> np.ndarray:
     return numerics._sfpu_table(numerics.SFPU_FUNCTIONS[name], dst)
 
 
+def marks(name: str, dst: str) -> np.ndarray | None:
+    """The table's Float16 overflow marks, as an f16 program passes them (none for bf16)."""
+    return numerics.sfpu_table_overflow(name, 0.0, dst).view(np.uint8) if dst == "f16" else None
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.sampled_from(KINDS), st.sampled_from(TABLE_FUNCTIONS), st.sampled_from(DSTS))
 def test_sfpu_table(seed: int, kind: str, name: str, dst: str):
     x = values(np.random.default_rng(seed), (2, 32, 32), kind)
-    with np.errstate(invalid="ignore"):
-        want = numerics.sfpu_unary(x, name, 0.0, dst)
-    got = N.sfpu_table(x, table(name, dst), N.DST_FORMAT_CODES[dst])
+    want, raised = python_and_overflow(numerics.sfpu_unary, x, name, 0.0, dst)
+    got, flagged = native_and_overflow(N.sfpu_table, x, table(name, dst), N.DST_FORMAT_CODES[dst], marks(name, dst))
+    assert raised == flagged
     if dst == "bf16":
         # numerics._as_bf16 rounds the whole array or none of it: a NaN with a zero low half indexes by its
         # own bits only when the array holds no other value with low bits (a Dst never does)
@@ -354,9 +412,10 @@ PARAMS = [0.0, -0.0, 1.0, -2.5, 0.1, 3e38, 1e-40, 65504.0, 70000.0, np.inf, -np.
        st.sampled_from(PARAMS), st.sampled_from(DSTS), st.integers(1, 2))
 def test_sfpu_scalar(seed: int, kind: str, name: str, param: float, dst: str, n: int):
     x = values(np.random.default_rng(seed), (n, 32, 32), kind)
-    want = numerics.sfpu_unary(x, name, param, dst)
-    got = N.sfpu_scalar(x, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst])
+    want, raised = python_and_overflow(numerics.sfpu_unary, x, name, param, dst)
+    got, flagged = native_and_overflow(N.sfpu_scalar, x, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst])
     same_bits(got, want)
+    assert raised == flagged
 
 
 @pytest.mark.parametrize("dst", DSTS)
@@ -365,9 +424,14 @@ def test_sfpu_scalar_specials(name: str, dst: str):
     x = np.resize(SPECIALS, (2, 32, 32)).astype(np.float32)
     x[1] = -x[1]
     for param in PARAMS:
-        with np.errstate(all="ignore"):
-            want = numerics.sfpu_unary(x, name, param, dst)
-        same_bits(N.sfpu_scalar(x, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst]), want)
+        want, raised = python_and_overflow(numerics.sfpu_unary, x, name, param, dst)
+        got, flagged = native_and_overflow(N.sfpu_scalar, x, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst])
+        same_bits(got, want)
+        assert raised == flagged
+        for value in x.reshape(-1)[:80]:  # one operand at a time: the flag exactly where the Python raises
+            one = np.full((1, 1), value, np.float32)
+            assert python_and_overflow(numerics.sfpu_unary, one, name, param, dst)[1] == \
+                native_and_overflow(N.sfpu_scalar, one, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst])[1]
 
 
 @pytest.mark.parametrize("dst", DSTS)
@@ -379,3 +443,37 @@ def test_sfpu_scalar_nan_param_wins(dst: str):
         for param in (-np.nan, float(NANS[2])):
             want = numerics.sfpu_unary(x, name, param, dst)
             same_bits(N.sfpu_scalar(x, N.SFPU_SCALAR_CODES[name], param, N.DST_FORMAT_CODES[dst]), want)
+            # an operand past Float16's range still overflows in its own rounding, whatever the parameter
+            big = np.full((1, 32, 32), 70000.0, np.float32)
+            raised = python_and_overflow(numerics.sfpu_unary, big, name, param, dst)[1]
+            flagged = native_and_overflow(N.sfpu_scalar, big, N.SFPU_SCALAR_CODES[name], param,
+                                          N.DST_FORMAT_CODES[dst])[1]
+            assert raised == flagged == (dst == "f16")
+
+
+@pytest.mark.parametrize("name", ["exp", "recip", "log", "square", "rsqrt", "sigmoid"])
+def test_sfpu_table_overflow_edges(name: str):
+    """Every Float16 input, one at a time in groups: a lookup flags exactly the entries the Python marks (a
+    finite float32 result past 65504: exp from 11.09, recip of tiny values, square from 256; not
+    the poles recip(0), rsqrt(0), log(0), nor inf inputs), and an operand past Float16's range flags too."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    mark = numerics.sfpu_table_overflow(name, 0.0, "f16")
+    with np.errstate(all="ignore"):
+        y = np.asarray(numerics.SFPU_FUNCTIONS[name](every.astype(np.float64))).astype(np.float32)
+    assert np.array_equal(mark, np.isfinite(y) & np.isinf(numerics.f16_round(y)))
+    assert not mark[np.isinf(every) | np.isnan(every) | (every == 0)].any()
+    assert mark.any() == (name in ("exp", "recip", "square"))  # rsqrt(2**-24) is only 4096
+    for group in np.array_split(np.arange(1 << 16), 512):
+        x = every[group]
+        raised = python_and_overflow(numerics.sfpu_unary, x, name, 0.0, "f16")[1]
+        flagged = native_and_overflow(N.sfpu_table, x, table(name, "f16"), N.DST_FORMAT_CODES["f16"],
+                                      marks(name, "f16"))[1]
+        assert raised == flagged == bool(mark[group].any())
+    # 65519 rounds to 65504: its square is a finite float32 past Float16's range, its exp an inf already in
+    # float32 (no overflow by the definition: the Float16 rounding is given an inf)
+    for operand, overflows in ((70000.0, True), (-65520.0, True), (65519.0, name == "square"), (np.inf, False)):
+        x = np.array([0.5, operand], np.float32)
+        raised = python_and_overflow(numerics.sfpu_unary, x, name, 0.0, "f16")[1]
+        flagged = native_and_overflow(N.sfpu_table, x, table(name, "f16"), N.DST_FORMAT_CODES["f16"],
+                                      marks(name, "f16"))[1]
+        assert raised == flagged == overflows, operand

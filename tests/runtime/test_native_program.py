@@ -520,7 +520,10 @@ def test_random_eltwise_programs_match(grid: tuple[int, int], per_core: int, op:
         x[holes] = rng.choice(SPECIALS, int(holes.sum()))
         inputs[name] = (Tensor(name, shape, fmt), x)
     text = run_dual(inputs, [Tensor("c", shape, fmt)], program, threads=(1, 2))
-    assert (text is not None) == bad
+    if bad:
+        assert text is not None
+    else:  # an f16 result past 65504 (7e4 and 3.4e38 are among the values) is a Float16 overflow
+        assert text is None or (fmt == "f16" and "Float16 overflow" in text)
 
 
 @settings(max_examples=10, deadline=None)
@@ -546,5 +549,5 @@ def test_random_sfpu_programs_match(fn: str, param: float, fmt: str, seed: int) 
               kop("cb_pop_front", cb=16, pages=1)]
     program = ProgramSpec(reader, compute, writer, [cb(0, 2, fmt), cb(16, 2, fmt)], (2, 1),
                           [[[0], [1]], [[], []], [[0], [1]]])
-    assert run_dual({"a": (Tensor("a", x.shape, fmt), x)}, [Tensor("c", x.shape, fmt)], program,
-                    threads=(1, 2)) is None
+    text = run_dual({"a": (Tensor("a", x.shape, fmt), x)}, [Tensor("c", x.shape, fmt)], program, threads=(1, 2))
+    assert text is None or (fmt == "f16" and "Float16 overflow" in text)  # (exp of 16, say)

@@ -50,19 +50,27 @@ def reference_f16_matmul(dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity
     return out.astype(np.float32)
 
 
+@pytest.mark.parametrize("top", [65504.0, 64000.0])
 @pytest.mark.parametrize("fidelity", [MathFidelity.LOFI, MathFidelity.HIFI4])
-def test_f16_matmul_rounds_each_mvmul_once(fidelity):
+def test_f16_matmul_rounds_each_mvmul_once(fidelity, top):
     """Random tiles over many magnitudes, Dst values large next to their partials (the float64 sum is then
-    inexact), Dst near 65504 (overflow to inf), subnormal Float16 values."""
+    inexact), Dst near 65504 (top 65504: some sums round past it, a Float16Overflow; else none do), subnormal
+    Float16 values."""
     rng = np.random.default_rng(21)
     a = N.bf16_round(rng.standard_normal((32, 32)) * 10.0 ** rng.integers(-4, 2, (32, 32)))
     b = N.bf16_round(rng.standard_normal((32, 32)))
     dst = N.f16_round(rng.standard_normal((32, 32)) * 10.0 ** rng.integers(-6, 4, (32, 32)))
-    dst[0, :] = N.f16_round(np.linspace(30000, 65504, 32))
+    dst[0, :] = N.f16_round(np.linspace(30000, top, 32))
     dst[1, :] = 2.0**-24 * np.arange(32)  # subnormal Float16
     a[2, :] = 2.0**-40  # partials far below Dst's ulp
-    got = N.matmul_tiles_accumulate(dst, a, b, fidelity, dst_format="f16")
     want = reference_f16_matmul(dst, a, b, fidelity)
+    overflow = bool((np.isinf(want) & np.isfinite(dst)).any())
+    assert overflow == (top == F16_MAX)
+    if overflow:
+        with pytest.raises(N.Float16Overflow):
+            N.matmul_tiles_accumulate(dst, a, b, fidelity, dst_format="f16")
+        return
+    got = N.matmul_tiles_accumulate(dst, a, b, fidelity, dst_format="f16")
     assert np.array_equal(bits(got), bits(want))
 
 
@@ -75,14 +83,19 @@ def test_f16_dst_keeps_three_more_bits_than_bf16():
     assert (N.matmul_block_accumulate(dst, a, b, dst_format="f16") == 264.0).all()
 
 
-def test_f16_dst_overflows_to_inf_past_65504():
+def test_f16_dst_overflow_past_65504_raises():
     dst = np.full((32, 32), F16_MAX, np.float32)
     a = np.zeros((32, 32), np.float32)
     b = np.ones((32, 32), np.float32)
     a[:, 0] = 15.0  # 65519 rounds back to 65504
     assert (N.matmul_tiles_accumulate(dst, a, b, dst_format="f16") == F16_MAX).all()
-    a[:, 0] = 16.0  # 65520: a tie, to even, past the range
-    assert np.isposinf(N.matmul_tiles_accumulate(dst, a, b, dst_format="f16")).all()
+    a[:, 0] = 16.0  # 65520: a tie, to even, past the range: an overflow
+    with pytest.raises(N.Float16Overflow):
+        N.matmul_tiles_accumulate(dst, a, b, dst_format="f16")
+    dst[5, 7] = -np.inf  # an inf Dst stays inf: no overflow
+    a[:, 0] = 1.0
+    out = N.matmul_tiles_accumulate(dst, a, b, dst_format="f16")
+    assert out[5, 7] == -np.inf and (np.delete(out.ravel(), 5 * 32 + 7) == F16_MAX).all()
 
 
 def test_f16_operands_enter_the_multiplier_as_bf16():
@@ -107,20 +120,34 @@ def test_f16_eltwise_rounds_the_exact_result_once(op, fn):
     assert np.array_equal(bits(got[nonzero]), bits(want[nonzero]))
 
 
-@pytest.mark.parametrize("name", ["exp", "recip", "sqrt", "relu", "gelu", "neg"])
+@pytest.mark.parametrize("name", ["exp", "recip", "sqrt", "relu", "gelu", "neg", "square", "log"])
 def test_f16_sfpu_is_the_function_rounded_to_float32_then_f16(name):
+    """Every finite input: the table's result, or a Float16Overflow exactly where the float32 result is finite
+    and rounds to inf (exp past 11.09, recip of tiny values, square past 256; not recip(0) or log(0))."""
     inputs = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
     inputs = inputs[np.isfinite(inputs)]
     with np.errstate(all="ignore"):
-        want = N.f16_round(np.asarray(N.SFPU_FUNCTIONS[name](inputs.astype(np.float64))).astype(np.float32))
-    got = N.sfpu_unary(inputs, name, dst_format="f16")
-    assert np.array_equal(np.isnan(got), np.isnan(want))
-    assert np.array_equal(bits(got[~np.isnan(got)]), bits(want[~np.isnan(want)]))
+        y = np.asarray(N.SFPU_FUNCTIONS[name](inputs.astype(np.float64))).astype(np.float32)
+    want = N.f16_round(y)
+    overflow = np.isfinite(y) & np.isinf(want)
+    assert overflow.any() == (name in ("exp", "recip", "square"))
+    marks = N.sfpu_table_overflow(name, dst_format="f16")
+    assert np.array_equal(marks[inputs.astype(np.float16).view(np.uint16)], overflow)
+    fine = inputs[~overflow]
+    got = N.sfpu_unary(fine, name, dst_format="f16")
+    assert np.array_equal(np.isnan(got), np.isnan(want[~overflow]))
+    assert np.array_equal(bits(got[~np.isnan(got)]), bits(want[~overflow][~np.isnan(got)]))
+    for x in inputs[overflow][:: max(1, int(overflow.sum()) // 7)]:
+        with pytest.raises(N.Float16Overflow):
+            N.sfpu_unary(np.array([1.0, x], np.float32), name, dst_format="f16")
 
 
 def test_f16_sfpu_scalar_forms_round_to_f16():
-    x = np.array([1.0, 1000.0, 65504.0], np.float32)
-    assert list(N.sfpu_unary(x, "mul_scalar", 1.0009765625, dst_format="f16")) == [1.0009765625, 1001.0, np.inf]
+    x = np.array([1.0, 1000.0, 65408.0], np.float32)
+    assert list(N.sfpu_unary(x, "mul_scalar", 1.0009765625, dst_format="f16")) == [1.0009765625, 1001.0, 65472.0]
+    with pytest.raises(N.Float16Overflow):  # 65504 * 1.0009765625 = 65567.96875
+        N.sfpu_unary(np.float32(65504.0), "mul_scalar", 1.0009765625, dst_format="f16")
+    assert N.sfpu_unary(np.float32(np.inf), "mul_scalar", 2.0, dst_format="f16") == np.inf  # an inf operand
 
 
 def test_f16_reduce_max_and_sum():
@@ -156,10 +183,17 @@ def test_float16_tiles_pack_as_ieee_half_in_face_order():
 
 def test_as_f16_rounds_only_what_float16_cannot_hold():
     """bf16 values inside Float16's normal range come back as they are; tiny and huge ones are rounded, and
-    values with bits below Float16's mantissa take the full rounding."""
-    x = N.bf16_round(np.array([1.5, -3.0e-6, 70000.0, 0.0, -2.0, 2.0**-14, 2.0**-30], np.float32))
+    values with bits below Float16's mantissa take the full rounding; huge finite ones are a Float16Overflow
+    (inf stays inf)."""
+    x = N.bf16_round(np.array([1.5, -3.0e-6, 65280.0, 0.0, -2.0, 2.0**-14, 2.0**-30, -np.inf], np.float32))
     got = N.as_f16(x)
     assert np.array_equal(bits(got), bits(N.f16_round(x)))
+    for huge in (70000.0, -65536.0, 65520.0):
+        with pytest.raises(N.Float16Overflow):
+            N.as_f16(np.array([1.0, huge], np.float32))
+    with pytest.raises(N.Float16Overflow):  # with bits below Float16's mantissa: the full rounding's check
+        N.as_f16(np.array([1.0 + 2.0**-12, 65520.0], np.float32))
+    assert N.as_f16(np.array([1.0 + 2.0**-12, 65519.0], np.float32))[1] == 65504.0
     inside = N.bf16_round(np.array([1.5, -2.0, 0.0, 300.0], np.float32))
     assert np.array_equal(N.as_f16(inside), inside)
     fine = np.array([1.0 + 2.0**-12, 3.0], np.float32)  # 13 significant bits: rounded
