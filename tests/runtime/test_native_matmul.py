@@ -122,11 +122,14 @@ def test_model_sized_blocks_match_the_reference(seed, rows, cols, inner, fidelit
     if kind_a == "ties":
         b[..., 0::16, :], b[..., 1::16, :] = 1.0, 2.0**-12
     promise = promise and "unrounded" not in (kind_a, kind_b)
-    dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
-    with np.errstate(all="ignore"):
-        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=promise, dst_format=dst_format)
-    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), rows, cols, inner, int(fidelity), dst_format, promise)
+    with unchecked_f16(), np.errstate(all="ignore"):
+        dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
+    want, raised = python_and_overflow(N.matmul_block_accumulate, dst, a, b, fidelity, bf16_operands=promise,
+                                       dst_format=dst_format)
+    got, flagged = native_and_overflow(native.matmul_block, tiles(dst), tiles(a), tiles(b), rows, cols, inner,
+                                       int(fidelity), dst_format, promise)
     assert_same_bits(got.reshape(want.shape), want)
+    assert raised == flagged
 
 
 def test_rows_of_one_register_block_with_far_apart_magnitudes():
@@ -142,9 +145,12 @@ def test_rows_of_one_register_block_with_far_apart_magnitudes():
     for fidelity in MathFidelity:
         for dst_format in FORMATS:
             dst = N.dst_round(rng.standard_normal((2, 1, 32, 32)), dst_format)
-            want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True, dst_format=dst_format)
-            got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 1, 4, int(fidelity), dst_format, True)
+            want, raised = python_and_overflow(N.matmul_block_accumulate, dst, a, b, fidelity, bf16_operands=True,
+                                               dst_format=dst_format)
+            got, flagged = native_and_overflow(native.matmul_block, tiles(dst), tiles(a), tiles(b), 2, 1, 4,
+                                               int(fidelity), dst_format, True)
             assert_same_bits(got.reshape(want.shape), want)
+            assert raised == flagged
 
 
 @pytest.mark.parametrize("hot", ["row block", "dst", "column"])
