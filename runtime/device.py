@@ -23,6 +23,7 @@ np.zeros, whose untouched pages the OS never makes resident.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import mmap
 from collections.abc import Sequence
@@ -85,6 +86,12 @@ class Allocation:
     def end(self) -> int:
         return self.address + self.size
 
+    @functools.cached_property
+    def signature(self) -> tuple[int, int]:
+        """Two independent 64-bit hashes of what a buffer table holds of it (see `Memory.signature`)."""
+        row = (self.address, self.size, self.page_size, self.num_pages, self.shard)
+        return hash(row), hash((row, 0x5BD1E995))
+
 
 def interleaved_size(num_pages: int, page_size: int, banks: int, alignment: int) -> int:
     """Bytes per bank of an interleaved buffer (pages rounded up to whole rows, then aligned)."""
@@ -106,6 +113,9 @@ def zeroed_banks(banks: int, size: int) -> np.ndarray:
     return np.frombuffer(region, dtype=np.uint8).reshape(banks, size)
 
 
+_TABLE_CACHE = 4096  # buffer tables kept per memory (one per distinct set of live buffers)
+
+
 class Memory:
     """A banked memory with an allocation table; all reads and writes are vectorised over pages."""
 
@@ -124,9 +134,14 @@ class Memory:
         self._buffers: dict[int, Allocation] = {}  # address -> buffer (not a CB)
         self._sharded: dict[int, Allocation] = {}  # address -> sharded buffer
         self._stale = True  # the table needs rebuilding (a buffer was added or freed)
-        self.version = 0  # counts buffer (not CB) allocations and frees: what `regions_fit` results depend on
+        self.version = 0  # counts buffer (not CB) allocations and frees
+        # The set of live buffers as a 128-bit key, kept by XOR as buffers come and go, so that a schedule that
+        # repeats each run finds its tables (and its CB placement checks) in caches instead of rebuilding them.
+        self.signature = (0, 0)
+        self._tables: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
         self._watch: dict[str, tuple[int, int]] = {}  # ranges whose contents someone relies on
         self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
+        self._watch_low = self._watch_high = 0  # the watched ranges lie inside [low, high)
         self._watch_keys: list[str] = []
         self.dirty: set[str] = set()
 
@@ -160,6 +175,11 @@ class Memory:
         self.touch(address, address + size)  # the program will write it
         return self._add(Allocation(address, size, label, is_cb=True))
 
+    def add(self, alloc: Allocation) -> Allocation:
+        """Register an allocation made earlier by `allocate` or `allocate_sharded` (and since freed) again: how a
+        schedule that runs many times re-creates its buffers without working them out each time."""
+        return self._add(alloc)
+
     def _add(self, alloc: Allocation) -> Allocation:
         if alloc.address % self.alignment or alloc.address < self.floor or alloc.end > self.bank_size:
             self._misplaced(alloc)
@@ -176,14 +196,22 @@ class Memory:
         elif not replaced.is_cb:
             del self._buffers[alloc.address]
             self._sharded.pop(alloc.address, None)
+            self._sign(replaced)
         self.allocations[alloc.address] = alloc
         if not alloc.is_cb:
             self._buffers[alloc.address] = alloc
             if alloc.shard is not None:
                 self._sharded[alloc.address] = alloc
-            self._stale = True
-            self.version += 1
+            self._sign(alloc)
         return alloc
+
+    def _sign(self, alloc: Allocation) -> None:
+        """A buffer was added or removed: toggle it in the signature (XOR of two independent 64-bit hashes)."""
+        first, second = self.signature
+        mine = alloc.signature
+        self.signature = (first ^ mine[0], second ^ mine[1])
+        self._stale = True
+        self.version += 1
 
     @staticmethod
     def _what(alloc: Allocation) -> str:
@@ -214,8 +242,7 @@ class Memory:
         if not alloc.is_cb:
             del self._buffers[address]
             self._sharded.pop(address, None)
-            self._stale = True
-            self.version += 1
+            self._sign(alloc)
 
     def regions_fit(self, regions: Sequence[tuple[int, int]]) -> bool:
         """Whether per-core regions (address, size) that `reserve` would accept (aligned, inside a bank, not
@@ -231,11 +258,22 @@ class Memory:
         """Sorted arrays of the buffers (not CBs), for vectorised lookups; rebuilt on first use after a
         buffer was added or freed."""
         if self._stale:
-            rows = sorted((a.address, a.end, a.page_size, a.num_pages) for a in self._buffers.values())
-            table = np.array(rows, dtype=np.int64).reshape(len(rows), 4).T
-            self._table = tuple(np.ascontiguousarray(column) for column in table)
+            table = self._tables.get(self.signature)
+            if table is None:
+                rows = sorted((a.address, a.end, a.page_size, a.num_pages) for a in self._buffers.values())
+                columns = np.array(rows, dtype=np.int64).reshape(len(rows), 4).T
+                table = tuple(np.ascontiguousarray(column) for column in columns)
+                if len(self._tables) >= _TABLE_CACHE:
+                    self._tables.clear()
+                self._tables[self.signature] = table
+            self._table = table
             self._stale = False
         return self._table
+
+    @property
+    def only_buffers(self) -> bool:
+        """No CB region is registered: `signature` then describes every allocation."""
+        return len(self.allocations) == len(self._buffers)
 
     def _ensure_capacity(self, end: int) -> None:
         if end <= self.data.shape[1]:
@@ -393,10 +431,12 @@ class Memory:
         self._watch[key] = (start, end)
         self._watch_keys = list(self._watch)
         self._watch_ranges = np.array(list(self._watch.values()), dtype=np.int64).reshape(-1, 2)
+        self._watch_low = int(self._watch_ranges[:, 0].min())
+        self._watch_high = int(self._watch_ranges[:, 1].max())
 
     def touch(self, start: int, end: int) -> None:
         """Bytes [start, end) of some bank may change: every watched range they meet is dirty."""
-        if not self._watch:
+        if not self._watch or end <= self._watch_low or start >= self._watch_high:
             return
         hit = (start < self._watch_ranges[:, 1]) & (self._watch_ranges[:, 0] < end)
         if hit.any():

@@ -13,6 +13,7 @@ the module must not change while an executor runs it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,6 +138,13 @@ class Executor:
             from ttc.runtime.native_program import run_native
 
             self._run_native = run_native
+        # Host tensors <-> tile pages: in native mode by the native packers (the same bytes), else by formats.py.
+        self._pack: dict[str, Any] = {}
+        self._unpack: dict[str, Any] = {}
+        if self.emulator == "native":
+            from ttc.runtime import native_program
+
+            self._pack, self._unpack = {"pack": native_program.pack_tiles}, {"unpack": native_program.unpack_tiles}
 
     # -- running --------------------------------------------------------------------------------
 
@@ -240,6 +248,7 @@ class BufferSpec:
     shard: ShardSpec | None
     label: str
     constant: bool  # a write_constant fills it (else it is poisoned)
+    alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -266,10 +275,14 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     memory = spec.memory
-    if spec.shard is None:
-        alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
+    if spec.alloc is not None:
+        alloc = memory.add(spec.alloc)
     else:
-        alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
+        if spec.shard is None:
+            alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
+        else:
+            alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
+        ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
     if not spec.constant:
         memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
     buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
@@ -296,7 +309,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     if perm is not None:
         host = host.transpose(tuple(perm))
     pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
-                            buffer.tensor_layout)
+                            buffer.tensor_layout, **ex._pack)
     buffer.write(pages)
 
 
@@ -339,7 +352,7 @@ def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
     buffer = ex.buffer(values, op.operands[0])
     pages = buffer.read()
-    array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout)
+    array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout, **ex._unpack)
     result = op.results[0].type
     assert isinstance(result, TensorType)
     values[op.results[0]] = _to_host(array, result)

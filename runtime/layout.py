@@ -14,6 +14,7 @@ tensors are a single page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import prod
 
 import numpy as np
@@ -82,9 +83,13 @@ def _host_values(array: np.ndarray, fmt: DataFormat) -> np.ndarray:
     return np.asarray(array, dtype=np.int32 if fmt is DataFormat.INT32 else np.float32)  # no copy when it is one
 
 
+TileCodec = Callable[[np.ndarray, DataFormat], np.ndarray]  # pack_tiles or unpack_tiles, or a faster equal
+
+
 def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
-                    tensor_layout: str = "tile") -> np.ndarray:
-    """A host tensor -> uint8 [num_pages, page_size], the bytes of its device buffer."""
+                    tensor_layout: str = "tile", pack: TileCodec = pack_tiles) -> np.ndarray:
+    """A host tensor -> uint8 [num_pages, page_size], the bytes of its device buffer (tiles packed by `pack`,
+    the definition in formats.py unless a bit-identical one is given)."""
     _check_layout(tensor_layout)
     fmt = data_format(element_type)
     values = _host_values(array, fmt)
@@ -96,12 +101,13 @@ def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
         return raw.view(np.uint8).reshape(num_pages(shape, tensor_layout), size)
     batch, rows, cols = _matrix_shape(shape)
     tiles = tilize(values.reshape(*batch, rows, cols), pad_value=0)
-    return pack_tiles(tiles.reshape(-1, TILE, TILE), fmt).reshape(-1, size)
+    return pack(tiles.reshape(-1, TILE, TILE), fmt).reshape(-1, size)
 
 
 def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: ScalarType | str,
-                    tensor_layout: str = "tile") -> np.ndarray:
-    """uint8 pages of a device buffer -> the logical tensor (float32, or int32 for i32)."""
+                    tensor_layout: str = "tile", unpack: TileCodec = unpack_tiles) -> np.ndarray:
+    """uint8 pages of a device buffer -> the logical tensor (float32, or int32 for i32; tiles unpacked by
+    `unpack`, as `pack` in tensor_to_pages)."""
     _check_layout(tensor_layout)
     fmt = data_format(element_type)
     shape = tuple(shape)
@@ -117,5 +123,5 @@ def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: Sca
         out = raw.astype(np.int32 if fmt is DataFormat.INT32 else np.float32)
         return out.reshape(shape)
     batch, rows, cols = _matrix_shape(shape)
-    tiles = unpack_tiles(pages, fmt).reshape(*batch, -(-rows // TILE), -(-cols // TILE), TILE, TILE)
+    tiles = unpack(pages, fmt).reshape(*batch, -(-rows // TILE), -(-cols // TILE), TILE, TILE)
     return untilize(tiles, shape=(rows, cols)).reshape(shape)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from ttc.ir.core import Block, Operation, Value
 from ttc.ir.diagnostics import DeviceFault
-from ttc.runtime import numerics
+from ttc.runtime import formats, numerics
 from ttc.runtime.device import Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.interpreter import (
@@ -82,13 +82,15 @@ class Encoding:
     messages: list[str]  # RAISE texts
     reserves: list[tuple[int, int, int]]  # (index, address, size) of the CBs, in configuration order
 
-    @property
-    def regions(self) -> list[tuple[int, int]]:
-        return [(address, size) for _, address, size in self.reserves]
     grid_memories: frozenset[str] = frozenset()  # memories read through a per-core addrgen base
     fallback: bool = False
     cores: int = 0
-    fits_l1_version: int = -1  # the L1 version at which the CBs were last found to fit (`Memory.regions_fit`)
+    regions: tuple[tuple[int, int], ...] = ()  # (address, size) of the CBs
+    last_profile: tuple[tuple[int, ...], ProgramProfile] | None = None  # (counts, profile) of the last run
+    fits_l1: set[tuple[int, int]] = field(default_factory=set)  # L1 signatures the CBs were found to fit
+
+    def __post_init__(self) -> None:
+        self.regions = tuple((address, size) for _, address, size in self.reserves)
 
 
 class _Encoder:
@@ -479,6 +481,24 @@ def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
 # Running
 
 
+_NATIVE_CODEC_FORMATS = frozenset({DataFormat.FLOAT32, DataFormat.BFLOAT16, DataFormat.BFP8_B, DataFormat.BFP4_B})
+
+
+def pack_tiles(tiles: np.ndarray, fmt: DataFormat) -> np.ndarray:
+    """formats.pack_tiles in native code (the same bytes: test_native_numerics.py) for float formats; Float16
+    (whose overflow the native packer flags for the program executor) and Int32 take the Python definition."""
+    if fmt not in _NATIVE_CODEC_FORMATS:
+        return formats.pack_tiles(tiles, fmt)
+    return native.pack_tiles(np.ascontiguousarray(tiles, dtype=np.float32), FORMAT_CODES[fmt])
+
+
+def unpack_tiles(data: np.ndarray, fmt: DataFormat) -> np.ndarray:
+    """formats.unpack_tiles in native code for the formats of `pack_tiles`."""
+    if fmt not in _NATIVE_CODEC_FORMATS:
+        return formats.unpack_tiles(data, fmt)
+    return native.unpack_tiles(np.ascontiguousarray(data), FORMAT_CODES[fmt])
+
+
 def _sharded(memory: Memory) -> list[tuple]:
     out = []
     for alloc in memory._sharded.values():
@@ -511,10 +531,13 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
     l1, dram = device.l1, device.dram
     # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
     # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
-    if encoding.fits_l1_version != l1.version:
+    if not (l1.only_buffers and l1.signature in encoding.fits_l1):
         if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
             return Program(device, op, buffer_addresses, step_budget, plan).run()
-        encoding.fits_l1_version = l1.version
+        if l1.only_buffers:
+            if len(encoding.fits_l1) >= 64:
+                encoding.fits_l1.clear()
+            encoding.fits_l1.add(l1.signature)
     for address, size in encoding.regions:
         l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
     fault, counts, dirty, found = native.run_program(
@@ -528,9 +551,14 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
     if fault is not None:
         raise _device_fault(encoding, device, op, fault) from None
+    counts = tuple(counts)
+    if encoding.last_profile is not None and encoding.last_profile[0] == counts:
+        return encoding.last_profile[1]  # a frozen record: the same counts give the same profile
     shell = _shell(device, op)
     shell.compute_cycles, shell.noc_bytes, shell.dram_bytes, shell.local_bytes = counts
-    return shell.profile()
+    profile = shell.profile()
+    encoding.last_profile = (counts, profile)
+    return profile
 
 
 def _shell(device: Device, op: Operation) -> Program:

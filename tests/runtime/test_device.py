@@ -82,6 +82,45 @@ def test_watched_ranges_become_dirty_when_written() -> None:
     assert memory.is_clean("w", 0, alloc.end)
 
 
+def test_signature_names_the_set_of_live_buffers_and_keys_the_table_cache() -> None:
+    """The signature depends on which buffers are live, not on the order they came in; a set seen before gets
+    its cached buffer table, which is the one a fresh build gives; CB regions do not count."""
+    memory = Memory("DRAM", 8, 1 << 20, 32, grow=True)
+    empty = memory.signature
+    a = memory.allocate(0, 2048, 8, "buffer a")
+    b = memory.allocate(4096, 2048, 20, "buffer b")
+    both = memory.signature
+    table = [column.tolist() for column in memory._buffer_table()]
+    assert table == [[0, 4096], [2048, 4096 + 3 * 2048], [2048, 2048], [8, 20]]
+    memory.free(0)
+    assert memory.signature not in (empty, both)
+    assert [column.tolist() for column in memory._buffer_table()] == [[4096], [4096 + 3 * 2048], [2048], [20]]
+    memory.free(4096)
+    assert memory.signature == empty and memory._buffer_table()[0].size == 0
+    memory.add(b)
+    memory.add(a)
+    assert memory.signature == both
+    assert [column.tolist() for column in memory._buffer_table()] == table
+    memory.free(4096)
+    memory.allocate(4096, 2048, 21, "buffer b'")  # the same address, one page more: another set
+    assert memory.signature != both
+    assert memory._buffer_table()[3].tolist() == [8, 21]
+    memory.reserve(0x40000, 64, "CB 0")
+    assert not memory.only_buffers and memory.signature != both
+
+
+def test_watch_bounds_skip_far_writes_but_not_near_ones() -> None:
+    memory = Memory("DRAM", 8, 1 << 20, 32, grow=True)
+    memory.watch("w", 4096, 8192)
+    memory.watch("v", 16384, 20480)
+    memory.touch(0, 4096)
+    memory.touch(20480, 30000)
+    memory.touch(8192, 16384)  # between the two ranges
+    assert memory.is_clean("w", 4096, 8192) and memory.is_clean("v", 16384, 20480)
+    memory.touch(20479, 20480)
+    assert memory.is_clean("w", 4096, 8192) and not memory.is_clean("v", 16384, 20480)
+
+
 def test_core_ids_place_the_grid_at_the_origin_row_major() -> None:
     device = Device(E150)
     assert device.core_ids(3, 2).tolist() == [0, 1, 2, 12, 13, 14]

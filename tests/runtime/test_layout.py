@@ -84,3 +84,27 @@ def test_errors() -> None:
         pages_to_tensor(np.zeros((2, 2048), np.uint8), (64, 64), "bf16")
     with pytest.raises(ValueError, match="unknown tensor layout"):
         num_pages((2, 2), "sharded")
+
+
+@pytest.mark.parametrize("fmt", ["f32", "bf16", "f16", "bfp8_b", "bfp4_b", "i32"])
+@pytest.mark.parametrize("shape", [(1, 784), (3, 40, 33), (64, 32)])
+def test_native_codecs_give_the_definitions_bytes(fmt: str, shape: tuple[int, ...]) -> None:
+    """The native run's host I/O packs and unpacks tiles natively: the same bytes and values as formats.py,
+    special values and tile padding included."""
+    from ttc.runtime import native_program
+
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 2.0 ** rng.integers(-30, 30, shape)).astype(np.float32)
+    if fmt == "i32":
+        x = rng.integers(-2**31, 2**31 - 1, shape).astype(np.int32)
+    else:
+        x.flat[:5] = [np.nan, np.inf, -np.inf, -0.0, 1e-40]
+        if fmt == "f16":
+            x = np.clip(x, -60000, 60000)
+    pages = tensor_to_pages(x, fmt)
+    fast = tensor_to_pages(x, fmt, pack=native_program.pack_tiles)
+    np.testing.assert_array_equal(fast, pages)
+    back = pages_to_tensor(pages, shape, fmt)
+    fast_back = pages_to_tensor(pages, shape, fmt, unpack=native_program.unpack_tiles)
+    assert fast_back.dtype == back.dtype
+    np.testing.assert_array_equal(fast_back.view(np.uint32), back.view(np.uint32))
