@@ -8,8 +8,9 @@ live by concern in
   and barriers, bounds checks;
 - `compute.py`: the Dst registers and their protocol, and the math and pack ops;
 - `accounting.py`: the cycle accounting (what each op is charged) and the program's profile.
-Reading a handler tells what its op means. This module imports the handler modules, so importing it
-completes the registry.
+Reading a handler tells what its op means. The kernel-value ops (get_arg, constant, buffer_address,
+addi, muli, mini) are handled here, beside the runtime arguments they read. This module imports the
+handler modules, so importing it completes the registry.
 
 How it runs
 - Lockstep cores. All cores of the grid run the same kernels with static trip counts, so they run
