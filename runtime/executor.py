@@ -25,8 +25,9 @@ from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import DeviceFault, UserError
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
+from ttc.runtime.accounting import ProgramProfile
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
-from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan, ProgramProfile
+from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan
 from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
 

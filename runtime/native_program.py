@@ -31,21 +31,13 @@ import numpy as np
 from ttc.ir.core import Block, Operation, Value
 from ttc.ir.diagnostics import DeviceFault
 from ttc.runtime import formats, numerics
+from ttc.runtime.accounting import _DEFAULT_SFPU_COST_KEY, SFPU_COST_KEYS, ProgramProfile
+from ttc.runtime.compute import F16_OVERFLOW, HALF_DST, dst_format_of
+from ttc.runtime.dataflow import _format_of
 from ttc.runtime.device import Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
-from ttc.runtime.interpreter import (
-    _DEFAULT_SFPU_COST_KEY,
-    F16_OVERFLOW,
-    HALF_DST,
-    KERNELS,
-    SFPU_COST_KEYS,
-    Blocked,
-    Program,
-    ProgramPlan,
-    ProgramProfile,
-    _format_of,
-    dst_format_of,
-)
+from ttc.runtime.handlers import Blocked
+from ttc.runtime.interpreter import KERNELS, Program, ProgramPlan
 from ttc.runtime.native_core import native
 
 WIDTH: int = native.PROGRAM_WIDTH

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.runtime.interpreter import ProgramProfile
+from ttc.runtime.accounting import ProgramProfile
 
 
 @dataclass(frozen=True)

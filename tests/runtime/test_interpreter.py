@@ -389,7 +389,7 @@ def test_loop_bounds_and_index_arithmetic() -> None:
 
 def test_every_ttkernel_op_has_one_handler_and_no_ttir_op_has_any() -> None:
     from ttc.ir.dialect import registered_dialects
-    from ttc.runtime.interpreter import HANDLERS
+    from ttc.runtime.handlers import HANDLERS
 
     kernel_ops = {op.name for op in registered_dialects()["ttkernel"].ops} - {"ttkernel.for"}
     assert set(HANDLERS) == kernel_ops  # ttkernel.for is the kernel runner's own control flow

@@ -21,8 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from runtime_helpers import native_and_overflow, python_and_overflow
 
+from ttc.runtime import compute as interpreter  # the Python emulator's row helpers and broadcasts
 from ttc.runtime import formats as F
-from ttc.runtime import interpreter, numerics
+from ttc.runtime import numerics
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.native_core import native as N
 

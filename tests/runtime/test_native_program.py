@@ -25,7 +25,8 @@ from ttc.ir.diagnostics import DeviceFault
 from ttc.runtime import executor, native_program
 from ttc.runtime.device import Device
 from ttc.runtime.executor import using_emulator
-from ttc.runtime.interpreter import HANDLERS, Program, ProgramPlan
+from ttc.runtime.handlers import HANDLERS
+from ttc.runtime.interpreter import Program, ProgramPlan
 from ttc.runtime.native_program import KERNEL_OPS, encode, run_native
 
 F32 = TensorProto.FLOAT
