@@ -59,6 +59,32 @@ Tiles matmul_block_py(const Tiles& dst, const Tiles& a, const Tiles& b, int rows
   return out;
 }
 
+// matmul_block_bf16: a and b are packed bf16 tiles ([count, 2048] bytes in face order, as pack_tiles makes them).
+Tiles matmul_block_bf16_py(const Tiles& dst, const py::array_t<uint8_t, py::array::c_style>& a,
+                           const py::array_t<uint8_t, py::array::c_style>& b, int rows, int cols, int inner,
+                           int fidelity, const std::string& dst_format) {
+  check_tiles(dst, static_cast<py::ssize_t>(rows) * cols, "dst");
+  auto pages = [](const py::array_t<uint8_t, py::array::c_style>& x, py::ssize_t count, const char* name) {
+    if (x.ndim() != 2 || x.shape(0) != count || x.shape(1) != 2 * TILE_ELEMS)
+      throw std::invalid_argument(std::string(name) + " must be [" + std::to_string(count) + ", 2048] bf16 tiles");
+    std::vector<const uint16_t*> out(static_cast<size_t>(count));
+    for (py::ssize_t t = 0; t < count; ++t) out[t] = reinterpret_cast<const uint16_t*>(x.data() + t * 2 * TILE_ELEMS);
+    return out;
+  };
+  auto a_tiles = pages(a, static_cast<py::ssize_t>(rows) * inner, "a");
+  auto b_tiles = pages(b, static_cast<py::ssize_t>(inner) * cols, "b");
+  Tiles out(std::vector<py::ssize_t>{dst.shape(0), TILE, TILE});
+  std::copy(dst.data(), dst.data() + dst.size(), out.mutable_data());
+  auto out_tiles = tile_pointers(out.mutable_data(), out.shape(0));
+  Fidelity f = fidelity_of(fidelity);
+  DstFormat format = dst_format_of(dst_format);
+  {
+    py::gil_scoped_release release;
+    matmul_block_bf16(out_tiles.data(), a_tiles.data(), b_tiles.data(), rows, cols, inner, f, format);
+  }
+  return out;
+}
+
 ReduceDim reduce_dim_of(const std::string& name) {
   if (name == "row") return ReduceDim::ROW;
   if (name == "col") return ReduceDim::COL;
@@ -115,6 +141,10 @@ void register_matmul(py::module_& m) {
         py::arg("bf16_operands") = false,
         "Dst tiles dst [rows*cols, 32, 32] += a [rows*inner] @ b [inner*cols] (numerics.matmul_block_accumulate); "
         "returns the new Dst tiles.");
+  m.def("matmul_block_bf16", &matmul_block_bf16_py, py::arg("dst"), py::arg("a"), py::arg("b"), py::arg("rows"),
+        py::arg("cols"), py::arg("inner"), py::arg("fidelity"), py::arg("dst_format") = "bf16",
+        "matmul_block with packed bf16 operand tiles (uint8 [count, 2048], the device's face order, as "
+        "pack_tiles gives them), read in place; returns the new Dst tiles.");
   m.def("reduce_sum", &reduce_sum_py, py::arg("dst"), py::arg("tiles"), py::arg("dim"), py::arg("scaler") = 1.0f,
         py::arg("fidelity") = 4, py::arg("dst_format") = "bf16",
         "Dst tile dst [32, 32] accumulates the sum of tiles [n, 32, 32] along dim (numerics.reduce_block, "

@@ -317,10 +317,14 @@ struct Scratch {
   std::vector<const float*> rounded_tiles;
 };
 
-// One matmul: its operand tiles (bf16 values), shape and the statistics of its operands.
+// One matmul: its operand tiles (bf16 values), shape and the statistics of its operands. The operands are
+// float tiles (in0, in1) or packed bf16 tiles in the device's face order (in0h, in1h: a CB's pages, read
+// in place); the rare paths that need float values of packed operands make them (floats()).
 struct Problem {
-  const float* const* in0;  // [rows][inner] tiles
-  const float* const* in1;  // [inner][cols] tiles
+  const float* const* in0 = nullptr;  // [rows][inner] tiles
+  const float* const* in1 = nullptr;  // [inner][cols] tiles
+  const uint16_t* const* in0h = nullptr;  // the same as packed bf16 tiles, or null
+  const uint16_t* const* in1h = nullptr;
   int rows, cols, inner;
   int m, n, chunks, kc, mb, nb;  // rows, columns, 16-element chunks, products per chunk (16, HiFi3 32), blocks
   Fidelity fidelity;
@@ -343,6 +347,17 @@ struct Problem {
     size_t at = static_cast<size_t>(c) * n + j;
     return {s->col_top[at], s->col_low[at]};
   }
+  // Packed operands: in0 row i of chunk c, 16 contiguous values of one face row (the face of tile row
+  // i % 32 and columns (c % 2) * 16..)
+  const uint16_t* xh(int i, int c) const {
+    const int r = i % TILE;
+    return in0h[(i / TILE) * inner + c / HALVES] + ((r / 16) * 2 + c % HALVES) * 256 + (r % 16) * 16;
+  }
+  // in1 row k (0..15) of chunk c, columns j .. j + 15 (j a multiple of 16): one face row
+  const uint16_t* yh(int c, int k, int j) const {
+    return in1h[(c / HALVES) * cols + j / TILE] + ((c % HALVES) * 2 + (j % TILE) / 16) * 256 + k * 16;
+  }
+  void floats();
 };
 
 typedef uint32_t v16u __attribute__((vector_size(64)));
@@ -352,6 +367,19 @@ inline v16u load16u(const float* p) {
   v16u v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+// 16 packed bf16 values as float bits
+inline v16u load16h(const uint16_t* p) {
+  typedef uint16_t v16h __attribute__((vector_size(32)));
+  v16h h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, v16u) << 16;
+}
+// lanes 8 * h .. 8 * h + 7 of float bits, as floats
+inline v8f half8(const v16u& v, int h) {
+  v8f out;
+  std::memcpy(&out, reinterpret_cast<const char*>(&v) + h * sizeof out, sizeof out);
+  return out;
 }
 
 // Lane j of the result: the largest (kMax) or smallest of the 16 lanes of v[j]. A transpose-and-reduce
@@ -408,7 +436,7 @@ inline void block_spans(const int* span, int count, int size, int16_t* block_spa
 // (the statistics of its columns of every chunk, of their register blocks and of all of in1), in one pass
 // over each tile's 16 rows of a chunk, vectorised across its 32 columns.
 // kSplit: the fidelity multiplies hi(y) alone (LoFi).
-template <int KC, bool kSplit>
+template <int KC, bool kSplit, bool kPacked>
 void pack_in1(Problem& p) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
@@ -425,7 +453,7 @@ void pack_in1(Problem& p) {
   v16u all_top{}, all_low = ~v16u{};
   for (int c = 0; c < chunks; ++c)
     for (int j0 = 0; j0 < n; j0 += TILE) {
-      const float* rows = p.y(c, j0);
+      const float* rows = kPacked ? nullptr : p.y(c, j0);
       double* to[TILE / VL];  // where each 8 columns' k = 0 values go: a block's row, from its column q
       for (int e = 0; e < TILE; e += VL)
         to[e / VL] = packed + (static_cast<size_t>((j0 + e) / NR) * chunks + c) * KC * NR + (j0 + e) % NR;
@@ -436,13 +464,13 @@ void pack_in1(Problem& p) {
       }
       for (int k = 0; k < MVMUL_K; ++k)
         for (int h = 0; h < H; ++h) {
-          const float* line = rows + k * TILE + h * 16;
-          v16u u = load16u(line) & 0x7FFFFFFFu;
+          const v16u line = kPacked ? load16h(p.yh(c, k, j0 + h * 16)) : load16u(rows + k * TILE + h * 16);
+          v16u u = line & 0x7FFFFFFFu;
           top[h] = top[h] > u ? top[h] : u;
           low[h] = low[h] < u - 1 ? low[h] : u - 1;  // a zero wraps to the top
           for (int e = 0; e < 16; e += VL) {
             double* block = to[(h * 16 + e) / VL] + k * NR;
-            v8f v = load8f(line + e), part = v, hi = v;
+            v8f v = half8(line, e / VL), part = v, hi = v;
             if constexpr (kSplit || KC == 2 * MVMUL_K) {
               v8u bits;
               std::memcpy(&bits, &v, sizeof bits);
@@ -490,7 +518,7 @@ inline Stat row_stat(const float* values) {
 // maxima and minima over its rows; a butterfly then reduces 8 chunks' (their tops, and their lows
 // inverted, so that one maximum serves both) at a time.
 // kSplit: the fidelity multiplies hi(x) (all but HiFi4).
-template <int KC, bool kSplit>
+template <int KC, bool kSplit, bool kPacked>
 Stat pack_in0_block(const Problem& p, int ib) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
@@ -499,15 +527,15 @@ Stat pack_in0_block(const Problem& p, int ib) {
   v16u group[16];
   for (int c = 0; c < p.chunks; ++c) {
     v16u top{}, low = ~v16u{};
-    const float* first = p.x(ib * MR, c);  // the block's rows lie in one tile, TILE apart
+    const float* first = kPacked ? nullptr : p.x(ib * MR, c);  // the block's rows lie in one tile, TILE apart
     double* to = packed + static_cast<size_t>(c) * MR * KC;
     for (int r = 0; r < MR; ++r, to += KC) {
-      const float* row = first + r * TILE;
-      v16u u = load16u(row) & 0x7FFFFFFFu;
+      const v16u row = kPacked ? load16h(p.xh(ib * MR + r, c)) : load16u(first + r * TILE);
+      v16u u = row & 0x7FFFFFFFu;
       top = top > u ? top : u;
       low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
       for (int h = 0; h < MVMUL_K; h += VL) {
-        v8f v = load8f(row + h), part = v;
+        v8f v = half8(row, h / VL), part = v;
         if constexpr (kSplit) {
           v8u bits;
           std::memcpy(&bits, &v, sizeof bits);
@@ -543,7 +571,8 @@ Stat pack_in0_block(const Problem& p, int ib) {
 // sequence, off by at most gamma_31 < 2**-48 of the sum of their magnitudes, itself at most
 // sum |x| * max |y| (a SrcB split's parts have x's sign), plus the test's own roundings), and the few that
 // fail it, and chunks with an inf or NaN operand, the exact path.
-void block_partials(const Problem& p, int c, int i0, int j0, const double* sums, float* out) {
+void block_partials(Problem& p, int c, int i0, int j0, const double* sums, float* out) {
+  p.floats();
   for (int r = 0; r < MR; ++r) {
     const Stat row = row_stat(p.x(i0 + r, c));
     for (int q = 0; q < NR; ++q) {
@@ -695,7 +724,7 @@ inline float* dst_row(float* const* dst, int cols, int i, int j0) {
   return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
 }
 
-template <int KC>
+template <int KC, bool kPacked>
 void run(Problem& p, float* const* dst, DstFormat format) {
   Scratch& s = *p.s;
   const int mb = p.mb, nb = p.nb;
@@ -707,12 +736,18 @@ void run(Problem& p, float* const* dst, DstFormat format) {
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
-    const Stat rows =
-        p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false>(p, ib) : pack_in0_block<KC, true>(p, ib);
+    const Stat rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib)
+                                                    : pack_in0_block<KC, true, kPacked>(p, ib);
     const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
     if (ib + 1 < mb)  // the next row block's operand lines, fetched into L1 while this block computes
       for (int c = 0; c < p.chunks; ++c)
-        for (int r = 0; r < MR; ++r) __builtin_prefetch(p.x((ib + 1) * MR + r, c));
+        for (int r = 0; r < MR; ++r) {
+          if constexpr (kPacked) {
+            __builtin_prefetch(p.xh((ib + 1) * MR + r, c));
+          } else {
+            __builtin_prefetch(p.x((ib + 1) * MR + r, c));
+          }
+        }
     for (int jb = 0; jb < nb; ++jb) {
       const int i0 = ib * MR, j0 = jb * NR;
       for (int r = 0; r < MR; ++r) {
@@ -774,6 +809,54 @@ const float* const* rounded_tiles(Scratch& s, const float* const* tiles, int cou
   return &s.rounded_tiles[first];
 }
 
+// The packed operands as float tiles (for the rare paths that read values one by one), made once per call.
+void Problem::floats() {
+  if (in0 || !in0h) return;
+  const int count0 = rows * inner, count1 = inner * cols;
+  s->rounded.resize(static_cast<size_t>(count0 + count1) * TILE_ELEMS);
+  s->rounded_tiles.resize(count0 + count1);
+  for (int t = 0; t < count0 + count1; ++t) {
+    const uint16_t* from = t < count0 ? in0h[t] : in1h[t - count0];
+    float* to = &s->rounded[static_cast<size_t>(t) * TILE_ELEMS];
+    for (int face = 0; face < 4; ++face)
+      for (int r = 0; r < 16; ++r)
+        for (int q = 0; q < 16; ++q)
+          to[((face / 2) * 16 + r) * TILE + (face % 2) * 16 + q] = float_of(uint32_t{from[face * 256 + r * 16 + q]} << 16);
+    s->rounded_tiles[t] = to;
+  }
+  in0 = &s->rounded_tiles[0];
+  in1 = &s->rounded_tiles[count0];
+}
+
+// The operands are set (float or packed tiles): measure, pack and run.
+template <bool kPacked>
+void solve(Problem& p, float* const* dst, int rows, int cols, int inner, Fidelity fidelity, DstFormat format) {
+  p.rows = rows;
+  p.cols = cols;
+  p.inner = inner;
+  p.m = rows * TILE;
+  p.n = cols * TILE;
+  p.mb = p.m / MR;
+  p.nb = p.n / NR;
+  p.chunks = inner * HALVES;
+  p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
+  p.fidelity = fidelity;
+  p.limit = span_limit(fidelity);
+  if (fidelity == Fidelity::HIFI3) {
+    pack_in1<2 * MVMUL_K, false, kPacked>(p);
+  } else if (fidelity == Fidelity::LOFI) {
+    pack_in1<MVMUL_K, true, kPacked>(p);
+  } else {
+    pack_in1<MVMUL_K, false, kPacked>(p);
+  }
+  if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
+  if (p.kc == MVMUL_K) {
+    run<MVMUL_K, kPacked>(p, dst, format);
+  } else {
+    run<2 * MVMUL_K, kPacked>(p, dst, format);
+  }
+}
+
 }  // namespace
 
 void matmul_block(float* const* dst, const float* const* a, const float* const* b, int rows, int cols,
@@ -790,30 +873,17 @@ void matmul_block(float* const* dst, const float* const* a, const float* const* 
     p.in0 = rounded_tiles(scratch, a, rows * inner, 0);
     p.in1 = rounded_tiles(scratch, b, inner * cols, static_cast<size_t>(rows) * inner);
   }
-  p.rows = rows;
-  p.cols = cols;
-  p.inner = inner;
-  p.m = rows * TILE;
-  p.n = cols * TILE;
-  p.mb = p.m / MR;
-  p.nb = p.n / NR;
-  p.chunks = inner * HALVES;
-  p.kc = fidelity == Fidelity::HIFI3 ? 2 * MVMUL_K : MVMUL_K;
-  p.fidelity = fidelity;
-  p.limit = span_limit(fidelity);
-  if (fidelity == Fidelity::HIFI3) {
-    pack_in1<2 * MVMUL_K, false>(p);
-  } else if (fidelity == Fidelity::LOFI) {
-    pack_in1<MVMUL_K, true>(p);
-  } else {
-    pack_in1<MVMUL_K, false>(p);
-  }
-  if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
-  if (p.kc == MVMUL_K) {
-    run<MVMUL_K>(p, dst, format);
-  } else {
-    run<2 * MVMUL_K>(p, dst, format);
-  }
+  solve<false>(p, dst, rows, cols, inner, fidelity, format);
+}
+
+void matmul_block_bf16(float* const* dst, const uint16_t* const* a, const uint16_t* const* b, int rows, int cols,
+                       int inner, Fidelity fidelity, DstFormat format) {
+  thread_local Scratch scratch;
+  Problem p;
+  p.s = &scratch;
+  p.in0h = a;
+  p.in1h = b;
+  solve<true>(p, dst, rows, cols, inner, fidelity, format);
 }
 
 void reduce_sum_block(float* dst, const float* const* tiles, int n, ReduceDim dim, float scaler,

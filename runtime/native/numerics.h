@@ -54,6 +54,9 @@ void eltwise_tile(const float* a, const float* b, BinaryOp op, Bcast bcast, DstF
 // are rounded to bf16 first).
 void matmul_block(float* const* dst, const float* const* a, const float* const* b, int rows, int cols,
                   int inner, Fidelity fidelity, DstFormat format, bool bf16_operands);
+// The same with packed bf16 operand tiles (the device's face order, as a CB holds them), read in place.
+void matmul_block_bf16(float* const* dst, const uint16_t* const* a, const uint16_t* const* b, int rows, int cols,
+                       int inner, Fidelity fidelity, DstFormat format);
 
 enum class ReduceDim : int { ROW = 0, COL = 1, SCALAR = 2 };
 

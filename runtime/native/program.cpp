@@ -249,6 +249,7 @@ class Core {
   KernelState k[KERNELS];
   int dst_state = RELEASED, dst_half = 1;
   uint32_t dst_written = 0xFFFF;
+  uint32_t dst_stale = 0;  // slots that are NaN by the protocol but not filled yet (filled when first read)
   std::vector<float> dst;
   int64_t steps = 0;
   int64_t masked_index = 0;
@@ -262,6 +263,8 @@ class Core {
   std::vector<uint8_t> wanted;
   std::vector<float> tiles_a, tiles_b;
   std::vector<const float*> ptr_a, ptr_b;
+  std::vector<const uint8_t*> pages_a, pages_b;
+  std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
   std::vector<float*> ptr_dst;
 
   // -- scheduler ----------------------------------------------------------------------------------
@@ -376,11 +379,33 @@ class Core {
     if (first < 0 || first + count > HALF_DST) fail(DST_SLOTS, -1, {first, count});
     return dst_half * HALF_DST + first;
   }
+  // The slots a math op writes; kReads: it reads them too (accumulates, or writes only part of them).
+  template <bool kReads>
   int64_t math_slots(int64_t first, int64_t count) {
     if (dst_state != ACQUIRED) fail(MATH_STATE, -1, {dst_state});
     int64_t base = dst_slots(first, count);
-    for (int64_t s = base; s < base + count; ++s) dst_written |= 1u << s;
+    uint32_t mask = slot_mask(base, count);
+    if (kReads) {
+      filled(base, count);
+    } else {
+      dst_stale &= ~mask;  // overwritten whole: the NaN fill it skipped could never be seen
+    }
+    dst_written |= mask;
     return base;
+  }
+  static uint32_t slot_mask(int64_t base, int64_t count) {
+    return count > 0 ? ((count >= 32 ? 0xFFFFFFFFu : (1u << count) - 1) << base) : 0u;
+  }
+  // Slots about to be read: the NaN fills an acquire left pending are done now.
+  void filled(int64_t base, int64_t count) {
+    uint32_t pending = dst_stale & slot_mask(base, count);
+    if (!pending) return;
+    dst_stale &= ~pending;
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (; pending; pending &= pending - 1) {
+      int slot = __builtin_ctz(pending);
+      std::fill(dst_tile(slot), dst_tile(slot + 1), nan);
+    }
   }
   float* dst_tile(int64_t slot) { return dst.data() + slot * TILE_ELEMS; }
   void transition(int expected, int next, int64_t op_code) {
@@ -389,6 +414,9 @@ class Core {
   }
   // Interpreter `unpack_front`: tiles at the waited-window offsets (offs) as the FPU's sources get them.
   Format unpack_front(int64_t index, std::vector<float>& out);
+  // unpack_front's checks, and the pages (slot pointers) of its tiles
+  Format front_pages(int64_t index, std::vector<const uint8_t*>& out);
+  void unpack_pages(const std::vector<const uint8_t*>& in, Format fmt, std::vector<float>& out);
   void to_dst(float* tile, Format cb_format) const {
     // numerics.as_f16 is f16_round elementwise (it only skips values it can prove need no rounding)
     if (E.dst == DstFormat::F16) {
@@ -421,6 +449,7 @@ void Core::run(int64_t index) {
   dst_state = RELEASED;
   dst_half = 1;
   dst_written = 0xFFFF;  // Dst holds what the last program left: every slot is NaN-filled when acquired
+  dst_stale = 0;
   steps = 0;
   masked_index = 0;
   counters = Counters{};
@@ -682,10 +711,10 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       transition(RELEASED, ACQUIRED, TILE_REGS_ACQUIRE);
       dst_half ^= 1;
       uint32_t half = (dst_written >> (dst_half * HALF_DST)) & 0xFFu;
-      if (half) {  // slots math wrote since their last fill (and those between them) become NaN again
+      if (half) {  // slots math wrote since their last fill (and those between them) become NaN again: the
+                   // fill waits until a slot is read (an op that overwrites a slot whole skips it)
         int first = __builtin_ctz(half), last = 31 - __builtin_clz(half);
-        float nan = std::numeric_limits<float>::quiet_NaN();
-        std::fill(dst_tile(dst_half * HALF_DST + first), dst_tile(dst_half * HALF_DST + last + 1), nan);
+        dst_stale |= slot_mask(dst_half * HALF_DST + first, last - first + 1);
         dst_written &= ~(0xFFu << (dst_half * HALF_DST));
       }
       return;
@@ -725,15 +754,16 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       op_sfpu(in);
       return;
     case SFPU_BINARY_TILES: {
-      int64_t base = math_slots(f[3], f[5]);
+      int64_t base = math_slots<true>(f[3], f[5]);
       int64_t operand = dst_slots(f[4], f[5]);
+      filled(operand, f[5]);
       sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
                        static_cast<SfpuBinaryFn>(f[2]), E.dst);
       counters.compute_cycles += f[6];
       return;
     }
     case FILL_TILES: {
-      int64_t base = math_slots(f[2], f[3]);
+      int64_t base = math_slots<false>(f[2], f[3]);
       float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
       std::fill(dst_tile(base), dst_tile(base + f[3]), value);
       counters.compute_cycles += f[5];
@@ -1002,23 +1032,35 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
 
 // ------------------------------------------------------------------------------------------ compute
 
-Format Core::unpack_front(int64_t index, std::vector<float>& out) {
+Format Core::front_pages(int64_t index, std::vector<const uint8_t*>& out) {
   Format fmt = tile_format(index);
   int64_t n = static_cast<int64_t>(offs.size());
   check_window(index, offs.data(), n, cb[index].waited, true);
-  out.resize(n * TILE_ELEMS);
-  for (int64_t i = 0; i < n; ++i) {
+  out.resize(n);
+  for (int64_t i = 0; i < n; ++i) out[i] = slot_ptr(index, front_slot(index, offs[i]));
+  return fmt;
+}
+
+void Core::unpack_pages(const std::vector<const uint8_t*>& in, Format fmt, std::vector<float>& out) {
+  size_t n = in.size();
+  if (out.size() < n * TILE_ELEMS) out.resize(n * TILE_ELEMS);  // grows only: resize would zero-fill
+  for (size_t i = 0; i < n; ++i) {
     float* tile = out.data() + i * TILE_ELEMS;
-    unpack_tile(slot_ptr(index, front_slot(index, offs[i])), fmt, tile);
+    unpack_tile(in[i], fmt, tile);
     if (fmt == Format::F32 || fmt == Format::I32) dst_round_values(tile, TILE_ELEMS, E.dst);
   }
+}
+
+Format Core::unpack_front(int64_t index, std::vector<float>& out) {
+  Format fmt = front_pages(index, pages_a);
+  unpack_pages(pages_a, fmt, out);
   return fmt;
 }
 
 void Core::op_copy(const Instr& in, bool transpose) {
   const int64_t* f = in.f;
   int64_t n = f[6] * f[7];
-  int64_t base = math_slots(f[8], n);
+  int64_t base = math_slots<false>(f[8], n);
   config(f[2]);
   tile_block(f[3], f[6], f[7], f[4], f[5]);
   Format fmt = unpack_front(f[2], tiles_a);
@@ -1041,7 +1083,7 @@ void Core::op_tilize(const Instr& in) {
   const int64_t* f = in.f;
   int64_t index = f[2], cols = f[4];
   const CBConfig& c = config(index);
-  int64_t base = math_slots(f[5], cols);
+  int64_t base = math_slots<false>(f[5], cols);
   page_range(0, TILE);
   check_window(index, offs.data(), TILE, cb[index].waited, true);
   int64_t element;
@@ -1071,6 +1113,7 @@ void Core::op_pack_rows(const Instr& in) {
   int64_t index = f[2], cols = f[4];
   const CBConfig& c = config(index);
   int64_t base = dst_slots(f[5], cols);
+  filled(base, cols);
   page_range(0, TILE);
   check_window(index, offs.data(), TILE, cb[index].reserved, false);
   bool bf16 = c.format == static_cast<int>(Format::BF16);
@@ -1091,7 +1134,7 @@ void Core::op_pack_rows(const Instr& in) {
 void Core::op_binary(const Instr& in) {
   const int64_t* f = in.f;
   int64_t n = f[12] * f[13];
-  int64_t base = math_slots(f[14], n);
+  int64_t base = math_slots<false>(f[14], n);
   config(f[3]);
   tile_block(f[4], f[12], f[13], f[5], f[6]);
   unpack_front(f[3], tiles_a);
@@ -1107,17 +1150,29 @@ void Core::op_binary(const Instr& in) {
 void Core::op_matmul(const Instr& in) {
   const int64_t* f = in.f;
   int64_t inner = f[8], rows = f[9], cols = f[10];
-  int64_t base = math_slots(f[11], rows * cols);
+  int64_t base = math_slots<true>(f[11], rows * cols);
   config(f[2]);
   tile_block(f[3], rows, inner, f[4], 1);
-  Format fa = unpack_front(f[2], tiles_a);
+  Format fa = front_pages(f[2], pages_a);
   config(f[5]);
   tile_block(f[6], inner, cols, f[7], 1);
-  Format fb = unpack_front(f[5], tiles_b);
+  Format fb = front_pages(f[5], pages_b);
   ptr_dst.resize(rows * cols);
+  for (int64_t i = 0; i < rows * cols; ++i) ptr_dst[i] = dst_tile(base + i);
+  if (fa == Format::BF16 && fb == Format::BF16) {  // the matmul reads the CBs' bf16 pages in place
+    half_a.resize(pages_a.size());
+    half_b.resize(pages_b.size());
+    for (size_t i = 0; i < pages_a.size(); ++i) half_a[i] = reinterpret_cast<const uint16_t*>(pages_a[i]);
+    for (size_t i = 0; i < pages_b.size(); ++i) half_b[i] = reinterpret_cast<const uint16_t*>(pages_b[i]);
+    matmul_block_bf16(ptr_dst.data(), half_a.data(), half_b.data(), static_cast<int>(rows), static_cast<int>(cols),
+                      static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst);
+    counters.compute_cycles += f[13];
+    return;
+  }
+  unpack_pages(pages_a, fa, tiles_a);
+  unpack_pages(pages_b, fb, tiles_b);
   ptr_a.resize(rows * inner);
   ptr_b.resize(inner * cols);
-  for (int64_t i = 0; i < rows * cols; ++i) ptr_dst[i] = dst_tile(base + i);
   for (int64_t i = 0; i < rows * inner; ++i) ptr_a[i] = tiles_a.data() + i * TILE_ELEMS;
   for (int64_t i = 0; i < inner * cols; ++i) ptr_b[i] = tiles_b.data() + i * TILE_ELEMS;
   // bf16 and block-float tiles unpack to bf16 values already; f16 ones are rounded to bf16 first
@@ -1129,7 +1184,7 @@ void Core::op_matmul(const Instr& in) {
 
 void Core::op_reduce(const Instr& in) {
   const int64_t* f = in.f;
-  int64_t slot = math_slots(f[10], 1);
+  int64_t slot = math_slots<true>(f[10], 1);
   config(f[4]);
   tile_block(f[5], f[8], f[9], f[6], f[7]);
   unpack_front(f[4], tiles_a);
@@ -1147,7 +1202,7 @@ void Core::op_reduce(const Instr& in) {
 
 void Core::op_sfpu(const Instr& in) {
   const int64_t* f = in.f;
-  int64_t base = math_slots(f[4], f[5]);
+  int64_t base = math_slots<true>(f[4], f[5]);
   int count = static_cast<int>(f[5] * TILE_ELEMS);
   if (f[2] == 0)
     sfpu_table_tile(dst_tile(base), count, E.tables.data() + f[3] * 65536, E.dst,
@@ -1160,7 +1215,7 @@ void Core::op_sfpu(const Instr& in) {
 void Core::op_mask(const Instr& in) {
   const int64_t* f = in.f;
   int64_t rows = f[4], cols = f[5];
-  int64_t base = math_slots(f[6], rows * cols);
+  int64_t base = math_slots<true>(f[6], rows * cols);
   int64_t row_tile = regs[f[2]], col_tile = regs[f[3]], valid_rows = f[7], valid_cols = f[8];
   float fill = dst_round(static_cast<float>(E.fparams[f[9]]), E.dst);
   for (int64_t r = 0; r < rows; ++r)
@@ -1183,6 +1238,7 @@ void Core::op_pack(const Instr& in) {
   int64_t index = f[4], count = f[3];
   config(index);
   int64_t base = dst_slots(f[2], count);
+  filled(base, count);
   page_range(f[5], count);
   check_window(index, offs.data(), static_cast<int64_t>(offs.size()), cb[index].reserved, false);
   Format fmt = tile_format(index);

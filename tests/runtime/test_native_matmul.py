@@ -70,6 +70,21 @@ def tiles(matrix_tiles: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(matrix_tiles.reshape(-1, 32, 32))
 
 
+def packed(matrix_tiles: np.ndarray) -> np.ndarray:
+    """bf16 tiles packed as a CB holds them (uint8 [count, 2048], face order): matmul_block_bf16's operands."""
+    return native.pack_tiles(tiles(matrix_tiles), native.FORMAT_CODES["bf16"]).reshape(-1, 2048)
+
+
+def check_packed(dst: np.ndarray, a: np.ndarray, b: np.ndarray, fidelity: int, dst_format: str, want: np.ndarray,
+                 raised: bool) -> None:
+    """matmul_block_bf16 (the operands read in place as packed bf16 pages) gives `want` and its overflow flag."""
+    rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+    got, flagged = native_and_overflow(native.matmul_block_bf16, tiles(dst), packed(a), packed(b), rows, cols, inner,
+                                       int(fidelity), dst_format)
+    assert_same_bits(got.reshape(want.shape), want)
+    assert raised == flagged
+
+
 # --- matmul: native against the reference --------------------------------------------------------
 
 
@@ -92,6 +107,8 @@ def test_matmul_block_matches_the_reference(seed, rows, cols, inner, fidelity, d
                                        int(fidelity), dst_format, promise)
     assert_same_bits(got.reshape(want.shape), want)
     assert raised == flagged
+    if promise:  # bf16 values: the packed operands' path gives the same bits
+        check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
 def test_matmul_block_of_a_typical_block_and_bad_arguments():
@@ -106,6 +123,8 @@ def test_matmul_block_of_a_typical_block_and_bad_arguments():
         native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 6, 4, "f8", True)
     with pytest.raises(ValueError, match="tiles"):
         native.matmul_block(tiles(dst), tiles(a), tiles(b), 8, 2, 5, 4, "bf16", True)
+    with pytest.raises(ValueError, match="bf16 tiles"):
+        native.matmul_block_bf16(tiles(dst), packed(a), packed(b)[:-1], 8, 2, 6, 4, "bf16")
 
 
 @settings(max_examples=60, deadline=None)
@@ -130,6 +149,8 @@ def test_model_sized_blocks_match_the_reference(seed, rows, cols, inner, fidelit
                                        int(fidelity), dst_format, promise)
     assert_same_bits(got.reshape(want.shape), want)
     assert raised == flagged
+    if promise:  # bf16 values: the packed operands' path gives the same bits
+        check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
 def test_rows_of_one_register_block_with_far_apart_magnitudes():
@@ -151,6 +172,7 @@ def test_rows_of_one_register_block_with_far_apart_magnitudes():
                                                int(fidelity), dst_format, True)
             assert_same_bits(got.reshape(want.shape), want)
             assert raised == flagged
+            check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
 @pytest.mark.parametrize("hot", ["row block", "dst", "column"])
@@ -173,6 +195,7 @@ def test_chains_proven_normal_for_some_row_blocks_only(hot):
             want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
         got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, 4, int(fidelity), "bf16", True)
         assert_same_bits(got.reshape(want.shape), want)
+        check_packed(dst, a, b, fidelity, "bf16", want, False)
 
 
 def test_calls_of_other_shapes_and_threads_share_nothing():

@@ -552,3 +552,45 @@ def test_random_sfpu_programs_match(fn: str, param: float, fmt: str, seed: int) 
                           [[[0], [1]], [[], []], [[0], [1]]])
     text = run_dual({"a": (Tensor("a", x.shape, fmt), x)}, [Tensor("c", x.shape, fmt)], program, threads=(1, 2))
     assert text is None or (fmt == "f16" and "Float16 overflow" in text)  # (exp of 16, say)
+
+
+def test_dst_slots_of_an_earlier_acquire_are_nan_where_read() -> None:
+    """An acquire makes the slots its half held NaN again. The native core fills a slot only when an op reads it
+    (packs, accumulates into, masks, gives it to the SFPU) and skips the fill for a slot an op overwrites whole:
+    after a later acquire of the same half, slots read untouched, read by math and overwritten are the
+    interpreter's."""
+    x = np.random.default_rng(5).standard_normal((32, 64)).astype(np.float32)
+    reader = [kop("get_arg", out="t", index=0), *addrgen("a", 0), kop("cb_reserve_back", cb=0, pages=1),
+              kop("noc_read_tiles", "a", "t", cb=0, rows=1, cols=1), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=0, pages=1)]
+
+    def packed(count: int) -> list[str]:
+        return [kop("tile_regs_commit"), kop("tile_regs_wait"), kop("cb_reserve_back", cb=16, pages=count),
+                kop("pack_tiles", count=count, cb=16), kop("cb_push_back", cb=16, pages=count),
+                kop("tile_regs_release")]
+
+    compute = [kop("cb_wait_front", cb=0, pages=1), kop("constant", out="z", value=0),
+               kop("tile_regs_acquire"), kop("fill_tiles", count=6, value=1.0), *packed(6),
+               kop("tile_regs_acquire"), kop("fill_tiles", count=1, value=2.0), kop("tile_regs_commit"),
+               kop("tile_regs_wait"), kop("tile_regs_release"),
+               kop("tile_regs_acquire"),  # the first half again: slots 0..5 are NaN
+               kop("copy_tiles", cb=0, rows=1, cols=1, dst=1),
+               kop("sfpu_tiles", fn="exp", dst=2, count=1),
+               kop("matmul_tiles", cb_a=0, cb_b=0, inner=1, rows=1, cols=1, dst=3, a_row_stride=1, b_row_stride=1),
+               kop("mask_tiles", "z", "z", rows=1, cols=1, dst=4, valid_rows=16, valid_cols=16, fill=0.5),
+               kop("sfpu_binary_tiles", fn="pow", dst=5, dst_b=1, count=1),
+               *packed(6), kop("cb_pop_front", cb=0, pages=1)]
+    writer = [kop("get_arg", out="t", index=0), *addrgen("c", 1), kop("constant", out="six", value=6),
+              kop("addi", "t", "six", out="t2")]
+    for start in ("t", "t2"):
+        writer += [kop("cb_wait_front", cb=16, pages=6), kop("noc_write_tiles", "c", start, cb=16, rows=1, cols=6),
+                   kop("noc_write_barrier"), kop("cb_pop_front", cb=16, pages=6)]
+    program = ProgramSpec(reader, compute, writer, [cb(0, 1), cb(16, 6)], (2, 1), [[[0], [1]], [[], []], [[0], [12]]])
+    with dual_programs((1, 2)):
+        out, _ = run({"a": (Tensor("a", x.shape), x)}, [Tensor("c", (32, 32 * 24))], program)
+    c = out["c"].reshape(32, 24, 32).transpose(1, 0, 2)  # tiles
+    for core in range(2):
+        second = c[core * 12 + 6: core * 12 + 12]
+        assert (c[core * 12: core * 12 + 6] == 1.0).all()
+        assert np.isnan(second[[0, 2, 3, 5]]).all() and not np.isnan(second[1]).any()
+        assert (second[4][16:] == 0.5).all() and np.isnan(second[4][:16, :16]).all()
