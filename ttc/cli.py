@@ -67,14 +67,17 @@ def _suggest(parser: argparse.ArgumentParser, message: str) -> str:
     """`message` with "did you mean ...?" for an unknown flag or a misspelt choice, when one is close."""
     if message.startswith("unrecognized arguments: "):
         flags = [option for action in parser._actions for option in action.option_strings]
-        hints = []
+        pairs = []  # (unknown flag, the known flag closest to it)
         for token in message.removeprefix("unrecognized arguments: ").split():
-            if token.startswith("-"):
-                close = difflib.get_close_matches(token.split("=", 1)[0], flags, n=1, cutoff=0.6)
-                if close:
-                    hints.append(f"did you mean {close[0]} (for {token})?" if "=" in token or len(hints) else
-                                 f"did you mean {close[0]}?")
-        return "; ".join([message, *hints])
+            flag = token.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6) if flag.startswith("-") else []
+            if close:
+                pairs.append((flag, close[0]))
+        if len(pairs) == 1:
+            return f"{message}; did you mean {pairs[0][1]}?"
+        if pairs:
+            return f"{message}; did you mean " + ", ".join(f"{known} for {flag}" for flag, known in pairs) + "?"
+        return message
     match = _INVALID_CHOICE.search(message)
     if match:
         choices = re.findall(r"'([^']*)'", match["choices"])

@@ -82,10 +82,11 @@ class Bar:
     def close(self) -> None:
         with self._lock:
             self.closed = True
-            if self._timer is not None:
-                self._timer.cancel()
             if self.drawn is not None:
                 self.drawn.close()
+        if self._timer is not None:  # outside the lock: a timer that already fired may be waiting for it
+            self._timer.cancel()
+            self._timer.join()
 
 
 class NoBar:
