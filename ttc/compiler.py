@@ -294,10 +294,14 @@ class CompiledModel:
         the executable definition: the same bits, slower); `threads` the host threads of the native core
         (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
         `progress` draws a bar on stderr (one step per device program) when it is a terminal and the run takes
-        over a second.
+        over a second. The feeds are checked as onnxruntime checks them (names, ranks, shapes, element types:
+        never cast).
         """
+        from ttc.feeds import check_feeds, manifest_specs
         from ttc.progress import progress as progress_bar
         from ttc.runtime.executor import Executor
+
+        feeds = check_feeds(manifest_specs(self.manifest["inputs"]), feeds)
 
         if self._executor is None:
             self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
