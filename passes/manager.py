@@ -31,6 +31,7 @@ from ttc.ir.core import Module
 from ttc.ir.diagnostics import IRError, UserError
 from ttc.ir.printer import print_module
 from ttc.ir.verifier import verify as verify_module
+from ttc.passes.prerequisites import missing_prerequisite
 
 OPTION_TYPES = (bool, int, float, str)
 _KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
@@ -277,7 +278,12 @@ class PassManager:
         if self.verify:
             verify_module(module)
             verifier_seconds += time.perf_counter() - start
+        done: list[str] = []
         for p in self.passes:
+            problem = missing_prerequisite(p.name, done, module)
+            if problem is not None:
+                raise UserError(problem)
+            done.append(p.name)
             pass_start = time.perf_counter()
             try:
                 p.run(module)

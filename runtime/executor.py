@@ -149,8 +149,10 @@ class Executor:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run @main on host inputs named by "ttir.name"; returns the named outputs."""
+    def run(self, inputs: Mapping[str, np.ndarray],
+            on_program: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+        """Run @main on host inputs named by "ttir.name"; returns the named outputs. `on_program` is called
+        after every device program (a progress bar's step)."""
         values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
         self.profile = []
         try:
@@ -165,6 +167,8 @@ class Executor:
                     run(self, op, values)
                 except Fault as fault:
                     raise _host_fault(fault, op) from None
+                if on_program is not None and op.name == "ttmetal.enqueue_program":
+                    on_program()
         finally:
             self._free_all()
         raise UserError("@main does not end with func.return")

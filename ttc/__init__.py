@@ -1,16 +1,22 @@
 """ttc: an ONNX compiler for the Tenstorrent Grayskull, with an emulated device.
 
     import ttc
+    session = ttc.InferenceSession("model.onnx")                 # onnxruntime's API
+    [logits] = session.run(None, {"input": x})
+
     model = ttc.compile("model.onnx", input_shapes={"input_ids": (1, 128)}, arch="e150")
     outputs = model.run({"input_ids": ids})     # dict name -> np.ndarray
     model.save("model.ttc")
     again = ttc.load("model.ttc")
+
+User errors (a bad model, a bad feed, an unsupported op) raise `ttc.UserError`; a fault the emulated device
+catches raises `ttc.DeviceFault`; both are `ttc.TtcError`s.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -18,17 +24,20 @@ if TYPE_CHECKING:
     import onnx
 
     from ttc.compiler import CompiledModel
+    from ttc.ir.diagnostics import DeviceFault, TtcError, UserError
+    from ttc.session import InferenceSession
 
 
 def compile(model_or_path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4",
             softmax_precision: str = "bf16") -> CompiledModel:
-    """Compile an ONNX model (path or ModelProto) for the emulated Grayskull."""
-    from ttc.compiler import CompileOptions, compile_model
+    """Compile an ONNX model (path or ModelProto) for the emulated Grayskull. Inputs with dynamic dimensions
+    need their shapes in `input_shapes` ({"input_ids": (1, 128)})."""
+    from ttc.compiler import CompileOptions, compile_for_api
 
     options = CompileOptions(arch=arch, dtype=dtype, math_fidelity=math_fidelity,
                              softmax_precision=softmax_precision, input_shapes=dict(input_shapes or {}))
-    return compile_model(model_or_path, options)
+    return compile_for_api(model_or_path, options)
 
 
 def load(path: str | Path) -> CompiledModel:
@@ -38,4 +47,30 @@ def load(path: str | Path) -> CompiledModel:
     return read_artifact(path)
 
 
-__all__ = ["__version__", "compile", "load"]
+# Imported on first use, so that `import ttc` stays cheap (the compiler pulls in onnx, lark and numpy).
+_LAZY = {
+    "InferenceSession": "ttc.session",
+    "CompiledModel": "ttc.compiler",
+    "TtcError": "ttc.ir.diagnostics",
+    "UserError": "ttc.ir.diagnostics",
+    "DeviceFault": "ttc.ir.diagnostics",
+}
+
+__all__ = ["CompiledModel", "DeviceFault", "InferenceSession", "TtcError", "UserError", "__version__", "compile",
+           "load"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ttc' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Only the API: not the submodules that importing it loads, nor this file's own imports."""
+    return sorted(__all__)

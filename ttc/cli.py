@@ -3,12 +3,15 @@
     ttc import MODEL.onnx [-o OUT.mlir] [--input-shape NAME=1x128 ...] [--arch e150|e75]
     ttc opt FILE.mlir [--pipeline SPEC] [--print-ir-after-all] [--print-ir-after PASS] [--timing]
                       [--no-verify] [-o OUT.mlir]
-    ttc compile MODEL.onnx [-o OUT.ttc] [compile options] [--dump-ir DIR]
-    ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N]
-                      [--emulator native|reference] [--threads N]
-                      [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz]
-    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N] [--top N]
-                      [--emulator native|reference] [--threads N] [--json FILE]
+    ttc opt --list-passes
+    ttc compile MODEL.onnx [-o OUT.ttc] [compile options] [--dump-ir DIR] [--quiet]
+    ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy | FILE.npz ...] [--seed N]
+                      [--emulator native|reference] [--threads N] [--repeat N]
+                      [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz] [--quiet]
+    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input ...] [--seed N] [--top N]
+                      [--emulator native|reference] [--threads N] [--json FILE] [--quiet]
+    ttc inspect MODEL.ttc [--json]
+    ttc completion bash|zsh
 
 Diagnostics go to stderr, requested output to stdout or -o. Exit codes: 0 success, 1 golden check
 failed, 2 user error, 3 device fault, 4 internal error (the only case that prints a traceback).
@@ -17,7 +20,11 @@ failed, 2 user error, 3 device fault, 4 internal error (the only case that print
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import shlex
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,10 +37,54 @@ ARCHES = ("e150", "e75")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports usage errors as TtcErrors (exit 2, one clean message)."""
+    """argparse that reports usage errors as TtcErrors (exit 2, one clean message naming the command, with a
+    "did you mean" for a misspelt flag, command or choice)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}\n{self.format_usage().rstrip()}")
+        raise UserError(f"{self.prog}: error: {_suggest(self, message)}\n{self.format_usage().rstrip()}")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        """Unknown arguments are reported by the command they were given to, with its flags to suggest."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = _subparser(self, getattr(parsed, "command", None)) or self
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+def _suggest(parser: argparse.ArgumentParser, message: str) -> str:
+    """`message` with "did you mean ...?" for an unknown flag or a misspelt choice, when one is close."""
+    if message.startswith("unrecognized arguments: "):
+        flags = [option for action in parser._actions for option in action.option_strings]
+        pairs = []  # (unknown flag, the known flag closest to it)
+        for token in message.removeprefix("unrecognized arguments: ").split():
+            flag = token.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6) if flag.startswith("-") else []
+            if close:
+                pairs.append((flag, close[0]))
+        if len(pairs) == 1:
+            return f"{message}; did you mean {pairs[0][1]}?"
+        if pairs:
+            return f"{message}; did you mean " + ", ".join(f"{known} for {flag}" for flag, known in pairs) + "?"
+        return message
+    match = _INVALID_CHOICE.search(message)
+    if match:
+        choices = re.findall(r"'([^']*)'", match["choices"])
+        close = difflib.get_close_matches(match["given"], choices, n=1, cutoff=0.5)
+        if close:
+            return f"{message}; did you mean '{close[0]}'?"
+    return message
 
 
 def _input_shapes(values: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
@@ -73,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     opt = commands.add_parser("opt", help="parse, verify and transform IR text",
                               description="Parse and verify IR text, run a pass pipeline, print the result.")
-    opt.add_argument("input", metavar="FILE.mlir", help="IR text ('-' for stdin); FILE.weights.npz is read if present")
+    opt.add_argument("input", metavar="FILE.mlir", nargs="?",
+                     help="IR text ('-' for stdin); FILE.weights.npz is read if present")
+    opt.add_argument("--list-passes", action="store_true", help="list every pass, its options and what it does")
     opt.add_argument("--pipeline", metavar="SPEC", default="",
                      help="passes to run, e.g. 'canonicalize,decompose{keep-gemm=false}'")
     opt.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here and its weights beside it")
     _add_pass_options(opt)
+    _add_quiet(opt)
     opt.set_defaults(handler=cmd_opt)
 
     comp = commands.add_parser("compile", help="compile an ONNX model to a .ttc artifact",
@@ -85,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", metavar="MODEL.onnx")
     comp.add_argument("-o", "--output", metavar="OUT.ttc", help="artifact path (default: MODEL.ttc beside the model)")
     _add_compile_options(comp)
+    _add_quiet(comp)
     comp.set_defaults(handler=cmd_compile)
 
     run = commands.add_parser("run", help="run a model on the emulated device (optionally against onnxruntime)",
@@ -93,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
     _add_compile_options(run)
     _add_input_options(run)
-    run.add_argument("--golden", action="store_true", help="compare every output with onnxruntime")
+    run.add_argument("--golden", action="store_true",
+                     help="run the source model once in onnxruntime on the same inputs and compare every output")
+    run.add_argument("--repeat", type=int, metavar="N",
+                     help="time N more runs (emulator, and onnxruntime with --golden) and report their medians "
+                          "beside the first run's time")
     run.add_argument("--model", dest="golden_model", metavar="M.onnx",
                      help="the ONNX model to compare with (default: the artifact's source model)")
     run.add_argument("--pcc", type=float, default=0.99, help="golden PCC threshold (default 0.99)")
@@ -101,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--per-op", action="store_true",
                      help="with --golden: compare every device program with its last ONNX node and name the "
                           "first one below the thresholds")
-    run.add_argument("--json", metavar="FILE", help="write a JSON report (outputs, timings, memory)")
+    run.add_argument("--json", metavar="FILE",
+                     help="write a JSON report (outputs, timings, memory, and the version, options, seed and "
+                          "command line that produced it)")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs here")
+    _add_quiet(run)
     run.set_defaults(handler=cmd_run)
 
     prof = commands.add_parser("profile", help="the modelled device time of a model, program by program",
@@ -114,13 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(prof)
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
+    _add_quiet(prof)
     prof.set_defaults(handler=cmd_profile)
+
+    insp = commands.add_parser("inspect", help="what a .ttc artifact holds, without running it",
+                               description="Print a .ttc artifact's manifest: inputs, outputs, target and options, "
+                                           "versions, the source model, memory, and every device program (kind, "
+                                           "cores, circular buffers, ONNX nodes).")
+    insp.add_argument("model", metavar="MODEL.ttc")
+    insp.add_argument("--json", action="store_true", help="print it as JSON")
+    insp.set_defaults(handler=cmd_inspect)
+
+    comp_script = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                                      description="Print a completion script for ttc; load it with "
+                                                  "eval \"$(ttc completion bash)\" in ~/.bashrc, or "
+                                                  "eval \"$(ttc completion zsh)\" in ~/.zshrc.")
+    comp_script.add_argument("shell", choices=("bash", "zsh"))
+    comp_script.set_defaults(handler=cmd_completion)
     return parser
 
 
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no summary or timing lines on stderr (errors still print)")
+
+
 def _add_input_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                        help="an input from a .npy file; missing inputs are random (--seed); repeatable")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy|FILE.npz",
+                        help="an input from a .npy file, every input of a .npz archive by name, or NAME=FILE.npz "
+                             "for one array of it; each must match the input's shape and element type (nothing "
+                             "is cast); missing inputs are random (--seed); repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs (default 0)")
     parser.add_argument("--emulator", choices=("native", "reference"), default=None,
                         help="who runs the kernel programs: the compiled core (native, the default) or the "
@@ -155,14 +240,16 @@ def _compile(args: argparse.Namespace):
                              input_shapes=_input_shapes(args.input_shape))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
                               dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
-                              stream=sys.stderr)
+                              stream=sys.stderr, progress=not args.quiet)
     return compile_model(args.model, options, diagnostics)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from ttc.fileio import check_onnx_path
     from ttc.frontend import import_model
     from ttc.ir.verifier import verify
 
+    check_onnx_path(args.model)
     module = import_model(args.model, input_shapes=_input_shapes(args.input_shape), arch=args.arch)
     verify(module)
     _emit(module, args.output)
@@ -175,20 +262,33 @@ def cmd_opt(args: argparse.Namespace) -> int:
     from ttc.ir.verifier import verify
     from ttc.passes import PassManager, parse_pipeline
 
+    if args.list_passes:
+        print(_pass_list())
+        return EXIT_OK
+    if args.input is None:
+        raise UserError("ttc opt: error: the following arguments are required: FILE.mlir (or --list-passes)")
     if args.input == "-":
         module = parse_module(sys.stdin.read(), "<stdin>")
     else:
         if not Path(args.input).is_file():
             raise UserError(f"{args.input}: no such file")
+        _check_ir_path(args.input)
         module = parse_file(args.input)
         weights = weights_path(args.input)
         if weights.is_file():
             module.weights = read_weights(weights)
     passes = parse_pipeline(args.pipeline) if args.pipeline.strip() else []
     if passes:
-        manager = PassManager(passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
-                              print_ir_after=tuple(args.print_ir_after), timing=args.timing, stream=sys.stderr)
-        manager.run(module)
+        from ttc.progress import progress
+
+        with progress(len(passes), f"pass {passes[0].name}", "pass", enabled=not args.quiet) as bar:
+            def after_pass(index: int, p: object, module: object) -> None:
+                bar.advance(label=f"pass {passes[index].name}" if index < len(passes) else "done")
+
+            manager = PassManager(passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
+                                  print_ir_after=tuple(args.print_ir_after), timing=args.timing, stream=sys.stderr,
+                                  after_pass=after_pass)
+            manager.run(module)
     elif not args.no_verify:
         verify(module)
     _emit(module, args.output)
@@ -199,6 +299,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = _compile(args)
     output = Path(args.output) if args.output else Path(args.model).with_suffix(".ttc")
     compiled.save(output)
+    if args.quiet:
+        return EXIT_OK
     memory = compiled.manifest["memory"]
     print(f"wrote {output}: {compiled.manifest['programs']} programs, host ops {compiled.manifest['host_ops']}, "
           f"DRAM {memory['dram_bytes'] / 2**20:.2f} MiB "
@@ -214,11 +316,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from ttc import evaluate
     from ttc.fileio import atomic_output
-    from ttc.golden import format_report
+    from ttc.golden import format_report, run_onnxruntime_timed
     from ttc.ir.diagnostics import EXIT_GOLDEN_FAILED
 
     if args.per_op and not args.golden:
         raise UserError("--per-op compares with onnxruntime: it needs --golden")
+    if args.repeat is not None and args.repeat < 1:
+        raise UserError(f"--repeat needs at least 1 run, not {args.repeat}")
     compiled, is_artifact = _load_or_compile(args)
     compile_s = None if is_artifact else compiled.compile_s
     golden_path = None
@@ -227,21 +331,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             else Path(args.golden_model or args.model)
     model_proto = onnx.load(str(golden_path or args.model), load_external_data=False) \
         if (golden_path or not is_artifact) else None
-    feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
-    outputs = compiled.run(feeds, emulator=args.emulator, threads=args.threads)
+    given, sources = _input_files(args.input)
+    feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
+    outputs, emulator_timing = _timed_runs(compiled, feeds, args)
     if args.output:
         with atomic_output(args.output) as handle:
             np.savez(handle, **outputs)
     report: dict = {"outputs": [], "passed": True, "host_ops": compiled.manifest["host_ops"],
                     "memory": compiled.manifest["memory"]}
-    timings = {"compile_s": compile_s, "run_s": None, "ort_s": None}
-    if args.golden or args.json:
-        timings["run_s"] = evaluate.median_seconds(lambda: compiled.run(feeds))
+    ort_timing = None
     if args.golden:
-        reference = evaluate.reference_outputs(golden_path, feeds, compiled.output_names)
-        comparisons = evaluate.golden_compare(outputs, reference, compiled.manifest["options"]["dtype"],
+        assert golden_path is not None
+        reference = run_onnxruntime_timed(golden_path, feeds, compiled.output_names, repeat=args.repeat or 0)
+        ort_timing = {"first_run_s": reference.first_s, "warm_median_s": reference.warm_median_s,
+                      "warm_runs": reference.warm_runs}
+        comparisons = evaluate.golden_compare(outputs, reference.outputs, compiled.manifest["options"]["dtype"],
                                               args.pcc, args.rel_l2)
-        timings["ort_s"] = evaluate.time_reference(golden_path, feeds)
         report["outputs"] = [c.to_json() for c in comparisons]
         report["passed"] = all(c.passed for c in comparisons)
         print(format_report(comparisons))
@@ -261,22 +366,114 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         for name, value in outputs.items():
             print(f"{name}: shape {list(value.shape)} {value.dtype}, min {value.min():.6g}, max {value.max():.6g}, "
-                  f"mean {value.mean():.6g}")
+                  f"mean {value.mean():.6g}" if value.size else f"{name}: shape {list(value.shape)} {value.dtype}")
+    timings = {"compile_s": compile_s, "emulator": emulator_timing, "onnxruntime": ort_timing,
+               "device": _device_timing(compiled)}
     report["timings"] = timings
-    _print_timings(timings)
+    if not args.quiet:
+        print(format_timings(timings), file=sys.stderr)
     if args.json:
         from ttc.fileio import write_text
 
+        report["provenance"] = _provenance(args, compiled, sources)
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     return EXIT_OK if report["passed"] else EXIT_GOLDEN_FAILED
 
 
+def _input_files(specs: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from ttc.feeds import load_input_files
+
+    return load_input_files(specs)
+
+
+def _timed_runs(compiled, feeds: dict[str, np.ndarray], args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict]:
+    """Run once (the outputs) and `--repeat` more times; the wall times of the first and the median of the rest."""
+    import statistics
+
+    progress = not args.quiet
+    start = time.perf_counter()
+    outputs = compiled.run(feeds, emulator=args.emulator, threads=args.threads, progress=progress)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(args.repeat or 0):
+        start = time.perf_counter()
+        compiled.run(feeds, progress=progress)
+        times.append(time.perf_counter() - start)
+    emulator, threads = compiled.emulator
+    return outputs, {"emulator": emulator, "threads": threads if emulator == "native" else 1, "first_run_s": first,
+                     "warm_median_s": statistics.median(times) if times else None, "warm_runs": len(times)}
+
+
+def _device_timing(compiled) -> dict:
+    """The cost model's time of the last run's programs, one after another, on the artifact's card."""
+    from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+
+    device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
+    profile = compiled.profile
+    return {"arch": device.arch, "modelled_s": sum(p.time_us for p in profile) * 1e-6, "programs": len(profile)}
+
+
+def _seconds(value: float) -> str:
+    """A duration with a unit that keeps three significant digits readable (µs, ms or s)."""
+    if value < 1e-3:
+        return f"{value * 1e6:.3g} µs"
+    if value < 1.0:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value:.3g} s"
+
+
+def format_timings(timings: dict) -> str:
+    """Each time with what it measures: host wall times (compile, emulator, onnxruntime on the CPU) beside the
+    cost model's time for the card. The emulator's time says nothing about the device's speed."""
+    rows: list[tuple[str, str, str]] = []
+    if timings.get("compile_s") is not None:
+        rows.append(("compile", _seconds(timings["compile_s"]), "ONNX to kernel programs, on this host"))
+
+    def measured(t: dict, what: str) -> tuple[str, str]:
+        if t["warm_median_s"] is None:
+            return _seconds(t["first_run_s"]), f"{what}first run, with one-time set-up; --repeat N for warm runs"
+        return (_seconds(t["warm_median_s"]),
+                f"{what}median of {t['warm_runs']} warm runs (first run {_seconds(t['first_run_s'])})")
+
+    emulator = timings["emulator"]
+    where = (f"native core, {emulator['threads']} thread{'s' if emulator['threads'] != 1 else ''}, "
+             if emulator["emulator"] == "native" else "reference emulator (Python), ")
+    rows.append(("emulator wall time", *measured(emulator, where)))
+    if timings.get("onnxruntime"):
+        rows.append(("onnxruntime CPU time", *measured(timings["onnxruntime"], "wall time on this host, ")))
+    device = timings["device"]
+    rows.append((f"modelled {device['arch']} device time", _seconds(device["modelled_s"]),
+                 f"cost model: {device['programs']} programs one after another"))
+    width = max(len(label) for label, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows)
+    return "timings:\n" + "\n".join(f"  {label:<{width}}  {value:>{value_width}}  {note}" for label, value, note in rows)
+
+
+def _provenance(args: argparse.Namespace, compiled, sources: dict[str, str]) -> dict:
+    """What produced a run report: ttc's version, the target and options, the seed, the inputs, the command."""
+    from ttc import __version__
+
+    emulator, threads = compiled.emulator
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return {"ttc_version": __version__, "arch": compiled.manifest["arch"], "options": compiled.manifest["options"],
+            "seed": args.seed, "emulator": emulator, "threads": threads,
+            "inputs": {name: sources.get(name, f"random (seed {args.seed})") for name in compiled.input_names},
+            "model": str(args.model), "command_line": shlex.join(["ttc", *argv])}
+
+
 def _load_or_compile(args: argparse.Namespace):
-    """The artifact args.model names, or the compiled ONNX model; and whether it was an artifact."""
-    if args.model.endswith(".ttc"):
+    """The artifact args.model names, or the compiled ONNX model; and whether it was an artifact (judged by the
+    file's contents, not its name)."""
+    from ttc.fileio import ARTIFACT, file_kind, not_onnx_message
+
+    kind = file_kind(args.model) if Path(args.model).is_file() else None
+    if kind == ARTIFACT or (kind is None and args.model.endswith(".ttc")):
         from ttc.artifact import read_artifact
 
         return read_artifact(args.model), True
+    if kind is not None:
+        raise UserError(not_onnx_message(args.model, kind).replace("not an ONNX model", "not a .ttc artifact or an "
+                                                                                       "ONNX model"))
     return _compile(args), False
 
 
@@ -294,8 +491,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UserError(f"--top needs a positive number of programs, not {args.top}")
     compiled, is_artifact = _load_or_compile(args)
     model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
-    feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
-    compiled.run(feeds, emulator=args.emulator, threads=args.threads)
+    given, sources = _input_files(args.input)
+    feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
+    compiled.run(feeds, emulator=args.emulator, threads=args.threads, progress=not args.quiet)
     profile = compiled.profile
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
     print(format_profile(profile, device, args.top))
@@ -306,12 +504,71 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_timings(timings: dict) -> None:
-    parts = [f"{k} {v:.3g}" for k, v in timings.items() if v is not None]  # 3 significant digits: ort_s may be µs
-    if timings.get("run_s") and timings.get("ort_s"):
-        parts.append(f"run/ort {timings['run_s'] / timings['ort_s']:.1f}x")
-    if parts:
-        print("timings: " + ", ".join(parts), file=sys.stderr)
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from ttc.artifact_info import artifact_info, format_info
+    from ttc.fileio import ARTIFACT, file_kind
+
+    path = Path(args.model)
+    if path.is_file():
+        kind = file_kind(path)
+        if kind != ARTIFACT:
+            what = f"this is {kind}" if kind else "this is not a .ttc artifact (an ONNX model? compile it first)"
+            raise UserError(f"{path}: {what}; `ttc inspect` reads .ttc artifacts")
+    info = artifact_info(path)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from ttc.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+    return EXIT_OK
+
+
+def _pass_list() -> str:
+    """One line per registered pass: its name with its options and their defaults, then what it does."""
+    from ttc.passes import registered_passes
+
+    rows = []
+    for name, cls in registered_passes().items():
+        options = " ".join(f"{key}={_option_default(field.default)}" for key, field in cls.options().items())
+        head = f"{name}{{{options}}}" if options else name
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n", 1)[0].split())
+        sentence = re.split(r"(?<=[.;])\s", doc, maxsplit=1)[0].rstrip(".;")
+        rows.append((head, sentence))
+    width = max(len(head) for head, _ in rows)
+    return "\n".join(f"{head:<{width}}  {sentence}" for head, sentence in rows)
+
+
+def _option_default(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) and (not value or " " in value) else str(value)
+
+
+def _check_ir_path(path: str) -> None:
+    """IR text is UTF-8 text; name the file type of anything else (an ONNX model, an artifact, an array)."""
+    from ttc.fileio import IR_TEXT, file_kind
+
+    kind = file_kind(path)
+    if kind is not None and kind != IR_TEXT:
+        raise UserError(f"{path}: this is {kind}, not IR text; `ttc opt` reads the text `ttc import` writes")
+    try:
+        with open(path, "rb") as handle:
+            handle.read().decode("utf-8")
+    except UnicodeDecodeError:
+        import onnx
+
+        try:
+            model = onnx.load(path, load_external_data=False)
+            is_onnx = model.HasField("graph")
+        except Exception:  # protobuf's DecodeError and the like
+            is_onnx = False
+        what = "an ONNX model, not IR text: `ttc import` it first" if is_onnx else "a binary file, not IR text"
+        raise UserError(f"{path}: this is {what}") from None
 
 
 def _emit(module: object, output: str | None) -> None:
@@ -336,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
         return args.handler(args)
     except TtcError as exc:
         print(_error_text(exc), file=sys.stderr)

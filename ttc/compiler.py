@@ -7,6 +7,7 @@ This is the one place that knows every stage: frontend, passes, backend and runt
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,7 @@ class Diagnostics:
     timing: bool = False
     verify: bool = True
     stream: TextIO | None = None
+    progress: bool = False  # a bar (one step per pass) on a terminal stream once compiling takes over 1 s
 
 
 def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions | None = None,
@@ -84,26 +86,48 @@ def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions |
     from ttc.frontend.importer import import_read_model
     from ttc.frontend.loader import read_model
     from ttc.passes import PassManager, parse_pipeline
+    from ttc.progress import progress
 
     options = options or CompileOptions()
     diagnostics = diagnostics or Diagnostics()
     start = time.perf_counter()
     source = _source_info(model)
-    proto, path = read_model(model)  # parsed once (without external data) for the fit check and the import
-    check_model_fits(proto, options.arch, options.dtype, name=path)
-    module = import_read_model(proto, path, input_shapes=dict(options.input_shapes), arch=options.arch)
     passes = parse_pipeline(options.pipeline_spec)
     stream = diagnostics.stream or sys.stderr
-    dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None
-    manager = PassManager(passes, verify=diagnostics.verify, print_ir_after_all=diagnostics.print_ir_after_all,
-                          print_ir_after=tuple(diagnostics.print_ir_after), timing=diagnostics.timing,
-                          stream=stream, after_pass=dumper.dump if dumper else None)
-    manager.run(module)
-    _check_lowered(module)
-    device_weights = pack_device_weights(module)
+    # Steps: the import, every pass, packing the weights.
+    with progress(len(passes) + 2, "import", "step", enabled=diagnostics.progress, stream=stream) as bar:
+        proto, path = read_model(model)  # parsed once (without external data) for the fit check and the import
+        source.update(_model_provenance(proto))
+        check_model_fits(proto, options.arch, options.dtype, name=path)
+        module = import_read_model(proto, path, input_shapes=dict(options.input_shapes), arch=options.arch)
+        bar.advance(label=f"pass {passes[0].name}" if passes else "pack weights")
+        dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None
+
+        def after_pass(index: int, p: Any, module: Module) -> None:
+            if dumper is not None:
+                dumper.dump(index, p, module)
+            bar.advance(label=f"pass {passes[index].name}" if index < len(passes) else "pack weights")
+
+        manager = PassManager(passes, verify=diagnostics.verify, print_ir_after_all=diagnostics.print_ir_after_all,
+                              print_ir_after=tuple(diagnostics.print_ir_after), timing=diagnostics.timing,
+                              stream=stream, after_pass=after_pass)
+        manager.run(module)
+        _check_lowered(module)
+        device_weights = pack_device_weights(module)
+        bar.advance()
     compile_s = time.perf_counter() - start
     manifest = build_manifest(module, options, source)
     return CompiledModel(module, device_weights, manifest, compile_s=compile_s)
+
+
+_DUMP_NAME = re.compile(r"\d{2,}-[a-z0-9-]+\.mlir")
+
+
+def _model_provenance(proto: onnx.ModelProto) -> dict[str, Any]:
+    """Who made the source model, and with which ONNX IR version and opsets."""
+    producer = " ".join(part for part in (proto.producer_name, proto.producer_version) if part)
+    return {"producer": producer, "ir_version": int(proto.ir_version),
+            "opsets": {entry.domain or "ai.onnx": int(entry.version) for entry in proto.opset_import}}
 
 
 class _IRDumper:
@@ -113,7 +137,14 @@ class _IRDumper:
         from ttc.fileio import write_text
 
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # An earlier dump of a longer pipeline must not leave its later passes behind to be mistaken for ours.
+            for old in self.folder.iterdir():
+                if _DUMP_NAME.fullmatch(old.name) or old.name == "weights.npz":
+                    old.unlink()
+        except OSError as exc:
+            raise UserError(f"--dump-ir {folder}: {exc.strerror or exc}") from None
         write_text(self.folder / "00-import.mlir", str(module))
 
     def dump(self, index: int, p: Any, module: Module) -> None:
@@ -151,11 +182,16 @@ def pack_device_weights(module: Module) -> dict[str, np.ndarray]:
 
 
 def _source_info(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
+    from ttc.fileio import check_onnx_path
+
     if isinstance(model, onnx.ModelProto):
         return {"path": None, "sha256": hashlib.sha256(model.SerializeToString()).hexdigest()}
     path = Path(model)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not an ONNX model file")
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
+    check_onnx_path(path)
     return {"path": str(path.resolve()), "sha256": file_sha256(path)}
 
 
@@ -228,6 +264,20 @@ class CompiledModel:
         self.compile_s = compile_s
         self._executor: Any = None
 
+    def __repr__(self) -> str:
+        def entries(kind: str) -> str:
+            return ", ".join(f"{e['name']}: {'x'.join(map(str, e['shape'])) or 'scalar'} {e['dtype']}"
+                             for e in self.manifest[kind])
+
+        options = self.manifest.get("options", {})
+        memory = self.manifest.get("memory", {})
+        source = (self.manifest.get("source_model") or {}).get("path")
+        return (f"<ttc.CompiledModel for {self.manifest.get('arch', '?')} ({options.get('dtype', '?')}, "
+                f"{options.get('math_fidelity', '?')}): ({entries('inputs')}) -> ({entries('outputs')}); "
+                f"{self.manifest.get('programs', '?')} programs, {self.manifest.get('host_ops', '?')} host ops, "
+                f"DRAM {memory.get('dram_bytes', 0) / 2**20:.2f} MiB, peak L1 {memory.get('l1_peak_bytes', 0) / 1024:.1f} "
+                f"KiB per core; from {Path(source).name if source else 'an in-memory model'}>")
+
     @property
     def input_names(self) -> list[str]:
         return [entry["name"] for entry in self.manifest["inputs"]]
@@ -237,20 +287,28 @@ class CompiledModel:
         return [entry["name"] for entry in self.manifest["outputs"]]
 
     def run(self, feeds: Mapping[str, np.ndarray], emulator: str | None = None,
-            threads: int | None = None) -> dict[str, np.ndarray]:
+            threads: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
         """Run on the emulated device; outputs come back as float32 or their original integer dtype.
 
         `emulator` is "native" (the compiled execution core, the default) or "reference" (the Python emulator,
         the executable definition: the same bits, slower); `threads` the host threads of the native core
         (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
+        `progress` draws a bar on stderr (one step per device program) when it is a terminal and the run takes
+        over a second. The feeds are checked as onnxruntime checks them (names, ranks, shapes, element types:
+        never cast).
         """
+        from ttc.feeds import check_feeds, manifest_specs
+        from ttc.progress import progress as progress_bar
         from ttc.runtime.executor import Executor
+
+        feeds = check_feeds(manifest_specs(self.manifest["inputs"]), feeds)
 
         if self._executor is None:
             self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
         else:
             self._executor.configure(emulator, threads)
-        outputs = self._executor.run(dict(feeds))
+        with progress_bar(int(self.manifest.get("programs", 0)), "run", "program", enabled=progress) as bar:
+            outputs = self._executor.run(dict(feeds), on_program=bar.advance if progress else None)
         result = {}
         for entry in self.manifest["outputs"]:
             value = np.asarray(outputs[entry["name"]])
@@ -262,7 +320,42 @@ class CompiledModel:
     def profile(self) -> list[Any]:
         return list(self._executor.profile) if self._executor is not None else []
 
+    @property
+    def emulator(self) -> tuple[str, int]:
+        """The emulator of the last run and the native core's host threads."""
+        if self._executor is None:
+            from ttc.runtime.executor import DEFAULT_EMULATOR, default_threads
+
+            return DEFAULT_EMULATOR, default_threads()
+        return self._executor.emulator, self._executor.threads
+
     def save(self, path: str | Path) -> None:
         from ttc.artifact import write_artifact
 
         write_artifact(path, self)
+
+
+_CLI_INPUT_SHAPE = re.compile(r"--input-shape (?P<name>[^\s=]+)=(?P<dims>[^\s:;,()]+)")
+
+
+def api_spelling(message: str) -> str:
+    """A message as a Python caller should read it: `input_shapes={'x': (1, 128)}` where the command line's
+    `--input-shape x=1x128` would be named (the frontend words its messages for the CLI)."""
+
+    def shapes(match: re.Match[str]) -> str:
+        dims = match["dims"]
+        parts = ["..."] if dims == "DIMS" else dims.split("x")
+        return f"input_shapes={{{match['name']!r}: ({', '.join(parts)}{',' if len(parts) == 1 else ''})}}"
+
+    message = _CLI_INPUT_SHAPE.sub(shapes, message)
+    return message.replace("--input-shape names", "input_shapes= names").replace("--input-shape", "input_shapes=")
+
+
+def compile_for_api(model: str | Path | onnx.ModelProto, options: CompileOptions) -> CompiledModel:
+    """`compile_model` for the Python API: its user errors name `input_shapes=`, not a CLI flag."""
+    try:
+        return compile_model(model, options)
+    except UserError as exc:
+        exc.message = api_spelling(exc.message)
+        exc.args = (exc.message,)
+        raise

@@ -19,20 +19,6 @@ from ttc.ir.diagnostics import UserError
 TIMING_REPEATS = 3
 
 
-def load_input_files(specs: Sequence[str]) -> dict[str, np.ndarray]:
-    """`NAME=FILE.npy` pairs from the command line."""
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not sep or not name or not file:
-            raise UserError(f"--input expects NAME=FILE.npy, got '{spec}'")
-        try:
-            feeds[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"--input {name}: cannot read {file}: {exc}") from None
-    return feeds
-
-
 _INDEX_PRESERVING = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Expand",
                                "Transpose", "Slice"})
 
@@ -68,30 +54,34 @@ def index_bounds(model: onnx.ModelProto | None) -> dict[str, int]:
 
 
 def make_inputs(compiled: CompiledModel, given: Mapping[str, np.ndarray], seed: int,
-                model: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
-    """The given inputs (checked against the signature) plus seeded random ones for the rest: floats
-    standard normal, integers in [0, table size) when they index a table, else in [0, 2)."""
+                model: onnx.ModelProto | None = None,
+                sources: Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The given inputs (checked as onnxruntime checks feeds: name, rank, shape and element type, never cast)
+    plus seeded random ones for the rest: floats standard normal, integers in [0, table size) when they index
+    a table, else in [0, 2). `sources` names the file of each given input for messages."""
+    from ttc.feeds import check_feeds, manifest_specs
+
+    specs = manifest_specs(compiled.manifest["inputs"])
+    sources = sources or {}
+
+    def label(name: str) -> str:
+        return f"--input {name}" + (f" ({sources[name]})" if name in sources else "")
+
+    feeds = check_feeds(specs, given, label=label, allow_missing=True)
     rng = np.random.default_rng(seed)
     bounds = index_bounds(model)
-    known = {entry["name"]: entry for entry in compiled.manifest["inputs"]}
-    for name in given:
-        if name not in known:
-            raise UserError(f"--input {name}: the model has no input of that name (inputs: {', '.join(known)})")
-    feeds: dict[str, np.ndarray] = {}
-    for name, entry in known.items():
-        shape, dtype = tuple(entry["shape"]), np.dtype(entry["dtype"])
-        if name in given:
-            value = np.asarray(given[name])
-            if value.shape != shape:
-                raise UserError(f"--input {name}: shape {list(value.shape)} does not match the model's {list(shape)}")
-            feeds[name] = value.astype(dtype, copy=False)
-        elif dtype.kind == "f":
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
+    for spec in specs:
+        if spec.name in feeds:
+            continue
+        shape, dtype = tuple(int(d) for d in spec.shape or ()), spec.dtype
+        assert dtype is not None
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":
-            feeds[name] = rng.integers(0, 2, shape).astype(bool)
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            feeds[name] = rng.integers(0, bounds.get(name, 2), shape).astype(dtype)
-    return feeds
+            feeds[spec.name] = rng.integers(0, bounds.get(spec.name, 2), shape).astype(dtype)
+    return {spec.name: feeds[spec.name] for spec in specs}
 
 
 def source_model_path(compiled: CompiledModel, override: str | None) -> Path:
@@ -102,6 +92,11 @@ def source_model_path(compiled: CompiledModel, override: str | None) -> Path:
         raise UserError("--golden needs the source model: this artifact does not name one; pass --model M.onnx")
     if not path.is_file():
         raise UserError(f"--golden: the source model {path} is missing; pass --model M.onnx")
+    from ttc.fileio import file_kind, not_onnx_message
+
+    kind = file_kind(path)
+    if kind is not None:
+        raise UserError(f"--golden: {not_onnx_message(path, kind)}")
     if source.get("sha256") and file_sha256(path) != source["sha256"]:
         raise UserError(f"--golden: {path} is not the model this artifact was compiled from (sha256 differs)")
     return path

@@ -67,3 +67,55 @@ def write_module(path: str | Path, module: Module) -> None:
     if module.weights:
         write_weights(weights_path(path), module.weights)
     write_text(path, str(module))
+
+
+ARTIFACT = "a .ttc artifact (a compiled model)"
+IR_TEXT = "IR text (.mlir)"
+NPY = "a numpy .npy array"
+NPZ = "a numpy .npz archive"
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What a file is, judged by its first bytes, when it is one of ttc's other file types (a .ttc artifact,
+    IR text, a .npy array, a .npz archive); None for anything else (an ONNX model among them)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    if head.startswith(b"\x93NUMPY"):
+        return NPY
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        if "manifest.json" in names:
+            return ARTIFACT
+        return NPZ if names and all(name.endswith(".npy") for name in names) else None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = (line.strip() for line in text.splitlines())
+    first = next((line for line in lines if line and not line.startswith("//")), "")
+    return IR_TEXT if first.startswith(("module", '"builtin.module"', "func.func", "#")) else None
+
+
+def not_onnx_message(path: str | Path, kind: str) -> str:
+    """The error for a file of another type given where an ONNX model is expected."""
+    hints = {ARTIFACT: "run it with `ttc run`, inspect it with `ttc inspect`, or load it with ttc.load()",
+             IR_TEXT: "`ttc opt` reads IR text; `ttc compile` and `ttc run` take the ONNX model it came from",
+             NPY: "model inputs are given with --input NAME=FILE.npy",
+             NPZ: "model inputs are given with --input FILE.npz"}
+    return f"{path}: this is {kind}, not an ONNX model; {hints[kind]}"
+
+
+def check_onnx_path(path: str | Path) -> None:
+    """A UserError when `path` holds one of ttc's other file types instead of an ONNX model."""
+    kind = file_kind(path)
+    if kind is not None:
+        raise UserError(not_onnx_message(path, kind))

@@ -211,6 +211,35 @@ def run_onnxruntime(
     return {n: np.asarray(v) for n, v in zip(names, results, strict=True)}
 
 
+@dataclass(frozen=True)
+class TimedRun:
+    """onnxruntime's outputs with the wall time of its first run and, after `repeat` more, their median."""
+
+    outputs: dict[str, np.ndarray]
+    first_s: float
+    warm_median_s: float | None
+    warm_runs: int
+
+
+def run_onnxruntime_timed(model: ModelLike, feeds: Mapping[str, np.ndarray], output_names: Sequence[str],
+                          repeat: int = 0) -> TimedRun:
+    """Run the model once in onnxruntime (CPU, default options), timing that run (session creation is not
+    timed), then `repeat` more warm runs for their median."""
+    sess = _session(model)
+    feed_dict = dict(feeds)
+    names = list(output_names)
+    start = time.perf_counter()
+    results = sess.run(names, feed_dict) if names else []
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sess.run(names or None, feed_dict)
+        times.append(time.perf_counter() - start)
+    outputs = {n: np.asarray(v) for n, v in zip(names, results, strict=True)}
+    return TimedRun(outputs, first, statistics.median(times) if times else None, repeat)
+
+
 def time_onnxruntime(model: ModelLike, feeds: Mapping[str, np.ndarray], repeats: int = 3) -> float:
     """Median wall time in seconds of ``repeats`` warm runs (after one untimed warm-up run).
 
