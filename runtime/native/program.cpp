@@ -230,11 +230,18 @@ struct Run {
 
 class Core {
  public:
+  // The scratch vectors (Dst among them) are the thread's, kept between programs: allocating and first
+  // touching them for every program costs more than a small program runs. Dst's old values are never read
+  // (every slot is NaN-filled before its first read, see TILE_REGS_ACQUIRE).
   Core(Run& run, ThreadAcc& acc) : R(run), E(run.E), T(acc) {
-    regs.resize(E.n_regs);
-    agens.resize(E.n_agens);
-    dst.resize(2 * HALF_DST * TILE_ELEMS);
+    swap_scratch();
+    regs.assign(E.n_regs, 0);
+    agens.assign(E.n_agens, AddrGen{});
+    if (dst.size() < static_cast<size_t>(2 * HALF_DST * TILE_ELEMS)) dst.resize(2 * HALF_DST * TILE_ELEMS);
   }
+  ~Core() { swap_scratch(); }
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
 
   void run(int64_t core);
 
@@ -267,6 +274,25 @@ class Core {
   std::vector<const uint8_t*> pages_a, pages_b;
   std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
   std::vector<float*> ptr_dst;
+
+  void swap_scratch() {
+    struct Kept {
+      std::vector<int64_t> regs, offs, pages, located_bank, located_offset;
+      std::vector<AddrGen> agens;
+      std::vector<float> dst, tiles_a, tiles_b;
+      std::vector<uint8_t> wanted;
+      std::vector<const float*> ptr_a, ptr_b;
+      std::vector<const uint8_t*> pages_a, pages_b;
+      std::vector<const uint16_t*> half_a, half_b;
+      std::vector<float*> ptr_dst;
+    };
+    thread_local Kept kept;
+    regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
+    located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
+    dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
+    ptr_a.swap(kept.ptr_a), ptr_b.swap(kept.ptr_b), pages_a.swap(kept.pages_a), pages_b.swap(kept.pages_b);
+    half_a.swap(kept.half_a), half_b.swap(kept.half_b), ptr_dst.swap(kept.ptr_dst);
+  }
 
   // -- scheduler ----------------------------------------------------------------------------------
 
