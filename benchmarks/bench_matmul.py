@@ -7,14 +7,17 @@ already): microseconds per call (the best of N timed loops of `--calls` calls, e
 which copies Dst: about a microsecond) and the GFLOP/s of the chunk products (2 * M * N * K per call, twice that at
 HiFi3, which forms 32 products per chunk). The first shapes are the compute kernels' calls in GPT-2 and BERT
 (seq 128): 4x1x4, 4x1x6 and 4x2x4 are nearly all of their matmul time; the operands are Gaussian bf16 values
-scaled as there (in0 about N(0, 1), in1 about N(0, 0.1)), Dst bf16 values. `--check` compares every shape's
-result with the Python definition (runtime/numerics.py) byte for byte first.
+scaled as there (in0 about N(0, 1), in1 about N(0, 0.1)), Dst bf16 values. Shapes with bf16 operands time
+`matmul_block_bf16`, which reads packed bf16 tiles (a CB's pages) in place, as the executor calls it for bf16 CBs;
+the others `matmul_block` on float tiles. `--check` compares every shape's result with the Python definition
+(runtime/numerics.py) byte for byte first.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,13 +53,24 @@ def operands(rows: int, cols: int, inner: int, dst_format: str, seed: int = 0
             np.ascontiguousarray(b, np.float32))
 
 
+def block_call(dst: np.ndarray, a: np.ndarray, b: np.ndarray, rows: int, cols: int, inner: int, fidelity: int,
+               dst_format: str, bf16: bool) -> Callable[[], np.ndarray]:
+    """The timed call: matmul_block_bf16 on packed tiles for bf16 operands (the executor's path), else
+    matmul_block on float tiles."""
+    if bf16:
+        code = native.FORMAT_CODES["bf16"]
+        a_pages, b_pages = (native.pack_tiles(x, code).reshape(-1, 2048) for x in (a, b))
+        return lambda: native.matmul_block_bf16(dst, a_pages, b_pages, rows, cols, inner, fidelity, dst_format)
+    return lambda: native.matmul_block(dst, a, b, rows, cols, inner, fidelity, dst_format, False)
+
+
 def check(rows: int, cols: int, inner: int, fidelity: int, dst_format: str, bf16: bool) -> bool:
     """Whether the native result equals the definition's, byte for byte."""
     dst, a, b = operands(rows, cols, inner, dst_format, seed=1)
     want = N.matmul_block_accumulate(dst.reshape(rows, cols, 32, 32), a.reshape(rows, inner, 32, 32),
                                      b.reshape(inner, cols, 32, 32), fidelity, bf16_operands=bf16,
                                      dst_format=dst_format)
-    got = native.matmul_block(dst, a, b, rows, cols, inner, fidelity, dst_format, bf16)
+    got = block_call(dst, a, b, rows, cols, inner, fidelity, dst_format, bf16)()
     return bool(np.array_equal(got.reshape(want.shape).view(np.uint32), want.view(np.uint32)))
 
 
@@ -64,13 +78,13 @@ def seconds_per_call(rows: int, cols: int, inner: int, fidelity: int, dst_format
                      calls: int, repeats: int) -> float:
     """The best of `repeats` timed loops of `calls` calls, per call."""
     dst, a, b = operands(rows, cols, inner, dst_format)
-    block = native.matmul_block
-    block(dst, a, b, rows, cols, inner, fidelity, dst_format, bf16)
+    block = block_call(dst, a, b, rows, cols, inner, fidelity, dst_format, bf16)
+    block()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
-            block(dst, a, b, rows, cols, inner, fidelity, dst_format, bf16)
+            block()
         best = min(best, (time.perf_counter() - start) / calls)
     return best
 

@@ -428,6 +428,19 @@ inline void block_spans(const int* span, int count, int size, int16_t* block_spa
   }
 }
 
+// With packed bf16 operands and 16 products per chunk, AVX-512 packs in0 two face rows at a time (pack_in0_fast):
+// its unpack instructions leave a row's k in the order kPermutation (the 128-bit halves' middle quarters
+// swapped), and in1 is packed in that order too. A chunk's products are the same, summed in another order:
+// the sums are exact (or bounded for any order), so the bits are the same.
+#if defined(__AVX512BW__)
+template <int KC, bool kPacked>
+constexpr bool kFastIn0 = kPacked && KC == MVMUL_K && MR == 8;
+#else
+template <int KC, bool kPacked>
+constexpr bool kFastIn0 = false;
+#endif
+constexpr int kPermutation[MVMUL_K] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};  // its own inverse
+
 // The parts each pass multiplies: in0 as SrcB (7-bit split), in1 as SrcA (5-bit split); HiFi3 forms hi(x) y
 // and lo(x) hi(y), its chunks 32 products long. An inf or NaN operand never reaches the kernel's sums (its
 // chunks take special_partial), so the masks ignore them.
@@ -469,7 +482,7 @@ void pack_in1(Problem& p) {
           top[h] = top[h] > u ? top[h] : u;
           low[h] = low[h] < u - 1 ? low[h] : u - 1;  // a zero wraps to the top
           for (int e = 0; e < 16; e += VL) {
-            double* block = to[(h * 16 + e) / VL] + k * NR;
+            double* block = to[(h * 16 + e) / VL] + (kFastIn0<KC, kPacked> ? kPermutation[k] : k) * NR;
             v8f v = half8(line, e / VL), part = v, hi = v;
             if constexpr (kSplit || KC == 2 * MVMUL_K) {
               v8u bits;
@@ -565,6 +578,60 @@ Stat pack_in0_block(const Problem& p, int ib) {
   }
   return all;
 }
+
+#if defined(__AVX512BW__)
+// pack_in0_block for packed bf16 in0 with 16 products per chunk (kFastIn0): a register block's 8 rows of a
+// chunk are 8 consecutive face rows, 256 contiguous bytes. Their statistics are taken on the bf16 bits (32 lanes
+// of 16 bits: a magnitude's bf16 bits order it as its float bits do), and each 2 rows become doubles by
+// unpacking them with zeros below (float bits) and widening, in kPermutation's order.
+template <bool kSplit>
+Stat pack_in0_fast(const Problem& p, int ib) {
+  Scratch& s = *p.s;
+  double* const packed = s.a.data();
+  Stat all;
+  v16u group[16];
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+  const __m512i split = _mm512_set1_epi16(static_cast<short>(kMaskB >> 16));
+  for (int c = 0; c < p.chunks; ++c) {
+    const uint16_t* rows = p.xh(ib * MR, c);
+    double* to = packed + static_cast<size_t>(c) * MR * MVMUL_K;
+    __m512i top = zero, low = _mm512_set1_epi16(-1);
+    for (int j = 0; j < MR / 2; ++j, to += 2 * MVMUL_K) {
+      const __m512i pair = _mm512_loadu_si512(rows + 32 * j);  // rows 2j and 2j + 1
+      const __m512i u = _mm512_and_si512(pair, magnitude);
+      top = _mm512_max_epu16(top, u);
+      low = _mm512_min_epu16(low, _mm512_sub_epi16(u, one));  // a zero wraps to the top
+      const __m512i x = kSplit ? _mm512_and_si512(pair, split) : pair;
+      const __m512i lo = _mm512_unpacklo_epi16(zero, x), hi = _mm512_unpackhi_epi16(zero, x);  // float bits
+      _mm512_storeu_pd(to, _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(lo))));
+      _mm512_storeu_pd(to + 8, _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(hi))));
+      _mm512_storeu_pd(to + 16, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(lo, 1))));
+      _mm512_storeu_pd(to + 24, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(hi, 1))));
+    }
+    // 16 lanes each: the largest magnitude and the inverted smallest (so that one maximum reduces both)
+    const __m256i t = _mm256_max_epu16(_mm512_castsi512_si256(top), _mm512_extracti64x4_epi64(top, 1));
+    const __m256i l = _mm256_min_epu16(_mm512_castsi512_si256(low), _mm512_extracti64x4_epi64(low, 1));
+    const __m512i t32 = _mm512_cvtepu16_epi32(t);
+    const __m512i l32 = _mm512_cvtepu16_epi32(_mm256_xor_si256(l, _mm256_set1_epi16(-1)));
+    std::memcpy(&group[c % 8], &t32, sizeof t32);
+    std::memcpy(&group[8 + c % 8], &l32, sizeof l32);
+    if (c % 8 == 7 || c == p.chunks - 1) {
+      for (int g = c % 8 + 1; g < 8; ++g) group[g] = group[8 + g] = v16u{};
+      v16u reduced = reduce16<true>(group);
+      for (int g = 0; g <= c % 8; ++g) {
+        const uint32_t low16 = 0xFFFFu ^ reduced[8 + g];  // the smallest nonzero magnitude's bits minus 1
+        const Stat st{reduced[g] << 16, ((low16 + 1) << 16) - 1};  // as float bits (0xFFFF: all zero)
+        const int chunk = c - c % 8 + g;
+        s.row_block_special[chunk] = st.special();
+        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        all.top = std::max(all.top, st.top);
+        all.low = std::min(all.low, st.low);
+      }
+    }
+  }
+  return all;
+}
+#endif
 
 // float32 partials of one register block and chunk from its float64 sums, when the block is not proven
 // exact: sums proven exact element by element are rounded; others get the rounding test (bound 2**-46 * sum |x| * max |y|: the kernel sums at most 32 exact products in
@@ -736,8 +803,16 @@ void run(Problem& p, float* const* dst, DstFormat format) {
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
-    const Stat rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib)
-                                                    : pack_in0_block<KC, true, kPacked>(p, ib);
+    Stat rows;
+#if defined(__AVX512BW__)
+    if constexpr (kFastIn0<KC, kPacked>) {
+      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib) : pack_in0_fast<true>(p, ib);
+    } else
+#endif
+    {
+      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib)
+                                           : pack_in0_block<KC, true, kPacked>(p, ib);
+    }
     const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
     if (ib + 1 < mb)  // the next row block's operand lines, fetched into L1 while this block computes
       for (int c = 0; c < p.chunks; ++c)

@@ -123,6 +123,7 @@ struct Encoded {
   std::vector<float> tables;  // 65536 floats per SFPU table
   std::vector<uint8_t> table_overflow;  // f16 programs: 65536 Float16 overflow marks per table, else empty
   double last_run_us = 0;     // how long the last run took (a hint for the thread count)
+  int last_workers = 1;       // on how many threads
 };
 
 namespace {
@@ -229,11 +230,18 @@ struct Run {
 
 class Core {
  public:
+  // The scratch vectors (Dst among them) are the thread's, kept between programs: allocating and first
+  // touching them for every program costs more than a small program runs. Dst's old values are never read
+  // (every slot is NaN-filled before its first read, see TILE_REGS_ACQUIRE).
   Core(Run& run, ThreadAcc& acc) : R(run), E(run.E), T(acc) {
-    regs.resize(E.n_regs);
-    agens.resize(E.n_agens);
-    dst.resize(2 * HALF_DST * TILE_ELEMS);
+    swap_scratch();
+    regs.assign(E.n_regs, 0);
+    agens.assign(E.n_agens, AddrGen{});
+    if (dst.size() < static_cast<size_t>(2 * HALF_DST * TILE_ELEMS)) dst.resize(2 * HALF_DST * TILE_ELEMS);
   }
+  ~Core() { swap_scratch(); }
+  Core(const Core&) = delete;
+  Core& operator=(const Core&) = delete;
 
   void run(int64_t core);
 
@@ -266,6 +274,25 @@ class Core {
   std::vector<const uint8_t*> pages_a, pages_b;
   std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
   std::vector<float*> ptr_dst;
+
+  void swap_scratch() {
+    struct Kept {
+      std::vector<int64_t> regs, offs, pages, located_bank, located_offset;
+      std::vector<AddrGen> agens;
+      std::vector<float> dst, tiles_a, tiles_b;
+      std::vector<uint8_t> wanted;
+      std::vector<const float*> ptr_a, ptr_b;
+      std::vector<const uint8_t*> pages_a, pages_b;
+      std::vector<const uint16_t*> half_a, half_b;
+      std::vector<float*> ptr_dst;
+    };
+    thread_local Kept kept;
+    regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
+    located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
+    dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
+    ptr_a.swap(kept.ptr_a), ptr_b.swap(kept.ptr_b), pages_a.swap(kept.pages_a), pages_b.swap(kept.pages_b);
+    half_a.swap(kept.half_a), half_b.swap(kept.half_b), ptr_dst.swap(kept.ptr_dst);
+  }
 
   // -- scheduler ----------------------------------------------------------------------------------
 
@@ -1248,6 +1275,9 @@ void Core::op_pack(const Instr& in) {
 // ------------------------------------------------------------------------------------------ threads
 
 // A small persistent pool: starting threads for every program would cost more than a small program runs.
+// Waking a sleeping thread takes tens of microseconds, as long as a small program runs: a worker that
+// finished spins for a while (kSpinUs) before it sleeps, so that the programs of a model, which follow each
+// other at the pace of the Python around them, find it awake; the caller spins for the workers' end alike.
 class Pool {
  public:
   static Pool& get() {
@@ -1261,49 +1291,72 @@ class Pool {
       task(0);
       return;
     }
-    std::unique_lock<std::mutex> lock(mutex_);
-    while (static_cast<int>(threads_.size()) < workers - 1) {
-      int id = static_cast<int>(threads_.size()) + 1;
-      threads_.emplace_back([this, id] { loop(id); });
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      while (static_cast<int>(threads_.size()) < workers - 1) {
+        int id = static_cast<int>(threads_.size()) + 1;
+        threads_.emplace_back([this, id] { loop(id); });
+      }
+      task_ = &task;
+      active_ = workers;
+      pending_.store(workers - 1, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);  // under the mutex: a worker going to sleep sees it
     }
-    task_ = &task;
-    active_ = workers;
-    pending_ = workers - 1;
-    ++generation_;
-    lock.unlock();
     wake_.notify_all();
     task(0);
-    lock.lock();
-    done_.wait(lock, [this] { return pending_ == 0; });
+    if (!spin([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [this] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
     task_ = nullptr;
   }
 
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
+      stopping_.store(true);
     }
     wake_.notify_all();
     for (auto& t : threads_) t.join();
   }
 
  private:
+  static constexpr double kSpinUs = 300;
+
+  // Polls done() for up to kSpinUs; whether it became true.
+  template <typename Done>
+  static bool spin(Done done) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0;; ++i) {
+      if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      if (i % 64 == 63 &&
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() > kSpinUs)
+        return done();
+    }
+  }
+
   void loop(int id) {
     int64_t seen = 0;
     for (;;) {
+      spin([&] { return stopping_.load(std::memory_order_relaxed) ||
+                        generation_.load(std::memory_order_acquire) != seen; });
       const std::function<void(int)>* task;
       {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-        if (stopping_) return;
-        seen = generation_;
+        std::unique_lock<std::mutex> lock(mutex_);  // the generation, task and count are read together
+        wake_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
+        if (stopping_.load()) return;
+        seen = generation_.load();
         if (id >= active_) continue;
         task = task_;
       }
       (*task)(id);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);  // the caller may be asleep in done_.wait
+        done_.notify_one();
       }
     }
   }
@@ -1312,10 +1365,14 @@ class Pool {
   std::condition_variable wake_, done_;
   std::vector<std::thread> threads_;
   const std::function<void(int)>* task_ = nullptr;
-  int active_ = 0, pending_ = 0;
-  int64_t generation_ = 0;
-  bool stopping_ = false;
+  int active_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<int64_t> generation_{0};
+  std::atomic<bool> stopping_{false};
 };
+
+// Thread time (a run's duration times its threads) under which a program runs on one thread.
+constexpr double kParallelUs = 30;
 
 // ------------------------------------------------------------------------------------------ Python API
 
@@ -1419,10 +1476,10 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   R.budget = budget;
   R.faults.resize(E.cores);
   R.counters.resize(E.cores);
-  // A short program runs on one thread (waking the pool costs more than it saves); the result is the
-  // same for any number of threads.
+  // A short program runs on one thread (handing it over costs more than it saves): one whose last run took
+  // under kParallelUs of thread time. The result is the same for any number of threads.
   int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, E.cores)));
-  if (E.last_run_us > 0 && E.last_run_us < 200) workers = 1;
+  if (E.last_run_us > 0 && E.last_run_us * E.last_workers < kParallelUs) workers = 1;
   std::vector<ThreadAcc> acc(workers);
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
@@ -1442,6 +1499,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     Pool::get().run(workers, task);
   }
   E.last_run_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  E.last_workers = workers;
   if (error) std::rethrow_exception(error);
 
   // the combined write range of each write call, against the watched ranges
