@@ -460,9 +460,9 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     gen.memory.write(bank, offset, data)
     k.pending_writes.add(cb.index)
     if wanted is None:
-        p.charge_noc(gen, len(tiles), bank)
+        p.charge_noc(gen, len(tiles), bank, write=True)
     else:  # the written pages were compacted to one row: locality is not tracked past a ragged edge
-        p.charge_noc(gen, int(wanted.sum()) // p.cores)
+        p.charge_noc(gen, int(wanted.sum()) // p.cores, write=True)
 
 
 @handler("noc_write_rows")
@@ -483,7 +483,7 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
         bank, offset = _locate(gen, pages, "write", cb)
         gen.memory.write(bank, offset, data[cores, : int(rows)])
     k.pending_writes.add(cb.index)
-    p.charge_noc(gen, int(valid.sum()) // p.cores)
+    p.charge_noc(gen, int(valid.sum()) // p.cores, write=True)
 
 
 @handler("noc_read_barrier")
