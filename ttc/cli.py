@@ -7,7 +7,7 @@
     ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N]
                       [--emulator native|reference] [--threads N]
                       [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz]
-    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N] [--top N]
+    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy ...] [--seed N] [--top N] [--static]
                       [--emulator native|reference] [--threads N] [--json FILE]
 
 Diagnostics go to stderr, requested output to stdout or -o. Exit codes: 0 success, 1 golden check
@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(prof)
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
+    prof.add_argument("--static", action="store_true",
+                      help="count the compiled kernels without running them (the same figures, no execution)")
     prof.set_defaults(handler=cmd_profile)
     return parser
 
@@ -288,15 +290,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from ttc import evaluate
     from ttc.fileio import write_text
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
-    from ttc.profile import format_profile, program_json, summarize
+    from ttc.profile import format_profile, program_json, static_profile, summarize
 
     if args.top is not None and args.top < 1:
         raise UserError(f"--top needs a positive number of programs, not {args.top}")
     compiled, is_artifact = _load_or_compile(args)
-    model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
-    feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
-    compiled.run(feeds, emulator=args.emulator, threads=args.threads)
-    profile = compiled.profile
+    if args.static:
+        profile = static_profile(compiled.module, compiled.device_weights)
+    else:
+        model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
+        feeds = evaluate.make_inputs(compiled, evaluate.load_input_files(args.input), args.seed, model_proto)
+        compiled.run(feeds, emulator=args.emulator, threads=args.threads)
+        profile = compiled.profile
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
     print(format_profile(profile, device, args.top))
     if args.json:
