@@ -77,7 +77,7 @@ class Counts:
     """What one program does, counted (the cost model's only input).
 
     Tile ops are per core (every core of a program runs the same kernels). NoC bytes are per core, the
-    average over the program's cores: bytes a core moves through its NoC port from or to DRAM or another
+    average over the program's cores (per transfer, the floor of it): bytes a core moves through its NoC port from or to DRAM or another
     core's L1 (`local_bytes` moved within its own L1, as sharded pages a core owns, are not NoC traffic).
     DRAM bytes are of all cores. `link_bytes` is the busiest NoC link beyond the cores' own ports and
     `mcast_fanout` the cores one multicast packet reaches: ttc's kernels are unicast (0 and 1); a
@@ -137,14 +137,16 @@ class CountsBuilder:
         if tiles:
             self.tiles[key] = self.tiles.get(key, 0) + int(tiles)
 
-    def transfer(self, per_core_bytes: int, dram: bool, write: bool) -> None:
-        """`per_core_bytes` moved by every core (the average, for a transfer whose pages differ by core)."""
+    def transfer(self, per_core_bytes: int, dram: bool, write: bool, total_bytes: int | None = None) -> None:
+        """`per_core_bytes` moved by every core (for a transfer whose pages differ by core: the floor of the
+        average, and `total_bytes` the bytes of all cores, which is what DRAM serves)."""
         self.noc_bytes += per_core_bytes
         if dram:
+            total = per_core_bytes * self.cores if total_bytes is None else total_bytes
             if write:
-                self.dram_written += per_core_bytes * self.cores
+                self.dram_written += total
             else:
-                self.dram_read += per_core_bytes * self.cores
+                self.dram_read += total
 
     def counts(self) -> Counts:
         local = self.local_total // self.cores

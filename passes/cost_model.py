@@ -125,9 +125,10 @@ class Plan:
 
     def masked(self, buffer: Buffer, totals: np.ndarray, write: bool = False) -> None:
         """A transfer whose pages differ by core: per instance the pages of all cores (`totals`), of which
-        every core is counted the floor of the average."""
-        pages = int((np.asarray(totals, dtype=np.int64) // self.cores).sum())
-        self.builder.transfer(pages * buffer.page, buffer.dram, write)
+        every core is counted the floor of the average on the NoC; DRAM serves them all."""
+        totals = np.asarray(totals, dtype=np.int64)
+        pages = int((totals // self.cores).sum())
+        self.builder.transfer(pages * buffer.page, buffer.dram, write, int(totals.sum()) * buffer.page)
 
     def counts(self) -> Counts:
         return self.builder.counts()

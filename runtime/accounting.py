@@ -10,7 +10,7 @@ How ops count (every core runs the same ops, so tile counts are per core)
   scalar ops and pack count no tiles.
 - A NoC transfer counts its bytes per core (for a transfer whose pages differ by core, a ragged edge or a
   gather of one of several inputs: the pages of all cores // cores), and from or to DRAM the bytes of all
-  cores as DRAM bytes read or written. A page of a sharded buffer held by the accessing core itself is a
+  cores (exactly) as DRAM bytes read or written. A page of a sharded buffer held by the accessing core itself is a
   local L1 access: it counts as local bytes, not as NoC traffic (`Accounting.charge_noc`).
 
 Both emulators count the same: the native core gets each compute op's key and tiles in its op stream
@@ -144,16 +144,18 @@ class Accounting:
             self.counting.tile(*count)
 
     def charge_noc(self, gen: AddrGen, pages: int, bank: np.ndarray | None = None,
-                   wanted: np.ndarray | None = None, write: bool = False) -> None:
-        """NoC (and DRAM) bytes of `pages` pages per core; with a sharded addrgen, the pages located in the
-        core's own bank (`bank` [cores, n], `wanted` masking the pages really moved) are local instead."""
+                   wanted: np.ndarray | None = None, write: bool = False, total: int | None = None) -> None:
+        """NoC (and DRAM) bytes of `pages` pages per core (`total`: the pages of all cores, when they differ
+        by core); with a sharded addrgen, the pages located in the core's own bank (`bank` [cores, n],
+        `wanted` masking the pages really moved) are local instead."""
         counting = self.counting
         if gen.memory_layout != "interleaved" and bank is not None:
             own = bank.reshape(bank.shape[0], -1) == self.core_banks[:, None]  # bank: [cores or 1, n]
             if wanted is not None:
                 own &= wanted.reshape(self.cores, -1)
             counting.local_total += int(own.sum()) * gen.page_size
-        counting.transfer(pages * gen.page_size, gen.memory is self.device.dram, write)
+        counting.transfer(pages * gen.page_size, gen.memory is self.device.dram, write,
+                          None if total is None else total * gen.page_size)
 
     def profile(self) -> ProgramProfile:
         return profile_of(self.desc, self.op, self.counting.counts())

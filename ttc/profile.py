@@ -145,7 +145,7 @@ class _StaticCounter:
         self.builder.transfer(pages * gen.page_size * scale, gen.dram, write)
 
     def _masked(self, gen: _Gen, moved: int, write: bool) -> None:
-        self.builder.transfer(moved // self.cores * gen.page_size, gen.dram, write)
+        self.builder.transfer(moved // self.cores * gen.page_size, gen.dram, write, moved * gen.page_size)
 
     def noc(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:
         name = op.name

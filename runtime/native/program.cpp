@@ -1468,7 +1468,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   }
 
   const Counters& c0 = R.counters[0];
-  int64_t noc = c0.noc_bytes, dram_per_core = c0.dram_bytes, written_per_core = c0.dram_written, local = 0;
+  int64_t noc = c0.noc_bytes, dram_all = c0.dram_bytes * E.cores, written = c0.dram_written * E.cores, local = 0;
   std::vector<int64_t> sums;
   std::vector<std::pair<int64_t, int>> meta;
   for (const ThreadAcc& a : acc) {
@@ -1482,15 +1482,14 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
       meta[i] = a.masked_meta[i];
     }
   }
-  for (size_t i = 0; i < sums.size(); ++i) {  // pages per core = sum over cores // cores, per transfer
-    int64_t bytes = floordiv(sums[i], E.cores) * meta[i].first;
-    noc += bytes;
-    if (meta[i].second & 1) dram_per_core += bytes;
-    if (meta[i].second == 3) written_per_core += bytes;
+  for (size_t i = 0; i < sums.size(); ++i) {  // NoC pages per core = sum over cores // cores, per transfer
+    noc += floordiv(sums[i], E.cores) * meta[i].first;
+    if (meta[i].second & 1) dram_all += sums[i] * meta[i].first;  // DRAM: the bytes of all cores
+    if (meta[i].second == 3) written += sums[i] * meta[i].first;
   }
   py::tuple tiles(NUM_COUNT_KEYS);
   for (int i = 0; i < NUM_COUNT_KEYS; ++i) tiles[i] = c0.tiles[i];
-  py::tuple counts = py::make_tuple(tiles, noc, dram_per_core * E.cores, written_per_core * E.cores, local);
+  py::tuple counts = py::make_tuple(tiles, noc, dram_all, written, local);
   return py::make_tuple(py::none(), counts, dirty, races);
 }
 
