@@ -258,10 +258,10 @@ def roofline_cycles(device: DeviceAttr, counts: Counts) -> float:
     """The least time any program with these counts can take: its FLOPs at the derived peak of the whole
     compute grid (per fidelity), its DRAM bytes at the achievable bandwidth, its per-core NoC bytes at the
     link rate. A modelled time below it flatters the compiler."""
-    flops = 0.0
+    matrix = 0.0  # cycles of every fidelity's FLOPs at that fidelity's peak
     for key, tiles in counts.tiles:
         kind, _, rest = key.partition(".")
         if kind == "matmul":
-            flops += tiles * counts.cores * TILE_FLOPS / peak_matrix_flops_per_cycle(device, rest.split(".")[0])
-    return max(flops, counts.dram_bytes / device.achievable_dram_bytes_per_cycle,
+            matrix += tiles * counts.cores * TILE_FLOPS / peak_matrix_flops_per_cycle(device, rest.split(".")[0])
+    return max(matrix, counts.dram_bytes / device.achievable_dram_bytes_per_cycle,
                counts.noc_bytes / device.noc_bytes_per_cycle)
