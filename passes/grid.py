@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
-from ttc.passes.cost_model import FIDELITY_PHASES, Cost, estimate, matmul_units
+from ttc.ir.target import FIDELITY_PHASES, Cost
+from ttc.passes.cost_model import Weights, estimate, matmul_units
 from ttc.passes.footprint import (
     HALF_DST,
     LiveRange,
@@ -260,10 +261,11 @@ def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterato
             yield grid, blocking
 
 
-def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0) -> list[tuple[GridAttr, dict, Cost]]:
+def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0,
+           weights: Weights | None = None) -> list[tuple[GridAttr, dict, Cost]]:
     """The placed candidates, cheapest first (ties keep the enumeration order)."""
     kind = op_kind(op) or ""
-    costed = [(grid, blocking, estimate(op, kind, device, grid.num_cores, blocking, fidelity))
+    costed = [(grid, blocking, estimate(op, kind, device, grid, blocking, fidelity, weights=weights))
               for grid, blocking in placements(op, device, max_cores)]
     return sorted(costed, key=lambda c: c[2].cycles)
 
@@ -332,20 +334,20 @@ Candidate = tuple[GridAttr, dict[str, int], LayoutAttr | None, Cost]
 
 
 def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...],
-                  max_cores: int = 0) -> list[Candidate]:
+                  max_cores: int = 0, weights: Weights | None = None) -> list[Candidate]:
     """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
     `options` it allows, cheapest first. Equal modelled times (a DRAM-bound op whose NoC traffic differs) go to
     the one moving fewer NoC bytes, then keep the enumeration order (interleaved first)."""
     costed: list[Candidate] = []
     for grid, blocking in placements(op, device, max_cores):
-        costed.append((grid, blocking, None, estimate(op, "matmul", device, grid.num_cores, blocking, fidelity,
-                                                      grid=(grid.x, grid.y))))
+        costed.append((grid, blocking, None, estimate(op, "matmul", device, grid, blocking, fidelity,
+                                                      weights=weights)))
         for memory_layout in options:
             placed = shard_placement(op, memory_layout, grid, blocking, device, max_cores)
             if placed is not None:
                 g, result_layout = placed
-                costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g.num_cores, blocking,
-                                                                    fidelity, result_layout, (g.x, g.y))))
+                costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g, blocking,
+                                                                    fidelity, result_layout, weights)))
     return sorted(costed, key=lambda c: (c[3].cycles, c[3].noc))
 
 
@@ -367,10 +369,11 @@ def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserE
                      "core of its own; not supported yet")
 
 
-def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0) -> Choice:
+def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0,
+           weights: Weights | None = None) -> Choice:
     """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does."""
     smallest = None
-    candidates = ranked(op, device, fidelity, max_cores)
+    candidates = ranked(op, device, fidelity, max_cores, weights)
     if not candidates:
         raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
@@ -454,7 +457,7 @@ class LiveL1:
 
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
-                  sharding: bool = True) -> Choice:
+                  sharding: bool = True, weights: Weights | None = None) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
@@ -466,7 +469,7 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     budget = live.budget(op)
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
-    candidates = ranked_matmul(op, device, fidelity, options, max_cores)
+    candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights)
     if not candidates:
         raise no_placement(op, device, max_cores)
     budgets: dict[str, int] = {}
@@ -573,10 +576,10 @@ class Grid(Pass):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 if op_kind(op) == "matmul":
-                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding)
+                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding, module.weights)
                     shard_result(op, choice, live, device)
                 else:
-                    choice = choose(op, device, live.budget(op), fidelity, self.max_cores)
+                    choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()

@@ -1,19 +1,20 @@
-"""The cycle accounting of one program: what each op is charged, and the program's profile.
+"""The counting of one program as it runs: what each op counts, and the program's profile.
 
-How ops are charged (per core; every core runs the same ops, so the charges are the same on every core)
-- A compute op costs the descriptor's per-tile cycles (`tile_op_cycles`) times the tiles it makes:
-  binary add/sub/mul by their name; copy, transpose, tilize, fill and mask "datacopy"; reduce-max "add";
-  SFPU functions by name (`sfpu_cost_key`). Matmul and reduce-sum cost matmul_cycles_per_phase x the
-  fidelity's phases per tile-MAC. Pack is part of the op costs; Dst, CB, NoC and scalar ops cost no
-  compute cycles (`op_cycles`, the one table of compute charges).
-- A NoC transfer charges its bytes per core to the NoC and, from or to DRAM, the bytes of all cores to
-  DRAM; a page of a sharded buffer held by the accessing core itself is a local L1 access: it counts
-  as `local_bytes`, not as NoC traffic (`Accounting.charge_noc`).
-- A program takes the max of compute cycles, NoC bytes over noc_bytes_per_cycle and DRAM bytes over the
-  chip's DRAM bandwidth (`profile_of`).
+The emulators count; the target (`ttc.ir.target`) alone turns counts into cycles.
 
-Both emulators report the same profile: the native core gets each op's compute cycles at encoding
-(runtime/native_program.py) and its byte counts back from the run, and builds the profile here.
+How ops count (every core runs the same ops, so tile counts are per core)
+- A compute op counts the tiles it makes under one key of `ttc.ir.target` (`tile_count`, the one table):
+  binary add/sub/mul by their name; copy, transpose, tilize, fill and mask "datacopy"; reduce-max
+  "reduce_max"; a reduce-sum on the matrix unit at its fidelity; SFPU functions by name; matmul tile
+  multiply-accumulates at their fidelity, with the data formats of their two operand CBs. Dst, CB, NoC and
+  scalar ops and pack count no tiles.
+- A NoC transfer counts its bytes per core (for a transfer whose pages differ by core, a ragged edge or a
+  gather of one of several inputs: the pages of all cores // cores), and from or to DRAM the bytes of all
+  cores (exactly) as DRAM bytes read or written. A page of a sharded buffer held by the accessing core itself is a
+  local L1 access: it counts as local bytes, not as NoC traffic (`Accounting.charge_noc`).
+
+Both emulators count the same: the native core gets each compute op's key and tiles in its op stream
+(runtime/native_program.py encodes them) and its byte counts back from the run, and builds the profile here.
 """
 
 from __future__ import annotations
@@ -24,60 +25,47 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ttc.ir import target
+from ttc.ir.attributes import TypeAttr
 from ttc.ir.core import Operation
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.runtime import numerics
 
 if TYPE_CHECKING:  # types only: accounting depends on no other part of the emulator
     from ttc.runtime.dataflow import AddrGen
     from ttc.runtime.device import Device
 
-# SFPU functions without their own entry in the descriptor's tile_op_cycles cost like these.
-SFPU_COST_KEYS = {"rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu",
-                  "pow_scalar": "exp", "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log"}
-_DEFAULT_SFPU_COST_KEY = "mul"  # one simple SFPU pass (relu, neg, abs, square, *_scalar)
-
 
 @dataclass(frozen=True)
 class ProgramProfile:
-    """The cost model's record of one program (cycles are per core; DRAM bytes are for all cores)."""
+    """One program's counts and the target's cycles for them (cycles per core; DRAM bytes of all cores)."""
 
     kind: str
     nodes: tuple[str, ...]
     cores: int
-    compute_cycles: int
-    dram_bytes: int
-    noc_bytes: int  # per core
+    counts: target.Counts
+    compute_cycles: float
     dram_cycles: float
     noc_cycles: float
-    cycles: float
+    launch_cycles: float
+    cycles: float  # max(compute, DRAM, NoC) + launch
     bound: str  # "compute", "dram" or "noc"
     time_us: float
-    local_bytes: int = 0  # per core: sharded pages the core read or wrote in its own L1 (no NoC)
+
+    @property
+    def dram_bytes(self) -> int:
+        return self.counts.dram_bytes
+
+    @property
+    def noc_bytes(self) -> int:  # per core
+        return self.counts.noc_bytes
+
+    @property
+    def local_bytes(self) -> int:  # per core: sharded pages the core read or wrote in its own L1 (no NoC)
+        return self.counts.local_bytes
 
 
 # ----------------------------------------------------------------------------------------------
-# Compute charges
-
-
-def tile_op_cycles(desc: DeviceAttr, key: str, tiles: int) -> int:
-    """`tiles` tiles of the descriptor's per-tile op `key`."""
-    return desc.tile_op_cycles[key] * tiles
-
-
-def matmul_cycles(desc: DeviceAttr, tile_macs: int, fidelity: str) -> int:
-    """`tile_macs` 32x32x32 tile multiply-accumulates at `fidelity` (one matmul pass per fidelity phase)."""
-    return desc.matmul_cycles_per_phase * numerics.MathFidelity.parse(fidelity).phases * tile_macs
-
-
-def sfpu_cost_key(desc: DeviceAttr, fn: str) -> str:
-    """The tile_op_cycles entry a unary SFPU function costs: its own, else the one it is costed like."""
-    return fn if fn in desc.tile_op_cycles else SFPU_COST_KEYS.get(fn, _DEFAULT_SFPU_COST_KEY)
-
-
-def sfpu_binary_cost_key(fn: str) -> str:
-    """The tile_op_cycles entry a binary SFPU function costs (they have no entries of their own)."""
-    return SFPU_COST_KEYS.get(fn, _DEFAULT_SFPU_COST_KEY)
+# What each compute op counts
 
 
 def _block(a: Mapping[str, Any]) -> int:
@@ -85,45 +73,49 @@ def _block(a: Mapping[str, Any]) -> int:
     return max(a["rows"], 0) * max(a["cols"], 0)
 
 
-_Charge = Callable[[DeviceAttr, Mapping[str, Any]], int]
-_COMPUTE_CHARGES: dict[str, _Charge] = {
-    "ttkernel.copy_tiles": lambda d, a: tile_op_cycles(d, "datacopy", a["rows"] * a["cols"]),
-    "ttkernel.transpose_tiles": lambda d, a: tile_op_cycles(d, "datacopy", a["rows"] * a["cols"]),
-    "ttkernel.tilize_tiles": lambda d, a: tile_op_cycles(d, "datacopy", a["cols"]),
-    "ttkernel.binary_tiles": lambda d, a: tile_op_cycles(d, a["op"], a["rows"] * a["cols"]),
-    "ttkernel.matmul_tiles": lambda d, a: matmul_cycles(d, a["rows"] * a["cols"] * a["inner"], a["fidelity"]),
-    "ttkernel.reduce_tiles": lambda d, a: matmul_cycles(d, _block(a), a["fidelity"]) if a["kind"] == "sum"
-    else tile_op_cycles(d, "add", _block(a)),
-    "ttkernel.sfpu_tiles": lambda d, a: tile_op_cycles(d, sfpu_cost_key(d, a["fn"]), a["count"]),
-    "ttkernel.sfpu_binary_tiles": lambda d, a: tile_op_cycles(d, sfpu_binary_cost_key(a["fn"]), a["count"]),
-    "ttkernel.fill_tiles": lambda d, a: tile_op_cycles(d, "datacopy", a["count"]),
-    "ttkernel.mask_tiles": lambda d, a: tile_op_cycles(d, "datacopy", a["rows"] * a["cols"]),
+FormatOf = Callable[[int], str]  # a CB index -> its data format's name
+_Count = Callable[[Mapping[str, Any], FormatOf], tuple[str, int]]
+_TILE_COUNTS: dict[str, _Count] = {
+    "ttkernel.copy_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
+    "ttkernel.transpose_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
+    "ttkernel.tilize_tiles": lambda a, f: (target.DATACOPY, a["cols"]),
+    "ttkernel.binary_tiles": lambda a, f: (target.binary_key(a["op"]), a["rows"] * a["cols"]),
+    "ttkernel.matmul_tiles": lambda a, f: (target.matmul_key(a["fidelity"], f(a["cb_a"]), f(a["cb_b"])),
+                                           a["rows"] * a["cols"] * a["inner"]),
+    "ttkernel.reduce_tiles": lambda a, f: (target.reduce_sum_key(a["fidelity"]) if a["kind"] == "sum"
+                                           else target.REDUCE_MAX, _block(a)),
+    "ttkernel.sfpu_tiles": lambda a, f: (target.sfpu_key(a["fn"]), a["count"]),
+    "ttkernel.sfpu_binary_tiles": lambda a, f: (target.sfpu_binary_key(a["fn"]), a["count"]),
+    "ttkernel.fill_tiles": lambda a, f: (target.DATACOPY, a["count"]),
+    "ttkernel.mask_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
 }
 
 
-def op_cycles(desc: DeviceAttr, name: str, attrs: Mapping[str, Any]) -> int:
-    """Compute cycles (per core) of one op `name` with attributes `attrs` (defaults filled in); 0 for an op
-    that costs no compute cycles of its own (Dst, CB, NoC, scalar ops; pack_tiles and pack_rows)."""
-    charge = _COMPUTE_CHARGES.get(name)
-    return charge(desc, attrs) if charge is not None else 0
+def tile_count(name: str, attrs: Mapping[str, Any], format_of: FormatOf) -> tuple[str, int] | None:
+    """(count key, tiles) of one execution of op `name` with attributes `attrs` (defaults filled in), per core;
+    None for an op that makes no tiles of its own (Dst, CB, NoC, scalar ops; pack_tiles and pack_rows)."""
+    count = _TILE_COUNTS.get(name)
+    return count(attrs, format_of) if count is not None else None
+
+
+def cb_formats(op: Operation) -> dict[int, str]:
+    """A program's CB index -> data format name, from its `cbs` configuration."""
+    formats = {}
+    for config in op.attr("cbs"):
+        fmt = config.format
+        formats[config.index] = fmt.type.name if isinstance(fmt, TypeAttr) else "bf16"
+    return formats
 
 
 # ----------------------------------------------------------------------------------------------
 # The profile
 
 
-def profile_of(desc: DeviceAttr, op: Operation, cores: int, compute_cycles: int, noc_bytes: int, dram_bytes: int,
-               local_bytes: int) -> ProgramProfile:
-    """The profile of program `op` on `cores` cores from its counts: `noc_bytes` per core (local accesses
-    included), `dram_bytes` and `local_bytes` summed over the cores."""
-    local = local_bytes // cores
-    noc_bytes -= local
-    dram = dram_bytes / desc.dram_bytes_per_cycle
-    noc = noc_bytes / desc.noc_bytes_per_cycle
-    costs = {"compute": float(compute_cycles), "dram": dram, "noc": noc}
-    bound = max(costs, key=lambda k: costs[k])
-    return ProgramProfile(op.attr("kind"), op.loc.names(), cores, compute_cycles, dram_bytes, noc_bytes, dram,
-                          noc, costs[bound], bound, costs[bound] / desc.clock_mhz, local)
+def profile_of(desc: DeviceAttr, op: Operation, counts: target.Counts) -> ProgramProfile:
+    """The profile of program `op` from its counts: the target's cost."""
+    cost = target.cost(desc, counts)
+    return ProgramProfile(op.attr("kind"), op.loc.names(), counts.cores, counts, cost.compute, cost.dram, cost.noc,
+                          cost.launch, cost.cycles, cost.bound, target.time_us(desc, cost.cycles))
 
 
 class Accounting:
@@ -134,29 +126,36 @@ class Accounting:
     op: Operation
     cores: int
     core_banks: np.ndarray  # L1 bank (device core) of each program core
-    compute_cycles: int = 0
-    noc_bytes: int = 0  # per core
-    dram_bytes: int = 0  # all cores
-    local_bytes: int = 0  # sharded pages a core moved within its own L1, summed over the cores
+    _counting: target.CountsBuilder | None = None
+    _formats: dict[int, str] | None = None
+
+    @property
+    def counting(self) -> target.CountsBuilder:
+        if self._counting is None:
+            self._counting = target.CountsBuilder(self.cores)
+        return self._counting
 
     def charge(self, op: Operation, attrs: Mapping[str, Any]) -> None:
-        """Charge the compute cycles of `op` (`op_cycles`), done on every core."""
-        self.compute_cycles += op_cycles(self.desc, op.name, attrs)
+        """Count the tiles `op` makes (`tile_count`), on every core."""
+        if self._formats is None:
+            self._formats = cb_formats(self.op)
+        count = tile_count(op.name, attrs, self._formats.__getitem__)
+        if count is not None:
+            self.counting.tile(*count)
 
     def charge_noc(self, gen: AddrGen, pages: int, bank: np.ndarray | None = None,
-                   wanted: np.ndarray | None = None) -> None:
-        """NoC (and DRAM) bytes of `pages` pages per core; with a sharded addrgen, the pages located in the
-        core's own bank (`bank` [cores, n], `wanted` masking the pages really moved) are local instead."""
+                   wanted: np.ndarray | None = None, write: bool = False, total: int | None = None) -> None:
+        """NoC (and DRAM) bytes of `pages` pages per core (`total`: the pages of all cores, when they differ
+        by core); with a sharded addrgen, the pages located in the core's own bank (`bank` [cores, n],
+        `wanted` masking the pages really moved) are local instead."""
+        counting = self.counting
         if gen.memory_layout != "interleaved" and bank is not None:
             own = bank.reshape(bank.shape[0], -1) == self.core_banks[:, None]  # bank: [cores or 1, n]
             if wanted is not None:
                 own &= wanted.reshape(self.cores, -1)
-            self.local_bytes += int(own.sum()) * gen.page_size  # all cores; per core in profile()
-        nbytes = pages * gen.page_size
-        self.noc_bytes += nbytes
-        if gen.memory is self.device.dram:
-            self.dram_bytes += nbytes * self.cores
+            counting.local_total += int(own.sum()) * gen.page_size
+        counting.transfer(pages * gen.page_size, gen.memory is self.device.dram, write,
+                          None if total is None else total * gen.page_size)
 
     def profile(self) -> ProgramProfile:
-        return profile_of(self.desc, self.op, self.cores, self.compute_cycles, self.noc_bytes, self.dram_bytes,
-                          self.local_bytes)
+        return profile_of(self.desc, self.op, self.counting.counts())

@@ -364,7 +364,8 @@ def noc_read_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     data[~wanted] = 0
     p.put_pages(cb, slots, data)
     k.pending_reads.add(cb.index)
-    p.charge_noc(gen, int(wanted.sum()) // p.cores, bank, wanted)
+    moved = int(wanted.sum())
+    p.charge_noc(gen, moved // p.cores, bank, wanted, total=moved)
 
 
 def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> np.ndarray | None:
@@ -407,7 +408,8 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
     current = p.get_pages(cb, slots)[..., : gen.page_size]
     p.put_pages(cb, slots, np.where(mine[..., None], tiles, current))
     k.pending_reads.add(cb.index)
-    p.charge_noc(gen, int(mine.sum()) // p.cores)
+    moved = int(mine.sum())
+    p.charge_noc(gen, moved // p.cores, total=moved)
 
 
 @handler("noc_read_rows_indexed")
@@ -440,7 +442,8 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     rows[~wanted] = 0
     p.put_pages(cb, slots, rows)
     k.pending_reads.add(cb.index)
-    p.charge_noc(gen, int(wanted.sum()) // p.cores)
+    moved = int(wanted.sum())
+    p.charge_noc(gen, moved // p.cores, total=moved)
 
 
 @handler("noc_write_tiles")
@@ -460,9 +463,10 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
     gen.memory.write(bank, offset, data)
     k.pending_writes.add(cb.index)
     if wanted is None:
-        p.charge_noc(gen, len(tiles), bank)
+        p.charge_noc(gen, len(tiles), bank, write=True)
     else:  # the written pages were compacted to one row: locality is not tracked past a ragged edge
-        p.charge_noc(gen, int(wanted.sum()) // p.cores)
+        moved = int(wanted.sum())
+        p.charge_noc(gen, moved // p.cores, write=True, total=moved)
 
 
 @handler("noc_write_rows")
@@ -483,7 +487,8 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
         bank, offset = _locate(gen, pages, "write", cb)
         gen.memory.write(bank, offset, data[cores, : int(rows)])
     k.pending_writes.add(cb.index)
-    p.charge_noc(gen, int(valid.sum()) // p.cores)
+    moved = int(valid.sum())
+    p.charge_noc(gen, moved // p.cores, write=True, total=moved)
 
 
 @handler("noc_read_barrier")

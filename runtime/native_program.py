@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ttc.ir import target
 from ttc.ir.core import Block, Operation, Value
 from ttc.ir.diagnostics import DeviceFault
 from ttc.runtime import formats, numerics
-from ttc.runtime.accounting import _DEFAULT_SFPU_COST_KEY, SFPU_COST_KEYS, ProgramProfile
+from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
 from ttc.runtime.compute import F16_OVERFLOW, HALF_DST, dst_format_of
 from ttc.runtime.dataflow import _format_of
 from ttc.runtime.device import Device, Fault, Memory
@@ -74,6 +75,7 @@ class Encoding:
     messages: list[str]  # RAISE texts
     reserves: list[tuple[int, int, int]]  # (index, address, size) of the CBs, in configuration order
 
+    keys: tuple[str, ...] = ()  # the count keys the compute ops' charge fields name, by index
     grid_memories: frozenset[str] = frozenset()  # memories read through a per-core addrgen base
     fallback: bool = False
     cores: int = 0
@@ -105,6 +107,8 @@ class _Encoder:
         self.grid_memories: set[str] = set()
         self.runtime_args = op.attr("runtime_args")
         self.dst_format = dst_format_of(op)
+        self.formats = cb_formats(op)
+        self.keys: dict[str, int] = {}  # count key -> its index in the charge fields
         self.kernel = 0
 
     # -- registers and side tables -------------------------------------------------------------
@@ -157,11 +161,16 @@ class _Encoder:
         self.messages.append(message)
         self.emit("RAISE", op, len(self.messages) - 1, cb)
 
-    def cycles(self, key: str, tiles: int) -> int:
-        return self.desc.tile_op_cycles[key] * tiles
-
-    def matmul_cycles(self, tile_macs: int, fidelity: str) -> int:
-        return self.desc.matmul_cycles_per_phase * numerics.MathFidelity.parse(fidelity).phases * tile_macs
+    def charge(self, op: Operation, a: dict[str, Any]) -> int:
+        """The charge field of a compute op: its count key's index << 40 | the tiles it makes (what
+        `accounting.tile_count` counts; runtime/native/program.cpp's Counters::charge adds it up)."""
+        count = tile_count(op.name, a, self.formats.__getitem__)
+        assert count is not None, op.name
+        key, tiles = count
+        index = self.keys.setdefault(key, len(self.keys))
+        if index >= native.PROGRAM_COUNT_KEYS or not 0 <= tiles < 1 << 40:
+            raise ValueError(f"{op.name}: {len(self.keys)} count keys or {tiles} tiles exceed the op stream's charge")
+        return index << 40 | max(tiles, 0)
 
     # -- kernels ----------------------------------------------------------------------------------
 
@@ -323,9 +332,8 @@ for _name in ("noc_read_barrier", "noc_write_barrier", "tile_regs_acquire", "til
 
 def _copy(opcode: str) -> Encode:
     def encode(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-        tiles = a["rows"] * a["cols"]
         e.emit(opcode, op, a["cb"], a["offset"], a["row_stride"], a["col_stride"], a["rows"], a["cols"], a["dst"],
-               e.cycles("datacopy", tiles))
+               e.charge(op, a))
 
     return encode
 
@@ -336,7 +344,7 @@ _ENCODERS["ttkernel.transpose_tiles"] = _copy("TRANSPOSE_TILES")
 
 @_encoder("tilize_tiles")
 def _tilize(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-    e.emit("TILIZE_TILES", op, a["cb"], a["col_offset"], a["cols"], a["dst"], 0, 0, 0, e.cycles("datacopy", a["cols"]))
+    e.emit("TILIZE_TILES", op, a["cb"], a["col_offset"], a["cols"], a["dst"], 0, 0, 0, e.charge(op, a))
 
 
 @_encoder("pack_rows")
@@ -346,34 +354,29 @@ def _pack_rows(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
 
 @_encoder("binary_tiles")
 def _binary(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-    tiles = a["rows"] * a["cols"]
     e.emit("BINARY_TILES", op, BINARY_OPS.index(a["op"]), a["cb_a"], a["a_offset"], a["a_row_stride"],
            a["a_col_stride"], a["cb_b"], a["b_offset"], a["b_row_stride"], a["b_col_stride"],
-           BCASTS.index(a["bcast"]), a["rows"], a["cols"], a["dst"], e.cycles(a["op"], tiles))
+           BCASTS.index(a["bcast"]), a["rows"], a["cols"], a["dst"], e.charge(op, a))
 
 
 @_encoder("matmul_tiles")
 def _matmul(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     rows, cols, inner = a["rows"], a["cols"], a["inner"]
     e.emit("MATMUL_TILES", op, a["cb_a"], a["a_offset"], a["a_row_stride"], a["cb_b"], a["b_offset"],
-           a["b_row_stride"], inner, rows, cols, a["dst"], FIDELITIES[a["fidelity"]],
-           e.matmul_cycles(rows * cols * inner, a["fidelity"]))
+           a["b_row_stride"], inner, rows, cols, a["dst"], FIDELITIES[a["fidelity"]], e.charge(op, a))
 
 
 @_encoder("reduce_tiles")
 def _reduce(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-    tiles = max(a["rows"], 0) * max(a["cols"], 0)
-    cycles = e.matmul_cycles(tiles, a["fidelity"]) if a["kind"] == "sum" else e.cycles("add", tiles)
     e.emit("REDUCE_TILES", op, 0 if a["kind"] == "sum" else 1, DIMS.index(a["dim"]), a["cb"], a["offset"],
            a["row_stride"], a["col_stride"], a["rows"], a["cols"], a["dst"], e.fparam(a["scaler"]),
-           FIDELITIES[a["fidelity"]], cycles)
+           FIDELITIES[a["fidelity"]], e.charge(op, a))
 
 
 @_encoder("sfpu_tiles")
 def _sfpu(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     fn = a["fn"]
-    key = fn if fn in e.desc.tile_op_cycles else SFPU_COST_KEYS.get(fn, _DEFAULT_SFPU_COST_KEY)
-    cycles = e.cycles(key, a["count"])
+    cycles = e.charge(op, a)
     if fn in SCALAR_FUNCTIONS:
         e.emit("SFPU_TILES", op, 1, SCALAR_FUNCTIONS.index(fn), a["dst"], a["count"], e.fparam(a["param"]), cycles)
     else:
@@ -382,20 +385,19 @@ def _sfpu(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
 
 @_encoder("sfpu_binary_tiles")
 def _sfpu_binary(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-    cycles = e.cycles(SFPU_COST_KEYS.get(a["fn"], _DEFAULT_SFPU_COST_KEY), a["count"])
-    e.emit("SFPU_BINARY_TILES", op, SFPU_BINARY.index(a["fn"]), a["dst"], a["dst_b"], a["count"], cycles)
+    e.emit("SFPU_BINARY_TILES", op, SFPU_BINARY.index(a["fn"]), a["dst"], a["dst_b"], a["count"], e.charge(op, a))
 
 
 @_encoder("fill_tiles")
 def _fill(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
-    e.emit("FILL_TILES", op, a["dst"], a["count"], e.fparam(a["value"]), e.cycles("datacopy", a["count"]))
+    e.emit("FILL_TILES", op, a["dst"], a["count"], e.fparam(a["value"]), e.charge(op, a))
 
 
 @_encoder("mask_tiles")
 def _mask(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     rows, cols = a["rows"], a["cols"]
     e.emit("MASK_TILES", op, e.use(op.operands[0]), e.use(op.operands[1]), rows, cols, a["dst"], a["valid_rows"],
-           a["valid_cols"], e.fparam(a["fill"]), e.cycles("datacopy", rows * cols))
+           a["valid_cols"], e.fparam(a["fill"]), e.charge(op, a))
 
 
 @_encoder("pack_tiles")
@@ -466,7 +468,8 @@ def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
     program = native.EncodedProgram(code, starts, len(e.uniform), len(e.agen_uniform), cbs, args, banks,
                                     0 if e.dst_format == "bf16" else 1, e.fparams, tables, overflows)
     reserves = [(c.index, c.address, c.size) for c in configs]
-    return Encoding(program, e.ops, e.messages, reserves, frozenset(e.grid_memories), cores=grid.num_cores)
+    return Encoding(program, e.ops, e.messages, reserves, tuple(e.keys), frozenset(e.grid_memories),
+                    cores=grid.num_cores)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -543,14 +546,24 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
     if fault is not None:
         raise _device_fault(encoding, device, op, fault) from None
-    counts = tuple(counts)
+    counts = (tuple(counts[0]), *counts[1:])
     if encoding.last_profile is not None and encoding.last_profile[0] == counts:
         return encoding.last_profile[1]  # a frozen record: the same counts give the same profile
-    shell = _shell(device, op)
-    shell.compute_cycles, shell.noc_bytes, shell.dram_bytes, shell.local_bytes = counts
-    profile = shell.profile()
+    profile = profile_of(device.desc, op, native_counts(encoding, counts))
     encoding.last_profile = (counts, profile)
     return profile
+
+
+def native_counts(encoding: Encoding, counts: tuple) -> target.Counts:
+    """The native core's counts as the interpreter's `Accounting` gives them: tiles per key (per core), NoC
+    bytes per core, DRAM bytes read and written and local bytes of all cores."""
+    tiles, noc, dram, written, local = counts
+    counting = target.CountsBuilder(encoding.cores)
+    for key, count in zip(encoding.keys, tiles, strict=False):
+        counting.tile(key, count)
+    counting.noc_bytes, counting.dram_read, counting.dram_written = noc, dram - written, written
+    counting.local_total = local
+    return counting.counts()
 
 
 def _shell(device: Device, op: Operation) -> Program:

@@ -8,7 +8,7 @@
     ttc run MODEL.ttc|MODEL.onnx [compile options] [--input NAME=FILE.npy | FILE.npz ...] [--seed N]
                       [--emulator native|reference] [--threads N] [--repeat N]
                       [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz] [--quiet]
-    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input ...] [--seed N] [--top N]
+    ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input ...] [--seed N] [--top N] [--static]
                       [--emulator native|reference] [--threads N] [--json FILE] [--quiet]
     ttc inspect MODEL.ttc [--json]
     ttc completion bash|zsh
@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
     _add_quiet(prof)
+    prof.add_argument("--static", action="store_true",
+                      help="count the compiled kernels without running them (the same figures, no execution)")
     prof.set_defaults(handler=cmd_profile)
 
     insp = commands.add_parser("inspect", help="what a .ttc artifact holds, without running it",
@@ -485,16 +487,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from ttc import evaluate
     from ttc.fileio import write_text
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
-    from ttc.profile import format_profile, program_json, summarize
+    from ttc.profile import format_profile, program_json, static_profile, summarize
 
     if args.top is not None and args.top < 1:
         raise UserError(f"--top needs a positive number of programs, not {args.top}")
     compiled, is_artifact = _load_or_compile(args)
-    model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
-    given, sources = _input_files(args.input)
-    feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
-    compiled.run(feeds, emulator=args.emulator, threads=args.threads, progress=not args.quiet)
-    profile = compiled.profile
+    if args.static:
+        profile = static_profile(compiled.module, compiled.device_weights)
+    else:
+        model_proto = None if is_artifact else onnx.load(args.model, load_external_data=False)
+        given, sources = _input_files(args.input)
+        feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
+        compiled.run(feeds, emulator=args.emulator, threads=args.threads, progress=not args.quiet)
+        profile = compiled.profile
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
     print(format_profile(profile, device, args.top))
     if args.json:

@@ -1,20 +1,243 @@
 """`ttc profile`: the modelled device time of a model, program by program.
 
-The emulator charges every program it runs by the cost model of docs/architecture.md section 7 (compute
-cycles from the tile ops and math fidelity, NoC bytes per core, DRAM bytes of all cores against the chip's
-bandwidth; the program takes the largest). Programs run one after another, so the modelled latency of an
-inference is their sum. The report names each program by the ONNX nodes it implements (its last one, with
-the count of the others fused into it), and sums the time by program kind and by bound.
+Every program is described by its counts (tile ops per kind, DRAM bytes, NoC bytes per core, cores) and the
+target's cost model turns them into cycles (`ttc.ir.target.cost`, docs/cost-model.md): the largest of
+compute, DRAM and NoC time, plus the program's launch. Programs run one after another, so the modelled
+latency of an inference is their sum. The report names each program by the ONNX nodes it implements (its
+last one, with the count of the others fused into it), and sums the time by program kind and by bound.
+
+The counts come from running the model on an emulator (`ttc profile`), or from the compiled program alone
+(`ttc profile --static`, `static_profile`): its kernels' loops walked with every core's runtime arguments,
+counting what each op would count when it runs, without data. Both give the same counts, so the same table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ttc.ir import target
+from ttc.ir.core import Block, Module, Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.runtime.accounting import ProgramProfile
+from ttc.ir.types import TensorType
+from ttc.passes.footprint import core_bank, is_sharded, shard_geometry
+from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
+from ttc.runtime.dataflow import tile_block
+
+# ----------------------------------------------------------------------------------------------
+# Counting a compiled program without running it
+
+_NOC_OPS = frozenset({"ttkernel.noc_read_tiles", "ttkernel.noc_read_pages", "ttkernel.noc_read_tiles_indexed",
+                      "ttkernel.noc_read_rows_indexed", "ttkernel.noc_write_tiles", "ttkernel.noc_write_rows"})
+
+
+@dataclass(frozen=True)
+class _Gen:
+    """An address generator over buffer operand #operand."""
+
+    operand: int
+    page_size: int
+    dram: bool
+    sharded: bool
+
+
+class _StaticCounter:
+    """Counts one enqueue_program as the emulators do (runtime/accounting.py), from its kernels alone."""
+
+    def __init__(self, op: Operation, desc: DeviceAttr, constants: Mapping[int, np.ndarray]) -> None:
+        from ttc.runtime.interpreter import ProgramPlan
+
+        self.op, self.desc = op, desc
+        self.grid = op.attr("grid")
+        self.cores = self.grid.num_cores
+        self.args = op.attr("runtime_args")
+        self.plan = ProgramPlan(op)
+        self.formats = cb_formats(op)
+        self.builder = target.CountsBuilder(self.cores)
+        self.banks = core_bank(np.arange(self.cores), (self.grid.x, self.grid.y), desc.compute_grid[0])
+        self.constants = constants  # operand index -> [pages, page_size] bytes of a constant buffer
+        self.owners: dict[int, Any] = {}
+        for index, value in enumerate(op.operands):
+            t = value.type
+            if isinstance(t, TensorType) and is_sharded(t):
+                self.owners[index] = shard_geometry(t)
+        self.index_pages: dict[int, tuple[int, np.ndarray]] = {}  # CB -> (operand, page per core) last read
+        self.index_cbs = {step.attrs["index_cb"] for steps in self.plan.blocks.values() for step in steps
+                          if step.op.name in ("ttkernel.noc_read_tiles_indexed", "ttkernel.noc_read_rows_indexed")}
+
+    def count(self) -> target.Counts:
+        for kernel, region in enumerate(self.op.regions):
+            self.kernel = kernel
+            self.block(region.blocks[0], {}, 1)
+        return self.builder.counts()
+
+    # -- values ---------------------------------------------------------------------------------
+
+    def arg(self, index: int) -> np.ndarray:
+        return np.array([core_args[index] for core_args in self.args[self.kernel]], dtype=np.int64)
+
+    def block(self, block: Block, env: dict[Value, Any], scale: int) -> None:
+        for step in self.plan.blocks[block]:
+            op, a = step.op, step.attrs
+            if step.body is not None:
+                body = step.body
+                if self._invariant(body):  # counts do not depend on the induction variable: once, scaled
+                    env[body.args[0]] = step.trips.start
+                    self.block(body, env, scale * len(step.trips))
+                else:
+                    for iv in step.trips:
+                        env[body.args[0]] = iv
+                        self.block(body, env, scale)
+                continue
+            name = op.name
+            if name == "ttkernel.get_arg":
+                env[op.results[0]] = self.arg(a["index"])
+            elif name == "ttkernel.constant":
+                env[op.results[0]] = a["value"]
+            elif name == "ttkernel.buffer_address":
+                env[op.results[0]] = a["operand"]
+            elif name in ("ttkernel.addi", "ttkernel.muli", "ttkernel.mini"):
+                lhs, rhs = env[op.operands[0]], env[op.operands[1]]
+                fn = {"ttkernel.addi": np.add, "ttkernel.muli": np.multiply, "ttkernel.mini": np.minimum}[name]
+                env[op.results[0]] = fn(lhs, rhs)
+            elif name == "ttkernel.addrgen":
+                env[op.results[0]] = _Gen(int(env[op.operands[0]]), a["page_size"], a["memory"] == "dram",
+                                          a["memory_layout"] != "interleaved")
+            elif name in _NOC_OPS:
+                self.noc(op, a, env, scale)
+            else:
+                count = tile_count(name, a, self.formats.__getitem__)
+                if count is not None:
+                    self.builder.tile(count[0], count[1] * scale)
+
+    def _invariant(self, body: Block) -> bool:
+        """No transfer in the loop (nested loops included) whose count depends on index values."""
+        for step in self.plan.blocks[body]:
+            if step.body is not None:
+                if not self._invariant(step.body):
+                    return False
+            elif step.op.name in _NOC_OPS:
+                if step.op.name in ("ttkernel.noc_read_tiles", "ttkernel.noc_write_tiles", "ttkernel.noc_read_pages"):
+                    if len(step.op.operands) > 2 or self.owners or \
+                            (step.op.name == "ttkernel.noc_read_pages" and step.attrs["cb"] in self.index_cbs):
+                        return False  # per-core masks, local pages of a shard, an index page: walked
+                else:
+                    return False
+        return True
+
+    # -- transfers ------------------------------------------------------------------------------
+
+    def _local(self, gen: _Gen, pages: np.ndarray, wanted: np.ndarray | None = None) -> None:
+        geometry = self.owners.get(gen.operand)
+        if not gen.sharded or geometry is None:
+            return
+        pages = np.broadcast_to(pages, (self.cores, pages.shape[-1]) if pages.ndim == 2 else pages.shape)
+        shard = geometry.owner(pages // geometry.cols, pages % geometry.cols)
+        own = core_bank(shard, geometry.grid, self.desc.compute_grid[0]) == self.banks[:, None]
+        if wanted is not None:
+            own &= wanted
+        self.builder.local_total += int(own.sum()) * gen.page_size
+
+    def _static(self, gen: _Gen, pages: int, write: bool, scale: int) -> None:
+        self.builder.transfer(pages * gen.page_size * scale, gen.dram, write)
+
+    def _masked(self, gen: _Gen, moved: int, write: bool) -> None:
+        self.builder.transfer(moved // self.cores * gen.page_size, gen.dram, write, moved * gen.page_size)
+
+    def noc(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:
+        name = op.name
+        gen: _Gen = env[op.operands[0]]
+        write = name in ("ttkernel.noc_write_tiles", "ttkernel.noc_write_rows")
+        if name in ("ttkernel.noc_read_tiles", "ttkernel.noc_write_tiles"):
+            start = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
+            tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"]).values
+            pages = start + tiles[None, :]
+            if len(op.operands) < 3:
+                self._static(gen, len(tiles), write, scale)
+                self._local(gen, pages)
+                return
+            valid = np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1, 1, 1)
+            columns = np.arange(a["cols"])[None, None, :]
+            wanted = np.broadcast_to(columns < valid, (self.cores, a["rows"], a["cols"])).reshape(self.cores, -1)
+            self._masked(gen, int(wanted.sum()), write)
+            if not write:
+                self._local(gen, pages, wanted)
+            return
+        if name == "ttkernel.noc_read_pages":
+            start = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
+            pages = start + np.arange(a["count"])[None, :]
+            self._static(gen, a["count"], False, scale)
+            self._local(gen, pages)
+            self.index_pages[a["cb"]] = (gen.operand, np.broadcast_to(pages[:, 0], (self.cores,)))
+            return
+        if name == "ttkernel.noc_read_tiles_indexed":
+            values = self._index_values(a["index_cb"])
+            entries = values[:, a["index_offset"]: a["index_offset"] + a["count"]]
+            entries = np.where(entries < 0, -1 - entries, entries)
+            if a["sources"] == 1:
+                self._static(gen, a["count"], False, scale)
+                self._local(gen, entries)
+            else:
+                self._masked(gen, int((entries % a["sources"] == a["source"]).sum()), False)
+            return
+        if name == "ttkernel.noc_read_rows_indexed":
+            offset = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
+            valid = np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
+            relative = np.arange(a["count"])[None, :]
+            wanted = np.broadcast_to(relative < valid, (self.cores, a["count"]))
+            if a["pad_negative"]:
+                values = self._index_values(a["index_cb"])
+                positions = np.broadcast_to(offset + relative, (self.cores, a["count"]))
+                inside = wanted & (positions < values.shape[1])
+                ids = np.take_along_axis(values, np.where(inside, positions, 0), axis=1)
+                wanted = wanted & (ids >= 0)
+            self._masked(gen, int(wanted.sum()), False)
+            return
+        valid = np.broadcast_to(np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1), (self.cores,))
+        self._masked(gen, int(valid.sum()), True)  # noc_write_rows
+
+    def _index_values(self, cb: int) -> np.ndarray:
+        """int32 values [cores, entries] of the index page each core last read into `cb`."""
+        operand, pages = self.index_pages[cb]
+        table = self.constants[operand]
+        return table[pages].view("<i4").astype(np.int64)
+
+
+def _constant_pages(main: Block, device_weights: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """id(buffer value) -> its packed pages [pages, page_size] for every buffer a write_constant fills."""
+    from ttc.passes.footprint import page_size
+
+    pages = {}
+    for op in main.ops:
+        if op.name == "ttmetal.write_constant":
+            buffer = op.operands[0]
+            data = np.asarray(device_weights[op.attributes["value"].name])
+            pages[id(buffer)] = data.reshape(-1, page_size(buffer.type))
+    return pages
+
+
+def static_profile(module: Module, device_weights: Mapping[str, np.ndarray]) -> list[ProgramProfile]:
+    """Every program's profile from the compiled module alone (its kernels counted, nothing run): the same
+    counts, hence the same profile, as running it on either emulator."""
+    from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+
+    desc = module.attributes.get(DEVICE_ATTR_NAME) or E150
+    main = module.function("main").body
+    constants = _constant_pages(main, device_weights)
+    profiles = []
+    for op in main.ops:
+        if op.name != "ttmetal.enqueue_program":
+            continue
+        by_operand = {i: constants[id(v)] for i, v in enumerate(op.operands) if id(v) in constants}
+        profiles.append(profile_of(desc, op, _StaticCounter(op, desc, by_operand).count()))
+    return profiles
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
 
 
 @dataclass(frozen=True)
@@ -65,8 +288,9 @@ def node_label(p: ProgramProfile, width: int = 48) -> str:
 def program_json(index: int, p: ProgramProfile) -> dict[str, Any]:
     return {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "bound": p.bound,
             "time_us": p.time_us, "cycles": p.cycles, "compute_cycles": p.compute_cycles,
-            "dram_cycles": p.dram_cycles, "noc_cycles": p.noc_cycles, "dram_bytes": p.dram_bytes,
-            "noc_bytes_per_core": p.noc_bytes, "local_bytes_per_core": p.local_bytes}
+            "dram_cycles": p.dram_cycles, "noc_cycles": p.noc_cycles, "launch_cycles": p.launch_cycles,
+            "dram_bytes": p.dram_bytes, "noc_bytes_per_core": p.noc_bytes, "local_bytes_per_core": p.local_bytes,
+            "counts": p.counts.to_json()}
 
 
 def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: int | None = None) -> str:
@@ -81,7 +305,7 @@ def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: i
     for index, p in rows:
         share = 100 * p.time_us / summary.time_us if summary.time_us else 0.0
         lines.append(f"{index:4d} {p.kind:12} {p.cores:5d} {p.bound:7} {p.time_us:9.2f} {share:5.1f}% "
-                     f"{p.compute_cycles:11d} {p.dram_bytes / 1024:9.1f} {p.noc_bytes / 1024:12.1f}  {node_label(p)}")
+                     f"{p.compute_cycles:11.0f} {p.dram_bytes / 1024:9.1f} {p.noc_bytes / 1024:12.1f}  {node_label(p)}")
     if top is not None and top < len(profile):
         lines.append(f"(the {top} slowest of {len(profile)} programs)")
     lines.append("")

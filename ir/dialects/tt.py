@@ -78,9 +78,11 @@ class LayoutAttr(DialectAttribute):
 @dataclass(frozen=True)
 class DeviceAttr(DialectAttribute):
     """The device descriptor of one Grayskull card; every figure here is sourced in docs/grayskull.md
-    (section 11 maps each field to its section).
+    (section 11 maps each field to its section) and docs/cost-model.md (the calibrated efficiencies).
 
-    Cycle costs are per 32x32 tile and include unpack, math and pack (Buda's netlist analyzer).
+    Cycle costs are per 32x32 tile and include unpack, math and pack (Buda's netlist analyzer). The cost
+    model (`ttc.ir.target.cost`) reads every constant it uses from here, launch overheads included, so a
+    printed module carries the whole model.
     """
 
     arch: str
@@ -101,12 +103,20 @@ class DeviceAttr(DialectAttribute):
     dst_tiles: int  # Dst register tiles; half of them usable per acquire with double buffering
     num_cbs: int
     matmul_cycles_per_phase: int  # one 32x32x32 tile matmul per math-fidelity phase
-    tile_op_cycles: dict[str, int] = field(default_factory=dict, hash=False)
+    matmul_efficiency: float  # MVMUL utilisation of a streaming matmul kernel on a full grid (measured)
+    unpack_bytes_per_cycle: int  # matmul operand tiles unpacked from L1 into the source registers (calibrated)
+    dram_efficiency: float  # the fraction of dram_gbps all cores reach reading together (measured)
+    dram_core_gbps: float  # what one core reaches reading DRAM alone (measured)
+    launch_cycles: int  # per program: dispatch and kernel start on the device
+    launch_cycles_per_core: int  # per core of the program: runtime arguments and launch messages
+    tile_op_cycles: dict[str, int] = field(hash=False)
+    sfpu_cost_keys: dict[str, str] = field(hash=False)  # SFPU functions costed like a tile_op_cycles entry
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker_grid", Dims(self.worker_grid))
         object.__setattr__(self, "compute_grid", Dims(self.compute_grid))
-        object.__setattr__(self, "dram_gbps", float(self.dram_gbps))
+        for name in ("dram_gbps", "matmul_efficiency", "dram_efficiency", "dram_core_gbps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
     def __hash__(self) -> int:
         return hash(str(self))
@@ -125,13 +135,30 @@ class DeviceAttr(DialectAttribute):
 
     @property
     def dram_bytes_per_cycle(self) -> float:
+        """The specified DRAM bandwidth in bytes per AI-clock cycle."""
         return self.dram_gbps * 1e9 / (self.clock_mhz * 1e6)
+
+    @property
+    def achievable_dram_bytes_per_cycle(self) -> float:
+        """What all cores reading together reach (dram_efficiency of the specified bandwidth)."""
+        return self.dram_bytes_per_cycle * self.dram_efficiency
+
+    @property
+    def dram_core_bytes_per_cycle(self) -> float:
+        """What one core reaches on its own."""
+        return self.dram_core_gbps * 1e9 / (self.clock_mhz * 1e6)
 
 
 # Buda netlist analyzer per-tile cycles (unpack + math + pack), docs/grayskull.md section 3 "Compute".
 _TILE_OP_CYCLES = {
     "add": 250, "sub": 250, "mul": 200, "datacopy": 150, "exp": 450, "recip": 950, "log": 1425,
     "sqrt": 250, "sigmoid": 225, "gelu": 350, "matmul_mac": 50, "matmul_out": 16,
+}
+# SFPU functions the netlist analyzer has no figure for, costed like the nearest one it has (ttc); `default`:
+# one simple SFPU pass (relu, neg, abs, square, the *_scalar forms and the selects), costed like a multiply.
+_SFPU_COST_KEYS = {
+    "rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu", "pow_scalar": "exp",
+    "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log", "default": "mul",
 }
 
 _COMMON: dict[str, Any] = {
@@ -148,7 +175,15 @@ _COMMON: dict[str, Any] = {
     "dst_tiles": 16,
     "num_cbs": 32,
     "matmul_cycles_per_phase": 32,
+    # docs/cost-model.md: measured on an e75 (MatMul study, ttPEAK) and used for both cards
+    "matmul_efficiency": 0.72,
+    "unpack_bytes_per_cycle": 28,
+    "dram_efficiency": 0.66,
+    "dram_core_gbps": 23.6,
+    "launch_cycles": 2000,
+    "launch_cycles_per_core": 20,
     "tile_op_cycles": _TILE_OP_CYCLES,
+    "sfpu_cost_keys": _SFPU_COST_KEYS,
 }
 
 E150 = DeviceAttr(arch="e150", worker_grid=Dims((12, 10)), compute_grid=Dims((12, 9)), clock_mhz=1200,

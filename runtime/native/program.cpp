@@ -28,17 +28,18 @@
 //   NOC_READ_TILES_INDEXED agen, -, -, cb, cb_offset, index_cb, index_offset, count, sources, source
 //   NOC_READ_ROWS_INDEXED agen, offset, valid, cb, cb_offset, index_cb, count, wrap, pad_negative
 //   NOC_WRITE_ROWS agen, start, valid, cb, -, count
-//   COPY_TILES / TRANSPOSE_TILES cb, offset, row_stride, col_stride, rows, cols, dst, cycles
-//   TILIZE_TILES cb, col_offset, cols, dst, -, -, -, cycles | PACK_ROWS cb, col_offset, cols, dst
+//   (a compute op's last field, `charge`, is its count key and tiles: Counters::charge)
+//   COPY_TILES / TRANSPOSE_TILES cb, offset, row_stride, col_stride, rows, cols, dst, charge
+//   TILIZE_TILES cb, col_offset, cols, dst, -, -, -, charge | PACK_ROWS cb, col_offset, cols, dst
 //   BINARY_TILES op, cb_a, a_offset, a_row_stride, a_col_stride, cb_b, b_offset, b_row_stride, b_col_stride,
-//     bcast, rows, cols, dst, cycles
+//     bcast, rows, cols, dst, charge
 //   MATMUL_TILES cb_a, a_offset, a_row_stride, cb_b, b_offset, b_row_stride, inner, rows, cols, dst,
-//     fidelity, cycles
+//     fidelity, charge
 //   REDUCE_TILES kind (0 sum, 1 max), dim, cb, offset, row_stride, col_stride, rows, cols, dst, scaler (float
-//     index), fidelity, cycles
-//   SFPU_TILES mode (0 table, 1 scalar), table index or ScalarFn, dst, count, param (float index), cycles
-//   SFPU_BINARY_TILES fn, dst, dst_b, count, cycles | FILL_TILES dst, count, value (float index), cycles
-//   MASK_TILES row_tile, col_tile, rows, cols, dst, valid_rows, valid_cols, fill (float index), cycles
+//     index), fidelity, charge
+//   SFPU_TILES mode (0 table, 1 scalar), table index or ScalarFn, dst, count, param (float index), charge
+//   SFPU_BINARY_TILES fn, dst, dst_b, count, charge | FILL_TILES dst, count, value (float index), charge
+//   MASK_TILES row_tile, col_tile, rows, cols, dst, valid_rows, valid_cols, fill (float index), charge
 //   PACK_TILES dst, count, cb, cb_offset | RAISE message index, cb
 #include "program.h"
 
@@ -167,7 +168,7 @@ struct Stop {};  // another core faulted earlier: this core's run no longer matt
 // What one thread gathers over the cores it runs (combined by sums and min/max: any order is the same).
 struct ThreadAcc {
   std::vector<int64_t> masked_sum;                  // per masked-count instance: sum over cores of its count
-  std::vector<std::pair<int64_t, bool>> masked_meta;  // its page size and whether it is DRAM traffic
+  std::vector<std::pair<int64_t, int>> masked_meta;  // its page size; 1: DRAM traffic, 2: a write
   struct Key {
     int64_t step, group;
     int memory;
@@ -189,8 +190,13 @@ struct ThreadAcc {
   std::vector<Transfer> transfers;
 };
 
+// A compute op's charge field is a count key (an index into runtime/native_program.py's key list) and the
+// tiles it makes: key << 40 | tiles.
+constexpr int NUM_COUNT_KEYS = 64;
 struct Counters {
-  int64_t compute_cycles = 0, noc_bytes = 0, dram_bytes = 0;  // per core, static parts
+  int64_t tiles[NUM_COUNT_KEYS] = {};                      // per count key
+  int64_t noc_bytes = 0, dram_bytes = 0, dram_written = 0;  // per core, static parts
+  void charge(int64_t code) { tiles[code >> 40] += code & ((int64_t{1} << 40) - 1); }
 };
 
 struct Run {
@@ -371,19 +377,20 @@ class Core {
       for (int64_t i = 0; i < g.page_size; ++i) hash = (hash ^ written[i]) * 1099511628211ull;
     T.transfers.push_back({g.memory, b, offset, offset + g.page_size, core, write, hash});
   }
-  void count_masked(const AddrGen& g, int64_t count) {
+  void count_masked(const AddrGen& g, int64_t count, bool write = false) {
     if (static_cast<int64_t>(T.masked_sum.size()) <= masked_index) {
       T.masked_sum.resize(masked_index + 1, 0);
       T.masked_meta.resize(masked_index + 1);
     }
     T.masked_sum[masked_index] += count;
-    T.masked_meta[masked_index] = {g.page_size, g.memory == 0};
+    T.masked_meta[masked_index] = {g.page_size, (g.memory == 0) | (write ? 2 : 0)};
     ++masked_index;
   }
-  void count_static(const AddrGen& g, int64_t count) {
+  void count_static(const AddrGen& g, int64_t count, bool write = false) {
     int64_t bytes = count * g.page_size;
     counters.noc_bytes += bytes;
     if (g.memory == 0) counters.dram_bytes += bytes;
+    if (g.memory == 0 && write) counters.dram_written += bytes;
   }
   void note_write(int memory, int64_t group, int64_t lo, int64_t hi) {
     if (R.mem[memory].watch.empty()) return;
@@ -786,14 +793,14 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       filled(operand, f[5]);
       sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
                        static_cast<SfpuBinaryFn>(f[2]), E.dst);
-      counters.compute_cycles += f[6];
+      counters.charge(f[6]);
       return;
     }
     case FILL_TILES: {
       int64_t base = math_slots<false>(f[2], f[3]);
       float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
       std::fill(dst_tile(base), dst_tile(base + f[3]), value);
-      counters.compute_cycles += f[5];
+      counters.charge(f[5]);
       return;
     }
     case MASK_TILES:
@@ -1017,10 +1024,10 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   if (moved) note_write(g.memory, 0, lo, hi);
   k[kernel].pending_writes |= 1u << index;
   if (ragged) {
-    count_masked(g, moved);  // the written pages were compacted: locality is not tracked past a ragged edge
+    count_masked(g, moved, true);  // the written pages were compacted: locality is not tracked past a ragged edge
   } else {
     if (g.layout != INTERLEAVED) T.local_bytes += local * g.page_size;
-    count_static(g, n);
+    count_static(g, n, true);
   }
 }
 
@@ -1054,7 +1061,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
     note_write(g.memory, valid, lo, hi);
   }
   k[kernel].pending_writes |= 1u << index;
-  count_masked(g, valid);
+  count_masked(g, valid, true);
 }
 
 // ------------------------------------------------------------------------------------------ compute
@@ -1102,7 +1109,7 @@ void Core::op_copy(const Instr& in, bool transpose) {
       std::memcpy(out, src, TILE_ELEMS * 4);
     }
   }
-  counters.compute_cycles += f[9];
+  counters.charge(f[9]);
 }
 
 // The 32 waited row pages of a row-major CB -> Dst tiles (unpack-tilize; zero past a row).
@@ -1130,7 +1137,7 @@ void Core::op_tilize(const Instr& in) {
                       static_cast<Format>(c.format), row.data());
     for (int64_t col = 0; col < cols; ++col) std::memcpy(dst_tile(base + col) + i * TILE, row.data() + col * TILE, TILE * 4);
   }
-  counters.compute_cycles += f[9];
+  counters.charge(f[9]);
 }
 
 // Dst tiles (a row of them) -> element columns 32 * col_offset.. of the 32 reserved row pages (pack-untilize).
@@ -1171,7 +1178,7 @@ void Core::op_binary(const Instr& in) {
   for (int64_t i = 0; i < n; ++i)
     eltwise_tile(tiles_a.data() + i * TILE_ELEMS, tiles_b.data() + i * TILE_ELEMS, static_cast<BinaryOp>(f[2]),
                  static_cast<Bcast>(f[11]), E.dst, dst_tile(base + i));
-  counters.compute_cycles += f[15];
+  counters.charge(f[15]);
 }
 
 void Core::op_matmul(const Instr& in) {
@@ -1206,7 +1213,7 @@ void Core::op_matmul(const Instr& in) {
   bool bf16_operands = fa != Format::F16 && fb != Format::F16;
   matmul_block(ptr_dst.data(), ptr_a.data(), ptr_b.data(), static_cast<int>(rows), static_cast<int>(cols),
                static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst, bf16_operands);
-  counters.compute_cycles += f[13];
+  counters.charge(f[13]);
 }
 
 void Core::op_reduce(const Instr& in) {
@@ -1224,7 +1231,7 @@ void Core::op_reduce(const Instr& in) {
                      static_cast<Fidelity>(f[12]), E.dst);
   else
     reduce_max_block(dst_tile(slot), ptr_a.data(), static_cast<int>(n), static_cast<ReduceDim>(f[3]), scaler, E.dst);
-  counters.compute_cycles += f[13];
+  counters.charge(f[13]);
 }
 
 void Core::op_sfpu(const Instr& in) {
@@ -1236,7 +1243,7 @@ void Core::op_sfpu(const Instr& in) {
                     E.table_overflow.empty() ? nullptr : E.table_overflow.data() + f[3] * 65536);
   else
     sfpu_scalar_tile(dst_tile(base), count, static_cast<ScalarFn>(f[3]), static_cast<float>(E.fparams[f[6]]), E.dst);
-  counters.compute_cycles += f[7];
+  counters.charge(f[7]);
 }
 
 void Core::op_mask(const Instr& in) {
@@ -1256,7 +1263,7 @@ void Core::op_mask(const Instr& in) {
         }
       }
     }
-  counters.compute_cycles += f[10];
+  counters.charge(f[10]);
 }
 
 void Core::op_pack(const Instr& in) {
@@ -1575,9 +1582,9 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   }
 
   const Counters& c0 = R.counters[0];
-  int64_t noc = c0.noc_bytes, dram_per_core = c0.dram_bytes, local = 0;
+  int64_t noc = c0.noc_bytes, dram_all = c0.dram_bytes * E.cores, written = c0.dram_written * E.cores, local = 0;
   std::vector<int64_t> sums;
-  std::vector<std::pair<int64_t, bool>> meta;
+  std::vector<std::pair<int64_t, int>> meta;
   for (const ThreadAcc& a : acc) {
     local += a.local_bytes;
     if (a.masked_sum.size() > sums.size()) {
@@ -1589,12 +1596,14 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
       meta[i] = a.masked_meta[i];
     }
   }
-  for (size_t i = 0; i < sums.size(); ++i) {  // pages per core = sum over cores // cores, per transfer
-    int64_t bytes = floordiv(sums[i], E.cores) * meta[i].first;
-    noc += bytes;
-    if (meta[i].second) dram_per_core += bytes;
+  for (size_t i = 0; i < sums.size(); ++i) {  // NoC pages per core = sum over cores // cores, per transfer
+    noc += floordiv(sums[i], E.cores) * meta[i].first;
+    if (meta[i].second & 1) dram_all += sums[i] * meta[i].first;  // DRAM: the bytes of all cores
+    if (meta[i].second == 3) written += sums[i] * meta[i].first;
   }
-  py::tuple counts = py::make_tuple(c0.compute_cycles, noc, dram_per_core * E.cores, local);
+  py::tuple tiles(NUM_COUNT_KEYS);
+  for (int i = 0; i < NUM_COUNT_KEYS; ++i) tiles[i] = c0.tiles[i];
+  py::tuple counts = py::make_tuple(tiles, noc, dram_all, written, local);
   return py::make_tuple(py::none(), counts, dirty, races);
 }
 
@@ -1632,6 +1641,7 @@ void register_program(py::module_& m) {
   m.attr("PROGRAM_OPCODES") = names_of(OPCODE_NAMES, NUM_OPCODES);
   m.attr("PROGRAM_FAULTS") = names_of(FAULT_NAMES, NUM_FAULT_KINDS);
   m.attr("PROGRAM_WIDTH") = W;
+  m.attr("PROGRAM_COUNT_KEYS") = NUM_COUNT_KEYS;
 }
 
 }  // namespace ttc

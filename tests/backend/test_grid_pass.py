@@ -11,7 +11,7 @@ from backend_helpers import Graph, body_text, compile_graph, device_weights
 
 from ttc.ir import Operation, UserError
 from ttc.ir.dialects.tt import E75, E150, DeviceAttr
-from ttc.passes.cost_model import estimate
+from ttc.passes.cost_model import plan_counts
 from ttc.passes.footprint import HALF_DST, l1_footprint, matmul_shape, module_device, op_kind
 from ttc.runtime.executor import Executor
 
@@ -107,7 +107,8 @@ def test_unknown_fidelity_is_a_user_error() -> None:
 
 @pytest.mark.parametrize("fidelity", ["lofi", "hifi4"])
 def test_cost_model_compute_matches_the_emulator(fidelity: str) -> None:
-    """The modelled compute cycles per core are what the emulator charges for the generated kernels."""
+    """The planned counts are what the emulator counts for the generated kernels, and the cycles the grid pass
+    recorded are the profile's."""
     g = Graph()
     x = g.input("x", (70, 200))
     w = g.weight("w", np.ones((200, 96), np.float32) * 0.01)
@@ -119,12 +120,14 @@ def test_cost_model_compute_matches_the_emulator(fidelity: str) -> None:
     g.output(g.op("ttir.eltwise", [y], (70, 96), loc="ew", body=body), "z")
     pipeline = f"layout,grid{{math-fidelity={fidelity} max-cores=3}}"
     gridded = compile_graph(g, pipeline=pipeline)
-    modelled = [estimate(op, op_kind(op), E150, op.attributes["tt.grid"].num_cores, op.attributes["tt.blocking"],
-                         fidelity).compute for op in device_ops(gridded)]
+    planned = [plan_counts(op, op_kind(op), E150, op.attributes["tt.grid"], op.attributes["tt.blocking"], fidelity)
+               for op in device_ops(gridded)]
+    recorded = [op.attributes["tt.cost"]["cycles"] for op in device_ops(gridded)]
     module = compile_graph(g, pipeline=pipeline + ",lower-to-kernels,allocate")
     executor = Executor(module, device_weights(module))
     executor.run({"x": np.zeros((70, 200), np.float32)})
-    assert [p.compute_cycles for p in executor.profile] == modelled
+    assert [p.counts for p in executor.profile] == planned
+    assert [round(p.cycles) for p in executor.profile] == recorded
 
 
 def test_softmax_along_another_axis_is_a_user_error() -> None:

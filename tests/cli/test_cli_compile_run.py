@@ -229,7 +229,8 @@ def test_profile_lists_every_program_with_its_node_and_sums_the_time(artifact: P
     assert report["summary"]["time_us"] == pytest.approx(sum(p["time_us"] for p in programs))
     for p in programs:
         assert p["bound"] in ("compute", "dram", "noc") and 1 <= p["cores"] <= 108 and p["nodes"]
-        assert p["cycles"] == pytest.approx(max(p["compute_cycles"], p["dram_cycles"], p["noc_cycles"]))
+        assert p["cycles"] == pytest.approx(max(p["compute_cycles"], p["dram_cycles"], p["noc_cycles"])
+                                            + p["launch_cycles"])
     rows = [line for line in out.splitlines() if line[:4].strip().isdigit()]
     assert len(rows) == len(programs)
     assert any("/fc2/Gemm" in row for row in rows)

@@ -17,8 +17,8 @@ import pytest
 import ttc.passes.grid as grid_pass
 from ttc.ir import UserError
 from ttc.ir.dialects.tt import E150
+from ttc.ir.target import Cost
 from ttc.passes import PassManager
-from ttc.passes.cost_model import Cost
 
 if TYPE_CHECKING:
     from conftest import IRHarness
@@ -110,8 +110,8 @@ def test_the_cost_model_decides_between_eligible_layouts(ir: IRHarness, monkeypa
     """Sharding is a candidate by rule, chosen by cost: a model that charges sharded results more flips it."""
     estimate = grid_pass.estimate
 
-    def sharding_costs_more(op, kind, device, cores, blocking, fidelity, result_layout=None, grid=None) -> Cost:
-        cost = estimate(op, kind, device, cores, blocking, fidelity, result_layout, grid)
+    def sharding_costs_more(op, kind, device, grid, blocking, fidelity, result_layout=None, weights=None) -> Cost:
+        cost = estimate(op, kind, device, grid, blocking, fidelity, result_layout, weights)
         extra = 1e6 if result_layout is not None else 0.0
         return Cost(cost.compute, cost.dram, cost.noc, cost.launch + extra)
 

@@ -131,9 +131,9 @@ def test_the_cycle_finder_sees_cycles(sources: dict[str, str], cycle: list[str] 
 
 
 def test_every_compute_charge_is_a_handler_and_every_uncharged_op_is_known() -> None:
-    """accounting's table of compute charges names registered ops (a misspelt key would make its op free),
-    and an op left out of it costs no compute cycles on purpose: a new compute op must be charged."""
-    charged = set(accounting._COMPUTE_CHARGES)
+    """accounting's table of tile counts names registered ops (a misspelt key would make its op free),
+    and an op left out of it counts no tiles on purpose: a new compute op must be counted."""
+    charged = set(accounting._TILE_COUNTS)
     assert charged <= set(HANDLERS)
     free = {f"ttkernel.{name}" for name in (
         "get_arg", "constant", "buffer_address", "addi", "muli", "mini", "addrgen",

@@ -1,0 +1,57 @@
+"""The grid pass's choices against an exhaustive search (benchmarks/grid_choice_quality.py): every grid inside
+the compute grid, every blocking the kernels support and every sharding, under the same L1 budget. On the
+distinct device ops of a transformer block, a CNN and the sharded chains, the pass's choice is within 5 % of
+the search's best modelled time."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from ttc import zoo
+from ttc.compiler import CompileOptions
+from ttc.ir.dialects.tt import E150, GridAttr
+from ttc.passes.grid import candidates, grid_for
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "grid_choice_quality.py"
+spec = importlib.util.spec_from_file_location("grid_choice_quality", SCRIPT)
+assert spec is not None and spec.loader is not None
+quality = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = quality
+spec.loader.exec_module(quality)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from test_cost_model import cnn, conv_chain, matmul_chain  # noqa: E402
+
+
+def matmul_op():
+    """The first product of the matmul chain after the layout pass."""
+    module, _ = quality.gridded(matmul_chain(), CompileOptions())
+    return next(op for op in module.function("main").body.ops if op.name in ("ttir.linear", "ttir.matmul"))
+
+
+MODELS = {"encoder_block": zoo.encoder_block, "cnn": cnn, "conv_chain": conv_chain, "matmul_chain": matmul_chain}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_the_pass_is_within_5_percent_of_the_exhaustive_search(name: str) -> None:
+    rows = quality.quality(MODELS[name](), CompileOptions(), select=12, label=name)
+    assert rows
+    for row in rows:
+        assert row.best <= row.chosen * (1 + 1e-9), row  # the search's space holds the pass's choice
+        assert row.ratio <= 1 + quality.TOLERANCE, row
+        assert row.searched >= 1
+
+
+def test_the_search_space_is_larger_than_the_pass() -> None:
+    """More grids than the smallest rectangle (padded ones whose extra cores repeat the last unit), and every
+    subblock rather than the preferred one and 1 x 1."""
+    grids = list(quality.grids(13, E150))
+    assert grid_for(13, E150) == GridAttr(7, 2) and {GridAttr(7, 2), GridAttr(2, 7), GridAttr(5, 3),
+                                                      GridAttr(4, 4)} <= set(grids)
+    assert all(13 <= g.num_cores < 13 + g.x and g.x <= 12 and g.y <= 9 for g in grids)
+    assert quality.all_n_splits(12, 108) == [1, 2, 3, 4, 6, 12] and quality.all_n_splits(11, 108) == [1, 2, 3, 4, 6, 11]
+    assert len(list(quality.matmul_blockings(matmul_op(), E150))) > len(list(candidates(matmul_op())))
