@@ -1200,7 +1200,7 @@ void Core::op_matmul(const Instr& in) {
     for (size_t i = 0; i < pages_b.size(); ++i) half_b[i] = reinterpret_cast<const uint16_t*>(pages_b[i]);
     matmul_block_bf16(ptr_dst.data(), half_a.data(), half_b.data(), static_cast<int>(rows), static_cast<int>(cols),
                       static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst);
-    counters.compute_cycles += f[13];
+    counters.charge(f[13]);
     return;
   }
   unpack_pages(pages_a, fa, tiles_a);
