@@ -85,9 +85,10 @@ def run_all(jobs: int, timeout_s: int) -> list[CaseResult]:
 def print_summary(results: list[CaseResult], wall_s: float, top: int = 25) -> None:
     total = len(results)
     passed = [r for r in results if r.passed]
-    host = [r for r in passed if r.host_ops]
+    where = Counter(r.placement for r in passed)
     print(f"{total} cases, {len(passed)} pass ({100 * len(passed) / total:.1f}%): "
-          f"{len(passed) - len(host)} entirely on the device, {len(host)} with host ops; {wall_s:.0f} s wall")
+          f"{where['device']} entirely on the device, {where['folded']} folded at compile time, "
+          f"{where['host']} with host ops; {wall_s:.0f} s wall")
     categories = Counter(r.category for r in results if not r.passed)
     print("failures by category: " + ", ".join(f"{c} {n}" for c, n in categories.most_common()))
     print(f"\nops with the most failing cases (top {top}; the op under test, expansions included):")

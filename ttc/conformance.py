@@ -269,7 +269,7 @@ def node_suite() -> NodeSuite:
 
 @dataclass(frozen=True)
 class CaseResult:
-    """What one node-test case did. `host_ops` is None when the case did not compile."""
+    """What one node-test case did. `host_ops` and `programs` are None when the case did not compile."""
 
     case: str
     op: str  # the ONNX op under test (`domain.Op` outside the default domain)
@@ -279,6 +279,7 @@ class CaseResult:
     reason: str  # `category: detail`, "" when passed
     input_types: tuple[str, ...]
     output_types: tuple[str, ...]
+    programs: int | None = None  # device programs the compiled model enqueues
     seconds: float = 0.0  # not saved (not deterministic)
     traceback: str = ""  # of an internal error; not saved
 
@@ -288,20 +289,24 @@ class CaseResult:
 
     @property
     def placement(self) -> str | None:
-        """'device' when the compiled model runs entirely on the device, 'host' when it needs host ops."""
+        """Where the compiled model computes: 'host' when it needs host ops, 'folded' when it enqueues no
+        device program at all (the compiler computed the outputs, or they are views of the inputs), else
+        'device'. None when the case did not compile."""
         if self.host_ops is None:
             return None
-        return "host" if self.host_ops else "device"
+        if self.host_ops:
+            return "host"
+        return "folded" if self.programs == 0 else "device"
 
     def to_json(self) -> dict[str, Any]:
         return {"op": self.op, "expanded": self.expanded, "status": "pass" if self.passed else "fail",
-                "host_ops": self.host_ops, "reason": self.reason,
+                "host_ops": self.host_ops, "programs": self.programs, "reason": self.reason,
                 "inputs": list(self.input_types), "outputs": list(self.output_types)}
 
     @classmethod
     def from_json(cls, case: str, data: Mapping[str, Any]) -> CaseResult:
         return cls(case, data["op"], data["expanded"], data["status"] == "pass", data["host_ops"], data["reason"],
-                   tuple(data["inputs"]), tuple(data["outputs"]))
+                   tuple(data["inputs"]), tuple(data["outputs"]), programs=data.get("programs"))
 
 
 def run_case(case: str) -> CaseResult:
@@ -322,8 +327,9 @@ def run_case(case: str) -> CaseResult:
             category, detail = NUMERICS, f"{detail} (within tolerance of the result for bf16-rounded inputs)"
         trace = traceback.format_exc() if category == INTERNAL_ERROR else ""
         return CaseResult(case, op, expanded, False, _host_ops(rep), one_line_reason(category, detail),
-                          inputs, outputs, time.perf_counter() - start, trace)
-    return CaseResult(case, op, expanded, True, _host_ops(_RecordingBackend.last_rep), "", inputs, outputs,
+                          inputs, outputs, _programs(rep), time.perf_counter() - start, trace)
+    rep = _RecordingBackend.last_rep
+    return CaseResult(case, op, expanded, True, _host_ops(rep), "", inputs, outputs, _programs(rep),
                       time.perf_counter() - start)
 
 
@@ -343,6 +349,12 @@ def _host_ops(rep: TtcBackendRep | None) -> int | None:
     if rep is None or rep.last_compiled is None:
         return None
     return int(rep.last_compiled.manifest["host_ops"])
+
+
+def _programs(rep: TtcBackendRep | None) -> int | None:
+    if rep is None or rep.last_compiled is None:
+        return None
+    return int(rep.last_compiled.manifest["programs"])
 
 
 _EXPANDED = re.compile(r"_expanded(_ver\d+)?$")
@@ -488,10 +500,12 @@ class OpSummary:
         passing = [r for r in self.direct + self.expanded if r.passed]
         if not passing:
             return "-"
-        host = sum(1 for r in passing if r.host_ops)
-        if host == 0:
-            return "device"
-        return "host" if host == len(passing) else f"device; host in {host} of {len(passing)}"
+        where = Counter(r.placement for r in passing)
+        main = "device" if where["device"] else max(where, key=lambda p: (where[p], p == "host"))
+        if where[main] == len(passing):
+            return str(main)
+        others = [f"{p} in {where[p]} of {len(passing)}" for p in ("folded", "host") if p != main and where[p]]
+        return f"{main}; " + "; ".join(others)
 
     def formats(self) -> str:
         types = sorted({t for r in self.direct + self.expanded if r.passed for t in r.input_types + r.output_types})
@@ -557,7 +571,7 @@ def render_supported_ops(saved: SavedResults) -> str:
     cases = saved.cases
     summaries = op_summaries(cases)
     passed = [r for r in cases.values() if r.passed]
-    on_device = sum(1 for r in passed if not r.host_ops)
+    where = Counter(r.placement for r in passed)
     total = len(cases)
     categories = Counter(r.category for r in cases.values() if not r.passed)
     lines = [
@@ -574,8 +588,9 @@ def render_supported_ops(saved: SavedResults) -> str:
         "integer and boolean outputs must match exactly. `tests/onnx_node` runs the suite against",
         "`tests/onnx_node/expected_failures.txt` (strict expected failures).",
         "",
-        f"**{len(passed)} of {total} cases pass ({_percent(len(passed), total)})**: {on_device} entirely on the "
-        f"device, {len(passed) - on_device} with host ops.",
+        f"**{len(passed)} of {total} cases pass ({_percent(len(passed), total)})**: {where['device']} entirely on "
+        f"the device, {where['folded']} folded at compile time (no device program), {where['host']} with host "
+        "ops.",
         "",
         "Failures by category: " + (", ".join(f"{c} {categories[c]}" for c in CATEGORIES if categories[c])
                                     or "none") + ".",
@@ -583,7 +598,8 @@ def render_supported_ops(saved: SavedResults) -> str:
         "Columns: *converters since* are the opsets from which ttc's converters apply, with the ONNX",
         "versions of the op they cover in brackets (models below opset 13 are converted to opset 17 first);",
         "*node tests* counts the op's own cases, *expanded* its function-body expansions (graphs of other",
-        "ops); *runs on* says whether passing cases ran entirely on the device or needed host ops; *data",
+        "ops); *runs on* says whether passing cases ran entirely on the device, were folded (the compiler",
+        "computed the outputs, or they are views of the inputs: no device program runs) or needed host ops; *data",
         "formats* are the ONNX element types of passing cases (floats compute in bf16 on the device); *known",
         "limits* are the most frequent failure reasons, with counts.",
         "",

@@ -152,6 +152,24 @@ def test_run_case_passes_a_supported_case_on_the_device() -> None:
     assert (result.op, result.input_types, result.output_types) == ("Relu", ("float32",), ("float32",))
 
 
+def test_run_case_counts_a_case_without_device_programs_as_folded() -> None:
+    """Shape's output is known at compile time: the case passes, but nothing ran on the device, so it must not
+    be counted as a device case."""
+    result = cf.run_case("test_shape_cpu")
+    assert result.passed and result.host_ops == 0 and result.programs == 0 and result.placement == "folded"
+    assert cf.CaseResult.from_json(result.case, result.to_json()).placement == "folded"
+
+
+def test_op_placement_names_the_share_of_folded_and_host_cases() -> None:
+    def case(name: str, host_ops: int, programs: int) -> cf.CaseResult:
+        return cf.CaseResult(name, "OpF", False, True, host_ops, "", ("float32",), ("float32",), programs)
+
+    summary = cf.OpSummary("OpF", [13], [case("a", 0, 1), case("b", 0, 0), case("c", 1, 1)], [])
+    assert summary.placement() == "device; folded in 1 of 3; host in 1 of 3"
+    assert cf.OpSummary("OpF", [13], [case("a", 0, 0)], []).placement() == "folded"
+    assert cf.OpSummary("OpF", [13], [case("a", 0, 0), case("b", 2, 3)], []).placement() == "host; folded in 1 of 2"
+
+
 def test_run_case_gives_the_reason_of_a_failing_case() -> None:
     result = cf.run_case("test_identity_sequence_cpu")
     assert not result.passed and result.host_ops is None and result.placement is None
@@ -219,7 +237,8 @@ def test_results_round_trip_and_are_deterministic(tmp_path: Path) -> None:
 
 def test_supported_ops_table() -> None:
     text = cf.render_supported_ops(cf.SavedResults("1.23", {r.case: r for r in RESULTS}))
-    assert "**3 of 5 cases pass (60.0%)**: 2 entirely on the device, 1 with host ops." in text
+    assert ("**3 of 5 cases pass (60.0%)**: 2 entirely on the device, 0 folded at compile time (no device program), "
+            "1 with host ops.") in text
     assert "| OpA | - | 1/1 | 1/1 | device; host in 1 of 2 | float32 | - |" in text
     assert "| OpB | - | 0/1 | - | - | - | unsupported op: OpB |" in text
     assert ("| OpC | - | 1/2 | - | device | float32 | dtype not on device: 'ttir.add' computes on tensor<...>; "

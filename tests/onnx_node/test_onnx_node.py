@@ -76,4 +76,5 @@ def test_node(case: str) -> None:
 
 
 def _where(placement: str | None) -> str:
-    return {"device": "entirely on the device", "host": "with host ops"}.get(placement or "", "nowhere")
+    return {"device": "entirely on the device", "folded": "folded at compile time (no device program)",
+            "host": "with host ops"}.get(placement or "", "nowhere")
