@@ -8,6 +8,7 @@
     outputs = model.run({"input_ids": ids})     # dict name -> np.ndarray
     model.save("model.ttc")
     again = ttc.load("model.ttc")
+    result = ttc.generate("gpt2.onnx", [464, 2068, 7586], max_new_tokens=32)   # a causal LM's new token ids
 
 User errors (a bad model, a bad feed, an unsupported op) raise `ttc.UserError`; a fault the emulated device
 catches raises `ttc.DeviceFault`; both are `ttc.TtcError`s.
@@ -54,10 +55,11 @@ _LAZY = {
     "TtcError": "ttc.ir.diagnostics",
     "UserError": "ttc.ir.diagnostics",
     "DeviceFault": "ttc.ir.diagnostics",
+    "generate": "ttc.generation",
 }
 
 __all__ = ["CompiledModel", "DeviceFault", "InferenceSession", "TtcError", "UserError", "__version__", "compile",
-           "load"]
+           "generate", "load"]
 
 
 def __getattr__(name: str) -> Any:

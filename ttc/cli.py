@@ -181,6 +181,45 @@ def build_parser() -> argparse.ArgumentParser:
                       help="count the compiled kernels without running them (the same figures, no execution)")
     prof.set_defaults(handler=cmd_profile)
 
+    gen = commands.add_parser("generate", help="generate text with a causal LM (GPT-2 class) on the emulated device",
+                              description="Generate tokens after a prompt with a causal language model: prefill, "
+                                          "then one decode step per token, each a run of programs compiled once. "
+                                          "A model with per-layer past key/value inputs runs in cached mode; one "
+                                          "without runs in uncached mode (the whole padded sequence every step).")
+    gen.add_argument("model", metavar="MODEL.onnx")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt-ids", metavar="IDS", help="the prompt as token ids, e.g. 464,2068,7586")
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt as text (needs --tokenizer)")
+    gen.add_argument("--tokenizer", metavar="FILE.json",
+                     help="a local tokenizer.json (the `tokenizers` package): text in and out")
+    gen.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
+    gen.add_argument("--max-length", type=int, metavar="N",
+                     help="the longest sequence (prompt + new tokens) the programs are compiled for (default: "
+                          "the model's fixed length, else prompt + --max-new-tokens)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="sampling temperature (default 0: greedy)")
+    gen.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K likeliest tokens (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                     help="sample from the smallest set of tokens whose probability reaches P (default 1: all)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--eos-id", type=int, metavar="ID", help="stop after this token id")
+    gen.add_argument("--kv-names", action="append", default=[], metavar="PAST=PRESENT[,...]",
+                     help="pair cache inputs with their outputs by name (default: past_key_values.N.key with "
+                          "present.N.key and the like); repeatable")
+    gen.add_argument("--batch", type=int, default=1, help="sequences generated at once, each from the prompt "
+                     "(default 1; also what the fit check sizes the KV cache for)")
+    gen.add_argument("--arch", choices=ARCHES, default="e150", help="target card (default e150)")
+    gen.add_argument("--dtype", choices=("bf16", "bfp8_b"), default="bf16",
+                     help="data format of matmul weights (activations stay bf16; default bf16)")
+    gen.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default="hifi4",
+                     help="matmul math fidelity (default hifi4)")
+    gen.add_argument("--emulator", choices=("native", "reference"), default=None,
+                     help="who runs the kernel programs (default native)")
+    gen.add_argument("--threads", type=int, metavar="N", help="host threads of the native core")
+    gen.add_argument("--json", metavar="FILE", help="write the tokens, steps and rates as JSON")
+    _add_quiet(gen)
+    gen.set_defaults(handler=cmd_generate)
+
     insp = commands.add_parser("inspect", help="what a .ttc artifact holds, without running it",
                                description="Print a .ttc artifact's manifest: inputs, outputs, target and options, "
                                            "versions, the source model, memory, and every device program (kind, "
@@ -506,6 +545,45 @@ def cmd_profile(args: argparse.Namespace) -> int:
         report = {"device": device.arch, "summary": summarize(profile, device).to_json(),
                   "programs": [program_json(i, p) for i, p in enumerate(profile)]}
         write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from ttc.fileio import write_text
+    from ttc.generation import Generator, Sampling, load_tokenizer, parse_ids, parse_kv_names, stream_printer
+
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise UserError("--prompt takes text and needs --tokenizer FILE.json; or give --prompt-ids")
+        prompt = tokenizer.encode(args.prompt).ids
+    else:
+        prompt = parse_ids(args.prompt_ids)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    max_length = args.max_length
+    generator = Generator(args.model, max_length=max_length, kv_names=parse_kv_names(args.kv_names),
+                          arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
+                          emulator=args.emulator, threads=args.threads, batch=args.batch,
+                          default_length=len(prompt) + args.max_new_tokens)
+    if not args.quiet:
+        if generator.mode == "uncached":
+            print(f"ttc: {args.model} has no cache inputs: uncached mode, every step reruns the whole sequence "
+                  f"padded to {generator.max_length} tokens", file=sys.stderr)
+        else:
+            print(f"ttc: cached mode: {len(generator.interface.kv)} cache tensors padded to "
+                  f"{generator.max_length - 1} slots; {sampling.describe()}", file=sys.stderr)
+    result = generator.generate(prompt, args.max_new_tokens, sampling, args.eos_id, on_token=stream_printer(tokenizer))
+    print()
+    if tokenizer is not None:
+        result.text = tokenizer.decode(result.tokens)
+    if not args.quiet:
+        print(result.summary(), file=sys.stderr)
+    if args.json:
+        write_text(args.json, json.dumps(result.to_json(), indent=2) + "\n")
     return EXIT_OK
 
 

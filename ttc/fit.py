@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import onnx
 
@@ -23,6 +23,7 @@ from ttc.ir.dialects.tt import DEVICES
 TILE = 32
 BF16_TILE_BYTES = 2048
 BFP8_TILE_BYTES = 1088
+BFP4_TILE_BYTES = 576  # 1024 4-bit mantissas and 64 shared exponents
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 _ELEMENT_BYTES = {onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.BOOL: 1,
                   onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1}
@@ -44,7 +45,8 @@ def tensor_device_bytes(tensor: onnx.TensorProto, dtype: str) -> int:
     dims = list(tensor.dims)
     if tensor.data_type in _FLOAT_TYPES:
         matrix = len(dims) >= 2 and dims[-1] >= TILE and dims[-2] >= TILE
-        per_tile = BFP8_TILE_BYTES if dtype == "bfp8_b" and matrix else BF16_TILE_BYTES
+        block = {"bfp8_b": BFP8_TILE_BYTES, "bfp4_b": BFP4_TILE_BYTES}
+        per_tile = block.get(dtype, BF16_TILE_BYTES) if matrix else BF16_TILE_BYTES
         return _tiles(dims) * per_tile
     return math.prod(dims) * _ELEMENT_BYTES.get(tensor.data_type, 4)
 
@@ -81,9 +83,11 @@ def _gib(n: int) -> str:
 
 
 def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str, dtype: str,
-                     name: str | None = None) -> int:
-    """Raise UserError when the weights alone exceed the card's DRAM; returns the weight bytes. `name` names a
-    ModelProto read from a file in the message."""
+                     name: str | None = None, extra: tuple[int, str, Callable[[int], str]] | None = None) -> int:
+    """Raise UserError when the weights alone (plus `extra`) exceed the card's DRAM; returns the weight bytes.
+    `name` names a ModelProto read from a file in the message. `extra` is a further need known before any
+    weight is read: (bytes, what it is, the remedy to suggest given the bytes left beside the weights), e.g. a
+    generator's KV cache."""
     if isinstance(model, onnx.ModelProto):
         proto, where = model, name or "the model"
     else:
@@ -93,21 +97,39 @@ def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str,
             return 0  # unreadable: the loader reports it with the full story
         where = os.fspath(model)
     tensors = _as_conv_weights(proto, list(_constants(proto.graph)))
-    needed = sum(tensor_device_bytes(t, dtype) for t in tensors)
+    weights = sum(tensor_device_bytes(t, dtype) for t in tensors)
+    extra_bytes, extra_what, extra_remedy = extra if extra is not None else (0, "", None)
+    needed = weights + extra_bytes
     device = DEVICES[arch]
     available = device.dram_size
     if needed <= available:
-        return needed
-    biggest = max(tensors, key=lambda t: tensor_device_bytes(t, dtype))
+        return weights
     hints = []
-    if dtype != "bfp8_b":
-        smaller = sum(tensor_device_bytes(t, "bfp8_b") for t in tensors)
+    if dtype != "bfp8_b" and tensors:
+        smaller = sum(tensor_device_bytes(t, "bfp8_b") for t in tensors) + extra_bytes
         verdict = "would fit" if smaller <= available else "would still not fit"
-        hints.append(f"--dtype bfp8_b stores matrix weights in about half the bytes ({_gib(smaller)}: "
+        hints.append(f"--dtype bfp8_b stores matrix weights in about half the bytes ({_gib(smaller)} in all: "
                      f"{verdict})")
-    hints.append("a smaller model or a shorter sequence (--input-shape) for tables sized by it")
+        if smaller > available:
+            quarter = sum(tensor_device_bytes(t, "bfp4_b") for t in tensors) + extra_bytes
+            verdict = "would fit" if quarter <= available else "would still not fit"
+            hints.append(f"bfp4_b matrix weights (the device's 4-bit block format; not yet a --dtype of ttc) "
+                         f"would need {_gib(quarter)} in all: {verdict}")
+    if extra_remedy is not None:
+        hints.append(extra_remedy(available - weights))
+    else:
+        hints.append("a smaller model or a shorter sequence (--input-shape) for tables sized by it")
+    if extra is None:
+        need = f"its weights alone need {_gib(needed)} ({needed} bytes)"
+    else:
+        need = (f"its weights ({_gib(weights)}) and {extra_what} ({_gib(extra_bytes)}) need {_gib(needed)} "
+                f"({needed} bytes)")
+    largest = ""
+    if tensors:
+        biggest = max(tensors, key=lambda t: tensor_device_bytes(t, dtype))
+        largest = (f"; the largest weight is '{biggest.name}' {list(biggest.dims)} "
+                   f"({_gib(tensor_device_bytes(biggest, dtype))})")
     raise UserError(
-        f"{where} does not fit the {arch}: its weights alone need {_gib(needed)} ({needed} bytes) of device "
-        f"DRAM in {dtype}, tile-padded, but the card has {_gib(available)} ({available} bytes); the largest "
-        f"is '{biggest.name}' {list(biggest.dims)} ({_gib(tensor_device_bytes(biggest, dtype))}). "
-        f"Checked before reading any weight. Try: " + "; ".join(hints))
+        f"{where} does not fit the {arch}: {need} of device DRAM in {dtype}, tile-padded, but the card has "
+        f"{_gib(available)} ({available} bytes){largest}. Checked before reading any weight. Try: "
+        + "; ".join(hints))

@@ -53,7 +53,7 @@ def ir_path(model_path: Path, tmp_path: Path, capsys) -> Path:
     (["compile", "m.onnx", "--math-fidelty", "lofi"],
      "ttc compile: error: unrecognized arguments: --math-fidelty lofi; did you mean --math-fidelity?"),
     (["rnu", "m.onnx"], "ttc: error: argument COMMAND: invalid choice: 'rnu' (choose from 'import', 'opt', "
-                        "'compile', 'run', 'profile', 'inspect', 'completion'); did you mean 'run'?"),
+                        "'compile', 'run', 'profile', 'generate', 'inspect', 'completion'); did you mean 'run'?"),
     (["run", "m.onnx", "--arch", "e15"], "ttc run: error: argument --arch: invalid choice: 'e15' (choose from "
                                          "'e150', 'e75'); did you mean 'e150'?"),
     (["run", "m.onnx", "--zzzz"], "ttc run: error: unrecognized arguments: --zzzz"),

@@ -68,7 +68,7 @@ def test_dir_lists_only_the_api_and_every_name_resolves() -> None:
 
     assert dir(ttc) == sorted(ttc.__all__)
     assert set(ttc.__all__) == {"CompiledModel", "DeviceFault", "InferenceSession", "TtcError", "UserError",
-                                "__version__", "compile", "load"}
+                                "__version__", "compile", "generate", "load"}
     from ttc.ir.diagnostics import DeviceFault, TtcError, UserError
 
     assert (ttc.UserError, ttc.DeviceFault, ttc.TtcError) == (UserError, DeviceFault, TtcError)
