@@ -52,11 +52,26 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
         for tensor in external_tensors(model):
             raise UserError(f"tensor '{tensor.name}' keeps its data in the external file "
                             f"'{_location(tensor)}'; give the model by its path so the file can be found")
+        normalize_dynamic_dims(model)
         return model, None
     path = os.fspath(source)
     model = _parse_file(path)
     check_external_locations(model, path)
+    normalize_dynamic_dims(model)
     return model, path
+
+
+def normalize_dynamic_dims(model: onnx.ModelProto) -> None:
+    """Exporters spell a dynamic dimension in three ways: a dim_param name, no value at all, or a dim_value
+    of -1 or 0 (not valid ONNX, but common). The last becomes an unnamed dynamic dim, so `--input-shape`
+    fixes it like the others instead of the model "fixing" it to -1. (A zero-size input is not a model
+    anyone compiles for a device.)"""
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.Clear()
 
 
 def _parse_file(path: str) -> onnx.ModelProto:
@@ -200,6 +215,7 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     batched_scans = opset8_scans(model) if opset == 8 else set()
     io_types = {v.name: v.type for v in (*model.graph.input, *model.graph.output)}
+    old_resizes = _old_resize_modes(model) if opset < 11 else {}
     try:
         converted = onnx.version_converter.convert_version(model, TARGET_OPSET)
     except Exception as exc:
@@ -207,7 +223,43 @@ def convert_opset(model: onnx.ModelProto) -> onnx.ModelProto:
                         f"(ttc imports opset {MIN_OPSET} and newer): {exc}") from None
     if batched_scans:
         unbatch_scans(converted, batched_scans, io_types)
+    for node in converted.graph.node:
+        if node.op_type == "Resize" and node.output and node.output[0] in old_resizes:
+            _pin_resize_modes(node, old_resizes[node.output[0]])
     return converted
+
+
+def _old_resize_modes(model: onnx.ModelProto) -> dict[str, str]:
+    """Upsample (opset 7-9) and Resize-10 nodes by output, with the nearest rounding they mean: their
+    coordinates are asymmetric (x_in = x_out / scale), and onnxruntime rounds a nearest neighbour down when
+    upsampling and up when downsampling."""
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        values = [a.t for a in node.attribute if a.name == "value"]
+        if node.op_type == "Constant" and values:
+            constants[node.output[0]] = values[0]
+    modes = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Upsample", "Resize") or not node.output:
+            continue
+        scales: list[float] = []
+        for attr in node.attribute:
+            if attr.name == "scales":
+                scales = list(attr.floats)
+        if not scales and len(node.input) > 1 and node.input[1] in constants:
+            scales = [float(v) for v in onnx.numpy_helper.to_array(constants[node.input[1]]).ravel()]
+        modes[node.output[0]] = "ceil" if scales and all(v <= 1 for v in scales) else "floor"
+    return modes
+
+
+def _pin_resize_modes(node: onnx.NodeProto, nearest: str) -> None:
+    """Give a converted old resize the attributes of its old meaning, which onnx's version converter leaves to
+    Resize-11's defaults (half_pixel, round_prefer_floor): a different result."""
+    present = {a.name for a in node.attribute}
+    if "coordinate_transformation_mode" not in present:
+        node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+    if "nearest_mode" not in present:
+        node.attribute.append(onnx.helper.make_attribute("nearest_mode", nearest))
 
 
 def opset8_scans(model: onnx.ModelProto) -> set[str]:
