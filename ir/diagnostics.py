@@ -37,6 +37,13 @@ class GoldenMismatch(TtcError):
     exit_code = EXIT_GOLDEN_FAILED
 
 
+class InternalCompilerError(TtcError):
+    """A bug of ttc itself found by its own checks (a pass emitting IR the verifier rejects): exit 4, never
+    reported as the user's fault."""
+
+    exit_code = EXIT_INTERNAL_ERROR
+
+
 class DeviceFault(TtcError):
     """The emulated device caught a faulty program (bad address, CB misuse, deadlock...)."""
 

@@ -181,7 +181,8 @@ class SinkConcat(RewritePattern):
 
 
 class GlobalPool(RewritePattern):
-    """reduce over H and W (keepdims) of from_nhwc(y) -> reshape(reduce(reshape(y, [N, H*W, C]), axis 1))."""
+    """reduce over H and W of from_nhwc(y) -> reshape(reduce(reshape(y, [N, H*W, C]), axis 1)): [N, C], or
+    [N, C, 1, 1] in channels-last form with keepdims."""
 
     def __init__(self, root: str) -> None:
         self.root = root
@@ -196,7 +197,10 @@ class GlobalPool(RewritePattern):
         reduced = rewriter.create_before(op, op.name, [pixels], [like.with_shape((n, 1, c))],
                                          {"axes": (1,), "keepdims": True}).result
         matrix = rewriter.create_before(op, "ttir.reshape", [reduced], [like.with_shape((n, c))]).result
-        rewriter.replace_op(op, [make_nchw(rewriter, op, matrix, (n, c, 1, 1))])
+        if tensor(op.result).rank == 2:  # keepdims = false: [N, C] is the matrix itself, no layout to restore
+            rewriter.replace_op(op, [matrix])
+        else:
+            rewriter.replace_op(op, [make_nchw(rewriter, op, matrix, (n, c, 1, 1))])
         return True
 
 

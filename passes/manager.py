@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TextIO
 
 from ttc.ir.core import Module
-from ttc.ir.diagnostics import IRError, UserError
+from ttc.ir.diagnostics import InternalCompilerError, IRError, UserError
 from ttc.ir.printer import print_module
 from ttc.ir.verifier import verify as verify_module
 from ttc.passes.prerequisites import missing_prerequisite
@@ -311,7 +311,9 @@ class PassManager:
         except IRError as exc:
             if self.print_ir_after_all or p.name in self.print_ir_after:
                 stream.write(f"{_dump_header(p, failed=True)}\n{print_module(module)}\n")
-            raise IRError(f"pass '{p.name}' produced invalid IR:\n{exc.message}") from None
+            raise InternalCompilerError(
+                f"ttc: internal compiler error: pass '{p.name}' produced invalid IR (a bug in ttc, not in the "
+                f"model; please report it with the command line and the model):\n{exc.message}") from None
 
 
 def _dump_header(p: Pass, failed: bool = False) -> str:

@@ -39,7 +39,7 @@ from onnx.backend.test import BackendTest
 from onnx.backend.test.case.test_case import TestCase as OnnxTestCase
 from onnx.backend.test.loader import load_model_tests
 
-from ttc.ir.diagnostics import DeviceFault, UserError
+from ttc.ir.diagnostics import DeviceFault, InternalCompilerError, UserError
 from ttc.onnx_backend import TtcBackend, TtcBackendRep
 
 TOLERANCE = 2e-2  # rtol = atol for float outputs: the bf16 level
@@ -160,7 +160,7 @@ _ATTRIBUTE = re.compile(r"\battribute\b|\bperm\b|\ballowzero\b|given by '", re.I
 _NOT_A_TENSOR = re.compile(r"is not a tensor")
 _NOT_ON_DEVICE = re.compile(r"tensors cannot run on the device")
 _INTEGER_RANGE = re.compile(r"integer tensor \S+ of unknown range")
-_INVALID_IR = re.compile(r"pass '[\w-]+' produced invalid IR")
+_INVALID_IR = re.compile(r"(ttc: internal compiler error: )?pass '[\w-]+' produced invalid IR")
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -169,6 +169,8 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return exc.category, exc.detail
     if isinstance(exc, DeviceFault):
         return DEVICE_FAULT, _first_line(exc.message)
+    if isinstance(exc, InternalCompilerError):
+        return INTERNAL_ERROR, _first_line(exc.message)
     if isinstance(exc, UserError):
         return classify_user_error(exc.message)
     message = _first_line(str(exc)).removeprefix("internal error: ")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pytest
 
 if TYPE_CHECKING:
     from conftest import IRHarness
@@ -113,3 +114,35 @@ def test_stacked_conv_weight_transposes_in_blocks_like_one_copy(monkeypatch) -> 
     w = np.random.default_rng(3).standard_normal((40, 64, 3, 2)).astype(np.float32)
     expected = w.transpose(2, 3, 1, 0).reshape(3 * 2 * 64, 40)
     assert np.array_equal(windows.stacked_conv_weight(w, 1), expected)
+
+
+@pytest.mark.parametrize("consumer", ["Gemm", "LayerNormalization", "MatMul"])
+def test_global_pool_without_keepdims_feeds_a_matrix(consumer: str) -> None:
+    """ReduceMean over H and W with keepdims=0 (a mobile vision transformer's pooler) before a classifier:
+    the rewritten pool is already the [N, C] matrix (it used to be re-wrapped as NCHW: invalid IR)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import ttc
+    from ttc.golden import compare
+
+    rng = np.random.default_rng(0)
+    inits = {"w": rng.standard_normal((16, 16, 1, 1)), "axes": np.array([2, 3], np.int64),
+             "g": rng.standard_normal((16, 2)), "s": rng.standard_normal(16), "b": rng.standard_normal(16)}
+    head = {"Gemm": helper.make_node("Gemm", ["p", "g"], ["y"]),
+            "MatMul": helper.make_node("MatMul", ["p", "g"], ["y"]),
+            "LayerNormalization": helper.make_node("LayerNormalization", ["p", "s", "b"], ["y"])}[consumer]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("ReduceMean", ["c", "axes"], ["p"], keepdims=0), head]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16 if consumer ==
+                                                                                       "LayerNormalization" else 2])],
+                              [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
+                               for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    import onnxruntime
+
+    [expected] = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    got = ttc.compile(onnx.ModelProto.FromString(model.SerializeToString())).run({"x": x})["y"]
+    assert compare("y", got, expected).passed

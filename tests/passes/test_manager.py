@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from ttc.ir import IRError, Module, UserError, parse_module
+from ttc.ir.diagnostics import InternalCompilerError
 from ttc.ir.types import TensorType, f32
 from ttc.passes import Pass, PassManager, parse_pipeline, pipeline_text, register_pass, registered_passes
 from ttc.passes.canonicalize import Canonicalize
@@ -274,9 +275,11 @@ def test_invalid_input_is_reported_before_any_pass_runs() -> None:
 def test_verifier_names_the_pass_that_broke_the_ir(breaking_pass: type[Pass]) -> None:
     stream = io.StringIO()
     manager = PassManager("canonicalize,test-break-types,decompose", print_ir_after_all=True, stream=stream)
-    with pytest.raises(IRError) as info:
+    with pytest.raises(InternalCompilerError) as info:
         manager.run(module())
-    assert str(info.value).startswith("pass 'test-break-types' produced invalid IR:\n")
+    assert info.value.exit_code == 4
+    assert str(info.value).startswith("ttc: internal compiler error: pass 'test-break-types' produced invalid IR "
+                                      "(a bug in ttc, not in the model;")
     assert "entry block arguments (tensor<5xf32>) do not match the signature" in str(info.value)
     assert "// -----// IR Dump After BreakTypes (test-break-types) Failed //----- //" in stream.getvalue()
     assert "(decompose)" not in stream.getvalue()
@@ -302,3 +305,16 @@ def test_a_crashing_pass_is_named_in_the_traceback(scratch_registry: None) -> No
     with pytest.raises(ZeroDivisionError) as info:
         PassManager("test-crash", stream=io.StringIO()).run(module())
     assert "while running pass 'test-crash'" in info.value.__notes__
+
+
+def test_cli_reports_a_pass_breaking_the_ir_as_an_internal_error(breaking_pass: type[Pass], tmp_path, capsys) -> None:
+    """A pass emitting IR the verifier rejects is ttc's bug: exit 4, the pass and the failing op named, and not
+    worded as the user's error."""
+    from ttc.cli import main
+
+    path = tmp_path / "in.mlir"
+    path.write_text(SOURCE)
+    assert main(["opt", str(path), "--pipeline", "test-break-types"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("ttc: internal compiler error: pass 'test-break-types' produced invalid IR (a bug in ttc")
+    assert "do not match the signature" in err and "Traceback" not in err
