@@ -60,10 +60,12 @@ def assert_not_degenerate(outputs: dict[str, np.ndarray]) -> None:
         raise DegenerateOutput("; ".join(problems))
 
 
-def compile_timed(path: Path, **options) -> tuple[ttc.compiler.CompiledModel, float]:
-    start = time.perf_counter()
+def compile_timed(path: Path, **options) -> tuple[ttc.compiler.CompiledModel, float, float]:
+    """(compiled model, wall seconds, CPU seconds of this process): the CPU time is what the compile budget
+    is checked against, since the wall time on a shared machine also counts other processes' work."""
+    start, cpu = time.perf_counter(), time.process_time()
     compiled = ttc.compile(str(path), **options)
-    return compiled, time.perf_counter() - start
+    return compiled, time.perf_counter() - start, time.process_time() - cpu
 
 
 @dataclass

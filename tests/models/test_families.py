@@ -1,0 +1,189 @@
+"""The model families of issue 16 (tests/models/export_families.py) at batch 1: each compiles (compile time
+recorded, target under 10 s), runs with no host ops, and passes the golden rule against onnxruntime, whose
+outputs must not be degenerate (families_check.py). Tenstorrent's published e150 configurations
+(ResNet-50 b20, BERT-Large b12 s384, ViT-base b8) compile within the card's DRAM and L1 and pass once on
+the emulator.
+
+Where today's compiler stops at a fixed limit of its kernel plans (a "cliff", issue 15), the test is a
+strict xfail that names the exact error: the test raises `KnownCliff` only when the error text matches
+the recorded one, so a different error fails the test, and a fix makes it XPASS, which strict mode turns
+into a failure until the entry is removed from CLIFFS. tests/models/repro/FAILURES.md lists each cliff
+with its smallest repro.
+
+The -mini variants (one block per stage, full width) that pass and take a few seconds run in the default
+suite; every other case is marked slow (`pytest -m slow tests/models/test_families.py`). The models are
+exported into $TTC_MODEL_CACHE, or else pytest's cache folder, once (each export takes seconds to a
+minute); without the `models` extra the tests skip.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import export_families
+import numpy as np
+import pytest
+from families_check import DegenerateOutput, assert_not_degenerate, compile_timed, degeneracy, golden
+
+from ttc.ir.dialects.tt import E150
+
+HAVE_EXPORTER = all(importlib.util.find_spec(name) for name in ("torch", "transformers", "onnxscript"))
+needs_exporter = pytest.mark.skipif(not HAVE_EXPORTER, reason="needs the `models` extra (torch, transformers, "
+                                                              "onnxscript) to export the family models")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+COMPILE_BUDGET_S = 10.0
+TENSTORRENT = ("resnet50-b20", "bert-large-b12-s384", "vit-base-b8")
+# The minis that pass in a few seconds (compile + run + onnxruntime, measured alone): the default suite. The
+# t5-decoder, mistral and qwen2 minis pass too but take 5-6 s (32k-entry vocabularies), so they are slow.
+FAST = ("whisper-tiny-encoder-mini", "t5-small-encoder-mini")
+
+
+class KnownCliff(Exception):
+    """A family stopped at the recorded error of CLIFFS (the strict xfail's `raises`)."""
+
+
+@dataclass(frozen=True)
+class Cliff:
+    stage: str  # "compile" (a TtcError) or "golden" (the golden rule fails)
+    match: str  # a regex the error text must match (compile), or the failing output's name (golden)
+    item: str  # the issue-15 item that removes it
+
+    def mark(self) -> pytest.MarkDecorator:
+        return pytest.mark.xfail(strict=True, raises=KnownCliff, reason=f"{self.stage}: {self.match} "
+                                                                        f"[{self.item}]")
+
+
+CONV = "1. any convolution window"
+ROW = "2. any row length"
+MOVE = "3. any data movement"
+
+
+def _movement(text: str) -> str:
+    return re.escape(text) + re.escape(" is not a tile-granular data movement")
+
+
+# The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
+PATCH = Cliff("compile", re.escape("a 16x16 kernel has more than 128 positions"), CONV)
+SWIN = Cliff("compile", _movement("reshape to [1, 56, 56, 96] then transpose to [1, 56, 96, 56] then reshape to "
+                                  "[5376, 56] from [1, 3136, 96]"), MOVE)
+CONVNEXT = Cliff("compile", _movement("transpose to [1, 96, 56, 56] from [1, 56, 56, 96]"), MOVE)
+EFFICIENTNET = Cliff("compile", re.escape("a 1280x1280 pool has more than 128 positions"), CONV)
+YOLO = Cliff("compile", _movement("concat to [1, 48, 160, 160] then transpose to [1, 160, 160, 48] then reshape to "
+                                  "[25600, 48] from [1, 16, 160, 160] and [1, 16, 160, 160] and "
+                                  "[1, 16, 160, 160]"), MOVE)
+DBNET = Cliff("compile", re.escape("'ttir.embedding' does not fit in L1 on e150: its smallest footprint over all "
+                                   "grids and blockings is 3293216 bytes"), CONV)
+CRNN = Cliff("compile", re.escape("an eltwise op with 40 inputs (at most 16)"), MOVE)
+CLIFFS: dict[str, Cliff] = {
+    "vit-base-mini": PATCH, "vit-base": PATCH, "vit-base-b8": PATCH,
+    "deit-small-mini": PATCH, "deit-small": PATCH,
+    "swin-tiny-mini": SWIN, "swin-tiny": SWIN,
+    "convnext-tiny-mini": CONVNEXT, "convnext-tiny": CONVNEXT,
+    "efficientnet-b0-mini": EFFICIENTNET, "efficientnet-b0": EFFICIENTNET,
+    "yolo-mini": YOLO, "yolo": YOLO,
+    "dbnet-mini": DBNET, "dbnet": DBNET,
+    "crnn-mini": CRNN, "crnn": CRNN,
+    # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
+    "t5-small-encoder": Cliff("golden", "last_hidden_state", "bf16 accuracy at depth (T5 layer norm without "
+                                                             "mean subtraction, unscaled attention)"),
+    "t5-small-decoder": Cliff("golden", "logits", "bf16 accuracy at depth (T5 layer norm without mean "
+                                                  "subtraction, unscaled attention)"),
+    "resnet50-b20": Cliff("compile", re.escape("'ttir.concat' does not fit in L1 on e150: its smallest footprint "
+                                               "over all grids and blockings is 837664 bytes"), CONV),
+}
+
+
+def _case(name: str) -> pytest.param:
+    marks = [needs_exporter]
+    if name not in FAST:
+        marks.append(pytest.mark.slow)
+    if name in CLIFFS:
+        marks.append(CLIFFS[name].mark())
+    return pytest.param(name, marks=marks, id=name)
+
+
+FAMILY_CASES = [_case(name) for name, spec in export_families.FAMILIES.items() if name not in TENSTORRENT]
+TENSTORRENT_CASES = [_case(name) for name in TENSTORRENT]
+
+
+@pytest.fixture(scope="session")
+def model_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    env = os.environ.get("TTC_MODEL_CACHE")
+    if env:
+        return Path(env)
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("ttc-models")) if cache is not None else tmp_path_factory.mktemp("ttc-models")
+
+
+def exported(name: str, cache: Path) -> Path:
+    """The family model in the cache, exported once (a lock keeps parallel workers from exporting twice)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".families-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return export_families.export(name, cache)
+
+
+def check_family(name: str, path: Path, record_property) -> None:
+    """Compile, no host ops, golden; a failure matching CLIFFS[name] raises KnownCliff."""
+    from ttc.ir.diagnostics import TtcError
+
+    cliff = CLIFFS.get(name)
+    try:
+        compiled, compile_s, compile_cpu_s = compile_timed(path)
+    except TtcError as error:
+        if cliff and cliff.stage == "compile" and re.search(cliff.match, str(error)):
+            raise KnownCliff(f"{name}: {error}") from error
+        raise
+    record_property("compile_s", round(compile_s, 2))
+    record_property("compile_cpu_s", round(compile_cpu_s, 2))
+    assert compiled.manifest["host_ops"] == 0, name
+    run = golden(compiled, path)
+    record_property("golden", [r.to_json() for r in run.results])
+    failed = [r for r in run.results if not r.passed]
+    if failed and cliff and cliff.stage == "golden" and {r.name for r in failed} == {cliff.match}:
+        raise KnownCliff(f"{name}: {failed}")
+    assert not failed, (name, failed)
+    assert compile_cpu_s < COMPILE_BUDGET_S, f"{name} compiled in {compile_cpu_s:.1f} CPU s ({compile_s:.1f} s " \
+                                             f"wall; target {COMPILE_BUDGET_S} s)"
+
+
+@pytest.mark.parametrize("name", FAMILY_CASES)
+def test_family_compiles_and_passes_the_golden_rule(name: str, model_cache: Path, record_property) -> None:
+    check_family(name, exported(name, model_cache), record_property)
+
+
+@pytest.mark.parametrize("name", TENSTORRENT_CASES)
+def test_tenstorrent_configuration_fits_the_e150_and_passes(name: str, model_cache: Path,
+                                                             record_property) -> None:
+    """Compiles within the e150's DRAM and L1 (the compiler refuses otherwise), runs once, golden."""
+    path = exported(name, model_cache)
+    check_family(name, path, record_property)
+
+
+def test_degeneracy_check_rejects_constant_outputs_and_rows() -> None:
+    """The non-degeneracy rule itself: a zero or constant output, or one constant row, is degenerate; a
+    softmax over 6625 classes of unit-std logits is not."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 1000)).astype(np.float32)
+    assert degeneracy("logits", logits) is None
+    assert "constant" in degeneracy("zeros", np.zeros((1, 1000), np.float32))
+    assert "constant" in degeneracy("flat", np.full((2, 8), 3.5, np.float32))
+    one_row = logits.copy()
+    one_row[2] = 0.25
+    assert "1 constant rows of 4" in degeneracy("rows", one_row)
+    exp = np.exp(rng.standard_normal((40, 6625)))
+    assert degeneracy("probabilities", (exp / exp.sum(-1, keepdims=True)).astype(np.float32)) is None
+    assert degeneracy("ids", np.zeros((3,), np.int64)) is None  # integer outputs are compared exactly
+    with pytest.raises(DegenerateOutput, match="'b'"):
+        assert_not_degenerate({"a": logits, "b": np.ones((3, 3), np.float32)})
+
+
+def test_e150_budget_is_the_cards() -> None:
+    """The Tenstorrent test relies on the compiler's own fit against the e150: 1 MiB L1 per core."""
+    assert E150.l1_size == 1 << 20
