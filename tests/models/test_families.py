@@ -191,3 +191,25 @@ def test_degeneracy_check_rejects_constant_outputs_and_rows() -> None:
     assert degeneracy("ids", np.zeros((3,), np.int64)) is None  # integer outputs are compared exactly
     with pytest.raises(DegenerateOutput, match="'b'"):
         assert_not_degenerate({"a": logits, "b": np.ones((3, 3), np.float32)})
+
+
+@needs_exporter
+@pytest.mark.slow
+def test_hf_default_initialisation_is_degenerate_and_the_perturbation_fixes_it() -> None:
+    """Why every model test checks its reference: HF's EfficientNet-B0 (the issue's config) outputs exactly
+    zero logits at its default initialisation; export_families' seeded re-initialisation does not."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224,
+                                             hidden_dim=1280)
+    model = transformers.EfficientNetForImageClassification(config).eval()
+    image = torch.randn((1, 3, 224, 224), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        default = model(pixel_values=image).logits.numpy()
+        export_families.he_init(model, 1)
+        export_families.perturb(model, 2)
+        perturbed = model(pixel_values=image).logits.numpy()
+    assert "constant" in degeneracy("logits", default)
+    assert degeneracy("logits", perturbed) is None
