@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +51,14 @@ class KnownCliff(Exception):
 @dataclass(frozen=True)
 class Cliff:
     stage: str  # "compile" (a TtcError) or "golden" (the golden rule fails)
-    match: str  # a regex the error text must match (compile), or the failing output's name (golden)
+    match: str  # text the error message contains (compile), or the failing output's name (golden)
     item: str  # the issue-15 item that removes it
+    max_rel_l2: float = 0.0  # golden: the recorded failure's relative L2 error may not grow past this
 
     def mark(self) -> pytest.MarkDecorator:
-        return pytest.mark.xfail(strict=True, raises=KnownCliff, reason=f"{self.stage}: {self.match} "
-                                                                        f"[{self.item}]")
+        limit = f" with rel L2 <= {self.max_rel_l2}" if self.stage == "golden" else ""
+        return pytest.mark.xfail(strict=True, raises=KnownCliff,
+                                 reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
 
 
 CONV = "1. any convolution window"
@@ -66,21 +67,21 @@ MOVE = "3. any data movement"
 
 
 def _movement(text: str) -> str:
-    return re.escape(text) + re.escape(" is not a tile-granular data movement")
+    return text + " is not a tile-granular data movement"
 
 
 # The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
-PATCH = Cliff("compile", re.escape("a 16x16 kernel has more than 128 positions"), CONV)
+PATCH = Cliff("compile", "a 16x16 kernel has more than 128 positions", CONV)
 SWIN = Cliff("compile", _movement("reshape to [1, 56, 56, 96] then transpose to [1, 56, 96, 56] then reshape to "
                                   "[5376, 56] from [1, 3136, 96]"), MOVE)
 CONVNEXT = Cliff("compile", _movement("transpose to [1, 96, 56, 56] from [1, 56, 56, 96]"), MOVE)
-EFFICIENTNET = Cliff("compile", re.escape("a 1280x1280 pool has more than 128 positions"), CONV)
+EFFICIENTNET = Cliff("compile", "a 1280x1280 pool has more than 128 positions", CONV)
 YOLO = Cliff("compile", _movement("concat to [1, 48, 160, 160] then transpose to [1, 160, 160, 48] then reshape to "
                                   "[25600, 48] from [1, 16, 160, 160] and [1, 16, 160, 160] and "
                                   "[1, 16, 160, 160]"), MOVE)
-DBNET = Cliff("compile", re.escape("'ttir.embedding' does not fit in L1 on e150: its smallest footprint over all "
-                                   "grids and blockings is 3293216 bytes"), CONV)
-CRNN = Cliff("compile", re.escape("an eltwise op with 40 inputs (at most 16)"), MOVE)
+DBNET = Cliff("compile", "'ttir.embedding' does not fit in L1 on e150: its smallest footprint over all grids "
+                         "and blockings is 3293216 bytes", CONV)
+CRNN = Cliff("compile", "an eltwise op with 40 inputs (at most 16)", MOVE)
 CLIFFS: dict[str, Cliff] = {
     "vit-base-mini": PATCH, "vit-base": PATCH, "vit-base-b8": PATCH,
     "deit-small-mini": PATCH, "deit-small": PATCH,
@@ -91,12 +92,10 @@ CLIFFS: dict[str, Cliff] = {
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
     # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
-    "t5-small-encoder": Cliff("golden", "last_hidden_state", "bf16 accuracy at depth (T5 layer norm without "
-                                                             "mean subtraction, unscaled attention)"),
-    "t5-small-decoder": Cliff("golden", "logits", "bf16 accuracy at depth (T5 layer norm without mean "
-                                                  "subtraction, unscaled attention)"),
-    "resnet50-b20": Cliff("compile", re.escape("'ttir.concat' does not fit in L1 on e150: its smallest footprint "
-                                               "over all grids and blockings is 837664 bytes"), CONV),
+    "t5-small-encoder": Cliff("golden", "last_hidden_state", "not issue 15: bf16 accuracy at depth", 0.08),
+    "t5-small-decoder": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.12),
+    "resnet50-b20": Cliff("compile", "'ttir.concat' does not fit in L1 on e150: its smallest footprint over all "
+                                     "grids and blockings is 837664 bytes", CONV),
 }
 
 
@@ -139,7 +138,7 @@ def check_family(name: str, path: Path, record_property, budget_s: float | None 
     try:
         compiled, compile_s, compile_cpu_s = compile_timed(path)
     except TtcError as error:
-        if cliff and cliff.stage == "compile" and re.search(cliff.match, str(error)):
+        if cliff and cliff.stage == "compile" and cliff.match in str(error):
             raise KnownCliff(f"{name}: {error}") from error
         raise
     record_property("compile_s", round(compile_s, 2))
@@ -148,7 +147,8 @@ def check_family(name: str, path: Path, record_property, budget_s: float | None 
     run = golden(compiled, path)
     record_property("golden", [r.to_json() for r in run.results])
     failed = [r for r in run.results if not r.passed]
-    if failed and cliff and cliff.stage == "golden" and {r.name for r in failed} == {cliff.match}:
+    if (failed and cliff and cliff.stage == "golden" and {r.name for r in failed} == {cliff.match}
+            and all(r.pcc >= 0.99 and r.rel_l2_err <= cliff.max_rel_l2 for r in failed)):
         raise KnownCliff(f"{name}: {failed}")
     assert not failed, (name, failed)
     if budget_s is not None:
