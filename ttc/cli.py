@@ -9,7 +9,10 @@
                       [--emulator native|reference] [--threads N] [--repeat N]
                       [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz] [--quiet]
     ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input ...] [--seed N] [--top N] [--static]
-                      [--emulator native|reference] [--threads N] [--json FILE] [--quiet]
+                      [--emulator native|reference] [--threads N] [--json FILE] [--trace FILE.json]
+                      [--csv FILE.csv] [--quiet]
+    ttc report MODEL.ttc|MODEL.onnx -o REPORT.html [compile options] [--golden [--model M.onnx]]
+                      [--node-data OUT.json] [--top N]
     ttc inspect MODEL.ttc [--json]
     ttc completion bash|zsh
 
@@ -176,10 +179,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(prof)
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
+    prof.add_argument("--trace", metavar="FILE.json",
+                      help="write Chrome/Perfetto trace events: one track per core, programs as slices with their "
+                           "counts as args (open in ui.perfetto.dev or chrome://tracing)")
+    prof.add_argument("--csv", metavar="FILE.csv", help="write one CSV row per program")
     _add_quiet(prof)
     prof.add_argument("--static", action="store_true",
                       help="count the compiled kernels without running them (the same figures, no execution)")
     prof.set_defaults(handler=cmd_profile)
+
+    rep = commands.add_parser("report", help="a self-contained HTML report: programs, core grid, memory, accuracy",
+                              description="Write one HTML file (no network, no server) about a compiled model: the "
+                                          "per-program table, the core grid of the selected program, L1 and DRAM "
+                                          "over program order, the slowest programs, time by kind and bound, the "
+                                          "options and versions; with --golden, per-op PCC against onnxruntime.")
+    rep.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
+    rep.add_argument("-o", "--output", metavar="REPORT.html", help="the HTML file to write")
+    _add_compile_options(rep)
+    _add_input_options(rep)
+    rep.add_argument("--golden", action="store_true",
+                     help="run the per-op golden check (ttc run --golden --per-op) and show every program's PCC "
+                          "and relative L2 error, the first failing node highlighted")
+    rep.add_argument("--model", dest="golden_model", metavar="M.onnx",
+                     help="the ONNX model to compare with and to key --node-data by (default: the source model)")
+    rep.add_argument("--pcc", type=float, default=0.99, help="per-op PCC threshold (default 0.99)")
+    rep.add_argument("--rel-l2", type=float, default=0.05, help="per-op relative L2 threshold (default 0.05)")
+    rep.add_argument("--node-data", metavar="OUT.json",
+                     help="write Model Explorer node data keyed by ONNX node name: modelled time per node to "
+                          "OUT.json and, with --golden, per-op PCC to OUT.pcc.json (docs/report.md)")
+    rep.add_argument("--top", type=int, default=10, metavar="N", help="slowest programs to list (default 10)")
+    _add_quiet(rep)
+    rep.set_defaults(handler=cmd_report)
 
     insp = commands.add_parser("inspect", help="what a .ttc artifact holds, without running it",
                                description="Print a .ttc artifact's manifest: inputs, outputs, target and options, "
@@ -506,7 +536,73 @@ def cmd_profile(args: argparse.Namespace) -> int:
         report = {"device": device.arch, "summary": summarize(profile, device).to_json(),
                   "programs": [program_json(i, p) for i, p in enumerate(profile)]}
         write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.trace:
+        from ttc.profile import trace_events
+
+        write_text(args.trace, json.dumps(trace_events(compiled.module, profile, device)) + "\n")
+    if args.csv:
+        from ttc.profile import profile_csv
+
+        write_text(args.csv, profile_csv(compiled.module, profile))
     return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    import onnx
+
+    from ttc import evaluate
+    from ttc.fileio import write_text
+    from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+    from ttc.profile import static_profile
+    from ttc.report import gather, node_data, render_html, summary_lines
+
+    if not args.output and not args.node_data:
+        raise UserError("ttc report: error: give -o REPORT.html (and/or --node-data OUT.json)")
+    if args.top < 1:
+        raise UserError(f"--top needs a positive number of programs, not {args.top}")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"{args.output}: is a directory; -o names the HTML file to write")
+    compiled, is_artifact = _load_or_compile(args)
+    device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
+    profile = static_profile(compiled.module, compiled.device_weights)
+    source = None
+    if args.golden or args.node_data:
+        source = evaluate.source_model_path(compiled, args.golden_model) if is_artifact \
+            else Path(args.golden_model or args.model)
+    checks = None
+    if args.golden:
+        from ttc.per_op import check_per_op
+
+        assert source is not None
+        model_proto = onnx.load(str(source), load_external_data=False)
+        given, sources = _input_files(args.input)
+        feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
+        checks = check_per_op(compiled, source, feeds, args.pcc, args.rel_l2)
+    data = gather(compiled, profile, device, Path(args.model).name, checks, args.top)
+    if args.output:
+        write_text(args.output, render_html(data))
+    if args.node_data:
+        assert source is not None
+        files = node_data(data, source)
+        write_text(args.node_data, json.dumps(files["time"], indent=2) + "\n")
+        if "pcc" in files:
+            write_text(_beside(args.node_data, ".pcc.json"), json.dumps(files["pcc"], indent=2) + "\n")
+    if not args.quiet:
+        for line in summary_lines(data):
+            print(line, file=sys.stderr)
+        written = [p for p in (args.output, args.node_data) if p]
+        if args.node_data and checks is not None:
+            written.append(str(_beside(args.node_data, ".pcc.json")))
+        print("wrote " + ", ".join(written), file=sys.stderr)
+    return EXIT_OK
+
+
+def _beside(path: str, suffix: str) -> Path:
+    """OUT.json -> OUT<suffix> (OUT.pcc.json)."""
+    p = Path(path)
+    return p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + suffix)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
