@@ -108,6 +108,13 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
                         help="print the IR after the named pass (stderr); repeatable")
     parser.add_argument("--timing", action="store_true", help="print a per-pass wall-time table (stderr)")
     parser.add_argument("--no-verify", action="store_true", help="skip the verifier between passes")
+    _add_print_locations(parser)
+
+
+def _add_print_locations(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-locations", action="store_true",
+                        help="print each op's loc(...) (its ONNX nodes) in IR printed to the terminal, as MLIR's "
+                             "--mlir-print-debuginfo; files written with -o or --dump-ir always keep them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--input-shape", action="append", metavar="NAME=1x128",
                      help="static shape for an input with dynamic dimensions; repeatable")
     imp.add_argument("--arch", choices=ARCHES, default="e150", help="target card (default e150)")
+    _add_print_locations(imp)
     imp.set_defaults(handler=cmd_import)
 
     opt = commands.add_parser("opt", help="parse, verify and transform IR text",
@@ -133,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--pipeline", metavar="SPEC", default="",
                      help="passes to run, e.g. 'canonicalize,decompose{keep-gemm=false}'")
     opt.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here and its weights beside it")
+    opt.add_argument("--print-program", type=int, metavar="N",
+                     help="print only device program N (the index `ttc profile` and `ttc report` show) of the "
+                          "result, with its attributes and reader/compute/writer kernels")
     _add_pass_options(opt)
     _add_quiet(opt)
     opt.set_defaults(handler=cmd_opt)
@@ -272,7 +283,7 @@ def _compile(args: argparse.Namespace):
                              input_shapes=_input_shapes(args.input_shape))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
                               dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
-                              stream=sys.stderr, progress=not args.quiet)
+                              stream=sys.stderr, progress=not args.quiet, print_locations=args.print_locations)
     return compile_model(args.model, options, diagnostics)
 
 
@@ -284,7 +295,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_onnx_path(args.model)
     module = import_model(args.model, input_shapes=_input_shapes(args.input_shape), arch=args.arch)
     verify(module)
-    _emit(module, args.output)
+    _emit(module, args.output, args.print_locations)
     return EXIT_OK
 
 
@@ -299,6 +310,8 @@ def cmd_opt(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.input is None:
         raise UserError("ttc opt: error: the following arguments are required: FILE.mlir (or --list-passes)")
+    if args.print_program is not None and args.output:
+        raise UserError("ttc opt: error: --print-program prints to the terminal; it does not combine with -o")
     if args.input == "-":
         module = parse_module(sys.stdin.read(), "<stdin>")
     else:
@@ -319,12 +332,29 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
             manager = PassManager(passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
                                   print_ir_after=tuple(args.print_ir_after), timing=args.timing, stream=sys.stderr,
-                                  after_pass=after_pass)
+                                  after_pass=after_pass, print_locations=args.print_locations)
             manager.run(module)
     elif not args.no_verify:
         verify(module)
-    _emit(module, args.output)
+    if args.print_program is not None:
+        sys.stdout.write(_program_text(module, args.print_program, args.print_locations))
+        return EXIT_OK
+    _emit(module, args.output, args.print_locations)
     return EXIT_OK
+
+
+def _program_text(module, index: int, locations: bool) -> str:
+    from ttc.ir.printer import print_program, program_count
+
+    if not any(f.name == "main" for f in module.functions):
+        raise UserError("--print-program: the module has no @main function")
+    count = program_count(module)
+    if count == 0:
+        raise UserError("--print-program: the module has no device programs yet (they appear after the "
+                        "lower-to-kernels pass; add --pipeline ...,lower-to-kernels,allocate or give a compiled dump)")
+    if not 0 <= index < count:
+        raise UserError(f"--print-program {index}: the module has {count} programs, numbered 0 to {count - 1}")
+    return print_program(module, index, locations)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -672,13 +702,16 @@ def _check_ir_path(path: str) -> None:
         raise UserError(f"{path}: this is {what}") from None
 
 
-def _emit(module: object, output: str | None) -> None:
+def _emit(module: object, output: str | None, locations: bool = False) -> None:
+    """To a file (with its weights beside it; locations always kept), or to stdout: locations only with
+    --print-locations, as MLIR prints debug info only when asked."""
     from ttc.fileio import write_module
+    from ttc.ir.printer import print_module
 
     if output:
         write_module(output, module)  # type: ignore[arg-type]
     else:
-        sys.stdout.write(str(module))
+        sys.stdout.write(print_module(module, locations=locations))  # type: ignore[arg-type]
 
 
 def _version() -> str:
