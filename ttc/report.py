@@ -186,7 +186,8 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 0 24px 40px; color: #222; }
 h1 { font-size: 20px; margin: 16px 0 4px; } h2 { font-size: 16px; margin: 20px 0 6px; }
 .muted { color: #666; } .num { text-align: right; font-variant-numeric: tabular-nums; }
 .row { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; max-width: 600px; }
+dd { margin: 0; word-break: break-all; }
 table { border-collapse: collapse; } th, td { padding: 2px 8px; border-bottom: 1px solid #eee; }
 th { text-align: left; background: #f5f5f5; position: sticky; top: 0; }
 #programs tbody tr { cursor: pointer; } #programs tbody tr:hover { background: #f0f7ff; }
@@ -265,7 +266,7 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; marg
 
   // ---- the memory plot
   const mem = document.getElementById("memory");
-  const W = 560, H = 260, L = 60, R = 60, T = 16, B = 30;
+  const W = 580, H = 290, L = 60, R = 70, T = 16, B = 60;
   mem.setAttribute("width", W); mem.setAttribute("height", H);
   const n = Math.max(P.length, 1);
   const xs = (i) => L + (n === 1 ? (W - L - R) / 2 : i * (W - L - R) / (n - 1));
@@ -275,8 +276,8 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; marg
   mem.appendChild(el("svg:text", {x: 2, y: T + 4, fill: "#1f77b4"}, kib(l1max)));
   mem.appendChild(el("svg:text", {x: W - R + 4, y: T + 4, fill: "#d62728"}, mib(drmax)));
   mem.appendChild(el("svg:text", {x: 2, y: H - B}, "0"));
-  mem.appendChild(el("svg:text", {x: L, y: H - 8}, "program 0"));
-  mem.appendChild(el("svg:text", {x: W - R - 60, y: H - 8}, "program " + (P.length - 1)));
+  mem.appendChild(el("svg:text", {x: L, y: H - B + 14}, "program 0"));
+  mem.appendChild(el("svg:text", {x: W - R - 60, y: H - B + 14}, "program " + (P.length - 1)));
   const series = (cls, color, ys, key) => {
     if (!P.length) return;
     mem.appendChild(el("svg:polyline", {fill: "none", stroke: color, "stroke-width": 1.5, class: cls + "-line",
@@ -290,13 +291,17 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; marg
   };
   series("l1", "#1f77b4", yl, "l1_bytes");
   series("dram", "#d62728", yd, "dram_bytes");
-  const peak = (i, ys, key, color, label) => {
+  const peak = (i, ys, key, color, label, row) => {  // the peak circled, named in the legend below the plot
     if (i === null || i === undefined) return;
     mem.appendChild(el("svg:circle", {cx: xs(i), cy: ys(P[i][key]), r: 6, fill: "none", stroke: color, "stroke-width": 2, class: "peak"}));
-    mem.appendChild(el("svg:text", {x: Math.min(xs(i) + 8, W - R - 90), y: Math.max(ys(P[i][key]) - 6, T + 10), fill: color}, label));
+    mem.appendChild(el("svg:circle", {cx: L + 5, cy: H - B + 26 + 14 * row, r: 5, fill: "none", stroke: color, "stroke-width": 2}));
+    mem.appendChild(el("svg:text", {x: L + 16, y: H - B + 30 + 14 * row, fill: color},
+      label + " at program " + i + " (" + P[i].node + ")"));
   };
-  peak(S.l1_peak_program, yl, "l1_bytes", "#1f77b4", "L1 peak " + (S.l1_peak_program !== null ? kib(P[S.l1_peak_program].l1_bytes) : ""));
-  peak(S.dram_peak_program, yd, "dram_bytes", "#d62728", "DRAM peak " + (S.dram_peak_program !== null ? mib(P[S.dram_peak_program].dram_bytes) : ""));
+  if (P.length) {
+    peak(S.l1_peak_program, yl, "l1_bytes", "#1f77b4", "L1 per core, peak " + kib(P[S.l1_peak_program].l1_bytes), 0);
+    peak(S.dram_peak_program, yd, "dram_bytes", "#d62728", "DRAM in use, peak " + mib(P[S.dram_peak_program].dram_bytes), 1);
+  }
   const cursor = el("svg:line", {x1: L, x2: L, y1: T, y2: H - B, stroke: "#333", "stroke-dasharray": "3,3", id: "memory-cursor"});
   mem.appendChild(cursor);
 
