@@ -335,6 +335,11 @@ def program_cores(op: Operation, device: DeviceAttr) -> list[int]:
     return [int(c) for c in core_bank(np.arange(grid.num_cores), (grid.x, grid.y), device.compute_grid[0])]
 
 
+def _grid_text(op: Operation) -> str:
+    grid = op.attr("grid")
+    return f"{grid.x}x{grid.y}"
+
+
 @dataclass(frozen=True)
 class MemoryPoint:
     """What is allocated while one program runs."""
@@ -423,7 +428,7 @@ def trace_events(module: Module, profile: Sequence[ProgramProfile], device: Devi
                        "args": {"sort_index": core + 1}})
     start = 0.0
     for index, (op, p) in enumerate(zip(ops, profile, strict=True)):
-        args = {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "grid": str(op.attr("grid")),
+        args = {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "grid": _grid_text(op),
                 "bound": p.bound, "cycles": p.cycles, "compute_cycles": p.compute_cycles, "dram_cycles": p.dram_cycles,
                 "noc_cycles": p.noc_cycles, "launch_cycles": p.launch_cycles, "dram_bytes": p.dram_bytes,
                 "noc_bytes_per_core": p.noc_bytes, "local_bytes_per_core": p.local_bytes,
@@ -457,7 +462,7 @@ def profile_csv(module: Module, profile: Sequence[ProgramProfile]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for index, (op, p) in enumerate(zip(ops, profile, strict=True)):
-        writer.writerow([index, p.kind, p.nodes[-1] if p.nodes else "", ";".join(p.nodes), p.cores, str(op.attr("grid")),
+        writer.writerow([index, p.kind, p.nodes[-1] if p.nodes else "", ";".join(p.nodes), p.cores, _grid_text(op),
                          p.bound, f"{p.time_us:.6g}", f"{p.time_us / total if total else 0.0:.6g}", f"{p.cycles:.6g}",
                          f"{p.compute_cycles:.6g}", f"{p.dram_cycles:.6g}", f"{p.noc_cycles:.6g}",
                          f"{p.launch_cycles:.6g}", p.dram_bytes, p.noc_bytes, p.local_bytes])

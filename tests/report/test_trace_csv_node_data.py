@@ -74,6 +74,8 @@ def test_trace_and_csv(encoder: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert [int(r["program"]) for r in rows] == list(range(len(programs)))
     for row, p in zip(rows, programs, strict=True):
         assert row["kind"] == p["kind"] and int(row["cores"]) == p["cores"] and row["bound"] == p["bound"]
+        gx, gy = (int(n) for n in row["grid"].split("x"))
+        assert gx * gy == p["cores"]
         assert float(row["time_us"]) == pytest.approx(p["time_us"], rel=1e-5)
         assert row["nodes"].split(";") == p["nodes"]
     assert sum(float(r["share"]) for r in rows) == pytest.approx(1.0, rel=1e-4)
