@@ -118,7 +118,7 @@ def test_report_encoder_in_chromium(browser, tmp_path):
     from ttc.zoo import encoder_block, save
 
     model = tmp_path / "encoder.onnx"
-    save(encoder_block(), model)
+    save(encoder_block(seq=64, hidden=64, heads=2, ffn=128), model)
     out = tmp_path / "encoder.html"
     assert main(["report", str(model), "-o", str(out), "-q"]) == 0
     data = json.loads(out.read_text().split('id="report-data">', 1)[1].split("</script>", 1)[0])
