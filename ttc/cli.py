@@ -585,7 +585,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ttc import evaluate
     from ttc.fileio import write_text
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
-    from ttc.profile import static_profile
+    from ttc.profile import static_profile_with_loads
     from ttc.report import gather, node_data, render_html, summary_lines
 
     if not args.output and not args.node_data:
@@ -596,7 +596,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"{args.output}: is a directory; -o names the HTML file to write")
     compiled, is_artifact = _load_or_compile(args)
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
-    profile = static_profile(compiled.module, compiled.device_weights)
+    counted = static_profile_with_loads(compiled.module, compiled.device_weights)
+    profile = [p for p, _ in counted]
     source = None
     if args.golden or args.node_data:
         source = evaluate.source_model_path(compiled, args.golden_model) if is_artifact \
@@ -610,7 +611,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         given, sources = _input_files(args.input)
         feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
         checks = check_per_op(compiled, source, feeds, args.pcc, args.rel_l2)
-    data = gather(compiled, profile, device, Path(args.model).name, checks, args.top)
+    data = gather(compiled, profile, device, Path(args.model).name, checks, args.top, [w for _, w in counted])
     if args.output:
         write_text(args.output, render_html(data))
     if args.node_data:

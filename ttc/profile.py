@@ -57,6 +57,7 @@ class _StaticCounter:
         self.plan = ProgramPlan(op)
         self.formats = cb_formats(op)
         self.builder = target.CountsBuilder(self.cores)
+        self.written = np.zeros(self.cores, dtype=np.int64)  # pages each core writes out (the report's load)
         self.banks = core_bank(np.arange(self.cores), (self.grid.x, self.grid.y), desc.compute_grid[0])
         self.constants = constants  # operand index -> [pages, page_size] bytes of a constant buffer
         self.owners: dict[int, Any] = {}
@@ -156,6 +157,8 @@ class _StaticCounter:
             tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"]).values
             pages = start + tiles[None, :]
             if len(op.operands) < 3:
+                if write:
+                    self.written += len(tiles) * scale
                 self._static(gen, len(tiles), write, scale)
                 self._local(gen, pages)
                 return
@@ -163,6 +166,8 @@ class _StaticCounter:
             columns = np.arange(a["cols"])[None, None, :]
             wanted = np.broadcast_to(columns < valid, (self.cores, a["rows"], a["cols"])).reshape(self.cores, -1)
             self._masked(gen, int(wanted.sum()), write)
+            if write:
+                self.written += wanted.sum(axis=1)
             if not write:
                 self._local(gen, pages, wanted)
             return
@@ -198,6 +203,7 @@ class _StaticCounter:
             return
         valid = np.broadcast_to(np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1), (self.cores,))
         self._masked(gen, int(valid.sum()), True)  # noc_write_rows
+        self.written += valid
 
     def _index_values(self, cb: int) -> np.ndarray:
         """int32 values [cores, entries] of the index page each core last read into `cb`."""
@@ -222,6 +228,13 @@ def _constant_pages(main: Block, device_weights: Mapping[str, np.ndarray]) -> di
 def static_profile(module: Module, device_weights: Mapping[str, np.ndarray]) -> list[ProgramProfile]:
     """Every program's profile from the compiled module alone (its kernels counted, nothing run): the same
     counts, hence the same profile, as running it on either emulator."""
+    return [profile for profile, _ in static_profile_with_loads(module, device_weights)]
+
+
+def static_profile_with_loads(module: Module, device_weights: Mapping[str, np.ndarray]
+                              ) -> list[tuple[ProgramProfile, np.ndarray]]:
+    """`static_profile`, each program with the pages each of its cores writes out (its share of the
+    program's output: the same on every core but at a ragged edge)."""
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
 
     desc = module.attributes.get(DEVICE_ATTR_NAME) or E150
@@ -232,7 +245,8 @@ def static_profile(module: Module, device_weights: Mapping[str, np.ndarray]) -> 
         if op.name != "ttmetal.enqueue_program":
             continue
         by_operand = {i: constants[id(v)] for i, v in enumerate(op.operands) if id(v) in constants}
-        profiles.append(profile_of(desc, op, _StaticCounter(op, desc, by_operand).count()))
+        counter = _StaticCounter(op, desc, by_operand)
+        profiles.append((profile_of(desc, op, counter.count()), counter.written))
     return profiles
 
 

@@ -7,8 +7,8 @@ program index, which `ttc profile`, the trace, the CSV and the IR's `// program 
 - a table: ONNX node, kind, cores, bound, modelled time and share (with `--golden`, the per-op PCC and
   relative L2 error of `ttc run --golden --per-op`, the first failing node highlighted);
 - the compute grid of the card with the selected program's cores coloured by their compute utilisation
-  (the share of the program's modelled time its math engines are busy: compute cycles / cycles; every
-  core of a program runs the same kernels, so they share one figure) and idle cores grey;
+  (the share of the program's modelled time its math engines are busy, compute cycles / cycles, scaled per
+  core by the pages it writes relative to the busiest core) and idle cores grey;
 - L1 per core (live L1 buffers + the program's circular buffers, as `allocate` counts them) and the DRAM
   in use (live buffers, resident weights included) over program order, the peaks marked;
 - the slowest programs, the time by kind and by bound, the compile options and the versions.
@@ -46,9 +46,12 @@ def _versions() -> dict[str, str]:
 
 
 def gather(compiled: Any, profile: Sequence[ProgramProfile], device: DeviceAttr, title: str,
-           checks: Sequence[Any] | None = None, top: int = TOP_N) -> dict[str, Any]:
+           checks: Sequence[Any] | None = None, top: int = TOP_N,
+           loads: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """The report's data (JSON-able): the summary, one record per program, the memory timeline, the options
-    and versions; `checks` are the per-op golden checks (ttc.per_op.NodeCheck), one per program."""
+    and versions; `checks` are the per-op golden checks (ttc.per_op.NodeCheck), one per program; `loads`
+    the pages each core of each program writes (`static_profile_with_loads`): a core's utilisation is the
+    program's scaled by its share of the busiest core's output (lower at a ragged edge)."""
     from ttc.passes.allocate import DRAM_PEAK, L1_PEAK
 
     module = compiled.module
@@ -63,13 +66,17 @@ def gather(compiled: Any, profile: Sequence[ProgramProfile], device: DeviceAttr,
     programs = []
     for index, (op, p, mem) in enumerate(zip(ops, profile, memory, strict=True)):
         grid = op.attr("grid")
+        utilisation = min(1.0, p.compute_cycles / p.cycles) if p.cycles else 0.0
+        written = [int(n) for n in loads[index]] if loads is not None else [1] * p.cores
+        busiest = max(written, default=0)
         record: dict[str, Any] = {
             "index": index, "node": node_label(p, 80), "nodes": list(p.nodes), "kind": p.kind, "cores": p.cores,
             "grid": [grid.x, grid.y], "core_ids": program_cores(op, device), "bound": p.bound,
             "time_us": p.time_us, "share": p.time_us / total if total else 0.0, "cycles": p.cycles,
             "compute_cycles": p.compute_cycles, "dram_cycles": p.dram_cycles, "noc_cycles": p.noc_cycles,
             "launch_cycles": p.launch_cycles,
-            "utilisation": min(1.0, p.compute_cycles / p.cycles) if p.cycles else 0.0,
+            "utilisation": utilisation, "core_pages": written,
+            "core_utilisation": [utilisation * n / busiest if busiest else utilisation for n in written],
             "dram_traffic": p.dram_bytes, "noc_bytes_per_core": p.noc_bytes,
             "l1_bytes": mem.l1_bytes, "l1_buffers": mem.l1_buffers, "cb_bytes": mem.cb_bytes,
             "dram_bytes": mem.dram_bytes}
@@ -370,9 +377,14 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; marg
     current = i;
     rows[i].classList.add("selected");
     const p = P[i], busy = new Set(p.core_ids);
+    const slot = new Map(p.core_ids.map((core, j) => [core, j]));
     cells.forEach((c, k) => {
-      c.setAttribute("fill", busy.has(k) ? heat(p.utilisation) : "#ccc");
-      c.setAttribute("data-busy", busy.has(k) ? "1" : "0");
+      const j = slot.get(k), x = k % GX, y = Math.floor(k / GX);
+      c.setAttribute("fill", j !== undefined ? heat(p.core_utilisation[j]) : "#ccc");
+      c.setAttribute("data-busy", j !== undefined ? "1" : "0");
+      c.firstChild.textContent = "core (" + x + "," + y + ")" + (j !== undefined
+        ? ": program core " + j + ", " + p.core_pages[j] + " output pages, compute utilisation " + pct(p.core_utilisation[j])
+        : ": idle");
     });
     cursor.setAttribute("x1", xs(i)); cursor.setAttribute("x2", xs(i));
     document.getElementById("selected-label").textContent = "program " + i + " — " + p.node;

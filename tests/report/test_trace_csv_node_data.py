@@ -95,6 +95,16 @@ def test_report_data_memory_and_node_data(encoder: Path, tmp_path: Path,
     assert all(p["l1_bytes"] <= data["device"]["l1_size"] - data["device"]["l1_reserved"] for p in data["programs"])
     assert max(p["dram_bytes"] for p in data["programs"]) <= s["dram_peak_bytes"]
     assert all(p["pcc"] is None or p["pcc"] > 0.99 for p in data["programs"]) and data["first_failure"] is None
+    # per core: the pages it writes add up to the program's output; utilisation at most the program's
+    from ttc.compiler import compile_model
+    from ttc.passes.footprint import num_pages
+    from ttc.profile import program_ops
+
+    ops = program_ops(compile_model(encoder).module)
+    for op, p in zip(ops, data["programs"], strict=True):
+        assert len(p["core_pages"]) == len(p["core_ids"]) == p["cores"]
+        assert sum(p["core_pages"]) == num_pages(op.operands[-1].type)
+        assert max(p["core_utilisation"]) == pytest.approx(p["utilisation"])
     model = onnx.load(str(encoder))
     names = {n.name for n in model.graph.node}
     overlay = json.loads(node_data.read_text())
