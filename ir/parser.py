@@ -95,6 +95,7 @@ class IRBuilderTransformer(Transformer):
         self.filename = filename
         self.values: dict[str, Value] = {}
         self.value_tokens: dict[str, Token] = {}
+        self.aliases: dict[str, Any] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -119,7 +120,19 @@ class IRBuilderTransformer(Transformer):
     # -- module and functions ---------------------------------------------------------------------
 
     def start(self, children: list[Any]) -> Operation:
-        return children[0]
+        return children[-1]
+
+    def alias_def(self, children: list[Any]) -> None:
+        token, value = children
+        if str(token) in self.aliases:
+            raise _fail(f"attribute alias {token} is defined twice", token)
+        self.aliases[str(token)] = value
+
+    def alias_ref(self, children: list[Token]) -> Any:
+        token = children[0]
+        if str(token) not in self.aliases:
+            raise _fail(f"undefined attribute alias {token} (define it above the module: {token} = ...)", token)
+        return self.aliases[str(token)]
 
     def module(self, children: list[Any]) -> Operation:
         attrs = children[0] if children and isinstance(children[0], dict) else {}
@@ -217,21 +230,27 @@ class IRBuilderTransformer(Transformer):
         operand_tokens: list[Token] = []
         regions: list[Region] = []
         attributes: dict[str, Any] = {}
-        for item in children[1:-2]:
+        ftype: FunctionType | None = None
+        loc: Location = UnknownLoc()
+        for item in children[1:]:
             if isinstance(item, Token):
                 operand_tokens.append(item)
             elif isinstance(item, list):
                 regions = item
             elif isinstance(item, dict):
                 attributes = item
+            elif isinstance(item, FunctionType):
+                ftype = item
+            elif isinstance(item, Location):
+                loc = item
         return _OpSpec(name=unquote(name_token), name_token=name_token, operand_tokens=operand_tokens,
-                       regions=regions, attributes=attributes, type=children[-2], loc=children[-1])
+                       regions=regions, attributes=attributes, type=ftype, loc=loc)
 
     def return_op(self, children: list[Any]) -> Operation:
         token, *rest = children
-        loc = rest[-1]
-        tokens = [c for c in rest[:-1] if isinstance(c, Token)]
-        types = [c for c in rest[:-1] if isinstance(c, Type)]
+        loc = rest[-1] if rest and isinstance(rest[-1], Location) else UnknownLoc()
+        tokens = [c for c in rest if isinstance(c, Token)]
+        types = [c for c in rest if isinstance(c, Type)]
         if len(tokens) != len(types):
             raise _fail(f"func.return lists {len(tokens)} values but {len(types)} types", token)
         operands = [self.lookup(t, ty) for t, ty in zip(tokens, types, strict=True)]
@@ -476,7 +495,7 @@ _TOKEN_NAMES = {
     "FLOAT": "a float", "SCALAR_TYPE": "an element type", "TENSOR_START": "a tensor type",
     "BARE_ID": "an identifier", "DIALECT_ATTR": "an attribute", "DIALECT_TYPE": "a !dialect type",
     "SYMBOL": "a @symbol", "FUNC": "'func.func'", "RETURN": "'func.return'", "BLOCK_ID": "a ^block",
-    "LOC": "'loc'", "DIMS": "dimensions like 4x4",
+    "LOC": "'loc'", "DIMS": "dimensions like 4x4", "ALIAS_ID": "an #alias",
 }
 
 

@@ -259,7 +259,8 @@ class PassManager:
 
     def __init__(self, passes: Sequence[Pass] | str, verify: bool = True, print_ir_after_all: bool = False,
                  print_ir_after: Iterable[str] = (), timing: bool = False, stream: TextIO | None = None,
-                 after_pass: Callable[[int, Pass, Module], None] | None = None) -> None:
+                 after_pass: Callable[[int, Pass, Module], None] | None = None,
+                 print_locations: bool = True) -> None:
         self.passes = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
         self.after_pass = after_pass  # called with (1-based index, pass, module) after each verified pass
         self.verify = verify
@@ -269,6 +270,7 @@ class PassManager:
             lookup_pass(name)  # a UserError for a misspelt name
         self.timing = timing
         self.stream = stream
+        self.print_locations = print_locations  # loc(...) in the IR dumps written to `stream`
 
     def run(self, module: Module) -> None:
         stream = self.stream or sys.stderr
@@ -297,7 +299,7 @@ class PassManager:
                 self._verify_after(p, module, stream)
                 verifier_seconds += time.perf_counter() - verify_start
             if self.print_ir_after_all or p.name in self.print_ir_after:
-                stream.write(f"{_dump_header(p)}\n{print_module(module)}\n")
+                stream.write(f"{_dump_header(p)}\n{print_module(module, self.print_locations)}\n")
             if self.after_pass is not None:
                 self.after_pass(len(rows), p, module)
         if self.timing:
@@ -310,7 +312,7 @@ class PassManager:
             verify_module(module)
         except IRError as exc:
             if self.print_ir_after_all or p.name in self.print_ir_after:
-                stream.write(f"{_dump_header(p, failed=True)}\n{print_module(module)}\n")
+                stream.write(f"{_dump_header(p, failed=True)}\n{print_module(module, self.print_locations)}\n")
             raise InternalCompilerError(
                 f"ttc: internal compiler error: pass '{p.name}' produced invalid IR (a bug in ttc, not in the "
                 f"model; please report it with the command line and the model):\n{exc.message}") from None

@@ -9,7 +9,10 @@
                       [--emulator native|reference] [--threads N] [--repeat N]
                       [--golden [--model M.onnx] [--per-op]] [--json FILE] [-o OUT.npz] [--quiet]
     ttc profile MODEL.ttc|MODEL.onnx [compile options] [--input ...] [--seed N] [--top N] [--static]
-                      [--emulator native|reference] [--threads N] [--json FILE] [--quiet]
+                      [--emulator native|reference] [--threads N] [--json FILE] [--trace FILE.json]
+                      [--csv FILE.csv] [--quiet]
+    ttc report MODEL.ttc|MODEL.onnx -o REPORT.html [compile options] [--golden [--model M.onnx]]
+                      [--node-data OUT.json] [--top N]
     ttc inspect MODEL.ttc [--json]
     ttc completion bash|zsh
 
@@ -105,6 +108,13 @@ def _add_pass_options(parser: argparse.ArgumentParser) -> None:
                         help="print the IR after the named pass (stderr); repeatable")
     parser.add_argument("--timing", action="store_true", help="print a per-pass wall-time table (stderr)")
     parser.add_argument("--no-verify", action="store_true", help="skip the verifier between passes")
+    _add_print_locations(parser)
+
+
+def _add_print_locations(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--print-locations", action="store_true",
+                        help="print each op's loc(...) (its ONNX nodes) in IR printed to the terminal, as MLIR's "
+                             "--mlir-print-debuginfo; files written with -o or --dump-ir always keep them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--input-shape", action="append", metavar="NAME=1x128",
                      help="static shape for an input with dynamic dimensions; repeatable")
     imp.add_argument("--arch", choices=ARCHES, default="e150", help="target card (default e150)")
+    _add_print_locations(imp)
     imp.set_defaults(handler=cmd_import)
 
     opt = commands.add_parser("opt", help="parse, verify and transform IR text",
@@ -130,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--pipeline", metavar="SPEC", default="",
                      help="passes to run, e.g. 'canonicalize,decompose{keep-gemm=false}'")
     opt.add_argument("-o", "--output", metavar="OUT.mlir", help="write the IR here and its weights beside it")
+    opt.add_argument("--print-program", type=int, metavar="N",
+                     help="print only device program N (the index `ttc profile` and `ttc report` show) of the "
+                          "result, with its attributes and reader/compute/writer kernels")
     _add_pass_options(opt)
     _add_quiet(opt)
     opt.set_defaults(handler=cmd_opt)
@@ -176,10 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(prof)
     prof.add_argument("--top", type=int, metavar="N", help="list only the N slowest programs")
     prof.add_argument("--json", metavar="FILE", help="write every program's figures and the sums as JSON")
+    prof.add_argument("--trace", metavar="FILE.json",
+                      help="write Chrome/Perfetto trace events: one track per core, programs as slices with their "
+                           "counts as args (open in ui.perfetto.dev or chrome://tracing)")
+    prof.add_argument("--csv", metavar="FILE.csv", help="write one CSV row per program")
     _add_quiet(prof)
     prof.add_argument("--static", action="store_true",
                       help="count the compiled kernels without running them (the same figures, no execution)")
     prof.set_defaults(handler=cmd_profile)
+
+    rep = commands.add_parser("report", help="a self-contained HTML report: programs, core grid, memory, accuracy",
+                              description="Write one HTML file (no network, no server) about a compiled model: the "
+                                          "per-program table, the core grid of the selected program, L1 and DRAM "
+                                          "over program order, the slowest programs, time by kind and bound, the "
+                                          "options and versions; with --golden, per-op PCC against onnxruntime.")
+    rep.add_argument("model", metavar="MODEL.ttc|MODEL.onnx")
+    rep.add_argument("-o", "--output", metavar="REPORT.html", help="the HTML file to write")
+    _add_compile_options(rep)
+    _add_input_options(rep)
+    rep.add_argument("--golden", action="store_true",
+                     help="run the per-op golden check (ttc run --golden --per-op) and show every program's PCC "
+                          "and relative L2 error, the first failing node highlighted")
+    rep.add_argument("--model", dest="golden_model", metavar="M.onnx",
+                     help="the ONNX model to compare with and to key --node-data by (default: the source model)")
+    rep.add_argument("--pcc", type=float, default=0.99, help="per-op PCC threshold (default 0.99)")
+    rep.add_argument("--rel-l2", type=float, default=0.05, help="per-op relative L2 threshold (default 0.05)")
+    rep.add_argument("--node-data", metavar="OUT.json",
+                     help="write Model Explorer node data keyed by ONNX node name: modelled time per node to "
+                          "OUT.json and, with --golden, per-op PCC to OUT.pcc.json (docs/report.md)")
+    rep.add_argument("--top", type=int, default=10, metavar="N", help="slowest programs to list (default 10)")
+    _add_quiet(rep)
+    rep.set_defaults(handler=cmd_report)
 
     gen = commands.add_parser("generate", help="generate text with a causal LM (GPT-2 class) on the emulated device",
                               description="Generate tokens after a prompt with a causal language model: prefill, "
@@ -281,7 +322,7 @@ def _compile(args: argparse.Namespace):
                              input_shapes=_input_shapes(args.input_shape))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
                               dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
-                              stream=sys.stderr, progress=not args.quiet)
+                              stream=sys.stderr, progress=not args.quiet, print_locations=args.print_locations)
     return compile_model(args.model, options, diagnostics)
 
 
@@ -293,7 +334,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_onnx_path(args.model)
     module = import_model(args.model, input_shapes=_input_shapes(args.input_shape), arch=args.arch)
     verify(module)
-    _emit(module, args.output)
+    _emit(module, args.output, args.print_locations)
     return EXIT_OK
 
 
@@ -308,6 +349,8 @@ def cmd_opt(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.input is None:
         raise UserError("ttc opt: error: the following arguments are required: FILE.mlir (or --list-passes)")
+    if args.print_program is not None and args.output:
+        raise UserError("ttc opt: error: --print-program prints to the terminal; it does not combine with -o")
     if args.input == "-":
         module = parse_module(sys.stdin.read(), "<stdin>")
     else:
@@ -328,12 +371,29 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
             manager = PassManager(passes, verify=not args.no_verify, print_ir_after_all=args.print_ir_after_all,
                                   print_ir_after=tuple(args.print_ir_after), timing=args.timing, stream=sys.stderr,
-                                  after_pass=after_pass)
+                                  after_pass=after_pass, print_locations=args.print_locations)
             manager.run(module)
     elif not args.no_verify:
         verify(module)
-    _emit(module, args.output)
+    if args.print_program is not None:
+        sys.stdout.write(_program_text(module, args.print_program, args.print_locations))
+        return EXIT_OK
+    _emit(module, args.output, args.print_locations)
     return EXIT_OK
+
+
+def _program_text(module, index: int, locations: bool) -> str:
+    from ttc.ir.printer import print_program, program_count
+
+    if not any(f.name == "main" for f in module.functions):
+        raise UserError("--print-program: the module has no @main function")
+    count = program_count(module)
+    if count == 0:
+        raise UserError("--print-program: the module has no device programs yet (they appear after the "
+                        "lower-to-kernels pass; add --pipeline ...,lower-to-kernels,allocate or give a compiled dump)")
+    if not 0 <= index < count:
+        raise UserError(f"--print-program {index}: the module has {count} programs, numbered 0 to {count - 1}")
+    return print_program(module, index, locations)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -545,7 +605,74 @@ def cmd_profile(args: argparse.Namespace) -> int:
         report = {"device": device.arch, "summary": summarize(profile, device).to_json(),
                   "programs": [program_json(i, p) for i, p in enumerate(profile)]}
         write_text(args.json, json.dumps(report, indent=2) + "\n")
+    if args.trace:
+        from ttc.profile import trace_events
+
+        write_text(args.trace, json.dumps(trace_events(compiled.module, profile, device)) + "\n")
+    if args.csv:
+        from ttc.profile import profile_csv
+
+        write_text(args.csv, profile_csv(compiled.module, profile))
     return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    import onnx
+
+    from ttc import evaluate
+    from ttc.fileio import write_text
+    from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+    from ttc.profile import static_profile_with_loads
+    from ttc.report import gather, node_data, render_html, summary_lines
+
+    if not args.output and not args.node_data:
+        raise UserError("ttc report: error: give -o REPORT.html (and/or --node-data OUT.json)")
+    if args.top < 1:
+        raise UserError(f"--top needs a positive number of programs, not {args.top}")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(f"{args.output}: is a directory; -o names the HTML file to write")
+    compiled, is_artifact = _load_or_compile(args)
+    device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
+    counted = static_profile_with_loads(compiled.module, compiled.device_weights)
+    profile = [p for p, _ in counted]
+    source = None
+    if args.golden or args.node_data:
+        source = evaluate.source_model_path(compiled, args.golden_model) if is_artifact \
+            else Path(args.golden_model or args.model)
+    checks = None
+    if args.golden:
+        from ttc.per_op import check_per_op
+
+        assert source is not None
+        model_proto = onnx.load(str(source), load_external_data=False)
+        given, sources = _input_files(args.input)
+        feeds = evaluate.make_inputs(compiled, given, args.seed, model_proto, sources)
+        checks = check_per_op(compiled, source, feeds, args.pcc, args.rel_l2)
+    data = gather(compiled, profile, device, Path(args.model).name, checks, args.top, [w for _, w in counted])
+    if args.output:
+        write_text(args.output, render_html(data))
+    if args.node_data:
+        assert source is not None
+        files = node_data(data, source)
+        write_text(args.node_data, json.dumps(files["time"], indent=2) + "\n")
+        if "pcc" in files:
+            write_text(_beside(args.node_data, ".pcc.json"), json.dumps(files["pcc"], indent=2) + "\n")
+    if not args.quiet:
+        for line in summary_lines(data):
+            print(line, file=sys.stderr)
+        written = [p for p in (args.output, args.node_data) if p]
+        if args.node_data and checks is not None:
+            written.append(str(_beside(args.node_data, ".pcc.json")))
+        print("wrote " + ", ".join(written), file=sys.stderr)
+    return EXIT_OK
+
+
+def _beside(path: str, suffix: str) -> Path:
+    """OUT.json -> OUT<suffix> (OUT.pcc.json)."""
+    p = Path(path)
+    return p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + suffix)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -654,13 +781,16 @@ def _check_ir_path(path: str) -> None:
         raise UserError(f"{path}: this is {what}") from None
 
 
-def _emit(module: object, output: str | None) -> None:
+def _emit(module: object, output: str | None, locations: bool = False) -> None:
+    """To a file (with its weights beside it; locations always kept), or to stdout: locations only with
+    --print-locations, as MLIR prints debug info only when asked."""
     from ttc.fileio import write_module
+    from ttc.ir.printer import print_module
 
     if output:
         write_module(output, module)  # type: ignore[arg-type]
     else:
-        sys.stdout.write(str(module))
+        sys.stdout.write(print_module(module, locations=locations))  # type: ignore[arg-type]
 
 
 def _version() -> str:

@@ -78,6 +78,7 @@ class Diagnostics:
     verify: bool = True
     stream: TextIO | None = None
     progress: bool = False  # a bar (one step per pass) on a terminal stream once compiling takes over 1 s
+    print_locations: bool = False  # loc(...) in the IR printed to `stream` (--dump-ir files always have them)
 
 
 def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions | None = None,
@@ -110,7 +111,7 @@ def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions |
 
         manager = PassManager(passes, verify=diagnostics.verify, print_ir_after_all=diagnostics.print_ir_after_all,
                               print_ir_after=tuple(diagnostics.print_ir_after), timing=diagnostics.timing,
-                              stream=stream, after_pass=after_pass)
+                              stream=stream, after_pass=after_pass, print_locations=diagnostics.print_locations)
         manager.run(module)
         _check_lowered(module)
         device_weights = pack_device_weights(module)

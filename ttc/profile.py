@@ -57,6 +57,7 @@ class _StaticCounter:
         self.plan = ProgramPlan(op)
         self.formats = cb_formats(op)
         self.builder = target.CountsBuilder(self.cores)
+        self.written = np.zeros(self.cores, dtype=np.int64)  # pages each core writes out (the report's load)
         self.banks = core_bank(np.arange(self.cores), (self.grid.x, self.grid.y), desc.compute_grid[0])
         self.constants = constants  # operand index -> [pages, page_size] bytes of a constant buffer
         self.owners: dict[int, Any] = {}
@@ -156,6 +157,8 @@ class _StaticCounter:
             tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"]).values
             pages = start + tiles[None, :]
             if len(op.operands) < 3:
+                if write:
+                    self.written += len(tiles) * scale
                 self._static(gen, len(tiles), write, scale)
                 self._local(gen, pages)
                 return
@@ -163,6 +166,8 @@ class _StaticCounter:
             columns = np.arange(a["cols"])[None, None, :]
             wanted = np.broadcast_to(columns < valid, (self.cores, a["rows"], a["cols"])).reshape(self.cores, -1)
             self._masked(gen, int(wanted.sum()), write)
+            if write:
+                self.written += wanted.sum(axis=1)
             if not write:
                 self._local(gen, pages, wanted)
             return
@@ -198,6 +203,7 @@ class _StaticCounter:
             return
         valid = np.broadcast_to(np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1), (self.cores,))
         self._masked(gen, int(valid.sum()), True)  # noc_write_rows
+        self.written += valid
 
     def _index_values(self, cb: int) -> np.ndarray:
         """int32 values [cores, entries] of the index page each core last read into `cb`."""
@@ -222,6 +228,13 @@ def _constant_pages(main: Block, device_weights: Mapping[str, np.ndarray]) -> di
 def static_profile(module: Module, device_weights: Mapping[str, np.ndarray]) -> list[ProgramProfile]:
     """Every program's profile from the compiled module alone (its kernels counted, nothing run): the same
     counts, hence the same profile, as running it on either emulator."""
+    return [profile for profile, _ in static_profile_with_loads(module, device_weights)]
+
+
+def static_profile_with_loads(module: Module, device_weights: Mapping[str, np.ndarray]
+                              ) -> list[tuple[ProgramProfile, np.ndarray]]:
+    """`static_profile`, each program with the pages each of its cores writes out (its share of the
+    program's output: the same on every core but at a ragged edge)."""
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
 
     desc = module.attributes.get(DEVICE_ATTR_NAME) or E150
@@ -232,7 +245,8 @@ def static_profile(module: Module, device_weights: Mapping[str, np.ndarray]) -> 
         if op.name != "ttmetal.enqueue_program":
             continue
         by_operand = {i: constants[id(v)] for i, v in enumerate(op.operands) if id(v) in constants}
-        profiles.append(profile_of(desc, op, _StaticCounter(op, desc, by_operand).count()))
+        counter = _StaticCounter(op, desc, by_operand)
+        profiles.append((profile_of(desc, op, counter.count()), counter.written))
     return profiles
 
 
@@ -318,3 +332,152 @@ def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: i
                  for key, (count, time) in table.items()] if summary.time_us else []
         lines.append(f"{title}: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Programs, their cores and the memory in use while each runs (the report and the trace)
+
+
+def program_ops(module: Module) -> list[Operation]:
+    """@main's enqueue_program ops in schedule order: program N of the profile is the Nth."""
+    return [op for op in module.function("main").body.ops if op.name == "ttmetal.enqueue_program"]
+
+
+def program_cores(op: Operation, device: DeviceAttr) -> list[int]:
+    """The device cores (row-major over the compute grid) program `op` runs on: its grid placed at (0, 0)."""
+    grid = op.attr("grid")
+    return [int(c) for c in core_bank(np.arange(grid.num_cores), (grid.x, grid.y), device.compute_grid[0])]
+
+
+def _grid_text(op: Operation) -> str:
+    grid = op.attr("grid")
+    return f"{grid.x}x{grid.y}"
+
+
+@dataclass(frozen=True)
+class MemoryPoint:
+    """What is allocated while one program runs."""
+
+    l1_buffers: int  # bytes per core of the live L1 buffers
+    cb_bytes: int  # bytes per core of the program's circular buffers
+    dram_bytes: int  # bytes of the live DRAM buffers, all channels
+
+    @property
+    def l1_bytes(self) -> int:
+        return self.l1_buffers + self.cb_bytes
+
+
+def memory_timeline(module: Module, device: DeviceAttr) -> list[MemoryPoint]:
+    """Per program, the L1 per core (live L1 buffers + its CBs, as `allocate` counts them: the largest is
+    `tt.l1_peak_bytes`) and the DRAM bytes of the live buffers, replaying @main's creates and deallocates.
+    Resident weights (`tt.resident_weights`) are allocated before anything else and live throughout."""
+    from ttc.passes.allocate import RESIDENT_WEIGHTS, is_dram_weight
+    from ttc.passes.footprint import bank_share, cb_bytes, layout
+
+    main = module.function("main").body
+    resident = bool(module.attributes.get(RESIDENT_WEIGHTS, False))
+    l1 = dram = 0
+    sizes: dict[int, tuple[str, int]] = {}
+
+    def create(op: Operation) -> None:
+        nonlocal l1, dram
+        t = op.results[0].type
+        assert isinstance(t, TensorType)
+        space = str(layout(t).memory_space)
+        if space == "l1":
+            size = bank_share(t, device.compute_cores)
+            l1 += size
+        elif space == "dram":
+            size = bank_share(t, device.dram_channels) * device.dram_channels
+            dram += size
+        else:
+            return
+        sizes[id(op.results[0])] = (space, size)
+
+    weights = [op for op in main.ops if resident and op.name == "ttmetal.create_buffer" and is_dram_weight(op)]
+    for op in weights:
+        create(op)
+    placed = {id(op) for op in weights}
+    points = []
+    for op in main.ops:
+        if op.name == "ttmetal.create_buffer" and id(op) not in placed:
+            create(op)
+        elif op.name == "ttmetal.deallocate":
+            space, size = sizes.pop(id(op.operands[0]), ("", 0))
+            if space == "l1":
+                l1 -= size
+            elif space == "dram":
+                dram -= size
+        elif op.name == "ttmetal.enqueue_program":
+            points.append(MemoryPoint(l1, cb_bytes(op.attr("cbs")), dram))
+    return points
+
+
+# ----------------------------------------------------------------------------------------------
+# Chrome / Perfetto trace events and CSV
+
+TRACE_PID = 1  # the device
+
+
+def trace_events(module: Module, profile: Sequence[ProgramProfile], device: DeviceAttr) -> dict[str, Any]:
+    """The programs as Chrome trace events (the JSON object format Perfetto and chrome://tracing load): one
+    track (thread) per device core, a complete event ("X") per program on every core it runs on, one after
+    another as the cost model has them, with the program's counts as args; a "programs" track holds each
+    program once. Timestamps and durations are in microseconds of modelled device time."""
+    ops = program_ops(module)
+    if len(ops) != len(profile):
+        raise ValueError(f"{len(profile)} profiled programs but the module has {len(ops)}")
+    columns = device.compute_grid[0]
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": TRACE_PID, "tid": 0,
+         "args": {"name": f"{device.arch} (modelled)"}},
+        {"name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": 0, "args": {"name": "programs"}},
+        {"name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": 0, "args": {"sort_index": 0}},
+    ]
+    for core in range(device.compute_cores):
+        x, y = core % columns, core // columns
+        events.append({"name": "thread_name", "ph": "M", "pid": TRACE_PID, "tid": core + 1,
+                       "args": {"name": f"core ({x},{y})"}})
+        events.append({"name": "thread_sort_index", "ph": "M", "pid": TRACE_PID, "tid": core + 1,
+                       "args": {"sort_index": core + 1}})
+    start = 0.0
+    for index, (op, p) in enumerate(zip(ops, profile, strict=True)):
+        args = {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "grid": _grid_text(op),
+                "bound": p.bound, "cycles": p.cycles, "compute_cycles": p.compute_cycles, "dram_cycles": p.dram_cycles,
+                "noc_cycles": p.noc_cycles, "launch_cycles": p.launch_cycles, "dram_bytes": p.dram_bytes,
+                "noc_bytes_per_core": p.noc_bytes, "local_bytes_per_core": p.local_bytes,
+                "tiles": dict(p.counts.tiles)}
+        name = f"#{index} {node_label(p, 60)}"
+        events.append({"name": name, "cat": p.kind, "ph": "X", "ts": start, "dur": p.time_us, "pid": TRACE_PID,
+                       "tid": 0, "args": args})
+        for core in program_cores(op, device):
+            events.append({"name": name, "cat": p.kind, "ph": "X", "ts": start, "dur": p.time_us,
+                           "pid": TRACE_PID, "tid": core + 1, "args": {"program": index}})
+        start += p.time_us
+    return {"traceEvents": events, "displayTimeUnit": "ns",
+            "otherData": {"device": device.arch, "programs": len(profile), "time_us": start}}
+
+
+CSV_COLUMNS = ("program", "kind", "node", "nodes", "cores", "grid", "bound", "time_us", "share", "cycles",
+               "compute_cycles", "dram_cycles", "noc_cycles", "launch_cycles", "dram_bytes", "noc_bytes_per_core",
+               "local_bytes_per_core")
+
+
+def profile_csv(module: Module, profile: Sequence[ProgramProfile]) -> str:
+    """One CSV row per program (the columns of CSV_COLUMNS; nodes joined by ';', share of the total time)."""
+    import csv
+    import io
+
+    ops = program_ops(module)
+    if len(ops) != len(profile):
+        raise ValueError(f"{len(profile)} profiled programs but the module has {len(ops)}")
+    total = sum(p.time_us for p in profile)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for index, (op, p) in enumerate(zip(ops, profile, strict=True)):
+        writer.writerow([index, p.kind, p.nodes[-1] if p.nodes else "", ";".join(p.nodes), p.cores, _grid_text(op),
+                         p.bound, f"{p.time_us:.6g}", f"{p.time_us / total if total else 0.0:.6g}", f"{p.cycles:.6g}",
+                         f"{p.compute_cycles:.6g}", f"{p.dram_cycles:.6g}", f"{p.noc_cycles:.6g}",
+                         f"{p.launch_cycles:.6g}", p.dram_bytes, p.noc_bytes, p.local_bytes])
+    return out.getvalue()

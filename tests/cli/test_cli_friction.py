@@ -53,7 +53,7 @@ def ir_path(model_path: Path, tmp_path: Path, capsys) -> Path:
     (["compile", "m.onnx", "--math-fidelty", "lofi"],
      "ttc compile: error: unrecognized arguments: --math-fidelty lofi; did you mean --math-fidelity?"),
     (["rnu", "m.onnx"], "ttc: error: argument COMMAND: invalid choice: 'rnu' (choose from 'import', 'opt', "
-                        "'compile', 'run', 'profile', 'generate', 'inspect', 'completion'); did you mean 'run'?"),
+                        "'compile', 'run', 'profile', 'report', 'generate', 'inspect', 'completion'); did you mean 'run'?"),
     (["run", "m.onnx", "--arch", "e15"], "ttc run: error: argument --arch: invalid choice: 'e15' (choose from "
                                          "'e150', 'e75'); did you mean 'e150'?"),
     (["run", "m.onnx", "--zzzz"], "ttc run: error: unrecognized arguments: --zzzz"),
@@ -176,7 +176,7 @@ def complete(script: str, words: list[str]) -> list[str]:
 def test_bash_completion_knows_commands_flags_and_choices(capsys) -> None:
     code, script, _ = run(["completion", "bash"], capsys)
     assert code == 0 and script == bash_script(build_parser())
-    assert complete(script, ["ttc", "r"]) == ["run"]
+    assert complete(script, ["ttc", "r"]) == ["report", "run"]
     assert complete(script, ["ttc", "i"]) == ["import", "inspect"]
     assert complete(script, ["ttc", "run", "--gol"]) == ["--golden"]
     assert complete(script, ["ttc", "run", "x.onnx", "--arch", ""]) == ["e150", "e75"]

@@ -31,10 +31,18 @@ def mlp_path(tmp_path: Path) -> Path:
 
 
 def test_import_prints_ttir(mlp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On the terminal without locations (MLIR's default), with them under --print-locations; the device
+    descriptor once, as the alias #device; both forms parse."""
     code, out, err = run(["import", str(mlp_path)], capsys)
     assert code == 0 and err == ""
-    assert '"ttir.gemm"' in out and 'loc("/fc1/Gemm")' in out and '#tt.weight<"fc1.weight">' in out
+    assert '"ttir.gemm"' in out and 'loc(' not in out and '#tt.weight<"fc1.weight">' in out
+    assert out.startswith("#device = #tt.device<") and "tt.device = #device" in out and out.count("#tt.device<") == 1
     verify(parse_module(out))
+    code, located, err = run(["import", str(mlp_path), "--print-locations"], capsys)
+    assert code == 0 and 'loc("/fc1/Gemm")' in located
+    module = parse_module(located)
+    verify(module)
+    assert str(module) == located
 
 
 def test_import_writes_ir_and_weights(mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,8 +72,10 @@ def test_opt_without_pipeline_parses_verifies_and_prints(tmp_path: Path, capsys:
             '    func.return %0 : tensor<2xf32> loc("ret")\n  }\n}\n')
     path = tmp_path / "a.mlir"
     path.write_text(text)
-    code, out, _ = run(["opt", str(path)], capsys)
+    code, out, _ = run(["opt", str(path), "--print-locations"], capsys)
     assert code == 0 and out == text
+    code, out, _ = run(["opt", str(path)], capsys)
+    assert code == 0 and out == text.replace(' loc("r")', "").replace(' loc("ret")', "")
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -112,6 +114,18 @@ def op_list(draw: st.DrawFn, block: Block, visible: list, depth: int) -> None:
                 inner = Block(draw(st.lists(value_types, max_size=2)))
                 draw(op_list(inner, visible + inner.args, depth + 1))
                 regions.append(Region([inner]))
+        if depth == 0 and draw(st.integers(0, 5)) == 0:  # a program: labelled kernels, attributes first
+            kernels = []
+            for _ in range(3):
+                inner = Block()
+                draw(op_list(inner, list(visible), depth + 1))
+                kernels.append(Region([inner]))
+            attrs = dict(draw(attr_dicts))
+            attrs["grid"] = GridAttr(draw(st.integers(1, 12)), draw(st.integers(1, 9)))
+            attrs["runtime_args"] = tuple(tuple(tuple(draw(st.lists(st.integers(0, 99), max_size=3)))
+                                                for _ in range(2)) for _ in range(3))
+            block.append(Operation("ttmetal.enqueue_program", operands, [], attrs, kernels, draw(locations)))
+            continue
         op = Operation(draw(op_names), operands, result_types, draw(attr_dicts), regions, draw(locations))
         block.append(op)
         visible.extend(op.results)
@@ -121,6 +135,8 @@ def op_list(draw: st.DrawFn, block: Block, visible: list, depth: int) -> None:
 def modules(draw: st.DrawFn) -> Module:
     module = Module()
     module.attributes.update(draw(attr_dicts))
+    if draw(st.booleans()):  # printed once as the alias #device
+        module.attributes["tt.device"] = draw(st.sampled_from([E150, E75]))
     for index in range(draw(st.integers(0, 2))):
         inputs = draw(st.lists(value_types, max_size=3))
         func = Function.create(f"f{index}", inputs, [],
@@ -142,6 +158,16 @@ def test_print_parse_print_is_identity(module: Module) -> None:
     text = print_module(module)
     again = print_module(parse_module(text, "generated.mlir"))
     assert again == text
+    # Without locations (the terminal form) the text parses too, and prints back the same, but for the
+    # programs' names, which come from their locations.
+    bare = print_module(module, locations=False)
+    assert "loc(" not in bare.replace('"loc(', "")
+    reparsed = print_module(parse_module(bare, "bare.mlir"), locations=False)
+
+    def names_dropped(t: str) -> str:
+        return re.sub(r"(?m)^(\s*// program \d+):.*$", r"\1", t)
+
+    assert names_dropped(reparsed) == names_dropped(bare)
 
 
 def test_roundtrip_keeps_structure() -> None:
