@@ -224,16 +224,17 @@ REPROS: dict[str, Repro] = {
                            "3. any data movement (Concat of many inputs)"),
     "softmax_6625": Repro(softmax_6625, "crnn (behind lstm_40_steps)",
                           re.escape("'ttir.softmax' does not fit in L1 on e150"), 2, "2. any row length"),
-    "mean_keepdims0_layernorm": Repro(mean_keepdims0_layernorm, "convnext-tiny (behind channels_last_permute)",
-                                      re.escape("pass 'channels-last' produced invalid IR") + ".*"
-                                      + re.escape("'ttir.layer_norm' scale/bias shape 768 does not broadcast to "
-                                                  "768x1x1"), 2,
-                                      "5. a compiler bug is never the user's fault (exit 4, and fixed)"),
     "resnet_stem_batch20": Repro(resnet_stem_batch20, "resnet50-b20",
                                  re.escape("'ttir.concat' does not fit in L1 on e150"), 2,
                                  "1. any convolution window (a K-split im2col)"),
     "resnet_maxpool_batch20": Repro(resnet_maxpool_batch20, "resnet50-b20 (behind resnet_stem_batch20)",
                                     re.escape("does not fit in L1 on e150"), 2, "1. any convolution window"),
+}
+
+
+# Repros the compiler has since fixed: kept as regression tests (they compile, run and pass golden).
+FIXED: dict[str, Callable[[], onnx.ModelProto]] = {
+    "mean_keepdims0_layernorm": mean_keepdims0_layernorm,  # issue 15 item 5: channels-last keepdims=0 pool
 }
 
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from build_repros import REPROS, compile_outcome
+from build_repros import FIXED, REPROS, compile_outcome
 
 
 class RecordedFailure(Exception):
@@ -38,3 +38,21 @@ def test_every_repro_is_listed_in_failures_md() -> None:
     text = (Path(__file__).resolve().parent / "FAILURES.md").read_text()
     missing = [name for name in REPROS if f"`{name}`" not in text]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fixed_repro_compiles_and_passes_golden(name: str) -> None:
+    import numpy as np
+    import onnxruntime
+
+    import ttc
+    from ttc.golden import compare
+
+    model = FIXED[name]()
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
+    expected = onnxruntime.InferenceSession(model.SerializeToString()).run(None, feeds)
+    got = ttc.compile(model).run(feeds)
+    for output, value in zip(model.graph.output, expected, strict=True):
+        assert compare(output.name, got[output.name], value).passed, name
