@@ -11,8 +11,9 @@ Each device program carries the ONNX nodes it implements in its location (an unn
 importer's name for it, `OpType_index`). A fused program (matmul + bias
 + GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
 program's result; of several programs ending at the same node (a mean as a sum, then a scale) only the
-last is compared. A convolutional activation, channels-last [N*H*W, C] on the device, is compared in its
-node's NCHW layout. Values whose element count differs from the node's (a program whose result was
+last is compared, and a program whose last node continues in a later program (a mean's sum whose 1/N scale
+is fused into the next node's program) is not comparable. A convolutional activation, channels-last
+[N*H*W, C] on the device, is compared in its node's NCHW layout. Values whose element count differs from the node's (a program whose result was
 re-shaped by a decomposition) are reported as not comparable rather than guessed at.
 """
 
@@ -118,6 +119,13 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
     def label(node: onnx.NodeProto) -> str:
         return names[id(node)]
 
+    # The last program holding each node: a node whose tail (a mean's 1/N scale) is fused into a later
+    # program that ends at another node is not complete at the programs before it.
+    holder: dict[str, int] = {}
+    for index, (_, _, fused) in enumerate(targets):
+        for n in fused:
+            holder[n] = index
+
     checks = []
     for index, (name, node, fused) in enumerate(targets):
         if node is None:
@@ -127,6 +135,11 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
         if final[id(node)] != index:  # e.g. the sum of a mean, scaled by a later program of the same node
             checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
                                     "an intermediate program of this node: its last program is compared"))
+            continue
+        if holder.get(label(node), index) > index:
+            checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
+                                    f"the rest of this node is fused into program {holder[label(node)]} (which "
+                                    f"ends at a later node): not comparable here"))
             continue
         ref = reference[node.output[0]]
         got = device[name]
