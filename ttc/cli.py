@@ -608,10 +608,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception:
+    except Exception as exc:
+        # Never the user's fault: one line saying so and where to report it, then the traceback for the report.
+        print(f"ttc: internal error ({type(exc).__name__}): this is a bug in ttc, not a problem with your input; "
+              f"please report it to the ttc maintainers (the project's issue tracker) with the command line, the "
+              f"model and the traceback below", file=sys.stderr)
         traceback.print_exc()
-        print("ttc: internal error: this is a bug in ttc, please report it with the command line and "
-              "the model", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 
 

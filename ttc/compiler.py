@@ -192,7 +192,7 @@ def _source_info(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
     check_onnx_path(path)
-    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "size": path.stat().st_size}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -221,7 +221,7 @@ def build_manifest(module: Module, options: CompileOptions, source: dict[str, An
     outputs = _tensor_entries(ftype.results, [main.res_attrs(i) for i in range(len(ftype.results))])
     return {
         "format": "ttc-artifact",
-        "format_version": 1,
+        "format_version": 2,  # ttc.artifact.FORMAT_VERSION: a sha256 and size for every member
         "ttc_version": __version__,
         "arch": options.arch,
         "options": options.to_json(),
