@@ -52,9 +52,11 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
         for tensor in external_tensors(model):
             raise UserError(f"tensor '{tensor.name}' keeps its data in the external file "
                             f"'{_location(tensor)}'; give the model by its path so the file can be found")
+        check_structure(model, None)
         return model, None
     path = os.fspath(source)
     model = _parse_file(path)
+    check_structure(model, path)
     check_external_locations(model, path)
     return model, path
 
@@ -73,6 +75,144 @@ def _parse_file(path: str) -> onnx.ModelProto:
     if not model.HasField("graph"):
         raise UserError(f"{path}: not an ONNX model (it holds no graph)")
     return model
+
+
+MAX_RANK = 32  # the rank any tensor may have (onnxruntime's kernels and the device's views go no further)
+MAX_ELEMENTS = 1 << 36  # elements of one tensor: beyond it no Grayskull's 8 GiB DRAM holds it at any format
+
+
+def check_structure(model: onnx.ModelProto, path: str | None) -> None:
+    """What the later steps rely on, checked before any of them runs: every name valid UTF-8, every tensor
+    and value of rank <= MAX_RANK with dims >= 0 and at most MAX_ELEMENTS elements, inline data as long as its
+    dims say, and external data entries well formed (location, offset and length) and inside their file."""
+    where = path or "model"
+    _check_strings(model, where, "model")
+    for graph in _graphs(model.graph):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                dims = value.type.tensor_type.shape.dim
+                if len(dims) > MAX_RANK:
+                    raise UserError(f"{where}: value '{value.name}' has rank {len(dims)}; ttc supports rank "
+                                    f"{MAX_RANK} at most")
+                known = [d.dim_value for d in dims if d.HasField("dim_value")]
+                if any(d < 0 for d in known):
+                    raise UserError(f"{where}: value '{value.name}' has a negative dimension {known}")
+                if math.prod(known) > MAX_ELEMENTS:
+                    raise UserError(f"{where}: value '{value.name}' of shape {known} has {math.prod(known)} "
+                                    f"elements, more than any Grayskull's DRAM holds")
+    folder = os.path.dirname(os.path.abspath(path)) if path is not None else None
+    for tensor in _graph_tensors(model.graph):
+        _check_tensor(tensor, where, folder)
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for subgraph in attr.graphs:
+                yield from _graphs(subgraph)
+
+
+def _check_strings(message: object, where: str, field_path: str, depth: int = 0) -> None:
+    """Protobuf hands back a string field that is not valid UTF-8 as bytes; such a name is refused here."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if depth > 64:
+        raise UserError(f"{where}: the model nests graphs more than 64 deep")
+    for field, value in message.ListFields():  # type: ignore[attr-defined]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for item in (value if _repeated(field) else [value]):
+                if isinstance(item, bytes):
+                    raise UserError(f"{where}: {field_path}.{field.name} is not valid UTF-8 text ({item[:40]!r})")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if _repeated(field) else [value]
+            for i, item in enumerate(items):
+                if field.message_type.name == "TensorProto" and not _has_string_bytes(item):
+                    continue
+                label = getattr(item, "name", "") if isinstance(getattr(item, "name", ""), str) else ""
+                _check_strings(item, where, f"{field_path}.{field.name}[{label or i}]", depth + 1)
+
+
+def _has_string_bytes(tensor: onnx.TensorProto) -> bool:
+    """Whether a tensor's own string fields (name, doc, external data keys) hold bytes: checked without walking
+    its data fields."""
+    fields = [tensor.name, tensor.doc_string, *(e.key for e in tensor.external_data),
+              *(e.value for e in tensor.external_data)]
+    return any(isinstance(f, bytes) for f in fields)
+
+
+def _repeated(field: object) -> bool:
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
+
+
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _data_bytes(tensor: onnx.TensorProto, where: str) -> int | None:
+    """The bytes a tensor's data occupies as raw data (None for strings, which have no fixed size)."""
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{where}: tensor '{tensor.name}' has an unknown data type {tensor.data_type}") from None
+
+
+def _check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> None:
+    dims = list(tensor.dims)
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
+        raise UserError(f"{where}: tensor '{tensor.name}' has dims {dims[:40]} (rank at most {MAX_RANK}, dims >= 0)")
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} has {math.prod(dims)} elements, more than "
+                        f"any Grayskull's DRAM holds")
+    expected = _data_bytes(tensor, where)
+    if not external_data_helper.uses_external_data(tensor):
+        if tensor.HasField("raw_data") and expected is not None and len(tensor.raw_data) != expected:
+            raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} holds {len(tensor.raw_data)} bytes of "
+                            f"data, not the {expected} its dims and type need")
+        return
+    entries = {}
+    for entry in tensor.external_data:
+        if entry.key in entries:
+            raise UserError(f"{where}: tensor '{tensor.name}' gives external-data key '{entry.key}' twice")
+        entries[entry.key] = entry.value
+    location = entries.get("location", "")
+    if not location or "\x00" in location:
+        raise UserError(f"{where}: tensor '{tensor.name}' has a bad external data location {location!r} "
+                        f"(empty or holding a NUL byte)")
+    numbers_ = {}
+    for key in ("offset", "length"):
+        text = entries.get(key)
+        if text is None:
+            continue
+        if not text.isascii() or not text.isdigit():
+            raise UserError(f"{where}: tensor '{tensor.name}' has external-data {key} {text!r}; it must be a "
+                            f"non-negative integer")
+        numbers_[key] = int(text)
+    if expected is None:
+        raise UserError(f"{where}: tensor '{tensor.name}' keeps strings in external data, which ttc does not read")
+    if "length" in numbers_ and numbers_["length"] != expected:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} needs {expected} bytes but its external "
+                        f"data length is {numbers_['length']}")
+    if folder is None:
+        return
+    target = os.path.realpath(os.path.join(folder, location))
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+        return  # check_external_locations reports it, naming the folder
+    size = os.path.getsize(target)
+    offset = numbers_.get("offset", 0)
+    if offset + expected > size:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} needs {expected} bytes from offset "
+                        f"{offset} of '{location}', but that file has {size} bytes")
 
 
 def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
