@@ -1,0 +1,129 @@
+"""Runs one `ttc` command line per fuzz input and judges the outcome.
+
+Each input runs in a child forked from a parent that has already imported ttc (so a thousand inputs cost a
+thousand forks, not a thousand interpreter start-ups; the child is still a separate process: a crash, a hang
+or a leak in one input cannot touch the next). The child
+
+- records every file Python opens (an audit hook on `open`): anything outside the input's folder, the Python
+  installation, ttc's own source, the system's libraries and /proc, /sys or /dev is "touched outside"
+  (onnxruntime's own files count as allowed only when the command needed onnxruntime);
+- runs `ttc.cli.main(argv)` with stdout and stderr sent to files of the input's folder;
+- reports its exit code, the opened files outside and whether onnxruntime was imported.
+
+The parent kills a child that runs past the time limit (a hang). With `strace` installed, `trace_opens`
+lists every file the process opened at the system-call level too (native code included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EXIT_NAMES = {0: "ok", 1: "golden failed", 2: "user error", 3: "device fault", 4: "internal error"}
+
+
+@dataclass
+class Outcome:
+    """What one input did."""
+
+    exit_code: int | None  # None: killed after the time limit (a hang)
+    seconds: float
+    outside: list[str] = field(default_factory=list)
+    onnxruntime: bool = False
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def hang(self) -> bool:
+        return self.exit_code is None
+
+
+def allowed_roots(folder: Path) -> list[str]:
+    """Where an input's run may open files: its folder, the Python installation (site-packages, the standard
+    library), ttc's own source (an editable install), the system's libraries and the kernel's pseudo files."""
+    roots = {str(folder.resolve()), sys.prefix, sys.base_prefix, sys.exec_prefix, str(ROOT / "ttc"),
+             str(ROOT / "ir"), str(ROOT / "frontend"), str(ROOT / "passes"), str(ROOT / "backend"),
+             str(ROOT / "runtime"), "/usr/lib", "/usr/local/lib", "/lib", "/lib64", "/usr/share/zoneinfo",
+             "/proc", "/sys", "/dev", "/etc/ld.so.cache", "/etc/localtime"}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        roots.add(sysconfig.get_paths()[key])
+    return sorted(os.path.realpath(r) for r in roots)
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str, str] | None = None) -> Outcome:
+    """Run `ttc argv` in a forked child with `folder` as its working directory."""
+    folder = folder.resolve()
+    roots = allowed_roots(folder)
+    out_path, err_path, report_path = folder / ".stdout", folder / ".stderr", folder / ".report.json"
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 4
+        try:
+            os.chdir(folder)
+            os.environ.update(env or {})
+            opened: list[str] = []
+
+            def audit(event: str, args: tuple) -> None:
+                if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                    name = os.fsdecode(args[0]) if not isinstance(args[0], os.PathLike) else os.fspath(args[0])
+                    if not _inside(os.path.join(folder, name), roots):
+                        opened.append(name)
+
+            out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(out_fd, 1)
+            os.dup2(err_fd, 2)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            sys.addaudithook(audit)
+            from ttc.cli import main
+
+            try:
+                code = main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 2
+            sys.stdout.flush()
+            sys.stderr.flush()
+            report = {"code": code, "outside": sorted(set(opened)), "onnxruntime": "onnxruntime" in sys.modules}
+            fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.write(fd, json.dumps(report).encode())
+            os.close(fd)
+        finally:
+            os._exit(code if isinstance(code, int) and 0 <= code < 256 else 4)
+    deadline = start + timeout
+    status = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.perf_counter() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            status = None
+            break
+        time.sleep(0.01)
+    seconds = time.perf_counter() - start
+    stdout = out_path.read_text(errors="replace") if out_path.exists() else ""
+    stderr = err_path.read_text(errors="replace") if err_path.exists() else ""
+    if status is None:
+        return Outcome(None, seconds, stdout=stdout, stderr=stderr)
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # killed by a signal (a crash in native code): as bad as a traceback
+        code = 4
+    outside = [p for p in report.get("outside", []) if not (report.get("onnxruntime") and "onnxruntime" in p)]
+    return Outcome(code, seconds, outside, bool(report.get("onnxruntime")), stdout, stderr)
