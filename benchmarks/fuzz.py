@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fuzz"))
 
-from fuzz_corpus import KINDS, generate, judge, sample_counts  # noqa: E402
-from fuzz_harness import run_case  # noqa: E402
+from fuzz_corpus import KINDS, generate, judge, outputs_differ, sample_counts
+from fuzz_harness import run_case
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every input's outcome here")
     args = parser.parse_args(argv)
 
-    import ttc.cli  # noqa: F401  (imported once, before the forks)
-    import ttc.compiler  # noqa: F401
+    import ttc.cli
+    import ttc.compiler
     import ttc.passes  # noqa: F401
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="ttc-fuzz-"))
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
 
     def one(case):
-        outcome = run_case(case.argv, case.folder, args.timeout, case.env)
+        outcome = run_case(case.argv, case.folder, args.timeout, case.env, case.allowed)
         return case, outcome, judge(case, outcome)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -78,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                                                     strict=True)))
     broken = [r for r in results if r[2]]
     print(f"inputs that broke a rule: {len(broken)}")
+    crafted = [r for r in results if r[0].rule == "crafted"]
+    ran = [r for r in crafted if r[1].exit_code in (0, 1)]
+    print(f"crafted artifacts (hashes recomputed after the edit; out of the threat model, judged as valid programs): "
+          f"{len(crafted)}, of which {len(ran)} ran, {sum(outputs_differ(r[0]) for r in ran)} to outputs other than "
+          f"the untampered run's")
     if args.json:
         Path(args.json).write_text(json.dumps([{"kind": c.kind, "name": c.name, "argv": c.argv, "exit": o.exit_code,
-                                                "seconds": round(o.seconds, 3), "problems": p,
+                                                "seconds": round(o.seconds, 3), "problems": p, "rule": c.rule,
                                                 "outside": o.outside} for c, o, p in results], indent=1))
     return 1 if broken else 0
 

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 
-
 def artifact_info(path: str | Path) -> dict[str, Any]:
     """Everything `ttc inspect` reports about the artifact at `path`, as JSON-ready data."""
     from ttc import __version__
-    from ttc.ir.dialects.tt import GridAttr
-
     from ttc.artifact import read_artifact
+    from ttc.ir.dialects.tt import GridAttr
 
     path = Path(path)
     compiled = read_artifact(path)  # verified: what inspect shows is what the compiler wrote

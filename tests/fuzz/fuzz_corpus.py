@@ -49,9 +49,13 @@ class Case:
     name: str
     folder: Path
     argv: list[str]
-    rule: str = "no-crash"  # "no-crash" | "artifact" (exit 0 only with outputs identical to the baseline)
-    baseline: Path | None = None  # the untampered outputs (.npz) for rule "artifact"
+    # "no-crash"; "artifact": exit 0 only with outputs identical to the baseline; "crafted": an artifact whose
+    # manifest hashes were recomputed after the edit (out of the threat model: a valid program is just another
+    # program, like hand-written IR; judged as no-crash, its outputs compared only for the table)
+    rule: str = "no-crash"
+    baseline: Path | None = None  # the untampered outputs (.npz) for rules "artifact" and "crafted"
     env: dict[str, str] = field(default_factory=dict)
+    allowed: list[str] = field(default_factory=list)  # files it may open besides its folder (a genuine source)
 
 
 # ---------------------------------------------------------------------------------------------- base models
@@ -68,8 +72,9 @@ def _vi(name: str, shape, dtype=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def base_models(seed: int = 0) -> dict[str, onnx.ModelProto]:
-    """Small models covering the main op families (each compiles and runs in well under a second)."""
+def base_models(seed: int = 0, only: tuple[str, ...] | None = None) -> dict[str, onnx.ModelProto]:
+    """Small models covering the main op families (each compiles and runs in well under a second); `only`
+    keeps the named ones."""
     rng = np.random.default_rng(seed)
 
     def w(name, *shape):
@@ -101,6 +106,7 @@ def base_models(seed: int = 0) -> dict[str, onnx.ModelProto]:
                          helper.make_node("Sigmoid", ["e"], ["y"], name="sig")],
                         [_vi("ids", [1, 8], TensorProto.INT64)], [_vi("y", [1, 8, 32])], [w("table", 50, 32)]),
     }
+    models = {k: v for k, v in models.items() if only is None or k in only}
     for model in models.values():
         onnx.checker.check_model(model)
     return models
@@ -315,9 +321,9 @@ def _onnx_mutations() -> list[Callable[[random.Random, onnx.ModelProto, Path], t
             structure, initializer_data]
 
 
-def onnx_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
+def onnx_cases(root: Path, count: int, seed: int, only=None) -> Iterator[Case]:
     rng = random.Random(seed)
-    models = base_models(seed)
+    models = base_models(seed, only)
     mutations = _onnx_mutations()
     for i in range(count):
         folder = _folder(root, "onnx", i)
@@ -431,11 +437,11 @@ def _ir_mutations() -> list[Callable[[random.Random, str], tuple[str | bytes, st
             drop_device_field, duplicate_main, window, random_bytes, huge_dim]
 
 
-def ir_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
+def ir_cases(root: Path, count: int, seed: int, only=None) -> Iterator[Case]:
     from ttc.fileio import write_weights
 
     rng = random.Random(seed + 1)
-    texts = _ir_texts(root, base_models(seed))
+    texts = _ir_texts(root, base_models(seed, only))
     mutations = _ir_mutations()
     for i in range(count):
         folder = _folder(root, "ir", i)
@@ -546,12 +552,12 @@ def _artifact_mutations() -> list[Callable]:
         text = body.decode()
         how = rng.choice(["runtime-args", "page-size", "op-name", "number", "delete-line"])
         if how == "runtime-args" and "runtime_args" in text:
-            m = list(re.finditer(r"runtime_args = \[\[(\d+)", text))
+            m = list(re.finditer(r"runtime_args = \[\[\[(\d+)", text))
             if m:
                 pick = rng.choice(m)
                 text = text[: pick.start(1)] + str(int(pick.group(1)) + 1) + text[pick.end(1):]
         elif how == "page-size":
-            text = re.sub(r"(#ttmetal\.cb<\d+, )(\d+)", lambda mm: mm.group(1) + str(int(mm.group(2)) * 2), text,
+            text = re.sub(r"(#ttmetal\.cb<\d+, page_size = )(\d+)", lambda mm: mm.group(1) + str(int(mm.group(2)) * 2), text,
                           count=1)
         elif how == "op-name":
             text = text.replace('"ttkernel.add_tiles"', '"ttkernel.mul_tiles"', 1).replace(
@@ -594,7 +600,7 @@ def _artifact_mutations() -> list[Callable]:
         info, body = members[i]
         body = re.sub(rb"'shape': \([^)]*\)", b"'shape': (1099511627776, 2)", body, count=1)
         members[i] = (info, body)
-        return _rehash(members), "npy-2^40-rows"
+        return _rehash(members), "npy-2^40-rows-rehashed"
 
     def truncate(rng, members, folder):
         return None, "truncated-zip"
@@ -615,17 +621,17 @@ def _artifact_mutations() -> list[Callable]:
         text = body.decode()
         text = re.sub(r'model = "[^"]*"', f'model = "{encoded}"', text, count=1)
         members[i] = (info, text.encode())
-        return _rehash(members), "host-op-external"
+        return _rehash(members), "host-op-external-rehashed"
 
     return [edit_manifest, edit_manifest, flip_weight, edit_program, edit_program, duplicate_member,
             unknown_member, zip_bomb, npy_header, truncate, host_op_external]
 
 
-def artifact_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
+def artifact_cases(root: Path, count: int, seed: int, only=None) -> Iterator[Case]:
     rng = random.Random(seed + 2)
     base_dir = root / "artifact" / "base"
     base_dir.mkdir(parents=True, exist_ok=True)
-    models = base_models(seed)
+    models = base_models(seed, only)
     models["hostop"] = _model([helper.make_node("ArgMax", ["x"], ["y"], name="argmax", axis=1, keepdims=0)],
                               [_vi("x", [2, 16])], [_vi("y", [2], TensorProto.INT64)])
     bases = {}
@@ -645,7 +651,7 @@ def artifact_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
         if mutate.__name__ == "host_op_external":
             base = "hostop"
         elif mutate.__name__ in ("flip_weight", "npy_header") and base == "hostop":
-            base = "mlp"  # the only base without weights
+            base = next(b for b in sorted(bases) if b != "hostop")  # hostop is the only base without weights
         members = _zip_members(bases[base])
         members, what = mutate(rng, members, folder)
         if members is None:
@@ -656,13 +662,14 @@ def artifact_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
         argv = ["run", "model.ttc", "--quiet", "--seed", "1", "-o", "out.npz"]
         if rng.random() < 0.1:
             argv.append("--golden")
-        yield Case("artifact", f"{base}/{what}", folder, argv, rule="artifact", baseline=base_dir / f"{base}.npz")
+        yield Case("artifact", f"{base}/{what}", folder, argv, rule="crafted" if "rehashed" in what else "artifact",
+                   baseline=base_dir / f"{base}.npz", allowed=[str(base_dir / f"{base}.onnx")])
 
 
 # ---------------------------------------------------------------------------------------------- oversized
 
 
-def oversized_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
+def oversized_cases(root: Path, count: int, seed: int, only=None) -> Iterator[Case]:
     rng = random.Random(seed + 3)
     makers = ["sparse-20g", "sparse-2g-limit", "batch-2^34", "ir-2^34", "input-2^31", "sparse-30g-bfp8"]
     for i in range(count):
@@ -709,8 +716,9 @@ def oversized_cases(root: Path, count: int, seed: int) -> Iterator[Case]:
         yield Case("oversized", what, folder, argv)
 
 
-def generate(root: Path, counts: dict[str, int], seed: int = 0) -> list[Case]:
-    """Every case of the corpus, written under `root` (which is emptied first)."""
+def generate(root: Path, counts: dict[str, int], seed: int = 0, only: tuple[str, ...] | None = None) -> list[Case]:
+    """Every case of the corpus, written under `root` (which is emptied first); `only` names the base models
+    to mutate (default: all of them)."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -718,7 +726,7 @@ def generate(root: Path, counts: dict[str, int], seed: int = 0) -> list[Case]:
     cases: list[Case] = []
     for kind in KINDS:
         if counts.get(kind):
-            cases.extend(makers[kind](root, counts[kind], seed))
+            cases.extend(makers[kind](root, counts[kind], seed, only))
     return cases
 
 
@@ -735,19 +743,20 @@ def judge(case: Case, outcome) -> list[str]:
         problems.append("traceback on a user error")
     if outcome.outside:
         problems.append("opened outside: " + ", ".join(outcome.outside[:3]))
-    if case.rule == "artifact" and outcome.exit_code in (0, 1):
-        produced = case.folder / "out.npz"
-        if case.baseline is None or not produced.exists():
-            problems.append("silent wrong: no outputs written")
-        else:
-            with np.load(case.baseline) as a, np.load(produced) as b:
-                same = sorted(a.files) == sorted(b.files) and all(
-                    a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k],
-                                                                                             equal_nan=True)
-                    for k in a.files)
-            if not same:
-                problems.append("silent wrong: outputs differ from the untampered run")
+    if case.rule == "artifact" and outcome.exit_code in (0, 1) and outputs_differ(case):
+        problems.append("silent wrong: outputs differ from the untampered run")
     return problems
+
+
+def outputs_differ(case: Case) -> bool:
+    """Whether the run wrote outputs other than the untampered run's (or none at all)."""
+    produced = case.folder / "out.npz"
+    if case.baseline is None or not produced.exists():
+        return True
+    with np.load(case.baseline) as a, np.load(produced) as b:
+        return not (sorted(a.files) == sorted(b.files) and all(
+            a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k], equal_nan=True)
+            for k in a.files))
 
 
 def sample_counts(total: int) -> dict[str, int]:

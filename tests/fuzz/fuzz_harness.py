@@ -63,10 +63,12 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str, str] | None = None) -> Outcome:
-    """Run `ttc argv` in a forked child with `folder` as its working directory."""
+def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str, str] | None = None,
+             allowed: list[str] | None = None) -> Outcome:
+    """Run `ttc argv` in a forked child with `folder` as its working directory; `allowed` names files it may
+    open besides (the genuine source model of an artifact, which --golden opens when it matches)."""
     folder = folder.resolve()
-    roots = allowed_roots(folder)
+    roots = allowed_roots(folder) + [os.path.realpath(p) for p in allowed or ()]
     out_path, err_path, report_path = folder / ".stdout", folder / ".stderr", folder / ".report.json"
     start = time.perf_counter()
     pid = os.fork()
@@ -90,6 +92,7 @@ def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str
             sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
             sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
             sys.addaudithook(audit)
+            had_onnxruntime = "onnxruntime" in sys.modules
             from ttc.cli import main
 
             try:
@@ -98,7 +101,7 @@ def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str
                 code = exc.code if isinstance(exc.code, int) else 2
             sys.stdout.flush()
             sys.stderr.flush()
-            report = {"code": code, "outside": sorted(set(opened)), "onnxruntime": "onnxruntime" in sys.modules}
+            report = {"code": code, "outside": sorted(set(opened)), "onnxruntime": had_onnxruntime or "onnxruntime" in sys.modules}
             fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, json.dumps(report).encode())
             os.close(fd)
