@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import external_data_helper
 
@@ -215,6 +216,15 @@ def _check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> N
                         f"{offset} of '{location}', but that file has {size} bytes")
 
 
+def _set_entry(tensor: onnx.TensorProto, key: str, value: str) -> None:
+    for entry in tensor.external_data:
+        if entry.key == key:
+            entry.value = value
+            return
+    entry = tensor.external_data.add()
+    entry.key, entry.value = key, value
+
+
 def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor of the model (initializers, attributes, subgraphs) whose data is in a file."""
     return (t for t in _graph_tensors(model.graph) if external_data_helper.uses_external_data(t))
@@ -252,11 +262,44 @@ def check_external_locations(model: onnx.ModelProto, path: str) -> None:
                             f"not found (looked for {target})")
 
 
-def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | None = None) -> None:
-    """Load external tensors (those with at most `max_elements` elements, if given) into the model."""
+# Element types whose external bytes are a little-endian numpy array as they stand (mapped, not read)
+_MAPPABLE = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2",
+             onnx.TensorProto.INT8: "i1", onnx.TensorProto.UINT8: "u1", onnx.TensorProto.INT16: "<i2",
+             onnx.TensorProto.UINT16: "<u2", onnx.TensorProto.INT32: "<i4", onnx.TensorProto.UINT32: "<u4",
+             onnx.TensorProto.INT64: "<i8", onnx.TensorProto.UINT64: "<u8", onnx.TensorProto.BOOL: "?"}
+MAPPED = "ttc.mapped"  # the external-data key marking an initializer left in its (checked) file, to be mapped
+
+
+def mapped_array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The initializer as a copy-on-write memory map of its external file, when `load_external_data` left it
+    there (None otherwise): its pages are read when used and cost no anonymous memory until written."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    if entries.get(MAPPED) != "1":
+        return None
+    shape = tuple(tensor.dims)
+    count = math.prod(shape)
+    if count == 0:
+        return np.zeros(shape, np.dtype(_MAPPABLE[tensor.data_type]))
+    data = np.memmap(entries["location"], dtype=np.dtype(_MAPPABLE[tensor.data_type]), mode="c",
+                     offset=int(entries.get("offset", "0")), shape=(count,))
+    return data.reshape(shape)
+
+
+def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | None = None,
+                       mapped: bool = False) -> None:
+    """Load external tensors (those with at most `max_elements` elements, if given) into the model. With
+    `mapped`, large main-graph initializers of plain numeric types stay in their files instead, marked for
+    `mapped_array` (their location made absolute; check_structure and check_external_locations have checked
+    it, its offset and its length)."""
     folder = os.path.dirname(os.path.abspath(path))
+    mappable = {t.name for t in model.graph.initializer if t.data_type in _MAPPABLE} if mapped else set()
     for tensor in list(external_tensors(model)):
         if max_elements is not None and math.prod(tensor.dims) > max_elements:
+            continue
+        if tensor.name in mappable and math.prod(tensor.dims) > SHAPE_TENSOR_MAX_ELEMENTS:
+            location = os.path.realpath(os.path.join(folder, _location(tensor)))
+            _set_entry(tensor, "location", location)
+            _set_entry(tensor, MAPPED, "1")
             continue
         try:
             external_data_helper.load_external_data_for_tensor(tensor, folder)
@@ -272,8 +315,10 @@ def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | No
 
 
 def prepare_model(model: onnx.ModelProto, path: str | None,
-                  input_shapes: InputShapes | None = None) -> onnx.ModelProto:
-    """Check, fix input shapes, convert and infer; `model` is changed in place and must not be reused."""
+                  input_shapes: InputShapes | None = None, mapped: bool = False) -> onnx.ModelProto:
+    """Check, fix input shapes, convert and infer; `model` is changed in place and must not be reused. With
+    `mapped`, large external initializers stay in their files for `mapped_array` (the importer's way: the
+    weights are not read twice into memory)."""
     check_model(model, path)
     apply_input_shapes(model, input_shapes or {})
     detached = detach_large_tensors(model)
@@ -284,7 +329,7 @@ def prepare_model(model: onnx.ModelProto, path: str | None,
     model = infer_shapes(model)
     reattach_tensors(model, detached)
     if path is not None:
-        load_external_data(model, path)
+        load_external_data(model, path, mapped=mapped)
     return model
 
 

@@ -58,29 +58,41 @@ def _member(name: str, compress: bool) -> zipfile.ZipInfo:
     return info
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+def _npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """An array's .npy bytes as (header, data view): written and hashed without a copy of the data."""
+    array = np.ascontiguousarray(array)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    return header.getvalue(), memoryview(array.reshape(-1)).cast("B")
 
 
-def _record(data: bytes) -> dict[str, Any]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+def _record(*parts: bytes | memoryview) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return {"sha256": digest.hexdigest(), "size": sum(len(part) for part in parts)}
 
 
 def write_artifact(path: str | Path, compiled: CompiledModel) -> None:
+    """The zip: manifest.json (with every other member's sha256 and size), program.mlir, the weights. Each
+    weight is hashed, then streamed into the zip, from the packed array itself (no copy of its bytes)."""
     names = sorted(compiled.device_weights)
     members = {name: f"weights/{i:04d}.npy" for i, name in enumerate(names)}
     program = str(compiled.module).encode()
-    blobs = {members[name]: _npy_bytes(compiled.device_weights[name]) for name in names}
-    entries = {"program.mlir": _record(program)} | {member: _record(data) for member, data in blobs.items()}
+    parts = {members[name]: _npy_parts(compiled.device_weights[name]) for name in names}
+    entries = {"program.mlir": _record(program)} | {member: _record(*p) for member, p in parts.items()}
     manifest = dict(compiled.manifest, format=FORMAT, format_version=FORMAT_VERSION, weights=members,
                     entries=entries)
     with atomic_output(path) as handle, zipfile.ZipFile(handle, "w") as archive:
         archive.writestr(_member("manifest.json", True), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         archive.writestr(_member("program.mlir", True), program)
-        for member, data in blobs.items():
-            archive.writestr(_member(member, False), data)
+        for member, (header, data) in parts.items():
+            info = _member(member, False)
+            info.file_size = len(header) + len(data)
+            with archive.open(info, "w", force_zip64=info.file_size > zipfile.ZIP64_LIMIT) as out:
+                out.write(header)
+                for start in range(0, len(data), 64 << 20):
+                    out.write(data[start:start + (64 << 20)])
 
 
 def max_entry_bytes() -> int:

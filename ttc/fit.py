@@ -8,8 +8,9 @@ DRAM: tile-padded, in the data format the layout pass will give them. Weights al
 the real need, so a model that fails here can never fit; one that passes may still fail in `allocate`,
 with the exact figure.
 
-The host has a limit too (`check_host_memory`): importing reads every weight into RAM and packs it into
-device pages, about three times the weights' bytes at the peak. Before any weight is read, that need is
+The host has a limit too (`check_host_memory`): importing holds every weight and packs it into device
+pages. Inline weights cost about three times their bytes at the peak (the protobuf, the array, the pages);
+external ones are memory-mapped from their files and packed a band at a time, about once their bytes. Before any weight is read, that need is
 compared with `--max-host-memory` (default: the RAM available now) and refused with the figure and a remedy.
 The card-fit hint suggests --dtype bfp8_b only when the host can carry out that compile.
 """
@@ -81,24 +82,32 @@ def _constants(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
             yield from (attr.t for attr in node.attribute if attr.HasField("t"))
 
 
-HOST_PEAK_FACTOR = 3  # the weights as read, as numpy arrays, and packed into device pages (measured peak ~3x)
+HOST_PEAK_FACTOR = 3  # inline weights: in the protobuf, as numpy arrays, and packed into device pages
+MAPPED_PEAK_FACTOR = 1  # external weights are mapped from their files (read band by band while packing):
+#                         the packed pages (at most the float32 bytes) and one band beside them
 HOST_BASELINE = 512 << 20  # Python, numpy, onnx and the compiler's own structures
+
+
+def _host_bytes(tensor: onnx.TensorProto) -> int:
+    per = 4 if tensor.data_type in _FLOAT_TYPES else _ELEMENT_BYTES.get(tensor.data_type, 4)
+    if tensor.data_type == onnx.TensorProto.DOUBLE:
+        per = 8
+    return math.prod(tensor.dims) * per
 
 
 def host_weight_bytes(proto: onnx.ModelProto) -> int:
     """The bytes of every constant as the importer holds it (its host element type; external data included)."""
-    total = 0
-    for tensor in _constants(proto.graph):
-        per = 4 if tensor.data_type in _FLOAT_TYPES else _ELEMENT_BYTES.get(tensor.data_type, 4)
-        if tensor.data_type == onnx.TensorProto.DOUBLE:
-            per = 8
-        total += math.prod(tensor.dims) * per
-    return total
+    return sum(_host_bytes(tensor) for tensor in _constants(proto.graph))
 
 
 def host_memory_needed(proto: onnx.ModelProto) -> int:
-    """An estimate of the peak host RAM a compile of this model needs."""
-    return HOST_BASELINE + HOST_PEAK_FACTOR * host_weight_bytes(proto)
+    """An estimate of the peak host RAM (anonymous memory) a compile of this model needs."""
+    from onnx.external_data_helper import uses_external_data
+
+    need = HOST_BASELINE
+    for tensor in _constants(proto.graph):
+        need += (MAPPED_PEAK_FACTOR if uses_external_data(tensor) else HOST_PEAK_FACTOR) * _host_bytes(tensor)
+    return need
 
 
 def available_host_memory() -> int:
@@ -139,7 +148,7 @@ def check_host_memory(proto: onnx.ModelProto, limit: int | None, name: str | Non
     weights = host_weight_bytes(proto)
     raise UserError(
         f"{name or 'the model'}: compiling it needs about {_gib(needed)} of host RAM ({_gib(weights)} of weights, "
-        f"read, converted and packed: about {HOST_PEAK_FACTOR}x, plus {_gib(HOST_BASELINE)}), but the limit is "
+        f"held and packed into device pages, plus {_gib(HOST_BASELINE)}), but the limit is "
         f"{_gib(limit)} ({source}). Checked before "
         f"reading any weight. Try: a machine with more free RAM, or --max-host-memory with a larger figure if "
         f"this one has swap to spare; --dtype bfp8_b does not lower it (the weights are read in float32 first)")
