@@ -115,7 +115,7 @@ def _tensor_to_pages_chunked(array: np.ndarray, shape: tuple[int, ...], fmt: Dat
     """tensor_to_pages of large matrices, a band of whole tile rows at a time: the same pages (tiles are packed
     independently), but the float32 copy, the padded tiles and the packed bytes of only one band exist at a
     time beside the result (a mapped weight is read band by band)."""
-    batch, rows, cols = _matrix_shape(shape)
+    _, rows, cols = _matrix_shape(shape)
     matrices = np.reshape(array, (-1, rows, cols))
     size = fmt.tile_bytes
     tile_cols = -(-cols // TILE)

@@ -344,6 +344,23 @@ def test_class6_an_untampered_artifact_still_runs_to_the_same_outputs(tmp_path: 
         assert all(np.array_equal(data[k], v) for k, v in mlp[2].items())
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_class5_input_file_header_of_2_40_rows_is_refused(tmp_path: Path, capsys, mlp, suffix: str) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((1, 64), np.float32))
+    data = buffer.getvalue().replace(b"(1, 64)", b"(1099511627776, 64)")
+    path = tmp_path / f"x{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(data)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", data)
+    code, _, err = run(["run", str(mlp[1]), "--input", f"x={path}", "--quiet"], capsys)
+    assert code == 2 and ("declares more data than the file holds" in err or "declares [1099511627776, 64]" in err)
+
+
 # ------------------------------------------------------------------------------------------- 7. security
 
 
