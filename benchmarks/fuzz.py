@@ -4,7 +4,8 @@ input through `ttc` in its own process (tests/fuzz/fuzz_harness.py) and print th
     python benchmarks/fuzz.py [--total 1500] [--seed 0] [--jobs 2] [--timeout 60] [--root DIR] [--json FILE]
 
 The rules: exit 4 never; no input runs past the time limit; nothing is opened outside the input's folder, the
-Python installation and the system's libraries; a tampered artifact exits 0 only with outputs identical to the
+Python installation and the system's libraries (Python's opens by an audit hook, every system call's with
+strace when it is installed); a tampered artifact exits 0 only with outputs identical to the
 untampered run. The exit code is 1 when any input broke a rule (each is listed).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fuzz"))
 
 from fuzz_corpus import KINDS, generate, judge, outputs_differ, sample_counts
-from fuzz_harness import run_case
+from fuzz_harness import STRACE, run_case
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--root", help="where the corpus is written (default: a temporary folder)")
     parser.add_argument("--json", help="write every input's outcome here")
+    parser.add_argument("--no-strace", action="store_true",
+                        help="do not trace opens with strace (by default it is used when installed)")
     args = parser.parse_args(argv)
 
     import ttc.cli
     import ttc.compiler
     import ttc.passes  # noqa: F401
 
+    use_strace = STRACE is not None and not args.no_strace
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="ttc-fuzz-"))
     start = time.perf_counter()
     cases = generate(root, sample_counts(args.total), args.seed)
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
 
     def one(case):
-        outcome = run_case(case.argv, case.folder, args.timeout, case.env, case.allowed)
+        outcome = run_case(case.argv, case.folder, args.timeout, case.env, case.allowed, strace=use_strace)
         return case, outcome, judge(case, outcome)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(str(x)) if not isinstance(x, float) else 6 for x in col) for col in zip(header, *rows,
                                                                                               strict=True)]
     print(f"fuzz campaign: seed {args.seed}, {len(results)} inputs, corpus in {root} "
-          f"(generated in {generated:.0f} s, run in {elapsed - generated:.0f} s, timeout {args.timeout:.0f} s)")
+          f"(generated in {generated:.0f} s, run in {elapsed - generated:.0f} s, timeout {args.timeout:.0f} s; "
+          f"files opened: Python's open audit{' and strace' if use_strace else ' only (strace not used)'})")
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join((f"{x:.1f}" if isinstance(x, float) else str(x)).rjust(w) for x, w in zip(row, widths,

@@ -10,15 +10,19 @@ or a leak in one input cannot touch the next). The child
 - runs `ttc.cli.main(argv)` with stdout and stderr sent to files of the input's folder;
 - reports its exit code, the opened files outside and whether onnxruntime was imported.
 
-The parent kills a child that runs past the time limit (a hang). With `strace` installed, `trace_opens`
-lists every file the process opened at the system-call level too (native code included).
+The parent kills a child that runs past the time limit (a hang). With `strace=True` and strace installed,
+strace is attached to the child before it starts (it waits on a pipe until the kernel shows the tracer) and
+every file the child opens at the system-call level counts too (native code included).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 import sys
 import sysconfig
 import time
@@ -63,18 +67,66 @@ def _inside(path: str, roots: list[str]) -> bool:
     return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
 
 
+STRACE = shutil.which("strace")
+_OPEN_CALL = re.compile(r'\b(?:open|openat|openat2|creat)\((?:[A-Z_]+|-?\d+), "((?:[^"\\]|\\.)*)"'
+                        r'|\b(?:open|creat)\("((?:[^"\\]|\\.)*)"')
+_RESULT = re.compile(r"= (-?\d+)")
+
+
+def _strace_opens(trace: Path, folder: Path, roots: list[str]) -> list[str]:
+    """Files the traced process opened (successfully, at the system-call level) outside `roots`."""
+    if not trace.exists():
+        return []
+    outside = []
+    for line in trace.read_text(errors="replace").splitlines():
+        match = _OPEN_CALL.search(line)
+        result = _RESULT.search(line[match.end():]) if match else None
+        if not match or not result or int(result.group(1)) < 0:
+            continue
+        name = (match.group(1) or match.group(2)).encode().decode("unicode_escape", errors="replace")
+        if not _inside(os.path.join(folder, name), roots):
+            outside.append(name)
+    return outside
+
+
+def _attach_strace(pid: int, trace: Path) -> subprocess.Popen | None:
+    """strace attached to `pid` (every thread and child, every open), once the kernel shows it tracing."""
+    process = subprocess.Popen([STRACE, "-f", "-qq", "-s", "4096", "-e", "trace=open,openat,openat2,creat", "-o",
+                                str(trace), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.perf_counter() + 10
+    while time.perf_counter() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        if re.search(r"TracerPid:\s+[1-9]", status):
+            return process
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    return None
+
+
 def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str, str] | None = None,
-             allowed: list[str] | None = None) -> Outcome:
+             allowed: list[str] | None = None, strace: bool = False) -> Outcome:
     """Run `ttc argv` in a forked child with `folder` as its working directory; `allowed` names files it may
-    open besides (the genuine source model of an artifact, which --golden opens when it matches)."""
+    open besides (the genuine source model of an artifact, which --golden opens when it matches). With
+    `strace` (and strace installed), the child's opens are also traced at the system-call level."""
     folder = folder.resolve()
     roots = allowed_roots(folder) + [os.path.realpath(p) for p in allowed or ()]
     out_path, err_path, report_path = folder / ".stdout", folder / ".stderr", folder / ".report.json"
+    trace_path = folder / ".strace"
+    trace_path.unlink(missing_ok=True)
+    strace = strace and STRACE is not None
+    go_read, go_write = os.pipe()
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child
         code = 4
         try:
+            os.close(go_write)
+            os.read(go_read, 1)  # wait until strace (if any) is attached
+            os.close(go_read)
             os.chdir(folder)
             os.environ.update(env or {})
             opened: list[str] = []
@@ -107,6 +159,10 @@ def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str
             os.close(fd)
         finally:
             os._exit(code if isinstance(code, int) and 0 <= code < 256 else 4)
+    os.close(go_read)
+    tracer = _attach_strace(pid, trace_path) if strace else None
+    os.write(go_write, b"x")
+    os.close(go_write)
     deadline = start + timeout
     status = None
     while True:
@@ -120,6 +176,12 @@ def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str
             break
         time.sleep(0.01)
     seconds = time.perf_counter() - start
+    if tracer is not None:
+        try:
+            tracer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            tracer.kill()
+            tracer.wait()
     stdout = out_path.read_text(errors="replace") if out_path.exists() else ""
     stderr = err_path.read_text(errors="replace") if err_path.exists() else ""
     if status is None:
@@ -128,5 +190,6 @@ def run_case(argv: list[str], folder: Path, timeout: float = 60.0, env: dict[str
     code = os.waitstatus_to_exitcode(status)
     if code < 0:  # killed by a signal (a crash in native code): as bad as a traceback
         code = 4
-    outside = [p for p in report.get("outside", []) if not (report.get("onnxruntime") and "onnxruntime" in p)]
+    opened = [*report.get("outside", []), *_strace_opens(trace_path, folder, roots)]
+    outside = sorted({p for p in opened if not (report.get("onnxruntime") and "onnxruntime" in p)})
     return Outcome(code, seconds, outside, bool(report.get("onnxruntime")), stdout, stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from fuzz_corpus import generate, judge, sample_counts
-from fuzz_harness import run_case
+from fuzz_harness import STRACE, run_case
 
 SAMPLE = {"onnx": 12, "ir": 12, "artifact": 12, "oversized": 4}
 
@@ -15,7 +15,7 @@ SAMPLE = {"onnx": 12, "ir": 12, "artifact": 12, "oversized": 4}
 def _campaign(root: Path, counts: dict[str, int], seed: int, only: tuple[str, ...] | None = None) -> list[str]:
     failures = []
     for case in generate(root, counts, seed, only):
-        outcome = run_case(case.argv, case.folder, timeout=60, env=case.env, allowed=case.allowed)
+        outcome = run_case(case.argv, case.folder, timeout=60, env=case.env, allowed=case.allowed, strace=True)
         for problem in judge(case, outcome):
             failures.append(f"{case.kind} {case.name}: {problem} (ttc {' '.join(case.argv)}; {outcome.stderr[:300]})")
     return failures
@@ -54,6 +54,24 @@ def test_judge_catches_each_broken_rule(tmp_path: Path) -> None:
 def test_harness_sees_a_file_opened_outside(tmp_path: Path) -> None:
     outside = run_case(["run", "/etc/hostname"], tmp_path, timeout=60)
     assert outside.exit_code == 2 and outside.outside == ["/etc/hostname"]
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed")
+def test_strace_sees_opens_python_does_not_audit(tmp_path: Path) -> None:
+    """The trace is read as the kernel saw it: successful opens outside the allowed places count, failed ones
+    and those inside the folder do not; a traced run records its system calls (native code's included)."""
+    import os
+
+    from fuzz_harness import _strace_opens, allowed_roots
+
+    (tmp_path / ".strace").write_text(
+        '123 openat(AT_FDCWD, "/etc/hostname", O_RDONLY|O_CLOEXEC) = 3\n'
+        '123 openat(AT_FDCWD, "/etc/missing", O_RDONLY) = -1 ENOENT (No such file or directory)\n'
+        '123 openat(AT_FDCWD, "inside.bin", O_RDONLY) = 4\n')
+    assert _strace_opens(tmp_path / ".strace", tmp_path, allowed_roots(tmp_path)) == ["/etc/hostname"]
+    traced = run_case(["run", "model.ttc"], tmp_path, timeout=60, strace=True)
+    assert traced.exit_code == 2 and traced.outside == []
+    assert os.path.getsize(tmp_path / ".strace") > 0
 
 
 @pytest.mark.slow
