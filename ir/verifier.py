@@ -60,12 +60,32 @@ class Verifier:
             self.errors.append(render_diagnostic(f"#tt.device {problem}", where="module"))
 
     def tensor_sizes(self, op: Operation) -> None:
+        """No value of rank above MAX_RANK or larger than the card's DRAM at the densest format (so no pass
+        loops over an absurd shape): a clear error before any pass runs."""
         for value in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
             t = value.type
-            if isinstance(t, TensorType) and (t.rank > MAX_RANK or _elements(t) > MAX_ELEMENTS):
-                self.error(op, f"'{op.name}' has a value of type {_short(t)}: rank at most {MAX_RANK} and at most "
-                               f"2^{MAX_ELEMENTS.bit_length() - 1} elements (more than any Grayskull's DRAM holds)")
+            if not isinstance(t, TensorType):
+                continue
+            if t.rank > MAX_RANK:
+                self.error(op, f"'{op.name}' has a value of type {_short(t)}: rank {t.rank}, at most {MAX_RANK}")
                 return
+            least = _least_device_bytes(t)
+            if least > self.dram_bytes:
+                self.error(op, f"'{op.name}' has a value of type {_short(t)}, which needs at least {least} bytes of "
+                               f"device DRAM (tile-padded, at the densest format), more than the card's "
+                               f"{self.dram_bytes}")
+                return
+
+    @property
+    def dram_bytes(self) -> int:
+        from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+
+        device = self.module.attributes.get(DEVICE_ATTR_NAME)
+        try:
+            size = int(device.dram_size)  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            size = 0
+        return size if 0 < size <= E150.dram_size else E150.dram_size
 
     def op(self, op: Operation) -> None:
         opdef = op.opdef
@@ -174,14 +194,23 @@ class Verifier:
 
 
 MAX_RANK = 32
-MAX_ELEMENTS = 1 << 36  # 64 Gi elements: a tensor beyond it cannot be on a card of 8 GiB DRAM at any format
+DENSEST_TILE_BYTES = 576  # a bfp4_b tile; row-major data is at least a byte per element
 
 
-def _elements(t: TensorType) -> int:
-    count = 1
-    for d in t.shape:
-        count *= d if isinstance(d, int) and d > 0 else 1
-    return count
+def _least_device_bytes(t: TensorType) -> int:
+    """The fewest DRAM bytes a tensor can occupy on the device: tiles (the last two dims padded to 32) of the
+    densest block format, or a byte per element when it is row-major."""
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
+    if getattr(t.encoding, "tensor_layout", "tile") == "row_major":
+        count = 1
+        for d in dims:
+            count *= d
+        return count
+    rows, cols = ([1, 1] + dims)[-2:]
+    tiles = -(-rows // 32) * -(-cols // 32)
+    for d in dims[:-2]:
+        tiles *= d
+    return tiles * DENSEST_TILE_BYTES
 
 
 def _short(t: TensorType) -> str:

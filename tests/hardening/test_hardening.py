@@ -89,7 +89,19 @@ def test_class1_ir_with_a_2_34_dim_is_refused_by_the_verifier(tmp_path: Path, ca
                                      f'    %0 = "ttir.matmul"(%arg0, %arg1) : ({t}, {t}) -> {t} loc("mm")\n'
                                      f'    func.return %0 : {t} loc("r")\n  }}\n}}\n')
     code, _, err = run(["opt", str(tmp_path / "m.mlir"), "--pipeline", "decompose,canonicalize,tilize"], capsys)
-    assert code == 2 and "elements" in err and "m.mlir:3:" in err
+    assert code == 2 and "bytes of device DRAM" in err and "m.mlir:3:" in err
+
+
+def test_class1_tile_padding_counts_toward_the_card(tmp_path: Path, capsys) -> None:
+    """[2^24, 1, 1] is 16 Mi elements but 16 Mi tiles: more than the card holds at any format, refused before
+    any pass walks its batches."""
+    n = 1 << 24
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", [n, 1, 1])], [_vi("y", [n, 1, 1])])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    start = time.perf_counter()
+    code, _, err = run(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.ttc"), "--quiet"], capsys)
+    assert code == 2 and "bytes of device DRAM" in err and "relu" in err
+    assert time.perf_counter() - start < 10
 
 
 def test_class1_divisors_are_found_without_walking_the_number() -> None:
