@@ -308,9 +308,9 @@ def host_model_proto(op: Any, where: str = "program") -> Any:
     text = op.attributes.get("model")
     try:
         proto = onnx.load_model_from_string(base64.b64decode(text, validate=True))
-    except (TypeError, ValueError, binascii.Error, onnx.onnx_cpp2py_export.checker.ValidationError) as exc:
+    except (TypeError, ValueError, binascii.Error) as exc:
         raise UserError(f"{where}: host op at {op.loc} embeds a model that does not parse ({exc})") from None
-    except Exception as exc:  # protobuf's DecodeError
+    except Exception as exc:  # protobuf's DecodeError, which protobuf does not export under one name
         raise UserError(f"{where}: host op at {op.loc} embeds a model that does not parse ({exc})") from None
     tensors = list(proto.graph.initializer) + [attr.t for node in proto.graph.node for attr in node.attribute
                                               if attr.HasField("t")]
