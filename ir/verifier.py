@@ -206,7 +206,7 @@ def _least_device_bytes(t: TensorType) -> int:
         for d in dims:
             count *= d
         return count
-    rows, cols = ([1, 1] + dims)[-2:]
+    rows, cols = [1, 1, *dims][-2:]
     tiles = -(-rows // 32) * -(-cols // 32)
     for d in dims[:-2]:
         tiles *= d
