@@ -43,6 +43,7 @@ from ttc.frontend.loader import (
     ModelSource,
     default_opset,
     graph_inputs,
+    mapped_array,
     prepare_model,
     read_model,
 )
@@ -89,7 +90,7 @@ def import_read_model(model: onnx.ModelProto, path: str | None, input_shapes: In
     device = _device(arch)
     model = expand_functions(model)
     check_supported(model)
-    model = prepare_model(model, path, input_shapes)
+    model = prepare_model(model, path, input_shapes, mapped=True)
     return GraphImporter(model, device).run()
 
 
@@ -341,7 +342,8 @@ class PendingConstant:
     def array(self) -> np.ndarray:
         if self.data is None:
             assert self.tensor is not None
-            self.data = numpy_helper.to_array(self.tensor)
+            mapped = mapped_array(self.tensor)  # a large external weight: mapped from its file, not read
+            self.data = mapped if mapped is not None else numpy_helper.to_array(self.tensor)
         return self.data
 
 

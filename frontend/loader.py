@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import external_data_helper
 
@@ -53,11 +54,13 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
             raise UserError(f"tensor '{tensor.name}' keeps its data in the external file "
                             f"'{_location(tensor)}'; give the model by its path so the file can be found")
         normalize_dynamic_dims(model)
+        check_structure(model, None)
         return model, None
     path = os.fspath(source)
     model = _parse_file(path)
-    check_external_locations(model, path)
     normalize_dynamic_dims(model)
+    check_structure(model, path)
+    check_external_locations(model, path)
     return model, path
 
 
@@ -88,6 +91,153 @@ def _parse_file(path: str) -> onnx.ModelProto:
     if not model.HasField("graph"):
         raise UserError(f"{path}: not an ONNX model (it holds no graph)")
     return model
+
+
+MAX_RANK = 32  # the rank any tensor may have (onnxruntime's kernels and the device's views go no further)
+MAX_ELEMENTS = 1 << 36  # elements of one tensor: beyond it no Grayskull's 8 GiB DRAM holds it at any format
+
+
+def check_structure(model: onnx.ModelProto, path: str | None) -> None:
+    """What the later steps rely on, checked before any of them runs: every name valid UTF-8, every tensor
+    and value of rank <= MAX_RANK with dims >= 0 and at most MAX_ELEMENTS elements, inline data as long as its
+    dims say, and external data entries well formed (location, offset and length) and inside their file."""
+    where = path or "model"
+    _check_strings(model, where, "model")
+    for graph in _graphs(model.graph):
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+                dims = value.type.tensor_type.shape.dim
+                if len(dims) > MAX_RANK:
+                    raise UserError(f"{where}: value '{value.name}' has rank {len(dims)}; ttc supports rank "
+                                    f"{MAX_RANK} at most")
+                known = [d.dim_value for d in dims if d.HasField("dim_value")]
+                if any(d < 0 for d in known):
+                    raise UserError(f"{where}: value '{value.name}' has a negative dimension {known}")
+                if math.prod(known) > MAX_ELEMENTS:
+                    raise UserError(f"{where}: value '{value.name}' of shape {known} has {math.prod(known)} "
+                                    f"elements, more than any Grayskull's DRAM holds")
+    folder = os.path.dirname(os.path.abspath(path)) if path is not None else None
+    for tensor in _graph_tensors(model.graph):
+        _check_tensor(tensor, where, folder)
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for subgraph in attr.graphs:
+                yield from _graphs(subgraph)
+
+
+def _check_strings(message: object, where: str, field_path: str, depth: int = 0) -> None:
+    """Protobuf hands back a string field that is not valid UTF-8 as bytes; such a name is refused here."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if depth > 64:
+        raise UserError(f"{where}: the model nests graphs more than 64 deep")
+    for field, value in message.ListFields():  # type: ignore[attr-defined]
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for item in (value if _repeated(field) else [value]):
+                if isinstance(item, bytes):
+                    raise UserError(f"{where}: {field_path}.{field.name} is not valid UTF-8 text ({item[:40]!r})")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if _repeated(field) else [value]
+            for i, item in enumerate(items):
+                if field.message_type.name == "TensorProto" and not _has_string_bytes(item):
+                    continue
+                label = getattr(item, "name", "") if isinstance(getattr(item, "name", ""), str) else ""
+                _check_strings(item, where, f"{field_path}.{field.name}[{label or i}]", depth + 1)
+
+
+def _has_string_bytes(tensor: onnx.TensorProto) -> bool:
+    """Whether a tensor's own string fields (name, doc, external data keys) hold bytes: checked without walking
+    its data fields."""
+    fields = [tensor.name, tensor.doc_string, *(e.key for e in tensor.external_data),
+              *(e.value for e in tensor.external_data)]
+    return any(isinstance(f, bytes) for f in fields)
+
+
+def _repeated(field: object) -> bool:
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return field.label == field.LABEL_REPEATED  # type: ignore[attr-defined]
+
+
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
+def _data_bytes(tensor: onnx.TensorProto, where: str) -> int | None:
+    """The bytes a tensor's data occupies as raw data (None for strings, which have no fixed size)."""
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{where}: tensor '{tensor.name}' has an unknown data type {tensor.data_type}") from None
+
+
+def _check_tensor(tensor: onnx.TensorProto, where: str, folder: str | None) -> None:
+    dims = list(tensor.dims)
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
+        raise UserError(f"{where}: tensor '{tensor.name}' has dims {dims[:40]} (rank at most {MAX_RANK}, dims >= 0)")
+    if math.prod(dims) > MAX_ELEMENTS:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} has {math.prod(dims)} elements, more than "
+                        f"any Grayskull's DRAM holds")
+    expected = _data_bytes(tensor, where)
+    if not external_data_helper.uses_external_data(tensor):
+        if tensor.HasField("raw_data") and expected is not None and len(tensor.raw_data) != expected:
+            raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} holds {len(tensor.raw_data)} bytes of "
+                            f"data, not the {expected} its dims and type need")
+        return
+    entries = {}
+    for entry in tensor.external_data:
+        if entry.key in entries:
+            raise UserError(f"{where}: tensor '{tensor.name}' gives external-data key '{entry.key}' twice")
+        entries[entry.key] = entry.value
+    location = entries.get("location", "")
+    if not location or "\x00" in location:
+        raise UserError(f"{where}: tensor '{tensor.name}' has a bad external data location {location!r} "
+                        f"(empty or holding a NUL byte)")
+    numbers_ = {}
+    for key in ("offset", "length"):
+        text = entries.get(key)
+        if text is None:
+            continue
+        if not text.isascii() or not text.isdigit():
+            raise UserError(f"{where}: tensor '{tensor.name}' has external-data {key} {text!r}; it must be a "
+                            f"non-negative integer")
+        numbers_[key] = int(text)
+    if expected is None:
+        raise UserError(f"{where}: tensor '{tensor.name}' keeps strings in external data, which ttc does not read")
+    if "length" in numbers_ and numbers_["length"] != expected:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} needs {expected} bytes but its external "
+                        f"data length is {numbers_['length']}")
+    if folder is None:
+        return
+    target = os.path.realpath(os.path.join(folder, location))
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, target]) != root or not os.path.isfile(target):
+        return  # check_external_locations reports it, naming the folder
+    size = os.path.getsize(target)
+    offset = numbers_.get("offset", 0)
+    if offset + expected > size:
+        raise UserError(f"{where}: tensor '{tensor.name}' of shape {dims} needs {expected} bytes from offset "
+                        f"{offset} of '{location}', but that file has {size} bytes")
+
+
+def _set_entry(tensor: onnx.TensorProto, key: str, value: str) -> None:
+    for entry in tensor.external_data:
+        if entry.key == key:
+            entry.value = value
+            return
+    entry = tensor.external_data.add()
+    entry.key, entry.value = key, value
 
 
 def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -127,11 +277,44 @@ def check_external_locations(model: onnx.ModelProto, path: str) -> None:
                             f"not found (looked for {target})")
 
 
-def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | None = None) -> None:
-    """Load external tensors (those with at most `max_elements` elements, if given) into the model."""
+# Element types whose external bytes are a little-endian numpy array as they stand (mapped, not read)
+_MAPPABLE = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.DOUBLE: "<f8", onnx.TensorProto.FLOAT16: "<f2",
+             onnx.TensorProto.INT8: "i1", onnx.TensorProto.UINT8: "u1", onnx.TensorProto.INT16: "<i2",
+             onnx.TensorProto.UINT16: "<u2", onnx.TensorProto.INT32: "<i4", onnx.TensorProto.UINT32: "<u4",
+             onnx.TensorProto.INT64: "<i8", onnx.TensorProto.UINT64: "<u8", onnx.TensorProto.BOOL: "?"}
+MAPPED = "ttc.mapped"  # the external-data key marking an initializer left in its (checked) file, to be mapped
+
+
+def mapped_array(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The initializer as a copy-on-write memory map of its external file, when `load_external_data` left it
+    there (None otherwise): its pages are read when used and cost no anonymous memory until written."""
+    entries = {e.key: e.value for e in tensor.external_data}
+    if entries.get(MAPPED) != "1":
+        return None
+    shape = tuple(tensor.dims)
+    count = math.prod(shape)
+    if count == 0:
+        return np.zeros(shape, np.dtype(_MAPPABLE[tensor.data_type]))
+    data = np.memmap(entries["location"], dtype=np.dtype(_MAPPABLE[tensor.data_type]), mode="c",
+                     offset=int(entries.get("offset", "0")), shape=(count,))
+    return data.reshape(shape)
+
+
+def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | None = None,
+                       mapped: bool = False) -> None:
+    """Load external tensors (those with at most `max_elements` elements, if given) into the model. With
+    `mapped`, large main-graph initializers of plain numeric types stay in their files instead, marked for
+    `mapped_array` (their location made absolute; check_structure and check_external_locations have checked
+    it, its offset and its length)."""
     folder = os.path.dirname(os.path.abspath(path))
+    mappable = {t.name for t in model.graph.initializer if t.data_type in _MAPPABLE} if mapped else set()
     for tensor in list(external_tensors(model)):
         if max_elements is not None and math.prod(tensor.dims) > max_elements:
+            continue
+        if tensor.name in mappable and math.prod(tensor.dims) > SHAPE_TENSOR_MAX_ELEMENTS:
+            location = os.path.realpath(os.path.join(folder, _location(tensor)))
+            _set_entry(tensor, "location", location)
+            _set_entry(tensor, MAPPED, "1")
             continue
         try:
             external_data_helper.load_external_data_for_tensor(tensor, folder)
@@ -147,8 +330,10 @@ def load_external_data(model: onnx.ModelProto, path: str, max_elements: int | No
 
 
 def prepare_model(model: onnx.ModelProto, path: str | None,
-                  input_shapes: InputShapes | None = None) -> onnx.ModelProto:
-    """Check, fix input shapes, convert and infer; `model` is changed in place and must not be reused."""
+                  input_shapes: InputShapes | None = None, mapped: bool = False) -> onnx.ModelProto:
+    """Check, fix input shapes, convert and infer; `model` is changed in place and must not be reused. With
+    `mapped`, large external initializers stay in their files for `mapped_array` (the importer's way: the
+    weights are not read twice into memory)."""
     check_model(model, path)
     apply_input_shapes(model, input_shapes or {})
     detached = detach_large_tensors(model)
@@ -159,7 +344,7 @@ def prepare_model(model: onnx.ModelProto, path: str | None,
     model = infer_shapes(model)
     reattach_tensors(model, detached)
     if path is not None:
-        load_external_data(model, path)
+        load_external_data(model, path, mapped=mapped)
     return model
 
 

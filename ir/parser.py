@@ -7,6 +7,7 @@ GPT-2-sized module well under a second. Errors name file:line:col and quote the 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ _GRAMMAR = Path(__file__).with_name("grammar.lark")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 
 
-def unquote(token: str) -> str:
+def unquote(token: str, at: Token | None = None) -> str:
+    """A quoted string's text: \\", \\\\, \\n, \\t and two-digit hex escapes (\\0A); any other escape is a parse
+    error at the token."""
     body = token[1:-1]
     if "\\" not in body:
         return body
@@ -46,13 +49,18 @@ def unquote(token: str) -> str:
             out.append(ch)
             i += 1
             continue
-        nxt = body[i + 1]
-        if nxt in _ESCAPES:
+        nxt = body[i + 1] if i + 1 < len(body) else ""
+        if nxt in _ESCAPES and nxt:
             out.append(_ESCAPES[nxt])
             i += 2
-        else:
-            out.append(chr(int(body[i + 1:i + 3], 16)))
-            i += 3
+            continue
+        digits = body[i + 1:i + 3]
+        if len(digits) != 2 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            bad = body[i:i + 3] if len(digits) == 2 else body[i:i + 2]
+            raise _fail(f"bad escape {bad!r} in a string (use \\\\, \\\", \\n, \\t or two hex digits)",
+                        at if at is not None else token if isinstance(token, Token) else None)
+        out.append(chr(int(digits, 16)))
+        i += 3
     return "".join(out)
 
 
@@ -157,7 +165,7 @@ class IRBuilderTransformer(Transformer):
         block = Block()
         for _, token, arg_type, _attrs in args:
             self.define(token, block.add_arg(arg_type))
-        name = unquote(symbol[1:]) if symbol[1:2] == '"' else str(symbol[1:])
+        name = unquote(symbol[1:], symbol) if symbol[1:2] == '"' else str(symbol[1:])
         return name, block, args, results, extra, symbol
 
     def func_arg(self, children: list[Any]) -> tuple:
@@ -455,6 +463,7 @@ def _parser() -> _Parser:
 def parse_module(text: str, filename: str = "<input>", weights: dict | None = None) -> Module:
     """Parse IR text into a Module (not yet verified). Raises IRError naming file:line:col."""
     lines = text.splitlines()
+    _check_nesting(text, lines, filename)
     try:
         op = _parser().parse(text, filename)
     except _ParseFailure as exc:
@@ -464,6 +473,40 @@ def parse_module(text: str, filename: str = "<input>", weights: dict | None = No
     module = Module(op, weights)
     module.source_lines = lines
     return module
+
+
+MAX_NESTING = 200  # brackets deep; ttc's own IR nests a few levels, far below Python's recursion limit
+_STRINGS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*')
+_NOT_BRACKET = re.compile(r"[^\[\]{}()]+")
+_PAIR = re.compile(r"\(\)|\[\]|\{\}")
+_BRACKETS = re.compile(r'"(?:[^"\\\n]|\\.)*"|//[^\n]*|[\[\]{}()]')
+
+
+def _check_nesting(text: str, lines: list[str], filename: str) -> None:
+    """An IRError at the first bracket nested deeper than MAX_NESTING: deep arrays or dicts would otherwise
+    exhaust the recursion of whatever walks the parsed attributes."""
+    if text.count("[") + text.count("{") + text.count("(") <= MAX_NESTING:
+        return
+    # Fast path at C speed: keep only the brackets, then peel matched innermost pairs once per level.
+    shape = _NOT_BRACKET.sub("", _STRINGS.sub("", text))
+    for _ in range(MAX_NESTING):
+        shape, peeled = _PAIR.subn("", shape)
+        if not peeled:
+            return
+    if not _PAIR.search(shape):
+        return
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token in "[{(":
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, match.start()) + 1
+                column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+                raise IRError(render_diagnostic(f"brackets nested more than {MAX_NESTING} deep",
+                                                span=_span(lines, filename, line, column)))
+        elif token in "]})":
+            depth = max(depth - 1, 0)
 
 
 def parse_file(path: str | Path) -> Module:

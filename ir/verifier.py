@@ -31,6 +31,61 @@ class Verifier:
 
     def run(self) -> None:
         self.op(self.module.op)
+        self.symbols()
+        self.device()
+
+    def symbols(self) -> None:
+        seen: set[str] = set()
+        for op in self.module.body.ops if self.module.op.regions and self.module.op.regions[0].blocks else ():
+            name = op.attributes.get("sym_name")
+            if name is None:
+                continue
+            if name in seen:
+                self.error(op, f"redefinition of symbol @{name}")
+            seen.add(name)
+
+    def device(self) -> None:
+        """The `#tt.device` descriptor: every field of its type, in range, the arch known and the grids and
+        memories within that arch's (the passes and the emulator divide by and loop over these)."""
+        from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, DeviceAttr
+
+        device = self.module.attributes.get(DEVICE_ATTR_NAME)
+        if device is None:
+            return
+        if not isinstance(device, DeviceAttr):
+            self.errors.append(render_diagnostic(f"module attribute '{DEVICE_ATTR_NAME}' must be a #tt.device, not "
+                                                 f"{type(device).__name__}", where="module"))
+            return
+        for problem in device_problems(device):
+            self.errors.append(render_diagnostic(f"#tt.device {problem}", where="module"))
+
+    def tensor_sizes(self, op: Operation) -> None:
+        """No value of rank above MAX_RANK or larger than the card's DRAM at the densest format (so no pass
+        loops over an absurd shape): a clear error before any pass runs."""
+        for value in (*op.results, *(a for r in op.regions for b in r.blocks for a in b.args)):
+            t = value.type
+            if not isinstance(t, TensorType):
+                continue
+            if t.rank > MAX_RANK:
+                self.error(op, f"'{op.name}' has a value of type {_short(t)}: rank {t.rank}, at most {MAX_RANK}")
+                return
+            least = _least_device_bytes(t)
+            if least > self.dram_bytes:
+                self.error(op, f"'{op.name}' has a value of type {_short(t)}, which needs at least {least} bytes of "
+                               f"device DRAM (tile-padded, at the densest format), more than the card's "
+                               f"{self.dram_bytes}")
+                return
+
+    @property
+    def dram_bytes(self) -> int:
+        from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
+
+        device = self.module.attributes.get(DEVICE_ATTR_NAME)
+        try:
+            size = int(device.dram_size)  # type: ignore[union-attr]
+        except (AttributeError, TypeError, ValueError):
+            size = 0
+        return size if 0 < size <= E150.dram_size else E150.dram_size
 
     def op(self, op: Operation) -> None:
         opdef = op.opdef
@@ -41,6 +96,7 @@ class Verifier:
             if id(value) not in self.visible:
                 self.error(op, f"operand #{index} is not defined before this use (or is out of scope)")
                 return
+        self.tensor_sizes(op)
         ok = self.declared(op, opdef)
         if ok and opdef.verify is not None:
             try:
@@ -135,6 +191,98 @@ class Verifier:
         if isinstance(result, TensorType) and tuple(np.shape(data)) != result.shape:
             self.error(op, f"weight '{value.name}' has shape {list(np.shape(data))} but the op yields "
                            f"{result}")
+
+
+MAX_RANK = 32
+DENSEST_TILE_BYTES = 576  # a bfp4_b tile; row-major data is at least a byte per element
+
+
+def _least_device_bytes(t: TensorType) -> int:
+    """The fewest DRAM bytes a tensor can occupy on the device: tiles (the last two dims padded to 32) of the
+    densest block format, or a byte per element when it is row-major."""
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
+    if getattr(t.encoding, "tensor_layout", "tile") == "row_major":
+        count = 1
+        for d in dims:
+            count *= d
+        return count
+    rows, cols = [1, 1, *dims][-2:]
+    tiles = -(-rows // 32) * -(-cols // 32)
+    for d in dims[:-2]:
+        tiles *= d
+    return tiles * DENSEST_TILE_BYTES
+
+
+def _short(t: TensorType) -> str:
+    text = str(t)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# Fields of #tt.device that are the card's hardware: at least 1 and at most the arch's own value (tests shrink
+# memories; nothing may grow beyond the silicon), or exactly the arch's value.
+_AT_MOST_ARCH = ("clock_mhz", "l1_size", "dram_channels", "dram_channel_size")
+_EXACTLY_ARCH = ("l1_alignment", "dram_alignment", "dst_tiles", "num_cbs", "noc_max_packet", "noc_bytes_per_cycle")
+_POSITIVE_INTS = ("noc_hop_cycles", "noc_write_startup_cycles", "matmul_cycles_per_phase", "unpack_bytes_per_cycle",
+                  "launch_cycles", "launch_cycles_per_core")
+_FRACTIONS = ("matmul_efficiency", "dram_efficiency")
+_RATES = ("dram_gbps", "dram_core_gbps")
+
+
+def device_problems(device: object) -> list[str]:
+    """What is wrong with a #tt.device descriptor (empty when nothing is)."""
+    import math
+
+    from ttc.ir.dialects.tt import DEVICES
+
+    arch = getattr(device, "arch", None)
+    if not isinstance(arch, str) or arch not in DEVICES:
+        return [f"arch {arch!r} is not a known arch ({', '.join(DEVICES)})"]
+    known = DEVICES[arch]
+    problems = []
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("worker_grid", "compute_grid"):
+        grid, limit = getattr(device, name), getattr(known, name)
+        if len(grid) != 2 or not all(is_int(g) and 1 <= g <= lim for g, lim in zip(grid, limit, strict=False)):
+            problems.append(f"{name} {grid} must be two integers from 1x1 to the {arch}'s {limit}")
+    cg, wg = device.compute_grid, device.worker_grid  # type: ignore[attr-defined]
+    if not problems and (cg[0] > wg[0] or cg[1] > wg[1]):
+        problems.append(f"compute_grid {cg} must lie within worker_grid {wg}")
+    for name in _AT_MOST_ARCH:
+        value = getattr(device, name)
+        if not is_int(value) or not 1 <= value <= getattr(known, name):
+            problems.append(f"{name} = {value!r} must be an integer from 1 to the {arch}'s {getattr(known, name)}")
+    for name in _EXACTLY_ARCH:
+        value = getattr(device, name)
+        if not is_int(value) or value != getattr(known, name):
+            problems.append(f"{name} = {value!r} must be the {arch}'s {getattr(known, name)}")
+    reserved = device.l1_reserved  # type: ignore[attr-defined]
+    if not is_int(reserved) or not 0 <= reserved < (device.l1_size if is_int(device.l1_size) else 0):  # type: ignore[attr-defined]
+        problems.append(f"l1_reserved = {reserved!r} must be an integer below l1_size")
+    for name in _POSITIVE_INTS:
+        value = getattr(device, name)
+        if not is_int(value) or not 1 <= value <= 1 << 32:
+            problems.append(f"{name} = {value!r} must be an integer from 1 to 2^32")
+    for name in _FRACTIONS:
+        value = getattr(device, name)
+        if not isinstance(value, float) or not math.isfinite(value) or not 0 < value <= 1:
+            problems.append(f"{name} = {value!r} must be a fraction in (0, 1]")
+    for name in _RATES:
+        value = getattr(device, name)
+        if not isinstance(value, float) or not math.isfinite(value) or not 0 < value <= 1e6:
+            problems.append(f"{name} = {value!r} must be a positive rate (GB/s)")
+    cycles = device.tile_op_cycles  # type: ignore[attr-defined]
+    if not isinstance(cycles, dict) or set(cycles) != set(known.tile_op_cycles) or \
+            not all(is_int(v) and 1 <= v <= 1 << 32 for v in cycles.values()):
+        problems.append(f"tile_op_cycles must give each of {', '.join(sorted(known.tile_op_cycles))} a positive "
+                        f"integer")
+    keys = device.sfpu_cost_keys  # type: ignore[attr-defined]
+    if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, str) and v in known.tile_op_cycles
+                                             for k, v in keys.items()) or "default" not in keys:
+        problems.append("sfpu_cost_keys must map SFPU functions (and 'default') to tile_op_cycles entries")
+    return problems
 
 
 def _expected_count(opdef: OpDef) -> str:

@@ -31,6 +31,7 @@ cannot fit is a UserError naming the node and the core.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,14 @@ LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred val
 
 
 def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """The divisors of n, ascending: trial division up to sqrt(n), memoized (never a walk over all of n)."""
+    return list(_divisors(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def _divisors(n: int) -> tuple[int, ...]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return tuple(small + [n // d for d in reversed(small) if d * d != n])
 
 
 def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | None:

@@ -383,6 +383,10 @@ def host_model(ex: Executor, op: Operation) -> HostModel:
     from onnx.reference import ReferenceEvaluator
 
     proto = onnx.load_model_from_string(base64.b64decode(op.attr("model")))
+    # onnx's evaluator would read external data relative to the current folder: a host-op model holds its data
+    for tensor in [*proto.graph.initializer, *(a.t for n in proto.graph.node for a in n.attribute if a.HasField("t"))]:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise UserError(f"host op at {op.loc}: its embedded model references external data ('{tensor.name}')")
     names = tuple(v.name for v in proto.graph.input)
     dtypes = tuple(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
                    for v in proto.graph.input)

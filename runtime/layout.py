@@ -92,8 +92,11 @@ def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
     the definition in formats.py unless a bit-identical one is given)."""
     _check_layout(tensor_layout)
     fmt = data_format(element_type)
+    shape = np.shape(array)
+    batch, rows, cols = _matrix_shape(shape)
+    if tensor_layout == "tile" and rows * cols * 4 > PACK_CHUNK_BYTES:
+        return _tensor_to_pages_chunked(array, shape, fmt, pack)
     values = _host_values(array, fmt)
-    shape = values.shape
     size = page_size(shape, element_type, tensor_layout)
     if tensor_layout == "row_major":
         raw = to_bfloat16(values).view(np.uint16) if fmt is DataFormat.BFLOAT16 else values
@@ -102,6 +105,31 @@ def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
     batch, rows, cols = _matrix_shape(shape)
     tiles = tilize(values.reshape(*batch, rows, cols), pad_value=0)
     return pack(tiles.reshape(-1, TILE, TILE), fmt).reshape(-1, size)
+
+
+PACK_CHUNK_BYTES = 64 << 20  # a matrix larger than this (as float32) is packed a band of tile rows at a time
+
+
+def _tensor_to_pages_chunked(array: np.ndarray, shape: tuple[int, ...], fmt: DataFormat,
+                             pack: TileCodec) -> np.ndarray:
+    """tensor_to_pages of large matrices, a band of whole tile rows at a time: the same pages (tiles are packed
+    independently), but the float32 copy, the padded tiles and the packed bytes of only one band exist at a
+    time beside the result (a mapped weight is read band by band)."""
+    _, rows, cols = _matrix_shape(shape)
+    matrices = np.reshape(array, (-1, rows, cols))
+    size = fmt.tile_bytes
+    tile_cols = -(-cols // TILE)
+    band = max(1, PACK_CHUNK_BYTES // (TILE * cols * 4)) * TILE  # rows per band, whole tiles
+    out = np.empty((num_pages(shape, "tile"), size), np.uint8)
+    page = 0
+    for matrix in matrices:
+        for start in range(0, rows, band):
+            part = _host_values(matrix[start:start + band], fmt)
+            packed = pack(tilize(part, pad_value=0).reshape(-1, TILE, TILE), fmt).reshape(-1, size)
+            out[page:page + len(packed)] = packed
+            page += len(packed)
+    assert page == len(out) and page % tile_cols == 0
+    return out
 
 
 def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: ScalarType | str,

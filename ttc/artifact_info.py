@@ -14,28 +14,19 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ttc.ir.diagnostics import UserError
-
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
     """Everything `ttc inspect` reports about the artifact at `path`, as JSON-ready data."""
     from ttc import __version__
+    from ttc.artifact import read_artifact
     from ttc.ir.dialects.tt import GridAttr
-    from ttc.ir.parser import parse_module
 
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            manifest = json.loads(archive.read("manifest.json"))
-            if manifest.get("format") != "ttc-artifact":
-                raise UserError(f"{path}: not a ttc artifact (manifest format {manifest.get('format')!r})")
-            program_text = archive.read("program.mlir").decode()
-            members = {info.filename: info.file_size for info in archive.infolist()}
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"{path}: not a valid .ttc artifact ({exc})") from None
-    module = parse_module(program_text, f"{path}:program.mlir")
+    compiled = read_artifact(path)  # verified: what inspect shows is what the compiler wrote
+    module = compiled.module
+    with zipfile.ZipFile(path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        members = {info.filename: info.file_size for info in archive.infolist()}
     programs = []
     for op in module.function("main").body.ops:
         if op.name != "ttmetal.enqueue_program":

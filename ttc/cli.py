@@ -309,6 +309,9 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="format of a softmax whose probabilities are an output and of its logits (bf16: "
                              "like every other tensor, the default; f16: Float16, three more mantissa bits, a "
                              "device fault past 65504)")
+    parser.add_argument("--max-host-memory", metavar="SIZE",
+                        help="host RAM the compile may use, e.g. 16G (default: the RAM available now); a model "
+                             "needing more is refused before its weights are read")
     parser.add_argument("--pipeline", metavar="SPEC", help="override the pass pipeline")
     parser.add_argument("--dump-ir", metavar="DIR", help="write NN-passname.mlir after every pass, plus weights")
     _add_pass_options(parser)
@@ -319,11 +322,20 @@ def _compile(args: argparse.Namespace):
 
     options = CompileOptions(arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
                              softmax_precision=args.softmax_precision, pipeline=args.pipeline,
-                             input_shapes=_input_shapes(args.input_shape))
+                             input_shapes=_input_shapes(args.input_shape),
+                             max_host_memory=_host_memory(args.max_host_memory))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),
                               dump_ir=args.dump_ir, timing=args.timing, verify=not args.no_verify,
                               stream=sys.stderr, progress=not args.quiet, print_locations=args.print_locations)
     return compile_model(args.model, options, diagnostics)
+
+
+def _host_memory(text: str | None) -> int | None:
+    if text is None:
+        return None
+    from ttc.fit import parse_size
+
+    return parse_size(text)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -816,10 +828,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-    except Exception:
+    except Exception as exc:
+        # Never the user's fault: one line saying so and where to report it, then the traceback for the report.
+        print(f"ttc: internal error ({type(exc).__name__}): this is a bug in ttc, not a problem with your input; "
+              f"please report it to the ttc maintainers (the project's issue tracker) with the command line, the "
+              f"model and the traceback below", file=sys.stderr)
         traceback.print_exc()
-        print("ttc: internal error: this is a bug in ttc, please report it with the command line and "
-              "the model", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 import onnx
 
-from ttc.fit import check_model_fits
+from ttc.fit import check_host_memory, check_model_fits
 from ttc.ir.core import Module
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DEVICES
@@ -48,6 +48,8 @@ class CompileOptions:
     softmax_precision: str = "bf16"
     pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # host RAM the compile may need (bytes; None: the RAM available now); not part of the artifact
+    max_host_memory: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for value, choices, what in ((self.arch, ARCHES, "arch"), (self.dtype, DTYPES, "dtype"),
@@ -62,6 +64,7 @@ class CompileOptions:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("max_host_memory", None)
         data["input_shapes"] = {k: list(v) for k, v in sorted(self.input_shapes.items())}
         data["pipeline"] = self.pipeline_spec
         return data
@@ -99,7 +102,8 @@ def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions |
     with progress(len(passes) + 2, "import", "step", enabled=diagnostics.progress, stream=stream) as bar:
         proto, path = read_model(model)  # parsed once (without external data) for the fit check and the import
         source.update(_model_provenance(proto))
-        check_model_fits(proto, options.arch, options.dtype, name=path)
+        check_model_fits(proto, options.arch, options.dtype, name=path, host_limit=options.max_host_memory)
+        check_host_memory(proto, options.max_host_memory, name=path)
         module = import_read_model(proto, path, input_shapes=dict(options.input_shapes), arch=options.arch)
         bar.advance(label=f"pass {passes[0].name}" if passes else "pack weights")
         dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None
@@ -193,7 +197,7 @@ def _source_info(model: str | Path | onnx.ModelProto) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: no such model file")
     check_onnx_path(path)
-    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return {"path": str(path.resolve()), "sha256": file_sha256(path), "size": path.stat().st_size}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -222,7 +226,7 @@ def build_manifest(module: Module, options: CompileOptions, source: dict[str, An
     outputs = _tensor_entries(ftype.results, [main.res_attrs(i) for i in range(len(ftype.results))])
     return {
         "format": "ttc-artifact",
-        "format_version": 1,
+        "format_version": 2,  # ttc.artifact.FORMAT_VERSION: a sha256 and size for every member
         "ttc_version": __version__,
         "arch": options.arch,
         "options": options.to_json(),

@@ -85,19 +85,38 @@ def make_inputs(compiled: CompiledModel, given: Mapping[str, np.ndarray], seed: 
 
 
 def source_model_path(compiled: CompiledModel, override: str | None) -> Path:
-    """The ONNX model to compare with: --model, else the manifest's source, whose sha256 must match."""
-    source = compiled.manifest.get("source_model", {})
-    path = Path(override) if override else (Path(source["path"]) if source.get("path") else None)
-    if path is None:
-        raise UserError("--golden needs the source model: this artifact does not name one; pass --model M.onnx")
-    if not path.is_file():
-        raise UserError(f"--golden: the source model {path} is missing; pass --model M.onnx")
+    """The ONNX model to compare with: --model, else the manifest's source, used only when it is a regular file
+    of the recorded size whose sha256 matches (its size is checked before the file is opened)."""
+    import stat
+
     from ttc.fileio import file_kind, not_onnx_message
 
-    kind = file_kind(path)
-    if kind is not None:
-        raise UserError(f"--golden: {not_onnx_message(path, kind)}")
-    if source.get("sha256") and file_sha256(path) != source["sha256"]:
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise UserError(f"--golden: the model {path} given with --model is missing or not a file")
+        kind = file_kind(path)
+        if kind is not None:
+            raise UserError(f"--golden: {not_onnx_message(path, kind)}")
+        return path
+    source = compiled.manifest.get("source_model") or {}
+    if not source.get("path"):
+        raise UserError("--golden needs the source model: this artifact does not name one; pass --model M.onnx")
+    path = Path(source["path"])
+    if not source.get("sha256") or source.get("size") is None:
+        raise UserError(f"--golden: the artifact does not record the size and sha256 of {path}, so it is not "
+                        f"opened; pass --model M.onnx")
+    try:
+        info = path.stat()
+    except OSError:
+        raise UserError(f"--golden: the source model {path} is missing; pass --model M.onnx") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"--golden: the source model {path} is not a regular file, so it is not opened; pass "
+                        f"--model M.onnx")
+    if info.st_size != source["size"]:
+        raise UserError(f"--golden: {path} is not the model this artifact was compiled from (size differs: "
+                        f"{info.st_size} bytes, the artifact records {source['size']}); pass --model M.onnx")
+    if file_sha256(path) != source["sha256"]:
         raise UserError(f"--golden: {path} is not the model this artifact was compiled from (sha256 differs)")
     return path
 

@@ -7,6 +7,8 @@ is refused, as onnxruntime refuses it). Type names are spelt as onnxruntime spel
 
 from __future__ import annotations
 
+import math
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,13 +199,39 @@ def _load_array_file(file: str, name: str) -> np.ndarray | dict[str, np.ndarray]
         usage = "" if name else " (--input expects NAME=FILE.npy, FILE.npz or NAME=FILE.npz)"
         raise UserError(f"{where}: cannot read {file}: no such file{usage}")
     try:
-        loaded = np.load(file, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+        # a .npy is mapped, not read: its header is checked against the file's size before anything is allocated
+        loaded = np.load(file, allow_pickle=False, mmap_mode="c")
+    except ValueError as exc:
+        if "mmap length" in str(exc):
+            raise UserError(f"{where}: {file}'s .npy header declares more data than the file holds") from None
+        raise UserError(f"{where}: cannot read {file}: not a .npy or .npz file ({exc})") from None
+    except (OSError, EOFError) as exc:
         raise UserError(f"{where}: cannot read {file}: not a .npy or .npz file ({exc})") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             try:
+                _check_npz_headers(loaded.zip)
                 return {key: loaded[key] for key in loaded.files}
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
                 raise UserError(f"{where}: cannot read {file}: {exc}") from None
     return loaded
+
+
+def _check_npz_headers(archive: zipfile.ZipFile) -> None:
+    """Each member's .npy header must describe no more bytes than the member holds (a header declaring 2^40 rows
+    would otherwise be allocated before the read fails), and no member may inflate past the artifact bound."""
+    from ttc.artifact import max_entry_bytes
+
+    limit = max_entry_bytes()
+    for info in archive.infolist():
+        if info.file_size > limit:
+            raise ValueError(f"member {info.filename} inflates to {info.file_size} bytes (more than {limit})")
+        with archive.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            needed = math.prod(shape) * dtype.itemsize
+            if needed > info.file_size:
+                raise ValueError(f"member {info.filename} declares {list(shape)} of {dtype} ({needed} bytes) but "
+                                 f"holds {info.file_size} bytes")

@@ -7,6 +7,12 @@ the ONNX protobuf (external data stays on disk) and adds up what the weights alo
 DRAM: tile-padded, in the data format the layout pass will give them. Weights alone are a lower bound of
 the real need, so a model that fails here can never fit; one that passes may still fail in `allocate`,
 with the exact figure.
+
+The host has a limit too (`check_host_memory`): importing holds every weight and packs it into device
+pages. Inline weights cost about three times their bytes at the peak (the protobuf, the array, the pages);
+external ones are memory-mapped from their files and packed a band at a time, about once their bytes. Before any weight is read, that need is
+compared with `--max-host-memory` (default: the RAM available now) and refused with the figure and a remedy.
+The card-fit hint suggests --dtype bfp8_b only when the host can carry out that compile.
 """
 
 from __future__ import annotations
@@ -78,16 +84,90 @@ def _constants(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
             yield from (attr.t for attr in node.attribute if attr.HasField("t"))
 
 
+HOST_PEAK_FACTOR = 3  # inline weights: in the protobuf, as numpy arrays, and packed into device pages
+MAPPED_PEAK_FACTOR = 1  # external weights are mapped from their files (read band by band while packing):
+#                         the packed pages (at most the float32 bytes) and one band beside them
+HOST_BASELINE = 512 << 20  # Python, numpy, onnx and the compiler's own structures
+
+
+def _host_bytes(tensor: onnx.TensorProto) -> int:
+    per = 4 if tensor.data_type in _FLOAT_TYPES else _ELEMENT_BYTES.get(tensor.data_type, 4)
+    if tensor.data_type == onnx.TensorProto.DOUBLE:
+        per = 8
+    return math.prod(tensor.dims) * per
+
+
+def host_weight_bytes(proto: onnx.ModelProto) -> int:
+    """The bytes of every constant as the importer holds it (its host element type; external data included)."""
+    return sum(_host_bytes(tensor) for tensor in _constants(proto.graph))
+
+
+def host_memory_needed(proto: onnx.ModelProto) -> int:
+    """An estimate of the peak host RAM (anonymous memory) a compile of this model needs."""
+    from onnx.external_data_helper import uses_external_data
+
+    need = HOST_BASELINE
+    for tensor in _constants(proto.graph):
+        need += (MAPPED_PEAK_FACTOR if uses_external_data(tensor) else HOST_PEAK_FACTOR) * _host_bytes(tensor)
+    return need
+
+
+def available_host_memory() -> int:
+    """The RAM available now (MemAvailable of /proc/meminfo; physical pages where that is absent)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: no limit
+
+
+def parse_size(text: str, what: str = "--max-host-memory") -> int:
+    """`16G`, `512M`, `2048K`, `1.5G` or a byte count."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        from ttc.ir.diagnostics import UserError
+
+        raise UserError(f"{what} {text!r} is not a size: give bytes or a number with K, M, G or T (e.g. 16G)")
+    return int(float(match[1]) * (1 << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[match[2].upper()]))
+
+
+def check_host_memory(proto: onnx.ModelProto, limit: int | None, name: str | None = None) -> int:
+    """Raise UserError when compiling the model would need more host RAM than `limit` (None: the RAM available
+    now); returns the estimate. Runs before any weight is read."""
+    needed = host_memory_needed(proto)
+    source = "--max-host-memory" if limit is not None else "the RAM available now"
+    limit = available_host_memory() if limit is None else limit
+    if needed <= limit:
+        return needed
+    weights = host_weight_bytes(proto)
+    raise UserError(
+        f"{name or 'the model'}: compiling it needs about {_gib(needed)} of host RAM ({_gib(weights)} of weights, "
+        f"held and packed into device pages, plus {_gib(HOST_BASELINE)}), but the limit is "
+        f"{_gib(limit)} ({source}). Checked before "
+        f"reading any weight. Try: a machine with more free RAM, or --max-host-memory with a larger figure if "
+        f"this one has swap to spare; --dtype bfp8_b does not lower it (the weights are read in float32 first)")
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
 def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str, dtype: str,
-                     name: str | None = None, extra: tuple[int, str, Callable[[int], str]] | None = None) -> int:
+                     name: str | None = None, host_limit: int | None = None,
+                     extra: tuple[int, str, Callable[[int], str]] | None = None) -> int:
     """Raise UserError when the weights alone (plus `extra`) exceed the card's DRAM; returns the weight bytes.
-    `name` names a ModelProto read from a file in the message. `extra` is a further need known before any
-    weight is read: (bytes, what it is, the remedy to suggest given the bytes left beside the weights), e.g. a
-    generator's KV cache."""
+    `name` names a ModelProto read from a file in the message; `host_limit` is the host RAM the bfp8_b hint
+    may assume (default: what is available now). `extra` is a further need known before any weight is read:
+    (bytes, what it is, the remedy to suggest given the bytes left beside the weights), e.g. a generator's KV
+    cache."""
     if isinstance(model, onnx.ModelProto):
         proto, where = model, name or "the model"
     else:
@@ -108,6 +188,11 @@ def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str,
     if dtype != "bfp8_b" and tensors:
         smaller = sum(tensor_device_bytes(t, "bfp8_b") for t in tensors) + extra_bytes
         verdict = "would fit" if smaller <= available else "would still not fit"
+        host_need, host_limit = host_memory_needed(proto), (available_host_memory() if host_limit is None
+                                                             else host_limit)
+        if smaller <= available and host_need > host_limit:
+            verdict = (f"would fit the card, but this host cannot pack it: about {_gib(host_need)} of RAM, "
+                       f"{_gib(host_limit)} available")
         hints.append(f"--dtype bfp8_b stores matrix weights in about half the bytes ({_gib(smaller)} in all: "
                      f"{verdict})")
         if smaller > available:

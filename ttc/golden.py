@@ -1,7 +1,9 @@
 """Golden comparison of emulator outputs against onnxruntime.
 
-Pure numpy (plus onnxruntime for the reference run); no imports from other ttc modules, so the
-metrics can be trusted independently of the compiler they judge.
+Pure numpy (plus onnxruntime for the reference run, imported only when a reference run is made); no
+imports from other ttc modules but the error class, so the metrics can be trusted independently of the
+compiler they judge. onnxruntime's own refusals (an opset or op version it does not implement, a model it
+cannot load) become user errors that say onnxruntime refused, not tracebacks.
 
 Float outputs pass on two metrics: the Pearson correlation (PCC, which judges the *pattern*) and the
 relative L2 error (which judges the *magnitude*). Element-wise ``allclose`` is reported too, with
@@ -21,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from ttc.ir.diagnostics import UserError
 
 # Element-wise (rtol, atol) per data format, for outputs of O(1) magnitude.
 # - f32: the emulator may sum in a different order than onnxruntime; over K ~ 1e3 terms that costs
@@ -191,10 +194,32 @@ def compare(
 ModelLike = str | os.PathLike[str] | onnx.ModelProto
 
 
-def _session(model: ModelLike) -> ort.InferenceSession:
-    """A CPU onnxruntime session with default options."""
+def _session(model: ModelLike) -> Any:
+    """A CPU onnxruntime session with default options (onnxruntime is imported here, on first use)."""
+    import onnxruntime as ort
+
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    return ort.InferenceSession(source, sess_options=ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    where = "the model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    try:
+        return ort.InferenceSession(source, sess_options=ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's Fail, InvalidGraph, NotImplemented, InvalidProtobuf, ...
+        raise UserError(f"--golden: onnxruntime cannot load {where}, so there is no reference to compare "
+                        f"with: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0]
+    return line if len(line) <= 400 else line[:400] + "..."
+
+
+def _run(sess: Any, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+    """One onnxruntime run; its refusals (a feed it rejects, a kernel that fails) as user errors."""
+    try:
+        return sess.run(list(names) if names is not None else None, dict(feeds))
+    except Exception as exc:
+        raise UserError(f"--golden: onnxruntime failed to run the model, so there is no reference to compare "
+                        f"with: {_first_line(exc)}") from None
 
 
 def run_onnxruntime(
@@ -207,7 +232,7 @@ def run_onnxruntime(
         return {}  # onnxruntime reads an empty list of names as "all outputs"
     sess = _session(model_path_or_proto)
     names = list(output_names) if output_names is not None else [o.name for o in sess.get_outputs()]
-    results = sess.run(names, dict(feeds))
+    results = _run(sess, names, feeds)
     return {n: np.asarray(v) for n, v in zip(names, results, strict=True)}
 
 
@@ -229,12 +254,12 @@ def run_onnxruntime_timed(model: ModelLike, feeds: Mapping[str, np.ndarray], out
     feed_dict = dict(feeds)
     names = list(output_names)
     start = time.perf_counter()
-    results = sess.run(names, feed_dict) if names else []
+    results = _run(sess, names, feed_dict) if names else []
     first = time.perf_counter() - start
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        sess.run(names or None, feed_dict)
+        _run(sess, names or None, feed_dict)
         times.append(time.perf_counter() - start)
     outputs = {n: np.asarray(v) for n, v in zip(names, results, strict=True)}
     return TimedRun(outputs, first, statistics.median(times) if times else None, repeat)
@@ -249,11 +274,11 @@ def time_onnxruntime(model: ModelLike, feeds: Mapping[str, np.ndarray], repeats:
         raise ValueError("repeats must be >= 1")
     sess = _session(model)
     feed_dict = dict(feeds)
-    sess.run(None, feed_dict)
+    _run(sess, None, feed_dict)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sess.run(None, feed_dict)
+        _run(sess, None, feed_dict)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -723,7 +723,17 @@ def window_output_shape(op: Operation, kernel: Sequence[int]) -> tuple[int, int,
             window_output_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode))
 
 
+def _check_window(op: Operation, kernel: Sequence[int] | None = None) -> None:
+    """input_shape [N, H, W] positive, strides and dilations (2) >= 1, pads (4) >= 0, a kernel (2) >= 1."""
+    for name, rank, low in (("input_shape", 3, 1), ("strides", 2, 1), ("dilations", 2, 1), ("pads", 4, 0),
+                            *((("kernel", 2, 1),) if kernel is not None else ())):
+        value = op.attr(name)
+        if len(value) != rank or any(not isinstance(v, int) or v < low or v > 1 << 31 for v in value):
+            raise VerifyError(f"attribute '{name}' must be {rank} integers in [{low}, 2^31], not {list(value)}")
+
+
 def verify_conv2d(op: Operation) -> None:
+    _check_window(op)
     _same_element_types(op)
     x, w = tensor(op.operands[0].type), tensor(op.operands[1].type)
     n, h, width = op.attr("input_shape")
@@ -734,17 +744,24 @@ def verify_conv2d(op: Operation) -> None:
         raise VerifyError(f"weight {_dims(w.shape)} does not match {x.shape[1]} input channels in {groups} groups")
     if len(op.operands) == 3 and tensor(op.operands[2].type).shape != (w.shape[0],):
         raise VerifyError("the bias has one value per output channel")
+    if groups < 1 or any(k < 1 for k in w.shape[2:]):
+        raise VerifyError(f"groups {groups} and kernel {_dims(w.shape[2:])} must be positive")
     batch, oh, ow = window_output_shape(op, w.shape[2:])
+    if oh < 1 or ow < 1:
+        raise VerifyError(f"the window is larger than the padded input (output {oh}x{ow})")
     _expect_shape(op, (batch * oh * ow, w.shape[0]), "channels-last [N*OH*OW, OC]")
 
 
 def verify_pool2d(op: Operation) -> None:
+    _check_window(op, op.attr("kernel"))
     _same_element_types(op)
     x = tensor(op.operands[0].type)
     n, h, w = op.attr("input_shape")
     if x.rank != 2 or x.shape[0] != n * h * w:
         raise VerifyError(f"the input is the channels-last matrix [N*H*W, C] = [{n * h * w}, C], not {_dims(x.shape)}")
     batch, oh, ow = window_output_shape(op, op.attr("kernel"))
+    if oh < 1 or ow < 1:
+        raise VerifyError(f"the window is larger than the padded input (output {oh}x{ow})")
     _expect_shape(op, (batch * oh * ow, x.shape[1]), "channels-last [N*OH*OW, C]")
 
 

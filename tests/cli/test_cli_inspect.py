@@ -35,7 +35,7 @@ def test_inspect_json_holds_the_manifest_and_every_program(artifact: tuple[Path,
     assert code == 0 and err == ""
     info = json.loads(out)
     manifest = read_artifact(path).manifest
-    assert info["versions"] == {"format": 1, "written_by_ttc": __version__, "this_ttc": __version__}
+    assert info["versions"] == {"format": 2, "written_by_ttc": __version__, "this_ttc": __version__}
     assert info["arch"] == "e150" and info["options"] == manifest["options"]
     assert info["options"]["math_fidelity"] == "hifi2"
     assert info["inputs"] == manifest["inputs"] and info["outputs"] == manifest["outputs"]
@@ -58,7 +58,7 @@ def test_inspect_text_reads_as_a_summary(artifact: tuple[Path, Path], capsys) ->
     code, out, _ = run(["inspect", str(path)], capsys)
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].startswith(f"{path}: ttc artifact, format 1, written by ttc {__version__}")
+    assert lines[0].startswith(f"{path}: ttc artifact, format 2, written by ttc {__version__}")
     assert lines[1] == f"source model: {model.resolve()} (present)"
     assert "producer ttc.zoo" in lines[2] and "opsets ai.onnx" in lines[2]
     assert lines[3].startswith("target: e150; dtype bf16, math fidelity hifi2")
