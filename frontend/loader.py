@@ -65,15 +65,15 @@ def read_model(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
 
 
 def normalize_dynamic_dims(model: onnx.ModelProto) -> None:
-    """Exporters spell a dynamic dimension in three ways: a dim_param name, no value at all, or a dim_value
-    of -1 or 0 (not valid ONNX, but common). The last becomes an unnamed dynamic dim, so `--input-shape`
-    fixes it like the others instead of the model "fixing" it to -1. (A zero-size input is not a model
-    anyone compiles for a device.)"""
+    """Exporters spell a dynamic dimension as a dim_param name, no value at all, or a dim_value of -1 (not
+    valid ONNX, but common). The last becomes an unnamed dynamic dim, so `--input-shape` fixes it like the
+    others instead of the model "fixing" it to -1. A dim_value of 0 is ambiguous (a zero-size tensor, or
+    some exporters' "dynamic"): it stays 0 unless `--input-shape` gives it a size (`_set_input_shape`)."""
     for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
             continue
         for dim in value.type.tensor_type.shape.dim:
-            if dim.HasField("dim_value") and dim.dim_value <= 0:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
                 dim.Clear()
 
 
@@ -576,13 +576,20 @@ def apply_input_shapes(model: onnx.ModelProto, input_shapes: InputShapes) -> Non
         raise UserError(f"--input-shape names no graph input: {', '.join(unknown)} "
                         f"(the inputs are: {', '.join(inputs) or 'none'})")
     missing = []
+    sized_zero = False
     for name, value in inputs.items():
         if name in input_shapes:
+            sized_zero |= 0 in (_dims(value) or [])
             _set_input_shape(value, tuple(input_shapes[name]))
         elif not _is_static(value):
             missing.append(_missing_shape_message(value))
     if missing:
         raise UserError("\n".join(missing))
+    if sized_zero:  # a 0 meant "dynamic": the 0s downstream of it are the exporter's too, left to inference
+        for value in (*model.graph.output, *model.graph.value_info):
+            for dim in value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ():
+                if dim.HasField("dim_value") and dim.dim_value == 0:
+                    dim.Clear()
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
@@ -626,7 +633,7 @@ def _set_input_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None
         raise UserError(f"{given}: input '{value.name}' has rank {len(dims)} "
                         f"({shape_text(dims)}), not {len(shape)}")
     for index, (declared, wanted) in enumerate(zip(dims, shape, strict=True)):
-        if isinstance(declared, int) and declared != wanted:
+        if isinstance(declared, int) and declared not in (wanted, 0):  # 0: see normalize_dynamic_dims
             raise UserError(f"{given}: dimension {index} of input '{value.name}' is fixed to {declared} "
                             f"by the model ({shape_text(dims)})")
     onnx_shape = value.type.tensor_type.shape

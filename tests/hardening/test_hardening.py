@@ -336,7 +336,7 @@ def test_class6_edited_program_is_refused(tmp_path: Path, capsys, mlp, edit: str
     def change(body: bytes) -> bytes:
         text = body.decode()
         if edit == "runtime-args":
-            new = re.sub(r"runtime_args = \[\[\[(\d+)", lambda m: f"runtime_args = [[[{int(m[1]) + 1}", text, count=1)
+            new = re.sub(r"(runtime_args = \[\s*\[\[)(\d+)", lambda m: f"{m[1]}{int(m[2]) + 1}", text, count=1)
         elif edit == "page-size":
             new = re.sub(r"(#ttmetal\.cb<\d+, page_size = )(\d+)", lambda m: m[1] + str(int(m[2]) * 2), text, count=1)
         else:
