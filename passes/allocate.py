@@ -31,7 +31,8 @@ from ttc.ir.core import Function, Module, Operation
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
-from ttc.passes.footprint import (
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.ops.geometry import (
     ALIGNMENT,
     align,
     bank_share,
@@ -43,7 +44,6 @@ from ttc.passes.footprint import (
     shard_geometry,
     tensor,
 )
-from ttc.passes.manager import Pass, register_pass
 
 DRAM_PEAK = "tt.dram_peak_bytes"
 L1_PEAK = "tt.l1_peak_bytes"

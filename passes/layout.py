@@ -34,27 +34,14 @@ from ttc.ir.core import Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import (
-    MATMUL_OPS,
-    MOVEMENT_OPS,
-    LiveRange,
-    bank_share,
-    is_folded,
-    is_row_major,
-    is_view,
-    layout,
-    live_ranges,
-    module_device,
-    movement_chain,
-    op_kind,
-    program_operands,
-    readers,
-    sync_body_placement,
-    tensor,
-)
 from ttc.passes.grid import min_cb_bytes
 from ttc.passes.l1_timeline import L1Timeline
+from ttc.passes.liveness import LiveRange, live_ranges, readers, sync_body_placement
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, is_view, movement_chain
+from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor
+from ttc.passes.ops.matmul import MATMUL_OPS
+from ttc.passes.ops.registry import op_kind, program_operands
 
 DTYPES = ("bf16", "bfp8_b")
 NORMALIZATIONS = frozenset({"ttir.softmax", "ttir.layer_norm"})

@@ -38,17 +38,9 @@ from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.dialects.ttir import matmul_shape, slice_shape
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import (
-    MOVEMENT_OPS,
-    Gather,
-    _apply_step,
-    chain_steps,
-    gather_map_of_inputs,
-    is_folded,
-    is_row_major,
-    movement_chain,
-    row_gather_map,
-)
+from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, movement_chain
+from ttc.passes.ops.gather_map import Gather, _apply_step, chain_steps, gather_map_of_inputs, row_gather_map
+from ttc.passes.ops.geometry import is_row_major
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 CONSTANT = "ttir.constant"

@@ -67,9 +67,9 @@ from ttc.passes.canonicalize import (
 )
 from ttc.passes.decompose import DivByConstant, DivByTensor
 from ttc.passes.device_types import boolean_patterns, legalize
-from ttc.passes.footprint import is_row_major
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.movement import movement_patterns
+from ttc.passes.ops.geometry import is_row_major
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 from ttc.passes.windows import window_patterns
 

@@ -39,7 +39,6 @@ from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import is_folded, movement_chain, row_gather_map
 from ttc.passes.movement import (
     CONSTANT,
     ROW_MAJOR,
@@ -49,6 +48,8 @@ from ttc.passes.movement import (
     tensor,
     weight,
 )
+from ttc.passes.ops.gather import is_folded, movement_chain
+from ttc.passes.ops.gather_map import row_gather_map
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)

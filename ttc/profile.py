@@ -23,7 +23,7 @@ from ttc.ir import target
 from ttc.ir.core import Block, Module, Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import core_bank, is_sharded, shard_geometry
+from ttc.passes.ops.geometry import core_bank, is_sharded, shard_geometry
 from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
 from ttc.runtime.dataflow import tile_block
 
@@ -208,7 +208,7 @@ class _StaticCounter:
 
 def _constant_pages(main: Block, device_weights: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
     """id(buffer value) -> its packed pages [pages, page_size] for every buffer a write_constant fills."""
-    from ttc.passes.footprint import page_size
+    from ttc.passes.ops.geometry import page_size
 
     pages = {}
     for op in main.ops:

@@ -21,7 +21,7 @@ from ttc.ir.attributes import Location, TypeAttr
 from ttc.ir.core import Block, Operation, Region, Value
 from ttc.ir.dialects.ttkernel import ADDRGEN
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import layout, page_size
+from ttc.passes.ops.geometry import layout, page_size
 
 INDEX = ScalarType("index")
 Index = Value | int

@@ -1,52 +1,38 @@
 """`lower-to-kernels`: turn @main's device ops into kernel programs and a `ttmetal` host schedule.
 
+Each device op's program comes from its kind (`DeviceOp.lower`, passes/ops/<kind>.py); this pass places the
+buffers and builds the host schedule around the programs.
+
     to_layout host -> device    create_buffer + write_buffer
     weight constant             create_buffer + write_constant (same weight name), before its first use
     device op                   create_buffer (result) + enqueue_program(inputs..., tables..., result)
-                                with reader / compute / writer kernels, CB configs (footprint's plan),
+                                with reader / compute / writer kernels, CB configs (the kind's plan),
                                 per-core runtime args, kind and the op's location
     to_layout device -> host    read_buffer
     (every buffer)              deallocate after its last use
 
-Movement ops folded into a following one (`footprint.is_folded`) produce no buffer: the chain's last op
-gathers from the chain's input(s). A view (`footprint.is_view`: a chain whose tiles stay in place, e.g.
+Movement ops folded into a following one (`ops.gather.is_folded`) produce no buffer: the chain's last op
+gathers from the chain's input(s). A view (`ops.gather.is_view`: a chain whose tiles stay in place, e.g.
 a reshape dropping a leading unit dim) produces neither buffer nor program: its value is its source's
 buffer. Addresses are left to `allocate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ttc.backend.data_movement import lower_gather
-from ttc.backend.eltwise import lower_eltwise
-from ttc.backend.embedding import lower_embedding
-from ttc.backend.matmul import lower_matmul
-from ttc.backend.normalization import lower_row_op
-from ttc.backend.program import Program
-from ttc.backend.reduction import lower_reduce
-from ttc.backend.untilize import lower_untilize
 from ttc.ir.attributes import WeightAttr, fuse_locations
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import is_folded, is_view, movement_chain, node_names, op_kind, program_operands
-from ttc.passes.grid import GRID
 from ttc.passes.manager import Pass, register_pass
-
-LOWERINGS: dict[str, Callable[[Operation, Module], Program]] = {
-    "matmul": lambda op, module: lower_matmul(op),
-    "eltwise": lambda op, module: lower_eltwise(op),
-    "softmax": lambda op, module: lower_row_op(op),
-    "layer_norm": lambda op, module: lower_row_op(op),
-    "data_movement": lower_gather,
-    "embedding": lambda op, module: lower_embedding(op),
-    "reduce": lambda op, module: lower_reduce(op),
-    "untilize": lambda op, module: lower_untilize(op),
-}
+from ttc.passes.ops.gather import is_folded, is_view, movement_chain
+from ttc.passes.ops.geometry import node_names
+from ttc.passes.ops.interface import GRID
+from ttc.passes.ops.registry import device_op, op_kind, program_operands
 
 
 def is_device(value: Value) -> bool:
@@ -136,7 +122,9 @@ class ScheduleBuilder:
     def program(self, op: Operation) -> None:
         if GRID not in op.attributes:
             raise UserError(f"node {node_names(op)}: '{op.name}' has no tt.grid (run the grid pass first)")
-        program = LOWERINGS[op_kind(op) or ""](op, self.module)
+        kind = device_op(op)
+        assert kind is not None
+        program = kind.lower(op, self.module)
         inputs = [self.value(v) for v in program_operands(op)]
         constants = []
         for table in program.constants:
