@@ -288,7 +288,7 @@ def softmax(ctx: NodeContext) -> Value:
     return ctx.create("ttir.softmax", [x], x.type, {"axis": axis})
 
 
-# LayerNormalization: converters_extra.py (the device op, or a composition when Mean/InvStdDev are used).
+# LayerNormalization: converters_normalization.py (the device op, or a composition when Mean/InvStdDev are used).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,7 +533,7 @@ def gather(ctx: NodeContext) -> Value:
     shape = _result_shape(ctx, (*data_type.shape[:axis], *index_type.shape, *data_type.shape[axis + 1:]))
     is_table = ctx.input_constant(0) is not None and axis == 0 and data_type.rank >= 2
     if not is_table and ctx.input_constant(1) is None and data_type.element_type.is_float:
-        from ttc.frontend.converters_extra import gather_rows
+        from ttc.frontend.converters_indexing import gather_rows
 
         return gather_rows(ctx, data, indices, axis)
     if is_table and ctx.input_constant(1) is None:
@@ -553,12 +553,12 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
     data = ctx.input(0)
     indices = ctx.input_constant(1)
     if indices is None and ctx.node.op_type == "GatherElements" and _tensor(data).element_type.is_float:
-        from ttc.frontend.converters_extra import gather_elements_by_comparison
+        from ttc.frontend.converters_indexing import gather_elements_by_comparison
 
         return gather_elements_by_comparison(ctx, data, ctx.input(1), _axis(ctx, ctx.attr("axis"), _tensor(data).rank))
     if indices is None and ctx.node.op_type == "GatherND" and _tensor(data).element_type.is_float \
             and not ctx.attr("batch_dims"):
-        from ttc.frontend.converters_extra import gather_nd_by_comparison
+        from ttc.frontend.converters_indexing import gather_nd_by_comparison
 
         return gather_nd_by_comparison(ctx, data, ctx.input(1))
     if indices is None:

@@ -27,11 +27,17 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 
 from ttc.frontend import (
+    converters_attention,  # noqa: F401  (registers its converters)
     converters_control,  # noqa: F401  (registers its converters)
-    converters_extra,  # noqa: F401  (registers its converters)
+    converters_conv,  # noqa: F401  (registers its converters)
+    converters_elementwise,  # noqa: F401  (registers its converters)
+    converters_grid_sample,  # noqa: F401  (registers its converters)
+    converters_indexing,  # noqa: F401  (registers its converters)
+    converters_normalization,  # noqa: F401  (registers its converters)
+    converters_pad_resize,  # noqa: F401  (registers its converters)
     converters_recurrent,  # noqa: F401  (registers its converters)
+    converters_reduction,  # noqa: F401  (registers its converters)
     converters_spectral,  # noqa: F401  (registers its converters)
-    converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.folding import evaluate_node, outer_scope_inputs, subgraphs
