@@ -11,6 +11,7 @@ import numpy as np
 from ttc.frontend.converters import _tensor, converter
 from ttc.frontend.converters_emitter import Emitter, _concat, _float_input, _slice_last
 from ttc.frontend.converters_indexing import gather_rows
+from ttc.ir.dialects import ttir
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -34,7 +35,7 @@ def _repeat_heads(e: Emitter, x: Value, reps: int) -> Value:
     """[B, H, L, D] -> [B, H * reps, L, D], each head repeated `reps` times in place (GQA)."""
     b, h, length, d = _tensor(x).shape
     lifted = e.reshape(x, (b, h, 1, length, d))
-    wide = e.ctx.create("ttir.broadcast", [lifted], _tensor(x).with_shape((b, h, reps, length, d)))
+    wide = e.ctx.create(ttir.BROADCAST_OP.name, [lifted], _tensor(x).with_shape((b, h, reps, length, d)))
     return e.reshape(wide, (b, h * reps, length, d))
 
 

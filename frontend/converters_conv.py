@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ttc.frontend.converters import _reshape_to, _tensor, converter
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.ttir import window_output_size
 
 if TYPE_CHECKING:
@@ -32,16 +33,16 @@ def to_channels_last(ctx: NodeContext, x: Value) -> Value:
     n, c, *spatial = _tensor(x).shape
     rank = len(spatial) + 2
     last = _tensor(x).with_shape((n, *spatial, c))
-    moved = ctx.create("ttir.transpose", [x], last, {"perm": (0, *range(2, rank), 1)})
-    return ctx.create("ttir.reshape", [moved], _tensor(x).with_shape((n * math.prod(spatial), c)))
+    moved = ctx.create(ttir.TRANSPOSE.name, [x], last, {"perm": (0, *range(2, rank), 1)})
+    return ctx.create(ttir.RESHAPE.name, [moved], _tensor(x).with_shape((n * math.prod(spatial), c)))
 
 
 def from_channels_last(ctx: NodeContext, x: Value, n: int, *spatial: int) -> Value:
     """The matrix [N*H*W, C] -> NCHW (and NCL, NCDHW by the number of spatial dims given)."""
     c = _tensor(x).shape[1]
     rank = len(spatial) + 2
-    last = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((n, *spatial, c)))
-    return ctx.create("ttir.transpose", [last], _tensor(x).with_shape((n, c, *spatial)),
+    last = ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape((n, *spatial, c)))
+    return ctx.create(ttir.TRANSPOSE.name, [last], _tensor(x).with_shape((n, c, *spatial)),
                       {"perm": (0, rank - 1, *range(1, rank - 1))})
 
 
@@ -104,7 +105,7 @@ def conv(ctx: NodeContext) -> Value:
     if len(w_shape) == 5:
         return conv3d(ctx, x, weight)
     if len(w_shape) == 3:
-        weight = ctx.create("ttir.reshape", [weight], _tensor(weight).with_shape((*w_shape[:2], 1, w_shape[2])))
+        weight = ctx.create(ttir.RESHAPE.name, [weight], _tensor(weight).with_shape((*w_shape[:2], 1, w_shape[2])))
     oc, _, kh, kw = _tensor(weight).shape
     attrs = window_attrs(ctx, x, (kh, kw))
     groups = int(ctx.attr("group") or 1)
@@ -113,7 +114,7 @@ def conv(ctx: NodeContext) -> Value:
     if oh <= 0 or ow <= 0:
         raise ctx.error("the convolution has an empty output")
     operands = [to_channels_last(ctx, x), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
-    result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, oc)),
+    result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, oc)),
                         {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if len(w_shape) == 3 else (oh, ow)))
 
@@ -187,7 +188,7 @@ def pool_matrix(ctx: NodeContext, matrix: Value, kind: str, images: tuple[int, i
     include_pad = count_include_pad if kind == "avg" else False
     oh, ow = output_hw(attrs, kernel, ceil_mode)
     c = _tensor(matrix).shape[1]
-    result = ctx.create("ttir.pool2d", [matrix], _tensor(matrix).with_shape((n * oh * ow, c)),
+    result = ctx.create(ttir.POOL2D.name, [matrix], _tensor(matrix).with_shape((n * oh * ow, c)),
                         {"kind": kind, "kernel": kernel, **attrs, "ceil_mode": ceil_mode,
                          "count_include_pad": include_pad})
     return result, (n, oh, ow)
@@ -255,25 +256,25 @@ def lp_pool(ctx: NodeContext) -> Value:
     x = ctx.input(0)
 
     def mul(a: Value, b: Value) -> Value:
-        return ctx.create("ttir.mul", [a, b], x.type)
+        return ctx.create(ttir.MUL.name, [a, b], x.type)
 
-    magnitude = ctx.create("ttir.abs", [x], x.type)
+    magnitude = ctx.create(ttir.ABS.name, [x], x.type)
     power = magnitude
     for _ in range(p - 1):
         power = mul(power, magnitude)
     pooled = _pool(ctx, "avg", power, count_include_pad=True)
     dtype = _tensor(x).element_type.numpy_dtype()
     window = math.prod(int(k) for k in ctx.attr("kernel_shape"))
-    total = ctx.create("ttir.mul", [pooled, ctx.constant(np.asarray(window, dtype), f"{ctx.node.output[0]}.window")],
+    total = ctx.create(ttir.MUL.name, [pooled, ctx.constant(np.asarray(window, dtype), f"{ctx.node.output[0]}.window")],
                        pooled.type)
     if p == 1:
         return total
     if p == 2:
-        return ctx.create("ttir.sqrt", [total], total.type)
-    log = ctx.create("ttir.log", [total], total.type)
-    scaled = ctx.create("ttir.mul", [log, ctx.constant(np.asarray(1.0 / p, dtype), f"{ctx.node.output[0]}.inv_p")],
+        return ctx.create(ttir.SQRT.name, [total], total.type)
+    log = ctx.create(ttir.LOG.name, [total], total.type)
+    scaled = ctx.create(ttir.MUL.name, [log, ctx.constant(np.asarray(1.0 / p, dtype), f"{ctx.node.output[0]}.inv_p")],
                         log.type)
-    return ctx.create("ttir.exp", [scaled], scaled.type)
+    return ctx.create(ttir.EXP.name, [scaled], scaled.type)
 
 
 def _global_pool(ttir_op: str):
@@ -287,8 +288,8 @@ def _global_pool(ttir_op: str):
     return convert
 
 
-converter("GlobalAveragePool", since=1)(_global_pool("ttir.reduce_mean"))
-converter("GlobalMaxPool", since=1)(_global_pool("ttir.reduce_max"))
+converter("GlobalAveragePool", since=1)(_global_pool(ttir.REDUCE_MEAN.name))
+converter("GlobalMaxPool", since=1)(_global_pool(ttir.REDUCE_MAX.name))
 
 
 COL2IM_MAX_MATRIX = 1 << 24  # elements of Col2Im's constant scatter matrix (64 MiB in float32)
@@ -332,7 +333,7 @@ def col2im(ctx: NodeContext) -> Value:
                 scatter[k, b, int(np.ravel_multi_index(where, image))] = 1.0
     rows = _reshape_to(ctx, x, (n * (ck // kernel), kernel * blocks))
     matrix = ctx.constant(scatter.reshape(kernel * blocks, pixels), f"{ctx.node.output[0]}.scatter")
-    summed = ctx.create("ttir.matmul", [rows, matrix], _tensor(x).with_shape((n * (ck // kernel), pixels)))
+    summed = ctx.create(ttir.MATMUL.name, [rows, matrix], _tensor(x).with_shape((n * (ck // kernel), pixels)))
     return _reshape_to(ctx, summed, (n, ck // kernel, *image))
 
 
@@ -349,7 +350,7 @@ def conv_transpose(ctx: NodeContext) -> Value:
                         f"{list(shape)}")
     lifted = len(shape) == 3
     if lifted:
-        w_value = ctx.create("ttir.reshape", [w_value], _tensor(w_value).with_shape((*w_shape[:2], 1, w_shape[2])))
+        w_value = ctx.create(ttir.RESHAPE.name, [w_value], _tensor(w_value).with_shape((*w_shape[:2], 1, w_shape[2])))
     n, c, *sizes = (shape[0], shape[1], 1, shape[2]) if lifted else shape
     rank = len(sizes)
     ocg, kernel = _tensor(w_value).shape[1], _tensor(w_value).shape[2:]
@@ -382,7 +383,7 @@ def conv_transpose(ctx: NodeContext) -> Value:
         axes.append(np.where(stuffed, positions // strides[dim], -1))
     ids = stuffed_ids(n, sizes, axes)
     index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.stuff_index")
-    spread = ctx.create("ttir.embedding", [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
+    spread = ctx.create(ttir.EMBEDDING.name, [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
                         {"pad_negative": True})
     weight = _flipped_conv_weight(ctx, w_value, groups)
     bias = ctx.input(2) if ctx.has_input(2) else None
@@ -395,7 +396,7 @@ def conv_transpose(ctx: NodeContext) -> Value:
              "dilations": tuple(dilations)}
     oh, ow = output_hw(attrs, kernel)
     operands = [spread, weight] + ([bias] if bias is not None else [])
-    result = ctx.create("ttir.conv2d", operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
+    result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
                         {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if lifted else (oh, ow)))
 
@@ -428,20 +429,20 @@ def conv3d_by_planes(ctx: NodeContext, matrix: Value, images: tuple[int, int, in
             tap = ctx.constant(np.ascontiguousarray(np.asarray(constant, np.float32)[:, :, i]),
                                f"{ctx.node.output[0]}.tap{i}")
         else:
-            tap = ctx.create("ttir.slice", [weight], _tensor(weight).with_shape((oc, cg, 1, kh, kw)),
+            tap = ctx.create(ttir.SLICE.name, [weight], _tensor(weight).with_shape((oc, cg, 1, kh, kw)),
                              {"begins": (0, 0, i, 0, 0), "ends": (oc, cg, i + 1, kh, kw), "steps": (1,) * 5})
-            tap = ctx.create("ttir.reshape", [tap], _tensor(weight).with_shape((oc, cg, kh, kw)))
-        planes = ctx.create("ttir.conv2d", [matrix, tap], _tensor(matrix).with_shape((n * d * oh * ow, oc)), attrs)
+            tap = ctx.create(ttir.RESHAPE.name, [tap], _tensor(weight).with_shape((oc, cg, kh, kw)))
+        planes = ctx.create(ttir.CONV2D.name, [matrix, tap], _tensor(matrix).with_shape((n * d * oh * ow, oc)), attrs)
         depth = np.arange(od) * strides[0] - pads[0] + i * dilations[0]
         rows = (np.arange(n)[:, None] * d + depth[None, :])[:, :, None] * (oh * ow) + np.arange(oh * ow)
         rows = np.where(((depth >= 0) & (depth < d))[None, :, None], rows, -1).reshape(-1)
         index = ctx.constant(rows.astype(np.int32), f"{ctx.node.output[0]}.planes{i}")
-        picked = ctx.create("ttir.embedding", [planes, index], _tensor(planes).with_shape((rows.size, oc)),
+        picked = ctx.create(ttir.EMBEDDING.name, [planes, index], _tensor(planes).with_shape((rows.size, oc)),
                             {"pad_negative": True})
-        total = picked if total is None else ctx.create("ttir.add", [total, picked], _tensor(picked))
+        total = picked if total is None else ctx.create(ttir.ADD.name, [total, picked], _tensor(picked))
     assert total is not None
     if bias is not None:
-        total = ctx.create("ttir.add", [total, bias], _tensor(total))
+        total = ctx.create(ttir.ADD.name, [total, bias], _tensor(total))
     return total, (od, oh, ow)
 
 
@@ -459,7 +460,7 @@ def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value
         return ctx.constant(np.ascontiguousarray(flipped.reshape(groups * ocg, cg // groups, *kernel)),
                             f"{ctx.node.output[0]}.conv_weight")
     like = _tensor(w_value)
-    flipped = ctx.create("ttir.slice", [w_value], like,
+    flipped = ctx.create(ttir.SLICE.name, [w_value], like,
                          {"begins": (0, 0, *(k - 1 for k in kernel)), "ends": (cg, ocg, *([-1] * spatial)),
                           "steps": (1, 1, *([-1] * spatial))})
     per_group = cg // groups
@@ -467,14 +468,14 @@ def _flipped_conv_weight(ctx: NodeContext, w_value: Value, groups: int) -> Value
     for g in range(groups):
         part = flipped
         if groups > 1:
-            part = ctx.create("ttir.slice", [flipped], like.with_shape((per_group, ocg, *kernel)),
+            part = ctx.create(ttir.SLICE.name, [flipped], like.with_shape((per_group, ocg, *kernel)),
                               {"begins": (g * per_group, 0, *([0] * spatial)),
                                "ends": ((g + 1) * per_group, ocg, *kernel), "steps": (1,) * (2 + spatial)})
-        parts.append(ctx.create("ttir.transpose", [part], like.with_shape((ocg, per_group, *kernel)),
+        parts.append(ctx.create(ttir.TRANSPOSE.name, [part], like.with_shape((ocg, per_group, *kernel)),
                                 {"perm": (1, 0, *range(2, 2 + spatial))}))
     if len(parts) == 1:
         return parts[0]
-    return ctx.create("ttir.concat", parts, like.with_shape((groups * ocg, per_group, *kernel)), {"axis": 0})
+    return ctx.create(ttir.CONCAT.name, parts, like.with_shape((groups * ocg, per_group, *kernel)), {"axis": 0})
 
 def _text(value: str | bytes | None, default: str) -> str:
     if value is None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ttc.frontend.converters import _tensor, converter
 from ttc.frontend.converters_emitter import FLOAT_MAX, I1, Emitter, _float_input, _spread
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.ttir import broadcast_shape
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def cast_like(ctx: NodeContext) -> Value:
     target = _tensor(like).element_type
     if target == _tensor(x).element_type:
         return x
-    return ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(target))
+    return ctx.create(ttir.TYPECAST.name, [x], _tensor(x).with_element_type(target))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,14 +155,14 @@ for _op_type, _fn in SFPU_UNARY.items():
 @converter("IsInf", since=10)
 def is_inf(ctx: NodeContext) -> Value:
     e, x = Emitter(ctx), _float_input(ctx)
-    infinite = ctx.create("ttir.isinf", [x], _tensor(x).with_element_type(I1))
+    infinite = ctx.create(ttir.ISINF.name, [x], _tensor(x).with_element_type(I1))
     positive, negative = ctx.attr("detect_positive"), ctx.attr("detect_negative")
     if positive and negative:
         return infinite
     if not positive and not negative:
         return e.compare("ne", x, x)  # never true for an infinity: all false
     sign = e.compare("gt" if positive else "lt", x, e.const(0.0, x))
-    return ctx.create("ttir.logical_and", [infinite, sign], _tensor(infinite))
+    return ctx.create(ttir.LOGICAL_AND.name, [infinite, sign], _tensor(infinite))
 
 
 @converter("Mod", since=13)
@@ -178,7 +179,7 @@ def mod(ctx: NodeContext) -> Value:
         return result  # fmod(x, +-inf) = x: the quotient was 0
     # x mod +-inf (the divisor's sign) is x when the signs agree or x is 0 (the quotient was 0), else the
     # divisor itself: there the quotient was -1 and the result x + clamped y, which doubled overflows to +-inf
-    infinite = ctx.create("ttir.isinf", [y], _tensor(y).with_element_type(I1))
+    infinite = ctx.create(ttir.ISINF.name, [y], _tensor(y).with_element_type(I1))
     opposite = e.logical("and", infinite, e.compare("lt", e.mul(x, y), e.const(0.0, x)))
     return e.mul(result, e.add(e.cast(opposite, _tensor(x).element_type), e.const(1.0, x)))
 
@@ -216,9 +217,9 @@ def _scalar(ctx: NodeContext, value: float, name: str) -> Value:
 
 def clamp(ctx: NodeContext, x: Value, low: float | None, high: float | None) -> Value:
     if low is not None:
-        x = ctx.create("ttir.maximum", [x, _scalar(ctx, low, "min")], x.type)
+        x = ctx.create(ttir.MAXIMUM.name, [x, _scalar(ctx, low, "min")], x.type)
     if high is not None:
-        x = ctx.create("ttir.minimum", [x, _scalar(ctx, high, "max")], x.type)
+        x = ctx.create(ttir.MINIMUM.name, [x, _scalar(ctx, high, "max")], x.type)
     return x
 
 
@@ -235,12 +236,12 @@ def clip(ctx: NodeContext) -> Value:
         value = ctx.input_constant(index)
         bounds.append(ctx.input(index) if value is None else float(value))
     if bounds[0] == 0.0:
-        x, bounds[0] = ctx.create("ttir.relu", [x], x.type), None
-    for op_name, bound in zip(("ttir.maximum", "ttir.minimum"), bounds, strict=True):
+        x, bounds[0] = ctx.create(ttir.RELU.name, [x], x.type), None
+    for op_name, bound in zip((ttir.MAXIMUM.name, ttir.MINIMUM.name), bounds, strict=True):
         if bound is None:
             continue
         if isinstance(bound, float):
-            bound = _scalar(ctx, bound, "min" if op_name == "ttir.maximum" else "max")
+            bound = _scalar(ctx, bound, "min" if op_name == ttir.MAXIMUM.name else "max")
         x = ctx.create(op_name, [x, bound], x.type)
     return x
 
@@ -248,29 +249,29 @@ def clip(ctx: NodeContext) -> Value:
 @converter("HardSigmoid", since=6)
 def hard_sigmoid(ctx: NodeContext) -> Value:
     x = ctx.input(0)
-    affine = ctx.create("ttir.mul", [x, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
-    affine = ctx.create("ttir.add", [affine, _scalar(ctx, float(ctx.attr("beta")), "beta")], x.type)
-    return clamp(ctx, ctx.create("ttir.relu", [affine], x.type), None, 1.0)
+    affine = ctx.create(ttir.MUL.name, [x, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
+    affine = ctx.create(ttir.ADD.name, [affine, _scalar(ctx, float(ctx.attr("beta")), "beta")], x.type)
+    return clamp(ctx, ctx.create(ttir.RELU.name, [affine], x.type), None, 1.0)
 
 
 @converter("HardSwish", since=14)
 def hard_swish(ctx: NodeContext) -> Value:
     """x * relu6(x + 3) / 6."""
     x = ctx.input(0)
-    shifted = ctx.create("ttir.add", [x, _scalar(ctx, 3.0, "three")], x.type)
-    gate = clamp(ctx, ctx.create("ttir.relu", [shifted], x.type), None, 6.0)
-    gate = ctx.create("ttir.mul", [gate, _scalar(ctx, 1.0 / 6.0, "sixth")], x.type)
-    return ctx.create("ttir.mul", [x, gate], x.type)
+    shifted = ctx.create(ttir.ADD.name, [x, _scalar(ctx, 3.0, "three")], x.type)
+    gate = clamp(ctx, ctx.create(ttir.RELU.name, [shifted], x.type), None, 6.0)
+    gate = ctx.create(ttir.MUL.name, [gate, _scalar(ctx, 1.0 / 6.0, "sixth")], x.type)
+    return ctx.create(ttir.MUL.name, [x, gate], x.type)
 
 
 @converter("LeakyRelu", since=6)
 def leaky_relu(ctx: NodeContext) -> Value:
     """max(x, 0) + alpha * min(x, 0)."""
     x = ctx.input(0)
-    positive = ctx.create("ttir.relu", [x], x.type)
-    negative = ctx.create("ttir.minimum", [x, _scalar(ctx, 0.0, "zero")], x.type)
-    negative = ctx.create("ttir.mul", [negative, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
-    return ctx.create("ttir.add", [positive, negative], x.type)
+    positive = ctx.create(ttir.RELU.name, [x], x.type)
+    negative = ctx.create(ttir.MINIMUM.name, [x, _scalar(ctx, 0.0, "zero")], x.type)
+    negative = ctx.create(ttir.MUL.name, [negative, _scalar(ctx, float(ctx.attr("alpha")), "alpha")], x.type)
+    return ctx.create(ttir.ADD.name, [positive, negative], x.type)
 
 
 @converter("Sum", since=8)
@@ -281,5 +282,5 @@ def sum_(ctx: NodeContext) -> Value:
         shape = broadcast_shape(_tensor(result).shape, _tensor(value).shape)
         if shape is None:
             raise ctx.error("Sum operands do not broadcast")
-        result = ctx.create("ttir.add", [result, value], _tensor(result).with_shape(shape))
+        result = ctx.create(ttir.ADD.name, [result, value], _tensor(result).with_shape(shape))
     return result

@@ -11,6 +11,7 @@ import numpy as np
 
 from ttc.frontend.converters import _axis, _tensor
 from ttc.ir import ScalarType
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape, reduced_shape
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Emitter:
 
     def where(self, cond: Value, x: Value, y: Value) -> Value:
         shape = broadcast_shape(broadcast_shape(_tensor(cond).shape, _tensor(x).shape), _tensor(y).shape)
-        return self.ctx.create("ttir.where", [cond, x, y], _tensor(x).with_shape(shape))
+        return self.ctx.create(ttir.WHERE.name, [cond, x, y], _tensor(x).with_shape(shape))
 
     def reduce(self, op: str, x: Value, axes: Sequence[int], keepdims: bool) -> Value:
         axes = tuple(sorted(axes))
@@ -86,28 +87,28 @@ class Emitter:
     def reshape(self, x: Value, shape: tuple[int, ...]) -> Value:
         if _tensor(x).shape == tuple(shape):
             return x
-        return self.ctx.create("ttir.reshape", [x], _tensor(x).with_shape(tuple(shape)))
+        return self.ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape(tuple(shape)))
 
     def transpose(self, x: Value, perm: Sequence[int]) -> Value:
         shape = _tensor(x).shape
         if tuple(perm) == tuple(range(len(shape))):
             return x
-        return self.ctx.create("ttir.transpose", [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)),
+        return self.ctx.create(ttir.TRANSPOSE.name, [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)),
                                {"perm": tuple(perm)})
 
     def matmul(self, a: Value, b: Value) -> Value:
         shape = matmul_shape(_tensor(a).shape, _tensor(b).shape)
         if shape is None:
             raise self.ctx.error(f"cannot multiply shapes {_tensor(a).shape} and {_tensor(b).shape}")
-        return self.ctx.create("ttir.matmul", [a, b], _tensor(a).with_shape(shape))
+        return self.ctx.create(ttir.MATMUL.name, [a, b], _tensor(a).with_shape(shape))
 
     def softmax(self, x: Value, axis: int) -> Value:
-        return self.ctx.create("ttir.softmax", [x], x.type, {"axis": axis})
+        return self.ctx.create(ttir.SOFTMAX.name, [x], x.type, {"axis": axis})
 
     def cast(self, x: Value, element: ScalarType) -> Value:
         if _tensor(x).element_type == element:
             return x
-        return self.ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(element))
+        return self.ctx.create(ttir.TYPECAST.name, [x], _tensor(x).with_element_type(element))
 
     def log_sum_exp(self, x: Value, axes: Sequence[int], keepdims: bool) -> Value:
         """log(sum(exp(x))) over `axes`, shifted by the max so exp never overflows."""
@@ -127,7 +128,7 @@ def _float_input(ctx: NodeContext, index: int = 0) -> Value:
 def _concat(ctx: NodeContext, values: list[Value], axis: int) -> Value:
     shape = list(_tensor(values[0]).shape)
     shape[axis] = sum(_tensor(v).shape[axis] for v in values)
-    return ctx.create("ttir.concat", values, _tensor(values[0]).with_shape(tuple(shape)), {"axis": axis})
+    return ctx.create(ttir.CONCAT.name, values, _tensor(values[0]).with_shape(tuple(shape)), {"axis": axis})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,5 +178,5 @@ def _spread(ctx: NodeContext, e: Emitter, param: Value, rank: int) -> Value:
     if not block:
         raise ctx.error(f"a scale of shape {list(shape)} without block_size")
     lifted = e.reshape(param, (*shape[:axis + 1], 1, *shape[axis + 1:]))
-    wide = ctx.create("ttir.broadcast", [lifted], _tensor(param).with_shape((*shape[:axis + 1], block, *shape[axis + 1:])))
+    wide = ctx.create(ttir.BROADCAST_OP.name, [lifted], _tensor(param).with_shape((*shape[:axis + 1], block, *shape[axis + 1:])))
     return e.reshape(wide, (*shape[:axis], shape[axis] * block, *shape[axis + 1:]))

@@ -11,6 +11,7 @@ import numpy as np
 
 from ttc.frontend.converters import _axis, _tensor, constant_ints, converter
 from ttc.frontend.converters_emitter import Emitter, _concat_copies, _float_input, _slice_last
+from ttc.ir.dialects import ttir
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -33,7 +34,7 @@ def gather_rows(ctx: NodeContext, data: Value, indices: Value, axis: int) -> Val
     table = e.reshape(moved, (dims[axis], width))
     index_shape = _tensor(indices).shape
     ids = indices if index_shape else e.reshape(indices, (1,))
-    rows = ctx.create("ttir.embedding", [table, ids], _tensor(data).with_shape((*(index_shape or (1,)), width)))
+    rows = ctx.create(ttir.EMBEDDING.name, [table, ids], _tensor(data).with_shape((*(index_shape or (1,)), width)))
     k = len(index_shape)
     unflat = e.reshape(rows, (*index_shape, *others))
     perm = (*(k + i for i in range(axis)), *range(k), *(k + axis + j for j in range(len(dims) - 1 - axis)))
@@ -210,7 +211,7 @@ def gather_elements_by_comparison(ctx: NodeContext, data: Value, indices: Value,
     spread = e.reshape(moved, (*_tensor(moved).shape[:-1], 1, size))
     forward = e.compare("eq", lifted, e.const(np.arange(size, dtype=np.float32), lifted))
     backward = e.compare("eq", lifted, e.const(np.arange(size, dtype=np.float32) - size, lifted))
-    hit = ctx.create("ttir.logical_or", [forward, backward], _tensor(forward))
+    hit = ctx.create(ttir.LOGICAL_OR.name, [forward, backward], _tensor(forward))
     picked = e.reduce("sum", e.where(hit, spread, e.const(0.0, data)), [last + 1], False)
     return e.transpose(picked, perm)
 
@@ -249,7 +250,7 @@ def gather_nd_by_comparison(ctx: NodeContext, data: Value, indices: Value) -> Va
         component = emit_slice(ctx, values, begins, ends, [1] * len(index_dims))  # [*batch, 1]
         forward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32), component))
         backward = e.compare("eq", component, e.const(np.arange(size, dtype=np.float32) - size, component))
-        hit = e.cast(ctx.create("ttir.logical_or", [forward, backward], _tensor(forward)), _tensor(data).element_type)
+        hit = e.cast(ctx.create(ttir.LOGICAL_OR.name, [forward, backward], _tensor(forward)), _tensor(data).element_type)
         if one_hot is None:
             one_hot = hit
             continue

@@ -15,6 +15,7 @@ from ttc.frontend.converters import _axis, _tensor, converter
 from ttc.frontend.converters_conv import from_channels_last, to_channels_last
 from ttc.frontend.converters_elementwise import _scalar
 from ttc.frontend.converters_emitter import Emitter, _float_input
+from ttc.ir.dialects import ttir
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -44,7 +45,7 @@ def layer_norm(ctx: NodeContext) -> Value | list[Value]:
     axis = _axis(ctx, ctx.attr("axis"), rank)
     if not (ctx.output_used(1) or ctx.output_used(2)):
         operands = [x, ctx.input(1), ctx.input(2)] if ctx.has_input(2) else [x, ctx.input(1)]
-        return ctx.create("ttir.layer_norm", operands, x.type, {"axis": axis, "epsilon": ctx.attr("epsilon")})
+        return ctx.create(ttir.LAYER_NORM.name, operands, x.type, {"axis": axis, "epsilon": ctx.attr("epsilon")})
     e = Emitter(ctx)
     normed, mean, inv_std = _normalize(e, x, range(axis, rank), ctx.attr("epsilon"), center=True)
     y = e.mul(normed, ctx.input(1))
@@ -131,39 +132,39 @@ def batch_norm(ctx: NodeContext) -> Value | list[Value]:
     if not training and all(p is not None for p in params):
         scale, bias, mean, var = (np.asarray(p, np.float64) for p in params)
         factor = scale / np.sqrt(var + epsilon)
-        scaled = ctx.create("ttir.mul", [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
+        scaled = ctx.create(ttir.MUL.name, [x, _channel_constant(ctx, factor, rank, "bn_scale")], x.type)
         shift = _channel_constant(ctx, bias - mean * factor, rank, "bn_shift")
-        return ctx.create("ttir.add", [scaled, shift], x.type)
+        return ctx.create(ttir.ADD.name, [scaled, shift], x.type)
     c = _tensor(x).shape[1]
     per_channel = (1, c) + (1,) * (rank - 2)
 
     def channel(index: int) -> Value:
         value = ctx.input(index)
-        return ctx.create("ttir.reshape", [value], _tensor(value).with_shape(per_channel))
+        return ctx.create(ttir.RESHAPE.name, [value], _tensor(value).with_shape(per_channel))
 
     axes = (0, *range(2, rank))
     if training:
-        mean = ctx.create("ttir.reduce_mean", [x], _tensor(x).with_shape(per_channel), {"axes": axes, "keepdims": True})
-        centred = ctx.create("ttir.sub", [x, mean], x.type)
-        squares = ctx.create("ttir.mul", [centred, centred], x.type)
-        var = ctx.create("ttir.reduce_mean", [squares], _tensor(x).with_shape(per_channel),
+        mean = ctx.create(ttir.REDUCE_MEAN.name, [x], _tensor(x).with_shape(per_channel), {"axes": axes, "keepdims": True})
+        centred = ctx.create(ttir.SUB.name, [x, mean], x.type)
+        squares = ctx.create(ttir.MUL.name, [centred, centred], x.type)
+        var = ctx.create(ttir.REDUCE_MEAN.name, [squares], _tensor(x).with_shape(per_channel),
                          {"axes": axes, "keepdims": True})
     else:
         mean, var = channel(3), channel(4)
-        centred = ctx.create("ttir.sub", [x, mean], x.type)
-    shifted = ctx.create("ttir.add", [var, _scalar(ctx, epsilon, "epsilon")], var.type)
-    inverse = ctx.create("ttir.rsqrt", [shifted], var.type)
-    normal = ctx.create("ttir.mul", [centred, ctx.create("ttir.mul", [inverse, channel(1)], var.type)], x.type)
-    y = ctx.create("ttir.add", [normal, channel(2)], x.type)
+        centred = ctx.create(ttir.SUB.name, [x, mean], x.type)
+    shifted = ctx.create(ttir.ADD.name, [var, _scalar(ctx, epsilon, "epsilon")], var.type)
+    inverse = ctx.create(ttir.RSQRT.name, [shifted], var.type)
+    normal = ctx.create(ttir.MUL.name, [centred, ctx.create(ttir.MUL.name, [inverse, channel(1)], var.type)], x.type)
+    y = ctx.create(ttir.ADD.name, [normal, channel(2)], x.type)
     if not training:
         return y
     momentum = float(ctx.attr("momentum"))
     results = [y]
     for batch, running in ((mean, ctx.input(3)), (var, ctx.input(4))):
-        flat = ctx.create("ttir.reshape", [batch], _tensor(running))
-        kept = ctx.create("ttir.mul", [running, _scalar(ctx, momentum, "momentum")], _tensor(running))
-        new = ctx.create("ttir.mul", [flat, _scalar(ctx, 1.0 - momentum, "new")], _tensor(running))
-        results.append(ctx.create("ttir.add", [kept, new], _tensor(running)))
+        flat = ctx.create(ttir.RESHAPE.name, [batch], _tensor(running))
+        kept = ctx.create(ttir.MUL.name, [running, _scalar(ctx, momentum, "momentum")], _tensor(running))
+        new = ctx.create(ttir.MUL.name, [flat, _scalar(ctx, 1.0 - momentum, "new")], _tensor(running))
+        results.append(ctx.create(ttir.ADD.name, [kept, new], _tensor(running)))
     return results[:len(ctx.node.output)]
 
 
@@ -182,11 +183,11 @@ def lrn(ctx: NodeContext) -> Value:
     cols = np.arange(c)[None, :]
     band = ((rows >= cols - (size - 1) // 2) & (rows <= cols + size // 2)).astype(np.float32) * (alpha / size)
     matrix = to_channels_last(ctx, x)
-    square = ctx.create("ttir.mul", [matrix, matrix], matrix.type)
-    window = ctx.create("ttir.matmul", [square, ctx.constant(band, f"{ctx.node.output[0]}.band")], matrix.type)
-    base = ctx.create("ttir.add", [window, _scalar(ctx, bias, "bias")], matrix.type)
+    square = ctx.create(ttir.MUL.name, [matrix, matrix], matrix.type)
+    window = ctx.create(ttir.MATMUL.name, [square, ctx.constant(band, f"{ctx.node.output[0]}.band")], matrix.type)
+    base = ctx.create(ttir.ADD.name, [window, _scalar(ctx, bias, "bias")], matrix.type)
     # base^-beta = exp(-beta * log(base)): base >= bias > 0
-    power = ctx.create("ttir.exp", [ctx.create("ttir.mul", [ctx.create("ttir.log", [base], matrix.type),
+    power = ctx.create(ttir.EXP.name, [ctx.create(ttir.MUL.name, [ctx.create(ttir.LOG.name, [base], matrix.type),
                                                             _scalar(ctx, -beta, "beta")], matrix.type)],
                        matrix.type)
-    return from_channels_last(ctx, ctx.create("ttir.mul", [matrix, power], matrix.type), n, h, w)
+    return from_channels_last(ctx, ctx.create(ttir.MUL.name, [matrix, power], matrix.type), n, h, w)

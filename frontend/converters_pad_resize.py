@@ -15,6 +15,7 @@ import numpy as np
 from ttc.frontend.converters import _tensor, converter
 from ttc.frontend.converters_conv import _text, from_channels_last, to_channels_last
 from ttc.frontend.converters_elementwise import _scalar
+from ttc.ir.dialects import ttir
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -31,7 +32,7 @@ def pixel_lookup(ctx: NodeContext, x: Value, ids: np.ndarray, out_hw: tuple[int,
     n, c = _tensor(x).shape[:2]
     matrix = to_channels_last(ctx, x)
     index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.{name}")
-    looked = ctx.create("ttir.embedding", [matrix, index], _tensor(x).with_shape((ids.size, c)),
+    looked = ctx.create(ttir.EMBEDDING.name, [matrix, index], _tensor(x).with_shape((ids.size, c)),
                         {"pad_negative": True})
     return from_channels_last(ctx, looked, n, *out_hw)
 
@@ -125,25 +126,25 @@ def pad_rows(ctx: NodeContext, x: Value, maps: list[np.ndarray], value: float | 
     sizes = (1,) if len(shape) == 1 else shape[:-1]
     pad_last = len(maps[-1]) != width or (maps[-1] != np.arange(width)).any()
     pad_leading = any(len(m) != size or (m != np.arange(size)).any() for m, size in zip(leading, sizes, strict=True))
-    matrix = x if len(shape) == 2 else ctx.create("ttir.reshape", [x], _tensor(x).with_shape((math.prod(sizes),
+    matrix = x if len(shape) == 2 else ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape((math.prod(sizes),
                                                                                              width)))
     if pad_leading or (pad_last and len(shape) > 2):
         matrix = lookup_rows(ctx, matrix, _row_ids(leading, sizes), "pad_rows")
     if pad_last:
         rows = _tensor(matrix).shape[0]
-        swapped = ctx.create("ttir.transpose", [matrix], _tensor(x).with_shape((width, rows)), {"perm": (1, 0)})
+        swapped = ctx.create(ttir.TRANSPOSE.name, [matrix], _tensor(x).with_shape((width, rows)), {"perm": (1, 0)})
         swapped = lookup_rows(ctx, swapped, maps[-1], "pad_columns")
-        matrix = ctx.create("ttir.transpose", [swapped], _tensor(x).with_shape((rows, len(maps[-1]))),
+        matrix = ctx.create(ttir.TRANSPOSE.name, [swapped], _tensor(x).with_shape((rows, len(maps[-1]))),
                             {"perm": (1, 0)})
         if len(shape) > 2:  # a lookup between the transpose and the reshape, which together would move elements
             matrix = lookup_rows(ctx, matrix, np.arange(rows), "pad_regroup")
-    result = matrix if _tensor(matrix).shape == out else ctx.create("ttir.reshape", [matrix],
+    result = matrix if _tensor(matrix).shape == out else ctx.create(ttir.RESHAPE.name, [matrix],
                                                                      _tensor(x).with_shape(out))
     if (isinstance(value, float) and value == 0.0) or not border.any():
         return result
     fill = _scalar(ctx, value, "pad_value") if isinstance(value, float) else value
     mask = ctx.constant(border, f"{ctx.node.output[0]}.pad_border")
-    return ctx.create("ttir.where", [mask, fill, result], _tensor(result))
+    return ctx.create(ttir.WHERE.name, [mask, fill, result], _tensor(result))
 
 
 def _row_ids(maps: list[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
@@ -157,7 +158,7 @@ def _row_ids(maps: list[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
 def lookup_rows(ctx: NodeContext, matrix: Value, ids: np.ndarray, name: str) -> Value:
     """Rows ids of the matrix (-1: a zero row), by a constant table."""
     index = ctx.constant(ids.astype(np.int32), f"{ctx.node.output[0]}.{name}")
-    return ctx.create("ttir.embedding", [matrix, index], _tensor(matrix).with_shape((ids.size,
+    return ctx.create(ttir.EMBEDDING.name, [matrix, index], _tensor(matrix).with_shape((ids.size,
                                                                                      _tensor(matrix).shape[1])),
                       {"pad_negative": True})
 
@@ -389,7 +390,7 @@ def resize_by_matrices(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode:
     extrapolation = float(ctx.attr("extrapolation_value") or 0.0)
     if extrapolation and not keep.all():
         fill = ctx.constant(((1 - keep) * extrapolation).astype(np.float32), f"{ctx.node.output[0]}.extrapolation")
-        value = ctx.create("ttir.add", [value, fill], value.type)
+        value = ctx.create(ttir.ADD.name, [value, fill], value.type)
     return value
 
 
@@ -401,14 +402,14 @@ def resize_axis(ctx: NodeContext, x: Value, index: int, matrix: np.ndarray) -> V
     name = f"{ctx.node.output[0]}.interp{index}"
     if index == len(shape) - 1:
         weight = ctx.constant(np.ascontiguousarray(matrix.T, np.float32), name)
-        return ctx.create("ttir.matmul", [x, weight], _tensor(x).with_shape(out))
+        return ctx.create(ttir.MATMUL.name, [x, weight], _tensor(x).with_shape(out))
     weight = ctx.constant(matrix.astype(np.float32), name)
     if index == len(shape) - 2:
-        return ctx.create("ttir.matmul", [weight, x], _tensor(x).with_shape(out))
+        return ctx.create(ttir.MATMUL.name, [weight, x], _tensor(x).with_shape(out))
     before, after = math.prod(shape[:index]), math.prod(shape[index + 1:])
-    view = ctx.create("ttir.reshape", [x], _tensor(x).with_shape((before, shape[index], after)))
-    product = ctx.create("ttir.matmul", [weight, view], _tensor(x).with_shape((before, matrix.shape[0], after)))
-    return ctx.create("ttir.reshape", [product], _tensor(x).with_shape(out))
+    view = ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape((before, shape[index], after)))
+    product = ctx.create(ttir.MATMUL.name, [weight, view], _tensor(x).with_shape((before, matrix.shape[0], after)))
+    return ctx.create(ttir.RESHAPE.name, [product], _tensor(x).with_shape(out))
 
 
 @converter("Upsample", since=9)
@@ -451,10 +452,10 @@ def resample(ctx: NodeContext, x: Value, axes: list[ResizeAxis], mode: str, tran
         if not weights.any():
             continue
         index = ctx.constant(pixel_ids(n, h, w, yi, xi).astype(np.int32), f"{ctx.node.output[0]}.corner{k}")
-        looked = ctx.create("ttir.embedding", [matrix, index], _tensor(x).with_shape((weights.size, c)),
+        looked = ctx.create(ttir.EMBEDDING.name, [matrix, index], _tensor(x).with_shape((weights.size, c)),
                             {"pad_negative": True})
-        scaled = ctx.create("ttir.mul", [looked, ctx.constant(weights, f"{ctx.node.output[0]}.weight{k}")],
+        scaled = ctx.create(ttir.MUL.name, [looked, ctx.constant(weights, f"{ctx.node.output[0]}.weight{k}")],
                             looked.type)
-        total = scaled if total is None else ctx.create("ttir.add", [total, scaled], looked.type)
+        total = scaled if total is None else ctx.create(ttir.ADD.name, [total, scaled], looked.type)
     assert total is not None
     return from_channels_last(ctx, total, n, *out)

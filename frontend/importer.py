@@ -67,6 +67,8 @@ from ttc.ir import (
     Value,
     WeightAttr,
 )
+from ttc.ir.core import RETURN_OP
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, DeviceAttr, device_for
 
 # Constants up to this size are inline dense<...> (shapes, scalars); bigger ones, and every float
@@ -382,7 +384,7 @@ class GraphImporter:
         for index, node in enumerate(self.graph.node):
             self.convert(node, index)
         results = [self.value(output.name, "graph output") for output in self.graph.output]
-        Builder.at_end(self.block).create("func.return", results)
+        Builder.at_end(self.block).create(RETURN_OP, results)
         self.func.set_type(FunctionType(tuple(self.arg_types), tuple(v.type for v in results)))
         self.func.op.attributes["res_attrs"] = tuple({NAME_ATTR: output.name} for output in self.graph.output)
         self.place_constants()
@@ -533,7 +535,7 @@ class GraphImporter:
     def add_constant(self, ttype: TensorType, weight_name: str, loc: Location,
                      tensor: onnx.TensorProto | None = None, data: np.ndarray | None = None) -> Value:
         """A constant value; its op joins the function in `place_constants` if something uses it."""
-        op = Operation("ttir.constant", result_types=[ttype], loc=loc)
+        op = Operation(ttir.CONSTANT.name, result_types=[ttype], loc=loc)
         pending = PendingConstant(op, weight_name, tensor, data)
         self.constants.append(pending)
         self.constant_of[op.result] = pending

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttmetal
 
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def artifact_info(path: str | Path) -> dict[str, Any]:
     module = parse_module(program_text, f"{path}:program.mlir")
     programs = []
     for op in module.function("main").body.ops:
-        if op.name != "ttmetal.enqueue_program":
+        if op.name != ttmetal.ENQUEUE_PROGRAM.name:
             continue
         grid = op.attributes.get("grid")
         cbs = op.attributes.get("cbs") or ()

@@ -17,6 +17,7 @@ import numpy as np
 
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -280,7 +281,7 @@ class EltwiseOp(DeviceOp):
     """A fused chain of elementwise ops."""
 
     kind = "eltwise"
-    op_names = frozenset({"ttir.eltwise"})
+    op_names = frozenset({ttir.ELTWISE.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return eltwise_candidates(op)

@@ -13,6 +13,7 @@ import numpy as np
 from ttc.ir.attributes import DenseAttr
 from ttc.ir.core import Operation, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.passes.ops.geometry import (
     CB_FIRST_INTERM,
     CB_OUT,
@@ -22,22 +23,22 @@ from ttc.passes.ops.geometry import (
     tile_shape,
 )
 
-UNARY_SFPU = {"ttir.relu": "relu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh", "ttir.exp": "exp",
-              "ttir.erf": "erf", "ttir.sqrt": "sqrt", "ttir.rsqrt": "rsqrt", "ttir.neg": "neg",
-              "ttir.reciprocal": "recip", "ttir.gelu": "gelu", "ttir.log": "log", "ttir.abs": "abs",
-              "ttir.isnan": "isnan", "ttir.isinf": "isinf", "ttir.softplus": "softplus", "ttir.mish": "mish",
+UNARY_SFPU = {ttir.RELU.name: "relu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.name: "tanh", ttir.EXP.name: "exp",
+              ttir.ERF.name: "erf", ttir.SQRT.name: "sqrt", ttir.RSQRT.name: "rsqrt", ttir.NEG.name: "neg",
+              ttir.RECIPROCAL.name: "recip", ttir.GELU.name: "gelu", ttir.LOG.name: "log", ttir.ABS.name: "abs",
+              ttir.ISNAN.name: "isnan", ttir.ISINF.name: "isinf", ttir.SOFTPLUS.name: "softplus", ttir.MISH.name: "mish",
               **{f"ttir.{fn}": fn for fn in ("floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
                                              "atan", "asinh", "acosh", "atanh")}}
 
 
-FPU_BINARY = {"ttir.add": "add", "ttir.sub": "sub", "ttir.mul": "mul"}
+FPU_BINARY = {ttir.ADD.name: "add", ttir.SUB.name: "sub", ttir.MUL.name: "mul"}
 
 
 SFPU_BINARY = frozenset({"pow", "where_nez", "where_eqz"})
 
 
-COMPARE_SFPU = {"ttir.eq": "eqz", "ttir.ne": "nez", "ttir.lt": "ltz", "ttir.le": "lez", "ttir.gt": "gtz",
-                "ttir.ge": "gez"}
+COMPARE_SFPU = {ttir.EQ.name: "eqz", ttir.NE.name: "nez", ttir.LT.name: "ltz", ttir.LE.name: "lez", ttir.GT.name: "gtz",
+                ttir.GE.name: "gez"}
 
 
 SCALAR_COMPARES = {"eq_scalar": np.equal, "ne_scalar": np.not_equal, "lt_scalar": np.less,
@@ -187,24 +188,24 @@ class _EltwisePlanner:
 
         for inner in ops:
             ids = tuple(id(v) for v in inner.operands)
-            if inner.name == "ttir.constant":
+            if inner.name == ttir.CONSTANT.name:
                 scalars[id(inner.result)] = self.splat(inner)
                 continue
-            if inner.name == "ttir.yield":
+            if inner.name == ttir.YIELD.name:
                 out.append(("yield", ids, 0, 0.0))
                 continue
             result = id(inner.result)
             row_b, col_b = self.kind(inner.result)
             self.values[result] = _Value(row_b, col_b, True, True)
-            if inner.name == "ttir.gelu" and inner.attributes.get("approximate") == "tanh":
+            if inner.name == ttir.GELU.name and inner.attributes.get("approximate") == "tanh":
                 out.append(("gelu_tanh", ids, result, 0.0))
             elif inner.name in UNARY_SFPU:
                 out.append((UNARY_SFPU[inner.name], ids, result, 0.0))
-            elif inner.name == "ttir.broadcast":
+            elif inner.name == ttir.BROADCAST_OP.name:
                 out.append(("expand", ids, result, 0.0))
-            elif inner.name == "ttir.typecast":  # float -> float: every device float is one format
+            elif inner.name == ttir.TYPECAST.name:  # float -> float: every device float is one format
                 out.append(("mul_scalar", ids, result, 1.0))
-            elif inner.name == "ttir.where":
+            elif inner.name == ttir.WHERE.name:
                 out.extend(self.where_form(ids, scalars, result, temp))
             elif inner.name in COMPARE_SFPU:
                 compare = inner.name.removeprefix("ttir.")
@@ -219,14 +220,14 @@ class _EltwisePlanner:
                 out.extend(self.scalar_form(inner, ids, scalars, result, temp))
             elif inner.name in FPU_BINARY:
                 out.append((FPU_BINARY[inner.name], ids, result, 0.0))
-            elif inner.name == "ttir.pow":
+            elif inner.name == ttir.POW.name:
                 out.append(("pow", ids, result, 0.0))
-            elif inner.name in ("ttir.maximum", "ttir.minimum"):
+            elif inner.name in (ttir.MAXIMUM.name, ttir.MINIMUM.name):
                 a, b = ids
                 diff, rect = temp(result), temp(result)
-                first = (b, a) if inner.name == "ttir.maximum" else (a, b)
+                first = (b, a) if inner.name == ttir.MAXIMUM.name else (a, b)
                 out += [("sub", first, diff, 0.0), ("relu", (diff,), rect, 0.0),
-                        ("add" if inner.name == "ttir.maximum" else "sub", (a, rect), result, 0.0)]
+                        ("add" if inner.name == ttir.MAXIMUM.name else "sub", (a, rect), result, 0.0)]
             else:
                 raise UserError(f"node {node_names(inner)}: '{inner.name}' cannot run in a fused "
                                 "elementwise kernel")
@@ -272,18 +273,18 @@ class _EltwisePlanner:
         c = scalars[ids[0] if left_scalar else ids[1]]
         x = ids[1] if left_scalar else ids[0]
         name = inner.name
-        if name == "ttir.add":
+        if name == ttir.ADD.name:
             return [("add_scalar", (x,), result, c)]
-        if name == "ttir.mul":
+        if name == ttir.MUL.name:
             return [("mul_scalar", (x,), result, c)]
-        if name == "ttir.sub":
+        if name == ttir.SUB.name:
             return [("sub_from_scalar", (x,), result, c)] if left_scalar else [("add_scalar", (x,), result, -c)]
-        if name == "ttir.maximum":
+        if name == ttir.MAXIMUM.name:
             return [("max_scalar", (x,), result, c)]
-        if name == "ttir.minimum":
+        if name == ttir.MINIMUM.name:
             t1, t2 = temp(result), temp(result)
             return [("neg", (x,), t1, 0.0), ("max_scalar", (t1,), t2, -c), ("neg", (t2,), result, 0.0)]
-        if name == "ttir.pow":
+        if name == ttir.POW.name:
             return [("rpow_scalar" if left_scalar else "pow_scalar", (x,), result, c)]
         raise UserError(f"node {node_names(inner)}: '{name}' with a scalar {'base' if left_scalar else 'operand'} "
                         "cannot run in a fused elementwise kernel")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -210,7 +211,7 @@ class EmbeddingOp(DeviceOp):
     """Table rows looked up by index, tilized."""
 
     kind = "embedding"
-    op_names = frozenset({"ttir.embedding"})
+    op_names = frozenset({ttir.EMBEDDING.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return tile_row_candidates(embedding_geometry(op)[0])

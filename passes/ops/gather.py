@@ -21,6 +21,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.core import Module, Operation, OpResult, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -61,7 +62,7 @@ from ttc.passes.ops.program import (
 )
 from ttc.passes.ops.registry import register
 
-MOVEMENT_OPS = frozenset({"ttir.transpose", "ttir.reshape", "ttir.slice", "ttir.concat"})
+MOVEMENT_OPS = frozenset({ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.SLICE.name, ttir.CONCAT.name})
 
 
 def is_folded(op: Operation) -> bool:
@@ -71,13 +72,13 @@ def is_folded(op: Operation) -> bool:
     if op.name not in MOVEMENT_OPS or len(op.result.uses) != 1:
         return False
     user = op.result.uses[0][0]
-    return user.name in MOVEMENT_OPS and user.name != "ttir.concat"
+    return user.name in MOVEMENT_OPS and user.name != ttir.CONCAT.name
 
 
 def movement_chain(op: Operation) -> list[Operation]:
     """The folded movement ops feeding `op` and `op` itself, in program order."""
     chain = [op]
-    while chain[0].name != "ttir.concat" and isinstance(chain[0].operands[0], OpResult) \
+    while chain[0].name != ttir.CONCAT.name and isinstance(chain[0].operands[0], OpResult) \
             and is_folded(chain[0].operands[0].op):
         chain.insert(0, chain[0].operands[0].op)
     return chain
@@ -86,7 +87,7 @@ def movement_chain(op: Operation) -> list[Operation]:
 def chain_operands(op: Operation) -> list[Value]:
     """The device values the gather ending at `op` reads: the input(s) of its whole chain."""
     head = movement_chain(op)[0]
-    return list(head.operands) if head.name == "ttir.concat" else [head.operands[0]]
+    return list(head.operands) if head.name == ttir.CONCAT.name else [head.operands[0]]
 
 
 def is_view(op: Operation) -> bool:
@@ -95,13 +96,13 @@ def is_view(op: Operation) -> bool:
     gives a view its source's memory space, so the shared pages are the same pages."""
     if op.name not in MOVEMENT_OPS or is_folded(op):
         return False
-    if op.name == "ttir.reshape" and is_row_major(op.operands[0]):  # rows stay rows
+    if op.name == ttir.RESHAPE.name and is_row_major(op.operands[0]):  # rows stay rows
         return tensor(op.operands[0]).shape[-1:] == tensor(op.result).shape[-1:]
     in_shapes, steps = chain_steps(movement_chain(op))
     gather = gather_map_of_inputs(in_shapes, steps)
     if not isinstance(gather, Gather) or not gather.is_identity:
         return False
-    if any(user.name == "ttir.to_layout" for user, _ in op.result.uses):
+    if any(user.name == ttir.TO_LAYOUT.name for user, _ in op.result.uses):
         return False  # read back to the host in its own shape
     return tensor(chain_operands(op)[0]).element_type == tensor(op.result).element_type
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ttc.ir.core import Operation
+from ttc.ir.dialects import ttir
 from ttc.passes.ops.geometry import (
     TILE,
     tensor,
@@ -25,15 +26,15 @@ def chain_steps(chain: Sequence[Operation]) -> tuple[tuple[tuple[int, ...], ...]
     """(input shapes, steps) of a data movement chain, hashable for caching its gather map."""
     steps: list[Step] = []
     for op in chain:
-        if op.name == "ttir.transpose":
+        if op.name == ttir.TRANSPOSE.name:
             steps.append(("transpose", tuple(op.attr("perm"))))
-        elif op.name == "ttir.slice":
+        elif op.name == ttir.SLICE.name:
             steps.append(("slice", (tuple(op.attr("begins")), tuple(op.attr("ends")), tuple(op.attr("steps")))))
-        elif op.name == "ttir.concat":
+        elif op.name == ttir.CONCAT.name:
             steps.append(("concat", (op.attr("axis"),)))
         else:
             steps.append(("reshape", tensor(op.result).shape))
-    inputs = chain[0].operands if chain[0].name == "ttir.concat" else chain[0].operands[:1]
+    inputs = chain[0].operands if chain[0].name == ttir.CONCAT.name else chain[0].operands[:1]
     return tuple(tensor(v).shape for v in inputs), tuple(steps)
 
 

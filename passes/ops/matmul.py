@@ -34,6 +34,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -75,7 +76,7 @@ from ttc.passes.ops.program import (
 )
 from ttc.passes.ops.registry import register
 
-MATMUL_OPS = frozenset({"ttir.linear", "ttir.matmul"})
+MATMUL_OPS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name})
 
 
 @dataclass(frozen=True)

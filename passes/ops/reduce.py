@@ -22,6 +22,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -81,7 +82,7 @@ def reduction_of(op: Operation) -> Reduction:
         raise UserError(f"node {node_names(op)}: '{op.name}' over axes {list(axes)} reached the backend; the "
                         "device reduces one of the last two dims with keepdims (run tilize first)")
     source = tile_shape(x.shape)
-    kind = "max" if op.name == "ttir.reduce_max" else "sum"
+    kind = "max" if op.name == ttir.REDUCE_MAX.name else "sum"
     if axes[0] == x.rank - 1:
         return Reduction("row", kind, source, source.rt, source.ct, 1, kind == "max" and source.cols % TILE != 0)
     return Reduction("col", kind, source, source.ct, source.rt, source.ct, kind == "max" and source.rows % TILE != 0)
@@ -270,7 +271,7 @@ class ReduceOp(DeviceOp):
     """A sum or max along one of the last two dims (keepdims)."""
 
     kind = "reduce"
-    op_names = frozenset({"ttir.reduce_sum", "ttir.reduce_max"})
+    op_names = frozenset({ttir.REDUCE_SUM.name, ttir.REDUCE_MAX.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return reduce_candidates(op)

@@ -23,6 +23,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -86,7 +87,7 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
     if len(row_sum_groups(ct)) > 1:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
-    if op.name == "ttir.softmax":
+    if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
         return sorted(cbs, key=lambda c: c.index)
     cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
@@ -132,7 +133,7 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     rows = b["batches"] * b["rows"]
     pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
     plan = Plan(device, grid, (shape.batches // b["batches"], shape.rt // b["rows"]))
-    if op.name == "ttir.softmax":
+    if op.name == ttir.SOFTMAX.name:
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -180,9 +181,9 @@ def lower_row_op(op: Operation) -> Program:
     def first_row(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
 
-    compute = softmax_compute if op.name == "ttir.softmax" else layer_norm_compute
+    compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
-    kind = "softmax" if op.name == "ttir.softmax" else "layer_norm"
+    kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
                    (schedule.args(first_tile), schedule.args(first_row), schedule.args(first_tile)),
                    list(op.operands))
@@ -377,7 +378,7 @@ class SoftmaxOp(DeviceOp):
     """Softmax along the last axis."""
 
     kind = "softmax"
-    op_names = frozenset({"ttir.softmax"})
+    op_names = frozenset({ttir.SOFTMAX.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return row_candidates(op, HALF_DST)
@@ -402,7 +403,7 @@ class LayerNormOp(DeviceOp):
     """Layer normalization along the last axis (a block is held twice in Dst: blocks of up to 4 tiles)."""
 
     kind = "layer_norm"
-    op_names = frozenset({"ttir.layer_norm"})
+    op_names = frozenset({ttir.LAYER_NORM.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return row_candidates(op, LN_BLOCK_W)

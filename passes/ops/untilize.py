@@ -16,6 +16,7 @@ import numpy as np
 
 from ttc.ir import target
 from ttc.ir.core import Module, Operation
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
@@ -167,7 +168,7 @@ class UntilizeOp(DeviceOp):
     """Tiles to rows on the device."""
 
     kind = "untilize"
-    op_names = frozenset({"ttir.to_layout"})
+    op_names = frozenset({ttir.TO_LAYOUT.name})
 
     def matches(self, op: Operation) -> bool:
         return is_untilize(op)
