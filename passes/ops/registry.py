@@ -17,6 +17,7 @@ from ttc.passes.ops.geometry import cb_bytes, l1_share, tensor
 from ttc.passes.ops.interface import DeviceOp
 
 _BY_NAME: dict[str, tuple[DeviceOp, ...]] = {}
+_ONLY: dict[str, DeviceOp] = {}  # op names run by one kind that takes every op of the name (the common case)
 _BY_KIND: dict[str, DeviceOp] = {}
 _loaded = False
 
@@ -30,6 +31,11 @@ def register(device_op: DeviceOp) -> DeviceOp:
     _BY_KIND[device_op.kind] = device_op
     for name in sorted(device_op.op_names):
         _BY_NAME[name] = (*_BY_NAME.get(name, ()), device_op)
+        kinds = _BY_NAME[name]
+        if len(kinds) == 1 and type(device_op).matches is DeviceOp.matches:
+            _ONLY[name] = device_op
+        else:
+            _ONLY.pop(name, None)
     return device_op
 
 
@@ -47,6 +53,9 @@ def device_op(op: Operation) -> DeviceOp | None:
     """The kind that runs `op` as a device program, None when it is none (a host op, a transfer...)."""
     if not _loaded:
         _load()
+    only = _ONLY.get(op.name)
+    if only is not None:
+        return only
     for candidate in _BY_NAME.get(op.name, ()):
         if candidate.matches(op):
             return candidate
