@@ -43,19 +43,10 @@ from ttc.ir.types import TensorType
 from ttc.passes import PassManager, parse_pipeline
 from ttc.passes import grid as grid_pass
 from ttc.passes.cost_model import estimate
-from ttc.passes.footprint import (
-    HALF_DST,
-    SHARDED_LAYOUTS,
-    accumulation_tiles,
-    is_folded,
-    is_view,
-    l1_footprint,
-    layout,
-    matmul_shape,
-    module_device,
-    op_kind,
-    tensor,
-)
+from ttc.passes.ops.gather import is_folded, is_view
+from ttc.passes.ops.geometry import HALF_DST, SHARDED_LAYOUTS, batch_groups, layout, module_device, tensor
+from ttc.passes.ops.matmul import accumulation_tiles, matmul_shape
+from ttc.passes.ops.registry import l1_footprint, op_kind
 
 TOLERANCE = 0.05
 
@@ -92,7 +83,7 @@ def all_n_splits(nt: int, cores: int) -> list[int]:
 
 def matmul_blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, int]]:
     shape = matmul_shape(op)
-    for batches in grid_pass.batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
+    for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
         for pcm in divisors(shape.mt):
             for pcn in all_n_splits(shape.nt, device.compute_cores):
                 for h in divisors(pcm):

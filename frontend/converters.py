@@ -17,6 +17,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from ttc.ir import ScalarType, TensorType
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.ttir import broadcast_shape, matmul_shape, reduced_shape, slice_shape
 
 if TYPE_CHECKING:
@@ -95,16 +96,16 @@ def _unary(ttir_op: str) -> Converter:
 
 
 # op type -> (ttir op, opset since which the ONNX semantics we implement hold)
-BINARY_OPS = {"Add": ("ttir.add", 7), "Sub": ("ttir.sub", 7), "Mul": ("ttir.mul", 7),
-              "Div": ("ttir.div", 7)}
-UNARY_OPS = {"Relu": ("ttir.relu", 6), "Sigmoid": ("ttir.sigmoid", 6), "Tanh": ("ttir.tanh", 6),
-             "Exp": ("ttir.exp", 6), "Erf": ("ttir.erf", 9), "Sqrt": ("ttir.sqrt", 6), "Neg": ("ttir.neg", 6),
-             "Reciprocal": ("ttir.reciprocal", 6), "Abs": ("ttir.abs", 6), "Log": ("ttir.log", 6)}
+BINARY_OPS = {"Add": (ttir.ADD.name, 7), "Sub": (ttir.SUB.name, 7), "Mul": (ttir.MUL.name, 7),
+              "Div": (ttir.DIV.name, 7)}
+UNARY_OPS = {"Relu": (ttir.RELU.name, 6), "Sigmoid": (ttir.SIGMOID.name, 6), "Tanh": (ttir.TANH.name, 6),
+             "Exp": (ttir.EXP.name, 6), "Erf": (ttir.ERF.name, 9), "Sqrt": (ttir.SQRT.name, 6), "Neg": (ttir.NEG.name, 6),
+             "Reciprocal": (ttir.RECIPROCAL.name, 6), "Abs": (ttir.ABS.name, 6), "Log": (ttir.LOG.name, 6)}
 # Comparisons give i1; logical ops take and give i1 (ONNX's And, Or, Xor; Not below).
-COMPARE_OPS = {"Equal": ("ttir.eq", 11), "Less": ("ttir.lt", 9), "Greater": ("ttir.gt", 9),
-               "LessOrEqual": ("ttir.le", 12), "GreaterOrEqual": ("ttir.ge", 12)}
-LOGICAL_OPS = {"And": ("ttir.logical_and", 7), "Or": ("ttir.logical_or", 7), "Xor": ("ttir.logical_xor", 7)}
-VARIADIC_OPS = {"Max": ("ttir.maximum", 13), "Min": ("ttir.minimum", 13)}
+COMPARE_OPS = {"Equal": (ttir.EQ.name, 11), "Less": (ttir.LT.name, 9), "Greater": (ttir.GT.name, 9),
+               "LessOrEqual": (ttir.LE.name, 12), "GreaterOrEqual": (ttir.GE.name, 12)}
+LOGICAL_OPS = {"And": (ttir.LOGICAL_AND.name, 7), "Or": (ttir.LOGICAL_OR.name, 7), "Xor": (ttir.LOGICAL_XOR.name, 7)}
+VARIADIC_OPS = {"Max": (ttir.MAXIMUM.name, 13), "Min": (ttir.MINIMUM.name, 13)}
 
 for _op_type, (_ttir_op, _since) in BINARY_OPS.items():
     converter(_op_type, since=_since)(_binary(_ttir_op))
@@ -143,30 +144,30 @@ def pow_(ctx: NodeContext) -> Value:
     base, exponent = ctx.input(0), ctx.input(1)
     base_type, exponent_type = _tensor(base), _tensor(exponent)
     if base_type.element_type.is_float and exponent_type.element_type.is_integer:
-        exponent = ctx.create("ttir.typecast", [exponent], exponent_type.with_element_type(base_type.element_type))
+        exponent = ctx.create(ttir.TYPECAST.name, [exponent], exponent_type.with_element_type(base_type.element_type))
         shape = broadcast_shape(base_type.shape, exponent_type.shape)
         if shape is None:
             raise ctx.error(f"operand shapes {base_type.shape} and {exponent_type.shape} do not broadcast")
-        return ctx.create("ttir.pow", [base, exponent], base_type.with_shape(shape))
-    return _binary("ttir.pow")(ctx)
+        return ctx.create(ttir.POW.name, [base, exponent], base_type.with_shape(shape))
+    return _binary(ttir.POW.name)(ctx)
 
 
 @converter("Equal", since=11)
 def equal(ctx: NodeContext) -> Value:
     """x == y (against a scalar, an infinite one too, one SFPU test in the fused kernel)."""
-    return _binary("ttir.eq", result_element="i1")(ctx)
+    return _binary(ttir.EQ.name, result_element="i1")(ctx)
 
 
 @converter("Not", since=1)
 def logical_not(ctx: NodeContext) -> Value:
     x = ctx.input(0)
-    return ctx.create("ttir.logical_not", [x], x.type)
+    return ctx.create(ttir.LOGICAL_NOT.name, [x], x.type)
 
 
 @converter("IsNaN", since=9)
 def isnan(ctx: NodeContext) -> Value:
     x = ctx.input(0)
-    return ctx.create("ttir.isnan", [x], _tensor(x).with_element_type(ScalarType("i1")))
+    return ctx.create(ttir.ISNAN.name, [x], _tensor(x).with_element_type(ScalarType("i1")))
 
 
 @converter("Where", since=9)
@@ -179,7 +180,7 @@ def where(ctx: NodeContext) -> Value:
     shape = broadcast_shape(shape, _tensor(y).shape) if shape is not None else None
     if shape is None:
         raise ctx.error(f"shapes {_tensor(cond).shape}, {_tensor(x).shape} and {_tensor(y).shape} do not broadcast")
-    return ctx.create("ttir.where", [cond, x, y], _tensor(x).with_shape(shape))
+    return ctx.create(ttir.WHERE.name, [cond, x, y], _tensor(x).with_shape(shape))
 
 
 @converter("Cast", since=6)
@@ -191,7 +192,7 @@ def cast(ctx: NodeContext) -> Value:
     target = element_type(ctx.attr("to"), ctx.where, ctx.node.output[0])
     if target == _tensor(x).element_type:
         return x
-    return ctx.create("ttir.typecast", [x], _tensor(x).with_element_type(target))
+    return ctx.create(ttir.TYPECAST.name, [x], _tensor(x).with_element_type(target))
 
 
 @converter("Gelu", since=20)
@@ -200,7 +201,7 @@ def gelu(ctx: NodeContext) -> Value:
     approximate = ctx.attr("approximate") or "none"
     if approximate not in ("none", "tanh"):
         raise ctx.error(f"approximate = '{approximate}' is not a GELU form (none or tanh)")
-    return ctx.create("ttir.gelu", [x], x.type, {"approximate": approximate})
+    return ctx.create(ttir.GELU.name, [x], x.type, {"approximate": approximate})
 
 
 @converter("Dropout", since=13)
@@ -236,7 +237,7 @@ def dropout(ctx: NodeContext) -> Value | list[Value]:
         raise ctx.error(f"the seed {seed} is not a seed of numpy's RandomState: {exc}") from None
     dtype = _tensor(x).element_type.numpy_dtype()
     scaled = ctx.constant((mask * (1.0 / (1.0 - ratio))).astype(dtype), f"{ctx.node.output[0]}.mask")
-    y = ctx.create("ttir.mul", [x, scaled], _tensor(x))
+    y = ctx.create(ttir.MUL.name, [x, scaled], _tensor(x))
     return [y, ctx.constant(mask, ctx.node.output[1])] if masks else y
 
 
@@ -254,16 +255,16 @@ def matmul(ctx: NodeContext) -> Value:
         column = _reshape_to(ctx, b, (_tensor(b).shape[0], 1))
         a_matrix = _reshape_to(ctx, a, (1, _tensor(a).shape[0])) if _tensor(a).rank == 1 else a
         product_shape = matmul_shape(_tensor(a_matrix).shape, (_tensor(b).shape[0], 1))
-        product = ctx.create("ttir.matmul", [a_matrix, column], _tensor(a).with_shape(product_shape))
+        product = ctx.create(ttir.MATMUL.name, [a_matrix, column], _tensor(a).with_shape(product_shape))
         return _reshape_to(ctx, product, shape)
     if _tensor(a).rank == 1 and _tensor(b).rank > 2:  # a row vector by a batch: broadcast over the batch
         batch = _tensor(b).shape[:-2]
         row = _reshape_to(ctx, a, (*([1] * len(batch)), 1, _tensor(a).shape[0]))
         if any(d != 1 for d in batch):
-            row = ctx.create("ttir.broadcast", [row], _tensor(a).with_shape((*batch, 1, _tensor(a).shape[0])))
+            row = ctx.create(ttir.BROADCAST_OP.name, [row], _tensor(a).with_shape((*batch, 1, _tensor(a).shape[0])))
         product_shape = matmul_shape(_tensor(row).shape, _tensor(b).shape)
-        return _reshape_to(ctx, ctx.create("ttir.matmul", [row, b], _tensor(a).with_shape(product_shape)), shape)
-    return ctx.create("ttir.matmul", [a, b], _tensor(a).with_shape(shape))
+        return _reshape_to(ctx, ctx.create(ttir.MATMUL.name, [row, b], _tensor(a).with_shape(product_shape)), shape)
+    return ctx.create(ttir.MATMUL.name, [a, b], _tensor(a).with_shape(shape))
 
 
 @converter("Gemm", since=11)
@@ -276,7 +277,7 @@ def gemm(ctx: NodeContext) -> Value:
     operands = [a, b, ctx.input(2)] if ctx.has_input(2) else [a, b]
     attributes = {"transpose_a": trans_a, "transpose_b": trans_b,
                   "alpha": ctx.attr("alpha"), "beta": ctx.attr("beta")}
-    return ctx.create("ttir.gemm", operands, _tensor(a).with_shape((m, n)), attributes)
+    return ctx.create(ttir.GEMM.name, operands, _tensor(a).with_shape((m, n)), attributes)
 
 
 @converter("Softmax", since=13)
@@ -285,10 +286,10 @@ def softmax(ctx: NodeContext) -> Value:
     rewrites such nodes faithfully (Flatten, Softmax, Reshape), which import as they are."""
     x = ctx.input(0)
     axis = _axis(ctx, ctx.attr("axis"), _tensor(x).rank)
-    return ctx.create("ttir.softmax", [x], x.type, {"axis": axis})
+    return ctx.create(ttir.SOFTMAX.name, [x], x.type, {"axis": axis})
 
 
-# LayerNormalization: converters_extra.py (the device op, or a composition when Mean/InvStdDev are used).
+# LayerNormalization: converters_normalization.py (the device op, or a composition when Mean/InvStdDev are used).
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def transpose(ctx: NodeContext) -> Value:
     perm = tuple(reversed(range(len(shape)))) if perm is None else tuple(perm)
     if sorted(perm) != list(range(len(shape))):
         raise ctx.error(f"perm {list(perm)} is not a permutation of {len(shape)} dimensions")
-    return ctx.create("ttir.transpose", [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)),
+    return ctx.create(ttir.TRANSPOSE.name, [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)),
                       {"perm": perm})
 
 
@@ -334,7 +335,7 @@ def reshape(ctx: NodeContext) -> Value:
         shape = reshape_target(_tensor(x).shape, target.tolist(), bool(ctx.attr("allowzero")))
         if shape is None:
             raise ctx.error(f"cannot reshape {_tensor(x).shape} to {target.tolist()}")
-    return ctx.create("ttir.reshape", [x], _tensor(x).with_shape(shape))
+    return ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape(shape))
 
 
 @converter("Flatten", since=1)
@@ -347,7 +348,7 @@ def flatten(ctx: NodeContext) -> Value:
     if not 0 <= axis <= len(shape):
         raise ctx.error(f"axis {ctx.attr('axis')} is out of range for rank {len(shape)}")
     flat = (math.prod(shape[:axis]), math.prod(shape[axis:]))
-    return ctx.create("ttir.reshape", [x], _tensor(x).with_shape(flat))
+    return ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape(flat))
 
 
 @converter("Shape", since=1)
@@ -414,7 +415,7 @@ def emit_slice(ctx: NodeContext, x: Value, begins: list[int], ends: list[int], s
             shape == _tensor(x).shape:
         return x
     attributes = {"begins": tuple(begins), "ends": tuple(ends), "steps": tuple(steps)}
-    return ctx.create("ttir.slice", [x], _tensor(x).with_shape(shape), attributes)
+    return ctx.create(ttir.SLICE.name, [x], _tensor(x).with_shape(shape), attributes)
 
 
 @converter("Slice", since=13)
@@ -479,13 +480,13 @@ def concat(ctx: NodeContext) -> Value:
         return values[0]
     shape = list(first.shape)
     shape[axis] = sum(_tensor(v).shape[axis] for v in values)
-    return ctx.create("ttir.concat", values, first.with_shape(tuple(shape)), {"axis": axis})
+    return ctx.create(ttir.CONCAT.name, values, first.with_shape(tuple(shape)), {"axis": axis})
 
 
 def _reshape_to(ctx: NodeContext, x: Value, shape: tuple[int, ...]) -> Value:
     if _tensor(x).shape == shape:
         return x
-    return ctx.create("ttir.reshape", [x], _tensor(x).with_shape(shape))
+    return ctx.create(ttir.RESHAPE.name, [x], _tensor(x).with_shape(shape))
 
 
 @converter("Squeeze", since=13)
@@ -520,7 +521,7 @@ def expand(ctx: NodeContext) -> Value:
         raise ctx.error(f"shape {list(_tensor(x).shape)} does not broadcast with {target}")
     if shape == _tensor(x).shape:
         return x
-    return ctx.create("ttir.broadcast", [x], _tensor(x).with_shape(_result_shape(ctx, shape)))
+    return ctx.create(ttir.BROADCAST_OP.name, [x], _tensor(x).with_shape(_result_shape(ctx, shape)))
 
 
 @converter("Gather", since=13)
@@ -533,15 +534,15 @@ def gather(ctx: NodeContext) -> Value:
     shape = _result_shape(ctx, (*data_type.shape[:axis], *index_type.shape, *data_type.shape[axis + 1:]))
     is_table = ctx.input_constant(0) is not None and axis == 0 and data_type.rank >= 2
     if not is_table and ctx.input_constant(1) is None and data_type.element_type.is_float:
-        from ttc.frontend.converters_extra import gather_rows
+        from ttc.frontend.converters_indexing import gather_rows
 
         return gather_rows(ctx, data, indices, axis)
     if is_table and ctx.input_constant(1) is None:
         width = math.prod(data_type.shape[1:])
         table = _reshape_to(ctx, data, (data_type.shape[0], width))
-        rows = ctx.create("ttir.embedding", [table, indices], data_type.with_shape((*index_type.shape, width)))
+        rows = ctx.create(ttir.EMBEDDING.name, [table, indices], data_type.with_shape((*index_type.shape, width)))
         return _reshape_to(ctx, rows, shape)
-    return ctx.create("ttir.gather", [data, indices], data_type.with_shape(shape), {"axis": axis})
+    return ctx.create(ttir.GATHER.name, [data, indices], data_type.with_shape(shape), {"axis": axis})
 
 
 def gather_by_constant_map(ctx: NodeContext) -> Value:
@@ -553,12 +554,12 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
     data = ctx.input(0)
     indices = ctx.input_constant(1)
     if indices is None and ctx.node.op_type == "GatherElements" and _tensor(data).element_type.is_float:
-        from ttc.frontend.converters_extra import gather_elements_by_comparison
+        from ttc.frontend.converters_indexing import gather_elements_by_comparison
 
         return gather_elements_by_comparison(ctx, data, ctx.input(1), _axis(ctx, ctx.attr("axis"), _tensor(data).rank))
     if indices is None and ctx.node.op_type == "GatherND" and _tensor(data).element_type.is_float \
             and not ctx.attr("batch_dims"):
-        from ttc.frontend.converters_extra import gather_nd_by_comparison
+        from ttc.frontend.converters_indexing import gather_nd_by_comparison
 
         return gather_nd_by_comparison(ctx, data, ctx.input(1))
     if indices is None:
@@ -577,7 +578,7 @@ def gather_by_constant_map(ctx: NodeContext) -> Value:
     flat = _reshape_to(ctx, data, (data_type.num_elements,))
     table = ctx.importer.add_constant(TensorType(shape, ScalarType("i64")), f"{ctx.node.output[0]}.source",
                                       ctx.loc, data=source.astype(np.int64))
-    return ctx.create("ttir.gather", [flat, table], data_type.with_shape(shape), {"axis": 0})
+    return ctx.create(ttir.GATHER.name, [flat, table], data_type.with_shape(shape), {"axis": 0})
 
 
 converter("GatherElements", since=13)(gather_by_constant_map)
@@ -613,7 +614,7 @@ def _reduction(ttir_op: str, axes_input: bool) -> Converter:
     return convert
 
 
-converter("ReduceSum", since=13)(_reduction("ttir.reduce_sum", axes_input=True))
-for _op_type, _ttir_op in (("ReduceMean", "ttir.reduce_mean"), ("ReduceMax", "ttir.reduce_max")):
+converter("ReduceSum", since=13)(_reduction(ttir.REDUCE_SUM.name, axes_input=True))
+for _op_type, _ttir_op in (("ReduceMean", ttir.REDUCE_MEAN.name), ("ReduceMax", ttir.REDUCE_MAX.name)):
     converter(_op_type, since=13)(_reduction(_ttir_op, axes_input=False))
     converter(_op_type, since=18)(_reduction(_ttir_op, axes_input=True))

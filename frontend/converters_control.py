@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ttc.frontend.converters import _axis, _tensor, converter, emit_slice
-from ttc.frontend.converters_extra import Emitter, _concat_copies
+from ttc.frontend.converters_emitter import Emitter, _concat_copies
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ttc.frontend.converters import _tensor, converter, emit_slice
-from ttc.frontend.converters_extra import Emitter, _concat, _float_input
+from ttc.frontend.converters_emitter import Emitter, _concat, _float_input
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext

@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from ttc.frontend.converters import _reshape_to, _tensor, converter
+from ttc.ir.dialects import ttir
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import NodeContext
@@ -64,9 +65,9 @@ def precise_product(ctx: NodeContext, rows: Value, matrix: np.ndarray, name: str
     high = matrix.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
     low = (matrix - high.astype(np.float64)).astype(np.float32)
     result = _tensor(rows).with_shape((_tensor(rows).shape[0], matrix.shape[1]))
-    products = [ctx.create("ttir.matmul", [rows, ctx.constant(part, f"{name}.{tag}")], result)
+    products = [ctx.create(ttir.MATMUL.name, [rows, ctx.constant(part, f"{name}.{tag}")], result)
                 for part, tag in ((high, "hi"), (low, "lo"))]
-    return ctx.create("ttir.add", products, result)
+    return ctx.create(ttir.ADD.name, products, result)
 
 
 def lines_times(ctx: NodeContext, x: Value, axis: int, matrix: np.ndarray, out_shape: tuple[int, int],
@@ -77,7 +78,7 @@ def lines_times(ctx: NodeContext, x: Value, axis: int, matrix: np.ndarray, out_s
     rank = len(shape)
     perm = (*(d for d in range(rank - 1) if d != axis), axis, rank - 1)
     moved = x if perm == tuple(range(rank)) else ctx.create(
-        "ttir.transpose", [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)), {"perm": perm})
+        ttir.TRANSPOSE.name, [x], _tensor(x).with_shape(tuple(shape[p] for p in perm)), {"perm": perm})
     lead = tuple(shape[p] for p in perm[:-2])
     batch = int(np.prod(lead))
     rows = _reshape_to(ctx, moved, (batch, shape[axis] * shape[-1]))
@@ -86,7 +87,7 @@ def lines_times(ctx: NodeContext, x: Value, axis: int, matrix: np.ndarray, out_s
     if back == tuple(range(rank)):
         return result
     moved_shape = _tensor(result).shape
-    return ctx.create("ttir.transpose", [result], _tensor(result).with_shape(tuple(moved_shape[p] for p in back)),
+    return ctx.create(ttir.TRANSPOSE.name, [result], _tensor(result).with_shape(tuple(moved_shape[p] for p in back)),
                       {"perm": back})
 
 
@@ -158,16 +159,16 @@ def stft(ctx: NodeContext) -> Value:
     flat = _reshape_to(ctx, signal, (batch * samples * channels,))
     table = ctx.importer.add_constant(TensorType(positions.shape, ScalarType("i64")),
                                       f"{ctx.node.output[0]}.frames", ctx.loc, data=positions.astype(np.int64))
-    framed = ctx.create("ttir.gather", [flat, table], _tensor(signal).with_shape(positions.shape), {"axis": 0})
+    framed = ctx.create(ttir.GATHER.name, [flat, table], _tensor(signal).with_shape(positions.shape), {"axis": 0})
     if window is not None:
         weights = _reshape_to(ctx, window, (length,))
         if channels > 1:  # the window's value at t weighs both parts of a complex sample
             repeat = ctx.importer.add_constant(TensorType((length * channels,), ScalarType("i64")),
                                                f"{ctx.node.output[0]}.window_repeat", ctx.loc,
                                                data=np.repeat(np.arange(length), channels).astype(np.int64))
-            weights = ctx.create("ttir.gather", [weights, repeat], _tensor(weights).with_shape((length * channels,)),
+            weights = ctx.create(ttir.GATHER.name, [weights, repeat], _tensor(weights).with_shape((length * channels,)),
                                  {"axis": 0})
         row = _reshape_to(ctx, weights, (1, length * channels))
-        framed = ctx.create("ttir.mul", [framed, row], _tensor(framed).with_shape(_tensor(framed).shape))
+        framed = ctx.create(ttir.MUL.name, [framed, row], _tensor(framed).with_shape(_tensor(framed).shape))
     spectrum = precise_product(ctx, framed, transform_matrix(transform, length, channels), f"{ctx.node.output[0]}.dft")
     return _reshape_to(ctx, spectrum, (batch, frames, bins, 2))

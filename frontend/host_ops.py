@@ -43,12 +43,13 @@ from ttc.frontend.converters import find_converter
 from ttc.ir import TensorType
 from ttc.ir.builder import Builder
 from ttc.ir.core import OpResult
+from ttc.ir.dialects import ttir, ttmetal
 
 if TYPE_CHECKING:
     from ttc.frontend.importer import GraphImporter, NodeContext
     from ttc.ir import Value
 
-HOST_COMPUTE = "ttmetal.host_compute"
+HOST_COMPUTE = ttmetal.HOST_COMPUTE.name
 INDEX_OPS = frozenset({"ArgMax", "ArgMin", "TopK", "NonZero", "Unique"})
 # Writes at positions given by data (duplicates combined in order): the device moves data only by
 # compile-time index tables and has no indexed-write kernel.
@@ -130,8 +131,8 @@ def quantization_parameter_nodes(graph: onnx.GraphProto) -> set[str]:
 
 
 EXACT_INT = 256  # bf16 holds every integer in [-256, 256]
-PASS_THROUGH = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat",
-                          "ttir.gather", "ttir.typecast", "ttir.maximum", "ttir.minimum", "ttir.reduce_max"})
+PASS_THROUGH = frozenset({ttir.RESHAPE.name, ttir.TRANSPOSE.name, ttir.SLICE.name, ttir.BROADCAST_OP.name, ttir.CONCAT.name,
+                          ttir.GATHER.name, ttir.TYPECAST.name, ttir.MAXIMUM.name, ttir.MINIMUM.name, ttir.REDUCE_MAX.name})
 
 
 def value_range(importer: GraphImporter, value: Value) -> tuple[float, float] | None:
@@ -149,18 +150,18 @@ def value_range(importer: GraphImporter, value: Value) -> tuple[float, float] | 
         return None
     op = value.op
     if op.name in PASS_THROUGH:
-        data = op.operands if op.name in ("ttir.concat", "ttir.maximum", "ttir.minimum") else op.operands[:1]
+        data = op.operands if op.name in (ttir.CONCAT.name, ttir.MAXIMUM.name, ttir.MINIMUM.name) else op.operands[:1]
         ranges = [value_range(importer, v) for v in data]
         if any(r is None for r in ranges):
             return None
         return min(r[0] for r in ranges), max(r[1] for r in ranges)  # type: ignore[index]
-    if op.name in ("ttir.add", "ttir.sub", "ttir.mul"):
+    if op.name in (ttir.ADD.name, ttir.SUB.name, ttir.MUL.name):
         a, b = (value_range(importer, v) for v in op.operands)
         if a is None or b is None:
             return None
-        if op.name == "ttir.add":
+        if op.name == ttir.ADD.name:
             return a[0] + b[0], a[1] + b[1]
-        if op.name == "ttir.sub":
+        if op.name == ttir.SUB.name:
             return a[0] - b[1], a[1] - b[0]
         corners = [a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1]]
         return min(corners), max(corners)

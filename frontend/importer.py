@@ -27,11 +27,17 @@ import onnx.inliner
 from onnx import helper, numpy_helper
 
 from ttc.frontend import (
+    converters_attention,  # noqa: F401  (registers its converters)
     converters_control,  # noqa: F401  (registers its converters)
-    converters_extra,  # noqa: F401  (registers its converters)
+    converters_conv,  # noqa: F401  (registers its converters)
+    converters_elementwise,  # noqa: F401  (registers its converters)
+    converters_grid_sample,  # noqa: F401  (registers its converters)
+    converters_indexing,  # noqa: F401  (registers its converters)
+    converters_normalization,  # noqa: F401  (registers its converters)
+    converters_pad_resize,  # noqa: F401  (registers its converters)
     converters_recurrent,  # noqa: F401  (registers its converters)
+    converters_reduction,  # noqa: F401  (registers its converters)
     converters_spectral,  # noqa: F401  (registers its converters)
-    converters_vision,  # noqa: F401  (registers its converters)
 )
 from ttc.frontend.converters import find_converter, supported_op_types
 from ttc.frontend.folding import evaluate_node, outer_scope_inputs, subgraphs
@@ -62,6 +68,8 @@ from ttc.ir import (
     Value,
     WeightAttr,
 )
+from ttc.ir.core import RETURN_OP
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, DeviceAttr, device_for
 
 # Constants up to this size are inline dense<...> (shapes, scalars); bigger ones, and every float
@@ -378,7 +386,7 @@ class GraphImporter:
         for index, node in enumerate(self.graph.node):
             self.convert(node, index)
         results = [self.value(output.name, "graph output") for output in self.graph.output]
-        Builder.at_end(self.block).create("func.return", results)
+        Builder.at_end(self.block).create(RETURN_OP, results)
         self.func.set_type(FunctionType(tuple(self.arg_types), tuple(v.type for v in results)))
         self.func.op.attributes["res_attrs"] = tuple({NAME_ATTR: output.name} for output in self.graph.output)
         self.place_constants()
@@ -529,7 +537,7 @@ class GraphImporter:
     def add_constant(self, ttype: TensorType, weight_name: str, loc: Location,
                      tensor: onnx.TensorProto | None = None, data: np.ndarray | None = None) -> Value:
         """A constant value; its op joins the function in `place_constants` if something uses it."""
-        op = Operation("ttir.constant", result_types=[ttype], loc=loc)
+        op = Operation(ttir.CONSTANT.name, result_types=[ttype], loc=loc)
         pending = PendingConstant(op, weight_name, tensor, data)
         self.constants.append(pending)
         self.constant_of[op.result] = pending

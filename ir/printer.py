@@ -22,6 +22,7 @@ from typing import Any
 from ttc.ir.attributes import attribute_text, dict_text
 from ttc.ir.attributes import key_text as attr_key_text
 from ttc.ir.core import FUNC_OP, MODULE_OP, RETURN_OP, Block, Function, Module, Operation, Value
+from ttc.ir.dialects import ttmetal
 from ttc.ir.types import FunctionType, Type
 
 INDENT = "  "
@@ -71,7 +72,7 @@ def results_type_text(types: tuple[Type, ...] | list[Type]) -> str:
 
 
 KERNEL_LABELS = ("reader", "compute", "writer")  # enqueue_program's regions, in order
-PROGRAM_OP = "ttmetal.enqueue_program"
+PROGRAM_OP = ttmetal.ENQUEUE_PROGRAM.name
 DEVICE_ALIAS = "device"
 
 
@@ -235,9 +236,9 @@ class Printer:
 
     def return_text(self, op: Operation) -> str:
         if not op.operands:
-            return f"func.return{self.loc_text(op)}"
+            return f"{RETURN_OP}{self.loc_text(op)}"
         values = ", ".join(self.namer[v] for v in op.operands)
-        return f"func.return {values} : {type_list_text([v.type for v in op.operands])}{self.loc_text(op)}"
+        return f"{RETURN_OP} {values} : {type_list_text([v.type for v in op.operands])}{self.loc_text(op)}"
 
 
 def symbol_text(name: str) -> str:

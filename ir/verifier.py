@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ttc.ir.attributes import WeightAttr
-from ttc.ir.core import FUNC_OP, Block, Module, Operation
+from ttc.ir.core import FUNC_OP, RETURN_OP, Block, Module, Operation
 from ttc.ir.diagnostics import IRError, SourceSpan, render_diagnostic
 from ttc.ir.dialect import OpDef, Trait, VerifyError
 from ttc.ir.types import TensorType
@@ -131,7 +131,7 @@ class Verifier:
         parent = block.parent.parent if block.parent else None
         if parent is not None and parent.name == FUNC_OP:
             last = block.terminator
-            if last is None or last.name != "func.return":
+            if last is None or last.name != RETURN_OP:
                 self.error(parent, "function body must end with func.return")
         self.visible.difference_update(added)
 

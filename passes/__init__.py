@@ -1,7 +1,17 @@
 """Passes over the IR and the machinery that runs them: the pass manager, the pipeline syntax and the
 pattern rewriter. Importing this package registers every pass."""
 
-from ttc.passes import allocate, canonicalize, channels_last, decompose, fuse, grid, layout, tilize
+from ttc.passes import (
+    allocate,
+    canonicalize,
+    channels_last,
+    decompose,
+    fuse,
+    grid,
+    layout,
+    lower_to_kernels,
+    tilize,
+)
 from ttc.passes.manager import (
     Pass,
     PassManager,
@@ -26,6 +36,7 @@ __all__ = [
     "fuse",
     "grid",
     "layout",
+    "lower_to_kernels",
     "parse_pipeline",
     "pipeline_text",
     "register_pass",
@@ -33,6 +44,3 @@ __all__ = [
     "tilize",
 ]
 
-# The backend's `lower-to-kernels` pass lives with the kernel builders it drives; importing it here keeps
-# "importing ttc.passes registers every pass" true for pipelines that reach the device.
-from ttc import backend as _backend  # noqa: F401

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 from ttc.ir.core import Function, Module, Operation
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
-from ttc.passes.footprint import (
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.ops.geometry import (
     ALIGNMENT,
     align,
     bank_share,
@@ -43,7 +45,6 @@ from ttc.passes.footprint import (
     shard_geometry,
     tensor,
 )
-from ttc.passes.manager import Pass, register_pass
 
 DRAM_PEAK = "tt.dram_peak_bytes"
 L1_PEAK = "tt.l1_peak_bytes"
@@ -138,7 +139,7 @@ class Allocator:
 
     def free(self, op: Operation) -> None:
         creator = op.operands[0].owner
-        assert isinstance(creator, Operation) and creator.name == "ttmetal.create_buffer"
+        assert isinstance(creator, Operation) and creator.name == ttmetal.CREATE_BUFFER.name
         space = str(layout(tensor(op.operands[0])).memory_space)
         self.heap(space).free(creator.attributes["address"])
 
@@ -164,7 +165,7 @@ class Allocator:
 def is_dram_weight(buffer: Operation) -> bool:
     """A create_buffer in DRAM that a write_constant fills (a weight or constant table)."""
     return str(layout(tensor(buffer.result)).memory_space) == "dram" \
-        and any(user.name == "ttmetal.write_constant" for user in buffer.result.users)
+        and any(user.name == ttmetal.WRITE_CONSTANT.name for user in buffer.result.users)
 
 
 def allocate_function(func: Function, allocator: Allocator, resident_weights: bool = False) -> list[Operation]:
@@ -174,20 +175,20 @@ def allocate_function(func: Function, allocator: Allocator, resident_weights: bo
     Resident weights are allocated first, at the bottom of DRAM, before any activation: no other buffer of
     the function ever takes their bytes (within a run, or in the next one)."""
     resident = [op for op in func.body.ops
-                if resident_weights and op.name == "ttmetal.create_buffer" and is_dram_weight(op)]
+                if resident_weights and op.name == ttmetal.CREATE_BUFFER.name and is_dram_weight(op)]
     for op in resident:
         allocator.create(op)
     placed = set(resident)
     kept = []
     for op in func.body.ops:
-        if op.name == "ttmetal.create_buffer" and op not in placed:
+        if op.name == ttmetal.CREATE_BUFFER.name and op not in placed:
             allocator.create(op)
-        elif op.name == "ttmetal.deallocate":
+        elif op.name == ttmetal.DEALLOCATE.name:
             if op.operands[0].owner in placed:
                 kept.append(op)
             else:
                 allocator.free(op)
-        elif op.name == "ttmetal.enqueue_program":
+        elif op.name == ttmetal.ENQUEUE_PROGRAM.name:
             allocator.place_cbs(op)
     return kept
 

@@ -26,12 +26,13 @@ import numpy as np
 
 from ttc.ir.attributes import DenseAttr, WeightAttr, fuse_locations
 from ttc.ir.core import Block, Module, Operation, Value
+from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
 MAX_INLINE_ELEMENTS = 16
-CONSTANT = "ttir.constant"
+CONSTANT = ttir.CONSTANT.name
 
 
 def constant_attr(value: Value) -> DenseAttr | WeightAttr | None:
@@ -55,7 +56,7 @@ def splat_value(value: Value) -> float | int | bool | None:
 class ReshapeToSameType(RewritePattern):
     """reshape(x) -> x when the result type is x's type."""
 
-    root = "ttir.reshape"
+    root = ttir.RESHAPE.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         source = op.operands[0]
@@ -68,10 +69,10 @@ class ReshapeToSameType(RewritePattern):
 class ReshapeOfReshape(RewritePattern):
     """reshape(reshape(x)) -> reshape(x): only the last shape matters."""
 
-    root = "ttir.reshape"
+    root = ttir.RESHAPE.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        inner = defining_op(op.operands[0], "ttir.reshape")
+        inner = defining_op(op.operands[0], ttir.RESHAPE.name)
         if inner is None:
             return rewriter.notify_match_failure(op, "operand is not a reshape")
         with rewriter.modify_op(op):
@@ -83,7 +84,7 @@ class ReshapeOfReshape(RewritePattern):
 class IdentityTranspose(RewritePattern):
     """transpose(x, perm=[0, 1, ...]) -> x."""
 
-    root = "ttir.transpose"
+    root = ttir.TRANSPOSE.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if tuple(op.attr("perm")) != tuple(range(len(op.attr("perm")))):
@@ -95,10 +96,10 @@ class IdentityTranspose(RewritePattern):
 class TransposeOfTranspose(RewritePattern):
     """transpose(transpose(x, p1), p2) -> transpose(x, p1 o p2), or x when that is the identity."""
 
-    root = "ttir.transpose"
+    root = ttir.TRANSPOSE.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        inner = defining_op(op.operands[0], "ttir.transpose")
+        inner = defining_op(op.operands[0], ttir.TRANSPOSE.name)
         if inner is None:
             return rewriter.notify_match_failure(op, "operand is not a transpose")
         inner_perm, outer_perm = inner.attr("perm"), op.attr("perm")
@@ -124,7 +125,7 @@ class SameTypeIdentity(RewritePattern):
         source = op.operands[0]
         if source.type != op.result.type:
             return rewriter.notify_match_failure(op, "changes the type")
-        if op.name == "ttir.slice" and (any(b != 0 for b in op.attr("begins")) or any(s != 1 for s in op.attr("steps"))):
+        if op.name == ttir.SLICE.name and (any(b != 0 for b in op.attr("begins")) or any(s != 1 for s in op.attr("steps"))):
             return rewriter.notify_match_failure(op, "reorders or shifts the elements")
         rewriter.replace_op(op, [source])
         return True
@@ -133,18 +134,18 @@ class SameTypeIdentity(RewritePattern):
 class EmbeddingOfReshape(RewritePattern):
     """embedding(t, reshape(ids)) -> reshape(embedding(t, ids)): the rows come out in the same order."""
 
-    root = "ttir.embedding"
+    root = ttir.EMBEDDING.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         table, indices = op.operands
-        reshape = defining_op(indices, "ttir.reshape")
+        reshape = defining_op(indices, ttir.RESHAPE.name)
         if reshape is None:
             return rewriter.notify_match_failure(op, "the indices are not reshaped")
         source = reshape.operands[0]
         assert isinstance(source.type, TensorType) and isinstance(op.result.type, TensorType)
         rows_type = op.result.type.with_shape((*source.type.shape, op.result.type.shape[-1]))
-        rows = rewriter.create_before(op, "ttir.embedding", [table, source], [rows_type], loc=op.loc)
-        back = rewriter.create_before(op, "ttir.reshape", [rows.result], [op.result.type], loc=reshape.loc)
+        rows = rewriter.create_before(op, ttir.EMBEDDING.name, [table, source], [rows_type], loc=op.loc)
+        back = rewriter.create_before(op, ttir.RESHAPE.name, [rows.result], [op.result.type], loc=reshape.loc)
         rewriter.replace_op(op, [back.result])
         return True
 
@@ -153,10 +154,10 @@ class EmbeddingOfIntCast(RewritePattern):
     """embedding(t, typecast(ids -> another integer type)) -> embedding(t, ids): the device reads the
     ids as int32 whatever their ONNX integer type."""
 
-    root = "ttir.embedding"
+    root = ttir.EMBEDDING.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        cast = defining_op(op.operands[1], "ttir.typecast")
+        cast = defining_op(op.operands[1], ttir.TYPECAST.name)
         if cast is None or not _is_integer(cast.operands[0]):
             return rewriter.notify_match_failure(op, "the indices are not an integer conversion")
         with rewriter.modify_op(op):
@@ -188,11 +189,11 @@ class BinaryIdentity(RewritePattern):
 
 
 BINARY_IDENTITIES = [
-    BinaryIdentity("ttir.add", 0, commutative=True),
-    BinaryIdentity("ttir.sub", 0, commutative=False),
-    BinaryIdentity("ttir.mul", 1, commutative=True),
-    BinaryIdentity("ttir.div", 1, commutative=False),
-    BinaryIdentity("ttir.pow", 1, commutative=False),
+    BinaryIdentity(ttir.ADD.name, 0, commutative=True),
+    BinaryIdentity(ttir.SUB.name, 0, commutative=False),
+    BinaryIdentity(ttir.MUL.name, 1, commutative=True),
+    BinaryIdentity(ttir.DIV.name, 1, commutative=False),
+    BinaryIdentity(ttir.POW.name, 1, commutative=False),
 ]
 
 
@@ -248,7 +249,7 @@ class FoldConstantOperands(RewritePattern):
 def canonicalization_patterns(module: Module, fold_weights: bool = True) -> list[RewritePattern]:
     return [FoldConstantOperands(module, fold_weights), ReshapeToSameType(), ReshapeOfReshape(),
             IdentityTranspose(), TransposeOfTranspose(), *BINARY_IDENTITIES, EmbeddingOfReshape(), EmbeddingOfIntCast(),
-            *(SameTypeIdentity(root) for root in ("ttir.broadcast", "ttir.slice", "ttir.typecast"))]
+            *(SameTypeIdentity(root) for root in (ttir.BROADCAST_OP.name, ttir.SLICE.name, ttir.TYPECAST.name))]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import numpy as np
 from ttc.ir.attributes import WeightAttr, fuse_locations
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.dialect import Trait
+from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
 from ttc.passes.canonicalize import canonicalization_patterns
 from ttc.passes.manager import Pass, register_pass
@@ -41,10 +42,10 @@ TO_NCHW = (0, 3, 1, 2)
 def from_nhwc(value: Value) -> tuple[Value, tuple[int, int, int, int]] | None:
     """(y, (N, C, H, W)) when value = transpose(reshape(y [.., C] -> [N, H, W, C]), (0, 3, 1, 2)); y is the
     matrix [N*H*W, C] or a reshape of it keeping the channels last."""
-    op = defining_op(value, "ttir.transpose")
+    op = defining_op(value, ttir.TRANSPOSE.name)
     if op is None or tuple(op.attr("perm")) != TO_NCHW:
         return None
-    inner = defining_op(op.operands[0], "ttir.reshape")
+    inner = defining_op(op.operands[0], ttir.RESHAPE.name)
     if inner is None or tensor(inner.result).rank != 4 or \
             tensor(inner.operands[0]).shape[-1:] != tensor(inner.result).shape[-1:]:
         return None
@@ -55,8 +56,8 @@ def from_nhwc(value: Value) -> tuple[Value, tuple[int, int, int, int]] | None:
 def make_nchw(rewriter: PatternRewriter, op: Operation, y: Value, dims: tuple[int, int, int, int]) -> Value:
     n, c, h, w = dims
     like = tensor(y)
-    nhwc = rewriter.create_before(op, "ttir.reshape", [y], [like.with_shape((n, h, w, c))]).result
-    return rewriter.create_before(op, "ttir.transpose", [nhwc], [like.with_shape((n, c, h, w))],
+    nhwc = rewriter.create_before(op, ttir.RESHAPE.name, [y], [like.with_shape((n, h, w, c))]).result
+    return rewriter.create_before(op, ttir.TRANSPOSE.name, [nhwc], [like.with_shape((n, c, h, w))],
                                   {"perm": TO_NCHW}).result
 
 
@@ -78,7 +79,7 @@ def new_weight(rewriter: PatternRewriter, module: Module, op: Operation, name: s
     names = op.loc.names()
     stem = (names[0].strip("/").replace("/", ".") if names else "conv") + f".{name}"
     attr = WeightAttr(module.add_weight(stem, np.asarray(array, np.float32)))  # weights are never changed in place
-    return rewriter.create_before(op, "ttir.constant", [], [TensorType(array.shape, like.element_type)],
+    return rewriter.create_before(op, ttir.CONSTANT.name, [], [TensorType(array.shape, like.element_type)],
                                   {"value": attr}).result
 
 
@@ -148,15 +149,15 @@ class SinkBinary(RewritePattern):
         if scale_dims != (n, c, 1, 1) or tensor(op.result).shape != (n, c, h, w):
             return rewriter.notify_match_failure(op, "channels-last operands that do not broadcast per image")
         like = tensor(x)
-        pixels = rewriter.create_before(op, "ttir.reshape", [x], [like.with_shape((n, h * w, c))]).result
-        per_image = rewriter.create_before(op, "ttir.reshape", [scale], [like.with_shape((n, 1, c))]).result
+        pixels = rewriter.create_before(op, ttir.RESHAPE.name, [x], [like.with_shape((n, h * w, c))]).result
+        per_image = rewriter.create_before(op, ttir.RESHAPE.name, [scale], [like.with_shape((n, 1, c))]).result
         if from_nhwc(op.operands[0]) is not None and from_nhwc(op.operands[0])[1] == (n, c, h, w):
             operands = [pixels, per_image]
         else:
             operands = [per_image, pixels]
         combined = rewriter.create_before(op, op.name, operands, [like.with_shape((n, h * w, c))],
                                           dict(op.attributes)).result
-        matrix = rewriter.create_before(op, "ttir.reshape", [combined], [like.with_shape((n * h * w, c))]).result
+        matrix = rewriter.create_before(op, ttir.RESHAPE.name, [combined], [like.with_shape((n * h * w, c))]).result
         rewriter.replace_op(op, [make_nchw(rewriter, op, matrix, (n, c, h, w))])
         return True
 
@@ -164,7 +165,7 @@ class SinkBinary(RewritePattern):
 class SinkConcat(RewritePattern):
     """concat(from_nhwc(a), from_nhwc(b), ..., axis=1) -> from_nhwc(concat(a, b, ..., axis=1))."""
 
-    root = "ttir.concat"
+    root = ttir.CONCAT.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if op.attr("axis") != 1 or tensor(op.result).rank != 4:
@@ -174,7 +175,7 @@ class SinkConcat(RewritePattern):
             return rewriter.notify_match_failure(op, "an operand is not a channels-last matrix")
         n, c, h, w = tensor(op.result).shape
         ys = [s[0] for s in sources if s is not None]
-        inner = rewriter.create_before(op, "ttir.concat", ys, [tensor(ys[0]).with_shape((n * h * w, c))],
+        inner = rewriter.create_before(op, ttir.CONCAT.name, ys, [tensor(ys[0]).with_shape((n * h * w, c))],
                                        {"axis": 1}).result
         rewriter.replace_op(op, [make_nchw(rewriter, op, inner, (n, c, h, w))])
         return True
@@ -193,10 +194,10 @@ class GlobalPool(RewritePattern):
             return rewriter.notify_match_failure(op, "not a global pool of a channels-last value")
         y, (n, c, h, w) = source
         like = tensor(y)
-        pixels = rewriter.create_before(op, "ttir.reshape", [y], [like.with_shape((n, h * w, c))]).result
+        pixels = rewriter.create_before(op, ttir.RESHAPE.name, [y], [like.with_shape((n, h * w, c))]).result
         reduced = rewriter.create_before(op, op.name, [pixels], [like.with_shape((n, 1, c))],
                                          {"axes": (1,), "keepdims": True}).result
-        matrix = rewriter.create_before(op, "ttir.reshape", [reduced], [like.with_shape((n, c))]).result
+        matrix = rewriter.create_before(op, ttir.RESHAPE.name, [reduced], [like.with_shape((n, c))]).result
         if tensor(op.result).rank == 2:  # keepdims = false: [N, C] is the matrix itself, no layout to restore
             rewriter.replace_op(op, [matrix])
         else:
@@ -208,7 +209,7 @@ class ReshapeOfPixel(RewritePattern):
     """reshape(from_nhwc(y)) with one pixel per image (H = W = 1, e.g. a flatten after a global pool) ->
     reshape(y): NCHW and NHWC order the elements alike."""
 
-    root = "ttir.reshape"
+    root = ttir.RESHAPE.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         source = from_nhwc(op.operands[0])
@@ -224,13 +225,13 @@ class FlattenIntoConv(RewritePattern):
     H x W image: the classifier after the last pool reads the pixels in channels-last order, so the NCHW
     flatten order is folded into the weight ([C*H*W, OUT] is the conv weight [OUT, C, H, W] transposed)."""
 
-    root = "ttir.matmul"
+    root = ttir.MATMUL.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        flatten = defining_op(op.operands[0], "ttir.reshape")
+        flatten = defining_op(op.operands[0], ttir.RESHAPE.name)
         source = from_nhwc(flatten.operands[0]) if flatten is not None else None
         w = constant_array(self.module, op.operands[1])
         if source is None or w is None or op.attr("transpose_a") or w.ndim != 2:
@@ -243,9 +244,9 @@ class FlattenIntoConv(RewritePattern):
         out = weight.shape[0]
         like = tensor(y)
         matrix = y if like.rank == 2 else rewriter.create_before(
-            op, "ttir.reshape", [y], [like.with_shape((n * h * w_, c))]).result
+            op, ttir.RESHAPE.name, [y], [like.with_shape((n * h * w_, c))]).result
         kernel = new_weight(rewriter, self.module, op, "w", weight.reshape(out, c, h, w_), tensor(op.operands[1]))
-        conv = rewriter.create_before(op, "ttir.conv2d", [matrix, kernel], [tensor(op.result).with_shape((n, out))],
+        conv = rewriter.create_before(op, ttir.CONV2D.name, [matrix, kernel], [tensor(op.result).with_shape((n, out))],
                                       {"input_shape": (n, h, w_), "strides": (1, 1), "pads": (0, 0, 0, 0),
                                        "dilations": (1, 1), "groups": 1})
         rewriter.replace_op(op, [conv.result])
@@ -255,14 +256,14 @@ class FlattenIntoConv(RewritePattern):
 class ChannelShuffle(RewritePattern):
     """reshape(transpose(reshape(from_nhwc(y)))) that only permutes the channels -> from_nhwc(y @ P)."""
 
-    root = "ttir.reshape"
+    root = ttir.RESHAPE.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        transpose = defining_op(op.operands[0], "ttir.transpose")
-        split = defining_op(transpose.operands[0], "ttir.reshape") if transpose is not None else None
+        transpose = defining_op(op.operands[0], ttir.TRANSPOSE.name)
+        split = defining_op(transpose.operands[0], ttir.RESHAPE.name) if transpose is not None else None
         source = from_nhwc(split.operands[0]) if split is not None else None
         if source is None or tensor(op.result).rank != 4:
             return rewriter.notify_match_failure(op, "not a reshape-transpose-reshape of a channels-last value")
@@ -277,7 +278,7 @@ class ChannelShuffle(RewritePattern):
         permutation = np.zeros((c, c), np.float32)
         permutation[channel_of, np.arange(c)] = 1.0
         select = new_weight(rewriter, self.module, op, "shuffle", permutation, tensor(y))
-        shuffled = rewriter.create_before(op, "ttir.matmul", [y, select], [tensor(y)])
+        shuffled = rewriter.create_before(op, ttir.MATMUL.name, [y, select], [tensor(y)])
         shuffled.attributes["tt.math_fidelity"] = "hifi4"  # one selected element per output: exact
         rewriter.replace_op(op, [make_nchw(rewriter, op, shuffled.result, (n, c, h, w))])
         return True
@@ -292,7 +293,7 @@ class FoldAffineIntoConv(RewritePattern):
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         for index in (0, 1):
-            conv = defining_op(op.operands[index], "ttir.conv2d")
+            conv = defining_op(op.operands[index], ttir.CONV2D.name)
             if conv is None or len(conv.result.uses) != 1 or tensor(op.result).shape != tensor(conv.result).shape:
                 continue
             other = op.operands[1 - index]
@@ -307,13 +308,13 @@ class FoldAffineIntoConv(RewritePattern):
                 continue
             w, bias = np.asarray(w, np.float32), np.asarray(bias, np.float32).reshape(oc)
             w_value = conv.operands[1]  # a shift keeps the weight (VGG's 400 MB classifier kernel is not copied)
-            if op.name == "ttir.mul":
+            if op.name == ttir.MUL.name:
                 w, bias = w * values[:, None, None, None], bias * values
                 w_value = new_weight(rewriter, self.module, conv, "w", w, tensor(conv.operands[1]))
             else:
                 bias = bias + values
             b_value = new_weight(rewriter, self.module, conv, "b", bias, tensor(conv.operands[1]))
-            folded = rewriter.create_before(conv, "ttir.conv2d", [conv.operands[0], w_value, b_value],
+            folded = rewriter.create_before(conv, ttir.CONV2D.name, [conv.operands[0], w_value, b_value],
                                             [tensor(conv.result)], dict(conv.attributes),
                                             loc=fuse_locations(conv.loc, op.loc))
             rewriter.replace_op(op, [folded.result])
@@ -321,19 +322,19 @@ class FoldAffineIntoConv(RewritePattern):
         return rewriter.notify_match_failure(op, "not a convolution scaled or shifted per channel")
 
 
-UNARY = ("ttir.relu", "ttir.sigmoid", "ttir.tanh", "ttir.exp", "ttir.log", "ttir.sqrt", "ttir.rsqrt", "ttir.neg",
-         "ttir.reciprocal", "ttir.abs", "ttir.gelu", "ttir.erf")
+UNARY = (ttir.RELU.name, ttir.SIGMOID.name, ttir.TANH.name, ttir.EXP.name, ttir.LOG.name, ttir.SQRT.name, ttir.RSQRT.name, ttir.NEG.name,
+         ttir.RECIPROCAL.name, ttir.ABS.name, ttir.GELU.name, ttir.ERF.name)
 
 
 def channels_last_patterns(module: Module) -> list[RewritePattern]:
     from ttc.ir.dialect import lookup_op
 
-    binaries = [name for name in ("ttir.add", "ttir.sub", "ttir.mul", "ttir.div", "ttir.maximum", "ttir.minimum",
-                                  "ttir.pow") if (opdef := lookup_op(name)) and opdef.has(Trait.BROADCASTABLE)]
+    binaries = [name for name in (ttir.ADD.name, ttir.SUB.name, ttir.MUL.name, ttir.DIV.name, ttir.MAXIMUM.name, ttir.MINIMUM.name,
+                                  ttir.POW.name) if (opdef := lookup_op(name)) and opdef.has(Trait.BROADCASTABLE)]
     return [*(SinkUnary(name) for name in UNARY), *(SinkBinary(name, module) for name in binaries),
             SinkConcat(), ReshapeOfPixel(), FlattenIntoConv(module), ChannelShuffle(module), *(GlobalPool(name) for name in
-                                                    ("ttir.reduce_mean", "ttir.reduce_max", "ttir.reduce_sum")),
-            FoldAffineIntoConv("ttir.mul", module), FoldAffineIntoConv("ttir.add", module)]
+                                                    (ttir.REDUCE_MEAN.name, ttir.REDUCE_MAX.name, ttir.REDUCE_SUM.name)),
+            FoldAffineIntoConv(ttir.MUL.name, module), FoldAffineIntoConv(ttir.ADD.name, module)]
 
 
 @register_pass

@@ -34,6 +34,7 @@ import numpy as np
 
 from ttc.ir.attributes import DenseAttr, fuse_locations
 from ttc.ir.core import Module, Operation, Value
+from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
 from ttc.passes.canonicalize import constant_attr, splat_value
 from ttc.passes.manager import Pass, register_pass
@@ -49,13 +50,13 @@ def scalar_constant(rewriter: PatternRewriter, before: Operation, like: Value, n
     assert isinstance(like.type, TensorType)
     scalar_type = TensorType((), like.type.element_type)
     attr = DenseAttr(scalar_type, number)
-    return rewriter.create_before(before, "ttir.constant", [], [scalar_type], {"value": attr}).result
+    return rewriter.create_before(before, ttir.CONSTANT.name, [], [scalar_type], {"value": attr}).result
 
 
 class DecomposeGemm(RewritePattern):
     """alpha * op(a) @ op(b) + beta * c -> matmul, then mul and add only where they do something."""
 
-    root = "ttir.gemm"
+    root = ttir.GEMM.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         alpha, beta = op.attr("alpha"), op.attr("beta")
@@ -64,15 +65,15 @@ class DecomposeGemm(RewritePattern):
         a, b, c = op.operand("a"), op.operand("b"), op.operand("c")
         result_type = op.result.type
         attributes = {"transpose_a": op.attr("transpose_a"), "transpose_b": op.attr("transpose_b")}
-        value = rewriter.create_before(op, "ttir.matmul", [a, b], [result_type], attributes).result
+        value = rewriter.create_before(op, ttir.MATMUL.name, [a, b], [result_type], attributes).result
         if alpha != 1.0:
             scale = scalar_constant(rewriter, op, value, alpha)
-            value = rewriter.create_before(op, "ttir.mul", [value, scale], [result_type]).result
+            value = rewriter.create_before(op, ttir.MUL.name, [value, scale], [result_type]).result
         if c is not None:
             if beta != 1.0:
                 scale = scalar_constant(rewriter, op, c, beta)
-                c = rewriter.create_before(op, "ttir.mul", [c, scale], [c.type]).result
-            value = rewriter.create_before(op, "ttir.add", [value, c], [result_type]).result
+                c = rewriter.create_before(op, ttir.MUL.name, [c, scale], [c.type]).result
+            value = rewriter.create_before(op, ttir.ADD.name, [value, c], [result_type]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -80,7 +81,7 @@ class DecomposeGemm(RewritePattern):
 class PowBySplat(RewritePattern):
     """pow(x, 2) -> x * x and pow(x, 0.5) -> sqrt(x), when the exponent does not broadcast x."""
 
-    root = "ttir.pow"
+    root = ttir.POW.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, exponent = op.operands
@@ -88,9 +89,9 @@ class PowBySplat(RewritePattern):
         if x.type != op.result.type:
             return rewriter.notify_match_failure(op, "the exponent broadcasts the base to a new shape")
         if power == 2:
-            new = rewriter.create_before(op, "ttir.mul", [x, x], [op.result.type])
+            new = rewriter.create_before(op, ttir.MUL.name, [x, x], [op.result.type])
         elif power == 0.5 and is_float(x):
-            new = rewriter.create_before(op, "ttir.sqrt", [x], [op.result.type])
+            new = rewriter.create_before(op, ttir.SQRT.name, [x], [op.result.type])
         else:
             return rewriter.notify_match_failure(op, "exponent is not a splat 2, or 0.5 on floats")
         rewriter.replace_op(op, [new.result])
@@ -100,7 +101,7 @@ class PowBySplat(RewritePattern):
 class DivByConstant(RewritePattern):
     """x / c -> x * (1 / c) for an inline float constant c."""
 
-    root = "ttir.div"
+    root = ttir.DIV.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, divisor = op.operands
@@ -109,8 +110,8 @@ class DivByConstant(RewritePattern):
             return rewriter.notify_match_failure(op, "divisor is not an inline float constant")
         with np.errstate(divide="ignore"):
             reciprocal = DenseAttr(attr.type, 1.0 / attr.values.astype(np.float64))
-        constant = rewriter.create_before(op, "ttir.constant", [], [divisor.type], {"value": reciprocal})
-        mul = rewriter.create_before(op, "ttir.mul", [x, constant.result], [op.result.type])
+        constant = rewriter.create_before(op, ttir.CONSTANT.name, [], [divisor.type], {"value": reciprocal})
+        mul = rewriter.create_before(op, ttir.MUL.name, [x, constant.result], [op.result.type])
         rewriter.replace_op(op, [mul.result])
         return True
 
@@ -118,14 +119,14 @@ class DivByConstant(RewritePattern):
 class DivByTensor(RewritePattern):
     """x / y -> x * reciprocal(y) for a float divisor that is not an inline constant."""
 
-    root = "ttir.div"
+    root = ttir.DIV.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, divisor = op.operands
         if isinstance(constant_attr(divisor), DenseAttr) or not is_float(op.result):
             return rewriter.notify_match_failure(op, "divisor is an inline constant, or not float")
-        reciprocal = rewriter.create_before(op, "ttir.reciprocal", [divisor], [divisor.type])
-        mul = rewriter.create_before(op, "ttir.mul", [x, reciprocal.result], [op.result.type])
+        reciprocal = rewriter.create_before(op, ttir.RECIPROCAL.name, [divisor], [divisor.type])
+        mul = rewriter.create_before(op, ttir.MUL.name, [x, reciprocal.result], [op.result.type])
         rewriter.replace_op(op, [mul.result])
         return True
 
@@ -141,7 +142,7 @@ def _is_splat_near(value: Value, target: float, rel_tol: float = 1e-6) -> bool:
 
 def _mul_by(value: Value, target: float, rel_tol: float = 1e-6) -> tuple[Value, Operation] | None:
     """(x, the mul) when `value` is `x * c` or `c * x` with a splat c close to `target`."""
-    op = defining_op(value, "ttir.mul")
+    op = defining_op(value, ttir.MUL.name)
     if op is None:
         return None
     lhs, rhs = op.operands
@@ -154,16 +155,16 @@ def _mul_by(value: Value, target: float, rel_tol: float = 1e-6) -> tuple[Value, 
 
 def _erf_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
     """(x, matched ops) when `value` is `1 + erf(x / sqrt(2))` (either add order; / 1.4142 or * 0.7071)."""
-    add = defining_op(value, "ttir.add")
+    add = defining_op(value, ttir.ADD.name)
     if add is None:
         return None
     lhs, rhs = add.operands
     erf_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
-    erf = defining_op(erf_value, "ttir.erf") if erf_value is not None else None
+    erf = defining_op(erf_value, ttir.ERF.name) if erf_value is not None else None
     if erf is None:
         return None
     scaled = erf.operands[0]
-    div = defining_op(scaled, "ttir.div")
+    div = defining_op(scaled, ttir.DIV.name)
     if div is not None and _is_splat_near(div.operands[1], math.sqrt(2.0), rel_tol=1e-4):
         return div.operands[0], [div, erf, add]
     by_mul = _mul_by(scaled, 1.0 / math.sqrt(2.0), rel_tol=1e-4)
@@ -174,14 +175,14 @@ def _erf_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
 
 def _cube_of(value: Value) -> tuple[Value, list[Operation]] | None:
     """(x, matched ops) when `value` is x^3: pow(x, 3), (x * x) * x or x * (x * x)."""
-    power = defining_op(value, "ttir.pow")
+    power = defining_op(value, ttir.POW.name)
     if power is not None and _is_splat_near(power.operands[1], 3.0):
         return power.operands[0], [power]
-    outer = defining_op(value, "ttir.mul")
+    outer = defining_op(value, ttir.MUL.name)
     if outer is None:
         return None
     for square_side, x in (outer.operands, outer.operands[::-1]):
-        square = defining_op(square_side, "ttir.mul")
+        square = defining_op(square_side, ttir.MUL.name)
         if square is not None and square.operands[0] is x and square.operands[1] is x:
             return x, [square, outer]
     return None
@@ -189,14 +190,14 @@ def _cube_of(value: Value) -> tuple[Value, list[Operation]] | None:
 
 def _tanh_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
     """(x, matched ops) when `value` is `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))` (any operand order)."""
-    add = defining_op(value, "ttir.add")
+    add = defining_op(value, ttir.ADD.name)
     if add is None:
         return None
     lhs, rhs = add.operands
     tanh_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
-    tanh = defining_op(tanh_value, "ttir.tanh") if tanh_value is not None else None
+    tanh = defining_op(tanh_value, ttir.TANH.name) if tanh_value is not None else None
     scaled = _mul_by(tanh.operands[0], math.sqrt(2.0 / math.pi), rel_tol=1e-4) if tanh is not None else None
-    inner = defining_op(scaled[0], "ttir.add") if scaled is not None else None
+    inner = defining_op(scaled[0], ttir.ADD.name) if scaled is not None else None
     if inner is None:
         return None
     for x, term in (inner.operands, inner.operands[::-1]):
@@ -218,7 +219,7 @@ def _match_gelu(op: Operation, core_of=_erf_plus_one) -> tuple[Value, list[Opera
         if half_x is not None and core is not None and half_x[0] is core[0]:
             return core[0], [*core[1], half_x[1], op]
         # (x * (1 + erf(x / sqrt2))) * 0.5
-        product = defining_op(other, "ttir.mul")
+        product = defining_op(other, ttir.MUL.name)
         if _is_splat_near(half_side, 0.5) and product is not None:
             for x, factor in (product.operands, product.operands[::-1]):
                 core = core_of(factor)
@@ -236,7 +237,7 @@ def _match_gelu(op: Operation, core_of=_erf_plus_one) -> tuple[Value, list[Opera
 class FuseErfGelu(RewritePattern):
     """x * 0.5 * (1 + erf(x / sqrt(2))) in its common arrangements -> gelu(x)."""
 
-    root = "ttir.mul"
+    root = ttir.MUL.name
     approximate = "none"
 
     def match(self, op: Operation) -> tuple[Value, list[Operation]] | None:
@@ -251,7 +252,7 @@ class FuseErfGelu(RewritePattern):
             return rewriter.notify_match_failure(op, "GELU pattern broadcasts x or is not float")
         loc = fuse_locations(*(matched.loc for matched in ops))
         attributes = {"approximate": "tanh"} if self.approximate == "tanh" else {}
-        gelu = rewriter.create_before(op, "ttir.gelu", [x], [op.result.type], attributes, loc=loc)
+        gelu = rewriter.create_before(op, ttir.GELU.name, [x], [op.result.type], attributes, loc=loc)
         rewriter.replace_op(op, [gelu.result])
         return True
 
@@ -268,18 +269,18 @@ class FuseTanhGelu(FuseErfGelu):
 class FuseMish(RewritePattern):
     """x * tanh(softplus(x)) (either operand order) -> mish(x)."""
 
-    root = "ttir.mul"
+    root = ttir.MUL.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         for x, other in (op.operands, op.operands[::-1]):
-            tanh = defining_op(other, "ttir.tanh")
-            softplus = defining_op(tanh.operands[0], "ttir.softplus") if tanh is not None else None
+            tanh = defining_op(other, ttir.TANH.name)
+            softplus = defining_op(tanh.operands[0], ttir.SOFTPLUS.name) if tanh is not None else None
             if softplus is None or softplus.operands[0] is not x:
                 continue
             if x.type != op.result.type or not is_float(x):
                 return rewriter.notify_match_failure(op, "the mish pattern broadcasts x or is not float")
             loc = fuse_locations(softplus.loc, tanh.loc, op.loc)
-            mish = rewriter.create_before(op, "ttir.mish", [x], [op.result.type], loc=loc)
+            mish = rewriter.create_before(op, ttir.MISH.name, [x], [op.result.type], loc=loc)
             rewriter.replace_op(op, [mish.result])
             return True
         return rewriter.notify_match_failure(op, "not x * tanh(softplus(x))")

@@ -40,14 +40,15 @@ import numpy as np
 from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, OpResult, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.canonicalize import splat_value
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 F32 = ScalarType("f32")
-HOST_COMPUTE = "ttmetal.host_compute"  # an ONNX node the host computes (its values keep their types)
+HOST_COMPUTE = ttmetal.HOST_COMPUTE.name  # an ONNX node the host computes (its values keep their types)
 EXACT_INT = 256  # |n| <= 256: every integer in range is exact in bf16
-CONSTANT = "ttir.constant"
+CONSTANT = ttir.CONSTANT.name
 
 
 def tensor(value: Value) -> TensorType:
@@ -82,15 +83,15 @@ def scalar(rewriter: PatternRewriter, before: Operation, element_type: ScalarTyp
 class LowerLogical(RewritePattern):
     """and -> mul, or -> maximum, xor -> ne, not -> eq(a, 0): exact on 0/1."""
 
-    BINARY = {"ttir.logical_and": "ttir.mul", "ttir.logical_or": "ttir.maximum", "ttir.logical_xor": "ttir.ne"}
+    BINARY = {ttir.LOGICAL_AND.name: ttir.MUL.name, ttir.LOGICAL_OR.name: ttir.MAXIMUM.name, ttir.LOGICAL_XOR.name: ttir.NE.name}
 
     def __init__(self, root: str) -> None:
         self.root = root
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        if op.name == "ttir.logical_not":
+        if op.name == ttir.LOGICAL_NOT.name:
             false = scalar(rewriter, op, ScalarType("i1"), False)
-            new = rewriter.create_before(op, "ttir.eq", [op.operands[0], false], [op.result.type])
+            new = rewriter.create_before(op, ttir.EQ.name, [op.operands[0], false], [op.result.type])
         else:
             new = rewriter.create_before(op, self.BINARY[op.name], list(op.operands), [op.result.type])
         rewriter.replace_op(op, [new.result])
@@ -100,14 +101,14 @@ class LowerLogical(RewritePattern):
 class LowerCastToBool(RewritePattern):
     """typecast(x -> i1) -> ne(x, 0)."""
 
-    root = "ttir.typecast"
+    root = ttir.TYPECAST.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x = op.operands[0]
         if not is_bool(op.result) or is_bool(x):
             return rewriter.notify_match_failure(op, "not a conversion to i1")
         zero = scalar(rewriter, op, tensor(x).element_type, 0)
-        new = rewriter.create_before(op, "ttir.ne", [x, zero], [op.result.type])
+        new = rewriter.create_before(op, ttir.NE.name, [x, zero], [op.result.type])
         rewriter.replace_op(op, [new.result])
         return True
 
@@ -118,8 +119,8 @@ def is_zero(value: Value) -> bool:
 
 
 def boolean_patterns() -> list[RewritePattern]:
-    return [*(LowerLogical(root) for root in ("ttir.logical_and", "ttir.logical_or", "ttir.logical_xor",
-                                              "ttir.logical_not")),
+    return [*(LowerLogical(root) for root in (ttir.LOGICAL_AND.name, ttir.LOGICAL_OR.name, ttir.LOGICAL_XOR.name,
+                                              ttir.LOGICAL_NOT.name)),
             LowerCastToBool()]
 
 
@@ -128,8 +129,8 @@ def boolean_patterns() -> list[RewritePattern]:
 
 Range = tuple[float, float] | None
 
-PASS_THROUGH = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.gather", "ttir.broadcast",
-                          "ttir.concat", "ttir.reduce_max", "ttir.typecast", "ttir.maximum", "ttir.minimum"})
+PASS_THROUGH = frozenset({ttir.RESHAPE.name, ttir.TRANSPOSE.name, ttir.SLICE.name, ttir.GATHER.name, ttir.BROADCAST_OP.name,
+                          ttir.CONCAT.name, ttir.REDUCE_MAX.name, ttir.TYPECAST.name, ttir.MAXIMUM.name, ttir.MINIMUM.name})
 
 
 def union(ranges: Iterable[Range]) -> Range:
@@ -161,29 +162,29 @@ class IntegerRanges:
         if op.name == CONSTANT:
             array = self.constant_array(op)
             return (float(array.min()), float(array.max())) if array.size else (0, 0)
-        if op.name == "ttir.typecast" and not tensor(op.operands[0]).element_type.is_float:
+        if op.name == ttir.TYPECAST.name and not tensor(op.operands[0]).element_type.is_float:
             return self.of(op.operands[0])
-        if op.name in PASS_THROUGH - {"ttir.typecast"}:
-            data = op.operands if op.name in ("ttir.concat", "ttir.maximum", "ttir.minimum") else op.operands[:1]
+        if op.name in PASS_THROUGH - {ttir.TYPECAST.name}:
+            data = op.operands if op.name in (ttir.CONCAT.name, ttir.MAXIMUM.name, ttir.MINIMUM.name) else op.operands[:1]
             return union(self.of(v) for v in data)
         operands = [self.of(v) for v in op.operands]
         if any(r is None for r in operands):
             return None
-        if op.name in ("ttir.add", "ttir.sub", "ttir.mul"):
+        if op.name in (ttir.ADD.name, ttir.SUB.name, ttir.MUL.name):
             (a0, a1), (b0, b1) = operands  # type: ignore[misc]
-            if op.name == "ttir.add":
+            if op.name == ttir.ADD.name:
                 return a0 + b0, a1 + b1
-            if op.name == "ttir.sub":
+            if op.name == ttir.SUB.name:
                 return a0 - b1, a1 - b0
             corners = [a0 * b0, a0 * b1, a1 * b0, a1 * b1]
             return min(corners), max(corners)
-        if op.name == "ttir.neg":
+        if op.name == ttir.NEG.name:
             lo, hi = operands[0]  # type: ignore[misc]
             return -hi, -lo
-        if op.name == "ttir.abs":
+        if op.name == ttir.ABS.name:
             lo, hi = operands[0]  # type: ignore[misc]
             return (0 if lo <= 0 <= hi else min(abs(lo), abs(hi))), max(abs(lo), abs(hi))
-        if op.name == "ttir.reduce_sum":
+        if op.name == ttir.REDUCE_SUM.name:
             lo, hi = operands[0]  # type: ignore[misc]
             count = math.prod(tensor(op.operands[0]).shape[a] for a in op.attr("axes"))
             return min(lo * count, lo), max(hi * count, hi)
@@ -194,11 +195,11 @@ class IntegerRanges:
         return attr.to_array() if isinstance(attr, DenseAttr) else np.asarray(self.module.weights[attr.name])
 
 
-MOVES = frozenset({"ttir.reshape", "ttir.transpose", "ttir.slice", "ttir.broadcast", "ttir.concat",
-                   "ttir.embedding"})  # copies (an embedding: rows of its table, e.g. a movement's row lookup)
+MOVES = frozenset({ttir.RESHAPE.name, ttir.TRANSPOSE.name, ttir.SLICE.name, ttir.BROADCAST_OP.name, ttir.CONCAT.name,
+                   ttir.EMBEDDING.name})  # copies (an embedding: rows of its table, e.g. a movement's row lookup)
 
 
-COMPARES = frozenset({"ttir.eq", "ttir.ne", "ttir.lt", "ttir.le", "ttir.gt", "ttir.ge"})
+COMPARES = frozenset({ttir.EQ.name, ttir.NE.name, ttir.LT.name, ttir.LE.name, ttir.GT.name, ttir.GE.name})
 
 
 def compared_to_small_constant(user: Operation, index: int, ranges: IntegerRanges | None) -> bool:
@@ -218,19 +219,19 @@ def only_zero_tested(value: Value, ranges: IntegerRanges | None = None) -> bool:
     integer constant, given `ranges`), a cast to float, or a data movement whose result is used that way
     in turn."""
     for user, index in value.uses:
-        if user.name in ("ttir.ne", "ttir.eq") and is_zero(user.operands[1 - index]):
+        if user.name in (ttir.NE.name, ttir.EQ.name) and is_zero(user.operands[1 - index]):
             continue
         if compared_to_small_constant(user, index, ranges):
             continue
-        if user.name == "ttir.typecast" and tensor(user.result).element_type.is_float:
+        if user.name == ttir.TYPECAST.name and tensor(user.result).element_type.is_float:
             continue
-        if user.name in MOVES and (index == 0 or user.name == "ttir.concat") and \
+        if user.name in MOVES and (index == 0 or user.name == ttir.CONCAT.name) and \
                 all(only_zero_tested(result, ranges) for result in user.results):
             continue
-        if user.name == "ttir.to_layout" and user.result.type.encoding is not None and \
+        if user.name == ttir.TO_LAYOUT.name and user.result.type.encoding is not None and \
                 only_zero_tested(user.result, ranges):  # untilized into rows on the device
             continue
-        if user.name in (RETURN_OP, "ttir.to_layout", HOST_COMPUTE):
+        if user.name in (RETURN_OP, ttir.TO_LAYOUT.name, HOST_COMPUTE):
             continue
         return False
     return True
@@ -253,9 +254,9 @@ def compile_time_integers(func: Function) -> set[int]:
     (compile-time element maps)."""
     indices: set[int] = set()
     for op in func.body.ops:
-        if op.name == "ttir.gather" and defining_op(op.operands[1], CONSTANT) is not None:
+        if op.name == ttir.GATHER.name and defining_op(op.operands[1], CONSTANT) is not None:
             indices.add(id(op.operands[1]))
-        if op.name != "ttir.embedding":
+        if op.name != ttir.EMBEDDING.name:
             continue
         ids = op.operands[1]
         if isinstance(ids, OpResult) and ids.op.name not in (CONSTANT, HOST_COMPUTE):
@@ -281,10 +282,10 @@ def check_integers(module: Module, func: Function, skip: set[int]) -> None:
                     raise UserError(f"node '{node_name(op)}': the integer constant {value.type} holds values "
                                     "that bf16 cannot represent exactly, and the device computes in bf16")
                 continue
-            if op.name == "ttir.typecast" and tensor(op.operands[0]).element_type.is_float:
+            if op.name == ttir.TYPECAST.name and tensor(op.operands[0]).element_type.is_float:
                 raise UserError(f"node '{node_name(op)}': a float -> integer conversion (truncation) has no "
                                 "device kernel")
-            copies = op.name in MOVES or op.name in ("ttir.typecast", "ttir.to_layout")  # exact whatever the values
+            copies = op.name in MOVES or op.name in (ttir.TYPECAST.name, ttir.TO_LAYOUT.name)  # exact whatever the values
             check_exact(value, ranges, f"node '{node_name(op)}'", copies)
     for index, arg in enumerate(func.args):
         if is_int(arg) and id(arg) not in skip:
@@ -309,7 +310,7 @@ def check_exact(value: Value, ranges: IntegerRanges, where: str, copied: bool) -
 def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewriter) -> None:
     """Booleans and integers computed in the body become f32; typecasts that became identities go."""
     for op in list(func.body.ops):
-        if op.name in (RETURN_OP, HOST_COMPUTE) or (op.name == "ttir.to_layout" and op.result.type.encoding is None):
+        if op.name in (RETURN_OP, HOST_COMPUTE) or (op.name == ttir.TO_LAYOUT.name and op.result.type.encoding is None):
             continue  # (a to_layout with an encoding: an untilize on the device, made by `movement`)
         changed = False
         for result in op.results:
@@ -322,7 +323,7 @@ def retype(module: Module, func: Function, skip: set[int], rewriter: PatternRewr
         if changed:
             rewriter.notify_op_modified(op)
     for op in list(func.body.ops):
-        if op.name != "ttir.typecast":
+        if op.name != ttir.TYPECAST.name:
             continue
         source, result = tensor(op.operands[0]), tensor(op.result)
         if source.element_type == result.element_type:

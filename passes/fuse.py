@@ -25,12 +25,13 @@ from ttc.ir.attributes import DenseAttr, FusedLoc, Location, fuse_locations
 from ttc.ir.builder import Builder
 from ttc.ir.core import FUNC_OP, Block, Module, Operation, Region, Value
 from ttc.ir.dialect import Trait
+from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
 from ttc.passes.decompose import DivByConstant, DivByTensor
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
-ACTIVATIONS = {"ttir.relu": "relu", "ttir.gelu": "gelu", "ttir.sigmoid": "sigmoid", "ttir.tanh": "tanh"}
+ACTIVATIONS = {ttir.RELU.name: "relu", ttir.GELU.name: "gelu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.name: "tanh"}
 
 
 def in_function_body(op: Operation) -> bool:
@@ -60,7 +61,7 @@ def ordered_loc(ops: Sequence[Operation]) -> Location:
 
 def activation_of(op: Operation) -> str:
     """The SFPU function of an activation op (the tanh form of GELU is its own function)."""
-    if op.name == "ttir.gelu" and op.attributes.get("approximate") == "tanh":
+    if op.name == ttir.GELU.name and op.attributes.get("approximate") == "tanh":
         return "gelu_tanh"
     return ACTIVATIONS[op.name]
 
@@ -76,7 +77,7 @@ def is_bias_row(value: Value, result: TensorType) -> bool:
 class FuseLinear(RewritePattern):
     """matmul [-> add of a bias row] [-> relu/gelu/sigmoid/tanh] -> one ttir.linear."""
 
-    root = "ttir.matmul"
+    root = ttir.MATMUL.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if not in_function_body(op) or op.attr("transpose_a"):
@@ -84,7 +85,7 @@ class FuseLinear(RewritePattern):
         group, value, bias, activation = [op], op.result, None, "none"
         assert isinstance(value.type, TensorType)
         add = sole_user(value)
-        if add is not None and add.name == "ttir.add" and add.result.type == value.type:
+        if add is not None and add.name == ttir.ADD.name and add.result.type == value.type:
             other = add.operands[1] if add.operands[0] is value else add.operands[0]
             if is_bias_row(other, value.type):
                 group, value, bias = [*group, add], add.result, other
@@ -95,7 +96,7 @@ class FuseLinear(RewritePattern):
         attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
         if "tt.math_fidelity" in op.attributes:  # pinned (exact selection matmuls of `movement`)
             attributes["tt.math_fidelity"] = op.attributes["tt.math_fidelity"]
-        linear = rewriter.create_before(group[-1], "ttir.linear", operands, [value.type], attributes,
+        linear = rewriter.create_before(group[-1], ttir.LINEAR.name, operands, [value.type], attributes,
                                         loc=ordered_loc(group))
         rewriter.replace_op(group[-1], [linear.result])
         for fused in reversed(group[:-1]):
@@ -118,7 +119,7 @@ def is_fusible(op: Operation) -> bool:
 
 def is_body_constant(value: Value) -> bool:
     """A host scalar splat constant: it moves into the fused body instead of being an input."""
-    op = defining_op(value, "ttir.constant")
+    op = defining_op(value, ttir.CONSTANT.name)
     attr = op.attributes.get("value") if op is not None else None
     return isinstance(attr, DenseAttr) and attr.is_splat and isinstance(value.type, TensorType) and \
         value.type.encoding is None and value.type.rank == 0
@@ -162,7 +163,7 @@ def build_body(members: Sequence[Operation]) -> tuple[list[Value], Block]:
         clone = builder.create(op.name, [mapping[id(v)] for v in op.operands], op.result_types,
                                dict(op.attributes), op.loc)
         mapping[id(op.result)] = clone.result
-    builder.create("ttir.yield", [mapping[id(members[-1].result)]], loc=members[-1].loc)
+    builder.create(ttir.YIELD.name, [mapping[id(members[-1].result)]], loc=members[-1].loc)
     return inputs, block
 
 
@@ -177,7 +178,7 @@ class FuseEltwise(RewritePattern):
             return rewriter.notify_match_failure(op, "joins the chain of its only user")
         members = chain_of(op)
         inputs, body = build_body(members)
-        eltwise = rewriter.create_before(op, "ttir.eltwise", inputs, [op.result.type], loc=ordered_loc(members))
+        eltwise = rewriter.create_before(op, ttir.ELTWISE.name, inputs, [op.result.type], loc=ordered_loc(members))
         eltwise.add_region(Region([body]))
         rewriter.replace_op(op, [eltwise.result])
         for fused in reversed(members[:-1]):

@@ -3,7 +3,7 @@
 For every op that becomes a program, the pass enumerates the blockings whose work divides exactly over
 the cores (so every core runs the same control flow), places the cores on a grid inside the device's
 compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheapest whose L1 footprint
-(`footprint.l1_footprint`, plus the L1 tensors live across the op) fits the L1 budget. It records
+(`registry.l1_footprint`: the kind's CBs, plus the L1 tensors live across the op) fits the L1 budget. It records
 
     tt.grid = #tt.grid<XxY>, tt.blocking = {...}, tt.cost = {cycles = N, bound = "..."},
     tt.math_fidelity = "hifi4"
@@ -31,7 +31,6 @@ cannot fit is a UserError naming the node and the core.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,67 +40,46 @@ from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
 from ttc.ir.target import FIDELITY_PHASES, Cost
 from ttc.passes.cost_model import Weights, estimate, matmul_units
-from ttc.passes.footprint import (
-    HALF_DST,
+from ttc.passes.l1_timeline import L1Timeline
+from ttc.passes.liveness import (
     LiveRange,
-    accumulation_tiles,
-    affine_step,
-    batch_offsets,
-    cb_bytes,
     chain_end,
-    circular_buffers,
-    eltwise_plan,
-    embedding_geometry,
-    gather_of,
-    is_folded,
-    is_sharded,
-    is_view,
-    l1_footprint,
-    l1_share,
-    layout,
     live_ranges,
-    matmul_shape,
-    module_device,
-    node_names,
-    op_kind,
-    op_l1_tensor_bytes,
     other_l1_bytes,
     readers,
-    reduction_of,
+    sync_body_placement,
+)
+from ttc.passes.manager import Pass, register_pass
+from ttc.passes.ops.gather import is_folded, is_view
+from ttc.passes.ops.geometry import (
+    cb_bytes,
+    is_sharded,
+    l1_share,
+    layout,
+    module_device,
+    node_names,
     shard_bytes,
     sharded_layout,
-    sync_body_placement,
     tensor,
     tile_rows_cols,
-    tile_shape,
 )
-from ttc.passes.l1_timeline import L1Timeline
-from ttc.passes.manager import Pass, register_pass
-
-GRID = "tt.grid"
-BLOCKING = "tt.blocking"
-COST = "tt.cost"
-FIDELITY = "tt.math_fidelity"
-SHARDING = "tt.sharding"
-LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
-
-
-def divisors(n: int) -> list[int]:
-    """The divisors of n, ascending: trial division up to sqrt(n), memoized (never a walk over all of n)."""
-    return list(_divisors(n))
-
-
-@functools.lru_cache(maxsize=4096)
-def _divisors(n: int) -> tuple[int, ...]:
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return tuple(small + [n // d for d in reversed(small) if d * d != n])
+from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
+from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.registry import (
+    circular_buffers,
+    core_units,
+    device_op,
+    l1_footprint,
+    op_kind,
+    op_l1_tensor_bytes,
+)
 
 
 def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | None:
     """A grid for `cores` work units inside the compute grid: exactly `cores` cores when they form a
     rectangle (widest rows first); else the rectangle with the fewest cores beyond `cores` (a prime
     count of batches kept one per core, 13 > the grid's width), whose extra cores repeat the last unit's
-    work (`backend.program.Schedule.unit`); None when `cores` exceeds the grid (or max_cores)."""
+    work (`ops.program.Schedule.unit`); None when `cores` exceeds the grid (or max_cores)."""
     gx, gy = device.compute_grid
     if max_cores and cores > max_cores:
         return None
@@ -117,135 +95,16 @@ def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | N
     return GridAttr(-negative_x, total // -negative_x)
 
 
-def core_units(op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-    """How the op's work splits over cores, outermost first; cores take the units in row-major order."""
-    kind = op_kind(op)
-    if kind == "matmul":
-        shape = matmul_shape(op)
-        return (shape.batches // blocking["batches"], shape.mt // blocking["per_core_m"],
-                -(-shape.nt // blocking["per_core_n"]))  # the last core along N may be ragged
-    if kind == "data_movement":
-        return (tile_shape(tensor(op.result).shape).tiles // blocking["tiles"],)
-    out = tile_shape(tensor(op.result).shape)
-    if kind == "embedding":
-        out = embedding_geometry(op)[0]
-    if kind in ("embedding", "untilize"):
-        return (out.batches // blocking["batches"], out.rt // blocking["rows"])
-    if kind == "reduce":
-        return (out.batches // blocking["batches"], reduction_of(op).lines // blocking["lines"])
-    return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
-
-
 # ----------------------------------------------------------------------------------------------
 # Candidates
 
 
-def subblock_choices(per_core_m: int, per_core_n: int) -> list[tuple[int, int]]:
-    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles),
-    then 1 x 1 as the smallest footprint."""
-    options = [(h, w) for h in divisors(per_core_m) for w in divisors(per_core_n) if h * w <= HALF_DST]
-    best = min(options, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
-    return [best] if best == (1, 1) else [best, (1, 1)]
-
-
-def batch_groups(offsets: list, batches: int) -> list[int]:
-    """Batches per core whose tile offsets step affinely inside each group (a static loop stride)."""
-    return [g for g in divisors(batches) if all(affine_step(o, g) is not None for o in offsets)]
-
-
-RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the e150 compute grid)
-
-
-MIN_N_CORES = 8  # exact N splits over fewer cores than this are poor for a wide output
-
-
-def n_splits(nt: int) -> list[int]:
-    """Output tile columns per core: the divisors of nt, and when none of them spreads N over 8 to 108
-    cores (a prime nt such as a vocabulary's 1571 tiles) also ceil(nt / cores) for 2..108 cores, the last
-    core taking the rest (a ragged split)."""
-    exact = divisors(nt)
-    if nt < MIN_N_CORES or any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
-        return exact
-    ragged = {-(-nt // cores) for cores in range(2, min(nt, RAGGED_SPLITS) + 1)}
-    return sorted(set(exact) | {n for n in ragged if nt % n})
-
-
-def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
-    shape = matmul_shape(op)
-    for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
-        for pcm in divisors(shape.mt):
-            for pcn in n_splits(shape.nt):
-                for h, w in subblock_choices(pcm, pcn):
-                    for width in divisors(accumulation_tiles(shape.kt)):
-                        yield {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
-                               "out_subblock_h": h, "out_subblock_w": w}
-
-
-def row_candidates(op: Operation, kind: str) -> Iterator[dict[str, int]]:
-    """Eltwise: any split of batches, tile rows and tile columns; softmax / layer norm: whole rows."""
-    out = tile_shape(tensor(op.result).shape)
-    if kind == "eltwise":
-        eltwise_plan(op)  # a UserError for a body the kernel cannot run, before any candidate
-        offsets = [batch_offsets(tensor(v).shape, tensor(op.result).shape) for v in op.operands]
-    else:
-        last_axis_only(op)
-        offsets = []  # the input has the result's shape: any batch grouping steps affinely
-    max_w = LN_BLOCK_W if kind == "layer_norm" else HALF_DST
-    for batches in batch_groups(offsets, out.batches):
-        for rows in divisors(out.rt):
-            for cols in divisors(out.ct) if kind == "eltwise" else [out.ct]:
-                for width in [d for d in divisors(cols) if d <= max_w][::-1]:
-                    yield {"batches": batches, "rows": rows, "cols": cols, "block_w": width}
-
-
-def last_axis_only(op: Operation) -> None:
-    """Softmax and layer norm kernels reduce along the last dim (tilize moves other axes there)."""
-    rank = tensor(op.operands[0]).rank
-    axis = op.attr("axis")
-    if rank and axis % rank != rank - 1:
-        raise UserError(f"node {node_names(op)}: '{op.name}' along axis {axis} of a rank-{rank} tensor; the device "
-                        "kernel reduces along the last axis only (run tilize first)")
-
-
-def gather_candidates(op: Operation) -> Iterator[dict[str, int]]:
-    gather_of(op)  # a UserError when the movement is not tile-granular
-    total = tile_shape(tensor(op.result).shape).tiles
-    for tiles in divisors(total):
-        for block in [d for d in divisors(tiles) if d <= HALF_DST][::-1]:
-            yield {"tiles": tiles, "block": block}
-
-
-def embedding_candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """Whole tile rows per core (32 rows tilized or untilized together), any split of batches and rows."""
-    out = embedding_geometry(op)[0] if op_kind(op) == "embedding" else tile_shape(tensor(op.result).shape)
-    for batches in divisors(out.batches):
-        for rows in divisors(out.rt):
-            for width in [d for d in divisors(out.ct) if d <= HALF_DST][::-1]:
-                yield {"batches": batches, "rows": rows, "block_w": width}
-
-
-def reduce_candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """Whole lines per core; any split of batches and lines; blocks of tiles along a line."""
-    reduction = reduction_of(op)
-    for batches in divisors(reduction.source.batches):
-        for lines in divisors(reduction.lines):
-            widths = [d for d in divisors(reduction.streamed) if d <= HALF_DST][::-1] or [1]
-            for width in widths:
-                yield {"batches": batches, "lines": lines, "block_w": width}
-
-
 def candidates(op: Operation) -> Iterator[dict[str, int]]:
-    kind = op_kind(op)
-    if kind == "reduce":
-        return reduce_candidates(op)
-    if kind == "matmul":
-        return matmul_candidates(op)
-    if kind in ("embedding", "untilize"):
-        return embedding_candidates(op)  # the same work units: whole tile rows
-    if kind == "data_movement":
-        return gather_candidates(op)
-    return row_candidates(op, kind or "")
+    """The blockings the op's kernels support (its kind's `candidates`)."""
+    kind = device_op(op)
+    if kind is None:
+        raise ValueError(f"'{op.name}' is not a device program")
+    return kind.candidates(op)
 
 
 @dataclass(frozen=True)

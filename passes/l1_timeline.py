@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.allocate import Heap
-from ttc.passes.footprint import LiveRange, align, live_ranges
+from ttc.passes.liveness import LiveRange, live_ranges
+from ttc.passes.ops.geometry import align
 
 
 class L1Timeline:

@@ -32,32 +32,20 @@ from dataclasses import dataclass
 
 from ttc.ir.core import Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import (
-    MATMUL_OPS,
-    MOVEMENT_OPS,
-    LiveRange,
-    bank_share,
-    is_folded,
-    is_row_major,
-    is_view,
-    layout,
-    live_ranges,
-    module_device,
-    movement_chain,
-    op_kind,
-    program_operands,
-    readers,
-    sync_body_placement,
-    tensor,
-)
 from ttc.passes.grid import min_cb_bytes
 from ttc.passes.l1_timeline import L1Timeline
+from ttc.passes.liveness import LiveRange, live_ranges, readers, sync_body_placement
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, is_view, movement_chain
+from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor
+from ttc.passes.ops.matmul import MATMUL_OPS
+from ttc.passes.ops.registry import op_kind, program_operands
 
 DTYPES = ("bf16", "bfp8_b")
-NORMALIZATIONS = frozenset({"ttir.softmax", "ttir.layer_norm"})
+NORMALIZATIONS = frozenset({ttir.SOFTMAX.name, ttir.LAYER_NORM.name})
 MAX_L1_SHARE = 0.4  # an intermediate taking more of a core's free L1 stays in DRAM
 
 
@@ -73,7 +61,7 @@ def with_format(value: Value, element_type: ScalarType) -> None:
 
 def is_matmul_weight(op: Operation) -> bool:
     """A weight constant every use of which is the b operand of a matmul."""
-    if op.name != "ttir.constant" or not op.result.uses:
+    if op.name != ttir.CONSTANT.name or not op.result.uses:
         return False
     return all(user.name in MATMUL_OPS and index == 1 for user, index in op.result.uses)
 
@@ -94,10 +82,10 @@ def host_read_copies(value: Value) -> list[Value]:
     tiles are copies); [] when the host never reads it."""
     found: list[Value] = []
     for user, index in value.uses:
-        if user.name == "ttir.to_layout" and not is_device_float(user.result.type):
+        if user.name == ttir.TO_LAYOUT.name and not is_device_float(user.result.type):
             found.append(value)
             continue
-        rows = op_kind(user) == "untilize" or (user.name == "ttir.embedding" and index == 0)
+        rows = op_kind(user) == "untilize" or (user.name == ttir.EMBEDDING.name and index == 0)
         if user.name not in MOVEMENT_OPS and not rows:
             continue
         copies = host_read_copies(user.result)
@@ -114,8 +102,8 @@ def may_be_f16(value: Value) -> bool:
     """A computed device float in tile layout (not a weight, not written by the host)."""
     producer = value.owner
     return is_device_float(value.type) and not is_row_major(value) and isinstance(producer, Operation) \
-        and producer.name != "ttir.constant" and op_kind(producer) != "untilize" \
-        and not (producer.name == "ttir.to_layout" and op_kind(producer) is None)
+        and producer.name != ttir.CONSTANT.name and op_kind(producer) != "untilize" \
+        and not (producer.name == ttir.TO_LAYOUT.name and op_kind(producer) is None)
 
 
 def softmax_sources(func: Function) -> set[Value]:
@@ -124,7 +112,7 @@ def softmax_sources(func: Function) -> set[Value]:
     precision of a classifier's last step, not of the network before it."""
     found: set[Value] = set()
     for op in func.body.ops:
-        copies = host_read_copies(op.result) if op.name == "ttir.softmax" else []
+        copies = host_read_copies(op.result) if op.name == ttir.SOFTMAX.name else []
         if not copies:
             continue
         found.update(value for value in copies if may_be_f16(value))

@@ -35,23 +35,16 @@ import numpy as np
 from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.dialects.ttir import matmul_shape, slice_shape
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import (
-    MOVEMENT_OPS,
-    Gather,
-    _apply_step,
-    chain_steps,
-    gather_map_of_inputs,
-    is_folded,
-    is_row_major,
-    movement_chain,
-    row_gather_map,
-)
+from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, movement_chain
+from ttc.passes.ops.gather_map import Gather, _apply_step, chain_steps, gather_map_of_inputs, row_gather_map
+from ttc.passes.ops.geometry import is_row_major
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
-CONSTANT = "ttir.constant"
+CONSTANT = ttir.CONSTANT.name
 EXACT_FIDELITY = "hifi4"
 FIDELITY_ATTR = "tt.math_fidelity"
 MAX_RUNS = 64  # a constant-index gather becomes at most this many slices
@@ -89,7 +82,7 @@ def slice_step(begins, ends, steps) -> tuple:
 def create_slice(rewriter: PatternRewriter, op: Operation, x: Value, begins, ends, steps) -> Value:
     shape = slice_shape(tensor(x).shape, begins, ends, steps)
     attributes = {"begins": tuple(begins), "ends": tuple(ends), "steps": tuple(steps)}
-    return rewriter.create_before(op, "ttir.slice", [x], [tensor(x).with_shape(shape)], attributes).result
+    return rewriter.create_before(op, ttir.SLICE.name, [x], [tensor(x).with_shape(shape)], attributes).result
 
 
 def weight(rewriter: PatternRewriter, module: Module, op: Operation, name: str, array: np.ndarray,
@@ -106,7 +99,7 @@ def exact_matmul(rewriter: PatternRewriter, op: Operation, a: Value, b: Value) -
     shape = matmul_shape(tensor(a).shape, tensor(b).shape)
     assert shape is not None
     like = tensor(b) if tensor(a).rank == 2 and tensor(b).rank > 2 else tensor(a)
-    product = rewriter.create_before(op, "ttir.matmul", [a, b], [like.with_shape(shape)])
+    product = rewriter.create_before(op, ttir.MATMUL.name, [a, b], [like.with_shape(shape)])
     product.attributes[FIDELITY_ATTR] = EXACT_FIDELITY
     return product.result
 
@@ -118,7 +111,7 @@ def exact_matmul(rewriter: PatternRewriter, op: Operation, a: Value, b: Value) -
 class GatherToSlices(RewritePattern):
     """gather(x, constant indices, axis) -> reshape(concat(slices of the runs of consecutive indices))."""
 
-    root = "ttir.gather"
+    root = ttir.GATHER.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -149,10 +142,10 @@ class GatherToSlices(RewritePattern):
         if len(pieces) > 1:
             joined = list(shape)
             joined[axis] = flat.size
-            value = rewriter.create_before(op, "ttir.concat", pieces, [tensor(data).with_shape(tuple(joined))],
+            value = rewriter.create_before(op, ttir.CONCAT.name, pieces, [tensor(data).with_shape(tuple(joined))],
                                            {"axis": axis}).result
         if tensor(value).shape != tensor(op.result).shape:
-            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+            value = rewriter.create_before(op, ttir.RESHAPE.name, [value], [tensor(op.result)]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -172,7 +165,7 @@ class UnalignedSlice(RewritePattern):
     """A slice that is not tile-granular -> a batch-dim slice, then row and column selection matmuls
     (or tile-aligned slices) for the last two dims."""
 
-    root = "ttir.slice"
+    root = ttir.SLICE.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -216,7 +209,7 @@ class UnalignedConcat(RewritePattern):
     """A concat along one of the last two dims that is not tile-granular -> the sum of its inputs, each
     placed by a selection matmul."""
 
-    root = "ttir.concat"
+    root = ttir.CONCAT.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -240,7 +233,7 @@ class UnalignedConcat(RewritePattern):
             offset += shape[axis]
         total_value = placed[0]
         for other in placed[1:]:
-            total_value = rewriter.create_before(op, "ttir.add", [total_value, other], [tensor(op.result)]).result
+            total_value = rewriter.create_before(op, ttir.ADD.name, [total_value, other], [tensor(op.result)]).result
         rewriter.replace_op(op, [total_value])
         return True
 
@@ -249,7 +242,7 @@ class UnalignedConcat(RewritePattern):
 # Reductions
 
 
-REDUCTIONS = ("ttir.reduce_sum", "ttir.reduce_mean", "ttir.reduce_max")
+REDUCTIONS = (ttir.REDUCE_SUM.name, ttir.REDUCE_MEAN.name, ttir.REDUCE_MAX.name)
 
 
 class ReductionToDeviceForm(RewritePattern):
@@ -263,32 +256,32 @@ class ReductionToDeviceForm(RewritePattern):
         shape = tensor(x).shape
         rank = len(shape)
         axes = list(op.attr("axes"))
-        if op.name != "ttir.reduce_mean" and op.attr("keepdims") and len(axes) == 1 and axes[0] >= rank - 2:
+        if op.name != ttir.REDUCE_MEAN.name and op.attr("keepdims") and len(axes) == 1 and axes[0] >= rank - 2:
             return rewriter.notify_match_failure(op, "already a device form")
         if rank == 0 or not axes:
             rewriter.replace_op(op, [x])
             return True
-        is_max = op.name == "ttir.reduce_max"
-        kind = "ttir.reduce_max" if is_max else "ttir.reduce_sum"
+        is_max = op.name == ttir.REDUCE_MAX.name
+        kind = ttir.REDUCE_MAX.name if is_max else ttir.REDUCE_SUM.name
         value = x
         batch_axes = [a for a in axes if a < rank - 2]
         if math.prod(shape[a] for a in batch_axes) > MERGE_BATCH_REDUCE and self.merge_rows(rewriter, op, axes):
             return True
         if batch_axes:
-            value = self.reduce_batch(rewriter, op, value, batch_axes, "ttir.maximum" if is_max else "ttir.add")
+            value = self.reduce_batch(rewriter, op, value, batch_axes, ttir.MAXIMUM.name if is_max else ttir.ADD.name)
         for axis in sorted((a for a in axes if a >= rank - 2), reverse=True):
             reduced = list(tensor(value).shape)
             reduced[axis] = 1
             value = rewriter.create_before(op, kind, [value], [tensor(value).with_shape(tuple(reduced))],
                                            {"axes": (axis,), "keepdims": True}).result
-        if op.name == "ttir.reduce_mean":
+        if op.name == ttir.REDUCE_MEAN.name:
             count = math.prod(shape[a] for a in axes)
             scale_type = TensorType((), tensor(x).element_type)
             scale = rewriter.create_before(op, CONSTANT, [], [scale_type],
                                            {"value": DenseAttr(scale_type, 1.0 / count)}).result
-            value = rewriter.create_before(op, "ttir.mul", [value, scale], [tensor(value)]).result
+            value = rewriter.create_before(op, ttir.MUL.name, [value, scale], [tensor(value)]).result
         if tensor(value).shape != tensor(op.result).shape:
-            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+            value = rewriter.create_before(op, ttir.RESHAPE.name, [value], [tensor(op.result)]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -304,13 +297,13 @@ class ReductionToDeviceForm(RewritePattern):
         if leading != list(range(first, rank - 1)):
             return False
         rows = (*shape[:first], math.prod(shape[first:rank - 1]), shape[-1])
-        merged = rewriter.create_before(op, "ttir.reshape", [x], [tensor(x).with_shape(rows)]).result
+        merged = rewriter.create_before(op, ttir.RESHAPE.name, [x], [tensor(x).with_shape(rows)]).result
         new_axes = (first, first + 1) if rank - 1 in axes else (first,)
         reduced = tuple(1 if i in new_axes else n for i, n in enumerate(rows))
         value = rewriter.create_before(op, op.name, [merged], [tensor(x).with_shape(reduced)],
                                        {"axes": new_axes, "keepdims": True}).result
         if reduced != tensor(op.result).shape:
-            value = rewriter.create_before(op, "ttir.reshape", [value], [tensor(op.result)]).result
+            value = rewriter.create_before(op, ttir.RESHAPE.name, [value], [tensor(op.result)]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -353,7 +346,7 @@ class RowGather(RewritePattern):
         if is_folded(op):
             return rewriter.notify_match_failure(op, "not the end of its movement chain")
         chain = movement_chain(op)
-        if chain[0].name == "ttir.concat":
+        if chain[0].name == ttir.CONCAT.name:
             return self.after_concat(op, chain, rewriter)
         if is_row_major(chain[0].operands[0]):
             return rewriter.notify_match_failure(op, "it moves rows already")
@@ -386,14 +379,14 @@ class RowGather(RewritePattern):
         """op's result as rows of x (untilized) looked up by the constant row ids `rows`."""
         source = tensor(x)
         width = source.shape[-1]
-        untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+        untilized = rewriter.create_before(op, ttir.TO_LAYOUT.name, [x], [source.with_encoding(ROW_MAJOR)]).result
         table_type = TensorType((source.num_elements // width, width), source.element_type, ROW_MAJOR)
-        table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+        table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
         ids_type = TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)
         name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'rows')}.row_index",
                                       rows.astype(np.int32))
         ids = rewriter.create_before(op, CONSTANT, [], [ids_type], {"value": WeightAttr(name)}).result
-        gathered = rewriter.create_before(op, "ttir.embedding", [table, ids], [tensor(op.result)]).result
+        gathered = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [tensor(op.result)]).result
         rewriter.replace_op(op, [gathered])
         return True
 
@@ -412,7 +405,7 @@ class RowGather(RewritePattern):
         shape_in = in_shape if len(in_shape) >= 2 else (1, *in_shape)
         shape_out = result.shape if result.rank >= 2 else (1, *result.shape)
         blocks = shape_in[-1] // g
-        lifted = rewriter.create_before(op, "ttir.reshape", [x], [source.with_shape((1, *shape_in))]).result
+        lifted = rewriter.create_before(op, ttir.RESHAPE.name, [x], [source.with_shape((1, *shape_in))]).result
         stack_shape = (blocks, *shape_in[:-1], g)
         if blocks == 1:
             stack = lifted
@@ -423,10 +416,10 @@ class RowGather(RewritePattern):
             stack = exact_matmul(rewriter, op, lifted, weight(rewriter, self.module, op, "segments", selection,
                                                                    source))
         stack_type = tensor(stack).with_shape(stack_shape)
-        untilized = rewriter.create_before(op, "ttir.to_layout", [stack], [stack_type.with_encoding(ROW_MAJOR)]).result
+        untilized = rewriter.create_before(op, ttir.TO_LAYOUT.name, [stack], [stack_type.with_encoding(ROW_MAJOR)]).result
         rows_in = math.prod(shape_in[:-1])
         table_type = TensorType((blocks * rows_in, g), source.element_type, ROW_MAJOR)
-        table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+        table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
         pieces = []
         for c in range(sources.shape[-1]):
             ids = sources[..., c].reshape(shape_out[:-1]).astype(np.int32)
@@ -435,10 +428,10 @@ class RowGather(RewritePattern):
             ids_value = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
                                                {"value": WeightAttr(name)}).result
             piece_type = result.with_shape((*shape_out[:-1], g))
-            pieces.append(rewriter.create_before(op, "ttir.embedding", [table, ids_value], [piece_type]).result)
+            pieces.append(rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids_value], [piece_type]).result)
         joined = concat_tree(rewriter, op, pieces, len(shape_out) - 1)
         if shape_out != result.shape:
-            joined = rewriter.create_before(op, "ttir.reshape", [joined], [result]).result
+            joined = rewriter.create_before(op, ttir.RESHAPE.name, [joined], [result]).result
         rewriter.replace_op(op, [joined])
         return True
 
@@ -472,7 +465,7 @@ def concat_tree(rewriter: PatternRewriter, op: Operation, pieces: list[Value], a
                 continue
             shape = list(tensor(group[0]).shape)
             shape[axis] = sum(tensor(v).shape[axis] for v in group)
-            joined.append(rewriter.create_before(op, "ttir.concat", group, [tensor(group[0]).with_shape(tuple(shape))],
+            joined.append(rewriter.create_before(op, ttir.CONCAT.name, group, [tensor(group[0]).with_shape(tuple(shape))],
                                                  {"axis": axis}).result)
         pieces = joined
     return pieces[0]
@@ -508,4 +501,4 @@ def segment_plan(in_shape: tuple[int, ...], steps: tuple) -> tuple[int, np.ndarr
 def movement_patterns(module: Module) -> list[RewritePattern]:
     return [GatherToSlices(module), UnalignedSlice(module), UnalignedConcat(module),
             *(ReductionToDeviceForm(root) for root in REDUCTIONS),
-            *(RowGather(root, module) for root in sorted(MOVEMENT_OPS - {"ttir.concat"}))]
+            *(RowGather(root, module) for root in sorted(MOVEMENT_OPS - {ttir.CONCAT.name}))]

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from ttc.ir.core import Function, Module
+from ttc.ir.dialects import ttir, ttmetal
 
-TO_LAYOUT = "ttir.to_layout"
-HOST_COMPUTE = "ttmetal.host_compute"
+TO_LAYOUT = ttir.TO_LAYOUT.name
+HOST_COMPUTE = ttmetal.HOST_COMPUTE.name
 
 
 def _has_ttir(func: Function) -> bool:

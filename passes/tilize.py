@@ -54,6 +54,7 @@ from ttc.ir.attributes import DenseAttr, NameLoc, UnknownLoc, WeightAttr
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialect import Trait
+from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.dialects.ttir import normalize_axis
 from ttc.ir.types import ScalarType, TensorType
@@ -67,9 +68,9 @@ from ttc.passes.canonicalize import (
 )
 from ttc.passes.decompose import DivByConstant, DivByTensor
 from ttc.passes.device_types import boolean_patterns, legalize
-from ttc.passes.footprint import is_row_major
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.movement import movement_patterns
+from ttc.passes.ops.geometry import is_row_major
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 from ttc.passes.windows import window_patterns
 
@@ -78,9 +79,9 @@ ROW_MAJOR_LAYOUT = LayoutAttr("row_major", "dram", "interleaved")
 F32 = ScalarType("f32")
 I32 = ScalarType("i32")
 BF16_MAX = float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
-CONSTANT = "ttir.constant"
-TO_LAYOUT = "ttir.to_layout"
-HOST_COMPUTE = "ttmetal.host_compute"
+CONSTANT = ttir.CONSTANT.name
+TO_LAYOUT = ttir.TO_LAYOUT.name
+HOST_COMPUTE = ttmetal.HOST_COMPUTE.name
 
 
 def device_type(type: TensorType) -> TensorType:
@@ -117,7 +118,7 @@ def permuted(type: TensorType, perm: tuple[int, ...]) -> TensorType:
 class MaterializeMatmulTranspose(RewritePattern):
     """matmul {transpose_a/b = true} -> an explicit ttir.transpose of that operand, flags false."""
 
-    root = "ttir.matmul"
+    root = ttir.MATMUL.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         flags = (op.attr("transpose_a"), op.attr("transpose_b"))
@@ -130,7 +131,7 @@ class MaterializeMatmulTranspose(RewritePattern):
             if flag and t.rank >= 2:
                 perm = swap_perm(t.rank, t.rank - 2)
                 operands[index] = rewriter.create_before(
-                    op, "ttir.transpose", [operands[index]], [permuted(t, perm)], {"perm": perm}).result
+                    op, ttir.TRANSPOSE.name, [operands[index]], [permuted(t, perm)], {"perm": perm}).result
         with rewriter.modify_op(op):
             op.set_operands(operands)
             op.attributes.update(transpose_a=False, transpose_b=False)
@@ -140,7 +141,7 @@ class MaterializeMatmulTranspose(RewritePattern):
 class SoftmaxToLastAxis(RewritePattern):
     """softmax along axis k -> transpose(k <-> last), softmax along the last axis, transpose back."""
 
-    root = "ttir.softmax"
+    root = ttir.SOFTMAX.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x = op.operands[0]
@@ -150,10 +151,10 @@ class SoftmaxToLastAxis(RewritePattern):
         if axis >= rank - 1:
             return rewriter.notify_match_failure(op, "already along the last axis")
         perm = swap_perm(rank, axis)
-        moved = rewriter.create_before(op, "ttir.transpose", [x], [permuted(x.type, perm)], {"perm": perm})
-        softmax = rewriter.create_before(op, "ttir.softmax", [moved.result], [moved.result.type],
+        moved = rewriter.create_before(op, ttir.TRANSPOSE.name, [x], [permuted(x.type, perm)], {"perm": perm})
+        softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [moved.result], [moved.result.type],
                                          {"axis": rank - 1})
-        back = rewriter.create_before(op, "ttir.transpose", [softmax.result], [op.result.type], {"perm": perm})
+        back = rewriter.create_before(op, ttir.TRANSPOSE.name, [softmax.result], [op.result.type], {"perm": perm})
         rewriter.replace_op(op, [back.result])
         return True
 
@@ -161,7 +162,7 @@ class SoftmaxToLastAxis(RewritePattern):
 class LayerNormToLastAxis(RewritePattern):
     """layer norm over dims [k, rank) -> reshape them into one dim, layer norm over it, reshape back."""
 
-    root = "ttir.layer_norm"
+    root = ttir.LAYER_NORM.name
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x = op.operands[0]
@@ -176,14 +177,14 @@ class LayerNormToLastAxis(RewritePattern):
             if param.type.num_elements != size:
                 raise UserError(f"node '{node_name(op)}': layer norm over dims {axis}..{rank - 1} with a scale "
                                 f"or bias of shape {list(param.type.shape)} that broadcasts is not supported")
-        flat = [rewriter.create_before(op, "ttir.reshape", [x], [x.type.with_shape((*x.type.shape[:axis], size))])]
+        flat = [rewriter.create_before(op, ttir.RESHAPE.name, [x], [x.type.with_shape((*x.type.shape[:axis], size))])]
         for param in op.operands[1:]:
             assert isinstance(param.type, TensorType)
-            flat.append(rewriter.create_before(op, "ttir.reshape", [param], [param.type.with_shape((size,))]))
+            flat.append(rewriter.create_before(op, ttir.RESHAPE.name, [param], [param.type.with_shape((size,))]))
         attributes = {**op.attributes, "axis": axis}
-        norm = rewriter.create_before(op, "ttir.layer_norm", [f.result for f in flat], [flat[0].result.type],
+        norm = rewriter.create_before(op, ttir.LAYER_NORM.name, [f.result for f in flat], [flat[0].result.type],
                                       attributes)
-        back = rewriter.create_before(op, "ttir.reshape", [norm.result], [op.result.type])
+        back = rewriter.create_before(op, ttir.RESHAPE.name, [norm.result], [op.result.type])
         rewriter.replace_op(op, [back.result])
         return True
 
@@ -191,7 +192,7 @@ class LayerNormToLastAxis(RewritePattern):
 class FoldConstantMovement(FoldConstantOperands):
     """Fold the transposes, reshapes and reciprocals tilize makes of constants (into new weights)."""
 
-    FOLDED = frozenset({"ttir.transpose", "ttir.reshape", "ttir.reciprocal"})
+    FOLDED = frozenset({ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.RECIPROCAL.name})
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if op.name not in self.FOLDED:
@@ -241,7 +242,7 @@ def saturate_constants(module: Module, func: Function) -> None:
 def place_embedding_tables(module: Module, func: Function, rewriter: PatternRewriter) -> None:
     """Each embedding's table becomes a row-major device weight of its own (see the module doc)."""
     for op in list(func.body.ops):
-        if op.name != "ttir.embedding":
+        if op.name != ttir.EMBEDDING.name:
             continue
         if is_row_major(op.operands[0]):
             continue  # rows already (a row gather of `movement`)
@@ -273,7 +274,7 @@ def takes_scalar(user: Operation, index: int) -> bool:
     opdef = user.opdef
     if opdef is None or not opdef.has(Trait.BROADCASTABLE) or len(user.operands) not in (2, 3):
         return False
-    if user.name == "ttir.where" and index == 0:
+    if user.name == ttir.WHERE.name and index == 0:
         return False  # the condition is data
     others = [v for i, v in enumerate(user.operands) if i != index and defining_op(v, CONSTANT) is None]
     result = user.result.type
@@ -356,7 +357,7 @@ def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
             continue
         permuted: dict[tuple[int, ...], Value] = {}
         for user, _ in list(arg.uses):
-            if user.name != "ttir.transpose":
+            if user.name != ttir.TRANSPOSE.name:
                 continue
             perm = tuple(user.attr("perm"))
             if perm not in permuted:
@@ -387,7 +388,7 @@ def edge_type(arg: Value, user: Operation, index: int) -> TensorType:
     """The device type an argument crosses the edge as for one use: token ids (embedding indices) as an
     int32 row-major buffer, everything else as a tile-layout float."""
     assert isinstance(arg.type, TensorType)
-    if user.name == "ttir.embedding" and index == 1:
+    if user.name == ttir.EMBEDDING.name and index == 1:
         return TensorType(arg.type.shape, I32, ROW_MAJOR_LAYOUT)
     return device_type(arg.type if arg.type.element_type.is_float else arg.type.with_element_type(F32))
 

@@ -37,9 +37,9 @@ import numpy as np
 from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
 from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import is_folded, movement_chain, row_gather_map
 from ttc.passes.movement import (
     CONSTANT,
     ROW_MAJOR,
@@ -49,6 +49,8 @@ from ttc.passes.movement import (
     tensor,
     weight,
 )
+from ttc.passes.ops.gather import is_folded, movement_chain
+from ttc.passes.ops.gather_map import row_gather_map
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
@@ -81,7 +83,7 @@ def ids_page(m: int) -> int:
 
 def untilized(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
     """x's sticks as a row-major buffer (a page per row)."""
-    return rewriter.create_before(op, "ttir.to_layout", [x], [tensor(x).with_encoding(ROW_MAJOR)]).result
+    return rewriter.create_before(op, ttir.TO_LAYOUT.name, [x], [tensor(x).with_encoding(ROW_MAJOR)]).result
 
 
 def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows: Value, ids: np.ndarray,
@@ -100,10 +102,10 @@ def im2col_lookup(rewriter: PatternRewriter, module: Module, op: Operation, rows
     index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                    {"value": WeightAttr(name)}).result
     if grouped:
-        return rewriter.create_before(op, "ttir.embedding", [rows, index],
+        return rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index],
                                       [source.with_shape((source.shape[1] // 32, m, positions * 32))],
                                       {"pad_negative": True, "im2col": True, "grouped": True}).result
-    return rewriter.create_before(op, "ttir.embedding", [rows, index],
+    return rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index],
                                   [source.with_shape((m, positions * source.shape[1]))],
                                   {"pad_negative": True, "im2col": True}).result
 
@@ -119,12 +121,12 @@ def position_lookup(rewriter: PatternRewriter, module: Module, op: Operation, ro
     name = module.add_weight(f"{stem}.window_index{k}", paged.astype(np.int32))
     index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                    {"value": WeightAttr(name)}).result
-    looked = rewriter.create_before(op, "ttir.embedding", [rows, index],
+    looked = rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index],
                                     [source.with_shape((*paged.shape, source.shape[1]))],
                                     {"pad_negative": True}).result
     if page == m:
         return looked
-    return rewriter.create_before(op, "ttir.reshape", [looked], [source.with_shape((m, source.shape[1]))]).result
+    return rewriter.create_before(op, ttir.RESHAPE.name, [looked], [source.with_shape((m, source.shape[1]))]).result
 
 
 def combine(rewriter: PatternRewriter, op: Operation, kind: str, values: list[Value]) -> Value:
@@ -164,7 +166,7 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     x = padded_channels(rewriter, module, op, x)
     positions, m = ids.shape
     if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
-        return rewriter.create_before(op, "ttir.matmul", [x, b], [result]).result
+        return rewriter.create_before(op, ttir.MATMUL.name, [x, b], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
     for start in range(0, m, MAX_IM2COL_IDS):
@@ -173,11 +175,11 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
             cols = position_lookup(rewriter, module, op, rows, part[0], start)
         else:
             cols = im2col_lookup(rewriter, module, op, rows, part)
-        products.append(rewriter.create_before(op, "ttir.matmul", [cols, b],
+        products.append(rewriter.create_before(op, ttir.MATMUL.name, [cols, b],
                                                [result.with_shape((part.shape[1], result.shape[1]))]).result)
     if len(products) == 1:
         return products[0]
-    return rewriter.create_before(op, "ttir.concat", products, [result], {"axis": 0}).result
+    return rewriter.create_before(op, ttir.CONCAT.name, products, [result], {"axis": 0}).result
 
 
 def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
@@ -198,13 +200,13 @@ def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x
     blocks[channels, :, channels % 32] = w.reshape(c, positions)
     diagonal = np.ascontiguousarray(blocks.reshape(ct, 32, positions, 32).transpose(0, 2, 1, 3))
     b = weight(rewriter, module, op, "w_diagonal", diagonal.reshape(ct, positions * 32, 32), result)
-    product = rewriter.create_before(op, "ttir.matmul", [cols, b], [result.with_shape((ct, m, 32))]).result
-    moved = rewriter.create_before(op, "ttir.transpose", [product], [result.with_shape((m, ct, 32))],
+    product = rewriter.create_before(op, ttir.MATMUL.name, [cols, b], [result.with_shape((ct, m, 32))]).result
+    moved = rewriter.create_before(op, ttir.TRANSPOSE.name, [product], [result.with_shape((m, ct, 32))],
                                    {"perm": (1, 0, 2)}).result
-    value = rewriter.create_before(op, "ttir.reshape", [moved], [result.with_shape((m, ct * 32))]).result
+    value = rewriter.create_before(op, ttir.RESHAPE.name, [moved], [result.with_shape((m, ct * 32))]).result
     if ct * 32 == c:
         return value
-    return rewriter.create_before(op, "ttir.slice", [value], [result],
+    return rewriter.create_before(op, ttir.SLICE.name, [value], [result],
                                   {"begins": (0, 0), "ends": (m, c), "steps": (1, 1)}).result
 
 
@@ -256,33 +258,33 @@ def computed_weight_conv(rewriter: PatternRewriter, module: Module, op: Operatio
         shape = tuple(e - b for b, e in zip(begins, ends, strict=True))
         if shape == tensor(value).shape:
             return value
-        return rewriter.create_before(op, "ttir.slice", [value], [tensor(value).with_shape(shape)],
+        return rewriter.create_before(op, ttir.SLICE.name, [value], [tensor(value).with_shape(shape)],
                                       {"begins": begins, "ends": ends, "steps": (1,) * len(shape)}).result
 
     totals: list[Value | None] = [None] * groups
     for k in range(kh * kw):
         i, j = divmod(k, kw)
         w_k = sliced(w_value, (0, 0, i, j), (oc, cg, i + 1, j + 1))
-        w_k = rewriter.create_before(op, "ttir.reshape", [w_k], [tensor(w_value).with_shape((oc, cg))]).result
+        w_k = rewriter.create_before(op, ttir.RESHAPE.name, [w_k], [tensor(w_value).with_shape((oc, cg))]).result
         sticks = position_lookup(rewriter, module, op, rows, ids[k], k)
         for g in range(groups):
             a = sliced(sticks, (0, g * cg), (m, (g + 1) * cg))
             b = sliced(w_k, (g * per_group, 0), ((g + 1) * per_group, cg))
-            product = rewriter.create_before(op, "ttir.matmul", [a, b], [like.with_shape((m, per_group))],
+            product = rewriter.create_before(op, ttir.MATMUL.name, [a, b], [like.with_shape((m, per_group))],
                                              {"transpose_b": True}).result
             total = totals[g]
             totals[g] = product if total is None else rewriter.create_before(
-                op, "ttir.add", [total, product], [tensor(product)]).result
+                op, ttir.ADD.name, [total, product], [tensor(product)]).result
     if groups == 1:
         assert totals[0] is not None
         return totals[0]
-    return rewriter.create_before(op, "ttir.concat", totals, [like], {"axis": 1}).result
+    return rewriter.create_before(op, ttir.CONCAT.name, totals, [like], {"axis": 1}).result
 
 
 class Conv2dToDevice(RewritePattern):
     """conv2d -> im2col (row lookup) and one matmul with the stacked weight, then the bias."""
 
-    root = "ttir.conv2d"
+    root = ttir.CONV2D.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -306,7 +308,7 @@ class Conv2dToDevice(RewritePattern):
                 b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
                 value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
         if len(op.operands) == 3:
-            value = rewriter.create_before(op, "ttir.add", [value, op.operands[2]], [result]).result
+            value = rewriter.create_before(op, ttir.ADD.name, [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -332,7 +334,7 @@ class Pool2dToDevice(RewritePattern):
     """max: the elementwise maximum of the looked-up sticks of the KK positions; avg: their sum as a matmul
     of the im2col matrix by stacked identities, times 1 / count per output pixel."""
 
-    root = "ttir.pool2d"
+    root = ttir.POOL2D.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -354,7 +356,7 @@ class Pool2dToDevice(RewritePattern):
             rows = untilized(rewriter, op, x)
             ids = np.where(ids >= 0, ids, first_valid[None, :])
             pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
-            rewriter.replace_op(op, [combine(rewriter, op, "ttir.maximum", pieces)])
+            rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
             return True
         n, h, w = op.attr("input_shape")
         if tuple(kernel) == (h, w) and not any(op.attr("pads")) and result.shape[0] == n:
@@ -374,7 +376,7 @@ class Pool2dToDevice(RewritePattern):
                                            {"value": DenseAttr(scale_type, float(1.0 / divisors[0]))}).result
         else:
             scale = weight(rewriter, self.module, op, "inv_count", (1.0 / divisors)[:, None], result)
-        value = rewriter.create_before(op, "ttir.mul", [value, scale], [result]).result
+        value = rewriter.create_before(op, ttir.MUL.name, [value, scale], [result]).result
         rewriter.replace_op(op, [value])
         return True
 
@@ -389,11 +391,11 @@ class Pool2dToDevice(RewritePattern):
         column = {**common, "kernel": (kh, 1), "input_shape": (n, h, w), "strides": (sh, 1), "pads": (pt, 0, pb, 0),
                   "dilations": (dh, 1)}
         oh = window_output_size(h, kh, sh, pt, pb, dh, bool(op.attr("ceil_mode")))
-        rows = rewriter.create_before(op, "ttir.pool2d", [x], [tensor(x).with_shape((n * oh * w, tensor(x).shape[1]))],
+        rows = rewriter.create_before(op, ttir.POOL2D.name, [x], [tensor(x).with_shape((n * oh * w, tensor(x).shape[1]))],
                                       column).result
         row = {**common, "kernel": (1, kw), "input_shape": (n, oh, w), "strides": (1, sw), "pads": (0, pl, 0, pr),
                "dilations": (1, dw)}
-        return rewriter.create_before(op, "ttir.pool2d", [rows], [tensor(op.result)], row).result
+        return rewriter.create_before(op, ttir.POOL2D.name, [rows], [tensor(op.result)], row).result
 
     @staticmethod
     def global_mean(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
@@ -401,10 +403,10 @@ class Pool2dToDevice(RewritePattern):
         along the rows of [N, H*W, C] rather than a product with stacked identities."""
         like = tensor(x)
         c = like.shape[1]
-        by_image = rewriter.create_before(op, "ttir.reshape", [x], [like.with_shape((n, pixels, c))]).result
-        mean = rewriter.create_before(op, "ttir.reduce_mean", [by_image], [like.with_shape((n, 1, c))],
+        by_image = rewriter.create_before(op, ttir.RESHAPE.name, [x], [like.with_shape((n, pixels, c))]).result
+        mean = rewriter.create_before(op, ttir.REDUCE_MEAN.name, [by_image], [like.with_shape((n, 1, c))],
                                       {"axes": (1,), "keepdims": True}).result
-        return rewriter.create_before(op, "ttir.reshape", [mean], [tensor(op.result)]).result
+        return rewriter.create_before(op, ttir.RESHAPE.name, [mean], [tensor(op.result)]).result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,9 +420,9 @@ def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Valu
     assert rows is not None
     source = tensor(x)
     width = source.shape[-1]
-    untilized = rewriter.create_before(op, "ttir.to_layout", [x], [source.with_encoding(ROW_MAJOR)]).result
+    untilized = rewriter.create_before(op, ttir.TO_LAYOUT.name, [x], [source.with_encoding(ROW_MAJOR)]).result
     table_type = TensorType((source.num_elements // width, width), source.element_type, ROW_MAJOR)
-    table = rewriter.create_before(op, "ttir.reshape", [untilized], [table_type]).result
+    table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
     stem = node_name(op).strip("/").replace("/", ".") or "rows"
     count = rows.size
     page = ids_page(count) if rows.ndim == 1 else count
@@ -430,10 +432,10 @@ def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Valu
     ids = rewriter.create_before(op, CONSTANT, [], [TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)],
                                  {"value": WeightAttr(name)}).result
     looked_type = result if page == count else result.with_shape((*rows.shape, width))
-    looked = rewriter.create_before(op, "ttir.embedding", [table, ids], [looked_type]).result
+    looked = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [looked_type]).result
     if page == count:
         return looked
-    return rewriter.create_before(op, "ttir.reshape", [looked], [result]).result
+    return rewriter.create_before(op, ttir.RESHAPE.name, [looked], [result]).result
 
 
 def channel_change(chain: list[Operation]) -> str | None:
@@ -441,13 +443,13 @@ def channel_change(chain: list[Operation]) -> str | None:
     "to_nchw" for reshape from [N*H*W, C] to [N, H, W, C] + transpose(0, R-1, 1, .., R-2) (or a reshape of
     [.., C] to [N, C, 1, 1]), else None."""
     names = [op.name for op in chain]
-    if names == ["ttir.transpose", "ttir.reshape"]:
+    if names == [ttir.TRANSPOSE.name, ttir.RESHAPE.name]:
         n, c, *spatial = tensor(chain[0].operands[0]).shape
         rank = len(spatial) + 2
         if rank >= 3 and tuple(chain[0].attr("perm")) == (0, *range(2, rank), 1) \
                 and tensor(chain[1].result).shape == (n * math.prod(spatial), c):
             return "to_channels_last"
-    if names == ["ttir.reshape", "ttir.transpose"]:
+    if names == [ttir.RESHAPE.name, ttir.TRANSPOSE.name]:
         n, *spatial, c = tensor(chain[0].result).shape
         rank = len(spatial) + 2
         source = tensor(chain[0].operands[0]).shape  # rows of C: [N*H*W, C], or with unit dims in front
@@ -455,7 +457,7 @@ def channel_change(chain: list[Operation]) -> str | None:
                 and source[-1:] == (c,) and math.prod(source[:-1]) == n * math.prod(spatial) \
                 and all(d == 1 for d in source[:-2]):
             return "to_nchw"
-    if names == ["ttir.reshape"] and tensor(chain[0].result).rank == 4:
+    if names == [ttir.RESHAPE.name] and tensor(chain[0].result).rank == 4:
         _n, c, h, w = tensor(chain[0].result).shape
         source = tensor(chain[0].operands[0]).shape
         if (h, w) == (1, 1) and c > 1 and source[-1:] == (c,):
@@ -493,14 +495,14 @@ class ChannelLayoutEdge(RewritePattern):
             steps = (("transpose", to_rows), ("reshape", (rows, c, w)))
             by_rows = x if len(nchw) == 3 else row_lookup(rewriter, self.module, op, x, steps,
                                                             like.with_shape((rows, c, w)))
-            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((rows, w, c))],
+            swapped = rewriter.create_before(op, ttir.TRANSPOSE.name, [by_rows], [like.with_shape((rows, w, c))],
                                              {"perm": (0, 2, 1)}).result
             value = row_lookup(rewriter, self.module, op, swapped, (("reshape", (rows * w, c)),),
                                like.with_shape((rows * w, c)))
         else:
             by_rows = row_lookup(rewriter, self.module, op, x, (("reshape", (rows, w, c)),),
                                  like.with_shape((rows, w, c)))
-            swapped = rewriter.create_before(op, "ttir.transpose", [by_rows], [like.with_shape((rows, c, w))],
+            swapped = rewriter.create_before(op, ttir.TRANSPOSE.name, [by_rows], [like.with_shape((rows, c, w))],
                                              {"perm": (0, 2, 1)}).result
             steps = (("reshape", (n, *outer_dims, c, w)), ("transpose", from_rows))
             value = swapped if len(nchw) == 3 else row_lookup(rewriter, self.module, op, swapped, steps,
@@ -513,7 +515,7 @@ class PaddedLookupToDevice(RewritePattern):
     """embedding {pad_negative} of a computed matrix by constant ids (Pad, Resize) -> untilize the matrix and
     read the ids from a row-major int32 index buffer, as the window ops do."""
 
-    root = "ttir.embedding"
+    root = ttir.EMBEDDING.name
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -525,7 +527,7 @@ class PaddedLookupToDevice(RewritePattern):
                 or defining_op(table, CONSTANT) is not None:
             return rewriter.notify_match_failure(op, "not a padded lookup of a computed matrix by constant ids")
         source = tensor(table)
-        rows = rewriter.create_before(op, "ttir.to_layout", [table], [source.with_encoding(ROW_MAJOR)]).result
+        rows = rewriter.create_before(op, ttir.TO_LAYOUT.name, [table], [source.with_encoding(ROW_MAJOR)]).result
         flat = ids.astype(np.int32).reshape(-1)
         page = ids_page(flat.size)
         paged = flat.reshape(flat.size // page, page) if page < flat.size else flat
@@ -534,15 +536,15 @@ class PaddedLookupToDevice(RewritePattern):
         index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                        {"value": WeightAttr(name)}).result
         result = tensor(op.result)
-        looked = rewriter.create_before(op, "ttir.embedding", [rows, index],
+        looked = rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index],
                                         [result.with_shape((*paged.shape, source.shape[1]))],
                                         {"pad_negative": True}).result
         if tensor(looked).shape != result.shape:
-            looked = rewriter.create_before(op, "ttir.reshape", [looked], [result]).result
+            looked = rewriter.create_before(op, ttir.RESHAPE.name, [looked], [result]).result
         rewriter.replace_op(op, [looked])
         return True
 
 
 def window_patterns(module: Module) -> list[RewritePattern]:
     return [Conv2dToDevice(module), Pool2dToDevice(module), PaddedLookupToDevice(module),
-            ChannelLayoutEdge("ttir.reshape", module), ChannelLayoutEdge("ttir.transpose", module)]
+            ChannelLayoutEdge(ttir.RESHAPE.name, module), ChannelLayoutEdge(ttir.TRANSPOSE.name, module)]

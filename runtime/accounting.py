@@ -28,6 +28,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.attributes import TypeAttr
 from ttc.ir.core import Operation
+from ttc.ir.dialects import ttkernel
 from ttc.ir.dialects.tt import DeviceAttr
 
 if TYPE_CHECKING:  # types only: accounting depends on no other part of the emulator
@@ -76,18 +77,18 @@ def _block(a: Mapping[str, Any]) -> int:
 FormatOf = Callable[[int], str]  # a CB index -> its data format's name
 _Count = Callable[[Mapping[str, Any], FormatOf], tuple[str, int]]
 _TILE_COUNTS: dict[str, _Count] = {
-    "ttkernel.copy_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
-    "ttkernel.transpose_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
-    "ttkernel.tilize_tiles": lambda a, f: (target.DATACOPY, a["cols"]),
-    "ttkernel.binary_tiles": lambda a, f: (target.binary_key(a["op"]), a["rows"] * a["cols"]),
-    "ttkernel.matmul_tiles": lambda a, f: (target.matmul_key(a["fidelity"], f(a["cb_a"]), f(a["cb_b"])),
+    ttkernel.COPY_TILES.name: lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
+    ttkernel.TRANSPOSE_TILES.name: lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
+    ttkernel.TILIZE_TILES.name: lambda a, f: (target.DATACOPY, a["cols"]),
+    ttkernel.BINARY_TILES.name: lambda a, f: (target.binary_key(a["op"]), a["rows"] * a["cols"]),
+    ttkernel.MATMUL_TILES.name: lambda a, f: (target.matmul_key(a["fidelity"], f(a["cb_a"]), f(a["cb_b"])),
                                            a["rows"] * a["cols"] * a["inner"]),
-    "ttkernel.reduce_tiles": lambda a, f: (target.reduce_sum_key(a["fidelity"]) if a["kind"] == "sum"
+    ttkernel.REDUCE_TILES.name: lambda a, f: (target.reduce_sum_key(a["fidelity"]) if a["kind"] == "sum"
                                            else target.REDUCE_MAX, _block(a)),
-    "ttkernel.sfpu_tiles": lambda a, f: (target.sfpu_key(a["fn"]), a["count"]),
-    "ttkernel.sfpu_binary_tiles": lambda a, f: (target.sfpu_binary_key(a["fn"]), a["count"]),
-    "ttkernel.fill_tiles": lambda a, f: (target.DATACOPY, a["count"]),
-    "ttkernel.mask_tiles": lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
+    ttkernel.SFPU_TILES.name: lambda a, f: (target.sfpu_key(a["fn"]), a["count"]),
+    ttkernel.SFPU_BINARY_TILES.name: lambda a, f: (target.sfpu_binary_key(a["fn"]), a["count"]),
+    ttkernel.FILL_TILES.name: lambda a, f: (target.DATACOPY, a["count"]),
+    ttkernel.MASK_TILES.name: lambda a, f: (target.DATACOPY, a["rows"] * a["cols"]),
 }
 
 

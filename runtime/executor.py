@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ttc.ir.core import Module, Operation, Value
+from ttc.ir.core import RETURN_OP, Module, Operation, Value
 from ttc.ir.diagnostics import DeviceFault, UserError
+from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
 from ttc.runtime.accounting import ProgramProfile
@@ -157,7 +158,7 @@ class Executor:
         self.profile = []
         try:
             for op in self.main.body.ops:
-                if op.name == "func.return":
+                if op.name == RETURN_OP:
                     return self._outputs(op, values)
                 run = HOST_OPS.get(op.name)
                 if run is None:
@@ -167,7 +168,7 @@ class Executor:
                     run(self, op, values)
                 except Fault as fault:
                     raise _host_fault(fault, op) from None
-                if on_program is not None and op.name == "ttmetal.enqueue_program":
+                if on_program is not None and op.name == ttmetal.ENQUEUE_PROGRAM.name:
                     on_program()
         finally:
             self._free_all()
@@ -269,11 +270,11 @@ def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
     except ValueError as exc:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
     shard = None if layout.memory_layout == "interleaved" else shard_spec(ex, ttype, layout)
-    constant = any(user.name == "ttmetal.write_constant" for user in op.results[0].users)
+    constant = any(user.name == ttmetal.WRITE_CONSTANT.name for user in op.results[0].users)
     return BufferSpec(ttype, layout, memory, address, size, pages, shard, f"buffer {ttype}", constant)
 
 
-@host_op("ttmetal.create_buffer")
+@host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
     spec = ex._buffer_specs.get(op)
@@ -305,7 +306,7 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
     return ShardSpec(cols, shard_rows, shard_cols, banks, str(layout.memory_layout))
 
 
-@host_op("ttmetal.write_buffer")
+@host_op(ttmetal.WRITE_BUFFER.name)
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Host tensor -> buffer pages (permute when the op has a perm, pad to tiles, tilize, convert to the
     buffer's format)."""
@@ -318,7 +319,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     buffer.write(pages)
 
 
-@host_op("ttmetal.write_constant")
+@host_op(ttmetal.WRITE_CONSTANT.name)
 def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """A weight, already packed into pages, -> the buffer; skipped when it is still resident."""
     buffer = ex.buffer(values, op.operands[0])
@@ -338,7 +339,7 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
     buffer.memory.watch(key, start, end)
 
 
-@host_op("ttmetal.enqueue_program")
+@host_op(ttmetal.ENQUEUE_PROGRAM.name)
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
     addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
@@ -352,7 +353,7 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
         ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
 
 
-@host_op("ttmetal.read_buffer")
+@host_op(ttmetal.READ_BUFFER.name)
 def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
     buffer = ex.buffer(values, op.operands[0])
@@ -394,7 +395,7 @@ def host_model(ex: Executor, op: Operation) -> HostModel:
     return model
 
 
-@host_op("ttmetal.host_compute")
+@host_op(ttmetal.HOST_COMPUTE.name)
 def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """An ONNX node on the host: its one-node model (onnx's reference evaluator, built on the first run) on the
     operands."""
@@ -413,7 +414,7 @@ def host_compute(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
         values[value] = array
 
 
-@host_op("ttmetal.empty_tensor")
+@host_op(ttmetal.EMPTY_TENSOR.name)
 def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """A tensor without elements: its type is its whole value."""
     ttype = op.results[0].type
@@ -421,7 +422,7 @@ def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     values[op.results[0]] = np.zeros(ttype.shape, ttype.element_type.numpy_dtype())
 
 
-@host_op("ttmetal.deallocate")
+@host_op(ttmetal.DEALLOCATE.name)
 def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     buffer = ex.buffer(values, op.operands[0])
     buffer.memory.free(buffer.alloc.address)

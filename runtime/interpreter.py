@@ -43,6 +43,7 @@ import numpy as np
 
 from ttc.ir.core import Block, Operation
 from ttc.ir.diagnostics import DeviceFault
+from ttc.ir.dialects import ttkernel
 from ttc.runtime import numerics
 from ttc.runtime.accounting import Accounting, ProgramProfile
 from ttc.runtime.compute import F16_OVERFLOW, DstRegisters
@@ -52,7 +53,7 @@ from ttc.runtime.handlers import HANDLERS, Blocked, Handler, handler
 
 DEFAULT_STEP_BUDGET = 5_000_000
 KERNELS = ("reader", "compute", "writer")
-_FOR = "ttkernel.for"
+_FOR = ttkernel.FOR.name
 
 
 # ----------------------------------------------------------------------------------------------

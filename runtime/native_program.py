@@ -31,6 +31,7 @@ import numpy as np
 from ttc.ir import target
 from ttc.ir.core import Block, Operation, Value
 from ttc.ir.diagnostics import DeviceFault
+from ttc.ir.dialects import ttkernel
 from ttc.runtime import formats, numerics
 from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
 from ttc.runtime.compute import F16_OVERFLOW, HALF_DST, dst_format_of
@@ -243,9 +244,9 @@ def _arith(opcode: str) -> Encode:
     return encode
 
 
-_ENCODERS["ttkernel.addi"] = _arith("ADDI")
-_ENCODERS["ttkernel.muli"] = _arith("MULI")
-_ENCODERS["ttkernel.mini"] = _arith("MINI")
+_ENCODERS[ttkernel.ADDI.name] = _arith("ADDI")
+_ENCODERS[ttkernel.MULI.name] = _arith("MULI")
+_ENCODERS[ttkernel.MINI.name] = _arith("MINI")
 
 
 def _cb_op(opcode: str) -> Encode:
@@ -290,8 +291,8 @@ def _noc_tiles(opcode: str) -> Encode:
     return encode
 
 
-_ENCODERS["ttkernel.noc_read_tiles"] = _noc_tiles("NOC_READ_TILES")
-_ENCODERS["ttkernel.noc_write_tiles"] = _noc_tiles("NOC_WRITE_TILES")
+_ENCODERS[ttkernel.NOC_READ_TILES.name] = _noc_tiles("NOC_READ_TILES")
+_ENCODERS[ttkernel.NOC_WRITE_TILES.name] = _noc_tiles("NOC_WRITE_TILES")
 
 
 @_encoder("noc_read_pages")
@@ -338,8 +339,8 @@ def _copy(opcode: str) -> Encode:
     return encode
 
 
-_ENCODERS["ttkernel.copy_tiles"] = _copy("COPY_TILES")
-_ENCODERS["ttkernel.transpose_tiles"] = _copy("TRANSPOSE_TILES")
+_ENCODERS[ttkernel.COPY_TILES.name] = _copy("COPY_TILES")
+_ENCODERS[ttkernel.TRANSPOSE_TILES.name] = _copy("TRANSPOSE_TILES")
 
 
 @_encoder("tilize_tiles")

@@ -33,17 +33,10 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes import PassManager, parse_pipeline
 from ttc.passes.cost_model import plan_counts
-from ttc.passes.footprint import (
-    is_folded,
-    is_view,
-    layout,
-    matmul_shape,
-    module_device,
-    num_pages,
-    op_kind,
-    page_size,
-    tensor,
-)
+from ttc.passes.ops.gather import is_folded, is_view
+from ttc.passes.ops.geometry import layout, module_device, num_pages, page_size, tensor
+from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.registry import op_kind
 from ttc.profile import static_profile
 from ttc.runtime.accounting import ProgramProfile
 

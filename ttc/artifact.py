@@ -31,6 +31,7 @@ import numpy as np
 
 from ttc.fileio import atomic_output
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttmetal
 
 if TYPE_CHECKING:
     from ttc.compiler import CompiledModel
@@ -294,7 +295,7 @@ def check_host_models(module: Module, where: str) -> None:
     """Host ops embed one-node ONNX models; one that references external data would read a file from
     wherever ttc runs. Refused."""
     for op in module.walk():
-        if op.name == "ttmetal.host_compute":
+        if op.name == ttmetal.HOST_COMPUTE.name:
             host_model_proto(op, where)
 
 
@@ -335,7 +336,7 @@ def read_artifact(path: str | Path) -> CompiledModel:
         if manifest[kind] != expected:
             raise UserError(f"{where}: manifest.json's {kind} {manifest[kind]} disagree with program.mlir's "
                             f"signature {expected}; the artifact was edited (recompile it)")
-    programs = sum(1 for op in module.walk() if op.name == "ttmetal.enqueue_program")
+    programs = sum(1 for op in module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name)
     for field, actual in (("programs", programs), ("host_ops", count_host_ops(module))):
         if manifest[field] != actual:
             raise UserError(f"{where}: manifest.json's {field} {manifest[field]} disagrees with program.mlir "
@@ -346,7 +347,7 @@ def read_artifact(path: str | Path) -> CompiledModel:
     if getattr(device, "arch", None) != manifest["arch"]:
         raise UserError(f"{where}: manifest.json's arch {manifest['arch']!r} disagrees with program.mlir's "
                         f"device {getattr(device, 'arch', None)!r}")
-    used = {op.attributes["value"].name for op in module.walk() if op.name == "ttmetal.write_constant"}
+    used = {op.attributes["value"].name for op in module.walk() if op.name == ttmetal.WRITE_CONSTANT.name}
     if used != set(weights):
         raise UserError(f"{where}: the weights {sorted(set(weights) ^ used)[:5]} are not exactly those "
                         f"program.mlir writes")

@@ -14,6 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from ttc.ir.dialects import ttmetal
+
 
 def artifact_info(path: str | Path) -> dict[str, Any]:
     """Everything `ttc inspect` reports about the artifact at `path`, as JSON-ready data."""
@@ -29,7 +31,7 @@ def artifact_info(path: str | Path) -> dict[str, Any]:
         members = {info.filename: info.file_size for info in archive.infolist()}
     programs = []
     for op in module.function("main").body.ops:
-        if op.name != "ttmetal.enqueue_program":
+        if op.name != ttmetal.ENQUEUE_PROGRAM.name:
             continue
         grid = op.attributes.get("grid")
         cbs = op.attributes.get("cbs") or ()

@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 
 from ttc.fit import check_host_memory, check_model_fits
-from ttc.ir.core import Module
+from ttc.ir.core import RETURN_OP, Module
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import DEVICES
 from ttc.ir.types import TensorType
 
@@ -175,7 +176,7 @@ def pack_device_weights(module: Module) -> dict[str, np.ndarray]:
 
     packed: dict[str, np.ndarray] = {}
     for op in module.walk():
-        if op.name != "ttmetal.write_constant":
+        if op.name != ttmetal.WRITE_CONSTANT.name:
             continue
         name = op.attributes["value"].name
         buffer_type = op.operands[0].type
@@ -235,14 +236,14 @@ def build_manifest(module: Module, options: CompileOptions, source: dict[str, An
         "source_model": source,
         "host_ops": count_host_ops(module),
         "memory": memory_summary(module),
-        "programs": sum(1 for op in module.walk() if op.name == "ttmetal.enqueue_program"),
+        "programs": sum(1 for op in module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name),
     }
 
 
 _DEVICE_SCHEDULE_OPS = frozenset({
-    "ttmetal.create_buffer", "ttmetal.write_buffer", "ttmetal.write_constant", "ttmetal.enqueue_program",
-    "ttmetal.read_buffer", "ttmetal.deallocate", "func.return",
-    "ttmetal.empty_tensor",  # computes nothing: a tensor without elements is known by its type
+    ttmetal.CREATE_BUFFER.name, ttmetal.WRITE_BUFFER.name, ttmetal.WRITE_CONSTANT.name, ttmetal.ENQUEUE_PROGRAM.name,
+    ttmetal.READ_BUFFER.name, ttmetal.DEALLOCATE.name, RETURN_OP,
+    ttmetal.EMPTY_TENSOR.name,  # computes nothing: a tensor without elements is known by its type
 })
 
 

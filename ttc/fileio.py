@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ttc.ir.core import Module
+from ttc.ir.core import FUNC_OP, Module
 from ttc.ir.diagnostics import UserError
 
 
@@ -102,7 +102,7 @@ def file_kind(path: str | Path) -> str | None:
         return None
     lines = (line.strip() for line in text.splitlines())
     first = next((line for line in lines if line and not line.startswith("//")), "")
-    return IR_TEXT if first.startswith(("module", '"builtin.module"', "func.func", "#")) else None
+    return IR_TEXT if first.startswith(("module", '"builtin.module"', FUNC_OP, "#")) else None
 
 
 def not_onnx_message(path: str | Path, kind: str) -> str:

@@ -31,6 +31,7 @@ from ttc.compiler import CompiledModel
 from ttc.frontend.importer import node_name
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.core import Module, Operation
+from ttc.ir.dialects import ttmetal
 from ttc.ir.parser import parse_module
 from ttc.ir.types import FunctionType, TensorType, f32
 
@@ -65,13 +66,13 @@ def instrument(compiled: CompiledModel) -> tuple[Module, list[tuple[str, tuple[s
     probes: list[tuple[str, tuple[str, ...]]] = []
     values = []
     for op in list(main.body.ops):
-        if op.name != "ttmetal.enqueue_program" or not op.operands:
+        if op.name != ttmetal.ENQUEUE_PROGRAM.name or not op.operands:
             continue
         result = op.operands[-1]  # enqueue_program(inputs..., tables..., result)
         ttype = result.type
         assert isinstance(ttype, TensorType)
         host = TensorType(ttype.shape, ttype.element_type if ttype.element_type.is_integer else f32)
-        read = Operation("ttmetal.read_buffer", [result], [host], loc=op.loc)
+        read = Operation(ttmetal.READ_BUFFER.name, [result], [host], loc=op.loc)
         main.body.insert_after(op, read)
         name = f"{PROBE_PREFIX}{len(probes)}"
         probes.append((name, op.loc.names()))

@@ -21,17 +21,18 @@ import numpy as np
 
 from ttc.ir import target
 from ttc.ir.core import Block, Module, Operation, Value
+from ttc.ir.dialects import ttkernel, ttmetal
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import core_bank, is_sharded, shard_geometry
+from ttc.passes.ops.geometry import core_bank, is_sharded, shard_geometry
 from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
 from ttc.runtime.dataflow import tile_block
 
 # ----------------------------------------------------------------------------------------------
 # Counting a compiled program without running it
 
-_NOC_OPS = frozenset({"ttkernel.noc_read_tiles", "ttkernel.noc_read_pages", "ttkernel.noc_read_tiles_indexed",
-                      "ttkernel.noc_read_rows_indexed", "ttkernel.noc_write_tiles", "ttkernel.noc_write_rows"})
+_NOC_OPS = frozenset({ttkernel.NOC_READ_TILES.name, ttkernel.NOC_READ_PAGES.name, ttkernel.NOC_READ_TILES_INDEXED.name,
+                      ttkernel.NOC_READ_ROWS_INDEXED.name, ttkernel.NOC_WRITE_TILES.name, ttkernel.NOC_WRITE_ROWS.name})
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class _StaticCounter:
                 self.owners[index] = shard_geometry(t)
         self.index_pages: dict[int, tuple[int, np.ndarray]] = {}  # CB -> (operand, page per core) last read
         self.index_cbs = {step.attrs["index_cb"] for steps in self.plan.blocks.values() for step in steps
-                          if step.op.name in ("ttkernel.noc_read_tiles_indexed", "ttkernel.noc_read_rows_indexed")}
+                          if step.op.name in (ttkernel.NOC_READ_TILES_INDEXED.name, ttkernel.NOC_READ_ROWS_INDEXED.name)}
 
     def count(self) -> target.Counts:
         for kernel, region in enumerate(self.op.regions):
@@ -94,17 +95,17 @@ class _StaticCounter:
                         self.block(body, env, scale)
                 continue
             name = op.name
-            if name == "ttkernel.get_arg":
+            if name == ttkernel.GET_ARG.name:
                 env[op.results[0]] = self.arg(a["index"])
-            elif name == "ttkernel.constant":
+            elif name == ttkernel.CONSTANT.name:
                 env[op.results[0]] = a["value"]
-            elif name == "ttkernel.buffer_address":
+            elif name == ttkernel.BUFFER_ADDRESS.name:
                 env[op.results[0]] = a["operand"]
-            elif name in ("ttkernel.addi", "ttkernel.muli", "ttkernel.mini"):
+            elif name in (ttkernel.ADDI.name, ttkernel.MULI.name, ttkernel.MINI.name):
                 lhs, rhs = env[op.operands[0]], env[op.operands[1]]
-                fn = {"ttkernel.addi": np.add, "ttkernel.muli": np.multiply, "ttkernel.mini": np.minimum}[name]
+                fn = {ttkernel.ADDI.name: np.add, ttkernel.MULI.name: np.multiply, ttkernel.MINI.name: np.minimum}[name]
                 env[op.results[0]] = fn(lhs, rhs)
-            elif name == "ttkernel.addrgen":
+            elif name == ttkernel.ADDRGEN_OP.name:
                 env[op.results[0]] = _Gen(int(env[op.operands[0]]), a["page_size"], a["memory"] == "dram",
                                           a["memory_layout"] != "interleaved")
             elif name in _NOC_OPS:
@@ -121,9 +122,9 @@ class _StaticCounter:
                 if not self._invariant(step.body):
                     return False
             elif step.op.name in _NOC_OPS:
-                if step.op.name in ("ttkernel.noc_read_tiles", "ttkernel.noc_write_tiles", "ttkernel.noc_read_pages"):
+                if step.op.name in (ttkernel.NOC_READ_TILES.name, ttkernel.NOC_WRITE_TILES.name, ttkernel.NOC_READ_PAGES.name):
                     if len(step.op.operands) > 2 or self.owners or \
-                            (step.op.name == "ttkernel.noc_read_pages" and step.attrs["cb"] in self.index_cbs):
+                            (step.op.name == ttkernel.NOC_READ_PAGES.name and step.attrs["cb"] in self.index_cbs):
                         return False  # per-core masks, local pages of a shard, an index page: walked
                 else:
                     return False
@@ -151,8 +152,8 @@ class _StaticCounter:
     def noc(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:
         name = op.name
         gen: _Gen = env[op.operands[0]]
-        write = name in ("ttkernel.noc_write_tiles", "ttkernel.noc_write_rows")
-        if name in ("ttkernel.noc_read_tiles", "ttkernel.noc_write_tiles"):
+        write = name in (ttkernel.NOC_WRITE_TILES.name, ttkernel.NOC_WRITE_ROWS.name)
+        if name in (ttkernel.NOC_READ_TILES.name, ttkernel.NOC_WRITE_TILES.name):
             start = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
             tiles = tile_block(0, a["rows"], a["cols"], a["row_stride"], a["col_stride"]).values
             pages = start + tiles[None, :]
@@ -171,14 +172,14 @@ class _StaticCounter:
             if not write:
                 self._local(gen, pages, wanted)
             return
-        if name == "ttkernel.noc_read_pages":
+        if name == ttkernel.NOC_READ_PAGES.name:
             start = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
             pages = start + np.arange(a["count"])[None, :]
             self._static(gen, a["count"], False, scale)
             self._local(gen, pages)
             self.index_pages[a["cb"]] = (gen.operand, np.broadcast_to(pages[:, 0], (self.cores,)))
             return
-        if name == "ttkernel.noc_read_tiles_indexed":
+        if name == ttkernel.NOC_READ_TILES_INDEXED.name:
             values = self._index_values(a["index_cb"])
             entries = values[:, a["index_offset"]: a["index_offset"] + a["count"]]
             entries = np.where(entries < 0, -1 - entries, entries)
@@ -188,7 +189,7 @@ class _StaticCounter:
             else:
                 self._masked(gen, int((entries % a["sources"] == a["source"]).sum()), False)
             return
-        if name == "ttkernel.noc_read_rows_indexed":
+        if name == ttkernel.NOC_READ_ROWS_INDEXED.name:
             offset = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
             valid = np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
             relative = np.arange(a["count"])[None, :]
@@ -214,11 +215,11 @@ class _StaticCounter:
 
 def _constant_pages(main: Block, device_weights: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
     """id(buffer value) -> its packed pages [pages, page_size] for every buffer a write_constant fills."""
-    from ttc.passes.footprint import page_size
+    from ttc.passes.ops.geometry import page_size
 
     pages = {}
     for op in main.ops:
-        if op.name == "ttmetal.write_constant":
+        if op.name == ttmetal.WRITE_CONSTANT.name:
             buffer = op.operands[0]
             data = np.asarray(device_weights[op.attributes["value"].name])
             pages[id(buffer)] = data.reshape(-1, page_size(buffer.type))
@@ -242,7 +243,7 @@ def static_profile_with_loads(module: Module, device_weights: Mapping[str, np.nd
     constants = _constant_pages(main, device_weights)
     profiles = []
     for op in main.ops:
-        if op.name != "ttmetal.enqueue_program":
+        if op.name != ttmetal.ENQUEUE_PROGRAM.name:
             continue
         by_operand = {i: constants[id(v)] for i, v in enumerate(op.operands) if id(v) in constants}
         counter = _StaticCounter(op, desc, by_operand)
@@ -340,7 +341,7 @@ def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: i
 
 def program_ops(module: Module) -> list[Operation]:
     """@main's enqueue_program ops in schedule order: program N of the profile is the Nth."""
-    return [op for op in module.function("main").body.ops if op.name == "ttmetal.enqueue_program"]
+    return [op for op in module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
 
 
 def program_cores(op: Operation, device: DeviceAttr) -> list[int]:
@@ -372,7 +373,7 @@ def memory_timeline(module: Module, device: DeviceAttr) -> list[MemoryPoint]:
     `tt.l1_peak_bytes`) and the DRAM bytes of the live buffers, replaying @main's creates and deallocates.
     Resident weights (`tt.resident_weights`) are allocated before anything else and live throughout."""
     from ttc.passes.allocate import RESIDENT_WEIGHTS, is_dram_weight
-    from ttc.passes.footprint import bank_share, cb_bytes, layout
+    from ttc.passes.ops.geometry import bank_share, cb_bytes, layout
 
     main = module.function("main").body
     resident = bool(module.attributes.get(RESIDENT_WEIGHTS, False))
@@ -394,21 +395,21 @@ def memory_timeline(module: Module, device: DeviceAttr) -> list[MemoryPoint]:
             return
         sizes[id(op.results[0])] = (space, size)
 
-    weights = [op for op in main.ops if resident and op.name == "ttmetal.create_buffer" and is_dram_weight(op)]
+    weights = [op for op in main.ops if resident and op.name == ttmetal.CREATE_BUFFER.name and is_dram_weight(op)]
     for op in weights:
         create(op)
     placed = {id(op) for op in weights}
     points = []
     for op in main.ops:
-        if op.name == "ttmetal.create_buffer" and id(op) not in placed:
+        if op.name == ttmetal.CREATE_BUFFER.name and id(op) not in placed:
             create(op)
-        elif op.name == "ttmetal.deallocate":
+        elif op.name == ttmetal.DEALLOCATE.name:
             space, size = sizes.pop(id(op.operands[0]), ("", 0))
             if space == "l1":
                 l1 -= size
             elif space == "dram":
                 dram -= size
-        elif op.name == "ttmetal.enqueue_program":
+        elif op.name == ttmetal.ENQUEUE_PROGRAM.name:
             points.append(MemoryPoint(l1, cb_bytes(op.attr("cbs")), dram))
     return points
 

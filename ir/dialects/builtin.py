@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ttc.ir.core import FUNC_OP, Function, Operation
+from ttc.ir.core import FUNC_OP, MODULE_OP, RETURN_OP, Function, Operation
 from ttc.ir.dialect import (
     AnyType,
     ArrayAttr,
@@ -51,15 +51,15 @@ def verify_return(op: Operation) -> None:
                           f"({', '.join(map(str, expected))})")
 
 
-MODULE = OpDef("builtin.module", "The top-level container", results=(), regions=1,
+MODULE = OpDef(MODULE_OP, "The top-level container", results=(), regions=1,
                traits=frozenset({Trait.ISOLATED}), verify=verify_module)
 FUNC = OpDef(
-    "func.func", "A function: a signature and a body region", results=(), regions=1,
+    FUNC_OP, "A function: a signature and a body region", results=(), regions=1,
     attributes=(Attr("sym_name", StrAttr), Attr("function_type", TypeAttrC),
                 Attr("arg_attrs", ArrayAttr, None), Attr("res_attrs", ArrayAttr, None)),
     traits=frozenset({Trait.ISOLATED}), verify=verify_func,
 )
-RETURN = OpDef("func.return", "Return values from a function", operands=(Operand("values", AnyType, variadic=True),),
+RETURN = OpDef(RETURN_OP, "Return values from a function", operands=(Operand("values", AnyType, variadic=True),),
                results=(), traits=frozenset({Trait.TERMINATOR}), verify=verify_return)
 
 BUILTIN = Dialect("builtin", "The module container.", ops=[MODULE]).register()

@@ -677,7 +677,7 @@ def verify_eltwise(op: Operation) -> None:
         if tensor(arg.type).shape != tensor(value.type).shape:
             raise VerifyError("body arguments must have the operands' shapes")
     term = block.terminator
-    if term is None or term.name != "ttir.yield" or len(term.operands) != 1:
+    if term is None or term.name != YIELD.name or len(term.operands) != 1:
         raise VerifyError("the body ends with ttir.yield of one value")
     if tensor(term.operands[0].type).shape != tensor(op.result.type).shape:
         raise VerifyError("the yielded value must have the result's shape")

@@ -15,7 +15,7 @@ from ttc.ir import UserError
 from ttc.ir.dialects.tt import E150
 from ttc.passes import PassManager
 from ttc.passes.allocate import DRAM_PEAK, L1_PEAK
-from ttc.passes.footprint import align, bank_share, cb_bytes, in_l1, l1_share, tensor
+from ttc.passes.ops.geometry import align, bank_share, cb_bytes, in_l1, l1_share, tensor
 
 EXP = ['%0 = "ttir.exp"(%b0) : ({d}) -> {d} loc("e")', '"ttir.yield"(%0) : ({d}) -> () loc("e")']
 
@@ -188,8 +188,9 @@ def test_the_replayed_l1_heap_gives_the_room_allocate_finds() -> None:
     ttir ops: its room must be what allocate leaves, holes of freed buffers included. Here `a` is freed
     after `b` reads it, and the wider concat does not fit in its hole, so it lands below `b`: the room is
     then less than l1_free minus the live bytes (which is what the passes used to judge by)."""
-    from ttc.passes.footprint import is_folded, is_view, op_kind
     from ttc.passes.l1_timeline import L1Timeline
+    from ttc.passes.ops.gather import is_folded, is_view
+    from ttc.passes.ops.registry import op_kind
 
     shape, wide = (1024, 1024), (1024, 4096)
     g = Graph()

@@ -8,21 +8,10 @@ import pytest
 from backend_helpers import Graph, compile_graph, dev
 
 from ttc.ir.dialects.tt import E150
-from ttc.passes.footprint import (
-    CB_OUT,
-    Gather,
-    Phase,
-    batch_offsets,
-    cb_bytes,
-    circular_buffers,
-    eltwise_plan,
-    gather_map,
-    l1_footprint,
-    l1_share,
-    op_kind,
-    tensor,
-    tile_shape,
-)
+from ttc.passes.ops.eltwise_body import Phase, eltwise_plan
+from ttc.passes.ops.gather_map import Gather, gather_map
+from ttc.passes.ops.geometry import CB_OUT, batch_offsets, cb_bytes, l1_share, tensor, tile_shape
+from ttc.passes.ops.registry import circular_buffers, l1_footprint, op_kind
 
 
 def test_tile_shapes() -> None:

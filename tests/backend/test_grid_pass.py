@@ -12,7 +12,9 @@ from backend_helpers import Graph, body_text, compile_graph, device_weights
 from ttc.ir import Operation, UserError
 from ttc.ir.dialects.tt import E75, E150, DeviceAttr
 from ttc.passes.cost_model import plan_counts
-from ttc.passes.footprint import HALF_DST, l1_footprint, matmul_shape, module_device, op_kind
+from ttc.passes.ops.geometry import HALF_DST, module_device
+from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.registry import l1_footprint, op_kind
 from ttc.runtime.executor import Executor
 
 PIPELINE = "layout,grid"

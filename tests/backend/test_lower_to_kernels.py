@@ -9,7 +9,8 @@ from backend_helpers import Graph, body_text, check, compile_graph, dev, program
 
 from ttc.ir import UserError, parse_module, print_module
 from ttc.ir.core import Operation
-from ttc.passes.footprint import CB_TOTAL, cb_bytes, l1_footprint, l1_share, module_device, op_kind, tensor
+from ttc.passes.ops.geometry import CB_TOTAL, cb_bytes, l1_share, module_device, tensor
+from ttc.passes.ops.registry import l1_footprint, op_kind
 
 LOWER = "layout,grid,lower-to-kernels"
 

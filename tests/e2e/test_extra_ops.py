@@ -1,4 +1,4 @@
-"""Golden tests of the composed converters (`frontend/converters_extra.py`), the segment movements and the
+"""Golden tests of the composed converters (`frontend/converters_*.py`), the segment movements and the
 explicit host ops, beyond the ONNX node tests: odd shapes, broadcasting, other axes. Every case compiles,
 runs on the emulated device and is compared with onnxruntime (`check`: floats by PCC and relative L2,
 integers and booleans exactly) with the stated number of host ops.

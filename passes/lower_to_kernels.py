@@ -1,52 +1,39 @@
 """`lower-to-kernels`: turn @main's device ops into kernel programs and a `ttmetal` host schedule.
 
+Each device op's program comes from its kind (`DeviceOp.lower`, passes/ops/<kind>.py); this pass places the
+buffers and builds the host schedule around the programs.
+
     to_layout host -> device    create_buffer + write_buffer
     weight constant             create_buffer + write_constant (same weight name), before its first use
     device op                   create_buffer (result) + enqueue_program(inputs..., tables..., result)
-                                with reader / compute / writer kernels, CB configs (footprint's plan),
+                                with reader / compute / writer kernels, CB configs (the kind's plan),
                                 per-core runtime args, kind and the op's location
     to_layout device -> host    read_buffer
     (every buffer)              deallocate after its last use
 
-Movement ops folded into a following one (`footprint.is_folded`) produce no buffer: the chain's last op
-gathers from the chain's input(s). A view (`footprint.is_view`: a chain whose tiles stay in place, e.g.
+Movement ops folded into a following one (`ops.gather.is_folded`) produce no buffer: the chain's last op
+gathers from the chain's input(s). A view (`ops.gather.is_view`: a chain whose tiles stay in place, e.g.
 a reshape dropping a leading unit dim) produces neither buffer nor program: its value is its source's
 buffer. Addresses are left to `allocate`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ttc.backend.data_movement import lower_gather
-from ttc.backend.eltwise import lower_eltwise
-from ttc.backend.embedding import lower_embedding
-from ttc.backend.matmul import lower_matmul
-from ttc.backend.normalization import lower_row_op
-from ttc.backend.program import Program
-from ttc.backend.reduction import lower_reduce
-from ttc.backend.untilize import lower_untilize
 from ttc.ir.attributes import WeightAttr, fuse_locations
 from ttc.ir.core import RETURN_OP, Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.dialects.tt import LayoutAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import is_folded, is_view, movement_chain, node_names, op_kind, program_operands
-from ttc.passes.grid import GRID
 from ttc.passes.manager import Pass, register_pass
-
-LOWERINGS: dict[str, Callable[[Operation, Module], Program]] = {
-    "matmul": lambda op, module: lower_matmul(op),
-    "eltwise": lambda op, module: lower_eltwise(op),
-    "softmax": lambda op, module: lower_row_op(op),
-    "layer_norm": lambda op, module: lower_row_op(op),
-    "data_movement": lower_gather,
-    "embedding": lambda op, module: lower_embedding(op),
-    "reduce": lambda op, module: lower_reduce(op),
-    "untilize": lambda op, module: lower_untilize(op),
-}
+from ttc.passes.ops.gather import is_folded, is_view, movement_chain
+from ttc.passes.ops.geometry import node_names
+from ttc.passes.ops.interface import GRID
+from ttc.passes.ops.registry import device_op, op_kind, program_operands
 
 
 def is_device(value: Value) -> bool:
@@ -73,8 +60,8 @@ class ScheduleBuilder:
         """The new value standing for `value`, placing a weight buffer on its first use."""
         if id(value) in self.weights:
             constant = self.weights.pop(id(value))
-            buffer = self.emit("ttmetal.create_buffer", [], [value.type], constant).result
-            self.emit("ttmetal.write_constant", [buffer], [], constant, {"value": constant.attributes["value"]})
+            buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [value.type], constant).result
+            self.emit(ttmetal.WRITE_CONSTANT.name, [buffer], [], constant, {"value": constant.attributes["value"]})
             self.values[id(value)] = buffer
         if id(value) in self.values:
             return self.values[id(value)]
@@ -85,13 +72,13 @@ class ScheduleBuilder:
     # -- ops ----------------------------------------------------------------------------------------
 
     def lower(self, op: Operation) -> None:
-        if op.name == "ttir.to_layout" and op_kind(op) is None:
+        if op.name == ttir.TO_LAYOUT.name and op_kind(op) is None:
             self.to_layout(op)
-        elif op.name == "ttir.constant":
+        elif op.name == ttir.CONSTANT.name:
             self.constant(op)
         elif op.name == RETURN_OP:
             self.emit(RETURN_OP, [self.value(v) for v in op.operands], [], op, dict(op.attributes))
-        elif op.name == "ttmetal.host_compute":  # already a host op: operands remapped, results recorded
+        elif op.name == ttmetal.HOST_COMPUTE.name:  # already a host op: operands remapped, results recorded
             host = self.emit(op.name, [self.value(v) for v in op.operands], [r.type for r in op.results], op,
                              dict(op.attributes))
             for old, new in zip(op.results, host.results, strict=True):
@@ -109,13 +96,13 @@ class ScheduleBuilder:
     def to_layout(self, op: Operation) -> None:
         source = op.operands[0]
         if not is_device(source) and is_device(op.result):
-            buffer = self.emit("ttmetal.create_buffer", [], [op.result.type], op).result
+            buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
             perm = op.attributes.get("perm")
-            self.emit("ttmetal.write_buffer", [self.value(source), buffer], [], op,
+            self.emit(ttmetal.WRITE_BUFFER.name, [self.value(source), buffer], [], op,
                       {} if perm is None else {"perm": tuple(perm)})
             self.values[id(op.result)] = buffer
         elif is_device(source) and not is_device(op.result):
-            read = self.emit("ttmetal.read_buffer", [self.value(source)], [op.result.type], op)
+            read = self.emit(ttmetal.READ_BUFFER.name, [self.value(source)], [op.result.type], op)
             self.values[id(op.result)] = read.result
         else:
             raise UserError(f"node {node_names(op)}: to_layout from {source.type} to {op.result.type} is not a "
@@ -128,7 +115,7 @@ class ScheduleBuilder:
             self.weights[id(op.result)] = op
             return
         if not is_device(op.result) and isinstance(op.result.type, TensorType) and not op.result.type.num_elements:
-            self.values[id(op.result)] = self.emit("ttmetal.empty_tensor", [], [op.result.type], op).result
+            self.values[id(op.result)] = self.emit(ttmetal.EMPTY_TENSOR.name, [], [op.result.type], op).result
             return
         raise UserError(f"node {node_names(op)}: constant {op.result.type} is used outside a fused body but "
                         "is not a device weight")
@@ -136,19 +123,21 @@ class ScheduleBuilder:
     def program(self, op: Operation) -> None:
         if GRID not in op.attributes:
             raise UserError(f"node {node_names(op)}: '{op.name}' has no tt.grid (run the grid pass first)")
-        program = LOWERINGS[op_kind(op) or ""](op, self.module)
+        kind = device_op(op)
+        assert kind is not None
+        program = kind.lower(op, self.module)
         inputs = [self.value(v) for v in program_operands(op)]
         constants = []
         for table in program.constants:
-            buffer = self.emit("ttmetal.create_buffer", [], [table.type], op).result
-            self.emit("ttmetal.write_constant", [buffer], [], op, {"value": WeightAttr(table.name)})
+            buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [table.type], op).result
+            self.emit(ttmetal.WRITE_CONSTANT.name, [buffer], [], op, {"value": WeightAttr(table.name)})
             constants.append(buffer)
-        output = self.emit("ttmetal.create_buffer", [], [op.result.type], op).result
+        output = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
         self.values[id(op.result)] = output
         attributes = {"grid": program.grid, "cbs": tuple(program.cbs), "runtime_args": program.runtime_args,
                       "kind": program.kind}
         loc = fuse_locations(*(o.loc for o in movement_chain(op))) if op_kind(op) == "data_movement" else op.loc
-        self.emit("ttmetal.enqueue_program", [*inputs, *constants, output], [], op, attributes,
+        self.emit(ttmetal.ENQUEUE_PROGRAM.name, [*inputs, *constants, output], [], op, attributes,
                   list(program.kernels), loc=loc)
 
     # -- deallocation ---------------------------------------------------------------------------------
@@ -158,7 +147,7 @@ class ScheduleBuilder:
         last_use: dict[int, int] = {}
         buffers: dict[int, Operation] = {}
         for index, op in enumerate(self.ops):
-            if op.name == "ttmetal.create_buffer":
+            if op.name == ttmetal.CREATE_BUFFER.name:
                 buffers[id(op.result)] = op
                 last_use[id(op.result)] = index
             for value in op.operands:
@@ -177,7 +166,7 @@ class ScheduleBuilder:
 
     @staticmethod
     def _deallocate(creators: list[Operation]) -> list[Operation]:
-        return [Operation("ttmetal.deallocate", [c.result], [], {}, loc=c.loc) for c in creators]
+        return [Operation(ttmetal.DEALLOCATE.name, [c.result], [], {}, loc=c.loc) for c in creators]
 
 
 def lower_function(module: Module, func: Function) -> None:
@@ -199,6 +188,6 @@ class LowerToKernels(Pass):
 
     def run(self, module: Module) -> None:
         for func in module.functions:
-            if any(op.name.startswith("ttmetal.") and op.name != "ttmetal.host_compute" for op in func.body.ops):
+            if any(op.name.startswith("ttmetal.") and op.name != ttmetal.HOST_COMPUTE.name for op in func.body.ops):
                 continue  # lowered already
             lower_function(module, func)

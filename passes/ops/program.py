@@ -13,8 +13,8 @@ from ttc.ir.core import Operation, Region, Value
 from ttc.ir.dialects.tt import GridAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.types import TensorType
-from ttc.passes.footprint import circular_buffers
-from ttc.passes.grid import BLOCKING, FIDELITY, GRID, core_units
+from ttc.passes.ops.interface import BLOCKING, FIDELITY, GRID
+from ttc.passes.ops.registry import circular_buffers, core_units
 
 KINDS = ("reader", "compute", "writer")
 

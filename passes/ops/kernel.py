@@ -19,9 +19,10 @@ from typing import Any
 
 from ttc.ir.attributes import Location, TypeAttr
 from ttc.ir.core import Block, Operation, Region, Value
+from ttc.ir.dialects import ttkernel
 from ttc.ir.dialects.ttkernel import ADDRGEN
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes.footprint import layout, page_size
+from ttc.passes.ops.geometry import layout, page_size
 
 INDEX = ScalarType("index")
 Index = Value | int
@@ -42,7 +43,7 @@ class KernelBuilder:
 
     def _create(self, name: str, operands: tuple[Value, ...] = (), result: bool = False,
                 attributes: dict[str, Any] | None = None) -> Operation:
-        types = [ADDRGEN if name == "ttkernel.addrgen" else INDEX] if result else []
+        types = [ADDRGEN if name == ttkernel.ADDRGEN_OP.name else INDEX] if result else []
         return Operation(name, operands, types, attributes or {}, loc=self.loc)
 
     def op(self, name: str, *operands: Index, **attributes: Any) -> Operation:
@@ -60,7 +61,7 @@ class KernelBuilder:
 
     def const(self, value: int) -> Value:
         if value not in self.constants:
-            op = self._create("ttkernel.constant", result=True, attributes={"value": int(value)})
+            op = self._create(ttkernel.CONSTANT.name, result=True, attributes={"value": int(value)})
             self.header.append(op)
             self.constants[value] = op.result
         return self.constants[value]
@@ -68,7 +69,7 @@ class KernelBuilder:
     def arg(self, index: int) -> Value:
         """This core's runtime argument #index."""
         if index not in self.args:
-            op = self._create("ttkernel.get_arg", result=True, attributes={"index": index})
+            op = self._create(ttkernel.GET_ARG.name, result=True, attributes={"index": index})
             self.header.append(op)
             self.args[index] = op.result
         return self.args[index]
@@ -130,7 +131,7 @@ class KernelBuilder:
             yield body.args[0]
         finally:
             self.blocks.pop()
-        op = Operation("ttkernel.for", (), (), {"lower": 0, "upper": trips, "step": 1}, [Region([body])], self.loc)
+        op = Operation(ttkernel.FOR.name, (), (), {"lower": 0, "upper": trips, "step": 1}, [Region([body])], self.loc)
         self.blocks[-1].append(op)
 
     def region(self) -> Region:

@@ -3,7 +3,7 @@
 Each core walks its batches x tile rows x tile columns of the result in blocks of 1 x block_w tiles.
 The reader fetches every input's tiles of the block: a broadcast dimension has stride 0 (a [N] row is
 read at tile row 0 for every row, a [M, 1] column at tile column 0, once per block). The compute
-kernel runs the body's phases (`footprint.eltwise_plan`): FPU binary ops between CBs with in-tile
+kernel runs the body's phases (`eltwise_body.eltwise_plan`): FPU binary ops between CBs with in-tile
 broadcasts, binary SFPU ops of two operands copied into Dst (half of the 8 slots each, so a block runs
 in rounds of at most 4 tiles), SFPU chains in Dst, intermediates through CBs; the last phase re-masks the
 padding when the body could have made it non-zero, and packs into the output CB the writer drains.
@@ -11,23 +11,128 @@ padding when the body could have made it non-zero, and packs into the output CB 
 
 from __future__ import annotations
 
-from ttc.backend.kernel import KernelBuilder
-from ttc.backend.program import Program, Schedule, cbs_of, schedule_of
-from ttc.ir.core import Operation
-from ttc.passes.footprint import (
-    CB_OUT,
-    HALF_DST,
+from collections.abc import Iterator
+
+import numpy as np
+
+from ttc.ir import target
+from ttc.ir.core import Module, Operation
+from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.target import Counts
+from ttc.passes.ops.counting import (
+    Buffer,
+    Plan,
+    Weights,
+)
+from ttc.passes.ops.eltwise_body import (
     SFPU_BINARY,
-    TILE,
     EltwisePlan,
     Phase,
+    eltwise_plan,
+)
+from ttc.passes.ops.geometry import (
+    CB_OUT,
+    HALF_DST,
+    TILE,
     TileShape,
     affine_step,
+    batch_groups,
     batch_offsets,
-    eltwise_plan,
+    cb,
+    divisors,
+    double,
     tensor,
     tile_shape,
 )
+from ttc.passes.ops.interface import DeviceOp
+from ttc.passes.ops.kernel import KernelBuilder
+from ttc.passes.ops.program import (
+    Program,
+    Schedule,
+    cbs_of,
+    schedule_of,
+)
+from ttc.passes.ops.registry import register
+
+
+def eltwise_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    plan = eltwise_plan(op)
+    width = blocking["block_w"]
+    blocks = blocking["batches"] * blocking["rows"] * (blocking["cols"] // width)
+    out_type = tensor(op.result).element_type
+    cbs = [cb(i, tensor(value).element_type, double(width if full else 1, blocks))
+           for i, (value, full) in enumerate(zip(op.operands, plan.inputs, strict=True))]
+    cbs.append(cb(CB_OUT, out_type, double(width, blocks)))
+    cbs += [cb(index, out_type, width if full else 1) for index, full in plan.interms]
+    if plan.zero_cb is not None:
+        cbs.append(cb(plan.zero_cb, out_type, 1))
+    return sorted(cbs, key=lambda c: c.index)
+
+
+def eltwise_candidates(op: Operation) -> Iterator[dict[str, int]]:
+    """Any split of batches, tile rows and tile columns; blocks of up to 8 tiles along a row."""
+    out = tile_shape(tensor(op.result).shape)
+    eltwise_plan(op)  # a UserError for a body the kernel cannot run, before any candidate
+    offsets = [batch_offsets(tensor(v).shape, tensor(op.result).shape) for v in op.operands]
+    for batches in batch_groups(offsets, out.batches):
+        for rows in divisors(out.rt):
+            for cols in divisors(out.ct):
+                for width in [d for d in divisors(cols) if d <= HALF_DST][::-1]:
+                    yield {"batches": batches, "rows": rows, "cols": cols, "block_w": width}
+
+
+def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
+                 result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+    ep = eltwise_plan(op)
+    out = tile_shape(tensor(op.result).shape)
+    width = b["block_w"]
+    col_blocks = b["cols"] // width
+    blocks = b["batches"] * b["rows"] * col_blocks
+    plan = Plan(device, grid, (out.batches // b["batches"], out.rt // b["rows"], out.ct // b["cols"]))
+    if ep.zero_cb is not None:
+        plan.tile(target.DATACOPY, 1)
+    for number, phase in enumerate(ep.phases):
+        tiles = blocks * (width if phase.full else 1)
+        if phase.op == "copy":
+            plan.tile(target.DATACOPY, tiles)
+        elif phase.op in SFPU_BINARY:
+            plan.tile(target.DATACOPY, 2 * tiles)
+            plan.tile(target.sfpu_binary_key(phase.op), tiles)
+        else:
+            plan.tile(target.binary_key(phase.op), tiles)
+        for fn, _ in phase.sfpu:
+            plan.tile(target.sfpu_key(fn), tiles)
+        if number == len(ep.phases) - 1 and (ep.mask_rows or ep.mask_cols):
+            plan.tile(target.DATACOPY, tiles)
+
+    unit = plan.unit
+    batch0, row0, col0 = unit[:, 0] * b["batches"], unit[:, 1] * b["rows"], unit[:, 2] * b["cols"]
+    loop = np.stack([g.ravel() for g in np.meshgrid(np.arange(b["batches"]), np.arange(b["rows"]),
+                                                    np.arange(col_blocks), indexing="ij")], axis=1)  # [blocks, 3]
+    for value, full in zip(op.operands, ep.inputs, strict=True):
+        source = tile_shape(tensor(value).shape)
+        offsets = batch_offsets(tensor(value).shape, tensor(op.result).shape)
+        step = affine_step(offsets, b["batches"]) or 0
+        rs = source.ct if source.rows == out.rows else 0
+        cs = 1 if source.cols == out.cols else 0
+        tiles = width if full else 1
+
+        def in_pages(offsets=offsets, step=step, rs=rs, cs=cs, tiles=tiles) -> np.ndarray:
+            first = offsets[batch0] + row0 * rs + col0 * cs
+            starts = first[:, None] + (loop[:, 0] * step + loop[:, 1] * rs + loop[:, 2] * width * cs)[None, :]
+            return (starts[:, :, None] + np.arange(tiles)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(Buffer.of(tensor(value), device), blocks * tiles, page_lists=in_pages)
+
+    def out_pages() -> np.ndarray:
+        first = (batch0 * out.rt + row0) * out.ct + col0
+        starts = first[:, None] + (loop[:, 0] * out.rt * out.ct + loop[:, 1] * out.ct + loop[:, 2] * width)[None, :]
+        return (starts[:, :, None] + np.arange(width)[None, None, :]).reshape(plan.cores, -1)
+
+    plan.static(Buffer.of(tensor(op.result), device), blocks * width, write=True, page_lists=out_pages)
+    return plan.counts()
 
 
 def input_strides(op: Operation, index: int, blocking: dict[str, int]) -> tuple[list[int], int, int, int]:
@@ -170,3 +275,31 @@ def eltwise_writer(op: Operation, s: Schedule, out: TileShape) -> object:
         k.op("noc_write_barrier")
         k.op("cb_pop_front", cb=CB_OUT, pages=width)
     return k.region()
+
+
+class EltwiseOp(DeviceOp):
+    """A fused chain of elementwise ops."""
+
+    kind = "eltwise"
+    op_names = frozenset({ttir.ELTWISE.name})
+
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return eltwise_candidates(op)
+
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        out = tile_shape(tensor(op.result).shape)
+        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
+
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        return eltwise_cbs(op, blocking)
+
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Weights | None = None) -> Counts:
+        return plan_eltwise(op, device, blocking, fidelity, grid, result_layout, weights)
+
+    def lower(self, op: Operation, module: Module) -> Program:
+        return lower_eltwise(op)
+
+
+ELTWISE = register(EltwiseOp())

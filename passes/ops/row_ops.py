@@ -15,10 +15,24 @@ re-read per row block), padding rows zeroed.
 
 from __future__ import annotations
 
-from ttc.backend.kernel import Index, KernelBuilder
-from ttc.backend.program import Program, Schedule, cbs_of, schedule_of
-from ttc.ir.core import Operation
-from ttc.passes.footprint import (
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from ttc.ir import target
+from ttc.ir.core import Module, Operation
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.target import Counts
+from ttc.passes.ops.counting import (
+    Buffer,
+    Plan,
+    Weights,
+)
+from ttc.passes.ops.geometry import (
     CB_BETA,
     CB_GAMMA,
     CB_GROUPS,
@@ -31,12 +45,129 @@ from ttc.passes.footprint import (
     CB_TMP2,
     CB_WIDE,
     CB_WIDE2,
+    HALF_DST,
     TILE,
     TileShape,
-    row_sum_groups,
+    batch_groups,
+    cb,
+    divisors,
+    double,
+    node_names,
     tensor,
     tile_shape,
 )
+from ttc.passes.ops.interface import DeviceOp
+from ttc.passes.ops.kernel import Index, KernelBuilder
+from ttc.passes.ops.program import (
+    Program,
+    Schedule,
+    cbs_of,
+    schedule_of,
+)
+from ttc.passes.ops.registry import register
+
+LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
+
+
+def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
+    """(first tile, tiles) of the groups a row of `tiles` tiles is summed in: about sqrt(tiles) groups of
+    nearly equal size (each in its own Dst slot, at most 8), so that neither the chain inside a group nor
+    the one over the groups runs long in bf16; one group for rows of up to 4 tiles."""
+    count = 1 if tiles <= 4 else min(HALF_DST, round(math.sqrt(tiles)))
+    sizes = [tiles // count + (i < tiles % count) for i in range(count)]
+    return [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
+
+
+def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """Softmax / layer norm keep a whole row of tiles (ct) per step in L1."""
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    ct, width = tile_shape(x.shape).ct, blocking["block_w"]
+    fmt = out.element_type
+    rows = blocking["batches"] * blocking["rows"]
+    cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
+    if len(row_sum_groups(ct)) > 1:
+        cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
+    if op.name == ttir.SOFTMAX.name:
+        cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
+        return sorted(cbs, key=lambda c: c.index)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
+            cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_WIDE2, fmt, ct), cb(CB_STAT2, fmt, 1),
+            cb(CB_TMP, fmt, width)]
+    if len(op.operands) > 2:
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, rows * (ct // width))),
+                cb(CB_TMP2, fmt, width)]
+    return sorted(cbs, key=lambda c: c.index)
+
+
+def last_axis_only(op: Operation) -> None:
+    """Softmax and layer norm kernels reduce along the last dim (tilize moves other axes there)."""
+    rank = tensor(op.operands[0]).rank
+    axis = op.attr("axis")
+    if rank and axis % rank != rank - 1:
+        raise UserError(f"node {node_names(op)}: '{op.name}' along axis {axis} of a rank-{rank} tensor; the device "
+                        "kernel reduces along the last axis only (run tilize first)")
+
+
+def row_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
+    """Whole rows per core (the kernel reduces along them), any split of batches and tile rows."""
+    out = tile_shape(tensor(op.result).shape)
+    last_axis_only(op)
+    for batches in batch_groups([], out.batches):  # the input has the result's shape: any grouping is affine
+        for rows in divisors(out.rt):
+            for width in [d for d in divisors(out.ct) if d <= max_w][::-1]:
+                yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
+
+
+def _row_sum(plan: Plan, rows: int, tiles: int, fidelity: str) -> None:
+    """`reduce_row` of a sum over `tiles` tiles, `rows` times: fills, the groups, the sum of the groups."""
+    groups = len(row_sum_groups(tiles))
+    extra = groups if groups > 1 else 0
+    plan.tile(target.DATACOPY, rows * (groups + int(groups > 1)))
+    plan.tile(target.reduce_sum_key(fidelity), rows * (tiles + extra))
+
+
+def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
+                result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+    shape = tile_shape(tensor(op.operands[0]).shape)
+    ct = shape.ct
+    rows = b["batches"] * b["rows"]
+    pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
+    plan = Plan(device, grid, (shape.batches // b["batches"], shape.rt // b["rows"]))
+    if op.name == ttir.SOFTMAX.name:
+        plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
+        plan.tile(target.REDUCE_MAX, rows * ct)
+        plan.tile(target.binary_key("sub"), rows * ct)
+        plan.tile(target.sfpu_key("exp"), rows * ct)
+        plan.tile(target.DATACOPY, rows * ct * (int(pad_cols) + int(pad_rows)))
+        _row_sum(plan, rows, ct, fidelity)
+        plan.tile(target.sfpu_key("recip"), rows)
+        plan.tile(target.binary_key("mul"), rows * ct)
+    else:
+        has_beta = len(op.operands) > 2
+        for _ in range(2):
+            _row_sum(plan, rows, ct, fidelity)
+        plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
+        plan.tile(target.sfpu_key("add_scalar"), rows)
+        plan.tile(target.sfpu_key("rsqrt"), rows)
+        plan.tile(target.binary_key("sub"), 2 * rows * ct)
+        plan.tile(target.DATACOPY, rows * ct * (2 * int(pad_cols) + int(pad_rows)))
+        plan.tile(target.sfpu_key("square"), rows * ct)
+        plan.tile(target.binary_key("mul"), 2 * rows * ct)
+        plan.tile(target.binary_key("add"), rows * ct * int(has_beta))
+
+    unit = plan.unit
+    first = (unit[:, 0] * b["batches"] * shape.rt + unit[:, 1] * b["rows"]) * ct
+    loop = (np.arange(b["batches"])[:, None] * shape.rt * ct + np.arange(b["rows"])[None, :] * ct).ravel()
+
+    def row_pages() -> np.ndarray:
+        return (first[:, None, None] + loop[None, :, None] + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
+
+    plan.static(Buffer.of(tensor(op.operands[0]), device), rows * ct, page_lists=row_pages)
+    for param in op.operands[1:]:
+        plan.static(Buffer.of(tensor(param), device), rows * ct,
+                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, rows)))
+    plan.static(Buffer.of(tensor(op.result), device), rows * ct, write=True, page_lists=row_pages)
+    return plan.counts()
 
 
 def lower_row_op(op: Operation) -> Program:
@@ -50,9 +181,9 @@ def lower_row_op(op: Operation) -> Program:
     def first_row(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
 
-    compute = softmax_compute if op.name == "ttir.softmax" else layer_norm_compute
+    compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
-    kind = "softmax" if op.name == "ttir.softmax" else "layer_norm"
+    kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
                    (schedule.args(first_tile), schedule.args(first_row), schedule.args(first_tile)),
                    list(op.operands))
@@ -241,3 +372,57 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
                 k.op("cb_pop_front", cb=cb, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
     return k.region()
+
+
+class SoftmaxOp(DeviceOp):
+    """Softmax along the last axis."""
+
+    kind = "softmax"
+    op_names = frozenset({ttir.SOFTMAX.name})
+
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return row_candidates(op, HALF_DST)
+
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        out = tile_shape(tensor(op.result).shape)
+        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
+
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        return row_op_cbs(op, blocking)
+
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Weights | None = None) -> Counts:
+        return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
+
+    def lower(self, op: Operation, module: Module) -> Program:
+        return lower_row_op(op)
+
+
+class LayerNormOp(DeviceOp):
+    """Layer normalization along the last axis (a block is held twice in Dst: blocks of up to 4 tiles)."""
+
+    kind = "layer_norm"
+    op_names = frozenset({ttir.LAYER_NORM.name})
+
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return row_candidates(op, LN_BLOCK_W)
+
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        out = tile_shape(tensor(op.result).shape)
+        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
+
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        return row_op_cbs(op, blocking)
+
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Weights | None = None) -> Counts:
+        return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
+
+    def lower(self, op: Operation, module: Module) -> Program:
+        return lower_row_op(op)
+
+
+SOFTMAX = register(SoftmaxOp())
+LAYER_NORM = register(LayerNormOp())

@@ -1,0 +1,75 @@
+"""`DeviceOp`: what the compiler needs to know about one kind of device program, in one place.
+
+A device-op kind (matmul, eltwise, softmax, ...) is one module of this package defining a `DeviceOp`
+subclass and registering an instance (`registry.register`). The grid pass enumerates its `candidates`
+and ranks them by the cost of its `counts`; the layout, grid and allocate passes size L1 with its
+`circular_buffers`; lower-to-kernels calls its `lower`. Because the four come from one object they cannot
+disagree: the CB plan the grid pass measured is the one the kernels are built with, and the counts walk
+the kernels' own loops (tests/e2e/test_cost_model.py checks them against both emulators).
+
+A blocking is a dict of ints whose keys the kind chooses (e.g. matmul: batches, per_core_m, per_core_n,
+in0_block_w, out_subblock_h, out_subblock_w); `units(op, blocking)` says how many work units, outermost
+first, the op splits into under it: one core per unit.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ttc.ir.core import Module, Operation, Value
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.target import Counts
+
+if TYPE_CHECKING:
+    from ttc.passes.ops.program import Program
+
+# The attributes the grid pass records on a device op (and lowering reads back).
+GRID = "tt.grid"
+BLOCKING = "tt.blocking"
+COST = "tt.cost"
+FIDELITY = "tt.math_fidelity"
+SHARDING = "tt.sharding"
+
+
+class DeviceOp(abc.ABC):
+    """One kind of device program. Subclasses set `kind` (the program kind the artifact records) and
+    `op_names` (the ttir ops it runs; `matches` narrows them when one op name has several kinds)."""
+
+    kind: str = ""
+    op_names: frozenset[str] = frozenset()
+
+    def matches(self, op: Operation) -> bool:
+        """Whether this kind runs `op` (an op named in `op_names`)."""
+        return True
+
+    def operands(self, op: Operation) -> list[Value]:
+        """The device values the program reads (a gather reads the input(s) of its whole chain)."""
+        return list(op.operands)
+
+    @abc.abstractmethod
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        """Every blocking the kernels support, in the order the grid pass breaks cost ties by."""
+
+    @abc.abstractmethod
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        """How the op's work splits over cores under `blocking`, outermost first."""
+
+    @abc.abstractmethod
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        """The CB configs (no addresses) of the program under `blocking`."""
+
+    @abc.abstractmethod
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Mapping[str, np.ndarray] | None = None) -> Counts:
+        """What the program does on `grid` under `blocking`, counted exactly (the result in `result_layout`
+        if given; `weights` for constant tables whose entries decide what is read)."""
+
+    @abc.abstractmethod
+    def lower(self, op: Operation, module: Module) -> Program:
+        """The program: reader, compute and writer kernels, CBs, runtime arguments, extra buffers."""

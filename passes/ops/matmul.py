@@ -1,0 +1,502 @@
+"""The matmul device op (`ttir.matmul`, `ttir.linear`; convolutions reach it as im2col matmuls): its
+shape in tiles, candidate blockings, CB plan, counts and kernels,, after tt-metal's MatmulMultiCoreReuse program.
+
+Each core computes a per_core_m x per_core_n block of output tiles for `batches` consecutive batches.
+K is walked in steps of in0_block_w tiles; the block is computed in out_subblock_h x out_subblock_w
+subblocks (<= 8 Dst tiles). Between K steps a subblock's partial sums go to an intermediate CB and come
+back with copy_tiles (bf16 both ways, so this continues one accumulation chain exactly). A long K is
+accumulated in chunks (`accumulation_tiles`, a whole number of K steps): each chunk is a fresh
+chain in Dst, and its sum is added in bf16 to the running total of the chunks before it, so no chain of
+16-bit Dst roundings runs the whole of K. The chunks depend only on K, so the result does not depend on
+the grid or the blocking. Compute ops address their CB windows with static offsets, so
+the reader pushes operand chunks in the order the compute kernel uses them: per K step and subblock
+row, the in0 rows (h x in0_block_w), and per subblock the in1 columns (in0_block_w x w) — in1 is read
+once per subblock row (once in all when the subblock spans per_core_m).
+
+Epilogue (last K step): bias = the packed result + the bias row (binary add, bcast row), activation
+on the SFPU, padding re-masked where the bias or the activation made it non-zero.
+
+N may split raggedly over the cores (a vocabulary of 50257 columns is 1571 tiles, a prime): every core
+runs the same loops over per_core_n tiles, and the last one reads and writes only the tiles before the
+edge (`valid_cols` of the NoC ops, from its runtime arguments); its tiles past the edge compute on zeros
+and are dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ttc.ir import target
+from ttc.ir.core import Module, Operation
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.target import Counts
+from ttc.passes.ops.counting import (
+    Buffer,
+    Plan,
+    Weights,
+    format_name,
+)
+from ttc.passes.ops.eltwise_body import keeps_zero
+from ttc.passes.ops.geometry import (
+    CB_BIAS,
+    CB_BIASED,
+    CB_CHUNK,
+    CB_IN0,
+    CB_IN1,
+    CB_OUT,
+    CB_PARTIALS,
+    CB_TOTAL,
+    HALF_DST,
+    TILE,
+    affine_step,
+    batch_groups,
+    batch_offsets,
+    cb,
+    divisors,
+    double,
+    node_names,
+    tensor,
+    tile_shape,
+)
+from ttc.passes.ops.interface import DeviceOp
+from ttc.passes.ops.kernel import Index, KernelBuilder
+from ttc.passes.ops.program import (
+    Program,
+    Schedule,
+    cbs_of,
+    schedule_of,
+)
+from ttc.passes.ops.registry import register
+
+MATMUL_OPS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name})
+
+
+@dataclass(frozen=True)
+class MatmulShape:
+    """[batch..., M, K] @ [batch..., K, N] in tiles, with per-batch tile offsets of a, b and out."""
+
+    mt: int
+    kt: int
+    nt: int
+    batches: int
+    a_offsets: np.ndarray = field(compare=False)
+    b_offsets: np.ndarray = field(compare=False)
+    rows: int  # logical M and N, for masking
+    cols: int
+
+
+def matmul_shape(op: Operation) -> MatmulShape:
+    a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
+    if op.attributes.get("transpose_b") or op.attributes.get("transpose_a"):
+        raise UserError(f"node {node_names(op)}: '{op.name}' with a transposed operand reached the backend "
+                        "(tilize materialises transposes)")
+    if b.rank < 2 or (a.rank == 1 and b.rank > 2):
+        raise UserError(f"node {node_names(op)}: matmul of {list(a.shape)} by {list(b.shape)} is not supported "
+                        "on the device (the second operand must be a matrix or a batch of matrices)")
+    return _matmul_geometry(a.shape, b.shape, out.shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]) -> MatmulShape:
+    ta, tb, to = tile_shape(a), tile_shape(b), tile_shape(out)
+    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, batch_offsets(a, out), batch_offsets(b, out),
+                       to.rows, to.cols)
+
+
+def matmul_masks(op: Operation) -> tuple[bool, bool]:
+    """(rows, cols): which padding of a matmul's result its epilogue makes non-zero and must re-mask.
+    The product of zero-padded operands has zero padding; a bias row fills the padding rows, an
+    activation with f(0) != 0 (sigmoid) all of it."""
+    shape = matmul_shape(op)
+    activation = op.attributes.get("activation", "none")
+    moves_zero = activation != "none" and not keeps_zero(activation, 0.0)
+    rows = shape.rows % TILE != 0 and (len(op.operands) > 2 or moves_zero)
+    return rows, shape.cols % TILE != 0 and moves_zero
+
+
+def sub_blocks(blocking: dict[str, int]) -> tuple[int, int]:
+    """(SH, SW): out subblocks per core along M and N."""
+    return (blocking["per_core_m"] // blocking["out_subblock_h"],
+            blocking["per_core_n"] // blocking["out_subblock_w"])
+
+
+SHORT_K_TILES = 8  # K up to 256: one accumulation chain of at most 16 bf16 roundings is fine
+
+
+MIN_CHUNK_TILES = 4  # chunks of at least 128 elements: each chunk's sum costs a tile add
+
+
+def accumulation_tiles(kt: int) -> int:
+    """K tiles accumulated in one chain of the 16-bit Dst (a chunk) before the chunk's sum is added, in
+    bf16, to the running sum of the chunks before it.
+
+    Dst rounds to bf16 every 16 products (one MVMUL), so a single chain over K = 3072 rounds a growing
+    sum 192 times; in chunks of about 4 * sqrt(K) elements both chains (inside a chunk, and over the
+    chunks) stay short, the way long reductions are blocked on hardware without fp32 accumulation: the
+    relative error of a [128 x 3072] @ [3072 x 256] product falls from ~1.6e-2 to ~7e-3, and of a K = 768
+    one from ~8e-3 to ~5e-3 (chunks of at least 4 tiles, as each costs a tile add). The chunk depends
+    only on K, never on the grid or the blocking, so any blocking gives the same bits.
+    """
+    if kt <= SHORT_K_TILES:
+        return kt
+    target = max(MIN_CHUNK_TILES, 4 * math.sqrt(kt * TILE) / TILE)
+    return min((d for d in range(1, kt + 1) if kt % d == 0), key=lambda d: (abs(d - target), d))
+
+
+def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    shape = matmul_shape(op)
+    h, w, width = blocking["out_subblock_h"], blocking["out_subblock_w"], blocking["in0_block_w"]
+    sh, sw = sub_blocks(blocking)
+    k_blocks = shape.kt // width
+    in0_pushes = blocking["batches"] * k_blocks * sh
+    a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
+    cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes)),
+           cb(CB_IN1, b.element_type, double(width * w, in0_pushes * sw)),
+           cb(CB_OUT, out.element_type, double(h * w, blocking["batches"] * sh * sw))]
+    if len(op.operands) > 2:
+        cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
+        cbs.append(cb(CB_BIASED, out.element_type, h * w))
+    block_tiles = blocking["per_core_m"] * blocking["per_core_n"]
+    chunk = accumulation_tiles(shape.kt)
+    if chunk > width:  # partial sums between the K steps of a chunk
+        cbs.append(cb(CB_PARTIALS, out.element_type, block_tiles))
+    if chunk < shape.kt:  # the running total of the chunks, and one chunk's sum
+        cbs += [cb(CB_TOTAL, out.element_type, block_tiles), cb(CB_CHUNK, out.element_type, h * w)]
+    return sorted(cbs, key=lambda c: c.index)
+
+
+def subblock_choices(per_core_m: int, per_core_n: int) -> list[tuple[int, int]]:
+    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles),
+    then 1 x 1 as the smallest footprint."""
+    options = [(h, w) for h in divisors(per_core_m) for w in divisors(per_core_n) if h * w <= HALF_DST]
+    best = min(options, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
+    return [best] if best == (1, 1) else [best, (1, 1)]
+
+
+RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the e150 compute grid)
+
+
+MIN_N_CORES = 8  # exact N splits over fewer cores than this are poor for a wide output
+
+
+def n_splits(nt: int) -> list[int]:
+    """Output tile columns per core: the divisors of nt, and when none of them spreads N over 8 to 108
+    cores (a prime nt such as a vocabulary's 1571 tiles) also ceil(nt / cores) for 2..108 cores, the last
+    core taking the rest (a ragged split)."""
+    exact = divisors(nt)
+    if nt < MIN_N_CORES or any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
+        return exact
+    ragged = {-(-nt // cores) for cores in range(2, min(nt, RAGGED_SPLITS) + 1)}
+    return sorted(set(exact) | {n for n in ragged if nt % n})
+
+
+def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
+    """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
+    shape = matmul_shape(op)
+    for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
+        for pcm in divisors(shape.mt):
+            for pcn in n_splits(shape.nt):
+                for h, w in subblock_choices(pcm, pcn):
+                    for width in divisors(accumulation_tiles(shape.kt)):
+                        yield {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
+                               "out_subblock_h": h, "out_subblock_w": w}
+
+
+def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
+    return shape.batches // b["batches"], shape.mt // b["per_core_m"], -(-shape.nt // b["per_core_n"])
+
+
+def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
+                result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+    shape = matmul_shape(op)
+    a, w, out = op.operands[0], op.operands[1], op.result
+    out_type = tensor(out) if result_layout is None else tensor(out).with_encoding(result_layout)
+    batches, pcm, pcn, width = b["batches"], b["per_core_m"], b["per_core_n"], b["in0_block_w"]
+    h, ww = b["out_subblock_h"], b["out_subblock_w"]
+    sh, sw = pcm // h, pcn // ww
+    kt, nt = shape.kt, shape.nt
+    k_blocks = kt // width
+    chunks = kt // accumulation_tiles(kt)
+    has_bias = len(op.operands) > 2
+    activation = op.attributes.get("activation", "none")
+    plan = Plan(device, grid, matmul_units(shape, b))
+    out_tiles = batches * pcm * pcn
+    plan.tile(target.DATACOPY, out_tiles * (k_blocks + int(any(matmul_masks(op)))))  # fills, reloads, masks
+    plan.tile(target.matmul_key(fidelity, format_name(a), format_name(w)), out_tiles * kt)
+    plan.tile(target.binary_key("add"), out_tiles * (chunks - 1 + int(has_bias)))  # chunk sums, bias
+    if activation != "none":
+        plan.tile(target.sfpu_key(activation), out_tiles)
+
+    unit = plan.unit
+    batch0, m0, n0 = unit[:, 0] * batches, unit[:, 1] * pcm, unit[:, 2] * pcn
+    ragged = nt % pcn != 0
+    valid = np.minimum(pcn, nt - n0)  # per core: output columns before the ragged edge
+    edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * ww, 0, ww)  # [cores, sw]: valid columns per subblock
+
+    def a_pages() -> np.ndarray:  # every (batch, row, k) the core reads, once per K step and subblock row
+        rows = (shape.a_offsets[batch0[:, None] + np.arange(batches)[None, :]] // kt)[:, :, None] \
+            + m0[:, None, None] + np.arange(pcm)[None, None, :]
+        return (rows.reshape(plan.cores, -1, 1) * kt + np.arange(kt)[None, None, :]).reshape(plan.cores, -1)
+
+    abuf = Buffer.of(tensor(a), device)
+    plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
+
+    wbuf = Buffer.of(tensor(w), device)
+    b_reads = batches * k_blocks * sh  # instances of each subblock column's read
+    if ragged:
+        plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
+    else:
+        def b_pages() -> np.ndarray:
+            base = shape.b_offsets[batch0[:, None] + np.arange(batches)[None, :]] + n0[:, None]  # [cores, batches]
+            grid_pages = np.arange(kt)[:, None] * nt + np.arange(pcn)[None, :]
+            pages = base[:, :, None] + grid_pages.reshape(1, 1, -1)
+            return np.repeat(pages.reshape(plan.cores, -1), sh, axis=1)
+
+        plan.static(wbuf, batches * kt * pcn * sh, page_lists=b_pages)
+    if has_bias:
+        bias = op.operands[2]
+        bbuf = Buffer.of(tensor(bias), device)
+        if ragged:
+            plan.masked(bbuf, np.repeat(edge.sum(axis=0), batches * sh))
+        else:
+            plan.static(bbuf, batches * sh * pcn,
+                        page_lists=lambda: np.repeat(n0[:, None] + np.arange(pcn)[None, :], batches * sh, axis=1))
+
+    obuf = Buffer.of(out_type, device)
+    if ragged:
+        plan.masked(obuf, np.repeat(h * edge.sum(axis=0), batches * sh), write=True)
+    else:
+        def out_pages() -> np.ndarray:
+            rows = (batch0[:, None] + np.arange(batches)[None, :])[:, :, None] * shape.mt \
+                + m0[:, None, None] + np.arange(pcm)[None, None, :]
+            return (rows.reshape(plan.cores, -1, 1) * nt + n0[:, None, None]
+                    + np.arange(pcn)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(obuf, out_tiles, write=True, page_lists=out_pages)
+    return plan.counts()
+
+
+def lower_matmul(op: Operation) -> Program:
+    shape = matmul_shape(op)
+    schedule = schedule_of(op)
+    b = schedule.blocking
+    has_bias = len(op.operands) > 2
+    activation = op.attributes.get("activation", "none")
+    a_step = affine_step(shape.a_offsets, b["batches"])
+    b_step = affine_step(shape.b_offsets, b["batches"])
+    assert a_step is not None and b_step is not None
+
+    ragged = is_ragged(shape, b)
+
+    def valid_n(n: int) -> list[int]:
+        """The core's output tile columns before the ragged edge (only when there is one)."""
+        return [min(b["per_core_n"], shape.nt - n)] if ragged else []
+
+    def reader_args(unit: tuple[int, ...]) -> list[int]:
+        batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
+        return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *valid_n(n)]
+
+    def compute_args(unit: tuple[int, ...]) -> list[int]:
+        return [unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]]
+
+    def writer_args(unit: tuple[int, ...]) -> list[int]:
+        batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
+        return [(batch * shape.mt + m) * shape.nt + n, *valid_n(n)]
+
+    reader = matmul_reader(op, shape, schedule, a_step, b_step, has_bias)
+    compute = matmul_compute(op, shape, schedule, has_bias, activation)
+    writer = matmul_writer(op, shape, schedule)
+    return Program("matmul", schedule.grid, cbs_of(op, schedule), (reader, compute, writer),
+                   (schedule.args(reader_args), schedule.args(compute_args), schedule.args(writer_args)),
+                   list(op.operands))
+
+
+def is_ragged(shape: MatmulShape, blocking: dict[str, int]) -> bool:
+    """The last core along N has fewer output tile columns than per_core_n (N does not divide evenly):
+    its tiles past the edge are not read (zeros) and not written."""
+    return shape.nt % blocking["per_core_n"] != 0
+
+
+def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b_step: int, has_bias: bool):
+    b = s.blocking
+    ragged = is_ragged(shape, b)
+    h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
+    sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
+    k_blocks = shape.kt // width
+    k = KernelBuilder(op.loc)
+    a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
+    bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
+
+    def k_step(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+        with k.loop(sh) as row:
+            k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
+            a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
+            k.op("noc_read_tiles", a_gen, a_start, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
+            k.op("noc_read_barrier")
+            k.op("cb_push_back", cb=CB_IN0, pages=h * width)
+            with k.loop(sw) as col:
+                k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
+                b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
+                edge = [k.affine(k.arg(3), (col, -w))] if ragged else []  # valid columns of this subblock
+                k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
+                if with_bias:
+                    k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
+                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_IN1, pages=width * w)
+                if with_bias:
+                    k.op("cb_push_back", cb=CB_BIAS, pages=w)
+
+    with k.loop(b["batches"]) as batch:
+        a_base = k.affine(k.arg(0), (batch, a_step))
+        b_base = k.affine(k.arg(1), (batch, b_step))
+        plain = k_blocks - 1 if has_bias else k_blocks
+        if plain:
+            with k.loop(plain) as kb:
+                k_step(a_base, b_base, kb, False)
+        if has_bias:
+            k_step(a_base, b_base, k_blocks - 1, True)
+    return k.region()
+
+
+def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str):
+    b = s.blocking
+    h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
+    sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
+    k_blocks = shape.kt // width
+    mask_rows, mask_cols = matmul_masks(op)
+    chunk_blocks = accumulation_tiles(shape.kt) // width  # K blocks per accumulation chunk
+    chunks = k_blocks // chunk_blocks
+    k = KernelBuilder(op.loc)
+    tiles = h * w
+    matmul = {"cb_a": CB_IN0, "a_row_stride": width, "cb_b": CB_IN1, "b_row_stride": w, "inner": width,
+              "rows": h, "cols": w, "fidelity": s.fidelity}
+
+    def epilogue(row: Index, col: Index) -> None:
+        if has_bias:
+            k.pack_block(CB_BIASED, tiles)
+            k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
+            k.op("cb_wait_front", cb=CB_BIAS, pages=w)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_BIAS, b_row_stride=0,
+                 bcast="row", rows=h, cols=w)
+            k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
+            k.op("cb_pop_front", cb=CB_BIAS, pages=w)
+        if activation != "none":
+            k.op("sfpu_tiles", fn=activation, count=tiles)
+        if mask_rows or mask_cols:
+            row_tile = k.affine(k.arg(0), (row, h))
+            col_tile = k.affine(k.arg(1), (col, w))
+            k.op("mask_tiles", row_tile, col_tile, rows=h, cols=w,
+                 valid_rows=shape.rows if mask_rows else shape.mt * TILE,
+                 valid_cols=shape.cols if mask_cols else shape.nt * TILE)
+        k.pack_block(CB_OUT, tiles)
+
+    def k_step(fresh: bool, chunk_end: bool, first_chunk: bool, last: bool) -> None:
+        """One K block for every subblock: a fresh chain (a chunk's first block) or the chain continued from
+        the partials; at a chunk's end its sum becomes, or is added to, the running total."""
+        with k.loop(sh) as row:
+            k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
+            with k.loop(sw) as col:
+                k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
+                k.op("tile_regs_acquire")
+                if fresh:
+                    k.op("fill_tiles", count=tiles, value=0.0)
+                else:
+                    k.op("cb_wait_front", cb=CB_PARTIALS, pages=tiles)
+                    k.op("copy_tiles", cb=CB_PARTIALS, row_stride=w, rows=h, cols=w)
+                    k.op("cb_pop_front", cb=CB_PARTIALS, pages=tiles)
+                k.op("matmul_tiles", **matmul)
+                k.op("cb_pop_front", cb=CB_IN1, pages=width * w)
+                if chunk_end:
+                    finish_chunk(row, col, first_chunk, last)
+                else:
+                    k.pack_block(CB_PARTIALS, tiles)
+            k.op("cb_pop_front", cb=CB_IN0, pages=h * width)
+
+    def finish_chunk(row: Index, col: Index, first_chunk: bool, last: bool) -> None:
+        """Dst holds a chunk's sum: add the running total (in bf16) unless it is the first chunk; then the
+        epilogue after the last chunk, else the new total back to its CB."""
+        if not first_chunk:
+            k.pack_block(CB_CHUNK, tiles)
+            k.op("cb_wait_front", cb=CB_CHUNK, pages=tiles)
+            k.op("cb_wait_front", cb=CB_TOTAL, pages=tiles)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="add", cb_a=CB_TOTAL, a_row_stride=w, cb_b=CB_CHUNK, b_row_stride=w,
+                 rows=h, cols=w)
+            k.op("cb_pop_front", cb=CB_TOTAL, pages=tiles)
+            k.op("cb_pop_front", cb=CB_CHUNK, pages=tiles)
+        if last:
+            epilogue(row, col)
+        else:
+            k.pack_block(CB_TOTAL, tiles)
+
+    def chunk(first_chunk: bool, last_chunk: bool) -> None:
+        k_step(True, chunk_blocks == 1, first_chunk, last_chunk and chunk_blocks == 1)
+        if chunk_blocks > 2:
+            with k.loop(chunk_blocks - 2):
+                k_step(False, False, first_chunk, False)
+        if chunk_blocks > 1:
+            k_step(False, True, first_chunk, last_chunk)
+
+    with k.loop(b["batches"]):
+        chunk(True, chunks == 1)
+        if chunks > 2:
+            with k.loop(chunks - 2):
+                chunk(False, False)
+        if chunks > 1:
+            chunk(False, True)
+    return k.region()
+
+
+def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule):
+    b = s.blocking
+    h, w = b["out_subblock_h"], b["out_subblock_w"]
+    k = KernelBuilder(op.loc)
+    gen = k.addrgen(len(op.operands), tensor(op.result))
+    ragged = is_ragged(shape, b)
+    with k.loop(b["batches"]) as batch:
+        base = k.affine(k.arg(0), (batch, shape.mt * shape.nt))
+        with k.loop(b["per_core_m"] // h) as row, k.loop(b["per_core_n"] // w) as col:
+            start = k.affine(base, (row, h * shape.nt), (col, w))
+            edge = [k.affine(k.arg(1), (col, -w))] if ragged else []
+            k.op("cb_wait_front", cb=CB_OUT, pages=h * w)
+            k.op("noc_write_tiles", gen, start, *edge, cb=CB_OUT, rows=h, cols=w, row_stride=shape.nt)
+            k.op("noc_write_barrier")
+            k.op("cb_pop_front", cb=CB_OUT, pages=h * w)
+    return k.region()
+
+
+class MatmulOp(DeviceOp):
+    """[batch..., M, K] @ [batch..., K, N] (+ bias row, activation)."""
+
+    kind = "matmul"
+    op_names = MATMUL_OPS
+
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return matmul_candidates(op)
+
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        return matmul_units(matmul_shape(op), blocking)
+
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        return matmul_cbs(op, blocking)
+
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Weights | None = None) -> Counts:
+        return plan_matmul(op, device, blocking, fidelity, grid, result_layout, weights)
+
+    def lower(self, op: Operation, module: Module) -> Program:
+        return lower_matmul(op)
+
+
+MATMUL = register(MatmulOp())
