@@ -535,10 +535,13 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             encoding.fits_l1.add(l1.signature)
     for address, size in encoding.regions:
         l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
+    if races is not None:  # the race check hashes what cores write: every poisoned block filled first
+        dram.data, l1.data  # noqa: B018
     fault, counts, dirty, found = native.run_program(
-        encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
+        encoding.program, buffer_addresses, dram._data, l1._data, dram._buffer_table(), l1._buffer_table(),
         _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
-        step_budget, threads, races is not None)
+        dram._marks if dram._marked else None, l1._marks if l1._marked else None, step_budget, threads,
+        races is not None)
     if races is not None:
         races.extend(found)
     for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
