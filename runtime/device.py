@@ -165,8 +165,8 @@ class Memory:
             return
         lo, hi = start // POISON_BLOCK, -(-end // POISON_BLOCK)
         marks = self._marks[:, lo:hi]
-        banks, blocks = np.nonzero(marks)
-        if len(banks):
+        if marks.any():
+            banks, blocks = np.nonzero(marks)
             self._data.reshape(self.banks, -1, POISON_BLOCK)[banks, blocks + lo] = POISON
             marks[banks, blocks] = 0
         if lo == 0 and hi >= self._marks.shape[1]:

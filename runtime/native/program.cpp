@@ -305,6 +305,8 @@ class Core {
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
   std::vector<AddrGen> agens;
+  int slot_memory = -1;  // locate's last buffer table lookup: memory, base and slot
+  int64_t slot_base = 0, slot_found = -1;
   CBState cb[NUM_CBS];
   KernelState k[KERNELS];
   int dst_state = RELEASED, dst_half = 1;
@@ -899,8 +901,13 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
   }
   int64_t b = floormod(page, m.banks);
   int64_t offset = wrap_add(g.base, wrap_mul(floordiv(page, m.banks), g.page_size));
-  auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
-  int64_t slot = static_cast<int64_t>(it - m.starts.begin()) - 1;
+  if (g.memory != slot_memory || g.base != slot_base) {  // the buffer table's slot of the base, kept for the next page
+    auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
+    slot_memory = g.memory;
+    slot_base = g.base;
+    slot_found = static_cast<int64_t>(it - m.starts.begin()) - 1;
+  }
+  int64_t slot = slot_found;
   bool found = slot >= 0 && g.base < m.ends[slot];
   int64_t limit = offset;
   if (!m.starts.empty()) {
@@ -1383,6 +1390,7 @@ class Pool {
 
  private:
   static constexpr double kSpinUs = 300;
+  static constexpr double kYieldUs = 20;
 
   // Polls done() for up to kSpinUs; whether it became true.
   template <typename Done>
@@ -1393,9 +1401,13 @@ class Pool {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
-      if (i % 64 == 63 &&
-          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() > kSpinUs)
-        return done();
+      if (i % 64 == 63) {
+        double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+        if (waited > kSpinUs) return done();
+        // past the first microseconds, give the core to any other runnable thread (a loaded machine: the
+        // thread we wait for, or another process, may be waiting for this core)
+        if (waited > kYieldUs) std::this_thread::yield();
+      }
     }
   }
 
@@ -1583,17 +1595,22 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
           it->second.second = std::max(it->second.second, range.second);
         }
       }
-    for (int m = 0; m < 2; ++m) {
+    for (int m = 0; m < 2; ++m) {  // None: no watched range was written
       const std::vector<int64_t>& w = R.mem[m].watch;
-      py::array_t<bool> hit(static_cast<py::ssize_t>(w.size() / 2));
-      bool* h = hit.mutable_data();
-      for (size_t i = 0; i < w.size() / 2; ++i) h[i] = false;
+      std::vector<uint8_t> h(w.size() / 2, 0);
+      bool any = false;
       for (const auto& [key, range] : writes) {
         if (std::get<0>(key) != m) continue;
         for (size_t i = 0; i < w.size() / 2; ++i)
-          if (range.first < w[2 * i + 1] && w[2 * i] < range.second) h[i] = true;
+          if (range.first < w[2 * i + 1] && w[2 * i] < range.second) h[i] = 1, any = true;
       }
-      dirty[m] = hit;
+      if (any) {
+        py::array_t<bool> hit(static_cast<py::ssize_t>(h.size()));
+        std::copy(h.begin(), h.end(), hit.mutable_data());
+        dirty[m] = hit;
+      } else {
+        dirty[m] = py::none();
+      }
     }
   }
 
