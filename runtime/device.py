@@ -166,9 +166,8 @@ class Memory:
         lo, hi = start // POISON_BLOCK, -(-end // POISON_BLOCK)
         marks = self._marks[:, lo:hi]
         if marks.any():
-            banks, blocks = np.nonzero(marks)
-            self._data.reshape(self.banks, -1, POISON_BLOCK)[banks, blocks + lo] = POISON
-            marks[banks, blocks] = 0
+            self._data.reshape(self.banks, -1, POISON_BLOCK)[:, lo:hi][marks.view(bool)] = POISON
+            marks[...] = 0
         if lo == 0 and hi >= self._marks.shape[1]:
             self._marked = False
 
@@ -401,6 +400,11 @@ class Memory:
 
     def write_buffer(self, alloc: Allocation, pages: np.ndarray) -> None:
         """Host write of all pages [num_pages, page_size] of a buffer."""
+        if self._marked and alloc.shard is None:  # the whole rows of pages are written in every bank:
+            whole_end = alloc.address + alloc.num_pages // self.banks * alloc.page_size  # no fill needed there
+            first, last = -(-alloc.address // POISON_BLOCK), whole_end // POISON_BLOCK
+            if first < last:
+                self._marks[:, first:last] = 0
         region = self._interleaved_region(alloc)
         if region is None:
             bank, offset = self.buffer_pages(alloc)
