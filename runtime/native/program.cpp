@@ -190,22 +190,24 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
   }
 }
 
-// Bytes [offset, offset + size) of bank b are about to be read (or, `whole_writes`, written): the marked
-// blocks they meet are filled, except blocks a write covers whole, whose marks are just cleared.
-void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool whole_writes) {
+// Bytes [offset, offset + size) of bank b are about to be read (or, `write`, written): the marked blocks
+// they meet are filled, except blocks a write covers whole, whose marks are just cleared (no other core
+// touches their bytes in a program without races, so a plain store does).
+void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
-  int64_t first = offset / POISON_BLOCK, last = (offset + size - 1) / POISON_BLOCK;
-  const uint8_t* marks = m.marks + b * m.blocks;
+  const int64_t first = offset / POISON_BLOCK, last = (offset + size - 1) / POISON_BLOCK;
+  uint8_t* marks = m.marks + b * m.blocks;
+  int64_t lo = last + 1, hi = last + 1;  // the blocks a write covers whole: [lo, hi)
+  if (write) {
+    lo = (offset + POISON_BLOCK - 1) / POISON_BLOCK;
+    hi = std::max(lo, (offset + size) / POISON_BLOCK);
+  }
   for (int64_t block = first; block <= last; ++block) {
     if (!__atomic_load_n(marks + block, __ATOMIC_RELAXED)) continue;
-    if (whole_writes && block * POISON_BLOCK >= offset && (block + 1) * POISON_BLOCK <= offset + size) {
-      uint8_t* mark = m.marks + b * m.blocks + block;
-      uint8_t one = 1;
-      if (!__atomic_compare_exchange_n(mark, &one, uint8_t{0}, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-        fill_block(m, b, block);  // another thread is filling it: wait for that
-    } else {
+    if (block >= lo && block < hi)
+      __atomic_store_n(marks + block, uint8_t{0}, __ATOMIC_RELAXED);
+    else
       fill_block(m, b, block);
-    }
   }
 }
 
@@ -1190,12 +1192,14 @@ void Core::op_tilize(const Instr& in) {
   int64_t width = c.page_size / element, first = f[3] * TILE;
   if (first < 0) internal("tilize_tiles at a negative column", index);
   int64_t count = std::max<int64_t>(0, std::min(cols * TILE, width - first));
-  std::vector<float>& row = tiles_a;
-  row.assign(cols * TILE, 0.0f);  // zero past the row
-  for (int64_t i = 0; i < TILE; ++i) {
-    unpack_row_values(slot_ptr(index, front_slot(index, i)) + first * element, static_cast<int>(count),
-                      static_cast<Format>(c.format), row.data());
-    for (int64_t col = 0; col < cols; ++col) std::memcpy(dst_tile(base + col) + i * TILE, row.data() + col * TILE, TILE * 4);
+  for (int64_t i = 0; i < TILE; ++i) {  // each tile's row i straight from the page (zero past the row)
+    const uint8_t* row = slot_ptr(index, front_slot(index, i)) + first * element;
+    for (int64_t col = 0; col < cols; ++col) {
+      float* out = dst_tile(base + col) + i * TILE;
+      int64_t n = std::max<int64_t>(0, std::min<int64_t>(TILE, count - col * TILE));
+      if (n) unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      if (n < TILE) std::fill(out + n, out + TILE, 0.0f);
+    }
   }
   counters.charge(f[9]);
 }
@@ -1216,12 +1220,11 @@ void Core::op_pack_rows(const Instr& in) {
   if (!bf16 && c.format != static_cast<int>(Format::F32)) fail(UNTILIZE_FORMAT, index, {c.format});
   if (first < 0) internal("pack_rows at a negative column", index);
   int64_t count = std::min(cols * TILE, width - first);
-  std::vector<float>& values = tiles_a;
-  values.resize(std::max<int64_t>(count, 0));
-  for (int64_t i = 0; i < TILE; ++i) {
-    for (int64_t e = 0; e < count; ++e) values[e] = dst_tile(base + e / TILE)[i * TILE + e % TILE];
-    pack_row_values(values.data(), static_cast<int>(count), static_cast<Format>(c.format),
-                    slot_ptr(index, back_slot(index, i)) + first * element);
+  for (int64_t i = 0; i < TILE; ++i) {  // row i of each tile straight into the page
+    uint8_t* row = slot_ptr(index, back_slot(index, i)) + first * element;
+    for (int64_t col = 0; col * TILE < count; ++col)
+      pack_row_values(dst_tile(base + col) + i * TILE, static_cast<int>(std::min<int64_t>(TILE, count - col * TILE)),
+                      static_cast<Format>(c.format), row + col * TILE * element);
   }
 }
 
