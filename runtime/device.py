@@ -166,7 +166,9 @@ class Memory:
         lo, hi = start // POISON_BLOCK, -(-end // POISON_BLOCK)
         marks = self._marks[:, lo:hi]
         if marks.any():
-            self._data.reshape(self.banks, -1, POISON_BLOCK)[:, lo:hi][marks.view(bool)] = POISON
+            blocks = np.lib.stride_tricks.as_strided(  # [banks, blocks, POISON_BLOCK], any capacity
+                self._data, (self.banks, self._marks.shape[1], POISON_BLOCK), (self._data.strides[0], POISON_BLOCK, 1))
+            blocks[:, lo:hi][marks.view(bool)] = POISON
             marks[...] = 0
         if lo == 0 and hi >= self._marks.shape[1]:
             self._marked = False

@@ -195,7 +195,8 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
 // touches their bytes in a program without races, so a plain store does).
 void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
-  const int64_t first = offset / POISON_BLOCK, last = (offset + size - 1) / POISON_BLOCK;
+  // blocks past the last whole one of a bank (a bank size off the block grid) are never marked
+  const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
   uint8_t* marks = m.marks + b * m.blocks;
   int64_t lo = last + 1, hi = last + 1;  // the blocks a write covers whole: [lo, hi)
   if (write) {

@@ -91,3 +91,12 @@ def test_a_whole_model_leaves_the_same_memory_on_both_emulators() -> None:
         memories[emulator] = (executor.device.dram.data.copy(), executor.device.l1.data.copy())
     assert np.array_equal(memories["reference"][0], memories["native"][0])
     assert np.array_equal(memories["reference"][1], memories["native"][1])
+
+
+def test_a_bank_size_off_the_block_grid() -> None:
+    memory = Memory("L1", 4, 0x2A580 + 4096, 32)  # the bytes past the last whole block are never marked
+    alloc = memory.allocate(0x2A580 - 1024, 2048, 2, "buffer")
+    memory.poison(alloc)
+    assert memory._marks.any()
+    assert (memory.data[:, alloc.address:alloc.end] == POISON).all()
+    assert not memory.data[:, :alloc.address].any() and not memory.data[:, alloc.end:].any()
