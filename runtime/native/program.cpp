@@ -198,6 +198,13 @@ void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool wri
   // blocks past the last whole one of a bank (a bank size off the block grid) are never marked
   const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
   uint8_t* marks = m.marks + b * m.blocks;
+  {  // most ranges hold no mark: look 8 marks at a time first
+    int64_t block = first;
+    uint64_t any = 0;
+    for (; block + 8 <= last + 1 && !any; block += 8) std::memcpy(&any, marks + block, 8);
+    for (; block <= last && !any; ++block) any = marks[block];
+    if (!any) return;
+  }
   int64_t lo = last + 1, hi = last + 1;  // the blocks a write covers whole: [lo, hi)
   if (write) {
     lo = (offset + POISON_BLOCK - 1) / POISON_BLOCK;
