@@ -35,6 +35,7 @@ from ttc.ir.dialects.tt import DeviceAttr
 
 _DRAM_GROWTH = 1 << 20  # grow DRAM banks in MiB steps (at least doubling)
 POISON = 0xFF  # the byte a fresh buffer holds until something writes it (NaN in bf16, float32 and bfp)
+POISON_BLOCK = 256  # poisoning marks blocks of this many bytes (per bank) and fills them when first touched
 
 
 class Fault(Exception):
@@ -127,7 +128,13 @@ class Memory:
         self.alignment = alignment
         self.floor = floor  # lowest allocatable address (firmware below it in L1)
         self.grow = grow
-        self.data = zeroed_banks(banks, 0 if grow else bank_size)
+        self._data = zeroed_banks(banks, 0 if grow else bank_size)
+        # Lazy poison: 1 marks a block of POISON_BLOCK bytes of a bank that holds POISON bytes not yet written
+        # (`poison`). Whoever touches the bytes fills the block first (`data`, `_materialize`; the native core
+        # per page, or skips the fill when a write covers the whole block), so every observer sees the bytes an
+        # eager fill would have left.
+        self._marks = np.zeros((banks, self._data.shape[1] // POISON_BLOCK), dtype=np.uint8)
+        self._marked = False  # some mark may be set
         self.allocations: dict[int, Allocation] = {}
         self._starts: list[int] = []  # sorted addresses of all allocations (CBs too), for overlap checks
         self._table: tuple[np.ndarray, ...] = ()
@@ -144,6 +151,27 @@ class Memory:
         self._watch_low = self._watch_high = 0  # the watched ranges lie inside [low, high)
         self._watch_keys: list[str] = []
         self.dirty: set[str] = set()
+
+    @property
+    def data(self) -> np.ndarray:
+        """The bytes [banks, capacity], every poisoned block filled (see `poison`)."""
+        if self._marked:
+            self._materialize(0, self._data.shape[1])
+        return self._data
+
+    def _materialize(self, start: int, end: int) -> None:
+        """Fill the marked blocks that meet bytes [start, end) of any bank with POISON and clear their marks."""
+        if not self._marked:
+            return
+        lo, hi = start // POISON_BLOCK, -(-end // POISON_BLOCK)
+        marks = self._marks[:, lo:hi]
+        if marks.any():
+            blocks = np.lib.stride_tricks.as_strided(  # [banks, blocks, POISON_BLOCK], any capacity
+                self._data, (self.banks, self._marks.shape[1], POISON_BLOCK), (self._data.strides[0], POISON_BLOCK, 1))
+            blocks[:, lo:hi][marks.view(bool)] = POISON
+            marks[...] = 0
+        if lo == 0 and hi >= self._marks.shape[1]:
+            self._marked = False
 
     # -- allocation table ---------------------------------------------------------------------
 
@@ -230,9 +258,21 @@ class Memory:
 
     def poison(self, alloc: Allocation) -> None:
         """Fill a new buffer with POISON bytes, so a kernel that reads a page nobody wrote gets NaNs (bf16
-        0xFFFF) and fails the golden check instead of silently reading a previous run's values or zeros."""
+        0xFFFF) and fails the golden check instead of silently reading a previous run's values or zeros.
+
+        The whole blocks inside the buffer are only marked (most of a buffer is written by a program before
+        anything reads it, and a whole-block write then needs no fill); the partial blocks at its ends are
+        filled now."""
         self.touch(alloc.address, alloc.end)
-        self.data[:, alloc.address:alloc.end] = POISON
+        start, end = alloc.address, alloc.end
+        first, last = -(-start // POISON_BLOCK), end // POISON_BLOCK  # the whole blocks [first, last)
+        if first >= last:
+            self._data[:, start:end] = POISON
+            return
+        self._data[:, start:first * POISON_BLOCK] = POISON
+        self._data[:, last * POISON_BLOCK:end] = POISON
+        self._marks[:, first:last] = 1
+        self._marked = True
 
     def free(self, address: int) -> None:
         alloc = self.allocations.pop(address, None)
@@ -276,13 +316,16 @@ class Memory:
         return len(self.allocations) == len(self._buffers)
 
     def _ensure_capacity(self, end: int) -> None:
-        if end <= self.data.shape[1]:
+        if end <= self._data.shape[1]:
             return
-        capacity = min(max(end, 2 * self.data.shape[1]), self.bank_size)
+        capacity = min(max(end, 2 * self._data.shape[1]), self.bank_size)
         capacity = min(-(-capacity // _DRAM_GROWTH) * _DRAM_GROWTH, self.bank_size)
         grown = zeroed_banks(self.banks, capacity)
-        grown[:, : self.data.shape[1]] = self.data
-        self.data = grown
+        grown[:, : self._data.shape[1]] = self._data
+        self._data = grown
+        marks = np.zeros((self.banks, capacity // POISON_BLOCK), dtype=np.uint8)
+        marks[:, : self._marks.shape[1]] = self._marks
+        self._marks = marks
 
     # -- page addressing ----------------------------------------------------------------------
 
@@ -359,6 +402,11 @@ class Memory:
 
     def write_buffer(self, alloc: Allocation, pages: np.ndarray) -> None:
         """Host write of all pages [num_pages, page_size] of a buffer."""
+        if self._marked and alloc.shard is None:  # the whole rows of pages are written in every bank:
+            whole_end = alloc.address + alloc.num_pages // self.banks * alloc.page_size  # no fill needed there
+            first, last = -(-alloc.address // POISON_BLOCK), whole_end // POISON_BLOCK
+            if first < last:
+                self._marks[:, first:last] = 0
         region = self._interleaved_region(alloc)
         if region is None:
             bank, offset = self.buffer_pages(alloc)
@@ -385,7 +433,8 @@ class Memory:
         if alloc.shard is not None or alloc.is_cb or self.allocations.get(alloc.address) is not alloc:
             return None
         rows = -(-alloc.num_pages // self.banks)
-        region = self.data[:, alloc.address: alloc.address + rows * alloc.page_size]
+        self._materialize(alloc.address, alloc.address + rows * alloc.page_size)
+        region = self._data[:, alloc.address: alloc.address + rows * alloc.page_size]
         return region.reshape(self.banks, rows, alloc.page_size)
 
     # -- bytes ----------------------------------------------------------------------------------

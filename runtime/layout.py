@@ -84,12 +84,17 @@ def _host_values(array: np.ndarray, fmt: DataFormat) -> np.ndarray:
 
 
 TileCodec = Callable[[np.ndarray, DataFormat], np.ndarray]  # pack_tiles or unpack_tiles, or a faster equal
+# tilize then pack_tiles of float32 matrices [batch, rows, cols] in one step (a faster equal of the definition)
+MatrixPacker = Callable[[np.ndarray, DataFormat], np.ndarray]
+# unpack_tiles then untilize: (pages, format, batch, rows, cols) -> float32 [batch, rows, cols]
+MatrixUnpacker = Callable[[np.ndarray, DataFormat, int, int, int], np.ndarray]
 
 
 def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
-                    tensor_layout: str = "tile", pack: TileCodec = pack_tiles) -> np.ndarray:
+                    tensor_layout: str = "tile", pack: TileCodec = pack_tiles,
+                    pack_matrix: MatrixPacker | None = None) -> np.ndarray:
     """A host tensor -> uint8 [num_pages, page_size], the bytes of its device buffer (tiles packed by `pack`,
-    the definition in formats.py unless a bit-identical one is given)."""
+    the definition in formats.py unless a bit-identical one is given; or tilized and packed by `pack_matrix`)."""
     _check_layout(tensor_layout)
     fmt = data_format(element_type)
     shape = np.shape(array)
@@ -103,6 +108,8 @@ def tensor_to_pages(array: np.ndarray, element_type: ScalarType | str,
         raw = np.ascontiguousarray(raw.astype(_ROW_MAJOR_DTYPES[fmt]))
         return raw.view(np.uint8).reshape(num_pages(shape, tensor_layout), size)
     batch, rows, cols = _matrix_shape(shape)
+    if pack_matrix is not None and values.size:
+        return pack_matrix(values.reshape(-1, rows, cols), fmt).reshape(-1, size)
     tiles = tilize(values.reshape(*batch, rows, cols), pad_value=0)
     return pack(tiles.reshape(-1, TILE, TILE), fmt).reshape(-1, size)
 
@@ -133,7 +140,8 @@ def _tensor_to_pages_chunked(array: np.ndarray, shape: tuple[int, ...], fmt: Dat
 
 
 def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: ScalarType | str,
-                    tensor_layout: str = "tile", unpack: TileCodec = unpack_tiles) -> np.ndarray:
+                    tensor_layout: str = "tile", unpack: TileCodec = unpack_tiles,
+                    unpack_matrix: MatrixUnpacker | None = None) -> np.ndarray:
     """uint8 pages of a device buffer -> the logical tensor (float32, or int32 for i32; tiles unpacked by
     `unpack`, as `pack` in tensor_to_pages)."""
     _check_layout(tensor_layout)
@@ -151,5 +159,7 @@ def pages_to_tensor(pages: np.ndarray, shape: tuple[int, ...], element_type: Sca
         out = raw.astype(np.int32 if fmt is DataFormat.INT32 else np.float32)
         return out.reshape(shape)
     batch, rows, cols = _matrix_shape(shape)
+    if unpack_matrix is not None and pages.size:
+        return unpack_matrix(pages, fmt, prod(batch), rows, cols).reshape(shape)
     tiles = unpack(pages, fmt).reshape(*batch, -(-rows // TILE), -(-cols // TILE), TILE, TILE)
     return untilize(tiles, shape=(rows, cols)).reshape(shape)

@@ -495,6 +495,23 @@ def unpack_tiles(data: np.ndarray, fmt: DataFormat) -> np.ndarray:
     return native.unpack_tiles(np.ascontiguousarray(data), FORMAT_CODES[fmt])
 
 
+def pack_matrix(values: np.ndarray, fmt: DataFormat) -> np.ndarray:
+    """formats.tilize (zero padding) then pack_tiles of float32 matrices [batch, rows, cols], natively for the
+    formats of `pack_tiles` (the same bytes: test_native_numerics.py)."""
+    if fmt not in _NATIVE_CODEC_FORMATS:
+        return formats.pack_tiles(formats.tilize(values, pad_value=0).reshape(-1, formats.TILE, formats.TILE), fmt)
+    return native.pack_matrix(np.ascontiguousarray(values, dtype=np.float32), FORMAT_CODES[fmt])
+
+
+def unpack_matrix(pages: np.ndarray, fmt: DataFormat, batch: int, rows: int, cols: int) -> np.ndarray:
+    """unpack_tiles then formats.untilize, cropped to [batch, rows, cols] (natively as `unpack_tiles`)."""
+    if fmt not in _NATIVE_CODEC_FORMATS:
+        tiles = formats.unpack_tiles(pages, fmt).reshape(batch, -(-rows // formats.TILE), -(-cols // formats.TILE),
+                                                         formats.TILE, formats.TILE)
+        return formats.untilize(tiles, shape=(rows, cols))
+    return native.unpack_matrix(np.ascontiguousarray(pages), FORMAT_CODES[fmt], batch, rows, cols)
+
+
 def _sharded(memory: Memory) -> list[tuple]:
     out = []
     for alloc in memory._sharded.values():
@@ -536,14 +553,17 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             encoding.fits_l1.add(l1.signature)
     for address, size in encoding.regions:
         l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
+    if races is not None:  # the race check hashes what cores write: every poisoned block filled first
+        dram.data, l1.data  # noqa: B018
     fault, counts, dirty, found = native.run_program(
-        encoding.program, buffer_addresses, dram.data, l1.data, dram._buffer_table(), l1._buffer_table(),
+        encoding.program, buffer_addresses, dram._data, l1._data, dram._buffer_table(), l1._buffer_table(),
         _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
-        step_budget, threads, races is not None)
+        dram._marks if dram._marked else None, l1._marks if l1._marked else None, step_budget, threads,
+        races is not None)
     if races is not None:
         races.extend(found)
     for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
-        if hits.any():
+        if hits is not None:  # the watched ranges a program's writes met
             memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
     if fault is not None:
         raise _device_fault(encoding, device, op, fault) from None

@@ -307,7 +307,10 @@ class CompiledModel:
         from ttc.progress import progress as progress_bar
         from ttc.runtime.executor import Executor
 
-        feeds = check_feeds(manifest_specs(self.manifest["inputs"]), feeds)
+        specs = self.__dict__.get("_input_specs")
+        if specs is None:
+            specs = self._input_specs = manifest_specs(self.manifest["inputs"])
+        feeds = check_feeds(specs, feeds)
 
         if self._executor is None:
             self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)

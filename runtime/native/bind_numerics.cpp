@@ -4,6 +4,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -55,6 +57,60 @@ py::array_t<uint8_t> pack_tiles(const FloatArray& tiles, int fmt) {
   {
     py::gil_scoped_release release;
     for (py::ssize_t t = 0; t < n; ++t) pack_tile(src + t * TILE_ELEMS, format, dst + t * bytes);
+  }
+  return out;
+}
+
+// formats.tilize (zero padding to whole tiles) then pack_tiles: float32 matrices [B, R, C] -> uint8
+// [B * ceil(R / 32) * ceil(C / 32), tile_bytes], tiles row-major within each matrix.
+py::array_t<uint8_t> pack_matrix(const FloatArray& values, int fmt) {
+  const Format format = format_arg(fmt);
+  if (values.ndim() != 3) throw py::value_error("values must be [batch, rows, cols]");
+  const py::ssize_t batch = values.shape(0), rows = values.shape(1), cols = values.shape(2);
+  const py::ssize_t rt = (rows + TILE - 1) / TILE, ct = (cols + TILE - 1) / TILE;
+  const int bytes = tile_bytes(format);
+  py::array_t<uint8_t> out({batch * rt * ct, static_cast<py::ssize_t>(bytes)});
+  const float* src = values.data();
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<float> tile(TILE_ELEMS);
+    for (py::ssize_t b = 0; b < batch; ++b)
+      for (py::ssize_t i = 0; i < rt; ++i)
+        for (py::ssize_t j = 0; j < ct; ++j) {
+          const py::ssize_t r0 = i * TILE, c0 = j * TILE;
+          const py::ssize_t nr = std::min<py::ssize_t>(TILE, rows - r0), nc = std::min<py::ssize_t>(TILE, cols - c0);
+          if (nr < TILE || nc < TILE) std::fill(tile.begin(), tile.end(), 0.0f);
+          for (py::ssize_t r = 0; r < nr; ++r)
+            std::memcpy(&tile[r * TILE], src + (b * rows + r0 + r) * cols + c0, nc * sizeof(float));
+          pack_tile(tile.data(), format, dst + ((b * rt + i) * ct + j) * bytes);
+        }
+  }
+  return out;
+}
+
+// unpack_tiles then formats.untilize cropped: uint8 pages [B * Rt * Ct, tile_bytes] -> float32 [B, R, C].
+py::array_t<float> unpack_matrix(const ByteArray& data, int fmt, py::ssize_t batch, py::ssize_t rows, py::ssize_t cols) {
+  const Format format = format_arg(fmt);
+  const int bytes = tile_bytes(format);
+  const py::ssize_t rt = (rows + TILE - 1) / TILE, ct = (cols + TILE - 1) / TILE;
+  if (data.ndim() != 2 || data.shape(1) != bytes || data.shape(0) != batch * rt * ct)
+    throw py::value_error("pages must be [batch * row tiles * column tiles, tile_bytes]");
+  py::array_t<float> out({batch, rows, cols});
+  const uint8_t* src = data.data();
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    std::vector<float> tile(TILE_ELEMS);
+    for (py::ssize_t b = 0; b < batch; ++b)
+      for (py::ssize_t i = 0; i < rt; ++i)
+        for (py::ssize_t j = 0; j < ct; ++j) {
+          unpack_tile(src + ((b * rt + i) * ct + j) * bytes, format, tile.data());
+          const py::ssize_t r0 = i * TILE, c0 = j * TILE;
+          const py::ssize_t nr = std::min<py::ssize_t>(TILE, rows - r0), nc = std::min<py::ssize_t>(TILE, cols - c0);
+          for (py::ssize_t r = 0; r < nr; ++r)
+            std::memcpy(dst + (b * rows + r0 + r) * cols + c0, &tile[r * TILE], nc * sizeof(float));
+        }
   }
   return out;
 }
@@ -255,6 +311,10 @@ void register_numerics(py::module_& m) {
         "Bytes of one packed tile of the format.");
   m.def("pack_tiles", &pack_tiles, py::arg("tiles"), py::arg("fmt"),
         "float32 tiles [..., 32, 32] -> uint8 [..., tile_bytes] in the device's face order (formats.pack_tiles).");
+  m.def("pack_matrix", &pack_matrix, py::arg("values"), py::arg("fmt"),
+        "float32 [batch, rows, cols] -> uint8 tile pages, zero-padded to whole tiles (formats.tilize + pack_tiles).");
+  m.def("unpack_matrix", &unpack_matrix, py::arg("data"), py::arg("fmt"), py::arg("batch"), py::arg("rows"),
+        py::arg("cols"), "uint8 tile pages -> float32 [batch, rows, cols] (unpack_tiles + formats.untilize, cropped).");
   m.def("unpack_tiles", &unpack_tiles, py::arg("data"), py::arg("fmt"),
         "uint8 [..., tile_bytes] -> float32 tiles [..., 32, 32] (i32: the float32 of each integer).");
   m.def("dst_round", &dst_round_array, py::arg("x"), py::arg("dst_format"),

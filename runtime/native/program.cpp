@@ -141,6 +141,10 @@ struct Memory {
   int id = 0;  // 0 DRAM, 1 L1
   uint8_t* data = nullptr;
   int64_t banks = 0, capacity = 0;
+  // Lazy poison (runtime/device.py Memory.poison): marks[bank * blocks + i] != 0 while block i of a bank holds
+  // POISON bytes not yet filled in; nullptr when no block is marked. 1 marked, 2 being filled by a thread.
+  uint8_t* marks = nullptr;
+  int64_t blocks = 0;
   std::vector<int64_t> starts, ends, sizes, counts;  // the buffer table (Memory._buffer_table)
   std::vector<Sharded> sharded;
   std::vector<int64_t> watch;  // [start, end) pairs of watched ranges
@@ -162,6 +166,58 @@ struct KernelState {
   int64_t blocked_op = -1, blocked_cb = -1, blocked_want = 0;
   int blocked_what = 0;  // 0 "free", 1 "filled"
 };
+
+constexpr int64_t POISON_BLOCK = 256;  // device.py POISON_BLOCK
+constexpr uint8_t POISON = 0xFF;
+
+// Fill block `block` of bank b with POISON if it is marked (once, whichever thread gets there first; the
+// others wait for the fill, as cores of different threads may touch different bytes of one block).
+void fill_block(const Memory& m, int64_t b, int64_t block) {
+  uint8_t* mark = m.marks + b * m.blocks + block;
+  for (uint8_t state = __atomic_load_n(mark, __ATOMIC_ACQUIRE); state;) {
+    if (state == 1) {
+      if (__atomic_compare_exchange_n(mark, &state, uint8_t{2}, false, __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE)) {
+        std::memset(m.data + b * m.capacity + block * POISON_BLOCK, POISON, POISON_BLOCK);
+        __atomic_store_n(mark, uint8_t{0}, __ATOMIC_RELEASE);
+        return;
+      }
+    } else {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      state = __atomic_load_n(mark, __ATOMIC_ACQUIRE);
+    }
+  }
+}
+
+// Bytes [offset, offset + size) of bank b are about to be read (or, `write`, written): the marked blocks
+// they meet are filled, except blocks a write covers whole, whose marks are just cleared (no other core
+// touches their bytes in a program without races, so a plain store does).
+void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
+  if (!m.marks || size <= 0) return;
+  // blocks past the last whole one of a bank (a bank size off the block grid) are never marked
+  const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
+  uint8_t* marks = m.marks + b * m.blocks;
+  {  // most ranges hold no mark: look 8 marks at a time first
+    int64_t block = first;
+    uint64_t any = 0;
+    for (; block + 8 <= last + 1 && !any; block += 8) std::memcpy(&any, marks + block, 8);
+    for (; block <= last && !any; ++block) any = marks[block];
+    if (!any) return;
+  }
+  int64_t lo = last + 1, hi = last + 1;  // the blocks a write covers whole: [lo, hi)
+  if (write) {
+    lo = (offset + POISON_BLOCK - 1) / POISON_BLOCK;
+    hi = std::max(lo, (offset + size) / POISON_BLOCK);
+  }
+  for (int64_t block = first; block <= last; ++block) {
+    if (!__atomic_load_n(marks + block, __ATOMIC_RELAXED)) continue;
+    if (block >= lo && block < hi)
+      __atomic_store_n(marks + block, uint8_t{0}, __ATOMIC_RELAXED);
+    else
+      fill_block(m, b, block);
+  }
+}
 
 struct Stop {};  // another core faulted earlier: this core's run no longer matters
 
@@ -259,6 +315,8 @@ class Core {
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
   std::vector<AddrGen> agens;
+  int slot_memory = -1;  // locate's last buffer table lookup: memory, base and slot
+  int64_t slot_base = 0, slot_found = -1;
   CBState cb[NUM_CBS];
   KernelState k[KERNELS];
   int dst_state = RELEASED, dst_half = 1;
@@ -354,11 +412,14 @@ class Core {
   const Sharded* resolve(const AddrGen& g, int64_t cb_index, int64_t stage);
   void locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
               int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
-  uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index) const {
+  // The bytes of a NoC transfer (poisoned blocks filled first, see unpoison).
+  uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index,
+                      Access access) const {
     if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity)
       internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) +
                    " in bank " + std::to_string(b) + " is outside the memory",
                cb_index);
+    unpoison(m, b, offset, size, access == WRITE);
     return m.data + b * m.capacity + offset;
   }
   void check_noc(const AddrGen& g, int64_t index, int64_t stage = 0) const {
@@ -475,6 +536,10 @@ void Core::run(int64_t index) {
   core = index;
   bank = E.banks[core];
   own_l1 = R.mem[1].data + bank * R.mem[1].capacity;
+  for (int index : E.cb_order) {  // the CBs' bytes are read and written in place: no poison left unfilled there
+    const CBConfig& c = E.cbs[index];
+    unpoison(R.mem[1], bank, c.address, c.page_size * c.pages, false);
+  }
   for (auto& c : cb) c = CBState{};
   for (int i = 0; i < KERNELS; ++i) {
     k[i] = KernelState{};
@@ -846,8 +911,13 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
   }
   int64_t b = floormod(page, m.banks);
   int64_t offset = wrap_add(g.base, wrap_mul(floordiv(page, m.banks), g.page_size));
-  auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
-  int64_t slot = static_cast<int64_t>(it - m.starts.begin()) - 1;
+  if (g.memory != slot_memory || g.base != slot_base) {  // the buffer table's slot of the base, kept for the next page
+    auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
+    slot_memory = g.memory;
+    slot_base = g.base;
+    slot_found = static_cast<int64_t>(it - m.starts.begin()) - 1;
+  }
+  int64_t slot = slot_found;
   bool found = slot >= 0 && g.base < m.ends[slot];
   int64_t limit = offset;
   if (!m.starts.empty()) {
@@ -882,7 +952,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     uint8_t* slot = slot_ptr(cb_index, back_slot(cb_index, cb_offset + i));
     bool w = !want || want[i];
     if (w) {
-      std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index), g.page_size);
+      std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
       if (located_bank[i] == bank) ++local;
@@ -1014,7 +1084,7 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   for (int64_t i = 0; i < n; ++i) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
-    std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index), slot, g.page_size);
+    std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index, WRITE), slot, g.page_size);
     transfer(g, located_bank[i], located_offset[i], slot);
     if (moved == 0 || located_offset[i] < lo) lo = located_offset[i];
     if (moved == 0 || located_offset[i] + g.page_size > hi) hi = located_offset[i] + g.page_size;
@@ -1053,7 +1123,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
     int64_t lo = 0, hi = 0;
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
-      std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index), slot, g.page_size);
+      std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index, WRITE), slot, g.page_size);
       transfer(g, located_bank[j], located_offset[j], slot);
       if (j == 0 || located_offset[j] < lo) lo = located_offset[j];
       if (j == 0 || located_offset[j] + g.page_size > hi) hi = located_offset[j] + g.page_size;
@@ -1130,12 +1200,14 @@ void Core::op_tilize(const Instr& in) {
   int64_t width = c.page_size / element, first = f[3] * TILE;
   if (first < 0) internal("tilize_tiles at a negative column", index);
   int64_t count = std::max<int64_t>(0, std::min(cols * TILE, width - first));
-  std::vector<float>& row = tiles_a;
-  row.assign(cols * TILE, 0.0f);  // zero past the row
-  for (int64_t i = 0; i < TILE; ++i) {
-    unpack_row_values(slot_ptr(index, front_slot(index, i)) + first * element, static_cast<int>(count),
-                      static_cast<Format>(c.format), row.data());
-    for (int64_t col = 0; col < cols; ++col) std::memcpy(dst_tile(base + col) + i * TILE, row.data() + col * TILE, TILE * 4);
+  for (int64_t i = 0; i < TILE; ++i) {  // each tile's row i straight from the page (zero past the row)
+    const uint8_t* row = slot_ptr(index, front_slot(index, i)) + first * element;
+    for (int64_t col = 0; col < cols; ++col) {
+      float* out = dst_tile(base + col) + i * TILE;
+      int64_t n = std::max<int64_t>(0, std::min<int64_t>(TILE, count - col * TILE));
+      if (n) unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      if (n < TILE) std::fill(out + n, out + TILE, 0.0f);
+    }
   }
   counters.charge(f[9]);
 }
@@ -1156,12 +1228,11 @@ void Core::op_pack_rows(const Instr& in) {
   if (!bf16 && c.format != static_cast<int>(Format::F32)) fail(UNTILIZE_FORMAT, index, {c.format});
   if (first < 0) internal("pack_rows at a negative column", index);
   int64_t count = std::min(cols * TILE, width - first);
-  std::vector<float>& values = tiles_a;
-  values.resize(std::max<int64_t>(count, 0));
-  for (int64_t i = 0; i < TILE; ++i) {
-    for (int64_t e = 0; e < count; ++e) values[e] = dst_tile(base + e / TILE)[i * TILE + e % TILE];
-    pack_row_values(values.data(), static_cast<int>(count), static_cast<Format>(c.format),
-                    slot_ptr(index, back_slot(index, i)) + first * element);
+  for (int64_t i = 0; i < TILE; ++i) {  // row i of each tile straight into the page
+    uint8_t* row = slot_ptr(index, back_slot(index, i)) + first * element;
+    for (int64_t col = 0; col * TILE < count; ++col)
+      pack_row_values(dst_tile(base + col) + i * TILE, static_cast<int>(std::min<int64_t>(TILE, count - col * TILE)),
+                      static_cast<Format>(c.format), row + col * TILE * element);
   }
 }
 
@@ -1330,6 +1401,7 @@ class Pool {
 
  private:
   static constexpr double kSpinUs = 300;
+  static constexpr double kYieldUs = 20;
 
   // Polls done() for up to kSpinUs; whether it became true.
   template <typename Done>
@@ -1340,9 +1412,13 @@ class Pool {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
-      if (i % 64 == 63 &&
-          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() > kSpinUs)
-        return done();
+      if (i % 64 == 63) {
+        double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+        if (waited > kSpinUs) return done();
+        // past the first microseconds, give the core to any other runnable thread (a loaded machine: the
+        // thread we wait for, or another process, may be waiting for this core)
+        if (waited > kYieldUs) std::this_thread::yield();
+      }
     }
   }
 
@@ -1390,7 +1466,7 @@ std::vector<T> to_vector(const py::handle& h) {
   return std::vector<T>(a.data(), a.data() + a.size());
 }
 
-Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py::handle watch) {
+Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py::handle watch, py::handle marks) {
   Memory m;
   m.id = id;
   if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) ||
@@ -1418,6 +1494,14 @@ Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py
     m.sharded.push_back(std::move(s));
   }
   m.watch = to_vector<int64_t>(watch);
+  if (!marks.is_none()) {
+    auto a = py::array::ensure(marks);
+    if (!a || a.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(a) || !(a.flags() & py::array::c_style) ||
+        !a.writeable() || a.shape(0) != m.banks || a.shape(1) * POISON_BLOCK > m.capacity)
+      throw std::invalid_argument("poison marks must be a writable C-contiguous uint8 array [banks, blocks]");
+    m.marks = static_cast<uint8_t*>(a.mutable_data());
+    m.blocks = a.shape(1);
+  }
   return m;
 }
 
@@ -1469,11 +1553,12 @@ std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int
 
 py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram, py::array l1, py::tuple dram_table,
                       py::tuple l1_table, py::list dram_sharded, py::list l1_sharded, py::handle dram_watch,
-                      py::handle l1_watch, int64_t budget, int threads, bool check_races) {
+                      py::handle l1_watch, py::handle dram_marks, py::handle l1_marks, int64_t budget, int threads,
+                      bool check_races) {
   Run R(E);
   R.check_races = check_races;
-  R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch);
-  R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch);
+  R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch, dram_marks);
+  R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch, l1_marks);
   for (int64_t b : E.banks)
     if (b < 0 || b >= R.mem[1].banks) throw std::invalid_argument("a program core outside the device's L1 banks");
   for (const CBConfig& c : E.cbs)
@@ -1521,17 +1606,22 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
           it->second.second = std::max(it->second.second, range.second);
         }
       }
-    for (int m = 0; m < 2; ++m) {
+    for (int m = 0; m < 2; ++m) {  // None: no watched range was written
       const std::vector<int64_t>& w = R.mem[m].watch;
-      py::array_t<bool> hit(static_cast<py::ssize_t>(w.size() / 2));
-      bool* h = hit.mutable_data();
-      for (size_t i = 0; i < w.size() / 2; ++i) h[i] = false;
+      std::vector<uint8_t> h(w.size() / 2, 0);
+      bool any = false;
       for (const auto& [key, range] : writes) {
         if (std::get<0>(key) != m) continue;
         for (size_t i = 0; i < w.size() / 2; ++i)
-          if (range.first < w[2 * i + 1] && w[2 * i] < range.second) h[i] = true;
+          if (range.first < w[2 * i + 1] && w[2 * i] < range.second) h[i] = 1, any = true;
       }
-      dirty[m] = hit;
+      if (any) {
+        py::array_t<bool> hit(static_cast<py::ssize_t>(h.size()));
+        std::copy(h.begin(), h.end(), hit.mutable_data());
+        dirty[m] = hit;
+      } else {
+        dirty[m] = py::none();
+      }
     }
   }
 
@@ -1637,7 +1727,7 @@ void register_program(py::module_& m) {
         "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",
         py::arg("program"), py::arg("addresses"), py::arg("dram"), py::arg("l1"), py::arg("dram_table"),
         py::arg("l1_table"), py::arg("dram_sharded"), py::arg("l1_sharded"), py::arg("dram_watch"),
-        py::arg("l1_watch"), py::arg("step_budget"), py::arg("threads"), py::arg("check_races") = false);
+        py::arg("l1_watch"), py::arg("dram_marks"), py::arg("l1_marks"), py::arg("step_budget"), py::arg("threads"), py::arg("check_races") = false);
   m.attr("PROGRAM_OPCODES") = names_of(OPCODE_NAMES, NUM_OPCODES);
   m.attr("PROGRAM_FAULTS") = names_of(FAULT_NAMES, NUM_FAULT_KINDS);
   m.attr("PROGRAM_WIDTH") = W;

@@ -87,7 +87,7 @@ def test_errors() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["f32", "bf16", "f16", "bfp8_b", "bfp4_b", "i32"])
-@pytest.mark.parametrize("shape", [(1, 784), (3, 40, 33), (64, 32)])
+@pytest.mark.parametrize("shape", [(1, 784), (3, 40, 33), (64, 32), (2, 3, 65, 31), (5,)])
 def test_native_codecs_give_the_definitions_bytes(fmt: str, shape: tuple[int, ...]) -> None:
     """The native run's host I/O packs and unpacks tiles natively: the same bytes and values as formats.py,
     special values and tile padding included."""
@@ -104,7 +104,11 @@ def test_native_codecs_give_the_definitions_bytes(fmt: str, shape: tuple[int, ..
     pages = tensor_to_pages(x, fmt)
     fast = tensor_to_pages(x, fmt, pack=native_program.pack_tiles)
     np.testing.assert_array_equal(fast, pages)
+    np.testing.assert_array_equal(tensor_to_pages(x, fmt, pack_matrix=native_program.pack_matrix), pages)
     back = pages_to_tensor(pages, shape, fmt)
     fast_back = pages_to_tensor(pages, shape, fmt, unpack=native_program.unpack_tiles)
     assert fast_back.dtype == back.dtype
     np.testing.assert_array_equal(fast_back.view(np.uint32), back.view(np.uint32))
+    matrix_back = pages_to_tensor(pages, shape, fmt, unpack_matrix=native_program.unpack_matrix)
+    assert matrix_back.dtype == back.dtype and matrix_back.shape == back.shape
+    np.testing.assert_array_equal(matrix_back.view(np.uint32), back.view(np.uint32))
