@@ -105,7 +105,7 @@ def test_class1_tile_padding_counts_toward_the_card(tmp_path: Path, capsys) -> N
 
 
 def test_class1_divisors_are_found_without_walking_the_number() -> None:
-    from ttc.passes.grid import divisors
+    from ttc.passes.ops.geometry import divisors
 
     start = time.perf_counter()
     assert divisors(1 << 34) == [1 << k for k in range(35)]

@@ -97,7 +97,7 @@ def test_report_data_memory_and_node_data(encoder: Path, tmp_path: Path,
     assert all(p["pcc"] is None or p["pcc"] > 0.99 for p in data["programs"]) and data["first_failure"] is None
     # per core: the pages it writes add up to the program's output; utilisation at most the program's
     from ttc.compiler import compile_model
-    from ttc.passes.footprint import num_pages
+    from ttc.passes.ops.geometry import num_pages
     from ttc.profile import program_ops
 
     ops = program_ops(compile_model(encoder).module)
