@@ -200,11 +200,27 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
 Candidate = tuple[GridAttr, dict[str, int], LayoutAttr | None, Cost]
 
 
+def matmul_signature(op: Operation) -> tuple:
+    """What a matmul's candidates and their costs depend on: its name, operand and result types (shapes, element
+    types and layouts) and attributes. Matmul counts never look at constant data, so two ops with the same
+    signature (the same layer of a 24-layer encoder) rank the same candidates."""
+    return (op.name, tuple(str(v.type) for v in op.operands), tuple(str(r.type) for r in op.results),
+            tuple(sorted((key, str(value)) for key, value in op.attributes.items())))
+
+
 def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...],
-                  max_cores: int = 0, weights: Weights | None = None) -> list[Candidate]:
+                  max_cores: int = 0, weights: Weights | None = None,
+                  memo: dict[tuple, list[Candidate]] | None = None) -> list[Candidate]:
     """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
     `options` it allows, cheapest first. Equal modelled times (a DRAM-bound op whose NoC traffic differs) go to
-    the one moving fewer NoC bytes, then keep the enumeration order (interleaved first)."""
+    the one moving fewer NoC bytes, then keep the enumeration order (interleaved first). `memo` (one grid pass
+    run) reuses the ranking of an op with the same signature."""
+    if memo is not None:
+        key = (matmul_signature(op), id(device), fidelity, options, max_cores)
+        ranked = memo.get(key)
+        if ranked is None:
+            ranked = memo[key] = ranked_matmul(op, device, fidelity, options, max_cores, weights)
+        return ranked
     costed: list[Candidate] = []
     for grid, blocking in placements(op, device, max_cores):
         costed.append((grid, blocking, None, estimate(op, "matmul", device, grid, blocking, fidelity,
@@ -218,8 +234,15 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
     return sorted(costed, key=lambda c: (c[3].cycles, c[3].noc))
 
 
-def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0) -> int:
-    """The smallest CB footprint over every grid and blocking of `op` (for the layout pass)."""
+def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: dict[tuple, int] | None = None) -> int:
+    """The smallest CB footprint over every grid and blocking of `op` (for the layout pass). `memo` reuses the
+    figure of a matmul with the same signature (other kinds may hold a fused body region the signature does
+    not see)."""
+    if memo is not None and op_kind(op) == "matmul":
+        key = (matmul_signature(op), id(device), max_cores)
+        if key not in memo:
+            memo[key] = min_cb_bytes(op, device, max_cores)
+        return memo[key]
     sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
     if not sizes:
         raise no_placement(op, device, max_cores)
@@ -324,7 +347,8 @@ class LiveL1:
 
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
-                  sharding: bool = True, weights: Weights | None = None) -> Choice:
+                  sharding: bool = True, weights: Weights | None = None,
+                  memo: dict[tuple, list[Candidate]] | None = None) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
@@ -336,7 +360,7 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     budget = live.budget(op)
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
-    candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights)
+    candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
     if not candidates:
         raise no_placement(op, device, max_cores)
     budgets: dict[str, int] = {}
@@ -434,6 +458,7 @@ class Grid(Pass):
             raise UserError(f"grid: unknown math fidelity '{self.math_fidelity}' "
                             f"(choose from {', '.join(FIDELITY_PHASES)})")
         device = module_device(module)
+        memo: dict[tuple, list[Candidate]] = {}  # matmul rankings by signature, for this run
         for func in module.functions:
             ops = list(func.body.ops)
             live = LiveL1.of(ops, device, self.max_cores)
@@ -443,7 +468,8 @@ class Grid(Pass):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 if op_kind(op) == "matmul":
-                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding, module.weights)
+                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding, module.weights,
+                                           memo)
                     shard_result(op, choice, live, device)
                 else:
                     choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
