@@ -84,6 +84,8 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     ct, width = tile_shape(x.shape).ct, blocking["block_w"]
     fmt = out.element_type
     rows = blocking["batches"] * blocking["rows"]
+    if "chunk" in blocking:
+        return chunked_softmax_cbs(op, blocking)
     cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
     if len(row_sum_groups(ct)) > 1:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
@@ -99,6 +101,19 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     return sorted(cbs, key=lambda c: c.index)
 
 
+def chunked_softmax_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """A row-chunked softmax keeps one chunk of the row in L1 (the input and its exp), not the whole row."""
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    ct, width, chunk = tile_shape(x.shape).ct, blocking["block_w"], blocking["chunk"]
+    fmt = out.element_type
+    rows = blocking["batches"] * blocking["rows"]
+    cbs = [cb(CB_IN0, x.element_type, chunk), cb(CB_OUT, fmt, double(width, rows * (ct // width))),
+           cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, chunk), cb(CB_STAT2, fmt, 1)]
+    if len(row_sum_groups(chunk)) > 1:
+        cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(chunk))))
+    return sorted(cbs, key=lambda c: c.index)
+
+
 def last_axis_only(op: Operation) -> None:
     """Softmax and layer norm kernels reduce along the last dim (tilize moves other axes there)."""
     rank = tensor(op.operands[0]).rank
@@ -108,14 +123,29 @@ def last_axis_only(op: Operation) -> None:
                         "kernel reduces along the last axis only (run tilize first)")
 
 
-def row_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
-    """Whole rows per core (the kernel reduces along them), any split of batches and tile rows."""
+CHUNKED_MIN_TILES = 17  # rows of more tiles than this also get row-chunked (multi-pass) softmax candidates
+
+
+def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator[dict[str, int]]:
+    """Whole rows per core (the kernel reduces along them), any split of batches and tile rows.
+
+    With `chunked`, rows of at least CHUNKED_MIN_TILES tiles also get candidates that hold only `chunk` tiles
+    of a row in L1 at a time (a divisor of the row's tiles) and read the row three times: the grid pass takes
+    them when no whole-row blocking fits L1 (they cost more, so a fitting whole-row one always wins)."""
     out = tile_shape(tensor(op.result).shape)
     last_axis_only(op)
+    widths = [d for d in divisors(out.ct) if d <= max_w][::-1]
     for batches in batch_groups([], out.batches):  # the input has the result's shape: any grouping is affine
         for rows in divisors(out.rt):
-            for width in [d for d in divisors(out.ct) if d <= max_w][::-1]:
+            for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
+    if not chunked or out.ct < CHUNKED_MIN_TILES:
+        return
+    for batches in batch_groups([], out.batches):
+        for rows in divisors(out.rt):
+            for chunk in divisors(out.ct)[:-1]:
+                for width in [w for w in widths if chunk % w == 0]:
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, "chunk": chunk}
 
 
 def _row_sum(plan: Plan, rows: int, tiles: int, fidelity: str) -> None:
@@ -133,7 +163,28 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     rows = b["batches"] * b["rows"]
     pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
     plan = Plan(device, grid, (shape.batches // b["batches"], shape.rt // b["rows"]))
-    if op.name == ttir.SOFTMAX.name:
+    reads = 1  # times the reader reads each row
+    if "chunk" in b:
+        chunk = b["chunk"]
+        n = ct // chunk
+        reads = 3
+        # pass 1: the running max (an -inf start, per chunk a fill, the chunk's last tile copied and masked)
+        plan.tile(target.DATACOPY, rows * (1 + n + 2 * n * int(pad_cols)))
+        plan.tile(target.REDUCE_MAX, rows * (ct + n))
+        # passes 2 and 3: exp(x - max) with the padding columns re-zeroed, twice
+        plan.tile(target.binary_key("sub"), 2 * rows * ct)
+        plan.tile(target.sfpu_key("exp"), 2 * rows * ct)
+        plan.tile(target.DATACOPY, 2 * rows * ct * int(pad_cols))
+        # pass 2: per chunk the grouped sum plus the running sum (a zero start), then 1 / sum (a copy)
+        groups = len(row_sum_groups(chunk))
+        extra = groups if groups > 1 else 0
+        plan.tile(target.DATACOPY, rows * (1 + n * (groups + int(groups > 1)) + 1))
+        plan.tile(target.reduce_sum_key(fidelity), rows * n * (chunk + extra + 1))
+        plan.tile(target.sfpu_key("recip"), rows)
+        # pass 3: x 1/sum, padding rows zeroed
+        plan.tile(target.binary_key("mul"), rows * ct)
+        plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
+    elif op.name == ttir.SOFTMAX.name:
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -162,7 +213,8 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     def row_pages() -> np.ndarray:
         return (first[:, None, None] + loop[None, :, None] + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
 
-    plan.static(Buffer.of(tensor(op.operands[0]), device), rows * ct, page_lists=row_pages)
+    plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
+                page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
     for param in op.operands[1:]:
         plan.static(Buffer.of(tensor(param), device), rows * ct,
                     page_lists=lambda: np.tile(np.arange(ct), (plan.cores, rows)))
@@ -182,6 +234,8 @@ def lower_row_op(op: Operation) -> Program:
         return [unit[1] * b["rows"]]
 
     compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
+    if "chunk" in b:
+        compute = chunked_softmax_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
     kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
@@ -201,7 +255,7 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         start = row_start(k, shape, batch, row)
-        with k.loop(blocks) as block:
+        with k.loop(3 if "chunk" in b else 1), k.loop(blocks) as block:  # a chunked row is read three times
             k.op("cb_reserve_back", cb=CB_IN0, pages=width)
             k.op("noc_read_tiles", gens[0], k.affine(start, (block, width)), cb=CB_IN0, rows=1, cols=width)
             k.op("noc_read_barrier")
@@ -317,6 +371,112 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     return k.region()
 
 
+def chunked_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
+    """Softmax of rows longer than L1 holds, in three passes over chunks of `chunk` tiles (the reader reads
+    the row three times): the running max, the running sum of exp(x - max), then exp(x - max) / sum.
+
+    The running statistics live in one-tile CBs and are carried from chunk to chunk by reducing them once
+    more with the next chunk (a reduce writes column 0 and keeps the fill elsewhere: -inf for the max, 0 for
+    the sum), so a chunk's reduce starts from the row so far. The max is exact whatever the chunking, so the
+    exp values are those of the whole-row kernel; the sum is grouped per chunk (`row_sum_groups`), then
+    chained over the chunks."""
+    b = s.blocking
+    width, ct, chunk = b["block_w"], shape.ct, b["chunk"]
+    chunks = ct // chunk
+    padded = shape.cols % TILE != 0
+    k = KernelBuilder(op.loc)
+
+    def start(cb: int, value: float) -> None:
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=value)
+        k.pack_block(cb, 1)
+
+    def exp_block(c: Index, block: Index) -> None:
+        k.op("cb_wait_front", cb=CB_IN0, pages=width)
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+        k.op("sfpu_tiles", fn="exp", count=width)
+        mask_block(k, shape, 0, k.affine(k.mul(c, chunk), (block, width)), width, rows=False, cols=True)
+        k.pack_block(CB_WIDE, width)
+        k.op("cb_pop_front", cb=CB_IN0, pages=width)
+
+    with k.loop(b["batches"]), k.loop(b["rows"]) as row:
+        # Pass 1: the running max; each chunk's last tile has its padding columns masked to -inf (a no-op but
+        # for the row's last tile).
+        start(CB_STAT, float("-inf"))
+        with k.loop(chunks) as c:
+            k.op("cb_wait_front", cb=CB_IN0, pages=chunk)
+            if padded:
+                k.op("tile_regs_acquire")
+                k.op("copy_tiles", cb=CB_IN0, offset=chunk - 1, rows=1, cols=1)
+                mask_block(k, shape, 0, k.add(k.mul(c, chunk), chunk - 1), 1, rows=False, cols=True,
+                           fill=float("-inf"))
+                k.pack_block(CB_MASKED, 1)
+                k.op("cb_wait_front", cb=CB_MASKED, pages=1)
+            k.op("cb_wait_front", cb=CB_STAT, pages=1)
+            k.op("tile_regs_acquire")
+            k.op("fill_tiles", count=1, value=float("-inf"))
+            if chunk - padded:
+                k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, rows=1, cols=chunk - padded,
+                     fidelity=s.fidelity)
+            if padded:
+                k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("reduce_tiles", kind="max", dim="row", cb=CB_STAT, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("cb_pop_front", cb=CB_STAT, pages=1)
+            if padded:
+                k.op("cb_pop_front", cb=CB_MASKED, pages=1)
+            k.op("cb_pop_front", cb=CB_IN0, pages=chunk)
+            k.pack_block(CB_STAT, 1)
+        k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        # Pass 2: the running sum of exp(x - max), one grouped sum per chunk plus the sum so far.
+        start(CB_STAT2, 0.0)
+        groups = row_sum_groups(chunk)
+        with k.loop(chunks) as c:
+            with k.loop(chunk // width) as block:
+                exp_block(c, block)
+            k.op("cb_wait_front", cb=CB_WIDE, pages=chunk)
+            k.op("tile_regs_acquire")
+            k.op("fill_tiles", count=len(groups), value=0.0)
+            for slot, (first, count) in enumerate(groups):
+                k.op("reduce_tiles", kind="sum", dim="row", cb=CB_WIDE, offset=first, rows=1, cols=count, dst=slot,
+                     fidelity=s.fidelity)
+            if len(groups) > 1:
+                k.pack_block(CB_GROUPS, len(groups))
+                k.op("cb_wait_front", cb=CB_GROUPS, pages=len(groups))
+                k.op("tile_regs_acquire")
+                k.op("fill_tiles", count=1, value=0.0)
+                k.op("reduce_tiles", kind="sum", dim="row", cb=CB_GROUPS, rows=1, cols=len(groups),
+                     fidelity=s.fidelity)
+                k.op("cb_pop_front", cb=CB_GROUPS, pages=len(groups))
+            k.op("cb_wait_front", cb=CB_STAT2, pages=1)
+            k.op("reduce_tiles", kind="sum", dim="row", cb=CB_STAT2, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+            k.op("cb_pop_front", cb=CB_WIDE, pages=chunk)
+            k.pack_block(CB_STAT2, 1)
+        # 1 / sum
+        k.op("cb_wait_front", cb=CB_STAT2, pages=1)
+        k.op("tile_regs_acquire")
+        k.op("copy_tiles", cb=CB_STAT2, rows=1, cols=1)
+        k.op("sfpu_tiles", fn="recip", count=1, param=0.0)
+        k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+        k.pack_block(CB_STAT2, 1)
+        k.op("cb_wait_front", cb=CB_STAT2, pages=1)
+        # Pass 3: exp(x - max) again, times 1 / sum, padding rows zeroed.
+        with k.loop(chunks) as c, k.loop(chunk // width) as block:
+            exp_block(c, block)
+            k.op("cb_wait_front", cb=CB_WIDE, pages=width)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1,
+                 cols=width)
+            mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
+                       cols=False)
+            k.pack_block(CB_OUT, width)
+            k.op("cb_pop_front", cb=CB_WIDE, pages=width)
+        k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+    return k.region()
+
+
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
@@ -381,7 +541,7 @@ class SoftmaxOp(DeviceOp):
     op_names = frozenset({ttir.SOFTMAX.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, HALF_DST)
+        return row_candidates(op, HALF_DST, chunked=True)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         out = tile_shape(tensor(op.result).shape)

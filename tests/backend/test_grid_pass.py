@@ -92,11 +92,13 @@ def test_chosen_blocking_fits_l1() -> None:
 
 def test_op_that_cannot_fit_names_its_node_and_the_budget() -> None:
     g = Graph()
-    g.output(g.op("ttir.softmax", [g.input("x", (32, 200000))], (32, 200000), "axis = -1", loc="/too/wide"), "y")
+    # a layer norm keeps its whole row in L1 (a softmax this wide runs row-chunked and fits)
+    g.output(g.op("ttir.layer_norm", [g.input("x", (32, 200000)), g.weight("gamma", np.ones(200000))], (32, 200000),
+                  "axis = -1, epsilon = 1.0e-05", loc="/too/wide"), "y")
     with pytest.raises(UserError) as error:
         compile_graph(g, pipeline=PIPELINE)
     message = str(error.value)
-    assert message.startswith('node "/too/wide": \'ttir.softmax\' does not fit in L1 on e150: its smallest '
+    assert message.startswith('node "/too/wide": \'ttir.layer_norm\' does not fit in L1 on e150: its smallest '
                               "footprint over all grids and blockings is ")
     assert "bytes per core (circular buffers + L1 tensors), the budget is 875136 bytes" in message
     assert "try layout{l1-intermediates=false}" in message
