@@ -1,7 +1,8 @@
-"""Softmax over rows longer than one core's L1 holds (issue 15 item 2): the grid pass degrades to the
-row-chunked, three-pass kernel (`row_ops.chunked_softmax_compute`) instead of refusing the op.
+"""Softmax and layer norm over rows longer than one core's L1 holds (issue 15 item 2): the grid pass degrades
+to the row-chunked, three-pass kernels (`row_ops.chunked_softmax_compute`, `chunked_layer_norm_compute`)
+instead of refusing the op.
 
-Each case compiles an ONNX Softmax over one long row, checks the chosen blocking is chunked (a chunk that
+Each case compiles an ONNX Softmax (or LayerNormalization) over long rows, checks the chosen blocking is chunked (a chunk that
 divides the row into at least two chunks), runs it on both emulators (bit-identical to each other), passes
 the golden rule against onnxruntime, and checks the planned counts equal the executed ones.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from cost_model_checks import check_planned_equals_executed, compile_with_plans
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from ttc.frontend.importer import import_read_model
 from ttc.golden import compare, run_onnxruntime
@@ -27,6 +28,18 @@ def softmax_model(shape: list[int]) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
+def layer_norm_model(shape: list[int], beta: bool = True) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+    params = {"g": 1 + 0.1 * rng.standard_normal(shape[-1]), "b": 0.1 * rng.standard_normal(shape[-1])}
+    if not beta:
+        del params["b"]
+    graph = helper.make_graph([helper.make_node("LayerNormalization", ["x", *params], ["y"], axis=-1, name="/ln")],
+                              "layer_norm", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
 def softmax_chunks(compiled, shape: list[int]) -> int:
     """How many chunks the softmax program splits a row into: the row's tiles over the tiles its input CB
     holds (the whole row, 1, for the one-pass kernel)."""
@@ -37,8 +50,8 @@ def softmax_chunks(compiled, shape: list[int]) -> int:
     return ct // cb0.pages
 
 
-def run_case(shape: list[int], seed: int = 0) -> int:
-    model = softmax_model(shape)
+def run_case(shape: list[int], seed: int = 0, model: onnx.ModelProto | None = None) -> int:
+    model = model or softmax_model(shape)
     plans, compiled = compile_with_plans(model)
     chunks = softmax_chunks(compiled, shape)
     feeds = {"x": (np.random.default_rng(seed).standard_normal(shape) * 3).astype(np.float32)}
@@ -80,3 +93,11 @@ def softmax_op(width: int):
     module = import_read_model(softmax_model([4, width]), None)
     [op] = [op for op in module.function("main").body.ops if op.name == ttir.SOFTMAX.name]
     return op
+
+
+def test_a_layer_norm_over_99999_wide_rows_runs_in_row_chunks() -> None:
+    assert run_case([3, 99999], seed=3, model=layer_norm_model([3, 99999])) >= 2
+
+
+def test_a_layer_norm_without_bias_over_256k_runs_in_row_chunks() -> None:
+    assert run_case([1, 262144], seed=4, model=layer_norm_model([1, 262144], beta=False)) >= 16
