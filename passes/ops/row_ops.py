@@ -11,6 +11,10 @@ on the SFPU in float32), centred values
 with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
 rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
 re-read per row block), padding rows zeroed.
+
+Rows too long for L1 (a blocking with `chunk`): the same math in three passes over chunks of the row, read
+from DRAM three times, with the running max / sums in one-tile CBs (`chunked_softmax_compute`,
+`chunked_layer_norm_compute`).
 """
 
 from __future__ import annotations
