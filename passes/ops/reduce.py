@@ -8,7 +8,9 @@ a sum of 768 values is 5 or 6 groups of ~8 roundings, whose sums are then added 
 chain), instead of one chain of 48 roundings. A max needs no groups (it rounds nothing); when the
 line's last tile has padding, that tile is copied into Dst and its padding set to -inf first, so that
 zero padding never beats negative values. The group results (and that tile) are packed, reduced once
-more into one tile, the tile's other columns (rows) are zeroed, and the writer stores it.
+more into one tile, the tile's other columns (rows) are zeroed, and the writer stores it. A sum over a
+line of more than SEGMENT_BLOCKS blocks runs in segments (`segmented_sum_compute`): each segment's groups
+as above, their sum added to a one-tile running sum, so a 256k-element line stays accurate in bf16.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ttc.passes.ops.geometry import (
     CB_GROUPS,
     CB_IN0,
     CB_OUT,
+    CB_STAT,
     HALF_DST,
     TILE,
     TileShape,
@@ -88,10 +91,25 @@ def reduction_of(op: Operation) -> Reduction:
     return Reduction("col", kind, source, source.ct, source.rt, source.ct, kind == "max" and source.rows % TILE != 0)
 
 
-def reduce_groups(reduction: Reduction, block_w: int) -> int:
-    """Groups of blocks a line is summed in (each in its own Dst slot, then the group sums are added): the
-    divisor of the block count nearest its square root, so both chains of bf16 roundings stay short."""
+SEGMENT_BLOCKS = 64  # sums over lines of more blocks than this run in segments (a running sum over them)
+
+
+def reduce_segments(reduction: Reduction, block_w: int) -> int:
+    """Segments a long line's sum runs in: each segment is summed in groups (`reduce_groups`), and the segment
+    sums are chained through a one-tile running sum, so that a line of any length is three short chains of
+    bf16 roundings (within a group, over the groups, over the segments) instead of a few long ones. One
+    segment (the whole line) for a max and for lines of up to SEGMENT_BLOCKS blocks."""
     blocks = reduction.streamed // block_w
+    if reduction.kind == "max" or blocks <= SEGMENT_BLOCKS:
+        return 1
+    return min(divisors(blocks), key=lambda d: abs(d - math.sqrt(blocks)))
+
+
+def reduce_groups(reduction: Reduction, block_w: int) -> int:
+    """Groups of blocks a segment of a line is summed in (each in its own Dst slot, then the group sums are
+    added): the divisor of the segment's block count nearest its square root, so both chains of bf16
+    roundings stay short."""
+    blocks = reduction.streamed // block_w // reduce_segments(reduction, block_w)
     if blocks == 0 or reduction.kind == "max":
         return min(blocks, 1)
     options = [g for g in range(1, HALF_DST) if blocks % g == 0]
@@ -105,8 +123,11 @@ def reduce_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     width = blocking["block_w"]
     partials = reduce_groups(reduction, width) + int(reduction.masked_last)
     reads = lines * (reduction.streamed // width + int(reduction.masked_last))
-    return [cb(CB_IN0, x.element_type, double(width, reads)), cb(CB_OUT, out.element_type, double(1, lines)),
-            cb(CB_GROUPS, out.element_type, max(partials, 1))]
+    cbs = [cb(CB_IN0, x.element_type, double(width, reads)), cb(CB_OUT, out.element_type, double(1, lines)),
+           cb(CB_GROUPS, out.element_type, max(partials, 1))]
+    if reduce_segments(reduction, width) > 1:
+        cbs.append(cb(CB_STAT, out.element_type, 1))
+    return cbs
 
 
 def reduce_candidates(op: Operation) -> Iterator[dict[str, int]]:
@@ -126,12 +147,17 @@ def plan_reduce(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     width = b["block_w"]
     lines = b["batches"] * b["lines"]
     groups = reduce_groups(reduction, width)
-    per_group = reduction.streamed // width // groups if groups else 0
+    segments = reduce_segments(reduction, width)
+    per_group = reduction.streamed // width // segments // groups if groups else 0
     partials = groups + int(reduction.masked_last)
     plan = Plan(device, grid, (source.batches // b["batches"], reduction.lines // b["lines"]))
     key = target.reduce_sum_key(fidelity) if reduction.kind == "sum" else target.REDUCE_MAX
-    plan.tile(key, lines * (groups * per_group * width + partials))
-    plan.tile(target.DATACOPY, lines * (groups + 2 * int(reduction.masked_last) + 2))
+    if segments > 1:  # per segment its groups, their sum and the running sum; a zero start, a copy out, a mask
+        plan.tile(key, lines * segments * (groups * per_group * width + groups + 1))
+        plan.tile(target.DATACOPY, lines * (1 + segments * (groups + 1) + 2))
+    else:
+        plan.tile(key, lines * (groups * per_group * width + partials))
+        plan.tile(target.DATACOPY, lines * (groups + 2 * int(reduction.masked_last) + 2))
     unit = plan.unit
     batch0, line0 = unit[:, 0] * b["batches"], unit[:, 1] * b["lines"]
     step = source.ct if reduction.dim == "row" else 1
@@ -218,6 +244,10 @@ def reduce_compute(op: Operation, s: Schedule, reduction: Reduction):
     start = float("-inf") if reduction.kind == "max" else 0.0
     source = reduction.source
     k = KernelBuilder(op.loc)
+    segments = reduce_segments(reduction, width)
+    if segments > 1:
+        per_group //= segments
+        return segmented_sum_compute(k, s, reduction, segments, groups, per_group)
     with k.loop(b["batches"]), k.loop(b["lines"]) as line:
         # Every group of blocks into its own Dst slot (and a masked last tile into the next one).
         k.op("tile_regs_acquire")
@@ -246,6 +276,49 @@ def reduce_compute(op: Operation, s: Schedule, reduction: Reduction):
              fidelity=s.fidelity)
         k.op("cb_pop_front", cb=CB_GROUPS, pages=partials)
         out_tile = k.add(k.arg(0), line)  # the output tile's row (col) in its matrix
+        row_tile, col_tile = (out_tile, 0) if reduction.dim == "row" else (0, out_tile)
+        k.op("mask_tiles", row_tile, col_tile, rows=1, cols=1,
+             valid_rows=source.rows if reduction.dim == "row" else 1,
+             valid_cols=1 if reduction.dim == "row" else source.cols)
+        k.pack_block(CB_OUT, 1)
+    return k.region()
+
+
+def segmented_sum_compute(k: KernelBuilder, s: Schedule, reduction: Reduction, segments: int, groups: int,
+                          per_group: int):
+    """A long line's sum: per segment the groups in their Dst slots, their sum plus the running sum (a one-tile
+    CB, column 0) packed back as the running sum; then the running sum with its other columns (rows) zeroed."""
+    width = s.blocking["block_w"]
+    source = reduction.source
+    with k.loop(s.blocking["batches"]), k.loop(s.blocking["lines"]) as line:
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=0.0)
+        k.pack_block(CB_STAT, 1)
+        with k.loop(segments):
+            k.op("tile_regs_acquire")
+            k.op("fill_tiles", count=groups, value=0.0)
+            for group in range(groups):
+                with k.loop(per_group):
+                    k.op("cb_wait_front", cb=CB_IN0, pages=width)
+                    k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_IN0, rows=1, cols=width, dst=group,
+                         fidelity=s.fidelity)
+                    k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.pack_block(CB_GROUPS, groups)
+            k.op("cb_wait_front", cb=CB_GROUPS, pages=groups)
+            k.op("cb_wait_front", cb=CB_STAT, pages=1)
+            k.op("tile_regs_acquire")
+            k.op("fill_tiles", count=1, value=0.0)
+            k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_GROUPS, rows=1, cols=groups,
+                 fidelity=s.fidelity)
+            k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_STAT, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("cb_pop_front", cb=CB_GROUPS, pages=groups)
+            k.op("cb_pop_front", cb=CB_STAT, pages=1)
+            k.pack_block(CB_STAT, 1)
+        k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        k.op("tile_regs_acquire")
+        k.op("copy_tiles", cb=CB_STAT, rows=1, cols=1)
+        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+        out_tile = k.add(k.arg(0), line)
         row_tile, col_tile = (out_tile, 0) if reduction.dim == "row" else (0, out_tile)
         k.op("mask_tiles", row_tile, col_tile, rows=1, cols=1,
              valid_rows=source.rows if reduction.dim == "row" else 1,

@@ -11,6 +11,10 @@ on the SFPU in float32), centred values
 with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
 rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
 re-read per row block), padding rows zeroed.
+
+Rows too long for L1 (a blocking with `chunk`): the same math in three passes over chunks of the row, read
+from DRAM three times, with the running max / sums in one-tile CBs (`chunked_softmax_compute`,
+`chunked_layer_norm_compute`).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     ct, width = tile_shape(x.shape).ct, blocking["block_w"]
     fmt = out.element_type
     rows = blocking["batches"] * blocking["rows"]
+    if "chunk" in blocking:
+        return chunked_row_op_cbs(op, blocking)
     cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
     if len(row_sum_groups(ct)) > 1:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
@@ -99,6 +105,28 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     return sorted(cbs, key=lambda c: c.index)
 
 
+def chunked_row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+    """A row-chunked softmax / layer norm keeps one chunk of the row in L1 (the input and the values it
+    sums), not the whole row."""
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    ct, width, chunk = tile_shape(x.shape).ct, blocking["block_w"], blocking["chunk"]
+    fmt = out.element_type
+    rows = blocking["batches"] * blocking["rows"]
+    cbs = [cb(CB_IN0, x.element_type, chunk), cb(CB_OUT, fmt, double(width, rows * (ct // width))),
+           cb(CB_STAT, fmt, 1), cb(CB_STAT2, fmt, 1)]
+    if len(row_sum_groups(chunk)) > 1:
+        cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(chunk))))
+    if op.name == ttir.SOFTMAX.name:
+        cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, chunk)]
+        return sorted(cbs, key=lambda c: c.index)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
+            cb(CB_WIDE, fmt, width), cb(CB_WIDE2, fmt, chunk), cb(CB_TMP, fmt, width)]
+    if len(op.operands) > 2:
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, rows * (ct // width))),
+                cb(CB_TMP2, fmt, width)]
+    return sorted(cbs, key=lambda c: c.index)
+
+
 def last_axis_only(op: Operation) -> None:
     """Softmax and layer norm kernels reduce along the last dim (tilize moves other axes there)."""
     rank = tensor(op.operands[0]).rank
@@ -108,14 +136,29 @@ def last_axis_only(op: Operation) -> None:
                         "kernel reduces along the last axis only (run tilize first)")
 
 
-def row_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
-    """Whole rows per core (the kernel reduces along them), any split of batches and tile rows."""
+CHUNKED_MIN_TILES = 17  # rows of at least this many tiles also get row-chunked (multi-pass) candidates
+
+
+def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator[dict[str, int]]:
+    """Whole rows per core (the kernel reduces along them), any split of batches and tile rows.
+
+    With `chunked`, rows of at least CHUNKED_MIN_TILES tiles also get candidates that hold only `chunk` tiles
+    of a row in L1 at a time (a divisor of the row's tiles) and read the row three times: the grid pass takes
+    them when no whole-row blocking fits L1 (they cost more, so a fitting whole-row one always wins)."""
     out = tile_shape(tensor(op.result).shape)
     last_axis_only(op)
+    widths = [d for d in divisors(out.ct) if d <= max_w][::-1]
     for batches in batch_groups([], out.batches):  # the input has the result's shape: any grouping is affine
         for rows in divisors(out.rt):
-            for width in [d for d in divisors(out.ct) if d <= max_w][::-1]:
+            for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
+    if not chunked or out.ct < CHUNKED_MIN_TILES:
+        return
+    for batches in batch_groups([], out.batches):
+        for rows in divisors(out.rt):
+            for chunk in divisors(out.ct)[:-1]:
+                for width in [w for w in widths if chunk % w == 0]:
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, "chunk": chunk}
 
 
 def _row_sum(plan: Plan, rows: int, tiles: int, fidelity: str) -> None:
@@ -133,7 +176,43 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     rows = b["batches"] * b["rows"]
     pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
     plan = Plan(device, grid, (shape.batches // b["batches"], shape.rt // b["rows"]))
-    if op.name == ttir.SOFTMAX.name:
+    reads = 1  # times the reader reads each row
+    if "chunk" in b:
+        chunk = b["chunk"]
+        n = ct // chunk
+        reads = 3
+        groups = len(row_sum_groups(chunk))
+
+        def running_sum() -> None:  # a zero start, per chunk the grouped sum plus the sum so far, a copy out
+            plan.tile(target.DATACOPY, rows * (1 + n * (groups + int(groups > 1)) + 1))
+            plan.tile(target.reduce_sum_key(fidelity), rows * n * (chunk + (groups if groups > 1 else 0) + 1))
+
+        if op.name == ttir.SOFTMAX.name:
+            # pass 1: the running max (an -inf start, per chunk a fill, the chunk's last tile copied and masked)
+            plan.tile(target.DATACOPY, rows * (1 + n + 2 * n * int(pad_cols)))
+            plan.tile(target.REDUCE_MAX, rows * (ct + n))
+            # passes 2 and 3: exp(x - max) with the padding columns re-zeroed, twice
+            plan.tile(target.binary_key("sub"), 2 * rows * ct)
+            plan.tile(target.sfpu_key("exp"), 2 * rows * ct)
+            plan.tile(target.DATACOPY, 2 * rows * ct * int(pad_cols))
+            running_sum()  # pass 2, then 1 / sum
+            plan.tile(target.sfpu_key("recip"), rows)
+            plan.tile(target.binary_key("mul"), rows * ct)  # pass 3: x 1/sum, padding rows zeroed
+            plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
+        else:
+            running_sum()  # pass 1: the mean
+            plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
+            # passes 2 and 3: centred values with the padding columns re-zeroed, twice; squared once
+            plan.tile(target.binary_key("sub"), 2 * rows * ct)
+            plan.tile(target.DATACOPY, 2 * rows * ct * int(pad_cols))
+            plan.tile(target.sfpu_key("square"), rows * ct)
+            running_sum()  # pass 2: the variance, then rstd
+            plan.tile(target.sfpu_key("add_scalar"), rows)
+            plan.tile(target.sfpu_key("rsqrt"), rows)
+            plan.tile(target.binary_key("mul"), 2 * rows * ct)  # pass 3: x rstd x gamma (+ beta), rows zeroed
+            plan.tile(target.binary_key("add"), rows * ct * int(len(op.operands) > 2))
+            plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
+    elif op.name == ttir.SOFTMAX.name:
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -162,7 +241,8 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     def row_pages() -> np.ndarray:
         return (first[:, None, None] + loop[None, :, None] + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
 
-    plan.static(Buffer.of(tensor(op.operands[0]), device), rows * ct, page_lists=row_pages)
+    plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
+                page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
     for param in op.operands[1:]:
         plan.static(Buffer.of(tensor(param), device), rows * ct,
                     page_lists=lambda: np.tile(np.arange(ct), (plan.cores, rows)))
@@ -182,6 +262,8 @@ def lower_row_op(op: Operation) -> Program:
         return [unit[1] * b["rows"]]
 
     compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
+    if "chunk" in b:
+        compute = chunked_softmax_compute if op.name == ttir.SOFTMAX.name else chunked_layer_norm_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
     kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
@@ -201,11 +283,30 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         start = row_start(k, shape, batch, row)
-        with k.loop(blocks) as block:
+
+        def read_block(block: Index) -> None:
             k.op("cb_reserve_back", cb=CB_IN0, pages=width)
             k.op("noc_read_tiles", gens[0], k.affine(start, (block, width)), cb=CB_IN0, rows=1, cols=width)
             k.op("noc_read_barrier")
             k.op("cb_push_back", cb=CB_IN0, pages=width)
+
+        if "chunk" in b:
+            # a chunked row is read three times; the last pass takes the parameters' block with each input block
+            # (the input CB holds one chunk, so the compute kernel needs them interleaved)
+            with k.loop(2), k.loop(blocks) as block:
+                read_block(block)
+            with k.loop(blocks) as block:
+                read_block(block)
+                for cb, gen in params:
+                    k.op("cb_reserve_back", cb=cb, pages=width)
+                    k.op("noc_read_tiles", gen, k.mul(block, width), cb=cb, rows=1, cols=width)
+                if params:
+                    k.op("noc_read_barrier")
+                for cb, _ in params:
+                    k.op("cb_push_back", cb=cb, pages=width)
+            return k.region()
+        with k.loop(blocks) as block:
+            read_block(block)
         if params:
             with k.loop(blocks) as block:
                 for cb, gen in params:
@@ -317,6 +418,189 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     return k.region()
 
 
+def fill_stat(k: KernelBuilder, cb: int, value: float) -> None:
+    """A one-tile statistic CB starts as `value` (the start of a running max or sum)."""
+    k.op("tile_regs_acquire")
+    k.op("fill_tiles", count=1, value=value)
+    k.pack_block(cb, 1)
+
+
+def add_chunk_sum(k: KernelBuilder, cb: int, chunk: int, acc: int, fidelity: str) -> None:
+    """acc (a one-tile running sum in column 0, zeros elsewhere) += the row sums of the `chunk` tiles waiting
+    in cb, summed in groups (`row_sum_groups`) as `reduce_row` does; pops the chunk."""
+    groups = row_sum_groups(chunk)
+    k.op("cb_wait_front", cb=cb, pages=chunk)
+    k.op("tile_regs_acquire")
+    k.op("fill_tiles", count=len(groups), value=0.0)
+    for slot, (first, count) in enumerate(groups):
+        k.op("reduce_tiles", kind="sum", dim="row", cb=cb, offset=first, rows=1, cols=count, dst=slot,
+             fidelity=fidelity)
+    if len(groups) > 1:
+        k.pack_block(CB_GROUPS, len(groups))
+        k.op("cb_wait_front", cb=CB_GROUPS, pages=len(groups))
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=0.0)
+        k.op("reduce_tiles", kind="sum", dim="row", cb=CB_GROUPS, rows=1, cols=len(groups), fidelity=fidelity)
+        k.op("cb_pop_front", cb=CB_GROUPS, pages=len(groups))
+    k.op("cb_wait_front", cb=acc, pages=1)
+    k.op("reduce_tiles", kind="sum", dim="row", cb=acc, rows=1, cols=1, fidelity=fidelity)
+    k.op("cb_pop_front", cb=acc, pages=1)
+    k.op("cb_pop_front", cb=cb, pages=chunk)
+    k.pack_block(acc, 1)
+
+
+def apply_to_stat(k: KernelBuilder, cb: int, sfpu: tuple[tuple[str, float], ...]) -> None:
+    """A one-tile statistic CB = SFPU functions of itself (a copy into Dst), left waiting at the front."""
+    k.op("cb_wait_front", cb=cb, pages=1)
+    k.op("tile_regs_acquire")
+    k.op("copy_tiles", cb=cb, rows=1, cols=1)
+    for fn, param in sfpu:
+        k.op("sfpu_tiles", fn=fn, count=1, param=param)
+    k.op("cb_pop_front", cb=cb, pages=1)
+    k.pack_block(cb, 1)
+    k.op("cb_wait_front", cb=cb, pages=1)
+
+
+def chunked_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
+    """Softmax of rows longer than L1 holds, in three passes over chunks of `chunk` tiles (the reader reads
+    the row three times): the running max, the running sum of exp(x - max), then exp(x - max) / sum.
+
+    The running statistics live in one-tile CBs and are carried from chunk to chunk by reducing them once
+    more with the next chunk (a reduce writes column 0 and keeps the fill elsewhere: -inf for the max, 0 for
+    the sum), so a chunk's reduce starts from the row so far. The max is exact whatever the chunking, so the
+    exp values are those of the whole-row kernel; the sum is grouped per chunk (`row_sum_groups`), then
+    chained over the chunks."""
+    b = s.blocking
+    width, ct, chunk = b["block_w"], shape.ct, b["chunk"]
+    chunks = ct // chunk
+    padded = shape.cols % TILE != 0
+    k = KernelBuilder(op.loc)
+
+    def exp_block(c: Index, block: Index) -> None:
+        k.op("cb_wait_front", cb=CB_IN0, pages=width)
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+        k.op("sfpu_tiles", fn="exp", count=width)
+        mask_block(k, shape, 0, k.affine(k.mul(c, chunk), (block, width)), width, rows=False, cols=True)
+        k.pack_block(CB_WIDE, width)
+        k.op("cb_pop_front", cb=CB_IN0, pages=width)
+
+    with k.loop(b["batches"]), k.loop(b["rows"]) as row:
+        # Pass 1: the running max; each chunk's last tile has its padding columns masked to -inf (a no-op but
+        # for the row's last tile).
+        fill_stat(k, CB_STAT, float("-inf"))
+        with k.loop(chunks) as c:
+            k.op("cb_wait_front", cb=CB_IN0, pages=chunk)
+            if padded:
+                k.op("tile_regs_acquire")
+                k.op("copy_tiles", cb=CB_IN0, offset=chunk - 1, rows=1, cols=1)
+                mask_block(k, shape, 0, k.add(k.mul(c, chunk), chunk - 1), 1, rows=False, cols=True,
+                           fill=float("-inf"))
+                k.pack_block(CB_MASKED, 1)
+                k.op("cb_wait_front", cb=CB_MASKED, pages=1)
+            k.op("cb_wait_front", cb=CB_STAT, pages=1)
+            k.op("tile_regs_acquire")
+            k.op("fill_tiles", count=1, value=float("-inf"))
+            if chunk - padded:
+                k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, rows=1, cols=chunk - padded,
+                     fidelity=s.fidelity)
+            if padded:
+                k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("reduce_tiles", kind="max", dim="row", cb=CB_STAT, rows=1, cols=1, fidelity=s.fidelity)
+            k.op("cb_pop_front", cb=CB_STAT, pages=1)
+            if padded:
+                k.op("cb_pop_front", cb=CB_MASKED, pages=1)
+            k.op("cb_pop_front", cb=CB_IN0, pages=chunk)
+            k.pack_block(CB_STAT, 1)
+        k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        # Pass 2: the running sum of exp(x - max), one grouped sum per chunk plus the sum so far.
+        fill_stat(k, CB_STAT2, 0.0)
+        with k.loop(chunks) as c:
+            with k.loop(chunk // width) as block:
+                exp_block(c, block)
+            add_chunk_sum(k, CB_WIDE, chunk, CB_STAT2, s.fidelity)
+        apply_to_stat(k, CB_STAT2, (("recip", 0.0),))
+        # Pass 3: exp(x - max) again, times 1 / sum, padding rows zeroed.
+        with k.loop(chunks) as c, k.loop(chunk // width) as block:
+            exp_block(c, block)
+            k.op("cb_wait_front", cb=CB_WIDE, pages=width)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1,
+                 cols=width)
+            mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
+                       cols=False)
+            k.pack_block(CB_OUT, width)
+            k.op("cb_pop_front", cb=CB_WIDE, pages=width)
+        k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+    return k.region()
+
+
+def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
+    """Layer norm of rows longer than L1 holds, in three passes over chunks of `chunk` tiles (the reader
+    reads the row three times, the parameters once, with the last pass): the running sum (mean = sum / width),
+    the running sum of squared centred values (rstd = rsqrt(var + eps)), then centred x rstd x gamma (+ beta).
+    The running sums live in one-tile CBs (`add_chunk_sum`)."""
+    b = s.blocking
+    width, ct, chunk = b["block_w"], shape.ct, b["chunk"]
+    chunks = ct // chunk
+    has_beta = len(op.operands) > 2
+    inverse_width = 1.0 / shape.cols
+    k = KernelBuilder(op.loc)
+
+    def centred_block(c: Index, block: Index, out_cb: int, square: bool) -> None:
+        k.op("cb_wait_front", cb=CB_IN0, pages=width)
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+        mask_block(k, shape, 0, k.affine(k.mul(c, chunk), (block, width)), width, rows=False, cols=True)
+        if square:
+            k.op("sfpu_tiles", fn="square", count=width)
+        k.pack_block(out_cb, width)
+        k.op("cb_pop_front", cb=CB_IN0, pages=width)
+
+    with k.loop(b["batches"]), k.loop(b["rows"]) as row:
+        # Pass 1: the mean.
+        fill_stat(k, CB_STAT, 0.0)
+        with k.loop(chunks):
+            add_chunk_sum(k, CB_IN0, chunk, CB_STAT, s.fidelity)
+        apply_to_stat(k, CB_STAT, (("mul_scalar", inverse_width),))
+        # Pass 2: rstd from the running sum of squared centred values.
+        fill_stat(k, CB_STAT2, 0.0)
+        with k.loop(chunks) as c:
+            with k.loop(chunk // width) as block:
+                centred_block(c, block, CB_WIDE2, square=True)
+            add_chunk_sum(k, CB_WIDE2, chunk, CB_STAT2, s.fidelity)
+        apply_to_stat(k, CB_STAT2, (("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))),
+                                    ("rsqrt", 0.0)))
+        # Pass 3: centred x rstd x gamma (+ beta), padding rows zeroed.
+        with k.loop(chunks) as c, k.loop(chunk // width) as block:
+            centred_block(c, block, CB_WIDE, square=False)
+            k.op("cb_wait_front", cb=CB_WIDE, pages=width)
+            k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1,
+                 cols=width)
+            k.pack_block(CB_TMP, width)
+            k.op("cb_wait_front", cb=CB_TMP, pages=width)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
+            last = CB_TMP
+            if has_beta:
+                k.pack_block(CB_TMP2, width)
+                k.op("cb_wait_front", cb=CB_BETA, pages=width)
+                k.op("cb_wait_front", cb=CB_TMP2, pages=width)
+                k.op("tile_regs_acquire")
+                k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+            mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
+                       cols=False)
+            k.pack_block(CB_OUT, width)
+            for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+                k.op("cb_pop_front", cb=cb, pages=width)
+        k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+    return k.region()
+
+
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
@@ -381,7 +665,7 @@ class SoftmaxOp(DeviceOp):
     op_names = frozenset({ttir.SOFTMAX.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, HALF_DST)
+        return row_candidates(op, HALF_DST, chunked=True)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         out = tile_shape(tensor(op.result).shape)
@@ -406,7 +690,7 @@ class LayerNormOp(DeviceOp):
     op_names = frozenset({ttir.LAYER_NORM.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, LN_BLOCK_W)
+        return row_candidates(op, LN_BLOCK_W, chunked=True)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         out = tile_shape(tensor(op.result).shape)
