@@ -125,9 +125,19 @@ def is_body_constant(value: Value) -> bool:
         value.type.encoding is None and value.type.rank == 0
 
 
+MAX_INPUTS = 16  # a fused eltwise reads each input from its own CB, below the output CB (CB_OUT)
+
+
+def outside_inputs(op: Operation) -> set[int]:
+    return {id(v) for v in op.operands if not is_body_constant(v)}
+
+
 def chain_of(root: Operation) -> list[Operation]:
-    """`root` and the fusible ops feeding it whose results have no other use, in program order."""
+    """`root` and the fusible ops feeding it whose results have no other use, in program order; a producer
+    joins only while the chain keeps at most MAX_INPUTS distinct inputs (a long sum of many terms, e.g. an
+    unaligned concat of 40 steps, becomes several fused ops, each its own chain)."""
     members: list[Operation] = []
+    inputs = outside_inputs(root)
     stack = [root]
     while stack:
         op = stack.pop()
@@ -135,7 +145,10 @@ def chain_of(root: Operation) -> list[Operation]:
         for value in op.operands:
             producer = defining_op(value)
             if producer is not None and len(value.uses) == 1 and is_fusible(producer):
-                stack.append(producer)
+                joined = (inputs - {id(value)}) | outside_inputs(producer)
+                if len(joined) <= MAX_INPUTS:
+                    inputs = joined
+                    stack.append(producer)
     block = root.parent
     assert block is not None
     return sorted(members, key=block.index_of)
@@ -167,6 +180,15 @@ def build_body(members: Sequence[Operation]) -> tuple[list[Value], Block]:
     return inputs, block
 
 
+def chain_root(op: Operation) -> Operation:
+    """The last op of the longest chain of sole fusible users from `op`."""
+    while True:
+        user = sole_user(op.result)
+        if user is None or not is_fusible(user):
+            return op
+        op = user
+
+
 class FuseEltwise(RewritePattern):
     """A maximal chain of elementwise ops ending at this op -> one ttir.eltwise with the chain as body."""
 
@@ -174,7 +196,7 @@ class FuseEltwise(RewritePattern):
         if not is_fusible(op):
             return False
         user = sole_user(op.result)
-        if user is not None and is_fusible(user):
+        if user is not None and is_fusible(user) and op in chain_of(chain_root(user)):
             return rewriter.notify_match_failure(op, "joins the chain of its only user")
         members = chain_of(op)
         inputs, body = build_body(members)

@@ -82,3 +82,21 @@ def test_row_granular_movement_keeps_the_row_lookup() -> None:
     compiled = ttc.compile(model)
     assert element_lookups(compiled) == 0
     assert any(name.endswith(".row_index") for name in compiled.module.weights)
+
+
+def test_a_sum_of_40_terms_fuses_into_several_eltwise_ops() -> None:
+    """An unaligned concat of many steps is a sum of 40 placements (LSTM outputs): the fuse pass stops a chain
+    at 16 distinct inputs (one CB each), so the sum becomes several fused ops instead of an error."""
+    terms = 40
+    nodes = [helper.make_node("Sum", [f"x{i}" for i in range(terms)], ["y"])]
+    inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, (3, 40)) for i in range(terms)]
+    graph = helper.make_graph(nodes, "sum40", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, (3, 40))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    fused = [op for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"
+             and op.attributes["kind"] == "eltwise"]
+    assert len(fused) >= 3
+    rng = np.random.default_rng(5)
+    feeds = {f"x{i}": rng.standard_normal((3, 40)).astype(np.float32) for i in range(terms)}
+    assert compare("y", compiled.run(feeds)["y"], run_onnxruntime(model, feeds)["y"]).passed

@@ -200,8 +200,6 @@ REPROS: dict[str, Repro] = {
     "conv_transpose_large": Repro(conv_transpose_large, "dbnet",
                                   re.escape("'ttir.embedding' does not fit in L1 on e150"), 2,
                                   "1. any convolution window (ConvTranspose of any kernel)"),
-    "lstm_40_steps": Repro(lstm_40_steps, "crnn", re.escape("an eltwise op with 40 inputs (at most 16)"), 2,
-                           "3. any data movement (Concat of many inputs)"),
     "softmax_6625": Repro(softmax_6625, "crnn (behind lstm_40_steps)",
                           re.escape("'ttir.softmax' does not fit in L1 on e150"), 2, "2. any row length"),
     "resnet_stem_batch20": Repro(resnet_stem_batch20, "resnet50-b20",
@@ -222,8 +220,9 @@ FIXED: dict[str, Callable[[], onnx.ModelProto]] = {
     "channels_last_permute": channels_last_permute,
     "concat_conv1x1": concat_conv1x1,
     "nearest_upsample_concat": nearest_upsample_concat,
+    "lstm_40_steps": lstm_40_steps,  # a fused sum stops at 16 inputs (passes/fuse.py)
 }
-SLOW_FIXED = frozenset({"concat_conv1x1", "nearest_upsample_concat"})  # each compiles in over a minute here
+SLOW_FIXED = frozenset({"concat_conv1x1", "nearest_upsample_concat", "lstm_40_steps"})  # each compiles in 30-90 s here
 
 
 def compile_outcome(model: onnx.ModelProto) -> tuple[int, str]:
