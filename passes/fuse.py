@@ -8,7 +8,8 @@
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
   ends with `ttir.yield`. Inputs broadcast numpy-style to the result, as the ops did. A chain is a
   tree: an op joins its user's chain only when its result has that single use, so a value also used
-  elsewhere stays the result of its own fused op.
+  elsewhere stays the result of its own fused op, and only while the chain keeps at most 16 distinct
+  inputs (a CB each): a longer sum (an unaligned concat of 40 steps) becomes several fused ops.
 - Divisions become products first (`x * reciprocal(y)`, or `x * (1 / c)` for a constant c): `tilize`
   already did this; here it guarantees that no division reaches a fused body.
 
