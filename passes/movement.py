@@ -451,6 +451,13 @@ class RowGather(RewritePattern):
         [..., W_out, 1]), transpose the last two dims (whole tiles) and regroup the [..., 1, W_out] rows into
         the result (a view or a row lookup)."""
         sources = element_sources(in_shape, steps)
+        if sources is None and len(in_shape) >= 2 and in_shape[-2] <= MAX_ELEMENT_COLUMNS < in_shape[-1]:
+            # wide rows: stack the columns of the input's tile transpose (its rows) instead
+            perm = (*range(len(in_shape) - 2), len(in_shape) - 1, len(in_shape) - 2)
+            swapped = tuple(in_shape[p] for p in perm)
+            turned = rewriter.create_before(op, ttir.TRANSPOSE.name, [x], [tensor(x).with_shape(swapped)],
+                                            {"perm": perm}).result
+            return self.elements(op, turned, swapped, (("transpose", perm), *steps), rewriter)
         if sources is None:
             return rewriter.notify_match_failure(op, f"more than {MAX_ELEMENT_COLUMNS} input columns to stack")
         source, result = tensor(x), tensor(op.result)

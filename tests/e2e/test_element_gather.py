@@ -44,6 +44,7 @@ CASES = {
     "nhwc_to_nchw_odd": ((1, 6, 9, 40), [("Transpose", {"perm": [0, 3, 1, 2]}, None)]),
     "flatten_then_transpose": ((1, 70, 3, 3), [("Reshape", {}, [1, 70, 9]), ("Transpose", {"perm": [0, 2, 1]}, None)]),
     "permute_3d": ((3, 10, 7), [("Transpose", {"perm": [2, 0, 1]}, None)]),
+    "wide_rows": ((1, 37, 1500), [("Reshape", {}, [1, 1500, 37])]),  # stacked through the tile transpose
 }
 
 
