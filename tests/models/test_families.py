@@ -79,7 +79,9 @@ CLIFFS: dict[str, Cliff] = {
     "deit-small-mini": PATCH, "deit-small": PATCH,
     # the minis compile and pass golden since the element gather (issue 15 item 3), over the compile budget
     "swin-tiny-mini": SLOW_MOVEMENT, "swin-tiny": SLOW_MOVEMENT,
-    "convnext-tiny-mini": SLOW_MOVEMENT, "convnext-tiny": SLOW_MOVEMENT,
+    "convnext-tiny-mini": SLOW_MOVEMENT,
+    # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
+    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
     "efficientnet-b0-mini": EFFICIENTNET, "efficientnet-b0": EFFICIENTNET,
     "yolo-mini": SLOW_MOVEMENT, "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     "dbnet-mini": DBNET, "dbnet": DBNET,
