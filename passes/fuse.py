@@ -8,7 +8,8 @@
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
   ends with `ttir.yield`. Inputs broadcast numpy-style to the result, as the ops did. A chain is a
   tree: an op joins its user's chain only when its result has that single use, so a value also used
-  elsewhere stays the result of its own fused op.
+  elsewhere stays the result of its own fused op, and only while the chain keeps at most 16 distinct
+  inputs (a CB each): a longer sum (an unaligned concat of 40 steps) becomes several fused ops.
 - Divisions become products first (`x * reciprocal(y)`, or `x * (1 / c)` for a constant c): `tilize`
   already did this; here it guarantees that no division reaches a fused body.
 
@@ -125,9 +126,19 @@ def is_body_constant(value: Value) -> bool:
         value.type.encoding is None and value.type.rank == 0
 
 
+MAX_INPUTS = 16  # a fused eltwise reads each input from its own CB, below the output CB (CB_OUT)
+
+
+def outside_inputs(op: Operation) -> set[int]:
+    return {id(v) for v in op.operands if not is_body_constant(v)}
+
+
 def chain_of(root: Operation) -> list[Operation]:
-    """`root` and the fusible ops feeding it whose results have no other use, in program order."""
+    """`root` and the fusible ops feeding it whose results have no other use, in program order; a producer
+    joins only while the chain keeps at most MAX_INPUTS distinct inputs (a long sum of many terms, e.g. an
+    unaligned concat of 40 steps, becomes several fused ops, each its own chain)."""
     members: list[Operation] = []
+    inputs = outside_inputs(root)
     stack = [root]
     while stack:
         op = stack.pop()
@@ -135,7 +146,10 @@ def chain_of(root: Operation) -> list[Operation]:
         for value in op.operands:
             producer = defining_op(value)
             if producer is not None and len(value.uses) == 1 and is_fusible(producer):
-                stack.append(producer)
+                joined = (inputs - {id(value)}) | outside_inputs(producer)
+                if len(joined) <= MAX_INPUTS:
+                    inputs = joined
+                    stack.append(producer)
     block = root.parent
     assert block is not None
     return sorted(members, key=block.index_of)
@@ -167,6 +181,15 @@ def build_body(members: Sequence[Operation]) -> tuple[list[Value], Block]:
     return inputs, block
 
 
+def chain_root(op: Operation) -> Operation:
+    """The last op of the longest chain of sole fusible users from `op`."""
+    while True:
+        user = sole_user(op.result)
+        if user is None or not is_fusible(user):
+            return op
+        op = user
+
+
 class FuseEltwise(RewritePattern):
     """A maximal chain of elementwise ops ending at this op -> one ttir.eltwise with the chain as body."""
 
@@ -174,7 +197,7 @@ class FuseEltwise(RewritePattern):
         if not is_fusible(op):
             return False
         user = sole_user(op.result)
-        if user is not None and is_fusible(user):
+        if user is not None and is_fusible(user) and op in chain_of(chain_root(user)):
             return rewriter.notify_match_failure(op, "joins the chain of its only user")
         members = chain_of(op)
         inputs, body = build_body(members)

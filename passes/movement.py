@@ -19,6 +19,13 @@ and concatenations along tile boundaries. What does not fall on tile boundaries 
   (`ttir.embedding` of the row-major tensor by a constant int32 table of source rows), which tilizes.
   A chain whose first ops move whole tiles and whose rest moves whole rows is split there: the tile
   gather stays a program of its own and the row lookup reads its result.
+- Any other movement of one tensor (rows split and merged into element-sized pieces: a flatten after a
+  global pool, NHWC <-> NCHW on odd sizes, Swin's windows) is element-granular (`RowGather.elements`): the
+  input's columns are stacked by exact selection matmuls ([W_in, ..., rows, 1], at most 64 columns per
+  product), untilized (a page per element), every output element is looked up by a constant
+  `.element_index` table (one `ttir.embedding`, [..., W_out, 1]), and a tile transpose and a row regroup
+  give the result. Segments of one element are taken this way past 8 output columns (one lookup, not one
+  per column).
 - Reductions run along the last dim (`ttir.reduce_*` with axes = [rank - 1], keepdims) or the one before
   it; a reduction over both is one after the other, over batch dims a chain of elementwise adds (max,
   for a max) of the slices, and keepdims = false a reshape after. Beyond 16 slices, batch dims reduced
@@ -398,8 +405,8 @@ class RowGather(RewritePattern):
         selection matmul, [J, ..., rows, g]), untilize the stack, look each output segment column up by row
         (m = W_out / g lookups) and concatenate them."""
         plan = segment_plan(in_shape, steps)
-        if plan is None:
-            return rewriter.notify_match_failure(op, "too many segments of the last dim move")
+        if plan is None or (plan[0] == 1 and plan[1].shape[-1] > CONCAT_FAN_IN):
+            return self.elements(op, x, in_shape, steps, rewriter)  # one element lookup, not a lookup per column
         g, sources = plan
         source, result = tensor(x), tensor(op.result)
         shape_in = in_shape if len(in_shape) >= 2 else (1, *in_shape)
@@ -434,6 +441,78 @@ class RowGather(RewritePattern):
             joined = rewriter.create_before(op, ttir.RESHAPE.name, [joined], [result]).result
         rewriter.replace_op(op, [joined])
         return True
+
+
+    def elements(self, op: Operation, x: Value, in_shape: tuple[int, ...], steps: tuple,
+                 rewriter: PatternRewriter) -> bool:
+        """The element-granular fallback, for any movement of one tensor: stack the W_in columns of the input
+        (one exact selection matmul, [W_in, ..., rows, 1]), untilize the stack (a page per element), look every
+        output element up by a constant table shaped (*output rows, W_out) (one `ttir.embedding`, giving
+        [..., W_out, 1]), transpose the last two dims (whole tiles) and regroup the [..., 1, W_out] rows into
+        the result (a view or a row lookup)."""
+        sources = element_sources(in_shape, steps)
+        if sources is None and len(in_shape) >= 2 and in_shape[-2] <= MAX_ELEMENT_COLUMNS < in_shape[-1]:
+            # wide rows: stack the columns of the input's tile transpose (its rows) instead
+            perm = (*range(len(in_shape) - 2), len(in_shape) - 1, len(in_shape) - 2)
+            swapped = tuple(in_shape[p] for p in perm)
+            turned = rewriter.create_before(op, ttir.TRANSPOSE.name, [x], [tensor(x).with_shape(swapped)],
+                                            {"perm": perm}).result
+            return self.elements(op, turned, swapped, (("transpose", perm), *steps), rewriter)
+        if sources is None:
+            return rewriter.notify_match_failure(op, f"more than {MAX_ELEMENT_COLUMNS} input columns to stack")
+        source, result = tensor(x), tensor(op.result)
+        shape_in = in_shape if len(in_shape) >= 2 else (1, *in_shape)
+        shape_out = result.shape if result.rank >= 2 else (1, *result.shape)
+        columns = shape_in[-1]
+        lifted = rewriter.create_before(op, ttir.RESHAPE.name, [x], [source.with_shape((1, *shape_in))]).result
+        if columns == 1:
+            stack = lifted
+        else:  # at most STACK_COLUMNS columns (the product's batches) per matmul, stacked by a batch concat
+            chunks = []
+            for first in range(0, columns, STACK_COLUMNS):
+                count = min(STACK_COLUMNS, columns - first)
+                selection = np.zeros((count, *([1] * (len(shape_in) - 2)), columns, 1), np.float32)
+                selection[np.arange(count), ..., first + np.arange(count), 0] = 1.0
+                chunks.append(exact_matmul(rewriter, op, lifted, weight(rewriter, self.module, op, "columns",
+                                                                        selection, source)))
+            stack = concat_tree(rewriter, op, chunks, 0)
+        stack_type = tensor(stack).with_shape((columns, *shape_in[:-1], 1))
+        untilized = rewriter.create_before(op, ttir.TO_LAYOUT.name, [stack],
+                                           [stack_type.with_encoding(ROW_MAJOR)]).result
+        table_type = TensorType((math.prod(stack_type.shape), 1), source.element_type, ROW_MAJOR)
+        table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
+        ids = sources.reshape(shape_out).astype(np.int32)
+        name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'elements')}.element_index",
+                                      ids)
+        ids_value = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
+                                           {"value": WeightAttr(name)}).result
+        looked_up = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids_value],
+                                           [result.with_shape((*shape_out, 1))]).result
+        lying = rewriter.create_before(op, ttir.TRANSPOSE.name, [looked_up],
+                                       [result.with_shape((*shape_out[:-1], 1, shape_out[-1]))],
+                                       {"perm": (*range(len(shape_out) - 1), len(shape_out), len(shape_out) - 1)})
+        value = rewriter.create_before(op, ttir.RESHAPE.name, [lying.result], [result]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
+STACK_COLUMNS = 64  # columns stacked by one selection matmul (its batches, each a unit of work)
+MAX_ELEMENT_COLUMNS = 1024  # the element fallback stacks the input's columns with a [W_in, W_in] selection
+
+
+def element_sources(in_shape: tuple[int, ...], steps: tuple) -> np.ndarray | None:
+    """For each output element (shaped like the output), its row in the stack of the input's columns (column j,
+    input row r -> j * rows + r); None past MAX_ELEMENT_COLUMNS input columns."""
+    if any(kind == "concat" for kind, _ in steps):
+        return None
+    width = in_shape[-1] if in_shape else 1
+    if width > MAX_ELEMENT_COLUMNS:
+        return None
+    flat = np.arange(math.prod(in_shape), dtype=np.int64).reshape(in_shape)
+    for kind, arg in steps:
+        flat = _apply_step(flat, kind, arg)
+    rows_in = math.prod(in_shape[:-1]) if len(in_shape) >= 2 else 1
+    return (flat % width) * rows_in + flat // width
 
 
 def tile_prefix_then_rows(chain: list[Operation], in_shapes: tuple, steps: tuple) -> tuple[Value, np.ndarray] | None:

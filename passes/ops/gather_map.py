@@ -15,6 +15,7 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.passes.ops.geometry import (
     TILE,
+    TileShape,
     tensor,
     tile_shape,
 )
@@ -93,6 +94,38 @@ def _row_regroup(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]
     return Gather(np.arange(tile_shape(source).tiles, dtype=np.int64), False)
 
 
+PROBE_TILES = 64
+
+
+def _tile_check(tiles: np.ndarray, starts: np.ndarray, sources: list[TileShape]) -> tuple[np.ndarray, np.ndarray, bool] | str:
+    """Output tiles of source element ids (-1: padding) -> (their real elements, the source tile of each in a
+    numbering over all inputs, transposed), or why they are not whole input tiles copied or transposed."""
+    real = tiles >= 0
+    element = np.where(real, tiles, 0)
+    which = np.searchsorted(starts, element, side="right") - 1 if len(sources) > 1 else 0  # each element's input
+    local = element - starts[which]
+    rows = np.array([src.rows for src in sources])[which]
+    cols = np.array([src.cols for src in sources])[which]
+    rts = np.array([src.rt for src in sources])[which]
+    cts = np.array([src.ct for src in sources])[which]
+    tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
+    b, rc = np.divmod(local, rows * cols)
+    r, c = np.divmod(rc, cols)
+    tile_id = tile_starts[which] + (b * rts + r // TILE) * cts + c // TILE  # a numbering over all inputs
+    lo = np.where(real, tile_id, np.iinfo(np.int64).max).min(axis=(1, 2))
+    hi = np.where(real, tile_id, -1).max(axis=(1, 2))
+    if (lo != hi).any():
+        return "an output tile takes data from several input tiles"
+    i, j = np.arange(TILE)[:, None], np.arange(TILE)[None, :]
+    copied = ((r % TILE == i) & (c % TILE == j)) | ~real
+    swapped = ((r % TILE == j) & (c % TILE == i)) | ~real
+    if copied.all():
+        return real, lo, False
+    if swapped.all():
+        return real, lo, True
+    return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
+
+
 @functools.lru_cache(maxsize=64)
 def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | str:
     """The tile gather doing `steps` on tensors of `in_shapes` (several only when the first step is a concat),
@@ -119,31 +152,15 @@ def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[St
     padded = np.full((out.batches, out.rt * TILE, out.ct * TILE), -1, dtype=np.int64)
     padded[:, : out.rows, : out.cols] = matrix
     tiles = padded.reshape(out.batches, out.rt, TILE, out.ct, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
-    real = tiles >= 0
-    element = np.where(real, tiles, 0)
-    which = np.searchsorted(starts, element, side="right") - 1  # the input of every element
-    local = element - starts[which]
-    rows = np.array([src.rows for src in sources])[which]
-    cols = np.array([src.cols for src in sources])[which]
-    rts = np.array([src.rt for src in sources])[which]
-    cts = np.array([src.ct for src in sources])[which]
+    if len(tiles) > PROBE_TILES:  # a large movement that is not tile-granular mostly fails on its first tiles
+        probe = _tile_check(tiles[:PROBE_TILES], starts, sources)
+        if isinstance(probe, str):
+            return probe
+    checked = _tile_check(tiles, starts, sources)
+    if isinstance(checked, str):
+        return checked
+    real, lo, transposed = checked
     tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
-    b, rc = np.divmod(local, rows * cols)
-    r, c = np.divmod(rc, cols)
-    tile_id = tile_starts[which] + (b * rts + r // TILE) * cts + c // TILE  # a numbering over all inputs
-    lo = np.where(real, tile_id, np.iinfo(np.int64).max).min(axis=(1, 2))
-    hi = np.where(real, tile_id, -1).max(axis=(1, 2))
-    if (lo != hi).any():
-        return "an output tile takes data from several input tiles"
-    i, j = np.arange(TILE)[:, None], np.arange(TILE)[None, :]
-    copied = ((r % TILE == i) & (c % TILE == j)) | ~real
-    swapped = ((r % TILE == j) & (c % TILE == i)) | ~real
-    if copied.all():
-        transposed = False
-    elif swapped.all():
-        transposed = True
-    else:
-        return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
     source_input = np.searchsorted(tile_starts, lo, side="right") - 1
     source = lo - tile_starts[source_input]
     src_rows = np.array([s.rows for s in sources])[source_input]

@@ -50,14 +50,14 @@ class KnownCliff(Exception):
 
 @dataclass(frozen=True)
 class Cliff:
-    stage: str  # "compile" (a TtcError) or "golden" (the golden rule fails)
+    stage: str  # "compile" (a TtcError), "golden" (the golden rule fails) or "budget" (passes, compiles slowly)
     match: str  # text the error message contains (compile), or the failing output's name (golden)
     item: str  # the issue-15 item that removes it
     max_rel_l2: float = 0.0  # golden: the recorded failure's relative L2 error may not grow past this
 
     def mark(self) -> pytest.MarkDecorator:
         limit = f" with rel L2 <= {self.max_rel_l2}" if self.stage == "golden" else ""
-        return pytest.mark.xfail(strict=True, raises=KnownCliff,
+        return pytest.mark.xfail(strict=self.stage != "budget", raises=KnownCliff,  # a budget is timing: not strict
                                  reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
 
 
@@ -66,29 +66,24 @@ ROW = "2. any row length"
 MOVE = "3. any data movement"
 
 
-def _movement(text: str) -> str:
-    return text + " is not a tile-granular data movement"
-
-
 # The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
 PATCH = Cliff("compile", "a 16x16 kernel has more than 128 positions", CONV)
-SWIN = Cliff("compile", _movement("reshape to [1, 56, 56, 96] then transpose to [1, 56, 96, 56] then reshape to "
-                                  "[5376, 56] from [1, 3136, 96]"), MOVE)
-CONVNEXT = Cliff("compile", _movement("transpose to [1, 96, 56, 56] from [1, 56, 56, 96]"), MOVE)
 EFFICIENTNET = Cliff("compile", "a 1280x1280 pool has more than 128 positions", CONV)
-YOLO = Cliff("compile", _movement("concat to [1, 48, 160, 160] then transpose to [1, 160, 160, 48] then reshape to "
-                                  "[25600, 48] from [1, 16, 160, 160] and [1, 16, 160, 160] and "
-                                  "[1, 16, 160, 160]"), MOVE)
 DBNET = Cliff("compile", "'ttir.embedding' does not fit in L1 on e150: its smallest footprint over all grids "
                          "and blockings is 3293216 bytes", CONV)
-CRNN = Cliff("compile", "an eltwise op with 40 inputs (at most 16)", MOVE)
+CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest footprint over all grids and "
+                       "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
+SLOW_MOVEMENT = Cliff("budget", "compile CPU time (numpy tile maps of large movements)", MOVE)
 CLIFFS: dict[str, Cliff] = {
     "vit-base-mini": PATCH, "vit-base": PATCH, "vit-base-b8": PATCH,
     "deit-small-mini": PATCH, "deit-small": PATCH,
-    "swin-tiny-mini": SWIN, "swin-tiny": SWIN,
-    "convnext-tiny-mini": CONVNEXT, "convnext-tiny": CONVNEXT,
+    # the minis compile and pass golden since the element gather (issue 15 item 3), over the compile budget
+    "swin-tiny-mini": SLOW_MOVEMENT, "swin-tiny": SLOW_MOVEMENT,
+    "convnext-tiny-mini": SLOW_MOVEMENT,
+    # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
+    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
     "efficientnet-b0-mini": EFFICIENTNET, "efficientnet-b0": EFFICIENTNET,
-    "yolo-mini": YOLO, "yolo": YOLO,
+    "yolo-mini": SLOW_MOVEMENT, "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
     # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
@@ -151,6 +146,8 @@ def check_family(name: str, path: Path, record_property, budget_s: float | None 
             and all(r.pcc >= 0.99 and r.rel_l2_err <= cliff.max_rel_l2 for r in failed)):
         raise KnownCliff(f"{name}: {failed}")
     assert not failed, (name, failed)
+    if budget_s is not None and cliff and cliff.stage == "budget" and compile_cpu_s >= budget_s:
+        raise KnownCliff(f"{name}: compiled in {compile_cpu_s:.1f} CPU s, passes golden")
     if budget_s is not None:
         assert compile_cpu_s < budget_s, f"{name} compiled in {compile_cpu_s:.1f} CPU s ({compile_s:.1f} s wall; " \
                                          f"target {budget_s} s)"

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from build_repros import FIXED, REPROS, compile_outcome
+from build_repros import FIXED, REPROS, SLOW_FIXED, compile_outcome
 
 
 class RecordedFailure(Exception):
@@ -40,7 +40,8 @@ def test_every_repro_is_listed_in_failures_md() -> None:
     assert not missing, missing
 
 
-@pytest.mark.parametrize("name", sorted(FIXED))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] if name in SLOW_FIXED else [])
+                                  for name in sorted(FIXED)])
 def test_fixed_repro_compiles_and_passes_golden(name: str) -> None:
     import numpy as np
     import onnxruntime
