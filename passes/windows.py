@@ -16,9 +16,14 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
   grows with C, not C squared. A 1x1 stride-1 convolution without
   padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
-  the lookup and the product go by chunks of rows, joined along the rows after the product;
+  the lookup and the product go by chunks of rows, joined along the rows after the product. Beyond
+  `MAX_POSITIONS` kernel positions (ViT's 16x16 patches, a 13x13 depthwise kernel) the window is split
+  along K: a lookup of at most 128 positions and a product by their rows of the stacked weight per chunk,
+  the partial products summed; positions that read only padding for every output pixel are dropped;
 - an average pool is the same matmul with stacked identities, times a constant per-pixel 1 / count
-  (count_include_pad either way, ceil_mode windows clipped);
+  (count_include_pad either way, ceil_mode windows clipped). A pool whose one window per image holds the
+  whole input (a kernel at least the input's size, no padding: ResNet's 7x7, EfficientNet's
+  AvgPool2d(1280, ceil_mode)) is a mean or maximum along the rows of [N, H*W, C], for any kernel size;
 - a max pool is the elementwise maximum of one stick lookup per kernel position (a padding position reads
   a stick of its own window instead, so it never wins).
 
@@ -159,24 +164,45 @@ def padded_channels(rewriter: PatternRewriter, module: Module, op: Operation, x:
 
 
 def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
-                    b: Value, result: TensorType) -> Value:
-    """im2col(x) @ b: for each output pixel the sticks of its KK kernel positions (channels padded to Cp) times
-    the stacked weight [KK * Cp, OC]. Beyond MAX_IM2COL_IDS output pixels the lookup and the product go by
-    chunks of rows, joined after the product (tile rows: a tile-granular concat)."""
-    x = padded_channels(rewriter, module, op, x)
+                    stacked: np.ndarray, name: str, result: TensorType) -> Value:
+    """im2col(x) @ stacked: for each output pixel the sticks of its KK kernel positions (channels padded to Cp)
+    times the stacked weight [KK * Cp, OC] (a weight constant `name`). Kernel positions that read only padding
+    for every output pixel (a kernel larger than its padded input) are dropped with their weight rows. Beyond
+    MAX_IM2COL_IDS output pixels the lookup and the product go by chunks of rows, joined after the product
+    (tile rows: a tile-granular concat); beyond MAX_POSITIONS kernel positions by chunks of positions (a K
+    split: one lookup and one product by the chunk's weight rows each), the partial products summed."""
+    width = -(-tensor(x).shape[1] // 32) * 32  # Cp
+    used = (ids >= 0).any(axis=1)
+    if not used.any():
+        used[0] = True  # every window lies in the padding: one all-zero position keeps the shapes
+    if not used.all():
+        ids = ids[used]
+        stacked = stacked.reshape(used.size, width, -1)[used].reshape(-1, stacked.shape[-1])
     positions, m = ids.shape
+    like = tensor(op.operands[1]) if len(op.operands) > 1 else result
+    splits = [(first, min(first + MAX_POSITIONS, positions)) for first in range(0, positions, MAX_POSITIONS)]
+    bs = [weight(rewriter, module, op, name if len(splits) == 1 else f"{name}.k{index}",
+                 stacked[first * width:last * width], like) for index, (first, last) in enumerate(splits)]
+    x = padded_channels(rewriter, module, op, x)
     if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
-        return rewriter.create_before(op, ttir.MATMUL.name, [x, b], [result]).result
+        return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
     for start in range(0, m, MAX_IM2COL_IDS):
         part = ids[:, start:start + MAX_IM2COL_IDS]
-        if positions == 1:
-            cols = position_lookup(rewriter, module, op, rows, part[0], start)
-        else:
-            cols = im2col_lookup(rewriter, module, op, rows, part)
-        products.append(rewriter.create_before(op, ttir.MATMUL.name, [cols, b],
-                                               [result.with_shape((part.shape[1], result.shape[1]))]).result)
+        total: Value | None = None
+        for (first, last), b in zip(splits, bs, strict=True):
+            chunk = part[first:last]
+            if last - first == 1:
+                cols = position_lookup(rewriter, module, op, rows, chunk[0], start * positions + first)
+            else:
+                cols = im2col_lookup(rewriter, module, op, rows, chunk)
+            product = rewriter.create_before(op, ttir.MATMUL.name, [cols, b],
+                                             [result.with_shape((part.shape[1], result.shape[1]))]).result
+            total = product if total is None else rewriter.create_before(
+                op, ttir.ADD.name, [total, product], [tensor(product)]).result
+        assert total is not None
+        products.append(total)
     if len(products) == 1:
         return products[0]
     return rewriter.create_before(op, ttir.CONCAT.name, products, [result], {"axis": 0}).result
@@ -292,8 +318,6 @@ class Conv2dToDevice(RewritePattern):
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, w_value = op.operands[0], op.operands[1]
         _, _, kh, kw = tensor(w_value).shape
-        if kh * kw > MAX_POSITIONS:
-            raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
         w = constant_array(self.module, w_value)
         if w is None:
@@ -302,11 +326,16 @@ class Conv2dToDevice(RewritePattern):
             w = np.asarray(w, np.float32)
             ids = window_ids(op, (kh, kw))
             if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
-                value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+                value = None
+                flat = w.reshape(w.shape[0], -1)
+                for first in range(0, ids.shape[0], MAX_POSITIONS):  # a K split beyond MAX_POSITIONS
+                    part = depthwise_matmul(rewriter, self.module, op, x, ids[first:first + MAX_POSITIONS],
+                                            flat[:, first:first + MAX_POSITIONS], result)
+                    value = part if value is None else rewriter.create_before(op, ttir.ADD.name, [value, part],
+                                                                              [result]).result
             else:
                 stacked = stacked_conv_weight(w, op.attr("groups"))
-                b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-                value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
+                value = windowed_matmul(rewriter, self.module, op, x, ids, stacked, "w", result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, ttir.ADD.name, [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])
@@ -344,6 +373,10 @@ class Pool2dToDevice(RewritePattern):
         kernel = tuple(op.attr("kernel"))
         positions = math.prod(kernel)
         result = tensor(op.result)
+        n, h, w = op.attr("input_shape")
+        if self.covers_input(op):
+            rewriter.replace_op(op, [self.global_reduce(rewriter, op, x, n, h * w)])
+            return True
         ids = window_ids(op, kernel)
         if op.attr("kind") == "max":
             if positions > MAX_MAX_POSITIONS and max(kernel) <= MAX_MAX_POSITIONS:
@@ -358,17 +391,9 @@ class Pool2dToDevice(RewritePattern):
             pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
             rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
             return True
-        n, h, w = op.attr("input_shape")
-        if tuple(kernel) == (h, w) and not any(op.attr("pads")) and result.shape[0] == n:
-            rewriter.replace_op(op, [self.global_mean(rewriter, op, x, n, h * w)])
-            return True
-        if positions > MAX_POSITIONS:
-            raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} pool has more than "
-                            f"{MAX_POSITIONS} positions")
         c = tensor(x).shape[1]
         summed = stacked_weight(np.broadcast_to(np.eye(c, dtype=np.float32), (positions, c, c)), c)
-        value = windowed_matmul(rewriter, self.module, op, x, ids,
-                                weight(rewriter, self.module, op, "sum", summed, result), result)
+        value = windowed_matmul(rewriter, self.module, op, x, ids, summed, "sum", result)
         divisors = pool_divisors(op, kernel)
         if np.all(divisors == divisors[0]):
             scale_type = TensorType((), result.element_type)
@@ -398,13 +423,24 @@ class Pool2dToDevice(RewritePattern):
         return rewriter.create_before(op, ttir.POOL2D.name, [rows], [tensor(op.result)], row).result
 
     @staticmethod
-    def global_mean(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
-        """An average over the whole image (ResNet's 7x7 pool): the mean of each image's pixels, a reduction
-        along the rows of [N, H*W, C] rather than a product with stacked identities."""
+    def covers_input(op: Operation) -> bool:
+        """One window per image that holds the whole unpadded input (ResNet's 7x7 average pool, or a kernel
+        larger than the input: HF EfficientNet's AvgPool2d(1280, ceil_mode=True) on 7x7, its window clipped):
+        an average of it divides by H * W either way of count_include_pad, as no padding is counted."""
+        n, h, w = op.attr("input_shape")
+        kh, kw = op.attr("kernel")
+        return (kh >= h and kw >= w and not any(op.attr("pads")) and tuple(op.attr("dilations")) == (1, 1)
+                and tensor(op.result).shape[0] == n)
+
+    @staticmethod
+    def global_reduce(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
+        """A pool over the whole image: the mean (or maximum) of each image's pixels, a reduction along the rows
+        of [N, H*W, C] rather than a window lookup, for a kernel of any size."""
         like = tensor(x)
         c = like.shape[1]
+        kind = ttir.REDUCE_MAX.name if op.attr("kind") == "max" else ttir.REDUCE_MEAN.name
         by_image = rewriter.create_before(op, ttir.RESHAPE.name, [x], [like.with_shape((n, pixels, c))]).result
-        mean = rewriter.create_before(op, ttir.REDUCE_MEAN.name, [by_image], [like.with_shape((n, 1, c))],
+        mean = rewriter.create_before(op, kind, [by_image], [like.with_shape((n, 1, c))],
                                       {"axes": (1,), "keepdims": True}).result
         return rewriter.create_before(op, ttir.RESHAPE.name, [mean], [tensor(op.result)]).result
 
