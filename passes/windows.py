@@ -25,7 +25,8 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   whole input (a kernel at least the input's size, no padding: ResNet's 7x7, EfficientNet's
   AvgPool2d(1280, ceil_mode)) is a mean or maximum along the rows of [N, H*W, C], for any kernel size;
 - a max pool is the elementwise maximum of one stick lookup per kernel position (a padding position reads
-  a stick of its own window instead, so it never wins).
+  a stick of its own window instead, so it never wins); beyond `MAX_MAX_POSITIONS` positions it is
+  separable (a pool along H, then one along W), and a 1-D one goes by levels (`two_level_max`).
 
 Pad and Resize import as padded lookups of the channels-last matrix (`PaddedLookupToDevice`). The NCHW <->
 channels-last changes left at the graph edges become row lookups around a tile transpose
@@ -60,7 +61,8 @@ from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
 MAX_POSITIONS = 128  # kernel positions of one window
-MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
+MAX_MAX_POSITIONS = 9  # a max pool combines its positions in one fused eltwise op (beyond 9 inputs its body
+# needs more than the 15 intermediate circular buffers); more positions go by levels of pools
 
 
 def window_ids(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
@@ -379,8 +381,11 @@ class Pool2dToDevice(RewritePattern):
             return True
         ids = window_ids(op, kernel)
         if op.attr("kind") == "max":
-            if positions > MAX_MAX_POSITIONS and max(kernel) <= MAX_MAX_POSITIONS:
+            if positions > MAX_MAX_POSITIONS and min(kernel) > 1:
                 rewriter.replace_op(op, [self.separable_max(rewriter, op, x)])
+                return True
+            if positions > MAX_MAX_POSITIONS and tuple(op.attr("dilations")) == (1, 1):
+                rewriter.replace_op(op, [self.two_level_max(rewriter, op, x)])
                 return True
             if positions > MAX_MAX_POSITIONS:
                 raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} max pool has more than "
@@ -421,6 +426,47 @@ class Pool2dToDevice(RewritePattern):
         row = {**common, "kernel": (1, kw), "input_shape": (n, oh, w), "strides": (1, sw), "pads": (0, pl, 0, pr),
                "dilations": (1, dw)}
         return rewriter.create_before(op, ttir.POOL2D.name, [rows], [tensor(op.result)], row).result
+
+    @staticmethod
+    def two_level_max(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
+        """A 1-D max pool (kernel k x 1 or 1 x k, no dilation) of more than MAX_MAX_POSITIONS positions: the
+        maximum over a window [q, q + k) is that over b sub-windows of a positions starting at q + t * g
+        (t < b, g <= a, (b - 1) * g + a = k, overlapping where g < a): a stride-1 pool of a positions, then a
+        pool of b positions dilated by g with the original stride (each level rewritten in turn). The first
+        level pads no more than a - 1 positions on either side, so every sub-window it forms holds an input
+        position; sub-windows wholly in the padding are the second level's padding instead (never a zero
+        that could win)."""
+        n, h, w = op.attr("input_shape")
+        axis = 0 if op.attr("kernel")[0] > 1 else 1
+        k, s, size = op.attr("kernel")[axis], op.attr("strides")[axis], (h, w)[axis]
+        pads = op.attr("pads")
+        pb = pads[axis]
+        out = window_output_shape(op, op.attr("kernel"))[1 + axis]
+        b = min(MAX_MAX_POSITIONS, math.isqrt(k - 1) + 1)
+        g = k // b
+        a = k - (b - 1) * g
+        first_begin = min(pb, a - 1)
+        needed = s * (out - 1) - pb + (b - 1) * g + first_begin + 1  # sub-window starts the second level reads
+        shortest = size + first_begin - (a - 1)
+        first_end = min(max(needed - shortest, 0), a - 1)
+        length = shortest + first_end
+        second_end = max(needed - length, 0)
+
+        def along(value: int, other: int) -> tuple[int, int]:
+            return (value, other) if axis == 0 else (other, value)
+
+        first_shape = (length, w) if axis == 0 else (h, length)
+        first = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, h, w),
+                 "kernel": along(a, 1), "strides": (1, 1), "dilations": (1, 1),
+                 "pads": (*along(first_begin, 0), *along(first_end, 0))}
+        like = tensor(x)
+        level = rewriter.create_before(op, ttir.POOL2D.name, [x], [like.with_shape((n * math.prod(first_shape),
+                                                                                   like.shape[1]))], first).result
+        second = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, *first_shape),
+                  "kernel": along(b, 1), "strides": along(s, op.attr("strides")[1 - axis]), "dilations": along(g, 1),
+                  "pads": (*along(pb - first_begin, pads[1 - axis]), *along(second_end, pads[3 - axis]))}
+        assert window_output_size(length, b, s, pb - first_begin, second_end, g) == out, (k, s, size, pads)
+        return rewriter.create_before(op, ttir.POOL2D.name, [level], [tensor(op.result)], second).result
 
     @staticmethod
     def covers_input(op: Operation) -> bool:

@@ -525,3 +525,23 @@ def test_new_window_paths_run_bit_exact_on_both_emulators(model: onnx.ModelProto
     native = compiled.run(feeds, emulator="native")["y"]
     reference = compiled.run(feeds, emulator="reference")["y"]
     np.testing.assert_array_equal(native.view(np.uint32), reference.view(np.uint32))
+
+
+@pytest.mark.parametrize(("x_shape", "attrs", "lookups"), [
+    ((1, 5, 40, 40), {"kernel_shape": [20, 20], "strides": [10, 10]}, 2 * (4 + 5)),  # 20 = 4 + 4 * (5 - 1)
+    ((1, 3, 37, 29), {"kernel_shape": [17, 16], "strides": [3, 2], "pads": [8, 5, 7, 9]}, None),
+    ((1, 3, 30, 23), {"kernel_shape": [19, 4], "strides": [4, 3], "pads": [9, 1, 9, 1], "ceil_mode": 1}, None),
+    ((2, 4, 300), {"kernel_shape": [251], "strides": [7], "pads": [120, 130]}, None),  # three levels
+    ((2, 4, 300), {"kernel_shape": [12], "strides": [7], "pads": [6, 6]}, 3 + 4),  # 12 = 3 + 3 * (4 - 1)
+    ((1, 2, 45, 50), {"kernel_shape": [31, 1], "pads": [15, 0, 15, 0]}, None),
+])
+def test_max_pool_of_many_positions_goes_by_levels(x_shape, attrs, lookups) -> None:
+    """A max pool of more positions than one fused maximum takes (9) is separable along H and W, and a 1-D
+    one of k positions is a stride-1 pool of a positions then one of b positions dilated by g
+    ((b - 1) * g + a = k), padding never winning."""
+    model = model_of([helper.make_node("MaxPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"],
+                     opset=19)
+    check(model, seed=1)
+    if lookups is not None:
+        text = tilized_text(model)
+        assert sum("pad_negative = true" in line and "ttir.embedding" in line for line in text.splitlines()) == lookups
