@@ -16,7 +16,8 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
   grows with C, not C squared. A 1x1 stride-1 convolution without
   padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
-  the lookup and the product go by chunks of rows, joined along the rows after the product. Beyond
+  the lookup and the product go by chunks of rows, joined along the rows after the product (a tree of
+  concats of at most `MAX_JOINED` inputs; a max pool goes by the same chunks). Beyond
   `MAX_POSITIONS` kernel positions (ViT's 16x16 patches, a 13x13 depthwise kernel) the window is split
   along K: a lookup of at most 128 positions and a product by their rows of the stacked weight per chunk,
   the partial products summed; positions that read only padding for every output pixel are dropped;
@@ -205,9 +206,27 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
                 op, ttir.ADD.name, [total, product], [tensor(product)]).result
         assert total is not None
         products.append(total)
-    if len(products) == 1:
-        return products[0]
-    return rewriter.create_before(op, ttir.CONCAT.name, products, [result], {"axis": 0}).result
+    return joined_rows(rewriter, op, products, result)
+
+
+MAX_JOINED = 4  # inputs of one concat of row chunks (a concat's circular buffers grow with its inputs)
+
+
+def joined_rows(rewriter: PatternRewriter, op: Operation, parts: list[Value], result: TensorType) -> Value:
+    """The row chunks `parts` joined along the rows into `result`, by a tree of concats of at most MAX_JOINED
+    inputs each."""
+    while len(parts) > 1:
+        grouped = []
+        for first in range(0, len(parts), MAX_JOINED):
+            group = parts[first:first + MAX_JOINED]
+            if len(group) == 1:
+                grouped.append(group[0])
+                continue
+            rows = sum(tensor(part).shape[0] for part in group)
+            like = result if len(parts) <= MAX_JOINED else result.with_shape((rows, result.shape[1]))
+            grouped.append(rewriter.create_before(op, ttir.CONCAT.name, group, [like], {"axis": 0}).result)
+        parts = grouped
+    return parts[0]
 
 
 def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
@@ -393,8 +412,18 @@ class Pool2dToDevice(RewritePattern):
             first_valid = ids[np.argmax(ids >= 0, axis=0), np.arange(ids.shape[1])]
             rows = untilized(rewriter, op, x)
             ids = np.where(ids >= 0, ids, first_valid[None, :])
-            pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
-            rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
+            m = ids.shape[1]
+            if m <= MAX_IM2COL_IDS:
+                pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
+                rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
+                return True
+            chunks = []  # beyond MAX_IM2COL_IDS output pixels by chunks of rows, as a convolution goes
+            for start in range(0, m, MAX_IM2COL_IDS):
+                part = ids[:, start:start + MAX_IM2COL_IDS]
+                pieces = [position_lookup(rewriter, self.module, op, rows, part[k], start * positions + k)
+                          for k in range(positions)]
+                chunks.append(combine(rewriter, op, ttir.MAXIMUM.name, pieces))
+            rewriter.replace_op(op, [joined_rows(rewriter, op, chunks, result)])
             return True
         c = tensor(x).shape[1]
         summed = stacked_weight(np.broadcast_to(np.eye(c, dtype=np.float32), (positions, c, c)), c)

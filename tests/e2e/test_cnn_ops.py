@@ -545,3 +545,17 @@ def test_max_pool_of_many_positions_goes_by_levels(x_shape, attrs, lookups) -> N
     if lookups is not None:
         text = tilized_text(model)
         assert sum("pad_negative = true" in line and "ttir.embedding" in line for line in text.splitlines()) == lookups
+
+
+def test_max_pool_and_convolution_beyond_four_row_chunks() -> None:
+    """67600 output pixels: five chunks of rows (16384 each) for the max pool and the conv, joined by a tree of
+    concats of at most four inputs (a concat's circular buffers grow with its inputs: ResNet-50's stem at
+    batch 20 did not fit with sixteen)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], name="/pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p", "w"], ["c"], name="/conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="/relu")]
+    model = model_of(nodes, {"x": (1, 4, 260, 260)}, {"w": rng.standard_normal((4, 4, 3, 3)) * 0.2}, ["y"])
+    check(model)
+    concats = [line for line in tilized_text(model).splitlines() if '"ttir.concat"' in line]
+    assert len(concats) == 4, concats  # per op: one of four chunks, then one of that and the fifth
