@@ -71,11 +71,9 @@ def _movement(text: str) -> str:
 
 
 # The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
-PATCH = Cliff("compile", "a 16x16 kernel has more than 128 positions", CONV)
 SWIN = Cliff("compile", _movement("reshape to [1, 56, 56, 96] then transpose to [1, 56, 96, 56] then reshape to "
                                   "[5376, 56] from [1, 3136, 96]"), MOVE)
 CONVNEXT = Cliff("compile", _movement("transpose to [1, 96, 56, 56] from [1, 56, 56, 96]"), MOVE)
-EFFICIENTNET = Cliff("compile", "a 1280x1280 pool has more than 128 positions", CONV)
 YOLO = Cliff("compile", _movement("concat to [1, 48, 160, 160] then transpose to [1, 160, 160, 48] then reshape to "
                                   "[25600, 48] from [1, 16, 160, 160] and [1, 16, 160, 160] and "
                                   "[1, 16, 160, 160]"), MOVE)
@@ -83,19 +81,18 @@ DBNET = Cliff("compile", "'ttir.embedding' does not fit in L1 on e150: its small
                          "and blockings is 3293216 bytes", CONV)
 CRNN = Cliff("compile", "an eltwise op with 40 inputs (at most 16)", MOVE)
 CLIFFS: dict[str, Cliff] = {
-    "vit-base-mini": PATCH, "vit-base": PATCH, "vit-base-b8": PATCH,
-    "deit-small-mini": PATCH, "deit-small": PATCH,
+    # compiles since the K split; 12 layers of bf16 put its two logits just past the rule (PCC 1.0)
+    "deit-small": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.07),
     "swin-tiny-mini": SWIN, "swin-tiny": SWIN,
     "convnext-tiny-mini": CONVNEXT, "convnext-tiny": CONVNEXT,
-    "efficientnet-b0-mini": EFFICIENTNET, "efficientnet-b0": EFFICIENTNET,
     "yolo-mini": YOLO, "yolo": YOLO,
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
     # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
     "t5-small-encoder": Cliff("golden", "last_hidden_state", "not issue 15: bf16 accuracy at depth", 0.08),
     "t5-small-decoder": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.12),
-    "resnet50-b20": Cliff("compile", "'ttir.concat' does not fit in L1 on e150: its smallest footprint over all "
-                                     "grids and blockings is 837664 bytes", CONV),
+    "resnet50-b20": Cliff("compile", "node \"node_Conv_761\": 'ttir.linear' does not fit in L1 on e150: its "
+                                     "smallest footprint over all grids and blockings is 401408 bytes", CONV),
 }
 
 
