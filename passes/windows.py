@@ -403,7 +403,7 @@ class Pool2dToDevice(RewritePattern):
             if positions > MAX_MAX_POSITIONS and min(kernel) > 1:
                 rewriter.replace_op(op, [self.separable_max(rewriter, op, x)])
                 return True
-            if positions > MAX_MAX_POSITIONS and tuple(op.attr("dilations")) == (1, 1):
+            if positions > MAX_MAX_POSITIONS and self.by_levels(op):
                 rewriter.replace_op(op, [self.two_level_max(rewriter, op, x)])
                 return True
             if positions > MAX_MAX_POSITIONS:
@@ -457,27 +457,37 @@ class Pool2dToDevice(RewritePattern):
         return rewriter.create_before(op, ttir.POOL2D.name, [rows], [tensor(op.result)], row).result
 
     @staticmethod
+    def by_levels(op: Operation) -> bool:
+        """A 1-D max pool `two_level_max` rewrites: dilated only where the dilation is at most the input's
+        length (so a sub-window starting within its reach of the input holds an input position)."""
+        _, h, w = op.attr("input_shape")
+        axis = 0 if op.attr("kernel")[0] > 1 else 1
+        return op.attr("kernel")[1 - axis] == 1 and op.attr("dilations")[axis] <= (h, w)[axis]
+
+    @staticmethod
     def two_level_max(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
-        """A 1-D max pool (kernel k x 1 or 1 x k, no dilation) of more than MAX_MAX_POSITIONS positions: the
-        maximum over a window [q, q + k) is that over b sub-windows of a positions starting at q + t * g
-        (t < b, g <= a, (b - 1) * g + a = k, overlapping where g < a): a stride-1 pool of a positions, then a
-        pool of b positions dilated by g with the original stride (each level rewritten in turn). The first
-        level pads no more than a - 1 positions on either side, so every sub-window it forms holds an input
-        position; sub-windows wholly in the padding are the second level's padding instead (never a zero
-        that could win)."""
+        """A 1-D max pool (kernel k x 1 or 1 x k, dilation d) of more than MAX_MAX_POSITIONS positions: the
+        maximum over a window of positions q + j * d (j < k) is that over b sub-windows of a positions starting
+        at q + t * g * d (t < b, g <= a, (b - 1) * g + a = k, overlapping where g < a): a stride-1 pool of a
+        positions dilated by d, then a pool of b positions dilated by g * d with the original stride (each level
+        rewritten in turn). The first level pads no more than (a - 1) * d positions on either side, so every
+        sub-window it forms holds an input position; sub-windows wholly in the padding are the second level's
+        padding instead (never a zero that could win)."""
         n, h, w = op.attr("input_shape")
         axis = 0 if op.attr("kernel")[0] > 1 else 1
         k, s, size = op.attr("kernel")[axis], op.attr("strides")[axis], (h, w)[axis]
+        d = op.attr("dilations")[axis]
         pads = op.attr("pads")
         pb = pads[axis]
         out = window_output_shape(op, op.attr("kernel"))[1 + axis]
         b = min(MAX_MAX_POSITIONS, math.isqrt(k - 1) + 1)
         g = k // b
         a = k - (b - 1) * g
-        first_begin = min(pb, a - 1)
-        needed = s * (out - 1) - pb + (b - 1) * g + first_begin + 1  # sub-window starts the second level reads
-        shortest = size + first_begin - (a - 1)
-        first_end = min(max(needed - shortest, 0), a - 1)
+        reach = (a - 1) * d  # a sub-window's extent past its first position
+        first_begin = min(pb, reach)
+        needed = s * (out - 1) - pb + (b - 1) * g * d + first_begin + 1  # sub-windows the second level reads
+        shortest = size + first_begin - reach
+        first_end = min(max(needed - shortest, 0), reach)
         length = shortest + first_end
         second_end = max(needed - length, 0)
 
@@ -486,15 +496,15 @@ class Pool2dToDevice(RewritePattern):
 
         first_shape = (length, w) if axis == 0 else (h, length)
         first = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, h, w),
-                 "kernel": along(a, 1), "strides": (1, 1), "dilations": (1, 1),
+                 "kernel": along(a, 1), "strides": (1, 1), "dilations": along(d, 1),
                  "pads": (*along(first_begin, 0), *along(first_end, 0))}
         like = tensor(x)
         level = rewriter.create_before(op, ttir.POOL2D.name, [x], [like.with_shape((n * math.prod(first_shape),
                                                                                    like.shape[1]))], first).result
         second = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, *first_shape),
-                  "kernel": along(b, 1), "strides": along(s, op.attr("strides")[1 - axis]), "dilations": along(g, 1),
+                  "kernel": along(b, 1), "strides": along(s, op.attr("strides")[1 - axis]), "dilations": along(g * d, 1),
                   "pads": (*along(pb - first_begin, pads[1 - axis]), *along(second_end, pads[3 - axis]))}
-        assert window_output_size(length, b, s, pb - first_begin, second_end, g) == out, (k, s, size, pads)
+        assert window_output_size(length, b, s, pb - first_begin, second_end, g * d) == out, (k, s, size, pads)
         return rewriter.create_before(op, ttir.POOL2D.name, [level], [tensor(op.result)], second).result
 
     @staticmethod

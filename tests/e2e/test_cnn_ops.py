@@ -534,6 +534,8 @@ def test_new_window_paths_run_bit_exact_on_both_emulators(model: onnx.ModelProto
     ((2, 4, 300), {"kernel_shape": [251], "strides": [7], "pads": [120, 130]}, None),  # three levels
     ((2, 4, 300), {"kernel_shape": [12], "strides": [7], "pads": [6, 6]}, 3 + 4),  # 12 = 3 + 3 * (4 - 1)
     ((1, 2, 45, 50), {"kernel_shape": [31, 1], "pads": [15, 0, 15, 0]}, None),
+    ((2, 3, 90), {"kernel_shape": [12], "dilations": [3], "strides": [2], "pads": [11, 10]}, 3 + 4),  # dilated
+    ((1, 3, 41, 19), {"kernel_shape": [11, 3], "dilations": [2, 2], "pads": [10, 1, 9, 2]}, None),
 ])
 def test_max_pool_of_many_positions_goes_by_levels(x_shape, attrs, lookups) -> None:
     """A max pool of more positions than one fused maximum takes (9) is separable along H and W, and a 1-D
