@@ -16,11 +16,18 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
   grows with C, not C squared. A 1x1 stride-1 convolution without
   padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
-  the lookup and the product go by chunks of rows, joined along the rows after the product;
+  the lookup and the product go by chunks of rows, joined along the rows after the product (a tree of
+  concats of at most `MAX_JOINED` inputs; a max pool goes by the same chunks). Beyond
+  `MAX_POSITIONS` kernel positions (ViT's 16x16 patches, a 13x13 depthwise kernel) the window is split
+  along K: a lookup of at most 128 positions and a product by their rows of the stacked weight per chunk,
+  the partial products summed; positions that read only padding for every output pixel are dropped;
 - an average pool is the same matmul with stacked identities, times a constant per-pixel 1 / count
-  (count_include_pad either way, ceil_mode windows clipped);
+  (count_include_pad either way, ceil_mode windows clipped). A pool whose one window per image holds the
+  whole input (a kernel at least the input's size, no padding: ResNet's 7x7, EfficientNet's
+  AvgPool2d(1280, ceil_mode)) is a mean or maximum along the rows of [N, H*W, C], for any kernel size;
 - a max pool is the elementwise maximum of one stick lookup per kernel position (a padding position reads
-  a stick of its own window instead, so it never wins).
+  a stick of its own window instead, so it never wins); beyond `MAX_MAX_POSITIONS` positions it is
+  separable (a pool along H, then one along W), and a 1-D one goes by levels (`two_level_max`).
 
 Pad and Resize import as padded lookups of the channels-last matrix (`PaddedLookupToDevice`). The NCHW <->
 channels-last changes left at the graph edges become row lookups around a tile transpose
@@ -55,7 +62,8 @@ from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
 MAX_POSITIONS = 128  # kernel positions of one window
-MAX_MAX_POSITIONS = 15  # a max pool combines its positions in one fused eltwise op (at most 16 inputs)
+MAX_MAX_POSITIONS = 9  # a max pool combines its positions in one fused eltwise op (beyond 9 inputs its body
+# needs more than the 15 intermediate circular buffers); more positions go by levels of pools
 
 
 def window_ids(op: Operation, kernel: tuple[int, int]) -> np.ndarray:
@@ -159,27 +167,66 @@ def padded_channels(rewriter: PatternRewriter, module: Module, op: Operation, x:
 
 
 def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
-                    b: Value, result: TensorType) -> Value:
-    """im2col(x) @ b: for each output pixel the sticks of its KK kernel positions (channels padded to Cp) times
-    the stacked weight [KK * Cp, OC]. Beyond MAX_IM2COL_IDS output pixels the lookup and the product go by
-    chunks of rows, joined after the product (tile rows: a tile-granular concat)."""
-    x = padded_channels(rewriter, module, op, x)
+                    stacked: np.ndarray, name: str, result: TensorType) -> Value:
+    """im2col(x) @ stacked: for each output pixel the sticks of its KK kernel positions (channels padded to Cp)
+    times the stacked weight [KK * Cp, OC] (a weight constant `name`). Kernel positions that read only padding
+    for every output pixel (a kernel larger than its padded input) are dropped with their weight rows. Beyond
+    MAX_IM2COL_IDS output pixels the lookup and the product go by chunks of rows, joined after the product
+    (tile rows: a tile-granular concat); beyond MAX_POSITIONS kernel positions by chunks of positions (a K
+    split: one lookup and one product by the chunk's weight rows each), the partial products summed."""
+    width = -(-tensor(x).shape[1] // 32) * 32  # Cp
+    used = (ids >= 0).any(axis=1)
+    if not used.any():
+        used[0] = True  # every window lies in the padding: one all-zero position keeps the shapes
+    if not used.all():
+        ids = ids[used]
+        stacked = stacked.reshape(used.size, width, -1)[used].reshape(-1, stacked.shape[-1])
     positions, m = ids.shape
+    like = tensor(op.operands[1]) if len(op.operands) > 1 else result
+    splits = [(first, min(first + MAX_POSITIONS, positions)) for first in range(0, positions, MAX_POSITIONS)]
+    bs = [weight(rewriter, module, op, name if len(splits) == 1 else f"{name}.k{index}",
+                 stacked[first * width:last * width], like) for index, (first, last) in enumerate(splits)]
+    x = padded_channels(rewriter, module, op, x)
     if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
-        return rewriter.create_before(op, ttir.MATMUL.name, [x, b], [result]).result
+        return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
     for start in range(0, m, MAX_IM2COL_IDS):
         part = ids[:, start:start + MAX_IM2COL_IDS]
-        if positions == 1:
-            cols = position_lookup(rewriter, module, op, rows, part[0], start)
-        else:
-            cols = im2col_lookup(rewriter, module, op, rows, part)
-        products.append(rewriter.create_before(op, ttir.MATMUL.name, [cols, b],
-                                               [result.with_shape((part.shape[1], result.shape[1]))]).result)
-    if len(products) == 1:
-        return products[0]
-    return rewriter.create_before(op, ttir.CONCAT.name, products, [result], {"axis": 0}).result
+        total: Value | None = None
+        for (first, last), b in zip(splits, bs, strict=True):
+            chunk = part[first:last]
+            if last - first == 1:
+                cols = position_lookup(rewriter, module, op, rows, chunk[0], start * positions + first)
+            else:
+                cols = im2col_lookup(rewriter, module, op, rows, chunk)
+            product = rewriter.create_before(op, ttir.MATMUL.name, [cols, b],
+                                             [result.with_shape((part.shape[1], result.shape[1]))]).result
+            total = product if total is None else rewriter.create_before(
+                op, ttir.ADD.name, [total, product], [tensor(product)]).result
+        assert total is not None
+        products.append(total)
+    return joined_rows(rewriter, op, products, result)
+
+
+MAX_JOINED = 4  # inputs of one concat of row chunks (a concat's circular buffers grow with its inputs)
+
+
+def joined_rows(rewriter: PatternRewriter, op: Operation, parts: list[Value], result: TensorType) -> Value:
+    """The row chunks `parts` joined along the rows into `result`, by a tree of concats of at most MAX_JOINED
+    inputs each."""
+    while len(parts) > 1:
+        grouped = []
+        for first in range(0, len(parts), MAX_JOINED):
+            group = parts[first:first + MAX_JOINED]
+            if len(group) == 1:
+                grouped.append(group[0])
+                continue
+            rows = sum(tensor(part).shape[0] for part in group)
+            like = result if len(parts) <= MAX_JOINED else result.with_shape((rows, result.shape[1]))
+            grouped.append(rewriter.create_before(op, ttir.CONCAT.name, group, [like], {"axis": 0}).result)
+        parts = grouped
+    return parts[0]
 
 
 def depthwise_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
@@ -292,8 +339,6 @@ class Conv2dToDevice(RewritePattern):
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         x, w_value = op.operands[0], op.operands[1]
         _, _, kh, kw = tensor(w_value).shape
-        if kh * kw > MAX_POSITIONS:
-            raise UserError(f"node '{node_name(op)}': a {kh}x{kw} kernel has more than {MAX_POSITIONS} positions")
         result = tensor(op.result)
         w = constant_array(self.module, w_value)
         if w is None:
@@ -302,11 +347,16 @@ class Conv2dToDevice(RewritePattern):
             w = np.asarray(w, np.float32)
             ids = window_ids(op, (kh, kw))
             if is_depthwise(w, op.attr("groups")) and ids.shape[1] <= MAX_IM2COL_IDS:
-                value = depthwise_matmul(rewriter, self.module, op, x, ids, w, result)
+                value = None
+                flat = w.reshape(w.shape[0], -1)
+                for first in range(0, ids.shape[0], MAX_POSITIONS):  # a K split beyond MAX_POSITIONS
+                    part = depthwise_matmul(rewriter, self.module, op, x, ids[first:first + MAX_POSITIONS],
+                                            flat[:, first:first + MAX_POSITIONS], result)
+                    value = part if value is None else rewriter.create_before(op, ttir.ADD.name, [value, part],
+                                                                              [result]).result
             else:
                 stacked = stacked_conv_weight(w, op.attr("groups"))
-                b_value = weight(rewriter, self.module, op, "w", stacked, tensor(w_value))
-                value = windowed_matmul(rewriter, self.module, op, x, ids, b_value, result)
+                value = windowed_matmul(rewriter, self.module, op, x, ids, stacked, "w", result)
         if len(op.operands) == 3:
             value = rewriter.create_before(op, ttir.ADD.name, [value, op.operands[2]], [result]).result
         rewriter.replace_op(op, [value])
@@ -344,10 +394,17 @@ class Pool2dToDevice(RewritePattern):
         kernel = tuple(op.attr("kernel"))
         positions = math.prod(kernel)
         result = tensor(op.result)
+        n, h, w = op.attr("input_shape")
+        if self.covers_input(op):
+            rewriter.replace_op(op, [self.global_reduce(rewriter, op, x, n, h * w)])
+            return True
         ids = window_ids(op, kernel)
         if op.attr("kind") == "max":
-            if positions > MAX_MAX_POSITIONS and max(kernel) <= MAX_MAX_POSITIONS:
+            if positions > MAX_MAX_POSITIONS and min(kernel) > 1:
                 rewriter.replace_op(op, [self.separable_max(rewriter, op, x)])
+                return True
+            if positions > MAX_MAX_POSITIONS and self.by_levels(op):
+                rewriter.replace_op(op, [self.two_level_max(rewriter, op, x)])
                 return True
             if positions > MAX_MAX_POSITIONS:
                 raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} max pool has more than "
@@ -355,20 +412,22 @@ class Pool2dToDevice(RewritePattern):
             first_valid = ids[np.argmax(ids >= 0, axis=0), np.arange(ids.shape[1])]
             rows = untilized(rewriter, op, x)
             ids = np.where(ids >= 0, ids, first_valid[None, :])
-            pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
-            rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
+            m = ids.shape[1]
+            if m <= MAX_IM2COL_IDS:
+                pieces = [position_lookup(rewriter, self.module, op, rows, ids[k], k) for k in range(positions)]
+                rewriter.replace_op(op, [combine(rewriter, op, ttir.MAXIMUM.name, pieces)])
+                return True
+            chunks = []  # beyond MAX_IM2COL_IDS output pixels by chunks of rows, as a convolution goes
+            for start in range(0, m, MAX_IM2COL_IDS):
+                part = ids[:, start:start + MAX_IM2COL_IDS]
+                pieces = [position_lookup(rewriter, self.module, op, rows, part[k], start * positions + k)
+                          for k in range(positions)]
+                chunks.append(combine(rewriter, op, ttir.MAXIMUM.name, pieces))
+            rewriter.replace_op(op, [joined_rows(rewriter, op, chunks, result)])
             return True
-        n, h, w = op.attr("input_shape")
-        if tuple(kernel) == (h, w) and not any(op.attr("pads")) and result.shape[0] == n:
-            rewriter.replace_op(op, [self.global_mean(rewriter, op, x, n, h * w)])
-            return True
-        if positions > MAX_POSITIONS:
-            raise UserError(f"node '{node_name(op)}': a {kernel[0]}x{kernel[1]} pool has more than "
-                            f"{MAX_POSITIONS} positions")
         c = tensor(x).shape[1]
         summed = stacked_weight(np.broadcast_to(np.eye(c, dtype=np.float32), (positions, c, c)), c)
-        value = windowed_matmul(rewriter, self.module, op, x, ids,
-                                weight(rewriter, self.module, op, "sum", summed, result), result)
+        value = windowed_matmul(rewriter, self.module, op, x, ids, summed, "sum", result)
         divisors = pool_divisors(op, kernel)
         if np.all(divisors == divisors[0]):
             scale_type = TensorType((), result.element_type)
@@ -398,13 +457,75 @@ class Pool2dToDevice(RewritePattern):
         return rewriter.create_before(op, ttir.POOL2D.name, [rows], [tensor(op.result)], row).result
 
     @staticmethod
-    def global_mean(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
-        """An average over the whole image (ResNet's 7x7 pool): the mean of each image's pixels, a reduction
-        along the rows of [N, H*W, C] rather than a product with stacked identities."""
+    def by_levels(op: Operation) -> bool:
+        """A 1-D max pool `two_level_max` rewrites: dilated only where the dilation is at most the input's
+        length (so a sub-window starting within its reach of the input holds an input position)."""
+        _, h, w = op.attr("input_shape")
+        axis = 0 if op.attr("kernel")[0] > 1 else 1
+        return op.attr("kernel")[1 - axis] == 1 and op.attr("dilations")[axis] <= (h, w)[axis]
+
+    @staticmethod
+    def two_level_max(rewriter: PatternRewriter, op: Operation, x: Value) -> Value:
+        """A 1-D max pool (kernel k x 1 or 1 x k, dilation d) of more than MAX_MAX_POSITIONS positions: the
+        maximum over a window of positions q + j * d (j < k) is that over b sub-windows of a positions starting
+        at q + t * g * d (t < b, g <= a, (b - 1) * g + a = k, overlapping where g < a): a stride-1 pool of a
+        positions dilated by d, then a pool of b positions dilated by g * d with the original stride (each level
+        rewritten in turn). The first level pads no more than (a - 1) * d positions on either side, so every
+        sub-window it forms holds an input position; sub-windows wholly in the padding are the second level's
+        padding instead (never a zero that could win)."""
+        n, h, w = op.attr("input_shape")
+        axis = 0 if op.attr("kernel")[0] > 1 else 1
+        k, s, size = op.attr("kernel")[axis], op.attr("strides")[axis], (h, w)[axis]
+        d = op.attr("dilations")[axis]
+        pads = op.attr("pads")
+        pb = pads[axis]
+        out = window_output_shape(op, op.attr("kernel"))[1 + axis]
+        b = min(MAX_MAX_POSITIONS, math.isqrt(k - 1) + 1)
+        g = k // b
+        a = k - (b - 1) * g
+        reach = (a - 1) * d  # a sub-window's extent past its first position
+        first_begin = min(pb, reach)
+        needed = s * (out - 1) - pb + (b - 1) * g * d + first_begin + 1  # sub-windows the second level reads
+        shortest = size + first_begin - reach
+        first_end = min(max(needed - shortest, 0), reach)
+        length = shortest + first_end
+        second_end = max(needed - length, 0)
+
+        def along(value: int, other: int) -> tuple[int, int]:
+            return (value, other) if axis == 0 else (other, value)
+
+        first_shape = (length, w) if axis == 0 else (h, length)
+        first = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, h, w),
+                 "kernel": along(a, 1), "strides": (1, 1), "dilations": along(d, 1),
+                 "pads": (*along(first_begin, 0), *along(first_end, 0))}
+        like = tensor(x)
+        level = rewriter.create_before(op, ttir.POOL2D.name, [x], [like.with_shape((n * math.prod(first_shape),
+                                                                                   like.shape[1]))], first).result
+        second = {"kind": "max", "ceil_mode": False, "count_include_pad": False, "input_shape": (n, *first_shape),
+                  "kernel": along(b, 1), "strides": along(s, op.attr("strides")[1 - axis]), "dilations": along(g * d, 1),
+                  "pads": (*along(pb - first_begin, pads[1 - axis]), *along(second_end, pads[3 - axis]))}
+        assert window_output_size(length, b, s, pb - first_begin, second_end, g * d) == out, (k, s, size, pads)
+        return rewriter.create_before(op, ttir.POOL2D.name, [level], [tensor(op.result)], second).result
+
+    @staticmethod
+    def covers_input(op: Operation) -> bool:
+        """One window per image that holds the whole unpadded input (ResNet's 7x7 average pool, or a kernel
+        larger than the input: HF EfficientNet's AvgPool2d(1280, ceil_mode=True) on 7x7, its window clipped):
+        an average of it divides by H * W either way of count_include_pad, as no padding is counted."""
+        n, h, w = op.attr("input_shape")
+        kh, kw = op.attr("kernel")
+        return (kh >= h and kw >= w and not any(op.attr("pads")) and tuple(op.attr("dilations")) == (1, 1)
+                and tensor(op.result).shape[0] == n)
+
+    @staticmethod
+    def global_reduce(rewriter: PatternRewriter, op: Operation, x: Value, n: int, pixels: int) -> Value:
+        """A pool over the whole image: the mean (or maximum) of each image's pixels, a reduction along the rows
+        of [N, H*W, C] rather than a window lookup, for a kernel of any size."""
         like = tensor(x)
         c = like.shape[1]
+        kind = ttir.REDUCE_MAX.name if op.attr("kind") == "max" else ttir.REDUCE_MEAN.name
         by_image = rewriter.create_before(op, ttir.RESHAPE.name, [x], [like.with_shape((n, pixels, c))]).result
-        mean = rewriter.create_before(op, ttir.REDUCE_MEAN.name, [by_image], [like.with_shape((n, 1, c))],
+        mean = rewriter.create_before(op, kind, [by_image], [like.with_shape((n, 1, c))],
                                       {"axes": (1,), "keepdims": True}).result
         return rewriter.create_before(op, ttir.RESHAPE.name, [mean], [tensor(op.result)]).result
 

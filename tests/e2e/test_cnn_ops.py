@@ -457,3 +457,107 @@ def test_large_convolution_goes_by_chunks_of_output_rows() -> None:
     """130 x 130 output pixels: more than one im2col lookup holds (16384 ids), so the rows go in two chunks."""
     compiled = check(conv_model((1, 8, 130, 130), (8, 8, 3, 3), pads=[1, 1, 1, 1]))
     assert compiled.manifest["host_ops"] == 0
+
+
+def tilized_text(model: onnx.ModelProto) -> str:
+    module = import_model(model)
+    PassManager("decompose,canonicalize,channels-last,tilize", stream=io.StringIO()).run(module)
+    return print_module(module)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs", "splits"), [
+    ((1, 3, 32, 32), (32, 3, 16, 16), {"strides": [16, 16]}, 2),  # ViT's patch embedding: 256 positions
+    ((1, 3, 64, 32), (24, 3, 32, 32), {"strides": [32, 32]}, 8),  # a 32x32 patch: 1024 positions
+    ((1, 4, 20, 19), (5, 4, 12, 12), {"pads": [2, 3, 1, 2]}, 2),  # overlapping, padded: 144 positions
+    ((1, 40, 17, 17), (40, 1, 13, 13), {"pads": [6, 6, 6, 6], "group": 40}, 2),  # depthwise 13x13: 169
+])
+def test_conv_beyond_one_im2col_pass_is_split_along_k(x_shape, w_shape, attrs, splits) -> None:
+    """A window of more than MAX_POSITIONS kernel positions goes in ceil(KK / 128) im2col lookups, each times
+    its rows of the stacked weight, the partial products summed (a K split); it passes golden."""
+    model = conv_model(x_shape, w_shape, **attrs)
+    check(model)
+    text = tilized_text(model)
+    lookups = [line for line in text.splitlines() if "im2col = true" in line]
+    assert len(lookups) == splits, text
+    assert "more than" not in text
+
+
+@pytest.mark.parametrize(("kind", "x_shape", "attrs"), [
+    ("AveragePool", (1, 64, 7, 7), {"kernel_shape": [1280, 1280], "strides": [1280, 1280], "ceil_mode": 1}),
+    ("AveragePool", (2, 5, 9, 11), {"kernel_shape": [9, 11], "count_include_pad": 1}),
+    ("AveragePool", (1, 3, 6, 5), {"kernel_shape": [40, 7], "strides": [40, 7], "ceil_mode": 1}),
+    ("MaxPool", (1, 5, 9, 9), {"kernel_shape": [9, 9]}),
+    ("MaxPool", (2, 3, 7, 6), {"kernel_shape": [300, 300], "strides": [300, 300], "ceil_mode": 1}),
+])
+def test_pool_over_the_whole_input_is_a_row_reduction(kind, x_shape, attrs) -> None:
+    """A pool whose one window holds the whole input (EfficientNet's AvgPool2d(1280, ceil_mode) on 7x7, a
+    kernel of any size) is a mean (maximum) over each image's pixels: no window lookup."""
+    model = model_of([helper.make_node(kind, ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"],
+                     opset=19)
+    check(model)
+    text = tilized_text(model)
+    reductions = ("ttir.reduce_max",) if kind == "MaxPool" else ("ttir.reduce_mean", "ttir.reduce_sum")
+    assert any(name in text for name in reductions)
+    assert "pad_negative" not in text  # no window lookup (the graph-edge layout changes are row lookups)
+
+
+def test_average_pool_beyond_one_im2col_pass_is_split_along_k() -> None:
+    """A 12x12 average pool (144 positions, overlapping windows, padding counted out) in two lookups."""
+    model = model_of([helper.make_node("AveragePool", ["x"], ["y"], name="/pool", kernel_shape=[12, 12],
+                                       strides=[4, 4], pads=[2, 2, 2, 2])], {"x": (1, 6, 21, 20)}, {}, ["y"],
+                     opset=19)
+    check(model)
+    assert sum("im2col = true" in line for line in tilized_text(model).splitlines()) == 2
+
+
+
+@pytest.mark.parametrize("model", [
+    conv_model((1, 3, 32, 32), (8, 3, 16, 16), strides=[16, 16]),  # K split: two lookups, summed products
+    model_of([helper.make_node("AveragePool", ["x"], ["y"], name="/pool", kernel_shape=[1280, 1280],
+                               strides=[1280, 1280], ceil_mode=1)], {"x": (1, 40, 7, 7)}, {}, ["y"], opset=19),
+], ids=["k_split_conv", "whole_input_pool"])
+def test_new_window_paths_run_bit_exact_on_both_emulators(model: onnx.ModelProto) -> None:
+    """The native core and the Python reference emulator agree bit for bit on the K split and the whole-input
+    pool."""
+    compiled = ttc.compile(model)
+    feeds = {"x": np.random.default_rng(3).standard_normal(
+        [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
+    native = compiled.run(feeds, emulator="native")["y"]
+    reference = compiled.run(feeds, emulator="reference")["y"]
+    np.testing.assert_array_equal(native.view(np.uint32), reference.view(np.uint32))
+
+
+@pytest.mark.parametrize(("x_shape", "attrs", "lookups"), [
+    ((1, 5, 40, 40), {"kernel_shape": [20, 20], "strides": [10, 10]}, 2 * (4 + 5)),  # 20 = 4 + 4 * (5 - 1)
+    ((1, 3, 37, 29), {"kernel_shape": [17, 16], "strides": [3, 2], "pads": [8, 5, 7, 9]}, None),
+    ((1, 3, 30, 23), {"kernel_shape": [19, 4], "strides": [4, 3], "pads": [9, 1, 9, 1], "ceil_mode": 1}, None),
+    ((2, 4, 300), {"kernel_shape": [251], "strides": [7], "pads": [120, 130]}, None),  # three levels
+    ((2, 4, 300), {"kernel_shape": [12], "strides": [7], "pads": [6, 6]}, 3 + 4),  # 12 = 3 + 3 * (4 - 1)
+    ((1, 2, 45, 50), {"kernel_shape": [31, 1], "pads": [15, 0, 15, 0]}, None),
+    ((2, 3, 90), {"kernel_shape": [12], "dilations": [3], "strides": [2], "pads": [11, 10]}, 3 + 4),  # dilated
+    ((1, 3, 41, 19), {"kernel_shape": [11, 3], "dilations": [2, 2], "pads": [10, 1, 9, 2]}, None),
+])
+def test_max_pool_of_many_positions_goes_by_levels(x_shape, attrs, lookups) -> None:
+    """A max pool of more positions than one fused maximum takes (9) is separable along H and W, and a 1-D
+    one of k positions is a stride-1 pool of a positions then one of b positions dilated by g
+    ((b - 1) * g + a = k), padding never winning."""
+    model = model_of([helper.make_node("MaxPool", ["x"], ["y"], name="/pool", **attrs)], {"x": x_shape}, {}, ["y"],
+                     opset=19)
+    check(model, seed=1)
+    if lookups is not None:
+        text = tilized_text(model)
+        assert sum("pad_negative = true" in line and "ttir.embedding" in line for line in text.splitlines()) == lookups
+
+
+def test_max_pool_and_convolution_beyond_four_row_chunks() -> None:
+    """67600 output pixels: five chunks of rows (16384 each) for the max pool and the conv, joined by a tree of
+    concats of at most four inputs (a concat's circular buffers grow with its inputs: ResNet-50's stem at
+    batch 20 did not fit with sixteen)."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], name="/pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["p", "w"], ["c"], name="/conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="/relu")]
+    model = model_of(nodes, {"x": (1, 4, 260, 260)}, {"w": rng.standard_normal((4, 4, 3, 3)) * 0.2}, ["y"])
+    check(model)
+    concats = [line for line in tilized_text(model).splitlines() if '"ttir.concat"' in line]
+    assert len(concats) == 4, concats  # per op: one of four chunks, then one of that and the fifth

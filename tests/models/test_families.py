@@ -67,30 +67,27 @@ MOVE = "3. any data movement"
 
 
 # The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
-PATCH = Cliff("compile", "a 16x16 kernel has more than 128 positions", CONV)
-EFFICIENTNET = Cliff("compile", "a 1280x1280 pool has more than 128 positions", CONV)
 DBNET = Cliff("compile", "'ttir.embedding' does not fit in L1 on e150: its smallest footprint over all grids "
                          "and blockings is 3293216 bytes", CONV)
 CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest footprint over all grids and "
                        "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
 SLOW_MOVEMENT = Cliff("budget", "compile CPU time (numpy tile maps of large movements)", MOVE)
 CLIFFS: dict[str, Cliff] = {
-    "vit-base-mini": PATCH, "vit-base": PATCH, "vit-base-b8": PATCH,
-    "deit-small-mini": PATCH, "deit-small": PATCH,
+    # compiles since the K split; 12 layers of bf16 put its two logits just past the rule (PCC 1.0)
+    "deit-small": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.07),
     # the minis compile and pass golden since the element gather (issue 15 item 3), over the compile budget
     "swin-tiny-mini": SLOW_MOVEMENT, "swin-tiny": SLOW_MOVEMENT,
     "convnext-tiny-mini": SLOW_MOVEMENT,
     # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
     "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
-    "efficientnet-b0-mini": EFFICIENTNET, "efficientnet-b0": EFFICIENTNET,
     "yolo-mini": SLOW_MOVEMENT, "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
     # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
     "t5-small-encoder": Cliff("golden", "last_hidden_state", "not issue 15: bf16 accuracy at depth", 0.08),
     "t5-small-decoder": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.12),
-    "resnet50-b20": Cliff("compile", "'ttir.concat' does not fit in L1 on e150: its smallest footprint over all "
-                                     "grids and blockings is 837664 bytes", CONV),
+    "resnet50-b20": Cliff("compile", "node \"node_Conv_761\": 'ttir.linear' does not fit in L1 on e150: its "
+                                     "smallest footprint over all grids and blockings is 401408 bytes", CONV),
 }
 
 
