@@ -396,8 +396,10 @@ def read_members(path: str | Path) -> tuple[dict[str, Any], str, dict[str, np.nd
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, not a .ttc artifact") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, RuntimeError,
-            ValueError) as exc:
+    except NotImplementedError as exc:  # zipfile's word for a compression method it cannot read
+        raise UserError(f"{path}: not a valid .ttc artifact: a member uses a compression ttc never writes "
+                        f"({exc})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(f"{path}: not a valid .ttc artifact ({exc})") from None
     try:
         program = blobs["program.mlir"].decode("utf-8")

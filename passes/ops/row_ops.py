@@ -658,54 +658,44 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     return k.region()
 
 
-class SoftmaxOp(DeviceOp):
+class RowOp(DeviceOp):
+    """A row op along the last axis: softmax and layer norm share their units, CB plan, counts and kernels;
+    they differ in the Dst block width of their candidates."""
+
+    block_width = HALF_DST
+
+    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return row_candidates(op, self.block_width, chunked=True)
+
+    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        out = tile_shape(tensor(op.result).shape)
+        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
+
+    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
+        return row_op_cbs(op, blocking)
+
+    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
+               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
+               weights: Weights | None = None) -> Counts:
+        return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
+
+    def lower(self, op: Operation, module: Module) -> Program:
+        return lower_row_op(op)
+
+
+class SoftmaxOp(RowOp):
     """Softmax along the last axis."""
 
     kind = "softmax"
     op_names = frozenset({ttir.SOFTMAX.name})
 
-    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, HALF_DST, chunked=True)
 
-    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        out = tile_shape(tensor(op.result).shape)
-        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
-
-    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return row_op_cbs(op, blocking)
-
-    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
-               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
-               weights: Weights | None = None) -> Counts:
-        return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
-
-    def lower(self, op: Operation, module: Module) -> Program:
-        return lower_row_op(op)
-
-
-class LayerNormOp(DeviceOp):
+class LayerNormOp(RowOp):
     """Layer normalization along the last axis (a block is held twice in Dst: blocks of up to 4 tiles)."""
 
     kind = "layer_norm"
     op_names = frozenset({ttir.LAYER_NORM.name})
-
-    def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, LN_BLOCK_W, chunked=True)
-
-    def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        out = tile_shape(tensor(op.result).shape)
-        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
-
-    def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return row_op_cbs(op, blocking)
-
-    def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
-               grid: tuple[int, int], result_layout: LayoutAttr | None = None,
-               weights: Weights | None = None) -> Counts:
-        return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
-
-    def lower(self, op: Operation, module: Module) -> Program:
-        return lower_row_op(op)
+    block_width = LN_BLOCK_W
 
 
 SOFTMAX = register(SoftmaxOp())
