@@ -32,9 +32,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ttc.ir.diagnostics import EXIT_INTERNAL_ERROR, EXIT_OK, TtcError, UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ARCHES = ("e150", "e75")
 
@@ -449,6 +452,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs, emulator_timing = _timed_runs(compiled, feeds, args)
     if args.output:
         with atomic_output(args.output) as handle:
+            import numpy as np
+
             np.savez(handle, **outputs)
     report: dict = {"outputs": [], "passed": True, "host_ops": compiled.manifest["host_ops"],
                     "memory": compiled.manifest["memory"]}
