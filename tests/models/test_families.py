@@ -71,15 +71,11 @@ DBNET = Cliff("compile", "'ttir.embedding' does not fit in L1 on e150: its small
                          "and blockings is 3293216 bytes", CONV)
 CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest footprint over all grids and "
                        "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
-SLOW_MOVEMENT = Cliff("budget", "compile CPU time (numpy tile maps of large movements)", MOVE)
 CLIFFS: dict[str, Cliff] = {
     # compiles since the K split; 12 layers of bf16 put its two logits just past the rule (PCC 1.0)
     "deit-small": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.07),
-    # the minis compile in 2-8 CPU s since the gather maps move tile labels instead of dividing element ids
-    "swin-tiny": SLOW_MOVEMENT,
     # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
     "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
-    "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
     # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
