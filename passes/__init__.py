@@ -8,6 +8,7 @@ from ttc.passes import (
     decompose,
     fuse,
     grid,
+    kv_cache,
     layout,
     lower_to_kernels,
     tilize,

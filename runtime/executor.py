@@ -7,6 +7,13 @@
 The device lives as long as the executor: constants (`write_constant`) are written on the first run
 and rewritten later only if something wrote over them, as weights stay resident in DRAM. Every
 buffer still allocated when a run ends is freed, so the next run can allocate the same addresses.
+
+Device states (a `create_buffer {state = NAME}`, the `kv-cache` pass's caches) keep their contents from one
+run to the next: they start as zeros, a program writes into them, and the host reaches them only through
+`write_state` / `read_state` (never as a run's input or output). Runtime scalars (`run(..., scalars=)`) are
+values a program's `scalar_args` add to runtime arguments of its kernels on each run (e.g. the position a
+cache entry is written at); the programs are not rebuilt for a new value. `transfers` counts the bytes the
+last run moved between host and device.
 What depends only on the IR (each program's `ProgramPlan`) is worked out on the first run and kept:
 the module must not change while an executor runs it.
 """
@@ -17,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -126,6 +134,11 @@ class Executor:
                        threads if threads is not None else _defaults["threads"])
         self._constants: dict[Operation, tuple[Allocation, str]] = {}  # write_constant op -> its allocation, key
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
+        self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
+        self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
+        self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
+                                              if op.name == ttmetal.CREATE_BUFFER.name
+                                              and ttmetal.STATE_ATTR in op.attributes}
 
     def configure(self, emulator: str | None = None, threads: int | None = None) -> None:
         """Choose the emulator and the native core's host threads for the next runs (None keeps the current)."""
@@ -152,12 +165,14 @@ class Executor:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, inputs: Mapping[str, np.ndarray],
-            on_program: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], on_program: Callable[[], None] | None = None,
+            scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Run @main on host inputs named by "ttir.name"; returns the named outputs. `on_program` is called
-        after every device program (a progress bar's step)."""
+        after every device program (a progress bar's step); `scalars` gives the runtime scalars."""
         values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
+        self.scalars = self._scalars(scalars or {})
         self.profile = []
+        self.transfers = {"to_device": 0, "to_host": 0}
         try:
             for op in self.main.body.ops:
                 if op.name == RETURN_OP:
@@ -192,6 +207,61 @@ class Executor:
             arrays.append(array)
         return arrays
 
+    def runtime_scalars(self) -> list[str]:
+        """The names of the runtime scalars the module's programs take."""
+        names = {str(entry[2]) for op in self.main.body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name
+                 for entry in op.attributes.get(ttmetal.SCALAR_ARGS_ATTR) or ()}
+        return sorted(names)
+
+    def _scalars(self, scalars: Mapping[str, int]) -> dict[str, int]:
+        wanted = self.runtime_scalars()
+        missing = [name for name in wanted if name not in scalars]
+        unknown = [name for name in scalars if name not in wanted]
+        if missing or unknown:
+            raise UserError(f"the model's programs take the runtime scalar(s) {', '.join(map(repr, wanted)) or 'none'}"
+                            + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+                            + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else ""))
+        values = {}
+        for name, value in scalars.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise UserError(f"runtime scalar '{name}' must be an integer, not {value!r}")
+            values[name] = int(value)
+        return values
+
+    # -- device states ----------------------------------------------------------------------------
+
+    @property
+    def states(self) -> list[str]:
+        """The names of the module's device states."""
+        return list(self._states)
+
+    def _state(self, name: str) -> tuple[BufferSpec, Allocation]:
+        """The state's buffer spec and allocation (allocated, zero-filled, on first use; not registered)."""
+        op = self._states.get(name)
+        if op is None:
+            raise UserError(f"the model has no device state '{name}' (its states: {', '.join(self._states) or 'none'})")
+        spec = state_spec(self, op)
+        assert spec.alloc is not None
+        return spec, spec.alloc
+
+    def write_state(self, name: str, array: np.ndarray) -> None:
+        """Host tensor -> the device state `name` (the whole buffer, as a write_buffer would)."""
+        spec, alloc = self._state(name)
+        array = np.asarray(array)
+        if array.shape != spec.type.shape:
+            raise UserError(f"device state '{name}' has shape {list(spec.type.shape)}, not {list(array.shape)}")
+        pages = tensor_to_pages(array, spec.type.element_type, str(spec.layout.tensor_layout), **self._pack)
+        with _registered(spec.memory, alloc):
+            spec.memory.write_buffer(alloc, pages)
+
+    def read_state(self, name: str) -> np.ndarray:
+        """The device state `name` as a host float32 tensor."""
+        spec, alloc = self._state(name)
+        with _registered(spec.memory, alloc):
+            pages = spec.memory.read_buffer(alloc)
+        return pages_to_tensor(pages, spec.type.shape, spec.type.element_type, str(spec.layout.tensor_layout),
+                               **self._unpack).astype(np.float32)
+
     def _outputs(self, op: Operation, values: dict[Value, Any]) -> dict[str, np.ndarray]:
         outputs = {}
         for i, value in enumerate(op.operands):
@@ -212,6 +282,23 @@ class Executor:
         if not isinstance(buffer, DeviceBuffer) or self._live.get(buffer.key) is not buffer:
             raise Fault("the buffer operand is not a live device buffer (deallocated or never created)")
         return buffer
+
+
+@contextmanager
+def _registered(memory: Memory, alloc: Allocation) -> Iterator[None]:
+    """`alloc` live in `memory` for the block (a state reached between runs), unless it is already."""
+    live = memory_holds(memory, alloc)
+    if not live:
+        memory.add(alloc)
+    try:
+        yield
+    finally:
+        if not live:
+            memory.free(alloc.address)
+
+
+def memory_holds(memory: Memory, alloc: Allocation) -> bool:
+    return memory.allocations.get(alloc.address) is alloc
 
 
 def _host_fault(fault: Fault, op: Operation) -> DeviceFault:
@@ -257,6 +344,7 @@ class BufferSpec:
     label: str
     constant: bool  # a write_constant fills it (else it is poisoned)
     alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
+    state: bool = False  # a device state: its contents persist across runs (never poisoned)  # what the first run allocated, registered again by later runs
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -273,13 +361,32 @@ def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
     shard = None if layout.memory_layout == "interleaved" else shard_spec(ex, ttype, layout)
     constant = any(user.name == ttmetal.WRITE_CONSTANT.name for user in op.results[0].users)
-    return BufferSpec(ttype, layout, memory, address, size, pages, shard, f"buffer {ttype}", constant)
+    state = op.attributes.get(ttmetal.STATE_ATTR)
+    label = f"buffer {ttype}" if state is None else f"device state '{state}' {ttype}"
+    return BufferSpec(ttype, layout, memory, address, size, pages, shard, label, constant, state=state is not None)
+
+
+def state_spec(ex: Executor, op: Operation) -> BufferSpec:
+    """A state's spec, allocated and zero-filled the first time (the allocation is then freed again: runs and
+    `write_state` register it while they use it)."""
+    spec = ex._buffer_specs.get(op)
+    if spec is None:
+        spec = ex._buffer_specs[op] = buffer_spec(ex, op)
+    if spec.alloc is None:
+        if spec.shard is not None:
+            raise UserError(f"device state '{op.attributes[ttmetal.STATE_ATTR]}' is sharded; a state is an "
+                            "interleaved buffer")
+        alloc = spec.memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
+        spec.memory.write_buffer(alloc, np.zeros((spec.pages, spec.page_size), np.uint8))
+        spec.memory.free(alloc.address)
+        spec = ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
+    return spec
 
 
 @host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
-    spec = ex._buffer_specs.get(op)
+    spec = state_spec(ex, op) if ttmetal.STATE_ATTR in op.attributes else ex._buffer_specs.get(op)
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     memory = spec.memory
@@ -291,7 +398,7 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
         else:
             alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
         ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
-    if not spec.constant:
+    if not spec.constant and not spec.state:
         memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
     buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
     ex._live[buffer.key] = buffer
@@ -319,6 +426,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
                             buffer.tensor_layout, **ex._pack)
     buffer.write(pages)
+    ex.transfers["to_device"] += int(pages.nbytes)
 
 
 @host_op(ttmetal.WRITE_CONSTANT.name)
@@ -353,11 +461,39 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
     plan = ex._plans.get(op)
     if plan is None:
         plan = ex._plans[op] = ProgramPlan(op)
+    scalars = scalar_args(op, ex.scalars)
     if ex.emulator == "native":
         assert ex._run_native is not None
-        ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads))
+        ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads,
+                                         scalars=scalars))
     else:
-        ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
+        ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan, scalars=scalars).run())
+
+
+def scalar_args(op: Operation, scalars: Mapping[str, int]) -> dict[tuple[int, int], int]:
+    """The program's runtime scalars as {(kernel, argument index): value to add}; a value outside its bound is a
+    device fault naming the cores, the kernel and the CB the kernel writes from (checked before any core runs,
+    as a write there would land outside the buffer)."""
+    entries = op.attributes.get(ttmetal.SCALAR_ARGS_ATTR)
+    if not entries:
+        return {}
+    from ttc.runtime.interpreter import KERNELS
+
+    added = {}
+    for kernel, index, name, bound in entries:
+        value = scalars.get(str(name))
+        if value is None:
+            raise UserError(f"the program needs the runtime scalar '{name}' (give it to the run)")
+        if not 0 <= value < int(bound):
+            shell = Program.__new__(Program)
+            shell.op, shell.grid = op, op.attr("grid")
+            shell.cores = shell.grid.num_cores
+            cbs = sorted(c.index for c in op.attr("cbs"))
+            fault = Fault(f"runtime scalar '{name}' = {value} is outside [0, {int(bound) - 1}], the range of the "
+                          f"{KERNELS[int(kernel)]} kernel's runtime argument #{index}", cb=cbs[0] if cbs else None)
+            raise shell._device_fault(fault, SimpleNamespace(name=KERNELS[int(kernel)]))
+        added[(int(kernel), int(index))] = value
+    return added
 
 
 @host_op(ttmetal.READ_BUFFER.name)
@@ -365,6 +501,7 @@ def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
     buffer = ex.buffer(values, op.operands[0])
     pages = buffer.read()
+    ex.transfers["to_host"] += int(pages.nbytes)
     array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout, **ex._unpack)
     result = op.results[0].type
     assert isinstance(result, TensorType)

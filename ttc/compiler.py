@@ -293,7 +293,8 @@ class CompiledModel:
         return [entry["name"] for entry in self.manifest["outputs"]]
 
     def run(self, feeds: Mapping[str, np.ndarray], emulator: str | None = None,
-            threads: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+            threads: int | None = None, progress: bool = False,
+            scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Run on the emulated device; outputs come back as float32 or their original integer dtype.
 
         `emulator` is "native" (the compiled execution core, the default) or "reference" (the Python emulator,
@@ -301,29 +302,44 @@ class CompiledModel:
         (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
         `progress` draws a bar on stderr (one step per device program) when it is a terminal and the run takes
         over a second. The feeds are checked as onnxruntime checks them (names, ranks, shapes, element types:
-        never cast).
+        never cast). `scalars` gives the runtime scalars of a model compiled with device states (the `kv-cache`
+        pass: the position its cache entries are written at).
         """
         from ttc.feeds import check_feeds, manifest_specs
         from ttc.progress import progress as progress_bar
-        from ttc.runtime.executor import Executor
 
         specs = self.__dict__.get("_input_specs")
         if specs is None:
             specs = self._input_specs = manifest_specs(self.manifest["inputs"])
         feeds = check_feeds(specs, feeds)
 
-        if self._executor is None:
-            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
-        else:
-            self._executor.configure(emulator, threads)
+        executor = self.executor(emulator, threads)
         with progress_bar(int(self.manifest.get("programs", 0)), "run", "program", enabled=progress) as bar:
-            outputs = self._executor.run(dict(feeds), on_program=bar.advance if progress else None)
+            outputs = executor.run(dict(feeds), on_program=bar.advance if progress else None, scalars=scalars)
         result = {}
         for entry in self.manifest["outputs"]:
             value = np.asarray(outputs[entry["name"]])
             dtype = np.dtype(entry["dtype"])
             result[entry["name"]] = value.astype(np.float32 if dtype.kind == "f" else dtype, copy=False)
         return result
+
+    def executor(self, emulator: str | None = None, threads: int | None = None) -> Any:
+        """The emulated device this model runs on (made on first use; `emulator` and `threads` as in `run`)."""
+        from ttc.runtime.executor import Executor
+
+        if self._executor is None:
+            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
+        else:
+            self._executor.configure(emulator, threads)
+        return self._executor
+
+    def write_state(self, name: str, array: np.ndarray) -> None:
+        """Fill the device state `name` (a `kv-cache` cache, kept in device DRAM across runs) from the host."""
+        self.executor().write_state(name, array)
+
+    def read_state(self, name: str) -> np.ndarray:
+        """The device state `name` read back to the host."""
+        return self.executor().read_state(name)
 
     @property
     def profile(self) -> list[Any]:

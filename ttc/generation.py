@@ -47,6 +47,7 @@ from ttc.ir.diagnostics import UserError
 # -- the model's interface ------------------------------------------------------------------------------------
 
 _PAST_WORDS = ("past_key_values", "past_key_value", "past")
+POSITION_SCALAR = "kv_position"  # the runtime scalar the device cache's writes go to
 _PRESENT_WORDS = ("present_key_values", "present", "present")
 
 
@@ -267,6 +268,8 @@ class StepTiming:
     wall_s: float  # emulator wall time of the run
     device_s: float  # the cost model's e150 time of the run's programs
     dram_bytes: int  # device DRAM high-water mark after the step
+    to_device_bytes: int = 0  # bytes the step's run wrote from the host to the device (its inputs)
+    to_host_bytes: int = 0  # bytes it read back (its outputs)
 
 
 @dataclass
@@ -281,6 +284,7 @@ class GenerationResult:
     stopped: str = "max-new-tokens"  # or "eos" or "max-length"
     text: str | None = None
     batch_tokens: list[list[int]] = field(default_factory=list)  # every sequence's ids (row 0 is `tokens`)
+    cache: str | None = None  # cached mode: where the cache lives between steps ("device" or "host")
 
     def to_json(self) -> dict[str, Any]:
         (pe, pd), (de, dd) = self.prefill_tokens_per_s, self.decode_tokens_per_s
@@ -293,8 +297,10 @@ class GenerationResult:
                 "top2_gaps": [round(g, 4) for g in self.gaps],
                 "tokens_per_s": {"prefill": {"emulated": rate(pe), "modelled": rate(pd)},
                                  "decode": {"emulated": rate(de), "modelled": rate(dd)}},
+                "cache": self.cache,
                 "steps": [{"kind": s.kind, "tokens": s.tokens, "wall_s": s.wall_s, "device_s": s.device_s,
-                           "dram_bytes": s.dram_bytes} for s in self.steps]}
+                           "dram_bytes": s.dram_bytes, "to_device_bytes": s.to_device_bytes,
+                           "to_host_bytes": s.to_host_bytes} for s in self.steps]}
 
     def _rate(self, kind: str, attr: str) -> float:
         steps = [s for s in self.steps if s.kind == kind]
@@ -315,7 +321,8 @@ class GenerationResult:
     def summary(self) -> str:
         pe, pd = self.prefill_tokens_per_s
         de, dd = self.decode_tokens_per_s
-        lines = [f"{len(self.tokens)} tokens generated ({self.mode} mode, stopped at {self.stopped}); "
+        where = f", cache in {self.cache} {'DRAM' if self.cache == 'device' else 'memory'}" if self.cache else ""
+        lines = [f"{len(self.tokens)} tokens generated ({self.mode} mode{where}, stopped at {self.stopped}); "
                  f"{self.compiles} compiled program set(s)",
                  f"{'':10}{'emulated tokens/s':>20}{f'modelled {self.arch} tokens/s':>28}",
                  f"{'prefill':10}{pe:>20.1f}{pd:>28.1f}",
@@ -370,6 +377,8 @@ class Generator:
                               batch, arch, dtype, where=self.where)
         self._compiled: dict[tuple, Any] = {}
         self.compiles = 0
+        self.cache: str | None = None  # cached mode: "device" (DRAM across steps) or "host", once decided
+        self._device_decoder: Any = None
 
     # -- shapes --------------------------------------------------------------------------------------------
 
@@ -402,13 +411,13 @@ class Generator:
                                 f"only its batch and sequence axes may be")
         return tuple(dims)
 
-    def _compiled_for(self, shapes: dict[str, tuple[int, ...]]):
+    def _compiled_for(self, shapes: dict[str, tuple[int, ...]], pipeline: str | None = None):
         from ttc.compiler import compile_for_api
 
-        key = tuple(sorted(shapes.items()))
+        key = (tuple(sorted(shapes.items())), pipeline)
         compiled = self._compiled.get(key)
         if compiled is None:
-            options = self._compile_options(**self.options, input_shapes=dict(shapes))
+            options = self._compile_options(**self.options, input_shapes=dict(shapes), pipeline=pipeline)
             compiled = compile_for_api(self.source if not isinstance(self.source, onnx.ModelProto) else self.proto,
                                        options)
             self._compiled[key] = compiled
@@ -416,12 +425,14 @@ class Generator:
         return compiled
 
     def _run(self, compiled, feeds: dict[str, np.ndarray], kind: str, tokens: int,
-             steps: list[StepTiming]) -> dict[str, np.ndarray]:
+             steps: list[StepTiming], scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        outputs = compiled.run(feeds, emulator=self.emulator, threads=self.threads)
+        outputs = compiled.run(feeds, emulator=self.emulator, threads=self.threads, scalars=scalars)
         wall = time.perf_counter() - start
         device = sum(p.time_us for p in compiled.profile) * 1e-6
-        steps.append(StepTiming(kind, tokens, wall, device, dram_high_water(compiled)))
+        transfers = compiled.executor(self.emulator, self.threads).transfers
+        steps.append(StepTiming(kind, tokens, wall, device, dram_high_water(compiled),
+                                transfers["to_device"], transfers["to_host"]))
         return outputs
 
     def _dynamic_shapes(self, fixed: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -472,7 +483,8 @@ class Generator:
         rows = np.stack(tokens, axis=1) if tokens else np.zeros((self.batch, 0), np.int64)
         return GenerationResult(prompt, [int(t) for t in rows[0]], self.mode, steps, self.compiles, gaps,
                                 arch=self.options["arch"], stopped=stopped,
-                                batch_tokens=[[int(t) for t in row] for row in rows])
+                                batch_tokens=[[int(t) for t in row] for row in rows],
+                                cache=self.cache if self.mode == "cached" else None)
 
     def _uncached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
         length = self.fixed_length or self.max_length
@@ -503,7 +515,7 @@ class Generator:
             ids[:, filled] = tokens[-1]
             filled += 1
 
-    def _cached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+    def _check_cached_inputs(self) -> None:
         face = self.interface
         if face.attention_mask is None or face.position_ids is None:
             missing = " and ".join(n for n, v in (("attention_mask", face.attention_mask),
@@ -511,6 +523,98 @@ class Generator:
             raise UserError(f"{self.where} has cache inputs but no {missing} input: ttc pads the cache to a fixed "
                             f"length and needs them to mask the empty slots and place the token; export the model "
                             f"with them (or without cache inputs, for the uncached mode)")
+
+    def _cache_shapes(self, seq: int, past: int) -> dict[str, tuple[int, ...]]:
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b = self.batch
+        fixed = {face.input_ids: (b, seq), face.position_ids: (b, seq), face.attention_mask: (b, past + seq)}
+        fixed.update({p.past: self._kv_shape(p, past) for p in face.kv})
+        return self._dynamic_shapes(fixed)
+
+    @property
+    def capacity(self) -> int:
+        """Positions the device cache holds: max_length rounded up to whole tile rows (32), as the cache is
+        tilized for attention; the slots past max_length are never written and stay masked."""
+        return -(-self.max_length // 32) * 32
+
+    def _device_decode(self):
+        """The decode program with the cache in device DRAM (`kv-cache` pass), or None when the model's cache
+        update is not a concat the pass recognises (the reason goes to stderr, and the host cache runs)."""
+        if self._device_decoder is not None or self.cache == "host":
+            return self._device_decoder
+        from ttc.compiler import default_pipeline
+        from ttc.passes import parse_pipeline, pipeline_text
+        from ttc.passes.kv_cache import KVCache, KVCacheRows
+
+        passes = parse_pipeline(default_pipeline(self.options["dtype"], self.options["math_fidelity"]))
+        names = [p.name for p in passes]
+        at = names.index("tilize")
+        pairs = ",".join(f"{p.past}={p.present}" for p in self.interface.kv)
+        passes[at:at + 1] = [KVCache(pairs=pairs, position=POSITION_SCALAR), passes[at], KVCacheRows()]
+        try:
+            self._device_decoder = self._compiled_for(self._cache_shapes(1, self.capacity - 1), pipeline_text(passes))
+            self.cache = "device"
+        except UserError as exc:
+            if not exc.message.startswith("kv-cache:"):
+                raise
+            self.cache = "host"
+            print(f"ttc generate: the cache stays on the host ({exc.message})", file=sys.stderr)
+        return self._device_decoder
+
+    def _cached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+        self._check_cached_inputs()
+        decode = self._device_decode() if budget > 1 or self.cache == "device" else None
+        if decode is None and self.cache != "device":
+            yield from self._host_cache_steps(prompt, budget, tokens, steps)
+            return
+        yield from self._device_cache_steps(decode, prompt, tokens, steps)
+
+    def _prefill(self, prompt: list[int], steps: list[StepTiming]) -> dict[str, np.ndarray]:
+        """The prompt against one empty (masked) past slot, so that no zero-length tensor is compiled."""
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b, t = self.batch, len(prompt)
+        prefill = self._compiled_for(self._cache_shapes(t, 1))
+        mask_type = _np_type(face.ports[face.attention_mask].elem_type)
+        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=_np_type(face.ports[face.input_ids].elem_type)),
+                                         (b, 1)),
+                 face.position_ids: np.tile(np.arange(t, dtype=_np_type(face.ports[face.position_ids].elem_type)),
+                                            (b, 1)),
+                 face.attention_mask: np.concatenate([np.zeros((b, 1), mask_type), np.ones((b, t), mask_type)], 1)}
+        feeds.update({p.past: np.zeros(self._kv_shape(p, 1), np.float32) for p in face.kv})
+        return self._run(prefill, feeds, "prefill", t, steps)
+
+    def _device_cache_steps(self, decode, prompt: list[int], tokens: list[int], steps: list[StepTiming]):
+        """Prefill on its own program; its present entries are written once into the decode program's device
+        caches, which then stay on the device: each decode step uploads the token, its position and the mask,
+        writes its keys and values into the caches at the position (the runtime scalar) and reads the logits."""
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b, t = self.batch, len(prompt)
+        outputs = self._prefill(prompt, steps)
+        for p in face.kv:
+            cache = np.zeros(self._kv_shape(p, self.capacity), np.float32)
+            _put(cache, p.axis, 0, _take(outputs[p.present], p.axis, 1, 1 + t))
+            decode.executor(self.emulator, self.threads).write_state(p.present, cache)
+        yield outputs[face.logits][:, -1]
+        ids_type = _np_type(face.ports[face.input_ids].elem_type)
+        mask_type = _np_type(face.ports[face.attention_mask].elem_type)
+        pos_type = _np_type(face.ports[face.position_ids].elem_type)
+        length = t
+        while True:
+            mask = np.zeros((b, self.capacity), mask_type)
+            mask[:, :length + 1] = 1  # the written slots and this step's own, written at its position
+            feeds = {face.input_ids: tokens[-1].astype(ids_type).reshape(b, 1),
+                     face.position_ids: np.full((b, 1), length, pos_type), face.attention_mask: mask}
+            outputs = self._run(decode, feeds, "decode", 1, steps, scalars={POSITION_SCALAR: length})
+            length += 1
+            yield outputs[face.logits][:, -1]
+
+    def _host_cache_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+        """The cache kept on the host (models whose cache update the kv-cache pass does not recognise): each
+        decode step uploads the padded past and reads `present` back."""
+        face = self.interface
         ids_type = _np_type(face.ports[face.input_ids].elem_type)
         mask_type = _np_type(face.ports[face.attention_mask].elem_type)
         pos_type = _np_type(face.ports[face.position_ids].elem_type)
