@@ -91,8 +91,8 @@ def test_decode_logits_follow_onnxruntime_step_by_step(gen_models):
     logits_by_step = []
     original = generator._run
 
-    def recording_run(compiled, feeds, kind, tokens, steps):
-        outputs = original(compiled, feeds, kind, tokens, steps)
+    def recording_run(compiled, feeds, kind, tokens, steps, **options):
+        outputs = original(compiled, feeds, kind, tokens, steps, **options)
         logits_by_step.append(outputs["logits"][0, -1].copy())
         return outputs
 
@@ -120,10 +120,54 @@ def test_no_recompiles_and_flat_device_memory(gen_models):
         result = generator.generate([1, 2, 3], 32)
         assert len(result.tokens) == 32
         assert result.compiles == programs, f"{path.name}: {result.compiles} compiles for 32 tokens"
+        assert result.cache == ("device" if path == kv_path else None)
         decode = [step.dram_bytes for step in result.steps if step.kind == "decode"]
         assert len(decode) == 31 and decode[0] > 0
         assert len(set(decode)) == 1, f"{path.name}: device DRAM grew over the decode steps: {decode}"
         assert all(step.device_s > 0 for step in result.steps)
+
+
+def test_the_cache_stays_in_device_dram(gen_models):
+    """The decode program takes no cache input and returns no cache output: a step uploads the token, its
+    position and the mask only, whatever the past, and gives the same tokens as the host-cache path."""
+    kv_path, _ = gen_models
+    uploads = {}
+    for max_length in (40, 100):  # cache capacities 64 and 128 (whole tile rows)
+        device = Generator(kv_path, max_length=max_length)
+        result = device.generate(PROMPTS[0], 10)
+        host = Generator(kv_path, max_length=max_length)
+        host.cache = "host"  # the fallback path, forced
+        hosted = host.generate(PROMPTS[0], 10)
+        assert result.cache == "device" and hosted.cache == "host" and "cache in device DRAM" in result.summary()
+        assert result.tokens == hosted.tokens
+        decoder = device._device_decoder
+        assert decoder.input_names == ["input_ids", "position_ids", "attention_mask"]
+        assert decoder.output_names == ["logits"]
+        assert sorted(decoder.executor().states) == sorted(p.present for p in device.interface.kv)
+        steps = [s for s in result.steps if s.kind == "decode"]
+        assert len({(s.to_device_bytes, s.to_host_bytes) for s in steps}) == 1  # flat over the positions
+        capacity = device.capacity
+        # int32 token id and position (4 bytes each), the [1, capacity] mask as bf16 tiles: no cache bytes
+        assert steps[0].to_device_bytes == 4 + 4 + capacity // 32 * 2048
+        hosted_steps = [s for s in hosted.steps if s.kind == "decode"]
+        cache = kv_cache_bytes(device.interface, max_length - 1, 1)
+        assert hosted_steps[0].to_device_bytes - steps[0].to_device_bytes >= cache  # the padded past, each step
+        uploads[capacity] = steps[0].to_device_bytes
+    assert uploads[128] - uploads[64] == 2 * 2048  # a longer cache adds mask tiles only
+
+
+def test_device_cache_generation_is_the_same_on_both_emulators(gen_models):
+    kv_path, _ = gen_models
+    tokens = {emulator: Generator(kv_path, max_length=24, emulator=emulator).generate(PROMPTS[2], 4).tokens
+              for emulator in ("reference", "native")}
+    assert tokens["reference"] == tokens["native"]
+
+
+def test_an_unrecognised_cache_update_keeps_the_cache_on_the_host(capsys):
+    result = Generator(_toy_lm(), max_length=8).generate([1, 2], 3)
+    assert result.cache == "host" and len(result.tokens) == 3
+    err = capsys.readouterr().err
+    assert "the cache stays on the host" in err and "past_key_values.0.key" in err and "concat" in err
 
 
 def test_sampling_is_seeded(gen_models):
