@@ -36,6 +36,7 @@ __all__ = [
     "decompose",
     "fuse",
     "grid",
+    "kv_cache",
     "layout",
     "lower_to_kernels",
     "parse_pipeline",

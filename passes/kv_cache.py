@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ttc.ir.core import Function, Module, Operation
+from ttc.ir.core import Function, Module
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import LayoutAttr

@@ -80,7 +80,7 @@ def plan_kv_write(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity
 
 def lower_kv_write(op: Operation) -> Program:
     schedule = schedule_of(op)
-    outer, entry_rows, slots, inner = geometry(op)
+    _, entry_rows, slots, _ = geometry(op)
     if page_size(tensor(op.operands[0])) != page_size(tensor(op.result)):
         raise UserError(f"node {node_names(op)}: the cache entry {tensor(op.operands[0])} and the cache "
                         f"{tensor(op.result)} have different row sizes (data formats); the write copies rows")

@@ -103,7 +103,7 @@ def test_out_of_range_position_is_a_device_fault(emulator) -> None:
         assert "core (0,0)" in message and "writer kernel" in message and "CB 0" in message
         assert "kv_write" in message and '"cat"' in message
     np.testing.assert_array_equal(executor.read_state("cache"), 0)  # nothing was written
-    with pytest.raises(UserError, match="runtime scalar.*'pos'.*missing 'pos'"):
+    with pytest.raises(UserError, match=r"runtime scalar.*'pos'.*missing 'pos'"):
         executor.run({"x": x})
     with pytest.raises(UserError, match="unknown 'where'"):
         executor.run({"x": x}, scalars={"pos": 0, "where": 1})
