@@ -9,12 +9,11 @@ Two export forms are accepted, and the mode follows from the model:
 - **cached**: the model takes per-layer past keys/values and returns them with this call's appended
   (inputs `past_key_values.N.key` / outputs `present.N.key`, or any names paired by `kv_names`). Both
   programs are compiled once, at fixed shapes: the *prefill* at the prompt's length and the *decode* at one
-  token. The decode program's past is padded to `max_length - 1` slots; slot validity is the attention mask
-  (1 for a written slot, 0 for an empty one) and the token's position is `position_ids`, so one compiled
-  decode program serves every position up to `max_length`: no recompiles, whatever the length. Attention does
-  not care where in the past a key sits (its position is already in it: absolute position embeddings, or
-  rotary ones applied before caching), so the new key and value come back in the last slot of `present` and
-  the generator files them into the slot of their position.
+  token. The decode program's cache has `capacity` slots (max_length in whole tile rows); slot validity is the
+  attention mask (1 for a written slot, 0 for an empty one) and the token's position is `position_ids`, so one
+  compiled decode program serves every position up to `max_length`: no recompiles, whatever the length.
+  Attention does not care which slot a key sits in (its position is already in it: absolute position
+  embeddings, or rotary ones applied before caching), so slot j holds the entry of position j.
 - **uncached**: a model without cache inputs, at a fixed sequence length (or compiled at `max_length` if its
   length is dynamic). Every step reruns the whole sequence, padded at the tail, under the model's causal mask,
   and reads the logits of the last real token. Slower by the sequence length; said when it runs.
@@ -23,9 +22,10 @@ Sampling is greedy (the default), or by `temperature` with `top_k` and/or `top_p
 seeded numpy generator: the same seed gives the same tokens. Timings: the emulator's wall time per step, and
 the cost model's e150 device time of the programs each step runs (prefill and decode apart).
 
-The cache lives on the host between steps (the runtime frees every device buffer at the end of a run), and
-each decode step uploads the padded past: keeping the cache in device DRAM, written in place at a runtime
-position, is the next step of this module (see docs/generate.md).
+The decode program keeps the cache in device DRAM between steps (the `kv-cache` pass: device states written at
+the runtime scalar `kv_position`), so a step moves the token, its position and the mask, and the logits; the
+prefill's entries are written into it once. A model whose cache update the pass does not recognise keeps the
+cache on the host (each step uploads the padded past and reads `present` back), and says so (docs/generate.md).
 """
 
 from __future__ import annotations
