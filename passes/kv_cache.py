@@ -79,6 +79,10 @@ def device_cache(func: Function, pairs: list[tuple[str, str]], position: str, re
         cache = concat.result.type
         assert isinstance(cache, TensorType)
         axis = normalize_axis(concat.attr("axis"), cache.rank)
+        if axis == cache.rank - 1:
+            raise UserError(f"kv-cache: the cache of input '{past}' grows along its last dim ({cache}), so a "
+                            "position's entry is no whole row; the device cache needs the position axis before the "
+                            "feature axis")
         kv = rewriter.create_before(concat, ttir.KV_WRITE.name, [concat.operands[1]], [cache],
                                     {STATE: present, "position": position, "axis": axis})
         rewriter.replace_op(concat, kv.result)

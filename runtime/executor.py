@@ -135,6 +135,7 @@ class Executor:
         self._constants: dict[Operation, tuple[Allocation, str]] = {}  # write_constant op -> its allocation, key
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
         self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
+        self._scalar_names: list[str] | None = None
         self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
         self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
                                               if op.name == ttmetal.CREATE_BUFFER.name
@@ -209,9 +210,11 @@ class Executor:
 
     def runtime_scalars(self) -> list[str]:
         """The names of the runtime scalars the module's programs take."""
-        names = {str(entry[2]) for op in self.main.body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name
-                 for entry in op.attributes.get(ttmetal.SCALAR_ARGS_ATTR) or ()}
-        return sorted(names)
+        if self._scalar_names is None:
+            self._scalar_names = sorted({str(entry[2]) for op in self.main.body.ops
+                                         if op.name == ttmetal.ENQUEUE_PROGRAM.name
+                                         for entry in op.attributes.get(ttmetal.SCALAR_ARGS_ATTR) or ()})
+        return self._scalar_names
 
     def _scalars(self, scalars: Mapping[str, int]) -> dict[str, int]:
         wanted = self.runtime_scalars()
@@ -244,8 +247,9 @@ class Executor:
         assert spec.alloc is not None
         return spec, spec.alloc
 
-    def write_state(self, name: str, array: np.ndarray) -> None:
-        """Host tensor -> the device state `name` (the whole buffer, as a write_buffer would)."""
+    def write_state(self, name: str, array: np.ndarray) -> int:
+        """Host tensor -> the device state `name` (the whole buffer, as a write_buffer would); returns the bytes
+        written."""
         spec, alloc = self._state(name)
         array = np.asarray(array)
         if array.shape != spec.type.shape:
@@ -253,6 +257,7 @@ class Executor:
         pages = tensor_to_pages(array, spec.type.element_type, str(spec.layout.tensor_layout), **self._pack)
         with _registered(spec.memory, alloc):
             spec.memory.write_buffer(alloc, pages)
+        return int(pages.nbytes)
 
     def read_state(self, name: str) -> np.ndarray:
         """The device state `name` as a host float32 tensor."""

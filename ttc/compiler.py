@@ -333,9 +333,10 @@ class CompiledModel:
             self._executor.configure(emulator, threads)
         return self._executor
 
-    def write_state(self, name: str, array: np.ndarray) -> None:
-        """Fill the device state `name` (a `kv-cache` cache, kept in device DRAM across runs) from the host."""
-        self.executor().write_state(name, array)
+    def write_state(self, name: str, array: np.ndarray) -> int:
+        """Fill the device state `name` (a `kv-cache` cache, kept in device DRAM across runs) from the host;
+        returns the bytes written."""
+        return self.executor().write_state(name, array)
 
     def read_state(self, name: str) -> np.ndarray:
         """The device state `name` read back to the host."""

@@ -593,10 +593,10 @@ class Generator:
         assert face.attention_mask is not None and face.position_ids is not None
         b, t = self.batch, len(prompt)
         outputs = self._prefill(prompt, steps)
-        for p in face.kv:
+        for p in face.kv:  # the prompt's entries into the device caches, zero beyond (counted with the prefill)
             cache = np.zeros(self._kv_shape(p, self.capacity), np.float32)
             _put(cache, p.axis, 0, _take(outputs[p.present], p.axis, 1, 1 + t))
-            decode.executor(self.emulator, self.threads).write_state(p.present, cache)
+            steps[-1].to_device_bytes += decode.executor(self.emulator, self.threads).write_state(p.present, cache)
         yield outputs[face.logits][:, -1]
         ids_type = _np_type(face.ports[face.input_ids].elem_type)
         mask_type = _np_type(face.ports[face.attention_mask].elem_type)
