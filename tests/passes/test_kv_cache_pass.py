@@ -78,5 +78,5 @@ def test_what_cannot_be_a_device_cache_is_a_kv_cache_error(body, pairs, message)
 def test_a_cache_growing_along_its_last_dim_is_refused() -> None:
     past, entry, cache = "tensor<1x2x32x31xf32>", "tensor<1x2x32x1xf32>", "tensor<1x2x32x32xf32>"
     body = f'    %y = "ttir.relu"(%cat) : ({cache}) -> {cache} loc("attend")\n    func.return %y, %cat : {cache}, {cache}\n'
-    with pytest.raises(UserError, match="kv-cache: .* grows along its last dim"):
+    with pytest.raises(UserError, match=r"kv-cache: .* grows along its last dim"):
         run(module(body, axis=3, cache=cache, past=past, entry=entry))
