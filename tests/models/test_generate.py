@@ -156,6 +156,25 @@ def test_the_cache_stays_in_device_dram(gen_models):
     assert uploads[128] - uploads[64] == 2 * 2048  # a longer cache adds mask tiles only
 
 
+def test_the_decode_artifact_lists_its_states_and_scalar(gen_models, tmp_path):
+    from ttc.artifact_info import artifact_info, format_info
+
+    kv_path, _ = gen_models
+    generator = Generator(kv_path, max_length=24)
+    generator.generate([1, 2], 2)
+    generator._device_decoder.save(tmp_path / "decode.ttc")
+    info = artifact_info(tmp_path / "decode.ttc")
+    assert sorted(info["device_states"]) == sorted(p.present for p in generator.interface.kv)
+    assert info["runtime_scalars"] == ["kv_position"]
+    assert "device states (kept in DRAM across runs): present.0.key" in format_info(info)
+    loaded = ttc.load(tmp_path / "decode.ttc")
+    feeds = {"input_ids": np.ones((1, 1), np.int64), "position_ids": np.ones((1, 1), np.int64),
+             "attention_mask": np.ones((1, 32), np.int64)}
+    with pytest.raises(UserError, match="runtime scalar.*'kv_position'"):
+        loaded.run(feeds)
+    assert loaded.run(feeds, scalars={"kv_position": 1})["logits"].shape == (1, 1, 64)
+
+
 def test_device_cache_generation_is_the_same_on_both_emulators(gen_models):
     kv_path, _ = gen_models
     tokens = {emulator: Generator(kv_path, max_length=24, emulator=emulator).generate(PROMPTS[2], 4).tokens
