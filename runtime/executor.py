@@ -14,6 +14,7 @@ run to the next: they start as zeros, a program writes into them, and the host r
 values a program's `scalar_args` add to runtime arguments of its kernels on each run (e.g. the position a
 cache entry is written at); the programs are not rebuilt for a new value. `transfers` counts the bytes the
 last run moved between host and device.
+
 What depends only on the IR (each program's `ProgramPlan`) is worked out on the first run and kept:
 the module must not change while an executor runs it.
 """
@@ -36,7 +37,7 @@ from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
 from ttc.runtime.accounting import ProgramProfile
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
-from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan
+from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, KERNELS, Program, ProgramPlan
 from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
 
@@ -349,7 +350,7 @@ class BufferSpec:
     label: str
     constant: bool  # a write_constant fills it (else it is poisoned)
     alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
-    state: bool = False  # a device state: its contents persist across runs (never poisoned)  # what the first run allocated, registered again by later runs
+    state: bool = False  # a device state: its contents persist across runs (never poisoned)
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -477,13 +478,11 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
 
 def scalar_args(op: Operation, scalars: Mapping[str, int]) -> dict[tuple[int, int], int]:
     """The program's runtime scalars as {(kernel, argument index): value to add}; a value outside its bound is a
-    device fault naming the cores, the kernel and the CB the kernel writes from (checked before any core runs,
-    as a write there would land outside the buffer)."""
+    device fault naming the cores, the kernel and the program's first CB (checked before any core runs, as a
+    write there would land outside the buffer)."""
     entries = op.attributes.get(ttmetal.SCALAR_ARGS_ATTR)
     if not entries:
         return {}
-    from ttc.runtime.interpreter import KERNELS
-
     added = {}
     for kernel, index, name, bound in entries:
         value = scalars.get(str(name))

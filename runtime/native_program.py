@@ -9,7 +9,9 @@ ProgramProfile, the same DeviceFault text, and the same dirty marks on watched c
 What depends only on the IR (and the device and the op's runtime arguments) is encoded once per plan into
 a flat op stream (`EncodedProgram`, kept on the plan): fixed-width int64 instructions with resolved
 attributes and register numbers, loops as FOR_BEGIN / FOR_END with trip counts, float attributes and SFPU
-tables by index. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
+tables by index. A program's runtime scalars (`scalar_args`) only change runtime argument values: a run whose
+scalars differ from the last one's replaces those values in the encoded program (`substitute_scalars`), without
+encoding it again. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
 once with the GIL released, and turns its result into a profile or a DeviceFault.
 
 Left to the interpreter (it runs the program instead): launch faults (a malformed program, a grid larger
