@@ -156,6 +156,30 @@ def test_the_cache_stays_in_device_dram(gen_models):
     assert uploads[128] - uploads[64] == 2 * 2048  # a longer cache adds mask tiles only
 
 
+def test_renamed_cache_pairs_fill_the_device_cache(gen_models):
+    """Pairs named by --kv-names take the device path too, and a generation up to max_length (32, the cache's
+    capacity) fills the cache: the last decode step writes slot 30, the last position whose token is fed back."""
+    kv_path, _ = gen_models
+    model = onnx.load(str(kv_path))
+    renames = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        for old, new in (("past_key_values.", "cache_in_"), ("present.", "cache_out_")):
+            if value.name.startswith(old):
+                renames[value.name] = value.name.replace(old, new).replace(".", "_")
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    pairs = {renames[f"past_key_values.{n}.{k}"]: renames[f"present.{n}.{k}"] for n in range(2) for k in ("key", "value")}
+    prompt = PROMPTS[0]
+    renamed = Generator(model, max_length=32, kv_names=pairs)
+    result = renamed.generate(prompt, 32 - len(prompt))
+    assert renamed.capacity == 32 and result.cache == "device" and result.stopped == "max-new-tokens"
+    assert len(result.tokens) == 32 - len(prompt)
+    assert result.tokens == Generator(kv_path, max_length=32).generate(prompt, 32 - len(prompt)).tokens
+
+
 def test_the_decode_artifact_lists_its_states_and_scalar(gen_models, tmp_path):
     from ttc.artifact_info import artifact_info, format_info
 
