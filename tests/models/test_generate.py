@@ -194,7 +194,7 @@ def test_the_decode_artifact_lists_its_states_and_scalar(gen_models, tmp_path):
     loaded = ttc.load(tmp_path / "decode.ttc")
     feeds = {"input_ids": np.ones((1, 1), np.int64), "position_ids": np.ones((1, 1), np.int64),
              "attention_mask": np.ones((1, 32), np.int64)}
-    with pytest.raises(UserError, match="runtime scalar.*'kv_position'"):
+    with pytest.raises(UserError, match=r"runtime scalar.*'kv_position'"):
         loaded.run(feeds)
     assert loaded.run(feeds, scalars={"kv_position": 1})["logits"].shape == (1, 1, 64)
 
