@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,8 @@ from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
 from ttc.runtime.accounting import ProgramProfile
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
-from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, KERNELS, Program, ProgramPlan
+from ttc.runtime.device_state import registered, scalar_args
+from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan
 from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
 
@@ -256,14 +256,14 @@ class Executor:
         if array.shape != spec.type.shape:
             raise UserError(f"device state '{name}' has shape {list(spec.type.shape)}, not {list(array.shape)}")
         pages = tensor_to_pages(array, spec.type.element_type, str(spec.layout.tensor_layout), **self._pack)
-        with _registered(spec.memory, alloc):
+        with registered(spec.memory, alloc):
             spec.memory.write_buffer(alloc, pages)
         return int(pages.nbytes)
 
     def read_state(self, name: str) -> np.ndarray:
         """The device state `name` as a host float32 tensor."""
         spec, alloc = self._state(name)
-        with _registered(spec.memory, alloc):
+        with registered(spec.memory, alloc):
             pages = spec.memory.read_buffer(alloc)
         return pages_to_tensor(pages, spec.type.shape, spec.type.element_type, str(spec.layout.tensor_layout),
                                **self._unpack).astype(np.float32)
@@ -288,23 +288,6 @@ class Executor:
         if not isinstance(buffer, DeviceBuffer) or self._live.get(buffer.key) is not buffer:
             raise Fault("the buffer operand is not a live device buffer (deallocated or never created)")
         return buffer
-
-
-@contextmanager
-def _registered(memory: Memory, alloc: Allocation) -> Iterator[None]:
-    """`alloc` live in `memory` for the block (a state reached between runs), unless it is already."""
-    live = memory_holds(memory, alloc)
-    if not live:
-        memory.add(alloc)
-    try:
-        yield
-    finally:
-        if not live:
-            memory.free(alloc.address)
-
-
-def memory_holds(memory: Memory, alloc: Allocation) -> bool:
-    return memory.allocations.get(alloc.address) is alloc
 
 
 def _host_fault(fault: Fault, op: Operation) -> DeviceFault:
@@ -474,30 +457,6 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
                                          scalars=scalars))
     else:
         ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan, scalars=scalars).run())
-
-
-def scalar_args(op: Operation, scalars: Mapping[str, int]) -> dict[tuple[int, int], int]:
-    """The program's runtime scalars as {(kernel, argument index): value to add}; a value outside its bound is a
-    device fault naming the cores, the kernel and the program's first CB (checked before any core runs, as a
-    write there would land outside the buffer)."""
-    entries = op.attributes.get(ttmetal.SCALAR_ARGS_ATTR)
-    if not entries:
-        return {}
-    added = {}
-    for kernel, index, name, bound in entries:
-        value = scalars.get(str(name))
-        if value is None:
-            raise UserError(f"the program needs the runtime scalar '{name}' (give it to the run)")
-        if not 0 <= value < int(bound):
-            shell = Program.__new__(Program)
-            shell.op, shell.grid = op, op.attr("grid")
-            shell.cores = shell.grid.num_cores
-            cbs = sorted(c.index for c in op.attr("cbs"))
-            fault = Fault(f"runtime scalar '{name}' = {value} is outside [0, {int(bound) - 1}], the range of the "
-                          f"{KERNELS[int(kernel)]} kernel's runtime argument #{index}", cb=cbs[0] if cbs else None)
-            raise shell._device_fault(fault, SimpleNamespace(name=KERNELS[int(kernel)]))
-        added[(int(kernel), int(index))] = value
-    return added
 
 
 @host_op(ttmetal.READ_BUFFER.name)
