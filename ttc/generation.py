@@ -621,20 +621,8 @@ class Generator:
         slots = self.max_length - 1  # the decode program's padded past
         cache = {p.past: np.zeros(self._kv_shape(p, slots), dtype=np.float32) for p in face.kv}
         b, t = self.batch, len(prompt)
-
-        def shapes(seq: int, past: int) -> dict[str, tuple[int, ...]]:
-            fixed = {face.input_ids: (b, seq), face.position_ids: (b, seq), face.attention_mask: (b, past + seq)}
-            fixed.update({p.past: self._kv_shape(p, past) for p in face.kv})
-            return self._dynamic_shapes(fixed)
-
-        # Prefill: the prompt against one empty (masked) past slot, so no zero-length tensor is compiled.
-        prefill = self._compiled_for(shapes(t, 1))
-        decode = self._compiled_for(shapes(1, slots)) if budget > 1 else None
-        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=ids_type), (b, 1)),
-                 face.position_ids: np.tile(np.arange(t, dtype=pos_type), (b, 1)),
-                 face.attention_mask: np.concatenate([np.zeros((b, 1), mask_type), np.ones((b, t), mask_type)], 1)}
-        feeds.update({p.past: np.zeros(self._kv_shape(p, 1), np.float32) for p in face.kv})
-        outputs = self._run(prefill, feeds, "prefill", t, steps)
+        outputs = self._prefill(prompt, steps)
+        decode = self._compiled_for(self._cache_shapes(1, slots)) if budget > 1 else None
         for p in face.kv:
             _put(cache[p.past], p.axis, 0, _take(outputs[p.present], p.axis, 1, 1 + t))
         length = t
