@@ -16,6 +16,7 @@ from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import E150
 from ttc.passes import PassManager, parse_pipeline
 from ttc.passes.cost_model import plan_counts
+from ttc.passes.grid import grid_for
 from ttc.passes.ops.kv_write import KV_WRITE, kv_write_cbs
 from ttc.passes.ops.registry import device_op, op_kind
 from ttc.runtime.executor import Executor
@@ -36,11 +37,17 @@ def text(entry: tuple[int, ...], cache: tuple[int, ...], axis: int) -> str:
             f'    func.return %2 : {t(cache, None)} loc("return")\n  }}\n}}\n')
 
 
-def compile_with_plan(source: str):
+def compile_with_plan(source: str, per_core: int | None = None):
+    """Compile; with `per_core`, the write split into that many outer indices per core (the grid pass picks one
+    core for writes this small)."""
     module = parse_module(source)
     PassManager(parse_pipeline("grid")).run(module)
     op = next(op for op in module.function("main").body.ops if op_kind(op) == "kv_write")
     assert device_op(op) is KV_WRITE
+    if per_core is not None:
+        units = KV_WRITE.units(op, {"outer": per_core})[0]
+        op.attributes["tt.blocking"] = {"outer": per_core}
+        op.attributes["tt.grid"] = grid_for(units, E150)
     blocking = dict(op.attributes["tt.blocking"])
     counts = plan_counts(op, "kv_write", E150, op.attributes["tt.grid"], blocking, op.attributes["tt.math_fidelity"])
     cbs = kv_write_cbs(op, blocking)
@@ -52,16 +59,19 @@ def bf16(x: np.ndarray) -> np.ndarray:
     return x.astype(ml_dtypes.bfloat16).astype(np.float32)
 
 
-CASES = [((1, 2, 1, 32), (1, 2, 64, 32), 2),  # a decode step: one position per (batch, head)
-         ((2, 3, 4, 64), (2, 3, 40, 64), 2),  # several positions at once (a prefill's entries)
-         ((2, 1, 3, 64), (2, 8, 3, 64), 1)]   # the position axis before a head axis: rows of inner heads
+CASES = [((1, 2, 1, 32), (1, 2, 64, 32), 2, None),  # a decode step: one position per (batch, head)
+         ((2, 3, 4, 64), (2, 3, 40, 64), 2, None),  # several positions at once (a prefill's entries)
+         ((2, 1, 3, 64), (2, 8, 3, 64), 1, None),  # the position axis before a head axis: rows of inner heads
+         ((2, 3, 1, 64), (2, 3, 32, 64), 2, 2)]  # 3 cores of 2 (batch, head) rows each
 
 
-@pytest.mark.parametrize("entry,cache,axis", CASES, ids=["decode", "prefill", "inner"])
-def test_writes_land_at_the_runtime_position_and_persist(entry, cache, axis) -> None:
+@pytest.mark.parametrize("entry,cache,axis,per_core", CASES, ids=["decode", "prefill", "inner", "cores"])
+def test_writes_land_at_the_runtime_position_and_persist(entry, cache, axis, per_core) -> None:
     outputs = {}
     for emulator in ("reference", "native"):
-        module, planned, cbs = compile_with_plan(text(entry, cache, axis))
+        module, planned, cbs = compile_with_plan(text(entry, cache, axis), per_core)
+        if per_core is not None:
+            assert programs(module)[0].attributes["grid"].num_cores == 3
         (program,) = programs(module)
         assert program.attributes["kind"] == "kv_write"
         assert [(c.index, c.page_size) for c in program.attributes["cbs"]] == [(c.index, c.page_size) for c in cbs]
