@@ -114,14 +114,24 @@ class Executor:
 
     def __init__(self, module: Module, device_weights: Mapping[str, np.ndarray], desc: DeviceAttr | None = None,
                  step_budget: int = DEFAULT_STEP_BUDGET, emulator: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: Device | None = None, dram_base: int = 0) -> None:
+        """With `device`, the module runs on that (shared) device, its DRAM buffers `dram_base` bytes up in every
+        bank, above another module's (its device states excepted: a state of the same name is the same buffer for
+        every module on the device, at the address both were allocated)."""
         try:
             self.main = module.function("main")
         except KeyError:
             raise UserError("the module has no func.func @main to run") from None
         self.module = module
         self.desc = desc or module.attributes.get(DEVICE_ATTR_NAME) or E150
-        self.device = Device(self.desc)
+        if device is not None and device.desc != self.desc:
+            raise UserError(f"the module is compiled for {self.desc}, not for the shared device {device.desc}")
+        self.device = device if device is not None else Device(self.desc)
+        self.shared = device is not None  # other executors use the device too (their constants are not ours)
+        if dram_base % self.device.dram.alignment or dram_base < 0:
+            raise UserError(f"dram_base {dram_base} is not a multiple of the DRAM alignment "
+                            f"{self.device.dram.alignment}")
+        self.dram_base = dram_base
         self.device_weights = dict(device_weights)
         self.step_budget = step_budget
         self.profile: list[ProgramProfile] = []
@@ -260,6 +270,11 @@ class Executor:
             spec.memory.write_buffer(alloc, pages)
         return int(pages.nbytes)
 
+    def state_bytes(self, name: str) -> int:
+        """The bytes of the device state `name` (what write_state and read_state move)."""
+        spec, _ = self._state(name)
+        return spec.pages * spec.page_size
+
     def read_state(self, name: str) -> np.ndarray:
         """The device state `name` as a host float32 tensor."""
         spec, alloc = self._state(name)
@@ -343,6 +358,8 @@ def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
         raise Fault(f"create_buffer of {ttype} has no address: the program was not allocated "
                     "(run the allocate pass)")
     memory = ex.device.memory(str(layout.memory_space))
+    if memory is ex.device.dram and ttmetal.STATE_ATTR not in op.attributes:
+        address += ex.dram_base  # a module sharing the device lives above the other's DRAM
     try:
         pages = num_pages(ttype.shape, str(layout.tensor_layout))
         size = page_size(ttype.shape, ttype.element_type, str(layout.tensor_layout))
@@ -362,12 +379,19 @@ def state_spec(ex: Executor, op: Operation) -> BufferSpec:
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     if spec.alloc is None:
+        name = str(op.attributes[ttmetal.STATE_ATTR])
         if spec.shard is not None:
-            raise UserError(f"device state '{op.attributes[ttmetal.STATE_ATTR]}' is sharded; a state is an "
-                            "interleaved buffer")
-        alloc = spec.memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
-        spec.memory.write_buffer(alloc, np.zeros((spec.pages, spec.page_size), np.uint8))
-        spec.memory.free(alloc.address)
+            raise UserError(f"device state '{name}' is sharded; a state is an interleaved buffer")
+        alloc = ex.device.states.get(name)  # made by another module on this device
+        if alloc is None:
+            alloc = spec.memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
+            spec.memory.write_buffer(alloc, np.zeros((spec.pages, spec.page_size), np.uint8))
+            spec.memory.free(alloc.address)
+            ex.device.states[name] = alloc
+        elif (alloc.address, alloc.page_size, alloc.num_pages) != (spec.address, spec.page_size, spec.pages):
+            raise UserError(f"device state '{name}' is {alloc.num_pages} pages of {alloc.page_size} bytes at "
+                            f"{alloc.address:#x} on the shared device, but this module has it as {spec.pages} pages "
+                            f"of {spec.page_size} bytes at {spec.address:#x}")
         spec = ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
     return spec
 
@@ -435,7 +459,7 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
         raise UserError(f"weight '{name}' is {np.asarray(data).dtype} {list(np.shape(data))}, but its buffer "
                         f"{buffer.type} needs uint8 pages {list(expected)}")
     start, end = buffer.alloc.address, buffer.alloc.end
-    key = f"constant {name} at {start:#x}"
+    key = f"constant {name} at {start:#x}" + (f" of module {id(ex.module):#x}" if ex.shared else "")
     ex._constants[op] = (buffer.alloc, key)
     if buffer.memory.is_clean(key, start, end):
         return

@@ -323,12 +323,22 @@ class CompiledModel:
             result[entry["name"]] = value.astype(np.float32 if dtype.kind == "f" else dtype, copy=False)
         return result
 
-    def executor(self, emulator: str | None = None, threads: int | None = None) -> Any:
-        """The emulated device this model runs on (made on first use; `emulator` and `threads` as in `run`)."""
+    def executor(self, emulator: str | None = None, threads: int | None = None, *, share_with: Any = None) -> Any:
+        """The executor of the emulated device this model runs on (made on first use; `emulator` and `threads` as
+        in `run`). With `share_with` (another CompiledModel, on first use only), this model runs on that model's
+        device, its DRAM above the other's, and device states of the same name are one buffer for both."""
         from ttc.runtime.executor import Executor
 
         if self._executor is None:
-            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
+            device, base = None, 0
+            if share_with is not None:
+                other = share_with.executor(emulator, threads)
+                device = other.device
+                base = other.dram_base + dram_bank_peak(share_with.module, device.dram.banks, device.dram.alignment)
+            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads,
+                                      device=device, dram_base=base)
+        elif share_with is not None and self._executor.device is not share_with.executor().device:
+            raise UserError("this model already runs on a device of its own")
         else:
             self._executor.configure(emulator, threads)
         return self._executor
@@ -359,6 +369,12 @@ class CompiledModel:
         from ttc.artifact import write_artifact
 
         write_artifact(path, self)
+
+
+def dram_bank_peak(module: Module, banks: int, alignment: int) -> int:
+    """The bytes of every DRAM bank a module's allocation reaches (its high-water mark per bank, aligned)."""
+    peak = -(-int(module.attributes.get("tt.dram_peak_bytes", 0)) // banks)
+    return -(-peak // alignment) * alignment
 
 
 _CLI_INPUT_SHAPE = re.compile(r"--input-shape (?P<name>[^\s=]+)=(?P<dims>[^\s:;,()]+)")

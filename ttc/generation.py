@@ -538,22 +538,25 @@ class Generator:
         tilized for attention; the slots past max_length are never written and stay masked."""
         return -(-self.max_length // 32) * 32
 
-    def _device_decode(self):
-        """The decode program with the cache in device DRAM (`kv-cache` pass), or None when the model's cache
-        update is not a concat the pass recognises (the reason goes to stderr, and the host cache runs)."""
-        if self._device_decoder is not None or self.cache == "host":
-            return self._device_decoder
+    def _device_pipeline(self) -> str:
+        """The default pipeline with the kv-cache passes around tilize."""
         from ttc.compiler import default_pipeline
         from ttc.passes import parse_pipeline, pipeline_text
         from ttc.passes.kv_cache import KVCache, KVCacheRows
 
         passes = parse_pipeline(default_pipeline(self.options["dtype"], self.options["math_fidelity"]))
-        names = [p.name for p in passes]
-        at = names.index("tilize")
+        at = [p.name for p in passes].index("tilize")
         pairs = ",".join(f"{p.past}={p.present}" for p in self.interface.kv)
         passes[at:at + 1] = [KVCache(pairs=pairs, position=POSITION_SCALAR), passes[at], KVCacheRows()]
+        return pipeline_text(passes)
+
+    def _device_decode(self):
+        """The decode program with the cache in device DRAM (`kv-cache` pass), or None when the model's cache
+        update is not a concat the pass recognises (the reason goes to stderr, and the host cache runs)."""
+        if self._device_decoder is not None or self.cache == "host":
+            return self._device_decoder
         try:
-            self._device_decoder = self._compiled_for(self._cache_shapes(1, self.capacity - 1), pipeline_text(passes))
+            self._device_decoder = self._compiled_for(self._cache_shapes(1, self.capacity - 1), self._device_pipeline())
             self.cache = "device"
         except UserError as exc:
             if not exc.message.startswith("kv-cache:"):
@@ -561,6 +564,22 @@ class Generator:
             self.cache = "host"
             print(f"ttc generate: the cache stays on the host ({exc.message})", file=sys.stderr)
         return self._device_decoder
+
+    def _device_prefill(self, decode, length: int):
+        """The prefill of a `length`-token prompt with the device cache too: it writes the prompt's entries into
+        the last `length` slots of the caches, where the model's concat puts them (its causal mask is built from
+        those slots). It runs on the decode program's device (its DRAM above the decode program's, the caches
+        one buffer for both) when the two fit that DRAM together, else on a device of its own."""
+        from ttc.compiler import dram_bank_peak
+
+        prefill = self._compiled_for(self._cache_shapes(length, self.capacity - length), self._device_pipeline())
+        if prefill._executor is None:
+            desc = decode.executor(self.emulator, self.threads).device.desc
+            banks, alignment = desc.dram_channels, desc.dram_alignment
+            need = dram_bank_peak(decode.module, banks, alignment) + dram_bank_peak(prefill.module, banks, alignment)
+            prefill.executor(self.emulator, self.threads,
+                             share_with=decode if need <= desc.dram_channel_size else None)
+        return prefill
 
     def _cached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
         self._check_cached_inputs()
@@ -586,29 +605,35 @@ class Generator:
         return self._run(prefill, feeds, "prefill", t, steps)
 
     def _device_cache_steps(self, decode, prompt: list[int], tokens: list[int], steps: list[StepTiming]):
-        """Prefill on its own program; its present entries are written once into the decode program's device
-        caches, which then stay on the device: each decode step uploads the token, its position and the mask,
-        writes its keys and values into the caches at the position (the runtime scalar) and reads the logits."""
+        """The prefill writes the prompt's entries into the last t slots of the device caches; decode step k
+        (position t + k) writes its entry at slot k. Slots are masked by validity (attention does not care where
+        a key sits), so a step uploads the token, its position and the mask, and reads the logits."""
         face = self.interface
         assert face.attention_mask is not None and face.position_ids is not None
-        b, t = self.batch, len(prompt)
-        outputs = self._prefill(prompt, steps)
-        for p in face.kv:  # the prompt's entries into the device caches, zero beyond (counted with the prefill)
-            cache = np.zeros(self._kv_shape(p, self.capacity), np.float32)
-            _put(cache, p.axis, 0, _take(outputs[p.present], p.axis, 1, 1 + t))
-            steps[-1].to_device_bytes += decode.executor(self.emulator, self.threads).write_state(p.present, cache)
-        yield outputs[face.logits][:, -1]
-        ids_type = _np_type(face.ports[face.input_ids].elem_type)
+        b, t, slots = self.batch, len(prompt), self.capacity
+        prefill = self._device_prefill(decode, t)
         mask_type = _np_type(face.ports[face.attention_mask].elem_type)
         pos_type = _np_type(face.ports[face.position_ids].elem_type)
-        length = t
+        ids_type = _np_type(face.ports[face.input_ids].elem_type)
+        mask = np.zeros((b, slots), mask_type)
+        mask[:, slots - t:] = 1
+        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=ids_type), (b, 1)),
+                 face.position_ids: np.tile(np.arange(t, dtype=pos_type), (b, 1)), face.attention_mask: mask.copy()}
+        outputs = self._run(prefill, feeds, "prefill", t, steps, scalars={POSITION_SCALAR: slots - t})
+        own, shared = prefill.executor(), decode.executor(self.emulator, self.threads)
+        if own.device is not shared.device:  # two devices: the caches copied over once (counted with the prefill)
+            for name in shared.states:
+                cache = own.read_state(name)
+                steps[-1].to_host_bytes += own.state_bytes(name)
+                steps[-1].to_device_bytes += shared.write_state(name, cache)
+        yield outputs[face.logits][:, -1]
+        step = 0
         while True:
-            mask = np.zeros((b, self.capacity), mask_type)
-            mask[:, :length + 1] = 1  # the written slots and this step's own, written at its position
+            mask[:, step] = 1  # this step's entry, written at slot `step`
             feeds = {face.input_ids: tokens[-1].astype(ids_type).reshape(b, 1),
-                     face.position_ids: np.full((b, 1), length, pos_type), face.attention_mask: mask}
-            outputs = self._run(decode, feeds, "decode", 1, steps, scalars={POSITION_SCALAR: length})
-            length += 1
+                     face.position_ids: np.full((b, 1), t + step, pos_type), face.attention_mask: mask.copy()}
+            outputs = self._run(decode, feeds, "decode", 1, steps, scalars={POSITION_SCALAR: step})
+            step += 1
             yield outputs[face.logits][:, -1]
 
     def _host_cache_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):

@@ -147,6 +147,14 @@ def test_the_cache_stays_in_device_dram(gen_models):
         steps = [s for s in result.steps if s.kind == "decode"]
         assert len({(s.to_device_bytes, s.to_host_bytes) for s in steps}) == 1  # flat over the positions
         capacity = device.capacity
+        # the prefill runs on the decode program's device and writes the prompt's entries there: it uploads
+        # the ids and positions (int32) and the mask, and reads back the logits only
+        prefill = next(c for c in device._compiled.values() if c is not decoder)
+        assert prefill.executor().device is decoder.executor().device
+        assert prefill.output_names == ["logits"]
+        t = len(PROMPTS[0])
+        assert result.steps[0].to_device_bytes == 8 * t + capacity // 32 * 2048
+        assert result.steps[0].to_host_bytes == 2 * 2048  # [1, t, 64] logits: two bf16 tiles
         # int32 token id and position (4 bytes each), the [1, capacity] mask as bf16 tiles: no cache bytes
         assert steps[0].to_device_bytes == 4 + 4 + capacity // 32 * 2048
         hosted_steps = [s for s in hosted.steps if s.kind == "decode"]
@@ -197,6 +205,25 @@ def test_the_decode_artifact_lists_its_states_and_scalar(gen_models, tmp_path):
     with pytest.raises(UserError, match=r"runtime scalar.*'kv_position'"):
         loaded.run(feeds)
     assert loaded.run(feeds, scalars={"kv_position": 1})["logits"].shape == (1, 1, 64)
+
+
+def test_a_prefill_that_cannot_share_the_device_copies_its_caches_over(gen_models, monkeypatch):
+    """When the prefill and decode programs do not fit one device's DRAM together, the prefill runs on its own
+    device and its caches are copied into the decode program's once: the same tokens, the copy counted."""
+    import ttc.compiler
+
+    kv_path, _ = gen_models
+    reference = Generator(kv_path, max_length=24).generate(PROMPTS[0], 6)
+    monkeypatch.setattr(ttc.compiler, "dram_bank_peak", lambda module, banks, alignment: 2**40)
+    generator = Generator(kv_path, max_length=24)
+    result = generator.generate(PROMPTS[0], 6)
+    assert result.tokens == reference.tokens and result.cache == "device" and result.compiles == 2
+    decoder = generator._device_decoder
+    prefill = next(c for c in generator._compiled.values() if c is not decoder)
+    assert prefill.executor().device is not decoder.executor().device
+    caches = sum(decoder.executor().state_bytes(name) for name in decoder.executor().states)
+    assert result.steps[0].to_device_bytes - reference.steps[0].to_device_bytes == caches
+    assert result.steps[0].to_host_bytes - reference.steps[0].to_host_bytes == caches
 
 
 def test_device_cache_generation_is_the_same_on_both_emulators(gen_models):

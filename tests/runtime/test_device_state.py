@@ -117,3 +117,31 @@ def test_transfers_count_the_bytes_a_run_moves() -> None:
     ex.run({"x": entries(4, 1)[0]}, scalars={"pos": 0})
     # in: the entry, one bf16 row of 32 per head; out: the whole cache, read back as bf16 tiles
     assert ex.transfers == {"to_device": 2 * 32 * 2, "to_host": 2 * 32 * 32 * 2}
+
+
+@pytest.mark.parametrize("emulator", ["reference", "native"])
+def test_two_modules_share_a_device_and_its_states(emulator) -> None:
+    first = executor(emulator)
+    base = 1 << 20
+    second = Executor(compiled(), {}, emulator=emulator, device=first.device, dram_base=base)
+    x1, x2 = entries(5, 2)
+    first.run({"x": x1}, scalars={"pos": 0})
+    y = second.run({"x": x2}, scalars={"pos": 1})["y"]  # its own buffers 1 MiB up, the cache the same
+    expected = np.zeros(CACHE, np.float32)
+    expected[:, :, 0:1], expected[:, :, 1:2] = bf16(x1), bf16(x2)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(first.read_state("cache"), expected)
+    state = first.device.states["cache"]
+    assert state.address == 0 and second._state("cache")[1] is state
+    with pytest.raises(UserError, match="not a multiple of the DRAM alignment"):
+        Executor(compiled(), {}, device=first.device, dram_base=3)
+
+
+def test_a_state_of_another_shape_on_a_shared_device_is_refused() -> None:
+    first = executor("native")
+    first.run({"x": entries(6, 1)[0]}, scalars={"pos": 0})
+    other = parse_module(module_text().replace("1x2x32x32x", "1x2x64x32x"))
+    PassManager(parse_pipeline("grid,lower-to-kernels,allocate")).run(other)
+    second = Executor(other, {}, device=first.device, dram_base=1 << 20)
+    with pytest.raises(UserError, match="device state 'cache' is 64 pages of 64 bytes at 0x0 on the shared device"):
+        second.run({"x": entries(6, 1)[0]}, scalars={"pos": 0})
