@@ -12,8 +12,9 @@ Two export forms are accepted, and the mode follows from the model:
   token. The decode program's cache has `capacity` slots (max_length in whole tile rows); slot validity is the
   attention mask (1 for a written slot, 0 for an empty one) and the token's position is `position_ids`, so one
   compiled decode program serves every position up to `max_length`: no recompiles, whatever the length.
-  Attention does not care which slot a key sits in (its position is already in it: absolute position
-  embeddings, or rotary ones applied before caching), so slot j holds the entry of position j.
+  The prefill's entries fill the last t slots (where the model's concat puts them) and decode step k writes
+  slot k: attention does not care which slot a key sits in (its position is already in it: absolute position
+  embeddings, or rotary ones applied before caching).
 - **uncached**: a model without cache inputs, at a fixed sequence length (or compiled at `max_length` if its
   length is dynamic). Every step reruns the whole sequence, padded at the tail, under the model's causal mask,
   and reads the logits of the last real token. Slower by the sequence length; said when it runs.
@@ -22,9 +23,9 @@ Sampling is greedy (the default), or by `temperature` with `top_k` and/or `top_p
 seeded numpy generator: the same seed gives the same tokens. Timings: the emulator's wall time per step, and
 the cost model's e150 device time of the programs each step runs (prefill and decode apart).
 
-The decode program keeps the cache in device DRAM between steps (the `kv-cache` pass: device states written at
-the runtime scalar `kv_position`), so a step moves the token, its position and the mask, and the logits; the
-prefill's entries are written into it once. A model whose cache update the pass does not recognise keeps the
+Both programs keep the cache in device DRAM (the `kv-cache` pass: device states written at the runtime scalar
+`kv_position`), on one emulated device, so the prefill writes the prompt's entries there and a decode step
+moves the token, its position and the mask, and the logits. A model whose cache update the pass does not recognise keeps the
 cache on the host (each step uploads the padded past and reads `present` back), and says so (docs/generate.md).
 """
 
