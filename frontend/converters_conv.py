@@ -129,27 +129,26 @@ def is_graph_input(ctx: NodeContext, x: Value) -> bool:
 
 
 def is_patch_window(attrs: dict, kernel: Sequence[int], groups: int) -> bool:
-    """Windows that tile the input without overlap or padding (a patch embedding: kernel = stride, ViT's 16x16
-    and 32x32, ConvNeXt's 4x4 stem and 2x2 downsampling), of more than one position, one group."""
+    """Windows that tile the input exactly, without overlap or padding (a patch embedding: kernel = stride,
+    ViT's 16x16 and 32x32, ConvNeXt's 4x4 stem and 2x2 downsampling), of more than one position, one group."""
+    _, h, w = attrs["input_shape"]
     return (groups == 1 and tuple(attrs["strides"]) == tuple(kernel) and not any(attrs["pads"])
-            and tuple(attrs["dilations"]) == (1, 1) and math.prod(kernel) > 1)
+            and tuple(attrs["dilations"]) == (1, 1) and math.prod(kernel) > 1 and h % kernel[0] == 0
+            and w % kernel[1] == 0)
 
 
 def patch_matmul(ctx: NodeContext, x: Value, weight: Value, bias: Value | None, kernel: Sequence[int],
                  out: tuple[int, int]) -> Value:
     """A convolution whose windows tile the input (`is_patch_window`) as a space-to-depth movement and one
-    matmul: [N, C, H, W] cropped to whole windows, regrouped to [N, OH, OW, C, KH, KW] and flattened to the
+    matmul: [N, C, H, W] regrouped to [N, OH, OW, C, KH, KW] and flattened to the
     patch matrix [N*OH*OW, C*KH*KW] (each input element read once: no window overlaps another), times the
     weight flattened to [C*KH*KW, OC] (its own element order, no channel padding), plus the bias. The result
     is the convolution's channels-last matrix [N*OH*OW, OC]. Taken for a graph input (ViT's and ConvNeXt's
     image), whose regrouping the host does as it writes the input (`tilize.split_on_host`); a computed input
     goes by the im2col lookup, the device's own space-to-depth (`windows.Conv2dToDevice`)."""
-    n, c, h, w = _tensor(x).shape
+    n, c, _, _ = _tensor(x).shape
     (kh, kw), (oh, ow) = kernel, out
     like = _tensor(x)
-    if (h, w) != (oh * kh, ow * kw):  # the rows and columns past the last whole window are never read
-        x = ctx.create(ttir.SLICE.name, [x], like.with_shape((n, c, oh * kh, ow * kw)),
-                       {"begins": (0, 0, 0, 0), "ends": (n, c, oh * kh, ow * kw), "steps": (1, 1, 1, 1)})
     split = _reshape_to(ctx, x, (n, c, oh, kh, ow, kw))
     moved = ctx.create(ttir.TRANSPOSE.name, [split], like.with_shape((n, oh, ow, c, kh, kw)),
                        {"perm": (0, 2, 4, 1, 3, 5)})
