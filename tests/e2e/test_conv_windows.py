@@ -138,7 +138,7 @@ def page_lengths(text: str) -> list[int]:
     """The index page length (last dim of the ids) of every lookup in the text."""
     lengths = []
     for line in lines_with(text, "ttir.embedding"):
-        ids_type = line.split(" : (")[1].split(", tensor<")[1]
+        ids_type = line.split(" : (")[1].split(", tensor<")[1].split(",")[0]  # e.g. 7840x32xi32
         lengths.append(int(ids_type.split("x")[-2]))
     return lengths
 
