@@ -169,3 +169,14 @@ def test_allocate_names_the_node_and_core_when_a_shard_does_not_fit(ir: IRHarnes
 def test_a_sharded_layout_without_its_shard_shape_is_a_user_error(ir: IRHarness) -> None:
     with pytest.raises(UserError, match=r"a sharded tensor lives in L1 in tile layout with a grid and a shard shape"):
         ir.run("grid", *chain(ir, 3136, 64, 64, first_layout="l1, height_sharded"))
+
+
+def test_an_l1_result_no_blocking_fits_beside_spills_to_dram(ir: IRHarness) -> None:
+    """An intermediate placed in L1 (as `layout` may, from a heap the grid's own decisions change) that leaves
+    its op no room: the grid pass moves it to DRAM and picks a blocking, instead of refusing (here its
+    [8192, 8192] share alone is more than a core's L1)."""
+    out = ir.run_body("grid", *chain(ir, 8192, 32, 8192, first_layout="l1, interleaved"))
+    first, second = linear_line(out, "mm1"), linear_line(out, "mm2")
+    assert f"-> {dev(8192, 8192)}" in first, first
+    assert f"({dev(8192, 8192)}, " in second, second
+    assert "tt.grid" in first and "tt.grid" in second
