@@ -471,7 +471,7 @@ def depth_to_space_conv_transpose(ctx: NodeContext, x: Value, w: np.ndarray, bia
     of the [N*H*KH*W*KW] output pixels. Pads crop the output's borders (a slice), the bias is added last. No
     zero-stuffed input, no window lookup."""
     n, c, h, wd = _tensor(x).shape
-    cg, ocg, kh, kw = w.shape
+    _, ocg, kh, kw = w.shape
     oc = groups * ocg
     per_group = c // groups
     matrix = np.zeros((c, kh, kw, oc), np.float32)  # [input channel, i, j, output channel]

@@ -51,6 +51,7 @@ from ttc.passes.liveness import (
     sync_body_placement,
 )
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.matmul_chunks import split_oversized_matmuls
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import (
     cb_bytes,
@@ -69,12 +70,12 @@ from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
 from ttc.passes.ops.registry import (
     circular_buffers,
-    program_operands,
     core_units,
     device_op,
     l1_footprint,
     op_kind,
     op_l1_tensor_bytes,
+    program_operands,
 )
 
 
@@ -463,6 +464,7 @@ class Grid(Pass):
         device = module_device(module)
         memo: dict[tuple, list[Candidate]] = {}  # matmul rankings by signature, for this run
         for func in module.functions:
+            split_oversized_matmuls(module, func, device, lambda op: placements(op, device, self.max_cores))
             ops = list(func.body.ops)
             live = LiveL1.of(ops, device, self.max_cores)
             for index, op in enumerate(ops):

@@ -180,3 +180,15 @@ def test_an_l1_result_no_blocking_fits_beside_spills_to_dram(ir: IRHarness) -> N
     assert f"-> {dev(8192, 8192)}" in first, first
     assert f"({dev(8192, 8192)}, " in second, second
     assert "tt.grid" in first and "tt.grid" in second
+
+
+def test_a_matmul_no_blocking_fits_goes_in_column_pieces(ir: IRHarness) -> None:
+    """On one core (max-cores=1) the [1024, 512] product of a 1024-long K keeps its whole 512-tile block in L1
+    (the running total of its accumulation chunks: 1 MB): the grid pass splits the weight into column pieces
+    (4 of 128 columns, a 256 KB total each), one product per piece, joined by a concat, instead of refusing."""
+    out = ir.run_body("grid{max-cores=1}", *chain(ir, 1024, 1024, 512))
+    pieces = [line for line in out.splitlines() if '"ttir.linear"' in line and "-> tensor<1024x128xbf16" in line]
+    assert len(pieces) == 4 and all("tt.grid" in line for line in pieces), out
+    joined = next(line for line in out.splitlines() if '"ttir.concat"' in line)
+    assert "-> tensor<1024x512xbf16" in joined and "tt.grid" in joined, joined
+    ir.check(out, '"ttir.concat"', 'loc("mm2")')
