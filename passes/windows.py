@@ -717,23 +717,24 @@ class LargeIndexPage(RewritePattern):
             return True
         tile_rows = -(-length // 32)
         parts = []
+        # each page's rows as [1, .., 1, L, W] (an im2col result may have leading unit dims), so no reshape
+        # follows it (a reshape then a transpose would read as a layout edge, ChannelLayoutEdge)
+        piece = result.with_shape((*([1] * (result.rank - 2)), length, width)) if batches == 1 or result.rank > 2 \
+            else result.with_shape((length, width))
         for page in ids.reshape(batches, length):
             padded = np.full(tile_rows * 32, -1, np.int64)
             padded[:length] = page
-            looked = rewriter.create_before(op, ttir.EMBEDDING.name, [table, index(padded.reshape(1, tile_rows, 32))],
-                                            [result.with_shape((length, width))],
-                                            {"pad_negative": True, "im2col": True}).result
-            if batches > 1:
-                looked = rewriter.create_before(op, ttir.RESHAPE.name, [looked],
-                                                [result.with_shape((1, length, width))]).result
-            parts.append(looked)
+            parts.append(rewriter.create_before(op, ttir.EMBEDDING.name,
+                                                [table, index(padded.reshape(1, tile_rows, 32))], [piece],
+                                                {"pad_negative": True, "im2col": True}).result)
         while len(parts) > 1:  # a tree of concats along the batch, at most MAX_JOINED inputs each
             joined = []
             for first in range(0, len(parts), MAX_JOINED):
                 group = parts[first:first + MAX_JOINED]
                 joined.append(group[0] if len(group) == 1 else rewriter.create_before(
-                    op, ttir.CONCAT.name, group,
-                    [result.with_shape((sum(tensor(g).shape[0] for g in group), length, width))], {"axis": 0}).result)
+                    op, ttir.CONCAT.name, group, [tensor(group[0]).with_shape(
+                        (*tensor(group[0]).shape[:-3], sum(tensor(g).shape[-3] for g in group), length, width))],
+                    {"axis": result.rank - 3}).result)
             parts = joined
         value = parts[0]
         if tensor(value).shape != result.shape:

@@ -310,9 +310,11 @@ def verify_embedding(op: Operation) -> None:
             _expect_shape(op, (table.shape[1] // 32, rows, positions * 32),
                           "channel tile j of every position side by side in batch j")
             return
-        rows = tensor(op.result.type).shape[0] if tensor(op.result.type).rank == 2 else -1
+        shape = tensor(op.result.type).shape  # [M, positions * width], leading unit dims allowed
+        lead = shape[:-2] if len(shape) >= 2 and all(d == 1 for d in shape[:-2]) else ()
+        rows = shape[-2] if len(shape) >= 2 and len(lead) == len(shape) - 2 else -1
         _check_im2col_rows(rows, tile_rows)
-        _expect_shape(op, (rows, positions * table.shape[1]), "the rows of each position side by side")
+        _expect_shape(op, (*lead, rows, positions * table.shape[1]), "the rows of each position side by side")
         return
     _expect_shape(op, (*indices.shape, table.shape[1]), "one table row per index")
 
