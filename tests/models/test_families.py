@@ -69,8 +69,11 @@ MOVE = "3. any data movement"
 CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest footprint over all grids and "
                        "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
 CLIFFS: dict[str, Cliff] = {
-    # deit-small and convnext-tiny pass golden since their patch convolutions are one matmul (rel L2 0.020 and
-    # 0.016; the K split's partial products summed in bf16 gave 0.054 and 0.060). dbnet, dbnet-mini: compile
+    # deit-small passes golden since its patch convolution is one matmul (rel L2 0.020; the K split's partial
+    # products summed in bf16 gave 0.054). convnext-tiny's 4x4 stem is one matmul too, but its 2 logits still
+    # miss the rule (PCC 1.0, rel L2 0.0597, max abs err 0.016: bf16 at depth)
+    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
+    # dbnet, dbnet-mini: compile
     # and pass golden since lookups go in index pages of 32 ids and a stride-2 2x2 ConvTranspose is one matmul
     # and a depth-to-space movement (issue 15 item 1)
     "crnn-mini": CRNN, "crnn": CRNN,
