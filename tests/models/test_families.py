@@ -70,13 +70,13 @@ CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest
                        "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
 SLOW_MOVEMENT = Cliff("budget", "compile CPU time (numpy tile maps of large movements)", MOVE)
 CLIFFS: dict[str, Cliff] = {
-    # deit-small passes golden since its patch convolution is one matmul (rel L2 0.020; the K split's partial
+    # deit-small passes golden since its patch convolution is one matmul (rel L2 0.043; the K split's partial
     # products summed in bf16 gave 0.054)
     # the minis compile and pass golden since the element gather (issue 15 item 3), over the compile budget
     "swin-tiny-mini": SLOW_MOVEMENT, "swin-tiny": SLOW_MOVEMENT,
     "convnext-tiny-mini": SLOW_MOVEMENT,
-    # passes golden since its 4x4 stem is one matmul (rel L2 0.016, was 0.060), over the compile budget (13 CPU s)
-    "convnext-tiny": SLOW_MOVEMENT,
+    # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
+    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
     "yolo-mini": SLOW_MOVEMENT, "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     # dbnet, dbnet-mini: compile and pass golden since lookups go in index pages of 32 ids and a stride-2 2x2
     # ConvTranspose is one matmul and a depth-to-space movement (issue 15 item 1)
