@@ -156,3 +156,28 @@ def test_long_lookups_go_in_index_pages_of_32(op_type, x_shape, w_shape, attrs) 
     check(model)
     lengths = page_lengths(tilized(model))
     assert lengths and max(lengths) <= MAX_PAGE_IDS, lengths
+
+
+def test_patch_matmul_agrees_with_the_window_lookup() -> None:
+    """The two plans of one patch convolution on the same (non-negative) image: the host's space-to-depth and
+    one matmul (graph input) against the K-split im2col lookup (the input through Abs, computed on the device).
+    Both sum the same bf16 products in a different order: they agree to the bf16 level, and the patch plan is
+    no further from onnxruntime."""
+    x = np.abs(np.random.default_rng(7).standard_normal((1, 3, 32, 48))).astype(np.float32)
+    attrs = {"kernel_shape": [16, 16], "strides": [16, 16]}
+    direct = window_model("Conv", (1, 3, 32, 48), (8, 3, 16, 16), **attrs)
+    looked_up = window_model("Conv", (1, 3, 32, 48), (8, 3, 16, 16), **attrs)
+    abs_node = helper.make_node("Abs", ["x"], ["r"], name="/abs")
+    looked_up.graph.node.insert(0, abs_node)
+    looked_up.graph.node[1].input[0] = "r"
+    assert not lines_with(tilized(direct), "im2col = true")
+    assert len(lines_with(tilized(looked_up), "im2col = true")) == 2
+    expected = run_onnxruntime(direct, {"x": x})["y"]
+    by_patches = ttc.compile(direct).run({"x": x})["y"]
+    by_lookup = ttc.compile(looked_up).run({"x": x})["y"]
+    agreement = compare("y", by_patches, by_lookup)
+    assert agreement.passed and agreement.pcc > 0.9999, agreement
+    patch_error = compare("y", by_patches, expected)
+    lookup_error = compare("y", by_lookup, expected)
+    assert patch_error.passed and lookup_error.passed
+    assert patch_error.rel_l2_err <= lookup_error.rel_l2_err * 1.5, (patch_error, lookup_error)
