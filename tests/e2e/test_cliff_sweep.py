@@ -34,42 +34,47 @@ SETTINGS = {"derandomize": True, "database": None, "deadline": None, "print_blob
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}
 
 # Examples per family in the default suite (about 20 s each on the 2-core machine) and in the long sweep.
-DEFAULT_EXAMPLES = {"window": 24, "row": 30, "movement": 40}
+DEFAULT_EXAMPLES = {"window": 100, "row": 100, "movement": 150}
 LONG_EXAMPLES = {"window": 300, "row": 200, "movement": 400}
 
 STRATEGIES = {"window": window_cases, "row": row_cases, "movement": movement_cases}
 
 
-def sweep(family: str, examples: int, budget: Budget, tally: Tally) -> None:
-    """Run `examples` drawn cases of `family`, each judged; a failure fails the hypothesis example (and is
-    shrunk to a small one)."""
+def sweep(family: str, examples: int, budget: Budget, tally: Tally, fail_fast: bool = True) -> None:
+    """Run `examples` drawn cases of `family`, each judged once (hypothesis may draw the same model twice);
+    with `fail_fast` a failure fails the hypothesis example (and is shrunk to a small one), else the tally
+    collects every failure."""
+    seen: set[str] = set()
 
     @settings(max_examples=examples, **SETTINGS)
     @given(case=STRATEGIES[family](budget))
     def check(case: Case) -> None:
+        if case.text in seen:
+            return
+        seen.add(case.text)
         verdict = judge(case)
         tally.add(case, verdict)
-        assert verdict.outcome != "failed", f"{case.text}: {verdict.detail}"
+        assert not fail_fast or verdict.outcome != "failed", f"{case.text}: {verdict.detail}"
 
     check()
 
 
-def run_family(family: str, examples: int, budget: Budget) -> Tally:
+def run_family(family: str, examples: int, budget: Budget, fail_fast: bool = True) -> Tally:
     tally = Tally()
-    sweep(family, examples, budget, tally)
+    sweep(family, examples, budget, tally, fail_fast)
     print(f"\n{family} sweep, {examples} examples\n{tally.table()}")
     return tally
 
 
 def test_convolution_windows_compile_or_are_refused_with_cause() -> None:
     tally = run_family("window", DEFAULT_EXAMPLES["window"], DEFAULT)
-    assert tally.outcomes[("window", "passed")] >= DEFAULT_EXAMPLES["window"] // 2
+    assert tally.outcomes[("window", "passed")] >= DEFAULT_EXAMPLES["window"] // 3
     assert tally.paths[("window", "k_split")] >= 1, tally.table()  # a window beyond one im2col pass ran
 
 
 def test_long_rows_compile_or_are_refused_with_cause() -> None:
     tally = run_family("row", DEFAULT_EXAMPLES["row"], DEFAULT)
-    assert tally.outcomes[("row", "passed")] >= DEFAULT_EXAMPLES["row"] // 2
+    assert tally.outcomes[("row", "passed")] >= DEFAULT_EXAMPLES["row"] // 3
     assert tally.outcomes[("row", "refused")] >= 1, tally.table()  # a tensor past DRAM, checked by the bound
     assert tally.paths[("row", "row_chunked")] >= 1, tally.table()  # softmax / layer norm in row chunks
     assert tally.paths[("row", "segmented_sum")] >= 1, tally.table()  # a sum along a long row in segments
@@ -77,7 +82,8 @@ def test_long_rows_compile_or_are_refused_with_cause() -> None:
 
 def test_movement_chains_compile_and_move_exactly() -> None:
     tally = run_family("movement", DEFAULT_EXAMPLES["movement"], DEFAULT)
-    assert tally.outcomes[("movement", "passed")] == DEFAULT_EXAMPLES["movement"]  # nothing here is too big
+    assert tally.outcomes[("movement", "refused")] == 0  # nothing here is too big
+    assert tally.outcomes[("movement", "passed")] >= DEFAULT_EXAMPLES["movement"] // 3
     assert tally.paths[("movement", "gather_element")] >= 1, tally.table()
     assert tally.paths[("movement", "gather_tile")] >= 1, tally.table()  # the fast path still applies
 
@@ -86,8 +92,8 @@ def test_movement_chains_compile_and_move_exactly() -> None:
 @pytest.mark.sweep
 @pytest.mark.parametrize("family", sorted(LONG_EXAMPLES))
 def test_long_sweep(family: str) -> None:
-    tally = run_family(family, LONG_EXAMPLES[family], LONG)
-    assert not tally.failures
+    tally = run_family(family, LONG_EXAMPLES[family], LONG, fail_fast=False)
+    assert not tally.failures, "\n".join(tally.failures)
 
 
 def test_the_lower_bound_refuses_only_what_cannot_fit() -> None:

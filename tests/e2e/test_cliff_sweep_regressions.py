@@ -46,3 +46,27 @@ def test_a_row_of_hundreds_of_chunks_sums_in_two_levels(shape: list[int], layer_
 
     chunks = run_case(shape, seed=1, model=layer_norm_model(shape) if layer_norm else None)
     assert chunks >= 600 and chunk_sum_groups(chunks)[1] >= 24
+
+
+@pytest.mark.parametrize("width", [70926, 70912, 1955])
+def test_a_sum_over_a_prime_number_of_blocks_runs_in_short_chains(width: int) -> None:
+    """70,926 and 70,912 wide lines are 739 blocks of 3 tiles and 277 blocks of 8: prime counts, so the segments
+    and groups (divisors of the block count near its square root) fell back to one chain of hundreds of blocks,
+    which stalls in bf16 (a mean of rows of means 1 to 2 came out 6 times too small). The segments and groups
+    are now ragged where no divisor is near (1,955 = 61 tiles: one segment of 61 blocks, ragged groups).
+    Sums of rows with means of either sign; golden on both emulators, bit-identical, planned = executed."""
+    from cost_model_checks import check_planned_equals_executed, compile_with_plans
+    from test_long_rows import reduction_model
+
+    model = reduction_model("reducesum", width)
+    plans, compiled = compile_with_plans(model)
+    rng = np.random.default_rng(7)
+    x = (3 * rng.standard_normal((2, width)) + np.array([[1.5], [-1.25]])).astype(np.float32)
+    expected = run_onnxruntime(model, {"x": x})["y"]
+    outputs = {}
+    for emulator in ("reference", "native"):
+        outputs[emulator] = compiled.run({"x": x}, emulator=emulator)["y"]
+        check_planned_equals_executed(plans, compiled.profile)
+        assert compare("y", outputs[emulator], expected).passed, (outputs[emulator], expected)
+    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    np.testing.assert_allclose(outputs["native"], expected, rtol=0.02)
