@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import ml_dtypes
 import numpy as np
 import onnx
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -189,7 +190,7 @@ def judge(case: Case) -> Verdict:
                                             f"(DRAM {dram_lower_bound(case.model)} B, L1 unit "
                                             f"{l1_lower_bound(case.model)} B): {message}")
         return Verdict("refused", detail=message.splitlines()[0])
-    except Exception as exc:  # noqa: BLE001 - every other exception is a failure the sweep reports
+    except Exception as exc:
         return Verdict("failed", detail=f"{type(exc).__name__}: {exc}")
     if impossible:
         return Verdict("failed", detail=f"compiled, but its lower bound is {dram_lower_bound(case.model)} B of DRAM")
@@ -199,7 +200,7 @@ def judge(case: Case) -> Verdict:
     feeds = case.feeds()
     try:
         got = compiled.run(feeds)["y"]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Verdict("failed", paths, f"run: {type(exc).__name__}: {exc}")
     expected = run_onnxruntime(case.model, feeds)["y"]
     result = compare("y", got, expected)
@@ -289,10 +290,7 @@ def window_cases(draw, budget: Budget = DEFAULT) -> Case:
     kernel, strides, dilations = [], [], []
     for axis in range(dims):
         top = 32 if dims < 3 or axis > 0 else 4  # a 3-D kernel: few depth taps
-        if style == "small":
-            k = draw(st.integers(1, min(top, 7)))
-        else:
-            k = draw(st.integers(1, top))
+        k = draw(st.integers(1, min(top, 7))) if style == "small" else draw(st.integers(1, top))
         if style == "patch":
             s, d = k, 1
         else:
@@ -542,7 +540,7 @@ def move(draw, chain: Chain, kind: str, budget: Budget) -> None:
     elif kind == "Pad":
         mode = draw(st.sampled_from(["constant", "constant", "edge", "reflect"]))
         pads = []
-        for half in range(2):
+        for _half in range(2):
             for d in range(rank):
                 top = 3 if mode != "reflect" else min(3, shape[d] - 1)
                 pads.append(draw(st.integers(0, max(0, top))) if draw(st.booleans()) else 0)
@@ -603,3 +601,42 @@ def movement_cases(draw, budget: Budget = DEFAULT) -> Case:
     model = model_of(nodes, tuple(shape), chain.initializers)
     text = f"movement from {shape}: " + ", ".join(chain.steps)
     return Case("movement", text, model, tuple(shape), seed, bf16_input=True, exact=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep driver (tests/e2e/test_cliff_sweep.py and benchmarks/cliff_sweep.py)
+
+SETTINGS = {"derandomize": True, "database": None, "deadline": None, "print_blob": True,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}
+
+# Examples per family in the default suite (about 20 s each on the 2-core machine) and in the long sweep.
+DEFAULT_EXAMPLES = {"window": 100, "row": 200, "movement": 150}
+LONG_EXAMPLES = {"window": 300, "row": 200, "movement": 400}
+
+STRATEGIES = {"window": window_cases, "row": row_cases, "movement": movement_cases}
+
+
+def sweep(family: str, examples: int, budget: Budget, tally: Tally, fail_fast: bool = True) -> None:
+    """Run `examples` drawn cases of `family`, each judged once (hypothesis may draw the same model twice);
+    with `fail_fast` a failure fails the hypothesis example (and is shrunk to a small one), else the tally
+    collects every failure."""
+    seen: set[str] = set()
+
+    @settings(max_examples=examples, **SETTINGS)
+    @given(case=STRATEGIES[family](budget))
+    def check(case: Case) -> None:
+        if case.text in seen:
+            return
+        seen.add(case.text)
+        verdict = judge(case)
+        tally.add(case, verdict)
+        assert not fail_fast or verdict.outcome != "failed", f"{case.text}: {verdict.detail}"
+
+    check()
+
+
+def run_family(family: str, examples: int, budget: Budget, fail_fast: bool = True) -> Tally:
+    tally = Tally()
+    sweep(family, examples, budget, tally, fail_fast)
+    print(f"\n{family} sweep, {examples} examples\n{tally.table()}")
+    return tally

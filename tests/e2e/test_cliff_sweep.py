@@ -15,55 +15,17 @@ import numpy as np
 import pytest
 from cliff_sweep_cases import (
     DEFAULT,
+    DEFAULT_EXAMPLES,
     LONG,
-    Budget,
+    LONG_EXAMPLES,
     Case,
-    Tally,
     cannot_fit,
     dram_lower_bound,
     judge,
     model_of,
-    movement_cases,
-    row_cases,
     row_nodes,
-    window_cases,
+    run_family,
 )
-from hypothesis import HealthCheck, given, settings
-
-SETTINGS = {"derandomize": True, "database": None, "deadline": None, "print_blob": True,
-            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]}
-
-# Examples per family in the default suite (about 20 s each on the 2-core machine) and in the long sweep.
-DEFAULT_EXAMPLES = {"window": 100, "row": 100, "movement": 150}
-LONG_EXAMPLES = {"window": 300, "row": 200, "movement": 400}
-
-STRATEGIES = {"window": window_cases, "row": row_cases, "movement": movement_cases}
-
-
-def sweep(family: str, examples: int, budget: Budget, tally: Tally, fail_fast: bool = True) -> None:
-    """Run `examples` drawn cases of `family`, each judged once (hypothesis may draw the same model twice);
-    with `fail_fast` a failure fails the hypothesis example (and is shrunk to a small one), else the tally
-    collects every failure."""
-    seen: set[str] = set()
-
-    @settings(max_examples=examples, **SETTINGS)
-    @given(case=STRATEGIES[family](budget))
-    def check(case: Case) -> None:
-        if case.text in seen:
-            return
-        seen.add(case.text)
-        verdict = judge(case)
-        tally.add(case, verdict)
-        assert not fail_fast or verdict.outcome != "failed", f"{case.text}: {verdict.detail}"
-
-    check()
-
-
-def run_family(family: str, examples: int, budget: Budget, fail_fast: bool = True) -> Tally:
-    tally = Tally()
-    sweep(family, examples, budget, tally, fail_fast)
-    print(f"\n{family} sweep, {examples} examples\n{tally.table()}")
-    return tally
 
 
 def test_convolution_windows_compile_or_are_refused_with_cause() -> None:
