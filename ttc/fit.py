@@ -243,6 +243,6 @@ def check_activations_fit(module, weights: int, arch: str, name: str | None = No
     size, largest = max(parts)
     raise UserError(
         f"{name or 'the model'} does not fit the {arch}: its inputs and outputs (bf16, tile-padded) and weights "
-        f"need at least {_gib(needed)} ({needed} bytes) of device DRAM, but the card has {_gib(available)} "
+        f"need at least {needed} bytes of device DRAM ({_gib(needed)}), but the card has {_gib(available)} "
         f"({available} bytes); the largest is the {largest} ({_gib(size)}). Checked before planning. Try: a "
         f"smaller batch or shorter inputs (--input-shape)")
