@@ -68,3 +68,23 @@ def test_the_lower_bound_refuses_only_what_cannot_fit() -> None:
     assert not cannot_fit(small)
     verdict = judge(Case("row", "softmax past DRAM", big, (32768 + 32, 1 << 16), 0))
     assert verdict.outcome == "refused", verdict.detail
+
+
+def test_the_judge_fails_a_refusal_the_bound_does_not_justify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small softmax "refused" as too big (a planner cliff) and a refusal of another kind both fail the case;
+    so does a compile of a case the bound says cannot fit."""
+    import ttc
+    from ttc.ir.diagnostics import UserError
+
+    small = model_of(row_nodes("Softmax", 6625, 1, np.random.default_rng(0))[0], (1, 6625), [])
+    case = Case("row", "softmax", small, (1, 6625), 0)
+    assert judge(case).outcome == "passed"
+    for message in ("'ttir.softmax' does not fit in L1 on e150", "no converter for Softmax"):
+        def refuse(model, message=message):
+            raise UserError(message)
+        monkeypatch.setattr(ttc, "compile", refuse)
+        verdict = judge(case)
+        assert verdict.outcome == "failed" and message in verdict.detail
+    monkeypatch.setattr(ttc, "compile", lambda model: None)
+    big = model_of(row_nodes("Softmax", 1 << 16, 1, np.random.default_rng(0))[0], (32768 + 32, 1 << 16), [])
+    assert judge(Case("row", "big", big, (32768 + 32, 1 << 16), 0)).outcome == "failed"
