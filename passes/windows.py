@@ -49,11 +49,13 @@ from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.movement import (
     CONSTANT,
+    MAX_INDEX_PAGE,
     ROW_MAJOR,
     constant_array,
     exact_matmul,
     node_name,
     tensor,
+    tile_row_pages,
     weight,
 )
 from ttc.passes.ops.gather import is_folded, movement_chain
@@ -547,13 +549,16 @@ def row_lookup(rewriter: PatternRewriter, module: Module, op: Operation, x: Valu
     stem = node_name(op).strip("/").replace("/", ".") or "rows"
     count = rows.size
     page = ids_page(count) if rows.ndim == 1 else count
+    attributes = {}
     if page < count:  # an index page per `page` rows, the looked-up tiles regrouped without moving
         rows = rows.reshape(count // page, page)
+    elif rows.ndim == 1 and count > MAX_INDEX_PAGE:
+        rows, attributes = tile_row_pages(rows.astype(np.int32)), {"pad_negative": True, "im2col": True}
     name = module.add_weight(f"{stem}.row_index", rows.astype(np.int32))
     ids = rewriter.create_before(op, CONSTANT, [], [TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)],
                                  {"value": WeightAttr(name)}).result
     looked_type = result if page == count else result.with_shape((*rows.shape, width))
-    looked = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [looked_type]).result
+    looked = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [looked_type], attributes).result
     if page == count:
         return looked
     return rewriter.create_before(op, ttir.RESHAPE.name, [looked], [result]).result
@@ -652,14 +657,17 @@ class PaddedLookupToDevice(RewritePattern):
         flat = ids.astype(np.int32).reshape(-1)
         page = ids_page(flat.size)
         paged = flat.reshape(flat.size // page, page) if page < flat.size else flat
+        attributes, shape = {"pad_negative": True}, (*paged.shape, source.shape[1])
+        if page == flat.size > MAX_INDEX_PAGE:
+            paged, attributes, shape = tile_row_pages(flat), {"pad_negative": True, "im2col": True}, \
+                (flat.size, source.shape[1])
         stem = node_name(op).strip("/").replace("/", ".") or "lookup"
         name = self.module.add_weight(f"{stem}.row_index", paged)
         index = rewriter.create_before(op, CONSTANT, [], [TensorType(paged.shape, ScalarType("i32"), ROW_MAJOR)],
                                        {"value": WeightAttr(name)}).result
         result = tensor(op.result)
-        looked = rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index],
-                                        [result.with_shape((*paged.shape, source.shape[1]))],
-                                        {"pad_negative": True}).result
+        looked = rewriter.create_before(op, ttir.EMBEDDING.name, [rows, index], [result.with_shape(shape)],
+                                        attributes).result
         if tensor(looked).shape != result.shape:
             looked = rewriter.create_before(op, ttir.RESHAPE.name, [looked], [result]).result
         rewriter.replace_op(op, [looked])

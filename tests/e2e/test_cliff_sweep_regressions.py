@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -70,3 +71,36 @@ def test_a_sum_over_a_prime_number_of_blocks_runs_in_short_chains(width: int) ->
         assert compare("y", outputs[emulator], expected).passed, (outputs[emulator], expected)
     np.testing.assert_array_equal(outputs["reference"], outputs["native"])
     np.testing.assert_allclose(outputs["native"], expected, rtol=0.02)
+
+
+@pytest.mark.parametrize(("shape", "op", "arg", "attrs"), [
+    ((53, 39, 63), "Reshape", [130221], {}),  # the element gather's one row of 130,221 ids
+    ((55, 1, 13, 39, 7), "Reshape", [195195], {}),
+    ((33, 39, 37, 3, 1), "Pad", [0, 0, 1, 0, 0, 0, 0, 1, 0, 0], {"mode": "reflect"}),  # row lookups of 142,857 rows
+])
+def test_a_lookup_of_more_ids_than_one_index_page_holds(shape: tuple, op: str, arg: list[int], attrs: dict) -> None:
+    """A flatten to one row of 130,221 elements read its element ids as one index page (4 bytes an id, double
+    buffered: 1.04 MB of L1), and the NCHW edge lookups of a 5-D Pad one page of 142,857 row ids: "does not fit in
+    L1". Ids lists longer than 1024 that 32 does not divide now go in pages of 32, one per output tile row (the
+    one-position im2col form). Exact on both emulators, bit-identical, planned counts = executed."""
+    from cost_model_checks import check_planned_equals_executed, compile_with_plans
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node(op, ["r", "arg"], ["y"], **attrs)]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("arg", TensorProto.INT64, [len(arg)], arg)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    plans, compiled = compile_with_plans(model)
+    assert compiled.manifest["host_ops"] == 0
+    assert any(len(a.shape) == 3 and a.shape[0] == 1 and a.shape[2] == 32 and a.dtype == np.int32
+               for name, a in compiled.module.weights.items() if name.endswith(("element_index", "row_index")))
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    expected = run_onnxruntime(model, {"x": x})["y"]
+    outputs = {}
+    for emulator in ("reference", "native"):
+        outputs[emulator] = compiled.run({"x": x}, emulator=emulator)["y"]
+        check_planned_equals_executed(plans, compiled.profile)
+    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    assert compare("y", outputs["native"], expected).passed
+    exact = run_onnxruntime(model, {"x": x.astype(ml_dtypes.bfloat16).astype(np.float32)})["y"]
+    np.testing.assert_array_equal(outputs["native"], exact)  # a movement rounds nothing: the bf16 input, moved
