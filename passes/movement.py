@@ -92,17 +92,6 @@ def create_slice(rewriter: PatternRewriter, op: Operation, x: Value, begins, end
     return rewriter.create_before(op, ttir.SLICE.name, [x], [tensor(x).with_shape(shape)], attributes).result
 
 
-MAX_INDEX_PAGE = 1024  # ids of one index page (4 KiB): longer rows of ids go in pages of 32 (`tile_row_pages`)
-
-
-def tile_row_pages(ids: np.ndarray) -> np.ndarray:
-    """1-D ids as index pages of 32, one per output tile row, -1 (a zero row) past the end: [1, tile rows, 32],
-    the form of a one-position im2col lookup (`ttir.embedding {im2col, pad_negative}`), whose result is
-    [ids, width]. A row of more than MAX_INDEX_PAGE ids is otherwise one index page, all in L1 at once (a
-    142,857-element flatten needed 1.1 MB of L1)."""
-    return np.pad(ids, (0, -ids.size % 32), constant_values=-1).reshape(1, -1, 32)
-
-
 def weight(rewriter: PatternRewriter, module: Module, op: Operation, name: str, array: np.ndarray,
            like: TensorType) -> Value:
     """A new weight constant (host type; `tilize` places it on the device)."""
@@ -400,15 +389,11 @@ class RowGather(RewritePattern):
         untilized = rewriter.create_before(op, ttir.TO_LAYOUT.name, [x], [source.with_encoding(ROW_MAJOR)]).result
         table_type = TensorType((source.num_elements // width, width), source.element_type, ROW_MAJOR)
         table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
-        attributes = {}
-        if rows.ndim == 1 and rows.size > MAX_INDEX_PAGE and rows.size % 32:
-            rows, attributes = tile_row_pages(rows.astype(np.int32)), {"pad_negative": True, "im2col": True}
         ids_type = TensorType(rows.shape, ScalarType("i32"), ROW_MAJOR)
         name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'rows')}.row_index",
                                       rows.astype(np.int32))
         ids = rewriter.create_before(op, CONSTANT, [], [ids_type], {"value": WeightAttr(name)}).result
-        gathered = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [tensor(op.result)],
-                                          attributes).result
+        gathered = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids], [tensor(op.result)]).result
         rewriter.replace_op(op, [gathered])
         return True
 
@@ -497,25 +482,12 @@ class RowGather(RewritePattern):
         table_type = TensorType((math.prod(stack_type.shape), 1), source.element_type, ROW_MAJOR)
         table = rewriter.create_before(op, ttir.RESHAPE.name, [untilized], [table_type]).result
         ids = sources.reshape(shape_out).astype(np.int32)
-        attributes = {}
-        width, rows = shape_out[-1], math.prod(shape_out[:-1])
-        if width > MAX_INDEX_PAGE and (rows == 1 or width % 32 == 0):
-            # A wide row's ids would be one index page (4 bytes an id, the whole row in L1): pages of 32 ids
-            # instead, one per output tile row ([1, tile rows, 32], -1 past the end), as a convolution's lookup
-            ids = tile_row_pages(ids.reshape(-1))
-            attributes = {"pad_negative": True, "im2col": True}
         name = self.module.add_weight(f"{(node_name(op).strip('/').replace('/', '.') or 'elements')}.element_index",
                                       ids)
         ids_value = rewriter.create_before(op, CONSTANT, [], [TensorType(ids.shape, ScalarType("i32"), ROW_MAJOR)],
                                            {"value": WeightAttr(name)}).result
-        if attributes:
-            flat = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids_value],
-                                          [result.with_shape((rows * width, 1))], attributes).result
-            looked_up = rewriter.create_before(op, ttir.RESHAPE.name, [flat],
-                                               [result.with_shape((*shape_out, 1))]).result
-        else:
-            looked_up = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids_value],
-                                               [result.with_shape((*shape_out, 1))]).result
+        looked_up = rewriter.create_before(op, ttir.EMBEDDING.name, [table, ids_value],
+                                           [result.with_shape((*shape_out, 1))]).result
         lying = rewriter.create_before(op, ttir.TRANSPOSE.name, [looked_up],
                                        [result.with_shape((*shape_out[:-1], 1, shape_out[-1]))],
                                        {"perm": (*range(len(shape_out) - 1), len(shape_out), len(shape_out) - 1)})

@@ -32,9 +32,12 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ttc.ir.diagnostics import EXIT_INTERNAL_ERROR, EXIT_OK, TtcError, UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ARCHES = ("e150", "e75")
 
@@ -449,6 +452,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     outputs, emulator_timing = _timed_runs(compiled, feeds, args)
     if args.output:
         with atomic_output(args.output) as handle:
+            import numpy as np
+
             np.savez(handle, **outputs)
     report: dict = {"outputs": [], "passed": True, "host_ops": compiled.manifest["host_ops"],
                     "memory": compiled.manifest["memory"]}
@@ -713,8 +718,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"ttc: {args.model} has no cache inputs: uncached mode, every step reruns the whole sequence "
                   f"padded to {generator.max_length} tokens", file=sys.stderr)
         else:
-            print(f"ttc: cached mode: {len(generator.interface.kv)} cache tensors padded to "
-                  f"{generator.max_length - 1} slots; {sampling.describe()}", file=sys.stderr)
+            print(f"ttc: cached mode: {len(generator.interface.kv)} cache tensors for up to {generator.max_length} "
+                  f"tokens; {sampling.describe()}", file=sys.stderr)
     result = generator.generate(prompt, args.max_new_tokens, sampling, args.eos_id, on_token=stream_printer(tokenizer))
     print()
     if tokenizer is not None:

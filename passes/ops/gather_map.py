@@ -97,70 +97,84 @@ def _row_regroup(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]
 PROBE_TILES = 64
 
 
-def _tile_check(tiles: np.ndarray, starts: np.ndarray, sources: list[TileShape]) -> tuple[np.ndarray, np.ndarray, bool] | str:
-    """Output tiles of source element ids (-1: padding) -> (their real elements, the source tile of each in a
-    numbering over all inputs, transposed), or why they are not whole input tiles copied or transposed."""
-    real = tiles >= 0
-    element = np.where(real, tiles, 0)
-    which = np.searchsorted(starts, element, side="right") - 1 if len(sources) > 1 else 0  # each element's input
-    local = element - starts[which]
-    rows = np.array([src.rows for src in sources])[which]
-    cols = np.array([src.cols for src in sources])[which]
-    rts = np.array([src.rt for src in sources])[which]
-    cts = np.array([src.ct for src in sources])[which]
-    tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
-    b, rc = np.divmod(local, rows * cols)
-    r, c = np.divmod(rc, cols)
-    tile_id = tile_starts[which] + (b * rts + r // TILE) * cts + c // TILE  # a numbering over all inputs
-    lo = np.where(real, tile_id, np.iinfo(np.int64).max).min(axis=(1, 2))
-    hi = np.where(real, tile_id, -1).max(axis=(1, 2))
+def _tile_labels(shape: tuple[int, ...], first_tile: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Two arrays of `shape`: each element's tile (numbered from `first_tile` in the runtime's tile order) and
+    its position inside that tile (row * 32 + column)."""
+    ts = tile_shape(shape)
+    b = np.arange(ts.batches, dtype=dtype)[:, None, None]
+    r = np.arange(ts.rows, dtype=dtype)[None, :, None]
+    c = np.arange(ts.cols, dtype=dtype)[None, None, :]
+    tile = first_tile + (b * ts.rt + r // TILE) * ts.ct + c // TILE
+    position = ((r % TILE) * TILE + c % TILE).astype(np.int16)
+    full = (ts.batches, ts.rows, ts.cols)
+    return np.broadcast_to(tile, full).reshape(shape), np.broadcast_to(position, full).reshape(shape)
+
+
+def _move(parts: list[np.ndarray], steps: tuple[Step, ...]) -> np.ndarray:
+    flat = parts[0]
+    for kind, arg in steps:
+        flat = np.concatenate(parts, axis=arg[0]) if kind == "concat" else _apply_step(flat, kind, arg)
+    return flat
+
+
+def _as_tiles(values: np.ndarray, fill: int) -> np.ndarray:
+    """A moved array in the output's tile layout: [tiles, 32, 32], `fill` in the padding."""
+    out = tile_shape(values.shape)
+    padded = np.full((out.batches, out.rt * TILE, out.ct * TILE), fill, dtype=values.dtype)
+    padded[:, : out.rows, : out.cols] = values.reshape(out.batches, out.rows, out.cols)
+    return padded.reshape(out.batches, out.rt, TILE, out.ct, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
+
+
+_COPY = (np.arange(TILE)[:, None] * TILE + np.arange(TILE)[None, :]).astype(np.int16)
+
+
+def _tile_check(tile: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | str:
+    """Output tiles labelled with each element's source tile (-1: padding) and its position in that tile ->
+    (the real elements, each output tile's source tile in a numbering over all inputs, transposed), or why
+    they are not whole input tiles copied or transposed."""
+    real = tile >= 0
+    lo = np.where(real, tile, np.iinfo(tile.dtype).max).min(axis=(1, 2))
+    hi = tile.max(axis=(1, 2))
     if (lo != hi).any():
         return "an output tile takes data from several input tiles"
-    i, j = np.arange(TILE)[:, None], np.arange(TILE)[None, :]
-    copied = ((r % TILE == i) & (c % TILE == j)) | ~real
-    swapped = ((r % TILE == j) & (c % TILE == i)) | ~real
-    if copied.all():
-        return real, lo, False
-    if swapped.all():
-        return real, lo, True
+    pad = ~real
+    if ((position == _COPY) | pad).all():
+        return real, lo.astype(np.int64), False
+    if ((position == _COPY.T) | pad).all():
+        return real, lo.astype(np.int64), True
     return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]) -> Gather | str:
     """The tile gather doing `steps` on tensors of `in_shapes` (several only when the first step is a concat),
     or why it is not tile-granular.
 
-    Each output element's source element is computed with numpy; the map is tile-granular when every
-    output tile takes all its data from one input tile, at the same in-tile positions (copy) or at
-    swapped ones (transpose), and both tiles hold the same number of real elements (so the padding
-    of one is the padding of the other, and stays zero).
+    Every input element is labelled with its tile and its position inside the tile, and the steps move the
+    labels as they move the data: the map is tile-granular when every output tile takes all its data from
+    one input tile, at the same in-tile positions (copy) or at swapped ones (transpose), and both tiles hold
+    the same number of real elements (so the padding of one is the padding of the other, and stays zero).
     """
     quick = _row_concat(in_shapes, steps) or _row_regroup(in_shapes, steps)
     if quick is not None:
         return quick
-    sizes = [math.prod(shape) for shape in in_shapes]
-    starts = np.cumsum([0, *sizes])
-    parts = [np.arange(start, start + size, dtype=np.int64).reshape(shape)
-             for start, size, shape in zip(starts, sizes, in_shapes, strict=False)]
-    flat = parts[0]
-    for kind, arg in steps:
-        flat = np.concatenate(parts, axis=arg[0]) if kind == "concat" else _apply_step(flat, kind, arg)
     sources = [tile_shape(shape) for shape in in_shapes]
-    out = tile_shape(flat.shape)
-    matrix = flat.reshape(out.batches, out.rows, out.cols)
-    padded = np.full((out.batches, out.rt * TILE, out.ct * TILE), -1, dtype=np.int64)
-    padded[:, : out.rows, : out.cols] = matrix
-    tiles = padded.reshape(out.batches, out.rt, TILE, out.ct, TILE).transpose(0, 1, 3, 2, 4).reshape(-1, TILE, TILE)
-    if len(tiles) > PROBE_TILES:  # a large movement that is not tile-granular mostly fails on its first tiles
-        probe = _tile_check(tiles[:PROBE_TILES], starts, sources)
+    tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
+    dtype = np.int32 if tile_starts[-1] < 2**31 - 1 else np.int64
+    labels = [_tile_labels(shape, int(start), dtype) for shape, start in zip(in_shapes, tile_starts, strict=False)]
+    tile = _move([t for t, _ in labels], steps)
+    position = _move([p for _, p in labels], steps)
+    if tile_shape(tile.shape).tiles > PROBE_TILES:  # a large movement that is not tile-granular mostly fails early
+        out = tile_shape(tile.shape)
+        head = min(out.rows, TILE * max(1, PROBE_TILES // max(out.ct, 1)))
+        probe = _tile_check(_as_tiles(tile.reshape(out.batches, out.rows, out.cols)[:1, :head], -1),
+                            _as_tiles(position.reshape(out.batches, out.rows, out.cols)[:1, :head], 0))
         if isinstance(probe, str):
             return probe
-    checked = _tile_check(tiles, starts, sources)
+    checked = _tile_check(_as_tiles(tile, -1), _as_tiles(position, 0))
     if isinstance(checked, str):
         return checked
     real, lo, transposed = checked
-    tile_starts = np.cumsum([0, *(src.tiles for src in sources)])
     source_input = np.searchsorted(tile_starts, lo, side="right") - 1
     source = lo - tile_starts[source_input]
     src_rows = np.array([s.rows for s in sources])[source_input]

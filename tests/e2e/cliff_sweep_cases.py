@@ -330,12 +330,6 @@ def window_cases(draw, budget: Budget = DEFAULT) -> Case:
         return draw(window_cases(budget))  # redraw: an empty output (a rare corner of the draw)
     positions = math.prod(kernel)
     out_pixels = batch * math.prod(out)
-    if op == "ConvTranspose" and math.prod(kernel[-2:]) > 128 and out_pixels > 16384:
-        # EXCLUDED, to re-enable after the conv-cliffs branch merges: a ConvTranspose of more than 128 kernel
-        # positions per plane (a K split) over more than 16,384 output pixels (row chunks) is refused with
-        # "'ttir.embedding' does not fit in L1" (the big-embedding class that branch fixes). The draw keeps
-        # such a kernel on a smaller output instead.
-        return draw(window_cases(budget))
     if op == "ConvTranspose" and positions * out_pixels > budget.window_work:
         return draw(window_cases(budget))  # the zero-stuffed lookup is slow to build: keep it in budget
     in_pixels = batch * math.prod(sizes)
