@@ -355,6 +355,20 @@ class PendingConstant:
         return self.data
 
 
+POOLS_WITH_CEIL_MODE = ("MaxPool", "AveragePool", "LpPool")
+
+
+def ceil_mode_window_dropped(node: onnx.NodeProto, computed: tuple[int, ...], inferred: tuple[int, ...]) -> bool:
+    """A pool with ceil_mode whose last window would start in the end padding: onnx's shape inference counts
+    that window, onnxruntime and the operator's text ("sliding windows that would start in the right padded
+    region are ignored") do not, and neither does ttc (`window_output_size`). Then the shapes differ by one
+    along some spatial dims."""
+    ceil = any(a.name == "ceil_mode" and a.i for a in node.attribute)
+    return (node.op_type in POOLS_WITH_CEIL_MODE and ceil and len(computed) == len(inferred)
+            and computed[:2] == inferred[:2]
+            and all(c in (i, i - 1) for c, i in zip(computed[2:], inferred[2:], strict=True)))
+
+
 class GraphImporter:
     """Walks one shape-inferred ONNX graph and builds the `ttir` module."""
 
@@ -417,7 +431,10 @@ class GraphImporter:
             if name in empty and (value is None or not self.is_constant_value(value)):
                 value = self.empty_constant(ctx, name)  # whatever the converter built for it is dead
             inferred = self.inferred_shape(name)
-            if inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred:
+            if inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred \
+                    and ceil_mode_window_dropped(node, value.type.shape, inferred):
+                self.forget_inferred_shapes_from(name)
+            elif inferred is not None and isinstance(value.type, TensorType) and value.type.shape != inferred:
                 raise RuntimeError(f"internal error: {ctx.where} gave '{name}' the shape {value.type.shape}, "
                                    f"shape inference says {inferred}")
             self.values[name] = value
@@ -521,6 +538,20 @@ class GraphImporter:
         if type_proto is None or not type_proto.tensor_type.HasField("shape"):
             return None
         return tuple(d.dim_value if d.HasField("dim_value") else None for d in type_proto.tensor_type.shape.dim)
+
+    def forget_inferred_shapes_from(self, name: str) -> None:
+        """Drop the shapes shape inference gave `name` and every value computed from it (their element types
+        stay): the converters' own shapes hold there instead."""
+        tainted = {name}
+        for node in self.graph.node:
+            if any(i in tainted for i in [*node.input, *outer_scope_inputs(node)] if i):
+                tainted.update(o for o in node.output if o)
+        for value in tainted:
+            if value in self.types and self.types[value].HasField("tensor_type"):
+                shapeless = onnx.TypeProto()
+                shapeless.CopyFrom(self.types[value])
+                shapeless.tensor_type.ClearField("shape")
+                self.types[value] = shapeless
 
     def inferred_shape(self, name: str) -> tuple[int, ...] | None:
         """The static shape shape inference gave `name`, None when unknown or not static."""

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import numpy as np
 import onnx
 
-from ttc.fit import check_host_memory, check_model_fits
+from ttc.fit import check_activations_fit, check_host_memory, check_model_fits
 from ttc.ir.core import RETURN_OP, Module
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttmetal
@@ -103,9 +103,10 @@ def compile_model(model: str | Path | onnx.ModelProto, options: CompileOptions |
     with progress(len(passes) + 2, "import", "step", enabled=diagnostics.progress, stream=stream) as bar:
         proto, path = read_model(model)  # parsed once (without external data) for the fit check and the import
         source.update(_model_provenance(proto))
-        check_model_fits(proto, options.arch, options.dtype, name=path, host_limit=options.max_host_memory)
+        weights = check_model_fits(proto, options.arch, options.dtype, name=path, host_limit=options.max_host_memory)
         check_host_memory(proto, options.max_host_memory, name=path)
         module = import_read_model(proto, path, input_shapes=dict(options.input_shapes), arch=options.arch)
+        check_activations_fit(module, weights, options.arch, name=path)
         bar.advance(label=f"pass {passes[0].name}" if passes else "pack weights")
         dumper = _IRDumper(diagnostics.dump_ir, module) if diagnostics.dump_ir else None
 

@@ -218,3 +218,31 @@ def check_model_fits(model: str | os.PathLike[str] | onnx.ModelProto, arch: str,
         f"{where} does not fit the {arch}: {need} of device DRAM in {dtype}, tile-padded, but the card has "
         f"{_gib(available)} ({available} bytes){largest}. Checked before reading any weight. Try: "
         + "; ".join(hints))
+
+
+def check_activations_fit(module, weights: int, arch: str, name: str | None = None) -> None:
+    """Raise UserError when the imported model's float inputs and outputs (activations: bf16 on the device in
+    every --dtype, tile-padded) plus its weights (`weights`, from `check_model_fits`) exceed the card's DRAM.
+    Runs right after the import, once `--input-shape` has fixed every dimension and before any pass plans
+    (and builds tables of) tensors that could never be on the card."""
+    from ttc.frontend.importer import NAME_ATTR
+    from ttc.ir.types import TensorType
+
+    func = module.function("main")
+    parts = []
+    for kind, types in (("input", func.type.inputs), ("output", func.type.results)):
+        for index, t in enumerate(types):
+            if isinstance(t, TensorType) and t.element_type.is_float:
+                dims = [d if isinstance(d, int) and d > 0 else 1 for d in t.shape]
+                label = (func.arg_attrs(index) if kind == "input" else func.res_attrs(index)).get(NAME_ATTR, "")
+                parts.append((_tiles(dims) * BF16_TILE_BYTES, f"{kind} '{label}' {dims}"))
+    needed = weights + sum(size for size, _ in parts)
+    available = DEVICES[arch].dram_size
+    if needed <= available or not parts:
+        return
+    size, largest = max(parts)
+    raise UserError(
+        f"{name or 'the model'} does not fit the {arch}: its inputs and outputs (bf16, tile-padded) and weights "
+        f"need at least {needed} bytes of device DRAM ({_gib(needed)}), but the card has {_gib(available)} "
+        f"({available} bytes); the largest is the {largest} ({_gib(size)}). Checked before planning. Try: a "
+        f"smaller batch or shorter inputs (--input-shape)")

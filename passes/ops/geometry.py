@@ -65,6 +65,8 @@ CB_GROUPS = 26  # partial reductions of groups of tiles (blocked summation)
 
 CB_TOTAL, CB_CHUNK = 27, 28  # matmul: the running sum of K chunks, and one chunk's sum
 
+CB_CHUNK_GROUP = 29  # row ops: the running sum of one group of row chunks (a two-level running sum)
+
 
 def align(size: int, alignment: int = ALIGNMENT) -> int:
     return -(-size // alignment) * alignment

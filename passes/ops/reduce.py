@@ -2,7 +2,7 @@
 
 Each core owns whole lines: tile rows (a reduction along the last dim, into column 0) or tile columns
 (along the dim before it, into row 0). The reader streams a line in blocks of block_w tiles. The
-compute kernel keeps one Dst acquire per line and sums the line in groups (`reduce_groups`),
+compute kernel keeps one Dst acquire per line and sums the line in groups (`group_sizes`),
 each group accumulating in its own Dst slot, so that no chain of bf16 roundings runs the whole line:
 a sum of 768 values is 5 or 6 groups of ~8 roundings, whose sums are then added (the second, short
 chain), instead of one chain of 48 roundings. A max needs no groups (it rounds nothing); when the
@@ -94,26 +94,43 @@ def reduction_of(op: Operation) -> Reduction:
 SEGMENT_BLOCKS = 64  # sums over lines of more blocks than this run in segments (a running sum over them)
 
 
-def reduce_segments(reduction: Reduction, block_w: int) -> int:
-    """Segments a long line's sum runs in: each segment is summed in groups (`reduce_groups`), and the segment
-    sums are chained through a one-tile running sum, so that a line of any length is three short chains of
-    bf16 roundings (within a group, over the groups, over the segments) instead of a few long ones. One
-    segment (the whole line) for a max and for lines of up to SEGMENT_BLOCKS blocks."""
+def reduce_segments(reduction: Reduction, block_w: int) -> list[int]:
+    """Blocks of each segment a line's sum runs in: each segment is summed in groups (`group_sizes`), and the
+    segment sums are chained through a one-tile running sum, so that a line of any length is three short
+    chains of bf16 roundings (within a group, over the groups, over the segments) instead of a few long ones.
+    About sqrt(blocks) segments of equal size when a divisor of the block count is near that, else segments
+    of about sqrt(blocks) blocks and a shorter last one (a line of a prime number of blocks, 739, summed as
+    one chain stalled in bf16: a 70,926-wide mean came out 6 times too small). One segment (the whole line) for a max and for lines of up to SEGMENT_BLOCKS blocks."""
     blocks = reduction.streamed // block_w
     if reduction.kind == "max" or blocks <= SEGMENT_BLOCKS:
-        return 1
-    return min(divisors(blocks), key=lambda d: abs(d - math.sqrt(blocks)))
+        return [blocks]
+    root = math.sqrt(blocks)
+    even = min(divisors(blocks), key=lambda d: abs(d - root))
+    if root / 2 <= even <= 2 * root:  # equal segments, when a divisor is near enough
+        return [blocks // even] * even
+    size = round(root)
+    full = blocks // size
+    return [size] * full + ([blocks - size * full] if blocks > size * full else [])
+
+
+def group_sizes(reduction: Reduction, blocks: int) -> list[int]:
+    """Blocks of each group a segment of `blocks` blocks is summed in (each in its own Dst slot, then the
+    group sums are added): about sqrt(blocks) groups (at most HALF_DST - 1), equal when a divisor of the
+    block count is near that, else of nearly equal size, so both chains of bf16 roundings stay short. One group for a max; none for no block."""
+    if blocks == 0:
+        return []
+    if reduction.kind == "max":
+        return [blocks]
+    even = min((g for g in range(1, HALF_DST) if blocks % g == 0), key=lambda g: abs(g - math.sqrt(blocks)))
+    count = max(1, min(HALF_DST - 1, round(math.sqrt(blocks))))
+    if even >= count / 2:  # equal groups, when a divisor is near enough
+        return [blocks // even] * even
+    return [blocks // count + int(g < blocks % count) for g in range(count)]
 
 
 def reduce_groups(reduction: Reduction, block_w: int) -> int:
-    """Groups of blocks a segment of a line is summed in (each in its own Dst slot, then the group sums are
-    added): the divisor of the segment's block count nearest its square root, so both chains of bf16
-    roundings stay short."""
-    blocks = reduction.streamed // block_w // reduce_segments(reduction, block_w)
-    if blocks == 0 or reduction.kind == "max":
-        return min(blocks, 1)
-    options = [g for g in range(1, HALF_DST) if blocks % g == 0]
-    return min(options, key=lambda g: abs(g - math.sqrt(blocks)))
+    """The most groups a segment of the line is summed in (the pages of CB_GROUPS)."""
+    return max(len(group_sizes(reduction, blocks)) for blocks in reduce_segments(reduction, block_w))
 
 
 def reduce_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
@@ -125,7 +142,7 @@ def reduce_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     reads = lines * (reduction.streamed // width + int(reduction.masked_last))
     cbs = [cb(CB_IN0, x.element_type, double(width, reads)), cb(CB_OUT, out.element_type, double(1, lines)),
            cb(CB_GROUPS, out.element_type, max(partials, 1))]
-    if reduce_segments(reduction, width) > 1:
+    if len(reduce_segments(reduction, width)) > 1:
         cbs.append(cb(CB_STAT, out.element_type, 1))
     return cbs
 
@@ -146,17 +163,17 @@ def plan_reduce(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     source = reduction.source
     width = b["block_w"]
     lines = b["batches"] * b["lines"]
-    groups = reduce_groups(reduction, width)
     segments = reduce_segments(reduction, width)
-    per_group = reduction.streamed // width // segments // groups if groups else 0
+    groups = len(group_sizes(reduction, segments[0]))
     partials = groups + int(reduction.masked_last)
     plan = Plan(device, grid, (source.batches // b["batches"], reduction.lines // b["lines"]))
     key = target.reduce_sum_key(fidelity) if reduction.kind == "sum" else target.REDUCE_MAX
-    if segments > 1:  # per segment its groups, their sum and the running sum; a zero start, a copy out, a mask
-        plan.tile(key, lines * segments * (groups * per_group * width + groups + 1))
-        plan.tile(target.DATACOPY, lines * (1 + segments * (groups + 1) + 2))
+    if len(segments) > 1:  # per segment its groups, their sum and the running sum; a zero start, a copy out, a mask
+        per_segment = [len(group_sizes(reduction, blocks)) for blocks in segments]
+        plan.tile(key, lines * (sum(segments) * width + sum(per_segment) + len(segments)))
+        plan.tile(target.DATACOPY, lines * (1 + sum(per_segment) + len(segments) + 2))
     else:
-        plan.tile(key, lines * (groups * per_group * width + partials))
+        plan.tile(key, lines * (segments[0] * width + partials))
         plan.tile(target.DATACOPY, lines * (groups + 2 * int(reduction.masked_last) + 2))
     unit = plan.unit
     batch0, line0 = unit[:, 0] * b["batches"], unit[:, 1] * b["lines"]
@@ -238,23 +255,22 @@ def reduce_reader(op: Operation, s: Schedule, reduction: Reduction):
 def reduce_compute(op: Operation, s: Schedule, reduction: Reduction):
     b = s.blocking
     width = b["block_w"]
-    groups = reduce_groups(reduction, width)
-    per_group = reduction.streamed // width // groups if groups else 0
-    partials = groups + int(reduction.masked_last)
+    segments = reduce_segments(reduction, width)
     start = float("-inf") if reduction.kind == "max" else 0.0
     source = reduction.source
     k = KernelBuilder(op.loc)
-    segments = reduce_segments(reduction, width)
-    if segments > 1:
-        per_group //= segments
-        return segmented_sum_compute(k, s, reduction, segments, groups, per_group)
+    if len(segments) > 1:
+        return segmented_sum_compute(k, s, reduction, segments)
+    sizes = group_sizes(reduction, segments[0])
+    groups = len(sizes)
+    partials = groups + int(reduction.masked_last)
     with k.loop(b["batches"]), k.loop(b["lines"]) as line:
         # Every group of blocks into its own Dst slot (and a masked last tile into the next one).
         k.op("tile_regs_acquire")
         if groups:
             k.op("fill_tiles", count=groups, value=start)
-        for group in range(groups):
-            with k.loop(per_group):
+        for group, blocks in enumerate(sizes):
+            with k.loop(blocks):
                 k.op("cb_wait_front", cb=CB_IN0, pages=width)
                 k.op("reduce_tiles", kind=reduction.kind, dim=reduction.dim, cb=CB_IN0, rows=1, cols=width,
                      dst=group, fidelity=s.fidelity)
@@ -284,36 +300,44 @@ def reduce_compute(op: Operation, s: Schedule, reduction: Reduction):
     return k.region()
 
 
-def segmented_sum_compute(k: KernelBuilder, s: Schedule, reduction: Reduction, segments: int, groups: int,
-                          per_group: int):
+def segmented_sum_compute(k: KernelBuilder, s: Schedule, reduction: Reduction, segments: list[int]):
     """A long line's sum: per segment the groups in their Dst slots, their sum plus the running sum (a one-tile
-    CB, column 0) packed back as the running sum; then the running sum with its other columns (rows) zeroed."""
+    CB, column 0) packed back as the running sum; then the running sum with its other columns (rows) zeroed.
+    The segments of equal size run in a loop, a shorter last one after it."""
     width = s.blocking["block_w"]
     source = reduction.source
+
+    def segment(blocks: int) -> None:
+        sizes = group_sizes(reduction, blocks)
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=len(sizes), value=0.0)
+        for group, count in enumerate(sizes):
+            with k.loop(count):
+                k.op("cb_wait_front", cb=CB_IN0, pages=width)
+                k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_IN0, rows=1, cols=width, dst=group,
+                     fidelity=s.fidelity)
+                k.op("cb_pop_front", cb=CB_IN0, pages=width)
+        k.pack_block(CB_GROUPS, len(sizes))
+        k.op("cb_wait_front", cb=CB_GROUPS, pages=len(sizes))
+        k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=0.0)
+        k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_GROUPS, rows=1, cols=len(sizes),
+             fidelity=s.fidelity)
+        k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_STAT, rows=1, cols=1, fidelity=s.fidelity)
+        k.op("cb_pop_front", cb=CB_GROUPS, pages=len(sizes))
+        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+        k.pack_block(CB_STAT, 1)
+
+    uniform = sum(1 for blocks in segments if blocks == segments[0])
     with k.loop(s.blocking["batches"]), k.loop(s.blocking["lines"]) as line:
         k.op("tile_regs_acquire")
         k.op("fill_tiles", count=1, value=0.0)
         k.pack_block(CB_STAT, 1)
-        with k.loop(segments):
-            k.op("tile_regs_acquire")
-            k.op("fill_tiles", count=groups, value=0.0)
-            for group in range(groups):
-                with k.loop(per_group):
-                    k.op("cb_wait_front", cb=CB_IN0, pages=width)
-                    k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_IN0, rows=1, cols=width, dst=group,
-                         fidelity=s.fidelity)
-                    k.op("cb_pop_front", cb=CB_IN0, pages=width)
-            k.pack_block(CB_GROUPS, groups)
-            k.op("cb_wait_front", cb=CB_GROUPS, pages=groups)
-            k.op("cb_wait_front", cb=CB_STAT, pages=1)
-            k.op("tile_regs_acquire")
-            k.op("fill_tiles", count=1, value=0.0)
-            k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_GROUPS, rows=1, cols=groups,
-                 fidelity=s.fidelity)
-            k.op("reduce_tiles", kind="sum", dim=reduction.dim, cb=CB_STAT, rows=1, cols=1, fidelity=s.fidelity)
-            k.op("cb_pop_front", cb=CB_GROUPS, pages=groups)
-            k.op("cb_pop_front", cb=CB_STAT, pages=1)
-            k.pack_block(CB_STAT, 1)
+        with k.loop(uniform):
+            segment(segments[0])
+        for blocks in segments[uniform:]:
+            segment(blocks)
         k.op("cb_wait_front", cb=CB_STAT, pages=1)
         k.op("tile_regs_acquire")
         k.op("copy_tiles", cb=CB_STAT, rows=1, cols=1)

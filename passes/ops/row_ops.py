@@ -20,7 +20,7 @@ from DRAM three times, with the running max / sums in one-tile CBs (`chunked_sof
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from ttc.passes.ops.counting import (
 )
 from ttc.passes.ops.geometry import (
     CB_BETA,
+    CB_CHUNK_GROUP,
     CB_GAMMA,
     CB_GROUPS,
     CB_IN0,
@@ -114,6 +115,8 @@ def chunked_row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfig
     rows = blocking["batches"] * blocking["rows"]
     cbs = [cb(CB_IN0, x.element_type, chunk), cb(CB_OUT, fmt, double(width, rows * (ct // width))),
            cb(CB_STAT, fmt, 1), cb(CB_STAT2, fmt, 1)]
+    if chunk_sum_groups(ct // chunk)[1]:
+        cbs.append(cb(CB_CHUNK_GROUP, fmt, 1))
     if len(row_sum_groups(chunk)) > 1:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(chunk))))
     if op.name == ttir.SOFTMAX.name:
@@ -182,10 +185,13 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
         n = ct // chunk
         reads = 3
         groups = len(row_sum_groups(chunk))
+        folds = chunk_sum_groups(n)[1]
 
-        def running_sum() -> None:  # a zero start, per chunk the grouped sum plus the sum so far, a copy out
-            plan.tile(target.DATACOPY, rows * (1 + n * (groups + int(groups > 1)) + 1))
-            plan.tile(target.reduce_sum_key(fidelity), rows * n * (chunk + (groups if groups > 1 else 0) + 1))
+        def running_sum() -> None:  # a zero start, per chunk the grouped sum plus the sum so far, a copy out;
+            # per group of chunks (two levels) a zero start, and its fold into the row's sum (a fill, 2 tiles)
+            plan.tile(target.DATACOPY, rows * (1 + n * (groups + int(groups > 1)) + 1 + 2 * folds))
+            plan.tile(target.reduce_sum_key(fidelity),
+                      rows * (n * (chunk + (groups if groups > 1 else 0) + 1) + 2 * folds))
 
         if op.name == ttir.SOFTMAX.name:
             # pass 1: the running max (an -inf start, per chunk a fill, the chunk's last tile copied and masked)
@@ -449,6 +455,49 @@ def add_chunk_sum(k: KernelBuilder, cb: int, chunk: int, acc: int, fidelity: str
     k.pack_block(acc, 1)
 
 
+CHUNK_CHAIN = 16  # running sums over more row chunks than this go in two levels
+
+
+def chunk_sum_groups(chunks: int) -> tuple[int, int]:
+    """(chunks per group, full groups) of the running sum over `chunks` row chunks: one chain (0, 0) up to
+    CHUNK_CHAIN chunks; beyond, groups of about sqrt(chunks) chunks, each summed on its own (CB_CHUNK_GROUP)
+    and then folded into the row's sum, the chunks left over added to it directly. A single chain of
+    hundreds of chunk sums stalls in bf16 once the sum so far is 256 times a chunk's (a 65,537-wide softmax
+    in 683 chunks summed its exp values 20% short); two levels keep both chains about sqrt(chunks) long."""
+    if chunks <= CHUNK_CHAIN:
+        return 0, 0
+    size = math.isqrt(chunks)
+    return size, chunks // size
+
+
+def summed_chunks(k: KernelBuilder, chunks: int, acc: int, fidelity: str,
+                  add_chunk: Callable[[Index, int], None]) -> None:
+    """acc = the running sum over the row's chunks, starting from zero: `add_chunk(c, cb)` adds chunk c's
+    sum into the one-tile running sum `cb` (`add_chunk_sum`); two levels beyond CHUNK_CHAIN chunks."""
+    size, full = chunk_sum_groups(chunks)
+    fill_stat(k, acc, 0.0)
+    if not full:
+        with k.loop(chunks) as c:
+            add_chunk(c, acc)
+        return
+    with k.loop(full) as group:
+        fill_stat(k, CB_CHUNK_GROUP, 0.0)
+        with k.loop(size) as c:
+            add_chunk(k.add(k.mul(group, size), c), CB_CHUNK_GROUP)
+        k.op("cb_wait_front", cb=CB_CHUNK_GROUP, pages=1)
+        k.op("cb_wait_front", cb=acc, pages=1)
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=0.0)
+        k.op("reduce_tiles", kind="sum", dim="row", cb=CB_CHUNK_GROUP, rows=1, cols=1, fidelity=fidelity)
+        k.op("reduce_tiles", kind="sum", dim="row", cb=acc, rows=1, cols=1, fidelity=fidelity)
+        k.op("cb_pop_front", cb=CB_CHUNK_GROUP, pages=1)
+        k.op("cb_pop_front", cb=acc, pages=1)
+        k.pack_block(acc, 1)
+    if chunks > size * full:
+        with k.loop(chunks - size * full) as c:
+            add_chunk(k.add(c, size * full), acc)
+
+
 def apply_to_stat(k: KernelBuilder, cb: int, sfpu: tuple[tuple[str, float], ...]) -> None:
     """A one-tile statistic CB = SFPU functions of itself (a copy into Dst), left waiting at the front."""
     k.op("cb_wait_front", cb=cb, pages=1)
@@ -514,11 +563,12 @@ def chunked_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
             k.pack_block(CB_STAT, 1)
         k.op("cb_wait_front", cb=CB_STAT, pages=1)
         # Pass 2: the running sum of exp(x - max), one grouped sum per chunk plus the sum so far.
-        fill_stat(k, CB_STAT2, 0.0)
-        with k.loop(chunks) as c:
+        def add_exp_chunk(c: Index, acc: int) -> None:
             with k.loop(chunk // width) as block:
                 exp_block(c, block)
-            add_chunk_sum(k, CB_WIDE, chunk, CB_STAT2, s.fidelity)
+            add_chunk_sum(k, CB_WIDE, chunk, acc, s.fidelity)
+
+        summed_chunks(k, chunks, CB_STAT2, s.fidelity, add_exp_chunk)
         apply_to_stat(k, CB_STAT2, (("recip", 0.0),))
         # Pass 3: exp(x - max) again, times 1 / sum, padding rows zeroed.
         with k.loop(chunks) as c, k.loop(chunk // width) as block:
@@ -560,16 +610,15 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
 
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         # Pass 1: the mean.
-        fill_stat(k, CB_STAT, 0.0)
-        with k.loop(chunks):
-            add_chunk_sum(k, CB_IN0, chunk, CB_STAT, s.fidelity)
+        summed_chunks(k, chunks, CB_STAT, s.fidelity, lambda c, acc: add_chunk_sum(k, CB_IN0, chunk, acc, s.fidelity))
         apply_to_stat(k, CB_STAT, (("mul_scalar", inverse_width),))
         # Pass 2: rstd from the running sum of squared centred values.
-        fill_stat(k, CB_STAT2, 0.0)
-        with k.loop(chunks) as c:
+        def add_square_chunk(c: Index, acc: int) -> None:
             with k.loop(chunk // width) as block:
                 centred_block(c, block, CB_WIDE2, square=True)
-            add_chunk_sum(k, CB_WIDE2, chunk, CB_STAT2, s.fidelity)
+            add_chunk_sum(k, CB_WIDE2, chunk, acc, s.fidelity)
+
+        summed_chunks(k, chunks, CB_STAT2, s.fidelity, add_square_chunk)
         apply_to_stat(k, CB_STAT2, (("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))),
                                     ("rsqrt", 0.0)))
         # Pass 3: centred x rstd x gamma (+ beta), padding rows zeroed.

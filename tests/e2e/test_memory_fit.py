@@ -106,6 +106,21 @@ def test_compile_report_states_dram_and_peak_l1(tmp_path: Path, capsys: pytest.C
     assert 0 < memory["l1_peak_bytes"] <= 1 << 20 and memory["dram_bytes"] > 256 * 1024
 
 
+@pytest.mark.parametrize(("op", "shape"), [("ReduceSum", [167772160, 1]), ("Softmax", [20000, 262144])])
+def test_activations_past_dram_are_refused_before_planning(op: str, shape: list[int]) -> None:
+    """Inputs and outputs that cannot be on the card (here 10 GiB each way, tile-padded bf16) are refused
+    right after the import (found by the cliff sweep: the ReduceSum's movement to its rank-1 result built a
+    40 GiB element map on the host, a MemoryError, before `allocate` could say DRAM was full)."""
+    axes = [helper.make_tensor("axes", TensorProto.INT64, [1], [-1])] if op == "ReduceSum" else []
+    node = helper.make_node(op, ["x", "axes"][:1 + len(axes)], ["y"], **({"keepdims": 0} if axes else {"axis": -1}))
+    graph = helper.make_graph([node], "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], axes)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    with pytest.raises(UserError, match=r"does not fit the e150: its inputs and outputs .* need at least") as info:
+        ttc.compile(model)
+    assert "Checked before planning" in str(info.value)
+
+
 def test_a_matmul_no_blocking_fits_runs_in_column_pieces_and_passes_golden() -> None:
     """On one core the [1024, 512] Gemm of a 1024-long K has no blocking that fits L1 (its 512-tile block's
     running total alone is 1 MB): the weight and bias go in column pieces, one product each, joined by a
