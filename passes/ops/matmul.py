@@ -271,7 +271,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
         plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
         plan.static(wbuf, batches * kt * pcn * sh, page_lists=b_pages)
-    if has_bias:
+    if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
         bias = op.operands[2]
         bbuf = Buffer.of(tensor(bias), device)
         if ragged:

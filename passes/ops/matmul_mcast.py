@@ -60,7 +60,7 @@ def mcast_reader_args(x: int, y: int, grid: tuple[int, int], blocking: dict[str,
 
 
 def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], grid: tuple[int, int]) -> None:
-    """The in0 and in1 traffic of the multicast reader (bias and output are the unicast plan's)."""
+    """The in0, in1 and bias traffic of the multicast reader (the output's is the unicast plan's)."""
     gx, gy = grid
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
@@ -82,6 +82,12 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
         plan.masked(Buffer(wbuf.page, False, None), np.full(in1, gx * width * w * gy))
         sent += np.where(core_y == 0, in1 * width * w * wbuf.page, 0)
         fanout = max(fanout, gy - 1)
+    if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read per column, multicast
+        bbuf = Buffer.of(tensor(op.operands[2]), device)
+        plan.masked(bbuf, np.full(sh * sw, gx * w))
+        if gy > 1:
+            plan.masked(Buffer(bbuf.page, False, None), np.full(sh * sw, gx * w * gy))
+            sent += np.where(core_y == 0, sh * sw * w * bbuf.page, 0)
     plan.builder.multicast(sent, fanout)
 
 
@@ -97,15 +103,18 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
     s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
 
-    def share(cb: int, pages: int, sender: Index, receiver: Index, at: tuple[Index, Index],
+    def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index, at: tuple[Index, Index],
               rect: tuple[Index, Index, Index, Index], receivers: int, ready: int, valid: int) -> None:
-        """tt-metal's handshake around one multicast of a block the sender has read."""
+        """tt-metal's handshake around the multicast of blocks (cb, pages) the sender has read; the last
+        multicast sets the receivers' valid semaphore."""
         if not receivers:
             return
         k.op("semaphore_inc", *at, receiver, semaphore=ready)
         k.op("semaphore_wait", sender, semaphore=ready, value=receivers)
         k.op("semaphore_set", sender, semaphore=ready, value=0)
-        k.op("noc_mcast_cb", *rect, sender, cb=cb, pages=pages, semaphore=valid, value=1)
+        for i, (cb, pages) in enumerate(blocks):
+            last = i == len(blocks) - 1
+            k.op("noc_mcast_cb", *rect, sender, cb=cb, pages=pages, semaphore=valid if last else -1, value=1)
         k.op("semaphore_wait", receiver, semaphore=valid, value=1)
         k.op("semaphore_set", receiver, semaphore=valid, value=0)
 
@@ -115,17 +124,18 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
             a_start = k.affine(k.arg(0), (row, h * shape.kt), (kb, width))
             k.op("noc_read_tiles", a_gen, a_start, v0, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
             k.op("noc_read_barrier")
-            share(CB_IN0, h * width, s0, r0, (0, row_y), (0, row_y, last_x, row_y), gx - 1, IN0_READY, IN0_VALID)
+            share([(CB_IN0, h * width)], s0, r0, (0, row_y), (0, row_y, last_x, row_y), gx - 1, IN0_READY, IN0_VALID)
             k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
                 b_start = k.affine(k.arg(1), (kb, width * shape.nt), (col, w))
                 k.op("noc_read_tiles", b_gen, b_start, v1, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
-                if with_bias:
+                if with_bias:  # the bias row goes down the column with the in1 block
                     k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
-                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), cb=CB_BIAS, rows=1, cols=w)
+                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), v1, cb=CB_BIAS, rows=1, cols=w)
                 k.op("noc_read_barrier")
-                share(CB_IN1, width * w, s1, r1, (col_x, 0), (col_x, 0, col_x, last_y), gy - 1, IN1_READY, IN1_VALID)
+                blocks = [(CB_IN1, width * w), (CB_BIAS, w)] if with_bias else [(CB_IN1, width * w)]
+                share(blocks, s1, r1, (col_x, 0), (col_x, 0, col_x, last_y), gy - 1, IN1_READY, IN1_VALID)
                 k.op("cb_push_back", cb=CB_IN1, pages=width * w)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
