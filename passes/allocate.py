@@ -168,14 +168,21 @@ def is_dram_weight(buffer: Operation) -> bool:
         and any(user.name == ttmetal.WRITE_CONSTANT.name for user in buffer.result.users)
 
 
-def allocate_function(func: Function, allocator: Allocator, resident_weights: bool = False) -> list[Operation]:
-    """Allocate every buffer and CB of `func`; returns the deallocates of resident weights (which the caller
-    drops: those buffers stay allocated to the end).
+def is_state(buffer: Operation) -> bool:
+    """A create_buffer of a device state (`kv-cache`): its contents persist from one run to the next."""
+    return buffer.name == ttmetal.CREATE_BUFFER.name and ttmetal.STATE_ATTR in buffer.attributes
 
-    Resident weights are allocated first, at the bottom of DRAM, before any activation: no other buffer of
-    the function ever takes their bytes (within a run, or in the next one)."""
-    resident = [op for op in func.body.ops
-                if resident_weights and op.name == ttmetal.CREATE_BUFFER.name and is_dram_weight(op)]
+
+def allocate_function(func: Function, allocator: Allocator, resident_weights: bool = False) -> list[Operation]:
+    """Allocate every buffer and CB of `func`; returns the deallocates of resident weights and device states
+    (which the caller drops: those buffers stay allocated to the end).
+
+    Device states, then resident weights, are allocated first, at the bottom of DRAM, before any activation:
+    no other buffer of the function ever takes their bytes (within a run, or in the next one). States are
+    resident whether the weights are or not: their contents are what the next run reads."""
+    resident = [op for op in func.body.ops if is_state(op)]
+    resident += [op for op in func.body.ops
+                 if resident_weights and op.name == ttmetal.CREATE_BUFFER.name and is_dram_weight(op)]
     for op in resident:
         allocator.create(op)
     placed = set(resident)
@@ -207,7 +214,8 @@ def allocate_with_resident_weights(func: Function, device: DeviceAttr, resident_
                 op.erase()
             return allocator, True
     allocator = Allocator.for_device(device)
-    allocate_function(func, allocator)
+    for op in allocate_function(func, allocator):
+        op.erase()
     return allocator, False
 
 

@@ -34,6 +34,7 @@ from ttc.ir.core import Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import STATE_ATTR
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.grid import min_cb_bytes
 from ttc.passes.l1_timeline import L1Timeline
@@ -157,6 +158,8 @@ def is_intermediate(live: LiveRange) -> bool:
     value = live.value
     producer = value.owner
     if not isinstance(producer, Operation) or op_kind(producer) is None:
+        return False
+    if STATE_ATTR in producer.attributes:  # a device state (kv-cache) lives in DRAM across runs
         return False
     return all(op_kind(reader) is not None for reader in readers(value))
 

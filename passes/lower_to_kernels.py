@@ -132,10 +132,14 @@ class ScheduleBuilder:
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [table.type], op).result
             self.emit(ttmetal.WRITE_CONSTANT.name, [buffer], [], op, {"value": WeightAttr(table.name)})
             constants.append(buffer)
-        output = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
+        state = op.attributes.get(ttmetal.STATE_ATTR)
+        output = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op,
+                           {} if state is None else {ttmetal.STATE_ATTR: state}).result
         self.values[id(op.result)] = output
         attributes = {"grid": program.grid, "cbs": tuple(program.cbs), "runtime_args": program.runtime_args,
                       "kind": program.kind}
+        if program.scalar_args:
+            attributes[ttmetal.SCALAR_ARGS_ATTR] = tuple(tuple(entry) for entry in program.scalar_args)
         loc = fuse_locations(*(o.loc for o in movement_chain(op))) if op_kind(op) == "data_movement" else op.loc
         self.emit(ttmetal.ENQUEUE_PROGRAM.name, [*inputs, *constants, output], [], op, attributes,
                   list(program.kernels), loc=loc)

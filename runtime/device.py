@@ -504,6 +504,7 @@ class Device:
         self.dram = Memory("DRAM", desc.dram_channels, desc.dram_channel_size, desc.dram_alignment, grow=True)
         self.l1 = Memory("L1", desc.compute_cores, desc.l1_size, desc.l1_alignment, floor=desc.l1_reserved)
         self._dst = np.zeros((0, 0, 32, 32), dtype=np.float32)
+        self.states: dict[str, Allocation] = {}  # device states by name (their bytes persist across runs)
 
     def dst_registers(self, cores: int, tiles: int) -> np.ndarray:
         """The Dst registers [cores, tiles, 32, 32] of a program's cores. They keep what the last program

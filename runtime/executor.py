@@ -7,6 +7,14 @@
 The device lives as long as the executor: constants (`write_constant`) are written on the first run
 and rewritten later only if something wrote over them, as weights stay resident in DRAM. Every
 buffer still allocated when a run ends is freed, so the next run can allocate the same addresses.
+
+Device states (a `create_buffer {state = NAME}`, the `kv-cache` pass's caches) keep their contents from one
+run to the next: they start as zeros, a program writes into them, and the host reaches them only through
+`write_state` / `read_state` (never as a run's input or output). Runtime scalars (`run(..., scalars=)`) are
+values a program's `scalar_args` add to runtime arguments of its kernels on each run (e.g. the position a
+cache entry is written at); the programs are not rebuilt for a new value. `transfers` counts the bytes the
+last run moved between host and device.
+
 What depends only on the IR (each program's `ProgramPlan`) is worked out on the first run and kept:
 the module must not change while an executor runs it.
 """
@@ -28,6 +36,7 @@ from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
 from ttc.ir.types import TensorType
 from ttc.runtime.accounting import ProgramProfile
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
+from ttc.runtime.device_state import registered, scalar_args
 from ttc.runtime.interpreter import DEFAULT_STEP_BUDGET, Program, ProgramPlan
 from ttc.runtime.layout import num_pages, page_size, pages_to_tensor, tensor_to_pages, tile_grid
 
@@ -105,14 +114,24 @@ class Executor:
 
     def __init__(self, module: Module, device_weights: Mapping[str, np.ndarray], desc: DeviceAttr | None = None,
                  step_budget: int = DEFAULT_STEP_BUDGET, emulator: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: Device | None = None, dram_base: int = 0) -> None:
+        """With `device`, the module runs on that (shared) device, its DRAM buffers `dram_base` bytes up in every
+        bank, above another module's (its device states excepted: a state of the same name is the same buffer for
+        every module on the device, at the address both were allocated)."""
         try:
             self.main = module.function("main")
         except KeyError:
             raise UserError("the module has no func.func @main to run") from None
         self.module = module
         self.desc = desc or module.attributes.get(DEVICE_ATTR_NAME) or E150
-        self.device = Device(self.desc)
+        if device is not None and device.desc != self.desc:
+            raise UserError(f"the module is compiled for {self.desc}, not for the shared device {device.desc}")
+        self.device = device if device is not None else Device(self.desc)
+        self.shared = device is not None  # other executors use the device too (their constants are not ours)
+        if dram_base % self.device.dram.alignment or dram_base < 0:
+            raise UserError(f"dram_base {dram_base} is not a multiple of the DRAM alignment "
+                            f"{self.device.dram.alignment}")
+        self.dram_base = dram_base
         self.device_weights = dict(device_weights)
         self.step_budget = step_budget
         self.profile: list[ProgramProfile] = []
@@ -126,6 +145,12 @@ class Executor:
                        threads if threads is not None else _defaults["threads"])
         self._constants: dict[Operation, tuple[Allocation, str]] = {}  # write_constant op -> its allocation, key
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
+        self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
+        self._scalar_names: list[str] | None = None
+        self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
+        self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
+                                              if op.name == ttmetal.CREATE_BUFFER.name
+                                              and ttmetal.STATE_ATTR in op.attributes}
 
     def configure(self, emulator: str | None = None, threads: int | None = None) -> None:
         """Choose the emulator and the native core's host threads for the next runs (None keeps the current)."""
@@ -152,12 +177,14 @@ class Executor:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, inputs: Mapping[str, np.ndarray],
-            on_program: Callable[[], None] | None = None) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, np.ndarray], on_program: Callable[[], None] | None = None,
+            scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Run @main on host inputs named by "ttir.name"; returns the named outputs. `on_program` is called
-        after every device program (a progress bar's step)."""
+        after every device program (a progress bar's step); `scalars` gives the runtime scalars."""
         values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
+        self.scalars = self._scalars(scalars or {})
         self.profile = []
+        self.transfers = {"to_device": 0, "to_host": 0}
         try:
             for op in self.main.body.ops:
                 if op.name == RETURN_OP:
@@ -191,6 +218,70 @@ class Executor:
                                 f"{list(arg.type.shape)}")
             arrays.append(array)
         return arrays
+
+    def runtime_scalars(self) -> list[str]:
+        """The names of the runtime scalars the module's programs take."""
+        if self._scalar_names is None:
+            self._scalar_names = sorted({str(entry[2]) for op in self.main.body.ops
+                                         if op.name == ttmetal.ENQUEUE_PROGRAM.name
+                                         for entry in op.attributes.get(ttmetal.SCALAR_ARGS_ATTR) or ()})
+        return self._scalar_names
+
+    def _scalars(self, scalars: Mapping[str, int]) -> dict[str, int]:
+        wanted = self.runtime_scalars()
+        missing = [name for name in wanted if name not in scalars]
+        unknown = [name for name in scalars if name not in wanted]
+        if missing or unknown:
+            raise UserError(f"the model's programs take the runtime scalar(s) {', '.join(map(repr, wanted)) or 'none'}"
+                            + (f"; missing {', '.join(map(repr, missing))}" if missing else "")
+                            + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else ""))
+        values = {}
+        for name, value in scalars.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise UserError(f"runtime scalar '{name}' must be an integer, not {value!r}")
+            values[name] = int(value)
+        return values
+
+    # -- device states ----------------------------------------------------------------------------
+
+    @property
+    def states(self) -> list[str]:
+        """The names of the module's device states."""
+        return list(self._states)
+
+    def _state(self, name: str) -> tuple[BufferSpec, Allocation]:
+        """The state's buffer spec and allocation (allocated, zero-filled, on first use; not registered)."""
+        op = self._states.get(name)
+        if op is None:
+            raise UserError(f"the model has no device state '{name}' (its states: {', '.join(self._states) or 'none'})")
+        spec = state_spec(self, op)
+        assert spec.alloc is not None
+        return spec, spec.alloc
+
+    def write_state(self, name: str, array: np.ndarray) -> int:
+        """Host tensor -> the device state `name` (the whole buffer, as a write_buffer would); returns the bytes
+        written."""
+        spec, alloc = self._state(name)
+        array = np.asarray(array)
+        if array.shape != spec.type.shape:
+            raise UserError(f"device state '{name}' has shape {list(spec.type.shape)}, not {list(array.shape)}")
+        pages = tensor_to_pages(array, spec.type.element_type, str(spec.layout.tensor_layout), **self._pack)
+        with registered(spec.memory, alloc):
+            spec.memory.write_buffer(alloc, pages)
+        return int(pages.nbytes)
+
+    def state_bytes(self, name: str) -> int:
+        """The bytes of the device state `name` (what write_state and read_state move)."""
+        spec, _ = self._state(name)
+        return spec.pages * spec.page_size
+
+    def read_state(self, name: str) -> np.ndarray:
+        """The device state `name` as a host float32 tensor."""
+        spec, alloc = self._state(name)
+        with registered(spec.memory, alloc):
+            pages = spec.memory.read_buffer(alloc)
+        return pages_to_tensor(pages, spec.type.shape, spec.type.element_type, str(spec.layout.tensor_layout),
+                               **self._unpack).astype(np.float32)
 
     def _outputs(self, op: Operation, values: dict[Value, Any]) -> dict[str, np.ndarray]:
         outputs = {}
@@ -257,6 +348,7 @@ class BufferSpec:
     label: str
     constant: bool  # a write_constant fills it (else it is poisoned)
     alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
+    state: bool = False  # a device state: its contents persist across runs (never poisoned)
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -266,6 +358,8 @@ def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
         raise Fault(f"create_buffer of {ttype} has no address: the program was not allocated "
                     "(run the allocate pass)")
     memory = ex.device.memory(str(layout.memory_space))
+    if memory is ex.device.dram and ttmetal.STATE_ATTR not in op.attributes:
+        address += ex.dram_base  # a module sharing the device lives above the other's DRAM
     try:
         pages = num_pages(ttype.shape, str(layout.tensor_layout))
         size = page_size(ttype.shape, ttype.element_type, str(layout.tensor_layout))
@@ -273,13 +367,39 @@ def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
         raise UserError(f"cannot place {ttype} on the device: {exc}") from None
     shard = None if layout.memory_layout == "interleaved" else shard_spec(ex, ttype, layout)
     constant = any(user.name == ttmetal.WRITE_CONSTANT.name for user in op.results[0].users)
-    return BufferSpec(ttype, layout, memory, address, size, pages, shard, f"buffer {ttype}", constant)
+    state = op.attributes.get(ttmetal.STATE_ATTR)
+    label = f"buffer {ttype}" if state is None else f"device state '{state}' {ttype}"
+    return BufferSpec(ttype, layout, memory, address, size, pages, shard, label, constant, state=state is not None)
+
+
+def state_spec(ex: Executor, op: Operation) -> BufferSpec:
+    """A state's spec, allocated and zero-filled the first time (the allocation is then freed again: runs and
+    `write_state` register it while they use it)."""
+    spec = ex._buffer_specs.get(op)
+    if spec is None:
+        spec = ex._buffer_specs[op] = buffer_spec(ex, op)
+    if spec.alloc is None:
+        name = str(op.attributes[ttmetal.STATE_ATTR])
+        if spec.shard is not None:
+            raise UserError(f"device state '{name}' is sharded; a state is an interleaved buffer")
+        alloc = ex.device.states.get(name)  # made by another module on this device
+        if alloc is None:
+            alloc = spec.memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
+            spec.memory.write_buffer(alloc, np.zeros((spec.pages, spec.page_size), np.uint8))
+            spec.memory.free(alloc.address)
+            ex.device.states[name] = alloc
+        elif (alloc.address, alloc.page_size, alloc.num_pages) != (spec.address, spec.page_size, spec.pages):
+            raise UserError(f"device state '{name}' is {alloc.num_pages} pages of {alloc.page_size} bytes at "
+                            f"{alloc.address:#x} on the shared device, but this module has it as {spec.pages} pages "
+                            f"of {spec.page_size} bytes at {spec.address:#x}")
+        spec = ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
+    return spec
 
 
 @host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
-    spec = ex._buffer_specs.get(op)
+    spec = state_spec(ex, op) if ttmetal.STATE_ATTR in op.attributes else ex._buffer_specs.get(op)
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     memory = spec.memory
@@ -291,7 +411,7 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
         else:
             alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
         ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
-    if not spec.constant:
+    if not spec.constant and not spec.state:
         memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
     buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
     ex._live[buffer.key] = buffer
@@ -319,6 +439,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
                             buffer.tensor_layout, **ex._pack)
     buffer.write(pages)
+    ex.transfers["to_device"] += int(pages.nbytes)
 
 
 @host_op(ttmetal.WRITE_CONSTANT.name)
@@ -338,7 +459,7 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
         raise UserError(f"weight '{name}' is {np.asarray(data).dtype} {list(np.shape(data))}, but its buffer "
                         f"{buffer.type} needs uint8 pages {list(expected)}")
     start, end = buffer.alloc.address, buffer.alloc.end
-    key = f"constant {name} at {start:#x}"
+    key = f"constant {name} at {start:#x}" + (f" of module {id(ex.module):#x}" if ex.shared else "")
     ex._constants[op] = (buffer.alloc, key)
     if buffer.memory.is_clean(key, start, end):
         return
@@ -353,11 +474,13 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
     plan = ex._plans.get(op)
     if plan is None:
         plan = ex._plans[op] = ProgramPlan(op)
+    scalars = scalar_args(op, ex.scalars)
     if ex.emulator == "native":
         assert ex._run_native is not None
-        ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads))
+        ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads,
+                                         scalars=scalars))
     else:
-        ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan).run())
+        ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan, scalars=scalars).run())
 
 
 @host_op(ttmetal.READ_BUFFER.name)
@@ -365,6 +488,7 @@ def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
     buffer = ex.buffer(values, op.operands[0])
     pages = buffer.read()
+    ex.transfers["to_host"] += int(pages.nbytes)
     array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout, **ex._unpack)
     result = op.results[0].type
     assert isinstance(result, TensorType)

@@ -36,7 +36,7 @@ Conventions fixed here where the dialect is silent
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,8 +128,12 @@ class Program(CircularBuffers, DstRegisters, Accounting):
     """One enqueue_program on a device: set up CBs, run the kernels, account cycles."""
 
     def __init__(self, device: Device, op: Operation, buffer_addresses: Sequence[int],
-                 step_budget: int = DEFAULT_STEP_BUDGET, plan: ProgramPlan | None = None) -> None:
+                 step_budget: int = DEFAULT_STEP_BUDGET, plan: ProgramPlan | None = None,
+                 scalars: Mapping[tuple[int, int], int] | None = None) -> None:
         self.device = device
+        # runtime scalars of this run: (kernel index, argument index) -> the value added to that argument on
+        # every core (the executor's `scalar_args`; the plan keeps the IR's values)
+        self.scalars = dict(scalars or {})
         self.desc = device.desc
         self.op = op
         self.buffer_addresses = list(buffer_addresses)
@@ -251,6 +255,10 @@ class Program(CircularBuffers, DstRegisters, Accounting):
             values = np.array([args[index] for args in kernel.args], dtype=np.int64)
             values.flags.writeable = False
             cache[key] = int(values[0]) if (values == values[0]).all() else values
+        if self.scalars:
+            added = self.scalars.get((KERNELS.index(kernel.name), index))
+            if added is not None:
+                return cache[key] + added
         return cache[key]
 
     # -- faults ---------------------------------------------------------------------------------

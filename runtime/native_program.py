@@ -9,7 +9,9 @@ ProgramProfile, the same DeviceFault text, and the same dirty marks on watched c
 What depends only on the IR (and the device and the op's runtime arguments) is encoded once per plan into
 a flat op stream (`EncodedProgram`, kept on the plan): fixed-width int64 instructions with resolved
 attributes and register numbers, loops as FOR_BEGIN / FOR_END with trip counts, float attributes and SFPU
-tables by index. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
+tables by index. A program's runtime scalars (`scalar_args`) only change runtime argument values: a run whose
+scalars differ from the last one's replaces those values in the encoded program (`substitute_scalars`), without
+encoding it again. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
 once with the GIL released, and turns its result into a profile or a DeviceFault.
 
 Left to the interpreter (it runs the program instead): launch faults (a malformed program, a grid larger
@@ -83,6 +85,8 @@ class Encoding:
     regions: tuple[tuple[int, int], ...] = ()  # (address, size) of the CBs
     last_profile: tuple[tuple[int, ...], ProgramProfile] | None = None  # (counts, profile) of the last run
     fits_l1: set[tuple[int, int]] = field(default_factory=set)  # L1 signatures the CBs were found to fit
+    args: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per kernel: (offsets, IR values)
+    scalars: dict[tuple[int, int], int] = field(default_factory=dict)  # the runtime scalars now in `program`
 
     def __post_init__(self) -> None:
         self.regions = tuple((address, size) for _, address, size in self.reserves)
@@ -507,7 +511,25 @@ def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
                                     0 if e.dst_format == "bf16" else 1, e.fparams, tables, overflows)
     reserves = [(c.index, c.address, c.size) for c in configs]
     return Encoding(program, e.ops, e.messages, reserves, tuple(e.keys), frozenset(e.grid_memories),
-                    cores=grid.num_cores)
+                    cores=grid.num_cores, args=args)
+
+
+def substitute_scalars(encoding: Encoding, scalars: dict[tuple[int, int], int]) -> None:
+    """Runtime scalars into the encoded program's runtime arguments (the IR's value plus the scalar, on every
+    core), replacing only the argument tables of the kernels whose scalars changed since the last run."""
+    if scalars == encoding.scalars:
+        return
+    kernels = {kernel for kernel, _ in (*scalars, *encoding.scalars)}
+    for kernel in sorted(kernels):
+        offsets, values = encoding.args[kernel]
+        values = values.copy()
+        for (k, index), value in scalars.items():
+            if k != kernel:
+                continue
+            have = np.diff(offsets) > index  # a core without the argument faults on reading it, as before
+            values[offsets[:-1][have] + index] += value
+        encoding.program.set_arg_values(kernel, values)
+    encoding.scalars = dict(scalars)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -567,7 +589,8 @@ def _watch(memory: Memory) -> np.ndarray:
 
 
 def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], step_budget: int, plan: ProgramPlan,
-               threads: int = 1, *, races: list[tuple] | None = None) -> ProgramProfile:
+               threads: int = 1, *, races: list[tuple] | None = None,
+               scalars: dict[tuple[int, int], int] | None = None) -> ProgramProfile:
     """Execute the program natively; the same result, memory and faults as `Program(...).run()`.
 
     With a `races` list, NoC transfers of different cores to the same bytes (one of them a write) are
@@ -575,19 +598,22 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
     op by op, so such a program's result would depend on the order in which cores run.
     """
     encoding = encode(plan, op, device)
+    scalars = scalars or {}
     if encoding.fallback or (encoding.grid_memories
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
-        return Program(device, op, buffer_addresses, step_budget, plan).run()
+        return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars).run()
     l1, dram = device.l1, device.dram
     # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
     # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
     if not (l1.only_buffers and l1.signature in encoding.fits_l1):
         if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
-            return Program(device, op, buffer_addresses, step_budget, plan).run()
+            return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars).run()
         if l1.only_buffers:
             if len(encoding.fits_l1) >= 64:
                 encoding.fits_l1.clear()
             encoding.fits_l1.add(l1.signature)
+    if scalars or encoding.scalars:
+        substitute_scalars(encoding, scalars)
     for address, size in encoding.regions:
         l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
     if races is not None:  # the race check hashes what cores write: every poisoned block filled first

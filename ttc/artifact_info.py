@@ -30,9 +30,13 @@ def artifact_info(path: str | Path) -> dict[str, Any]:
         manifest = json.loads(archive.read("manifest.json"))
         members = {info.filename: info.file_size for info in archive.infolist()}
     programs = []
+    states, scalars = [], set()
     for op in module.function("main").body.ops:
+        if op.name == ttmetal.CREATE_BUFFER.name and ttmetal.STATE_ATTR in op.attributes:
+            states.append(str(op.attributes[ttmetal.STATE_ATTR]))
         if op.name != ttmetal.ENQUEUE_PROGRAM.name:
             continue
+        scalars.update(str(entry[2]) for entry in op.attributes.get(ttmetal.SCALAR_ARGS_ATTR) or ())
         grid = op.attributes.get("grid")
         cbs = op.attributes.get("cbs") or ()
         programs.append({
@@ -62,6 +66,8 @@ def artifact_info(path: str | Path) -> dict[str, Any]:
                        weight_bytes=sum(members.get(member, 0) for member in weights.values())),
         "host_ops": manifest.get("host_ops"),
         "programs": programs,
+        "device_states": states,  # buffers kept in device DRAM across runs (the kv-cache pass's caches)
+        "runtime_scalars": sorted(scalars),  # values each run must give (CompiledModel.run(..., scalars=))
     }
 
 
@@ -105,6 +111,9 @@ def format_info(info: dict[str, Any]) -> str:
                  f"({'weights resident' if memory.get('resident_weights') else 'weights written every run'}), "
                  f"peak L1 {memory.get('l1_peak_bytes', 0) / 1024:.1f} KiB per core; {memory['weights']} packed "
                  f"weights, {_mib(memory['weight_bytes'])}")
+    if info.get("device_states"):
+        lines.append(f"device states (kept in DRAM across runs): {', '.join(info['device_states'])}; runtime "
+                     f"scalars: {', '.join(info['runtime_scalars']) or 'none'}")
     programs = info["programs"]
     lines.append(f"programs: {len(programs)} device programs, {info['host_ops']} host ops")
     if programs:

@@ -718,8 +718,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"ttc: {args.model} has no cache inputs: uncached mode, every step reruns the whole sequence "
                   f"padded to {generator.max_length} tokens", file=sys.stderr)
         else:
-            print(f"ttc: cached mode: {len(generator.interface.kv)} cache tensors padded to "
-                  f"{generator.max_length - 1} slots; {sampling.describe()}", file=sys.stderr)
+            print(f"ttc: cached mode: {len(generator.interface.kv)} cache tensors for up to {generator.max_length} "
+                  f"tokens; {sampling.describe()}", file=sys.stderr)
     result = generator.generate(prompt, args.max_new_tokens, sampling, args.eos_id, on_token=stream_printer(tokenizer))
     print()
     if tokenizer is not None:

@@ -293,7 +293,8 @@ class CompiledModel:
         return [entry["name"] for entry in self.manifest["outputs"]]
 
     def run(self, feeds: Mapping[str, np.ndarray], emulator: str | None = None,
-            threads: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+            threads: int | None = None, progress: bool = False,
+            scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Run on the emulated device; outputs come back as float32 or their original integer dtype.
 
         `emulator` is "native" (the compiled execution core, the default) or "reference" (the Python emulator,
@@ -301,29 +302,55 @@ class CompiledModel:
         (default: the machine's cores). The device (and the weights resident in its DRAM) persists across runs.
         `progress` draws a bar on stderr (one step per device program) when it is a terminal and the run takes
         over a second. The feeds are checked as onnxruntime checks them (names, ranks, shapes, element types:
-        never cast).
+        never cast). `scalars` gives the runtime scalars of a model compiled with device states (the `kv-cache`
+        pass: the position its cache entries are written at).
         """
         from ttc.feeds import check_feeds, manifest_specs
         from ttc.progress import progress as progress_bar
-        from ttc.runtime.executor import Executor
 
         specs = self.__dict__.get("_input_specs")
         if specs is None:
             specs = self._input_specs = manifest_specs(self.manifest["inputs"])
         feeds = check_feeds(specs, feeds)
 
-        if self._executor is None:
-            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads)
-        else:
-            self._executor.configure(emulator, threads)
+        executor = self.executor(emulator, threads)
         with progress_bar(int(self.manifest.get("programs", 0)), "run", "program", enabled=progress) as bar:
-            outputs = self._executor.run(dict(feeds), on_program=bar.advance if progress else None)
+            outputs = executor.run(dict(feeds), on_program=bar.advance if progress else None, scalars=scalars)
         result = {}
         for entry in self.manifest["outputs"]:
             value = np.asarray(outputs[entry["name"]])
             dtype = np.dtype(entry["dtype"])
             result[entry["name"]] = value.astype(np.float32 if dtype.kind == "f" else dtype, copy=False)
         return result
+
+    def executor(self, emulator: str | None = None, threads: int | None = None, *, share_with: Any = None) -> Any:
+        """The executor of the emulated device this model runs on (made on first use; `emulator` and `threads` as
+        in `run`). With `share_with` (another CompiledModel, on first use only), this model runs on that model's
+        device, its DRAM above the other's, and device states of the same name are one buffer for both."""
+        from ttc.runtime.executor import Executor
+
+        if self._executor is None:
+            device, base = None, 0
+            if share_with is not None:
+                other = share_with.executor(emulator, threads)
+                device = other.device
+                base = other.dram_base + dram_bank_peak(share_with.module, device.dram.banks, device.dram.alignment)
+            self._executor = Executor(self.module, self.device_weights, emulator=emulator, threads=threads,
+                                      device=device, dram_base=base)
+        elif share_with is not None and self._executor.device is not share_with.executor().device:
+            raise UserError("this model already runs on a device of its own")
+        else:
+            self._executor.configure(emulator, threads)
+        return self._executor
+
+    def write_state(self, name: str, array: np.ndarray) -> int:
+        """Fill the device state `name` (a `kv-cache` cache, kept in device DRAM across runs) from the host;
+        returns the bytes written."""
+        return self.executor().write_state(name, array)
+
+    def read_state(self, name: str) -> np.ndarray:
+        """The device state `name` read back to the host."""
+        return self.executor().read_state(name)
 
     @property
     def profile(self) -> list[Any]:
@@ -342,6 +369,12 @@ class CompiledModel:
         from ttc.artifact import write_artifact
 
         write_artifact(path, self)
+
+
+def dram_bank_peak(module: Module, banks: int, alignment: int) -> int:
+    """The bytes of every DRAM bank a module's allocation reaches (its high-water mark per bank, aligned)."""
+    peak = -(-int(module.attributes.get("tt.dram_peak_bytes", 0)) // banks)
+    return -(-peak // alignment) * alignment
 
 
 _CLI_INPUT_SHAPE = re.compile(r"--input-shape (?P<name>[^\s=]+)=(?P<dims>[^\s:;,()]+)")

@@ -9,12 +9,12 @@ Two export forms are accepted, and the mode follows from the model:
 - **cached**: the model takes per-layer past keys/values and returns them with this call's appended
   (inputs `past_key_values.N.key` / outputs `present.N.key`, or any names paired by `kv_names`). Both
   programs are compiled once, at fixed shapes: the *prefill* at the prompt's length and the *decode* at one
-  token. The decode program's past is padded to `max_length - 1` slots; slot validity is the attention mask
-  (1 for a written slot, 0 for an empty one) and the token's position is `position_ids`, so one compiled
-  decode program serves every position up to `max_length`: no recompiles, whatever the length. Attention does
-  not care where in the past a key sits (its position is already in it: absolute position embeddings, or
-  rotary ones applied before caching), so the new key and value come back in the last slot of `present` and
-  the generator files them into the slot of their position.
+  token. The decode program's cache has `capacity` slots (max_length in whole tile rows); slot validity is the
+  attention mask (1 for a written slot, 0 for an empty one) and the token's position is `position_ids`, so one
+  compiled decode program serves every position up to `max_length`: no recompiles, whatever the length.
+  The prefill's entries fill the last t slots (where the model's concat puts them) and decode step k writes
+  slot k: attention does not care which slot a key sits in (its position is already in it: absolute position
+  embeddings, or rotary ones applied before caching).
 - **uncached**: a model without cache inputs, at a fixed sequence length (or compiled at `max_length` if its
   length is dynamic). Every step reruns the whole sequence, padded at the tail, under the model's causal mask,
   and reads the logits of the last real token. Slower by the sequence length; said when it runs.
@@ -23,9 +23,10 @@ Sampling is greedy (the default), or by `temperature` with `top_k` and/or `top_p
 seeded numpy generator: the same seed gives the same tokens. Timings: the emulator's wall time per step, and
 the cost model's e150 device time of the programs each step runs (prefill and decode apart).
 
-The cache lives on the host between steps (the runtime frees every device buffer at the end of a run), and
-each decode step uploads the padded past: keeping the cache in device DRAM, written in place at a runtime
-position, is the next step of this module (see docs/generate.md).
+Both programs keep the cache in device DRAM (the `kv-cache` pass: device states written at the runtime scalar
+`kv_position`), on one emulated device, so the prefill writes the prompt's entries there and a decode step
+moves the token, its position and the mask, and the logits. A model whose cache update the pass does not recognise keeps the
+cache on the host (each step uploads the padded past and reads `present` back), and says so (docs/generate.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ttc.ir.diagnostics import UserError
 # -- the model's interface ------------------------------------------------------------------------------------
 
 _PAST_WORDS = ("past_key_values", "past_key_value", "past")
+POSITION_SCALAR = "kv_position"  # the runtime scalar the device cache's writes go to
 _PRESENT_WORDS = ("present_key_values", "present", "present")
 
 
@@ -267,6 +269,8 @@ class StepTiming:
     wall_s: float  # emulator wall time of the run
     device_s: float  # the cost model's e150 time of the run's programs
     dram_bytes: int  # device DRAM high-water mark after the step
+    to_device_bytes: int = 0  # bytes the step's run wrote from the host to the device (its inputs)
+    to_host_bytes: int = 0  # bytes it read back (its outputs)
 
 
 @dataclass
@@ -281,6 +285,7 @@ class GenerationResult:
     stopped: str = "max-new-tokens"  # or "eos" or "max-length"
     text: str | None = None
     batch_tokens: list[list[int]] = field(default_factory=list)  # every sequence's ids (row 0 is `tokens`)
+    cache: str | None = None  # cached mode: where the cache lives between steps ("device" or "host")
 
     def to_json(self) -> dict[str, Any]:
         (pe, pd), (de, dd) = self.prefill_tokens_per_s, self.decode_tokens_per_s
@@ -293,8 +298,10 @@ class GenerationResult:
                 "top2_gaps": [round(g, 4) for g in self.gaps],
                 "tokens_per_s": {"prefill": {"emulated": rate(pe), "modelled": rate(pd)},
                                  "decode": {"emulated": rate(de), "modelled": rate(dd)}},
+                "cache": self.cache,
                 "steps": [{"kind": s.kind, "tokens": s.tokens, "wall_s": s.wall_s, "device_s": s.device_s,
-                           "dram_bytes": s.dram_bytes} for s in self.steps]}
+                           "dram_bytes": s.dram_bytes, "to_device_bytes": s.to_device_bytes,
+                           "to_host_bytes": s.to_host_bytes} for s in self.steps]}
 
     def _rate(self, kind: str, attr: str) -> float:
         steps = [s for s in self.steps if s.kind == kind]
@@ -315,7 +322,8 @@ class GenerationResult:
     def summary(self) -> str:
         pe, pd = self.prefill_tokens_per_s
         de, dd = self.decode_tokens_per_s
-        lines = [f"{len(self.tokens)} tokens generated ({self.mode} mode, stopped at {self.stopped}); "
+        where = f", cache in {self.cache} {'DRAM' if self.cache == 'device' else 'memory'}" if self.cache else ""
+        lines = [f"{len(self.tokens)} tokens generated ({self.mode} mode{where}, stopped at {self.stopped}); "
                  f"{self.compiles} compiled program set(s)",
                  f"{'':10}{'emulated tokens/s':>20}{f'modelled {self.arch} tokens/s':>28}",
                  f"{'prefill':10}{pe:>20.1f}{pd:>28.1f}",
@@ -370,6 +378,8 @@ class Generator:
                               batch, arch, dtype, where=self.where)
         self._compiled: dict[tuple, Any] = {}
         self.compiles = 0
+        self.cache: str | None = None  # cached mode: "device" (DRAM across steps) or "host", once decided
+        self._device_decoder: Any = None
 
     # -- shapes --------------------------------------------------------------------------------------------
 
@@ -402,13 +412,13 @@ class Generator:
                                 f"only its batch and sequence axes may be")
         return tuple(dims)
 
-    def _compiled_for(self, shapes: dict[str, tuple[int, ...]]):
+    def _compiled_for(self, shapes: dict[str, tuple[int, ...]], pipeline: str | None = None):
         from ttc.compiler import compile_for_api
 
-        key = tuple(sorted(shapes.items()))
+        key = (tuple(sorted(shapes.items())), pipeline)
         compiled = self._compiled.get(key)
         if compiled is None:
-            options = self._compile_options(**self.options, input_shapes=dict(shapes))
+            options = self._compile_options(**self.options, input_shapes=dict(shapes), pipeline=pipeline)
             compiled = compile_for_api(self.source if not isinstance(self.source, onnx.ModelProto) else self.proto,
                                        options)
             self._compiled[key] = compiled
@@ -416,12 +426,14 @@ class Generator:
         return compiled
 
     def _run(self, compiled, feeds: dict[str, np.ndarray], kind: str, tokens: int,
-             steps: list[StepTiming]) -> dict[str, np.ndarray]:
+             steps: list[StepTiming], scalars: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        outputs = compiled.run(feeds, emulator=self.emulator, threads=self.threads)
+        outputs = compiled.run(feeds, emulator=self.emulator, threads=self.threads, scalars=scalars)
         wall = time.perf_counter() - start
         device = sum(p.time_us for p in compiled.profile) * 1e-6
-        steps.append(StepTiming(kind, tokens, wall, device, dram_high_water(compiled)))
+        transfers = compiled.executor(self.emulator, self.threads).transfers
+        steps.append(StepTiming(kind, tokens, wall, device, dram_high_water(compiled),
+                                transfers["to_device"], transfers["to_host"]))
         return outputs
 
     def _dynamic_shapes(self, fixed: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -472,7 +484,8 @@ class Generator:
         rows = np.stack(tokens, axis=1) if tokens else np.zeros((self.batch, 0), np.int64)
         return GenerationResult(prompt, [int(t) for t in rows[0]], self.mode, steps, self.compiles, gaps,
                                 arch=self.options["arch"], stopped=stopped,
-                                batch_tokens=[[int(t) for t in row] for row in rows])
+                                batch_tokens=[[int(t) for t in row] for row in rows],
+                                cache=self.cache if self.mode == "cached" else None)
 
     def _uncached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
         length = self.fixed_length or self.max_length
@@ -503,7 +516,7 @@ class Generator:
             ids[:, filled] = tokens[-1]
             filled += 1
 
-    def _cached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+    def _check_cached_inputs(self) -> None:
         face = self.interface
         if face.attention_mask is None or face.position_ids is None:
             missing = " and ".join(n for n, v in (("attention_mask", face.attention_mask),
@@ -511,26 +524,131 @@ class Generator:
             raise UserError(f"{self.where} has cache inputs but no {missing} input: ttc pads the cache to a fixed "
                             f"length and needs them to mask the empty slots and place the token; export the model "
                             f"with them (or without cache inputs, for the uncached mode)")
+
+    def _cache_shapes(self, seq: int, past: int) -> dict[str, tuple[int, ...]]:
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b = self.batch
+        fixed = {face.input_ids: (b, seq), face.position_ids: (b, seq), face.attention_mask: (b, past + seq)}
+        fixed.update({p.past: self._kv_shape(p, past) for p in face.kv})
+        return self._dynamic_shapes(fixed)
+
+    @property
+    def capacity(self) -> int:
+        """Positions the device cache holds: max_length rounded up to whole tile rows (32), as the cache is
+        tilized for attention; the slots past max_length are never written and stay masked."""
+        return -(-self.max_length // 32) * 32
+
+    def _device_pipeline(self) -> str:
+        """The default pipeline with the kv-cache passes around tilize."""
+        from ttc.compiler import default_pipeline
+        from ttc.passes import parse_pipeline, pipeline_text
+        from ttc.passes.kv_cache import KVCache, KVCacheRows
+
+        passes = parse_pipeline(default_pipeline(self.options["dtype"], self.options["math_fidelity"]))
+        at = [p.name for p in passes].index("tilize")
+        pairs = ",".join(f"{p.past}={p.present}" for p in self.interface.kv)
+        passes[at:at + 1] = [KVCache(pairs=pairs, position=POSITION_SCALAR), passes[at], KVCacheRows()]
+        return pipeline_text(passes)
+
+    def _device_decode(self):
+        """The decode program with the cache in device DRAM (`kv-cache` pass), or None when the model's cache
+        update is not a concat the pass recognises (the reason goes to stderr, and the host cache runs)."""
+        if self._device_decoder is not None or self.cache == "host":
+            return self._device_decoder
+        try:
+            self._device_decoder = self._compiled_for(self._cache_shapes(1, self.capacity - 1), self._device_pipeline())
+            self.cache = "device"
+        except UserError as exc:
+            if not exc.message.startswith("kv-cache:"):
+                raise
+            self.cache = "host"
+            print(f"ttc generate: the cache stays on the host ({exc.message})", file=sys.stderr)
+        return self._device_decoder
+
+    def _device_prefill(self, decode, length: int):
+        """The prefill of a `length`-token prompt with the device cache too: it writes the prompt's entries into
+        the last `length` slots of the caches, where the model's concat puts them (its causal mask is built from
+        those slots). It runs on the decode program's device (its DRAM above the decode program's, the caches
+        one buffer for both) when the two fit that DRAM together, else on a device of its own."""
+        from ttc.compiler import dram_bank_peak
+
+        prefill = self._compiled_for(self._cache_shapes(length, self.capacity - length), self._device_pipeline())
+        if prefill._executor is None:
+            desc = decode.executor(self.emulator, self.threads).device.desc
+            banks, alignment = desc.dram_channels, desc.dram_alignment
+            need = dram_bank_peak(decode.module, banks, alignment) + dram_bank_peak(prefill.module, banks, alignment)
+            prefill.executor(self.emulator, self.threads,
+                             share_with=decode if need <= desc.dram_channel_size else None)
+        return prefill
+
+    def _cached_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+        self._check_cached_inputs()
+        decode = self._device_decode() if budget > 1 or self.cache == "device" else None
+        if decode is None and self.cache != "device":
+            yield from self._host_cache_steps(prompt, budget, tokens, steps)
+            return
+        yield from self._device_cache_steps(decode, prompt, tokens, steps)
+
+    def _prefill(self, prompt: list[int], steps: list[StepTiming]) -> dict[str, np.ndarray]:
+        """The prompt against one empty (masked) past slot, so that no zero-length tensor is compiled."""
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b, t = self.batch, len(prompt)
+        prefill = self._compiled_for(self._cache_shapes(t, 1))
+        mask_type = _np_type(face.ports[face.attention_mask].elem_type)
+        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=_np_type(face.ports[face.input_ids].elem_type)),
+                                         (b, 1)),
+                 face.position_ids: np.tile(np.arange(t, dtype=_np_type(face.ports[face.position_ids].elem_type)),
+                                            (b, 1)),
+                 face.attention_mask: np.concatenate([np.zeros((b, 1), mask_type), np.ones((b, t), mask_type)], 1)}
+        feeds.update({p.past: np.zeros(self._kv_shape(p, 1), np.float32) for p in face.kv})
+        return self._run(prefill, feeds, "prefill", t, steps)
+
+    def _device_cache_steps(self, decode, prompt: list[int], tokens: list[int], steps: list[StepTiming]):
+        """The prefill writes the prompt's entries into the last t slots of the device caches; decode step k
+        (position t + k) writes its entry at slot k. Slots are masked by validity (attention does not care where
+        a key sits), so a step uploads the token, its position and the mask, and reads the logits."""
+        face = self.interface
+        assert face.attention_mask is not None and face.position_ids is not None
+        b, t, slots = self.batch, len(prompt), self.capacity
+        prefill = self._device_prefill(decode, t)
+        mask_type = _np_type(face.ports[face.attention_mask].elem_type)
+        pos_type = _np_type(face.ports[face.position_ids].elem_type)
+        ids_type = _np_type(face.ports[face.input_ids].elem_type)
+        mask = np.zeros((b, slots), mask_type)
+        mask[:, slots - t:] = 1
+        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=ids_type), (b, 1)),
+                 face.position_ids: np.tile(np.arange(t, dtype=pos_type), (b, 1)), face.attention_mask: mask.copy()}
+        outputs = self._run(prefill, feeds, "prefill", t, steps, scalars={POSITION_SCALAR: slots - t})
+        own, shared = prefill.executor(), decode.executor(self.emulator, self.threads)
+        if own.device is not shared.device:  # two devices: the caches copied over once (counted with the prefill)
+            for name in shared.states:
+                cache = own.read_state(name)
+                steps[-1].to_host_bytes += own.state_bytes(name)
+                steps[-1].to_device_bytes += shared.write_state(name, cache)
+        yield outputs[face.logits][:, -1]
+        step = 0
+        while True:
+            mask[:, step] = 1  # this step's entry, written at slot `step`
+            feeds = {face.input_ids: tokens[-1].astype(ids_type).reshape(b, 1),
+                     face.position_ids: np.full((b, 1), t + step, pos_type), face.attention_mask: mask.copy()}
+            outputs = self._run(decode, feeds, "decode", 1, steps, scalars={POSITION_SCALAR: step})
+            step += 1
+            yield outputs[face.logits][:, -1]
+
+    def _host_cache_steps(self, prompt: list[int], budget: int, tokens: list[int], steps: list[StepTiming]):
+        """The cache kept on the host (models whose cache update the kv-cache pass does not recognise): each
+        decode step uploads the padded past and reads `present` back."""
+        face = self.interface
         ids_type = _np_type(face.ports[face.input_ids].elem_type)
         mask_type = _np_type(face.ports[face.attention_mask].elem_type)
         pos_type = _np_type(face.ports[face.position_ids].elem_type)
         slots = self.max_length - 1  # the decode program's padded past
         cache = {p.past: np.zeros(self._kv_shape(p, slots), dtype=np.float32) for p in face.kv}
         b, t = self.batch, len(prompt)
-
-        def shapes(seq: int, past: int) -> dict[str, tuple[int, ...]]:
-            fixed = {face.input_ids: (b, seq), face.position_ids: (b, seq), face.attention_mask: (b, past + seq)}
-            fixed.update({p.past: self._kv_shape(p, past) for p in face.kv})
-            return self._dynamic_shapes(fixed)
-
-        # Prefill: the prompt against one empty (masked) past slot, so no zero-length tensor is compiled.
-        prefill = self._compiled_for(shapes(t, 1))
-        decode = self._compiled_for(shapes(1, slots)) if budget > 1 else None
-        feeds = {face.input_ids: np.tile(np.asarray(prompt, dtype=ids_type), (b, 1)),
-                 face.position_ids: np.tile(np.arange(t, dtype=pos_type), (b, 1)),
-                 face.attention_mask: np.concatenate([np.zeros((b, 1), mask_type), np.ones((b, t), mask_type)], 1)}
-        feeds.update({p.past: np.zeros(self._kv_shape(p, 1), np.float32) for p in face.kv})
-        outputs = self._run(prefill, feeds, "prefill", t, steps)
+        outputs = self._prefill(prompt, steps)
+        decode = self._compiled_for(self._cache_shapes(1, slots)) if budget > 1 else None
         for p in face.kv:
             _put(cache[p.past], p.axis, 0, _take(outputs[p.present], p.axis, 1, 1 + t))
         length = t

@@ -276,6 +276,20 @@ def verify_concat(op: Operation) -> None:
     _expect_shape(op, expected, f"concatenation along axis {axis}")
 
 
+def verify_kv_write(op: Operation) -> None:
+    _same_element_types(op)
+    entry, cache = tensor(op.operands[0].type), tensor(op.result.type)
+    axis = op.attr("axis")
+    if len(entry.shape) != len(cache.shape) or not 0 <= axis < len(cache.shape):
+        raise VerifyError(f"an entry {_dims(entry.shape)} and a cache {_dims(cache.shape)} of one rank, with the "
+                          f"cache axis {axis} among their dims, are needed")
+    if any(a != b for i, (a, b) in enumerate(zip(entry.shape, cache.shape, strict=True)) if i != axis):
+        raise VerifyError(f"the entry {_dims(entry.shape)} differs from the cache {_dims(cache.shape)} outside axis "
+                          f"{axis}")
+    if entry.shape[axis] > cache.shape[axis]:
+        raise VerifyError(f"an entry of {entry.shape[axis]} positions does not fit a cache of {cache.shape[axis]}")
+
+
 def verify_gather(op: Operation) -> None:
     data, indices = (tensor(v.type) for v in op.operands)
     if not indices.element_type.is_integer or indices.element_type.name == "i1":
@@ -617,6 +631,13 @@ SLICE = OpDef(
 )
 CONCAT = OpDef("ttir.concat", "Concatenate along `axis`", operands=(Operand("inputs", variadic=True),),
                attributes=(Attr("axis", IntAttr, REQUIRED),), traits=PURE, verify=verify_concat, fold=_fold_concat)
+KV_WRITE = OpDef("ttir.kv_write", "The device-resident cache `state` (a buffer that persists across runs) with "
+                 "`entry` written into it along `axis` at the runtime scalar `position` (a run's argument, not a "
+                 "tensor); the result is the whole cache. Made by the kv-cache pass from a concat(past, entry) "
+                 "whose past is a cache input",
+                 operands=(Operand("entry"),),
+                 attributes=(Attr("state", StrAttr, REQUIRED), Attr("position", StrAttr, REQUIRED),
+                             Attr("axis", IntAttr, REQUIRED)), verify=verify_kv_write)
 GATHER = OpDef("ttir.gather", "np.take(data, indices, axis) with ONNX's negative indices (ONNX Gather); the device "
                "runs it when the indices are constant (a data movement)",
                operands=(Operand("data"), Operand("indices")), attributes=(Attr("axis", IntAttr, 0),),
@@ -788,6 +809,6 @@ TTIR = Dialect(
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
          NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, ISINF, EQ, NE, LT, LE, GT, GE,
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
-         ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE,
+         ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D],
 ).register()

@@ -101,8 +101,12 @@ def verify_program(op: Operation) -> None:
         seen.add(cb.index)
 
 
-CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (address set by `allocate`)",
-                      results=(Result("buffer", DeviceTensor),), attributes=(Attr("address", IntAttr, None),))
+STATE_ATTR = "state"  # create_buffer: the buffer is the named device state (persists across runs)
+SCALAR_ARGS_ATTR = "scalar_args"  # enqueue_program: [(kernel, arg index, scalar name, exclusive bound), ...]
+CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (address set by `allocate`); with `state`, "
+                      "the buffer is that named device state: it keeps its contents from one run to the next",
+                      results=(Result("buffer", DeviceTensor),),
+                      attributes=(Attr("address", IntAttr, None), Attr(STATE_ATTR, StrAttr, None)))
 WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format)",
                      operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
                      attributes=(Attr("perm", IntArrayAttr, None),), verify=verify_write)
@@ -113,7 +117,7 @@ ENQUEUE_PROGRAM = OpDef(
     "ttmetal.enqueue_program", "Run reader/compute/writer kernels on every core of `grid`",
     operands=(Operand("buffers", DeviceTensor, variadic=True),), results=(), regions=3,
     attributes=(Attr("grid", attr_of(GridAttr)), Attr("cbs", ArrayAttr), Attr("runtime_args", ArrayAttr),
-                Attr("kind", StrAttr, "")),
+                Attr("kind", StrAttr, ""), Attr(SCALAR_ARGS_ATTR, ArrayAttr, None)),
     verify=verify_program,
 )
 READ_BUFFER = OpDef("ttmetal.read_buffer", "Device buffer -> host tensor (untilize, crop, convert)",

@@ -39,6 +39,9 @@ class Program:
     runtime_args: tuple[tuple[tuple[int, ...], ...], ...]  # [kernel][core][i]
     inputs: list[Value]
     constants: list[ConstantBuffer] = field(default_factory=list)
+    # runtime scalars: (kernel, argument index, scalar name, exclusive upper bound); each run adds the scalar's
+    # value to that argument of every core (runtime/executor.py)
+    scalar_args: tuple[tuple[int, int, str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1890,6 +1890,16 @@ void register_program(py::module_& m) {
            py::arg("cbs"), py::arg("args"), py::arg("banks"), py::arg("dst_format"), py::arg("fparams"),
            py::arg("tables"), py::arg("table_overflow") = py::array_t<uint8_t>())
       .def_readonly("cores", &Encoded::cores)
+      .def(
+          "set_arg_values",
+          [](Encoded& e, int kernel, std::vector<int64_t> values) {
+            if (kernel < 0 || kernel >= KERNELS) throw std::invalid_argument("kernel index outside 0..2");
+            if (values.size() != e.arg_values[kernel].size())
+              throw std::invalid_argument("a kernel's runtime arguments keep their count");
+            e.arg_values[kernel] = std::move(values);
+          },
+          "Replace one kernel's runtime argument values (the same count; runtime scalars substituted per run)",
+          py::arg("kernel"), py::arg("values"))
       .def_readwrite("last_run_us", &Encoded::last_run_us);
   m.def("run_program", &run_program,
         "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",

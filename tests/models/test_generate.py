@@ -91,8 +91,8 @@ def test_decode_logits_follow_onnxruntime_step_by_step(gen_models):
     logits_by_step = []
     original = generator._run
 
-    def recording_run(compiled, feeds, kind, tokens, steps):
-        outputs = original(compiled, feeds, kind, tokens, steps)
+    def recording_run(compiled, feeds, kind, tokens, steps, **options):
+        outputs = original(compiled, feeds, kind, tokens, steps, **options)
         logits_by_step.append(outputs["logits"][0, -1].copy())
         return outputs
 
@@ -120,10 +120,124 @@ def test_no_recompiles_and_flat_device_memory(gen_models):
         result = generator.generate([1, 2, 3], 32)
         assert len(result.tokens) == 32
         assert result.compiles == programs, f"{path.name}: {result.compiles} compiles for 32 tokens"
+        assert result.cache == ("device" if path == kv_path else None)
         decode = [step.dram_bytes for step in result.steps if step.kind == "decode"]
         assert len(decode) == 31 and decode[0] > 0
         assert len(set(decode)) == 1, f"{path.name}: device DRAM grew over the decode steps: {decode}"
         assert all(step.device_s > 0 for step in result.steps)
+
+
+def test_the_cache_stays_in_device_dram(gen_models):
+    """The decode program takes no cache input and returns no cache output: a step uploads the token, its
+    position and the mask only, whatever the past, and gives the same tokens as the host-cache path."""
+    kv_path, _ = gen_models
+    uploads = {}
+    for max_length in (40, 100):  # cache capacities 64 and 128 (whole tile rows)
+        device = Generator(kv_path, max_length=max_length)
+        result = device.generate(PROMPTS[0], 10)
+        host = Generator(kv_path, max_length=max_length)
+        host.cache = "host"  # the fallback path, forced
+        hosted = host.generate(PROMPTS[0], 10)
+        assert result.cache == "device" and hosted.cache == "host" and "cache in device DRAM" in result.summary()
+        assert result.tokens == hosted.tokens
+        decoder = device._device_decoder
+        assert decoder.input_names == ["input_ids", "position_ids", "attention_mask"]
+        assert decoder.output_names == ["logits"]
+        assert sorted(decoder.executor().states) == sorted(p.present for p in device.interface.kv)
+        steps = [s for s in result.steps if s.kind == "decode"]
+        assert len({(s.to_device_bytes, s.to_host_bytes) for s in steps}) == 1  # flat over the positions
+        capacity = device.capacity
+        # the prefill runs on the decode program's device and writes the prompt's entries there: it uploads
+        # the ids and positions (int32) and the mask, and reads back the logits only
+        prefill = next(c for c in device._compiled.values() if c is not decoder)
+        assert prefill.executor().device is decoder.executor().device
+        assert prefill.output_names == ["logits"]
+        t = len(PROMPTS[0])
+        assert result.steps[0].to_device_bytes == 8 * t + capacity // 32 * 2048
+        assert result.steps[0].to_host_bytes == 2 * 2048  # [1, t, 64] logits: two bf16 tiles
+        # int32 token id and position (4 bytes each), the [1, capacity] mask as bf16 tiles: no cache bytes
+        assert steps[0].to_device_bytes == 4 + 4 + capacity // 32 * 2048
+        hosted_steps = [s for s in hosted.steps if s.kind == "decode"]
+        cache = kv_cache_bytes(device.interface, max_length - 1, 1)
+        assert hosted_steps[0].to_device_bytes - steps[0].to_device_bytes >= cache  # the padded past, each step
+        uploads[capacity] = steps[0].to_device_bytes
+    assert uploads[128] - uploads[64] == 2 * 2048  # a longer cache adds mask tiles only
+
+
+def test_renamed_cache_pairs_fill_the_device_cache(gen_models):
+    """Pairs named by --kv-names take the device path too, and a generation up to max_length (32, the cache's
+    capacity) fills the cache: the last decode step writes slot 30, the last position whose token is fed back."""
+    kv_path, _ = gen_models
+    model = onnx.load(str(kv_path))
+    renames = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        for old, new in (("past_key_values.", "cache_in_"), ("present.", "cache_out_")):
+            if value.name.startswith(old):
+                renames[value.name] = value.name.replace(old, new).replace(".", "_")
+    for value in [*model.graph.input, *model.graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    pairs = {renames[f"past_key_values.{n}.{k}"]: renames[f"present.{n}.{k}"] for n in range(2) for k in ("key", "value")}
+    prompt = PROMPTS[0]
+    renamed = Generator(model, max_length=32, kv_names=pairs)
+    result = renamed.generate(prompt, 32 - len(prompt))
+    assert renamed.capacity == 32 and result.cache == "device" and result.stopped == "max-new-tokens"
+    assert len(result.tokens) == 32 - len(prompt)
+    assert result.tokens == Generator(kv_path, max_length=32).generate(prompt, 32 - len(prompt)).tokens
+
+
+def test_the_decode_artifact_lists_its_states_and_scalar(gen_models, tmp_path):
+    from ttc.artifact_info import artifact_info, format_info
+
+    kv_path, _ = gen_models
+    generator = Generator(kv_path, max_length=24)
+    generator.generate([1, 2], 2)
+    generator._device_decoder.save(tmp_path / "decode.ttc")
+    info = artifact_info(tmp_path / "decode.ttc")
+    assert sorted(info["device_states"]) == sorted(p.present for p in generator.interface.kv)
+    assert info["runtime_scalars"] == ["kv_position"]
+    assert "device states (kept in DRAM across runs): present.0.key" in format_info(info)
+    loaded = ttc.load(tmp_path / "decode.ttc")
+    feeds = {"input_ids": np.ones((1, 1), np.int64), "position_ids": np.ones((1, 1), np.int64),
+             "attention_mask": np.ones((1, 32), np.int64)}
+    with pytest.raises(UserError, match=r"runtime scalar.*'kv_position'"):
+        loaded.run(feeds)
+    assert loaded.run(feeds, scalars={"kv_position": 1})["logits"].shape == (1, 1, 64)
+
+
+def test_a_prefill_that_cannot_share_the_device_copies_its_caches_over(gen_models, monkeypatch):
+    """When the prefill and decode programs do not fit one device's DRAM together, the prefill runs on its own
+    device and its caches are copied into the decode program's once: the same tokens, the copy counted."""
+    import ttc.compiler
+
+    kv_path, _ = gen_models
+    reference = Generator(kv_path, max_length=24).generate(PROMPTS[0], 6)
+    monkeypatch.setattr(ttc.compiler, "dram_bank_peak", lambda module, banks, alignment: 2**40)
+    generator = Generator(kv_path, max_length=24)
+    result = generator.generate(PROMPTS[0], 6)
+    assert result.tokens == reference.tokens and result.cache == "device" and result.compiles == 2
+    decoder = generator._device_decoder
+    prefill = next(c for c in generator._compiled.values() if c is not decoder)
+    assert prefill.executor().device is not decoder.executor().device
+    caches = sum(decoder.executor().state_bytes(name) for name in decoder.executor().states)
+    assert result.steps[0].to_device_bytes - reference.steps[0].to_device_bytes == caches
+    assert result.steps[0].to_host_bytes - reference.steps[0].to_host_bytes == caches
+
+
+def test_device_cache_generation_is_the_same_on_both_emulators(gen_models):
+    kv_path, _ = gen_models
+    tokens = {emulator: Generator(kv_path, max_length=24, emulator=emulator).generate(PROMPTS[2], 4).tokens
+              for emulator in ("reference", "native")}
+    assert tokens["reference"] == tokens["native"]
+
+
+def test_an_unrecognised_cache_update_keeps_the_cache_on_the_host(capsys):
+    result = Generator(_toy_lm(), max_length=8).generate([1, 2], 3)
+    assert result.cache == "host" and len(result.tokens) == 3
+    err = capsys.readouterr().err
+    assert "the cache stays on the host" in err and "past_key_values.0.key" in err and "concat" in err
 
 
 def test_sampling_is_seeded(gen_models):
