@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ttc.ir import target
 from ttc.ir.core import Operation
 from ttc.passes.ops.counting import Buffer, Plan
 from ttc.passes.ops.geometry import CB_BIAS, CB_IN0, CB_IN1, is_sharded, tensor
@@ -148,6 +147,3 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
         k_step(k_blocks - 1, True)
     return k.region()
 
-
-__all__ = ["MCAST", "is_mcast", "mcast_allowed", "mcast_grid", "mcast_reader", "mcast_reader_args",
-           "plan_operands_mcast", "target"]

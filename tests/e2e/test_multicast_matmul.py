@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from ttc import zoo
-from ttc.compiler import CompileOptions, CompiledModel, compile_model, default_pipeline
+from ttc.compiler import CompiledModel, CompileOptions, compile_model, default_pipeline
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.dialects import ttkernel, ttmetal
 from ttc.runtime.executor import using_emulator
