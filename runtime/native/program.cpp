@@ -45,7 +45,8 @@
 //   NOC_MCAST x0, y0, x1, y1, enabled, cb, cb_offset, pages, semaphore (-1 none), value, grid x, grid y
 //
 // Semaphores and multicast (runtime/multicast.py) make cores depend on each other: a program holding them
-// runs its cores in lockstep on one thread (`run_lockstep`), op by op as the interpreter does, with the
+// runs its cores in lockstep on one thread (`run_lockstep`): up to each inter-core op core by core, that op on
+// every core in grid order, as the interpreter meets it; the
 // semaphores in `Run::semaphores`; a semaphore_wait blocks the kernel on every core while any enabled core's
 // semaphore is short.
 #include "program.h"
@@ -376,6 +377,16 @@ class Core {
   enum Resume { BLOCKED, FINISHED, CONTINUE };
   Resume resume(int kernel);
   Resume step(int kernel);  // one instruction of a kernel
+  // instructions of a kernel up to (not including) the next semaphore or multicast op, or until it blocks or ends
+  Resume run_segment(int kernel) {
+    cur_kernel = kernel;
+    for (;;) {
+      int64_t opc = E.code[k[kernel].pc].f[0];
+      if (opc == SEM_SET || opc == SEM_WAIT || opc == SEM_INC || opc == NOC_MCAST) return CONTINUE;
+      Resume r = step(kernel);
+      if (r != CONTINUE) return r;
+    }
+  }
   void start(int64_t index);
   void record(Fault& f);
   // lockstep: the semaphore_wait about to run blocks on every core (a short core and its value)
@@ -659,6 +670,10 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
       int kernel = snapshot[s];
       Resume r = CONTINUE;
       while (r == CONTINUE && !faulted) {
+        // up to the next inter-core op, each core on its own (what happens there touches only its own state,
+        // as in the threaded mode); every core stops at the same instruction
+        each([&](Core& c) { r = c.run_segment(kernel); });
+        if (r != CONTINUE || faulted) break;
         const Instr& in = E.code[cs[0]->k[kernel].pc];
         bool force = false;
         int64_t short_core = -1, holds = 0;
