@@ -127,3 +127,16 @@ def test_the_inter_core_ops_print_and_parse_back() -> None:
     module = parse_module(text)
     verify(module)
     assert str(parse_module(str(module))) == str(module)
+
+
+def test_the_earliest_fault_of_a_lockstep_program_wins() -> None:
+    """The native core runs a multicast program core by core between its inter-core ops: core (0,0)'s writer
+    writes past the output in its second block, core (2,1)'s in its first, and the interpreter (all cores op by
+    op) meets core (2,1)'s fault first, so both emulators report that one."""
+    grid, blocks, tiles = (3, 2), 2, 1
+    program = row_multicast(grid, blocks, tiles)
+    total = blocks * grid[0] * grid[1] * tiles
+    program.runtime_args[2][0] = [total - grid[0] * grid[1]]  # block 1 is past the end
+    program.runtime_args[2][5] = [total]  # block 0 is past the end
+    text = run_dual(inputs(grid, blocks, tiles), [output(grid, blocks, tiles)], program)
+    assert text is not None and "out-of-bounds" in text and "at core (2,1), writer kernel" in text
