@@ -113,10 +113,59 @@ def conv(ctx: NodeContext) -> Value:
     oh, ow = output_hw(attrs, (kh, kw))
     if oh <= 0 or ow <= 0:
         raise ctx.error("the convolution has an empty output")
-    operands = [to_channels_last(ctx, x), weight] + ([ctx.input(2)] if ctx.has_input(2) else [])
-    result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, oc)),
-                        {**attrs, "groups": groups})
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    if len(w_shape) == 4 and is_patch_window(attrs, (kh, kw), groups) and is_graph_input(ctx, x):
+        result = patch_matmul(ctx, x, weight, bias, (kh, kw), (oh, ow))
+    else:
+        operands = [to_channels_last(ctx, x), weight] + ([bias] if bias is not None else [])
+        result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, oc)),
+                            {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if len(w_shape) == 3 else (oh, ow)))
+
+
+def is_graph_input(ctx: NodeContext, x: Value) -> bool:
+    """x is an input of the graph being imported, written to the device by the host."""
+    return any(x is arg for arg in ctx.importer.func.args)
+
+
+def is_patch_window(attrs: dict, kernel: Sequence[int], groups: int) -> bool:
+    """Windows that tile the input exactly, without overlap or padding (a patch embedding: kernel = stride,
+    ViT's 16x16 and 32x32, ConvNeXt's 4x4 stem and 2x2 downsampling), of more than one position, one group."""
+    _, h, w = attrs["input_shape"]
+    return (groups == 1 and tuple(attrs["strides"]) == tuple(kernel) and not any(attrs["pads"])
+            and tuple(attrs["dilations"]) == (1, 1) and math.prod(kernel) > 1 and h % kernel[0] == 0
+            and w % kernel[1] == 0)
+
+
+def patch_matmul(ctx: NodeContext, x: Value, weight: Value, bias: Value | None, kernel: Sequence[int],
+                 out: tuple[int, int]) -> Value:
+    """A convolution whose windows tile the input (`is_patch_window`) as a space-to-depth movement and one
+    matmul: [N, C, H, W] regrouped to [N, OH, OW, C, KH, KW] and flattened to the
+    patch matrix [N*OH*OW, C*KH*KW] (each input element read once: no window overlaps another), times the
+    weight flattened to [C*KH*KW, OC] (its own element order, no channel padding), plus the bias. The result
+    is the convolution's channels-last matrix [N*OH*OW, OC]. Taken for a graph input (ViT's and ConvNeXt's
+    image), whose regrouping the host does as it writes the input (`tilize.split_on_host`); a computed input
+    goes by the im2col lookup, the device's own space-to-depth (`windows.Conv2dToDevice`)."""
+    n, c, _, _ = _tensor(x).shape
+    (kh, kw), (oh, ow) = kernel, out
+    like = _tensor(x)
+    split = _reshape_to(ctx, x, (n, c, oh, kh, ow, kw))
+    moved = ctx.create(ttir.TRANSPOSE.name, [split], like.with_shape((n, oh, ow, c, kh, kw)),
+                       {"perm": (0, 2, 4, 1, 3, 5)})
+    patches = _reshape_to(ctx, moved, (n * oh * ow, c * kh * kw))
+    oc = _tensor(weight).shape[0]
+    constant = ctx.input_constant(1)
+    if constant is not None:
+        matrix = ctx.constant(np.ascontiguousarray(np.asarray(constant, np.float32).reshape(oc, -1).T),
+                              f"{ctx.node.output[0]}.patch_weight")
+        result = ctx.create(ttir.MATMUL.name, [patches, matrix], like.with_shape((n * oh * ow, oc)))
+    else:
+        rows = _reshape_to(ctx, weight, (oc, c * kh * kw))
+        result = ctx.create(ttir.MATMUL.name, [patches, rows], like.with_shape((n * oh * ow, oc)),
+                            {"transpose_b": True})
+    if bias is not None:
+        result = ctx.create(ttir.ADD.name, [result, bias], _tensor(result))
+    return result
 
 
 def conv3d(ctx: NodeContext, x: Value, weight: Value) -> Value:
@@ -374,6 +423,11 @@ def conv_transpose(ctx: NodeContext) -> Value:
                 total = max(total, 0)
             small, large = total // 2, total - total // 2
             pads[dim], pads[dim + rank] = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    bias = ctx.input(2) if ctx.has_input(2) else None
+    if rank == 2 and not lifted and is_block_upsample(strides, kernel, dilations, out_pad, pads) \
+            and ctx.input_constant(1) is not None:
+        return depth_to_space_conv_transpose(ctx, x, np.asarray(ctx.input_constant(1), np.float32), bias, groups,
+                                             pads)
     axes = []
     for dim in range(rank):
         reach = dilations[dim] * (kernel[dim] - 1)
@@ -386,7 +440,6 @@ def conv_transpose(ctx: NodeContext) -> Value:
     spread = ctx.create(ttir.EMBEDDING.name, [to_channels_last(ctx, x), index], _tensor(x).with_shape((ids.size, c)),
                         {"pad_negative": True})
     weight = _flipped_conv_weight(ctx, w_value, groups)
-    bias = ctx.input(2) if ctx.has_input(2) else None
     spread_sizes = tuple(len(a) for a in axes)
     if rank == 3:
         result, out = conv3d_by_planes(ctx, spread, (n, *spread_sizes), weight, bias, [1, 1, 1], [0] * 6,
@@ -399,6 +452,52 @@ def conv_transpose(ctx: NodeContext) -> Value:
     result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, groups * ocg)),
                         {**attrs, "groups": groups})
     return from_channels_last(ctx, result, n, *((ow,) if lifted else (oh, ow)))
+
+
+def is_block_upsample(strides: Sequence[int], kernel: Sequence[int], dilations: Sequence[int],
+                      out_pad: Sequence[int], pads: Sequence[int]) -> bool:
+    """A transposed convolution whose input pixels write disjoint KH x KW blocks that tile its output: stride =
+    kernel, no dilation, no output padding, pads only cropping."""
+    return (list(strides) == list(kernel) and not any(out_pad) and all(d == 1 for d in dilations)
+            and all(p >= 0 for p in pads))
+
+
+def depth_to_space_conv_transpose(ctx: NodeContext, x: Value, w: np.ndarray, bias: Value | None, groups: int,
+                                  pads: Sequence[int]) -> Value:
+    """A ConvTranspose whose stride equals its kernel (DBNet's and U-Net's 2x2 stride-2 upsampling): each input
+    pixel writes its own KH x KW block of the output and no two blocks overlap, so the output is one matmul of
+    the channels-last matrix [N*H*W, C] by the weight as [C, KH*KW*OC] (block-diagonal over the groups),
+    then a depth-to-space movement: [N, H, W, KH, KW, OC] -> [N, H, KH, W, KW, OC], the channels-last matrix
+    of the [N*H*KH*W*KW] output pixels. Pads crop the output's borders (a slice), the bias is added last. No
+    zero-stuffed input, no window lookup."""
+    n, c, h, wd = _tensor(x).shape
+    _, ocg, kh, kw = w.shape
+    oc = groups * ocg
+    per_group = c // groups
+    matrix = np.zeros((c, kh, kw, oc), np.float32)  # [input channel, i, j, output channel]
+    for g in range(groups):
+        block = w[g * per_group:(g + 1) * per_group]  # [C / groups, OC / groups, KH, KW]
+        matrix[g * per_group:(g + 1) * per_group, :, :, g * ocg:(g + 1) * ocg] = block.transpose(0, 2, 3, 1)
+    like = _tensor(x)
+    weight = ctx.constant(matrix.reshape(c, kh * kw * oc), f"{ctx.node.output[0]}.blocks_weight")
+    blocks = ctx.create(ttir.MATMUL.name, [to_channels_last(ctx, x), weight],
+                        like.with_shape((n * h * wd, kh * kw * oc)))
+    split = _reshape_to(ctx, blocks, (n, h, wd, kh, kw, oc))
+    moved = ctx.create(ttir.TRANSPOSE.name, [split], like.with_shape((n, h, kh, wd, kw, oc)),
+                       {"perm": (0, 1, 3, 2, 4, 5)})
+    full_h, full_w = h * kh, wd * kw
+    top, left, bottom, right = pads
+    oh, ow = full_h - top - bottom, full_w - left - right
+    if oh <= 0 or ow <= 0:
+        raise ctx.error("the transposed convolution has an empty output")
+    pixels = _reshape_to(ctx, moved, (n, full_h, full_w, oc))
+    if (oh, ow) != (full_h, full_w):
+        pixels = ctx.create(ttir.SLICE.name, [pixels], like.with_shape((n, oh, ow, oc)),
+                            {"begins": (0, top, left, 0), "ends": (n, top + oh, left + ow, oc), "steps": (1, 1, 1, 1)})
+    result = _reshape_to(ctx, pixels, (n * oh * ow, oc))
+    if bias is not None:
+        result = ctx.create(ttir.ADD.name, [result, bias], _tensor(result))
+    return from_channels_last(ctx, result, n, oh, ow)
 
 
 def stuffed_ids(n: int, sizes: Sequence[int], axes: list[np.ndarray]) -> np.ndarray:

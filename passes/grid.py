@@ -45,6 +45,7 @@ from ttc.passes.cost_model import Weights, estimate, matmul_units
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
     LiveRange,
+    buffer_of,
     chain_end,
     live_ranges,
     other_l1_bytes,
@@ -52,9 +53,11 @@ from ttc.passes.liveness import (
     sync_body_placement,
 )
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.matmul_chunks import split_oversized_matmuls
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import (
     cb_bytes,
+    in_l1,
     is_sharded,
     l1_share,
     layout,
@@ -74,6 +77,7 @@ from ttc.passes.ops.registry import (
     l1_footprint,
     op_kind,
     op_l1_tensor_bytes,
+    program_operands,
 )
 
 
@@ -351,7 +355,7 @@ class LiveL1:
     def grow(self, value: Value, extra: int) -> None:
         """`value` now takes `extra` more bytes per core: the ops it lives across without touching it see them."""
         for op in self._later_programs(value):
-            if all(v is not value for v in (*op.operands, *op.results)):
+            if all(buffer_of(v) is not value for v in (*program_operands(op), *op.results)):
                 self.others[id(op)] += extra
 
 
@@ -472,6 +476,7 @@ class Grid(Pass):
         device = module_device(module)
         memo: dict[tuple, list[Candidate]] = {}  # matmul rankings by signature, for this run
         for func in module.functions:
+            split_oversized_matmuls(module, func, device, lambda op: placements(op, device, self.max_cores))
             ops = list(func.body.ops)
             live = LiveL1.of(ops, device, self.max_cores)
             for index, op in enumerate(ops):
@@ -479,17 +484,65 @@ class Grid(Pass):
                     live.ran(index, op)
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
-                if op_kind(op) == "matmul":
-                    choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding, module.weights,
-                                           memo, self.multicast)
-                    shard_result(op, choice, live, device)
-                else:
-                    choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
+                choice = None
+                while choice is None:
+                    try:
+                        if op_kind(op) == "matmul":
+                            choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding,
+                                                   module.weights, memo, self.multicast)
+                            shard_result(op, choice, live, device)
+                        else:
+                            choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
+                    except UserError:
+                        if not spill_to_dram(op, live, device):
+                            raise
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
                 live.ran(index, op)
+
+
+def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:
+    """No blocking of `op` fits L1 as `layout` placed its tensors (the heap the ops before it left, with the
+    grid's own sharding decisions, may hold less room than `layout` found): one of its interleaved L1
+    intermediates goes to DRAM and is streamed instead, its result first, then the operands it reads (whose
+    producers and earlier readers keep their blockings: their footprints only shrink). False when none is
+    left in L1."""
+    t = tensor(op.result)
+    if in_l1(t) and not is_sharded(t) and not is_folded(op) and not is_view(op):
+        to_dram(op.result, live, device)
+        return True
+    for operand in program_operands(op):
+        source = buffer_of(operand)
+        producer = source.owner
+        if in_l1(tensor(source)) and not is_sharded(tensor(source)) and isinstance(producer, Operation) \
+                and op_kind(producer) is not None:
+            to_dram(source, live, device)
+            return True
+    return False
+
+
+def to_dram(value: Value, live: LiveL1, device: DeviceAttr) -> None:
+    """`value`'s buffer (an interleaved L1 intermediate) in DRAM interleaved: the views sharing its pages and
+    its readers' fused bodies follow, and the L1 bookkeeping (the replayed heap, the bytes live across later
+    ops) gives its share back."""
+    share = l1_share(tensor(value), device)
+    dram = LayoutAttr(layout(tensor(value)).tensor_layout, "dram", "interleaved")
+    if live.timeline is not None:
+        address = live.timeline.address.pop(id(value), None)
+        if address is not None:
+            live.timeline.heap.free(address)
+    live.grow(value, -share)
+    pending = [value]
+    while pending:
+        shared = pending.pop()
+        shared.type = tensor(shared).with_encoding(dram)
+        for user, _ in shared.uses:
+            end = chain_end(user)
+            if is_view(end):
+                pending.append(end.result)
+            sync_body_placement(end)
 
 
 def shard_result(op: Operation, choice: Choice, live: LiveL1, device: DeviceAttr) -> None:

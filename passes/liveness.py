@@ -61,12 +61,21 @@ def live_ranges(ops: Sequence[Operation]) -> list[LiveRange]:
     return ranges
 
 
+def buffer_of(value: Value) -> Value:
+    """The value whose buffer `value` is: a view's result shares its source's pages (followed back)."""
+    owner = value.owner
+    while isinstance(owner, Operation) and op_kind(owner) is not None and is_view(owner):
+        value = program_operands(owner)[0]
+        owner = value.owner
+    return value
+
+
 def other_l1_bytes(ops: Sequence[Operation], device: DeviceAttr) -> dict[int, int]:
     """Per op (by id): per-core bytes of the L1 tensors live across it that its program does not touch."""
     ranges = [r for r in live_ranges(ops) if in_l1(r.value.type)]
     result: dict[int, int] = {}
     for i, op in enumerate(ops):
-        touched = {id(v) for v in (*program_operands(op), *op.results)} if op_kind(op) else set()
+        touched = {id(buffer_of(v)) for v in (*program_operands(op), *op.results)} if op_kind(op) else set()
         result[id(op)] = sum(l1_share(tensor(r.value), device) for r in ranges
                              if r.start <= i <= r.end and id(r.value) not in touched)
     return result

@@ -97,9 +97,8 @@ class ScheduleBuilder:
         source = op.operands[0]
         if not is_device(source) and is_device(op.result):
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
-            perm = op.attributes.get("perm")
-            self.emit(ttmetal.WRITE_BUFFER.name, [self.value(source), buffer], [], op,
-                      {} if perm is None else {"perm": tuple(perm)})
+            edge = {name: tuple(op.attributes[name]) for name in ("perm", "split") if op.attributes.get(name) is not None}
+            self.emit(ttmetal.WRITE_BUFFER.name, [self.value(source), buffer], [], op, edge)
             self.values[id(op.result)] = buffer
         elif is_device(source) and not is_device(op.result):
             read = self.emit(ttmetal.READ_BUFFER.name, [self.value(source)], [op.result.type], op)

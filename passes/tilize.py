@@ -357,6 +357,9 @@ def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
             continue
         permuted: dict[tuple[int, ...], Value] = {}
         for user, _ in list(arg.uses):
+            if user.name == ttir.RESHAPE.name:
+                split_on_host(func, arg, user, rewriter)
+                continue
             if user.name != ttir.TRANSPOSE.name:
                 continue
             perm = tuple(user.attr("perm"))
@@ -365,6 +368,33 @@ def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
                                                         [device_type(user.result.type)],
                                                         {"perm": perm}, loc=user.loc).result
             rewriter.replace_op(user, permuted[perm])
+
+
+def split_on_host(func: Function, arg: Value, reshape: Operation, rewriter: PatternRewriter) -> None:
+    """reshape -> transpose (-> reshape) of a float argument, each the only reader of the one before (a patch
+    embedding's space-to-depth: [N, C, OH, KH, OW, KW] -> [N, OH, OW, C, KH, KW] -> [N*OH*OW, C*KH*KW]) becomes
+    its host -> device edge, `to_layout {split, perm}`: the host regroups the input as it writes it, in the
+    shape the last step gives, and no device program moves it."""
+    users = [user for user, _ in reshape.result.uses]
+    if len(users) != 1 or users[0].name != ttir.TRANSPOSE.name:
+        return
+    transpose = users[0]
+    last = transpose
+    following = [user for user, _ in transpose.result.uses]
+    if len(following) == 1 and following[0].name == ttir.RESHAPE.name:
+        last = following[0]
+    edge = rewriter.create_before(func.body.ops[0], TO_LAYOUT, [arg], [device_type(last.result.type)],
+                                  {"perm": tuple(transpose.attr("perm")),
+                                   "split": tuple(tensor_shape(reshape.result))}, loc=transpose.loc).result
+    rewriter.replace_op(last, edge)
+    for op in (transpose, reshape) if last is not transpose else (reshape,):
+        if not op.result.uses:
+            rewriter.erase_op(op)
+
+
+def tensor_shape(value: Value) -> tuple[int, ...]:
+    assert isinstance(value.type, TensorType)
+    return tuple(value.type.shape)
 
 
 def add_host_to_device(value: Value, anchor: Operation, loc, where: str, rewriter: PatternRewriter) -> None:

@@ -666,6 +666,83 @@ class PaddedLookupToDevice(RewritePattern):
         return True
 
 
+MAX_PAGE_IDS = 2048  # ids of one index page: a reader holds a whole page (two, double-buffered) in L1
+MAX_SPLIT_BATCHES = 64  # index pages of a ragged lookup split into one lookup each (beyond: left as it is)
+
+
+class LargeIndexPage(RewritePattern):
+    """A lookup by constant ids whose index page (the ids' last dim) is longer than MAX_PAGE_IDS: its reader
+    would hold the whole page in L1 (a 640x640 ConvTranspose's zero-stuffing reads 410881 ids, 1.6 MB a
+    page). The ids go in pages of 32 instead, one per output tile row, so the footprint no longer grows with
+    the lookup: [B * L / 32, 32] when the page length L is a multiple of 32 (the result regrouped, a view);
+    else each page as a one-position im2col lookup (ids [1, ceil(L / 32), 32], -1 past L: zero rows in the
+    output's padding), the B results joined along the batch (a tile-granular concat). Negative ids of a
+    plain lookup (counted from the table's end, as ONNX Gather) are resolved first, as a padded lookup
+    reads -1 as a zero row."""
+
+    root = ttir.EMBEDDING.name
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        table, indices = op.operands
+        if op.attr("im2col") or tensor(indices).rank == 0 or tensor(indices).shape[-1] <= MAX_PAGE_IDS:
+            return rewriter.notify_match_failure(op, "an index page of at most MAX_PAGE_IDS ids")
+        ids = constant_array(self.module, indices)
+        if ids is None:
+            return rewriter.notify_match_failure(op, "the ids are computed")
+        ids = np.asarray(ids).astype(np.int64)
+        length = ids.shape[-1]
+        batches = ids.size // length
+        if length % 32 and batches > MAX_SPLIT_BATCHES:
+            return rewriter.notify_match_failure(op, "too many ragged index pages to split")
+        if not op.attr("pad_negative"):
+            ids = np.where(ids < 0, ids + tensor(table).shape[0], ids)
+        result = tensor(op.result)
+        width = result.shape[-1]
+        stem = node_name(op).strip("/").replace("/", ".") or "lookup"
+        pad = {"pad_negative": True} if op.attr("pad_negative") else {}
+
+        def index(array: np.ndarray) -> Value:
+            name = self.module.add_weight(f"{stem}.paged_index", array.astype(np.int32))
+            return rewriter.create_before(op, CONSTANT, [], [TensorType(array.shape, ScalarType("i32"), ROW_MAJOR)],
+                                          {"value": WeightAttr(name)}).result
+
+        if length % 32 == 0:
+            paged = ids.reshape(-1, 32)
+            looked = rewriter.create_before(op, ttir.EMBEDDING.name, [table, index(paged)],
+                                            [result.with_shape((paged.shape[0], 32, width))], pad).result
+            rewriter.replace_op(op, [rewriter.create_before(op, ttir.RESHAPE.name, [looked], [result]).result])
+            return True
+        tile_rows = -(-length // 32)
+        parts = []
+        # each page's rows as [1, .., 1, L, W] (an im2col result may have leading unit dims), so no reshape
+        # follows it (a reshape then a transpose would read as a layout edge, ChannelLayoutEdge)
+        piece = result.with_shape((*([1] * (result.rank - 2)), length, width)) if batches == 1 or result.rank > 2 \
+            else result.with_shape((length, width))
+        for page in ids.reshape(batches, length):
+            padded = np.full(tile_rows * 32, -1, np.int64)
+            padded[:length] = page
+            parts.append(rewriter.create_before(op, ttir.EMBEDDING.name,
+                                                [table, index(padded.reshape(1, tile_rows, 32))], [piece],
+                                                {"pad_negative": True, "im2col": True}).result)
+        while len(parts) > 1:  # a tree of concats along the batch, at most MAX_JOINED inputs each
+            joined = []
+            for first in range(0, len(parts), MAX_JOINED):
+                group = parts[first:first + MAX_JOINED]
+                joined.append(group[0] if len(group) == 1 else rewriter.create_before(
+                    op, ttir.CONCAT.name, group, [tensor(group[0]).with_shape(
+                        (*tensor(group[0]).shape[:-3], sum(tensor(g).shape[-3] for g in group), length, width))],
+                    {"axis": result.rank - 3}).result)
+            parts = joined
+        value = parts[0]
+        if tensor(value).shape != result.shape:
+            value = rewriter.create_before(op, ttir.RESHAPE.name, [value], [result]).result
+        rewriter.replace_op(op, [value])
+        return True
+
+
 def window_patterns(module: Module) -> list[RewritePattern]:
-    return [Conv2dToDevice(module), Pool2dToDevice(module), PaddedLookupToDevice(module),
+    return [Conv2dToDevice(module), Pool2dToDevice(module), PaddedLookupToDevice(module), LargeIndexPage(module),
             ChannelLayoutEdge(ttir.RESHAPE.name, module), ChannelLayoutEdge(ttir.TRANSPOSE.name, module)]

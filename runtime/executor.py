@@ -430,10 +430,12 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 
 @host_op(ttmetal.WRITE_BUFFER.name)
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Host tensor -> buffer pages (permute when the op has a perm, pad to tiles, tilize, convert to the
-    buffer's format)."""
+    """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, pad to tiles, tilize,
+    convert to the buffer's format)."""
     host, buffer = np.asarray(values[op.operands[0]]), ex.buffer(values, op.operands[1])
-    perm = op.attributes.get("perm")
+    perm, split = op.attributes.get("perm"), op.attributes.get("split")
+    if split is not None:
+        host = host.reshape(tuple(split))
     if perm is not None:
         host = host.transpose(tuple(perm))
     pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,

@@ -324,9 +324,11 @@ def verify_embedding(op: Operation) -> None:
             _expect_shape(op, (table.shape[1] // 32, rows, positions * 32),
                           "channel tile j of every position side by side in batch j")
             return
-        rows = tensor(op.result.type).shape[0] if tensor(op.result.type).rank == 2 else -1
+        shape = tensor(op.result.type).shape  # [M, positions * width], leading unit dims allowed
+        lead = shape[:-2] if len(shape) >= 2 and all(d == 1 for d in shape[:-2]) else ()
+        rows = shape[-2] if len(shape) >= 2 and len(lead) == len(shape) - 2 else -1
         _check_im2col_rows(rows, tile_rows)
-        _expect_shape(op, (rows, positions * table.shape[1]), "the rows of each position side by side")
+        _expect_shape(op, (*lead, rows, positions * table.shape[1]), "the rows of each position side by side")
         return
     _expect_shape(op, (*indices.shape, table.shape[1]), "one table row per index")
 
@@ -662,7 +664,17 @@ REDUCE_MAX = reduction("reduce_max", "Maximum over `axes`", np.max)
 def verify_to_layout(op: Operation) -> None:
     source, result = tensor(op.operands[0].type), tensor(op.result.type)
     perm = op.attributes.get("perm")
-    if perm is not None:  # a host input written transposed: the host permutes it as it writes it
+    split = op.attributes.get("split")
+    if split is not None:  # the host reshapes to `split`, permutes, and writes the result's shape
+        split = tuple(split)
+        if perm is None or source.encoding is not None or result.encoding is None:
+            raise VerifyError("to_layout with split is a host -> device edge with a perm")
+        if sorted(perm) != list(range(len(split))):
+            raise VerifyError(f"perm {list(perm)} is not a permutation of the {len(split)} dims of split {list(split)}")
+        if not math.prod(split) == source.num_elements == result.num_elements:
+            raise VerifyError(f"to_layout with split {list(split)} of {_dims(source.shape)} gives {_dims(result.shape)}: "
+                              "the element counts differ")
+    elif perm is not None:  # a host input written transposed: the host permutes it as it writes it
         perm = tuple(perm)
         if source.encoding is not None or result.encoding is None:
             raise VerifyError("to_layout with perm is a host -> device edge (the host permutes the tensor)")
@@ -709,8 +721,10 @@ def verify_eltwise(op: Operation) -> None:
 
 
 TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges "
-                  "(host -> device may also permute the dims: `perm`, done by the host as it writes)",
-                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None),), traits=PURE, verify=verify_to_layout)
+                  "(host -> device may also permute the dims: `perm`, done by the host as it writes; with `split`, the "
+                  "host reshapes to it before permuting and writes the permuted tensor in the result's shape)",
+                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
+                  traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
     "ttir.linear", "activation(a @ b + bias): a matmul with its epilogue fused (one device op)",
     operands=(Operand("a"), Operand("b"), Operand("bias", optional=True)),

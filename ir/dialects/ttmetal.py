@@ -17,6 +17,7 @@ host<->device edge), after permuting the host tensor's dims when it has a `perm`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ttc.ir.attributes import DialectAttribute, TypeAttr, WeightAttr, dialect_attribute, positional
@@ -71,6 +72,13 @@ HostTensor = TypeConstraint("a host tensor (no encoding)", _is_host_tensor)
 def verify_write(op: Operation) -> None:
     host, device = (v.type for v in op.operands)
     perm = op.attributes.get("perm")
+    split = op.attributes.get("split")
+    if split is not None:  # reshaped to split, permuted, written in the buffer's shape
+        if perm is None or sorted(perm) != list(range(len(split))) \
+                or not math.prod(split) == math.prod(host.shape) == math.prod(device.shape):
+            raise VerifyError(f"host tensor {host} split to {list(split)}, permuted by {list(perm or [])} does not "
+                              f"fill buffer {device}")
+        return
     shape = host.shape if perm is None else tuple(host.shape[i] for i in perm)
     if perm is not None and sorted(perm) != list(range(len(host.shape))):
         raise VerifyError(f"perm {list(perm)} is not a permutation of the host tensor's {len(host.shape)} dims")
@@ -109,7 +117,8 @@ CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (addres
                       attributes=(Attr("address", IntAttr, None), Attr(STATE_ATTR, StrAttr, None)))
 WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format)",
                      operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
-                     attributes=(Attr("perm", IntArrayAttr, None),), verify=verify_write)
+                     attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
+                     verify=verify_write)
 WRITE_CONSTANT = OpDef("ttmetal.write_constant", "Fill a buffer with a weight already in device format",
                        operands=(Operand("buffer", DeviceTensor),), results=(),
                        attributes=(Attr("value", attr_of(WeightAttr)),))

@@ -60,7 +60,7 @@ def embedding_geometry(op: Operation) -> tuple[TileShape, int, int]:
     holds the rows of index page b (a row of the ids' last dim), output tile row r its ids 32r.."""
     table, ids = tensor(op.operands[0]), tensor(op.operands[1])
     if op.attributes.get("im2col"):  # ids [positions, M tile rows, 32]; worked as [positions, M, width],
-        m = tensor(op.result).shape[-2 if op.attributes.get("grouped") else 0]  # written side by side
+        m = tensor(op.result).shape[-2]  # written side by side (the result [.., M, ..]: leading unit dims allowed)
         return tile_shape((ids.shape[0], m, table.shape[1])), TILE, page_size(table)
     return tile_shape(tensor(op.result).shape), ids.shape[-1] if ids.shape else 1, page_size(table)
 

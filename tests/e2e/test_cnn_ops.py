@@ -45,15 +45,18 @@ def check(model: onnx.ModelProto, seed: int = 0) -> ttc.compiler.CompiledModel:
     return compiled
 
 
-def conv_model(x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: bool = True, **attrs) -> onnx.ModelProto:
+def conv_model(x_shape: tuple[int, ...], w_shape: tuple[int, ...], bias: bool = True, computed: bool = False,
+               **attrs) -> onnx.ModelProto:
+    """A Conv of the graph input x (of Relu(x) when `computed`: an input the device computes)."""
     rng = np.random.default_rng(1)
     init = {"w": rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))}
-    inputs = ["x", "w"]
+    inputs = ["r" if computed else "x", "w"]
     if bias:
         init["b"] = rng.standard_normal(w_shape[0]) * 0.1
         inputs.append("b")
     node = helper.make_node("Conv", inputs, ["y"], name="/conv", **attrs)
-    return model_of([node], {"x": x_shape}, init, ["y"])
+    relu = [helper.make_node("Relu", ["x"], ["r"], name="/relu")] if computed else []
+    return model_of([*relu, node], {"x": x_shape}, init, ["y"])
 
 
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
@@ -473,8 +476,10 @@ def tilized_text(model: onnx.ModelProto) -> str:
 ])
 def test_conv_beyond_one_im2col_pass_is_split_along_k(x_shape, w_shape, attrs, splits) -> None:
     """A window of more than MAX_POSITIONS kernel positions goes in ceil(KK / 128) im2col lookups, each times
-    its rows of the stacked weight, the partial products summed (a K split); it passes golden."""
-    model = conv_model(x_shape, w_shape, **attrs)
+    its rows of the stacked weight, the partial products summed (a K split); it passes golden. (The input is
+    computed: a patch convolution of a graph input is the host's space-to-depth and one matmul instead,
+    tests/e2e/test_conv_windows.py.)"""
+    model = conv_model(x_shape, w_shape, computed=True, **attrs)
     check(model)
     text = tilized_text(model)
     lookups = [line for line in text.splitlines() if "im2col = true" in line]

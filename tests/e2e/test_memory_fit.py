@@ -104,3 +104,30 @@ def test_compile_report_states_dram_and_peak_l1(tmp_path: Path, capsys: pytest.C
     compiled = ttc.load(path.with_suffix(".ttc"))
     memory = compiled.manifest["memory"]
     assert 0 < memory["l1_peak_bytes"] <= 1 << 20 and memory["dram_bytes"] > 256 * 1024
+
+
+def test_a_matmul_no_blocking_fits_runs_in_column_pieces_and_passes_golden() -> None:
+    """On one core the [1024, 512] Gemm of a 1024-long K has no blocking that fits L1 (its 512-tile block's
+    running total alone is 1 MB): the weight and bias go in column pieces, one product each, joined by a
+    concat; the result passes the golden rule against onnxruntime."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from ttc.compiler import CompileOptions, compile_model, default_pipeline
+    from ttc.golden import compare, run_onnxruntime
+
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((1024, 512)) / 32).astype(np.float32)
+    b = rng.standard_normal(512).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="/gemm")], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, 512])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    pipeline = default_pipeline().replace("grid{", "grid{max-cores=1 ")
+    compiled = compile_model(model, CompileOptions(pipeline=pipeline))
+    feeds = {"x": rng.standard_normal((1024, 1024)).astype(np.float32)}
+    result = compare("y", compiled.run(feeds)["y"], run_onnxruntime(model, feeds)["y"])
+    assert result.passed, result
+    assert compiled.manifest["host_ops"] == 0
+    assert compiled.manifest["programs"] == 5, compiled.manifest["programs"]  # 4 pieces and their concat

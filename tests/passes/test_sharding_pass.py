@@ -171,3 +171,26 @@ def test_allocate_names_the_node_and_core_when_a_shard_does_not_fit(ir: IRHarnes
 def test_a_sharded_layout_without_its_shard_shape_is_a_user_error(ir: IRHarness) -> None:
     with pytest.raises(UserError, match=r"a sharded tensor lives in L1 in tile layout with a grid and a shard shape"):
         ir.run("grid", *chain(ir, 3136, 64, 64, first_layout="l1, height_sharded"))
+
+
+def test_an_l1_result_no_blocking_fits_beside_spills_to_dram(ir: IRHarness) -> None:
+    """An intermediate placed in L1 (as `layout` may, from a heap the grid's own decisions change) that leaves
+    its op no room: the grid pass moves it to DRAM and picks a blocking, instead of refusing (here its
+    [8192, 8192] share alone is more than a core's L1)."""
+    out = ir.run_body("grid", *chain(ir, 8192, 32, 8192, first_layout="l1, interleaved"))
+    first, second = linear_line(out, "mm1"), linear_line(out, "mm2")
+    assert f"-> {dev(8192, 8192)}" in first, first
+    assert f"({dev(8192, 8192)}, " in second, second
+    assert "tt.grid" in first and "tt.grid" in second
+
+
+def test_a_matmul_no_blocking_fits_goes_in_column_pieces(ir: IRHarness) -> None:
+    """On one core (max-cores=1) the [1024, 512] product of a 1024-long K keeps its whole 512-tile block in L1
+    (the running total of its accumulation chunks: 1 MB): the grid pass splits the weight into column pieces
+    (4 of 128 columns, a 256 KB total each), one product per piece, joined by a concat, instead of refusing."""
+    out = ir.run_body("grid{max-cores=1}", *chain(ir, 1024, 1024, 512))
+    pieces = [line for line in out.splitlines() if '"ttir.linear"' in line and "-> tensor<1024x128xbf16" in line]
+    assert len(pieces) == 4 and all("tt.grid" in line for line in pieces), out
+    joined = next(line for line in out.splitlines() if '"ttir.concat"' in line)
+    assert "-> tensor<1024x512xbf16" in joined and "tt.grid" in joined, joined
+    ir.check(out, '"ttir.concat"', 'loc("mm2")')

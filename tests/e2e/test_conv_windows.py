@@ -1,0 +1,158 @@
+"""Convolution windows past the plain im2col plan (issue 15 item 1): ConvTranspose of any kernel (stride =
+kernel as one matmul and a depth-to-space movement), patch convolutions of a graph input (the host's
+space-to-depth and one matmul), and window lookups too long for one index page (pages of 32 ids). Each runs
+on the device with no host ops and passes the golden rule against onnxruntime, and each asserts which plan
+ran (the ops the device forms hold)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ttc
+from ttc.frontend import import_model
+from ttc.golden import compare, run_onnxruntime
+from ttc.ir.printer import print_module
+from ttc.passes import PassManager
+from ttc.passes.windows import MAX_PAGE_IDS
+
+F32 = TensorProto.FLOAT
+
+
+def window_model(op_type: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...] | None = None, bias: bool = True,
+                 computed: bool = False, **attrs) -> onnx.ModelProto:
+    """One window op on the graph input x (on Relu(x) when `computed`), seeded weights."""
+    rng = np.random.default_rng(3)
+    inits, inputs = [], ["r" if computed else "x"]
+    if w_shape is not None:
+        inits.append(numpy_helper.from_array(
+            (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32), "w"))
+        inputs.append("w")
+        if bias:
+            channels = w_shape[0] if op_type == "Conv" else w_shape[1] * attrs.get("group", 1)
+            inits.append(numpy_helper.from_array((0.1 * rng.standard_normal(channels)).astype(np.float32), "b"))
+            inputs.append("b")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/relu")] if computed else []
+    nodes.append(helper.make_node(op_type, inputs, ["y"], name="/window", **attrs))
+    graph = helper.make_graph(nodes, "windows", [helper.make_tensor_value_info("x", F32, list(x_shape))],
+                              [helper.make_tensor_value_info("y", F32, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def check(model: onnx.ModelProto) -> ttc.compiler.CompiledModel:
+    x_shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feeds = {"x": np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    compiled = ttc.compile(model)
+    assert compiled.manifest["host_ops"] == 0
+    got = compiled.run(feeds)
+    for name, expected in run_onnxruntime(model, feeds).items():
+        result = compare(name, got[name], expected)
+        assert result.passed, result
+    return compiled
+
+
+def tilized(model: onnx.ModelProto) -> str:
+    """The device forms (after tilize) as text."""
+    module = import_model(model)
+    PassManager("decompose,canonicalize,channels-last,tilize", stream=io.StringIO()).run(module)
+    return print_module(module)
+
+
+def lines_with(text: str, *words: str) -> list[str]:
+    return [line for line in text.splitlines() if all(word in line for word in words)]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 16, 20, 20), (16, 1, 2, 2), {"kernel_shape": [2, 2], "strides": [2, 2]}),  # DBNet's head, smaller
+    ((1, 8, 10, 12), (8, 4, 4, 4), {"kernel_shape": [4, 4], "strides": [4, 4]}),
+    ((1, 8, 10, 10), (8, 3, 2, 2), {"kernel_shape": [2, 2], "strides": [2, 2], "group": 2}),
+    ((2, 8, 9, 7), (8, 5, 2, 2), {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 0, 0, 1]}),  # cropped
+])
+def test_conv_transpose_with_stride_equal_to_kernel_is_one_matmul(x_shape, w_shape, attrs) -> None:
+    """Each input pixel writes its own KH x KW block: one matmul by the weight as [C, KH*KW*OC] and a
+    depth-to-space movement; no zero-stuffed lookup, no window lookup (no im2col)."""
+    model = window_model("ConvTranspose", x_shape, w_shape, **attrs)
+    check(model)
+    text = tilized(model)
+    assert not lines_with(text, "im2col = true"), text
+    assert not lines_with(text, "ttir.conv2d") and not lines_with(text, "pad_negative"), text
+    kk_oc = attrs["kernel_shape"][0] * attrs["kernel_shape"][1] * w_shape[1] * attrs.get("group", 1)
+    assert lines_with(text, "ttir.matmul", f"x{kk_oc}x") or lines_with(text, "ttir.matmul", f"x{kk_oc}xf32"), text
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 8, 10, 10), (8, 4, 3, 3), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1],
+                                    "output_padding": [1, 1]}),
+    ((1, 6, 7, 9), (6, 4, 3, 3), {"kernel_shape": [3, 3], "strides": [2, 2], "group": 2}),
+    ((1, 4, 5, 6), (4, 3, 5, 3), {"kernel_shape": [5, 3], "strides": [1, 2], "dilations": [2, 1]}),
+])
+def test_conv_transpose_with_overlapping_windows_is_a_stuffed_convolution(x_shape, w_shape, attrs) -> None:
+    """Windows that overlap (stride < kernel, output padding, dilation): the zero-stuffed input's convolution,
+    a padded lookup then the window lookup."""
+    model = window_model("ConvTranspose", x_shape, w_shape, **attrs)
+    check(model)
+    text = tilized(model)
+    assert lines_with(text, "im2col = true") or lines_with(text, "pad_negative"), text
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "kernel"), [
+    ((1, 3, 64, 48), (16, 3, 16, 16), 16),  # ViT's patch embedding, 4x3 patches
+    ((1, 3, 64, 96), (8, 3, 32, 32), 32),  # 32x32 patches
+    ((2, 5, 12, 8), (7, 5, 4, 4), 4),  # ConvNeXt's 4x4 stem, batch 2
+])
+def test_patch_convolution_of_a_graph_input_is_one_matmul(x_shape, w_shape, kernel) -> None:
+    """stride = kernel, no padding, no dilation, one group, on a graph input: the host writes the input as
+    the patch matrix [N*OH*OW, C*KH*KW] (to_layout {split, perm}) and one matmul by the flattened weight
+    follows (K = C*KH*KW: no channel padding, no K split, no window lookup)."""
+    model = window_model("Conv", x_shape, w_shape, kernel_shape=[kernel, kernel], strides=[kernel, kernel])
+    check(model)
+    text = tilized(model)
+    assert not lines_with(text, "im2col = true"), text
+    n, c, h, w = x_shape
+    patches = n * (h // kernel) * (w // kernel)
+    depth = c * kernel * kernel
+    edge = lines_with(text, "ttir.to_layout", "split = ")
+    assert edge and f"tensor<{patches}x{depth}x" in edge[0], text
+    products = lines_with(text, "ttir.matmul")
+    assert len(products) == 1 and f"tensor<{depth}x{w_shape[0]}x" in products[0], text
+
+
+@pytest.mark.parametrize(("x_shape", "computed"), [((1, 3, 32, 32), True), ((1, 3, 40, 36), False)])
+def test_patch_window_off_the_host_path_takes_the_window_lookup(x_shape, computed) -> None:
+    """The same patch window on a computed input, or on an input it does not tile exactly (rows past the last
+    whole patch): the device's im2col lookup (its own space-to-depth), split along K beyond 128 positions."""
+    model = window_model("Conv", x_shape, (8, 3, 16, 16), computed=computed, kernel_shape=[16, 16],
+                         strides=[16, 16])
+    check(model)
+    text = tilized(model)
+    assert len(lines_with(text, "im2col = true")) == 2, text
+    assert not lines_with(text, "split = "), text
+
+
+def page_lengths(text: str) -> list[int]:
+    """The index page length (last dim of the ids) of every lookup in the text."""
+    lengths = []
+    for line in lines_with(text, "ttir.embedding"):
+        ids_type = line.split(" : (")[1].split(", tensor<")[1].split(",")[0]  # e.g. 7840x32xi32
+        lengths.append(int(ids_type.split("x")[-2]))
+    return lengths
+
+
+@pytest.mark.parametrize(("op_type", "x_shape", "w_shape", "attrs"), [
+    # the zero-stuffed input of an overlapping ConvTranspose: 81 x 81 = 6561 ids, not a multiple of 32
+    ("ConvTranspose", (1, 4, 40, 40), (4, 2, 3, 3), {"kernel_shape": [3, 3], "strides": [2, 2]}),
+    # a max pool over 100 x 100 pixels of 8 channels: its input's row lookup reads 10000 ids
+    ("MaxPool", (1, 8, 100, 100), None, {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+])
+def test_long_lookups_go_in_index_pages_of_32(op_type, x_shape, w_shape, attrs) -> None:
+    """A lookup by more than MAX_PAGE_IDS constant ids in one index page (whose reader would hold the page in
+    L1: DBNet's 640 x 640 ConvTranspose, ResNet-50's max pool at batch 20) reads them in pages of 32 ids."""
+    model = window_model(op_type, x_shape, w_shape, **attrs)
+    check(model)
+    lengths = page_lengths(tilized(model))
+    assert lengths and max(lengths) <= MAX_PAGE_IDS, lengths
