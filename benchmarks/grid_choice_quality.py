@@ -46,7 +46,8 @@ from ttc.passes.cost_model import estimate
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import HALF_DST, SHARDED_LAYOUTS, batch_groups, layout, module_device, tensor
 from ttc.passes.ops.matmul import accumulation_tiles, matmul_shape
-from ttc.passes.ops.registry import l1_footprint, op_kind
+from ttc.passes.ops.matmul_mcast import MCAST, mcast_allowed
+from ttc.passes.ops.registry import device_op, l1_footprint, op_kind
 
 TOLERANCE = 0.05
 
@@ -91,8 +92,11 @@ def matmul_blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, in
                         if h * w > HALF_DST:
                             continue
                         for width in divisors(accumulation_tiles(shape.kt)):
-                            yield {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
-                                   "out_subblock_h": h, "out_subblock_w": w}
+                            blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn,
+                                        "in0_block_w": width, "out_subblock_h": h, "out_subblock_w": w}
+                            yield blocking
+                            if mcast_allowed(op, shape, blocking):  # every subblock, not only the preferred one
+                                yield {**blocking, MCAST: 1}
 
 
 def blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, int]]:
@@ -114,7 +118,10 @@ def candidates(op: Operation, device: DeviceAttr) -> Iterator[tuple[GridAttr, di
         and not any(is_view(grid_pass.chain_end(user)) for user, _ in op.result.uses)
     for blocking in blockings(op, device):
         units = math.prod(grid_pass.core_units(op, blocking))
-        for grid in grids(units, device):
+        own = device_op(op).grid_shape(op, blocking)  # a multicast plan's grid is its rows and columns
+        if own is not None and (own[0] > device.compute_grid[0] or own[1] > device.compute_grid[1]):
+            continue
+        for grid in [GridAttr(*own)] if own is not None else grids(units, device):
             yield grid, blocking, None
             if shardable:
                 for memory_layout in SHARDED_LAYOUTS:

@@ -80,8 +80,9 @@ class Counts:
     average over the program's cores (per transfer, the floor of it): bytes a core moves through its NoC port from or to DRAM or another
     core's L1 (`local_bytes` moved within its own L1, as sharded pages a core owns, are not NoC traffic).
     DRAM bytes are of all cores. `link_bytes` is the busiest NoC link beyond the cores' own ports and
-    `mcast_fanout` the cores one multicast packet reaches: ttc's kernels are unicast (0 and 1); a
-    multicast kernel (docs/cost-model.md's calibration) sets them.
+    `mcast_fanout` the most cores one multicast packet reaches (0 and 1 for unicast programs); a
+    multicast (`ttkernel.noc_mcast_cb`) sets them: the bytes a sender multicasts cross each link of its row
+    or column once, so the busiest link carries what the busiest sender sent.
     """
 
     cores: int
@@ -132,6 +133,8 @@ class CountsBuilder:
     dram_written: int = 0
     noc_bytes: int = 0  # per core, local pages included (taken out in `counts`)
     local_total: int = 0  # sharded pages moved within their own core's L1, summed over the cores
+    link_sent: dict[int, int] = field(default_factory=dict)  # core -> bytes it multicast (its outgoing links)
+    mcast_fanout: int = 1
 
     def tile(self, key: str, tiles: int) -> None:
         if tiles:
@@ -148,10 +151,17 @@ class CountsBuilder:
             else:
                 self.dram_read += total
 
+    def multicast(self, sent: Iterable[int], fanout: int) -> None:
+        """A multicast: `sent` bytes per core (in grid order) leave each sender once; `fanout` receivers at most."""
+        for core, n in enumerate(sent):
+            if n:
+                self.link_sent[core] = self.link_sent.get(core, 0) + int(n)
+        self.mcast_fanout = max(self.mcast_fanout, int(fanout))
+
     def counts(self) -> Counts:
         local = self.local_total // self.cores
         return Counts(self.cores, Counts.tile_table(self.tiles), self.dram_read, self.dram_written,
-                      self.noc_bytes - local, local)
+                      self.noc_bytes - local, local, max(self.link_sent.values(), default=0), self.mcast_fanout)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheap
 
 When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
 budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
-`sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice).
+`sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
+`multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, when the cost model
+ranks it first; false: unicast plans only).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -123,11 +125,18 @@ class Choice:
 
 def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterator[tuple[GridAttr, dict[str, int]]]:
     """Every candidate blocking whose cores fit on a grid inside the compute grid, with that grid."""
+    kind = device_op(op)
     for blocking in candidates(op):
         cores = 1
         for units in core_units(op, blocking):
             cores *= units
-        grid = grid_for(cores, device, max_cores)
+        shape = kind.grid_shape(op, blocking) if kind is not None else None
+        if shape is not None:  # the blocking's own grid (a multicast plan's rows and columns)
+            x, y = shape
+            fits = x <= device.compute_grid[0] and y <= device.compute_grid[1] and not (max_cores and x * y > max_cores)
+            grid = GridAttr(x, y) if fits else None
+        else:
+            grid = grid_for(cores, device, max_cores)
         if grid is not None:
             yield grid, blocking
 
@@ -352,7 +361,7 @@ class LiveL1:
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
                   sharding: bool = True, weights: Weights | None = None,
-                  memo: dict[tuple, list[Candidate]] | None = None) -> Choice:
+                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
@@ -365,6 +374,8 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
     candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
+    if not multicast:
+        candidates = [c for c in candidates if not c[1].get("mcast")]
     if not candidates:
         raise no_placement(op, device, max_cores)
     budgets: dict[str, int] = {}
@@ -456,6 +467,7 @@ class Grid(Pass):
     math_fidelity: str = "hifi4"
     max_cores: int = 0
     sharding: bool = True
+    multicast: bool = True
 
     def run(self, module: Module) -> None:
         if self.math_fidelity not in FIDELITY_PHASES:
@@ -477,7 +489,7 @@ class Grid(Pass):
                     try:
                         if op_kind(op) == "matmul":
                             choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding,
-                                                   module.weights, memo)
+                                                   module.weights, memo, self.multicast)
                             shard_result(op, choice, live, device)
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)

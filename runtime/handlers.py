@@ -23,12 +23,15 @@ if TYPE_CHECKING:  # types only: the scheduler imports the handler modules, not 
 
 @dataclass(frozen=True)
 class Blocked:
-    """Why a kernel cannot proceed: it waits in `op` for `want` pages of CB `cb`."""
+    """Why a kernel cannot proceed: it waits in `op` for `want` pages of CB `cb`, or (what "semaphore") for
+    semaphore `cb` to reach `want` on core `core` (in grid order), which holds `holds`."""
 
     op: Operation
     cb: int
     want: int
-    what: str  # "free" or "filled"
+    what: str  # "free", "filled" or "semaphore"
+    core: int = -1
+    holds: int = 0
 
 
 Handler = Callable[["Program", "Kernel", Operation, dict[str, Any]], Blocked | None]

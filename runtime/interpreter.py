@@ -7,6 +7,7 @@ live by concern in
 - `dataflow.py`: circular buffers (state, reserve/push/wait/pop), address generators, NoC reads, writes
   and barriers, bounds checks;
 - `compute.py`: the Dst registers and their protocol, and the math and pack ops;
+- `multicast.py`: semaphores and multicast writes between the program's cores;
 - `accounting.py`: the cycle accounting (what each op is charged) and the program's profile.
 Reading a handler tells what its op means. The kernel-value ops (get_arg, constant, buffer_address,
 addi, muli, mini) are handled here, beside the runtime arguments they read. This module imports the
@@ -44,7 +45,7 @@ import numpy as np
 from ttc.ir.core import Block, Operation
 from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialects import ttkernel
-from ttc.runtime import numerics
+from ttc.runtime import multicast, numerics  # noqa: F401  (multicast: its handlers register on import)
 from ttc.runtime.accounting import Accounting, ProgramProfile
 from ttc.runtime.compute import F16_OVERFLOW, DstRegisters
 from ttc.runtime.dataflow import CircularBuffer, CircularBuffers
@@ -277,6 +278,11 @@ class Program(CircularBuffers, DstRegisters, Accounting):
         for kernel in live:
             blocked = kernel.blocked
             assert blocked is not None
+            if blocked.what == "semaphore":
+                core = np.arange(self.cores) == blocked.core
+                lines.append(f"  {kernel.name} kernel on core {self._cores_text(core)}: {blocked.op.name} waits for "
+                             f"semaphore {blocked.cb} to reach {blocked.want} (it holds {blocked.holds})")
+                continue
             cb = self.cbs[blocked.cb]
             lines.append(f"  {kernel.name} kernel on core {self._cores_text(None)}: {blocked.op.name} waits for "
                          f"{blocked.want} {blocked.what} page(s) of CB {blocked.cb} ({cb.filled} of "

@@ -410,6 +410,43 @@ def _pack(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     e.emit("PACK_TILES", op, a["dst"], a["count"], a["cb"], a["cb_offset"])
 
 
+def _semaphore_ok(e: _Encoder, op: Operation, index: int, none_ok: bool = False) -> bool:
+    """Whether the semaphore index is valid; if not, the op raises the interpreter's fault."""
+    if 0 <= index < ttkernel.NUM_SEMAPHORES or (none_ok and index == -1):
+        return True
+    e.raise_(op, f"semaphore {index} is outside 0..{ttkernel.NUM_SEMAPHORES - 1}")
+    return False
+
+
+@_encoder("semaphore_set")
+def _semaphore_set(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    if _semaphore_ok(e, op, a["semaphore"]):
+        e.emit("SEM_SET", op, _optional(e, op, 0), a["semaphore"], a["value"])
+
+
+@_encoder("semaphore_wait")
+def _semaphore_wait(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    if _semaphore_ok(e, op, a["semaphore"]):
+        e.emit("SEM_WAIT", op, _optional(e, op, 0), a["semaphore"], a["value"])
+
+
+@_encoder("semaphore_inc")
+def _semaphore_inc(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    if _semaphore_ok(e, op, a["semaphore"]):
+        grid = e.op.attr("grid")
+        e.emit("SEM_INC", op, e.use(op.operands[0]), e.use(op.operands[1]), _optional(e, op, 2), a["semaphore"],
+               a["amount"], grid.x, grid.y)
+
+
+@_encoder("noc_mcast_cb")
+def _noc_mcast_cb(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
+    if a["semaphore"] != -1 and not _semaphore_ok(e, op, a["semaphore"]):
+        return
+    grid = e.op.attr("grid")
+    e.emit("NOC_MCAST", op, *(e.use(v) for v in op.operands[:4]), _optional(e, op, 4), a["cb"], a["cb_offset"],
+           a["pages"], a["semaphore"], a["value"], grid.x, grid.y)
+
+
 KERNEL_OPS = frozenset(_ENCODERS)
 
 
@@ -604,8 +641,11 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
 def native_counts(encoding: Encoding, counts: tuple) -> target.Counts:
     """The native core's counts as the interpreter's `Accounting` gives them: tiles per key (per core), NoC
     bytes per core, DRAM bytes read and written and local bytes of all cores."""
-    tiles, noc, dram, written, local = counts
+    tiles, noc, dram, written, local, link, fanout = counts
     counting = target.CountsBuilder(encoding.cores)
+    if link:
+        counting.link_sent[0] = link  # the busiest sender's bytes (the maximum is what Counts keeps)
+    counting.mcast_fanout = fanout
     for key, count in zip(encoding.keys, tiles, strict=False):
         counting.tile(key, count)
     counting.noc_bytes, counting.dram_read, counting.dram_written = noc, dram - written, written
@@ -639,6 +679,10 @@ def _deadlock(shell: Program, encoding: Encoding, params: tuple) -> DeviceFault:
     cbs = {}
     for i in range(params[0]):
         kernel, op_id, cb, want, what, filled, pages = params[1 + 7 * i: 8 + 7 * i]
+        if what == 2:  # a semaphore: `filled` is the value the first short core holds, `pages` that core
+            blocked = Blocked(encoding.ops[op_id], cb, want, "semaphore", core=pages, holds=filled)
+            live.append(SimpleNamespace(name=KERNELS[kernel], blocked=blocked))
+            continue
         blocked = Blocked(encoding.ops[op_id], cb, want, "filled" if what else "free")
         live.append(SimpleNamespace(name=KERNELS[kernel], blocked=blocked))
         cbs[cb] = SimpleNamespace(filled=filled, pages=pages)
@@ -736,6 +780,12 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         return f"the kernel ended with Dst {state[p[0]]} (missing tile_regs_release)"
     if kind == "F16_OVERFLOW":
         return F16_OVERFLOW
+    if kind == "MCAST_RECT":
+        return f"multicast rectangle ({p[0]},{p[1]})-({p[2]},{p[3]}) is outside the program's {p[4]}x{p[5]} grid"
+    if kind == "MCAST_PENDING_READS":
+        return f"noc_mcast_cb of CB {cb} while NoC reads into it have not completed (missing noc_read_barrier)"
+    if kind == "SEM_TARGET":
+        return f"semaphore increment of core ({p[0]},{p[1]}) outside the program's {p[2]}x{p[3]} grid"
     if kind == "DRAINED":
         left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
         return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"

@@ -110,6 +110,8 @@ class _StaticCounter:
                                           a["memory_layout"] != "interleaved")
             elif name in _NOC_OPS:
                 self.noc(op, a, env, scale)
+            elif name == ttkernel.NOC_MCAST_CB.name:
+                self.mcast(op, a, env, scale)
             else:
                 count = tile_count(name, a, self.formats.__getitem__)
                 if count is not None:
@@ -121,6 +123,8 @@ class _StaticCounter:
             if step.body is not None:
                 if not self._invariant(step.body):
                     return False
+            elif step.op.name == ttkernel.NOC_MCAST_CB.name:
+                return False  # per-core senders and rectangles: walked
             elif step.op.name in _NOC_OPS:
                 if step.op.name in (ttkernel.NOC_READ_TILES.name, ttkernel.NOC_WRITE_TILES.name, ttkernel.NOC_READ_PAGES.name):
                     if len(step.op.operands) > 2 or self.owners or \
@@ -205,6 +209,28 @@ class _StaticCounter:
         valid = np.broadcast_to(np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1), (self.cores,))
         self._masked(gen, int(valid.sum()), True)  # noc_write_rows
         self.written += valid
+
+    def mcast(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:
+        """noc_mcast_cb as runtime/multicast.py counts it: per sender with receivers, its pages leave once and
+        enter each receiver; its bytes on its links; the widest fan-out."""
+        page = next(c.page_size for c in self.op.attr("cbs") if c.index == a["cb"])
+        per_core = [np.broadcast_to(np.asarray(env[v], dtype=np.int64).reshape(-1), (self.cores,))
+                    for v in op.operands[:4]]
+        enabled = np.broadcast_to(np.asarray(env[op.operands[4]]).reshape(-1) != 0, (self.cores,)) \
+            if len(op.operands) > 4 else np.ones(self.cores, dtype=bool)
+        x0, y0, x1, y1 = per_core
+        sent = np.zeros(self.cores, dtype=np.int64)
+        moved, fanout = 0, 0
+        for core in np.flatnonzero(enabled):
+            cells = int((x1[core] - x0[core] + 1) * (y1[core] - y0[core] + 1))
+            inside = x0[core] <= core % self.grid.x <= x1[core] and y0[core] <= core // self.grid.x <= y1[core]
+            receivers = cells - int(inside)
+            if receivers:
+                moved += a["pages"] * (1 + receivers)
+                sent[core] = a["pages"] * page * scale
+                fanout = max(fanout, receivers)
+        self.builder.transfer(moved // self.cores * page * scale, False, False)
+        self.builder.multicast(sent, fanout)
 
     def _index_values(self, cb: int) -> np.ndarray:
         """int32 values [cores, entries] of the index page each core last read into `cb`."""

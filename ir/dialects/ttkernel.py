@@ -47,6 +47,7 @@ from ttc.ir.types import DialectType
 
 NUM_CBS = 32
 DST_TILES = 16
+NUM_SEMAPHORES = 4  # per program and core (ttc's choice; tt-metal reserves a small fixed semaphore area in L1)
 ADDRGEN = DialectType("ttkernel", "addrgen")
 AddrGen = dialect_type("ttkernel", "addrgen")
 
@@ -152,6 +153,22 @@ def verify_tilize(op: Operation) -> None:
 def verify_pack(op: Operation) -> None:
     _check_cb(op, "cb")
     verify_dst_only(op)
+
+
+def verify_semaphore(op: Operation) -> None:
+    sem = op.attr("semaphore")
+    if not 0 <= sem < NUM_SEMAPHORES:
+        raise VerifyError(f"semaphore {sem} is outside 0..{NUM_SEMAPHORES - 1}")
+
+
+def verify_mcast(op: Operation) -> None:
+    _check_cb(op, "cb")
+    _check_positive(op, "pages")
+    if op.attr("cb_offset") < 0:
+        raise VerifyError(f"'cb_offset' must not be negative, got {op.attr('cb_offset')}")
+    sem = op.attr("semaphore")
+    if not -1 <= sem < NUM_SEMAPHORES:
+        raise VerifyError(f"semaphore {sem} is outside 0..{NUM_SEMAPHORES - 1} (-1: none)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,6 +289,49 @@ NOC_READ_BARRIER = OpDef("ttkernel.noc_read_barrier", "Wait until every issued N
 NOC_WRITE_BARRIER = OpDef("ttkernel.noc_write_barrier", "Wait until every issued NoC write has left", results=())
 
 # ----------------------------------------------------------------------------------------------
+# Semaphores and multicast (inter-core traffic)
+#
+# Every core of a program has NUM_SEMAPHORES semaphores (counters in its L1), 0 at launch. Cores are named by
+# their (x, y) place in the program's grid. The ops below take an optional `enabled` operand: on a core where
+# it is 0 the op does nothing (all cores run the same kernels, so a sender's and a receiver's roles are runtime
+# arguments, where tt-metal builds separate sender and receiver kernels).
+
+SEMAPHORE_SET = OpDef(
+    "ttkernel.semaphore_set", "Set this core's semaphore `semaphore` to `value` (its init; noc_semaphore_set)",
+    operands=(Operand("enabled", Index, optional=True),), results=(),
+    attributes=(Attr("semaphore", IntAttr), Attr("value", IntAttr, 0)), verify=verify_semaphore,
+)
+SEMAPHORE_WAIT = OpDef(
+    "ttkernel.semaphore_wait",
+    "Block until this core's semaphore `semaphore` is >= `value` (noc_semaphore_wait); a wait that no core "
+    "can satisfy any more is a deadlock",
+    operands=(Operand("enabled", Index, optional=True),), results=(),
+    attributes=(Attr("semaphore", IntAttr), Attr("value", IntAttr)), verify=verify_semaphore,
+)
+SEMAPHORE_INC = OpDef(
+    "ttkernel.semaphore_inc",
+    "Atomically add `amount` to semaphore `semaphore` of the program's core (x, y) over the NoC "
+    "(noc_semaphore_inc); a core outside the program's grid is a fault",
+    operands=(Operand("x", Index), Operand("y", Index), Operand("enabled", Index, optional=True)), results=(),
+    attributes=(Attr("semaphore", IntAttr), Attr("amount", IntAttr, 1)), verify=verify_semaphore,
+)
+NOC_MCAST_CB = OpDef(
+    "ttkernel.noc_mcast_cb",
+    "Multicast: write the reserved back pages cb_offset..cb_offset+pages-1 of `cb` from this core to the same "
+    "L1 bytes (the same CB slots, inside their reserved back window) of every other core of the rectangle "
+    "x0..x1, y0..y1 (inclusive, program-grid coordinates; noc_async_write_multicast); then, with `semaphore` "
+    ">= 0, set that semaphore to `value` on each of them (noc_semaphore_set_multicast). The pages must have "
+    "landed (noc_read_barrier); a rectangle outside the program's grid is a fault. The bytes leave the "
+    "sender's port once, whatever the number of receivers",
+    operands=(Operand("x0", Index), Operand("y0", Index), Operand("x1", Index), Operand("y1", Index),
+              Operand("enabled", Index, optional=True)),
+    results=(),
+    attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("pages", IntAttr),
+                Attr("semaphore", IntAttr, -1), Attr("value", IntAttr, 1)),
+    verify=verify_mcast,
+)
+
+# ----------------------------------------------------------------------------------------------
 # Compute kernel: Dst ownership
 
 TILE_REGS_ACQUIRE = OpDef("ttkernel.tile_regs_acquire", "Math takes half of Dst (8 tiles); contents undefined",
@@ -389,6 +449,7 @@ TTKERNEL = Dialect(
          CB_RESERVE_BACK, CB_PUSH_BACK, CB_WAIT_FRONT, CB_POP_FRONT,
          ADDRGEN_OP, NOC_READ_TILES, NOC_READ_TILES_INDEXED, NOC_READ_ROWS_INDEXED, NOC_WRITE_TILES, NOC_READ_PAGES,
          NOC_WRITE_ROWS, NOC_READ_BARRIER, NOC_WRITE_BARRIER,
+         SEMAPHORE_SET, SEMAPHORE_WAIT, SEMAPHORE_INC, NOC_MCAST_CB,
          TILE_REGS_ACQUIRE, TILE_REGS_COMMIT, TILE_REGS_WAIT, TILE_REGS_RELEASE,
          COPY_TILES, TRANSPOSE_TILES, TILIZE_TILES, BINARY_TILES, MATMUL_TILES, REDUCE_TILES, SFPU_TILES,
          SFPU_BINARY_TILES, FILL_TILES, MASK_TILES, PACK_TILES, PACK_ROWS],

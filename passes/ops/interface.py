@@ -59,6 +59,11 @@ class DeviceOp(abc.ABC):
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         """How the op's work splits over cores under `blocking`, outermost first."""
 
+    def grid_shape(self, op: Operation, blocking: dict[str, int]) -> tuple[int, int] | None:
+        """The (x, y) grid `blocking` needs (a multicast plan's rows and columns), or None: any rectangle
+        holding its units (`grid.grid_for`)."""
+        return None
+
     @abc.abstractmethod
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         """The CB configs (no addresses) of the program under `blocking`."""

@@ -1,5 +1,6 @@
 """The matmul device op (`ttir.matmul`, `ttir.linear`; convolutions reach it as im2col matmuls): its
-shape in tiles, candidate blockings, CB plan, counts and kernels,, after tt-metal's MatmulMultiCoreReuse program.
+shape in tiles, candidate blockings, CB plan, counts and kernels, after tt-metal's MatmulMultiCoreReuse program;
+`matmul_mcast.py` holds the multicast variant of the reader (blockings with `"mcast": 1`).
 
 Each core computes a per_core_m x per_core_n block of output tiles for `batches` consecutive batches.
 K is walked in steps of in0_block_w tiles; the block is computed in out_subblock_h x out_subblock_w
@@ -200,14 +201,19 @@ def n_splits(nt: int) -> list[int]:
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
+    from ttc.passes.ops.matmul_mcast import MCAST, mcast_allowed
+
     shape = matmul_shape(op)
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
         for pcm in divisors(shape.mt):
             for pcn in n_splits(shape.nt):
-                for h, w in subblock_choices(pcm, pcn):
+                for i, (h, w) in enumerate(subblock_choices(pcm, pcn)):
                     for width in divisors(accumulation_tiles(shape.kt)):
-                        yield {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
-                               "out_subblock_h": h, "out_subblock_w": w}
+                        blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
+                                    "out_subblock_h": h, "out_subblock_w": w}
+                        yield blocking
+                        if i == 0 and mcast_allowed(op, shape, blocking):  # the preferred subblock only
+                            yield {**blocking, MCAST: 1}
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
@@ -246,12 +252,15 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             + m0[:, None, None] + np.arange(pcm)[None, None, :]
         return (rows.reshape(plan.cores, -1, 1) * kt + np.arange(kt)[None, None, :]).reshape(plan.cores, -1)
 
-    abuf = Buffer.of(tensor(a), device)
-    plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
+    from ttc.passes.ops.matmul_mcast import is_mcast, plan_operands_mcast
 
+    abuf = Buffer.of(tensor(a), device)
     wbuf = Buffer.of(tensor(w), device)
     b_reads = batches * k_blocks * sh  # instances of each subblock column's read
-    if ragged:
+    if is_mcast(b):  # in0 and in1 read by one core per row and column and multicast
+        plan_operands_mcast(plan, op, shape, b, grid)
+    elif ragged:
+        plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
     else:
         def b_pages() -> np.ndarray:
@@ -260,8 +269,9 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             pages = base[:, :, None] + grid_pages.reshape(1, 1, -1)
             return np.repeat(pages.reshape(plan.cores, -1), sh, axis=1)
 
+        plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
         plan.static(wbuf, batches * kt * pcn * sh, page_lists=b_pages)
-    if has_bias:
+    if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
         bias = op.operands[2]
         bbuf = Buffer.of(tensor(bias), device)
         if ragged:
@@ -300,9 +310,14 @@ def lower_matmul(op: Operation) -> Program:
         """The core's output tile columns before the ragged edge (only when there is one)."""
         return [min(b["per_core_n"], shape.nt - n)] if ragged else []
 
+    from ttc.passes.ops.matmul_mcast import is_mcast, mcast_reader, mcast_reader_args
+
+    mcast = is_mcast(b)
+
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
-        return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *valid_n(n)]
+        extra = mcast_reader_args(unit[2], unit[1], (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
+        return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]]
@@ -311,7 +326,8 @@ def lower_matmul(op: Operation) -> Program:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
         return [(batch * shape.mt + m) * shape.nt + n, *valid_n(n)]
 
-    reader = matmul_reader(op, shape, schedule, a_step, b_step, has_bias)
+    reader = mcast_reader(op, shape, schedule, has_bias) if mcast \
+        else matmul_reader(op, shape, schedule, a_step, b_step, has_bias)
     compute = matmul_compute(op, shape, schedule, has_bias, activation)
     writer = matmul_writer(op, shape, schedule)
     return Program("matmul", schedule.grid, cbs_of(op, schedule), (reader, compute, writer),
@@ -486,6 +502,11 @@ class MatmulOp(DeviceOp):
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         return matmul_units(matmul_shape(op), blocking)
+
+    def grid_shape(self, op: Operation, blocking: dict[str, int]) -> tuple[int, int] | None:
+        from ttc.passes.ops.matmul_mcast import is_mcast, mcast_grid
+
+        return mcast_grid(matmul_shape(op), blocking) if is_mcast(blocking) else None
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         return matmul_cbs(op, blocking)

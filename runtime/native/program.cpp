@@ -41,6 +41,14 @@
 //   SFPU_BINARY_TILES fn, dst, dst_b, count, charge | FILL_TILES dst, count, value (float index), charge
 //   MASK_TILES row_tile, col_tile, rows, cols, dst, valid_rows, valid_cols, fill (float index), charge
 //   PACK_TILES dst, count, cb, cb_offset | RAISE message index, cb
+//   SEM_SET / SEM_WAIT enabled (-1 none), semaphore, value | SEM_INC x, y, enabled, semaphore, amount, grid x, grid y
+//   NOC_MCAST x0, y0, x1, y1, enabled, cb, cb_offset, pages, semaphore (-1 none), value, grid x, grid y
+//
+// Semaphores and multicast (runtime/multicast.py) make cores depend on each other: a program holding them
+// runs its cores in lockstep on one thread (`run_lockstep`): up to each inter-core op core by core, that op on
+// every core in grid order, as the interpreter meets it; the
+// semaphores in `Run::semaphores`; a semaphore_wait blocks the kernel on every core while any enabled core's
+// semaphore is short.
 #include "program.h"
 
 #include <pybind11/numpy.h>
@@ -119,6 +127,7 @@ struct Encoded {
   std::vector<int64_t> arg_values[KERNELS];
   std::vector<int64_t> banks;  // L1 bank (device core) of each program core
   int64_t cores = 0;
+  bool lockstep = false;  // the program holds semaphore or multicast ops: its cores run in lockstep
   DstFormat dst = DstFormat::BF16;
   std::vector<double> fparams;
   std::vector<float> tables;  // 65536 floats per SFPU table
@@ -164,7 +173,8 @@ struct KernelState {
   bool retry = false;  // the op at pc blocked: it is retried without counting a step
   uint32_t pending_reads = 0, pending_writes = 0;
   int64_t blocked_op = -1, blocked_cb = -1, blocked_want = 0;
-  int blocked_what = 0;  // 0 "free", 1 "filled"
+  int blocked_what = 0;  // 0 "free", 1 "filled", 2 a semaphore (blocked_cb: its index)
+  int64_t blocked_core = -1, blocked_holds = 0;  // a semaphore: the first short core and its value
 };
 
 constexpr int64_t POISON_BLOCK = 256;  // device.py POISON_BLOCK
@@ -252,6 +262,7 @@ constexpr int NUM_COUNT_KEYS = 64;
 struct Counters {
   int64_t tiles[NUM_COUNT_KEYS] = {};                      // per count key
   int64_t noc_bytes = 0, dram_bytes = 0, dram_written = 0;  // per core, static parts
+  int64_t mcast_sent = 0, mcast_fanout = 1;                  // bytes this core multicast; its widest fan-out
   void charge(int64_t code) { tiles[code >> 40] += code & ((int64_t{1} << 40) - 1); }
 };
 
@@ -264,6 +275,7 @@ struct Run {
   std::atomic<int64_t> best{std::numeric_limits<int64_t>::max()};
   std::vector<std::optional<Fault>> faults;  // per core
   std::vector<Counters> counters;            // per core
+  std::vector<int64_t> semaphores;           // lockstep programs: [cores][NUM_SEMAPHORES]
   explicit Run(const Encoded& e) : E(e) {}
 };
 
@@ -306,6 +318,8 @@ class Core {
   Core& operator=(const Core&) = delete;
 
   void run(int64_t core);
+  // A program with semaphores or multicast: all its cores, op by op on this thread (see the header comment).
+  static void run_lockstep(Run& run, ThreadAcc& acc);
 
  private:
   Run& R;
@@ -360,8 +374,27 @@ class Core {
 
   // -- scheduler ----------------------------------------------------------------------------------
 
-  enum Resume { BLOCKED, FINISHED };
+  enum Resume { BLOCKED, FINISHED, CONTINUE };
   Resume resume(int kernel);
+  Resume step(int kernel);  // one instruction of a kernel
+  // instructions of a kernel up to (not including) the next semaphore or multicast op, or until it blocks or ends
+  Resume run_segment(int kernel) {
+    cur_kernel = kernel;
+    for (;;) {
+      int64_t opc = E.code[k[kernel].pc].f[0];
+      if (opc == SEM_SET || opc == SEM_WAIT || opc == SEM_INC || opc == NOC_MCAST) return CONTINUE;
+      Resume r = step(kernel);
+      if (r != CONTINUE) return r;
+    }
+  }
+  void start(int64_t index);
+  void record(Fault& f);
+  // lockstep: the semaphore_wait about to run blocks on every core (a short core and its value)
+  bool force_block = false;
+  int64_t force_core = -1, force_holds = 0;
+  bool enabled(int64_t reg) const { return reg < 0 || regs[reg] != 0; }
+  int64_t& semaphore(int64_t core_index, int64_t index) { return R.semaphores[core_index * NUM_SEMAPHORES + index]; }
+  void op_noc_mcast(int kernel, const Instr& in);
   void execute(int kernel, const Instr& in, bool& blocked);
   void finish(int kernel);
   void check_drained();
@@ -532,7 +565,7 @@ class Core {
   void op_pack(const Instr& in);
 };
 
-void Core::run(int64_t index) {
+void Core::start(int64_t index) {
   core = index;
   bank = E.banks[core];
   own_l1 = R.mem[1].data + bank * R.mem[1].capacity;
@@ -553,6 +586,20 @@ void Core::run(int64_t index) {
   masked_index = 0;
   counters = Counters{};
   f16_overflow = false;
+}
+
+void Core::record(Fault& f) {
+  f.position = position;
+  if (f.kernel == -1) f.kernel = cur_kernel;  // -2: none named
+  if (f.op == -1) f.op = cur_op;
+  int64_t best = R.best.load(std::memory_order_relaxed);
+  while (position < best && !R.best.compare_exchange_weak(best, position, std::memory_order_relaxed)) {
+  }
+  R.faults[core] = std::move(f);
+}
+
+void Core::run(int64_t index) {
+  start(index);
   try {
     int live[KERNELS] = {0, 1, 2};
     int n_live = KERNELS;
@@ -575,22 +622,88 @@ void Core::run(int64_t index) {
     }
     check_drained();
   } catch (Fault& f) {
-    f.position = position;
-    if (f.kernel == -1) f.kernel = cur_kernel;  // -2: none named
-    if (f.op == -1) f.op = cur_op;
-    int64_t best = R.best.load(std::memory_order_relaxed);
-    while (position < best && !R.best.compare_exchange_weak(best, position, std::memory_order_relaxed)) {
-    }
-    R.faults[core] = std::move(f);
+    record(f);
   } catch (Stop&) {
   }
   R.counters[core] = counters;
 }
 
 Core::Resume Core::resume(int kernel) {
-  KernelState& K = k[kernel];
   cur_kernel = kernel;
   for (;;) {
+    Resume r = step(kernel);
+    if (r != CONTINUE) return r;
+  }
+}
+
+void Core::run_lockstep(Run& R, ThreadAcc& acc) {
+  const Encoded& E = R.E;
+  const int64_t n = E.cores;
+  std::vector<std::unique_ptr<Core>> cs;
+  for (int64_t c = 0; c < n; ++c) {
+    cs.push_back(std::make_unique<Core>(R, acc));
+    cs.back()->start(c);
+  }
+  bool faulted = false;
+  // runs fn on every core (all of them, so that every core faulting at this op is recorded)
+  auto each = [&](const std::function<void(Core&)>& fn) {
+    for (auto& c : cs) {
+      try {
+        fn(*c);
+      } catch (Fault& f) {
+        c->record(f);
+        faulted = true;
+      } catch (Stop&) {
+        faulted = true;
+      }
+    }
+  };
+  int live[KERNELS] = {0, 1, 2};
+  int n_live = KERNELS;
+  while (n_live && !faulted) {
+    int64_t before = cs[0]->steps;
+    bool progressed = false;
+    int snapshot[KERNELS];
+    int n_snapshot = n_live;
+    std::copy(live, live + n_live, snapshot);
+    for (int s = 0; s < n_snapshot && !faulted; ++s) {
+      int kernel = snapshot[s];
+      Resume r = CONTINUE;
+      while (r == CONTINUE && !faulted) {
+        // up to the next inter-core op, each core on its own (what happens there touches only its own state,
+        // as in the threaded mode); every core stops at the same instruction
+        each([&](Core& c) { r = c.run_segment(kernel); });
+        if (r != CONTINUE || faulted) break;
+        const Instr& in = E.code[cs[0]->k[kernel].pc];
+        bool force = false;
+        int64_t short_core = -1, holds = 0;
+        if (in.f[0] == SEM_WAIT && in.f[3] >= 0 && in.f[3] < NUM_SEMAPHORES)
+          for (int64_t c = 0; c < n && !force; ++c)
+            if (cs[c]->enabled(in.f[2]) && R.semaphores[c * NUM_SEMAPHORES + in.f[3]] < in.f[4])
+              force = true, short_core = c, holds = R.semaphores[c * NUM_SEMAPHORES + in.f[3]];
+        each([&](Core& c) {
+          c.cur_kernel = kernel;
+          c.force_block = force, c.force_core = short_core, c.force_holds = holds;
+          r = c.step(kernel);
+        });
+      }
+      if (faulted) break;
+      if (r == FINISHED) {
+        int* end = std::remove(live, live + n_live, kernel);
+        n_live = static_cast<int>(end - live);
+        progressed = true;
+        each([&](Core& c) { c.finish(kernel); });
+      }
+    }
+    if (!faulted && n_live && !progressed && cs[0]->steps == before) each([&](Core& c) { c.deadlock(live, n_live); });
+  }
+  if (!faulted) each([&](Core& c) { c.check_drained(); });
+  for (int64_t c = 0; c < n; ++c) R.counters[c] = cs[c]->counters;
+}
+
+Core::Resume Core::step(int kernel) {
+  KernelState& K = k[kernel];
+  {
     const Instr& in = E.code[K.pc];
     int64_t opc = in.f[0];
     if (opc == END) return FINISHED;
@@ -603,7 +716,7 @@ Core::Resume Core::resume(int kernel) {
       } else {
         ++K.pc;
       }
-      continue;
+      return CONTINUE;
     }
     cur_op = in.f[1];
     if (!K.retry) {
@@ -627,6 +740,7 @@ Core::Resume Core::resume(int kernel) {
     }
     ++K.pc;
   }
+  return CONTINUE;
 }
 
 void Core::finish(int kernel) {
@@ -659,8 +773,8 @@ void Core::deadlock(const int* live, int n_live) {
     p[2] = K.blocked_cb;
     p[3] = K.blocked_want;
     p[4] = K.blocked_what;
-    p[5] = cb[K.blocked_cb].filled;
-    p[6] = E.cbs[K.blocked_cb].pages;
+    p[5] = K.blocked_what == 2 ? K.blocked_holds : cb[K.blocked_cb].filled;
+    p[6] = K.blocked_what == 2 ? K.blocked_core : E.cbs[K.blocked_cb].pages;
   }
   throw f;
 }
@@ -876,12 +990,69 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       return;
     case RAISE:
       fail(RAISED, f[3], {f[2]});
+    // -- semaphores and multicast (lockstep programs only: run_lockstep)
+    case SEM_SET:
+      if (enabled(f[2])) semaphore(core, f[3]) = f[4];
+      return;
+    case SEM_WAIT:
+      if (force_block) {  // run_lockstep found a short core
+        blocked = true;
+        K.blocked_op = f[1], K.blocked_cb = f[3], K.blocked_want = f[4], K.blocked_what = 2;
+        K.blocked_core = force_core, K.blocked_holds = force_holds;
+      }
+      return;
+    case SEM_INC: {
+      if (!enabled(f[4])) return;
+      int64_t x = regs[f[2]], y = regs[f[3]], gx = f[7], gy = f[8];
+      if (x < 0 || x >= gx || y < 0 || y >= gy) fail(SEM_TARGET, -1, {x, y, gx, gy});
+      semaphore(y * gx + x, f[5]) += f[6];
+      return;
+    }
+    case NOC_MCAST:
+      op_noc_mcast(kernel, in);
+      return;
     default:
       internal("unknown opcode " + std::to_string(f[0]));
   }
 }
 
 // ------------------------------------------------------------------------------------------ NoC
+
+void Core::op_noc_mcast(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const int64_t index = f[7];
+  const CBConfig& c = config(index);
+  const bool en = enabled(f[6]);
+  const int64_t x0 = regs[f[2]], y0 = regs[f[3]], x1 = regs[f[4]], y1 = regs[f[5]], gx = f[12], gy = f[13];
+  if (en && (x0 < 0 || y0 < 0 || x1 >= gx || y1 >= gy || x0 > x1 || y0 > y1))
+    fail(MCAST_RECT, index, {x0, y0, x1, y1, gx, gy});
+  const int64_t n = std::max<int64_t>(f[9], 0);
+  page_range(f[8], n);
+  check_window(index, offs.data(), n, cb[index].reserved, false, 1);
+  if (en && (k[kernel].pending_reads & (1u << index))) fail(MCAST_PENDING_READS, index, {}, 2);
+  int64_t receivers = 0;
+  if (en) {
+    const Memory& l1 = R.mem[1];
+    for (int64_t y = y0; y <= y1; ++y)
+      for (int64_t x = x0; x <= x1; ++x) {
+        int64_t r = y * gx + x;
+        if (r == core) continue;
+        ++receivers;
+        uint8_t* dst = l1.data + E.banks[r] * l1.capacity;
+        for (int64_t i = 0; i < n; ++i) {
+          int64_t at = c.address + back_slot(index, offs[i]) * c.page_size;
+          std::memcpy(dst + at, own_l1 + at, c.page_size);
+        }
+        if (f[10] >= 0) semaphore(r, f[10]) = f[11];
+      }
+    if (receivers) counters.mcast_sent += n * c.page_size;
+    counters.mcast_fanout = std::max(counters.mcast_fanout, receivers);
+  }
+  AddrGen g;
+  g.page_size = c.page_size;
+  g.memory = 1;
+  count_masked(g, receivers ? n * (1 + receivers) : 0);
+}
 
 // Interpreter `_locate`'s layout check and `Memory.locate`'s choice of path: the sharded buffer at the
 // base, if any (layout_at and locate both look the base up among the sharded buffers' addresses).
@@ -1540,6 +1711,8 @@ std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int
       throw std::invalid_argument("runtime argument offsets need cores + 1 entries");
   }
   e->banks = std::move(banks);
+  for (const Instr& in : e->code)
+    if (in.f[0] == SEM_SET || in.f[0] == SEM_WAIT || in.f[0] == SEM_INC || in.f[0] == NOC_MCAST) e->lockstep = true;
   e->dst = static_cast<DstFormat>(dst_format);
   e->fparams = std::move(fparams);
   e->tables.assign(tables.data(), tables.data() + tables.size());
@@ -1572,6 +1745,10 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   // under kParallelUs of thread time. The result is the same for any number of threads.
   int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, E.cores)));
   if (E.last_run_us > 0 && E.last_run_us * E.last_workers < kParallelUs) workers = 1;
+  if (E.lockstep) {
+    workers = 1;
+    R.semaphores.assign(E.cores * NUM_SEMAPHORES, 0);
+  }
   std::vector<ThreadAcc> acc(workers);
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
@@ -1581,6 +1758,10 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     py::gil_scoped_release release;
     std::function<void(int)> task = [&](int worker) {
       try {
+        if (E.lockstep) {
+          Core::run_lockstep(R, acc[worker]);
+          return;
+        }
         Core core(R, acc[worker]);
         for (int64_t c; (c = next.fetch_add(1)) < E.cores;) core.run(c);
       } catch (...) {
@@ -1693,7 +1874,9 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   }
   py::tuple tiles(NUM_COUNT_KEYS);
   for (int i = 0; i < NUM_COUNT_KEYS; ++i) tiles[i] = c0.tiles[i];
-  py::tuple counts = py::make_tuple(tiles, noc, dram_all, written, local);
+  int64_t link = 0, fanout = 1;
+  for (const Counters& c : R.counters) link = std::max(link, c.mcast_sent), fanout = std::max(fanout, c.mcast_fanout);
+  py::tuple counts = py::make_tuple(tiles, noc, dram_all, written, local, link, fanout);
   return py::make_tuple(py::none(), counts, dirty, races);
 }
 

@@ -38,7 +38,7 @@ def test_attributes_are_recorded() -> None:
     out = body_text(compile_graph(matmul(64, 96, 128), pipeline=PIPELINE + "{math-fidelity=hifi2}"))
     line = next(line for line in out.splitlines() if '"ttir.linear"' in line)
     assert re.search(r'\{activation = "none", transpose_b = false, tt.blocking = \{batches = 1, per_core_m = \d+, '
-                     r'per_core_n = \d+, in0_block_w = \d+, out_subblock_h = \d+, out_subblock_w = \d+\}, '
+                     r'per_core_n = \d+, in0_block_w = \d+, out_subblock_h = \d+, out_subblock_w = \d+(, mcast = 1)?\}, '
                      r'tt.cost = \{cycles = \d+, bound = "(compute|dram|noc)"\}, tt.grid = #tt.grid<\d+x\d+>, '
                      r'tt.math_fidelity = "hifi2", tt.sharding = \{layout = "interleaved", reason = "interleaved: [^"]+"\}\}',
                      line), line

@@ -156,3 +156,43 @@ def test_cli_reports_a_mutated_artifact_as_a_device_fault_or_a_golden_failure(
             assert "device fault" in err and "core (" in err
     assert set(codes) <= {EXIT_DEVICE_FAULT, EXIT_GOLDEN_FAILED}
     assert EXIT_DEVICE_FAULT in codes
+
+
+# ----------------------------------------------------------------------------------------------
+# Multicast matmuls (passes/ops/matmul_mcast.py): the handshake's semaphores and the multicast rectangle
+
+
+def mcast_program(module: Module) -> Operation:
+    return next(p for p in programs(module) if any(op.name == "ttkernel.noc_mcast_cb" for op in p.walk()))
+
+
+def delete_first(name: str) -> Mutation:
+    """The first multicast program's reader loses its first `name` op."""
+    def mutate(module: Module) -> None:
+        next(op for op in mcast_program(module).walk() if op.name == f"ttkernel.{name}").erase()
+    return mutate
+
+
+def rectangle_past_the_grid(module: Module) -> None:
+    """Core (0,0) multicasts its in0 blocks to a row one core wider than the grid."""
+    from ttc.passes.ops.matmul_mcast import MCAST_ARGS
+
+    program = mcast_program(module)
+    args = [[list(core) for core in per_kernel] for per_kernel in program.attributes["runtime_args"]]
+    args[0][0][MCAST_ARGS + 4] += 1  # the last column of its row's rectangle
+    program.attributes["runtime_args"] = tuple(tuple(tuple(core) for core in per_kernel) for per_kernel in args)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (delete_first("semaphore_inc"), r"deadlock: no kernel on any core can make progress\n  reader kernel on core "
+                                    r"\(0,0\): ttkernel.semaphore_wait waits for semaphore 0 to reach \d+ \(it holds 0\)"),
+    (delete_first("noc_mcast_cb"), r"deadlock: .*\n  reader kernel on core \(1,0\): ttkernel.semaphore_wait waits for "
+                                   r"semaphore 1 to reach 1 \(it holds 0\)"),
+    (rectangle_past_the_grid, r"multicast rectangle \(0,0\)-\(\d+,0\) is outside the program's \d+x\d+ grid\n  at core "
+                              r"\(0,0\), reader kernel, CB 0, op ttkernel.noc_mcast_cb"),
+], ids=["missing-increment", "missing-multicast", "rectangle-outside"])
+def test_a_broken_multicast_handshake_is_a_device_fault(mlp, encoder, mutate, message) -> None:
+    for model, compiled in (mlp, encoder):
+        broken = mutated(compiled, mutate)
+        with pytest.raises(DeviceFault, match=message):
+            broken.run(zoo.random_inputs(model, seed=0))

@@ -31,9 +31,11 @@ _OPERANDS = {"addi": ("index", "index"), "muli": ("index", "index"), "mini": ("i
              "noc_read_tiles": (GEN, "index"), "noc_write_tiles": (GEN, "index"),
              "noc_read_pages": (GEN, "index"), "noc_read_tiles_indexed": (GEN,),
              "noc_read_rows_indexed": (GEN, "index", "index"), "noc_write_rows": (GEN, "index", "index"),
-             "mask_tiles": ("index", "index")}
-# ops taking an optional operand more: the NoC tile ops' valid_cols (a ragged edge)
-_OPTIONAL = {"noc_read_tiles": "index", "noc_write_tiles": "index"}
+             "mask_tiles": ("index", "index"), "semaphore_set": (), "semaphore_wait": (),
+             "semaphore_inc": ("index", "index"), "noc_mcast_cb": ("index",) * 4}
+# ops taking an optional operand more: the NoC tile ops' valid_cols (a ragged edge), the inter-core ops' `enabled`
+_OPTIONAL = {"noc_read_tiles": "index", "noc_write_tiles": "index", "semaphore_set": "index",
+             "semaphore_wait": "index", "semaphore_inc": "index", "noc_mcast_cb": "index"}
 
 
 def _attr(key: str, value: object) -> str:

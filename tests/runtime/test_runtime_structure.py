@@ -140,7 +140,8 @@ def test_every_compute_charge_is_a_handler_and_every_uncharged_op_is_known() -> 
         "cb_reserve_back", "cb_push_back", "cb_wait_front", "cb_pop_front",
         "noc_read_tiles", "noc_read_pages", "noc_read_tiles_indexed", "noc_read_rows_indexed", "noc_write_tiles",
         "noc_write_rows", "noc_read_barrier", "noc_write_barrier",
-        "tile_regs_acquire", "tile_regs_commit", "tile_regs_wait", "tile_regs_release", "pack_tiles", "pack_rows")}
+        "tile_regs_acquire", "tile_regs_commit", "tile_regs_wait", "tile_regs_release", "pack_tiles", "pack_rows",
+        "semaphore_set", "semaphore_wait", "semaphore_inc", "noc_mcast_cb")}
     assert set(HANDLERS) - charged == free
 
 
