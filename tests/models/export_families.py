@@ -51,17 +51,22 @@ class Family:
         return json.dumps({"version": 1, **asdict(self)}, sort_keys=True)
 
 
+# The classifier head of the deployed checkpoints (facebook/deit-small-patch16-224, facebook/convnext-tiny-224:
+# 1000 ImageNet classes) instead of HF's default config (num_labels=2). Two logits make the golden rule's
+# relative L2 error a statistic of two numbers, which bf16 noise through 12 layers can tip either way.
+IMAGENET_HEAD = {"num_labels": 1000}
+
 FAMILIES: dict[str, Family] = {
     # vision transformers
     "vit-base": Family("vit", (12,), slow=True),
     "vit-base-mini": Family("vit", (1,)),
-    "deit-small": Family("deit", (12,), slow=True),
-    "deit-small-mini": Family("deit", (1,)),
+    "deit-small": Family("deit", (12,), slow=True, options=IMAGENET_HEAD),
+    "deit-small-mini": Family("deit", (1,), options=IMAGENET_HEAD),
     "swin-tiny": Family("swin", (2, 2, 6, 2), slow=True),
     "swin-tiny-mini": Family("swin", (1, 1)),
     # CNNs
-    "convnext-tiny": Family("convnext", (3, 3, 9, 3), slow=True),
-    "convnext-tiny-mini": Family("convnext", (1, 1, 1, 1)),
+    "convnext-tiny": Family("convnext", (3, 3, 9, 3), slow=True, options=IMAGENET_HEAD),
+    "convnext-tiny-mini": Family("convnext", (1, 1, 1, 1), options=IMAGENET_HEAD),
     "efficientnet-b0": Family("efficientnet", (1, 2, 2, 3, 3, 4, 1), slow=True),
     "efficientnet-b0-mini": Family("efficientnet", (1, 1, 1)),
     "yolo": Family("yolo", (1, 2, 2, 1), slow=True),
@@ -168,7 +173,8 @@ def build(name: str, spec: Family):
         return module, (image,), ["pixel_values"], outs
     if kind == "deit":
         config = transformers.DeiTConfig(num_hidden_layers=spec.depth[0], hidden_size=384, num_attention_heads=6,
-                                         intermediate_size=1536, attn_implementation="eager")
+                                         intermediate_size=1536, attn_implementation="eager",
+                                         num_labels=spec.options.get("num_labels", 2))
         model = transformers.DeiTForImageClassificationWithTeacher(config)  # CLS + distillation tokens
         perturb(model, 1)
         module, outs = _vision(model, lambda o: o.hidden_states[-1])
@@ -184,7 +190,8 @@ def build(name: str, spec: Family):
                                else o.hidden_states[-1])
         return module, (image,), ["pixel_values"], outs
     if kind == "convnext":
-        config = transformers.ConvNextConfig(depths=list(spec.depth), hidden_sizes=[96, 192, 384, 768])
+        config = transformers.ConvNextConfig(depths=list(spec.depth), hidden_sizes=[96, 192, 384, 768],
+                                             num_labels=spec.options.get("num_labels", 2))
         model = transformers.ConvNextForImageClassification(config)
         he_init(model, 1)
         perturb(model, 2)

@@ -73,19 +73,19 @@ CRNN = Cliff("compile", "'ttir.softmax' does not fit in L1 on e150: its smallest
                        "blockings is 878592 bytes", ROW)  # behind the LSTM's 40-input sum, fixed (item 3)
 SLOW_MOVEMENT = Cliff("budget", "compile CPU time (numpy tile maps of large movements)", MOVE)
 CLIFFS: dict[str, Cliff] = {
-    # compiles since the K split; 12 layers of bf16 put its two logits just past the rule (PCC 1.0)
-    "deit-small": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.07),
     # the minis compile and pass golden since the element gather (issue 15 item 3), over the compile budget
     "swin-tiny-mini": SLOW_MOVEMENT, "swin-tiny": SLOW_MOVEMENT,
     "convnext-tiny-mini": SLOW_MOVEMENT,
-    # compiles since the element gather (no host ops); its 2 logits miss the rule: PCC 1.0, rel L2 0.060 (bf16)
-    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
+    # passes golden since layout's bounded-f16 (was rel L2 0.060 on its former 2-logit head), compiles over budget
+    "convnext-tiny": SLOW_MOVEMENT,
     "yolo-mini": SLOW_MOVEMENT, "yolo": SLOW_MOVEMENT,  # full-size yolo not re-run
     "dbnet-mini": DBNET, "dbnet": DBNET,
     "crnn-mini": CRNN, "crnn": CRNN,
-    # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
-    "t5-small-encoder": Cliff("golden", "last_hidden_state", "not issue 15: bf16 accuracy at depth", 0.08),
-    "t5-small-decoder": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.12),
+    # 6 layers, rel L2 0.070 with bounded-f16 (0.084 all bf16): its residual stream is computed from the
+    # encoder_hidden_states input (cross-attention), which no range bounds, and its self-attention logits carry
+    # a finfo.min mask, so both stay bf16; ideal bf16 arithmetic (PyTorch, fp32 accumulation) gives 0.059 too
+    "t5-small-decoder": Cliff("golden", "logits", "bf16 accuracy at depth: unbounded input, finfo.min mask",
+                              0.08),
     "resnet50-b20": Cliff("compile", "node \"node_Conv_761\": 'ttir.linear' does not fit in L1 on e150: its "
                                      "smallest footprint over all grids and blockings is 401408 bytes", CONV),
 }
