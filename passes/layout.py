@@ -1,9 +1,16 @@
 """`layout`: give every device tensor its data format and memory space.
 
-- Data format (the element type): bf16 everywhere on the device by default. With `dtype=bfp8_b`, the
+- Data format (the element type): bf16 on the device by default. With `dtype=bfp8_b`, the
   weight constants used only as the second operand of matmuls (`ttir.linear` / `ttir.matmul`) are
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
   types; the `ttir.to_layout` ops at the edges convert.
+- Bounded f16 (`bounded-f16=true`, the default; a mixed-precision choice): a computed value whose program
+  provably stays below F16_SAFE in magnitude at every step (`passes/ranges.py`: its Dst operands, a fused
+  body's intermediates, a matmul's partial sums, a softmax's x - max) is Float16, which has 3 more mantissa
+  bits than bf16 where most of a network's values lie. Not a norm's or a reduction's result, nor a value a
+  reduction reads: their small squares would meet Float16's subnormal range, where it holds fewer bits than
+  bf16. Graph inputs and what is computed from them before a normalisation are unbounded and stay bf16. A
+  Float16 overflow would still be a device fault, never a silent inf.
 - Precise softmax (`precise-softmax=true`, opt-in: bf16 everywhere is the default, as on the hardware): a
   softmax whose probabilities go back to the host (a classifier's output) turns absolute errors of its
   logits into relative errors of its probabilities, and in a bf16 Dst a matmul's accumulation adds about

@@ -63,6 +63,9 @@ class Range:
 # at most a relative 2^-8 (bf16): every bound is widened by this factor per op (matmuls by one rounding per
 # 16 elements of K), so that the ranges hold the device's values, not only the exact ones.
 ROUNDING_SLACK = (1 + 2.0 ** -8) ** 4
+# A normalisation divides by a statistic the device computes in bf16 (squares, a grouped sum, rsqrt): its
+# bound sqrt(N) may be exceeded by the relative error of that statistic, allowed for generously here.
+NORM_SLACK = (1 + 2.0 ** -8) ** 32
 
 
 def _widened(r: Range, factor: float) -> Range:
@@ -129,6 +132,14 @@ def unary_range(fn: str, x: Range) -> Range | None:
     return None
 
 
+def _along(r: Range | None, value: Value, width: int) -> Range | None:
+    """r for an operand of an op whose rows are `width` long: an operand broadcast along the last axis (a
+    column, a scalar) repeats its elements along the row, so its own row norm says nothing there."""
+    if r is None or (r.row_norm is None and r.col_norm is None) or _last_dim(value) == width:
+        return r
+    return Range(r.lo, r.hi)
+
+
 def _product(a: Range, b: Range) -> Range:
     ends = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
     row_norm = None
@@ -183,7 +194,8 @@ class _Analysis:
                 continue
             try:
                 found = self.transfer(op)
-            except (ValueError, ArithmeticError):  # a degenerate case (a 0-d weight, an empty axis): unbounded
+            except (ValueError, ArithmeticError, TypeError, AttributeError, IndexError, KeyError):
+                # an op of a form the rules do not expect (a 0-d weight, an empty axis, an odd attribute): unbounded
                 found = None
             if found is not None and op.name not in (ttir.CONSTANT.name, ttir.SOFTMAX.name):
                 found = _widened(found, ROUNDING_SLACK)
@@ -271,7 +283,7 @@ class _Analysis:
         bias = inputs[2] if len(inputs) > 2 else Range(0.0, 0.0)
         if scale is None or bias is None:
             return None
-        norm = math.sqrt(size) * scale.magnitude
+        norm = math.sqrt(size) * scale.magnitude * NORM_SLACK
         row_norm = norm + math.sqrt(_last_dim(op.result)) * bias.magnitude
         return Range(-norm + bias.lo, norm + bias.hi, row_norm)
 
@@ -296,8 +308,9 @@ class _Analysis:
             self.linear_info[op.result] = (x_norm, w, inputs[2] if len(inputs) > 2 else None)
         else:
             bound = k * a.magnitude * b.magnitude
-            if a.row_norm is not None and b.col_norm is not None:  # Cauchy-Schwarz per output element
-                bound = min(bound, a.row_norm * b.col_norm)
+            contracted = b.row_norm if transpose_b else b.col_norm  # the norm of b along K
+            if a.row_norm is not None and contracted is not None:  # Cauchy-Schwarz per output element
+                bound = min(bound, a.row_norm * contracted)
             out = Range(-bound, bound)
         if len(op.operands) > 2:
             bias = inputs[2]
@@ -334,7 +347,7 @@ class _Analysis:
                 self.constant(inner)
                 env[inner.result] = self.ranges.get(inner.result)
                 continue
-            args = [env.get(v) for v in inner.operands]
+            args = [_along(env.get(v), v, _last_dim(inner.result)) for v in inner.operands]
             normalised = self.rms_idiom(inner, sources)
             if normalised is not None:
                 env[inner.result] = normalised
@@ -378,7 +391,7 @@ class _Analysis:
         for x, r in (op.operands, op.operands[::-1]):
             c = self._inverse_root_of_sum_of_squares(r, x, sources)
             if c is not None and c > 0:
-                bound = 1.0 / math.sqrt(c)
+                bound = NORM_SLACK / math.sqrt(c)
                 return Range(-bound, bound, bound)
         return None
 

@@ -113,9 +113,10 @@ def test_the_rms_norm_idiom_bounds_an_unbounded_input_by_sqrt_n() -> None:
     module = compile_graph(g, pipeline="layout{bounded-f16=false}")
     ranges, peaks = value_ranges(module.function("main"), module.weights)
     bounded = [r for r in ranges.values() if r.magnitude > 0]
-    assert any(math.isclose(r.magnitude, 8.0, rel_tol=0.03) and r.row_norm is not None for r in bounded)
+    # sqrt(64) = 8, with the slack for the device's bf16 statistic (NORM_SLACK) and roundings
+    assert any(8.0 <= r.magnitude <= 8.0 * 1.2 and r.row_norm is not None for r in bounded)
     # its program reads the unbounded input (and sum) into Dst: its peak is not finite, so it stays bf16
-    assert all(not math.isfinite(p) or p < 10 for p in peaks.values())
+    assert all(not math.isfinite(p) or p < 8.0 * 1.2 for p in peaks.values())
     assert "xf16," not in body_text(compile_graph(rms_norm_graph(64)[0], pipeline=LAYOUT))
 
 
@@ -151,7 +152,7 @@ def test_matmul_bounds_hold_for_the_worst_aligned_inputs() -> None:
     ranges, _ = value_ranges(module.function("main"), module.weights)
     bound = max(r.magnitude for v, r in ranges.items() if getattr(v.type, "shape", None) == (32, 48))
     column = np.linalg.norm(w, axis=0).max()
-    assert 8.0 * column <= bound <= 8.0 * column * 1.1  # ||x_hat|| = sqrt(64) = 8
+    assert 8.0 * column <= bound <= 8.0 * column * 1.25  # ||x_hat|| = sqrt(64) = 8, and the rounding slack
     rows = r.standard_normal((1000, 64))
     rows = (rows - rows.mean(1, keepdims=True)) / rows.std(1, keepdims=True)
     assert np.abs(rows @ w).max() <= bound
