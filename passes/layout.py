@@ -11,7 +11,7 @@
   reduction reads: their small squares would meet Float16's subnormal range, where it holds fewer bits than
   bf16. Graph inputs and what is computed from them before a normalisation are unbounded and stay bf16. A
   Float16 overflow would still be a device fault, never a silent inf.
-- Precise softmax (`precise-softmax=true`, opt-in: bf16 everywhere is the default, as on the hardware): a
+- Precise softmax (`precise-softmax=true`, opt-in): a
   softmax whose probabilities go back to the host (a classifier's output) turns absolute errors of its
   logits into relative errors of its probabilities, and in a bf16 Dst a matmul's accumulation adds about
   four times the error of storing its result in bf16. With the option, such a softmax's result and its

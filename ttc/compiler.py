@@ -35,7 +35,8 @@ SOFTMAX_PRECISIONS = ("f16", "bf16")
 
 def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "bf16") -> str:
     """The passes from imported ttir down to allocated kernel programs. `softmax_precision` f16 turns on
-    layout's precise-softmax (a host-read softmax and its logits in Float16; bf16 everywhere by default)."""
+    layout's precise-softmax (a host-read softmax and its logits in Float16); layout's bounded-f16 (on by default)
+    holds in Float16 the values whose range it proves, bf16 elsewhere."""
     layout = f"dtype={dtype}" + (" precise-softmax=true" if softmax_precision == "f16" else "")
     return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{{layout}}},"
             f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")

@@ -156,3 +156,13 @@ def test_matmul_bounds_hold_for_the_worst_aligned_inputs() -> None:
     rows = r.standard_normal((1000, 64))
     rows = (rows - rows.mean(1, keepdims=True)) / rows.std(1, keepdims=True)
     assert np.abs(rows @ w).max() <= bound
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 3e4])
+def test_bounded_f16_holds_whatever_the_input_scale(scale: float) -> None:
+    """The f16 values are bounded by the norm, not by the input: inputs up to 3e4 (bf16 values past Float16's
+    range after the first linear) run without a Float16 overflow fault and give finite outputs."""
+    module = compile_graph(attention_like(), pipeline="layout{bounded-f16=true}," + BACKEND.split(",", 1)[1])
+    x = (rng(4).standard_normal((32, 64)) * scale).astype(np.float32)
+    out = run(module, {"x": x})["out"]
+    assert np.isfinite(out).all()
