@@ -82,19 +82,31 @@ def _last_dim(value: Value) -> int:
 GRAM_LIMIT = 256  # blocks up to this many columns get their exact spectral norm (an eigenvalue of W^T W)
 
 
-def _spectral_norm(w: np.ndarray) -> float:
-    """The spectral norm of a [K, n] block with n <= GRAM_LIMIT, from the largest eigenvalue of its Gram matrix
-    (relative error ~1e-13 in float64; rounded up by 1e-9), never above `_spectral_bound`."""
-    gram = w.T @ w
-    largest = float(np.linalg.eigvalsh(gram)[-1])
-    return min(math.sqrt(max(largest, 0.0)) * (1 + 1e-9), _spectral_bound(w))
+def _spectral_norms(blocks: np.ndarray) -> np.ndarray:
+    """The spectral norms of blocks [..., K, n] with n <= GRAM_LIMIT, from the largest eigenvalue of each Gram
+    matrix in float64 (relative error ~1e-13; rounded up by 1e-9)."""
+    blocks = blocks.astype(np.float64)
+    largest = np.linalg.eigvalsh(np.swapaxes(blocks, -1, -2) @ blocks)[..., -1]
+    return np.sqrt(np.maximum(largest, 0.0)) * (1 + 1e-9)
 
 
-def _spectral_bound(w: np.ndarray) -> float:
-    """An upper bound on the spectral norm of a matrix: min(Frobenius norm, sqrt(max column sum * max row sum))."""
-    frobenius = float(np.sqrt(np.square(w).sum()))
-    a = np.abs(w)
-    return min(frobenius, math.sqrt(float(a.sum(axis=0).max()) * float(a.sum(axis=1).max())))
+def _weight_stats(w: np.ndarray) -> tuple[float, float, float]:
+    """(the largest column Euclidean norm, the largest column absolute sum, an upper bound on the spectral norm:
+    min(Frobenius, sqrt(largest column sum * largest row sum))) over weight matrices [B, K, N]. float32 sums
+    of non-negative terms in any order are within (terms - 1) 2^-24 of the exact sum, relatively (each square
+    rounded by 2^-24 more; the Frobenius norm adds the column sums in float64): the results are raised by that."""
+    w = w.astype(np.float32, copy=False)
+    squares = np.square(w)
+    magnitudes = np.abs(w)
+    columns = squares.sum(axis=-2)  # [B, N]
+    column_sums = magnitudes.sum(axis=-2)  # [B, N]
+    row_sums = magnitudes.sum(axis=-1)  # [B, K]
+    slack = 1 + (max(w.shape[-1], w.shape[-2]) + 1) * 2.0 ** -23  # K terms per column sum, N per row sum
+    frobenius = np.sqrt(columns.astype(np.float64).sum(axis=-1))
+    mixed = np.sqrt(column_sums.astype(np.float64).max(axis=-1) * row_sums.max(axis=-1))
+    stats = (math.sqrt(float(columns.max()) * slack), float(column_sums.max()) * slack,
+             float(np.minimum(frobenius, mixed).max()) * math.sqrt(slack) * slack)
+    return stats if all(math.isfinite(x) for x in stats) else (math.inf, math.inf, math.inf)  # an inf or NaN
 
 
 # Unary functions by their interval images (monotone ones map the ends; the others have fixed ranges).
@@ -182,10 +194,13 @@ class _Analysis:
             return
         if array.dtype.kind not in "fiu":  # bfloat16 and other extension types
             array = array.astype(np.float32)
+        self.arrays[op.result] = array
+        if op.result.uses and all(user.name in MATMULS and index == 1 for user, index in op.result.uses):
+            return  # a matmul weight: only its norms matter (`_weight_stats`), not its interval
         lo, hi = float(array.min()), float(array.max())
         if not (math.isfinite(lo) and math.isfinite(hi)):  # an inf or NaN constant: unbounded
+            del self.arrays[op.result]
             return
-        self.arrays[op.result] = array
         self.ranges[op.result] = Range(lo, hi)
 
     def run(self, func: Function) -> dict[Value, Range]:
@@ -270,8 +285,8 @@ class _Analysis:
         x_norm, w, bias = info
         if w.shape[-1] % width or width > GRAM_LIMIT:
             return None
-        blocks = w.reshape(w.shape[0], w.shape[1], w.shape[2] // width, width)
-        worst = max(_spectral_norm(blocks[m, :, h]) for m in range(w.shape[0]) for h in range(blocks.shape[2]))
+        blocks = np.moveaxis(w.reshape(w.shape[0], w.shape[1], w.shape[2] // width, width), 2, 1)  # [B, H, K, n]
+        worst = float(_spectral_norms(blocks).max())
         bias_norm = 0.0 if bias is None else math.sqrt(width) * bias.magnitude
         return (x_norm * worst + bias_norm) * (1 + 2.0 ** -8) ** (w.shape[1] // 16 + 1) * ROUNDING_SLACK
 
@@ -289,23 +304,24 @@ class _Analysis:
 
     def matmul(self, op: Operation, inputs: list[Range | None]) -> Range | None:
         a, b = inputs[0], inputs[1]
-        if a is None or b is None:
+        weight = self.arrays.get(op.operands[1])
+        if a is None or (b is None and weight is None):
             return None
         k = _last_dim(op.operands[0])
-        weight = self.arrays.get(op.operands[1])
         transpose_b = op.name == ttir.LINEAR.name and bool(op.attr("transpose_b"))
-        if a.stochastic:  # rows of a are convex weights (<= 1 in sum): y is within b's hull (and 0)
+        if a.stochastic and b is not None:  # rows of a are convex weights (<= 1 in sum): y is within b's hull and 0
             out = Range(min(b.lo, 0.0), max(b.hi, 0.0))
         elif weight is not None and weight.ndim >= 2:
             w = np.swapaxes(weight, -1, -2) if transpose_b else weight  # [..., K, N]
-            w = w.reshape(-1, *w.shape[-2:]).astype(np.float64)
+            w = w.reshape(-1, *w.shape[-2:])
             x_norm = a.norm_of_rows(k)
-            column = float(np.sqrt(np.square(w).sum(axis=-2)).max())
-            absolute = float(np.abs(w).sum(axis=-2).max())
+            column, absolute, spectral = _weight_stats(w)
             bound = min(x_norm * column, a.magnitude * absolute)
-            row_norm = x_norm * max(_spectral_bound(m) for m in w)
+            row_norm = x_norm * spectral
             out = Range(-bound, bound, row_norm)
             self.linear_info[op.result] = (x_norm, w, inputs[2] if len(inputs) > 2 else None)
+        elif b is None:
+            return None
         else:
             bound = k * a.magnitude * b.magnitude
             contracted = b.row_norm if transpose_b else b.col_norm  # the norm of b along K
