@@ -5,8 +5,8 @@
 the Euclidean norm of each row (the last axis), which bounds a matmul's outputs far more tightly than the
 elements do. A value missing from the result is unbounded (a graph input, anything computed from one
 without a normalisation in between, an op this analysis does not know). Every rule is a theorem about
-the exact-arithmetic value; the device's roundings move a value by a relative 2^-8 at most per step,
-which the margin `layout` keeps below Float16's largest value covers.
+the exact-arithmetic value; the device's roundings are allowed for by widening each bound: ROUNDING_SLACK
+per op, one bf16 rounding per 16 elements of a matmul's K, NORM_SLACK for a normalisation's statistic.
 
 Sources of bounds: constants (their data), embedding lookups (the table), softmax ([0, 1], each row sums
 to 1), layer norm (a normalised row has Euclidean norm sqrt(N), so |scale * x_hat + bias| <= sqrt(N)
@@ -16,8 +16,10 @@ max|scale| + max|bias|), and the RMS-norm idiom of a fused elementwise body, x *
 constant right operand W gives |y_j| <= ||x_row|| ||W_:j|| (Cauchy-Schwarz; also bounds every partial sum
 of its accumulation) and ||y_row|| <= ||x_row|| ||W||_2 (the spectral norm, bounded by min(Frobenius,
 sqrt(||W||_1 ||W||_inf))); a matmul whose left operand is a softmax along K is a convex combination of the
-right operand's rows; two bounded activations give |y| <= K max|a| max|b|; fused elementwise bodies go by
-interval arithmetic; reductions scale by the reduced size.
+right operand's rows; two bounded activations give |y| <= K max|a| max|b|, or ||a_row|| ||b_col|| where
+both are known (attention scores: a reshape splitting a matmul's columns into heads bounds each head's norm
+by the spectral norm of its block of W, and a transpose turns row norms into column norms); fused
+elementwise bodies go by interval arithmetic; reductions scale by the reduced size.
 """
 
 from __future__ import annotations
