@@ -1,10 +1,17 @@
 """`layout`: give every device tensor its data format and memory space.
 
-- Data format (the element type): bf16 everywhere on the device by default. With `dtype=bfp8_b`, the
+- Data format (the element type): bf16 on the device by default. With `dtype=bfp8_b`, the
   weight constants used only as the second operand of matmuls (`ttir.linear` / `ttir.matmul`) are
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
   types; the `ttir.to_layout` ops at the edges convert.
-- Precise softmax (`precise-softmax=true`, opt-in: bf16 everywhere is the default, as on the hardware): a
+- Bounded f16 (`bounded-f16=true`, opt-in: `--f16-where-proven`; a mixed-precision choice): a computed value whose program
+  provably stays below F16_SAFE in magnitude at every step (`passes/ranges.py`: its Dst operands, a fused
+  body's intermediates, a matmul's partial sums, a softmax's x - max) is Float16, which has 3 more mantissa
+  bits than bf16 where most of a network's values lie. Not a norm's or a reduction's result, nor a value a
+  reduction reads: their small squares would meet Float16's subnormal range, where it holds fewer bits than
+  bf16. Graph inputs and what is computed from them before a normalisation are unbounded and stay bf16. A
+  Float16 overflow would still be a device fault, never a silent inf.
+- Precise softmax (`precise-softmax=true`, opt-in): a
   softmax whose probabilities go back to the host (a classifier's output) turns absolute errors of its
   logits into relative errors of its probabilities, and in a bf16 Dst a matmul's accumulation adds about
   four times the error of storing its result in bf16. With the option, such a softmax's result and its
@@ -28,7 +35,10 @@ buffers and stay as they are.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ttc.ir.core import Function, Module, Operation, Value
 from ttc.ir.diagnostics import UserError
@@ -44,6 +54,7 @@ from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, is_view, movement_cha
 from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor
 from ttc.passes.ops.matmul import MATMUL_OPS
 from ttc.passes.ops.registry import op_kind, program_operands
+from ttc.passes.ranges import value_ranges
 
 DTYPES = ("bf16", "bfp8_b")
 NORMALIZATIONS = frozenset({ttir.SOFTMAX.name, ttir.LAYER_NORM.name})
@@ -141,7 +152,35 @@ def copy_groups(func: Function) -> list[set[Value]]:
 
 def precise_values(func: Function) -> set[Value]:
     """The values `precise-softmax` makes f16: the softmax sources, less every copy group not wholly in them."""
-    chosen = softmax_sources(func)
+    return closed_under_copies(func, softmax_sources(func))
+
+
+# A value is held in Float16 only when every step computing it stays below this in magnitude (Float16's
+# largest value is 65504; the ranges already allow for the device's roundings, a relative 2^-8 per step).
+F16_SAFE = 60000.0
+# Producers whose result stays bf16 even when bounded: a norm's variance and a reduction's sums see tiny
+# squares, which Float16's subnormal range (below 6.1e-5) would round coarsely.
+KEEP_BF16 = frozenset({ttir.LAYER_NORM.name, ttir.REDUCE_SUM.name, ttir.REDUCE_MEAN.name, ttir.REDUCE_MAX.name})
+
+
+def bounded_values(func: Function, weights: Mapping[str, Any]) -> set[Value]:
+    """The values `bounded-f16` makes f16: computed device floats (`may_be_f16`) whose every computing step is
+    proven below F16_SAFE in magnitude (`ranges.value_ranges`), other than norms' and reductions' results and
+    the values a reduction reads (squares summed for a variance), less every copy group not wholly in them."""
+    ranges, peaks = value_ranges(func, weights)
+    chosen = set()
+    for op in func.body.ops:
+        if op.name in KEEP_BF16 or (op_kind(op) is None and op.name not in MOVEMENT_OPS):
+            continue
+        for result in op.results:
+            if result in ranges and peaks.get(result, math.inf) <= F16_SAFE and may_be_f16(result) \
+                    and not any(user.name in KEEP_BF16 for user, _ in result.uses):
+                chosen.add(result)
+    return closed_under_copies(func, chosen)
+
+
+def closed_under_copies(func: Function, chosen: set[Value]) -> set[Value]:
+    """`chosen` less every copy group (`copy_groups`) not wholly in it: copied tiles keep their format."""
     groups = copy_groups(func)
     changed = True
     while changed:
@@ -225,6 +264,7 @@ class Layout(Pass):
     dtype: str = "bf16"
     l1_intermediates: bool = True
     precise_softmax: bool = False
+    bounded_f16: bool = False
 
     def run(self, module: Module) -> None:
         if self.dtype not in DTYPES:
@@ -232,6 +272,9 @@ class Layout(Pass):
         device = module_device(module)
         for func in module.functions:
             assign_formats(func, self.dtype)
+            if self.bounded_f16:
+                for value in bounded_values(func, module.weights):
+                    with_format(value, ScalarType("f16"))
             if self.precise_softmax:
                 for value in precise_values(func):
                     with_format(value, ScalarType("f16"))

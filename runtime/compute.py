@@ -38,7 +38,7 @@ HALF_DST = 8  # Dst tiles one acquire may use (half-sync double buffering)
 # The fault of a program holding Float16 in Dst whose numerics round a finite value to +-inf
 # (numerics.Float16Overflow), named at the op on every core of the program.
 F16_OVERFLOW = ("Float16 overflow: a value rounded to Float16 exceeds 65504, the largest Float16 value (this "
-                "program holds Float16 in Dst: --softmax-precision f16)")
+                "program holds Float16 in Dst: --softmax-precision f16, or a range layout's bounded-f16 proved)")
 
 
 # ----------------------------------------------------------------------------------------------

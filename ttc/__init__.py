@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 
 def compile(model_or_path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
             arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4",
-            softmax_precision: str = "bf16") -> CompiledModel:
+            softmax_precision: str = "bf16", f16_where_proven: bool = False) -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) for the emulated Grayskull. Inputs with dynamic dimensions
-    need their shapes in `input_shapes` ({"input_ids": (1, 128)})."""
+    need their shapes in `input_shapes` ({"input_ids": (1, 128)}). bf16 everywhere by default; `f16_where_proven`
+    holds in Float16 the values whose range the compiler proves (docs/passes.md, layout)."""
     from ttc.compiler import CompileOptions, compile_for_api
 
     options = CompileOptions(arch=arch, dtype=dtype, math_fidelity=math_fidelity,
-                             softmax_precision=softmax_precision, input_shapes=dict(input_shapes or {}))
+                             softmax_precision=softmax_precision, f16_where_proven=f16_where_proven,
+                             input_shapes=dict(input_shapes or {}))
     return compile_for_api(model_or_path, options)
 
 

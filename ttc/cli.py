@@ -312,6 +312,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="format of a softmax whose probabilities are an output and of its logits (bf16: "
                              "like every other tensor, the default; f16: Float16, three more mantissa bits, a "
                              "device fault past 65504)")
+    parser.add_argument("--f16-where-proven", action="store_true",
+                        help="hold in Float16 (three more mantissa bits than bf16) every value whose range the "
+                             "compiler proves below Float16's largest; bf16 elsewhere (default: bf16 everywhere, as "
+                             "on the hardware)")
     parser.add_argument("--max-host-memory", metavar="SIZE",
                         help="host RAM the compile may use, e.g. 16G (default: the RAM available now); a model "
                              "needing more is refused before its weights are read")
@@ -325,6 +329,7 @@ def _compile(args: argparse.Namespace):
 
     options = CompileOptions(arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
                              softmax_precision=args.softmax_precision, pipeline=args.pipeline,
+                             f16_where_proven=args.f16_where_proven,
                              input_shapes=_input_shapes(args.input_shape),
                              max_host_memory=_host_memory(args.max_host_memory))
     diagnostics = Diagnostics(print_ir_after_all=args.print_ir_after_all, print_ir_after=tuple(args.print_ir_after),

@@ -33,10 +33,14 @@ FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
 SOFTMAX_PRECISIONS = ("f16", "bf16")
 
 
-def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "bf16") -> str:
-    """The passes from imported ttir down to allocated kernel programs. `softmax_precision` f16 turns on
-    layout's precise-softmax (a host-read softmax and its logits in Float16; bf16 everywhere by default)."""
-    layout = f"dtype={dtype}" + (" precise-softmax=true" if softmax_precision == "f16" else "")
+def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "bf16",
+                     f16_where_proven: bool = False) -> str:
+    """The passes from imported ttir down to allocated kernel programs. bf16 everywhere by default, as on the
+    hardware. `softmax_precision` f16 turns on layout's precise-softmax (a host-read softmax and its logits in
+    Float16); `f16_where_proven` turns on layout's bounded-f16 (Float16 for the values whose range
+    passes/ranges.py proves below Float16's largest value, bf16 elsewhere)."""
+    layout = f"dtype={dtype}" + (" precise-softmax=true" if softmax_precision == "f16" else "") \
+        + (" bounded-f16=true" if f16_where_proven else "")
     return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{{layout}}},"
             f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
 
@@ -47,7 +51,8 @@ class CompileOptions:
     dtype: str = "bf16"
     math_fidelity: str = "hifi4"
     softmax_precision: str = "bf16"
-    pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision)
+    f16_where_proven: bool = False  # layout's bounded-f16 (opt-in mixed precision)
+    pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision, f16_where_proven)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # host RAM the compile may need (bytes; None: the RAM available now); not part of the artifact
     max_host_memory: int | None = field(default=None, compare=False)
@@ -61,7 +66,8 @@ class CompileOptions:
 
     @property
     def pipeline_spec(self) -> str:
-        return self.pipeline or default_pipeline(self.dtype, self.math_fidelity, self.softmax_precision)
+        return self.pipeline or default_pipeline(self.dtype, self.math_fidelity, self.softmax_precision,
+                                                 self.f16_where_proven)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

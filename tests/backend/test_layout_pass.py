@@ -84,7 +84,7 @@ def test_unknown_dtype_is_a_user_error() -> None:
 def test_precise_softmax_makes_a_host_read_softmax_and_its_logits_f16() -> None:
     """The probabilities and the logits become f16; the hidden layer before them, weights and the input stay bf16
     (the option never widens to the network)."""
-    out = body_text(compile_graph(mlp(), pipeline="layout{precise-softmax=true}"))
+    out = body_text(compile_graph(mlp(), pipeline="layout{precise-softmax=true bounded-f16=false}"))
     check(out,
           f'"ttir.to_layout"(%arg0) : (tensor<8x32xf32>) -> tensor<8x32xbf16, {DRAM}> loc("x")',
           f'"ttir.constant"() {{value = #tt.weight<"w1">}} : () -> tensor<32x64xbf16, {DRAM}>',
@@ -92,7 +92,7 @@ def test_precise_softmax_makes_a_host_read_softmax_and_its_logits_f16() -> None:
           f'-> tensor<8x16xf16, {L1}> loc("fc2")',
           f'"ttir.softmax"(%5) {{axis = -1}} : (tensor<8x16xf16, {L1}>) -> tensor<8x16xf16, {DRAM}>',
           f'"ttir.to_layout"(%6) : (tensor<8x16xf16, {DRAM}>) -> tensor<8x16xf32> loc("out")')
-    assert "8x16xf16" in body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b precise-softmax=true}"))
+    assert "8x16xf16" in body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b precise-softmax=true bounded-f16=false}"))
 
 
 def test_bf16_everywhere_by_default() -> None:
@@ -109,7 +109,7 @@ def test_precise_softmax_stops_at_the_logits_and_at_softmaxes_the_host_does_not_
     y = g.op("ttir.linear", [p, g.weight("w2", np.ones((64, 64)))], (32, 64),
              'activation = "none", transpose_b = false', loc="fc2")
     g.output(g.op("ttir.softmax", [y], (32, 64), "axis = -1", loc="classes"), "out")
-    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true}"))
+    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true bounded-f16=false}"))
     check(out, 'xbf16, #tt.layout<tile, l1, interleaved>> loc("fc1")', 'bf16, #tt.layout<tile, l1, interleaved>> loc("ln")',
           'bf16, #tt.layout<tile, l1, interleaved>> loc("attention")', 'xf16, #tt.layout<tile, l1, interleaved>> loc("fc2")',
           'xf16, #tt.layout<tile, dram, interleaved>> loc("classes")')
@@ -123,7 +123,7 @@ def test_precise_softmax_keeps_copied_tiles_in_one_format() -> None:
     y = g.op("ttir.linear", [t, g.weight("w", np.ones((64, 64)))], (32, 64),
              'activation = "none", transpose_b = false', loc="fc")
     g.output(g.op("ttir.softmax", [y], (32, 64), "axis = -1", loc="classes"), "out")
-    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true}"))
+    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true bounded-f16=false}"))
     check(out, 'x64xbf16, #tt.layout<tile, l1, interleaved>> loc("t")', 'x64xf16, #tt.layout<tile, l1, interleaved>> loc("fc")')
 
 
@@ -136,6 +136,6 @@ def test_precise_softmax_follows_its_probabilities_through_data_movement_to_the_
     t = g.op("ttir.transpose", [y], (64, 32), "perm = [1, 0]", loc="to_last")
     s = g.op("ttir.softmax", [t], (64, 32), "axis = -1", loc="classes")
     g.output(g.op("ttir.transpose", [s], (32, 64), "perm = [1, 0]", loc="back"), "out")
-    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true}"))
+    out = body_text(compile_graph(g, pipeline="layout{precise-softmax=true bounded-f16=false}"))
     check(out, 'xf16, #tt.layout<tile, l1, interleaved>> loc("fc")', 'xf16, #tt.layout<tile, l1, interleaved>> loc("to_last")',
           'xf16, #tt.layout<tile, l1, interleaved>> loc("classes")', 'xf16, #tt.layout<tile, dram, interleaved>> loc("back")')

@@ -67,19 +67,21 @@ MOVE = "3. any data movement"
 
 # The first error each family stops at today (the later ones, hidden behind it, are in repro/FAILURES.md).
 CLIFFS: dict[str, Cliff] = {
-    # deit-small passes golden since its patch convolution is one matmul (rel L2 0.043; the K split's partial
-    # products summed in bf16 gave 0.054). convnext-tiny's 4x4 stem is one matmul too, but its 2 logits still
-    # miss the rule (PCC 1.0, rel L2 0.0597, max abs err 0.016: bf16 at depth)
-    "convnext-tiny": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.08),
-    # dbnet, dbnet-mini: compile
-    # and pass golden since lookups go in index pages of 32 ids and a stride-2 2x2 ConvTranspose is one matmul
-    # and a depth-to-space movement (issue 15 item 1)
-    # crnn, crnn-mini: pass since the row-chunked softmax (issue 15 item 2) and the 16-input fuse limit (item 3)
-    # full depth (6 layers) accumulates bf16 error past the rule: rel L2 0.056 (encoder), 0.084 (decoder)
-    "t5-small-encoder": Cliff("golden", "last_hidden_state", "not issue 15: bf16 accuracy at depth", 0.08),
-    "t5-small-decoder": Cliff("golden", "logits", "not issue 15: bf16 accuracy at depth", 0.12),
+    # deit-small and convnext-tiny (now exported with the deployed 1000-class heads, export_families.py) pass in
+    # bf16: deit-small since its patch convolution is one matmul (its former 2-logit head gave rel L2 0.054 with
+    # the K split), convnext-tiny rel L2 0.011 (its former 2-logit head: 0.0597, two numbers of noise).
+    # dbnet, dbnet-mini: compile and pass golden since lookups go in index pages of 32 ids and a stride-2 2x2
+    # ConvTranspose is one matmul and a depth-to-space movement (issue 15 item 1).
+    # crnn, crnn-mini: pass since the row-chunked softmax (issue 15 item 2) and the 16-input fuse limit (item 3).
     # resnet50-b20 compiles (no host ops) and passes golden since the max pool's lookups go in index pages of 32
-    # ids and the grid pass spills an op's L1 intermediates to DRAM when no blocking fits beside them (issue 15)
+    # ids and the grid pass spills an op's L1 intermediates to DRAM when no blocking fits beside them (issue 15).
+    # T5 at full depth (6 layers) in bf16, the default: rel L2 0.056 (encoder), 0.084 (decoder): its attention
+    # logits are not scaled (std ~4, up to ~20), where bf16's rounding is a 6 % error of a probability. With
+    # --f16-where-proven (opt-in, layout's bounded-f16) the encoder passes (0.038) and the decoder reaches 0.070
+    # (its cross-attention input is unbounded and its mask holds finfo.min, so those stay bf16).
+    "t5-small-encoder": Cliff("golden", "last_hidden_state", "bf16 accuracy at depth (passes with "
+                                                             "--f16-where-proven)", 0.08),
+    "t5-small-decoder": Cliff("golden", "logits", "bf16 accuracy at depth: unbounded input, finfo.min mask", 0.12),
 }
 
 
