@@ -9,7 +9,7 @@ evaluator is imported on the first fold, not with the importer: most models neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import onnx

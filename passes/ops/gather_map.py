@@ -15,7 +15,6 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.passes.ops.geometry import (
     TILE,
-    TileShape,
     tensor,
     tile_shape,
 )

@@ -49,7 +49,7 @@ def reference(in_shapes: tuple[tuple[int, ...], ...], steps: tuple) -> tuple[lis
                             continue
                         e = int(out[b, r, c])
                         k = int(np.searchsorted(starts, e, side="right") - 1)
-                        sb, sr, sc = matrix(in_shapes[k])
+                        _, sr, sc = matrix(in_shapes[k])
                         local = e - starts[k]
                         bb, rr, cc = local // (sr * sc), local // sc % sr, local % sc
                         tile = (bb * -(-sr // T) + rr // T) * -(-sc // T) + cc // T
@@ -59,7 +59,7 @@ def reference(in_shapes: tuple[tuple[int, ...], ...], steps: tuple) -> tuple[lis
                 if len(found) != 1:
                     return None
                 k, tile = next(iter(found))
-                sb, sr, sc = matrix(in_shapes[k])
+                _, sr, sc = matrix(in_shapes[k])
                 rt, ct = -(-sr // T), -(-sc // T)
                 real_src = min(sr - (tile // ct % rt) * T, T) * min(sc - (tile % ct) * T, T)
                 real_out = min(out_r - tr * T, T) * min(out_c - tc * T, T)
