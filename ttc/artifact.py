@@ -51,6 +51,10 @@ TENSOR_DTYPES = frozenset({"float64", "float32", "float16", "int64", "int32", "i
                            "uint16", "uint8", "bool"})
 
 
+# The zip methods `_member` writes; a member using any other is refused before it is read.
+WRITTEN_COMPRESSIONS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+
+
 def _member(name: str, compress: bool) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_EPOCH)
     info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
@@ -370,6 +374,10 @@ def read_members(path: str | Path) -> tuple[dict[str, Any], str, dict[str, np.nd
             if duplicates:
                 raise UserError(f"{where}: the zip holds members named twice ({', '.join(duplicates[:5])}); "
                                 f"the artifact was tampered with")
+            foreign = [info for info in infos if info.compress_type not in WRITTEN_COMPRESSIONS]
+            if foreign:
+                raise UserError(f"{path}: not a valid .ttc artifact: a member uses a compression ttc never writes "
+                                f"(member {foreign[0].filename}, zip method {foreign[0].compress_type})")
             by_name = {info.filename: info for info in infos}
             if "manifest.json" not in by_name:
                 raise UserError(f"{where}: not a ttc artifact (no manifest.json)")
@@ -396,9 +404,6 @@ def read_members(path: str | Path) -> tuple[dict[str, Any], str, dict[str, np.nd
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, not a .ttc artifact") from None
-    except NotImplementedError as exc:  # zipfile's word for a compression method it cannot read
-        raise UserError(f"{path}: not a valid .ttc artifact: a member uses a compression ttc never writes "
-                        f"({exc})") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, RuntimeError, ValueError) as exc:
         raise UserError(f"{path}: not a valid .ttc artifact ({exc})") from None
     try:

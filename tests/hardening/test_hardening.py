@@ -322,6 +322,21 @@ def test_class6_unknown_members_are_refused(tmp_path: Path, capsys, mlp) -> None
     assert code == 2 and "unknown members extra.py" in err
 
 
+def test_class6_a_member_in_a_compression_ttc_never_writes_is_refused(tmp_path: Path, capsys, mlp) -> None:
+    """bzip2 is one zipfile could even read: the artifact is refused for being what ttc never writes."""
+    def bzip2(members):
+        out = []
+        for info, body in members:
+            again = zipfile.ZipInfo(info.filename, info.date_time)
+            again.compress_type = zipfile.ZIP_BZIP2 if info.filename == "program.mlir" else info.compress_type
+            out.append((again, body))
+        return out
+
+    path = _tampered(tmp_path, mlp[1], bzip2)
+    code, _, err = run(["run", str(path), "--quiet"], capsys)
+    assert code == 2 and "a compression ttc never writes (member program.mlir" in err
+
+
 def test_class6_an_edited_weight_byte_is_refused(tmp_path: Path, capsys, mlp) -> None:
     def flip(body: bytes) -> bytes:
         return body[:-1] + bytes([body[-1] ^ 1])
