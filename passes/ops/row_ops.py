@@ -625,21 +625,7 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         with k.loop(chunks) as c, k.loop(chunk // width) as block:
             centred_block(c, block, CB_WIDE, square=False)
             k.op("cb_wait_front", cb=CB_WIDE, pages=width)
-            k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1,
-                 cols=width)
-            k.pack_block(CB_TMP, width)
-            k.op("cb_wait_front", cb=CB_TMP, pages=width)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
-            last = CB_TMP
-            if has_beta:
-                k.pack_block(CB_TMP2, width)
-                k.op("cb_wait_front", cb=CB_BETA, pages=width)
-                k.op("cb_wait_front", cb=CB_TMP2, pages=width)
-                k.op("tile_regs_acquire")
-                k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+            last = scale_and_shift(k, width, has_beta)
             mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
                        cols=False)
             k.pack_block(CB_OUT, width)
@@ -648,6 +634,25 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
         k.op("cb_pop_front", cb=CB_STAT, pages=1)
     return k.region()
+
+
+def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool) -> int:
+    """Layer norm's last step on one block of centred values (CB_WIDE) into Dst: x rstd (CB_STAT2, one column
+    broadcast), x gamma, + beta when there is one. Returns the CB of the product popped after packing."""
+    k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
+    k.op("tile_regs_acquire")
+    k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1, cols=width)
+    k.pack_block(CB_TMP, width)
+    k.op("cb_wait_front", cb=CB_TMP, pages=width)
+    k.op("tile_regs_acquire")
+    k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
+    if has_beta:
+        k.pack_block(CB_TMP2, width)
+        k.op("cb_wait_front", cb=CB_BETA, pages=width)
+        k.op("cb_wait_front", cb=CB_TMP2, pages=width)
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+    return CB_TMP
 
 
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
@@ -684,21 +689,7 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)
         k.op("cb_wait_front", cb=CB_STAT2, pages=1)
         with k.loop(ct // width) as block:
-            k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1,
-                 cols=width)
-            k.pack_block(CB_TMP, width)
-            k.op("cb_wait_front", cb=CB_TMP, pages=width)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
-            last = CB_TMP
-            if has_beta:
-                k.pack_block(CB_TMP2, width)
-                k.op("cb_wait_front", cb=CB_BETA, pages=width)
-                k.op("cb_wait_front", cb=CB_TMP2, pages=width)
-                k.op("tile_regs_acquire")
-                k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+            last = scale_and_shift(k, width, has_beta)
             mask_block(k, shape, k.add(k.arg(0), row), k.mul(block, width), width, rows=True, cols=False)
             k.pack_block(CB_OUT, width)
             for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
