@@ -10,7 +10,8 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from cliff_sweep_cases import Chain as SweepChain
+from onnx import TensorProto, helper
 
 import ttc
 from ttc.golden import run_onnxruntime
@@ -18,24 +19,8 @@ from ttc.golden import run_onnxruntime
 KINDS = ("Transpose", "Reshape", "Slice", "Pad", "Resize", "DepthToSpace", "SpaceToDepth", "Gather", "Split", "Concat")
 
 
-class Chain:
-    def __init__(self, shape: list[int]) -> None:
-        self.input_shape = tuple(shape)
-        self.shape = list(shape)
-        self.nodes = [helper.make_node("Relu", ["x"], ["v0"])]
-        self.initializers: list[onnx.TensorProto] = []
-        self.value = "v0"
-
-    def const(self, values: list, dtype=np.int64) -> str:
-        name = f"c{len(self.initializers)}"
-        self.initializers.append(numpy_helper.from_array(np.asarray(values, dtype), name))
-        return name
-
-    def add(self, op: str, inputs: list[str], shape: list[int], outputs: int = 1, **attrs) -> None:
-        result = f"v{len(self.nodes)}"
-        names = [result] + [f"{result}_{i}" for i in range(1, outputs)]
-        self.nodes.append(helper.make_node(op, [self.value, *inputs], names, **attrs))
-        self.value, self.shape = result, shape
+class Chain(SweepChain):
+    """The cliff sweep's chain (a Relu, then the movement nodes), as a model with the result named y."""
 
     def model(self) -> onnx.ModelProto:
         nodes = [*self.nodes, helper.make_node("Identity", [self.value], ["y"])]
