@@ -52,7 +52,10 @@ def cache_dir() -> Path:
 
 
 def cached_path(name: str) -> Path:
-    return cache_dir() / name / f"{name}.onnx"
+    """<cache>/NAME/NAME.onnx, or <cache>/families/NAME/NAME.onnx where tests/models/test_families.py exports."""
+    plain = cache_dir() / name / f"{name}.onnx"
+    family = cache_dir() / "families" / name / f"{name}.onnx"
+    return family if not plain.is_file() and family.is_file() else plain
 
 
 def model_names() -> list[str]:
