@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from cost_model_checks import check_planned_equals_executed, compile_with_plans
+from cost_model_checks import (
+    audit_roofline,
+    check_model,
+    check_planned_equals_executed,
+    check_static_equals_executed,
+    compile_with_plans,
+)
 from test_long_rows import layer_norm_model, softmax_model
 
 from ttc.compiler import CompiledModel
@@ -24,7 +30,7 @@ from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialects import ttmetal
 from ttc.ir.parser import parse_module
 from ttc.passes.ops import row_split
-from ttc.passes.ops.geometry import TILE
+from ttc.passes.ops.geometry import TILE, module_device
 from ttc.runtime.executor import using_emulator
 
 CASES = {
@@ -70,6 +76,9 @@ def test_few_long_rows_are_split_over_cores(name: str, monkeypatch: pytest.Monke
         result = compare("y", outputs[emulator], expected)
         assert result.passed, (emulator, result)
     np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    check_static_equals_executed(compiled, compiled.profile)
+    for plan, p in zip(plans, compiled.profile, strict=True):
+        audit_roofline(module_device(compiled.module), plan, p)
     split_time = sum(p.time_us for p in compiled.profile)
 
     # without split candidates the grid pass picks a whole-row plan, slower in the model
@@ -78,6 +87,29 @@ def test_few_long_rows_are_split_over_cores(name: str, monkeypatch: pytest.Monke
     assert not any(cb.index == row_split.CB_PARTS for cb in row_program(whole).attributes["cbs"])
     whole.run(feeds, emulator="native")
     assert split_time < sum(p.time_us for p in whole.profile)
+
+
+def test_a_split_layer_norm_of_a_block_sharded_product() -> None:
+    """[256 x 384] @ [384 x 512] -> LayerNormalization: the product may be block-sharded in L1, so the split
+    layer norm's slices read their pages from the shards (its counts tell local pages from remote ones)."""
+    rng = np.random.default_rng(2)
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="/fc"),
+             onnx.helper.make_node("LayerNormalization", ["h", "g", "b"], ["y"], axis=-1, name="/ln")]
+    init = {"w": rng.standard_normal((384, 512)) / 20, "g": 1 + 0.1 * rng.standard_normal(512),
+            "b": 0.1 * rng.standard_normal(512)}
+    graph = onnx.helper.make_graph(
+        nodes, "m", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [256, 384])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [256, 512])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in init.items()])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    assert check_model(model, emulators=("native", "reference")) == 2
+    _, compiled = compile_with_plans(model)
+    [ln] = [op for op in compiled.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name
+            and op.attributes["kind"] == "layer_norm"]
+    assert any(cb.index == row_split.CB_PARTS for cb in ln.attributes["cbs"])
+    feeds = {"x": np.random.default_rng(0).standard_normal((256, 384)).astype(np.float32)}
+    for emulator in ("reference", "native"):
+        assert compare("y", compiled.run(feeds, emulator=emulator)["y"], run_onnxruntime(model, feeds)["y"]).passed
 
 
 def test_short_rows_are_not_split() -> None:
