@@ -2,7 +2,9 @@
 
 - Every `ttir.matmul` becomes a `ttir.linear(a, b, bias?) {activation, transpose_b}`: the bias is a
   following `add` of a row ([N] or [1, N], N the last result dim), the activation a following relu,
-  gelu, sigmoid or tanh. An op joins only when the value before it has no other use.
+  gelu, sigmoid or tanh, also behind a reshape (GPT-2's Conv1D views its 2-D product as [1, S, N] before the
+  GELU: the linear takes the activation and the reshape follows it). An op joins only when the value before
+  it has no other use.
 - Every maximal chain of elementwise ops (a single op too) becomes one `ttir.eltwise(inputs...)`.
   The body's block arguments mirror the inputs (each distinct value once); the body holds the
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
@@ -90,13 +92,32 @@ class FuseLinear(RewritePattern):
             other = add.operands[1] if add.operands[0] is value else add.operands[0]
             if is_bias_row(other, value.type):
                 group, value, bias = [*group, add], add.result, other
-        act = sole_user(value)
-        if act is not None and act.name in ACTIVATIONS and act.result.type == value.type:
-            group, value, activation = [*group, act], act.result, activation_of(act)
+        act, view = sole_user(value), None
+        if act is not None and act.name == ttir.RESHAPE.name:  # an activation after a reshape (GPT-2's
+            after = sole_user(act.result)  # Conv1D: a 2-D product viewed as [1, S, N]) commutes with it
+            if after is not None and after.name in ACTIVATIONS and after.result.type == act.result.type:
+                view, act = act, after
+        if act is not None and act.name in ACTIVATIONS and (view is not None or act.result.type == value.type):
+            activation = activation_of(act)
+        else:
+            act = None
         operands = [*op.operands, bias] if bias is not None else list(op.operands)
         attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
         if "tt.math_fidelity" in op.attributes:  # pinned (exact selection matmuls of `movement`)
             attributes["tt.math_fidelity"] = op.attributes["tt.math_fidelity"]
+        if view is not None:  # linear {activation} -> the reshape, in place of the activation
+            assert act is not None
+            linear = rewriter.create_before(view, ttir.LINEAR.name, operands, [value.type], attributes,
+                                            loc=ordered_loc([*group, act]))
+            reshaped = rewriter.create_before(act, ttir.RESHAPE.name, [linear.result], [act.result.type],
+                                              dict(view.attributes), loc=view.loc)
+            rewriter.replace_op(act, [reshaped.result])
+            rewriter.erase_op(view)
+            for fused in reversed(group):
+                rewriter.erase_op(fused)
+            return True
+        if act is not None:
+            group, value = [*group, act], act.result
         linear = rewriter.create_before(group[-1], ttir.LINEAR.name, operands, [value.type], attributes,
                                         loc=ordered_loc(group))
         rewriter.replace_op(group[-1], [linear.result])

@@ -272,11 +272,22 @@ def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserE
                      "core of its own; not supported yet")
 
 
+ROW_KINDS = frozenset({"softmax", "layer_norm"})  # counts that depend on types and attributes only
+
+
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0,
-           weights: Weights | None = None) -> Choice:
-    """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does."""
+           weights: Weights | None = None, memo: dict[tuple, list] | None = None) -> Choice:
+    """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does. `memo` (one
+    grid pass run) reuses the ranking of a row op with the same signature (`matmul_signature`: the 25 layer
+    norms of a 12-layer encoder rank their split and whole-row candidates once)."""
     smallest = None
-    candidates = ranked(op, device, fidelity, max_cores, weights)
+    if memo is not None and op_kind(op) in ROW_KINDS:
+        key = ("row", matmul_signature(op), id(device), fidelity, max_cores)
+        if key not in memo:
+            memo[key] = ranked(op, device, fidelity, max_cores, weights)
+        candidates = memo[key]
+    else:
+        candidates = ranked(op, device, fidelity, max_cores, weights)
     if not candidates:
         raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
@@ -474,7 +485,7 @@ class Grid(Pass):
             raise UserError(f"grid: unknown math fidelity '{self.math_fidelity}' "
                             f"(choose from {', '.join(FIDELITY_PHASES)})")
         device = module_device(module)
-        memo: dict[tuple, list[Candidate]] = {}  # matmul rankings by signature, for this run
+        memo: dict[tuple, list] = {}  # matmul and row-op rankings by signature, for this run
         for func in module.functions:
             split_oversized_matmuls(module, func, device, lambda op: placements(op, device, self.max_cores))
             ops = list(func.body.ops)
@@ -492,7 +503,8 @@ class Grid(Pass):
                                                    module.weights, memo, self.multicast)
                             shard_result(op, choice, live, device)
                         else:
-                            choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
+                            choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,
+                                            memo)
                     except UserError:
                         if not spill_to_dram(op, live, device):
                             raise

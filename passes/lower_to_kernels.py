@@ -131,6 +131,8 @@ class ScheduleBuilder:
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [table.type], op).result
             self.emit(ttmetal.WRITE_CONSTANT.name, [buffer], [], op, {"value": WeightAttr(table.name)})
             constants.append(buffer)
+        for scratch in program.scratch:  # freed after the program (its only use)
+            constants.append(self.emit(ttmetal.CREATE_BUFFER.name, [], [scratch], op).result)
         state = op.attributes.get(ttmetal.STATE_ATTR)
         output = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op,
                            {} if state is None else {ttmetal.STATE_ATTR: state}).result

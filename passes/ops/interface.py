@@ -24,6 +24,7 @@ from ttc.ir.core import Module, Operation, Value
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
+from ttc.ir.types import TensorType
 
 if TYPE_CHECKING:
     from ttc.passes.ops.program import Program
@@ -67,6 +68,11 @@ class DeviceOp(abc.ABC):
     @abc.abstractmethod
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         """The CB configs (no addresses) of the program under `blocking`."""
+
+    def scratch(self, op: Operation, blocking: dict[str, int]) -> list[TensorType]:
+        """L1 buffers the program needs for itself under `blocking` (created before it, freed after it: e.g. a
+        split row op's exchange of partial statistics); their L1 share counts in the op's footprint."""
+        return []
 
     @abc.abstractmethod
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,

@@ -30,7 +30,8 @@ class ConstantBuffer:
 
 @dataclass
 class Program:
-    """One `ttmetal.enqueue_program`: buffers are the op's inputs, then constants, then its output."""
+    """One `ttmetal.enqueue_program`: buffers are the op's inputs, then constants, then scratch buffers (L1 the
+    program uses for itself, `DeviceOp.scratch`), then its output."""
 
     kind: str
     grid: GridAttr
@@ -42,6 +43,7 @@ class Program:
     # runtime scalars: (kernel, argument index, scalar name, exclusive upper bound); each run adds the scalar's
     # value to that argument of every core (runtime/executor.py)
     scalar_args: tuple[tuple[int, int, str, int], ...] = ()
+    scratch: list[TensorType] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,10 @@ def op_l1_tensor_bytes(op: Operation, device: DeviceAttr, result_layout: LayoutA
 def l1_footprint(op: Operation, device: DeviceAttr, blocking: dict[str, int],
                  result_layout: LayoutAttr | None = None) -> int:
     """Per-core L1 bytes of `op` under `blocking`: its circular buffers plus its L1 tensors' shares (a sharded
-    tensor's share is its shard)."""
-    return cb_bytes(circular_buffers(op, blocking)) + op_l1_tensor_bytes(op, device, result_layout)
+    tensor's share is its shard), plus the shares of its scratch buffers (`DeviceOp.scratch`)."""
+    found = device_op(op)
+    scratch = sum(l1_share(t, device) for t in found.scratch(op, blocking)) if found is not None else 0
+    return cb_bytes(circular_buffers(op, blocking)) + op_l1_tensor_bytes(op, device, result_layout) + scratch
 
 
 __all__: Sequence[str] = ("DeviceOp", "circular_buffers", "core_units", "device_kind", "device_op", "device_ops",

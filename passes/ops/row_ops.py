@@ -31,6 +31,7 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
+from ttc.ir.types import TensorType
 from ttc.passes.ops.counting import (
     Buffer,
     Plan,
@@ -340,19 +341,20 @@ def row_writer(op: Operation, s: Schedule, shape: TileShape):
 
 
 def reduce_row(k: KernelBuilder, cb: int, tiles: int, out_cb: int, kind: str, fidelity: str,
-               sfpu: tuple[tuple[str, float], ...] = ()) -> None:
+               sfpu: tuple[tuple[str, float], ...] = (), offset: int = 0) -> None:
     """Dst = reduce of `tiles` tiles of cb along rows (column 0), then SFPU ops, packed into out_cb.
 
     A sum runs in groups (`footprint.row_sum_groups`), each group in its own Dst slot; the group sums are
     packed and reduced once more, so no chain of bf16 roundings runs the whole row. Scaling (a mean's
     1 / width) belongs in `sfpu` (mul_scalar: float32, one rounding), not in a bf16-rounded reduce scaler.
+    The tiles start `offset` pages past cb's front.
     """
     groups = row_sum_groups(tiles) if kind == "sum" else [(0, tiles)]
     start = float("-inf") if kind == "max" else 0.0
     k.op("tile_regs_acquire")
     k.op("fill_tiles", count=len(groups), value=start)
     for slot, (first, count) in enumerate(groups):
-        k.op("reduce_tiles", kind=kind, dim="row", cb=cb, offset=first, rows=1, cols=count, dst=slot,
+        k.op("reduce_tiles", kind=kind, dim="row", cb=cb, offset=offset + first, rows=1, cols=count, dst=slot,
              fidelity=fidelity)
     if len(groups) > 1:
         k.pack_block(CB_GROUPS, len(groups))
@@ -636,12 +638,14 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     return k.region()
 
 
-def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool) -> int:
-    """Layer norm's last step on one block of centred values (CB_WIDE) into Dst: x rstd (CB_STAT2, one column
-    broadcast), x gamma, + beta when there is one. Returns the CB of the product popped after packing."""
+def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool, stat_offset: int = 0) -> int:
+    """Layer norm's last step on one block of centred values (CB_WIDE) into Dst: x rstd (CB_STAT2's tile
+    `stat_offset`, one column broadcast), x gamma, + beta when there is one. Returns the CB of the product
+    popped after packing."""
     k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
     k.op("tile_regs_acquire")
-    k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_col_stride=0, bcast="col", rows=1, cols=width)
+    at = {"b_offset": stat_offset} if stat_offset else {}
+    k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, **at, b_col_stride=0, bcast="col", rows=1, cols=width)
     k.pack_block(CB_TMP, width)
     k.op("cb_wait_front", cb=CB_TMP, pages=width)
     k.op("tile_regs_acquire")
@@ -705,22 +709,47 @@ class RowOp(DeviceOp):
     block_width = HALF_DST
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return row_candidates(op, self.block_width, chunked=True)
+        from ttc.passes.ops.row_split import split_candidates
+
+        yield from row_candidates(op, self.block_width, chunked=True)
+        yield from split_candidates(op, self.block_width)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
+        from ttc.passes.ops import row_split
+
+        if row_split.is_split(blocking):
+            return row_split.split_units(op, blocking)
         out = tile_shape(tensor(op.result).shape)
         return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
 
+    def grid_shape(self, op: Operation, blocking: dict[str, int]) -> tuple[int, int] | None:
+        from ttc.passes.ops import row_split
+
+        return row_split.split_grid(op, blocking) if row_split.is_split(blocking) else None
+
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return row_op_cbs(op, blocking)
+        from ttc.passes.ops import row_split
+
+        return row_split.split_cbs(op, blocking) if row_split.is_split(blocking) else row_op_cbs(op, blocking)
+
+    def scratch(self, op: Operation, blocking: dict[str, int]) -> list[TensorType]:
+        from ttc.passes.ops import row_split
+
+        return [row_split.scratch_type(op, blocking)] if row_split.is_split(blocking) else []
 
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
                grid: tuple[int, int], result_layout: LayoutAttr | None = None,
                weights: Weights | None = None) -> Counts:
+        from ttc.passes.ops import row_split
+
+        if row_split.is_split(blocking):
+            return row_split.plan_split(op, device, blocking, fidelity, grid)
         return plan_row_op(op, device, blocking, fidelity, grid, result_layout, weights)
 
     def lower(self, op: Operation, module: Module) -> Program:
-        return lower_row_op(op)
+        from ttc.passes.ops import row_split
+
+        return row_split.lower_split(op) if row_split.is_split(schedule_of(op).blocking) else lower_row_op(op)
 
 
 class SoftmaxOp(RowOp):

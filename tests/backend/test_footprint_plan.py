@@ -11,7 +11,7 @@ from ttc.ir.dialects.tt import E150
 from ttc.passes.ops.eltwise_body import Phase, eltwise_plan
 from ttc.passes.ops.gather_map import Gather, gather_map
 from ttc.passes.ops.geometry import CB_OUT, batch_offsets, cb_bytes, l1_share, tensor, tile_shape
-from ttc.passes.ops.registry import circular_buffers, l1_footprint, op_kind
+from ttc.passes.ops.registry import circular_buffers, device_op, l1_footprint, op_kind
 
 
 def test_tile_shapes() -> None:
@@ -152,5 +152,13 @@ def test_footprint_is_cbs_plus_l1_shares() -> None:
     share = l1_share(tensor(softmax.operands[0]), E150)
     assert share == 2048  # 8 tiles over 108 cores: one page per core, aligned
     cbs = circular_buffers(softmax, blocking)
-    assert [cb.index for cb in cbs] == [0, 16, 17, 18, 19, 21]
-    assert l1_footprint(softmax, E150, blocking) == cb_bytes(cbs) + share
+    # two tile rows of four tiles: each row split over cores (row_split.py), which adds the partial statistics'
+    # CBs (24, 25) and the L1 scratch they are exchanged through
+    assert blocking["split"] > 1
+    assert [cb.index for cb in cbs] == [0, 16, 17, 18, 19, 21, 24, 25]
+    [scratch] = device_op(softmax).scratch(softmax, blocking)
+    assert l1_share(scratch, E150) == 2048  # 2 exchanges x 2 rows x S partial tiles: at most one page per core
+    assert l1_footprint(softmax, E150, blocking) == cb_bytes(cbs) + share + 2048
+    whole = {"batches": 1, "rows": 1, "cols": 4, "block_w": 4}
+    assert [cb.index for cb in circular_buffers(softmax, whole)] == [0, 16, 17, 18, 19, 21]
+    assert l1_footprint(softmax, E150, whole) == cb_bytes(circular_buffers(softmax, whole)) + share

@@ -20,8 +20,16 @@ from onnx import helper, numpy_helper
 from ttc.frontend.importer import import_read_model
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.dialects import ttir, ttmetal
+from ttc.passes.ops import row_split
 from ttc.passes.ops.geometry import CB_IN0, CB_STAT, TILE
 from ttc.passes.ops.row_ops import row_candidates
+
+
+@pytest.fixture(autouse=True)
+def one_core_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests exercise the kernels that keep a row on one core (whole or chunked): without this, the grid
+    pass splits most of these rows over several cores (row_split.py, tested in test_split_rows.py)."""
+    monkeypatch.setattr(row_split, "split_candidates", lambda op, max_w: iter(()))
 
 
 def softmax_model(shape: list[int]) -> onnx.ModelProto:

@@ -113,6 +113,34 @@ def test_bias_row_on_either_side_joins_the_linear(ir: IRHarness, bias_type: str)
     assert out.splitlines()[3].endswith('loc(fused["mm", "bias", "tanh"])')
 
 
+def test_an_activation_behind_a_reshape_joins_the_linear(ir: IRHarness) -> None:
+    """GPT-2's Conv1D: a 2-D product viewed as [1, S, N], then the GELU. The activation moves into the
+    linear and the reshape follows it (an elementwise op commutes with a reshape)."""
+    v = "tensor<1x2x3xf32>"
+    out = ir.run_body("tilize,fuse", matmul_then(
+        ir, "tensor<3xf32>",
+        f'%1 = "ttir.add"(%0, %arg2) : ({T}, tensor<3xf32>) -> {T} loc("bias")',
+        f'%2 = "ttir.reshape"(%1) : ({T}) -> {v} loc("view")',
+        f'%3 = "ttir.gelu"(%2) {{approximate = "tanh"}} : ({v}) -> {v} loc("gelu")',
+        f'func.return %3 : {v} loc("ret")').replace(f"-> {T} {{", f"-> {v} {{"))
+    ir.check(out,
+             '%3 = "ttir.linear"(%0, %1, %2) {activation = "gelu_tanh", transpose_b = false}',
+             f'%4 = "ttir.reshape"(%3) : ({D}) -> {dev("1x2x3")} loc("view")')
+    assert 'loc(fused["mm", "bias", "gelu"])' in out.splitlines()[3]
+    assert "ttir.eltwise" not in out
+
+
+def test_a_reshape_without_an_activation_after_it_stays(ir: IRHarness) -> None:
+    v = "tensor<1x2x3xf32>"
+    out = ir.run_body("tilize,fuse", matmul_then(
+        ir, "tensor<3xf32>",
+        f'%1 = "ttir.reshape"(%0) : ({T}) -> {v} loc("view")',
+        f'%2 = "ttir.exp"(%1) : ({v}) -> {v} loc("exp")',
+        f'func.return %2 : {v} loc("ret")').replace(f"-> {T} {{", f"-> {v} {{"))
+    ir.check(out, '"ttir.linear"(%0, %1) {activation = "none", transpose_b = false}', '"ttir.reshape"',
+             '"ttir.eltwise"', '"ttir.exp"')
+
+
 def test_full_size_add_is_not_a_bias(ir: IRHarness) -> None:
     out = ir.run_body("tilize,fuse", matmul_then(
         ir, T,

@@ -1,0 +1,401 @@
+"""Split rows: a softmax or layer norm whose rows are few and long runs each row on `split` cores, each core
+taking one column slice of ct / split tiles (a blocking with `"split": S`).
+
+When rows are few (BERT's and GPT-2's layer norms: 128 rows x 768, four tile rows) the whole-row plans
+(row_ops.py) use a handful of cores. Here the cores of a *group* (S consecutive cores of a grid row) share the
+same rows (`batches` x `rows` tile rows per core, R in all, unrolled in the kernels) and each holds its slice of
+them in L1 at once. A row statistic is then made of the slices' partial statistics in two exchanges:
+
+    layer norm   1. partial sums -> mean      2. partial sums of squared centred values -> rstd
+    softmax      1. partial maxima -> max     2. partial sums of exp(x - max) -> 1 / sum
+
+Each exchange: the compute kernel packs its R partial tiles (one per row: column 0 holds the slice's row
+statistics, the reduce's fill elsewhere) into CB_PART; the writer writes them into an L1 scratch buffer (page
+((exchange * G + group) * R + r) * S + slice: every partial has its own page, so nothing is overwritten while a
+peer may still read it) and, after the write barrier, increments semaphore 0 of every core of its group
+(itself too); the reader waits until its semaphore reaches S times the exchanges so far (a running count:
+no reset, so an increment of the next exchange cannot be lost), reads the group's R x S partials into
+CB_PARTS, and the compute kernel reduces each row's S partials in slice order (`reduce_row`: the same order on
+every core, so the cores of a group agree bit for bit), then the statistic's SFPU steps. Then each core
+normalises its own slice. The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
+partials), so the bits differ from the whole-row plan's (a different summation order), not the definition.
+
+The scratch buffer (`scratch`) is created before the program and freed after it; the grid pass counts its
+L1 share in the op's footprint (`DeviceOp.scratch`). Semaphore messages are not counted (runtime/multicast.py).
+The grid is the groups laid out `groups_x` to a grid row: x = S * groups_x, y = G / groups_x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ttc.ir import target
+from ttc.ir.core import Operation
+from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttmetal import CBConfigAttr
+from ttc.ir.target import Counts
+from ttc.ir.types import TensorType
+from ttc.passes.ops.counting import Buffer, Plan
+from ttc.passes.ops.geometry import (
+    CB_BETA,
+    CB_GAMMA,
+    CB_GROUPS,
+    CB_IN0,
+    CB_MASKED,
+    CB_OUT,
+    CB_STAT,
+    CB_STAT2,
+    CB_TMP,
+    CB_TMP2,
+    CB_WIDE,
+    CB_WIDE2,
+    TILE,
+    TileShape,
+    batch_groups,
+    cb,
+    divisors,
+    double,
+    page_size,
+    tensor,
+    tile_shape,
+)
+from ttc.passes.ops.kernel import KernelBuilder
+from ttc.passes.ops.program import Program, Schedule, schedule_of
+from ttc.passes.ops.row_ops import _row_sum, mask_block, reduce_row, row_sum_groups, scale_and_shift
+
+SPLIT, GROUPS_X = "split", "groups_x"
+CB_PART, CB_PARTS = 24, 25  # this core's partial statistics (one tile per row); the group's (S per row)
+SEMAPHORE = 0
+EXCHANGES = 2
+SPLIT_MIN_TILES = 4  # rows narrower than this are not split
+MAX_SPLIT_ROWS = 8  # tile rows per core (the kernels unroll them)
+
+
+def is_split(blocking: dict[str, int]) -> bool:
+    return blocking.get(SPLIT, 0) > 1
+
+
+def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
+    """Every split S >= 2 of the row's tiles (a divisor), R <= MAX_SPLIT_ROWS tile rows per core, any layout
+    of the groups on grid rows (`groups_x` groups to a row), the widest Dst block dividing the slice."""
+    out = tile_shape(tensor(op.result).shape)
+    if out.ct < SPLIT_MIN_TILES:
+        return
+    for split in divisors(out.ct)[1:]:
+        slice_w = out.ct // split
+        width = max(d for d in divisors(slice_w) if d <= max_w)
+        for batches in batch_groups([], out.batches):
+            for rows in divisors(out.rt):
+                if batches * rows > MAX_SPLIT_ROWS:
+                    continue
+                groups = (out.batches // batches) * (out.rt // rows)
+                for groups_x in divisors(groups):
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, SPLIT: split,
+                           GROUPS_X: groups_x}
+
+
+def split_units(op: Operation, b: dict[str, int]) -> tuple[int, int, int]:
+    out = tile_shape(tensor(op.result).shape)
+    return out.batches // b["batches"], out.rt // b["rows"], b[SPLIT]
+
+
+def split_grid(op: Operation, b: dict[str, int]) -> tuple[int, int]:
+    bu, ru, split = split_units(op, b)
+    return split * b[GROUPS_X], bu * ru // b[GROUPS_X]
+
+
+def scratch_type(op: Operation, b: dict[str, int]) -> TensorType:
+    """The exchanges' L1 scratch: EXCHANGES x G x R tile rows of S partial tiles, in the statistics' format."""
+    bu, ru, split = split_units(op, b)
+    rows = EXCHANGES * bu * ru * b["batches"] * b["rows"]
+    return TensorType((rows * TILE, split * TILE), tensor(op.result).element_type,
+                      LayoutAttr("tile", "l1", "interleaved"))
+
+
+def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
+    x, out = tensor(op.operands[0]), tensor(op.result)
+    fmt = out.element_type
+    rows, split, width = b["batches"] * b["rows"], b[SPLIT], b["block_w"]
+    slice_w = tile_shape(x.shape).ct // split
+    blocks = rows * (slice_w // width)
+    cbs = [cb(CB_IN0, x.element_type, rows * slice_w), cb(CB_OUT, fmt, double(width, blocks)),
+           cb(CB_STAT, fmt, rows), cb(CB_STAT2, fmt, rows), cb(CB_PART, fmt, rows), cb(CB_PARTS, fmt, rows * split)]
+    groups = max(len(row_sum_groups(slice_w)), len(row_sum_groups(split)))
+    if groups > 1:
+        cbs.append(cb(CB_GROUPS, fmt, groups))
+    if op.name == ttir.SOFTMAX.name:
+        cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, rows * slice_w)]
+        return sorted(cbs, key=lambda c: c.index)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, blocks)),
+            cb(CB_WIDE, fmt, rows * slice_w), cb(CB_WIDE2, fmt, slice_w), cb(CB_TMP, fmt, width)]
+    if len(op.operands) > 2:
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, blocks)), cb(CB_TMP2, fmt, width)]
+    return sorted(cbs, key=lambda c: c.index)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counts
+
+
+def row_offsets(shape: TileShape, b: dict[str, int]) -> list[int]:
+    """Tile offset of each of a core's R rows from its first row's."""
+    return [(r // b["rows"]) * shape.rt * shape.ct + (r % b["rows"]) * shape.ct for r in range(b["batches"] * b["rows"])]
+
+
+def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int]) -> Counts:
+    shape = tile_shape(tensor(op.operands[0]).shape)
+    rows, split = b["batches"] * b["rows"], b[SPLIT]
+    w = shape.ct // split
+    pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
+    plan = Plan(device, grid, split_units(op, b))
+    if op.name == ttir.SOFTMAX.name:
+        plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the slice's masked last tile
+        plan.tile(target.REDUCE_MAX, rows * w)
+        plan.tile(target.DATACOPY, rows)  # the max of the partial maxima: a fill,
+        plan.tile(target.REDUCE_MAX, rows * split)  # then the S partials
+        plan.tile(target.binary_key("sub"), rows * w)
+        plan.tile(target.sfpu_key("exp"), rows * w)
+        plan.tile(target.DATACOPY, rows * w * (int(pad_cols) + int(pad_rows)))
+        _row_sum(plan, rows, w, fidelity)
+        _row_sum(plan, rows, split, fidelity)
+        plan.tile(target.sfpu_key("recip"), rows)
+        plan.tile(target.binary_key("mul"), rows * w)
+    else:
+        for _ in range(2):
+            _row_sum(plan, rows, w, fidelity)
+            _row_sum(plan, rows, split, fidelity)
+        plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
+        plan.tile(target.sfpu_key("add_scalar"), rows)
+        plan.tile(target.sfpu_key("rsqrt"), rows)
+        plan.tile(target.binary_key("sub"), 2 * rows * w)
+        plan.tile(target.DATACOPY, rows * w * (2 * int(pad_cols) + int(pad_rows)))
+        plan.tile(target.sfpu_key("square"), rows * w)
+        plan.tile(target.binary_key("mul"), 2 * rows * w)
+        plan.tile(target.binary_key("add"), rows * w * int(len(op.operands) > 2))
+
+    unit = plan.unit
+    first = (unit[:, 0] * b["batches"] * shape.rt + unit[:, 1] * b["rows"]) * shape.ct + unit[:, 2] * w
+    offsets = np.asarray(row_offsets(shape, b))
+
+    def slice_pages() -> np.ndarray:
+        return (first[:, None, None] + offsets[None, :, None] + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
+
+    plan.static(Buffer.of(tensor(op.operands[0]), device), rows * w, page_lists=slice_pages)
+    for param in op.operands[1:]:
+        plan.static(Buffer.of(tensor(param), device), rows * w,
+                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, rows)))
+    scratch = Buffer(page_size(scratch_type(op, b)), False, None)
+    plan.static(scratch, EXCHANGES * rows, write=True)
+    plan.static(scratch, EXCHANGES * rows * split)
+    plan.static(Buffer.of(tensor(op.result), device), rows * w, write=True, page_lists=slice_pages)
+    return plan.counts()
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+def lower_split(op: Operation) -> Program:
+    schedule = schedule_of(op)
+    b = schedule.blocking
+    shape = tile_shape(tensor(op.operands[0]).shape)
+    split, rows = b[SPLIT], b["batches"] * b["rows"]
+    w = shape.ct // split
+    bu, ru, _ = split_units(op, b)
+    groups_x = b[GROUPS_X]
+
+    def first_tile(unit: tuple[int, ...]) -> int:
+        return (unit[0] * b["batches"] * shape.rt + unit[1] * b["rows"]) * shape.ct + unit[2] * w
+
+    def group(unit: tuple[int, ...]) -> int:
+        return unit[0] * ru + unit[1]
+
+    def reader_args(unit: tuple[int, ...]) -> list[int]:
+        return [first_tile(unit), group(unit) * rows * split, unit[2] * w]
+
+    def writer_args(unit: tuple[int, ...]) -> list[int]:
+        g = group(unit)
+        return [first_tile(unit), g * rows * split + unit[2], (g % groups_x) * split, g // groups_x]
+
+    def compute_args(unit: tuple[int, ...]) -> list[int]:
+        return [unit[1] * b["rows"], unit[2] * w]
+
+    compute = split_softmax_compute if op.name == ttir.SOFTMAX.name else split_layer_norm_compute
+    scratch = scratch_type(op, b)
+    kernels = (split_reader(op, schedule, shape, scratch), compute(op, schedule, shape),
+               split_writer(op, schedule, shape, scratch))
+    assert bu * ru == groups_x * schedule.grid.y and split * groups_x == schedule.grid.x
+    kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
+    return Program(kind, schedule.grid, split_cbs(op, b), kernels,
+                   (schedule.args(reader_args), schedule.args(compute_args), schedule.args(writer_args)),
+                   list(op.operands), scratch=[scratch])
+
+
+def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorType):
+    """The slice's R rows at once; per exchange, the wait for the group's S increments and the read of its
+    R x S partials; then the parameters' slice, per row and block (layer norm)."""
+    b = s.blocking
+    split, rows, width = b[SPLIT], b["batches"] * b["rows"], b["block_w"]
+    w = shape.ct // split
+    groups = s.grid.num_cores // split
+    k = KernelBuilder(op.loc)
+    gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
+    scratch_gen = k.addrgen(len(op.operands), scratch)
+    for offset in row_offsets(shape, b):
+        k.op("cb_reserve_back", cb=CB_IN0, pages=w)
+        k.op("noc_read_tiles", gens[0], k.add(k.arg(0), offset), cb=CB_IN0, rows=1, cols=w)
+        k.op("noc_read_barrier")
+        k.op("cb_push_back", cb=CB_IN0, pages=w)
+    for exchange in range(EXCHANGES):
+        k.op("semaphore_wait", semaphore=SEMAPHORE, value=split * (exchange + 1))
+        k.op("cb_reserve_back", cb=CB_PARTS, pages=rows * split)
+        k.op("noc_read_tiles", scratch_gen, k.add(k.arg(1), exchange * groups * rows * split), cb=CB_PARTS,
+             rows=rows, cols=split, row_stride=split)
+        k.op("noc_read_barrier")
+        k.op("cb_push_back", cb=CB_PARTS, pages=rows * split)
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    if params:
+        with k.loop(rows), k.loop(w // width) as block:
+            for cb_index, gen in params:
+                k.op("cb_reserve_back", cb=cb_index, pages=width)
+                k.op("noc_read_tiles", gen, k.affine(k.arg(2), (block, width)), cb=cb_index, rows=1, cols=width)
+            k.op("noc_read_barrier")
+            for cb_index, _ in params:
+                k.op("cb_push_back", cb=cb_index, pages=width)
+    return k.region()
+
+
+def split_writer(op: Operation, s: Schedule, shape: TileShape, scratch: TensorType):
+    """Per exchange, this core's R partials into the scratch and an increment of every group core's semaphore;
+    then the slice's output blocks."""
+    b = s.blocking
+    split, rows, width = b[SPLIT], b["batches"] * b["rows"], b["block_w"]
+    w = shape.ct // split
+    groups = s.grid.num_cores // split
+    k = KernelBuilder(op.loc)
+    scratch_gen = k.addrgen(len(op.operands), scratch)
+    out_gen = k.addrgen(len(op.operands) + 1, tensor(op.result))
+    for exchange in range(EXCHANGES):
+        k.op("cb_wait_front", cb=CB_PART, pages=rows)
+        k.op("noc_write_tiles", scratch_gen, k.add(k.arg(1), exchange * groups * rows * split), cb=CB_PART,
+             rows=rows, cols=1, row_stride=split)
+        k.op("noc_write_barrier")
+        k.op("cb_pop_front", cb=CB_PART, pages=rows)
+        for peer in range(split):
+            k.op("semaphore_inc", k.add(k.arg(2), peer), k.arg(3), semaphore=SEMAPHORE)
+    for offset in row_offsets(shape, b):
+        with k.loop(w // width) as block:
+            k.op("cb_wait_front", cb=CB_OUT, pages=width)
+            k.op("noc_write_tiles", out_gen, k.affine(k.add(k.arg(0), offset), (block, width)), cb=CB_OUT, rows=1,
+                 cols=width)
+            k.op("noc_write_barrier")
+            k.op("cb_pop_front", cb=CB_OUT, pages=width)
+    return k.region()
+
+
+def combine(k: KernelBuilder, rows: int, split: int, kind: str, out_cb: int, fidelity: str,
+            sfpu: tuple[tuple[str, float], ...] = ()) -> None:
+    """Each row's statistic from the group's S partials in CB_PARTS (slice order), into out_cb (R tiles)."""
+    k.op("cb_wait_front", cb=CB_PARTS, pages=rows * split)
+    for r in range(rows):
+        reduce_row(k, CB_PARTS, split, out_cb, kind, fidelity, sfpu=sfpu, offset=r * split)
+    k.op("cb_pop_front", cb=CB_PARTS, pages=rows * split)
+    k.op("cb_wait_front", cb=out_cb, pages=rows)
+
+
+def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
+    b = s.blocking
+    split, rows, width = b[SPLIT], b["batches"] * b["rows"], b["block_w"]
+    w = shape.ct // split
+    has_beta = len(op.operands) > 2
+    inverse_width = 1.0 / shape.cols
+    k = KernelBuilder(op.loc)
+    k.op("cb_wait_front", cb=CB_IN0, pages=rows * w)
+    for r in range(rows):  # exchange 1: the slices' sums
+        reduce_row(k, CB_IN0, w, CB_PART, "sum", s.fidelity, offset=r * w)
+    combine(k, rows, split, "sum", CB_STAT, s.fidelity, sfpu=(("mul_scalar", inverse_width),))
+    for r in range(rows):  # centred values (kept) and their squares, padding columns zeroed; exchange 2's sums
+        with k.loop(w // width) as block:
+            k.op("tile_regs_acquire")
+            for dst in (0, width):
+                k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
+                     rows=1, cols=width, dst=dst)
+                mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True, dst=dst)
+            k.op("sfpu_tiles", fn="square", dst=width, count=width)
+            k.op("tile_regs_commit")
+            k.op("tile_regs_wait")
+            k.pack(CB_WIDE, width)
+            k.pack(CB_WIDE2, width, dst=width)
+            k.op("tile_regs_release")
+            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+        k.op("cb_wait_front", cb=CB_WIDE2, pages=w)
+        reduce_row(k, CB_WIDE2, w, CB_PART, "sum", s.fidelity)
+        k.op("cb_pop_front", cb=CB_WIDE2, pages=w)
+    k.op("cb_pop_front", cb=CB_STAT, pages=rows)
+    combine(k, rows, split, "sum", CB_STAT2, s.fidelity,
+            sfpu=(("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
+    k.op("cb_wait_front", cb=CB_WIDE, pages=rows * w)
+    for r in range(rows):  # centred x rstd x gamma (+ beta), padding rows zeroed
+        with k.loop(w // width) as block:
+            last = scale_and_shift(k, width, has_beta, stat_offset=r)
+            mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
+                       rows=True, cols=False)
+            k.pack_block(CB_OUT, width)
+            for cb_index in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+                k.op("cb_pop_front", cb=cb_index, pages=width)
+    k.op("cb_pop_front", cb=CB_STAT2, pages=rows)
+    return k.region()
+
+
+def split_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
+    b = s.blocking
+    split, rows, width = b[SPLIT], b["batches"] * b["rows"], b["block_w"]
+    w = shape.ct // split
+    padded = shape.cols % TILE != 0
+    k = KernelBuilder(op.loc)
+    k.op("cb_wait_front", cb=CB_IN0, pages=rows * w)
+    for r in range(rows):  # exchange 1: the slices' maxima (the slice's last tile's padding columns -> -inf)
+        if padded:
+            k.op("tile_regs_acquire")
+            k.op("copy_tiles", cb=CB_IN0, offset=r * w + w - 1, rows=1, cols=1)
+            mask_block(k, shape, 0, k.add(k.arg(1), w - 1), 1, rows=False, cols=True, fill=float("-inf"))
+            k.pack_block(CB_MASKED, 1)
+            k.op("cb_wait_front", cb=CB_MASKED, pages=1)
+        k.op("tile_regs_acquire")
+        k.op("fill_tiles", count=1, value=float("-inf"))
+        if w - padded:
+            k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, offset=r * w, rows=1, cols=w - padded,
+                 fidelity=s.fidelity)
+        if padded:
+            k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
+        k.pack_block(CB_PART, 1)
+        if padded:
+            k.op("cb_pop_front", cb=CB_MASKED, pages=1)
+    combine(k, rows, split, "max", CB_STAT, s.fidelity)
+    for r in range(rows):  # exp(x - max), padding columns back to zero; exchange 2's sums
+        with k.loop(w // width) as block:
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
+                 rows=1, cols=width)
+            k.op("sfpu_tiles", fn="exp", count=width)
+            mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True)
+            k.pack_block(CB_WIDE, width)
+            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+        k.op("cb_wait_front", cb=CB_WIDE, pages=(r + 1) * w)
+        reduce_row(k, CB_WIDE, w, CB_PART, "sum", s.fidelity, offset=r * w)
+    k.op("cb_pop_front", cb=CB_STAT, pages=rows)
+    combine(k, rows, split, "sum", CB_STAT2, s.fidelity, sfpu=(("recip", 0.0),))
+    for r in range(rows):  # x 1 / sum, padding rows zeroed
+        with k.loop(w // width) as block:
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, b_offset=r, b_col_stride=0, bcast="col",
+                 rows=1, cols=width)
+            mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
+                       rows=True, cols=False)
+            k.pack_block(CB_OUT, width)
+            k.op("cb_pop_front", cb=CB_WIDE, pages=width)
+    k.op("cb_pop_front", cb=CB_STAT2, pages=rows)
+    return k.region()
