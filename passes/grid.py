@@ -105,12 +105,13 @@ def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | N
 # Candidates
 
 
-def candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """The blockings the op's kernels support (its kind's `candidates`)."""
+def candidates(op: Operation, fallback: bool = False) -> Iterator[dict[str, int]]:
+    """The blockings the op's kernels support (its kind's `candidates`; with `fallback`, its
+    `fallback_candidates`: a slower plan for when none of those fits L1)."""
     kind = device_op(op)
     if kind is None:
         raise ValueError(f"'{op.name}' is not a device program")
-    return kind.candidates(op)
+    return kind.fallback_candidates(op) if fallback else kind.candidates(op)
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,12 @@ class Choice:
     reason: str = ""
 
 
-def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterator[tuple[GridAttr, dict[str, int]]]:
-    """Every candidate blocking whose cores fit on a grid inside the compute grid, with that grid."""
+def placements(op: Operation, device: DeviceAttr, max_cores: int = 0,
+               fallback: bool = False) -> Iterator[tuple[GridAttr, dict[str, int]]]:
+    """Every candidate blocking (or fallback blocking) whose cores fit on a grid inside the compute grid, with
+    that grid."""
     kind = device_op(op)
-    for blocking in candidates(op):
+    for blocking in candidates(op, fallback):
         cores = 1
         for units in core_units(op, blocking):
             cores *= units
@@ -142,11 +145,11 @@ def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterato
 
 
 def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0,
-           weights: Weights | None = None) -> list[tuple[GridAttr, dict, Cost]]:
-    """The placed candidates, cheapest first (ties keep the enumeration order)."""
+           weights: Weights | None = None, fallback: bool = False) -> list[tuple[GridAttr, dict, Cost]]:
+    """The placed candidates (or fallback candidates), cheapest first (ties keep the enumeration order)."""
     kind = op_kind(op) or ""
     costed = [(grid, blocking, estimate(op, kind, device, grid, blocking, fidelity, weights=weights))
-              for grid, blocking in placements(op, device, max_cores)]
+              for grid, blocking in placements(op, device, max_cores, fallback)]
     return sorted(costed, key=lambda c: c[2].cycles)
 
 
@@ -259,7 +262,16 @@ def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: di
     sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
     if not sizes:
         raise no_placement(op, device, max_cores)
+    if min(sizes) > device.l1_free:  # no plan of the fast kind fits an empty L1: the fallback's, if any, counts
+        sizes += [cb_bytes(circular_buffers(op, blocking))
+                  for _, blocking in placements(op, device, max_cores, fallback=True)]
     return min(sizes)
+
+
+def needs_fallback(op: Operation, device: DeviceAttr, max_cores: int = 0) -> bool:
+    """No candidate of `op` fits even an empty L1 (its CBs alone exceed it): only a fallback plan can run."""
+    sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
+    return bool(sizes) and min(sizes) > device.l1_free
 
 
 def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserError:
@@ -273,10 +285,13 @@ def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserE
 
 
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0,
-           weights: Weights | None = None) -> Choice:
-    """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does."""
+           weights: Weights | None = None, fallback: bool = False) -> Choice:
+    """The cheapest placed candidate whose footprint fits `budget`; with `fallback`, when none does, the
+    cheapest fallback candidate that fits; a UserError when none does."""
     smallest = None
     candidates = ranked(op, device, fidelity, max_cores, weights)
+    if fallback:  # tried in order after every candidate of the fast plan
+        candidates += ranked(op, device, fidelity, max_cores, weights, fallback=True)
     if not candidates:
         raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
@@ -485,6 +500,8 @@ class Grid(Pass):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 choice = None
+                # a fallback plan only where no fast one fits an empty L1, or none fits after every spill
+                fallback = op_kind(op) != "matmul" and needs_fallback(op, device, self.max_cores)
                 while choice is None:
                     try:
                         if op_kind(op) == "matmul":
@@ -492,10 +509,15 @@ class Grid(Pass):
                                                    module.weights, memo, self.multicast)
                             shard_result(op, choice, live, device)
                         else:
-                            choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights)
+                            choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,
+                                            fallback)
                     except UserError:
-                        if not spill_to_dram(op, live, device):
+                        if spill_to_dram(op, live, device):
+                            continue
+                        if fallback or op_kind(op) == "matmul" or \
+                                not any(True for _ in placements(op, device, self.max_cores, fallback=True)):
                             raise
+                        fallback = True
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()
