@@ -472,11 +472,11 @@ class Core {
     if (size > E.cbs[index].page_size) fail(SEGMENT_CB, index, {size, E.cbs[index].page_size}, stage + 1);
   }
   enum CountMode { COUNT_STATIC, COUNT_MASKED };
-  // With seg_offset >= 0: a row segment (bytes seg_offset.. of each page, seg_size of them) to the start of each CB
+  // With `segmented`: a row segment (bytes seg_offset.. of each page, seg_size of them) to the start of each CB
   // page, the rest of the page zero, counted in bytes.
   void noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n, const int64_t* page_list,
                 const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank, int64_t stage = 0,
-                int64_t seg_offset = -1, int64_t seg_size = 0);
+                bool segmented = false, int64_t seg_offset = 0, int64_t seg_size = 0);
   void transfer(const AddrGen& g, int64_t b, int64_t offset, const uint8_t* written, int64_t size = -1) {
     if (!R.check_races) return;
     if (size < 0) size = g.page_size;
@@ -916,7 +916,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       pages.resize(count);
       for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
       if (f[8] >= 0)  // a row segment of each page
-        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, regs[f[8]],
+        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
                  regs[f[9]]);
       else
         noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
@@ -1132,8 +1132,7 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
 // interpreter does) and zero-filled or left as they are.
 void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n,
                     const int64_t* page_list, const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank,
-                    int64_t stage, int64_t seg_offset, int64_t seg_size) {
-  bool segmented = seg_offset >= 0;
+                    int64_t stage, bool segmented, int64_t seg_offset, int64_t seg_size) {
   page_range(cb_offset, n);
   check_window(cb_index, offs.data(), n, cb[cb_index].reserved, false, stage);
   if (segmented) {  // the format, the segment's two checks, then the pages: stages after the window's, in order
@@ -1272,9 +1271,9 @@ void Core::op_noc_read_rows_indexed(int kernel, const Instr& in) {
     wanted[j] = w;
     pages[j] = w ? index : 0;
   }
-  int64_t seg_offset = f[11] >= 0 ? regs[f[11]] : -1, seg_size = f[11] >= 0 ? regs[f[12]] : 0;
-  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), true, COUNT_MASKED, false, 3, seg_offset,
-           seg_size);
+  bool segmented = f[11] >= 0;
+  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), true, COUNT_MASKED, false, 3, segmented,
+           segmented ? regs[f[11]] : 0, segmented ? regs[f[12]] : 0);
 }
 
 void Core::op_noc_write_tiles(int kernel, const Instr& in) {
