@@ -16,8 +16,9 @@ from cost_model_checks import check_planned_equals_executed, check_static_equals
 from onnx import TensorProto, helper, numpy_helper
 
 from ttc.golden import run_onnxruntime
+from ttc.ir.dialects import ttkernel
 
-SEGMENTED = {"untilize": "ttkernel.noc_write_rows", "embedding": "ttkernel.noc_read_rows_indexed"}
+SEGMENTED = {"untilize": ttkernel.NOC_WRITE_ROWS.name, "embedding": ttkernel.NOC_READ_ROWS_INDEXED.name}
 
 
 def model_of(shape: tuple[int, ...], nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> onnx.ModelProto:
