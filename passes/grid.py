@@ -8,7 +8,10 @@ compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheap
     tt.grid = #tt.grid<XxY>, tt.blocking = {...}, tt.cost = {cycles = N, bound = "..."},
     tt.math_fidelity = "hifi4"
 
-When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
+A kind may offer a slower fallback plan (`DeviceOp.fallback_candidates`: the column-blocked untilize,
+tilize and row lookup of rows too wide for L1): it is ranked and tried only after every candidate of the fast
+plan, and only when none of those fits an empty L1, or none fits after the op's L1 intermediates were spilled
+to DRAM. When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
 budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, when the cost model
@@ -501,7 +504,8 @@ class Grid(Pass):
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 choice = None
                 # a fallback plan only where no fast one fits an empty L1, or none fits after every spill
-                fallback = op_kind(op) != "matmul" and needs_fallback(op, device, self.max_cores)
+                has_fallback = op_kind(op) != "matmul" and any(True for _ in candidates(op, fallback=True))
+                fallback = has_fallback and needs_fallback(op, device, self.max_cores)
                 while choice is None:
                     try:
                         if op_kind(op) == "matmul":
@@ -514,8 +518,7 @@ class Grid(Pass):
                     except UserError:
                         if spill_to_dram(op, live, device):
                             continue
-                        if fallback or op_kind(op) == "matmul" or \
-                                not any(True for _ in placements(op, device, self.max_cores, fallback=True)):
+                        if fallback or not has_fallback:
                             raise
                         fallback = True
                 op.attributes[GRID] = choice.grid
