@@ -118,3 +118,20 @@ def test_rows_that_fit_keep_the_whole_row_plan() -> None:
     assert cbs[0].page_size == 8000
     (program,) = programs(module)
     assert not any(len(op.operands) > 2 for op in program.walk() if op.name == "ttkernel.noc_read_pages")
+
+
+def test_the_fallback_is_tried_only_after_every_whole_row_blocking() -> None:
+    """`grid.choose`: with room for a whole-row blocking it wins even when the fallback is allowed; with a budget
+    below every whole-row footprint only the allowed fallback fits (and without it the op is refused)."""
+    from ttc.passes.grid import choose, min_cb_bytes, needs_fallback
+
+    op = next(op for op in parse_module(text((64, 4000))).function("main").body.ops if op_kind(op) == "tilize")
+    whole = min_cb_bytes(op, E150)
+    assert not needs_fallback(op, E150)
+    assert "segment" not in choose(op, E150, E150.l1_free, "hifi4", fallback=True).blocking
+    small = choose(op, E150, whole - 1, "hifi4", fallback=True)
+    assert "segment" in small.blocking and small.footprint < whole
+    with pytest.raises(UserError, match="does not fit in L1"):
+        choose(op, E150, whole - 1, "hifi4")
+    wide = next(op for op in parse_module(text((32, 27885))).function("main").body.ops if op_kind(op) == "tilize")
+    assert needs_fallback(wide, E150) and min_cb_bytes(wide, E150) < E150.l1_free
