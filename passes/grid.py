@@ -8,7 +8,10 @@ compute grid, ranks the candidates by `cost_model.estimate`, and takes the cheap
     tt.grid = #tt.grid<XxY>, tt.blocking = {...}, tt.cost = {cycles = N, bound = "..."},
     tt.math_fidelity = "hifi4"
 
-When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
+A kind may offer a slower fallback plan (`DeviceOp.fallback_candidates`: the column-blocked untilize,
+tilize and row lookup of rows too wide for L1): it is ranked and tried only after every candidate of the fast
+plan, and only when none of those fits an empty L1, or none fits after the op's L1 intermediates were spilled
+to DRAM. When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
 budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, when the cost model
@@ -105,12 +108,13 @@ def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | N
 # Candidates
 
 
-def candidates(op: Operation) -> Iterator[dict[str, int]]:
-    """The blockings the op's kernels support (its kind's `candidates`)."""
+def candidates(op: Operation, fallback: bool = False) -> Iterator[dict[str, int]]:
+    """The blockings the op's kernels support (its kind's `candidates`; with `fallback`, its
+    `fallback_candidates`: a slower plan for when none of those fits L1)."""
     kind = device_op(op)
     if kind is None:
         raise ValueError(f"'{op.name}' is not a device program")
-    return kind.candidates(op)
+    return kind.fallback_candidates(op) if fallback else kind.candidates(op)
 
 
 @dataclass(frozen=True)
@@ -123,10 +127,12 @@ class Choice:
     reason: str = ""
 
 
-def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterator[tuple[GridAttr, dict[str, int]]]:
-    """Every candidate blocking whose cores fit on a grid inside the compute grid, with that grid."""
+def placements(op: Operation, device: DeviceAttr, max_cores: int = 0,
+               fallback: bool = False) -> Iterator[tuple[GridAttr, dict[str, int]]]:
+    """Every candidate blocking (or fallback blocking) whose cores fit on a grid inside the compute grid, with
+    that grid."""
     kind = device_op(op)
-    for blocking in candidates(op):
+    for blocking in candidates(op, fallback):
         cores = 1
         for units in core_units(op, blocking):
             cores *= units
@@ -142,11 +148,11 @@ def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterato
 
 
 def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0,
-           weights: Weights | None = None) -> list[tuple[GridAttr, dict, Cost]]:
-    """The placed candidates, cheapest first (ties keep the enumeration order)."""
+           weights: Weights | None = None, fallback: bool = False) -> list[tuple[GridAttr, dict, Cost]]:
+    """The placed candidates (or fallback candidates), cheapest first (ties keep the enumeration order)."""
     kind = op_kind(op) or ""
     costed = [(grid, blocking, estimate(op, kind, device, grid, blocking, fidelity, weights=weights))
-              for grid, blocking in placements(op, device, max_cores)]
+              for grid, blocking in placements(op, device, max_cores, fallback)]
     return sorted(costed, key=lambda c: c[2].cycles)
 
 
@@ -259,7 +265,16 @@ def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: di
     sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
     if not sizes:
         raise no_placement(op, device, max_cores)
+    if min(sizes) > device.l1_free:  # no plan of the fast kind fits an empty L1: the fallback's, if any, counts
+        sizes += [cb_bytes(circular_buffers(op, blocking))
+                  for _, blocking in placements(op, device, max_cores, fallback=True)]
     return min(sizes)
+
+
+def needs_fallback(op: Operation, device: DeviceAttr, max_cores: int = 0) -> bool:
+    """No candidate of `op` fits even an empty L1 (its CBs alone exceed it): only a fallback plan can run."""
+    sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
+    return bool(sizes) and min(sizes) > device.l1_free
 
 
 def no_placement(op: Operation, device: DeviceAttr, max_cores: int = 0) -> UserError:
@@ -276,10 +291,12 @@ ROW_KINDS = frozenset({"softmax", "layer_norm"})  # counts that depend on types 
 
 
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0,
-           weights: Weights | None = None, memo: dict[tuple, list] | None = None) -> Choice:
-    """The cheapest placed candidate whose footprint fits `budget`; a UserError when none does. `memo` (one
-    grid pass run) reuses the ranking of a row op with the same signature (`matmul_signature`: the 25 layer
-    norms of a 12-layer encoder rank their split and whole-row candidates once)."""
+           weights: Weights | None = None, memo: dict[tuple, list] | None = None,
+           fallback: bool = False) -> Choice:
+    """The cheapest placed candidate whose footprint fits `budget`; with `fallback`, when none does, the
+    cheapest fallback candidate that fits; a UserError when none does. `memo` (one grid pass run) reuses the
+    ranking of a row op with the same signature (`matmul_signature`: the 25 layer norms of a 12-layer encoder
+    rank their split and whole-row candidates once)."""
     smallest = None
     if memo is not None and op_kind(op) in ROW_KINDS:
         key = ("row", matmul_signature(op), id(device), fidelity, max_cores)
@@ -288,6 +305,8 @@ def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_co
         candidates = memo[key]
     else:
         candidates = ranked(op, device, fidelity, max_cores, weights)
+    if fallback:  # tried in order after every candidate of the fast plan (a new list: the memo's stays)
+        candidates = candidates + ranked(op, device, fidelity, max_cores, weights, fallback=True)
     if not candidates:
         raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
@@ -496,6 +515,9 @@ class Grid(Pass):
                     continue
                 fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
                 choice = None
+                # a fallback plan only where no fast one fits an empty L1, or none fits after every spill
+                has_fallback = op_kind(op) != "matmul" and any(True for _ in candidates(op, fallback=True))
+                fallback = has_fallback and needs_fallback(op, device, self.max_cores)
                 while choice is None:
                     try:
                         if op_kind(op) == "matmul":
@@ -504,10 +526,13 @@ class Grid(Pass):
                             shard_result(op, choice, live, device)
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,
-                                            memo)
+                                            memo, fallback)
                     except UserError:
-                        if not spill_to_dram(op, live, device):
+                        if spill_to_dram(op, live, device):
+                            continue
+                        if fallback or not has_fallback:
                             raise
+                        fallback = True
                 op.attributes[GRID] = choice.grid
                 op.attributes[BLOCKING] = dict(choice.blocking)
                 op.attributes[COST] = choice.cost.as_attr()

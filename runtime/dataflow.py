@@ -311,10 +311,14 @@ def addrgen(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
                                    a["memory_layout"])
 
 
-def _check_noc(gen: AddrGen, cb: CircularBuffer) -> None:
+def _check_format(gen: AddrGen, cb: CircularBuffer) -> None:
     if gen.format is not None and cb.format is not None and gen.format != cb.format:
         raise Fault(f"the buffer's format {gen.format} differs from CB {cb.index}'s format {cb.format}",
                     cb=cb.index)
+
+
+def _check_noc(gen: AddrGen, cb: CircularBuffer) -> None:
+    _check_format(gen, cb)
     if gen.page_size > cb.page_size:
         raise Fault(f"buffer pages of {gen.page_size} bytes do not fit CB {cb.index}'s "
                     f"{cb.page_size}-byte pages", cb=cb.index)
@@ -377,11 +381,57 @@ def _valid_columns(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> n
     return np.broadcast_to(columns < valid, (p.cores, a["rows"], a["cols"])).reshape(p.cores, -1)
 
 
+def _segment(p: Program, k: Kernel, op: Operation, first: int, gen: AddrGen, cb: CircularBuffer
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per core (offset, size) of the row segment in operands first, first + 1 (bytes of a buffer page); a
+    segment outside the buffer's pages, then one longer than a CB page, is a fault of the cores doing it."""
+    offset, size = (np.broadcast_to(np.asarray(k.env[op.operands[i]], dtype=np.int64).reshape(-1), (p.cores,))
+                    for i in (first, first + 1))
+    outside = (offset < 0) | (size < 0) | (offset + size > gen.page_size)
+    if outside.any():
+        core = int(np.argmax(outside))
+        raise Fault(f"a row segment of {int(size[core])} bytes at byte {int(offset[core])} is outside the "
+                    f"{gen.page_size}-byte pages of the buffer", cores=outside, cb=cb.index)
+    longer = size > cb.page_size
+    if longer.any():
+        core = int(np.argmax(longer))
+        raise Fault(f"a row segment of {int(size[core])} bytes does not fit CB {cb.index}'s {cb.page_size}-byte "
+                    "pages", cores=longer, cb=cb.index)
+    return offset, size
+
+
+def _segment_groups(offset: np.ndarray, size: np.ndarray, cores: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """(offset, size, cores) per distinct segment among `cores` (a mask), in order of offset then size."""
+    pairs = np.unique(np.stack([offset[cores], size[cores]], axis=1), axis=0)
+    return [(int(o), int(n), cores & (offset == o) & (size == n)) for o, n in pairs]
+
+
+def _charge_bytes(p: Program, gen: AddrGen, total: int, write: bool) -> None:
+    """A transfer whose bytes differ by core (row segments): every core counted the floor of the average."""
+    p.counting.transfer(total // p.cores, gen.memory is p.device.dram, write, total)
+
+
 @handler("noc_read_pages")
 def noc_read_pages(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Whole pages start..start+count-1 (e.g. rows of an index table) -> reserved back pages of cb."""
+    """Whole pages start..start+count-1 (e.g. rows of an index table) -> reserved back pages of cb; with a
+    segment (offset, size), bytes offset..offset+size of each page -> the start of a CB page, zero after."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
-    _read_into_cb(p, k, gen, _start_pages(start, page_range(0, a["count"])), p.cb(a["cb"]), a["cb_offset"])
+    pages = _start_pages(start, page_range(0, a["count"]))
+    cb = p.cb(a["cb"])
+    if len(op.operands) < 4:
+        _read_into_cb(p, k, gen, pages, cb, a["cb_offset"])
+        return
+    slots = p.back_slots(cb, page_range(a["cb_offset"], a["count"]))
+    _check_format(gen, cb)
+    offset, size = _segment(p, k, op, 2, gen, cb)
+    bank, address = (np.broadcast_to(v, (p.cores, a["count"])) for v in _locate(gen, pages, "read", cb))
+    data = np.zeros((p.cores, a["count"], cb.page_size), dtype=np.uint8)
+    for first, length, cores in _segment_groups(offset, size, np.ones(p.cores, dtype=bool)):
+        if length:
+            data[cores, :, :length] = gen.memory.read(bank[cores], address[cores] + first, length)
+    p.put_pages(cb, slots, data)
+    k.pending_reads.add(cb.index)
+    _charge_bytes(p, gen, a["count"] * int(size.sum()), write=False)
 
 
 @handler("noc_read_tiles_indexed")
@@ -415,7 +465,8 @@ def noc_read_tiles_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, An
 @handler("noc_read_rows_indexed")
 def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
     """Pages j < valid of the buffer by the int32 indices at index_offset + j of index_cb's waited front
-    page -> reserved back pages of cb; pages j >= valid zero-filled (per core: offset and valid may differ)."""
+    page -> reserved back pages of cb; pages j >= valid zero-filled (per core: offset and valid may differ).
+    With a segment (offset, size), bytes offset..offset+size of each page -> the start of a CB page, zero after."""
     gen = k.env[op.operands[0]]
     offset = np.asarray(k.env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1, 1)
@@ -436,6 +487,19 @@ def noc_read_rows_indexed(p: Program, k: Kernel, op: Operation, a: dict[str, Any
     elif a["wrap"] > 0:
         indices = np.where(indices < 0, indices + a["wrap"], indices)
     slots = p.back_slots(cb, page_range(a["cb_offset"], count))
+    if len(op.operands) > 3:
+        _check_format(gen, cb)
+        first, size = _segment(p, k, op, 3, gen, cb)
+        bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
+        data = np.zeros((p.cores, count, cb.page_size), dtype=np.uint8)
+        for at, length, cores in _segment_groups(first, size, np.ones(p.cores, dtype=bool)):
+            if length:
+                data[cores, :, :length] = gen.memory.read(bank[cores], address[cores] + at, length)
+        data[~wanted] = 0
+        p.put_pages(cb, slots, data)
+        k.pending_reads.add(cb.index)
+        _charge_bytes(p, gen, int((wanted.sum(axis=1) * size).sum()), write=False)
+        return
     _check_noc(gen, cb)
     bank, address = _locate(gen, np.where(wanted, indices, 0), "read", cb)  # padding rows: nothing read
     rows = gen.memory.read(bank, address, gen.page_size)
@@ -471,11 +535,15 @@ def noc_write_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> 
 
 @handler("noc_write_rows")
 def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """The first `valid` of `count` waited front pages of cb -> pages start.. of a row-major buffer."""
+    """The first `valid` of `count` waited front pages of cb -> pages start.. of a row-major buffer; with a
+    segment (offset, size), the first size bytes of each CB page -> bytes offset.. of its buffer page."""
     gen, start = k.env[op.operands[0]], k.env[op.operands[1]]
     valid = np.asarray(k.env[op.operands[2]], dtype=np.int64).reshape(-1)
     cb, count = p.cb(a["cb"]), a["count"]
     slots = p.front_slots(cb, page_range(0, count))
+    if len(op.operands) > 3:
+        _write_row_segments(p, k, op, gen, start, valid, cb, slots)
+        return
     _check_noc(gen, cb)
     data = p.get_pages(cb, slots)[..., : gen.page_size]
     valid = np.broadcast_to(valid, (p.cores,))
@@ -489,6 +557,34 @@ def noc_write_rows(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> N
     k.pending_writes.add(cb.index)
     moved = int(valid.sum())
     p.charge_noc(gen, moved // p.cores, write=True, total=moved)
+
+
+def _write_row_segments(p: Program, k: Kernel, op: Operation, gen: AddrGen, start: int | np.ndarray,
+                        valid: np.ndarray, cb: CircularBuffer, slots: slice | np.ndarray) -> None:
+    """noc_write_rows of one column segment per row: cores writing the same number of rows together (as
+    whole rows), each watched range between their lowest and highest written byte marked once."""
+    _check_format(gen, cb)
+    offset, size = _segment(p, k, op, 3, gen, cb)
+    data = p.get_pages(cb, slots)
+    valid = np.broadcast_to(valid, (p.cores,))
+    for rows in np.unique(valid):
+        group = valid == rows
+        if rows <= 0:
+            continue
+        bank, address = _locate(gen, _per_core(p, start, page_range(0, int(rows)))[group], "write", cb)
+        low = high = None
+        for first, length, cores in _segment_groups(offset, size, group):
+            if not length:
+                continue
+            where = cores[group]
+            at = address[where] + first
+            gen.memory.write(bank[where], at, data[cores, : int(rows), :length], touch=False)
+            low = int(at.min()) if low is None else min(low, int(at.min()))
+            high = int(at.max()) + length if high is None else max(high, int(at.max()) + length)
+        if low is not None:
+            gen.memory.touch(low, high)
+    k.pending_writes.add(cb.index)
+    _charge_bytes(p, gen, int((valid * size).sum()), write=True)
 
 
 @handler("noc_read_barrier")

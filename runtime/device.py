@@ -444,10 +444,11 @@ class Memory:
         rows, index = self._rows(bank, offset, size)
         return rows[index].reshape(*np.shape(offset), size)
 
-    def write(self, bank: np.ndarray, offset: np.ndarray, data: np.ndarray) -> None:
-        """Write data [..., size] at (bank, offset) pairs (already located)."""
+    def write(self, bank: np.ndarray, offset: np.ndarray, data: np.ndarray, touch: bool = True) -> None:
+        """Write data [..., size] at (bank, offset) pairs (already located); `touch`: mark the watched ranges
+        between the lowest and highest written byte dirty (False: the caller marks them)."""
         size = data.shape[-1]
-        if self._watch and np.size(offset):
+        if touch and self._watch and np.size(offset):
             self.touch(int(np.min(offset)), int(np.max(offset)) + size)
         rows, index = self._rows(bank, offset, size)
         rows[index] = data.reshape(*np.shape(offset), -1, rows.shape[-1])

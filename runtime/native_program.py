@@ -302,7 +302,7 @@ _ENCODERS[ttkernel.NOC_WRITE_TILES.name] = _noc_tiles("NOC_WRITE_TILES")
 @_encoder("noc_read_pages")
 def _noc_read_pages(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     e.emit("NOC_READ_PAGES", op, e.agens[op.operands[0]], e.use(op.operands[1]), -1, a["cb"], a["cb_offset"],
-           a["count"])
+           a["count"], _optional(e, op, 2), _optional(e, op, 3))
 
 
 @_encoder("noc_read_tiles_indexed")
@@ -314,13 +314,14 @@ def _noc_read_tiles_indexed(e: _Encoder, op: Operation, a: dict[str, Any]) -> No
 @_encoder("noc_read_rows_indexed")
 def _noc_read_rows_indexed(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     e.emit("NOC_READ_ROWS_INDEXED", op, e.agens[op.operands[0]], e.use(op.operands[1]), e.use(op.operands[2]),
-           a["cb"], a["cb_offset"], a["index_cb"], a["count"], a["wrap"], bool(a["pad_negative"]))
+           a["cb"], a["cb_offset"], a["index_cb"], a["count"], a["wrap"], bool(a["pad_negative"]), _optional(e, op, 3),
+           _optional(e, op, 4))
 
 
 @_encoder("noc_write_rows")
 def _noc_write_rows(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     e.emit("NOC_WRITE_ROWS", op, e.agens[op.operands[0]], e.use(op.operands[1]), e.use(op.operands[2]), a["cb"], 0,
-           a["count"])
+           a["count"], _optional(e, op, 3), _optional(e, op, 4))
 
 
 def _plain(opcode: str) -> Encode:
@@ -786,6 +787,10 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         return f"noc_mcast_cb of CB {cb} while NoC reads into it have not completed (missing noc_read_barrier)"
     if kind == "SEM_TARGET":
         return f"semaphore increment of core ({p[0]},{p[1]}) outside the program's {p[2]}x{p[3]} grid"
+    if kind == "SEGMENT_OUTSIDE":
+        return f"a row segment of {p[0]} bytes at byte {p[1]} is outside the {p[2]}-byte pages of the buffer"
+    if kind == "SEGMENT_CB":
+        return f"a row segment of {p[0]} bytes does not fit CB {cb}'s {p[1]}-byte pages"
     if kind == "DRAINED":
         left = f"{p[0]} page(s) pushed and never popped" if p[0] else f"{p[1]} page(s) reserved and never pushed"
         return f"CB protocol: the program ended with {left} in CB {cb} (a missing cb_pop_front / cb_push_back)"

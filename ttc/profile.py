@@ -127,6 +127,7 @@ class _StaticCounter:
                 return False  # per-core senders and rectangles: walked
             elif step.op.name in _NOC_OPS:
                 if step.op.name in (ttkernel.NOC_READ_TILES.name, ttkernel.NOC_WRITE_TILES.name, ttkernel.NOC_READ_PAGES.name):
+                    # (operands past the second: a per-core mask, or a read's row segment counted in bytes)
                     if len(step.op.operands) > 2 or self.owners or \
                             (step.op.name == ttkernel.NOC_READ_PAGES.name and step.attrs["cb"] in self.index_cbs):
                         return False  # per-core masks, local pages of a shard, an index page: walked
@@ -152,6 +153,13 @@ class _StaticCounter:
 
     def _masked(self, gen: _Gen, moved: int, write: bool) -> None:
         self.builder.transfer(moved // self.cores * gen.page_size, gen.dram, write, moved * gen.page_size)
+
+    def _segment_sizes(self, op: Operation, env: dict[Value, Any], first: int) -> np.ndarray:
+        """Per core the bytes of a row segment (the op's operand `first` + 1)."""
+        return np.broadcast_to(np.asarray(env[op.operands[first + 1]], dtype=np.int64).reshape(-1), (self.cores,))
+
+    def _bytes(self, gen: _Gen, total: int, write: bool) -> None:
+        self.builder.transfer(total // self.cores, gen.dram, write, total)
 
     def noc(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:
         name = op.name
@@ -179,6 +187,10 @@ class _StaticCounter:
         if name == ttkernel.NOC_READ_PAGES.name:
             start = np.asarray(env[op.operands[1]], dtype=np.int64).reshape(-1, 1)
             pages = start + np.arange(a["count"])[None, :]
+            if len(op.operands) > 2:  # a row segment of each page
+                self._bytes(gen, a["count"] * int(self._segment_sizes(op, env, 2).sum()), False)
+                self.index_pages.pop(a["cb"], None)
+                return
             self._static(gen, a["count"], False, scale)
             self._local(gen, pages)
             self.index_pages[a["cb"]] = (gen.operand, np.broadcast_to(pages[:, 0], (self.cores,)))
@@ -204,10 +216,16 @@ class _StaticCounter:
                 inside = wanted & (positions < values.shape[1])
                 ids = np.take_along_axis(values, np.where(inside, positions, 0), axis=1)
                 wanted = wanted & (ids >= 0)
-            self._masked(gen, int(wanted.sum()), False)
+            if len(op.operands) > 3:  # a row segment of each row read
+                self._bytes(gen, int((wanted.sum(axis=1) * self._segment_sizes(op, env, 3)).sum()), False)
+            else:
+                self._masked(gen, int(wanted.sum()), False)
             return
         valid = np.broadcast_to(np.asarray(env[op.operands[2]], dtype=np.int64).reshape(-1), (self.cores,))
-        self._masked(gen, int(valid.sum()), True)  # noc_write_rows
+        if len(op.operands) > 3:  # noc_write_rows of a row segment per row
+            self._bytes(gen, int((valid * self._segment_sizes(op, env, 3)).sum()), True)
+        else:
+            self._masked(gen, int(valid.sum()), True)  # noc_write_rows
         self.written += valid
 
     def mcast(self, op: Operation, a: Mapping[str, Any], env: dict[Value, Any], scale: int) -> None:

@@ -97,6 +97,14 @@ def verify_noc_tiles(op: Operation) -> None:
     _check_positive(op, "rows", "cols")
 
 
+def verify_row_segment(op: Operation) -> None:
+    """`segment_offset` and `segment_size` (a column segment of each row page) come together."""
+    _check_cb(op, "cb")
+    fixed = 2 if op.name == NOC_READ_PAGES.name else 3
+    if len(op.operands) not in (fixed, fixed + 2):
+        raise VerifyError("a row segment takes both 'segment_offset' and 'segment_size' (or neither)")
+
+
 def verify_block_compute(op: Operation) -> None:
     cbs = [name for name in ("cb", "cb_a", "cb_b") if op.opdef and op.opdef.attribute(name)]
     _check_cb(op, *cbs)
@@ -262,9 +270,14 @@ NOC_WRITE_TILES = OpDef(
 )
 NOC_READ_PAGES = OpDef(
     "ttkernel.noc_read_pages",
-    "Read `count` whole pages start.. of a row-major buffer (e.g. an index table) into `cb`'s reserved back",
-    operands=(Operand("addrgen", AddrGen), Operand("start", Index)), results=(),
+    "Read `count` whole pages start.. of a row-major buffer (e.g. an index table) into `cb`'s reserved back. "
+    "With `segment_offset` and `segment_size` (bytes), only a column segment of each page is read: its "
+    "`segment_size` bytes from byte `segment_offset` land at the start of the CB page, the rest of which is "
+    "zero-filled (a row wider than a CB page, read in segments); a segment past the page is a device fault",
+    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("segment_offset", Index, optional=True),
+              Operand("segment_size", Index, optional=True)), results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("count", IntAttr)),
+    verify=verify_row_segment,
 )
 NOC_READ_ROWS_INDEXED = OpDef(
     "ttkernel.noc_read_rows_indexed",
@@ -273,17 +286,28 @@ NOC_READ_ROWS_INDEXED = OpDef(
     "at position `index_offset` + j of the waited front page of `index_cb`; pages j >= `valid` are "
     "zero-filled (padding rows of the last tile row). With `wrap` > 0 a negative index i reads page "
     "i + wrap (ONNX Gather's indices from the end); with `pad_negative` a negative index gives a zero page "
-    "(convolution padding)",
-    operands=(Operand("addrgen", AddrGen), Operand("index_offset", Index), Operand("valid", Index)), results=(),
+    "(convolution padding). With `segment_offset` and `segment_size` (bytes), only a column segment of each "
+    "row is read, to the start of its CB page, the rest of which is zero-filled (rows wider than a CB page, "
+    "read in segments); a segment past the row is a device fault",
+    operands=(Operand("addrgen", AddrGen), Operand("index_offset", Index), Operand("valid", Index),
+              Operand("segment_offset", Index, optional=True), Operand("segment_size", Index, optional=True)),
+    results=(),
     attributes=(Attr("cb", IntAttr), Attr("cb_offset", IntAttr, 0), Attr("index_cb", IntAttr),
                 Attr("count", IntAttr), Attr("wrap", IntAttr, 0), Attr("pad_negative", BoolAttr, False)),
+    verify=verify_row_segment,
 )
 NOC_WRITE_ROWS = OpDef(
     "ttkernel.noc_write_rows",
     "Write the first `valid` of `count` waited front pages of `cb` (row-major rows) to pages start.. of a "
-    "row-major buffer; the pages past `valid` (padding rows of the last tile row) are not written",
-    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("valid", Index)), results=(),
+    "row-major buffer; the pages past `valid` (padding rows of the last tile row) are not written. With "
+    "`segment_offset` and `segment_size` (bytes), each row writes the first `segment_size` bytes of its CB "
+    "page to bytes `segment_offset`.. of its buffer page (a column segment of a row wider than a CB page); "
+    "a segment past the buffer page or longer than a CB page is a device fault",
+    operands=(Operand("addrgen", AddrGen), Operand("start", Index), Operand("valid", Index),
+              Operand("segment_offset", Index, optional=True), Operand("segment_size", Index, optional=True)),
+    results=(),
     attributes=(Attr("cb", IntAttr), Attr("count", IntAttr)),
+    verify=verify_row_segment,
 )
 NOC_READ_BARRIER = OpDef("ttkernel.noc_read_barrier", "Wait until every issued NoC read has landed", results=())
 NOC_WRITE_BARRIER = OpDef("ttkernel.noc_write_barrier", "Wait until every issued NoC write has left", results=())

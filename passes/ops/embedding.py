@@ -9,6 +9,12 @@ The compute kernel tilizes the 32 rows, block_w tiles at a time, and the writer 
 Nothing is rounded on the way: the rows are copied as stored (bf16) and tilized into bf16 tiles, so
 the result is the table's bf16 rows exactly. A negative id counts from the end of the table, as in
 ONNX Gather; an id outside the table is a device fault (naming core, kernel and ONNX node).
+
+Table rows too wide for L1 (32 of them past a core's L1) take the column-blocked plan, the grid pass's
+fallback (`fallback_candidates`): with `segment` in the blocking, the reader fetches the 32 rows of a tile row
+one column block of that many tiles at a time (`noc_read_rows_indexed` with a segment offset and size; the
+rest of each CB page zero, so a short last block tilizes with zero padding columns), and compute tilizes
+each block as it comes. The same tiles and bytes in more, shorter reads.
 """
 
 from __future__ import annotations
@@ -38,8 +44,11 @@ from ttc.passes.ops.geometry import (
     TILE,
     TileShape,
     cb,
+    column_block_candidates,
     double,
     page_size,
+    row_segments,
+    segment_bytes,
     tensor,
     tile_row_candidates,
     tile_shape,
@@ -53,6 +62,7 @@ from ttc.passes.ops.program import (
     schedule_of,
 )
 from ttc.passes.ops.registry import register
+from ttc.passes.ops.tilize import tilize_blocks
 
 
 def embedding_geometry(op: Operation) -> tuple[TileShape, int, int]:
@@ -70,7 +80,12 @@ def embedding_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]
     out, ids_per_page, row_bytes = embedding_geometry(op)
     tile_rows = blocking["batches"] * blocking["rows"]
     width = blocking["block_w"]
-    return [cb(CB_IN0, tensor(op.operands[0]).element_type, double(TILE, tile_rows), page=row_bytes),
+    table = tensor(op.operands[0])
+    if "segment" in blocking:  # a column block of the 32 rows at a time
+        pushes, row_bytes = tile_rows * (out.ct // blocking["segment"]), segment_bytes(table, blocking["segment"])
+    else:
+        pushes = tile_rows
+    return [cb(CB_IN0, table.element_type, double(TILE, pushes), page=row_bytes),
             cb(CB_INDEX, ScalarType("i32"), double(1, tile_rows), page=ids_per_page * ELEMENT_BYTES["i32"]),
             cb(CB_OUT, tensor(op.result).element_type, double(width, tile_rows * (out.ct // width)))]
 
@@ -107,7 +122,12 @@ def plan_embedding(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
             inside = wanted & (positions < flat.shape[-1])
             values = flat[pages, np.where(inside, positions, 0)]
             wanted = wanted & (values >= 0)
-    plan.masked(Buffer.of(tensor(table), device, page=row_bytes), wanted.sum(axis=(0, 3)).ravel())
+    rows_read = wanted.sum(axis=(0, 3)).ravel()  # per tile row, of all cores
+    if "segment" in b:  # each column block of the rows, counted in bytes
+        sizes = row_segments(row_bytes, segment_bytes(tensor(table), b["segment"]), out.ct // b["segment"])
+        plan.masked(Buffer.of(tensor(table), device, page=1), (rows_read[:, None] * sizes[None, :]).ravel())
+    else:
+        plan.masked(Buffer.of(tensor(table), device, page=row_bytes), rows_read)
     col_blocks = out.ct // width
     plan.static(Buffer.of(tensor(op.result), device), tile_rows * col_blocks * width, write=True)
     return plan.counts()
@@ -150,6 +170,7 @@ def valid_rows(k: KernelBuilder, ids_per_page: int, tile_row: Index) -> Index:
 
 def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
     b = s.blocking
+    row_ct = embedding_geometry(op)[0].ct
     k = KernelBuilder(op.loc)
     table = k.addrgen(0, tensor(op.operands[0]))
     ids = k.addrgen(1, tensor(op.operands[1]))
@@ -165,12 +186,22 @@ def embedding_reader(op: Operation, s: Schedule, ids_per_page: int):
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_INDEX, pages=1)
         k.op("cb_wait_front", cb=CB_INDEX, pages=1)
-        k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
-        k.op("noc_read_rows_indexed", table, first, valid_rows(k, ids_per_page, tile_row),
-             cb=CB_ROWS, index_cb=CB_INDEX, count=TILE, wrap=tensor(op.operands[0]).shape[0],
-             **({"pad_negative": True} if op.attr("pad_negative") else {}))
-        k.op("noc_read_barrier")
-        k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
+        valid = valid_rows(k, ids_per_page, tile_row)
+        lookup = {"cb": CB_ROWS, "index_cb": CB_INDEX, "count": TILE, "wrap": tensor(op.operands[0]).shape[0],
+                  **({"pad_negative": True} if op.attr("pad_negative") else {})}
+        if "segment" in b:  # the 32 rows a column block at a time
+            rows = tensor(op.operands[0])
+            with k.loop(row_ct // b["segment"]) as segment:
+                offset, size = k.row_segment(segment, page_size(rows), segment_bytes(rows, b["segment"]))
+                k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
+                k.op("noc_read_rows_indexed", table, first, valid, offset, size, **lookup)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
+        else:
+            k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
+            k.op("noc_read_rows_indexed", table, first, valid, **lookup)
+            k.op("noc_read_barrier")
+            k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
         k.op("cb_pop_front", cb=CB_INDEX, pages=1)
     return k.region()
 
@@ -179,14 +210,11 @@ def embedding_compute(op: Operation, s: Schedule, out: TileShape):
     b = s.blocking
     width = b["block_w"]
     k = KernelBuilder(op.loc)
-    with k.loop(b["batches"]), k.loop(b["rows"]):
-        k.op("cb_wait_front", cb=CB_ROWS, pages=TILE)
-        for block in range(out.ct // width):
-            k.op("tile_regs_acquire")
-            k.op("tilize_tiles", cb=CB_ROWS, col_offset=block * width, cols=width)
-            k.pack_block(CB_OUT, width)
-        k.op("cb_pop_front", cb=CB_ROWS, pages=TILE)
+    segment = b.get("segment", out.ct)  # a column block of the rows per CB push (the whole row without one)
+    with k.loop(b["batches"]), k.loop(b["rows"]), k.loop(out.ct // segment):
+        tilize_blocks(k, CB_ROWS, segment // width, width)
     return k.region()
+
 
 
 def embedding_writer(op: Operation, s: Schedule, out: TileShape):
@@ -215,6 +243,9 @@ class EmbeddingOp(DeviceOp):
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return tile_row_candidates(embedding_geometry(op)[0])
+
+    def fallback_candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return column_block_candidates(embedding_geometry(op)[0])
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         out = embedding_geometry(op)[0]

@@ -301,3 +301,24 @@ def tile_row_candidates(out: TileShape) -> Iterator[dict[str, int]]:
         for rows in divisors(out.rt):
             for width in [d for d in divisors(out.ct) if d <= HALF_DST][::-1]:
                 yield {"batches": batches, "rows": rows, "block_w": width}
+
+
+def column_block_candidates(out: TileShape) -> Iterator[dict[str, int]]:
+    """The fallback of `tile_row_candidates` for rows too wide for L1 (untilize, tilize): whole tile rows per
+    core as there, each tile row in column blocks of `segment` tiles (a proper divisor of its tiles, the widest
+    first: fewer, longer NoC transfers), each block in blocks of block_w tiles (the widest divisor up to 8)."""
+    for batches in divisors(out.batches):
+        for rows in divisors(out.rt):
+            for segment in divisors(out.ct)[:-1][::-1]:
+                width = max(d for d in divisors(segment) if d <= HALF_DST)
+                yield {"batches": batches, "rows": rows, "block_w": width, "segment": segment}
+
+
+def row_segments(row_bytes: int, segment_bytes: int, count: int) -> np.ndarray:
+    """Bytes of each of the `count` column segments of a row-major page of `row_bytes` (the last may be short)."""
+    return np.minimum(segment_bytes, row_bytes - np.arange(count) * segment_bytes)
+
+
+def segment_bytes(rows: TensorType, segment: int) -> int:
+    """Bytes of a column block of `segment` tiles of one row of a row-major tensor."""
+    return segment * TILE * ELEMENT_BYTES[rows.element_type.name]

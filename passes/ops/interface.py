@@ -56,6 +56,12 @@ class DeviceOp(abc.ABC):
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         """Every blocking the kernels support, in the order the grid pass breaks cost ties by."""
 
+    def fallback_candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        """Blockings of a slower plan the grid pass tries only when no blocking of `candidates` fits L1, even
+        with the op's L1 intermediates spilled to DRAM (an untilize of rows too wide for L1, in column
+        blocks). None by default."""
+        return iter(())
+
     @abc.abstractmethod
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         """How the op's work splits over cores under `blocking`, outermost first."""

@@ -106,6 +106,14 @@ class KernelBuilder:
             base = self.add(base, self.mul(value, stride))
         return base
 
+    def row_segment(self, segment: Index, row_bytes: int, segment_bytes: int) -> tuple[Index, Index]:
+        """(byte offset, bytes) of column segment `segment` of a row-major page of `row_bytes`, in segments of
+        `segment_bytes` (the last one short when they do not divide the page)."""
+        offset = self.mul(segment, segment_bytes)
+        if row_bytes % segment_bytes == 0:
+            return offset, segment_bytes
+        return offset, self.minimum(segment_bytes, self.affine(row_bytes, (segment, -segment_bytes)))
+
     # -- buffers ----------------------------------------------------------------------------------
 
     def addrgen(self, operand: int, buffer_type: TensorType) -> Value:

@@ -9,6 +9,11 @@ them. The rows of every matrix must be a whole number of tile rows (32): a ragge
 its padding rows zero-filled, which this kernel does not do (the blocking is refused with a UserError).
 Values are copied, and rounded only when the result's format is narrower than the rows' (f32 rows to bf16
 tiles).
+
+Rows too wide for L1 take the column-blocked plan, the grid pass's fallback (`fallback_candidates`): with
+`segment` in the blocking, the reader fetches the 32 rows of a tile row one column block of that many tiles at
+a time (`noc_read_pages` with a segment offset and size; the rest of each CB page zero, so a short last block
+tilizes with zero padding columns) and compute tilizes each block as it comes.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ from ttc.passes.ops.geometry import (
     TILE,
     TileShape,
     cb,
+    column_block_candidates,
     double,
     is_row_major,
     node_names,
     page_size,
+    row_segments,
+    segment_bytes,
     tensor,
     tile_row_candidates,
     tile_shape,
@@ -71,7 +79,11 @@ def tilize_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     tile_rows = blocking["batches"] * blocking["rows"]
     width = blocking["block_w"]
     source = tensor(op.operands[0])
-    return [cb(CB_ROWS, source.element_type, double(TILE, tile_rows), page=page_size(source)),
+    if "segment" in blocking:  # a column block of the 32 rows at a time
+        pushes, page = tile_rows * (out.ct // blocking["segment"]), segment_bytes(source, blocking["segment"])
+    else:
+        pushes, page = tile_rows, page_size(source)
+    return [cb(CB_ROWS, source.element_type, double(TILE, pushes), page=page),
             cb(CB_OUT, tensor(op.result).element_type, double(width, tile_rows * (out.ct // width)))]
 
 
@@ -82,7 +94,12 @@ def plan_tilize(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     plan = Plan(device, grid, (out.batches // b["batches"], out.rt // b["rows"]))
     plan.tile(target.DATACOPY, tile_rows * out.ct)  # tilize_tiles: one unpack per tile
     batch0, row0 = plan.unit[:, 0] * b["batches"], plan.unit[:, 1] * b["rows"]
-    plan.static(Buffer.of(tensor(op.operands[0]), device), tile_rows * TILE)  # row pages (never sharded)
+    rows = tensor(op.operands[0])
+    if "segment" in b:  # each column block of the 32 row pages, counted in bytes
+        sizes = row_segments(page_size(rows), segment_bytes(rows, b["segment"]), out.ct // b["segment"])
+        plan.masked(Buffer.of(rows, device, page=1), np.tile(sizes * TILE * plan.cores, tile_rows))
+    else:
+        plan.static(Buffer.of(rows, device), tile_rows * TILE)  # row pages (never sharded)
 
     def out_pages() -> np.ndarray:
         first = (batch0 * out.rt + row0) * out.ct
@@ -114,12 +131,21 @@ def tilize_reader(op: Operation, s: Schedule, out: TileShape):
     b = s.blocking
     k = KernelBuilder(op.loc)
     gen = k.addrgen(0, tensor(op.operands[0]))
+    rows = tensor(op.operands[0])
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         tile_row = k.affine(k.arg(0), (batch, out.rt), (row, 1))
-        k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
-        k.op("noc_read_pages", gen, k.mul(tile_row, TILE), cb=CB_ROWS, count=TILE)
-        k.op("noc_read_barrier")
-        k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
+        if "segment" in b:  # the 32 rows a column block at a time
+            with k.loop(out.ct // b["segment"]) as segment:
+                offset, size = k.row_segment(segment, page_size(rows), segment_bytes(rows, b["segment"]))
+                k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
+                k.op("noc_read_pages", gen, k.mul(tile_row, TILE), offset, size, cb=CB_ROWS, count=TILE)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
+        else:
+            k.op("cb_reserve_back", cb=CB_ROWS, pages=TILE)
+            k.op("noc_read_pages", gen, k.mul(tile_row, TILE), cb=CB_ROWS, count=TILE)
+            k.op("noc_read_barrier")
+            k.op("cb_push_back", cb=CB_ROWS, pages=TILE)
     return k.region()
 
 
@@ -127,14 +153,19 @@ def tilize_compute(op: Operation, s: Schedule, out: TileShape):
     b = s.blocking
     width = b["block_w"]
     k = KernelBuilder(op.loc)
-    with k.loop(b["batches"]), k.loop(b["rows"]):
-        k.op("cb_wait_front", cb=CB_ROWS, pages=TILE)
-        for block in range(out.ct // width):
-            k.op("tile_regs_acquire")
-            k.op("tilize_tiles", cb=CB_ROWS, col_offset=block * width, cols=width)
-            k.pack_block(CB_OUT, width)
-        k.op("cb_pop_front", cb=CB_ROWS, pages=TILE)
+    segment = b.get("segment", out.ct)  # a column block of the rows per CB push (the whole row without one)
+    with k.loop(b["batches"]), k.loop(b["rows"]), k.loop(out.ct // segment):
+        tilize_blocks(k, CB_ROWS, segment // width, width)
     return k.region()
+
+def tilize_blocks(k: KernelBuilder, cb_rows: int, blocks: int, width: int) -> None:
+    """The 32 waited row pages of `cb_rows` tilized `blocks` blocks of `width` tiles, packed into the output CB."""
+    k.op("cb_wait_front", cb=cb_rows, pages=TILE)
+    for block in range(blocks):
+        k.op("tile_regs_acquire")
+        k.op("tilize_tiles", cb=cb_rows, col_offset=block * width, cols=width)
+        k.pack_block(CB_OUT, width)
+    k.op("cb_pop_front", cb=cb_rows, pages=TILE)
 
 
 def tilize_writer(op: Operation, s: Schedule, out: TileShape):
@@ -162,6 +193,9 @@ class TilizeOp(DeviceOp):
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return tile_row_candidates(tilize_shape(op))
+
+    def fallback_candidates(self, op: Operation) -> Iterator[dict[str, int]]:
+        return column_block_candidates(tilize_shape(op))
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
         out = tile_shape(tensor(op.result).shape)

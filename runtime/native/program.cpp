@@ -24,10 +24,11 @@
 //   FOR_BEGIN iv, lower, step, trips, end pc, counter | FOR_END begin pc
 //   CB_* cb, pages | ADDRGEN agen, base, page_size, memory (0 dram, 1 l1), format (-1 none), layout
 //   NOC_READ_TILES / NOC_WRITE_TILES agen, start, valid (-1 none), cb, cb_offset, rows, cols, row_stride,
-//     col_stride | NOC_READ_PAGES agen, start, -, cb, cb_offset, count
+//     col_stride | NOC_READ_PAGES agen, start, -, cb, cb_offset, count, segment offset, segment size (-1 none)
 //   NOC_READ_TILES_INDEXED agen, -, -, cb, cb_offset, index_cb, index_offset, count, sources, source
-//   NOC_READ_ROWS_INDEXED agen, offset, valid, cb, cb_offset, index_cb, count, wrap, pad_negative
-//   NOC_WRITE_ROWS agen, start, valid, cb, -, count
+//   NOC_READ_ROWS_INDEXED agen, offset, valid, cb, cb_offset, index_cb, count, wrap, pad_negative, segment offset,
+//     segment size (-1 none)
+//   NOC_WRITE_ROWS agen, start, valid, cb, -, count, segment offset, segment size (-1 none)
 //   (a compute op's last field, `charge`, is its count key and tiles: Counters::charge)
 //   COPY_TILES / TRANSPOSE_TILES cb, offset, row_stride, col_stride, rows, cols, dst, charge
 //   TILIZE_TILES cb, col_offset, cols, dst, -, -, -, charge | PACK_ROWS cb, col_offset, cols, dst
@@ -455,29 +456,44 @@ class Core {
     unpoison(m, b, offset, size, access == WRITE);
     return m.data + b * m.capacity + offset;
   }
-  void check_noc(const AddrGen& g, int64_t index, int64_t stage = 0) const {
+  void check_format(const AddrGen& g, int64_t index, int64_t stage = 0) const {
     const CBConfig& c = E.cbs[index];
     if (g.format >= 0 && c.format >= 0 && g.format != c.format) fail(NOC_FORMAT, index, {g.format, c.format}, stage);
+  }
+  void check_noc(const AddrGen& g, int64_t index, int64_t stage = 0) const {
+    check_format(g, index, stage);
+    const CBConfig& c = E.cbs[index];
     if (g.page_size > c.page_size) fail(NOC_PAGE_SIZE, index, {g.page_size, c.page_size}, stage);
   }
+  // Interpreter `_segment`: a row segment outside the buffer's pages (stage), then longer than a CB page (stage + 1).
+  void check_segment(const AddrGen& g, int64_t index, int64_t offset, int64_t size, int64_t stage) const {
+    if (offset < 0 || size < 0 || offset + size > g.page_size)
+      fail(SEGMENT_OUTSIDE, index, {size, offset, g.page_size}, stage);
+    if (size > E.cbs[index].page_size) fail(SEGMENT_CB, index, {size, E.cbs[index].page_size}, stage + 1);
+  }
   enum CountMode { COUNT_STATIC, COUNT_MASKED };
+  // With `segmented`: a row segment (bytes seg_offset.. of each page, seg_size of them) to the start of each CB
+  // page, the rest of the page zero, counted in bytes.
   void noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n, const int64_t* page_list,
-                const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank, int64_t stage = 0);
-  void transfer(const AddrGen& g, int64_t b, int64_t offset, const uint8_t* written) {
+                const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank, int64_t stage = 0,
+                bool segmented = false, int64_t seg_offset = 0, int64_t seg_size = 0);
+  void transfer(const AddrGen& g, int64_t b, int64_t offset, const uint8_t* written, int64_t size = -1) {
     if (!R.check_races) return;
+    if (size < 0) size = g.page_size;
     uint64_t hash = 14695981039346656037ull;  // FNV-1a
     bool write = written != nullptr;
     if (write)
-      for (int64_t i = 0; i < g.page_size; ++i) hash = (hash ^ written[i]) * 1099511628211ull;
-    T.transfers.push_back({g.memory, b, offset, offset + g.page_size, core, write, hash});
+      for (int64_t i = 0; i < size; ++i) hash = (hash ^ written[i]) * 1099511628211ull;
+    T.transfers.push_back({g.memory, b, offset, offset + size, core, write, hash});
   }
-  void count_masked(const AddrGen& g, int64_t count, bool write = false) {
+  // A masked transfer of `count` units of `unit` bytes (a page by default; 1 for row segments, counted in bytes).
+  void count_masked(const AddrGen& g, int64_t count, bool write = false, int64_t unit = -1) {
     if (static_cast<int64_t>(T.masked_sum.size()) <= masked_index) {
       T.masked_sum.resize(masked_index + 1, 0);
       T.masked_meta.resize(masked_index + 1);
     }
     T.masked_sum[masked_index] += count;
-    T.masked_meta[masked_index] = {g.page_size, (g.memory == 0) | (write ? 2 : 0)};
+    T.masked_meta[masked_index] = {unit < 0 ? g.page_size : unit, (g.memory == 0) | (write ? 2 : 0)};
     ++masked_index;
   }
   void count_static(const AddrGen& g, int64_t count, bool write = false) {
@@ -500,6 +516,7 @@ class Core {
   void op_noc_read_rows_indexed(int kernel, const Instr& in);
   void op_noc_write_tiles(int kernel, const Instr& in);
   void op_noc_write_rows(int kernel, const Instr& in);
+  void op_noc_write_row_segments(int kernel, const Instr& in);
 
   // -- Dst ----------------------------------------------------------------------------------------
 
@@ -898,7 +915,11 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
       pages.resize(count);
       for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
-      noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
+      if (f[8] >= 0)  // a row segment of each page
+        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
+                 regs[f[9]]);
+      else
+        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
       return;
     }
     case NOC_READ_TILES_INDEXED:
@@ -911,7 +932,10 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       op_noc_write_tiles(kernel, in);
       return;
     case NOC_WRITE_ROWS:
-      op_noc_write_rows(kernel, in);
+      if (f[8] >= 0)
+        op_noc_write_row_segments(kernel, in);
+      else
+        op_noc_write_rows(kernel, in);
       return;
     case NOC_READ_BARRIER:
       K.pending_reads = 0;
@@ -1108,10 +1132,16 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
 // interpreter does) and zero-filled or left as they are.
 void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_offset, int64_t n,
                     const int64_t* page_list, const uint8_t* want, bool zero_unwanted, CountMode mode, bool with_bank,
-                    int64_t stage) {
+                    int64_t stage, bool segmented, int64_t seg_offset, int64_t seg_size) {
   page_range(cb_offset, n);
   check_window(cb_index, offs.data(), n, cb[cb_index].reserved, false, stage);
-  check_noc(g, cb_index, stage + 1);
+  if (segmented) {  // the format, the segment's two checks, then the pages: stages after the window's, in order
+    check_format(g, cb_index, stage + 1);
+    check_segment(g, cb_index, seg_offset, seg_size, stage + 2);
+    stage += 2;
+  } else {
+    check_noc(g, cb_index, stage + 1);
+  }
   const Sharded* sh = resolve(g, cb_index, stage + 2);
   located_bank.resize(n);
   located_offset.resize(n);
@@ -1119,9 +1149,20 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
   int64_t moved = 0, local = 0;
+  int64_t cb_page = E.cbs[cb_index].page_size;
   for (int64_t i = 0; i < n; ++i) {
     uint8_t* slot = slot_ptr(cb_index, back_slot(cb_index, cb_offset + i));
     bool w = !want || want[i];
+    if (segmented) {
+      if (w && seg_size) {
+        int64_t at = located_offset[i] + seg_offset;
+        std::memmove(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
+        transfer(g, located_bank[i], at, nullptr, seg_size);
+      }
+      std::memset(slot + (w ? seg_size : 0), 0, cb_page - (w ? seg_size : 0));
+      moved += w;
+      continue;
+    }
     if (w) {
       std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
@@ -1132,6 +1173,10 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     }
   }
   k[kernel].pending_reads |= 1u << cb_index;
+  if (segmented) {
+    count_masked(g, moved * seg_size, false, 1);
+    return;
+  }
   if (with_bank && g.layout != INTERLEAVED) T.local_bytes += local * g.page_size;
   if (mode == COUNT_STATIC)
     count_static(g, n);
@@ -1226,7 +1271,9 @@ void Core::op_noc_read_rows_indexed(int kernel, const Instr& in) {
     wanted[j] = w;
     pages[j] = w ? index : 0;
   }
-  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), true, COUNT_MASKED, false, 3);
+  bool segmented = f[11] >= 0;
+  noc_read(kernel, g, f[5], f[6], count, pages.data(), wanted.data(), true, COUNT_MASKED, false, 3, segmented,
+           segmented ? regs[f[11]] : 0, segmented ? regs[f[12]] : 0);
 }
 
 void Core::op_noc_write_tiles(int kernel, const Instr& in) {
@@ -1303,6 +1350,46 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
   }
   k[kernel].pending_writes |= 1u << index;
   count_masked(g, valid, true);
+}
+
+// Interpreter noc_write_rows with a segment: the first size bytes of each of the first `valid` waited pages ->
+// bytes offset.. of buffer pages start.. (the cores with the same number of rows are one write range).
+void Core::op_noc_write_row_segments(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  int64_t start = regs[f[3]], valid = regs[f[4]], index = f[5], count = std::max<int64_t>(f[7], 0);
+  int64_t offset = regs[f[8]], size = regs[f[9]];
+  config(index);
+  page_range(0, count);
+  check_window(index, offs.data(), count, cb[index].waited, true);
+  check_format(g, index, 1);
+  check_segment(g, index, offset, size, 2);
+  if (valid > 0) {
+    const Sharded* sh = resolve(g, index, 4);
+    located_bank.resize(valid);
+    located_offset.resize(valid);
+    for (int64_t j = 0; j < valid; ++j)
+      locate(g, sh, wrap_add(start, j), WRITE, index, 5, valid, false, located_bank[j], located_offset[j]);
+    if (valid > count)
+      internal("noc_write_rows of " + std::to_string(valid) + " rows from " + std::to_string(count) +
+                   " waited pages",
+               index);
+    if (size > 0) {
+      const Memory& m = R.mem[g.memory];
+      int64_t lo = 0, hi = 0;
+      for (int64_t j = 0; j < valid; ++j) {
+        const uint8_t* slot = slot_ptr(index, front_slot(index, j));
+        int64_t at = located_offset[j] + offset;
+        std::memmove(memory_ptr(m, located_bank[j], at, size, index, WRITE), slot, size);
+        transfer(g, located_bank[j], at, slot, size);
+        if (j == 0 || at < lo) lo = at;
+        if (j == 0 || at + size > hi) hi = at + size;
+      }
+      note_write(g.memory, valid, lo, hi);
+    }
+  }
+  k[kernel].pending_writes |= 1u << index;
+  count_masked(g, valid * size, true, 1);
 }
 
 // ------------------------------------------------------------------------------------------ compute

@@ -83,3 +83,55 @@ def test_rows_that_are_not_whole_tile_rows_are_refused() -> None:
     module = parse_module(text((40, 64)))
     with pytest.raises(UserError, match=r'node "tilize": tilizing .* multiple of 32 \(it has 40\)'):
         PassManager(parse_pipeline("grid")).run(module)
+
+
+@pytest.mark.parametrize(("shape", "rows"), [((64, 27885), "bf16"), ((32, 100003), "bf16"), ((32, 20011), "f32")])
+def test_rows_too_wide_for_l1_tilize_in_column_blocks(shape: tuple[int, ...], rows: str) -> None:
+    """32 rows of 27,885 bf16 elements (55,770-byte pages, 1.7 MB a tile row) do not fit a core's L1: the grid
+    pass falls back to the column-blocked plan (the reader fetches the rows one block of tiles at a time, the
+    last block short and zero-padded). Golden (the bf16 rows exactly) on both emulators, bit-identical, planned
+    = executed = static counts."""
+    from ttc.profile import static_profile
+
+    module, planned, cbs = compile_with_plan(text(shape, rows=rows))
+    (program,) = programs(module)
+    assert program.attributes["kind"] == "tilize"
+    segment_reads = [op for op in program.walk() if op.name == "ttkernel.noc_read_pages" and len(op.operands) == 4]
+    assert segment_reads, "the column-blocked reader ran"
+    assert cbs[0].page_size < shape[-1] * (2 if rows == "bf16" else 4)  # a CB page holds one column block
+    x = RNG.standard_normal(shape).astype(np.float32)
+    outputs = []
+    for emulator in ("reference", "native"):
+        executor = Executor(module, device_weights(module), emulator=emulator)
+        outputs.append(executor.run({"x": x})["y"])
+        (profile,) = executor.profile
+        assert profile.counts == planned
+    np.testing.assert_array_equal(outputs[0], x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(outputs[1].view(np.uint32), outputs[0].view(np.uint32))
+    (static,) = static_profile(module, device_weights(module))
+    assert static.counts == planned
+
+
+def test_rows_that_fit_keep_the_whole_row_plan() -> None:
+    """The fallback is for rows no whole-row blocking fits: 4,000 elements still tilize a whole row per push."""
+    module, _, cbs = compile_with_plan(text((32, 4000)))
+    assert cbs[0].page_size == 8000
+    (program,) = programs(module)
+    assert not any(len(op.operands) > 2 for op in program.walk() if op.name == "ttkernel.noc_read_pages")
+
+
+def test_the_fallback_is_tried_only_after_every_whole_row_blocking() -> None:
+    """`grid.choose`: with room for a whole-row blocking it wins even when the fallback is allowed; with a budget
+    below every whole-row footprint only the allowed fallback fits (and without it the op is refused)."""
+    from ttc.passes.grid import choose, min_cb_bytes, needs_fallback
+
+    op = next(op for op in parse_module(text((64, 4000))).function("main").body.ops if op_kind(op) == "tilize")
+    whole = min_cb_bytes(op, E150)
+    assert not needs_fallback(op, E150)
+    assert "segment" not in choose(op, E150, E150.l1_free, "hifi4", fallback=True).blocking
+    small = choose(op, E150, whole - 1, "hifi4", fallback=True)
+    assert "segment" in small.blocking and small.footprint < whole
+    with pytest.raises(UserError, match="does not fit in L1"):
+        choose(op, E150, whole - 1, "hifi4")
+    wide = next(op for op in parse_module(text((32, 27885))).function("main").body.ops if op_kind(op) == "tilize")
+    assert needs_fallback(wide, E150) and min_cb_bytes(wide, E150) < E150.l1_free

@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ttc
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import InternalCompilerError, UserError
+from ttc.ir.dialects import ttkernel
 
 OPSET = 19
 
@@ -133,6 +134,11 @@ def programs(compiled) -> list:
     return [op for op in compiled.module.walk() if op.name == "ttmetal.enqueue_program"]
 
 
+# The row ops' operand counts without a row segment (more: the column-blocked plan of a row-major device op).
+COLUMN_BLOCKED_OPS = {ttkernel.NOC_WRITE_ROWS.name: 3, ttkernel.NOC_READ_ROWS_INDEXED.name: 3,
+                      ttkernel.NOC_READ_PAGES.name: 2}
+
+
 def path_counts(case: Case, compiled) -> Counter:
     found: Counter = Counter()
     names = list(compiled.module.weights)
@@ -158,6 +164,9 @@ def path_counts(case: Case, compiled) -> Counter:
                 found["row_chunks"] = max(found["row_chunks"], chunks)
         if kind == "reduce" and CB_STAT in cbs:
             found["segmented_sum"] += 1
+        if kind in ("untilize", "embedding", "tilize") and any(
+                op.name in COLUMN_BLOCKED_OPS and len(op.operands) > COLUMN_BLOCKED_OPS[op.name] for op in program.walk()):
+            found["column_blocked"] += 1  # rows too wide for L1, moved in column blocks
     if case.family == "movement":
         if any(n.endswith(".element_index") for n in names):
             found["gather_element"] += 1

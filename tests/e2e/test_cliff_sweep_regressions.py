@@ -102,3 +102,40 @@ def test_a_lookup_of_more_ids_than_one_index_page_holds(shape: tuple, op: str, a
     assert compare("y", outputs["native"], expected).passed
     exact = run_onnxruntime(model, {"x": x.astype(ml_dtypes.bfloat16).astype(np.float32)})["y"]
     np.testing.assert_array_equal(outputs["native"], exact)  # a movement rounds nothing: the bf16 input, moved
+
+
+def test_rows_too_wide_for_l1_are_untilized_and_looked_up_in_column_blocks() -> None:
+    """[55, 1, 13, 39, 3] reshaped to [3, 27885] (the cliff sweep's one case of neither golden nor a justified
+    refusal): the element gather untilizes its stack into rows of 27,885 elements and looks them up, and 32 such
+    rows (1.7 MB) were "'ttir.to_layout' does not fit in L1". The untilize and the row lookup now fall back to
+    their column-blocked plans. Exact on both emulators, bit-identical, planned counts = executed = static."""
+    from cost_model_checks import (
+        check_planned_equals_executed,
+        check_static_equals_executed,
+        compile_with_plans,
+    )
+
+    from ttc.ir.dialects import ttkernel
+
+    shape = (55, 1, 13, 39, 3)
+    nodes = [helper.make_node("Reshape", ["x", "to"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], perm=[0, 1])]
+    graph = helper.make_graph(nodes, "sweep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("to", TensorProto.INT64, [2], [3, 27885])])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    plans, compiled = compile_with_plans(model)
+    assert compiled.manifest["host_ops"] == 0
+    segmented = {program.attributes["kind"] for program in compiled.module.walk()
+                 if program.name == "ttmetal.enqueue_program" and any(
+                     op.name in (ttkernel.NOC_WRITE_ROWS.name, ttkernel.NOC_READ_ROWS_INDEXED.name)
+                     and len(op.operands) == 5 for op in program.walk())}
+    assert segmented == {"untilize", "embedding"}
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    outputs = {}
+    for emulator in ("reference", "native"):
+        outputs[emulator] = compiled.run({"x": x}, emulator=emulator)["y"]
+        check_planned_equals_executed(plans, compiled.profile)
+    check_static_equals_executed(compiled, compiled.profile)
+    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    exact = run_onnxruntime(model, {"x": x.astype(ml_dtypes.bfloat16).astype(np.float32)})["y"]
+    np.testing.assert_array_equal(outputs["native"], exact)

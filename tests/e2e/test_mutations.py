@@ -196,3 +196,43 @@ def test_a_broken_multicast_handshake_is_a_device_fault(mlp, encoder, mutate, me
         broken = mutated(compiled, mutate)
         with pytest.raises(DeviceFault, match=message):
             broken.run(zoo.random_inputs(model, seed=0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Column-blocked untilize and row lookup (rows too wide for L1): row segments past the CB page or the buffer page
+
+
+@pytest.fixture(scope="module")
+def wide_rows() -> tuple[onnx.ModelProto, CompiledModel]:
+    """A Relu, then a swap of the leading dims of [3, 2, 27885]: an untilize and a row lookup of 27,885-element
+    rows, both in column blocks (tests/e2e/test_wide_rows.py)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["r"], ["y"], perm=[1, 0, 2])]
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (3, 2, 27885))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    return model, ttc.compile(model)
+
+
+def double_segments(kind: str, name: str) -> Mutation:
+    """The `kind` program's kernel with the segmented `name` op steps its segments twice as far and long (the
+    constant it scales the segment index by, doubled): its first segment overruns a CB page."""
+    def mutate(module: Module) -> None:
+        program = next(p for p in programs(module) if p.attr("kind") == kind)
+        op = next(op for op in program.walk() if op.name == f"ttkernel.{name}" and len(op.operands) == 5)
+        offset = op.operands[3].owner  # muli(segment, bytes)
+        constant = offset.operands[1].owner
+        constant.attributes["value"] = constant.attributes["value"] * 2
+    return mutate
+
+
+@pytest.mark.parametrize(("kind", "name"), [("untilize", "noc_write_rows"), ("embedding", "noc_read_rows_indexed")])
+def test_a_row_segment_longer_than_a_cb_page_is_a_device_fault(wide_rows, kind: str, name: str) -> None:
+    model, compiled = wide_rows
+    assert outcome(model, compiled) == "passed"
+    broken = mutated(compiled, double_segments(kind, name))
+    cb = 16 if kind == "untilize" else 0
+    with pytest.raises(DeviceFault, match=rf"a row segment of (\d+) bytes does not fit CB {cb}'s \d+-byte pages\n  "
+                                          rf"at core \(0,0\).*, op ttkernel.{name}"):
+        broken.run(zoo.random_inputs(model, seed=0))

@@ -49,11 +49,17 @@ def _attr(key: str, value: object) -> str:
     return str(value)
 
 
+# ops taking an optional row segment (offset and size operands)
+_SEGMENT = {"noc_read_pages", "noc_read_rows_indexed", "noc_write_rows"}
+
+
 def kop(name: str, *operands: str, out: str | None = None, **attrs: object) -> str:
     """One `ttkernel.<name>` op line; operands and `out` are value names without the %."""
     types = _OPERANDS.get(name, ())
     if name in _OPTIONAL and len(operands) == len(types) + 1:
         types = (*types, _OPTIONAL[name])
+    if name in _SEGMENT and len(operands) == len(types) + 2:
+        types = (*types, "index", "index")
     assert len(types) == len(operands), f"{name} takes {len(types)} operands"
     attr_text = " {" + ", ".join(f"{k} = {_attr(k, v)}" for k, v in attrs.items()) + "}" if attrs else ""
     head = f"%{out} = " if out else ""

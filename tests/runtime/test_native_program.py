@@ -5,18 +5,20 @@ profiles and fault texts must be identical."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from runtime_helpers import ProgramSpec, Tensor, addrgen, cb, eltwise_program, kop, run
+from runtime_helpers import ProgramSpec, Tensor, addrgen, cb, eltwise_program, kfor, kop, run
 
 import ttc
 from ttc import zoo
@@ -626,3 +628,102 @@ def test_dst_slots_of_an_earlier_acquire_are_nan_where_read() -> None:
         assert (c[core * 12: core * 12 + 6] == 1.0).all()
         assert np.isnan(second[[0, 2, 3, 5]]).all() and not np.isnan(second[1]).any()
         assert (second[4][16:] == 0.5).all() and np.isnan(second[4][:16, :16]).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Row segments (the column-blocked untilize / tilize / row lookup of rows too wide for L1)
+
+
+def segment_untilize(extra: tuple[int, int]) -> ProgramSpec:
+    """A [40, 70] tile tensor to 140-byte row pages on 2 cores, each tile column packed alone into 96-byte CB pages
+    and written as a row segment (bytes 0, 64, 128; 64, 64 and 12 of them); core c's segments are extra[c] bytes
+    longer (0: the right bytes)."""
+    reader = [kop("get_arg", out="t", index=0), *addrgen("a", 0),
+              kfor("b", 3, [kop("addi", "t", "b", out="tb"), kop("cb_reserve_back", cb=0, pages=1),
+                            kop("noc_read_tiles", "a", "tb", cb=0, rows=1, cols=1), kop("noc_read_barrier"),
+                            kop("cb_push_back", cb=0, pages=1)])]
+    compute = [kfor("b", 3, [kop("cb_reserve_back", cb=16, pages=32), kop("cb_wait_front", cb=0, pages=1),
+                             kop("tile_regs_acquire"), kop("copy_tiles", cb=0, rows=1, cols=1),
+                             kop("tile_regs_commit"), kop("tile_regs_wait"), kop("pack_rows", cb=16, cols=1),
+                             kop("tile_regs_release"), kop("cb_pop_front", cb=0, pages=1),
+                             kop("cb_push_back", cb=16, pages=32)])]
+    writer = [kop("get_arg", out="page", index=0), kop("get_arg", out="valid", index=1),
+              kop("get_arg", out="extra", index=2), kop("constant", out="c64", value=64),
+              kop("constant", out="m64", value=-64), kop("constant", out="c140", value=140),
+              *addrgen("c", 1, page=140),
+              kfor("s", 3, [kop("muli", "s", "c64", out="off"), kop("muli", "s", "m64", out="back"),
+                            kop("addi", "c140", "back", out="left"), kop("mini", "c64", "left", out="n"),
+                            kop("addi", "n", "extra", out="size"), kop("cb_wait_front", cb=16, pages=32),
+                            kop("noc_write_rows", "c", "page", "valid", "off", "size", cb=16, count=32),
+                            kop("noc_write_barrier"), kop("cb_pop_front", cb=16, pages=32)])]
+    return ProgramSpec(reader, compute, writer, [cb(0, 2), cb(16, 64, page=96)], (2, 1),
+                       [[[0], [3]], [[], []], [[0, 32, extra[0]], [32, 8, extra[1]]]], kind="untilize")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ((0, 0), None),
+    ((0, 12), r"a row segment of 24 bytes at byte 128 is outside the 140-byte pages of the buffer\n  at core \(1,0\), "
+              r"writer kernel, CB 16"),
+    ((40, 0), r"a row segment of 104 bytes does not fit CB 16's 96-byte pages\n  at core \(0,0\), writer kernel"),
+    ((40, 80), r"a row segment of 144 bytes at byte 0 is outside the 140-byte pages of the buffer\n  at core \(1,0\)"),
+])
+def test_row_segment_writes_run_and_fault_alike(extra: tuple[int, int], message: str | None) -> None:
+    """noc_write_rows with a segment on both emulators: the same bytes and counts, or the same fault (a segment
+    past the buffer page is checked on every core before one longer than a CB page)."""
+    x = np.random.default_rng(6).standard_normal((40, 70)).astype(np.float32)
+    text = run_dual({"a": (Tensor("a", x.shape), x)}, [Tensor("c", x.shape, "bf16", "row_major")],
+                    segment_untilize(extra))
+    if message is None:
+        assert text is None
+        out, _ = run({"a": (Tensor("a", x.shape), x)}, [Tensor("c", x.shape, "bf16", "row_major")],
+                     segment_untilize(extra))
+        np.testing.assert_array_equal(out["c"], x.astype(ml_dtypes.bfloat16).astype(np.float32))
+    else:
+        assert text is not None and re.search(message, text), text
+
+
+@pytest.mark.parametrize(("segments", "message"), [
+    (((0, 0, 64), (2, 100, 40)), None),
+    (((0, 0, 64), (2, 100, 41)), r"a row segment of 41 bytes at byte 100 is outside the 140-byte pages of the "
+                                 r"buffer\n  at core \(1,0\), reader kernel, CB 0"),
+    (((0, -2, 8), (2, 0, 8)), r"a row segment of 8 bytes at byte -2 is outside .*\n  at core \(0,0\), reader"),
+    (((0, 0, 100), (2, 0, 100)), r"a row segment of 100 bytes does not fit CB 0's 96-byte pages\n  at core \(0,0\) "
+                                 r"and 1 more core"),
+])
+def test_row_segment_page_reads_run_and_fault_alike(segments: tuple, message: str | None) -> None:
+    """noc_read_pages with a per-core segment (start page, offset, size) into 96-byte CB pages: the segment at the
+    start of each page and zeros after it, alike on both emulators, or the same fault."""
+    table = np.random.default_rng(7).standard_normal((4, 70)).astype(np.float32)
+    reader = [kop("get_arg", out="start", index=0), kop("get_arg", out="off", index=1),
+              kop("get_arg", out="size", index=2), *addrgen("t", 0, page=140), kop("cb_reserve_back", cb=0, pages=2),
+              kop("noc_read_pages", "t", "start", "off", "size", cb=0, count=2), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=0, pages=2), kop("cb_wait_front", cb=0, pages=2), kop("cb_pop_front", cb=0, pages=2)]
+    program = ProgramSpec(reader, [], [], [cb(0, 2, page=96)], (2, 1), [[list(s) for s in segments], [[], []], [[], []]],
+                          buffers=["t"])
+    text = run_dual({"t": (Tensor("t", table.shape, "bf16", "row_major"), table)}, [Tensor("c", (32, 32))], program)
+    assert (text is None) if message is None else (text is not None and re.search(message, text)), text
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    (40, None), (300, r"a row segment of 300 bytes at byte 8 is outside the 128-byte pages of the buffer\n  at core "
+                      r"\(0,0\) and 1 more core, reader kernel, CB 0")])
+def test_row_segment_lookups_run_and_fault_alike(size: int, message: str | None) -> None:
+    """noc_read_rows_indexed with a segment (bytes 8.. of each looked-up row), valid rows zero-padded."""
+    table, ids = np.random.default_rng(8).standard_normal((10, 64)).astype(np.float32), np.full((1, 40), 3)
+    ids[0, 1::3] = -2
+    reader = [kop("get_arg", out="first", index=0), kop("get_arg", out="valid", index=1),
+              kop("constant", out="zero", value=0), kop("constant", out="off", value=8),
+              kop("constant", out="size", value=size), *addrgen("t", 0, page=128),
+              *addrgen("ids", 1, fmt="i32", page=160), kop("cb_reserve_back", cb=8, pages=1),
+              kop("noc_read_pages", "ids", "zero", cb=8, count=1), kop("noc_read_barrier"),
+              kop("cb_push_back", cb=8, pages=1), kop("cb_wait_front", cb=8, pages=1),
+              kop("cb_reserve_back", cb=0, pages=32),
+              kop("noc_read_rows_indexed", "t", "first", "valid", "off", "size", cb=0, index_cb=8, count=32, wrap=10),
+              kop("noc_read_barrier"), kop("cb_push_back", cb=0, pages=32), kop("cb_pop_front", cb=8, pages=1),
+              kop("cb_wait_front", cb=0, pages=32), kop("cb_pop_front", cb=0, pages=32)]
+    program = ProgramSpec(reader, [], [], [cb(0, 32, page=64), cb(8, 1, "i32", page=160)], (2, 1),
+                          [[[0, 32], [32, 8]], [[], []], [[], []]], buffers=["t", "ids"])
+    tt = Tensor("t", table.shape, "bf16", "row_major")
+    ti = Tensor("ids", ids.shape, "i32", "row_major", host="i64")
+    text = run_dual({"t": (tt, table), "ids": (ti, ids)}, [Tensor("c", (32, 32))], program)
+    assert (text is None) if message is None else (text is not None and re.search(message, text)), text
