@@ -15,9 +15,11 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   convolution is one matmul batched over channel tiles (`depthwise_matmul`): a grouped lookup
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
   grows with C, not C squared. A 1x1 stride-1 convolution without
-  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
-  the lookup and the product go by chunks of rows, joined along the rows after the product (a tree of
-  concats of at most `MAX_JOINED` inputs; a max pool goes by the same chunks). Beyond
+  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8),
+  or when the im2col matrix would take more than layout's `MAX_L1_SHARE` of a core's free L1 (ResNet-50's
+  7x7 stem), the lookup and the product go by equal chunks of rows (`chunk_rows`: each chunk fits L1 instead
+  of going through DRAM), joined along the rows after the product (a tree of concats of at most `MAX_JOINED`
+  inputs; a max pool goes by MAX_IM2COL_IDS chunks). Beyond
   `MAX_POSITIONS` kernel positions (ViT's 16x16 patches, a 13x13 depthwise kernel) the window is split
   along K: a lookup of at most 128 positions and a product by their rows of the stacked weight per chunk,
   the partial products summed; positions that read only padding for every output pixel are dropped;
@@ -45,8 +47,10 @@ from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
+from ttc.passes.layout import MAX_L1_SHARE
 from ttc.passes.movement import (
     CONSTANT,
     ROW_MAJOR,
@@ -58,6 +62,7 @@ from ttc.passes.movement import (
 )
 from ttc.passes.ops.gather import is_folded, movement_chain
 from ttc.passes.ops.gather_map import row_gather_map
+from ttc.passes.ops.geometry import module_device
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
@@ -171,7 +176,8 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     """im2col(x) @ stacked: for each output pixel the sticks of its KK kernel positions (channels padded to Cp)
     times the stacked weight [KK * Cp, OC] (a weight constant `name`). Kernel positions that read only padding
     for every output pixel (a kernel larger than its padded input) are dropped with their weight rows. Beyond
-    MAX_IM2COL_IDS output pixels the lookup and the product go by chunks of rows, joined after the product
+    MAX_IM2COL_IDS output pixels, or when the lookup would not fit L1 (`chunk_rows`), the lookup and the product
+    go by equal chunks of rows, joined after the product
     (tile rows: a tile-granular concat); beyond MAX_POSITIONS kernel positions by chunks of positions (a K
     split: one lookup and one product by the chunk's weight rows each), the partial products summed."""
     width = -(-tensor(x).shape[1] // 32) * 32  # Cp
@@ -191,8 +197,9 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
         return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
-    for start in range(0, m, MAX_IM2COL_IDS):
-        part = ids[:, start:start + MAX_IM2COL_IDS]
+    step = chunk_rows(m, min(positions, MAX_POSITIONS) * width, module_device(module))
+    for start in range(0, m, step):
+        part = ids[:, start:start + step]
         total: Value | None = None
         for (first, last), b in zip(splits, bs, strict=True):
             chunk = part[first:last]
@@ -209,6 +216,22 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return joined_rows(rewriter, op, products, result)
 
 
+def chunk_rows(m: int, cols: int, device: DeviceAttr) -> int:
+    """Output pixels per chunk of an im2col lookup [m, cols] (bf16 tiles): all m when its pages spread over the
+    cores' L1 take at most `MAX_L1_SHARE` of a core's free L1 (what `layout` places in L1) and m is at most
+    MAX_IM2COL_IDS; else the fewest equal chunks of whole tile rows that keep each one within both, so every
+    chunk can live in L1 between its lookup and its product instead of going through DRAM."""
+    tile_rows, tile_cols = -(-m // 32), -(-cols // 32)
+    limit = int(device.l1_free * MAX_L1_SHARE)
+    chunks = -(-m // MAX_IM2COL_IDS)
+    while True:
+        rows = -(-tile_rows // chunks)  # tile rows per chunk
+        if -(-rows * tile_cols // device.compute_cores) * TILE_BYTES <= limit or rows == 1:
+            return rows * 32 if chunks > 1 else m
+        chunks += 1
+
+
+TILE_BYTES = 32 * 32 * 2  # a bf16 tile
 MAX_JOINED = 4  # inputs of one concat of row chunks (a concat's circular buffers grow with its inputs)
 
 
