@@ -217,18 +217,44 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
 
 
 def chunk_rows(m: int, cols: int, device: DeviceAttr) -> int:
-    """Output pixels per chunk of an im2col lookup [m, cols] (bf16 tiles): all m when its pages spread over the
-    cores' L1 take at most `MAX_L1_SHARE` of a core's free L1 (what `layout` places in L1) and m is at most
-    MAX_IM2COL_IDS; else the fewest equal chunks of whole tile rows that keep each one within both, so every
-    chunk can live in L1 between its lookup and its product instead of going through DRAM."""
+    """Output pixels per chunk of an im2col lookup [m, cols] (bf16 tiles; the last chunk takes the rest): m when
+    m is at most MAX_IM2COL_IDS and its pages spread over the cores' L1 take at most layout's `MAX_L1_SHARE` of a
+    core's free L1 (so layout may place it in L1); MAX_IM2COL_IDS when a chunk of that many fits; else the fewest
+    equal chunks of whole tile rows that fit, so each chunk can live in L1 between its lookup and its product
+    instead of going through DRAM. Of those chunk counts, the first whose chunks all split over the cores evenly
+    (`splits_evenly`) wins: a chunk of a prime number of tile rows would run its product on one core."""
     tile_rows, tile_cols = -(-m // 32), -(-cols // 32)
     limit = int(device.l1_free * MAX_L1_SHARE)
-    chunks = -(-m // MAX_IM2COL_IDS)
-    while True:
+
+    def fits(rows: int) -> bool:
+        return -(-rows * tile_cols // device.compute_cores) * TILE_BYTES <= limit
+
+    if m <= MAX_IM2COL_IDS and fits(tile_rows):
+        return m
+    if fits(MAX_IM2COL_IDS // 32):
+        return MAX_IM2COL_IDS
+    fitting = []
+    for chunks in range(-(-m // MAX_IM2COL_IDS), tile_rows + 1):
         rows = -(-tile_rows // chunks)  # tile rows per chunk
-        if -(-rows * tile_cols // device.compute_cores) * TILE_BYTES <= limit or rows == 1:
-            return rows * 32 if chunks > 1 else m
-        chunks += 1
+        if not fits(rows) and rows > 1:
+            continue
+        last = tile_rows - rows * (-(-tile_rows // rows) - 1)
+        if splits_evenly(rows, device.compute_cores) and splits_evenly(last, device.compute_cores):
+            return rows * 32
+        fitting.append(rows)
+        if len(fitting) > MAX_EXTRA_CHUNKS:
+            break
+    return fitting[0] * 32
+
+
+MAX_EXTRA_CHUNKS = 8  # chunk counts tried beyond the fewest that fit L1, for chunks that split evenly
+
+
+def splits_evenly(rows: int, cores: int) -> bool:
+    """Whether `rows` tile rows divide over at most `cores` cores with at most twice the rows per core of a
+    perfect spread (a matmul's M splits only by divisors)."""
+    per_core = min(rows // c for c in range(1, min(rows, cores) + 1) if rows % c == 0)
+    return per_core <= 2 * -(-rows // cores)
 
 
 TILE_BYTES = 32 * 32 * 2  # a bf16 tile

@@ -193,7 +193,10 @@ def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() ->
 
     assert chunk_rows(12544, 49 * 32, E150) == 6272  # 392 tile rows in two chunks of 196
     assert chunk_rows(3136, 9 * 64, E150) == 3136  # ResNet's first 3x3: one lookup, as before
-    assert chunk_rows(40000, 32, E150) == 13344  # MAX_IM2COL_IDS alone splits it in three equal chunks
+    assert chunk_rows(40000, 32, E150) == 16384  # chunks of MAX_IM2COL_IDS fit L1: as before, the rest last
+    # 842 tile rows need 3 chunks for L1, but 281 (3) and 211 (4) are prime and 169 = 13 x 13 (5) or a last
+    # chunk of 137 (6) would run on few cores: 8 chunks of 106 tile rows (53 cores x 2), the last of 100
+    assert chunk_rows(842 * 32, 49 * 32, E150) == 106 * 32
     model = window_model("Conv", (1, 3, 224, 224), (32, 3, 7, 7), kernel_shape=[7, 7], strides=[2, 2],
                          pads=[3, 3, 3, 3])
     compiled = check(model)
