@@ -141,13 +141,20 @@ def placements(op: Operation, device: DeviceAttr, max_cores: int = 0) -> Iterato
             yield grid, blocking
 
 
+def tie_break(cost: Cost) -> tuple[float, float, float]:
+    """The order of candidates: modelled cycles, then (equal times: a compute-bound op whose traffic differs)
+    less DRAM time (fewer DRAM bytes, which other programs running beside it would contend for), then less
+    NoC time."""
+    return cost.cycles, cost.dram, cost.noc
+
+
 def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0,
            weights: Weights | None = None) -> list[tuple[GridAttr, dict, Cost]]:
-    """The placed candidates, cheapest first (ties keep the enumeration order)."""
+    """The placed candidates, cheapest first (`tie_break`; full ties keep the enumeration order)."""
     kind = op_kind(op) or ""
     costed = [(grid, blocking, estimate(op, kind, device, grid, blocking, fidelity, weights=weights))
               for grid, blocking in placements(op, device, max_cores)]
-    return sorted(costed, key=lambda c: c[2].cycles)
+    return sorted(costed, key=lambda c: tie_break(c[2]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,8 +232,8 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
                   max_cores: int = 0, weights: Weights | None = None,
                   memo: dict[tuple, list[Candidate]] | None = None) -> list[Candidate]:
     """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
-    `options` it allows, cheapest first. Equal modelled times (a DRAM-bound op whose NoC traffic differs) go to
-    the one moving fewer NoC bytes, then keep the enumeration order (interleaved first). `memo` (one grid pass
+    `options` it allows, cheapest first (`tie_break`: equal modelled times go to the one moving fewer DRAM
+    bytes, then fewer NoC bytes), then keep the enumeration order (interleaved first). `memo` (one grid pass
     run) reuses the ranking of an op with the same signature."""
     if memo is not None:
         key = (matmul_signature(op), id(device), fidelity, options, max_cores)
@@ -244,7 +251,7 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
                 g, result_layout = placed
                 costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g, blocking,
                                                                     fidelity, result_layout, weights)))
-    return sorted(costed, key=lambda c: (c[3].cycles, c[3].noc))
+    return sorted(costed, key=lambda c: tie_break(c[3]))
 
 
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: dict[tuple, int] | None = None) -> int:
@@ -411,7 +418,7 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
             f"over all grids and blockings is {smallest} bytes per core (circular buffers + L1 tensors), the "
             f"budget is {budget} bytes (l1_size - l1_reserved - other L1 tensors live across it); try "
             "layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in the model")
-    kind = min(best, key=lambda k: (best[k][0][3].cycles, best[k][0][3].noc))
+    kind = min(best, key=lambda k: tie_break(best[k][0][3]))
     (grid, blocking, result_layout, cost), footprint = best[kind]
     reason = sharding_reason(op, kind, best, options, why_not, misfit)
     return Choice(grid, blocking, cost, footprint, result_layout, reason)
