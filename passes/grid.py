@@ -147,13 +147,21 @@ def placements(op: Operation, device: DeviceAttr, max_cores: int = 0,
             yield grid, blocking
 
 
+def tie_break(cost: Cost) -> tuple[float, float, float]:
+    """The order of candidates: modelled cycles, then (equal times: a compute-bound op whose traffic differs)
+    less DRAM time (fewer DRAM bytes, which other programs running beside it would contend for), then less
+    NoC time."""
+    return cost.cycles, cost.dram, cost.noc
+
+
 def ranked(op: Operation, device: DeviceAttr, fidelity: str, max_cores: int = 0,
            weights: Weights | None = None, fallback: bool = False) -> list[tuple[GridAttr, dict, Cost]]:
-    """The placed candidates (or fallback candidates), cheapest first (ties keep the enumeration order)."""
+    """The placed candidates (or fallback candidates), cheapest first (`tie_break`; full ties keep the
+    enumeration order)."""
     kind = op_kind(op) or ""
     costed = [(grid, blocking, estimate(op, kind, device, grid, blocking, fidelity, weights=weights))
               for grid, blocking in placements(op, device, max_cores, fallback)]
-    return sorted(costed, key=lambda c: c[2].cycles)
+    return sorted(costed, key=lambda c: tie_break(c[2]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +239,8 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
                   max_cores: int = 0, weights: Weights | None = None,
                   memo: dict[tuple, list[Candidate]] | None = None) -> list[Candidate]:
     """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
-    `options` it allows, cheapest first. Equal modelled times (a DRAM-bound op whose NoC traffic differs) go to
-    the one moving fewer NoC bytes, then keep the enumeration order (interleaved first). `memo` (one grid pass
+    `options` it allows, cheapest first (`tie_break`: equal modelled times go to the one moving fewer DRAM
+    bytes, then fewer NoC bytes), then keep the enumeration order (interleaved first). `memo` (one grid pass
     run) reuses the ranking of an op with the same signature."""
     if memo is not None:
         key = (matmul_signature(op), id(device), fidelity, options, max_cores)
@@ -250,7 +258,7 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
                 g, result_layout = placed
                 costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g, blocking,
                                                                     fidelity, result_layout, weights)))
-    return sorted(costed, key=lambda c: (c[3].cycles, c[3].noc))
+    return sorted(costed, key=lambda c: tie_break(c[3]))
 
 
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: dict[tuple, int] | None = None) -> int:
@@ -441,10 +449,85 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
             f"over all grids and blockings is {smallest} bytes per core (circular buffers + L1 tensors), the "
             f"budget is {budget} bytes (l1_size - l1_reserved - other L1 tensors live across it); try "
             "layout{l1-intermediates=false}, a narrower last dimension, or splitting the op in the model")
-    kind = min(best, key=lambda k: (best[k][0][3].cycles, best[k][0][3].noc))
+    kind = min(best, key=lambda k: tie_break(best[k][0][3]))
     (grid, blocking, result_layout, cost), footprint = best[kind]
     reason = sharding_reason(op, kind, best, options, why_not, misfit)
     return Choice(grid, blocking, cost, footprint, result_layout, reason)
+
+
+def followed_layout(op: Operation) -> LayoutAttr | None:
+    """The sharded layout an elementwise op's result may take from its operands: that of its first sharded operand
+    of the result's shape (a producer's shards flow on), when the result is a tile intermediate read by device
+    programs alone and not through a view; None otherwise."""
+    t = tensor(op.result)
+    if layout(t).tensor_layout != "tile" or is_sharded(t) or not is_intermediate(op.result) \
+            or any(is_view(chain_end(user)) for user, _ in op.result.uses):
+        return None
+    for operand in program_operands(op):
+        source = tensor(operand)
+        if is_sharded(source) and source.shape == t.shape:
+            return layout(source)
+    return None
+
+
+def follow_sharding(op: Operation, interleaved: Choice, device: DeviceAttr, live: LiveL1, fidelity: str,
+                    max_cores: int = 0, weights: Weights | None = None) -> Choice:
+    """An elementwise op reading a sharded operand of its result's shape: its result takes that operand's sharded
+    layout (each core writes its shard into its own L1) when a blocking doing so is cheaper than `interleaved`
+    (`tie_break`) and fits L1 as a sharded matmul result must (`shard_misfit`); else `interleaved`."""
+    result_layout = followed_layout(op)
+    if result_layout is None:
+        return interleaved
+    budget = live.budget(op, result_layout)
+    best: tuple[GridAttr, dict[str, int], Cost, int] | None = None
+    for grid, blocking in placements(op, device, max_cores):
+        if grid.num_cores != math.prod(core_units(op, blocking)):
+            continue  # cores repeating the last unit would write shards twice
+        cost = estimate(op, "eltwise", device, grid, blocking, fidelity, result_layout, weights)
+        if best is not None and tie_break(cost) >= tie_break(best[2]):
+            continue
+        footprint = l1_footprint(op, device, blocking, result_layout)
+        if shard_misfit(op, result_layout, footprint, budget, live, device) is None:
+            best = (grid, blocking, cost, footprint)
+    if best is None or tie_break(best[2]) >= tie_break(interleaved.cost):
+        return interleaved
+    grid, blocking, cost, footprint = best
+    readers_sharded = readers_cost(op, result_layout, device, fidelity, max_cores, weights)
+    readers_interleaved = readers_cost(op, None, device, fidelity, max_cores, weights)
+    total_sharded = tuple(a + b for a, b in zip(tie_break(cost), readers_sharded, strict=True))
+    total_interleaved = tuple(a + b for a, b in zip(tie_break(interleaved.cost), readers_interleaved, strict=True))
+    if total_sharded >= total_interleaved:
+        return interleaved  # what the shards save here, the programs reading them lose (time, DRAM or NoC)
+    reason = (f"{result_layout.memory_layout}: follows its operand's shards; {round(cost.cycles)} cycles "
+              f"(NoC {round(cost.noc)}) vs interleaved {round(interleaved.cost.cycles)} (NoC "
+              f"{round(interleaved.cost.noc)}); its readers' best {round(readers_sharded[0])} vs "
+              f"{round(readers_interleaved[0])} cycles")
+    return Choice(grid, blocking, cost, footprint, result_layout, reason)
+
+
+def readers_cost(op: Operation, result_layout: LayoutAttr | None, device: DeviceAttr, fidelity: str,
+                 max_cores: int = 0, weights: Weights | None = None) -> tuple[float, float, float]:
+    """The `tie_break` terms (cycles, DRAM, NoC) of the cheapest candidate of every program reading `op`'s result,
+    summed, with the result in `result_layout` (None: as it is), L1 fit aside: the price a layout puts on the
+    readers."""
+    saved = op.result.type
+    if result_layout is not None:
+        op.result.type = tensor(op.result).with_encoding(result_layout)
+    try:
+        total = (0.0, 0.0, 0.0)
+        for user, _ in op.result.uses:
+            reader = chain_end(user)
+            if op_kind(reader) is None or is_view(reader):
+                continue
+            sync_body_placement(reader)
+            costed = ranked(reader, device, fidelity, max_cores, weights)
+            if costed:
+                total = tuple(a + b for a, b in zip(total, tie_break(costed[0][2]), strict=True))
+    finally:
+        op.result.type = saved
+        for user, _ in op.result.uses:
+            sync_body_placement(chain_end(user))
+    return total
 
 
 def shard_misfit(op: Operation, result_layout: LayoutAttr, footprint: int, budget: int, live: LiveL1,
@@ -527,6 +610,11 @@ class Grid(Pass):
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,
                                             memo, fallback)
+                            if self.sharding and op_kind(op) == "eltwise":
+                                choice = follow_sharding(op, choice, device, live, fidelity, self.max_cores,
+                                                         module.weights)
+                                if choice.result_layout is not None:
+                                    shard_result(op, choice, live, device)
                     except UserError:
                         if spill_to_dram(op, live, device):
                             continue

@@ -15,9 +15,11 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   convolution is one matmul batched over channel tiles (`depthwise_matmul`): a grouped lookup
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
   grows with C, not C squared. A 1x1 stride-1 convolution without
-  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8)
-  the lookup and the product go by chunks of rows, joined along the rows after the product (a tree of
-  concats of at most `MAX_JOINED` inputs; a max pool goes by the same chunks). Beyond
+  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8),
+  or when the im2col matrix would take more than layout's `MAX_L1_SHARE` of a core's free L1 (ResNet-50's
+  7x7 stem), the lookup and the product go by equal chunks of rows (`chunk_rows`: each chunk fits L1 instead
+  of going through DRAM), joined along the rows after the product (a tree of concats of at most `MAX_JOINED`
+  inputs; a max pool goes by MAX_IM2COL_IDS chunks). Beyond
   `MAX_POSITIONS` kernel positions (ViT's 16x16 patches, a 13x13 depthwise kernel) the window is split
   along K: a lookup of at most 128 positions and a product by their rows of the stacked weight per chunk,
   the partial products summed; positions that read only padding for every output pixel are dropped;
@@ -45,8 +47,10 @@ from ttc.ir.attributes import DenseAttr, WeightAttr
 from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.dialects.ttir import window_output_shape, window_output_size
 from ttc.ir.types import ScalarType, TensorType
+from ttc.passes.layout import MAX_L1_SHARE
 from ttc.passes.movement import (
     CONSTANT,
     ROW_MAJOR,
@@ -58,6 +62,7 @@ from ttc.passes.movement import (
 )
 from ttc.passes.ops.gather import is_folded, movement_chain
 from ttc.passes.ops.gather_map import row_gather_map
+from ttc.passes.ops.geometry import module_device
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, defining_op
 
 MAX_IM2COL_IDS = 16384  # output pixels per im2col lookup and product (larger convs go by chunks of rows)
@@ -171,7 +176,8 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     """im2col(x) @ stacked: for each output pixel the sticks of its KK kernel positions (channels padded to Cp)
     times the stacked weight [KK * Cp, OC] (a weight constant `name`). Kernel positions that read only padding
     for every output pixel (a kernel larger than its padded input) are dropped with their weight rows. Beyond
-    MAX_IM2COL_IDS output pixels the lookup and the product go by chunks of rows, joined after the product
+    MAX_IM2COL_IDS output pixels, or when the lookup would not fit L1 (`chunk_rows`), the lookup and the product
+    go by equal chunks of rows, joined after the product
     (tile rows: a tile-granular concat); beyond MAX_POSITIONS kernel positions by chunks of positions (a K
     split: one lookup and one product by the chunk's weight rows each), the partial products summed."""
     width = -(-tensor(x).shape[1] // 32) * 32  # Cp
@@ -191,8 +197,9 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
         return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
-    for start in range(0, m, MAX_IM2COL_IDS):
-        part = ids[:, start:start + MAX_IM2COL_IDS]
+    step = chunk_rows(m, min(positions, MAX_POSITIONS) * width, module_device(module))
+    for start in range(0, m, step):
+        part = ids[:, start:start + step]
         total: Value | None = None
         for (first, last), b in zip(splits, bs, strict=True):
             chunk = part[first:last]
@@ -209,6 +216,48 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return joined_rows(rewriter, op, products, result)
 
 
+def chunk_rows(m: int, cols: int, device: DeviceAttr) -> int:
+    """Output pixels per chunk of an im2col lookup [m, cols] (bf16 tiles; the last chunk takes the rest): m when
+    m is at most MAX_IM2COL_IDS and its pages spread over the cores' L1 take at most layout's `MAX_L1_SHARE` of a
+    core's free L1 (so layout may place it in L1); MAX_IM2COL_IDS when a chunk of that many fits; else the fewest
+    equal chunks of whole tile rows that fit, so each chunk can live in L1 between its lookup and its product
+    instead of going through DRAM. Of those chunk counts, the first whose chunks all split over the cores evenly
+    (`splits_evenly`) wins: a chunk of a prime number of tile rows would run its product on one core."""
+    tile_rows, tile_cols = -(-m // 32), -(-cols // 32)
+    limit = int(device.l1_free * MAX_L1_SHARE)
+
+    def fits(rows: int) -> bool:
+        return -(-rows * tile_cols // device.compute_cores) * TILE_BYTES <= limit
+
+    if m <= MAX_IM2COL_IDS and fits(tile_rows):
+        return m
+    if fits(MAX_IM2COL_IDS // 32):
+        return MAX_IM2COL_IDS
+    fitting = []
+    for chunks in range(-(-m // MAX_IM2COL_IDS), tile_rows + 1):
+        rows = -(-tile_rows // chunks)  # tile rows per chunk
+        if not fits(rows) and rows > 1:
+            continue
+        last = tile_rows - rows * (-(-tile_rows // rows) - 1)
+        if splits_evenly(rows, device.compute_cores) and splits_evenly(last, device.compute_cores):
+            return rows * 32
+        fitting.append(rows)
+        if len(fitting) > MAX_EXTRA_CHUNKS:
+            break
+    return fitting[0] * 32
+
+
+MAX_EXTRA_CHUNKS = 8  # chunk counts tried beyond the fewest that fit L1, for chunks that split evenly
+
+
+def splits_evenly(rows: int, cores: int) -> bool:
+    """Whether `rows` tile rows divide over at most `cores` cores with at most twice the rows per core of a
+    perfect spread (a matmul's M splits only by divisors)."""
+    per_core = min(rows // c for c in range(1, min(rows, cores) + 1) if rows % c == 0)
+    return per_core <= 2 * -(-rows // cores)
+
+
+TILE_BYTES = 32 * 32 * 2  # a bf16 tile
 MAX_JOINED = 4  # inputs of one concat of row chunks (a concat's circular buffers grow with its inputs)
 
 

@@ -131,7 +131,8 @@ def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity:
         starts = first[:, None] + (loop[:, 0] * out.rt * out.ct + loop[:, 1] * out.ct + loop[:, 2] * width)[None, :]
         return (starts[:, :, None] + np.arange(width)[None, None, :]).reshape(plan.cores, -1)
 
-    plan.static(Buffer.of(tensor(op.result), device), blocks * width, write=True, page_lists=out_pages)
+    result = tensor(op.result) if result_layout is None else tensor(op.result).with_encoding(result_layout)
+    plan.static(Buffer.of(result, device), blocks * width, write=True, page_lists=out_pages)
     return plan.counts()
 
 

@@ -181,3 +181,28 @@ def test_patch_matmul_agrees_with_the_window_lookup() -> None:
     lookup_error = compare("y", by_lookup, expected)
     assert patch_error.passed and lookup_error.passed
     assert patch_error.rel_l2_err <= lookup_error.rel_l2_err * 1.5, (patch_error, lookup_error)
+
+
+def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() -> None:
+    """ResNet's 7x7 stem at 224x224 (OC cut to 32): its im2col matrix [12544, 49 * 32] would take more than
+    `MAX_L1_SHARE` of each core's free L1, so it goes by two equal chunks of tile rows, each small enough for L1,
+    instead of one lookup written to DRAM and read back; every chunk's lookup result lives in L1, the products
+    are joined along the rows, and the result still passes the golden rule."""
+    from ttc.ir.dialects.tt import E150
+    from ttc.passes.windows import chunk_rows
+
+    assert chunk_rows(12544, 49 * 32, E150) == 6272  # 392 tile rows in two chunks of 196
+    assert chunk_rows(3136, 9 * 64, E150) == 3136  # ResNet's first 3x3: one lookup, as before
+    assert chunk_rows(40000, 32, E150) == 16384  # chunks of MAX_IM2COL_IDS fit L1: as before, the rest last
+    # 842 tile rows need 3 chunks for L1, but 281 (3) and 211 (4) are prime and 169 = 13 x 13 (5) or a last
+    # chunk of 137 (6) would run on few cores: 8 chunks of 106 tile rows (53 cores x 2), the last of 100
+    assert chunk_rows(842 * 32, 49 * 32, E150) == 106 * 32
+    model = window_model("Conv", (1, 3, 224, 224), (32, 3, 7, 7), kernel_shape=[7, 7], strides=[2, 2],
+                         pads=[3, 3, 3, 3])
+    compiled = check(model)
+    text = tilized(model)
+    lookups = lines_with(text, "im2col = true")
+    assert len(lookups) == 2 and all("tensor<6272x1568x" in line for line in lookups), text
+    main = print_module(compiled.module)
+    buffers = lines_with(main, "ttmetal.create_buffer", "6272x1568")
+    assert len(buffers) == 2 and all("l1" in line for line in buffers), buffers

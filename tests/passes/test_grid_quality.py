@@ -6,6 +6,7 @@ the search's best modelled time."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
 from pathlib import Path
 
@@ -55,3 +56,24 @@ def test_the_search_space_is_larger_than_the_pass() -> None:
     assert all(13 <= g.num_cores < 13 + g.x and g.x <= 12 and g.y <= 9 for g in grids)
     assert quality.all_n_splits(12, 108) == [1, 2, 3, 4, 6, 12] and quality.all_n_splits(11, 108) == [1, 2, 3, 4, 6, 11]
     assert len(list(quality.matmul_blockings(matmul_op(), E150))) > len(list(candidates(matmul_op())))
+
+
+def test_equal_modelled_times_go_to_fewer_dram_bytes() -> None:
+    """Candidates of equal modelled cycles (a compute-bound product whose blockings re-read its weight more or
+    less often) rank by DRAM time, then NoC time (`grid.tie_break`): in the conv chain's products such ties
+    occur, and within every run of equal cycles the DRAM time never decreases."""
+    from ttc.passes.grid import ranked_matmul
+    from ttc.passes.ops.geometry import module_device
+
+    module, _ = quality.gridded(conv_chain(), CompileOptions())
+    device = module_device(module)
+    differing = 0
+    for op in module.function("main").body.ops:
+        if op.name not in ("ttir.linear", "ttir.matmul"):
+            continue
+        costs = [candidate[3] for candidate in ranked_matmul(op, device, "hifi4", ())]
+        for first, second in itertools.pairwise(costs):
+            if first.cycles == second.cycles:
+                assert first.dram <= second.dram, (first, second)
+                differing += first.dram < second.dram
+    assert differing >= 1
