@@ -8,6 +8,8 @@
   splat exponent, `rpow_scalar` for a splat base, the binary `pow` of two Dst slots otherwise), which
   beats exp(log(x) * y) with a bf16 rounding after every step.
 - x / c -> x * (1 / c) for an inline float constant c (differs from the division by at most an ulp).
+- reciprocal(sqrt(x)) -> rsqrt(x) when the square root has no other use (a norm's 1 / sqrt(var + eps)):
+  one SFPU function, one rounding instead of two (numerics.md).
 - The erf form of GELU, `x * 0.5 * (1 + erf(x / sqrt(2)))`, with the 0.5 applied to x, to the product
   or to the (1 + erf) factor and `x / 1.4142` or `x * 0.7071` inside, becomes `ttir.gelu` with the
   locations of all matched ops fused. The tanh form GPT-2 exports,
@@ -128,6 +130,21 @@ class DivByTensor(RewritePattern):
         reciprocal = rewriter.create_before(op, ttir.RECIPROCAL.name, [divisor], [divisor.type])
         mul = rewriter.create_before(op, ttir.MUL.name, [x, reciprocal.result], [op.result.type])
         rewriter.replace_op(op, [mul.result])
+        return True
+
+
+class RsqrtOfSqrt(RewritePattern):
+    """reciprocal(sqrt(x)) -> rsqrt(x) when the square root has no other use."""
+
+    root = ttir.RECIPROCAL.name
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        sqrt = defining_op(op.operands[0], ttir.SQRT.name)
+        if sqrt is None or len(sqrt.result.uses) != 1 or not is_float(op.result):
+            return rewriter.notify_match_failure(op, "not the reciprocal of a single-use float square root")
+        x = sqrt.operands[0]
+        rsqrt = rewriter.create_before(op, ttir.RSQRT.name, [x], [op.result.type], loc=fuse_locations(sqrt.loc, op.loc))
+        rewriter.replace_op(op, [rsqrt.result])
         return True
 
 
@@ -296,7 +313,7 @@ class Decompose(Pass):
 
     def run(self, module: Module) -> None:
         patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), FuseMish(),
-                                          DivByConstant()]
+                                          DivByConstant(), RsqrtOfSqrt()]
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())
         apply_patterns_greedily(module, patterns)

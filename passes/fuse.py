@@ -30,7 +30,7 @@ from ttc.ir.core import FUNC_OP, Block, Module, Operation, Region, Value
 from ttc.ir.dialect import Trait
 from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
-from ttc.passes.decompose import DivByConstant, DivByTensor
+from ttc.passes.decompose import DivByConstant, DivByTensor, RsqrtOfSqrt
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
@@ -238,6 +238,6 @@ class Fuse(Pass):
     name = "fuse"
 
     def run(self, module: Module) -> None:
-        apply_patterns_greedily(module, [DivByConstant(), DivByTensor()])
+        apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear()])
         apply_patterns_greedily(module, [FuseEltwise()])

@@ -66,7 +66,7 @@ from ttc.passes.canonicalize import (
     TransposeOfTranspose,
     referenced_weights,
 )
-from ttc.passes.decompose import DivByConstant, DivByTensor
+from ttc.passes.decompose import DivByConstant, DivByTensor, RsqrtOfSqrt
 from ttc.passes.device_types import boolean_patterns, legalize
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.movement import movement_patterns
@@ -202,7 +202,7 @@ class FoldConstantMovement(FoldConstantOperands):
 
 def device_form_patterns(module: Module) -> list[RewritePattern]:
     return [FoldConstantMovement(module), MaterializeMatmulTranspose(), SoftmaxToLastAxis(),
-            LayerNormToLastAxis(), DivByConstant(), DivByTensor(), ReshapeToSameType(), ReshapeOfReshape(),
+            LayerNormToLastAxis(), DivByConstant(), DivByTensor(), RsqrtOfSqrt(), ReshapeToSameType(), ReshapeOfReshape(),
             IdentityTranspose(), TransposeOfTranspose(), *window_patterns(module), *movement_patterns(module)]
 
 

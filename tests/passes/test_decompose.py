@@ -159,6 +159,27 @@ def test_division_by_a_variable_stays(ir: IRHarness) -> None:
     assert '"ttir.div"(%arg0, %arg1)' in out
 
 
+def test_reciprocal_of_a_square_root_becomes_rsqrt(ir: IRHarness) -> None:
+    out = ir.run_body("decompose", ir.module(
+        f"%arg0: {T}", T,
+        f'%0 = "ttir.sqrt"(%arg0) : ({T}) -> {T} loc("sqrt")',
+        f'%1 = "ttir.reciprocal"(%0) : ({T}) -> {T} loc("recip")',
+        f'func.return %1 : {T} loc("ret")'))
+    assert out == (
+        f'%0 = "ttir.rsqrt"(%arg0) : ({T}) -> {T} loc(fused["sqrt", "recip"])\n'
+        f'func.return %0 : {T} loc("ret")')
+
+
+def test_reciprocal_of_a_square_root_used_elsewhere_stays(ir: IRHarness) -> None:
+    out = ir.run_body("decompose", ir.module(
+        f"%arg0: {T}", T,
+        f'%0 = "ttir.sqrt"(%arg0) : ({T}) -> {T} loc("sqrt")',
+        f'%1 = "ttir.reciprocal"(%0) : ({T}) -> {T} loc("recip")',
+        f'%2 = "ttir.add"(%0, %1) : ({T}, {T}) -> {T} loc("add")',
+        f'func.return %2 : {T} loc("ret")'))
+    assert '"ttir.reciprocal"(%0)' in out and "rsqrt" not in out
+
+
 # ----------------------------------------------------------------------------------------------
 # GELU
 
