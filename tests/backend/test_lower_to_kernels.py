@@ -39,22 +39,22 @@ def test_host_schedule() -> None:
           '%1 = "ttmetal.create_buffer"() : () -> tensor<64x64xbf16, #tt.layout<tile, dram, interleaved>> loc("w")',
           '"ttmetal.write_constant"(%1) {value = #tt.weight<"w">}',
           '%2 = "ttmetal.create_buffer"() : () -> tensor<40x64xbf16, #tt.layout<tile, l1, interleaved>> loc("fc")',
-          '// program 0: fc (matmul, grid 4x1)',
+          '// program 0: fc (matmul, grid 2x2)',
           '"ttmetal.enqueue_program"(%0, %1, %2) {',
-          'grid = #tt.grid<4x1>,', 'kind = "matmul",', 'runtime_args = [', '// reader, per core',
+          'grid = #tt.grid<2x2>,', 'kind = "matmul",', 'runtime_args = [', '// reader, per core',
           '// compute, per core', '// writer, per core', '} ({', '^reader:', '^compute:', '^writer:',
           '"ttmetal.deallocate"(%0)', '"ttmetal.deallocate"(%1)',
           '"ttmetal.create_buffer"() : () -> tensor<4x8xi32, #tt.layout<row_major, dram, interleaved>> loc("heads")',
-          '"ttmetal.write_constant"(%12) {value = #tt.weight<"heads.tile_index">}',
-          '%13 = "ttmetal.create_buffer"() : () -> tensor<2x40x32xbf16, #tt.layout<tile, dram, interleaved>>',
+          '"ttmetal.write_constant"(%23) {value = #tt.weight<"heads.tile_index">}',
+          '%24 = "ttmetal.create_buffer"() : () -> tensor<2x40x32xbf16, #tt.layout<tile, dram, interleaved>>',
           '// program 1: heads (+1) (data_movement, grid 4x1)',
-          '"ttmetal.enqueue_program"(%2, %12, %13) {', 'kind = "data_movement",',
+          '"ttmetal.enqueue_program"(%2, %23, %24) {', 'kind = "data_movement",',
           '[[0], [1], [2], [3]],  // reader, per core', '[[], [], [], []],  // compute, per core',
           '[[0], [1], [2], [3]]  // writer, per core',
           '}) : (tensor<40x64xbf16, #tt.layout<tile, l1, interleaved>>, tensor<4x8xi32, #tt.layout<row_major, dram, '
           'interleaved>>, tensor<2x40x32xbf16, #tt.layout<tile, dram, interleaved>>) -> () loc(fused["split", "heads"])',
-          '"ttmetal.deallocate"(%2)', '"ttmetal.deallocate"(%12)',
-          '%22 = "ttmetal.read_buffer"(%13)', '"ttmetal.deallocate"(%13)', "func.return %22")
+          '"ttmetal.deallocate"(%2)', '"ttmetal.deallocate"(%23)',
+          '%33 = "ttmetal.read_buffer"(%24)', '"ttmetal.deallocate"(%24)', "func.return %33")
     text = print_module(module)
     assert print_module(parse_module(text, "lowered.mlir", module.weights)) == text
 

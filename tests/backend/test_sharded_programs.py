@@ -23,7 +23,7 @@ def chain(m: int, k: int, n: int, n2: int) -> Graph:
     return g
 
 
-@pytest.mark.parametrize(("dims", "memory_layout"), [((3136, 64, 64, 32), "height_sharded"),
+@pytest.mark.parametrize(("dims", "memory_layout"), [((6272, 64, 64, 32), "height_sharded"),
                                                      ((1024, 1024, 1024, 256), "block_sharded")])
 def test_modelled_noc_bytes_leave_out_the_local_shards_as_the_emulator_does(dims, memory_layout: str) -> None:
     gridded = compile_graph(chain(*dims), pipeline="layout,grid")
