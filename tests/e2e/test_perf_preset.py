@@ -17,8 +17,9 @@ from ttc.compiler import PERF_PRESETS, CompileOptions
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttmetal
+from ttc.ir.dialects.tt import E150
 from ttc.passes.ops.geometry import CB_OUT
-from ttc.profile import program_fidelity, static_profile
+from ttc.profile import format_profile, program_fidelity, settings_line, static_profile
 from ttc.runtime.accounting import cb_formats
 
 ROWS, WIDTH = 64, 256
@@ -107,3 +108,20 @@ def test_a_preset_with_its_own_settings_or_an_unknown_one_is_a_user_error(tmp_pa
     assert "drop --math-fidelity" in capsys.readouterr().err
     assert main(["compile", str(path), "--perf-preset", "published", "-o", str(tmp_path / "b.ttc"), "-q"]) == 0
     assert ttc.load(tmp_path / "b.ttc").manifest["options"]["perf_preset"] == "published"
+
+
+def test_the_profile_states_the_formats_and_fidelities(compiled) -> None:
+    profile = static_profile(compiled.module, compiled.device_weights)
+    text = format_profile(profile, E150, module=compiled.module)
+    header, _, *rows = text.splitlines()
+    assert "fidelity" in header and "formats" in header
+    matmuls = [row for row in rows if row.split()[:2][1:] == ["matmul"]]
+    assert len(matmuls) == 3 and all(" hifi2 " in row for row in matmuls)
+    assert any(" bf16,bfp8_b>bfp8_b " in row for row in matmuls)  # fc0 writes the activation only fc1 reads
+    assert any(" bfp8_b>bf16 " in row for row in matmuls)  # fc1 reads it and its bfp8_b weight
+    settings = next(row for row in rows if row.startswith("formats: "))
+    assert "weights bf16 " in settings and "bfp8_b 3 (" in settings
+    assert "matmuls hifi2 3" in settings and "other programs hifi4 2" in settings
+    default = ttc.compile(block())
+    plain = settings_line(default.module, static_profile(default.module, default.device_weights))
+    assert "bfp8_b" not in plain and "matmuls hifi4 3" in plain
