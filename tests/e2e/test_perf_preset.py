@@ -80,6 +80,8 @@ def test_the_emulators_agree_and_the_golden_rule_holds(compiled) -> None:
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((ROWS, WIDTH)).astype(np.float32)}
     native = compiled.run(feeds)
+    counted = [p.counts for p in compiled.profile]
+    assert counted == [p.counts for p in static_profile(compiled.module, compiled.device_weights)]
     reference = compiled.run(feeds, emulator="reference")
     for name in native:
         np.testing.assert_array_equal(native[name], reference[name])
