@@ -12,7 +12,9 @@ A kind may offer a slower fallback plan (`DeviceOp.fallback_candidates`: the col
 tilize and row lookup of rows too wide for L1): it is ranked and tried only after every candidate of the fast
 plan, and only when none of those fits an empty L1, or none fits after the op's L1 intermediates were spilled
 to DRAM. When nothing fits, it raises a UserError naming the ONNX node, the smallest footprint found and the
-budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `max-cores` (0 = the whole compute grid),
+budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `reduce-fidelity` (the same choices, for the
+programs other than matmuls that sum on the matrix unit: softmax, layer norm, reductions; default: as
+`math-fidelity`), `max-cores` (0 = the whole compute grid),
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, when the cost model
 ranks it first; false: unicast plans only).
@@ -578,14 +580,18 @@ class Grid(Pass):
 
     name = "grid"
     math_fidelity: str = "hifi4"
+    # the fidelity of every other program that uses the matrix unit (the sums of softmax, layer norm and
+    # reductions); empty: `math-fidelity`. The published preset keeps these statistics at hifi4.
+    reduce_fidelity: str = ""
     max_cores: int = 0
     sharding: bool = True
     multicast: bool = True
 
     def run(self, module: Module) -> None:
-        if self.math_fidelity not in FIDELITY_PHASES:
-            raise UserError(f"grid: unknown math fidelity '{self.math_fidelity}' "
-                            f"(choose from {', '.join(FIDELITY_PHASES)})")
+        others = self.reduce_fidelity or self.math_fidelity
+        for option, value in (("math fidelity", self.math_fidelity), ("reduce fidelity", others)):
+            if value not in FIDELITY_PHASES:
+                raise UserError(f"grid: unknown {option} '{value}' (choose from {', '.join(FIDELITY_PHASES)})")
         device = module_device(module)
         memo: dict[tuple, list] = {}  # matmul and row-op rankings by signature, for this run
         for func in module.functions:
@@ -596,7 +602,8 @@ class Grid(Pass):
                 if op_kind(op) is None or is_folded(op) or is_view(op):
                     live.ran(index, op)
                     continue
-                fidelity = op.attributes.get(FIDELITY, self.math_fidelity)  # exact data movement pins hifi4
+                default = self.math_fidelity if op_kind(op) == "matmul" else others
+                fidelity = op.attributes.get(FIDELITY, default)  # exact data movement pins hifi4
                 choice = None
                 # a fallback plan only where no fast one fits an empty L1, or none fits after every spill
                 has_fallback = op_kind(op) != "matmul" and any(True for _ in candidates(op, fallback=True))

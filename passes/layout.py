@@ -87,6 +87,31 @@ def assign_formats(func: Function, dtype: str) -> None:
             with_format(result, weight_format if is_matmul_weight(op) else bf16)
 
 
+def feeds_only_matmuls(value: Value) -> bool:
+    """Every reader of `value` is a matmul reading it as an operand (a or b), directly or through data
+    movement (transposes, reshapes, slices, concats) whose results feed only matmuls."""
+    if not value.uses:
+        return False
+    for user, index in value.uses:
+        if user.name in MATMUL_OPS and index in (0, 1):
+            continue
+        if user.name in MOVEMENT_OPS and feeds_only_matmuls(user.result):
+            continue
+        return False
+    return True
+
+
+def matmul_activations(func: Function) -> set[Value]:
+    """The values `activations=bfp8_b` stores as bfp8_b: computed device floats in tiles (`may_be_f16`: not
+    weights, not written by the host, not a device state) read only as matmul operands (`feeds_only_matmuls`),
+    less every copy group not wholly in them. A value any other op reads (a residual add, a norm, a softmax)
+    or the host reads keeps bf16; so do biases, norm parameters and every program's intermediates
+    (`geometry.work_format`)."""
+    chosen = {result for op in func.body.ops if STATE_ATTR not in op.attributes for result in op.results
+              if may_be_f16(result) and feeds_only_matmuls(result)}
+    return closed_under_copies(func, chosen)
+
+
 def host_read_copies(value: Value) -> list[Value]:
     """The values through which `value` reaches the host, itself first: `value` when a `ttir.to_layout` reads
     it back (a graph output) or data movement carries it there (a softmax along a non-last axis comes back
@@ -262,6 +287,7 @@ class Layout(Pass):
 
     name = "layout"
     dtype: str = "bf16"
+    activations: str = "bf16"  # bfp8_b: the activations read only as matmul operands (`matmul_activations`)
     l1_intermediates: bool = True
     precise_softmax: bool = False
     bounded_f16: bool = False
@@ -269,9 +295,15 @@ class Layout(Pass):
     def run(self, module: Module) -> None:
         if self.dtype not in DTYPES:
             raise UserError(f"layout: unknown dtype '{self.dtype}' (choose from {', '.join(DTYPES)})")
+        if self.activations not in DTYPES:
+            raise UserError(f"layout: unknown activations format '{self.activations}' "
+                            f"(choose from {', '.join(DTYPES)})")
         device = module_device(module)
         for func in module.functions:
             assign_formats(func, self.dtype)
+            if self.activations != "bf16":
+                for value in matmul_activations(func):
+                    with_format(value, ScalarType(self.activations))
             if self.bounded_f16:
                 for value in bounded_values(func, module.weights):
                     with_format(value, ScalarType("f16"))

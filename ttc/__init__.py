@@ -30,14 +30,17 @@ if TYPE_CHECKING:
 
 
 def compile(model_or_path: str | Path | onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
-            arch: str = "e150", dtype: str = "bf16", math_fidelity: str = "hifi4",
-            softmax_precision: str = "bf16", f16_where_proven: bool = False) -> CompiledModel:
+            arch: str = "e150", dtype: str | None = None, math_fidelity: str | None = None,
+            softmax_precision: str = "bf16", f16_where_proven: bool = False,
+            perf_preset: str | None = None) -> CompiledModel:
     """Compile an ONNX model (path or ModelProto) for the emulated Grayskull. Inputs with dynamic dimensions
-    need their shapes in `input_shapes` ({"input_ids": (1, 128)}). bf16 everywhere by default; `f16_where_proven`
-    holds in Float16 the values whose range the compiler proves (docs/passes.md, layout)."""
-    from ttc.compiler import CompileOptions, compile_for_api
+    need their shapes in `input_shapes` ({"input_ids": (1, 128)}). bf16 everywhere by default (`dtype` "bf16",
+    `math_fidelity` "hifi4"); `f16_where_proven` holds in Float16 the values whose range the compiler proves
+    (docs/passes.md, layout); `perf_preset="published"` takes Tenstorrent's published formats and fidelities
+    (docs/numerics.md) and sets `dtype` and `math_fidelity` itself."""
+    from ttc.compiler import CompileOptions, compile_for_api, preset_options
 
-    options = CompileOptions(arch=arch, dtype=dtype, math_fidelity=math_fidelity,
+    options = CompileOptions(arch=arch, **preset_options(perf_preset, dtype, math_fidelity),
                              softmax_precision=softmax_precision, f16_where_proven=f16_where_proven,
                              input_shapes=dict(input_shapes or {}))
     return compile_for_api(model_or_path, options)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 ARCHES = ("e150", "e75")
+PERF_PRESETS = ("published",)  # ttc.compiler.PERF_PRESETS' names (not imported here: the CLI starts light)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -303,10 +304,14 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", action="append", metavar="NAME=1x128",
                         help="static shape for an input with dynamic dimensions; repeatable")
     parser.add_argument("--arch", choices=ARCHES, default="e150", help="target card (default e150)")
-    parser.add_argument("--dtype", choices=("bf16", "bfp8_b"), default="bf16",
+    parser.add_argument("--dtype", choices=("bf16", "bfp8_b"), default=None,
                         help="data format of matmul weights (activations stay bf16; default bf16)")
-    parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default="hifi4",
+    parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default=None,
                         help="matmul math fidelity (default hifi4)")
+    parser.add_argument("--perf-preset", choices=tuple(PERF_PRESETS), default=None,
+                        help="published: Tenstorrent's published settings, bfp8_b matmul weights and activations "
+                             "(bf16 elsewhere), HiFi2 matmuls, HiFi4 softmax and norm statistics (sets --dtype and "
+                             "--math-fidelity; default: none, bf16 and hifi4)")
     parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="bf16",
                         help="format of a softmax whose probabilities are an output and of its logits (bf16: "
                              "like every other tensor, the default; f16: Float16, three more mantissa bits, a "
@@ -324,9 +329,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _compile(args: argparse.Namespace):
-    from ttc.compiler import CompileOptions, Diagnostics, compile_model
+    from ttc.compiler import CompileOptions, Diagnostics, compile_model, preset_options
 
-    options = CompileOptions(arch=args.arch, dtype=args.dtype, math_fidelity=args.math_fidelity,
+    options = CompileOptions(arch=args.arch, **preset_options(args.perf_preset, args.dtype, args.math_fidelity,
+                                                              ("--perf-preset", "--dtype", "--math-fidelity")),
                              softmax_precision=args.softmax_precision, pipeline=args.pipeline,
                              f16_where_proven=args.f16_where_proven,
                              input_shapes=_input_shapes(args.input_shape),
@@ -607,7 +613,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from ttc import evaluate
     from ttc.fileio import write_text
     from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150
-    from ttc.profile import format_profile, program_json, static_profile, summarize
+    from ttc.profile import (
+        format_profile,
+        program_json,
+        program_ops,
+        settings_line,
+        static_profile,
+        summarize,
+    )
 
     if args.top is not None and args.top < 1:
         raise UserError(f"--top needs a positive number of programs, not {args.top}")
@@ -621,10 +634,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         compiled.run(feeds, emulator=args.emulator, threads=args.threads, progress=not args.quiet)
         profile = compiled.profile
     device = compiled.module.attributes.get(DEVICE_ATTR_NAME) or E150
-    print(format_profile(profile, device, args.top))
+    print(format_profile(profile, device, args.top, compiled.module))
     if args.json:
+        ops = program_ops(compiled.module)
         report = {"device": device.arch, "summary": summarize(profile, device).to_json(),
-                  "programs": [program_json(i, p) for i, p in enumerate(profile)]}
+                  "settings": settings_line(compiled.module, profile),
+                  "programs": [program_json(i, p, op) for i, (p, op) in enumerate(zip(profile, ops, strict=True))]}
         write_text(args.json, json.dumps(report, indent=2) + "\n")
     if args.trace:
         from ttc.profile import trace_events

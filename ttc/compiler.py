@@ -33,16 +33,54 @@ FIDELITIES = ("lofi", "hifi2", "hifi3", "hifi4")
 SOFTMAX_PRECISIONS = ("f16", "bf16")
 
 
+@dataclass(frozen=True)
+class PerfPreset:
+    """A named set of formats and fidelities (`--perf-preset`, docs/numerics.md "Performance presets")."""
+
+    dtype: str  # matmul weights (layout's dtype)
+    activations: str  # the activations read only as matmul operands (layout's activations)
+    math_fidelity: str  # matmuls
+    reduce_fidelity: str  # the other programs that sum on the matrix unit (softmax, layer norm, reductions)
+
+
+# Tenstorrent's published e150 settings: bfp8_b weights and matmul activations (bf16 everywhere else, and in every
+# program's intermediates); HiFi2 matmuls (LoFi fails the golden rule on ResNet-50 and BERT: docs/numerics.md);
+# the statistics of softmax, layer norm and reductions at HiFi4.
+PERF_PRESETS = {"published": PerfPreset(dtype="bfp8_b", activations="bfp8_b", math_fidelity="hifi2",
+                                        reduce_fidelity="hifi4")}
+
+
 def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_precision: str = "bf16",
-                     f16_where_proven: bool = False) -> str:
+                     f16_where_proven: bool = False, perf_preset: str = "") -> str:
     """The passes from imported ttir down to allocated kernel programs. bf16 everywhere by default, as on the
     hardware. `softmax_precision` f16 turns on layout's precise-softmax (a host-read softmax and its logits in
     Float16); `f16_where_proven` turns on layout's bounded-f16 (Float16 for the values whose range
-    passes/ranges.py proves below Float16's largest value, bf16 elsewhere)."""
-    layout = f"dtype={dtype}" + (" precise-softmax=true" if softmax_precision == "f16" else "") \
+    passes/ranges.py proves below Float16's largest value, bf16 elsewhere). A `perf_preset` (PERF_PRESETS)
+    sets the formats and fidelities instead of `dtype` and `math_fidelity`."""
+    grid = f"math-fidelity={math_fidelity}"
+    layout = f"dtype={dtype}"
+    if perf_preset:
+        preset = PERF_PRESETS[perf_preset]
+        layout = f"dtype={preset.dtype} activations={preset.activations}"
+        grid = f"math-fidelity={preset.math_fidelity} reduce-fidelity={preset.reduce_fidelity}"
+    layout += (" precise-softmax=true" if softmax_precision == "f16" else "") \
         + (" bounded-f16=true" if f16_where_proven else "")
     return (f"decompose,canonicalize,channels-last,tilize,fuse,canonicalize,layout{{{layout}}},"
-            f"grid{{math-fidelity={math_fidelity}}},lower-to-kernels,allocate")
+            f"grid{{{grid}}},lower-to-kernels,allocate")
+
+
+def preset_options(perf_preset: str | None, dtype: str | None, math_fidelity: str | None,
+                   what: tuple[str, str, str] = ("perf_preset", "dtype", "math_fidelity")) -> dict[str, str]:
+    """CompileOptions' dtype, math_fidelity and perf_preset from what the user gave (None: not given): a preset
+    sets the formats and fidelities itself, so giving either with it is a UserError (`what` names the three
+    as the user spelled them)."""
+    if perf_preset:
+        given = [name for name, value in zip(what[1:], (dtype, math_fidelity), strict=True) if value is not None]
+        if given:
+            raise UserError(f"{what[0]} {perf_preset} sets the data formats and math fidelities itself; "
+                            f"drop {' and '.join(given)}")
+        return {"perf_preset": perf_preset}
+    return {"dtype": dtype or "bf16", "math_fidelity": math_fidelity or "hifi4"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,7 @@ class CompileOptions:
     softmax_precision: str = "bf16"
     f16_where_proven: bool = False  # layout's bounded-f16 (opt-in mixed precision)
     pipeline: str | None = None  # None: default_pipeline(dtype, math_fidelity, softmax_precision, f16_where_proven)
+    perf_preset: str = ""  # a PERF_PRESETS name: its formats and fidelities (it sets dtype and math_fidelity)
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     # host RAM the compile may need (bytes; None: the RAM available now); not part of the artifact
     max_host_memory: int | None = field(default=None, compare=False)
@@ -63,15 +102,24 @@ class CompileOptions:
                                      (self.softmax_precision, SOFTMAX_PRECISIONS, "softmax precision")):
             if value not in choices:
                 raise UserError(f"unknown {what} '{value}' (choose from {', '.join(choices)})")
+        if self.perf_preset:
+            preset = PERF_PRESETS.get(self.perf_preset)
+            if preset is None:
+                raise UserError(f"unknown perf preset '{self.perf_preset}' (choose from {', '.join(PERF_PRESETS)})")
+            # the weights' format and the matmuls' fidelity are the preset's (the fit check and the manifest)
+            object.__setattr__(self, "dtype", preset.dtype)
+            object.__setattr__(self, "math_fidelity", preset.math_fidelity)
 
     @property
     def pipeline_spec(self) -> str:
         return self.pipeline or default_pipeline(self.dtype, self.math_fidelity, self.softmax_precision,
-                                                 self.f16_where_proven)
+                                                 self.f16_where_proven, self.perf_preset)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("max_host_memory", None)
+        if not data["perf_preset"]:
+            data.pop("perf_preset")  # an artifact compiled without a preset records what it always did
         data["input_shapes"] = {k: list(v) for k, v in sorted(self.input_shapes.items())}
         data["pipeline"] = self.pipeline_spec
         return data

@@ -344,30 +344,98 @@ def node_label(p: ProgramProfile, width: int = 48) -> str:
     return label if len(label) <= width else "..." + label[-(width - 3):]
 
 
-def program_json(index: int, p: ProgramProfile) -> dict[str, Any]:
-    return {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "bound": p.bound,
+def program_json(index: int, p: ProgramProfile, op: Operation | None = None) -> dict[str, Any]:
+    settings = {"fidelity": program_fidelity(p)} | ({"formats": program_formats(op)} if op is not None else {})
+    return {"program": index, "kind": p.kind, "nodes": list(p.nodes), "cores": p.cores, "bound": p.bound, **settings,
             "time_us": p.time_us, "cycles": p.cycles, "compute_cycles": p.compute_cycles,
             "dram_cycles": p.dram_cycles, "noc_cycles": p.noc_cycles, "launch_cycles": p.launch_cycles,
             "dram_bytes": p.dram_bytes, "noc_bytes_per_core": p.noc_bytes, "local_bytes_per_core": p.local_bytes,
             "counts": p.counts.to_json()}
 
 
-def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: int | None = None) -> str:
-    """The per-program table (program order, or the `top` slowest), then the sums by kind and by bound."""
+def program_fidelity(p: ProgramProfile) -> str:
+    """The math fidelities of the program's matrix-unit work (matmuls and sums), from its counts; "-" if none."""
+    found = []
+    for key, _ in p.counts.tiles:
+        kind, _, rest = key.partition(".")
+        if kind in ("matmul", "reduce_sum"):
+            found.append(rest.split(".")[0])
+    return ",".join(sorted(set(found), key=list(target.FIDELITY_PHASES).index)) or "-"
+
+
+def program_formats(op: Operation) -> str:
+    """The data formats of a program's buffers: the inputs' (distinct, in operand order), '>', the result's
+    (the last operand), e.g. "bfp8_b,bf16>bf16"."""
+    names = [t.element_type.name for t in (value.type for value in op.operands) if isinstance(t, TensorType)]
+    if not names:
+        return "-"
+    return ",".join(dict.fromkeys(names[:-1])) + ">" + names[-1]
+
+
+def settings_line(module: Module, profile: Sequence[ProgramProfile]) -> str:
+    """What formats and fidelities the compiled model uses: the weights' formats (tensors and device bytes),
+    the programs' result formats, and the fidelities of matmuls and of the other matrix-unit programs."""
+    main = module.function("main").body
+    weights: dict[str, list[int]] = {}
+    for op in main.ops:
+        if op.name == ttmetal.WRITE_CONSTANT.name:
+            t = op.operands[0].type
+            if isinstance(t, TensorType):
+                entry = weights.setdefault(t.element_type.name, [0, 0])
+                entry[0] += 1
+                entry[1] += _buffer_bytes(t)
+    results: dict[str, int] = {}
+    for op in program_ops(module):
+        name = program_formats(op).rpartition(">")[2]
+        results[name] = results.get(name, 0) + 1
+    fidelity: dict[str, dict[str, int]] = {"matmul": {}, "other": {}}
+    for p in profile:
+        f = program_fidelity(p)
+        if f != "-":
+            table = fidelity["matmul" if p.kind == "matmul" else "other"]
+            table[f] = table.get(f, 0) + 1
+    join = lambda table: ", ".join(f"{k} {v}" for k, v in sorted(table.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
+    weight_text = ", ".join(f"{name} {n} ({size / 2**20:.1f} MiB)" for name, (n, size) in sorted(weights.items())) \
+        or "none"
+    return (f"formats: weights {weight_text}; program results {join(results)}; fidelity: matmuls "
+            f"{join(fidelity['matmul'])}, other programs {join(fidelity['other'])}")
+
+
+def _buffer_bytes(t: TensorType) -> int:
+    from ttc.passes.ops.geometry import page_size, tile_shape
+
+    if t.encoding is not None and getattr(t.encoding, "tensor_layout", "tile") == "row_major":
+        rows = int(np.prod(t.shape[:-1])) if len(t.shape) > 1 else 1
+        return rows * page_size(t)
+    return tile_shape(t.shape).tiles * page_size(t)
+
+
+def format_profile(profile: Sequence[ProgramProfile], device: DeviceAttr, top: int | None = None,
+                   module: Module | None = None) -> str:
+    """The per-program table (program order, or the `top` slowest), then the sums by kind and by bound; with the
+    compiled `module`, each program's buffer formats and a line of the formats and fidelities used."""
     summary = summarize(profile, device)
+    ops = program_ops(module) if module is not None else []
+    if module is not None and len(ops) != len(profile):
+        raise ValueError(f"{len(profile)} profiled programs but the module has {len(ops)}")
     rows = list(enumerate(profile))
     if top is not None:
         rows = sorted(rows, key=lambda row: -row[1].time_us)[:top]
+    formats = f" {'formats':22}" if ops else ""
     header = (f"{'#':>4} {'kind':12} {'cores':>5} {'bound':7} {'time_us':>9} {'share':>6} {'compute_cyc':>11} "
-              f"{'dram_KiB':>9} {'noc_KiB/core':>12}  onnx node")
+              f"{'dram_KiB':>9} {'noc_KiB/core':>12} {'fidelity':11}{formats}  onnx node")
     lines = [header, "-" * len(header)]
     for index, p in rows:
         share = 100 * p.time_us / summary.time_us if summary.time_us else 0.0
+        fmt = f" {program_formats(ops[index]):22}" if ops else ""
         lines.append(f"{index:4d} {p.kind:12} {p.cores:5d} {p.bound:7} {p.time_us:9.2f} {share:5.1f}% "
-                     f"{p.compute_cycles:11.0f} {p.dram_bytes / 1024:9.1f} {p.noc_bytes / 1024:12.1f}  {node_label(p)}")
+                     f"{p.compute_cycles:11.0f} {p.dram_bytes / 1024:9.1f} {p.noc_bytes / 1024:12.1f} "
+                     f"{program_fidelity(p):11}{fmt}  {node_label(p)}")
     if top is not None and top < len(profile):
         lines.append(f"(the {top} slowest of {len(profile)} programs)")
     lines.append("")
+    if module is not None:
+        lines.append(settings_line(module, profile))
     lines.append(f"modelled device time {summary.time_us / 1000:.3f} ms per inference "
                  f"({summary.inferences_per_s:.1f}/s) over {summary.programs} programs; "
                  f"{summary.mean_cores:.1f} of {summary.compute_cores} cores on average (time-weighted); "

@@ -45,6 +45,7 @@ from ttc.passes.ops.geometry import (
     double,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import KernelBuilder
@@ -65,9 +66,10 @@ def eltwise_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     cbs = [cb(i, tensor(value).element_type, double(width if full else 1, blocks))
            for i, (value, full) in enumerate(zip(op.operands, plan.inputs, strict=True))]
     cbs.append(cb(CB_OUT, out_type, double(width, blocks)))
-    cbs += [cb(index, out_type, width if full else 1) for index, full in plan.interms]
+    work = work_format(out_type)
+    cbs += [cb(index, work, width if full else 1) for index, full in plan.interms]
     if plan.zero_cb is not None:
-        cbs.append(cb(plan.zero_cb, out_type, 1))
+        cbs.append(cb(plan.zero_cb, work, 1))
     return sorted(cbs, key=lambda c: c.index)
 
 

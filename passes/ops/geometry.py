@@ -136,6 +136,16 @@ def format_attr(element_type: ScalarType) -> TypeAttr:
     return TypeAttr(element_type)
 
 
+BLOCK_FLOATS = frozenset({"bfp8_b", "bfp4_b"})
+
+
+def work_format(element_type: ScalarType) -> ScalarType:
+    """The format of a program's intermediate CBs (partial sums, statistics, a fused body's temporaries) when
+    its result is `element_type`: the result's own, except a block float's, whose intermediates hold the Dst
+    format, bf16: a value the program reads back is never rounded to a shared exponent (docs/numerics.md)."""
+    return ScalarType("bf16") if element_type.name in BLOCK_FLOATS else element_type
+
+
 def tile_bytes(element_type: ScalarType) -> int:
     try:
         return TILE_BYTES[element_type.name]

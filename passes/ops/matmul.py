@@ -66,6 +66,7 @@ from ttc.passes.ops.geometry import (
     node_names,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
@@ -159,18 +160,19 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     k_blocks = shape.kt // width
     in0_pushes = blocking["batches"] * k_blocks * sh
     a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
+    work = work_format(out.element_type)  # partial sums: a block-float result's are bf16
     cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes)),
            cb(CB_IN1, b.element_type, double(width * w, in0_pushes * sw)),
            cb(CB_OUT, out.element_type, double(h * w, blocking["batches"] * sh * sw))]
     if len(op.operands) > 2:
         cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
-        cbs.append(cb(CB_BIASED, out.element_type, h * w))
+        cbs.append(cb(CB_BIASED, work, h * w))
     block_tiles = blocking["per_core_m"] * blocking["per_core_n"]
     chunk = accumulation_tiles(shape.kt)
     if chunk > width:  # partial sums between the K steps of a chunk
-        cbs.append(cb(CB_PARTIALS, out.element_type, block_tiles))
+        cbs.append(cb(CB_PARTIALS, work, block_tiles))
     if chunk < shape.kt:  # the running total of the chunks, and one chunk's sum
-        cbs += [cb(CB_TOTAL, out.element_type, block_tiles), cb(CB_CHUNK, out.element_type, h * w)]
+        cbs += [cb(CB_TOTAL, work, block_tiles), cb(CB_CHUNK, work, h * w)]
     return sorted(cbs, key=lambda c: c.index)
 
 

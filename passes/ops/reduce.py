@@ -47,6 +47,7 @@ from ttc.passes.ops.geometry import (
     node_names,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import KernelBuilder
@@ -141,9 +142,9 @@ def reduce_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     partials = reduce_groups(reduction, width) + int(reduction.masked_last)
     reads = lines * (reduction.streamed // width + int(reduction.masked_last))
     cbs = [cb(CB_IN0, x.element_type, double(width, reads)), cb(CB_OUT, out.element_type, double(1, lines)),
-           cb(CB_GROUPS, out.element_type, max(partials, 1))]
+           cb(CB_GROUPS, work_format(out.element_type), max(partials, 1))]
     if len(reduce_segments(reduction, width)) > 1:
-        cbs.append(cb(CB_STAT, out.element_type, 1))
+        cbs.append(cb(CB_STAT, work_format(out.element_type), 1))
     return cbs
 
 

@@ -61,6 +61,7 @@ from ttc.passes.ops.geometry import (
     node_names,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
@@ -88,11 +89,11 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     """Softmax / layer norm keep a whole row of tiles (ct) per step in L1."""
     x, out = tensor(op.operands[0]), tensor(op.result)
     ct, width = tile_shape(x.shape).ct, blocking["block_w"]
-    fmt = out.element_type
+    fmt = work_format(out.element_type)  # the statistics and temporaries (a block-float result's are bf16)
     rows = blocking["batches"] * blocking["rows"]
     if "chunk" in blocking:
         return chunked_row_op_cbs(op, blocking)
-    cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, fmt, double(width, rows * (ct // width)))]
+    cbs = [cb(CB_IN0, x.element_type, ct), cb(CB_OUT, out.element_type, double(width, rows * (ct // width)))]
     if len(row_sum_groups(ct)) > 1:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
     if op.name == ttir.SOFTMAX.name:
@@ -112,9 +113,9 @@ def chunked_row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfig
     sums), not the whole row."""
     x, out = tensor(op.operands[0]), tensor(op.result)
     ct, width, chunk = tile_shape(x.shape).ct, blocking["block_w"], blocking["chunk"]
-    fmt = out.element_type
+    fmt = work_format(out.element_type)
     rows = blocking["batches"] * blocking["rows"]
-    cbs = [cb(CB_IN0, x.element_type, chunk), cb(CB_OUT, fmt, double(width, rows * (ct // width))),
+    cbs = [cb(CB_IN0, x.element_type, chunk), cb(CB_OUT, out.element_type, double(width, rows * (ct // width))),
            cb(CB_STAT, fmt, 1), cb(CB_STAT2, fmt, 1)]
     if chunk_sum_groups(ct // chunk)[1]:
         cbs.append(cb(CB_CHUNK_GROUP, fmt, 1))

@@ -46,6 +46,47 @@ def test_bfp8_b_applies_to_matmul_weights_only() -> None:
     assert "8x64xbfp8_b" not in out and "8x32xbfp8_b" not in out
 
 
+def test_bfp8_b_activations_are_the_values_only_matmuls_read() -> None:
+    """fc1's result feeds only fc2: bfp8_b; fc2's feeds a softmax and the input is the host's: bf16."""
+    out = body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b activations=bfp8_b}"))
+    check(out, f'"ttir.to_layout"(%arg0) : (tensor<8x32xf32>) -> tensor<8x32xbf16, {DRAM}> loc("x")',
+          f'-> tensor<8x64xbfp8_b, {L1}> loc("fc1")', f'-> tensor<8x16xbf16, {L1}> loc("fc2")',
+          f'-> tensor<8x16xbf16, {DRAM}> loc("softmax")')
+    g = mlp()
+    g.output(g.result, "hidden")  # the host reads fc1's result too
+    assert "8x64xbfp8_b" not in body_text(compile_graph(g, pipeline="layout{dtype=bfp8_b activations=bfp8_b}"))
+
+
+def test_bfp8_b_activations_follow_data_movement_into_a_matmul_and_stop_at_other_readers() -> None:
+    """k is transposed into an activation x activation matmul: k and its transpose are bfp8_b together; v is
+    also read by an add, so it stays bf16 (and so does the matmul's other operand, q, which a norm reads)."""
+    g = Graph()
+    x = g.input("x", (64, 64))
+    q = g.op("ttir.linear", [x, g.weight("wq", np.ones((64, 64)))], (64, 64),
+             'activation = "none", transpose_b = false', loc="q")
+    k = g.op("ttir.linear", [x, g.weight("wk", np.ones((64, 64)))], (64, 64),
+             'activation = "none", transpose_b = false', loc="k")
+    kt = g.op("ttir.transpose", [k], (64, 64), "perm = [1, 0]", loc="kt")
+    n = g.op("ttir.layer_norm", [q, g.weight("gamma", np.ones(64))], (64, 64), "axis = -1, epsilon = 1.0e-05",
+             loc="ln")
+    s = g.op("ttir.matmul", [q, kt], (64, 64), "transpose_a = false, transpose_b = false", loc="scores")
+    g.output(g.op("ttir.add", [s, n], (64, 64), "", loc="sum"), "out")
+    out = body_text(compile_graph(g, pipeline="layout{dtype=bfp8_b activations=bfp8_b}"))
+    check(out, 'x64xbf16, #tt.layout<tile, l1, interleaved>> loc("q")',
+          'x64xbfp8_b, #tt.layout<tile, l1, interleaved>> loc("k")',
+          'x64xbfp8_b, #tt.layout<tile, l1, interleaved>> loc("kt")')
+
+
+def test_block_float_results_keep_bf16_intermediates() -> None:
+    """A program whose result is bfp8_b holds its partial sums and temporaries in bf16 (the Dst format)."""
+    from ttc.ir.types import ScalarType
+    from ttc.passes.ops.geometry import work_format
+
+    assert work_format(ScalarType("bfp8_b")) == ScalarType("bf16")
+    assert work_format(ScalarType("f16")) == ScalarType("f16")
+    assert work_format(ScalarType("bf16")) == ScalarType("bf16")
+
+
 def test_without_l1_intermediates_everything_stays_in_dram() -> None:
     out = body_text(compile_graph(mlp(), pipeline="layout{l1-intermediates=false}"))
     assert ", l1," not in out
@@ -79,6 +120,11 @@ def test_an_intermediate_that_does_not_fit_stays_in_dram() -> None:
 def test_unknown_dtype_is_a_user_error() -> None:
     with pytest.raises(UserError, match="layout: unknown dtype 'f16'"):
         compile_text(mlp().text(), dict(mlp().weights), pipeline="layout{dtype=f16}")
+
+
+def test_unknown_activations_format_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="layout: unknown activations format 'f32'"):
+        compile_text(mlp().text(), dict(mlp().weights), pipeline="layout{activations=f32}")
 
 
 def test_precise_softmax_makes_a_host_read_softmax_and_its_logits_f16() -> None:

@@ -1,0 +1,129 @@
+"""`--perf-preset published` (issue 21 item 4): bfp8_b matmul weights and the activations only matmuls read,
+HiFi2 matmuls, HiFi4 softmax and norm statistics, bf16 everywhere else and in every program's intermediates; the
+emulators agree bit for bit and the golden rule holds. The published model configurations run in
+tests/models/test_families.py (slow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from test_cnn_ops import model_of
+
+import ttc
+from ttc.cli import main
+from ttc.compiler import PERF_PRESETS, CompileOptions
+from ttc.golden import compare, run_onnxruntime
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttmetal
+from ttc.ir.dialects.tt import E150
+from ttc.passes.ops.geometry import CB_OUT
+from ttc.profile import format_profile, program_fidelity, settings_line, static_profile
+from ttc.runtime.accounting import cb_formats
+
+ROWS, WIDTH = 64, 256
+
+
+def block() -> onnx.ModelProto:
+    """x -> Gemm + Relu -> Gemm -> LayerNormalization -> Gemm -> Softmax (and the norm's result as an output)."""
+    rng = np.random.default_rng(3)
+    scale = np.sqrt(2 / WIDTH)
+    init = {f"w{i}": rng.standard_normal((WIDTH, WIDTH)) * scale for i in range(3)}
+    init |= {"b0": rng.standard_normal(WIDTH) * 0.1, "gamma": 1 + 0.1 * rng.standard_normal(WIDTH),
+             "beta": 0.1 * rng.standard_normal(WIDTH)}
+    nodes = [helper.make_node("Gemm", ["x", "w0", "b0"], ["h"], name="/fc0"),
+             helper.make_node("Relu", ["h"], ["r"], name="/relu"),
+             helper.make_node("Gemm", ["r", "w1"], ["y"], name="/fc1"),
+             helper.make_node("LayerNormalization", ["y", "gamma", "beta"], ["n"], axis=-1, name="/ln"),
+             helper.make_node("Gemm", ["n", "w2"], ["logits"], name="/fc2"),
+             helper.make_node("Softmax", ["logits"], ["prob"], axis=-1, name="/softmax")]
+    return model_of(nodes, {"x": (ROWS, WIDTH)}, init, ["prob", "n"])
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return ttc.compile(block(), perf_preset="published")
+
+
+def programs(model) -> list:
+    return [op for op in model.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+
+
+def test_the_preset_sets_formats_and_fidelities(compiled) -> None:
+    options = compiled.manifest["options"]
+    assert (options["perf_preset"], options["dtype"], options["math_fidelity"]) == ("published", "bfp8_b", "hifi2")
+    assert "layout{dtype=bfp8_b activations=bfp8_b}" in options["pipeline"]
+    assert "grid{math-fidelity=hifi2 reduce-fidelity=hifi4}" in options["pipeline"]
+    fidelities: dict[str, set[str]] = {}
+    for p in static_profile(compiled.module, compiled.device_weights):
+        fidelities.setdefault(p.kind, set()).add(program_fidelity(p))
+    assert fidelities["matmul"] == {"hifi2"}
+    assert fidelities["layer_norm"] == fidelities["softmax"] == {"hifi4"}
+
+
+def test_only_values_read_by_matmuls_and_weights_are_bfp8_b(compiled) -> None:
+    """fc0's relu result feeds only fc1: bfp8_b; fc1's result feeds the norm, the norm's is an output, fc2's
+    feeds the softmax: bf16. A program writing bfp8_b keeps its partial sums and temporaries in bf16."""
+    outputs = {}
+    for op in programs(compiled):
+        formats = cb_formats(op)
+        outputs[str(op.loc)] = formats[CB_OUT]
+        if formats[CB_OUT] == "bfp8_b":
+            assert all(fmt == "bf16" for index, fmt in formats.items() if index > CB_OUT), formats
+    assert sorted(outputs.values()) == ["bf16"] * (len(outputs) - 1) + ["bfp8_b"], outputs
+    weights = [t for name, t in compiled.device_weights.items() if name.startswith("w")]
+    assert weights and all(t.shape[1] == 1088 for t in weights)  # bfp8_b tiles
+
+
+def test_the_emulators_agree_and_the_golden_rule_holds(compiled) -> None:
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((ROWS, WIDTH)).astype(np.float32)}
+    native = compiled.run(feeds)
+    counted = [p.counts for p in compiled.profile]
+    assert counted == [p.counts for p in static_profile(compiled.module, compiled.device_weights)]
+    reference = compiled.run(feeds, emulator="reference")
+    for name in native:
+        np.testing.assert_array_equal(native[name], reference[name])
+    expected = run_onnxruntime(block(), feeds)
+    for name in ("prob", "n"):
+        assert compare(name, native[name], expected[name]).passed, name
+    default = ttc.compile(block()).run(feeds)
+    assert not np.array_equal(default["n"], native["n"])  # the preset changed the numerics
+
+
+def test_bf16_stays_the_default() -> None:
+    options = CompileOptions()
+    assert (options.dtype, options.math_fidelity, options.perf_preset) == ("bf16", "hifi4", "")
+    assert "activations" not in options.pipeline_spec and "perf_preset" not in options.to_json()
+    assert set(PERF_PRESETS) == {"published"}
+
+
+def test_a_preset_with_its_own_settings_or_an_unknown_one_is_a_user_error(tmp_path, capsys) -> None:
+    with pytest.raises(UserError, match=r"perf_preset published sets the data formats .* drop dtype"):
+        ttc.compile(block(), perf_preset="published", dtype="bf16")
+    with pytest.raises(UserError, match="unknown perf preset 'fast'"):
+        ttc.compile(block(), perf_preset="fast")
+    path = tmp_path / "block.onnx"
+    onnx.save(block(), path)
+    assert main(["compile", str(path), "--perf-preset", "published", "--math-fidelity", "lofi", "-q"]) == 2
+    assert "drop --math-fidelity" in capsys.readouterr().err
+    assert main(["compile", str(path), "--perf-preset", "published", "-o", str(tmp_path / "b.ttc"), "-q"]) == 0
+    assert ttc.load(tmp_path / "b.ttc").manifest["options"]["perf_preset"] == "published"
+
+
+def test_the_profile_states_the_formats_and_fidelities(compiled) -> None:
+    profile = static_profile(compiled.module, compiled.device_weights)
+    text = format_profile(profile, E150, module=compiled.module)
+    header, _, *rows = text.splitlines()
+    assert "fidelity" in header and "formats" in header
+    matmuls = [row for row in rows if row.split()[:2][1:] == ["matmul"]]
+    assert len(matmuls) == 3 and all(" hifi2 " in row for row in matmuls)
+    assert any(" bf16,bfp8_b>bfp8_b " in row for row in matmuls)  # fc0 writes the activation only fc1 reads
+    assert any(" bfp8_b>bf16 " in row for row in matmuls)  # fc1 reads it and its bfp8_b weight
+    settings = next(row for row in rows if row.startswith("formats: "))
+    assert "weights bf16 " in settings and "bfp8_b 3 (" in settings
+    assert "matmuls hifi2 3" in settings and "other programs hifi4 2" in settings
+    default = ttc.compile(block())
+    plain = settings_line(default.module, static_profile(default.module, default.device_weights))
+    assert "bfp8_b" not in plain and "matmuls hifi4 3" in plain
