@@ -311,7 +311,7 @@ struct Scratch {
   std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
   std::vector<uint8_t> row_block_special;  // [C]
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
-  std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns
+  std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns (-1: all zero)
   std::vector<uint8_t> col_block_special;
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
@@ -506,7 +506,7 @@ void pack_in1(Problem& p) {
         std::memcpy(spans + h * 16, &span, sizeof span);
       }
       const size_t block = static_cast<size_t>(c) * nb + j0 / NR;
-      block_spans(spans, TILE, NR, &s.col_block_span[block], &s.col_block_special[block], 0);
+      block_spans(spans, TILE, NR, &s.col_block_span[block], &s.col_block_special[block], -1);
     }
   for (int l = 0; l < 16; ++l) {
     p.in1_top = std::max(p.in1_top, all_top[l]);
@@ -833,13 +833,27 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           store8(d + r * NR + v * VL, widen(f));
         }
       }
+      bool stepped = false;  // a chain step was made: d holds Dst values (0, finite in the format, inf or NaN)
+      bool signed_zeros = false;  // the last step added nonzero partials: d may hold -0
       for (int c = 0; c < p.chunks; ++c) {
         const size_t cb = static_cast<size_t>(c) * nb + jb;
         const int row_span = s.row_block_span[c];
         const bool special = s.row_block_special[c] || s.col_block_special[cb];
-        if (row_span < 0 && !special) {
-          std::fill(sums, sums + MR * NR, 0.0);  // rows of zeros: exact +0 partials
+        if ((row_span < 0 || s.col_block_span[cb] < 0) && !special) {
+          // rows or columns of zeros (and no inf or NaN among the other operand): exact +0 partials. After a
+          // first step, RN_dst(Dst + 0) is Dst itself but for -0, which becomes +0: Dst + 0 in float64 (no
+          // rounding can occur); and once done, again nothing. The first step is the whole one (Dst may
+          // still hold values the format does not).
+          if (stepped) {
+            if (signed_zeros)
+              for (int e = 0; e < MR * NR; e += VL) store8(d + e, load8(d + e) + 0.0);
+            signed_zeros = false;
+            continue;
+          }
+          stepped = true;
+          std::fill(sums, sums + MR * NR, 0.0);
         } else {
+          stepped = signed_zeros = true;
           const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
           const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;

@@ -153,6 +153,77 @@ def test_model_sized_blocks_match_the_reference(seed, rows, cols, inner, fidelit
         check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
+def zero_blocks(rng: np.random.Generator, values: np.ndarray, groups: str, share: float) -> np.ndarray:
+    """Operand tiles with whole register blocks of a chunk zeroed (+0 or -0): in0 ("rows") 8 rows x 16 values,
+    in1 ("columns") 16 values x 16 columns, the blocks whose products the kernel knows to be zero."""
+    values = values.copy()
+    for index in np.ndindex(values.shape[:2]):
+        tile = values[index]
+        for i in range(0, 32, 8 if groups == "rows" else 16):
+            for j in range(0, 32, 16):
+                if rng.random() < share:
+                    block = tile[i:i + 8, j:j + 16] if groups == "rows" else tile[i:i + 16, j:j + 16]
+                    block[...] = rng.choice([0.0, -0.0], block.shape)
+    return values
+
+
+def sprinkle(rng: np.random.Generator, values: np.ndarray, share: float) -> np.ndarray:
+    values = values.copy()
+    pick = rng.random(values.shape) < share
+    values[pick] = rng.choice([np.inf, -np.inf, np.nan], pick.sum())
+    return values
+
+
+@settings(max_examples=120, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 2), cols=st.integers(1, 2), inner=st.integers(1, 4),
+       fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
+       kind=st.sampled_from(["gauss", "underflow", "wide"]), zero_share=st.sampled_from([0.3, 0.7, 1.0]),
+       special_a=st.sampled_from([0.0, 0.002, 0.02]), special_b=st.sampled_from([0.0, 0.002, 0.02]))
+def test_zero_register_blocks_with_infinities_nans_and_signed_zeros(seed, rows, cols, inner, fidelity, dst_format,
+                                                                     kind, zero_share, special_a, special_b):
+    """The kernel skips a chunk of a register block whose in0 rows or in1 columns are all zero (after the block's
+    first step, Dst + 0 only turns -0 into +0): the same bits as the definition when the other operand holds
+    an inf or a NaN there (0 * inf is NaN: no skip), when chunks' partials round to -0 (products of 2**-80 and
+    -2**-80) so that Dst holds -0 between zero chunks, and with -0, inf and NaN already in Dst."""
+    rng = np.random.default_rng(seed)
+    if kind == "underflow":  # products of magnitude 2**-160: partials round to +-0
+        a = N.bf16_round(rng.choice([1.0, -1.0], (rows, inner, 32, 32)) * 2.0**-80)
+        b = N.bf16_round(rng.choice([1.0, -1.0], (inner, cols, 32, 32)) * 2.0**-80)
+    else:
+        a, b = operand(rng, (rows, inner, 32, 32), kind), operand(rng, (inner, cols, 32, 32), kind)
+    a = sprinkle(rng, zero_blocks(rng, a, "rows", zero_share), special_a)
+    b = sprinkle(rng, zero_blocks(rng, b, "columns", zero_share), special_b)
+    with unchecked_f16(), np.errstate(all="ignore"):
+        dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "special"])), dst_format)
+    dst[rng.random(dst.shape) < 0.2] = -0.0
+    want, raised = python_and_overflow(N.matmul_block_accumulate, dst, a, b, fidelity, bf16_operands=True,
+                                       dst_format=dst_format)
+    got, flagged = native_and_overflow(native.matmul_block, tiles(dst), tiles(a), tiles(b), rows, cols, inner,
+                                       int(fidelity), dst_format, True)
+    assert_same_bits(got.reshape(want.shape), want)
+    assert raised == flagged
+    check_packed(dst, a, b, fidelity, dst_format, want, raised)
+
+
+def test_a_zero_chunk_after_a_negative_zero_partial_makes_dst_positive_zero():
+    """Dst -0 plus a partial rounding to -0 stays -0; a following chunk of zero in0 rows adds +0: +0 (the kernel
+    skips that chunk's products but not its effect on the sign)."""
+    a, b = np.zeros((1, 1, 32, 32), np.float32), np.zeros((1, 1, 32, 32), np.float32)
+    a[0, 0, :, :16], b[0, 0, :16, :] = 2.0**-80, -(2.0**-80)  # chunk 0: -2**-160 each; chunk 1: in0 zero
+    dst = np.full((1, 1, 32, 32), -0.0, np.float32)
+    want = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI4, bf16_operands=True)
+    assert (bits(want) == 0).all()  # +0 everywhere
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 1, 1, 1, 4, "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    a[0, 0, :, 16:] = 0.0
+    b[0, 0, 16:, :] = np.inf  # 0 * inf: NaN, no skip
+    want = N.matmul_block_accumulate(dst, a, b, MathFidelity.HIFI4, bf16_operands=True)
+    assert np.isnan(want).all()
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 1, 1, 1, 4, "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    check_packed(dst, a, b, MathFidelity.HIFI4, "bf16", want, False)
+
+
 def test_rows_of_one_register_block_with_far_apart_magnitudes():
     """The kernel bounds a register block's row spans by the span of all its values together: rows of modest
     spans far apart from each other (here 2**40 and 2**-40, and zero rows) exceed it and take the per-element
