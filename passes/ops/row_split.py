@@ -40,6 +40,7 @@ from ttc.ir.target import Counts
 from ttc.ir.types import TensorType
 from ttc.passes.ops.counting import Buffer, Plan
 from ttc.passes.ops.geometry import (
+    BLOCK_FLOATS,
     CB_BETA,
     CB_GAMMA,
     CB_GROUPS,
@@ -84,6 +85,8 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
     out = tile_shape(tensor(op.result).shape)
     if out.ct < SPLIT_MIN_TILES:
         return
+    if any(tensor(v).element_type.name in BLOCK_FLOATS for v in (*op.operands, op.result)):
+        return  # the split kernels' slices and partials are built for 16-bit tiles (a block float came out wrong)
     for split in divisors(out.ct)[1:]:
         slice_w = out.ct // split
         width = max(d for d in divisors(slice_w) if d <= max_w)
