@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ttc import evaluate
@@ -28,6 +29,7 @@ from ttc.compiler import (
 )
 from ttc.frontend.importer import import_read_model
 from ttc.frontend.loader import read_model
+from ttc.golden import compare, run_onnxruntime
 from ttc.ir import target
 from ttc.ir.core import Operation
 from ttc.ir.dialects.tt import DeviceAttr
@@ -136,3 +138,16 @@ def check_model(model: str | Path | onnx.ModelProto, emulators: tuple[str, ...] 
     for plan, p in zip(plans, profile, strict=True):
         audit_roofline(desc, plan, p)
     return len(plans)
+
+
+def golden_on_both_emulators(model: onnx.ModelProto, compiled, plans, feeds: dict, name: str = "y") -> None:
+    """Runs `compiled` on the reference and the native emulator: each passes the golden rule against
+    onnxruntime with planned = executed counts, and the two give the same bits."""
+    expected = run_onnxruntime(model, feeds)[name]
+    outputs = {}
+    for emulator in ("reference", "native"):
+        outputs[emulator] = compiled.run(feeds, emulator=emulator)[name]
+        check_planned_equals_executed(plans, compiled.profile)
+        result = compare(name, outputs[emulator], expected)
+        assert result.passed, (emulator, result)
+    np.testing.assert_array_equal(outputs["reference"], outputs["native"])

@@ -14,11 +14,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from cost_model_checks import check_planned_equals_executed, compile_with_plans
+from cost_model_checks import compile_with_plans, golden_on_both_emulators
 from onnx import helper, numpy_helper
 
 from ttc.frontend.importer import import_read_model
-from ttc.golden import compare, run_onnxruntime
 from ttc.ir.dialects import ttir, ttmetal
 from ttc.passes.ops import row_split
 from ttc.passes.ops.geometry import CB_IN0, CB_STAT, TILE
@@ -66,14 +65,7 @@ def run_case(shape: list[int], seed: int = 0, model: onnx.ModelProto | None = No
     plans, compiled = compile_with_plans(model)
     chunks = softmax_chunks(compiled, shape)
     feeds = {"x": (np.random.default_rng(seed).standard_normal(shape) * 3).astype(np.float32)}
-    expected = run_onnxruntime(model, feeds)["y"]
-    outputs = {}
-    for emulator in ("reference", "native"):
-        outputs[emulator] = compiled.run(feeds, emulator=emulator)["y"]
-        check_planned_equals_executed(plans, compiled.profile)
-        result = compare("y", outputs[emulator], expected)
-        assert result.passed, (emulator, result)
-    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    golden_on_both_emulators(model, compiled, plans, feeds)
     return chunks
 
 
@@ -138,14 +130,7 @@ def test_sums_over_256k_rows_run_in_segments_and_pass_golden(kind: str) -> None:
     plans, compiled = compile_with_plans(model)
     assert segmented_sums(compiled) >= 1
     feeds = {"x": np.random.default_rng(6).standard_normal((2, 262144)).astype(np.float32)}
-    expected = run_onnxruntime(model, feeds)["y"]
-    outputs = {}
-    for emulator in ("reference", "native"):
-        outputs[emulator] = compiled.run(feeds, emulator=emulator)["y"]
-        check_planned_equals_executed(plans, compiled.profile)
-        result = compare("y", outputs[emulator], expected)
-        assert result.passed, (emulator, result)
-    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    golden_on_both_emulators(model, compiled, plans, feeds)
 
 
 def test_short_sums_keep_one_chain() -> None:

@@ -17,9 +17,9 @@ import pytest
 from cost_model_checks import (
     audit_roofline,
     check_model,
-    check_planned_equals_executed,
     check_static_equals_executed,
     compile_with_plans,
+    golden_on_both_emulators,
 )
 from test_long_rows import layer_norm_model, softmax_model
 
@@ -68,14 +68,7 @@ def test_few_long_rows_are_split_over_cores(name: str, monkeypatch: pytest.Monke
     assert program.attributes["grid"].num_cores > whole_row_units
     assert any(cb.index == row_split.CB_PARTS for cb in program.attributes["cbs"])
     feeds = feeds_of(shape)
-    expected = run_onnxruntime(model, feeds)["y"]
-    outputs = {}
-    for emulator in ("reference", "native"):
-        outputs[emulator] = compiled.run(feeds, emulator=emulator)["y"]
-        check_planned_equals_executed(plans, compiled.profile)
-        result = compare("y", outputs[emulator], expected)
-        assert result.passed, (emulator, result)
-    np.testing.assert_array_equal(outputs["reference"], outputs["native"])
+    golden_on_both_emulators(model, compiled, plans, feeds)
     check_static_equals_executed(compiled, compiled.profile)
     for plan, p in zip(plans, compiled.profile, strict=True):
         audit_roofline(module_device(compiled.module), plan, p)
