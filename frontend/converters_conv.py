@@ -116,6 +116,9 @@ def conv(ctx: NodeContext) -> Value:
     bias = ctx.input(2) if ctx.has_input(2) else None
     if len(w_shape) == 4 and is_patch_window(attrs, (kh, kw), groups) and is_graph_input(ctx, x):
         result = patch_matmul(ctx, x, weight, bias, (kh, kw), (oh, ow))
+    elif len(w_shape) == 4 and is_graph_input(ctx, x) and (fold := stride_fold(ctx, attrs, (kh, kw), groups,
+                                                                               (oh, ow))) is not None:
+        result = folded_conv(ctx, x, fold, bias, (oh, ow))
     else:
         operands = [to_channels_last(ctx, x), weight] + ([bias] if bias is not None else [])
         result = ctx.create(ttir.CONV2D.name, operands, _tensor(x).with_shape((n * oh * ow, oc)),
@@ -135,6 +138,81 @@ def is_patch_window(attrs: dict, kernel: Sequence[int], groups: int) -> bool:
     return (groups == 1 and tuple(attrs["strides"]) == tuple(kernel) and not any(attrs["pads"])
             and tuple(attrs["dilations"]) == (1, 1) and math.prod(kernel) > 1 and h % kernel[0] == 0
             and w % kernel[1] == 0)
+
+
+@dataclass(frozen=True)
+class StrideFold:
+    """A strided convolution of a graph input as a stride-1 convolution of its space-to-depth regrouping
+    (`stride_fold`): the host writes [N, C, H, W] as the channels-last [N*(H/sh)*(W/sw), sh*sw*C] (channels
+    ordered (row phase, column phase, c)), and the folded weight [OC, sh*sw*C, KH', KW'] is zero where the
+    original kernel has no position."""
+
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]  # the stride-1 convolution's [top, left, bottom, right]
+    weight: np.ndarray
+
+
+def stride_fold(ctx: NodeContext, attrs: dict, kernel: Sequence[int], groups: int,
+                out: tuple[int, int]) -> StrideFold | None:
+    """The stride fold of a convolution (ResNet's 7x7 stride-2 stem on a 3-channel image), or None when it does
+    not apply or does not shrink the stacked weight. Along one axis, window position k of output o reads input
+    row s*o + k - p; writing k - p = s*a + b (b the phase, 0 <= b < s) makes it row o + a of phase b of the
+    regrouped input, so the convolution becomes a stride-1 one of ceil-many positions a over s*s times the
+    channels, each input element written once by the host (no window overlap is materialised). Taken only for
+    one group, no dilation, a stride above 1 dividing the input, a constant weight, and when the stacked
+    weight's rows in whole channel tiles (the im2col matrix's width) get fewer: with few channels the channel
+    padding to a tile absorbs the phases (the stem: 49 positions x 1 tile -> 16 x 1)."""
+    _, h, w = attrs["input_shape"]
+    strides, pads = tuple(attrs["strides"]), attrs["pads"]
+    weight = ctx.input_constant(1)
+    if (groups != 1 or tuple(attrs["dilations"]) != (1, 1) or strides == (1, 1) or h % strides[0]
+            or w % strides[1] or weight is None):
+        return None
+    begin, end, folded_kernel = [], [], []
+    for axis, (size, k, s, o) in enumerate(zip((h, w), kernel, strides, out, strict=True)):
+        low, high = (-pads[axis]) // s, (k - 1 - pads[axis]) // s
+        begin.append(-low)
+        end.append(o + high - size // s)
+        folded_kernel.append(high - low + 1)
+    c = int(weight.shape[1])
+    tiles = lambda channels: -(-channels // 32)  # noqa: E731
+    if (min(begin + end) < 0 or
+            tiles(strides[0] * strides[1] * c) * math.prod(folded_kernel) >= tiles(c) * math.prod(kernel)):
+        return None
+    (sh, sw), (fh, fw) = strides, folded_kernel
+    source = np.asarray(weight, np.float32)
+    folded = np.zeros((source.shape[0], sh, sw, c, fh, fw), np.float32)
+    for a in range(fh):
+        for b in range(sh):
+            ky = sh * (a - begin[0]) + b + pads[0]
+            if not 0 <= ky < kernel[0]:
+                continue
+            for a2 in range(fw):
+                for b2 in range(sw):
+                    kx = sw * (a2 - begin[1]) + b2 + pads[1]
+                    if 0 <= kx < kernel[1]:
+                        folded[:, b, b2, :, a, a2] = source[:, :, ky, kx]
+    return StrideFold(strides, (begin[0], begin[1], end[0], end[1]),
+                      folded.reshape(source.shape[0], sh * sw * c, fh, fw))
+
+
+def folded_conv(ctx: NodeContext, x: Value, fold: StrideFold, bias: Value | None, out: tuple[int, int]) -> Value:
+    """The convolution by its stride fold: the regrouping [N, C, H, W] -> [N, H/sh, W/sw, sh, sw, C] ->
+    [N*(H/sh)*(W/sw), sh*sw*C] is the host's as it writes the graph input (`tilize.split_on_host`), then one
+    stride-1 `ttir.conv2d` with the folded weight."""
+    n, c, h, w = _tensor(x).shape
+    (sh, sw), (oh, ow) = fold.strides, out
+    like = _tensor(x)
+    split = _reshape_to(ctx, x, (n, c, h // sh, sh, w // sw, sw))
+    moved = ctx.create(ttir.TRANSPOSE.name, [split], like.with_shape((n, h // sh, w // sw, sh, sw, c)),
+                       {"perm": (0, 2, 4, 3, 5, 1)})
+    matrix = _reshape_to(ctx, moved, (n * (h // sh) * (w // sw), sh * sw * c))
+    weight = ctx.constant(fold.weight, f"{ctx.node.output[0]}.stride_fold_weight")
+    attrs = {"input_shape": (n, h // sh, w // sw), "strides": (1, 1), "pads": fold.pads, "dilations": (1, 1),
+             "groups": 1}
+    oc = fold.weight.shape[0]
+    return ctx.create(ttir.CONV2D.name, [matrix, weight] + ([bias] if bias is not None else []),
+                      like.with_shape((n * oh * ow, oc)), attrs)
 
 
 def patch_matmul(ctx: NodeContext, x: Value, weight: Value, bias: Value | None, kernel: Sequence[int],

@@ -184,7 +184,8 @@ def test_patch_matmul_agrees_with_the_window_lookup() -> None:
 
 
 def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() -> None:
-    """ResNet's 7x7 stem at 224x224 (OC cut to 32): its im2col matrix [12544, 49 * 32] would take more than
+    """ResNet's 7x7 stem at 224x224 (OC cut to 32) on a computed input (a graph input's is folded on the host,
+    below): its im2col matrix [12544, 49 * 32] would take more than
     `MAX_L1_SHARE` of each core's free L1, so it goes by two equal chunks of tile rows, each small enough for L1,
     instead of one lookup written to DRAM and read back; every chunk's lookup result lives in L1, the products
     are joined along the rows, and the result still passes the golden rule."""
@@ -197,8 +198,8 @@ def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() ->
     # 842 tile rows need 3 chunks for L1, but 281 (3) and 211 (4) are prime and 169 = 13 x 13 (5) or a last
     # chunk of 137 (6) would run on few cores: 8 chunks of 106 tile rows (53 cores x 2), the last of 100
     assert chunk_rows(842 * 32, 49 * 32, E150) == 106 * 32
-    model = window_model("Conv", (1, 3, 224, 224), (32, 3, 7, 7), kernel_shape=[7, 7], strides=[2, 2],
-                         pads=[3, 3, 3, 3])
+    model = window_model("Conv", (1, 3, 224, 224), (32, 3, 7, 7), computed=True, kernel_shape=[7, 7],
+                         strides=[2, 2], pads=[3, 3, 3, 3])
     compiled = check(model)
     text = tilized(model)
     lookups = lines_with(text, "im2col = true")
@@ -206,3 +207,31 @@ def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() ->
     main = print_module(compiled.module)
     buffers = lines_with(main, "ttmetal.create_buffer", "6272x1568")
     assert len(buffers) == 2 and all("l1" in line for line in buffers), buffers
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((2, 3, 32, 32), (16, 3, 7, 7), {"kernel_shape": [7, 7], "strides": [2, 2], "pads": [3, 3, 3, 3]}),  # stem
+    ((1, 3, 24, 30), (8, 3, 5, 3), {"kernel_shape": [5, 3], "strides": [2, 3], "pads": [2, 0, 1, 1]}),
+    ((1, 2, 16, 16), (8, 2, 4, 4), {"kernel_shape": [4, 4], "strides": [2, 2]}),
+])
+def test_strided_convolution_of_a_graph_input_is_folded_on_the_host(x_shape, w_shape, attrs) -> None:
+    """A strided convolution of a few-channel graph input (ResNet's 7x7 stride-2 stem): the host writes the
+    input's space-to-depth regrouping (to_layout {split, perm}, sh * sw * C channels) and a stride-1 convolution
+    of ceil-many positions reads it, so the im2col lookup reads each pixel's stick for fewer positions."""
+    model = window_model("Conv", x_shape, w_shape, **attrs)
+    check(model)
+    text = tilized(model)
+    n, c, h, w = x_shape
+    sh, sw = attrs["strides"]
+    edge = lines_with(text, "ttir.to_layout", "split = ")
+    assert edge and f"tensor<{n * (h // sh) * (w // sw)}x{sh * sw * c}x" in edge[0], text
+    assert lines_with(text, "im2col = true"), text
+
+
+def test_stride_fold_is_not_taken_where_it_widens_the_im2col_matrix() -> None:
+    """64 channels: the phases would not fit the channel padding (4 x 2 tiles x 4 positions > 2 tiles x 9), so
+    the 3x3 stride-2 convolution keeps the plain lookup of the input as written."""
+    model = window_model("Conv", (1, 64, 16, 16), (8, 64, 3, 3), kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1])
+    check(model)
+    assert not lines_with(tilized(model), "split = ")
