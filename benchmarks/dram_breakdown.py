@@ -16,12 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_device import ROWS, model_path  # noqa: E402
+from bench_device import ROWS, model_path
 
-from ttc import profile as ttc_profile  # noqa: E402
-from ttc.compiler import CompileOptions, compile_for_api  # noqa: E402
-from ttc.ir.dialects import ttmetal  # noqa: E402
-from ttc.ir.dialects.tt import E150  # noqa: E402
+from ttc import profile as ttc_profile
+from ttc.compiler import CompileOptions, compile_for_api
+from ttc.ir.dialects import ttmetal
+from ttc.ir.dialects.tt import E150
 
 MiB = 2 ** 20
 

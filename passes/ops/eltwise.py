@@ -2,7 +2,9 @@
 
 Each core walks its batches x tile rows x tile columns of the result in blocks of 1 x block_w tiles.
 The reader fetches every input's tiles of the block: a broadcast dimension has stride 0 (a [N] row is
-read at tile row 0 for every row, a [M, 1] column at tile column 0, once per block). The compute
+read at tile row 0 for every row, a [M, 1] column at tile column 0, once per block); an input whose tiles are
+the same for every block of a core (`held_inputs`: a bias row on a core with one column block) is read once,
+before the blocks, and stays at the front of its CB until the last block. The compute
 kernel runs the body's phases (`eltwise_body.eltwise_plan`): FPU binary ops between CBs with in-tile
 broadcasts, binary SFPU ops of two operands copied into Dst (half of the 8 slots each, so a block runs
 in rounds of at most 4 tiles), SFPU chains in Dst, intermediates through CBs; the last phase re-masks the
@@ -58,12 +60,31 @@ from ttc.passes.ops.program import (
 from ttc.passes.ops.registry import register
 
 
+def held_inputs(op: Operation, blocking: dict[str, int]) -> tuple[bool, ...]:
+    """Per input: whether every block of a core reads the same tiles of it (a bias row when the core has one
+    column block, a value broadcast along every dim it walks). The reader then reads those tiles once and the
+    compute kernel keeps them at the front of the input's CB for all its blocks, instead of one read per block
+    (the stem's [250880, 64] bias add read its 64-wide bias row 7840 times, 30.6 MiB)."""
+    out = tile_shape(tensor(op.result).shape)
+    col_blocks = blocking["cols"] // blocking["block_w"]
+    if blocking["batches"] * blocking["rows"] * col_blocks == 1:
+        return tuple(False for _ in op.operands)
+    held = []
+    for value in op.operands:
+        source = tile_shape(tensor(value).shape)
+        step = affine_step(batch_offsets(tensor(value).shape, tensor(op.result).shape), blocking["batches"])
+        held.append((blocking["batches"] == 1 or step == 0) and (blocking["rows"] == 1 or source.rows != out.rows)
+                    and (col_blocks == 1 or source.cols != out.cols))
+    return tuple(held)
+
+
 def eltwise_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     plan = eltwise_plan(op)
     width = blocking["block_w"]
     blocks = blocking["batches"] * blocking["rows"] * (blocking["cols"] // width)
     out_type = tensor(op.result).element_type
-    cbs = [cb(i, tensor(value).element_type, double(width if full else 1, blocks))
+    held = held_inputs(op, blocking)
+    cbs = [cb(i, tensor(value).element_type, (width if full else 1) if held[i] else double(width if full else 1, blocks))
            for i, (value, full) in enumerate(zip(op.operands, plan.inputs, strict=True))]
     cbs.append(cb(CB_OUT, out_type, double(width, blocks)))
     work = work_format(out_type)
@@ -113,20 +134,22 @@ def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity:
     batch0, row0, col0 = unit[:, 0] * b["batches"], unit[:, 1] * b["rows"], unit[:, 2] * b["cols"]
     loop = np.stack([g.ravel() for g in np.meshgrid(np.arange(b["batches"]), np.arange(b["rows"]),
                                                     np.arange(col_blocks), indexing="ij")], axis=1)  # [blocks, 3]
-    for value, full in zip(op.operands, ep.inputs, strict=True):
+    held = held_inputs(op, b)
+    for value, full, once in zip(op.operands, ep.inputs, held, strict=True):
         source = tile_shape(tensor(value).shape)
         offsets = batch_offsets(tensor(value).shape, tensor(op.result).shape)
         step = affine_step(offsets, b["batches"]) or 0
         rs = source.ct if source.rows == out.rows else 0
         cs = 1 if source.cols == out.cols else 0
         tiles = width if full else 1
+        reads = loop[:1] if once else loop
 
-        def in_pages(offsets=offsets, step=step, rs=rs, cs=cs, tiles=tiles) -> np.ndarray:
+        def in_pages(offsets=offsets, step=step, rs=rs, cs=cs, tiles=tiles, reads=reads) -> np.ndarray:
             first = offsets[batch0] + row0 * rs + col0 * cs
-            starts = first[:, None] + (loop[:, 0] * step + loop[:, 1] * rs + loop[:, 2] * width * cs)[None, :]
+            starts = first[:, None] + (reads[:, 0] * step + reads[:, 1] * rs + reads[:, 2] * width * cs)[None, :]
             return (starts[:, :, None] + np.arange(tiles)[None, None, :]).reshape(plan.cores, -1)
 
-        plan.static(Buffer.of(tensor(value), device), blocks * tiles, page_lists=in_pages)
+        plan.static(Buffer.of(tensor(value), device), len(reads) * tiles, page_lists=in_pages)
 
     def out_pages() -> np.ndarray:
         first = (batch0 * out.rt + row0) * out.ct + col0
@@ -189,17 +212,31 @@ def eltwise_reader(op: Operation, plan: EltwisePlan, s: Schedule, strides) -> ob
     width = b["block_w"]
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
+    held = held_inputs(op, b)
+    if any(held):
+        for i, (gen, full) in enumerate(zip(gens, plan.inputs, strict=True)):
+            if held[i]:
+                k.op("cb_reserve_back", cb=i, pages=width if full else 1)
+                k.op("noc_read_tiles", gen, k.arg(i), cb=i, rows=1, cols=width if full else 1)
+        k.op("noc_read_barrier")
+        for i, full in enumerate(plan.inputs):
+            if held[i]:
+                k.op("cb_push_back", cb=i, pages=width if full else 1)
     loop_b, loop_r, loop_c = block_loops(k, b)
     with loop_b as batch, loop_r as row, loop_c as col:
         for i, (gen, full) in enumerate(zip(gens, plan.inputs, strict=True)):
+            if held[i]:
+                continue
             _, step, rs, cs = strides[i]
             tiles = width if full else 1
             start = k.affine(k.arg(i), (batch, step), (row, rs), (col, width * cs))
             k.op("cb_reserve_back", cb=i, pages=tiles)
             k.op("noc_read_tiles", gen, start, cb=i, rows=1, cols=tiles)
-        k.op("noc_read_barrier")
+        if not all(held):
+            k.op("noc_read_barrier")
         for i, full in enumerate(plan.inputs):
-            k.op("cb_push_back", cb=i, pages=width if full else 1)
+            if not held[i]:
+                k.op("cb_push_back", cb=i, pages=width if full else 1)
     return k.region()
 
 
@@ -213,10 +250,15 @@ def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShap
         k.op("fill_tiles", count=1, value=0.0)
         k.pack_block(plan.zero_cb, 1)
         k.op("cb_wait_front", cb=plan.zero_cb, pages=1)
+    held = held_inputs(op, b)
+    for i, full in enumerate(plan.inputs):
+        if held[i]:
+            k.op("cb_wait_front", cb=i, pages=width if full else 1)
     loop_b, loop_r, loop_c = block_loops(k, b)
     with loop_b, loop_r as row, loop_c as col:
         for i, full in enumerate(plan.inputs):
-            k.op("cb_wait_front", cb=i, pages=width if full else 1)
+            if not held[i]:
+                k.op("cb_wait_front", cb=i, pages=width if full else 1)
         for number, phase in enumerate(plan.phases):
             tiles = width if phase.full else 1
             for cb in (phase.a_cb, phase.b_cb):
@@ -236,9 +278,13 @@ def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShap
                          valid_cols=out.cols if plan.mask_cols else out.ct * TILE)
                 k.pack_block(phase.out_cb, step)
         for i, full in enumerate(plan.inputs):
-            k.op("cb_pop_front", cb=i, pages=width if full else 1)
+            if not held[i]:
+                k.op("cb_pop_front", cb=i, pages=width if full else 1)
         for index, pages in interm_pages.items():
             k.op("cb_pop_front", cb=index, pages=pages)
+    for i, full in enumerate(plan.inputs):
+        if held[i]:
+            k.op("cb_pop_front", cb=i, pages=width if full else 1)
     if plan.zero_cb is not None:
         k.op("cb_pop_front", cb=plan.zero_cb, pages=1)
     return k.region()
