@@ -12,7 +12,10 @@ chain in Dst, and its sum is added in bf16 to the running total of the chunks be
 the grid or the blocking. Compute ops address their CB windows with static offsets, so
 the reader pushes operand chunks in the order the compute kernel uses them: per K step and subblock
 row, the in0 rows (h x in0_block_w), and per subblock the in1 columns (in0_block_w x w) — in1 is read
-once per subblock row (once in all when the subblock spans per_core_m).
+once per subblock row (once in all when the subblock spans per_core_m). With `n_outer = 1` the subblocks
+are walked column by column instead (`column_outer`): per K step and subblock column the in1 columns once,
+and per subblock the in0 rows, so in0 is read once per subblock column and in1 once in all (a tall block on
+few columns, an im2col product whose M is prime, no longer reads its weight once per tile row).
 
 Epilogue (last K step): bias = the packed result + the bias row (binary add, bcast row), activation
 on the SFPU, padding re-masked where the bias or the activation made it non-zero.
@@ -124,6 +127,14 @@ def matmul_masks(op: Operation) -> tuple[bool, bool]:
     return rows, shape.cols % TILE != 0 and moves_zero
 
 
+N_OUTER = "n_outer"
+
+
+def column_outer(blocking: dict[str, int]) -> bool:
+    """The core walks its subblocks column by column (in1 read once per K step, in0 once per column)."""
+    return bool(blocking.get(N_OUTER, 0))
+
+
 def sub_blocks(blocking: dict[str, int]) -> tuple[int, int]:
     """(SH, SW): out subblocks per core along M and N."""
     return (blocking["per_core_m"] // blocking["out_subblock_h"],
@@ -159,10 +170,11 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     sh, sw = sub_blocks(blocking)
     k_blocks = shape.kt // width
     in0_pushes = blocking["batches"] * k_blocks * sh
+    in1_pushes = blocking["batches"] * k_blocks * (sw if column_outer(blocking) else sh * sw)
     a, b, out = tensor(op.operands[0]), tensor(op.operands[1]), tensor(op.result)
     work = work_format(out.element_type)  # partial sums: a block-float result's are bf16
-    cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes)),
-           cb(CB_IN1, b.element_type, double(width * w, in0_pushes * sw)),
+    cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes * (sw if column_outer(blocking) else 1))),
+           cb(CB_IN1, b.element_type, double(width * w, in1_pushes)),
            cb(CB_OUT, out.element_type, double(h * w, blocking["batches"] * sh * sw))]
     if len(op.operands) > 2:
         cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
@@ -214,6 +226,8 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                         blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
                                     "out_subblock_h": h, "out_subblock_w": w}
                         yield blocking
+                        if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
+                            yield {**blocking, N_OUTER: 1}
                         if i == 0 and mcast_allowed(op, shape, blocking):  # the preferred subblock only
                             yield {**blocking, MCAST: 1}
 
@@ -258,21 +272,26 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
     abuf = Buffer.of(tensor(a), device)
     wbuf = Buffer.of(tensor(w), device)
-    b_reads = batches * k_blocks * sh  # instances of each subblock column's read
+    a_reads, b_reads_per_k = (sw, 1) if column_outer(b) else (1, sh)  # reads of each in0 / in1 tile
+    b_reads = batches * k_blocks * b_reads_per_k  # instances of each subblock column's read
+
+    def a_pages_read() -> np.ndarray:
+        return np.tile(a_pages(), (1, a_reads))
+
     if is_mcast(b):  # in0 and in1 read by one core per row and column and multicast
         plan_operands_mcast(plan, op, shape, b, grid)
     elif ragged:
-        plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
+        plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
     else:
         def b_pages() -> np.ndarray:
             base = shape.b_offsets[batch0[:, None] + np.arange(batches)[None, :]] + n0[:, None]  # [cores, batches]
             grid_pages = np.arange(kt)[:, None] * nt + np.arange(pcn)[None, :]
             pages = base[:, :, None] + grid_pages.reshape(1, 1, -1)
-            return np.repeat(pages.reshape(plan.cores, -1), sh, axis=1)
+            return np.repeat(pages.reshape(plan.cores, -1), b_reads_per_k, axis=1)
 
-        plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
-        plan.static(wbuf, batches * kt * pcn * sh, page_lists=b_pages)
+        plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
+        plan.static(wbuf, batches * kt * pcn * b_reads_per_k, page_lists=b_pages)
     if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
         bias = op.operands[2]
         bbuf = Buffer.of(tensor(bias), device)
@@ -353,7 +372,32 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
 
+    def k_step_columns(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+        """The column-outer walk: per subblock column the in1 columns once, then per subblock row the in0 rows
+        (and, at the last K step, the subblock's bias tiles)."""
+        with k.loop(sw) as col:
+            k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
+            b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
+            edge = [k.affine(k.arg(3), (col, -w))] if ragged else []
+            k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
+            k.op("noc_read_barrier")
+            k.op("cb_push_back", cb=CB_IN1, pages=width * w)
+            with k.loop(sh) as row:
+                k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
+                a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
+                k.op("noc_read_tiles", a_gen, a_start, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
+                if with_bias:
+                    k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
+                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_IN0, pages=h * width)
+                if with_bias:
+                    k.op("cb_push_back", cb=CB_BIAS, pages=w)
+
     def k_step(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+        if column_outer(b):
+            k_step_columns(a_base, b_base, kb, with_bias)
+            return
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
             a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
@@ -418,26 +462,39 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
                  valid_cols=shape.cols if mask_cols else shape.nt * TILE)
         k.pack_block(CB_OUT, tiles)
 
+    def subblock(row: Index, col: Index, fresh: bool, chunk_end: bool, first_chunk: bool, last: bool,
+                 done: int) -> None:
+        """One subblock's K block, its operands waited; `done` (CB_IN0 or CB_IN1) is popped after the product."""
+        k.op("tile_regs_acquire")
+        if fresh:
+            k.op("fill_tiles", count=tiles, value=0.0)
+        else:
+            k.op("cb_wait_front", cb=CB_PARTIALS, pages=tiles)
+            k.op("copy_tiles", cb=CB_PARTIALS, row_stride=w, rows=h, cols=w)
+            k.op("cb_pop_front", cb=CB_PARTIALS, pages=tiles)
+        k.op("matmul_tiles", **matmul)
+        k.op("cb_pop_front", cb=done, pages=h * width if done == CB_IN0 else width * w)
+        if chunk_end:
+            finish_chunk(row, col, first_chunk, last)
+        else:
+            k.pack_block(CB_PARTIALS, tiles)
+
     def k_step(fresh: bool, chunk_end: bool, first_chunk: bool, last: bool) -> None:
         """One K block for every subblock: a fresh chain (a chunk's first block) or the chain continued from
         the partials; at a chunk's end its sum becomes, or is added to, the running total."""
+        if column_outer(b):
+            with k.loop(sw) as col:
+                k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
+                with k.loop(sh) as row:
+                    k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
+                    subblock(row, col, fresh, chunk_end, first_chunk, last, CB_IN0)
+                k.op("cb_pop_front", cb=CB_IN1, pages=width * w)
+            return
         with k.loop(sh) as row:
             k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
-                k.op("tile_regs_acquire")
-                if fresh:
-                    k.op("fill_tiles", count=tiles, value=0.0)
-                else:
-                    k.op("cb_wait_front", cb=CB_PARTIALS, pages=tiles)
-                    k.op("copy_tiles", cb=CB_PARTIALS, row_stride=w, rows=h, cols=w)
-                    k.op("cb_pop_front", cb=CB_PARTIALS, pages=tiles)
-                k.op("matmul_tiles", **matmul)
-                k.op("cb_pop_front", cb=CB_IN1, pages=width * w)
-                if chunk_end:
-                    finish_chunk(row, col, first_chunk, last)
-                else:
-                    k.pack_block(CB_PARTIALS, tiles)
+                subblock(row, col, fresh, chunk_end, first_chunk, last, CB_IN1)
             k.op("cb_pop_front", cb=CB_IN0, pages=h * width)
 
     def finish_chunk(row: Index, col: Index, first_chunk: bool, last: bool) -> None:
@@ -483,7 +540,11 @@ def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule):
     ragged = is_ragged(shape, b)
     with k.loop(b["batches"]) as batch:
         base = k.affine(k.arg(0), (batch, shape.mt * shape.nt))
-        with k.loop(b["per_core_m"] // h) as row, k.loop(b["per_core_n"] // w) as col:
+        outer, inner = k.loop(b["per_core_m"] // h), k.loop(b["per_core_n"] // w)
+        if column_outer(b):
+            outer, inner = inner, outer
+        with outer as first, inner as second:
+            row, col = (second, first) if column_outer(b) else (first, second)
             start = k.affine(base, (row, h * shape.nt), (col, w))
             edge = [k.affine(k.arg(1), (col, -w))] if ragged else []
             k.op("cb_wait_front", cb=CB_OUT, pages=h * w)

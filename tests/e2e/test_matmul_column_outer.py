@@ -1,0 +1,65 @@
+"""The column-outer walk of a matmul core's subblocks (`matmul.column_outer`, blockings with `n_outer = 1`): per K
+step the core reads each in1 column block once and the in0 rows once per subblock column, instead of in1 once per
+subblock row. A tall block on few columns (an im2col product whose M tiles are prime: ResNet-50's stage-4
+convolutions at batch 20, 31 tile rows) then reads its weight once instead of once per tile row. Each output
+tile's accumulation is the same chain in either walk, so the result is bit-identical to the row-outer walk's, on
+both emulators, with planned = executed = static counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
+from onnx import TensorProto, helper, numpy_helper
+
+from ttc.passes.ops import matmul
+from ttc.passes.ops.matmul import column_outer
+
+M, K, N = 31 * 32, 512, 128  # 31 tile rows: a subblock spans one tile row of a 31-row block
+
+
+def linear_model(bias: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32), "w")]
+    nodes = [helper.make_node("Abs", ["x"], ["a"], name="/abs"), helper.make_node("MatMul", ["a", "w"], ["p"], name="/mm")]
+    last = "p"
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b"))
+        nodes += [helper.make_node("Add", ["p", "b"], ["s"], name="/bias"), helper.make_node("Relu", ["s"], ["y"])]
+        last = "y"
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def only(monkeypatch: pytest.MonkeyPatch, outer: bool) -> None:
+    """Restrict the matmul's candidates to one walk (multicast plans left out)."""
+    original = matmul.matmul_candidates
+
+    def restricted(op):
+        return (b for b in original(op) if column_outer(b) == outer and not b.get("mcast"))
+    monkeypatch.setattr(matmul, "matmul_candidates", restricted)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_column_outer_walk_is_bit_identical_and_reads_in1_once(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = linear_model(bias)
+    name = "y" if bias else "p"
+    feeds = {"x": np.random.default_rng(2).standard_normal((M, K)).astype(np.float32)}
+    with monkeypatch.context() as patch:
+        only(patch, outer=True)
+        plans, compiled = compile_with_plans(model)
+    golden_on_both_emulators(model, compiled, plans, feeds, name)
+    check_static_equals_executed(compiled, compiled.profile)
+    outer_result = compiled.run(feeds)[name]
+    [outer_profile] = [p for p in compiled.profile if p.kind == "matmul"]
+    with monkeypatch.context() as patch:
+        only(patch, outer=False)
+        _, rows_compiled = compile_with_plans(model)
+    np.testing.assert_array_equal(outer_result, rows_compiled.run(feeds)[name])
+    weight_bytes = K * N * 2
+    # the column-outer walk reads the weight once per core that needs its columns, never once per tile row
+    assert outer_profile.counts.dram_read < 31 * weight_bytes // 4
+
