@@ -235,3 +235,17 @@ def test_stride_fold_is_not_taken_where_it_widens_the_im2col_matrix() -> None:
                          pads=[1, 1, 1, 1])
     check(model)
     assert not lines_with(tilized(model), "split = ")
+
+
+def test_stride_folded_stem_is_bit_identical_on_both_emulators() -> None:
+    """The folded stem (7x7 stride 2 on 3 channels, batch 2) on the reference and the native emulator: the same
+    bits, the golden rule against onnxruntime, and planned = executed = static counts."""
+    from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
+
+    model = window_model("Conv", (2, 3, 64, 64), (16, 3, 7, 7), kernel_shape=[7, 7], strides=[2, 2],
+                         pads=[3, 3, 3, 3])
+    assert lines_with(tilized(model), "ttir.to_layout", "split = ")
+    plans, compiled = compile_with_plans(model)
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)}
+    golden_on_both_emulators(model, compiled, plans, feeds)
+    check_static_equals_executed(compiled, compiled.profile)
