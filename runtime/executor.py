@@ -22,6 +22,7 @@ the module must not change while an executor runs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,11 +51,11 @@ class DeviceBuffer:
     memory: Memory
     alloc: Allocation
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, int]:
         return self.memory.name, self.alloc.address
 
-    @property
+    @functools.cached_property
     def tensor_layout(self) -> str:
         return str(self.layout.tensor_layout)
 
@@ -137,6 +138,7 @@ class Executor:
         self.profile: list[ProgramProfile] = []
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
+        self._operands: dict[Operation, tuple[Value, ...]] = {}  # enqueue_program op -> its buffer operands
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
@@ -147,6 +149,7 @@ class Executor:
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
         self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
         self._scalar_names: list[str] | None = None
+        self._schedule: list[tuple[Operation, str]] | None = None  # @main's ops and their names
         self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
         self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
                                               if op.name == ttmetal.CREATE_BUFFER.name
@@ -182,22 +185,25 @@ class Executor:
         """Run @main on host inputs named by "ttir.name"; returns the named outputs. `on_program` is called
         after every device program (a progress bar's step); `scalars` gives the runtime scalars."""
         values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
-        self.scalars = self._scalars(scalars or {})
+        self.scalars = self._scalars(scalars or {}) if scalars or self._scalar_names != [] else {}
         self.profile = []
         self.transfers = {"to_device": 0, "to_host": 0}
+        if self._schedule is None:
+            self._schedule = [(op, op.name) for op in self.main.body.ops]
+        program = ttmetal.ENQUEUE_PROGRAM.name
         try:
-            for op in self.main.body.ops:
-                if op.name == RETURN_OP:
-                    return self._outputs(op, values)
-                run = HOST_OPS.get(op.name)
+            for op, name in self._schedule:
+                run = HOST_OPS.get(name)  # looked up each time: tests hook handlers in and out
                 if run is None:
-                    raise UserError(f"cannot execute '{op.name}' in @main: the host schedule holds only "
+                    if name == RETURN_OP:
+                        return self._outputs(op, values)
+                    raise UserError(f"cannot execute '{name}' in @main: the host schedule holds only "
                                     f"{', '.join(sorted(HOST_OPS))} and func.return")
                 try:
                     run(self, op, values)
                 except Fault as fault:
                     raise _host_fault(fault, op) from None
-                if on_program is not None and op.name == ttmetal.ENQUEUE_PROGRAM.name:
+                if on_program is not None and name == program:
                     on_program()
         finally:
             self._free_all()
@@ -349,6 +355,12 @@ class BufferSpec:
     constant: bool  # a write_constant fills it (else it is poisoned)
     alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
     state: bool = False  # a device state: its contents persist across runs (never poisoned)
+    buffer: DeviceBuffer | None = None  # the live buffer of `alloc`, the same object every run
+
+    @property
+    def poisoned(self) -> bool:
+        """A fresh buffer of every run starts as POISON bytes (neither a constant nor a state)."""
+        return not self.constant and not self.state
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -399,23 +411,35 @@ def state_spec(ex: Executor, op: Operation) -> BufferSpec:
 @host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
+    spec = ex._buffer_specs.get(op)
+    buffer = spec.buffer if spec is not None else None
+    if buffer is None:  # the first run (or a state `write_state` allocated): work the buffer out
+        buffer = _new_buffer(ex, op)
+        spec = ex._buffer_specs[op]
+    else:  # later runs register the same allocation again
+        buffer.memory.add(buffer.alloc)
+    if spec.poisoned:
+        buffer.memory.poison(buffer.alloc)  # constants stay resident between runs; everything else starts unwritten
+    ex._live[buffer.key] = buffer
+    values[op.results[0]] = buffer
+
+
+def _new_buffer(ex: Executor, op: Operation) -> DeviceBuffer:
+    """The buffer of a create_buffer op, allocated (or its earlier allocation registered again), kept in its spec
+    with the DeviceBuffer that later runs reuse."""
     spec = state_spec(ex, op) if ttmetal.STATE_ATTR in op.attributes else ex._buffer_specs.get(op)
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     memory = spec.memory
     if spec.alloc is not None:
         alloc = memory.add(spec.alloc)
+    elif spec.shard is None:
+        alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
     else:
-        if spec.shard is None:
-            alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
-        else:
-            alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
-        ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
-    if not spec.constant and not spec.state:
-        memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
+        alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
     buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
-    ex._live[buffer.key] = buffer
-    values[op.results[0]] = buffer
+    ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc, buffer=buffer)
+    return buffer
 
 
 def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec:
@@ -472,10 +496,13 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
 @host_op(ttmetal.ENQUEUE_PROGRAM.name)
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
-    addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
     plan = ex._plans.get(op)
     if plan is None:
         plan = ex._plans[op] = ProgramPlan(op)
+    operands = ex._operands.get(op)
+    if operands is None:
+        operands = ex._operands[op] = op.operands
+    addresses = [ex.buffer(values, value).alloc.address for value in operands]
     scalars = scalar_args(op, ex.scalars)
     if ex.emulator == "native":
         assert ex._run_native is not None
