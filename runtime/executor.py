@@ -139,6 +139,7 @@ class Executor:
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
         self._operands: dict[Operation, tuple[Value, ...]] = {}  # enqueue_program op -> its buffer operands
+        self._transfer_ops: dict[Operation, tuple] = {}  # write_buffer / read_buffer op -> `_transfer`
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
@@ -172,11 +173,13 @@ class Executor:
         # Host tensors <-> tile pages: in native mode by the native packers (the same bytes), else by formats.py.
         self._pack: dict[str, Any] = {}
         self._unpack: dict[str, Any] = {}
+        self._direct: tuple[Callable[..., int], Callable[..., np.ndarray | None]] | None = None
         if self.emulator == "native":
             from ttc.runtime import native_program
 
             self._pack = {"pack": native_program.pack_tiles, "pack_matrix": native_program.pack_matrix}
             self._unpack = {"unpack": native_program.unpack_tiles, "unpack_matrix": native_program.unpack_matrix}
+            self._direct = (native_program.write_tensor, native_program.read_tensor)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -328,7 +331,7 @@ def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
     """Device values (float32 or int32) -> the host result's element type (float32, ints or bool)."""
     element = ttype.element_type
     if element.is_float:
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=False)  # the array is the read's own
     if element.name == "i1":
         return array != 0
     if array.dtype.kind == "f":
@@ -456,16 +459,34 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, pad to tiles, tilize,
     convert to the buffer's format)."""
-    host, buffer = np.asarray(values[op.operands[0]]), ex.buffer(values, op.operands[1])
-    perm, split = op.attributes.get("perm"), op.attributes.get("split")
+    source, target, perm, split = _transfer(ex, op)
+    host, buffer = np.asarray(values[source]), ex.buffer(values, target)
     if split is not None:
-        host = host.reshape(tuple(split))
+        host = host.reshape(split)
     if perm is not None:
-        host = host.transpose(tuple(perm))
-    pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
-                            buffer.tensor_layout, **ex._pack)
+        host = host.transpose(perm)
+    host = host.reshape(buffer.type.shape)
+    if ex._direct is not None:  # native: packed straight into the buffer's pages
+        written = ex._direct[0](buffer.memory, buffer.alloc, host, buffer.type.element_type, buffer.tensor_layout)
+        if written:
+            ex.transfers["to_device"] += written
+            return
+    pages = tensor_to_pages(host, buffer.type.element_type, buffer.tensor_layout, **ex._pack)
     buffer.write(pages)
     ex.transfers["to_device"] += int(pages.nbytes)
+
+
+def _transfer(ex: Executor, op: Operation) -> tuple[Value, Value | None, tuple[int, ...] | None,
+                                                      tuple[int, ...] | None]:
+    """A write_buffer's or read_buffer's operands and reshapes, looked up once per op: (source, target or None,
+    perm, split)."""
+    known = ex._transfer_ops.get(op)
+    if known is None:
+        operands = op.operands
+        perm, split = op.attributes.get("perm"), op.attributes.get("split")
+        known = ex._transfer_ops[op] = (operands[0], operands[1] if len(operands) > 1 else None,
+                                        None if perm is None else tuple(perm), None if split is None else tuple(split))
+    return known
 
 
 @host_op(ttmetal.WRITE_CONSTANT.name)
@@ -515,13 +536,21 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
 @host_op(ttmetal.READ_BUFFER.name)
 def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
-    buffer = ex.buffer(values, op.operands[0])
-    pages = buffer.read()
-    ex.transfers["to_host"] += int(pages.nbytes)
-    array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout, **ex._unpack)
-    result = op.results[0].type
-    assert isinstance(result, TensorType)
-    values[op.results[0]] = _to_host(array, result)
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
+    array = None
+    if ex._direct is not None:  # native: unpacked straight from the buffer's pages
+        array = ex._direct[1](buffer.memory, buffer.alloc, buffer.type.shape, buffer.type.element_type,
+                              buffer.tensor_layout)
+    if array is not None:
+        ex.transfers["to_host"] += buffer.alloc.num_pages * buffer.alloc.page_size
+    else:
+        pages = buffer.read()
+        ex.transfers["to_host"] += int(pages.nbytes)
+        array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout,
+                                **ex._unpack)
+    result = op.results[0]
+    assert isinstance(result.type, TensorType)
+    values[result] = _to_host(array, result.type)
 
 
 @dataclass(frozen=True)

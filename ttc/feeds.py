@@ -37,9 +37,18 @@ class InvalidArgument(UserError, ValueError):
 
 def numpy_type_name(dtype: np.dtype) -> str:
     """onnxruntime's spelling of a numpy dtype as a tensor type: float32 -> `tensor(float)`."""
-    if dtype.kind in "OUS":
-        return "tensor(string)"
-    return f"tensor({_NUMPY_TYPE_NAMES.get(dtype.name, dtype.name)})"
+    name = _TYPE_NAME_CACHE.get(dtype)
+    if name is None:
+        if dtype.kind in "OUS":
+            name = "tensor(string)"
+        else:
+            name = f"tensor({_NUMPY_TYPE_NAMES.get(dtype.name, dtype.name)})"
+        if len(_TYPE_NAME_CACHE) < 256:
+            _TYPE_NAME_CACHE[dtype] = name
+    return name
+
+
+_TYPE_NAME_CACHE: dict[np.dtype, str] = {}  # numpy_type_name's answers (dtype.name is slow to build)
 
 
 def onnx_type_name(type_proto: Any) -> str:
