@@ -216,7 +216,17 @@ class Memory:
     def add(self, alloc: Allocation) -> Allocation:
         """Register an allocation made earlier by `allocate` or `allocate_sharded` (and since freed) again: how a
         schedule that runs many times re-creates its buffers without working them out each time."""
-        return self._add(alloc)
+        address, end, starts = alloc.address, alloc.end, self._starts
+        below = bisect.bisect_left(starts, end)  # allocations starting before alloc ends
+        if alloc.is_cb or address % self.alignment or address < self.floor or end > self._data.shape[1] \
+                or address in self.allocations or (below and self.allocations[starts[below - 1]].end > address):
+            return self._add(alloc)  # anything but a well-placed buffer in free space, as `_add` handles it
+        starts.insert(below, address)  # no allocation starts inside [address, end): `below` is its place
+        self.allocations[address] = self._buffers[address] = alloc
+        if alloc.shard is not None:
+            self._sharded[address] = alloc
+        self._sign(alloc)
+        return alloc
 
     def _add(self, alloc: Allocation) -> Allocation:
         if alloc.address % self.alignment or alloc.address < self.floor or alloc.end > self.bank_size:

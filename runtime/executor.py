@@ -144,6 +144,7 @@ class Executor:
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
         self._run_native: Callable[..., ProgramProfile] | None = None
+        self._configured: str | None = None  # the emulator the host transfer paths below were chosen for
         self.configure(emulator if emulator is not None else _defaults["emulator"],
                        threads if threads is not None else _defaults["threads"])
         self._constants: dict[Operation, tuple[Allocation, str]] = {}  # write_constant op -> its allocation, key
@@ -151,6 +152,8 @@ class Executor:
         self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
         self._scalar_names: list[str] | None = None
         self._schedule: list[tuple[Operation, str]] | None = None  # @main's ops and their names
+        self._arg_names: list[str] | None = None  # @main's input and output names
+        self._res_names: list[str] | None = None
         self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
         self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
                                               if op.name == ttmetal.CREATE_BUFFER.name
@@ -170,16 +173,20 @@ class Executor:
             from ttc.runtime.native_program import run_native
 
             self._run_native = run_native
+        if self.emulator == self._configured:
+            return
+        self._configured = self.emulator
         # Host tensors <-> tile pages: in native mode by the native packers (the same bytes), else by formats.py.
         self._pack: dict[str, Any] = {}
         self._unpack: dict[str, Any] = {}
-        self._direct: tuple[Callable[..., int], Callable[..., np.ndarray | None]] | None = None
+        # native: (write_tensor, read_tensor, poison) of native_program, the host paths in native code
+        self._direct: tuple[Callable[..., Any], ...] | None = None
         if self.emulator == "native":
             from ttc.runtime import native_program
 
             self._pack = {"pack": native_program.pack_tiles, "pack_matrix": native_program.pack_matrix}
             self._unpack = {"unpack": native_program.unpack_tiles, "unpack_matrix": native_program.unpack_matrix}
-            self._direct = (native_program.write_tensor, native_program.read_tensor)
+            self._direct = (native_program.write_tensor, native_program.read_tensor, native_program.poison)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -213,7 +220,9 @@ class Executor:
         raise UserError("@main does not end with func.return")
 
     def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        names = [self.main.arg_attrs(i).get("ttir.name", f"arg{i}") for i in range(len(self.main.args))]
+        if self._arg_names is None:
+            self._arg_names = [self.main.arg_attrs(i).get("ttir.name", f"arg{i}") for i in range(len(self.main.args))]
+        names = self._arg_names
         missing = [name for name in names if name not in inputs]
         if missing:
             raise UserError(f"missing input(s) {', '.join(repr(n) for n in missing)} "
@@ -294,8 +303,9 @@ class Executor:
 
     def _outputs(self, op: Operation, values: dict[Value, Any]) -> dict[str, np.ndarray]:
         outputs = {}
-        for i, value in enumerate(op.operands):
-            name = self.main.res_attrs(i).get("ttir.name", f"result{i}")
+        if self._res_names is None:
+            self._res_names = [self.main.res_attrs(i).get("ttir.name", f"result{i}") for i in range(len(op.operands))]
+        for name, value in zip(self._res_names, op.operands, strict=True):
             result = values[value]
             if isinstance(result, DeviceBuffer):
                 raise UserError(f"output '{name}' is a device buffer: the schedule must read_buffer it first")
@@ -421,8 +431,11 @@ def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None
         spec = ex._buffer_specs[op]
     else:  # later runs register the same allocation again
         buffer.memory.add(buffer.alloc)
-    if spec.poisoned:
-        buffer.memory.poison(buffer.alloc)  # constants stay resident between runs; everything else starts unwritten
+    if spec.poisoned:  # constants stay resident between runs; everything else starts unwritten
+        if ex._direct is not None:
+            ex._direct[2](buffer.memory, buffer.alloc)  # the same in one native call
+        else:
+            buffer.memory.poison(buffer.alloc)
     ex._live[buffer.key] = buffer
     values[op.results[0]] = buffer
 

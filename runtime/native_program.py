@@ -613,6 +613,13 @@ def read_tensor(memory: Memory, alloc: Allocation, shape: tuple[int, ...], eleme
     return out.reshape(shape)
 
 
+def poison(memory: Memory, alloc: Allocation) -> None:
+    """`Memory.poison` with the fills and marks in one native call (the same bytes, marks and dirty watches)."""
+    memory.touch(alloc.address, alloc.end)
+    if native.poison(memory._data, memory._marks, alloc.address, alloc.end):
+        memory._marked = True
+
+
 def _tile_target(memory: Memory, alloc: Allocation, shape: tuple[int, ...], element_type: Any,
                  tensor_layout: str) -> tuple[int, int, int] | None:
     """(format code, rows, cols) of a tensor the native host paths move: tile layout, a format of the native packers,

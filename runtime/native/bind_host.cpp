@@ -141,9 +141,32 @@ py::array_t<float> read_matrix(py::array data, py::handle marks, int64_t address
   return out;
 }
 
+// Memory.poison's bytes and marks for [start, end) of every bank (its `touch` stays in Python): the partial
+// blocks at the ends filled with POISON, the whole blocks between them marked. Returns whether it marked any.
+bool poison(py::array data, py::array marks, int64_t start, int64_t end) {
+  Banks m = banks_of(data, marks);
+  if (start < 0 || end < start || end > m.capacity) throw std::invalid_argument("a poisoned range outside its memory");
+  const int64_t first = (start + kPoisonBlock - 1) / kPoisonBlock, last = end / kPoisonBlock;  // whole blocks
+  if (first >= last) {
+    for (int64_t b = 0; b < m.banks; ++b) std::memset(m.data + b * m.capacity + start, kPoison, end - start);
+    return false;
+  }
+  if (last > m.blocks) throw std::invalid_argument("poison marks shorter than the memory");
+  const int64_t head = first * kPoisonBlock - start, tail = end - last * kPoisonBlock;
+  for (int64_t b = 0; b < m.banks; ++b) {
+    uint8_t* bank = m.data + b * m.capacity;
+    if (head) std::memset(bank + start, kPoison, head);
+    if (tail) std::memset(bank + last * kPoisonBlock, kPoison, tail);
+    std::memset(m.marks + b * m.blocks + first, 1, last - first);
+  }
+  return true;
+}
+
 }  // namespace
 
 void register_host(py::module_& m) {
+  m.def("poison", &poison, py::arg("data"), py::arg("marks"), py::arg("start"), py::arg("end"),
+        "Memory.poison's bytes and marks for bytes [start, end) of every bank; returns whether blocks were marked.");
   m.def("write_matrix", &write_matrix, py::arg("values"), py::arg("fmt"), py::arg("data"), py::arg("marks"),
         py::arg("address"), py::arg("num_pages"),
         "float32 [batch, rows, cols] -> the tile pages of the live interleaved buffer at `address` of a memory "
