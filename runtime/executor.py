@@ -530,13 +530,13 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
 @host_op(ttmetal.ENQUEUE_PROGRAM.name)
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
-    plan = ex._plans.get(op)
-    if plan is None:
-        plan = ex._plans[op] = ProgramPlan(op)
     operands = ex._operands.get(op)
     if operands is None:
         operands = ex._operands[op] = op.operands
     addresses = [ex.buffer(values, value).alloc.address for value in operands]
+    plan = ex._plans.get(op)
+    if plan is None:
+        plan = ex._plans[op] = ProgramPlan(op)
     scalars = scalar_args(op, ex.scalars)
     if ex.emulator == "native":
         assert ex._run_native is not None
