@@ -491,8 +491,8 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
 
 def _transfer(ex: Executor, op: Operation) -> tuple[Value, Value | None, tuple[int, ...] | None,
                                                       tuple[int, ...] | None]:
-    """A write_buffer's or read_buffer's operands and reshapes, looked up once per op: (source, target or None,
-    perm, split)."""
+    """A host op's first two operands and a write_buffer's reshapes, looked up once per op: (first operand, second
+    or None, perm, split)."""
     known = ex._transfer_ops.get(op)
     if known is None:
         operands = op.operands
@@ -505,7 +505,7 @@ def _transfer(ex: Executor, op: Operation) -> tuple[Value, Value | None, tuple[i
 @host_op(ttmetal.WRITE_CONSTANT.name)
 def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """A weight, already packed into pages, -> the buffer; skipped when it is still resident."""
-    buffer = ex.buffer(values, op.operands[0])
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
     known = ex._constants.get(op)  # the checks below passed for this allocation on an earlier run
     if known is not None and known[0] is buffer.alloc \
             and buffer.memory.is_clean(known[1], buffer.alloc.address, buffer.alloc.end):
@@ -626,6 +626,6 @@ def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
 
 @host_op(ttmetal.DEALLOCATE.name)
 def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    buffer = ex.buffer(values, op.operands[0])
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
     buffer.memory.free(buffer.alloc.address)
     del ex._live[buffer.key]

@@ -154,7 +154,7 @@ def check_feed(spec: TensorSpec, value: Any, where: str) -> np.ndarray:
         hint = f" (e.g. .astype(np.{spec.dtype.name}))" if spec.dtype is not None else ""
         raise InvalidArgument(f"{where}: data type {given} does not match the model's {spec.type}; feeds are "
                               f"never cast: convert it first{hint}")
-    if spec.shape is None:
+    if spec.shape is None or array.shape == spec.shape:  # (a static shape given exactly: the common case)
         return array
     if array.ndim != len(spec.shape):
         raise InvalidArgument(f"{where}: rank {array.ndim} (shape {list(array.shape)}) does not match the model's "
