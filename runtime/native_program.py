@@ -12,7 +12,12 @@ attributes and register numbers, loops as FOR_BEGIN / FOR_END with trip counts, 
 tables by index. A program's runtime scalars (`scalar_args`) only change runtime argument values: a run whose
 scalars differ from the last one's replaces those values in the encoded program (`substitute_scalars`), without
 encoding it again. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
-once with the GIL released, and turns its result into a profile or a DeviceFault.
+once with the GIL released, and turns its result into a profile or a DeviceFault (the last run's profile again when
+the counts are the same, as they are on every run of a static program).
+
+The executor's host side in native mode is here too: `write_tensor` / `read_tensor` move a host tensor straight
+into / out of a live interleaved buffer's tile pages (no packed copy in between) and `poison` marks a fresh
+buffer, each one native call with the bytes and poison marks of device.py's Python paths.
 
 Left to the interpreter (it runs the program instead): launch faults (a malformed program, a grid larger
 than the device, a CB configuration or L1 overflow fault), and the one case where the interpreter mixes
