@@ -155,3 +155,25 @@ def test_buffers_and_profiles_are_kept_across_runs() -> None:
     assert {op: spec.buffer for op, spec in executor._buffer_specs.items()} == buffers
     assert all(a is b for a, b in zip(compiled.profile, profiles, strict=True))
     assert not executor._live and not executor.device.dram._buffers
+
+
+@pytest.mark.parametrize("disjoint", [True, False])
+def test_touch_marks_exactly_the_watched_ranges_it_meets(disjoint: bool) -> None:
+    """`Memory.touch` (bisection over disjoint watched ranges, else a comparison with all) marks dirty exactly the
+    ranges with start < end' and start' < end, empty ranges and touches included."""
+    rng = np.random.default_rng(5 + disjoint)
+    memory = Memory("DRAM", 8, 1 << 20, 32, grow=True)
+    ranges, at = {}, 0
+    for i in range(40):
+        start = at + int(rng.integers(0, 3)) * 32 if disjoint else int(rng.integers(0, 4000))
+        end = start + int(rng.integers(0, 4)) * 32
+        ranges[f"c{i}"] = (start, end)
+        memory.watch(f"c{i}", start, end)
+        at = end
+    assert (memory._watch_sorted is not None) == disjoint
+    for _ in range(300):
+        start = int(rng.integers(-64, max(at, 4000) + 64))
+        end = start + int(rng.integers(0, 200))
+        memory.dirty = set()
+        memory.touch(start, end)
+        assert memory.dirty == {k for k, (s, e) in ranges.items() if start < e and s < end}, (start, end)
