@@ -646,6 +646,19 @@ def _unmarked(memory: Memory, start: int, end: int) -> None:
 
 
 def _sharded(memory: Memory) -> list[tuple]:
+    """The memory's sharded buffers as run_program takes them; the same list while the same buffers are live (kept
+    on the memory by its signature and the buffers' order)."""
+    key = (memory.signature, tuple(memory._sharded))
+    cache: dict = memory.__dict__.setdefault("_native_sharded", {})
+    out = cache.get(key)
+    if out is None:
+        if len(cache) >= 256:
+            cache.clear()
+        out = cache[key] = _sharded_list(memory)
+    return out
+
+
+def _sharded_list(memory: Memory) -> list[tuple]:
     out = []
     for alloc in memory._sharded.values():
         spec = alloc.shard
