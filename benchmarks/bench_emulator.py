@@ -7,7 +7,7 @@ Per model: programs per inference, native_s and reference_s (warm medians of N r
 written to emulated DRAM, every program executed on its cores, outputs read back), ort_s (warm median of N
 onnxruntime CPU runs with the same thread count, same inputs), native/ort, reference/native, whether the two
 emulators' outputs are byte-identical, the native run's mean time per program, and its overhead per program
-(the run's time outside the native core's run_program calls: host ops, buffers, Python around each program). Then the start-up time of
+(the median over runs of a run's time outside the native core's run_program calls, both taken in the same run: host ops, buffers, Python around each program). Then the start-up time of
 `ttc --version` and of a first `ttc run examples/mlp.onnx` (fresh processes). GPT-2 and BERT need the `models`
 extra for the export; the CNNs are built into the model cache on first use (tests/models/cnn_models.py).
 Wall times vary with the machine; the ratios are the figures to track. With --cpu the medians are CPU times of
@@ -68,9 +68,9 @@ def median(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def native_core_seconds(compiled: ttc.CompiledModel, feeds: dict[str, np.ndarray], repeats: int) -> float:
-    """Median time spent inside the native core's run_program calls over one run (the rest of a run is the
-    Python around it: host ops, buffers, encoding lookups, profiles)."""
+def native_overhead_seconds(compiled: ttc.CompiledModel, feeds: dict[str, np.ndarray], repeats: int) -> float:
+    """Median over runs of a run's time outside the native core's run_program calls (the Python around them: host
+    ops, buffers, encoding lookups, profiles), each run's total and core time taken in the same run."""
     from ttc.runtime import native_program
 
     inner = native_program.native.run_program
@@ -88,8 +88,9 @@ def native_core_seconds(compiled: ttc.CompiledModel, feeds: dict[str, np.ndarray
         samples = []
         for _ in range(repeats):
             spent[0] = 0.0
+            start = CLOCK()
             compiled.run(feeds)
-            samples.append(spent[0])
+            samples.append(CLOCK() - start - spent[0])
         return statistics.median(samples)
     finally:
         native_program.native.run_program = inner
@@ -147,7 +148,7 @@ def main() -> None:
         native = compiled.run(feeds, emulator="native", threads=args.threads)
         programs = len(compiled.profile)
         native_s = median(lambda c=compiled, f=feeds: c.run(f, emulator="native"), args.repeats)
-        overhead = (native_s - native_core_seconds(compiled, feeds, args.repeats)) / programs
+        overhead = native_overhead_seconds(compiled, feeds, args.repeats) / programs
         reference_s, same = None, None
         if not args.no_reference:
             reference = compiled.run(feeds, emulator="reference")

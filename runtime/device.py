@@ -83,7 +83,7 @@ class Allocation:
     is_cb: bool = False
     shard: ShardSpec | None = None
 
-    @property
+    @functools.cached_property
     def end(self) -> int:
         return self.address + self.size
 
@@ -135,6 +135,7 @@ class Memory:
         # eager fill would have left.
         self._marks = np.zeros((banks, self._data.shape[1] // POISON_BLOCK), dtype=np.uint8)
         self._marked = False  # some mark may be set
+        self._block_view: tuple[np.ndarray | None, np.ndarray | None] = (None, None)  # data, `_blocks` of it
         self.allocations: dict[int, Allocation] = {}
         self._starts: list[int] = []  # sorted addresses of all allocations (CBs too), for overlap checks
         self._table: tuple[np.ndarray, ...] = ()
@@ -150,6 +151,7 @@ class Memory:
         self._watch_ranges = np.zeros((0, 2), dtype=np.int64)
         self._watch_low = self._watch_high = 0  # the watched ranges lie inside [low, high)
         self._watch_keys: list[str] = []
+        self._watch_sorted: tuple[list[int], list[int], list[str]] | None = None  # see `watch`
         self.dirty: set[str] = set()
 
     @property
@@ -166,12 +168,20 @@ class Memory:
         lo, hi = start // POISON_BLOCK, -(-end // POISON_BLOCK)
         marks = self._marks[:, lo:hi]
         if marks.any():
-            blocks = np.lib.stride_tricks.as_strided(  # [banks, blocks, POISON_BLOCK], any capacity
-                self._data, (self.banks, self._marks.shape[1], POISON_BLOCK), (self._data.strides[0], POISON_BLOCK, 1))
-            blocks[:, lo:hi][marks.view(bool)] = POISON
+            self._blocks()[:, lo:hi][marks.view(bool)] = POISON
             marks[...] = 0
         if lo == 0 and hi >= self._marks.shape[1]:
             self._marked = False
+
+    def _blocks(self) -> np.ndarray:
+        """The bytes as POISON_BLOCK blocks [banks, blocks, POISON_BLOCK] (a view, made once per data array)."""
+        data, blocks = self._block_view
+        if data is not self._data:
+            data = self._data
+            blocks = np.lib.stride_tricks.as_strided(  # any capacity
+                data, (self.banks, self._marks.shape[1], POISON_BLOCK), (data.strides[0], POISON_BLOCK, 1))
+            self._block_view = (data, blocks)
+        return blocks
 
     # -- allocation table ---------------------------------------------------------------------
 
@@ -206,7 +216,17 @@ class Memory:
     def add(self, alloc: Allocation) -> Allocation:
         """Register an allocation made earlier by `allocate` or `allocate_sharded` (and since freed) again: how a
         schedule that runs many times re-creates its buffers without working them out each time."""
-        return self._add(alloc)
+        address, end, starts = alloc.address, alloc.end, self._starts
+        below = bisect.bisect_left(starts, end)  # allocations starting before alloc ends
+        if alloc.is_cb or address % self.alignment or address < self.floor or end > self._data.shape[1] \
+                or address in self.allocations or (below and self.allocations[starts[below - 1]].end > address):
+            return self._add(alloc)  # anything but a well-placed buffer in free space, as `_add` handles it
+        starts.insert(below, address)  # no allocation starts inside [address, end): `below` is its place
+        self.allocations[address] = self._buffers[address] = alloc
+        if alloc.shard is not None:
+            self._sharded[address] = alloc
+        self._sign(alloc)
+        return alloc
 
     def _add(self, alloc: Allocation) -> Allocation:
         if alloc.address % self.alignment or alloc.address < self.floor or alloc.end > self.bank_size:
@@ -483,10 +503,22 @@ class Memory:
         self._watch_ranges = np.array(list(self._watch.values()), dtype=np.int64).reshape(-1, 2)
         self._watch_low = int(self._watch_ranges[:, 0].min())
         self._watch_high = int(self._watch_ranges[:, 1].max())
+        # Disjoint ranges (constants at distinct places, the usual case) sorted by start are sorted by end too:
+        # `touch` then finds the ranges it meets by bisection instead of comparing with all of them.
+        ordered = sorted((range_start, range_end, name) for name, (range_start, range_end) in self._watch.items())
+        disjoint = all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))
+        self._watch_sorted = ([r[0] for r in ordered], [r[1] for r in ordered], [r[2] for r in ordered]) \
+            if disjoint else None
 
     def touch(self, start: int, end: int) -> None:
         """Bytes [start, end) of some bank may change: every watched range they meet is dirty."""
         if not self._watch or end <= self._watch_low or start >= self._watch_high:
+            return
+        if self._watch_sorted is not None:
+            starts, ends, names = self._watch_sorted
+            first, last = bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)
+            if first < last:  # the ranges ending after `start` and starting before `end`
+                self.dirty.update(names[first:last])
             return
         hit = (start < self._watch_ranges[:, 1]) & (self._watch_ranges[:, 0] < end)
         if hit.any():

@@ -22,6 +22,7 @@ the module must not change while an executor runs it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,11 +51,11 @@ class DeviceBuffer:
     memory: Memory
     alloc: Allocation
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, int]:
         return self.memory.name, self.alloc.address
 
-    @property
+    @functools.cached_property
     def tensor_layout(self) -> str:
         return str(self.layout.tensor_layout)
 
@@ -137,16 +138,22 @@ class Executor:
         self.profile: list[ProgramProfile] = []
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
+        self._operands: dict[Operation, tuple[Value, ...]] = {}  # enqueue_program op -> its buffer operands
+        self._transfer_ops: dict[Operation, tuple] = {}  # write_buffer / read_buffer op -> `_transfer`
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
         self._run_native: Callable[..., ProgramProfile] | None = None
+        self._configured: str | None = None  # the emulator the host transfer paths below were chosen for
         self.configure(emulator if emulator is not None else _defaults["emulator"],
                        threads if threads is not None else _defaults["threads"])
         self._constants: dict[Operation, tuple[Allocation, str]] = {}  # write_constant op -> its allocation, key
         self._host_models: dict[Operation, HostModel] = {}  # host_compute op -> its evaluator (kept across runs)
         self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
         self._scalar_names: list[str] | None = None
+        self._schedule: list[tuple[Operation, str]] | None = None  # @main's ops and their names
+        self._arg_names: list[str] | None = None  # @main's input and output names
+        self._res_names: list[str] | None = None
         self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
         self._states: dict[str, Operation] = {op.attributes[ttmetal.STATE_ATTR]: op for op in self.main.body.ops
                                               if op.name == ttmetal.CREATE_BUFFER.name
@@ -166,14 +173,20 @@ class Executor:
             from ttc.runtime.native_program import run_native
 
             self._run_native = run_native
+        if self.emulator == self._configured:
+            return
+        self._configured = self.emulator
         # Host tensors <-> tile pages: in native mode by the native packers (the same bytes), else by formats.py.
         self._pack: dict[str, Any] = {}
         self._unpack: dict[str, Any] = {}
+        # native: (write_tensor, read_tensor, poison) of native_program, the host paths in native code
+        self._direct: tuple[Callable[..., Any], ...] | None = None
         if self.emulator == "native":
             from ttc.runtime import native_program
 
             self._pack = {"pack": native_program.pack_tiles, "pack_matrix": native_program.pack_matrix}
             self._unpack = {"unpack": native_program.unpack_tiles, "unpack_matrix": native_program.unpack_matrix}
+            self._direct = (native_program.write_tensor, native_program.read_tensor, native_program.poison)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -182,29 +195,34 @@ class Executor:
         """Run @main on host inputs named by "ttir.name"; returns the named outputs. `on_program` is called
         after every device program (a progress bar's step); `scalars` gives the runtime scalars."""
         values: dict[Value, Any] = dict(zip(self.main.args, self._inputs(inputs), strict=True))
-        self.scalars = self._scalars(scalars or {})
+        self.scalars = self._scalars(scalars or {}) if scalars or self._scalar_names != [] else {}
         self.profile = []
         self.transfers = {"to_device": 0, "to_host": 0}
+        if self._schedule is None:
+            self._schedule = [(op, op.name) for op in self.main.body.ops]
+        program = ttmetal.ENQUEUE_PROGRAM.name
         try:
-            for op in self.main.body.ops:
-                if op.name == RETURN_OP:
-                    return self._outputs(op, values)
-                run = HOST_OPS.get(op.name)
+            for op, name in self._schedule:
+                run = HOST_OPS.get(name)  # looked up each time: tests hook handlers in and out
                 if run is None:
-                    raise UserError(f"cannot execute '{op.name}' in @main: the host schedule holds only "
+                    if name == RETURN_OP:
+                        return self._outputs(op, values)
+                    raise UserError(f"cannot execute '{name}' in @main: the host schedule holds only "
                                     f"{', '.join(sorted(HOST_OPS))} and func.return")
                 try:
                     run(self, op, values)
                 except Fault as fault:
                     raise _host_fault(fault, op) from None
-                if on_program is not None and op.name == ttmetal.ENQUEUE_PROGRAM.name:
+                if on_program is not None and name == program:
                     on_program()
         finally:
             self._free_all()
         raise UserError("@main does not end with func.return")
 
     def _inputs(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        names = [self.main.arg_attrs(i).get("ttir.name", f"arg{i}") for i in range(len(self.main.args))]
+        if self._arg_names is None:
+            self._arg_names = [self.main.arg_attrs(i).get("ttir.name", f"arg{i}") for i in range(len(self.main.args))]
+        names = self._arg_names
         missing = [name for name in names if name not in inputs]
         if missing:
             raise UserError(f"missing input(s) {', '.join(repr(n) for n in missing)} "
@@ -285,8 +303,9 @@ class Executor:
 
     def _outputs(self, op: Operation, values: dict[Value, Any]) -> dict[str, np.ndarray]:
         outputs = {}
-        for i, value in enumerate(op.operands):
-            name = self.main.res_attrs(i).get("ttir.name", f"result{i}")
+        if self._res_names is None:
+            self._res_names = [self.main.res_attrs(i).get("ttir.name", f"result{i}") for i in range(len(op.operands))]
+        for name, value in zip(self._res_names, op.operands, strict=True):
             result = values[value]
             if isinstance(result, DeviceBuffer):
                 raise UserError(f"output '{name}' is a device buffer: the schedule must read_buffer it first")
@@ -322,7 +341,7 @@ def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
     """Device values (float32 or int32) -> the host result's element type (float32, ints or bool)."""
     element = ttype.element_type
     if element.is_float:
-        return array.astype(np.float32)
+        return array.astype(np.float32, copy=False)  # the array is the read's own
     if element.name == "i1":
         return array != 0
     if array.dtype.kind == "f":
@@ -349,6 +368,12 @@ class BufferSpec:
     constant: bool  # a write_constant fills it (else it is poisoned)
     alloc: Allocation | None = None  # what the first run allocated, registered again by later runs
     state: bool = False  # a device state: its contents persist across runs (never poisoned)
+    buffer: DeviceBuffer | None = None  # the live buffer of `alloc`, the same object every run
+
+    @property
+    def poisoned(self) -> bool:
+        """A fresh buffer of every run starts as POISON bytes (neither a constant nor a state)."""
+        return not self.constant and not self.state
 
 
 def buffer_spec(ex: Executor, op: Operation) -> BufferSpec:
@@ -399,23 +424,38 @@ def state_spec(ex: Executor, op: Operation) -> BufferSpec:
 @host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
+    spec = ex._buffer_specs.get(op)
+    buffer = spec.buffer if spec is not None else None
+    if buffer is None:  # the first run (or a state `write_state` allocated): work the buffer out
+        buffer = _new_buffer(ex, op)
+        spec = ex._buffer_specs[op]
+    else:  # later runs register the same allocation again
+        buffer.memory.add(buffer.alloc)
+    if spec.poisoned:  # constants stay resident between runs; everything else starts unwritten
+        if ex._direct is not None:
+            ex._direct[2](buffer.memory, buffer.alloc)  # the same in one native call
+        else:
+            buffer.memory.poison(buffer.alloc)
+    ex._live[buffer.key] = buffer
+    values[op.results[0]] = buffer
+
+
+def _new_buffer(ex: Executor, op: Operation) -> DeviceBuffer:
+    """The buffer of a create_buffer op, allocated (or its earlier allocation registered again), kept in its spec
+    with the DeviceBuffer that later runs reuse."""
     spec = state_spec(ex, op) if ttmetal.STATE_ATTR in op.attributes else ex._buffer_specs.get(op)
     if spec is None:
         spec = ex._buffer_specs[op] = buffer_spec(ex, op)
     memory = spec.memory
     if spec.alloc is not None:
         alloc = memory.add(spec.alloc)
+    elif spec.shard is None:
+        alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
     else:
-        if spec.shard is None:
-            alloc = memory.allocate(spec.address, spec.page_size, spec.pages, spec.label)
-        else:
-            alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
-        ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc)
-    if not spec.constant and not spec.state:
-        memory.poison(alloc)  # constants stay resident between runs; everything else starts unwritten
+        alloc = memory.allocate_sharded(spec.address, spec.page_size, spec.pages, spec.shard, spec.label)
     buffer = DeviceBuffer(spec.type, spec.layout, memory, alloc)
-    ex._live[buffer.key] = buffer
-    values[op.results[0]] = buffer
+    ex._buffer_specs[op] = dataclasses.replace(spec, alloc=alloc, buffer=buffer)
+    return buffer
 
 
 def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec:
@@ -432,22 +472,40 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, pad to tiles, tilize,
     convert to the buffer's format)."""
-    host, buffer = np.asarray(values[op.operands[0]]), ex.buffer(values, op.operands[1])
-    perm, split = op.attributes.get("perm"), op.attributes.get("split")
+    source, target, perm, split = _transfer(ex, op)
+    host, buffer = np.asarray(values[source]), ex.buffer(values, target)
     if split is not None:
-        host = host.reshape(tuple(split))
+        host = host.reshape(split)
     if perm is not None:
-        host = host.transpose(tuple(perm))
-    pages = tensor_to_pages(host.reshape(buffer.type.shape), buffer.type.element_type,
-                            buffer.tensor_layout, **ex._pack)
+        host = host.transpose(perm)
+    host = host.reshape(buffer.type.shape)
+    if ex._direct is not None:  # native: packed straight into the buffer's pages
+        written = ex._direct[0](buffer.memory, buffer.alloc, host, buffer.type.element_type, buffer.tensor_layout)
+        if written:
+            ex.transfers["to_device"] += written
+            return
+    pages = tensor_to_pages(host, buffer.type.element_type, buffer.tensor_layout, **ex._pack)
     buffer.write(pages)
     ex.transfers["to_device"] += int(pages.nbytes)
+
+
+def _transfer(ex: Executor, op: Operation) -> tuple[Value, Value | None, tuple[int, ...] | None,
+                                                      tuple[int, ...] | None]:
+    """A host op's first two operands and a write_buffer's reshapes, looked up once per op: (first operand, second
+    or None, perm, split)."""
+    known = ex._transfer_ops.get(op)
+    if known is None:
+        operands = op.operands
+        perm, split = op.attributes.get("perm"), op.attributes.get("split")
+        known = ex._transfer_ops[op] = (operands[0], operands[1] if len(operands) > 1 else None,
+                                        None if perm is None else tuple(perm), None if split is None else tuple(split))
+    return known
 
 
 @host_op(ttmetal.WRITE_CONSTANT.name)
 def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """A weight, already packed into pages, -> the buffer; skipped when it is still resident."""
-    buffer = ex.buffer(values, op.operands[0])
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
     known = ex._constants.get(op)  # the checks below passed for this allocation on an earlier run
     if known is not None and known[0] is buffer.alloc \
             and buffer.memory.is_clean(known[1], buffer.alloc.address, buffer.alloc.end):
@@ -472,7 +530,10 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
 @host_op(ttmetal.ENQUEUE_PROGRAM.name)
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
-    addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
+    operands = ex._operands.get(op)
+    if operands is None:
+        operands = ex._operands[op] = op.operands
+    addresses = [ex.buffer(values, value).alloc.address for value in operands]
     plan = ex._plans.get(op)
     if plan is None:
         plan = ex._plans[op] = ProgramPlan(op)
@@ -488,13 +549,21 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
 @host_op(ttmetal.READ_BUFFER.name)
 def read_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Buffer pages -> host tensor of the logical shape (untilize, crop, convert)."""
-    buffer = ex.buffer(values, op.operands[0])
-    pages = buffer.read()
-    ex.transfers["to_host"] += int(pages.nbytes)
-    array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout, **ex._unpack)
-    result = op.results[0].type
-    assert isinstance(result, TensorType)
-    values[op.results[0]] = _to_host(array, result)
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
+    array = None
+    if ex._direct is not None:  # native: unpacked straight from the buffer's pages
+        array = ex._direct[1](buffer.memory, buffer.alloc, buffer.type.shape, buffer.type.element_type,
+                              buffer.tensor_layout)
+    if array is not None:
+        ex.transfers["to_host"] += buffer.alloc.num_pages * buffer.alloc.page_size
+    else:
+        pages = buffer.read()
+        ex.transfers["to_host"] += int(pages.nbytes)
+        array = pages_to_tensor(pages, buffer.type.shape, buffer.type.element_type, buffer.tensor_layout,
+                                **ex._unpack)
+    result = op.results[0]
+    assert isinstance(result.type, TensorType)
+    values[result] = _to_host(array, result.type)
 
 
 @dataclass(frozen=True)
@@ -557,6 +626,6 @@ def empty_tensor(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
 
 @host_op(ttmetal.DEALLOCATE.name)
 def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    buffer = ex.buffer(values, op.operands[0])
+    buffer = ex.buffer(values, _transfer(ex, op)[0])
     buffer.memory.free(buffer.alloc.address)
     del ex._live[buffer.key]

@@ -29,11 +29,19 @@ _ROW_MAJOR_DTYPES = {DataFormat.FLOAT32: "<f4", DataFormat.BFLOAT16: "<u2", Data
 def data_format(element_type: ScalarType | str) -> DataFormat:
     """The device data format of an element type (f32, bf16, f16, bfp8_b, bfp4_b, i32)."""
     name = element_type.name if isinstance(element_type, ScalarType) else str(element_type)
+    fmt = _FORMATS.get(name)
+    if fmt is not None:
+        return fmt
     try:
-        return DataFormat.parse(name)
+        fmt = DataFormat.parse(name)
     except ValueError:
         raise ValueError(f"'{name}' is not a device data format "
                          f"(one of {', '.join(f.value for f in DataFormat)})") from None
+    _FORMATS[name] = fmt
+    return fmt
+
+
+_FORMATS: dict[str, DataFormat] = {}  # data_format's answers by element type name
 
 
 def _matrix_shape(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int, int]:

@@ -12,7 +12,12 @@ attributes and register numbers, loops as FOR_BEGIN / FOR_END with trip counts, 
 tables by index. A program's runtime scalars (`scalar_args`) only change runtime argument values: a run whose
 scalars differ from the last one's replaces those values in the encoded program (`substitute_scalars`), without
 encoding it again. A run reserves the CBs in L1 (as the interpreter's launch does), calls the native core
-once with the GIL released, and turns its result into a profile or a DeviceFault.
+once with the GIL released, and turns its result into a profile or a DeviceFault (the last run's profile again when
+the counts are the same, as they are on every run of a static program).
+
+The executor's host side in native mode is here too: `write_tensor` / `read_tensor` move a host tensor straight
+into / out of a live interleaved buffer's tile pages (no packed copy in between) and `poison` marks a fresh
+buffer, each one native call with the bytes and poison marks of device.py's Python paths.
 
 Left to the interpreter (it runs the program instead): launch faults (a malformed program, a grid larger
 than the device, a CB configuration or L1 overflow fault), and the one case where the interpreter mixes
@@ -38,10 +43,11 @@ from ttc.runtime import formats, numerics
 from ttc.runtime.accounting import ProgramProfile, cb_formats, profile_of, tile_count
 from ttc.runtime.compute import F16_OVERFLOW, HALF_DST, dst_format_of
 from ttc.runtime.dataflow import _format_of
-from ttc.runtime.device import Device, Fault, Memory
+from ttc.runtime.device import POISON_BLOCK, Allocation, Device, Fault, Memory
 from ttc.runtime.formats import DataFormat
 from ttc.runtime.handlers import Blocked
 from ttc.runtime.interpreter import KERNELS, Program, ProgramPlan
+from ttc.runtime.layout import data_format
 from ttc.runtime.native_core import native
 
 WIDTH: int = native.PROGRAM_WIDTH
@@ -63,6 +69,7 @@ BCASTS = ("none", "row", "col", "scalar")
 BINARY_OPS = ("add", "sub", "mul")
 
 _ATTR = "_native_encodings"  # the plan's attribute holding its encodings (one per device descriptor)
+_LAST = "_native_last"  # the plan's attribute holding the (device descriptor, encoding) it ran last
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,14 +487,16 @@ def _launch_ok(op: Operation, device: Device) -> bool:
 
 def encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
     """The program's encoding for this device (built once per plan and device descriptor)."""
+    last = plan.__dict__.get(_LAST)
+    if last is not None and last[0] is device.desc:
+        return last[1]
     cache = plan.__dict__.setdefault(_ATTR, {})
     key = id(device.desc)
     cached = cache.get(key)
-    if cached is not None and cached[0] is device.desc:
-        return cached[1]
-    encoding = _encode(plan, op, device)
-    cache[key] = (device.desc, encoding)
-    return encoding
+    if cached is None or cached[0] is not device.desc:
+        cached = cache[key] = (device.desc, _encode(plan, op, device))
+    plan.__dict__[_LAST] = cached
+    return cached[1]
 
 
 def _encode(plan: ProgramPlan, op: Operation, device: Device) -> Encoding:
@@ -572,7 +581,84 @@ def unpack_matrix(pages: np.ndarray, fmt: DataFormat, batch: int, rows: int, col
     return native.unpack_matrix(np.ascontiguousarray(pages), FORMAT_CODES[fmt], batch, rows, cols)
 
 
+def write_tensor(memory: Memory, alloc: Allocation, host: np.ndarray, element_type: Any, tensor_layout: str) -> int:
+    """A host tensor of the buffer's logical shape -> the pages of the live interleaved buffer `alloc`, packed by the
+    native core straight into the memory: the bytes (and poison marks) of `tensor_to_pages` then
+    `Memory.write_buffer`. Returns the bytes written, or 0 when the tensor is not one of the float tile formats
+    of the native packers in such a buffer (the caller takes the Python path then)."""
+    target = _tile_target(memory, alloc, np.shape(host), element_type, tensor_layout)
+    if target is None:
+        return 0
+    code, rows, cols = target
+    values = np.ascontiguousarray(host, dtype=np.float32).reshape(-1, rows, cols)
+    marked = memory._marked
+    native.write_matrix(values, code, memory._data, memory._marks if marked else None, alloc.address,
+                        alloc.num_pages)
+    region_end = alloc.address + -(-alloc.num_pages // memory.banks) * alloc.page_size
+    if marked:
+        _unmarked(memory, alloc.address, region_end)
+    memory.touch(alloc.address, region_end)
+    return alloc.num_pages * alloc.page_size
+
+
+def read_tensor(memory: Memory, alloc: Allocation, shape: tuple[int, ...], element_type: Any,
+                tensor_layout: str) -> np.ndarray | None:
+    """The live interleaved buffer `alloc` as a float32 host tensor of `shape`, unpacked by the native core straight
+    from the memory (`Memory.read_buffer` then `pages_to_tensor`); None when `write_tensor` would not write it."""
+    target = _tile_target(memory, alloc, shape, element_type, tensor_layout)
+    if target is None:
+        return None
+    code, rows, cols = target
+    marked = memory._marked
+    batch = alloc.num_pages // (-(-rows // formats.TILE) * -(-cols // formats.TILE))
+    out = native.read_matrix(memory._data, memory._marks if marked else None, alloc.address, alloc.num_pages, code,
+                             batch, rows, cols)
+    if marked:
+        _unmarked(memory, alloc.address, alloc.address + -(-alloc.num_pages // memory.banks) * alloc.page_size)
+    return out.reshape(shape)
+
+
+def poison(memory: Memory, alloc: Allocation) -> None:
+    """`Memory.poison` with the fills and marks in one native call (the same bytes, marks and dirty watches)."""
+    memory.touch(alloc.address, alloc.end)
+    if native.poison(memory._data, memory._marks, alloc.address, alloc.end):
+        memory._marked = True
+
+
+def _tile_target(memory: Memory, alloc: Allocation, shape: tuple[int, ...], element_type: Any,
+                 tensor_layout: str) -> tuple[int, int, int] | None:
+    """(format code, rows, cols) of a tensor the native host paths move: tile layout, a format of the native packers,
+    a live interleaved buffer of that format's tiles with at least one page."""
+    if tensor_layout != "tile" or alloc.shard is not None or not alloc.num_pages \
+            or memory.allocations.get(alloc.address) is not alloc:
+        return None
+    fmt = data_format(element_type)
+    if fmt not in _NATIVE_CODEC_FORMATS or alloc.page_size != fmt.tile_bytes:
+        return None
+    rows, cols = (1, 1) if not shape else (1, shape[0]) if len(shape) == 1 else shape[-2:]
+    return FORMAT_CODES[fmt], rows, cols
+
+
+def _unmarked(memory: Memory, start: int, end: int) -> None:
+    """After the native core filled the marked blocks of [start, end): what `Memory._materialize` concludes."""
+    if start < POISON_BLOCK and -(-end // POISON_BLOCK) >= memory._marks.shape[1]:
+        memory._marked = False
+
+
 def _sharded(memory: Memory) -> list[tuple]:
+    """The memory's sharded buffers as run_program takes them; the same list while the same buffers are live (kept
+    on the memory by its signature and the buffers' order)."""
+    key = (memory.signature, tuple(memory._sharded))
+    cache: dict = memory.__dict__.setdefault("_native_sharded", {})
+    out = cache.get(key)
+    if out is None:
+        if len(cache) >= 256:
+            cache.clear()
+        out = cache[key] = _sharded_list(memory)
+    return out
+
+
+def _sharded_list(memory: Memory) -> list[tuple]:
     out = []
     for alloc in memory._sharded.values():
         spec = alloc.shard
@@ -583,10 +669,7 @@ def _sharded(memory: Memory) -> list[tuple]:
 
 
 _NO_WATCH = np.zeros(0, dtype=np.int64)
-
-
-def _watch(memory: Memory) -> np.ndarray:
-    return memory._watch_ranges if memory._watch else _NO_WATCH
+_NO_SHARDS: list[tuple] = []  # never appended to
 
 
 def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], step_budget: int, plan: ProgramPlan,
@@ -599,41 +682,43 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
     op by op, so such a program's result would depend on the order in which cores run.
     """
     encoding = encode(plan, op, device)
-    scalars = scalars or {}
     if encoding.fallback or (encoding.grid_memories
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
-        return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars).run()
+        return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars or {}).run()
     l1, dram = device.l1, device.dram
     # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
     # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
-    if not (l1.only_buffers and l1.signature in encoding.fits_l1):
+    if not (l1.signature in encoding.fits_l1 and l1.only_buffers):
         if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
-            return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars).run()
+            return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars or {}).run()
         if l1.only_buffers:
             if len(encoding.fits_l1) >= 64:
                 encoding.fits_l1.clear()
             encoding.fits_l1.add(l1.signature)
     if scalars or encoding.scalars:
-        substitute_scalars(encoding, scalars)
-    for address, size in encoding.regions:
-        l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
+        substitute_scalars(encoding, scalars or {})
+    if l1._watch:
+        for address, size in encoding.regions:
+            l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
     if races is not None:  # the race check hashes what cores write: every poisoned block filled first
         dram.data, l1.data  # noqa: B018
     fault, counts, dirty, found = native.run_program(
         encoding.program, buffer_addresses, dram._data, l1._data, dram._buffer_table(), l1._buffer_table(),
-        _sharded(dram) if dram._sharded else [], _sharded(l1) if l1._sharded else [], _watch(dram), _watch(l1),
+        _sharded(dram) if dram._sharded else _NO_SHARDS, _sharded(l1) if l1._sharded else _NO_SHARDS,
+        dram._watch_ranges if dram._watch else _NO_WATCH, l1._watch_ranges if l1._watch else _NO_WATCH,
         dram._marks if dram._marked else None, l1._marks if l1._marked else None, step_budget, threads,
         races is not None)
     if races is not None:
         races.extend(found)
-    for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
-        if hits is not None:  # the watched ranges a program's writes met
-            memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
+    if dirty[0] is not None or dirty[1] is not None:
+        for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
+            if hits is not None:  # the watched ranges a program's writes met
+                memory.dirty.update(itertools.compress(memory._watch_keys, hits.tolist()))
     if fault is not None:
         raise _device_fault(encoding, device, op, fault) from None
-    counts = (tuple(counts[0]), *counts[1:])
-    if encoding.last_profile is not None and encoding.last_profile[0] == counts:
-        return encoding.last_profile[1]  # a frozen record: the same counts give the same profile
+    last = encoding.last_profile
+    if last is not None and last[0] == counts:
+        return last[1]  # a frozen record: the same counts give the same profile (a static program's every run)
     profile = profile_of(device.desc, op, native_counts(encoding, counts))
     encoding.last_profile = (counts, profile)
     return profile

@@ -369,8 +369,11 @@ class CompiledModel:
         feeds = check_feeds(specs, feeds)
 
         executor = self.executor(emulator, threads)
-        with progress_bar(int(self.manifest.get("programs", 0)), "run", "program", enabled=progress) as bar:
-            outputs = executor.run(dict(feeds), on_program=bar.advance if progress else None, scalars=scalars)
+        if progress:
+            with progress_bar(int(self.manifest.get("programs", 0)), "run", "program", enabled=progress) as bar:
+                outputs = executor.run(dict(feeds), on_program=bar.advance, scalars=scalars)
+        else:
+            outputs = executor.run(feeds, scalars=scalars)
         result = {}
         for entry in self.manifest["outputs"]:
             value = np.asarray(outputs[entry["name"]])

@@ -37,9 +37,18 @@ class InvalidArgument(UserError, ValueError):
 
 def numpy_type_name(dtype: np.dtype) -> str:
     """onnxruntime's spelling of a numpy dtype as a tensor type: float32 -> `tensor(float)`."""
-    if dtype.kind in "OUS":
-        return "tensor(string)"
-    return f"tensor({_NUMPY_TYPE_NAMES.get(dtype.name, dtype.name)})"
+    name = _TYPE_NAME_CACHE.get(dtype)
+    if name is None:
+        if dtype.kind in "OUS":
+            name = "tensor(string)"
+        else:
+            name = f"tensor({_NUMPY_TYPE_NAMES.get(dtype.name, dtype.name)})"
+        if len(_TYPE_NAME_CACHE) < 256:
+            _TYPE_NAME_CACHE[dtype] = name
+    return name
+
+
+_TYPE_NAME_CACHE: dict[np.dtype, str] = {}  # numpy_type_name's answers (dtype.name is slow to build)
 
 
 def onnx_type_name(type_proto: Any) -> str:
@@ -145,7 +154,7 @@ def check_feed(spec: TensorSpec, value: Any, where: str) -> np.ndarray:
         hint = f" (e.g. .astype(np.{spec.dtype.name}))" if spec.dtype is not None else ""
         raise InvalidArgument(f"{where}: data type {given} does not match the model's {spec.type}; feeds are "
                               f"never cast: convert it first{hint}")
-    if spec.shape is None:
+    if spec.shape is None or array.shape == spec.shape:  # (a static shape given exactly: the common case)
         return array
     if array.ndim != len(spec.shape):
         raise InvalidArgument(f"{where}: rank {array.ndim} (shape {list(array.shape)}) does not match the model's "

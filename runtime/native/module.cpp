@@ -8,6 +8,7 @@ namespace ttc {
 void register_numerics(py::module_& m);
 void register_matmul(py::module_& m);
 void register_program(py::module_& m);
+void register_host(py::module_& m);
 }  // namespace ttc
 
 PYBIND11_MODULE(_native, m) {
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_native, m) {
   ttc::register_numerics(m);
   ttc::register_matmul(m);
   ttc::register_program(m);
+  ttc::register_host(m);
 }

@@ -170,6 +170,20 @@ def test_use_after_free_and_overlapping_buffers() -> None:
         run_schedule(kept)
 
 
+@pytest.mark.parametrize("emulator", ["native", "reference"])
+def test_use_after_free_faults_on_every_run(emulator: str) -> None:
+    """The executor keeps each create_buffer's DeviceBuffer across runs; a buffer deallocated in a run is still not
+    live for a later op of that run on the second run (the same fault, not a stale buffer), and the executor runs
+    a good schedule again after the fault."""
+    weights = {"w": tensor_to_pages(np.zeros((64, 96)), "bf16")}
+    bad = Executor(parse_module(SCHEDULE.replace('%r = "ttmetal.read_buffer"(%y)', '%r = "ttmetal.read_buffer"(%a)')),
+                   weights, emulator=emulator)
+    for _ in range(2):
+        with pytest.raises(DeviceFault, match=r"not a live device buffer(.|\n)*in host op ttmetal\.read_buffer"):
+            bad.run({"x": np.zeros((64, 96))})
+        assert not bad._live and not bad.device.dram._buffers
+
+
 def test_host_op_evaluator_is_built_once_per_executor(monkeypatch: pytest.MonkeyPatch) -> None:
     """A host op's onnx reference evaluator is built on the first run and reused by every later run."""
     import onnx.reference
