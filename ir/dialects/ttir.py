@@ -570,9 +570,10 @@ SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` (a named op: the device ha
                 operands=(Operand("input"),), attributes=(Attr("axis", IntAttr, -1),),
                 traits=PURE, verify=verify_axis_op, fold=_fold_softmax)
 LAYER_NORM = OpDef(
-    "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device)",
+    "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device); "
+    "`rms = true`: RMS norm, x * rsqrt(mean(x^2) + epsilon) * scale (no centring)",
     operands=(Operand("input"), Operand("scale"), Operand("bias", optional=True)),
-    attributes=(Attr("axis", IntAttr, -1), Attr("epsilon", FloatAttr, 1e-05)),
+    attributes=(Attr("axis", IntAttr, -1), Attr("epsilon", FloatAttr, 1e-05), Attr("rms", BoolAttr, False)),
     traits=PURE, verify=verify_layer_norm,
 )
 TRANSPOSE = OpDef("ttir.transpose", "Permute dimensions", operands=(Operand("input"),),
