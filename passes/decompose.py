@@ -355,15 +355,31 @@ class FuseRmsNorm(RewritePattern):
                 continue
             for mean_value, eps_value in (add.operands, add.operands[::-1]):
                 eps = splat_value(eps_value)
-                mean = _single_use(mean_value, ttir.REDUCE_MEAN.name)
-                if eps is None or mean is None or not mean.attr("keepdims"):
+                found = FuseRmsNorm.mean_of(mean_value, x.type.rank, x.type.shape[-1])
+                if eps is None or found is None:
                     continue
-                if [a % x.type.rank for a in mean.attr("axes")] != [x.type.rank - 1]:
-                    continue
-                square = _single_use(mean.operands[0], ttir.MUL.name)
+                square = _single_use(found[-1].operands[0], ttir.MUL.name)  # the reduction's operand
                 if square is not None and square.operands[0] is x and square.operands[1] is x:
-                    return x, float(eps), [scaled, rsqrt, add, mean, square]
+                    return x, float(eps), [scaled, rsqrt, add, *found, square]
         return None
+
+    @staticmethod
+    def mean_of(value: Value, rank: int, n: int) -> list[Operation] | None:
+        """The reduction (then its scale) when `value` is the mean over the last axis with keepdims: a ReduceMean,
+        or (the RMSNormalization op's composition) a sum times 1/N."""
+        scale = None
+        reduction = _single_use(value, ttir.REDUCE_MEAN.name)
+        if reduction is None and (scale := _single_use(value, ttir.MUL.name)) is not None:
+            for summed, factor in (scale.operands, scale.operands[::-1]):
+                number = splat_value(factor)
+                if number is not None and math.isclose(float(number), 1.0 / n, rel_tol=1e-6):
+                    reduction = _single_use(summed, ttir.REDUCE_SUM.name)
+                    break
+        if reduction is None or not reduction.attr("keepdims"):
+            return None
+        if [a % rank for a in reduction.attr("axes")] != [rank - 1]:
+            return None
+        return [scale, reduction] if scale is not None else [reduction]
 
 
 @register_pass

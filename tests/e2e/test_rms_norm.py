@@ -113,3 +113,17 @@ def test_rms_norm_rows_too_long_for_one_core_run_in_two_passes() -> None:
     reads = [op for op in norm.walk() if op.name == "ttkernel.noc_read_tiles"]
     assert norm.attributes["grid"].num_cores == 1 and len(reads) == 3, len(reads)  # x twice, the weight once
     run_both(model, program)
+
+
+def test_onnx_rms_normalization_op_runs_as_one_program() -> None:
+    """ONNX's RMSNormalization (opset 23): the importer's composition (a sum times 1/N) is recognised too."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph([helper.make_node("RMSNormalization", ["x", "w"], ["y"], name="/rms", axis=-1)], "rms",
+                              [helper.make_tensor_value_info("x", F32, [3, 40, 160])],
+                              [helper.make_tensor_value_info("y", F32, None)],
+                              [numpy_helper.from_array((1 + 0.1 * rng.standard_normal(160)).astype(np.float32), "w")])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10), strict_mode=True)
+    program = compiled(model)
+    assert [p.attributes["kind"] for p in programs(program)] == ["layer_norm"]
+    run_both(model, program)
