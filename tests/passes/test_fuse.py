@@ -327,3 +327,22 @@ def test_zoo_models_keep_only_device_contract_ops(name: str, pipeline: str) -> N
     referenced = {op.attributes["value"].name for op in module.walk()
                   if op.name == "ttir.constant" and not isinstance(op.attributes["value"], DenseAttr)}
     assert referenced == set(module.weights)
+
+
+@pytest.mark.parametrize(("residual", "attrs", "error"), [
+    ("tensor<1x2x3xf32>", "residual = true", None),  # the product's tiles, a leading unit dim
+    ("tensor<3x2xf32>", "residual = true", "does not hold the tiles of the result"),
+    ("tensor<2x3xf32>", 'residual_activation = "relu"', "residual_activation without a residual"),
+])
+def test_linear_residual_verifier(residual: str, attrs: str, error: str | None) -> None:
+    from ttc.ir.diagnostics import IRError
+    from ttc.ir.verifier import verify
+
+    text = (f'module {{\nfunc.func @main(%a: tensor<2x4xf32>, %b: tensor<4x3xf32>, %r: {residual}) -> tensor<2x3xf32> {{\n'
+            f'  %0 = "ttir.linear"(%a, %b, %r) {{{attrs}}} : (tensor<2x4xf32>, tensor<4x3xf32>, {residual}) -> '
+            'tensor<2x3xf32>\n  func.return %0 : tensor<2x3xf32>\n}\n}\n')
+    if error is None:
+        verify(parse_module(text))
+        return
+    with pytest.raises(IRError, match=error):
+        verify(parse_module(text))
