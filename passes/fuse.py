@@ -3,8 +3,11 @@
 - Every `ttir.matmul` becomes a `ttir.linear(a, b, bias?) {activation, transpose_b}`: the bias is a
   following `add` of a row ([N] or [1, N], N the last result dim), the activation a following relu,
   gelu, sigmoid or tanh, also behind a reshape (GPT-2's Conv1D views its 2-D product as [1, S, N] before the
-  GELU: the linear takes the activation and the reshape follows it). An op joins only when the value before
-  it has no other use.
+  GELU: the linear takes the activation and the reshape follows it). Then a residual add (a full device tensor
+  of the sum's shape, also behind that reshape) and a relu/gelu/tanh after it join as `residual = true` (the
+  residual its last operand) and `residual_activation`: the epilogue adds the residual's tiles to the packed
+  result as the eltwise program would have (the same bits; `fuse{residual=false}` keeps them apart). An op
+  joins only when the value before it has no other use.
 - Every maximal chain of elementwise ops (a single op too) becomes one `ttir.eltwise(inputs...)`.
   The body's block arguments mirror the inputs (each distinct value once); the body holds the
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
