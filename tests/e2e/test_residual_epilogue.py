@@ -20,8 +20,8 @@ from ttc.runtime.executor import using_emulator
 F32 = TensorProto.FLOAT
 
 
-def compiled(model: onnx.ModelProto, residual: bool, grid: str = "") -> CompiledModel:
-    pipeline = default_pipeline()
+def compiled(model: onnx.ModelProto, residual: bool, grid: str = "", preset: str = "") -> CompiledModel:
+    pipeline = default_pipeline(perf_preset=preset)
     if not residual:
         pipeline = pipeline.replace("fuse,", "fuse{residual=false},")
     if grid:
@@ -42,10 +42,11 @@ def is_multicast(program) -> bool:
     return any(o.name == ttkernel.NOC_MCAST_CB.name for o in program.walk())
 
 
-def check_fused_equals_unfused(model: onnx.ModelProto, residuals: int, grid: str = "", seed: int = 1):
+def check_fused_equals_unfused(model: onnx.ModelProto, residuals: int, grid: str = "", seed: int = 1,
+                               preset: str = ""):
     """Both emulators give the unfused program's bits; the fused model has `residuals` programs fewer."""
     feeds = zoo.random_inputs(model, seed=seed)
-    fused, unfused = compiled(model, True, grid), compiled(model, False, grid)
+    fused, unfused = compiled(model, True, grid, preset), compiled(model, False, grid, preset)
     assert len(residual_programs(fused)) == residuals and not residual_programs(unfused)
     assert len(programs(unfused)) - len(programs(fused)) == residuals
     results = {}
@@ -98,9 +99,12 @@ def test_ragged_n_split_reads_the_residual_up_to_the_edge() -> None:
     assert reads and all(len(op.operands) == 3 for op in reads)  # with the valid columns
 
 
-def test_resnet_block_conv_add_relu_is_one_program() -> None:
-    """conv -> relu (the skip) -> conv -> bn -> relu -> conv -> bn -> add(skip) -> relu: the second convolution's im2col matmul adds the
-    skip and applies the ReLU in its epilogue (odd sizes: padding rows and columns)."""
+@pytest.mark.parametrize("preset", ["", "published"])
+def test_resnet_block_conv_add_relu_is_one_program(preset: str) -> None:
+    """conv -> relu (the skip) -> conv -> bn -> relu -> conv -> bn -> add(skip) -> relu: the last convolution's
+    im2col matmul adds the skip and applies the ReLU in its epilogue (odd sizes: padding rows and columns). With
+    the published preset its result, read only by the next lookup and matmul, is bfp8_b: the value before the
+    add is still packed in bf16, as the unfused linear wrote it."""
     rng = np.random.default_rng(4)
     c = 40
 
@@ -119,10 +123,15 @@ def test_resnet_block_conv_add_relu_is_one_program() -> None:
              helper.make_node("BatchNormalization", ["c2", "bs", "bb", "bm", "bv"], ["n2"], name="/bn2"),
              helper.make_node("Add", ["n2", "x0"], ["s"], name="/add"),
              helper.make_node("Relu", ["s"], ["y"], name="/r2")]
-    fused = check_fused_equals_unfused(graph(nodes, {"x": (1, 3, 11, 11)}, inits, "y"), 1)
+    nodes.append(helper.make_node("Conv", ["y0", "w3"], ["y"], name="/c3"))  # a reader of the sum: a matmul
+    nodes[-2].output[0] = "y0"
+    inits["w3"] = rng.standard_normal((c, c, 1, 1)) * 0.1
+    fused = check_fused_equals_unfused(graph(nodes, {"x": (1, 3, 11, 11)}, inits, "y"), 1, preset=preset)
     linears = [op for op in fused.module.walk() if op.name == ttir.LINEAR.name]
     assert not linears  # (lowered: the program's kernels hold the epilogue)
     (program,) = residual_programs(fused)
     assert "/add" in program.loc.names() and "/r2" in program.loc.names()
     fns = [op.attr("fn") for op in program.walk() if op.name == ttkernel.SFPU_TILES.name]
     assert fns == ["relu"]
+    formats = {c.index: str(c) for c in program.attributes["cbs"]}
+    assert ("bfp8_b" in formats[16]) == (preset == "published") and "bf16" in formats[25], formats
