@@ -135,3 +135,28 @@ def test_resnet_block_conv_add_relu_is_one_program(preset: str) -> None:
     assert fns == ["relu"]
     formats = {c.index: str(c) for c in program.attributes["cbs"]}
     assert ("bfp8_b" in formats[16]) == (preset == "published") and "bf16" in formats[25], formats
+
+
+def test_sharded_residual_counts_as_planned() -> None:
+    """[512 x 384] @ [384 x 512] -> relu (the residual), then its product by [512 x 512] plus itself, relu, and a
+    last product: the residual comes block-sharded; the plan's counts are the executed ones on both emulators."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cost_model_checks import check_model
+
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="/fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="/relu1"),
+             helper.make_node("MatMul", ["r", "w2"], ["p"], name="/fc2"),
+             helper.make_node("Add", ["p", "r"], ["s"], name="/residual"),
+             helper.make_node("Relu", ["s"], ["t"], name="/relu2"),
+             helper.make_node("MatMul", ["t", "w3"], ["y"], name="/fc3")]
+    inits = {"w1": rng.standard_normal((384, 512)) / np.sqrt(384), "w2": rng.standard_normal((512, 512)) / 32,
+             "w3": rng.standard_normal((512, 96)) / 16}
+    model = graph(nodes, {"x": (512, 384)}, inits, "y")
+    assert check_model(model, emulators=("native", "reference")) == 3
+    fused = check_fused_equals_unfused(model, 1)
+    (program,) = residual_programs(fused)
+    assert "sharded" in str(program.operands[2].type)  # a, b, the residual (here r's shards), the result
