@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from cost_model_checks import check_model
 from onnx import TensorProto, helper, numpy_helper
 
 from ttc import zoo
@@ -140,12 +141,6 @@ def test_resnet_block_conv_add_relu_is_one_program(preset: str) -> None:
 def test_sharded_residual_counts_as_planned() -> None:
     """[512 x 384] @ [384 x 512] -> relu (the residual), then its product by [512 x 512] plus itself, relu, and a
     last product: the residual comes block-sharded; the plan's counts are the executed ones on both emulators."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cost_model_checks import check_model
-
     rng = np.random.default_rng(6)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="/fc1"),
              helper.make_node("Relu", ["h"], ["r"], name="/relu1"),
