@@ -18,6 +18,11 @@
 - Mish spelt out, `x * tanh(softplus(x))` (ONNX's function body of Mish), becomes `ttir.mish`: one
   SFPU function, one rounding.
 
+- RMS norm spelt out (Mistral's, Qwen2's and T5's `w * (x * rsqrt(mean(x^2, -1) + eps))`, as
+  `pow(x, 2)` or `x * x`, ReduceMean over the last axis with keepdims, and `1 / sqrt` or rsqrt, the weight
+  on either side) becomes `ttir.layer_norm {rms = true}` with the weight as its scale: the row-op kernels
+  (and the split-row plan) instead of a square, a reduction and an elementwise program.
+
 `ttir.softmax` and `ttir.layer_norm` stay as they are: the device has kernels for both, which beat
 their decompositions (fewer passes over the data, a numerically stable reduction).
 Every op created here carries the location of the op it replaces.
@@ -303,10 +308,84 @@ class FuseMish(RewritePattern):
         return rewriter.notify_match_failure(op, "not x * tanh(softplus(x))")
 
 
+# ----------------------------------------------------------------------------------------------
+# RMS norm
+
+
+def _single_use(value: Value, name: str) -> Operation | None:
+    op = defining_op(value, name)
+    return op if op is not None and len(value.uses) == 1 else None
+
+
+class FuseRmsNorm(RewritePattern):
+    """w * (x * rsqrt(reduce_mean(x * x, last axis, keepdims) + eps)) -> layer_norm(x, w) {rms = true}, for a
+    float x and a weight w of shape [N] (N the last dim); the intermediate values have no other use."""
+
+    root = ttir.MUL.name
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        for w, y in (op.operands, op.operands[::-1]):
+            matched = self.normalised(y)
+            if matched is None or not isinstance(w.type, TensorType) or op.result.type != y.type:
+                continue
+            x, eps, members = matched
+            if w.type.shape != (x.type.shape[-1],) or w.type.element_type != x.type.element_type:
+                continue
+            block = op.parent
+            assert block is not None
+            loc = fuse_locations(*(m.loc for m in sorted([*members, op], key=block.index_of)))
+            norm = rewriter.create_before(op, ttir.LAYER_NORM.name, [x, w], [op.result.type],
+                                          {"axis": x.type.rank - 1, "epsilon": eps, "rms": True}, loc=loc)
+            rewriter.replace_op(op, [norm.result])
+            for member in members:  # users first
+                rewriter.erase_op(member)
+            return True
+        return rewriter.notify_match_failure(op, "not w * (x * rsqrt(mean(x^2) + eps))")
+
+    @staticmethod
+    def normalised(y: Value) -> tuple[Value, float, list[Operation]] | None:
+        """(x, eps, the matched ops from y's back to the square) when y = x * rsqrt(mean(x * x) + eps)."""
+        scaled = _single_use(y, ttir.MUL.name)
+        if scaled is None:
+            return None
+        for x, r in (scaled.operands, scaled.operands[::-1]):
+            rsqrt = _single_use(r, ttir.RSQRT.name)
+            add = _single_use(rsqrt.operands[0], ttir.ADD.name) if rsqrt is not None else None
+            if add is None or not is_float(x) or x.type != y.type or x.type.rank < 1:
+                continue
+            for mean_value, eps_value in (add.operands, add.operands[::-1]):
+                eps = splat_value(eps_value)
+                found = FuseRmsNorm.mean_of(mean_value, x.type.rank, x.type.shape[-1])
+                if eps is None or found is None:
+                    continue
+                square = _single_use(found[-1].operands[0], ttir.MUL.name)  # the reduction's operand
+                if square is not None and square.operands[0] is x and square.operands[1] is x:
+                    return x, float(eps), [scaled, rsqrt, add, *found, square]
+        return None
+
+    @staticmethod
+    def mean_of(value: Value, rank: int, n: int) -> list[Operation] | None:
+        """The reduction (then its scale) when `value` is the mean over the last axis with keepdims: a ReduceMean,
+        or (the RMSNormalization op's composition) a sum times 1/N."""
+        scale = None
+        reduction = _single_use(value, ttir.REDUCE_MEAN.name)
+        if reduction is None and (scale := _single_use(value, ttir.MUL.name)) is not None:
+            for summed, factor in (scale.operands, scale.operands[::-1]):
+                number = splat_value(factor)
+                if number is not None and math.isclose(float(number), 1.0 / n, rel_tol=1e-6):
+                    reduction = _single_use(summed, ttir.REDUCE_SUM.name)
+                    break
+        if reduction is None or not reduction.attr("keepdims"):
+            return None
+        if [a % rank for a in reduction.attr("axes")] != [rank - 1]:
+            return None
+        return [scale, reduction] if scale is not None else [reduction]
+
+
 @register_pass
 @dataclass
 class Decompose(Pass):
-    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU and Mish."""
+    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU, Mish and RMS norm."""
 
     name = "decompose"
     keep_gemm: bool = False
@@ -317,3 +396,4 @@ class Decompose(Pass):
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())
         apply_patterns_greedily(module, patterns)
+        apply_patterns_greedily(module, [FuseRmsNorm()])  # on the squares and rsqrts made above

@@ -3,8 +3,11 @@
 - Every `ttir.matmul` becomes a `ttir.linear(a, b, bias?) {activation, transpose_b}`: the bias is a
   following `add` of a row ([N] or [1, N], N the last result dim), the activation a following relu,
   gelu, sigmoid or tanh, also behind a reshape (GPT-2's Conv1D views its 2-D product as [1, S, N] before the
-  GELU: the linear takes the activation and the reshape follows it). An op joins only when the value before
-  it has no other use.
+  GELU: the linear takes the activation and the reshape follows it). Then a residual add (a full device tensor
+  of the sum's shape, also behind that reshape) and a relu/gelu/tanh after it join as `residual = true` (the
+  residual its last operand) and `residual_activation`: the epilogue adds the residual's tiles to the packed
+  result as the eltwise program would have (the same bits; `fuse{residual=false}` keeps them apart). An op
+  joins only when the value before it has no other use.
 - Every maximal chain of elementwise ops (a single op too) becomes one `ttir.eltwise(inputs...)`.
   The body's block arguments mirror the inputs (each distinct value once); the body holds the
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
@@ -77,51 +80,85 @@ def is_bias_row(value: Value, result: TensorType) -> bool:
     return value.type.shape in ((n,), (1, n))
 
 
+RESIDUAL_ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "tanh"})  # f(0) = 0: the padding stays zero
+
+
+def residual_of(add: Operation, value: Value) -> Value | None:
+    """The other operand of `add` when it is a full tensor of `value`'s shape (a residual), not `value` itself."""
+    if add.name != ttir.ADD.name or add.result.type != value.type or len(add.operands) != 2:
+        return None
+    other = add.operands[1] if add.operands[0] is value else add.operands[0]
+    if other is value or not isinstance(other.type, TensorType) or not isinstance(value.type, TensorType):
+        return None
+    if other.type.shape != value.type.shape or other.type.encoding is None or not other.type.element_type.is_float:
+        return None
+    return other
+
+
 class FuseLinear(RewritePattern):
-    """matmul [-> add of a bias row] [-> relu/gelu/sigmoid/tanh] -> one ttir.linear."""
+    """matmul [-> add of a bias row] [-> reshape] [-> relu/gelu/sigmoid/tanh] [-> add of a residual
+    [-> relu/gelu/tanh]] -> one ttir.linear (the reshape, if any, then follows it)."""
 
     root = ttir.MATMUL.name
+
+    def __init__(self, residual: bool = True) -> None:
+        self.residual = residual
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if not in_function_body(op) or op.attr("transpose_a"):
             return rewriter.notify_match_failure(op, "not in a function body, or a transposed a")
         group, value, bias, activation = [op], op.result, None, "none"
         assert isinstance(value.type, TensorType)
+        product_type = value.type
         add = sole_user(value)
         if add is not None and add.name == ttir.ADD.name and add.result.type == value.type:
             other = add.operands[1] if add.operands[0] is value else add.operands[0]
             if is_bias_row(other, value.type):
                 group, value, bias = [*group, add], add.result, other
-        act, view = sole_user(value), None
-        if act is not None and act.name == ttir.RESHAPE.name:  # an activation after a reshape (GPT-2's
-            after = sole_user(act.result)  # Conv1D: a 2-D product viewed as [1, S, N]) commutes with it
-            if after is not None and after.name in ACTIVATIONS and after.result.type == act.result.type:
-                view, act = act, after
-        if act is not None and act.name in ACTIVATIONS and (view is not None or act.result.type == value.type):
+        # an activation, or a residual add, after a reshape of the product (GPT-2's Conv1D: a 2-D product viewed
+        # as [1, S, N]) commutes with it: the linear takes them and the reshape follows it
+        user, view = sole_user(value), None
+        if user is not None and user.name == ttir.RESHAPE.name:
+            after = sole_user(user.result)
+            if after is not None and ((after.name in ACTIVATIONS and after.result.type == user.result.type) or
+                                      (self.residual and residual_of(after, user.result) is not None)):
+                view, value = user, user.result
+        act = sole_user(value)
+        if act is not None and act.name in ACTIVATIONS and act.result.type == value.type:
             activation = activation_of(act)
-        else:
-            act = None
-        operands = [*op.operands, bias] if bias is not None else list(op.operands)
+            group, value = [*group, act], act.result
+        residual, post = None, None
+        add = sole_user(value) if self.residual else None
+        if add is not None and (residual := residual_of(add, value)) is not None:
+            group, value = [*group, add], add.result
+            post = sole_user(value)
+            if post is not None and post.name in ACTIVATIONS and post.result.type == value.type and \
+                    activation_of(post) in RESIDUAL_ACTIVATIONS:
+                group, value = [*group, post], post.result
+            else:
+                post = None
+        if view is not None and len(group) == 1 + (bias is not None):  # the reshape led to nothing fusible
+            view, value = None, group[-1].result
+        operands = [*op.operands, *([bias] if bias is not None else []), *([residual] if residual is not None else [])]
         attributes = {"activation": activation, "transpose_b": op.attr("transpose_b")}
+        if residual is not None:
+            attributes["residual"] = True
+            attributes["residual_activation"] = activation_of(post) if post is not None else "none"
         if "tt.math_fidelity" in op.attributes:  # pinned (exact selection matmuls of `movement`)
             attributes["tt.math_fidelity"] = op.attributes["tt.math_fidelity"]
-        if view is not None:  # linear {activation} -> the reshape, in place of the activation
-            assert act is not None
-            linear = rewriter.create_before(view, ttir.LINEAR.name, operands, [value.type], attributes,
-                                            loc=ordered_loc([*group, act]))
-            reshaped = rewriter.create_before(act, ttir.RESHAPE.name, [linear.result], [act.result.type],
-                                              dict(view.attributes), loc=view.loc)
-            rewriter.replace_op(act, [reshaped.result])
-            rewriter.erase_op(view)
-            for fused in reversed(group):
-                rewriter.erase_op(fused)
-            return True
-        if act is not None:
-            group, value = [*group, act], act.result
-        linear = rewriter.create_before(group[-1], ttir.LINEAR.name, operands, [value.type], attributes,
+        last = group[-1]  # every operand (a residual too) is defined before it
+        linear = rewriter.create_before(last, ttir.LINEAR.name, operands,
+                                        [product_type if view is not None else value.type], attributes,
                                         loc=ordered_loc(group))
-        rewriter.replace_op(group[-1], [linear.result])
-        for fused in reversed(group[:-1]):
+        result = linear.result
+        if view is not None:  # linear {activation, residual} -> the reshape, in place of the last op
+            result = rewriter.create_before(last, ttir.RESHAPE.name, [linear.result], [value.type],
+                                            dict(view.attributes), loc=view.loc).result
+        rewriter.replace_op(last, [result])
+        members = group[:-1]
+        if view is not None:  # erase in reverse program order: users before their producers
+            members = [*members, view]
+        for fused in sorted(members, key=lambda o: o.parent.index_of(o), reverse=True):
             rewriter.erase_op(fused)
         return True
 
@@ -236,8 +273,9 @@ class Fuse(Pass):
     """Fuse matmul epilogues into ttir.linear and elementwise chains into ttir.eltwise."""
 
     name = "fuse"
+    residual: bool = True  # a residual add (and a zero-keeping activation after it) joins a matmul's epilogue
 
     def run(self, module: Module) -> None:
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
-        apply_patterns_greedily(module, [FuseLinear()])
+        apply_patterns_greedily(module, [FuseLinear(self.residual)])
         apply_patterns_greedily(module, [FuseEltwise()])

@@ -56,12 +56,43 @@ def split_oversized_matmuls(module: Module, func: Function, device: DeviceAttr, 
         if smallest is not None and smallest <= device.l1_free:
             continue
         w = constant_data(module, op.operands[1])
-        bias = constant_data(module, op.operands[2]) if len(op.operands) > 2 else None
-        if w is None or w.ndim != 2 or (len(op.operands) > 2 and bias is None):
+        bias_value = ttir.linear_bias(op)
+        bias = constant_data(module, bias_value) if bias_value is not None else None
+        if w is None or w.ndim != 2 or (bias_value is not None and bias is None):
             continue
+        if ttir.linear_residual(op) is not None:  # the pieces cannot share a residual: add it after the join
+            if tensor(ttir.linear_residual(op)).shape != tensor(op.result).shape:
+                continue
+            op = unfuse_residual(rewriter, op)
         if chunk_columns(module, rewriter, op, w, bias, device.l1_free // 2, placements):
             split += 1
     return split
+
+
+def unfuse_residual(rewriter: PatternRewriter, op: Operation) -> Operation:
+    """Split a linear's fused residual (and its activation) off into an eltwise program after it, as fuse would
+    have left it; the linear without it, writing to DRAM."""
+    from ttc.ir.builder import Builder
+    from ttc.ir.core import Block, Region
+
+    residual = ttir.linear_residual(op)
+    assert residual is not None
+    attributes = {k: v for k, v in op.attributes.items() if k not in ("residual", "residual_activation")}
+    result = tensor(op.result)
+    product = rewriter.create_before(op, op.name, op.operands[:-1], [result.with_encoding(DRAM_TILES)], attributes)
+    body = Block([product.result.type, residual.type])
+    builder = Builder.at_end(body)
+    value = builder.create(ttir.ADD.name, list(body.args), [result], loc=op.loc).result
+    after = op.attributes.get("residual_activation", "none")
+    if after != "none":
+        name = {"relu": ttir.RELU, "tanh": ttir.TANH, "gelu": ttir.GELU, "gelu_tanh": ttir.GELU}[after].name
+        value = builder.create(name, [value], [result], {"approximate": "tanh"} if after == "gelu_tanh" else {},
+                               loc=op.loc).result
+    builder.create(ttir.YIELD.name, [value], loc=op.loc)
+    eltwise = rewriter.create_before(op, ttir.ELTWISE.name, [product.result, residual], [result])
+    eltwise.add_region(Region([body]))
+    rewriter.replace_op(op, [eltwise.result])
+    return product
 
 
 def chunk_columns(module: Module, rewriter: PatternRewriter, op: Operation, w: np.ndarray, bias: np.ndarray | None,

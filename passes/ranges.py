@@ -306,6 +306,9 @@ class _Analysis:
 
     def matmul(self, op: Operation, inputs: list[Range | None]) -> Range | None:
         a, b = inputs[0], inputs[1]
+        residual = ttir.linear_residual(op) if op.name == ttir.LINEAR.name else None
+        has_bias = len(op.operands) - (residual is not None) > 2
+        bias_range = inputs[2] if has_bias else None
         weight = self.arrays.get(op.operands[1])
         if a is None or (b is None and weight is None):
             return None
@@ -321,7 +324,8 @@ class _Analysis:
             bound = min(x_norm * column, a.magnitude * absolute)
             row_norm = x_norm * spectral
             out = Range(-bound, bound, row_norm)
-            self.linear_info[op.result] = (x_norm, w, inputs[2] if len(inputs) > 2 else None)
+            if residual is None:  # (y = x W + b: head_norm's bound)
+                self.linear_info[op.result] = (x_norm, w, bias_range)
         elif b is None:
             return None
         else:
@@ -330,16 +334,23 @@ class _Analysis:
             if a.row_norm is not None and contracted is not None:  # Cauchy-Schwarz per output element
                 bound = min(bound, a.row_norm * contracted)
             out = Range(-bound, bound)
-        if len(op.operands) > 2:
-            bias = inputs[2]
-            if bias is None:
+        if has_bias:
+            if bias_range is None:
                 return None
-            out = _sum(out, bias, _last_dim(op.result))
+            out = _sum(out, bias_range, _last_dim(op.result))
         # every Dst rounding of the accumulation (one per 16 elements of K) may grow a partial sum by 2^-8
         out = _widened(out, (1 + 2.0 ** -8) ** (k // 16 + 1))
         self.peaks[op.result] = out.magnitude
         activation = op.attr("activation") if op.name == ttir.LINEAR.name else "none"
-        return out if activation == "none" else unary_range(activation, out)
+        out = out if activation == "none" else unary_range(activation, out)
+        if residual is None or out is None:
+            return out
+        if inputs[-1] is None:  # the fused residual add, then its activation
+            return None
+        out = _sum(out, inputs[-1], _last_dim(op.result))
+        self.peaks[op.result] = max(self.peaks[op.result], out.magnitude)
+        after = op.attr("residual_activation")
+        return out if after == "none" else unary_range(after, out)
 
     def reduce(self, op: Operation, x: Range | None) -> Range | None:
         if x is None:

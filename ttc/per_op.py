@@ -115,6 +115,7 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
     reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & {n.output[0] for _, n, _ in targets
                                                                                if n is not None})])
     final = {id(node): index for index, (_, node, _) in enumerate(targets) if node is not None}
+    spatial = any(n.op_type in SPATIAL_OPS for n in model.graph.node)  # channels-last values may occur
     names = {id(node): name for name, (_, node) in nodes.items()}
 
     def label(node: onnx.NodeProto) -> str:
@@ -148,18 +149,24 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
             checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
                                     f"device value {list(got.shape)} vs ONNX {list(ref.shape)}: not comparable"))
             continue
-        result = compare(node.output[0], in_onnx_layout(got, ref.shape).astype(ref.dtype, copy=False), ref,
+        result = compare(node.output[0], in_onnx_layout(got, ref.shape, spatial).astype(ref.dtype, copy=False), ref,
                          pcc_threshold=pcc_threshold, rel_l2_threshold=rel_l2_threshold)
         checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0],
                                 _finite(result.pcc), _finite(result.rel_l2_err), result.passed))
     return checks
 
 
-def in_onnx_layout(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                         "GlobalMaxPool", "GlobalLpPool", "ConvInteger", "QLinearConv"})
+
+
+def in_onnx_layout(value: np.ndarray, shape: tuple[int, ...], spatial: bool = True) -> np.ndarray:
     """A device value in the node's ONNX shape. Convolutional activations live channels-last on the device:
-    a [N*H*W, C] value of an [N, C, H, W] node (any number of spatial dims) is moved back to NCHW; any other
-    value is reshaped."""
-    if len(shape) >= 3 and value.ndim == 2 and value.shape == (shape[0] * int(np.prod(shape[2:])), shape[1]):
+    in a model with convolutions or pools (`spatial`), a [N*H*W, C] value of an [N, C, H, W] node (any number of
+    spatial dims) is moved back to NCHW; any other value is reshaped (a transformer's [S, N] product of a
+    [1, S, N] node with S == N too)."""
+    if spatial and len(shape) >= 3 and value.ndim == 2 and \
+            value.shape == (shape[0] * int(np.prod(shape[2:])), shape[1]):
         channels_last = value.reshape(shape[0], *shape[2:], shape[1])
         return np.moveaxis(channels_last, -1, 1)
     return value.reshape(shape)

@@ -570,9 +570,10 @@ SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` (a named op: the device ha
                 operands=(Operand("input"),), attributes=(Attr("axis", IntAttr, -1),),
                 traits=PURE, verify=verify_axis_op, fold=_fold_softmax)
 LAYER_NORM = OpDef(
-    "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device)",
+    "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device); "
+    "`rms = true`: RMS norm, x * rsqrt(mean(x^2) + epsilon) * scale (no centring)",
     operands=(Operand("input"), Operand("scale"), Operand("bias", optional=True)),
-    attributes=(Attr("axis", IntAttr, -1), Attr("epsilon", FloatAttr, 1e-05)),
+    attributes=(Attr("axis", IntAttr, -1), Attr("epsilon", FloatAttr, 1e-05), Attr("rms", BoolAttr, False)),
     traits=PURE, verify=verify_layer_norm,
 )
 TRANSPOSE = OpDef("ttir.transpose", "Permute dimensions", operands=(Operand("input"),),
@@ -697,9 +698,37 @@ def verify_linear(op: Operation) -> None:
     shape = matmul_shape(a, b_shape)
     if shape is None:
         raise VerifyError(f"linear of {_dims(a)} by {_dims(b)} has mismatched inner dims")
-    if len(op.operands) == 3 and broadcast_shape(tensor(op.operands[2].type).shape, shape) != shape:
-        raise VerifyError(f"bias {_dims(tensor(op.operands[2].type).shape)} does not broadcast to {_dims(shape)}")
+    bias, residual = linear_bias(op), linear_residual(op)
+    if op.attr("residual") and residual is None:
+        raise VerifyError("a linear with residual = true takes the residual as its last operand (a, b, bias?, residual)")
+    if bias is not None and broadcast_shape(tensor(bias.type).shape, shape) != shape:
+        raise VerifyError(f"bias {_dims(tensor(bias.type).shape)} does not broadcast to {_dims(shape)}")
+    if residual is not None and not holds_tiles_of(tensor(residual.type).shape, shape):
+        raise VerifyError(f"residual {_dims(tensor(residual.type).shape)} does not hold the tiles of the result "
+                          f"{_dims(shape)} (the same last two dims and batch count)")
+    if op.attr("residual_activation") != "none" and residual is None:
+        raise VerifyError("residual_activation without a residual")
     _expect_shape(op, shape, "matmul result")
+
+
+def linear_bias(op: Operation):
+    """The bias row of a `ttir.linear` (its third operand unless that is the residual), or None."""
+    count = len(op.operands) - int(bool(op.attributes.get("residual")))
+    return op.operands[2] if count > 2 else None
+
+
+def linear_residual(op: Operation):
+    """The residual a `ttir.linear` adds after its bias and activation (`residual = true`: its last operand)."""
+    return op.operands[-1] if op.attributes.get("residual") and len(op.operands) > 2 else None
+
+
+def holds_tiles_of(shape: Sequence[int], result: Sequence[int]) -> bool:
+    """A tensor of `shape` lays out its tiles exactly as one of `result` does: the same last two dims (a rank-1
+    shape being [1, N]) and the same count of batches, so a reader walks both in the same page order."""
+    def matrix(s: Sequence[int]) -> tuple[tuple[int, ...], int]:
+        s = (1, *s) if len(s) == 1 else tuple(s)
+        return s[-2:], math.prod(s[:-2])
+    return matrix(shape) == matrix(result)
 
 
 def verify_eltwise(op: Operation) -> None:
@@ -726,9 +755,11 @@ TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<
                   operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
                   traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
-    "ttir.linear", "activation(a @ b + bias): a matmul with its epilogue fused (one device op)",
-    operands=(Operand("a"), Operand("b"), Operand("bias", optional=True)),
-    attributes=(Attr("transpose_b", BoolAttr, False), Attr("activation", StrAttr, "none")),
+    "ttir.linear", "residual_activation(activation(a @ b + bias) + residual): a matmul with its epilogue fused "
+    "(one device op; `residual = true`: the last operand is a full tensor added after the activation)",
+    operands=(Operand("a"), Operand("b"), Operand("bias", optional=True), Operand("residual", optional=True)),
+    attributes=(Attr("transpose_b", BoolAttr, False), Attr("activation", StrAttr, "none"),
+                Attr("residual", BoolAttr, False), Attr("residual_activation", StrAttr, "none")),
     traits=PURE, verify=verify_linear,
 )
 ELTWISE = OpDef(

@@ -42,6 +42,9 @@ ELEMENT_BYTES = {"f32": 4, "bf16": 2, "i32": 4}
 CB_IN0, CB_IN1, CB_BIAS = 0, 1, 2
 
 
+CB_RESIDUAL = 3  # matmul: a fused residual's tiles of the output subblock
+
+
 CB_INDEX = 8
 
 

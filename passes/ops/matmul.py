@@ -18,7 +18,11 @@ and per subblock the in0 rows, so in0 is read once per subblock column and in1 o
 few columns, an im2col product whose M is prime, no longer reads its weight once per tile row).
 
 Epilogue (last K step): bias = the packed result + the bias row (binary add, bcast row), activation
-on the SFPU, padding re-masked where the bias or the activation made it non-zero.
+on the SFPU, padding re-masked where the bias or the activation made it non-zero. A fused residual
+(`ttir.linear {residual}`, fuse.py) follows: the value so far is packed in the result's format (the bits
+the unfused linear wrote to its buffer), the reader's tiles of the residual for the same subblock (CB 3)
+are added to it by the FPU (the unfused eltwise add's op, operands and formats), then the
+residual_activation on the SFPU: bit for bit the linear + eltwise pair it replaces.
 
 N may split raggedly over the cores (a vocabulary of 50257 columns is 1571 tiles, a prime): every core
 runs the same loops over per_core_n tiles, and the last one reads and writes only the tiles before the
@@ -57,6 +61,7 @@ from ttc.passes.ops.geometry import (
     CB_IN1,
     CB_OUT,
     CB_PARTIALS,
+    CB_RESIDUAL,
     CB_TOTAL,
     HALF_DST,
     TILE,
@@ -123,7 +128,7 @@ def matmul_masks(op: Operation) -> tuple[bool, bool]:
     shape = matmul_shape(op)
     activation = op.attributes.get("activation", "none")
     moves_zero = activation != "none" and not keeps_zero(activation, 0.0)
-    rows = shape.rows % TILE != 0 and (len(op.operands) > 2 or moves_zero)
+    rows = shape.rows % TILE != 0 and (ttir.linear_bias(op) is not None or moves_zero)
     return rows, shape.cols % TILE != 0 and moves_zero
 
 
@@ -176,8 +181,12 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     cbs = [cb(CB_IN0, a.element_type, double(h * width, in0_pushes * (sw if column_outer(blocking) else 1))),
            cb(CB_IN1, b.element_type, double(width * w, in1_pushes)),
            cb(CB_OUT, out.element_type, double(h * w, blocking["batches"] * sh * sw))]
-    if len(op.operands) > 2:
-        cbs.append(cb(CB_BIAS, tensor(op.operands[2]).element_type, double(w, blocking["batches"] * sh * sw)))
+    bias, residual = ttir.linear_bias(op), ttir.linear_residual(op)
+    if bias is not None:
+        cbs.append(cb(CB_BIAS, tensor(bias).element_type, double(w, blocking["batches"] * sh * sw)))
+    if residual is not None:
+        cbs.append(cb(CB_RESIDUAL, tensor(residual).element_type, double(h * w, blocking["batches"] * sh * sw)))
+    if bias is not None or residual is not None:  # the value before the bias (or the residual) is added
         cbs.append(cb(CB_BIASED, work, h * w))
     block_tiles = blocking["per_core_m"] * blocking["per_core_n"]
     chunk = accumulation_tiles(shape.kt)
@@ -247,7 +256,8 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     kt, nt = shape.kt, shape.nt
     k_blocks = kt // width
     chunks = kt // accumulation_tiles(kt)
-    has_bias = len(op.operands) > 2
+    has_bias = ttir.linear_bias(op) is not None
+    residual = ttir.linear_residual(op)
     activation = op.attributes.get("activation", "none")
     plan = Plan(device, grid, matmul_units(shape, b))
     out_tiles = batches * pcm * pcn
@@ -256,6 +266,10 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     plan.tile(target.binary_key("add"), out_tiles * (chunks - 1 + int(has_bias)))  # chunk sums, bias
     if activation != "none":
         plan.tile(target.sfpu_key(activation), out_tiles)
+    if residual is not None:  # the residual add, and its activation
+        plan.tile(target.binary_key("add"), out_tiles)
+        if op.attributes.get("residual_activation", "none") != "none":
+            plan.tile(target.sfpu_key(op.attributes["residual_activation"]), out_tiles)
 
     unit = plan.unit
     batch0, m0, n0 = unit[:, 0] * batches, unit[:, 1] * pcm, unit[:, 2] * pcn
@@ -293,7 +307,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
         plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
         plan.static(wbuf, batches * kt * pcn * b_reads_per_k, page_lists=b_pages)
     if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
-        bias = op.operands[2]
+        bias = ttir.linear_bias(op)
         bbuf = Buffer.of(tensor(bias), device)
         if ragged:
             plan.masked(bbuf, np.repeat(edge.sum(axis=0), batches * sh))
@@ -301,17 +315,21 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.static(bbuf, batches * sh * pcn,
                         page_lists=lambda: np.repeat(n0[:, None] + np.arange(pcn)[None, :], batches * sh, axis=1))
 
-    obuf = Buffer.of(out_type, device)
-    if ragged:
-        plan.masked(obuf, np.repeat(h * edge.sum(axis=0), batches * sh), write=True)
-    else:
-        def out_pages() -> np.ndarray:
-            rows = (batch0[:, None] + np.arange(batches)[None, :])[:, :, None] * shape.mt \
-                + m0[:, None, None] + np.arange(pcm)[None, None, :]
-            return (rows.reshape(plan.cores, -1, 1) * nt + n0[:, None, None]
-                    + np.arange(pcn)[None, None, :]).reshape(plan.cores, -1)
+    def out_pages() -> np.ndarray:
+        rows = (batch0[:, None] + np.arange(batches)[None, :])[:, :, None] * shape.mt \
+            + m0[:, None, None] + np.arange(pcm)[None, None, :]
+        return (rows.reshape(plan.cores, -1, 1) * nt + n0[:, None, None]
+                + np.arange(pcn)[None, None, :]).reshape(plan.cores, -1)
 
-        plan.static(obuf, out_tiles, write=True, page_lists=out_pages)
+    # the residual's tiles of each output block (each core reads its own, in the multicast plan too)
+    outputs = [(Buffer.of(out_type, device), True)]
+    if residual is not None:
+        outputs.append((Buffer.of(tensor(residual), device), False))
+    for buf, write in outputs:
+        if ragged:
+            plan.masked(buf, np.repeat(h * edge.sum(axis=0), batches * sh), write=write)
+        else:
+            plan.static(buf, out_tiles, write=write, page_lists=out_pages)
     return plan.counts()
 
 
@@ -319,7 +337,8 @@ def lower_matmul(op: Operation) -> Program:
     shape = matmul_shape(op)
     schedule = schedule_of(op)
     b = schedule.blocking
-    has_bias = len(op.operands) > 2
+    has_bias = ttir.linear_bias(op) is not None
+    has_residual = ttir.linear_residual(op) is not None
     activation = op.attributes.get("activation", "none")
     a_step = affine_step(shape.a_offsets, b["batches"])
     b_step = affine_step(shape.b_offsets, b["batches"])
@@ -338,7 +357,8 @@ def lower_matmul(op: Operation) -> Program:
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
         extra = mcast_reader_args(unit[2], unit[1], (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
-        return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra]
+        residual = [(batch * shape.mt + m) * shape.nt + n] if has_residual else []  # the output block's first tile
+        return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra, *residual]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]]
@@ -362,6 +382,27 @@ def is_ragged(shape: MatmulShape, blocking: dict[str, int]) -> bool:
     return shape.nt % blocking["per_core_n"] != 0
 
 
+class ResidualReads:
+    """The reader's part of a fused residual: per output subblock of the last K step, its h x w tiles of the
+    residual (laid out as the output: the block's first tile is the reader's last runtime argument) into CB 3."""
+
+    def __init__(self, op: Operation, shape: MatmulShape, k: KernelBuilder, arg: int) -> None:
+        residual = ttir.linear_residual(op)
+        self.k, self.shape = k, shape
+        self.gen = k.addrgen(len(op.operands) - 1, tensor(residual)) if residual is not None else None
+        self.arg = arg
+
+    def read(self, batch: Index | int, row: Index, col: Index, h: int, w: int, edge: list) -> None:
+        if self.gen is None:
+            return
+        k, shape = self.k, self.shape
+        start = k.affine(k.arg(self.arg), (batch, shape.mt * shape.nt), (row, h * shape.nt), (col, w))
+        k.op("cb_reserve_back", cb=CB_RESIDUAL, pages=h * w)
+        k.op("noc_read_tiles", self.gen, start, *edge, cb=CB_RESIDUAL, rows=h, cols=w, row_stride=shape.nt)
+        k.op("noc_read_barrier")
+        k.op("cb_push_back", cb=CB_RESIDUAL, pages=h * w)
+
+
 def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b_step: int, has_bias: bool):
     b = s.blocking
     ragged = is_ragged(shape, b)
@@ -370,11 +411,15 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     k_blocks = shape.kt // width
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
-    bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
+    bias = ttir.linear_bias(op)
+    bias_gen = k.addrgen(2, tensor(bias)) if bias is not None else None
+    residual = ResidualReads(op, shape, k, 4 if ragged else 3)
+    batch_index: list = [0]
 
-    def k_step_columns(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+    def k_step_columns(a_base: Index, b_base: Index, kb: Index, last: bool) -> None:
         """The column-outer walk: per subblock column the in1 columns once, then per subblock row the in0 rows
-        (and, at the last K step, the subblock's bias tiles)."""
+        (and, at the last K step, the subblock's bias and residual tiles)."""
+        with_bias = last and has_bias
         with k.loop(sw) as col:
             k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
             b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
@@ -393,11 +438,14 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
                 k.op("cb_push_back", cb=CB_IN0, pages=h * width)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
+                if last:
+                    residual.read(batch_index[0], row, col, h, w, edge)
 
-    def k_step(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+    def k_step(a_base: Index, b_base: Index, kb: Index, last: bool) -> None:
         if column_outer(b):
-            k_step_columns(a_base, b_base, kb, with_bias)
+            k_step_columns(a_base, b_base, kb, last)
             return
+        with_bias = last and has_bias
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
             a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
@@ -416,15 +464,19 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
                 k.op("cb_push_back", cb=CB_IN1, pages=width * w)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
+                if last:
+                    residual.read(batch_index[0], row, col, h, w, edge)
 
+    epilogue_reads = has_bias or residual.gen is not None  # read with the last K step's in1 blocks
     with k.loop(b["batches"]) as batch:
+        batch_index[0] = batch
         a_base = k.affine(k.arg(0), (batch, a_step))
         b_base = k.affine(k.arg(1), (batch, b_step))
-        plain = k_blocks - 1 if has_bias else k_blocks
+        plain = k_blocks - 1 if epilogue_reads else k_blocks
         if plain:
             with k.loop(plain) as kb:
                 k_step(a_base, b_base, kb, False)
-        if has_bias:
+        if epilogue_reads:
             k_step(a_base, b_base, k_blocks - 1, True)
     return k.region()
 
@@ -437,6 +489,8 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
     mask_rows, mask_cols = matmul_masks(op)
     chunk_blocks = accumulation_tiles(shape.kt) // width  # K blocks per accumulation chunk
     chunks = k_blocks // chunk_blocks
+    has_residual = ttir.linear_residual(op) is not None
+    residual_activation = op.attributes.get("residual_activation", "none")
     k = KernelBuilder(op.loc)
     tiles = h * w
     matmul = {"cb_a": CB_IN0, "a_row_stride": width, "cb_b": CB_IN1, "b_row_stride": w, "inner": width,
@@ -460,6 +514,17 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
             k.op("mask_tiles", row_tile, col_tile, rows=h, cols=w,
                  valid_rows=shape.rows if mask_rows else shape.mt * TILE,
                  valid_cols=shape.cols if mask_cols else shape.nt * TILE)
+        if has_residual:  # packed as the unfused linear wrote it, then the unfused eltwise's add (zero padding
+            k.pack_block(CB_BIASED, tiles)  # stays zero: the residual activations keep zero)
+            k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
+            k.op("cb_wait_front", cb=CB_RESIDUAL, pages=tiles)
+            k.op("tile_regs_acquire")
+            k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_RESIDUAL, b_row_stride=w,
+                 rows=h, cols=w)
+            k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
+            k.op("cb_pop_front", cb=CB_RESIDUAL, pages=tiles)
+            if residual_activation != "none":
+                k.op("sfpu_tiles", fn=residual_activation, count=tiles)
         k.pack_block(CB_OUT, tiles)
 
     def subblock(row: Index, col: Index, fresh: bool, chunk_end: bool, first_chunk: bool, last: bool,

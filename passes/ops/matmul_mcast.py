@@ -9,7 +9,8 @@ column reads the column's in1 blocks and multicasts them down the column. Every 
 tt-metal: each receiver, with its CB pages reserved, increments the sender's "ready" semaphore; the sender
 waits for all of them, resets it, multicasts the pages and sets the receivers' "valid" semaphore; the
 receivers wait for it and reset it. The CBs, their push order and the compute and writer kernels are the
-unicast plan's (matmul.py), so the result is bit for bit the unicast one (the same K order). Only the reader
+unicast plan's (matmul.py), so the result is bit for bit the unicast one (the same K order). A fused residual
+is not shared: every core reads its own output block's tiles of it, as in the unicast plan. Only the reader
 differs: DRAM reads fall from every core's to one core per row (in0) and per column (in1), while NoC bytes,
 link bytes and the fan-out rise (the counts below, which the cost model weighs against the unicast plans).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ttc.ir.core import Operation
+from ttc.ir.dialects import ttir
 from ttc.passes.ops.counting import Buffer, Plan
 from ttc.passes.ops.geometry import CB_BIAS, CB_IN0, CB_IN1, is_sharded, tensor
 from ttc.passes.ops.kernel import Index, KernelBuilder
@@ -81,8 +83,9 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
         plan.masked(Buffer(wbuf.page, False, None), np.full(in1, gx * width * w * gy))
         sent += np.where(core_y == 0, in1 * width * w * wbuf.page, 0)
         fanout = max(fanout, gy - 1)
-    if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read per column, multicast
-        bbuf = Buffer.of(tensor(op.operands[2]), device)
+    bias = ttir.linear_bias(op)
+    if bias is not None:  # the bias row with the last K step's in1 blocks: read per column, multicast
+        bbuf = Buffer.of(tensor(bias), device)
         plan.masked(bbuf, np.full(sh * sw, gx * w))
         if gy > 1:
             plan.masked(Buffer(bbuf.page, False, None), np.full(sh * sw, gx * w * gy))
@@ -99,8 +102,12 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
     k_blocks = shape.kt // width
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
-    bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
+    bias = ttir.linear_bias(op)
+    bias_gen = k.addrgen(2, tensor(bias)) if bias is not None else None
     s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
+    from ttc.passes.ops.matmul import ResidualReads
+
+    residual = ResidualReads(op, shape, k, MCAST_ARGS + 10)  # each core reads its own block's residual
 
     def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index, at: tuple[Index, Index],
               rect: tuple[Index, Index, Index, Index], receivers: int, ready: int, valid: int) -> None:
@@ -117,7 +124,8 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
         k.op("semaphore_wait", receiver, semaphore=valid, value=1)
         k.op("semaphore_set", receiver, semaphore=valid, value=0)
 
-    def k_step(kb: Index, with_bias: bool) -> None:
+    def k_step(kb: Index, last: bool) -> None:
+        with_bias = last and has_bias
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
             a_start = k.affine(k.arg(0), (row, h * shape.kt), (kb, width))
@@ -138,12 +146,15 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
                 k.op("cb_push_back", cb=CB_IN1, pages=width * w)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
+                if last:
+                    residual.read(0, row, col, h, w, [])
 
-    plain = k_blocks - 1 if has_bias else k_blocks
+    epilogue_reads = has_bias or residual.gen is not None
+    plain = k_blocks - 1 if epilogue_reads else k_blocks
     if plain:
         with k.loop(plain) as kb:
             k_step(kb, False)
-    if has_bias:
+    if epilogue_reads:
         k_step(k_blocks - 1, True)
     return k.region()
 

@@ -12,6 +12,9 @@ with the padding re-zeroed (computed twice per block: once kept, once squared), 
 rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
 re-read per row block), padding rows zeroed.
 
+RMS norm (`ttir.layer_norm {rms = true}`, decompose.py): the layer norm without the mean: x itself (copied, its
+padding already zero) in place of the centred values, so rstd = rsqrt(mean(x^2) + eps), then x rstd x gamma.
+
 Rows too long for L1 (a blocking with `chunk`): the same math in three passes over chunks of the row, read
 from DRAM three times, with the running max / sums in one-tile CBs (`chunked_softmax_compute`,
 `chunked_layer_norm_compute`).
@@ -83,6 +86,11 @@ def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
     count = 1 if tiles <= 4 else min(HALF_DST, round(math.sqrt(tiles)))
     sizes = [tiles // count + (i < tiles % count) for i in range(count)]
     return [(sum(sizes[:i]), size) for i, size in enumerate(sizes)]
+
+
+def is_rms(op: Operation) -> bool:
+    """An RMS norm: a layer norm that does not centre its rows (no mean)."""
+    return op.name == ttir.LAYER_NORM.name and bool(op.attributes.get("rms"))
 
 
 def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
@@ -207,6 +215,16 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.sfpu_key("recip"), rows)
             plan.tile(target.binary_key("mul"), rows * ct)  # pass 3: x 1/sum, padding rows zeroed
             plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
+        elif is_rms(op):  # no mean: two passes (x^2 summed, then x rstd gamma), x copied in each
+            reads = 2
+            plan.tile(target.sfpu_key("mul_scalar"), rows)
+            plan.tile(target.DATACOPY, 2 * rows * ct)
+            plan.tile(target.sfpu_key("square"), rows * ct)
+            running_sum()
+            plan.tile(target.sfpu_key("add_scalar"), rows)
+            plan.tile(target.sfpu_key("rsqrt"), rows)
+            plan.tile(target.binary_key("mul"), 2 * rows * ct)
+            plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
         else:
             running_sum()  # pass 1: the mean
             plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
@@ -231,13 +249,14 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
         plan.tile(target.binary_key("mul"), rows * ct)
     else:
         has_beta = len(op.operands) > 2
-        for _ in range(2):
+        rms = is_rms(op)  # no mean: x copied twice instead of centred
+        for _ in range(1 if rms else 2):
             _row_sum(plan, rows, ct, fidelity)
-        plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
+        plan.tile(target.sfpu_key("mul_scalar"), (1 if rms else 2) * rows)
         plan.tile(target.sfpu_key("add_scalar"), rows)
         plan.tile(target.sfpu_key("rsqrt"), rows)
-        plan.tile(target.binary_key("sub"), 2 * rows * ct)
-        plan.tile(target.DATACOPY, rows * ct * (2 * int(pad_cols) + int(pad_rows)))
+        plan.tile(target.binary_key("sub"), 0 if rms else 2 * rows * ct)
+        plan.tile(target.DATACOPY, rows * ct * (2 * (1 if rms else int(pad_cols)) + int(pad_rows)))
         plan.tile(target.sfpu_key("square"), rows * ct)
         plan.tile(target.binary_key("mul"), 2 * rows * ct)
         plan.tile(target.binary_key("add"), rows * ct * int(has_beta))
@@ -301,7 +320,7 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
         if "chunk" in b:
             # a chunked row is read three times; the last pass takes the parameters' block with each input block
             # (the input CB holds one chunk, so the compute kernel needs them interleaved)
-            with k.loop(2), k.loop(blocks) as block:
+            with k.loop(1 if is_rms(op) else 2), k.loop(blocks) as block:  # (an RMS norm has no mean pass)
                 read_block(block)
             with k.loop(blocks) as block:
                 read_block(block)
@@ -599,22 +618,27 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     chunks = ct // chunk
     has_beta = len(op.operands) > 2
     inverse_width = 1.0 / shape.cols
+    rms = is_rms(op)
     k = KernelBuilder(op.loc)
 
     def centred_block(c: Index, block: Index, out_cb: int, square: bool) -> None:
         k.op("cb_wait_front", cb=CB_IN0, pages=width)
         k.op("tile_regs_acquire")
-        k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
-        mask_block(k, shape, 0, k.affine(k.mul(c, chunk), (block, width)), width, rows=False, cols=True)
+        if rms:  # x itself (its padding is zero)
+            k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width)
+        else:
+            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+            mask_block(k, shape, 0, k.affine(k.mul(c, chunk), (block, width)), width, rows=False, cols=True)
         if square:
             k.op("sfpu_tiles", fn="square", count=width)
         k.pack_block(out_cb, width)
         k.op("cb_pop_front", cb=CB_IN0, pages=width)
 
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
-        # Pass 1: the mean.
-        summed_chunks(k, chunks, CB_STAT, s.fidelity, lambda c, acc: add_chunk_sum(k, CB_IN0, chunk, acc, s.fidelity))
-        apply_to_stat(k, CB_STAT, (("mul_scalar", inverse_width),))
+        if not rms:  # Pass 1: the mean.
+            summed_chunks(k, chunks, CB_STAT, s.fidelity,
+                          lambda c, acc: add_chunk_sum(k, CB_IN0, chunk, acc, s.fidelity))
+            apply_to_stat(k, CB_STAT, (("mul_scalar", inverse_width),))
         # Pass 2: rstd from the running sum of squared centred values.
         def add_square_chunk(c: Index, acc: int) -> None:
             with k.loop(chunk // width) as block:
@@ -635,7 +659,8 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
             for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
                 k.op("cb_pop_front", cb=cb, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
-        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+        if not rms:
+            k.op("cb_pop_front", cb=CB_STAT, pages=1)
     return k.region()
 
 
@@ -665,15 +690,20 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     width, ct = b["block_w"], shape.ct
     has_beta = len(op.operands) > 2
     inverse_width = 1.0 / shape.cols
+    rms = is_rms(op)
     k = KernelBuilder(op.loc)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
-        reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, sfpu=(("mul_scalar", inverse_width),))
-        # Centred values (kept) and their squares, padding columns zeroed.
-        k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        if not rms:
+            reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, sfpu=(("mul_scalar", inverse_width),))
+            k.op("cb_wait_front", cb=CB_STAT, pages=1)
+        # Centred values (kept) and their squares, padding columns zeroed (an RMS norm: x itself).
         with k.loop(ct // width) as block:
             k.op("tile_regs_acquire")
             for dst in (0, width):
+                if rms:
+                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, dst=dst)
+                    continue
                 k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1,
                      cols=width, dst=dst)
                 mask_block(k, shape, 0, k.mul(block, width), width, rows=False, cols=True, dst=dst)
@@ -684,7 +714,8 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
             k.pack(CB_WIDE2, width, dst=width)
             k.op("tile_regs_release")
             k.op("cb_pop_front", cb=CB_IN0, pages=width)
-        k.op("cb_pop_front", cb=CB_STAT, pages=1)
+        if not rms:
+            k.op("cb_pop_front", cb=CB_STAT, pages=1)
         # rstd = rsqrt(mean of squares + eps)
         k.op("cb_wait_front", cb=CB_WIDE2, pages=ct)
         reduce_row(k, CB_WIDE2, ct, CB_STAT2, "sum", s.fidelity,

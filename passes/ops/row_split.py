@@ -65,14 +65,19 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.kernel import KernelBuilder
 from ttc.passes.ops.program import Program, Schedule, schedule_of
-from ttc.passes.ops.row_ops import _row_sum, mask_block, reduce_row, row_sum_groups, scale_and_shift
+from ttc.passes.ops.row_ops import _row_sum, is_rms, mask_block, reduce_row, row_sum_groups, scale_and_shift
 
 SPLIT, GROUPS_X = "split", "groups_x"
 CB_PART, CB_PARTS = 24, 25  # this core's partial statistics (one tile per row); the group's (S per row)
 SEMAPHORE = 0
-EXCHANGES = 2
+EXCHANGES = 2  # (an RMS norm has no mean: one exchange, `exchanges`)
 SPLIT_MIN_TILES = 4  # rows narrower than this are not split
 MAX_SPLIT_ROWS = 8  # tile rows per core (the kernels unroll them)
+
+
+def exchanges(op: Operation) -> int:
+    """The row statistics exchanged: 2 (max and sum, or mean and rstd), 1 for an RMS norm (rstd)."""
+    return 1 if is_rms(op) else EXCHANGES
 
 
 def is_split(blocking: dict[str, int]) -> bool:
@@ -113,7 +118,7 @@ def split_grid(op: Operation, b: dict[str, int]) -> tuple[int, int]:
 def scratch_type(op: Operation, b: dict[str, int]) -> TensorType:
     """The exchanges' L1 scratch: EXCHANGES x G x R tile rows of S partial tiles, in the statistics' format."""
     bu, ru, split = split_units(op, b)
-    rows = EXCHANGES * bu * ru * b["batches"] * b["rows"]
+    rows = exchanges(op) * bu * ru * b["batches"] * b["rows"]
     return TensorType((rows * TILE, split * TILE), tensor(op.result).element_type,
                       LayoutAttr("tile", "l1", "interleaved"))
 
@@ -167,14 +172,15 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         plan.tile(target.sfpu_key("recip"), rows)
         plan.tile(target.binary_key("mul"), rows * w)
     else:
-        for _ in range(2):
+        rms = is_rms(op)  # no mean: x copied twice instead of centred
+        for _ in range(exchanges(op)):
             _row_sum(plan, rows, w, fidelity)
             _row_sum(plan, rows, split, fidelity)
-        plan.tile(target.sfpu_key("mul_scalar"), 2 * rows)
+        plan.tile(target.sfpu_key("mul_scalar"), exchanges(op) * rows)
         plan.tile(target.sfpu_key("add_scalar"), rows)
         plan.tile(target.sfpu_key("rsqrt"), rows)
-        plan.tile(target.binary_key("sub"), 2 * rows * w)
-        plan.tile(target.DATACOPY, rows * w * (2 * int(pad_cols) + int(pad_rows)))
+        plan.tile(target.binary_key("sub"), 0 if rms else 2 * rows * w)
+        plan.tile(target.DATACOPY, rows * w * (2 * (1 if rms else int(pad_cols)) + int(pad_rows)))
         plan.tile(target.sfpu_key("square"), rows * w)
         plan.tile(target.binary_key("mul"), 2 * rows * w)
         plan.tile(target.binary_key("add"), rows * w * int(len(op.operands) > 2))
@@ -191,8 +197,8 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         plan.static(Buffer.of(tensor(param), device), rows * w,
                     page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, rows)))
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
-    plan.static(scratch, EXCHANGES * rows, write=True)
-    plan.static(scratch, EXCHANGES * rows * split)
+    plan.static(scratch, exchanges(op) * rows, write=True)
+    plan.static(scratch, exchanges(op) * rows * split)
     plan.static(Buffer.of(tensor(op.result), device), rows * w, write=True, page_lists=slice_pages)
     return plan.counts()
 
@@ -252,7 +258,7 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
         k.op("noc_read_tiles", gens[0], k.add(k.arg(0), offset), cb=CB_IN0, rows=1, cols=w)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_IN0, pages=w)
-    for exchange in range(EXCHANGES):
+    for exchange in range(exchanges(op)):
         k.op("semaphore_wait", semaphore=SEMAPHORE, value=split * (exchange + 1))
         k.op("cb_reserve_back", cb=CB_PARTS, pages=rows * split)
         k.op("noc_read_tiles", scratch_gen, k.add(k.arg(1), exchange * groups * rows * split), cb=CB_PARTS,
@@ -281,7 +287,7 @@ def split_writer(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
     k = KernelBuilder(op.loc)
     scratch_gen = k.addrgen(len(op.operands), scratch)
     out_gen = k.addrgen(len(op.operands) + 1, tensor(op.result))
-    for exchange in range(EXCHANGES):
+    for exchange in range(exchanges(op)):
         k.op("cb_wait_front", cb=CB_PART, pages=rows)
         k.op("noc_write_tiles", scratch_gen, k.add(k.arg(1), exchange * groups * rows * split), cb=CB_PART,
              rows=rows, cols=1, row_stride=split)
@@ -315,15 +321,20 @@ def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     w = shape.ct // split
     has_beta = len(op.operands) > 2
     inverse_width = 1.0 / shape.cols
+    rms = is_rms(op)
     k = KernelBuilder(op.loc)
     k.op("cb_wait_front", cb=CB_IN0, pages=rows * w)
-    for r in range(rows):  # exchange 1: the slices' sums
-        reduce_row(k, CB_IN0, w, CB_PART, "sum", s.fidelity, offset=r * w)
-    combine(k, rows, split, "sum", CB_STAT, s.fidelity, sfpu=(("mul_scalar", inverse_width),))
+    if not rms:
+        for r in range(rows):  # exchange 1: the slices' sums
+            reduce_row(k, CB_IN0, w, CB_PART, "sum", s.fidelity, offset=r * w)
+        combine(k, rows, split, "sum", CB_STAT, s.fidelity, sfpu=(("mul_scalar", inverse_width),))
     for r in range(rows):  # centred values (kept) and their squares, padding columns zeroed; exchange 2's sums
-        with k.loop(w // width) as block:
+        with k.loop(w // width) as block:  # (an RMS norm: x itself, and its only exchange)
             k.op("tile_regs_acquire")
             for dst in (0, width):
+                if rms:
+                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, dst=dst)
+                    continue
                 k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
                      rows=1, cols=width, dst=dst)
                 mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True, dst=dst)
@@ -337,7 +348,8 @@ def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_wait_front", cb=CB_WIDE2, pages=w)
         reduce_row(k, CB_WIDE2, w, CB_PART, "sum", s.fidelity)
         k.op("cb_pop_front", cb=CB_WIDE2, pages=w)
-    k.op("cb_pop_front", cb=CB_STAT, pages=rows)
+    if not rms:
+        k.op("cb_pop_front", cb=CB_STAT, pages=rows)
     combine(k, rows, split, "sum", CB_STAT2, s.fidelity,
             sfpu=(("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
     k.op("cb_wait_front", cb=CB_WIDE, pages=rows * w)

@@ -19,7 +19,7 @@ from ttc.passes.ops.matmul import column_outer
 M, K, N = 31 * 32, 512, 128  # 31 tile rows: a subblock spans one tile row of a 31-row block
 
 
-def linear_model(bias: bool) -> onnx.ModelProto:
+def linear_model(bias: bool, residual: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(5)
     inits = [numpy_helper.from_array((rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32), "w")]
     nodes = [helper.make_node("Abs", ["x"], ["a"], name="/abs"), helper.make_node("MatMul", ["a", "w"], ["p"], name="/mm")]
@@ -28,7 +28,13 @@ def linear_model(bias: bool) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b"))
         nodes += [helper.make_node("Add", ["p", "b"], ["s"], name="/bias"), helper.make_node("Relu", ["s"], ["y"])]
         last = "y"
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])]
+    if residual:  # fused into the matmul's epilogue (ttir.linear {residual}), read with the last K step
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [M, N]))
+        nodes += [helper.make_node("Add", [last, "r"], ["q"], name="/residual"),
+                  helper.make_node("Relu", ["q"], ["z"], name="/relu2")]
+        last = "z"
+    graph = helper.make_graph(nodes, "linear", inputs,
                               [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -43,11 +49,15 @@ def only(monkeypatch: pytest.MonkeyPatch, outer: bool) -> None:
     monkeypatch.setattr(matmul, "matmul_candidates", restricted)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_column_outer_walk_is_bit_identical_and_reads_in1_once(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = linear_model(bias)
-    name = "y" if bias else "p"
-    feeds = {"x": np.random.default_rng(2).standard_normal((M, K)).astype(np.float32)}
+@pytest.mark.parametrize(("bias", "residual"), [(False, False), (True, False), (True, True)])
+def test_column_outer_walk_is_bit_identical_and_reads_in1_once(bias: bool, residual: bool,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    model = linear_model(bias, residual)
+    name = "z" if residual else "y" if bias else "p"
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((M, K)).astype(np.float32)}
+    if residual:
+        feeds["r"] = rng.standard_normal((M, N)).astype(np.float32)
     with monkeypatch.context() as patch:
         only(patch, outer=True)
         plans, compiled = compile_with_plans(model)
@@ -55,6 +65,8 @@ def test_column_outer_walk_is_bit_identical_and_reads_in1_once(bias: bool, monke
     check_static_equals_executed(compiled, compiled.profile)
     outer_result = compiled.run(feeds)[name]
     [outer_profile] = [p for p in compiled.profile if p.kind == "matmul"]
+    if residual:  # the add and its ReLU ran in the matmul's epilogue: no eltwise program is left
+        assert [p for p in compiled.profile if "/residual" in p.nodes] == [outer_profile]
     with monkeypatch.context() as patch:
         only(patch, outer=False)
         _, rows_compiled = compile_with_plans(model)

@@ -146,3 +146,31 @@ def test_a_matmul_no_blocking_fits_runs_in_column_pieces_and_passes_golden() -> 
     assert result.passed, result
     assert compiled.manifest["host_ops"] == 0
     assert compiled.manifest["programs"] == 5, compiled.manifest["programs"]  # 4 pieces and their concat
+
+
+def test_a_fused_residual_goes_back_to_an_eltwise_after_the_column_pieces() -> None:
+    """The same Gemm plus a residual add and a Relu, which fuse puts in its epilogue: the pieces cannot share the
+    residual, so it is split back off into an eltwise program after their concat: the unfused program's bits."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from ttc.compiler import CompileOptions, compile_model, default_pipeline
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((1024, 512)) / 32).astype(np.float32)
+    b = rng.standard_normal(512).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], name="/gemm"),
+             helper.make_node("Add", ["g", "r"], ["s"], name="/residual"),
+             helper.make_node("Relu", ["s"], ["y"], name="/relu")]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 1024]),
+                                              helper.make_tensor_value_info("r", TensorProto.FLOAT, [1024, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, 512])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    pipeline = default_pipeline().replace("grid{", "grid{max-cores=1 ")
+    fused = compile_model(model, CompileOptions(pipeline=pipeline))
+    unfused = compile_model(model, CompileOptions(pipeline=pipeline.replace("fuse,", "fuse{residual=false},")))
+    assert fused.manifest["programs"] == unfused.manifest["programs"] == 6  # 4 pieces, their concat, the add
+    feeds = {"x": rng.standard_normal((1024, 1024)).astype(np.float32),
+             "r": rng.standard_normal((1024, 512)).astype(np.float32)}
+    np.testing.assert_array_equal(fused.run(feeds)["y"], unfused.run(feeds)["y"])

@@ -102,6 +102,8 @@ def test_convolutional_activations_are_compared_in_nchw(tmp_path: Path) -> None:
     assert all(c.passed for c in compared), [c for c in compared if not c.passed]
     nhwc = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # [N, H, W, C]
     np.testing.assert_array_equal(in_onnx_layout(nhwc.reshape(24, 5), (2, 5, 3, 4)), nhwc.transpose(0, 3, 1, 2))
+    square = np.arange(16.0).reshape(4, 4)  # a transformer's [S, N] product of a [1, S, N] node, S == N
+    np.testing.assert_array_equal(in_onnx_layout(square, (1, 4, 4), spatial=False), square.reshape(1, 4, 4))
 
 
 def test_unnamed_nodes_are_compared_by_the_importers_names(tmp_path: Path) -> None:
