@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{name:28s} not in the model cache")
     print(f"total compile {sum(seconds.values()):.2f} s over {len(seconds)} models")
-    if args.write:
+    if args.write:  # models not in this cache keep their recorded fingerprints
         FINGERPRINTS.parent.mkdir(parents=True, exist_ok=True)
-        FINGERPRINTS.write_text(json.dumps(prints, indent=2, sort_keys=True) + "\n")
+        kept = json.loads(FINGERPRINTS.read_text()) if FINGERPRINTS.exists() else {}
+        FINGERPRINTS.write_text(json.dumps(kept | prints, indent=2, sort_keys=True) + "\n")
         return 0
     recorded = json.loads(FINGERPRINTS.read_text())
     changed = [name for name in prints if name in recorded and recorded[name] != prints[name]]
