@@ -318,7 +318,7 @@ def lower_matmul(op: Operation) -> Program:
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
-        extra = mcast_reader_args(unit[2], unit[1], (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
+        extra = mcast_reader_args(shape, unit, (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
         return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
@@ -328,7 +328,7 @@ def lower_matmul(op: Operation) -> Program:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
         return [(batch * shape.mt + m) * shape.nt + n, *valid_n(n)]
 
-    reader = mcast_reader(op, shape, schedule, has_bias) if mcast \
+    reader = mcast_reader(op, shape, schedule, a_step, b_step, has_bias) if mcast \
         else matmul_reader(op, shape, schedule, a_step, b_step, has_bias)
     compute = matmul_compute(op, shape, schedule, has_bias, activation)
     writer = matmul_writer(op, shape, schedule)

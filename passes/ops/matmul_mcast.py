@@ -2,18 +2,26 @@
 (matmul_multi_core_reuse_mcast_2d: in0 sender/receiver and in1 sender/receiver kernels, a ready and a valid
 semaphore per operand).
 
-The grid is exactly n_blocks x m_blocks: core (x, y) computes output block (m = y, n = x), so the cores of a
-grid row share their in0 rows and the cores of a grid column their in1 columns. The first core of each row
-reads the row's in0 blocks from DRAM (or L1) and multicasts them along the row; the first core of each
-column reads the column's in1 blocks and multicasts them down the column. Every transfer is handshaken as in
-tt-metal: each receiver, with its CB pages reserved, increments the sender's "ready" semaphore; the sender
-waits for all of them, resets it, multicasts the pages and sets the receivers' "valid" semaphore; the
-receivers wait for it and reset it. The CBs, their push order and the compute and writer kernels are the
-unicast plan's (matmul.py), so the result is bit for bit the unicast one (the same K order). Only the reader
-differs: DRAM reads fall from every core's to one core per row (in0) and per column (in1), while NoC bytes,
-link bytes and the fan-out rise (the counts below, which the cost model weighs against the unicast plans).
+The grid is exactly n_blocks x (batch_groups * m_blocks): core (x, y) computes output block (batch group
+g = y // m_blocks, m = y % m_blocks, n = x) for the consecutive batches of its group, so the cores of a grid row
+share their in0 rows and the cores of a grid column their in1 columns. The first core of each row reads the
+row's in0 blocks from DRAM (or L1) and multicasts them along the row. In1 goes down the column: when every
+batch reads the same in1 matrix (a linear layer's weights: [batch..., M, K] @ [K, N]) the first core of the
+column reads it for the whole column; otherwise (attention's per-head products) the first core of each batch
+group's rows reads its group's in1 blocks and multicasts them down those rows (nothing to share when a group
+is one row). Every transfer is handshaken as in tt-metal: each receiver, with its CB pages reserved, increments
+the sender's "ready" semaphore; the sender waits for all of them, resets it, multicasts the pages and sets the
+receivers' "valid" semaphore; the receivers wait for it and reset it. The CBs, their push order and the compute
+and writer kernels are the unicast plan's (matmul.py), so the result is bit for bit the unicast one (the same K
+order). Only the reader differs: DRAM reads fall from every core's to one core per row (in0) and per column or
+column segment (in1), while NoC bytes, link bytes and the fan-out rise (the counts below, which the cost model
+weighs against the unicast plans).
 
-Offered for one-batch, non-ragged products over at least two cores whose operands are interleaved (a
+A ragged N edge (the last column has fewer valid tiles than per_core_n) is the unicast plan's: the last
+column's in1 sender reads only the tiles before the edge, zero-fills the rest of the block and multicasts the
+whole block; the writer drops the columns past the edge.
+
+Offered for products over at least two cores that multicast something and whose operands are interleaved (a
 sharded operand's pages are local to some cores, which the multicast counts do not model).
 """
 
@@ -31,7 +39,8 @@ MCAST = "mcast"
 IN0_READY, IN0_VALID, IN1_READY, IN1_VALID = 0, 1, 2, 3
 # reader runtime arguments after the unicast plan's three (a start, b start, n):
 # in0 sender?, in0 receiver?, in0 valid columns (in0_block_w on the sender, 0: nothing read), this row, last column;
-# in1 sender?, in1 receiver?, in1 valid columns, this column, last row
+# in1 sender?, in1 receiver?, in1 valid columns (the sender's: out_subblock_w, or at a ragged edge its output
+# columns before the edge; 0: nothing read), this column, the first and the last row of its multicast
 MCAST_ARGS = 3
 
 
@@ -39,23 +48,44 @@ def is_mcast(blocking: dict[str, int]) -> bool:
     return bool(blocking.get(MCAST, 0))
 
 
+def shared_in1(shape) -> bool:
+    """Every batch multiplies by the same in1 matrix (a broadcast weight), so a whole column shares it."""
+    return bool((shape.b_offsets == shape.b_offsets[0]).all())
+
+
+def in1_rows(shape, blocking: dict[str, int]) -> int:
+    """The grid rows one in1 multicast reaches: the whole column, or one batch group's rows."""
+    gx, gy = mcast_grid(shape, blocking)
+    return gy if shared_in1(shape) else shape.mt // blocking["per_core_m"]
+
+
 def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
     """Whether the multicast plan runs this blocking (see the module doc)."""
-    m_blocks, n_blocks = shape.mt // blocking["per_core_m"], shape.nt // blocking["per_core_n"]
-    return (shape.batches == 1 and shape.nt % blocking["per_core_n"] == 0 and m_blocks * n_blocks >= 2
+    gx, gy = mcast_grid(shape, blocking)
+    return ((gx > 1 or in1_rows(shape, blocking) > 1)
             and not is_sharded(tensor(op.operands[0])) and not is_sharded(tensor(op.operands[1])))
 
 
 def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int]:
-    """(x, y): one grid column per N block, one row per M block."""
-    return shape.nt // blocking["per_core_n"], shape.mt // blocking["per_core_m"]
+    """(x, y): one grid column per N block, one row per batch group and M block."""
+    return (-(-shape.nt // blocking["per_core_n"]),
+            shape.batches // blocking["batches"] * (shape.mt // blocking["per_core_m"]))
 
 
-def mcast_reader_args(x: int, y: int, grid: tuple[int, int], blocking: dict[str, int]) -> list[int]:
+def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], blocking: dict[str, int]) -> list[int]:
+    """The multicast arguments of the core computing `unit` (batch group, m block, n block)."""
     gx, gy = grid
-    s0, s1 = int(x == 0), int(y == 0)
+    group, m, x = unit
+    y = group * (shape.mt // blocking["per_core_m"]) + m
+    rows = in1_rows(shape, blocking)
+    first = y - y % rows
+    s0, s1 = int(x == 0), int(y == first)
+    if shape.nt % blocking["per_core_n"]:  # ragged: the sender's output columns before the edge
+        v1 = min(blocking["per_core_n"], shape.nt - x * blocking["per_core_n"])
+    else:
+        v1 = blocking["out_subblock_w"]
     return [s0, 1 - s0, blocking["in0_block_w"] if s0 else 0, y, gx - 1,
-            s1, 1 - s1, blocking["out_subblock_w"] if s1 else 0, x, gy - 1]
+            s1, 1 - s1, v1 if s1 else 0, x, first, first + rows - 1]
 
 
 def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], grid: tuple[int, int]) -> None:
@@ -64,43 +94,52 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
+    rows = in1_rows(shape, b)
     device = plan.device
     a, wt = tensor(op.operands[0]), tensor(op.operands[1])
     abuf, wbuf = Buffer.of(a, device), Buffer.of(wt, device)
-    in0, in1 = k_blocks * sh, k_blocks * sh * sw  # instances of each read
+    in0 = b["batches"] * k_blocks * sh  # instances of each read
+    core_x, core_y = np.arange(plan.cores) % gx, np.arange(plan.cores) // gx
+    senders1 = core_y % rows == 0  # in1's senders
+    # per in1 subblock column: the tiles before the edge that all the column senders read (w, but at a ragged edge)
+    valid = np.minimum(b["per_core_n"], shape.nt - core_x * b["per_core_n"])
+    edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * w, 0, w)[senders1].sum(axis=0)  # [sw]
     plan.masked(abuf, np.full(in0, gy * h * width))  # one reader per row
-    plan.masked(wbuf, np.full(in1, gx * width * w))  # one reader per column
+    plan.masked(wbuf, np.tile(width * edge, in0))  # one reader per column (segment)
     sent = np.zeros(plan.cores, dtype=np.int64)
     fanout = 0
-    core_x, core_y = np.arange(plan.cores) % gx, np.arange(plan.cores) // gx
+    senders = int(senders1.sum())
     if gx > 1:  # each row's sender: its pages leave once and enter the gx - 1 others
         plan.masked(Buffer(abuf.page, False, None), np.full(in0, gy * h * width * gx))
         sent += np.where(core_x == 0, in0 * h * width * abuf.page, 0)
         fanout = max(fanout, gx - 1)
-    if gy > 1:
-        plan.masked(Buffer(wbuf.page, False, None), np.full(in1, gx * width * w * gy))
-        sent += np.where(core_y == 0, in1 * width * w * wbuf.page, 0)
-        fanout = max(fanout, gy - 1)
+    if rows > 1:
+        plan.masked(Buffer(wbuf.page, False, None), np.full(in0 * sw, senders * width * w * rows))
+        sent += np.where(senders1, in0 * sw * width * w * wbuf.page, 0)
+        fanout = max(fanout, rows - 1)
     if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read per column, multicast
         bbuf = Buffer.of(tensor(op.operands[2]), device)
-        plan.masked(bbuf, np.full(sh * sw, gx * w))
-        if gy > 1:
-            plan.masked(Buffer(bbuf.page, False, None), np.full(sh * sw, gx * w * gy))
-            sent += np.where(core_y == 0, sh * sw * w * bbuf.page, 0)
+        last = b["batches"] * sh  # instances of the last K step
+        plan.masked(bbuf, np.tile(edge, last))
+        if rows > 1:
+            plan.masked(Buffer(bbuf.page, False, None), np.full(last * sw, senders * w * rows))
+            sent += np.where(senders1, last * sw * w * bbuf.page, 0)
     plan.builder.multicast(sent, fanout)
 
 
-def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
+def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, has_bias: bool):
     """The reader: the unicast reader's pushes, each operand block read by its sender and multicast."""
     b = s.blocking
-    gx, gy = s.grid.x, s.grid.y
+    gx = s.grid.x
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
+    rows = in1_rows(shape, b)
+    ragged = shape.nt % b["per_core_n"] != 0
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
-    s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
+    s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, first_y, last_y = (k.arg(MCAST_ARGS + i) for i in range(11))
 
     def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index, at: tuple[Index, Index],
               rect: tuple[Index, Index, Index, Index], receivers: int, ready: int, valid: int) -> None:
@@ -117,33 +156,37 @@ def mcast_reader(op: Operation, shape, s: Schedule, has_bias: bool):
         k.op("semaphore_wait", receiver, semaphore=valid, value=1)
         k.op("semaphore_set", receiver, semaphore=valid, value=0)
 
-    def k_step(kb: Index, with_bias: bool) -> None:
+    def k_step(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
-            a_start = k.affine(k.arg(0), (row, h * shape.kt), (kb, width))
+            a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
             k.op("noc_read_tiles", a_gen, a_start, v0, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
             k.op("noc_read_barrier")
             share([(CB_IN0, h * width)], s0, r0, (0, row_y), (0, row_y, last_x, row_y), gx - 1, IN0_READY, IN0_VALID)
             k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
-                b_start = k.affine(k.arg(1), (kb, width * shape.nt), (col, w))
-                k.op("noc_read_tiles", b_gen, b_start, v1, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
+                b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
+                edge = k.affine(v1, (col, -w)) if ragged else v1  # the sender's valid columns of this subblock
+                k.op("noc_read_tiles", b_gen, b_start, edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
                 if with_bias:  # the bias row goes down the column with the in1 block
                     k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
-                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), v1, cb=CB_BIAS, rows=1, cols=w)
+                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), edge, cb=CB_BIAS, rows=1, cols=w)
                 k.op("noc_read_barrier")
                 blocks = [(CB_IN1, width * w), (CB_BIAS, w)] if with_bias else [(CB_IN1, width * w)]
-                share(blocks, s1, r1, (col_x, 0), (col_x, 0, col_x, last_y), gy - 1, IN1_READY, IN1_VALID)
+                share(blocks, s1, r1, (col_x, first_y), (col_x, first_y, col_x, last_y), rows - 1,
+                      IN1_READY, IN1_VALID)
                 k.op("cb_push_back", cb=CB_IN1, pages=width * w)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
 
-    plain = k_blocks - 1 if has_bias else k_blocks
-    if plain:
-        with k.loop(plain) as kb:
-            k_step(kb, False)
-    if has_bias:
-        k_step(k_blocks - 1, True)
+    with k.loop(b["batches"]) as batch:
+        a_base = k.affine(k.arg(0), (batch, a_step))
+        b_base = k.affine(k.arg(1), (batch, b_step))
+        plain = k_blocks - 1 if has_bias else k_blocks
+        if plain:
+            with k.loop(plain) as kb:
+                k_step(a_base, b_base, kb, False)
+        if has_bias:
+            k_step(a_base, b_base, k_blocks - 1, True)
     return k.region()
-
