@@ -40,7 +40,8 @@ IN0_READY, IN0_VALID, IN1_READY, IN1_VALID = 0, 1, 2, 3
 # reader runtime arguments after the unicast plan's three (a start, b start, n):
 # in0 sender?, in0 receiver?, in0 valid columns (in0_block_w on the sender, 0: nothing read), this row, last column;
 # in1 sender?, in1 receiver?, in1 valid columns (the sender's: out_subblock_w, or at a ragged edge its output
-# columns before the edge; 0: nothing read), this column, the first and the last row of its multicast
+# columns before the edge; 0: nothing read), this column, the last row of its multicast, and when in1 is not
+# shared by the whole column (`shared_in1`) the first row of its multicast (else row 0)
 MCAST_ARGS = 3
 
 
@@ -85,7 +86,7 @@ def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], block
     else:
         v1 = blocking["out_subblock_w"]
     return [s0, 1 - s0, blocking["in0_block_w"] if s0 else 0, y, gx - 1,
-            s1, 1 - s1, v1 if s1 else 0, x, first, first + rows - 1]
+            s1, 1 - s1, v1 if s1 else 0, x, first + rows - 1, *([] if shared_in1(shape) else [first])]
 
 
 def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], grid: tuple[int, int]) -> None:
@@ -139,7 +140,8 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
-    s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, first_y, last_y = (k.arg(MCAST_ARGS + i) for i in range(11))
+    s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
+    first_y = 0 if shared_in1(shape) else k.arg(MCAST_ARGS + 10)
 
     def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index, at: tuple[Index, Index],
               rect: tuple[Index, Index, Index, Index], receivers: int, ready: int, valid: int) -> None:
