@@ -158,17 +158,17 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
         k.op("semaphore_wait", receiver, semaphore=valid, value=1)
         k.op("semaphore_set", receiver, semaphore=valid, value=0)
 
-    def k_step(a_base: Index, b_base: Index, kb: Index, with_bias: bool) -> None:
+    def k_step(batch: Index, kb: Index, with_bias: bool) -> None:
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
-            a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
+            a_start = k.affine(k.arg(0), (batch, a_step), (row, h * shape.kt), (kb, width))
             k.op("noc_read_tiles", a_gen, a_start, v0, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
             k.op("noc_read_barrier")
             share([(CB_IN0, h * width)], s0, r0, (0, row_y), (0, row_y, last_x, row_y), gx - 1, IN0_READY, IN0_VALID)
             k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
-                b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
+                b_start = k.affine(k.arg(1), (batch, b_step), (kb, width * shape.nt), (col, w))
                 edge = k.affine(v1, (col, -w)) if ragged else v1  # the sender's valid columns of this subblock
                 k.op("noc_read_tiles", b_gen, b_start, edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
                 if with_bias:  # the bias row goes down the column with the in1 block
@@ -183,12 +183,10 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
 
     with k.loop(b["batches"]) as batch:
-        a_base = k.affine(k.arg(0), (batch, a_step))
-        b_base = k.affine(k.arg(1), (batch, b_step))
         plain = k_blocks - 1 if has_bias else k_blocks
         if plain:
             with k.loop(plain) as kb:
-                k_step(a_base, b_base, kb, False)
+                k_step(batch, kb, False)
         if has_bias:
-            k_step(a_base, b_base, k_blocks - 1, True)
+            k_step(batch, k_blocks - 1, True)
     return k.region()
