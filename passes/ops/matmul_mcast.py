@@ -56,14 +56,12 @@ def shared_in1(shape) -> bool:
 
 def in1_rows(shape, blocking: dict[str, int]) -> int:
     """The grid rows one in1 multicast reaches: the whole column, or one batch group's rows."""
-    gx, gy = mcast_grid(shape, blocking)
-    return gy if shared_in1(shape) else shape.mt // blocking["per_core_m"]
+    return mcast_grid(shape, blocking)[1] if shared_in1(shape) else shape.mt // blocking["per_core_m"]
 
 
 def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
     """Whether the multicast plan runs this blocking (see the module doc)."""
-    gx, gy = mcast_grid(shape, blocking)
-    return ((gx > 1 or in1_rows(shape, blocking) > 1)
+    return ((mcast_grid(shape, blocking)[0] > 1 or in1_rows(shape, blocking) > 1)
             and not is_sharded(tensor(op.operands[0])) and not is_sharded(tensor(op.operands[1])))
 
 
@@ -75,7 +73,6 @@ def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int]:
 
 def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], blocking: dict[str, int]) -> list[int]:
     """The multicast arguments of the core computing `unit` (batch group, m block, n block)."""
-    gx, gy = grid
     group, m, x = unit
     y = group * (shape.mt // blocking["per_core_m"]) + m
     rows = in1_rows(shape, blocking)
@@ -85,7 +82,7 @@ def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], block
         v1 = min(blocking["per_core_n"], shape.nt - x * blocking["per_core_n"])
     else:
         v1 = blocking["out_subblock_w"]
-    return [s0, 1 - s0, blocking["in0_block_w"] if s0 else 0, y, gx - 1,
+    return [s0, 1 - s0, blocking["in0_block_w"] if s0 else 0, y, grid[0] - 1,
             s1, 1 - s1, v1 if s1 else 0, x, first + rows - 1, *([] if shared_in1(shape) else [first])]
 
 
