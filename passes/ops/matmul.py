@@ -203,7 +203,7 @@ def n_splits(nt: int) -> list[int]:
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
-    from ttc.passes.ops.matmul_mcast import MCAST, mcast_allowed
+    from ttc.passes.ops.matmul_mcast import mcast_variants
 
     shape = matmul_shape(op)
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
@@ -214,8 +214,8 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                         blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
                                     "out_subblock_h": h, "out_subblock_w": w}
                         yield blocking
-                        if i == 0 and mcast_allowed(op, shape, blocking):  # the preferred subblock only
-                            yield {**blocking, MCAST: 1}
+                        if i == 0:  # the multicast plans: with the preferred subblock only
+                            yield from mcast_variants(op, shape, blocking)
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:

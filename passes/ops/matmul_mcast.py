@@ -1,31 +1,44 @@
-"""The multicast matmul plan (`"mcast": 1` in a matmul blocking), after tt-metal's 2-D reuse-multicast matmul
-(matmul_multi_core_reuse_mcast_2d: in0 sender/receiver and in1 sender/receiver kernels, a ready and a valid
-semaphore per operand).
+"""The multicast matmul plans (`"mcast"` in a matmul blocking), after tt-metal's reuse-multicast matmuls
+(matmul_multi_core_reuse_mcast_2d and _1d: sender and receiver reader kernels, a ready and a valid semaphore
+per operand).
 
-The grid is exactly n_blocks x (batch_groups * m_blocks): core (x, y) computes output block (batch group
-g = y // m_blocks, m = y % m_blocks, n = x) for the consecutive batches of its group, so the cores of a grid row
-share their in0 rows and the cores of a grid column their in1 columns. The first core of each row reads the
-row's in0 blocks from DRAM (or L1) and multicasts them along the row. In1 goes down the column: when every
-batch reads the same in1 matrix (a linear layer's weights: [batch..., M, K] @ [K, N]) the first core of the
-column reads it for the whole column; otherwise (attention's per-head products) the first core of each batch
-group's rows reads its group's in1 blocks and multicasts them down those rows (nothing to share when a group
-is one row). Every transfer is handshaken as in tt-metal: each receiver, with its CB pages reserved, increments
-the sender's "ready" semaphore; the sender waits for all of them, resets it, multicasts the pages and sets the
-receivers' "valid" semaphore; the receivers wait for it and reset it. The CBs, their push order and the compute
-and writer kernels are the unicast plan's (matmul.py), so the result is bit for bit the unicast one (the same K
-order). Only the reader differs: DRAM reads fall from every core's to one core per row (in0) and per column or
-column segment (in1), while NoC bytes, link bytes and the fan-out rise (the counts below, which the cost model
-weighs against the unicast plans).
+`"mcast": 1`, the 2-D plan. The grid is exactly n_blocks x (batch_groups * m_blocks): core (x, y) computes
+output block (batch group g = y // m_blocks, m = y % m_blocks, n = x) for the consecutive batches of its group,
+so the cores of a grid row share their in0 rows and the cores of a grid column their in1 columns. The first
+core of each row reads the row's in0 blocks from DRAM (or L1) and multicasts them along the row. In1 goes down
+the column: when every batch reads the same in1 matrix (a linear layer's weights: [batch..., M, K] @ [K, N])
+the first core of the column reads it for the whole column; otherwise (attention's per-head products) the
+first core of each batch group's rows reads its group's in1 blocks and multicasts them down those rows (nothing
+to share when a group is one row).
 
-A ragged N edge (the last column has fewer valid tiles than per_core_n) is the unicast plan's: the last
-column's in1 sender reads only the tiles before the edge, zero-fills the rest of the block and multicasts the
-whole block; the writer drops the columns past the edge.
+`"mcast": 2` and `3`, the 1-D plans, for products the 2-D grid cannot spread: every core shares one operand.
+With 2, all cores compute the same M rows (one batch group, per_core_m = M; a tall K x wide N layer such as a
+late convolution whose M is a prime number of tiles) and core 0 multicasts in0 to the whole grid while every
+core reads its own in1 columns; with 3, all cores compute the same N columns (per_core_n = N: a convolution's
+few output channels over many rows of its im2col matrix) and core 0 multicasts in1 (and the bias) to the whole
+grid while every core reads its own in0 rows; the batches must then share in1. Their grid is the unicast
+plan's (`grid.grid_for`), cores past the last unit repeating its work (they take part in the handshake).
+
+Every transfer is handshaken as in tt-metal: each receiver, with its CB pages reserved, increments the
+sender's "ready" semaphore; the sender waits for all of them, resets it, multicasts the pages and sets the
+receivers' "valid" semaphore; the receivers wait for it and reset it. The CBs, their push order and the
+compute and writer kernels are the unicast plan's (matmul.py), so the result is bit for bit the unicast one
+(the same K order). Only the reader differs: DRAM reads of a shared operand fall from every core's to one
+core's per row, column, column segment or grid, while NoC bytes, link bytes and the fan-out rise (the counts
+below, which the cost model weighs against the unicast plans).
+
+A ragged N edge (the last N block has fewer valid tiles than per_core_n) is the unicast plan's: the core
+reading the last block's in1 reads only the tiles before the edge and zero-fills the rest (a sender multicasts
+the whole block); the writer drops the columns past the edge.
 
 Offered for products over at least two cores that multicast something and whose operands are interleaved (a
 sharded operand's pages are local to some cores, which the multicast counts do not model).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -36,12 +49,14 @@ from ttc.passes.ops.kernel import Index, KernelBuilder
 from ttc.passes.ops.program import Schedule
 
 MCAST = "mcast"
+GRID_2D, IN0_TO_ALL, IN1_TO_ALL = 1, 2, 3  # the plans
 IN0_READY, IN0_VALID, IN1_READY, IN1_VALID = 0, 1, 2, 3
 # reader runtime arguments after the unicast plan's three (a start, b start, n):
-# in0 sender?, in0 receiver?, in0 valid columns (in0_block_w on the sender, 0: nothing read), this row, last column;
-# in1 sender?, in1 receiver?, in1 valid columns (the sender's: out_subblock_w, or at a ragged edge its output
-# columns before the edge; 0: nothing read), this column, the last row of its multicast, and when in1 is not
-# shared by the whole column (`shared_in1`) the first row of its multicast (else row 0)
+# in0 sender?, in0 receiver?, in0 valid columns (in0_block_w where the core reads in0, 0: nothing read),
+# [2-D: this row, last column;]
+# in1 sender?, in1 receiver?, in1 valid columns (where the core reads in1: out_subblock_w, or at a ragged edge
+# its output columns before the edge; 0: nothing read), [2-D: this column, the last row of its multicast, and
+# when in1 is not shared by the whole column (`shared_in1`) the first row of its multicast (else row 0)]
 MCAST_ARGS = 3
 
 
@@ -54,96 +69,148 @@ def shared_in1(shape) -> bool:
     return bool((shape.b_offsets == shape.b_offsets[0]).all())
 
 
+def _units(shape, blocking: dict[str, int]) -> tuple[int, int, int]:
+    return (shape.batches // blocking["batches"], shape.mt // blocking["per_core_m"],
+            -(-shape.nt // blocking["per_core_n"]))
+
+
 def in1_rows(shape, blocking: dict[str, int]) -> int:
-    """The grid rows one in1 multicast reaches: the whole column, or one batch group's rows."""
-    return mcast_grid(shape, blocking)[1] if shared_in1(shape) else shape.mt // blocking["per_core_m"]
+    """The grid rows one in1 multicast of the 2-D plan reaches: the whole column, or one batch group's rows."""
+    groups, m_blocks, _ = _units(shape, blocking)
+    return groups * m_blocks if shared_in1(shape) else m_blocks
+
+
+def mcast_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[dict[str, int]]:
+    """The multicast plans of a unicast blocking (see the module doc)."""
+    if is_sharded(tensor(op.operands[0])) or is_sharded(tensor(op.operands[1])):
+        return
+    groups, m_blocks, n_blocks = _units(shape, blocking)
+    if n_blocks > 1 or in1_rows(shape, blocking) > 1:
+        yield {**blocking, MCAST: GRID_2D}
+    if groups * m_blocks == 1 and n_blocks > 1:
+        yield {**blocking, MCAST: IN0_TO_ALL}
+    if n_blocks == 1 and groups * m_blocks > 1 and (groups == 1 or shared_in1(shape)):
+        yield {**blocking, MCAST: IN1_TO_ALL}
 
 
 def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
-    """Whether the multicast plan runs this blocking (see the module doc)."""
-    return ((mcast_grid(shape, blocking)[0] > 1 or in1_rows(shape, blocking) > 1)
-            and not is_sharded(tensor(op.operands[0])) and not is_sharded(tensor(op.operands[1])))
+    """Whether the multicast plan `blocking[MCAST]` runs this blocking."""
+    plain = {k: v for k, v in blocking.items() if k != MCAST}
+    return any(v[MCAST] == blocking[MCAST] for v in mcast_variants(op, shape, plain))
 
 
-def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int]:
-    """(x, y): one grid column per N block, one row per batch group and M block."""
-    return (-(-shape.nt // blocking["per_core_n"]),
-            shape.batches // blocking["batches"] * (shape.mt // blocking["per_core_m"]))
+def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int] | None:
+    """The 2-D plan's grid (x, y): one column per N block, one row per batch group and M block; None for the
+    1-D plans (any grid holding the units)."""
+    if blocking[MCAST] != GRID_2D:
+        return None
+    groups, m_blocks, n_blocks = _units(shape, blocking)
+    return n_blocks, groups * m_blocks
+
+
+def _in1_valid(shape, blocking: dict[str, int], n_block: int) -> int:
+    """What a core reading in1 passes as its valid columns: the subblock's width, or at a ragged edge its output
+    columns before the edge (the reader subtracts each subblock's start)."""
+    if shape.nt % blocking["per_core_n"]:
+        return min(blocking["per_core_n"], shape.nt - n_block * blocking["per_core_n"])
+    return blocking["out_subblock_w"]
 
 
 def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], blocking: dict[str, int]) -> list[int]:
     """The multicast arguments of the core computing `unit` (batch group, m block, n block)."""
     group, m, x = unit
+    width, v1 = blocking["in0_block_w"], _in1_valid(shape, blocking, x)
+    if blocking[MCAST] != GRID_2D:  # core 0 (unit 0: the extra cores of a padded grid repeat the last unit) sends
+        first = int(not any(unit))
+        s0 = first if blocking[MCAST] == IN0_TO_ALL else 1
+        s1 = first if blocking[MCAST] == IN1_TO_ALL else 1
+        return [s0, 1 - s0, width if s0 else 0, s1, 1 - s1, v1 if s1 else 0]
     y = group * (shape.mt // blocking["per_core_m"]) + m
     rows = in1_rows(shape, blocking)
     first = y - y % rows
     s0, s1 = int(x == 0), int(y == first)
-    if shape.nt % blocking["per_core_n"]:  # ragged: the sender's output columns before the edge
-        v1 = min(blocking["per_core_n"], shape.nt - x * blocking["per_core_n"])
-    else:
-        v1 = blocking["out_subblock_w"]
-    return [s0, 1 - s0, blocking["in0_block_w"] if s0 else 0, y, grid[0] - 1,
+    return [s0, 1 - s0, width if s0 else 0, y, grid[0] - 1,
             s1, 1 - s1, v1 if s1 else 0, x, first + rows - 1, *([] if shared_in1(shape) else [first])]
 
 
 def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], grid: tuple[int, int]) -> None:
     """The in0, in1 and bias traffic of the multicast reader (the output's is the unicast plan's)."""
-    gx, gy = grid
+    gx = grid[0]
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
-    rows = in1_rows(shape, b)
     device = plan.device
     a, wt = tensor(op.operands[0]), tensor(op.operands[1])
     abuf, wbuf = Buffer.of(a, device), Buffer.of(wt, device)
     in0 = b["batches"] * k_blocks * sh  # instances of each read
     core_x, core_y = np.arange(plan.cores) % gx, np.arange(plan.cores) // gx
-    senders1 = core_y % rows == 0  # in1's senders
-    # per in1 subblock column: the tiles before the edge that all the column senders read (w, but at a ragged edge)
-    valid = np.minimum(b["per_core_n"], shape.nt - core_x * b["per_core_n"])
-    edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * w, 0, w)[senders1].sum(axis=0)  # [sw]
-    plan.masked(abuf, np.full(in0, gy * h * width))  # one reader per row
-    plan.masked(wbuf, np.tile(width * edge, in0))  # one reader per column (segment)
+    everyone = np.ones(plan.cores, dtype=bool)
+    core0 = np.arange(plan.cores) == 0
+    if b[MCAST] == GRID_2D:
+        rows = in1_rows(shape, b)
+        readers0, readers1 = core_x == 0, core_y % rows == 0
+        reach0, reach1 = gx, rows  # cores one multicast reaches, its sender included
+    else:
+        readers0 = core0 if b[MCAST] == IN0_TO_ALL else everyone
+        readers1 = core0 if b[MCAST] == IN1_TO_ALL else everyone
+        reach0 = plan.cores if b[MCAST] == IN0_TO_ALL else 1
+        reach1 = plan.cores if b[MCAST] == IN1_TO_ALL else 1
+    # per in1 subblock column: the tiles before the edge that all of in1's readers read (w, but at a ragged edge)
+    valid = np.minimum(b["per_core_n"], shape.nt - plan.unit[:, 2] * b["per_core_n"])
+    edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * w, 0, w)[readers1].sum(axis=0)  # [sw]
+    plan.masked(abuf, np.full(in0, int(readers0.sum()) * h * width))
+    plan.masked(wbuf, np.tile(width * edge, in0))
     sent = np.zeros(plan.cores, dtype=np.int64)
     fanout = 0
-    senders = int(senders1.sum())
-    if gx > 1:  # each row's sender: its pages leave once and enter the gx - 1 others
-        plan.masked(Buffer(abuf.page, False, None), np.full(in0, gy * h * width * gx))
-        sent += np.where(core_x == 0, in0 * h * width * abuf.page, 0)
-        fanout = max(fanout, gx - 1)
-    if rows > 1:
-        plan.masked(Buffer(wbuf.page, False, None), np.full(in0 * sw, senders * width * w * rows))
-        sent += np.where(senders1, in0 * sw * width * w * wbuf.page, 0)
-        fanout = max(fanout, rows - 1)
-    if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read per column, multicast
+    if reach0 > 1:  # each sender's pages leave once and enter the others it reaches
+        plan.masked(Buffer(abuf.page, False, None), np.full(in0, int(readers0.sum()) * h * width * reach0))
+        sent += np.where(readers0, in0 * h * width * abuf.page, 0)
+        fanout = max(fanout, reach0 - 1)
+    senders1 = int(readers1.sum())
+    if reach1 > 1:
+        plan.masked(Buffer(wbuf.page, False, None), np.full(in0 * sw, senders1 * width * w * reach1))
+        sent += np.where(readers1, in0 * sw * width * w * wbuf.page, 0)
+        fanout = max(fanout, reach1 - 1)
+    if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read and multicast with in1
         bbuf = Buffer.of(tensor(op.operands[2]), device)
         last = b["batches"] * sh  # instances of the last K step
         plan.masked(bbuf, np.tile(edge, last))
-        if rows > 1:
-            plan.masked(Buffer(bbuf.page, False, None), np.full(last * sw, senders * w * rows))
-            sent += np.where(senders1, last * sw * w * bbuf.page, 0)
+        if reach1 > 1:
+            plan.masked(Buffer(bbuf.page, False, None), np.full(last * sw, senders1 * w * reach1))
+            sent += np.where(readers1, last * sw * w * bbuf.page, 0)
     plan.builder.multicast(sent, fanout)
 
 
 def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, has_bias: bool):
-    """The reader: the unicast reader's pushes, each operand block read by its sender and multicast."""
+    """The reader: the unicast reader's pushes, each shared operand block read by its sender and multicast."""
     b = s.blocking
-    gx = s.grid.x
+    gx, gy = s.grid.x, s.grid.y
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
-    rows = in1_rows(shape, b)
     ragged = shape.nt % b["per_core_n"] != 0
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
-    s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
-    first_y = 0 if shared_in1(shape) else k.arg(MCAST_ARGS + 10)
+    # per operand: sender?, receiver?, valid columns, the sender's (x, y), the rectangle, receivers per multicast
+    if b[MCAST] == GRID_2D:
+        s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
+        first_y = 0 if shared_in1(shape) else k.arg(MCAST_ARGS + 10)
+        rows = in1_rows(shape, b)
+        route0 = ((0, row_y), (0, row_y, last_x, row_y), gx - 1)
+        route1 = ((col_x, first_y), (col_x, first_y, col_x, last_y), rows - 1)
+    else:
+        s0, r0, v0, s1, r1, v1 = (k.arg(MCAST_ARGS + i) for i in range(6))
+        whole = ((0, 0), (0, 0, gx - 1, gy - 1), math.prod((gx, gy)) - 1)
+        none = ((0, 0), (0, 0, 0, 0), 0)
+        route0 = whole if b[MCAST] == IN0_TO_ALL else none
+        route1 = whole if b[MCAST] == IN1_TO_ALL else none
 
-    def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index, at: tuple[Index, Index],
-              rect: tuple[Index, Index, Index, Index], receivers: int, ready: int, valid: int) -> None:
+    def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index,
+              route: tuple[tuple[Index, Index], tuple[Index, Index, Index, Index], int], ready: int, valid: int) -> None:
         """tt-metal's handshake around the multicast of blocks (cb, pages) the sender has read; the last
         multicast sets the receivers' valid semaphore."""
+        at, rect, receivers = route
         if not receivers:
             return
         k.op("semaphore_inc", *at, receiver, semaphore=ready)
@@ -161,20 +228,19 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
             a_start = k.affine(k.arg(0), (batch, a_step), (row, h * shape.kt), (kb, width))
             k.op("noc_read_tiles", a_gen, a_start, v0, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
             k.op("noc_read_barrier")
-            share([(CB_IN0, h * width)], s0, r0, (0, row_y), (0, row_y, last_x, row_y), gx - 1, IN0_READY, IN0_VALID)
+            share([(CB_IN0, h * width)], s0, r0, route0, IN0_READY, IN0_VALID)
             k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
                 b_start = k.affine(k.arg(1), (batch, b_step), (kb, width * shape.nt), (col, w))
-                edge = k.affine(v1, (col, -w)) if ragged else v1  # the sender's valid columns of this subblock
+                edge = k.affine(v1, (col, -w)) if ragged else v1  # the reader's valid columns of this subblock
                 k.op("noc_read_tiles", b_gen, b_start, edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
-                if with_bias:  # the bias row goes down the column with the in1 block
+                if with_bias:  # the bias row goes with the in1 block
                     k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
                     k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), edge, cb=CB_BIAS, rows=1, cols=w)
                 k.op("noc_read_barrier")
                 blocks = [(CB_IN1, width * w), (CB_BIAS, w)] if with_bias else [(CB_IN1, width * w)]
-                share(blocks, s1, r1, (col_x, first_y), (col_x, first_y, col_x, last_y), rows - 1,
-                      IN1_READY, IN1_VALID)
+                share(blocks, s1, r1, route1, IN1_READY, IN1_VALID)
                 k.op("cb_push_back", cb=CB_IN1, pages=width * w)
                 if with_bias:
                     k.op("cb_push_back", cb=CB_BIAS, pages=w)
