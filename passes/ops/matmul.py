@@ -254,26 +254,27 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             + m0[:, None, None] + np.arange(pcm)[None, None, :]
         return (rows.reshape(plan.cores, -1, 1) * kt + np.arange(kt)[None, None, :]).reshape(plan.cores, -1)
 
-    from ttc.passes.ops.matmul_mcast import is_mcast, plan_operands_mcast
+    from ttc.passes.ops.matmul_mcast import multicast_operands, plan_operands_mcast
 
     abuf = Buffer.of(tensor(a), device)
     wbuf = Buffer.of(tensor(w), device)
     b_reads = batches * k_blocks * sh  # instances of each subblock column's read
-    if is_mcast(b):  # in0 and in1 read by one core per row and column and multicast
+    shared = multicast_operands(b)  # the operands a multicast plan shares: it counts them (in1 with the bias)
+    if shared:
         plan_operands_mcast(plan, op, shape, b, grid)
-    elif ragged:
+    if 0 not in shared:
         plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
+    if 1 not in shared and ragged:
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
-    else:
+    elif 1 not in shared:
         def b_pages() -> np.ndarray:
             base = shape.b_offsets[batch0[:, None] + np.arange(batches)[None, :]] + n0[:, None]  # [cores, batches]
             grid_pages = np.arange(kt)[:, None] * nt + np.arange(pcn)[None, :]
             pages = base[:, :, None] + grid_pages.reshape(1, 1, -1)
             return np.repeat(pages.reshape(plan.cores, -1), sh, axis=1)
 
-        plan.static(abuf, batches * pcm * kt, page_lists=a_pages)
         plan.static(wbuf, batches * kt * pcn * sh, page_lists=b_pages)
-    if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
+    if has_bias and 1 not in shared:
         bias = op.operands[2]
         bbuf = Buffer.of(tensor(bias), device)
         if ragged:

@@ -31,8 +31,11 @@ A ragged N edge (the last N block has fewer valid tiles than per_core_n) is the 
 reading the last block's in1 reads only the tiles before the edge and zero-fills the rest (a sender multicasts
 the whole block); the writer drops the columns past the edge.
 
-Offered for products over at least two cores that multicast something and whose operands are interleaved (a
-sharded operand's pages are local to some cores, which the multicast counts do not model).
+Offered for products over at least two cores that multicast something, when the operands multicast are
+interleaved (a sharded operand's pages are local to some cores, which the multicast counts do not model). An
+operand every core reads for itself (in0 of the in1 plan, in1 of the in0 plan) is read and counted as in the
+unicast plan, so it may be sharded: a height-sharded convolution input is read from each core's own shard while
+the weights come by multicast.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ def is_mcast(blocking: dict[str, int]) -> bool:
     return bool(blocking.get(MCAST, 0))
 
 
+def multicast_operands(blocking: dict[str, int]) -> tuple[int, ...]:
+    """The operands (0: in0, 1: in1 with the bias) the blocking's plan multicasts; the others every core reads
+    for itself as in the unicast plan (matmul.py counts them)."""
+    return {0: (), GRID_2D: (0, 1), IN0_TO_ALL: (0,), IN1_TO_ALL: (1,)}[blocking.get(MCAST, 0)]
+
+
 def shared_in1(shape) -> bool:
     """Every batch multiplies by the same in1 matrix (a broadcast weight), so a whole column shares it."""
     return bool((shape.b_offsets == shape.b_offsets[0]).all())
@@ -81,15 +90,14 @@ def in1_rows(shape, blocking: dict[str, int]) -> int:
 
 
 def mcast_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[dict[str, int]]:
-    """The multicast plans of a unicast blocking (see the module doc)."""
-    if is_sharded(tensor(op.operands[0])) or is_sharded(tensor(op.operands[1])):
-        return
+    """The multicast plans of a unicast blocking (see the module doc); a multicast operand must be interleaved."""
+    sharded0, sharded1 = is_sharded(tensor(op.operands[0])), is_sharded(tensor(op.operands[1]))
     groups, m_blocks, n_blocks = _units(shape, blocking)
-    if n_blocks > 1 or in1_rows(shape, blocking) > 1:
+    if (n_blocks > 1 or in1_rows(shape, blocking) > 1) and not sharded0 and not sharded1:
         yield {**blocking, MCAST: GRID_2D}
-    if groups * m_blocks == 1 and n_blocks > 1:
+    if groups * m_blocks == 1 and n_blocks > 1 and not sharded0:
         yield {**blocking, MCAST: IN0_TO_ALL}
-    if n_blocks == 1 and groups * m_blocks > 1 and (groups == 1 or shared_in1(shape)):
+    if n_blocks == 1 and groups * m_blocks > 1 and (groups == 1 or shared_in1(shape)) and not sharded1:
         yield {**blocking, MCAST: IN1_TO_ALL}
 
 
@@ -109,9 +117,10 @@ def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int] | None:
 
 
 def _in1_valid(shape, blocking: dict[str, int], n_block: int) -> int:
-    """What a core reading in1 passes as its valid columns: the subblock's width, or at a ragged edge its output
-    columns before the edge (the reader subtracts each subblock's start)."""
-    if shape.nt % blocking["per_core_n"]:
+    """What a core reading in1 passes as its valid columns: the subblock's width, or at a ragged edge (and always
+    where it reads in1 for itself, as the unicast reader's argument) its output columns before the edge (the
+    reader subtracts each subblock's start)."""
+    if shape.nt % blocking["per_core_n"] or blocking[MCAST] == IN0_TO_ALL:
         return min(blocking["per_core_n"], shape.nt - n_block * blocking["per_core_n"])
     return blocking["out_subblock_w"]
 
@@ -134,7 +143,8 @@ def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], block
 
 
 def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], grid: tuple[int, int]) -> None:
-    """The in0, in1 and bias traffic of the multicast reader (the output's is the unicast plan's)."""
+    """The traffic of the operands the plan multicasts (`multicast_operands`; the others and the output are
+    counted as in the unicast plan)."""
     gx = grid[0]
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
@@ -158,8 +168,11 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
     # per in1 subblock column: the tiles before the edge that all of in1's readers read (w, but at a ragged edge)
     valid = np.minimum(b["per_core_n"], shape.nt - plan.unit[:, 2] * b["per_core_n"])
     edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * w, 0, w)[readers1].sum(axis=0)  # [sw]
-    plan.masked(abuf, np.full(in0, int(readers0.sum()) * h * width))
-    plan.masked(wbuf, np.tile(width * edge, in0))
+    shared = multicast_operands(b)
+    if 0 in shared:
+        plan.masked(abuf, np.full(in0, int(readers0.sum()) * h * width))
+    if 1 in shared:
+        plan.masked(wbuf, np.tile(width * edge, in0))
     sent = np.zeros(plan.cores, dtype=np.int64)
     fanout = 0
     if reach0 > 1:  # each sender's pages leave once and enter the others it reaches
@@ -171,7 +184,7 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
         plan.masked(Buffer(wbuf.page, False, None), np.full(in0 * sw, senders1 * width * w * reach1))
         sent += np.where(readers1, in0 * sw * width * w * wbuf.page, 0)
         fanout = max(fanout, reach1 - 1)
-    if len(op.operands) > 2:  # the bias row with the last K step's in1 blocks: read and multicast with in1
+    if len(op.operands) > 2 and 1 in shared:  # the bias row with the last K step's in1 blocks: read, multicast
         bbuf = Buffer.of(tensor(op.operands[2]), device)
         last = b["batches"] * sh  # instances of the last K step
         plan.masked(bbuf, np.tile(edge, last))
@@ -189,6 +202,7 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
     ragged = shape.nt % b["per_core_n"] != 0
+    shared = multicast_operands(b)
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias_gen = k.addrgen(2, tensor(op.operands[2])) if has_bias else None
@@ -226,18 +240,20 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
         with k.loop(sh) as row:
             k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
             a_start = k.affine(k.arg(0), (batch, a_step), (row, h * shape.kt), (kb, width))
-            k.op("noc_read_tiles", a_gen, a_start, v0, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
+            a_valid = [v0] if 0 in shared else []  # (an operand every core reads is read as in the unicast plan)
+            k.op("noc_read_tiles", a_gen, a_start, *a_valid, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
             k.op("noc_read_barrier")
             share([(CB_IN0, h * width)], s0, r0, route0, IN0_READY, IN0_VALID)
             k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
                 b_start = k.affine(k.arg(1), (batch, b_step), (kb, width * shape.nt), (col, w))
-                edge = k.affine(v1, (col, -w)) if ragged else v1  # the reader's valid columns of this subblock
-                k.op("noc_read_tiles", b_gen, b_start, edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
+                # the reader's valid columns of this subblock
+                edge = [k.affine(v1, (col, -w))] if ragged else [v1] if 1 in shared else []
+                k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
                 if with_bias:  # the bias row goes with the in1 block
                     k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
-                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), edge, cb=CB_BIAS, rows=1, cols=w)
+                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
                 k.op("noc_read_barrier")
                 blocks = [(CB_IN1, width * w), (CB_BIAS, w)] if with_bias else [(CB_IN1, width * w)]
                 share(blocks, s1, r1, route1, IN1_READY, IN1_VALID)
