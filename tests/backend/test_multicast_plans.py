@@ -178,3 +178,22 @@ def test_a_missing_ready_increment_is_a_deadlock(emulator: str, shared: bool, na
             rf"deadlock: no kernel on any core can make progress\n  reader kernel on core \(0,0\): "
             rf"ttkernel.semaphore_wait waits for semaphore {semaphore} to reach \d+ \(it holds 0\)")):
         Executor(module, device_weights(module)).run(feeds(shared))
+
+
+@pytest.mark.parametrize("emulator", ["native", "reference"])
+@pytest.mark.parametrize("shared, name, cb", [(True, "2d-batches-per-core", 0), (False, "2d-batches-per-core", 1),
+                                              (True, "in0-to-all", 0), (True, "in1-to-all", 1)],
+                         ids=["2d-in0", "2d-per-batch-in1", "in0-to-all", "in1-to-all"])
+def test_a_receiver_that_does_not_wait_for_the_multicast_is_a_fault(emulator: str, shared: bool, name: str,
+                                                                     cb: int) -> None:
+    """The receivers' wait for the valid semaphore of CB `cb`'s multicast deleted: their push is the fault."""
+    plan, b = BLOCKINGS[name]
+    module, _ = forced(product(shared), b, plan)
+    program = next(op for op in module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name)
+    waits = [op for op in program.walk() if op.name == ttkernel.SEMAPHORE_WAIT.name]
+    receivers = [op for op in waits if op.attributes["semaphore"] == (1 if cb == 0 else 3)]
+    receivers[0].erase()
+    with using_emulator(emulator), pytest.raises(DeviceFault, match=(
+            rf"cb_push_back of CB {cb} before waiting for the multicast into it to land(.|\n)*"
+            rf"reader kernel, CB {cb}, op ttkernel.cb_push_back")):
+        Executor(module, device_weights(module)).run(feeds(shared))
