@@ -91,6 +91,8 @@ def in1_rows(shape, blocking: dict[str, int]) -> int:
 
 def mcast_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[dict[str, int]]:
     """The multicast plans of a unicast blocking (see the module doc); a multicast operand must be interleaved."""
+    if blocking.get("n_outer"):  # the readers push in the row-outer order of the unicast reader's default walk
+        return
     sharded0, sharded1 = is_sharded(tensor(op.operands[0])), is_sharded(tensor(op.operands[1]))
     groups, m_blocks, n_blocks = _units(shape, blocking)
     if (n_blocks > 1 or in1_rows(shape, blocking) > 1) and not sharded0 and not sharded1:
