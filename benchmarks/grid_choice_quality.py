@@ -46,7 +46,7 @@ from ttc.passes.cost_model import estimate
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import HALF_DST, SHARDED_LAYOUTS, batch_groups, layout, module_device, tensor
 from ttc.passes.ops.matmul import accumulation_tiles, matmul_shape
-from ttc.passes.ops.matmul_mcast import MCAST, mcast_allowed
+from ttc.passes.ops.matmul_mcast import mcast_variants
 from ttc.passes.ops.registry import device_op, l1_footprint, op_kind
 
 TOLERANCE = 0.05
@@ -95,8 +95,7 @@ def matmul_blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, in
                             blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn,
                                         "in0_block_w": width, "out_subblock_h": h, "out_subblock_w": w}
                             yield blocking
-                            if mcast_allowed(op, shape, blocking):  # every subblock, not only the preferred one
-                                yield {**blocking, MCAST: 1}
+                            yield from mcast_variants(op, shape, blocking)  # every subblock, not only one
 
 
 def blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, int]]:

@@ -269,6 +269,11 @@ def cb_push_back(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
     if cb.index in k.pending_reads:
         raise Fault(f"cb_push_back of CB {cb.index} while NoC reads into it have not completed "
                     "(missing noc_read_barrier)", cb=cb.index)
+    unlanded = p.__dict__.get("_unlanded")  # multicast pages not yet seen landing (runtime/multicast.py)
+    if unlanded is not None and unlanded[:, cb.index].any():
+        raise Fault(f"cb_push_back of CB {cb.index} before waiting for the multicast into it to land (missing "
+                    "semaphore_wait for the multicast's valid semaphore)", cores=unlanded[:, cb.index].copy(),
+                    cb=cb.index)
     cb.filled += n
     cb.reserved -= n
     cb.back = (cb.back + n) % cb.pages

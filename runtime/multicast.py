@@ -16,6 +16,11 @@ Conventions fixed here where the dialect is silent
   busiest link is the one leaving the sender that sent most) and the largest fan-out; a sender whose
   rectangle holds no other core moves nothing. Semaphore messages
   (4 bytes) are not counted.
+- Pages a multicast wrote into a receiver's CB are the receiver's only once it has seen the multicast land: a
+  receiver must complete a `semaphore_wait` (any semaphore, enabled on it: tt-metal's receiver waits for the
+  "valid" semaphore the multicast sets) after the multicast and before it pushes that CB. A cb_push_back of
+  such a CB with no wait in between is a fault of the receivers doing it (lockstep execution would otherwise
+  hide the race: on hardware the receiver pushes pages that may not have arrived).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ttc.ir.core import Operation
-from ttc.ir.dialects.ttkernel import NUM_SEMAPHORES
+from ttc.ir.dialects.ttkernel import NUM_CBS, NUM_SEMAPHORES
 from ttc.runtime.dataflow import page_range
 from ttc.runtime.device import Fault
 from ttc.runtime.handlers import Blocked, handler
@@ -40,6 +45,12 @@ def semaphores(p: Program) -> np.ndarray:
     if values is None:
         values = p.__dict__["_semaphores"] = np.zeros((p.cores, NUM_SEMAPHORES), dtype=np.int64)
     return values
+
+
+def unlanded(p: Program) -> np.ndarray | None:
+    """[cores, CBs] bool: a multicast wrote the CB on that core and the core has completed no semaphore_wait since
+    (None until the program's first multicast)."""
+    return p.__dict__.get("_unlanded")
 
 
 def _check_semaphore(index: int) -> None:
@@ -80,6 +91,9 @@ def semaphore_wait(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> B
     if short.any():
         first = int(np.argmax(short))
         return Blocked(op, sem, want, "semaphore", core=first, holds=int(values[first]))
+    pending = unlanded(p)
+    if pending is not None:  # the waiting cores have seen every multicast into them land
+        pending[_enabled(p, k, op, 0)] = False
     return None
 
 
@@ -128,6 +142,9 @@ def noc_mcast_cb(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
             cb.slots[p.core_banks[receivers][:, None], slot_list[None, :]] = data[None]
             if sem != -1:
                 semaphores(p)[receivers, sem] = a["value"]
+            if "_unlanded" not in p.__dict__:
+                p.__dict__["_unlanded"] = np.zeros((p.cores, NUM_CBS), dtype=bool)
+            p.__dict__["_unlanded"][receivers, cb.index] = True
             moved += a["pages"] * (1 + len(receivers))
             sent[s] = a["pages"] * cb.page_size
             fanout = max(fanout, len(receivers))

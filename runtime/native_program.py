@@ -870,6 +870,9 @@ def _what(kind: str, p: tuple, cb: int, encoding: Encoding, device: Device, op: 
         return f"multicast rectangle ({p[0]},{p[1]})-({p[2]},{p[3]}) is outside the program's {p[4]}x{p[5]} grid"
     if kind == "MCAST_PENDING_READS":
         return f"noc_mcast_cb of CB {cb} while NoC reads into it have not completed (missing noc_read_barrier)"
+    if kind == "PUSH_UNLANDED":
+        return (f"cb_push_back of CB {cb} before waiting for the multicast into it to land (missing "
+                "semaphore_wait for the multicast's valid semaphore)")
     if kind == "SEM_TARGET":
         return f"semaphore increment of core ({p[0]},{p[1]}) outside the program's {p[2]}x{p[3]} grid"
     if kind == "SEGMENT_OUTSIDE":

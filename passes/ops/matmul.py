@@ -224,7 +224,7 @@ def n_splits(nt: int) -> list[int]:
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
-    from ttc.passes.ops.matmul_mcast import MCAST, mcast_allowed
+    from ttc.passes.ops.matmul_mcast import mcast_variants
 
     shape = matmul_shape(op)
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
@@ -237,8 +237,8 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                         yield blocking
                         if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
                             yield {**blocking, N_OUTER: 1}
-                        if i == 0 and mcast_allowed(op, shape, blocking):  # the preferred subblock only
-                            yield {**blocking, MCAST: 1}
+                        if i == 0:  # the multicast plans: with the preferred subblock only
+                            yield from mcast_variants(op, shape, blocking)
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
@@ -282,7 +282,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             + m0[:, None, None] + np.arange(pcm)[None, None, :]
         return (rows.reshape(plan.cores, -1, 1) * kt + np.arange(kt)[None, None, :]).reshape(plan.cores, -1)
 
-    from ttc.passes.ops.matmul_mcast import is_mcast, plan_operands_mcast
+    from ttc.passes.ops.matmul_mcast import multicast_operands, plan_operands_mcast
 
     abuf = Buffer.of(tensor(a), device)
     wbuf = Buffer.of(tensor(w), device)
@@ -292,21 +292,22 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     def a_pages_read() -> np.ndarray:
         return np.tile(a_pages(), (1, a_reads))
 
-    if is_mcast(b):  # in0 and in1 read by one core per row and column and multicast
+    shared = multicast_operands(b)  # the operands a multicast plan shares: it counts them (in1 with the bias)
+    if shared:
         plan_operands_mcast(plan, op, shape, b, grid)
-    elif ragged:
+    if 0 not in shared:
         plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
+    if 1 not in shared and ragged:
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
-    else:
+    elif 1 not in shared:
         def b_pages() -> np.ndarray:
             base = shape.b_offsets[batch0[:, None] + np.arange(batches)[None, :]] + n0[:, None]  # [cores, batches]
             grid_pages = np.arange(kt)[:, None] * nt + np.arange(pcn)[None, :]
             pages = base[:, :, None] + grid_pages.reshape(1, 1, -1)
             return np.repeat(pages.reshape(plan.cores, -1), b_reads_per_k, axis=1)
 
-        plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
         plan.static(wbuf, batches * kt * pcn * b_reads_per_k, page_lists=b_pages)
-    if has_bias and not is_mcast(b):  # (the multicast plan counted its bias with in1)
+    if has_bias and 1 not in shared:
         bias = ttir.linear_bias(op)
         bbuf = Buffer.of(tensor(bias), device)
         if ragged:
@@ -356,7 +357,7 @@ def lower_matmul(op: Operation) -> Program:
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
-        extra = mcast_reader_args(unit[2], unit[1], (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
+        extra = mcast_reader_args(shape, unit, (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
         residual = [(batch * shape.mt + m) * shape.nt + n] if has_residual else []  # the output block's first tile
         return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra, *residual]
 
@@ -367,7 +368,7 @@ def lower_matmul(op: Operation) -> Program:
         batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
         return [(batch * shape.mt + m) * shape.nt + n, *valid_n(n)]
 
-    reader = mcast_reader(op, shape, schedule, has_bias) if mcast \
+    reader = mcast_reader(op, shape, schedule, a_step, b_step, has_bias) if mcast \
         else matmul_reader(op, shape, schedule, a_step, b_step, has_bias)
     compute = matmul_compute(op, shape, schedule, has_bias, activation)
     writer = matmul_writer(op, shape, schedule)

@@ -277,6 +277,9 @@ struct Run {
   std::vector<std::optional<Fault>> faults;  // per core
   std::vector<Counters> counters;            // per core
   std::vector<int64_t> semaphores;           // lockstep programs: [cores][NUM_SEMAPHORES]
+  // lockstep programs: [cores][NUM_CBS], a multicast wrote the CB there and the core has completed no semaphore
+  // wait since (runtime/multicast.py: pushing it then is a fault)
+  std::vector<uint8_t> unlanded;
   explicit Run(const Encoded& e) : E(e) {}
 };
 
@@ -867,6 +870,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       int64_t n = f[3];
       if (n > s.reserved) fail(PUSH_TOO_MANY, f[2], {n, s.reserved});
       if (K.pending_reads & (1u << f[2])) fail(PUSH_PENDING_READS, f[2], {});
+      if (!R.unlanded.empty() && R.unlanded[core * NUM_CBS + f[2]]) fail(PUSH_UNLANDED, f[2], {});
       s.filled += n;
       s.reserved -= n;
       s.back = floormod(s.back + n, c.pages);
@@ -1023,6 +1027,8 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
         blocked = true;
         K.blocked_op = f[1], K.blocked_cb = f[3], K.blocked_want = f[4], K.blocked_what = 2;
         K.blocked_core = force_core, K.blocked_holds = force_holds;
+      } else if (!R.unlanded.empty() && enabled(f[2])) {  // it has seen every multicast into it land
+        std::fill_n(R.unlanded.begin() + core * NUM_CBS, NUM_CBS, uint8_t{0});
       }
       return;
     case SEM_INC: {
@@ -1068,6 +1074,7 @@ void Core::op_noc_mcast(int kernel, const Instr& in) {
           std::memcpy(dst + at, own_l1 + at, c.page_size);
         }
         if (f[10] >= 0) semaphore(r, f[10]) = f[11];
+        R.unlanded[r * NUM_CBS + index] = 1;
       }
     if (receivers) counters.mcast_sent += n * c.page_size;
     counters.mcast_fanout = std::max(counters.mcast_fanout, receivers);
@@ -1835,6 +1842,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   if (E.lockstep) {
     workers = 1;
     R.semaphores.assign(E.cores * NUM_SEMAPHORES, 0);
+    R.unlanded.assign(E.cores * NUM_CBS, 0);
   }
   std::vector<ThreadAcc> acc(workers);
   std::atomic<int64_t> next{0};

@@ -173,6 +173,12 @@ def delete_first(name: str) -> Mutation:
     return mutate
 
 
+def receivers_do_not_wait(module: Module) -> None:
+    """The in0 receivers lose their wait for the valid semaphore (the reader's second semaphore_wait)."""
+    [_, valid_wait, *_] = [op for op in mcast_program(module).walk() if op.name == "ttkernel.semaphore_wait"]
+    valid_wait.erase()
+
+
 def rectangle_past_the_grid(module: Module) -> None:
     """Core (0,0) multicasts its in0 blocks to a row one core wider than the grid."""
     from ttc.passes.ops.matmul_mcast import MCAST_ARGS
@@ -190,7 +196,10 @@ def rectangle_past_the_grid(module: Module) -> None:
                                    r"semaphore 1 to reach 1 \(it holds 0\)"),
     (rectangle_past_the_grid, r"multicast rectangle \(0,0\)-\(\d+,0\) is outside the program's \d+x\d+ grid\n  at core "
                               r"\(0,0\), reader kernel, CB 0, op ttkernel.noc_mcast_cb"),
-], ids=["missing-increment", "missing-multicast", "rectangle-outside"])
+    (receivers_do_not_wait, r"cb_push_back of CB 0 before waiting for the multicast into it to land \(missing "
+                            r"semaphore_wait for the multicast's valid semaphore\)\n  at core \(1,0\) and \d+ more "
+                            r"cores?, reader kernel, CB 0, op ttkernel.cb_push_back"),
+], ids=["missing-increment", "missing-multicast", "rectangle-outside", "missing-valid-wait"])
 def test_a_broken_multicast_handshake_is_a_device_fault(mlp, encoder, mutate, message) -> None:
     for model, compiled in (mlp, encoder):
         broken = mutated(compiled, mutate)

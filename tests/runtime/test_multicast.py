@@ -69,6 +69,19 @@ def test_missing_valid_flag_deadlocks_on_a_receiver() -> None:
     assert text is not None and "reader kernel on core (1,0): ttkernel.semaphore_wait waits for semaphore 1" in text
 
 
+def test_a_push_before_the_receivers_wait_is_a_fault() -> None:
+    """The receivers lose their wait for the valid semaphore: lockstep execution lands the multicast before they
+    push anyway, so the push of pages they have not seen land is the fault (of every receiver)."""
+    grid, blocks, tiles = (3, 2), 2, 1
+    program = row_multicast(grid, blocks, tiles)
+    program.reader[-1] = "\n".join(line for line in program.reader[-1].split("\n")
+                                   if '"ttkernel.semaphore_wait"(%receiver)' not in line)
+    assert program.reader[-1].count("semaphore_wait") == 1
+    text = run_dual(inputs(grid, blocks, tiles), [output(grid, blocks, tiles)], program)
+    assert text is not None and "cb_push_back of CB 0 before waiting for the multicast into it to land" in text
+    assert "at core (1,0) and 3 more cores, reader kernel, CB 0, op ttkernel.cb_push_back" in text
+
+
 def test_multicast_outside_the_grid_is_a_fault() -> None:
     grid, blocks, tiles = (3, 2), 2, 1
     text = run_dual(inputs(grid, blocks, tiles), [output(grid, blocks, tiles)],
