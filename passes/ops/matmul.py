@@ -24,6 +24,10 @@ the unfused linear wrote to its buffer), the reader's tiles of the residual for 
 are added to it by the FPU (the unfused eltwise add's op, operands and formats), then the
 residual_activation on the SFPU: bit for bit the linear + eltwise pair it replaces.
 
+M may split into blocks of ceil(M / blocks) tile rows, the last block moved back to end at M
+(`row_start`): the rows it shares with the block before it are computed by both cores, from the same operands
+with the same chunks, and written by both with the same bytes.
+
 N may split raggedly over the cores (a vocabulary of 50257 columns is 1571 tiles, a prime): every core
 runs the same loops over per_core_n tiles, and the last one reads and writes only the tiles before the
 edge (`valid_cols` of the NoC ops, from its runtime arguments); its tiles past the edge compute on zeros
@@ -255,8 +259,7 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                         yield blocking
                         if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
                             yield {**blocking, N_OUTER: 1}
-                        if i == 0 and shape.mt % pcm == 0 and mcast_allowed(op, shape, blocking):  # (the preferred
-                            # subblock only; the multicast grid has one row per exact M block)
+                        if i == 0 and mcast_allowed(op, shape, blocking):  # the preferred subblock only
                             yield {**blocking, MCAST: 1}
 
 

@@ -50,7 +50,7 @@ def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
 
 def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int]:
     """(x, y): one grid column per N block, one row per M block."""
-    return shape.nt // blocking["per_core_n"], shape.mt // blocking["per_core_m"]
+    return shape.nt // blocking["per_core_n"], -(-shape.mt // blocking["per_core_m"])
 
 
 def mcast_reader_args(x: int, y: int, grid: tuple[int, int], blocking: dict[str, int]) -> list[int]:

@@ -51,20 +51,25 @@ def test_m_splits_add_overlapping_blocks_and_row_start_ends_at_m() -> None:
     assert set(np.concatenate([np.arange(s, s + 8) for s in starts]).tolist()) == set(range(31))
 
 
-def only(monkeypatch: pytest.MonkeyPatch, overlapping: bool) -> None:
-    """Restrict the matmul's candidates to overlapping (or exact) M splits of a few rows per core."""
+def only(monkeypatch: pytest.MonkeyPatch, overlapping: bool, mcast: bool = False) -> None:
+    """Restrict the matmul's candidates to overlapping (or exact) M splits of a few rows per core, with the
+    unicast or the multicast plan."""
     original = matmul.matmul_candidates
 
     def restricted(op):
         mt = matmul.matmul_shape(op).mt
-        return (b for b in original(op) if bool(mt % b["per_core_m"]) == overlapping and b["per_core_m"] < mt)
+        return (b for b in original(op) if bool(mt % b["per_core_m"]) == overlapping and b["per_core_m"] < mt
+                and bool(b.get("mcast")) == mcast)
     monkeypatch.setattr(matmul, "matmul_candidates", restricted)
 
 
-@pytest.mark.parametrize(("bias", "residual"), [(False, False), (True, False), (True, True)])
-def test_overlapping_split_is_bit_identical_to_an_exact_one(bias: bool, residual: bool,
+@pytest.mark.parametrize(("bias", "residual", "mcast"), [(False, False, False), (True, False, False),
+                                                         (True, True, False), (False, False, True),
+                                                         (True, True, True)])
+def test_overlapping_split_is_bit_identical_to_an_exact_one(bias: bool, residual: bool, mcast: bool,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """M = 31 tiles less 5 rows (the bias makes the padding rows non-zero: the last block re-masks them)."""
+    """M = 31 tiles less 5 rows (the bias makes the padding rows non-zero: the last block re-masks them); with
+    the multicast plan each grid row's sender reads its block's rows (the last row's moved back)."""
     m, k, n = MT * 32 - 5, 256, 96
     model = linear_model(m, k, n, bias, residual)
     name = "z" if residual else "y" if bias else "p"
@@ -73,11 +78,12 @@ def test_overlapping_split_is_bit_identical_to_an_exact_one(bias: bool, residual
     if residual:
         feeds["r"] = rng.standard_normal((m, n)).astype(np.float32)
     with monkeypatch.context() as patch:
-        only(patch, overlapping=True)
+        only(patch, overlapping=True, mcast=mcast)
         plans, compiled = compile_with_plans(model)
     [program] = [op for op in compiled.module.walk()
                  if op.name == "ttmetal.enqueue_program" and op.attributes["kind"] == "matmul"]
     assert program.attributes["grid"].num_cores > 3  # more than the one core of each N column
+    assert any(op.name == "ttkernel.noc_mcast_cb" for op in program.walk()) == mcast
     golden_on_both_emulators(model, compiled, plans, feeds, name)
     check_static_equals_executed(compiled, compiled.profile)
     overlapping = compiled.run(feeds)[name]
@@ -85,14 +91,15 @@ def test_overlapping_split_is_bit_identical_to_an_exact_one(bias: bool, residual
     np.testing.assert_array_equal(overlapping, exact.run(feeds)[name])
 
 
-def test_overlapping_split_has_no_race_between_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mcast", [False, True])
+def test_overlapping_split_has_no_race_between_cores(mcast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both cores of a shared row write it; the race check (which lets cores write the same bytes) finds none."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_native_program import dual_programs
 
     model = linear_model(MT * 32, 128, 64, bias=True)
     with monkeypatch.context() as patch:
-        only(patch, overlapping=True)
+        only(patch, overlapping=True, mcast=mcast)
         _, compiled = compile_with_plans(model)
     feeds = {"x": np.random.default_rng(1).standard_normal((MT * 32, 128)).astype(np.float32)}
     with dual_programs() as dual:
