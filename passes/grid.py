@@ -212,6 +212,8 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
     groups, m_blocks, n_blocks = matmul_units(shape, b)
     if shape.nt % b["per_core_n"]:
         return None  # a ragged N edge
+    if shape.mt % b["per_core_m"]:
+        return None  # an overlapping M split: two cores would own the rows they share
     if grid.num_cores != math.prod(core_units(op, b)):
         return None  # cores repeating the last unit would hold shards nobody reads
     if memory_layout == "height_sharded":

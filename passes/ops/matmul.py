@@ -24,6 +24,10 @@ the unfused linear wrote to its buffer), the reader's tiles of the residual for 
 are added to it by the FPU (the unfused eltwise add's op, operands and formats), then the
 residual_activation on the SFPU: bit for bit the linear + eltwise pair it replaces.
 
+M may split into blocks of ceil(M / blocks) tile rows, the last block moved back to end at M
+(`row_start`): the rows it shares with the block before it are computed by both cores, from the same operands
+with the same chunks, and written by both with the same bytes.
+
 N may split raggedly over the cores (a vocabulary of 50257 columns is 1571 tiles, a prime): every core
 runs the same loops over per_core_n tiles, and the last one reads and writes only the tiles before the
 edge (`valid_cols` of the NoC ops, from its runtime arguments); its tiles past the edge compute on zeros
@@ -222,13 +226,31 @@ def n_splits(nt: int) -> list[int]:
     return sorted(set(exact) | {n for n in ragged if nt % n})
 
 
+MAX_OVERLAP_BLOCKS = 16  # overlapping M splits are tried over up to this many blocks of tile rows
+
+
+def m_splits(mt: int) -> list[int]:
+    """Output tile rows per core: the divisors of mt, and ceil(mt / blocks) for 2..16 blocks where that does
+    not divide mt (an overlapping split: the last block starts at mt - per_core_m, `row_start`)."""
+    exact = divisors(mt)
+    overlapping = {-(-mt // blocks) for blocks in range(2, min(mt, MAX_OVERLAP_BLOCKS) + 1)}
+    return sorted(set(exact) | {m for m in overlapping if mt % m})
+
+
+def row_start(mt: int, per_core_m: int, block: int | np.ndarray):
+    """The first output tile row of M block `block`: block * per_core_m, the last block of an overlapping split
+    moved back to end at mt. Its rows shared with the block before it are computed by both cores with the same
+    operands and chunks (`accumulation_tiles` depends on K alone), so both write the same bytes to them."""
+    return np.minimum(block * per_core_m, mt - per_core_m)
+
+
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
     from ttc.passes.ops.matmul_mcast import mcast_variants
 
     shape = matmul_shape(op)
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
-        for pcm in divisors(shape.mt):
+        for pcm in m_splits(shape.mt):
             for pcn in n_splits(shape.nt):
                 for i, (h, w) in enumerate(subblock_choices(pcm, pcn)):
                     for width in divisors(accumulation_tiles(shape.kt)):
@@ -242,7 +264,7 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
-    return shape.batches // b["batches"], shape.mt // b["per_core_m"], -(-shape.nt // b["per_core_n"])
+    return shape.batches // b["batches"], -(-shape.mt // b["per_core_m"]), -(-shape.nt // b["per_core_n"])
 
 
 def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
@@ -272,7 +294,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.sfpu_key(op.attributes["residual_activation"]), out_tiles)
 
     unit = plan.unit
-    batch0, m0, n0 = unit[:, 0] * batches, unit[:, 1] * pcm, unit[:, 2] * pcn
+    batch0, m0, n0 = unit[:, 0] * batches, row_start(shape.mt, pcm, unit[:, 1]), unit[:, 2] * pcn
     ragged = nt % pcn != 0
     valid = np.minimum(pcn, nt - n0)  # per core: output columns before the ragged edge
     edge = np.clip(valid[:, None] - np.arange(sw)[None, :] * ww, 0, ww)  # [cores, sw]: valid columns per subblock
@@ -356,16 +378,18 @@ def lower_matmul(op: Operation) -> Program:
     mcast = is_mcast(b)
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
-        batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
+        batch, m, n = unit[0] * b["batches"], int(row_start(shape.mt, b["per_core_m"], unit[1])), \
+            unit[2] * b["per_core_n"]
         extra = mcast_reader_args(shape, unit, (schedule.grid.x, schedule.grid.y), b) if mcast else valid_n(n)
         residual = [(batch * shape.mt + m) * shape.nt + n] if has_residual else []  # the output block's first tile
         return [int(shape.a_offsets[batch]) + m * shape.kt, int(shape.b_offsets[batch]) + n, n, *extra, *residual]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
-        return [unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]]
+        return [int(row_start(shape.mt, b["per_core_m"], unit[1])), unit[2] * b["per_core_n"]]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
-        batch, m, n = unit[0] * b["batches"], unit[1] * b["per_core_m"], unit[2] * b["per_core_n"]
+        batch, m, n = unit[0] * b["batches"], int(row_start(shape.mt, b["per_core_m"], unit[1])), \
+            unit[2] * b["per_core_n"]
         return [(batch * shape.mt + m) * shape.nt + n, *valid_n(n)]
 
     reader = mcast_reader(op, shape, schedule, a_step, b_step, has_bias) if mcast \

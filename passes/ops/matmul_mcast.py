@@ -82,7 +82,7 @@ def shared_in1(shape) -> bool:
 
 
 def _units(shape, blocking: dict[str, int]) -> tuple[int, int, int]:
-    return (shape.batches // blocking["batches"], shape.mt // blocking["per_core_m"],
+    return (shape.batches // blocking["batches"], -(-shape.mt // blocking["per_core_m"]),
             -(-shape.nt // blocking["per_core_n"]))
 
 
@@ -115,8 +115,8 @@ def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
 
 
 def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int] | None:
-    """The 2-D plan's grid (x, y): one column per N block, one row per batch group and M block; None for the
-    1-D plans (any grid holding the units)."""
+    """The 2-D plan's grid (x, y): one column per N block, one row per batch group and M block (M blocks rounded
+    up: an overlapping M split, matmul.m_splits); None for the 1-D plans (any grid holding the units)."""
     if blocking[MCAST] != GRID_2D:
         return None
     groups, m_blocks, n_blocks = _units(shape, blocking)
@@ -141,7 +141,7 @@ def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], block
         s0 = first if blocking[MCAST] == IN0_TO_ALL else 1
         s1 = first if blocking[MCAST] == IN1_TO_ALL else 1
         return [s0, 1 - s0, width if s0 else 0, s1, 1 - s1, v1 if s1 else 0]
-    y = group * (shape.mt // blocking["per_core_m"]) + m
+    y = group * -(-shape.mt // blocking["per_core_m"]) + m
     rows = in1_rows(shape, blocking)
     first = y - y % rows
     s0, s1 = int(x == 0), int(y == first)

@@ -9,6 +9,7 @@ from backend_helpers import Graph, compile_graph, device_weights
 
 from ttc.ir.dialects.tt import E150
 from ttc.passes.cost_model import plan_counts
+from ttc.passes.ops import matmul
 from ttc.runtime.executor import Executor
 
 LINEAR = 'activation = "relu", transpose_b = false'
@@ -25,7 +26,10 @@ def chain(m: int, k: int, n: int, n2: int) -> Graph:
 
 @pytest.mark.parametrize(("dims", "memory_layout"), [((6272, 64, 64, 32), "height_sharded"),
                                                      ((1024, 1024, 1024, 256), "block_sharded")])
-def test_modelled_noc_bytes_leave_out_the_local_shards_as_the_emulator_does(dims, memory_layout: str) -> None:
+def test_modelled_noc_bytes_leave_out_the_local_shards_as_the_emulator_does(dims, memory_layout: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # exact M splits only: an overlapping one (never sharded) models 3 % faster for the 196-row height case
+    monkeypatch.setattr(matmul, "MAX_OVERLAP_BLOCKS", 1)
     gridded = compile_graph(chain(*dims), pipeline="layout,grid")
     ops = [op for op in gridded.function().body.ops if op.name == "ttir.linear"]
     assert ops[0].attributes["tt.sharding"]["layout"] == memory_layout

@@ -41,11 +41,13 @@ def linear_model(bias: bool, residual: bool = False) -> onnx.ModelProto:
 
 
 def only(monkeypatch: pytest.MonkeyPatch, outer: bool) -> None:
-    """Restrict the matmul's candidates to one walk (multicast plans left out)."""
+    """Restrict the matmul's candidates to one walk (multicast plans and overlapping M splits left out: each core
+    holds a block of 31 rows)."""
     original = matmul.matmul_candidates
 
     def restricted(op):
-        return (b for b in original(op) if column_outer(b) == outer and not b.get("mcast"))
+        mt = matmul.matmul_shape(op).mt
+        return (b for b in original(op) if column_outer(b) == outer and not b.get("mcast") and not mt % b["per_core_m"])
     monkeypatch.setattr(matmul, "matmul_candidates", restricted)
 
 
