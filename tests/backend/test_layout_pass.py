@@ -77,6 +77,30 @@ def test_bfp8_b_activations_follow_data_movement_into_a_matmul_and_stop_at_other
           'x64xbfp8_b, #tt.layout<tile, l1, interleaved>> loc("kt")')
 
 
+def test_matmul_fidelity_keeps_block_floats_to_the_operands_whose_bits_it_drops() -> None:
+    """matmul-fidelity=hifi2 (HiFi2 reads 6 mantissa bits of operand a, all of operand b): fc1's result, fc2's
+    operand a, stays bfp8_b, the weights (operands b) become bf16; an operand b read by a matmul pinned to its
+    own fidelity counts with that one; at lofi the weights are bfp8_b again; an unknown fidelity is a user
+    error."""
+    out = body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b activations=bfp8_b matmul-fidelity=hifi2}"))
+    check(out, "tensor<32x64xbf16, ", f'-> tensor<8x64xbfp8_b, {L1}> loc("fc1")', "tensor<64x16xbf16, ")
+    assert "xbfp8_b" not in out.replace(f'8x64xbfp8_b, {L1}>', "")
+    lofi = body_text(compile_graph(mlp(), pipeline="layout{dtype=bfp8_b activations=bfp8_b matmul-fidelity=lofi}"))
+    check(lofi, "tensor<32x64xbfp8_b, ", f'-> tensor<8x64xbfp8_b, {L1}> loc("fc1")', "tensor<64x16xbfp8_b, ")
+    g = Graph()
+    x = g.input("x", (64, 64))
+    a = g.op("ttir.linear", [x, g.weight("wa", np.ones((64, 64)))], (64, 64),
+             'activation = "none", transpose_b = false', loc="a")
+    b = g.op("ttir.linear", [x, g.weight("wb", np.ones((64, 64)))], (64, 64),
+             'activation = "none", transpose_b = false', loc="b")
+    g.output(g.op("ttir.matmul", [a, b], (64, 64), 'transpose_a = false, transpose_b = false, '
+                  'tt.math_fidelity = "lofi"', loc="ab"), "out")
+    out = body_text(compile_graph(g, pipeline="layout{activations=bfp8_b matmul-fidelity=hifi2}"))
+    check(out, f'x64xbfp8_b, {L1}> loc("a")', f'x64xbfp8_b, {L1}> loc("b")')
+    with pytest.raises(UserError, match="unknown matmul fidelity 'hifi5'"):
+        compile_graph(mlp(), pipeline="layout{dtype=bfp8_b matmul-fidelity=hifi5}")
+
+
 def test_block_float_results_keep_bf16_intermediates() -> None:
     """A program whose result is bfp8_b holds its partial sums and temporaries in bf16 (the Dst format)."""
     from ttc.ir.types import ScalarType
