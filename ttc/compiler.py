@@ -41,23 +41,16 @@ class PerfPreset:
     activations: str  # the activations read only as matmul operands (layout's activations)
     math_fidelity: str  # matmuls
     reduce_fidelity: str  # the other programs that sum on the matrix unit (softmax, layer norm, reductions)
-    # block floats only for the matmul operands whose bits `math_fidelity` drops (layout's matmul-fidelity)
+    # layout's matmul-fidelity: block floats for the operands whose bits `math_fidelity` drops, and for the others
+    # only outside post-norm residual branches (passes/layout.py, block_float_operands)
     fidelity_matched: bool = True
 
-    def weight_format(self) -> str:
-        """The format the weights get: they are the b operands of matmuls at `math_fidelity`."""
-        from ttc.passes.layout import fidelity_reads_no_more
 
-        if self.fidelity_matched and not fidelity_reads_no_more(self.dtype, self.math_fidelity, 1):
-            return "bf16"
-        return self.dtype
-
-
-# Tenstorrent's published e150 settings: block floats (bfp8_b) for the matmul operands and HiFi2 matmuls; bf16
-# everywhere else and in every program's intermediates (LoFi fails the golden rule on ResNet-50 and BERT:
-# docs/numerics.md); the statistics of softmax, layer norm and reductions at HiFi4. Fidelity-matched: bfp8_b
-# only where HiFi2 drops the bits anyway (operand a: the activations a matmul reads first), so the weights and
-# other b operands stay bf16 (all bfp8_b weights failed the golden rule on BERT-Large b12 s384: rel L2 0.069).
+# Tenstorrent's published e150 settings: bfp8_b matmul weights and the activations only matmuls read, HiFi2 matmuls;
+# bf16 everywhere else and in every program's intermediates (LoFi fails the golden rule on ResNet-50 and BERT:
+# docs/numerics.md); the statistics of softmax, layer norm and reductions at HiFi4. Within a post-norm residual
+# block (BERT) the operands HiFi2 reads in full (weights, attention's K and V) stay bf16: there bfp8_b's noise is
+# not diluted by the residual stream (BERT-Large b12 s384 failed golden with them: rel L2 0.069).
 PERF_PRESETS = {"published": PerfPreset(dtype="bfp8_b", activations="bfp8_b", math_fidelity="hifi2",
                                         reduce_fidelity="hifi4")}
 
@@ -120,7 +113,7 @@ class CompileOptions:
             if preset is None:
                 raise UserError(f"unknown perf preset '{self.perf_preset}' (choose from {', '.join(PERF_PRESETS)})")
             # the weights' format and the matmuls' fidelity are the preset's (the fit check and the manifest)
-            object.__setattr__(self, "dtype", preset.weight_format())
+            object.__setattr__(self, "dtype", preset.dtype)
             object.__setattr__(self, "math_fidelity", preset.math_fidelity)
 
     @property
