@@ -5,14 +5,15 @@
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
   types; the `ttir.to_layout` ops at the edges convert. With `activations=bfp8_b`, so are the computed
   values read only as matmul operands (`matmul_activations`).
-- Fidelity-matched block floats (`matmul-fidelity=F`, the published preset): bfp8_b, from `dtype` or
-  `activations`, only for a matmul operand whose bits the matmul's math fidelity drops anyway. A bfp8_b
-  value holds 6 mantissa bits after the hidden bit for its block's largest value (less for the others,
-  rounded); the multiplier reads 6 of in0 (operand a) at LoFi and HiFi2, 4 of in1 (operand b) at LoFi, and
-  all 7 of bf16 otherwise (`FIDELITY_MANTISSA_BITS`, docs/numerics.md). So at HiFi2 the activations a
-  matmul reads as operand a become bfp8_b, and its b operands (weights, attention's K and V) stay bf16;
-  at LoFi both may be bfp8_b. A matmul with its own fidelity (exact data movement pins HiFi4) counts
-  with that one.
+- Undiluted noise (`matmul-fidelity=F`, the published preset): inside the branch of a post-norm residual block
+  (`post_norm_branches`), bfp8_b, from `dtype` or `activations`, only for a matmul operand whose bits the
+  matmul's math fidelity drops anyway. A bfp8_b value holds 6 mantissa bits after the hidden bit for its
+  block's largest value (less for the others, rounded); the multiplier reads 6 of in0 (operand a) at LoFi and
+  HiFi2, 4 of in1 (operand b) at LoFi, and all 7 of bf16 otherwise (`FIDELITY_MANTISSA_BITS`,
+  docs/numerics.md). So at HiFi2 such a branch's a operands become bfp8_b and its b operands (weights,
+  attention's K and V) stay bf16; at LoFi both may be bfp8_b. A matmul with its own fidelity (exact data
+  movement pins HiFi4) counts with that one. Outside those branches the residual stream dilutes the noise
+  and every operand may be bfp8_b.
 - Bounded f16 (`bounded-f16=true`, opt-in: `--f16-where-proven`; a mixed-precision choice): a computed value whose program
   provably stays below F16_SAFE in magnitude at every step (`passes/ranges.py`: its Dst operands, a fused
   body's intermediates, a matmul's partial sums, a softmax's x - max) is Float16, which has 3 more mantissa

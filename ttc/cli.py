@@ -309,10 +309,10 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--math-fidelity", choices=("lofi", "hifi2", "hifi3", "hifi4"), default=None,
                         help="matmul math fidelity (default hifi4)")
     parser.add_argument("--perf-preset", choices=tuple(PERF_PRESETS), default=None,
-                        help="published: Tenstorrent's published settings, HiFi2 matmuls with bfp8_b for the "
-                             "operands whose bits HiFi2 drops (the activations matmuls read first; weights stay "
-                             "bf16), HiFi4 softmax and norm statistics (sets --dtype and --math-fidelity; default: "
-                             "none, bf16 and hifi4)")
+                        help="published: Tenstorrent's published settings, bfp8_b matmul weights and activations "
+                             "(bf16 elsewhere, and for the operands HiFi2 reads in full within post-norm residual "
+                             "blocks), HiFi2 matmuls, HiFi4 softmax and norm statistics (sets --dtype and "
+                             "--math-fidelity; default: none, bf16 and hifi4)")
     parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="bf16",
                         help="format of a softmax whose probabilities are an output and of its logits (bf16: "
                              "like every other tensor, the default; f16: Float16, three more mantissa bits, a "
