@@ -43,7 +43,7 @@ class PerfPreset:
     reduce_fidelity: str  # the other programs that sum on the matrix unit (softmax, layer norm, reductions)
     # layout's matmul-fidelity: block floats for the operands whose bits `math_fidelity` drops, and for the others
     # only outside post-norm residual branches (passes/layout.py, block_float_operands)
-    fidelity_matched: bool = True
+    post_norm_guard: bool = True
 
 
 # Tenstorrent's published e150 settings: bfp8_b matmul weights and the activations only matmuls read, HiFi2 matmuls;
@@ -67,7 +67,7 @@ def default_pipeline(dtype: str = "bf16", math_fidelity: str = "hifi4", softmax_
     if perf_preset:
         preset = PERF_PRESETS[perf_preset]
         layout = f"dtype={preset.dtype} activations={preset.activations}" \
-            + (f" matmul-fidelity={preset.math_fidelity}" if preset.fidelity_matched else "")
+            + (f" matmul-fidelity={preset.math_fidelity}" if preset.post_norm_guard else "")
         grid = f"math-fidelity={preset.math_fidelity} reduce-fidelity={preset.reduce_fidelity}"
     layout += (" precise-softmax=true" if softmax_precision == "f16" else "") \
         + (" bounded-f16=true" if f16_where_proven else "")
