@@ -118,15 +118,37 @@ def _through_movement(value: Value) -> Value:
     return value
 
 
+def _is_norm_result(value: Value) -> bool:
+    producer = _through_movement(value).owner
+    return isinstance(producer, Operation) and producer.name == ttir.LAYER_NORM.name
+
+
+def _residual_sum(total: Operation) -> tuple[Value, list[Value]] | None:
+    """(x, branch values) when `total` computes x + f with x a norm's result: an add (or a fused body with one)
+    of two computed values, or a linear whose fused residual (`residual = true`, its last operand) is x, the
+    linear itself then being part of f."""
+    if total.name == ttir.LINEAR.name and total.attributes.get("residual") and len(total.operands) > 2:
+        skip = total.operands[-1]
+        return (skip, list(total.operands[:-1])) if _is_norm_result(skip) else None
+    if not any(inner.name == ttir.ADD.name for inner in total.walk()):
+        return None
+    inputs = [v for v in total.operands
+              if not (isinstance(v.owner, Operation) and v.owner.name == ttir.CONSTANT.name)]
+    skips = [v for v in inputs if _is_norm_result(v)]
+    if len(inputs) != 2 or not skips:
+        return None
+    return skips[0], [v for v in inputs if v is not skips[0]]
+
+
 def post_norm_branches(func: Function) -> set[Operation]:
     """The ops of the branches f of post-norm residual blocks, y = norm(x + f(x)) with x itself a norm's result
     and the sum read by the norm alone (BERT; not pre-norm blocks, x + f(norm(x)), whose sum runs on, nor plain
     residual networks): the ops computing the sum's other operand after x's norm, back to x, other norms, the
-    host's inputs and constants. A post-norm block scales skip and branch back to one size at every layer, so
-    the branch is as large as the stream and a quantisation noise of its matmul operands enters the stream
-    undiluted, layer after layer; a pre-norm or plain residual stream grows with the depth and dilutes it
-    (BERT-Large s384: rel L2 0.079 with bfp8_b weights at HiFi2 against 0.043 with bf16; ViT-base 0.032
-    against 0.027, ResNet-50 0.025 against 0.023, docs/numerics.md)."""
+    host's inputs and constants (and a linear that adds x in its epilogue). A post-norm block scales skip and
+    branch back to one size at every layer, so the branch is as large as the stream and a quantisation noise
+    of its matmul operands enters the stream undiluted, layer after layer; a pre-norm or plain residual stream
+    grows with the depth and dilutes it (BERT-Large s384: rel L2 0.079 with bfp8_b weights at HiFi2 against
+    0.043 with bf16; ViT-base 0.032 against 0.027, ResNet-50 0.025 against 0.023, docs/numerics.md)."""
     ops = list(func.body.ops)
     position = {op: i for i, op in enumerate(ops)}
     found: set[Operation] = set()
@@ -134,18 +156,16 @@ def post_norm_branches(func: Function) -> set[Operation]:
         if norm.name != ttir.LAYER_NORM.name or not norm.operands:
             continue
         total = norm.operands[0].owner
-        if not isinstance(total, Operation) or position.get(total) is None \
-                or not any(inner.name == ttir.ADD.name for inner in total.walk()) \
+        if not isinstance(total, Operation) or total not in position \
                 or any(user is not norm for user, _ in total.result.uses):
             continue
-        inputs = [v for v in total.operands
-                  if not (isinstance(v.owner, Operation) and v.owner.name == ttir.CONSTANT.name)]
-        skips = [v for v in inputs if isinstance(_through_movement(v).owner, Operation)
-                 and _through_movement(v).owner.name in NORMALIZATIONS - {ttir.SOFTMAX.name}]
-        if len(inputs) != 2 or not skips:
+        split = _residual_sum(total)
+        if split is None:
             continue
-        start = position[_through_movement(skips[0]).owner]
-        stack = [v for v in inputs if v is not skips[0]]
+        skip, stack = split
+        start = position[_through_movement(skip).owner]
+        if total.name == ttir.LINEAR.name:
+            found.add(total)
         while stack:
             producer = stack.pop().owner
             if not isinstance(producer, Operation) or producer in found or position.get(producer, -1) <= start \
