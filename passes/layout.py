@@ -3,7 +3,17 @@
 - Data format (the element type): bf16 on the device by default. With `dtype=bfp8_b`, the
   weight constants used only as the second operand of matmuls (`ttir.linear` / `ttir.matmul`) are
   stored as bfp8_b; activations, biases and norm parameters stay bf16. Host tensors keep their
-  types; the `ttir.to_layout` ops at the edges convert.
+  types; the `ttir.to_layout` ops at the edges convert. With `activations=bfp8_b`, so are the computed
+  values read only as matmul operands (`matmul_activations`).
+- Undiluted noise (`matmul-fidelity=F`, the published preset): inside the branch of a post-norm residual block
+  (`post_norm_branches`), bfp8_b, from `dtype` or `activations`, only for a matmul operand whose bits the
+  matmul's math fidelity drops anyway. A bfp8_b value holds 6 mantissa bits after the hidden bit for its
+  block's largest value (less for the others, rounded); the multiplier reads 6 of in0 (operand a) at LoFi and
+  HiFi2, 4 of in1 (operand b) at LoFi, and all 7 of bf16 otherwise (`FIDELITY_MANTISSA_BITS`,
+  docs/numerics.md). So at HiFi2 such a branch's a operands become bfp8_b and its b operands (weights,
+  attention's K and V) stay bf16; at LoFi both may be bfp8_b. A matmul with its own fidelity (exact data
+  movement pins HiFi4) counts with that one. Outside those branches the residual stream dilutes the noise
+  and every operand may be bfp8_b.
 - Bounded f16 (`bounded-f16=true`, opt-in: `--f16-where-proven`; a mixed-precision choice): a computed value whose program
   provably stays below F16_SAFE in magnitude at every step (`passes/ranges.py`: its Dst operands, a fused
   body's intermediates, a matmul's partial sums, a softmax's x - max) is Float16, which has 3 more mantissa
@@ -36,7 +46,7 @@ buffers and stay as they are.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +62,7 @@ from ttc.passes.liveness import LiveRange, live_ranges, readers, sync_body_place
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, is_view, movement_chain
 from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor
+from ttc.passes.ops.interface import FIDELITY
 from ttc.passes.ops.matmul import MATMUL_OPS
 from ttc.passes.ops.registry import op_kind, program_operands
 from ttc.passes.ranges import value_ranges
@@ -71,44 +82,148 @@ def with_format(value: Value, element_type: ScalarType) -> None:
         value.type = value.type.with_element_type(element_type)
 
 
-def is_matmul_weight(op: Operation) -> bool:
-    """A weight constant every use of which is the b operand of a matmul."""
+# The mantissa bits after the hidden bit that the matrix unit reads of a matmul's (in0, in1) = (a, b) operands
+# at each math fidelity (docs/numerics.md: in0 splits 1+6 | 1, in1 1+4 | 3; HiFi2 = hi(in0) x in1), and the
+# bits a block float holds for its block's largest value.
+FIDELITY_MANTISSA_BITS = {"lofi": (6, 4), "hifi2": (6, 7), "hifi3": (7, 7), "hifi4": (7, 7)}
+BLOCK_FLOAT_MANTISSA_BITS = {"bfp8_b": 6}
+
+# (matmul, operand index) -> whether the operand may be block float (`matmul-fidelity`); None: any operand
+OperandCheck = Callable[[Operation, int], bool] | None
+
+
+def block_float_operands(func: Function, fmt: str, fidelity: str) -> OperandCheck:
+    """The matmul operands `matmul-fidelity` lets be `fmt`: those of which each matmul, at its own fidelity (an
+    op's FIDELITY attribute, else `fidelity`), reads no more mantissa bits than `fmt` holds; and the others
+    too, outside the branches of post-norm residual blocks (`post_norm_branches`). None when `fidelity` is
+    empty (any operand)."""
+    if not fidelity:
+        return None
+    if fidelity not in FIDELITY_MANTISSA_BITS:
+        raise UserError(f"layout: unknown matmul fidelity '{fidelity}' "
+                        f"(choose from {', '.join(FIDELITY_MANTISSA_BITS)})")
+    undiluted = post_norm_branches(func)
+
+    def allowed(user: Operation, index: int) -> bool:
+        return user not in undiluted or fidelity_reads_no_more(fmt, str(user.attributes.get(FIDELITY, fidelity)),
+                                                               index)
+
+    return allowed
+
+
+def _through_movement(value: Value) -> Value:
+    """The value data movement (reshapes, transposes, ...) copied `value` from."""
+    while isinstance(value.owner, Operation) and value.owner.name in MOVEMENT_OPS and value.owner.operands:
+        value = value.owner.operands[0]
+    return value
+
+
+def _is_norm_result(value: Value) -> bool:
+    producer = _through_movement(value).owner
+    return isinstance(producer, Operation) and producer.name == ttir.LAYER_NORM.name
+
+
+def _residual_sum(total: Operation) -> tuple[Value, list[Value]] | None:
+    """(x, branch values) when `total` computes x + f with x a norm's result: an add (or a fused body with one)
+    of two computed values, or a linear whose fused residual (`residual = true`, its last operand) is x, the
+    linear itself then being part of f."""
+    if total.name == ttir.LINEAR.name and total.attributes.get("residual") and len(total.operands) > 2:
+        skip = total.operands[-1]
+        return (skip, list(total.operands[:-1])) if _is_norm_result(skip) else None
+    if not any(inner.name == ttir.ADD.name for inner in total.walk()):
+        return None
+    inputs = [v for v in total.operands
+              if not (isinstance(v.owner, Operation) and v.owner.name == ttir.CONSTANT.name)]
+    skips = [v for v in inputs if _is_norm_result(v)]
+    if len(inputs) != 2 or not skips:
+        return None
+    return skips[0], [v for v in inputs if v is not skips[0]]
+
+
+def post_norm_branches(func: Function) -> set[Operation]:
+    """The ops of the branches f of post-norm residual blocks, y = norm(x + f(x)) with x itself a norm's result
+    and the sum read by the norm alone (BERT; not pre-norm blocks, x + f(norm(x)), whose sum runs on, nor plain
+    residual networks): the ops computing the sum's other operand after x's norm, back to x, other norms, the
+    host's inputs and constants (and a linear that adds x in its epilogue). A post-norm block scales skip and
+    branch back to one size at every layer, so the branch is as large as the stream and a quantisation noise
+    of its matmul operands enters the stream undiluted, layer after layer; a pre-norm or plain residual stream
+    grows with the depth and dilutes it (BERT-Large s384: rel L2 0.079 with bfp8_b weights at HiFi2 against
+    0.043 with bf16; ViT-base 0.032 against 0.027, ResNet-50 0.025 against 0.023, docs/numerics.md)."""
+    ops = list(func.body.ops)
+    position = {op: i for i, op in enumerate(ops)}
+    found: set[Operation] = set()
+    for norm in ops:
+        if norm.name != ttir.LAYER_NORM.name or not norm.operands:
+            continue
+        total = norm.operands[0].owner
+        if not isinstance(total, Operation) or total not in position \
+                or any(user is not norm for user, _ in total.result.uses):
+            continue
+        split = _residual_sum(total)
+        if split is None:
+            continue
+        skip, stack = split
+        start = position[_through_movement(skip).owner]
+        if total.name == ttir.LINEAR.name:
+            found.add(total)
+        while stack:
+            producer = stack.pop().owner
+            if not isinstance(producer, Operation) or producer in found or position.get(producer, -1) <= start \
+                    or producer.name in (ttir.CONSTANT.name, ttir.LAYER_NORM.name, ttir.TO_LAYOUT.name):
+                continue
+            found.add(producer)
+            stack.extend(producer.operands)
+    return found
+
+
+def fidelity_reads_no_more(fmt: str, fidelity: str, index: int) -> bool:
+    """Whether a matmul at `fidelity` reads no more mantissa bits of its operand `index` (0: a, 1: b) than
+    `fmt` holds (a format that is not a block float holds them all)."""
+    read = FIDELITY_MANTISSA_BITS.get(fidelity, (7, 7))[index]
+    return read <= BLOCK_FLOAT_MANTISSA_BITS.get(fmt, 7)
+
+
+def is_matmul_weight(op: Operation, allowed: OperandCheck = None) -> bool:
+    """A weight constant every use of which is the b operand of a matmul (and `allowed`, when given)."""
     if op.name != ttir.CONSTANT.name or not op.result.uses:
         return False
-    return all(user.name in MATMUL_OPS and index == 1 for user, index in op.result.uses)
+    return all(user.name in MATMUL_OPS and index == 1 and (allowed is None or allowed(user, index))
+               for user, index in op.result.uses)
 
 
-def assign_formats(func: Function, dtype: str) -> None:
-    """bf16 for every device float; bfp8_b for matmul weights when asked. A fused body keeps its
-    element types: it states the math (with its f32 host scalars), the kernel's CBs hold the formats."""
+def assign_formats(func: Function, dtype: str, allowed: OperandCheck = None) -> None:
+    """bf16 for every device float; `dtype` for matmul weights (those `allowed`, when given). A fused body
+    keeps its element types: it states the math (with its f32 host scalars), the kernel's CBs hold the
+    formats."""
     bf16, weight_format = ScalarType("bf16"), ScalarType(dtype)
     for op in func.body.ops:
         for result in op.results:
-            with_format(result, weight_format if is_matmul_weight(op) else bf16)
+            with_format(result, weight_format if is_matmul_weight(op, allowed) else bf16)
 
 
-def feeds_only_matmuls(value: Value) -> bool:
-    """Every reader of `value` is a matmul reading it as an operand (a or b), directly or through data
-    movement (transposes, reshapes, slices, concats) whose results feed only matmuls."""
+def feeds_only_matmuls(value: Value, allowed: OperandCheck = None) -> bool:
+    """Every reader of `value` is a matmul reading it as an operand (a or b; one `allowed`, when given),
+    directly or through data movement (transposes, reshapes, slices, concats) whose results feed only such
+    matmuls."""
     if not value.uses:
         return False
     for user, index in value.uses:
-        if user.name in MATMUL_OPS and index in (0, 1):
+        if user.name in MATMUL_OPS and index in (0, 1) and (allowed is None or allowed(user, index)):
             continue
-        if user.name in MOVEMENT_OPS and feeds_only_matmuls(user.result):
+        if user.name in MOVEMENT_OPS and feeds_only_matmuls(user.result, allowed):
             continue
         return False
     return True
 
 
-def matmul_activations(func: Function) -> set[Value]:
+def matmul_activations(func: Function, allowed: OperandCheck = None) -> set[Value]:
     """The values `activations=bfp8_b` stores as bfp8_b: computed device floats in tiles (`may_be_f16`: not
-    weights, not written by the host, not a device state) read only as matmul operands (`feeds_only_matmuls`),
-    less every copy group not wholly in them. A value any other op reads (a residual add, a norm, a softmax)
-    or the host reads keeps bf16; so do biases, norm parameters and every program's intermediates
-    (`geometry.work_format`)."""
+    weights, not written by the host, not a device state) read only as matmul operands (`feeds_only_matmuls`;
+    with `matmul-fidelity`, only as operands whose bits the fidelity drops), less every copy group not wholly
+    in them. A value any other op reads (a residual add, a norm, a softmax) or the host reads keeps bf16; so
+    do biases, norm parameters and every program's intermediates (`geometry.work_format`)."""
     chosen = {result for op in func.body.ops if STATE_ATTR not in op.attributes for result in op.results
-              if may_be_f16(result) and feeds_only_matmuls(result)}
+              if may_be_f16(result) and feeds_only_matmuls(result, allowed)}
     return closed_under_copies(func, chosen)
 
 
@@ -288,6 +403,8 @@ class Layout(Pass):
     name = "layout"
     dtype: str = "bf16"
     activations: str = "bf16"  # bfp8_b: the activations read only as matmul operands (`matmul_activations`)
+    # a math fidelity: block floats only for the matmul operands whose bits it drops (`fidelity_drops_bits`)
+    matmul_fidelity: str = ""
     l1_intermediates: bool = True
     precise_softmax: bool = False
     bounded_f16: bool = False
@@ -300,9 +417,10 @@ class Layout(Pass):
                             f"(choose from {', '.join(DTYPES)})")
         device = module_device(module)
         for func in module.functions:
-            assign_formats(func, self.dtype)
+            assign_formats(func, self.dtype, block_float_operands(func, self.dtype, self.matmul_fidelity))
             if self.activations != "bf16":
-                for value in matmul_activations(func):
+                allowed = block_float_operands(func, self.activations, self.matmul_fidelity)
+                for value in matmul_activations(func, allowed):
                     with_format(value, ScalarType(self.activations))
             if self.bounded_f16:
                 for value in bounded_values(func, module.weights):

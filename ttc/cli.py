@@ -310,7 +310,8 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
                         help="matmul math fidelity (default hifi4)")
     parser.add_argument("--perf-preset", choices=tuple(PERF_PRESETS), default=None,
                         help="published: Tenstorrent's published settings, bfp8_b matmul weights and activations "
-                             "(bf16 elsewhere), HiFi2 matmuls, HiFi4 softmax and norm statistics (sets --dtype and "
+                             "(bf16 elsewhere, and for the operands HiFi2 reads in full within post-norm residual "
+                             "blocks), HiFi2 matmuls, HiFi4 softmax and norm statistics (sets --dtype and "
                              "--math-fidelity; default: none, bf16 and hifi4)")
     parser.add_argument("--softmax-precision", choices=("f16", "bf16"), default="bf16",
                         help="format of a softmax whose probabilities are an output and of its logits (bf16: "

@@ -77,6 +77,45 @@ def test_bfp8_b_activations_follow_data_movement_into_a_matmul_and_stop_at_other
           'x64xbfp8_b, #tt.layout<tile, l1, interleaved>> loc("kt")')
 
 
+def residual_block(post_norm: bool, fidelity: str = "") -> Graph:
+    """h = norm(x); y = h + fc2(fc1(h)); then norm(y) (post-norm) or y (pre-norm: the stream runs on). fc2 may
+    run at a fidelity of its own."""
+    g = Graph()
+    x = g.input("x", (64, 64))
+    h = g.op("ttir.layer_norm", [x, g.weight("g0", np.ones(64))], (64, 64), "axis = -1, epsilon = 1.0e-05",
+             loc="ln0")
+    a = g.op("ttir.linear", [h, g.weight("w1", np.ones((64, 64)))], (64, 64),
+             'activation = "relu", transpose_b = false', loc="fc1")
+    own = f', tt.math_fidelity = "{fidelity}"' if fidelity else ""
+    b = g.op("ttir.linear", [a, g.weight("w2", np.ones((64, 64)))], (64, 64),
+             f'activation = "none", transpose_b = false{own}', loc="fc2")
+    y = g.op("ttir.add", [h, b], (64, 64), "", loc="residual")
+    if post_norm:
+        y = g.op("ttir.layer_norm", [y, g.weight("g1", np.ones(64))], (64, 64), "axis = -1, epsilon = 1.0e-05",
+                 loc="ln1")
+    g.output(y, "out")
+    return g
+
+
+def test_matmul_fidelity_keeps_operands_b_of_post_norm_blocks_bf16_where_it_reads_their_bits() -> None:
+    """matmul-fidelity=hifi2 (HiFi2 reads 6 mantissa bits of operand a, all of operand b): in a post-norm block
+    fc1's result, fc2's operand a, is bfp8_b and the weights (operands b) bf16; in a pre-norm block, and at
+    lofi, and for a matmul at a fidelity of its own that drops the bits, the weights are bfp8_b; without
+    matmul-fidelity every weight is; an unknown fidelity is a user error."""
+    hifi2 = "layout{dtype=bfp8_b activations=bfp8_b matmul-fidelity=hifi2}"
+    out = body_text(compile_graph(residual_block(True), pipeline=hifi2))
+    check(out, "tensor<64x64xbf16, ", f'-> tensor<64x64xbfp8_b, {L1}> loc("fc1")', "tensor<64x64xbf16, ")
+    assert out.count("xbfp8_b, ") == 2  # fc1's result and fc2 reading it
+    for graph, pipeline in ((residual_block(False), hifi2), (residual_block(True, "lofi"), hifi2),
+                            (residual_block(True), hifi2.replace("hifi2", "lofi")),
+                            (residual_block(True), "layout{dtype=bfp8_b activations=bfp8_b}")):
+        out = body_text(compile_graph(graph, pipeline=pipeline))
+        assert out.count("tensor<64x64xbfp8_b, #tt.layout<tile, dram") >= 2, (pipeline, out)  # w2 (and w1)
+        assert "tensor<64x64xbf16, #tt.layout<tile, dram, interleaved>> loc(\"w2\")" not in out
+    with pytest.raises(UserError, match="unknown matmul fidelity 'hifi5'"):
+        compile_graph(mlp(), pipeline="layout{dtype=bfp8_b matmul-fidelity=hifi5}")
+
+
 def test_block_float_results_keep_bf16_intermediates() -> None:
     """A program whose result is bfp8_b holds its partial sums and temporaries in bf16 (the Dst format)."""
     from ttc.ir.types import ScalarType

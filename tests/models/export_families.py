@@ -6,8 +6,8 @@ Usage: python tests/models/export_families.py [NAME ...] [--cache DIR] [--force]
 
 Needs the `models` extra (torch 2.13.0 CPU, transformers 5.x, onnxscript): pip install -e '.[models]'.
 Every export is torch.onnx.export(..., dynamo=True, opset_version=18, optimize=True) with external data,
-written to <cache>/families/NAME/NAME.onnx (cache: --cache, else $TTC_MODEL_CACHE, else
-~/.cache/ttc/models); a model already there is reused, and each file records the spec it was built from
+its constant folding using ttc's reference overrides (export_folding.py), written to <cache>/families/NAME/
+NAME.onnx (cache: --cache, else $TTC_MODEL_CACHE, else ~/.cache/ttc/models); a model already there is reused, and each file records the spec it was built from
 (metadata_props "ttc.families.spec"), so a spec change is never served a stale file.
 
 Each family has a full-size configuration (the published architecture, or for the "-style" decoders a
@@ -384,6 +384,7 @@ def export(name: str, cache: str | os.PathLike[str] | None = None, force: bool =
         return path
     import onnx
     import torch
+    from export_folding import exact_folding
 
     module, args, input_names, output_names = build(name, spec)
     module.eval()
@@ -391,7 +392,7 @@ def export(name: str, cache: str | os.PathLike[str] | None = None, force: bool =
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), exact_folding():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
                                     output_names=output_names, external_data=True, optimize=True,

@@ -109,6 +109,7 @@ def _build(spec: Spec):
 def export(name: str, cache: str | os.PathLike[str] | None = None, force: bool = False) -> Path:
     """Export model `name` into the cache (atomically: a half-written export never looks finished)."""
     import torch
+    from export_folding import exact_folding
 
     path = model_path(name, cache)
     if path.exists() and not force:
@@ -116,7 +117,7 @@ def export(name: str, cache: str | os.PathLike[str] | None = None, force: bool =
     module, args, input_names, output_names = _build(SPECS[name])
     partial = path.parent.with_name(path.parent.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), exact_folding():
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=input_names,
                                     output_names=output_names, external_data=True, optimize=True)
     program.save(str(partial / path.name), external_data=True)

@@ -167,19 +167,15 @@ def test_tenstorrent_configuration_fits_the_e150_and_passes(name: str, model_cac
     assert 0 < memory["dram_bytes"] <= E150.dram_channels * E150.dram_channel_size, memory
 
 
-# BERT-Large b12 s384 with the preset: PCC 0.9976, rel L2 0.069 (24 layers of bfp8_b; bf16 passes). Strict: a fix XPASSes.
-PRESET_FAILS = {"bert-large-b12-s384": pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                         reason="golden: last_hidden_state rel L2 0.069 > 0.05")}
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=[needs_exporter, *([PRESET_FAILS[name]] if name in
-                                                                              PRESET_FAILS else [])], id=name)
-                                  for name in TENSTORRENT])
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[needs_exporter], id=name) for name in TENSTORRENT])
 @pytest.mark.slow
 def test_tenstorrent_configuration_passes_with_the_published_preset(name: str, model_cache: Path,
                                                                      record_property) -> None:
     """Each published configuration at its published settings (`perf_preset="published"`: bfp8_b matmul
-    weights and activations, HiFi2 matmuls, docs/numerics.md) fits the e150, runs once and passes golden."""
+    weights and activations, but within post-norm residual blocks only the operands whose bits HiFi2 drops;
+    HiFi2 matmuls; docs/numerics.md) fits the e150, runs once and passes golden. BERT-Large b12 s384 failed
+    with its (post-norm) weights bfp8_b too: rel L2 0.069; now 0.039. ViT-base b8: logits 0.043, hidden 0.032;
+    ResNet-50 b20: 0.026."""
     manifest = check_family(name, exported(name, model_cache), record_property, budget_s=None,
                             perf_preset="published")
     assert manifest["options"]["perf_preset"] == "published"
