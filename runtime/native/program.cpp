@@ -103,6 +103,22 @@ inline int64_t wrap_mul(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
 }
 
+// memmove of a NoC transfer: a row page of 64 or 32 bytes (a 32-channel bf16 or 16-channel stick) inline,
+// loaded whole before it is stored (source and destination may overlap, as with memmove)
+inline void move_bytes(uint8_t* to, const uint8_t* from, int64_t size) {
+  if (size == 64) {
+    uint8_t t[64];
+    std::memcpy(t, from, 64);
+    std::memcpy(to, t, 64);
+  } else if (size == 32) {
+    uint8_t t[32];
+    std::memcpy(t, from, 32);
+    std::memcpy(to, t, 32);
+  } else {
+    std::memmove(to, from, static_cast<size_t>(size));
+  }
+}
+
 // ------------------------------------------------------------------------------------------ encoding
 
 struct Instr {
@@ -158,6 +174,21 @@ struct Memory {
   std::vector<int64_t> starts, ends, sizes, counts;  // the buffer table (Memory._buffer_table)
   std::vector<Sharded> sharded;
   std::vector<int64_t> watch;  // [start, end) pairs of watched ranges
+  uint64_t bank_magic = 0;  // ceil(2**64 / banks) for banks of 2..2**32-1 (quotient_by_banks), else 0
+
+  // floordiv and floormod of v by the bank count. Lemire's fastmod for 0 <= v < 2**32 and a 32-bit
+  // divisor: both exact there (Lemire, Kaser and Kurz, "Faster remainder by direct computation", 2019);
+  // others take the divisions.
+  void by_banks(int64_t v, int64_t& quotient, int64_t& remainder) const {
+    if (bank_magic && static_cast<uint64_t>(v) <= 0xFFFFFFFFu) {
+      const uint64_t low = bank_magic * static_cast<uint64_t>(v);
+      quotient = static_cast<int64_t>((static_cast<unsigned __int128>(bank_magic) * static_cast<uint64_t>(v)) >> 64);
+      remainder = static_cast<int64_t>((static_cast<unsigned __int128>(low) * static_cast<uint64_t>(banks)) >> 64);
+      return;
+    }
+    quotient = floordiv(v, banks);
+    remainder = floormod(v, banks);
+  }
 };
 
 struct AddrGen {
@@ -1104,8 +1135,9 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
                  (floormod(rows, sh->shard_rows) * sh->shard_cols + floormod(cols, sh->shard_cols)) * sh->page_size;
     return;
   }
-  int64_t b = floormod(page, m.banks);
-  int64_t offset = wrap_add(g.base, wrap_mul(floordiv(page, m.banks), g.page_size));
+  int64_t b, row;
+  m.by_banks(page, row, b);
+  int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
   if (g.memory != slot_memory || g.base != slot_base) {  // the buffer table's slot of the base, kept for the next page
     auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
     slot_memory = g.memory;
@@ -1117,7 +1149,8 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
   int64_t limit = offset;
   if (!m.starts.empty()) {
     int64_t s = std::max<int64_t>(slot, 0);
-    int64_t in_bank = floordiv(m.counts[s] - b + m.banks - 1, m.banks);
+    int64_t in_bank, unused;
+    m.by_banks(m.counts[s] - b + m.banks - 1, in_bank, unused);
     limit = m.starts[s] + in_bank * m.sizes[s];
   }
   if (!found || page < 0 || offset + g.page_size > limit)
@@ -1156,7 +1189,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     if (segmented) {
       if (w && seg_size) {
         int64_t at = located_offset[i] + seg_offset;
-        std::memmove(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
+        move_bytes(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
         transfer(g, located_bank[i], at, nullptr, seg_size);
       }
       std::memset(slot + (w ? seg_size : 0), 0, cb_page - (w ? seg_size : 0));
@@ -1164,7 +1197,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
       continue;
     }
     if (w) {
-      std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
+      move_bytes(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
       if (located_bank[i] == bank) ++local;
@@ -1302,7 +1335,7 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   for (int64_t i = 0; i < n; ++i) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
-    std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index, WRITE), slot, g.page_size);
+    move_bytes(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index, WRITE), slot, g.page_size);
     transfer(g, located_bank[i], located_offset[i], slot);
     if (moved == 0 || located_offset[i] < lo) lo = located_offset[i];
     if (moved == 0 || located_offset[i] + g.page_size > hi) hi = located_offset[i] + g.page_size;
@@ -1341,7 +1374,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
     int64_t lo = 0, hi = 0;
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
-      std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index, WRITE), slot, g.page_size);
+      move_bytes(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index, WRITE), slot, g.page_size);
       transfer(g, located_bank[j], located_offset[j], slot);
       if (j == 0 || located_offset[j] < lo) lo = located_offset[j];
       if (j == 0 || located_offset[j] + g.page_size > hi) hi = located_offset[j] + g.page_size;
@@ -1380,7 +1413,7 @@ void Core::op_noc_write_row_segments(int kernel, const Instr& in) {
       for (int64_t j = 0; j < valid; ++j) {
         const uint8_t* slot = slot_ptr(index, front_slot(index, j));
         int64_t at = located_offset[j] + offset;
-        std::memmove(memory_ptr(m, located_bank[j], at, size, index, WRITE), slot, size);
+        move_bytes(memory_ptr(m, located_bank[j], at, size, index, WRITE), slot, size);
         transfer(g, located_bank[j], at, slot, size);
         if (j == 0 || at < lo) lo = at;
         if (j == 0 || at + size > hi) hi = at + size;
@@ -1733,6 +1766,7 @@ Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py
   m.data = static_cast<uint8_t*>(data.mutable_data());
   m.banks = data.shape(0);
   m.capacity = data.shape(1);
+  if (m.banks > 1 && m.banks <= 0xFFFFFFFF) m.bank_magic = ~uint64_t{0} / static_cast<uint64_t>(m.banks) + 1;
   m.starts = to_vector<int64_t>(table[0]);
   m.ends = to_vector<int64_t>(table[1]);
   m.sizes = to_vector<int64_t>(table[2]);
