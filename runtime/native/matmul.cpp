@@ -767,6 +767,18 @@ bool chain_stays_normal(const Problem& p, const Stat& rows) {
   return (p.dst_largest + p.chunks * largest_partial) * p.growth < 0x1p126;
 }
 
+// (1 + 2**-7)**chunks, std::pow's value, from a table for the usual chunk counts (a pow per call cost as much
+// as a small block's arithmetic).
+double growth_of(int chunks) {
+  constexpr int kTable = 1024;
+  static const std::vector<double> table = [] {
+    std::vector<double> t(kTable);
+    for (int c = 0; c < kTable; ++c) t[c] = std::pow(1 + 0x1p-7, c);
+    return t;
+  }();
+  return chunks >= 0 && chunks < kTable ? table[chunks] : std::pow(1 + 0x1p-7, chunks);
+}
+
 // Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
 void measure_dst(Problem& p, float* const* dst, int tiles) {
   v16u top{}, low = ~v16u{};
@@ -783,7 +795,7 @@ void measure_dst(Problem& p, float* const* dst, int tiles) {
   }
   p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
   p.dst_largest = static_cast<double>(float_of(dst_top));
-  p.growth = std::pow(1 + 0x1p-7, p.chunks);
+  p.growth = growth_of(p.chunks);
 }
 
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.

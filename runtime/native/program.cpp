@@ -119,6 +119,10 @@ inline void move_bytes(uint8_t* to, const uint8_t* from, int64_t size) {
   }
 }
 
+// The op handlers stay out of Core::execute: inlined, their frames (64-byte aligned vector temporaries) made
+// every instruction's dispatch pay their prologue.
+#define TTC_NOINLINE __attribute__((noinline))
+
 // ------------------------------------------------------------------------------------------ encoding
 
 struct Instr {
@@ -235,8 +239,19 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
 // Bytes [offset, offset + size) of bank b are about to be read (or, `write`, written): the marked blocks
 // they meet are filled, except blocks a write covers whole, whose marks are just cleared (no other core
 // touches their bytes in a program without races, so a plain store does).
-void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
+void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write);
+
+inline void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
+  // a transfer within one block whose mark is clear (the common case) needs nothing
+  const int64_t first = offset / POISON_BLOCK;
+  if (first == (offset + size - 1) / POISON_BLOCK && first < m.blocks &&
+      !__atomic_load_n(m.marks + b * m.blocks + first, __ATOMIC_RELAXED))
+    return;
+  unpoison_marked(m, b, offset, size, write);
+}
+
+TTC_NOINLINE void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   // blocks past the last whole one of a bank (a bank size off the block grid) are never marked
   const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
   uint8_t* marks = m.marks + b * m.blocks;
@@ -332,6 +347,11 @@ struct Run {
   throw f;
 }
 
+[[noreturn]] TTC_NOINLINE void missing_argument(int64_t index) {
+  internal("runtime argument " + std::to_string(index) + " does not exist");
+}
+[[noreturn]] TTC_NOINLINE void unknown_opcode(int64_t opcode) { internal("unknown opcode " + std::to_string(opcode)); }
+
 // ------------------------------------------------------------------------------------------ one core
 
 class Core {
@@ -426,7 +446,7 @@ class Core {
   int64_t force_core = -1, force_holds = 0;
   bool enabled(int64_t reg) const { return reg < 0 || regs[reg] != 0; }
   int64_t& semaphore(int64_t core_index, int64_t index) { return R.semaphores[core_index * NUM_SEMAPHORES + index]; }
-  void op_noc_mcast(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_mcast(int kernel, const Instr& in);
   void execute(int kernel, const Instr& in, bool& blocked);
   void finish(int kernel);
   void check_drained();
@@ -475,8 +495,29 @@ class Core {
   // -- NoC ----------------------------------------------------------------------------------------
 
   const Sharded* resolve(const AddrGen& g, int64_t cb_index, int64_t stage);
+  TTC_NOINLINE void locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index,
+                                int64_t stage, int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
+  // locate_slow's interleaved path inline when the buffer table slot of the base is the one kept
   void locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
-              int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
+              int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
+    const Memory& m = R.mem[g.memory];
+    if (!sh && g.memory == slot_memory && g.base == slot_base && slot_found >= 0 && page >= 0) {
+      int64_t b, row;
+      m.by_banks(page, row, b);
+      const int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
+      const int64_t s = slot_found;
+      if (g.base < m.ends[s]) {
+        int64_t in_bank, unused;
+        m.by_banks(m.counts[s] - b + m.banks - 1, in_bank, unused);
+        if (offset + g.page_size <= m.starts[s] + in_bank * m.sizes[s]) {
+          out_bank = b;
+          out_offset = offset;
+          return;
+        }
+      }
+    }
+    locate_slow(g, sh, page, access, cb_index, stage, group, all_cores, out_bank, out_offset);
+  }
   // The bytes of a NoC transfer (poisoned blocks filled first, see unpoison).
   uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index,
                       Access access) const {
@@ -542,12 +583,13 @@ class Core {
     }
   }
 
-  void op_noc_read_tiles(int kernel, const Instr& in);
-  void op_noc_read_tiles_indexed(int kernel, const Instr& in);
-  void op_noc_read_rows_indexed(int kernel, const Instr& in);
-  void op_noc_write_tiles(int kernel, const Instr& in);
-  void op_noc_write_rows(int kernel, const Instr& in);
-  void op_noc_write_row_segments(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_pages(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_tiles(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_tiles_indexed(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_rows_indexed(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_tiles(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_rows(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_row_segments(int kernel, const Instr& in);
 
   // -- Dst ----------------------------------------------------------------------------------------
 
@@ -602,15 +644,17 @@ class Core {
     }
   }
 
-  void op_copy(const Instr& in, bool transpose);
-  void op_tilize(const Instr& in);
-  void op_pack_rows(const Instr& in);
-  void op_binary(const Instr& in);
-  void op_matmul(const Instr& in);
-  void op_reduce(const Instr& in);
-  void op_sfpu(const Instr& in);
-  void op_mask(const Instr& in);
-  void op_pack(const Instr& in);
+  TTC_NOINLINE void op_copy(const Instr& in, bool transpose);
+  TTC_NOINLINE void op_tilize(const Instr& in);
+  TTC_NOINLINE void op_pack_rows(const Instr& in);
+  TTC_NOINLINE void op_binary(const Instr& in);
+  TTC_NOINLINE void op_matmul(const Instr& in);
+  TTC_NOINLINE void op_reduce(const Instr& in);
+  TTC_NOINLINE void op_sfpu(const Instr& in);
+  TTC_NOINLINE void op_sfpu_binary(const Instr& in);
+  TTC_NOINLINE void op_fill(const Instr& in);
+  TTC_NOINLINE void op_mask(const Instr& in);
+  TTC_NOINLINE void op_pack(const Instr& in);
 };
 
 void Core::start(int64_t index) {
@@ -846,7 +890,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       int64_t lo = E.arg_offsets[kernel][core], n = E.arg_offsets[kernel][core + 1] - lo, index = f[3];
       if (n <= index) fail(ARG_MISSING, -1, {index});
       if (index < 0) {  // Python's negative index
-        if (n + index < 0) internal("runtime argument " + std::to_string(index) + " does not exist");
+        if (n + index < 0) missing_argument(index);
         index += n;
       }
       regs[f[2]] = E.arg_values[kernel][lo + index];
@@ -940,19 +984,9 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
     case NOC_READ_TILES:
       op_noc_read_tiles(kernel, in);
       return;
-    case NOC_READ_PAGES: {
-      const AddrGen& g = agens[f[2]];
-      config(f[5]);
-      int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
-      pages.resize(count);
-      for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
-      if (f[8] >= 0)  // a row segment of each page
-        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
-                 regs[f[9]]);
-      else
-        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
+    case NOC_READ_PAGES:
+      op_noc_read_pages(kernel, in);
       return;
-    }
     case NOC_READ_TILES_INDEXED:
       op_noc_read_tiles_indexed(kernel, in);
       return;
@@ -1021,22 +1055,12 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
     case SFPU_TILES:
       op_sfpu(in);
       return;
-    case SFPU_BINARY_TILES: {
-      int64_t base = math_slots<true>(f[3], f[5]);
-      int64_t operand = dst_slots(f[4], f[5]);
-      filled(operand, f[5]);
-      sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
-                       static_cast<SfpuBinaryFn>(f[2]), E.dst);
-      counters.charge(f[6]);
+    case SFPU_BINARY_TILES:
+      op_sfpu_binary(in);
       return;
-    }
-    case FILL_TILES: {
-      int64_t base = math_slots<false>(f[2], f[3]);
-      float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
-      std::fill(dst_tile(base), dst_tile(base + f[3]), value);
-      counters.charge(f[5]);
+    case FILL_TILES:
+      op_fill(in);
       return;
-    }
     case MASK_TILES:
       op_mask(in);
       return;
@@ -1067,7 +1091,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       op_noc_mcast(kernel, in);
       return;
     default:
-      internal("unknown opcode " + std::to_string(f[0]));
+      unknown_opcode(f[0]);
   }
 }
 
@@ -1122,8 +1146,8 @@ const Sharded* Core::resolve(const AddrGen& g, int64_t cb_index, int64_t stage) 
 }
 
 // Memory.locate (and _locate_sharded) of one page: its bank and byte offset, or a fault naming the page.
-void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
-                  int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
+void Core::locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index,
+                       int64_t stage, int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
   const Memory& m = R.mem[g.memory];
   if (sh) {
     int64_t rows = floordiv(page, sh->cols), cols = floormod(page, sh->cols);
@@ -1215,6 +1239,20 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     count_static(g, n);
   else
     count_masked(g, moved);
+}
+
+void Core::op_noc_read_pages(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  config(f[5]);
+  int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
+  pages.resize(count);
+  for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
+  if (f[8] >= 0)  // a row segment of each page
+    noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
+             regs[f[9]]);
+  else
+    noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
 }
 
 void Core::op_noc_read_tiles(int kernel, const Instr& in) {
@@ -1606,6 +1644,24 @@ void Core::op_sfpu(const Instr& in) {
   else
     sfpu_scalar_tile(dst_tile(base), count, static_cast<ScalarFn>(f[3]), static_cast<float>(E.fparams[f[6]]), E.dst);
   counters.charge(f[7]);
+}
+
+void Core::op_sfpu_binary(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t base = math_slots<true>(f[3], f[5]);
+  int64_t operand = dst_slots(f[4], f[5]);
+  filled(operand, f[5]);
+  sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
+                   static_cast<SfpuBinaryFn>(f[2]), E.dst);
+  counters.charge(f[6]);
+}
+
+void Core::op_fill(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t base = math_slots<false>(f[2], f[3]);
+  float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
+  std::fill(dst_tile(base), dst_tile(base + f[3]), value);
+  counters.charge(f[5]);
 }
 
 void Core::op_mask(const Instr& in) {
