@@ -183,7 +183,7 @@ struct Memory {
   // floordiv and floormod of v by the bank count. Lemire's fastmod for 0 <= v < 2**32 and a 32-bit
   // divisor: both exact there (Lemire, Kaser and Kurz, "Faster remainder by direct computation", 2019);
   // others take the divisions.
-  void by_banks(int64_t v, int64_t& quotient, int64_t& remainder) const {
+  __attribute__((always_inline)) void by_banks(int64_t v, int64_t& quotient, int64_t& remainder) const {
     if (bank_magic && static_cast<uint64_t>(v) <= 0xFFFFFFFFu) {
       const uint64_t low = bank_magic * static_cast<uint64_t>(v);
       quotient = static_cast<int64_t>((static_cast<unsigned __int128>(bank_magic) * static_cast<uint64_t>(v)) >> 64);
@@ -198,6 +198,8 @@ struct Memory {
 struct AddrGen {
   int64_t base = 0, page_size = 0;
   int memory = 0, format = -1, layout = 0;
+  // locate's buffer table slot of the base (-1: none, -2: not looked up yet), kept for the generator's next page
+  mutable int64_t slot = -2;
 };
 
 struct CBState {
@@ -351,6 +353,11 @@ struct Run {
   internal("runtime argument " + std::to_string(index) + " does not exist");
 }
 [[noreturn]] TTC_NOINLINE void unknown_opcode(int64_t opcode) { internal("unknown opcode " + std::to_string(opcode)); }
+[[noreturn]] TTC_NOINLINE void outside_memory(int64_t size, int64_t offset, int64_t b, int64_t cb_index) {
+  internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) + " in bank " +
+               std::to_string(b) + " is outside the memory",
+           cb_index);
+}
 
 // ------------------------------------------------------------------------------------------ one core
 
@@ -381,8 +388,6 @@ class Core {
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
   std::vector<AddrGen> agens;
-  int slot_memory = -1;  // locate's last buffer table lookup: memory, base and slot
-  int64_t slot_base = 0, slot_found = -1;
   CBState cb[NUM_CBS];
   KernelState k[KERNELS];
   int dst_state = RELEASED, dst_half = 1;
@@ -501,11 +506,11 @@ class Core {
   void locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
               int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
     const Memory& m = R.mem[g.memory];
-    if (!sh && g.memory == slot_memory && g.base == slot_base && slot_found >= 0 && page >= 0) {
+    if (!sh && g.slot >= 0 && page >= 0) {
       int64_t b, row;
       m.by_banks(page, row, b);
       const int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
-      const int64_t s = slot_found;
+      const int64_t s = g.slot;
       if (g.base < m.ends[s]) {
         int64_t in_bank, unused;
         m.by_banks(m.counts[s] - b + m.banks - 1, in_bank, unused);
@@ -519,12 +524,9 @@ class Core {
     locate_slow(g, sh, page, access, cb_index, stage, group, all_cores, out_bank, out_offset);
   }
   // The bytes of a NoC transfer (poisoned blocks filled first, see unpoison).
-  uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index,
-                      Access access) const {
-    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity)
-      internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) +
-                   " in bank " + std::to_string(b) + " is outside the memory",
-               cb_index);
+  __attribute__((always_inline)) uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size,
+                                                      int64_t cb_index, Access access) const {
+    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) outside_memory(size, offset, b, cb_index);
     unpoison(m, b, offset, size, access == WRITE);
     return m.data + b * m.capacity + offset;
   }
@@ -979,6 +981,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       g.memory = static_cast<int>(f[5]);
       g.format = static_cast<int>(f[6]);
       g.layout = static_cast<int>(f[7]);
+      g.slot = -2;
       return;
     }
     case NOC_READ_TILES:
@@ -1162,13 +1165,11 @@ void Core::locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access
   int64_t b, row;
   m.by_banks(page, row, b);
   int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
-  if (g.memory != slot_memory || g.base != slot_base) {  // the buffer table's slot of the base, kept for the next page
+  if (g.slot == -2) {  // the buffer table's slot of the base, kept for the generator's next page
     auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
-    slot_memory = g.memory;
-    slot_base = g.base;
-    slot_found = static_cast<int64_t>(it - m.starts.begin()) - 1;
+    g.slot = static_cast<int64_t>(it - m.starts.begin()) - 1;
   }
-  int64_t slot = slot_found;
+  int64_t slot = g.slot;
   bool found = slot >= 0 && g.base < m.ends[slot];
   int64_t limit = offset;
   if (!m.starts.empty()) {
@@ -1205,10 +1206,17 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
   for (int64_t i = 0; i < n; ++i)
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
+  if (!segmented && g.page_size <= 256)  // small pages (rows) from all over the memory: their misses overlap
+    for (int64_t i = 0; i < n; ++i)
+      if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
+          located_offset[i] < m.capacity)
+        __builtin_prefetch(m.data + located_bank[i] * m.capacity + located_offset[i]);
   int64_t moved = 0, local = 0;
-  int64_t cb_page = E.cbs[cb_index].page_size;
-  for (int64_t i = 0; i < n; ++i) {
-    uint8_t* slot = slot_ptr(cb_index, back_slot(cb_index, cb_offset + i));
+  const CBConfig& config = E.cbs[cb_index];
+  const int64_t cb_page = config.page_size;
+  int64_t ring = n > 0 ? back_slot(cb_index, cb_offset) : 0;  // page i's CB slot (the window checks made pages > 0)
+  for (int64_t i = 0; i < n; ++i, ring = ring + 1 == config.pages ? 0 : ring + 1) {
+    uint8_t* slot = slot_ptr(cb_index, ring);
     bool w = !want || want[i];
     if (segmented) {
       if (w && seg_size) {
