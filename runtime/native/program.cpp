@@ -52,6 +52,8 @@
 // semaphore is short.
 #include "program.h"
 
+#include "convert.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -245,11 +247,14 @@ void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, b
 
 inline void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
-  // a transfer within one block whose mark is clear (the common case) needs nothing
-  const int64_t first = offset / POISON_BLOCK;
-  if (first == (offset + size - 1) / POISON_BLOCK && first < m.blocks &&
-      !__atomic_load_n(m.marks + b * m.blocks + first, __ATOMIC_RELAXED))
-    return;
+  // a transfer over at most 8 blocks whose marks are clear (the common case: rows and tiles) needs nothing
+  const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
+  if (last - first < 8) {
+    const uint8_t* marks = m.marks + b * m.blocks;
+    uint8_t any = 0;
+    for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block, __ATOMIC_RELAXED);
+    if (!any) return;
+  }
   unpoison_marked(m, b, offset, size, write);
 }
 
@@ -1542,7 +1547,13 @@ void Core::op_tilize(const Instr& in) {
     for (int64_t col = 0; col < cols; ++col) {
       float* out = dst_tile(base + col) + i * TILE;
       int64_t n = std::max<int64_t>(0, std::min<int64_t>(TILE, count - col * TILE));
-      if (n) unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      if (n == TILE && element == 2) {  // a whole bf16 row (unpack_row_values' values, inline)
+        uint16_t h[TILE];
+        std::memcpy(h, row + col * TILE * element, sizeof h);
+        for (int e = 0; e < TILE; ++e) out[e] = conv::bf16_value(h[e]);
+      } else if (n) {
+        unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      }
       if (n < TILE) std::fill(out + n, out + TILE, 0.0f);
     }
   }
