@@ -243,6 +243,12 @@ void pack_row_values(const float* values, int count, Format format, uint8_t* dst
   if (format == Format::F32) {
     std::memcpy(dst, values, static_cast<size_t>(count) * 4);
   } else if (format == Format::BF16) {
+    if (count == TILE) {  // a whole tile row (the common case): a fixed trip count the compiler vectorises
+      uint16_t h[TILE];
+      for (int k = 0; k < TILE; ++k) h[k] = conv::bf16_bits(values[k]);
+      std::memcpy(dst, h, sizeof h);
+      return;
+    }
     constexpr int CHUNK = 64;
     for (int start = 0; start < count; start += CHUNK) {
       const int n = std::min(CHUNK, count - start);
@@ -261,6 +267,12 @@ void unpack_row_values(const uint8_t* src, int count, Format format, float* out)
     std::memcpy(out, src, static_cast<size_t>(count) * 4);
     for (int k = 0; k < count; ++k) out[k] = conv::bf16_round(out[k]);
   } else if (format == Format::BF16) {
+    if (count == TILE) {  // a whole tile row
+      uint16_t h[TILE];
+      std::memcpy(h, src, sizeof h);
+      for (int k = 0; k < TILE; ++k) out[k] = conv::bf16_value(h[k]);
+      return;
+    }
     constexpr int CHUNK = 64;
     for (int start = 0; start < count; start += CHUNK) {
       const int n = std::min(CHUNK, count - start);

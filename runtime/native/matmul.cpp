@@ -715,13 +715,25 @@ inline v8d multiply_add(double a, v8d b, v8d acc) {
 #endif
 }
 
-// The register-block GEMM step: sums[r][q] = sum over KC of a[r][k] * b[k][q], in float64. kChain: the
-// sums are exact and every chain step provably normal (bf16): do the Dst step on d in registers, without
-// storing them. There the sums' float32 rounding is Veltkamp's split too (RN to 24 bits, ties to even, for
-// float64 values without overflow; the sums are 0 or in [2**-102, 2**126), float32's normal range), which
-// takes three vector operations where the two conversions take four.
-template <int KC, bool kChain>
-inline void micro_kernel(const double* __restrict a, const double* __restrict b, double* __restrict out) {
+// The Dst step of one vector of a block whose sums are exact and whose chain provably stays normal (bf16):
+// at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums' float32 rounding is Veltkamp's split too (RN to 24
+// bits, ties to even, for float64 values without overflow; the sums are 0 or in [2**-102, 2**126), float32's
+// normal range), which takes three vector operations where the two conversions take four.
+inline void chain_vector(double* at, v8d sum) {
+  v8d t = sum * (0x1p29 + 1);
+  v8d next = load8(at) + (t - (t - sum));  // Dst + RN_f32(chunk sum), exact or RN_f64
+  t = next * (0x1p45 + 1);
+  store8(at, t - (t - next));  // RN_bf16
+}
+
+// The register-block GEMM step: out[r][q] = sum over KC of a[r][k] * b[k][q], in float64. kPending: the Dst
+// steps (chain_vector) of the previous chunk's exact sums `pending` on d are done one vector per k between the
+// multiply-adds, so that their dependent chains overlap this chunk's multiply-adds instead of waiting for them
+// (the same operations on every value, in the same order, as stepping after each chunk).
+template <int KC, bool kPending>
+inline void micro_kernel(const double* __restrict a, const double* __restrict b, double* __restrict out,
+                         double* __restrict d, const double* __restrict pending) {
+  static_assert(KC >= MR * NV, "one pending vector per k");
   v8d acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = v8d{};
@@ -733,19 +745,17 @@ inline void micro_kernel(const double* __restrict a, const double* __restrict b,
       const double av = a[r * KC + k];
       for (int v = 0; v < NV; ++v) acc[r][v] = multiply_add(av, bv[v], acc[r][v]);
     }
+    if constexpr (kPending) {
+      if (k < MR * NV) chain_vector(d + k * VL, load8(pending + k * VL));
+    }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) {
-      double* at = out + r * NR + v * VL;
-      if constexpr (kChain) {
-        v8d t = acc[r][v] * (0x1p29 + 1);
-        v8d sum = load8(at) + (t - (t - acc[r][v]));  // Dst + RN_f32(chunk sum), exact or RN_f64
-        t = sum * (0x1p45 + 1);
-        store8(at, t - (t - sum));  // RN_bf16
-      } else {
-        store8(at, acc[r][v]);
-      }
-    }
+    for (int v = 0; v < NV; ++v) store8(out + r * NR + v * VL, acc[r][v]);
+}
+
+// The Dst steps of pending exact sums (micro_kernel's), at once.
+inline void chain_pending(double* d, const double* pending) {
+  for (int e = 0; e < MR * NR; e += VL) chain_vector(d + e, load8(pending + e));
 }
 
 // Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) provably stays 0 or in
@@ -767,6 +777,18 @@ bool chain_stays_normal(const Problem& p, const Stat& rows) {
   return (p.dst_largest + p.chunks * largest_partial) * p.growth < 0x1p126;
 }
 
+// (1 + 2**-7)**chunks, std::pow's value, from a table for the usual chunk counts (a pow per call cost as much
+// as a small block's arithmetic).
+double growth_of(int chunks) {
+  constexpr int kTable = 1024;
+  static const std::vector<double> table = [] {
+    std::vector<double> t(kTable);
+    for (int c = 0; c < kTable; ++c) t[c] = std::pow(1 + 0x1p-7, c);
+    return t;
+  }();
+  return chunks >= 0 && chunks < kTable ? table[chunks] : std::pow(1 + 0x1p-7, chunks);
+}
+
 // Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
 void measure_dst(Problem& p, float* const* dst, int tiles) {
   v16u top{}, low = ~v16u{};
@@ -783,7 +805,7 @@ void measure_dst(Problem& p, float* const* dst, int tiles) {
   }
   p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
   p.dst_largest = static_cast<double>(float_of(dst_top));
-  p.growth = std::pow(1 + 0x1p-7, p.chunks);
+  p.growth = growth_of(p.chunks);
 }
 
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
@@ -800,6 +822,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
   s.row_block_special.resize(p.chunks);
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
+  alignas(64) double pipe[2][MR * NR];  // exact sums whose Dst steps are pending (micro_kernel)
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
@@ -833,6 +856,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           store8(d + r * NR + v * VL, widen(f));
         }
       }
+      const double* pending = nullptr;  // pipe[0] or pipe[1]: a chunk's exact sums whose Dst steps are not done yet
       bool stepped = false;  // a chain step was made: d holds Dst values (0, finite in the format, inf or NaN)
       bool signed_zeros = false;  // the last step added nonzero partials: d may hold -0
       for (int c = 0; c < p.chunks; ++c) {
@@ -844,6 +868,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           // first step, RN_dst(Dst + 0) is Dst itself but for -0, which becomes +0: Dst + 0 in float64 (no
           // rounding can occur); and once done, again nothing. The first step is the whole one (Dst may
           // still hold values the format does not).
+          if (pending) chain_pending(d, pending), pending = nullptr;
           if (stepped) {
             if (signed_zeros)
               for (int e = 0; e < MR * NR; e += VL) store8(d + e, load8(d + e) + 0.0);
@@ -858,10 +883,16 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && chain_normal) {
-            micro_kernel<KC, true>(a_block, b_block, d);
+            double* out = pending == pipe[0] ? pipe[1] : pipe[0];
+            if (pending)
+              micro_kernel<KC, true>(a_block, b_block, out, d, pending);
+            else
+              micro_kernel<KC, false>(a_block, b_block, out, d, nullptr);
+            pending = out;
             continue;
           }
-          micro_kernel<KC, false>(a_block, b_block, sums);
+          if (pending) chain_pending(d, pending), pending = nullptr;
+          micro_kernel<KC, false>(a_block, b_block, sums, d, nullptr);
           if (!exact) {
             block_partials(p, c, i0, j0, sums, partials);
             block_chain<false, true>(d, sums, partials, format);
@@ -874,6 +905,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           block_chain<true, true>(d, sums, partials, format);
         }
       }
+      if (pending) chain_pending(d, pending);
       for (int r = 0; r < MR; ++r) {
         float* to = dst_row(dst, p.cols, i0 + r, j0);
         for (int v = 0; v < NV; ++v) {

@@ -52,6 +52,8 @@
 // semaphore is short.
 #include "program.h"
 
+#include "convert.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -102,6 +104,26 @@ inline int64_t wrap_add(int64_t a, int64_t b) {
 inline int64_t wrap_mul(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
 }
+
+// memmove of a NoC transfer: a row page of 64 or 32 bytes (a 32-channel bf16 or 16-channel stick) inline,
+// loaded whole before it is stored (source and destination may overlap, as with memmove)
+inline void move_bytes(uint8_t* to, const uint8_t* from, int64_t size) {
+  if (size == 64) {
+    uint8_t t[64];
+    std::memcpy(t, from, 64);
+    std::memcpy(to, t, 64);
+  } else if (size == 32) {
+    uint8_t t[32];
+    std::memcpy(t, from, 32);
+    std::memcpy(to, t, 32);
+  } else {
+    std::memmove(to, from, static_cast<size_t>(size));
+  }
+}
+
+// The op handlers stay out of Core::execute: inlined, their frames (64-byte aligned vector temporaries) made
+// every instruction's dispatch pay their prologue.
+#define TTC_NOINLINE __attribute__((noinline))
 
 // ------------------------------------------------------------------------------------------ encoding
 
@@ -158,11 +180,28 @@ struct Memory {
   std::vector<int64_t> starts, ends, sizes, counts;  // the buffer table (Memory._buffer_table)
   std::vector<Sharded> sharded;
   std::vector<int64_t> watch;  // [start, end) pairs of watched ranges
+  uint64_t bank_magic = 0;  // ceil(2**64 / banks) for banks of 2..2**32-1 (quotient_by_banks), else 0
+
+  // floordiv and floormod of v by the bank count. Lemire's fastmod for 0 <= v < 2**32 and a 32-bit
+  // divisor: both exact there (Lemire, Kaser and Kurz, "Faster remainder by direct computation", 2019);
+  // others take the divisions.
+  __attribute__((always_inline)) void by_banks(int64_t v, int64_t& quotient, int64_t& remainder) const {
+    if (bank_magic && static_cast<uint64_t>(v) <= 0xFFFFFFFFu) {
+      const uint64_t low = bank_magic * static_cast<uint64_t>(v);
+      quotient = static_cast<int64_t>((static_cast<unsigned __int128>(bank_magic) * static_cast<uint64_t>(v)) >> 64);
+      remainder = static_cast<int64_t>((static_cast<unsigned __int128>(low) * static_cast<uint64_t>(banks)) >> 64);
+      return;
+    }
+    quotient = floordiv(v, banks);
+    remainder = floormod(v, banks);
+  }
 };
 
 struct AddrGen {
   int64_t base = 0, page_size = 0;
   int memory = 0, format = -1, layout = 0;
+  // locate's buffer table slot of the base (-1: none, -2: not looked up yet), kept for the generator's next page
+  mutable int64_t slot = -2;
 };
 
 struct CBState {
@@ -204,8 +243,22 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
 // Bytes [offset, offset + size) of bank b are about to be read (or, `write`, written): the marked blocks
 // they meet are filled, except blocks a write covers whole, whose marks are just cleared (no other core
 // touches their bytes in a program without races, so a plain store does).
-void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
+void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write);
+
+inline void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
+  // a transfer over at most 8 blocks whose marks are clear (the common case: rows and tiles) needs nothing
+  const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
+  if (last - first < 8) {
+    const uint8_t* marks = m.marks + b * m.blocks;
+    uint8_t any = 0;
+    for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block, __ATOMIC_RELAXED);
+    if (!any) return;
+  }
+  unpoison_marked(m, b, offset, size, write);
+}
+
+TTC_NOINLINE void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   // blocks past the last whole one of a bank (a bank size off the block grid) are never marked
   const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
   uint8_t* marks = m.marks + b * m.blocks;
@@ -304,6 +357,16 @@ struct Run {
   throw f;
 }
 
+[[noreturn]] TTC_NOINLINE void missing_argument(int64_t index) {
+  internal("runtime argument " + std::to_string(index) + " does not exist");
+}
+[[noreturn]] TTC_NOINLINE void unknown_opcode(int64_t opcode) { internal("unknown opcode " + std::to_string(opcode)); }
+[[noreturn]] TTC_NOINLINE void outside_memory(int64_t size, int64_t offset, int64_t b, int64_t cb_index) {
+  internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) + " in bank " +
+               std::to_string(b) + " is outside the memory",
+           cb_index);
+}
+
 // ------------------------------------------------------------------------------------------ one core
 
 class Core {
@@ -333,8 +396,6 @@ class Core {
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
   std::vector<AddrGen> agens;
-  int slot_memory = -1;  // locate's last buffer table lookup: memory, base and slot
-  int64_t slot_base = 0, slot_found = -1;
   CBState cb[NUM_CBS];
   KernelState k[KERNELS];
   int dst_state = RELEASED, dst_half = 1;
@@ -398,7 +459,7 @@ class Core {
   int64_t force_core = -1, force_holds = 0;
   bool enabled(int64_t reg) const { return reg < 0 || regs[reg] != 0; }
   int64_t& semaphore(int64_t core_index, int64_t index) { return R.semaphores[core_index * NUM_SEMAPHORES + index]; }
-  void op_noc_mcast(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_mcast(int kernel, const Instr& in);
   void execute(int kernel, const Instr& in, bool& blocked);
   void finish(int kernel);
   void check_drained();
@@ -447,15 +508,33 @@ class Core {
   // -- NoC ----------------------------------------------------------------------------------------
 
   const Sharded* resolve(const AddrGen& g, int64_t cb_index, int64_t stage);
+  TTC_NOINLINE void locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index,
+                                int64_t stage, int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
+  // locate_slow's interleaved path inline when the buffer table slot of the base is the one kept
   void locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
-              int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset);
+              int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
+    const Memory& m = R.mem[g.memory];
+    if (!sh && g.slot >= 0 && page >= 0) {
+      int64_t b, row;
+      m.by_banks(page, row, b);
+      const int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
+      const int64_t s = g.slot;
+      if (g.base < m.ends[s]) {
+        int64_t in_bank, unused;
+        m.by_banks(m.counts[s] - b + m.banks - 1, in_bank, unused);
+        if (offset + g.page_size <= m.starts[s] + in_bank * m.sizes[s]) {
+          out_bank = b;
+          out_offset = offset;
+          return;
+        }
+      }
+    }
+    locate_slow(g, sh, page, access, cb_index, stage, group, all_cores, out_bank, out_offset);
+  }
   // The bytes of a NoC transfer (poisoned blocks filled first, see unpoison).
-  uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size, int64_t cb_index,
-                      Access access) const {
-    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity)
-      internal("a NoC transfer of " + std::to_string(size) + " bytes at " + std::to_string(offset) +
-                   " in bank " + std::to_string(b) + " is outside the memory",
-               cb_index);
+  __attribute__((always_inline)) uint8_t* memory_ptr(const Memory& m, int64_t b, int64_t offset, int64_t size,
+                                                      int64_t cb_index, Access access) const {
+    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) outside_memory(size, offset, b, cb_index);
     unpoison(m, b, offset, size, access == WRITE);
     return m.data + b * m.capacity + offset;
   }
@@ -514,12 +593,13 @@ class Core {
     }
   }
 
-  void op_noc_read_tiles(int kernel, const Instr& in);
-  void op_noc_read_tiles_indexed(int kernel, const Instr& in);
-  void op_noc_read_rows_indexed(int kernel, const Instr& in);
-  void op_noc_write_tiles(int kernel, const Instr& in);
-  void op_noc_write_rows(int kernel, const Instr& in);
-  void op_noc_write_row_segments(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_pages(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_tiles(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_tiles_indexed(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_read_rows_indexed(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_tiles(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_rows(int kernel, const Instr& in);
+  TTC_NOINLINE void op_noc_write_row_segments(int kernel, const Instr& in);
 
   // -- Dst ----------------------------------------------------------------------------------------
 
@@ -574,15 +654,17 @@ class Core {
     }
   }
 
-  void op_copy(const Instr& in, bool transpose);
-  void op_tilize(const Instr& in);
-  void op_pack_rows(const Instr& in);
-  void op_binary(const Instr& in);
-  void op_matmul(const Instr& in);
-  void op_reduce(const Instr& in);
-  void op_sfpu(const Instr& in);
-  void op_mask(const Instr& in);
-  void op_pack(const Instr& in);
+  TTC_NOINLINE void op_copy(const Instr& in, bool transpose);
+  TTC_NOINLINE void op_tilize(const Instr& in);
+  TTC_NOINLINE void op_pack_rows(const Instr& in);
+  TTC_NOINLINE void op_binary(const Instr& in);
+  TTC_NOINLINE void op_matmul(const Instr& in);
+  TTC_NOINLINE void op_reduce(const Instr& in);
+  TTC_NOINLINE void op_sfpu(const Instr& in);
+  TTC_NOINLINE void op_sfpu_binary(const Instr& in);
+  TTC_NOINLINE void op_fill(const Instr& in);
+  TTC_NOINLINE void op_mask(const Instr& in);
+  TTC_NOINLINE void op_pack(const Instr& in);
 };
 
 void Core::start(int64_t index) {
@@ -818,7 +900,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       int64_t lo = E.arg_offsets[kernel][core], n = E.arg_offsets[kernel][core + 1] - lo, index = f[3];
       if (n <= index) fail(ARG_MISSING, -1, {index});
       if (index < 0) {  // Python's negative index
-        if (n + index < 0) internal("runtime argument " + std::to_string(index) + " does not exist");
+        if (n + index < 0) missing_argument(index);
         index += n;
       }
       regs[f[2]] = E.arg_values[kernel][lo + index];
@@ -908,24 +990,15 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       g.memory = static_cast<int>(f[5]);
       g.format = static_cast<int>(f[6]);
       g.layout = static_cast<int>(f[7]);
+      g.slot = -2;
       return;
     }
     case NOC_READ_TILES:
       op_noc_read_tiles(kernel, in);
       return;
-    case NOC_READ_PAGES: {
-      const AddrGen& g = agens[f[2]];
-      config(f[5]);
-      int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
-      pages.resize(count);
-      for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
-      if (f[8] >= 0)  // a row segment of each page
-        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
-                 regs[f[9]]);
-      else
-        noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
+    case NOC_READ_PAGES:
+      op_noc_read_pages(kernel, in);
       return;
-    }
     case NOC_READ_TILES_INDEXED:
       op_noc_read_tiles_indexed(kernel, in);
       return;
@@ -994,22 +1067,12 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
     case SFPU_TILES:
       op_sfpu(in);
       return;
-    case SFPU_BINARY_TILES: {
-      int64_t base = math_slots<true>(f[3], f[5]);
-      int64_t operand = dst_slots(f[4], f[5]);
-      filled(operand, f[5]);
-      sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
-                       static_cast<SfpuBinaryFn>(f[2]), E.dst);
-      counters.charge(f[6]);
+    case SFPU_BINARY_TILES:
+      op_sfpu_binary(in);
       return;
-    }
-    case FILL_TILES: {
-      int64_t base = math_slots<false>(f[2], f[3]);
-      float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
-      std::fill(dst_tile(base), dst_tile(base + f[3]), value);
-      counters.charge(f[5]);
+    case FILL_TILES:
+      op_fill(in);
       return;
-    }
     case MASK_TILES:
       op_mask(in);
       return;
@@ -1042,7 +1105,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       op_noc_mcast(kernel, in);
       return;
     default:
-      internal("unknown opcode " + std::to_string(f[0]));
+      unknown_opcode(f[0]);
   }
 }
 
@@ -1098,8 +1161,8 @@ const Sharded* Core::resolve(const AddrGen& g, int64_t cb_index, int64_t stage) 
 }
 
 // Memory.locate (and _locate_sharded) of one page: its bank and byte offset, or a fault naming the page.
-void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index, int64_t stage,
-                  int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
+void Core::locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access access, int64_t cb_index,
+                       int64_t stage, int64_t group, bool all_cores, int64_t& out_bank, int64_t& out_offset) {
   const Memory& m = R.mem[g.memory];
   if (sh) {
     int64_t rows = floordiv(page, sh->cols), cols = floormod(page, sh->cols);
@@ -1111,20 +1174,20 @@ void Core::locate(const AddrGen& g, const Sharded* sh, int64_t page, Access acce
                  (floormod(rows, sh->shard_rows) * sh->shard_cols + floormod(cols, sh->shard_cols)) * sh->page_size;
     return;
   }
-  int64_t b = floormod(page, m.banks);
-  int64_t offset = wrap_add(g.base, wrap_mul(floordiv(page, m.banks), g.page_size));
-  if (g.memory != slot_memory || g.base != slot_base) {  // the buffer table's slot of the base, kept for the next page
+  int64_t b, row;
+  m.by_banks(page, row, b);
+  int64_t offset = wrap_add(g.base, wrap_mul(row, g.page_size));
+  if (g.slot == -2) {  // the buffer table's slot of the base, kept for the generator's next page
     auto it = std::upper_bound(m.starts.begin(), m.starts.end(), g.base);
-    slot_memory = g.memory;
-    slot_base = g.base;
-    slot_found = static_cast<int64_t>(it - m.starts.begin()) - 1;
+    g.slot = static_cast<int64_t>(it - m.starts.begin()) - 1;
   }
-  int64_t slot = slot_found;
+  int64_t slot = g.slot;
   bool found = slot >= 0 && g.base < m.ends[slot];
   int64_t limit = offset;
   if (!m.starts.empty()) {
     int64_t s = std::max<int64_t>(slot, 0);
-    int64_t in_bank = floordiv(m.counts[s] - b + m.banks - 1, m.banks);
+    int64_t in_bank, unused;
+    m.by_banks(m.counts[s] - b + m.banks - 1, in_bank, unused);
     limit = m.starts[s] + in_bank * m.sizes[s];
   }
   if (!found || page < 0 || offset + g.page_size > limit)
@@ -1155,15 +1218,22 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
   for (int64_t i = 0; i < n; ++i)
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
+  if (!segmented && g.page_size <= 256)  // small pages (rows) from all over the memory: their misses overlap
+    for (int64_t i = 0; i < n; ++i)
+      if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
+          located_offset[i] < m.capacity)
+        __builtin_prefetch(m.data + located_bank[i] * m.capacity + located_offset[i]);
   int64_t moved = 0, local = 0;
-  int64_t cb_page = E.cbs[cb_index].page_size;
-  for (int64_t i = 0; i < n; ++i) {
-    uint8_t* slot = slot_ptr(cb_index, back_slot(cb_index, cb_offset + i));
+  const CBConfig& config = E.cbs[cb_index];
+  const int64_t cb_page = config.page_size;
+  int64_t ring = n > 0 ? back_slot(cb_index, cb_offset) : 0;  // page i's CB slot (the window checks made pages > 0)
+  for (int64_t i = 0; i < n; ++i, ring = ring + 1 == config.pages ? 0 : ring + 1) {
+    uint8_t* slot = slot_ptr(cb_index, ring);
     bool w = !want || want[i];
     if (segmented) {
       if (w && seg_size) {
         int64_t at = located_offset[i] + seg_offset;
-        std::memmove(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
+        move_bytes(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
         transfer(g, located_bank[i], at, nullptr, seg_size);
       }
       std::memset(slot + (w ? seg_size : 0), 0, cb_page - (w ? seg_size : 0));
@@ -1171,7 +1241,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
       continue;
     }
     if (w) {
-      std::memmove(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
+      move_bytes(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
       if (located_bank[i] == bank) ++local;
@@ -1189,6 +1259,20 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     count_static(g, n);
   else
     count_masked(g, moved);
+}
+
+void Core::op_noc_read_pages(int kernel, const Instr& in) {
+  const int64_t* f = in.f;
+  const AddrGen& g = agens[f[2]];
+  config(f[5]);
+  int64_t start = regs[f[3]], count = std::max<int64_t>(f[7], 0);
+  pages.resize(count);
+  for (int64_t i = 0; i < count; ++i) pages[i] = wrap_add(start, i);
+  if (f[8] >= 0)  // a row segment of each page
+    noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_MASKED, false, 0, true, regs[f[8]],
+             regs[f[9]]);
+  else
+    noc_read(kernel, g, f[5], f[6], count, pages.data(), nullptr, false, COUNT_STATIC, true);
 }
 
 void Core::op_noc_read_tiles(int kernel, const Instr& in) {
@@ -1309,7 +1393,7 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   for (int64_t i = 0; i < n; ++i) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
-    std::memmove(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index, WRITE), slot, g.page_size);
+    move_bytes(memory_ptr(m, located_bank[i], located_offset[i], g.page_size, index, WRITE), slot, g.page_size);
     transfer(g, located_bank[i], located_offset[i], slot);
     if (moved == 0 || located_offset[i] < lo) lo = located_offset[i];
     if (moved == 0 || located_offset[i] + g.page_size > hi) hi = located_offset[i] + g.page_size;
@@ -1348,7 +1432,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
     int64_t lo = 0, hi = 0;
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
-      std::memmove(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index, WRITE), slot, g.page_size);
+      move_bytes(memory_ptr(m, located_bank[j], located_offset[j], g.page_size, index, WRITE), slot, g.page_size);
       transfer(g, located_bank[j], located_offset[j], slot);
       if (j == 0 || located_offset[j] < lo) lo = located_offset[j];
       if (j == 0 || located_offset[j] + g.page_size > hi) hi = located_offset[j] + g.page_size;
@@ -1387,7 +1471,7 @@ void Core::op_noc_write_row_segments(int kernel, const Instr& in) {
       for (int64_t j = 0; j < valid; ++j) {
         const uint8_t* slot = slot_ptr(index, front_slot(index, j));
         int64_t at = located_offset[j] + offset;
-        std::memmove(memory_ptr(m, located_bank[j], at, size, index, WRITE), slot, size);
+        move_bytes(memory_ptr(m, located_bank[j], at, size, index, WRITE), slot, size);
         transfer(g, located_bank[j], at, slot, size);
         if (j == 0 || at < lo) lo = at;
         if (j == 0 || at + size > hi) hi = at + size;
@@ -1470,7 +1554,13 @@ void Core::op_tilize(const Instr& in) {
     for (int64_t col = 0; col < cols; ++col) {
       float* out = dst_tile(base + col) + i * TILE;
       int64_t n = std::max<int64_t>(0, std::min<int64_t>(TILE, count - col * TILE));
-      if (n) unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      if (n == TILE && element == 2) {  // a whole bf16 row (unpack_row_values' values, inline)
+        uint16_t h[TILE];
+        std::memcpy(h, row + col * TILE * element, sizeof h);
+        for (int e = 0; e < TILE; ++e) out[e] = conv::bf16_value(h[e]);
+      } else if (n) {
+        unpack_row_values(row + col * TILE * element, static_cast<int>(n), static_cast<Format>(c.format), out);
+      }
       if (n < TILE) std::fill(out + n, out + TILE, 0.0f);
     }
   }
@@ -1580,6 +1670,24 @@ void Core::op_sfpu(const Instr& in) {
   else
     sfpu_scalar_tile(dst_tile(base), count, static_cast<ScalarFn>(f[3]), static_cast<float>(E.fparams[f[6]]), E.dst);
   counters.charge(f[7]);
+}
+
+void Core::op_sfpu_binary(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t base = math_slots<true>(f[3], f[5]);
+  int64_t operand = dst_slots(f[4], f[5]);
+  filled(operand, f[5]);
+  sfpu_binary_tile(dst_tile(base), dst_tile(operand), static_cast<int>(f[5] * TILE_ELEMS),
+                   static_cast<SfpuBinaryFn>(f[2]), E.dst);
+  counters.charge(f[6]);
+}
+
+void Core::op_fill(const Instr& in) {
+  const int64_t* f = in.f;
+  int64_t base = math_slots<false>(f[2], f[3]);
+  float value = dst_round(static_cast<float>(E.fparams[f[4]]), E.dst);
+  std::fill(dst_tile(base), dst_tile(base + f[3]), value);
+  counters.charge(f[5]);
 }
 
 void Core::op_mask(const Instr& in) {
@@ -1740,6 +1848,7 @@ Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py
   m.data = static_cast<uint8_t*>(data.mutable_data());
   m.banks = data.shape(0);
   m.capacity = data.shape(1);
+  if (m.banks > 1 && m.banks <= 0xFFFFFFFF) m.bank_magic = ~uint64_t{0} / static_cast<uint64_t>(m.banks) + 1;
   m.starts = to_vector<int64_t>(table[0]);
   m.ends = to_vector<int64_t>(table[1]);
   m.sizes = to_vector<int64_t>(table[2]);
