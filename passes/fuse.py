@@ -83,8 +83,9 @@ def is_bias_row(value: Value, result: TensorType) -> bool:
 RESIDUAL_ACTIVATIONS = frozenset({"relu", "gelu", "gelu_tanh", "tanh"})  # f(0) = 0: the padding stays zero
 
 
-def residual_of(add: Operation, value: Value) -> Value | None:
-    """The other operand of `add` when it is a full tensor of `value`'s shape (a residual), not `value` itself."""
+def residual_of(add: Operation, value: Value, product: Sequence[int]) -> Value | None:
+    """The other operand of `add` when it is a full tensor of `value`'s shape (a residual), not `value` itself,
+    laid out in the tiles of the `product` shape the linear computes (a rank-0 Scan step's is not)."""
     if add.name != ttir.ADD.name or add.result.type != value.type or len(add.operands) != 2:
         return None
     other = add.operands[1] if add.operands[0] is value else add.operands[0]
@@ -92,7 +93,7 @@ def residual_of(add: Operation, value: Value) -> Value | None:
         return None
     if other.type.shape != value.type.shape or other.type.encoding is None or not other.type.element_type.is_float:
         return None
-    return other
+    return other if ttir.holds_tiles_of(other.type.shape, product) else None
 
 
 class FuseLinear(RewritePattern):
@@ -121,7 +122,7 @@ class FuseLinear(RewritePattern):
         if user is not None and user.name == ttir.RESHAPE.name:
             after = sole_user(user.result)
             if after is not None and ((after.name in ACTIVATIONS and after.result.type == user.result.type) or
-                                      (self.residual and residual_of(after, user.result) is not None)):
+                                      (self.residual and residual_of(after, user.result, product_type.shape) is not None)):
                 view, value = user, user.result
         act = sole_user(value)
         if act is not None and act.name in ACTIVATIONS and act.result.type == value.type:
@@ -129,7 +130,7 @@ class FuseLinear(RewritePattern):
             group, value = [*group, act], act.result
         residual, post = None, None
         add = sole_user(value) if self.residual else None
-        if add is not None and (residual := residual_of(add, value)) is not None:
+        if add is not None and (residual := residual_of(add, value, product_type.shape)) is not None:
             group, value = [*group, add], add.result
             post = sole_user(value)
             if post is not None and post.name in ACTIVATIONS and post.result.type == value.type and \

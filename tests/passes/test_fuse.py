@@ -346,3 +346,25 @@ def test_linear_residual_verifier(residual: str, attrs: str, error: str | None) 
         return
     with pytest.raises(IRError, match=error):
         verify(parse_module(text))
+
+
+def test_a_residual_not_in_the_products_tiles_stays_an_eltwise() -> None:
+    """[1, 4] @ [4, 1] viewed as a scalar plus a scalar (a Scan step's accumulator): the residual has no tile
+    layout of the [1, 1] product, so the add is not fused into the linear (the verifier would reject it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import ttc
+
+    w = numpy_helper.from_array(np.arange(4, dtype=np.float32).reshape(4, 1), "w")
+    shape = numpy_helper.from_array(np.array([], dtype=np.int64), "scalar")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["p"]), helper.make_node("Reshape", ["p", "scalar"], ["s"]),
+         helper.make_node("Add", ["s", "acc"], ["y"])], "scan_step",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("acc", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    compiled = ttc.compile(onnx.shape_inference.infer_shapes(model))  # fused, the verifier rejected it
+    got = compiled.run({"x": np.array([[1, 2, 3, 4]], np.float32), "acc": np.array(0.5, np.float32)})["y"]
+    assert float(got) == 20.5
