@@ -9,8 +9,11 @@ padding rows zeroed. Sums over long rows run in groups of tiles (`reduce_row`), 
 bf16 roundings in Dst runs the whole row. Layer norm: mean (the sum times 1/width, the logical width,
 on the SFPU in float32), centred values
 with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
-rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
-re-read per row block), padding rows zeroed.
+rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows),
+padding rows zeroed. Gamma and beta are the same for every row: with `hold` (a core of more than one tile row)
+the reader reads their ct tiles once per core and the compute kernel keeps them at the front of their CBs,
+its last step unrolled over the row's blocks (static offsets into them); without it they are re-read with
+every row (less L1, for rows too wide to hold them beside the row).
 
 Rows too long for L1 (a blocking with `chunk`): the same math in three passes over chunks of the row, read
 from DRAM three times, with the running max / sums in one-tile CBs (`chunked_softmax_compute`,
@@ -74,6 +77,18 @@ from ttc.passes.ops.program import (
 from ttc.passes.ops.registry import register
 
 LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
+HOLD = "hold"  # a blocking whose cores read the per-row constants (gamma, beta) once, not once per row
+
+
+def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
+    """Whether a core reads layer norm's gamma / beta once and keeps them in L1 for all its rows: a whole-row
+    blocking with `hold`, or any split blocking (its slice of them is small next to the R row slices it holds);
+    never a row-chunked one (its point is not holding a row's tiles), nor a core of one tile row."""
+    from ttc.passes.ops.row_split import is_split
+
+    if len(op.operands) < 2 or blocking["batches"] * blocking["rows"] == 1 or "chunk" in blocking:
+        return False
+    return is_split(blocking) or bool(blocking.get(HOLD))
 
 
 def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
@@ -99,12 +114,12 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
         return sorted(cbs, key=lambda c: c.index)
-    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
+    params = ct if holds_params(op, blocking) else double(width, rows * (ct // width))
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
             cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_WIDE2, fmt, ct), cb(CB_STAT2, fmt, 1),
             cb(CB_TMP, fmt, width)]
     if len(op.operands) > 2:
-        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, rows * (ct // width))),
-                cb(CB_TMP2, fmt, width)]
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, params), cb(CB_TMP2, fmt, width)]
     return sorted(cbs, key=lambda c: c.index)
 
 
@@ -157,6 +172,8 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
         for rows in divisors(out.rt):
             for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
+                if len(op.operands) > 1 and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
     if not chunked or out.ct < CHUNKED_MIN_TILES:
         return
     for batches in batch_groups([], out.batches):
@@ -251,9 +268,10 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
                 page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
+    param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
     for param in op.operands[1:]:
-        plan.static(Buffer.of(tensor(param), device), rows * ct,
-                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, rows)))
+        plan.static(Buffer.of(tensor(param), device), param_rows * ct,
+                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, param_rows)))
     plan.static(Buffer.of(tensor(op.result), device), rows * ct, write=True, page_lists=row_pages)
     return plan.counts()
 
@@ -289,6 +307,9 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
     params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    held = holds_params(op, b)
+    if held:
+        read_params_once(k, params, 0, shape.ct)
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         start = row_start(k, shape, batch, row)
 
@@ -315,7 +336,7 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
             return k.region()
         with k.loop(blocks) as block:
             read_block(block)
-        if params:
+        if params and not held:
             with k.loop(blocks) as block:
                 for cb, gen in params:
                     k.op("cb_reserve_back", cb=cb, pages=width)
@@ -324,6 +345,16 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
                 for cb, _ in params:
                     k.op("cb_push_back", cb=cb, pages=width)
     return k.region()
+
+
+def read_params_once(k: KernelBuilder, params: list[tuple[int, object]], start: Index, tiles: int) -> None:
+    """The parameters' `tiles` tiles from tile `start` into their CBs, once, for every row of the core."""
+    for cb_index, gen in params:
+        k.op("cb_reserve_back", cb=cb_index, pages=tiles)
+        k.op("noc_read_tiles", gen, start, cb=cb_index, rows=1, cols=tiles)
+    k.op("noc_read_barrier")
+    for cb_index, _ in params:
+        k.op("cb_push_back", cb=cb_index, pages=tiles)
 
 
 def row_writer(op: Operation, s: Schedule, shape: TileShape):
@@ -632,32 +663,47 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
             mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
                        cols=False)
             k.pack_block(CB_OUT, width)
-            for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+            for cb in block_pops(last, has_beta, held=False):
                 k.op("cb_pop_front", cb=cb, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
         k.op("cb_pop_front", cb=CB_STAT, pages=1)
     return k.region()
 
 
-def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool, stat_offset: int = 0) -> int:
+def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool, stat_offset: int = 0,
+                    param_offset: int | None = None) -> int:
     """Layer norm's last step on one block of centred values (CB_WIDE) into Dst: x rstd (CB_STAT2's tile
-    `stat_offset`, one column broadcast), x gamma, + beta when there is one. Returns the CB of the product
-    popped after packing."""
-    k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
+    `stat_offset`, one column broadcast), x gamma, + beta when there is one. Gamma / beta are the block's
+    `width` tiles at their CBs' fronts, or with `param_offset` (held parameters, waited for once) the tiles
+    from that offset. Returns the CB of the product popped after packing (`block_pops`)."""
+    if param_offset is None:
+        k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
     k.op("tile_regs_acquire")
     at = {"b_offset": stat_offset} if stat_offset else {}
     k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, **at, b_col_stride=0, bcast="col", rows=1, cols=width)
     k.pack_block(CB_TMP, width)
     k.op("cb_wait_front", cb=CB_TMP, pages=width)
     k.op("tile_regs_acquire")
-    k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
+    param_at = {"b_offset": param_offset} if param_offset else {}
+    k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, **param_at, bcast="row", rows=1, cols=width)
     if has_beta:
         k.pack_block(CB_TMP2, width)
-        k.op("cb_wait_front", cb=CB_BETA, pages=width)
+        if param_offset is None:
+            k.op("cb_wait_front", cb=CB_BETA, pages=width)
         k.op("cb_wait_front", cb=CB_TMP2, pages=width)
         k.op("tile_regs_acquire")
-        k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+        k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, **param_at, bcast="row", rows=1, cols=width)
     return CB_TMP
+
+
+def block_pops(last: int, has_beta: bool, held: bool) -> tuple[int, ...]:
+    """The CBs a block of `scale_and_shift` pops after packing (held parameters stay)."""
+    beta = () if not has_beta else (CB_TMP2,) if held else (CB_TMP2, CB_BETA)
+    return (CB_WIDE, last, *(() if held else (CB_GAMMA,)), *beta)
+
+
+def param_cbs(has_beta: bool) -> tuple[int, ...]:
+    return (CB_GAMMA, CB_BETA) if has_beta else (CB_GAMMA,)
 
 
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
@@ -665,7 +711,11 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     width, ct = b["block_w"], shape.ct
     has_beta = len(op.operands) > 2
     inverse_width = 1.0 / shape.cols
+    held = holds_params(op, b)
     k = KernelBuilder(op.loc)
+    if held:
+        for cb in param_cbs(has_beta):
+            k.op("cb_wait_front", cb=cb, pages=ct)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
         reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, sfpu=(("mul_scalar", inverse_width),))
@@ -693,13 +743,24 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         # centred * rstd * gamma (+ beta), padding rows zeroed.
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)
         k.op("cb_wait_front", cb=CB_STAT2, pages=1)
-        with k.loop(ct // width) as block:
-            last = scale_and_shift(k, width, has_beta)
+
+        def normalise(block: Index, param_offset: int | None) -> None:
+            last = scale_and_shift(k, width, has_beta, param_offset=param_offset)
             mask_block(k, shape, k.add(k.arg(0), row), k.mul(block, width), width, rows=True, cols=False)
             k.pack_block(CB_OUT, width)
-            for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+            for cb in block_pops(last, has_beta, held):
                 k.op("cb_pop_front", cb=cb, pages=width)
+
+        if held:  # unrolled: each block's gamma / beta tiles at a static offset into the held row
+            for block in range(ct // width):
+                normalise(block, block * width)
+        else:
+            with k.loop(ct // width) as block:
+                normalise(block, None)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+    if held:
+        for cb in param_cbs(has_beta):
+            k.op("cb_pop_front", cb=cb, pages=ct)
     return k.region()
 
 

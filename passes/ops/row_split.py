@@ -17,7 +17,8 @@ peer may still read it) and, after the write barrier, increments semaphore 0 of 
 no reset, so an increment of the next exchange cannot be lost), reads the group's R x S partials into
 CB_PARTS, and the compute kernel reduces each row's S partials in slice order (`reduce_row`: the same order on
 every core, so the cores of a group agree bit for bit), then the statistic's SFPU steps. Then each core
-normalises its own slice. The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
+normalises its own slice (layer norm: its slice of gamma / beta read once, before the rows, and held for all R
+of them when R > 1; the last step unrolled over the blocks, static offsets into them). The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
 partials), so the bits differ from the whole-row plan's (a different summation order), not the definition.
 
 The scratch buffer (`scratch`) is created before the program and freed after it; the grid pass counts its
@@ -65,7 +66,17 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.kernel import KernelBuilder
 from ttc.passes.ops.program import Program, Schedule, schedule_of
-from ttc.passes.ops.row_ops import _row_sum, mask_block, reduce_row, row_sum_groups, scale_and_shift
+from ttc.passes.ops.row_ops import (
+    _row_sum,
+    block_pops,
+    holds_params,
+    mask_block,
+    param_cbs,
+    read_params_once,
+    reduce_row,
+    row_sum_groups,
+    scale_and_shift,
+)
 
 SPLIT, GROUPS_X = "split", "groups_x"
 CB_PART, CB_PARTS = 24, 25  # this core's partial statistics (one tile per row); the group's (S per row)
@@ -132,10 +143,11 @@ def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, rows * slice_w)]
         return sorted(cbs, key=lambda c: c.index)
-    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, blocks)),
+    params = slice_w if holds_params(op, b) else double(width, blocks)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
             cb(CB_WIDE, fmt, rows * slice_w), cb(CB_WIDE2, fmt, slice_w), cb(CB_TMP, fmt, width)]
     if len(op.operands) > 2:
-        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, blocks)), cb(CB_TMP2, fmt, width)]
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, params), cb(CB_TMP2, fmt, width)]
     return sorted(cbs, key=lambda c: c.index)
 
 
@@ -187,9 +199,10 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         return (first[:, None, None] + offsets[None, :, None] + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), rows * w, page_lists=slice_pages)
+    param_rows = 1 if holds_params(op, b) else rows  # the slice of gamma / beta: once per core, or per row
     for param in op.operands[1:]:
-        plan.static(Buffer.of(tensor(param), device), rows * w,
-                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, rows)))
+        plan.static(Buffer.of(tensor(param), device), param_rows * w,
+                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, param_rows)))
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
     plan.static(scratch, EXCHANGES * rows, write=True)
     plan.static(scratch, EXCHANGES * rows * split)
@@ -247,6 +260,8 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
     scratch_gen = k.addrgen(len(op.operands), scratch)
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    held = holds_params(op, b)
     for offset in row_offsets(shape, b):
         k.op("cb_reserve_back", cb=CB_IN0, pages=w)
         k.op("noc_read_tiles", gens[0], k.add(k.arg(0), offset), cb=CB_IN0, rows=1, cols=w)
@@ -259,8 +274,9 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
              rows=rows, cols=split, row_stride=split)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_PARTS, pages=rows * split)
-    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
-    if params:
+    if held:
+        read_params_once(k, params, k.arg(2), w)
+    elif params:
         with k.loop(rows), k.loop(w // width) as block:
             for cb_index, gen in params:
                 k.op("cb_reserve_back", cb=cb_index, pages=width)
@@ -341,14 +357,29 @@ def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     combine(k, rows, split, "sum", CB_STAT2, s.fidelity,
             sfpu=(("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
     k.op("cb_wait_front", cb=CB_WIDE, pages=rows * w)
+    held = holds_params(op, b)
+    if held:
+        for cb_index in param_cbs(has_beta):
+            k.op("cb_wait_front", cb=cb_index, pages=w)
+
+    def normalise(r: int, block, param_offset: int | None) -> None:
+        last = scale_and_shift(k, width, has_beta, stat_offset=r, param_offset=param_offset)
+        mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
+                   rows=True, cols=False)
+        k.pack_block(CB_OUT, width)
+        for cb_index in block_pops(last, has_beta, held):
+            k.op("cb_pop_front", cb=cb_index, pages=width)
+
     for r in range(rows):  # centred x rstd x gamma (+ beta), padding rows zeroed
-        with k.loop(w // width) as block:
-            last = scale_and_shift(k, width, has_beta, stat_offset=r)
-            mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
-                       rows=True, cols=False)
-            k.pack_block(CB_OUT, width)
-            for cb_index in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
-                k.op("cb_pop_front", cb=cb_index, pages=width)
+        if held:  # unrolled: each block's gamma / beta tiles at a static offset into the held slice
+            for block in range(w // width):
+                normalise(r, block, block * width)
+        else:
+            with k.loop(w // width) as block:
+                normalise(r, block, None)
+    if held:
+        for cb_index in param_cbs(has_beta):
+            k.op("cb_pop_front", cb=cb_index, pages=w)
     k.op("cb_pop_front", cb=CB_STAT2, pages=rows)
     return k.region()
 
