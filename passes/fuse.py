@@ -230,6 +230,45 @@ class FuseEltwise(RewritePattern):
         return True
 
 
+MASKED_SOFTMAX_MAX_TILES = 32  # rows of up to this many tiles take an additive mask into the softmax
+
+
+class FuseSoftmaxMask(RewritePattern):
+    """softmax(x + m) along the last axis, where x + m is an eltwise of that add alone whose only user is the
+    softmax and m broadcasts to x along batch dims and rows only (an attention mask: [B, 1, S, S], [B, 1, 1, S]
+    or [S] added to [B, H, S, S] scores) -> softmax(x, m): the softmax kernel adds m as it reads x, so
+    the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles (the masked
+    kernel holds x + m whole: no split or row-chunked plan)."""
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if op.name != ttir.SOFTMAX.name or len(op.operands) != 1 or not in_function_body(op):
+            return False
+        out = op.result.type
+        if not isinstance(out, TensorType) or out.rank < 2 or op.attr("axis") % out.rank != out.rank - 1 \
+                or -(-out.shape[-1] // 32) > MASKED_SOFTMAX_MAX_TILES:
+            return False
+        producer = defining_op(op.operands[0])
+        if producer is None or producer.name != ttir.ELTWISE.name or sole_user(producer.result) is not op:
+            return False
+        body = producer.regions[0].blocks[0]
+        members = list(body.ops)
+        if len(body.args) != 2 or len(members) != 2 or members[0].name != ttir.ADD.name \
+                or {id(v) for v in members[0].operands} != {id(a) for a in body.args}:
+            return False
+        full = tuple(out.shape)
+        for x, m in (producer.operands, reversed(producer.operands)):
+            mask = tuple(m.type.shape)  # type: ignore[union-attr]
+            if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
+                    or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
+                continue
+            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out], {"axis": op.attr("axis")},
+                                             loc=ordered_loc([producer, op]))
+            rewriter.replace_op(op, [softmax.result])
+            rewriter.erase_op(producer)
+            return True
+        return False
+
+
 @register_pass
 @dataclass
 class Fuse(Pass):
@@ -241,3 +280,4 @@ class Fuse(Pass):
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear()])
         apply_patterns_greedily(module, [FuseEltwise()])
+        apply_patterns_greedily(module, [FuseSoftmaxMask()])

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ttc.ir import target
-from ttc.ir.core import Module, Operation
+from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
@@ -57,7 +57,9 @@ from ttc.passes.ops.geometry import (
     HALF_DST,
     TILE,
     TileShape,
+    affine_step,
     batch_groups,
+    batch_offsets,
     cb,
     divisors,
     double,
@@ -77,7 +79,25 @@ from ttc.passes.ops.program import (
 from ttc.passes.ops.registry import register
 
 LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
+CB_MASK, CB_SUM = CB_GAMMA, CB_TMP  # a masked softmax's mask tiles, and its row of x + mask (softmax uses neither)
 HOLD = "hold"  # a blocking whose cores read the per-row constants (gamma, beta) once, not once per row
+
+
+def softmax_mask(op: Operation) -> Value | None:
+    """The additive mask `fuse` folded into a softmax (softmax(x + mask)), if any."""
+    return op.operands[1] if op.name == ttir.SOFTMAX.name and len(op.operands) > 1 else None
+
+
+def mask_walk(op: Operation, batches: int) -> tuple[np.ndarray, int, int, str]:
+    """A masked softmax's mask: the first tile of its matrix for each batch of the result, the step between the
+    batches of a core's group, the step between tile rows (0 for a [1, N] row broadcast along rows) and the
+    in-tile broadcast of its tiles."""
+    mask = softmax_mask(op)
+    assert mask is not None
+    out, source = tile_shape(tensor(op.result).shape), tile_shape(tensor(mask).shape)
+    offsets = batch_offsets(tensor(mask).shape, tensor(op.result).shape)
+    full = source.rows == out.rows
+    return offsets, affine_step(offsets, batches) or 0, source.ct if full else 0, "none" if full else "row"
 
 
 def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
@@ -113,6 +133,9 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
+        mask = softmax_mask(op)
+        if mask is not None:
+            cbs += [cb(CB_MASK, tensor(mask).element_type, double(width, rows * (ct // width))), cb(CB_SUM, fmt, ct)]
         return sorted(cbs, key=lambda c: c.index)
     params = ct if holds_params(op, blocking) else double(width, rows * (ct // width))
     cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
@@ -168,13 +191,15 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
     out = tile_shape(tensor(op.result).shape)
     last_axis_only(op)
     widths = [d for d in divisors(out.ct) if d <= max_w][::-1]
-    for batches in batch_groups([], out.batches):  # the input has the result's shape: any grouping is affine
+    mask = softmax_mask(op)  # a mask broadcast along batch dims: groups whose mask tiles step affinely
+    offsets = [] if mask is None else [batch_offsets(tensor(mask).shape, tensor(op.result).shape)]
+    for batches in batch_groups(offsets, out.batches):  # the input has the result's shape: any grouping is affine
         for rows in divisors(out.rt):
             for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
                 if len(op.operands) > 1 and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
                     yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
-    if not chunked or out.ct < CHUNKED_MIN_TILES:
+    if not chunked or out.ct < CHUNKED_MIN_TILES or mask is not None:
         return
     for batches in batch_groups([], out.batches):
         for rows in divisors(out.rt):
@@ -238,6 +263,7 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.binary_key("add"), rows * ct * int(len(op.operands) > 2))
             plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
     elif op.name == ttir.SOFTMAX.name:
+        plan.tile(target.binary_key("add"), rows * ct * int(softmax_mask(op) is not None))  # x + mask
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -268,8 +294,19 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
                 page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
+    mask = softmax_mask(op)
+    if mask is not None:  # the mask's tiles of each row, once
+        offsets, step, rs, _ = mask_walk(op, b["batches"])
+        mask_first = offsets[unit[:, 0] * b["batches"]] + unit[:, 1] * b["rows"] * rs
+        mask_loop = (np.arange(b["batches"])[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
+
+        def mask_pages() -> np.ndarray:
+            return (mask_first[:, None, None] + mask_loop[None, :, None]
+                    + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(Buffer.of(tensor(mask), device), rows * ct, page_lists=mask_pages)
     param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
-    for param in op.operands[1:]:
+    for param in op.operands[1:] if mask is None else ():
         plan.static(Buffer.of(tensor(param), device), param_rows * ct,
                     page_lists=lambda: np.tile(np.arange(ct), (plan.cores, param_rows)))
     plan.static(Buffer.of(tensor(op.result), device), rows * ct, write=True, page_lists=row_pages)
@@ -287,13 +324,20 @@ def lower_row_op(op: Operation) -> Program:
     def first_row(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
 
+    reader_args = first_tile
+    if softmax_mask(op) is not None:
+        offsets, _, rs, _ = mask_walk(op, b["batches"])
+
+        def reader_args(unit: tuple[int, ...]) -> list[int]:
+            return [*first_tile(unit), int(offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * rs]
+
     compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
     if "chunk" in b:
         compute = chunked_softmax_compute if op.name == ttir.SOFTMAX.name else chunked_layer_norm_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
     kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
-                   (schedule.args(first_tile), schedule.args(first_row), schedule.args(first_tile)),
+                   (schedule.args(reader_args), schedule.args(first_row), schedule.args(first_tile)),
                    list(op.operands))
 
 
@@ -306,7 +350,8 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     width, blocks = b["block_w"], shape.ct // b["block_w"]
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
-    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    mask = softmax_mask(op)
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False)) if mask is None else []
     held = holds_params(op, b)
     if held:
         read_params_once(k, params, 0, shape.ct)
@@ -336,6 +381,14 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
             return k.region()
         with k.loop(blocks) as block:
             read_block(block)
+        if mask is not None:  # the row's mask tiles, block by block (rows of a [1, N] mask: its one tile row)
+            _, step, rs, _ = mask_walk(op, b["batches"])
+            mask_start = k.affine(k.arg(1), (batch, step), (row, rs))
+            with k.loop(blocks) as block:
+                k.op("cb_reserve_back", cb=CB_MASK, pages=width)
+                k.op("noc_read_tiles", gens[1], k.affine(mask_start, (block, width)), cb=CB_MASK, rows=1, cols=width)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_MASK, pages=width)
         if params and not held:
             with k.loop(blocks) as block:
                 for cb, gen in params:
@@ -414,20 +467,32 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
     padded = shape.cols % TILE != 0
+    mask = softmax_mask(op)
+    src = CB_IN0 if mask is None else CB_SUM
     k = KernelBuilder(op.loc)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
+        if mask is not None:  # x + mask, block by block, into CB_SUM (what the unfused add wrote, in its format)
+            bcast = mask_walk(op, b["batches"])[3]
+            with k.loop(ct // width):
+                k.op("cb_wait_front", cb=CB_MASK, pages=width)
+                k.op("tile_regs_acquire")
+                k.op("binary_tiles", op="add", cb_a=CB_IN0, cb_b=CB_MASK, bcast=bcast, rows=1, cols=width)
+                k.pack_block(CB_SUM, width)
+                k.op("cb_pop_front", cb=CB_MASK, pages=width)
+                k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.op("cb_wait_front", cb=CB_SUM, pages=ct)
         # Row max; the last tile's padding columns are masked to -inf (they would beat negative rows).
         if padded:
             k.op("tile_regs_acquire")
-            k.op("copy_tiles", cb=CB_IN0, offset=ct - 1, rows=1, cols=1)
+            k.op("copy_tiles", cb=src, offset=ct - 1, rows=1, cols=1)
             mask_block(k, shape, 0, ct - 1, 1, rows=False, cols=True, fill=float("-inf"))
             k.pack_block(CB_MASKED, 1)
             k.op("cb_wait_front", cb=CB_MASKED, pages=1)
         k.op("tile_regs_acquire")
         k.op("fill_tiles", count=1, value=float("-inf"))
         if ct - padded:
-            k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, rows=1, cols=ct - padded, fidelity=s.fidelity)
+            k.op("reduce_tiles", kind="max", dim="row", cb=src, rows=1, cols=ct - padded, fidelity=s.fidelity)
         if padded:
             k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
         k.pack_block(CB_STAT, 1)
@@ -437,11 +502,11 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_wait_front", cb=CB_STAT, pages=1)
         with k.loop(ct // width) as block:
             k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+            k.op("binary_tiles", op="sub", cb_a=src, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
             k.op("sfpu_tiles", fn="exp", count=width)
             mask_block(k, shape, 0, k.mul(block, width), width, rows=False, cols=True)
             k.pack_block(CB_WIDE, width)
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.op("cb_pop_front", cb=src, pages=width)
         k.op("cb_pop_front", cb=CB_STAT, pages=1)
         # 1 / sum, then the normalised row with its padding rows zeroed.
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)

@@ -1,0 +1,60 @@
+"""An additive mask folded into the softmax (`fuse.FuseSoftmaxMask`: softmax(x + mask) -> softmax(x, mask), the
+kernel adding the mask's tiles as it reads the row): the fused program gives the same bits as the unfused
+add + softmax programs on both emulators, passes the golden rule, its planned counts equal the executed ones,
+and the pair is faster in the model (one launch, read and write fewer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
+from onnx import TensorProto, helper
+
+from ttc.ir.dialects import ttmetal
+from ttc.passes import fuse
+
+CASES = {
+    "attention mask [B, 1, 1, S] (row broadcast)": ([2, 3, 64, 96], [2, 1, 1, 96]),
+    "full mask [B, 1, S, S]": ([2, 3, 64, 64], [2, 1, 64, 64]),
+    "padded rows and columns, mask [S]": ([3, 40, 50], [50]),
+}
+
+
+def masked_softmax_model(shape: list[int], mask_shape: list[int]) -> onnx.ModelProto:
+    nodes = [helper.make_node("Add", ["x", "m"], ["s"], name="/add"),
+             helper.make_node("Softmax", ["s"], ["y"], axis=-1, name="/softmax")]
+    graph = helper.make_graph(nodes, "masked_softmax",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+                               helper.make_tensor_value_info("m", TensorProto.FLOAT, mask_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def kinds(compiled) -> list[str]:
+    return [op.attributes["kind"] for op in compiled.module.function("main").body.ops
+            if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_masked_softmax_is_one_program_with_the_unfused_bits(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, mask_shape = CASES[name]
+    model = masked_softmax_model(shape, mask_shape)
+    rng = np.random.default_rng(7)
+    mask = np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0) + 0.5 * rng.standard_normal(mask_shape)
+    feeds = {"x": (rng.standard_normal(shape) * 3).astype(np.float32), "m": mask.astype(np.float32)}
+    plans, compiled = compile_with_plans(model)
+    assert kinds(compiled).count("softmax") == 1 and "eltwise" not in kinds(compiled)
+    golden_on_both_emulators(model, compiled, plans, feeds)
+    check_static_equals_executed(compiled, compiled.profile)
+    fused = compiled.run(feeds, emulator="native")["y"]
+    [profile] = [p for p in compiled.profile if p.kind == "softmax"]
+    fused_us = profile.time_us
+
+    monkeypatch.setattr(fuse.FuseSoftmaxMask, "match_and_rewrite", lambda self, op, rewriter: False)
+    plans, unfused = compile_with_plans(model)
+    assert "eltwise" in kinds(unfused)
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(unfused.run(feeds, emulator=emulator)["y"], fused)
+    unfused_us = sum(p.time_us for p in unfused.profile)
+    assert fused_us < unfused_us  # one program fewer (its launch, its reads and writes)
