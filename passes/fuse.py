@@ -234,11 +234,12 @@ MASKED_SOFTMAX_MAX_TILES = 32  # rows of up to this many tiles take an additive 
 
 
 class FuseSoftmaxMask(RewritePattern):
-    """softmax(x + m) along the last axis, where x + m is an eltwise of that add alone whose only user is the
-    softmax and m broadcasts to x along batch dims and rows only (an attention mask: [B, 1, S, S], [B, 1, 1, S]
-    or [S] added to [B, H, S, S] scores) -> softmax(x, m): the softmax kernel adds m as it reads x, so
-    the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles (the masked
-    kernel holds x + m whole: no split or row-chunked plan)."""
+    """softmax(x + m) or softmax(x * c + m) along the last axis (c a splat constant), where that is an eltwise of
+    those ops alone whose only user is the softmax and m broadcasts to x along batch dims and rows only (an
+    attention's scale and mask: [B, 1, S, S], [B, 1, 1, S] or [S] added to [B, H, S, S] scores) ->
+    softmax(x, m) {scale = c}: the softmax kernel computes x * c + m as it reads x (the eltwise's phases, so the
+    same bits), and the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles
+    (the masked kernel holds the row whole: no split or row-chunked plan)."""
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
         if op.name != ttir.SOFTMAX.name or len(op.operands) != 1 or not in_function_body(op):
@@ -248,25 +249,44 @@ class FuseSoftmaxMask(RewritePattern):
                 or -(-out.shape[-1] // 32) > MASKED_SOFTMAX_MAX_TILES:
             return False
         producer = defining_op(op.operands[0])
-        if producer is None or producer.name != ttir.ELTWISE.name or sole_user(producer.result) is not op:
+        if producer is None or producer.name != ttir.ELTWISE.name or sole_user(producer.result) is not op \
+                or len(producer.operands) != 2:
             return False
-        body = producer.regions[0].blocks[0]
-        members = list(body.ops)
-        if len(body.args) != 2 or len(members) != 2 or members[0].name != ttir.ADD.name \
-                or {id(v) for v in members[0].operands} != {id(a) for a in body.args}:
+        matched = scaled_sum(producer.regions[0].blocks[0])
+        if matched is None:
             return False
+        x_arg, scale = matched
         full = tuple(out.shape)
-        for x, m in (producer.operands, reversed(producer.operands)):
-            mask = tuple(m.type.shape)  # type: ignore[union-attr]
-            if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
-                    or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
-                continue
-            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out], {"axis": op.attr("axis")},
-                                             loc=ordered_loc([producer, op]))
-            rewriter.replace_op(op, [softmax.result])
-            rewriter.erase_op(producer)
-            return True
-        return False
+        x, m = producer.operands if x_arg == 0 else reversed(producer.operands)
+        mask = tuple(m.type.shape)  # type: ignore[union-attr]
+        if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
+                or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
+            return False
+        softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out],
+                                         {"axis": op.attr("axis"), "scale": scale}, loc=ordered_loc([producer, op]))
+        rewriter.replace_op(op, [softmax.result])
+        rewriter.erase_op(producer)
+        return True
+
+
+def scaled_sum(body: Block) -> tuple[int, float] | None:
+    """(the block argument that is x, c) when the body is x + m (c = 1) or x * c + m, c a splat constant."""
+    ops = list(body.ops)
+    args = [id(a) for a in body.args]
+    if len(ops) == 2 and ops[0].name == ttir.ADD.name and sorted(id(v) for v in ops[0].operands) == sorted(args):
+        return args.index(id(ops[0].operands[0])), 1.0
+    if len(ops) != 4 or [o.name for o in ops[:3]] != [ttir.CONSTANT.name, ttir.MUL.name, ttir.ADD.name]:
+        return None
+    constant, mul, add = ops[:3]
+    value = constant.attributes.get("value")
+    if not isinstance(value, DenseAttr) or not value.is_splat:
+        return None
+    x = [v for v in mul.operands if v is not constant.result]
+    other = [v for v in add.operands if v is not mul.result]
+    if len(x) != 1 or id(x[0]) not in args or len(other) != 1 or id(other[0]) not in args or x[0] is other[0] \
+            or len(mul.operands) != 2 or constant.result not in mul.operands or mul.result not in add.operands:
+        return None
+    return args.index(id(x[0])), float(value.values)
 
 
 @register_pass

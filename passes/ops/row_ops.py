@@ -79,7 +79,8 @@ from ttc.passes.ops.program import (
 from ttc.passes.ops.registry import register
 
 LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
-CB_MASK, CB_SUM = CB_GAMMA, CB_TMP  # a masked softmax's mask tiles, and its row of x + mask (softmax uses neither)
+# a masked softmax's mask tiles, its block of x * scale and its row of x * scale + mask (softmax uses none of them)
+CB_MASK, CB_SCALED, CB_SUM = CB_GAMMA, CB_TMP2, CB_TMP
 HOLD = "hold"  # a blocking whose cores read the per-row constants (gamma, beta) once, not once per row
 
 
@@ -136,6 +137,8 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         mask = softmax_mask(op)
         if mask is not None:
             cbs += [cb(CB_MASK, tensor(mask).element_type, double(width, rows * (ct // width))), cb(CB_SUM, fmt, ct)]
+            if op.attr("scale") != 1.0:
+                cbs.append(cb(CB_SCALED, fmt, width))
         return sorted(cbs, key=lambda c: c.index)
     params = ct if holds_params(op, blocking) else double(width, rows * (ct // width))
     cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
@@ -263,7 +266,10 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.binary_key("add"), rows * ct * int(len(op.operands) > 2))
             plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
     elif op.name == ttir.SOFTMAX.name:
-        plan.tile(target.binary_key("add"), rows * ct * int(softmax_mask(op) is not None))  # x + mask
+        scaled = int(softmax_mask(op) is not None and op.attr("scale") != 1.0)
+        plan.tile(target.DATACOPY, rows * ct * scaled)  # x * scale (a copy, an SFPU product)
+        plan.tile(target.sfpu_key("mul_scalar"), rows * ct * scaled)
+        plan.tile(target.binary_key("add"), rows * ct * int(softmax_mask(op) is not None))  # + mask
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -472,13 +478,24 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     k = KernelBuilder(op.loc)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
-        if mask is not None:  # x + mask, block by block, into CB_SUM (what the unfused add wrote, in its format)
-            bcast = mask_walk(op, b["batches"])[3]
+        if mask is not None:  # x * scale + mask, block by block, into CB_SUM: the phases of the unfused eltwise
+            bcast = mask_walk(op, b["batches"])[3]  # (a copy with the SFPU product, an FPU add), in its formats
+            scale = float(op.attr("scale"))
             with k.loop(ct // width):
+                first = CB_IN0
+                if scale != 1.0:
+                    k.op("tile_regs_acquire")
+                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, col_stride=1)
+                    k.op("sfpu_tiles", fn="mul_scalar", count=width, param=scale)
+                    k.pack_block(CB_SCALED, width)
+                    k.op("cb_wait_front", cb=CB_SCALED, pages=width)
+                    first = CB_SCALED
                 k.op("cb_wait_front", cb=CB_MASK, pages=width)
                 k.op("tile_regs_acquire")
-                k.op("binary_tiles", op="add", cb_a=CB_IN0, cb_b=CB_MASK, bcast=bcast, rows=1, cols=width)
+                k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, bcast=bcast, rows=1, cols=width)
                 k.pack_block(CB_SUM, width)
+                if scale != 1.0:
+                    k.op("cb_pop_front", cb=CB_SCALED, pages=width)
                 k.op("cb_pop_front", cb=CB_MASK, pages=width)
                 k.op("cb_pop_front", cb=CB_IN0, pages=width)
             k.op("cb_wait_front", cb=CB_SUM, pages=ct)

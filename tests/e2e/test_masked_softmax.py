@@ -1,5 +1,5 @@
-"""An additive mask folded into the softmax (`fuse.FuseSoftmaxMask`: softmax(x + mask) -> softmax(x, mask), the
-kernel adding the mask's tiles as it reads the row): the fused program gives the same bits as the unfused
+"""An attention's scale and additive mask folded into the softmax (`fuse.FuseSoftmaxMask`: softmax(x * c + mask)
+-> softmax(x, mask) {scale = c}, the kernel computing x * c + mask as it reads the row): the fused program gives the same bits as the unfused
 add + softmax programs on both emulators, passes the golden rule, its planned counts equal the executed ones,
 and the pair is faster in the model (one launch, read and write fewer)."""
 
@@ -9,25 +9,32 @@ import numpy as np
 import onnx
 import pytest
 from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ttc.ir.dialects import ttmetal
 from ttc.passes import fuse
 
-CASES = {
-    "attention mask [B, 1, 1, S] (row broadcast)": ([2, 3, 64, 96], [2, 1, 1, 96]),
-    "full mask [B, 1, S, S]": ([2, 3, 64, 64], [2, 1, 64, 64]),
-    "padded rows and columns, mask [S]": ([3, 40, 50], [50]),
+CASES = {  # scores, mask, scale (None: no Mul)
+    "attention mask [B, 1, 1, S] (row broadcast)": ([2, 3, 64, 96], [2, 1, 1, 96], None),
+    "full mask [B, 1, S, S], scaled by 1/8": ([2, 3, 64, 64], [2, 1, 64, 64], 0.125),
+    "padded rows and columns, mask [S], scaled by 0.3": ([3, 40, 50], [50], 0.3),
+    "mask first: m + x * c": ([2, 2, 32, 64], [2, 1, 1, 64], -0.7),
 }
 
 
-def masked_softmax_model(shape: list[int], mask_shape: list[int]) -> onnx.ModelProto:
-    nodes = [helper.make_node("Add", ["x", "m"], ["s"], name="/add"),
-             helper.make_node("Softmax", ["s"], ["y"], axis=-1, name="/softmax")]
+def masked_softmax_model(shape: list[int], mask_shape: list[int], scale: float | None) -> onnx.ModelProto:
+    nodes, initializers, scores = [], [], "x"
+    if scale is not None:
+        nodes.append(helper.make_node("Mul", ["c", "x"] if scale < 0 else ["x", "c"], ["q"], name="/scale"))
+        initializers.append(numpy_helper.from_array(np.array(scale, np.float32), "c"))
+        scores = "q"
+    nodes += [helper.make_node("Add", ["m", scores] if scale is not None and scale < 0 else [scores, "m"], ["s"],
+                               name="/add"),
+              helper.make_node("Softmax", ["s"], ["y"], axis=-1, name="/softmax")]
     graph = helper.make_graph(nodes, "masked_softmax",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
                                helper.make_tensor_value_info("m", TensorProto.FLOAT, mask_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -38,8 +45,8 @@ def kinds(compiled) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_masked_softmax_is_one_program_with_the_unfused_bits(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    shape, mask_shape = CASES[name]
-    model = masked_softmax_model(shape, mask_shape)
+    shape, mask_shape, scale = CASES[name]
+    model = masked_softmax_model(shape, mask_shape, scale)
     rng = np.random.default_rng(7)
     mask = np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0) + 0.5 * rng.standard_normal(mask_shape)
     feeds = {"x": (rng.standard_normal(shape) * 3).astype(np.float32), "m": mask.astype(np.float32)}
