@@ -98,7 +98,19 @@ def mask_walk(op: Operation, batches: int) -> tuple[np.ndarray, int, int, str]:
     out, source = tile_shape(tensor(op.result).shape), tile_shape(tensor(mask).shape)
     offsets = batch_offsets(tensor(mask).shape, tensor(op.result).shape)
     full = source.rows == out.rows
-    return offsets, affine_step(offsets, batches) or 0, source.ct if full else 0, "none" if full else "row"
+    step = affine_step(offsets, batches)
+    assert step is not None, "a masked softmax's batch group whose mask tiles do not step affinely"
+    return offsets, step, source.ct if full else 0, "none" if full else "row"
+
+
+def holds_mask(op: Operation, blocking: dict[str, int]) -> bool:
+    """Whether a masked softmax's core reads its mask's tiles once and keeps them for all its rows: a mask
+    broadcast along rows ([1, N] per matrix) whose core's batches share one matrix of it (ViT's and BERT's
+    [1, S] masks: otherwise re-read with every tile row)."""
+    if softmax_mask(op) is None or blocking["batches"] * blocking["rows"] == 1:
+        return False
+    _, step, rs, _ = mask_walk(op, blocking["batches"])
+    return rs == 0 and (blocking["batches"] == 1 or step == 0)
 
 
 def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
@@ -136,7 +148,8 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
         mask = softmax_mask(op)
         if mask is not None:
-            cbs += [cb(CB_MASK, tensor(mask).element_type, double(width, rows * (ct // width))), cb(CB_SUM, fmt, ct)]
+            mask_pages = ct if holds_mask(op, blocking) else double(width, rows * (ct // width))
+            cbs += [cb(CB_MASK, tensor(mask).element_type, mask_pages), cb(CB_SUM, fmt, ct)]
             if op.attr("scale") != 1.0:
                 cbs.append(cb(CB_SCALED, fmt, width))
         return sorted(cbs, key=lambda c: c.index)
@@ -301,16 +314,17 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
                 page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
     mask = softmax_mask(op)
-    if mask is not None:  # the mask's tiles of each row, once
+    if mask is not None:  # the mask's tiles of each row, or once per core (held)
         offsets, step, rs, _ = mask_walk(op, b["batches"])
         mask_first = offsets[unit[:, 0] * b["batches"]] + unit[:, 1] * b["rows"] * rs
         mask_loop = (np.arange(b["batches"])[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
+        mask_loop = mask_loop[:1] if holds_mask(op, b) else mask_loop
 
         def mask_pages() -> np.ndarray:
             return (mask_first[:, None, None] + mask_loop[None, :, None]
                     + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
 
-        plan.static(Buffer.of(tensor(mask), device), rows * ct, page_lists=mask_pages)
+        plan.static(Buffer.of(tensor(mask), device), len(mask_loop) * ct, page_lists=mask_pages)
     param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
     for param in op.operands[1:] if mask is None else ():
         plan.static(Buffer.of(tensor(param), device), param_rows * ct,
@@ -361,6 +375,9 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     held = holds_params(op, b)
     if held:
         read_params_once(k, params, 0, shape.ct)
+    mask_held = holds_mask(op, b)
+    if mask_held:
+        read_params_once(k, [(CB_MASK, gens[1])], k.arg(1), shape.ct)
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         start = row_start(k, shape, batch, row)
 
@@ -387,7 +404,7 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
             return k.region()
         with k.loop(blocks) as block:
             read_block(block)
-        if mask is not None:  # the row's mask tiles, block by block (rows of a [1, N] mask: its one tile row)
+        if mask is not None and not mask_held:  # the row's mask tiles, block by block
             _, step, rs, _ = mask_walk(op, b["batches"])
             mask_start = k.affine(k.arg(1), (batch, step), (row, rs))
             with k.loop(blocks) as block:
@@ -475,13 +492,17 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     padded = shape.cols % TILE != 0
     mask = softmax_mask(op)
     src = CB_IN0 if mask is None else CB_SUM
+    mask_held = holds_mask(op, b)
     k = KernelBuilder(op.loc)
+    if mask_held:
+        k.op("cb_wait_front", cb=CB_MASK, pages=ct)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
         if mask is not None:  # x * scale + mask, block by block, into CB_SUM: the phases of the unfused eltwise
             bcast = mask_walk(op, b["batches"])[3]  # (a copy with the SFPU product, an FPU add), in its formats
             scale = float(op.attr("scale"))
-            with k.loop(ct // width):
+
+            def add_mask(mask_offset: int | None) -> None:  # one block; a held mask's tiles at a static offset
                 first = CB_IN0
                 if scale != 1.0:
                     k.op("tile_regs_acquire")
@@ -490,14 +511,24 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
                     k.pack_block(CB_SCALED, width)
                     k.op("cb_wait_front", cb=CB_SCALED, pages=width)
                     first = CB_SCALED
-                k.op("cb_wait_front", cb=CB_MASK, pages=width)
+                if mask_offset is None:
+                    k.op("cb_wait_front", cb=CB_MASK, pages=width)
                 k.op("tile_regs_acquire")
-                k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, bcast=bcast, rows=1, cols=width)
+                at = {"b_offset": mask_offset} if mask_offset else {}
+                k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, **at, bcast=bcast, rows=1, cols=width)
                 k.pack_block(CB_SUM, width)
                 if scale != 1.0:
                     k.op("cb_pop_front", cb=CB_SCALED, pages=width)
-                k.op("cb_pop_front", cb=CB_MASK, pages=width)
+                if mask_offset is None:
+                    k.op("cb_pop_front", cb=CB_MASK, pages=width)
                 k.op("cb_pop_front", cb=CB_IN0, pages=width)
+
+            if mask_held:  # unrolled over the row's blocks
+                for block in range(ct // width):
+                    add_mask(block * width)
+            else:
+                with k.loop(ct // width):
+                    add_mask(None)
             k.op("cb_wait_front", cb=CB_SUM, pages=ct)
         # Row max; the last tile's padding columns are masked to -inf (they would beat negative rows).
         if padded:
@@ -537,6 +568,8 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
             k.pack_block(CB_OUT, width)
             k.op("cb_pop_front", cb=CB_WIDE, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+    if mask_held:
+        k.op("cb_pop_front", cb=CB_MASK, pages=ct)
     return k.region()
 
 

@@ -65,3 +65,38 @@ def test_a_masked_softmax_is_one_program_with_the_unfused_bits(name: str, monkey
         np.testing.assert_array_equal(unfused.run(feeds, emulator=emulator)["y"], fused)
     unfused_us = sum(p.time_us for p in unfused.profile)
     assert fused_us < unfused_us  # one program fewer (its launch, its reads and writes)
+
+
+@pytest.mark.parametrize("shape, mask_shape, batches, held", [
+    ([2, 3, 64, 96], [2, 1, 1, 96], 3, True),  # a core's 3 heads share their image's mask row
+    ([2, 3, 64, 96], [2, 1, 1, 96], 1, True),
+    ([4, 1, 64, 96], [4, 1, 1, 96], 2, False),  # a core's 2 images have a mask row each
+])
+def test_a_row_mask_shared_by_a_cores_rows_is_read_once(shape: list[int], mask_shape: list[int], batches: int,
+                                                        held: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A [B, 1, 1, S] mask whose one row serves all of a core's tile rows is read once per core and held;
+    otherwise it is read per tile row. Same bits as the unfused programs either way."""
+    from ttc.passes.ops import row_ops
+
+    model = masked_softmax_model(shape, mask_shape, 0.125)
+    rng = np.random.default_rng(11)
+    feeds = {"x": (rng.standard_normal(shape) * 3).astype(np.float32),
+             "m": np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0).astype(np.float32)}
+    blocking = {"batches": batches, "rows": 2, "cols": 3, "block_w": 3}
+    with monkeypatch.context() as patch:
+        patch.setattr(row_ops.SOFTMAX, "candidates", lambda op: iter([dict(blocking)]))
+        plans, compiled = compile_with_plans(model)
+    [program] = [op for op in compiled.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+    [mask_cb] = [cb for cb in program.attributes["cbs"] if cb.index == row_ops.CB_MASK]
+    assert (mask_cb.pages == 3) == held
+    golden_on_both_emulators(model, compiled, plans, feeds)
+    check_static_equals_executed(compiled, compiled.profile)
+    [profile] = compiled.profile
+    cores = program.attributes["grid"].num_cores
+    tile_rows = int(np.prod(shape[:-2])) * 2
+    mask_reads = profile.counts.dram_read - tile_rows * 3 * 2048  # less the scores' tiles
+    assert mask_reads == (cores if held else tile_rows) * 3 * 2048
+    fused = compiled.run(feeds, emulator="native")["y"]
+    monkeypatch.setattr(fuse.FuseSoftmaxMask, "match_and_rewrite", lambda self, op, rewriter: False)
+    _, unfused = compile_with_plans(model)
+    np.testing.assert_array_equal(unfused.run(feeds, emulator="reference")["y"], fused)
