@@ -104,13 +104,14 @@ def mask_walk(op: Operation, batches: int) -> tuple[np.ndarray, int, int, str]:
 
 
 def holds_mask(op: Operation, blocking: dict[str, int]) -> bool:
-    """Whether a masked softmax's core reads its mask's tiles once and keeps them for all its rows: a mask
-    broadcast along rows ([1, N] per matrix) whose core's batches share one matrix of it (ViT's and BERT's
-    [1, S] masks: otherwise re-read with every tile row)."""
+    """Whether a masked softmax's core reads its mask's tiles once and keeps them for all its rows: every row
+    of the core reads the same tile row of the mask (a [1, N] row broadcast along rows, or one tile row per
+    core) and its batches share one matrix of it (the heads of one image: ViT's [B, 1, S, S] mask, otherwise
+    re-read once per head, as the unfused eltwise's `held_inputs` did not)."""
     if softmax_mask(op) is None or blocking["batches"] * blocking["rows"] == 1:
         return False
     _, step, rs, _ = mask_walk(op, blocking["batches"])
-    return rs == 0 and (blocking["batches"] == 1 or step == 0)
+    return (blocking["rows"] == 1 or rs == 0) and (blocking["batches"] == 1 or step == 0)
 
 
 def holds_params(op: Operation, blocking: dict[str, int]) -> bool:

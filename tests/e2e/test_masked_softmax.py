@@ -71,18 +71,22 @@ def test_a_masked_softmax_is_one_program_with_the_unfused_bits(name: str, monkey
     ([2, 3, 64, 96], [2, 1, 1, 96], 3, True),  # a core's 3 heads share their image's mask row
     ([2, 3, 64, 96], [2, 1, 1, 96], 1, True),
     ([4, 1, 64, 96], [4, 1, 1, 96], 2, False),  # a core's 2 images have a mask row each
+    ([2, 3, 64, 96], [2, 1, 64, 96], 3, False),  # a full mask: each of a core's 2 tile rows has its own
+    ([2, 3, 64, 96], [2, 1, 64, 96], (3, 1), True),  # one tile row per core: the 3 heads share it
 ])
-def test_a_row_mask_shared_by_a_cores_rows_is_read_once(shape: list[int], mask_shape: list[int], batches: int,
+def test_a_row_mask_shared_by_a_cores_rows_is_read_once(shape: list[int], mask_shape: list[int], batches,
                                                         held: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A [B, 1, 1, S] mask whose one row serves all of a core's tile rows is read once per core and held;
-    otherwise it is read per tile row. Same bits as the unfused programs either way."""
+    """A mask whose one tile row serves all of a core's tile rows ([B, 1, 1, S], or a full one on cores of one
+    tile row of several heads) is read once per core and held; otherwise it is read per tile row. Same bits as
+    the unfused programs either way."""
     from ttc.passes.ops import row_ops
 
     model = masked_softmax_model(shape, mask_shape, 0.125)
     rng = np.random.default_rng(11)
     feeds = {"x": (rng.standard_normal(shape) * 3).astype(np.float32),
              "m": np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0).astype(np.float32)}
-    blocking = {"batches": batches, "rows": 2, "cols": 3, "block_w": 3}
+    batches, rows = batches if isinstance(batches, tuple) else (batches, 2)
+    blocking = {"batches": batches, "rows": rows, "cols": 3, "block_w": 3}
     with monkeypatch.context() as patch:
         patch.setattr(row_ops.SOFTMAX, "candidates", lambda op: iter([dict(blocking)]))
         plans, compiled = compile_with_plans(model)
@@ -93,7 +97,7 @@ def test_a_row_mask_shared_by_a_cores_rows_is_read_once(shape: list[int], mask_s
     check_static_equals_executed(compiled, compiled.profile)
     [profile] = compiled.profile
     cores = program.attributes["grid"].num_cores
-    tile_rows = int(np.prod(shape[:-2])) * 2
+    tile_rows = int(np.prod(shape[:-2])) * 2  # 64 rows: 2 tile rows per matrix
     mask_reads = profile.counts.dram_read - tile_rows * 3 * 2048  # less the scores' tiles
     assert mask_reads == (cores if held else tile_rows) * 3 * 2048
     fused = compiled.run(feeds, emulator="native")["y"]
