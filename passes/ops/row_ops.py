@@ -120,7 +120,8 @@ def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
     never a row-chunked one (its point is not holding a row's tiles), nor a core of one tile row."""
     from ttc.passes.ops.row_split import is_split
 
-    if len(op.operands) < 2 or blocking["batches"] * blocking["rows"] == 1 or "chunk" in blocking:
+    if op.name != ttir.LAYER_NORM.name or len(op.operands) < 2 or blocking["batches"] * blocking["rows"] == 1 \
+            or "chunk" in blocking:
         return False
     return is_split(blocking) or bool(blocking.get(HOLD))
 
@@ -214,7 +215,7 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
         for rows in divisors(out.rt):
             for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
-                if len(op.operands) > 1 and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
+                if op.name == ttir.LAYER_NORM.name and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
                     yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
     if not chunked or out.ct < CHUNKED_MIN_TILES or mask is not None:
         return

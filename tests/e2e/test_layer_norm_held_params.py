@@ -10,7 +10,7 @@ import pytest
 from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
 from test_long_rows import layer_norm_model
 
-from ttc.ir.dialects import ttmetal
+from ttc.ir.dialects import ttir, ttmetal
 from ttc.passes.ops import row_ops, row_split
 from ttc.passes.ops.geometry import TILE
 
@@ -61,14 +61,16 @@ def test_gamma_and_beta_are_read_once_per_core(name: str, monkeypatch: pytest.Mo
 
 def test_hold_is_a_choice_of_the_whole_row_plan_and_automatic_in_the_split_one() -> None:
     class Op:  # the fields holds_params reads
-        def __init__(self, operands: int) -> None:
+        def __init__(self, operands: int, name: str = ttir.LAYER_NORM.name) -> None:
             self.operands = [None] * operands
+            self.name = name
 
     two = {"batches": 1, "rows": 2, "cols": 4, "block_w": 2}
     assert not row_ops.holds_params(Op(3), two)
     assert row_ops.holds_params(Op(3), {**two, "hold": 1})
     assert not row_ops.holds_params(Op(3), {**two, "rows": 1, "hold": 1})
-    assert not row_ops.holds_params(Op(1), {**two, "hold": 1})  # softmax: nothing to hold
+    assert not row_ops.holds_params(Op(1), {**two, "hold": 1})  # no parameters: nothing to hold
+    assert not row_ops.holds_params(Op(2, ttir.SOFTMAX.name), {**two, "hold": 1})  # a softmax's mask is not one
     assert not row_ops.holds_params(Op(3), {**two, "hold": 1, "chunk": 2})
     assert row_ops.holds_params(Op(2), {**two, row_split.SPLIT: 2, row_split.GROUPS_X: 1})
     assert not row_ops.holds_params(Op(2), {**two, "rows": 1, row_split.SPLIT: 2, row_split.GROUPS_X: 1})
