@@ -255,26 +255,30 @@ class FuseSoftmaxMask(RewritePattern):
         matched = scaled_sum(producer.regions[0].blocks[0])
         if matched is None:
             return False
-        x_arg, scale = matched
+        x_args, scale = matched
         full = tuple(out.shape)
-        x, m = producer.operands if x_arg == 0 else reversed(producer.operands)
-        mask = tuple(m.type.shape)  # type: ignore[union-attr]
-        if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
-                or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
-            return False
-        softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out],
-                                         {"axis": op.attr("axis"), "scale": scale}, loc=ordered_loc([producer, op]))
-        rewriter.replace_op(op, [softmax.result])
-        rewriter.erase_op(producer)
-        return True
+        for x_arg in x_args:
+            x, m = producer.operands if x_arg == 0 else reversed(producer.operands)
+            mask = tuple(m.type.shape)  # type: ignore[union-attr]
+            if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
+                    or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
+                continue
+            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out],
+                                             {"axis": op.attr("axis"), "scale": scale},
+                                             loc=ordered_loc([producer, op]))
+            rewriter.replace_op(op, [softmax.result])
+            rewriter.erase_op(producer)
+            return True
+        return False
 
 
-def scaled_sum(body: Block) -> tuple[int, float] | None:
-    """(the block argument that is x, c) when the body is x + m (c = 1) or x * c + m, c a splat constant."""
+def scaled_sum(body: Block) -> tuple[tuple[int, ...], float] | None:
+    """(the block arguments that may be x, c) when the body is x + m (either may be x; c = 1) or x * c + m, c a
+    splat constant."""
     ops = list(body.ops)
     args = [id(a) for a in body.args]
     if len(ops) == 2 and ops[0].name == ttir.ADD.name and sorted(id(v) for v in ops[0].operands) == sorted(args):
-        return args.index(id(ops[0].operands[0])), 1.0
+        return (0, 1), 1.0
     if len(ops) != 4 or [o.name for o in ops[:3]] != [ttir.CONSTANT.name, ttir.MUL.name, ttir.ADD.name]:
         return None
     constant, mul, add = ops[:3]
@@ -286,7 +290,7 @@ def scaled_sum(body: Block) -> tuple[int, float] | None:
     if len(x) != 1 or id(x[0]) not in args or len(other) != 1 or id(other[0]) not in args or x[0] is other[0] \
             or len(mul.operands) != 2 or constant.result not in mul.operands or mul.result not in add.operands:
         return None
-    return args.index(id(x[0])), float(value.values)
+    return (args.index(id(x[0])),), float(value.values)
 
 
 @register_pass
