@@ -24,7 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ttc.ir.attributes import DenseAttr, FusedLoc, Location, fuse_locations
+import numpy as np
+
+from ttc.ir.attributes import DenseAttr, FusedLoc, Location, WeightAttr, fuse_locations
 from ttc.ir.builder import Builder
 from ttc.ir.core import FUNC_OP, Block, Module, Operation, Region, Value
 from ttc.ir.dialect import Trait
@@ -241,8 +243,23 @@ class FuseSoftmaxMask(RewritePattern):
     same bits), and the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles
     (the masked kernel holds the row whole: no split or row-chunked plan)."""
 
+    def __init__(self, weights: dict[str, np.ndarray] | None = None) -> None:
+        self.weights = weights or {}
+
+    def is_zero(self, value: Value) -> bool:
+        """A constant whose every element is 0 (ViT's folded [B, 1, S, S] attention mask): x + it is x."""
+        producer = defining_op(value)
+        if producer is None or producer.name != ttir.CONSTANT.name:
+            return False
+        data = producer.attributes.get("value")
+        if isinstance(data, WeightAttr):
+            array = self.weights.get(data.name)
+            return array is not None and not np.any(array)
+        return isinstance(data, DenseAttr) and data.is_splat and float(data.values) == 0.0
+
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        if op.name != ttir.SOFTMAX.name or len(op.operands) != 1 or not in_function_body(op):
+        if op.name != ttir.SOFTMAX.name or len(op.operands) != 1 or op.attr("scale") != 1.0 \
+                or not in_function_body(op):
             return False
         out = op.result.type
         if not isinstance(out, TensorType) or out.rank < 2 or op.attr("axis") % out.rank != out.rank - 1 \
@@ -263,7 +280,8 @@ class FuseSoftmaxMask(RewritePattern):
             if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
                     or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
                 continue
-            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x, m], [out],
+            operands = [x] if self.is_zero(m) else [x, m]  # x * c + 0 is x * c (the bits of the unfused sum)
+            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, operands, [out],
                                              {"axis": op.attr("axis"), "scale": scale},
                                              loc=ordered_loc([producer, op]))
             rewriter.replace_op(op, [softmax.result])
@@ -304,4 +322,4 @@ class Fuse(Pass):
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear()])
         apply_patterns_greedily(module, [FuseEltwise()])
-        apply_patterns_greedily(module, [FuseSoftmaxMask()])
+        apply_patterns_greedily(module, [FuseSoftmaxMask(module.weights)])

@@ -154,8 +154,6 @@ def verify_softmax(op: Operation) -> None:
         shape = tensor(op.operands[1].type).shape
         if broadcast_shape(shape, x.shape) != tuple(x.shape):
             raise VerifyError(f"mask shape {_dims(shape)} does not broadcast to the input's {_dims(x.shape)}")
-    elif op.attr("scale") != 1.0:
-        raise VerifyError("a scale without a mask (the scale is folded in with an attention mask only)")
     _expect_shape(op, x.shape, "same shape as the input")
 
 
@@ -409,9 +407,9 @@ def _fold_reshape(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
 
 def _fold_softmax(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     dtype = tensor(op.result.type).element_type.numpy_dtype()
-    x = arrays[0].astype(np.float64)
-    if len(arrays) > 1:  # the scale and additive mask `fuse` folds in
-        x = x * op.attr("scale") + arrays[1].astype(np.float64)
+    x = arrays[0].astype(np.float64) * op.attr("scale")  # the scale and additive mask `fuse` folds in
+    if len(arrays) > 1:
+        x = x + arrays[1].astype(np.float64)
     return _softmax(x, op.attr("axis")).astype(dtype)
 
 
@@ -582,9 +580,8 @@ GEMM = OpDef(
                 Attr("alpha", FloatAttr, 1.0), Attr("beta", FloatAttr, 1.0)),
     traits=PURE, verify=verify_gemm,
 )
-SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` of input, or of input * scale + mask (mask broadcast to it) "
-                "when there is a mask: `fuse` folds an attention's scale and additive mask in; a named op: the "
-                "device has a kernel for it",
+SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` of input * scale (+ mask, broadcast to it, when there is one): "
+                "`fuse` folds an attention's scale and additive mask in; a named op: the device has a kernel for it",
                 operands=(Operand("input"), Operand("mask", optional=True)),
                 attributes=(Attr("axis", IntAttr, -1), Attr("scale", FloatAttr, 1.0)),
                 traits=PURE, verify=verify_softmax, fold=_fold_softmax)

@@ -89,6 +89,11 @@ def softmax_mask(op: Operation) -> Value | None:
     return op.operands[1] if op.name == ttir.SOFTMAX.name and len(op.operands) > 1 else None
 
 
+def has_prologue(op: Operation) -> bool:
+    """A softmax of x * scale (+ mask) rather than of x: the kernel computes that row first (whole-row plans)."""
+    return op.name == ttir.SOFTMAX.name and (len(op.operands) > 1 or op.attr("scale") != 1.0)
+
+
 def mask_walk(op: Operation, batches: int) -> tuple[np.ndarray, int, int, str]:
     """A masked softmax's mask: the first tile of its matrix for each batch of the result, the step between the
     batches of a core's group, the step between tile rows (0 for a [1, N] row broadcast along rows) and the
@@ -149,9 +154,11 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
         mask = softmax_mask(op)
+        if has_prologue(op):
+            cbs.append(cb(CB_SUM, fmt, ct))
         if mask is not None:
             mask_pages = ct if holds_mask(op, blocking) else double(width, rows * (ct // width))
-            cbs += [cb(CB_MASK, tensor(mask).element_type, mask_pages), cb(CB_SUM, fmt, ct)]
+            cbs.append(cb(CB_MASK, tensor(mask).element_type, mask_pages))
             if op.attr("scale") != 1.0:
                 cbs.append(cb(CB_SCALED, fmt, width))
         return sorted(cbs, key=lambda c: c.index)
@@ -217,7 +224,7 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
                 if op.name == ttir.LAYER_NORM.name and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
                     yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
-    if not chunked or out.ct < CHUNKED_MIN_TILES or mask is not None:
+    if not chunked or out.ct < CHUNKED_MIN_TILES or has_prologue(op):
         return
     for batches in batch_groups([], out.batches):
         for rows in divisors(out.rt):
@@ -281,7 +288,7 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.binary_key("add"), rows * ct * int(len(op.operands) > 2))
             plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
     elif op.name == ttir.SOFTMAX.name:
-        scaled = int(softmax_mask(op) is not None and op.attr("scale") != 1.0)
+        scaled = int(op.attr("scale") != 1.0)
         plan.tile(target.DATACOPY, rows * ct * scaled)  # x * scale (a copy, an SFPU product)
         plan.tile(target.sfpu_key("mul_scalar"), rows * ct * scaled)
         plan.tile(target.binary_key("add"), rows * ct * int(softmax_mask(op) is not None))  # + mask
@@ -493,16 +500,16 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     width, ct = b["block_w"], shape.ct
     padded = shape.cols % TILE != 0
     mask = softmax_mask(op)
-    src = CB_IN0 if mask is None else CB_SUM
+    src = CB_SUM if has_prologue(op) else CB_IN0
     mask_held = holds_mask(op, b)
     k = KernelBuilder(op.loc)
     if mask_held:
         k.op("cb_wait_front", cb=CB_MASK, pages=ct)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
-        if mask is not None:  # x * scale + mask, block by block, into CB_SUM: the phases of the unfused eltwise
-            bcast = mask_walk(op, b["batches"])[3]  # (a copy with the SFPU product, an FPU add), in its formats
-            scale = float(op.attr("scale"))
+        if has_prologue(op):  # x * scale (+ mask), block by block, into CB_SUM: the phases of the unfused eltwise
+            bcast = mask_walk(op, b["batches"])[3] if mask is not None else "none"  # (a copy with the SFPU product,
+            scale = float(op.attr("scale"))  # an FPU add), in its formats
 
             def add_mask(mask_offset: int | None) -> None:  # one block; a held mask's tiles at a static offset
                 first = CB_IN0
@@ -510,6 +517,10 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
                     k.op("tile_regs_acquire")
                     k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, col_stride=1)
                     k.op("sfpu_tiles", fn="mul_scalar", count=width, param=scale)
+                    if mask is None:  # x * scale + 0 (an all-zero mask fuse dropped): the product is the sum
+                        k.pack_block(CB_SUM, width)
+                        k.op("cb_pop_front", cb=CB_IN0, pages=width)
+                        return
                     k.pack_block(CB_SCALED, width)
                     k.op("cb_wait_front", cb=CB_SCALED, pages=width)
                     first = CB_SCALED

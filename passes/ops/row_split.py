@@ -69,6 +69,7 @@ from ttc.passes.ops.program import Program, Schedule, schedule_of
 from ttc.passes.ops.row_ops import (
     _row_sum,
     block_pops,
+    has_prologue,
     holds_params,
     mask_block,
     param_cbs,
@@ -76,7 +77,6 @@ from ttc.passes.ops.row_ops import (
     reduce_row,
     row_sum_groups,
     scale_and_shift,
-    softmax_mask,
 )
 
 SPLIT, GROUPS_X = "split", "groups_x"
@@ -95,7 +95,7 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
     """Every split S >= 2 of the row's tiles (a divisor), R <= MAX_SPLIT_ROWS tile rows per core, any layout
     of the groups on grid rows (`groups_x` groups to a row), the widest Dst block dividing the slice."""
     out = tile_shape(tensor(op.result).shape)
-    if out.ct < SPLIT_MIN_TILES or softmax_mask(op) is not None:  # a masked softmax: whole-row plans only
+    if out.ct < SPLIT_MIN_TILES or has_prologue(op):  # a masked / scaled softmax: whole-row plans only
         return
     if any(tensor(v).element_type.name in BLOCK_FLOATS for v in (*op.operands, op.result)):
         return  # the split kernels' slices and partials are built for 16-bit tiles (a block float came out wrong)

@@ -104,3 +104,26 @@ def test_a_row_mask_shared_by_a_cores_rows_is_read_once(shape: list[int], mask_s
     monkeypatch.setattr(fuse.FuseSoftmaxMask, "match_and_rewrite", lambda self, op, rewriter: False)
     _, unfused = compile_with_plans(model)
     np.testing.assert_array_equal(unfused.run(feeds, emulator="reference")["y"], fused)
+
+
+@pytest.mark.parametrize("scale", [0.125, None])
+def test_an_all_zero_constant_mask_is_dropped(scale: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ViT's attention mask is a folded constant of zeros: x * c + 0 fuses as softmax(x) {scale = c} (no mask
+    read at all), x + 0 as a plain softmax; the bits are the unfused programs'."""
+    shape, mask_shape = [2, 3, 64, 64], [2, 1, 64, 64]
+    proto = masked_softmax_model(shape, mask_shape, scale)
+    graph = proto.graph
+    graph.initializer.append(numpy_helper.from_array(np.zeros(mask_shape, np.float32), "m"))
+    del graph.input[1]
+    feeds = {"x": (np.random.default_rng(5).standard_normal(shape) * 3).astype(np.float32)}
+    plans, compiled = compile_with_plans(proto)
+    [program] = [op for op in compiled.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+    assert program.attributes["kind"] == "softmax" and len(program.operands) == 2  # x and the result only
+    golden_on_both_emulators(proto, compiled, plans, feeds)
+    check_static_equals_executed(compiled, compiled.profile)
+    fused = compiled.run(feeds, emulator="native")["y"]
+    monkeypatch.setattr(fuse.FuseSoftmaxMask, "match_and_rewrite", lambda self, op, rewriter: False)
+    _, unfused = compile_with_plans(proto)
+    assert "eltwise" in kinds(unfused)
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(unfused.run(feeds, emulator=emulator)["y"], fused)
