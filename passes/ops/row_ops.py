@@ -499,7 +499,6 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
     padded = shape.cols % TILE != 0
-    mask = softmax_mask(op)
     src = CB_SUM if has_prologue(op) else CB_IN0
     mask_held = holds_mask(op, b)
     k = KernelBuilder(op.loc)
@@ -508,40 +507,12 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
         if has_prologue(op):  # x * scale (+ mask), block by block, into CB_SUM: the phases of the unfused eltwise
-            bcast = mask_walk(op, b["batches"])[3] if mask is not None else "none"  # (a copy with the SFPU product,
-            scale = float(op.attr("scale"))  # an FPU add), in its formats
-
-            def add_mask(mask_offset: int | None) -> None:  # one block; a held mask's tiles at a static offset
-                first = CB_IN0
-                if scale != 1.0:
-                    k.op("tile_regs_acquire")
-                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, col_stride=1)
-                    k.op("sfpu_tiles", fn="mul_scalar", count=width, param=scale)
-                    if mask is None:  # x * scale + 0 (an all-zero mask fuse dropped): the product is the sum
-                        k.pack_block(CB_SUM, width)
-                        k.op("cb_pop_front", cb=CB_IN0, pages=width)
-                        return
-                    k.pack_block(CB_SCALED, width)
-                    k.op("cb_wait_front", cb=CB_SCALED, pages=width)
-                    first = CB_SCALED
-                if mask_offset is None:
-                    k.op("cb_wait_front", cb=CB_MASK, pages=width)
-                k.op("tile_regs_acquire")
-                at = {"b_offset": mask_offset} if mask_offset else {}
-                k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, **at, bcast=bcast, rows=1, cols=width)
-                k.pack_block(CB_SUM, width)
-                if scale != 1.0:
-                    k.op("cb_pop_front", cb=CB_SCALED, pages=width)
-                if mask_offset is None:
-                    k.op("cb_pop_front", cb=CB_MASK, pages=width)
-                k.op("cb_pop_front", cb=CB_IN0, pages=width)
-
             if mask_held:  # unrolled over the row's blocks
                 for block in range(ct // width):
-                    add_mask(block * width)
+                    scale_and_mask_block(k, op, width, block * width)
             else:
                 with k.loop(ct // width):
-                    add_mask(None)
+                    scale_and_mask_block(k, op, width, None)
             k.op("cb_wait_front", cb=CB_SUM, pages=ct)
         # Row max; the last tile's padding columns are masked to -inf (they would beat negative rows).
         if padded:
@@ -584,6 +555,41 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     if mask_held:
         k.op("cb_pop_front", cb=CB_MASK, pages=ct)
     return k.region()
+
+
+def scale_and_mask_block(k: KernelBuilder, op: Operation, width: int, mask_offset: int | None) -> None:
+    """One block of a softmax's x * scale (+ mask) from CB_IN0's front into CB_SUM, with the unfused eltwise's
+    phases and formats (a copy with the SFPU product packed to CB_SCALED, an FPU add of the mask's tiles; without
+    a mask the product is the sum). The mask's block is at CB_MASK's front, or with `mask_offset` (a held mask)
+    at that offset. Pops the x block (and the mask's, unless held)."""
+    mask = softmax_mask(op)
+    scale = float(op.attr("scale"))
+    first = CB_IN0
+    if scale != 1.0:
+        k.op("tile_regs_acquire")
+        k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, col_stride=1)
+        k.op("sfpu_tiles", fn="mul_scalar", count=width, param=scale)
+        if mask is None:  # x * scale + 0 (an all-zero mask fuse dropped): the product is the sum
+            k.pack_block(CB_SUM, width)
+            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            return
+        k.pack_block(CB_SCALED, width)
+        k.op("cb_wait_front", cb=CB_SCALED, pages=width)
+        first = CB_SCALED
+    assert mask is not None
+    out, source = tile_shape(tensor(op.result).shape), tile_shape(tensor(mask).shape)
+    bcast = "none" if source.rows == out.rows else "row"
+    if mask_offset is None:
+        k.op("cb_wait_front", cb=CB_MASK, pages=width)
+    k.op("tile_regs_acquire")
+    at = {"b_offset": mask_offset} if mask_offset else {}
+    k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, **at, bcast=bcast, rows=1, cols=width)
+    k.pack_block(CB_SUM, width)
+    if scale != 1.0:
+        k.op("cb_pop_front", cb=CB_SCALED, pages=width)
+    if mask_offset is None:
+        k.op("cb_pop_front", cb=CB_MASK, pages=width)
+    k.op("cb_pop_front", cb=CB_IN0, pages=width)
 
 
 def fill_stat(k: KernelBuilder, cb: int, value: float) -> None:
