@@ -57,26 +57,34 @@ from ttc.passes.ops.geometry import (
     TILE,
     TileShape,
     batch_groups,
+    batch_offsets,
     cb,
     divisors,
     double,
     page_size,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.kernel import KernelBuilder
 from ttc.passes.ops.program import Program, Schedule, schedule_of
 from ttc.passes.ops.row_ops import (
+    CB_MASK,
+    CB_SCALED,
+    CB_SUM,
     _row_sum,
     block_pops,
     has_prologue,
     holds_params,
     mask_block,
+    mask_walk,
     param_cbs,
     read_params_once,
     reduce_row,
     row_sum_groups,
+    scale_and_mask_block,
     scale_and_shift,
+    softmax_mask,
 )
 
 SPLIT, GROUPS_X = "split", "groups_x"
@@ -95,14 +103,16 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
     """Every split S >= 2 of the row's tiles (a divisor), R <= MAX_SPLIT_ROWS tile rows per core, any layout
     of the groups on grid rows (`groups_x` groups to a row), the widest Dst block dividing the slice."""
     out = tile_shape(tensor(op.result).shape)
-    if out.ct < SPLIT_MIN_TILES or has_prologue(op):  # a masked / scaled softmax: whole-row plans only
+    if out.ct < SPLIT_MIN_TILES:
         return
     if any(tensor(v).element_type.name in BLOCK_FLOATS for v in (*op.operands, op.result)):
         return  # the split kernels' slices and partials are built for 16-bit tiles (a block float came out wrong)
+    mask = softmax_mask(op)  # a mask broadcast along batch dims: groups whose mask tiles step affinely
+    offsets = [] if mask is None else [batch_offsets(tensor(mask).shape, tensor(op.result).shape)]
     for split in divisors(out.ct)[1:]:
         slice_w = out.ct // split
         width = max(d for d in divisors(slice_w) if d <= max_w)
-        for batches in batch_groups([], out.batches):
+        for batches in batch_groups(offsets, out.batches):
             for rows in divisors(out.rt):
                 if batches * rows > MAX_SPLIT_ROWS:
                     continue
@@ -143,6 +153,13 @@ def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
         cbs.append(cb(CB_GROUPS, fmt, groups))
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, rows * slice_w)]
+        if has_prologue(op):  # x * scale (+ mask) of the slice's rows, as the whole-row kernel makes it
+            cbs.append(cb(CB_SUM, work_format(fmt), rows * slice_w))
+        mask = softmax_mask(op)
+        if mask is not None:
+            cbs.append(cb(CB_MASK, tensor(mask).element_type, double(width, blocks)))
+            if op.attr("scale") != 1.0:
+                cbs.append(cb(CB_SCALED, work_format(fmt), width))
         return sorted(cbs, key=lambda c: c.index)
     params = slice_w if holds_params(op, b) else double(width, blocks)
     cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
@@ -161,6 +178,19 @@ def row_offsets(shape: TileShape, b: dict[str, int]) -> list[int]:
     return [(r // b["rows"]) * shape.rt * shape.ct + (r % b["rows"]) * shape.ct for r in range(b["batches"] * b["rows"])]
 
 
+def split_mask_first(op: Operation, b: dict[str, int], unit: tuple[int, ...]) -> int:
+    """A masked softmax's first mask tile of a core: its first row's slice."""
+    offsets, _, rs, _ = mask_walk(op, b["batches"])
+    w = tile_shape(tensor(op.result).shape).ct // b[SPLIT]
+    return int(offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * rs + unit[2] * w
+
+
+def split_mask_rows(op: Operation, b: dict[str, int]) -> list[int]:
+    """Tile offset of each of a core's R rows' mask slice from its first row's."""
+    _, step, rs, _ = mask_walk(op, b["batches"])
+    return [(r // b["rows"]) * step + (r % b["rows"]) * rs for r in range(b["batches"] * b["rows"])]
+
+
 def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int]) -> Counts:
     shape = tile_shape(tensor(op.operands[0]).shape)
     rows, split = b["batches"] * b["rows"], b[SPLIT]
@@ -168,6 +198,10 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
     pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
     plan = Plan(device, grid, split_units(op, b))
     if op.name == ttir.SOFTMAX.name:
+        scaled = int(op.attr("scale") != 1.0)
+        plan.tile(target.DATACOPY, rows * w * scaled)  # x * scale (a copy, an SFPU product)
+        plan.tile(target.sfpu_key("mul_scalar"), rows * w * scaled)
+        plan.tile(target.binary_key("add"), rows * w * int(softmax_mask(op) is not None))  # + mask
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the slice's masked last tile
         plan.tile(target.REDUCE_MAX, rows * w)
         plan.tile(target.DATACOPY, rows)  # the max of the partial maxima: a fill,
@@ -200,8 +234,18 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         return (first[:, None, None] + offsets[None, :, None] + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), rows * w, page_lists=slice_pages)
+    mask = softmax_mask(op)
+    if mask is not None:  # each row's slice of the mask
+        mask_first = np.asarray([split_mask_first(op, b, tuple(u)) for u in unit])
+        mask_rows = np.asarray(split_mask_rows(op, b))
+
+        def mask_pages() -> np.ndarray:
+            return (mask_first[:, None, None] + mask_rows[None, :, None]
+                    + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(Buffer.of(tensor(mask), device), rows * w, page_lists=mask_pages)
     param_rows = 1 if holds_params(op, b) else rows  # the slice of gamma / beta: once per core, or per row
-    for param in op.operands[1:]:
+    for param in op.operands[1:] if mask is None else ():
         plan.static(Buffer.of(tensor(param), device), param_rows * w,
                     page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, param_rows)))
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
@@ -231,7 +275,8 @@ def lower_split(op: Operation) -> Program:
         return unit[0] * ru + unit[1]
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
-        return [first_tile(unit), group(unit) * rows * split, unit[2] * w]
+        mask = [split_mask_first(op, b, unit)] if softmax_mask(op) is not None else []
+        return [first_tile(unit), group(unit) * rows * split, unit[2] * w, *mask]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
         g = group(unit)
@@ -261,13 +306,21 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
     scratch_gen = k.addrgen(len(op.operands), scratch)
-    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False)) if op.name == ttir.LAYER_NORM.name else []
     held = holds_params(op, b)
     for offset in row_offsets(shape, b):
         k.op("cb_reserve_back", cb=CB_IN0, pages=w)
         k.op("noc_read_tiles", gens[0], k.add(k.arg(0), offset), cb=CB_IN0, rows=1, cols=w)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_IN0, pages=w)
+    if softmax_mask(op) is not None:  # each row's slice of the mask, block by block
+        for offset in split_mask_rows(op, b):
+            with k.loop(w // width) as block:
+                k.op("cb_reserve_back", cb=CB_MASK, pages=width)
+                k.op("noc_read_tiles", gens[1], k.affine(k.add(k.arg(3), offset), (block, width)), cb=CB_MASK,
+                     rows=1, cols=width)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_MASK, pages=width)
     for exchange in range(EXCHANGES):
         k.op("semaphore_wait", semaphore=SEMAPHORE, value=split * (exchange + 1))
         k.op("cb_reserve_back", cb=CB_PARTS, pages=rows * split)
@@ -392,17 +445,24 @@ def split_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     padded = shape.cols % TILE != 0
     k = KernelBuilder(op.loc)
     k.op("cb_wait_front", cb=CB_IN0, pages=rows * w)
+    src = CB_IN0
+    if has_prologue(op):  # x * scale (+ mask) of every row's slice first, into CB_SUM (the whole-row kernel's steps)
+        src = CB_SUM
+        for _ in range(rows):
+            with k.loop(w // width):
+                scale_and_mask_block(k, op, width, None)
+        k.op("cb_wait_front", cb=CB_SUM, pages=rows * w)
     for r in range(rows):  # exchange 1: the slices' maxima (the slice's last tile's padding columns -> -inf)
         if padded:
             k.op("tile_regs_acquire")
-            k.op("copy_tiles", cb=CB_IN0, offset=r * w + w - 1, rows=1, cols=1)
+            k.op("copy_tiles", cb=src, offset=r * w + w - 1, rows=1, cols=1)
             mask_block(k, shape, 0, k.add(k.arg(1), w - 1), 1, rows=False, cols=True, fill=float("-inf"))
             k.pack_block(CB_MASKED, 1)
             k.op("cb_wait_front", cb=CB_MASKED, pages=1)
         k.op("tile_regs_acquire")
         k.op("fill_tiles", count=1, value=float("-inf"))
         if w - padded:
-            k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, offset=r * w, rows=1, cols=w - padded,
+            k.op("reduce_tiles", kind="max", dim="row", cb=src, offset=r * w, rows=1, cols=w - padded,
                  fidelity=s.fidelity)
         if padded:
             k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
@@ -413,12 +473,12 @@ def split_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     for r in range(rows):  # exp(x - max), padding columns back to zero; exchange 2's sums
         with k.loop(w // width) as block:
             k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
+            k.op("binary_tiles", op="sub", cb_a=src, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
                  rows=1, cols=width)
             k.op("sfpu_tiles", fn="exp", count=width)
             mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True)
             k.pack_block(CB_WIDE, width)
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.op("cb_pop_front", cb=src, pages=width)
         k.op("cb_wait_front", cb=CB_WIDE, pages=(r + 1) * w)
         reduce_row(k, CB_WIDE, w, CB_PART, "sum", s.fidelity, offset=r * w)
     k.op("cb_pop_front", cb=CB_STAT, pages=rows)

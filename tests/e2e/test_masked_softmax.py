@@ -127,3 +127,36 @@ def test_an_all_zero_constant_mask_is_dropped(scale: float | None, monkeypatch: 
     assert "eltwise" in kinds(unfused)
     for emulator in ("reference", "native"):
         np.testing.assert_array_equal(unfused.run(feeds, emulator=emulator)["y"], fused)
+
+
+@pytest.mark.parametrize("mask_shape, scale, forced", [
+    ([2, 1, 1, 256], 0.125, {"batches": 1, "rows": 2, "split": 2, "groups_x": 1}),
+    ([2, 1, 64, 256], None, {"batches": 3, "rows": 1, "split": 4, "groups_x": 2}),
+    ([256], -0.5, {"batches": 2, "rows": 2, "split": 8, "groups_x": 1}),
+])
+def test_a_split_masked_softmax_has_the_unfused_bits(mask_shape: list[int], scale: float | None, forced: dict,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The split-row plan computes x * scale + mask for its slices as the whole-row kernel does: with the
+    softmax forced to the same split blocking, fused and unfused give the same bits on both emulators."""
+    from ttc.passes.ops import row_ops
+
+    shape = [2, 3, 64, 256]  # rows of 8 tiles
+    width = 8 // forced["split"]
+    blocking = {"cols": 8, "block_w": min(width, 8), **forced}
+    monkeypatch.setattr(row_ops.SOFTMAX, "candidates", lambda op: iter([dict(blocking)]))
+    model = masked_softmax_model(shape, mask_shape, scale)
+    rng = np.random.default_rng(13)
+    feeds = {"x": (rng.standard_normal(shape) * 3).astype(np.float32),
+             "m": (np.where(rng.random(mask_shape) < 0.3, -10000.0, 0.0)
+                   + rng.standard_normal(mask_shape)).astype(np.float32)}
+    plans, compiled = compile_with_plans(model)
+    [program] = [op for op in compiled.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+    assert program.attributes["kind"] == "softmax" and len(program.operands) == 4  # x, mask, scratch, result
+    golden_on_both_emulators(model, compiled, plans, feeds)
+    check_static_equals_executed(compiled, compiled.profile)
+    fused = compiled.run(feeds, emulator="native")["y"]
+    monkeypatch.setattr(fuse.FuseSoftmaxMask, "match_and_rewrite", lambda self, op, rewriter: False)
+    _, unfused = compile_with_plans(model)
+    assert "eltwise" in kinds(unfused)
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(unfused.run(feeds, emulator=emulator)["y"], fused)
