@@ -241,7 +241,7 @@ class FuseSoftmaxMask(RewritePattern):
     attention's scale and mask: [B, 1, S, S], [B, 1, 1, S] or [S] added to [B, H, S, S] scores) ->
     softmax(x, m) {scale = c}: the softmax kernel computes x * c + m as it reads x (the eltwise's phases, so the
     same bits), and the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles
-    (the masked kernel holds the row whole: no split or row-chunked plan)."""
+    (the masked kernels hold the row, or a split plan's slice of it, whole: no row-chunked plan)."""
 
     def __init__(self, weights: dict[str, np.ndarray] | None = None) -> None:
         self.weights = weights or {}

@@ -90,7 +90,8 @@ def softmax_mask(op: Operation) -> Value | None:
 
 
 def has_prologue(op: Operation) -> bool:
-    """A softmax of x * scale (+ mask) rather than of x: the kernel computes that row first (whole-row plans)."""
+    """A softmax of x * scale (+ mask) rather than of x: the kernels compute that row (or slice) first, whole-row
+    and split plans (no row-chunked one)."""
     return op.name == ttir.SOFTMAX.name and (len(op.operands) > 1 or op.attr("scale") != 1.0)
 
 
