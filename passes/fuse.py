@@ -27,7 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ttc.ir.attributes import DenseAttr, FusedLoc, Location, fuse_locations
+import numpy as np
+
+from ttc.ir.attributes import DenseAttr, FusedLoc, Location, WeightAttr, fuse_locations
 from ttc.ir.builder import Builder
 from ttc.ir.core import FUNC_OP, Block, Module, Operation, Region, Value
 from ttc.ir.dialect import Trait
@@ -268,6 +270,85 @@ class FuseEltwise(RewritePattern):
         return True
 
 
+MASKED_SOFTMAX_MAX_TILES = 32  # rows of up to this many tiles take an additive mask into the softmax
+
+
+class FuseSoftmaxMask(RewritePattern):
+    """softmax(x + m) or softmax(x * c + m) along the last axis (c a splat constant), where that is an eltwise of
+    those ops alone whose only user is the softmax and m broadcasts to x along batch dims and rows only (an
+    attention's scale and mask: [B, 1, S, S], [B, 1, 1, S] or [S] added to [B, H, S, S] scores) ->
+    softmax(x, m) {scale = c}: the softmax kernel computes x * c + m as it reads x (the eltwise's phases, so the
+    same bits), and the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles
+    (the masked kernels hold the row, or a split plan's slice of it, whole: no row-chunked plan)."""
+
+    def __init__(self, weights: dict[str, np.ndarray] | None = None) -> None:
+        self.weights = weights or {}
+
+    def is_zero(self, value: Value) -> bool:
+        """A constant whose every element is 0 (ViT's folded [B, 1, S, S] attention mask): x + it is x."""
+        producer = defining_op(value)
+        if producer is None or producer.name != ttir.CONSTANT.name:
+            return False
+        data = producer.attributes.get("value")
+        if isinstance(data, WeightAttr):
+            array = self.weights.get(data.name)
+            return array is not None and not np.any(array)
+        return isinstance(data, DenseAttr) and data.is_splat and float(data.values) == 0.0
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        if op.name != ttir.SOFTMAX.name or len(op.operands) != 1 or op.attr("scale") != 1.0 \
+                or not in_function_body(op):
+            return False
+        out = op.result.type
+        if not isinstance(out, TensorType) or out.rank < 2 or op.attr("axis") % out.rank != out.rank - 1 \
+                or -(-out.shape[-1] // 32) > MASKED_SOFTMAX_MAX_TILES:
+            return False
+        producer = defining_op(op.operands[0])
+        if producer is None or producer.name != ttir.ELTWISE.name or sole_user(producer.result) is not op \
+                or len(producer.operands) != 2:
+            return False
+        matched = scaled_sum(producer.regions[0].blocks[0])
+        if matched is None:
+            return False
+        x_args, scale = matched
+        full = tuple(out.shape)
+        for x_arg in x_args:
+            x, m = producer.operands if x_arg == 0 else reversed(producer.operands)
+            mask = tuple(m.type.shape)  # type: ignore[union-attr]
+            if tuple(x.type.shape) != full or not mask or mask[-1] != full[-1] \
+                    or (len(mask) > 1 and mask[-2] not in (1, full[-2])) or ttir.broadcast_shape(mask, full) != full:
+                continue
+            operands = [x] if self.is_zero(m) else [x, m]  # x * c + 0 is x * c (the bits of the unfused sum)
+            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, operands, [out],
+                                             {"axis": op.attr("axis"), "scale": scale},
+                                             loc=ordered_loc([producer, op]))
+            rewriter.replace_op(op, [softmax.result])
+            rewriter.erase_op(producer)
+            return True
+        return False
+
+
+def scaled_sum(body: Block) -> tuple[tuple[int, ...], float] | None:
+    """(the block arguments that may be x, c) when the body is x + m (either may be x; c = 1) or x * c + m, c a
+    splat constant."""
+    ops = list(body.ops)
+    args = [id(a) for a in body.args]
+    if len(ops) == 2 and ops[0].name == ttir.ADD.name and sorted(id(v) for v in ops[0].operands) == sorted(args):
+        return (0, 1), 1.0
+    if len(ops) != 4 or [o.name for o in ops[:3]] != [ttir.CONSTANT.name, ttir.MUL.name, ttir.ADD.name]:
+        return None
+    constant, mul, add = ops[:3]
+    value = constant.attributes.get("value")
+    if not isinstance(value, DenseAttr) or not value.is_splat:
+        return None
+    x = [v for v in mul.operands if v is not constant.result]
+    other = [v for v in add.operands if v is not mul.result]
+    if len(x) != 1 or id(x[0]) not in args or len(other) != 1 or id(other[0]) not in args or x[0] is other[0] \
+            or len(mul.operands) != 2 or constant.result not in mul.operands or mul.result not in add.operands:
+        return None
+    return (args.index(id(x[0])),), float(value.values)
+
+
 @register_pass
 @dataclass
 class Fuse(Pass):
@@ -280,3 +361,4 @@ class Fuse(Pass):
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear(self.residual)])
         apply_patterns_greedily(module, [FuseEltwise()])
+        apply_patterns_greedily(module, [FuseSoftmaxMask(module.weights)])

@@ -131,11 +131,14 @@ class ScheduleBuilder:
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [table.type], op).result
             self.emit(ttmetal.WRITE_CONSTANT.name, [buffer], [], op, {"value": WeightAttr(table.name)})
             constants.append(buffer)
-        for scratch in program.scratch:  # freed after the program (its only use)
-            constants.append(self.emit(ttmetal.CREATE_BUFFER.name, [], [scratch], op).result)
         state = op.attributes.get(ttmetal.STATE_ATTR)
         output = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op,
                            {} if state is None else {ttmetal.STATE_ATTR: state}).result
+        # scratch buffers after the result (freed after the program, their only use): an L1 scratch then takes
+        # the room below the result, as the grid pass counted it, and leaves no hole above it once freed
+        # (the L1 timeline the grid pass replays has the result, not the scratch)
+        for scratch in program.scratch:
+            constants.append(self.emit(ttmetal.CREATE_BUFFER.name, [], [scratch], op).result)
         self.values[id(op.result)] = output
         attributes = {"grid": program.grid, "cbs": tuple(program.cbs), "runtime_args": program.runtime_args,
                       "kind": program.kind}

@@ -146,6 +146,17 @@ def verify_axis_op(op: Operation) -> None:
     normalize_axis(op.attr("axis"), tensor(op.operands[0].type).rank)
 
 
+def verify_softmax(op: Operation) -> None:
+    _same_element_types(op)
+    x = tensor(op.operands[0].type)
+    normalize_axis(op.attr("axis"), x.rank)
+    if len(op.operands) > 1:
+        shape = tensor(op.operands[1].type).shape
+        if broadcast_shape(shape, x.shape) != tuple(x.shape):
+            raise VerifyError(f"mask shape {_dims(shape)} does not broadcast to the input's {_dims(x.shape)}")
+    _expect_shape(op, x.shape, "same shape as the input")
+
+
 def verify_layer_norm(op: Operation) -> None:
     _same_element_types(op)
     x = tensor(op.operands[0].type)
@@ -396,7 +407,10 @@ def _fold_reshape(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
 
 def _fold_softmax(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
     dtype = tensor(op.result.type).element_type.numpy_dtype()
-    return _softmax(arrays[0].astype(np.float64), op.attr("axis")).astype(dtype)
+    x = arrays[0].astype(np.float64) * op.attr("scale")  # the scale and additive mask `fuse` folds in
+    if len(arrays) > 1:
+        x = x + arrays[1].astype(np.float64)
+    return _softmax(x, op.attr("axis")).astype(dtype)
 
 
 def _result_dtype(op: Operation) -> np.dtype:
@@ -566,9 +580,11 @@ GEMM = OpDef(
                 Attr("alpha", FloatAttr, 1.0), Attr("beta", FloatAttr, 1.0)),
     traits=PURE, verify=verify_gemm,
 )
-SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` (a named op: the device has a kernel for it)",
-                operands=(Operand("input"),), attributes=(Attr("axis", IntAttr, -1),),
-                traits=PURE, verify=verify_axis_op, fold=_fold_softmax)
+SOFTMAX = OpDef("ttir.softmax", "Softmax along `axis` of input * scale (+ mask, broadcast to it, when there is one): "
+                "`fuse` folds an attention's scale and additive mask in; a named op: the device has a kernel for it",
+                operands=(Operand("input"), Operand("mask", optional=True)),
+                attributes=(Attr("axis", IntAttr, -1), Attr("scale", FloatAttr, 1.0)),
+                traits=PURE, verify=verify_softmax, fold=_fold_softmax)
 LAYER_NORM = OpDef(
     "ttir.layer_norm", "Normalise over dims [axis, rank) then scale and shift (a named op for the device); "
     "`rms = true`: RMS norm, x * rsqrt(mean(x^2) + epsilon) * scale (no centring)",

@@ -9,8 +9,11 @@ padding rows zeroed. Sums over long rows run in groups of tiles (`reduce_row`), 
 bf16 roundings in Dst runs the whole row. Layer norm: mean (the sum times 1/width, the logical width,
 on the SFPU in float32), centred values
 with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
-rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows,
-re-read per row block), padding rows zeroed.
+rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows),
+padding rows zeroed. Gamma and beta are the same for every row: with `hold` (a core of more than one tile row)
+the reader reads their ct tiles once per core and the compute kernel keeps them at the front of their CBs,
+its last step unrolled over the row's blocks (static offsets into them); without it they are re-read with
+every row (less L1, for rows too wide to hold them beside the row).
 
 RMS norm (`ttir.layer_norm {rms = true}`, decompose.py): the layer norm without the mean: x itself (copied, its
 padding already zero) in place of the centred values, so rstd = rsqrt(mean(x^2) + eps), then x rstd x gamma.
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from ttc.ir import target
-from ttc.ir.core import Module, Operation
+from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
@@ -57,7 +60,9 @@ from ttc.passes.ops.geometry import (
     HALF_DST,
     TILE,
     TileShape,
+    affine_step,
     batch_groups,
+    batch_offsets,
     cb,
     divisors,
     double,
@@ -77,6 +82,57 @@ from ttc.passes.ops.program import (
 from ttc.passes.ops.registry import register
 
 LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred value and its square)
+# a masked softmax's mask tiles, its block of x * scale and its row of x * scale + mask (softmax uses none of them)
+CB_MASK, CB_SCALED, CB_SUM = CB_GAMMA, CB_TMP2, CB_TMP
+HOLD = "hold"  # a blocking whose cores read the per-row constants (gamma, beta) once, not once per row
+
+
+def softmax_mask(op: Operation) -> Value | None:
+    """The additive mask `fuse` folded into a softmax (softmax(x + mask)), if any."""
+    return op.operands[1] if op.name == ttir.SOFTMAX.name and len(op.operands) > 1 else None
+
+
+def has_prologue(op: Operation) -> bool:
+    """A softmax of x * scale (+ mask) rather than of x: the kernels compute that row (or slice) first, whole-row
+    and split plans (no row-chunked one)."""
+    return op.name == ttir.SOFTMAX.name and (len(op.operands) > 1 or op.attr("scale") != 1.0)
+
+
+def mask_walk(op: Operation, batches: int) -> tuple[np.ndarray, int, int, str]:
+    """A masked softmax's mask: the first tile of its matrix for each batch of the result, the step between the
+    batches of a core's group, the step between tile rows (0 for a [1, N] row broadcast along rows) and the
+    in-tile broadcast of its tiles."""
+    mask = softmax_mask(op)
+    assert mask is not None
+    out, source = tile_shape(tensor(op.result).shape), tile_shape(tensor(mask).shape)
+    offsets = batch_offsets(tensor(mask).shape, tensor(op.result).shape)
+    full = source.rows == out.rows
+    step = affine_step(offsets, batches)
+    assert step is not None, "a masked softmax's batch group whose mask tiles do not step affinely"
+    return offsets, step, source.ct if full else 0, "none" if full else "row"
+
+
+def holds_mask(op: Operation, blocking: dict[str, int]) -> bool:
+    """Whether a masked softmax's core reads its mask's tiles once and keeps them for all its rows: every row
+    of the core reads the same tile row of the mask (a [1, N] row broadcast along rows, or one tile row per
+    core) and its batches share one matrix of it (the heads of one image: ViT's [B, 1, S, S] mask, otherwise
+    re-read once per head, as the unfused eltwise's `held_inputs` did not)."""
+    if softmax_mask(op) is None or blocking["batches"] * blocking["rows"] == 1:
+        return False
+    _, step, rs, _ = mask_walk(op, blocking["batches"])
+    return (blocking["rows"] == 1 or rs == 0) and (blocking["batches"] == 1 or step == 0)
+
+
+def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
+    """Whether a core reads layer norm's gamma / beta once and keeps them in L1 for all its rows: a whole-row
+    blocking with `hold`, or any split blocking (its slice of them is small next to the R row slices it holds);
+    never a row-chunked one (its point is not holding a row's tiles), nor a core of one tile row."""
+    from ttc.passes.ops.row_split import is_split
+
+    if op.name != ttir.LAYER_NORM.name or len(op.operands) < 2 or blocking["batches"] * blocking["rows"] == 1 \
+            or "chunk" in blocking:
+        return False
+    return is_split(blocking) or bool(blocking.get(HOLD))
 
 
 def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
@@ -106,13 +162,21 @@ def row_op_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         cbs.append(cb(CB_GROUPS, fmt, len(row_sum_groups(ct))))
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_STAT2, fmt, 1)]
+        mask = softmax_mask(op)
+        if has_prologue(op):
+            cbs.append(cb(CB_SUM, fmt, ct))
+        if mask is not None:
+            mask_pages = ct if holds_mask(op, blocking) else double(width, rows * (ct // width))
+            cbs.append(cb(CB_MASK, tensor(mask).element_type, mask_pages))
+            if op.attr("scale") != 1.0:
+                cbs.append(cb(CB_SCALED, fmt, width))
         return sorted(cbs, key=lambda c: c.index)
-    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, rows * (ct // width))),
+    params = ct if holds_params(op, blocking) else double(width, rows * (ct // width))
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
             cb(CB_STAT, fmt, 1), cb(CB_WIDE, fmt, ct), cb(CB_WIDE2, fmt, ct), cb(CB_STAT2, fmt, 1),
             cb(CB_TMP, fmt, width)]
     if len(op.operands) > 2:
-        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, rows * (ct // width))),
-                cb(CB_TMP2, fmt, width)]
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, params), cb(CB_TMP2, fmt, width)]
     return sorted(cbs, key=lambda c: c.index)
 
 
@@ -161,11 +225,15 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
     out = tile_shape(tensor(op.result).shape)
     last_axis_only(op)
     widths = [d for d in divisors(out.ct) if d <= max_w][::-1]
-    for batches in batch_groups([], out.batches):  # the input has the result's shape: any grouping is affine
+    mask = softmax_mask(op)  # a mask broadcast along batch dims: groups whose mask tiles step affinely
+    offsets = [] if mask is None else [batch_offsets(tensor(mask).shape, tensor(op.result).shape)]
+    for batches in batch_groups(offsets, out.batches):  # the input has the result's shape: any grouping is affine
         for rows in divisors(out.rt):
             for width in widths:
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
-    if not chunked or out.ct < CHUNKED_MIN_TILES:
+                if op.name == ttir.LAYER_NORM.name and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
+    if not chunked or out.ct < CHUNKED_MIN_TILES or has_prologue(op):
         return
     for batches in batch_groups([], out.batches):
         for rows in divisors(out.rt):
@@ -239,6 +307,10 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
             plan.tile(target.binary_key("add"), rows * ct * int(len(op.operands) > 2))
             plan.tile(target.DATACOPY, rows * ct * int(pad_rows))
     elif op.name == ttir.SOFTMAX.name:
+        scaled = int(op.attr("scale") != 1.0)
+        plan.tile(target.DATACOPY, rows * ct * scaled)  # x * scale (a copy, an SFPU product)
+        plan.tile(target.sfpu_key("mul_scalar"), rows * ct * scaled)
+        plan.tile(target.binary_key("add"), rows * ct * int(softmax_mask(op) is not None))  # + mask
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the masked last tile
         plan.tile(target.REDUCE_MAX, rows * ct)
         plan.tile(target.binary_key("sub"), rows * ct)
@@ -270,9 +342,22 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
                 page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
-    for param in op.operands[1:]:
-        plan.static(Buffer.of(tensor(param), device), rows * ct,
-                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, rows)))
+    mask = softmax_mask(op)
+    if mask is not None:  # the mask's tiles of each row, or once per core (held)
+        offsets, step, rs, _ = mask_walk(op, b["batches"])
+        mask_first = offsets[unit[:, 0] * b["batches"]] + unit[:, 1] * b["rows"] * rs
+        mask_loop = (np.arange(b["batches"])[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
+        mask_loop = mask_loop[:1] if holds_mask(op, b) else mask_loop
+
+        def mask_pages() -> np.ndarray:
+            return (mask_first[:, None, None] + mask_loop[None, :, None]
+                    + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(Buffer.of(tensor(mask), device), len(mask_loop) * ct, page_lists=mask_pages)
+    param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
+    for param in op.operands[1:] if mask is None else ():
+        plan.static(Buffer.of(tensor(param), device), param_rows * ct,
+                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, param_rows)))
     plan.static(Buffer.of(tensor(op.result), device), rows * ct, write=True, page_lists=row_pages)
     return plan.counts()
 
@@ -288,13 +373,20 @@ def lower_row_op(op: Operation) -> Program:
     def first_row(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
 
+    reader_args = first_tile
+    if softmax_mask(op) is not None:
+        offsets, _, rs, _ = mask_walk(op, b["batches"])
+
+        def reader_args(unit: tuple[int, ...]) -> list[int]:
+            return [*first_tile(unit), int(offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * rs]
+
     compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
     if "chunk" in b:
         compute = chunked_softmax_compute if op.name == ttir.SOFTMAX.name else chunked_layer_norm_compute
     kernels = (row_reader(op, schedule, shape), compute(op, schedule, shape), row_writer(op, schedule, shape))
     kind = "softmax" if op.name == ttir.SOFTMAX.name else "layer_norm"
     return Program(kind, schedule.grid, cbs_of(op, schedule), kernels,
-                   (schedule.args(first_tile), schedule.args(first_row), schedule.args(first_tile)),
+                   (schedule.args(reader_args), schedule.args(first_row), schedule.args(first_tile)),
                    list(op.operands))
 
 
@@ -307,7 +399,14 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     width, blocks = b["block_w"], shape.ct // b["block_w"]
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
-    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
+    mask = softmax_mask(op)
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False)) if mask is None else []
+    held = holds_params(op, b)
+    if held:
+        read_params_once(k, params, 0, shape.ct)
+    mask_held = holds_mask(op, b)
+    if mask_held:
+        read_params_once(k, [(CB_MASK, gens[1])], k.arg(1), shape.ct)
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
         start = row_start(k, shape, batch, row)
 
@@ -334,7 +433,15 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
             return k.region()
         with k.loop(blocks) as block:
             read_block(block)
-        if params:
+        if mask is not None and not mask_held:  # the row's mask tiles, block by block
+            _, step, rs, _ = mask_walk(op, b["batches"])
+            mask_start = k.affine(k.arg(1), (batch, step), (row, rs))
+            with k.loop(blocks) as block:
+                k.op("cb_reserve_back", cb=CB_MASK, pages=width)
+                k.op("noc_read_tiles", gens[1], k.affine(mask_start, (block, width)), cb=CB_MASK, rows=1, cols=width)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_MASK, pages=width)
+        if params and not held:
             with k.loop(blocks) as block:
                 for cb, gen in params:
                     k.op("cb_reserve_back", cb=cb, pages=width)
@@ -343,6 +450,16 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
                 for cb, _ in params:
                     k.op("cb_push_back", cb=cb, pages=width)
     return k.region()
+
+
+def read_params_once(k: KernelBuilder, params: list[tuple[int, object]], start: Index, tiles: int) -> None:
+    """The parameters' `tiles` tiles from tile `start` into their CBs, once, for every row of the core."""
+    for cb_index, gen in params:
+        k.op("cb_reserve_back", cb=cb_index, pages=tiles)
+        k.op("noc_read_tiles", gen, start, cb=cb_index, rows=1, cols=tiles)
+    k.op("noc_read_barrier")
+    for cb_index, _ in params:
+        k.op("cb_push_back", cb=cb_index, pages=tiles)
 
 
 def row_writer(op: Operation, s: Schedule, shape: TileShape):
@@ -402,20 +519,32 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
     padded = shape.cols % TILE != 0
+    src = CB_SUM if has_prologue(op) else CB_IN0
+    mask_held = holds_mask(op, b)
     k = KernelBuilder(op.loc)
+    if mask_held:
+        k.op("cb_wait_front", cb=CB_MASK, pages=ct)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
+        if has_prologue(op):  # x * scale (+ mask), block by block, into CB_SUM: the phases of the unfused eltwise
+            if mask_held:  # unrolled over the row's blocks
+                for block in range(ct // width):
+                    scale_and_mask_block(k, op, width, block * width)
+            else:
+                with k.loop(ct // width):
+                    scale_and_mask_block(k, op, width, None)
+            k.op("cb_wait_front", cb=CB_SUM, pages=ct)
         # Row max; the last tile's padding columns are masked to -inf (they would beat negative rows).
         if padded:
             k.op("tile_regs_acquire")
-            k.op("copy_tiles", cb=CB_IN0, offset=ct - 1, rows=1, cols=1)
+            k.op("copy_tiles", cb=src, offset=ct - 1, rows=1, cols=1)
             mask_block(k, shape, 0, ct - 1, 1, rows=False, cols=True, fill=float("-inf"))
             k.pack_block(CB_MASKED, 1)
             k.op("cb_wait_front", cb=CB_MASKED, pages=1)
         k.op("tile_regs_acquire")
         k.op("fill_tiles", count=1, value=float("-inf"))
         if ct - padded:
-            k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, rows=1, cols=ct - padded, fidelity=s.fidelity)
+            k.op("reduce_tiles", kind="max", dim="row", cb=src, rows=1, cols=ct - padded, fidelity=s.fidelity)
         if padded:
             k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
         k.pack_block(CB_STAT, 1)
@@ -425,11 +554,11 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
         k.op("cb_wait_front", cb=CB_STAT, pages=1)
         with k.loop(ct // width) as block:
             k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
+            k.op("binary_tiles", op="sub", cb_a=src, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1, cols=width)
             k.op("sfpu_tiles", fn="exp", count=width)
             mask_block(k, shape, 0, k.mul(block, width), width, rows=False, cols=True)
             k.pack_block(CB_WIDE, width)
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.op("cb_pop_front", cb=src, pages=width)
         k.op("cb_pop_front", cb=CB_STAT, pages=1)
         # 1 / sum, then the normalised row with its padding rows zeroed.
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)
@@ -443,7 +572,44 @@ def softmax_compute(op: Operation, s: Schedule, shape: TileShape):
             k.pack_block(CB_OUT, width)
             k.op("cb_pop_front", cb=CB_WIDE, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+    if mask_held:
+        k.op("cb_pop_front", cb=CB_MASK, pages=ct)
     return k.region()
+
+
+def scale_and_mask_block(k: KernelBuilder, op: Operation, width: int, mask_offset: int | None) -> None:
+    """One block of a softmax's x * scale (+ mask) from CB_IN0's front into CB_SUM, with the unfused eltwise's
+    phases and formats (a copy with the SFPU product packed to CB_SCALED, an FPU add of the mask's tiles; without
+    a mask the product is the sum). The mask's block is at CB_MASK's front, or with `mask_offset` (a held mask)
+    at that offset. Pops the x block (and the mask's, unless held)."""
+    mask = softmax_mask(op)
+    scale = float(op.attr("scale"))
+    first = CB_IN0
+    if scale != 1.0:
+        k.op("tile_regs_acquire")
+        k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, col_stride=1)
+        k.op("sfpu_tiles", fn="mul_scalar", count=width, param=scale)
+        if mask is None:  # x * scale + 0 (an all-zero mask fuse dropped): the product is the sum
+            k.pack_block(CB_SUM, width)
+            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            return
+        k.pack_block(CB_SCALED, width)
+        k.op("cb_wait_front", cb=CB_SCALED, pages=width)
+        first = CB_SCALED
+    assert mask is not None
+    out, source = tile_shape(tensor(op.result).shape), tile_shape(tensor(mask).shape)
+    bcast = "none" if source.rows == out.rows else "row"
+    if mask_offset is None:
+        k.op("cb_wait_front", cb=CB_MASK, pages=width)
+    k.op("tile_regs_acquire")
+    at = {"b_offset": mask_offset} if mask_offset else {}
+    k.op("binary_tiles", op="add", cb_a=first, cb_b=CB_MASK, **at, bcast=bcast, rows=1, cols=width)
+    k.pack_block(CB_SUM, width)
+    if scale != 1.0:
+        k.op("cb_pop_front", cb=CB_SCALED, pages=width)
+    if mask_offset is None:
+        k.op("cb_pop_front", cb=CB_MASK, pages=width)
+    k.op("cb_pop_front", cb=CB_IN0, pages=width)
 
 
 def fill_stat(k: KernelBuilder, cb: int, value: float) -> None:
@@ -656,7 +822,7 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
             mask_block(k, shape, k.add(k.arg(0), row), k.affine(k.mul(c, chunk), (block, width)), width, rows=True,
                        cols=False)
             k.pack_block(CB_OUT, width)
-            for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+            for cb in block_pops(last, has_beta, held=False):
                 k.op("cb_pop_front", cb=cb, pages=width)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
         if not rms:
@@ -664,25 +830,40 @@ def chunked_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     return k.region()
 
 
-def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool, stat_offset: int = 0) -> int:
+def scale_and_shift(k: KernelBuilder, width: int, has_beta: bool, stat_offset: int = 0,
+                    param_offset: int | None = None) -> int:
     """Layer norm's last step on one block of centred values (CB_WIDE) into Dst: x rstd (CB_STAT2's tile
-    `stat_offset`, one column broadcast), x gamma, + beta when there is one. Returns the CB of the product
-    popped after packing."""
-    k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
+    `stat_offset`, one column broadcast), x gamma, + beta when there is one. Gamma / beta are the block's
+    `width` tiles at their CBs' fronts, or with `param_offset` (held parameters, waited for once) the tiles
+    from that offset. Returns the CB of the product popped after packing (`block_pops`)."""
+    if param_offset is None:
+        k.op("cb_wait_front", cb=CB_GAMMA, pages=width)
     k.op("tile_regs_acquire")
     at = {"b_offset": stat_offset} if stat_offset else {}
     k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_STAT2, **at, b_col_stride=0, bcast="col", rows=1, cols=width)
     k.pack_block(CB_TMP, width)
     k.op("cb_wait_front", cb=CB_TMP, pages=width)
     k.op("tile_regs_acquire")
-    k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, bcast="row", rows=1, cols=width)
+    param_at = {"b_offset": param_offset} if param_offset else {}
+    k.op("binary_tiles", op="mul", cb_a=CB_TMP, cb_b=CB_GAMMA, **param_at, bcast="row", rows=1, cols=width)
     if has_beta:
         k.pack_block(CB_TMP2, width)
-        k.op("cb_wait_front", cb=CB_BETA, pages=width)
+        if param_offset is None:
+            k.op("cb_wait_front", cb=CB_BETA, pages=width)
         k.op("cb_wait_front", cb=CB_TMP2, pages=width)
         k.op("tile_regs_acquire")
-        k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, bcast="row", rows=1, cols=width)
+        k.op("binary_tiles", op="add", cb_a=CB_TMP2, cb_b=CB_BETA, **param_at, bcast="row", rows=1, cols=width)
     return CB_TMP
+
+
+def block_pops(last: int, has_beta: bool, held: bool) -> tuple[int, ...]:
+    """The CBs a block of `scale_and_shift` pops after packing (held parameters stay)."""
+    beta = () if not has_beta else (CB_TMP2,) if held else (CB_TMP2, CB_BETA)
+    return (CB_WIDE, last, *(() if held else (CB_GAMMA,)), *beta)
+
+
+def param_cbs(has_beta: bool) -> tuple[int, ...]:
+    return (CB_GAMMA, CB_BETA) if has_beta else (CB_GAMMA,)
 
 
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
@@ -691,7 +872,11 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     has_beta = len(op.operands) > 2
     inverse_width = 1.0 / shape.cols
     rms = is_rms(op)
+    held = holds_params(op, b)
     k = KernelBuilder(op.loc)
+    if held:
+        for cb in param_cbs(has_beta):
+            k.op("cb_wait_front", cb=cb, pages=ct)
     with k.loop(b["batches"]), k.loop(b["rows"]) as row:
         k.op("cb_wait_front", cb=CB_IN0, pages=ct)
         if not rms:
@@ -724,13 +909,24 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         # centred * rstd * gamma (+ beta), padding rows zeroed.
         k.op("cb_wait_front", cb=CB_WIDE, pages=ct)
         k.op("cb_wait_front", cb=CB_STAT2, pages=1)
-        with k.loop(ct // width) as block:
-            last = scale_and_shift(k, width, has_beta)
+
+        def normalise(block: Index, param_offset: int | None) -> None:
+            last = scale_and_shift(k, width, has_beta, param_offset=param_offset)
             mask_block(k, shape, k.add(k.arg(0), row), k.mul(block, width), width, rows=True, cols=False)
             k.pack_block(CB_OUT, width)
-            for cb in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
+            for cb in block_pops(last, has_beta, held):
                 k.op("cb_pop_front", cb=cb, pages=width)
+
+        if held:  # unrolled: each block's gamma / beta tiles at a static offset into the held row
+            for block in range(ct // width):
+                normalise(block, block * width)
+        else:
+            with k.loop(ct // width) as block:
+                normalise(block, None)
         k.op("cb_pop_front", cb=CB_STAT2, pages=1)
+    if held:
+        for cb in param_cbs(has_beta):
+            k.op("cb_pop_front", cb=cb, pages=ct)
     return k.region()
 
 

@@ -17,7 +17,8 @@ peer may still read it) and, after the write barrier, increments semaphore 0 of 
 no reset, so an increment of the next exchange cannot be lost), reads the group's R x S partials into
 CB_PARTS, and the compute kernel reduces each row's S partials in slice order (`reduce_row`: the same order on
 every core, so the cores of a group agree bit for bit), then the statistic's SFPU steps. Then each core
-normalises its own slice. The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
+normalises its own slice (layer norm: its slice of gamma / beta read once, before the rows, and held for all R
+of them when R > 1; the last step unrolled over the blocks, static offsets into them). The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
 partials), so the bits differ from the whole-row plan's (a different summation order), not the definition.
 
 The scratch buffer (`scratch`) is created before the program and freed after it; the grid pass counts its
@@ -56,16 +57,36 @@ from ttc.passes.ops.geometry import (
     TILE,
     TileShape,
     batch_groups,
+    batch_offsets,
     cb,
     divisors,
     double,
     page_size,
     tensor,
     tile_shape,
+    work_format,
 )
 from ttc.passes.ops.kernel import KernelBuilder
 from ttc.passes.ops.program import Program, Schedule, schedule_of
-from ttc.passes.ops.row_ops import _row_sum, is_rms, mask_block, reduce_row, row_sum_groups, scale_and_shift
+from ttc.passes.ops.row_ops import (
+    CB_MASK,
+    CB_SCALED,
+    CB_SUM,
+    _row_sum,
+    block_pops,
+    has_prologue,
+    holds_params,
+    is_rms,
+    mask_block,
+    mask_walk,
+    param_cbs,
+    read_params_once,
+    reduce_row,
+    row_sum_groups,
+    scale_and_mask_block,
+    scale_and_shift,
+    softmax_mask,
+)
 
 SPLIT, GROUPS_X = "split", "groups_x"
 CB_PART, CB_PARTS = 24, 25  # this core's partial statistics (one tile per row); the group's (S per row)
@@ -92,10 +113,12 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
         return
     if any(tensor(v).element_type.name in BLOCK_FLOATS for v in (*op.operands, op.result)):
         return  # the split kernels' slices and partials are built for 16-bit tiles (a block float came out wrong)
+    mask = softmax_mask(op)  # a mask broadcast along batch dims: groups whose mask tiles step affinely
+    offsets = [] if mask is None else [batch_offsets(tensor(mask).shape, tensor(op.result).shape)]
     for split in divisors(out.ct)[1:]:
         slice_w = out.ct // split
         width = max(d for d in divisors(slice_w) if d <= max_w)
-        for batches in batch_groups([], out.batches):
+        for batches in batch_groups(offsets, out.batches):
             for rows in divisors(out.rt):
                 if batches * rows > MAX_SPLIT_ROWS:
                     continue
@@ -136,11 +159,19 @@ def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
         cbs.append(cb(CB_GROUPS, fmt, groups))
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, rows * slice_w)]
+        if has_prologue(op):  # x * scale (+ mask) of the slice's rows, as the whole-row kernel makes it
+            cbs.append(cb(CB_SUM, work_format(fmt), rows * slice_w))
+        mask = softmax_mask(op)
+        if mask is not None:
+            cbs.append(cb(CB_MASK, tensor(mask).element_type, double(width, blocks)))
+            if op.attr("scale") != 1.0:
+                cbs.append(cb(CB_SCALED, work_format(fmt), width))
         return sorted(cbs, key=lambda c: c.index)
-    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, double(width, blocks)),
+    params = slice_w if holds_params(op, b) else double(width, blocks)
+    cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
             cb(CB_WIDE, fmt, rows * slice_w), cb(CB_WIDE2, fmt, slice_w), cb(CB_TMP, fmt, width)]
     if len(op.operands) > 2:
-        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, double(width, blocks)), cb(CB_TMP2, fmt, width)]
+        cbs += [cb(CB_BETA, tensor(op.operands[2]).element_type, params), cb(CB_TMP2, fmt, width)]
     return sorted(cbs, key=lambda c: c.index)
 
 
@@ -153,6 +184,19 @@ def row_offsets(shape: TileShape, b: dict[str, int]) -> list[int]:
     return [(r // b["rows"]) * shape.rt * shape.ct + (r % b["rows"]) * shape.ct for r in range(b["batches"] * b["rows"])]
 
 
+def split_mask_first(op: Operation, b: dict[str, int], unit: tuple[int, ...]) -> int:
+    """A masked softmax's first mask tile of a core: its first row's slice."""
+    offsets, _, rs, _ = mask_walk(op, b["batches"])
+    w = tile_shape(tensor(op.result).shape).ct // b[SPLIT]
+    return int(offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * rs + unit[2] * w
+
+
+def split_mask_rows(op: Operation, b: dict[str, int]) -> list[int]:
+    """Tile offset of each of a core's R rows' mask slice from its first row's."""
+    _, step, rs, _ = mask_walk(op, b["batches"])
+    return [(r // b["rows"]) * step + (r % b["rows"]) * rs for r in range(b["batches"] * b["rows"])]
+
+
 def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int]) -> Counts:
     shape = tile_shape(tensor(op.operands[0]).shape)
     rows, split = b["batches"] * b["rows"], b[SPLIT]
@@ -160,6 +204,10 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
     pad_rows, pad_cols = shape.rows % TILE != 0, shape.cols % TILE != 0
     plan = Plan(device, grid, split_units(op, b))
     if op.name == ttir.SOFTMAX.name:
+        scaled = int(op.attr("scale") != 1.0)
+        plan.tile(target.DATACOPY, rows * w * scaled)  # x * scale (a copy, an SFPU product)
+        plan.tile(target.sfpu_key("mul_scalar"), rows * w * scaled)
+        plan.tile(target.binary_key("add"), rows * w * int(softmax_mask(op) is not None))  # + mask
         plan.tile(target.DATACOPY, rows * (1 + 2 * int(pad_cols)))  # the -inf fill; the slice's masked last tile
         plan.tile(target.REDUCE_MAX, rows * w)
         plan.tile(target.DATACOPY, rows)  # the max of the partial maxima: a fill,
@@ -193,9 +241,20 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         return (first[:, None, None] + offsets[None, :, None] + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
 
     plan.static(Buffer.of(tensor(op.operands[0]), device), rows * w, page_lists=slice_pages)
-    for param in op.operands[1:]:
-        plan.static(Buffer.of(tensor(param), device), rows * w,
-                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, rows)))
+    mask = softmax_mask(op)
+    if mask is not None:  # each row's slice of the mask
+        mask_first = np.asarray([split_mask_first(op, b, tuple(u)) for u in unit])
+        mask_rows = np.asarray(split_mask_rows(op, b))
+
+        def mask_pages() -> np.ndarray:
+            return (mask_first[:, None, None] + mask_rows[None, :, None]
+                    + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
+
+        plan.static(Buffer.of(tensor(mask), device), rows * w, page_lists=mask_pages)
+    param_rows = 1 if holds_params(op, b) else rows  # the slice of gamma / beta: once per core, or per row
+    for param in op.operands[1:] if mask is None else ():
+        plan.static(Buffer.of(tensor(param), device), param_rows * w,
+                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, param_rows)))
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
     plan.static(scratch, exchanges(op) * rows, write=True)
     plan.static(scratch, exchanges(op) * rows * split)
@@ -223,7 +282,8 @@ def lower_split(op: Operation) -> Program:
         return unit[0] * ru + unit[1]
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
-        return [first_tile(unit), group(unit) * rows * split, unit[2] * w]
+        mask = [split_mask_first(op, b, unit)] if softmax_mask(op) is not None else []
+        return [first_tile(unit), group(unit) * rows * split, unit[2] * w, *mask]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
         g = group(unit)
@@ -253,11 +313,21 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
     k = KernelBuilder(op.loc)
     gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
     scratch_gen = k.addrgen(len(op.operands), scratch)
+    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False)) if op.name == ttir.LAYER_NORM.name else []
+    held = holds_params(op, b)
     for offset in row_offsets(shape, b):
         k.op("cb_reserve_back", cb=CB_IN0, pages=w)
         k.op("noc_read_tiles", gens[0], k.add(k.arg(0), offset), cb=CB_IN0, rows=1, cols=w)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_IN0, pages=w)
+    if softmax_mask(op) is not None:  # each row's slice of the mask, block by block
+        for offset in split_mask_rows(op, b):
+            with k.loop(w // width) as block:
+                k.op("cb_reserve_back", cb=CB_MASK, pages=width)
+                k.op("noc_read_tiles", gens[1], k.affine(k.add(k.arg(3), offset), (block, width)), cb=CB_MASK,
+                     rows=1, cols=width)
+                k.op("noc_read_barrier")
+                k.op("cb_push_back", cb=CB_MASK, pages=width)
     for exchange in range(exchanges(op)):
         k.op("semaphore_wait", semaphore=SEMAPHORE, value=split * (exchange + 1))
         k.op("cb_reserve_back", cb=CB_PARTS, pages=rows * split)
@@ -265,8 +335,9 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
              rows=rows, cols=split, row_stride=split)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_PARTS, pages=rows * split)
-    params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False))
-    if params:
+    if held:
+        read_params_once(k, params, k.arg(2), w)
+    elif params:
         with k.loop(rows), k.loop(w // width) as block:
             for cb_index, gen in params:
                 k.op("cb_reserve_back", cb=cb_index, pages=width)
@@ -353,14 +424,29 @@ def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     combine(k, rows, split, "sum", CB_STAT2, s.fidelity,
             sfpu=(("mul_scalar", inverse_width), ("add_scalar", float(op.attr("epsilon"))), ("rsqrt", 0.0)))
     k.op("cb_wait_front", cb=CB_WIDE, pages=rows * w)
+    held = holds_params(op, b)
+    if held:
+        for cb_index in param_cbs(has_beta):
+            k.op("cb_wait_front", cb=cb_index, pages=w)
+
+    def normalise(r: int, block, param_offset: int | None) -> None:
+        last = scale_and_shift(k, width, has_beta, stat_offset=r, param_offset=param_offset)
+        mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
+                   rows=True, cols=False)
+        k.pack_block(CB_OUT, width)
+        for cb_index in block_pops(last, has_beta, held):
+            k.op("cb_pop_front", cb=cb_index, pages=width)
+
     for r in range(rows):  # centred x rstd x gamma (+ beta), padding rows zeroed
-        with k.loop(w // width) as block:
-            last = scale_and_shift(k, width, has_beta, stat_offset=r)
-            mask_block(k, shape, k.add(k.arg(0), r % b["rows"]), k.affine(k.arg(1), (block, width)), width,
-                       rows=True, cols=False)
-            k.pack_block(CB_OUT, width)
-            for cb_index in (CB_WIDE, last, CB_GAMMA, *((CB_TMP2, CB_BETA) if has_beta else ())):
-                k.op("cb_pop_front", cb=cb_index, pages=width)
+        if held:  # unrolled: each block's gamma / beta tiles at a static offset into the held slice
+            for block in range(w // width):
+                normalise(r, block, block * width)
+        else:
+            with k.loop(w // width) as block:
+                normalise(r, block, None)
+    if held:
+        for cb_index in param_cbs(has_beta):
+            k.op("cb_pop_front", cb=cb_index, pages=w)
     k.op("cb_pop_front", cb=CB_STAT2, pages=rows)
     return k.region()
 
@@ -372,17 +458,24 @@ def split_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     padded = shape.cols % TILE != 0
     k = KernelBuilder(op.loc)
     k.op("cb_wait_front", cb=CB_IN0, pages=rows * w)
+    src = CB_IN0
+    if has_prologue(op):  # x * scale (+ mask) of every row's slice first, into CB_SUM (the whole-row kernel's steps)
+        src = CB_SUM
+        for _ in range(rows):
+            with k.loop(w // width):
+                scale_and_mask_block(k, op, width, None)
+        k.op("cb_wait_front", cb=CB_SUM, pages=rows * w)
     for r in range(rows):  # exchange 1: the slices' maxima (the slice's last tile's padding columns -> -inf)
         if padded:
             k.op("tile_regs_acquire")
-            k.op("copy_tiles", cb=CB_IN0, offset=r * w + w - 1, rows=1, cols=1)
+            k.op("copy_tiles", cb=src, offset=r * w + w - 1, rows=1, cols=1)
             mask_block(k, shape, 0, k.add(k.arg(1), w - 1), 1, rows=False, cols=True, fill=float("-inf"))
             k.pack_block(CB_MASKED, 1)
             k.op("cb_wait_front", cb=CB_MASKED, pages=1)
         k.op("tile_regs_acquire")
         k.op("fill_tiles", count=1, value=float("-inf"))
         if w - padded:
-            k.op("reduce_tiles", kind="max", dim="row", cb=CB_IN0, offset=r * w, rows=1, cols=w - padded,
+            k.op("reduce_tiles", kind="max", dim="row", cb=src, offset=r * w, rows=1, cols=w - padded,
                  fidelity=s.fidelity)
         if padded:
             k.op("reduce_tiles", kind="max", dim="row", cb=CB_MASKED, rows=1, cols=1, fidelity=s.fidelity)
@@ -393,12 +486,12 @@ def split_softmax_compute(op: Operation, s: Schedule, shape: TileShape):
     for r in range(rows):  # exp(x - max), padding columns back to zero; exchange 2's sums
         with k.loop(w // width) as block:
             k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
+            k.op("binary_tiles", op="sub", cb_a=src, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
                  rows=1, cols=width)
             k.op("sfpu_tiles", fn="exp", count=width)
             mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True)
             k.pack_block(CB_WIDE, width)
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            k.op("cb_pop_front", cb=src, pages=width)
         k.op("cb_wait_front", cb=CB_WIDE, pages=(r + 1) * w)
         reduce_row(k, CB_WIDE, w, CB_PART, "sum", s.fidelity, offset=r * w)
     k.op("cb_pop_front", cb=CB_STAT, pages=rows)
