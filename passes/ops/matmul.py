@@ -121,8 +121,21 @@ def matmul_shape(op: Operation) -> MatmulShape:
 @functools.lru_cache(maxsize=256)
 def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]) -> MatmulShape:
     ta, tb, to = tile_shape(a), tile_shape(b), tile_shape(out)
-    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, batch_offsets(a, out), batch_offsets(b, out),
-                       to.rows, to.cols)
+    a_offsets, b_offsets = batch_offsets(a, out), batch_offsets(b, out)
+    if foldable(ta.rt, ta.ct, to.batches, to.rows, a_offsets, b_offsets):
+        return MatmulShape(to.batches * ta.rt, ta.ct, tb.ct, 1, a_offsets[:1], b_offsets[:1],
+                           to.batches * to.rows, to.cols)
+    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, a_offsets, b_offsets, to.rows, to.cols)
+
+
+def foldable(mt: int, kt: int, batches: int, rows: int, a_offsets: np.ndarray, b_offsets: np.ndarray) -> bool:
+    """A batch of products by one shared in1 matrix (a linear layer's weights on [batch..., M, K]) whose in0 and
+    output matrices lie one after the other with no padding rows between them (M a whole number of tiles) is
+    one [batch * M, K] @ [K, N] product: the tile pages are the same, so the batches fold into M. Its blockings
+    may then give a core more rows than one batch has (a 2-D multicast grid of batch * M / rows rows, in1 read
+    once per grid column instead of once per batch group)."""
+    return batches > 1 and rows % TILE == 0 and bool((b_offsets == b_offsets[0]).all()) \
+        and bool((a_offsets == np.arange(batches) * mt * kt).all())
 
 
 def matmul_masks(op: Operation) -> tuple[bool, bool]:
