@@ -24,6 +24,10 @@ the unfused linear wrote to its buffer), the reader's tiles of the residual for 
 are added to it by the FPU (the unfused eltwise add's op, operands and formats), then the
 residual_activation on the SFPU: bit for bit the linear + eltwise pair it replaces.
 
+A product of [batch..., M, K] by one shared [K, N] matrix (a linear layer on a batch of sequences) whose M is
+whole tiles is one [batch * M, K] product (`foldable`): the pages are the same, and a core's block of rows may
+span batches.
+
 M may split into blocks of ceil(M / blocks) tile rows, the last block moved back to end at M
 (`row_start`): the rows it shares with the block before it are computed by both cores, from the same operands
 with the same chunks, and written by both with the same bytes.
