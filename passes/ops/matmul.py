@@ -232,14 +232,20 @@ RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the
 MIN_N_CORES = 8  # exact N splits over fewer cores than this are poor for a wide output
 
 
+GRID_COLUMNS = 12  # ragged N splits over up to this many columns are always tried (the e150 compute grid's width)
+
+
 def n_splits(nt: int) -> list[int]:
     """Output tile columns per core: the divisors of nt, and when none of them spreads N over 8 to 108
     cores (a prime nt such as a vocabulary's 1571 tiles) also ceil(nt / cores) for 2..108 cores, the last
-    core taking the rest (a ragged split)."""
+    core taking the rest (a ragged split). Ragged splits over 2..12 columns are always tried: a 2-D
+    multicast grid then fills the grid's width where no divisor of N does (BERT-Large's FFN, 128 tiles: 12
+    columns of 11 on a 12 x 9 grid, 108 cores, against 8 columns of 16)."""
     exact = divisors(nt)
-    if nt < MIN_N_CORES or any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
-        return exact
-    ragged = {-(-nt // cores) for cores in range(2, min(nt, RAGGED_SPLITS) + 1)}
+    cores = range(2, min(nt, GRID_COLUMNS) + 1)
+    if nt >= MIN_N_CORES and not any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
+        cores = range(2, min(nt, RAGGED_SPLITS) + 1)
+    ragged = {-(-nt // c) for c in cores}
     return sorted(set(exact) | {n for n in ragged if nt % n})
 
 
