@@ -19,16 +19,16 @@ from ttc.passes.ops.matmul import _matmul_geometry
 BATCH, M, K, N = 3, 64, 96, 64  # M: 2 tiles per batch, 6 folded
 
 
-def batched_linear(rows: int, residual: bool) -> onnx.ModelProto:
+def batched_linear(rows: int, residual: bool, n: int = N) -> onnx.ModelProto:
     rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array((rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32), "w"),
-             numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b")]
+    inits = [numpy_helper.from_array((rng.standard_normal((K, n)) / np.sqrt(K)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b")]
     nodes = [helper.make_node("Abs", ["x"], ["a"], name="/abs"), helper.make_node("MatMul", ["a", "w"], ["p"], name="/mm"),
              helper.make_node("Add", ["p", "b"], ["y"], name="/bias")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, rows, K])]
     last = "y"
     if residual:
-        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [BATCH, rows, N]))
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [BATCH, rows, n]))
         nodes += [helper.make_node("Add", ["y", "r"], ["z"], name="/residual")]
         last = "z"
     graph = helper.make_graph(nodes, "batched", inputs, [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)],
@@ -45,21 +45,24 @@ def test_fold_only_shared_weights_without_padding_rows() -> None:
     assert _matmul_geometry((1, 64, 96), (3, 96, 64), (3, 64, 64)).batches == 3  # in0 broadcast
 
 
-@pytest.mark.parametrize(("residual", "plan"), [(False, "unicast"), (True, "unicast"), (True, "n_outer"),
-                                                (False, "mcast"), (True, "mcast")])
-def test_folded_plan_spanning_batches_is_bit_identical(residual: bool, plan: str,
+@pytest.mark.parametrize(("residual", "plan", "n"), [(False, "unicast", N), (True, "unicast", N),
+                                                     (True, "n_outer", N), (False, "mcast", N), (True, "mcast", N),
+                                                     (False, "mcast", 3 * 32 - 7), (False, "unicast", 3 * 32)])
+def test_folded_plan_spanning_batches_is_bit_identical(residual: bool, plan: str, n: int,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every core's block spans rows of two batches (per_core_m 3 tiles, 2 tiles per batch)."""
-    model = batched_linear(M, residual)
+    """Every core's block spans rows of two batches (per_core_m 3 tiles, 2 tiles per batch); with N 3 tiles the
+    2 tile columns per core split N raggedly (the last core's columns past the edge are not read or written)."""
+    model = batched_linear(M, residual, n)
     name = "z" if residual else "y"
     rng = np.random.default_rng(3)
     feeds = {"x": rng.standard_normal((BATCH, M, K)).astype(np.float32)}
     if residual:
-        feeds["r"] = rng.standard_normal((BATCH, M, N)).astype(np.float32)
+        feeds["r"] = rng.standard_normal((BATCH, M, n)).astype(np.float32)
     original = matmul.matmul_candidates
 
     def restricted(op):
-        return (b for b in original(op) if b["per_core_m"] == 3 and b["per_core_n"] == 1
+        pcn = 1 if n == N else 2
+        return (b for b in original(op) if b["per_core_m"] == 3 and b["per_core_n"] == pcn
                 and bool(b.get("mcast")) == (plan == "mcast") and bool(b.get("n_outer")) == (plan == "n_outer"))
     with monkeypatch.context() as patch:
         patch.setattr(matmul, "matmul_candidates", restricted)
