@@ -219,11 +219,16 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
 
 
 def subblock_choices(per_core_m: int, per_core_n: int) -> list[tuple[int, int]]:
-    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles),
-    then 1 x 1 as the smallest footprint."""
+    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles), the
+    preferred one of at most 4 tiles (a middle footprint: half the in0 CB of an 8-tile-high subblock, for a
+    block that only just misses L1 with the preferred one), then 1 x 1 as the smallest footprint."""
     options = [(h, w) for h in divisors(per_core_m) for w in divisors(per_core_n) if h * w <= HALF_DST]
-    best = min(options, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
-    return [best] if best == (1, 1) else [best, (1, 1)]
+
+    def preferred(hws: list[tuple[int, int]]) -> tuple[int, int]:
+        return min(hws, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
+
+    middle = preferred([hw for hw in options if hw[0] * hw[1] <= HALF_DST // 2])
+    return list(dict.fromkeys([preferred(options), middle, (1, 1)]))
 
 
 RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the e150 compute grid)
@@ -275,14 +280,14 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
         for pcm in m_splits(shape.mt):
             for pcn in n_splits(shape.nt):
-                for i, (h, w) in enumerate(subblock_choices(pcm, pcn)):
+                for h, w in subblock_choices(pcm, pcn):
                     for width in divisors(accumulation_tiles(shape.kt)):
                         blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
                                     "out_subblock_h": h, "out_subblock_w": w}
                         yield blocking
                         if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
                             yield {**blocking, N_OUTER: 1}
-                        if i == 0:  # the multicast plans: with the preferred subblock only
+                        if (h, w) != (1, 1):  # the multicast plans: not with the 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
 
 
