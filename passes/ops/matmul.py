@@ -280,14 +280,14 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     for batches in batch_groups([shape.a_offsets, shape.b_offsets], shape.batches):
         for pcm in m_splits(shape.mt):
             for pcn in n_splits(shape.nt):
-                for h, w in subblock_choices(pcm, pcn):
+                for i, (h, w) in enumerate(subblock_choices(pcm, pcn)):
                     for width in divisors(accumulation_tiles(shape.kt)):
                         blocking = {"batches": batches, "per_core_m": pcm, "per_core_n": pcn, "in0_block_w": width,
                                     "out_subblock_h": h, "out_subblock_w": w}
                         yield blocking
                         if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
                             yield {**blocking, N_OUTER: 1}
-                        if (h, w) != (1, 1):  # the multicast plans: not with the 1 x 1 subblock
+                        if i == 0 or (h, w) != (1, 1):  # the multicast plans: not with a fallback 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
 
 
