@@ -9,8 +9,8 @@ planned counts) and compared with the cheapest candidate of an exhaustive search
 
 - every blocking the kernels support: for a matmul every batch group, every per_core_m, every per_core_n
   (each divisor, and a ragged split over every core count), every out subblock of at most 8 tiles and every
-  in0_block_w dividing the accumulation chunk (the pass tries the preferred subblock and 1 x 1, and ragged
-  splits only when no divisor spreads N); for the other kinds the pass already enumerates every blocking;
+  in0_block_w dividing the accumulation chunk (the pass tries the preferred subblock, the preferred one of at
+  most 4 tiles and 1 x 1, and ragged splits over more than 12 cores only when no divisor spreads N); for the other kinds the pass already enumerates every blocking;
 - every grid inside the compute grid that holds the work units (the pass takes the smallest rectangle; the
   kernels also run on larger ones whose extra cores, fewer than a row, repeat the last unit);
 - every result layout the kernels support: interleaved, and for a matmul whose result only device programs

@@ -72,6 +72,7 @@ from ttc.passes.ops.geometry import (
     sharded_layout,
     tensor,
     tile_rows_cols,
+    tile_shape,
 )
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
@@ -196,7 +197,7 @@ def sharding_options(op: Operation) -> tuple[tuple[str, ...], str]:
     options = []
     if rows >= TALL_RATIO * cols:
         options.append("height_sharded")
-    if matmul_shape(op).batches == 1 and cols >= BLOCK_MIN_TILES:
+    if tile_shape(t.shape).batches == 1 and cols >= BLOCK_MIN_TILES:  # (not a batch folded into M)
         options.append("block_sharded")
     if not options:
         return (), (f"M {rows} tiles < {TALL_RATIO} x N {cols} tiles (not tall) and N < {BLOCK_MIN_TILES} tiles "

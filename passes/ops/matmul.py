@@ -24,6 +24,10 @@ the unfused linear wrote to its buffer), the reader's tiles of the residual for 
 are added to it by the FPU (the unfused eltwise add's op, operands and formats), then the
 residual_activation on the SFPU: bit for bit the linear + eltwise pair it replaces.
 
+A product of [batch..., M, K] by one shared [K, N] matrix (a linear layer on a batch of sequences) whose M is
+whole tiles is one [batch * M, K] product (`foldable`): the pages are the same, and a core's block of rows may
+span batches.
+
 M may split into blocks of ceil(M / blocks) tile rows, the last block moved back to end at M
 (`row_start`): the rows it shares with the block before it are computed by both cores, from the same operands
 with the same chunks, and written by both with the same bytes.
@@ -121,8 +125,21 @@ def matmul_shape(op: Operation) -> MatmulShape:
 @functools.lru_cache(maxsize=256)
 def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]) -> MatmulShape:
     ta, tb, to = tile_shape(a), tile_shape(b), tile_shape(out)
-    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, batch_offsets(a, out), batch_offsets(b, out),
-                       to.rows, to.cols)
+    a_offsets, b_offsets = batch_offsets(a, out), batch_offsets(b, out)
+    if foldable(ta.rt, ta.ct, to.batches, to.rows, a_offsets, b_offsets):
+        return MatmulShape(to.batches * ta.rt, ta.ct, tb.ct, 1, a_offsets[:1], b_offsets[:1],
+                           to.batches * to.rows, to.cols)
+    return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, a_offsets, b_offsets, to.rows, to.cols)
+
+
+def foldable(mt: int, kt: int, batches: int, rows: int, a_offsets: np.ndarray, b_offsets: np.ndarray) -> bool:
+    """A batch of products by one shared in1 matrix (a linear layer's weights on [batch..., M, K]) whose in0 and
+    output matrices lie one after the other with no padding rows between them (M a whole number of tiles) is
+    one [batch * M, K] @ [K, N] product: the tile pages are the same, so the batches fold into M. Its blockings
+    may then give a core more rows than one batch has (a 2-D multicast grid of batch * M / rows rows, in1 read
+    once per grid column instead of once per batch group)."""
+    return batches > 1 and rows % TILE == 0 and bool((b_offsets == b_offsets[0]).all()) \
+        and bool((a_offsets == np.arange(batches) * mt * kt).all())
 
 
 def matmul_masks(op: Operation) -> tuple[bool, bool]:
@@ -202,11 +219,16 @@ def matmul_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
 
 
 def subblock_choices(per_core_m: int, per_core_n: int) -> list[tuple[int, int]]:
-    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles),
-    then 1 x 1 as the smallest footprint."""
+    """Out subblocks (h, w) with h * w <= 8: the preferred one (fewest in1 re-reads, most tiles), the
+    preferred one of at most 4 tiles (a middle footprint: half the in0 CB of an 8-tile-high subblock, for a
+    block that only just misses L1 with the preferred one), then 1 x 1 as the smallest footprint."""
     options = [(h, w) for h in divisors(per_core_m) for w in divisors(per_core_n) if h * w <= HALF_DST]
-    best = min(options, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
-    return [best] if best == (1, 1) else [best, (1, 1)]
+
+    def preferred(hws: list[tuple[int, int]]) -> tuple[int, int]:
+        return min(hws, key=lambda hw: (per_core_m // hw[0], -hw[0] * hw[1], -hw[1]))
+
+    middle = preferred([hw for hw in options if hw[0] * hw[1] <= HALF_DST // 2])
+    return list(dict.fromkeys([preferred(options), middle, (1, 1)]))
 
 
 RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the e150 compute grid)
@@ -215,14 +237,20 @@ RAGGED_SPLITS = 108  # ragged N splits are tried over up to this many cores (the
 MIN_N_CORES = 8  # exact N splits over fewer cores than this are poor for a wide output
 
 
+GRID_COLUMNS = 12  # ragged N splits over up to this many columns are always tried (the e150 compute grid's width)
+
+
 def n_splits(nt: int) -> list[int]:
     """Output tile columns per core: the divisors of nt, and when none of them spreads N over 8 to 108
     cores (a prime nt such as a vocabulary's 1571 tiles) also ceil(nt / cores) for 2..108 cores, the last
-    core taking the rest (a ragged split)."""
+    core taking the rest (a ragged split). Ragged splits over 2..12 columns are always tried: a 2-D
+    multicast grid then fills the grid's width where no divisor of N does (BERT-Large's FFN, 128 tiles: 12
+    columns of 11 on a 12 x 9 grid, 108 cores, against 8 columns of 16)."""
     exact = divisors(nt)
-    if nt < MIN_N_CORES or any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
-        return exact
-    ragged = {-(-nt // cores) for cores in range(2, min(nt, RAGGED_SPLITS) + 1)}
+    cores = range(2, min(nt, GRID_COLUMNS) + 1)
+    if nt >= MIN_N_CORES and not any(MIN_N_CORES <= nt // d <= RAGGED_SPLITS for d in exact):
+        cores = range(2, min(nt, RAGGED_SPLITS) + 1)
+    ragged = {-(-nt // c) for c in cores}
     return sorted(set(exact) | {n for n in ragged if nt % n})
 
 
@@ -259,7 +287,7 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                         yield blocking
                         if pcm > h:  # in1 re-read per subblock row: also the column-outer walk
                             yield {**blocking, N_OUTER: 1}
-                        if i == 0:  # the multicast plans: with the preferred subblock only
+                        if i == 0 or (h, w) != (1, 1):  # the multicast plans: not with a fallback 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
 
 
