@@ -173,6 +173,7 @@ struct Memory {
   int id = 0;  // 0 DRAM, 1 L1
   uint8_t* data = nullptr;
   int64_t banks = 0, capacity = 0;
+  int64_t stride = 0;  // bytes from one bank's first byte to the next's (capacity plus device.py's skew)
   // Lazy poison (runtime/device.py Memory.poison): marks[bank * blocks + i] != 0 while block i of a bank holds
   // POISON bytes not yet filled in; nullptr when no block is marked. 1 marked, 2 being filled by a thread.
   uint8_t* marks = nullptr;
@@ -227,7 +228,7 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
   for (uint8_t state = __atomic_load_n(mark, __ATOMIC_ACQUIRE); state;) {
     if (state == 1) {
       if (__atomic_compare_exchange_n(mark, &state, uint8_t{2}, false, __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE)) {
-        std::memset(m.data + b * m.capacity + block * POISON_BLOCK, POISON, POISON_BLOCK);
+        std::memset(m.data + b * m.stride + block * POISON_BLOCK, POISON, POISON_BLOCK);
         __atomic_store_n(mark, uint8_t{0}, __ATOMIC_RELEASE);
         return;
       }
@@ -536,7 +537,7 @@ class Core {
                                                       int64_t cb_index, Access access) const {
     if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) outside_memory(size, offset, b, cb_index);
     unpoison(m, b, offset, size, access == WRITE);
-    return m.data + b * m.capacity + offset;
+    return m.data + b * m.stride + offset;
   }
   void check_format(const AddrGen& g, int64_t index, int64_t stage = 0) const {
     const CBConfig& c = E.cbs[index];
@@ -670,7 +671,7 @@ class Core {
 void Core::start(int64_t index) {
   core = index;
   bank = E.banks[core];
-  own_l1 = R.mem[1].data + bank * R.mem[1].capacity;
+  own_l1 = R.mem[1].data + bank * R.mem[1].stride;
   for (int index : E.cb_order) {  // the CBs' bytes are read and written in place: no poison left unfilled there
     const CBConfig& c = E.cbs[index];
     unpoison(R.mem[1], bank, c.address, c.page_size * c.pages, false);
@@ -1131,7 +1132,7 @@ void Core::op_noc_mcast(int kernel, const Instr& in) {
         int64_t r = y * gx + x;
         if (r == core) continue;
         ++receivers;
-        uint8_t* dst = l1.data + E.banks[r] * l1.capacity;
+        uint8_t* dst = l1.data + E.banks[r] * l1.stride;
         for (int64_t i = 0; i < n; ++i) {
           int64_t at = c.address + back_slot(index, offs[i]) * c.page_size;
           std::memcpy(dst + at, own_l1 + at, c.page_size);
@@ -1222,7 +1223,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     for (int64_t i = 0; i < n; ++i)
       if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
           located_offset[i] < m.capacity)
-        __builtin_prefetch(m.data + located_bank[i] * m.capacity + located_offset[i]);
+        __builtin_prefetch(m.data + located_bank[i] * m.stride + located_offset[i]);
   int64_t moved = 0, local = 0;
   const CBConfig& config = E.cbs[cb_index];
   const int64_t cb_page = config.page_size;
@@ -1842,12 +1843,13 @@ std::vector<T> to_vector(const py::handle& h) {
 Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py::handle watch, py::handle marks) {
   Memory m;
   m.id = id;
-  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) ||
-      !(data.flags() & py::array::c_style) || !data.writeable())
-    throw std::invalid_argument("a memory must be a writable C-contiguous uint8 array [banks, capacity]");
+  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) || data.strides(1) != 1 ||
+      data.strides(0) < data.shape(1) || !data.writeable())
+    throw std::invalid_argument("a memory must be a writable uint8 array [banks, capacity] of contiguous banks");
   m.data = static_cast<uint8_t*>(data.mutable_data());
   m.banks = data.shape(0);
   m.capacity = data.shape(1);
+  m.stride = data.strides(0);
   if (m.banks > 1 && m.banks <= 0xFFFFFFFF) m.bank_magic = ~uint64_t{0} / static_cast<uint64_t>(m.banks) + 1;
   m.starts = to_vector<int64_t>(table[0]);
   m.ends = to_vector<int64_t>(table[1]);
