@@ -375,7 +375,10 @@ class Core {
   // The scratch vectors (Dst among them) are the thread's, kept between programs: allocating and first
   // touching them for every program costs more than a small program runs. Dst's old values are never read
   // (every slot is NaN-filled before its first read, see TILE_REGS_ACQUIRE).
-  Core(Run& run, ThreadAcc& acc) : R(run), E(run.E), T(acc) {
+  // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
+  // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
+  // program more than its ops).
+  Core(Run& run, ThreadAcc& acc, size_t scratch = 0) : R(run), E(run.E), T(acc), scratch_set(scratch) {
     swap_scratch();
     regs.assign(E.n_regs, 0);
     agens.assign(E.n_agens, AddrGen{});
@@ -393,6 +396,7 @@ class Core {
   Run& R;
   const Encoded& E;
   ThreadAcc& T;
+  size_t scratch_set = 0;
   int64_t core = 0, bank = 0;
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
@@ -430,7 +434,9 @@ class Core {
       std::vector<const uint16_t*> half_a, half_b;
       std::vector<float*> ptr_dst;
     };
-    thread_local Kept kept;
+    thread_local std::vector<std::unique_ptr<Kept>> sets;
+    while (sets.size() <= scratch_set) sets.push_back(std::make_unique<Kept>());
+    Kept& kept = *sets[scratch_set];
     regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
     located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
     dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
@@ -744,7 +750,7 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
   const int64_t n = E.cores;
   std::vector<std::unique_ptr<Core>> cs;
   for (int64_t c = 0; c < n; ++c) {
-    cs.push_back(std::make_unique<Core>(R, acc));
+    cs.push_back(std::make_unique<Core>(R, acc, static_cast<size_t>(c)));
     cs.back()->start(c);
   }
   bool faulted = false;
