@@ -105,13 +105,25 @@ def zeroed_banks(banks: int, size: int) -> np.ndarray:
 
     The memories are large (L1: 108 MiB) and sparsely used. With transparent huge pages on, numpy's zeroed
     arrays are backed by 2 MiB pages, and the first write into each bank's few used bytes zeroes a whole huge
-    page: 0.17 s for a first write across the L1 banks, against 0.4 ms with 4 KiB pages."""
-    nbytes = banks * size
-    if not nbytes or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+    page: 0.17 s for a first write across the L1 banks, against 0.4 ms with 4 KiB pages.
+
+    Banks lie `BANK_SKEW` bytes further apart than their size (the array is a view with that row stride), so
+    that the same address in different banks is not the same host cache set: with banks a power of two apart,
+    a read gathering rows from many cores' L1 (an im2col lookup) keeps evicting its own lines. Only host
+    pointers see the skew; addresses, bytes and every result are the same."""
+    if not banks * size:
         return np.zeros((banks, size), dtype=np.uint8)
-    region = mmap.mmap(-1, nbytes)
+    stride = size + BANK_SKEW
+    if not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.zeros((banks, stride), dtype=np.uint8)[:, :size]
+    region = mmap.mmap(-1, banks * stride)
     region.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(region, dtype=np.uint8).reshape(banks, size)
+    return np.frombuffer(region, dtype=np.uint8).reshape(banks, stride)[:, :size]
+
+
+# 1237 (a prime) cache lines: bank b starts b * 1237 lines past a power-of-two multiple, spreading the banks'
+# equal addresses over the cache sets of every power-of-two period of sets.
+BANK_SKEW = 1237 * 64
 
 
 _TABLE_CACHE = 4096  # buffer tables kept per memory (one per distinct set of live buffers)

@@ -28,18 +28,20 @@ constexpr uint8_t kPoison = 0xFF;
 struct Banks {
   uint8_t* data = nullptr;
   int64_t banks = 0, capacity = 0;
+  int64_t stride = 0;  // bytes from one bank's first byte to the next's (capacity plus device.py's skew)
   uint8_t* marks = nullptr;
   int64_t blocks = 0;
 };
 
 Banks banks_of(const py::array& data, const py::handle& marks) {
   Banks m;
-  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) || !(data.flags() & py::array::c_style) ||
-      !data.writeable())
-    throw std::invalid_argument("a memory must be a writable C-contiguous uint8 array [banks, capacity]");
+  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) || data.strides(1) != 1 ||
+      data.strides(0) < data.shape(1) || !data.writeable())
+    throw std::invalid_argument("a memory must be a writable uint8 array [banks, capacity] of contiguous banks");
   m.data = static_cast<uint8_t*>(const_cast<void*>(data.data()));
   m.banks = data.shape(0);
   m.capacity = data.shape(1);
+  m.stride = data.strides(0);
   if (!marks.is_none()) {
     auto a = py::array::ensure(marks);
     if (!a || a.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(a) || !(a.flags() & py::array::c_style) ||
@@ -60,7 +62,7 @@ void materialize(const Banks& m, int64_t start, int64_t end) {
     for (int64_t k = lo; k < hi; ++k) {
       uint8_t& mark = m.marks[b * m.blocks + k];
       if (mark) {
-        std::memset(m.data + b * m.capacity + k * kPoisonBlock, kPoison, kPoisonBlock);
+        std::memset(m.data + b * m.stride + k * kPoisonBlock, kPoison, kPoisonBlock);
         mark = 0;
       }
     }
@@ -106,7 +108,7 @@ void write_matrix(const FloatArray& values, int fmt, py::array data, py::handle 
         if (nr < TILE || nc < TILE) std::fill(tile.begin(), tile.end(), 0.0f);
         for (int64_t r = 0; r < nr; ++r)
           std::memcpy(&tile[r * TILE], src + (b * rows + r0 + r) * cols + c0, nc * sizeof(float));
-        uint8_t* dst = m.data + (page % m.banks) * m.capacity + address + (page / m.banks) * bytes;
+        uint8_t* dst = m.data + (page % m.banks) * m.stride + address + (page / m.banks) * bytes;
         pack_tile(tile.data(), format, dst);
       }
 }
@@ -132,7 +134,7 @@ py::array_t<float> read_matrix(py::array data, py::handle marks, int64_t address
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = 0; i < rt; ++i)
       for (int64_t j = 0; j < ct; ++j, ++page) {
-        unpack_tile(m.data + (page % m.banks) * m.capacity + address + (page / m.banks) * bytes, format, tile.data());
+        unpack_tile(m.data + (page % m.banks) * m.stride + address + (page / m.banks) * bytes, format, tile.data());
         const int64_t r0 = i * TILE, c0 = j * TILE;
         const int64_t nr = std::min<int64_t>(TILE, rows - r0), nc = std::min<int64_t>(TILE, cols - c0);
         for (int64_t r = 0; r < nr; ++r)
@@ -148,13 +150,13 @@ bool poison(py::array data, py::array marks, int64_t start, int64_t end) {
   if (start < 0 || end < start || end > m.capacity) throw std::invalid_argument("a poisoned range outside its memory");
   const int64_t first = (start + kPoisonBlock - 1) / kPoisonBlock, last = end / kPoisonBlock;  // whole blocks
   if (first >= last) {
-    for (int64_t b = 0; b < m.banks; ++b) std::memset(m.data + b * m.capacity + start, kPoison, end - start);
+    for (int64_t b = 0; b < m.banks; ++b) std::memset(m.data + b * m.stride + start, kPoison, end - start);
     return false;
   }
   if (last > m.blocks) throw std::invalid_argument("poison marks shorter than the memory");
   const int64_t head = first * kPoisonBlock - start, tail = end - last * kPoisonBlock;
   for (int64_t b = 0; b < m.banks; ++b) {
-    uint8_t* bank = m.data + b * m.capacity;
+    uint8_t* bank = m.data + b * m.stride;
     if (head) std::memset(bank + start, kPoison, head);
     if (tail) std::memset(bank + last * kPoisonBlock, kPoison, tail);
     std::memset(m.marks + b * m.blocks + first, 1, last - first);

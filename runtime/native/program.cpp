@@ -173,6 +173,7 @@ struct Memory {
   int id = 0;  // 0 DRAM, 1 L1
   uint8_t* data = nullptr;
   int64_t banks = 0, capacity = 0;
+  int64_t stride = 0;  // bytes from one bank's first byte to the next's (capacity plus device.py's skew)
   // Lazy poison (runtime/device.py Memory.poison): marks[bank * blocks + i] != 0 while block i of a bank holds
   // POISON bytes not yet filled in; nullptr when no block is marked. 1 marked, 2 being filled by a thread.
   uint8_t* marks = nullptr;
@@ -227,7 +228,7 @@ void fill_block(const Memory& m, int64_t b, int64_t block) {
   for (uint8_t state = __atomic_load_n(mark, __ATOMIC_ACQUIRE); state;) {
     if (state == 1) {
       if (__atomic_compare_exchange_n(mark, &state, uint8_t{2}, false, __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE)) {
-        std::memset(m.data + b * m.capacity + block * POISON_BLOCK, POISON, POISON_BLOCK);
+        std::memset(m.data + b * m.stride + block * POISON_BLOCK, POISON, POISON_BLOCK);
         __atomic_store_n(mark, uint8_t{0}, __ATOMIC_RELEASE);
         return;
       }
@@ -374,7 +375,10 @@ class Core {
   // The scratch vectors (Dst among them) are the thread's, kept between programs: allocating and first
   // touching them for every program costs more than a small program runs. Dst's old values are never read
   // (every slot is NaN-filled before its first read, see TILE_REGS_ACQUIRE).
-  Core(Run& run, ThreadAcc& acc) : R(run), E(run.E), T(acc) {
+  // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
+  // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
+  // program more than its ops).
+  Core(Run& run, ThreadAcc& acc, size_t scratch = 0) : R(run), E(run.E), T(acc), scratch_set(scratch) {
     swap_scratch();
     regs.assign(E.n_regs, 0);
     agens.assign(E.n_agens, AddrGen{});
@@ -392,6 +396,7 @@ class Core {
   Run& R;
   const Encoded& E;
   ThreadAcc& T;
+  size_t scratch_set = 0;
   int64_t core = 0, bank = 0;
   uint8_t* own_l1 = nullptr;  // this core's L1 bank
   std::vector<int64_t> regs;
@@ -429,7 +434,9 @@ class Core {
       std::vector<const uint16_t*> half_a, half_b;
       std::vector<float*> ptr_dst;
     };
-    thread_local Kept kept;
+    thread_local std::vector<std::unique_ptr<Kept>> sets;
+    while (sets.size() <= scratch_set) sets.push_back(std::make_unique<Kept>());
+    Kept& kept = *sets[scratch_set];
     regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
     located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
     dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
@@ -536,7 +543,7 @@ class Core {
                                                       int64_t cb_index, Access access) const {
     if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) outside_memory(size, offset, b, cb_index);
     unpoison(m, b, offset, size, access == WRITE);
-    return m.data + b * m.capacity + offset;
+    return m.data + b * m.stride + offset;
   }
   void check_format(const AddrGen& g, int64_t index, int64_t stage = 0) const {
     const CBConfig& c = E.cbs[index];
@@ -670,7 +677,7 @@ class Core {
 void Core::start(int64_t index) {
   core = index;
   bank = E.banks[core];
-  own_l1 = R.mem[1].data + bank * R.mem[1].capacity;
+  own_l1 = R.mem[1].data + bank * R.mem[1].stride;
   for (int index : E.cb_order) {  // the CBs' bytes are read and written in place: no poison left unfilled there
     const CBConfig& c = E.cbs[index];
     unpoison(R.mem[1], bank, c.address, c.page_size * c.pages, false);
@@ -743,7 +750,7 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
   const int64_t n = E.cores;
   std::vector<std::unique_ptr<Core>> cs;
   for (int64_t c = 0; c < n; ++c) {
-    cs.push_back(std::make_unique<Core>(R, acc));
+    cs.push_back(std::make_unique<Core>(R, acc, static_cast<size_t>(c)));
     cs.back()->start(c);
   }
   bool faulted = false;
@@ -1131,7 +1138,7 @@ void Core::op_noc_mcast(int kernel, const Instr& in) {
         int64_t r = y * gx + x;
         if (r == core) continue;
         ++receivers;
-        uint8_t* dst = l1.data + E.banks[r] * l1.capacity;
+        uint8_t* dst = l1.data + E.banks[r] * l1.stride;
         for (int64_t i = 0; i < n; ++i) {
           int64_t at = c.address + back_slot(index, offs[i]) * c.page_size;
           std::memcpy(dst + at, own_l1 + at, c.page_size);
@@ -1222,7 +1229,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     for (int64_t i = 0; i < n; ++i)
       if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
           located_offset[i] < m.capacity)
-        __builtin_prefetch(m.data + located_bank[i] * m.capacity + located_offset[i]);
+        __builtin_prefetch(m.data + located_bank[i] * m.stride + located_offset[i]);
   int64_t moved = 0, local = 0;
   const CBConfig& config = E.cbs[cb_index];
   const int64_t cb_page = config.page_size;
@@ -1842,12 +1849,13 @@ std::vector<T> to_vector(const py::handle& h) {
 Memory memory_view(int id, py::array data, py::tuple table, py::list sharded, py::handle watch, py::handle marks) {
   Memory m;
   m.id = id;
-  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) ||
-      !(data.flags() & py::array::c_style) || !data.writeable())
-    throw std::invalid_argument("a memory must be a writable C-contiguous uint8 array [banks, capacity]");
+  if (data.ndim() != 2 || !py::isinstance<py::array_t<uint8_t>>(data) || data.strides(1) != 1 ||
+      data.strides(0) < data.shape(1) || !data.writeable())
+    throw std::invalid_argument("a memory must be a writable uint8 array [banks, capacity] of contiguous banks");
   m.data = static_cast<uint8_t*>(data.mutable_data());
   m.banks = data.shape(0);
   m.capacity = data.shape(1);
+  m.stride = data.strides(0);
   if (m.banks > 1 && m.banks <= 0xFFFFFFFF) m.bank_magic = ~uint64_t{0} / static_cast<uint64_t>(m.banks) + 1;
   m.starts = to_vector<int64_t>(table[0]);
   m.ends = to_vector<int64_t>(table[1]);
