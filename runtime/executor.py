@@ -138,7 +138,8 @@ class Executor:
         self.profile: list[ProgramProfile] = []
         self._live: dict[tuple[str, int], DeviceBuffer] = {}  # (memory, address) -> buffer allocated now
         self._plans: dict[Operation, ProgramPlan] = {}  # enqueue_program op -> its plan (kept across runs)
-        self._operands: dict[Operation, tuple[Value, ...]] = {}  # enqueue_program op -> its buffer operands
+        # enqueue_program op -> (its buffer operands, its plan, whether it takes runtime scalars)
+        self._programs: dict[Operation, tuple[tuple[Value, ...], ProgramPlan, bool]] = {}
         self._transfer_ops: dict[Operation, tuple] = {}  # write_buffer / read_buffer op -> `_transfer`
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
         self.emulator = DEFAULT_EMULATOR
@@ -530,14 +531,21 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
 @host_op(ttmetal.ENQUEUE_PROGRAM.name)
 def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Run the program's kernels on its grid; record its profile."""
-    operands = ex._operands.get(op)
-    if operands is None:
-        operands = ex._operands[op] = op.operands
-    addresses = [ex.buffer(values, value).alloc.address for value in operands]
-    plan = ex._plans.get(op)
-    if plan is None:
-        plan = ex._plans[op] = ProgramPlan(op)
-    scalars = scalar_args(op, ex.scalars)
+    known = ex._programs.get(op)
+    if known is None:  # the first run: the op's buffer operands, plan and whether it takes runtime scalars
+        plan = ex._plans.get(op)
+        if plan is None:
+            plan = ex._plans[op] = ProgramPlan(op)
+        known = ex._programs[op] = (op.operands, plan, bool(op.attributes.get(ttmetal.SCALAR_ARGS_ATTR)))
+    operands, plan, takes_scalars = known
+    live = ex._live
+    addresses = []
+    for value in operands:  # `Executor.buffer` inline: a program runs on many buffers
+        buffer = values.get(value)
+        if not isinstance(buffer, DeviceBuffer) or live.get(buffer.key) is not buffer:
+            raise Fault("the buffer operand is not a live device buffer (deallocated or never created)")
+        addresses.append(buffer.alloc.address)
+    scalars = scalar_args(op, ex.scalars) if takes_scalars else {}
     if ex.emulator == "native":
         assert ex._run_native is not None
         ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads,
