@@ -109,6 +109,28 @@ def test_signature_names_the_set_of_live_buffers_and_keys_the_table_cache() -> N
     assert not memory.only_buffers and memory.signature != both
 
 
+def test_free_buffers_at_once_is_freeing_them_one_by_one() -> None:
+    """All the live buffers go in one pass (signature, table, addresses as after single frees); a subset, or a
+    memory with a CB region too, takes the single frees; a buffer that is not live faults as `free` does."""
+    memory = Memory("L1", 4, 1 << 20, 32)
+    empty = memory.signature
+    a = memory.allocate(0, 2048, 8, "buffer a")
+    b = memory.allocate(8192, 2048, 20, "buffer b")
+    memory._buffer_table()
+    memory.free_buffers([b, a])
+    assert memory.signature == empty and not memory.allocations and not memory._starts
+    assert memory._buffer_table()[0].size == 0
+    memory.add(a)
+    memory.add(b)
+    memory.reserve(0x40000, 64, "CB 0")
+    memory.free_buffers([a])  # not everything: one by one
+    assert sorted(memory.allocations) == [8192, 0x40000] and memory._starts == [8192, 0x40000]
+    memory.free_buffers([b])  # the CB stays
+    assert list(memory.allocations) == [0x40000] and memory.signature == empty
+    with pytest.raises(Fault, match="no L1 allocation starts there"):
+        memory.free_buffers([a])
+
+
 def test_watch_bounds_skip_far_writes_but_not_near_ones() -> None:
     memory = Memory("DRAM", 8, 1 << 20, 32, grow=True)
     memory.watch("w", 4096, 8192)
