@@ -316,8 +316,11 @@ class Executor:
         return outputs
 
     def _free_all(self) -> None:
+        by_memory: dict[Memory, list[Allocation]] = {}
         for buffer in self._live.values():
-            buffer.memory.free(buffer.alloc.address)
+            by_memory.setdefault(buffer.memory, []).append(buffer.alloc)
+        for memory, allocs in by_memory.items():
+            memory.free_buffers(allocs)
         self._live = {}
 
     def buffer(self, values: dict[Value, Any], value: Value) -> DeviceBuffer:
