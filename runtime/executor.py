@@ -483,8 +483,10 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     host, buffer = np.asarray(values[source]), ex.buffer(values, target)
     if split is not None:
         host = host.reshape(split)
-    if perm is not None:
-        host = host.transpose(perm)
+    if perm is not None:  # copied in the order numpy finds fastest (reshape copies in C order: far slower)
+        moved = host.transpose(perm)
+        host = np.empty(moved.shape, moved.dtype)
+        np.copyto(host, moved)
     host = host.reshape(buffer.type.shape)
     if ex._direct is not None:  # native: packed straight into the buffer's pages
         written = ex._direct[0](buffer.memory, buffer.alloc, host, buffer.type.element_type, buffer.tensor_layout)
