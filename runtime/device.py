@@ -237,7 +237,11 @@ class Memory:
         self.allocations[address] = self._buffers[address] = alloc
         if alloc.shard is not None:
             self._sharded[address] = alloc
-        self._sign(alloc)
+        first, second = self.signature  # `_sign` inline (a schedule re-adds every buffer on every run)
+        mine = alloc.signature
+        self.signature = (first ^ mine[0], second ^ mine[1])
+        self._stale = True
+        self.version += 1
         return alloc
 
     def _add(self, alloc: Allocation) -> Allocation:
