@@ -620,7 +620,8 @@ def read_tensor(memory: Memory, alloc: Allocation, shape: tuple[int, ...], eleme
 
 def poison(memory: Memory, alloc: Allocation) -> None:
     """`Memory.poison` with the fills and marks in one native call (the same bytes, marks and dirty watches)."""
-    memory.touch(alloc.address, alloc.end)
+    if memory._watch:
+        memory.touch(alloc.address, alloc.end)
     if native.poison(memory._data, memory._marks, alloc.address, alloc.end):
         memory._marked = True
 
