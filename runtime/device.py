@@ -317,8 +317,13 @@ class Memory:
         del self._starts[bisect.bisect_left(self._starts, address)]
         if not alloc.is_cb:
             del self._buffers[address]
-            self._sharded.pop(address, None)
-            self._sign(alloc)
+            if self._sharded:
+                self._sharded.pop(address, None)
+            first, second = self.signature  # `_sign` inline (every run frees its buffers)
+            mine = alloc.signature
+            self.signature = (first ^ mine[0], second ^ mine[1])
+            self._stale = True
+            self.version += 1
 
     def free_buffers(self, allocs: Sequence[Allocation]) -> None:
         """`free` each of these registered buffers (distinct ones); when they are all the memory holds (the
