@@ -467,70 +467,70 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     bias = ttir.linear_bias(op)
     bias_gen = k.addrgen(2, tensor(bias)) if bias is not None else None
     residual = ResidualReads(op, shape, k, 4 if ragged else 3)
-    batch_index: list = [0]
+    def read_in0(a_base: Index, row: Index, kb: Index) -> None:
+        k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
+        a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
+        k.op("noc_read_tiles", a_gen, a_start, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
 
-    def k_step_columns(a_base: Index, b_base: Index, kb: Index, last: bool) -> None:
-        """The column-outer walk: per subblock column the in1 columns once, then per subblock row the in0 rows
-        (and, at the last K step, the subblock's bias and residual tiles)."""
+    def read_in1(b_base: Index, col: Index, kb: Index) -> list:
+        """Reserve and read a subblock column's in1 block; returns its ragged-edge operand (valid columns)."""
+        k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
+        b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
+        edge = [k.affine(k.arg(3), (col, -w))] if ragged else []  # valid columns of this subblock
+        k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
+        return edge
+
+    def read_bias(col: Index, edge: list) -> None:
+        k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
+        k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
+
+    def push(cb: int, pages: int, with_bias: bool) -> None:
+        k.op("cb_push_back", cb=cb, pages=pages)
+        if with_bias:
+            k.op("cb_push_back", cb=CB_BIAS, pages=w)
+
+    def k_step(batch: Index, a_base: Index, b_base: Index, kb: Index, last: bool) -> None:
+        """One K block: row-outer (per subblock row the in0 rows, then per subblock the in1 columns) or, with
+        `n_outer`, column-outer (per subblock column the in1 columns once, then per subblock the in0 rows); at the
+        last K step each subblock's bias tiles come with its second read and its residual tiles after it."""
         with_bias = last and has_bias
-        with k.loop(sw) as col:
-            k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
-            b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
-            edge = [k.affine(k.arg(3), (col, -w))] if ragged else []
-            k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
-            k.op("noc_read_barrier")
-            k.op("cb_push_back", cb=CB_IN1, pages=width * w)
-            with k.loop(sh) as row:
-                k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
-                a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
-                k.op("noc_read_tiles", a_gen, a_start, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
-                if with_bias:
-                    k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
-                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
-                k.op("noc_read_barrier")
-                k.op("cb_push_back", cb=CB_IN0, pages=h * width)
-                if with_bias:
-                    k.op("cb_push_back", cb=CB_BIAS, pages=w)
-                if last:
-                    residual.read(batch_index[0], row, col, h, w, edge)
-
-    def k_step(a_base: Index, b_base: Index, kb: Index, last: bool) -> None:
         if column_outer(b):
-            k_step_columns(a_base, b_base, kb, last)
-            return
-        with_bias = last and has_bias
-        with k.loop(sh) as row:
-            k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
-            a_start = k.affine(a_base, (row, h * shape.kt), (kb, width))
-            k.op("noc_read_tiles", a_gen, a_start, cb=CB_IN0, rows=h, cols=width, row_stride=shape.kt)
-            k.op("noc_read_barrier")
-            k.op("cb_push_back", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
-                k.op("cb_reserve_back", cb=CB_IN1, pages=width * w)
-                b_start = k.affine(b_base, (kb, width * shape.nt), (col, w))
-                edge = [k.affine(k.arg(3), (col, -w))] if ragged else []  # valid columns of this subblock
-                k.op("noc_read_tiles", b_gen, b_start, *edge, cb=CB_IN1, rows=width, cols=w, row_stride=shape.nt)
-                if with_bias:
-                    k.op("cb_reserve_back", cb=CB_BIAS, pages=w)
-                    k.op("noc_read_tiles", bias_gen, k.affine(k.arg(2), (col, w)), *edge, cb=CB_BIAS, rows=1, cols=w)
+                edge = read_in1(b_base, col, kb)
                 k.op("noc_read_barrier")
-                k.op("cb_push_back", cb=CB_IN1, pages=width * w)
+                push(CB_IN1, width * w, False)
+                with k.loop(sh) as row:
+                    read_in0(a_base, row, kb)
+                    if with_bias:
+                        read_bias(col, edge)
+                    k.op("noc_read_barrier")
+                    push(CB_IN0, h * width, with_bias)
+                    if last:
+                        residual.read(batch, row, col, h, w, edge)
+            return
+        with k.loop(sh) as row:
+            read_in0(a_base, row, kb)
+            k.op("noc_read_barrier")
+            push(CB_IN0, h * width, False)
+            with k.loop(sw) as col:
+                edge = read_in1(b_base, col, kb)
                 if with_bias:
-                    k.op("cb_push_back", cb=CB_BIAS, pages=w)
+                    read_bias(col, edge)
+                k.op("noc_read_barrier")
+                push(CB_IN1, width * w, with_bias)
                 if last:
-                    residual.read(batch_index[0], row, col, h, w, edge)
+                    residual.read(batch, row, col, h, w, edge)
 
     epilogue_reads = has_bias or residual.gen is not None  # read with the last K step's in1 blocks
     with k.loop(b["batches"]) as batch:
-        batch_index[0] = batch
         a_base = k.affine(k.arg(0), (batch, a_step))
         b_base = k.affine(k.arg(1), (batch, b_step))
         plain = k_blocks - 1 if epilogue_reads else k_blocks
         if plain:
             with k.loop(plain) as kb:
-                k_step(a_base, b_base, kb, False)
+                k_step(batch, a_base, b_base, kb, False)
         if epilogue_reads:
-            k_step(a_base, b_base, k_blocks - 1, True)
+            k_step(batch, a_base, b_base, k_blocks - 1, True)
     return k.region()
 
 
