@@ -250,6 +250,19 @@ def _row_sum(plan: Plan, rows: int, tiles: int, fidelity: str) -> None:
     plan.tile(target.reduce_sum_key(fidelity), rows * (tiles + extra))
 
 
+def static_row_tiles(plan: Plan, value: Value, first, loop, width: int, repeat: int = 1, write: bool = False) -> None:
+    """Count `repeat` passes over `width` consecutive tiles of `value`'s buffer at each core's `first` tile plus
+    each offset of `loop` (rows of an input, a mask or a result; a parameter row with zero offsets)."""
+    first = np.broadcast_to(np.asarray(first), (plan.cores,))
+    loop = np.asarray(loop)
+
+    def pages() -> np.ndarray:
+        once = (first[:, None, None] + loop[None, :, None] + np.arange(width)[None, None, :]).reshape(plan.cores, -1)
+        return np.tile(once, repeat) if repeat > 1 else once
+
+    plan.static(Buffer.of(tensor(value), plan.device), repeat * len(loop) * width, write=write, page_lists=pages)
+
+
 def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
                 result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
     shape = tile_shape(tensor(op.operands[0]).shape)
@@ -337,28 +350,17 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     first = (unit[:, 0] * b["batches"] * shape.rt + unit[:, 1] * b["rows"]) * ct
     loop = (np.arange(b["batches"])[:, None] * shape.rt * ct + np.arange(b["rows"])[None, :] * ct).ravel()
 
-    def row_pages() -> np.ndarray:
-        return (first[:, None, None] + loop[None, :, None] + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
-
-    plan.static(Buffer.of(tensor(op.operands[0]), device), reads * rows * ct,
-                page_lists=lambda: np.tile(row_pages(), reads) if reads > 1 else row_pages())
+    static_row_tiles(plan, op.operands[0], first, loop, ct, repeat=reads)
     mask = softmax_mask(op)
     if mask is not None:  # the mask's tiles of each row, or once per core (held)
         offsets, step, rs, _ = mask_walk(op, b["batches"])
         mask_first = offsets[unit[:, 0] * b["batches"]] + unit[:, 1] * b["rows"] * rs
         mask_loop = (np.arange(b["batches"])[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
-        mask_loop = mask_loop[:1] if holds_mask(op, b) else mask_loop
-
-        def mask_pages() -> np.ndarray:
-            return (mask_first[:, None, None] + mask_loop[None, :, None]
-                    + np.arange(ct)[None, None, :]).reshape(plan.cores, -1)
-
-        plan.static(Buffer.of(tensor(mask), device), len(mask_loop) * ct, page_lists=mask_pages)
+        static_row_tiles(plan, mask, mask_first, mask_loop[:1] if holds_mask(op, b) else mask_loop, ct)
     param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
     for param in op.operands[1:] if mask is None else ():
-        plan.static(Buffer.of(tensor(param), device), param_rows * ct,
-                    page_lists=lambda: np.tile(np.arange(ct), (plan.cores, param_rows)))
-    plan.static(Buffer.of(tensor(op.result), device), rows * ct, write=True, page_lists=row_pages)
+        static_row_tiles(plan, param, 0, np.zeros(param_rows, dtype=np.int64), ct)
+    static_row_tiles(plan, op.result, first, loop, ct, write=True)
     return plan.counts()
 
 

@@ -86,6 +86,7 @@ from ttc.passes.ops.row_ops import (
     scale_and_mask_block,
     scale_and_shift,
     softmax_mask,
+    static_row_tiles,
 )
 
 SPLIT, GROUPS_X = "split", "groups_x"
@@ -237,28 +238,18 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
     first = (unit[:, 0] * b["batches"] * shape.rt + unit[:, 1] * b["rows"]) * shape.ct + unit[:, 2] * w
     offsets = np.asarray(row_offsets(shape, b))
 
-    def slice_pages() -> np.ndarray:
-        return (first[:, None, None] + offsets[None, :, None] + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
-
-    plan.static(Buffer.of(tensor(op.operands[0]), device), rows * w, page_lists=slice_pages)
+    static_row_tiles(plan, op.operands[0], first, offsets, w)
     mask = softmax_mask(op)
     if mask is not None:  # each row's slice of the mask
         mask_first = np.asarray([split_mask_first(op, b, tuple(u)) for u in unit])
-        mask_rows = np.asarray(split_mask_rows(op, b))
-
-        def mask_pages() -> np.ndarray:
-            return (mask_first[:, None, None] + mask_rows[None, :, None]
-                    + np.arange(w)[None, None, :]).reshape(plan.cores, -1)
-
-        plan.static(Buffer.of(tensor(mask), device), rows * w, page_lists=mask_pages)
+        static_row_tiles(plan, mask, mask_first, np.asarray(split_mask_rows(op, b)), w)
     param_rows = 1 if holds_params(op, b) else rows  # the slice of gamma / beta: once per core, or per row
     for param in op.operands[1:] if mask is None else ():
-        plan.static(Buffer.of(tensor(param), device), param_rows * w,
-                    page_lists=lambda: np.tile(unit[:, 2:3] * w + np.arange(w)[None, :], (1, param_rows)))
+        static_row_tiles(plan, param, unit[:, 2] * w, np.zeros(param_rows, dtype=np.int64), w)
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
     plan.static(scratch, exchanges(op) * rows, write=True)
     plan.static(scratch, exchanges(op) * rows * split)
-    plan.static(Buffer.of(tensor(op.result), device), rows * w, write=True, page_lists=slice_pages)
+    static_row_tiles(plan, op.result, first, offsets, w, write=True)
     return plan.counts()
 
 
