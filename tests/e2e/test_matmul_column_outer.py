@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
-from onnx import TensorProto, helper, numpy_helper
+from test_overlapping_m_split import linear_model as m_split_linear
 
 from ttc.passes.ops import matmul
 from ttc.passes.ops.matmul import column_outer
@@ -20,24 +20,7 @@ M, K, N = 31 * 32, 512, 128  # 31 tile rows: a subblock spans one tile row of a 
 
 
 def linear_model(bias: bool, residual: bool = False) -> onnx.ModelProto:
-    rng = np.random.default_rng(5)
-    inits = [numpy_helper.from_array((rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32), "w")]
-    nodes = [helper.make_node("Abs", ["x"], ["a"], name="/abs"), helper.make_node("MatMul", ["a", "w"], ["p"], name="/mm")]
-    last = "p"
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b"))
-        nodes += [helper.make_node("Add", ["p", "b"], ["s"], name="/bias"), helper.make_node("Relu", ["s"], ["y"])]
-        last = "y"
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])]
-    if residual:  # fused into the matmul's epilogue (ttir.linear {residual}), read with the last K step
-        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [M, N]))
-        nodes += [helper.make_node("Add", [last, "r"], ["q"], name="/residual"),
-                  helper.make_node("Relu", ["q"], ["z"], name="/relu2")]
-        last = "z"
-    graph = helper.make_graph(nodes, "linear", inputs,
-                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return m_split_linear(M, K, N, bias, residual, seed=5)
 
 
 def only(monkeypatch: pytest.MonkeyPatch, outer: bool) -> None:

@@ -22,8 +22,9 @@ from ttc.passes.ops.matmul import m_splits, row_start
 MT = 31
 
 
-def linear_model(m: int, k: int, n: int, bias: bool, residual: bool = False) -> onnx.ModelProto:
-    rng = np.random.default_rng(7)
+def linear_model(m: int, k: int, n: int, bias: bool, residual: bool = False, seed: int = 7) -> onnx.ModelProto:
+    """|x| @ w [+ b, relu] [+ r, relu] on an [m, k] input: the residual add fuses into the linear's epilogue."""
+    rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array((rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32), "w")]
     nodes = [helper.make_node("Abs", ["x"], ["a"], name="/abs"), helper.make_node("MatMul", ["a", "w"], ["p"], name="/mm")]
     last = "p"
