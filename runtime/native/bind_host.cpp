@@ -79,6 +79,22 @@ int64_t region_rows(const Banks& m, int64_t address, int64_t pages, int bytes) {
 
 // tensor_to_pages (tile layout, zero padding) then Memory.write_buffer of a live interleaved buffer whose pages
 // are tiles of `fmt`: float32 matrices [batch, rows, cols] -> the buffer's pages in place.
+// The interleaved tile pages of [batch, rows, cols] float matrices in page order: `visit(page bytes, the host
+// tile's first element, valid rows, valid columns)` (page p in bank p % banks, slot p / banks).
+template <typename Host, typename Visit>
+void for_each_tile(const Banks& m, int64_t address, int bytes, int64_t batch, int64_t rows, int64_t cols,
+                   Visit visit, Host* host) {
+  const int64_t rt = (rows + TILE - 1) / TILE, ct = (cols + TILE - 1) / TILE;
+  int64_t page = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < rt; ++i)
+      for (int64_t j = 0; j < ct; ++j, ++page) {
+        const int64_t r0 = i * TILE, c0 = j * TILE;
+        visit(m.data + (page % m.banks) * m.stride + address + (page / m.banks) * bytes,
+              host + (b * rows + r0) * cols + c0, std::min<int64_t>(TILE, rows - r0), std::min<int64_t>(TILE, cols - c0));
+      }
+}
+
 void write_matrix(const FloatArray& values, int fmt, py::array data, py::handle marks, int64_t address,
                   int64_t num_pages) {
   if (fmt < 0 || fmt > 5) throw py::value_error("unknown tile format");
@@ -99,18 +115,11 @@ void write_matrix(const FloatArray& values, int fmt, py::array data, py::handle 
     materialize(m, address, address + region * bytes);
   }
   std::vector<float> tile(TILE_ELEMS);
-  int64_t page = 0;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i < rt; ++i)
-      for (int64_t j = 0; j < ct; ++j, ++page) {
-        const int64_t r0 = i * TILE, c0 = j * TILE;
-        const int64_t nr = std::min<int64_t>(TILE, rows - r0), nc = std::min<int64_t>(TILE, cols - c0);
-        if (nr < TILE || nc < TILE) std::fill(tile.begin(), tile.end(), 0.0f);
-        for (int64_t r = 0; r < nr; ++r)
-          std::memcpy(&tile[r * TILE], src + (b * rows + r0 + r) * cols + c0, nc * sizeof(float));
-        uint8_t* dst = m.data + (page % m.banks) * m.stride + address + (page / m.banks) * bytes;
-        pack_tile(tile.data(), format, dst);
-      }
+  for_each_tile(m, address, bytes, batch, rows, cols, [&](uint8_t* page, const float* host, int64_t nr, int64_t nc) {
+    if (nr < TILE || nc < TILE) std::fill(tile.begin(), tile.end(), 0.0f);
+    for (int64_t r = 0; r < nr; ++r) std::memcpy(&tile[r * TILE], host + r * cols, nc * sizeof(float));
+    pack_tile(tile.data(), format, page);
+  }, src);
 }
 
 // Memory.read_buffer of a live interleaved buffer of `fmt` tiles, then pages_to_tensor's unpack and untilize:
@@ -130,16 +139,10 @@ py::array_t<float> read_matrix(py::array data, py::handle marks, int64_t address
   py::gil_scoped_release release;
   materialize(m, address, address + region * bytes);
   std::vector<float> tile(TILE_ELEMS);
-  int64_t page = 0;
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i < rt; ++i)
-      for (int64_t j = 0; j < ct; ++j, ++page) {
-        unpack_tile(m.data + (page % m.banks) * m.stride + address + (page / m.banks) * bytes, format, tile.data());
-        const int64_t r0 = i * TILE, c0 = j * TILE;
-        const int64_t nr = std::min<int64_t>(TILE, rows - r0), nc = std::min<int64_t>(TILE, cols - c0);
-        for (int64_t r = 0; r < nr; ++r)
-          std::memcpy(dst + (b * rows + r0 + r) * cols + c0, &tile[r * TILE], nc * sizeof(float));
-      }
+  for_each_tile(m, address, bytes, batch, rows, cols, [&](uint8_t* page, float* host, int64_t nr, int64_t nc) {
+    unpack_tile(page, format, tile.data());
+    for (int64_t r = 0; r < nr; ++r) std::memcpy(host + r * cols, &tile[r * TILE], nc * sizeof(float));
+  }, dst);
   return out;
 }
 
