@@ -142,8 +142,6 @@ class Executor:
         self._programs: dict[Operation, tuple[tuple[Value, ...], ProgramPlan, bool]] = {}
         self._transfer_ops: dict[Operation, tuple] = {}  # write_buffer / read_buffer op -> `_transfer`
         self._buffer_specs: dict[Operation, BufferSpec] = {}  # create_buffer op -> what it allocates
-        # create_buffer op -> (its spec's buffer, whether a run poisons it, its result), from its first run on
-        self._created: dict[Operation, tuple[DeviceBuffer, bool, Value]] = {}
         self.emulator = DEFAULT_EMULATOR
         self.threads = default_threads()
         self._run_native: Callable[..., ProgramProfile] | None = None
@@ -430,21 +428,20 @@ def state_spec(ex: Executor, op: Operation) -> BufferSpec:
 @host_op(ttmetal.CREATE_BUFFER.name)
 def create_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     """Register the buffer at its allocated address (interleaved pages in DRAM or L1, or L1 shards)."""
-    known = ex._created.get(op)
-    if known is None:  # the first run (or a state `write_state` allocated): work the buffer out
+    spec = ex._buffer_specs.get(op)
+    if spec is None or spec.buffer is None:  # the first run (or a state `write_state` allocated): work it out
         buffer = _new_buffer(ex, op)
-        known = ex._created[op] = (buffer, ex._buffer_specs[op].poisoned, op.results[0])
-        poisoned, result = known[1], known[2]
+        spec = ex._buffer_specs[op]
     else:  # later runs register the same allocation again
-        buffer, poisoned, result = known
+        buffer = spec.buffer
         buffer.memory.add(buffer.alloc)
-    if poisoned:  # constants stay resident between runs; everything else starts unwritten
+    if spec.poisoned:  # constants stay resident between runs; everything else starts unwritten
         if ex._direct is not None:
             ex._direct[2](buffer.memory, buffer.alloc)  # the same in one native call
         else:
             buffer.memory.poison(buffer.alloc)
     ex._live[buffer.key] = buffer
-    values[result] = buffer
+    values[op.results[0]] = buffer
 
 
 def _new_buffer(ex: Executor, op: Operation) -> DeviceBuffer:
