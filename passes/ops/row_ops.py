@@ -85,6 +85,9 @@ LN_BLOCK_W = HALF_DST // 2  # layer norm holds a block twice in Dst (centred val
 # a masked softmax's mask tiles, its block of x * scale and its row of x * scale + mask (softmax uses none of them)
 CB_MASK, CB_SCALED, CB_SUM = CB_GAMMA, CB_TMP2, CB_TMP
 HOLD = "hold"  # a blocking whose cores read the per-row constants (gamma, beta) once, not once per row
+# a blocking whose held gamma / beta one core reads and multicasts to the cores sharing them (`share_params`)
+PARAM_MCAST = "param_mcast"
+PARAM_READY, PARAM_VALID = 1, 2  # that multicast's handshake semaphores (the split plans' exchange uses 0)
 
 
 def softmax_mask(op: Operation) -> Value | None:
@@ -126,13 +129,21 @@ def holds_mask(op: Operation, blocking: dict[str, int]) -> bool:
 def holds_params(op: Operation, blocking: dict[str, int]) -> bool:
     """Whether a core reads layer norm's gamma / beta once and keeps them in L1 for all its rows: a whole-row
     blocking with `hold`, or any split blocking (its slice of them is small next to the R row slices it holds);
-    never a row-chunked one (its point is not holding a row's tiles), nor a core of one tile row."""
+    never a row-chunked one (its point is not holding a row's tiles), nor a core of one tile row unless the
+    parameters come by multicast (`multicasts_params`: then one read serves many cores)."""
     from ttc.passes.ops.row_split import is_split
 
-    if op.name != ttir.LAYER_NORM.name or len(op.operands) < 2 or blocking["batches"] * blocking["rows"] == 1 \
-            or "chunk" in blocking:
+    if op.name != ttir.LAYER_NORM.name or len(op.operands) < 2 or "chunk" in blocking:
         return False
-    return is_split(blocking) or bool(blocking.get(HOLD))
+    if multicasts_params(blocking):
+        return True
+    return blocking["batches"] * blocking["rows"] > 1 and (is_split(blocking) or bool(blocking.get(HOLD)))
+
+
+def multicasts_params(blocking: dict[str, int]) -> bool:
+    """Whether the held gamma / beta are read from DRAM by one core of each sharing rectangle (the whole grid of a
+    whole-row plan, a grid column of a split plan) and multicast to the others (`share_params`)."""
+    return bool(blocking.get(PARAM_MCAST))
 
 
 def row_sum_groups(tiles: int) -> list[tuple[int, int]]:
@@ -233,6 +244,9 @@ def row_candidates(op: Operation, max_w: int, chunked: bool = False) -> Iterator
                 yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width}
                 if op.name == ttir.LAYER_NORM.name and batches * rows > 1:  # gamma / beta held (more L1, fewer reads)
                     yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1}
+                if op.name == ttir.LAYER_NORM.name and len(op.operands) > 1 \
+                        and (out.batches // batches) * (out.rt // rows) > 1:  # held, read once for the whole grid
+                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, HOLD: 1, PARAM_MCAST: 1}
     if not chunked or out.ct < CHUNKED_MIN_TILES or has_prologue(op):
         return
     for batches in batch_groups([], out.batches):
@@ -358,10 +372,52 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
         mask_loop = (np.arange(b["batches"])[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
         static_row_tiles(plan, mask, mask_first, mask_loop[:1] if holds_mask(op, b) else mask_loop, ct)
     param_rows = 1 if holds_params(op, b) else rows  # gamma / beta: once per core, or once per row
-    for param in op.operands[1:] if mask is None else ():
-        static_row_tiles(plan, param, 0, np.zeros(param_rows, dtype=np.int64), ct)
+    if multicasts_params(b):  # core 0 reads them, the whole grid shares them
+        plan_shared_params(plan, op.operands[1:], ct, np.arange(plan.cores) == 0, plan.cores - 1)
+    else:
+        for param in op.operands[1:] if mask is None else ():
+            static_row_tiles(plan, param, 0, np.zeros(param_rows, dtype=np.int64), ct)
     static_row_tiles(plan, op.result, first, loop, ct, write=True)
     return plan.counts()
+
+
+def plan_shared_params(plan: Plan, params: list[Value], tiles: int, senders: np.ndarray, receivers: int) -> None:
+    """The traffic of `share_params`: each sender (a [cores] mask) reads `tiles` tiles of every parameter (the
+    others read nothing) and multicasts them to the `receivers` other cores of its rectangle."""
+    count = int(senders.sum())
+    sent = np.zeros(plan.cores, dtype=np.int64)
+    for param in params:
+        buffer = Buffer.of(tensor(param), plan.device)
+        plan.masked(buffer, np.array([count * tiles]))
+        plan.masked(Buffer(buffer.page, False, None), np.array([count * tiles * (1 + receivers)]))
+        sent += np.where(senders, tiles * buffer.page, 0)
+    plan.builder.multicast(sent, receivers)
+
+
+def share_params(k: KernelBuilder, params: list[tuple[int, object]], start: Index, tiles: int,
+                 args: tuple[Index, Index, Index], sender_at: tuple[Index, Index],
+                 rect: tuple[Index, Index, Index, Index], receivers: int) -> None:
+    """`read_params_once` for cores that share their parameters: the sender of each rectangle reads the `tiles`
+    tiles from `start` (its valid columns `tiles`, the receivers' 0: they read nothing) and multicasts them to the
+    `receivers` other cores of `rect`, with tt-metal's handshake (matmul_mcast.py): each receiver, its CB pages
+    reserved, increments the sender's ready semaphore; the sender waits for all of them, multicasts the pages
+    (the last multicast setting the receivers' valid semaphore); a receiver waits for it before its push.
+    `args`: (sender?, receiver?, valid columns) of this core."""
+    sender, receiver, valid = args
+    for cb_index, gen in params:
+        k.op("cb_reserve_back", cb=cb_index, pages=tiles)
+        k.op("noc_read_tiles", gen, start, valid, cb=cb_index, rows=1, cols=tiles)
+    k.op("noc_read_barrier")
+    k.op("semaphore_inc", *sender_at, receiver, semaphore=PARAM_READY)
+    k.op("semaphore_wait", sender, semaphore=PARAM_READY, value=receivers)
+    k.op("semaphore_set", sender, semaphore=PARAM_READY, value=0)
+    for i, (cb_index, _) in enumerate(params):
+        last = i == len(params) - 1
+        k.op("noc_mcast_cb", *rect, sender, cb=cb_index, pages=tiles, semaphore=PARAM_VALID if last else -1, value=1)
+    k.op("semaphore_wait", receiver, semaphore=PARAM_VALID, value=1)
+    k.op("semaphore_set", receiver, semaphore=PARAM_VALID, value=0)
+    for cb_index, _ in params:
+        k.op("cb_push_back", cb=cb_index, pages=tiles)
 
 
 def lower_row_op(op: Operation) -> Program:
@@ -381,6 +437,11 @@ def lower_row_op(op: Operation) -> Program:
 
         def reader_args(unit: tuple[int, ...]) -> list[int]:
             return [*first_tile(unit), int(offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * rs]
+    elif multicasts_params(b):  # core 0 (unit 0: the extra cores of a padded grid repeat the last unit) sends
+
+        def reader_args(unit: tuple[int, ...]) -> list[int]:
+            sender = int(not any(unit))
+            return [*first_tile(unit), sender, 1 - sender, shape.ct * sender]
 
     compute = softmax_compute if op.name == ttir.SOFTMAX.name else layer_norm_compute
     if "chunk" in b:
@@ -404,7 +465,10 @@ def row_reader(op: Operation, s: Schedule, shape: TileShape):
     mask = softmax_mask(op)
     params = list(zip((CB_GAMMA, CB_BETA), gens[1:], strict=False)) if mask is None else []
     held = holds_params(op, b)
-    if held:
+    if multicasts_params(b):  # core 0 to the whole grid
+        share_params(k, params, 0, shape.ct, (k.arg(1), k.arg(2), k.arg(3)), (0, 0),
+                     (0, 0, s.grid.x - 1, s.grid.y - 1), s.grid.num_cores - 1)
+    elif held:
         read_params_once(k, params, 0, shape.ct)
     mask_held = holds_mask(op, b)
     if mask_held:

@@ -41,7 +41,6 @@ from ttc.ir.target import Counts
 from ttc.ir.types import TensorType
 from ttc.passes.ops.counting import Buffer, Plan
 from ttc.passes.ops.geometry import (
-    BLOCK_FLOATS,
     CB_BETA,
     CB_GAMMA,
     CB_GROUPS,
@@ -72,6 +71,7 @@ from ttc.passes.ops.row_ops import (
     CB_MASK,
     CB_SCALED,
     CB_SUM,
+    PARAM_MCAST,
     _row_sum,
     block_pops,
     has_prologue,
@@ -79,12 +79,15 @@ from ttc.passes.ops.row_ops import (
     is_rms,
     mask_block,
     mask_walk,
+    multicasts_params,
     param_cbs,
+    plan_shared_params,
     read_params_once,
     reduce_row,
     row_sum_groups,
     scale_and_mask_block,
     scale_and_shift,
+    share_params,
     softmax_mask,
     static_row_tiles,
 )
@@ -112,8 +115,6 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
     out = tile_shape(tensor(op.result).shape)
     if out.ct < SPLIT_MIN_TILES:
         return
-    if any(tensor(v).element_type.name in BLOCK_FLOATS for v in (*op.operands, op.result)):
-        return  # the split kernels' slices and partials are built for 16-bit tiles (a block float came out wrong)
     mask = softmax_mask(op)  # a mask broadcast along batch dims: groups whose mask tiles step affinely
     offsets = [] if mask is None else [batch_offsets(tensor(mask).shape, tensor(op.result).shape)]
     for split in divisors(out.ct)[1:]:
@@ -125,8 +126,11 @@ def split_candidates(op: Operation, max_w: int) -> Iterator[dict[str, int]]:
                     continue
                 groups = (out.batches // batches) * (out.rt // rows)
                 for groups_x in divisors(groups):
-                    yield {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, SPLIT: split,
-                           GROUPS_X: groups_x}
+                    b = {"batches": batches, "rows": rows, "cols": out.ct, "block_w": width, SPLIT: split,
+                         GROUPS_X: groups_x}
+                    yield b
+                    if op.name == ttir.LAYER_NORM.name and len(op.operands) > 1 and groups // groups_x > 1:
+                        yield {**b, PARAM_MCAST: 1}  # each grid column's slice read once, multicast down it
 
 
 def split_units(op: Operation, b: dict[str, int]) -> tuple[int, int, int]:
@@ -143,17 +147,17 @@ def scratch_type(op: Operation, b: dict[str, int]) -> TensorType:
     """The exchanges' L1 scratch: EXCHANGES x G x R tile rows of S partial tiles, in the statistics' format."""
     bu, ru, split = split_units(op, b)
     rows = exchanges(op) * bu * ru * b["batches"] * b["rows"]
-    return TensorType((rows * TILE, split * TILE), tensor(op.result).element_type,
+    return TensorType((rows * TILE, split * TILE), work_format(tensor(op.result).element_type),
                       LayoutAttr("tile", "l1", "interleaved"))
 
 
 def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
     x, out = tensor(op.operands[0]), tensor(op.result)
-    fmt = out.element_type
+    fmt = work_format(out.element_type)  # partials, statistics and temporaries (a block-float result's are bf16)
     rows, split, width = b["batches"] * b["rows"], b[SPLIT], b["block_w"]
     slice_w = tile_shape(x.shape).ct // split
     blocks = rows * (slice_w // width)
-    cbs = [cb(CB_IN0, x.element_type, rows * slice_w), cb(CB_OUT, fmt, double(width, blocks)),
+    cbs = [cb(CB_IN0, x.element_type, rows * slice_w), cb(CB_OUT, out.element_type, double(width, blocks)),
            cb(CB_STAT, fmt, rows), cb(CB_STAT2, fmt, rows), cb(CB_PART, fmt, rows), cb(CB_PARTS, fmt, rows * split)]
     groups = max(len(row_sum_groups(slice_w)), len(row_sum_groups(split)))
     if groups > 1:
@@ -161,12 +165,12 @@ def split_cbs(op: Operation, b: dict[str, int]) -> list[CBConfigAttr]:
     if op.name == ttir.SOFTMAX.name:
         cbs += [cb(CB_MASKED, fmt, 1), cb(CB_WIDE, fmt, rows * slice_w)]
         if has_prologue(op):  # x * scale (+ mask) of the slice's rows, as the whole-row kernel makes it
-            cbs.append(cb(CB_SUM, work_format(fmt), rows * slice_w))
+            cbs.append(cb(CB_SUM, fmt, rows * slice_w))
         mask = softmax_mask(op)
         if mask is not None:
             cbs.append(cb(CB_MASK, tensor(mask).element_type, double(width, blocks)))
             if op.attr("scale") != 1.0:
-                cbs.append(cb(CB_SCALED, work_format(fmt), width))
+                cbs.append(cb(CB_SCALED, fmt, width))
         return sorted(cbs, key=lambda c: c.index)
     params = slice_w if holds_params(op, b) else double(width, blocks)
     cbs += [cb(CB_GAMMA, tensor(op.operands[1]).element_type, params),
@@ -244,8 +248,11 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         mask_first = np.asarray([split_mask_first(op, b, tuple(u)) for u in unit])
         static_row_tiles(plan, mask, mask_first, np.asarray(split_mask_rows(op, b)), w)
     param_rows = 1 if holds_params(op, b) else rows  # the slice of gamma / beta: once per core, or per row
-    for param in op.operands[1:] if mask is None else ():
-        static_row_tiles(plan, param, unit[:, 2] * w, np.zeros(param_rows, dtype=np.int64), w)
+    if multicasts_params(b):  # the first core of each grid column reads its slice, the column shares it
+        plan_shared_params(plan, op.operands[1:], w, np.arange(plan.cores) < grid[0], grid[1] - 1)
+    else:
+        for param in op.operands[1:] if mask is None else ():
+            static_row_tiles(plan, param, unit[:, 2] * w, np.zeros(param_rows, dtype=np.int64), w)
     scratch = Buffer(page_size(scratch_type(op, b)), False, None)
     plan.static(scratch, exchanges(op) * rows, write=True)
     plan.static(scratch, exchanges(op) * rows * split)
@@ -274,7 +281,11 @@ def lower_split(op: Operation) -> Program:
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         mask = [split_mask_first(op, b, unit)] if softmax_mask(op) is not None else []
-        return [first_tile(unit), group(unit) * rows * split, unit[2] * w, *mask]
+        # the parameters' multicast (`share_params`): sender? (the column's first core), receiver?, valid, column
+        sender = int(group(unit) < groups_x)
+        shared = [sender, 1 - sender, w * sender, (group(unit) % groups_x) * split + unit[2]] \
+            if multicasts_params(b) else []
+        return [first_tile(unit), group(unit) * rows * split, unit[2] * w, *mask, *shared]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
         g = group(unit)
@@ -326,7 +337,11 @@ def split_reader(op: Operation, s: Schedule, shape: TileShape, scratch: TensorTy
              rows=rows, cols=split, row_stride=split)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=CB_PARTS, pages=rows * split)
-    if held:
+    if multicasts_params(b):  # from the first core of each grid column down the column
+        column, height = k.arg(6), s.grid.y
+        share_params(k, params, k.arg(2), w, (k.arg(3), k.arg(4), k.arg(5)), (column, 0),
+                     (column, 0, column, height - 1), height - 1)
+    elif held:
         read_params_once(k, params, k.arg(2), w)
     elif params:
         with k.loop(rows), k.loop(w // width) as block:

@@ -122,8 +122,10 @@ def split_program(module: Module) -> Operation:
 
 
 def delete_first(name: str):
+    """Deletes the first op `name` of the exchange's handshake (not of the parameters' multicast, row_ops)."""
     def mutate(module: Module) -> None:
-        next(op for op in split_program(module).walk() if op.name == f"ttkernel.{name}").erase()
+        next(op for op in split_program(module).walk() if op.name == f"ttkernel.{name}"
+             and op.attributes["semaphore"] == row_split.SEMAPHORE).erase()
     return mutate
 
 
