@@ -16,8 +16,9 @@ budget. Options: `math-fidelity` (lofi|hifi2|hifi3|hifi4), `reduce-fidelity` (th
 programs other than matmuls that sum on the matrix unit: softmax, layer norm, reductions; default: as
 `math-fidelity`), `max-cores` (0 = the whole compute grid),
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
-`multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, when the cost model
-ranks it first; false: unicast plans only).
+`multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
+multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
+only).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -76,6 +77,7 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.row_ops import PARAM_MCAST
 from ttc.passes.ops.registry import (
     circular_buffers,
     core_units,
@@ -305,7 +307,7 @@ ROW_KINDS = frozenset({"softmax", "layer_norm"})  # counts that depend on types 
 
 def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_cores: int = 0,
            weights: Weights | None = None, memo: dict[tuple, list] | None = None,
-           fallback: bool = False) -> Choice:
+           fallback: bool = False, multicast: bool = True) -> Choice:
     """The cheapest placed candidate whose footprint fits `budget`; with `fallback`, when none does, the
     cheapest fallback candidate that fits; a UserError when none does. `memo` (one grid pass run) reuses the
     ranking of a row op with the same signature (`matmul_signature`: the 25 layer norms of a 12-layer encoder
@@ -320,6 +322,8 @@ def choose(op: Operation, device: DeviceAttr, budget: int, fidelity: str, max_co
         candidates = ranked(op, device, fidelity, max_cores, weights)
     if fallback:  # tried in order after every candidate of the fast plan (a new list: the memo's stays)
         candidates = candidates + ranked(op, device, fidelity, max_cores, weights, fallback=True)
+    if not multicast:
+        candidates = [c for c in candidates if not c[1].get(PARAM_MCAST)]
     if not candidates:
         raise no_placement(op, device, max_cores)
     for grid, blocking, cost in candidates:
@@ -619,7 +623,7 @@ class Grid(Pass):
                             shard_result(op, choice, live, device)
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,
-                                            memo, fallback)
+                                            memo, fallback, self.multicast)
                             if self.sharding and op_kind(op) == "eltwise":
                                 choice = follow_sharding(op, choice, device, live, fidelity, self.max_cores,
                                                          module.weights)

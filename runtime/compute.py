@@ -254,12 +254,15 @@ def binary_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> Non
 
 @handler("matmul_tiles")
 def matmul_tiles(p: Program, k: Kernel, op: Operation, a: dict[str, Any]) -> None:
-    """Dst slot(r, c) += sum over k of A(r, k) @ B(k, c), accumulating in the 16-bit Dst."""
+    """Dst slot(r, c) += sum over k of A(r, k) @ B(k, c), accumulating in the 16-bit Dst (onto zeros, not the
+    slots' contents, with accumulate = false)."""
     rows, cols, inner = a["rows"], a["cols"], a["inner"]
     slots = p.math_slots(a["dst"], rows * cols)
     lhs = unpack_front(p, p.cb(a["cb_a"]), tile_block(a["a_offset"], rows, inner, a["a_row_stride"], 1))
     rhs = unpack_front(p, p.cb(a["cb_b"]), tile_block(a["b_offset"], inner, cols, a["b_row_stride"], 1))
     acc = p.dst[:, slots].reshape(p.cores, rows, cols, TILE, TILE)
+    if not a["accumulate"]:
+        acc = np.zeros_like(acc)
     out = numerics.matmul_block_accumulate(acc, lhs.reshape(p.cores, rows, inner, TILE, TILE),
                                            rhs.reshape(p.cores, inner, cols, TILE, TILE), a["fidelity"],
                                            # bf16 and block-float tiles unpack to bf16 values already

@@ -376,7 +376,8 @@ def _binary(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
 def _matmul(e: _Encoder, op: Operation, a: dict[str, Any]) -> None:
     rows, cols, inner = a["rows"], a["cols"], a["inner"]
     e.emit("MATMUL_TILES", op, a["cb_a"], a["a_offset"], a["a_row_stride"], a["cb_b"], a["b_offset"],
-           a["b_row_stride"], inner, rows, cols, a["dst"], FIDELITIES[a["fidelity"]], e.charge(op, a))
+           a["b_row_stride"], inner, rows, cols, a["dst"], FIDELITIES[a["fidelity"]], int(a["accumulate"]),
+           e.charge(op, a))
 
 
 @_encoder("reduce_tiles")

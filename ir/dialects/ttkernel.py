@@ -412,12 +412,15 @@ MATMUL_TILES = OpDef(
     "ttkernel.matmul_tiles",
     "Dst slot(r, c) += sum over k of A(r, k) @ B(k, c): A tile a_offset + r*a_row_stride + k, "
     "B tile b_offset + k*b_row_stride + c, both from waited fronts; accumulation follows the "
-    "16-bit Dst numerics at `fidelity`",
+    "16-bit Dst numerics at `fidelity`. With accumulate = false the slots start from zero instead of their "
+    "contents (a chain's first K block: tt-metal's matmul accumulates onto the zeros the packer leaves in Dst, "
+    "with no fill op; the bits of fill_tiles 0.0 then matmul_tiles)",
     results=(),
     attributes=(Attr("cb_a", IntAttr), Attr("a_offset", IntAttr, 0), Attr("a_row_stride", IntAttr),
                 Attr("cb_b", IntAttr), Attr("b_offset", IntAttr, 0), Attr("b_row_stride", IntAttr),
                 Attr("inner", IntAttr), Attr("rows", IntAttr), Attr("cols", IntAttr), Attr("dst", IntAttr, 0),
-                Attr("fidelity", enum_attr("lofi", "hifi2", "hifi3", "hifi4"), "hifi4")),
+                Attr("fidelity", enum_attr("lofi", "hifi2", "hifi3", "hifi4"), "hifi4"),
+                Attr("accumulate", BoolAttr, True)),
     verify=verify_matmul,
 )
 REDUCE_TILES = OpDef(

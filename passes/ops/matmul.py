@@ -311,7 +311,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     activation = op.attributes.get("activation", "none")
     plan = Plan(device, grid, matmul_units(shape, b))
     out_tiles = batches * pcm * pcn
-    plan.tile(target.DATACOPY, out_tiles * (k_blocks + int(any(matmul_masks(op)))))  # fills, reloads, masks
+    plan.tile(target.DATACOPY, out_tiles * (k_blocks - chunks + int(any(matmul_masks(op)))))  # reloads, masks
     plan.tile(target.matmul_key(fidelity, format_name(a), format_name(w)), out_tiles * kt)
     plan.tile(target.binary_key("add"), out_tiles * (chunks - 1 + int(has_bias)))  # chunk sums, bias
     if activation != "none":
@@ -584,13 +584,11 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
                  done: int) -> None:
         """One subblock's K block, its operands waited; `done` (CB_IN0 or CB_IN1) is popped after the product."""
         k.op("tile_regs_acquire")
-        if fresh:
-            k.op("fill_tiles", count=tiles, value=0.0)
-        else:
+        if not fresh:  # (a fresh chain starts from zero: `accumulate = false`, no fill)
             k.op("cb_wait_front", cb=CB_PARTIALS, pages=tiles)
             k.op("copy_tiles", cb=CB_PARTIALS, row_stride=w, rows=h, cols=w)
             k.op("cb_pop_front", cb=CB_PARTIALS, pages=tiles)
-        k.op("matmul_tiles", **matmul)
+        k.op("matmul_tiles", **matmul, **({} if not fresh else {"accumulate": False}))
         k.op("cb_pop_front", cb=done, pages=h * width if done == CB_IN0 else width * w)
         if chunk_end:
             finish_chunk(row, col, first_chunk, last)

@@ -35,7 +35,7 @@
 //   BINARY_TILES op, cb_a, a_offset, a_row_stride, a_col_stride, cb_b, b_offset, b_row_stride, b_col_stride,
 //     bcast, rows, cols, dst, charge
 //   MATMUL_TILES cb_a, a_offset, a_row_stride, cb_b, b_offset, b_row_stride, inner, rows, cols, dst,
-//     fidelity, charge
+//     fidelity, accumulate (0: the slots start from zero), charge
 //   REDUCE_TILES kind (0 sum, 1 max), dim, cb, offset, row_stride, col_stride, rows, cols, dst, scaler (float
 //     index), fidelity, charge
 //   SFPU_TILES mode (0 table, 1 scalar), table index or ScalarFn, dst, count, param (float index), charge
@@ -1617,7 +1617,13 @@ void Core::op_binary(const Instr& in) {
 void Core::op_matmul(const Instr& in) {
   const int64_t* f = in.f;
   int64_t inner = f[8], rows = f[9], cols = f[10];
-  int64_t base = math_slots<true>(f[11], rows * cols);
+  int64_t base;
+  if (f[13]) {
+    base = math_slots<true>(f[11], rows * cols);
+  } else {  // onto zeros (the interpreter's matmul_tiles with accumulate = false): the slots are overwritten whole
+    base = math_slots<false>(f[11], rows * cols);
+    std::fill(dst_tile(base), dst_tile(base + rows * cols), 0.0f);
+  }
   config(f[2]);
   tile_block(f[3], rows, inner, f[4], 1);
   Format fa = front_pages(f[2], pages_a);
@@ -1633,7 +1639,7 @@ void Core::op_matmul(const Instr& in) {
     for (size_t i = 0; i < pages_b.size(); ++i) half_b[i] = reinterpret_cast<const uint16_t*>(pages_b[i]);
     matmul_block_bf16(ptr_dst.data(), half_a.data(), half_b.data(), static_cast<int>(rows), static_cast<int>(cols),
                       static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst);
-    counters.charge(f[13]);
+    counters.charge(f[14]);
     return;
   }
   unpack_pages(pages_a, fa, tiles_a);
@@ -1646,7 +1652,7 @@ void Core::op_matmul(const Instr& in) {
   bool bf16_operands = fa != Format::F16 && fb != Format::F16;
   matmul_block(ptr_dst.data(), ptr_a.data(), ptr_b.data(), static_cast<int>(rows), static_cast<int>(cols),
                static_cast<int>(inner), static_cast<Fidelity>(f[12]), E.dst, bf16_operands);
-  counters.charge(f[13]);
+  counters.charge(f[14]);
 }
 
 void Core::op_reduce(const Instr& in) {

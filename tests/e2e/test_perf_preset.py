@@ -19,6 +19,7 @@ from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import E150
+from ttc.passes.ops import row_split
 from ttc.passes.ops.geometry import CB_OUT
 from ttc.profile import format_profile, program_fidelity, settings_line, static_profile
 from ttc.runtime.accounting import cb_formats
@@ -132,9 +133,9 @@ def test_the_profile_states_the_formats_and_fidelities(compiled) -> None:
 
 
 def test_a_layer_norm_read_only_by_a_matmul_keeps_the_golden_rule() -> None:
-    """A layer norm whose result only a matmul reads writes bfp8_b under the preset; its few long rows would be
-    split over cores in bf16, but the split kernels are built for 16-bit tiles, so the preset's block-float norm
-    keeps a whole-row plan (it came out with PCC 0.08 when split) and passes golden on both emulators."""
+    """A layer norm whose result only a matmul reads writes bfp8_b under the preset; its few long rows are split
+    over cores as in bf16, the partials, statistics and exchange scratch in bf16 (`work_format`: with them in
+    bfp8_b the split norm came out with PCC 0.08), only the result in bfp8_b; it passes golden on both emulators."""
     rng = np.random.default_rng(3)
     rows, width = 32, 768
     init = {f"w{i}": rng.standard_normal((width, width)) / np.sqrt(width) for i in range(2)}
@@ -149,6 +150,11 @@ def test_a_layer_norm_read_only_by_a_matmul_keeps_the_golden_rule() -> None:
 
     default = ttc.compile(model)
     preset = ttc.compile(model, perf_preset="published")
+    [norm] = [op for op in preset.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name
+              and op.attributes["kind"] == "layer_norm"]
+    formats = cb_formats(norm)
+    assert norm.attributes["grid"].num_cores > 1 and formats[row_split.CB_PARTS] == "bf16"  # split, bf16 partials
+    assert formats[CB_OUT] == "bfp8_b"
     native, reference = preset.run(feeds), preset.run(feeds, emulator="reference")
     np.testing.assert_array_equal(native["prob"], reference["prob"])
     assert compare("prob", native["prob"], expected).passed
