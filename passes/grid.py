@@ -77,7 +77,6 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
-from ttc.passes.ops.row_ops import PARAM_MCAST
 from ttc.passes.ops.registry import (
     circular_buffers,
     core_units,
@@ -87,6 +86,7 @@ from ttc.passes.ops.registry import (
     op_l1_tensor_bytes,
     program_operands,
 )
+from ttc.passes.ops.row_ops import PARAM_MCAST
 
 
 def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | None:
