@@ -8,7 +8,8 @@ max broadcast along columns and the padding re-zeroed, sum (reduce), reciprocal,
 padding rows zeroed. Sums over long rows run in groups of tiles (`reduce_row`), so that no chain of
 bf16 roundings in Dst runs the whole row. Layer norm: mean (the sum times 1/width, the logical width,
 on the SFPU in float32), centred values
-with the padding re-zeroed (computed twice per block: once kept, once squared), variance (reduce),
+with the padding re-zeroed (kept; their squares the FPU product of each tile with itself: the bits of an SFPU
+square, one exact product rounded once), variance (reduce),
 rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows broadcast along rows),
 padding rows zeroed. Gamma and beta are the same for every row: with `hold` (a core of more than one tile row)
 the reader reads their ct tiles once per core and the compute kernel keeps them at the front of their CBs,
@@ -354,10 +355,9 @@ def plan_row_op(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
         plan.tile(target.sfpu_key("mul_scalar"), (1 if rms else 2) * rows)
         plan.tile(target.sfpu_key("add_scalar"), rows)
         plan.tile(target.sfpu_key("rsqrt"), rows)
-        plan.tile(target.binary_key("sub"), 0 if rms else 2 * rows * ct)
-        plan.tile(target.DATACOPY, rows * ct * (2 * (1 if rms else int(pad_cols)) + int(pad_rows)))
-        plan.tile(target.sfpu_key("square"), rows * ct)
-        plan.tile(target.binary_key("mul"), 2 * rows * ct)
+        plan.tile(target.binary_key("sub"), 0 if rms else rows * ct)
+        plan.tile(target.DATACOPY, rows * ct * ((1 if rms else int(pad_cols)) + int(pad_rows)))
+        plan.tile(target.binary_key("mul"), 3 * rows * ct)  # the squares, x rstd, x gamma
         plan.tile(target.binary_key("add"), rows * ct * int(has_beta))
 
     unit = plan.unit
@@ -932,6 +932,34 @@ def param_cbs(has_beta: bool) -> tuple[int, ...]:
     return (CB_GAMMA, CB_BETA) if has_beta else (CB_GAMMA,)
 
 
+def centred_block(k: KernelBuilder, shape: TileShape, width: int, rms: bool, stat_offset: int, col_tile: Index) -> None:
+    """One block of CB_IN0's front minus the row's mean (CB_STAT's tile `stat_offset`, one column broadcast), the
+    padding columns zeroed (from tile column `col_tile`), into CB_WIDE; an RMS norm's is x itself (a copy).
+    Pops the block."""
+    k.op("tile_regs_acquire")
+    if rms:
+        k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width)
+    else:
+        at = {"b_offset": stat_offset} if stat_offset else {}
+        k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, **at, b_col_stride=0, bcast="col", rows=1,
+             cols=width)
+        mask_block(k, shape, 0, col_tile, width, rows=False, cols=True)
+    k.pack_block(CB_WIDE, width)
+    k.op("cb_pop_front", cb=CB_IN0, pages=width)
+
+
+def squares(k: KernelBuilder, first: int, tiles: int, width: int) -> None:
+    """CB_WIDE2 = the squares of CB_WIDE's `tiles` tiles from `first` past its front (waited for here), block by
+    block, unrolled (static offsets): the FPU product of each tile with itself, the bits of an SFPU square of the
+    same value (the exact product rounded once to the Dst format)."""
+    k.op("cb_wait_front", cb=CB_WIDE, pages=first + tiles)
+    for block in range(tiles // width):
+        at = {"a_offset": first + block * width, "b_offset": first + block * width} if first + block * width else {}
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="mul", cb_a=CB_WIDE, cb_b=CB_WIDE, **at, rows=1, cols=width)
+        k.pack_block(CB_WIDE2, width)
+
+
 def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
     b = s.blocking
     width, ct = b["block_w"], shape.ct
@@ -948,25 +976,12 @@ def layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         if not rms:
             reduce_row(k, CB_IN0, ct, CB_STAT, "sum", s.fidelity, sfpu=(("mul_scalar", inverse_width),))
             k.op("cb_wait_front", cb=CB_STAT, pages=1)
-        # Centred values (kept) and their squares, padding columns zeroed (an RMS norm: x itself).
+        # Centred values (kept), padding columns zeroed (an RMS norm: x itself), then their squares.
         with k.loop(ct // width) as block:
-            k.op("tile_regs_acquire")
-            for dst in (0, width):
-                if rms:
-                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, dst=dst)
-                    continue
-                k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_col_stride=0, bcast="col", rows=1,
-                     cols=width, dst=dst)
-                mask_block(k, shape, 0, k.mul(block, width), width, rows=False, cols=True, dst=dst)
-            k.op("sfpu_tiles", fn="square", dst=width, count=width)
-            k.op("tile_regs_commit")
-            k.op("tile_regs_wait")
-            k.pack(CB_WIDE, width)
-            k.pack(CB_WIDE2, width, dst=width)
-            k.op("tile_regs_release")
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            centred_block(k, shape, width, rms, 0, k.mul(block, width))
         if not rms:
             k.op("cb_pop_front", cb=CB_STAT, pages=1)
+        squares(k, 0, ct, width)
         # rstd = rsqrt(mean of squares + eps)
         k.op("cb_wait_front", cb=CB_WIDE2, pages=ct)
         reduce_row(k, CB_WIDE2, ct, CB_STAT2, "sum", s.fidelity,

@@ -74,6 +74,7 @@ from ttc.passes.ops.row_ops import (
     PARAM_MCAST,
     _row_sum,
     block_pops,
+    centred_block,
     has_prologue,
     holds_params,
     is_rms,
@@ -89,6 +90,7 @@ from ttc.passes.ops.row_ops import (
     scale_and_shift,
     share_params,
     softmax_mask,
+    squares,
     static_row_tiles,
 )
 
@@ -232,10 +234,9 @@ def plan_split(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
         plan.tile(target.sfpu_key("mul_scalar"), exchanges(op) * rows)
         plan.tile(target.sfpu_key("add_scalar"), rows)
         plan.tile(target.sfpu_key("rsqrt"), rows)
-        plan.tile(target.binary_key("sub"), 0 if rms else 2 * rows * w)
-        plan.tile(target.DATACOPY, rows * w * (2 * (1 if rms else int(pad_cols)) + int(pad_rows)))
-        plan.tile(target.sfpu_key("square"), rows * w)
-        plan.tile(target.binary_key("mul"), 2 * rows * w)
+        plan.tile(target.binary_key("sub"), 0 if rms else rows * w)
+        plan.tile(target.DATACOPY, rows * w * ((1 if rms else int(pad_cols)) + int(pad_rows)))
+        plan.tile(target.binary_key("mul"), 3 * rows * w)  # the squares, x rstd, x gamma
         plan.tile(target.binary_key("add"), rows * w * int(len(op.operands) > 2))
 
     unit = plan.unit
@@ -407,21 +408,8 @@ def split_layer_norm_compute(op: Operation, s: Schedule, shape: TileShape):
         combine(k, rows, split, "sum", CB_STAT, s.fidelity, sfpu=(("mul_scalar", inverse_width),))
     for r in range(rows):  # centred values (kept) and their squares, padding columns zeroed; exchange 2's sums
         with k.loop(w // width) as block:  # (an RMS norm: x itself, and its only exchange)
-            k.op("tile_regs_acquire")
-            for dst in (0, width):
-                if rms:
-                    k.op("copy_tiles", cb=CB_IN0, rows=1, cols=width, dst=dst)
-                    continue
-                k.op("binary_tiles", op="sub", cb_a=CB_IN0, cb_b=CB_STAT, b_offset=r, b_col_stride=0, bcast="col",
-                     rows=1, cols=width, dst=dst)
-                mask_block(k, shape, 0, k.affine(k.arg(1), (block, width)), width, rows=False, cols=True, dst=dst)
-            k.op("sfpu_tiles", fn="square", dst=width, count=width)
-            k.op("tile_regs_commit")
-            k.op("tile_regs_wait")
-            k.pack(CB_WIDE, width)
-            k.pack(CB_WIDE2, width, dst=width)
-            k.op("tile_regs_release")
-            k.op("cb_pop_front", cb=CB_IN0, pages=width)
+            centred_block(k, shape, width, rms, r, k.affine(k.arg(1), (block, width)))
+        squares(k, r * w, w, width)
         k.op("cb_wait_front", cb=CB_WIDE2, pages=w)
         reduce_row(k, CB_WIDE2, w, CB_PART, "sum", s.fidelity)
         k.op("cb_pop_front", cb=CB_WIDE2, pages=w)
