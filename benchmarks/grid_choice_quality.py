@@ -122,6 +122,9 @@ def candidates(op: Operation, device: DeviceAttr) -> Iterator[tuple[GridAttr, di
             continue
         for grid in [GridAttr(*own)] if own is not None else grids(units, device):
             yield grid, blocking, None
+            followed = grid_pass.followed_layout(op) if op_kind(op) == "eltwise" else None
+            if followed is not None and grid.num_cores == units:  # an eltwise's result in its operand's shards
+                yield grid, blocking, followed
             if shardable:
                 for memory_layout in SHARDED_LAYOUTS:
                     placed = grid_pass.shard_placement(op, memory_layout, grid, blocking, device)
@@ -198,6 +201,8 @@ def search(op: Operation, device: DeviceAttr, live: grid_pass.LiveL1, original: 
             choice = grid_pass.choose_matmul(op, device, live, fidelity, weights=module.weights)
         else:
             choice = grid_pass.choose(op, device, live.budget(op), fidelity, weights=module.weights)
+            if kind == "eltwise":  # as the pass: it may take its sharded operand's layout
+                choice = grid_pass.follow_sharding(op, choice, device, live, fidelity, 0, module.weights)
         pass_s = time.perf_counter() - start
         assert choice.grid == op.attributes["tt.grid"] and choice.blocking == dict(op.attributes["tt.blocking"])
         assert (choice.result_layout if choice.result_layout != original.encoding else None) == chosen_layout

@@ -62,9 +62,11 @@ def sharded_result(line: str) -> tuple[str, tuple[int, int], tuple[int, int]]:
 
 
 def test_tall_narrow_result_is_height_sharded(ir: IRHarness) -> None:
-    """An early CNN layer's shape: 98 x 2 tiles. Each core owns a band of full-width rows. (Unicast plans only:
-    the multicast plan on a 2 x 7 grid is modelled faster still, interleaved; the rule tested is the sharding.)"""
-    out = ir.run_body("layout,grid{multicast=false}", *chain(ir, 3136, 64, 64))
+    """A tall, narrow result: 98 x 2 tiles. Each core owns a band of full-width rows. (Unicast plans only: the
+    multicast plan on a 2 x 7 grid is modelled faster still, interleaved; and K = 512: at K = 64 the product is
+    DRAM-bound on 10 cores, cheaper interleaved than on the shard grid's many cores; the rule tested is the
+    sharding.)"""
+    out = ir.run_body("layout,grid{multicast=false}", *chain(ir, 3136, 512, 64))
     line = linear_line(out, "mm1")
     ir.check(line, 'tt.sharding = {layout = "height_sharded", reason = "height_sharded: M 98 >= 4 x N 2 tiles; ')
     memory_layout, grid, shard = sharded_result(line)
@@ -163,7 +165,7 @@ def test_a_given_shard_that_cannot_fit_names_the_node_and_core(ir: IRHarness) ->
 def test_allocate_names_the_node_and_core_when_a_shard_does_not_fit(ir: IRHarness) -> None:
     """The shards chosen for an e150 (unicast plans, as above) allocated on a device with 4 KiB of free L1 per
     core."""
-    module = ir.run("layout,grid{multicast=false},lower-to-kernels", *chain(ir, 3136, 64, 64))
+    module = ir.run("layout,grid{multicast=false},lower-to-kernels", *chain(ir, 3136, 512, 64))
     module.attributes["tt.device"] = dataclasses.replace(E150, l1_size=E150.l1_reserved + 4096)
     with pytest.raises(UserError, match=r'node "mm1": L1 is full on core \(0,0\) \(and each of the \d+ cores of grid '
                                         r"\d+x\d+ holding the height_sharded buffer tensor<3136x64xbf16, .*>\): a shard "
