@@ -154,11 +154,17 @@ def ln_program_of(module: Module):
                 and op.attributes["kind"] == "layer_norm")
 
 
-@pytest.fixture(scope="module")
-def multicast_layer_norm() -> tuple[list[int], CompiledModel]:
-    shape = [4, 64, 256]
+PLANS = {  # shape, forced blocking with the multicast
+    "whole-row": ([4, 64, 256], {"batches": 1, "rows": 1, "cols": 8, "block_w": 2, **MCAST}),
+    "split": ([1, 128, 256], {"batches": 1, "rows": 1, "cols": 8, "block_w": 2, "split": 2, "groups_x": 1, **MCAST}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PLANS))
+def multicast_layer_norm(request) -> tuple[list[int], CompiledModel]:
+    shape, blocking = PLANS[request.param]
     with pytest.MonkeyPatch.context() as monkeypatch:
-        forced(monkeypatch, {"batches": 1, "rows": 1, "cols": 8, "block_w": 2, **MCAST})
+        forced(monkeypatch, blocking)
         _, compiled = compile_with_plans(layer_norm_model(shape))
     return shape, compiled
 
@@ -166,8 +172,8 @@ def multicast_layer_norm() -> tuple[list[int], CompiledModel]:
 @pytest.mark.parametrize("emulator", ["native", "reference"])
 @pytest.mark.parametrize("op_name, semaphore, message", [
     ("semaphore_inc", row_ops.PARAM_READY,
-     r"deadlock: no kernel on any core can make progress\n  reader kernel on core \(0,0\): ttkernel.semaphore_wait "
-     r"waits for semaphore 1 to reach 7 \(it holds 0\)"),
+     r"deadlock: no kernel on any core can make progress\n  reader kernel on core \(\d+,0\): ttkernel.semaphore_wait "
+     r"waits for semaphore 1 to reach \d+ \(it holds 0\)"),
     ("semaphore_wait", row_ops.PARAM_VALID, r"cb_push_back of CB 1 before waiting for the multicast into it to land"),
 ], ids=["missing-ready", "missing-valid-wait"])
 def test_a_broken_handshake_is_a_device_fault(multicast_layer_norm, emulator, op_name, semaphore, message) -> None:
@@ -176,4 +182,24 @@ def test_a_broken_handshake_is_a_device_fault(multicast_layer_norm, emulator, op
     first(module, op_name, semaphore).erase()
     broken = CompiledModel(module, compiled.device_weights, compiled.manifest)
     with using_emulator(emulator), pytest.raises(DeviceFault, match=message):
+        broken.run(feeds_of(shape))
+
+
+@pytest.mark.parametrize("emulator", ["native", "reference"])
+def test_a_column_multicast_past_the_grid_is_a_device_fault(emulator) -> None:
+    """The split plan's last grid column names the column past it as its own (reader argument 6): its receivers'
+    ready increments, then its sender's multicast rectangle, fall outside the grid."""
+    shape, blocking = PLANS["split"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        forced(monkeypatch, blocking)
+        _, compiled = compile_with_plans(layer_norm_model(shape))
+    module = parse_module(str(compiled.module))
+    program = ln_program_of(module)
+    grid = program.attributes["grid"]
+    args = [[list(core) for core in per_kernel] for per_kernel in program.attributes["runtime_args"]]
+    for y in range(grid.y):
+        args[0][y * grid.x + grid.x - 1][6] += 1
+    program.attributes["runtime_args"] = tuple(tuple(tuple(core) for core in per_kernel) for per_kernel in args)
+    broken = CompiledModel(module, compiled.device_weights, compiled.manifest)
+    with using_emulator(emulator), pytest.raises(DeviceFault, match=r"outside the program's 2x4 grid"):
         broken.run(feeds_of(shape))
