@@ -14,7 +14,9 @@ rstd = rsqrt(var + eps), then centred x rstd x gamma + beta (gamma and beta rows
 padding rows zeroed. Gamma and beta are the same for every row: with `hold` (a core of more than one tile row)
 the reader reads their ct tiles once per core and the compute kernel keeps them at the front of their CBs,
 its last step unrolled over the row's blocks (static offsets into them); without it they are re-read with
-every row (less L1, for rows too wide to hold them beside the row).
+every row (less L1, for rows too wide to hold them beside the row). With `param_mcast` (any whole-row blocking of
+more than one unit, even of one tile row per core) they are held and core 0 alone reads them, multicasting them to
+the whole grid (`share_params`, tt-metal's ready / valid handshake on semaphores 1 and 2).
 
 RMS norm (`ttir.layer_norm {rms = true}`, decompose.py): the layer norm without the mean: x itself (copied, its
 padding already zero) in place of the centred values, so rstd = rsqrt(mean(x^2) + eps), then x rstd x gamma.

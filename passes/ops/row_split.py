@@ -18,8 +18,11 @@ no reset, so an increment of the next exchange cannot be lost), reads the group'
 CB_PARTS, and the compute kernel reduces each row's S partials in slice order (`reduce_row`: the same order on
 every core, so the cores of a group agree bit for bit), then the statistic's SFPU steps. Then each core
 normalises its own slice (layer norm: its slice of gamma / beta read once, before the rows, and held for all R
-of them when R > 1; the last step unrolled over the blocks, static offsets into them). The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
-partials), so the bits differ from the whole-row plan's (a different summation order), not the definition.
+of them when R > 1, or with `param_mcast` read by the first core of its grid column and multicast down the column,
+whose cores hold the same slice (row_ops.share_params); the last step unrolled over the blocks, static offsets
+into them). The partial sums are summed in groups (`row_sum_groups` of the slice, then of the S
+partials), so the bits differ from the whole-row plan's (a different summation order), not the definition. A
+block-float result keeps its partials, statistics and scratch in bf16 (`work_format`); only its output CB is bfp8_b.
 
 The scratch buffer (`scratch`) is created before the program and freed after it; the grid pass counts its
 L1 share in the op's footprint (`DeviceOp.scratch`). Semaphore messages are not counted (runtime/multicast.py).
