@@ -26,7 +26,6 @@ from ttc.ir.core import Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.ir.target import Cost
 from ttc.ir.types import TensorType
 from ttc.passes.ops.attention import fits_one_chain
 from ttc.passes.ops.gather import is_folded, is_view
@@ -135,7 +134,7 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         trial = [fused if op is second else op for op in body.ops if op is not first and op is not softmax]
         chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights)
         unfused = recorded_cycles([first, softmax, second])
-        if chosen is None or not isinstance(chosen[2], Cost) or chosen[2].cycles >= unfused:
+        if chosen is None or chosen[2].cycles >= unfused:
             fused.result.replace_all_uses_with(second.result)
             fused.drop_operands()
             continue

@@ -38,7 +38,7 @@ from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
 from ttc.ir.types import ScalarType
-from ttc.passes.ops.counting import Buffer, Plan, Weights, format_name
+from ttc.passes.ops.counting import Plan, Weights, format_name
 from ttc.passes.ops.geometry import (
     CB_CHUNK,
     CB_GROUPS,

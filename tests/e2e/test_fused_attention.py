@@ -161,3 +161,35 @@ def test_an_attention_too_large_for_l1_stays_three_programs() -> None:
     finally:
         fused.drop_operands()
     assert smallest > E150.l1_free
+
+
+def test_the_three_programs_stay_when_they_cost_less(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused program replaces the three only when the cost model ranks it below their recorded costs."""
+    model = attention_model(2, 3, 64, 64, "padding", 0.125)
+    monkeypatch.setattr(fusion, "recorded_cycles", lambda ops: 0.0)
+    _, compiled = compile_with_plans(model)
+    assert kinds(compiled) == ["matmul", "softmax", "matmul"]
+
+
+def test_the_attention_op_verifies_its_shapes() -> None:
+    from ttc.ir.core import Operation, Value
+    from ttc.ir.dialect import VerifyError
+    from ttc.ir.types import ScalarType, TensorType
+
+    f32 = ScalarType("f32")
+
+    def value(*shape: int) -> Value:
+        return Value(TensorType(shape, f32))
+
+    attributes = {"scale": 1.0, "scores_format": "bf16", "probs_format": "bf16"}
+    good = Operation(ttir.ATTENTION.name, (value(2, 64, 32), value(2, 32, 96), value(2, 96, 16)),
+                     [TensorType((2, 64, 16), f32)], attributes)
+    ttir.ATTENTION.verify(good)
+    for operands, result, message in [
+        ((value(2, 64, 32), value(2, 16, 96), value(2, 96, 16)), (2, 64, 16), "inner dims"),
+        ((value(2, 64, 32), value(2, 32, 96), value(2, 96, 16), value(3, 1, 96)), (2, 64, 16), "does not broadcast"),
+        ((value(2, 64, 32), value(2, 32, 96), value(2, 96, 16)), (2, 64, 32), "attention result"),
+    ]:
+        bad = Operation(ttir.ATTENTION.name, operands, [TensorType(result, f32)], attributes)
+        with pytest.raises(VerifyError, match=message):
+            ttir.ATTENTION.verify(bad)
