@@ -65,6 +65,9 @@ def match(softmax: Operation) -> tuple[Operation, Operation] | None:
     rank = tensor(scores).rank
     if rank < 2 or softmax.attr("axis") % rank != rank - 1:
         return None
+    if any(tensor(v).rank < 2 for v in (*first.operands, second.operands[1])) \
+            or tensor(second.result).shape[:-2] != tensor(scores).shape[:-2]:
+        return None  # (a core walks the scores' batches: the result's must be the same)
     values = [*first.operands, second.operands[1], *softmax.operands[1:], second.result]
     if not all(tile_device(v) for v in values):
         return None
