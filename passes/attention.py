@@ -1,10 +1,11 @@
 """The grid pass's last step: attention as one program (`ttir.attention`, passes/ops/attention.py).
 
-    %s = ttir.linear(%q, %kt)                      a plain matmul (no bias, activation or residual)
+    %s = ttir.linear(%q, %kt, %b?)                 a plain matmul (no bias or activation; a residual %b: T5's
+                                                   position bias)
     %p = ttir.softmax(%s, %mask?) {scale}          its only reader, along the last axis
     %y = ttir.linear(%p, %v)                       the probabilities' only reader, a plain matmul
   ->
-    %y = ttir.attention(%q, %kt, %v, %mask?) {scale, scores_format, probs_format, reduce_fidelity}
+    %y = ttir.attention(%q, %kt, %v, %mask?, %b?) {scale, bias, scores_format, probs_format, reduce_fidelity}
 
 BERT, GPT-2 (a causal mask), ViT, T5 and Whisper reach this form after `fuse` folded the scale and the mask into the
 softmax. The fused program keeps each core's scores row in L1 (the unfused matmul writes the scores to their
@@ -34,11 +35,15 @@ from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
 from ttc.passes.ops.registry import l1_footprint, op_kind
 
 
-def plain_matmul(op: object) -> bool:
-    """A `ttir.linear` with no bias, activation or residual (the products of an attention)."""
-    return isinstance(op, Operation) and op.name == ttir.LINEAR.name and len(op.operands) == 2 \
-        and op.attributes.get("activation", "none") == "none" and not op.attributes.get("transpose_b") \
-        and not op.attributes.get("residual")
+def plain_matmul(op: object, residual: bool = False) -> bool:
+    """A `ttir.linear` with no bias, activation or residual (the products of an attention); with `residual`, the
+    scores' product may add a residual (T5's position bias, fused into it), with no activation after it."""
+    if not isinstance(op, Operation) or op.name != ttir.LINEAR.name or op.attributes.get("transpose_b") \
+            or op.attributes.get("activation", "none") != "none":
+        return False
+    if op.attributes.get("residual"):
+        return residual and len(op.operands) == 3 and op.attributes.get("residual_activation", "none") == "none"
+    return len(op.operands) == 2
 
 
 def only_reader(value: Value) -> Operation | None:
@@ -57,7 +62,7 @@ def match(softmax: Operation) -> tuple[Operation, Operation] | None:
     scores = softmax.operands[0]
     first = scores.owner
     second = only_reader(softmax.result)
-    if not plain_matmul(first) or not plain_matmul(second) or only_reader(scores) is not softmax:
+    if not plain_matmul(first, residual=True) or not plain_matmul(second) or only_reader(scores) is not softmax:
         return None
     assert isinstance(first, Operation) and second is not None
     if second.operands[0] is not softmax.result or second.operands[1] is softmax.result:
@@ -76,8 +81,9 @@ def match(softmax: Operation) -> tuple[Operation, Operation] | None:
 
 def attention_op(first: Operation, softmax: Operation, second: Operation) -> Operation:
     """The fused op (not yet in a block) of the three."""
-    operands = (*first.operands, second.operands[1], *softmax.operands[1:])
-    attributes = {"scale": float(softmax.attr("scale")),
+    bias = ttir.linear_residual(first)
+    operands = (*first.operands[:2], second.operands[1], *softmax.operands[1:], *([bias] if bias is not None else []))
+    attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
                   "scores_format": tensor(first.result).element_type.name,
                   "probs_format": tensor(softmax.result).element_type.name,
                   "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),

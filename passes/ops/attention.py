@@ -40,6 +40,7 @@ from ttc.ir.target import Counts
 from ttc.ir.types import ScalarType
 from ttc.passes.ops.counting import Plan, Weights, format_name
 from ttc.passes.ops.geometry import (
+    CB_BIASED,
     CB_CHUNK,
     CB_GROUPS,
     CB_MASKED,
@@ -72,6 +73,7 @@ from ttc.passes.ops.row_ops import mask_block, reduce_row, row_sum_groups, stati
 
 CB_Q, CB_KT, CB_V, CB_MASK = 0, 1, 2, 3
 CB_SCORES, CB_PROBS = 4, 5  # a row of scores (the softmax's input) and of probabilities (the second product's)
+CB_BIAS_ROW = 6  # a row of the scores' bias (the unfused matmul's residual)
 CB_SUM, CB_SCALED = CB_TMP, CB_TMP2  # x * scale + mask (row_ops' names), and a block of x * scale
 
 
@@ -91,10 +93,17 @@ class AttentionShape:
     v_offsets: np.ndarray = field(compare=False)
     mask_offsets: np.ndarray | None = field(compare=False)
     mask_rows: bool = False  # the mask has a tile row per scores tile row (else one row broadcast along rows)
+    bias_offsets: np.ndarray | None = field(compare=False, default=None)  # the scores' bias (laid out as they are)
 
 
 def attention_mask(op: Operation) -> Value | None:
-    return op.operands[3] if len(op.operands) > 3 else None
+    return op.operands[3] if len(op.operands) > 3 + int(bool(op.attributes.get("bias"))) else None
+
+
+def scores_bias(op: Operation) -> Value | None:
+    """The tensor added to the scores before the softmax (`bias = true`: the last operand; the unfused matmul's
+    residual), or None."""
+    return op.operands[-1] if op.attributes.get("bias") else None
 
 
 def attention_shape(op: Operation) -> AttentionShape:
@@ -107,9 +116,11 @@ def attention_shape(op: Operation) -> AttentionShape:
     if mask is not None:
         mask_offsets = batch_offsets(tensor(mask).shape, scores_shape)
         mask_rows = tile_shape(tensor(mask).shape).rows == scores.rows
+    bias = scores_bias(op)
+    bias_offsets = None if bias is None else np.arange(scores.batches, dtype=np.int64) * scores.matrix_tiles
     return AttentionShape(scores.batches, scores.rt, tile_shape(q).ct, scores.ct, result.ct, scores,
                           batch_offsets(q, scores_shape), batch_offsets(kt, scores_shape),
-                          batch_offsets(v, out), mask_offsets, mask_rows)
+                          batch_offsets(v, out), mask_offsets, mask_rows, bias_offsets)
 
 
 def scores_format(op: Operation) -> ScalarType:
@@ -170,13 +181,18 @@ def attention_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]
             cbs.append(cb(CB_SCALED, stat, width))
     if accumulation_tiles(s.ct) < s.ct:  # the running total of the chunks, and one chunk's sum
         cbs += [cb(CB_TOTAL, partial, ow), cb(CB_CHUNK, partial, ow)]
+    bias = scores_bias(op)
+    if bias is not None:  # a row of it, and a block of the product before it is added (matmul.matmul_cbs)
+        cbs += [cb(CB_BIAS_ROW, tensor(bias).element_type, double(s.ct, rows)),
+                cb(CB_BIASED, work_format(scores_format(op)), width)]
     return sorted(cbs, key=lambda c: c.index)
 
 
 def attention_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """Any split of the (batch, head) matrices and their tile rows over cores, in blocks of up to half of Dst."""
     s = attention_shape(op)
-    offsets = [s.q_offsets, s.k_offsets, s.v_offsets] + ([] if s.mask_offsets is None else [s.mask_offsets])
+    offsets = [s.q_offsets, s.k_offsets, s.v_offsets] + ([] if s.mask_offsets is None else [s.mask_offsets]) \
+        + ([] if s.bias_offsets is None else [s.bias_offsets])
     widths = [d for d in divisors(s.ct) if d <= HALF_DST][::-1]
     for batches in batch_groups(offsets, s.batches):
         for rows in divisors(s.rt):
@@ -206,6 +222,7 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
     # scores: a fill per tile, one chain of kt products
     plan.tile(target.DATACOPY, rows * ct)
     plan.tile(target.matmul_key(fidelity, format_name(q), format_name(k)), rows * ct * s.kt)
+    plan.tile(target.binary_key("add"), rows * ct * int(scores_bias(op) is not None))  # + the bias
     # the softmax (row_ops.plan_row_op's)
     scaled = int(op.attr("scale") != 1.0)
     plan.tile(target.DATACOPY, rows * ct * scaled)
@@ -252,6 +269,11 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
         mask_first = s.mask_offsets[batch0] + row0 * rs
         mask_loop = (batch_loop[:, None] * step + np.arange(b["rows"])[None, :] * rs).ravel()
         static_row_tiles(plan, mask, mask_first, mask_loop[:1] if holds_mask(op, b) else mask_loop, ct)
+    bias = scores_bias(op)
+    if bias is not None:  # its row of each scores row
+        assert s.bias_offsets is not None
+        first, loop = rows_of(s.bias_offsets, ct)
+        static_row_tiles(plan, bias, first, loop, ct)
     out_first = (batch0 * s.rt + row0) * nt
     out_loop = (batch_loop[:, None] * s.rt * nt + np.arange(b["rows"])[None, :] * nt).ravel()
     static_row_tiles(plan, op.result, out_first, out_loop, nt, write=True)
@@ -271,7 +293,8 @@ def lower_attention(op: Operation) -> Program:
         batch, row = unit[0] * b["batches"], unit[1] * b["rows"]
         mask = [] if s.mask_offsets is None else \
             [int(s.mask_offsets[batch]) + row * (s.ct if s.mask_rows else 0)]
-        return [int(s.q_offsets[batch]) + row * s.kt, int(s.k_offsets[batch]), int(s.v_offsets[batch]), *mask]
+        bias = [] if s.bias_offsets is None else [int(s.bias_offsets[batch]) + row * s.ct]
+        return [int(s.q_offsets[batch]) + row * s.kt, int(s.k_offsets[batch]), int(s.v_offsets[batch]), *mask, *bias]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
@@ -306,6 +329,9 @@ def attention_reader(op: Operation, sch: Schedule, s: AttentionShape):
         read(CB_V, gens[2], k.affine(k.arg(2), (batch, steps[2])), s.ct, s.nt)
         with k.loop(b["rows"]) as row:
             read(CB_Q, gens[0], k.affine(k.arg(0), (batch, steps[0]), (row, s.kt)), 1, s.kt)
+            if s.bias_offsets is not None:  # the row of the scores' bias (the last operand and argument)
+                bias_arg = 3 + int(s.mask_offsets is not None)
+                read(CB_BIAS_ROW, gens[-1], k.affine(k.arg(bias_arg), (batch, s.rt * s.ct), (row, s.ct)), 1, s.ct)
             if s.mask_offsets is not None and not held:  # the row's mask tiles, block by block
                 mask_step = affine_step(s.mask_offsets, b["batches"])
                 start = k.affine(k.arg(3), (batch, mask_step), (row, s.ct if s.mask_rows else 0))
@@ -373,6 +399,7 @@ def attention_compute(op: Operation, sch: Schedule, s: AttentionShape):
     held = holds_mask(op, b)
     prologue = has_prologue(op)
     src = CB_SUM if prologue else CB_SCORES
+    biased = scores_bias(op) is not None
     k = KernelBuilder(op.loc)
     if held:
         k.op("cb_wait_front", cb=CB_MASK, pages=ct)
@@ -382,13 +409,25 @@ def attention_compute(op: Operation, sch: Schedule, s: AttentionShape):
         with k.loop(b["rows"]) as row:
             # the scores row: Q's row @ K^T, block by block (static offsets into the held K^T)
             k.op("cb_wait_front", cb=CB_Q, pages=s.kt)
+            if biased:
+                k.op("cb_wait_front", cb=CB_BIAS_ROW, pages=ct)
             for block in range(ct // width):
                 k.op("tile_regs_acquire")
                 k.op("fill_tiles", count=width, value=0.0)
                 k.op("matmul_tiles", cb_a=CB_Q, a_row_stride=s.kt, cb_b=CB_KT, b_offset=block * width,
                      b_row_stride=ct, inner=s.kt, rows=1, cols=width, fidelity=sch.fidelity)
+                if biased:  # the unfused residual epilogue: packed, then the FPU add of the bias's tiles
+                    k.pack_block(CB_BIASED, width)
+                    k.op("cb_wait_front", cb=CB_BIASED, pages=width)
+                    k.op("tile_regs_acquire")
+                    at = {"b_offset": block * width} if block else {}
+                    k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=width, cb_b=CB_BIAS_ROW, **at,
+                         b_row_stride=ct, rows=1, cols=width)
+                    k.op("cb_pop_front", cb=CB_BIASED, pages=width)
                 k.pack_block(CB_SCORES, width)
             k.op("cb_pop_front", cb=CB_Q, pages=s.kt)
+            if biased:
+                k.op("cb_pop_front", cb=CB_BIAS_ROW, pages=ct)
             # the softmax of the row (row_ops.softmax_compute), into CB_PROBS
             k.op("cb_wait_front", cb=CB_SCORES, pages=ct)
             if prologue:

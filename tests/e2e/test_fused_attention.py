@@ -28,6 +28,8 @@ CASES = {  # batch, heads, seq, head dim, mask, scale
     "zero constant mask, scaled (ViT's form)": (1, 3, 64, 64, "zero", 0.125),
     "ragged: seq 50, head dim 40, padding mask": (1, 2, 50, 40, "padding", 0.3),
     "ragged: seq 100, causal mask": (1, 3, 100, 64, "causal", 0.125),
+    "position bias [B, H, S, S] on the product, padding mask (T5's form)": (2, 2, 64, 64, "bias+padding", None),
+    "ragged: position bias, no mask": (1, 2, 70, 64, "bias", None),
 }
 
 
@@ -37,6 +39,11 @@ def attention_model(b: int, h: int, s: int, d: int, mask: str | None, scale: flo
     nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2], name="/kt"),
               helper.make_node("MatMul", ["q", "kt"], ["qk"], name="/qk")]
     x = "qk"
+    if mask is not None and mask.startswith("bias"):  # a tensor added to the product (fused as its residual)
+        inputs.append(helper.make_tensor_value_info("pb", TensorProto.FLOAT, [b, h, s, s]))
+        nodes.append(helper.make_node("Add", [x, "pb"], ["biased"], name="/bias"))
+        x = "biased"
+        mask = mask.partition("+")[2] or None
     if scale is not None:
         initializers.append(numpy_helper.from_array(np.array(scale, np.float32), "c"))
         nodes.append(helper.make_node("Mul", [x, "c"], ["scaled"], name="/scale"))
@@ -60,6 +67,9 @@ def attention_model(b: int, h: int, s: int, d: int, mask: str | None, scale: flo
 def feeds_for(b: int, h: int, s: int, d: int, mask: str | None, seed: int = 3) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {name: (rng.standard_normal([b, h, s, d]) * 1.5).astype(np.float32) for name in "qkv"}
+    if mask is not None and mask.startswith("bias"):
+        feeds["pb"] = rng.standard_normal([b, h, s, s]).astype(np.float32)
+        mask = mask.partition("+")[2]
     if mask == "padding":
         feeds["m"] = np.where(rng.random([b, 1, 1, s]) < 0.3, -10000.0, 0.0).astype(np.float32)
     return feeds
@@ -103,6 +113,7 @@ def test_attention_is_one_program_with_the_unfused_bits(name: str, monkeypatch: 
     ((1, 2, 96, 64, "causal", 0.125), "causal", {"batches": 2, "rows": 3, "block_w": 3}, False),  # a row per tile row
     ((1, 2, 96, 64, "causal", 0.125), "causal", {"batches": 2, "rows": 1, "block_w": 1}, True),  # one shared tile row
     ((1, 2, 288, 64, None, None), None, {"batches": 1, "rows": 3, "block_w": 3}, False),  # P.V in 3 K chunks
+    ((2, 2, 96, 64, "bias+padding", None), "bias+padding", {"batches": 2, "rows": 3, "block_w": 1}, True),
 ])
 def test_forced_blockings_have_the_unfused_bits(shape, mask, blocking, held, monkeypatch: pytest.MonkeyPatch) -> None:
     """Several heads and tile rows per core, the mask held or read per row, K^T and V held per head: the same
