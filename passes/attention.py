@@ -97,10 +97,11 @@ def recorded_cycles(ops: list[Operation]) -> float:
 
 
 def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, fidelity: str,
-            weights) -> tuple | None:
+            weights, memo: dict) -> tuple | None:
     """Replay the function's L1 with `fused` in `ops`: the cheapest fitting candidate of `fused` (grid, blocking,
-    cost), or None when it has none or another program no longer fits."""
-    from ttc.passes.grid import LiveL1, ranked
+    cost), or None when it has none or another program no longer fits. `memo` keeps the ranking of each op
+    signature (the layers of an encoder rank the same candidates)."""
+    from ttc.passes.grid import LiveL1, matmul_signature, ranked
 
     live = LiveL1.of(ops, device, max_cores)
     chosen = None
@@ -110,7 +111,10 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
             continue
         budget = live.budget(op)
         if op is fused:
-            for grid, blocking, cost in ranked(op, device, fidelity, max_cores, weights):
+            key = matmul_signature(op)
+            if key not in memo:
+                memo[key] = ranked(op, device, fidelity, max_cores, weights)
+            for grid, blocking, cost in memo[key]:
                 if l1_footprint(op, device, blocking) <= budget:
                     chosen = (grid, blocking, cost)
                     break
@@ -127,6 +131,7 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
 
 def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
     """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it."""
+    memo: dict = {}
     for softmax in [op for op in func.body.ops if op.name == ttir.SOFTMAX.name]:
         found = match(softmax)
         if found is None:
@@ -141,7 +146,7 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         body = func.body
         second.result.replace_all_uses_with(fused.result)
         trial = [fused if op is second else op for op in body.ops if op is not first and op is not softmax]
-        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights)
+        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, memo)
         unfused = recorded_cycles([first, softmax, second])
         if chosen is None or chosen[2].cycles >= unfused:
             fused.result.replace_all_uses_with(second.result)
