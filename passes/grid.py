@@ -18,7 +18,8 @@ programs other than matmuls that sum on the matrix unit: softmax, layer norm, re
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
 multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
-only).
+only), `attention` (true: once every op is placed, an attention's matmul,
+softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -47,6 +48,7 @@ from ttc.ir.core import Module, Operation, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
 from ttc.ir.target import FIDELITY_PHASES, Cost
+from ttc.passes.attention import fuse_attention
 from ttc.passes.cost_model import Weights, estimate, matmul_units
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
@@ -593,6 +595,7 @@ class Grid(Pass):
     max_cores: int = 0
     sharding: bool = True
     multicast: bool = True
+    attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -640,6 +643,8 @@ class Grid(Pass):
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
                 live.ran(index, op)
+            if self.attention:
+                fuse_attention(func, device, self.max_cores, module.weights)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:

@@ -865,11 +865,48 @@ POOL2D = OpDef(
     traits=PURE, verify=verify_pool2d,
 )
 
+def verify_attention(op: Operation) -> None:
+    q, kt, v = (tensor(x.type).shape for x in op.operands[:3])
+    scores = matmul_shape(q, kt)
+    if scores is None:
+        raise VerifyError(f"attention scores of {_dims(q)} by {_dims(kt)} have mismatched inner dims")
+    extra = list(op.operands[3:])
+    if op.attr("bias"):
+        if not extra:
+            raise VerifyError("an attention with bias = true takes the scores' bias as its last operand")
+        bias = tensor(extra.pop().type).shape
+        if not holds_tiles_of(bias, scores):
+            raise VerifyError(f"bias {_dims(bias)} does not hold the tiles of the scores {_dims(scores)}")
+    if extra:
+        mask = tensor(extra[0].type).shape
+        if broadcast_shape(mask, scores) != tuple(scores):
+            raise VerifyError(f"mask {_dims(mask)} does not broadcast to the scores' {_dims(scores)}")
+    shape = matmul_shape(scores, v)
+    if shape is None:
+        raise VerifyError(f"attention probabilities {_dims(scores)} and values {_dims(v)} have mismatched inner dims")
+    _expect_shape(op, shape, "attention result")
+
+
+ATTENTION = OpDef(
+    "ttir.attention", "softmax((query @ key (+ bias)) * scale (+ mask)) @ value along the last axis, one device op "
+    "(the grid pass fuses a matmul (with a residual: `bias = true`, the last operand, as T5's position bias), a "
+    "softmax with its folded scale and mask, and a plain matmul into it: passes/attention.py); `key` is the matmul's "
+    "second operand ([..., D, S], K transposed); `scores_format` and `probs_format` are the element types the "
+    "unfused ops gave the scores and the probabilities (kept in L1 in those formats), `reduce_fidelity` the softmax's",
+    operands=(Operand("query"), Operand("key"), Operand("value"), Operand("mask", optional=True),
+              Operand("bias", optional=True)),
+    attributes=(Attr("scale", FloatAttr, 1.0), Attr("bias", BoolAttr, False), Attr("scores_format", StrAttr, REQUIRED),
+                Attr("probs_format", StrAttr, REQUIRED),
+                Attr("reduce_fidelity", enum_attr("lofi", "hifi2", "hifi3", "hifi4"), "hifi4")),
+    traits=PURE, verify=verify_attention,
+)
+
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
          NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, ISINF, EQ, NE, LT, LE, GT, GE,
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
-         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D],
+         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D,
+         ATTENTION],
 ).register()

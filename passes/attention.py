@@ -1,0 +1,161 @@
+"""The grid pass's last step: attention as one program (`ttir.attention`, passes/ops/attention.py).
+
+    %s = ttir.linear(%q, %kt, %b?)                 a plain matmul (no bias or activation; a residual %b: T5's
+                                                   position bias)
+    %p = ttir.softmax(%s, %mask?) {scale}          its only reader, along the last axis
+    %y = ttir.linear(%p, %v)                       the probabilities' only reader, a plain matmul
+  ->
+    %y = ttir.attention(%q, %kt, %v, %mask?, %b?) {scale, bias, scores_format, probs_format, reduce_fidelity}
+
+BERT, GPT-2 (a causal mask), ViT, T5 and Whisper reach this form after `fuse` folded the scale and the mask into the
+softmax. The fused program keeps each core's scores row in L1 (the unfused matmul writes the scores to their
+buffer, often DRAM: BERT-Large b12 s384 54 MiB per layer, read back by the softmax and its result again by the
+second matmul), computing the same ops on the same formats, so the result has the unfused graph's bits.
+
+The three ops are replaced when (1) the shapes suit the kernels (the head dim one accumulation chain of at most
+SHORT_K_TILES tiles, every operand a tile-layout device tensor), (2) the cheapest fused candidate that fits L1 costs
+fewer modelled cycles than the three programs' recorded costs, and (3) every program of the function still fits L1
+with the new op in place of the three (the L1 heap replayed as allocate will place it: the query and key now live
+until the second matmul's place, the scores and probabilities buffers are gone). Otherwise the three stay, as the
+grid pass chose them: a row too long for the held K^T, V and the scores row falls back to the unfused programs.
+"""
+
+from __future__ import annotations
+
+from ttc.ir.attributes import fuse_locations
+from ttc.ir.core import Operation, Value
+from ttc.ir.diagnostics import UserError
+from ttc.ir.dialects import ttir
+from ttc.ir.dialects.tt import DeviceAttr
+from ttc.ir.types import TensorType
+from ttc.passes.ops.attention import fits_one_chain
+from ttc.passes.ops.gather import is_folded, is_view
+from ttc.passes.ops.geometry import is_row_major, layout, tensor
+from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
+from ttc.passes.ops.registry import l1_footprint, op_kind
+
+
+def plain_matmul(op: object, residual: bool = False) -> bool:
+    """A `ttir.linear` with no bias, activation or residual (the products of an attention); with `residual`, the
+    scores' product may add a residual (T5's position bias, fused into it), with no activation after it."""
+    if not isinstance(op, Operation) or op.name != ttir.LINEAR.name or op.attributes.get("transpose_b") \
+            or op.attributes.get("activation", "none") != "none":
+        return False
+    if op.attributes.get("residual"):
+        return residual and len(op.operands) == 3 and op.attributes.get("residual_activation", "none") == "none"
+    return len(op.operands) == 2
+
+
+def only_reader(value: Value) -> Operation | None:
+    """The one op using `value` (None when it has several uses or none)."""
+    return value.uses[0][0] if len(value.uses) == 1 else None
+
+
+def tile_device(value: Value) -> bool:
+    t = value.type
+    return isinstance(t, TensorType) and t.encoding is not None and not is_row_major(value) \
+        and layout(t).tensor_layout == "tile"
+
+
+def match(softmax: Operation) -> tuple[Operation, Operation] | None:
+    """(scores matmul, second matmul) around `softmax` when the three form an attention the kernels run."""
+    scores = softmax.operands[0]
+    first = scores.owner
+    second = only_reader(softmax.result)
+    if not plain_matmul(first, residual=True) or not plain_matmul(second) or only_reader(scores) is not softmax:
+        return None
+    assert isinstance(first, Operation) and second is not None
+    if second.operands[0] is not softmax.result or second.operands[1] is softmax.result:
+        return None
+    rank = tensor(scores).rank
+    if rank < 2 or softmax.attr("axis") % rank != rank - 1:
+        return None
+    if any(tensor(v).rank < 2 for v in (*first.operands, second.operands[1])) \
+            or tensor(second.result).shape[:-2] != tensor(scores).shape[:-2]:
+        return None  # (a core walks the scores' batches: the result's must be the same)
+    values = [*first.operands, second.operands[1], *softmax.operands[1:], second.result]
+    if not all(tile_device(v) for v in values):
+        return None
+    return first, second
+
+
+def attention_op(first: Operation, softmax: Operation, second: Operation) -> Operation:
+    """The fused op (not yet in a block) of the three."""
+    bias = ttir.linear_residual(first)
+    operands = (*first.operands[:2], second.operands[1], *softmax.operands[1:], *([bias] if bias is not None else []))
+    attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
+                  "scores_format": tensor(first.result).element_type.name,
+                  "probs_format": tensor(softmax.result).element_type.name,
+                  "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),
+                  FIDELITY: second.attributes.get(FIDELITY, "hifi4")}
+    return Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
+                     loc=fuse_locations(first.loc, softmax.loc, second.loc))
+
+
+def recorded_cycles(ops: list[Operation]) -> float:
+    return sum(float(op.attributes[COST]["cycles"]) for op in ops)
+
+
+def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, fidelity: str,
+            weights, memo: dict) -> tuple | None:
+    """Replay the function's L1 with `fused` in `ops`: the cheapest fitting candidate of `fused` (grid, blocking,
+    cost), or None when it has none or another program no longer fits. `memo` keeps the ranking of each op
+    signature (the layers of an encoder rank the same candidates)."""
+    from ttc.passes.grid import LiveL1, matmul_signature, ranked
+
+    live = LiveL1.of(ops, device, max_cores)
+    chosen = None
+    for index, op in enumerate(ops):
+        if op_kind(op) is None or is_folded(op) or is_view(op):
+            live.ran(index, op)
+            continue
+        budget = live.budget(op)
+        if op is fused:
+            key = matmul_signature(op)
+            if key not in memo:
+                memo[key] = ranked(op, device, fidelity, max_cores, weights)
+            for grid, blocking, cost in memo[key]:
+                if l1_footprint(op, device, blocking) <= budget:
+                    chosen = (grid, blocking, cost)
+                    break
+            if chosen is None:
+                return None
+        elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
+            return None
+        try:
+            live.ran(index, op)
+        except UserError:
+            return None
+    return chosen
+
+
+def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
+    """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it."""
+    memo: dict = {}
+    for softmax in [op for op in func.body.ops if op.name == ttir.SOFTMAX.name]:
+        found = match(softmax)
+        if found is None:
+            continue
+        first, second = found
+        if FIDELITY in first.attributes and first.attributes[FIDELITY] != second.attributes.get(FIDELITY):
+            continue
+        fused = attention_op(first, softmax, second)
+        if not fits_one_chain(fused):
+            fused.drop_operands()
+            continue
+        body = func.body
+        second.result.replace_all_uses_with(fused.result)
+        trial = [fused if op is second else op for op in body.ops if op is not first and op is not softmax]
+        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, memo)
+        unfused = recorded_cycles([first, softmax, second])
+        if chosen is None or chosen[2].cycles >= unfused:
+            fused.result.replace_all_uses_with(second.result)
+            fused.drop_operands()
+            continue
+        grid, blocking, cost = chosen
+        fused.attributes[GRID] = grid
+        fused.attributes[BLOCKING] = dict(blocking)
+        fused.attributes[COST] = cost.as_attr()
+        body.insert_before(second, fused)
+        for op in (second, softmax, first):
+            op.erase()
