@@ -10,8 +10,8 @@ matrix's K^T ([kt, ct] tiles) and V ([ct, nt] tiles) once into CBs that hold the
 row it reads the row of Q (kt tiles) and, unless the core holds it, the row's mask tiles. Per tile row the compute
 kernel then runs, op for op, what the three unfused programs run on that row:
 
-- the scores row Q @ K^T (1 x ct tiles, in blocks of `block_w` columns: fill, `matmul_tiles` over the kt tiles, one
-  accumulation chain as the unfused matmul's, whose K of at most SHORT_K_TILES tiles is one chunk), packed in the
+- the scores row Q @ K^T (1 x ct tiles, in blocks of `block_w` columns: `matmul_tiles {accumulate = false}`
+  over the kt tiles, one accumulation chain as the unfused matmul's, whose K of at most SHORT_K_TILES tiles is one chunk), packed in the
   unfused product's format into CB_SCORES;
 - the softmax kernel's steps on it (row_ops.softmax_compute: x * scale (+ mask) block by block, the max with the
   padding columns masked, exp(x - max), the grouped sum, 1 / sum, the product with the padding rows zeroed),
@@ -219,8 +219,7 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
     pad_rows, pad_cols = s.scores.rows % TILE != 0, s.scores.cols % TILE != 0
     chunks = ct // accumulation_tiles(ct)
     plan = Plan(device, grid, attention_units(op, b))
-    # scores: a fill per tile, one chain of kt products
-    plan.tile(target.DATACOPY, rows * ct)
+    # scores: one chain of kt products per tile (onto zeros: `accumulate = false`, no fill)
     plan.tile(target.matmul_key(fidelity, format_name(q), format_name(k)), rows * ct * s.kt)
     plan.tile(target.binary_key("add"), rows * ct * int(scores_bias(op) is not None))  # + the bias
     # the softmax (row_ops.plan_row_op's)
@@ -238,8 +237,7 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
     plan.tile(target.reduce_sum_key(reduce_fidelity), rows * (ct + (groups if groups > 1 else 0)))
     plan.tile(target.sfpu_key("recip"), rows)
     plan.tile(target.binary_key("mul"), rows * ct)
-    # probabilities @ V: a fill per chunk and tile, the chunk sums added
-    plan.tile(target.DATACOPY, rows * nt * chunks)
+    # probabilities @ V: a chain per chunk and tile (onto zeros), the chunk sums added
     plan.tile(target.matmul_key(fidelity, op.attr("probs_format"), format_name(v)), rows * nt * ct)
     plan.tile(target.binary_key("add"), rows * nt * (chunks - 1))
 
@@ -413,9 +411,8 @@ def attention_compute(op: Operation, sch: Schedule, s: AttentionShape):
                 k.op("cb_wait_front", cb=CB_BIAS_ROW, pages=ct)
             for block in range(ct // width):
                 k.op("tile_regs_acquire")
-                k.op("fill_tiles", count=width, value=0.0)
                 k.op("matmul_tiles", cb_a=CB_Q, a_row_stride=s.kt, cb_b=CB_KT, b_offset=block * width,
-                     b_row_stride=ct, inner=s.kt, rows=1, cols=width, fidelity=sch.fidelity)
+                     b_row_stride=ct, inner=s.kt, rows=1, cols=width, fidelity=sch.fidelity, accumulate=False)
                 if biased:  # the unfused residual epilogue: packed, then the FPU add of the bias's tiles
                     k.pack_block(CB_BIASED, width)
                     k.op("cb_wait_front", cb=CB_BIASED, pages=width)
@@ -480,10 +477,9 @@ def attention_compute(op: Operation, sch: Schedule, s: AttentionShape):
             for col in range(nt // ow):
                 for c in range(chunks):
                     k.op("tile_regs_acquire")
-                    k.op("fill_tiles", count=ow, value=0.0)
                     k.op("matmul_tiles", cb_a=CB_PROBS, a_offset=c * chunk, a_row_stride=ct, cb_b=CB_V,
                          b_offset=c * chunk * nt + col * ow, b_row_stride=nt, inner=chunk, rows=1, cols=ow,
-                         fidelity=sch.fidelity)
+                         fidelity=sch.fidelity, accumulate=False)
                     if c:  # the chunk's sum added to the running total (matmul_compute's finish_chunk)
                         k.pack_block(CB_CHUNK, ow)
                         k.op("cb_wait_front", cb=CB_CHUNK, pages=ow)
