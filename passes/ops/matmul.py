@@ -84,7 +84,7 @@ from ttc.passes.ops.geometry import (
     tile_shape,
     work_format,
 )
-from ttc.passes.ops.interface import DeviceOp
+from ttc.passes.ops.interface import BY_COLUMN, DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
 from ttc.passes.ops.program import (
     Program,
@@ -255,13 +255,17 @@ def n_splits(nt: int) -> list[int]:
 
 
 MAX_OVERLAP_BLOCKS = 16  # overlapping M splits are tried over up to this many blocks of tile rows
+# and over the block counts that fill the e150 compute grid beside 1, 2, 3, ... N blocks (108 // n)
+GRID_FILLS = tuple(sorted({RAGGED_SPLITS // n for n in range(1, RAGGED_SPLITS + 1)}))
 
 
 def m_splits(mt: int) -> list[int]:
-    """Output tile rows per core: the divisors of mt, and ceil(mt / blocks) for 2..16 blocks where that does
-    not divide mt (an overlapping split: the last block starts at mt - per_core_m, `row_start`)."""
+    """Output tile rows per core: the divisors of mt, and ceil(mt / blocks) for 2..16 blocks and for the block
+    counts that fill the grid (`GRID_FILLS`: a 512-tile im2col chunk on 103 cores, not 64) where that does not
+    divide mt (an overlapping split: the last block starts at mt - per_core_m, `row_start`)."""
     exact = divisors(mt)
-    overlapping = {-(-mt // blocks) for blocks in range(2, min(mt, MAX_OVERLAP_BLOCKS) + 1)}
+    counts = {*range(2, min(mt, MAX_OVERLAP_BLOCKS) + 1), *(n for n in GRID_FILLS if 2 <= n <= mt)}
+    overlapping = {-(-mt // blocks) for blocks in counts}
     return sorted(set(exact) | {m for m in overlapping if mt % m})
 
 
@@ -309,7 +313,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     has_bias = ttir.linear_bias(op) is not None
     residual = ttir.linear_residual(op)
     activation = op.attributes.get("activation", "none")
-    plan = Plan(device, grid, matmul_units(shape, b))
+    plan = Plan(device, grid, matmul_units(shape, b), by_column=bool(b.get(BY_COLUMN)))
     out_tiles = batches * pcm * pcn
     plan.tile(target.DATACOPY, out_tiles * (k_blocks + int(any(matmul_masks(op)))))  # fills, reloads, masks
     plan.tile(target.matmul_key(fidelity, format_name(a), format_name(w)), out_tiles * kt)

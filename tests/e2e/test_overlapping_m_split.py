@@ -47,6 +47,7 @@ def linear_model(m: int, k: int, n: int, bias: bool, residual: bool = False, see
 def test_m_splits_add_overlapping_blocks_and_row_start_ends_at_m() -> None:
     assert m_splits(31) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 31]
     assert m_splits(12) == [1, 2, 3, 4, 6, 12]  # every ceil(12 / blocks) up to 12 blocks divides 12
+    assert 5 in m_splits(512)  # 103 blocks of 5 fill the e150's 108 cores (exact splits: 64 or 128 blocks)
     starts = row_start(31, 8, np.arange(4))
     assert starts.tolist() == [0, 8, 16, 23]  # the last block shares row 23 with the third
     assert set(np.concatenate([np.arange(s, s + 8) for s in starts]).tolist()) == set(range(31))
