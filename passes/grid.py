@@ -59,6 +59,7 @@ from ttc.passes.liveness import (
 )
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.matmul_chunks import split_oversized_matmuls
+from ttc.passes.ops.eltwise import overlapping
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import (
     cb_bytes,
@@ -488,8 +489,9 @@ def follow_sharding(op: Operation, interleaved: Choice, device: DeviceAttr, live
     budget = live.budget(op, result_layout)
     best: tuple[GridAttr, dict[str, int], Cost, int] | None = None
     for grid, blocking in placements(op, device, max_cores):
-        if grid.num_cores != math.prod(core_units(op, blocking)):
-            continue  # cores repeating the last unit would write shards twice
+        if grid.num_cores != math.prod(core_units(op, blocking)) or overlapping(op, blocking):
+            continue  # cores repeating the last unit, or sharing the rows of an overlapping split, would write
+            # shards twice
         cost = estimate(op, "eltwise", device, grid, blocking, fidelity, result_layout, weights)
         if best is not None and tie_break(cost) >= tie_break(best[2]):
             continue
