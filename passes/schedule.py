@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from ttc.ir.core import Function, Operation, Value
+from ttc.ir.dialects.ttmetal import STATE_ATTR
 from ttc.ir.types import TensorType
 
 
@@ -34,8 +35,8 @@ def _side_branch(start: Operation, x: Value) -> list[Operation] | None:
     inside: set[int] = {id(x)}
 
     def pure(op: Operation) -> bool:
-        if op.regions or len(op.results) != 1:
-            return False
+        if op.parent is not start.parent or op.regions or len(op.results) != 1 or STATE_ATTR in op.attributes:
+            return False  # (a device state's write keeps its place among the state's other uses)
         for operand in op.operands:
             owner = operand.owner
             if id(operand) in inside or not isinstance(owner, Operation):
@@ -61,6 +62,8 @@ def hoist_side_branches(func: Function) -> int:
     moved = 0
     for producer in list(block.ops):
         for x in producer.results:
+            if len({id(user) for user, _ in x.uses}) < 2:
+                continue
             position = {id(op): i for i, op in enumerate(block.ops)}
             users = list({id(user): user for user, _ in x.uses if id(user) in position}.values())
             if len(users) < 2:
