@@ -62,6 +62,7 @@ from ttc.passes.liveness import (
 )
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.matmul_chunks import split_oversized_matmuls
+from ttc.passes.ops.eltwise import overlapping
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import (
     cb_bytes,
@@ -77,7 +78,7 @@ from ttc.passes.ops.geometry import (
     tile_rows_cols,
     tile_shape,
 )
-from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
+from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
 from ttc.passes.ops.registry import (
     circular_buffers,
@@ -221,6 +222,8 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
         return None  # an overlapping M split: two cores would own the rows they share
     if grid.num_cores != math.prod(core_units(op, b)):
         return None  # cores repeating the last unit would hold shards nobody reads
+    if b.get(BY_COLUMN):
+        return None  # cores taking the units column by column: the shard maps follow the row-major order
     if memory_layout == "height_sharded":
         if n_blocks != 1 or (b["batches"] > 1 and b["per_core_m"] != shape.mt) or grid.num_cores < 2:
             return None
@@ -492,8 +495,9 @@ def follow_sharding(op: Operation, interleaved: Choice, device: DeviceAttr, live
     budget = live.budget(op, result_layout)
     best: tuple[GridAttr, dict[str, int], Cost, int] | None = None
     for grid, blocking in placements(op, device, max_cores):
-        if grid.num_cores != math.prod(core_units(op, blocking)):
-            continue  # cores repeating the last unit would write shards twice
+        if grid.num_cores != math.prod(core_units(op, blocking)) or overlapping(op, blocking):
+            continue  # cores repeating the last unit, or sharing the rows of an overlapping split, would write
+            # shards twice
         cost = estimate(op, "eltwise", device, grid, blocking, fidelity, result_layout, weights)
         if best is not None and tie_break(cost) >= tie_break(best[2]):
             continue

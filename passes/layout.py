@@ -66,6 +66,7 @@ from ttc.passes.ops.interface import FIDELITY
 from ttc.passes.ops.matmul import MATMUL_OPS
 from ttc.passes.ops.registry import op_kind, program_operands
 from ttc.passes.ranges import value_ranges
+from ttc.passes.schedule import hoist_side_branches
 
 DTYPES = ("bf16", "bfp8_b")
 NORMALIZATIONS = frozenset({ttir.SOFTMAX.name, ttir.LAYER_NORM.name})
@@ -429,4 +430,5 @@ class Layout(Pass):
                 for value in precise_values(func):
                     with_format(value, ScalarType("f16"))
             if self.l1_intermediates:
+                hoist_side_branches(func)  # a shrinking side branch first: its shared input dies sooner
                 place_in_l1(func, device)

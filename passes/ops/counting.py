@@ -24,6 +24,7 @@ from ttc.passes.ops.geometry import (
     shard_geometry,
     tensor,
 )
+from ttc.passes.ops.interface import unit_index
 
 Weights = Mapping[str, np.ndarray]
 
@@ -69,15 +70,18 @@ class Buffer:
 class Plan:
     """The counts of one program as its kernels' loops are walked, per core and per transfer."""
 
-    def __init__(self, device: DeviceAttr, grid: tuple[int, int], units: tuple[int, ...]) -> None:
+    def __init__(self, device: DeviceAttr, grid: tuple[int, int], units: tuple[int, ...],
+                 by_column: bool = False) -> None:
         self.device = device
         self.cores = grid[0] * grid[1]
         self.units = units
         self.builder = target.CountsBuilder(self.cores)
         self.banks = core_bank(np.arange(self.cores), grid, device.compute_grid[0])
         count = math.prod(units)
-        # per core: its work unit's coordinates (a padded grid's extra cores repeat the last unit)
-        self.unit = np.stack(np.unravel_index(np.minimum(np.arange(self.cores), count - 1), units), axis=1) \
+        # per core: its work unit's coordinates (a padded grid's extra cores repeat the last unit; `by_column`:
+        # the units taken column by column, interface.unit_index)
+        index = unit_index(np.arange(self.cores), grid, by_column)
+        self.unit = np.stack(np.unravel_index(np.minimum(index, count - 1), units), axis=1) \
             if units else np.zeros((self.cores, 0), dtype=np.int64)
 
     def tile(self, key: str, tiles: int) -> None:

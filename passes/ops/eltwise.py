@@ -1,6 +1,9 @@
 """Fused elementwise kernels (`ttir.eltwise`).
 
-Each core walks its batches x tile rows x tile columns of the result in blocks of 1 x block_w tiles.
+Each core walks its batches x tile rows x tile columns of the result in blocks of 1 x block_w tiles. The tile
+rows split by divisors or by overlapping blocks that fill the grid (`GRID_FILLS`, the last block moved back to end
+at the last row, `geometry.overlapped_start`: both cores of a shared row compute and write the same bytes; a
+ResNet max pool's [16384, 64] chunk on 103 cores, not 64); an overlapping split never takes a sharded result.
 The reader fetches every input's tiles of the block: a broadcast dimension has stride 0 (a [N] row is
 read at tile row 0 for every row, a [M, 1] column at tile column 0, once per block); an input whose tiles are
 the same for every block of a core (`held_inputs`: a bias row on a core with one column block) is read once,
@@ -36,6 +39,7 @@ from ttc.passes.ops.eltwise_body import (
 )
 from ttc.passes.ops.geometry import (
     CB_OUT,
+    GRID_FILLS,
     HALF_DST,
     TILE,
     TileShape,
@@ -45,6 +49,8 @@ from ttc.passes.ops.geometry import (
     cb,
     divisors,
     double,
+    overlapped_start,
+    overlapping_splits,
     tensor,
     tile_shape,
     work_format,
@@ -100,10 +106,21 @@ def eltwise_candidates(op: Operation) -> Iterator[dict[str, int]]:
     eltwise_plan(op)  # a UserError for a body the kernel cannot run, before any candidate
     offsets = [batch_offsets(tensor(v).shape, tensor(op.result).shape) for v in op.operands]
     for batches in batch_groups(offsets, out.batches):
-        for rows in divisors(out.rt):
+        for rows in divisors(out.rt) + overlapping_splits(out.rt, GRID_FILLS):
             for cols in divisors(out.ct):
                 for width in [d for d in divisors(cols) if d <= HALF_DST][::-1]:
                     yield {"batches": batches, "rows": rows, "cols": cols, "block_w": width}
+
+
+def eltwise_units(out: TileShape, blocking: dict[str, int]) -> tuple[int, int, int]:
+    """(batch groups, tile row blocks, tile column blocks): the last row block of an overlapping split ends at the
+    last tile row."""
+    return out.batches // blocking["batches"], -(-out.rt // blocking["rows"]), out.ct // blocking["cols"]
+
+
+def overlapping(op: Operation, blocking: dict[str, int]) -> bool:
+    """The blocking splits the tile rows into overlapping blocks (two cores write the rows they share)."""
+    return bool(tile_shape(tensor(op.result).shape).rt % blocking["rows"])
 
 
 def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
@@ -113,7 +130,7 @@ def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity:
     width = b["block_w"]
     col_blocks = b["cols"] // width
     blocks = b["batches"] * b["rows"] * col_blocks
-    plan = Plan(device, grid, (out.batches // b["batches"], out.rt // b["rows"], out.ct // b["cols"]))
+    plan = Plan(device, grid, eltwise_units(out, b))
     if ep.zero_cb is not None:
         plan.tile(target.DATACOPY, 1)
     for number, phase in enumerate(ep.phases):
@@ -131,7 +148,8 @@ def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity:
             plan.tile(target.DATACOPY, tiles)
 
     unit = plan.unit
-    batch0, row0, col0 = unit[:, 0] * b["batches"], unit[:, 1] * b["rows"], unit[:, 2] * b["cols"]
+    batch0, row0, col0 = unit[:, 0] * b["batches"], overlapped_start(out.rt, b["rows"], unit[:, 1]), \
+        unit[:, 2] * b["cols"]
     loop = np.stack([g.ravel() for g in np.meshgrid(np.arange(b["batches"]), np.arange(b["rows"]),
                                                     np.arange(col_blocks), indexing="ij")], axis=1)  # [blocks, 3]
     held = held_inputs(op, b)
@@ -181,7 +199,7 @@ def lower_eltwise(op: Operation) -> Program:
     strides = [input_strides(op, i, b) for i in range(len(op.operands))]
 
     def origin(unit: tuple[int, ...]) -> tuple[int, int, int]:
-        return unit[0] * b["batches"], unit[1] * b["rows"], unit[2] * b["cols"]
+        return unit[0] * b["batches"], int(overlapped_start(out.rt, b["rows"], unit[1])), unit[2] * b["cols"]
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         batch, row, col = origin(unit)
@@ -336,8 +354,7 @@ class EltwiseOp(DeviceOp):
         return eltwise_candidates(op)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        out = tile_shape(tensor(op.result).shape)
-        return (out.batches // blocking["batches"], out.rt // blocking["rows"], out.ct // blocking["cols"])
+        return eltwise_units(tile_shape(tensor(op.result).shape), blocking)
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         return eltwise_cbs(op, blocking)

@@ -5,7 +5,11 @@ buffer of the token ids (a page per row of their last dim). Each core owns whole
 consecutive ids of one index page. Per tile row its reader fetches the index page into an index CB
 and then the 32 table rows those ids name into a row CB (`noc_read_rows_indexed`; past the last id of
 a page, when the ids are not a multiple of 32, the rows are zero-filled: the output's padding rows).
-The compute kernel tilizes the 32 rows, block_w tiles at a time, and the writer stores the tiles.
+The compute kernel tilizes the 32 rows, block_w tiles at a time, and the writer stores the tiles. The tile
+rows may also split by overlapping blocks that fill the grid (`row_candidates`: an im2col lookup of 16 positions by
+512 tile rows on 4 x 27 cores of 19 rows, not 64 cores of 128), the last block moved back to end at the last tile
+row (`geometry.overlapped_start`): the rows it shares with the block before it are looked up and written by both
+cores, the same bytes to the same tiles.
 Nothing is rounded on the way: the rows are copied as stored (bf16) and tilized into bf16 tiles, so
 the result is the table's bf16 rows exactly. A negative id counts from the end of the table, as in
 ONNX Gather; an id outside the table is a device fault (naming core, kernel and ONNX node).
@@ -41,11 +45,16 @@ from ttc.passes.ops.geometry import (
     CB_INDEX,
     CB_OUT,
     ELEMENT_BYTES,
+    GRID_FILLS,
+    HALF_DST,
     TILE,
     TileShape,
     cb,
     column_block_candidates,
+    divisors,
     double,
+    overlapped_start,
+    overlapping_splits,
     page_size,
     row_segments,
     segment_bytes,
@@ -96,9 +105,9 @@ def plan_embedding(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
     table, ids = op.operands
     width = b["block_w"]
     tile_rows = b["batches"] * b["rows"]
-    plan = Plan(device, grid, (out.batches // b["batches"], out.rt // b["rows"]))
+    plan = Plan(device, grid, embedding_units(out, b))
     plan.tile(target.DATACOPY, tile_rows * out.ct)
-    batch0, row0 = plan.unit[:, 0] * b["batches"], plan.unit[:, 1] * b["rows"]
+    batch0, row0 = plan.unit[:, 0] * b["batches"], overlapped_start(out.rt, b["rows"], plan.unit[:, 1])
     im2col = bool(op.attributes.get("im2col"))
     id_rows = tensor(ids).shape[1] if im2col else 0
     batch = np.arange(b["batches"])[:, None]
@@ -136,13 +145,28 @@ def plan_embedding(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
 CB_ROWS = CB_IN0
 
 
+def row_candidates(out: TileShape) -> Iterator[dict[str, int]]:
+    """`geometry.tile_row_candidates`, then the overlapping splits of the tile rows into the block counts that fill
+    the grid beside each split of the batches (`GRID_FILLS`)."""
+    yield from tile_row_candidates(out)
+    for batches in divisors(out.batches):
+        for rows in overlapping_splits(out.rt, GRID_FILLS):
+            for width in [d for d in divisors(out.ct) if d <= HALF_DST][::-1]:
+                yield {"batches": batches, "rows": rows, "block_w": width}
+
+
+def embedding_units(out: TileShape, blocking: dict[str, int]) -> tuple[int, int]:
+    """(batch blocks, tile row blocks): the last row block of an overlapping split ends at the last tile row."""
+    return out.batches // blocking["batches"], -(-out.rt // blocking["rows"])
+
+
 def lower_embedding(op: Operation) -> Program:
     schedule = schedule_of(op)
     b = schedule.blocking
     out, ids_per_page, _ = embedding_geometry(op)
 
     def origin(unit: tuple[int, ...]) -> tuple[int, int]:
-        return unit[0] * b["batches"], unit[1] * b["rows"]
+        return unit[0] * b["batches"], int(overlapped_start(out.rt, b["rows"], unit[1]))
 
     def reader_args(unit: tuple[int, ...]) -> list[int]:
         return list(origin(unit))  # first index page (batch), first tile row
@@ -242,14 +266,13 @@ class EmbeddingOp(DeviceOp):
     op_names = frozenset({ttir.EMBEDDING.name})
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        return tile_row_candidates(embedding_geometry(op)[0])
+        return row_candidates(embedding_geometry(op)[0])
 
     def fallback_candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return column_block_candidates(embedding_geometry(op)[0])
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        out = embedding_geometry(op)[0]
-        return (out.batches // blocking["batches"], out.rt // blocking["rows"])
+        return embedding_units(embedding_geometry(op)[0], blocking)
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         return embedding_cbs(op, blocking)

@@ -290,6 +290,24 @@ def cb_bytes(cbs: Sequence[CBConfigAttr]) -> int:
     return sum(align(c.page_size * c.pages) for c in cbs)
 
 
+GRID_CORES = 108  # the e150 compute grid
+# the block counts that fill the grid beside 1, 2, 3, ... blocks of another axis: overlapping splits tried besides
+# the exact ones (matmul.m_splits, the embedding lookup's tile rows)
+GRID_FILLS = tuple(sorted({GRID_CORES // n for n in range(1, GRID_CORES + 1)}))
+
+
+def overlapping_splits(total: int, counts) -> list[int]:
+    """ceil(total / blocks) for each of `counts` blocks (2..total) where that does not divide `total`: units per
+    block of an overlapping split, whose last block ends at `total` (`overlapped_start`)."""
+    return sorted({-(-total // blocks) for blocks in counts if 2 <= blocks <= total} - set(divisors(total)))
+
+
+def overlapped_start(total: int, per_block: int, block):
+    """The first unit of block `block` of `per_block` units: block * per_block, the last block of an overlapping
+    split moved back to end at `total` (it shares units with the block before it)."""
+    return np.minimum(block * per_block, total - per_block)
+
+
 def divisors(n: int) -> list[int]:
     """The divisors of n, ascending: trial division up to sqrt(n), memoized (never a walk over all of n: a
     2^34 batch must not hang the grid pass)."""

@@ -9,7 +9,9 @@ the kernels' own loops (tests/e2e/test_cost_model.py checks them against both em
 
 A blocking is a dict of ints whose keys the kind chooses (e.g. matmul: batches, per_core_m, per_core_n,
 in0_block_w, out_subblock_h, out_subblock_w); `units(op, blocking)` says how many work units, outermost
-first, the op splits into under it: one core per unit.
+first, the op splits into under it: one core per unit. Cores take the units in row-major order (core = y * grid.x
++ x); a blocking with `BY_COLUMN` set takes them column by column instead (`unit_index`: the grid's x runs over the
+next-to-last unit axis and its y over the last, as the transposed multicast matmul's grid of M by N blocks).
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ BLOCKING = "tt.blocking"
 COST = "tt.cost"
 FIDELITY = "tt.math_fidelity"
 SHARDING = "tt.sharding"
+BY_COLUMN = "by_column"  # a blocking key: cores take the work units column by column (`unit_index`)
+
+
+def unit_index(cores: np.ndarray, grid: tuple[int, int], by_column: bool) -> np.ndarray:
+    """The row-major unit number of each core (core = y * grid.x + x): the core number itself, or with `by_column`
+    x * grid.y + y (its grid must then hold the units exactly)."""
+    if not by_column:
+        return cores
+    return (cores % grid[0]) * grid[1] + cores // grid[0]
 
 
 class DeviceOp(abc.ABC):

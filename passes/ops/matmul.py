@@ -71,6 +71,7 @@ from ttc.passes.ops.geometry import (
     CB_PARTIALS,
     CB_RESIDUAL,
     CB_TOTAL,
+    GRID_FILLS,
     HALF_DST,
     TILE,
     affine_step,
@@ -80,11 +81,13 @@ from ttc.passes.ops.geometry import (
     divisors,
     double,
     node_names,
+    overlapped_start,
+    overlapping_splits,
     tensor,
     tile_shape,
     work_format,
 )
-from ttc.passes.ops.interface import DeviceOp
+from ttc.passes.ops.interface import BY_COLUMN, DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
 from ttc.passes.ops.program import (
     Program,
@@ -255,21 +258,21 @@ def n_splits(nt: int) -> list[int]:
 
 
 MAX_OVERLAP_BLOCKS = 16  # overlapping M splits are tried over up to this many blocks of tile rows
+# and over the block counts that fill the e150 compute grid beside 1, 2, 3, ... N blocks (geometry.GRID_FILLS)
 
 
 def m_splits(mt: int) -> list[int]:
-    """Output tile rows per core: the divisors of mt, and ceil(mt / blocks) for 2..16 blocks where that does
-    not divide mt (an overlapping split: the last block starts at mt - per_core_m, `row_start`)."""
-    exact = divisors(mt)
-    overlapping = {-(-mt // blocks) for blocks in range(2, min(mt, MAX_OVERLAP_BLOCKS) + 1)}
-    return sorted(set(exact) | {m for m in overlapping if mt % m})
+    """Output tile rows per core: the divisors of mt, and ceil(mt / blocks) for 2..16 blocks and for the block
+    counts that fill the grid (`GRID_FILLS`: a 512-tile im2col chunk on 103 cores, not 64) where that does not
+    divide mt (an overlapping split: the last block starts at mt - per_core_m, `row_start`)."""
+    return sorted({*divisors(mt), *overlapping_splits(mt, {*range(2, MAX_OVERLAP_BLOCKS + 1), *GRID_FILLS})})
 
 
 def row_start(mt: int, per_core_m: int, block: int | np.ndarray):
     """The first output tile row of M block `block`: block * per_core_m, the last block of an overlapping split
     moved back to end at mt. Its rows shared with the block before it are computed by both cores with the same
     operands and chunks (`accumulation_tiles` depends on K alone), so both write the same bytes to them."""
-    return np.minimum(block * per_core_m, mt - per_core_m)
+    return overlapped_start(mt, per_core_m, block)
 
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
@@ -309,7 +312,7 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     has_bias = ttir.linear_bias(op) is not None
     residual = ttir.linear_residual(op)
     activation = op.attributes.get("activation", "none")
-    plan = Plan(device, grid, matmul_units(shape, b))
+    plan = Plan(device, grid, matmul_units(shape, b), by_column=bool(b.get(BY_COLUMN)))
     out_tiles = batches * pcm * pcn
     plan.tile(target.DATACOPY, out_tiles * (k_blocks - chunks + int(any(matmul_masks(op)))))  # reloads, masks
     plan.tile(target.matmul_key(fidelity, format_name(a), format_name(w)), out_tiles * kt)

@@ -11,6 +11,13 @@ the first core of the column reads it for the whole column; otherwise (attention
 first core of each batch group's rows reads its group's in1 blocks and multicasts them down those rows (nothing
 to share when a group is one row).
 
+The 2-D plan transposed (`"mcast": 1` with `"by_column": 1`, tt-metal's transpose_mcast): one batch group, the
+grid m_blocks x n_blocks, core (x, y) computing M block x and N block y (the units taken column by column,
+interface.unit_index); in0 goes down the columns from the top core of each, in1 along the rows from the first
+core of each. It fits where the plain grid does not: a tall product of more M blocks than the grid has rows
+(ResNet-50's stage-3 and stage-4 3x3 convolutions at batch 20, M 123 or 31 tiles by N 8 or 16 tiles, on up to
+12 columns of M blocks). Its result is interleaved (the shard maps follow the row-major order).
+
 `"mcast": 2` and `3`, the 1-D plans, for products the 2-D grid cannot spread: every core shares one operand.
 With 2, all cores compute the same M rows (one batch group, per_core_m = M; a tall K x wide N layer such as a
 late convolution whose M is a prime number of tiles) and core 0 multicasts in0 to the whole grid while every
@@ -51,13 +58,15 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.passes.ops.counting import Buffer, Plan
 from ttc.passes.ops.geometry import CB_BIAS, CB_IN0, CB_IN1, is_sharded, tensor
+from ttc.passes.ops.interface import BY_COLUMN
 from ttc.passes.ops.kernel import Index, KernelBuilder
 from ttc.passes.ops.program import Schedule
 
 MCAST = "mcast"
 GRID_2D, IN0_TO_ALL, IN1_TO_ALL = 1, 2, 3  # the plans
 IN0_READY, IN0_VALID, IN1_READY, IN1_VALID = 0, 1, 2, 3
-# reader runtime arguments after the unicast plan's three (a start, b start, n):
+# reader runtime arguments after the unicast plan's three (a start, b start, n) (transposed 2-D plan: "this row,
+# last column" and "this column, last row" trade places, each operand's pair naming its own multicast's line):
 # in0 sender?, in0 receiver?, in0 valid columns (in0_block_w where the core reads in0, 0: nothing read),
 # [2-D: this row, last column;]
 # in1 sender?, in1 receiver?, in1 valid columns (where the core reads in1: out_subblock_w, or at a ragged edge
@@ -68,6 +77,11 @@ MCAST_ARGS = 3
 
 def is_mcast(blocking: dict[str, int]) -> bool:
     return bool(blocking.get(MCAST, 0))
+
+
+def transposed(blocking: dict[str, int]) -> bool:
+    """The transposed 2-D plan: M blocks along the grid's rows, N blocks down its columns."""
+    return bool(blocking.get(BY_COLUMN, 0))
 
 
 def multicast_operands(blocking: dict[str, int]) -> tuple[int, ...]:
@@ -102,6 +116,8 @@ def mcast_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[d
         return  # a residual read up to a ragged edge needs every core's valid columns (the unicast reader's)
     if (n_blocks > 1 or in1_rows(shape, blocking) > 1) and not sharded0 and not sharded1:
         yield {**blocking, MCAST: GRID_2D}
+        if groups == 1 and m_blocks > 1 and n_blocks > 1:
+            yield {**blocking, MCAST: GRID_2D, BY_COLUMN: 1}
     if groups * m_blocks == 1 and n_blocks > 1 and not sharded0:
         yield {**blocking, MCAST: IN0_TO_ALL}
     if n_blocks == 1 and groups * m_blocks > 1 and (groups == 1 or shared_in1(shape)) and not sharded1:
@@ -110,16 +126,20 @@ def mcast_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[d
 
 def mcast_allowed(op: Operation, shape, blocking: dict[str, int]) -> bool:
     """Whether the multicast plan `blocking[MCAST]` runs this blocking."""
-    plain = {k: v for k, v in blocking.items() if k != MCAST}
-    return any(v[MCAST] == blocking[MCAST] for v in mcast_variants(op, shape, plain))
+    plain = {k: v for k, v in blocking.items() if k not in (MCAST, BY_COLUMN)}
+    return any(v[MCAST] == blocking[MCAST] and transposed(v) == transposed(blocking)
+               for v in mcast_variants(op, shape, plain))
 
 
 def mcast_grid(shape, blocking: dict[str, int]) -> tuple[int, int] | None:
     """The 2-D plan's grid (x, y): one column per N block, one row per batch group and M block (M blocks rounded
-    up: an overlapping M split, matmul.m_splits); None for the 1-D plans (any grid holding the units)."""
+    up: an overlapping M split, matmul.m_splits), transposed: one column per M block and one row per N block; None
+    for the 1-D plans (any grid holding the units)."""
     if blocking[MCAST] != GRID_2D:
         return None
     groups, m_blocks, n_blocks = _units(shape, blocking)
+    if transposed(blocking):
+        return m_blocks, n_blocks
     return n_blocks, groups * m_blocks
 
 
@@ -141,6 +161,9 @@ def mcast_reader_args(shape, unit: tuple[int, ...], grid: tuple[int, int], block
         s0 = first if blocking[MCAST] == IN0_TO_ALL else 1
         s1 = first if blocking[MCAST] == IN1_TO_ALL else 1
         return [s0, 1 - s0, width if s0 else 0, s1, 1 - s1, v1 if s1 else 0]
+    if transposed(blocking):  # core (m, x): in0 down column m from row 0, in1 along row x from column 0
+        s0, s1 = int(x == 0), int(m == 0)
+        return [s0, 1 - s0, width if s0 else 0, m, grid[1] - 1, s1, 1 - s1, v1 if s1 else 0, x, grid[0] - 1]
     y = group * -(-shape.mt // blocking["per_core_m"]) + m
     rows = in1_rows(shape, blocking)
     first = y - y % rows
@@ -163,7 +186,10 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
     core_x, core_y = np.arange(plan.cores) % gx, np.arange(plan.cores) // gx
     everyone = np.ones(plan.cores, dtype=bool)
     core0 = np.arange(plan.cores) == 0
-    if b[MCAST] == GRID_2D:
+    if b[MCAST] == GRID_2D and transposed(b):  # in0 down each column, in1 along each row
+        readers0, readers1 = core_y == 0, core_x == 0
+        reach0, reach1 = grid[1], gx
+    elif b[MCAST] == GRID_2D:
         rows = in1_rows(shape, b)
         readers0, readers1 = core_x == 0, core_y % rows == 0
         reach0, reach1 = gx, rows  # cores one multicast reaches, its sender included
@@ -216,7 +242,11 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
     bias = ttir.linear_bias(op)
     bias_gen = k.addrgen(2, tensor(bias)) if bias is not None else None
     # per operand: sender?, receiver?, valid columns, the sender's (x, y), the rectangle, receivers per multicast
-    if b[MCAST] == GRID_2D:
+    if b[MCAST] == GRID_2D and transposed(b):  # in0 down column col_x, in1 along row row_y
+        s0, r0, v0, col_x, last_y, s1, r1, v1, row_y, last_x = (k.arg(MCAST_ARGS + i) for i in range(10))
+        route0 = ((col_x, 0), (col_x, 0, col_x, last_y), gy - 1)
+        route1 = ((0, row_y), (0, row_y, last_x, row_y), gx - 1)
+    elif b[MCAST] == GRID_2D:
         s0, r0, v0, row_y, last_x, s1, r1, v1, col_x, last_y = (k.arg(MCAST_ARGS + i) for i in range(10))
         first_y = 0 if shared_in1(shape) else k.arg(MCAST_ARGS + 10)
         rows = in1_rows(shape, b)
@@ -230,7 +260,8 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
         route1 = whole if b[MCAST] == IN1_TO_ALL else none
     from ttc.passes.ops.matmul import ResidualReads
 
-    n_args = (10 + (0 if shared_in1(shape) else 1)) if b[MCAST] == GRID_2D else 6  # mcast_reader_args' count
+    n_args = 6 if b[MCAST] != GRID_2D else 10 if transposed(b) or shared_in1(shape) else 11  # mcast_reader_args'
+    # count
     residual = ResidualReads(op, shape, k, MCAST_ARGS + n_args)  # each core reads its own block's residual
 
     def share(blocks: list[tuple[int, int]], sender: Index, receiver: Index,

@@ -13,7 +13,7 @@ from ttc.ir.core import Operation, Region, Value
 from ttc.ir.dialects.tt import GridAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.types import TensorType
-from ttc.passes.ops.interface import BLOCKING, FIDELITY, GRID
+from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, FIDELITY, GRID, unit_index
 from ttc.passes.ops.registry import circular_buffers, core_units
 
 KINDS = ("reader", "compute", "writer")
@@ -63,8 +63,10 @@ class Schedule:
         """The work unit (coordinates over `units`, row-major) of core #core. A grid with more cores than
         units (`grid.grid_for`: a unit count that forms no rectangle) gives its extra cores the last unit:
         they repeat its work and write the same bytes to the same pages, so every core runs the same
-        kernels with the same trip counts (lockstep) and no unit is lost."""
-        return tuple(int(i) for i in np.unravel_index(min(core, math.prod(self.units) - 1), self.units))
+        kernels with the same trip counts (lockstep) and no unit is lost. A `BY_COLUMN` blocking takes the units
+        column by column (`interface.unit_index`)."""
+        index = int(unit_index(np.asarray(core), (self.grid.x, self.grid.y), bool(self.blocking.get(BY_COLUMN))))
+        return tuple(int(i) for i in np.unravel_index(min(index, math.prod(self.units) - 1), self.units))
 
     def args(self, fn: Callable[[tuple[int, ...]], Sequence[int]]) -> tuple[tuple[int, ...], ...]:
         """Per-core runtime arguments, cores in row-major order (core = y * grid.x + x)."""

@@ -17,7 +17,8 @@ from ttc.ir.dialects import ttkernel, ttmetal
 from ttc.ir.dialects.tt import E150, GridAttr
 from ttc.passes import PassManager
 from ttc.passes.cost_model import plan_counts
-from ttc.passes.grid import grid_for
+from ttc.passes.grid import grid_for, ranked_matmul
+from ttc.passes.ops.interface import BY_COLUMN
 from ttc.passes.ops.matmul import matmul_shape, matmul_units
 from ttc.passes.ops.matmul_mcast import (
     GRID_2D,
@@ -32,6 +33,7 @@ from ttc.passes.ops.registry import op_kind
 from ttc.profile import static_profile
 from ttc.runtime.executor import Executor, using_emulator
 
+TRANSPOSED = -1  # (tests only) the 2-D plan transposed: MCAST = GRID_2D with BY_COLUMN
 B, M, K, N = 3, 40, 96, 160  # 3 batches of 2 x 3 x 5 tiles (M = 40 keeps the batches apart)
 
 
@@ -68,11 +70,12 @@ def forced(g: Graph, blocking: dict[str, int], mcast: int) -> tuple[Module, obje
     module = compile_text(g.text(), dict(g.weights), "layout,grid")
     op = the_matmul(module)
     shape = matmul_shape(op)
-    b = {**blocking, MCAST: mcast} if mcast else dict(blocking)
+    b = {**blocking, MCAST: GRID_2D, BY_COLUMN: 1} if mcast == TRANSPOSED else {**blocking, MCAST: mcast} if mcast \
+        else dict(blocking)
     if mcast:
         assert mcast_allowed(op, shape, b)
     units = matmul_units(shape, b)
-    grid = GridAttr(*mcast_grid(shape, b)) if mcast == GRID_2D else grid_for(units[0] * units[1] * units[2], E150)
+    grid = GridAttr(*mcast_grid(shape, b)) if mcast in (GRID_2D, TRANSPOSED) else grid_for(units[0] * units[1] * units[2], E150)
     op.attributes["tt.blocking"] = b
     op.attributes["tt.grid"] = grid
     planned = plan_counts(op, op_kind(op), E150, grid, b, "hifi4")
@@ -103,6 +106,9 @@ BLOCKINGS = {  # (plan, blocking) of the 3 x [2 x 3] @ [3 x 5] tiles product
     "2d-all-rows": (GRID_2D, blocking(1, 2, 1, 3, 2, 1)),
     "2d-one-column": (GRID_2D, blocking(1, 1, 5, 3, 1, 5)),
     "2d-ragged": (GRID_2D, blocking(1, 1, 2, 1, 1, 2)),
+    "2d-transposed": (TRANSPOSED, blocking(3, 1, 1, 1, 1, 1)),
+    "2d-transposed-wide-k": (TRANSPOSED, blocking(3, 1, 1, 3, 1, 1)),
+    "2d-transposed-ragged": (TRANSPOSED, blocking(3, 1, 2, 1, 1, 2)),
     "in0-to-all": (IN0_TO_ALL, blocking(3, 2, 1, 1, 2, 1)),
     "in0-to-all-ragged": (IN0_TO_ALL, blocking(3, 2, 2, 3, 1, 2)),
     "in1-to-all": (IN1_TO_ALL, blocking(3, 1, 5, 1, 1, 5)),
@@ -186,8 +192,10 @@ def test_the_grid_pass_multicasts_a_batched_linear_layer() -> None:
 @pytest.mark.parametrize("emulator", ["native", "reference"])
 @pytest.mark.parametrize("shared, name, which, semaphore", [
     (True, "2d-batches-per-core", 0, 0), (True, "2d-batches-per-core", 1, 2), (False, "2d-batches-per-core", 1, 2),
-    (True, "in0-to-all", 0, 0), (False, "in1-to-all", 0, 2)],
-    ids=["2d-in0", "2d-shared-in1", "2d-per-batch-in1", "in0-to-all", "in1-to-all"])
+    (True, "in0-to-all", 0, 0), (False, "in1-to-all", 0, 2), (True, "2d-transposed", 0, 0),
+    (False, "2d-transposed", 1, 2)],
+    ids=["2d-in0", "2d-shared-in1", "2d-per-batch-in1", "in0-to-all", "in1-to-all", "transposed-in0",
+         "transposed-in1"])
 def test_a_missing_ready_increment_is_a_deadlock(emulator: str, shared: bool, name: str, which: int,
                                                  semaphore: int) -> None:
     """The reader's `which`-th semaphore_inc deleted: the sender, core (0,0), waits forever."""
@@ -203,8 +211,10 @@ def test_a_missing_ready_increment_is_a_deadlock(emulator: str, shared: bool, na
 
 @pytest.mark.parametrize("emulator", ["native", "reference"])
 @pytest.mark.parametrize("shared, name, cb", [(True, "2d-batches-per-core", 0), (False, "2d-batches-per-core", 1),
-                                              (True, "in0-to-all", 0), (True, "in1-to-all", 1)],
-                         ids=["2d-in0", "2d-per-batch-in1", "in0-to-all", "in1-to-all"])
+                                              (True, "in0-to-all", 0), (True, "in1-to-all", 1),
+                                              (True, "2d-transposed", 0), (False, "2d-transposed", 1)],
+                         ids=["2d-in0", "2d-per-batch-in1", "in0-to-all", "in1-to-all", "transposed-in0",
+                              "transposed-in1"])
 def test_a_receiver_that_does_not_wait_for_the_multicast_is_a_fault(emulator: str, shared: bool, name: str,
                                                                      cb: int) -> None:
     """The receivers' wait for the valid semaphore of CB `cb`'s multicast deleted: their push is the fault."""
@@ -218,3 +228,24 @@ def test_a_receiver_that_does_not_wait_for_the_multicast_is_a_fault(emulator: st
             rf"cb_push_back of CB {cb} before waiting for the multicast into it to land(.|\n)*"
             rf"reader kernel, CB {cb}, op ttkernel.cb_push_back")):
         Executor(module, device_weights(module)).run(feeds(shared))
+
+
+def test_the_grid_pass_transposes_the_2d_plan_for_more_m_blocks_than_grid_rows() -> None:
+    """A tall product of an L1 intermediate (M 123 tiles, as ResNet-50's stage-3 3x3 convolutions at batch 20): the
+    plain 2-D grid holds at most 9 M blocks (the e150's rows), the transposed one 12 (its columns); the grid pass
+    picks the transposed plan, M blocks along x and N blocks along y, faster than anything without it."""
+    rng = np.random.default_rng(0)
+    g = Graph()
+    m, k, n, linear = 123 * 32, 1024, 256, 'activation = "none", transpose_b = false'
+    y = g.op("ttir.linear", [g.input("x", (m, 64)), g.weight("w0", rng.standard_normal((64, k)))], (m, k), linear,
+             loc="first")
+    g.output(g.op("ttir.linear", [y, g.weight("w1", rng.standard_normal((k, n)))], (m, n), linear, loc="mm"), "y")
+    module = compile_text(g.text(), dict(g.weights), "layout,grid")
+    op = [op for op in module.walk() if op.name == "ttir.linear"][1]
+    assert "l1" in str(op.operands[0].type)
+    b, grid = op.attributes["tt.blocking"], op.attributes["tt.grid"]
+    assert b[MCAST] == GRID_2D and b[BY_COLUMN] == 1
+    _, m_blocks, n_blocks = matmul_units(matmul_shape(op), b)
+    assert (grid.x, grid.y) == (m_blocks, n_blocks) and m_blocks > E150.compute_grid[1]
+    plain = [c for c in ranked_matmul(op, E150, "hifi4", ()) if not c[1].get(BY_COLUMN)]
+    assert op.attributes["tt.cost"]["cycles"] < plain[0][3].cycles

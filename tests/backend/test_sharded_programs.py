@@ -30,6 +30,7 @@ def test_modelled_noc_bytes_leave_out_the_local_shards_as_the_emulator_does(dims
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     # exact M and N splits only: an overlapping M split or a ragged N one (never sharded) models faster here
     monkeypatch.setattr(matmul, "MAX_OVERLAP_BLOCKS", 1)
+    monkeypatch.setattr(matmul, "GRID_FILLS", ())
     monkeypatch.setattr(matmul, "GRID_COLUMNS", 1)
     gridded = compile_graph(chain(*dims), pipeline="layout,grid")
     ops = [op for op in gridded.function().body.ops if op.name == "ttir.linear"]

@@ -16,7 +16,8 @@ from cost_model_checks import check_static_equals_executed, compile_with_plans, 
 from onnx import TensorProto, helper, numpy_helper
 
 from ttc.compiler import CompileOptions, compile_model, default_pipeline
-from ttc.passes.ops import matmul
+from ttc.passes.ops import eltwise, embedding, matmul
+from ttc.passes.ops.geometry import tile_shape
 from ttc.passes.ops.matmul import m_splits, row_start
 
 MT = 31
@@ -47,6 +48,7 @@ def linear_model(m: int, k: int, n: int, bias: bool, residual: bool = False, see
 def test_m_splits_add_overlapping_blocks_and_row_start_ends_at_m() -> None:
     assert m_splits(31) == [1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 31]
     assert m_splits(12) == [1, 2, 3, 4, 6, 12]  # every ceil(12 / blocks) up to 12 blocks divides 12
+    assert 5 in m_splits(512)  # 103 blocks of 5 fill the e150's 108 cores (exact splits: 64 or 128 blocks)
     starts = row_start(31, 8, np.arange(4))
     assert starts.tolist() == [0, 8, 16, 23]  # the last block shares row 23 with the third
     assert set(np.concatenate([np.arange(s, s + 8) for s in starts]).tolist()) == set(range(31))
@@ -118,3 +120,64 @@ def test_grid_pass_spreads_a_prime_m_over_more_cores() -> None:
                  if op.name == "ttmetal.enqueue_program" and op.attributes["kind"] == "matmul"]
     cores = program.attributes["grid"].num_cores
     assert cores > 16 and cores % MT  # not one block per N column, nor one tile row per core
+
+
+def window_model(op: str, channels: int = 32, size: int = 20) -> onnx.ModelProto:
+    """Relu then a 3x3 window (pads 1): a convolution, whose im2col lookup reads the computed input's sticks, or a
+    max pool (the elementwise maximum of nine lookups)."""
+    rng = np.random.default_rng(5)
+    inits, inputs, attrs = [], ["r"], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    if op == "Conv":
+        w = (rng.standard_normal((channels, channels, 3, 3)) / np.sqrt(9 * channels)).astype(np.float32)
+        inits, inputs = [numpy_helper.from_array(w, "w")], ["r", "w"]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/relu"), helper.make_node(op, inputs, ["y"], name="/window",
+                                                                                    **attrs)]
+    graph = helper.make_graph(nodes, "window", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                              [1, channels, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def only_rows(monkeypatch: pytest.MonkeyPatch, module, name: str, overlapping: bool) -> None:
+    """Restrict the candidates of a kind (`module.name(...)`) to overlapping (or exact) splits of their tile rows,
+    where an op has such splits."""
+    original = getattr(module, name)
+
+    def restricted(arg):
+        rt = (arg.rt if hasattr(arg, "rt") else tile_shape(arg.result.type.shape).rt)
+        candidates = list(original(arg))
+        return iter([b for b in candidates if bool(rt % b["rows"]) == overlapping] or candidates)
+    monkeypatch.setattr(module, name, restricted)
+
+
+@pytest.mark.parametrize(("op", "kind", "module", "name"), [("Conv", "embedding", embedding, "row_candidates"),
+                                                             ("MaxPool", "eltwise", eltwise, "eltwise_candidates")],
+                         ids=["im2col-lookup", "max-pool-maximum"])
+def test_overlapping_row_split_is_bit_identical_to_an_exact_one(op: str, kind: str, module, name: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3x3 window over 400 pixels (13 tile rows, a prime): the lookups (the convolution's im2col lookup of 9
+    positions) or the max pool's elementwise maximum on overlapping blocks of rows, the last moved back to end at
+    row 13; both cores of a shared row write the same bytes. Golden on both emulators with planned = executed =
+    static counts, no race, and the exact split's bits."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+    from test_native_program import dual_programs
+
+    model = window_model(op)
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 32, 20, 20)).astype(np.float32)}
+    results = {}
+    for overlapping in (True, False):
+        with monkeypatch.context() as patch:
+            only_rows(patch, module, name, overlapping)
+            plans, compiled = compile_with_plans(model)
+        programs = [p for p in compiled.module.walk()
+                    if p.name == "ttmetal.enqueue_program" and p.attributes["kind"] == kind]
+        if overlapping:  # a 13-row program on more cores than an exact split of its rows allows
+            assert any(p.attributes["grid"].num_cores not in (1, 9, 13, 117) for p in programs)
+            golden_on_both_emulators(model, compiled, plans, feeds)
+            check_static_equals_executed(compiled, compiled.profile)
+            with dual_programs() as dual:
+                compiled.run(feeds)
+            assert dual.programs > 0 and not dual.faults and not dual.races, dual.races[:3]
+        results[overlapping] = compiled.run(feeds)["y"]
+    np.testing.assert_array_equal(results[True], results[False])

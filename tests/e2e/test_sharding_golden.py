@@ -17,6 +17,7 @@ from ttc.compiler import CompiledModel, CompileOptions, compile_model, default_p
 from ttc.golden import compare, run_onnxruntime
 from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.parser import parse_module
+from ttc.passes.ops import matmul
 
 INTERLEAVED = default_pipeline().replace("grid{math-fidelity=hifi4}", "grid{math-fidelity=hifi4 sharding=false}")
 UNICAST = default_pipeline().replace("grid{math-fidelity=hifi4}", "grid{math-fidelity=hifi4 multicast=false}")
@@ -64,9 +65,11 @@ def sharded_buffers(compiled: CompiledModel, memory_layout: str) -> list[str]:
             if op.name == "ttmetal.create_buffer" and memory_layout in str(op.result.type)]
 
 
-def test_conv_chain_runs_height_sharded() -> None:
+def test_conv_chain_runs_height_sharded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without multicast: with it, the later convolutions are cheaper on 99 interleaved cores, their weights
-    multicast (passes/ops/matmul_mcast.py), and only the first result stays sharded; same bits either way."""
+    multicast (passes/ops/matmul_mcast.py), and only the first result stays sharded; same bits either way. Exact M
+    splits only: the grid-filling overlapping ones (`geometry.GRID_FILLS`, never sharded) are cheaper here."""
+    monkeypatch.setattr(matmul, "GRID_FILLS", ())
     compiled, outputs = run_golden(conv_chain(), UNICAST)
     _, multicast = run_golden(conv_chain())
     np.testing.assert_array_equal(outputs["y"], multicast["y"])

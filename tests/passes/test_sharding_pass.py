@@ -80,8 +80,11 @@ def test_tall_narrow_result_is_height_sharded(ir: IRHarness) -> None:
 
 
 def test_large_result_is_block_sharded_on_a_2d_grid(ir: IRHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Among the exact N splits (a ragged one, 11 columns of 3 tiles, is cheaper here but cannot be block sharded)."""
+    """Among the exact N and M splits (a ragged one, 11 columns of 3 tiles, or an overlapping one filling the grid,
+    11 blocks of 3 tiles on the transposed multicast grid, is cheaper here but cannot be block sharded)."""
     monkeypatch.setattr(matmul, "GRID_COLUMNS", 1)
+    monkeypatch.setattr(matmul, "MAX_OVERLAP_BLOCKS", 1)
+    monkeypatch.setattr(matmul, "GRID_FILLS", ())
     out = ir.run_body("layout,grid", *chain(ir, 1024, 1024, 1024, 256))
     line = linear_line(out, "mm1")
     ir.check(line, 'tt.sharding = {layout = "block_sharded", reason = "block_sharded: M 32 and N 32 tiles both >= 8')
