@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -448,6 +449,7 @@ class _Replay:
     live: dict[tuple[str, int], DeviceBuffer]  # the executor's live buffers at the end
     values: dict[Value, DeviceBuffer]  # the buffers the stretch creates
     profiles: list[ProgramProfile]
+    programs_before: list[int]  # per plan step: how many of its steps before it are programs
     actions: list[tuple]  # per op: ("create", value, buffer) / ("free", buffer) / () (bookkeeping of a partial replay)
 
 
@@ -505,14 +507,15 @@ class Stretch:
                         on_program()
                     if not record:
                         continue
-                    runs = ex._record
+                    runs, ex._record = ex._record, []
                     assert runs is not None
-                    if len(runs) != 1 or runs[0] is None or runs[0][3][0] is not None \
-                            or runs[0][3][2] != (None, None):
+                    run = runs[0] if len(runs) == 1 else None
+                    if run is None or run[3][0] is not None or any(hits is not None for hits in run[3][2]):
                         record = False  # left to the interpreter, or it faulted or wrote a watched range
+                        ex._record = None
                         continue
-                    encoding, addresses, tables, result = runs.pop()
-                    plan.add_program(encoding.program, addresses, dram._data, l1._data, *tables, result[1])
+                    encoding, addresses, tables, (_, counts, _, _) = run
+                    plan.add_program(encoding.program, addresses, dram._data, l1._data, *tables, counts)
                     step_ops.append(index)
                     profiles.append(ex.profile[-1])
                     actions.append(())
@@ -531,8 +534,10 @@ class Stretch:
             ex._record = None
         if record and first == 0 and ex._constant_writes == writes and start[0].dirty == frozenset(dram.dirty) \
                 and start[1].dirty == frozenset(l1.dirty):
+            program = ttmetal.ENQUEUE_PROGRAM.name
+            before = list(itertools.accumulate((self.ops[i][1] == program for i in step_ops), initial=0))
             self.replay = _Replay(plan, step_ops, start, (_MemoryState.of(dram, True), _MemoryState.of(l1, True)),
-                                  dict(ex._live), created, profiles, actions)
+                                  dict(ex._live), created, profiles, before[:-1], actions)
 
     def _replay(self, ex: Executor, values: dict[Value, Any], replay: _Replay) -> None:
         from ttc.runtime import native_program
@@ -552,7 +557,7 @@ class Stretch:
         # op by op (recorded again on a later run)
         self.replay = None
         at = replay.step_ops[done]
-        for index, action in enumerate(replay.actions[:at]):
+        for action in replay.actions[:at]:
             if not action:
                 continue
             if action[0] == "create":
@@ -564,8 +569,7 @@ class Stretch:
                 buffer = action[1]
                 buffer.memory.free(buffer.alloc.address)
                 del ex._live[buffer.key]
-        ex.profile.extend(replay.profiles[:sum(1 for i in replay.step_ops[:done] if self.ops[i][1] ==
-                                               ttmetal.ENQUEUE_PROGRAM.name)])
+        ex.profile.extend(replay.profiles[:replay.programs_before[done]])
         op = self.ops[at][0]
         plan = ex._programs[op][1]
         encoding = plan.__dict__[native_program._LAST][1]
