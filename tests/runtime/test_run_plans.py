@@ -97,8 +97,8 @@ class Replays:
         monkeypatch.setattr(native_program.native, "run_program", counted_run)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_replayed_runs_leave_what_op_by_op_runs_leave(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("name", "threads"), [(name, 1) for name in MODELS] + [("conv_relu_pool", 2)])
+def test_replayed_runs_leave_what_op_by_op_runs_leave(name: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """From the third run on, the stretches replay (no program runs one by one); every run's outputs, profiles,
     device bytes, poison marks, allocation tables and dirty sets equal those of a twin run op by op."""
     model = MODELS[name]()
@@ -107,7 +107,7 @@ def test_replayed_runs_leave_what_op_by_op_runs_leave(name: str, monkeypatch: py
     for seed in range(5):
         feeds = feeds_of(model, seed)
         programs, replays = counts.programs, counts.replays
-        got = replayed.run(feeds, emulator="native", threads=1)
+        got = replayed.run(feeds, emulator="native", threads=threads)
         if seed >= 2:
             assert counts.replays > replays and counts.programs == programs, "the stretches replay"
         want = op_by_op.executor("native", 1).run(feeds, on_program=_step)
