@@ -224,3 +224,49 @@ def test_weights_overwritten_between_replayed_runs_are_written_again() -> None:
         got = compiled.run(feeds, emulator="native")
         assert all(np.array_equal(got[k], want[k]) for k in want)
     assert not dram.dirty
+
+
+def relu_topk_add() -> onnx.ModelProto:
+    """A device op, a host op (TopK) and device ops after it: two stretches with host transfers between them."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/relu"),
+             helper.make_node("TopK", ["r", "k"], ["v", "i"], name="/topk", axis=1),
+             helper.make_node("Add", ["v", "c"], ["s"], name="/add"),
+             helper.make_node("Mul", ["s", "s"], ["y"], name="/mul")]
+    init = {"k": np.array([5], np.int64), "c": np.float32(np.random.default_rng(6).standard_normal((4, 5)))}
+    return _model(nodes, {"x": ((4, 40), F32)}, init, ["y"])
+
+
+def test_stretches_around_a_host_op_replay_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schedule with a host op between device programs has two stretches; both replay, with op-by-op bits."""
+    model = relu_topk_add()
+    replayed, op_by_op = ttc.compile(model), ttc.compile(model)
+    counts = Replays(monkeypatch)
+    for seed in range(4):
+        feeds = feeds_of(model, seed)
+        got = replayed.run(feeds, emulator="native", threads=1)
+        want = op_by_op.executor("native", 1).run(feeds, on_program=_step)
+        assert np.asarray(got["y"]).tobytes() == np.asarray(want["y"]).astype(np.float32).tobytes()
+    stretches = [unit for unit in replayed.executor()._units if isinstance(unit, Stretch)]
+    assert len(stretches) >= 2 and counts.replays == 2 * len(stretches)
+
+
+def test_models_sharing_a_device_replay_alternately(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two models on one device (the second's DRAM above the first's), run in turns: each replays its stretches
+    (the other's runs leave no buffer live) and gives the bits it gives alone."""
+    first_model, second_model = conv_relu_pool(), zoo.mlp()
+    first, second = ttc.compile(first_model), ttc.compile(second_model)
+    alone = {name: ttc.compile(model) for name, model in (("first", first_model), ("second", second_model))}
+    first.executor("native", 1)
+    second.executor("native", 1, share_with=first)
+    counts = Replays(monkeypatch)
+    for seed in range(4):
+        for name, compiled, model in (("first", first, first_model), ("second", second, second_model)):
+            feeds = feeds_of(model, seed)
+            got = compiled.run(feeds, emulator="native", threads=1)
+            want = alone[name].run(feeds, emulator="native", threads=1)
+            assert all(np.asarray(got[k]).tobytes() == np.asarray(want[k]).tobytes() for k in want), (seed, name)
+    counts.replays = 0
+    for compiled, model in ((first, first_model), (second, second_model)):
+        compiled.run(feeds_of(model, 9), emulator="native")
+    stretches = [u for c in (first, second) for u in c.executor()._units if isinstance(u, Stretch)]
+    assert counts.replays == len(stretches)
