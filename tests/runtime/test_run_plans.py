@@ -6,6 +6,8 @@ otherwise than recorded (a fault, other counts) must give the op-by-op run's dia
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Any
 
 import numpy as np
@@ -270,3 +272,24 @@ def test_models_sharing_a_device_replay_alternately(monkeypatch: pytest.MonkeyPa
         compiled.run(feeds_of(model, 9), emulator="native")
     stretches = [u for c in (first, second) for u in c.executor()._units if isinstance(u, Stretch)]
     assert counts.replays == len(stretches)
+
+
+def test_an_interrupt_during_replays_leaves_a_consistent_device() -> None:
+    """Ctrl-C while runs replay (RunPlan.run checks for signals between programs): the KeyboardInterrupt reaches the
+    caller, no buffer stays registered, and the next run gives the first run's bits."""
+    model = conv_relu_pool()
+    compiled = ttc.compile(model)
+    feeds = feeds_of(model, 4)
+    want = compiled.run(feeds, emulator="native", threads=1)
+    timer = threading.Timer(0.05, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(100000):
+                compiled.run(feeds)
+    finally:
+        timer.cancel()
+    executor = compiled.executor()
+    assert not executor._live and not executor.device.dram.allocations and not executor.device.l1.allocations
+    got = compiled.run(feeds)
+    assert all(np.asarray(got[k]).tobytes() == np.asarray(want[k]).tobytes() for k in want)
