@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,6 +154,10 @@ class Executor:
         self.scalars: dict[str, int] = {}  # the runtime scalars of the current run
         self._scalar_names: list[str] | None = None
         self._schedule: list[tuple[Operation, str]] | None = None  # @main's ops and their names
+        # the schedule as run: Python host ops, and stretches of buffer and program ops (`Stretch`)
+        self._units: list[tuple[Operation, str] | Stretch] | None = None
+        self._constant_writes = 0  # weights written to the device so far (write_constant)
+        self._record: list | None = None  # while a stretch is recorded: its programs' native runs (run_native)
         self._arg_names: list[str] | None = None  # @main's input and output names
         self._res_names: list[str] | None = None
         self.transfers = {"to_device": 0, "to_host": 0}  # bytes moved by the last run's write/read_buffer
@@ -201,9 +206,15 @@ class Executor:
         self.transfers = {"to_device": 0, "to_host": 0}
         if self._schedule is None:
             self._schedule = [(op, op.name) for op in self.main.body.ops]
+            self._units = _units(self._schedule)
+        assert self._units is not None
         program = ttmetal.ENQUEUE_PROGRAM.name
         try:
-            for op, name in self._schedule:
+            for unit in self._units:
+                if isinstance(unit, Stretch):
+                    unit.run(self, values, on_program)
+                    continue
+                op, name = unit
                 run = HOST_OPS.get(name)  # looked up each time: tests hook handlers in and out
                 if run is None:
                     if name == RETURN_OP:
@@ -351,6 +362,222 @@ def _to_host(array: np.ndarray, ttype: TensorType) -> np.ndarray:
     if array.dtype.kind == "f":
         array = np.rint(array)
     return array.astype(element.numpy_dtype())
+
+
+# ----------------------------------------------------------------------------------------------
+# Run plans: stretches of the schedule replayed in one native call
+
+# The host ops a stretch holds: what they do depends only on the schedule and the buffers live when it starts.
+_STRETCH_OPS = (ttmetal.CREATE_BUFFER.name, ttmetal.WRITE_CONSTANT.name, ttmetal.ENQUEUE_PROGRAM.name,
+                ttmetal.DEALLOCATE.name)
+
+
+def _units(schedule: list[tuple[Operation, str]]) -> list[tuple[Operation, str] | Stretch]:
+    """The schedule as `run` walks it: each maximal run of buffer and program ops one `Stretch` (when it holds a
+    program), every other op on its own."""
+    units: list[tuple[Operation, str] | Stretch] = []
+    ops: list[tuple[Operation, str]] = []
+
+    def close() -> None:
+        if any(name == ttmetal.ENQUEUE_PROGRAM.name for _, name in ops):
+            units.append(Stretch(list(ops)))
+        else:
+            units.extend(ops)
+        ops.clear()
+
+    for entry in schedule:
+        if entry[1] in _STRETCH_OPS:
+            ops.append(entry)
+        else:
+            close()
+            units.append(entry)
+    close()
+    return units
+
+
+@dataclass
+class _MemoryState:
+    """What a memory's allocation table holds (at a stretch's start: the key a replay must match; at its end: what
+    a replay leaves)."""
+
+    signature: tuple[int, int]
+    count: int
+    watch: np.ndarray  # the watched ranges (the same array object while they do not change)
+    dirty: frozenset[str]
+    allocations: dict[int, Allocation] = dataclasses.field(default_factory=dict)
+    starts: list[int] = dataclasses.field(default_factory=list)
+    buffers: dict[int, Allocation] = dataclasses.field(default_factory=dict)
+    sharded: dict[int, Allocation] = dataclasses.field(default_factory=dict)
+    version: int = 0
+
+    @staticmethod
+    def of(memory: Memory, whole: bool = False) -> _MemoryState:
+        state = _MemoryState(memory.signature, len(memory.allocations), memory._watch_ranges, frozenset(memory.dirty),
+                             version=memory.version)
+        if whole:
+            state.allocations, state.starts = dict(memory.allocations), list(memory._starts)
+            state.buffers, state.sharded = dict(memory._buffers), dict(memory._sharded)
+        return state
+
+    def matches(self, memory: Memory) -> bool:
+        return (memory.signature == self.signature and len(memory.allocations) == self.count
+                and len(memory._buffers) == self.count and memory._watch_ranges is self.watch
+                and memory.dirty == self.dirty)
+
+    def restore(self, memory: Memory, start: _MemoryState) -> None:
+        """Leave `memory` (in the state `start`) as the recorded stretch left it."""
+        memory.allocations.clear()
+        memory.allocations.update(self.allocations)
+        memory._starts[:] = self.starts
+        memory._buffers.clear()
+        memory._buffers.update(self.buffers)
+        memory._sharded.clear()
+        memory._sharded.update(self.sharded)
+        memory.signature = self.signature
+        memory._stale = True
+        memory.version += self.version - start.version
+
+
+@dataclass
+class _Replay:
+    """A recorded stretch: its native run plan and what the Python side looks like before and after it."""
+
+    plan: Any  # native RunPlan: the poison of fresh buffers and the programs, in schedule order
+    step_ops: list[int]  # per plan step: the index of its op in the stretch
+    start: tuple[_MemoryState, _MemoryState, int]  # DRAM, L1, live buffers of the executor
+    end: tuple[_MemoryState, _MemoryState]
+    live: dict[tuple[str, int], DeviceBuffer]  # the executor's live buffers at the end
+    values: dict[Value, DeviceBuffer]  # the buffers the stretch creates
+    profiles: list[ProgramProfile]
+    programs_before: list[int]  # per plan step: how many of its steps before it are programs
+    actions: list[tuple]  # per op: ("create", value, buffer) / ("free", buffer) / () (bookkeeping of a partial replay)
+
+
+class Stretch:
+    """A run of create_buffer, write_constant, enqueue_program and deallocate ops. What these do depends only on
+    the schedule and on the device state where the stretch starts: the buffers live in each memory (by
+    `Memory.signature`), the watched constants and which of them are dirty. A run (native emulator, no runtime
+    scalars, no progress callback) that finds the state of an earlier run whose stretch wrote no constant, left
+    every watched range clean and ran every program natively, replays it: one native call poisons the fresh buffers
+    and runs the programs (with the buffer tables recorded for each), then the Python side takes the recorded
+    final state (allocation tables, live buffers, profiles) at once. The allocations and frees then make the same
+    checks with the same outcome, so skipping them finds every fault the schedule has; a program that faults,
+    writes a watched range or gives other counts than recorded ends the replay there (the bookkeeping up to it is
+    applied op by op and the rest of the stretch runs op by op)."""
+
+    def __init__(self, ops: list[tuple[Operation, str]]) -> None:
+        self.ops = ops
+        self.replay: _Replay | None = None
+
+    def run(self, ex: Executor, values: dict[Value, Any], on_program: Callable[[], None] | None) -> None:
+        native = ex.emulator == "native" and ex._direct is not None and not ex.scalars \
+            and all(HOST_OPS.get(name) is _HANDLERS[name] for name in _STRETCH_OPS)
+        replay = self.replay
+        if native and replay is not None and on_program is None and len(ex._live) == replay.start[2] \
+                and replay.start[0].matches(ex.device.dram) and replay.start[1].matches(ex.device.l1):
+            self._replay(ex, values, replay)
+            return
+        self._ops(ex, values, on_program, 0, native)
+
+    def _ops(self, ex: Executor, values: dict[Value, Any], on_program: Callable[[], None] | None, first: int,
+             record: bool) -> None:
+        """The ops from `first` on, one by one (recording them into a replay when `record`)."""
+        from ttc.runtime import native_program
+
+        dram, l1 = ex.device.dram, ex.device.l1
+        if record:
+            start = (_MemoryState.of(dram), _MemoryState.of(l1), len(ex._live))
+            writes = ex._constant_writes
+            plan = native_program.native.RunPlan()
+            step_ops: list[int] = []
+            profiles: list[ProgramProfile] = []
+            actions: list[tuple] = []
+            created: dict[Value, DeviceBuffer] = {}
+            ex._record = []
+        program = ttmetal.ENQUEUE_PROGRAM.name
+        try:
+            for index in range(first, len(self.ops)):
+                op, name = self.ops[index]
+                try:
+                    HOST_OPS[name](ex, op, values)
+                except Fault as fault:
+                    raise _host_fault(fault, op) from None
+                if name == program:
+                    if on_program is not None:
+                        on_program()
+                    if not record:
+                        continue
+                    runs, ex._record = ex._record, []
+                    assert runs is not None
+                    run = runs[0] if len(runs) == 1 else None
+                    if run is None or run[3][0] is not None or any(hits is not None for hits in run[3][2]):
+                        record = False  # left to the interpreter, or it faulted or wrote a watched range
+                        ex._record = None
+                        continue
+                    encoding, addresses, tables, (_, counts, _, _) = run
+                    plan.add_program(encoding.program, addresses, dram._data, l1._data, *tables, counts)
+                    step_ops.append(index)
+                    profiles.append(ex.profile[-1])
+                    actions.append(())
+                elif record and name == ttmetal.CREATE_BUFFER.name:
+                    buffer = values[op.results[0]]
+                    if ex._buffer_specs[op].poisoned:
+                        plan.add_poison(MEMORY_IDS[buffer.memory.name], buffer.alloc.address, buffer.alloc.end)
+                        step_ops.append(index)
+                    created[op.results[0]] = buffer
+                    actions.append(("create", op.results[0], buffer))
+                elif record and name == ttmetal.DEALLOCATE.name:
+                    actions.append(("free", values[_transfer(ex, op)[0]]))
+                elif record:
+                    actions.append(())
+        finally:
+            ex._record = None
+        if record and first == 0 and ex._constant_writes == writes and start[0].dirty == frozenset(dram.dirty) \
+                and start[1].dirty == frozenset(l1.dirty):
+            program = ttmetal.ENQUEUE_PROGRAM.name
+            before = list(itertools.accumulate((self.ops[i][1] == program for i in step_ops), initial=0))
+            self.replay = _Replay(plan, step_ops, start, (_MemoryState.of(dram, True), _MemoryState.of(l1, True)),
+                                  dict(ex._live), created, profiles, before[:-1], actions)
+
+    def _replay(self, ex: Executor, values: dict[Value, Any], replay: _Replay) -> None:
+        from ttc.runtime import native_program
+
+        dram, l1 = ex.device.dram, ex.device.l1
+        done, result, marked = replay.plan.run(dram._data, l1._data, dram._marks, l1._marks, dram._marked,
+                                               l1._marked, 0, ex.step_budget, ex.threads)
+        dram._marked, l1._marked = marked
+        if result is None:  # all as recorded
+            replay.end[0].restore(dram, replay.start[0])
+            replay.end[1].restore(l1, replay.start[1])
+            ex._live = dict(replay.live)
+            values.update(replay.values)
+            ex.profile.extend(replay.profiles)
+            return
+        # a program ran otherwise than recorded: the ops before it as bookkeeping, it as run_native ends, the rest
+        # op by op (recorded again on a later run)
+        self.replay = None
+        at = replay.step_ops[done]
+        for action in replay.actions[:at]:
+            if not action:
+                continue
+            if action[0] == "create":
+                buffer = action[2]
+                buffer.memory.add(buffer.alloc)
+                ex._live[buffer.key] = buffer
+                values[action[1]] = buffer
+            else:
+                buffer = action[1]
+                buffer.memory.free(buffer.alloc.address)
+                del ex._live[buffer.key]
+        ex.profile.extend(replay.profiles[:replay.programs_before[done]])
+        op = self.ops[at][0]
+        plan = ex._programs[op][1]
+        encoding = plan.__dict__[native_program._LAST][1]
+        ex.profile.append(native_program.finish(ex.device, op, encoding, result))
+        self._ops(ex, values, None, at + 1, False)
+
+
+MEMORY_IDS = {"DRAM": 0, "L1": 1}  # run_program's memory numbers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,6 +758,7 @@ def write_constant(ex: Executor, op: Operation, values: dict[Value, Any]) -> Non
         return
     buffer.write(np.asarray(data))
     buffer.memory.watch(key, start, end)
+    ex._constant_writes += 1
 
 
 @host_op(ttmetal.ENQUEUE_PROGRAM.name)
@@ -554,7 +782,7 @@ def enqueue_program(ex: Executor, op: Operation, values: dict[Value, Any]) -> No
     if ex.emulator == "native":
         assert ex._run_native is not None
         ex.profile.append(ex._run_native(ex.device, op, addresses, ex.step_budget, plan, ex.threads,
-                                         scalars=scalars))
+                                         scalars=scalars, record=ex._record))
     else:
         ex.profile.append(Program(ex.device, op, addresses, ex.step_budget, plan, scalars=scalars).run())
 
@@ -643,3 +871,6 @@ def deallocate(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     buffer = ex.buffer(values, (known or _transfer(ex, op))[0])
     buffer.memory.free(buffer.alloc.address)
     del ex._live[buffer.key]
+
+
+_HANDLERS = {name: HOST_OPS[name] for name in _STRETCH_OPS}  # a stretch replays these (not handlers hooked in)

@@ -676,23 +676,29 @@ _NO_SHARDS: list[tuple] = []  # never appended to
 
 def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], step_budget: int, plan: ProgramPlan,
                threads: int = 1, *, races: list[tuple] | None = None,
-               scalars: dict[tuple[int, int], int] | None = None) -> ProgramProfile:
+               scalars: dict[tuple[int, int], int] | None = None, record: list | None = None) -> ProgramProfile:
     """Execute the program natively; the same result, memory and faults as `Program(...).run()`.
 
     With a `races` list, NoC transfers of different cores to the same bytes (one of them a write) are
     appended to it as (memory, bank, offset, core, writes, other core, writes): the interpreter runs the cores
     op by op, so such a program's result would depend on the order in which cores run.
+    With a `record` list, a run of the native core appends (encoding, addresses, the memory tables it was passed,
+    the run's result) to it, and a run left to the interpreter appends None (executor.py's run plans).
     """
     last = plan.__dict__.get(_LAST)  # `encode` inline for the usual case: the plan ran on this device last
     encoding = last[1] if last is not None and last[0] is device.desc else encode(plan, op, device)
     if encoding.fallback or (encoding.grid_memories
                              and any(device.memory(m)._sharded for m in encoding.grid_memories)):
+        if record is not None:
+            record.append(None)
         return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars or {}).run()
     l1, dram = device.l1, device.dram
     # The CBs' placement (alignment, L1 bounds, no overlap between them) was checked when encoding
     # (`_launch_ok`); what changes between runs is the live L1 buffers, checked again only when they changed.
     if not (l1.signature in encoding.fits_l1 and len(l1.allocations) == len(l1._buffers)):  # l1.only_buffers
         if not l1.regions_fit(encoding.regions):  # an L1 overflow: the interpreter's launch reports it
+            if record is not None:
+                record.append(None)
             return Program(device, op, buffer_addresses, step_budget, plan, scalars=scalars or {}).run()
         if l1.only_buffers:
             if len(encoding.fits_l1) >= 64:
@@ -705,15 +711,24 @@ def run_native(device: Device, op: Operation, buffer_addresses: Sequence[int], s
             l1.touch(address, address + size)  # the program writes its CBs (watched constants there go dirty)
     if races is not None:  # the race check hashes what cores write: every poisoned block filled first
         dram.data, l1.data  # noqa: B018
-    fault, counts, dirty, found = native.run_program(
-        encoding.program, buffer_addresses, dram._data, l1._data,
-        dram._buffer_table() if dram._stale else dram._table, l1._buffer_table() if l1._stale else l1._table,
-        _sharded(dram) if dram._sharded else _NO_SHARDS, _sharded(l1) if l1._sharded else _NO_SHARDS,
-        dram._watch_ranges if dram._watch else _NO_WATCH, l1._watch_ranges if l1._watch else _NO_WATCH,
-        dram._marks if dram._marked else None, l1._marks if l1._marked else None, step_budget, threads,
-        races is not None)
+    tables = (dram._buffer_table() if dram._stale else dram._table, l1._buffer_table() if l1._stale else l1._table,
+              _sharded(dram) if dram._sharded else _NO_SHARDS, _sharded(l1) if l1._sharded else _NO_SHARDS,
+              dram._watch_ranges if dram._watch else _NO_WATCH, l1._watch_ranges if l1._watch else _NO_WATCH)
+    result = native.run_program(encoding.program, buffer_addresses, dram._data, l1._data, *tables,
+                                dram._marks if dram._marked else None, l1._marks if l1._marked else None, step_budget,
+                                threads, races is not None)
+    if record is not None:
+        record.append((encoding, buffer_addresses, tables, result))
     if races is not None:
-        races.extend(found)
+        races.extend(result[3])
+    return finish(device, op, encoding, result)
+
+
+def finish(device: Device, op: Operation, encoding: Encoding, result: tuple) -> ProgramProfile:
+    """A native run's result (run_program's, or a run plan's for one of its programs) as the interpreter's: the
+    dirty watches its writes met, then its DeviceFault or its profile."""
+    fault, counts, dirty, _ = result
+    dram, l1 = device.dram, device.l1
     if dirty[0] is not None or dirty[1] is not None:
         for memory, hits in ((dram, dirty[0]), (l1, dirty[1])):
             if hits is not None:  # the watched ranges a program's writes met

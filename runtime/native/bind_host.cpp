@@ -169,6 +169,9 @@ bool poison(py::array data, py::array marks, int64_t start, int64_t end) {
 
 }  // namespace
 
+// `poison` for the native run plan (program.cpp), which poisons a run's fresh buffers between its programs.
+bool poison_range(py::array data, py::array marks, int64_t start, int64_t end) { return poison(data, marks, start, end); }
+
 void register_host(py::module_& m) {
   m.def("poison", &poison, py::arg("data"), py::arg("marks"), py::arg("start"), py::arg("end"),
         "Memory.poison's bytes and marks for bytes [start, end) of every bank; returns whether blocks were marked.");

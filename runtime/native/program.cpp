@@ -76,6 +76,11 @@
 
 namespace py = pybind11;
 
+namespace ttc {
+// Memory.poison's bytes and marks for [start, end) of every bank (bind_host.cpp); whether it marked blocks
+bool poison_range(py::array data, py::array marks, int64_t start, int64_t end);
+}  // namespace ttc
+
 namespace ttc::program {
 
 namespace {
@@ -467,6 +472,7 @@ class Core {
   bool enabled(int64_t reg) const { return reg < 0 || regs[reg] != 0; }
   int64_t& semaphore(int64_t core_index, int64_t index) { return R.semaphores[core_index * NUM_SEMAPHORES + index]; }
   TTC_NOINLINE void op_noc_mcast(int kernel, const Instr& in);
+  TTC_NOINLINE void op_sem_inc(const Instr& in);
   void execute(int kernel, const Instr& in, bool& blocked);
   void finish(int kernel);
   void check_drained();
@@ -1101,13 +1107,9 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
         std::fill_n(R.unlanded.begin() + core * NUM_CBS, NUM_CBS, uint8_t{0});
       }
       return;
-    case SEM_INC: {
-      if (!enabled(f[4])) return;
-      int64_t x = regs[f[2]], y = regs[f[3]], gx = f[7], gy = f[8];
-      if (x < 0 || x >= gx || y < 0 || y >= gy) fail(SEM_TARGET, -1, {x, y, gx, gy});
-      semaphore(y * gx + x, f[5]) += f[6];
+    case SEM_INC:
+      op_sem_inc(in);
       return;
-    }
     case NOC_MCAST:
       op_noc_mcast(kernel, in);
       return;
@@ -1117,6 +1119,16 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
 }
 
 // ------------------------------------------------------------------------------------------ NoC
+
+// Out of line: inlined, its fault record's four values (stored as one 32-byte vector) made every instruction's
+// dispatch realign the stack.
+void Core::op_sem_inc(const Instr& in) {
+  const int64_t* f = in.f;
+  if (!enabled(f[4])) return;
+  int64_t x = regs[f[2]], y = regs[f[3]], gx = f[7], gy = f[8];
+  if (x < 0 || x >= gx || y < 0 || y >= gy) fail(SEM_TARGET, -1, {x, y, gx, gy});
+  semaphore(y * gx + x, f[5]) += f[6];
+}
 
 void Core::op_noc_mcast(int kernel, const Instr& in) {
   const int64_t* f = in.f;
@@ -1941,21 +1953,58 @@ std::shared_ptr<Encoded> make_encoded(py::array_t<int64_t> code, std::vector<int
   return e;
 }
 
-py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram, py::array l1, py::tuple dram_table,
-                      py::tuple l1_table, py::list dram_sharded, py::list l1_sharded, py::handle dram_watch,
-                      py::handle l1_watch, py::handle dram_marks, py::handle l1_marks, int64_t budget, int threads,
-                      bool check_races) {
-  Run R(E);
+// What a run gives back besides the memory: the fault the lockstep interpreter meets first (with its cores) or
+// the counts, the watched ranges its writes met, and (check_races) the races found.
+struct Totals {
+  int64_t tiles[NUM_COUNT_KEYS] = {};
+  int64_t noc = 0, dram = 0, written = 0, local = 0, link = 0, fanout = 1;
+  bool operator==(const Totals& o) const {
+    return std::memcmp(tiles, o.tiles, sizeof tiles) == 0 && noc == o.noc && dram == o.dram && written == o.written &&
+           local == o.local && link == o.link && fanout == o.fanout;
+  }
+};
+
+struct Outcome {
+  py::object fault = py::none();
+  py::tuple dirty{2};
+  bool any_dirty = false;
+  py::list races;
+  Totals totals;
+
+  // run_program's result: (fault, counts, dirty watch flags, races)
+  py::tuple to_python() const {
+    if (!fault.is_none()) return py::make_tuple(fault, py::none(), dirty, races);
+    py::tuple tiles(NUM_COUNT_KEYS);
+    for (int i = 0; i < NUM_COUNT_KEYS; ++i) tiles[i] = totals.tiles[i];
+    py::tuple counts = py::make_tuple(tiles, totals.noc, totals.dram, totals.written, totals.local, totals.link,
+                                      totals.fanout);
+    return py::make_tuple(py::none(), counts, dirty, races);
+  }
+};
+
+Totals totals_of(const py::tuple& counts) {
+  Totals t;
+  auto tiles = counts[0].cast<py::tuple>();
+  if (tiles.size() != NUM_COUNT_KEYS) throw std::invalid_argument("counts need one tile count per count key");
+  for (int i = 0; i < NUM_COUNT_KEYS; ++i) t.tiles[i] = tiles[i].cast<int64_t>();
+  t.noc = counts[1].cast<int64_t>();
+  t.dram = counts[2].cast<int64_t>();
+  t.written = counts[3].cast<int64_t>();
+  t.local = counts[4].cast<int64_t>();
+  t.link = counts[5].cast<int64_t>();
+  t.fanout = counts[6].cast<int64_t>();
+  return t;
+}
+
+// Runs E on the memories of R (set up by the caller: run_program, or a RunPlan step).
+Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
+  Outcome out;
   R.check_races = check_races;
-  R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch, dram_marks);
-  R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch, l1_marks);
   for (int64_t b : E.banks)
     if (b < 0 || b >= R.mem[1].banks) throw std::invalid_argument("a program core outside the device's L1 banks");
   for (const CBConfig& c : E.cbs)
     if (c.configured && (c.address < 0 || c.address + c.page_size * c.pages > R.mem[1].capacity))
       throw std::invalid_argument("a CB outside L1");
-  R.addresses = std::move(addresses);
-  R.budget = budget;
   R.faults.resize(E.cores);
   R.counters.resize(E.cores);
   // A short program runs on one thread (handing it over costs more than it saves): one whose last run took
@@ -1994,7 +2043,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
   if (error) std::rethrow_exception(error);
 
   // the combined write range of each write call, against the watched ranges
-  py::tuple dirty(2);
+  py::tuple& dirty = out.dirty;
   {
     std::map<std::tuple<int, int64_t, int64_t>, std::pair<int64_t, int64_t>> writes;
     for (const ThreadAcc& a : acc)
@@ -2018,6 +2067,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
         py::array_t<bool> hit(static_cast<py::ssize_t>(h.size()));
         std::copy(h.begin(), h.end(), hit.mutable_data());
         dirty[m] = hit;
+        out.any_dirty = true;
       } else {
         dirty[m] = py::none();
       }
@@ -2026,7 +2076,7 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
 
   // with check_races: transfers of different cores to overlapping bytes, at least one of them a write (the
   // interpreter runs cores op by op, so such a program's result could depend on the order of the cores)
-  py::list races;
+  py::list& races = out.races;
   if (check_races) {
     std::vector<ThreadAcc::Transfer> all;
     for (const ThreadAcc& a : acc) all.insert(all.end(), a.transfers.begin(), a.transfers.end());
@@ -2065,9 +2115,9 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     }
     py::tuple params(NUM_PARAMS);
     for (int i = 0; i < NUM_PARAMS; ++i) params[i] = first->params[i];
-    py::tuple fault = py::make_tuple(first->kind, first->kernel, first->op, first->cb, params, mask, first->text,
-                                     first_core);
-    return py::make_tuple(fault, py::none(), dirty, races);
+    out.fault = py::make_tuple(first->kind, first->kernel, first->op, first->cb, params, mask, first->text,
+                               first_core);
+    return out;
   }
 
   const Counters& c0 = R.counters[0];
@@ -2090,13 +2140,123 @@ py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram
     if (meta[i].second & 1) dram_all += sums[i] * meta[i].first;  // DRAM: the bytes of all cores
     if (meta[i].second == 3) written += sums[i] * meta[i].first;
   }
-  py::tuple tiles(NUM_COUNT_KEYS);
-  for (int i = 0; i < NUM_COUNT_KEYS; ++i) tiles[i] = c0.tiles[i];
-  int64_t link = 0, fanout = 1;
-  for (const Counters& c : R.counters) link = std::max(link, c.mcast_sent), fanout = std::max(fanout, c.mcast_fanout);
-  py::tuple counts = py::make_tuple(tiles, noc, dram_all, written, local, link, fanout);
-  return py::make_tuple(py::none(), counts, dirty, races);
+  Totals& t = out.totals;
+  std::copy(c0.tiles, c0.tiles + NUM_COUNT_KEYS, t.tiles);
+  for (const Counters& c : R.counters) t.link = std::max(t.link, c.mcast_sent), t.fanout = std::max(t.fanout, c.mcast_fanout);
+  t.noc = noc, t.dram = dram_all, t.written = written, t.local = local;
+  return out;
 }
+
+py::tuple run_program(Encoded& E, std::vector<int64_t> addresses, py::array dram, py::array l1, py::tuple dram_table,
+                      py::tuple l1_table, py::list dram_sharded, py::list l1_sharded, py::handle dram_watch,
+                      py::handle l1_watch, py::handle dram_marks, py::handle l1_marks, int64_t budget, int threads,
+                      bool check_races) {
+  Run R(E);
+  R.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch, dram_marks);
+  R.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch, l1_marks);
+  R.addresses = std::move(addresses);
+  R.budget = budget;
+  return execute(E, R, threads, check_races).to_python();
+}
+
+// ------------------------------------------------------------------------------------------ run plans
+
+// A memory's bytes and marks (memory_view without the tables: a run plan's steps keep theirs)
+void attach(Memory& m, int id, const py::array& data, const py::handle& marks) {
+  py::array_t<int64_t> none(0);
+  Memory bare = memory_view(id, data, py::make_tuple(none, none, none, none), py::list(), none, marks);
+  m.id = id, m.data = bare.data, m.banks = bare.banks, m.capacity = bare.capacity, m.stride = bare.stride;
+  m.bank_magic = bare.bank_magic, m.marks = bare.marks, m.blocks = bare.blocks;
+}
+
+
+// A recorded stretch of a model run's host schedule (runtime/executor.py: the fresh buffers' poison and the
+// programs, in schedule order), replayed in one call. A program step keeps what run_program would be passed
+// for it (its memories' buffer tables, shard maps and watched ranges: the same for the same live buffers) and
+// the counts of its recorded run; the memories' bytes and marks come with each replay.
+class RunPlan {
+ public:
+  void add_poison(int memory, int64_t start, int64_t end) {
+    if (memory < 0 || memory > 1) throw std::invalid_argument("memory 0 (DRAM) or 1 (L1)");
+    Step s;
+    s.memory = memory;
+    s.start = start;
+    s.end = end;
+    steps_.push_back(std::move(s));
+  }
+  void add_program(std::shared_ptr<Encoded> program, std::vector<int64_t> addresses, py::array dram, py::array l1,
+                   py::tuple dram_table, py::tuple l1_table, py::list dram_sharded, py::list l1_sharded,
+                   py::handle dram_watch, py::handle l1_watch, py::tuple counts) {
+    Step s;
+    s.program = std::move(program);
+    s.addresses = std::move(addresses);
+    s.mem[0] = memory_view(0, dram, dram_table, dram_sharded, dram_watch, py::none());
+    s.mem[1] = memory_view(1, l1, l1_table, l1_sharded, l1_watch, py::none());
+    s.expected = totals_of(counts);
+    steps_.push_back(std::move(s));
+  }
+  size_t size() const { return steps_.size(); }
+
+  // The steps from `first` on; stops after a program whose run differs from its recording (a fault, writes into
+  // a watched range, other counts). Returns (the index of that step, or the step count; its run_program result
+  // or None; whether DRAM and L1 may hold poison marks afterwards).
+  py::tuple run(py::array dram, py::array l1, py::array dram_marks, py::array l1_marks, bool dram_marked,
+                bool l1_marked, size_t first, int64_t budget, int threads) {
+    const py::array data[2] = {dram, l1}, marks[2] = {dram_marks, l1_marks};
+    bool marked[2] = {dram_marked, l1_marked};
+    Memory bare[2][2];  // [marked][memory]: the bytes and marks of each memory, checked once per replay
+    for (int m = 0; m < 2; ++m) {
+      attach(bare[0][m], m, data[m], py::none());
+      attach(bare[1][m], m, data[m], marks[m]);
+    }
+    for (size_t i = first; i < steps_.size(); ++i) {
+      Step& s = steps_[i];
+      if (!s.program) {
+        if (poison_range(data[s.memory], marks[s.memory], s.start, s.end)) marked[s.memory] = true;
+        continue;
+      }
+      Run R(*s.program);
+      for (int m = 0; m < 2; ++m) {
+        const Memory& b = bare[marked[m]][m];
+        Memory& to = R.mem[m];
+        to.id = m, to.data = b.data, to.banks = b.banks, to.capacity = b.capacity, to.stride = b.stride;
+        to.bank_magic = b.bank_magic, to.marks = b.marks, to.blocks = b.blocks;
+        lend(to, s.mem[m]);
+      }
+      struct GiveBack {  // the tables go back to the step whatever happens
+        Run& R;
+        Step& s;
+        ~GiveBack() {
+          for (int m = 0; m < 2; ++m) lend(R.mem[m], s.mem[m]);
+        }
+      } give_back{R, s};
+      R.addresses = s.addresses;
+      R.budget = budget;
+      Outcome out = execute(*s.program, R, threads, false);
+      if (!out.fault.is_none() || out.any_dirty || !(out.totals == s.expected))
+        return py::make_tuple(i, out.to_python(), py::make_tuple(marked[0], marked[1]));
+      // a Ctrl-C stops the replay between programs, as it stops a run between them op by op (the Python side
+      // still holds the stretch's start state, which the run's clean-up frees)
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+    return py::make_tuple(steps_.size(), py::none(), py::make_tuple(marked[0], marked[1]));
+  }
+
+ private:
+  struct Step {
+    int memory = 0;
+    int64_t start = 0, end = 0;  // a poison step (no program)
+    std::shared_ptr<Encoded> program;
+    std::vector<int64_t> addresses;
+    Memory mem[2];  // the buffer tables, shard maps and watched ranges (lent to each run of the step)
+    Totals expected;
+  };
+  static void lend(Memory& a, Memory& b) {
+    a.starts.swap(b.starts), a.ends.swap(b.ends), a.sizes.swap(b.sizes), a.counts.swap(b.counts);
+    a.sharded.swap(b.sharded), a.watch.swap(b.watch);
+  }
+  std::vector<Step> steps_;
+};
 
 py::list names_of(const char* const* names, int n) {
   py::list out;
@@ -2139,6 +2299,15 @@ void register_program(py::module_& m) {
         py::arg("program"), py::arg("addresses"), py::arg("dram"), py::arg("l1"), py::arg("dram_table"),
         py::arg("l1_table"), py::arg("dram_sharded"), py::arg("l1_sharded"), py::arg("dram_watch"),
         py::arg("l1_watch"), py::arg("dram_marks"), py::arg("l1_marks"), py::arg("step_budget"), py::arg("threads"), py::arg("check_races") = false);
+  py::class_<RunPlan>(m, "RunPlan", "A recorded stretch of a run's host schedule, replayed in one call")
+      .def(py::init<>())
+      .def("add_poison", &RunPlan::add_poison, py::arg("memory"), py::arg("start"), py::arg("end"))
+      .def("add_program", &RunPlan::add_program, py::arg("program"), py::arg("addresses"), py::arg("dram"),
+           py::arg("l1"), py::arg("dram_table"), py::arg("l1_table"), py::arg("dram_sharded"), py::arg("l1_sharded"),
+           py::arg("dram_watch"), py::arg("l1_watch"), py::arg("counts"))
+      .def("__len__", &RunPlan::size)
+      .def("run", &RunPlan::run, py::arg("dram"), py::arg("l1"), py::arg("dram_marks"), py::arg("l1_marks"),
+           py::arg("dram_marked"), py::arg("l1_marked"), py::arg("first"), py::arg("step_budget"), py::arg("threads"));
   m.attr("PROGRAM_OPCODES") = names_of(OPCODE_NAMES, NUM_OPCODES);
   m.attr("PROGRAM_FAULTS") = names_of(FAULT_NAMES, NUM_FAULT_KINDS);
   m.attr("PROGRAM_WIDTH") = W;
