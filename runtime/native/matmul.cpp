@@ -715,15 +715,26 @@ inline v8d multiply_add(double a, v8d b, v8d acc) {
 #endif
 }
 
+// v rounded to 53 - kShift significant bits, ties to even, for a float64 v that is 0 or normal: v + M with
+// M = 1.5 * 2**(e + kShift) (2**e: v's binade) stays in M's binade (kShift >= 2), so the addition rounds v to a
+// multiple of 2**(e + kShift - 52), and subtracting M again is exact. M is v's exponent bits plus a constant:
+// two integer operations, so that the rounding takes no multiplication (the multiply-add pipes bound the
+// micro-kernel; Veltkamp's split takes one multiplication per rounding). A zero gives +0.
+template <int kShift>
+inline v8d round_bits(v8d v) {
+  const v8l magic = ((v8l)v & int64_t{0x7FF0000000000000}) + ((int64_t{kShift} << 52) | (int64_t{1} << 51));
+  const v8d m = (v8d)magic;
+  return (v + m) - m;
+}
+
 // The Dst step of one vector of a block whose sums are exact and whose chain provably stays normal (bf16):
-// at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums' float32 rounding is Veltkamp's split too (RN to 24
-// bits, ties to even, for float64 values without overflow; the sums are 0 or in [2**-102, 2**126), float32's
-// normal range), which takes three vector operations where the two conversions take four.
+// at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums are 0 or in [2**-102, 2**126) (float32's normal
+// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's), so both roundings are round_bits's (24 and 8
+// significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum starts from +0 and adds
+// exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only when both are.
 inline void chain_vector(double* at, v8d sum) {
-  v8d t = sum * (0x1p29 + 1);
-  v8d next = load8(at) + (t - (t - sum));  // Dst + RN_f32(chunk sum), exact or RN_f64
-  t = next * (0x1p45 + 1);
-  store8(at, t - (t - next));  // RN_bf16
+  v8d next = load8(at) + round_bits<29>(sum);  // Dst + RN_f32(chunk sum), exact or RN_f64
+  store8(at, round_bits<45>(next));  // RN_bf16
 }
 
 // The register-block GEMM step: out[r][q] = sum over KC of a[r][k] * b[k][q], in float64. kPending: the Dst

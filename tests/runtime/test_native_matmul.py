@@ -269,6 +269,32 @@ def test_chains_proven_normal_for_some_row_blocks_only(hot):
         check_packed(dst, a, b, fidelity, "bf16", want, False)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), inner=st.integers(1, 3), fidelity=st.sampled_from(list(MathFidelity)))
+def test_proven_normal_chains_with_ties_at_both_roundings(seed, inner, fidelity):
+    """The proven-normal bf16 chain rounds the chunk sums to float32 and Dst + partial to bf16 by adding and
+    subtracting a constant made from the value's exponent bits (matmul.cpp round_bits): operands of a few
+    mantissa bits whose products land on float32 ties (1 + 2**-24 * odd) and whose Dst sums land on bf16 ties
+    (+-2**-8 and 3 * 2**-9 Dst values beside partials near 1), with tie breakers down to 2**-40 (still inside
+    the proof's range), +-0 Dst values and zeros among the operands, give the reference's bits on every path."""
+    rng = np.random.default_rng(seed)
+    steps = np.array([0.0, 1.0, -1.0, 2.0**-12, -(2.0**-12), 3 * 2.0**-12, 2.0**-6, 1.5, -0.75])
+
+    def values(shape: tuple[int, ...]) -> np.ndarray:
+        picked = rng.choice(steps, shape) * 2.0 ** rng.integers(-2, 3, shape)
+        breakers = rng.random(shape) < 0.05  # tie breakers far below the ties
+        picked[breakers] = rng.choice([1.0, -1.0], breakers.sum()) * 2.0 ** -rng.integers(20, 41, breakers.sum())
+        return N.bf16_round(picked)
+
+    a = values((2, inner, 32, 32))
+    b = values((inner, 2, 32, 32))
+    dst = N.bf16_round(rng.choice([0.0, -0.0, 2.0**-8, -(2.0**-8), 3 * 2.0**-9, 1.0, -1.0], (2, 2, 32, 32)))
+    want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, inner, int(fidelity), "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    check_packed(dst, a, b, fidelity, "bf16", want, False)
+
+
 def test_calls_of_other_shapes_and_threads_share_nothing():
     """The kernel keeps scratch space per thread between calls: calls of alternating shapes, fidelities and
     operand promises, from several threads at once, each give the single call's bits."""
