@@ -295,6 +295,31 @@ def test_proven_normal_chains_with_ties_at_both_roundings(seed, inner, fidelity)
     check_packed(dst, a, b, fidelity, "bf16", want, False)
 
 
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_columns_past_the_exact_span_take_the_checked_path(fidelity):
+    """An in1 column of 1, 2**-24 and +-2**-90 (a span of 90 binades) times rows of equal powers of two: the
+    exact sum is just above or below a float32 tie, which a float64 sum loses (it gives the tie, rounded to
+    even), and a Dst of 2**-8 (scaled as the row) shows the difference after the bf16 rounding. Only the
+    columns' statistics (their smallest nonzero magnitude) send these sums to the checked path, on the packed
+    operands' path (statistics taken on the bf16 bits) as on the float one."""
+    rng = np.random.default_rng(int(fidelity))
+    scale = 2.0 ** rng.integers(-20, 20, (2, 1, 32, 1))
+    a = np.zeros((2, 3, 32, 32), np.float32)
+    a[:, :, :, 0::16] = a[:, :, :, 1::16] = a[:, :, :, 2::16] = 1.0
+    a = N.bf16_round(a * scale * rng.choice([1.0, -1.0], (2, 1, 32, 1)))
+    b = np.zeros((3, 2, 32, 32), np.float32)
+    b[:, :, 0::16] = 1.0
+    b[:, :, 1::16] = 2.0**-24
+    b[:, :, 2::16] = rng.choice([1.0, -1.0], (3, 2, 2, 32)) * 2.0**-90
+    b = N.bf16_round(b)
+    dst = N.bf16_round(np.broadcast_to(scale * 2.0**-8, (2, 2, 32, 32)).astype(np.float32))
+    want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+    assert len(np.unique(want)) > 4  # the tie breakers show
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, 3, int(fidelity), "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    check_packed(dst, a, b, fidelity, "bf16", want, False)
+
+
 def test_calls_of_other_shapes_and_threads_share_nothing():
     """The kernel keeps scratch space per thread between calls: calls of alternating shapes, fidelities and
     operand promises, from several threads at once, each give the single call's bits."""
