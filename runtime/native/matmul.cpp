@@ -514,6 +514,67 @@ void pack_in1(Problem& p) {
   }
 }
 
+#if defined(__AVX512BW__)
+// pack_in1 for packed bf16 in1 with 16 products per chunk (kFastIn0): a chunk's 16 rows of a face (16 columns,
+// one register block's) are 512 contiguous bytes. Their statistics are taken on the bf16 bits, two rows a vector
+// (as pack_in0_fast), and each row becomes two vectors of doubles (zero-extended to float bits and widened), at
+// its place in kPermutation's k order.
+template <bool kSplit>
+void pack_in1_fast(Problem& p) {
+  static_assert(NR == 16, "a register block's columns are one face's");
+  Scratch& s = *p.s;
+  const int n = p.n, chunks = p.chunks, nb = p.nb;
+  s.b.resize(static_cast<size_t>(chunks) * n * MVMUL_K);
+  s.col_top.resize(static_cast<size_t>(chunks) * n);
+  s.col_low.resize(static_cast<size_t>(chunks) * n);
+  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
+  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1);
+  const __m512i split = _mm512_set1_epi32(static_cast<int>(kMaskA));
+  v16u all_top{}, all_low = ~v16u{};
+  for (int c = 0; c < chunks; ++c)
+    for (int jb = 0; jb < nb; ++jb) {
+      const uint16_t* rows = p.yh(c, 0, jb * NR);
+      double* to = s.b.data() + (static_cast<size_t>(jb) * chunks + c) * MVMUL_K * NR;
+      __m512i top = _mm512_setzero_si512(), low = _mm512_set1_epi16(-1);
+      for (int j = 0; j < MVMUL_K / 2; ++j) {  // rows 2j and 2j + 1
+        const __m512i u = _mm512_and_si512(_mm512_loadu_si512(rows + 32 * j), magnitude);
+        top = _mm512_max_epu16(top, u);
+        low = _mm512_min_epu16(low, _mm512_sub_epi16(u, one));  // a zero wraps to the top
+      }
+#pragma GCC unroll 16
+      for (int k = 0; k < MVMUL_K; ++k) {
+        __m512i f = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + 16 * k))), 16);
+        if constexpr (kSplit) f = _mm512_and_si512(f, split);
+        double* row = to + kPermutation[k] * NR;
+        _mm512_storeu_pd(row, _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(f))));
+        _mm512_storeu_pd(row + VL, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(f, 1))));
+      }
+      const __m256i t16 = _mm256_max_epu16(_mm512_castsi512_si256(top), _mm512_extracti64x4_epi64(top, 1));
+      const __m256i l16 = _mm256_min_epu16(_mm512_castsi512_si256(low), _mm512_extracti64x4_epi64(low, 1));
+      v16u t, l;
+      const __m512i t32 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(t16), 16);
+      const __m512i l32 = _mm512_sub_epi32(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtepu16_epi32(l16), _mm512_set1_epi32(1)), 16), _mm512_set1_epi32(1));
+      std::memcpy(&t, &t32, sizeof t);
+      std::memcpy(&l, &l32, sizeof l);  // as float bits: (smallest nonzero << 16) - 1, all ones for all zero
+      const size_t at = static_cast<size_t>(c) * n + jb * NR;
+      std::memcpy(s.col_top.data() + at, &t, sizeof t);
+      std::memcpy(s.col_low.data() + at, &l, sizeof l);
+      all_top = all_top > t ? all_top : t;
+      all_low = all_low < l ? all_low : l;
+      int spans[NR];
+      const v16i span = spans16(t, l);
+      std::memcpy(spans, &span, sizeof span);
+      const size_t block = static_cast<size_t>(c) * nb + jb;
+      block_spans(spans, NR, NR, &s.col_block_span[block], &s.col_block_special[block], -1);
+    }
+  for (int l = 0; l < 16; ++l) {
+    p.in1_top = std::max(p.in1_top, all_top[l]);
+    p.in1_low = std::min(p.in1_low, all_low[l]);
+  }
+}
+#endif
+
 // Statistics of 16 contiguous values (an in0 row of a chunk).
 inline Stat row_stat(const float* values) {
   Stat s;
@@ -715,15 +776,26 @@ inline v8d multiply_add(double a, v8d b, v8d acc) {
 #endif
 }
 
+// v rounded to 53 - kShift significant bits, ties to even, for a float64 v that is 0 or normal: v + M with
+// M = 1.5 * 2**(e + kShift) (2**e: v's binade) stays in M's binade (kShift >= 2), so the addition rounds v to a
+// multiple of 2**(e + kShift - 52), and subtracting M again is exact. M is v's exponent bits plus a constant:
+// two integer operations, so that the rounding takes no multiplication (the multiply-add pipes bound the
+// micro-kernel; Veltkamp's split takes one multiplication per rounding). A zero gives +0.
+template <int kShift>
+inline v8d round_bits(v8d v) {
+  const v8l magic = ((v8l)v & int64_t{0x7FF0000000000000}) + ((int64_t{kShift} << 52) | (int64_t{1} << 51));
+  const v8d m = (v8d)magic;
+  return (v + m) - m;
+}
+
 // The Dst step of one vector of a block whose sums are exact and whose chain provably stays normal (bf16):
-// at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums' float32 rounding is Veltkamp's split too (RN to 24
-// bits, ties to even, for float64 values without overflow; the sums are 0 or in [2**-102, 2**126), float32's
-// normal range), which takes three vector operations where the two conversions take four.
+// at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums are 0 or in [2**-102, 2**126) (float32's normal
+// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's), so both roundings are round_bits's (24 and 8
+// significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum starts from +0 and adds
+// exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only when both are.
 inline void chain_vector(double* at, v8d sum) {
-  v8d t = sum * (0x1p29 + 1);
-  v8d next = load8(at) + (t - (t - sum));  // Dst + RN_f32(chunk sum), exact or RN_f64
-  t = next * (0x1p45 + 1);
-  store8(at, t - (t - next));  // RN_bf16
+  v8d next = load8(at) + round_bits<29>(sum);  // Dst + RN_f32(chunk sum), exact or RN_f64
+  store8(at, round_bits<45>(next));  // RN_bf16
 }
 
 // The register-block GEMM step: out[r][q] = sum over KC of a[r][k] * b[k][q], in float64. kPending: the Dst
@@ -966,9 +1038,19 @@ void solve(Problem& p, float* const* dst, int rows, int cols, int inner, Fidelit
   if (fidelity == Fidelity::HIFI3) {
     pack_in1<2 * MVMUL_K, false, kPacked>(p);
   } else if (fidelity == Fidelity::LOFI) {
-    pack_in1<MVMUL_K, true, kPacked>(p);
+#if defined(__AVX512BW__)
+    if constexpr (kFastIn0<MVMUL_K, kPacked>) {
+      pack_in1_fast<true>(p);
+    } else
+#endif
+      pack_in1<MVMUL_K, true, kPacked>(p);
   } else {
-    pack_in1<MVMUL_K, false, kPacked>(p);
+#if defined(__AVX512BW__)
+    if constexpr (kFastIn0<MVMUL_K, kPacked>) {
+      pack_in1_fast<false>(p);
+    } else
+#endif
+      pack_in1<MVMUL_K, false, kPacked>(p);
   }
   if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
   if (p.kc == MVMUL_K) {

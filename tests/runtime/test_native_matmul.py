@@ -269,6 +269,57 @@ def test_chains_proven_normal_for_some_row_blocks_only(hot):
         check_packed(dst, a, b, fidelity, "bf16", want, False)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), inner=st.integers(1, 3), fidelity=st.sampled_from(list(MathFidelity)))
+def test_proven_normal_chains_with_ties_at_both_roundings(seed, inner, fidelity):
+    """The proven-normal bf16 chain rounds the chunk sums to float32 and Dst + partial to bf16 by adding and
+    subtracting a constant made from the value's exponent bits (matmul.cpp round_bits): operands of a few
+    mantissa bits whose products land on float32 ties (1 + 2**-24 * odd) and whose Dst sums land on bf16 ties
+    (+-2**-8 and 3 * 2**-9 Dst values beside partials near 1), with tie breakers down to 2**-40 (still inside
+    the proof's range), +-0 Dst values and zeros among the operands, give the reference's bits on every path."""
+    rng = np.random.default_rng(seed)
+    steps = np.array([0.0, 1.0, -1.0, 2.0**-12, -(2.0**-12), 3 * 2.0**-12, 2.0**-6, 1.5, -0.75])
+
+    def values(shape: tuple[int, ...]) -> np.ndarray:
+        picked = rng.choice(steps, shape) * 2.0 ** rng.integers(-2, 3, shape)
+        breakers = rng.random(shape) < 0.05  # tie breakers far below the ties
+        picked[breakers] = rng.choice([1.0, -1.0], breakers.sum()) * 2.0 ** -rng.integers(20, 41, breakers.sum())
+        return N.bf16_round(picked)
+
+    a = values((2, inner, 32, 32))
+    b = values((inner, 2, 32, 32))
+    dst = N.bf16_round(rng.choice([0.0, -0.0, 2.0**-8, -(2.0**-8), 3 * 2.0**-9, 1.0, -1.0], (2, 2, 32, 32)))
+    want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, inner, int(fidelity), "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    check_packed(dst, a, b, fidelity, "bf16", want, False)
+
+
+@pytest.mark.parametrize("fidelity", list(MathFidelity))
+def test_columns_past_the_exact_span_take_the_checked_path(fidelity):
+    """An in1 column of 1, 2**-24 and +-2**-90 (a span of 90 binades) times rows of equal powers of two: the
+    exact sum is just above or below a float32 tie, which a float64 sum loses (it gives the tie, rounded to
+    even), and a Dst of 2**-8 (scaled as the row) shows the difference after the bf16 rounding. Only the
+    columns' statistics (their smallest nonzero magnitude) send these sums to the checked path, on the packed
+    operands' path (statistics taken on the bf16 bits) as on the float one."""
+    rng = np.random.default_rng(int(fidelity))
+    scale = 2.0 ** rng.integers(-20, 20, (2, 1, 32, 1))
+    a = np.zeros((2, 3, 32, 32), np.float32)
+    a[:, :, :, 0::16] = a[:, :, :, 1::16] = a[:, :, :, 2::16] = 1.0
+    a = N.bf16_round(a * scale * rng.choice([1.0, -1.0], (2, 1, 32, 1)))
+    b = np.zeros((3, 2, 32, 32), np.float32)
+    b[:, :, 0::16] = 1.0
+    b[:, :, 1::16] = 2.0**-24
+    b[:, :, 2::16] = rng.choice([1.0, -1.0], (3, 2, 2, 32)) * 2.0**-90
+    b = N.bf16_round(b)
+    dst = N.bf16_round(np.broadcast_to(scale * 2.0**-8, (2, 2, 32, 32)).astype(np.float32))
+    want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+    assert len(np.unique(want)) > 4  # the tie breakers show
+    got = native.matmul_block(tiles(dst), tiles(a), tiles(b), 2, 2, 3, int(fidelity), "bf16", True)
+    assert_same_bits(got.reshape(want.shape), want)
+    check_packed(dst, a, b, fidelity, "bf16", want, False)
+
+
 def test_calls_of_other_shapes_and_threads_share_nothing():
     """The kernel keeps scratch space per thread between calls: calls of alternating shapes, fidelities and
     operand promises, from several threads at once, each give the single call's bits."""
