@@ -228,6 +228,22 @@ def plan_operands_mcast(plan: Plan, op: Operation, shape, b: dict[str, int], gri
     plan.builder.multicast(sent, fanout)
 
 
+def multicast_handshake(k: KernelBuilder, blocks: list[tuple[int, int]], sender: Index, receiver: Index,
+                        at: tuple[Index, Index], rect: tuple[Index, Index, Index, Index], receivers: int,
+                        ready: int, valid: int) -> None:
+    """tt-metal's handshake around the multicast of blocks (cb, pages) the sender has read: each receiver (its
+    CB pages reserved) increments the ready semaphore of the sender at `at`; the sender waits for all
+    `receivers`, multicasts the blocks to `rect` (the last multicast setting the receivers' valid semaphore); a
+    receiver waits for it. `sender` and `receiver` are this core's flags (0 or 1)."""
+    k.op("semaphore_inc", *at, receiver, semaphore=ready)
+    k.op("semaphore_wait", sender, semaphore=ready, value=receivers)
+    k.op("semaphore_set", sender, semaphore=ready, value=0)
+    for i, (cb, pages) in enumerate(blocks):
+        last = i == len(blocks) - 1
+        k.op("noc_mcast_cb", *rect, sender, cb=cb, pages=pages, semaphore=valid if last else -1, value=1)
+    k.op("semaphore_wait", receiver, semaphore=valid, value=1)
+    k.op("semaphore_set", receiver, semaphore=valid, value=0)
+
 def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, has_bias: bool):
     """The reader: the unicast reader's pushes, each shared operand block read by its sender and multicast."""
     b = s.blocking
@@ -269,16 +285,8 @@ def mcast_reader(op: Operation, shape, s: Schedule, a_step: int, b_step: int, ha
         """tt-metal's handshake around the multicast of blocks (cb, pages) the sender has read; the last
         multicast sets the receivers' valid semaphore."""
         at, rect, receivers = route
-        if not receivers:
-            return
-        k.op("semaphore_inc", *at, receiver, semaphore=ready)
-        k.op("semaphore_wait", sender, semaphore=ready, value=receivers)
-        k.op("semaphore_set", sender, semaphore=ready, value=0)
-        for i, (cb, pages) in enumerate(blocks):
-            last = i == len(blocks) - 1
-            k.op("noc_mcast_cb", *rect, sender, cb=cb, pages=pages, semaphore=valid if last else -1, value=1)
-        k.op("semaphore_wait", receiver, semaphore=valid, value=1)
-        k.op("semaphore_set", receiver, semaphore=valid, value=0)
+        if receivers:
+            multicast_handshake(k, blocks, sender, receiver, at, rect, receivers, ready, valid)
 
     def k_step(batch: Index, kb: Index, last: bool) -> None:
         with_bias = last and has_bias

@@ -76,6 +76,7 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
+from ttc.passes.ops.matmul_mcast import multicast_handshake
 from ttc.passes.ops.program import (
     Program,
     Schedule,
@@ -410,14 +411,8 @@ def share_params(k: KernelBuilder, params: list[tuple[int, object]], start: Inde
         k.op("cb_reserve_back", cb=cb_index, pages=tiles)
         k.op("noc_read_tiles", gen, start, valid, cb=cb_index, rows=1, cols=tiles)
     k.op("noc_read_barrier")
-    k.op("semaphore_inc", *sender_at, receiver, semaphore=PARAM_READY)
-    k.op("semaphore_wait", sender, semaphore=PARAM_READY, value=receivers)
-    k.op("semaphore_set", sender, semaphore=PARAM_READY, value=0)
-    for i, (cb_index, _) in enumerate(params):
-        last = i == len(params) - 1
-        k.op("noc_mcast_cb", *rect, sender, cb=cb_index, pages=tiles, semaphore=PARAM_VALID if last else -1, value=1)
-    k.op("semaphore_wait", receiver, semaphore=PARAM_VALID, value=1)
-    k.op("semaphore_set", receiver, semaphore=PARAM_VALID, value=0)
+    multicast_handshake(k, [(cb_index, tiles) for cb_index, _ in params], sender, receiver, sender_at, rect,
+                        receivers, PARAM_READY, PARAM_VALID)
     for cb_index, _ in params:
         k.op("cb_push_back", cb=cb_index, pages=tiles)
 

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+from test_native_program import model_of
 
 import ttc
 from ttc import zoo
@@ -23,15 +24,6 @@ from ttc.runtime.device import Memory
 from ttc.runtime.executor import Stretch
 
 F32 = TensorProto.FLOAT
-
-
-def _model(nodes: list[onnx.NodeProto], inputs: dict[str, tuple[tuple[int, ...], int]],
-           initializers: dict[str, np.ndarray], outputs: list[str]) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info(k, t, list(s)) for k, (s, t) in inputs.items()],
-                              [helper.make_tensor_value_info(o, F32, None) for o in outputs],
-                              [numpy_helper.from_array(v, k) for k, v in initializers.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
 def conv_relu_pool() -> onnx.ModelProto:
@@ -46,13 +38,13 @@ def conv_relu_pool() -> onnx.ModelProto:
             "b1": (rng.standard_normal(16) * 0.1).astype(np.float32),
             "w2": (rng.standard_normal((24, 16, 1, 1)) / 4).astype(np.float32),
             "b2": (rng.standard_normal(24) * 0.1).astype(np.float32)}
-    return _model(nodes, {"x": ((1, 3, 12, 10), F32)}, init, ["y"])
+    return model_of(nodes, {"x": ((1, 3, 12, 10), F32)}, init, ["y"])
 
 
 def gather() -> onnx.ModelProto:
     """An embedding lookup: a row read per token id, so an id past the table is a device fault of that run only."""
     table = np.random.default_rng(2).standard_normal((50, 70)).astype(np.float32)
-    return _model([helper.make_node("Gather", ["t", "ids"], ["y"], name="/gather", axis=0)],
+    return model_of([helper.make_node("Gather", ["t", "ids"], ["y"], name="/gather", axis=0)],
                   {"ids": ((3, 13), TensorProto.INT64)}, {"t": table}, ["y"])
 
 
@@ -235,7 +227,7 @@ def relu_topk_add() -> onnx.ModelProto:
              helper.make_node("Add", ["v", "c"], ["s"], name="/add"),
              helper.make_node("Mul", ["s", "s"], ["y"], name="/mul")]
     init = {"k": np.array([5], np.int64), "c": np.float32(np.random.default_rng(6).standard_normal((4, 5)))}
-    return _model(nodes, {"x": ((4, 40), F32)}, init, ["y"])
+    return model_of(nodes, {"x": ((4, 40), F32)}, init, ["y"])
 
 
 def test_stretches_around_a_host_op_replay_each(monkeypatch: pytest.MonkeyPatch) -> None:
