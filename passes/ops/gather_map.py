@@ -93,7 +93,7 @@ def _row_regroup(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[Step, ...]
     return Gather(np.arange(tile_shape(source).tiles, dtype=np.int64), False)
 
 
-PROBE_TILES = 64
+CHECK_TILES = 4096  # output tiles per chunk of the tile-granularity check
 
 
 def _tile_labels(shape: tuple[int, ...], first_tile: int, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -127,20 +127,45 @@ def _as_tiles(values: np.ndarray, fill: int) -> np.ndarray:
 _COPY = (np.arange(TILE)[:, None] * TILE + np.arange(TILE)[None, :]).astype(np.int16)
 
 
-def _tile_check(tile: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | str:
+def _tile_flags(tile: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bool] | str:
     """Output tiles labelled with each element's source tile (-1: padding) and its position in that tile ->
-    (the real elements, each output tile's source tile in a numbering over all inputs, transposed), or why
-    they are not whole input tiles copied or transposed."""
+    (the real elements, each output tile's source tile in a numbering over all inputs, whether every tile is a
+    copy, whether every tile is a transpose), or why some output tile takes data from several input tiles."""
     real = tile >= 0
     lo = np.where(real, tile, np.iinfo(tile.dtype).max).min(axis=(1, 2))
     hi = tile.max(axis=(1, 2))
     if (lo != hi).any():
         return "an output tile takes data from several input tiles"
     pad = ~real
-    if ((position == _COPY) | pad).all():
-        return real, lo.astype(np.int64), False
-    if ((position == _COPY.T) | pad).all():
-        return real, lo.astype(np.int64), True
+    return real, lo.astype(np.int64), bool(((position == _COPY) | pad).all()), bool(((position == _COPY.T) | pad).all())
+
+
+def _tile_check(tile: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | str:
+    """The labels of a moved array ([batches, rows, cols]: source tiles, -1 in no element, and in-tile positions)
+    -> (the real elements of each output tile, its source tile, transposed), or why the output tiles are not whole
+    input tiles copied or transposed. Checked in chunks of about CHECK_TILES output tiles (whole batches, or bands
+    of tile rows of one batch) so that a movement failing anywhere fails without the whole array in tile layout."""
+    batches, rows, _ = tile.shape
+    out = tile_shape(tile.shape)
+    per_batch = out.rt * out.ct
+    if per_batch >= CHECK_TILES:
+        band = TILE * max(1, CHECK_TILES // max(out.ct, 1))
+        chunks = [(slice(b, b + 1), slice(r, r + band)) for b in range(batches) for r in range(0, rows, band)]
+    else:
+        group = max(1, CHECK_TILES // max(per_batch, 1))
+        chunks = [(slice(b, b + group), slice(0, rows)) for b in range(0, batches, group)]
+    parts = []
+    for bs, rs in chunks or [(slice(None), slice(None))]:
+        flags = _tile_flags(_as_tiles(tile[bs, rs], -1), _as_tiles(position[bs, rs], 0))
+        if isinstance(flags, str):
+            return flags
+        parts.append(flags)
+    real = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    lo = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    if all(p[2] for p in parts):
+        return real, lo, False
+    if all(p[3] for p in parts):
+        return real, lo, True
     return "elements move inside a tile in a way that is neither a copy nor a tile transpose"
 
 
@@ -163,14 +188,9 @@ def gather_map_of_inputs(in_shapes: tuple[tuple[int, ...], ...], steps: tuple[St
     labels = [_tile_labels(shape, int(start), dtype) for shape, start in zip(in_shapes, tile_starts, strict=False)]
     tile = _move([t for t, _ in labels], steps)
     position = _move([p for _, p in labels], steps)
-    if tile_shape(tile.shape).tiles > PROBE_TILES:  # a large movement that is not tile-granular mostly fails early
-        out = tile_shape(tile.shape)
-        head = min(out.rows, TILE * max(1, PROBE_TILES // max(out.ct, 1)))
-        probe = _tile_check(_as_tiles(tile.reshape(out.batches, out.rows, out.cols)[:1, :head], -1),
-                            _as_tiles(position.reshape(out.batches, out.rows, out.cols)[:1, :head], 0))
-        if isinstance(probe, str):
-            return probe
-    checked = _tile_check(_as_tiles(tile, -1), _as_tiles(position, 0))
+    out = tile_shape(tile.shape)
+    checked = _tile_check(tile.reshape(out.batches, out.rows, out.cols),
+                          position.reshape(out.batches, out.rows, out.cols))
     if isinstance(checked, str):
         return checked
     real, lo, transposed = checked

@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import assume, event, example, given, settings
 from hypothesis import strategies as st
 
+from ttc.passes.ops import gather_map
 from ttc.passes.ops.gather_map import Gather, gather_map_of_inputs
 
 T = 32
@@ -126,3 +128,25 @@ def test_gather_map_matches_the_element_by_element_definition(case) -> None:
     assert got.source.tolist() == sources
     assert (got.inputs.tolist() if got.inputs is not None else [0] * len(sources)) == inputs
     assert got.transposed == transposed
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(chains(), st.sampled_from([1, 2, 3]))
+@example((((64, 96),), (("transpose", (1, 0)),)), 1)
+@example((((1, 33),), (("transpose", (1, 0)),)), 1)  # the last band's one tile holds one element: copy and transpose
+@example((((2, 64, 70), (2, 64, 70)), (("concat", (1,)), ("transpose", (0, 2, 1)))), 2)
+def test_the_chunked_tile_check_gives_the_whole_check_answer(case, chunk_tiles: int) -> None:
+    """The tile check runs over chunks of CHECK_TILES output tiles (bands of tile rows, or groups of batches):
+    with chunks of 1-3 tiles (a copy-or-transpose answer combined over chunks, where a tile holding one element is
+    both) it must still match the element-by-element definition."""
+    in_shapes, steps = case
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gather_map, "CHECK_TILES", chunk_tiles)
+        got = gather_map.gather_map_of_inputs.__wrapped__(in_shapes, steps)
+    want = reference(in_shapes, steps)
+    if want is None:
+        assert isinstance(got, str), (in_shapes, steps)
+        return
+    assert isinstance(got, Gather), (in_shapes, steps, got)
+    assert got.source.tolist() == want[0]
+    assert got.transposed == want[2]
