@@ -274,9 +274,9 @@ MASKED_SOFTMAX_MAX_TILES = 32  # rows of up to this many tiles take an additive 
 
 
 class FuseSoftmaxMask(RewritePattern):
-    """softmax(x + m) or softmax(x * c + m) along the last axis (c a splat constant), where that is an eltwise of
-    those ops alone whose only user is the softmax and m broadcasts to x along batch dims and rows only (an
-    attention's scale and mask: [B, 1, S, S], [B, 1, 1, S] or [S] added to [B, H, S, S] scores) ->
+    """softmax(x + m), softmax(x * c + m) or softmax(x * c) along the last axis (c a splat constant), where that
+    is an eltwise of those ops alone whose only user is the softmax and m broadcasts to x along batch dims and rows
+    only (an attention's scale and mask: [B, 1, S, S], [B, 1, 1, S] or [S] added to [B, H, S, S] scores) ->
     softmax(x, m) {scale = c}: the softmax kernel computes x * c + m as it reads x (the eltwise's phases, so the
     same bits), and the sum makes no DRAM round trip of its own. Rows of at most MASKED_SOFTMAX_MAX_TILES tiles
     (the masked kernels hold the row, or a split plan's slice of it, whole: no row-chunked plan)."""
@@ -305,8 +305,18 @@ class FuseSoftmaxMask(RewritePattern):
             return False
         producer = defining_op(op.operands[0])
         if producer is None or producer.name != ttir.ELTWISE.name or sole_user(producer.result) is not op \
-                or len(producer.operands) != 2:
+                or len(producer.operands) not in (1, 2):
             return False
+        if len(producer.operands) == 1:  # softmax(x * c): an attention scaled without a mask
+            scale = scaled(producer.regions[0].blocks[0])
+            [x] = producer.operands
+            if scale is None or tuple(x.type.shape) != tuple(out.shape):  # type: ignore[union-attr]
+                return False
+            softmax = rewriter.create_before(op, ttir.SOFTMAX.name, [x], [out], {"axis": op.attr("axis"), "scale": scale},
+                                             loc=ordered_loc([producer, op]))
+            rewriter.replace_op(op, [softmax.result])
+            rewriter.erase_op(producer)
+            return True
         matched = scaled_sum(producer.regions[0].blocks[0])
         if matched is None:
             return False
@@ -326,6 +336,20 @@ class FuseSoftmaxMask(RewritePattern):
             rewriter.erase_op(producer)
             return True
         return False
+
+
+def scaled(body: Block) -> float | None:
+    """c when the body of a one-operand eltwise is x * c, c a splat constant."""
+    ops = list(body.ops)
+    if len(ops) != 3 or [o.name for o in ops[:2]] != [ttir.CONSTANT.name, ttir.MUL.name]:
+        return None
+    constant, mul = ops[:2]
+    value = constant.attributes.get("value")
+    if not isinstance(value, DenseAttr) or not value.is_splat or len(mul.operands) != 2 \
+            or sorted(id(v) for v in mul.operands) != sorted((id(constant.result), id(body.args[0]))) \
+            or [id(v) for v in ops[2].operands] != [id(mul.result)]:
+        return None
+    return float(value.values)
 
 
 def scaled_sum(body: Block) -> tuple[tuple[int, ...], float] | None:

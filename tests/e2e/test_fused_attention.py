@@ -25,6 +25,7 @@ CASES = {  # batch, heads, seq, head dim, mask, scale
     "padding mask [B, 1, 1, S], scaled": (2, 3, 64, 64, "padding", 0.125),
     "causal mask [S, S], scaled": (1, 2, 96, 64, "causal", 0.125),
     "no mask, no scale": (2, 2, 64, 32, None, None),
+    "no mask, scaled (the scale alone folded into the softmax)": (2, 2, 64, 32, None, 0.125),
     "zero constant mask, scaled (ViT's form)": (1, 3, 64, 64, "zero", 0.125),
     "ragged: seq 50, head dim 40, padding mask": (1, 2, 50, 40, "padding", 0.3),
     "ragged: seq 100, causal mask": (1, 3, 100, 64, "causal", 0.125),

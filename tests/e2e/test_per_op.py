@@ -47,7 +47,8 @@ def test_instrumenting_leaves_the_compiled_model_alone(encoder) -> None:
 def test_cli_names_the_first_broken_node(encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, compiled = encoder
     module = parse_module(str(compiled.module))
-    softmax = next(op for op in module.walk() if op.name == "ttmetal.enqueue_program" and op.attr("kind") == "softmax")
+    softmax = next(op for op in module.walk() if op.name == "ttmetal.enqueue_program"
+                   and op.attr("kind") in ("softmax", "attention"))  # (the softmax of a fused attention)
     exp = next(op for op in softmax.walk() if op.name == "ttkernel.sfpu_tiles" and op.attr("fn") == "exp")
     exp.attributes["fn"] = "relu"  # a wrong SFPU function in one compute kernel
     broken = tmp_path / "broken.ttc"
@@ -56,10 +57,11 @@ def test_cli_names_the_first_broken_node(encoder, tmp_path: Path, capsys: pytest
     code = main(["run", str(broken), "--golden", "--per-op", "--json", str(report_path)])
     out, err = capsys.readouterr()
     assert code == 1 and "Traceback" not in err
-    assert "first node below the threshold: /layer0/attn/Softmax (Softmax" in out
+    # the softmax runs inside the fused attention program, named by its last node (the P.V product)
+    assert "first node below the threshold: /layer0/attn/context/MatMul (MatMul" in out
     report = json.loads(report_path.read_text())
-    assert report["per_op"]["first_failure"] == "/layer0/attn/Softmax"
-    before = [c for c in report["per_op"]["checks"] if c["program"] < 8]
+    assert report["per_op"]["first_failure"] == "/layer0/attn/context/MatMul"
+    before = [c for c in report["per_op"]["checks"] if c["program"] < 6]
     assert before and all(c["passed"] for c in before)
 
 

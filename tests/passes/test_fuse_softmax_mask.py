@@ -18,14 +18,16 @@ def model(shape: list[int], mask_shape: list[int], body: str = "scale", extra_us
     c = numpy_helper.from_array(np.array(0.125, np.float32), "c")
     nodes = {"scale": [helper.make_node("Mul", ["x", "c"], ["q"]), helper.make_node("Add", ["q", "m"], ["s"])],
              "plain": [helper.make_node("Add", ["m", "x"], ["s"])],
-             "sub": [helper.make_node("Sub", ["x", "m"], ["s"])]}[body]
+             "sub": [helper.make_node("Sub", ["x", "m"], ["s"])],
+             "scale_only": [helper.make_node("Mul", ["c", "x"], ["s"])]}[body]
     nodes.append(helper.make_node("Softmax", ["s"], ["y"], axis=-1))
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]
     if extra_use:
         outputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, shape))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
-                                           helper.make_tensor_value_info("m", TensorProto.FLOAT, mask_shape)],
-                              outputs, [c])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    if body != "scale_only":
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, mask_shape))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [c])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
@@ -55,3 +57,28 @@ def test_scale_and_mask_join_the_softmax(body: str, mask_shape: list[int], scale
 def test_other_producers_stay_an_eltwise(shape: list[int], mask_shape: list[int], body: str, extra_use: bool) -> None:
     softmax, names = fused_softmax(model(shape, mask_shape, body, extra_use))
     assert len(softmax.operands) == 1 and "ttir.eltwise" in names
+
+
+def test_a_lone_scale_joins_the_softmax() -> None:
+    softmax, names = fused_softmax(model([2, 4, 64, 64], [], "scale_only"))
+    assert len(softmax.operands) == 1 and softmax.attr("scale") == 0.125
+    assert "ttir.eltwise" not in names
+
+
+@pytest.mark.parametrize("emulator", ["reference", "native"])
+def test_a_lone_scale_in_the_softmax_gives_the_unfused_bits(emulator: str) -> None:
+    """softmax(x * c) fused (the softmax kernel's scale phase) against the same graph whose product is also an
+    output (so it stays an eltwise program writing it): the same bits."""
+    import ttc
+
+    x = np.random.default_rng(7).standard_normal((2, 4, 40, 70)).astype(np.float32) * 6
+    fused = ttc.compile(model([2, 4, 40, 70], [], "scale_only"))
+    unfused = ttc.compile(model([2, 4, 40, 70], [], "scale_only", extra_use=True))
+    def kinds(compiled) -> list[str]:
+        return [op.attributes["kind"] for op in compiled.module.function("main").body.ops
+                if op.name == "ttmetal.enqueue_program"]
+
+    assert kinds(fused) == ["softmax"] and kinds(unfused) == ["eltwise", "softmax"]
+    got = fused.run({"x": x}, emulator=emulator)["y"]
+    want = unfused.run({"x": x}, emulator=emulator)["y"]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
