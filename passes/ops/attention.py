@@ -66,7 +66,7 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import DeviceOp
 from ttc.passes.ops.kernel import Index, KernelBuilder
-from ttc.passes.ops.matmul import SHORT_K_TILES, accumulation_tiles
+from ttc.passes.ops.matmul import SHORT_K_TILES, accumulation_tiles, packed_add
 from ttc.passes.ops.program import Program, Schedule, cbs_of, schedule_of
 from ttc.passes.ops.registry import register
 from ttc.passes.ops.row_ops import mask_block, reduce_row, row_sum_groups, static_row_tiles
@@ -481,14 +481,7 @@ def attention_compute(op: Operation, sch: Schedule, s: AttentionShape):
                          b_offset=c * chunk * nt + col * ow, b_row_stride=nt, inner=chunk, rows=1, cols=ow,
                          fidelity=sch.fidelity, accumulate=False)
                     if c:  # the chunk's sum added to the running total (matmul_compute's finish_chunk)
-                        k.pack_block(CB_CHUNK, ow)
-                        k.op("cb_wait_front", cb=CB_CHUNK, pages=ow)
-                        k.op("cb_wait_front", cb=CB_TOTAL, pages=ow)
-                        k.op("tile_regs_acquire")
-                        k.op("binary_tiles", op="add", cb_a=CB_TOTAL, a_row_stride=ow, cb_b=CB_CHUNK,
-                             b_row_stride=ow, rows=1, cols=ow)
-                        k.op("cb_pop_front", cb=CB_TOTAL, pages=ow)
-                        k.op("cb_pop_front", cb=CB_CHUNK, pages=ow)
+                        packed_add(k, CB_CHUNK, CB_TOTAL, 1, ow, packed_first=False)
                     k.pack_block(CB_OUT if c == chunks - 1 else CB_TOTAL, ow)
             k.op("cb_pop_front", cb=CB_PROBS, pages=ct)
         k.op("cb_pop_front", cb=CB_V, pages=ct * nt)

@@ -156,6 +156,21 @@ def matmul_masks(op: Operation) -> tuple[bool, bool]:
     return rows, shape.cols % TILE != 0 and moves_zero
 
 
+def packed_add(k: KernelBuilder, packed: int, other: int, h: int, w: int, packed_first: bool) -> None:
+    """Dst's h x w tiles packed to `packed`, then added (FPU, in the order the unfused ops add: the packed tiles
+    as the first operand or the second) to the tiles at `other`'s front, both popped: a chunk's sum onto the
+    running total, a residual onto the product."""
+    tiles = h * w
+    k.pack_block(packed, tiles)
+    k.op("cb_wait_front", cb=packed, pages=tiles)
+    k.op("cb_wait_front", cb=other, pages=tiles)
+    k.op("tile_regs_acquire")
+    a, b = (packed, other) if packed_first else (other, packed)
+    k.op("binary_tiles", op="add", cb_a=a, a_row_stride=w, cb_b=b, b_row_stride=w, rows=h, cols=w)
+    k.op("cb_pop_front", cb=a, pages=tiles)
+    k.op("cb_pop_front", cb=b, pages=tiles)
+
+
 N_OUTER = "n_outer"
 
 
@@ -571,14 +586,7 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
                  valid_rows=shape.rows if mask_rows else shape.mt * TILE,
                  valid_cols=shape.cols if mask_cols else shape.nt * TILE)
         if has_residual:  # packed as the unfused linear wrote it, then the unfused eltwise's add (zero padding
-            k.pack_block(CB_BIASED, tiles)  # stays zero: the residual activations keep zero)
-            k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_wait_front", cb=CB_RESIDUAL, pages=tiles)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_RESIDUAL, b_row_stride=w,
-                 rows=h, cols=w)
-            k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_pop_front", cb=CB_RESIDUAL, pages=tiles)
+            packed_add(k, CB_BIASED, CB_RESIDUAL, h, w, packed_first=True)  # stays zero: residuals keep zero)
             if residual_activation != "none":
                 k.op("sfpu_tiles", fn=residual_activation, count=tiles)
         k.pack_block(CB_OUT, tiles)
@@ -620,14 +628,7 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
         """Dst holds a chunk's sum: add the running total (in bf16) unless it is the first chunk; then the
         epilogue after the last chunk, else the new total back to its CB."""
         if not first_chunk:
-            k.pack_block(CB_CHUNK, tiles)
-            k.op("cb_wait_front", cb=CB_CHUNK, pages=tiles)
-            k.op("cb_wait_front", cb=CB_TOTAL, pages=tiles)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="add", cb_a=CB_TOTAL, a_row_stride=w, cb_b=CB_CHUNK, b_row_stride=w,
-                 rows=h, cols=w)
-            k.op("cb_pop_front", cb=CB_TOTAL, pages=tiles)
-            k.op("cb_pop_front", cb=CB_CHUNK, pages=tiles)
+            packed_add(k, CB_CHUNK, CB_TOTAL, h, w, packed_first=False)
         if last:
             epilogue(row, col)
         else:

@@ -315,6 +315,15 @@ struct Scratch {
   std::vector<uint8_t> col_block_special;
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
+
+  // Sizes in1's packed parts (kc products per chunk) and its column statistics.
+  void size_in1(int chunks, int n, int nb, int kc) {
+    b.resize(static_cast<size_t>(chunks) * n * kc);
+    col_top.resize(static_cast<size_t>(chunks) * n);
+    col_low.resize(static_cast<size_t>(chunks) * n);
+    col_block_span.resize(static_cast<size_t>(chunks) * nb);
+    col_block_special.resize(static_cast<size_t>(chunks) * nb);
+  }
 };
 
 // One matmul: its operand tiles (bf16 values), shape and the statistics of its operands. The operands are
@@ -454,11 +463,7 @@ void pack_in1(Problem& p) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.b.resize(static_cast<size_t>(chunks) * n * KC);
-  s.col_top.resize(static_cast<size_t>(chunks) * n);
-  s.col_low.resize(static_cast<size_t>(chunks) * n);
-  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
-  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
+  s.size_in1(chunks, n, nb, KC);
   double* const packed = s.b.data();
   uint32_t* const col_top = s.col_top.data();
   uint32_t* const col_low = s.col_low.data();
@@ -524,11 +529,7 @@ void pack_in1_fast(Problem& p) {
   static_assert(NR == 16, "a register block's columns are one face's");
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.b.resize(static_cast<size_t>(chunks) * n * MVMUL_K);
-  s.col_top.resize(static_cast<size_t>(chunks) * n);
-  s.col_low.resize(static_cast<size_t>(chunks) * n);
-  s.col_block_span.resize(static_cast<size_t>(chunks) * nb);
-  s.col_block_special.resize(static_cast<size_t>(chunks) * nb);
+  s.size_in1(chunks, n, nb, MVMUL_K);
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1);
   const __m512i split = _mm512_set1_epi32(static_cast<int>(kMaskA));
   v16u all_top{}, all_low = ~v16u{};

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_native_program import model_of
+from test_native_program import gather, model_of
 
 import ttc
 from ttc import zoo
@@ -39,13 +39,6 @@ def conv_relu_pool() -> onnx.ModelProto:
             "w2": (rng.standard_normal((24, 16, 1, 1)) / 4).astype(np.float32),
             "b2": (rng.standard_normal(24) * 0.1).astype(np.float32)}
     return model_of(nodes, {"x": ((1, 3, 12, 10), F32)}, init, ["y"])
-
-
-def gather() -> onnx.ModelProto:
-    """An embedding lookup: a row read per token id, so an id past the table is a device fault of that run only."""
-    table = np.random.default_rng(2).standard_normal((50, 70)).astype(np.float32)
-    return model_of([helper.make_node("Gather", ["t", "ids"], ["y"], name="/gather", axis=0)],
-                  {"ids": ((3, 13), TensorProto.INT64)}, {"t": table}, ["y"])
 
 
 MODELS = {"mlp": zoo.mlp, "conv_relu_pool": conv_relu_pool, "gather": gather}
