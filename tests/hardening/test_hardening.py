@@ -76,10 +76,10 @@ def test_class1_batch_2_34_matmul_is_refused_in_under_a_second(tmp_path: Path, c
     onnx.save(model, str(tmp_path / "m.onnx"))
     argv = ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.ttc"), "--quiet"]
     run(argv, capsys)  # the first call pays for importing the compiler
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: what the refusal costs, not how loaded the machine is
     code, _, err = run(argv, capsys)
     assert code == 2 and "more than any Grayskull's DRAM holds" in err and "'a'" in err
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_class1_ir_with_a_2_34_dim_is_refused_by_the_verifier(tmp_path: Path, capsys) -> None:
@@ -98,21 +98,21 @@ def test_class1_tile_padding_counts_toward_the_card(tmp_path: Path, capsys) -> N
     n = 1 << 24
     model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", [n, 1, 1])], [_vi("y", [n, 1, 1])])
     onnx.save(model, str(tmp_path / "m.onnx"))
-    start = time.perf_counter()
+    start = time.process_time()
     code, _, err = run(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.ttc"), "--quiet"], capsys)
     # refused right after the import (`fit.check_activations_fit`), naming the tensor that does not fit
     assert code == 2 and "bytes of device DRAM" in err and "'y' [16777216, 1, 1]" in err
-    assert time.perf_counter() - start < 10
+    assert time.process_time() - start < 10
 
 
 def test_class1_divisors_are_found_without_walking_the_number() -> None:
     from ttc.passes.ops.geometry import divisors
 
-    start = time.perf_counter()
+    start = time.process_time()
     assert divisors(1 << 34) == [1 << k for k in range(35)]
     assert divisors(720720) == [d for d in range(1, 720721) if 720720 % d == 0]
     assert divisors(1) == [1] and divisors(49) == [1, 7, 49]
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # ------------------------------------------------------------------------------------------- 2. ONNX input
@@ -508,11 +508,11 @@ def test_class8_fit_hint_never_suggests_what_the_host_cannot_do(tmp_path: Path, 
     path = _sparse_model(tmp_path, 20)
     argv = ["compile", str(path), "--quiet", "--max-host-memory", "4G"]
     run(argv, capsys)  # the first call pays for importing the compiler
-    start = time.perf_counter()
+    start = time.process_time()
     code, _, err = run(argv, capsys)
     assert code == 2 and "does not fit the e150" in err
     assert "would fit the card, but this host cannot pack it" in err
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
     from ttc.fit import host_memory_needed
 
     assert host_memory_needed(onnx.load(str(path), load_external_data=False)) > 20 * (1 << 30)
