@@ -79,7 +79,7 @@ from ttc.passes.ops.geometry import (
     tile_shape,
 )
 from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, COST, FIDELITY, GRID, SHARDING
-from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.matmul import matmul_shape, padding_rows_free
 from ttc.passes.ops.registry import (
     circular_buffers,
     core_units,
@@ -241,10 +241,11 @@ Candidate = tuple[GridAttr, dict[str, int], LayoutAttr | None, Cost]
 
 def matmul_signature(op: Operation) -> tuple:
     """What a matmul's candidates and their costs depend on: its name, operand and result types (shapes, element
-    types and layouts) and attributes. Matmul counts never look at constant data, so two ops with the same
-    signature (the same layer of a 24-layer encoder) rank the same candidates."""
+    types and layouts), attributes and whether its readers leave its padding rows free (`padding_rows_free`).
+    Matmul counts never look at constant data, so two ops with the same signature (the same layer of a 24-layer
+    encoder) rank the same candidates."""
     return (op.name, tuple(str(v.type) for v in op.operands), tuple(str(r.type) for r in op.results),
-            tuple(sorted((key, str(value)) for key, value in op.attributes.items())))
+            tuple(sorted((key, str(value)) for key, value in op.attributes.items())), padding_rows_free(op))
 
 
 def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...],

@@ -50,7 +50,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ttc.ir.core import Function, Module, Operation, Value
+from ttc.ir import target
+from ttc.ir.builder import Builder
+from ttc.ir.core import Block, Function, Module, Operation, Region, Value
 from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
@@ -61,9 +63,9 @@ from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import LiveRange, live_ranges, readers, sync_body_placement
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.ops.gather import MOVEMENT_OPS, is_folded, is_view, movement_chain
-from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor
+from ttc.passes.ops.geometry import bank_share, is_row_major, layout, module_device, tensor, tile_shape
 from ttc.passes.ops.interface import FIDELITY
-from ttc.passes.ops.matmul import MATMUL_OPS
+from ttc.passes.ops.matmul import MATMUL_OPS, matmul_shape
 from ttc.passes.ops.registry import op_kind, program_operands
 from ttc.passes.ranges import value_ranges
 from ttc.passes.schedule import hoist_side_branches
@@ -226,6 +228,68 @@ def matmul_activations(func: Function, allowed: OperandCheck = None) -> set[Valu
     chosen = {result for op in func.body.ops if STATE_ATTR not in op.attributes for result in op.results
               if may_be_f16(result) and feeds_only_matmuls(result, allowed)}
     return closed_under_copies(func, chosen)
+
+
+def matmul_copy_gain(value: Value, users: list[Operation], fmt: str, fidelity: str, device: DeviceAttr) -> float:
+    """Cycles the cost model saves when `users` read `value` as their a operand in `fmt` instead of bf16, less what
+    a copy program of `value` costs, each program taken on the whole compute grid: a matmul saves where the
+    unpacker bounds it (fewer operand bytes), down to the time its DRAM-resident b operand takes to read; the copy
+    costs a datacopy per tile or its NoC bytes, and a launch. (An estimate before memory spaces and grids are
+    chosen: it assumes the copy stays in L1, as an intermediate of a compute-bound block's size does; the grid
+    pass then costs the programs as they are.)"""
+    cores = device.compute_cores
+    gain = 0.0
+    for user in users:
+        shape = matmul_shape(user)
+        b = tensor(user.operands[1])
+        key_fidelity = str(user.attributes.get(FIDELITY, fidelity))
+        tiles = shape.batches * shape.mt * shape.kt * shape.nt
+        dram = 0.0
+        if layout(b).memory_space == "dram":
+            tb = tile_shape(b.shape)
+            b_pages = tb.batches * tb.rt * tb.ct
+            dram = b_pages * target.TILE_BYTES[b.element_type.name] / device.achievable_dram_bytes_per_cycle
+        per_tile = [target.compute_cycles(device, target.Counts(1, ((
+            target.matmul_key(key_fidelity, a, b.element_type.name), 1),))) for a in ("bf16", fmt)]
+        gain += max(tiles * per_tile[0] / cores, dram) - max(tiles * per_tile[1] / cores, dram)
+    t = tile_shape(tensor(value).shape)
+    per_core = t.batches * t.rt * t.ct / cores
+    copy = max(per_core * target.tile_op_cycles(device, target.DATACOPY),
+               per_core * (target.TILE_BYTES["bf16"] + target.TILE_BYTES[fmt]) / device.noc_bytes_per_cycle)
+    return gain - copy - device.launch_cycles - device.launch_cycles_per_core * cores
+
+
+def matmul_copies(func: Function, fmt: str, fidelity: str, allowed: OperandCheck, device: DeviceAttr) -> list[Value]:
+    """Copies in `fmt` of computed values that matmuls read as their a operand (as `allowed`) and other ops read
+    too (a post-norm block's norm result: its matmuls and its residual add), where the cost model's unpacker
+    saves more than the copy costs (`matmul_copy_gain`): one identity `ttir.eltwise` right before the first such
+    matmul, which those matmuls then read; the value itself stays bf16 for its other readers. The copy feeds
+    only matmuls, so `matmul_activations` stores it in `fmt`: the preset's rule, applied to a new value."""
+    if not fidelity:
+        return []
+    copies = []
+    for op in list(func.body.ops):
+        if STATE_ATTR in op.attributes:
+            continue
+        for value in op.results:
+            if not may_be_f16(value) or feeds_only_matmuls(value, allowed):
+                continue
+            users = [user for user, index in value.uses if user.name in MATMUL_OPS and index == 0
+                     and user.parent is func.body and allowed is not None and allowed(user, 0)
+                     and all(i == 0 for u, i in value.uses if u is user)]
+            users = list(dict.fromkeys(users))
+            if not users or matmul_copy_gain(value, users, fmt, fidelity, device) <= 0:
+                continue
+            first = min(users, key=func.body.index_of)
+            block = Block([value.type])
+            Builder.at_end(block).create(ttir.YIELD.name, [block.args[0]], loc=first.loc)
+            copy = Operation(ttir.ELTWISE.name, [value], [value.type], {}, loc=first.loc)
+            copy.add_region(Region([block]))
+            func.body.insert_before(first, copy)
+            for user in users:
+                user.set_operand(0, copy.result)
+            copies.append(copy.result)
+    return copies
 
 
 def host_read_copies(value: Value) -> list[Value]:
@@ -421,6 +485,7 @@ class Layout(Pass):
             assign_formats(func, self.dtype, block_float_operands(func, self.dtype, self.matmul_fidelity))
             if self.activations != "bf16":
                 allowed = block_float_operands(func, self.activations, self.matmul_fidelity)
+                matmul_copies(func, self.activations, self.matmul_fidelity, allowed, device)
                 for value in matmul_activations(func, allowed):
                     with_format(value, ScalarType(self.activations))
             if self.bounded_f16:

@@ -122,37 +122,61 @@ def matmul_shape(op: Operation) -> MatmulShape:
     if b.rank < 2 or (a.rank == 1 and b.rank > 2):
         raise UserError(f"node {node_names(op)}: matmul of {list(a.shape)} by {list(b.shape)} is not supported "
                         "on the device (the second operand must be a matrix or a batch of matrices)")
-    return _matmul_geometry(a.shape, b.shape, out.shape)
+    return _matmul_geometry(a.shape, b.shape, out.shape, padding_rows_free(op))
 
 
 @functools.lru_cache(maxsize=256)
-def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...]) -> MatmulShape:
+def _matmul_geometry(a: tuple[int, ...], b: tuple[int, ...], out: tuple[int, ...],
+                     rows_free: bool = False) -> MatmulShape:
     ta, tb, to = tile_shape(a), tile_shape(b), tile_shape(out)
     a_offsets, b_offsets = batch_offsets(a, out), batch_offsets(b, out)
-    if foldable(ta.rt, ta.ct, to.batches, to.rows, a_offsets, b_offsets):
+    if foldable(ta.rt, ta.ct, to.batches, to.rows, a_offsets, b_offsets, rows_free):
         return MatmulShape(to.batches * ta.rt, ta.ct, tb.ct, 1, a_offsets[:1], b_offsets[:1],
                            to.batches * to.rows, to.cols)
     return MatmulShape(ta.rt, ta.ct, tb.ct, to.batches, a_offsets, b_offsets, to.rows, to.cols)
 
 
-def foldable(mt: int, kt: int, batches: int, rows: int, a_offsets: np.ndarray, b_offsets: np.ndarray) -> bool:
+def foldable(mt: int, kt: int, batches: int, rows: int, a_offsets: np.ndarray, b_offsets: np.ndarray,
+             rows_free: bool = False) -> bool:
     """A batch of products by one shared in1 matrix (a linear layer's weights on [batch..., M, K]) whose in0 and
     output matrices lie one after the other with no padding rows between them (M a whole number of tiles) is
     one [batch * M, K] @ [K, N] product: the tile pages are the same, so the batches fold into M. Its blockings
     may then give a core more rows than one batch has (a 2-D multicast grid of batch * M / rows rows, in1 read
-    once per grid column instead of once per batch group)."""
-    return batches > 1 and rows % TILE == 0 and bool((b_offsets == b_offsets[0]).all()) \
+    once per grid column instead of once per batch group). Padding rows between the batches fold too when the
+    epilogue never re-masks them (`rows_free`, `padding_rows_free`): the pages are the same, and only masking
+    needs to know where a batch's rows end."""
+    return batches > 1 and (rows % TILE == 0 or rows_free) and bool((b_offsets == b_offsets[0]).all()) \
         and bool((a_offsets == np.arange(batches) * mt * kt).all())
+
+
+def padding_rows_free(op: Operation) -> bool:
+    """No reader of the result looks at its padding rows, so the epilogue need not re-mask them (one datacopy
+    per output tile less) and a batch of them may fold into M (`foldable`): every reader is a `ttir.linear`
+    reading it as its first operand only, with a bias or an activation moving zero. Row r of a product depends
+    on row r of its first operand alone (a block float shares exponents along a row's 16 values, never across
+    rows), so the reader's padding rows are the only ones the garbage reaches, and the reader re-masks them
+    (or, free itself, leaves them to its readers, which re-mask theirs): every value any other op reads is the
+    bits it was. The ranking memo of the grid pass keys on this (`grid.matmul_signature`)."""
+    if op.name not in MATMUL_OPS or not op.result.uses:
+        return False
+    for user, index in op.result.uses:
+        if user.name != ttir.LINEAR.name or index != 0:
+            return False
+        activation = user.attributes.get("activation", "none")
+        if ttir.linear_bias(user) is None and (activation == "none" or keeps_zero(activation, 0.0)):
+            return False
+    return True
 
 
 def matmul_masks(op: Operation) -> tuple[bool, bool]:
     """(rows, cols): which padding of a matmul's result its epilogue makes non-zero and must re-mask.
     The product of zero-padded operands has zero padding; a bias row fills the padding rows, an
-    activation with f(0) != 0 (sigmoid) all of it."""
+    activation with f(0) != 0 (sigmoid) all of it. Padding rows no reader looks at (`padding_rows_free`) stay
+    as the epilogue left them."""
     shape = matmul_shape(op)
     activation = op.attributes.get("activation", "none")
     moves_zero = activation != "none" and not keeps_zero(activation, 0.0)
-    rows = shape.rows % TILE != 0 and (ttir.linear_bias(op) is not None or moves_zero)
+    rows = shape.rows % TILE != 0 and (ttir.linear_bias(op) is not None or moves_zero) and not padding_rows_free(op)
     return rows, shape.cols % TILE != 0 and moves_zero
 
 
