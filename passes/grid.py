@@ -19,7 +19,9 @@ programs other than matmuls that sum on the matrix unit: softmax, layer norm, re
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
 multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
 only), `attention` (true: once every op is placed, an attention's matmul,
-softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py).
+softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py),
+`im2col` (true: a convolution's im2col lookup and its product become one `ttir.im2col_linear` program, the
+product's reader gathering the rows, where it fits L1 and costs less, passes/im2col_fusion.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -50,6 +52,7 @@ from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
 from ttc.ir.target import FIDELITY_PHASES, Cost
 from ttc.passes.attention import fuse_attention
 from ttc.passes.cost_model import Weights, estimate, matmul_units
+from ttc.passes.im2col_fusion import fuse_im2col
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
     LiveRange,
@@ -600,6 +603,7 @@ class Grid(Pass):
     sharding: bool = True
     multicast: bool = True
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
+    im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -649,6 +653,8 @@ class Grid(Pass):
                 live.ran(index, op)
             if self.attention:
                 fuse_attention(func, device, self.max_cores, module.weights)
+            if self.im2col:
+                fuse_im2col(func, device, self.max_cores, module.weights)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:

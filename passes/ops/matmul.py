@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,7 +314,10 @@ def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
 
 
 def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
-                result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+                result_layout: LayoutAttr | None = None, weights: Weights | None = None,
+                read_in0: Callable[[Plan], None] | None = None) -> Counts:
+    """The counts of the kernels below; `read_in0` counts the in0 reads instead (a reader that gathers in0 itself:
+    im2col_matmul.py)."""
     shape = matmul_shape(op)
     a, w, out = op.operands[0], op.operands[1], op.result
     out_type = tensor(out) if result_layout is None else tensor(out).with_encoding(result_layout)
@@ -363,7 +366,9 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     shared = multicast_operands(b)  # the operands a multicast plan shares: it counts them (in1 with the bias)
     if shared:
         plan_operands_mcast(plan, op, shape, b, grid)
-    if 0 not in shared:
+    if read_in0 is not None:
+        read_in0(plan)
+    elif 0 not in shared:
         plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
     if 1 not in shared and ragged:
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
@@ -552,7 +557,10 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     return k.region()
 
 
-def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str):
+def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str,
+                   in0_ready: Callable[[KernelBuilder], None] | None = None):
+    """`in0_ready` emits what makes each in0 block (before its wait) when compute makes it itself (im2col_matmul.py:
+    the block tilized from looked-up rows)."""
     b = s.blocking
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
@@ -613,11 +621,15 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
             with k.loop(sw) as col:
                 k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
                 with k.loop(sh) as row:
+                    if in0_ready is not None:
+                        in0_ready(k)
                     k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
                     subblock(row, col, fresh, chunk_end, first_chunk, last, CB_IN0)
                 k.op("cb_pop_front", cb=CB_IN1, pages=width * w)
             return
         with k.loop(sh) as row:
+            if in0_ready is not None:
+                in0_ready(k)
             k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
@@ -652,11 +664,12 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
     return k.region()
 
 
-def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule):
+def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule, output: int | None = None):
+    """`output`: the result's buffer index when it is not the one after the op's operands."""
     b = s.blocking
     h, w = b["out_subblock_h"], b["out_subblock_w"]
     k = KernelBuilder(op.loc)
-    gen = k.addrgen(len(op.operands), tensor(op.result))
+    gen = k.addrgen(len(op.operands) if output is None else output, tensor(op.result))
     ragged = is_ragged(shape, b)
     with k.loop(b["batches"]) as batch:
         base = k.affine(k.arg(0), (batch, shape.mt * shape.nt))
