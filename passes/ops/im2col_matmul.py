@@ -2,22 +2,26 @@
 whose reader gathers the input patches itself: the grid pass's `passes/im2col_fusion.py` makes it from an
 `embedding {im2col, pad_negative}` and the `ttir.linear` (or matmul) that is its only reader.
 
-The program is the unicast matmul of `matmul.py` (its blockings, CB plan, compute and writer, through a stand-in
+The program is the unicast (or in1-multicast) matmul of `matmul.py` (its blockings, CB plan, compute and writer, through a stand-in
 linear whose in0 is the im2col matrix, `as_linear`), with in0 made on the core instead of read:
 
 - reader: per in0 block (h tile rows x in0_block_w K tiles) and tile row, for each kernel position the block
-  covers, the index page of (position, tile row) into CB_INDEX and the 32 sticks it names into CB_STICKS
-  (`noc_read_rows_indexed {pad_negative}`: -1 reads a zero row; a column segment of the sticks when the block
-  is narrower than a stick), as the unfused lookup's reader does;
+  covers, the index page of (position, tile row) into CB_INDEX and the 32 sticks it names into CB_STICKS, a
+  piece at a time (`noc_read_rows_indexed {pad_negative}`: -1 reads a zero row; a column segment of the sticks
+  when a piece is narrower than a stick), as the unfused lookup's reader does; in1 as the unicast reader, or
+  read by core 0 and multicast to the grid (`IN1_TO_ALL`);
 - compute: before it waits for an in0 block (`matmul_compute`'s `in0_ready`), it tilizes the block's sticks
   (`tilize_tiles`) and packs them into CB_IN0 in the im2col matrix's format (`a_format`), the tiles the unfused
   lookup packed and wrote; then the unchanged product.
 
 The im2col matrix is never written: the lookup's program, its launch and the matrix's buffer go. Values are the
-unfused pair's bit for bit (the same rows, the same tilize and pack, then the same product). In0 blocks must
-cover whole kernel positions or a whole number of blocks must make one (`aligned`), so each block is one
-segment of one position's sticks or whole sticks of consecutive positions, and a block's sticks are re-read
-when the walk re-reads in0 (once per subblock column with `n_outer`), as the unfused product re-reads its tiles.
+unfused pair's bit for bit (the same rows, the same tilize and pack, then the same product). A stick read is a
+piece of gcd(in0_block_w, stick tiles) tiles (`piece_tiles`), so every K block is whole pieces of one position
+each; the K blocks repeat their pattern of pieces every lcm(in0_block_w, stick tiles) K tiles (`block_runs`), which
+the reader walks as a loop over those periods with the blocks of one period unrolled. A block's sticks are re-read
+(and re-tilized) whenever the walk re-reads in0: once per subblock column with `n_outer`, and on every core
+computing an N block of the same rows, which is what makes the fusion costlier than the lookup on many-core 2-D
+grids (the grid pass fuses only where the cost model prefers it).
 """
 
 from __future__ import annotations
