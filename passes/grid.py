@@ -657,9 +657,9 @@ class Grid(Pass):
             if self.attention:
                 fuse_attention(func, device, self.max_cores, module.weights)
             if self.im2col:
-                fuse_im2col(func, device, self.max_cores, module.weights)
+                fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:
-                fuse_untilize(func, device, self.max_cores, module.weights)
+                fuse_untilize(func, device, self.max_cores, module.weights, self.multicast)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:

@@ -21,9 +21,12 @@ from ttc.ir.attributes import fuse_locations
 from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.passes.attention import fits_l1, only_reader, recorded_cycles
+from ttc.passes.attention import only_reader, recorded_cycles
+from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import is_row_major, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
+from ttc.passes.ops.matmul_mcast import is_mcast
+from ttc.passes.ops.registry import l1_footprint, op_kind
 
 PRODUCTS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name})
 
@@ -59,7 +62,38 @@ def fused_op(lookup: Operation, product: Operation) -> Operation:
                      loc=fuse_locations(lookup.loc, product.loc))
 
 
-def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights) -> int:
+def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights,
+            multicast: bool = True) -> tuple | None:
+    """Replay the function's L1 with `fused` in `ops` (as the attention step does): the cheapest candidate of
+    `fused` that fits (grid, blocking, cost; without multicast plans unless `multicast`), or None when it has none
+    or another program no longer fits."""
+    from ttc.ir.diagnostics import UserError
+    from ttc.passes.grid import LiveL1, ranked
+
+    live = LiveL1.of(ops, device, max_cores)
+    chosen = None
+    for index, op in enumerate(ops):
+        if op_kind(op) is None or is_folded(op) or is_view(op):
+            live.ran(index, op)
+            continue
+        budget = live.budget(op)
+        if op is fused:
+            for grid, blocking, cost in ranked(op, device, fidelity, max_cores, weights):
+                if (multicast or not is_mcast(blocking)) and l1_footprint(op, device, blocking) <= budget:
+                    chosen = (grid, blocking, cost)
+                    break
+            if chosen is None:
+                return None
+        elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
+            return None
+        try:
+            live.ran(index, op)
+        except UserError:
+            return None
+    return chosen
+
+
+def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights, multicast: bool = True) -> int:
     """Replace each im2col lookup and its product by one program where it fits L1 and the cost model prefers it;
     the number replaced."""
     fused_count = 0
@@ -71,7 +105,7 @@ def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights) -> int:
         body = func.body
         product.result.replace_all_uses_with(fused.result)
         trial = [fused if op is product else op for op in body.ops if op is not lookup]
-        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, {})
+        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, multicast)
         unfused = recorded_cycles([lookup, product])
         if chosen is None or chosen[2].cycles >= unfused:
             fused.result.replace_all_uses_with(product.result)

@@ -18,7 +18,8 @@ from __future__ import annotations
 from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.passes.attention import fits_l1, only_reader, recorded_cycles
+from ttc.passes.attention import only_reader, recorded_cycles
+from ttc.passes.im2col_fusion import fits_l1
 from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul_rows import fits_rows
@@ -44,7 +45,7 @@ def match(untilize: Operation) -> Operation | None:
     return product if fits_rows(product) else None
 
 
-def fuse_untilize(func, device: DeviceAttr, max_cores: int, weights) -> int:
+def fuse_untilize(func, device: DeviceAttr, max_cores: int, weights, multicast: bool = True) -> int:
     """Replace each untilize of a product's tiles by the product writing rows where it fits L1 and the cost model
     prefers it; the number replaced."""
     fused_count = 0
@@ -61,7 +62,8 @@ def fuse_untilize(func, device: DeviceAttr, max_cores: int, weights) -> int:
         for user, index in users:
             user.set_operand(index, product.result)
         trial = [op for op in body.ops if op is not untilize]
-        chosen = fits_l1(trial, product, device, max_cores, product.attributes.get(FIDELITY, "hifi4"), weights, {})
+        chosen = fits_l1(trial, product, device, max_cores, product.attributes.get(FIDELITY, "hifi4"), weights,
+                         multicast)
         if chosen is None or chosen[2].cycles >= unfused:
             for user, index in users:
                 user.set_operand(index, untilize.result)
