@@ -169,8 +169,10 @@ def quality(model: str | Path | onnx.ModelProto, options: CompileOptions, select
     seen = set() if seen is None else seen
     by_kind: dict[str, list[Operation]] = {}
     for op in ops:
-        if op_kind(op) is None or is_folded(op) or is_view(op) or signature(op) in seen or id(op) not in before:
-            # (an op the grid pass itself made, a fused attention, is ranked against its unfused programs there)
+        if op_kind(op) is None or is_folded(op) or is_view(op) or signature(op) in seen or id(op) not in before \
+                or layout(tensor(op.result)).tensor_layout != layout(before[id(op)]).tensor_layout:
+            # (an op the grid pass itself made or rewrote, a fused attention or lookup, a product writing rows, is
+            # ranked against its unfused programs there)
             continue
         seen.add(signature(op))
         by_kind.setdefault(op_kind(op) or "", []).append(op)

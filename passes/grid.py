@@ -19,7 +19,10 @@ programs other than matmuls that sum on the matrix unit: softmax, layer norm, re
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
 multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
 only), `attention` (true: once every op is placed, an attention's matmul,
-softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py).
+softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py),
+`im2col` (true: a convolution's im2col lookup and its product become one `ttir.im2col_linear` program, the
+product's reader gathering the rows, where it fits L1 and costs less, passes/im2col_fusion.py), `untilize` (true:
+a product read only by an untilize writes rows itself, passes/untilize_fusion.py and passes/ops/matmul_rows.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -50,6 +53,7 @@ from ttc.ir.dialects.tt import DeviceAttr, GridAttr, LayoutAttr
 from ttc.ir.target import FIDELITY_PHASES, Cost
 from ttc.passes.attention import fuse_attention
 from ttc.passes.cost_model import Weights, estimate, matmul_units
+from ttc.passes.im2col_fusion import fuse_im2col
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
     LiveRange,
@@ -90,6 +94,7 @@ from ttc.passes.ops.registry import (
     program_operands,
 )
 from ttc.passes.ops.row_ops import PARAM_MCAST
+from ttc.passes.untilize_fusion import fuse_untilize
 
 
 def grid_for(cores: int, device: DeviceAttr, max_cores: int = 0) -> GridAttr | None:
@@ -601,6 +606,8 @@ class Grid(Pass):
     sharding: bool = True
     multicast: bool = True
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
+    im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
+    untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -650,6 +657,10 @@ class Grid(Pass):
                 live.ran(index, op)
             if self.attention:
                 fuse_attention(func, device, self.max_cores, module.weights)
+            if self.im2col:
+                fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
+            if self.untilize:
+                fuse_untilize(func, device, self.max_cores, module.weights, self.multicast)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:

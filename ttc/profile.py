@@ -353,6 +353,10 @@ def program_json(index: int, p: ProgramProfile, op: Operation | None = None) -> 
             "counts": p.counts.to_json()}
 
 
+PRODUCT_KINDS = frozenset({"matmul", "matmul_rows", "im2col_matmul"})  # the programs of products (a fused
+# convolution lookup or untilize in one: passes.md, grid's last steps)
+
+
 def program_fidelity(p: ProgramProfile) -> str:
     """The math fidelities of the program's matrix-unit work (matmuls and sums), from its counts; "-" if none."""
     found = []
@@ -392,7 +396,7 @@ def settings_line(module: Module, profile: Sequence[ProgramProfile]) -> str:
     for p in profile:
         f = program_fidelity(p)
         if f != "-":
-            table = fidelity["matmul" if p.kind == "matmul" else "other"]
+            table = fidelity["matmul" if p.kind in PRODUCT_KINDS else "other"]
             table[f] = table.get(f, 0) + 1
     join = lambda table: ", ".join(f"{k} {v}" for k, v in sorted(table.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
     weight_text = ", ".join(f"{name} {n} ({size / 2**20:.1f} MiB)" for name, (n, size) in sorted(weights.items())) \

@@ -901,6 +901,43 @@ ATTENTION = OpDef(
     traits=PURE, verify=verify_attention,
 )
 
+
+def im2col_linear_bias(op: Operation):
+    """The bias row of a `ttir.im2col_linear` (its fourth operand unless that is the residual), or None."""
+    count = len(op.operands) - int(bool(op.attributes.get("residual")))
+    return op.operands[3] if count > 3 else None
+
+
+def verify_im2col_linear(op: Operation) -> None:
+    table, ids, b = (tensor(v.type).shape for v in op.operands[:3])
+    if len(table) != 2 or len(ids) != 3 or ids[2] != 32 or len(b) != 2:
+        raise VerifyError(f"im2col_linear takes a table [rows, C], indices [positions, M tile rows, 32] and a weight "
+                          f"[K, N], not {_dims(table)}, {_dims(ids)} and {_dims(b)}")
+    if ids[0] * table[1] != b[0]:
+        raise VerifyError(f"im2col_linear: {ids[0]} positions of {table[1]} channels are not the weight's {b[0]} rows")
+    result = tensor(op.result.type).shape
+    if len(result) != 2 or result[1] != b[1] or -(-result[0] // 32) != ids[1]:
+        raise VerifyError(f"im2col_linear result {_dims(result)} is not [M, {b[1]}] with M in {ids[1]} tile rows")
+    if op.attr("residual") and len(op.operands) < 4:
+        raise VerifyError("an im2col_linear with residual = true takes the residual as its last operand")
+    residual = op.operands[-1] if op.attr("residual") else None
+    if residual is not None and not holds_tiles_of(tensor(residual.type).shape, result):
+        raise VerifyError(f"residual {_dims(tensor(residual.type).shape)} does not hold the tiles of the result "
+                          f"{_dims(result)}")
+
+
+IM2COL_LINEAR = OpDef(
+    "ttir.im2col_linear", "linear(embedding{im2col, pad_negative}(table, indices), b, bias?, residual?) as one device "
+    "op: the product's reader looks the im2col rows up itself (the grid pass fuses a convolution's lookup into its "
+    "product: passes/im2col_fusion.py); `a_format` is the element type the im2col matrix had (its tiles are packed "
+    "in it), the other attributes are the linear's",
+    operands=(Operand("table"), Operand("indices"), Operand("b"), Operand("bias", optional=True),
+              Operand("residual", optional=True)),
+    attributes=(Attr("activation", StrAttr, "none"), Attr("residual", BoolAttr, False),
+                Attr("residual_activation", StrAttr, "none"), Attr("a_format", StrAttr, REQUIRED)),
+    traits=PURE, verify=verify_im2col_linear,
+)
+
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
@@ -908,5 +945,5 @@ TTIR = Dialect(
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D,
-         ATTENTION],
+         ATTENTION, IM2COL_LINEAR],
 ).register()

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +80,7 @@ from ttc.passes.ops.geometry import (
     cb,
     divisors,
     double,
+    is_row_major,
     node_names,
     overlapped_start,
     overlapping_splits,
@@ -338,7 +339,11 @@ def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
 
 
 def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
-                result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+                result_layout: LayoutAttr | None = None, weights: Weights | None = None,
+                read_in0: Callable[[Plan], None] | None = None,
+                write_out: Callable[[Plan], None] | None = None) -> Counts:
+    """The counts of the kernels below; `read_in0` counts the in0 reads instead (a reader that gathers in0 itself:
+    im2col_matmul.py), `write_out` the result's writes (a writer of rows: matmul_rows.py)."""
     shape = matmul_shape(op)
     a, w, out = op.operands[0], op.operands[1], op.result
     out_type = tensor(out) if result_layout is None else tensor(out).with_encoding(result_layout)
@@ -387,7 +392,9 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     shared = multicast_operands(b)  # the operands a multicast plan shares: it counts them (in1 with the bias)
     if shared:
         plan_operands_mcast(plan, op, shape, b, grid)
-    if 0 not in shared:
+    if read_in0 is not None:
+        read_in0(plan)
+    elif 0 not in shared:
         plan.static(abuf, batches * pcm * kt * a_reads, page_lists=a_pages_read)
     if 1 not in shared and ragged:
         plan.masked(wbuf, np.repeat(width * edge.sum(axis=0), b_reads))
@@ -415,7 +422,9 @@ def plan_matmul(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
                 + np.arange(pcn)[None, None, :]).reshape(plan.cores, -1)
 
     # the residual's tiles of each output block (each core reads its own, in the multicast plan too)
-    outputs = [(Buffer.of(out_type, device), True)]
+    outputs = [(Buffer.of(out_type, device), True)] if write_out is None else []
+    if write_out is not None:
+        write_out(plan)
     if residual is not None:
         outputs.append((Buffer.of(tensor(residual), device), False))
     for buf, write in outputs:
@@ -576,7 +585,12 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     return k.region()
 
 
-def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str):
+def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str,
+                   in0_ready: Callable[[KernelBuilder], None] | None = None,
+                   pack_out: Callable[[KernelBuilder, int, int], None] | None = None):
+    """`in0_ready` emits what makes each in0 block (before its wait) when compute makes it itself (im2col_matmul.py:
+    the block tilized from looked-up rows); `pack_out` packs a finished h x w subblock from Dst instead of
+    `pack_block` into CB_OUT (matmul_rows.py: as rows)."""
     b = s.blocking
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
@@ -613,7 +627,10 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
             packed_add(k, CB_BIASED, CB_RESIDUAL, h, w, packed_first=True)  # stays zero: residuals keep zero)
             if residual_activation != "none":
                 k.op("sfpu_tiles", fn=residual_activation, count=tiles)
-        k.pack_block(CB_OUT, tiles)
+        if pack_out is not None:
+            pack_out(k, h, w)
+        else:
+            k.pack_block(CB_OUT, tiles)
 
     def subblock(row: Index, col: Index, fresh: bool, chunk_end: bool, first_chunk: bool, last: bool,
                  done: int) -> None:
@@ -637,11 +654,15 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
             with k.loop(sw) as col:
                 k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
                 with k.loop(sh) as row:
+                    if in0_ready is not None:
+                        in0_ready(k)
                     k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
                     subblock(row, col, fresh, chunk_end, first_chunk, last, CB_IN0)
                 k.op("cb_pop_front", cb=CB_IN1, pages=width * w)
             return
         with k.loop(sh) as row:
+            if in0_ready is not None:
+                in0_ready(k)
             k.op("cb_wait_front", cb=CB_IN0, pages=h * width)
             with k.loop(sw) as col:
                 k.op("cb_wait_front", cb=CB_IN1, pages=width * w)
@@ -676,11 +697,12 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
     return k.region()
 
 
-def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule):
+def matmul_writer(op: Operation, shape: MatmulShape, s: Schedule, output: int | None = None):
+    """`output`: the result's buffer index when it is not the one after the op's operands."""
     b = s.blocking
     h, w = b["out_subblock_h"], b["out_subblock_w"]
     k = KernelBuilder(op.loc)
-    gen = k.addrgen(len(op.operands), tensor(op.result))
+    gen = k.addrgen(len(op.operands) if output is None else output, tensor(op.result))
     ragged = is_ragged(shape, b)
     with k.loop(b["batches"]) as batch:
         base = k.affine(k.arg(0), (batch, shape.mt * shape.nt))
@@ -703,6 +725,9 @@ class MatmulOp(DeviceOp):
 
     kind = "matmul"
     op_names = MATMUL_OPS
+
+    def matches(self, op: Operation) -> bool:
+        return not is_row_major(op.result)  # a product written as rows: matmul_rows.py
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
         return matmul_candidates(op)

@@ -36,7 +36,8 @@ def programs(model: CompiledModel) -> list:
 
 def residual_programs(model: CompiledModel) -> list:
     return [p for p in programs(model) if any(c.index == CB_RESIDUAL for c in p.attributes["cbs"])
-            and p.attributes["kind"] == "matmul"]
+            and p.attributes["kind"] in ("matmul", "im2col_matmul", "matmul_rows")]  # (a product: its lookup or
+    # untilize fused in, passes.md grid's last steps)
 
 
 def is_multicast(program) -> bool:

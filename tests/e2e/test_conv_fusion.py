@@ -1,0 +1,176 @@
+"""A convolution's im2col lookup fused into its product's reader (`ttir.im2col_linear`: passes/im2col_fusion.py,
+passes/ops/im2col_matmul.py) and a product's untilize fused into its pack and writer (a row-major `ttir.linear`:
+passes/untilize_fusion.py, passes/ops/matmul_rows.py): the fused programs give the unfused programs' bits on both
+emulators with planned = executed = static counts, the grid pass fuses only where the cost model prefers it and
+L1 holds it, and an index outside the sticks is a device fault of the fused reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from cost_model_checks import check_planned_equals_executed, check_static_equals_executed, compile_with_plans
+from onnx import TensorProto, helper, numpy_helper
+
+from ttc.compiler import CompiledModel, CompileOptions, pack_device_weights
+from ttc.ir.core import Operation, Value
+from ttc.ir.diagnostics import DeviceFault
+from ttc.ir.dialect import VerifyError
+from ttc.ir.dialects import ttir, ttmetal
+from ttc.ir.types import ScalarType, TensorType
+from ttc.passes import im2col_fusion, untilize_fusion
+from ttc.passes.ops import im2col_matmul, matmul_rows
+from ttc.passes.ops.geometry import CB_IN0, cb
+
+CASES = {  # batch, channels, height, width, middle channels, kernel, stride, padding
+    "3x3, stride 1, padding 1": (1, 64, 28, 28, 64, 3, 1, 1),
+    "3x3, stride 2, padding 1, batch 2": (2, 32, 15, 15, 48, 3, 2, 1),
+    "7x7, stride 2, padding 3": (1, 16, 20, 20, 32, 7, 2, 3),
+    "3x3, no padding, batch 3, 96 channels": (3, 96, 9, 9, 40, 3, 1, 0),
+}
+
+
+def chain_model(n: int, c: int, h: int, w: int, mid: int, k: int, stride: int, pad: int) -> onnx.ModelProto:
+    """1x1 conv + relu, k x k conv + relu, 1x1 conv: a bottleneck's three convolutions."""
+    rng = np.random.default_rng(0)
+    nodes, initializers = [], []
+
+    def conv(x: str, y: str, ic: int, oc: int, size: int, s: int, p: int, relu: bool) -> None:
+        weight = (rng.standard_normal((oc, ic, size, size)) / np.sqrt(ic * size * size)).astype(np.float32)
+        initializers.extend([numpy_helper.from_array(weight, f"{y}.w"),
+                             numpy_helper.from_array((rng.standard_normal(oc) * 0.1).astype(np.float32), f"{y}.b")])
+        out = f"{y}.conv" if relu else y
+        nodes.append(helper.make_node("Conv", [x, f"{y}.w", f"{y}.b"], [out], kernel_shape=[size, size],
+                                      strides=[s, s], pads=[p] * 4, name=f"/{y}"))
+        if relu:
+            nodes.append(helper.make_node("Relu", [out], [y], name=f"/{y}.relu"))
+
+    conv("x", "a", c, mid, 1, 1, 0, True)
+    conv("a", "b", mid, mid, k, stride, pad, True)
+    conv("b", "y", mid, c, 1, 1, 0, False)
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    graph = helper.make_graph(nodes, "bottleneck", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, c, oh, ow])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def feeds_for(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return {"x": np.random.default_rng(1).standard_normal(shape).astype(np.float32)}
+
+
+def kinds(compiled: CompiledModel) -> list[str]:
+    return [op.attributes["kind"] for op in compiled.module.function("main").body.ops
+            if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+
+
+UNFUSED = CompileOptions(pipeline=CompileOptions().pipeline_spec.replace("grid{", "grid{im2col=false untilize=false "))
+
+
+def force_fusion(patch: pytest.MonkeyPatch) -> None:
+    """Every pair that fits L1 is fused, whatever the cost model says."""
+    for module in (im2col_fusion, untilize_fusion):
+        patch.setattr(module, "recorded_cycles", lambda ops: float("inf"))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fused_programs_have_the_unfused_bits(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = chain_model(*CASES[name])
+    feeds = feeds_for(model)
+    with monkeypatch.context() as patch:
+        force_fusion(patch)
+        plans, fused = compile_with_plans(model)
+    assert "im2col_matmul" in kinds(fused) and "embedding" in kinds(fused)  # (the NCHW edges stay lookups)
+    if name != "3x3, stride 1, padding 1":  # (there the first product's result is height-sharded: kept as tiles)
+        assert "matmul_rows" in kinds(fused)
+    unfused_plans, unfused = compile_with_plans(model, UNFUSED)
+    assert "im2col_matmul" not in kinds(unfused) and "matmul_rows" not in kinds(unfused)
+    expected = unfused.run(feeds, emulator="native")["y"]
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(fused.run(feeds, emulator=emulator)["y"], expected)
+        check_planned_equals_executed(plans, fused.profile)
+    check_static_equals_executed(fused, fused.profile)
+    assert len(plans) < len(unfused_plans)
+
+
+def test_bfp8_activations_keep_their_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the published preset the im2col matrix (read only by its product) is block-float: the fused reader's
+    tilize packs it into CB 0 in that format, as the lookup wrote it."""
+    model = chain_model(1, 64, 28, 28, 64, 3, 2, 1)
+    feeds = feeds_for(model)
+    options = CompileOptions(perf_preset="published")
+    with monkeypatch.context() as patch:
+        force_fusion(patch)
+        plans, fused = compile_with_plans(model, options)
+    assert "im2col_matmul" in kinds(fused)
+    unfused = CompileOptions(perf_preset="published",
+                             pipeline=options.pipeline_spec.replace("grid{", "grid{im2col=false untilize=false "))
+    _, reference = compile_with_plans(model, unfused)
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(fused.run(feeds, emulator=emulator)["y"],
+                                      reference.run(feeds, emulator=emulator)["y"])
+        check_planned_equals_executed(plans, fused.profile)
+
+
+def test_the_grid_pass_fuses_only_where_cheaper() -> None:
+    """A bottleneck of 32 -> 256 -> 32 channels at 14 x 14: the fused lookup would tilize each core's rows of a
+    2304-wide K once per N block (modelled slower than the lookup and the multicast product): left unfused. A
+    stride-2 one of 48 channels: both fusions modelled cheaper, and taken."""
+    plans, wide = compile_with_plans(chain_model(1, 32, 14, 14, 256, 3, 1, 1))
+    assert "im2col_matmul" not in kinds(wide)
+    plans, narrow = compile_with_plans(chain_model(2, 32, 15, 15, 48, 3, 2, 1))
+    assert "im2col_matmul" in kinds(narrow) and "matmul_rows" in kinds(narrow)
+    unfused_plans, _ = compile_with_plans(chain_model(2, 32, 15, 15, 48, 3, 2, 1), UNFUSED)
+    assert sum(p.recorded_cycles for p in plans) < sum(p.recorded_cycles for p in unfused_plans)
+
+
+def test_no_fusion_without_room_in_l1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fused candidates whose CBs take the whole of L1 are never chosen, even when modelled cheapest."""
+    model = chain_model(2, 32, 15, 15, 48, 3, 2, 1)
+
+    def crowded(original):
+        def cbs(self, op, blocking):
+            return [*original(self, op, blocking), cb(CB_IN0 + 7, ScalarType("bf16"), 1, page=2_000_000)]
+        return cbs
+
+    with monkeypatch.context() as patch:
+        force_fusion(patch)
+        for kind in (im2col_matmul.Im2colMatmulOp, matmul_rows.MatmulRowsOp):
+            patch.setattr(kind, "circular_buffers", crowded(kind.circular_buffers))
+        _, compiled = compile_with_plans(model)
+    assert "im2col_matmul" not in kinds(compiled) and "matmul_rows" not in kinds(compiled)
+
+
+@pytest.mark.parametrize("emulator", ["reference", "native"])
+def test_an_index_outside_the_sticks_is_a_fault_of_the_fused_reader(emulator: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    model = chain_model(1, 32, 8, 8, 32, 3, 1, 1)
+    with monkeypatch.context() as patch:
+        force_fusion(patch)
+        _, compiled = compile_with_plans(model)
+    ops = compiled.module.function("main").body.ops
+    fused = next(op for op in ops if op.name == ttmetal.ENQUEUE_PROGRAM.name and op.attributes["kind"] == "im2col_matmul")
+    index = fused.operands[1].owner  # the index table's buffer, written by its write_constant
+    name = next(op.attributes["value"].name for op in ops
+                if op.name == ttmetal.WRITE_CONSTANT.name and op.operands[0] is index.result)
+    table = compiled.module.weights[name].copy()
+    table[4, 1, 7] = 1 << 20  # far past the 64 sticks
+    compiled.module.weights[name] = table
+    broken = CompiledModel(compiled.module, pack_device_weights(compiled.module), compiled.manifest)
+    with pytest.raises(DeviceFault, match=r"(?s)out-of-bounds.*reader kernel.*/b"):
+        broken.run(feeds_for(model), emulator=emulator)
+
+
+def test_the_fused_op_verifies_its_shapes() -> None:
+    f32, i32 = ScalarType("f32"), ScalarType("i32")
+
+    def op(table, ids, b, result) -> Operation:
+        operands = [Value(TensorType(s, t)) for s, t in ((table, f32), (ids, i32), (b, f32))]
+        return Operation(ttir.IM2COL_LINEAR.name, operands, [TensorType(result, f32)], {"a_format": "bf16"})
+
+    ttir.IM2COL_LINEAR.verify(op((64, 32), (9, 2, 32), (288, 16), (49, 16)))
+    with pytest.raises(VerifyError, match="positions"):
+        ttir.IM2COL_LINEAR.verify(op((64, 32), (9, 2, 32), (256, 16), (49, 16)))
+    with pytest.raises(VerifyError, match="tile rows"):
+        ttir.IM2COL_LINEAR.verify(op((64, 32), (9, 2, 32), (288, 16), (80, 16)))
+
