@@ -80,6 +80,7 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape
+from ttc.passes.ops.matmul_ksplit import KSPLIT
 from ttc.passes.ops.registry import (
     circular_buffers,
     core_units,
@@ -224,6 +225,8 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
         return None  # cores repeating the last unit would hold shards nobody reads
     if b.get(BY_COLUMN):
         return None  # cores taking the units column by column: the shard maps follow the row-major order
+    if b.get(KSPLIT):
+        return None  # the K split's last cores alone write the result
     if memory_layout == "height_sharded":
         if n_blocks != 1 or (b["batches"] > 1 and b["per_core_m"] != shape.mt) or grid.num_cores < 2:
             return None

@@ -54,6 +54,7 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
+from ttc.ir.types import TensorType
 from ttc.passes.ops.counting import (
     Buffer,
     Plan,
@@ -292,6 +293,7 @@ def row_start(mt: int, per_core_m: int, block: int | np.ndarray):
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
+    from ttc.passes.ops.matmul_ksplit import ksplit_variants
     from ttc.passes.ops.matmul_mcast import mcast_variants
 
     shape = matmul_shape(op)
@@ -307,6 +309,7 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                             yield {**blocking, N_OUTER: 1}
                         if i == 0 or (h, w) != (1, 1):  # the multicast plans: not with a fallback 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
+                        yield from ksplit_variants(op, shape, blocking)  # few output blocks: K over cores too
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
@@ -684,7 +687,10 @@ class MatmulOp(DeviceOp):
         return matmul_candidates(op)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        return matmul_units(matmul_shape(op), blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_units
+
+        return ksplit_units(matmul_shape(op), blocking) if is_ksplit(blocking) \
+            else matmul_units(matmul_shape(op), blocking)
 
     def grid_shape(self, op: Operation, blocking: dict[str, int]) -> tuple[int, int] | None:
         from ttc.passes.ops.matmul_mcast import is_mcast, mcast_grid
@@ -692,15 +698,27 @@ class MatmulOp(DeviceOp):
         return mcast_grid(matmul_shape(op), blocking) if is_mcast(blocking) else None
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return matmul_cbs(op, blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_cbs
+
+        return ksplit_cbs(op, blocking) if is_ksplit(blocking) else matmul_cbs(op, blocking)
+
+    def scratch(self, op: Operation, blocking: dict[str, int]) -> list[TensorType]:
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, scratch_type
+
+        return [scratch_type(op, matmul_shape(op), blocking)] if is_ksplit(blocking) else []
 
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
                grid: tuple[int, int], result_layout: LayoutAttr | None = None,
                weights: Weights | None = None) -> Counts:
-        return plan_matmul(op, device, blocking, fidelity, grid, result_layout, weights)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, plan_ksplit
+
+        plan = plan_ksplit if is_ksplit(blocking) else plan_matmul
+        return plan(op, device, blocking, fidelity, grid, result_layout, weights)
 
     def lower(self, op: Operation, module: Module) -> Program:
-        return lower_matmul(op)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, lower_ksplit
+
+        return lower_ksplit(op) if is_ksplit(schedule_of(op).blocking) else lower_matmul(op)
 
 
 MATMUL = register(MatmulOp())
