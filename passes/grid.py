@@ -18,7 +18,8 @@ programs other than matmuls that sum on the matrix unit: softmax, layer norm, re
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
 multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
-only), `attention` (true: once every op is placed, an attention's matmul,
+only, no K split either), `ksplit` (true: a matmul of few output blocks may split its K over the cores of each
+block, passes/ops/matmul_ksplit.py, when the cost model ranks it first; false: never), `attention` (true: once every op is placed, an attention's matmul,
 softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
@@ -416,7 +417,8 @@ class LiveL1:
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
                   sharding: bool = True, weights: Weights | None = None,
-                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True) -> Choice:
+                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True,
+                  ksplit: bool = True) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
@@ -429,8 +431,10 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
     candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
-    if not multicast:
-        candidates = [c for c in candidates if not c[1].get("mcast")]
+    if not multicast:  # (the K split hands its sums on by multicast too)
+        candidates = [c for c in candidates if not c[1].get("mcast") and not c[1].get(KSPLIT)]
+    if not ksplit:
+        candidates = [c for c in candidates if not c[1].get(KSPLIT)]
     if not candidates:
         raise no_placement(op, device, max_cores)
     budgets: dict[str, int] = {}
@@ -602,6 +606,7 @@ class Grid(Pass):
     max_cores: int = 0
     sharding: bool = True
     multicast: bool = True
+    ksplit: bool = True  # a matmul of few output blocks may split K over cores (passes/ops/matmul_ksplit.py)
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
 
     def run(self, module: Module) -> None:
@@ -629,7 +634,7 @@ class Grid(Pass):
                     try:
                         if op_kind(op) == "matmul":
                             choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding,
-                                                   module.weights, memo, self.multicast)
+                                                   module.weights, memo, self.multicast, self.ksplit)
                             shard_result(op, choice, live, device)
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,

@@ -11,27 +11,29 @@ packed instead of added), and the block's last core, S - 1, gathers the others' 
 chain of adds over all C of them in K order, then the epilogue (bias row, activation, masks, residual add and its
 activation): the same adds of the same packed values as the unsplit kernel, so the same bits.
 
-The exchange goes through an L1 scratch buffer (interleaved over the cores' L1), as the split row ops exchange
-their partials (row_split.py): each sending core's writer writes its chunk sums to its own pages of the scratch
-(every page written once: no ready handshake) and, after the write barrier, increments semaphore 0 of its block's
-last core; that core's reader waits until the count reaches S - 1 and reads the S - 1 cores' sums, in K order,
-into CB_GATHER.
+The exchange uses the multicast handshake of matmul_mcast.py. A core's chunk sums go from its compute kernel
+(CB_SEND) through its writer to its own pages of an L1 scratch buffer and back through its reader (a semaphore
+on the core itself orders the two): only the producer of a CB may multicast its reserved pages. Then, in S - 1
+rounds, core r of each block (in K order) reads its sums into its reserved window of CB_GATHER and multicasts
+them into the same window of its block's last core (`multicast_handshake`: the receiver, its pages reserved,
+increments the sender's ready semaphore; the multicast sets the receiver's valid semaphore). No core reads bytes
+another core writes (the race check of runtime/native_program.py): the scratch pages are each core's own.
 
 The emulators run a program's cores in lockstep (runtime/multicast.py), and the kernels have no per-core branches:
-a role is a runtime argument (an `enabled` flag of the semaphore ops, the valid columns of a NoC transfer). So
-one exchange, every core sending before any receives, and every core runs the chain and the epilogue: the others
-on zeros (their reads of the gathered sums, the bias and the residual zero-filled), their results dropped (they
-write nothing). The counts say so: each core executes the C - 1 adds per output tile of the unsplit chain, the
-split divides only the products (and the reloads between K steps); a hand-over of the running total core to core
-(each core adding its chunks onto its predecessor's total) would be a chain of S waits, which lockstep cores
-cannot overlap. A padded grid's extra cores (a unit count forming no rectangle) repeat the last core's operand
-reads and compute but send, receive and write nothing.
+a role is a runtime argument (an `enabled` flag of the semaphore and multicast ops, the valid columns of a NoC
+transfer). So every core runs the chain and the epilogue: the others on zeros or on their own sums (their reads
+of the bias and the residual zero-filled), their results dropped (they write nothing). The counts say so: each
+core executes the C - 1 adds per output tile of the unsplit chain, the split divides only the products (and the
+reloads between K steps); a hand-over of the running total core to core (each core adding its chunks onto its
+predecessor's total) would put S waits in a row, which lockstep cores cannot overlap either. A padded grid's extra
+cores (a unit count forming no rectangle) repeat the last core's operand reads and compute but send, receive and
+write nothing.
 
 Units: (batch groups, M blocks, N blocks, S), the K split fastest, so the cores of a block are consecutive in
 row-major order. Offered for one batch group, no ragged N edge, at most `MAX_SUBBLOCKS` subblocks per core (the
 chain is unrolled over them: the offsets into the gathered sums are static), the unicast row-outer walk, when the
 unsplit blocking has at most half the grid's cores; the grid pass takes it only when the cost model ranks it
-cheaper. Semaphore messages and the exchange's latency are not counted (docs/cost-model.md, section 7).
+cheaper. Semaphore messages and the rounds' latency are not counted (docs/cost-model.md, section 7).
 """
 
 from __future__ import annotations
@@ -63,7 +65,6 @@ from ttc.passes.ops.geometry import (
     cb,
     divisors,
     double,
-    is_sharded,
     page_size,
     tensor,
     work_format,
@@ -74,7 +75,7 @@ from ttc.passes.ops.program import Program, Schedule, schedule_of
 KSPLIT = "ksplit"
 CB_GATHER, CB_SEND = 4, 5  # the other cores' chunk sums (at the block's last core), this core's to send
 CB_SUMS = 28  # this core's chunk sums of the whole block (chunk-major, subblocks row-major within a chunk)
-SEMAPHORE = 0
+SELF, READY, VALID = 0, 1, 2  # the writer -> reader hand-over on a core; the multicast handshake's semaphores
 MAX_SUBBLOCKS = 8  # the chain is unrolled over the subblocks of a core's block
 MAX_FILL = 2  # offered where the unsplit blocking's units take at most 1 / MAX_FILL of the grid
 
@@ -104,9 +105,6 @@ def ksplit_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[
     sh, sw = sub_blocks(blocking)
     if sh * sw > MAX_SUBBLOCKS:
         return
-    residual = ttir.linear_residual(op)
-    if residual is not None and is_sharded(tensor(residual)):
-        return  # (its reads by the last cores only would have to tell local pages from remote ones)
     blocks = math.prod(matmul_units(shape, blocking))
     if blocks * MAX_FILL > GRID_CORES:
         return
@@ -118,12 +116,11 @@ def ksplit_variants(op: Operation, shape, blocking: dict[str, int]) -> Iterator[
 
 
 def scratch_type(op: Operation, shape, blocking: dict[str, int]) -> TensorType:
-    """The exchange's pages: per output block and sending core (S - 1 of them), its chunk sums (chunk-major,
-    subblock by subblock), as a column of h x w tile blocks in the work format."""
-    groups, m_blocks, n_blocks, split = ksplit_units(shape, blocking)
+    """The sums' way from a core's writer to its reader: per unit (core), its chunk sums (chunk-major, subblock
+    by subblock), as a column of h x w tile blocks in the work format."""
     w = blocking["out_subblock_w"]
     sent = chunks_per_core(shape, blocking) * blocking["per_core_m"] * blocking["per_core_n"]
-    rows = groups * m_blocks * n_blocks * (split - 1) * sent // w
+    rows = math.prod(ksplit_units(shape, blocking)) * sent // w
     return TensorType((rows * TILE, w * TILE), work_format(tensor(op.result).element_type),
                       LayoutAttr("tile", "l1", "interleaved"))
 
@@ -228,13 +225,23 @@ def plan_ksplit(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     if has_bias:
         plan.masked(Buffer.of(tensor(ttir.linear_bias(op)), device), np.full(subblocks, w * finishing))
     scratch = Buffer(page_size(scratch_type(op, shape, b)), False, None)
-    plan.masked(scratch, np.full(per_core * subblocks, h * w * sending), write=True)
-    plan.masked(scratch, [(split - 1) * per_core * out_tiles * finishing])
+    sent = per_core * out_tiles  # pages a sending core hands on
+    plan.masked(scratch, np.full(per_core * subblocks, h * w * sending), write=True)  # its writer's
+    plan.masked(scratch, np.full(split - 1, sent * sending // (split - 1)))  # its reader's, in its round
+    # the rounds' multicasts: each sender's pages leave its port once and enter its block's last core
+    plan.masked(Buffer(scratch.page, False, None), np.full(split - 1, 2 * sent * sending // (split - 1)))
+    plan.builder.multicast(np.where(role["sends"], sent * scratch.page, 0), 1)
     outputs = [(Buffer.of(out_type, device), True)]
     if residual is not None:
         outputs.append((Buffer.of(tensor(residual), device), False))
     for buf, write in outputs:
         plan.masked(buf, np.full(subblocks, h * w * finishing), write=write)
+        if buf.owner_bank is not None:  # a sharded residual: the finishing cores' pages in their own shards
+            last = role["finishes"]
+            rows = m0[last, None] + np.arange(pcm)[None, :]
+            pages = (rows[:, :, None] * nt + n0[last, None, None] + np.arange(pcn)[None, None, :]).reshape(len(rows), -1)
+            local = int((buf.owner_bank(pages) == plan.banks[last, None]).sum())
+            plan.builder.local_total += local * buf.page
     return plan.counts()
 
 
@@ -250,7 +257,7 @@ def lower_ksplit(op: Operation) -> Program:
     s = schedule_of(op)
     b = s.blocking
     pcm, pcn, split = b["per_core_m"], b["per_core_n"], b[KSPLIT]
-    sent = chunks_per_core(shape, b) * pcm * pcn  # pages one core sends
+    sent = chunks_per_core(shape, b) * pcm * pcn  # pages one core hands on
     kc = shape.kt // split
     role = roles(s.units, s.cores)
     gx, w = s.grid.x, b["out_subblock_w"]
@@ -258,28 +265,31 @@ def lower_ksplit(op: Operation) -> Program:
     def per_core(fn) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(int(v) for v in fn(core, s.unit(core))) for core in range(s.cores))
 
-    def place(unit: tuple[int, ...]) -> tuple[int, int, int, int]:
-        """(first output row, first output column, place j in the block, the block's first scratch page)"""
-        block = (unit[0] * s.units[1] + unit[1]) * s.units[2] + unit[2]
-        return int(row_start(shape.mt, pcm, unit[1])), unit[2] * pcn, unit[3], block * (split - 1) * sent
+    def place(unit: tuple[int, ...]) -> tuple[int, int, int]:
+        """(first output row, first output column, place j in the block)"""
+        return int(row_start(shape.mt, pcm, unit[1])), unit[2] * pcn, unit[3]
 
     def reader_args(core: int, unit: tuple[int, ...]) -> list[int]:
-        m, n, j, pages = place(unit)
-        finishes = bool(role["finishes"][core])
+        m, n, j = place(unit)
+        finishes, sends = bool(role["finishes"][core]), bool(role["sends"][core])
+        first, last = core - j, core - j + split - 1  # the block's first and last cores
+        rounds = []  # per round r: sender?, its valid columns, its (x, y)
+        for r in range(split - 1):
+            sender = sends and j == r
+            rounds += [int(sender), w if sender else 0, (first + r) % gx, (first + r) // gx]
         residual = [m * shape.nt + n] if ttir.linear_residual(op) is not None else []
         return [m * shape.kt + j * kc, j * kc * shape.nt + n, n, pcn if finishes else 0, int(finishes),
-                w if finishes else 0, pages, *residual]
+                min(core, math.prod(s.units) - 1) * sent, last % gx, last // gx, *rounds, *residual]
 
     def compute_args(core: int, unit: tuple[int, ...]) -> list[int]:
-        m, n, _, _ = place(unit)
+        m, n, _ = place(unit)
         return [m, n]
 
     def writer_args(core: int, unit: tuple[int, ...]) -> list[int]:
-        m, n, j, pages = place(unit)
+        m, n, _ = place(unit)
         sends, finishes = bool(role["sends"][core]), bool(role["finishes"][core])
-        last = core - j + split - 1  # the block's last core
         return [m * shape.nt + n, pcn if finishes else 0, int(sends), w if sends else 0,
-                pages + j * sent if sends else 0, last % gx, last // gx]
+                min(core, math.prod(s.units) - 1) * sent, core % gx, core // gx]
 
     scratch = scratch_type(op, shape, b)
     kernels = (ksplit_reader(op, shape, s, scratch), ksplit_compute(op, shape, s), ksplit_writer(op, shape, s, scratch))
@@ -295,22 +305,23 @@ def subblock_walk(b: dict[str, int]) -> list[tuple[int, int, int]]:
 
 
 def ksplit_reader(op: Operation, shape, s: Schedule, scratch: TensorType):
-    """The unicast row-outer reader over the core's K range; then, at a block's last core, the other cores' chunk
-    sums (after its semaphore count), and per subblock the bias row and the residual tiles (zeros elsewhere)."""
+    """The unicast row-outer reader over the core's K range; then the rounds of the exchange (module doc), and
+    per subblock the bias row and the residual tiles (read only where the core finishes the block)."""
     from ttc.passes.ops.matmul import ResidualReads
+    from ttc.passes.ops.matmul_mcast import multicast_handshake
 
     b = s.blocking
     h, w, width, split = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"], b[KSPLIT]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width // split
-    gathered = (split - 1) * chunks_per_core(shape, b) * b["per_core_m"] * b["per_core_n"]
     k = KernelBuilder(op.loc)
     a_gen, b_gen = k.addrgen(0, tensor(op.operands[0])), k.addrgen(1, tensor(op.operands[1]))
     bias = ttir.linear_bias(op)
     bias_gen = k.addrgen(2, tensor(bias)) if bias is not None else None
     scratch_gen = k.addrgen(len(op.operands), scratch)
-    residual = ResidualReads(op, shape, k, 7)
-    # args: a start, b start, n, finishing columns, finishes?, gathered columns, the block's first scratch page
+    residual = ResidualReads(op, shape, k, 8 + 4 * (split - 1))
+    # args: a start, b start, n, finishing columns, finishes?, this core's scratch page, its block's last core
+    # (x, y); per round: sender?, its valid columns, the sender's (x, y); the residual's start
     with k.loop(k_blocks) as kb, k.loop(sh) as row:
         k.op("cb_reserve_back", cb=CB_IN0, pages=h * width)
         k.op("noc_read_tiles", a_gen, k.affine(k.arg(0), (row, h * shape.kt), (kb, width)), cb=CB_IN0, rows=h,
@@ -323,11 +334,17 @@ def ksplit_reader(op: Operation, shape, s: Schedule, scratch: TensorType):
                  rows=width, cols=w, row_stride=shape.nt)
             k.op("noc_read_barrier")
             k.op("cb_push_back", cb=CB_IN1, pages=width * w)
-    k.op("semaphore_wait", k.arg(4), semaphore=SEMAPHORE, value=split - 1)
-    k.op("cb_reserve_back", cb=CB_GATHER, pages=gathered)
-    k.op("noc_read_tiles", scratch_gen, k.arg(6), k.arg(5), cb=CB_GATHER, rows=gathered // w, cols=w, row_stride=w)
-    k.op("noc_read_barrier")
-    k.op("cb_push_back", cb=CB_GATHER, pages=gathered)
+    # rounds: core r of each block reads back its sums and multicasts them to its block's last core
+    sent = chunks_per_core(shape, b) * b["per_core_m"] * b["per_core_n"]
+    for r in range(split - 1):
+        sender, valid, at = k.arg(8 + 4 * r), k.arg(9 + 4 * r), (k.arg(10 + 4 * r), k.arg(11 + 4 * r))
+        k.op("semaphore_wait", sender, semaphore=SELF, value=1)  # the sender's writer has written its sums
+        k.op("cb_reserve_back", cb=CB_GATHER, pages=sent)
+        k.op("noc_read_tiles", scratch_gen, k.arg(5), valid, cb=CB_GATHER, rows=sent // w, cols=w, row_stride=w)
+        k.op("noc_read_barrier")
+        last = (k.arg(6), k.arg(7))
+        multicast_handshake(k, [(CB_GATHER, sent)], sender, k.arg(4), at, (*last, *last), 1, READY, VALID)
+        k.op("cb_push_back", cb=CB_GATHER, pages=sent)
     for _, row, col in subblock_walk(b):
         edge = [k.affine(k.arg(3), (col, -w))]  # the finishing core's columns of this subblock (others: none)
         if bias_gen is not None:
@@ -434,8 +451,8 @@ def ksplit_compute(op: Operation, shape, s: Schedule):
 
 
 def ksplit_writer(op: Operation, shape, s: Schedule, scratch: TensorType):
-    """The core's chunk sums to its scratch pages and an increment of its block's last core's semaphore (where
-    the core sends); then per subblock the result (where it finishes)."""
+    """The core's chunk sums to its own scratch pages and an increment of its own SELF semaphore (where the core
+    sends; its reader reads them back in its round); then per subblock the result (where it finishes)."""
     b = s.blocking
     h, w = b["out_subblock_h"], b["out_subblock_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
@@ -443,14 +460,14 @@ def ksplit_writer(op: Operation, shape, s: Schedule, scratch: TensorType):
     k = KernelBuilder(op.loc)
     scratch_gen = k.addrgen(len(op.operands), scratch)
     out_gen = k.addrgen(len(op.operands) + 1, tensor(op.result))
-    # args: the output block's first tile, finishing columns, sends?, sent columns, its scratch page, last (x, y)
+    # args: the output block's first tile, finishing columns, sends?, sent columns, its scratch page, its (x, y)
     with k.loop(chunks_per_core(shape, b)) as chunk, k.loop(sh * sw) as index:
         k.op("cb_wait_front", cb=CB_SEND, pages=tiles)
         k.op("noc_write_tiles", scratch_gen, k.affine(k.arg(4), (chunk, sh * sw * tiles), (index, tiles)), k.arg(3),
              cb=CB_SEND, rows=h, cols=w, row_stride=w)
         k.op("noc_write_barrier")
         k.op("cb_pop_front", cb=CB_SEND, pages=tiles)
-    k.op("semaphore_inc", k.arg(5), k.arg(6), k.arg(2), semaphore=SEMAPHORE)
+    k.op("semaphore_inc", k.arg(5), k.arg(6), k.arg(2), semaphore=SELF)
     with k.loop(sh) as row, k.loop(sw) as col:
         k.op("cb_wait_front", cb=CB_OUT, pages=tiles)
         k.op("noc_write_tiles", out_gen, k.affine(k.arg(0), (row, h * shape.nt), (col, w)),

@@ -2,8 +2,8 @@
 program's result on both emulators (bf16 and bfp8_b weights, LoFi and HiFi4, with a bias, an activation and a
 residual in the epilogue, on a padded grid, with zero blocks of K), and the counts the grid pass plans are those
 both emulators and the static count execute; the grid pass takes it for a product with few output blocks and a
-long K, and not where the unsplit plans fill the grid; senders that never increment their block's last core's
-semaphore are a deadlock naming that core."""
+long K, and not where the unsplit plans fill the grid; a missing semaphore increment is a deadlock naming the
+waiting core, a missing wait for the multicast a fault."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ttc.passes import PassManager
 from ttc.passes.cost_model import plan_counts
 from ttc.passes.grid import grid_for, ranked_matmul
 from ttc.passes.ops.matmul import accumulation_tiles, matmul_shape
-from ttc.passes.ops.matmul_ksplit import KSPLIT, is_ksplit
+from ttc.passes.ops.matmul_ksplit import KSPLIT, VALID, is_ksplit
 from ttc.passes.ops.registry import core_units, op_kind
 from ttc.profile import static_profile
 from ttc.runtime.executor import Executor, using_emulator
@@ -165,12 +165,29 @@ def test_no_k_split_where_the_output_fills_the_grid() -> None:
 
 
 @pytest.mark.parametrize("emulator", ["native", "reference"])
-def test_a_missing_hand_over_increment_is_a_deadlock(emulator: str) -> None:
-    """The writers' semaphore_inc deleted: the block's last core, (2,0), waits for its two senders forever."""
+@pytest.mark.parametrize("which, semaphore", [(0, 1), (-1, 0)], ids=["receiver-ready", "writer-to-reader"])
+def test_a_missing_increment_is_a_deadlock(emulator: str, which: int, semaphore: int) -> None:
+    """The first round's ready increment deleted (the block's last core never tells core (0,0) it is ready), or
+    the writer's increment of its own core's semaphore (its reader never reads its sums back): core (0,0) waits
+    forever, and both emulators name it."""
     module, _ = forced(product(), CASES["3-cores-block-per-core"][0], "bf16", "hifi4")
     program = next(op for op in module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name)
-    next(op for op in program.walk() if op.name == ttkernel.SEMAPHORE_INC.name).erase()
+    [op for op in program.walk() if op.name == ttkernel.SEMAPHORE_INC.name][which].erase()
     with using_emulator(emulator), pytest.raises(DeviceFault, match=(
-            r"deadlock: no kernel on any core can make progress\n  reader kernel on core \(2,0\): "
-            r"ttkernel.semaphore_wait waits for semaphore 0 to reach 2 \(it holds 0\)")):
+            r"deadlock: no kernel on any core can make progress\n  reader kernel on core \(0,0\): "
+            rf"ttkernel.semaphore_wait waits for semaphore {semaphore} to reach 1 \(it holds 0\)")):
+        Executor(module, device_weights(module)).run(feeds())
+
+
+@pytest.mark.parametrize("emulator", ["native", "reference"])
+def test_a_receiver_that_does_not_wait_for_the_multicast_is_a_fault(emulator: str) -> None:
+    """The last core's wait for the first round's valid semaphore deleted: its push of the gathered sums is the
+    fault."""
+    module, _ = forced(product(), CASES["3-cores-block-per-core"][0], "bf16", "hifi4")
+    program = next(op for op in module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name)
+    next(op for op in program.walk() if op.name == ttkernel.SEMAPHORE_WAIT.name
+         and op.attributes["semaphore"] == VALID).erase()
+    with using_emulator(emulator), pytest.raises(DeviceFault, match=(
+            r"cb_push_back of CB 4 before waiting for the multicast into it to land(.|\n)*"
+            r"reader kernel, CB 4, op ttkernel.cb_push_back")):
         Executor(module, device_weights(module)).run(feeds())
