@@ -192,6 +192,7 @@ SHORT_K_TILES = 8  # K up to 256: one accumulation chain of at most 16 bf16 roun
 MIN_CHUNK_TILES = 4  # chunks of at least 128 elements: each chunk's sum costs a tile add
 
 
+@functools.lru_cache(maxsize=1024)
 def accumulation_tiles(kt: int) -> int:
     """K tiles accumulated in one chain of the 16-bit Dst (a chunk) before the chunk's sum is added, in
     bf16, to the running sum of the chunks before it.
@@ -309,7 +310,8 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                             yield {**blocking, N_OUTER: 1}
                         if i == 0 or (h, w) != (1, 1):  # the multicast plans: not with a fallback 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
-                        yield from ksplit_variants(op, shape, blocking)  # few output blocks: K over cores too
+                        if i == 0:  # few output blocks: K over the cores of each block too (preferred subblock)
+                            yield from ksplit_variants(op, shape, blocking)
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
