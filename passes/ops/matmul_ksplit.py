@@ -30,10 +30,10 @@ cores (a unit count forming no rectangle) repeat the last core's operand reads a
 write nothing.
 
 Units: (batch groups, M blocks, N blocks, S), the K split fastest, so the cores of a block are consecutive in
-row-major order. Offered for one batch group, no ragged N edge, at most `MAX_SUBBLOCKS` subblocks per core (the
-chain is unrolled over them: the offsets into the gathered sums are static), the unicast row-outer walk, when the
-unsplit blocking has at most half the grid's cores; the grid pass takes it only when the cost model ranks it
-cheaper. Semaphore messages and the rounds' latency are not counted (docs/cost-model.md, section 7).
+row-major order. Offered for one batch group, no ragged N edge, the preferred subblock (matmul.subblock_choices),
+at most `MAX_SUBBLOCKS` subblocks per core (the chain is unrolled over them: the offsets into the gathered sums
+are static), the unicast row-outer walk, when the unsplit blocking has at most half the grid's cores; the grid
+pass takes it only when the cost model ranks it cheaper. Semaphore messages and the rounds' latency are not counted (docs/cost-model.md, section 7).
 """
 
 from __future__ import annotations
