@@ -9,7 +9,7 @@ planned counts) and compared with the cheapest candidate of an exhaustive search
 
 - every blocking the kernels support: for a matmul every batch group, every per_core_m, every per_core_n
   (each divisor, and a ragged split over every core count), every out subblock of at most 8 tiles and every
-  in0_block_w dividing the accumulation chunk (the pass tries the preferred subblock, the preferred one of at
+  in0_block_w dividing the accumulation chunk, with their multicast and K-split variants (the pass tries the preferred subblock, the preferred one of at
   most 4 tiles and 1 x 1, and ragged splits over more than 12 cores only when no divisor spreads N); for the other kinds the pass already enumerates every blocking;
 - every grid inside the compute grid that holds the work units (the pass takes the smallest rectangle; the
   kernels also run on larger ones whose extra cores, fewer than a row, repeat the last unit);
@@ -46,6 +46,7 @@ from ttc.passes.cost_model import estimate
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import HALF_DST, SHARDED_LAYOUTS, batch_groups, layout, module_device, tensor
 from ttc.passes.ops.matmul import accumulation_tiles, matmul_shape
+from ttc.passes.ops.matmul_ksplit import ksplit_variants
 from ttc.passes.ops.matmul_mcast import mcast_variants
 from ttc.passes.ops.registry import device_op, l1_footprint, op_kind
 
@@ -96,6 +97,7 @@ def matmul_blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, in
                                         "in0_block_w": width, "out_subblock_h": h, "out_subblock_w": w}
                             yield blocking
                             yield from mcast_variants(op, shape, blocking)  # every subblock, not only one
+                            yield from ksplit_variants(op, shape, blocking)
 
 
 def blockings(op: Operation, device: DeviceAttr) -> Iterator[dict[str, int]]:

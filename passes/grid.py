@@ -18,11 +18,13 @@ programs other than matmuls that sum on the matrix unit: softmax, layer norm, re
 `sharding` (true: matmul results may be sharded as below; false: they keep the layout pass's choice),
 `multicast` (true: a matmul may take the multicast plan, passes/ops/matmul_mcast.py, and a layer norm the
 multicast of its parameters, row_ops.PARAM_MCAST, when the cost model ranks it first; false: unicast plans
-only), `attention` (true: once every op is placed, an attention's matmul,
-softmax and matmul become one `ttir.attention` program where it fits L1 and costs less, passes/attention.py),
-`im2col` (true: a convolution's im2col lookup and its product become one `ttir.im2col_linear` program, the
-product's reader gathering the rows, where it fits L1 and costs less, passes/im2col_fusion.py), `untilize` (true:
-a product read only by an untilize writes rows itself, passes/untilize_fusion.py and passes/ops/matmul_rows.py).
+only, no K split either), `ksplit` (true: a matmul of few output blocks may split its K over the cores of each
+block, passes/ops/matmul_ksplit.py, when the cost model ranks it first; false: never), `attention` (true: once
+every op is placed, an attention's matmul, softmax and matmul become one `ttir.attention` program where it fits
+L1 and costs less, passes/attention.py), `im2col` (true: a convolution's im2col lookup and its product become one
+`ttir.im2col_linear` program, the product's reader gathering the rows, where it fits L1 and costs less,
+passes/im2col_fusion.py), `untilize` (true: a product read only by an untilize writes rows itself,
+passes/untilize_fusion.py and passes/ops/matmul_rows.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -84,6 +86,7 @@ from ttc.passes.ops.geometry import (
 )
 from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul import matmul_shape, padding_rows_free
+from ttc.passes.ops.matmul_ksplit import KSPLIT
 from ttc.passes.ops.registry import (
     circular_buffers,
     core_units,
@@ -229,6 +232,8 @@ def shard_placement(op: Operation, memory_layout: str, grid: GridAttr, b: dict[s
         return None  # cores repeating the last unit would hold shards nobody reads
     if b.get(BY_COLUMN):
         return None  # cores taking the units column by column: the shard maps follow the row-major order
+    if b.get(KSPLIT):
+        return None  # the K split's last cores alone write the result
     if memory_layout == "height_sharded":
         if n_blocks != 1 or (b["batches"] > 1 and b["per_core_m"] != shape.mt) or grid.num_cores < 2:
             return None
@@ -419,7 +424,8 @@ class LiveL1:
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
                   sharding: bool = True, weights: Weights | None = None,
-                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True) -> Choice:
+                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True,
+                  ksplit: bool = True) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
     if given is not None:
@@ -432,8 +438,10 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
     candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
-    if not multicast:
-        candidates = [c for c in candidates if not c[1].get("mcast")]
+    if not multicast:  # (the K split hands its sums on by multicast too)
+        candidates = [c for c in candidates if not c[1].get("mcast") and not c[1].get(KSPLIT)]
+    if not ksplit:
+        candidates = [c for c in candidates if not c[1].get(KSPLIT)]
     if not candidates:
         raise no_placement(op, device, max_cores)
     budgets: dict[str, int] = {}
@@ -605,6 +613,7 @@ class Grid(Pass):
     max_cores: int = 0
     sharding: bool = True
     multicast: bool = True
+    ksplit: bool = True  # a matmul of few output blocks may split K over cores (passes/ops/matmul_ksplit.py)
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
     im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
     untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
@@ -634,7 +643,7 @@ class Grid(Pass):
                     try:
                         if op_kind(op) == "matmul":
                             choice = choose_matmul(op, device, live, fidelity, self.max_cores, self.sharding,
-                                                   module.weights, memo, self.multicast)
+                                                   module.weights, memo, self.multicast, self.ksplit)
                             shard_result(op, choice, live, device)
                         else:
                             choice = choose(op, device, live.budget(op), fidelity, self.max_cores, module.weights,

@@ -54,6 +54,7 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr, LayoutAttr
 from ttc.ir.dialects.ttmetal import CBConfigAttr
 from ttc.ir.target import Counts
+from ttc.ir.types import TensorType
 from ttc.passes.ops.counting import (
     Buffer,
     Plan,
@@ -216,6 +217,7 @@ SHORT_K_TILES = 8  # K up to 256: one accumulation chain of at most 16 bf16 roun
 MIN_CHUNK_TILES = 4  # chunks of at least 128 elements: each chunk's sum costs a tile add
 
 
+@functools.lru_cache(maxsize=1024)
 def accumulation_tiles(kt: int) -> int:
     """K tiles accumulated in one chain of the 16-bit Dst (a chunk) before the chunk's sum is added, in
     bf16, to the running sum of the chunks before it.
@@ -317,6 +319,7 @@ def row_start(mt: int, per_core_m: int, block: int | np.ndarray):
 
 def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """K steps (in0_block_w) divide the accumulation chunk, so a chunk is whole K steps."""
+    from ttc.passes.ops.matmul_ksplit import ksplit_variants
     from ttc.passes.ops.matmul_mcast import mcast_variants
 
     shape = matmul_shape(op)
@@ -332,6 +335,8 @@ def matmul_candidates(op: Operation) -> Iterator[dict[str, int]]:
                             yield {**blocking, N_OUTER: 1}
                         if i == 0 or (h, w) != (1, 1):  # the multicast plans: not with a fallback 1 x 1 subblock
                             yield from mcast_variants(op, shape, blocking)
+                        if i == 0:  # few output blocks: K over the cores of each block too (preferred subblock)
+                            yield from ksplit_variants(op, shape, blocking)
 
 
 def matmul_units(shape, b: dict[str, int]) -> tuple[int, int, int]:
@@ -733,7 +738,10 @@ class MatmulOp(DeviceOp):
         return matmul_candidates(op)
 
     def units(self, op: Operation, blocking: dict[str, int]) -> tuple[int, ...]:
-        return matmul_units(matmul_shape(op), blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_units
+
+        return ksplit_units(matmul_shape(op), blocking) if is_ksplit(blocking) \
+            else matmul_units(matmul_shape(op), blocking)
 
     def grid_shape(self, op: Operation, blocking: dict[str, int]) -> tuple[int, int] | None:
         from ttc.passes.ops.matmul_mcast import is_mcast, mcast_grid
@@ -741,15 +749,27 @@ class MatmulOp(DeviceOp):
         return mcast_grid(matmul_shape(op), blocking) if is_mcast(blocking) else None
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return matmul_cbs(op, blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_cbs
+
+        return ksplit_cbs(op, blocking) if is_ksplit(blocking) else matmul_cbs(op, blocking)
+
+    def scratch(self, op: Operation, blocking: dict[str, int]) -> list[TensorType]:
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, scratch_type
+
+        return [scratch_type(op, matmul_shape(op), blocking)] if is_ksplit(blocking) else []
 
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
                grid: tuple[int, int], result_layout: LayoutAttr | None = None,
                weights: Weights | None = None) -> Counts:
-        return plan_matmul(op, device, blocking, fidelity, grid, result_layout, weights)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, plan_ksplit
+
+        plan = plan_ksplit if is_ksplit(blocking) else plan_matmul
+        return plan(op, device, blocking, fidelity, grid, result_layout, weights)
 
     def lower(self, op: Operation, module: Module) -> Program:
-        return lower_matmul(op)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, lower_ksplit
+
+        return lower_ksplit(op) if is_ksplit(schedule_of(op).blocking) else lower_matmul(op)
 
 
 MATMUL = register(MatmulOp())
