@@ -164,10 +164,13 @@ def block_runs(g: Im2col, width: int) -> list[list[tuple[int, int, int]]]:
 
 def fused_candidates(op: Operation) -> list[dict[str, int]]:
     """The unicast matmul blockings and the 1-D plan multicasting in1 (`IN1_TO_ALL`): every core gathers its own
-    rows, so in0 is never multicast."""
+    rows, so in0 is never multicast; nor the K split (its reader reads in0 tiles: matmul_ksplit.py)."""
+    from ttc.passes.ops.matmul_ksplit import is_ksplit
+
     with as_linear(op) as proxy:
         shape = matmul_shape(proxy)
-        return [b for b in matmul_candidates(proxy) if b.get(MCAST, 0) in (0, IN1_TO_ALL) and writes_shards(op, shape, b)]
+        return [b for b in matmul_candidates(proxy) if b.get(MCAST, 0) in (0, IN1_TO_ALL) and not is_ksplit(b)
+                and writes_shards(op, shape, b)]
 
 
 def result_shards(op: Operation) -> LayoutAttr | None:

@@ -154,8 +154,10 @@ class MatmulRowsOp(MatmulOp):
         return is_row_major(op.result)
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        shape = matmul_shape(op)
-        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit
+
+        shape = matmul_shape(op)  # the K split's last core writes tiles (matmul_ksplit.py): not offered here
+        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0 and not is_ksplit(b))
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
         return rows_cbs(op, blocking)

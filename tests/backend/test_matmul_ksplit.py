@@ -153,6 +153,20 @@ def test_the_grid_pass_splits_k_of_a_product_with_few_output_blocks() -> None:
     assert shape.kt // accumulation_tiles(shape.kt) % b[KSPLIT] == 0
 
 
+def test_a_product_writing_rows_is_never_offered_the_k_split() -> None:
+    """A product writing rows (matmul_rows.py) has its own writer: the K split's blockings (whose last core gathers
+    tile sums and writes tiles) are not among its candidates, though the plain product's are. (The fused lookup's
+    reader likewise: test_conv_fusion.)"""
+    from ttc.passes.ops.matmul import matmul_candidates
+    from ttc.passes.ops.matmul_rows import MATMUL_ROWS
+
+    g = product(m=49, k=4608, n=512)
+    module = compile_text(g.text(), dict(g.weights), backend("bfp8_b", "lofi"))
+    op = the_matmul(module)
+    assert any(is_ksplit(b) for b in matmul_candidates(op))
+    assert not any(is_ksplit(b) for b in MATMUL_ROWS.candidates(op))
+
+
 def test_no_k_split_where_the_output_fills_the_grid() -> None:
     """A product of 8 x 12 output tiles: the unsplit plans fill the grid and are cheaper; of the blockings with few
     output blocks, whose K splits are offered, none wins."""

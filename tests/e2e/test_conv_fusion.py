@@ -112,6 +112,29 @@ def test_bfp8_activations_keep_their_bits(monkeypatch: pytest.MonkeyPatch) -> No
         check_planned_equals_executed(plans, fused.profile)
 
 
+def test_a_fused_lookup_is_never_offered_the_k_split() -> None:
+    """ResNet-50's stage-4 3x3 convolution at batch 1 (49 x 4608 @ 4608 x 512): its product alone is offered K
+    splits (few output blocks), the fused lookup's product is not (its reader gathers rows, the split's reads
+    tiles: matmul_ksplit.py)."""
+    from ttc.passes.ops.matmul import matmul_candidates
+    from ttc.passes.ops.matmul_ksplit import is_ksplit
+
+    from ttc.ir.dialects.tt import LayoutAttr
+
+    def t(shape: tuple[int, ...], dtype: str, *layout: str) -> TensorType:
+        return TensorType(shape, ScalarType(dtype), LayoutAttr(*layout))
+
+    operands = [t((64, 512), "bf16", "row_major", "l1", "interleaved"),
+                t((9, 2, 32), "i32", "row_major", "dram", "interleaved"),
+                t((4608, 512), "bfp8_b", "tile", "dram", "interleaved")]
+    op = Operation(ttir.IM2COL_LINEAR.name, [Value(o) for o in operands],
+                   [t((49, 512), "bf16", "tile", "l1", "interleaved")], {"a_format": "bf16"})
+    with im2col_matmul.as_linear(op) as proxy:
+        assert any(is_ksplit(b) for b in matmul_candidates(proxy))
+    assert im2col_matmul.fused_candidates(op)
+    assert not any(is_ksplit(b) for b in im2col_matmul.fused_candidates(op))
+
+
 def test_the_grid_pass_fuses_only_where_cheaper() -> None:
     """A bottleneck of 32 -> 256 -> 32 channels at 14 x 14: the fused lookup would tilize each core's rows of a
     2304-wide K once per N block (modelled slower than the lookup and the multicast product): left unfused. A
