@@ -791,11 +791,13 @@ inline v8d round_bits(v8d v) {
 
 // The Dst step of one vector of a block whose sums are exact and whose chain provably stays normal (bf16):
 // at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums are 0 or in [2**-102, 2**126) (float32's normal
-// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's), so both roundings are round_bits's (24 and 8
-// significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum starts from +0 and adds
-// exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only when both are.
+// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's): RN_f32 is the conversion to float32 and back
+// (the hardware's RNE; two conversions cost the multiply-add pipes less than round_bits's integer operations),
+// RN_bf16 round_bits's (8 significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum
+// starts from +0 and adds exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only
+// when both are.
 inline void chain_vector(double* at, v8d sum) {
-  v8d next = load8(at) + round_bits<29>(sum);  // Dst + RN_f32(chunk sum), exact or RN_f64
+  v8d next = load8(at) + widen(narrow(sum));  // Dst + RN_f32(chunk sum), exact or RN_f64
   store8(at, round_bits<45>(next));  // RN_bf16
 }
 
