@@ -304,8 +304,23 @@ inline v8f narrow(v8d v) {
 #endif
 }
 
+// in0's packed parts and statistics for one call's operand tiles, kept for the next calls with the same tiles
+// (matmul kernels commonly multiply one in0 block by several in1 blocks in a row: GPT-2 repeats in0's bytes in
+// 85% of its matmul work within two calls). An entry is found by its key and its copy of the tiles' bytes.
+struct In0Entry {
+  int rows = -1, inner = -1, fidelity = -1;  // the parts depend on the fidelity's split and products per chunk
+  std::vector<uint16_t> tiles;  // the bf16 tiles' bytes, tile after tile
+  std::vector<double> a;  // [mb][C][MR][kc]
+  std::vector<int16_t> span;  // a row block's span bound per chunk (-1: all zero), [mb][C]
+  std::vector<uint8_t> special;  // [mb][C]
+  std::vector<Stat> stats;  // the Stat of each row block's values, [mb]
+  uint64_t used = 0;  // when last found or claimed (least recently used is claimed first)
+};
+
 // Scratch space of one thread's calls, kept between them (the executor runs cores on several threads).
 struct Scratch {
+  In0Entry in0[2];
+  uint64_t calls = 0;
   std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
   std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row
   std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
@@ -588,16 +603,14 @@ inline Stat row_stat(const float* values) {
 }
 
 // One register block of in0's rows packed ([C][MR][kc], broadcast one element at a time) and measured: the
-// Stat of each chunk's MR x 16 values together, whose span bounds every row's (into s.row_block_span and
-// s.row_block_special), and of all of them (returned). A chunk's block statistics come from vertical
+// Stat of each chunk's MR x 16 values together, whose span bounds every row's (into block_span and
+// block_special, [C]), and of all of them (returned). A chunk's block statistics come from vertical
 // maxima and minima over its rows; a butterfly then reduces 8 chunks' (their tops, and their lows
 // inverted, so that one maximum serves both) at a time.
 // kSplit: the fidelity multiplies hi(x) (all but HiFi4).
 template <int KC, bool kSplit, bool kPacked>
-Stat pack_in0_block(const Problem& p, int ib) {
+Stat pack_in0_block(const Problem& p, int ib, double* packed, int16_t* block_span, uint8_t* block_special) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
-  Scratch& s = *p.s;
-  double* const packed = s.a.data();
   Stat all;
   v16u group[16];
   for (int c = 0; c < p.chunks; ++c) {
@@ -631,8 +644,8 @@ Stat pack_in0_block(const Problem& p, int ib) {
       for (int g = 0; g <= c % 8; ++g) {
         const Stat st{reduced[g], ~reduced[8 + g]};
         const int chunk = c - c % 8 + g;
-        s.row_block_special[chunk] = st.special();
-        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        block_special[chunk] = st.special();
+        block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
         all.top = std::max(all.top, st.top);
         all.low = std::min(all.low, st.low);
       }
@@ -647,9 +660,7 @@ Stat pack_in0_block(const Problem& p, int ib) {
 // of 16 bits: a magnitude's bf16 bits order it as its float bits do), and each 2 rows become doubles by
 // unpacking them with zeros below (float bits) and widening, in kPermutation's order.
 template <bool kSplit>
-Stat pack_in0_fast(const Problem& p, int ib) {
-  Scratch& s = *p.s;
-  double* const packed = s.a.data();
+Stat pack_in0_fast(const Problem& p, int ib, double* packed, int16_t* block_span, uint8_t* block_special) {
   Stat all;
   v16u group[16];
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
@@ -684,8 +695,8 @@ Stat pack_in0_fast(const Problem& p, int ib) {
         const uint32_t low16 = 0xFFFFu ^ reduced[8 + g];  // the smallest nonzero magnitude's bits minus 1
         const Stat st{reduced[g] << 16, ((low16 + 1) << 16) - 1};  // as float bits (0xFFFF: all zero)
         const int chunk = c - c % 8 + g;
-        s.row_block_special[chunk] = st.special();
-        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        block_special[chunk] = st.special();
+        block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
         all.top = std::max(all.top, st.top);
         all.low = std::min(all.low, st.low);
       }
@@ -888,31 +899,84 @@ inline float* dst_row(float* const* dst, int cols, int i, int j0) {
   return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
 }
 
+// The cache entry for packed bf16 in0 tiles: the one holding the same key and bytes (found), else the least
+// recently used one, claimed for them (their bytes copied, the parts sized; run packs into it, every block).
+In0Entry& in0_entry(const Problem& p, int kc, bool& found) {
+  Scratch& s = *p.s;
+  const int count = p.rows * p.inner;
+  const size_t bytes = static_cast<size_t>(TILE_ELEMS) * sizeof(uint16_t);
+  In0Entry* oldest = &s.in0[0];
+  for (In0Entry& e : s.in0) {
+    if (e.used < oldest->used) oldest = &e;
+    if (e.rows != p.rows || e.inner != p.inner || e.fidelity != static_cast<int>(p.fidelity)) continue;
+    bool same = true;
+    for (int t = 0; t < count && same; ++t) same = std::memcmp(p.in0h[t], &e.tiles[static_cast<size_t>(t) * TILE_ELEMS], bytes) == 0;
+    if (same) {
+      e.used = ++s.calls;
+      found = true;
+      return e;
+    }
+  }
+  In0Entry& e = *oldest;
+  e.rows = p.rows;
+  e.inner = p.inner;
+  e.fidelity = static_cast<int>(p.fidelity);
+  e.tiles.resize(static_cast<size_t>(count) * TILE_ELEMS);
+  for (int t = 0; t < count; ++t) std::memcpy(&e.tiles[static_cast<size_t>(t) * TILE_ELEMS], p.in0h[t], bytes);
+  e.a.resize(static_cast<size_t>(p.mb) * p.chunks * MR * kc);
+  e.span.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.special.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.stats.resize(p.mb);
+  e.used = ++s.calls;
+  found = false;
+  return e;
+}
+
 template <int KC, bool kPacked>
 void run(Problem& p, float* const* dst, DstFormat format) {
   Scratch& s = *p.s;
   const int mb = p.mb, nb = p.nb;
-  s.a.resize(static_cast<size_t>(p.chunks) * MR * KC);
-  s.row_block_span.resize(p.chunks);
-  s.row_block_special.resize(p.chunks);
+  const size_t block_parts = static_cast<size_t>(p.chunks) * MR * KC;
+  // in0's parts: packed block by block into s.a (one row block at a time), or for packed bf16 in0 into a cache
+  // entry (all blocks), or found there packed by an earlier call
+  bool found = false;
+  In0Entry* entry = nullptr;
+  if constexpr (kPacked) {
+    entry = &in0_entry(p, KC, found);
+  } else {
+    s.a.resize(block_parts);
+    s.row_block_span.resize(p.chunks);
+    s.row_block_special.resize(p.chunks);
+  }
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
   alignas(64) double pipe[2][MR * NR];  // exact sums whose Dst steps are pending (micro_kernel)
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
   for (int ib = 0; ib < mb; ++ib) {
+    double* const a_parts = entry ? entry->a.data() + ib * block_parts : s.a.data();
+    int16_t* const row_block_span = entry ? entry->span.data() + static_cast<size_t>(ib) * p.chunks : s.row_block_span.data();
+    uint8_t* const row_block_special =
+        entry ? entry->special.data() + static_cast<size_t>(ib) * p.chunks : s.row_block_special.data();
     Stat rows;
+    if (found) {
+      rows = entry->stats[ib];
+    } else {
 #if defined(__AVX512BW__)
-    if constexpr (kFastIn0<KC, kPacked>) {
-      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib) : pack_in0_fast<true>(p, ib);
-    } else
+      if constexpr (kFastIn0<KC, kPacked>) {
+        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib, a_parts, row_block_span, row_block_special)
+                                             : pack_in0_fast<true>(p, ib, a_parts, row_block_span, row_block_special);
+      } else
 #endif
-    {
-      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib)
-                                           : pack_in0_block<KC, true, kPacked>(p, ib);
+      {
+        rows = p.fidelity == Fidelity::HIFI4
+                   ? pack_in0_block<KC, false, kPacked>(p, ib, a_parts, row_block_span, row_block_special)
+                   : pack_in0_block<KC, true, kPacked>(p, ib, a_parts, row_block_span, row_block_special);
+      }
+      if (entry) entry->stats[ib] = rows;
     }
     const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
-    if (ib + 1 < mb)  // the next row block's operand lines, fetched into L1 while this block computes
+    if (ib + 1 < mb && !found)  // the next row block's operand lines, fetched into L1 while this block computes
       for (int c = 0; c < p.chunks; ++c)
         for (int r = 0; r < MR; ++r) {
           if constexpr (kPacked) {
@@ -936,8 +1000,8 @@ void run(Problem& p, float* const* dst, DstFormat format) {
       bool signed_zeros = false;  // the last step added nonzero partials: d may hold -0
       for (int c = 0; c < p.chunks; ++c) {
         const size_t cb = static_cast<size_t>(c) * nb + jb;
-        const int row_span = s.row_block_span[c];
-        const bool special = s.row_block_special[c] || s.col_block_special[cb];
+        const int row_span = row_block_span[c];
+        const bool special = row_block_special[c] || s.col_block_special[cb];
         if ((row_span < 0 || s.col_block_span[cb] < 0) && !special) {
           // rows or columns of zeros (and no inf or NaN among the other operand): exact +0 partials. After a
           // first step, RN_dst(Dst + 0) is Dst itself but for -0, which becomes +0: Dst + 0 in float64 (no
@@ -954,7 +1018,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           std::fill(sums, sums + MR * NR, 0.0);
         } else {
           stepped = signed_zeros = true;
-          const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
+          const double* a_block = a_parts + static_cast<size_t>(c) * MR * KC;
           const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && chain_normal) {
