@@ -321,19 +321,18 @@ struct In0Entry {
 struct Scratch {
   In0Entry in0[2];
   uint64_t calls = 0;
-  std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
-  std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row
-  std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
-  std::vector<uint8_t> row_block_special;  // [C]
+  In0Entry own;  // in0's parts when they are not kept (float operands)
+  std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row (kFastIn0: the
+                          // one column block being computed, packed when its turn comes)
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
   std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns (-1: all zero)
   std::vector<uint8_t> col_block_special;
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
 
-  // Sizes in1's packed parts (kc products per chunk) and its column statistics.
-  void size_in1(int chunks, int n, int nb, int kc) {
-    b.resize(static_cast<size_t>(chunks) * n * kc);
+  // Sizes in1's packed parts (kc products per chunk, `blocks` column blocks of them) and its column statistics.
+  void size_in1(int chunks, int n, int nb, int kc, int blocks) {
+    b.resize(static_cast<size_t>(chunks) * blocks * NR * kc);
     col_top.resize(static_cast<size_t>(chunks) * n);
     col_low.resize(static_cast<size_t>(chunks) * n);
     col_block_span.resize(static_cast<size_t>(chunks) * nb);
@@ -478,7 +477,7 @@ void pack_in1(Problem& p) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.size_in1(chunks, n, nb, KC);
+  s.size_in1(chunks, n, nb, KC, nb);
   double* const packed = s.b.data();
   uint32_t* const col_top = s.col_top.data();
   uint32_t* const col_low = s.col_low.data();
@@ -535,23 +534,24 @@ void pack_in1(Problem& p) {
 }
 
 #if defined(__AVX512BW__)
-// pack_in1 for packed bf16 in1 with 16 products per chunk (kFastIn0): a chunk's 16 rows of a face (16 columns,
-// one register block's) are 512 contiguous bytes. Their statistics are taken on the bf16 bits, two rows a vector
-// (as pack_in0_fast), and each row becomes two vectors of doubles (zero-extended to float bits and widened), at
-// its place in kPermutation's k order.
+// pack_in1 for packed bf16 in1 with 16 products per chunk (kFastIn0), one column block (jb) at a time into the
+// start of s.b (sized by the caller), whose Stat it returns: run packs each column block just before its
+// register blocks use it, so that its parts are written to and read from L1 (GPT-2's in1 parts, 96 KiB
+// whole, outgrew it). A chunk's 16 rows of a face (16 columns, one register block's) are 512 contiguous bytes.
+// Their statistics are taken on the bf16 bits, two rows a vector (as pack_in0_fast), and each row becomes two
+// vectors of doubles (zero-extended to float bits and widened), at its place in kPermutation's k order.
 template <bool kSplit>
-void pack_in1_fast(Problem& p) {
+Stat pack_in1_fast(Problem& p, int jb) {
   static_assert(NR == 16, "a register block's columns are one face's");
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.size_in1(chunks, n, nb, MVMUL_K);
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1);
   const __m512i split = _mm512_set1_epi32(static_cast<int>(kMaskA));
   v16u all_top{}, all_low = ~v16u{};
-  for (int c = 0; c < chunks; ++c)
-    for (int jb = 0; jb < nb; ++jb) {
+  for (int c = 0; c < chunks; ++c) {
+    {
       const uint16_t* rows = p.yh(c, 0, jb * NR);
-      double* to = s.b.data() + (static_cast<size_t>(jb) * chunks + c) * MVMUL_K * NR;
+      double* to = s.b.data() + static_cast<size_t>(c) * MVMUL_K * NR;
       __m512i top = _mm512_setzero_si512(), low = _mm512_set1_epi16(-1);
       for (int j = 0; j < MVMUL_K / 2; ++j) {  // rows 2j and 2j + 1
         const __m512i u = _mm512_and_si512(_mm512_loadu_si512(rows + 32 * j), magnitude);
@@ -584,10 +584,13 @@ void pack_in1_fast(Problem& p) {
       const size_t block = static_cast<size_t>(c) * nb + jb;
       block_spans(spans, NR, NR, &s.col_block_span[block], &s.col_block_special[block], -1);
     }
-  for (int l = 0; l < 16; ++l) {
-    p.in1_top = std::max(p.in1_top, all_top[l]);
-    p.in1_low = std::min(p.in1_low, all_low[l]);
   }
+  Stat all;
+  for (int l = 0; l < 16; ++l) {
+    all.top = std::max(all.top, all_top[l]);
+    all.low = std::min(all.low, all_low[l]);
+  }
+  return all;
 }
 #endif
 
@@ -844,7 +847,8 @@ inline void chain_pending(double* d, const double* pending) {
   for (int e = 0; e < MR * NR; e += VL) chain_vector(d + e, load8(pending + e));
 }
 
-// Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) provably stays 0 or in
+// Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) with the in1 columns of Stat
+// `cols` (all of in1's, or one column block's) provably stays 0 or in
 // [2**-126, 2**127), where Veltkamp's split is
 // bf16's rounding (runtime/numerics.py _ranges_keep_normal and _stays_normal, the same argument): Dst
 // holds 0 or multiples of 2**-126 (finite values that are 0 or at least 2**-103); nonzero operands of at
@@ -852,9 +856,9 @@ inline void chain_pending(double* d, const double* pending) {
 // of such values and their bf16 roundings stay multiples of 2**-126. High end: each step adds at most
 // 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
 // 2**-8 (float64's addition by 2**-53).
-bool chain_stays_normal(const Problem& p, const Stat& rows) {
+bool chain_stays_normal(const Problem& p, const Stat& rows, const Stat& cols) {
   if (!p.dst_fine) return false;
-  const uint32_t x_top = rows.top, y_top = p.in1_top, low = std::min(rows.low, p.in1_low);
+  const uint32_t x_top = rows.top, y_top = cols.top, low = std::min(rows.low, cols.low);
   if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
   // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
   if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
@@ -899,6 +903,14 @@ inline float* dst_row(float* const* dst, int cols, int i, int j0) {
   return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
 }
 
+// An entry sized for in0's parts (all row blocks).
+void size_entry(In0Entry& e, const Problem& p, int kc) {
+  e.a.resize(static_cast<size_t>(p.mb) * p.chunks * MR * kc);
+  e.span.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.special.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.stats.resize(p.mb);
+}
+
 // The cache entry for packed bf16 in0 tiles: the one holding the same key and bytes (found), else the least
 // recently used one, claimed for them (their bytes copied, the parts sized; run packs into it, every block).
 In0Entry& in0_entry(const Problem& p, int kc, bool& found) {
@@ -923,69 +935,63 @@ In0Entry& in0_entry(const Problem& p, int kc, bool& found) {
   e.fidelity = static_cast<int>(p.fidelity);
   e.tiles.resize(static_cast<size_t>(count) * TILE_ELEMS);
   for (int t = 0; t < count; ++t) std::memcpy(&e.tiles[static_cast<size_t>(t) * TILE_ELEMS], p.in0h[t], bytes);
-  e.a.resize(static_cast<size_t>(p.mb) * p.chunks * MR * kc);
-  e.span.resize(static_cast<size_t>(p.mb) * p.chunks);
-  e.special.resize(static_cast<size_t>(p.mb) * p.chunks);
-  e.stats.resize(p.mb);
+  size_entry(e, p, kc);
   e.used = ++s.calls;
   found = false;
   return e;
 }
 
+// Column block after column block (kFastIn0: each packed just before its turn, see pack_in1_fast), row block after
+// row block: in0's parts are packed whole first (into a kept entry for packed bf16 in0, unless found there).
 template <int KC, bool kPacked>
 void run(Problem& p, float* const* dst, DstFormat format) {
   Scratch& s = *p.s;
   const int mb = p.mb, nb = p.nb;
   const size_t block_parts = static_cast<size_t>(p.chunks) * MR * KC;
-  // in0's parts: packed block by block into s.a (one row block at a time), or for packed bf16 in0 into a cache
-  // entry (all blocks), or found there packed by an earlier call
   bool found = false;
-  In0Entry* entry = nullptr;
+  In0Entry* entry = &s.own;
   if constexpr (kPacked) {
     entry = &in0_entry(p, KC, found);
   } else {
-    s.a.resize(block_parts);
-    s.row_block_span.resize(p.chunks);
-    s.row_block_special.resize(p.chunks);
+    size_entry(s.own, p, KC);
   }
+  if (!found)
+    for (int ib = 0; ib < mb; ++ib) {
+      double* const a_parts = entry->a.data() + ib * block_parts;
+      int16_t* const span = entry->span.data() + static_cast<size_t>(ib) * p.chunks;
+      uint8_t* const special = entry->special.data() + static_cast<size_t>(ib) * p.chunks;
+      Stat& rows = entry->stats[ib];
+#if defined(__AVX512BW__)
+      if constexpr (kFastIn0<KC, kPacked>) {
+        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib, a_parts, span, special)
+                                             : pack_in0_fast<true>(p, ib, a_parts, span, special);
+      } else
+#endif
+      {
+        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib, a_parts, span, special)
+                                             : pack_in0_block<KC, true, kPacked>(p, ib, a_parts, span, special);
+      }
+    }
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
   alignas(64) double pipe[2][MR * NR];  // exact sums whose Dst steps are pending (micro_kernel)
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
-  for (int ib = 0; ib < mb; ++ib) {
-    double* const a_parts = entry ? entry->a.data() + ib * block_parts : s.a.data();
-    int16_t* const row_block_span = entry ? entry->span.data() + static_cast<size_t>(ib) * p.chunks : s.row_block_span.data();
-    uint8_t* const row_block_special =
-        entry ? entry->special.data() + static_cast<size_t>(ib) * p.chunks : s.row_block_special.data();
-    Stat rows;
-    if (found) {
-      rows = entry->stats[ib];
-    } else {
+  for (int jb = 0; jb < nb; ++jb) {
+    Stat cols{p.in1_top, p.in1_low};
+    const double* b_parts = s.b.data() + static_cast<size_t>(jb) * p.chunks * KC * NR;
 #if defined(__AVX512BW__)
-      if constexpr (kFastIn0<KC, kPacked>) {
-        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib, a_parts, row_block_span, row_block_special)
-                                             : pack_in0_fast<true>(p, ib, a_parts, row_block_span, row_block_special);
-      } else
-#endif
-      {
-        rows = p.fidelity == Fidelity::HIFI4
-                   ? pack_in0_block<KC, false, kPacked>(p, ib, a_parts, row_block_span, row_block_special)
-                   : pack_in0_block<KC, true, kPacked>(p, ib, a_parts, row_block_span, row_block_special);
-      }
-      if (entry) entry->stats[ib] = rows;
+    if constexpr (kFastIn0<KC, kPacked>) {
+      cols = p.fidelity == Fidelity::LOFI ? pack_in1_fast<true>(p, jb) : pack_in1_fast<false>(p, jb);
+      b_parts = s.b.data();
     }
-    const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
-    if (ib + 1 < mb && !found)  // the next row block's operand lines, fetched into L1 while this block computes
-      for (int c = 0; c < p.chunks; ++c)
-        for (int r = 0; r < MR; ++r) {
-          if constexpr (kPacked) {
-            __builtin_prefetch(p.xh((ib + 1) * MR + r, c));
-          } else {
-            __builtin_prefetch(p.x((ib + 1) * MR + r, c));
-          }
-        }
-    for (int jb = 0; jb < nb; ++jb) {
+#endif
+    for (int ib = 0; ib < mb; ++ib) {
+      const double* const a_parts = entry->a.data() + ib * block_parts;
+      const int16_t* const row_block_span = entry->span.data() + static_cast<size_t>(ib) * p.chunks;
+      const uint8_t* const row_block_special = entry->special.data() + static_cast<size_t>(ib) * p.chunks;
+      const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, entry->stats[ib], cols);
+    {
       const int i0 = ib * MR, j0 = jb * NR;
       for (int r = 0; r < MR; ++r) {
         const float* from = dst_row(dst, p.cols, i0 + r, j0);
@@ -1019,7 +1025,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
         } else {
           stepped = signed_zeros = true;
           const double* a_block = a_parts + static_cast<size_t>(c) * MR * KC;
-          const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
+          const double* b_block = b_parts + static_cast<size_t>(c) * KC * NR;
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && chain_normal) {
             double* out = pending == pipe[0] ? pipe[1] : pipe[0];
@@ -1056,6 +1062,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
         }
       }
     }
+  }
   }
 }
 
@@ -1107,14 +1114,14 @@ void solve(Problem& p, float* const* dst, int rows, int cols, int inner, Fidelit
   } else if (fidelity == Fidelity::LOFI) {
 #if defined(__AVX512BW__)
     if constexpr (kFastIn0<MVMUL_K, kPacked>) {
-      pack_in1_fast<true>(p);
+      p.s->size_in1(p.chunks, p.n, p.nb, MVMUL_K, 1);  // run packs each column block (pack_in1_fast)
     } else
 #endif
       pack_in1<MVMUL_K, true, kPacked>(p);
   } else {
 #if defined(__AVX512BW__)
     if constexpr (kFastIn0<MVMUL_K, kPacked>) {
-      pack_in1_fast<false>(p);
+      p.s->size_in1(p.chunks, p.n, p.nb, MVMUL_K, 1);
     } else
 #endif
       pack_in1<MVMUL_K, false, kPacked>(p);
