@@ -353,8 +353,6 @@ struct Problem {
   Fidelity fidelity;
   int limit;
   uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;  // Stat of all of in1
-  bool dst_fine = false;  // bf16 Dst, every value 0 or finite and at least 2**-103 (chain_stays_normal)
-  double dst_largest = 0;  // the largest Dst magnitude
   double growth = 0;  // (1 + 2**-7)**chunks: how much the chain's roundings can grow a value
   Scratch* s;
 
@@ -605,6 +603,17 @@ inline Stat row_stat(const float* values) {
   return s;
 }
 
+// Statistics of 8 contiguous values (a Dst block row with AVX2's register blocks).
+inline Stat row_stat8(const float* values) {
+  Stat s;
+  for (int k = 0; k < 8; ++k) {
+    uint32_t u = bits_of(values[k]) & 0x7FFFFFFFu;
+    s.top = std::max(s.top, u);
+    s.low = std::min(s.low, u - 1);  // a zero wraps to the top
+  }
+  return s;
+}
+
 // One register block of in0's rows packed ([C][MR][kc], broadcast one element at a time) and measured: the
 // Stat of each chunk's MR x 16 values together, whose span bounds every row's (into block_span and
 // block_special, [C]), and of all of them (returned). A chunk's block statistics come from vertical
@@ -847,8 +856,8 @@ inline void chain_pending(double* d, const double* pending) {
   for (int e = 0; e < MR * NR; e += VL) chain_vector(d + e, load8(pending + e));
 }
 
-// Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) with the in1 columns of Stat
-// `cols` (all of in1's, or one column block's) provably stays 0 or in
+// Whether every Dst sum of the chains of a register block (its in0 rows' Stat `rows`, its in1 columns' `cols`:
+// all of in1's or its column block's, its Dst values' `dst`) provably stays 0 or in
 // [2**-126, 2**127), where Veltkamp's split is
 // bf16's rounding (runtime/numerics.py _ranges_keep_normal and _stays_normal, the same argument): Dst
 // holds 0 or multiples of 2**-126 (finite values that are 0 or at least 2**-103); nonzero operands of at
@@ -856,15 +865,16 @@ inline void chain_pending(double* d, const double* pending) {
 // of such values and their bf16 roundings stay multiples of 2**-126. High end: each step adds at most
 // 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
 // 2**-8 (float64's addition by 2**-53).
-bool chain_stays_normal(const Problem& p, const Stat& rows, const Stat& cols) {
-  if (!p.dst_fine) return false;
+bool chain_stays_normal(const Problem& p, const Stat& rows, const Stat& cols, const Stat& dst) {
+  // every Dst value 0 or finite and at least 2**-103
+  if (dst.top >= 0x7F800000u || dst.low < bits_of(0x1p-103f) - 1) return false;
   const uint32_t x_top = rows.top, y_top = cols.top, low = std::min(rows.low, cols.low);
   if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
   // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
   if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
   double largest_partial =
       MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
-  return (p.dst_largest + p.chunks * largest_partial) * p.growth < 0x1p126;
+  return (dst.largest() + p.chunks * largest_partial) * p.growth < 0x1p126;
 }
 
 // (1 + 2**-7)**chunks, std::pow's value, from a table for the usual chunk counts (a pow per call cost as much
@@ -877,25 +887,6 @@ double growth_of(int chunks) {
     return t;
   }();
   return chunks >= 0 && chunks < kTable ? table[chunks] : std::pow(1 + 0x1p-7, chunks);
-}
-
-// Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
-void measure_dst(Problem& p, float* const* dst, int tiles) {
-  v16u top{}, low = ~v16u{};
-  for (int t = 0; t < tiles; ++t)
-    for (int e = 0; e < TILE_ELEMS; e += 16) {
-      v16u u = load16u(dst[t] + e) & 0x7FFFFFFFu;
-      top = top > u ? top : u;
-      low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
-    }
-  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
-  for (int l = 0; l < 16; ++l) {
-    dst_top = std::max(dst_top, top[l]);
-    dst_low = std::min(dst_low, low[l]);
-  }
-  p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
-  p.dst_largest = static_cast<double>(float_of(dst_top));
-  p.growth = growth_of(p.chunks);
 }
 
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
@@ -990,16 +981,37 @@ void run(Problem& p, float* const* dst, DstFormat format) {
       const double* const a_parts = entry->a.data() + ib * block_parts;
       const int16_t* const row_block_span = entry->span.data() + static_cast<size_t>(ib) * p.chunks;
       const uint8_t* const row_block_special = entry->special.data() + static_cast<size_t>(ib) * p.chunks;
-      const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, entry->stats[ib], cols);
     {
       const int i0 = ib * MR, j0 = jb * NR;
+      v16u top{}, low = ~v16u{};  // the block's Dst values' Stat (chain_stays_normal)
       for (int r = 0; r < MR; ++r) {
         const float* from = dst_row(dst, p.cols, i0 + r, j0);
+        static_assert(NR == 16 || NR == 8, "a Dst block row is 16 or 8 floats");
+        v16u u = (NR == 16 ? load16u(from) : v16u{}) & 0x7FFFFFFFu;
+        top = top > u ? top : u;
+        low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
         for (int v = 0; v < NV; ++v) {
           v8f f = load8f(from + v * VL);
           store8f(start + r * NR + v * VL, f);
           store8(d + r * NR + v * VL, widen(f));
         }
+      }
+      bool chain_normal = false;
+      if (format == DstFormat::BF16) {
+        Stat block;
+        if (NR == 16) {
+          for (int l = 0; l < 16; ++l) {
+            block.top = std::max(block.top, top[l]);
+            block.low = std::min(block.low, low[l]);
+          }
+        } else {
+          for (int r = 0; r < MR; ++r) {
+            const Stat row = row_stat8(dst_row(dst, p.cols, i0 + r, j0));
+            block.top = std::max(block.top, row.top);
+            block.low = std::min(block.low, row.low);
+          }
+        }
+        chain_normal = chain_stays_normal(p, entry->stats[ib], cols, block);
       }
       const double* pending = nullptr;  // pipe[0] or pipe[1]: a chunk's exact sums whose Dst steps are not done yet
       bool stepped = false;  // a chain step was made: d holds Dst values (0, finite in the format, inf or NaN)
@@ -1126,7 +1138,7 @@ void solve(Problem& p, float* const* dst, int rows, int cols, int inner, Fidelit
 #endif
       pack_in1<MVMUL_K, false, kPacked>(p);
   }
-  if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
+  p.growth = growth_of(p.chunks);
   if (p.kc == MVMUL_K) {
     run<MVMUL_K, kPacked>(p, dst, format);
   } else {
