@@ -304,21 +304,35 @@ inline v8f narrow(v8d v) {
 #endif
 }
 
+// in0's packed parts and statistics for one call's operand tiles, kept for the next calls with the same tiles
+// (matmul kernels commonly multiply one in0 block by several in1 blocks in a row: GPT-2 repeats in0's bytes in
+// 85% of its matmul work within two calls). An entry is found by its key and its copy of the tiles' bytes.
+struct In0Entry {
+  int rows = -1, inner = -1, fidelity = -1;  // the parts depend on the fidelity's split and products per chunk
+  std::vector<uint16_t> tiles;  // the bf16 tiles' bytes, tile after tile
+  std::vector<double> a;  // [mb][C][MR][kc]
+  std::vector<int16_t> span;  // a row block's span bound per chunk (-1: all zero), [mb][C]
+  std::vector<uint8_t> special;  // [mb][C]
+  std::vector<Stat> stats;  // the Stat of each row block's values, [mb]
+  uint64_t used = 0;  // when last found or claimed (least recently used is claimed first)
+};
+
 // Scratch space of one thread's calls, kept between them (the executor runs cores on several threads).
 struct Scratch {
-  std::vector<double> a;  // one row block of in0's parts, [C][MR][kc]
-  std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row
-  std::vector<int16_t> row_block_span;  // one row block's span bound per chunk (-1: all zero), [C]
-  std::vector<uint8_t> row_block_special;  // [C]
+  In0Entry in0[2];
+  uint64_t calls = 0;
+  In0Entry own;  // in0's parts when they are not kept (float operands)
+  std::vector<double> b;  // in1's parts, [N / NR][C][kc][NR]: a column block's chunks in a row (kFastIn0: the
+                          // one column block being computed, packed when its turn comes)
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
   std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns (-1: all zero)
   std::vector<uint8_t> col_block_special;
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
 
-  // Sizes in1's packed parts (kc products per chunk) and its column statistics.
-  void size_in1(int chunks, int n, int nb, int kc) {
-    b.resize(static_cast<size_t>(chunks) * n * kc);
+  // Sizes in1's packed parts (kc products per chunk, `blocks` column blocks of them) and its column statistics.
+  void size_in1(int chunks, int n, int nb, int kc, int blocks) {
+    b.resize(static_cast<size_t>(chunks) * blocks * NR * kc);
     col_top.resize(static_cast<size_t>(chunks) * n);
     col_low.resize(static_cast<size_t>(chunks) * n);
     col_block_span.resize(static_cast<size_t>(chunks) * nb);
@@ -339,8 +353,6 @@ struct Problem {
   Fidelity fidelity;
   int limit;
   uint32_t in1_top = 0, in1_low = 0xFFFFFFFFu;  // Stat of all of in1
-  bool dst_fine = false;  // bf16 Dst, every value 0 or finite and at least 2**-103 (chain_stays_normal)
-  double dst_largest = 0;  // the largest Dst magnitude
   double growth = 0;  // (1 + 2**-7)**chunks: how much the chain's roundings can grow a value
   Scratch* s;
 
@@ -463,7 +475,7 @@ void pack_in1(Problem& p) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.size_in1(chunks, n, nb, KC);
+  s.size_in1(chunks, n, nb, KC, nb);
   double* const packed = s.b.data();
   uint32_t* const col_top = s.col_top.data();
   uint32_t* const col_low = s.col_low.data();
@@ -520,23 +532,24 @@ void pack_in1(Problem& p) {
 }
 
 #if defined(__AVX512BW__)
-// pack_in1 for packed bf16 in1 with 16 products per chunk (kFastIn0): a chunk's 16 rows of a face (16 columns,
-// one register block's) are 512 contiguous bytes. Their statistics are taken on the bf16 bits, two rows a vector
-// (as pack_in0_fast), and each row becomes two vectors of doubles (zero-extended to float bits and widened), at
-// its place in kPermutation's k order.
+// pack_in1 for packed bf16 in1 with 16 products per chunk (kFastIn0), one column block (jb) at a time into the
+// start of s.b (sized by the caller), whose Stat it returns: run packs each column block just before its
+// register blocks use it, so that its parts are written to and read from L1 (GPT-2's in1 parts, 96 KiB
+// whole, outgrew it). A chunk's 16 rows of a face (16 columns, one register block's) are 512 contiguous bytes.
+// Their statistics are taken on the bf16 bits, two rows a vector (as pack_in0_fast), and each row becomes two
+// vectors of doubles (zero-extended to float bits and widened), at its place in kPermutation's k order.
 template <bool kSplit>
-void pack_in1_fast(Problem& p) {
+Stat pack_in1_fast(Problem& p, int jb) {
   static_assert(NR == 16, "a register block's columns are one face's");
   Scratch& s = *p.s;
   const int n = p.n, chunks = p.chunks, nb = p.nb;
-  s.size_in1(chunks, n, nb, MVMUL_K);
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1);
   const __m512i split = _mm512_set1_epi32(static_cast<int>(kMaskA));
   v16u all_top{}, all_low = ~v16u{};
-  for (int c = 0; c < chunks; ++c)
-    for (int jb = 0; jb < nb; ++jb) {
+  for (int c = 0; c < chunks; ++c) {
+    {
       const uint16_t* rows = p.yh(c, 0, jb * NR);
-      double* to = s.b.data() + (static_cast<size_t>(jb) * chunks + c) * MVMUL_K * NR;
+      double* to = s.b.data() + static_cast<size_t>(c) * MVMUL_K * NR;
       __m512i top = _mm512_setzero_si512(), low = _mm512_set1_epi16(-1);
       for (int j = 0; j < MVMUL_K / 2; ++j) {  // rows 2j and 2j + 1
         const __m512i u = _mm512_and_si512(_mm512_loadu_si512(rows + 32 * j), magnitude);
@@ -569,10 +582,13 @@ void pack_in1_fast(Problem& p) {
       const size_t block = static_cast<size_t>(c) * nb + jb;
       block_spans(spans, NR, NR, &s.col_block_span[block], &s.col_block_special[block], -1);
     }
-  for (int l = 0; l < 16; ++l) {
-    p.in1_top = std::max(p.in1_top, all_top[l]);
-    p.in1_low = std::min(p.in1_low, all_low[l]);
   }
+  Stat all;
+  for (int l = 0; l < 16; ++l) {
+    all.top = std::max(all.top, all_top[l]);
+    all.low = std::min(all.low, all_low[l]);
+  }
+  return all;
 }
 #endif
 
@@ -587,17 +603,26 @@ inline Stat row_stat(const float* values) {
   return s;
 }
 
+// Statistics of 8 contiguous values (a Dst block row with AVX2's register blocks).
+inline Stat row_stat8(const float* values) {
+  Stat s;
+  for (int k = 0; k < 8; ++k) {
+    uint32_t u = bits_of(values[k]) & 0x7FFFFFFFu;
+    s.top = std::max(s.top, u);
+    s.low = std::min(s.low, u - 1);  // a zero wraps to the top
+  }
+  return s;
+}
+
 // One register block of in0's rows packed ([C][MR][kc], broadcast one element at a time) and measured: the
-// Stat of each chunk's MR x 16 values together, whose span bounds every row's (into s.row_block_span and
-// s.row_block_special), and of all of them (returned). A chunk's block statistics come from vertical
+// Stat of each chunk's MR x 16 values together, whose span bounds every row's (into block_span and
+// block_special, [C]), and of all of them (returned). A chunk's block statistics come from vertical
 // maxima and minima over its rows; a butterfly then reduces 8 chunks' (their tops, and their lows
 // inverted, so that one maximum serves both) at a time.
 // kSplit: the fidelity multiplies hi(x) (all but HiFi4).
 template <int KC, bool kSplit, bool kPacked>
-Stat pack_in0_block(const Problem& p, int ib) {
+Stat pack_in0_block(const Problem& p, int ib, double* packed, int16_t* block_span, uint8_t* block_special) {
   typedef uint32_t v8u __attribute__((vector_size(32)));
-  Scratch& s = *p.s;
-  double* const packed = s.a.data();
   Stat all;
   v16u group[16];
   for (int c = 0; c < p.chunks; ++c) {
@@ -631,8 +656,8 @@ Stat pack_in0_block(const Problem& p, int ib) {
       for (int g = 0; g <= c % 8; ++g) {
         const Stat st{reduced[g], ~reduced[8 + g]};
         const int chunk = c - c % 8 + g;
-        s.row_block_special[chunk] = st.special();
-        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        block_special[chunk] = st.special();
+        block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
         all.top = std::max(all.top, st.top);
         all.low = std::min(all.low, st.low);
       }
@@ -647,9 +672,7 @@ Stat pack_in0_block(const Problem& p, int ib) {
 // of 16 bits: a magnitude's bf16 bits order it as its float bits do), and each 2 rows become doubles by
 // unpacking them with zeros below (float bits) and widening, in kPermutation's order.
 template <bool kSplit>
-Stat pack_in0_fast(const Problem& p, int ib) {
-  Scratch& s = *p.s;
-  double* const packed = s.a.data();
+Stat pack_in0_fast(const Problem& p, int ib, double* packed, int16_t* block_span, uint8_t* block_special) {
   Stat all;
   v16u group[16];
   const __m512i magnitude = _mm512_set1_epi16(0x7FFF), one = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
@@ -684,8 +707,8 @@ Stat pack_in0_fast(const Problem& p, int ib) {
         const uint32_t low16 = 0xFFFFu ^ reduced[8 + g];  // the smallest nonzero magnitude's bits minus 1
         const Stat st{reduced[g] << 16, ((low16 + 1) << 16) - 1};  // as float bits (0xFFFF: all zero)
         const int chunk = c - c % 8 + g;
-        s.row_block_special[chunk] = st.special();
-        s.row_block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
+        block_special[chunk] = st.special();
+        block_span[chunk] = static_cast<int16_t>(st.top ? st.span() : -1);
         all.top = std::max(all.top, st.top);
         all.low = std::min(all.low, st.low);
       }
@@ -791,11 +814,13 @@ inline v8d round_bits(v8d v) {
 
 // The Dst step of one vector of a block whose sums are exact and whose chain provably stays normal (bf16):
 // at = RN_bf16(RN_f64(at + RN_f32(sum))). There the sums are 0 or in [2**-102, 2**126) (float32's normal
-// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's), so both roundings are round_bits's (24 and 8
-// significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum starts from +0 and adds
-// exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only when both are.
+// range) and the Dst sums 0 or in [2**-126, 2**127) (bf16's): RN_f32 is the conversion to float32 and back
+// (the hardware's RNE; two conversions cost the multiply-add pipes less than round_bits's integer operations),
+// RN_bf16 round_bits's (8 significant bits). round_bits makes a -0 +0, which changes nothing here: a chunk sum
+// starts from +0 and adds exact products, so it is never -0 (an exact 0 is +0), and Dst + partial is -0 only
+// when both are.
 inline void chain_vector(double* at, v8d sum) {
-  v8d next = load8(at) + round_bits<29>(sum);  // Dst + RN_f32(chunk sum), exact or RN_f64
+  v8d next = load8(at) + widen(narrow(sum));  // Dst + RN_f32(chunk sum), exact or RN_f64
   store8(at, round_bits<45>(next));  // RN_bf16
 }
 
@@ -831,7 +856,8 @@ inline void chain_pending(double* d, const double* pending) {
   for (int e = 0; e < MR * NR; e += VL) chain_vector(d + e, load8(pending + e));
 }
 
-// Whether every Dst sum of the chains of a row block (its in0 rows' Stat `rows`) provably stays 0 or in
+// Whether every Dst sum of the chains of a register block (its in0 rows' Stat `rows`, its in1 columns' `cols`:
+// all of in1's or its column block's, its Dst values' `dst`) provably stays 0 or in
 // [2**-126, 2**127), where Veltkamp's split is
 // bf16's rounding (runtime/numerics.py _ranges_keep_normal and _stays_normal, the same argument): Dst
 // holds 0 or multiples of 2**-126 (finite values that are 0 or at least 2**-103); nonzero operands of at
@@ -839,15 +865,16 @@ inline void chain_pending(double* d, const double* pending) {
 // of such values and their bf16 roundings stay multiples of 2**-126. High end: each step adds at most
 // 16 max|x| max|y| (times 1 + 2**-23 for the partial's rounding) and rounding grows a value by at most
 // 2**-8 (float64's addition by 2**-53).
-bool chain_stays_normal(const Problem& p, const Stat& rows) {
-  if (!p.dst_fine) return false;
-  const uint32_t x_top = rows.top, y_top = p.in1_top, low = std::min(rows.low, p.in1_low);
+bool chain_stays_normal(const Problem& p, const Stat& rows, const Stat& cols, const Stat& dst) {
+  // every Dst value 0 or finite and at least 2**-103
+  if (dst.top >= 0x7F800000u || dst.low < bits_of(0x1p-103f) - 1) return false;
+  const uint32_t x_top = rows.top, y_top = cols.top, low = std::min(rows.low, cols.low);
   if (x_top >= 0x7F800000u || y_top >= 0x7F800000u) return false;  // an inf or NaN operand
   // the smallest nonzero operand (a subnormal's exponent field counts as 1) at least 2**-44
   if (low != 0xFFFFFFFFu && std::max<int>(static_cast<int>((low + 1) >> 23), 1) < 127 - 44) return false;
   double largest_partial =
       MVMUL_K * static_cast<double>(float_of(x_top)) * float_of(y_top) * (1 + 0x1p-23);
-  return (p.dst_largest + p.chunks * largest_partial) * p.growth < 0x1p126;
+  return (dst.largest() + p.chunks * largest_partial) * p.growth < 0x1p126;
 }
 
 // (1 + 2**-7)**chunks, std::pow's value, from a table for the usual chunk counts (a pow per call cost as much
@@ -862,80 +889,137 @@ double growth_of(int chunks) {
   return chunks >= 0 && chunks < kTable ? table[chunks] : std::pow(1 + 0x1p-7, chunks);
 }
 
-// Problem::dst_fine and dst_largest: whether every Dst value is 0 or finite and at least 2**-103.
-void measure_dst(Problem& p, float* const* dst, int tiles) {
-  v16u top{}, low = ~v16u{};
-  for (int t = 0; t < tiles; ++t)
-    for (int e = 0; e < TILE_ELEMS; e += 16) {
-      v16u u = load16u(dst[t] + e) & 0x7FFFFFFFu;
-      top = top > u ? top : u;
-      low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
-    }
-  uint32_t dst_top = 0, dst_low = 0xFFFFFFFFu;
-  for (int l = 0; l < 16; ++l) {
-    dst_top = std::max(dst_top, top[l]);
-    dst_low = std::min(dst_low, low[l]);
-  }
-  p.dst_fine = dst_top < 0x7F800000u && dst_low >= bits_of(0x1p-103f) - 1;
-  p.dst_largest = static_cast<double>(float_of(dst_top));
-  p.growth = growth_of(p.chunks);
-}
-
 // The Dst block (MR x NR) at element (i0, j0): row r is NR contiguous floats of one tile.
 inline float* dst_row(float* const* dst, int cols, int i, int j0) {
   return dst[(i / TILE) * cols + j0 / TILE] + (i % TILE) * TILE + j0 % TILE;
 }
 
+// An entry sized for in0's parts (all row blocks).
+void size_entry(In0Entry& e, const Problem& p, int kc) {
+  e.a.resize(static_cast<size_t>(p.mb) * p.chunks * MR * kc);
+  e.span.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.special.resize(static_cast<size_t>(p.mb) * p.chunks);
+  e.stats.resize(p.mb);
+}
+
+// The cache entry for packed bf16 in0 tiles: the one holding the same key and bytes (found), else the least
+// recently used one, claimed for them (their bytes copied, the parts sized; run packs into it, every block).
+In0Entry& in0_entry(const Problem& p, int kc, bool& found) {
+  Scratch& s = *p.s;
+  const int count = p.rows * p.inner;
+  const size_t bytes = static_cast<size_t>(TILE_ELEMS) * sizeof(uint16_t);
+  In0Entry* oldest = &s.in0[0];
+  for (In0Entry& e : s.in0) {
+    if (e.used < oldest->used) oldest = &e;
+    if (e.rows != p.rows || e.inner != p.inner || e.fidelity != static_cast<int>(p.fidelity)) continue;
+    bool same = true;
+    for (int t = 0; t < count && same; ++t) same = std::memcmp(p.in0h[t], &e.tiles[static_cast<size_t>(t) * TILE_ELEMS], bytes) == 0;
+    if (same) {
+      e.used = ++s.calls;
+      found = true;
+      return e;
+    }
+  }
+  In0Entry& e = *oldest;
+  e.rows = p.rows;
+  e.inner = p.inner;
+  e.fidelity = static_cast<int>(p.fidelity);
+  e.tiles.resize(static_cast<size_t>(count) * TILE_ELEMS);
+  for (int t = 0; t < count; ++t) std::memcpy(&e.tiles[static_cast<size_t>(t) * TILE_ELEMS], p.in0h[t], bytes);
+  size_entry(e, p, kc);
+  e.used = ++s.calls;
+  found = false;
+  return e;
+}
+
+// Column block after column block (kFastIn0: each packed just before its turn, see pack_in1_fast), row block after
+// row block: in0's parts are packed whole first (into a kept entry for packed bf16 in0, unless found there).
 template <int KC, bool kPacked>
 void run(Problem& p, float* const* dst, DstFormat format) {
   Scratch& s = *p.s;
   const int mb = p.mb, nb = p.nb;
-  s.a.resize(static_cast<size_t>(p.chunks) * MR * KC);
-  s.row_block_span.resize(p.chunks);
-  s.row_block_special.resize(p.chunks);
+  const size_t block_parts = static_cast<size_t>(p.chunks) * MR * KC;
+  bool found = false;
+  In0Entry* entry = &s.own;
+  if constexpr (kPacked) {
+    entry = &in0_entry(p, KC, found);
+  } else {
+    size_entry(s.own, p, KC);
+  }
+  if (!found)
+    for (int ib = 0; ib < mb; ++ib) {
+      double* const a_parts = entry->a.data() + ib * block_parts;
+      int16_t* const span = entry->span.data() + static_cast<size_t>(ib) * p.chunks;
+      uint8_t* const special = entry->special.data() + static_cast<size_t>(ib) * p.chunks;
+      Stat& rows = entry->stats[ib];
+#if defined(__AVX512BW__)
+      if constexpr (kFastIn0<KC, kPacked>) {
+        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib, a_parts, span, special)
+                                             : pack_in0_fast<true>(p, ib, a_parts, span, special);
+      } else
+#endif
+      {
+        rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib, a_parts, span, special)
+                                             : pack_in0_block<KC, true, kPacked>(p, ib, a_parts, span, special);
+      }
+    }
   alignas(64) double d[MR * NR];
   alignas(64) double sums[MR * NR];
   alignas(64) double pipe[2][MR * NR];  // exact sums whose Dst steps are pending (micro_kernel)
   alignas(64) float start[MR * NR];
   alignas(64) float partials[MR * NR];
-  for (int ib = 0; ib < mb; ++ib) {
-    Stat rows;
+  for (int jb = 0; jb < nb; ++jb) {
+    Stat cols{p.in1_top, p.in1_low};
+    const double* b_parts = s.b.data() + static_cast<size_t>(jb) * p.chunks * KC * NR;
 #if defined(__AVX512BW__)
     if constexpr (kFastIn0<KC, kPacked>) {
-      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_fast<false>(p, ib) : pack_in0_fast<true>(p, ib);
-    } else
-#endif
-    {
-      rows = p.fidelity == Fidelity::HIFI4 ? pack_in0_block<KC, false, kPacked>(p, ib)
-                                           : pack_in0_block<KC, true, kPacked>(p, ib);
+      cols = p.fidelity == Fidelity::LOFI ? pack_in1_fast<true>(p, jb) : pack_in1_fast<false>(p, jb);
+      b_parts = s.b.data();
     }
-    const bool chain_normal = format == DstFormat::BF16 && chain_stays_normal(p, rows);
-    if (ib + 1 < mb)  // the next row block's operand lines, fetched into L1 while this block computes
-      for (int c = 0; c < p.chunks; ++c)
-        for (int r = 0; r < MR; ++r) {
-          if constexpr (kPacked) {
-            __builtin_prefetch(p.xh((ib + 1) * MR + r, c));
-          } else {
-            __builtin_prefetch(p.x((ib + 1) * MR + r, c));
-          }
-        }
-    for (int jb = 0; jb < nb; ++jb) {
+#endif
+    for (int ib = 0; ib < mb; ++ib) {
+      const double* const a_parts = entry->a.data() + ib * block_parts;
+      const int16_t* const row_block_span = entry->span.data() + static_cast<size_t>(ib) * p.chunks;
+      const uint8_t* const row_block_special = entry->special.data() + static_cast<size_t>(ib) * p.chunks;
+    {
       const int i0 = ib * MR, j0 = jb * NR;
+      v16u top{}, low = ~v16u{};  // the block's Dst values' Stat (chain_stays_normal)
       for (int r = 0; r < MR; ++r) {
         const float* from = dst_row(dst, p.cols, i0 + r, j0);
+        static_assert(NR == 16 || NR == 8, "a Dst block row is 16 or 8 floats");
+        v16u u = (NR == 16 ? load16u(from) : v16u{}) & 0x7FFFFFFFu;
+        top = top > u ? top : u;
+        low = low < u - 1 ? low : u - 1;  // a zero wraps to the top
         for (int v = 0; v < NV; ++v) {
           v8f f = load8f(from + v * VL);
           store8f(start + r * NR + v * VL, f);
           store8(d + r * NR + v * VL, widen(f));
         }
       }
+      bool chain_normal = false;
+      if (format == DstFormat::BF16) {
+        Stat block;
+        if (NR == 16) {
+          for (int l = 0; l < 16; ++l) {
+            block.top = std::max(block.top, top[l]);
+            block.low = std::min(block.low, low[l]);
+          }
+        } else {
+          for (int r = 0; r < MR; ++r) {
+            const Stat row = row_stat8(dst_row(dst, p.cols, i0 + r, j0));
+            block.top = std::max(block.top, row.top);
+            block.low = std::min(block.low, row.low);
+          }
+        }
+        chain_normal = chain_stays_normal(p, entry->stats[ib], cols, block);
+      }
       const double* pending = nullptr;  // pipe[0] or pipe[1]: a chunk's exact sums whose Dst steps are not done yet
       bool stepped = false;  // a chain step was made: d holds Dst values (0, finite in the format, inf or NaN)
       bool signed_zeros = false;  // the last step added nonzero partials: d may hold -0
       for (int c = 0; c < p.chunks; ++c) {
         const size_t cb = static_cast<size_t>(c) * nb + jb;
-        const int row_span = s.row_block_span[c];
-        const bool special = s.row_block_special[c] || s.col_block_special[cb];
+        const int row_span = row_block_span[c];
+        const bool special = row_block_special[c] || s.col_block_special[cb];
         if ((row_span < 0 || s.col_block_span[cb] < 0) && !special) {
           // rows or columns of zeros (and no inf or NaN among the other operand): exact +0 partials. After a
           // first step, RN_dst(Dst + 0) is Dst itself but for -0, which becomes +0: Dst + 0 in float64 (no
@@ -952,8 +1036,8 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           std::fill(sums, sums + MR * NR, 0.0);
         } else {
           stepped = signed_zeros = true;
-          const double* a_block = &s.a[static_cast<size_t>(c) * MR * KC];
-          const double* b_block = &s.b[(static_cast<size_t>(jb) * p.chunks + c) * KC * NR];
+          const double* a_block = a_parts + static_cast<size_t>(c) * MR * KC;
+          const double* b_block = b_parts + static_cast<size_t>(c) * KC * NR;
           const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
           if (exact && chain_normal) {
             double* out = pending == pipe[0] ? pipe[1] : pipe[0];
@@ -990,6 +1074,7 @@ void run(Problem& p, float* const* dst, DstFormat format) {
         }
       }
     }
+  }
   }
 }
 
@@ -1041,19 +1126,19 @@ void solve(Problem& p, float* const* dst, int rows, int cols, int inner, Fidelit
   } else if (fidelity == Fidelity::LOFI) {
 #if defined(__AVX512BW__)
     if constexpr (kFastIn0<MVMUL_K, kPacked>) {
-      pack_in1_fast<true>(p);
+      p.s->size_in1(p.chunks, p.n, p.nb, MVMUL_K, 1);  // run packs each column block (pack_in1_fast)
     } else
 #endif
       pack_in1<MVMUL_K, true, kPacked>(p);
   } else {
 #if defined(__AVX512BW__)
     if constexpr (kFastIn0<MVMUL_K, kPacked>) {
-      pack_in1_fast<false>(p);
+      p.s->size_in1(p.chunks, p.n, p.nb, MVMUL_K, 1);
     } else
 #endif
       pack_in1<MVMUL_K, false, kPacked>(p);
   }
-  if (format == DstFormat::BF16) measure_dst(p, dst, rows * cols);
+  p.growth = growth_of(p.chunks);
   if (p.kc == MVMUL_K) {
     run<MVMUL_K, kPacked>(p, dst, format);
   } else {

@@ -153,6 +153,37 @@ def test_model_sized_blocks_match_the_reference(seed, rows, cols, inner, fidelit
         check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
+def test_in0_tiles_repeated_across_calls():
+    """The packed bf16 path keeps in0's packed parts for the next calls with the same tiles (a kernel multiplying
+    one in0 block by several in1 blocks): calls alternating in0s, fidelities (other parts) and shapes, with in0's
+    bytes changed in one value, in place, and more in0s in turn than the kept entries, each give the reference's
+    bits."""
+    rng = np.random.default_rng(7)
+    first = N.bf16_round(rng.standard_normal((2, 3, 32, 32)))
+    second = first.copy()
+    second[1, 2, 31, 31] = N.bf16_round(np.float32(second[1, 2, 31, 31] * 3 + 1))  # the last value differs
+    third = N.bf16_round(rng.standard_normal((2, 3, 32, 32)) * 2.0 ** rng.integers(-30, 30, (2, 3, 32, 32)))
+    calls = [(first, MathFidelity.HIFI4), (first, MathFidelity.HIFI4), (second, MathFidelity.HIFI4),
+             (first, MathFidelity.LOFI), (first, MathFidelity.HIFI3), (first, MathFidelity.HIFI4),
+             (third, MathFidelity.HIFI4), (second, MathFidelity.HIFI4), (first, MathFidelity.HIFI4),
+             (third, MathFidelity.HIFI2), (first[:1], MathFidelity.HIFI4), (first[:, :2], MathFidelity.HIFI4),
+             (first, MathFidelity.HIFI4)]
+    for a, fidelity in calls:
+        rows, inner = a.shape[:2]
+        b = N.bf16_round(rng.standard_normal((inner, 2, 32, 32)))
+        dst = N.bf16_round(rng.standard_normal((rows, 2, 32, 32)))
+        want = N.matmul_block_accumulate(dst, a, b, fidelity, bf16_operands=True)
+        check_packed(dst, a, b, fidelity, "bf16", want, False)
+    # a CB page rewritten in place between calls: the same addresses, other bytes
+    a_pages, dst = packed(first), N.bf16_round(rng.standard_normal((2, 2, 32, 32)))
+    b = N.bf16_round(rng.standard_normal((3, 2, 32, 32)))
+    for values in (first, third, first):
+        a_pages[:] = packed(values)
+        want = N.matmul_block_accumulate(dst, values, b, MathFidelity.HIFI4, bf16_operands=True)
+        got = native.matmul_block_bf16(tiles(dst), a_pages, packed(b), 2, 2, 3, int(MathFidelity.HIFI4), "bf16")
+        assert_same_bits(got.reshape(want.shape), want)
+
+
 def zero_blocks(rng: np.random.Generator, values: np.ndarray, groups: str, share: float) -> np.ndarray:
     """Operand tiles with whole register blocks of a chunk zeroed (+0 or -0): in0 ("rows") 8 rows x 16 values,
     in1 ("columns") 16 values x 16 columns, the blocks whose products the kernel knows to be zero."""
