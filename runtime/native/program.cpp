@@ -383,7 +383,12 @@ class Core {
   // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
   // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
   // program more than its ops).
-  Core(Run& run, ThreadAcc& acc, size_t scratch = 0) : R(run), E(run.E), T(acc), scratch_set(scratch) {
+  Core(Run& run, ThreadAcc& acc, size_t scratch = 0)
+      : R(run), E(run.E), T(acc), scratch_set(scratch), temps(thread_temps()), offs(temps.offs), pages(temps.pages),
+        located_bank(temps.located_bank), located_offset(temps.located_offset), wanted(temps.wanted),
+        tiles_a(temps.tiles_a), tiles_b(temps.tiles_b), ptr_a(temps.ptr_a), ptr_b(temps.ptr_b),
+        pages_a(temps.pages_a), pages_b(temps.pages_b), half_a(temps.half_a), half_b(temps.half_b),
+        ptr_dst(temps.ptr_dst) {
     swap_scratch();
     regs.assign(E.n_regs, 0);
     agens.assign(E.n_agens, AddrGen{});
@@ -419,34 +424,41 @@ class Core {
   int64_t position = 0;
   int cur_kernel = -1;
   int64_t cur_op = -1;
-  // scratch
-  std::vector<int64_t> offs, pages, located_bank, located_offset;
-  std::vector<uint8_t> wanted;
-  std::vector<float> tiles_a, tiles_b;
-  std::vector<const float*> ptr_a, ptr_b;
-  std::vector<const uint8_t*> pages_a, pages_b;
-  std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
-  std::vector<float*> ptr_dst;
+  // Temporaries of one op (nothing in them outlives the op): the thread's, shared by every core the thread runs
+  // (a lockstep program's cores too, which so find them in cache instead of each touching its own set).
+  struct Temps {
+    std::vector<int64_t> offs, pages, located_bank, located_offset;
+    std::vector<uint8_t> wanted;
+    std::vector<float> tiles_a, tiles_b;
+    std::vector<const float*> ptr_a, ptr_b;
+    std::vector<const uint8_t*> pages_a, pages_b;
+    std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
+    std::vector<float*> ptr_dst;
+  };
+  static Temps& thread_temps() {
+    thread_local Temps temps;
+    return temps;
+  }
+  Temps& temps;
+  std::vector<int64_t>&offs, &pages, &located_bank, &located_offset;
+  std::vector<uint8_t>& wanted;
+  std::vector<float>&tiles_a, &tiles_b;
+  std::vector<const float*>&ptr_a, &ptr_b;
+  std::vector<const uint8_t*>&pages_a, &pages_b;
+  std::vector<const uint16_t*>&half_a, &half_b;
+  std::vector<float*>& ptr_dst;
 
+  // The core's own state that outlives an op (registers, address generators, Dst), kept per scratch set.
   void swap_scratch() {
     struct Kept {
-      std::vector<int64_t> regs, offs, pages, located_bank, located_offset;
+      std::vector<int64_t> regs;
       std::vector<AddrGen> agens;
-      std::vector<float> dst, tiles_a, tiles_b;
-      std::vector<uint8_t> wanted;
-      std::vector<const float*> ptr_a, ptr_b;
-      std::vector<const uint8_t*> pages_a, pages_b;
-      std::vector<const uint16_t*> half_a, half_b;
-      std::vector<float*> ptr_dst;
+      std::vector<float> dst;
     };
     thread_local std::vector<std::unique_ptr<Kept>> sets;
     while (sets.size() <= scratch_set) sets.push_back(std::make_unique<Kept>());
     Kept& kept = *sets[scratch_set];
-    regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
-    located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
-    dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
-    ptr_a.swap(kept.ptr_a), ptr_b.swap(kept.ptr_b), pages_a.swap(kept.pages_a), pages_b.swap(kept.pages_b);
-    half_a.swap(kept.half_a), half_b.swap(kept.half_b), ptr_dst.swap(kept.ptr_dst);
+    regs.swap(kept.regs), agens.swap(kept.agens), dst.swap(kept.dst);
   }
 
   // -- scheduler ----------------------------------------------------------------------------------
