@@ -79,6 +79,8 @@ namespace py = pybind11;
 namespace ttc {
 // Memory.poison's bytes and marks for [start, end) of every bank (bind_host.cpp); whether it marked blocks
 bool poison_range(py::array data, py::array marks, int64_t start, int64_t end);
+// eltwise_tile of two packed bf16 tiles read in place into a bf16 Dst tile (eltwise.cpp)
+void eltwise_bf16_pages(const uint8_t* a, const uint8_t* b, BinaryOp op, Bcast bcast, float* out);
 }  // namespace ttc
 
 namespace ttc::program {
@@ -1628,10 +1630,19 @@ void Core::op_binary(const Instr& in) {
   int64_t base = math_slots<false>(f[14], n);
   config(f[3]);
   tile_block(f[4], f[12], f[13], f[5], f[6]);
-  unpack_front(f[3], tiles_a);
+  Format fa = front_pages(f[3], pages_a);
   config(f[7]);
   tile_block(f[8], f[12], f[13], f[9], f[10]);
-  unpack_front(f[7], tiles_b);
+  Format fb = front_pages(f[7], pages_b);
+  if (fa == Format::BF16 && fb == Format::BF16 && E.dst == DstFormat::BF16) {  // bf16 pages read in place
+    for (int64_t i = 0; i < n; ++i)
+      eltwise_bf16_pages(pages_a[i], pages_b[i], static_cast<BinaryOp>(f[2]), static_cast<Bcast>(f[11]),
+                         dst_tile(base + i));
+    counters.charge(f[15]);
+    return;
+  }
+  unpack_pages(pages_a, fa, tiles_a);
+  unpack_pages(pages_b, fb, tiles_b);
   for (int64_t i = 0; i < n; ++i)
     eltwise_tile(tiles_a.data() + i * TILE_ELEMS, tiles_b.data() + i * TILE_ELEMS, static_cast<BinaryOp>(f[2]),
                  static_cast<Bcast>(f[11]), E.dst, dst_tile(base + i));
