@@ -255,12 +255,24 @@ void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, b
 
 inline void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
-  // a transfer over at most 8 blocks whose marks are clear (the common case: rows and tiles) needs nothing
+  // a transfer over at most 16 blocks whose marks are clear (the common case: rows and tiles, a 2 KiB tile off the
+  // block grid meets 9) needs nothing: two 8-byte loads of marks look at them (within the marks array)
   const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
-  if (last - first < 8) {
-    const uint8_t* marks = m.marks + b * m.blocks;
-    uint8_t any = 0;
-    for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block, __ATOMIC_RELAXED);
+  if (last < first) return;  // past the bank's last whole block: never marked
+  if (last - first < 16) {
+    const int64_t at = b * m.blocks + first;
+    const uint8_t* marks = m.marks + at;
+    const int64_t n = last - first + 1;
+    uint64_t any = 0;
+    if (at + 16 <= m.banks * m.blocks) {
+      uint64_t lo, hi;
+      std::memcpy(&lo, marks, 8);
+      std::memcpy(&hi, marks + 8, 8);
+      // the marks of blocks first..last: n bytes of lo then hi (little-endian)
+      any = (n >= 8 ? lo : lo & ((uint64_t{1} << (8 * n)) - 1)) | (n > 8 ? hi & (~uint64_t{0} >> (8 * (16 - n))) : 0);
+    } else {
+      for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block - first, __ATOMIC_RELAXED);
+    }
     if (!any) return;
   }
   unpoison_marked(m, b, offset, size, write);
@@ -580,6 +592,25 @@ class Core {
       fail(SEGMENT_OUTSIDE, index, {size, offset, g.page_size}, stage);
     if (size > E.cbs[index].page_size) fail(SEGMENT_CB, index, {size, E.cbs[index].page_size}, stage + 1);
   }
+  // The located pages' first lines (`data`) and their poison marks (unpoison's look at them) are fetched ahead
+  // of the copies, so that their cache misses overlap (marks of pages all over a memory miss as often as the
+  // pages do).
+  void prefetch_pages(const Memory& m, int64_t n, bool data) {
+    if (!data && !m.marks) return;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = located_bank[i], offset = located_offset[i];
+      if (b < 0 || b >= m.banks || offset < 0 || offset >= m.capacity) continue;
+      if (data) __builtin_prefetch(m.data + b * m.stride + offset);
+      if (m.marks && offset / POISON_BLOCK < m.blocks) __builtin_prefetch(m.marks + b * m.blocks + offset / POISON_BLOCK);
+    }
+  }
+  // The lines of a page (up to 4 KiB of it) about to be copied, fetched while the page before it is copied (a
+  // tile's lines from a cold bank would otherwise miss one after the other).
+  static void prefetch_page(const Memory& m, int64_t b, int64_t offset, int64_t size) {
+    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) return;
+    const uint8_t* p = m.data + b * m.stride + offset;
+    for (int64_t at = 0; at < std::min<int64_t>(size, 4096); at += 64) __builtin_prefetch(p + at);
+  }
   enum CountMode { COUNT_STATIC, COUNT_MASKED };
   // With `segmented`: a row segment (bytes seg_offset.. of each page, seg_size of them) to the start of each CB
   // page, the rest of the page zero, counted in bytes.
@@ -707,6 +738,10 @@ void Core::start(int64_t index) {
     k[i] = KernelState{};
     k[i].pc = E.kernel_start[i];
   }
+  for (int i = 0; i < KERNELS; ++i) {  // the core's runtime arguments (cold: a program's are read once per run)
+    const int64_t at = E.arg_offsets[i][core];
+    if (at < E.arg_offsets[i][core + 1]) __builtin_prefetch(E.arg_values[i].data() + at);
+  }
   dst_state = RELEASED;
   dst_half = 1;
   dst_written = 0xFFFF;  // Dst holds what the last program left: every slot is NaN-filled when acquired
@@ -775,7 +810,7 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
   }
   bool faulted = false;
   // runs fn on every core (all of them, so that every core faulting at this op is recorded)
-  auto each = [&](const std::function<void(Core&)>& fn) {
+  auto each = [&](auto&& fn) {
     for (auto& c : cs) {
       try {
         fn(*c);
@@ -1251,11 +1286,8 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
   for (int64_t i = 0; i < n; ++i)
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
-  if (!segmented && g.page_size <= 256)  // small pages (rows) from all over the memory: their misses overlap
-    for (int64_t i = 0; i < n; ++i)
-      if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
-          located_offset[i] < m.capacity)
-        __builtin_prefetch(m.data + located_bank[i] * m.stride + located_offset[i]);
+  // small pages (rows) from all over the memory, and the poison marks of any pages: their misses overlap
+  prefetch_pages(m, n, !segmented && g.page_size <= 256);
   int64_t moved = 0, local = 0;
   const CBConfig& config = E.cbs[cb_index];
   const int64_t cb_page = config.page_size;
@@ -1274,6 +1306,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
       continue;
     }
     if (w) {
+      if (g.page_size > 256 && i + 1 < n) prefetch_page(m, located_bank[i + 1], located_offset[i + 1], g.page_size);
       move_bytes(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
@@ -1419,10 +1452,14 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   located_offset.resize(n);
   int64_t moved = 0, local = 0, lo = 0, hi = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (ragged && !((i % cols) < valid)) continue;
+    if (ragged && !((i % cols) < valid)) {
+      located_bank[i] = -1;  // not written
+      continue;
+    }
     locate(g, sh, pages[i], WRITE, index, 3, 0, ragged, located_bank[i], located_offset[i]);
   }
   const Memory& m = R.mem[g.memory];
+  prefetch_pages(m, n, false);
   for (int64_t i = 0; i < n; ++i) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
@@ -1462,6 +1499,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
                    " waited pages",
                index);
     const Memory& m = R.mem[g.memory];
+    prefetch_pages(m, valid, false);
     int64_t lo = 0, hi = 0;
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
