@@ -519,12 +519,14 @@ class Core {
     for (int64_t i = 0; i < n; ++i)
       if (o[i] < 0 || o[i] >= window) fail(WINDOW, index, {o[i], window, front ? 1 : 0}, stage);
   }
-  int64_t front_slot(int64_t index, int64_t offset) const {
-    return floormod(cb[index].front + offset, E.cbs[index].pages);
+  // floormod(at, pages) of a ring pointer plus an offset: both in [0, pages) as a rule (a pointer, a checked window
+  // offset or a count of at most the pages), so one subtraction does it instead of a division
+  static int64_t ring(int64_t at, int64_t pages) {
+    if (pages > 0 && static_cast<uint64_t>(at) < 2 * static_cast<uint64_t>(pages)) return at >= pages ? at - pages : at;
+    return floormod(at, pages);
   }
-  int64_t back_slot(int64_t index, int64_t offset) const {
-    return floormod(cb[index].back + offset, E.cbs[index].pages);
-  }
+  int64_t front_slot(int64_t index, int64_t offset) const { return ring(cb[index].front + offset, E.cbs[index].pages); }
+  int64_t back_slot(int64_t index, int64_t offset) const { return ring(cb[index].back + offset, E.cbs[index].pages); }
   void page_range(int64_t first, int64_t count) {
     offs.resize(std::max<int64_t>(count, 0));
     for (int64_t i = 0; i < count; ++i) offs[i] = first + i;
@@ -1017,7 +1019,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       if (!R.unlanded.empty() && R.unlanded[core * NUM_CBS + f[2]]) fail(PUSH_UNLANDED, f[2], {});
       s.filled += n;
       s.reserved -= n;
-      s.back = floormod(s.back + n, c.pages);
+      s.back = ring(s.back + n, c.pages);
       return;
     }
     case CB_WAIT_FRONT: {
@@ -1041,7 +1043,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       if (K.pending_writes & (1u << f[2])) fail(POP_PENDING_WRITES, f[2], {});
       s.filled -= n;
       s.waited -= n;
-      s.front = floormod(s.front + n, c.pages);
+      s.front = ring(s.front + n, c.pages);
       return;
     }
     // -- data movement
