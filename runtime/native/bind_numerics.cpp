@@ -15,6 +15,8 @@ namespace py = pybind11;
 
 namespace ttc {
 
+void eltwise_bf16_pages(const uint8_t* a, const uint8_t* b, BinaryOp op, Bcast bcast, float* out);  // eltwise.cpp
+
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -172,6 +174,24 @@ py::array_t<float> eltwise(const FloatArray& a, const FloatArray& b, int op, int
   return out;
 }
 
+// The executor's binary_tiles on bf16 CB pages read in place (bf16 Dst): packed bf16 pages [n, 2048] -> tiles.
+py::array_t<float> eltwise_bf16_pages_of(const ByteArray& a, const ByteArray& b, int op, int bcast) {
+  const BinaryOp binop = checked<BinaryOp>(op, 3, "binary op");
+  const Bcast bc = checked<Bcast>(bcast, 4, "broadcast");
+  if (a.ndim() != 2 || a.shape(1) != 2048 || b.ndim() != 2 || b.shape(0) != a.shape(0) || b.shape(1) != 2048)
+    throw py::value_error("a and b must be packed bf16 pages [n, 2048] of the same n");
+  const py::ssize_t n = a.shape(0);
+  py::array_t<float> out({n, static_cast<py::ssize_t>(TILE), static_cast<py::ssize_t>(TILE)});
+  const uint8_t* pa = a.data();
+  const uint8_t* pb = b.data();
+  float* po = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (py::ssize_t t = 0; t < n; ++t) eltwise_bf16_pages(pa + t * 2048, pb + t * 2048, binop, bc, po + t * TILE_ELEMS);
+  }
+  return out;
+}
+
 py::array_t<float> reduce_max(const FloatArray& dst, const FloatArray& tiles, int dim, double scaler, int dst_format) {
   const ReduceDim rdim = checked<ReduceDim>(dim, 3, "reduce dim");
   const DstFormat format = dst_arg(dst_format);
@@ -319,6 +339,8 @@ void register_numerics(py::module_& m) {
         "uint8 [..., tile_bytes] -> float32 tiles [..., 32, 32] (i32: the float32 of each integer).");
   m.def("dst_round", &dst_round_array, py::arg("x"), py::arg("dst_format"),
         "float32 values rounded to the Dst format (numerics.dst_round).");
+  m.def("eltwise_bf16_pages", &eltwise_bf16_pages_of, py::arg("a"), py::arg("b"), py::arg("op"), py::arg("bcast"),
+        "eltwise on packed bf16 pages [n, 2048] read in place, into a bf16 Dst (the executor's binary_tiles path).");
   m.def("eltwise", &eltwise, py::arg("a"), py::arg("b"), py::arg("op"), py::arg("bcast"), py::arg("dst_format"),
         "Tiles a op b [..., 32, 32], b broadcast inside each tile (numerics.eltwise_binary).");
   m.def("reduce_max", &reduce_max, py::arg("dst"), py::arg("tiles"), py::arg("dim"), py::arg("scaler"),

@@ -132,6 +132,80 @@ void eltwise_op(const float* a, const float* b, BinaryOp op, Bcast bcast, float*
   throw std::invalid_argument("unknown binary op " + std::to_string(static_cast<int>(op)));
 }
 
+// eltwise_loop<OP, BC, false, false> on two packed bf16 tiles (face order: formats.cpp) read in place, for a bf16
+// Dst: unpacking a bf16 value only widens it (its low half zero, as all_bf16 asks), so every element gets the same
+// operands and operations as `binary` gives it, here on 16 lanes at a time (one face row, written to its tile-order
+// place): the IEEE operation per lane, a NaN x quieted (x86's rule for a first NaN operand), bf16_bits' rounding.
+template <BinaryOp OP, Bcast BC>
+void eltwise_pages_loop(const uint8_t* a, const uint8_t* b, float* out) {
+  typedef float v16f __attribute__((vector_size(64)));
+  typedef uint32_t v16u __attribute__((vector_size(64)));
+  typedef uint16_t v16h __attribute__((vector_size(32)));
+  constexpr int RUN = 16;  // a face row
+  auto widen = [](const uint8_t* page, int run) {
+    v16h h;
+    std::memcpy(&h, page + run * RUN * 2, sizeof h);
+    return __builtin_convertvector(h, v16u) << 16;
+  };
+  auto value = [](const uint8_t* page, int run, int k) {
+    uint16_t h;
+    std::memcpy(&h, page + (run * RUN + k) * 2, 2);
+    return conv::bf16_value(h);
+  };
+  float line[TILE];  // B's row 0 (Bcast::ROW) or column 0 (Bcast::COL) in tile order
+  if constexpr (BC == Bcast::ROW) {  // tile row 0: face 0's and face 1's first rows
+    for (int k = 0; k < RUN; ++k) line[k] = value(b, 0, k), line[RUN + k] = value(b, RUN, k);
+  } else if constexpr (BC == Bcast::COL) {  // tile column 0: the first value of face 0's and face 2's rows
+    for (int i = 0; i < RUN; ++i) line[i] = value(b, i, 0), line[RUN + i] = value(b, 2 * RUN + i, 0);
+  }
+  const float corner = value(b, 0, 0);
+#pragma GCC unroll 4
+  for (int run = 0; run < 4 * RUN; ++run) {
+    const int face = run / RUN, row = (face / 2) * RUN + run % RUN, col = (face % 2) * RUN;
+    const v16u ua = widen(a, run);
+    v16f y;
+    if constexpr (BC == Bcast::NONE) {
+      y = reinterpret_cast<v16f>(widen(b, run));
+    } else if constexpr (BC == Bcast::ROW) {
+      std::memcpy(&y, line + col, sizeof y);
+    } else if constexpr (BC == Bcast::COL) {
+      y = v16f{} + line[row];
+    } else {
+      y = v16f{} + corner;
+    }
+    const v16f x = reinterpret_cast<v16f>(ua);
+    v16f r;
+    if constexpr (OP == BinaryOp::ADD) {
+      r = x + y;
+    } else if constexpr (OP == BinaryOp::SUB) {
+      r = x - y;
+    } else {
+      r = x * y;
+    }
+    v16u u = reinterpret_cast<v16u>(r);
+    const v16u x_nan = reinterpret_cast<v16u>((ua & 0x7FFFFFFFu) > 0x7F800000u);  // all ones where x is NaN
+    u = (u & ~x_nan) | ((ua | 0x00400000u) & x_nan);
+    // conv::bf16_bits, lane by lane
+    const v16u rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const v16u nan = ((u >> 16) & 0x8000u) | 0x7FC0u;
+    const v16u is_nan = reinterpret_cast<v16u>((u & 0x7FFFFFFFu) > 0x7F800000u);
+    const v16u h = (rounded & ~is_nan) | (nan & is_nan);
+    const v16u result = h << 16;
+    std::memcpy(out + row * TILE + col, &result, sizeof result);
+  }
+}
+
+template <BinaryOp OP>
+void eltwise_pages_bcast(const uint8_t* a, const uint8_t* b, Bcast bcast, float* out) {
+  switch (bcast) {
+    case Bcast::NONE: return eltwise_pages_loop<OP, Bcast::NONE>(a, b, out);
+    case Bcast::ROW: return eltwise_pages_loop<OP, Bcast::ROW>(a, b, out);
+    case Bcast::COL: return eltwise_pages_loop<OP, Bcast::COL>(a, b, out);
+    case Bcast::SCALAR: return eltwise_pages_loop<OP, Bcast::SCALAR>(a, b, out);
+  }
+  throw std::invalid_argument("unknown broadcast " + std::to_string(static_cast<int>(bcast)));
+}
+
 // ---------------------------------------------------------------------------------------- max
 
 // np.maximum(a, b) on x86-64 (numpy's maxps-based kernels, scalar and SIMD alike): a if a is NaN, else
@@ -317,6 +391,15 @@ void eltwise_tile(const float* a, const float* b, BinaryOp op, Bcast bcast, DstF
   } else {
     eltwise_op<false>(a, b, op, bcast, out);
   }
+}
+
+void eltwise_bf16_pages(const uint8_t* a, const uint8_t* b, BinaryOp op, Bcast bcast, float* out) {
+  switch (op) {
+    case BinaryOp::ADD: return eltwise_pages_bcast<BinaryOp::ADD>(a, b, bcast, out);
+    case BinaryOp::SUB: return eltwise_pages_bcast<BinaryOp::SUB>(a, b, bcast, out);
+    case BinaryOp::MUL: return eltwise_pages_bcast<BinaryOp::MUL>(a, b, bcast, out);
+  }
+  throw std::invalid_argument("unknown binary op " + std::to_string(static_cast<int>(op)));
 }
 
 void reduce_max_block(float* dst, const float* const* tiles, int n, ReduceDim dim, float scaler,

@@ -79,6 +79,8 @@ namespace py = pybind11;
 namespace ttc {
 // Memory.poison's bytes and marks for [start, end) of every bank (bind_host.cpp); whether it marked blocks
 bool poison_range(py::array data, py::array marks, int64_t start, int64_t end);
+// eltwise_tile of two packed bf16 tiles read in place into a bf16 Dst tile (eltwise.cpp)
+void eltwise_bf16_pages(const uint8_t* a, const uint8_t* b, BinaryOp op, Bcast bcast, float* out);
 }  // namespace ttc
 
 namespace ttc::program {
@@ -253,12 +255,24 @@ void unpoison_marked(const Memory& m, int64_t b, int64_t offset, int64_t size, b
 
 inline void unpoison(const Memory& m, int64_t b, int64_t offset, int64_t size, bool write) {
   if (!m.marks || size <= 0) return;
-  // a transfer over at most 8 blocks whose marks are clear (the common case: rows and tiles) needs nothing
+  // a transfer over at most 16 blocks whose marks are clear (the common case: rows and tiles, a 2 KiB tile off the
+  // block grid meets 9) needs nothing: two 8-byte loads of marks look at them (within the marks array)
   const int64_t first = offset / POISON_BLOCK, last = std::min((offset + size - 1) / POISON_BLOCK, m.blocks - 1);
-  if (last - first < 8) {
-    const uint8_t* marks = m.marks + b * m.blocks;
-    uint8_t any = 0;
-    for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block, __ATOMIC_RELAXED);
+  if (last < first) return;  // past the bank's last whole block: never marked
+  if (last - first < 16) {
+    const int64_t at = b * m.blocks + first;
+    const uint8_t* marks = m.marks + at;
+    const int64_t n = last - first + 1;
+    uint64_t any = 0;
+    if (at + 16 <= m.banks * m.blocks) {
+      uint64_t lo, hi;
+      std::memcpy(&lo, marks, 8);
+      std::memcpy(&hi, marks + 8, 8);
+      // the marks of blocks first..last: n bytes of lo then hi (little-endian)
+      any = (n >= 8 ? lo : lo & ((uint64_t{1} << (8 * n)) - 1)) | (n > 8 ? hi & (~uint64_t{0} >> (8 * (16 - n))) : 0);
+    } else {
+      for (int64_t block = first; block <= last; ++block) any |= __atomic_load_n(marks + block - first, __ATOMIC_RELAXED);
+    }
     if (!any) return;
   }
   unpoison_marked(m, b, offset, size, write);
@@ -383,7 +397,12 @@ class Core {
   // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
   // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
   // program more than its ops).
-  Core(Run& run, ThreadAcc& acc, size_t scratch = 0) : R(run), E(run.E), T(acc), scratch_set(scratch) {
+  Core(Run& run, ThreadAcc& acc, size_t scratch = 0)
+      : R(run), E(run.E), T(acc), scratch_set(scratch), temps(thread_temps()), offs(temps.offs), pages(temps.pages),
+        located_bank(temps.located_bank), located_offset(temps.located_offset), wanted(temps.wanted),
+        tiles_a(temps.tiles_a), tiles_b(temps.tiles_b), ptr_a(temps.ptr_a), ptr_b(temps.ptr_b),
+        pages_a(temps.pages_a), pages_b(temps.pages_b), half_a(temps.half_a), half_b(temps.half_b),
+        ptr_dst(temps.ptr_dst) {
     swap_scratch();
     regs.assign(E.n_regs, 0);
     agens.assign(E.n_agens, AddrGen{});
@@ -419,34 +438,41 @@ class Core {
   int64_t position = 0;
   int cur_kernel = -1;
   int64_t cur_op = -1;
-  // scratch
-  std::vector<int64_t> offs, pages, located_bank, located_offset;
-  std::vector<uint8_t> wanted;
-  std::vector<float> tiles_a, tiles_b;
-  std::vector<const float*> ptr_a, ptr_b;
-  std::vector<const uint8_t*> pages_a, pages_b;
-  std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
-  std::vector<float*> ptr_dst;
+  // Temporaries of one op (nothing in them outlives the op): the thread's, shared by every core the thread runs
+  // (a lockstep program's cores too, which so find them in cache instead of each touching its own set).
+  struct Temps {
+    std::vector<int64_t> offs, pages, located_bank, located_offset;
+    std::vector<uint8_t> wanted;
+    std::vector<float> tiles_a, tiles_b;
+    std::vector<const float*> ptr_a, ptr_b;
+    std::vector<const uint8_t*> pages_a, pages_b;
+    std::vector<const uint16_t*> half_a, half_b;  // bf16 pages, read with memcpy (any alignment)
+    std::vector<float*> ptr_dst;
+  };
+  static Temps& thread_temps() {
+    thread_local Temps temps;
+    return temps;
+  }
+  Temps& temps;
+  std::vector<int64_t>&offs, &pages, &located_bank, &located_offset;
+  std::vector<uint8_t>& wanted;
+  std::vector<float>&tiles_a, &tiles_b;
+  std::vector<const float*>&ptr_a, &ptr_b;
+  std::vector<const uint8_t*>&pages_a, &pages_b;
+  std::vector<const uint16_t*>&half_a, &half_b;
+  std::vector<float*>& ptr_dst;
 
+  // The core's own state that outlives an op (registers, address generators, Dst), kept per scratch set.
   void swap_scratch() {
     struct Kept {
-      std::vector<int64_t> regs, offs, pages, located_bank, located_offset;
+      std::vector<int64_t> regs;
       std::vector<AddrGen> agens;
-      std::vector<float> dst, tiles_a, tiles_b;
-      std::vector<uint8_t> wanted;
-      std::vector<const float*> ptr_a, ptr_b;
-      std::vector<const uint8_t*> pages_a, pages_b;
-      std::vector<const uint16_t*> half_a, half_b;
-      std::vector<float*> ptr_dst;
+      std::vector<float> dst;
     };
     thread_local std::vector<std::unique_ptr<Kept>> sets;
     while (sets.size() <= scratch_set) sets.push_back(std::make_unique<Kept>());
     Kept& kept = *sets[scratch_set];
-    regs.swap(kept.regs), offs.swap(kept.offs), pages.swap(kept.pages);
-    located_bank.swap(kept.located_bank), located_offset.swap(kept.located_offset), agens.swap(kept.agens);
-    dst.swap(kept.dst), tiles_a.swap(kept.tiles_a), tiles_b.swap(kept.tiles_b), wanted.swap(kept.wanted);
-    ptr_a.swap(kept.ptr_a), ptr_b.swap(kept.ptr_b), pages_a.swap(kept.pages_a), pages_b.swap(kept.pages_b);
-    half_a.swap(kept.half_a), half_b.swap(kept.half_b), ptr_dst.swap(kept.ptr_dst);
+    regs.swap(kept.regs), agens.swap(kept.agens), dst.swap(kept.dst);
   }
 
   // -- scheduler ----------------------------------------------------------------------------------
@@ -493,12 +519,14 @@ class Core {
     for (int64_t i = 0; i < n; ++i)
       if (o[i] < 0 || o[i] >= window) fail(WINDOW, index, {o[i], window, front ? 1 : 0}, stage);
   }
-  int64_t front_slot(int64_t index, int64_t offset) const {
-    return floormod(cb[index].front + offset, E.cbs[index].pages);
+  // floormod(at, pages) of a ring pointer plus an offset: both in [0, pages) as a rule (a pointer, a checked window
+  // offset or a count of at most the pages), so one subtraction does it instead of a division
+  static int64_t ring(int64_t at, int64_t pages) {
+    if (pages > 0 && static_cast<uint64_t>(at) < 2 * static_cast<uint64_t>(pages)) return at >= pages ? at - pages : at;
+    return floormod(at, pages);
   }
-  int64_t back_slot(int64_t index, int64_t offset) const {
-    return floormod(cb[index].back + offset, E.cbs[index].pages);
-  }
+  int64_t front_slot(int64_t index, int64_t offset) const { return ring(cb[index].front + offset, E.cbs[index].pages); }
+  int64_t back_slot(int64_t index, int64_t offset) const { return ring(cb[index].back + offset, E.cbs[index].pages); }
   void page_range(int64_t first, int64_t count) {
     offs.resize(std::max<int64_t>(count, 0));
     for (int64_t i = 0; i < count; ++i) offs[i] = first + i;
@@ -565,6 +593,25 @@ class Core {
     if (offset < 0 || size < 0 || offset + size > g.page_size)
       fail(SEGMENT_OUTSIDE, index, {size, offset, g.page_size}, stage);
     if (size > E.cbs[index].page_size) fail(SEGMENT_CB, index, {size, E.cbs[index].page_size}, stage + 1);
+  }
+  // The located pages' first lines (`data`) and their poison marks (unpoison's look at them) are fetched ahead
+  // of the copies, so that their cache misses overlap (marks of pages all over a memory miss as often as the
+  // pages do).
+  void prefetch_pages(const Memory& m, int64_t n, bool data) {
+    if (!data && !m.marks) return;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = located_bank[i], offset = located_offset[i];
+      if (b < 0 || b >= m.banks || offset < 0 || offset >= m.capacity) continue;
+      if (data) __builtin_prefetch(m.data + b * m.stride + offset);
+      if (m.marks && offset / POISON_BLOCK < m.blocks) __builtin_prefetch(m.marks + b * m.blocks + offset / POISON_BLOCK);
+    }
+  }
+  // The lines of a page (up to 4 KiB of it) about to be copied, fetched while the page before it is copied (a
+  // tile's lines from a cold bank would otherwise miss one after the other).
+  static void prefetch_page(const Memory& m, int64_t b, int64_t offset, int64_t size) {
+    if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) return;
+    const uint8_t* p = m.data + b * m.stride + offset;
+    for (int64_t at = 0; at < std::min<int64_t>(size, 4096); at += 64) __builtin_prefetch(p + at);
   }
   enum CountMode { COUNT_STATIC, COUNT_MASKED };
   // With `segmented`: a row segment (bytes seg_offset.. of each page, seg_size of them) to the start of each CB
@@ -693,6 +740,10 @@ void Core::start(int64_t index) {
     k[i] = KernelState{};
     k[i].pc = E.kernel_start[i];
   }
+  for (int i = 0; i < KERNELS; ++i) {  // the core's runtime arguments (cold: a program's are read once per run)
+    const int64_t at = E.arg_offsets[i][core];
+    if (at < E.arg_offsets[i][core + 1]) __builtin_prefetch(E.arg_values[i].data() + at);
+  }
   dst_state = RELEASED;
   dst_half = 1;
   dst_written = 0xFFFF;  // Dst holds what the last program left: every slot is NaN-filled when acquired
@@ -761,7 +812,7 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
   }
   bool faulted = false;
   // runs fn on every core (all of them, so that every core faulting at this op is recorded)
-  auto each = [&](const std::function<void(Core&)>& fn) {
+  auto each = [&](auto&& fn) {
     for (auto& c : cs) {
       try {
         fn(*c);
@@ -968,7 +1019,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       if (!R.unlanded.empty() && R.unlanded[core * NUM_CBS + f[2]]) fail(PUSH_UNLANDED, f[2], {});
       s.filled += n;
       s.reserved -= n;
-      s.back = floormod(s.back + n, c.pages);
+      s.back = ring(s.back + n, c.pages);
       return;
     }
     case CB_WAIT_FRONT: {
@@ -992,7 +1043,7 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       if (K.pending_writes & (1u << f[2])) fail(POP_PENDING_WRITES, f[2], {});
       s.filled -= n;
       s.waited -= n;
-      s.front = floormod(s.front + n, c.pages);
+      s.front = ring(s.front + n, c.pages);
       return;
     }
     // -- data movement
@@ -1237,11 +1288,8 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
   for (int64_t i = 0; i < n; ++i)
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
-  if (!segmented && g.page_size <= 256)  // small pages (rows) from all over the memory: their misses overlap
-    for (int64_t i = 0; i < n; ++i)
-      if (located_bank[i] >= 0 && located_bank[i] < m.banks && located_offset[i] >= 0 &&
-          located_offset[i] < m.capacity)
-        __builtin_prefetch(m.data + located_bank[i] * m.stride + located_offset[i]);
+  // small pages (rows) from all over the memory, and the poison marks of any pages: their misses overlap
+  prefetch_pages(m, n, !segmented && g.page_size <= 256);
   int64_t moved = 0, local = 0;
   const CBConfig& config = E.cbs[cb_index];
   const int64_t cb_page = config.page_size;
@@ -1260,6 +1308,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
       continue;
     }
     if (w) {
+      if (g.page_size > 256 && i + 1 < n) prefetch_page(m, located_bank[i + 1], located_offset[i + 1], g.page_size);
       move_bytes(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
@@ -1405,10 +1454,14 @@ void Core::op_noc_write_tiles(int kernel, const Instr& in) {
   located_offset.resize(n);
   int64_t moved = 0, local = 0, lo = 0, hi = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (ragged && !((i % cols) < valid)) continue;
+    if (ragged && !((i % cols) < valid)) {
+      located_bank[i] = -1;  // not written
+      continue;
+    }
     locate(g, sh, pages[i], WRITE, index, 3, 0, ragged, located_bank[i], located_offset[i]);
   }
   const Memory& m = R.mem[g.memory];
+  prefetch_pages(m, n, false);
   for (int64_t i = 0; i < n; ++i) {
     if (ragged && !((i % cols) < valid)) continue;
     const uint8_t* slot = slot_ptr(index, front_slot(index, cb_offset + i));
@@ -1448,6 +1501,7 @@ void Core::op_noc_write_rows(int kernel, const Instr& in) {
                    " waited pages",
                index);
     const Memory& m = R.mem[g.memory];
+    prefetch_pages(m, valid, false);
     int64_t lo = 0, hi = 0;
     for (int64_t j = 0; j < valid; ++j) {
       const uint8_t* slot = slot_ptr(index, front_slot(index, j));
@@ -1616,10 +1670,19 @@ void Core::op_binary(const Instr& in) {
   int64_t base = math_slots<false>(f[14], n);
   config(f[3]);
   tile_block(f[4], f[12], f[13], f[5], f[6]);
-  unpack_front(f[3], tiles_a);
+  Format fa = front_pages(f[3], pages_a);
   config(f[7]);
   tile_block(f[8], f[12], f[13], f[9], f[10]);
-  unpack_front(f[7], tiles_b);
+  Format fb = front_pages(f[7], pages_b);
+  if (fa == Format::BF16 && fb == Format::BF16 && E.dst == DstFormat::BF16) {  // bf16 pages read in place
+    for (int64_t i = 0; i < n; ++i)
+      eltwise_bf16_pages(pages_a[i], pages_b[i], static_cast<BinaryOp>(f[2]), static_cast<Bcast>(f[11]),
+                         dst_tile(base + i));
+    counters.charge(f[15]);
+    return;
+  }
+  unpack_pages(pages_a, fa, tiles_a);
+  unpack_pages(pages_b, fb, tiles_b);
   for (int64_t i = 0; i < n; ++i)
     eltwise_tile(tiles_a.data() + i * TILE_ELEMS, tiles_b.data() + i * TILE_ELEMS, static_cast<BinaryOp>(f[2]),
                  static_cast<Bcast>(f[11]), E.dst, dst_tile(base + i));

@@ -249,6 +249,28 @@ def test_eltwise(seed: int, kind_a: str, kind_b: str, op: str, bcast: str, dst: 
     same_bits(np.where(undefined, 0, got), np.where(undefined, 0, want))
 
 
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["add", "sub", "mul"]),
+       st.sampled_from(list(interpreter._BROADCAST)), st.integers(1, 3))
+def test_eltwise_bf16_pages(seed: int, op: str, bcast: str, n: int):
+    """The executor's binary_tiles on bf16 CB pages read in place (a bf16 Dst): every bf16 bit pattern can occur
+    (NaNs, infs, subnormals), the same bits as unpacking the pages and then eltwise (the definition's operands)."""
+    rng = np.random.default_rng(seed)
+    bf16 = code(DataFormat.BFLOAT16)
+    pages = [rng.integers(0, 256, size=(n, 2048), dtype=np.uint8) for _ in range(2)]
+    if rng.random() < 0.5:  # mostly ordinary values: exponents near 1
+        for p in pages:
+            p[:, 1::2] = rng.integers(0x3C, 0x42, size=(n, 1024), dtype=np.uint8) | (p[:, 1::2] & 0x80)
+    a, b = (N.unpack_tiles(p, bf16) for p in pages)
+    got = N.eltwise_bf16_pages(pages[0], pages[1], N.BINARY_OP_CODES[op], N.BCAST_CODES[bcast])
+    same_bits(got, N.eltwise(a, b, N.BINARY_OP_CODES[op], N.BCAST_CODES[bcast], N.DST_FORMAT_CODES["bf16"]))
+    rhs = b[interpreter._BROADCAST[bcast]]
+    with np.errstate(all="ignore"):
+        want = numerics.eltwise_binary(a, rhs, op, "bf16")
+    undefined = both_nan(a, np.broadcast_to(rhs, a.shape))
+    same_bits(np.where(undefined, 0, got), np.where(undefined, 0, want))
+
+
 @pytest.mark.parametrize("dst", DSTS)
 def test_eltwise_two_nans_take_the_first(dst: str):
     """Both operands NaN: the first one's bits (quieted, then rounded), as x86 and numpy's same-shape tiles."""
