@@ -590,6 +590,37 @@ def matmul_reader(op: Operation, shape: MatmulShape, s: Schedule, a_step: int, b
     return k.region()
 
 
+def product_epilogue(k: KernelBuilder, op: Operation, shape: MatmulShape, h: int, w: int, has_bias: bool,
+                     activation: str, origin: Callable[[], tuple[Index, Index]]) -> None:
+    """A finished h x w subblock in Dst, up to its pack: the bias (packed as the unfused linear wrote it, then the
+    row-broadcast add), the activation, the masks of padding rows and columns (`origin` gives the subblock's first
+    tile row and column, emitted only when masking) and the residual (packed, then the unfused eltwise's add: zero
+    padding stays zero) with its activation. The unsplit kernel's and the K split's last core's."""
+    tiles = h * w
+    mask_rows, mask_cols = matmul_masks(op)
+    if has_bias:
+        k.pack_block(CB_BIASED, tiles)
+        k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
+        k.op("cb_wait_front", cb=CB_BIAS, pages=w)
+        k.op("tile_regs_acquire")
+        k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_BIAS, b_row_stride=0,
+             bcast="row", rows=h, cols=w)
+        k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
+        k.op("cb_pop_front", cb=CB_BIAS, pages=w)
+    if activation != "none":
+        k.op("sfpu_tiles", fn=activation, count=tiles)
+    if mask_rows or mask_cols:
+        row_tile, col_tile = origin()
+        k.op("mask_tiles", row_tile, col_tile, rows=h, cols=w,
+             valid_rows=shape.rows if mask_rows else shape.mt * TILE,
+             valid_cols=shape.cols if mask_cols else shape.nt * TILE)
+    if ttir.linear_residual(op) is not None:
+        packed_add(k, CB_BIASED, CB_RESIDUAL, h, w, packed_first=True)
+        residual_activation = op.attributes.get("residual_activation", "none")
+        if residual_activation != "none":
+            k.op("sfpu_tiles", fn=residual_activation, count=tiles)
+
+
 def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: bool, activation: str,
                    in0_ready: Callable[[KernelBuilder], None] | None = None,
                    pack_out: Callable[[KernelBuilder, int, int], None] | None = None):
@@ -600,38 +631,16 @@ def matmul_compute(op: Operation, shape: MatmulShape, s: Schedule, has_bias: boo
     h, w, width = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"]
     sh, sw = b["per_core_m"] // h, b["per_core_n"] // w
     k_blocks = shape.kt // width
-    mask_rows, mask_cols = matmul_masks(op)
     chunk_blocks = accumulation_tiles(shape.kt) // width  # K blocks per accumulation chunk
     chunks = k_blocks // chunk_blocks
-    has_residual = ttir.linear_residual(op) is not None
-    residual_activation = op.attributes.get("residual_activation", "none")
     k = KernelBuilder(op.loc)
     tiles = h * w
     matmul = {"cb_a": CB_IN0, "a_row_stride": width, "cb_b": CB_IN1, "b_row_stride": w, "inner": width,
               "rows": h, "cols": w, "fidelity": s.fidelity}
 
     def epilogue(row: Index, col: Index) -> None:
-        if has_bias:
-            k.pack_block(CB_BIASED, tiles)
-            k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_wait_front", cb=CB_BIAS, pages=w)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_BIAS, b_row_stride=0,
-                 bcast="row", rows=h, cols=w)
-            k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_pop_front", cb=CB_BIAS, pages=w)
-        if activation != "none":
-            k.op("sfpu_tiles", fn=activation, count=tiles)
-        if mask_rows or mask_cols:
-            row_tile = k.affine(k.arg(0), (row, h))
-            col_tile = k.affine(k.arg(1), (col, w))
-            k.op("mask_tiles", row_tile, col_tile, rows=h, cols=w,
-                 valid_rows=shape.rows if mask_rows else shape.mt * TILE,
-                 valid_cols=shape.cols if mask_cols else shape.nt * TILE)
-        if has_residual:  # packed as the unfused linear wrote it, then the unfused eltwise's add (zero padding
-            packed_add(k, CB_BIASED, CB_RESIDUAL, h, w, packed_first=True)  # stays zero: residuals keep zero)
-            if residual_activation != "none":
-                k.op("sfpu_tiles", fn=residual_activation, count=tiles)
+        product_epilogue(k, op, shape, h, w, has_bias, activation,
+                         lambda: (k.affine(k.arg(0), (row, h)), k.affine(k.arg(1), (col, w))))
         if pack_out is not None:
             pack_out(k, h, w)
         else:

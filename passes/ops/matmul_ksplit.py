@@ -360,7 +360,7 @@ def ksplit_compute(op: Operation, shape, s: Schedule):
     """The unsplit compute kernel's chunks over the core's K range, each chunk's sum kept (CB_SUMS) and sent
     (CB_SEND); then per subblock the unsplit chain of adds over the block's C chunk sums in K order (the gathered
     ones, then the core's own), and the unsplit epilogue."""
-    from ttc.passes.ops.matmul import accumulation_tiles, matmul_masks, packed_add
+    from ttc.passes.ops.matmul import accumulation_tiles, product_epilogue
 
     b = s.blocking
     h, w, width, split = b["out_subblock_h"], b["out_subblock_w"], b["in0_block_w"], b[KSPLIT]
@@ -371,8 +371,6 @@ def ksplit_compute(op: Operation, shape, s: Schedule):
     tiles = h * w
     has_bias = ttir.linear_bias(op) is not None
     activation = op.attributes.get("activation", "none")
-    residual_activation = op.attributes.get("residual_activation", "none")
-    mask_rows, mask_cols = matmul_masks(op)
     k = KernelBuilder(op.loc)
     matmul = {"cb_a": CB_IN0, "a_row_stride": width, "cb_b": CB_IN1, "b_row_stride": w, "inner": width,
               "rows": h, "cols": w, "fidelity": s.fidelity}
@@ -425,25 +423,8 @@ def ksplit_compute(op: Operation, shape, s: Schedule):
             if chunk is not sums[-1]:
                 k.pack_block(CB_TOTAL, tiles)
                 total = (CB_TOTAL, 0)
-        if has_bias:  # the unsplit epilogue (matmul_compute)
-            k.pack_block(CB_BIASED, tiles)
-            k.op("cb_wait_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_wait_front", cb=CB_BIAS, pages=w)
-            k.op("tile_regs_acquire")
-            k.op("binary_tiles", op="add", cb_a=CB_BIASED, a_row_stride=w, cb_b=CB_BIAS, b_row_stride=0,
-                 bcast="row", rows=h, cols=w)
-            k.op("cb_pop_front", cb=CB_BIASED, pages=tiles)
-            k.op("cb_pop_front", cb=CB_BIAS, pages=w)
-        if activation != "none":
-            k.op("sfpu_tiles", fn=activation, count=tiles)
-        if mask_rows or mask_cols:
-            k.op("mask_tiles", k.add(k.arg(0), row * h), k.add(k.arg(1), col * w), rows=h, cols=w,
-                 valid_rows=shape.rows if mask_rows else shape.mt * TILE,
-                 valid_cols=shape.cols if mask_cols else shape.nt * TILE)
-        if ttir.linear_residual(op) is not None:
-            packed_add(k, CB_BIASED, CB_RESIDUAL, h, w, packed_first=True)
-            if residual_activation != "none":
-                k.op("sfpu_tiles", fn=residual_activation, count=tiles)
+        product_epilogue(k, op, shape, h, w, has_bias, activation,  # the unsplit epilogue (matmul_compute)
+                         lambda: (k.add(k.arg(0), row * h), k.add(k.arg(1), col * w)))  # noqa: B023 (called now)
         k.pack_block(CB_OUT, tiles)
     k.op("cb_pop_front", cb=CB_GATHER, pages=gathered * block_tiles)
     k.op("cb_pop_front", cb=CB_SUMS, pages=per_core * block_tiles)

@@ -116,10 +116,9 @@ def test_a_fused_lookup_is_never_offered_the_k_split() -> None:
     """ResNet-50's stage-4 3x3 convolution at batch 1 (49 x 4608 @ 4608 x 512): its product alone is offered K
     splits (few output blocks), the fused lookup's product is not (its reader gathers rows, the split's reads
     tiles: matmul_ksplit.py)."""
+    from ttc.ir.dialects.tt import LayoutAttr
     from ttc.passes.ops.matmul import matmul_candidates
     from ttc.passes.ops.matmul_ksplit import is_ksplit
-
-    from ttc.ir.dialects.tt import LayoutAttr
 
     def t(shape: tuple[int, ...], dtype: str, *layout: str) -> TensorType:
         return TensorType(shape, ScalarType(dtype), LayoutAttr(*layout))
