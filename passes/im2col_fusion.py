@@ -17,11 +17,16 @@ im2col matrix is gone, the sticks live until the product). Otherwise both stay a
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+
 from ttc.ir.attributes import fuse_locations
 from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader, recorded_cycles
+from ttc.passes.ops.counting import constant_of
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import is_row_major, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
@@ -62,14 +67,47 @@ def fused_op(lookup: Operation, product: Operation) -> Operation:
                      loc=fuse_locations(lookup.loc, product.loc))
 
 
-def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights,
-            multicast: bool = True) -> tuple | None:
-    """Replay the function's L1 with `fused` in `ops` (as the attention step does): the cheapest candidate of
-    `fused` that fits (grid, blocking, cost; without multicast plans unless `multicast`), or None when it has none
-    or another program no longer fits."""
-    from ttc.ir.diagnostics import UserError
-    from ttc.passes.grid import LiveL1, ranked
+def ranking(op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights, memo: dict,
+            multicast: bool = True) -> list:
+    """`op`'s candidates (grid, blocking, cost), cheapest first (`grid.ranked`; without multicast plans unless
+    `multicast`). `memo` (one function's fusions) keeps the ranking of each signature: the op's types and
+    attributes (`grid.matmul_signature`) and the contents of the index table a fused lookup reads (its counts
+    read the rows the entries select), so the same convolution in every block of a stage is ranked once."""
+    from ttc.passes.grid import matmul_signature, ranked
 
+    key = (matmul_signature(op), fidelity, multicast, *(table_digest(v, weights) for v in index_tables(op)))
+    if key not in memo:
+        memo[key] = [c for c in ranked(op, device, fidelity, max_cores, weights) if multicast or not is_mcast(c[1])]
+    return memo[key]
+
+
+def index_tables(op: Operation) -> list:
+    """The constant operands whose contents `op`'s counts read: a fused lookup's index table."""
+    return [op.operands[1]] if op.name == ttir.IM2COL_LINEAR.name else []
+
+
+def table_digest(value, weights) -> tuple | None:
+    """What identifies a constant's contents (None: not at hand, the counts assume every row is read)."""
+    table = constant_of(value, weights)
+    if table is None:
+        return None
+    return table.dtype.str, table.shape, hashlib.blake2b(np.ascontiguousarray(table).tobytes()).digest()
+
+
+def cheaper(candidates: list, cycles: float) -> list:
+    """The candidates (cheapest first) that cost fewer modelled cycles than `cycles`: the only ones a fusion
+    may choose, so with none left the L1 replay is skipped."""
+    return [c for c in candidates if c[2].cycles < cycles]
+
+
+def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, candidates: list) -> tuple | None:
+    """Replay the function's L1 with `fused` in `ops` (as the attention step does): the first of `candidates`
+    (grid, blocking, cost; cheapest first) that fits, or None when none does or another program no longer fits."""
+    from ttc.ir.diagnostics import UserError
+    from ttc.passes.grid import LiveL1
+
+    if not candidates:
+        return None
     live = LiveL1.of(ops, device, max_cores)
     chosen = None
     for index, op in enumerate(ops):
@@ -78,8 +116,8 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
             continue
         budget = live.budget(op)
         if op is fused:
-            for grid, blocking, cost in ranked(op, device, fidelity, max_cores, weights):
-                if (multicast or not is_mcast(blocking)) and l1_footprint(op, device, blocking) <= budget:
+            for grid, blocking, cost in candidates:
+                if l1_footprint(op, device, blocking) <= budget:
                     chosen = (grid, blocking, cost)
                     break
             if chosen is None:
@@ -97,6 +135,7 @@ def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights, multicast: bo
     """Replace each im2col lookup and its product by one program where it fits L1 and the cost model prefers it;
     the number replaced."""
     fused_count = 0
+    memo: dict = {}
     for lookup in [op for op in func.body.ops if op.name == ttir.EMBEDDING.name]:
         product = match(lookup)
         if product is None or GRID not in product.attributes or GRID not in lookup.attributes:
@@ -105,9 +144,10 @@ def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights, multicast: bo
         body = func.body
         product.result.replace_all_uses_with(fused.result)
         trial = [fused if op is product else op for op in body.ops if op is not lookup]
-        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, multicast)
         unfused = recorded_cycles([lookup, product])
-        if chosen is None or chosen[2].cycles >= unfused:
+        candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo, multicast)
+        chosen = fits_l1(trial, fused, device, max_cores, cheaper(candidates, unfused))
+        if chosen is None:
             fused.result.replace_all_uses_with(product.result)
             fused.drop_operands()
             continue

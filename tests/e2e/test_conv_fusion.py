@@ -197,3 +197,55 @@ def test_the_fused_op_verifies_its_shapes() -> None:
     with pytest.raises(VerifyError, match="tile rows"):
         ttir.IM2COL_LINEAR.verify(op((64, 32), (9, 2, 32), (288, 16), (80, 16)))
 
+
+
+def test_the_fusions_rank_each_signature_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Two identical bottlenecks in a row, fused wherever L1 holds it: their fused candidates are ranked once per signature (the second
+    bottleneck's from the memo), and the artifact is the bytes of a compile ranking every candidate afresh. Index
+    tables of other contents never share a ranking."""
+    bottleneck = chain_model(2, 48, 15, 15, 48, 3, 1, 1)
+    second = onnx.ModelProto()
+    second.CopyFrom(bottleneck)
+    graph = second.graph
+    for node in list(bottleneck.graph.node):
+        copy = graph.node.add()
+        copy.CopyFrom(node)
+        copy.name = node.name + ".2"
+        copy.input[:] = [name if name.endswith((".w", ".b")) else ("y" if name == "x" else name + ".2")
+                         for name in node.input]
+        copy.output[:] = [name + ".2" for name in node.output]
+    graph.output[0].name = "y.2"
+    from ttc.passes import grid
+
+    fused = {ttir.IM2COL_LINEAR.name, ttir.LINEAR.name}
+    ranked = grid.ranked
+    calls: list[str] = []
+
+    def counting(op, *args, **kwargs):
+        calls.append(op.name)
+        return ranked(op, *args, **kwargs)
+
+    def compile_to(path, afresh: bool) -> bytes:
+        with monkeypatch.context() as patch:
+            patch.setattr(grid, "ranked", counting)
+            force_fusion(patch)
+            if afresh:
+                for module in (im2col_fusion, untilize_fusion):
+                    patch.setattr(module, "ranking", lambda *a, original=im2col_fusion.ranking, **k:
+                                  original(*a[:5], {}, *a[6:], **k))
+            compiled = compile_with_plans(second)[1]
+        assert "im2col_matmul" in kinds(compiled)
+        compiled.save(path)
+        return path.read_bytes()
+
+    memoized = compile_to(tmp_path / "memo.ttc", afresh=False)
+    memo_calls = [name for name in calls if name in fused]
+    calls.clear()
+    assert compile_to(tmp_path / "afresh.ttc", afresh=True) == memoized
+    assert len([name for name in calls if name in fused]) > len(memo_calls)
+
+    tables = {"a": np.arange(6, dtype=np.int32), "b": np.arange(6, dtype=np.int32), "c": np.arange(6, dtype=np.int32) - 1}
+    monkeypatch.setattr(im2col_fusion, "constant_of", lambda value, weights: weights.get(value))
+    assert im2col_fusion.table_digest("a", tables) == im2col_fusion.table_digest("b", tables)
+    assert im2col_fusion.table_digest("a", tables) != im2col_fusion.table_digest("c", tables)
+    assert im2col_fusion.table_digest("d", tables) is None
