@@ -26,9 +26,9 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader, recorded_cycles
-from ttc.passes.ops.counting import constant_of
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import is_row_major, tensor
+from ttc.passes.ops.im2col_matmul import rows_read
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
 from ttc.passes.ops.matmul_mcast import is_mcast
 from ttc.passes.ops.registry import l1_footprint, op_kind
@@ -71,27 +71,21 @@ def ranking(op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, we
             multicast: bool = True) -> list:
     """`op`'s candidates (grid, blocking, cost), cheapest first (`grid.ranked`; without multicast plans unless
     `multicast`). `memo` (one function's fusions) keeps the ranking of each signature: the op's types and
-    attributes (`grid.matmul_signature`) and the contents of the index table a fused lookup reads (its counts
-    read the rows the entries select), so the same convolution in every block of a stage is ranked once."""
+    attributes (`grid.matmul_signature`) and, for a fused lookup, the rows its index table reads
+    (`im2col_matmul.rows_read`, all its counts look at in the table), so the same convolution in every block of
+    a stage, and every chunk of a batch split into row chunks, is ranked once."""
     from ttc.passes.grid import matmul_signature, ranked
 
-    key = (matmul_signature(op), fidelity, multicast, *(table_digest(v, weights) for v in index_tables(op)))
+    read = rows_read(op.operands[1], weights) if op.name == ttir.IM2COL_LINEAR.name else None
+    key = (matmul_signature(op), fidelity, multicast, None if read is None else digest(read))
     if key not in memo:
         memo[key] = [c for c in ranked(op, device, fidelity, max_cores, weights) if multicast or not is_mcast(c[1])]
     return memo[key]
 
 
-def index_tables(op: Operation) -> list:
-    """The constant operands whose contents `op`'s counts read: a fused lookup's index table."""
-    return [op.operands[1]] if op.name == ttir.IM2COL_LINEAR.name else []
-
-
-def table_digest(value, weights) -> tuple | None:
-    """What identifies a constant's contents (None: not at hand, the counts assume every row is read)."""
-    table = constant_of(value, weights)
-    if table is None:
-        return None
-    return table.dtype.str, table.shape, hashlib.blake2b(np.ascontiguousarray(table).tobytes()).digest()
+def digest(array: np.ndarray) -> tuple:
+    """What identifies an array's contents."""
+    return array.dtype.str, array.shape, hashlib.blake2b(np.ascontiguousarray(array).tobytes()).digest()
 
 
 def cheaper(candidates: list, cycles: float) -> list:

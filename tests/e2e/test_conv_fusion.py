@@ -202,7 +202,7 @@ def test_the_fused_op_verifies_its_shapes() -> None:
 def test_the_fusions_rank_each_signature_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """Two identical bottlenecks in a row, fused wherever L1 holds it: their fused candidates are ranked once per signature (the second
     bottleneck's from the memo), and the artifact is the bytes of a compile ranking every candidate afresh. Index
-    tables of other contents never share a ranking."""
+    tables share a ranking when they read the same rows of each tile row, all the counts look at."""
     bottleneck = chain_model(2, 48, 15, 15, 48, 3, 1, 1)
     second = onnx.ModelProto()
     second.CopyFrom(bottleneck)
@@ -244,8 +244,14 @@ def test_the_fusions_rank_each_signature_once(monkeypatch: pytest.MonkeyPatch, t
     assert compile_to(tmp_path / "afresh.ttc", afresh=True) == memoized
     assert len([name for name in calls if name in fused]) > len(memo_calls)
 
-    tables = {"a": np.arange(6, dtype=np.int32), "b": np.arange(6, dtype=np.int32), "c": np.arange(6, dtype=np.int32) - 1}
-    monkeypatch.setattr(im2col_fusion, "constant_of", lambda value, weights: weights.get(value))
-    assert im2col_fusion.table_digest("a", tables) == im2col_fusion.table_digest("b", tables)
-    assert im2col_fusion.table_digest("a", tables) != im2col_fusion.table_digest("c", tables)
-    assert im2col_fusion.table_digest("d", tables) is None
+    # chunks of a batch read other rows of the sticks (other entries) but the same rows of each tile row
+    tables = {"a": np.array([[[0, 1, -1], [2, 3, 4]]]), "b": np.array([[[7, 8, -1], [9, 5, 6]]]),
+              "c": np.array([[[0, -1, -1], [2, 3, 4]]])}
+    monkeypatch.setattr(im2col_matmul, "constant_of", lambda value, weights: weights.get(value))
+
+    def key(name: str):
+        read = im2col_matmul.rows_read(name, tables)
+        return None if read is None else im2col_fusion.digest(read)
+
+    assert key("a") == key("b") != key("c")
+    assert key("d") is None
