@@ -26,6 +26,7 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader, recorded_cycles
+from ttc.passes.cost_model import estimate
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import is_row_major, tensor
 from ttc.passes.ops.im2col_matmul import rows_read
@@ -67,19 +68,50 @@ def fused_op(lookup: Operation, product: Operation) -> Operation:
                      loc=fuse_locations(lookup.loc, product.loc))
 
 
+class Ranking:
+    """The placed candidates of one fused-op signature (without multicast plans unless `multicast`), each costed
+    when first asked: `cheapest` is the candidate `grid.ranked`'s order puts first among those that fit a budget
+    (fewest modelled cycles by `tie_break`, ties in enumeration order), and costs none of those that do not."""
+
+    def __init__(self, op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights,
+                 multicast: bool) -> None:
+        from ttc.passes.grid import placements
+
+        self.device, self.fidelity, self.weights = device, fidelity, weights
+        self.placed = [(grid, blocking) for grid, blocking in placements(op, device, max_cores)
+                       if multicast or not is_mcast(blocking)]
+        self.costs: dict[int, object] = {}
+
+    def cost(self, op: Operation, index: int):
+        if index not in self.costs:
+            grid, blocking = self.placed[index]
+            self.costs[index] = estimate(op, op_kind(op) or "", self.device, grid, blocking, self.fidelity,
+                                         weights=self.weights)
+        return self.costs[index]
+
+    def cheapest(self, op: Operation, budget: int) -> tuple | None:
+        """(grid, blocking, cost) of the cheapest candidate whose footprint fits `budget`; None when none does."""
+        from ttc.passes.grid import tie_break
+
+        fitting = [i for i, (_, blocking) in enumerate(self.placed) if l1_footprint(op, self.device, blocking) <= budget]
+        if not fitting:
+            return None
+        best = min(fitting, key=lambda i: (tie_break(self.cost(op, i)), i))
+        return (*self.placed[best], self.costs[best])
+
+
 def ranking(op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights, memo: dict,
-            multicast: bool = True) -> list:
-    """`op`'s candidates (grid, blocking, cost), cheapest first (`grid.ranked`; without multicast plans unless
-    `multicast`). `memo` (one function's fusions) keeps the ranking of each signature: the op's types and
-    attributes (`grid.matmul_signature`) and, for a fused lookup, the rows its index table reads
-    (`im2col_matmul.rows_read`, all its counts look at in the table), so the same convolution in every block of
-    a stage, and every chunk of a batch split into row chunks, is ranked once."""
-    from ttc.passes.grid import matmul_signature, ranked
+            multicast: bool = True) -> Ranking:
+    """`op`'s candidates (`Ranking`). `memo` (one function's fusions) keeps them, and the costs asked so far, by
+    signature: the op's types and attributes (`grid.matmul_signature`) and, for a fused lookup, the rows its
+    index table reads (`im2col_matmul.rows_read`, all its counts look at in the table), so the same convolution
+    in every block of a stage is costed once."""
+    from ttc.passes.grid import matmul_signature
 
     read = rows_read(op.operands[1], weights) if op.name == ttir.IM2COL_LINEAR.name else None
     key = (matmul_signature(op), fidelity, multicast, None if read is None else digest(read))
     if key not in memo:
-        memo[key] = [c for c in ranked(op, device, fidelity, max_cores, weights) if multicast or not is_mcast(c[1])]
+        memo[key] = Ranking(op, device, max_cores, fidelity, weights, multicast)
     return memo[key]
 
 
@@ -88,20 +120,14 @@ def digest(array: np.ndarray) -> tuple:
     return array.dtype.str, array.shape, hashlib.blake2b(np.ascontiguousarray(array).tobytes()).digest()
 
 
-def cheaper(candidates: list, cycles: float) -> list:
-    """The candidates (cheapest first) that cost fewer modelled cycles than `cycles`: the only ones a fusion
-    may choose, so with none left the L1 replay is skipped."""
-    return [c for c in candidates if c[2].cycles < cycles]
-
-
-def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, candidates: list) -> tuple | None:
-    """Replay the function's L1 with `fused` in `ops` (as the attention step does): the first of `candidates`
-    (grid, blocking, cost; cheapest first) that fits, or None when none does or another program no longer fits."""
+def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, candidates: Ranking,
+            cycles: float) -> tuple | None:
+    """Replay the function's L1 with `fused` in `ops` (as the attention step does): the cheapest of `candidates`
+    (grid, blocking, cost) that fits, or None when none does, it costs no fewer modelled cycles than `cycles`
+    (the replay stops there) or another program no longer fits."""
     from ttc.ir.diagnostics import UserError
     from ttc.passes.grid import LiveL1
 
-    if not candidates:
-        return None
     live = LiveL1.of(ops, device, max_cores)
     chosen = None
     for index, op in enumerate(ops):
@@ -110,11 +136,8 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
             continue
         budget = live.budget(op)
         if op is fused:
-            for grid, blocking, cost in candidates:
-                if l1_footprint(op, device, blocking) <= budget:
-                    chosen = (grid, blocking, cost)
-                    break
-            if chosen is None:
+            chosen = candidates.cheapest(op, budget)
+            if chosen is None or chosen[2].cycles >= cycles:
                 return None
         elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
             return None
@@ -140,7 +163,7 @@ def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights, multicast: bo
         trial = [fused if op is product else op for op in body.ops if op is not lookup]
         unfused = recorded_cycles([lookup, product])
         candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo, multicast)
-        chosen = fits_l1(trial, fused, device, max_cores, cheaper(candidates, unfused))
+        chosen = fits_l1(trial, fused, device, max_cores, candidates, unfused)
         if chosen is None:
             fused.result.replace_all_uses_with(product.result)
             fused.drop_operands()
