@@ -19,7 +19,7 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader, recorded_cycles
-from ttc.passes.im2col_fusion import fits_l1
+from ttc.passes.im2col_fusion import fits_l1, ranking
 from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul_rows import fits_rows
@@ -49,6 +49,7 @@ def fuse_untilize(func, device: DeviceAttr, max_cores: int, weights, multicast: 
     """Replace each untilize of a product's tiles by the product writing rows where it fits L1 and the cost model
     prefers it; the number replaced."""
     fused_count = 0
+    memo: dict = {}
     for untilize in [op for op in func.body.ops if op_kind(op) == "untilize"]:
         product = match(untilize)
         if product is None:
@@ -62,9 +63,10 @@ def fuse_untilize(func, device: DeviceAttr, max_cores: int, weights, multicast: 
         for user, index in users:
             user.set_operand(index, product.result)
         trial = [op for op in body.ops if op is not untilize]
-        chosen = fits_l1(trial, product, device, max_cores, product.attributes.get(FIDELITY, "hifi4"), weights,
-                         multicast)
-        if chosen is None or chosen[2].cycles >= unfused:
+        candidates = ranking(product, device, max_cores, product.attributes.get(FIDELITY, "hifi4"), weights, memo,
+                             multicast)
+        chosen = fits_l1(trial, product, device, max_cores, candidates, unfused)
+        if chosen is None:
             for user, index in users:
                 user.set_operand(index, untilize.result)
             product.result.type = tiles

@@ -204,6 +204,13 @@ def fused_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     return sorted(cbs, key=lambda c: c.index)
 
 
+def rows_read(ids: Value, weights: Weights | None) -> np.ndarray | None:
+    """[positions, tile rows]: the rows of each tile row the fused reader really reads (its index entries >= 0),
+    all the counts look at in the index table; None when the table is not at hand (then every row counts)."""
+    id_table = constant_of(ids, weights)
+    return None if id_table is None else (id_table >= 0).sum(axis=-1)
+
+
 def plan_fused(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
                result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
     g = im2col_of(op)
@@ -213,9 +220,9 @@ def plan_fused(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
     pieces = g.stick_tiles // piece  # reads per position and tile row (whole sticks: 1)
     runs = sum(len(block) for block in block_runs(g, width))  # index pages per period and tile row
     periods = g.positions * g.stick_tiles // (width * len(block_runs(g, width)))
-    id_table = constant_of(ids, weights)
-    valid = (id_table >= 0).sum(axis=-1) if id_table is not None \
-        else np.full((g.positions, g.tile_rows), TILE)  # [positions, tile rows]: rows really read
+    valid = rows_read(ids, weights)
+    if valid is None:
+        valid = np.full((g.positions, g.tile_rows), TILE)
 
     with as_linear(op) as proxy:
         shape = matmul_shape(proxy)

@@ -196,3 +196,92 @@ def test_the_fused_op_verifies_its_shapes() -> None:
     with pytest.raises(VerifyError, match="tile rows"):
         ttir.IM2COL_LINEAR.verify(op((64, 32), (9, 2, 32), (288, 16), (80, 16)))
 
+
+
+def two_bottlenecks() -> onnx.ModelProto:
+    """The same bottleneck twice in a row (the second reads the first's result)."""
+    bottleneck = chain_model(2, 48, 15, 15, 48, 3, 1, 1)
+    model = onnx.ModelProto()
+    model.CopyFrom(bottleneck)
+    for node in list(bottleneck.graph.node):
+        copy = model.graph.node.add()
+        copy.CopyFrom(node)
+        copy.name = node.name + ".2"
+        copy.input[:] = [name if name.endswith((".w", ".b")) else ("y" if name == "x" else name + ".2")
+                         for name in node.input]
+        copy.output[:] = [name + ".2" for name in node.output]
+    model.graph.output[0].name = "y.2"
+    return model
+
+
+def test_the_fusions_cost_each_signature_once(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Two identical bottlenecks in a row, fused wherever L1 holds it: the second bottleneck's fused candidates
+    are costed from the memo, and the artifact is the bytes of a compile costing every candidate afresh. Index
+    tables share costs when they read the same rows of each tile row, all the counts look at."""
+    model = two_bottlenecks()
+    estimate = im2col_fusion.estimate
+    calls: list[str] = []
+
+    def counting(op, *args, **kwargs):
+        calls.append(op.name)
+        return estimate(op, *args, **kwargs)
+
+    def compile_to(path, afresh: bool) -> bytes:
+        with monkeypatch.context() as patch:
+            patch.setattr(im2col_fusion, "estimate", counting)
+            force_fusion(patch)
+            if afresh:
+                for module in (im2col_fusion, untilize_fusion):
+                    patch.setattr(module, "ranking", lambda *a, original=im2col_fusion.ranking, **k:
+                                  original(*a[:5], {}, *a[6:], **k))
+            compiled = compile_with_plans(model)[1]
+        assert "im2col_matmul" in kinds(compiled)
+        compiled.save(path)
+        return path.read_bytes()
+
+    memoized = compile_to(tmp_path / "memo.ttc", afresh=False)
+    memo_calls = len(calls)
+    calls.clear()
+    assert compile_to(tmp_path / "afresh.ttc", afresh=True) == memoized
+    assert len(calls) > memo_calls > 0
+
+    # chunks of a batch read other rows of the sticks (other entries) but the same rows of each tile row
+    tables = {"a": np.array([[[0, 1, -1], [2, 3, 4]]]), "b": np.array([[[7, 8, -1], [9, 5, 6]]]),
+              "c": np.array([[[0, -1, -1], [2, 3, 4]]])}
+    monkeypatch.setattr(im2col_matmul, "constant_of", lambda value, weights: weights.get(value))
+
+    def key(name: str):
+        read = im2col_matmul.rows_read(name, tables)
+        return None if read is None else im2col_fusion.digest(read)
+
+    assert key("a") == key("b") != key("c")
+    assert key("d") is None
+
+
+def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Ranking.cheapest` (costing only the candidates that fit) picks, for every budget, the candidate the grid
+    pass's full ranking (`grid.ranked`, every candidate costed and sorted) puts first among those that fit."""
+    from ttc.passes import grid
+    from ttc.passes.ops.registry import l1_footprint
+
+    seen: list[str] = []
+    fits_l1 = im2col_fusion.fits_l1
+
+    def comparing(ops, fused, device, max_cores, candidates, cycles):
+        seen.append(fused.name)
+        full = grid.ranked(fused, device, candidates.fidelity, max_cores, candidates.weights)
+        footprints = sorted({l1_footprint(fused, device, blocking) for _, blocking, _ in full})
+        for budget in (footprints[0] - 1, *footprints[:: max(1, len(footprints) // 7)], footprints[-1]):
+            first = next(((g, b, c) for g, b, c in full if l1_footprint(fused, device, b) <= budget), None)
+            chosen = candidates.cheapest(fused, budget)
+            assert (chosen is None) == (first is None)
+            if first is not None:
+                assert (chosen[0], chosen[1], chosen[2].cycles) == (first[0], first[1], first[2].cycles)
+        return fits_l1(ops, fused, device, max_cores, candidates, cycles)
+
+    with monkeypatch.context() as patch:
+        for module in (im2col_fusion, untilize_fusion):
+            patch.setattr(module, "fits_l1", comparing)
+        force_fusion(patch)
+        compile_with_plans(chain_model(2, 32, 15, 15, 48, 3, 2, 1))
+    assert set(seen) == {ttir.IM2COL_LINEAR.name, ttir.LINEAR.name}
