@@ -24,15 +24,13 @@ from __future__ import annotations
 
 from ttc.ir.attributes import fuse_locations
 from ttc.ir.core import Operation, Value
-from ttc.ir.diagnostics import UserError
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
+from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
 from ttc.passes.ops.attention import fits_one_chain
-from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import is_row_major, layout, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
-from ttc.passes.ops.registry import l1_footprint, op_kind
 
 
 def plain_matmul(op: object, residual: bool = False) -> bool:
@@ -92,43 +90,6 @@ def attention_op(first: Operation, softmax: Operation, second: Operation) -> Ope
                      loc=fuse_locations(first.loc, softmax.loc, second.loc))
 
 
-def recorded_cycles(ops: list[Operation]) -> float:
-    return sum(float(op.attributes[COST]["cycles"]) for op in ops)
-
-
-def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, fidelity: str,
-            weights, memo: dict) -> tuple | None:
-    """Replay the function's L1 with `fused` in `ops`: the cheapest fitting candidate of `fused` (grid, blocking,
-    cost), or None when it has none or another program no longer fits. `memo` keeps the ranking of each op
-    signature (the layers of an encoder rank the same candidates)."""
-    from ttc.passes.grid import LiveL1, matmul_signature, ranked
-
-    live = LiveL1.of(ops, device, max_cores)
-    chosen = None
-    for index, op in enumerate(ops):
-        if op_kind(op) is None or is_folded(op) or is_view(op):
-            live.ran(index, op)
-            continue
-        budget = live.budget(op)
-        if op is fused:
-            key = matmul_signature(op)
-            if key not in memo:
-                memo[key] = ranked(op, device, fidelity, max_cores, weights)
-            for grid, blocking, cost in memo[key]:
-                if l1_footprint(op, device, blocking) <= budget:
-                    chosen = (grid, blocking, cost)
-                    break
-            if chosen is None:
-                return None
-        elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
-            return None
-        try:
-            live.ran(index, op)
-        except UserError:
-            return None
-    return chosen
-
-
 def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
     """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it."""
     memo: dict = {}
@@ -146,9 +107,10 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         body = func.body
         second.result.replace_all_uses_with(fused.result)
         trial = [fused if op is second else op for op in body.ops if op is not first and op is not softmax]
-        chosen = fits_l1(trial, fused, device, max_cores, fused.attributes[FIDELITY], weights, memo)
         unfused = recorded_cycles([first, softmax, second])
-        if chosen is None or chosen[2].cycles >= unfused:
+        candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo)
+        chosen = fits_l1(trial, fused, device, max_cores, candidates, unfused)
+        if chosen is None:
             fused.result.replace_all_uses_with(second.result)
             fused.drop_operands()
             continue

@@ -18,8 +18,8 @@ from __future__ import annotations
 from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
-from ttc.passes.attention import only_reader, recorded_cycles
-from ttc.passes.im2col_fusion import fits_l1, ranking
+from ttc.passes.attention import only_reader
+from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
 from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul_rows import fits_rows

@@ -12,13 +12,14 @@ import pytest
 from cost_model_checks import check_planned_equals_executed, check_static_equals_executed, compile_with_plans
 from onnx import TensorProto, helper, numpy_helper
 
+from ttc import zoo
 from ttc.compiler import CompiledModel, CompileOptions, pack_device_weights
 from ttc.ir.core import Operation, Value
 from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialect import VerifyError
 from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes import im2col_fusion, untilize_fusion
+from ttc.passes import attention, fusion_fit, im2col_fusion, untilize_fusion
 from ttc.passes.ops import im2col_matmul, matmul_rows
 from ttc.passes.ops.geometry import CB_IN0, cb
 
@@ -219,7 +220,7 @@ def test_the_fusions_cost_each_signature_once(monkeypatch: pytest.MonkeyPatch, t
     are costed from the memo, and the artifact is the bytes of a compile costing every candidate afresh. Index
     tables share costs when they read the same rows of each tile row, all the counts look at."""
     model = two_bottlenecks()
-    estimate = im2col_fusion.estimate
+    estimate = fusion_fit.estimate
     calls: list[str] = []
 
     def counting(op, *args, **kwargs):
@@ -228,7 +229,7 @@ def test_the_fusions_cost_each_signature_once(monkeypatch: pytest.MonkeyPatch, t
 
     def compile_to(path, afresh: bool) -> bytes:
         with monkeypatch.context() as patch:
-            patch.setattr(im2col_fusion, "estimate", counting)
+            patch.setattr(fusion_fit, "estimate", counting)
             force_fusion(patch)
             if afresh:
                 for module in (im2col_fusion, untilize_fusion):
@@ -252,7 +253,7 @@ def test_the_fusions_cost_each_signature_once(monkeypatch: pytest.MonkeyPatch, t
 
     def key(name: str):
         read = im2col_matmul.rows_read(name, tables)
-        return None if read is None else im2col_fusion.digest(read)
+        return None if read is None else fusion_fit.digest(read)
 
     assert key("a") == key("b") != key("c")
     assert key("d") is None
@@ -265,7 +266,7 @@ def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeyp
     from ttc.passes.ops.registry import l1_footprint
 
     seen: list[str] = []
-    fits_l1 = im2col_fusion.fits_l1
+    fits_l1 = fusion_fit.fits_l1
 
     def comparing(ops, fused, device, max_cores, candidates, cycles):
         seen.append(fused.name)
@@ -280,8 +281,9 @@ def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeyp
         return fits_l1(ops, fused, device, max_cores, candidates, cycles)
 
     with monkeypatch.context() as patch:
-        for module in (im2col_fusion, untilize_fusion):
+        for module in (im2col_fusion, untilize_fusion, attention):
             patch.setattr(module, "fits_l1", comparing)
         force_fusion(patch)
         compile_with_plans(chain_model(2, 32, 15, 15, 48, 3, 2, 1))
-    assert set(seen) == {ttir.IM2COL_LINEAR.name, ttir.LINEAR.name}
+        compile_with_plans(zoo.encoder_block())  # (the attention step's candidates too)
+    assert set(seen) == {ttir.IM2COL_LINEAR.name, ttir.LINEAR.name, ttir.ATTENTION.name}
