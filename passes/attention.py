@@ -27,10 +27,10 @@ from ttc.ir.core import Operation, Value
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
-from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
+from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.attention import fits_one_chain
 from ttc.passes.ops.geometry import is_row_major, layout, tensor
-from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
+from ttc.passes.ops.interface import FIDELITY
 
 
 def plain_matmul(op: object, residual: bool = False) -> bool:
@@ -104,20 +104,4 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         if not fits_one_chain(fused):
             fused.drop_operands()
             continue
-        body = func.body
-        second.result.replace_all_uses_with(fused.result)
-        trial = [fused if op is second else op for op in body.ops if op is not first and op is not softmax]
-        unfused = recorded_cycles([first, softmax, second])
-        candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo)
-        chosen = fits_l1(trial, fused, device, max_cores, candidates, unfused)
-        if chosen is None:
-            fused.result.replace_all_uses_with(second.result)
-            fused.drop_operands()
-            continue
-        grid, blocking, cost = chosen
-        fused.attributes[GRID] = grid
-        fused.attributes[BLOCKING] = dict(blocking)
-        fused.attributes[COST] = cost.as_attr()
-        body.insert_before(second, fused)
-        for op in (second, softmax, first):
-            op.erase()
+        try_fuse(func, fused, [first, softmax, second], device, max_cores, weights, memo)

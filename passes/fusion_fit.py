@@ -15,7 +15,7 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.cost_model import estimate
 from ttc.passes.ops.gather import is_folded, is_view
-from ttc.passes.ops.interface import BLOCKING, COST
+from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
 from ttc.passes.ops.matmul_mcast import is_mcast
 from ttc.passes.ops.registry import l1_footprint, op_kind
 
@@ -103,3 +103,29 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
         except UserError:
             return None
     return chosen
+
+
+def try_fuse(func, fused: Operation, replaced: list[Operation], device: DeviceAttr, max_cores: int, weights,
+             memo: dict, multicast: bool = True) -> bool:
+    """Put `fused` (not yet in a block; its result the last of `replaced`'s) in place of the ops `replaced`, in
+    program order, where `fits_l1` finds a candidate for it (placed as that candidate); otherwise leave the
+    function as it was. Whether it was put in."""
+    last = replaced[-1]
+    body = func.body
+    last.result.replace_all_uses_with(fused.result)
+    gone = {id(op) for op in replaced}
+    trial = [fused if op is last else op for op in body.ops if op is last or id(op) not in gone]
+    candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo, multicast)
+    chosen = fits_l1(trial, fused, device, max_cores, candidates, recorded_cycles(replaced))
+    if chosen is None:
+        fused.result.replace_all_uses_with(last.result)
+        fused.drop_operands()
+        return False
+    grid, blocking, cost = chosen
+    fused.attributes[GRID] = grid
+    fused.attributes[BLOCKING] = dict(blocking)
+    fused.attributes[COST] = cost.as_attr()
+    body.insert_before(last, fused)
+    for op in reversed(replaced):
+        op.erase()
+    return True

@@ -22,9 +22,9 @@ from ttc.ir.core import Operation
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader
-from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
+from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.geometry import is_row_major, tensor
-from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
+from ttc.passes.ops.interface import FIDELITY, GRID
 
 PRODUCTS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name})
 
@@ -70,22 +70,6 @@ def fuse_im2col(func, device: DeviceAttr, max_cores: int, weights, multicast: bo
         if product is None or GRID not in product.attributes or GRID not in lookup.attributes:
             continue
         fused = fused_op(lookup, product)
-        body = func.body
-        product.result.replace_all_uses_with(fused.result)
-        trial = [fused if op is product else op for op in body.ops if op is not lookup]
-        unfused = recorded_cycles([lookup, product])
-        candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo, multicast)
-        chosen = fits_l1(trial, fused, device, max_cores, candidates, unfused)
-        if chosen is None:
-            fused.result.replace_all_uses_with(product.result)
-            fused.drop_operands()
-            continue
-        grid, blocking, cost = chosen
-        fused.attributes[GRID] = grid
-        fused.attributes[BLOCKING] = dict(blocking)
-        fused.attributes[COST] = cost.as_attr()
-        body.insert_before(product, fused)
-        product.erase()
-        lookup.erase()
-        fused_count += 1
+        if try_fuse(func, fused, [lookup, product], device, max_cores, weights, memo, multicast):
+            fused_count += 1
     return fused_count

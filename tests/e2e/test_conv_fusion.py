@@ -19,7 +19,7 @@ from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialect import VerifyError
 from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.types import ScalarType, TensorType
-from ttc.passes import attention, fusion_fit, im2col_fusion, untilize_fusion
+from ttc.passes import fusion_fit, untilize_fusion
 from ttc.passes.ops import im2col_matmul, matmul_rows
 from ttc.passes.ops.geometry import CB_IN0, cb
 
@@ -70,7 +70,7 @@ UNFUSED = CompileOptions(pipeline=CompileOptions().pipeline_spec.replace("grid{"
 
 def force_fusion(patch: pytest.MonkeyPatch) -> None:
     """Every pair that fits L1 is fused, whatever the cost model says."""
-    for module in (im2col_fusion, untilize_fusion):
+    for module in (fusion_fit, untilize_fusion):
         patch.setattr(module, "recorded_cycles", lambda ops: float("inf"))
 
 
@@ -232,8 +232,8 @@ def test_the_fusions_cost_each_signature_once(monkeypatch: pytest.MonkeyPatch, t
             patch.setattr(fusion_fit, "estimate", counting)
             force_fusion(patch)
             if afresh:
-                for module in (im2col_fusion, untilize_fusion):
-                    patch.setattr(module, "ranking", lambda *a, original=im2col_fusion.ranking, **k:
+                for module in (fusion_fit, untilize_fusion):
+                    patch.setattr(module, "ranking", lambda *a, original=fusion_fit.ranking, **k:
                                   original(*a[:5], {}, *a[6:], **k))
             compiled = compile_with_plans(model)[1]
         assert "im2col_matmul" in kinds(compiled)
@@ -281,7 +281,7 @@ def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeyp
         return fits_l1(ops, fused, device, max_cores, candidates, cycles)
 
     with monkeypatch.context() as patch:
-        for module in (im2col_fusion, untilize_fusion, attention):
+        for module in (fusion_fit, untilize_fusion):  # (fusion_fit.try_fuse: the attention's and the lookup's)
             patch.setattr(module, "fits_l1", comparing)
         force_fusion(patch)
         compile_with_plans(chain_model(2, 32, 15, 15, 48, 3, 2, 1))

@@ -16,7 +16,7 @@ from ttc.frontend.importer import import_read_model
 from ttc.frontend.loader import read_model
 from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.dialects.tt import E150
-from ttc.passes import PassManager, parse_pipeline
+from ttc.passes import PassManager, fusion_fit, parse_pipeline
 from ttc.passes import attention as fusion
 from ttc.passes.ops import attention, row_split
 from ttc.passes.ops.geometry import cb_bytes
@@ -124,7 +124,7 @@ def test_forced_blockings_have_the_unfused_bits(shape, mask, blocking, held, mon
     feeds = feeds_for(b, h, s, d, mask, seed=11)
     with monkeypatch.context() as patch:
         patch.setattr(attention.ATTENTION, "candidates", lambda op: iter([dict(blocking)]))
-        patch.setattr(fusion, "recorded_cycles", lambda ops: float("inf"))  # taken even where modelled slower
+        patch.setattr(fusion_fit, "recorded_cycles", lambda ops: float("inf"))  # taken even where modelled slower
         plans, fused = compile_with_plans(model)
     [program] = [op for op in fused.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name]
     assert program.attributes["kind"] == "attention"
@@ -178,7 +178,7 @@ def test_an_attention_too_large_for_l1_stays_three_programs() -> None:
 def test_the_three_programs_stay_when_they_cost_less(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused program replaces the three only when the cost model ranks it below their recorded costs."""
     model = attention_model(2, 3, 64, 64, "padding", 0.125)
-    monkeypatch.setattr(fusion, "recorded_cycles", lambda ops: 0.0)
+    monkeypatch.setattr(fusion_fit, "recorded_cycles", lambda ops: 0.0)
     _, compiled = compile_with_plans(model)
     assert kinds(compiled) == ["matmul", "softmax", "matmul"]
 
