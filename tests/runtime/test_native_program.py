@@ -227,8 +227,8 @@ def conv_chain() -> onnx.ModelProto:
     return model_of(nodes, {"x": ((1, 16, 56, 56), F32)}, init, ["y"])
 
 
-def feeds_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
+def feeds_of(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
     feeds = {}
     for inp in model.graph.input:
         shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]

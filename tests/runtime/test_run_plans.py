@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from test_native_program import gather, model_of
+from test_native_program import feeds_of, gather, model_of
 
 import ttc
 from ttc import zoo
@@ -44,16 +44,12 @@ def conv_relu_pool() -> onnx.ModelProto:
 MODELS = {"mlp": zoo.mlp, "conv_relu_pool": conv_relu_pool, "gather": gather}
 
 
-def feeds_of(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for inp in model.graph.input:
-        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        if inp.type.tensor_type.elem_type == TensorProto.INT64:
-            feeds[inp.name] = rng.integers(-50, 50, shape)
-        else:
-            feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
-    return feeds
+def replaying(compiled: ttc.CompiledModel, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first run's outputs, after two more runs: recorded on the second, replayed from the third."""
+    want = compiled.run(feeds, emulator="native", threads=1)
+    for _ in range(2):
+        compiled.run(feeds, emulator="native", threads=1)
+    return want
 
 
 def _step() -> None:
@@ -115,9 +111,7 @@ def test_a_replay_needs_the_recorded_device_state() -> None:
     model = conv_relu_pool()
     compiled, fresh = ttc.compile(model), ttc.compile(model)
     feeds = feeds_of(model, 1)
-    want = compiled.run(feeds, emulator="native", threads=1)
-    for _ in range(2):  # recorded on the second run, replayed from the third
-        compiled.run(feeds, emulator="native", threads=1)
+    want = replaying(compiled, feeds)
     fresh.run(feeds, emulator="native", threads=1)
     texts = []
     for c in (compiled, fresh):
@@ -139,9 +133,7 @@ def test_a_fault_inside_a_replay_is_the_op_by_op_fault(monkeypatch: pytest.Monke
     model = gather()
     replayed, op_by_op = ttc.compile(model), ttc.compile(model)
     feeds = feeds_of(model, 0)
-    want = replayed.run(feeds, emulator="native", threads=1)
-    for _ in range(2):  # recorded on the second run, replayed from the third
-        replayed.run(feeds, emulator="native", threads=1)
+    want = replaying(replayed, feeds)
     bad = {"ids": feeds["ids"].copy()}
     bad["ids"][1, 3] = 4000
     counts = Replays(monkeypatch)
@@ -164,9 +156,7 @@ def test_a_budget_fault_inside_a_replay_is_the_op_by_op_fault() -> None:
     model = conv_relu_pool()
     replayed, op_by_op = ttc.compile(model), ttc.compile(model)
     feeds = feeds_of(model, 2)
-    want = replayed.run(feeds, emulator="native", threads=1)
-    for _ in range(2):  # recorded on the second run, replayed from the third
-        replayed.run(feeds, emulator="native", threads=1)
+    want = replaying(replayed, feeds)
     reference = op_by_op.executor("native", 1)
     reference.run(feeds)
     budget = reference.step_budget
@@ -199,9 +189,7 @@ def test_weights_overwritten_between_replayed_runs_are_written_again() -> None:
     model = conv_relu_pool()
     compiled = ttc.compile(model)
     feeds = feeds_of(model, 3)
-    want = compiled.run(feeds, emulator="native", threads=1)
-    for _ in range(2):  # recorded on the second run, replayed from the third
-        compiled.run(feeds, emulator="native", threads=1)
+    want = replaying(compiled, feeds)
     dram = compiled.executor().device.dram
     for start, end in dram._watch.values():
         dram.data[:, start:end] = 0x3C
