@@ -34,22 +34,37 @@ def ln_program(compiled):
     return program
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_gamma_and_beta_are_read_once_per_core(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    shape, beta, forced = CASES[name]
-    ct = -(-shape[-1] // TILE)
-    blocking = {"cols": ct, **forced}
+def forced(monkeypatch: pytest.MonkeyPatch, blocking: dict[str, int]) -> None:
     monkeypatch.setattr(row_ops.LAYER_NORM, "candidates", lambda op: iter([dict(blocking)]))
+
+
+def feeds_of(shape: list[int]) -> dict[str, np.ndarray]:
+    return {"x": (np.random.default_rng(3).standard_normal(shape) * 2 + 0.5).astype(np.float32)}
+
+
+def held_layer_norm(monkeypatch: pytest.MonkeyPatch, shape: list[int], beta: bool, blocking: dict[str, int]):
+    """The layer norm compiled with `blocking` forced, its gamma CB holding the core's whole slice, run on both
+    emulators (golden, planned = executed = static counts): (compiled model, its program, the program's profile,
+    tiles of the slice)."""
+    forced(monkeypatch, blocking)
     model = layer_norm_model(shape, beta=beta)
     plans, compiled = compile_with_plans(model)
     program = ln_program(compiled)
-    slice_tiles = ct // blocking.get("split", 1)
+    slice_tiles = blocking["cols"] // blocking.get("split", 1)
     [gamma_cb] = [cb for cb in program.attributes["cbs"] if cb.index == row_ops.CB_GAMMA]
     assert gamma_cb.pages == slice_tiles  # the core's whole slice of gamma, held
-    feeds = {"x": (np.random.default_rng(3).standard_normal(shape) * 2 + 0.5).astype(np.float32)}
-    golden_on_both_emulators(model, compiled, plans, feeds)
+    golden_on_both_emulators(model, compiled, plans, feeds_of(shape))
     check_static_equals_executed(compiled, compiled.profile)
     [profile] = [p for p in compiled.profile if p.kind == "layer_norm"]
+    return compiled, program, profile, slice_tiles
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gamma_and_beta_are_read_once_per_core(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    shape, beta, plain = CASES[name]
+    ct = -(-shape[-1] // TILE)
+    blocking = {"cols": ct, **plain}
+    _, program, profile, slice_tiles = held_layer_norm(monkeypatch, shape, beta, blocking)
     cores = program.attributes["grid"].num_cores
     params = 2 if beta else 1
     data = profile.counts.dram_read - params * cores * slice_tiles * TILE_BYTES  # what the input's reads leave

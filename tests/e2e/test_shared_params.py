@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cost_model_checks import check_static_equals_executed, compile_with_plans, golden_on_both_emulators
+from test_layer_norm_held_params import TILE_BYTES, feeds_of, forced, held_layer_norm, ln_program
 from test_long_rows import layer_norm_model
 
 from ttc.compiler import CompiledModel
@@ -22,7 +23,6 @@ from ttc.passes.ops import row_ops, row_split
 from ttc.passes.ops.geometry import TILE
 from ttc.runtime.executor import using_emulator
 
-TILE_BYTES = 2048  # a bf16 tile of gamma / beta
 MCAST = {row_ops.PARAM_MCAST: 1}
 
 CASES = {
@@ -38,36 +38,13 @@ CASES = {
 }
 
 
-def ln_program(compiled):
-    [program] = [op for op in compiled.module.function("main").body.ops if op.name == ttmetal.ENQUEUE_PROGRAM.name
-                 and op.attributes["kind"] == "layer_norm"]
-    return program
-
-
-def forced(monkeypatch: pytest.MonkeyPatch, blocking: dict[str, int]) -> None:
-    monkeypatch.setattr(row_ops.LAYER_NORM, "candidates", lambda op: iter([dict(blocking)]))
-
-
-def feeds_of(shape: list[int]) -> dict[str, np.ndarray]:
-    return {"x": (np.random.default_rng(3).standard_normal(shape) * 2 + 0.5).astype(np.float32)}
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gamma_and_beta_are_read_once_and_multicast(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     shape, beta, plain, senders = CASES[name]
     ct = -(-shape[-1] // TILE)
     blocking = {"cols": ct, **plain, **MCAST}
-    forced(monkeypatch, blocking)
-    model = layer_norm_model(shape, beta=beta)
-    plans, compiled = compile_with_plans(model)
-    program = ln_program(compiled)
-    slice_tiles = ct // blocking.get("split", 1)
-    [gamma_cb] = [cb for cb in program.attributes["cbs"] if cb.index == row_ops.CB_GAMMA]
-    assert gamma_cb.pages == slice_tiles  # the core's whole slice of gamma, held
-    feeds = feeds_of(shape)
-    golden_on_both_emulators(model, compiled, plans, feeds)
-    check_static_equals_executed(compiled, compiled.profile)
-    [profile] = [p for p in compiled.profile if p.kind == "layer_norm"]
+    compiled, program, profile, slice_tiles = held_layer_norm(monkeypatch, shape, beta, blocking)
+    model, feeds = layer_norm_model(shape, beta=beta), feeds_of(shape)
     params = 2 if beta else 1
     cores = program.attributes["grid"].num_cores  # each reads its rows' slices of the input (the extra cores of
     data = cores * blocking["batches"] * blocking["rows"] * slice_tiles * TILE_BYTES  # a padded grid repeat some)
