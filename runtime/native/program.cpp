@@ -389,6 +389,8 @@ struct Run {
 
 // ------------------------------------------------------------------------------------------ one core
 
+class Lockstep;
+
 class Core {
  public:
   // The scratch vectors (Dst among them) are the thread's, kept between programs: allocating and first
@@ -397,8 +399,11 @@ class Core {
   // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
   // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
   // program more than its ops).
-  Core(Run& run, ThreadAcc& acc, size_t scratch = 0)
-      : R(run), E(run.E), T(acc), scratch_set(scratch), temps(thread_temps()), offs(temps.offs), pages(temps.pages),
+  // `own_temps`: the core takes the op temporaries of its scratch set instead of the thread's (a lockstep program
+  // on several threads, whose cores any thread may run).
+  Core(Run& run, ThreadAcc& acc, size_t scratch = 0, bool own_temps = false)
+      : R(run), E(run.E), T(acc), scratch_set(scratch), temps(own_temps ? kept_temps(scratch) : thread_temps()),
+        offs(temps.offs), pages(temps.pages),
         located_bank(temps.located_bank), located_offset(temps.located_offset), wanted(temps.wanted),
         tiles_a(temps.tiles_a), tiles_b(temps.tiles_b), ptr_a(temps.ptr_a), ptr_b(temps.ptr_b),
         pages_a(temps.pages_a), pages_b(temps.pages_b), half_a(temps.half_a), half_b(temps.half_b),
@@ -413,8 +418,7 @@ class Core {
   Core& operator=(const Core&) = delete;
 
   void run(int64_t core);
-  // A program with semaphores or multicast: all its cores, op by op on this thread (see the header comment).
-  static void run_lockstep(Run& run, ThreadAcc& acc);
+  friend class Lockstep;  // a program with semaphores or multicast: its cores in lockstep (header comment)
 
  private:
   Run& R;
@@ -453,6 +457,11 @@ class Core {
     thread_local Temps temps;
     return temps;
   }
+  static Temps& kept_temps(size_t set) {  // the thread's scratch set `set`'s, kept between programs
+    thread_local std::vector<std::unique_ptr<Temps>> sets;
+    while (sets.size() <= set) sets.push_back(std::make_unique<Temps>());
+    return *sets[set];
+  }
   Temps& temps;
   std::vector<int64_t>&offs, &pages, &located_bank, &located_offset;
   std::vector<uint8_t>& wanted;
@@ -477,7 +486,7 @@ class Core {
 
   // -- scheduler ----------------------------------------------------------------------------------
 
-  enum Resume { BLOCKED, FINISHED, CONTINUE };
+  enum Resume { BLOCKED, FINISHED, CONTINUE, NONE };  // NONE: not run (Lockstep)
   Resume resume(int kernel);
   Resume step(int kernel);  // one instruction of a kernel
   // instructions of a kernel up to (not including) the next semaphore or multicast op, or until it blocks or ends
@@ -802,44 +811,168 @@ Core::Resume Core::resume(int kernel) {
   }
 }
 
-void Core::run_lockstep(Run& R, ThreadAcc& acc) {
-  const Encoded& E = R.E;
-  const int64_t n = E.cores;
-  std::vector<std::unique_ptr<Core>> cs;
-  for (int64_t c = 0; c < n; ++c) {
-    cs.push_back(std::make_unique<Core>(R, acc, static_cast<size_t>(c)));
-    cs.back()->start(c);
-  }
-  bool faulted = false;
-  // runs fn on every core (all of them, so that every core faulting at this op is recorded)
-  auto each = [&](auto&& fn) {
-    for (auto& c : cs) {
-      try {
-        fn(*c);
-      } catch (Fault& f) {
-        c->record(f);
-        faulted = true;
-      } catch (Stop&) {
-        faulted = true;
-      }
+// Waits until done() holds: spinning, giving the core away after the first microseconds (a loaded machine),
+// and sleeping briefly between polls after a millisecond (a long serial stretch of the other side).
+template <typename Done>
+void wait_until(Done done) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0;; ++i) {
+    if (done()) return;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 63) {
+      double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      if (waited > 1000)
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      else if (waited > 20)
+        std::this_thread::yield();
     }
-  };
+  }
+}
+
+// A lockstep program on `workers` threads. Worker 0 (the caller's thread) coordinates: it walks the lockstep
+// schedule and runs every inter-core op on all cores itself, in grid order. The stretches of instructions up to
+// the next inter-core op (run_segment: what happens there touches only the core's own state, and memory no other
+// core writes between two inter-core ops) are phases that every worker takes part in: each claims the phase's
+// cores one at a time (a worker that comes late, on a loaded machine, finds them taken, and the coordinator never
+// waits for it, only for cores claimed and not finished). With several workers every core has its own op
+// temporaries and ThreadAcc, so that any thread can run it; the cores are made and destroyed on the coordinator's
+// thread (their scratch sets are its). The result is the same for any number of workers: cores of a phase do not
+// interact, the inter-core ops keep their order, and what is combined across cores (faults by their key, counts,
+// written ranges) does not depend on which thread ran what.
+class Lockstep {
+ public:
+  // acc: one per worker (workers == 1) or one per core
+  Lockstep(Run& run, std::vector<ThreadAcc>& acc, int workers)
+      : R(run), E(run.E), workers_(workers), n_(run.E.cores), cs_(run.E.cores), results_(run.E.cores) {
+    for (int64_t c = 0; c < n_; ++c) {
+      cs_[c] = std::make_unique<Core>(R, acc[workers > 1 ? c : 0], static_cast<size_t>(c), workers > 1);
+      cs_[c]->start(c);
+    }
+  }
+
+  void work(int w) {
+    if (w == 0) {
+      try {
+        coordinate();
+      } catch (...) {
+        stop();
+        throw;
+      }
+      stop();
+      return;
+    }
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t claim = 0;
+      wait_until([&] {
+        claim = claim_.load(std::memory_order_acquire);
+        return (claim >> 32) != seen || stopping_.load(std::memory_order_acquire);
+      });
+      if (stopping_.load(std::memory_order_acquire)) return;
+      seen = claim >> 32;
+      take(seen);
+    }
+  }
+
+ private:
+  Run& R;
+  const Encoded& E;
+  const int workers_;
+  const int64_t n_;
+  std::vector<std::unique_ptr<Core>> cs_;
+  std::vector<Core::Resume> results_;
+  // the phase's generation (high 32 bits) and its next unclaimed core (low 32 bits)
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> finished_{0};  // cores of the phase run to their next inter-core op
+  std::atomic<bool> stopping_{false};
+  int kernel_ = 0;  // the phase's kernel (written before the phase is published in claim_)
+  std::atomic<bool> faulted_{false};
+  std::exception_ptr error_;
+  std::mutex error_mutex_;
+
+  void stop() { stopping_.store(true, std::memory_order_release); }
+
+  // fn on one core, its fault recorded (every core faulting at an op is recorded)
+  template <typename Fn>
+  void on(int64_t c, Fn&& fn) {
+    try {
+      fn(*cs_[c]);
+    } catch (Fault& f) {
+      cs_[c]->record(f);
+      faulted_.store(true, std::memory_order_relaxed);
+    } catch (Stop&) {
+      faulted_.store(true, std::memory_order_relaxed);
+    }
+  }
+
+  // fn on every core in grid order, on this thread
+  template <typename Fn>
+  void each(Fn&& fn) {
+    for (int64_t c = 0; c < n_; ++c) on(c, fn);
+  }
+
+  // the cores of phase `generation` this thread claims, each up to its next inter-core op
+  void take(uint64_t generation) {
+    for (;;) {
+      uint64_t claim = claim_.load(std::memory_order_acquire);
+      int64_t c;
+      do {
+        if ((claim >> 32) != generation) return;  // a later phase: this one is done
+        c = static_cast<int64_t>(claim & 0xFFFFFFFFu);
+        if (c >= n_) return;
+      } while (!claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      try {
+        on(c, [&](Core& core) { results_[c] = core.run_segment(kernel_); });
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+        faulted_.store(true, std::memory_order_relaxed);
+      }
+      finished_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  // every core up to its next inter-core op: what the last core in grid order that got there returned
+  Core::Resume segment_all(int kernel) {
+    for (int64_t c = 0; c < n_; ++c) results_[c] = Core::Resume::NONE;
+    kernel_ = kernel;
+    finished_.store(0, std::memory_order_relaxed);
+    const uint64_t generation = (claim_.load(std::memory_order_relaxed) >> 32) + 1;
+    claim_.store(generation << 32, std::memory_order_release);
+    take(generation);
+    if (workers_ > 1) wait_until([&] { return finished_.load(std::memory_order_acquire) == n_; });
+    if (error_) std::rethrow_exception(error_);
+    Core::Resume r = Core::Resume::CONTINUE;
+    for (int64_t c = 0; c < n_; ++c)
+      if (results_[c] != Core::Resume::NONE) r = results_[c];
+    return r;
+  }
+
+  void coordinate();
+};
+
+void Lockstep::coordinate() {
+  using Resume = Core::Resume;
+  const int64_t n = n_;
+  auto& cs = cs_;
+  auto faulted = [&] { return faulted_.load(std::memory_order_relaxed); };
   int live[KERNELS] = {0, 1, 2};
   int n_live = KERNELS;
-  while (n_live && !faulted) {
+  while (n_live && !faulted()) {
     int64_t before = cs[0]->steps;
     bool progressed = false;
     int snapshot[KERNELS];
     int n_snapshot = n_live;
     std::copy(live, live + n_live, snapshot);
-    for (int s = 0; s < n_snapshot && !faulted; ++s) {
+    for (int s = 0; s < n_snapshot && !faulted(); ++s) {
       int kernel = snapshot[s];
-      Resume r = CONTINUE;
-      while (r == CONTINUE && !faulted) {
-        // up to the next inter-core op, each core on its own (what happens there touches only its own state,
-        // as in the threaded mode); every core stops at the same instruction
-        each([&](Core& c) { r = c.run_segment(kernel); });
-        if (r != CONTINUE || faulted) break;
+      Resume r = Resume::CONTINUE;
+      while (r == Resume::CONTINUE && !faulted()) {
+        // up to the next inter-core op, each core on its own; every core stops at the same instruction
+        r = segment_all(kernel);
+        if (r != Resume::CONTINUE || faulted()) break;
         const Instr& in = E.code[cs[0]->k[kernel].pc];
         bool force = false;
         int64_t short_core = -1, holds = 0;
@@ -853,17 +986,18 @@ void Core::run_lockstep(Run& R, ThreadAcc& acc) {
           r = c.step(kernel);
         });
       }
-      if (faulted) break;
-      if (r == FINISHED) {
+      if (faulted()) break;
+      if (r == Resume::FINISHED) {
         int* end = std::remove(live, live + n_live, kernel);
         n_live = static_cast<int>(end - live);
         progressed = true;
         each([&](Core& c) { c.finish(kernel); });
       }
     }
-    if (!faulted && n_live && !progressed && cs[0]->steps == before) each([&](Core& c) { c.deadlock(live, n_live); });
+    if (!faulted() && n_live && !progressed && cs[0]->steps == before)
+      each([&](Core& c) { c.deadlock(live, n_live); });
   }
-  if (!faulted) each([&](Core& c) { c.check_drained(); });
+  if (!faulted()) each([&](Core& c) { c.check_drained(); });
   for (int64_t c = 0; c < n; ++c) R.counters[c] = cs[c]->counters;
 }
 
@@ -2075,21 +2209,22 @@ Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
   int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, E.cores)));
   if (E.last_run_us > 0 && E.last_run_us * E.last_workers < kParallelUs) workers = 1;
   if (E.lockstep) {
-    workers = 1;
     R.semaphores.assign(E.cores * NUM_SEMAPHORES, 0);
     R.unlanded.assign(E.cores * NUM_CBS, 0);
   }
-  std::vector<ThreadAcc> acc(workers);
+  std::vector<ThreadAcc> acc(E.lockstep && workers > 1 ? E.cores : workers);  // Lockstep: one per core
   std::atomic<int64_t> next{0};
   std::exception_ptr error;
   std::mutex error_mutex;
   auto t0 = std::chrono::steady_clock::now();
   {
     py::gil_scoped_release release;
+    std::optional<Lockstep> lockstep;
+    if (E.lockstep) lockstep.emplace(R, acc, workers);
     std::function<void(int)> task = [&](int worker) {
       try {
-        if (E.lockstep) {
-          Core::run_lockstep(R, acc[worker]);
+        if (lockstep) {
+          lockstep->work(worker);
           return;
         }
         Core core(R, acc[worker]);
@@ -2346,6 +2481,7 @@ void register_program(py::module_& m) {
            py::arg("cbs"), py::arg("args"), py::arg("banks"), py::arg("dst_format"), py::arg("fparams"),
            py::arg("tables"), py::arg("table_overflow") = py::array_t<uint8_t>())
       .def_readonly("cores", &Encoded::cores)
+      .def_readonly("lockstep", &Encoded::lockstep, "whether the program's cores run in lockstep (semaphores, multicast)")
       .def(
           "set_arg_values",
           [](Encoded& e, int kernel, std::vector<int64_t> values) {

@@ -120,6 +120,8 @@ class DualEnqueue:
         want = snapshot(device, ranges)
         for threads in self.threads:
             restore(device, start)
+            if threads > 1:  # no history: the run uses every thread, however short (lockstep phases too)
+                native_program.encode(plan, op, device).program.last_run_us = 0
             try:
                 got = run_native(device, op, addresses, ex.step_budget, plan, threads, races=self.races)
             except DeviceFault as fault:
