@@ -46,8 +46,8 @@
 //   NOC_MCAST x0, y0, x1, y1, enabled, cb, cb_offset, pages, semaphore (-1 none), value, grid x, grid y
 //
 // Semaphores and multicast (runtime/multicast.py) make cores depend on each other: a program holding them
-// runs its cores in lockstep on one thread (`run_lockstep`): up to each inter-core op core by core, that op on
-// every core in grid order, as the interpreter meets it; the
+// runs its cores in lockstep (`Lockstep`): up to each inter-core op every core on its own (spread over the
+// threads), that op on every core in grid order, as the interpreter meets it; the
 // semaphores in `Run::semaphores`; a semaphore_wait blocks the kernel on every core while any enabled core's
 // semaphore is short.
 #include "program.h"
@@ -397,8 +397,8 @@ class Core {
   // touching them for every program costs more than a small program runs. Dst's old values are never read
   // (every slot is NaN-filled before its first read, see TILE_REGS_ACQUIRE).
   // `scratch`: which of the thread's scratch sets the core takes (a lockstep program's cores, all alive at once
-  // on one thread, take one each: allocating and zeroing a fresh Dst per core and program cost a lockstep
-  // program more than its ops).
+  // and made on the coordinating thread, take one each: allocating and zeroing a fresh Dst per core and program
+  // cost a lockstep program more than its ops).
   // `own_temps`: the core takes the op temporaries of its scratch set instead of the thread's (a lockstep program
   // on several threads, whose cores any thread may run).
   Core(Run& run, ThreadAcc& acc, size_t scratch = 0, bool own_temps = false)
@@ -1279,12 +1279,12 @@ void Core::execute(int kernel, const Instr& in, bool& blocked) {
       return;
     case RAISE:
       fail(RAISED, f[3], {f[2]});
-    // -- semaphores and multicast (lockstep programs only: run_lockstep)
+    // -- semaphores and multicast (lockstep programs only: Lockstep)
     case SEM_SET:
       if (enabled(f[2])) semaphore(core, f[3]) = f[4];
       return;
     case SEM_WAIT:
-      if (force_block) {  // run_lockstep found a short core
+      if (force_block) {  // Lockstep found a short core
         blocked = true;
         K.blocked_op = f[1], K.blocked_cb = f[3], K.blocked_want = f[4], K.blocked_what = 2;
         K.blocked_core = force_core, K.blocked_holds = force_holds;
