@@ -164,6 +164,13 @@ struct Encoded {
   std::vector<uint8_t> table_overflow;  // f16 programs: 65536 Float16 overflow marks per table, else empty
   double last_run_us = 0;     // how long the last run took (a hint for the thread count)
   int last_workers = 1;       // on how many threads
+  // Runs on several threads are not always faster (a loaded machine: the other threads may not be running). A
+  // program that may take several keeps its last run's time on one (serial_us) and on several (parallel_us), and
+  // takes several unless one was clearly faster (by a quarter), trying the other way every kProbeEvery runs; serial_runs: runs left on one thread after a run
+  // in which the caller's thread spent a large share of the time waiting for the others.
+  double serial_us = 0, parallel_us = 0;
+  int64_t runs = 0;
+  int serial_runs = 0;
 };
 
 namespace {
@@ -831,6 +838,23 @@ void wait_until(Done done) {
   }
 }
 
+// Spins (as wait_until) until done() holds or `us` microseconds passed; whether it held.
+template <typename Done>
+bool spin_for(Done done, double us) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 63) {
+      double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      if (waited > us) return done();
+      if (waited > 20) std::this_thread::yield();
+    }
+  }
+}
+
 // A lockstep program on `workers` threads. Worker 0 (the caller's thread) coordinates: it walks the lockstep
 // schedule and runs every inter-core op on all cores itself, in grid order. The stretches of instructions up to
 // the next inter-core op (run_segment: what happens there touches only the core's own state, and memory no other
@@ -865,16 +889,26 @@ class Lockstep {
     }
     uint64_t seen = 0;
     for (;;) {
-      uint64_t claim = 0;
-      wait_until([&] {
-        claim = claim_.load(std::memory_order_acquire);
-        return (claim >> 32) != seen || stopping_.load(std::memory_order_acquire);
-      });
+      auto published = [&] {
+        return (claim_.load(std::memory_order_seq_cst) >> 32) != seen || stopping_.load(std::memory_order_seq_cst);
+      };
+      if (!spin_for(published, kWorkerSpinUs)) {
+        // a long serial stretch (or a loaded machine): sleep until the next phase; the coordinator wakes a
+        // sleeping worker when it publishes one (sleeping_ and claim_ are sequentially consistent: either it sees
+        // sleeping_, or the worker sees the new phase before it waits)
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        sleeping_.store(true, std::memory_order_seq_cst);
+        while (!published()) wake_.wait_for(lock, std::chrono::milliseconds(1));
+        sleeping_.store(false, std::memory_order_seq_cst);
+      }
       if (stopping_.load(std::memory_order_acquire)) return;
-      seen = claim >> 32;
+      seen = claim_.load(std::memory_order_acquire) >> 32;
       take(seen);
     }
   }
+
+  // how long the coordinator waited for cores other threads had claimed
+  double waited_us() const { return waited_us_; }
 
  private:
   Run& R;
@@ -892,7 +926,24 @@ class Lockstep {
   std::exception_ptr error_;
   std::mutex error_mutex_;
 
-  void stop() { stopping_.store(true, std::memory_order_release); }
+  static constexpr double kWorkerSpinUs = 50;  // a worker's spin for the next phase before it sleeps
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+  std::atomic<bool> sleeping_{false};
+  double waited_us_ = 0;  // the coordinator's waits for claimed cores
+
+  // the workers see the change (a new phase or the stop)
+  void wake() {
+    if (sleeping_.load(std::memory_order_seq_cst)) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+  }
+
+  void stop() {
+    stopping_.store(true, std::memory_order_seq_cst);
+    wake();
+  }
 
   // fn on one core, its fault recorded (every core faulting at an op is recorded)
   template <typename Fn>
@@ -940,9 +991,14 @@ class Lockstep {
     kernel_ = kernel;
     finished_.store(0, std::memory_order_relaxed);
     const uint64_t generation = (claim_.load(std::memory_order_relaxed) >> 32) + 1;
-    claim_.store(generation << 32, std::memory_order_release);
+    claim_.store(generation << 32, std::memory_order_seq_cst);
+    if (workers_ > 1) wake();
     take(generation);
-    if (workers_ > 1) wait_until([&] { return finished_.load(std::memory_order_acquire) == n_; });
+    if (workers_ > 1 && finished_.load(std::memory_order_acquire) != n_) {
+      const auto start = std::chrono::steady_clock::now();
+      wait_until([&] { return finished_.load(std::memory_order_acquire) == n_; });
+      waited_us_ += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    }
     if (error_) std::rethrow_exception(error_);
     Core::Resume r = Core::Resume::CONTINUE;
     for (int64_t c = 0; c < n_; ++c)
@@ -2051,6 +2107,10 @@ class Pool {
 
 // Thread time (a run's duration times its threads) under which a program runs on one thread.
 constexpr double kParallelUs = 30;
+// Runs of a program on one thread after a run on several that mostly waited (Encoded::serial_runs), and how
+// often a program that may run on several threads tries the way it found slower (Encoded::serial_us).
+constexpr int kSerialRuns = 16;
+constexpr int kProbeEvery = 16;
 
 // ------------------------------------------------------------------------------------------ Python API
 
@@ -2208,6 +2268,17 @@ Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
   // under kParallelUs of thread time. The result is the same for any number of threads.
   int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, E.cores)));
   if (E.last_run_us > 0 && E.last_run_us * E.last_workers < kParallelUs) workers = 1;
+  const bool choice = workers > 1;  // one thread or several (Encoded::serial_us)
+  if (choice) {
+    const bool probe = ++E.runs % kProbeEvery == 2;  // the other way: the second run, then every kProbeEvery
+    const bool serial_faster = E.serial_us > 0 && E.parallel_us > 0 && 1.25 * E.serial_us < E.parallel_us;
+    if (E.serial_runs > 0) {
+      --E.serial_runs;
+      workers = 1;
+    } else if (serial_faster != probe) {
+      workers = 1;
+    }
+  }
   if (E.lockstep) {
     R.semaphores.assign(E.cores * NUM_SEMAPHORES, 0);
     R.unlanded.assign(E.cores * NUM_CBS, 0);
@@ -2217,27 +2288,38 @@ Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
   std::exception_ptr error;
   std::mutex error_mutex;
   auto t0 = std::chrono::steady_clock::now();
+  double waited_us = 0;  // the caller's thread waiting for the others
   {
     py::gil_scoped_release release;
     std::optional<Lockstep> lockstep;
     if (E.lockstep) lockstep.emplace(R, acc, workers);
+    std::chrono::steady_clock::time_point own_end;  // when the caller's thread finished its part
     std::function<void(int)> task = [&](int worker) {
       try {
         if (lockstep) {
           lockstep->work(worker);
-          return;
+        } else {
+          Core core(R, acc[worker]);
+          for (int64_t c; (c = next.fetch_add(1)) < E.cores;) core.run(c);
         }
-        Core core(R, acc[worker]);
-        for (int64_t c; (c = next.fetch_add(1)) < E.cores;) core.run(c);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();
       }
+      if (worker == 0) own_end = std::chrono::steady_clock::now();
     };
     Pool::get().run(workers, task);
+    if (workers > 1)
+      waited_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - own_end).count() +
+                  (lockstep ? lockstep->waited_us() : 0);
   }
   E.last_run_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   E.last_workers = workers;
+  // a run whose caller's thread waited for the others a quarter of the time or more (for their last cores, for
+  // a late thread to start and end, or in a lockstep program for the cores they claimed): the next kSerialRuns
+  // runs take one thread, then several are tried again
+  if (workers > 1 && waited_us >= 0.25 * E.last_run_us) E.serial_runs = kSerialRuns;
+  if (choice) (workers > 1 ? E.parallel_us : E.serial_us) = E.last_run_us;
   if (error) std::rethrow_exception(error);
 
   // the combined write range of each write call, against the watched ranges
