@@ -77,8 +77,8 @@ def segments(op: Operation, w: int, first_col: np.ndarray | int, col: np.ndarray
     return offset, np.minimum(w * TILE * element_bytes(op), row_bytes - offset)
 
 
-def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
-              result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+def rows_written(op: Operation, device: DeviceAttr, b: dict[str, int]):
+    """plan_matmul's `write_out`: the rows of each tile row and subblock column (`rows_writer`'s writes)."""
     shape = matmul_shape(op)
     w = b["out_subblock_w"]
     sw = b["per_core_n"] // w
@@ -92,17 +92,23 @@ def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: st
         totals = np.einsum("ci,cj->ij", valid, size)  # per (tile row, subblock column): bytes of all cores
         plan.masked(Buffer.of(tensor(op.result), device, page=1), np.tile(totals.ravel(), b["batches"]), write=True)
 
-    return plan_matmul(op, device, b, fidelity, grid, result_layout, weights, write_out=write_out)
+    return write_out
 
 
-def rows_writer(op: Operation, s: Schedule):
-    """Per finished subblock (in the compute's walk), per tile row: its real rows as a segment of the pages."""
+def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
+              result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+    return plan_matmul(op, device, b, fidelity, grid, result_layout, weights, write_out=rows_written(op, device, b))
+
+
+def rows_writer(op: Operation, s: Schedule, output: int | None = None):
+    """Per finished subblock (in the compute's walk), per tile row: its real rows as a segment of the pages.
+    `output`: the result's buffer index when it is not the one after the op's operands (a fused op's stand-in)."""
     shape = matmul_shape(op)
     b = s.blocking
     h, w = b["out_subblock_h"], b["out_subblock_w"]
     k = KernelBuilder(op.loc)
     out = tensor(op.result)
-    gen = k.addrgen(len(op.operands), out)
+    gen = k.addrgen(len(op.operands) if output is None else output, out)
     row_bytes, block_bytes = page_size(out), w * TILE * element_bytes(op)
     outer, inner = k.loop(b["per_core_m"] // h), k.loop(b["per_core_n"] // w)
     if column_outer(b):
