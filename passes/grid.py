@@ -56,6 +56,7 @@ from ttc.ir.target import FIDELITY_PHASES, Cost
 from ttc.passes.attention import fuse_attention
 from ttc.passes.cost_model import Weights, estimate, matmul_units
 from ttc.passes.im2col_fusion import fuse_im2col
+from ttc.passes.lookup_fusion import fuse_lookups
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
     LiveRange,
@@ -617,6 +618,7 @@ class Grid(Pass):
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
     im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
     untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
+    lookups: bool = True  # the row lookups an eltwise alone reads fused into its reader where cheaper (lookup_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -670,6 +672,8 @@ class Grid(Pass):
                 fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:
                 fuse_untilize(func, device, self.max_cores, module.weights, self.multicast)
+            if self.lookups:
+                fuse_lookups(func, device, self.max_cores, module.weights, self.multicast)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:
