@@ -77,8 +77,9 @@ def segments(op: Operation, w: int, first_col: np.ndarray | int, col: np.ndarray
     return offset, np.minimum(w * TILE * element_bytes(op), row_bytes - offset)
 
 
-def rows_written(op: Operation, device: DeviceAttr, b: dict[str, int]):
-    """plan_matmul's `write_out`: the rows of each tile row and subblock column (`rows_writer`'s writes)."""
+def rows_written(op: Operation, device: DeviceAttr, b: dict[str, int], writes: np.ndarray | None = None):
+    """plan_matmul's `write_out`: the rows of each tile row and subblock column (`rows_writer`'s writes); `writes`:
+    the cores that write (the K split's finishing cores), else all."""
     shape = matmul_shape(op)
     w = b["out_subblock_w"]
     sw = b["per_core_n"] // w
@@ -88,6 +89,8 @@ def rows_written(op: Operation, device: DeviceAttr, b: dict[str, int]):
         n0 = plan.unit[:, 2] * b["per_core_n"]
         tile_rows = m0[:, None] + np.arange(b["per_core_m"])[None, :]  # [cores, pcm]
         valid = np.clip(shape.rows - TILE * tile_rows, 0, TILE)
+        if writes is not None:
+            valid = valid * writes[:, None]
         _, size = segments(op, w, n0[:, None], np.arange(sw)[None, :])  # [cores, sw]
         totals = np.einsum("ci,cj->ij", valid, size)  # per (tile row, subblock column): bytes of all cores
         plan.masked(Buffer.of(tensor(op.result), device, page=1), np.tile(totals.ravel(), b["batches"]), write=True)
@@ -160,20 +163,27 @@ class MatmulRowsOp(MatmulOp):
         return is_row_major(op.result)
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        from ttc.passes.ops.matmul_ksplit import is_ksplit
-
-        shape = matmul_shape(op)  # the K split's last core writes tiles (matmul_ksplit.py): not offered here
-        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0 and not is_ksplit(b))
+        shape = matmul_shape(op)  # (the K split's finishing cores write the rows: matmul_ksplit.py)
+        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0)
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return rows_cbs(op, blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_cbs
+
+        return ksplit_cbs(op, blocking) if is_ksplit(blocking) else rows_cbs(op, blocking)
 
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
                grid: tuple[int, int], result_layout: LayoutAttr | None = None,
                weights: Weights | None = None) -> Counts:
-        return plan_rows(op, device, blocking, fidelity, grid, result_layout, weights)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, plan_ksplit
+
+        plan = plan_ksplit if is_ksplit(blocking) else plan_rows
+        return plan(op, device, blocking, fidelity, grid, result_layout, weights)
 
     def lower(self, op: Operation, module: Module) -> Program:
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, lower_ksplit
+
+        if is_ksplit(schedule_of(op).blocking):
+            return dataclasses.replace(lower_ksplit(op), kind="matmul_rows")
         return lower_rows(op)
 
 
