@@ -56,7 +56,6 @@ from ttc.ir.target import FIDELITY_PHASES, Cost
 from ttc.passes.attention import fuse_attention
 from ttc.passes.cost_model import Weights, estimate, matmul_units
 from ttc.passes.im2col_fusion import fuse_im2col
-from ttc.passes.lookup_fusion import fuse_lookups
 from ttc.passes.l1_timeline import L1Timeline
 from ttc.passes.liveness import (
     LiveRange,
@@ -67,6 +66,7 @@ from ttc.passes.liveness import (
     readers,
     sync_body_placement,
 )
+from ttc.passes.lookup_fusion import fuse_lookups
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.matmul_chunks import split_oversized_matmuls
 from ttc.passes.ops.eltwise import overlapping
