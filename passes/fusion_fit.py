@@ -1,4 +1,4 @@
-"""What the grid pass's fusion steps (attention.py, im2col_fusion.py, untilize_fusion.py) share: the candidates
+"""What the grid pass's fusion steps (attention.py, im2col_fusion.py, untilize_fusion.py, lookup_fusion.py) share: the candidates
 of a fused op, costed once per signature and only as far as asked (`Ranking`), and the check that a fusion pays
 and leaves every program of the function fitting L1 (`fits_l1`: allocate's L1 heap replayed with the fused op in
 place of the ops it replaces)."""

@@ -24,7 +24,8 @@ every op is placed, an attention's matmul, softmax and matmul become one `ttir.a
 L1 and costs less, passes/attention.py), `im2col` (true: a convolution's im2col lookup and its product become one
 `ttir.im2col_linear` program, the product's reader gathering the rows, where it fits L1 and costs less,
 passes/im2col_fusion.py), `untilize` (true: a product read only by an untilize writes rows itself,
-passes/untilize_fusion.py and passes/ops/matmul_rows.py).
+passes/untilize_fusion.py and passes/ops/matmul_rows.py), `lookups` (true: the row lookups an eltwise alone reads
+become one `ttir.lookup_eltwise` program with it, a max pool's positions and their maximum, passes/lookup_fusion.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of

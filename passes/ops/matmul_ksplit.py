@@ -27,7 +27,8 @@ core executes the C - 1 adds per output tile of the unsplit chain, the split div
 reloads between K steps); a hand-over of the running total core to core (each core adding its chunks onto its
 predecessor's total) would put S waits in a row, which lockstep cores cannot overlap either. A padded grid's extra
 cores (a unit count forming no rectangle) repeat the last core's operand reads and compute but send, receive and
-write nothing.
+write nothing. A row-major result (the untilize after the product fused into it: matmul_rows.py) is packed as rows
+and written by matmul_rows.py's row writer on the finishing cores (a row count of 0 on the others).
 
 Units: (batch groups, M blocks, N blocks, S), the K split fastest, so the cores of a block are consecutive in
 row-major order. Offered for one batch group, no ragged N edge, the preferred subblock (matmul.subblock_choices),

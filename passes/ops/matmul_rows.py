@@ -9,7 +9,8 @@ a column segment of the row-major pages (`noc_write_rows` at the subblock's byte
 end). The untilize copied the packed tiles into Dst and packed them as rows: Dst holds 16-bit values, so packing
 them as bf16 rows directly gives the same bytes, and the untilize's program, launch and the tiles' buffer go.
 
-Blockings: the matmul's, without a ragged N edge (a core's subblocks past it would have no columns to write).
+Blockings: the matmul's, without a ragged N edge (a core's subblocks past it would have no columns to write), the K
+split's too (matmul_ksplit.py: its finishing cores pack and write the rows, the others write none).
 """
 
 from __future__ import annotations
