@@ -8,11 +8,11 @@
     %y = ttir.lookup_eltwise(..., %table, ..., %ids) {lookups = [i], body}
 
 A max pool is the elementwise maximum of one lookup per kernel position (passes/windows.py): nine programs and
-their launches for a 3x3 pool before the maximum's. The lookups of one eltwise are replaced together when (1) each
-is a plain lookup (no im2col, no groups) whose result, or its view, the eltwise alone reads, with the eltwise's
-result shape, (2) the cheapest fused candidate that fits L1 costs fewer modelled cycles than the programs' recorded
-costs (`tt.cost`), and (3) every program of the function still fits L1 with the fused op in their place.
-Otherwise they all stay as the grid pass chose them.
+their launches for a 3x3 pool before the maximum's. The lookups of one eltwise (its result interleaved) are
+replaced together when (1) each is a plain lookup (no im2col, no groups) whose result, or its view, the eltwise
+alone reads, with the eltwise's result shape and the table's format, (2) the cheapest fused candidate that fits L1
+costs fewer modelled cycles than the programs' recorded costs (`tt.cost`), and (3) every program of the function
+still fits L1 with the fused op in their place. Otherwise they all stay as the grid pass chose them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader
 from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.gather import is_view
-from ttc.passes.ops.geometry import is_row_major, tensor
+from ttc.passes.ops.geometry import is_row_major, is_sharded, tensor
 from ttc.passes.ops.interface import FIDELITY, GRID
 from ttc.passes.ops.lookup_eltwise import fits_cbs
 
@@ -59,8 +59,8 @@ def fuse_lookups(func, device: DeviceAttr, max_cores: int, weights, multicast: b
     fused_count = 0
     memo: dict = {}
     for eltwise in [op for op in func.body.ops if op.name == ttir.ELTWISE.name and GRID in op.attributes]:
-        if not fits_cbs(len(eltwise.operands)):
-            continue
+        if not fits_cbs(len(eltwise.operands)) or is_sharded(tensor(eltwise.result)):
+            continue  # (a sharded result's blockings are the grid pass's own: follow_sharding)
         found = {}
         for i, value in enumerate(eltwise.operands):
             if sum(1 for v in eltwise.operands if v is value) == 1:
