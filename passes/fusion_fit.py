@@ -1,4 +1,4 @@
-"""What the grid pass's fusion steps (attention.py, im2col_fusion.py, untilize_fusion.py) share: the candidates
+"""What the grid pass's fusion steps (attention.py, im2col_fusion.py, untilize_fusion.py, lookup_fusion.py) share: the candidates
 of a fused op, costed once per signature and only as far as asked (`Ranking`), and the check that a fusion pays
 and leaves every program of the function fitting L1 (`fits_l1`: allocate's L1 heap replayed with the fused op in
 place of the ops it replaces)."""
@@ -22,7 +22,7 @@ from ttc.passes.ops.registry import l1_footprint, op_kind
 
 def recorded_cycles(ops: list[Operation]) -> float:
     """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat."""
-    return sum(float(op.attributes[COST]["cycles"]) for op in ops)
+    return sum(float(op.attributes[COST]["cycles"]) for op in ops if COST in op.attributes)  # (views: no program)
 
 
 class Ranking:
@@ -68,6 +68,14 @@ def ranking(op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, we
 
     read = rows_read(op.operands[1], weights) if op.name == ttir.IM2COL_LINEAR.name else None
     key = (matmul_signature(op), fidelity, multicast, None if read is None else digest(read))
+    if op.name == ttir.LOOKUP_ELTWISE.name:  # its counts follow its body and the rows its index tables read
+        from ttc.ir.printer import Printer
+        from ttc.passes.ops.counting import constant_of
+
+        printer = Printer(False)
+        printer.op(op, 0)
+        tables = [constant_of(v, weights) for v in op.operands[ttir.lookup_eltwise_inputs(op):]]
+        key += ("\n".join(printer.lines), tuple(None if t is None else digest(t >= 0) for t in tables))
     if key not in memo:
         memo[key] = Ranking(op, device, max_cores, fidelity, weights, multicast)
     return memo[key]

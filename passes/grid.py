@@ -24,7 +24,8 @@ every op is placed, an attention's matmul, softmax and matmul become one `ttir.a
 L1 and costs less, passes/attention.py), `im2col` (true: a convolution's im2col lookup and its product become one
 `ttir.im2col_linear` program, the product's reader gathering the rows, where it fits L1 and costs less,
 passes/im2col_fusion.py), `untilize` (true: a product read only by an untilize writes rows itself,
-passes/untilize_fusion.py and passes/ops/matmul_rows.py).
+passes/untilize_fusion.py and passes/ops/matmul_rows.py), `lookups` (true: the row lookups an eltwise alone reads
+become one `ttir.lookup_eltwise` program with it, a max pool's positions and their maximum, passes/lookup_fusion.py).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
@@ -66,6 +67,7 @@ from ttc.passes.liveness import (
     readers,
     sync_body_placement,
 )
+from ttc.passes.lookup_fusion import fuse_lookups
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.matmul_chunks import split_oversized_matmuls
 from ttc.passes.ops.eltwise import overlapping
@@ -617,6 +619,7 @@ class Grid(Pass):
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
     im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
     untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
+    lookups: bool = True  # the row lookups an eltwise alone reads fused into its reader where cheaper (lookup_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -670,6 +673,8 @@ class Grid(Pass):
                 fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:
                 fuse_untilize(func, device, self.max_cores, module.weights, self.multicast)
+            if self.lookups:
+                fuse_lookups(func, device, self.max_cores, module.weights, self.multicast)
 
 
 def spill_to_dram(op: Operation, live: LiveL1, device: DeviceAttr) -> bool:

@@ -6,8 +6,8 @@
     %r = ttir.linear(%a, %w, ...)                       its result row-major: the product packs and writes rows
 
 A convolution's input is untilized into sticks for its lookups; when the sticks' tiles come from a product read by
-nothing else (ResNet's 1x1 convolutions before each 3x3), the product writes the rows itself and the untilize's
-program goes. The pair is replaced when (1) the product is two-dimensional with an interleaved (not sharded) tile
+nothing else (ResNet's 1x1 convolutions before each 3x3, and its stem's convolution, a fused lookup's product
+`ttir.im2col_linear`, before the max pool), the product writes the rows itself and the untilize's program goes. The pair is replaced when (1) the product is two-dimensional with an interleaved (not sharded) tile
 result, (2) the cheapest row-writing candidate that fits L1 costs fewer modelled cycles than the two programs'
 recorded costs (`tt.cost`), and (3) every program of the function still fits L1 without the tiles' buffer
 (the L1 heap replayed as allocate will place it). Otherwise both stay as the grid pass chose them.
@@ -20,12 +20,12 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.passes.attention import only_reader
 from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
-from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor
+from ttc.passes.ops.geometry import is_row_major, layout, tensor
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
 from ttc.passes.ops.matmul_rows import fits_rows
 from ttc.passes.ops.registry import op_kind
 
-PRODUCTS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name})
+PRODUCTS = frozenset({ttir.LINEAR.name, ttir.MATMUL.name, ttir.IM2COL_LINEAR.name})
 
 
 def match(untilize: Operation) -> Operation | None:
@@ -35,13 +35,16 @@ def match(untilize: Operation) -> Operation | None:
         return None
     source = untilize.operands[0]
     product = source.owner
-    if not isinstance(product, Operation) or product.name not in PRODUCTS or op_kind(product) != "matmul" \
+    if not isinstance(product, Operation) or product.name not in PRODUCTS \
+            or op_kind(product) not in ("matmul", "im2col_matmul") \
             or only_reader(source) is not untilize or GRID not in product.attributes:
         return None
     t = tensor(source)
-    if is_sharded(t) or layout(t).tensor_layout != "tile" or not is_row_major(untilize.result) \
+    if layout(t).tensor_layout != "tile" or not is_row_major(untilize.result) \
             or tensor(untilize.result).shape != t.shape or tensor(untilize.result).element_type != t.element_type:
         return None
+    if product.name == ttir.IM2COL_LINEAR.name:  # always a two-dimensional product (ttir.verify_im2col_linear)
+        return product
     return product if fits_rows(product) else None
 
 

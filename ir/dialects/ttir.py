@@ -938,6 +938,44 @@ IM2COL_LINEAR = OpDef(
     traits=PURE, verify=verify_im2col_linear,
 )
 
+def lookup_eltwise_inputs(op: Operation) -> int:
+    """The body inputs of a `ttir.lookup_eltwise` (its operands before the index tables)."""
+    return len(op.operands) - len(op.attr("lookups"))
+
+
+def verify_lookup_eltwise(op: Operation) -> None:
+    lookups = [int(i) for i in op.attr("lookups")]
+    n = lookup_eltwise_inputs(op)
+    if not lookups or len(set(lookups)) != len(lookups) or not all(0 <= i < n for i in lookups):
+        raise VerifyError(f"lookup_eltwise: lookups {lookups} are not distinct inputs of its {n}")
+    block = op.regions[0].blocks[0] if op.regions and op.regions[0].blocks else None
+    if block is None or len(block.args) != n:
+        raise VerifyError("the body has one block with one argument per input")
+    result = tensor(op.result.type).shape
+    for j, i in enumerate(lookups):
+        table, ids = tensor(op.operands[i].type).shape, tensor(op.operands[n + j].type).shape
+        arg = tensor(block.args[i].type).shape
+        if len(table) != 2 or len(ids) != 2 or ids[1] != 32 or arg != (ids[0] * 32, table[1]) or arg != result:
+            raise VerifyError(f"lookup_eltwise input {i}: a table [rows, C] and indices [tile rows, 32] looking up "
+                              f"the result's {_dims(result)}, not {_dims(table)}, {_dims(ids)} for {_dims(arg)}")
+    for i, (arg, value) in enumerate(zip(block.args, op.operands[:n], strict=True)):
+        if i not in lookups and tensor(arg.type).shape != tensor(value.type).shape:
+            raise VerifyError("body arguments must have the operands' shapes")
+    term = block.terminator
+    if term is None or term.name != YIELD.name or len(term.operands) != 1 \
+            or tensor(term.operands[0].type).shape != result:
+        raise VerifyError("the body ends with ttir.yield of one value of the result's shape")
+
+
+LOOKUP_ELTWISE = OpDef(
+    "ttir.lookup_eltwise", "eltwise(inputs) where each input of `lookups` is embedding{pad_negative}(table, indices) "
+    "as one device op: the reader looks the rows up itself (the grid pass fuses lookups into the eltwise that alone "
+    "reads them, a max pool's positions: passes/lookup_fusion.py); operands: the eltwise's inputs, the table in "
+    "place of each looked-up one, then the index tables [tile rows, 32] in the order of `lookups`",
+    operands=(Operand("inputs", variadic=True),), attributes=(Attr("lookups", IntArrayAttr, REQUIRED),), regions=1,
+    traits=PURE, verify=verify_lookup_eltwise,
+)
+
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
@@ -945,5 +983,5 @@ TTIR = Dialect(
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D,
-         ATTENTION, IM2COL_LINEAR],
+         ATTENTION, IM2COL_LINEAR, LOOKUP_ELTWISE],
 ).register()

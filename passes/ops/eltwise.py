@@ -16,7 +16,7 @@ padding when the body could have made it non-zero, and packs into the output CB 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -56,7 +56,7 @@ from ttc.passes.ops.geometry import (
     work_format,
 )
 from ttc.passes.ops.interface import DeviceOp
-from ttc.passes.ops.kernel import KernelBuilder
+from ttc.passes.ops.kernel import Index, KernelBuilder
 from ttc.passes.ops.program import (
     Program,
     Schedule,
@@ -124,7 +124,10 @@ def overlapping(op: Operation, blocking: dict[str, int]) -> bool:
 
 
 def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
-                 result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+                 result_layout: LayoutAttr | None = None, weights: Weights | None = None,
+                 gathered: Callable[[Plan, int, np.ndarray, np.ndarray], bool] | None = None) -> Counts:
+    """`gathered(plan, index, first tile rows [cores], block loop [blocks, 3])` counts input #index's reads
+    instead when it returns True (an input its reader gathers: lookup_eltwise.py)."""
     ep = eltwise_plan(op)
     out = tile_shape(tensor(op.result).shape)
     width = b["block_w"]
@@ -153,7 +156,9 @@ def plan_eltwise(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity:
     loop = np.stack([g.ravel() for g in np.meshgrid(np.arange(b["batches"]), np.arange(b["rows"]),
                                                     np.arange(col_blocks), indexing="ij")], axis=1)  # [blocks, 3]
     held = held_inputs(op, b)
-    for value, full, once in zip(op.operands, ep.inputs, held, strict=True):
+    for index, (value, full, once) in enumerate(zip(op.operands, ep.inputs, held, strict=True)):
+        if gathered is not None and gathered(plan, index, row0, loop):
+            continue
         source = tile_shape(tensor(value).shape)
         offsets = batch_offsets(tensor(value).shape, tensor(op.result).shape)
         step = affine_step(offsets, b["batches"]) or 0
@@ -225,12 +230,17 @@ def block_loops(k: KernelBuilder, b: dict[str, int]):
     return k.loop(b["batches"]), k.loop(b["rows"]), k.loop(b["cols"] // b["block_w"])
 
 
-def eltwise_reader(op: Operation, plan: EltwisePlan, s: Schedule, strides) -> object:
+def eltwise_reader(op: Operation, plan: EltwisePlan, s: Schedule, strides,
+                   gather: Callable[[KernelBuilder, int, Index, Index], None] | None = None,
+                   gathered: frozenset[int] = frozenset()) -> object:
+    """`gather(k, index, row, col)` reads the block's rows of each input of `gathered` instead (lookup_eltwise.py:
+    its compute tilizes them into the input's CB)."""
     b = s.blocking
     width = b["block_w"]
     k = KernelBuilder(op.loc)
-    gens = [k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
+    gens = [None if i in gathered else k.addrgen(i, tensor(v)) for i, v in enumerate(op.operands)]
     held = held_inputs(op, b)
+    assert not any(held[i] for i in gathered)
     if any(held):
         for i, (gen, full) in enumerate(zip(gens, plan.inputs, strict=True)):
             if held[i]:
@@ -242,23 +252,29 @@ def eltwise_reader(op: Operation, plan: EltwisePlan, s: Schedule, strides) -> ob
                 k.op("cb_push_back", cb=i, pages=width if full else 1)
     loop_b, loop_r, loop_c = block_loops(k, b)
     with loop_b as batch, loop_r as row, loop_c as col:
+        if gather is not None:
+            for i in sorted(gathered):
+                gather(k, i, row, col)
         for i, (gen, full) in enumerate(zip(gens, plan.inputs, strict=True)):
-            if held[i]:
+            if held[i] or i in gathered:
                 continue
             _, step, rs, cs = strides[i]
             tiles = width if full else 1
             start = k.affine(k.arg(i), (batch, step), (row, rs), (col, width * cs))
             k.op("cb_reserve_back", cb=i, pages=tiles)
             k.op("noc_read_tiles", gen, start, cb=i, rows=1, cols=tiles)
-        if not all(held):
+        plain = [i for i in range(len(held)) if not held[i] and i not in gathered]
+        if plain:
             k.op("noc_read_barrier")
-        for i, full in enumerate(plan.inputs):
-            if not held[i]:
-                k.op("cb_push_back", cb=i, pages=width if full else 1)
+        for i in plain:
+            k.op("cb_push_back", cb=i, pages=width if plan.inputs[i] else 1)
     return k.region()
 
 
-def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShape) -> object:
+def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShape,
+                    block_ready: Callable[[KernelBuilder], None] | None = None) -> object:
+    """`block_ready(k)` runs at the start of every block, before its inputs are waited for (lookup_eltwise.py:
+    the gathered inputs' rows tilized into their CBs)."""
     b = s.blocking
     width = b["block_w"]
     k = KernelBuilder(op.loc)
@@ -274,6 +290,8 @@ def eltwise_compute(op: Operation, plan: EltwisePlan, s: Schedule, out: TileShap
             k.op("cb_wait_front", cb=i, pages=width if full else 1)
     loop_b, loop_r, loop_c = block_loops(k, b)
     with loop_b, loop_r as row, loop_c as col:
+        if block_ready is not None:
+            block_ready(k)
         for i, full in enumerate(plan.inputs):
             if not held[i]:
                 k.op("cb_wait_front", cb=i, pages=width if full else 1)
@@ -329,11 +347,12 @@ def phase_entry(k: KernelBuilder, phase: Phase, first: int, tiles: int) -> None:
              b_col_stride=int(phase.b_full), bcast=phase.bcast, rows=1, cols=tiles)
 
 
-def eltwise_writer(op: Operation, s: Schedule, out: TileShape) -> object:
+def eltwise_writer(op: Operation, s: Schedule, out: TileShape, output: int | None = None) -> object:
+    """`output`: the result's buffer index when it is not the one after the op's operands (a fused op's stand-in)."""
     b = s.blocking
     width = b["block_w"]
     k = KernelBuilder(op.loc)
-    gen = k.addrgen(len(op.operands), tensor(op.result))
+    gen = k.addrgen(len(op.operands) if output is None else output, tensor(op.result))
     loop_b, loop_r, loop_c = block_loops(k, b)
     with loop_b as batch, loop_r as row, loop_c as col:
         start = k.affine(k.arg(0), (batch, out.rt * out.ct), (row, out.ct), (col, width))

@@ -14,7 +14,9 @@ linear whose in0 is the im2col matrix, `as_linear`), with in0 made on the core i
   (`tilize_tiles`) and packs them into CB_IN0 in the im2col matrix's format (`a_format`), the tiles the unfused
   lookup packed and wrote; then the unchanged product.
 
-The im2col matrix is never written: the lookup's program, its launch and the matrix's buffer go. Values are the
+The im2col matrix is never written: the lookup's program, its launch and the matrix's buffer go. A row-major result
+(the untilize after the product fused into it by `passes/untilize_fusion.py`, as for a plain product) packs each
+finished subblock as rows and writes them with matmul_rows.py's writer (no ragged N edge). Values are the
 unfused pair's bit for bit (the same rows, the same tilize and pack, then the same product). A stick read is a
 piece of gcd(in0_block_w, stick tiles) tiles (`piece_tiles`), so every K block is whole pieces of one position
 each; the K blocks repeat their pattern of pieces every lcm(in0_block_w, stick tiles) K tiles (`block_runs`), which
@@ -49,6 +51,7 @@ from ttc.passes.ops.geometry import (
     TILE,
     cb,
     double,
+    is_row_major,
     is_sharded,
     layout,
     page_size,
@@ -81,6 +84,7 @@ from ttc.passes.ops.matmul_mcast import (
     mcast_reader_args,
     multicast_handshake,
 )
+from ttc.passes.ops.matmul_rows import element_bytes, pack_rows, rows_cbs, rows_writer, rows_written
 from ttc.passes.ops.program import Program, Schedule, cbs_of, schedule_of
 from ttc.passes.ops.registry import register
 
@@ -169,8 +173,9 @@ def fused_candidates(op: Operation) -> list[dict[str, int]]:
 
     with as_linear(op) as proxy:
         shape = matmul_shape(proxy)
+        rows = is_row_major(op.result)  # written as rows (matmul_rows.py): no ragged N edge
         return [b for b in matmul_candidates(proxy) if b.get(MCAST, 0) in (0, IN1_TO_ALL) and not is_ksplit(b)
-                and writes_shards(op, shape, b)]
+                and writes_shards(op, shape, b) and not (rows and shape.nt % b["per_core_n"])]
 
 
 def result_shards(op: Operation) -> LayoutAttr | None:
@@ -198,7 +203,7 @@ def fused_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     g = im2col_of(op)
     piece = piece_tiles(g, blocking["in0_block_w"])
     with as_linear(op) as proxy:
-        cbs = matmul_cbs(proxy, blocking)
+        cbs = rows_cbs(proxy, blocking) if is_row_major(op.result) else matmul_cbs(proxy, blocking)
     cbs += [cb(CB_STICKS, tensor(op.operands[0]).element_type, double(TILE, 2), page=piece * TILE * g.element_bytes),
             cb(CB_INDEX, ScalarType("i32"), double(1, 2), page=TILE * ELEMENT_BYTES["i32"])]
     return sorted(cbs, key=lambda c: c.index)
@@ -239,7 +244,8 @@ def plan_fused(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: s
             else:
                 plan.masked(Buffer.of(tensor(table), device, page=1), instances * piece * TILE * g.element_bytes)
 
-        return plan_matmul(proxy, device, b, fidelity, grid, result_layout, weights, read_in0=read_in0)
+        return plan_matmul(proxy, device, b, fidelity, grid, result_layout, weights, read_in0=read_in0,
+                           write_out=rows_written(proxy, device, b) if is_row_major(op.result) else None)
 
 
 def lower_fused(op: Operation) -> Program:
@@ -268,13 +274,18 @@ def lower_fused(op: Operation) -> Program:
 
         def writer_args(unit: tuple[int, ...]) -> list[int]:
             m, n = first_row(unit), unit[2] * b["per_core_n"]
+            if rows:  # as matmul_rows.lower_rows: the first tile row, the byte offset of the first tile column
+                return [m, n * TILE * element_bytes(proxy)]
             return [m * shape.nt + n, *valid_n(n)]
 
         g = im2col_of(op)
+        rows = is_row_major(op.result)
         reader = fused_reader(op, shape, schedule, g)
         compute = matmul_compute(proxy, shape, schedule, fused_bias(op) is not None,
-                                 op.attributes.get("activation", "none"), in0_ready=tilize_in0(b, g))
-        writer = matmul_writer(proxy, shape, schedule, output=len(op.operands))
+                                 op.attributes.get("activation", "none"), in0_ready=tilize_in0(b, g),
+                                 pack_out=pack_rows if rows else None)
+        writer = rows_writer(proxy, schedule, output=len(op.operands)) if rows \
+            else matmul_writer(proxy, shape, schedule, output=len(op.operands))
     return Program("im2col_matmul", schedule.grid, cbs_of(op, schedule), (reader, compute, writer),
                    (schedule.args(reader_args), schedule.args(compute_args), schedule.args(writer_args)),
                    list(op.operands))

@@ -27,7 +27,8 @@ core executes the C - 1 adds per output tile of the unsplit chain, the split div
 reloads between K steps); a hand-over of the running total core to core (each core adding its chunks onto its
 predecessor's total) would put S waits in a row, which lockstep cores cannot overlap either. A padded grid's extra
 cores (a unit count forming no rectangle) repeat the last core's operand reads and compute but send, receive and
-write nothing.
+write nothing. A row-major result (the untilize after the product fused into it: matmul_rows.py) is packed as rows
+and written by matmul_rows.py's row writer on the finishing cores (a row count of 0 on the others).
 
 Units: (batch groups, M blocks, N blocks, S), the K split fastest, so the cores of a block are consecutive in
 row-major order. Offered for one batch group, no ragged N edge, the preferred subblock (matmul.subblock_choices),
@@ -65,6 +66,7 @@ from ttc.passes.ops.geometry import (
     cb,
     divisors,
     double,
+    is_row_major,
     page_size,
     tensor,
     work_format,
@@ -139,7 +141,8 @@ def ksplit_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
     tiles, block_tiles, subblocks = h * w, blocking["per_core_m"] * blocking["per_core_n"], sh * sw
     cbs = [cb(CB_IN0, a.element_type, double(h * width, k_blocks * sh)),
            cb(CB_IN1, b.element_type, double(width * w, k_blocks * subblocks)),
-           cb(CB_OUT, out.element_type, double(tiles, subblocks)),
+           cb(CB_OUT, out.element_type, double(TILE, subblocks * h), page=w * TILE * page_size(out) // out.shape[-1])
+           if is_row_major(op.result) else cb(CB_OUT, out.element_type, double(tiles, subblocks)),
            cb(CB_GATHER, work, (split - 1) * per_core * block_tiles),
            cb(CB_SEND, work, double(tiles, per_core * subblocks)),
            cb(CB_SUMS, work, per_core * block_tiles)]
@@ -234,6 +237,11 @@ def plan_ksplit(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: 
     outputs = [(Buffer.of(out_type, device), True)]
     if residual is not None:
         outputs.append((Buffer.of(tensor(residual), device), False))
+    if is_row_major(op.result):  # the rows of the finishing cores (matmul_rows.py's writes)
+        from ttc.passes.ops.matmul_rows import rows_written
+
+        outputs = outputs[1:]
+        rows_written(op, device, b, role["finishes"])(plan)
     for buf, write in outputs:
         plan.masked(buf, np.full(subblocks, h * w * finishing), write=write)
         if buf.owner_bank is not None:  # a sharded residual: the finishing cores' pages in their own shards
@@ -288,8 +296,10 @@ def lower_ksplit(op: Operation) -> Program:
     def writer_args(core: int, unit: tuple[int, ...]) -> list[int]:
         m, n, _ = place(unit)
         sends, finishes = bool(role["sends"][core]), bool(role["finishes"][core])
+        rows = [m, n * TILE * page_size(tensor(op.result)) // tensor(op.result).shape[-1], TILE if finishes else 0] \
+            if is_row_major(op.result) else []  # first tile row, its first byte, rows written per tile row
         return [m * shape.nt + n, pcn if finishes else 0, int(sends), w if sends else 0,
-                min(core, math.prod(s.units) - 1) * sent, core % gx, core // gx]
+                min(core, math.prod(s.units) - 1) * sent, core % gx, core // gx, *rows]
 
     scratch = scratch_type(op, shape, b)
     kernels = (ksplit_reader(op, shape, s, scratch), ksplit_compute(op, shape, s), ksplit_writer(op, shape, s, scratch))
@@ -425,7 +435,12 @@ def ksplit_compute(op: Operation, shape, s: Schedule):
                 total = (CB_TOTAL, 0)
         product_epilogue(k, op, shape, h, w, has_bias, activation,  # the unsplit epilogue (matmul_compute)
                          lambda: (k.add(k.arg(0), row * h), k.add(k.arg(1), col * w)))  # noqa: B023 (called now)
-        k.pack_block(CB_OUT, tiles)
+        if is_row_major(op.result):  # the untilize after it fused (matmul_rows.py)
+            from ttc.passes.ops.matmul_rows import pack_rows
+
+            pack_rows(k, h, w)
+        else:
+            k.pack_block(CB_OUT, tiles)
     k.op("cb_pop_front", cb=CB_GATHER, pages=gathered * block_tiles)
     k.op("cb_pop_front", cb=CB_SUMS, pages=per_core * block_tiles)
     return k.region()
@@ -449,6 +464,23 @@ def ksplit_writer(op: Operation, shape, s: Schedule, scratch: TensorType):
         k.op("noc_write_barrier")
         k.op("cb_pop_front", cb=CB_SEND, pages=tiles)
     k.op("semaphore_inc", k.arg(5), k.arg(6), k.arg(2), semaphore=SELF)
+    if is_row_major(op.result):  # matmul_rows.rows_writer's rows, as many as arg 9 allows (the finishing core's)
+        from ttc.passes.ops.matmul_rows import element_bytes
+        from ttc.passes.ops.untilize import real_rows
+
+        row_bytes, block_bytes = page_size(tensor(op.result)), w * TILE * element_bytes(op)
+        with k.loop(sh) as row, k.loop(sw) as col:
+            offset = k.affine(k.arg(8), (col, block_bytes))
+            size = block_bytes if row_bytes % block_bytes == 0 else \
+                k.minimum(block_bytes, k.affine(row_bytes, (offset, -1)))
+            for r in range(h):
+                tile_row = k.add(k.affine(k.arg(7), (row, h)), r)
+                k.op("cb_wait_front", cb=CB_OUT, pages=TILE)
+                k.op("noc_write_rows", out_gen, k.mul(tile_row, TILE),
+                     k.minimum(real_rows(k, shape.rows, tile_row), k.arg(9)), offset, size, cb=CB_OUT, count=TILE)
+                k.op("noc_write_barrier")
+                k.op("cb_pop_front", cb=CB_OUT, pages=TILE)
+        return k.region()
     with k.loop(sh) as row, k.loop(sw) as col:
         k.op("cb_wait_front", cb=CB_OUT, pages=tiles)
         k.op("noc_write_tiles", out_gen, k.affine(k.arg(0), (row, h * shape.nt), (col, w)),

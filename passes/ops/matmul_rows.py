@@ -9,7 +9,8 @@ a column segment of the row-major pages (`noc_write_rows` at the subblock's byte
 end). The untilize copied the packed tiles into Dst and packed them as rows: Dst holds 16-bit values, so packing
 them as bf16 rows directly gives the same bytes, and the untilize's program, launch and the tiles' buffer go.
 
-Blockings: the matmul's, without a ragged N edge (a core's subblocks past it would have no columns to write).
+Blockings: the matmul's, without a ragged N edge (a core's subblocks past it would have no columns to write), the K
+split's too (matmul_ksplit.py: its finishing cores pack and write the rows, the others write none).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def segments(op: Operation, w: int, first_col: np.ndarray | int, col: np.ndarray
     return offset, np.minimum(w * TILE * element_bytes(op), row_bytes - offset)
 
 
-def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
-              result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+def rows_written(op: Operation, device: DeviceAttr, b: dict[str, int], writes: np.ndarray | None = None):
+    """plan_matmul's `write_out`: the rows of each tile row and subblock column (`rows_writer`'s writes); `writes`:
+    the cores that write (the K split's finishing cores), else all."""
     shape = matmul_shape(op)
     w = b["out_subblock_w"]
     sw = b["per_core_n"] // w
@@ -88,21 +90,29 @@ def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: st
         n0 = plan.unit[:, 2] * b["per_core_n"]
         tile_rows = m0[:, None] + np.arange(b["per_core_m"])[None, :]  # [cores, pcm]
         valid = np.clip(shape.rows - TILE * tile_rows, 0, TILE)
+        if writes is not None:
+            valid = valid * writes[:, None]
         _, size = segments(op, w, n0[:, None], np.arange(sw)[None, :])  # [cores, sw]
         totals = np.einsum("ci,cj->ij", valid, size)  # per (tile row, subblock column): bytes of all cores
         plan.masked(Buffer.of(tensor(op.result), device, page=1), np.tile(totals.ravel(), b["batches"]), write=True)
 
-    return plan_matmul(op, device, b, fidelity, grid, result_layout, weights, write_out=write_out)
+    return write_out
 
 
-def rows_writer(op: Operation, s: Schedule):
-    """Per finished subblock (in the compute's walk), per tile row: its real rows as a segment of the pages."""
+def plan_rows(op: Operation, device: DeviceAttr, b: dict[str, int], fidelity: str, grid: tuple[int, int],
+              result_layout: LayoutAttr | None = None, weights: Weights | None = None) -> Counts:
+    return plan_matmul(op, device, b, fidelity, grid, result_layout, weights, write_out=rows_written(op, device, b))
+
+
+def rows_writer(op: Operation, s: Schedule, output: int | None = None):
+    """Per finished subblock (in the compute's walk), per tile row: its real rows as a segment of the pages.
+    `output`: the result's buffer index when it is not the one after the op's operands (a fused op's stand-in)."""
     shape = matmul_shape(op)
     b = s.blocking
     h, w = b["out_subblock_h"], b["out_subblock_w"]
     k = KernelBuilder(op.loc)
     out = tensor(op.result)
-    gen = k.addrgen(len(op.operands), out)
+    gen = k.addrgen(len(op.operands) if output is None else output, out)
     row_bytes, block_bytes = page_size(out), w * TILE * element_bytes(op)
     outer, inner = k.loop(b["per_core_m"] // h), k.loop(b["per_core_n"] // w)
     if column_outer(b):
@@ -154,20 +164,27 @@ class MatmulRowsOp(MatmulOp):
         return is_row_major(op.result)
 
     def candidates(self, op: Operation) -> Iterator[dict[str, int]]:
-        from ttc.passes.ops.matmul_ksplit import is_ksplit
-
-        shape = matmul_shape(op)  # the K split's last core writes tiles (matmul_ksplit.py): not offered here
-        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0 and not is_ksplit(b))
+        shape = matmul_shape(op)  # (the K split's finishing cores write the rows: matmul_ksplit.py)
+        return (b for b in matmul_candidates(op) if shape.nt % b["per_core_n"] == 0)
 
     def circular_buffers(self, op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]:
-        return rows_cbs(op, blocking)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, ksplit_cbs
+
+        return ksplit_cbs(op, blocking) if is_ksplit(blocking) else rows_cbs(op, blocking)
 
     def counts(self, op: Operation, device: DeviceAttr, blocking: dict[str, int], fidelity: str,
                grid: tuple[int, int], result_layout: LayoutAttr | None = None,
                weights: Weights | None = None) -> Counts:
-        return plan_rows(op, device, blocking, fidelity, grid, result_layout, weights)
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, plan_ksplit
+
+        plan = plan_ksplit if is_ksplit(blocking) else plan_rows
+        return plan(op, device, blocking, fidelity, grid, result_layout, weights)
 
     def lower(self, op: Operation, module: Module) -> Program:
+        from ttc.passes.ops.matmul_ksplit import is_ksplit, lower_ksplit
+
+        if is_ksplit(schedule_of(op).blocking):
+            return dataclasses.replace(lower_ksplit(op), kind="matmul_rows")
         return lower_rows(op)
 
 

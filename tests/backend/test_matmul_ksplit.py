@@ -16,7 +16,7 @@ from backend_helpers import Graph, compile_text, device_weights
 from ttc.ir import Module, Operation
 from ttc.ir.diagnostics import DeviceFault
 from ttc.ir.dialects import ttkernel, ttmetal
-from ttc.ir.dialects.tt import E150
+from ttc.ir.dialects.tt import E150, LayoutAttr
 from ttc.passes import PassManager
 from ttc.passes.cost_model import plan_counts
 from ttc.passes.grid import grid_for, ranked_matmul
@@ -52,10 +52,15 @@ def backend(dtype: str, fidelity: str) -> str:
     return f"layout{{dtype={dtype}}},grid{{math-fidelity={fidelity}}}"
 
 
-def forced(g: Graph, blocking: dict[str, int], dtype: str, fidelity: str) -> tuple[Module, object]:
-    """The graph compiled with its matmul on `blocking`, and the matmul's planned counts."""
+def forced(g: Graph, blocking: dict[str, int], dtype: str, fidelity: str, rows: bool = False) -> tuple[Module, object]:
+    """The graph compiled with its matmul on `blocking` (writing its result as rows with `rows`, as the untilize
+    fusion makes it: matmul_rows.py), and the matmul's planned counts."""
     module = compile_text(g.text(), dict(g.weights), backend(dtype, fidelity))
     op = the_matmul(module)
+    if rows:
+        t = op.result.type
+        op.result.type = t.with_encoding(LayoutAttr("row_major", t.encoding.memory_space, "interleaved"))
+        assert op_kind(op) == "matmul_rows"
     units = core_units(op, blocking)
     grid = grid_for(int(np.prod(units)), E150)
     op.attributes["tt.blocking"] = dict(blocking)
@@ -83,13 +88,13 @@ def blocking(m: int, n: int, width: int, h: int, w: int, split: int = 0) -> dict
 
 
 def check_split(g: Graph, b: dict[str, int], inputs: dict[str, np.ndarray], dtype: str = "bf16",
-                fidelity: str = "hifi4") -> None:
+                fidelity: str = "hifi4", rows: bool = False) -> None:
     """The unsplit blocking and its K split: the same bits on both emulators, each one's planned counts executed
     and counted statically."""
     results = {}
     unsplit = {key: value for key, value in b.items() if key != KSPLIT}
     for label, blk in (("unsplit", unsplit), ("split", b)):
-        module, planned = forced(g, blk, dtype, fidelity)
+        module, planned = forced(g, blk, dtype, fidelity, rows)
         hand_overs = [op for op in module.walk() if op.name == ttkernel.SEMAPHORE_INC.name]
         assert bool(hand_overs) == (label == "split")
         assert [p.counts for p in static_profile(module, device_weights(module))] == [planned]
@@ -153,18 +158,29 @@ def test_the_grid_pass_splits_k_of_a_product_with_few_output_blocks() -> None:
     assert shape.kt // accumulation_tiles(shape.kt) % b[KSPLIT] == 0
 
 
-def test_a_product_writing_rows_is_never_offered_the_k_split() -> None:
-    """A product writing rows (matmul_rows.py) has its own writer: the K split's blockings (whose last core gathers
-    tile sums and writes tiles) are not among its candidates, though the plain product's are. (The fused lookup's
-    reader likewise: test_conv_fusion.)"""
+@pytest.mark.parametrize("name", ["3-cores-block-per-core", "subblocks-pipelined", "residual"])
+def test_a_k_split_writing_rows_matches_the_unsplit_bits(name: str) -> None:
+    """A product writing rows (its untilize fused: matmul_rows.py) split along K: the block's finishing core packs
+    and writes the rows (the others none), with the unsplit bits and the planned counts on both emulators; with
+    ragged rows too."""
+    b, options = CASES[name]
+    check_split(product(**options), b, feeds(residual=bool(options.get("residual"))), "bfp8_b", "lofi", rows=True)
+    if name == "3-cores-block-per-core":
+        check_split(product(m=3 * 32 - 5), blocking(1, 3, 6, 1, 3, 3), feeds(m=3 * 32 - 5), rows=True)
+
+
+def test_a_product_writing_rows_is_offered_the_k_split() -> None:
+    """ResNet-50's stage-4 1x1 convolution before a 3x3 ([49 x 2048] @ [2048 x 512]) writing the 3x3's sticks: its
+    row-writing candidates include the K splits (matmul_rows.py). (The fused lookup's reader never takes them:
+    test_conv_fusion.)"""
     from ttc.passes.ops.matmul import matmul_candidates
     from ttc.passes.ops.matmul_rows import MATMUL_ROWS
 
-    g = product(m=49, k=4608, n=512)
+    g = product(m=49, k=2048, n=512)
     module = compile_text(g.text(), dict(g.weights), backend("bfp8_b", "lofi"))
     op = the_matmul(module)
     assert any(is_ksplit(b) for b in matmul_candidates(op))
-    assert not any(is_ksplit(b) for b in MATMUL_ROWS.candidates(op))
+    assert any(is_ksplit(b) for b in MATMUL_ROWS.candidates(op))
 
 
 def test_no_k_split_where_the_output_fills_the_grid() -> None:

@@ -94,6 +94,49 @@ def test_fused_programs_have_the_unfused_bits(name: str, monkeypatch: pytest.Mon
     assert len(plans) < len(unfused_plans)
 
 
+def window_chain_model(n: int, c: int, h: int, w: int, k: int, pad: int, pool: bool) -> onnx.ModelProto:
+    """A k x k conv + relu whose result only a window op reads: another k x k conv, or a 3x3 stride-2 max pool."""
+    rng = np.random.default_rng(2)
+    w1 = (rng.standard_normal((c, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    w2 = (rng.standard_normal((c, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    initializers = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                    numpy_helper.from_array((rng.standard_normal(c) * 0.1).astype(np.float32), "b1")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[k, k], pads=[pad] * 4, name="/c1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="/r1")]
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["r1"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4,
+                                      name="/pool"))
+    else:
+        nodes.append(helper.make_node("Conv", ["r1", "w2"], ["y"], kernel_shape=[k, k], pads=[pad] * 4, name="/c2"))
+    size = (h + 2 * pad - k) + 1
+    out = (size + 2 - 3) // 2 + 1 if pool else size + 2 * pad - k + 1
+    graph = helper.make_graph(nodes, "window_chain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, c, out, out])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["conv", "max pool"])
+def test_a_fused_lookups_product_writes_the_next_windows_sticks(pool: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convolution whose lookup is fused (`ttir.im2col_linear`) and whose result only the next window op's lookups
+    read (ResNet-50's stem before its max pool): the untilize fuses into it too (the fused product packs and writes
+    rows, matmul_rows.py's writer), with the unfused programs' bits on both emulators and planned = executed =
+    static counts."""
+    model = window_chain_model(1, 32, 12, 12, 3, 1, pool)
+    feeds = feeds_for(model)
+    with monkeypatch.context() as patch:
+        force_fusion(patch)
+        plans, fused = compile_with_plans(model)
+    assert "im2col_matmul" in kinds(fused) and "matmul_rows" not in kinds(fused)  # (no plain product took them)
+    _, unfused = compile_with_plans(model, UNFUSED)
+    assert kinds(fused).count("untilize") < kinds(unfused).count("untilize")
+    expected = unfused.run(feeds, emulator="native")["y"]
+    for emulator in ("reference", "native"):
+        np.testing.assert_array_equal(fused.run(feeds, emulator=emulator)["y"], expected)
+        check_planned_equals_executed(plans, fused.profile)
+    check_static_equals_executed(fused, fused.profile)
+
+
 def test_bfp8_activations_keep_their_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the published preset the im2col matrix (read only by its product) is block-float: the fused reader's
     tilize packs it into CB 0 in that format, as the lookup wrote it."""

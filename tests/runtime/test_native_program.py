@@ -217,15 +217,18 @@ def matmul_chain() -> onnx.ModelProto:
 
 
 def conv_chain() -> onnx.ModelProto:
-    """3x3 conv + relu -> 1x1 conv at 56 x 56 pixels: runs height-sharded in L1 (tests/e2e/test_sharding_golden.py)."""
+    """3x3 conv + relu -> 1x1 conv -> 1x1 conv at 56 x 56 pixels: runs height-sharded in L1 (the first 1x1's result,
+    read as tiles by the second; tests/e2e/test_sharding_golden.py)."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="/conv1", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["r1"], name="/relu1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="/conv2")]
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="/conv2"),
+             helper.make_node("Conv", ["c2", "w3"], ["y"], name="/conv3")]
     init = {"w1": (rng.standard_normal((32, 16, 3, 3)) / 12).astype(np.float32),
             "b1": (rng.standard_normal(32) * 0.1).astype(np.float32),
             "w2": (rng.standard_normal((64, 32, 1, 1)) / 6).astype(np.float32),
-            "b2": (rng.standard_normal(64) * 0.1).astype(np.float32)}
+            "b2": (rng.standard_normal(64) * 0.1).astype(np.float32),
+            "w3": (rng.standard_normal((32, 64, 1, 1)) / 8).astype(np.float32)}
     return model_of(nodes, {"x": ((1, 16, 56, 56), F32)}, init, ["y"])
 
 
