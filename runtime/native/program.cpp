@@ -859,7 +859,7 @@ bool spin_for(Done done, double us) {
 // schedule and runs every inter-core op on all cores itself, in grid order. The stretches of instructions up to
 // the next inter-core op (run_segment: what happens there touches only the core's own state, and memory no other
 // core writes between two inter-core ops) are phases that every worker takes part in: each claims the phase's
-// cores one at a time (a worker that comes late, on a loaded machine, finds them taken, and the coordinator never
+// cores a few at a time (a worker that comes late, on a loaded machine, finds them taken, and the coordinator never
 // waits for it, only for cores claimed and not finished). With several workers every core has its own op
 // temporaries and ThreadAcc, so that any thread can run it; the cores are made and destroyed on the coordinator's
 // thread (their scratch sets are its). The result is the same for any number of workers: cores of a phase do not
@@ -966,22 +966,26 @@ class Lockstep {
 
   // the cores of phase `generation` this thread claims, each up to its next inter-core op
   void take(uint64_t generation) {
+    // a few cores at a time (a phase's segments are often short: a claim per core made them contend)
+    const int64_t chunk = std::max<int64_t>(1, n_ / (4 * workers_));
     for (;;) {
       uint64_t claim = claim_.load(std::memory_order_acquire);
-      int64_t c;
+      int64_t c, end;
       do {
         if ((claim >> 32) != generation) return;  // a later phase: this one is done
         c = static_cast<int64_t>(claim & 0xFFFFFFFFu);
         if (c >= n_) return;
-      } while (!claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+        end = std::min(n_, c + chunk);
+      } while (!claim_.compare_exchange_weak(claim, claim + static_cast<uint64_t>(end - c), std::memory_order_acq_rel,
+                                             std::memory_order_acquire));
       try {
-        on(c, [&](Core& core) { results_[c] = core.run_segment(kernel_); });
+        for (int64_t i = c; i < end; ++i) on(i, [&](Core& core) { results_[i] = core.run_segment(kernel_); });
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
         faulted_.store(true, std::memory_order_relaxed);
       }
-      finished_.fetch_add(1, std::memory_order_acq_rel);
+      finished_.fetch_add(end - c, std::memory_order_acq_rel);
     }
   }
 
