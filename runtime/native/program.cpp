@@ -2578,7 +2578,13 @@ void register_program(py::module_& m) {
           },
           "Replace one kernel's runtime argument values (the same count; runtime scalars substituted per run)",
           py::arg("kernel"), py::arg("values"))
-      .def_readwrite("last_run_us", &Encoded::last_run_us);
+      .def_readwrite("last_run_us", &Encoded::last_run_us)
+      .def_readonly("last_workers", &Encoded::last_workers, "the threads the last run took")
+      // the choice between one thread and several (Encoded::serial_us), read and set by tests
+      .def_readwrite("serial_us", &Encoded::serial_us)
+      .def_readwrite("parallel_us", &Encoded::parallel_us)
+      .def_readwrite("runs", &Encoded::runs)
+      .def_readwrite("serial_runs", &Encoded::serial_runs);
   m.def("run_program", &run_program,
         "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",
         py::arg("program"), py::arg("addresses"), py::arg("dram"), py::arg("l1"), py::arg("dram_table"),

@@ -309,6 +309,57 @@ def test_programs_handed_to_the_pool_back_to_back_give_the_same_bytes() -> None:
         executor.HOST_OPS["ttmetal.enqueue_program"] = previous
 
 
+def test_a_program_takes_one_thread_or_several_by_its_recorded_times() -> None:
+    """A program that may run on several threads takes several unless its recorded run on one was faster by a
+    quarter, tries the other way on its second run (and every 16th), and takes one after a run that mostly waited
+    (`serial_runs`); the bytes are the same whichever it takes."""
+    seen: list[int] = []
+
+    class Choose(DualEnqueue):
+        def __call__(self, ex: Any, op: Operation, values: dict[Value, Any]) -> None:
+            addresses = [ex.buffer(values, value).alloc.address for value in op.operands]
+            plan = ex._plans.get(op) or ex._plans.setdefault(op, ProgramPlan(op))
+            device, ranges = ex.device, l1_ranges(ex.device, op)
+            encoding = native_program.encode(plan, op, device)
+            program = encoding.program
+            start = snapshot(device, ranges)
+            if program.cores < 2:
+                ex.profile.append(run_native(device, op, addresses, ex.step_budget, plan, 2))
+                return
+
+            def run(**state: float) -> int:
+                restore(device, start)
+                state = {"serial_runs": 0, **state}  # (a short run may wait for the other thread most of its time)
+                for key, value in state.items():
+                    setattr(program, key, value)
+                program.last_run_us = 0  # no history of a short run (those take one thread)
+                got = run_native(device, op, addresses, ex.step_budget, plan, 2)
+                assert got == profile
+                assert_same_state(snapshot(device, ranges), want, f"{state}")
+                return program.last_workers
+
+            profile = run_native(device, op, addresses, ex.step_budget, plan, 1)
+            want = snapshot(device, ranges)
+            fresh = dict(serial_us=0, parallel_us=0, runs=0, serial_runs=0)
+            assert run(**fresh) == 2 and program.parallel_us > 0 and program.runs == 1  # nothing recorded: several
+            assert run(runs=1) == 1 and program.serial_us > 0  # the second run tries one thread
+            assert run(serial_us=100.0, parallel_us=124.0, runs=2) == 2  # one thread not a quarter faster
+            assert run(serial_us=100.0, parallel_us=126.0, runs=2) == 1  # faster by more than a quarter
+            assert run(serial_us=100.0, parallel_us=126.0, runs=17) == 2  # every 16th run tries the other way
+            assert run(serial_us=0, parallel_us=0, runs=5, serial_runs=3) == 1 and program.serial_runs == 2
+            seen.append(program.cores)
+            ex.profile.append(profile)
+
+    compiled = ttc.compile(conv_pool())
+    previous = executor.HOST_OPS["ttmetal.enqueue_program"]
+    executor.HOST_OPS["ttmetal.enqueue_program"] = Choose()
+    try:
+        compiled.run({"x": np.random.default_rng(5).standard_normal((1, 3, 10, 9)).astype(np.float32)})
+    finally:
+        executor.HOST_OPS["ttmetal.enqueue_program"] = previous
+    assert seen, "no program ran on several cores"
+
+
 def test_the_models_use_every_kernel_op() -> None:
     """The models above, which the test before runs on both emulators, hold every ttkernel op between them.
     Read from the compiled kernels, not gathered from the runs: under pytest-xdist the model tests are spread
