@@ -186,24 +186,28 @@ def feeds_gather(value: Value) -> bool:
     return not is_view(user)
 
 
-def sibling_key(op: Operation, constants: dict[int, int]) -> tuple | None:
+def sibling_key(op: Operation, constants: dict[int, int], weights: dict[str, np.ndarray]) -> tuple | None:
     """What linears sharing their first operand must agree on to be one product with their weights side by
     side; None when `op` cannot join one: a residual epilogue, a weight or bias that is no constant defined
-    earlier in the block (`constants`: id of a constant's result -> its index) or a weight read elsewhere too, an N that is not whole tiles,
+    earlier in the block (`constants`: id of a constant's result -> its index), a weight whose data is not
+    loaded (`weights`) or that is read elsewhere too (it would be stored twice), an N that is not whole tiles,
     or a result read by anything but a gather program."""
+    from ttc.passes.ops.geometry import TILE
+
     if op.name != ttir.LINEAR.name or op.attr("residual") or not in_function_body(op):
         return None
     result = op.result.type
     weight = op.operands[1]
     if not isinstance(result, TensorType) or not isinstance(weight.type, TensorType) or weight.type.rank != 2:
         return None
-    from ttc.passes.ops.geometry import TILE
-
     index = op.parent.index_of(op)
-    if any(constants.get(id(v), index) >= index for v in op.operands[1:]):
-        return None
-    if any(isinstance(v.op.attributes.get("value"), WeightAttr) and len(v.uses) != 1 for v in op.operands[1:]):
-        return None  # a weight read elsewhere too would be stored twice
+    for value in op.operands[1:]:
+        if constants.get(id(value), index) >= index:
+            return None
+        attr = value.op.attributes.get("value")
+        if not isinstance(attr, DenseAttr | WeightAttr) or \
+                (isinstance(attr, WeightAttr) and (attr.name not in weights or len(value.uses) != 1)):
+            return None
     if result.shape[-1] % TILE or not feeds_gather(op.result):
         return None
     k = weight.type.shape[1 if op.attr("transpose_b") else 0]
@@ -212,13 +216,23 @@ def sibling_key(op: Operation, constants: dict[int, int]) -> tuple | None:
             weight.type.element_type, weight.type.encoding)
 
 
+def side_by_side(module: Module, parts: Sequence[Value], axis: int, result: TensorType) -> WeightAttr:
+    """The constants `parts` concatenated along `axis`, as a new weight."""
+    attrs = [p.op.attributes["value"] for p in parts]
+    arrays = [module.weights[a.name] if isinstance(a, WeightAttr) else a.to_array() for a in attrs]
+    array = np.concatenate(arrays, axis=axis).astype(result.element_type.numpy_dtype())
+    assert array.shape == result.shape, (array.shape, result.shape)
+    first = next((a.name for a in attrs if isinstance(a, WeightAttr)), "siblings")
+    return WeightAttr(module.add_weight(f"{first}.concat", array))
+
+
 def fuse_sibling_linears(module: Module) -> int:
     """Linears reading the same first operand with constant weights (an attention's Q, K and V projections)
-    become one linear whose weight (and bias) are theirs side by side along N (a `ttir.concat` of the constants,
-    which canonicalize folds into one weight), each old result a tile-aligned column slice of the new one: one
-    program reads all the weights, and every output tile is computed as before (the same K chain, chunks, bias
-    and activation: the same bits). Only linears whose results feed gather programs join (an attention's head
-    split), so the slices fold into those gathers and no program is added. The number of linears removed."""
+    become one linear whose weight (and bias) are theirs side by side along N (new weights; the old ones leave
+    the module), each old result a tile-aligned column slice of the new one: one program reads all the weights,
+    and every output tile is computed as before (the same K chain, chunks, bias and activation: the same bits
+    in the same formats). Only linears whose results feed gather programs join (an attention's head split), so
+    the slices fold into those gathers and no program is added. The number of linears removed."""
     removed = 0
     rewriter = PatternRewriter()
     for func in module.functions:
@@ -226,7 +240,7 @@ def fuse_sibling_linears(module: Module) -> int:
         constants = {id(op.result): i for i, op in enumerate(block.ops) if op.name == ttir.CONSTANT.name}
         groups: dict[tuple, list[Operation]] = {}
         for op in block.ops:
-            key = sibling_key(op, constants)
+            key = sibling_key(op, constants, module.weights)
             if key is not None:
                 groups.setdefault(key, []).append(op)
         for members in groups.values():
@@ -235,19 +249,19 @@ def fuse_sibling_linears(module: Module) -> int:
             first = members[0]
             transpose_b = bool(first.attr("transpose_b"))
             widths = [m.result.type.shape[-1] for m in members]
-            weight_type = first.operands[1].type
-            weight_shape = (sum(widths), weight_type.shape[1]) if transpose_b else (weight_type.shape[0], sum(widths))
             loc = ordered_loc(members)
             operands = [first.operands[0]]
             for slot in range(1, len(first.operands)):
                 parts = [m.operands[slot] for m in members]
                 part_type = parts[0].type
-                shape = weight_shape if slot == 1 else (*part_type.shape[:-1], sum(widths))
-                axis = 0 if slot == 1 and transpose_b else len(shape) - 1
-                concat = rewriter.create_before(first, ttir.CONCAT.name, parts,
-                                                [TensorType(shape, part_type.element_type, part_type.encoding)],
-                                                {"axis": axis}, loc=loc)
-                operands.append(concat.result)
+                axis = 0 if slot == 1 and transpose_b else part_type.rank - 1
+                shape = list(part_type.shape)
+                shape[axis] = sum(p.type.shape[axis] for p in parts)
+                joined = TensorType(tuple(shape), part_type.element_type, part_type.encoding)
+                constant = rewriter.create_before(first, ttir.CONSTANT.name, [], [joined],
+                                                  {"value": side_by_side(module, parts, axis, joined)},
+                                                  loc=ordered_loc([p.op for p in parts]))
+                operands.append(constant.result)
             result_type = first.result.type
             wide = TensorType((*result_type.shape[:-1], sum(widths)), result_type.element_type, result_type.encoding)
             linear = rewriter.create_before(first, ttir.LINEAR.name, operands, [wide], dict(first.attributes), loc=loc)
@@ -261,7 +275,14 @@ def fuse_sibling_linears(module: Module) -> int:
                 rewriter.replace_all_uses_with(member.result, piece.result)
                 begin += width
             for member in members:
+                old = [v.op for v in member.operands[1:]]
                 rewriter.erase_op(member)
+                for constant in old:
+                    if not constant.result.uses:
+                        value = constant.attributes["value"]
+                        rewriter.erase_op(constant)
+                        if isinstance(value, WeightAttr):
+                            module.weights.pop(value.name, None)
             removed += len(members) - 1
     return removed
 
