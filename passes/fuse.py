@@ -167,127 +167,6 @@ class FuseLinear(RewritePattern):
 
 
 # ----------------------------------------------------------------------------------------------
-# Sibling linears
-
-
-GATHER_HEADS = frozenset({ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.SLICE.name})
-
-
-def feeds_gather(value: Value) -> bool:
-    """`value`'s only use heads a chain of transposes, reshapes and slices that runs as a gather program of its own
-    (not a view): a column slice of a wider product in front of it then folds into that gather at no cost."""
-    from ttc.passes.ops.gather import is_folded, is_view
-
-    user = sole_user(value)
-    if user is None or user.name not in GATHER_HEADS:
-        return False
-    while is_folded(user):
-        user = user.result.uses[0][0]
-    return not is_view(user)
-
-
-def sibling_key(op: Operation, constants: dict[int, int], weights: dict[str, np.ndarray]) -> tuple | None:
-    """What linears sharing their first operand must agree on to be one product with their weights side by
-    side; None when `op` cannot join one: a residual epilogue, a weight or bias that is no constant defined
-    earlier in the block (`constants`: id of a constant's result -> its index), a weight whose data is not
-    loaded (`weights`) or that is read elsewhere too (it would be stored twice), an N that is not whole tiles,
-    or a result read by anything but a gather program."""
-    from ttc.passes.ops.geometry import TILE
-
-    if op.name != ttir.LINEAR.name or op.attr("residual") or not in_function_body(op):
-        return None
-    result = op.result.type
-    weight = op.operands[1]
-    if not isinstance(result, TensorType) or not isinstance(weight.type, TensorType) or weight.type.rank != 2:
-        return None
-    index = op.parent.index_of(op)
-    for value in op.operands[1:]:
-        if constants.get(id(value), index) >= index:
-            return None
-        attr = value.op.attributes.get("value")
-        if not isinstance(attr, DenseAttr | WeightAttr) or \
-                (isinstance(attr, WeightAttr) and (attr.name not in weights or len(value.uses) != 1)):
-            return None
-    if result.shape[-1] % TILE or not feeds_gather(op.result):
-        return None
-    k = weight.type.shape[1 if op.attr("transpose_b") else 0]
-    return (id(op.operands[0]), k, bool(op.attr("transpose_b")), op.attr("activation"), len(op.operands),
-            op.attributes.get("tt.math_fidelity"), result.shape[:-1], result.element_type, result.encoding,
-            weight.type.element_type, weight.type.encoding)
-
-
-def side_by_side(module: Module, parts: Sequence[Value], axis: int, result: TensorType) -> WeightAttr:
-    """The constants `parts` concatenated along `axis`, as a new weight."""
-    attrs = [p.op.attributes["value"] for p in parts]
-    arrays = [module.weights[a.name] if isinstance(a, WeightAttr) else a.to_array() for a in attrs]
-    array = np.concatenate(arrays, axis=axis).astype(result.element_type.numpy_dtype())
-    assert array.shape == result.shape, (array.shape, result.shape)
-    first = next((a.name for a in attrs if isinstance(a, WeightAttr)), "siblings")
-    return WeightAttr(module.add_weight(f"{first}.concat", array))
-
-
-def fuse_sibling_linears(module: Module) -> int:
-    """Linears reading the same first operand with constant weights (an attention's Q, K and V projections)
-    become one linear whose weight (and bias) are theirs side by side along N (new weights; the old ones leave
-    the module), each old result a tile-aligned column slice of the new one: one program reads all the weights,
-    and every output tile is computed as before (the same K chain, chunks, bias and activation: the same bits
-    in the same formats). Only linears whose results feed gather programs join (an attention's head split), so
-    the slices fold into those gathers and no program is added. The number of linears removed."""
-    removed = 0
-    rewriter = PatternRewriter()
-    for func in module.functions:
-        block = func.body
-        constants = {id(op.result): i for i, op in enumerate(block.ops) if op.name == ttir.CONSTANT.name}
-        groups: dict[tuple, list[Operation]] = {}
-        for op in block.ops:
-            key = sibling_key(op, constants, module.weights)
-            if key is not None:
-                groups.setdefault(key, []).append(op)
-        for members in groups.values():
-            if len(members) < 2:
-                continue
-            first = members[0]
-            transpose_b = bool(first.attr("transpose_b"))
-            widths = [m.result.type.shape[-1] for m in members]
-            loc = ordered_loc(members)
-            operands = [first.operands[0]]
-            for slot in range(1, len(first.operands)):
-                parts = [m.operands[slot] for m in members]
-                part_type = parts[0].type
-                axis = 0 if slot == 1 and transpose_b else part_type.rank - 1
-                shape = list(part_type.shape)
-                shape[axis] = sum(p.type.shape[axis] for p in parts)
-                joined = TensorType(tuple(shape), part_type.element_type, part_type.encoding)
-                constant = rewriter.create_before(first, ttir.CONSTANT.name, [], [joined],
-                                                  {"value": side_by_side(module, parts, axis, joined)},
-                                                  loc=ordered_loc([p.op for p in parts]))
-                operands.append(constant.result)
-            result_type = first.result.type
-            wide = TensorType((*result_type.shape[:-1], sum(widths)), result_type.element_type, result_type.encoding)
-            linear = rewriter.create_before(first, ttir.LINEAR.name, operands, [wide], dict(first.attributes), loc=loc)
-            begin = 0
-            for member, width in zip(members, widths, strict=True):
-                shape = member.result.type.shape
-                piece = rewriter.create_before(first, ttir.SLICE.name, [linear.result], [member.result.type],
-                                               {"begins": (0,) * (len(shape) - 1) + (begin,),
-                                                "ends": (*shape[:-1], begin + width), "steps": (1,) * len(shape)},
-                                               loc=member.loc)
-                rewriter.replace_all_uses_with(member.result, piece.result)
-                begin += width
-            for member in members:
-                old = [v.op for v in member.operands[1:]]
-                rewriter.erase_op(member)
-                for constant in old:
-                    if not constant.result.uses:
-                        value = constant.attributes["value"]
-                        rewriter.erase_op(constant)
-                        if isinstance(value, WeightAttr):
-                            module.weights.pop(value.name, None)
-            removed += len(members) - 1
-    return removed
-
-
-# ----------------------------------------------------------------------------------------------
 # Elementwise chains
 
 
@@ -501,12 +380,9 @@ class Fuse(Pass):
 
     name = "fuse"
     residual: bool = True  # a residual add (and a zero-keeping activation after it) joins a matmul's epilogue
-    siblings: bool = True  # linears sharing their first operand, feeding gathers, become one (fuse_sibling_linears)
 
     def run(self, module: Module) -> None:
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear(self.residual)])
-        if self.siblings:
-            fuse_sibling_linears(module)
         apply_patterns_greedily(module, [FuseEltwise()])
         apply_patterns_greedily(module, [FuseSoftmaxMask(module.weights)])

@@ -97,6 +97,7 @@ from ttc.passes.ops.registry import (
     program_operands,
 )
 from ttc.passes.ops.row_ops import PARAM_MCAST
+from ttc.passes.sibling_fusion import fuse_siblings
 from ttc.passes.untilize_fusion import fuse_untilize
 
 
@@ -617,6 +618,7 @@ class Grid(Pass):
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
     im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
     untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
+    siblings: bool = True  # linears sharing their first operand, read by gathers, as one product (sibling_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -666,6 +668,8 @@ class Grid(Pass):
                 live.ran(index, op)
             if self.attention:
                 fuse_attention(func, device, self.max_cores, module.weights)
+            if self.siblings:
+                fuse_siblings(func, module, device, self.max_cores, self.multicast)
             if self.im2col:
                 fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:
