@@ -666,10 +666,10 @@ class Grid(Pass):
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
                 live.ran(index, op)
-            if self.attention:
-                fuse_attention(func, device, self.max_cores, module.weights)
             if self.siblings:
                 fuse_siblings(func, module, device, self.max_cores, self.multicast)
+            if self.attention:
+                fuse_attention(func, device, self.max_cores, module.weights)
             if self.im2col:
                 fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:

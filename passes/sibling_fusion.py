@@ -1,4 +1,5 @@
-"""The grid pass's last steps, the first: sibling linears as one product.
+"""The grid pass's last steps, the first: sibling linears as one product (then attention.py, im2col_fusion.py,
+untilize_fusion.py).
 
     %q = ttir.linear(%x, %wq, %bq)          the same first operand, constant weights (and biases) read by
     %k = ttir.linear(%x, %wk, %bk)          nothing else, the same epilogue, formats and layouts; each result
@@ -17,7 +18,8 @@ product, a view) would need a program of its own for its slice, and such linears
 The members are replaced when (1) the cheapest candidate of the joined product that fits L1 costs fewer modelled
 cycles than the members' recorded costs (`tt.cost`) and (2) every program of the function still fits L1 with it in
 their place (the L1 heap replayed as allocate will place it: the joined result lives until its last slice is read;
-`fusion_fit.fits_l1`). It runs after the attention fusion, so it never costs an attention its place in L1.
+`fusion_fit.fits_l1`). It runs before the attention fusion, whose own check then replays L1 with the joined product
+in place.
 """
 
 from __future__ import annotations
