@@ -22,6 +22,8 @@ grid pass chose them: a row too long for the held K^T, V and the scores row fall
 
 from __future__ import annotations
 
+import numpy as np
+
 from ttc.ir.attributes import fuse_locations
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects import ttir
@@ -29,8 +31,10 @@ from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
 from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.attention import fits_one_chain
-from ttc.passes.ops.geometry import is_row_major, layout, tensor
-from ttc.passes.ops.interface import FIDELITY
+from ttc.passes.ops.gather import chain_operands, gather_of, is_view, movement_chain
+from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor, tile_shape
+from ttc.passes.ops.interface import FIDELITY, GRID
+from ttc.passes.ops.registry import op_kind
 
 
 def plain_matmul(op: object, residual: bool = False) -> bool:
@@ -77,21 +81,67 @@ def match(softmax: Operation) -> tuple[Operation, Operation] | None:
     return first, second
 
 
-def attention_op(first: Operation, softmax: Operation, second: Operation) -> Operation:
-    """The fused op (not yet in a block) of the three."""
+def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tuple[Operation, tuple[int, ...]] | None:
+    """(the gather program, [row stride, first tile of each batch]) when `value` is made by a gather that `reader`
+    alone reads and that only picks strided tile rows of its source (an attention's head split: tile (b, r, c) of
+    the result is the source's tile first[b] + r * stride + c, untransposed), so the reader can read the source in
+    place; `logical` is the shape the reader takes it as (no broadcast batch dims). None otherwise."""
+    end = value.owner
+    if not isinstance(end, Operation) or op_kind(end) != "data_movement" or GRID not in end.attributes \
+            or is_view(end) or only_reader(value) is not reader or tuple(tensor(value).shape) != tuple(logical):
+        return None
+    source = chain_operands(end)
+    if len(source) != 1 or not tile_device(source[0]) or is_sharded(tensor(source[0])):
+        return None
+    gather = gather_of(end)
+    if gather.transposed or gather.inputs is not None:
+        return None
+    shape = tile_shape(tensor(value).shape)
+    tiles = gather.source.reshape(shape.batches, shape.rt, shape.ct)
+    first = tiles[:, 0, 0]
+    stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
+    expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
+    if stride < shape.ct or not np.array_equal(tiles, expected):
+        return None
+    return end, (stride, *(int(f) for f in first))
+
+
+def attention_op(first: Operation, softmax: Operation, second: Operation,
+                 views: bool = False) -> tuple[Operation, list[Operation]]:
+    """The fused op (not yet in a block) of the three, and the gathers it replaces besides them: with `views`, a
+    query or value made by a head split's gather (`tile_view`) is read in place from the gather's source."""
     bias = ttir.linear_residual(first)
-    operands = (*first.operands[:2], second.operands[1], *softmax.operands[1:], *([bias] if bias is not None else []))
+    q, v = first.operands[0], second.operands[1]
     attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
                   "scores_format": tensor(first.result).element_type.name,
                   "probs_format": tensor(softmax.result).element_type.name,
                   "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),
                   FIDELITY: second.attributes.get(FIDELITY, "hifi4")}
-    return Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
-                     loc=fuse_locations(first.loc, softmax.loc, second.loc))
+    gathers = []
+    if views:
+        kt, out = tensor(first.operands[1]).shape, tensor(second.result).shape
+        for name, logical, reader in (("query_view", (*out[:-1], kt[-2]), first),
+                                      ("value_view", (*out[:-2], kt[-1], out[-1]), second)):
+            value = q if name == "query_view" else v
+            found = tile_view(value, reader, logical)
+            if found is None:
+                continue
+            end, view = found
+            gathers.append(end)
+            attributes[name] = view
+            if name == "query_view":
+                q = chain_operands(end)[0]
+            else:
+                v = chain_operands(end)[0]
+    operands = (q, first.operands[1], v, *softmax.operands[1:], *([bias] if bias is not None else []))
+    fused = Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
+                      loc=fuse_locations(first.loc, softmax.loc, second.loc))
+    return fused, gathers
 
 
-def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
-    """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it."""
+def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: bool = True) -> None:
+    """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it; with `views`,
+    one reading its query and value in place of their head splits' gathers where that fits."""
     memo: dict = {}
     for softmax in [op for op in func.body.ops if op.name == ttir.SOFTMAX.name]:
         found = match(softmax)
@@ -100,8 +150,16 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         first, second = found
         if FIDELITY in first.attributes and first.attributes[FIDELITY] != second.attributes.get(FIDELITY):
             continue
-        fused = attention_op(first, softmax, second)
-        if not fits_one_chain(fused):
-            fused.drop_operands()
-            continue
-        try_fuse(func, fused, [first, softmax, second], device, max_cores, weights, memo)
+        for in_place in (True, False) if views else (False,):  # the head splits' sources read in place, else as before
+            fused, gathers = attention_op(first, softmax, second, in_place)
+            if in_place and not gathers:
+                fused.drop_operands()
+                continue
+            if not fits_one_chain(fused):
+                fused.drop_operands()
+                break
+            heads = [op for end in gathers for op in movement_chain(end)[:-1]]  # folded into the gathers
+            if try_fuse(func, fused, [*gathers, first, softmax, second], device, max_cores, weights, memo):
+                for op in reversed(heads):
+                    op.erase()
+                break
