@@ -107,9 +107,10 @@ def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tupl
 
 
 def attention_op(first: Operation, softmax: Operation, second: Operation,
-                 views: bool = False) -> tuple[Operation, list[Operation]]:
-    """The fused op (not yet in a block) of the three, and the gathers it replaces besides them: with `views`, a
-    query or value made by a head split's gather (`tile_view`) is read in place from the gather's source."""
+                 gathers: list[Operation] | None = None) -> Operation:
+    """The fused op (not yet in a block) of the three. Given a list `gathers`, a query or value made by a head
+    split's gather (`tile_view`) is read in place from the gather's source, and the list gets the gathers it
+    replaces besides the three."""
     bias = ttir.linear_residual(first)
     q, v = first.operands[0], second.operands[1]
     attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
@@ -117,8 +118,7 @@ def attention_op(first: Operation, softmax: Operation, second: Operation,
                   "probs_format": tensor(softmax.result).element_type.name,
                   "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),
                   FIDELITY: second.attributes.get(FIDELITY, "hifi4")}
-    gathers = []
-    if views:
+    if gathers is not None:
         kt, out = tensor(first.operands[1]).shape, tensor(second.result).shape
         for name, logical, reader in (("query_view", (*out[:-1], kt[-2]), first),
                                       ("value_view", (*out[:-2], kt[-1], out[-1]), second)):
@@ -134,9 +134,8 @@ def attention_op(first: Operation, softmax: Operation, second: Operation,
             else:
                 v = chain_operands(end)[0]
     operands = (q, first.operands[1], v, *softmax.operands[1:], *([bias] if bias is not None else []))
-    fused = Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
-                      loc=fuse_locations(first.loc, softmax.loc, second.loc))
-    return fused, gathers
+    return Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
+                     loc=fuse_locations(first.loc, softmax.loc, second.loc))
 
 
 def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: bool = True) -> None:
@@ -151,7 +150,8 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: boo
         if FIDELITY in first.attributes and first.attributes[FIDELITY] != second.attributes.get(FIDELITY):
             continue
         for in_place in (True, False) if views else (False,):  # the head splits' sources read in place, else as before
-            fused, gathers = attention_op(first, softmax, second, in_place)
+            gathers: list[Operation] = []
+            fused = attention_op(first, softmax, second, gathers if in_place else None)
             if in_place and not gathers:
                 fused.drop_operands()
                 continue
