@@ -31,9 +31,9 @@ from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
 from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.attention import fits_one_chain
-from ttc.passes.ops.gather import chain_operands, gather_of, is_view, movement_chain
+from ttc.passes.ops.gather import chain_operands, gather_of, is_folded, is_view, movement_chain
 from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor, tile_shape
-from ttc.passes.ops.interface import FIDELITY, GRID
+from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
 from ttc.passes.ops.registry import op_kind
 
 
@@ -106,6 +106,51 @@ def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tupl
     return end, (stride, *(int(f) for f in first))
 
 
+def result_view(fused: Operation) -> tuple[Operation, tuple[int, ...]] | None:
+    """(the gather program, [row stride, first tile of each batch]) when the attention `fused`'s result is read only
+    by a gather that puts each of its tile rows, untransposed, at strided tile rows of its own result (a head merge:
+    result tile (b, r, c) goes to the gather's tile first[b] + r * stride + c, and every gather tile comes from one
+    result tile), so the attention can write the gather's result itself. None otherwise."""
+    value = fused.result
+    user = only_reader(value)
+    if user is None or user.name not in (ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.SLICE.name):
+        return None
+    end = user
+    while is_folded(end):
+        end = end.result.uses[0][0]
+    if op_kind(end) != "data_movement" or GRID not in end.attributes or is_view(end) \
+            or not tile_device(end.result) or is_sharded(tensor(end.result)):
+        return None
+    gather = gather_of(end)
+    shape = tile_shape(tensor(value).shape)
+    if gather.transposed or gather.inputs is not None or len(gather.source) != shape.tiles \
+            or len(np.unique(gather.source)) != shape.tiles:
+        return None
+    dest = np.empty(shape.tiles, dtype=np.int64)
+    dest[gather.source] = np.arange(shape.tiles)
+    tiles = dest.reshape(shape.batches, shape.rt, shape.ct)
+    first = tiles[:, 0, 0]
+    stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
+    expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
+    if stride < shape.ct or not np.array_equal(tiles, expected):
+        return None
+    return end, (stride, *(int(f) for f in first))
+
+
+def written_in_place(func, fused: Operation, device: DeviceAttr, max_cores: int, weights, memo: dict) -> bool:
+    """Let the placed attention `fused` write its head merge's result (`result_view`) where that fits L1 and costs
+    less than the two programs; whether it does."""
+    found = result_view(fused)
+    if found is None:
+        return False
+    end, view = found
+    heads = movement_chain(end)[:-1]
+    attributes = {**{k: v for k, v in fused.attributes.items() if k not in (GRID, BLOCKING, COST)},
+                  "result_view": view, "result_shape": tuple(tensor(fused.result).shape)}
+    merged = Operation(ttir.ATTENTION.name, list(fused.operands), [end.result.type], attributes, loc=fused.loc)
+    return try_fuse(func, merged, [fused, *heads, end], device, max_cores, weights, memo)
+
+
 def attention_op(first: Operation, softmax: Operation, second: Operation,
                  gathers: list[Operation] | None = None) -> Operation:
     """The fused op (not yet in a block) of the three. Given a list `gathers`, a query or value made by a head
@@ -162,4 +207,6 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: boo
             if try_fuse(func, fused, [*gathers, first, softmax, second], device, max_cores, weights, memo):
                 for op in reversed(heads):
                     op.erase()
+                if in_place:
+                    written_in_place(func, fused, device, max_cores, weights, memo)
                 break

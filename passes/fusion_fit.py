@@ -21,8 +21,9 @@ from ttc.passes.ops.registry import l1_footprint, op_kind
 
 
 def recorded_cycles(ops: list[Operation]) -> float:
-    """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat."""
-    return sum(float(op.attributes[COST]["cycles"]) for op in ops)
+    """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat (an op
+    folded into a later gather has none: it runs no program)."""
+    return sum(float(op.attributes[COST]["cycles"]) for op in ops if COST in op.attributes)
 
 
 class Ranking:

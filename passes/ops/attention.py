@@ -96,6 +96,8 @@ class AttentionShape:
     bias_offsets: np.ndarray | None = field(compare=False, default=None)  # the scores' bias (laid out as they are)
     q_row_stride: int = 0  # tiles from one tile row of Q to the next in its buffer (kt, or a view's stride)
     v_row_stride: int = 0  # the same for V (nt, or a view's)
+    out_offsets: np.ndarray | None = field(compare=False, default=None)  # each batch's first tile in the result
+    out_row_stride: int = 0  # tiles from one tile row of the result to the next (nt, or a view's)
 
 
 def attention_mask(op: Operation) -> Value | None:
@@ -116,7 +118,7 @@ def view_of(op: Operation, name: str) -> tuple[int, np.ndarray] | None:
 
 
 def attention_shape(op: Operation) -> AttentionShape:
-    kt, out = tensor(op.operands[1]).shape, tensor(op.result).shape
+    kt, out = tensor(op.operands[1]).shape, ttir.attention_result_shape(op)
     q, v = ttir.attention_views(op)
     scores_shape = ttir.matmul_shape(q, kt)
     assert scores_shape is not None
@@ -128,13 +130,15 @@ def attention_shape(op: Operation) -> AttentionShape:
         mask_rows = tile_shape(tensor(mask).shape).rows == scores.rows
     bias = scores_bias(op)
     bias_offsets = None if bias is None else np.arange(scores.batches, dtype=np.int64) * scores.matrix_tiles
-    q_view, v_view = view_of(op, "query_view"), view_of(op, "value_view")
+    q_view, v_view, out_view = (view_of(op, name) for name in ("query_view", "value_view", "result_view"))
     q_offsets = batch_offsets(q, scores_shape) if q_view is None else q_view[1]
     v_offsets = batch_offsets(v, out) if v_view is None else v_view[1]
     kt_tiles = tile_shape(q).ct
     return AttentionShape(scores.batches, scores.rt, kt_tiles, scores.ct, result.ct, scores,
                           q_offsets, batch_offsets(kt, scores_shape), v_offsets, mask_offsets, mask_rows, bias_offsets,
-                          kt_tiles if q_view is None else q_view[0], result.ct if v_view is None else v_view[0])
+                          kt_tiles if q_view is None else q_view[0], result.ct if v_view is None else v_view[0],
+                          np.arange(result.batches, dtype=np.int64) * result.matrix_tiles if out_view is None
+                          else out_view[1], result.ct if out_view is None else out_view[0])
 
 
 def scores_format(op: Operation) -> ScalarType:
@@ -205,8 +209,8 @@ def attention_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]
 def attention_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """Any split of the (batch, head) matrices and their tile rows over cores, in blocks of up to half of Dst."""
     s = attention_shape(op)
-    offsets = [s.q_offsets, s.k_offsets, s.v_offsets] + ([] if s.mask_offsets is None else [s.mask_offsets]) \
-        + ([] if s.bias_offsets is None else [s.bias_offsets])
+    offsets = [s.q_offsets, s.k_offsets, s.v_offsets, s.out_offsets] \
+        + ([] if s.mask_offsets is None else [s.mask_offsets]) + ([] if s.bias_offsets is None else [s.bias_offsets])
     widths = [d for d in divisors(s.ct) if d <= HALF_DST][::-1]
     for batches in batch_groups(offsets, s.batches):
         for rows in divisors(s.rt):
@@ -291,8 +295,11 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
         assert s.bias_offsets is not None
         first, loop = rows_of(s.bias_offsets, ct)
         static_row_tiles(plan, bias, first, loop, ct)
-    out_first = (batch0 * s.rt + row0) * nt
-    out_loop = (batch_loop[:, None] * s.rt * nt + np.arange(b["rows"])[None, :] * nt).ravel()
+    assert s.out_offsets is not None
+    out_step = affine_step(s.out_offsets, b["batches"])
+    assert out_step is not None
+    out_first = s.out_offsets[batch0] + row0 * s.out_row_stride
+    out_loop = (batch_loop[:, None] * out_step + np.arange(b["rows"])[None, :] * s.out_row_stride).ravel()
     static_row_tiles(plan, op.result, out_first, out_loop, nt, write=True)
     return plan.counts()
 
@@ -318,7 +325,8 @@ def lower_attention(op: Operation) -> Program:
         return [unit[1] * b["rows"]]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
-        return [(unit[0] * b["batches"] * s.rt + unit[1] * b["rows"]) * s.nt]
+        assert s.out_offsets is not None
+        return [int(s.out_offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * s.out_row_stride]
 
     kernels = (attention_reader(op, schedule, s), attention_compute(op, schedule, s), attention_writer(op, schedule, s))
     return Program("attention", schedule.grid, cbs_of(op, schedule), kernels,
@@ -363,8 +371,10 @@ def attention_writer(op: Operation, sch: Schedule, s: AttentionShape):
     ow = out_width(s.nt)
     k = KernelBuilder(op.loc)
     gen = k.addrgen(len(op.operands), tensor(op.result))
+    assert s.out_offsets is not None
+    step = affine_step(s.out_offsets, b["batches"])
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
-        start = k.affine(k.arg(0), (batch, s.rt * s.nt), (row, s.nt))
+        start = k.affine(k.arg(0), (batch, step), (row, s.out_row_stride))
         with k.loop(s.nt // ow) as block:
             k.op("cb_wait_front", cb=CB_OUT, pages=ow)
             k.op("noc_write_tiles", gen, k.affine(start, (block, ow)), cb=CB_OUT, rows=1, cols=ow)

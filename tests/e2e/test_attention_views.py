@@ -1,9 +1,10 @@
-"""The fused attention reading its query and value in place of their head splits' gathers (passes/attention.py,
-`tile_view`; `query_view` / `value_view` of ttir.attention): where a head split only picks strided tile rows of
-the projection's result, the attention's reader reads those rows itself and the gather program goes. The same bits
-as with the gathers (`grid{head-views=false}`) on both emulators, golden, planned = executed = static counts, and
-two programs fewer per attention (with the projections joined by the sibling step, their slices are part of the
-view)."""
+"""The fused attention reading its query and value in place of their head splits' gathers and writing its head
+merge's result itself (passes/attention.py, `tile_view`, `result_view`; `query_view` / `value_view` / `result_view`
+of ttir.attention): where a head split only picks strided tile rows of the projection's result, the attention's
+reader reads those rows itself, and where the head merge only puts the attention's tile rows at strided tile rows,
+its writer writes them there; the gather programs go. The same bits as with the gathers (`grid{head-views=false}`)
+on both emulators, golden, planned = executed = static counts, and three programs fewer per attention (with the
+projections joined by the sibling step, their slices are part of the view)."""
 
 from __future__ import annotations
 
@@ -34,11 +35,12 @@ def test_attention_reads_heads_in_place(batch: int, seq: int, siblings: bool) ->
     feeds = zoo.random_inputs(model, seed=3)
     plans, viewed = compile_with_plans(model, options(True, siblings))
     _, gathered = compile_with_plans(model, options(False, siblings))
-    assert kinds(gathered).count("data_movement") - kinds(viewed).count("data_movement") == 4
+    assert kinds(gathered).count("data_movement") - kinds(viewed).count("data_movement") == 6
     attentions = [op for op in viewed.module.walk()
                   if op.name == ttmetal.ENQUEUE_PROGRAM.name and op.attributes["kind"] == "attention"]
-    # Q and V come from the projections' [batch, seq, N] results, not from [batch, heads, seq, d] gathers
-    assert len(attentions) == 2 and all(op.operands[i].type.rank == 3 for op in attentions for i in (0, 2))
+    # Q and V come from the projections' [batch, seq, N] results, not from [batch, heads, seq, d] gathers, and the
+    # result is the merged [batch, seq, hidden] the output projection reads
+    assert len(attentions) == 2 and all(op.operands[i].type.rank == 3 for op in attentions for i in (0, 2, -1))
     golden_on_both_emulators(model, viewed, plans, feeds, name="output")
     check_static_equals_executed(viewed, viewed.profile)
     with using_emulator("native"):
