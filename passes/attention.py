@@ -147,7 +147,8 @@ def written_in_place(func, fused: Operation, device: DeviceAttr, max_cores: int,
     heads = movement_chain(end)[:-1]
     attributes = {**{k: v for k, v in fused.attributes.items() if k not in (GRID, BLOCKING, COST)},
                   "result_view": view, "result_shape": tuple(tensor(fused.result).shape)}
-    merged = Operation(ttir.ATTENTION.name, list(fused.operands), [end.result.type], attributes, loc=fused.loc)
+    merged = Operation(ttir.ATTENTION.name, list(fused.operands), [end.result.type], attributes,
+                       loc=fuse_locations(fused.loc, *(op.loc for op in heads), end.loc))  # it computes the merge
     return try_fuse(func, merged, [fused, *heads, end], device, max_cores, weights, memo)
 
 
