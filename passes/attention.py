@@ -33,7 +33,7 @@ from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.attention import fits_one_chain
 from ttc.passes.ops.gather import chain_operands, gather_of, is_folded, is_view, movement_chain
 from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor, tile_shape
-from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
+from ttc.passes.ops.interface import FIDELITY, GRID
 from ttc.passes.ops.registry import op_kind
 
 
@@ -106,12 +106,11 @@ def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tupl
     return end, (stride, *(int(f) for f in first))
 
 
-def result_view(fused: Operation) -> tuple[Operation, tuple[int, ...]] | None:
-    """(the gather program, [row stride, first tile of each batch]) when the attention `fused`'s result is read only
+def result_view(value: Value) -> tuple[Operation, tuple[int, ...]] | None:
+    """(the gather program, [row stride, first tile of each batch]) when `value` (an attention's result) is read only
     by a gather that puts each of its tile rows, untransposed, at strided tile rows of its own result (a head merge:
     result tile (b, r, c) goes to the gather's tile first[b] + r * stride + c, and every gather tile comes from one
     result tile), so the attention can write the gather's result itself. None otherwise."""
-    value = fused.result
     user = only_reader(value)
     if user is None or user.name not in (ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.SLICE.name):
         return None
@@ -137,51 +136,45 @@ def result_view(fused: Operation) -> tuple[Operation, tuple[int, ...]] | None:
     return end, (stride, *(int(f) for f in first))
 
 
-def written_in_place(func, fused: Operation, device: DeviceAttr, max_cores: int, weights, memo: dict) -> bool:
-    """Let the placed attention `fused` write its head merge's result (`result_view`) where that fits L1 and costs
-    less than the two programs; whether it does."""
-    found = result_view(fused)
-    if found is None:
-        return False
-    end, view = found
-    heads = movement_chain(end)[:-1]
-    attributes = {**{k: v for k, v in fused.attributes.items() if k not in (GRID, BLOCKING, COST)},
-                  "result_view": view, "result_shape": tuple(tensor(fused.result).shape)}
-    merged = Operation(ttir.ATTENTION.name, list(fused.operands), [end.result.type], attributes,
-                       loc=fuse_locations(fused.loc, *(op.loc for op in heads), end.loc))  # it computes the merge
-    return try_fuse(func, merged, [fused, *heads, end], device, max_cores, weights, memo)
-
-
 def attention_op(first: Operation, softmax: Operation, second: Operation,
-                 gathers: list[Operation] | None = None) -> Operation:
-    """The fused op (not yet in a block) of the three. Given a list `gathers`, a query or value made by a head
-    split's gather (`tile_view`) is read in place from the gather's source, and the list gets the gathers it
-    replaces besides the three."""
+                 replaced: list[Operation] | None = None) -> Operation:
+    """The fused op (not yet in a block) of the three. Given a list `replaced`, a query or value made by a head
+    split's gather (`tile_view`) is read in place from the gather's source, a head merge's gather reading the result
+    (`result_view`) is written in place, and the list gets every op the fused one replaces in program order: the
+    gathers' chains, the three, the merge's chain."""
     bias = ttir.linear_residual(first)
     q, v = first.operands[0], second.operands[1]
+    result_type = second.result.type
     attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
                   "scores_format": tensor(first.result).element_type.name,
                   "probs_format": tensor(softmax.result).element_type.name,
                   "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),
                   FIDELITY: second.attributes.get(FIDELITY, "hifi4")}
-    if gathers is not None:
+    if replaced is not None:
         kt, out = tensor(first.operands[1]).shape, tensor(second.result).shape
         for name, logical, reader in (("query_view", (*out[:-1], kt[-2]), first),
                                       ("value_view", (*out[:-2], kt[-1], out[-1]), second)):
-            value = q if name == "query_view" else v
-            found = tile_view(value, reader, logical)
+            found = tile_view(q if name == "query_view" else v, reader, logical)
             if found is None:
                 continue
             end, view = found
-            gathers.append(end)
+            replaced += movement_chain(end)
             attributes[name] = view
             if name == "query_view":
                 q = chain_operands(end)[0]
             else:
                 v = chain_operands(end)[0]
+        replaced += [first, softmax, second]
+        merge = result_view(second.result)
+        if merge is not None:
+            end, view = merge
+            replaced += movement_chain(end)
+            attributes |= {"result_view": view, "result_shape": tuple(out)}
+            result_type = end.result.type
     operands = (q, first.operands[1], v, *softmax.operands[1:], *([bias] if bias is not None else []))
-    return Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
-                     loc=fuse_locations(first.loc, softmax.loc, second.loc))
+    ops = [first, softmax, second] if replaced is None else replaced
+    return Operation(ttir.ATTENTION.name, operands, [result_type], attributes,
+                     loc=fuse_locations(*(op.loc for op in ops)))
 
 
 def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: bool = True) -> None:
@@ -195,19 +188,15 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: boo
         first, second = found
         if FIDELITY in first.attributes and first.attributes[FIDELITY] != second.attributes.get(FIDELITY):
             continue
-        for in_place in (True, False) if views else (False,):  # the head splits' sources read in place, else as before
-            gathers: list[Operation] = []
-            fused = attention_op(first, softmax, second, gathers if in_place else None)
-            if in_place and not gathers:
+        for in_place in (True, False) if views else (False,):  # read and written in place, else as before
+            replaced: list[Operation] = []
+            fused = attention_op(first, softmax, second, replaced if in_place else None)
+            if in_place and len(replaced) == 3:  # no head split or merge to take in
                 fused.drop_operands()
                 continue
             if not fits_one_chain(fused):
                 fused.drop_operands()
                 break
-            heads = [op for end in gathers for op in movement_chain(end)[:-1]]  # folded into the gathers
-            if try_fuse(func, fused, [*gathers, first, softmax, second], device, max_cores, weights, memo):
-                for op in reversed(heads):
-                    op.erase()
-                if in_place:
-                    written_in_place(func, fused, device, max_cores, weights, memo)
+            if try_fuse(func, fused, replaced if in_place else [first, softmax, second], device, max_cores, weights,
+                        memo):
                 break

@@ -84,19 +84,30 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
     """Replay the function's L1 with `fused` in `ops`: the cheapest of `candidates` (grid, blocking, cost) that
     fits, or None when none does, it costs no fewer modelled cycles than `cycles` (the replay stops there) or
     another program no longer fits."""
+    chosen = fit_all_l1(ops, {id(fused): (candidates, cycles)}, device, max_cores)
+    return None if chosen is None else chosen[id(fused)]
+
+
+def fit_all_l1(ops: list[Operation], fused: dict[int, tuple[Ranking, float]], device: DeviceAttr,
+               max_cores: int) -> dict[int, tuple] | None:
+    """`fits_l1` for several fused ops at once (by id: their candidates and the cycles each must beat) in one
+    replay: each one's cheapest fitting candidate, or None when any of them finds none that beats its cycles or
+    another program no longer fits."""
     from ttc.passes.grid import LiveL1
 
     live = LiveL1.of(ops, device, max_cores)
-    chosen = None
+    chosen: dict[int, tuple] = {}
     for index, op in enumerate(ops):
         if op_kind(op) is None or is_folded(op) or is_view(op):
             live.ran(index, op)
             continue
         budget = live.budget(op)
-        if op is fused:
-            chosen = candidates.cheapest(op, budget)
-            if chosen is None or chosen[2].cycles >= cycles:
+        if id(op) in fused:
+            candidates, cycles = fused[id(op)]
+            best = candidates.cheapest(op, budget)
+            if best is None or best[2].cycles >= cycles:
                 return None
+            chosen[id(op)] = best
         elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
             return None
         try:

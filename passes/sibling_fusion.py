@@ -34,7 +34,7 @@ from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
 from ttc.passes.cost_model import estimate
-from ttc.passes.fusion_fit import fits_l1, ranking, recorded_cycles
+from ttc.passes.fusion_fit import fit_all_l1, ranking, recorded_cycles
 from ttc.passes.ops.gather import is_folded, is_view
 from ttc.passes.ops.geometry import TILE, is_sharded
 from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID, SHARDING
@@ -98,89 +98,122 @@ def side_by_side(weights: dict[str, np.ndarray], add_weight, parts: Sequence[Val
 
 def fuse_siblings(func, module, device: DeviceAttr, max_cores: int, multicast: bool = True) -> int:
     """Join each group of sibling linears of `func` where it fits L1 and the cost model prefers it; the number of
-    linears removed."""
+    linears removed. All groups are tried in one replay of the function's L1 first (`fusion_fit.fit_all_l1`), and
+    one by one only when that fails."""
     weights = module.weights
     groups: dict[tuple, list[Operation]] = {}
     for op in func.body.ops:
         key = sibling_key(op, weights)
         if key is not None:
             groups.setdefault(key, []).append(op)
-    removed = 0
+    groups_of_two = [members for members in groups.values() if len(members) >= 2]
+    if not groups_of_two:
+        return 0
     memo: dict = {}
-    for members in groups.values():
-        if len(members) >= 2 and join(func, module, members, device, max_cores, multicast, memo):
+    joins = [Join(module, members, device, max_cores, multicast, memo) for members in groups_of_two]
+    if len(joins) > 1:
+        chosen = fit_all_l1(trial_ops(func, joins), {id(j.linear): (j.candidates, j.cycles) for j in joins},
+                            device, max_cores)
+        if chosen is not None:
+            for j in joins:
+                j.commit(chosen[id(j.linear)], device)
+            return sum(len(j.members) - 1 for j in joins)
+        for j in joins:
+            j.undo()
+        joins = [Join(module, members, device, max_cores, multicast, memo) for members in groups_of_two[:1]]
+    removed = 0
+    for index, members in enumerate(groups_of_two):
+        j = joins[0] if index == 0 else Join(module, members, device, max_cores, multicast, memo)
+        chosen = fit_all_l1(trial_ops(func, [j]), {id(j.linear): (j.candidates, j.cycles)}, device, max_cores)
+        if chosen is None:
+            j.undo()
+        else:
+            j.commit(chosen[id(j.linear)], device)
             removed += len(members) - 1
     return removed
 
 
-def join(func, module, members: list[Operation], device: DeviceAttr, max_cores: int, multicast: bool,
-         memo: dict) -> bool:
-    body = func.body
-    first = members[0]
-    transpose_b = bool(first.attributes.get("transpose_b"))
-    widths = [m.result.type.shape[-1] for m in members]
-    created: list[Operation] = []
-    new_weights: list[str] = []
-    operands = [first.operands[0]]
-    for slot in range(1, len(first.operands)):
-        parts = [m.operands[slot] for m in members]
-        part = parts[0].type
-        axis = 0 if slot == 1 and transpose_b else part.rank - 1
-        shape = list(part.shape)
-        shape[axis] = sum(p.type.shape[axis] for p in parts)
-        joined = TensorType(tuple(shape), part.element_type, part.encoding)
-        value = side_by_side(module.weights, module.add_weight, parts, axis, joined)
-        new_weights.append(value.name)
-        constant = Operation(ttir.CONSTANT.name, [], [joined], {"value": value},
-                             loc=fuse_locations(*(p.owner.loc for p in parts)))
-        created.append(constant)
-        operands.append(constant.result)
-    result = first.result.type
-    wide = TensorType((*result.shape[:-1], sum(widths)), result.element_type, result.encoding)
-    attributes = {k: v for k, v in first.attributes.items() if k not in (GRID, BLOCKING, COST, SHARDING)}
-    linear = Operation(ttir.LINEAR.name, operands, [wide], attributes,
-                       loc=fuse_locations(*(m.loc for m in members)))
-    created.append(linear)
-    begin = 0
-    for member, width in zip(members, widths, strict=True):
-        shape = member.result.type.shape
-        created.append(Operation(ttir.SLICE.name, [linear.result], [member.result.type],
-                                 {"begins": (0,) * (len(shape) - 1) + (begin,), "ends": (*shape[:-1], begin + width),
-                                  "steps": (1,) * len(shape)}, loc=member.loc))
-        begin += width
-    for op in created:
-        body.insert_before(first, op)
-    ends = [gather_end(m.result) for m in members]
-    for member, piece in zip(members, created[-len(members):], strict=True):
-        member.result.replace_all_uses_with(piece.result)
-    gone = {id(m) for m in members}
-    trial = [op for op in body.ops if id(op) not in gone]
-    candidates = ranking(linear, device, max_cores, first.attributes.get(FIDELITY, "hifi4"), module.weights, memo,
-                         multicast)
-    chosen = fits_l1(trial, linear, device, max_cores, candidates, recorded_cycles(members))
-    if chosen is None:
-        for member, piece in zip(members, created[-len(members):], strict=True):
+def trial_ops(func, joins: list[Join]) -> list[Operation]:
+    """The function's ops with the joins' members left out (their joined products are in place)."""
+    gone = {id(m) for j in joins for m in j.members}
+    return [op for op in func.body.ops if id(op) not in gone]
+
+
+class Join:
+    """One group's joined product put in before its first member, with the slices in place of the members' results
+    (the members still in the block, unread): `commit` places it and erases the members, `undo` restores them."""
+
+    def __init__(self, module, members: list[Operation], device: DeviceAttr, max_cores: int, multicast: bool,
+                 memo: dict) -> None:
+        self.module, self.members = module, members
+        first = members[0]
+        body = first.parent
+        transpose_b = bool(first.attributes.get("transpose_b"))
+        widths = [m.result.type.shape[-1] for m in members]
+        created: list[Operation] = []
+        self.new_weights: list[str] = []
+        operands = [first.operands[0]]
+        for slot in range(1, len(first.operands)):
+            parts = [m.operands[slot] for m in members]
+            part = parts[0].type
+            axis = 0 if slot == 1 and transpose_b else part.rank - 1
+            shape = list(part.shape)
+            shape[axis] = sum(p.type.shape[axis] for p in parts)
+            joined = TensorType(tuple(shape), part.element_type, part.encoding)
+            value = side_by_side(module.weights, module.add_weight, parts, axis, joined)
+            self.new_weights.append(value.name)
+            constant = Operation(ttir.CONSTANT.name, [], [joined], {"value": value},
+                                 loc=fuse_locations(*(p.owner.loc for p in parts)))
+            created.append(constant)
+            operands.append(constant.result)
+        result = first.result.type
+        wide = TensorType((*result.shape[:-1], sum(widths)), result.element_type, result.encoding)
+        attributes = {k: v for k, v in first.attributes.items() if k not in (GRID, BLOCKING, COST, SHARDING)}
+        self.linear = Operation(ttir.LINEAR.name, operands, [wide], attributes,
+                                loc=fuse_locations(*(m.loc for m in members)))
+        created.append(self.linear)
+        begin = 0
+        for member, width in zip(members, widths, strict=True):
+            shape = member.result.type.shape
+            created.append(Operation(ttir.SLICE.name, [self.linear.result], [member.result.type],
+                                     {"begins": (0,) * (len(shape) - 1) + (begin,),
+                                      "ends": (*shape[:-1], begin + width), "steps": (1,) * len(shape)},
+                                     loc=member.loc))
+            begin += width
+        for op in created:
+            body.insert_before(first, op)
+        self.created = created
+        self.slices = created[-len(members):]
+        self.ends = [gather_end(m.result) for m in members]
+        for member, piece in zip(members, self.slices, strict=True):
+            member.result.replace_all_uses_with(piece.result)
+        self.candidates = ranking(self.linear, device, max_cores, first.attributes.get(FIDELITY, "hifi4"),
+                                  module.weights, memo, multicast)
+        self.cycles = recorded_cycles(members)
+
+    def undo(self) -> None:
+        for member, piece in zip(self.members, self.slices, strict=True):
             piece.result.replace_all_uses_with(member.result)
-        for op in reversed(created):
+        for op in reversed(self.created):
             op.erase()
-        for name in new_weights:
-            module.weights.pop(name, None)
-        return False
-    grid, blocking, cost = chosen
-    linear.attributes[GRID] = grid
-    linear.attributes[BLOCKING] = dict(blocking)
-    linear.attributes[COST] = cost.as_attr()
-    for end in ends:  # the gathers now read the joined result: their recorded cost as the profile will count it
-        assert end is not None
-        end.attributes[COST] = estimate(end, op_kind(end) or "", device, end.attributes[GRID],
-                                        dict(end.attributes[BLOCKING]), end.attributes.get(FIDELITY, "hifi4"),
-                                        weights=module.weights).as_attr()
-    for member in members:
-        old = [v.owner for v in member.operands[1:]]
-        member.erase()
-        for constant in old:
-            value = constant.attributes["value"]
-            constant.erase()
-            if isinstance(value, WeightAttr):
-                module.weights.pop(value.name, None)
-    return True
+        for name in self.new_weights:
+            self.module.weights.pop(name, None)
+
+    def commit(self, chosen: tuple, device: DeviceAttr) -> None:
+        grid, blocking, cost = chosen
+        self.linear.attributes[GRID] = grid
+        self.linear.attributes[BLOCKING] = dict(blocking)
+        self.linear.attributes[COST] = cost.as_attr()
+        for end in self.ends:  # the gathers now read the joined result: their recorded cost as the profile counts it
+            assert end is not None
+            end.attributes[COST] = estimate(end, op_kind(end) or "", device, end.attributes[GRID],
+                                            dict(end.attributes[BLOCKING]), end.attributes.get(FIDELITY, "hifi4"),
+                                            weights=self.module.weights).as_attr()
+        for member in self.members:
+            old = [v.owner for v in member.operands[1:]]
+            member.erase()
+            for constant in old:
+                value = constant.attributes["value"]
+                constant.erase()
+                if isinstance(value, WeightAttr):
+                    self.module.weights.pop(value.name, None)
