@@ -39,6 +39,7 @@ class Ranking:
         self.placed = [(grid, blocking) for grid, blocking in placements(op, device, max_cores)
                        if multicast or not is_mcast(blocking)]
         self.costs: dict[int, object] = {}
+        self.footprints: dict[int, int] = {}  # candidate index -> its L1 footprint (the same for the signature)
 
     def cost(self, op: Operation, index: int):
         if index not in self.costs:
@@ -47,11 +48,16 @@ class Ranking:
                                          weights=self.weights)
         return self.costs[index]
 
+    def footprint(self, op: Operation, index: int) -> int:
+        if index not in self.footprints:
+            self.footprints[index] = l1_footprint(op, self.device, self.placed[index][1])
+        return self.footprints[index]
+
     def cheapest(self, op: Operation, budget: int) -> tuple | None:
         """(grid, blocking, cost) of the cheapest candidate whose footprint fits `budget`; None when none does."""
         from ttc.passes.grid import tie_break
 
-        fitting = [i for i, (_, blocking) in enumerate(self.placed) if l1_footprint(op, self.device, blocking) <= budget]
+        fitting = [i for i in range(len(self.placed)) if self.footprint(op, i) <= budget]
         if not fitting:
             return None
         best = min(fitting, key=lambda i: (tie_break(self.cost(op, i)), i))
