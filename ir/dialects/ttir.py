@@ -906,6 +906,12 @@ def verify_attention(op: Operation) -> None:
     shape = matmul_shape(scores, v)
     if shape is None:
         raise VerifyError(f"attention probabilities {_dims(scores)} and values {_dims(v)} have mismatched inner dims")
+    batches = math.prod(shape[:-2])
+    for name in ("query_view", "value_view", "result_view"):
+        view = op.attributes.get(name)
+        if view is not None and len(view) != 1 + batches:
+            raise VerifyError(f"attention {name} needs a row stride and the first tile of each of {batches} batches, "
+                              f"got {len(view)} numbers")
     if op.attributes.get("result_view") is None:
         _expect_shape(op, shape, "attention result")
     elif tuple(shape) != attention_result_shape(op):

@@ -14,7 +14,7 @@ from cost_model_checks import check_static_equals_executed, compile_with_plans, 
 
 from ttc import zoo
 from ttc.compiler import CompileOptions, default_pipeline
-from ttc.ir.dialects import ttmetal
+from ttc.ir.dialects import ttir, ttmetal
 from ttc.runtime.executor import using_emulator
 
 
@@ -49,3 +49,30 @@ def test_attention_reads_heads_in_place(batch: int, seq: int, siblings: bool) ->
     assert np.array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
     time = [sum(p.time_us for p in m.profile) for m in (viewed, gathered)]
     assert time[0] < time[1]
+
+
+def test_the_views_verify_their_shapes() -> None:
+    """With views the operands are the buffers read and written in place; the logical shapes come from the key and
+    `result_shape` (which must be what a value read as it is gives), and every view holds a row stride and one first
+    tile per batch."""
+    from ttc.ir.core import Operation, Value
+    from ttc.ir.dialect import VerifyError
+    from ttc.ir.types import ScalarType, TensorType
+
+    f32 = ScalarType("f32")
+    q, kt, v = Value(TensorType((64, 64), f32)), Value(TensorType((2, 32, 96), f32)), Value(TensorType((96, 64), f32))
+    views = {"query_view": (2, 0, 1), "value_view": (2, 0, 1), "result_view": (2, 0, 1)}  # two heads of 32 columns
+
+    def attention(**changed) -> Operation:
+        attributes = {"scale": 1.0, "scores_format": "bf16", "probs_format": "bf16", **views,
+                      "result_shape": (2, 64, 32), **changed}
+        return Operation(ttir.ATTENTION.name, (q, kt, v), [TensorType((64, 64), f32)], attributes)
+
+    ttir.ATTENTION.verify(attention())
+    plain_v = Operation(ttir.ATTENTION.name, (q, kt, Value(TensorType((2, 96, 32), f32))), [TensorType((64, 64), f32)],
+                        {"scale": 1.0, "scores_format": "bf16", "probs_format": "bf16", "query_view": (2, 0, 1),
+                         "result_view": (2, 0, 1), "result_shape": (2, 64, 16)})
+    with pytest.raises(VerifyError, match="result_shape"):  # the value's 32 columns make a [2, 64, 32] result
+        ttir.ATTENTION.verify(plain_v)
+    with pytest.raises(VerifyError, match="first tile of each of 2 batches"):
+        ttir.ATTENTION.verify(attention(query_view=(2, 0)))
