@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ttc.ir.attributes import DenseAttr, WeightAttr, fuse_locations
+from ttc.ir.attributes import DenseAttr, UnknownLoc, WeightAttr, fuse_locations
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects import ttir
 from ttc.ir.dialects.tt import DeviceAttr
@@ -178,7 +178,7 @@ class Join:
             created.append(Operation(ttir.SLICE.name, [self.linear.result], [member.result.type],
                                      {"begins": (0,) * (len(shape) - 1) + (begin,),
                                       "ends": (*shape[:-1], begin + width), "steps": (1,) * len(shape)},
-                                     loc=member.loc))
+                                     loc=UnknownLoc()))  # (it computes no node: the joined product does)
             begin += width
         for op in created:
             body.insert_before(first, op)
