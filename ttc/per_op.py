@@ -12,7 +12,9 @@ importer's name for it, `OpType_index`). A fused program (matmul + bias
 + GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
 program's result; of several programs ending at the same node (a mean as a sum, then a scale) only the
 last is compared, and a program whose last node continues in a later program (a mean's sum whose 1/N scale
-is fused into the next node's program) is not comparable. A convolutional activation, channels-last
+is fused into the next node's program) is not comparable. A program computing several nodes' values side by
+side (the grid pass's sibling linears: Q, K and V as one product) is compared with those values concatenated
+along the last axis in program order. A convolutional activation, channels-last
 [N*H*W, C] on the device, is compared in its node's NCHW layout. Values whose element count differs from the node's (a program whose result was
 re-shaped by a decomposition) are reported as not comparable rather than guessed at.
 """
