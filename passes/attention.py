@@ -22,6 +22,8 @@ grid pass chose them: a row too long for the held K^T, V and the scores row fall
 
 from __future__ import annotations
 
+import numpy as np
+
 from ttc.ir.attributes import fuse_locations
 from ttc.ir.core import Operation, Value
 from ttc.ir.dialects import ttir
@@ -29,8 +31,10 @@ from ttc.ir.dialects.tt import DeviceAttr
 from ttc.ir.types import TensorType
 from ttc.passes.fusion_fit import try_fuse
 from ttc.passes.ops.attention import fits_one_chain
-from ttc.passes.ops.geometry import is_row_major, layout, tensor
-from ttc.passes.ops.interface import FIDELITY
+from ttc.passes.ops.gather import chain_operands, gather_of, is_folded, is_view, movement_chain
+from ttc.passes.ops.geometry import is_row_major, is_sharded, layout, tensor, tile_shape
+from ttc.passes.ops.interface import FIDELITY, GRID
+from ttc.passes.ops.registry import op_kind
 
 
 def plain_matmul(op: object, residual: bool = False) -> bool:
@@ -77,21 +81,105 @@ def match(softmax: Operation) -> tuple[Operation, Operation] | None:
     return first, second
 
 
-def attention_op(first: Operation, softmax: Operation, second: Operation) -> Operation:
-    """The fused op (not yet in a block) of the three."""
+def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tuple[Operation, tuple[int, ...]] | None:
+    """(the gather program, [row stride, first tile of each batch]) when `value` is made by a gather that `reader`
+    alone reads and that only picks strided tile rows of its source (an attention's head split: tile (b, r, c) of
+    the result is the source's tile first[b] + r * stride + c, untransposed), so the reader can read the source in
+    place; `logical` is the shape the reader takes it as (no broadcast batch dims). None otherwise."""
+    end = value.owner
+    if not isinstance(end, Operation) or op_kind(end) != "data_movement" or GRID not in end.attributes \
+            or is_view(end) or only_reader(value) is not reader or tuple(tensor(value).shape) != tuple(logical):
+        return None
+    source = chain_operands(end)
+    if len(source) != 1 or not tile_device(source[0]) or is_sharded(tensor(source[0])):
+        return None
+    gather = gather_of(end)
+    if gather.transposed or gather.inputs is not None:
+        return None
+    shape = tile_shape(tensor(value).shape)
+    tiles = gather.source.reshape(shape.batches, shape.rt, shape.ct)
+    first = tiles[:, 0, 0]
+    stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
+    expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
+    if stride < shape.ct or not np.array_equal(tiles, expected):
+        return None
+    return end, (stride, *(int(f) for f in first))
+
+
+def result_view(value: Value) -> tuple[Operation, tuple[int, ...]] | None:
+    """(the gather program, [row stride, first tile of each batch]) when `value` (an attention's result) is read only
+    by a gather that puts each of its tile rows, untransposed, at strided tile rows of its own result (a head merge:
+    result tile (b, r, c) goes to the gather's tile first[b] + r * stride + c, and every gather tile comes from one
+    result tile), so the attention can write the gather's result itself. None otherwise."""
+    user = only_reader(value)
+    if user is None or user.name not in (ttir.TRANSPOSE.name, ttir.RESHAPE.name, ttir.SLICE.name):
+        return None
+    end = user
+    while is_folded(end):
+        end = end.result.uses[0][0]
+    if op_kind(end) != "data_movement" or GRID not in end.attributes or is_view(end) \
+            or not tile_device(end.result) or is_sharded(tensor(end.result)):
+        return None
+    gather = gather_of(end)
+    shape = tile_shape(tensor(value).shape)
+    if gather.transposed or gather.inputs is not None or len(gather.source) != shape.tiles \
+            or len(np.unique(gather.source)) != shape.tiles:
+        return None
+    dest = np.empty(shape.tiles, dtype=np.int64)
+    dest[gather.source] = np.arange(shape.tiles)
+    tiles = dest.reshape(shape.batches, shape.rt, shape.ct)
+    first = tiles[:, 0, 0]
+    stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
+    expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
+    if stride < shape.ct or not np.array_equal(tiles, expected):
+        return None
+    return end, (stride, *(int(f) for f in first))
+
+
+def attention_op(first: Operation, softmax: Operation, second: Operation,
+                 replaced: list[Operation] | None = None) -> Operation:
+    """The fused op (not yet in a block) of the three. Given a list `replaced`, a query or value made by a head
+    split's gather (`tile_view`) is read in place from the gather's source, a head merge's gather reading the result
+    (`result_view`) is written in place, and the list gets every op the fused one replaces in program order: the
+    gathers' chains, the three, the merge's chain."""
     bias = ttir.linear_residual(first)
-    operands = (*first.operands[:2], second.operands[1], *softmax.operands[1:], *([bias] if bias is not None else []))
+    q, v = first.operands[0], second.operands[1]
+    result_type = second.result.type
     attributes = {"scale": float(softmax.attr("scale")), "bias": bias is not None,
                   "scores_format": tensor(first.result).element_type.name,
                   "probs_format": tensor(softmax.result).element_type.name,
                   "reduce_fidelity": softmax.attributes.get(FIDELITY, "hifi4"),
                   FIDELITY: second.attributes.get(FIDELITY, "hifi4")}
-    return Operation(ttir.ATTENTION.name, operands, [second.result.type], attributes,
-                     loc=fuse_locations(first.loc, softmax.loc, second.loc))
+    if replaced is not None:
+        kt, out = tensor(first.operands[1]).shape, tensor(second.result).shape
+        for name, logical, reader in (("query_view", (*out[:-1], kt[-2]), first),
+                                      ("value_view", (*out[:-2], kt[-1], out[-1]), second)):
+            found = tile_view(q if name == "query_view" else v, reader, logical)
+            if found is None:
+                continue
+            end, view = found
+            replaced += movement_chain(end)
+            attributes[name] = view
+            if name == "query_view":
+                q = chain_operands(end)[0]
+            else:
+                v = chain_operands(end)[0]
+        replaced += [first, softmax, second]
+        merge = result_view(second.result)
+        if merge is not None:
+            end, view = merge
+            replaced += movement_chain(end)
+            attributes |= {"result_view": view, "result_shape": tuple(out)}
+            result_type = end.result.type
+    operands = (q, first.operands[1], v, *softmax.operands[1:], *([bias] if bias is not None else []))
+    ops = [first, softmax, second] if replaced is None else replaced
+    return Operation(ttir.ATTENTION.name, operands, [result_type], attributes,
+                     loc=fuse_locations(*(op.loc for op in ops)))
 
 
-def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
-    """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it."""
+def fuse_attention(func, device: DeviceAttr, max_cores: int, weights, views: bool = True) -> None:
+    """Replace each attention of `func` by one program where it fits L1 and the cost model prefers it; with `views`,
+    one reading its query and value in place of their head splits' gathers where that fits."""
     memo: dict = {}
     for softmax in [op for op in func.body.ops if op.name == ttir.SOFTMAX.name]:
         found = match(softmax)
@@ -100,8 +188,15 @@ def fuse_attention(func, device: DeviceAttr, max_cores: int, weights) -> None:
         first, second = found
         if FIDELITY in first.attributes and first.attributes[FIDELITY] != second.attributes.get(FIDELITY):
             continue
-        fused = attention_op(first, softmax, second)
-        if not fits_one_chain(fused):
-            fused.drop_operands()
-            continue
-        try_fuse(func, fused, [first, softmax, second], device, max_cores, weights, memo)
+        for in_place in (True, False) if views else (False,):  # read and written in place, else as before
+            replaced: list[Operation] = []
+            fused = attention_op(first, softmax, second, replaced if in_place else None)
+            if in_place and len(replaced) == 3:  # no head split or merge to take in
+                fused.drop_operands()
+                continue
+            if not fits_one_chain(fused):
+                fused.drop_operands()
+                break
+            if try_fuse(func, fused, replaced if in_place else [first, softmax, second], device, max_cores, weights,
+                        memo):
+                break

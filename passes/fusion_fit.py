@@ -21,8 +21,9 @@ from ttc.passes.ops.registry import l1_footprint, op_kind
 
 
 def recorded_cycles(ops: list[Operation]) -> float:
-    """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat."""
-    return sum(float(op.attributes[COST]["cycles"]) for op in ops if COST in op.attributes)  # (views: no program)
+    """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat (an op
+    folded into a later gather has none: it runs no program)."""
+    return sum(float(op.attributes[COST]["cycles"]) for op in ops if COST in op.attributes)
 
 
 class Ranking:
@@ -38,6 +39,7 @@ class Ranking:
         self.placed = [(grid, blocking) for grid, blocking in placements(op, device, max_cores)
                        if multicast or not is_mcast(blocking)]
         self.costs: dict[int, object] = {}
+        self.footprints: dict[int, int] = {}  # candidate index -> its L1 footprint (the same for the signature)
 
     def cost(self, op: Operation, index: int):
         if index not in self.costs:
@@ -46,11 +48,16 @@ class Ranking:
                                          weights=self.weights)
         return self.costs[index]
 
+    def footprint(self, op: Operation, index: int) -> int:
+        if index not in self.footprints:
+            self.footprints[index] = l1_footprint(op, self.device, self.placed[index][1])
+        return self.footprints[index]
+
     def cheapest(self, op: Operation, budget: int) -> tuple | None:
         """(grid, blocking, cost) of the cheapest candidate whose footprint fits `budget`; None when none does."""
         from ttc.passes.grid import tie_break
 
-        fitting = [i for i, (_, blocking) in enumerate(self.placed) if l1_footprint(op, self.device, blocking) <= budget]
+        fitting = [i for i in range(len(self.placed)) if self.footprint(op, i) <= budget]
         if not fitting:
             return None
         best = min(fitting, key=lambda i: (tie_break(self.cost(op, i)), i))
@@ -91,19 +98,30 @@ def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_core
     """Replay the function's L1 with `fused` in `ops`: the cheapest of `candidates` (grid, blocking, cost) that
     fits, or None when none does, it costs no fewer modelled cycles than `cycles` (the replay stops there) or
     another program no longer fits."""
+    chosen = fit_all_l1(ops, {id(fused): (candidates, cycles)}, device, max_cores)
+    return None if chosen is None else chosen[id(fused)]
+
+
+def fit_all_l1(ops: list[Operation], fused: dict[int, tuple[Ranking, float]], device: DeviceAttr,
+               max_cores: int) -> dict[int, tuple] | None:
+    """`fits_l1` for several fused ops at once (by id: their candidates and the cycles each must beat) in one
+    replay: each one's cheapest fitting candidate, or None when any of them finds none that beats its cycles or
+    another program no longer fits."""
     from ttc.passes.grid import LiveL1
 
     live = LiveL1.of(ops, device, max_cores)
-    chosen = None
+    chosen: dict[int, tuple] = {}
     for index, op in enumerate(ops):
         if op_kind(op) is None or is_folded(op) or is_view(op):
             live.ran(index, op)
             continue
         budget = live.budget(op)
-        if op is fused:
-            chosen = candidates.cheapest(op, budget)
-            if chosen is None or chosen[2].cycles >= cycles:
+        if id(op) in fused:
+            candidates, cycles = fused[id(op)]
+            best = candidates.cheapest(op, budget)
+            if best is None or best[2].cycles >= cycles:
                 return None
+            chosen[id(op)] = best
         elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
             return None
         try:

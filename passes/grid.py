@@ -99,6 +99,7 @@ from ttc.passes.ops.registry import (
     program_operands,
 )
 from ttc.passes.ops.row_ops import PARAM_MCAST
+from ttc.passes.sibling_fusion import fuse_siblings
 from ttc.passes.untilize_fusion import fuse_untilize
 
 
@@ -617,9 +618,11 @@ class Grid(Pass):
     multicast: bool = True
     ksplit: bool = True  # a matmul of few output blocks may split K over cores (passes/ops/matmul_ksplit.py)
     attention: bool = True  # an attention's matmul, softmax and matmul as one program where cheaper (attention.py)
+    head_views: bool = True  # that program reads Q and V in place of their head splits' gathers where it fits
     im2col: bool = True  # a convolution's lookup read by its product's reader where cheaper (im2col_fusion.py)
     untilize: bool = True  # a product's untilize fused into its pack and writer where cheaper (untilize_fusion.py)
     lookups: bool = True  # the row lookups an eltwise alone reads fused into its reader where cheaper (lookup_fusion.py)
+    siblings: bool = True  # linears sharing their first operand, read by gathers, as one product (sibling_fusion.py)
 
     def run(self, module: Module) -> None:
         others = self.reduce_fidelity or self.math_fidelity
@@ -667,8 +670,10 @@ class Grid(Pass):
                 op.attributes[COST] = choice.cost.as_attr()
                 op.attributes[FIDELITY] = fidelity
                 live.ran(index, op)
+            if self.siblings:
+                fuse_siblings(func, module, device, self.max_cores, self.multicast)
             if self.attention:
-                fuse_attention(func, device, self.max_cores, module.weights)
+                fuse_attention(func, device, self.max_cores, module.weights, self.head_views)
             if self.im2col:
                 fuse_im2col(func, device, self.max_cores, module.weights, self.multicast)
             if self.untilize:

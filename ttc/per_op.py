@@ -12,7 +12,9 @@ importer's name for it, `OpType_index`). A fused program (matmul + bias
 + GELU, reshape + transpose) is compared at its last ONNX node in graph order, whose value is the
 program's result; of several programs ending at the same node (a mean as a sum, then a scale) only the
 last is compared, and a program whose last node continues in a later program (a mean's sum whose 1/N scale
-is fused into the next node's program) is not comparable. A convolutional activation, channels-last
+is fused into the next node's program) is not comparable. A program computing several nodes' values side by
+side (the grid pass's sibling linears: Q, K and V as one product) is compared with those values concatenated
+along the last axis in program order. A convolutional activation, channels-last
 [N*H*W, C] on the device, is compared in its node's NCHW layout. Values whose element count differs from the node's (a program whose result was
 re-shaped by a decomposition) are reported as not comparable rather than guessed at.
 """
@@ -109,11 +111,15 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
         last = max(known, key=lambda item: item[0])[1] if known else None
         targets.append((name, last, fused))
     existing = {o.name for o in model.graph.output}
-    wanted = sorted({node.output[0] for _, node, _ in targets if node is not None} - existing)
+    side = {name: sinks([nodes[n][1] for n in fused if n in nodes]) for name, _, fused in targets}
+    wanted = sorted({node.output[0] for _, node, _ in targets if node is not None}
+                    | {node.output[0] for group in side.values() for node in group} - existing)
     del model.graph.value_info[:]
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted)
-    reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & {n.output[0] for _, n, _ in targets
-                                                                               if n is not None})])
+    reference = run_onnxruntime(model, feeds, [*wanted, *sorted(existing & ({n.output[0] for _, n, _ in targets
+                                                                                if n is not None}
+                                                                               | {n.output[0] for group in side.values()
+                                                                                  for n in group}))])
     final = {id(node): index for index, (_, node, _) in enumerate(targets) if node is not None}
     spatial = any(n.op_type in SPATIAL_OPS for n in model.graph.node)  # channels-last values may occur
     names = {id(node): name for name, (_, node) in nodes.items()}
@@ -145,6 +151,12 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
             continue
         ref = reference[node.output[0]]
         got = device[name]
+        group = side[name]
+        if got.size != ref.size and len(group) > 1:  # several nodes' values side by side (sibling linears)
+            parts = [reference[n.output[0]] for n in group]
+            if all(p.shape[:-1] == ref.shape[:-1] for p in parts) and sum(p.shape[-1] for p in parts) * ref.size \
+                    == got.size * ref.shape[-1]:
+                ref = np.concatenate(parts, axis=-1)
         if got.size != ref.size:
             checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0], None, None, None,
                                     f"device value {list(got.shape)} vs ONNX {list(ref.shape)}: not comparable"))
@@ -154,6 +166,14 @@ def check_per_op(compiled: CompiledModel, model_path: str | Path, feeds: Mapping
         checks.append(NodeCheck(index, label(node), node.op_type, fused, node.output[0],
                                 _finite(result.pcc), _finite(result.rel_l2_err), result.passed))
     return checks
+
+
+def sinks(fused: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes of a program whose values no other node of it reads, in program order: one for a chain, several
+    for products computed side by side (the grid pass's sibling linears write their values as one tensor's column
+    blocks, in this order)."""
+    read = {name for node in fused for name in node.input}
+    return [node for node in fused if node.output[0] not in read]
 
 
 SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",

@@ -865,8 +865,30 @@ POOL2D = OpDef(
     traits=PURE, verify=verify_pool2d,
 )
 
-def verify_attention(op: Operation) -> None:
+def attention_result_shape(op: Operation) -> tuple[int, ...]:
+    """The logical shape of an attention's result: its type's, unless written through a tile view (`result_view`:
+    the result is the buffer a head merge would have gathered into, `result_shape` the logical one)."""
+    if op.attributes.get("result_view") is not None:
+        return tuple(op.attributes["result_shape"])
+    return tuple(tensor(op.results[0].type).shape)
+
+
+def attention_views(op: Operation) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The logical shapes of an attention's query and value: their operands' unless read through a tile view
+    (`query_view`, `value_view`: the operand is the buffer the view reads), then [*batch, S, D] from the key and
+    the result."""
     q, kt, v = (tensor(x.type).shape for x in op.operands[:3])
+    out = attention_result_shape(op)
+    if op.attributes.get("query_view") is not None:
+        q = (*out[:-1], kt[-2])
+    if op.attributes.get("value_view") is not None:
+        v = (*out[:-2], kt[-1], out[-1])
+    return tuple(q), tuple(v)
+
+
+def verify_attention(op: Operation) -> None:
+    kt = tensor(op.operands[1].type).shape
+    q, v = attention_views(op)
     scores = matmul_shape(q, kt)
     if scores is None:
         raise VerifyError(f"attention scores of {_dims(q)} by {_dims(kt)} have mismatched inner dims")
@@ -884,7 +906,16 @@ def verify_attention(op: Operation) -> None:
     shape = matmul_shape(scores, v)
     if shape is None:
         raise VerifyError(f"attention probabilities {_dims(scores)} and values {_dims(v)} have mismatched inner dims")
-    _expect_shape(op, shape, "attention result")
+    batches = math.prod(shape[:-2])
+    for name in ("query_view", "value_view", "result_view"):
+        view = op.attributes.get(name)
+        if view is not None and len(view) != 1 + batches:
+            raise VerifyError(f"attention {name} needs a row stride and the first tile of each of {batches} batches, "
+                              f"got {len(view)} numbers")
+    if op.attributes.get("result_view") is None:
+        _expect_shape(op, shape, "attention result")
+    elif tuple(shape) != attention_result_shape(op):
+        raise VerifyError(f"attention result_shape {_dims(attention_result_shape(op))} is not {_dims(shape)}")
 
 
 ATTENTION = OpDef(
@@ -892,12 +923,17 @@ ATTENTION = OpDef(
     "(the grid pass fuses a matmul (with a residual: `bias = true`, the last operand, as T5's position bias), a "
     "softmax with its folded scale and mask, and a plain matmul into it: passes/attention.py); `key` is the matmul's "
     "second operand ([..., D, S], K transposed); `scores_format` and `probs_format` are the element types the "
-    "unfused ops gave the scores and the probabilities (kept in L1 in those formats), `reduce_fidelity` the softmax's",
+    "unfused ops gave the scores and the probabilities (kept in L1 in those formats), `reduce_fidelity` the softmax's; "
+    "`query_view` / `value_view` = [row stride, first tile of each batch]: the operand is the buffer a head split "
+    "would have gathered from, read in place (tile (b, r, c) of the logical operand is its tile first[b] + r * stride "
+    "+ c); `result_view` the same for the result, whose logical shape is then `result_shape`",
     operands=(Operand("query"), Operand("key"), Operand("value"), Operand("mask", optional=True),
               Operand("bias", optional=True)),
     attributes=(Attr("scale", FloatAttr, 1.0), Attr("bias", BoolAttr, False), Attr("scores_format", StrAttr, REQUIRED),
                 Attr("probs_format", StrAttr, REQUIRED),
-                Attr("reduce_fidelity", enum_attr("lofi", "hifi2", "hifi3", "hifi4"), "hifi4")),
+                Attr("reduce_fidelity", enum_attr("lofi", "hifi2", "hifi3", "hifi4"), "hifi4"),
+                Attr("query_view", IntArrayAttr, None), Attr("value_view", IntArrayAttr, None),
+                Attr("result_view", IntArrayAttr, None), Attr("result_shape", IntArrayAttr, None)),
     traits=PURE, verify=verify_attention,
 )
 

@@ -94,6 +94,10 @@ class AttentionShape:
     mask_offsets: np.ndarray | None = field(compare=False)
     mask_rows: bool = False  # the mask has a tile row per scores tile row (else one row broadcast along rows)
     bias_offsets: np.ndarray | None = field(compare=False, default=None)  # the scores' bias (laid out as they are)
+    q_row_stride: int = 0  # tiles from one tile row of Q to the next in its buffer (kt, or a view's stride)
+    v_row_stride: int = 0  # the same for V (nt, or a view's)
+    out_offsets: np.ndarray | None = field(compare=False, default=None)  # each batch's first tile in the result
+    out_row_stride: int = 0  # tiles from one tile row of the result to the next (nt, or a view's)
 
 
 def attention_mask(op: Operation) -> Value | None:
@@ -106,8 +110,16 @@ def scores_bias(op: Operation) -> Value | None:
     return op.operands[-1] if op.attributes.get("bias") else None
 
 
+def view_of(op: Operation, name: str) -> tuple[int, np.ndarray] | None:
+    """(row stride, first tile of each batch) of the operand read through a tile view (`query_view`, `value_view`;
+    ttir.attention_views), or None."""
+    view = op.attributes.get(name)
+    return None if view is None else (int(view[0]), np.asarray(view[1:], dtype=np.int64))
+
+
 def attention_shape(op: Operation) -> AttentionShape:
-    q, kt, v, out = (tensor(x).shape for x in (*op.operands[:3], op.result))
+    kt, out = tensor(op.operands[1]).shape, ttir.attention_result_shape(op)
+    q, v = ttir.attention_views(op)
     scores_shape = ttir.matmul_shape(q, kt)
     assert scores_shape is not None
     scores, result = tile_shape(scores_shape), tile_shape(out)
@@ -118,9 +130,15 @@ def attention_shape(op: Operation) -> AttentionShape:
         mask_rows = tile_shape(tensor(mask).shape).rows == scores.rows
     bias = scores_bias(op)
     bias_offsets = None if bias is None else np.arange(scores.batches, dtype=np.int64) * scores.matrix_tiles
-    return AttentionShape(scores.batches, scores.rt, tile_shape(q).ct, scores.ct, result.ct, scores,
-                          batch_offsets(q, scores_shape), batch_offsets(kt, scores_shape),
-                          batch_offsets(v, out), mask_offsets, mask_rows, bias_offsets)
+    q_view, v_view, out_view = (view_of(op, name) for name in ("query_view", "value_view", "result_view"))
+    q_offsets = batch_offsets(q, scores_shape) if q_view is None else q_view[1]
+    v_offsets = batch_offsets(v, out) if v_view is None else v_view[1]
+    kt_tiles = tile_shape(q).ct
+    return AttentionShape(scores.batches, scores.rt, kt_tiles, scores.ct, result.ct, scores,
+                          q_offsets, batch_offsets(kt, scores_shape), v_offsets, mask_offsets, mask_rows, bias_offsets,
+                          kt_tiles if q_view is None else q_view[0], result.ct if v_view is None else v_view[0],
+                          np.arange(result.batches, dtype=np.int64) * result.matrix_tiles if out_view is None
+                          else out_view[1], result.ct if out_view is None else out_view[0])
 
 
 def scores_format(op: Operation) -> ScalarType:
@@ -153,7 +171,7 @@ def holds_mask(op: Operation, blocking: dict[str, int]) -> bool:
 def fits_one_chain(op: Operation) -> bool:
     """The scores' K (the head dim) is one accumulation chunk, so one `matmul_tiles` per block is the unfused
     matmul's chain (longer heads are not fused)."""
-    kt = tile_shape(tensor(op.operands[0]).shape).ct
+    kt = tile_shape(ttir.attention_views(op)[0]).ct
     return kt <= SHORT_K_TILES and accumulation_tiles(kt) == kt
 
 
@@ -191,8 +209,8 @@ def attention_cbs(op: Operation, blocking: dict[str, int]) -> list[CBConfigAttr]
 def attention_candidates(op: Operation) -> Iterator[dict[str, int]]:
     """Any split of the (batch, head) matrices and their tile rows over cores, in blocks of up to half of Dst."""
     s = attention_shape(op)
-    offsets = [s.q_offsets, s.k_offsets, s.v_offsets] + ([] if s.mask_offsets is None else [s.mask_offsets]) \
-        + ([] if s.bias_offsets is None else [s.bias_offsets])
+    offsets = [s.q_offsets, s.k_offsets, s.v_offsets, s.out_offsets] \
+        + ([] if s.mask_offsets is None else [s.mask_offsets]) + ([] if s.bias_offsets is None else [s.bias_offsets])
     widths = [d for d in divisors(s.ct) if d <= HALF_DST][::-1]
     for batches in batch_groups(offsets, s.batches):
         for rows in divisors(s.rt):
@@ -254,11 +272,16 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
         loop = (batch_loop[:, None] * step + np.arange(b["rows"])[None, :] * row_tiles).ravel()
         return first, loop
 
-    first, loop = rows_of(s.q_offsets, s.kt)
-    static_row_tiles(plan, q, first, loop, s.kt)
-    for value, offsets, tiles in ((k, s.k_offsets, s.kt * ct), (v, s.v_offsets, ct * nt)):
-        step = affine_step(offsets, b["batches"])
-        static_row_tiles(plan, value, offsets[batch0], batch_loop * step, tiles)
+    first = s.q_offsets[batch0] + row0 * s.q_row_stride
+    step = affine_step(s.q_offsets, b["batches"])
+    assert step is not None
+    static_row_tiles(plan, q, first, (batch_loop[:, None] * step + np.arange(b["rows"])[None, :] * s.q_row_stride).ravel(),
+                     s.kt)
+    step = affine_step(s.k_offsets, b["batches"])
+    static_row_tiles(plan, k, s.k_offsets[batch0], batch_loop * step, s.kt * ct)
+    step = affine_step(s.v_offsets, b["batches"])  # V's ct rows of nt tiles, s.v_row_stride apart
+    static_row_tiles(plan, v, s.v_offsets[batch0],
+                     (batch_loop[:, None] * step + np.arange(ct)[None, :] * s.v_row_stride).ravel(), nt)
     mask = attention_mask(op)
     if mask is not None:
         assert s.mask_offsets is not None
@@ -272,8 +295,11 @@ def plan_attention(op: Operation, device: DeviceAttr, b: dict[str, int], fidelit
         assert s.bias_offsets is not None
         first, loop = rows_of(s.bias_offsets, ct)
         static_row_tiles(plan, bias, first, loop, ct)
-    out_first = (batch0 * s.rt + row0) * nt
-    out_loop = (batch_loop[:, None] * s.rt * nt + np.arange(b["rows"])[None, :] * nt).ravel()
+    assert s.out_offsets is not None
+    out_step = affine_step(s.out_offsets, b["batches"])
+    assert out_step is not None
+    out_first = s.out_offsets[batch0] + row0 * s.out_row_stride
+    out_loop = (batch_loop[:, None] * out_step + np.arange(b["rows"])[None, :] * s.out_row_stride).ravel()
     static_row_tiles(plan, op.result, out_first, out_loop, nt, write=True)
     return plan.counts()
 
@@ -292,13 +318,15 @@ def lower_attention(op: Operation) -> Program:
         mask = [] if s.mask_offsets is None else \
             [int(s.mask_offsets[batch]) + row * (s.ct if s.mask_rows else 0)]
         bias = [] if s.bias_offsets is None else [int(s.bias_offsets[batch]) + row * s.ct]
-        return [int(s.q_offsets[batch]) + row * s.kt, int(s.k_offsets[batch]), int(s.v_offsets[batch]), *mask, *bias]
+        return [int(s.q_offsets[batch]) + row * s.q_row_stride, int(s.k_offsets[batch]), int(s.v_offsets[batch]),
+                *mask, *bias]
 
     def compute_args(unit: tuple[int, ...]) -> list[int]:
         return [unit[1] * b["rows"]]
 
     def writer_args(unit: tuple[int, ...]) -> list[int]:
-        return [(unit[0] * b["batches"] * s.rt + unit[1] * b["rows"]) * s.nt]
+        assert s.out_offsets is not None
+        return [int(s.out_offsets[unit[0] * b["batches"]]) + unit[1] * b["rows"] * s.out_row_stride]
 
     kernels = (attention_reader(op, schedule, s), attention_compute(op, schedule, s), attention_writer(op, schedule, s))
     return Program("attention", schedule.grid, cbs_of(op, schedule), kernels,
@@ -314,9 +342,9 @@ def attention_reader(op: Operation, sch: Schedule, s: AttentionShape):
     steps = [affine_step(offsets, b["batches"]) for offsets in (s.q_offsets, s.k_offsets, s.v_offsets)]
     held = holds_mask(op, b)
 
-    def read(cb_index: int, gen: Value, start: Index, rows: int, cols: int) -> None:
+    def read(cb_index: int, gen: Value, start: Index, rows: int, cols: int, stride: int = 0) -> None:
         k.op("cb_reserve_back", cb=cb_index, pages=rows * cols)
-        k.op("noc_read_tiles", gen, start, cb=cb_index, rows=rows, cols=cols, row_stride=cols)
+        k.op("noc_read_tiles", gen, start, cb=cb_index, rows=rows, cols=cols, row_stride=stride or cols)
         k.op("noc_read_barrier")
         k.op("cb_push_back", cb=cb_index, pages=rows * cols)
 
@@ -324,9 +352,9 @@ def attention_reader(op: Operation, sch: Schedule, s: AttentionShape):
         read(CB_MASK, gens[3], k.arg(3), 1, s.ct)
     with k.loop(b["batches"]) as batch:
         read(CB_KT, gens[1], k.affine(k.arg(1), (batch, steps[1])), s.kt, s.ct)
-        read(CB_V, gens[2], k.affine(k.arg(2), (batch, steps[2])), s.ct, s.nt)
+        read(CB_V, gens[2], k.affine(k.arg(2), (batch, steps[2])), s.ct, s.nt, s.v_row_stride)
         with k.loop(b["rows"]) as row:
-            read(CB_Q, gens[0], k.affine(k.arg(0), (batch, steps[0]), (row, s.kt)), 1, s.kt)
+            read(CB_Q, gens[0], k.affine(k.arg(0), (batch, steps[0]), (row, s.q_row_stride)), 1, s.kt)
             if s.bias_offsets is not None:  # the row of the scores' bias (the last operand and argument)
                 bias_arg = 3 + int(s.mask_offsets is not None)
                 read(CB_BIAS_ROW, gens[-1], k.affine(k.arg(bias_arg), (batch, s.rt * s.ct), (row, s.ct)), 1, s.ct)
@@ -343,8 +371,10 @@ def attention_writer(op: Operation, sch: Schedule, s: AttentionShape):
     ow = out_width(s.nt)
     k = KernelBuilder(op.loc)
     gen = k.addrgen(len(op.operands), tensor(op.result))
+    assert s.out_offsets is not None
+    step = affine_step(s.out_offsets, b["batches"])
     with k.loop(b["batches"]) as batch, k.loop(b["rows"]) as row:
-        start = k.affine(k.arg(0), (batch, s.rt * s.nt), (row, s.nt))
+        start = k.affine(k.arg(0), (batch, step), (row, s.out_row_stride))
         with k.loop(s.nt // ow) as block:
             k.op("cb_wait_front", cb=CB_OUT, pages=ow)
             k.op("noc_write_tiles", gen, k.affine(start, (block, ow)), cb=CB_OUT, rows=1, cols=ow)

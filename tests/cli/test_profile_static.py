@@ -46,7 +46,7 @@ def test_static_profile_prints_the_executed_table(model_path: Path, tmp_path: Pa
         reports[name], tables[name] = json.loads(report.read_text()), out
     assert reports["static"] == reports["executed"] == reports["reference"] == reports["artifact"]
     assert tables["static"] == tables["executed"]
-    assert len(reports["static"]["programs"]) >= 10
+    assert len(reports["static"]["programs"]) >= 8  # (Q, K, V one product; the attention reads its heads in place)
 
 
 def test_static_profile_of_a_large_matmul_is_fast_and_runs_nothing(tmp_path: Path,

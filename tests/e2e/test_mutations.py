@@ -180,10 +180,13 @@ def receivers_do_not_wait(module: Module) -> None:
 
 
 def rectangle_past_the_grid(module: Module) -> None:
-    """Core (0,0) multicasts its in0 blocks to a row one core wider than the grid."""
+    """Core (0,0) multicasts its in0 blocks to a row one core wider than the grid (in the first multicast program
+    whose in0 rectangle spans the grid's rows: a 2-D plan by rows)."""
     from ttc.passes.ops.matmul_mcast import MCAST_ARGS
 
-    program = mcast_program(module)
+    program = next(p for p in programs(module) if any(op.name == "ttkernel.noc_mcast_cb" for op in p.walk())
+                   and len(p.attributes["runtime_args"][0][0]) > MCAST_ARGS + 4
+                   and p.attributes["runtime_args"][0][0][MCAST_ARGS + 4] == p.attributes["grid"].x - 1)
     args = [[list(core) for core in per_kernel] for per_kernel in program.attributes["runtime_args"]]
     args[0][0][MCAST_ARGS + 4] += 1  # the last column of its row's rectangle
     program.attributes["runtime_args"] = tuple(tuple(tuple(core) for core in per_kernel) for per_kernel in args)

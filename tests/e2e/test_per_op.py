@@ -31,6 +31,8 @@ def test_every_program_is_compared_at_its_last_onnx_node(encoder) -> None:
     checks = check_per_op(compiled, path, zoo.random_inputs(zoo.encoder_block()))
     programs = sum(op.name == "ttmetal.enqueue_program" for op in compiled.module.walk())
     assert len(checks) == programs and all(c.passed for c in checks)
+    # the Q, K and V projections as one product (grid's sibling linears): compared with their values side by side
+    assert checks[0].fused[0] == "/layer0/attn/q_proj/MatMul" and checks[0].node == "/layer0/attn/v_proj/Add"
     gelu = next(c for c in checks if len(c.fused) == 7)  # fc1 matmul + bias + the erf-form GELU
     assert gelu.fused[0] == "/layer0/mlp/fc1/MatMul" and gelu.node == "/layer0/mlp/gelu/half/Mul"
     assert checks[-1].node == "/layer0/mlp_norm/LayerNormalization" and checks[-1].pcc > 0.99
@@ -57,11 +59,12 @@ def test_cli_names_the_first_broken_node(encoder, tmp_path: Path, capsys: pytest
     code = main(["run", str(broken), "--golden", "--per-op", "--json", str(report_path)])
     out, err = capsys.readouterr()
     assert code == 1 and "Traceback" not in err
-    # the softmax runs inside the fused attention program, named by its last node (the P.V product)
-    assert "first node below the threshold: /layer0/attn/context/MatMul (MatMul" in out
+    # the softmax runs inside the fused attention program, named by its last node (the head merge it writes)
+    assert "first node below the threshold: /layer0/attn/merge/Reshape (Reshape" in out
     report = json.loads(report_path.read_text())
-    assert report["per_op"]["first_failure"] == "/layer0/attn/context/MatMul"
-    before = [c for c in report["per_op"]["checks"] if c["program"] < 6]
+    assert report["per_op"]["first_failure"] == "/layer0/attn/merge/Reshape"
+    broken_program = next(c["program"] for c in report["per_op"]["checks"] if c["node"] == "/layer0/attn/merge/Reshape")
+    before = [c for c in report["per_op"]["checks"] if c["program"] < broken_program]
     assert before and all(c["passed"] for c in before)
 
 
