@@ -613,15 +613,31 @@ class Core {
   // The located pages' first lines (`data`) and their poison marks (unpoison's look at them) are fetched ahead
   // of the copies, so that their cache misses overlap (marks of pages all over a memory miss as often as the
   // pages do).
-  void prefetch_pages(const Memory& m, int64_t n, bool data) {
-    if (!data && !m.marks) return;
+  void prefetch_pages(const Memory& m, int64_t n, bool data, bool marks = true) {
+    marks = marks && m.marks;
+    if (!data && !marks) return;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t b = located_bank[i], offset = located_offset[i];
       if (b < 0 || b >= m.banks || offset < 0 || offset >= m.capacity) continue;
       if (data) __builtin_prefetch(m.data + b * m.stride + offset);
-      if (m.marks && offset / POISON_BLOCK < m.blocks) __builtin_prefetch(m.marks + b * m.blocks + offset / POISON_BLOCK);
+      if (marks && offset / POISON_BLOCK < m.blocks) __builtin_prefetch(m.marks + b * m.blocks + offset / POISON_BLOCK);
     }
   }
+  // Buffer regions ([start, end) of every bank of a memory) whose poison marks this Core object looked at while
+  // running a program. Marks are set only between programs (a fresh buffer's poison) and a run only clears them,
+  // so a region found free of marks stays free to the end of the run: a NoC read from it skips each page's look
+  // at the marks (a cache miss per row for a gather over many banks). A region is looked at on its second read
+  // (a core reading a buffer once would pay more than it saves), and only when its marks are few (kCleanScan).
+  struct Region {
+    int memory = 0;
+    int64_t start = 0, end = 0;
+    int state = 0;  // 0 read once, 1 no marks, 2 marked (or too large to look at)
+  };
+  std::vector<Region> regions;
+  static constexpr int64_t kCleanScan = 4096;  // marks looked at per region at most
+  static constexpr size_t kRegions = 16;
+  // [lo, hi): g's buffer region when it holds no poison mark, else lo = hi = 0
+  void clean_range(const Memory& m, const AddrGen& g, int64_t& lo, int64_t& hi);
   // The lines of a page (up to 4 KiB of it) about to be copied, fetched while the page before it is copied (a
   // tile's lines from a cold bank would otherwise miss one after the other).
   static void prefetch_page(const Memory& m, int64_t b, int64_t offset, int64_t size) {
@@ -1461,6 +1477,42 @@ void Core::locate_slow(const AddrGen& g, const Sharded* sh, int64_t page, Access
   out_offset = offset;
 }
 
+void Core::clean_range(const Memory& m, const AddrGen& g, int64_t& lo, int64_t& hi) {
+  lo = hi = 0;
+  if (!m.marks || g.slot < 0 || g.slot >= static_cast<int64_t>(m.starts.size())) return;
+  const int64_t start = m.starts[g.slot], end = m.ends[g.slot];
+  Region* region = nullptr;
+  for (Region& r : regions)
+    if (r.memory == m.id && r.start == start && r.end == end) region = &r;
+  if (!region) {
+    if (regions.size() < kRegions) regions.push_back(Region{m.id, start, end, 0});
+    return;
+  }
+  if (region->state == 0) {  // the second read: look at the region's marks in every bank
+    region->state = 2;
+    const int64_t first = std::max<int64_t>(start, 0) / POISON_BLOCK;
+    const int64_t last = std::min((end - 1) / POISON_BLOCK, m.blocks - 1);  // blocks past it are never marked
+    const int64_t count = last - first + 1;
+    if (end <= start || count <= 0) {
+      region->state = 1;
+    } else if (count * m.banks <= kCleanScan) {
+      uint64_t any = 0;
+      for (int64_t b = 0; b < m.banks && !any; ++b) {
+        const uint8_t* marks = m.marks + b * m.blocks + first;
+        int64_t i = 0;
+        for (; i + 8 <= count; i += 8) {
+          uint64_t word;
+          std::memcpy(&word, marks + i, 8);
+          any |= word;
+        }
+        for (; i < count; ++i) any |= __atomic_load_n(marks + i, __ATOMIC_RELAXED);
+      }
+      if (!any) region->state = 1;
+    }
+  }
+  if (region->state == 1) lo = start, hi = end;
+}
+
 // A NoC read of buffer pages page_list[0..n) into the reserved back of a CB from cb_offset (the
 // interpreter's `_read_into_cb` and its masked variants): pages not wanted are located as page 0 (as the
 // interpreter does) and zero-filled or left as they are.
@@ -1482,8 +1534,18 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
   for (int64_t i = 0; i < n; ++i)
     locate(g, sh, page_list[i], READ, cb_index, stage + 3, 0, false, located_bank[i], located_offset[i]);
   const Memory& m = R.mem[g.memory];
+  int64_t clean_lo = 0, clean_hi = 0;  // a region without poison marks: its pages need no look at them
+  if (!sh && n > 0) clean_range(m, g, clean_lo, clean_hi);
   // small pages (rows) from all over the memory, and the poison marks of any pages: their misses overlap
-  prefetch_pages(m, n, !segmented && g.page_size <= 256);
+  prefetch_pages(m, n, !segmented && g.page_size <= 256, clean_lo == clean_hi);
+  // the bytes of a read: memory_ptr, or inside the clean region its bounds check alone
+  auto source = [&](int64_t b, int64_t offset, int64_t size) -> const uint8_t* {
+    if (offset >= clean_lo && offset + size <= clean_hi) {
+      if (b < 0 || b >= m.banks || offset < 0 || offset + size > m.capacity) outside_memory(size, offset, b, cb_index);
+      return m.data + b * m.stride + offset;
+    }
+    return memory_ptr(m, b, offset, size, cb_index, READ);
+  };
   int64_t moved = 0, local = 0;
   const CBConfig& config = E.cbs[cb_index];
   const int64_t cb_page = config.page_size;
@@ -1494,7 +1556,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     if (segmented) {
       if (w && seg_size) {
         int64_t at = located_offset[i] + seg_offset;
-        move_bytes(slot, memory_ptr(m, located_bank[i], at, seg_size, cb_index, READ), seg_size);
+        move_bytes(slot, source(located_bank[i], at, seg_size), seg_size);
         transfer(g, located_bank[i], at, nullptr, seg_size);
       }
       std::memset(slot + (w ? seg_size : 0), 0, cb_page - (w ? seg_size : 0));
@@ -1503,7 +1565,7 @@ void Core::noc_read(int kernel, const AddrGen& g, int64_t cb_index, int64_t cb_o
     }
     if (w) {
       if (g.page_size > 256 && i + 1 < n) prefetch_page(m, located_bank[i + 1], located_offset[i + 1], g.page_size);
-      move_bytes(slot, memory_ptr(m, located_bank[i], located_offset[i], g.page_size, cb_index, READ), g.page_size);
+      move_bytes(slot, source(located_bank[i], located_offset[i], g.page_size), g.page_size);
       transfer(g, located_bank[i], located_offset[i], nullptr);
       ++moved;
       if (located_bank[i] == bank) ++local;

@@ -79,6 +79,34 @@ def test_programs_reading_poisoned_pages_match_the_reference(threads: int) -> No
     assert np.array_equal(want_l1, got_l1)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_buffer_left_partly_poisoned_reads_as_poison_on_every_read(threads: int) -> None:
+    """The native core looks at a buffer region's marks once per run and, finding none, skips each page's look
+    (program.cpp: Core::clean_range). Here a first program writes only d's first 8 tiles (bank 0-7's first page),
+    so d keeps marked blocks only in banks 0-3 past their first page; a second program reads all of d, three
+    tiles a core: every read of the unwritten tiles must still see POISON, as the reference sees it (the first
+    run's too, where the bytes under the marks are still zero)."""
+    a = Tensor("a", (32, 32 * 12), address=64)
+    d = Tensor("d", (32, 32 * 12), address=64 + 12 * 2048 + 192)
+    c = Tensor("c", (32, 32 * 12), address=64 + 24 * 2048 + 320)
+    first = eltwise_program((4, 1), per_core=2, node="add_1")
+    first.buffers = ["a", "a", "d"]
+    second = eltwise_program((4, 1), per_core=3, node="add_2")
+    second.buffers = ["a", "d", "c"]
+    module = build([a], [c, d], [first, second])
+    feeds = {"a": np.random.default_rng(2).standard_normal((32, 384)).astype(np.float32)}
+    runs = {}
+    for emulator in ("reference", "native"):
+        executor = Executor(module, {}, emulator=emulator, threads=threads)
+        runs[emulator] = [executor.run(feeds) for _ in range(2)]
+        runs[emulator].append((executor.device.dram.data.copy(), executor.device.l1.data.copy()))
+    for want, got in zip(runs["reference"][:2], runs["native"][:2], strict=True):
+        assert np.isnan(got["c"][:, 256:]).all() and not np.isnan(got["c"][:, :256]).any()
+        for name in want:
+            assert np.array_equal(want[name].view(np.uint8), got[name].view(np.uint8)), name
+    assert np.array_equal(runs["reference"][2][0], runs["native"][2][0])
+    assert np.array_equal(runs["reference"][2][1], runs["native"][2][1])
+
 def test_a_whole_model_leaves_the_same_memory_on_both_emulators() -> None:
     compiled = ttc.compile(zoo.mlp(batch=1))
     name = compiled.module.function("main").arg_attrs(0)["ttir.name"]
