@@ -25,7 +25,10 @@ L1 and costs less, passes/attention.py), `im2col` (true: a convolution's im2col 
 `ttir.im2col_linear` program, the product's reader gathering the rows, where it fits L1 and costs less,
 passes/im2col_fusion.py), `untilize` (true: a product read only by an untilize writes rows itself,
 passes/untilize_fusion.py and passes/ops/matmul_rows.py), `lookups` (true: the row lookups an eltwise alone reads
-become one `ttir.lookup_eltwise` program with it, a max pool's positions and their maximum, passes/lookup_fusion.py).
+become one `ttir.lookup_eltwise` program with it, a max pool's positions and their maximum, passes/lookup_fusion.py),
+`siblings` (true: linears sharing their first operand whose results feed head-split gathers become one product,
+the weights side by side, passes/sibling_fusion.py), `head-views` (true: the fused attention reads Q and V in
+place of their head splits' gathers and writes its head merge itself, where it fits).
 
 Sharding (matmul / linear results): the result's memory layout is chosen with the grid. A tall and narrow
 result (M tiles >= 4 x N tiles, at least 8 tile rows) may be L1 height-sharded: each core owns a band of
