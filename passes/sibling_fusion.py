@@ -61,7 +61,7 @@ def constant_of(value: Value, weights: dict[str, np.ndarray]) -> DenseAttr | Wei
     if not isinstance(op, Operation) or op.name != ttir.CONSTANT.name or len(value.uses) != 1:
         return None
     attr = op.attributes.get("value")
-    if isinstance(attr, WeightAttr) and attr.name in weights or isinstance(attr, DenseAttr):
+    if (isinstance(attr, WeightAttr) and attr.name in weights) or isinstance(attr, DenseAttr):
         return attr
     return None
 

@@ -834,27 +834,8 @@ Core::Resume Core::resume(int kernel) {
   }
 }
 
-// Waits until done() holds: spinning, giving the core away after the first microseconds (a loaded machine),
-// and sleeping briefly between polls after a millisecond (a long serial stretch of the other side).
-template <typename Done>
-void wait_until(Done done) {
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0;; ++i) {
-    if (done()) return;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-    if (i % 64 == 63) {
-      double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-      if (waited > 1000)
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
-      else if (waited > 20)
-        std::this_thread::yield();
-    }
-  }
-}
-
-// Spins (as wait_until) until done() holds or `us` microseconds passed; whether it held.
+// Spins until done() holds or `us` microseconds passed (giving the core away at every poll after the first 20 us:
+// on a loaded machine the thread waited for, or another process, may need it); whether it held.
 template <typename Done>
 bool spin_for(Done done, double us) {
   const auto start = std::chrono::steady_clock::now();
@@ -869,6 +850,14 @@ bool spin_for(Done done, double us) {
       if (waited > 20) std::this_thread::yield();
     }
   }
+}
+
+// Waits until done() holds: spin_for a millisecond, then polls with short sleeps (a long serial stretch of the
+// other side).
+template <typename Done>
+void wait_until(Done done) {
+  if (spin_for(done, 1000)) return;
+  while (!done()) std::this_thread::sleep_for(std::chrono::microseconds(20));
 }
 
 // A lockstep program on `workers` threads. Worker 0 (the caller's thread) coordinates: it walks the lockstep
@@ -2118,25 +2107,11 @@ class Pool {
 
  private:
   static constexpr double kSpinUs = 300;
-  static constexpr double kYieldUs = 20;
 
   // Polls done() for up to kSpinUs; whether it became true.
   template <typename Done>
   static bool spin(Done done) {
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0;; ++i) {
-      if (done()) return true;
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-      if (i % 64 == 63) {
-        double waited = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
-        if (waited > kSpinUs) return done();
-        // past the first microseconds, give the core to any other runnable thread (a loaded machine: the
-        // thread we wait for, or another process, may be waiting for this core)
-        if (waited > kYieldUs) std::this_thread::yield();
-      }
-    }
+    return spin_for(done, kSpinUs);
   }
 
   void loop(int id) {

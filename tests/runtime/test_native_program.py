@@ -141,15 +141,19 @@ class DualEnqueue:
 
 
 @contextmanager
-def dual_programs(threads: tuple[int, ...] = (1, 2),
-                  before: Callable[[Device], None] | None = None) -> Iterator[DualEnqueue]:
+def enqueue_hook(hook: DualEnqueue) -> Iterator[DualEnqueue]:
+    """Within the block, the executor's enqueue_program is `hook`."""
     previous = executor.HOST_OPS["ttmetal.enqueue_program"]
-    hook = DualEnqueue(threads, before)
     executor.HOST_OPS["ttmetal.enqueue_program"] = hook
     try:
         yield hook
     finally:
         executor.HOST_OPS["ttmetal.enqueue_program"] = previous
+
+
+def dual_programs(threads: tuple[int, ...] = (1, 2),
+                  before: Callable[[Device], None] | None = None):
+    return enqueue_hook(DualEnqueue(threads, before))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,12 +305,8 @@ def test_programs_handed_to_the_pool_back_to_back_give_the_same_bytes() -> None:
             ex.profile.append(profile)
 
     compiled = ttc.compile(conv_pool())
-    previous = executor.HOST_OPS["ttmetal.enqueue_program"]
-    executor.HOST_OPS["ttmetal.enqueue_program"] = Repeat()
-    try:
+    with enqueue_hook(Repeat()):
         compiled.run({"x": np.random.default_rng(4).standard_normal((1, 3, 10, 9)).astype(np.float32)})
-    finally:
-        executor.HOST_OPS["ttmetal.enqueue_program"] = previous
 
 
 def test_a_program_takes_one_thread_or_several_by_its_recorded_times() -> None:
@@ -351,12 +351,8 @@ def test_a_program_takes_one_thread_or_several_by_its_recorded_times() -> None:
             ex.profile.append(profile)
 
     compiled = ttc.compile(conv_pool())
-    previous = executor.HOST_OPS["ttmetal.enqueue_program"]
-    executor.HOST_OPS["ttmetal.enqueue_program"] = Choose()
-    try:
+    with enqueue_hook(Choose()):
         compiled.run({"x": np.random.default_rng(5).standard_normal((1, 3, 10, 9)).astype(np.float32)})
-    finally:
-        executor.HOST_OPS["ttmetal.enqueue_program"] = previous
     assert seen, "no program ran on several cores"
 
 
