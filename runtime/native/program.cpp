@@ -166,7 +166,8 @@ struct Encoded {
   int last_workers = 1;       // on how many threads
   // Runs on several threads are not always faster (a loaded machine: the other threads may not be running). A
   // program that may take several keeps its last run's time on one (serial_us) and on several (parallel_us), and
-  // takes several unless one was clearly faster (by a quarter), trying the other way every kProbeEvery runs; serial_runs: runs left on one thread after a run
+  // takes several unless one was clearly faster (by a quarter), trying the other way every kProbeEvery runs (the
+  // first run, cold, is not recorded); serial_runs: runs left on one thread after a run
   // in which the caller's thread spent a large share of the time waiting for the others.
   double serial_us = 0, parallel_us = 0;
   int64_t runs = 0;
@@ -2360,7 +2361,8 @@ Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
   // a late thread to start and end, or in a lockstep program for the cores they claimed): the next kSerialRuns
   // runs take one thread, then several are tried again
   if (workers > 1 && waited_us >= 0.25 * E.last_run_us) E.serial_runs = kSerialRuns;
-  if (choice) (workers > 1 ? E.parallel_us : E.serial_us) = E.last_run_us;
+  // (a program's first run is cold, its time not its own: the encoding's first use, first touches, waking threads)
+  if (choice && E.runs > 1) (workers > 1 ? E.parallel_us : E.serial_us) = E.last_run_us;
   if (error) std::rethrow_exception(error);
 
   // the combined write range of each write call, against the watched ranges
