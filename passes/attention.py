@@ -96,14 +96,8 @@ def tile_view(value: Value, reader: Operation, logical: tuple[int, ...]) -> tupl
     gather = gather_of(end)
     if gather.transposed or gather.inputs is not None:
         return None
-    shape = tile_shape(tensor(value).shape)
-    tiles = gather.source.reshape(shape.batches, shape.rt, shape.ct)
-    first = tiles[:, 0, 0]
-    stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
-    expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
-    if stride < shape.ct or not np.array_equal(tiles, expected):
-        return None
-    return end, (stride, *(int(f) for f in first))
+    view = strided_view(gather.source, tile_shape(tensor(value).shape))
+    return None if view is None else (end, view)
 
 
 def result_view(value: Value) -> tuple[Operation, tuple[int, ...]] | None:
@@ -127,13 +121,21 @@ def result_view(value: Value) -> tuple[Operation, tuple[int, ...]] | None:
         return None
     dest = np.empty(shape.tiles, dtype=np.int64)
     dest[gather.source] = np.arange(shape.tiles)
-    tiles = dest.reshape(shape.batches, shape.rt, shape.ct)
+    view = strided_view(dest, shape)
+    return None if view is None else (end, view)
+
+
+def strided_view(tiles: np.ndarray, shape) -> tuple[int, ...] | None:
+    """(row stride, first tile of each batch) when the tile numbers `tiles` (one per tile of `shape`, batch by batch
+    and row by row) are each batch's rows at one stride from its first tile, whole rows of consecutive tiles and
+    rows not overlapping; None otherwise."""
+    tiles = tiles.reshape(shape.batches, shape.rt, shape.ct)
     first = tiles[:, 0, 0]
     stride = int(tiles[0, 1, 0] - first[0]) if shape.rt > 1 else shape.ct
     expected = first[:, None, None] + np.arange(shape.rt)[None, :, None] * stride + np.arange(shape.ct)[None, None, :]
     if stride < shape.ct or not np.array_equal(tiles, expected):
         return None
-    return end, (stride, *(int(f) for f in first))
+    return (stride, *(int(f) for f in first))
 
 
 def attention_op(first: Operation, softmax: Operation, second: Operation,
