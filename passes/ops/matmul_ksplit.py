@@ -465,21 +465,12 @@ def ksplit_writer(op: Operation, shape, s: Schedule, scratch: TensorType):
         k.op("cb_pop_front", cb=CB_SEND, pages=tiles)
     k.op("semaphore_inc", k.arg(5), k.arg(6), k.arg(2), semaphore=SELF)
     if is_row_major(op.result):  # matmul_rows.rows_writer's rows, as many as arg 9 allows (the finishing core's)
-        from ttc.passes.ops.matmul_rows import element_bytes
-        from ttc.passes.ops.untilize import real_rows
+        from ttc.passes.ops.matmul_rows import element_bytes, write_subblock_rows
 
         row_bytes, block_bytes = page_size(tensor(op.result)), w * TILE * element_bytes(op)
         with k.loop(sh) as row, k.loop(sw) as col:
-            offset = k.affine(k.arg(8), (col, block_bytes))
-            size = block_bytes if row_bytes % block_bytes == 0 else \
-                k.minimum(block_bytes, k.affine(row_bytes, (offset, -1)))
-            for r in range(h):
-                tile_row = k.add(k.affine(k.arg(7), (row, h)), r)
-                k.op("cb_wait_front", cb=CB_OUT, pages=TILE)
-                k.op("noc_write_rows", out_gen, k.mul(tile_row, TILE),
-                     k.minimum(real_rows(k, shape.rows, tile_row), k.arg(9)), offset, size, cb=CB_OUT, count=TILE)
-                k.op("noc_write_barrier")
-                k.op("cb_pop_front", cb=CB_OUT, pages=TILE)
+            write_subblock_rows(k, out_gen, shape.rows, row, col, h, row_bytes, block_bytes, row_arg=7, offset_arg=8,
+                                limit_arg=9)
         return k.region()
     with k.loop(sh) as row, k.loop(sw) as col:
         k.op("cb_wait_front", cb=CB_OUT, pages=tiles)

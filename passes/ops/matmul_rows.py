@@ -119,17 +119,28 @@ def rows_writer(op: Operation, s: Schedule, output: int | None = None):
         outer, inner = inner, outer
     with outer as first, inner as second:
         row, col = (second, first) if column_outer(b) else (first, second)
-        offset = k.affine(k.arg(1), (col, block_bytes))
-        size = block_bytes if row_bytes % block_bytes == 0 else \
-            k.minimum(block_bytes, k.affine(row_bytes, (offset, -1)))
-        for r in range(h):
-            tile_row = k.add(k.affine(k.arg(0), (row, h)), r)
-            k.op("cb_wait_front", cb=CB_OUT, pages=TILE)
-            k.op("noc_write_rows", gen, k.mul(tile_row, TILE), real_rows(k, shape.rows, tile_row), offset, size,
-                 cb=CB_OUT, count=TILE)
-            k.op("noc_write_barrier")
-            k.op("cb_pop_front", cb=CB_OUT, pages=TILE)
+        write_subblock_rows(k, gen, shape.rows, row, col, h, row_bytes, block_bytes, row_arg=0, offset_arg=1)
     return k.region()
+
+
+def write_subblock_rows(k: KernelBuilder, gen, rows: int, row, col, h: int, row_bytes: int, block_bytes: int,
+                        row_arg: int, offset_arg: int, limit_arg: int | None = None) -> None:
+    """One finished subblock's rows, tile row by tile row from CB_OUT: subblock (row, col) of a core whose first tile
+    row and first byte within a row are runtime arguments `row_arg` and `offset_arg`; each tile row's real rows (of
+    `rows`), no more than runtime argument `limit_arg` when given, as a segment of the pages."""
+    offset = k.affine(k.arg(offset_arg), (col, block_bytes))
+    size = block_bytes if row_bytes % block_bytes == 0 else \
+        k.minimum(block_bytes, k.affine(row_bytes, (offset, -1)))
+    for r in range(h):
+        tile_row = k.add(k.affine(k.arg(row_arg), (row, h)), r)
+        k.op("cb_wait_front", cb=CB_OUT, pages=TILE)
+        first = k.mul(tile_row, TILE)
+        count = real_rows(k, rows, tile_row)
+        if limit_arg is not None:
+            count = k.minimum(count, k.arg(limit_arg))
+        k.op("noc_write_rows", gen, first, count, offset, size, cb=CB_OUT, count=TILE)
+        k.op("noc_write_barrier")
+        k.op("cb_pop_front", cb=CB_OUT, pages=TILE)
 
 
 def lower_rows(op: Operation) -> Program:
