@@ -48,6 +48,37 @@ def ideal(counts: target.Counts, device) -> float:
     return split(counts, device)["mvmul"] * counts.cores / device.compute_cores
 
 
+def budget_ms(row) -> float | None:
+    """The device time per batch the row's target allows (None for a DRAM-traffic target)."""
+    what, value = row.target.split("=", 1)
+    if what == "items/s>":
+        return row.items * 1000 / float(value)
+    if what == "ms<":
+        return float(value)
+    return None
+
+
+def print_floors(row, profile, device) -> None:
+    """What the row's programs cannot go below under the calibrated model, against its target's budget: their
+    matrix work at the calibrated rate spread over the whole compute grid, their DRAM traffic at the chip's
+    rate, each with the programs' launches (a fusion that removes programs removes their launches; nothing
+    else here changes with the program structure)."""
+    ms = 1 / (device.clock_mhz * 1000)
+    launch = sum(p.launch_cycles for p in profile) * ms
+    matrix = sum(ideal(p.counts, device) for p in profile) * ms
+    dram = sum(p.dram_cycles for p in profile) * ms
+    other = sum(cycles for p in profile for key, cycles in split(p.counts, device).items() if key != "mvmul") * ms
+    budget = budget_ms(row)
+    print(f"\nfloors under the calibrated model ({len(profile)} programs; launches {launch:.3f} ms)")
+    if budget is not None:
+        print(f"  target {row.target}: {budget:.3f} ms per batch of {row.items}")
+    for name, floor in (("matrix work on the whole grid", matrix), ("DRAM traffic at the chip's rate", dram)):
+        left = f", leaves {budget - floor - launch:.3f} ms of the budget" if budget is not None else ""
+        print(f"  {name} {floor:.3f} ms + launches = {floor + launch:.3f} ms{left}")
+    print(f"  every other tile op and the unpacker's excess (a core's cycles, summed over the programs): "
+          f"{other:.3f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("row", choices=list(ROWS))
@@ -78,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         parts = ", ".join(f"{key} {value:.3f}" for key, value in sorted(table.items(), key=lambda kv: -kv[1])
                           if key != "time" and value >= 0.0005)
         print(f"  {kind:13} {table['time']:8.3f}  {parts}")
+    print_floors(row, profile, device)
     print(f"\ntop {args.top} groups of identical programs (cycles per core and program)")
     for (kind, counts, cycles), members in sorted(groups.items(), key=lambda kv: -len(kv[1]) * kv[0][2])[:args.top]:
         p = members[0]
