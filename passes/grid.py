@@ -49,6 +49,7 @@ cannot fit is a UserError naming the node and the core.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,30 +265,82 @@ def matmul_signature(op: Operation) -> tuple:
             tuple(sorted((key, str(value)) for key, value in op.attributes.items())), padding_rows_free(op))
 
 
+def matmul_floor(op: Operation, device: DeviceAttr, fidelity: str, grid: GridAttr) -> float:
+    """A lower bound of the modelled cycles of any matmul plan of `op` on `grid`: one launch, and every output
+    tile's K products (the padded shape's, which every plan makes at least once) spread evenly over the grid's
+    cores at the calibrated rate (`target.compute_cycles` counts a core's MVMULs at least at that rate, and a
+    program takes at least its compute and its launch)."""
+    shape = matmul_shape(op)
+    products = shape.batches * shape.mt * shape.nt * shape.kt
+    per_core = products // max(grid.num_cores, 1)
+    mvmul = device.matmul_cycles_per_phase * FIDELITY_PHASES[fidelity] / device.matmul_efficiency
+    return device.launch_cycles + per_core * mvmul
+
+
+class MatmulRanking:
+    """The candidates of `ranked_matmul`, costed as far as they are asked for: iterating yields them in the
+    order a full sort by `tie_break` would (full ties in enumeration order), but a candidate is costed only once
+    every candidate before it is, and none whose `matmul_floor` exceeds the cycles of the one yielded last. A
+    caller that stops at the first candidate fitting L1 (`choose_matmul`) so skips most of the costing of a large
+    op's hundreds of blockings. What has been costed is kept (the memo shares a ranking between ops of one
+    signature)."""
+
+    def __init__(self, op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...], max_cores: int,
+                 weights: Weights | None) -> None:
+        self.op, self.device, self.fidelity, self.weights = op, device, fidelity, weights
+        self.entries: list[tuple[GridAttr, dict[str, int], LayoutAttr | None]] = []
+        for grid, blocking in placements(op, device, max_cores):
+            self.entries.append((grid, blocking, None))
+            for memory_layout in options:
+                placed = shard_placement(op, memory_layout, grid, blocking, device, max_cores)
+                if placed is not None:
+                    self.entries.append((placed[0], blocking, placed[1]))
+        # (cycles, dram, noc, index, cost): a floor's entry has dram = noc = -inf and cost None, so that it is
+        # costed before any costed entry of the same cycles is taken
+        self.heap = [(matmul_floor(op, device, fidelity, grid), -math.inf, -math.inf, index, None)
+                     for index, (grid, _, _) in enumerate(self.entries)]
+        heapq.heapify(self.heap)
+        self.ordered: list[Candidate] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Candidate]:
+        at = 0
+        while True:
+            if at < len(self.ordered):
+                yield self.ordered[at]
+                at += 1
+                continue
+            if not self.heap:
+                return
+            floor, _, _, index, cost = heapq.heappop(self.heap)
+            grid, blocking, result_layout = self.entries[index]
+            if cost is None:
+                cost = estimate(self.op, "matmul", self.device, grid, blocking, self.fidelity, result_layout,
+                                self.weights)
+                if cost.cycles < floor:
+                    raise AssertionError(f"matmul_floor {floor} exceeds the modelled {cost.cycles} cycles of "
+                                         f"{blocking} on {grid}")
+                heapq.heappush(self.heap, (*tie_break(cost), index, cost))
+                continue
+            self.ordered.append((grid, blocking, result_layout, cost))
+
+
 def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tuple[str, ...],
                   max_cores: int = 0, weights: Weights | None = None,
-                  memo: dict[tuple, list[Candidate]] | None = None) -> list[Candidate]:
+                  memo: dict[tuple, MatmulRanking] | None = None) -> MatmulRanking:
     """Every placed matmul blocking with its result interleaved (as it is) and in each sharded layout of
     `options` it allows, cheapest first (`tie_break`: equal modelled times go to the one moving fewer DRAM
-    bytes, then fewer NoC bytes), then keep the enumeration order (interleaved first). `memo` (one grid pass
-    run) reuses the ranking of an op with the same signature."""
+    bytes, then fewer NoC bytes), then keep the enumeration order (interleaved first); costed lazily
+    (`MatmulRanking`). `memo` (one grid pass run) reuses the ranking of an op with the same signature."""
     if memo is not None:
         key = (matmul_signature(op), id(device), fidelity, options, max_cores)
         ranked = memo.get(key)
         if ranked is None:
-            ranked = memo[key] = ranked_matmul(op, device, fidelity, options, max_cores, weights)
+            ranked = memo[key] = MatmulRanking(op, device, fidelity, options, max_cores, weights)
         return ranked
-    costed: list[Candidate] = []
-    for grid, blocking in placements(op, device, max_cores):
-        costed.append((grid, blocking, None, estimate(op, "matmul", device, grid, blocking, fidelity,
-                                                      weights=weights)))
-        for memory_layout in options:
-            placed = shard_placement(op, memory_layout, grid, blocking, device, max_cores)
-            if placed is not None:
-                g, result_layout = placed
-                costed.append((g, blocking, result_layout, estimate(op, "matmul", device, g, blocking,
-                                                                    fidelity, result_layout, weights)))
-    return sorted(costed, key=lambda c: tie_break(c[3]))
+    return MatmulRanking(op, device, fidelity, options, max_cores, weights)
 
 
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: dict[tuple, int] | None = None) -> int:
@@ -430,7 +483,7 @@ class LiveL1:
 
 def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str, max_cores: int = 0,
                   sharding: bool = True, weights: Weights | None = None,
-                  memo: dict[tuple, list[Candidate]] | None = None, multicast: bool = True,
+                  memo: dict[tuple, MatmulRanking] | None = None, multicast: bool = True,
                   ksplit: bool = True) -> Choice:
     """The cheapest matmul candidate, its result interleaved or sharded, that fits L1 (see the module doc)."""
     given = layout(tensor(op.result)) if is_sharded(tensor(op.result)) else None
@@ -443,15 +496,18 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
     budget = live.budget(op)
     best: dict[str, tuple[Candidate, int]] = {}  # first fitting candidate per result layout
     misfit: dict[str, tuple[int, str]] = {}  # per layout: the smallest rejected (footprint, why)
-    candidates = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
-    if not multicast:  # (the K split hands its sums on by multicast too)
-        candidates = [c for c in candidates if not c[1].get("mcast") and not c[1].get(KSPLIT)]
-    if not ksplit:
-        candidates = [c for c in candidates if not c[1].get(KSPLIT)]
-    if not candidates:
+    ranking = ranked_matmul(op, device, fidelity, options, max_cores, weights, memo)
+    if not len(ranking):
         raise no_placement(op, device, max_cores)
+    candidates: Iterator[Candidate] = iter(ranking)
+    if not multicast:  # (the K split hands its sums on by multicast too)
+        candidates = (c for c in candidates if not c[1].get("mcast") and not c[1].get(KSPLIT))
+    if not ksplit:
+        candidates = (c for c in candidates if not c[1].get(KSPLIT))
     budgets: dict[str, int] = {}
+    seen = False
     for candidate in candidates:
+        seen = True
         grid, blocking, result_layout, cost = candidate
         kind = str(result_layout.memory_layout) if result_layout is not None else "interleaved"
         if kind in best or (given is not None and result_layout != given):
@@ -469,6 +525,8 @@ def choose_matmul(op: Operation, device: DeviceAttr, live: LiveL1, fidelity: str
                 break
         elif kind not in misfit or footprint < misfit[kind][0]:
             misfit[kind] = (footprint, why)
+    if not seen:
+        raise no_placement(op, device, max_cores)
     if not best:
         smallest = min((f for f, _ in misfit.values()), default=0)
         if given is not None:
