@@ -77,3 +77,33 @@ def test_equal_modelled_times_go_to_fewer_dram_bytes() -> None:
                 assert first.dram <= second.dram, (first, second)
                 differing += first.dram < second.dram
     assert differing >= 1
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "encoder_block"])
+def test_the_lazy_ranking_orders_as_the_full_sort_and_its_floor_bounds_every_cost(name: str) -> None:
+    """`grid.MatmulRanking` yields a matmul's candidates in the order of a full sort of all their costs by
+    `tie_break` (full ties in enumeration order), sharded variants included; `matmul_floor` is at most every
+    candidate's modelled cycles; and a caller stopping at the first candidate costs fewer than all of them."""
+    from ttc.passes import grid
+    from ttc.passes.cost_model import estimate
+    from ttc.passes.ops.geometry import module_device
+
+    module, _ = quality.gridded(MODELS[name](), CompileOptions())
+    device = module_device(module)
+    pruned = 0
+    for op in module.function("main").body.ops:
+        if op.name not in ("ttir.linear", "ttir.matmul"):
+            continue
+        options = ("height_sharded", "block_sharded")
+        ranking = grid.MatmulRanking(op, device, "hifi4", options, 0, None)
+        full = [(g, b, layout, estimate(op, "matmul", device, g, b, "hifi4", layout))
+                for g, b, layout in ranking.entries]
+        for g, _, _, cost in full:
+            assert grid.matmul_floor(op, device, "hifi4", g) <= cost.cycles
+        expected = [c for _, c in sorted(enumerate(full), key=lambda ic: (grid.tie_break(ic[1][3]), ic[0]))]
+        first = next(iter(ranking))
+        costed = sum(1 for entry in ranking.heap if entry[4] is not None) + len(ranking.ordered)
+        pruned += costed < len(full)
+        assert first == expected[0]
+        assert list(ranking) == expected
+    assert pruned >= 1
