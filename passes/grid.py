@@ -91,7 +91,7 @@ from ttc.passes.ops.geometry import (
     tile_shape,
 )
 from ttc.passes.ops.interface import BLOCKING, BY_COLUMN, COST, FIDELITY, GRID, SHARDING
-from ttc.passes.ops.matmul import matmul_shape, padding_rows_free
+from ttc.passes.ops.matmul import MatmulShape, matmul_shape, padding_rows_free
 from ttc.passes.ops.matmul_ksplit import KSPLIT
 from ttc.passes.ops.registry import (
     circular_buffers,
@@ -265,12 +265,13 @@ def matmul_signature(op: Operation) -> tuple:
             tuple(sorted((key, str(value)) for key, value in op.attributes.items())), padding_rows_free(op))
 
 
-def matmul_floor(op: Operation, device: DeviceAttr, fidelity: str, grid: GridAttr) -> float:
-    """A lower bound of the modelled cycles of any matmul plan of `op` on `grid`: one launch, and every output
-    tile's K products (the padded shape's, which every plan makes at least once) spread evenly over the grid's
-    cores at the calibrated rate (`target.compute_cycles` counts a core's MVMULs at least at that rate, and a
-    program takes at least its compute and its launch)."""
-    shape = matmul_shape(op)
+def matmul_floor(op: Operation, device: DeviceAttr, fidelity: str, grid: GridAttr,
+                 shape: MatmulShape | None = None) -> float:
+    """A lower bound of the modelled cycles of any matmul plan of `op` (of `shape`, its `matmul_shape`) on `grid`:
+    one launch, and every output tile's K products (the padded shape's, which every plan makes at least once)
+    spread evenly over the grid's cores at the calibrated rate (`target.compute_cycles` counts a core's MVMULs at
+    least at that rate, and a program takes at least its compute and its launch)."""
+    shape = shape or matmul_shape(op)
     products = shape.batches * shape.mt * shape.nt * shape.kt
     per_core = products // max(grid.num_cores, 1)
     mvmul = device.matmul_cycles_per_phase * FIDELITY_PHASES[fidelity] / device.matmul_efficiency
@@ -297,7 +298,8 @@ class MatmulRanking:
                     self.entries.append((placed[0], blocking, placed[1]))
         # (cycles, dram, noc, index, cost): a floor's entry has dram = noc = -inf and cost None, so that it is
         # costed before any costed entry of the same cycles is taken
-        self.heap = [(matmul_floor(op, device, fidelity, grid), -math.inf, -math.inf, index, None)
+        shape = matmul_shape(op)
+        self.heap = [(matmul_floor(op, device, fidelity, grid, shape), -math.inf, -math.inf, index, None)
                      for index, (grid, _, _) in enumerate(self.entries)]
         heapq.heapify(self.heap)
         self.ordered: list[Candidate] = []
@@ -343,15 +345,28 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
     return MatmulRanking(op, device, fidelity, options, max_cores, weights)
 
 
+_CB_FLOORS: dict[tuple, int] = {}  # min_cb_bytes of matmuls by signature, shared by the passes and compiles
+_CB_FLOORS_KEPT = 4096
+
+
 def min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int = 0, memo: dict[tuple, int] | None = None) -> int:
-    """The smallest CB footprint over every grid and blocking of `op` (for the layout pass). `memo` reuses the
-    figure of a matmul with the same signature (other kinds may hold a fused body region the signature does
-    not see)."""
-    if memo is not None and op_kind(op) == "matmul":
-        key = (matmul_signature(op), id(device), max_cores)
+    """The smallest CB footprint over every grid and blocking of `op` (for the layout pass and the L1 checks of
+    sharded results). The figure of a matmul is kept by signature (in `memo`, else in one table shared by the
+    layout and grid passes of every compile): other kinds may hold a fused body region the signature does not
+    see."""
+    if op_kind(op) == "matmul":
+        if memo is None:
+            memo = _CB_FLOORS
+            if len(memo) > _CB_FLOORS_KEPT:
+                memo.clear()
+        key = (matmul_signature(op), device, max_cores)
         if key not in memo:
-            memo[key] = min_cb_bytes(op, device, max_cores)
+            memo[key] = _min_cb_bytes(op, device, max_cores)
         return memo[key]
+    return _min_cb_bytes(op, device, max_cores)
+
+
+def _min_cb_bytes(op: Operation, device: DeviceAttr, max_cores: int) -> int:
     sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in placements(op, device, max_cores)]
     if not sizes:
         raise no_placement(op, device, max_cores)

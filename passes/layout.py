@@ -433,8 +433,7 @@ def place_in_l1(func: Function, device: DeviceAttr) -> None:
     """Move intermediates to L1 in program order while every op they live across still has room for its
     CBs below the L1 buffers (checked on the allocator's heap: holes count against it)."""
     ops = list(func.body.ops)
-    memo: dict[tuple, int] = {}
-    cb_floor = {i: min_cb_bytes(op, device, memo=memo) for i, op in enumerate(ops)
+    cb_floor = {i: min_cb_bytes(op, device) for i, op in enumerate(ops)
                 if op_kind(op) and not is_folded(op) and not is_view(op)}
     placed: list[tuple[LiveRange, int]] = []
     ranges = live_ranges(ops)

@@ -73,11 +73,23 @@ def buffer_of(value: Value) -> Value:
 def other_l1_bytes(ops: Sequence[Operation], device: DeviceAttr) -> dict[int, int]:
     """Per op (by id): per-core bytes of the L1 tensors live across it that its program does not touch."""
     ranges = [r for r in live_ranges(ops) if in_l1(r.value.type)]
+    # the bytes of every L1 tensor live at each op (one sweep over the ranges' ends), less those the op touches
+    shares = {id(r.value): (r, l1_share(tensor(r.value), device)) for r in ranges}
+    change = [0] * (len(ops) + 1)
+    for r, share in shares.values():
+        change[r.start] += share
+        change[r.end + 1] -= share
     result: dict[int, int] = {}
+    live = 0
     for i, op in enumerate(ops):
-        touched = {id(buffer_of(v)) for v in (*program_operands(op), *op.results)} if op_kind(op) else set()
-        result[id(op)] = sum(l1_share(tensor(r.value), device) for r in ranges
-                             if r.start <= i <= r.end and id(r.value) not in touched)
+        live += change[i]
+        untouched = live
+        if op_kind(op):
+            for touched in {id(buffer_of(v)) for v in (*program_operands(op), *op.results)}:
+                found = shares.get(touched)
+                if found is not None and found[0].start <= i <= found[0].end:
+                    untouched -= found[1]
+        result[id(op)] = untouched
     return result
 
 

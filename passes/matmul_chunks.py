@@ -29,9 +29,10 @@ MAX_JOINED = 4  # inputs of one concat of the pieces
 DRAM_TILES = LayoutAttr("tile", "dram", "interleaved")
 
 
-def smallest_cbs(op: Operation, candidates) -> int | None:
-    sizes = [cb_bytes(circular_buffers(op, blocking)) for _, blocking in candidates(op)]
-    return min(sizes) if sizes else None
+def cbs_fit(op: Operation, candidates, limit: int) -> bool:
+    """Whether the CBs of some placed candidate of `op` (`candidates(op)`: (grid, blocking) pairs) take at most
+    `limit` bytes (looking no further than the first that does)."""
+    return any(cb_bytes(circular_buffers(op, blocking)) <= limit for _, blocking in candidates(op))
 
 
 def constant_data(module: Module, value: Value) -> np.ndarray | None:
@@ -52,8 +53,7 @@ def split_oversized_matmuls(module: Module, func: Function, device: DeviceAttr, 
     for op in list(func.body.ops):
         if op_kind(op) != "matmul" or is_folded(op) or is_view(op) or op.attributes.get("transpose_b"):
             continue
-        smallest = smallest_cbs(op, placements)
-        if smallest is not None and smallest <= device.l1_free:
+        if cbs_fit(op, placements, device.l1_free):
             continue
         w = constant_data(module, op.operands[1])
         bias_value = ttir.linear_bias(op)
@@ -106,8 +106,7 @@ def chunk_columns(module: Module, rewriter: PatternRewriter, op: Operation, w: n
         count = min(2 * count, tiles)
         width = -(-tiles // count) * 32
         pieces = pieces_of(module, rewriter, op, w, bias, width)
-        smallest = smallest_cbs(pieces[0].owner, placements)  # type: ignore[union-attr]
-        if smallest is not None and smallest <= limit:
+        if cbs_fit(pieces[0].owner, placements, limit):  # type: ignore[union-attr]
             result = tensor(op.result)
             while len(pieces) > 1:
                 joined = []

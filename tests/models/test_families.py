@@ -84,12 +84,6 @@ CLIFFS: dict[str, Cliff] = {
     # and in PyTorch's bf16 at 0.054, so bf16 itself fails it; the encoder's floor is 0.040 (PyTorch 0.032), its
     # remaining gap mostly the K = 512 matmuls' 16-bit Dst.
     "t5-small-decoder": Cliff("golden", "logits", "bf16 accuracy at depth: unbounded input, finfo.min mask", 0.12),
-    # yolo-mini compiled in 9.5-10.6 CPU s (398 programs) since the grid pass's convolution fusions
-    # (im2col_fusion.py, untilize_fusion.py): their L1 checks rebuild the function's liveness per trial (~2 s
-    # under the profiler) beside choose_matmul's ranking. With the lazy ranking (grid.MatmulRanking) it takes
-    # ~9.2 CPU s, still too close to the budget on a loaded machine: it stays this known, non-strict budget xfail
-    # until the fusions' L1 check is incremental.
-    "yolo-mini": Cliff("budget", "compile CPU", "compile time: the fusion steps' liveness per trial"),
 }
 
 
