@@ -341,6 +341,9 @@ def ranked_matmul(op: Operation, device: DeviceAttr, fidelity: str, options: tup
         ranked = memo.get(key)
         if ranked is None:
             ranked = memo[key] = MatmulRanking(op, device, fidelity, options, max_cores, weights)
+        # what is costed from now on is costed on this op, which has the signature the first one had when the
+        # ranking was made (the first may since have taken its choice's sharded result type)
+        ranked.op, ranked.weights = op, weights
         return ranked
     return MatmulRanking(op, device, fidelity, options, max_cores, weights)
 
