@@ -77,6 +77,8 @@ def other_l1_bytes(ops: Sequence[Operation], device: DeviceAttr) -> dict[int, in
     shares = {id(r.value): (r, l1_share(tensor(r.value), device)) for r in ranges}
     change = [0] * (len(ops) + 1)
     for r, share in shares.values():
+        if r.end < r.start:
+            continue
         change[r.start] += share
         change[r.end + 1] -= share
     result: dict[int, int] = {}
