@@ -166,11 +166,15 @@ struct Encoded {
   int last_workers = 1;       // on how many threads
   // Runs on several threads are not always faster (a loaded machine: the other threads may not be running). A
   // program that may take several keeps its last run's time on one (serial_us) and on several (parallel_us), and
-  // takes several unless one was clearly faster (by a quarter), trying the other way every kProbeEvery runs (the
-  // first run, cold, is not recorded); serial_runs: runs left on one thread after a run
-  // in which the caller's thread spent a large share of the time waiting for the others.
+  // takes several unless one was clearly faster (by a quarter), trying the other way on its second run and then
+  // at next_probe (the first run, cold, is not recorded). The probes' spacing (probe_every) doubles at each
+  // probe, up to kProbeMost runs, while the choice holds (chosen: 1 one thread, 2 several, 0 none yet), and
+  // goes back to kProbeEvery when it flips: a probe costs a run the slower way, so a settled program is probed
+  // rarely. serial_runs: runs left on one thread after a run in which the caller's thread spent a large share of
+  // the time waiting for the others.
   double serial_us = 0, parallel_us = 0;
-  int64_t runs = 0;
+  int64_t runs = 0, next_probe = 2;
+  int probe_every = 16, chosen = 0;
   int serial_runs = 0;
 };
 
@@ -2152,7 +2156,8 @@ constexpr double kParallelUs = 30;
 // Runs of a program on one thread after a run on several that mostly waited (Encoded::serial_runs), and how
 // often a program that may run on several threads tries the way it found slower (Encoded::serial_us).
 constexpr int kSerialRuns = 16;
-constexpr int kProbeEvery = 16;
+constexpr int kProbeEvery = 16;  // (Encoded::probe_every's start)
+constexpr int kProbeMost = 64;
 
 // ------------------------------------------------------------------------------------------ Python API
 
@@ -2312,8 +2317,19 @@ Outcome execute(Encoded& E, Run& R, int threads, bool check_races) {
   if (E.last_run_us > 0 && E.last_run_us * E.last_workers < kParallelUs) workers = 1;
   const bool choice = workers > 1;  // one thread or several (Encoded::serial_us)
   if (choice) {
-    const bool probe = ++E.runs % kProbeEvery == 2;  // the other way: the second run, then every kProbeEvery
+    const bool probe = ++E.runs == E.next_probe;  // the other way (Encoded::next_probe)
     const bool serial_faster = E.serial_us > 0 && E.parallel_us > 0 && 1.25 * E.serial_us < E.parallel_us;
+    if (probe) {
+      E.next_probe = E.runs + E.probe_every;
+      E.probe_every = std::min(2 * E.probe_every, kProbeMost);
+    } else {
+      const int now = serial_faster ? 1 : 2;
+      if (E.chosen != 0 && now != E.chosen) {  // the choice flipped: probe often again
+        E.probe_every = kProbeEvery;
+        E.next_probe = E.runs + kProbeEvery;
+      }
+      E.chosen = now;
+    }
     if (E.serial_runs > 0) {
       --E.serial_runs;
       workers = 1;
@@ -2623,6 +2639,9 @@ void register_program(py::module_& m) {
       .def_readwrite("serial_us", &Encoded::serial_us)
       .def_readwrite("parallel_us", &Encoded::parallel_us)
       .def_readwrite("runs", &Encoded::runs)
+      .def_readwrite("next_probe", &Encoded::next_probe)
+      .def_readwrite("probe_every", &Encoded::probe_every)
+      .def_readwrite("chosen", &Encoded::chosen)
       .def_readwrite("serial_runs", &Encoded::serial_runs);
   m.def("run_program", &run_program,
         "Run an encoded program on every core of its grid; returns (fault, counts, dirty watch flags, races)",

@@ -311,7 +311,8 @@ def test_programs_handed_to_the_pool_back_to_back_give_the_same_bytes() -> None:
 
 def test_a_program_takes_one_thread_or_several_by_its_recorded_times() -> None:
     """A program that may run on several threads takes several unless its recorded run on one was faster by a
-    quarter, tries the other way on its second run (and every 16th), and takes one after a run that mostly waited
+    quarter, tries the other way on its second run and then at `next_probe` (the spacing doubling up to 64 runs
+    while the choice holds, back to 16 when it flips), and takes one after a run that mostly waited
     (`serial_runs`); the bytes are the same whichever it takes."""
     seen: list[int] = []
 
@@ -340,14 +341,22 @@ def test_a_program_takes_one_thread_or_several_by_its_recorded_times() -> None:
 
             profile = run_native(device, op, addresses, ex.step_budget, plan, 1)
             want = snapshot(device, ranges)
-            fresh = dict(serial_us=0, parallel_us=0, runs=0, serial_runs=0)
+            fresh = dict(serial_us=0, parallel_us=0, runs=0, serial_runs=0, next_probe=2, probe_every=16, chosen=0)
             assert run(**fresh) == 2 and program.runs == 1  # nothing recorded: several
             assert program.parallel_us == 0  # (the first run, cold, is not recorded)
             assert run(runs=1) == 1 and program.serial_us > 0  # the second run tries one thread
-            assert run(serial_us=100.0, parallel_us=124.0, runs=2) == 2  # one thread not a quarter faster
-            assert run(serial_us=100.0, parallel_us=126.0, runs=2) == 1  # faster by more than a quarter
-            assert run(serial_us=100.0, parallel_us=126.0, runs=17) == 2  # every 16th run tries the other way
-            assert run(serial_us=0, parallel_us=0, runs=5, serial_runs=3) == 1 and program.serial_runs == 2
+            assert program.next_probe == 18 and program.probe_every == 32
+            assert run(serial_us=100.0, parallel_us=124.0, runs=2, chosen=2) == 2  # one thread not a quarter faster
+            assert run(serial_us=100.0, parallel_us=126.0, runs=2, chosen=1) == 1  # faster by more than a quarter
+            # the probe at next_probe tries the other way; the next is twice as far, then at most 64 runs away
+            assert run(serial_us=100.0, parallel_us=126.0, runs=17, next_probe=18, probe_every=32, chosen=1) == 2
+            assert program.next_probe == 18 + 32 and program.probe_every == 64
+            assert run(serial_us=100.0, parallel_us=126.0, runs=49, next_probe=50, probe_every=64) == 2
+            assert program.next_probe == 50 + 64 and program.probe_every == 64
+            # the choice flips (several now faster): probes every 16 runs again
+            assert run(serial_us=100.0, parallel_us=110.0, runs=60, next_probe=114, probe_every=64, chosen=1) == 2
+            assert program.next_probe == 61 + 16 and program.probe_every == 16 and program.chosen == 2
+            assert run(serial_us=0, parallel_us=0, runs=5, serial_runs=3, next_probe=2) == 1 and program.serial_runs == 2
             seen.append(program.cores)
             ex.profile.append(profile)
 
