@@ -19,6 +19,8 @@ from ttc.passes.ops.interface import BLOCKING, COST, FIDELITY, GRID
 from ttc.passes.ops.matmul_mcast import is_mcast
 from ttc.passes.ops.registry import l1_footprint, op_kind
 
+PRODUCT_KINDS = frozenset({"matmul", "matmul_rows", "im2col_matmul"})  # (Ranking.floors_of)
+
 
 def recorded_cycles(ops: list[Operation]) -> float:
     """The modelled cycles the grid pass recorded (`tt.cost`) for `ops`: what a fusion of them must beat (an op
@@ -40,13 +42,34 @@ class Ranking:
                        if multicast or not is_mcast(blocking)]
         self.costs: dict[int, object] = {}
         self.footprints: dict[int, int] = {}  # candidate index -> its L1 footprint (the same for the signature)
+        self.floors: list[float] | None = None  # per candidate: grid.matmul_floor (a product's kinds), once asked
 
     def cost(self, op: Operation, index: int):
         if index not in self.costs:
             grid, blocking = self.placed[index]
-            self.costs[index] = estimate(op, op_kind(op) or "", self.device, grid, blocking, self.fidelity,
-                                         weights=self.weights)
+            self.costs[index] = cost = estimate(op, op_kind(op) or "", self.device, grid, blocking, self.fidelity,
+                                                weights=self.weights)
+            floors = self.floors_of(op)
+            if floors is not None and cost.cycles < floors[index]:
+                raise AssertionError(f"matmul_floor {floors[index]} exceeds the modelled {cost.cycles} cycles of "
+                                     f"{op.name} {blocking} on {grid}")
         return self.costs[index]
+
+    def floors_of(self, op: Operation) -> list[float] | None:
+        """Each candidate's `grid.matmul_floor` when `op` is a product (a matmul, written as tiles or rows, or a
+        convolution's im2col product: every plan of it makes the padded product's tile multiplies), else None."""
+        if self.floors is None and op_kind(op) in PRODUCT_KINDS:
+            from ttc.passes.grid import matmul_floor
+            from ttc.passes.ops.im2col_matmul import as_linear
+            from ttc.passes.ops.matmul import matmul_shape
+
+            if op.name == ttir.IM2COL_LINEAR.name:
+                with as_linear(op) as proxy:
+                    shape = matmul_shape(proxy)
+            else:
+                shape = matmul_shape(op)
+            self.floors = [matmul_floor(op, self.device, self.fidelity, grid, shape) for grid, _ in self.placed]
+        return self.floors
 
     def footprint(self, op: Operation, index: int) -> int:
         if index not in self.footprints:
@@ -60,8 +83,21 @@ class Ranking:
         fitting = [i for i in range(len(self.placed)) if self.footprint(op, i) <= budget]
         if not fitting:
             return None
-        best = min(fitting, key=lambda i: (tie_break(self.cost(op, i)), i))
-        return (*self.placed[best], self.costs[best])
+        floors = self.floors_of(op)
+        if floors is None:
+            best = min(fitting, key=lambda i: (tie_break(self.cost(op, i)), i))
+            return (*self.placed[best], self.costs[best])
+        # a product: in the order of the floors, stopping at the first floor above the best cost so far (its
+        # candidate and every later one cost more; an equal floor may still tie and win on DRAM time)
+        chosen: int | None = None
+        for i in sorted(fitting, key=lambda i: (floors[i], i)):
+            if chosen is not None and floors[i] > self.costs[chosen].cycles:
+                break
+            cost = self.cost(op, i)
+            if chosen is None or (tie_break(cost), i) < (tie_break(self.costs[chosen]), chosen):
+                chosen = i
+        assert chosen is not None
+        return (*self.placed[chosen], self.costs[chosen])
 
 
 def ranking(op: Operation, device: DeviceAttr, max_cores: int, fidelity: str, weights, memo: dict,

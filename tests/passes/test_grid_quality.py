@@ -107,3 +107,33 @@ def test_the_lazy_ranking_orders_as_the_full_sort_and_its_floor_bounds_every_cos
         assert first == expected[0]
         assert list(ranking) == expected
     assert pruned >= 1
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "encoder_block"])
+def test_a_fused_product_ranking_stops_at_its_floors_and_picks_the_cheapest(name: str) -> None:
+    """`fusion_fit.Ranking.cheapest` of a product costs its fitting candidates in the order of their
+    `matmul_floor`s and stops at the first floor above the best cost so far: at every budget it picks what the
+    minimum over all fitting candidates (by `tie_break`, then enumeration order) picks, and at the largest budget
+    it costs fewer than all of them."""
+    from ttc.passes import grid
+    from ttc.passes.cost_model import estimate
+    from ttc.passes.fusion_fit import Ranking
+    from ttc.passes.ops.geometry import module_device
+    from ttc.passes.ops.registry import op_kind
+
+    module, _ = quality.gridded(MODELS[name](), CompileOptions())
+    device = module_device(module)
+    pruned = 0
+    for op in module.function("main").body.ops:
+        if op.name not in ("ttir.linear", "ttir.matmul"):
+            continue
+        ranking = Ranking(op, device, 0, "hifi4", None, True)
+        costs = [estimate(op, op_kind(op), device, g, b, "hifi4") for g, b in ranking.placed]
+        footprints = [ranking.footprint(op, i) for i in range(len(ranking.placed))]
+        for budget in [*sorted(set(footprints))[::-7], max(footprints)]:
+            fitting = [i for i in range(len(costs)) if footprints[i] <= budget]
+            best = min(fitting, key=lambda i: (grid.tie_break(costs[i]), i))
+            fresh = Ranking(op, device, 0, "hifi4", None, True)
+            assert fresh.cheapest(op, budget) == (*ranking.placed[best], costs[best])
+            pruned += len(fresh.costs) < len(fitting)
+    assert pruned >= 1
