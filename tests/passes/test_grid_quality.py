@@ -79,6 +79,15 @@ def test_equal_modelled_times_go_to_fewer_dram_bytes() -> None:
     assert differing >= 1
 
 
+def gridded_products(name: str):
+    """(device, op) for every product of model `name` after the grid pass."""
+    from ttc.passes.ops.geometry import module_device
+
+    module, _ = quality.gridded(MODELS[name](), CompileOptions())
+    device = module_device(module)
+    return [(device, op) for op in module.function("main").body.ops if op.name in ("ttir.linear", "ttir.matmul")]
+
+
 @pytest.mark.parametrize("name", ["conv_chain", "encoder_block"])
 def test_the_lazy_ranking_orders_as_the_full_sort_and_its_floor_bounds_every_cost(name: str) -> None:
     """`grid.MatmulRanking` yields a matmul's candidates in the order of a full sort of all their costs by
@@ -86,14 +95,9 @@ def test_the_lazy_ranking_orders_as_the_full_sort_and_its_floor_bounds_every_cos
     candidate's modelled cycles; and a caller stopping at the first candidate costs fewer than all of them."""
     from ttc.passes import grid
     from ttc.passes.cost_model import estimate
-    from ttc.passes.ops.geometry import module_device
 
-    module, _ = quality.gridded(MODELS[name](), CompileOptions())
-    device = module_device(module)
     pruned = 0
-    for op in module.function("main").body.ops:
-        if op.name not in ("ttir.linear", "ttir.matmul"):
-            continue
+    for device, op in gridded_products(name):
         options = ("height_sharded", "block_sharded")
         ranking = grid.MatmulRanking(op, device, "hifi4", options, 0, None)
         full = [(g, b, layout, estimate(op, "matmul", device, g, b, "hifi4", layout))
@@ -118,15 +122,10 @@ def test_a_fused_product_ranking_stops_at_its_floors_and_picks_the_cheapest(name
     from ttc.passes import grid
     from ttc.passes.cost_model import estimate
     from ttc.passes.fusion_fit import Ranking
-    from ttc.passes.ops.geometry import module_device
     from ttc.passes.ops.registry import op_kind
 
-    module, _ = quality.gridded(MODELS[name](), CompileOptions())
-    device = module_device(module)
     pruned = 0
-    for op in module.function("main").body.ops:
-        if op.name not in ("ttir.linear", "ttir.matmul"):
-            continue
+    for device, op in gridded_products(name):
         ranking = Ranking(op, device, 0, "hifi4", None, True)
         costs = [estimate(op, op_kind(op), device, g, b, "hifi4") for g, b in ranking.placed]
         footprints = [ranking.footprint(op, i) for i in range(len(ranking.placed))]
