@@ -50,9 +50,10 @@ class Ranking:
             self.costs[index] = cost = estimate(op, op_kind(op) or "", self.device, grid, blocking, self.fidelity,
                                                 weights=self.weights)
             floors = self.floors_of(op)
-            if floors is not None and cost.cycles < floors[index]:
-                raise AssertionError(f"matmul_floor {floors[index]} exceeds the modelled {cost.cycles} cycles of "
-                                     f"{op.name} {blocking} on {grid}")
+            if floors is not None:
+                from ttc.passes.grid import check_floor
+
+                check_floor(floors[index], cost, op, grid, blocking)
         return self.costs[index]
 
     def floors_of(self, op: Operation) -> list[float] | None:

@@ -278,6 +278,14 @@ def matmul_floor(op: Operation, device: DeviceAttr, fidelity: str, grid: GridAtt
     return device.launch_cycles + per_core * mvmul
 
 
+def check_floor(floor: float, cost: Cost, op: Operation, grid: GridAttr, blocking: dict[str, int]) -> None:
+    """A candidate's modelled cost is at least its `matmul_floor` (else the floor, which prunes the rankings, is
+    wrong: an internal error)."""
+    if cost.cycles < floor:
+        raise AssertionError(f"matmul_floor {floor} exceeds the modelled {cost.cycles} cycles of {op.name} "
+                             f"{blocking} on {grid}")
+
+
 class MatmulRanking:
     """The candidates of `ranked_matmul`, costed as far as they are asked for: iterating yields them in the
     order a full sort by `tie_break` would (full ties in enumeration order), but a candidate is costed only once
@@ -321,9 +329,7 @@ class MatmulRanking:
             if cost is None:
                 cost = estimate(self.op, "matmul", self.device, grid, blocking, self.fidelity, result_layout,
                                 self.weights)
-                if cost.cycles < floor:
-                    raise AssertionError(f"matmul_floor {floor} exceeds the modelled {cost.cycles} cycles of "
-                                         f"{blocking} on {grid}")
+                check_floor(floor, cost, self.op, grid, blocking)
                 heapq.heappush(self.heap, (*tie_break(cost), index, cost))
                 continue
             self.ordered.append((grid, blocking, result_layout, cost))
