@@ -327,6 +327,12 @@ struct Scratch {
   std::vector<uint32_t> col_top, col_low;  // Stat of in1's columns, [C][N]
   std::vector<int16_t> col_block_span;  // [C][N / NR] largest span of the block's columns (-1: all zero)
   std::vector<uint8_t> col_block_special;
+  // kFastIn0: per chunk of the column block being computed, whether each of its 16 columns holds at most one
+  // nonzero value (pack_in1_fast), and then per column the packed position of that value and its part (0 and
+  // +0 for a zero column): such a chunk's sums are single products (sparse_kernel)
+  std::vector<uint8_t> sparse;  // [C]
+  std::vector<int64_t> sparse_at;  // [C][NR]
+  std::vector<double> sparse_part;  // [C][NR]
   std::vector<float> rounded;  // operands rounded to bf16 (when the caller does not promise bf16 values)
   std::vector<const float*> rounded_tiles;
 
@@ -337,6 +343,9 @@ struct Scratch {
     col_low.resize(static_cast<size_t>(chunks) * n);
     col_block_span.resize(static_cast<size_t>(chunks) * nb);
     col_block_special.resize(static_cast<size_t>(chunks) * nb);
+    sparse.resize(chunks);
+    sparse_at.resize(static_cast<size_t>(chunks) * NR);
+    sparse_part.resize(static_cast<size_t>(chunks) * NR);
   }
 };
 
@@ -556,13 +565,30 @@ Stat pack_in1_fast(Problem& p, int jb) {
         top = _mm512_max_epu16(top, u);
         low = _mm512_min_epu16(low, _mm512_sub_epi16(u, one));  // a zero wraps to the top
       }
+      // the columns' nonzero values: which were seen twice, and where the last one is and its part
+      __mmask16 seen = 0, twice = 0;
+      __m512i where = _mm512_setzero_si512(), part = _mm512_setzero_si512();
 #pragma GCC unroll 16
       for (int k = 0; k < MVMUL_K; ++k) {
         __m512i f = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + 16 * k))), 16);
+        const __mmask16 nonzero = _mm512_test_epi32_mask(f, _mm512_set1_epi32(0x7FFFFFFF));
+        twice |= seen & nonzero;
+        seen |= nonzero;
         if constexpr (kSplit) f = _mm512_and_si512(f, split);
+        where = _mm512_mask_mov_epi32(where, nonzero, _mm512_set1_epi32(kPermutation[k]));
+        part = _mm512_mask_mov_epi32(part, nonzero, f);
         double* row = to + kPermutation[k] * NR;
         _mm512_storeu_pd(row, _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(f))));
         _mm512_storeu_pd(row + VL, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(f, 1))));
+      }
+      s.sparse[c] = twice == 0;
+      if (twice == 0) {
+        int64_t* to_at = s.sparse_at.data() + static_cast<size_t>(c) * NR;
+        double* to_part = s.sparse_part.data() + static_cast<size_t>(c) * NR;
+        _mm512_storeu_si512(to_at, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(where)));
+        _mm512_storeu_si512(to_at + VL, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(where, 1)));
+        _mm512_storeu_pd(to_part, _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_castsi512_ps(part))));
+        _mm512_storeu_pd(to_part + VL, _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(part, 1))));
       }
       const __m256i t16 = _mm256_max_epu16(_mm512_castsi512_si256(top), _mm512_extracti64x4_epi64(top, 1));
       const __m256i l16 = _mm256_min_epu16(_mm512_castsi512_si256(low), _mm512_extracti64x4_epi64(low, 1));
@@ -851,6 +877,26 @@ inline void micro_kernel(const double* __restrict a, const double* __restrict b,
     for (int v = 0; v < NV; ++v) store8(out + r * NR + v * VL, acc[r][v]);
 }
 
+#if defined(__AVX512BW__)
+// micro_kernel's sums for a chunk whose in1 columns each hold at most one nonzero value (Scratch::sparse, with no
+// inf or NaN operand): +0 plus the one product, in the packed (kPermutation) order of pack_in0_fast's rows. The
+// kernel's sum of products +0, +-0 ... is the same: +0 plus an exact product and zeros, never -0.
+inline void sparse_kernel(const double* __restrict a, const int64_t* __restrict at, const double* __restrict part,
+                          double* __restrict out) {
+  static_assert(NR == 2 * VL && MR == 8, "a register block's columns are one face's");
+  const __m512i at0 = _mm512_loadu_si512(at), at1 = _mm512_loadu_si512(at + VL);
+  const __m512d part0 = _mm512_loadu_pd(part), part1 = _mm512_loadu_pd(part + VL), zero = _mm512_setzero_pd();
+  for (int r = 0; r < MR; ++r) {
+    const __m512d lo = _mm512_loadu_pd(a + r * MVMUL_K), hi = _mm512_loadu_pd(a + r * MVMUL_K + VL);
+    _mm512_storeu_pd(out + r * NR, _mm512_add_pd(zero, _mm512_mul_pd(_mm512_permutex2var_pd(lo, at0, hi), part0)));
+    _mm512_storeu_pd(out + r * NR + VL,
+                     _mm512_add_pd(zero, _mm512_mul_pd(_mm512_permutex2var_pd(lo, at1, hi), part1)));
+  }
+}
+#else
+inline void sparse_kernel(const double*, const int64_t*, const double*, double*) {}  // kFastIn0 only
+#endif
+
 // The Dst steps of pending exact sums (micro_kernel's), at once.
 inline void chain_pending(double* d, const double* pending) {
   for (int e = 0; e < MR * NR; e += VL) chain_vector(d + e, load8(pending + e));
@@ -1038,18 +1084,29 @@ void run(Problem& p, float* const* dst, DstFormat format) {
           stepped = signed_zeros = true;
           const double* a_block = a_parts + static_cast<size_t>(c) * MR * KC;
           const double* b_block = b_parts + static_cast<size_t>(c) * KC * NR;
-          const bool exact = !special && row_span + s.col_block_span[cb] <= p.limit;
+          bool sparse = false;  // single products (sparse_kernel): exact whatever the spans
+          if constexpr (kFastIn0<KC, kPacked>) sparse = !special && s.sparse[c];
+          const int64_t* sparse_at = s.sparse_at.data() + static_cast<size_t>(c) * NR;
+          const double* sparse_part = s.sparse_part.data() + static_cast<size_t>(c) * NR;
+          const bool exact = sparse || (!special && row_span + s.col_block_span[cb] <= p.limit);
           if (exact && chain_normal) {
             double* out = pending == pipe[0] ? pipe[1] : pipe[0];
-            if (pending)
+            if (sparse) {
+              sparse_kernel(a_block, sparse_at, sparse_part, out);
+              if (pending) chain_pending(d, pending);
+            } else if (pending) {
               micro_kernel<KC, true>(a_block, b_block, out, d, pending);
-            else
+            } else {
               micro_kernel<KC, false>(a_block, b_block, out, d, nullptr);
+            }
             pending = out;
             continue;
           }
           if (pending) chain_pending(d, pending), pending = nullptr;
-          micro_kernel<KC, false>(a_block, b_block, sums, d, nullptr);
+          if (sparse)
+            sparse_kernel(a_block, sparse_at, sparse_part, sums);
+          else
+            micro_kernel<KC, false>(a_block, b_block, sums, d, nullptr);
           if (!exact) {
             block_partials(p, c, i0, j0, sums, partials);
             block_chain<false, true>(d, sums, partials, format);

@@ -879,7 +879,8 @@ class Lockstep {
  public:
   // acc: one per worker (workers == 1) or one per core
   Lockstep(Run& run, std::vector<ThreadAcc>& acc, int workers)
-      : R(run), E(run.E), workers_(workers), n_(run.E.cores), cs_(run.E.cores), results_(run.E.cores) {
+      : R(run), E(run.E), workers_(workers), n_(run.E.cores), cs_(run.E.cores), results_(run.E.cores),
+        shares_(new Share[workers]) {
     for (int64_t c = 0; c < n_; ++c) {
       cs_[c] = std::make_unique<Core>(R, acc[workers > 1 ? c : 0], static_cast<size_t>(c), workers > 1);
       cs_[c]->start(c);
@@ -900,11 +901,12 @@ class Lockstep {
     uint64_t seen = 0;
     for (;;) {
       auto published = [&] {
-        return (claim_.load(std::memory_order_seq_cst) >> 32) != seen || stopping_.load(std::memory_order_seq_cst);
+        return (shares_[0].claim.load(std::memory_order_seq_cst) >> 32) != seen ||
+               stopping_.load(std::memory_order_seq_cst);
       };
       if (!spin_for(published, kWorkerSpinUs)) {
         // a long serial stretch (or a loaded machine): sleep until the next phase; the coordinator wakes a
-        // sleeping worker when it publishes one (sleeping_ and claim_ are sequentially consistent: either it sees
+        // sleeping worker when it publishes one (sleeping_ and the claims are sequentially consistent: either it sees
         // sleeping_, or the worker sees the new phase before it waits)
         std::unique_lock<std::mutex> lock(sleep_mutex_);
         sleeping_.store(true, std::memory_order_seq_cst);
@@ -912,8 +914,8 @@ class Lockstep {
         sleeping_.store(false, std::memory_order_seq_cst);
       }
       if (stopping_.load(std::memory_order_acquire)) return;
-      seen = claim_.load(std::memory_order_acquire) >> 32;
-      take(seen);
+      seen = shares_[0].claim.load(std::memory_order_acquire) >> 32;
+      take(w, seen);
     }
   }
 
@@ -927,11 +929,18 @@ class Lockstep {
   const int64_t n_;
   std::vector<std::unique_ptr<Core>> cs_;
   std::vector<Core::Resume> results_;
-  // the phase's generation (high 32 bits) and its next unclaimed core (low 32 bits)
-  std::atomic<uint64_t> claim_{0};
+  // Each worker's share of the cores (worker w: cores n * w / workers up to the next share's), claimed first by
+  // it and then by the others: a core runs on the same thread phase after phase while no thread is late, its
+  // state staying in that CPU's caches. A share's word holds the phase's generation (high 32 bits) and the share's
+  // next unclaimed core (low 32 bits); worker 0's word, stored last, publishes the phase.
+  struct alignas(64) Share {
+    std::atomic<uint64_t> claim{0};
+  };
+  std::unique_ptr<Share[]> shares_;
+  int64_t share_begin(int w) const { return n_ * w / workers_; }
   std::atomic<int64_t> finished_{0};  // cores of the phase run to their next inter-core op
   std::atomic<bool> stopping_{false};
-  int kernel_ = 0;  // the phase's kernel (written before the phase is published in claim_)
+  int kernel_ = 0;  // the phase's kernel (written before the phase is published in the claims)
   std::atomic<bool> faulted_{false};
   std::exception_ptr error_;
   std::mutex error_mutex_;
@@ -974,20 +983,31 @@ class Lockstep {
     for (int64_t c = 0; c < n_; ++c) on(c, fn);
   }
 
-  // the cores of phase `generation` this thread claims, each up to its next inter-core op
-  void take(uint64_t generation) {
-    // a few cores at a time (a phase's segments are often short: a claim per core made them contend)
-    const int64_t chunk = std::max<int64_t>(1, n_ / (4 * workers_));
+  // the cores of phase `generation` worker w claims, each up to its next inter-core op: its own share's, then
+  // what is left of the others'
+  void take(int w, uint64_t generation) {
+    for (int i = 0; i < workers_; ++i) {
+      const int share = (w + i) % workers_;
+      if (!take_share(share, generation)) return;
+    }
+  }
+
+  // claims and runs cores of a share, a few at a time (a phase's segments are often short: a claim per core made
+  // them contend); false when the phase is over
+  bool take_share(int share, uint64_t generation) {
+    std::atomic<uint64_t>& word = shares_[share].claim;
+    const int64_t last = share_begin(share + 1);
+    const int64_t chunk = std::max<int64_t>(1, (last - share_begin(share)) / 4);
     for (;;) {
-      uint64_t claim = claim_.load(std::memory_order_acquire);
+      uint64_t claim = word.load(std::memory_order_acquire);
       int64_t c, end;
       do {
-        if ((claim >> 32) != generation) return;  // a later phase: this one is done
+        if ((claim >> 32) != generation) return false;  // a later phase: this one is done
         c = static_cast<int64_t>(claim & 0xFFFFFFFFu);
-        if (c >= n_) return;
-        end = std::min(n_, c + chunk);
-      } while (!claim_.compare_exchange_weak(claim, claim + static_cast<uint64_t>(end - c), std::memory_order_acq_rel,
-                                             std::memory_order_acquire));
+        if (c >= last) return true;
+        end = std::min(last, c + chunk);
+      } while (!word.compare_exchange_weak(claim, claim + static_cast<uint64_t>(end - c), std::memory_order_acq_rel,
+                                           std::memory_order_acquire));
       try {
         for (int64_t i = c; i < end; ++i) on(i, [&](Core& core) { results_[i] = core.run_segment(kernel_); });
       } catch (...) {
@@ -1004,10 +1024,11 @@ class Lockstep {
     for (int64_t c = 0; c < n_; ++c) results_[c] = Core::Resume::NONE;
     kernel_ = kernel;
     finished_.store(0, std::memory_order_relaxed);
-    const uint64_t generation = (claim_.load(std::memory_order_relaxed) >> 32) + 1;
-    claim_.store(generation << 32, std::memory_order_seq_cst);
+    const uint64_t generation = (shares_[0].claim.load(std::memory_order_relaxed) >> 32) + 1;
+    for (int w = workers_ - 1; w >= 0; --w)
+      shares_[w].claim.store(generation << 32 | static_cast<uint64_t>(share_begin(w)), std::memory_order_seq_cst);
     if (workers_ > 1) wake();
-    take(generation);
+    take(0, generation);
     if (workers_ > 1 && finished_.load(std::memory_order_acquire) != n_) {
       const auto start = std::chrono::steady_clock::now();
       wait_until([&] { return finished_.load(std::memory_order_acquire) == n_; });

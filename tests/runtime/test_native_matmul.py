@@ -236,6 +236,55 @@ def test_zero_register_blocks_with_infinities_nans_and_signed_zeros(seed, rows, 
     check_packed(dst, a, b, fidelity, dst_format, want, raised)
 
 
+def one_per_chunk(rng: np.random.Generator, values: np.ndarray, share: float, signed_zeros: bool) -> np.ndarray:
+    """in1 tiles whose columns hold at most one nonzero value in each 16-row chunk, as a grouped (depthwise)
+    convolution's weights and a channel-selecting matrix make them (`share` of the columns none at all), the
+    others +0 or -0; a few chunks keep a second nonzero value in one column (the full kernel's chunks)."""
+    out = np.zeros_like(values)
+    if signed_zeros:
+        out[rng.random(out.shape) < 0.5] = -0.0
+    for index in np.ndindex(values.shape[:2]):
+        for chunk in range(0, 32, 16):
+            for column in range(32):
+                if rng.random() >= share:
+                    k = chunk + rng.integers(16)
+                    out[index][k, column] = values[index][k, column]
+            if rng.random() < 0.1:
+                k, column = chunk + rng.integers(16), rng.integers(32)
+                out[index][k, column] = values[index][k, column]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 2), cols=st.integers(1, 2), inner=st.integers(1, 5),
+       fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
+       kind_a=st.sampled_from(KINDS[:-1] + ("underflow",)), kind_b=st.sampled_from(KINDS[:-1] + ("underflow",)),
+       share=st.sampled_from([0.0, 0.3, 0.9]), signed_zeros=st.booleans())
+def test_columns_with_one_nonzero_value_per_chunk(seed, rows, cols, inner, fidelity, dst_format, kind_a, kind_b,
+                                                  share, signed_zeros):
+    """A chunk whose in1 columns each hold at most one nonzero value (depthwise convolutions, channel padding) has
+    single products for sums, which the packed path forms without the full kernel: the same bits as the
+    definition over every span (no exactness proof is needed), with infinities and NaNs in in0 or in1 (0 * inf
+    is NaN: the full kernel's path), signed zeros on both sides, underflowing products and any Dst."""
+    rng = np.random.default_rng(seed)
+
+    def values(kind: str, shape: tuple[int, ...]) -> np.ndarray:
+        if kind == "underflow":  # products of magnitude 2**-160: partials round to +-0
+            return N.bf16_round(rng.choice([1.0, -1.0], shape) * 2.0**-80)
+        return operand(rng, shape, kind)
+
+    a = values(kind_a, (rows, inner, 32, 32))
+    b = one_per_chunk(rng, values(kind_b, (inner, cols, 32, 32)), share, signed_zeros)
+    if signed_zeros:
+        a[rng.random(a.shape) < 0.1] = -0.0
+    with unchecked_f16(), np.errstate(all="ignore"):
+        dst = N.dst_round(operand(rng, (rows, cols, 32, 32), rng.choice(["gauss", "wide", "special"])), dst_format)
+    dst[rng.random(dst.shape) < 0.1] = -0.0
+    want, raised = python_and_overflow(N.matmul_block_accumulate, dst, a, b, fidelity, bf16_operands=True,
+                                       dst_format=dst_format)
+    check_packed(dst, a, b, fidelity, dst_format, want, raised)
+
+
 def test_a_zero_chunk_after_a_negative_zero_partial_makes_dst_positive_zero():
     """Dst -0 plus a partial rounding to -0 stays -0; a following chunk of zero in0 rows adds +0: +0 (the kernel
     skips that chunk's products but not its effect on the sign)."""
