@@ -256,12 +256,8 @@ def hard_sigmoid(ctx: NodeContext) -> Value:
 
 @converter("HardSwish", since=14)
 def hard_swish(ctx: NodeContext) -> Value:
-    """x * relu6(x + 3) / 6."""
-    x = ctx.input(0)
-    shifted = ctx.create(ttir.ADD.name, [x, _scalar(ctx, 3.0, "three")], x.type)
-    gate = clamp(ctx, ctx.create(ttir.RELU.name, [shifted], x.type), None, 6.0)
-    gate = ctx.create(ttir.MUL.name, [gate, _scalar(ctx, 1.0 / 6.0, "sixth")], x.type)
-    return ctx.create(ttir.MUL.name, [x, gate], x.type)
+    """x * relu6(x + 3) / 6: one SFPU function (a matmul epilogue takes it)."""
+    return Emitter(ctx).unary("hardswish", _float_input(ctx))
 
 
 @converter("LeakyRelu", since=6)

@@ -5,7 +5,7 @@ The importer wraps every `ttir.conv2d` / `ttir.pool2d` between layout changes: N
 This pass moves the `from_nhwc` changes down through what works per pixel and per channel, so that
 a `from_nhwc` meets the next op's `to_nhwc` and both cancel (`TransposeOfTranspose`, `ReshapeOfReshape`):
 
-- unary elementwise ops: U(from_nhwc(y)) -> from_nhwc(U(y));
+- elementwise ops of one operand: U(from_nhwc(y)) -> from_nhwc(U(y));
 - binary elementwise ops of two channels-last values of one shape, or of one and a per-channel
   ([1, C, 1, 1]) or scalar constant (reshaped to [1, C]): B(from_nhwc(a), c) -> from_nhwc(B(a, c'));
 - a concat along the channels: concat(from_nhwc(a), from_nhwc(b)) -> from_nhwc(concat(a, b, axis=1));
@@ -90,8 +90,8 @@ class SinkUnary(RewritePattern):
         self.root = root
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        if len(op.operands) != 1:
-            return rewriter.notify_match_failure(op, "not unary")
+        if len(op.operands) != 1 or tensor(op.result).shape != tensor(op.operands[0]).shape:
+            return rewriter.notify_match_failure(op, "not unary, or not of its operand's shape")
         source = from_nhwc(op.operands[0])
         if source is None:
             return rewriter.notify_match_failure(op, "operand is not channels-last")
@@ -322,8 +322,9 @@ class FoldAffineIntoConv(RewritePattern):
         return rewriter.notify_match_failure(op, "not a convolution scaled or shifted per channel")
 
 
-UNARY = (ttir.RELU.name, ttir.SIGMOID.name, ttir.TANH.name, ttir.EXP.name, ttir.LOG.name, ttir.SQRT.name, ttir.RSQRT.name, ttir.NEG.name,
-         ttir.RECIPROCAL.name, ttir.ABS.name, ttir.GELU.name, ttir.ERF.name)
+# every elementwise op of one operand (activations, roundings, tests, casts): each works per element
+UNARY = tuple(op.name for op in ttir.TTIR.ops if Trait.ELEMENTWISE in op.traits and len(op.operands) == 1
+              and op is not ttir.BROADCAST_OP)
 
 
 def channels_last_patterns(module: Module) -> list[RewritePattern]:

@@ -16,7 +16,8 @@
   `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))` (x^3 as a Pow or as products), becomes
   `ttir.gelu {approximate = "tanh"}` the same way.
 - Mish spelt out, `x * tanh(softplus(x))` (ONNX's function body of Mish), becomes `ttir.mish`: one
-  SFPU function, one rounding.
+  SFPU function, one rounding. HardSwish spelt out, `x * HardSigmoid(x, 1/6, 1/2)` (its ONNX function body,
+  and older exporters' form) or `x * relu6(x + 3) / 6`, becomes `ttir.hardswish` the same way.
 
 - RMS norm spelt out (Mistral's, Qwen2's and T5's `w * (x * rsqrt(mean(x^2, -1) + eps))`, as
   `pow(x, 2)` or `x * x`, ReduceMean over the last axis with keepdims, and `1 / sqrt` or rsqrt, the weight
@@ -308,6 +309,66 @@ class FuseMish(RewritePattern):
         return rewriter.notify_match_failure(op, "not x * tanh(softplus(x))")
 
 
+def _with_splat(op: Operation | None, target: float) -> Value | None:
+    """The other operand of a binary op whose one operand is a splat close to `target` (either side)."""
+    if op is None:
+        return None
+    lhs, rhs = op.operands
+    return lhs if _is_splat_near(rhs, target) else rhs if _is_splat_near(lhs, target) else None
+
+
+def _clamped(value: Value, high: float) -> tuple[Value, list[Operation]] | None:
+    """(v, matched ops) when `value` is min(relu(v), high) (Clip(v, 0, high) as the importer writes it)."""
+    minimum = defining_op(value, ttir.MINIMUM.name)
+    inner = _with_splat(minimum, high)
+    relu = defining_op(inner, ttir.RELU.name) if inner is not None else None
+    return (relu.operands[0], [relu, minimum]) if relu is not None else None
+
+
+def _hard_sigmoid_of(gate: Value) -> tuple[Value, list[Operation]] | None:
+    """(x, matched ops) when `gate` is relu6(x + 3) / 6: as ONNX's HardSigmoid(x, 1/6, 1/2) is imported,
+    min(relu(x * (1/6) + 1/2), 1), or as min(relu(x + 3), 6) times 1/6 (or divided by 6)."""
+    clamped = _clamped(gate, 1.0)
+    if clamped is not None:
+        add = defining_op(clamped[0], ttir.ADD.name)
+        scaled = _with_splat(add, 0.5)
+        by_mul = _mul_by(scaled, 1.0 / 6.0) if scaled is not None else None
+        if by_mul is not None:
+            return by_mul[0], [by_mul[1], add, *clamped[1]]
+    scale = defining_op(gate, ttir.MUL.name)
+    six = _with_splat(scale, 1.0 / 6.0)
+    if six is None:
+        scale = defining_op(gate, ttir.DIV.name)
+        six = scale.operands[0] if scale is not None and _is_splat_near(scale.operands[1], 6.0) else None
+    clamped = _clamped(six, 6.0) if six is not None else None
+    if clamped is not None:
+        add = defining_op(clamped[0], ttir.ADD.name)
+        x = _with_splat(add, 3.0)
+        if x is not None:
+            return x, [add, *clamped[1], scale]
+    return None
+
+
+class FuseHardSwish(RewritePattern):
+    """x * relu6(x + 3) / 6, the gate written as HardSigmoid(x, 1/6, 1/2) (ONNX's function body of HardSwish,
+    and older exporters' HardSwish) or as relu6(x + 3) / 6 (either operand order) -> hardswish(x)."""
+
+    root = ttir.MUL.name
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        for x, gate in (op.operands, op.operands[::-1]):
+            matched = _hard_sigmoid_of(gate)
+            if matched is None or matched[0] is not x:
+                continue
+            if x.type != op.result.type or not is_float(x):
+                return rewriter.notify_match_failure(op, "the hardswish pattern broadcasts x or is not float")
+            loc = fuse_locations(*(m.loc for m in matched[1]), op.loc)
+            hardswish = rewriter.create_before(op, ttir.HARDSWISH.name, [x], [op.result.type], loc=loc)
+            rewriter.replace_op(op, [hardswish.result])
+            return True
+        return rewriter.notify_match_failure(op, "not x * relu6(x + 3) / 6")
+
+
 # ----------------------------------------------------------------------------------------------
 # RMS norm
 
@@ -385,13 +446,13 @@ class FuseRmsNorm(RewritePattern):
 @register_pass
 @dataclass
 class Decompose(Pass):
-    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU, Mish and RMS norm."""
+    """Split Gemm, Pow and Div into device ops; recognise erf- and tanh-GELU, Mish, HardSwish and RMS norm."""
 
     name = "decompose"
     keep_gemm: bool = False
 
     def run(self, module: Module) -> None:
-        patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), FuseMish(),
+        patterns: list[RewritePattern] = [FuseErfGelu(), FuseTanhGelu(), PowBySplat(), FuseMish(), FuseHardSwish(),
                                           DivByConstant(), RsqrtOfSqrt()]
         if not self.keep_gemm:
             patterns.append(DecomposeGemm())

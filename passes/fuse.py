@@ -39,7 +39,8 @@ from ttc.passes.decompose import DivByConstant, DivByTensor, RsqrtOfSqrt
 from ttc.passes.manager import Pass, register_pass
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
-ACTIVATIONS = {ttir.RELU.name: "relu", ttir.GELU.name: "gelu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.name: "tanh"}
+ACTIVATIONS = {ttir.RELU.name: "relu", ttir.GELU.name: "gelu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.name: "tanh",
+               ttir.HARDSWISH.name: "hardswish"}
 
 
 def in_function_body(op: Operation) -> bool:

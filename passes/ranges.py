@@ -116,6 +116,7 @@ _MONOTONE = {"relu": lambda x: max(x, 0.0), "exp": lambda x: math.exp(min(x, 700
              "sigmoid": lambda x: 1.0 / (1.0 + math.exp(-max(min(x, 700.0), -700.0))), "tanh": math.tanh,
              "erf": math.erf, "neg": None}
 GELU_MIN, SILU_MIN = -0.17, -0.28  # the minima of x Phi(x) (-0.170) and x sigmoid(x) (-0.278), rounded out
+HARDSWISH_MIN = -0.375  # x relu6(x + 3) / 6 at x = -1.5
 
 
 def unary_range(fn: str, x: Range) -> Range | None:
@@ -132,6 +133,8 @@ def unary_range(fn: str, x: Range) -> Range | None:
         return Range(GELU_MIN, max(x.hi, 0.0), x.row_norm if x.lo >= 0 else None)
     if fn == "silu":
         return Range(SILU_MIN, max(x.hi, 0.0))
+    if fn == "hardswish":  # at most max(x, 0) (relu6(x + 3) / 6 <= 1 and is 0 for x <= -3)
+        return Range(HARDSWISH_MIN, max(x.hi, 0.0))
     if fn == "sqrt" and x.lo >= 0:
         return Range(math.sqrt(x.lo), math.sqrt(x.hi))
     if fn in ("reciprocal", "rsqrt") and x.lo > 0:

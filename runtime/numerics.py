@@ -1223,6 +1223,9 @@ SFPU_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # log(1 + e^x) without overflow (tt-metal's softplus_tile), and mish = x * tanh(softplus(x)) in one pass.
     "softplus": lambda x: np.logaddexp(0.0, x),
     "mish": lambda x: x * np.tanh(np.logaddexp(0.0, x)),
+    # x * relu6(x + 3) / 6 (ONNX HardSwish, tt-metal's hardswish) in one pass: one rounding where the spelt-out
+    # chain (add, clamp, a bf16 1/6, mul) rounds four times
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
 }
 
 

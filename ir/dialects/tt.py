@@ -158,7 +158,7 @@ _TILE_OP_CYCLES = {
 # one simple SFPU pass (relu, neg, abs, square, the *_scalar forms and the selects), costed like a multiply.
 _SFPU_COST_KEYS = {
     "rsqrt": "recip", "tanh": "sigmoid", "gelu_tanh": "gelu", "erf": "gelu", "pow_scalar": "exp",
-    "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log", "default": "mul",
+    "rpow_scalar": "exp", "softplus": "log", "mish": "log", "pow": "log", "hardswish": "gelu", "default": "mul",
 }
 
 _COMMON: dict[str, Any] = {

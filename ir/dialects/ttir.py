@@ -566,6 +566,7 @@ ATANH = unary("atanh", "Inverse hyperbolic tangent", np.arctanh)
 ROUNDING_AND_TRIG = [FLOOR, CEIL, TRUNC, ROUND, SIN, COS, TAN, ASIN, ACOS, ATAN, ASINH, ACOSH, ATANH]
 SOFTPLUS = unary("softplus", "log(1 + e^x)", lambda x: np.logaddexp(0, x))
 MISH = unary("mish", "x * tanh(softplus(x))", lambda x: x * np.tanh(np.logaddexp(0, x)))
+HARDSWISH = unary("hardswish", "x * relu6(x + 3) / 6 (ONNX HardSwish)", lambda x: x * np.clip(x + 3, 0, 6) / 6)
 
 MATMUL = OpDef(
     "ttir.matmul", "Matrix product with numpy batching; optional transposes of the last two dims",
@@ -1015,7 +1016,7 @@ LOOKUP_ELTWISE = OpDef(
 TTIR = Dialect(
     "ttir", "Tensor-level ops with logical shapes.",
     ops=[CONSTANT, ADD, SUB, MUL, DIV, POW, MAXIMUM, MINIMUM, RELU, SIGMOID, TANH, EXP, LOG, ERF, SQRT, RSQRT,
-         NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, ISINF, EQ, NE, LT, LE, GT, GE,
+         NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, HARDSWISH, ISINF, EQ, NE, LT, LE, GT, GE,
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
          CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D,

@@ -55,7 +55,7 @@ SFPU_FUNCTIONS = ("exp", "recip", "sqrt", "rsqrt", "sigmoid", "tanh", "gelu", "g
                   "neg", "log", "square", "abs", "eqz", "nez", "ltz", "lez", "gtz", "gez", "isnan",
                   "add_scalar", "mul_scalar", "sub_from_scalar", "pow_scalar", "max_scalar", "where_nez",
                   "where_eqz", "isinf", "floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
-                  "atan", "asinh", "acosh", "atanh", "softplus", "mish", "rpow_scalar", "eq_scalar", "ne_scalar", "lt_scalar", "le_scalar",
+                  "atan", "asinh", "acosh", "atanh", "softplus", "mish", "hardswish", "rpow_scalar", "eq_scalar", "ne_scalar", "lt_scalar", "le_scalar",
                   "gt_scalar", "ge_scalar")
 SFPU_BINARY_FUNCTIONS = ("pow", "where_nez", "where_eqz")  # of two Dst slots (runtime.numerics.sfpu_binary)
 BINARY_FUNCTIONS = ("add", "sub", "mul")

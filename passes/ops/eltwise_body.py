@@ -27,6 +27,7 @@ UNARY_SFPU = {ttir.RELU.name: "relu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.na
               ttir.ERF.name: "erf", ttir.SQRT.name: "sqrt", ttir.RSQRT.name: "rsqrt", ttir.NEG.name: "neg",
               ttir.RECIPROCAL.name: "recip", ttir.GELU.name: "gelu", ttir.LOG.name: "log", ttir.ABS.name: "abs",
               ttir.ISNAN.name: "isnan", ttir.ISINF.name: "isinf", ttir.SOFTPLUS.name: "softplus", ttir.MISH.name: "mish",
+              ttir.HARDSWISH.name: "hardswish",
               **{f"ttir.{fn}": fn for fn in ("floor", "ceil", "trunc", "round", "sin", "cos", "tan", "asin", "acos",
                                              "atan", "asinh", "acosh", "atanh")}}
 
@@ -50,7 +51,7 @@ SWAPPED = {"eq": "eq", "ne": "ne", "lt": "gt", "le": "ge", "gt": "lt", "ge": "le
 
 ZERO_PRESERVING = frozenset({"relu", "tanh", "erf", "sqrt", "neg", "gelu", "gelu_tanh", "mul_scalar", "square",
                              "abs", "isnan", "nez", "ltz", "gtz", "where_nez", "isinf", "floor", "ceil", "trunc",
-                             "round", "sin", "tan", "asin", "atan", "asinh", "atanh", "mish"})
+                             "round", "sin", "tan", "asin", "atan", "asinh", "atanh", "mish", "hardswish"})
 
 
 def keeps_zero(fn: str, param: float) -> bool:

@@ -211,6 +211,28 @@ def test_concat_channels_and_activations() -> None:
     check(model_of(nodes, {"x": (1, 6, 9, 9)}, init, ["y"]))
 
 
+def test_hardswish_after_a_convolution_is_its_epilogue() -> None:
+    """HardSwish is one SFPU function: the convolutions' layout changes sink through it (as through every
+    elementwise op of one operand) and the convolution's matmul applies it in its epilogue, so it makes no program
+    of its own; over inputs spanning its three pieces (0 below -3, the parabola, x above 3)."""
+    from ttc.ir.dialects import ttmetal
+
+    rng = np.random.default_rng(8)
+    init = {"w1": rng.standard_normal((12, 5, 1, 1)) * 1.5, "b1": rng.standard_normal(12),
+            "w2": rng.standard_normal((7, 12, 3, 3)) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="/pw"),
+             helper.make_node("HardSwish", ["a"], ["b"], name="/hs1"),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="/conv", pads=[1, 1, 1, 1]),
+             helper.make_node("HardSwish", ["c"], ["y"], name="/hs2")]
+    compiled = check(model_of(nodes, {"x": (1, 5, 9, 11)}, init, ["y"]))
+    kinds = [op.attributes["kind"] for op in compiled.module.walk() if op.name == ttmetal.ENQUEUE_PROGRAM.name]
+    assert "eltwise" not in kinds, kinds
+    linears = [op for op in compiled.module.walk() if op.attributes.get("activation") == "hardswish"]
+    assert not linears  # lowered: the activation is an SFPU op of the matmul programs' compute kernels
+    assert sum(op.name == "ttkernel.sfpu_tiles" and op.attributes.get("fn") == "hardswish"
+               for op in compiled.module.walk()) >= 2
+
+
 def test_depthwise_mul_broadcast_and_channel_shuffle() -> None:
     """MobileNet's (1,C,H,W) x (1,C,1,1) scale and ShuffleNet's channel shuffle in channels-last form."""
     rng = np.random.default_rng(6)

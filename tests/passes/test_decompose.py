@@ -299,3 +299,48 @@ def test_tanh_of_softplus_of_another_value_is_not_mish(ir: IRHarness) -> None:
         f'%2 = "ttir.mul"(%arg0, %1) : ({T}, {T}) -> {T} loc("mul")',
         f'func.return %2 : {T} loc("ret")'))
     assert '"ttir.mish"' not in out
+
+
+def _hardswish_module(ir: IRHarness, gate: list[str], product: str, x: str = "%arg0") -> str:
+    return ir.module(f"%arg0: {T}, %arg1: {T}", T, *gate,
+                     f'%9 = "ttir.mul"({product}) : ({T}, {T}) -> {T} loc("mul")',
+                     f'func.return %9 : {T} loc("ret")')
+
+
+def _const(name: str, value: float) -> str:
+    return f'%{name} = "ttir.constant"() {{value = dense<{value}> : tensor<f32>}} : () -> tensor<f32> loc("{name}")'
+
+
+def _hard_sigmoid(x: str, beta: float = 0.5) -> list[str]:
+    """HardSigmoid(x, 1/6, beta) as the importer writes it: min(relu(x * alpha + beta), 1)."""
+    return [_const("a", 0.16666667), _const("b", beta), _const("one", 1.0),
+            f'%0 = "ttir.mul"({x}, %a) : ({T}, tensor<f32>) -> {T} loc("alpha")',
+            f'%1 = "ttir.add"(%b, %0) : (tensor<f32>, {T}) -> {T} loc("beta")',
+            f'%2 = "ttir.relu"(%1) : ({T}) -> {T} loc("relu")',
+            f'%3 = "ttir.minimum"(%2, %one) : ({T}, tensor<f32>) -> {T} loc("min")']
+
+
+def _relu6_over_six(x: str) -> list[str]:
+    return [_const("three", 3.0), _const("six", 6.0),
+            f'%0 = "ttir.add"({x}, %three) : ({T}, tensor<f32>) -> {T} loc("add")',
+            f'%1 = "ttir.relu"(%0) : ({T}) -> {T} loc("relu")',
+            f'%2 = "ttir.minimum"(%six, %1) : (tensor<f32>, {T}) -> {T} loc("min")',
+            f'%3 = "ttir.div"(%2, %six) : ({T}, tensor<f32>) -> {T} loc("div")']
+
+
+@pytest.mark.parametrize("product", ["%arg0, %3", "%3, %arg0"])
+@pytest.mark.parametrize("form", ["hard_sigmoid", "relu6"])
+def test_spelt_out_hardswish_becomes_hardswish(ir: IRHarness, product: str, form: str) -> None:
+    """ONNX's function body of HardSwish (x * HardSigmoid(x, 1/6, 1/2), as imported) and x * relu6(x + 3) / 6."""
+    gate = _hard_sigmoid("%arg0") if form == "hard_sigmoid" else _relu6_over_six("%arg0")
+    out = ir.run_body("decompose", _hardswish_module(ir, gate, product))
+    assert out.splitlines()[-2].startswith(f'%0 = "ttir.hardswish"(%arg0) : ({T}) -> {T} loc(fused[')
+    assert '"ttir.relu"' not in out and '"ttir.minimum"' not in out
+
+
+@pytest.mark.parametrize(("gate", "product"), [(_hard_sigmoid("%arg1"), "%arg0, %3"),  # the gate of another value
+                                               (_hard_sigmoid("%arg0", beta=0.4), "%arg0, %3"),  # another beta
+                                               (_relu6_over_six("%arg1"), "%3, %arg0")])
+def test_other_gates_are_not_hardswish(ir: IRHarness, gate: list[str], product: str) -> None:
+    out = ir.run_body("decompose", _hardswish_module(ir, gate, product))
+    assert '"ttir.hardswish"' not in out and '"ttir.relu"' in out

@@ -113,6 +113,17 @@ def test_bias_row_on_either_side_joins_the_linear(ir: IRHarness, bias_type: str)
     assert out.splitlines()[3].endswith('loc(fused["mm", "bias", "tanh"])')
 
 
+def test_hardswish_joins_the_linear_as_its_activation(ir: IRHarness) -> None:
+    out = ir.run_body("tilize,fuse", matmul_then(
+        ir, "tensor<3xf32>",
+        f'%1 = "ttir.add"(%0, %arg2) : ({T}, tensor<3xf32>) -> {T} loc("bias")',
+        f'%2 = "ttir.hardswish"(%1) : ({T}) -> {T} loc("hs")',
+        f'func.return %2 : {T} loc("ret")'))
+    assert out.splitlines()[3].startswith(
+        '%3 = "ttir.linear"(%0, %1, %2) {activation = "hardswish", transpose_b = false}')
+    assert "ttir.eltwise" not in out
+
+
 def test_an_activation_behind_a_reshape_joins_the_linear(ir: IRHarness) -> None:
     """GPT-2's Conv1D: a 2-D product viewed as [1, S, N], then the GELU. The activation moves into the
     linear and the reshape follows it (an elementwise op commutes with a reshape)."""

@@ -235,6 +235,7 @@ REFERENCE = {
     "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
     "softplus": lambda x: np.log1p(np.exp(x)),
     "mish": lambda x: x * np.tanh(np.log1p(np.exp(x))),
+    "hardswish": lambda x: x * np.minimum(np.maximum(x + 3, 0), 6) / 6,
 }
 DOMAINS = {"asin": lambda x: np.clip(x, -0.99, 0.99), "acos": lambda x: np.clip(x, -0.99, 0.99),
            "atanh": lambda x: np.clip(x, -0.99, 0.99), "acosh": lambda x: np.abs(x) + 1.0}
