@@ -258,7 +258,7 @@ def one_per_chunk(rng: np.random.Generator, values: np.ndarray, share: float, si
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 2), cols=st.integers(1, 2), inner=st.integers(1, 5),
        fidelity=st.sampled_from(list(MathFidelity)), dst_format=st.sampled_from(FORMATS),
-       kind_a=st.sampled_from(KINDS[:-1] + ("underflow",)), kind_b=st.sampled_from(KINDS[:-1] + ("underflow",)),
+       kind_a=st.sampled_from((*KINDS[:-1], "underflow")), kind_b=st.sampled_from((*KINDS[:-1], "underflow")),
        share=st.sampled_from([0.0, 0.3, 0.9]), signed_zeros=st.booleans())
 def test_columns_with_one_nonzero_value_per_chunk(seed, rows, cols, inner, fidelity, dst_format, kind_a, kind_b,
                                                   share, signed_zeros):
