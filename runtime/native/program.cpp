@@ -502,8 +502,14 @@ class Core {
   Resume resume(int kernel);
   Resume step(int kernel);  // one instruction of a kernel
   // instructions of a kernel up to (not including) the next semaphore or multicast op, or until it blocks or ends
-  Resume run_segment(int kernel) {
+  // step_first: the core stands at an inter-core op that the phase runs first (Lockstep::coordinate)
+  Resume run_segment(int kernel, bool step_first = false) {
     cur_kernel = kernel;
+    if (step_first) {
+      force_block = false;
+      Resume r = step(kernel);
+      if (r != CONTINUE) return r;
+    }
     for (;;) {
       int64_t opc = E.code[k[kernel].pc].f[0];
       if (opc == SEM_SET || opc == SEM_WAIT || opc == SEM_INC || opc == NOC_MCAST) return CONTINUE;
@@ -941,6 +947,7 @@ class Lockstep {
   std::atomic<int64_t> finished_{0};  // cores of the phase run to their next inter-core op
   std::atomic<bool> stopping_{false};
   int kernel_ = 0;  // the phase's kernel (written before the phase is published in the claims)
+  bool step_first_ = false;  // the phase's cores first run the inter-core op they stand at (coordinate)
   std::atomic<bool> faulted_{false};
   std::exception_ptr error_;
   std::mutex error_mutex_;
@@ -1009,7 +1016,8 @@ class Lockstep {
       } while (!word.compare_exchange_weak(claim, claim + static_cast<uint64_t>(end - c), std::memory_order_acq_rel,
                                            std::memory_order_acquire));
       try {
-        for (int64_t i = c; i < end; ++i) on(i, [&](Core& core) { results_[i] = core.run_segment(kernel_); });
+        for (int64_t i = c; i < end; ++i)
+          on(i, [&](Core& core) { results_[i] = core.run_segment(kernel_, step_first_); });
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -1020,9 +1028,10 @@ class Lockstep {
   }
 
   // every core up to its next inter-core op: what the last core in grid order that got there returned
-  Core::Resume segment_all(int kernel) {
+  Core::Resume segment_all(int kernel, bool step_first) {
     for (int64_t c = 0; c < n_; ++c) results_[c] = Core::Resume::NONE;
     kernel_ = kernel;
+    step_first_ = step_first;
     finished_.store(0, std::memory_order_relaxed);
     const uint64_t generation = (shares_[0].claim.load(std::memory_order_relaxed) >> 32) + 1;
     for (int w = workers_ - 1; w >= 0; --w)
@@ -1060,9 +1069,11 @@ void Lockstep::coordinate() {
     for (int s = 0; s < n_snapshot && !faulted(); ++s) {
       int kernel = snapshot[s];
       Resume r = Resume::CONTINUE;
+      bool step_first = false;
       while (r == Resume::CONTINUE && !faulted()) {
         // up to the next inter-core op, each core on its own; every core stops at the same instruction
-        r = segment_all(kernel);
+        r = segment_all(kernel, step_first);
+        step_first = false;
         if (r != Resume::CONTINUE || faulted()) break;
         const Instr& in = E.code[cs[0]->k[kernel].pc];
         bool force = false;
@@ -1071,6 +1082,16 @@ void Lockstep::coordinate() {
           for (int64_t c = 0; c < n && !force; ++c)
             if (cs[c]->enabled(in.f[2]) && R.semaphores[c * NUM_SEMAPHORES + in.f[3]] < in.f[4])
               force = true, short_core = c, holds = R.semaphores[c * NUM_SEMAPHORES + in.f[3]];
+        // An inter-core op that touches only the core's own state (semaphore_set, a semaphore_wait that passes on
+        // every core) or adds to another core's semaphore (semaphore_inc: the additions commute, and its fault
+        // depends on the core's own registers) runs first in the next phase, on each core's thread, instead of on
+        // this one for every core (whose state then moved between the CPUs' caches: ResNet-50's 56-core
+        // matmuls spent a sixth of their time there on 2 threads). A multicast writes other cores' memory in grid
+        // order, and a blocked wait ends the kernel's turn: those run here.
+        if (!force && in.f[0] != NOC_MCAST) {
+          step_first = true;
+          continue;
+        }
         each([&](Core& c) {
           c.cur_kernel = kernel;
           c.force_block = force, c.force_core = short_core, c.force_holds = holds;
@@ -1403,7 +1424,8 @@ void Core::op_sem_inc(const Instr& in) {
   if (!enabled(f[4])) return;
   int64_t x = regs[f[2]], y = regs[f[3]], gx = f[7], gy = f[8];
   if (x < 0 || x >= gx || y < 0 || y >= gy) fail(SEM_TARGET, -1, {x, y, gx, gy});
-  semaphore(y * gx + x, f[5]) += f[6];
+  // (atomic: a lockstep phase may run the semaphore_incs of several cores on several threads)
+  __atomic_fetch_add(&semaphore(y * gx + x, f[5]), f[6], __ATOMIC_RELAXED);
 }
 
 void Core::op_noc_mcast(int kernel, const Instr& in) {
