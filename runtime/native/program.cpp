@@ -947,7 +947,11 @@ class Lockstep {
   std::atomic<int64_t> finished_{0};  // cores of the phase run to their next inter-core op
   std::atomic<bool> stopping_{false};
   int kernel_ = 0;  // the phase's kernel (written before the phase is published in the claims)
-  bool step_first_ = false;  // the phase's cores first run the inter-core op they stand at (coordinate)
+  // what the phase's cores run (coordinate): up to their next inter-core op (SEGMENT), first the inter-core op they
+  // stand at (STEP_FIRST), or that op alone (STEP_ALONE)
+  enum Mode { SEGMENT, STEP_FIRST, STEP_ALONE };
+  Mode mode_ = SEGMENT;
+  std::vector<int64_t> mcast_owner_;  // mcast_disjoint's grid
   std::atomic<bool> faulted_{false};
   std::exception_ptr error_;
   std::mutex error_mutex_;
@@ -1017,7 +1021,15 @@ class Lockstep {
                                            std::memory_order_acquire));
       try {
         for (int64_t i = c; i < end; ++i)
-          on(i, [&](Core& core) { results_[i] = core.run_segment(kernel_, step_first_); });
+          on(i, [&](Core& core) {
+            if (mode_ == STEP_ALONE) {
+              core.cur_kernel = kernel_;
+              core.force_block = false;
+              results_[i] = core.step(kernel_);
+            } else {
+              results_[i] = core.run_segment(kernel_, mode_ == STEP_FIRST);
+            }
+          });
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
@@ -1028,10 +1040,10 @@ class Lockstep {
   }
 
   // every core up to its next inter-core op: what the last core in grid order that got there returned
-  Core::Resume segment_all(int kernel, bool step_first) {
+  Core::Resume segment_all(int kernel, Mode mode) {
     for (int64_t c = 0; c < n_; ++c) results_[c] = Core::Resume::NONE;
     kernel_ = kernel;
-    step_first_ = step_first;
+    mode_ = mode;
     finished_.store(0, std::memory_order_relaxed);
     const uint64_t generation = (shares_[0].claim.load(std::memory_order_relaxed) >> 32) + 1;
     for (int w = workers_ - 1; w >= 0; --w)
@@ -1051,6 +1063,32 @@ class Lockstep {
   }
 
   void coordinate();
+
+  // Whether the multicast `in` that every core stands at writes disjoint places: the enabled senders' rectangles
+  // (valid ones) share no receiver and hold no other sender. Then the senders' copies, semaphore sets and landing
+  // marks touch different cores' memory, and the order of the senders does not matter.
+  bool mcast_disjoint(const Instr& in) {
+    const int64_t* f = in.f;
+    const int64_t gx = f[12], gy = f[13];
+    if (gx <= 0 || gy <= 0 || gx * gy < n_) return false;
+    mcast_owner_.assign(static_cast<size_t>(gx * gy), -1);  // -1: untouched, -2: a sender, else its sender
+    for (int64_t c = 0; c < n_; ++c) {
+      const Core& core = *cs_[c];
+      if (!core.enabled(f[6])) continue;
+      const int64_t x0 = core.regs[f[2]], y0 = core.regs[f[3]], x1 = core.regs[f[4]], y1 = core.regs[f[5]];
+      if (x0 < 0 || y0 < 0 || x1 >= gx || y1 >= gy || x0 > x1 || y0 > y1) return false;  // the fault, in order
+      if (mcast_owner_[c] != -1) return false;  // an earlier sender's receiver
+      mcast_owner_[c] = -2;
+      for (int64_t y = y0; y <= y1; ++y)
+        for (int64_t x = x0; x <= x1; ++x) {
+          const int64_t r = y * gx + x;
+          if (r == c) continue;
+          if (mcast_owner_[r] != -1) return false;
+          mcast_owner_[r] = c;
+        }
+    }
+    return true;
+  }
 };
 
 void Lockstep::coordinate() {
@@ -1069,11 +1107,11 @@ void Lockstep::coordinate() {
     for (int s = 0; s < n_snapshot && !faulted(); ++s) {
       int kernel = snapshot[s];
       Resume r = Resume::CONTINUE;
-      bool step_first = false;
+      Mode mode = SEGMENT;
       while (r == Resume::CONTINUE && !faulted()) {
         // up to the next inter-core op, each core on its own; every core stops at the same instruction
-        r = segment_all(kernel, step_first);
-        step_first = false;
+        r = segment_all(kernel, mode);
+        mode = SEGMENT;
         if (r != Resume::CONTINUE || faulted()) break;
         const Instr& in = E.code[cs[0]->k[kernel].pc];
         bool force = false;
@@ -1089,7 +1127,13 @@ void Lockstep::coordinate() {
         // matmuls spent a sixth of their time there on 2 threads). A multicast writes other cores' memory in grid
         // order, and a blocked wait ends the kernel's turn: those run here.
         if (!force && in.f[0] != NOC_MCAST) {
-          step_first = true;
+          mode = STEP_FIRST;
+          continue;
+        }
+        // A multicast whose senders write disjoint places runs as a phase of its own (every copy lands before any
+        // core goes on), each sender on its core's thread.
+        if (in.f[0] == NOC_MCAST && workers_ > 1 && mcast_disjoint(in)) {
+          r = segment_all(kernel, STEP_ALONE);
           continue;
         }
         each([&](Core& c) {

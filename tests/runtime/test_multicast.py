@@ -153,3 +153,14 @@ def test_the_earliest_fault_of_a_lockstep_program_wins() -> None:
     program.runtime_args[2][5] = [total]  # block 0 is past the end
     text = run_dual(inputs(grid, blocks, tiles), [output(grid, blocks, tiles)], program)
     assert text is not None and "out-of-bounds" in text and "at core (2,1), writer kernel" in text
+
+
+@pytest.mark.parametrize("rect", [(0, 0, 2, 1), (1, 0, 2, 1)])
+def test_overlapping_multicasts_keep_the_grid_order(rect: tuple[int, int, int, int]) -> None:
+    """Senders whose rectangles share receivers (or cover another sender) write the same places: their
+    multicasts run one after another in grid order, on any thread count (disjoint ones run side by side on
+    several threads), and both emulators end with the same bytes, profile or fault."""
+    grid, blocks, tiles = (3, 2), 2, 1
+    outcome = run_dual(inputs(grid, blocks, tiles), [output(grid, blocks, tiles)],
+                       row_multicast(grid, blocks, tiles, rect=rect))
+    assert outcome is None or "core" in outcome
