@@ -101,26 +101,17 @@ def matmul_then(ir: IRHarness, bias_type: str, *ops: str) -> str:
         f'%0 = "ttir.matmul"(%arg0, %arg1) : (tensor<2x4xf32>, tensor<4x3xf32>) -> {T} loc("mm")', *ops)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "hardswish"])
 @pytest.mark.parametrize("bias_type", ["tensor<3xf32>", "tensor<1x3xf32>"])
-def test_bias_row_on_either_side_joins_the_linear(ir: IRHarness, bias_type: str) -> None:
+def test_bias_row_on_either_side_joins_the_linear(ir: IRHarness, bias_type: str, activation: str) -> None:
     out = ir.run_body("tilize,fuse", matmul_then(
         ir, bias_type,
         f'%1 = "ttir.add"(%arg2, %0) : ({bias_type}, {T}) -> {T} loc("bias")',
-        f'%2 = "ttir.tanh"(%1) : ({T}) -> {T} loc("tanh")',
+        f'%2 = "ttir.{activation}"(%1) : ({T}) -> {T} loc("act")',
         f'func.return %2 : {T} loc("ret")'))
     assert out.splitlines()[3].startswith(
-        '%3 = "ttir.linear"(%0, %1, %2) {activation = "tanh", transpose_b = false}')
-    assert out.splitlines()[3].endswith('loc(fused["mm", "bias", "tanh"])')
-
-
-def test_hardswish_joins_the_linear_as_its_activation(ir: IRHarness) -> None:
-    out = ir.run_body("tilize,fuse", matmul_then(
-        ir, "tensor<3xf32>",
-        f'%1 = "ttir.add"(%0, %arg2) : ({T}, tensor<3xf32>) -> {T} loc("bias")',
-        f'%2 = "ttir.hardswish"(%1) : ({T}) -> {T} loc("hs")',
-        f'func.return %2 : {T} loc("ret")'))
-    assert out.splitlines()[3].startswith(
-        '%3 = "ttir.linear"(%0, %1, %2) {activation = "hardswish", transpose_b = false}')
+        f'%3 = "ttir.linear"(%0, %1, %2) {{activation = "{activation}", transpose_b = false}}')
+    assert out.splitlines()[3].endswith('loc(fused["mm", "bias", "act"])')
     assert "ttir.eltwise" not in out
 
 
