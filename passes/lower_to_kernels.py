@@ -98,8 +98,6 @@ class ScheduleBuilder:
         if not is_device(source) and is_device(op.result):
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
             edge = {name: tuple(op.attributes[name]) for name in ("perm", "split") if op.attributes.get(name) is not None}
-            if op.attributes.get("pad") is not None:
-                edge["pad"] = int(op.attributes["pad"])
             self.emit(ttmetal.WRITE_BUFFER.name, [self.value(source), buffer], [], op, edge)
             self.values[id(op.result)] = buffer
         elif is_device(source) and not is_device(op.result):

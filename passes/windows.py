@@ -171,23 +171,6 @@ def padded_channels(rewriter: PatternRewriter, module: Module, op: Operation, x:
     return exact_matmul(rewriter, op, x, select)
 
 
-def padded_sticks(rewriter: PatternRewriter, module: Module, op: Operation, x: Value) -> Value:
-    """x [rows, C] as row-major sticks of whole tiles of channels [rows, Cp]: `padded_channels`, then `untilized`.
-    A graph input that only this op reads (its host -> device edge, `to_layout`, typically a stem's space-to-depth
-    regrouping) is instead written by the host as those sticks, its channels padded with zeros (`pad`): no
-    device program widens or untilizes it."""
-    edge = defining_op(x, ttir.TO_LAYOUT.name)
-    width = -(-tensor(x).shape[1] // 32) * 32
-    if edge is not None and len(x.uses) == 1 and width != tensor(x).shape[1] and \
-            tensor(edge.operands[0]).encoding is None and edge.attributes.get("pad") is None and \
-            defining_op(edge.operands[0], None) is None:
-        attributes = {**edge.attributes, "pad": width}
-        sticks = tensor(x).with_shape((tensor(x).shape[0], width)).with_encoding(ROW_MAJOR)
-        return rewriter.create_before(op, ttir.TO_LAYOUT.name, [edge.operands[0]], [sticks], attributes,
-                                      loc=edge.loc).result
-    return untilized(rewriter, op, padded_channels(rewriter, module, op, x))
-
-
 def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x: Value, ids: np.ndarray,
                     stacked: np.ndarray, name: str, result: TensorType) -> Value:
     """im2col(x) @ stacked: for each output pixel the sticks of its KK kernel positions (channels padded to Cp)
@@ -209,10 +192,10 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
     splits = [(first, min(first + MAX_POSITIONS, positions)) for first in range(0, positions, MAX_POSITIONS)]
     bs = [weight(rewriter, module, op, name if len(splits) == 1 else f"{name}.k{index}",
                  stacked[first * width:last * width], like) for index, (first, last) in enumerate(splits)]
+    x = padded_channels(rewriter, module, op, x)
     if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
-        x = padded_channels(rewriter, module, op, x)
         return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
-    rows = padded_sticks(rewriter, module, op, x)
+    rows = untilized(rewriter, op, x)
     products = []
     step = chunk_rows(m, min(positions, MAX_POSITIONS) * width, module_device(module))
     for start in range(0, m, step):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -702,8 +701,8 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 
 @host_op(ttmetal.WRITE_BUFFER.name)
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, widen the last dim to
-    `pad` by zeros, pad to tiles, tilize, convert to the buffer's format)."""
+    """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, pad to tiles, tilize,
+    convert to the buffer's format)."""
     source, target, perm, split = _transfer(ex, op)
     host, buffer = np.asarray(values[source]), ex.buffer(values, target)
     if split is not None:
@@ -712,12 +711,6 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
         moved = host.transpose(perm)
         host = np.empty(moved.shape, moved.dtype)
         np.copyto(host, moved)
-    pad = op.attributes.get("pad")
-    if pad is not None:
-        shape = buffer.type.shape
-        padded = np.zeros(shape, host.dtype)
-        padded[..., :host.size // math.prod(shape[:-1])] = host.reshape(*shape[:-1], -1)
-        host = padded
     host = host.reshape(buffer.type.shape)
     if ex._direct is not None:  # native: packed straight into the buffer's pages
         written = ex._direct[0](buffer.memory, buffer.alloc, host, buffer.type.element_type, buffer.tensor_layout)

@@ -683,14 +683,6 @@ def verify_to_layout(op: Operation) -> None:
     source, result = tensor(op.operands[0].type), tensor(op.result.type)
     perm = op.attributes.get("perm")
     split = op.attributes.get("split")
-    pad = op.attributes.get("pad")
-    if pad is not None:  # the host writes the tensor with its last dim widened to `pad` by zeros
-        rows = math.prod(result.shape[:-1])
-        if source.encoding is not None or result.encoding is None or not result.shape or result.shape[-1] != pad:
-            raise VerifyError(f"to_layout with pad {pad} is a host -> device edge whose result's last dim is {pad}")
-        if rows == 0 or source.num_elements % rows or source.num_elements // rows > pad:
-            raise VerifyError(f"to_layout of {_dims(source.shape)} cannot be padded to {_dims(result.shape)}")
-        result = result.with_shape((*result.shape[:-1], source.num_elements // rows))  # as written before the pad
     if split is not None:  # the host reshapes to `split`, permutes, and writes the result's shape
         split = tuple(split)
         if perm is None or source.encoding is not None or result.encoding is None:
@@ -776,10 +768,8 @@ def verify_eltwise(op: Operation) -> None:
 
 TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges "
                   "(host -> device may also permute the dims: `perm`, done by the host as it writes; with `split`, the "
-                  "host reshapes to it before permuting and writes the permuted tensor in the result's shape; with `pad`, "
-                  "that shape's last dim is widened to `pad` by zeros)",
-                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
-                                                            Attr("pad", IntAttr, None)),
+                  "host reshapes to it before permuting and writes the permuted tensor in the result's shape)",
+                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
                   traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
     "ttir.linear", "residual_activation(activation(a @ b + bias) + residual): a matmul with its epilogue fused "

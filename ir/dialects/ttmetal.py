@@ -73,13 +73,6 @@ def verify_write(op: Operation) -> None:
     host, device = (v.type for v in op.operands)
     perm = op.attributes.get("perm")
     split = op.attributes.get("split")
-    pad = op.attributes.get("pad")
-    if pad is not None:  # written in the buffer's shape with its last dim `pad` (zeros past the host's)
-        rows = math.prod(device.shape[:-1])
-        if not device.shape or device.shape[-1] != pad or rows == 0 or math.prod(host.shape) % rows \
-                or math.prod(host.shape) // rows > pad:
-            raise VerifyError(f"host tensor {host} padded to a last dim of {pad} does not fill buffer {device}")
-        device = device.with_shape((*device.shape[:-1], math.prod(host.shape) // rows))
     if split is not None:  # reshaped to split, permuted, written in the buffer's shape
         if perm is None or sorted(perm) != list(range(len(split))) \
                 or not math.prod(split) == math.prod(host.shape) == math.prod(device.shape):
@@ -122,11 +115,9 @@ CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (addres
                       "the buffer is that named device state: it keeps its contents from one run to the next",
                       results=(Result("buffer", DeviceTensor),),
                       attributes=(Attr("address", IntAttr, None), Attr(STATE_ATTR, StrAttr, None)))
-WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format); "
-                     "`pad`: the last dim widened to it by zeros",
+WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format)",
                      operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
-                     attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
-                                 Attr("pad", IntAttr, None)),
+                     attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
                      verify=verify_write)
 WRITE_CONSTANT = OpDef("ttmetal.write_constant", "Fill a buffer with a weight already in device format",
                        operands=(Operand("buffer", DeviceTensor),), results=(),

@@ -71,31 +71,6 @@ def test_to_layout_perm_is_checked(perm: str, result: str, message: str) -> None
         verify(parse_module(text))
 
 
-RM = "#tt.layout<row_major, dram, interleaved>"
-
-
-@pytest.mark.parametrize(("attrs", "result", "message"), [
-    ("{pad = 8, perm = [0, 2, 1]}", f"tensor<2x4x8xf32, {RM}>", None),  # 2x4x3, its last dim padded
-    ("{pad = 8}", f"tensor<2x3x8xf32, {RM}>", None),
-    ("{pad = 8, perm = [1, 0], split = [6, 4]}", f"tensor<4x8xf32, {RM}>", None),  # 4x6, padded
-    ("{pad = 32, perm = [0, 2, 1, 3], split = [2, 3, 2, 2]}", f"tensor<6x32xf32, {RM}>", None),  # 6 rows of 4
-    ("{pad = 2}", f"tensor<6x2xf32, {RM}>", "cannot be padded to 6x2"),  # narrower than the 4 channels
-    ("{pad = 8}", f"tensor<6x16xf32, {RM}>", "whose result's last dim is 8"),
-    ("{pad = 8}", f"tensor<5x8xf32, {RM}>", "cannot be padded to 5x8"),  # 24 elements in 5 rows
-])
-def test_to_layout_pad_is_checked(attrs: str, result: str, message: str | None) -> None:
-    """A host -> device edge with `pad` writes its tensor with the last dim widened by zeros."""
-    text = (f'module {{\n  func.func @main(%arg0: tensor<2x3x4xf32>) -> ({result}) {{\n'
-            f'    %0 = "ttir.to_layout"(%arg0) {attrs} : (tensor<2x3x4xf32>) -> {result} loc("x")\n'
-            f'    func.return %0 : {result} loc("r")\n  }}\n}}\n')
-    from ttc.ir.verifier import verify
-    if message is None:
-        verify(parse_module(text))
-        return
-    with pytest.raises(IRError, match=message):
-        verify(parse_module(text))
-
-
 def test_output_round_trips_through_text(ir: IRHarness) -> None:
     module = ir.run("tilize", ir.module(
         f"%arg0: {T}", T,
