@@ -163,26 +163,25 @@ def _is_splat_near(value: Value, target: float, rel_tol: float = 1e-6) -> bool:
     return number is not None and math.isclose(float(number), target, rel_tol=rel_tol)
 
 
-def _mul_by(value: Value, target: float, rel_tol: float = 1e-6) -> tuple[Value, Operation] | None:
-    """(x, the mul) when `value` is `x * c` or `c * x` with a splat c close to `target`."""
-    op = defining_op(value, ttir.MUL.name)
+def _with_splat(op: Operation | None, target: float, rel_tol: float = 1e-6) -> Value | None:
+    """The other operand of a binary op whose one operand is a splat close to `target` (either side)."""
     if op is None:
         return None
     lhs, rhs = op.operands
-    if _is_splat_near(rhs, target, rel_tol):
-        return lhs, op
-    if _is_splat_near(lhs, target, rel_tol):
-        return rhs, op
-    return None
+    return lhs if _is_splat_near(rhs, target, rel_tol) else rhs if _is_splat_near(lhs, target, rel_tol) else None
+
+
+def _mul_by(value: Value, target: float, rel_tol: float = 1e-6) -> tuple[Value, Operation] | None:
+    """(x, the mul) when `value` is `x * c` or `c * x` with a splat c close to `target`."""
+    op = defining_op(value, ttir.MUL.name)
+    x = _with_splat(op, target, rel_tol)
+    return None if x is None else (x, op)
 
 
 def _erf_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
     """(x, matched ops) when `value` is `1 + erf(x / sqrt(2))` (either add order; / 1.4142 or * 0.7071)."""
     add = defining_op(value, ttir.ADD.name)
-    if add is None:
-        return None
-    lhs, rhs = add.operands
-    erf_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
+    erf_value = _with_splat(add, 1.0)
     erf = defining_op(erf_value, ttir.ERF.name) if erf_value is not None else None
     if erf is None:
         return None
@@ -214,10 +213,7 @@ def _cube_of(value: Value) -> tuple[Value, list[Operation]] | None:
 def _tanh_plus_one(value: Value) -> tuple[Value, list[Operation]] | None:
     """(x, matched ops) when `value` is `1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))` (any operand order)."""
     add = defining_op(value, ttir.ADD.name)
-    if add is None:
-        return None
-    lhs, rhs = add.operands
-    tanh_value = lhs if _is_splat_near(rhs, 1.0) else rhs if _is_splat_near(lhs, 1.0) else None
+    tanh_value = _with_splat(add, 1.0)
     tanh = defining_op(tanh_value, ttir.TANH.name) if tanh_value is not None else None
     scaled = _mul_by(tanh.operands[0], math.sqrt(2.0 / math.pi), rel_tol=1e-4) if tanh is not None else None
     inner = defining_op(scaled[0], ttir.ADD.name) if scaled is not None else None
@@ -307,14 +303,6 @@ class FuseMish(RewritePattern):
             rewriter.replace_op(op, [mish.result])
             return True
         return rewriter.notify_match_failure(op, "not x * tanh(softplus(x))")
-
-
-def _with_splat(op: Operation | None, target: float) -> Value | None:
-    """The other operand of a binary op whose one operand is a splat close to `target` (either side)."""
-    if op is None:
-        return None
-    lhs, rhs = op.operands
-    return lhs if _is_splat_near(rhs, target) else rhs if _is_splat_near(lhs, target) else None
 
 
 def _clamped(value: Value, high: float) -> tuple[Value, list[Operation]] | None:

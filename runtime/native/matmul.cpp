@@ -894,7 +894,11 @@ inline void sparse_kernel(const double* __restrict a, const int64_t* __restrict 
   }
 }
 #else
-inline void sparse_kernel(const double*, const int64_t*, const double*, double*) {}  // kFastIn0 only
+// (kFastIn0 is AVX-512 only, so nothing calls this; the same definition, portable)
+inline void sparse_kernel(const double* a, const int64_t* at, const double* part, double* out) {
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < NR; ++q) out[r * NR + q] = 0.0 + a[r * MVMUL_K + at[q]] * part[q];
+}
 #endif
 
 // The Dst steps of pending exact sums (micro_kernel's), at once.

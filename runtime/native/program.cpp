@@ -502,14 +502,19 @@ class Core {
   Resume resume(int kernel);
   Resume step(int kernel);  // one instruction of a kernel
   // instructions of a kernel up to (not including) the next semaphore or multicast op, or until it blocks or ends
+  // the inter-core op the core stands at, run in a phase of its own cores (Lockstep::coordinate: none blocks)
+  Resume step_inter_core(int kernel) {
+    cur_kernel = kernel;
+    force_block = false;
+    return step(kernel);
+  }
   // step_first: the core stands at an inter-core op that the phase runs first (Lockstep::coordinate)
   Resume run_segment(int kernel, bool step_first = false) {
-    cur_kernel = kernel;
     if (step_first) {
-      force_block = false;
-      Resume r = step(kernel);
+      Resume r = step_inter_core(kernel);
       if (r != CONTINUE) return r;
     }
+    cur_kernel = kernel;
     for (;;) {
       int64_t opc = E.code[k[kernel].pc].f[0];
       if (opc == SEM_SET || opc == SEM_WAIT || opc == SEM_INC || opc == NOC_MCAST) return CONTINUE;
@@ -523,6 +528,12 @@ class Core {
   bool force_block = false;
   int64_t force_core = -1, force_holds = 0;
   bool enabled(int64_t reg) const { return reg < 0 || regs[reg] != 0; }
+  // a noc_mcast's rectangle (x0, y0, x1, y1) from the core's registers, and whether it lies in the grid
+  bool mcast_rect(const int64_t* f, int64_t* rect) const {
+    for (int i = 0; i < 4; ++i) rect[i] = regs[f[2 + i]];
+    return rect[0] >= 0 && rect[1] >= 0 && rect[2] < f[12] && rect[3] < f[13] && rect[0] <= rect[2] &&
+           rect[1] <= rect[3];
+  }
   int64_t& semaphore(int64_t core_index, int64_t index) { return R.semaphores[core_index * NUM_SEMAPHORES + index]; }
   TTC_NOINLINE void op_noc_mcast(int kernel, const Instr& in);
   TTC_NOINLINE void op_sem_inc(const Instr& in);
@@ -1022,13 +1033,8 @@ class Lockstep {
       try {
         for (int64_t i = c; i < end; ++i)
           on(i, [&](Core& core) {
-            if (mode_ == STEP_ALONE) {
-              core.cur_kernel = kernel_;
-              core.force_block = false;
-              results_[i] = core.step(kernel_);
-            } else {
-              results_[i] = core.run_segment(kernel_, mode_ == STEP_FIRST);
-            }
+            results_[i] = mode_ == STEP_ALONE ? core.step_inter_core(kernel_)
+                                              : core.run_segment(kernel_, mode_ == STEP_FIRST);
           });
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
@@ -1075,8 +1081,9 @@ class Lockstep {
     for (int64_t c = 0; c < n_; ++c) {
       const Core& core = *cs_[c];
       if (!core.enabled(f[6])) continue;
-      const int64_t x0 = core.regs[f[2]], y0 = core.regs[f[3]], x1 = core.regs[f[4]], y1 = core.regs[f[5]];
-      if (x0 < 0 || y0 < 0 || x1 >= gx || y1 >= gy || x0 > x1 || y0 > y1) return false;  // the fault, in order
+      int64_t rect[4];
+      if (!core.mcast_rect(f, rect)) return false;  // the fault, in grid order
+      const int64_t x0 = rect[0], y0 = rect[1], x1 = rect[2], y1 = rect[3];
       if (mcast_owner_[c] != -1) return false;  // an earlier sender's receiver
       mcast_owner_[c] = -2;
       for (int64_t y = y0; y <= y1; ++y)
@@ -1477,9 +1484,10 @@ void Core::op_noc_mcast(int kernel, const Instr& in) {
   const int64_t index = f[7];
   const CBConfig& c = config(index);
   const bool en = enabled(f[6]);
-  const int64_t x0 = regs[f[2]], y0 = regs[f[3]], x1 = regs[f[4]], y1 = regs[f[5]], gx = f[12], gy = f[13];
-  if (en && (x0 < 0 || y0 < 0 || x1 >= gx || y1 >= gy || x0 > x1 || y0 > y1))
-    fail(MCAST_RECT, index, {x0, y0, x1, y1, gx, gy});
+  int64_t rect[4];
+  const bool inside = mcast_rect(f, rect);
+  const int64_t x0 = rect[0], y0 = rect[1], x1 = rect[2], y1 = rect[3], gx = f[12], gy = f[13];
+  if (en && !inside) fail(MCAST_RECT, index, {x0, y0, x1, y1, gx, gy});
   const int64_t n = std::max<int64_t>(f[9], 0);
   page_range(f[8], n);
   check_window(index, offs.data(), n, cb[index].reserved, false, 1);
