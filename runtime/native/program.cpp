@@ -47,8 +47,9 @@
 //
 // Semaphores and multicast (runtime/multicast.py) make cores depend on each other: a program holding them
 // runs its cores in lockstep (`Lockstep`): up to each inter-core op every core on its own (spread over the
-// threads), that op on every core in grid order, as the interpreter meets it; the
-// semaphores in `Run::semaphores`; a semaphore_wait blocks the kernel on every core while any enabled core's
+// threads), then that op on every core with the interpreter's outcome (a multicast whose senders write overlapping
+// places and a blocked wait in grid order on the coordinator, the others in the next phase on each core's
+// thread: Lockstep::coordinate); the semaphores in `Run::semaphores`; a semaphore_wait blocks the kernel on every core while any enabled core's
 // semaphore is short.
 #include "program.h"
 
