@@ -5,10 +5,16 @@ Everything else about the package is declared in pyproject.toml. The extension i
 the emulator bit-exact: `-ffp-contract=off` forbids fused multiply-adds (they skip a rounding), and
 `-ffast-math` (which reorders sums and drops NaN/inf rules) is never used. A compile error fails the
 install: there is no slow fallback.
+
+An in-place (editable) build also byte-compiles the package's Python sources, as pip does for a
+regular install: without it, a machine that sets PYTHONDONTWRITEBYTECODE compiles every module from
+source on every start (about a quarter of a second of `ttc run`'s start-up). Python checks each cached
+file against its source, so an edited module is compiled afresh, never run stale.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 from pathlib import Path
 
@@ -31,4 +37,17 @@ extension = Pybind11Extension(
     extra_link_args=["-pthread"],
 )
 
-setup(ext_modules=[extension], cmdclass={"build_ext": build_ext})
+# The folders of the package's Python sources (pyproject.toml's package-dir).
+SOURCES = ["ttc", "ir", "frontend", "passes", "backend", "runtime"]
+
+
+class BuildExt(build_ext):
+    def run(self) -> None:
+        super().run()
+        if self.inplace:  # an editable install runs its sources from here: cache their bytecode too
+            for folder in SOURCES:
+                if not compileall.compile_dir(folder, quiet=1):
+                    raise SystemExit(f"byte-compiling {folder}/ failed")
+
+
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExt})

@@ -18,6 +18,7 @@ they stay put where wall times double.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -176,8 +177,8 @@ def main() -> None:
     print()
     print(f"start-up (target {STARTUP_TARGET_S} s): ttc --version {startup_seconds(['--version']):.3f} s, first ttc run "
           f"examples/mlp.onnx {startup_seconds(['run', 'examples/mlp.onnx']):.3f} s"
-          + (" (PYTHONDONTWRITEBYTECODE is set: no bytecode caches are written)"
-             if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""))
+          + (" (no bytecode caches: every module compiles from source on every start; an editable install writes "
+             "them)" if not Path(importlib.util.cache_from_source(str(ROOT / "ttc" / "cli.py"))).exists() else ""))
 
 
 if __name__ == "__main__":

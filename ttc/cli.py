@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ttc import __version__
 from ttc.ir.diagnostics import EXIT_INTERNAL_ERROR, EXIT_OK, TtcError, UserError
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def _add_print_locations(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="ttc", description="An ONNX compiler for the Tenstorrent Grayskull.")
-    parser.add_argument("--version", action="version", version=f"ttc {_version()}")
+    parser.add_argument("--version", action="version", version=f"ttc {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     commands.required = True
 
@@ -580,8 +581,6 @@ def format_timings(timings: dict) -> str:
 
 def _provenance(args: argparse.Namespace, compiled, sources: dict[str, str]) -> dict:
     """What produced a run report: ttc's version, the target and options, the seed, the inputs, the command."""
-    from ttc import __version__
-
     emulator, threads = compiled.emulator
     argv = getattr(args, "argv", None) or sys.argv[1:]
     return {"ttc_version": __version__, "arch": compiled.manifest["arch"], "options": compiled.manifest["options"],
@@ -828,15 +827,6 @@ def _emit(module: object, output: str | None, locations: bool = False) -> None:
         write_module(output, module)  # type: ignore[arg-type]
     else:
         sys.stdout.write(print_module(module, locations=locations))  # type: ignore[arg-type]
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ttc")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
