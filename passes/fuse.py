@@ -8,6 +8,9 @@
   residual its last operand) and `residual_activation`: the epilogue adds the residual's tiles to the packed
   result as the eltwise program would have (the same bits; `fuse{residual=false}` keeps them apart). An op
   joins only when the value before it has no other use.
+- A convolution input's channel widening (`windows.padded_channels`: x @ eye(C, Cp)) of a linear's result that
+  nothing else reads, by a constant weight and bias with an activation keeping zero, becomes that linear by its
+  weight and bias widened with zero columns (`WidenedLinear`): the same tiles, one program less.
 - Every maximal chain of elementwise ops (a single op too) becomes one `ttir.eltwise(inputs...)`.
   The body's block arguments mirror the inputs (each distinct value once); the body holds the
   original ops in program order, preceded by the host `tensor<f32>` splat constants they use, and
@@ -165,6 +168,83 @@ class FuseLinear(RewritePattern):
         for fused in sorted(members, key=lambda o: o.parent.index_of(o), reverse=True):
             rewriter.erase_op(fused)
         return True
+
+
+class WidenedLinear(RewritePattern):
+    """linear(x, S) with S a constant [C, Cp] that selects x's C columns into the first C of Cp (the identity, then
+    zero columns; Cp within C's tiles: `windows.padded_channels` widens a convolution's input to whole tiles of
+    channels so), and x a linear by a constant weight (and bias) with an activation keeping zero, used only here
+    -> that linear by its weight and bias widened with zero columns, of result [.., Cp].
+
+    Its tiles are the product's, computed the same way: the padding columns of every device tensor are zero
+    (docs/passes.md), and here they are the widened columns, zero as S's product makes them (with finite values:
+    an inf or NaN makes NaN there either way, in the linear's operand here, in its result there). The selection
+    (a program, its launch and a pass over the data) is gone."""
+
+    root = ttir.LINEAR.name
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+
+    def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
+        from ttc.passes.movement import constant_array
+        from ttc.passes.ops.eltwise_body import keeps_zero
+
+        if len(op.operands) != 2 or op.attr("transpose_b") or op.attributes.get("activation", "none") != "none":
+            return rewriter.notify_match_failure(op, "not a plain product by a matrix")
+        x, selection = op.operands
+        producer = defining_op(x, ttir.LINEAR.name)
+        if producer is None or sole_user(x) is not op or producer.attributes.get("residual"):
+            return rewriter.notify_match_failure(op, "not the only reader of a linear without a residual")
+        activation = producer.attributes.get("activation", "none")
+        if activation != "none" and not keeps_zero(activation, 0.0):
+            return rewriter.notify_match_failure(op, f"the linear's activation {activation} moves zero")
+        s = constant_array(self.module, selection)
+        shape = tensor_shape(x)
+        if s is None or s.ndim != 2 or not shape or s.shape[0] != shape[-1]:
+            return rewriter.notify_match_failure(op, "not a constant matrix of x's columns")
+        c, cp = s.shape
+        if not (c < cp <= -(-c // 32) * 32) or not np.array_equal(s, np.eye(c, cp, dtype=s.dtype)):
+            return rewriter.notify_match_failure(op, "not the widening of x's columns within their tiles")
+        w_value, bias = producer.operands[1], ttir.linear_bias(producer)
+        w = constant_array(self.module, w_value)
+        b = constant_array(self.module, bias) if bias is not None else None
+        transposed = bool(producer.attr("transpose_b"))
+        if w is None or w.ndim != 2 or w.shape[0 if transposed else 1] != c or (bias is not None and b is None):
+            return rewriter.notify_match_failure(op, "the linear's weight (or bias) is not a constant matrix (row)")
+
+        def widened(value: Value, array: np.ndarray, axis: int, suffix: str) -> Value:
+            pad = [(0, 0)] * array.ndim
+            pad[axis] = (0, cp - c)
+            array = np.pad(array, pad)
+            name = self.module.add_weight(f"{constant_name(value)}.{suffix}", array)
+            ttype = value.type
+            assert isinstance(ttype, TensorType)
+            return rewriter.create_before(producer, ttir.CONSTANT.name, [], [ttype.with_shape(array.shape)],
+                                          {"value": WeightAttr(name)}).result
+
+        operands = [producer.operands[0], widened(w_value, w, 0 if transposed else 1, f"widened{cp}")]
+        if bias is not None:
+            assert b is not None
+            operands.append(widened(bias, b, b.ndim - 1, f"widened{cp}"))
+        result = producer.result.type
+        assert isinstance(result, TensorType)
+        linear = rewriter.create_before(producer, ttir.LINEAR.name, operands, [result.with_shape(tensor_shape(op.result))],
+                                        dict(producer.attributes), loc=producer.loc)
+        rewriter.replace_op(op, [linear.result])
+        rewriter.erase_op(producer)
+        return True
+
+
+def tensor_shape(value: Value) -> tuple[int, ...]:
+    return tuple(value.type.shape) if isinstance(value.type, TensorType) else ()
+
+
+def constant_name(value: Value) -> str:
+    """The weight name of a weight constant (a stem for weights made from it), else "constant"."""
+    op = defining_op(value, ttir.CONSTANT.name)
+    attr = op.attributes.get("value") if op is not None else None
+    return attr.name if isinstance(attr, WeightAttr) else "constant"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,5 +465,6 @@ class Fuse(Pass):
     def run(self, module: Module) -> None:
         apply_patterns_greedily(module, [DivByConstant(), DivByTensor(), RsqrtOfSqrt()])
         apply_patterns_greedily(module, [FuseLinear(self.residual)])
+        apply_patterns_greedily(module, [WidenedLinear(module)])
         apply_patterns_greedily(module, [FuseEltwise()])
         apply_patterns_greedily(module, [FuseSoftmaxMask(module.weights)])

@@ -3,8 +3,10 @@
 Activations are the channels-last matrix [N*H*W, C] in tiles. A window op reads "sticks" (rows of C
 channels) of its input by a compile-time index table, as Tenstorrent's convolutions do:
 
-- the input's channels are widened to whole tiles (Cp, an exact selection matmul) when C is not a
-  multiple of 32, and the matrix is untilized once into a row-major buffer (a page per stick);
+- the input's channels are widened to whole tiles (Cp, an exact selection matmul; `fuse` folds it into
+  the linear making the input where it can, `WidenedLinear`) when C is not a multiple of 32, and the matrix
+  is untilized once into a row-major buffer (a page per stick). A 1x1 stride-1 convolution reads each
+  pixel's own stick: the plain matmul of its input by the weight's C rows, never widened;
 - a convolution looks its im2col matrix up in one `ttir.embedding {im2col, pad_negative}`: a constant
   int32 table [KK, M_out] (KK kernel positions, M_out output pixels; -1 where the window lies in the
   padding, read as a zero stick); the reader fetches the sticks, compute tilizes them and the writer puts
@@ -14,8 +16,7 @@ channels) of its input by a compile-time index table, as Tenstorrent's convoluti
   grouped 1x1, depthwise up to 32 channels) become a block-diagonal stacked weight; a wider depthwise
   convolution is one matmul batched over channel tiles (`depthwise_matmul`): a grouped lookup
   [Cp / 32, M_out, KK * 32] times the positions' diagonal blocks [Cp / 32, KK * 32, 32], so its work
-  grows with C, not C squared. A 1x1 stride-1 convolution without
-  padding is the plain matmul of its input. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8),
+  grows with C, not C squared. Beyond `MAX_IM2COL_IDS` output pixels (ResNet-50 at batch 8),
   or when the im2col matrix would take more than layout's `MAX_L1_SHARE` of a core's free L1 (ResNet-50's
   7x7 stem), the lookup and the product go by equal chunks of rows (`chunk_rows`: each chunk fits L1 instead
   of going through DRAM), joined along the rows after the product (a tree of concats of at most `MAX_JOINED`
@@ -189,12 +190,15 @@ def windowed_matmul(rewriter: PatternRewriter, module: Module, op: Operation, x:
         stacked = stacked.reshape(used.size, width, -1)[used].reshape(-1, stacked.shape[-1])
     positions, m = ids.shape
     like = tensor(op.operands[1]) if len(op.operands) > 1 else result
+    if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
+        # every pixel reads its own stick (a 1x1 stride-1 convolution): the plain matmul of x by the weight's rows
+        # of its C channels (those of the padding channels are zero), with no widening
+        b = weight(rewriter, module, op, name, stacked[:tensor(x).shape[1]], like)
+        return rewriter.create_before(op, ttir.MATMUL.name, [x, b], [result]).result
     splits = [(first, min(first + MAX_POSITIONS, positions)) for first in range(0, positions, MAX_POSITIONS)]
     bs = [weight(rewriter, module, op, name if len(splits) == 1 else f"{name}.k{index}",
                  stacked[first * width:last * width], like) for index, (first, last) in enumerate(splits)]
     x = padded_channels(rewriter, module, op, x)
-    if positions == 1 and m == tensor(x).shape[0] and (ids == np.arange(m)).all():
-        return rewriter.create_before(op, ttir.MATMUL.name, [x, bs[0]], [result]).result
     rows = untilized(rewriter, op, x)
     products = []
     step = chunk_rows(m, min(positions, MAX_POSITIONS) * width, module_device(module))

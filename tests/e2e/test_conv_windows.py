@@ -251,3 +251,70 @@ def test_stride_folded_stem_is_bit_identical_on_both_emulators() -> None:
     feeds = {"x": np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)}
     golden_on_both_emulators(model, compiled, plans, feeds)
     check_static_equals_executed(compiled, compiled.profile)
+
+
+def two_convolutions(channels: int, activation: str, second_use: bool = False) -> onnx.ModelProto:
+    """x [1, 3, 12, 10] -> 1x1 Conv to `channels` -> activation -> 3x3 Conv (pad 1) to 16 channels; with
+    `second_use`, the activation's result is a graph output too."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32),
+                                     name)
+             for name, shape in (("w1", (channels, 3, 1, 1)), ("w2", (16, channels, 3, 3)))]
+    inits += [numpy_helper.from_array((0.1 * rng.standard_normal(n)).astype(np.float32), name)
+              for name, n in (("b1", channels), ("b2", 16))]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/relu0"),
+             helper.make_node("Conv", ["r", "w1", "b1"], ["c1"], name="/pointwise", kernel_shape=[1, 1]),
+             helper.make_node(activation, ["c1"], ["a"], name="/act"),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["y"], name="/spatial", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info("y", F32, None)]
+    if second_use:
+        outputs.append(helper.make_tensor_value_info("a", F32, None))
+    graph = helper.make_graph(nodes, "two_convolutions", [helper.make_tensor_value_info("x", F32, [1, 3, 12, 10])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+
+def fused(model: onnx.ModelProto) -> str:
+    """The device forms after fuse (and its canonicalize) as text."""
+    module = import_model(model)
+    PassManager("decompose,canonicalize,channels-last,tilize,fuse,canonicalize", stream=io.StringIO()).run(module)
+    return print_module(module)
+
+
+def test_pointwise_convolution_is_a_matmul_of_its_unwidened_channels() -> None:
+    """A 1x1 stride-1 convolution reads each pixel's own stick: one matmul of the [pixels, 3] input by the
+    weight's 3 rows, with no selection widening its channels to 32 first (K's tile padding is zero)."""
+    model = two_convolutions(24, "Relu")
+    check(model)
+    text = tilized(model)
+    assert lines_with(text, "ttir.matmul", "(tensor<120x3x", "tensor<3x24x"), text
+    assert not lines_with(text, "ttir.matmul", "tensor<3x32x"), text
+
+
+@pytest.mark.parametrize(("activation", "second_use", "widened"), [
+    ("Relu", False, True),
+    ("HardSwish", False, True),
+    ("Sigmoid", False, False),  # sigmoid(0) = 1/2: the widened columns would not be zero
+    ("Relu", True, False),  # the activation's result is read as [pixels, 24] elsewhere too
+])
+def test_channel_widening_joins_the_producing_linear(activation, second_use, widened) -> None:
+    """The 3x3 convolution's input [pixels, 24] widens to whole tiles of channels [pixels, 32] for its sticks. When
+    a linear by constants with an activation keeping zero makes it, and nothing else reads it, that linear takes
+    weight and bias widened with zero columns (the tiles it computes are the same) instead of a selection matmul
+    (a program) after it; the results pass the golden rule on both emulators either way."""
+    model = two_convolutions(24, activation, second_use)
+    text = fused(model)
+    selections = [line for line in text.splitlines() if "channel_pad" in line]
+    widenings = lines_with(text, "ttir.constant", "widened32")
+    if widened:
+        assert not selections and len(widenings) == 2, text  # the weight and the bias
+        assert lines_with(text, "ttir.linear", "-> tensor<120x32x"), text
+    else:
+        assert selections and not widenings, text
+    compiled = check(model)
+    x = np.random.default_rng(1).standard_normal((1, 3, 12, 10)).astype(np.float32)
+    native, reference = compiled.run({"x": x}, emulator="native"), compiled.run({"x": x}, emulator="reference")
+    for name in native:
+        np.testing.assert_array_equal(np.asarray(native[name]).view(np.uint8), np.asarray(reference[name]).view(np.uint8))
