@@ -116,6 +116,8 @@ def conv(ctx: NodeContext) -> Value:
     bias = ctx.input(2) if ctx.has_input(2) else None
     if len(w_shape) == 4 and is_patch_window(attrs, (kh, kw), groups) and is_graph_input(ctx, x):
         result = patch_matmul(ctx, x, weight, bias, (kh, kw), (oh, ow))
+    elif len(w_shape) == 4 and is_graph_input(ctx, x) and host_im2col(ctx, attrs, (kh, kw), groups, (oh, ow)):
+        result = host_im2col_conv(ctx, x, bias, attrs, (kh, kw), (oh, ow))
     elif len(w_shape) == 4 and is_graph_input(ctx, x) and (fold := stride_fold(ctx, attrs, (kh, kw), groups,
                                                                                (oh, ow))) is not None:
         result = folded_conv(ctx, x, fold, bias, (oh, ow))
@@ -213,6 +215,48 @@ def folded_conv(ctx: NodeContext, x: Value, fold: StrideFold, bias: Value | None
     oc = fold.weight.shape[0]
     return ctx.create(ttir.CONV2D.name, [matrix, weight] + ([bias] if bias is not None else []),
                       like.with_shape((n * oh * ow, oc)), attrs)
+
+
+def host_im2col(ctx: NodeContext, attrs: dict, kernel: Sequence[int], groups: int, out: tuple[int, int]) -> bool:
+    """Whether the host writes a graph input's im2col matrix for this convolution (`host_im2col_conv`): one group,
+    a constant weight, and no more tiles than the host would write of the input otherwise (the stride fold's
+    matrix where that applies, else the NHWC image), so the host's write does not grow. A 3-channel image's 3x3
+    stem (MobileNet's) has K = 27, one tile, where its im2col lookup reads 9 positions of a whole channel tile
+    each (4 stride-folded ones); a 7x7 stem's 147 columns would write five times the stride fold's tiles, and it
+    keeps the fold."""
+    weight = ctx.input_constant(1)
+    if groups != 1 or weight is None:
+        return False
+    n, h, w = attrs["input_shape"]
+    c = int(weight.shape[1])
+    tiles = lambda rows, cols: -(-rows // 32) * -(-cols // 32)  # noqa: E731
+    written = n * h * tiles(w, c)  # the NHWC image: a [W, C] tile matrix per image row
+    fold = stride_fold(ctx, attrs, kernel, groups, out)
+    if fold is not None:
+        sh, sw = fold.strides
+        written = min(written, tiles(n * (h // sh) * (w // sw), sh * sw * c))
+    return tiles(n * out[0] * out[1], kernel[0] * kernel[1] * c) <= written
+
+
+def host_im2col_conv(ctx: NodeContext, x: Value, bias: Value | None, attrs: dict, kernel: Sequence[int],
+                     out: tuple[int, int]) -> Value:
+    """The convolution of a graph input as the matmul of its im2col matrix [N*OH*OW, KH*KW*C] (`ttir.im2col`,
+    which the host writes: tilize's `to_layout {window}`) by the weight as [KH*KW*C, OC] in the same (kernel row,
+    kernel column, channel) order, plus the bias: the channels-last matrix [N*OH*OW, OC], with no device lookup
+    and no channel widening."""
+    n, c, _, _ = _tensor(x).shape
+    (kh, kw), (oh, ow) = kernel, out
+    like = _tensor(x)
+    cols = ctx.create(ttir.IM2COL.name, [x], like.with_shape((n * oh * ow, kh * kw * c)),
+                      {"kernel": (kh, kw), "strides": attrs["strides"], "pads": attrs["pads"],
+                       "dilations": attrs["dilations"]})
+    w = np.asarray(ctx.input_constant(1), np.float32)  # [OC, C, KH, KW]
+    matrix = ctx.constant(np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * c, w.shape[0])),
+                          f"{ctx.node.output[0]}.im2col_weight")
+    result = ctx.create(ttir.MATMUL.name, [cols, matrix], like.with_shape((n * oh * ow, w.shape[0])))
+    if bias is not None:
+        result = ctx.create(ttir.ADD.name, [result, bias], _tensor(result))
+    return result
 
 
 def patch_matmul(ctx: NodeContext, x: Value, weight: Value, bias: Value | None, kernel: Sequence[int],

@@ -97,7 +97,8 @@ class ScheduleBuilder:
         source = op.operands[0]
         if not is_device(source) and is_device(op.result):
             buffer = self.emit(ttmetal.CREATE_BUFFER.name, [], [op.result.type], op).result
-            edge = {name: tuple(op.attributes[name]) for name in ("perm", "split") if op.attributes.get(name) is not None}
+            edge = {name: tuple(op.attributes[name]) for name in ("perm", "split", "window")
+                    if op.attributes.get(name) is not None}
             self.emit(ttmetal.WRITE_BUFFER.name, [self.value(source), buffer], [], op, edge)
             self.values[id(op.result)] = buffer
         elif is_device(source) and not is_device(op.result):

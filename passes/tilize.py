@@ -56,7 +56,7 @@ from ttc.ir.diagnostics import UserError
 from ttc.ir.dialect import Trait
 from ttc.ir.dialects import ttir, ttmetal
 from ttc.ir.dialects.tt import LayoutAttr
-from ttc.ir.dialects.ttir import normalize_axis
+from ttc.ir.dialects.ttir import normalize_axis, window_edge
 from ttc.ir.types import ScalarType, TensorType
 from ttc.passes.canonicalize import (
     FoldConstantOperands,
@@ -348,7 +348,7 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
 def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
     """A transpose of a float argument becomes its host -> device edge, `to_layout {perm}`: the host permutes
     the input as it writes it, and no device program moves it (a CNN's image going NCHW -> NHWC for its
-    channels-last convolutions, an NHWC input going to NCHW). Transposes and reshapes that cancel are
+    channels-last convolutions, an NHWC input going to NCHW); a `ttir.im2col` of one, `to_layout {window}`. Transposes and reshapes that cancel are
     folded first, so only a movement that remains is done on the host."""
     apply_patterns_greedily(func.op, [TransposeOfTranspose(), IdentityTranspose(), ReshapeOfReshape(),
                                       ReshapeToSameType()], rewriter=rewriter)
@@ -359,6 +359,13 @@ def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
         for user, _ in list(arg.uses):
             if user.name == ttir.RESHAPE.name:
                 split_on_host(func, arg, user, rewriter)
+                continue
+            if user.name == ttir.IM2COL.name:  # the host writes the im2col matrix (frontend: host_im2col)
+                window = window_edge(user.attr("kernel"), user.attr("strides"), user.attr("pads"),
+                                     user.attr("dilations"))
+                edge = rewriter.create_before(func.body.ops[0], TO_LAYOUT, [arg], [device_type(user.result.type)],
+                                              {"window": window}, loc=user.loc).result
+                rewriter.replace_op(user, edge)
                 continue
             if user.name != ttir.TRANSPOSE.name:
                 continue

@@ -35,6 +35,7 @@ from ttc.ir.core import RETURN_OP, Module, Operation, Value
 from ttc.ir.diagnostics import DeviceFault, UserError
 from ttc.ir.dialects import ttmetal
 from ttc.ir.dialects.tt import DEVICE_ATTR_NAME, E150, DeviceAttr, LayoutAttr
+from ttc.ir.dialects.ttir import im2col_rows
 from ttc.ir.types import TensorType
 from ttc.runtime.accounting import ProgramProfile
 from ttc.runtime.device import Allocation, Device, Fault, Memory, ShardSpec
@@ -701,10 +702,12 @@ def shard_spec(ex: Executor, ttype: TensorType, layout: LayoutAttr) -> ShardSpec
 
 @host_op(ttmetal.WRITE_BUFFER.name)
 def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
-    """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, pad to tiles, tilize,
-    convert to the buffer's format)."""
-    source, target, perm, split = _transfer(ex, op)
+    """Host tensor -> buffer pages (reshape to `split` and permute when the op has them, or the im2col matrix of
+    `window`; pad to tiles, tilize, convert to the buffer's format)."""
+    source, target, perm, split, window = _transfer(ex, op)
     host, buffer = np.asarray(values[source]), ex.buffer(values, target)
+    if window is not None:
+        host = im2col_rows(host, window)
     if split is not None:
         host = host.reshape(split)
     if perm is not None:  # copied in the order numpy finds fastest (reshape copies in C order: far slower)
@@ -723,15 +726,15 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
 
 
 def _transfer(ex: Executor, op: Operation) -> tuple[Value, Value | None, tuple[int, ...] | None,
-                                                      tuple[int, ...] | None]:
+                                                      tuple[int, ...] | None, tuple[int, ...] | None]:
     """A host op's first two operands and a write_buffer's reshapes, looked up once per op: (first operand, second
-    or None, perm, split)."""
+    or None, perm, split, window)."""
     known = ex._transfer_ops.get(op)
     if known is None:
         operands = op.operands
-        perm, split = op.attributes.get("perm"), op.attributes.get("split")
+        perm, split, window = (op.attributes.get(name) for name in ("perm", "split", "window"))
         known = ex._transfer_ops[op] = (operands[0], operands[1] if len(operands) > 1 else None,
-                                        None if perm is None else tuple(perm), None if split is None else tuple(split))
+                                        *(None if v is None else tuple(v) for v in (perm, split, window)))
     return known
 
 

@@ -683,7 +683,17 @@ def verify_to_layout(op: Operation) -> None:
     source, result = tensor(op.operands[0].type), tensor(op.result.type)
     perm = op.attributes.get("perm")
     split = op.attributes.get("split")
-    if split is not None:  # the host reshapes to `split`, permutes, and writes the result's shape
+    window = op.attributes.get("window")
+    if window is not None:  # the host writes the im2col matrix of the NCHW input
+        if perm is not None or split is not None or source.encoding is not None or result.encoding is None:
+            raise VerifyError("to_layout with window is a host -> device edge of its own (no perm, no split)")
+        if source.rank != 4 or len(window) != 10 or min(window[:4]) < 1 or min(window[8:]) < 1 or min(window[4:8]) < 0:
+            raise VerifyError(f"window {list(window)} of {_dims(source.shape)}: an NCHW input and kernel (2), strides "
+                              "(2), pads (4) and dilations (2)")
+        if min(im2col_shape(source.shape, window)) < 1 or result.shape != im2col_shape(source.shape, window):
+            raise VerifyError(f"to_layout with window {list(window)} of {_dims(source.shape)} gives "
+                              f"{_dims(im2col_shape(source.shape, window))}, not {_dims(result.shape)}")
+    elif split is not None:  # the host reshapes to `split`, permutes, and writes the result's shape
         split = tuple(split)
         if perm is None or source.encoding is not None or result.encoding is None:
             raise VerifyError("to_layout with split is a host -> device edge with a perm")
@@ -768,8 +778,10 @@ def verify_eltwise(op: Operation) -> None:
 
 TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<->device at the graph edges "
                   "(host -> device may also permute the dims: `perm`, done by the host as it writes; with `split`, the "
-                  "host reshapes to it before permuting and writes the permuted tensor in the result's shape)",
-                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
+                  "host reshapes to it before permuting and writes the permuted tensor in the result's shape; with "
+                  "`window`, the host writes the im2col matrix of the NCHW input, as `ttir.im2col`)",
+                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
+                                                            Attr("window", IntArrayAttr, None)),
                   traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
     "ttir.linear", "residual_activation(activation(a @ b + bias) + residual): a matmul with its epilogue fused "
@@ -804,6 +816,35 @@ def window_output_shape(op: Operation, kernel: Sequence[int]) -> tuple[int, int,
     ceil_mode = bool(op.attributes.get("ceil_mode") and op.attr("ceil_mode"))
     return (n, window_output_size(h, kernel[0], strides[0], pads[0], pads[2], dilations[0], ceil_mode),
             window_output_size(w, kernel[1], strides[1], pads[1], pads[3], dilations[1], ceil_mode))
+
+
+def window_edge(kernel: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                dilations: Sequence[int]) -> tuple[int, ...]:
+    """A window as one int array (`to_layout {window}`): kernel (2), strides (2), pads [top, left, bottom, right]
+    and dilations (2)."""
+    return (*(int(v) for v in kernel), *(int(v) for v in strides), *(int(v) for v in pads),
+            *(int(v) for v in dilations))
+
+
+def im2col_shape(image: Sequence[int], window: Sequence[int]) -> tuple[int, int]:
+    """[N*OH*OW, KH*KW*C]: the im2col matrix of NCHW images `image` by `window` (`window_edge`)."""
+    n, c, h, w = image
+    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window
+    return (n * window_output_size(h, kh, sh, pt, pb, dh) * window_output_size(w, kw, sw, pl, pr, dw), kh * kw * c)
+
+
+def im2col_rows(x: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """The im2col matrix of NCHW images x (`ttir.im2col`, and the host's `to_layout {window}`): row
+    (n * OH + oh) * OW + ow holds window (oh, ow) of image n, its columns ordered (kernel row, kernel column,
+    channel), zero where the window lies in the padding. One copy of a strided view of the padded images."""
+    n, c, h, w = x.shape
+    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window
+    oh, ow = window_output_size(h, kh, sh, pt, pb, dh), window_output_size(w, kw, sw, pl, pr, dw)
+    padded = np.zeros((n, c, h + pt + pb, w + pl + pr), x.dtype)
+    padded[:, :, pt:pt + h, pl:pl + w] = x
+    spans = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = spans[:, :, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, ::dh, ::dw]  # [N, C, OH, OW, KH, KW]
+    return np.ascontiguousarray(windows.transpose(0, 2, 3, 4, 5, 1)).reshape(n * oh * ow, kh * kw * c)
 
 
 def _check_window(op: Operation, kernel: Sequence[int] | None = None) -> None:
@@ -856,6 +897,38 @@ CONV2D = OpDef(
     operands=(Operand("input"), Operand("weight"), Operand("bias", optional=True)),
     attributes=(*WINDOW_ATTRS, Attr("groups", IntAttr, 1)),
     traits=PURE, verify=verify_conv2d,
+)
+
+
+def _window_of(op: Operation) -> tuple[int, ...]:
+    return window_edge(op.attr("kernel"), op.attr("strides"), op.attr("pads"), op.attr("dilations"))
+
+
+def verify_im2col(op: Operation) -> None:
+    x = tensor(op.operands[0].type)
+    if x.rank != 4:
+        raise VerifyError(f"im2col takes NCHW images, not {_dims(x.shape)}")
+    window = _window_of(op)
+    if len(window) != 10 or min(window[:4]) < 1 or min(window[8:]) < 1 or min(window[4:8]) < 0:
+        raise VerifyError("kernel (2) and strides (2) >= 1, pads (4) >= 0, dilations (2) >= 1")
+    shape = im2col_shape(x.shape, window)
+    if min(shape) < 1:
+        raise VerifyError(f"the window {list(window)} has no position in {_dims(x.shape)}")
+    _expect_shape(op, shape, "the im2col matrix [N*OH*OW, KH*KW*C]")
+
+
+def _fold_im2col(arrays: Sequence[np.ndarray], op: Operation) -> np.ndarray:
+    return im2col_rows(np.asarray(arrays[0]), _window_of(op))
+
+
+IM2COL = OpDef(
+    "ttir.im2col", "The im2col matrix [N*OH*OW, KH*KW*C] of NCHW images (columns ordered kernel row, kernel "
+    "column, channel; zero in the padding): a convolution's operand the host writes as such for a graph input "
+    "(tilize: to_layout {window}); no device op computes it",
+    operands=(Operand("input"),),
+    attributes=(Attr("kernel", IntArrayAttr, REQUIRED), Attr("strides", IntArrayAttr, REQUIRED),
+                Attr("pads", IntArrayAttr, REQUIRED), Attr("dilations", IntArrayAttr, REQUIRED)),
+    traits=PURE, verify=verify_im2col, fold=_fold_im2col,
 )
 POOL2D = OpDef(
     "ttir.pool2d", "Max or average pooling on the channels-last matrix [N*H*W, C] (input_shape = [N, H, W]) "
@@ -1019,6 +1092,6 @@ TTIR = Dialect(
          NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, HARDSWISH, ISINF, EQ, NE, LT, LE, GT, GE,
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
-         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, POOL2D,
-         ATTENTION, IM2COL_LINEAR, LOOKUP_ELTWISE],
+         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, IM2COL,
+         POOL2D, ATTENTION, IM2COL_LINEAR, LOOKUP_ELTWISE],
 ).register()

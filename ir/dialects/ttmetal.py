@@ -37,6 +37,7 @@ from ttc.ir.dialect import (
     attr_of,
 )
 from ttc.ir.dialects.tt import GridAttr, LayoutAttr
+from ttc.ir.dialects.ttir import im2col_shape
 from ttc.ir.types import TensorType
 
 
@@ -73,6 +74,13 @@ def verify_write(op: Operation) -> None:
     host, device = (v.type for v in op.operands)
     perm = op.attributes.get("perm")
     split = op.attributes.get("split")
+    window = op.attributes.get("window")
+    if window is not None:  # the im2col matrix of the NCHW host tensor (ttir.im2col_rows)
+        if perm is not None or split is not None or len(host.shape) != 4 or len(window) != 10 \
+                or im2col_shape(host.shape, window) != tuple(device.shape):
+            raise VerifyError(f"the im2col matrix of host tensor {host} by window {list(window)} does not fill "
+                              f"buffer {device}")
+        return
     if split is not None:  # reshaped to split, permuted, written in the buffer's shape
         if perm is None or sorted(perm) != list(range(len(split))) \
                 or not math.prod(split) == math.prod(host.shape) == math.prod(device.shape):
@@ -115,9 +123,11 @@ CREATE_BUFFER = OpDef("ttmetal.create_buffer", "Allocate a device buffer (addres
                       "the buffer is that named device state: it keeps its contents from one run to the next",
                       results=(Result("buffer", DeviceTensor),),
                       attributes=(Attr("address", IntAttr, None), Attr(STATE_ATTR, StrAttr, None)))
-WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute, pad, tilize, convert format)",
+WRITE_BUFFER = OpDef("ttmetal.write_buffer", "Host tensor -> device buffer (permute or the im2col matrix, pad, tilize, "
+                     "convert format)",
                      operands=(Operand("host", HostTensor), Operand("buffer", DeviceTensor)), results=(),
-                     attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None)),
+                     attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
+                                 Attr("window", IntArrayAttr, None)),
                      verify=verify_write)
 WRITE_CONSTANT = OpDef("ttmetal.write_constant", "Fill a buffer with a weight already in device format",
                        operands=(Operand("buffer", DeviceTensor),), results=(),

@@ -125,13 +125,15 @@ def test_patch_convolution_of_a_graph_input_is_one_matmul(x_shape, w_shape, kern
 
 @pytest.mark.parametrize(("x_shape", "computed"), [((1, 3, 32, 32), True), ((1, 3, 40, 36), False)])
 def test_patch_window_off_the_host_path_takes_the_window_lookup(x_shape, computed) -> None:
-    """The same patch window on a computed input, or on an input it does not tile exactly (rows past the last
-    whole patch): the device's im2col lookup (its own space-to-depth), split along K beyond 128 positions."""
+    """The same patch window on a computed input: the device's im2col lookup (its own space-to-depth), split along
+    K beyond 128 positions. On a graph input it does not tile exactly (rows past the last whole patch), the host
+    writes the im2col matrix instead (to_layout {window}: 24 tiles, where the NHWC image takes 80)."""
     model = window_model("Conv", x_shape, (8, 3, 16, 16), computed=computed, kernel_shape=[16, 16],
                          strides=[16, 16])
     check(model)
     text = tilized(model)
-    assert len(lines_with(text, "im2col = true")) == 2, text
+    assert len(lines_with(text, "im2col = true")) == (2 if computed else 0), text
+    assert len(lines_with(text, "window = ")) == (0 if computed else 1), text
     assert not lines_with(text, "split = "), text
 
 
@@ -214,12 +216,12 @@ def test_im2col_matrix_too_large_for_l1_goes_by_equal_row_chunks_held_in_l1() ->
 @pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
     ((2, 3, 32, 32), (16, 3, 7, 7), {"kernel_shape": [7, 7], "strides": [2, 2], "pads": [3, 3, 3, 3]}),  # stem
     ((1, 3, 24, 30), (8, 3, 5, 3), {"kernel_shape": [5, 3], "strides": [2, 3], "pads": [2, 0, 1, 1]}),
-    ((1, 2, 16, 16), (8, 2, 4, 4), {"kernel_shape": [4, 4], "strides": [2, 2]}),
 ])
 def test_strided_convolution_of_a_graph_input_is_folded_on_the_host(x_shape, w_shape, attrs) -> None:
-    """A strided convolution of a few-channel graph input (ResNet's 7x7 stride-2 stem): the host writes the
-    input's space-to-depth regrouping (to_layout {split, perm}, sh * sw * C channels) and a stride-1 convolution
-    of ceil-many positions reads it, so the im2col lookup reads each pixel's stick for fewer positions."""
+    """A strided convolution of a few-channel graph input (ResNet's 7x7 stride-2 stem) whose im2col matrix would
+    take more tiles than the folded input: the host writes the input's space-to-depth regrouping (to_layout
+    {split, perm}, sh * sw * C channels) and a stride-1 convolution of ceil-many positions reads it, so the im2col
+    lookup reads each pixel's stick for fewer positions."""
     model = window_model("Conv", x_shape, w_shape, **attrs)
     check(model)
     text = tilized(model)
@@ -318,3 +320,26 @@ def test_channel_widening_joins_the_producing_linear(activation, second_use, wid
     native, reference = compiled.run({"x": x}, emulator="native"), compiled.run({"x": x}, emulator="reference")
     for name in native:
         np.testing.assert_array_equal(np.asarray(native[name]).view(np.uint8), np.asarray(reference[name]).view(np.uint8))
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [
+    ((1, 3, 32, 32), (16, 3, 3, 3), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),  # MobileNet's
+    ((1, 2, 16, 16), (8, 2, 4, 4), {"kernel_shape": [4, 4], "strides": [2, 2]}),
+    ((2, 3, 20, 18), (8, 3, 3, 3), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "dilations": [2, 1]}),
+])
+def test_few_channel_convolution_of_a_graph_input_reads_the_hosts_im2col_matrix(x_shape, w_shape, attrs) -> None:
+    """A graph input's convolution whose im2col matrix takes no more tiles than the input as the host writes it
+    otherwise (MobileNet's 3x3 stride-2 stem on 3 channels: K = 27, one tile): the host writes that matrix
+    (`to_layout {window}`) and one matmul of K = KH*KW*C follows, with no lookup, no channel widening and no
+    stride fold; the same bits on both emulators, and the golden rule."""
+    model = window_model("Conv", x_shape, w_shape, **attrs)
+    text = tilized(model)
+    _, c, kh, kw = w_shape
+    edge = lines_with(text, "ttir.to_layout", "window = ")
+    assert len(edge) == 1 and f"x{kh * kw * c}xf32, #tt.layout<tile" in edge[0], text
+    assert lines_with(text, "ttir.matmul", f"tensor<{kh * kw * c}x{w_shape[0]}x"), text
+    assert not lines_with(text, "im2col = true") and not lines_with(text, "split = "), text
+    compiled = check(model)
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32)
+    native, reference = compiled.run({"x": x}, emulator="native"), compiled.run({"x": x}, emulator="reference")
+    np.testing.assert_array_equal(np.asarray(native["y"]).view(np.uint8), np.asarray(reference["y"]).view(np.uint8))

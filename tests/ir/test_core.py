@@ -91,3 +91,28 @@ def test_block_insertion() -> None:
     assert [op.name for op in block.ops] == ["test.b", "test.a"]
     with pytest.raises(ValueError, match="already in a block"):
         block.append(first)
+
+
+def test_im2col_rows_is_the_window_gather() -> None:
+    """ttir.im2col_rows (the im2col op's fold and the host's `to_layout {window}`) against the definition: row
+    (n, oh, ow), column (kernel row, kernel column, channel), the input element the window reads there or 0 in
+    the padding; with strides, asymmetric pads and dilations."""
+    import numpy as np
+
+    from ttc.ir.dialects.ttir import im2col_rows, window_edge
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    kernel, strides, pads, dilations = (3, 2), (2, 1), (1, 0, 2, 1), (1, 2)
+    got = im2col_rows(x, window_edge(kernel, strides, pads, dilations))
+    oh = (7 + 1 + 2 - 3) // 2 + 1
+    ow = (6 + 0 + 1 - 3) // 1 + 1
+    assert got.shape == (2 * oh * ow, 3 * 2 * 3)
+    for n in range(2):
+        for i in range(oh):
+            for j in range(ow):
+                for a in range(3):
+                    for b in range(2):
+                        for c in range(3):
+                            y, z = i * 2 - 1 + a, j - 0 + b * 2
+                            want = x[n, c, y, z] if 0 <= y < 7 and 0 <= z < 6 else 0.0
+                            assert got[(n * oh + i) * ow + j, (a * 2 + b) * 3 + c] == want

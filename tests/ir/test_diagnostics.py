@@ -168,3 +168,38 @@ def test_binary_sfpu_slots_are_checked(dst: int, dst_b: int, count: int, expecte
     verify_sfpu_binary(Operation("ttkernel.sfpu_binary_tiles", [], [], {"fn": "pow", "dst": 0, "dst_b": 4, "count": 4}))
     with pytest.raises(VerifyError, match=re.escape(expected)):
         verify_sfpu_binary(op)
+
+
+WINDOW_EDGE = """module {{
+  func.func @main(%arg0: tensor<1x3x8x8xf32>) -> tensor<{m}x{k}xf32> {{
+    %0 = "ttir.to_layout"(%arg0) {{{attrs}}} : (tensor<1x3x8x8xf32>) -> tensor<{m}x{k}xf32, #tt.layout<tile, dram, interleaved>> loc("conv")
+    %1 = "ttir.to_layout"(%0) : (tensor<{m}x{k}xf32, #tt.layout<tile, dram, interleaved>>) -> tensor<{m}x{k}xf32> loc("conv")
+    func.return %1 : tensor<{m}x{k}xf32> loc("ret")
+  }}
+}}
+"""
+WINDOW = "window = [3, 3, 2, 2, 1, 1, 1, 1, 1, 1]"
+IM2COL_OP = """module {{
+  func.func @main(%arg0: tensor<1x3x8x8xf32>) -> tensor<{m}x{k}xf32> {{
+    %0 = "ttir.im2col"(%arg0) {{kernel = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1], dilations = [1, 1]}} : (tensor<1x3x8x8xf32>) -> tensor<{m}x{k}xf32> loc("conv")
+    func.return %0 : tensor<{m}x{k}xf32> loc("ret")
+  }}
+}}
+"""
+
+
+@pytest.mark.parametrize(("attrs", "m", "k", "expected"), [
+    (WINDOW, 16, 28, "to_layout with window [3, 3, 2, 2, 1, 1, 1, 1, 1, 1] of 1x3x8x8 gives 16x27, not 16x28"),
+    (WINDOW + ", perm = [0, 2, 3, 1]", 16, 27, "to_layout with window is a host -> device edge of its own"),
+    ("window = [3, 3, 2, 2, 1, 1, 1, 1]", 16, 27, "an NCHW input and kernel (2), strides (2), pads (4)"),
+])
+def test_window_edges_are_checked(attrs: str, m: int, k: int, expected: str) -> None:
+    """The host's im2col edge (`to_layout {window}`) gives [N*OH*OW, KH*KW*C] of an NCHW input."""
+    verify(parse_module(WINDOW_EDGE.format(attrs=WINDOW, m=16, k=27), "m.mlir"))
+    assert expected in error_of(WINDOW_EDGE.format(attrs=attrs, m=m, k=k))
+
+
+def test_im2col_op_gives_the_window_matrix() -> None:
+    verify(parse_module(IM2COL_OP.format(m=16, k=27), "m.mlir"))
+    assert "result shape 16x28 should be 16x27 (the im2col matrix [N*OH*OW, KH*KW*C])" in error_of(
+        IM2COL_OP.format(m=16, k=28))
