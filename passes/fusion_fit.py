@@ -131,19 +131,20 @@ def digest(array: np.ndarray) -> tuple:
 
 
 def fits_l1(ops: list[Operation], fused: Operation, device: DeviceAttr, max_cores: int, candidates: Ranking,
-            cycles: float) -> tuple | None:
+            cycles: float, footprints: dict[int, tuple[Operation, int]] | None = None) -> tuple | None:
     """Replay the function's L1 with `fused` in `ops`: the cheapest of `candidates` (grid, blocking, cost) that
     fits, or None when none does, it costs no fewer modelled cycles than `cycles` (the replay stops there) or
     another program no longer fits."""
-    chosen = fit_all_l1(ops, {id(fused): (candidates, cycles)}, device, max_cores)
+    chosen = fit_all_l1(ops, {id(fused): (candidates, cycles)}, device, max_cores, footprints)
     return None if chosen is None else chosen[id(fused)]
 
 
 def fit_all_l1(ops: list[Operation], fused: dict[int, tuple[Ranking, float]], device: DeviceAttr,
-               max_cores: int) -> dict[int, tuple] | None:
+               max_cores: int, footprints: dict[int, tuple[Operation, int]] | None = None) -> dict[int, tuple] | None:
     """`fits_l1` for several fused ops at once (by id: their candidates and the cycles each must beat) in one
     replay: each one's cheapest fitting candidate, or None when any of them finds none that beats its cycles or
-    another program no longer fits."""
+    another program no longer fits. `footprints` keeps the other ops' L1 footprints (by id, with the op) across
+    the replays of one fusion pass, in which only the fused ops change."""
     from ttc.passes.grid import LiveL1
 
     live = LiveL1.of(ops, device, max_cores)
@@ -159,13 +160,27 @@ def fit_all_l1(ops: list[Operation], fused: dict[int, tuple[Ranking, float]], de
             if best is None or best[2].cycles >= cycles:
                 return None
             chosen[id(op)] = best
-        elif l1_footprint(op, device, dict(op.attributes[BLOCKING])) > budget:
+        elif footprint_of(op, device, footprints) > budget:
             return None
         try:
             live.ran(index, op)
         except UserError:
             return None
     return chosen
+
+
+def footprint_of(op: Operation, device: DeviceAttr, footprints: dict[int, tuple[Operation, int]] | None) -> int:
+    """`op`'s L1 footprint as placed (its blocking), kept in `footprints` when given."""
+    kept = footprints.get(id(op)) if footprints is not None else None
+    if kept is not None and kept[0] is op:
+        return kept[1]
+    value = l1_footprint(op, device, dict(op.attributes[BLOCKING]))
+    if footprints is not None:
+        footprints[id(op)] = (op, value)
+    return value
+
+
+FOOTPRINTS = "l1 footprints"  # try_fuse's key in its memo: the footprints of the ops its replays pass
 
 
 def try_fuse(func, fused: Operation, replaced: list[Operation], device: DeviceAttr, max_cores: int, weights,
@@ -179,7 +194,8 @@ def try_fuse(func, fused: Operation, replaced: list[Operation], device: DeviceAt
     gone = {id(op) for op in replaced}
     trial = [fused if op is last else op for op in body.ops if op is last or id(op) not in gone]
     candidates = ranking(fused, device, max_cores, fused.attributes[FIDELITY], weights, memo, multicast)
-    chosen = fits_l1(trial, fused, device, max_cores, candidates, recorded_cycles(replaced))
+    chosen = fits_l1(trial, fused, device, max_cores, candidates, recorded_cycles(replaced),
+                     memo.setdefault(FOOTPRINTS, {}))
     if chosen is None:
         fused.result.replace_all_uses_with(last.result)
         fused.drop_operands()

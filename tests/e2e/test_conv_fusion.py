@@ -311,7 +311,7 @@ def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeyp
     seen: list[str] = []
     fits_l1 = fusion_fit.fits_l1
 
-    def comparing(ops, fused, device, max_cores, candidates, cycles):
+    def comparing(ops, fused, device, max_cores, candidates, cycles, *kept):
         seen.append(fused.name)
         full = grid.ranked(fused, device, candidates.fidelity, max_cores, candidates.weights)
         footprints = sorted({l1_footprint(fused, device, blocking) for _, blocking, _ in full})
@@ -321,7 +321,7 @@ def test_the_cheapest_fitting_candidate_is_the_first_of_the_full_ranking(monkeyp
             assert (chosen is None) == (first is None)
             if first is not None:
                 assert (chosen[0], chosen[1], chosen[2].cycles) == (first[0], first[1], first[2].cycles)
-        return fits_l1(ops, fused, device, max_cores, candidates, cycles)
+        return fits_l1(ops, fused, device, max_cores, candidates, cycles, *kept)
 
     with monkeypatch.context() as patch:
         for module in (fusion_fit, untilize_fusion):  # (fusion_fit.try_fuse: the attention's and the lookup's)
