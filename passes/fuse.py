@@ -40,6 +40,9 @@ from ttc.ir.dialects import ttir
 from ttc.ir.types import TensorType
 from ttc.passes.decompose import DivByConstant, DivByTensor, RsqrtOfSqrt
 from ttc.passes.manager import Pass, register_pass
+from ttc.passes.movement import constant_array
+from ttc.passes.ops.eltwise_body import keeps_zero
+from ttc.passes.ops.geometry import tensor
 from ttc.passes.rewriter import PatternRewriter, RewritePattern, apply_patterns_greedily, defining_op
 
 ACTIVATIONS = {ttir.RELU.name: "relu", ttir.GELU.name: "gelu", ttir.SIGMOID.name: "sigmoid", ttir.TANH.name: "tanh",
@@ -187,9 +190,6 @@ class WidenedLinear(RewritePattern):
         self.module = module
 
     def match_and_rewrite(self, op: Operation, rewriter: PatternRewriter) -> bool:
-        from ttc.passes.movement import constant_array
-        from ttc.passes.ops.eltwise_body import keeps_zero
-
         if len(op.operands) != 2 or op.attr("transpose_b") or op.attributes.get("activation", "none") != "none":
             return rewriter.notify_match_failure(op, "not a plain product by a matrix")
         x, selection = op.operands
@@ -200,7 +200,7 @@ class WidenedLinear(RewritePattern):
         if activation != "none" and not keeps_zero(activation, 0.0):
             return rewriter.notify_match_failure(op, f"the linear's activation {activation} moves zero")
         s = constant_array(self.module, selection)
-        shape = tensor_shape(x)
+        shape = tensor(x).shape
         if s is None or s.ndim != 2 or not shape or s.shape[0] != shape[-1]:
             return rewriter.notify_match_failure(op, "not a constant matrix of x's columns")
         c, cp = s.shape
@@ -218,26 +218,19 @@ class WidenedLinear(RewritePattern):
             pad[axis] = (0, cp - c)
             array = np.pad(array, pad)
             name = self.module.add_weight(f"{constant_name(value)}.{suffix}", array)
-            ttype = value.type
-            assert isinstance(ttype, TensorType)
-            return rewriter.create_before(producer, ttir.CONSTANT.name, [], [ttype.with_shape(array.shape)],
+            return rewriter.create_before(producer, ttir.CONSTANT.name, [], [tensor(value).with_shape(array.shape)],
                                           {"value": WeightAttr(name)}).result
 
         operands = [producer.operands[0], widened(w_value, w, 0 if transposed else 1, f"widened{cp}")]
         if bias is not None:
             assert b is not None
             operands.append(widened(bias, b, b.ndim - 1, f"widened{cp}"))
-        result = producer.result.type
-        assert isinstance(result, TensorType)
-        linear = rewriter.create_before(producer, ttir.LINEAR.name, operands, [result.with_shape(tensor_shape(op.result))],
+        linear = rewriter.create_before(producer, ttir.LINEAR.name, operands,
+                                        [tensor(producer.result).with_shape(tensor(op.result).shape)],
                                         dict(producer.attributes), loc=producer.loc)
         rewriter.replace_op(op, [linear.result])
         rewriter.erase_op(producer)
         return True
-
-
-def tensor_shape(value: Value) -> tuple[int, ...]:
-    return tuple(value.type.shape) if isinstance(value.type, TensorType) else ()
 
 
 def constant_name(value: Value) -> str:
