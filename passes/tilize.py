@@ -348,8 +348,8 @@ def add_encodings(func: Function, rewriter: PatternRewriter) -> None:
 def permute_inputs_on_host(func: Function, rewriter: PatternRewriter) -> None:
     """A transpose of a float argument becomes its host -> device edge, `to_layout {perm}`: the host permutes
     the input as it writes it, and no device program moves it (a CNN's image going NCHW -> NHWC for its
-    channels-last convolutions, an NHWC input going to NCHW); a `ttir.im2col` of one, `to_layout {window}`. Transposes and reshapes that cancel are
-    folded first, so only a movement that remains is done on the host."""
+    channels-last convolutions, an NHWC input going to NCHW); a `ttir.im2col` of one, `to_layout {window}`.
+    Transposes and reshapes that cancel are folded first, so only a movement that remains is done on the host."""
     apply_patterns_greedily(func.op, [TransposeOfTranspose(), IdentityTranspose(), ReshapeOfReshape(),
                                       ReshapeToSameType()], rewriter=rewriter)
     for arg in func.args:
