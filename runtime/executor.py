@@ -186,14 +186,15 @@ class Executor:
         # Host tensors <-> tile pages: in native mode by the native packers (the same bytes), else by formats.py.
         self._pack: dict[str, Any] = {}
         self._unpack: dict[str, Any] = {}
-        # native: (write_tensor, read_tensor, poison) of native_program, the host paths in native code
+        # native: (write_tensor, read_tensor, poison, im2col) of native_program, the host paths in native code
         self._direct: tuple[Callable[..., Any], ...] | None = None
         if self.emulator == "native":
             from ttc.runtime import native_program
 
             self._pack = {"pack": native_program.pack_tiles, "pack_matrix": native_program.pack_matrix}
             self._unpack = {"unpack": native_program.unpack_tiles, "unpack_matrix": native_program.unpack_matrix}
-            self._direct = (native_program.write_tensor, native_program.read_tensor, native_program.poison)
+            self._direct = (native_program.write_tensor, native_program.read_tensor, native_program.poison,
+                            native_program.im2col)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -707,7 +708,7 @@ def write_buffer(ex: Executor, op: Operation, values: dict[Value, Any]) -> None:
     source, target, perm, split, window = _transfer(ex, op)
     host, buffer = np.asarray(values[source]), ex.buffer(values, target)
     if window is not None:
-        host = im2col_rows(host, window)
+        host = (im2col_rows if ex._direct is None else ex._direct[3])(host, window)
     if split is not None:
         host = host.reshape(split)
     if perm is not None:  # copied in the order numpy finds fastest (reshape copies in C order: far slower)

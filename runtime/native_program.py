@@ -619,6 +619,11 @@ def read_tensor(memory: Memory, alloc: Allocation, shape: tuple[int, ...], eleme
     return out.reshape(shape)
 
 
+def im2col(x: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """`ttir.im2col_rows` in one native pass (float32: the write packs tiles of a float format)."""
+    return native.im2col(x, np.asarray(window, np.int64))
+
+
 def poison(memory: Memory, alloc: Allocation) -> None:
     """`Memory.poison` with the fills and marks in one native call (the same bytes, marks and dirty watches)."""
     if memory._watch:

@@ -167,6 +167,47 @@ bool poison(py::array data, py::array marks, int64_t start, int64_t end) {
   return true;
 }
 
+// The im2col matrix of NCHW images (ttir.im2col_rows, the host's write_buffer {window}): row
+// (n * OH + oh) * OW + ow holds window (oh, ow) of image n, columns ordered (kernel row, kernel column, channel),
+// +0 where the window lies in the padding. window: kernel (2), strides (2), pads [top, left, bottom, right],
+// dilations (2).
+py::array_t<float> im2col(FloatArray x, py::array_t<int64_t, py::array::c_style | py::array::forcecast> ints) {
+  if (x.ndim() != 4 || ints.ndim() != 1 || ints.shape(0) != 10)
+    throw std::invalid_argument("im2col takes NCHW images and 10 window ints");
+  const int64_t* window = ints.data();
+  const int64_t n = x.shape(0), c = x.shape(1), h = x.shape(2), w = x.shape(3);
+  const int64_t kh = window[0], kw = window[1], sh = window[2], sw = window[3];
+  const int64_t pt = window[4], pl = window[5], pb = window[6], pr = window[7], dh = window[8], dw = window[9];
+  if (std::min({kh, kw, sh, sw, dh, dw}) < 1 || std::min({pt, pl, pb, pr}) < 0)
+    throw std::invalid_argument("an im2col window needs kernel, strides and dilations >= 1 and pads >= 0");
+  const int64_t span_h = h + pt + pb - ((kh - 1) * dh + 1), span_w = w + pl + pr - ((kw - 1) * dw + 1);
+  if (span_h < 0 || span_w < 0) throw std::invalid_argument("the im2col window has no position in the images");
+  const int64_t oh = span_h / sh + 1, ow = span_w / sw + 1, k = kh * kw * c;
+  py::array_t<float> out({n * oh * ow, k});
+  const float* src = x.data();
+  float* to = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j, to += k)
+          for (int64_t a = 0; a < kh; ++a) {
+            const int64_t y = i * sh - pt + a * dh;
+            for (int64_t e = 0; e < kw; ++e) {
+              const int64_t z = j * sw - pl + e * dw;
+              float* cell = to + (a * kw + e) * c;
+              if (y < 0 || y >= h || z < 0 || z >= w) {
+                std::fill(cell, cell + c, 0.0f);
+                continue;
+              }
+              const float* pixel = src + (b * c * h + y) * w + z;
+              for (int64_t ch = 0; ch < c; ++ch) cell[ch] = pixel[ch * h * w];
+            }
+          }
+  }
+  return out;
+}
+
 }  // namespace
 
 // `poison` for the native run plan (program.cpp), which poisons a run's fresh buffers between its programs.
@@ -179,6 +220,9 @@ void register_host(py::module_& m) {
         py::arg("address"), py::arg("num_pages"),
         "float32 [batch, rows, cols] -> the tile pages of the live interleaved buffer at `address` of a memory "
         "(bytes [banks, capacity], poison marks or None), as tensor_to_pages then Memory.write_buffer.");
+  m.def("im2col", &im2col, py::arg("x"), py::arg("window"),
+        "The im2col matrix [N*OH*OW, KH*KW*C] of float32 NCHW images by a window (kernel, strides, pads, "
+        "dilations), as ttir.im2col_rows.");
   m.def("read_matrix", &read_matrix, py::arg("data"), py::arg("marks"), py::arg("address"), py::arg("num_pages"),
         py::arg("fmt"), py::arg("batch"), py::arg("rows"), py::arg("cols"),
         "The tile pages of the live interleaved buffer at `address` -> float32 [batch, rows, cols], as "

@@ -1,6 +1,6 @@
 """The executor's per-run fast paths: what a native run keeps from one run to the next (the buffers' DeviceBuffer,
 the encoded programs, their profiles, @main's schedule) and the host transfers done in native code
-(`native_program.write_tensor`, `read_tensor`, `poison`: runtime/native/bind_host.cpp). Each must give what the
+(`native_program.write_tensor`, `read_tensor`, `poison`, `im2col`: runtime/native/bind_host.cpp). Each must give what the
 Python definition gives: the same bytes, poison marks and dirty watches, and runs whose inputs, weights or
 device bytes changed must not see a stale copy."""
 
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ttc
+from ttc.ir.dialects.ttir import im2col_rows
 from ttc.runtime import native_program
 from ttc.runtime.device import POISON, POISON_BLOCK, Allocation, Memory
 from ttc.runtime.formats import DataFormat
@@ -177,3 +180,28 @@ def test_touch_marks_exactly_the_watched_ranges_it_meets(disjoint: bool) -> None
         memory.dirty = set()
         memory.touch(start, end)
         assert memory.dirty == {k for k, (s, e) in ranges.items() if start < e and s < end}, (start, end)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(1, 9),
+       w=st.integers(1, 9), kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)), pads=st.tuples(*[st.integers(0, 2)] * 4),
+       dilations=st.tuples(st.integers(1, 2), st.integers(1, 2)), float64=st.booleans())
+def test_native_im2col_is_the_definitions(seed, n, c, h, w, kernel, strides, pads, dilations, float64) -> None:
+    """The host's im2col matrix (write_buffer {window}) in native code gives `ttir.im2col_rows`'s bits for any
+    window (strides, asymmetric pads, dilations, batches) and NaN, inf and -0 values; a float64 input as float32
+    (the write packs a float format), a window without a position in the images an error."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float64 if float64 else np.float32)
+    x[rng.random(x.shape) < 0.1] = rng.choice([np.nan, np.inf, -np.inf, -0.0])
+    window = (*kernel, *strides, *pads, *dilations)
+    span_h = h + pads[0] + pads[2] - (kernel[0] - 1) * dilations[0] - 1
+    span_w = w + pads[1] + pads[3] - (kernel[1] - 1) * dilations[1] - 1
+    if span_h < 0 or span_w < 0:
+        with pytest.raises(ValueError, match="no position"):
+            native_program.im2col(x, window)
+        return
+    want = im2col_rows(x, window).astype(np.float32)
+    got = native_program.im2col(x, window)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
