@@ -60,6 +60,9 @@ def assert_not_degenerate(outputs: dict[str, np.ndarray]) -> None:
         raise DegenerateOutput("; ".join(problems))
 
 
+COMPILE_BUDGET_S = 10.0  # a batch-1 family model's compile, CPU seconds (benchmarks/bench_families.py)
+
+
 def compile_timed(path: Path, **options) -> tuple[ttc.compiler.CompiledModel, float, float]:
     """(compiled model, wall seconds, CPU seconds of this process): the CPU time is what the compile budget
     is checked against, since the wall time on a shared machine also counts other processes' work."""

@@ -36,7 +36,6 @@ needs_exporter = pytest.mark.skipif(not HAVE_EXPORTER, reason="needs the `models
                                                               "onnxscript) to export the family models")
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-COMPILE_BUDGET_S = 10.0
 TENSTORRENT = ("resnet50-b20", "bert-large-b12-s384", "vit-base-b8")
 # The minis that pass in a few seconds (compile + run + onnxruntime: 1-2 s each on an idle machine, see
 # benchmarks/bench_families.py --mini): the default suite.
@@ -50,15 +49,14 @@ class KnownCliff(Exception):
 
 @dataclass(frozen=True)
 class Cliff:
-    stage: str  # "compile" (a TtcError), "golden" (the golden rule fails) or "budget" (passes, compiles slowly)
+    stage: str  # "compile" (a TtcError) or "golden" (the golden rule fails)
     match: str  # text the error message contains (compile), or the failing output's name (golden)
     item: str  # the issue-15 item that removes it
     max_rel_l2: float = 0.0  # golden: the recorded failure's relative L2 error may not grow past this
 
     def mark(self) -> pytest.MarkDecorator:
         limit = f" with rel L2 <= {self.max_rel_l2}" if self.stage == "golden" else ""
-        return pytest.mark.xfail(strict=self.stage != "budget", raises=KnownCliff,  # a budget is timing: not strict
-                                 reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
+        return pytest.mark.xfail(strict=True, raises=KnownCliff, reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
 
 
 ROW = "2. any row length"
@@ -117,10 +115,10 @@ def exported(name: str, cache: Path) -> Path:
         return export_families.export(name, cache)
 
 
-def check_family(name: str, path: Path, record_property, budget_s: float | None = COMPILE_BUDGET_S,
-                 **options) -> dict:
-    """Compile, no host ops, golden, compile CPU time under `budget_s` (None: recorded only); a failure
-    matching CLIFFS[name] raises KnownCliff."""
+def check_family(name: str, path: Path, record_property, **options) -> dict:
+    """Compile, no host ops, golden; a failure matching CLIFFS[name] raises KnownCliff. The compile time is
+    recorded (the `compile_s` and `compile_cpu_s` properties), not asserted: a timed assertion fails on a loaded
+    machine, so the 10 s compile budget is benchmarks/bench_families.py's figure (`families_check.COMPILE_BUDGET_S`)."""
     from ttc.ir.diagnostics import TtcError
 
     cliff = CLIFFS.get(name)
@@ -140,11 +138,6 @@ def check_family(name: str, path: Path, record_property, budget_s: float | None 
             and all(r.pcc >= 0.99 and r.rel_l2_err <= cliff.max_rel_l2 for r in failed)):
         raise KnownCliff(f"{name}: {failed}")
     assert not failed, (name, failed)
-    if budget_s is not None and cliff and cliff.stage == "budget" and compile_cpu_s >= budget_s:
-        raise KnownCliff(f"{name}: compiled in {compile_cpu_s:.1f} CPU s, passes golden")
-    if budget_s is not None:
-        assert compile_cpu_s < budget_s, f"{name} compiled in {compile_cpu_s:.1f} CPU s ({compile_s:.1f} s wall; " \
-                                         f"target {budget_s} s)"
     return compiled.manifest
 
 
@@ -157,10 +150,9 @@ def test_family_compiles_and_passes_the_golden_rule(name: str, model_cache: Path
 def test_tenstorrent_configuration_fits_the_e150_and_passes(name: str, model_cache: Path,
                                                              record_property) -> None:
     """Compiles within the e150's DRAM and L1 (the compiler refuses a plan that does not fit), runs once,
-    golden. The 10 s compile target is for batch 1; these record their compile time only (BERT-Large b12
-    s384 takes minutes)."""
+    golden. The 10 s compile budget is for batch 1 (BERT-Large b12 s384 takes minutes)."""
     path = exported(name, model_cache)
-    manifest = check_family(name, path, record_property, budget_s=None)
+    manifest = check_family(name, path, record_property)
     memory = manifest["memory"]
     record_property("memory", memory)
     assert 0 < memory["l1_peak_bytes"] <= E150.l1_size, memory
@@ -176,8 +168,7 @@ def test_tenstorrent_configuration_passes_with_the_published_preset(name: str, m
     HiFi2 matmuls; docs/numerics.md) fits the e150, runs once and passes golden. BERT-Large b12 s384 failed
     with its (post-norm) weights bfp8_b too: rel L2 0.069; now 0.039. ViT-base b8: logits 0.043, hidden 0.032;
     ResNet-50 b20: 0.026."""
-    manifest = check_family(name, exported(name, model_cache), record_property, budget_s=None,
-                            perf_preset="published")
+    manifest = check_family(name, exported(name, model_cache), record_property, perf_preset="published")
     assert manifest["options"]["perf_preset"] == "published"
     assert 0 < manifest["memory"]["l1_peak_bytes"] <= E150.l1_size, manifest["memory"]
 
