@@ -6,8 +6,8 @@ Usage: python benchmarks/bench_families.py [NAME ...] [--mini] [--all] [--repeat
 
 Needs the `models` extra for the exports (cached; see export_families.py). Per model: compile_s (ONNX file
 -> allocated kernel programs, wall; compile_cpu, this process's CPU seconds of it, marked `over` beyond the
-10 s budget of a batch-1 model, families_check.COMPILE_BUDGET_S), run_s (the emulated run: the first run, or the warm median of N with
---repeats), ort_s (warm median of onnxruntime CPU runs, same inputs), host ops, programs, the modelled e150
+10 s budget of a batch-1 model, families_check.COMPILE_BUDGET_S), run_s (the emulated run: the first run, or
+the warm median of N with --repeats), ort_s (warm median of onnxruntime CPU runs, same inputs), host ops, programs, the modelled e150
 device time of one inference (the cost model's sum over the run's programs, as `ttc run --profile`), and the
 golden rule's verdict with PCC and relative L2 error of the worst output. A model that does not compile
 prints its error instead; the reference outputs are checked not degenerate in every case.
@@ -41,7 +41,8 @@ def bench(name: str, cache: str | None, repeats: int) -> dict:
     except TtcError as error:
         row["error"] = f"exit {error.exit_code}: {str(error).splitlines()[0]}"
         return row
-    row.update(compile_s=compile_s, compile_cpu=compile_cpu, host_ops=compiled.manifest["host_ops"], programs=compiled.manifest["programs"])
+    row.update(compile_s=compile_s, compile_cpu=compile_cpu, host_ops=compiled.manifest["host_ops"],
+               programs=compiled.manifest["programs"])
     run = families_check.golden(compiled, path)
     times = [run.run_s]
     for _ in range(repeats):
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         names = [*full, *export_families.MINI, *TENSTORRENT]
     else:
         names = list(export_families.MINI) if args.mini else full
-    header = (f"{'model':26} {'compile_s':>9} {'compile_cpu':>11} {'run_s':>8} {'ort_s':>8} {'host_ops':>8} {'programs':>8} "
-              f"{'e150_ms':>8} {'golden':>6} {'pcc':>8} {'rel_l2':>8}")
+    header = (f"{'model':26} {'compile_s':>9} {'compile_cpu':>11} {'run_s':>8} {'ort_s':>8} {'host_ops':>8} "
+              f"{'programs':>8} {'e150_ms':>8} {'golden':>6} {'pcc':>8} {'rel_l2':>8}")
     print(header)
     print("-" * len(header), flush=True)
     for name in names:
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         over = name not in TENSTORRENT and row["compile_cpu"] >= families_check.COMPILE_BUDGET_S
         cpu = f"{row['compile_cpu']:.2f}" + (" over" if over else "")
-        print(f"{name:26} {row['compile_s']:9.2f} {cpu:>11} {row['run_s']:8.3f} {row['ort_s']:8.3f} {row['host_ops']:8d} "
-              f"{row['programs']:8d} {row['modelled_ms']:8.3f} {'pass' if row['passed'] else 'FAIL':>6} "
+        print(f"{name:26} {row['compile_s']:9.2f} {cpu:>11} {row['run_s']:8.3f} {row['ort_s']:8.3f} "
+              f"{row['host_ops']:8d} {row['programs']:8d} {row['modelled_ms']:8.3f} {'pass' if row['passed'] else 'FAIL':>6} "
               f"{row['pcc']:8.5f} {row['rel_l2']:8.4f}", flush=True)
     return 0
 

@@ -114,12 +114,13 @@ def conv(ctx: NodeContext) -> Value:
     if oh <= 0 or ow <= 0:
         raise ctx.error("the convolution has an empty output")
     bias = ctx.input(2) if ctx.has_input(2) else None
-    if len(w_shape) == 4 and is_patch_window(attrs, (kh, kw), groups) and is_graph_input(ctx, x):
+    on_host = len(w_shape) == 4 and is_graph_input(ctx, x)  # the host may regroup the input as it writes it
+    fold = stride_fold(ctx, attrs, (kh, kw), groups, (oh, ow)) if on_host else None
+    if on_host and is_patch_window(attrs, (kh, kw), groups):
         result = patch_matmul(ctx, x, weight, bias, (kh, kw), (oh, ow))
-    elif len(w_shape) == 4 and is_graph_input(ctx, x) and host_im2col(ctx, attrs, (kh, kw), groups, (oh, ow)):
+    elif on_host and host_im2col(ctx, attrs, (kh, kw), groups, (oh, ow), fold):
         result = host_im2col_conv(ctx, x, bias, attrs, (kh, kw), (oh, ow))
-    elif len(w_shape) == 4 and is_graph_input(ctx, x) and (fold := stride_fold(ctx, attrs, (kh, kw), groups,
-                                                                               (oh, ow))) is not None:
+    elif fold is not None:
         result = folded_conv(ctx, x, fold, bias, (oh, ow))
     else:
         operands = [to_channels_last(ctx, x), weight] + ([bias] if bias is not None else [])
@@ -217,13 +218,14 @@ def folded_conv(ctx: NodeContext, x: Value, fold: StrideFold, bias: Value | None
                       like.with_shape((n * oh * ow, oc)), attrs)
 
 
-def host_im2col(ctx: NodeContext, attrs: dict, kernel: Sequence[int], groups: int, out: tuple[int, int]) -> bool:
+def host_im2col(ctx: NodeContext, attrs: dict, kernel: Sequence[int], groups: int, out: tuple[int, int],
+                fold: StrideFold | None) -> bool:
     """Whether the host writes a graph input's im2col matrix for this convolution (`host_im2col_conv`): one group,
     a constant weight, and no more tiles than the host would write of the input otherwise (the stride fold's
     matrix where that applies, else the NHWC image), so the host's write does not grow. A 3-channel image's 3x3
     stem (MobileNet's) has K = 27, one tile, where its im2col lookup reads 9 positions of a whole channel tile
     each (4 stride-folded ones); a 7x7 stem's 147 columns would write five times the stride fold's tiles, and it
-    keeps the fold."""
+    keeps the fold (`fold`: the convolution's, or None)."""
     weight = ctx.input_constant(1)
     if groups != 1 or weight is None:
         return False
@@ -231,7 +233,6 @@ def host_im2col(ctx: NodeContext, attrs: dict, kernel: Sequence[int], groups: in
     c = int(weight.shape[1])
     tiles = lambda rows, cols: -(-rows // 32) * -(-cols // 32)  # noqa: E731
     written = n * h * tiles(w, c)  # the NHWC image: a [W, C] tile matrix per image row
-    fold = stride_fold(ctx, attrs, kernel, groups, out)
     if fold is not None:
         sh, sw = fold.strides
         written = min(written, tiles(n * (h // sh) * (w // sw), sh * sw * c))

@@ -687,7 +687,7 @@ def verify_to_layout(op: Operation) -> None:
     if window is not None:  # the host writes the im2col matrix of the NCHW input
         if perm is not None or split is not None or source.encoding is not None or result.encoding is None:
             raise VerifyError("to_layout with window is a host -> device edge of its own (no perm, no split)")
-        if source.rank != 4 or len(window) != 10 or min(window[:4]) < 1 or min(window[8:]) < 1 or min(window[4:8]) < 0:
+        if source.rank != 4 or not valid_window_edge(window):
             raise VerifyError(f"window {list(window)} of {_dims(source.shape)}: an NCHW input and kernel (2), strides "
                               "(2), pads (4) and dilations (2)")
         if min(im2col_shape(source.shape, window)) < 1 or result.shape != im2col_shape(source.shape, window):
@@ -780,8 +780,9 @@ TO_LAYOUT = OpDef("ttir.to_layout", "Change layout, memory or data format; host<
                   "(host -> device may also permute the dims: `perm`, done by the host as it writes; with `split`, the "
                   "host reshapes to it before permuting and writes the permuted tensor in the result's shape; with "
                   "`window`, the host writes the im2col matrix of the NCHW input, as `ttir.im2col`)",
-                  operands=(Operand("input"),), attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
-                                                            Attr("window", IntArrayAttr, None)),
+                  operands=(Operand("input"),),
+                  attributes=(Attr("perm", IntArrayAttr, None), Attr("split", IntArrayAttr, None),
+                              Attr("window", IntArrayAttr, None)),
                   traits=PURE, verify=verify_to_layout)
 LINEAR = OpDef(
     "ttir.linear", "residual_activation(activation(a @ b + bias) + residual): a matmul with its epilogue fused "
@@ -824,6 +825,11 @@ def window_edge(kernel: Sequence[int], strides: Sequence[int], pads: Sequence[in
     and dilations (2)."""
     return (*(int(v) for v in kernel), *(int(v) for v in strides), *(int(v) for v in pads),
             *(int(v) for v in dilations))
+
+
+def valid_window_edge(window: Sequence[int]) -> bool:
+    """Ten ints: kernel, strides and dilations at least 1, pads at least 0."""
+    return len(window) == 10 and min(window[:4]) >= 1 and min(window[8:]) >= 1 and min(window[4:8]) >= 0
 
 
 def im2col_shape(image: Sequence[int], window: Sequence[int]) -> tuple[int, int]:
@@ -909,7 +915,7 @@ def verify_im2col(op: Operation) -> None:
     if x.rank != 4:
         raise VerifyError(f"im2col takes NCHW images, not {_dims(x.shape)}")
     window = _window_of(op)
-    if len(window) != 10 or min(window[:4]) < 1 or min(window[8:]) < 1 or min(window[4:8]) < 0:
+    if not valid_window_edge(window):
         raise VerifyError("kernel (2) and strides (2) >= 1, pads (4) >= 0, dilations (2) >= 1")
     shape = im2col_shape(x.shape, window)
     if min(shape) < 1:
@@ -1092,6 +1098,6 @@ TTIR = Dialect(
          NEG, RECIPROCAL, GELU, ABS, *ROUNDING_AND_TRIG, SOFTPLUS, MISH, HARDSWISH, ISINF, EQ, NE, LT, LE, GT, GE,
          LOGICAL_AND, LOGICAL_OR, LOGICAL_XOR, LOGICAL_NOT,
          ISNAN, WHERE, TYPECAST, BROADCAST_OP, MATMUL, GEMM, SOFTMAX, LAYER_NORM, TRANSPOSE, RESHAPE, SLICE, KV_WRITE,
-         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D, IM2COL,
-         POOL2D, ATTENTION, IM2COL_LINEAR, LOOKUP_ELTWISE],
+         CONCAT, GATHER, EMBEDDING, REDUCE_SUM, REDUCE_MEAN, REDUCE_MAX, TO_LAYOUT, LINEAR, ELTWISE, YIELD, CONV2D,
+         IM2COL, POOL2D, ATTENTION, IM2COL_LINEAR, LOOKUP_ELTWISE],
 ).register()

@@ -37,7 +37,7 @@ from ttc.ir.dialect import (
     attr_of,
 )
 from ttc.ir.dialects.tt import GridAttr, LayoutAttr
-from ttc.ir.dialects.ttir import im2col_shape
+from ttc.ir.dialects.ttir import im2col_shape, valid_window_edge
 from ttc.ir.types import TensorType
 
 
@@ -76,7 +76,7 @@ def verify_write(op: Operation) -> None:
     split = op.attributes.get("split")
     window = op.attributes.get("window")
     if window is not None:  # the im2col matrix of the NCHW host tensor (ttir.im2col_rows)
-        if perm is not None or split is not None or len(host.shape) != 4 or len(window) != 10 \
+        if perm is not None or split is not None or len(host.shape) != 4 or not valid_window_edge(window) \
                 or im2col_shape(host.shape, window) != tuple(device.shape):
             raise VerifyError(f"the im2col matrix of host tensor {host} by window {list(window)} does not fill "
                               f"buffer {device}")

@@ -56,7 +56,8 @@ class Cliff:
 
     def mark(self) -> pytest.MarkDecorator:
         limit = f" with rel L2 <= {self.max_rel_l2}" if self.stage == "golden" else ""
-        return pytest.mark.xfail(strict=True, raises=KnownCliff, reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
+        return pytest.mark.xfail(strict=True, raises=KnownCliff,
+                                 reason=f"{self.stage}: {self.match}{limit} [{self.item}]")
 
 
 ROW = "2. any row length"
@@ -118,7 +119,8 @@ def exported(name: str, cache: Path) -> Path:
 def check_family(name: str, path: Path, record_property, **options) -> dict:
     """Compile, no host ops, golden; a failure matching CLIFFS[name] raises KnownCliff. The compile time is
     recorded (the `compile_s` and `compile_cpu_s` properties), not asserted: a timed assertion fails on a loaded
-    machine, so the 10 s compile budget is benchmarks/bench_families.py's figure (`families_check.COMPILE_BUDGET_S`)."""
+    machine, so the 10 s compile budget is benchmarks/bench_families.py's figure
+    (`families_check.COMPILE_BUDGET_S`)."""
     from ttc.ir.diagnostics import TtcError
 
     cliff = CLIFFS.get(name)
